@@ -1,0 +1,1 @@
+KERNELS_OK = True
