@@ -1,0 +1,68 @@
+"""Shared writer for bench/results/<device>.json.
+
+Every benchmark module records its medians here under its own section, so one file per
+device holds the environment (device, torch/triton versions, commit) and all figures.
+"""
+import json
+import os
+import platform
+import subprocess
+
+import torch
+
+RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def device_name(device: str = "cuda") -> str:
+    if device.startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(0)
+    else:
+        name = "cpu-" + (platform.processor() or platform.machine())
+        try:
+            with open("/proc/cpuinfo") as f:
+                for line in f:
+                    if line.startswith("model name"):
+                        name = "cpu-" + line.split(":", 1)[1].strip()
+                        break
+        except OSError:
+            pass
+        name += f"-{os.cpu_count()}cores"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-")
+
+
+def environment(device: str = "cuda") -> dict:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(RESULTS_DIR)).stdout.strip() or "unknown"
+    except OSError:
+        commit = "unknown"
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "commit": commit,
+        "python": platform.python_version(),
+    }
+
+
+def record(section: str, name: str, payload: dict, device: str = "cuda") -> str:
+    """Merge ``payload`` under results[section][name] in bench/results/<device>.json."""
+    env = environment(device)
+    os.makedirs(RESULTS_DIR, exist_ok=True)
+    path = os.path.join(RESULTS_DIR, env["device"] + ".json")
+    data = {}
+    if os.path.exists(path):
+        with open(path) as f:
+            data = json.load(f)
+    data.update(env)
+    data.setdefault("results", {}).setdefault(section, {})[name] = payload
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+    return path
