@@ -1,56 +1,200 @@
-"""Batch streams for training: a torch DataLoader path and (optionally) a DALI path.
+"""Batch streams for training: torch DataLoader, DALI, and a GPU-resident array.
 
-Both draw windows from `hgan.data.window_plan`, so for a seed they yield the same batches
-in the same order; `start_batch` resumes a stream exactly where a checkpoint left it.
+All kinds draw windows from `hgan.data.window_plan` through one `WindowSchedule`, so for a
+seed they yield the same batches in the same order: global batch g (counted from the first
+batch of epoch 0) is rows [b*B, (b+1)*B) of the plan of epoch g // batches_per_epoch, with
+b = g % batches_per_epoch. `start_batch` resumes a stream exactly where a checkpoint left it
+(`stream.position` is the number of the next batch).
+
+Every kind moves uint8 frames and converts on the target device with the same arithmetic,
+`(x - 127.5) * (1 / 127.5)` in float32 (exact subtraction, one rounded multiply), so the
+kinds agree bit for bit, not only within a tolerance.
 """
+import itertools
+
+import h5py
+import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from hgan.data import ToyPhysicsWindows
+import hgan.data as hdata
+
+KINDS = ("auto", "torch", "dali", "gpu-resident")
+SCALE = 1.0 / 127.5
 
 
-class TorchBatchStream:
-    """Infinite iterator of float32 [B, T, 3, H, W] batches in [-1, 1] on `device`."""
+def to_unit_range(u8: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> float32 [B, T, 3, H, W] in [-1, 1] (contiguous)."""
+    x = u8.permute(0, 1, 4, 2, 3).contiguous().float()
+    return x.sub_(127.5).mul_(SCALE)
 
-    kind = "torch"
 
-    def __init__(self, path, *, batch_size, frames=16, seed=0, rank=0, world_size=1,
-                 device="cpu", num_workers=2, start_batch=0):
-        self.dataset = ToyPhysicsWindows(path, frames, seed=seed, rank=rank, world_size=world_size)
-        self.batch_size = batch_size
-        self.batches_per_epoch = len(self.dataset) // batch_size
+class WindowSchedule:
+    """Which (trajectory, start) windows make up global batch g of this rank's shard."""
+
+    def __init__(self, path, *, batch_size, frames, seed, rank, world_size):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        with h5py.File(path, "r") as f:
+            if "frames" not in f:
+                raise ValueError(f"{path} has no 'frames' dataset; expected uint8 [N, T, H, W, 3]")
+            ds = f["frames"]
+            if ds.ndim != 5 or ds.shape[-1] != 3 or ds.dtype != np.uint8:
+                raise ValueError(f"{path}: 'frames' is {ds.dtype} {ds.shape}; "
+                                 f"expected uint8 [N, T, H, W, 3]")
+            self.shape = tuple(ds.shape)
+        n_traj, traj_len = self.shape[:2]
+        if not 1 <= frames <= traj_len:
+            raise ValueError(f"frames={frames} does not fit trajectories of {traj_len} frames "
+                             f"in {path}")
+        self.path, self.batch_size, self.frames = path, batch_size, frames
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self._epoch, self._plan = None, None
+        n_windows = len(self.plan(0))
+        self.batches_per_epoch = n_windows // batch_size
         if self.batches_per_epoch == 0:
             raise ValueError(
-                f"batch size {batch_size} exceeds the {len(self.dataset)} windows per epoch of "
+                f"batch size {batch_size} exceeds the {n_windows} windows per epoch of "
                 f"{path} (rank {rank} of {world_size}); generate more trajectories or lower it")
+
+    def plan(self, epoch: int) -> np.ndarray:
+        # One epoch's plan is cached: consecutive batches almost always share the epoch.
+        if epoch != self._epoch:
+            n_traj, traj_len = self.shape[:2]
+            self._plan = np.asarray(hdata.window_plan(
+                n_traj, traj_len, self.frames, seed=self.seed, epoch=epoch,
+                rank=self.rank, world_size=self.world_size), dtype=np.int64)
+            self._epoch = epoch
+        return self._plan
+
+    def window(self, sample: int) -> tuple:
+        """(traj, start) of global sample number `sample` (= g * B + i)."""
+        g, i = divmod(sample, self.batch_size)
+        epoch, b = divmod(g, self.batches_per_epoch)
+        traj, start = self.plan(epoch)[b * self.batch_size + i]
+        return int(traj), int(start)
+
+    def batch(self, g: int) -> np.ndarray:
+        epoch, b = divmod(g, self.batches_per_epoch)
+        return self.plan(epoch)[b * self.batch_size:(b + 1) * self.batch_size]
+
+
+class WindowReader:
+    """Reads the uint8 [T, H, W, 3] window of a global sample; one h5 handle per process.
+
+    The handle opens lazily and is dropped when pickled, so every DataLoader / DALI worker
+    opens its own (h5py handles must not cross a fork)."""
+
+    def __init__(self, schedule: WindowSchedule):
+        self.schedule = schedule
+        self._file = None
+
+    def __getstate__(self):
+        return {**self.__dict__, "_file": None}
+
+    def __call__(self, sample: int) -> np.ndarray:
+        if self._file is None:
+            self._file = h5py.File(self.schedule.path, "r")
+        traj, start = self.schedule.window(sample)
+        return self._file["frames"][traj, start:start + self.schedule.frames]
+
+
+class _SampleDataset(Dataset):
+    def __init__(self, reader):
+        self.reader = reader
+
+    def __getitem__(self, sample):
+        return torch.from_numpy(self.reader(sample))
+
+
+class _Stream:
+    def __init__(self, schedule, device, start_batch):
+        if start_batch < 0:
+            raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+        self.schedule = schedule
+        self.batch_size = schedule.batch_size
+        self.batches_per_epoch = schedule.batches_per_epoch
         self.device = torch.device(device)
-        self.num_workers = num_workers
         self.position = start_batch
-
-    def _epoch_iter(self, epoch, skip):
-        self.dataset.set_epoch(epoch)
-        sub = torch.utils.data.Subset(self.dataset, range(skip * self.batch_size,
-                                                          self.batches_per_epoch * self.batch_size))
-        loader = DataLoader(sub, batch_size=self.batch_size, shuffle=False, drop_last=True,
-                            num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
-                            prefetch_factor=4 if self.num_workers > 0 else None)
-        return iter(loader)
-
-    def __iter__(self):
-        while True:
-            epoch, skip = divmod(self.position, self.batches_per_epoch)
-            for batch in self._epoch_iter(epoch, skip):
-                self.position += 1
-                yield batch.to(self.device, non_blocking=True)
 
     def close(self):
         pass
 
 
+class TorchBatchStream(_Stream):
+    """torch DataLoader: workers read windows, pinned uint8 batches, conversion on device.
+
+    One DataLoader over an endless sample counter keeps the workers alive across epochs."""
+
+    kind = "torch"
+
+    def __init__(self, schedule, *, device="cpu", num_workers=2, start_batch=0):
+        super().__init__(schedule, device, start_batch)
+        self.num_workers = num_workers
+
+    def __iter__(self):
+        sampler = itertools.count(self.position * self.batch_size)
+        loader = DataLoader(_SampleDataset(WindowReader(self.schedule)), sampler=sampler,
+                            batch_size=self.batch_size, num_workers=self.num_workers,
+                            pin_memory=self.device.type == "cuda",
+                            prefetch_factor=4 if self.num_workers > 0 else None,
+                            persistent_workers=False)
+        for u8 in loader:
+            self.position += 1
+            yield to_unit_range(u8.to(self.device, non_blocking=True))
+
+
+class ResidentBatchStream(_Stream):
+    """The whole uint8 frame array lives on the device; a batch is one gather.
+
+    Fits small sets (50,000 x 64 frames x 32^2 x 3 bytes = 9.8 GB) and removes host reads
+    and transfers from the step entirely."""
+
+    kind = "gpu-resident"
+
+    def __init__(self, schedule, *, device="cpu", start_batch=0):
+        super().__init__(schedule, device, start_batch)
+        with h5py.File(schedule.path, "r") as f:
+            self.frames = torch.from_numpy(f["frames"][...]).to(self.device)
+        self._offsets = torch.arange(schedule.frames, device=self.device)
+
+    def __iter__(self):
+        while True:
+            idx = torch.from_numpy(self.schedule.batch(self.position)).to(self.device)
+            traj, start = idx[:, :1], idx[:, 1:]
+            u8 = self.frames[traj, start + self._offsets]           # [B, T, H, W, 3]
+            self.position += 1
+            yield to_unit_range(u8)
+
+    def close(self):
+        self.frames = None
+
+
 def build_loader(path, *, batch_size, frames=16, seed=0, rank=0, world_size=1, device="cpu",
                  kind="auto", num_workers=2, start_batch=0):
-    if kind not in ("auto", "torch", "dali"):
-        raise ValueError(f"unknown loader kind {kind!r}; choose auto, torch or dali")
-    return TorchBatchStream(path, batch_size=batch_size, frames=frames, seed=seed, rank=rank,
-                            world_size=world_size, device=device, num_workers=num_workers,
+    """An endless stream of float32 [B, T, 3, H, W] batches in [-1, 1] on `device`.
+
+    kind: "torch", "dali" (works on CPU too), "gpu-resident", or "auto" = DALI when it is
+    importable and the device is CUDA, else torch. The stream has `.kind`, `.position`
+    (next global batch) and `.batches_per_epoch`."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown loader kind {kind!r}; choose one of {', '.join(KINDS)}")
+    schedule = WindowSchedule(path, batch_size=batch_size, frames=frames, seed=seed, rank=rank,
+                              world_size=world_size)
+    if kind == "auto":
+        from hgan.data import dali
+        kind = "dali" if dali.available() and torch.device(device).type == "cuda" else "torch"
+    if kind == "dali":
+        from hgan.data import dali
+        return dali.DaliBatchStream(schedule, device=device, num_workers=num_workers,
+                                    start_batch=start_batch)
+    if kind == "gpu-resident":
+        return ResidentBatchStream(schedule, device=device, start_batch=start_batch)
+    return TorchBatchStream(schedule, device=device, num_workers=num_workers,
                             start_batch=start_batch)
+
+
+__all__ = ["build_loader", "to_unit_range", "WindowSchedule", "WindowReader", "KINDS",
+           "TorchBatchStream", "ResidentBatchStream"]

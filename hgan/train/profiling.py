@@ -1,12 +1,24 @@
 """Step profiling for TensorBoard (torch-tb-profiler) and Chrome/Perfetto trace viewers.
 
-`stage(name)` marks a region of a training step (data, motion, generator, D_I, D_V,
-backward, optimizer) so that the profiler attributes time to it; it costs nothing when no
-profiler is running. `step_profiler(run_dir, enabled)` records a few steps after a warm-up.
+`stage(name)` marks a region of a training step (one of STAGES) so that the profiler
+attributes time to it; it costs nothing when no profiler is running. `step_profiler(run_dir,
+enabled)` records a few steps after a warm-up and writes, under <run_dir>/profile/:
+
+- `<host>_<pid>.<ms>.pt.trace.json`: what `tensorboard --logdir <run_dir>/profile` shows
+  with the torch-tb-profiler plugin;
+- `trace.json`: the same Chrome trace under a fixed name, for chrome://tracing or
+  ui.perfetto.dev (the plugin is unmaintained since PyTorch 2.0, a trace viewer is not);
+- `stages.json`: each stage's share of the recorded steps (see `stage_shares`).
 """
+import json
 import os
+import shutil
+import socket
+import time
 
 import torch
+
+STAGES = ("data", "motion", "generator", "D_I", "D_V", "backward", "optimizer")
 
 
 def stage(name: str):
@@ -24,10 +36,57 @@ class _NoProfiler:
         pass
 
 
+def _device_time(evt) -> float:
+    # torch >= 2.4 names it device_time_total; older builds only have cuda_time_total.
+    return float(getattr(evt, "device_time_total", getattr(evt, "cuda_time_total", 0.0)) or 0.0)
+
+
+def stage_shares(prof, stages=STAGES) -> dict:
+    """Time per stage and per step (microseconds, summed over the recorded steps).
+
+    CPU time is the inclusive wall time of each `stage` range on the host; device time is
+    the kernel time the profiler attributes to it (0 without CUDA). Shares divide by the
+    summed ProfilerStep ranges, so they say where a step's host time goes; host time
+    inside `data` is the time the step waits for its batch."""
+    cpu, dev, step_us, n_steps = {}, {}, 0.0, 0
+    for evt in prof.key_averages():
+        if evt.key.startswith("ProfilerStep"):  # "ProfilerStep*" once averaged
+            step_us += evt.cpu_time_total
+            n_steps += evt.count
+        elif evt.key in stages:
+            cpu[evt.key] = cpu.get(evt.key, 0.0) + evt.cpu_time_total
+            dev[evt.key] = dev.get(evt.key, 0.0) + _device_time(evt)
+    return {
+        "steps": n_steps,
+        "step_us": step_us,
+        "stage_cpu_us": cpu,
+        "stage_device_us": dev,
+        "share": {k: (v / step_us if step_us > 0 else 0.0) for k, v in cpu.items()},
+    }
+
+
+def _trace_handler(trace_dir: str):
+    def handler(prof):
+        # Same naming as torch.profiler.tensorboard_trace_handler, which the plugin globs.
+        name = f"{socket.gethostname()}_{os.getpid()}.{int(time.time() * 1000)}.pt.trace.json"
+        path = os.path.join(trace_dir, name)
+        prof.export_chrome_trace(path)
+        shutil.copyfile(path, os.path.join(trace_dir, "trace.json"))
+        with open(os.path.join(trace_dir, "stages.json"), "w") as f:
+            json.dump(stage_shares(prof), f, indent=2, sort_keys=True)
+    return handler
+
+
 def step_profiler(run_dir: str, enabled: bool, *, wait: int = 1, warmup: int = 2, active: int = 3):
-    """A context whose `.step()` is called once per training iteration."""
+    """A context whose `.step()` is called once per training iteration.
+
+    The first `wait + warmup` steps are skipped (compilation, allocator and cuDNN
+    autotuning would dominate them), the next `active` steps are recorded once."""
     if not enabled:
         return _NoProfiler()
+    if min(wait, warmup) < 0 or active < 1:
+        raise ValueError(f"profiler schedule needs wait, warmup >= 0 and active >= 1, got "
+                         f"wait={wait} warmup={warmup} active={active}")
     trace_dir = os.path.join(run_dir, "profile")
     os.makedirs(trace_dir, exist_ok=True)
     activities = [torch.profiler.ProfilerActivity.CPU]
@@ -36,10 +95,22 @@ def step_profiler(run_dir: str, enabled: bool, *, wait: int = 1, warmup: int = 2
     return torch.profiler.profile(
         activities=activities,
         schedule=torch.profiler.schedule(wait=wait, warmup=warmup, active=active, repeat=1),
-        on_trace_ready=torch.profiler.tensorboard_trace_handler(trace_dir),
+        on_trace_ready=_trace_handler(trace_dir),
         record_shapes=True,
         with_stack=False,
     )
 
 
-__all__ = ["stage", "step_profiler"]
+def load_trace(path: str) -> dict:
+    """Parse a Chrome trace written above; raises ValueError naming the file if it is not."""
+    try:
+        with open(path) as f:
+            trace = json.load(f)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not a Chrome trace JSON: {err}") from err
+    if "traceEvents" not in trace:
+        raise ValueError(f"{path} has no traceEvents; not a Chrome trace")
+    return trace
+
+
+__all__ = ["STAGES", "stage", "step_profiler", "stage_shares", "load_trace"]

@@ -1,0 +1,95 @@
+"""Generation of `<out>/<system>/{train,test}.h5`: simulate, render and write in chunks.
+
+Peak memory is bounded by the chunk (trajectories simulated together) and the render block
+(frames rendered together), never by N: each chunk is written and dropped before the next.
+"""
+import logging
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from hgan.data.h5io import H5Writer
+from hgan.data.render import render
+from hgan.data.simulate import DT, SUBSTEPS, simulate_split
+from hgan.data.systems import get_system
+
+log = logging.getLogger(__name__)
+
+CHUNK_TRAJ = 256  # trajectories simulated per vectorised batch
+RENDER_BYTES = 64 << 20  # float32 working set of one render block
+
+
+def render_states(system, states, params, color_index, offset, resolution):
+    """uint8 frames [n, T, R, R, 3] of float64 states [n, T, 2*dof]."""
+    pos = system.positions(states, params) + offset[:, None, None, :]
+    return render(pos, system.particle_radius(params), color_index, system.num_colors,
+                  system.full_canvas, resolution)
+
+
+def _check(name, value, minimum):
+    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def generate_split(system, path, split, n, *, frames, seed, resolution=32, chunk=CHUNK_TRAJ,
+                   progress=True):
+    """Write n trajectories of `split` to path; returns the file attributes written."""
+    system = get_system(system) if isinstance(system, str) else system
+    per_traj = frames * resolution * resolution * 3 * 4 * (system.n_bodies + 2)
+    block = max(1, min(chunk, RENDER_BYTES // per_traj))
+    writer = H5Writer(path, system, n, frames, resolution,
+                      dict(split=split, seed=seed, dt=DT, substeps=SUBSTEPS))
+    rejected = inaccurate = 0
+    bar = tqdm(total=n * frames, unit="frame", unit_scale=True, disable=not progress,
+               desc=f"{system.name}/{split}")
+    try:
+        for start in range(0, n, chunk):
+            idx = np.arange(start, min(n, start + chunk))
+            sim = simulate_split(system, seed, split, idx, frames)
+            rejected += sim["rejected"]
+            inaccurate += sim["inaccurate"]
+            for b in range(0, len(idx), block):
+                sl = slice(b, b + block)
+                pr = {k: v[sl] for k, v in sim["params"].items()}
+                imgs = render_states(system, sim["states"][sl], pr, sim["color_index"][sl],
+                                     sim["offset"][sl], resolution)
+                writer.write(start + b, frames=imgs, states=sim["states"][sl],
+                             color_index=sim["color_index"][sl], offset=sim["offset"][sl],
+                             params=pr)
+                bar.update(len(imgs) * frames)
+            bar.set_postfix(rejected=rejected)
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+    writer.close(rejected=rejected, inaccurate=inaccurate)
+    log.info("%s: %d trajectories, %d rejected (left the canvas), %d re-drawn for accuracy",
+             path, n, rejected, inaccurate)
+    return dict(rejected=rejected, inaccurate=inaccurate)
+
+
+def generate_dataset(system, out_dir, *, train=1000, test=200, frames=256, seed=0,
+                     resolution=32, progress=True, chunk=CHUNK_TRAJ):
+    """Generate `<out_dir>/<system>/{train,test}.h5`; a split with 0 trajectories is
+    skipped. Returns {split: path}. The same arguments give byte-identical arrays."""
+    sys_obj = get_system(system)
+    _check("train", train, 0)
+    _check("test", test, 0)
+    _check("frames", frames, 1)
+    _check("seed", seed, 0)
+    _check("resolution", resolution, 2)
+    _check("chunk", chunk, 1)
+    out = {}
+    for split, n in (("train", train), ("test", test)):
+        if n == 0:
+            continue
+        path = os.path.join(os.fspath(out_dir), sys_obj.name, split + ".h5")
+        stats = generate_split(sys_obj, path, split, n, frames=frames, seed=seed,
+                               resolution=resolution, chunk=chunk, progress=progress)
+        if progress:
+            tqdm.write(f"{path}: {n} trajectories, {stats['rejected']} rejected (left the "
+                       f"canvas), {stats['inaccurate']} re-drawn for accuracy")
+        out[split] = path
+    return out

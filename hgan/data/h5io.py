@@ -1,0 +1,161 @@
+"""The project's HDF5 format: a streaming writer and a validating reader.
+
+Layout of `<out>/<system>/<split>.h5` (format version 1):
+    frames            uint8   [N, T, R, R, 3]  one trajectory per chunk, gzip
+    states            float32 [N, T, 2*dof]    q then p; n-body x1, y1, x2, y2, ...
+    color_index       int32   [N, n_bodies]
+    offset            float64 [N, 2]           world shift applied to every particle
+    params/<name>     float64 [N]              physical parameters of each trajectory
+    attrs: format_version, generator_version, system, split, seed, dt, resolution, frames,
+           n_trajectories, dof, n_bodies, num_colors, friction, canvas_min, canvas_max,
+           recipe, rejected, inaccurate, substeps, complete
+The writer fills `<name>.partial` and renames it when every trajectory is written, so an
+interrupted run never leaves a file that passes validation.
+"""
+import os
+
+import h5py
+import numpy as np
+
+FORMAT_VERSION = 1
+GENERATOR_VERSION = "hgan.data 1.0"
+COMPRESSION = dict(compression="gzip", compression_opts=1)  # level 1: ~same size, much faster
+
+
+class DataFormatError(ValueError):
+    """A Toy Physics HDF5 file that cannot be used, with the reason."""
+
+
+class H5Writer:
+    """Pre-allocates every dataset for n trajectories and writes them in index ranges."""
+
+    def __init__(self, path, system, n, frames, resolution, attrs):
+        self.path = os.fspath(path)
+        self.tmp = self.path + ".partial"
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        self.f = h5py.File(self.tmp, "w")
+        f = self.f
+        r = resolution
+        f.create_dataset("frames", (n, frames, r, r, 3), np.uint8,
+                         chunks=(1, frames, r, r, 3), **COMPRESSION)
+        f.create_dataset("states", (n, frames, 2 * system.dof), np.float32,
+                         chunks=(1, frames, 2 * system.dof), **COMPRESSION)
+        f.create_dataset("color_index", (n, system.n_bodies), np.int32)
+        f.create_dataset("offset", (n, 2), np.float64)
+        g = f.create_group("params")
+        for name in system.param_names:
+            g.create_dataset(name, (n,), np.float64)
+        f.attrs.update(dict(
+            format_version=FORMAT_VERSION, generator_version=GENERATOR_VERSION,
+            system=system.name, frames=frames, resolution=r, n_trajectories=n, dof=system.dof,
+            n_bodies=system.n_bodies, num_colors=system.num_colors, friction=system.friction,
+            canvas_min=system.full_canvas[0], canvas_max=system.full_canvas[1],
+            recipe=system.recipe, complete=False))
+        f.attrs.update(attrs)
+
+    def write(self, start, *, frames, states, color_index, offset, params):
+        stop = start + len(frames)
+        self.f["frames"][start:stop] = frames
+        self.f["states"][start:stop] = states.astype(np.float32)
+        self.f["color_index"][start:stop] = color_index
+        self.f["offset"][start:stop] = offset
+        for name, v in params.items():
+            self.f["params"][name][start:stop] = v
+
+    def close(self, **final_attrs):
+        self.f.attrs.update(final_attrs)
+        self.f.attrs["complete"] = True
+        self.f.close()
+        os.replace(self.tmp, self.path)
+
+    def abort(self):
+        self.f.close()
+        if os.path.exists(self.tmp):
+            os.remove(self.tmp)
+
+
+class ToyPhysicsFile:
+    """Validated read-only view: .frames/.states (h5py datasets), .params, .attrs."""
+
+    def __init__(self, path):
+        from hgan.data.systems import get_system
+        self.path = os.fspath(path)
+        if not os.path.exists(self.path):
+            raise DataFormatError(f"{self.path}: file does not exist")
+        try:
+            self._f = h5py.File(self.path, "r")
+        except OSError as e:
+            raise DataFormatError(f"{self.path}: truncated or corrupt HDF5 file ({e})") from None
+        try:
+            f = self._f
+            self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
+            version = self.attrs.get("format_version")
+            if version != FORMAT_VERSION:
+                raise DataFormatError(f"{self.path}: unknown format version {version!r} "
+                                      f"(this reader understands {FORMAT_VERSION})")
+            if not self.attrs.get("complete", False):
+                raise DataFormatError(f"{self.path}: incomplete file (generation was "
+                                      "interrupted); generate it again")
+            try:
+                system = get_system(self.attrs.get("system"))
+            except ValueError as e:
+                raise DataFormatError(f"{self.path}: {e}") from None
+            names = ["frames", "states", "color_index", "offset"]
+            names += ["params/" + p for p in system.param_names]
+            for name in names:
+                if name not in f:
+                    raise DataFormatError(f"{self.path}: missing dataset {name!r}")
+            n, t, r = (int(self.attrs.get(k, -1)) for k in ("n_trajectories", "frames",
+                                                              "resolution"))
+            expect = {"frames": (n, t, r, r, 3), "states": (n, t, 2 * system.dof),
+                      "color_index": (n, system.n_bodies), "offset": (n, 2)}
+            expect.update({"params/" + p: (n,) for p in system.param_names})
+            for name, shape in expect.items():
+                if f[name].shape != shape:
+                    raise DataFormatError(f"{self.path}: dataset {name!r} has shape "
+                                          f"{f[name].shape}, expected {shape} from the attributes")
+            if f["frames"].dtype != np.uint8:
+                raise DataFormatError(f"{self.path}: frames must be uint8, got {f['frames'].dtype}")
+            self.frames, self.states = f["frames"], f["states"]
+            self.color_index, self.offset = f["color_index"][()], f["offset"][()]
+            self.params = {p: f["params/" + p][()] for p in system.param_names}
+            self._probe(n)
+        except DataFormatError:
+            self._f.close()
+            raise
+        self.system = system
+
+    def _probe(self, n):
+        # A file cut short keeps a readable header; its last chunks fail to decompress.
+        try:
+            for i in {0, n - 1} if n else ():
+                self.frames[i, :1]
+                self.frames[i, -1:]
+                self.states[i]
+        except (OSError, RuntimeError, ValueError) as e:
+            raise DataFormatError(f"{self.path}: truncated or corrupt data ({e})") from None
+
+    def __len__(self):
+        return self.frames.shape[0]
+
+    def close(self):
+        self._f.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _plain(v):
+    if isinstance(v, bytes):
+        return v.decode()
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def open_h5(path):
+    """Open and validate a Toy Physics HDF5 file; DataFormatError says what is wrong."""
+    return ToyPhysicsFile(path)

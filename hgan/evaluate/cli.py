@@ -1,0 +1,236 @@
+"""`python -m hgan.evaluate`: evaluate one checkpoint, or compare evaluated runs.
+
+    python -m hgan.evaluate --checkpoint RUN/checkpoints/last.pt \\
+        [--metrics fvd,physics,tsne,samples,cyclic] [--data H5] [--i3d PATH] --out DIR
+    python -m hgan.evaluate compare RUN_DIR... [--out table.md]
+"""
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+from hgan.evaluate import figures, fvd, probe, report, structure
+
+ALL_METRICS = ("fvd", "physics", "tsne", "samples", "cyclic")
+
+
+def _find_data_path(config):
+    """The training data file recorded in the run's config (flat or nested)."""
+    stack = [config]
+    while stack:
+        d = stack.pop()
+        if not isinstance(d, dict):
+            continue
+        for key in ("data", "data_path", "dataset", "train_data"):
+            v = d.get(key)
+            if isinstance(v, str) and v.endswith((".h5", ".hdf5")):
+                return v
+        stack.extend(d.values())
+    return None
+
+
+def _load_run(checkpoint, device):
+    from hgan.sample import load_generator
+    from hgan.train.checkpoint import load_checkpoint
+    generator, config = load_generator(checkpoint, device=device) if _accepts_device(load_generator) \
+        else load_generator(checkpoint)
+    generator.to(device).eval()
+    iteration = int(load_checkpoint(checkpoint).get("iteration", -1))
+    return generator, config, iteration
+
+
+def _accepts_device(fn):
+    import inspect
+    return "device" in inspect.signature(fn).parameters
+
+
+def _real_videos(ds, idx, frames, seed):
+    """One random `frames` window per held-out trajectory: uint8 [N, T, H, W, 3], states, params."""
+    rng = np.random.default_rng(seed)
+    t = ds.frames.shape[1]
+    if t < frames:
+        raise ValueError(f"trajectories have {t} frames, fewer than --frames {frames}")
+    starts = rng.integers(0, t - frames + 1, size=len(idx))
+    vids = np.stack([np.asarray(ds.frames[i, s:s + frames]) for i, s in zip(idx, starts)])
+    states = np.stack([np.asarray(ds.states[i, s:s + frames]) for i, s in zip(idx, starts)])
+    params = {k: np.asarray(v)[idx] for k, v in ds.params.items()}
+    return vids, states, params
+
+
+def _generated_videos(generator, n, frames, seed, batch=64):
+    gen = torch.Generator(device=generator.device).manual_seed(seed)
+    out = [probe.generated_to_probe(generator.sample(min(batch, n - i), frames, generator=gen))
+           for i in range(0, n, batch)]
+    return np.concatenate(out)
+
+
+def physics_metrics(generator, ds, system, data_path, *, n, frames, seed, probe_steps):
+    frames_all, states_all = ds.frames, ds.states
+    pr = probe.load_or_train_probe(data_path, frames_all, states_all, steps=probe_steps)
+    _, test_idx = probe.split_indices(len(frames_all))
+    test_idx = test_idx[:n]
+    real, real_states, params = _real_videos(ds, test_idx, frames, seed)
+    rmse = probe.probe_rmse(pr, real, real_states)
+    rel = rmse / np.asarray(states_all[: min(len(states_all), 512)]).reshape(-1, rmse.size).std(0)
+    rng = np.random.default_rng(seed)
+    shuffled = np.stack([v[rng.permutation(len(v))] for v in real])
+    real_p, shuf_p = pr.states(real), pr.states(shuffled)
+    gen_p = pr.states(_generated_videos(generator, n, frames, seed))
+    gen_params = probe.constant_params(ds.params, len(gen_p))
+    half = len(real_p) // 2
+    drift = {
+        "noise_floor": probe.summarize(probe.noise_floor(system, real_states[:, :-1], params, rmse, seed)),
+        "real": probe.summarize(probe.energy_drift(system, real_p, params)),
+        "shuffled_real": probe.summarize(probe.energy_drift(system, shuf_p, params)),
+        "generated": probe.summarize(probe.energy_drift(system, gen_p, gen_params)),
+    }
+    fsd = {"generated": probe.frechet_state_distance(real_p, gen_p),
+           "shuffled_real": probe.frechet_state_distance(real_p, shuf_p),
+           "real_half_vs_half": probe.frechet_state_distance(real_p[:half], real_p[half:2 * half])}
+    return {"probe_rmse": rmse.tolist(), "probe_rel_rmse": rel.tolist(), "num_videos": len(real),
+            "frames": frames, "energy_drift": drift, "frechet_state_distance": fsd,
+            "probe_cache": probe.probe_cache_path(data_path)}
+
+
+def evaluate(args):
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    unknown = sorted(set(metrics) - set(ALL_METRICS))
+    if unknown:
+        raise SystemExit(f"unknown metrics {unknown}; choose from {','.join(ALL_METRICS)}")
+    os.makedirs(args.out, exist_ok=True)
+    generator, config, iteration = _load_run(args.checkpoint, device)
+    data_path = args.data or _find_data_path(config)
+    model = generator.config.model
+    results = {"checkpoint": os.path.abspath(args.checkpoint), "model": model, "iteration": iteration,
+               "data": data_path, "device": device, "metrics": metrics, "figures": {},
+               "config": config}
+    ds = system = None
+    if any(m in metrics for m in ("fvd", "physics", "samples")):
+        from hgan.data import get_system, open_h5
+        if not data_path or not os.path.exists(data_path):
+            raise SystemExit(f"dataset not found ({data_path!r}): pass --data PATH.h5")
+        ds = open_h5(data_path)
+        system = get_system(ds.attrs["system"])
+    results["system"] = ds.attrs["system"] if ds is not None else args.system or "unknown"
+    fig = lambda stem: os.path.join(args.out, stem)  # noqa: E731
+    t0 = time.time()
+
+    if "fvd" in metrics:
+        try:
+            det_path = fvd.resolve_detector_path(args.i3d)
+        except FileNotFoundError as e:
+            if args.i3d:
+                raise
+            results["fvd"] = {"skipped": str(e)}
+            print(f"[evaluate] FVD skipped: {e}", file=sys.stderr)
+        else:
+            det = fvd.load_detector(det_path, device)
+            _, test_idx = probe.split_indices(len(ds.frames))
+            held_out = ds.frames if args.fvd_all_trajectories else _Rows(ds.frames, test_idx)
+            mu, sigma = fvd.real_stats(held_out, det, data_path=data_path, detector_path=det_path,
+                                       num_videos=args.fvd_videos, frames=args.frames, seed=0,
+                                       cache_dir=os.path.join(os.path.dirname(os.path.abspath(data_path)),
+                                                              "fvd_cache"), device=device)
+            results["fvd"] = fvd.fvd_over_seeds(generator, det, mu, sigma, seeds=args.seeds,
+                                                num_videos=args.fvd_videos, frames=args.frames,
+                                                device=device)
+    if "physics" in metrics:
+        results["physics"] = physics_metrics(generator, ds, system, data_path, n=args.physics_videos,
+                                             frames=args.frames, seed=args.seeds[0],
+                                             probe_steps=args.probe_steps)
+    if "samples" in metrics:
+        _, test_idx = probe.split_indices(len(ds.frames))
+        real, _, _ = _real_videos(ds, test_idx[:8], args.frames, 0)
+        gen = _generated_videos(generator, 8, args.frames, 0)
+        results["figures"]["samples_real"] = figures.save_sample_grid(real, fig("samples_real.png"),
+                                                                      fig("samples_real.gif"))
+        results["figures"][f"samples_{model}"] = figures.save_sample_grid(
+            gen, fig(f"samples_{model}.png"), fig(f"samples_{model}.gif"))
+    if "tsne" in metrics:
+        pts = structure.motion_points(generator, n=args.tsne_samples, seed=0)
+        emb = figures.tsne_embedding(pts)
+        results["figures"]["tsne"] = figures.plot_tsne(
+            emb, fig(f"tsne_{model}.png"), title=f"{model}: motion t-SNE ({len(pts)} samples)",
+            color=np.linalg.norm(pts, axis=1))
+    if "cyclic" in metrics:
+        am = structure.active_momenta(generator)
+        er = structure.energy_rollouts(generator, steps=args.rollout_steps)
+        results["cyclic"] = {"active_momenta": am, "energy_rollout": er and er["summary"]}
+        if am is not None:
+            results["figures"]["active_momenta"] = figures.plot_active_momenta(
+                am["mean_abs_dpdt"], am["threshold"], fig(f"momenta_{model}.png"),
+                title=f"{model}: {am['active_dims']} active of {am['k']}")
+            results["figures"]["energy_rollout"] = figures.plot_energy_rollout(
+                er["steps"], er["forward"], er["backward"], fig(f"energy_{model}.png"),
+                title=f"{model}: learned H along {args.rollout_steps}-step rollouts")
+    results["seconds"] = round(time.time() - t0, 1)
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=1, default=float)
+    with open(os.path.join(args.out, "report.md"), "w") as f:
+        f.write(report.checkpoint_report(results))
+    print(f"[evaluate] wrote {args.out}/results.json and report.md in {results['seconds']} s")
+    return results
+
+
+class _Rows:
+    """Row subset of an h5 frame dataset, indexable like the dataset (for held-out clips)."""
+
+    def __init__(self, ds, idx):
+        self.ds, self.idx = ds, np.asarray(idx)
+        self.shape = (len(self.idx),) + tuple(ds.shape[1:])
+
+    def __getitem__(self, key):
+        i, rest = (key[0], key[1:]) if isinstance(key, tuple) else (key, ())
+        return self.ds[(int(self.idx[i]),) + rest]
+
+
+def compare(args):
+    rows = [report.find_results(d) for d in args.run_dirs]
+    table = report.compare_table(rows)
+    header = ("# Comparison across runs\n\nEach number carries the training iteration it was "
+              "measured at; runs trained for different lengths are not directly comparable.\n\n")
+    text = header + table
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    print(text)
+    return text
+
+
+def _seeds(s):
+    return tuple(int(x) for x in s.split(","))
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "compare":
+        p = argparse.ArgumentParser(prog="python -m hgan.evaluate compare",
+                                    description="Table-1-style markdown table of evaluated runs")
+        p.add_argument("run_dirs", nargs="+", help="directories holding results.json (or eval/results.json)")
+        p.add_argument("--out", help="write the table to this markdown file as well")
+        return compare(p.parse_args(argv[1:]))
+    p = argparse.ArgumentParser(prog="python -m hgan.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="a run's checkpoint (e.g. RUN/checkpoints/last.pt)")
+    p.add_argument("--metrics", default=",".join(ALL_METRICS), help=f"comma list of {','.join(ALL_METRICS)}")
+    p.add_argument("--out", required=True, help="output directory for results.json, report.md, figures")
+    p.add_argument("--data", help="Toy Physics HDF5 file (default: the one in the run's config)")
+    p.add_argument("--i3d", help=f"path to {fvd.I3D_FILENAME} (default: ${fvd.I3D_ENV})")
+    p.add_argument("--fvd-videos", type=int, default=fvd.PROTOCOL["num_videos"],
+                   help="videos per side for FVD (protocol: 2048)")
+    p.add_argument("--fvd-all-trajectories", action="store_true",
+                   help="draw FVD real clips from all trajectories, not only the held-out 20%%")
+    p.add_argument("--frames", type=int, default=fvd.PROTOCOL["frames"], help="clip length (protocol: 16)")
+    p.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="generated-set seeds, e.g. 0,1,2")
+    p.add_argument("--physics-videos", type=int, default=256, help="videos for the physics metrics")
+    p.add_argument("--probe-steps", type=int, default=3000, help="probe training steps (first use only)")
+    p.add_argument("--tsne-samples", type=int, default=1024)
+    p.add_argument("--rollout-steps", type=int, default=512, help="leapfrog steps of the energy rollouts")
+    p.add_argument("--system", help="system name when no dataset is read (tsne/cyclic only)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    return evaluate(p.parse_args(argv))

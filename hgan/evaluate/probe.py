@@ -1,0 +1,194 @@
+"""Physics probe: read the true state (q, p) out of videos, and the metrics built on it.
+
+The project renders its own data, so every real frame has a known state. A small CNN
+trained on real frames (two consecutive frames -> the state at the first) is then applied
+to any video. Its metrics:
+
+- ``probe_rmse``: its error on held-out real data (per state dimension), reported beside
+  everything else because it bounds what the other numbers can resolve;
+- ``energy_drift``: std/|mean| of the true Hamiltonian (true parameters) of the probed
+  states along each video; ``noise_floor`` is the drift that the probe's own error alone
+  produces on exactly conserved real trajectories (true states plus Gaussian noise of the
+  measured RMSE), so real videos should sit near it and broken dynamics clearly above;
+- ``frechet_state_distance``: Frechet distance between probed state trajectories
+  (flattened [T-1, 2k]) of real and generated videos.
+"""
+import hashlib
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from hgan.evaluate.fvd import feature_stats, frechet_distance
+
+PROBE_VERSION = 1
+
+
+class PhysicsProbe(nn.Module):
+    """[B, 2, H, W, 3] uint8 frame pairs -> [B, S] states (normalised inside)."""
+
+    def __init__(self, state_dim, resolution=32, width=32):
+        super().__init__()
+        if resolution % 8:
+            raise ValueError(f"probe resolution must be a multiple of 8, got {resolution}")
+        self.config = {"state_dim": state_dim, "resolution": resolution, "width": width}
+        w = width
+        # Input channels: frame t, frame t+1 and their difference (the difference carries p).
+        self.features = nn.Sequential(
+            nn.Conv2d(9, w, 3, padding=1), nn.SiLU(),
+            nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(2 * w, 2 * w, 4, stride=2, padding=1), nn.SiLU(),
+            nn.Conv2d(2 * w, 4 * w, 4, stride=2, padding=1), nn.SiLU(),
+        )
+        # Flatten, not pool: the state is a position, and pooling would discard it.
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(4 * w * (resolution // 8) ** 2, 128),
+                                  nn.SiLU(), nn.Linear(128, state_dim))
+        self.register_buffer("state_mean", torch.zeros(state_dim))
+        self.register_buffer("state_std", torch.ones(state_dim))
+
+    def forward(self, pairs):
+        if pairs.dtype != torch.uint8 or pairs.dim() != 5 or pairs.shape[1] != 2 or pairs.shape[-1] != 3:
+            raise ValueError(f"probe input must be uint8 frame pairs [B, 2, H, W, 3], "
+                             f"got {pairs.dtype} {tuple(pairs.shape)}")
+        res = self.config["resolution"]
+        if pairs.shape[2:4] != (res, res):
+            raise ValueError(f"probe was trained at {res}x{res}, got {tuple(pairs.shape[2:4])} frames")
+        x = pairs.float().div(255).permute(0, 1, 4, 2, 3)  # [B, 2, 3, H, W]
+        x = torch.cat([x[:, 0], x[:, 1], x[:, 1] - x[:, 0]], dim=1)
+        return self.head(self.features(x)) * self.state_std + self.state_mean
+
+    @torch.no_grad()
+    def states(self, videos, batch_size=256):
+        """uint8 videos [N, T, H, W, 3] -> probed states [N, T-1, S] (pairs t, t+1)."""
+        videos = torch.as_tensor(np.asarray(videos))
+        n, t = videos.shape[:2]
+        if t < 2:
+            raise ValueError(f"the probe needs at least 2 frames per video, got {t}")
+        pairs = torch.stack([videos[:, :-1], videos[:, 1:]], dim=2).flatten(0, 1)  # [N(T-1), 2, H, W, 3]
+        out = torch.cat([self(pairs[i:i + batch_size]) for i in range(0, len(pairs), batch_size)])
+        return out.view(n, t - 1, -1).double().numpy()
+
+
+def generated_to_probe(videos):
+    """Generated [N, T, 3, H, W] in [-1, 1] -> uint8 [N, T, H, W, 3], the FVD quantisation."""
+    return (videos.detach() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+
+
+def split_indices(n, holdout=0.2):
+    """Fixed split: the last `holdout` fraction of trajectories is never trained on."""
+    n_test = max(1, int(round(n * holdout)))
+    if n - n_test < 1:
+        raise ValueError(f"need at least 2 trajectories to split train/held-out, got {n}")
+    return np.arange(n - n_test), np.arange(n - n_test, n)
+
+
+def train_probe(frames, states, *, steps=2000, batch_size=128, lr=2e-3, width=32, seed=0,
+                max_frames=100_000, progress=True):
+    """Fit a probe on uint8 frames [N, T, H, W, 3] and states [N, T, S] (the train split).
+
+    At most `max_frames` frames (about 300 MB at 32x32) are held in memory: whole leading
+    trajectories, so the read from HDF5 is one contiguous slice."""
+    n_use = max(1, min(len(frames), max_frames // frames.shape[1]))
+    frames = torch.from_numpy(np.asarray(frames[:n_use]))
+    states = torch.from_numpy(np.asarray(states[:n_use], dtype=np.float32))
+    n, t, res = frames.shape[0], frames.shape[1], frames.shape[2]
+    probe = PhysicsProbe(states.shape[-1], resolution=res, width=width)
+    flat = states.reshape(-1, states.shape[-1])
+    probe.state_mean.copy_(flat.mean(0))
+    probe.state_std.copy_(flat.std(0).clamp_min(1e-6))
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam(probe.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    bar = tqdm(range(steps), desc="probe", disable=not progress, leave=False)
+    for _ in bar:
+        i = torch.randint(0, n, (batch_size,), generator=gen)
+        j = torch.randint(0, t - 1, (batch_size,), generator=gen)
+        pairs = torch.stack([frames[i, j], frames[i, j + 1]], dim=1)
+        loss = F.mse_loss((probe(pairs) - probe.state_mean) / probe.state_std,
+                          (states[i, j] - probe.state_mean) / probe.state_std)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+    return probe.eval()
+
+
+def probe_cache_path(data_path):
+    return os.path.splitext(data_path)[0] + ".probe.pt"
+
+
+def _data_key(data_path, **cfg):
+    st = os.stat(data_path)
+    blob = json.dumps({"size": st.st_size, "mtime": int(st.st_mtime), "v": PROBE_VERSION, **cfg},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_or_train_probe(data_path, frames, states, *, cache=True, **train_kw):
+    """The probe for one dataset, cached beside it (``<name>.probe.pt``) and keyed by a hash
+    of the file's size and mtime and the training settings, so a regenerated file retrains."""
+    key = _data_key(data_path, **train_kw)
+    path = probe_cache_path(data_path)
+    if cache and os.path.exists(path):
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("key") == key:
+            probe = PhysicsProbe(**blob["config"])
+            probe.load_state_dict(blob["state_dict"])
+            return probe.eval()
+    train_idx, _ = split_indices(len(frames))
+    probe = train_probe(frames[: len(train_idx)], states[: len(train_idx)], **train_kw)
+    if cache:
+        torch.save({"key": key, "config": probe.config, "state_dict": probe.state_dict()}, path)
+    return probe
+
+
+def probe_rmse(probe, frames, states):
+    """Per-dimension RMSE of probed vs true states on videos [N, T, H, W, 3], states [N, T, S]."""
+    est = probe.states(frames)
+    err = est - np.asarray(states, dtype=np.float64)[:, :-1]
+    return np.sqrt((err ** 2).reshape(-1, err.shape[-1]).mean(0))
+
+
+def energy_drift(system, states, params):
+    """std/|mean| of the true H along each video: states [N, T, S], params name -> [N].
+
+    The denominator is floored at the system's energy scale because H can cross zero
+    (double pendulum). Returns [N]."""
+    states = np.asarray(states, dtype=np.float64)
+    n = len(states)
+    params = {k: np.asarray(v, dtype=np.float64).reshape(n) for k, v in params.items()}
+    h = np.asarray(system.hamiltonian(states, params), dtype=np.float64)  # [N, T]
+    scale = np.broadcast_to(np.asarray(system.energy_scale(params), dtype=np.float64), (n,))
+    return h.std(axis=1) / np.maximum(np.abs(h.mean(axis=1)), scale)
+
+
+def noise_floor(system, states, params, rmse, seed=0):
+    """Drift the probe's error alone gives: true states [N, T-1, S] + N(0, rmse^2) noise."""
+    rng = np.random.default_rng(seed)
+    noisy = np.asarray(states, dtype=np.float64) + rng.standard_normal(np.shape(states)) * rmse
+    return energy_drift(system, noisy, params)
+
+
+def frechet_state_distance(real_states, gen_states):
+    """Frechet distance of flattened probed trajectories [N, T-1, S] (equal lengths)."""
+    if np.shape(real_states)[1:] != np.shape(gen_states)[1:]:
+        raise ValueError(f"trajectory shapes differ: {np.shape(real_states)} vs {np.shape(gen_states)}")
+    r = np.asarray(real_states).reshape(len(real_states), -1)
+    g = np.asarray(gen_states).reshape(len(gen_states), -1)
+    return frechet_distance(*feature_stats(g), *feature_stats(r))
+
+
+def constant_params(params, n):
+    """Generated videos have no parameters of their own: use the dataset's (median) values."""
+    return {k: np.full(n, float(np.median(np.asarray(v)))) for k, v in params.items()}
+
+
+def summarize(values):
+    v = np.asarray(values, dtype=np.float64)
+    return {"mean": float(v.mean()), "median": float(np.median(v)), "std": float(v.std())}

@@ -1,0 +1,115 @@
+"""Markdown reports: one evaluated checkpoint, and a Table-1-style comparison of runs."""
+import json
+import os
+
+
+def _fmt(x, digits=4):
+    if x is None:
+        return "n/a"
+    if isinstance(x, float):
+        return f"{x:.{digits}g}"
+    return str(x)
+
+
+def checkpoint_report(results):
+    """Markdown for one results.json dict."""
+    r = results
+    lines = [f"# Evaluation: {r['model']} on {r['system']}", "",
+             f"- checkpoint: `{r['checkpoint']}` (iteration {r['iteration']})",
+             f"- data: `{r['data']}`", f"- device: {r['device']}", ""]
+    fvd = r.get("fvd")
+    if fvd:
+        lines += ["## FVD (StyleGAN-V protocol)", ""]
+        if "skipped" in fvd:
+            lines += [f"Not computed: {fvd['skipped']}", ""]
+        else:
+            note = "" if fvd["canonical"] else " (NOT the canonical 2048 x 16 protocol)"
+            lines += [f"FVD = {fvd['fvd_mean']:.2f} ± {fvd['fvd_std']:.2f} over seeds {fvd['seeds']}, "
+                      f"{fvd['num_videos']} videos x {fvd['frames']} frames{note}.", ""]
+    ph = r.get("physics")
+    if ph:
+        d = ph["energy_drift"]
+        lines += ["## Physics probe", "",
+                  f"Probe RMSE on held-out real data per state dimension (q..., p...): "
+                  f"{', '.join(_fmt(v, 3) for v in ph['probe_rmse'])} "
+                  f"(relative to the state std: {', '.join(_fmt(v, 3) for v in ph['probe_rel_rmse'])}).", "",
+                  f"{ph['num_videos']} videos of {ph['frames']} frames; energy drift = std/|mean| of the "
+                  "true Hamiltonian of probed states along each video (median over videos).", "",
+                  "| videos | energy drift (median) | Frechet state distance to real |",
+                  "|---|---|---|",
+                  f"| probe noise floor (true states + probe error) | {_fmt(d['noise_floor']['median'])} | |",
+                  f"| real, held-out | {_fmt(d['real']['median'])} | "
+                  f"{_fmt(ph['frechet_state_distance']['real_half_vs_half'])} (half vs half) |",
+                  f"| real, frames shuffled in time | {_fmt(d['shuffled_real']['median'])} | "
+                  f"{_fmt(ph['frechet_state_distance']['shuffled_real'])} |",
+                  f"| generated | {_fmt(d['generated']['median'])} | "
+                  f"{_fmt(ph['frechet_state_distance']['generated'])} |", ""]
+    cyc = r.get("cyclic")
+    if cyc:
+        lines += ["## Learned structure", ""]
+        if cyc.get("active_momenta") is None:
+            lines += ["No Hamiltonian in this motion module (GRU): not applicable.", ""]
+        else:
+            am, er = cyc["active_momenta"], cyc["energy_rollout"]
+            lines += [f"Active momentum dimensions (mean |dp_i/dt| above {am['threshold']:.3g}, "
+                      f"i.e. 10% of the largest): **{am['active_dims']} of {am['k']}**.", "",
+                      f"Learned energy over {er['steps']} leapfrog steps (dt = {er['dt']:+g}), median "
+                      f"over {er['n']} rollouts of max |H_t - H_0|/|H_0|: forward "
+                      f"{_fmt(er['forward_max_abs_rel_drift'], 3)}, backward "
+                      f"{_fmt(er['backward_max_abs_rel_drift'], 3)}.", ""]
+    figs = r.get("figures", {})
+    if figs:
+        lines += ["## Figures", ""]
+        for name, path in sorted(figs.items()):
+            lines.append(f"![{name}]({os.path.basename(path)})")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def find_results(run_dir):
+    for cand in (os.path.join(run_dir, "results.json"), os.path.join(run_dir, "eval", "results.json")):
+        if os.path.isfile(cand):
+            with open(cand) as f:
+                return json.load(f)
+    raise FileNotFoundError(f"no results.json in {run_dir} or {run_dir}/eval: run "
+                            f"`python -m hgan.evaluate --checkpoint ... --out {run_dir}/eval` first")
+
+
+METRICS = [
+    ("FVD (lower is better)", lambda r: None if not r.get("fvd") or "skipped" in r["fvd"]
+     else f"{r['fvd']['fvd_mean']:.1f} ± {r['fvd']['fvd_std']:.1f}"),
+    ("energy drift of probed generated videos (median std/|mean| of true H; lower is better)",
+     lambda r: r.get("physics") and _fmt(r["physics"]["energy_drift"]["generated"]["median"], 3)),
+    ("Frechet state distance, probed generated vs real trajectories (lower is better)",
+     lambda r: r.get("physics") and _fmt(r["physics"]["frechet_state_distance"]["generated"], 3)),
+    ("active latent momentum dimensions",
+     lambda r: (r.get("cyclic") or {}).get("active_momenta") and
+     f"{r['cyclic']['active_momenta']['active_dims']} of {r['cyclic']['active_momenta']['k']}"),
+    ("learned-energy drift over the rollout, forward / backward (median max |dH|/|H0|)",
+     lambda r: (r.get("cyclic") or {}).get("energy_rollout") and
+     f"{r['cyclic']['energy_rollout']['forward_max_abs_rel_drift']:.3g} / "
+     f"{r['cyclic']['energy_rollout']['backward_max_abs_rel_drift']:.3g}"),
+]
+
+
+def compare_table(results_list):
+    """Markdown tables, one per metric: rows are models, columns systems, each number with
+    the iteration count it was measured at (runs of different length are not comparable)."""
+    systems = sorted({r["system"] for r in results_list})
+    models = sorted({r["model"] for r in results_list})
+    cells = {(r["model"], r["system"]): r for r in results_list}
+    out = []
+    for title, get in METRICS:
+        rows = []
+        for m in models:
+            row = [m]
+            for s in systems:
+                r = cells.get((m, s))
+                v = get(r) if r else None
+                row.append(f"{v} ({r['iteration']} it)" if v else "n/a")
+            rows.append(row)
+        if all(c == "n/a" for row in rows for c in row[1:]):
+            continue
+        out += [f"### {title}", "", "| model | " + " | ".join(systems) + " |",
+                "|---" * (len(systems) + 1) + "|"] + ["| " + " | ".join(row) + " |" for row in rows] + [""]
+    return "\n".join(out)

@@ -1,0 +1,135 @@
+"""Typed run configuration and the command line of train.py."""
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+
+from hgan.models.config import ACTIVATIONS, HAMILTONIANS, INTEGRATORS, MODELS, ModelConfig
+
+
+@dataclass
+class RunConfig:
+    system: str = "pendulum"
+    data: str = "data"                # dataset root: <data>/<system>/train.h5
+    iters: int = 100_000
+    batch_size: int = 16              # global batch (split across DDP ranks)
+    frames: int = 16                  # frames per generated/real training video
+    lr: float = 2e-4
+    beta1: float = 0.5
+    beta2: float = 0.999
+    cyc_lambda: float = 0.01
+    r1_gamma: float = 0.0
+    amp: bool = False
+    compile: bool = False
+    device: str = "auto"
+    seed: int = 0
+    out: str = ""
+    log_every: int = 50
+    sample_every: int = 1000
+    ckpt_every: int = 1000
+    keep_every: int = 0               # also keep checkpoints/iter_XXXXXXX.pt every N (0: never)
+    n_samples: int = 8
+    profile: bool = False
+    loader: str = "auto"
+    num_workers: int = 2
+    progress: bool = True
+    gen_train: int = 256              # dataset size generated when --data lacks the system
+    gen_test: int = 64
+    gen_frames: int = 64
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self):
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_dict(self.model)
+        for name in ("iters", "batch_size", "frames", "log_every", "sample_every", "ckpt_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.gen_frames < self.frames:
+            raise ValueError(f"--gen-frames ({self.gen_frames}) must be >= --frames ({self.frames})")
+
+    @property
+    def data_path(self) -> str:
+        return os.path.join(self.data, self.system, "train.h5")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["data_path"] = self.data_path
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "RunConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+def _systems():
+    try:
+        from hgan.data import SYSTEMS
+        return tuple(SYSTEMS)
+    except ImportError:
+        return None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d, m = RunConfig(), ModelConfig()
+    p = argparse.ArgumentParser(description="Train HGAN (or a baseline) on a Toy Physics system.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--system", default=d.system, choices=_systems())
+    p.add_argument("--model", default=m.model, choices=MODELS)
+    p.add_argument("--data", default=d.data, help="dataset root; generated there when missing")
+    p.add_argument("--iters", type=int, default=d.iters)
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch")
+    p.add_argument("--frames", type=int, default=d.frames)
+    p.add_argument("--clip-frames", type=int, default=m.clip_frames,
+                   help="clip length for the video discriminator (capped at --frames)")
+    p.add_argument("--resolution", type=int, default=m.resolution)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--cyc-lambda", type=float, default=d.cyc_lambda)
+    p.add_argument("--r1-gamma", type=float, default=d.r1_gamma)
+    p.add_argument("--hamiltonian", default=m.hamiltonian, choices=HAMILTONIANS)
+    p.add_argument("--activation", default=m.activation, choices=ACTIVATIONS)
+    p.add_argument("--integrator", default=m.integrator, choices=INTEGRATORS)
+    p.add_argument("--dt", type=float, default=m.dt)
+    p.add_argument("--ngf", type=int, default=m.ngf)
+    p.add_argument("--ndf", type=int, default=m.ndf)
+    p.add_argument("--amp", action="store_true", help="autocast: bf16 on CPU; bf16 or fp16 on CUDA")
+    p.add_argument("--compile", action="store_true", help="torch.compile G_I, D_I, D_V")
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default=d.out, help="run directory (default runs/<system>-<model>-<time>)")
+    p.add_argument("--resume", default="", help="checkpoint file or run directory to continue")
+    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--sample-every", type=int, default=d.sample_every)
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    p.add_argument("--keep-every", type=int, default=d.keep_every)
+    p.add_argument("--profile", action="store_true", help="trace a few steps into <out>/profile")
+    p.add_argument("--loader", default=d.loader, choices=("auto", "dali", "torch"))
+    p.add_argument("--num-workers", type=int, default=d.num_workers)
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--gen-train", type=int, default=d.gen_train)
+    p.add_argument("--gen-test", type=int, default=d.gen_test)
+    p.add_argument("--gen-frames", type=int, default=d.gen_frames)
+    return p
+
+
+def config_from_args(argv=None):
+    """(RunConfig, resume path). A resumed run takes its config from the checkpoint (see loop)."""
+    a = build_parser().parse_args(argv)
+    model = ModelConfig(model=a.model, resolution=a.resolution, hamiltonian=a.hamiltonian,
+                        activation=a.activation, dt=a.dt, ngf=a.ngf, ndf=a.ndf,
+                        clip_frames=min(a.clip_frames, a.frames), integrator=a.integrator,
+                        channels_last=a.channels_last)
+    out = a.out or os.path.join("runs", f"{a.system}-{a.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    cfg = RunConfig(system=a.system, data=a.data, iters=a.iters, batch_size=a.batch_size,
+                    frames=a.frames, lr=a.lr, cyc_lambda=a.cyc_lambda, r1_gamma=a.r1_gamma,
+                    amp=a.amp, compile=a.compile, device=a.device, seed=a.seed, out=out,
+                    log_every=a.log_every, sample_every=a.sample_every, ckpt_every=a.ckpt_every,
+                    keep_every=a.keep_every, profile=a.profile, loader=a.loader,
+                    num_workers=a.num_workers, progress=not a.no_progress, gen_train=a.gen_train,
+                    gen_test=a.gen_test, gen_frames=a.gen_frames, model=model)
+    return cfg, a.resume

@@ -1,0 +1,220 @@
+"""The training loop: one D update and one G update per iteration, MoCoGAN style.
+
+Every random draw of training (latent noise, frame and clip positions) comes from one
+dedicated torch.Generator whose state is checkpointed with the networks, optimisers, scaler,
+the global RNGs and the loader position, so a resumed CPU run is bit-identical to a straight one.
+"""
+import os
+
+import torch
+
+from hgan.kernels import cyclic_loss
+from hgan.models import build_models
+from hgan.train import dist as hdist
+from hgan.train.checkpoint import capture_rng, restore_rng, save_checkpoint
+from hgan.train.config import RunConfig
+from hgan.train.losses import accuracy, d_loss, g_loss, r1_penalty
+from hgan.train.profiling import stage
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def resolve_device(name: str, info: hdist.DistInfo) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
+        if info.enabled or dev.index is None:
+            dev = torch.device("cuda", info.local_rank if info.enabled else 0)
+    return dev
+
+
+def amp_policy(device: torch.device, enabled: bool):
+    """(autocast dtype or None, GradScaler needed).
+
+    bf16 keeps fp32's exponent range, so gradients cannot underflow and no loss scaling is
+    needed; it is used on CPU and on every CUDA device that supports it. Older GPUs fall back
+    to fp16, whose narrow range needs a GradScaler.
+    """
+    if not enabled:
+        return None, False
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16, True
+    return torch.bfloat16, False
+
+
+def ensure_dataset(cfg: RunConfig, info: hdist.DistInfo):
+    if os.path.exists(cfg.data_path):
+        return
+    if info.is_main:
+        from hgan.data import generate_dataset
+        print(f"[hgan] {cfg.data_path} not found: generating {cfg.gen_train} train / {cfg.gen_test} "
+              f"test trajectories of {cfg.gen_frames} frames", flush=True)
+        generate_dataset(cfg.system, cfg.data, train=cfg.gen_train, test=cfg.gen_test,
+                         frames=cfg.gen_frames, seed=cfg.seed, resolution=cfg.model.resolution,
+                         progress=cfg.progress)
+    if info.enabled:
+        torch.distributed.barrier()
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, info: hdist.DistInfo | None = None, device=None):
+        self.cfg, self.info = cfg, info or hdist.DistInfo()
+        self.device = torch.device(device) if device is not None else resolve_device(cfg.device, self.info)
+        if cfg.batch_size % self.info.world_size:
+            raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the "
+                             f"{self.info.world_size} ranks")
+        self.local_batch = cfg.batch_size // self.info.world_size
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.models = build_models(cfg.model, self.device)
+        self.G, self.D_I, self.D_V = self.models.generator, self.models.image_disc, self.models.video_disc
+        for m in (self.G, self.D_I, self.D_V):
+            hdist.broadcast_module(m, self.info)
+        adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.opt_g = torch.optim.Adam(self.G.parameters(), **adam)
+        self.opt_di = torch.optim.Adam(self.D_I.parameters(), **adam)
+        self.opt_dv = torch.optim.Adam(self.D_V.parameters(), **adam)
+        self.amp_dtype, use_scaler = amp_policy(self.device, cfg.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        if cfg.compile:
+            # Only the convolutional nets: the integrator and R1 need double backward, which
+            # torch.compile cannot trace. Module.compile keeps the state_dict keys unchanged.
+            for m in (self.G.image_generator, self.D_I, self.D_V):
+                m.compile()
+        self.noise = torch.Generator(self.device).manual_seed(cfg.seed * 1_000_003 + self.info.rank)
+        self.iteration = 0
+        self.loader_position = 0
+
+    # ---------------------------------------------------------------- one iteration
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def _check(self, name, value):
+        if not torch.isfinite(value).all():
+            raise NonFiniteLoss(f"non-finite {name} ({value.item()}) at iteration {self.iteration + 1}")
+
+    def _grad_norm(self, module):
+        norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
+        return torch.stack(norms).norm() if norms else torch.zeros((), device=self.device)
+
+    def step(self, real, want_stats=False):
+        """One D update then one G update on a real batch [B, T, C, H, W]; returns metrics."""
+        cfg, mcfg = self.cfg, self.cfg.model
+        b, t = real.shape[:2]
+        cf = mcfg.clip_frames
+        if t < cf:
+            raise ValueError(f"training videos have {t} frames, fewer than clip_frames={cf}")
+        # S_1 and S_T of the paper: one random frame and one random clip per video.
+        j = torch.randint(0, t, (b,), generator=self.noise, device=self.device)
+        s = torch.randint(0, t - cf + 1, (b,), generator=self.noise, device=self.device)
+        rows = torch.arange(b, device=self.device)
+        clip_idx = s[:, None] + torch.arange(cf, device=self.device)
+
+        with self._autocast():
+            with stage("motion"):
+                z_c = self.G.content(b, generator=self.noise)
+                mot = self.G.motion(b, t, generator=self.noise)
+            with stage("generator"):
+                fake = self.G.render(z_c, mot["y"])
+        real_img, fake_img = real[rows, j], fake[rows, j]
+        real_clip, fake_clip = real[rows[:, None], clip_idx], fake[rows[:, None], clip_idx]
+        if mcfg.channels_last:
+            real_img = real_img.contiguous(memory_format=torch.channels_last)
+
+        # ---- discriminators
+        for p in list(self.D_I.parameters()) + list(self.D_V.parameters()):
+            p.requires_grad_(True)
+        self.opt_di.zero_grad(set_to_none=True)
+        self.opt_dv.zero_grad(set_to_none=True)
+        zero = torch.zeros((), device=self.device)
+        r1_i = r1_v = zero
+        with self._autocast():
+            with stage("D_I"):
+                if cfg.r1_gamma > 0:
+                    li_r, r1_i = r1_penalty(self.D_I.forward, real_img, cfg.r1_gamma, self.scaler)
+                else:
+                    li_r = self.D_I(real_img)
+                li_f = self.D_I(fake_img.detach())
+            with stage("D_V"):
+                if cfg.r1_gamma > 0:
+                    lv_r, r1_v = r1_penalty(self.D_V.forward, real_clip, cfg.r1_gamma, self.scaler)
+                else:
+                    lv_r = self.D_V(real_clip)
+                lv_f = self.D_V(fake_clip.detach())
+        loss_di, loss_dv = d_loss(li_r, li_f), d_loss(lv_r, lv_f)
+        loss_d = loss_di + loss_dv + r1_i + r1_v
+        self._check("discriminator loss", loss_d)
+        with stage("backward"):
+            self.scaler.scale(loss_d).backward()
+        with stage("optimizer"):
+            hdist.average_gradients(list(self.D_I.parameters()) + list(self.D_V.parameters()), self.info)
+            stats = {}
+            if want_stats:
+                stats["grad_norm/D_I"] = self._grad_norm(self.D_I)
+                stats["grad_norm/D_V"] = self._grad_norm(self.D_V)
+            self.scaler.step(self.opt_di)
+            self.scaler.step(self.opt_dv)
+
+        # ---- generator (D frozen so its weights collect no gradient)
+        for p in list(self.D_I.parameters()) + list(self.D_V.parameters()):
+            p.requires_grad_(False)
+        self.opt_g.zero_grad(set_to_none=True)
+        with self._autocast():
+            with stage("D_I"):
+                gi = self.D_I(fake_img)
+            with stage("D_V"):
+                gv = self.D_V(fake_clip)
+        loss_g_adv = g_loss(gi) + g_loss(gv)
+        l_cyc = cyclic_loss(mot["dHdq"], lam=cfg.cyc_lambda) if mcfg.model == "hgan" else zero
+        loss_g = loss_g_adv + l_cyc
+        self._check("generator loss", loss_g)
+        with stage("backward"):
+            self.scaler.scale(loss_g).backward()
+        with stage("optimizer"):
+            hdist.average_gradients(list(self.G.parameters()), self.info)
+            if want_stats:
+                stats["grad_norm/G"] = self._grad_norm(self.G)
+            self.scaler.step(self.opt_g)
+            self.scaler.update()
+        for p in list(self.D_I.parameters()) + list(self.D_V.parameters()):
+            p.requires_grad_(True)
+
+        stats.update({"loss/D_I": loss_di.detach(), "loss/D_V": loss_dv.detach(),
+                      "loss/G": loss_g_adv.detach(), "loss/L_cyc": l_cyc.detach(),
+                      "loss/R1": (r1_i + r1_v).detach(),
+                      "acc/D_I": accuracy(li_r.detach(), li_f.detach()),
+                      "acc/D_V": accuracy(lv_r.detach(), lv_f.detach())})
+        return stats
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict:
+        return {"config": self.cfg.to_dict(), "iteration": self.iteration,
+                "loader_position": self.loader_position,
+                "generator": self.G.state_dict(), "image_disc": self.D_I.state_dict(),
+                "video_disc": self.D_V.state_dict(), "opt_g": self.opt_g.state_dict(),
+                "opt_di": self.opt_di.state_dict(), "opt_dv": self.opt_dv.state_dict(),
+                "scaler": self.scaler.state_dict(), "noise_rng": self.noise.get_state(),
+                "rng": capture_rng(), "world_size": self.info.world_size}
+
+    def load_state_dict(self, ckpt: dict):
+        self.G.load_state_dict(ckpt["generator"])
+        self.D_I.load_state_dict(ckpt["image_disc"])
+        self.D_V.load_state_dict(ckpt["video_disc"])
+        self.opt_g.load_state_dict(ckpt["opt_g"])
+        self.opt_di.load_state_dict(ckpt["opt_di"])
+        self.opt_dv.load_state_dict(ckpt["opt_dv"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.iteration, self.loader_position = int(ckpt["iteration"]), int(ckpt["loader_position"])
+        if not self.info.enabled and int(ckpt.get("world_size", 1)) == 1:
+            self.noise.set_state(ckpt["noise_rng"])
+            restore_rng(ckpt["rng"])
+        else:
+            # Only rank 0's noise state is saved; each rank reseeds from (seed, rank, iteration).
+            self.noise.manual_seed(self.cfg.seed * 1_000_003 + self.info.rank + 7919 * self.iteration)
+
+    def save(self, name="last.pt") -> str:
+        return save_checkpoint(self.state_dict(), os.path.join(self.cfg.out, "checkpoints", name))

@@ -1,0 +1,158 @@
+"""`train(cfg)`: run directory, dataset, loader, progress, TensorBoard, samples, signals, resume."""
+import json
+import os
+import signal
+import time
+
+import torch
+from tqdm.auto import tqdm
+
+from hgan.data.loader import build_loader
+from hgan.train import dist as hdist
+from hgan.train.checkpoint import load_checkpoint
+from hgan.train.config import RunConfig
+from hgan.train.loop import NonFiniteLoss, Trainer, ensure_dataset, resolve_device
+from hgan.train.media import save_samples, strip
+from hgan.train.profiling import stage, step_profiler
+
+# Flags that may change when a run is resumed; everything else comes from the checkpoint.
+RESUMABLE_OVERRIDES = ("iters", "device", "log_every", "sample_every", "ckpt_every", "keep_every",
+                       "progress", "profile", "num_workers", "loader", "n_samples")
+
+
+def resume_config(ckpt: dict, cli: RunConfig, ckpt_path: str) -> RunConfig:
+    cfg = RunConfig.from_dict(ckpt["config"])
+    for name in RESUMABLE_OVERRIDES:
+        setattr(cfg, name, getattr(cli, name))
+    # The run directory is the one holding checkpoints/<file>.
+    cfg.out = os.path.dirname(os.path.dirname(os.path.abspath(ckpt_path)))
+    return cfg
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT set a flag; the loop checkpoints after the current iteration and exits."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C aborts without waiting
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+
+def _write_samples(trainer: Trainer, writer, tag: str):
+    cfg = trainer.cfg
+    g = trainer.G
+    was_training = g.training
+    g.eval()
+    fixed = torch.Generator(trainer.device).manual_seed(cfg.seed + 12345)
+    videos = g.sample(cfg.n_samples, cfg.frames, generator=fixed)
+    g.train(was_training)
+    stem = os.path.join(cfg.out, "samples", tag)
+    save_samples(videos, stem)
+    if writer is not None:
+        writer.add_image("samples", strip(videos), trainer.iteration, dataformats="HWC")
+    return stem
+
+
+def train(cfg: RunConfig, resume: str = "", callback=None) -> dict:
+    """Train until cfg.iters (or a signal); returns the final metrics and paths.
+
+    `callback(trainer)` runs after every iteration (tests use it to send signals).
+    """
+    info = hdist.init_distributed(resolve_device(cfg.device, hdist.DistInfo()).type)
+    ckpt = None
+    if resume:
+        path = resume if not os.path.isdir(resume) else os.path.join(resume, "checkpoints", "last.pt")
+        ckpt = load_checkpoint(path)
+        cfg = resume_config(ckpt, cfg, path)
+    ensure_dataset(cfg, info)
+    trainer = Trainer(cfg, info)
+    if ckpt is not None:
+        trainer.load_state_dict(ckpt)
+    main = info.is_main
+    writer = None
+    if main:
+        os.makedirs(cfg.out, exist_ok=True)
+        with open(os.path.join(cfg.out, "config.json"), "w") as f:
+            f.write(cfg.dumps())
+        print(f"[hgan] run directory {cfg.out}\n[hgan] device {trainer.device}, "
+              f"world size {info.world_size}, amp {trainer.amp_dtype}\n{cfg.dumps()}", flush=True)
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(os.path.join(cfg.out, "tb"), purge_step=trainer.iteration or None)
+
+    stream = build_loader(cfg.data_path, batch_size=trainer.local_batch, frames=cfg.frames,
+                          seed=cfg.seed, rank=info.rank, world_size=info.world_size,
+                          device=trainer.device, kind=cfg.loader, num_workers=cfg.num_workers,
+                          start_batch=trainer.loader_position)
+    batches = iter(stream)
+    bar = tqdm(total=cfg.iters, initial=trainer.iteration, disable=not (main and cfg.progress),
+               desc=f"{cfg.model.model}/{cfg.system}", unit="it", dynamic_ncols=True)
+    last_stats, stopped = {}, None
+    t_log, it_log = time.perf_counter(), trainer.iteration
+    try:
+        with _StopFlag() as stop, step_profiler(cfg.out, cfg.profile and main) as prof:
+            while trainer.iteration < cfg.iters:
+                want = (trainer.iteration + 1) % cfg.log_every == 0
+                with stage("data"):
+                    real = next(batches)
+                stats = trainer.step(real, want_stats=want)
+                trainer.iteration += 1
+                trainer.loader_position = stream.position
+                prof.step()
+                bar.update(1)
+                if want:
+                    now = time.perf_counter()
+                    rate = (trainer.iteration - it_log) / max(now - t_log, 1e-9)
+                    t_log, it_log = now, trainer.iteration
+                    last_stats = {k: float(v) for k, v in stats.items()}
+                    last_stats["speed/it_per_s"] = rate
+                    last_stats["speed/videos_per_s"] = rate * cfg.batch_size
+                    if main:
+                        for k, v in last_stats.items():
+                            writer.add_scalar(k, v, trainer.iteration)
+                        bar.set_postfix({k.split("/")[-1]: f"{last_stats[k]:.3f}"
+                                         for k in ("loss/D_I", "loss/D_V", "loss/G", "loss/L_cyc")})
+                if main and trainer.iteration % cfg.sample_every == 0:
+                    _write_samples(trainer, writer, f"iter_{trainer.iteration:07d}")
+                if main and trainer.iteration % cfg.ckpt_every == 0:
+                    trainer.save()
+                    if cfg.keep_every and trainer.iteration % cfg.keep_every == 0:
+                        trainer.save(f"iter_{trainer.iteration:07d}.pt")
+                if callback is not None:
+                    callback(trainer)
+                if hdist.any_rank(stop.signum is not None, info, trainer.device):
+                    stopped = signal.Signals(stop.signum).name if stop.signum else "peer signal"
+                    break
+    except NonFiniteLoss as e:
+        bar.close()
+        last = os.path.join(cfg.out, "checkpoints", "last.pt")
+        kept = f"last good checkpoint kept: {last}" if os.path.exists(last) else "no checkpoint was written yet"
+        raise NonFiniteLoss(f"{e}; stopping ({kept})") from None
+    finally:
+        bar.close()
+        stream.close()
+    result = {"iteration": trainer.iteration, "stats": last_stats, "out": cfg.out, "stopped": stopped,
+              "trainer": trainer}
+    if main:
+        result["checkpoint"] = trainer.save()
+        _write_samples(trainer, writer, f"iter_{trainer.iteration:07d}")
+        writer.close()
+        with open(os.path.join(cfg.out, "summary.json"), "w") as f:
+            json.dump({k: v for k, v in result.items() if k != "trainer"}, f, indent=2)
+        if stopped:
+            print(f"[hgan] {stopped}: checkpoint saved at iteration {trainer.iteration} -> "
+                  f"{result['checkpoint']}; resume with --resume {cfg.out}", flush=True)
+    return result

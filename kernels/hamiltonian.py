@@ -1,0 +1,79 @@
+"""The learned Hamiltonian H(q, p) as an nn.Module, and the cyclic-coordinate loss.
+
+General form: one MLP on [q; p]. Separable form H = K(p) + V(q): two MLPs whose layers are
+assembled on each call into one block-diagonal MLP on [q; p] (V's units first, K's second;
+the last layer concatenated, the output biases summed), so every integrator backend runs it
+through the same kernel and autograd routes the gradients back to the blocks. With the
+separable form the leapfrog step is the exact Stormer-Verlet scheme (symplectic, reversible).
+"""
+import torch
+from torch import nn
+
+from .leapfrog.common import ACTIVATIONS
+from .leapfrog.dispatch import leapfrog
+from .leapfrog.reference import mlp_energy
+
+
+def _mlp(n_in, hidden, depth):
+    dims = [n_in] + [hidden] * depth + [1]
+    return nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+
+class HamiltonianMLP(nn.Module):
+    """H(q, p) with ``depth`` hidden layers of width ``hidden``.
+
+    separable=True builds K(p) and V(q) with hidden // 2 units each, so the assembled MLP has
+    the same width ``hidden`` as the general form (and the same fused-kernel eligibility).
+    """
+
+    def __init__(self, k, hidden=100, depth=2, activation="softplus", separable=False):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        if k < 1 or depth < 1:
+            raise ValueError(f"need k >= 1 and depth >= 1, got k={k}, depth={depth}")
+        if separable and (hidden % 2 or hidden < 2):
+            raise ValueError(f"separable form splits hidden between K and V: it must be even, "
+                             f"got {hidden}")
+        self.k, self.hidden, self.depth = k, hidden, depth
+        self.activation, self.separable = activation, separable
+        if separable:
+            self.kinetic = _mlp(k, hidden // 2, depth)    # K(p)
+            self.potential = _mlp(k, hidden // 2, depth)  # V(q)
+        else:
+            self.layers = _mlp(2 * k, hidden, depth)
+
+    def extra_repr(self):
+        return f"activation={self.activation!r}, separable={self.separable}"
+
+    def weights_and_biases(self):
+        """The MLP on [q; p] in nn.Linear layout (block-diagonal for the separable form)."""
+        if not self.separable:
+            return [m.weight for m in self.layers], [m.bias for m in self.layers]
+        weights, biases = [], []
+        for i, (v, kin) in enumerate(zip(self.potential, self.kinetic)):
+            if i == len(self.potential) - 1:
+                weights.append(torch.cat([v.weight, kin.weight], 1))  # [1, hidden]
+                biases.append(v.bias + kin.bias)
+            else:
+                weights.append(torch.block_diag(v.weight, kin.weight))
+                biases.append(torch.cat([v.bias, kin.bias]))
+        return weights, biases
+
+    def forward(self, q, p):
+        """H at rows (q, p) [B, k] -> [B]."""
+        weights, biases = self.weights_and_biases()
+        return mlp_energy(torch.cat([q, p], 1), weights, biases, self.activation)
+
+    def rollout(self, q0, p0, frames, dt=0.05, backend="auto"):
+        """Leapfrog rollout: q, p [B, frames, k] and dHdq [B, frames-1, k]."""
+        weights, biases = self.weights_and_biases()
+        return leapfrog(q0, p0, weights, biases, dt=dt, frames=frames,
+                        activation=self.activation, backend=backend)
+
+
+def cyclic_loss(dHdq, lam=0.01):
+    """L_cyc = lam / B * sum over frames t < T-1 and coordinates i of |dH/dq_i(q_t, p_t)|."""
+    if dHdq.dim() != 3:
+        raise ValueError(f"dHdq must be [B, T-1, k], got shape {tuple(dHdq.shape)}")
+    return lam / dHdq.shape[0] * dHdq.abs().sum()

@@ -1,0 +1,114 @@
+"""Pieces every leapfrog backend shares: the activation and its derivatives, the input
+checks of the public contract, and the FLOP count of one rollout.
+
+Shapes (the public contract): q0, p0 [B, k]; weights[l] [out_l, in_l] in nn.Linear layout
+with in_0 = 2k and out_L = 1; biases[l] [out_l]; results q, p [B, T, k] and dHdq [B, T-1, k].
+"""
+import math
+
+import torch
+import torch.nn.functional as F
+
+ACTIVATIONS = ("softplus", "tanh", "relu")
+BACKENDS = ("auto", "reference", "analytic", "fused")
+
+
+def act(a, name):
+    """s(a), s'(a), s''(a) of the named activation (the three values every backend needs)."""
+    if name == "softplus":
+        sig = torch.sigmoid(a)
+        return F.softplus(a), sig, sig * (1 - sig)
+    if name == "tanh":
+        h = torch.tanh(a)
+        d1 = 1 - h * h
+        return h, d1, -2 * h * d1
+    if name == "relu":
+        # s'' is zero almost everywhere: the learned dynamics are piecewise linear.
+        d1 = (a > 0).to(a.dtype)
+        return torch.relu(a), d1, torch.zeros_like(a)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+
+
+def act_d1(a, name):
+    """s'(a) alone (the forward pass of the integrator needs no s'')."""
+    if name == "softplus":
+        return torch.sigmoid(a)
+    if name == "tanh":
+        h = torch.tanh(a)
+        return 1 - h * h
+    if name == "relu":
+        return (a > 0).to(a.dtype)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+
+
+def act_value(a, name):
+    if name == "softplus":
+        return F.softplus(a)
+    if name == "tanh":
+        return torch.tanh(a)
+    if name == "relu":
+        return torch.relu(a)
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+
+
+def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend):
+    """Raise one clear error naming the first broken part of the contract."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
+        raise ValueError(f"frames must be an int >= 1, got {frames!r}")
+    if isinstance(dt, torch.Tensor) or not isinstance(dt, (int, float)) or not math.isfinite(dt):
+        raise ValueError(f"dt must be a finite Python float, got {dt!r}")
+    for name, t in (("q0", q0), ("p0", p0)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 2:
+            raise ValueError(f"{name} must be [B, k], got shape {tuple(t.shape)}")
+    if q0.shape != p0.shape:
+        raise ValueError(f"q0 and p0 must have the same shape, got {tuple(q0.shape)} and "
+                         f"{tuple(p0.shape)}")
+    if not q0.dtype.is_floating_point:
+        raise TypeError(f"q0 must be a floating-point tensor, got {q0.dtype}")
+    weights, biases = list(weights), list(biases)
+    if len(weights) != len(biases) or len(weights) < 2:
+        raise ValueError(f"need >= 2 layers with one bias per weight, got {len(weights)} weights "
+                         f"and {len(biases)} biases")
+    fan_in = 2 * q0.shape[1]
+    for l, (w, b) in enumerate(zip(weights, biases)):
+        if w.dim() != 2 or w.shape[1] != fan_in:
+            raise ValueError(f"weights[{l}] must be [out, {fan_in}] (nn.Linear layout), got "
+                             f"{tuple(w.shape)}")
+        if b.shape != (w.shape[0],):
+            raise ValueError(f"biases[{l}] must be [{w.shape[0]}], got {tuple(b.shape)}")
+        fan_in = w.shape[0]
+    if fan_in != 1:
+        raise ValueError(f"the last layer must have one output (H is a scalar), got {fan_in}")
+    for name, t in [("p0", p0)] + [(f"weights[{l}]", w) for l, w in enumerate(weights)] + \
+            [(f"biases[{l}]", b) for l, b in enumerate(biases)]:
+        if t.dtype != q0.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but q0 has {q0.dtype}: all inputs must "
+                            f"share one dtype")
+        if t.device != q0.device:
+            raise ValueError(f"{name} is on {t.device} but q0 is on {q0.device}: all inputs must "
+                             f"share one device")
+    return weights, biases
+
+
+def leapfrog_flops(batch, frames, k, widths, backward=False):
+    """Dense matmul FLOPs of one rollout (a multiply-add is 2 FLOPs; elementwise work ignored),
+    so a benchmark can state achieved FLOP/s.
+
+    With m_1 = 2k * n_1 and m_l = n_(l-1) * n_l the hidden layers' weight sizes: one gradient
+    evaluation of H is a forward sweep and a backward sweep, 2 * sum(m) multiply-adds per row;
+    a leapfrog step makes three. The backward of one evaluation (see analytic.py) recomputes
+    a_l, forms the tangents t_l, the adjoints r_l W_l and two weight-gradient products per
+    layer: 5 * m_1 + 6 * sum(m_2..m_L) multiply-adds per row.
+    """
+    dims = [2 * k] + list(widths)
+    m = [a * b for a, b in zip(dims[:-1], dims[1:])]
+    evals = 3 * batch * max(frames - 1, 0)
+    fwd = 2 * evals * 2 * sum(m)
+    bwd = 2 * evals * (5 * m[0] + 6 * sum(m[1:]))
+    return fwd + (bwd if backward else 0)

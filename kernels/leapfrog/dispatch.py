@@ -1,0 +1,117 @@
+"""The one entry point every caller uses: ``leapfrog(..., backend=...)``.
+
+``auto`` picks ``fused`` for CUDA tensors when Triton is importable and ``analytic``
+otherwise; it decides once per device type and remembers. A configuration outside the fused
+contract runs ``analytic`` under ``auto`` with a one-time warning; an explicit
+``backend="fused"`` that cannot run raises with the reason instead.
+"""
+import logging
+import os
+import warnings
+
+import torch
+
+from .analytic import leapfrog_analytic
+from .common import check_inputs
+from .reference import leapfrog_reference
+
+log = logging.getLogger(__name__)
+
+# What the Triton kernels compile for; anything else goes to analytic (auto) or raises (fused).
+FUSED_CONTRACT = {
+    "depth": 2,                       # hidden layers
+    "widths": (16, 128),              # each hidden width, inclusive; padded to a power of two
+    "activations": ("softplus", "tanh"),
+    "dtypes": (torch.float32,),       # fp32 dots with input_precision="ieee"
+    "devices": ("cuda", "cpu under TRITON_INTERPRET=1"),
+}
+
+# Which derivative orders each backend supports. An unsupported order raises, never zeros.
+DERIVATIVE_ORDERS = {
+    "reference": {"forward": True, "backward": True, "double_backward": True},
+    "analytic": {"forward": True, "backward": True, "double_backward": False},
+    "fused": {"forward": True, "backward": True, "double_backward": False},
+}
+
+_auto_choice = {}      # device type -> backend, decided on first use
+_warned = set()        # fallback reasons already reported
+
+
+def _interpreting():
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_importable():
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def fused_unsupported_reason(q0, weights, activation):
+    """Why the fused kernels cannot run this configuration, or None if they can."""
+    widths = [w.shape[0] for w in weights[:-1]]
+    lo, hi = FUSED_CONTRACT["widths"]
+    if len(widths) != FUSED_CONTRACT["depth"]:
+        return f"fused supports depth {FUSED_CONTRACT['depth']}, got {len(widths)} hidden layers"
+    if any(not lo <= n <= hi for n in widths):
+        return f"fused supports hidden widths {lo}..{hi}, got {widths}"
+    if activation not in FUSED_CONTRACT["activations"]:
+        return f"fused supports activations {FUSED_CONTRACT['activations']}, got {activation!r}"
+    if q0.dtype not in FUSED_CONTRACT["dtypes"]:
+        return f"fused supports float32 only, got {q0.dtype}"
+    if q0.shape[1] > 64:
+        return f"fused supports k <= 64, got k = {q0.shape[1]}"
+    if not _triton_importable():
+        return "triton is not installed"
+    if q0.device.type != "cuda" and not (q0.device.type == "cpu" and _interpreting()):
+        return (f"fused needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got "
+                f"{q0.device}")
+    return None
+
+
+def _resolve(backend, q0, weights, activation):
+    if backend != "auto":
+        if backend == "fused":
+            reason = fused_unsupported_reason(q0, weights, activation)
+            if reason is not None:
+                raise ValueError(f"backend='fused' cannot run: {reason}; use backend='analytic' "
+                                 f"(same results, plain torch) or backend='auto'")
+        return backend
+    dev = q0.device.type
+    if dev not in _auto_choice:
+        _auto_choice[dev] = "fused" if dev == "cuda" and _triton_importable() else "analytic"
+        log.info("leapfrog backend='auto' on %s: using %s", dev, _auto_choice[dev])
+    choice = _auto_choice[dev]
+    if choice == "fused":
+        reason = fused_unsupported_reason(q0, weights, activation)
+        if reason is not None:
+            if reason not in _warned:
+                _warned.add(reason)
+                warnings.warn(f"leapfrog backend='auto': {reason}; running the analytic backend",
+                              stacklevel=3)
+            return "analytic"
+    return choice
+
+
+def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
+             backend="auto"):
+    """Leapfrog rollout of the MLP Hamiltonian H(q, p) = MLP([q; p]).
+
+    q0, p0 [B, k]; weights / biases in nn.Linear layout (weights[0] is [n_1, 2k], the last is
+    [1, n_L]). Returns q, p [B, frames, k] (frame 0 is the initial state) and dHdq
+    [B, frames-1, k], dH/dq at (q_t, p_t), the first half-step's gradient (for L_cyc).
+    Differentiable w.r.t. q0, p0 and every weight and bias (double backward: reference only,
+    see DERIVATIVE_ORDERS). backend: "auto" | "reference" | "analytic" | "fused"; the fused
+    Triton kernels support FUSED_CONTRACT (depth 2, widths 16..128, softplus/tanh, float32).
+    """
+    weights, biases = check_inputs(q0, p0, weights, biases, dt, frames, activation, backend)
+    chosen = _resolve(backend, q0, weights, activation)
+    dt = float(dt)
+    if chosen == "reference":
+        return leapfrog_reference(q0, p0, weights, biases, dt, frames, activation)
+    if chosen == "analytic":
+        return leapfrog_analytic(q0, p0, weights, biases, dt, frames, activation)
+    from .fused import leapfrog_fused  # imports triton: only on first fused use
+    return leapfrog_fused(q0, p0, weights, biases, dt, frames, activation)

@@ -1,0 +1,286 @@
+"""Fused leapfrog backend: Triton kernels for the whole rollout, forward and backward.
+
+The math is analytic.py's (same symbols), specialised to the fused contract: two hidden layers
+(W1 [n1, 2k], W2 [n2, n1], w [n2]), softplus or tanh, float32 with fp32 accumulation
+(tl.dot input_precision="ieee"). W1 is split by the host into its q and p column blocks,
+W1q and W1p, so x = [q; p] is never materialised: a1 = q W1q^T + p W1p^T + b1.
+
+_leapfrog_fwd_kernel: one program owns BLOCK_B batch rows, loads the weights once and keeps
+them on-chip for all T-1 steps; per step it writes q_t+1, p_t+1, p_half_t and dHdq_t. The
+q-part of a1 is shared between evaluations a and b, the p_half part between b and c.
+
+_leapfrog_bwd_kernel: walks the steps in reverse from the saved trajectory (q, p, p_half:
+T*B*3k floats) and recomputes each evaluation's activations instead of saving them (that
+would be T*B*3*(n1+n2) floats and as much HBM traffic as the recompute costs in FLOPs). Each
+program accumulates its rows' weight gradients in registers and writes one partial; the host
+sums the partials once (deterministic, no atomics).
+
+tl.dot needs every dimension >= 16 and power-of-two blocks: the host zero-pads k and the
+widths (width 100 -> 128, k = 10 -> 16) and slices the gradients back. Padded hidden units
+have a = 0 and h = s(0) != 0 (softplus(0) = log 2), harmless only because their outgoing
+weights are zero; their weight gradients are nonzero and are dropped by the slicing.
+"""
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the dispatcher never routes here without triton
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def _act(a, ACT: tl.constexpr):
+        """s(a), s'(a), s''(a); ACT 0 = softplus, 1 = tanh (via sigmoid: no libdevice needed)."""
+        if ACT == 0:
+            sig = tl.sigmoid(a)
+            s = tl.maximum(a, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(a)))
+            return s, sig, sig * (1.0 - sig)
+        else:
+            th = 2.0 * tl.sigmoid(2.0 * a) - 1.0
+            d1 = 1.0 - th * th
+            return th, d1, -2.0 * th * d1
+
+    @triton.jit
+    def _grad_part(a1, W1x, W2, b2, w3, ACT: tl.constexpr):
+        """One block of dH/dx = (W1x^T g1) from a1: W1x is W1q (-> dH/dq) or W1p (-> dH/dp)."""
+        h1, d1_1, _ = _act(a1, ACT)
+        a2 = tl.dot(h1, tl.trans(W2), input_precision="ieee") + b2[None, :]
+        _, d1_2, _ = _act(a2, ACT)
+        g2 = w3[None, :] * d1_2                                 # [BB, H2]
+        g1 = tl.dot(g2, W2, input_precision="ieee") * d1_1      # e1 * s'(a1), [BB, H1]
+        return tl.dot(g1, W1x, input_precision="ieee")          # [BB, KP]
+
+    @triton.jit
+    def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
+                             q_ptr, p_ptr, ph_ptr, dq_ptr, B, K, T, dt,
+                             BLOCK_B: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr,
+                             H2: tl.constexpr, ACT: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
+        cols = tl.arange(0, KP)
+        h1 = tl.arange(0, H1)
+        h2 = tl.arange(0, H2)
+        mask = (rows[:, None] < B) & (cols[None, :] < K)
+        # Weights: loaded once, on-chip for every step. Padded on the host, so no masks.
+        W1q = tl.load(w1q_ptr + h1[:, None] * KP + cols[None, :])   # [H1, KP]
+        W1p = tl.load(w1p_ptr + h1[:, None] * KP + cols[None, :])   # [H1, KP]
+        W2 = tl.load(w2_ptr + h2[:, None] * H1 + h1[None, :])       # [H2, H1]
+        b1 = tl.load(b1_ptr + h1)
+        b2 = tl.load(b2_ptr + h2)
+        w3 = tl.load(w3_ptr + h2)
+        q = tl.load(q0_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0)
+        p = tl.load(p0_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0)
+        traj = rows[:, None] * (T * K) + cols[None, :]          # [B, T, k] offsets at t = 0
+        half = rows[:, None] * ((T - 1) * K) + cols[None, :]    # [B, T-1, k] offsets at t = 0
+        tl.store(q_ptr + traj, q, mask=mask)
+        tl.store(p_ptr + traj, p, mask=mask)
+        for t in range(T - 1):
+            aq = tl.dot(q, tl.trans(W1q), input_precision="ieee")
+            a1 = aq + tl.dot(p, tl.trans(W1p), input_precision="ieee") + b1[None, :]
+            dq = _grad_part(a1, W1q, W2, b2, w3, ACT)           # dH/dq(q_t, p_t)
+            ph = p - 0.5 * dt * dq
+            ap = tl.dot(ph, tl.trans(W1p), input_precision="ieee") + b1[None, :]
+            q = q + dt * _grad_part(aq + ap, W1p, W2, b2, w3, ACT)
+            aq = tl.dot(q, tl.trans(W1q), input_precision="ieee")
+            p = ph - 0.5 * dt * _grad_part(aq + ap, W1q, W2, b2, w3, ACT)
+            tl.store(q_ptr + traj + (t + 1) * K, q, mask=mask)
+            tl.store(p_ptr + traj + (t + 1) * K, p, mask=mask)
+            tl.store(ph_ptr + half + t * K, ph, mask=mask)
+            tl.store(dq_ptr + half + t * K, dq, mask=mask)
+
+    @triton.jit
+    def _vjp(q, p, v, W1q, W1p, b1, W2, b2, w3, dW1q, dW1p, db1, dW2, db2, dw3,
+             ACT: tl.constexpr, V_IS_Q: tl.constexpr):
+        """d<v, F(q, p)>/d(q, p) and the weight terms (analytic.py's derivation, depth 2).
+        v is the q block of the cotangent when V_IS_Q, else its p block (the other is zero)."""
+        a1 = (tl.dot(q, tl.trans(W1q), input_precision="ieee")
+              + tl.dot(p, tl.trans(W1p), input_precision="ieee") + b1[None, :])
+        h1, d1_1, d2_1 = _act(a1, ACT)
+        a2 = tl.dot(h1, tl.trans(W2), input_precision="ieee") + b2[None, :]
+        _, d1_2, d2_2 = _act(a2, ACT)
+        if V_IS_Q:
+            t1 = tl.dot(v, tl.trans(W1q), input_precision="ieee")
+        else:
+            t1 = tl.dot(v, tl.trans(W1p), input_precision="ieee")
+        u1 = d1_1 * t1
+        t2 = tl.dot(u1, tl.trans(W2), input_precision="ieee")
+        g2 = w3[None, :] * d1_2
+        r2 = w3[None, :] * d2_2 * t2
+        e1 = tl.dot(g2, W2, input_precision="ieee")
+        g1 = e1 * d1_1
+        r1 = e1 * d2_1 * t1 + tl.dot(r2, W2, input_precision="ieee") * d1_1
+        dw3 += tl.sum(d1_2 * t2, axis=0)                                 # u2
+        db2 += tl.sum(r2, axis=0)
+        dW2 += (tl.dot(tl.trans(r2), h1, input_precision="ieee")
+                + tl.dot(tl.trans(g2), u1, input_precision="ieee"))
+        db1 += tl.sum(r1, axis=0)
+        dW1q += tl.dot(tl.trans(r1), q, input_precision="ieee")
+        dW1p += tl.dot(tl.trans(r1), p, input_precision="ieee")
+        if V_IS_Q:
+            dW1q += tl.dot(tl.trans(g1), v, input_precision="ieee")
+        else:
+            dW1p += tl.dot(tl.trans(g1), v, input_precision="ieee")
+        dxq = tl.dot(r1, W1q, input_precision="ieee")
+        dxp = tl.dot(r1, W1p, input_precision="ieee")
+        return dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3
+
+    @triton.jit
+    def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, gq_ptr, gp_ptr, gd_ptr,
+                             w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
+                             dq0_ptr, dp0_ptr, dw1q_ptr, dw1p_ptr, db1_ptr, dw2_ptr, db2_ptr,
+                             dw3_ptr, B, K, T, dt,
+                             BLOCK_B: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr,
+                             H2: tl.constexpr, ACT: tl.constexpr):
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
+        cols = tl.arange(0, KP)
+        h1 = tl.arange(0, H1)
+        h2 = tl.arange(0, H2)
+        mask = (rows[:, None] < B) & (cols[None, :] < K)
+        W1q = tl.load(w1q_ptr + h1[:, None] * KP + cols[None, :])
+        W1p = tl.load(w1p_ptr + h1[:, None] * KP + cols[None, :])
+        W2 = tl.load(w2_ptr + h2[:, None] * H1 + h1[None, :])
+        b1 = tl.load(b1_ptr + h1)
+        b2 = tl.load(b2_ptr + h2)
+        w3 = tl.load(w3_ptr + h2)
+        dW1q = tl.zeros((H1, KP), dtype=tl.float32)
+        dW1p = tl.zeros((H1, KP), dtype=tl.float32)
+        dW2 = tl.zeros((H2, H1), dtype=tl.float32)
+        db1 = tl.zeros((H1,), dtype=tl.float32)
+        db2 = tl.zeros((H2,), dtype=tl.float32)
+        dw3 = tl.zeros((H2,), dtype=tl.float32)
+        traj = rows[:, None] * (T * K) + cols[None, :]
+        half = rows[:, None] * ((T - 1) * K) + cols[None, :]
+        # Cotangents of (q_T-1, p_T-1); masked rows stay zero, so they add nothing below.
+        Q = tl.load(gq_ptr + traj + (T - 1) * K, mask=mask, other=0.0)
+        P = tl.load(gp_ptr + traj + (T - 1) * K, mask=mask, other=0.0)
+        for i in range(T - 1):
+            t = T - 2 - i
+            q = tl.load(q_ptr + traj + t * K, mask=mask, other=0.0)
+            p = tl.load(p_ptr + traj + t * K, mask=mask, other=0.0)
+            q1 = tl.load(q_ptr + traj + (t + 1) * K, mask=mask, other=0.0)
+            ph = tl.load(ph_ptr + half + t * K, mask=mask, other=0.0)
+            D = tl.load(gd_ptr + half + t * K, mask=mask, other=0.0)
+            # c: p_t+1 = p_half - dt/2 F_q(q_t+1, p_half)
+            dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
+                q1, ph, -0.5 * dt * P, W1q, W1p, b1, W2, b2, w3,
+                dW1q, dW1p, db1, dW2, db2, dw3, ACT, True)
+            Q += dxq
+            Ph = P + dxp
+            # b: q_t+1 = q_t + dt F_p(q_t, p_half)
+            dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
+                q, ph, dt * Q, W1q, W1p, b1, W2, b2, w3,
+                dW1q, dW1p, db1, dW2, db2, dw3, ACT, False)
+            Q += dxq
+            Ph += dxp
+            # a: p_half = p_t - dt/2 F_q(q_t, p_t), and dHdq_t = F_q(q_t, p_t)
+            dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
+                q, p, D - 0.5 * dt * Ph, W1q, W1p, b1, W2, b2, w3,
+                dW1q, dW1p, db1, dW2, db2, dw3, ACT, True)
+            Q += dxq + tl.load(gq_ptr + traj + t * K, mask=mask, other=0.0)
+            P = Ph + dxp + tl.load(gp_ptr + traj + t * K, mask=mask, other=0.0)
+        tl.store(dq0_ptr + rows[:, None] * K + cols[None, :], Q, mask=mask)
+        tl.store(dp0_ptr + rows[:, None] * K + cols[None, :], P, mask=mask)
+        # One partial per program; the host reduces them once.
+        tl.store(dw1q_ptr + pid * H1 * KP + h1[:, None] * KP + cols[None, :], dW1q)
+        tl.store(dw1p_ptr + pid * H1 * KP + h1[:, None] * KP + cols[None, :], dW1p)
+        tl.store(dw2_ptr + pid * H2 * H1 + h2[:, None] * H1 + h1[None, :], dW2)
+        tl.store(db1_ptr + pid * H1 + h1, db1)
+        tl.store(db2_ptr + pid * H2 + h2, db2)
+        tl.store(dw3_ptr + pid * H2 + h2, dw3)
+
+
+_ACT_CODE = {"softplus": 0, "tanh": 1}
+
+
+def _pow2(n):
+    return max(16, 1 << (int(n) - 1).bit_length())
+
+
+def _block_b(h1, h2):
+    # Untuned (no GPU was available to this part): smaller row blocks for the widest MLPs
+    # keep the on-chip weights plus accumulators within the register file.
+    return 16 if max(h1, h2) >= 128 else 32
+
+
+def _pad_params(weights, biases, k):
+    """Zero-padded, contiguous fp32 copies: W1q, W1p [H1, KP], b1 [H1], W2 [H2, H1], b2, w3."""
+    (w1, w2, w3), (b1, b2, _) = weights, biases
+    n1, n2 = w1.shape[0], w2.shape[0]
+    KP, H1, H2 = _pow2(k), _pow2(n1), _pow2(n2)
+    new = w1.new_zeros
+    W1q, W1p, W2 = new(H1, KP), new(H1, KP), new(H2, H1)
+    W1q[:n1, :k], W1p[:n1, :k], W2[:n2, :n1] = w1[:, :k], w1[:, k:], w2
+    B1, B2, W3 = new(H1), new(H2), new(H2)
+    B1[:n1], B2[:n2], W3[:n2] = b1, b2, w3[0]
+    return (W1q, W1p, B1, W2, B2, W3), (KP, H1, H2)
+
+
+def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation):
+    """Host side of the forward: check, allocate, launch. Returns q, p, p_half, dHdq, padded."""
+    B, k = q0.shape
+    assert q0.dtype == torch.float32 and len(weights) == 3, "dispatcher checks the contract"
+    with torch.no_grad():
+        padded, (KP, H1, H2) = _pad_params(weights, biases, k)
+    q0, p0 = q0.detach().contiguous(), p0.detach().contiguous()
+    q = q0.new_empty(B, frames, k)             # [B, T, k]
+    p = torch.empty_like(q)
+    ph = q0.new_empty(B, frames - 1, k)        # [B, T-1, k]
+    dq = torch.empty_like(ph)
+    BLOCK_B = _block_b(H1, H2)
+    grid = (triton.cdiv(B, BLOCK_B),)
+    _leapfrog_fwd_kernel[grid](q0, p0, *padded, q, p, ph, dq, B, k, frames, dt,
+                               BLOCK_B=BLOCK_B, KP=KP, H1=H1, H2=H2,
+                               ACT=_ACT_CODE[activation])
+    return q, p, ph, dq, padded
+
+
+def leapfrog_bwd(q, p, ph, gq, gp, gd, padded, dims, dt, activation):
+    """Host side of the backward: launch, reduce the per-program partials once, unpad."""
+    B, T, k = q.shape
+    n1, n2 = dims
+    W1q = padded[0]
+    H1, KP = W1q.shape
+    H2 = padded[3].shape[0]
+    BLOCK_B = _block_b(H1, H2)
+    n_prog = triton.cdiv(B, BLOCK_B)
+    gq, gp, gd = gq.contiguous(), gp.contiguous(), gd.contiguous()
+    dq0, dp0 = q.new_empty(B, k), q.new_empty(B, k)
+    new = q.new_empty
+    dW1q, dW1p = new(n_prog, H1, KP), new(n_prog, H1, KP)
+    db1, dW2, db2, dw3 = new(n_prog, H1), new(n_prog, H2, H1), new(n_prog, H2), new(n_prog, H2)
+    _leapfrog_bwd_kernel[(n_prog,)](q, p, ph, gq, gp, gd, *padded, dq0, dp0,
+                                    dW1q, dW1p, db1, dW2, db2, dw3, B, k, T, dt,
+                                    BLOCK_B=BLOCK_B, KP=KP, H1=H1, H2=H2,
+                                    ACT=_ACT_CODE[activation])
+    dW1q, dW1p, db1, dW2, db2, dw3 = (x.sum(0) for x in (dW1q, dW1p, db1, dW2, db2, dw3))
+    dw1 = torch.cat([dW1q[:n1, :k], dW1p[:n1, :k]], 1)       # [n1, 2k]
+    return (dq0, dp0, (dw1, dW2[:n2, :n1], dw3[:n2].unsqueeze(0)),
+            (db1[:n1], db2[:n2], q.new_zeros(1)))
+
+
+class LeapfrogFunction(torch.autograd.Function):
+    """Fused rollout: one forward launch, one backward launch; first-order gradients only."""
+
+    @staticmethod
+    def forward(ctx, q0, p0, dt, frames, activation, w1, w2, w3, b1, b2, b3):
+        q, p, ph, dq, padded = leapfrog_fwd(q0, p0, (w1, w2, w3), (b1, b2, b3), dt, frames,
+                                            activation)
+        ctx.save_for_backward(q, p, ph, *padded)
+        ctx.dt, ctx.activation, ctx.dims = dt, activation, (w1.shape[0], w2.shape[0])
+        return q, p, dq
+
+    @staticmethod
+    def backward(ctx, gq, gp, gd):
+        if torch.is_grad_enabled():
+            raise RuntimeError("the fused leapfrog backend supports first-order gradients "
+                               "only; use backend='reference' for double backward")
+        q, p, ph, *padded = ctx.saved_tensors
+        dq0, dp0, dws, dbs = leapfrog_bwd(q, p, ph, gq, gp, gd, padded, ctx.dims, ctx.dt,
+                                          ctx.activation)
+        return (dq0, dp0, None, None, None, *dws, *dbs)
+
+
+def leapfrog_fused(q0, p0, weights, biases, dt, frames, activation):
+    return LeapfrogFunction.apply(q0, p0, float(dt), frames, activation, *weights, *biases)

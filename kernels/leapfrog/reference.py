@@ -1,0 +1,61 @@
+"""Reference leapfrog backend: plain autograd, the oracle every other backend is tested against.
+
+Each half-step takes dH/dq or dH/dp with torch.autograd.grad(create_graph=True), exactly as
+the official HGAN code does, so gradients of the rollout (and gradients of those) come from
+autograd's double backward. It is also the baseline of every benchmark.
+
+One step of size dt (a general H(q, p); second order, symplectic only when H is separable):
+
+    p_half = p_t    - dt/2 * dH/dq(q_t,   p_t)
+    q_t+1  = q_t    + dt   * dH/dp(q_t,   p_half)
+    p_t+1  = p_half - dt/2 * dH/dq(q_t+1, p_half)
+"""
+import torch
+
+from .common import act_value
+
+
+def mlp_energy(x, weights, biases, activation):
+    """H(x) of the MLP for rows x [B, 2k] -> [B]."""
+    h = x
+    for w, b in zip(weights[:-1], biases[:-1]):
+        h = act_value(torch.nn.functional.linear(h, w, b), activation)
+    return torch.nn.functional.linear(h, weights[-1], biases[-1]).squeeze(-1)
+
+
+def _grad_h(q, p, weights, biases, activation, create_graph):
+    """(dH/dq, dH/dp) at rows (q, p), each [B, k]."""
+    x = torch.cat([q, p], dim=1)
+    if not x.requires_grad:
+        # Nothing upstream needs a gradient, but autograd.grad needs a graph to differentiate.
+        x = x.detach().requires_grad_(True)
+    energy = mlp_energy(x, weights, biases, activation)
+    (g,) = torch.autograd.grad(energy.sum(), x, create_graph=create_graph)
+    k = q.shape[1]
+    return g[:, :k], g[:, k:]
+
+
+def leapfrog_reference(q0, p0, weights, biases, dt, frames, activation):
+    """Autograd rollout: q, p [B, frames, k] and dHdq [B, frames-1, k]."""
+    create_graph = torch.is_grad_enabled()
+    qs, ps, dhdqs = [q0], [p0], []
+    q, p = q0, p0
+    with torch.enable_grad():
+        for _ in range(frames - 1):
+            dq, _ = _grad_h(q, p, weights, biases, activation, create_graph)
+            p_half = p - 0.5 * dt * dq
+            _, dp = _grad_h(q, p_half, weights, biases, activation, create_graph)
+            q = q + dt * dp
+            dq_next, _ = _grad_h(q, p_half, weights, biases, activation, create_graph)
+            p = p_half - 0.5 * dt * dq_next
+            qs.append(q)
+            ps.append(p)
+            dhdqs.append(dq)
+    q_traj, p_traj = torch.stack(qs, 1), torch.stack(ps, 1)  # [B, T, k]
+    if dhdqs:
+        dhdq = torch.stack(dhdqs, 1)  # [B, T-1, k]
+    else:
+        dhdq = q0.new_zeros(q0.shape[0], 0, q0.shape[1])
+    if not create_graph:
+        q_traj, p_traj, dhdq = q_traj.detach(), p_traj.detach(), dhdq.detach()
+    return q_traj, p_traj, dhdq

@@ -1,0 +1,160 @@
+"""FVD: Frechet distance against closed forms, and the whole pipeline with a stand-in I3D."""
+import numpy as np
+import pytest
+import torch
+
+from hgan.evaluate import fvd
+
+
+def _random_cov(rng, d, rank=None):
+    a = rng.standard_normal((d, rank or d))
+    return a @ a.T / (rank or d)
+
+
+def test_identical_sets_give_zero():
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((500, 12)) @ rng.standard_normal((12, 12))
+    mu, sigma = fvd.feature_stats(feats)
+    assert abs(fvd.frechet_distance(mu, sigma, mu, sigma)) < 1e-6
+
+
+def test_equal_covariance_gives_squared_mean_distance():
+    rng = np.random.default_rng(1)
+    sigma = _random_cov(rng, 10)
+    mu1, mu2 = rng.standard_normal(10), rng.standard_normal(10) * 3
+    want = float(np.sum((mu1 - mu2) ** 2))
+    assert fvd.frechet_distance(mu1, sigma, mu2, sigma) == pytest.approx(want, rel=1e-7, abs=1e-7)
+
+
+def test_diagonal_covariances_closed_form():
+    # Commuting covariances: Tr(S1 + S2 - 2 sqrt(S1 S2)) = sum (sqrt(a) - sqrt(b))^2.
+    a, b = np.array([1.0, 4.0, 9.0, 0.25]), np.array([4.0, 1.0, 9.0, 2.0])
+    mu1, mu2 = np.array([0.0, 1, 2, 3]), np.array([1.0, 1, 0, 3])
+    want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    got = fvd.frechet_distance(mu1, np.diag(a), mu2, np.diag(b))
+    assert got == pytest.approx(want, rel=1e-9)
+
+
+def test_biased_covariance():
+    feats = np.array([[0.0], [2.0]])
+    mu, sigma = fvd.feature_stats(feats)
+    assert mu[0] == 1.0 and sigma[0, 0] == 1.0  # /N gives 1, /(N-1) would give 2
+
+
+def test_near_singular_covariances_stay_finite_and_match_oracle():
+    # Fewer samples than dimensions (rank 3 of 20): sqrtm is ill-conditioned here.
+    rng = np.random.default_rng(2)
+    s1, s2 = _random_cov(rng, 20, rank=3), _random_cov(rng, 20, rank=3)
+    mu = np.zeros(20)
+    got = fvd.frechet_distance(mu, s1, mu, s2)
+    assert np.isfinite(got)
+    # float64 oracle: Tr sqrt(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2)), all symmetric PSD.
+    w, v = np.linalg.eigh(s1)
+    r1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    inner = np.clip(np.linalg.eigvalsh(r1 @ s2 @ r1), 0, None)
+    want = np.trace(s1) + np.trace(s2) - 2 * np.sum(np.sqrt(inner))
+    assert got == pytest.approx(want, abs=1e-4 * (np.trace(s1) + np.trace(s2)))
+    assert abs(fvd.frechet_distance(mu, s1, mu, s1)) < 1e-4 * np.trace(s1)
+
+
+def test_mismatched_statistics_rejected():
+    with pytest.raises(ValueError, match="mismatched"):
+        fvd.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+class _StandInI3D(torch.nn.Module):
+    """Same call signature as StyleGAN-V's i3d_torchscript.pt; features are a fixed projection."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.proj = torch.nn.Parameter(torch.randn(3 * 4 * 4 * 4, 16, generator=g), requires_grad=False)
+
+    def forward(self, videos: torch.Tensor, rescale: bool = False, resize: bool = False,
+                return_features: bool = False) -> torch.Tensor:
+        x = videos.float()
+        if rescale:
+            x = x / 127.5 - 1.0
+        if resize:
+            x = torch.nn.functional.interpolate(x, size=(4, 8, 8), mode="trilinear", align_corners=False)
+        x = torch.nn.functional.avg_pool3d(x, kernel_size=(1, 2, 2))
+        return x.flatten(1) @ self.proj
+
+
+@pytest.fixture(scope="module")
+def stand_in_i3d(tmp_path_factory):
+    path = tmp_path_factory.mktemp("i3d") / fvd.I3D_FILENAME
+    torch.jit.script(_StandInI3D()).save(str(path))
+    return str(path)
+
+
+def test_missing_detector_error_names_file_and_source(monkeypatch, tmp_path):
+    monkeypatch.delenv(fvd.I3D_ENV, raising=False)
+    with pytest.raises(FileNotFoundError) as err:
+        fvd.load_detector(None)
+    msg = str(err.value)
+    assert fvd.I3D_FILENAME in msg and "StyleGAN-V" in msg and fvd.I3D_URL in msg and fvd.I3D_ENV in msg
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        fvd.load_detector(str(tmp_path / "nope.pt"))
+
+
+def test_detector_from_environment(monkeypatch, stand_in_i3d):
+    monkeypatch.setenv(fvd.I3D_ENV, stand_in_i3d)
+    assert fvd.resolve_detector_path(None) == stand_in_i3d
+
+
+def test_input_contract_is_enforced():
+    good = torch.zeros(2, 3, 16, 8, 8, dtype=torch.uint8)
+    fvd.check_videos(good, 16)
+    with pytest.raises(TypeError, match="uint8"):
+        fvd.check_videos(good.float())
+    with pytest.raises(ValueError, match="at least"):
+        fvd.check_videos(good[:, :, :8])
+    with pytest.raises(ValueError, match=r"\[N, 3, T, H, W\]"):
+        fvd.check_videos(good.permute(0, 2, 1, 3, 4))
+    with pytest.raises(ValueError, match="protocol"):
+        fvd.check_videos(good[:, :, :12], 16)
+    # [-1, 1] maps to uint8 as clamp(x * 127.5 + 128), channels moved to dim 1.
+    u = fvd.to_uint8(torch.tensor([-1.0, 0.0, 1.0, 2.0]).view(1, 4, 1, 1, 1).expand(1, 4, 3, 1, 1))
+    assert u.shape == (1, 3, 4, 1, 1) and u[0, 0, :, 0, 0].tolist() == [0, 128, 255, 255]
+
+
+class _FakeGenerator:
+    """Generated videos = real clips of a random 'dataset' with a brightness shift."""
+
+    def __init__(self, shift):
+        self.shift = shift
+
+    def sample(self, n, frames, *, dt=None, generator=None):
+        x = torch.rand(n, frames, 3, 8, 8, generator=generator) * 1.6 - 0.8
+        return (x + self.shift).clamp(-1, 1)
+
+
+def test_pipeline_with_stand_in_detector(stand_in_i3d, tmp_path):
+    det = fvd.load_detector(stand_in_i3d)
+    n = 64
+    real_frames = fvd.to_uint8(_FakeGenerator(0.0).sample(n, 20, generator=torch.Generator().manual_seed(9)))
+    real_frames = real_frames.permute(0, 2, 3, 4, 1).numpy()  # stored layout [N, T, H, W, 3]
+    data_path = tmp_path / "fake.h5"
+    data_path.write_bytes(b"x")
+    kw = dict(data_path=str(data_path), detector_path=stand_in_i3d, num_videos=n, frames=16,
+              seed=0, cache_dir=str(tmp_path / "cache"), batch_size=16)
+    mu_r, sigma_r = fvd.real_stats(real_frames, det, **kw)
+    # Oracle: the same clips through the module by hand, float64 statistics with numpy.
+    clips = fvd.real_windows(real_frames, num_videos=n, frames=16, seed=0)
+    f = det(clips, rescale=True, resize=True, return_features=True).double().numpy()
+    np.testing.assert_allclose(mu_r, f.mean(0), rtol=1e-10)
+    np.testing.assert_allclose(sigma_r, np.cov(f, rowvar=False, bias=True), rtol=1e-8, atol=1e-10)
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+    mu_c, _ = fvd.real_stats(None, det, **kw)  # served from the cache: no frames needed
+    np.testing.assert_array_equal(mu_c, mu_r)
+
+    close = fvd.fvd_over_seeds(_FakeGenerator(0.0), det, mu_r, sigma_r, seeds=(0, 1), num_videos=n,
+                               frames=16, batch_size=16)
+    far = fvd.fvd_over_seeds(_FakeGenerator(0.5), det, mu_r, sigma_r, seeds=(0, 1), num_videos=n,
+                             frames=16, batch_size=16)
+    assert close["fvd_per_seed"][0] != close["fvd_per_seed"][1]
+    assert far["fvd_mean"] > 10 * close["fvd_mean"] > 0
+    assert not far["canonical"] and far["num_videos"] == n
+    with pytest.raises(ValueError, match="trajectories"):
+        fvd.real_windows(real_frames, num_videos=n + 1, frames=16, seed=0)

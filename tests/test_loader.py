@@ -1,0 +1,144 @@
+"""Batch streams: windows follow window_plan exactly, all kinds agree, resume is exact."""
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import hgan.data as hdata
+
+if not hasattr(hdata, "window_plan"):
+    pytest.skip("hgan.data.window_plan is not available yet", allow_module_level=True)
+
+from hgan.data.loader import build_loader  # noqa: E402
+
+N_TRAJ, TRAJ_LEN, SIZE, FRAMES, BATCH = 6, 20, 8, 4, 3
+
+
+@pytest.fixture(scope="module")
+def frames_h5(tmp_path_factory):
+    """Random uint8 frames: every window differs, so a wrong index cannot go unnoticed."""
+    path = tmp_path_factory.mktemp("loader") / "frames.h5"
+    rng = np.random.default_rng(5)
+    data = rng.integers(0, 256, (N_TRAJ, TRAJ_LEN, SIZE, SIZE, 3), dtype=np.uint8)
+    data[0, 0, 0, 0] = (0, 255, 128)          # both ends of the range appear
+    with h5py.File(path, "w") as f:
+        f.create_dataset("frames", data=data, chunks=(1, TRAJ_LEN, SIZE, SIZE, 3))
+    return str(path), data
+
+
+def take(path, n, **kw):
+    kw = {"batch_size": BATCH, "frames": FRAMES, **kw}
+    stream = build_loader(path, **kw)
+    out = []
+    for batch in stream:
+        out.append(batch.clone())
+        if len(out) == n:
+            break
+    stream.close()
+    return stream, out
+
+
+def oracle(data, g, bpe, *, seed=0, rank=0, world_size=1):
+    """float64 reference for global batch g, straight from window_plan."""
+    epoch, b = divmod(g, bpe)
+    plan = np.asarray(hdata.window_plan(N_TRAJ, TRAJ_LEN, FRAMES, seed=seed, epoch=epoch,
+                                        rank=rank, world_size=world_size))
+    rows = plan[b * BATCH:(b + 1) * BATCH]
+    win = np.stack([data[t, s:s + FRAMES] for t, s in rows]).astype(np.float64)
+    return torch.from_numpy(win / 127.5 - 1.0).permute(0, 1, 4, 2, 3)
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_torch_stream_follows_window_plan_across_epochs(frames_h5, rank):
+    path, data = frames_h5
+    stream = build_loader(path, batch_size=BATCH, frames=FRAMES, seed=3, rank=rank,
+                          world_size=2, kind="torch", num_workers=0)
+    bpe = stream.batches_per_epoch
+    assert bpe >= 1
+    for g, batch in zip(range(2 * bpe + 1), stream):   # crosses two epoch boundaries
+        assert batch.dtype == torch.float32 and batch.shape == (BATCH, FRAMES, 3, SIZE, SIZE)
+        assert batch.is_contiguous()
+        ref = oracle(data, g, bpe, seed=3, rank=rank, world_size=2)
+        # Two float32 roundings (the constant 1/127.5 and the product), each <= 2^-24 of
+        # a value in [-1, 1]; a wrong window or layout is off by ~1e-2 or more.
+        torch.testing.assert_close(batch.double(), ref, rtol=0, atol=2 ** -23)
+        assert batch.min() >= -1 and batch.max() <= 1
+    assert stream.position == 2 * bpe + 1
+
+
+def test_epochs_reshuffle_and_shards_are_disjoint(frames_h5):
+    path, _ = frames_h5
+    epoch_batches = {}
+    for rank in (0, 1):
+        stream = build_loader(path, batch_size=1, frames=FRAMES, rank=rank, world_size=2,
+                              kind="gpu-resident")
+        bpe = stream.batches_per_epoch
+        it = iter(stream)
+        epoch_batches[rank] = [torch.stack([next(it) for _ in range(bpe)]) for _ in range(2)]
+    # Same shard, next epoch: a different order (the plan reshuffles per epoch).
+    assert not torch.equal(epoch_batches[0][0], epoch_batches[0][1])
+    # Two ranks in one epoch never share a window.
+    a = {w.numpy().tobytes() for w in epoch_batches[0][0]}
+    b = {w.numpy().tobytes() for w in epoch_batches[1][0]}
+    assert not a & b
+
+
+@pytest.mark.parametrize("kind", ["torch", "gpu-resident"])
+def test_start_batch_resumes_exactly(frames_h5, kind):
+    path, _ = frames_h5
+    _, full = take(path, 9, kind=kind, num_workers=0, seed=1)
+    resumed, tail = take(path, 4, kind=kind, num_workers=0, seed=1, start_batch=5)
+    assert resumed.position == 9
+    for x, y in zip(full[5:], tail):
+        assert torch.equal(x, y)
+
+
+def test_gpu_resident_equals_torch_with_workers(frames_h5):
+    path, _ = frames_h5
+    for rank in (0, 1):
+        _, a = take(path, 7, kind="torch", num_workers=2, seed=2, rank=rank, world_size=2)
+        _, b = take(path, 7, kind="gpu-resident", seed=2, rank=rank, world_size=2)
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+
+
+def test_matches_toy_physics_windows_on_generated_data(tiny_pendulum_h5):
+    """The data package's own Dataset (read and scaled independently) is the oracle."""
+    stream = build_loader(tiny_pendulum_h5, batch_size=5, frames=8, seed=4, kind="torch",
+                          num_workers=0)
+    ds = hdata.ToyPhysicsWindows(tiny_pendulum_h5, 8, seed=4)
+    bpe = stream.batches_per_epoch
+    assert bpe == len(ds) // 5
+    for g, batch in zip(range(bpe + 2), stream):
+        epoch, b = divmod(g, bpe)
+        ds.set_epoch(epoch)
+        ref = torch.stack([ds[i] for i in range(b * 5, b * 5 + 5)])
+        torch.testing.assert_close(batch, ref, rtol=0, atol=2 ** -23)
+
+
+def test_auto_is_torch_without_cuda(frames_h5):
+    if torch.cuda.is_available():
+        pytest.skip("auto picks DALI on a CUDA machine")
+    stream = build_loader(frames_h5[0], batch_size=BATCH, frames=FRAMES, kind="auto")
+    assert stream.kind == "torch"
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"kind": "tfrecord"}, "unknown loader kind"),
+    ({"batch_size": 1000}, "exceeds"),
+    ({"frames": TRAJ_LEN + 1}, "does not fit"),
+    ({"rank": 2, "world_size": 2}, "outside world_size"),
+    ({"start_batch": -1}, "start_batch"),
+])
+def test_bad_arguments_raise_one_clear_error(frames_h5, kw, match):
+    kw = {"batch_size": BATCH, "frames": FRAMES, "kind": "torch", **kw}
+    with pytest.raises(ValueError, match=match):
+        build_loader(frames_h5[0], **kw)
+
+
+def test_wrong_file_layout_is_named(tmp_path):
+    path = tmp_path / "float.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("frames", data=np.zeros((2, 8, 4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match="expected uint8"):
+        build_loader(str(path), batch_size=1, frames=4)

@@ -1,0 +1,132 @@
+"""Model-level tests: shapes at every resolution, motion contracts, L_cyc, configuration errors."""
+import pytest
+import torch
+
+from hgan.kernels import cyclic_loss
+from hgan.models import MODELS, ModelConfig, build_models, resolution_plan
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # Tiny convolutions on a shared 2-core machine run fastest without OpenMP spinning.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def tiny(model="hgan", **kw):
+    kw.setdefault("ngf", 4)
+    kw.setdefault("ndf", 4)
+    kw.setdefault("clip_frames", 4)
+    return ModelConfig(model=model, **kw)
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("resolution", [32, 64, 96])
+def test_shapes_every_model_and_resolution(model, resolution):
+    torch.manual_seed(0)
+    m = build_models(tiny(model, resolution=resolution))
+    videos = m.generator.sample(2, 5, generator=torch.Generator().manual_seed(0))
+    assert videos.shape == (2, 5, 3, resolution, resolution)
+    assert videos.dtype == torch.float32
+    assert videos.abs().max() <= 1.0  # tanh output
+    assert m.image_disc(videos[:, 0]).shape == (2,)
+    assert m.video_disc(videos[:, :4]).shape == (2,)
+
+
+@pytest.mark.parametrize("resolution,expected", [(32, (4, 3)), (64, (4, 4)), (96, (6, 4)),
+                                                 (16, (4, 2)), (48, (6, 3))])
+def test_resolution_plan(resolution, expected):
+    assert resolution_plan(resolution) == expected
+
+
+@pytest.mark.parametrize("bad", [40, 8, 100, 0])
+def test_unsupported_resolution_is_one_clear_error(bad):
+    with pytest.raises(ValueError, match="unsupported resolution"):
+        ModelConfig(resolution=bad)
+
+
+@pytest.mark.parametrize("clip", [1, 2, 3, 5, 16, 24])
+def test_video_disc_accepts_any_clip_length(clip):
+    m = build_models(tiny(clip_frames=clip))
+    assert m.video_disc(torch.randn(3, clip, 3, 32, 32)).shape == (3,)
+    with pytest.raises(ValueError, match=f"expects \\[N, {clip}"):
+        m.video_disc(torch.randn(3, clip + 1, 3, 32, 32))
+
+
+@pytest.mark.parametrize("model", ["hgan", "hnn_gan"])
+@pytest.mark.parametrize("hamiltonian", ["general", "separable"])
+def test_hnn_motion_contract(model, hamiltonian):
+    torch.manual_seed(1)
+    g = build_models(tiny(model, hamiltonian=hamiltonian, integrator="reference")).generator
+    mot = g.motion(3, 6, generator=torch.Generator().manual_seed(0))
+    assert mot["y"].shape == (3, 6, 20) and mot["q"].shape == (3, 6, 10)
+    assert mot["p"].shape == (3, 6, 10) and mot["dHdq"].shape == (3, 5, 10)
+    assert torch.equal(mot["y"], torch.cat([mot["q"], mot["p"]], -1))
+    # dHdq[:, t] is the gradient of the learned H at (q_t, p_t): check it with autograd.
+    q = mot["q"][:, :-1].reshape(-1, 10).detach().requires_grad_(True)
+    p = mot["p"][:, :-1].reshape(-1, 10).detach()
+    (g_q,) = torch.autograd.grad(g.motion_module.hamiltonian(q, p).sum(), q)
+    torch.testing.assert_close(mot["dHdq"].reshape(-1, 10), g_q, rtol=1e-5, atol=1e-6)
+    # With the same noise, the first state is the map of eps_m (hgan) or eps_m itself (hnn_gan).
+    eps = torch.randn(3, 20, generator=torch.Generator().manual_seed(0))
+    y0 = g.motion_module.config_map(eps) if model == "hgan" else eps
+    torch.testing.assert_close(mot["y"][:, 0], y0)
+
+
+def test_hgan_has_config_map_and_hnn_gan_does_not():
+    assert build_models(tiny("hgan")).generator.motion_module.config_map is not None
+    assert build_models(tiny("hnn_gan")).generator.motion_module.config_map is None
+
+
+def test_mocogan_motion_is_fresh_noise_gru_and_rejects_dt():
+    g = build_models(tiny("mocogan")).generator
+    mot = g.motion(2, 7)
+    assert set(mot) == {"y"} and mot["y"].shape == (2, 7, 20)
+    assert not torch.allclose(mot["y"][:, 1], mot["y"][:, 2])
+    with pytest.raises(ValueError, match="no time step"):
+        g.motion(2, 3, dt=-0.05)
+
+
+def test_negative_dt_runs_time_backwards():
+    # y_T(dt) then dt -> -dt from y_T: the separable form returns to y_0 (reversible scheme).
+    torch.manual_seed(2)
+    g = build_models(tiny("hnn_gan", hamiltonian="separable", integrator="reference")).generator
+    mm = g.motion_module
+    q0, p0 = torch.randn(4, 10, dtype=torch.float64), torch.randn(4, 10, dtype=torch.float64)
+    mm.double()
+    q, p, _ = mm.hamiltonian.rollout(q0, p0, 20, dt=0.05, backend="reference")
+    qb, pb, _ = mm.hamiltonian.rollout(q[:, -1], p[:, -1], 20, dt=-0.05, backend="reference")
+    torch.testing.assert_close(qb[:, -1], q0, rtol=0, atol=1e-9)
+    torch.testing.assert_close(pb[:, -1], p0, rtol=0, atol=1e-9)
+
+
+def test_content_fixed_per_video_motion_varies():
+    torch.manual_seed(3)
+    g = build_models(tiny("hgan")).generator.eval()
+    z = g.content(2)
+    y = g.motion(2, 4)["y"]
+    same_motion = g.render(z, y[:, :1].expand(2, 4, 20))
+    # A constant latent gives identical frames: content alone carries no time dependence.
+    torch.testing.assert_close(same_motion[:, 0], same_motion[:, 3])
+    assert not torch.allclose(g.render(z, y)[:, 0], g.render(z, y)[:, 3])
+
+
+def test_cyclic_loss_hand_computed():
+    # lambda / B * sum_t sum_i |dH/dq_i|: B = 2, entries sum to 1+2+3+0.5 + 4+0+1+1 = 12.5.
+    dhdq = torch.tensor([[[1.0, -2.0], [3.0, 0.5]], [[-4.0, 0.0], [1.0, -1.0]]])
+    assert cyclic_loss(dhdq, lam=0.01).item() == pytest.approx(0.01 * 12.5 / 2, rel=1e-6)
+    assert cyclic_loss(dhdq, lam=0.1).item() == pytest.approx(0.1 * 12.5 / 2, rel=1e-6)
+
+
+def test_config_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown model 'vae'"):
+        ModelConfig(model="vae")
+    with pytest.raises(ValueError, match="motion_dim \\(12\\) must equal 2\\*k"):
+        ModelConfig(model="hnn_gan", motion_dim=12)
+    with pytest.raises(ValueError, match="unknown hamiltonian"):
+        ModelConfig(hamiltonian="quantum")
+    m = ModelConfig(model="mocogan", motion_dim=12)
+    assert m.latent_dim == 62 and ModelConfig().latent_dim == 70
+    assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()

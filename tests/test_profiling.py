@@ -1,0 +1,69 @@
+"""step_profiler writes TensorBoard and Chrome traces that parse and name every stage."""
+import glob
+import json
+import os
+
+import pytest
+import torch
+
+from hgan.train.profiling import STAGES, load_trace, stage, step_profiler
+
+
+def tiny_steps(run_dir, n_steps, enabled=True):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(4, 1, 3, padding=1))
+    opt = torch.optim.SGD(net.parameters(), lr=1e-2)
+    with step_profiler(str(run_dir), enabled, wait=1, warmup=1, active=2) as prof:
+        for _ in range(n_steps):
+            with stage("data"):
+                x = torch.randn(2, 3, 8, 8)
+            with stage("motion"):
+                x = x * 0.5
+            with stage("generator"):
+                y = net(x)
+            with stage("D_I"):
+                loss_i = y.square().mean()
+            with stage("D_V"):
+                loss_v = y.abs().mean()
+            with stage("backward"):
+                (loss_i + loss_v).backward()
+            with stage("optimizer"):
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            prof.step()
+
+
+def test_traces_are_written_and_parse(tmp_path):
+    tiny_steps(tmp_path, 5)
+    prof_dir = tmp_path / "profile"
+    tb = glob.glob(str(prof_dir / "*.pt.trace.json"))
+    assert len(tb) == 1, "torch-tb-profiler globs <worker>.<ts>.pt.trace.json"
+    for path in (tb[0], prof_dir / "trace.json"):
+        trace = load_trace(str(path))
+        names = {e.get("name") for e in trace["traceEvents"]}
+        assert set(STAGES) <= names
+        # Exactly the `active` steps were recorded.
+        assert sum(1 for n in names if n and n.startswith("ProfilerStep#")) == 2
+
+    with open(prof_dir / "stages.json") as f:
+        shares = json.load(f)
+    assert shares["steps"] == 2 and shares["step_us"] > 0
+    assert set(shares["share"]) == set(STAGES)
+    assert all(0 < s < 1 for s in shares["share"].values())
+    # Stages are disjoint sub-ranges of a step: together at most the whole step.
+    assert sum(shares["share"].values()) <= 1.0
+
+
+def test_disabled_profiler_writes_nothing(tmp_path):
+    tiny_steps(tmp_path, 3, enabled=False)
+    assert not os.path.exists(tmp_path / "profile")
+
+
+def test_bad_schedule_and_bad_trace_are_named(tmp_path):
+    with pytest.raises(ValueError, match="active >= 1"):
+        step_profiler(str(tmp_path), True, active=0)
+    bad = tmp_path / "x.json"
+    bad.write_text("{not json")
+    with pytest.raises(ValueError, match="not a Chrome trace"):
+        load_trace(str(bad))

@@ -1,0 +1,77 @@
+"""Checkpoint safety and completeness: weights_only refuses code, atomic writes, RNG states."""
+import os
+import pickle
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from hgan.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+
+MARKER = "/tmp/hgan_checkpoint_pwned_{}".format(os.getpid())
+
+
+class _Exploit:
+    # Unpickling this object calls os.system: what a hostile "checkpoint" would do.
+    def __reduce__(self):
+        return (os.system, (f"touch {MARKER}",))
+
+
+def test_malicious_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"generator": _Exploit()}, f, protocol=2)
+    if os.path.exists(MARKER):
+        os.remove(MARKER)
+    with pytest.raises(RuntimeError, match="refusing to load"):
+        load_checkpoint(str(path))
+    assert not os.path.exists(MARKER)
+    # the oracle: a plain pickle load of the same file does run the payload
+    with open(path, "rb") as f:
+        pickle.load(f)
+    assert os.path.exists(MARKER)
+    os.remove(MARKER)
+
+
+def test_malicious_torch_save_is_refused(tmp_path):
+    path = tmp_path / "evil_zip.pt"
+    torch.save({"iteration": 3, "payload": _Exploit()}, path)
+    with pytest.raises(RuntimeError, match="refusing to load"):
+        load_checkpoint(str(path))
+    assert not os.path.exists(MARKER)
+
+
+def test_atomic_save_leaves_no_partial_file(tmp_path):
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint({"iteration": 1, "w": torch.ones(3)}, str(path))
+    # a save that fails while pickling must leave the previous checkpoint intact
+    with pytest.raises(Exception):
+        save_checkpoint({"iteration": 2, "bad": lambda: 0}, str(path))
+    ck = load_checkpoint(str(path))
+    assert ck["iteration"] == 1 and torch.equal(ck["w"], torch.ones(3))
+    assert os.listdir(path.parent) == ["last.pt"]  # the temporary file was cleaned up
+    save_checkpoint({"iteration": 3}, str(path))
+    assert load_checkpoint(str(tmp_path))["iteration"] == 3  # a run directory also works
+    assert os.listdir(path.parent) == ["last.pt"]
+
+
+def test_missing_checkpoint_is_one_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at"):
+        load_checkpoint(str(tmp_path / "nope.pt"))
+
+
+def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
+    torch.manual_seed(5)
+    np.random.seed(5)
+    random.seed(5)
+    np.random.standard_normal()  # leaves a cached gaussian in numpy's state
+    state = capture_rng()
+    expected = (torch.rand(3), np.random.rand(3), random.random(), np.random.standard_normal())
+    path = save_checkpoint({"rng": state}, str(tmp_path / "rng.pt"))
+    torch.rand(10), np.random.rand(10), random.random()
+    restore_rng(load_checkpoint(path)["rng"])
+    got = (torch.rand(3), np.random.rand(3), random.random(), np.random.standard_normal())
+    assert torch.equal(got[0], expected[0])
+    assert np.array_equal(got[1], expected[1])
+    assert got[2] == expected[2] and got[3] == expected[3]
