@@ -12,6 +12,7 @@ spent blocked on the next batch (`data`). Run: pytest bench/test_bench_trainstep
 --benchmark-only. CPU figures are what this machine can show; GPU targets are measured on a
 GPU only.
 """
+import os
 import time
 
 import h5py
@@ -35,6 +36,8 @@ VARIANTS = {
     "optimised": dict(amp=True, channels_last=True, compile=True, integrator="auto",
                       loader="dali" if dali.available() and DEVICE == "cuda" else "torch"),
 }
+# A CPU step takes seconds to tens of seconds: fewer rounds there (HGAN_BENCH_ROUNDS overrides).
+ROUNDS = int(os.environ.get("HGAN_BENCH_ROUNDS", 5 if DEVICE == "cuda" else 2))
 _medians = {}
 
 
@@ -153,18 +156,20 @@ def test_trainstep(benchmark, tmp_path, resolution, variant):
     opts = VARIANTS[variant]
     step = TrainStep(_frames_file(tmp_path, resolution), resolution, opts)
     try:
-        for _ in range(2):          # compilation, allocator and autotuning happen here
+        # Compilation, allocator and autotuning happen in the warm-up steps.
+        for _ in range(2 if DEVICE == "cuda" else 1):
             assert np.isfinite(step())
         step.data_wait.clear()
-        benchmark.pedantic(step, rounds=5, iterations=1, warmup_rounds=0)
+        benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=0)
         median = benchmark.stats.stats.median
         wait = float(np.median(step.data_wait))
-        shares = _profile(step)
+        shares = _profile(step, n=3 if DEVICE == "cuda" else 1)
     finally:
         step.close()
     payload = {
         "batch": BATCH, "frames": FRAMES, "resolution": resolution, **opts,
         "loader_used": step.stream.kind,
+        "rounds": ROUNDS,
         "median_step_s": median,
         "videos_per_s": BATCH / median,
         "data_wait_median_s": wait,

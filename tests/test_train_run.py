@@ -8,7 +8,8 @@ import torch
 
 from hgan.models import ModelConfig
 from hgan.train import RunConfig, load_checkpoint, train
-from hgan.train.loop import NonFiniteLoss
+from hgan.train.loop import NonFiniteLoss, amp_policy, cpu_has_fast_bf16
+from hgan.train.losses import r1_penalty
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +64,7 @@ def test_tiny_run_every_model(tiny_pendulum_h5, tmp_path, model):
 
 
 def test_amp_bf16_on_cpu(tiny_pendulum_h5, tmp_path):
-    cfg = tiny_cfg(tiny_pendulum_h5, tmp_path / "amp", amp=True, r1_gamma=10.0)
+    cfg = tiny_cfg(tiny_pendulum_h5, tmp_path / "amp", amp=True, amp_dtype="bf16", r1_gamma=10.0)
     res = train(cfg)
     tr = res["trainer"]
     assert tr.amp_dtype == torch.bfloat16 and not tr.scaler.is_enabled()
@@ -74,6 +75,35 @@ def test_amp_bf16_on_cpu(tiny_pendulum_h5, tmp_path):
         mot = tr.G.motion(2, 3)
         frames = tr.G.render(tr.G.content(2), mot["y"])
     assert frames.dtype == torch.bfloat16 and mot["y"].dtype == torch.float32
+
+
+def test_amp_policy():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert amp_policy(cpu, False) == (None, False)
+    assert amp_policy(cpu, True, "bf16") == (torch.bfloat16, False)
+    if cpu_has_fast_bf16():
+        assert amp_policy(cpu, True) == (torch.bfloat16, False)
+    else:
+        with pytest.warns(UserWarning, match="no native bf16"):
+            assert amp_policy(cpu, True) == (None, False)
+    with pytest.raises(ValueError, match="fp16 is for CUDA"):
+        amp_policy(cpu, True, "fp16")
+    with pytest.raises(ValueError, match="unknown --amp-dtype"):
+        amp_policy(cpu, True, "fp8")
+    assert amp_policy(cuda, True, "fp16") == (torch.float16, True)  # fp16 always needs the scaler
+
+
+def test_r1_penalty_closed_form_and_grad_scaler():
+    # D(x) = w . x has grad_x D = w for every sample: R1 = gamma/2 * |w|^2 exactly.
+    w = torch.tensor([0.5, -1.0, 2.0])
+    disc = lambda x: x.flatten(1) @ w  # noqa: E731
+    x = torch.randn(4, 3)
+    logits, pen = r1_penalty(disc, x, gamma=10.0)
+    torch.testing.assert_close(logits, x @ w)
+    assert pen.item() == pytest.approx(5.0 * (0.25 + 1.0 + 4.0), rel=1e-6)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    _, pen_scaled = r1_penalty(disc, x, gamma=10.0, scaler=scaler)
+    assert pen_scaled.item() == pytest.approx(pen.item(), rel=1e-6)  # unscaled by hand
 
 
 def test_resume_is_bit_identical(tiny_pendulum_h5, tmp_path):

@@ -193,20 +193,15 @@ def _h_nbody(x, pr):
 
 
 def _g_nbody(x, pr):
-    q, p = _nbody_split(x)
+    q, p = _nbody_split(x)  # [..., B, 2]
     m, g = pr["m"][..., None, None], pr["g"][..., None, None]
+    r = q[..., :, None, :] - q[..., None, :, :]  # [..., B, B, 2]: q_i - q_j
+    d2 = (r * r).sum(-1)
     n = q.shape[-2]
-    dq = np.zeros_like(q)
-    for i in range(n):
-        for j in range(i + 1, n):
-            r = q[..., i, :] - q[..., j, :]
-            f = r / ((r ** 2).sum(-1, keepdims=True) ** 1.5)  # d(-1/|r|)/dq_i
-            dq[..., i, :] += f
-            dq[..., j, :] -= f
-    dq = dq * g * m * m
-    dp = p / m
+    d2[..., np.arange(n), np.arange(n)] = np.inf  # no self-interaction
+    dq = (r * (d2 ** -1.5)[..., None]).sum(-2) * (g * m * m)  # sum_j g m m (q_i-q_j)/|.|^3
     lead = x.shape[:-1]
-    return dq.reshape(lead + (-1,)), dp.reshape(lead + (-1,))
+    return dq.reshape(lead + (-1,)), (p / m).reshape(lead + (-1,))
 
 
 # ---- world positions [..., n_bodies, 2] -----------------------------------------------

@@ -36,16 +36,9 @@ def _find_data_path(config):
 def _load_run(checkpoint, device):
     from hgan.sample import load_generator
     from hgan.train.checkpoint import load_checkpoint
-    generator, config = load_generator(checkpoint, device=device) if _accepts_device(load_generator) \
-        else load_generator(checkpoint)
-    generator.to(device).eval()
+    generator, config = load_generator(checkpoint, device)
     iteration = int(load_checkpoint(checkpoint).get("iteration", -1))
-    return generator, config, iteration
-
-
-def _accepts_device(fn):
-    import inspect
-    return "device" in inspect.signature(fn).parameters
+    return generator.eval(), config, iteration
 
 
 def _real_videos(ds, idx, frames, seed):
@@ -153,13 +146,13 @@ def evaluate(args):
             gen, fig(f"samples_{model}.png"), fig(f"samples_{model}.gif"))
     if "tsne" in metrics:
         pts = structure.motion_points(generator, n=args.tsne_samples, seed=0)
-        emb = figures.tsne_embedding(pts)
+        emb = figures.tsne_embedding(pts, iterations=args.tsne_iters)
         results["figures"]["tsne"] = figures.plot_tsne(
             emb, fig(f"tsne_{model}.png"), title=f"{model}: motion t-SNE ({len(pts)} samples)",
             color=np.linalg.norm(pts, axis=1))
     if "cyclic" in metrics:
-        am = structure.active_momenta(generator)
-        er = structure.energy_rollouts(generator, steps=args.rollout_steps)
+        am = structure.active_momenta(generator, n=args.momenta_videos, frames=args.frames)
+        er = structure.energy_rollouts(generator, n=args.rollout_videos, steps=args.rollout_steps)
         results["cyclic"] = {"active_momenta": am, "energy_rollout": er and er["summary"]}
         if am is not None:
             results["figures"]["active_momenta"] = figures.plot_active_momenta(
@@ -230,6 +223,9 @@ def main(argv=None):
     p.add_argument("--physics-videos", type=int, default=256, help="videos for the physics metrics")
     p.add_argument("--probe-steps", type=int, default=3000, help="probe training steps (first use only)")
     p.add_argument("--tsne-samples", type=int, default=1024)
+    p.add_argument("--tsne-iters", type=int, default=1000, help="t-SNE iterations (>= 250)")
+    p.add_argument("--momenta-videos", type=int, default=256, help="rollouts for mean |dp_i/dt|")
+    p.add_argument("--rollout-videos", type=int, default=64, help="rollouts for the learned energy")
     p.add_argument("--rollout-steps", type=int, default=512, help="leapfrog steps of the energy rollouts")
     p.add_argument("--system", help="system name when no dataset is read (tsne/cyclic only)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")

@@ -56,12 +56,18 @@ def save_sample_grid(videos, png_path, gif_path=None, *, scale=2, columns=8, fps
     return png_path
 
 
-def tsne_embedding(points, *, seed=0, perplexity=30.0):
+def tsne_embedding(points, *, seed=0, perplexity=30.0, iterations=1000):
     """t-SNE to 2-D (scikit-learn). points [N, D]."""
+    import inspect
+
     from sklearn.manifold import TSNE
     points = np.asarray(points, dtype=np.float64)
     perplexity = min(perplexity, max(2.0, (len(points) - 1) / 3))
-    return TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(points)
+    # scikit-learn 1.5 renamed n_iter to max_iter; detect the keyword, not the version.
+    key = "max_iter" if "max_iter" in inspect.signature(TSNE).parameters else "n_iter"
+    tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
+                **{key: max(250, int(iterations))})
+    return tsne.fit_transform(points)
 
 
 def plot_tsne(embedding, path, *, title, color=None):

@@ -21,13 +21,14 @@ class RunConfig:
     cyc_lambda: float = 0.01
     r1_gamma: float = 0.0
     amp: bool = False
+    amp_dtype: str = "auto"           # auto: bf16 where fast (CUDA with bf16, CPU with AVX512-BF16/AMX)
     compile: bool = False
     device: str = "auto"
     seed: int = 0
     out: str = ""
     log_every: int = 50
-    sample_every: int = 1000
-    ckpt_every: int = 1000
+    sample_every: int = 250
+    ckpt_every: int = 250
     keep_every: int = 0               # also keep checkpoints/iter_XXXXXXX.pt every N (0: never)
     n_samples: int = 8
     profile: bool = False
@@ -78,42 +79,70 @@ def build_parser() -> argparse.ArgumentParser:
     d, m = RunConfig(), ModelConfig()
     p = argparse.ArgumentParser(description="Train HGAN (or a baseline) on a Toy Physics system.",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--system", default=d.system, choices=_systems())
-    p.add_argument("--model", default=m.model, choices=MODELS)
+    p.add_argument("--system", default=d.system, choices=_systems(),
+                   help="Toy Physics system to learn")
+    p.add_argument("--model", default=m.model, choices=MODELS,
+                   help="hgan (config map + HNN + L_cyc), hnn_gan (no map), mocogan (GRU)")
     p.add_argument("--data", default=d.data, help="dataset root; generated there when missing")
-    p.add_argument("--iters", type=int, default=d.iters)
+    p.add_argument("--iters", type=int, default=d.iters,
+                   help="total training iterations (one D and one G update each)")
     p.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch")
-    p.add_argument("--frames", type=int, default=d.frames)
+    p.add_argument("--frames", type=int, default=d.frames,
+                   help="frames per training video")
     p.add_argument("--clip-frames", type=int, default=m.clip_frames,
                    help="clip length for the video discriminator (capped at --frames)")
-    p.add_argument("--resolution", type=int, default=m.resolution)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--cyc-lambda", type=float, default=d.cyc_lambda)
-    p.add_argument("--r1-gamma", type=float, default=d.r1_gamma)
-    p.add_argument("--hamiltonian", default=m.hamiltonian, choices=HAMILTONIANS)
-    p.add_argument("--activation", default=m.activation, choices=ACTIVATIONS)
-    p.add_argument("--integrator", default=m.integrator, choices=INTEGRATORS)
-    p.add_argument("--dt", type=float, default=m.dt)
-    p.add_argument("--ngf", type=int, default=m.ngf)
-    p.add_argument("--ndf", type=int, default=m.ndf)
+    p.add_argument("--resolution", type=int, default=m.resolution,
+                   help="frame size: 32, 64 or 96 (4*2^n or 6*2^n)")
+    p.add_argument("--lr", type=float, default=d.lr,
+                   help="Adam learning rate of every network (betas 0.5, 0.999)")
+    p.add_argument("--cyc-lambda", type=float, default=d.cyc_lambda,
+                   help="weight lambda of the cyclic-coordinate loss (hgan)")
+    p.add_argument("--r1-gamma", type=float, default=d.r1_gamma,
+                   help="R1 gradient penalty weight on real data (0: off; the official code uses 10)")
+    p.add_argument("--hamiltonian", default=m.hamiltonian, choices=HAMILTONIANS,
+                   help="general H(q,p) or separable K(p)+V(q) (symplectic, reversible)")
+    p.add_argument("--activation", default=m.activation, choices=ACTIVATIONS,
+                   help="activation of the Hamiltonian MLP")
+    p.add_argument("--integrator", default=m.integrator, choices=INTEGRATORS,
+                   help="leapfrog backend (auto: fused on CUDA, analytic on CPU)")
+    p.add_argument("--dt", type=float, default=m.dt,
+                   help="leapfrog step (the data's frame interval)")
+    p.add_argument("--ngf", type=int, default=m.ngf,
+                   help="G_I width")
+    p.add_argument("--ndf", type=int, default=m.ndf,
+                   help="D_I / D_V width")
     p.add_argument("--amp", action="store_true", help="autocast: bf16 on CPU; bf16 or fp16 on CUDA")
+    p.add_argument("--amp-dtype", default=d.amp_dtype, choices=("auto", "bf16", "fp16"),
+                   help="auto: bf16 where supported natively, else fp16+GradScaler on CUDA, fp32 on CPU")
     p.add_argument("--compile", action="store_true", help="torch.compile G_I, D_I, D_V")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--channels-last", action="store_true",
+                   help="channels-last memory format for G_I and D_I")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
-    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seed", type=int, default=d.seed,
+                   help="seed of weights, noise and data order")
     p.add_argument("--out", default=d.out, help="run directory (default runs/<system>-<model>-<time>)")
     p.add_argument("--resume", default="", help="checkpoint file or run directory to continue")
-    p.add_argument("--log-every", type=int, default=d.log_every)
-    p.add_argument("--sample-every", type=int, default=d.sample_every)
-    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
-    p.add_argument("--keep-every", type=int, default=d.keep_every)
+    p.add_argument("--log-every", type=int, default=d.log_every,
+                   help="TensorBoard scalars and progress-bar losses every N iterations")
+    p.add_argument("--sample-every", type=int, default=d.sample_every,
+                   help="sample GIF/PNG and TensorBoard images every N iterations")
+    p.add_argument("--ckpt-every", type=int, default=d.ckpt_every,
+                   help="overwrite checkpoints/last.pt every N iterations")
+    p.add_argument("--keep-every", type=int, default=d.keep_every,
+                   help="also keep checkpoints/iter_N.pt every N iterations (0: never)")
     p.add_argument("--profile", action="store_true", help="trace a few steps into <out>/profile")
-    p.add_argument("--loader", default=d.loader, choices=("auto", "dali", "torch"))
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
-    p.add_argument("--no-progress", action="store_true")
-    p.add_argument("--gen-train", type=int, default=d.gen_train)
-    p.add_argument("--gen-test", type=int, default=d.gen_test)
-    p.add_argument("--gen-frames", type=int, default=d.gen_frames)
+    p.add_argument("--loader", default=d.loader, choices=("auto", "dali", "torch"),
+                   help="batch loader (auto: DALI on CUDA when installed, else torch)")
+    p.add_argument("--num-workers", type=int, default=d.num_workers,
+                   help="torch DataLoader workers")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bars")
+    p.add_argument("--gen-train", type=int, default=d.gen_train,
+                   help="train trajectories generated when the dataset is missing")
+    p.add_argument("--gen-test", type=int, default=d.gen_test,
+                   help="test trajectories generated when the dataset is missing")
+    p.add_argument("--gen-frames", type=int, default=d.gen_frames,
+                   help="frames per generated trajectory")
     return p
 
 
@@ -127,7 +156,7 @@ def config_from_args(argv=None):
     out = a.out or os.path.join("runs", f"{a.system}-{a.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     cfg = RunConfig(system=a.system, data=a.data, iters=a.iters, batch_size=a.batch_size,
                     frames=a.frames, lr=a.lr, cyc_lambda=a.cyc_lambda, r1_gamma=a.r1_gamma,
-                    amp=a.amp, compile=a.compile, device=a.device, seed=a.seed, out=out,
+                    amp=a.amp, amp_dtype=a.amp_dtype, compile=a.compile, device=a.device, seed=a.seed, out=out,
                     log_every=a.log_every, sample_every=a.sample_every, ckpt_every=a.ckpt_every,
                     keep_every=a.keep_every, profile=a.profile, loader=a.loader,
                     num_workers=a.num_workers, progress=not a.no_progress, gen_train=a.gen_train,

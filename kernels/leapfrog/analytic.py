@@ -23,83 +23,124 @@ cotangents (Q, P) of (q_t+1, p_t+1) and D of dHdq_t:
     a:  p_half = p_t - dt/2 F_q(q_t, p_t)          v = [-dt/2 P_h + D, 0]; Q += dx_q; P = P_h + dx_p
 The layer-1 pre-activation splits by blocks, a_1 = W1q q + W1p p + b_1, so evaluations a and b
 share the q term and b and c share the p_half term (3 of the 6 block products per step are
-reused, in the forward and in the backward). The weight-gradient products of a step's three
-VJPs are stacked into one matmul per layer (fewer, larger calls: what the small batches need).
-The forward saves only the trajectory (q, p and p_half: T*B*3k floats); the backward
-recomputes each evaluation's activations from it, which costs one forward sweep per VJP and
-keeps memory independent of the MLP width.
+reused, in the forward and in the backward). The weight-gradient products r_l h^T and g_l u^T
+of many VJPs are stacked into one matmul per layer (fewer, larger calls: what small batches
+need), flushed every FLUSH_ROWS rows.
+
+What the backward saves and what it recomputes: the forward always saves the trajectory
+(q, p, p_half: T*B*3k floats). When the primal activations of all 3(T-1) evaluations
+(h_l, s'(a_l), s''(a_l), e_l) fit in SAVE_BYTES, the forward keeps them too, and the backward
+does no primal work (at B=64, T=16, width 100 that is ~7 MB and removes two width^2 matmuls
+and the transcendental activations from every VJP). Above it, each VJP recomputes them from
+the trajectory, so memory stays independent of the MLP width at large batch.
 """
 import torch
 
 from .common import act, act_d1, act_value
 
-
-def mlp_input_grad(x, weights, biases, activation):
-    """F(x) = dH/dx for rows x [B, 2k] -> [B, 2k] (the unsplit form, for tests and tools)."""
-    return _grad_block(torch.addmm(biases[0], x, weights[0].t()), weights[0], weights, biases,
-                       activation)
+SAVE_BYTES = 256 << 20   # keep the primal activations for the backward below this size
+FLUSH_ROWS = 1 << 15     # stacked rows per weight-gradient matmul before it is flushed
 
 
-def mlp_input_grad_vjp(x, v, weights, biases, activation):
-    """d<v, F(x)>/d(x, weights, biases) for rows x, v [B, 2k] (unsplit form, for tests)."""
-    rs, gs, hs, us, dw = _vjp_block(torch.addmm(biases[0], x, weights[0].t()), v, weights[0],
-                                    weights, biases, activation)
-    hs[0] = x
-    dweights = [r.t() @ h + g.t() @ u for r, g, h, u in zip(rs, gs, hs, us)] + [dw]
-    dbiases = [r.sum(0) for r in rs] + [torch.zeros_like(biases[-1])]
-    return rs[0] @ weights[0], dweights, dbiases
+def _primal(a1, weights, biases, activation, order):
+    """Primal quantities of one evaluation from layer 1's pre-activation a1 [B, n1].
 
-
-def _grad_block(a1, w1x, weights, biases, activation):
-    """One column block of F = dH/dx from layer 1's pre-activation a1 [B, n1]; w1x is the
-    matching column block of W1 (W1q -> dH/dq, W1p -> dH/dp, all of W1 -> dH/dx)."""
-    n_hidden = len(weights) - 1
-    d1s = [act_d1(a1, activation)]
-    a = a1
-    for l in range(1, n_hidden):
-        a = torch.addmm(biases[l], act_value(a, activation), weights[l].t())
-        d1s.append(act_d1(a, activation))
-    e = weights[-1]                                  # e_L = w, [1, n_L]
-    for l in reversed(range(1, n_hidden)):
-        e = (e * d1s[l]) @ weights[l]                # e_(l-1) = W_l^T g_l
-    return (e * d1s[0]) @ w1x
-
-
-def _vjp_block(a1, v, w1x, weights, biases, activation):
-    """VJP terms of one evaluation whose cotangent v lies on the x block of w1x.
-
-    Returns per hidden layer (0-based l = math l+1) r_l, g_l, h_(l-1), u_(l-1) (hs[0] is None:
-    the caller knows x) and dw = sum_rows u_L. dW_l = r_l^T h_(l-1) + g_l^T u_(l-1).
+    Returns hs (h_1..h_(L-1), the inputs of weights[1:]), d1s = s'(a_l), gs = e_l * s'(a_l)
+    and, for order 2, eds = e_l * s''(a_l) (the products the VJP uses, formed once here).
     """
     n_hidden = len(weights) - 1
-    hs, d1s, d2s = [None], [], []
+    hs, d1s, d2s = [], [], []
     a = a1
     for l in range(n_hidden):
-        if l > 0:
-            a = torch.addmm(biases[l], hs[l], weights[l].t())
-        h, d1, d2 = act(a, activation)
-        hs.append(h)
+        last = l == n_hidden - 1
+        if order == 2:
+            h, d1, d2 = act(a, activation, need_value=not last)
+            d2s.append(d2)
+        else:
+            h, d1 = (None if last else act_value(a, activation)), act_d1(a, activation)
         d1s.append(d1)
-        d2s.append(d2)
-    us, ts = [v], []
+        if not last:
+            hs.append(h)
+            a = torch.addmm(biases[l + 1], h, weights[l + 1].t())
+    gs, eds = [None] * n_hidden, [None] * n_hidden
+    e = weights[-1]                                # e_L = w, [1, n_L], broadcast over rows
+    for l in reversed(range(n_hidden)):
+        gs[l] = e * d1s[l]
+        if order == 2:
+            eds[l] = e * d2s[l]
+        if l > 0:
+            e = gs[l] @ weights[l]                 # e_(l-1) = W_l^T g_l
+    return hs, d1s, gs, eds
+
+
+def _grad_block(cache, w1x):
+    """One column block of F = dH/dx: w1x is W1q (-> dH/dq), W1p (-> dH/dp) or all of W1."""
+    return cache[2][0] @ w1x
+
+
+def _vjp_block(cache, v, w1x, weights):
+    """VJP terms of one evaluation whose cotangent v lies on the x block of w1x.
+
+    Returns rs (per hidden layer), us (u_0 = v .. u_(L-1)) and dw = sum_rows u_L; then
+    dW_l = r_l^T h_(l-1) + g_l^T u_(l-1), db_l = sum_rows r_l, dx = r_1 W1.
+    """
+    _, d1s, _, eds = cache
+    n_hidden = len(d1s)
+    ts, us = [], [v]
     u = v
     for l in range(n_hidden):
         t = u @ (w1x if l == 0 else weights[l]).t()
         ts.append(t)
         u = t * d1s[l]
         us.append(u)
-    e = weights[-1]                                  # cotangent of u_L
-    rs, gs = [None] * n_hidden, [None] * n_hidden
+    rs = [None] * n_hidden
     r_next = None
     for l in reversed(range(n_hidden)):
-        g = e * d1s[l]
-        r = e * d2s[l] * ts[l]
+        r = eds[l] * ts[l]
         if r_next is not None:
-            r = r + (r_next @ weights[l + 1]) * d1s[l]
-        if l > 0:
-            e = g @ weights[l]
-        rs[l], gs[l], r_next = r, g, r
-    return rs, gs, hs[:n_hidden], us[:n_hidden], u.sum(0, keepdim=True)
+            r = torch.addcmul(r, r_next @ weights[l + 1], d1s[l])
+        rs[l] = r_next = r
+    return rs, us[:n_hidden], u.sum(0, keepdim=True)
+
+
+def mlp_input_grad(x, weights, biases, activation):
+    """F(x) = dH/dx for rows x [B, 2k] -> [B, 2k] (the unsplit form, for tests and tools)."""
+    cache = _primal(torch.addmm(biases[0], x, weights[0].t()), weights, biases, activation, 1)
+    return _grad_block(cache, weights[0])
+
+
+def mlp_input_grad_vjp(x, v, weights, biases, activation):
+    """d<v, F(x)>/d(x, weights, biases) for rows x, v [B, 2k] (unsplit form, for tests)."""
+    cache = _primal(torch.addmm(biases[0], x, weights[0].t()), weights, biases, activation, 2)
+    rs, us, dw = _vjp_block(cache, v, weights[0], weights)
+    ins, gs = [x] + cache[0], cache[2]
+    dweights = [r.t() @ h + g.t() @ u for r, g, h, u in zip(rs, gs, ins, us)] + [dw]
+    dbiases = [r.sum(0) for r in rs] + [torch.zeros_like(biases[-1])]
+    return rs[0] @ weights[0], dweights, dbiases
+
+
+class _StackedGrads:
+    """Pending weight-gradient factors: dW += cat(lefts)^T @ cat(rights), one matmul each."""
+
+    def __init__(self, grads):
+        self.grads = grads
+        self.pending = [([], []) for _ in grads]
+        self.rows = 0
+
+    def add(self, i, lefts, rights):
+        self.pending[i][0].extend(lefts)
+        self.pending[i][1].extend(rights)
+        self.rows = max(self.rows, sum(x.shape[0] for x in self.pending[i][0]))
+        if self.rows >= FLUSH_ROWS:
+            self.flush()
+
+    def flush(self):
+        for grad, (lefts, rights) in zip(self.grads, self.pending):
+            if lefts:
+                grad.addmm_(torch.cat(lefts).t(), torch.cat(rights))
+                lefts.clear()
+                rights.clear()
+        self.rows = 0
 
 
 class LeapfrogAnalyticFunction(torch.autograd.Function):
@@ -108,24 +149,34 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q0, p0, dt, frames, activation, n_layers, *params):
         weights, biases = params[:n_layers], params[n_layers:]
-        k = q0.shape[1]
+        B, k = q0.shape
         w1q, w1p, b1 = weights[0][:, :k], weights[0][:, k:], biases[0]
-        q_traj = q0.new_empty(q0.shape[0], frames, k)  # [B, T, k]
+        widths = sum(w.shape[0] for w in weights[:-1])
+        save = 3 * (frames - 1) * B * 4 * widths * q0.element_size() <= SAVE_BYTES
+        order = 2 if save else 1
+        q_traj = q0.new_empty(B, frames, k)             # [B, T, k]
         p_traj = torch.empty_like(q_traj)
-        p_half = q0.new_empty(q0.shape[0], frames - 1, k)  # [B, T-1, k]
+        p_half = q0.new_empty(B, frames - 1, k)         # [B, T-1, k]
         dhdq = torch.empty_like(p_half)
+        caches = []
         q, p = q0, p0
         q_traj[:, 0], p_traj[:, 0] = q0, p0
-        aq = torch.addmm(b1, q, w1q.t())              # q block of a_1, bias included
+        aq = torch.addmm(b1, q, w1q.t())                # q block of a_1, bias included
         for t in range(frames - 1):
-            dq = _grad_block(aq + p @ w1p.t(), w1q, weights, biases, activation)
+            ca = _primal(aq + p @ w1p.t(), weights, biases, activation, order)
+            dq = _grad_block(ca, w1q)
             ph = p - 0.5 * dt * dq
             aph = ph @ w1p.t()
-            q = q + dt * _grad_block(aq + aph, w1p, weights, biases, activation)
-            aq = torch.addmm(b1, q, w1q.t())          # reused by the next step's evaluation a
-            p = ph - 0.5 * dt * _grad_block(aq + aph, w1q, weights, biases, activation)
+            cb = _primal(aq + aph, weights, biases, activation, order)
+            q = q + dt * _grad_block(cb, w1p)
+            aq = torch.addmm(b1, q, w1q.t())            # reused by the next step's evaluation a
+            cc = _primal(aq + aph, weights, biases, activation, order)
+            p = ph - 0.5 * dt * _grad_block(cc, w1q)
             q_traj[:, t + 1], p_traj[:, t + 1], p_half[:, t], dhdq[:, t] = q, p, ph, dq
+            if save:
+                caches.append((ca, cb, cc))
         ctx.save_for_backward(q_traj, p_traj, p_half, *params)
+        ctx.caches = caches if save else None           # intermediates, not inputs/outputs
         ctx.dt, ctx.activation, ctx.n_layers = dt, activation, n_layers
         return q_traj, p_traj, dhdq
 
@@ -135,47 +186,53 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
             raise RuntimeError("the analytic leapfrog backend supports first-order gradients "
                                "only; use backend='reference' for double backward")
         q_traj, p_traj, p_half, *params = ctx.saved_tensors
-        n, dt, act_name = ctx.n_layers, ctx.dt, ctx.activation
+        n, dt, act_name, caches = ctx.n_layers, ctx.dt, ctx.activation, ctx.caches
+        ctx.caches = None
         weights, biases = params[:n], params[n:]
         k = q_traj.shape[2]
         w1q, w1p, b1 = weights[0][:, :k], weights[0][:, k:], biases[0]
         dw1q, dw1p = torch.zeros_like(w1q), torch.zeros_like(w1p)
-        dweights = [None] + [torch.zeros_like(w) for w in weights[1:]]
+        dweights = [torch.zeros_like(w) for w in weights[1:]]
         dbiases = [torch.zeros_like(b) for b in biases]
+        stacked = _StackedGrads([dw1q, dw1p] + dweights[:-1])
         Q, P = gq[:, -1], gp[:, -1]
         aq1 = None
         for t in reversed(range(q_traj.shape[1] - 1)):
             q, p, ph, q1 = q_traj[:, t], p_traj[:, t], p_half[:, t], q_traj[:, t + 1]
-            if aq1 is None:
-                aq1 = torch.addmm(b1, q1, w1q.t())
-            aq, aph = torch.addmm(b1, q, w1q.t()), ph @ w1p.t()
+            if caches is not None:
+                ca, cb, cc = caches.pop()
+            else:
+                if aq1 is None:
+                    aq1 = torch.addmm(b1, q1, w1q.t())
+                aq, aph = torch.addmm(b1, q, w1q.t()), ph @ w1p.t()
+                cc = _primal(aq1 + aph, weights, biases, act_name, 2)
+                cb = _primal(aq + aph, weights, biases, act_name, 2)
+                ca = _primal(aq + p @ w1p.t(), weights, biases, act_name, 2)
+                aq1 = aq
             vc = -0.5 * dt * P                                   # c: v on the q block
-            c = _vjp_block(aq1 + aph, vc, w1q, weights, biases, act_name)
-            dx = c[0][0] @ weights[0]
+            rc, uc, dwc = _vjp_block(cc, vc, w1q, weights)
+            dx = rc[0] @ weights[0]
             Q, P_h = Q + dx[:, :k], P + dx[:, k:]
             vb = dt * Q                                          # b: v on the p block
-            b = _vjp_block(aq + aph, vb, w1p, weights, biases, act_name)
-            dx = b[0][0] @ weights[0]
+            rb, ub, dwb = _vjp_block(cb, vb, w1p, weights)
+            dx = rb[0] @ weights[0]
             Q, P_h = Q + dx[:, :k], P_h + dx[:, k:]
             va = gd[:, t] - 0.5 * dt * P_h                       # a: v on the q block
-            a = _vjp_block(aq + p @ w1p.t(), va, w1q, weights, biases, act_name)
-            dx = a[0][0] @ weights[0]
+            ra, ua, dwa = _vjp_block(ca, va, w1q, weights)
+            dx = ra[0] @ weights[0]
             Q, P = Q + dx[:, :k] + gq[:, t], P_h + dx[:, k:] + gp[:, t]
-            # Weight gradients of the three VJPs, one stacked product per layer.
-            r1 = torch.cat([c[0][0], b[0][0], a[0][0]])
-            dw1q.addmm_(torch.cat([r1, c[1][0], a[1][0]]).t(), torch.cat([q1, q, q, vc, va]))
-            dw1p.addmm_(torch.cat([r1, b[1][0]]).t(), torch.cat([ph, ph, p, vb]))
-            dbiases[0] += r1.sum(0)
+            for l in range(n - 1):
+                dbiases[l] += rc[l].sum(0) + rb[l].sum(0) + ra[l].sum(0)
+            dweights[-1] += dwc + dwb + dwa
+            gc, gb, ga = cc[2], cb[2], ca[2]
+            r1 = [rc[0], rb[0], ra[0]]
+            stacked.add(0, r1 + [gc[0], ga[0]], [q1, q, q, vc, va])
+            stacked.add(1, r1 + [gb[0]], [ph, ph, p, vb])
             for l in range(1, n - 1):
-                r = torch.cat([c[0][l], b[0][l], a[0][l]])
-                dweights[l].addmm_(torch.cat([r, c[1][l], b[1][l], a[1][l]]).t(),
-                                   torch.cat([c[2][l], b[2][l], a[2][l],
-                                              c[3][l], b[3][l], a[3][l]]))
-                dbiases[l] += r.sum(0)
-            dweights[n - 1] += c[4] + b[4] + a[4]
-            aq1 = aq
-        dweights[0] = torch.cat([dw1q, dw1p], 1)
-        return (Q, P, None, None, None, None, *dweights, *dbiases)
+                stacked.add(l + 1, [rc[l], rb[l], ra[l], gc[l], gb[l], ga[l]],
+                            [cc[0][l - 1], cb[0][l - 1], ca[0][l - 1], uc[l], ub[l], ua[l]])
+        stacked.flush()
+        return (Q, P, None, None, None, None, torch.cat([dw1q, dw1p], 1), *dweights, *dbiases)
 
 
 def leapfrog_analytic(q0, p0, weights, biases, dt, frames, activation):

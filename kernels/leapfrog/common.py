@@ -13,11 +13,11 @@ ACTIVATIONS = ("softplus", "tanh", "relu")
 BACKENDS = ("auto", "reference", "analytic", "fused")
 
 
-def act(a, name):
-    """s(a), s'(a), s''(a) of the named activation (the three values every backend needs)."""
+def act(a, name, need_value=True):
+    """s(a) (None unless need_value), s'(a), s''(a): what the backward of F = dH/dx needs."""
     if name == "softplus":
         sig = torch.sigmoid(a)
-        return F.softplus(a), sig, sig * (1 - sig)
+        return (F.softplus(a) if need_value else None), sig, sig * (1 - sig)
     if name == "tanh":
         h = torch.tanh(a)
         d1 = 1 - h * h

@@ -1,0 +1,100 @@
+"""Physics probe: it reads states from real frames, and its metrics tell real motion from
+the same frames shuffled in time."""
+import numpy as np
+import pytest
+import torch
+
+from hgan.evaluate import probe
+
+
+@pytest.fixture(scope="module")
+def pendulum(tmp_path_factory):
+    from hgan.data import generate_dataset, open_h5
+    out = generate_dataset("pendulum", tmp_path_factory.mktemp("probe_pendulum"), train=120, test=0,
+                           frames=20, seed=3, resolution=32, progress=False)
+    ds = open_h5(out["train"])
+    return out["train"], ds
+
+
+@pytest.fixture(scope="module")
+def trained(pendulum):
+    path, ds = pendulum
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convolutions: one thread avoids oversubscription on shared CI
+    try:
+        pr = probe.load_or_train_probe(path, ds.frames, ds.states, steps=300, batch_size=64,
+                                       width=16, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    _, test_idx = probe.split_indices(len(ds))
+    frames, states = ds.frames[()][test_idx], ds.states[()][test_idx].astype(np.float64)
+    params = {k: v[test_idx] for k, v in ds.params.items()}
+    return pr, frames, states, params, ds.system
+
+
+def test_probe_reads_state_on_held_out_data(trained):
+    pr, frames, states, _, _ = trained
+    rmse = probe.probe_rmse(pr, frames, states)
+    spread = states.reshape(-1, states.shape[-1]).std(0)
+    assert rmse.shape == (2,)
+    assert np.all(rmse < 0.2 * spread), (rmse, spread)
+
+
+def test_energy_drift_discriminates_real_from_shuffled(trained):
+    pr, frames, states, params, system = trained
+    rmse = probe.probe_rmse(pr, frames, states)
+    true = np.median(probe.energy_drift(system, states, params))
+    floor = np.median(probe.noise_floor(system, states[:, :-1], params, rmse))
+    real = np.median(probe.energy_drift(system, pr.states(frames), params))
+    rng = np.random.default_rng(0)
+    shuffled_frames = np.stack([v[rng.permutation(len(v))] for v in frames])
+    shuffled = np.median(probe.energy_drift(system, pr.states(shuffled_frames), params))
+    assert true < 1e-5  # the data conserve H: any drift below comes from the probe
+    assert real < 1.5 * floor, (real, floor)
+    assert shuffled > 5 * max(real, floor), (shuffled, real, floor)
+
+
+def test_frechet_state_distance_discriminates(trained):
+    pr, frames, _, _, _ = trained
+    real = pr.states(frames)
+    rng = np.random.default_rng(1)
+    shuffled = pr.states(np.stack([v[rng.permutation(len(v))] for v in frames]))
+    half = len(real) // 2
+    same = probe.frechet_state_distance(real[:half], real[half:2 * half])
+    assert probe.frechet_state_distance(real, shuffled) > 10 * same
+    with pytest.raises(ValueError, match="shapes differ"):
+        probe.frechet_state_distance(real, real[:, :-1])
+
+
+def test_energy_drift_matches_closed_form():
+    # Pendulum H = m g l (1 - cos q) + p^2 / (2 m l^2); two states per video.
+    from hgan.data import get_system
+    system = get_system("pendulum")
+    m, g, l = 0.5, 3.0, 1.0
+    states = np.array([[[0.0, 1.0], [0.0, 2.0]]])  # H = 1, 4 -> std 1.5, mean 2.5
+    drift = probe.energy_drift(system, states, {"m": [m], "g": [g], "l": [l]})
+    np.testing.assert_allclose(drift, [1.5 / 2.5], rtol=1e-12)
+
+
+def test_probe_is_cached_beside_the_data(pendulum, trained, monkeypatch):
+    path, ds = pendulum
+
+    def no_training(*a, **k):
+        raise AssertionError("a cached probe must not be retrained")
+
+    monkeypatch.setattr(probe, "train_probe", no_training)
+    again = probe.load_or_train_probe(path, ds.frames, ds.states, steps=300, batch_size=64,
+                                      width=16, progress=False)
+    x = torch.from_numpy(trained[1][:2, :2])
+    torch.testing.assert_close(again(x), trained[0](x))
+    with pytest.raises(AssertionError, match="retrained"):  # other settings: a different key
+        probe.load_or_train_probe(path, ds.frames, ds.states, steps=301, batch_size=64,
+                                  width=16, progress=False)
+
+
+def test_probe_input_contract(trained):
+    pr = trained[0]
+    with pytest.raises(ValueError, match="uint8"):
+        pr(torch.zeros(1, 2, 32, 32, 3))
+    with pytest.raises(ValueError, match="trained at 32x32"):
+        pr(torch.zeros(1, 2, 16, 16, 3, dtype=torch.uint8))

@@ -1,0 +1,117 @@
+"""Fused (Triton) leapfrog backend against the float64 reference.
+
+Without a GPU the kernels run through the Triton interpreter on CPU tensors (conftest sets
+TRITON_INTERPRET=1), so CI checks the real kernel code. The interpreter is slow, so the shapes
+form a pairwise cover rather than the full product: each k in {1, 3, 10, 16}, each width in
+{16, 32, 100, 128}, each frames in {2, 16, 64}, both activations, both forms, negative dt and
+a batch that is not a multiple of the row block all appear.
+"""
+import os
+import warnings
+
+import pytest
+import torch
+
+from hgan.kernels import HamiltonianMLP, leapfrog
+from hgan.kernels.leapfrog import dispatch
+from hgan.kernels.leapfrog.check import compare_to_reference
+
+pytestmark = pytest.mark.skipif(
+    not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+    reason="needs CUDA or the Triton interpreter")
+triton = pytest.importorskip("triton")
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# (B, k, width, activation, separable, frames, dt): 37 and 19 are not multiples of the block
+# (16 or 32 rows); width 100 is not a power of two (padded to 128).
+CASES = [
+    (5, 1, 16, "softplus", False, 2, 0.05),
+    (19, 3, 32, "tanh", True, 16, -0.05),
+    (37, 10, 100, "softplus", True, 16, 0.05),
+    (9, 16, 128, "tanh", False, 16, 0.1),
+    (6, 3, 16, "softplus", False, 64, -0.1),
+    (3, 10, 100, "tanh", False, 2, -0.05),
+]
+
+
+def _model_params(k, width, activation, separable, seed):
+    torch.manual_seed(seed)
+    m = HamiltonianMLP(k, hidden=width, activation=activation, separable=separable)
+    w, b = m.weights_and_biases()
+    return [x.detach().to(DEVICE) for x in w], [x.detach().to(DEVICE) for x in b]
+
+
+@pytest.mark.parametrize("B,k,width,activation,separable,frames,dt", CASES)
+def test_fused_matches_float64_reference(B, k, width, activation, separable, frames, dt):
+    weights, biases = _model_params(k, width, activation, separable, seed=B + k)
+    gen = torch.Generator().manual_seed(B)
+    q0 = torch.randn(B, k, generator=gen).to(DEVICE)
+    p0 = torch.randn(B, k, generator=gen).to(DEVICE)
+    errs = compare_to_reference(q0, p0, weights, biases, dt, frames, activation, "fused")
+    bad = {n: e for n, e in errs.items() if not e <= 1e-4}  # `not <=` also catches NaN
+    assert not bad, f"fused vs float64 reference, rel err > 1e-4: {bad}"
+
+
+def test_fused_drops_padded_gradients():
+    # Width 100 pads to 128 and k = 3 to 16: softplus(0) = log 2 makes the padded hidden units
+    # nonzero, so their weight gradients are nonzero inside the kernel and must be sliced off.
+    weights, biases = _model_params(3, 100, "softplus", False, seed=1)
+    q0, p0 = torch.randn(4, 3, device=DEVICE), torch.randn(4, 3, device=DEVICE)
+    leaves = [t.clone().requires_grad_(True) for t in [q0, p0, *weights, *biases]]
+    q, p, d = leapfrog(leaves[0], leaves[1], leaves[2:5], leaves[5:], frames=3, backend="fused")
+    (q.sum() + p.sum() + d.sum()).backward()
+    for leaf in leaves:
+        assert leaf.grad.shape == leaf.shape
+    assert torch.count_nonzero(leaves[3].grad) > 0
+
+
+def test_explicit_fused_outside_contract_raises():
+    q0 = torch.randn(2, 3, device=DEVICE)
+    for widths, act, msg in [((16, 16, 16), "softplus", "depth"), ((8, 8), "softplus", "widths"),
+                             ((16, 16), "relu", "activations")]:
+        from hgan.kernels.leapfrog.check import random_mlp
+        w, b = random_mlp(3, widths, device=DEVICE)
+        with pytest.raises(ValueError, match=msg):
+            leapfrog(q0, q0, w, b, frames=2, activation=act, backend="fused")
+    w, b = random_mlp(3, (16, 16), dtype=torch.float64, device=DEVICE)
+    with pytest.raises(ValueError, match="float32"):
+        leapfrog(q0.double(), q0.double(), w, b, frames=2, backend="fused")
+
+
+def test_auto_falls_back_with_one_warning(monkeypatch):
+    # Pretend auto chose fused for this device; an unsupported depth then runs analytic.
+    from hgan.kernels.leapfrog.check import random_mlp
+    monkeypatch.setitem(dispatch._auto_choice, torch.device(DEVICE).type, "fused")
+    monkeypatch.setattr(dispatch, "_warned", set())
+    w, b = random_mlp(2, (16, 16, 16), device=DEVICE)
+    q0 = torch.randn(3, 2, device=DEVICE)
+    with pytest.warns(UserWarning, match="running the analytic backend"):
+        out = leapfrog(q0, q0, w, b, frames=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        again = leapfrog(q0, q0, w, b, frames=3)
+    ref = leapfrog(q0, q0, w, b, frames=3, backend="analytic")
+    for x, y, z in zip(out, again, ref):
+        assert torch.equal(x, z) and torch.equal(y, z)
+
+
+def test_fused_double_backward_raises():
+    weights, biases = _model_params(2, 16, "softplus", False, seed=3)
+    q0 = torch.randn(3, 2, device=DEVICE, requires_grad=True)
+    with pytest.raises(RuntimeError, match="first-order"):
+        q, _, _ = leapfrog(q0, q0.detach(), weights, biases, frames=3, backend="fused")
+        torch.autograd.grad(q.sum(), q0, create_graph=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="real-CUDA check needs a GPU")
+@pytest.mark.parametrize("B", [64, 1000])
+def test_fused_matches_analytic_on_cuda(B):
+    weights, biases = _model_params(10, 100, "softplus", False, seed=0)
+    q0, p0 = torch.randn(B, 10, device="cuda"), torch.randn(B, 10, device="cuda")
+    errs = compare_to_reference(q0, p0, weights, biases, 0.05, 16, "softplus", "fused")
+    assert all(e <= 1e-4 for e in errs.values()), errs
+    a = leapfrog(q0, p0, weights, biases, frames=16, backend="analytic")
+    f = leapfrog(q0, p0, weights, biases, frames=16, backend="fused")
+    for x, y in zip(f, a):
+        assert torch.allclose(x, y, rtol=1e-4, atol=1e-5)

@@ -1,0 +1,115 @@
+"""Sampling from checkpoints: load_generator, the CLI, time reversal and long horizons."""
+import os
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hgan.models import ModelConfig
+from hgan.sample import generate, load_generator
+from hgan.train import RunConfig, train
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_pendulum_h5, tmp_path_factory):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {}
+    for model in ("hgan", "mocogan"):
+        run = tmp_path_factory.mktemp(f"sample_{model}")
+        cfg = RunConfig(system="pendulum", data=os.path.dirname(os.path.dirname(tiny_pendulum_h5)),
+                        iters=1, batch_size=4, frames=6, device="cpu", out=str(run), n_samples=2,
+                        num_workers=0, progress=False, loader="torch",
+                        model=ModelConfig(model=model, ngf=8, ndf=8, clip_frames=4,
+                                          hamiltonian="separable", integrator="reference"))
+        out[model] = train(cfg)["checkpoint"]
+    torch.set_num_threads(n)
+    return out
+
+
+def test_load_generator_eval_mode_and_config(checkpoints):
+    g, config = load_generator(checkpoints["hgan"])
+    assert not g.training and config["model"]["model"] == "hgan"
+    assert config["system"] == "pendulum" and config["data_path"].endswith("train.h5")
+    v = g.sample(2, 40, generator=torch.Generator().manual_seed(0))  # longer than training (6)
+    assert v.shape == (2, 40, 3, 32, 32) and torch.isfinite(v).all()
+
+
+def test_sampling_is_seeded(checkpoints):
+    a, _ = generate(checkpoints["hgan"], n=2, frames=5, seed=1)
+    b, _ = generate(checkpoints["hgan"], n=2, frames=5, seed=1)
+    c, _ = generate(checkpoints["hgan"], n=2, frames=5, seed=2)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_negative_dt_reverses_the_learned_motion(checkpoints):
+    # Separable H: rolling forward T-1 steps then back with -dt revisits the same states,
+    # so the backward video starting at the last state ends on the first forward frame.
+    g, _ = load_generator(checkpoints["hgan"])
+    g.double()
+    mm = g.motion_module
+    eps = torch.randn(2, 20, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    q0, p0 = mm.initial_state(eps)
+    with torch.no_grad():
+        q, p, _ = mm.hamiltonian.rollout(q0, p0, 12, dt=0.05, backend="reference")
+        qb, pb, _ = mm.hamiltonian.rollout(q[:, -1], p[:, -1], 12, dt=-0.05, backend="reference")
+    torch.testing.assert_close(torch.flip(qb, [1]), q, rtol=0, atol=1e-9)
+    torch.testing.assert_close(torch.flip(pb, [1]), p, rtol=0, atol=1e-9)
+
+
+def run_cli(capsys, *args):
+    """`python -m hgan.sample ARGS` in-process (a subprocess would only add interpreter start-up)."""
+    from hgan.sample import main
+    rc = main(list(args))
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_sample_cli_writes_gif_and_png(checkpoints, tmp_path, capsys):
+    out = tmp_path / "s.gif"
+    rc, stdout, err = run_cli(capsys, "--checkpoint", checkpoints["hgan"], "--n", "3", "--frames", "9",
+                              "--dt", "-0.05", "--out", str(out))
+    assert rc == 0, err
+    assert "3 videos x 9 frames" in stdout
+    gif = Image.open(out)
+    # Pillow merges identical consecutive frames, adding up their durations: count time instead.
+    total = 0
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        total += gif.info["duration"]
+    assert total == 9 * 100  # 9 frames at the default 10 fps
+    png = np.asarray(Image.open(tmp_path / "s.png"))
+    assert png.shape == (3 * 32, 9 * 32, 3)  # one row per video, one column per frame
+
+
+def test_sample_cli_clear_errors(checkpoints, tmp_path, capsys):
+    rc, _, err = run_cli(capsys, "--checkpoint", checkpoints["mocogan"], "--n", "2", "--frames", "4",
+                         "--dt", "0.1", "--out", str(tmp_path / "m.gif"))
+    assert rc == 2 and "no time step" in err
+    assert len(err.strip().splitlines()) == 1
+    rc, _, err = run_cli(capsys, "--checkpoint", str(tmp_path / "missing.pt"),
+                         "--out", str(tmp_path / "x.gif"))
+    assert rc == 2 and "no checkpoint at" in err
+    assert not (tmp_path / "m.gif").exists()
+
+
+def test_train_cli_rejects_unknown_system_in_one_line(capsys):
+    from hgan.train import config_from_args
+    with pytest.raises(SystemExit) as exc:
+        config_from_args(["--system", "four_body"])
+    assert exc.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "four_body" in last and "three_body" in last and "pendulum" in last
+
+
+def test_train_cli_flags_reach_the_configs():
+    from hgan.train import config_from_args
+    cfg, resume = config_from_args(["--system", "three_body", "--model", "mocogan", "--amp",
+                                    "--frames", "8", "--resolution", "64", "--r1-gamma", "10",
+                                    "--integrator", "reference", "--hamiltonian", "separable",
+                                    "--resume", "runs/x"])
+    assert (cfg.system, cfg.model.model, cfg.amp, cfg.frames, cfg.r1_gamma) == (
+        "three_body", "mocogan", True, 8, 10.0)
+    assert (cfg.model.resolution, cfg.model.integrator, cfg.model.hamiltonian) == (
+        64, "reference", "separable")
+    assert cfg.model.clip_frames == 8  # the D_V clip is capped at the training length
+    assert cfg.out.startswith(os.path.join("runs", "three_body-mocogan-")) and resume == "runs/x"
