@@ -1,12 +1,13 @@
 """Videos/s of a full HGAN training step, baseline vs optimised, at batch 16 x 16 frames.
 
 baseline : eager fp32, reference (autograd, create_graph) integrator, torch DataLoader.
-optimised: bf16 autocast + channels-last (G_I, D_I; channels_last_3d D_V) + torch.compile
-           of G_I, D_I, D_V + integrator "auto" (fused on CUDA, analytic on CPU) + DALI when
-           it is installed and CUDA is present (else the torch loader).
+optimised: --amp (bf16 autocast on CUDA; the trainer keeps fp32 on a CPU without native bf16)
+           + channels-last + torch.compile of G_I, D_I, D_V + integrator "auto" (fused on
+           CUDA, analytic on CPU) + DALI when it is installed and CUDA is present (else the
+           torch loader).
 
-One step = D update (real and fake through D_I and D_V) then G update (fake through both,
-plus the cyclic loss), each stage wrapped in `stage(...)`. Beside the median step time the
+One step is the trainer's own `Trainer.step` (D update, then G update with the cyclic loss),
+whose stages are wrapped in `stage(...)`. Beside the median step time the
 bench records each stage's share of a step from the profiler and the share of the step
 spent blocked on the next batch (`data`). Run: pytest bench/test_bench_trainstep.py
 --benchmark-only. CPU figures are what this machine can show; GPU targets are measured on a
@@ -23,9 +24,9 @@ import torch
 from _results import record
 from hgan.data import dali
 from hgan.data.loader import build_loader
-from hgan.kernels import cyclic_loss
-from hgan.models import ModelConfig, build_models
-from hgan.train.losses import d_loss, g_loss
+from hgan.models import ModelConfig
+from hgan.train.config import RunConfig
+from hgan.train.loop import Trainer
 from hgan.train.profiling import stage, stage_shares
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -57,81 +58,29 @@ def _frames_file(tmp_dir, resolution):
 
 
 class TrainStep:
-    """One HGAN training step built from the models (the trainer's step, minus logging)."""
+    """The trainer's own step (hgan.train.loop.Trainer.step) fed by a batch stream."""
 
     def __init__(self, path, resolution, opts):
         self.opts = opts
-        cfg = ModelConfig(resolution=resolution, clip_frames=FRAMES,
-                          integrator=opts["integrator"], channels_last=opts["channels_last"])
-        torch.manual_seed(0)
-        self.models = build_models(cfg, DEVICE)
-        g, d_i, d_v = self.models.generator, self.models.image_disc, self.models.video_disc
-        if opts["channels_last"]:
-            d_v.to(memory_format=torch.channels_last_3d)
-        self.g_i, self.d_i, self.d_v = g.image_generator, d_i, d_v
-        if opts["compile"]:
-            # Motion (integrator, possibly with double backward) stays eager.
-            g.image_generator = torch.compile(g.image_generator)
-            self.d_i, self.d_v = torch.compile(d_i), torch.compile(d_v)
-        self.g = g
-        self.opt_g = torch.optim.Adam(g.parameters(), lr=2e-4, betas=(0.5, 0.999))
-        self.opt_d = torch.optim.Adam(list(d_i.parameters()) + list(d_v.parameters()),
-                                      lr=2e-4, betas=(0.5, 0.999))
+        cfg = RunConfig(batch_size=BATCH, frames=FRAMES, amp=opts["amp"], compile=opts["compile"],
+                        loader=opts["loader"], progress=False,
+                        model=ModelConfig(resolution=resolution, clip_frames=FRAMES,
+                                          integrator=opts["integrator"],
+                                          channels_last=opts["channels_last"]))
+        self.trainer = Trainer(cfg, device=DEVICE)
         self.stream = build_loader(path, batch_size=BATCH, frames=FRAMES, device=DEVICE,
                                    kind=opts["loader"], num_workers=2)
         self.batches = iter(self.stream)
         self.data_wait = []
 
-    def _layout(self, video):
-        if not self.opts["channels_last"]:
-            return video
-        # [B, T, C, H, W] stored as B, T, H, W, C: D_V's transpose(1, 2) then sees a
-        # channels_last_3d clip and per-frame images are channels_last.
-        return video.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
-
-    def _frames(self, video, idx):
-        img = video[torch.arange(video.shape[0], device=video.device), idx]
-        if self.opts["channels_last"]:
-            img = img.contiguous(memory_format=torch.channels_last)
-        return img
-
     def __call__(self):
-        amp = torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=self.opts["amp"])
         t0 = time.perf_counter()
         with stage("data"):
             real = next(self.batches)
         self.data_wait.append(time.perf_counter() - t0)
-        real = self._layout(real)
-        idx = torch.randint(FRAMES, (BATCH,), device=DEVICE)
-        with amp:
-            with stage("motion"):
-                mot = self.g.motion(BATCH, FRAMES)
-            with stage("generator"):
-                fake = self.g.render(self.g.content(BATCH), mot["y"])
-            with stage("D_I"):
-                li = self.d_i(torch.cat([self._frames(real, idx),
-                                         self._frames(fake.detach(), idx)]))
-            with stage("D_V"):
-                lv = self.d_v(torch.cat([real, fake.detach()]))
-            loss_d = d_loss(li[:BATCH], li[BATCH:]) + d_loss(lv[:BATCH], lv[BATCH:])
-        with stage("backward"):
-            loss_d.backward()
-        with stage("optimizer"):
-            self.opt_d.step()
-            self.opt_d.zero_grad(set_to_none=True)
-        with amp:
-            with stage("D_I"):
-                gi = self.d_i(self._frames(fake, idx))
-            with stage("D_V"):
-                gv = self.d_v(fake)
-            loss_g = g_loss(gi) + g_loss(gv) + cyclic_loss(mot["dHdq"].float())
-        with stage("backward"):
-            loss_g.backward()
-        with stage("optimizer"):
-            self.opt_g.step()
-            self.opt_g.zero_grad(set_to_none=True)
+        stats = self.trainer.step(real)
         _sync()
-        return float(loss_d.detach()) + float(loss_g.detach())
+        return float(stats["loss/G"]) + float(stats["loss/D_I"]) + float(stats["loss/D_V"])
 
     def close(self):
         self.stream.close()
@@ -169,6 +118,7 @@ def test_trainstep(benchmark, tmp_path, resolution, variant):
     payload = {
         "batch": BATCH, "frames": FRAMES, "resolution": resolution, **opts,
         "loader_used": step.stream.kind,
+        "autocast_dtype": str(step.trainer.amp_dtype),
         "rounds": ROUNDS,
         "median_step_s": median,
         "videos_per_s": BATCH / median,

@@ -15,6 +15,17 @@ from hgan.kernels.leapfrog.reference import mlp_energy
 D = torch.float64
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # These shapes are tiny: with the 2 cores shared, intra-op threads only add contention
+    # (measured: a B=5, 64-frame float64 rollout took 30 s with 2 threads under load, 0.3 s
+    # with one).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.mark.parametrize("activation", ["softplus", "tanh", "relu"])
 @pytest.mark.parametrize("widths", [(7,), (16, 9), (5, 6, 4)])
 def test_input_grad_and_vjp_match_autograd_double_backward(activation, widths):

@@ -23,6 +23,17 @@ triton = pytest.importorskip("triton")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # These shapes are tiny: with the 2 cores shared, intra-op threads only add contention
+    # (measured: a B=5, 64-frame float64 rollout took 30 s with 2 threads under load, 0.3 s
+    # with one).
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
 # (B, k, width, activation, separable, frames, dt): 37 and 19 are not multiples of the block
 # (16 or 32 rows); width 100 is not a power of two (padded to 128).
 CASES = [

@@ -67,3 +67,26 @@ def test_bad_schedule_and_bad_trace_are_named(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not a Chrome trace"):
         load_trace(str(bad))
+
+
+def test_train_profile_flag_writes_stage_traces(tiny_pendulum_h5, tmp_path):
+    """`train.py --profile` on CPU: the trainer's own stages land in both trace files."""
+    from hgan.train import config_from_args, train
+
+    data = tmp_path / "data" / "pendulum"
+    data.mkdir(parents=True)
+    os.symlink(tiny_pendulum_h5, data / "train.h5")
+    out = tmp_path / "run"
+    cfg, _ = config_from_args([
+        "--system", "pendulum", "--data", str(tmp_path / "data"), "--out", str(out),
+        "--iters", "6", "--batch-size", "4", "--frames", "8", "--clip-frames", "4",
+        "--ngf", "4", "--ndf", "4", "--loader", "torch", "--num-workers", "0", "--device", "cpu",
+        "--log-every", "100", "--sample-every", "100", "--ckpt-every", "100", "--no-progress",
+        "--profile"])
+    train(cfg)
+    assert glob.glob(str(out / "profile" / "*.pt.trace.json"))
+    names = {e.get("name") for e in load_trace(str(out / "profile" / "trace.json"))["traceEvents"]}
+    assert set(STAGES) <= names
+    with open(out / "profile" / "stages.json") as f:
+        shares = json.load(f)["share"]
+    assert set(shares) == set(STAGES) and 0 < sum(shares.values()) <= 1.0

@@ -60,8 +60,9 @@ def test_two_gloo_ranks_train_in_sync(tiny_pendulum_h5, tmp_path):
     data = os.path.dirname(os.path.dirname(tiny_pendulum_h5))
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(29500 + os.getpid() % 1000), str(script), data, str(out)]
+    # --standalone: a local rendezvous on a free port, so parallel test runs cannot collide
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), data, str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(out / "rank0.pt", weights_only=True)

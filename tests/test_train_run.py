@@ -152,3 +152,9 @@ def test_signal_saves_checkpoint_then_exits(tiny_pendulum_h5, tmp_path, sig):
     assert res["stopped"] == signal.Signals(sig).name and res["iteration"] == 2
     assert load_checkpoint(str(tmp_path / "sig"))["iteration"] == 2
     assert signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)
+
+
+def test_profile_flag_writes_a_trace(tiny_pendulum_h5, tmp_path):
+    train(tiny_cfg(tiny_pendulum_h5, tmp_path / "prof", model="mocogan", iters=6, profile=True))
+    files = [f for _, _, fs in os.walk(tmp_path / "prof" / "profile") for f in fs]
+    assert any(f.endswith(".json") or f.endswith(".json.gz") for f in files), files

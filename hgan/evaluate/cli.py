@@ -61,14 +61,15 @@ def _generated_videos(generator, n, frames, seed, batch=64):
     return np.concatenate(out)
 
 
-def physics_metrics(generator, ds, system, data_path, *, n, frames, seed, probe_steps):
-    frames_all, states_all = ds.frames, ds.states
-    pr = probe.load_or_train_probe(data_path, frames_all, states_all, steps=probe_steps)
-    _, test_idx = probe.split_indices(len(frames_all))
-    test_idx = test_idx[:n]
-    real, real_states, params = _real_videos(ds, test_idx, frames, seed)
+def physics_metrics(generator, ds, system, data_path, held_out, *, n, frames, seed, probe_steps,
+                    probe_width):
+    """`ds` trains the probe (first 80%); `held_out` = (file, trajectory indices) it never saw."""
+    pr = probe.load_or_train_probe(data_path, ds.frames, ds.states, steps=probe_steps,
+                                   width=probe_width, batch_size=64)
+    real_ds, idx = held_out
+    real, real_states, params = _real_videos(real_ds, idx[:n], frames, seed)
     rmse = probe.probe_rmse(pr, real, real_states)
-    rel = rmse / np.asarray(states_all[: min(len(states_all), 512)]).reshape(-1, rmse.size).std(0)
+    rel = rmse / real_states.reshape(-1, rmse.size).std(0)
     rng = np.random.default_rng(seed)
     shuffled = np.stack([v[rng.permutation(len(v))] for v in real])
     real_p, shuf_p = pr.states(real), pr.states(shuffled)
@@ -110,6 +111,21 @@ def evaluate(args):
         ds = open_h5(data_path)
         system = get_system(ds.attrs["system"])
     results["system"] = ds.attrs["system"] if ds is not None else args.system or "unknown"
+    held_out = None
+    if ds is not None:
+        # Real clips come from trajectories neither the probe nor (with test.h5) the GAN saw.
+        real_path = args.real or os.path.join(os.path.dirname(data_path), "test.h5")
+        if real_path != data_path and os.path.exists(real_path):
+            real_ds = open_h5(real_path)
+            if real_ds.attrs["system"] != results["system"]:
+                raise SystemExit(f"--real {real_path} holds {real_ds.attrs['system']}, "
+                                 f"--data holds {results['system']}")
+            held_out = (real_ds, np.arange(len(real_ds)))
+        else:
+            real_path = data_path
+            held_out = (ds, probe.split_indices(len(ds))[1])
+        results["real_data"] = real_path
+        results["real_trajectories"] = len(held_out[1])
     fig = lambda stem: os.path.join(args.out, stem)  # noqa: E731
     t0 = time.time()
 
@@ -123,9 +139,9 @@ def evaluate(args):
             print(f"[evaluate] FVD skipped: {e}", file=sys.stderr)
         else:
             det = fvd.load_detector(det_path, device)
-            _, test_idx = probe.split_indices(len(ds.frames))
-            held_out = ds.frames if args.fvd_all_trajectories else _Rows(ds.frames, test_idx)
-            mu, sigma = fvd.real_stats(held_out, det, data_path=data_path, detector_path=det_path,
+            real_frames = _Rows(held_out[0].frames, held_out[1])
+            mu, sigma = fvd.real_stats(real_frames, det, data_path=results["real_data"],
+                                       detector_path=det_path,
                                        num_videos=args.fvd_videos, frames=args.frames, seed=0,
                                        cache_dir=os.path.join(os.path.dirname(os.path.abspath(data_path)),
                                                               "fvd_cache"), device=device)
@@ -133,12 +149,13 @@ def evaluate(args):
                                                 num_videos=args.fvd_videos, frames=args.frames,
                                                 device=device)
     if "physics" in metrics:
-        results["physics"] = physics_metrics(generator, ds, system, data_path, n=args.physics_videos,
+        results["physics"] = physics_metrics(generator, ds, system, data_path, held_out,
+                                             n=args.physics_videos,
                                              frames=args.frames, seed=args.seeds[0],
-                                             probe_steps=args.probe_steps)
+                                             probe_steps=args.probe_steps,
+                                             probe_width=args.probe_width)
     if "samples" in metrics:
-        _, test_idx = probe.split_indices(len(ds.frames))
-        real, _, _ = _real_videos(ds, test_idx[:8], args.frames, 0)
+        real, _, _ = _real_videos(held_out[0], held_out[1][:8], args.frames, 0)
         gen = _generated_videos(generator, 8, args.frames, 0)
         results["figures"]["samples_real"] = figures.save_sample_grid(real, fig("samples_real.png"),
                                                                       fig("samples_real.gif"))
@@ -216,12 +233,14 @@ def main(argv=None):
     p.add_argument("--i3d", help=f"path to {fvd.I3D_FILENAME} (default: ${fvd.I3D_ENV})")
     p.add_argument("--fvd-videos", type=int, default=fvd.PROTOCOL["num_videos"],
                    help="videos per side for FVD (protocol: 2048)")
-    p.add_argument("--fvd-all-trajectories", action="store_true",
-                   help="draw FVD real clips from all trajectories, not only the held-out 20%%")
+    p.add_argument("--real", help="held-out real HDF5 (default: test.h5 beside --data if present, "
+                   "else the last 20%% of --data's trajectories)")
     p.add_argument("--frames", type=int, default=fvd.PROTOCOL["frames"], help="clip length (protocol: 16)")
     p.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="generated-set seeds, e.g. 0,1,2")
     p.add_argument("--physics-videos", type=int, default=256, help="videos for the physics metrics")
-    p.add_argument("--probe-steps", type=int, default=3000, help="probe training steps (first use only)")
+    p.add_argument("--probe-steps", type=int, default=600,
+                   help="probe training steps (first use; then cached beside the data)")
+    p.add_argument("--probe-width", type=int, default=16, help="probe CNN width")
     p.add_argument("--tsne-samples", type=int, default=1024)
     p.add_argument("--tsne-iters", type=int, default=1000, help="t-SNE iterations (>= 250)")
     p.add_argument("--momenta-videos", type=int, default=256, help="rollouts for mean |dp_i/dt|")

@@ -31,7 +31,7 @@ PROBE_VERSION = 1
 class PhysicsProbe(nn.Module):
     """[B, 2, H, W, 3] uint8 frame pairs -> [B, S] states (normalised inside)."""
 
-    def __init__(self, state_dim, resolution=32, width=32):
+    def __init__(self, state_dim, resolution=32, width=16):
         super().__init__()
         if resolution % 8:
             raise ValueError(f"probe resolution must be a multiple of 8, got {resolution}")
@@ -87,7 +87,7 @@ def split_indices(n, holdout=0.2):
     return np.arange(n - n_test), np.arange(n - n_test, n)
 
 
-def train_probe(frames, states, *, steps=2000, batch_size=128, lr=2e-3, width=32, seed=0,
+def train_probe(frames, states, *, steps=600, batch_size=64, lr=2e-3, width=16, seed=0,
                 max_frames=100_000, progress=True):
     """Fit a probe on uint8 frames [N, T, H, W, 3] and states [N, T, S] (the train split).
 
@@ -134,7 +134,7 @@ def _data_key(data_path, **cfg):
 def load_or_train_probe(data_path, frames, states, *, cache=True, **train_kw):
     """The probe for one dataset, cached beside it (``<name>.probe.pt``) and keyed by a hash
     of the file's size and mtime and the training settings, so a regenerated file retrains."""
-    key = _data_key(data_path, **train_kw)
+    key = _data_key(data_path, **{k: v for k, v in train_kw.items() if k != "progress"})
     path = probe_cache_path(data_path)
     if cache and os.path.exists(path):
         blob = torch.load(path, map_location="cpu", weights_only=True)

@@ -44,6 +44,9 @@ def build_models(cfg: ModelConfig, device="cpu") -> Models:
     if cfg.channels_last:
         g.image_generator.to(memory_format=torch.channels_last)
         d_i.to(memory_format=torch.channels_last)
+        # Videos are stored B, T, H, W, C (G_I's channels-last output, reshaped), so D_V's
+        # [N, C, T, H, W] view of a clip is channels_last_3d: matching weights avoid copies.
+        d_v.to(memory_format=torch.channels_last_3d)
     return models
 
 

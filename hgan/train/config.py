@@ -75,6 +75,14 @@ def _systems():
         return None
 
 
+def _loader_kinds():
+    try:
+        from hgan.data.loader import KINDS
+        return tuple(KINDS)
+    except ImportError:
+        return ("auto", "dali", "torch")
+
+
 def build_parser() -> argparse.ArgumentParser:
     d, m = RunConfig(), ModelConfig()
     p = argparse.ArgumentParser(description="Train HGAN (or a baseline) on a Toy Physics system.",
@@ -131,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-every", type=int, default=d.keep_every,
                    help="also keep checkpoints/iter_N.pt every N iterations (0: never)")
     p.add_argument("--profile", action="store_true", help="trace a few steps into <out>/profile")
-    p.add_argument("--loader", default=d.loader, choices=("auto", "dali", "torch"),
+    p.add_argument("--loader", default=d.loader, choices=_loader_kinds(),
                    help="batch loader (auto: DALI on CUDA when installed, else torch)")
     p.add_argument("--num-workers", type=int, default=d.num_workers,
                    help="torch DataLoader workers")

@@ -34,6 +34,9 @@ def init_distributed(device_kind: str) -> DistInfo:
     if world <= 1:
         return DistInfo()
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device_kind == "cuda":
+        # NCCL collectives run on the current device: without this every rank would use GPU 0.
+        torch.cuda.set_device(local)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
     return DistInfo(rank, world, local)

@@ -152,19 +152,22 @@ class Trainer:
         self.opt_dv.zero_grad(set_to_none=True)
         zero = torch.zeros((), device=self.device)
         r1_i = r1_v = zero
+        # Fake before real: under --compile a compiled BatchNorm forward updates its running
+        # stats with a version-bumping copy_, which would invalidate the running stats that
+        # the eager R1 forward saved for its (double) backward.
         with self._autocast():
             with stage("D_I"):
+                li_f = self.D_I(fake_img.detach())
                 if cfg.r1_gamma > 0:
                     li_r, r1_i = r1_penalty(self.D_I.forward, real_img, cfg.r1_gamma, self.scaler)
                 else:
                     li_r = self.D_I(real_img)
-                li_f = self.D_I(fake_img.detach())
             with stage("D_V"):
+                lv_f = self.D_V(fake_clip.detach())
                 if cfg.r1_gamma > 0:
                     lv_r, r1_v = r1_penalty(self.D_V.forward, real_clip, cfg.r1_gamma, self.scaler)
                 else:
                     lv_r = self.D_V(real_clip)
-                lv_f = self.D_V(fake_clip.detach())
         loss_di, loss_dv = d_loss(li_r, li_f), d_loss(lv_r, lv_f)
         loss_d = loss_di + loss_dv + r1_i + r1_v
         self._check("discriminator loss", loss_d)

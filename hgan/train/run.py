@@ -89,7 +89,7 @@ def train(cfg: RunConfig, resume: str = "", callback=None) -> dict:
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             f.write(cfg.dumps())
         print(f"[hgan] run directory {cfg.out}\n[hgan] device {trainer.device}, "
-              f"world size {info.world_size}, amp {trainer.amp_dtype}\n{cfg.dumps()}", flush=True)
+              f"world size {info.world_size}, autocast {trainer.amp_dtype or 'off (fp32)'}\n{cfg.dumps()}", flush=True)
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(os.path.join(cfg.out, "tb"), purge_step=trainer.iteration or None)
 

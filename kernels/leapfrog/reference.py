@@ -59,3 +59,39 @@ def leapfrog_reference(q0, p0, weights, biases, dt, frames, activation):
     if not create_graph:
         q_traj, p_traj, dhdq = q_traj.detach(), p_traj.detach(), dhdq.detach()
     return q_traj, p_traj, dhdq
+
+
+def _func_grad_h(x, weights, biases, activation):
+    """dH/dx by torch.func.grad: the gradient becomes an explicit graph of ordinary ops."""
+    return torch.func.grad(lambda y: mlp_energy(y, weights, biases, activation).sum())(x)
+
+
+_compiled_grad_h = {}
+
+
+def leapfrog_reference_compiled(q0, p0, weights, biases, dt, frames, activation):
+    """The reference rollout with each half-step gradient under torch.compile (a baseline for
+    benchmarks, not a dispatcher backend).
+
+    Compiling the create_graph reference itself does not work: a compiled half-step raises
+    "torch.compile with aot_autograd does not currently support double backward" in the
+    backward, and compiling the whole rollout fails while tracing autograd.grad. Written with
+    torch.func.grad, the half-step gradient is an ordinary forward graph to aot_autograd, so
+    training differentiates it once, which compile supports.
+    """
+    if activation not in _compiled_grad_h:
+        _compiled_grad_h[activation] = torch.compile(_func_grad_h)
+    grad_h = _compiled_grad_h[activation]
+    k = q0.shape[1]
+    qs, ps, dhdqs = [q0], [p0], []
+    q, p = q0, p0
+    for _ in range(frames - 1):
+        dq = grad_h(torch.cat([q, p], 1), weights, biases, activation)[:, :k]
+        p_half = p - 0.5 * dt * dq
+        q = q + dt * grad_h(torch.cat([q, p_half], 1), weights, biases, activation)[:, k:]
+        p = p_half - 0.5 * dt * grad_h(torch.cat([q, p_half], 1), weights, biases,
+                                       activation)[:, :k]
+        qs.append(q)
+        ps.append(p)
+        dhdqs.append(dq)
+    return torch.stack(qs, 1), torch.stack(ps, 1), torch.stack(dhdqs, 1)

@@ -1,0 +1,5 @@
+import sys
+
+from hgan.data.cli import main
+
+sys.exit(main())

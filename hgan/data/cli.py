@@ -1,0 +1,176 @@
+"""`python -m hgan.data {generate, show, import-dm}`.
+
+Every invalid value ends in one line `hgan.data: error: ...` and exit code 2.
+"""
+import argparse
+import os
+import sys
+
+import numpy as np
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"hgan.data: error: {message}\n")
+
+
+def _nonneg(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
+    return v
+
+
+def _positive(text):
+    v = _nonneg(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _resolution(text):
+    v = _positive(text)
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"resolution must be >= 2, got {v}")
+    return v
+
+
+def _system(text):
+    from hgan.data.systems import get_system
+    try:
+        return get_system(text).name
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def build_parser():
+    p = _Parser(prog="python -m hgan.data", description="Toy Physics data engine")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    g = sub.add_parser("generate", help="simulate and render a system into HDF5")
+    g.add_argument("--system", type=_system, required=True)
+    g.add_argument("--train", type=_nonneg, default=1000)
+    g.add_argument("--test", type=_nonneg, default=200)
+    g.add_argument("--frames", type=_positive, default=256)
+    g.add_argument("--seed", type=_nonneg, default=0)
+    g.add_argument("--out", default="data")
+    g.add_argument("--resolution", type=_resolution, default=32)
+    s = sub.add_parser("show", help="write a PNG strip or an animated GIF of samples")
+    s.add_argument("file")
+    s.add_argument("--out", required=True, help="strip.png or anim.gif")
+    s.add_argument("--n", type=_positive, default=8, help="number of trajectories")
+    s.add_argument("--frames", type=_positive, default=16, help="frames in a PNG strip")
+    s.add_argument("--scale", type=_positive, default=2, help="pixel magnification")
+    i = sub.add_parser("import-dm", help="convert the suite's train/test.tfrecord to HDF5")
+    i.add_argument("dir")
+    i.add_argument("--system", type=_system, default=None,
+                   help="system name (default: the folder's name)")
+    i.add_argument("--out", default="data")
+    return p
+
+
+def show(path, out, n=8, frames=16, scale=2):
+    """Rows = trajectories; PNG: `frames` evenly spaced frames per row, GIF: all frames."""
+    import imageio.v2 as imageio
+    from hgan.data.h5io import open_h5
+    ext = os.path.splitext(out)[1].lower()
+    if ext not in (".png", ".gif"):
+        raise ValueError(f"--out must end in .png or .gif, got {out!r}")
+    with open_h5(path) as f:
+        n = min(n, len(f))
+        clips = f.frames[:n]  # [n, T, R, R, 3]
+    if ext == ".png":
+        idx = np.linspace(0, clips.shape[1] - 1, min(frames, clips.shape[1])).astype(int)
+        strip = clips[:, idx]  # [n, F, R, R, 3]
+        img = strip.transpose(0, 2, 1, 3, 4).reshape(n * strip.shape[2], -1, 3)
+        img = img.repeat(scale, 0).repeat(scale, 1)
+        imageio.imwrite(out, img)
+    else:
+        movie = clips.transpose(1, 0, 2, 3, 4)  # [T, n, R, R, 3] -> side by side
+        movie = movie.transpose(0, 2, 1, 3, 4).reshape(movie.shape[0], movie.shape[2], -1, 3)
+        movie = movie.repeat(scale, 1).repeat(scale, 2)
+        imageio.mimsave(out, list(movie), duration=0.05, loop=0)
+    return out
+
+
+def import_dm(directory, out_dir, system=None, progress=True):
+    """Convert <directory>/{train,test}.tfrecord (with features.txt) into
+    <out_dir>/<system>/{train,test}.h5. Returns {split: path}."""
+    from tqdm import tqdm
+
+    from hgan.data.h5io import H5Writer
+    from hgan.data.simulate import DT
+    from hgan.data.systems import get_system
+    from hgan.data.tfrecord import iter_split, read_records
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        raise ValueError(f"{directory}: not a directory")
+    if not os.path.exists(os.path.join(directory, "features.txt")):
+        raise ValueError(f"{directory}: features.txt missing (the suite writes it beside the "
+                         "tfrecords)")
+    sysobj = get_system(system or os.path.basename(os.path.normpath(directory)))
+    out = {}
+    for split in ("train", "test"):
+        src = os.path.join(directory, split + ".tfrecord")
+        if not os.path.exists(src):
+            continue
+        n = sum(1 for _ in read_records(src))
+        if n == 0:
+            continue
+        path = os.path.join(os.fspath(out_dir), sysobj.name, split + ".h5")
+        writer = None
+        try:
+            for j, traj in enumerate(tqdm(iter_split(directory, split), total=n,
+                                          disable=not progress, desc=f"import {split}")):
+                img, x = traj["image"], traj["x"]
+                if x.shape[-1] != 2 * sysobj.dof:
+                    raise ValueError(f"{src}: x has {x.shape[-1]} columns, {sysobj.name} needs "
+                                     f"{2 * sysobj.dof}")
+                if writer is None:
+                    writer = H5Writer(path, sysobj, n, img.shape[0], img.shape[1], dict(
+                        split=split, seed=-1, dt=DT, substeps=-1,
+                        generator_version="imported from dm_hamiltonian_dynamics_suite"))
+                params = {}
+                for name, (lo, _) in sysobj.param_ranges.items():
+                    v = traj.get("other/" + name, lo)  # constants may be left out
+                    params[name] = np.asarray(v, np.float64).reshape(-1)[:1]
+                ci = traj.get("other/color_index", np.zeros(sysobj.n_bodies))
+                off = traj.get("other/offset", np.zeros(2))
+                writer.write(j, frames=img[None], states=x[None], params=params,
+                             color_index=np.asarray(ci, np.int32).reshape(1, -1),
+                             offset=np.asarray(off, np.float64).reshape(1, 2))
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            raise
+        writer.close(rejected=-1, inaccurate=-1)
+        out[split] = path
+    if not out:
+        raise ValueError(f"{directory}: no train.tfrecord or test.tfrecord with records")
+    return out
+
+
+def main(argv=None):
+    from hgan.data.h5io import DataFormatError
+    from hgan.data.tfrecord import TFRecordError
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "generate":
+            from hgan.data.generate import generate_dataset
+            generate_dataset(args.system, args.out, train=args.train, test=args.test,
+                             frames=args.frames, seed=args.seed, resolution=args.resolution)
+        elif args.cmd == "show":
+            print(show(args.file, args.out, args.n, args.frames, args.scale))
+        else:
+            for split, path in import_dm(args.dir, args.out, args.system).items():
+                print(f"{split}: {path}")
+    except (DataFormatError, TFRecordError, ValueError, OSError) as e:
+        parser.error(str(e).replace("\n", " "))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,134 @@
+"""HDF5 round trip, determinism and every bad-file case of the reader."""
+import os
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from hgan.data import DataFormatError, generate_dataset, get_system, open_h5
+from hgan.data.generate import render_states
+from hgan.data.simulate import simulate_split
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fmt")
+    a = generate_dataset("double_pendulum_colors", root / "a", train=5, test=2, frames=12,
+                         seed=7, progress=False, chunk=5)
+    b = generate_dataset("double_pendulum_colors", root / "b", train=5, test=2, frames=12,
+                         seed=7, progress=False, chunk=2)
+    return root, a, b
+
+
+def test_round_trip(made):
+    _, a, _ = made
+    system = get_system("double_pendulum_colors")
+    sim = simulate_split(system, 7, "train", np.arange(5), 12)
+    with open_h5(a["train"]) as f:
+        assert f.frames.shape == (5, 12, 32, 32, 3) and f.frames.dtype == np.uint8
+        assert f.frames.chunks == (1, 12, 32, 32, 3) and f.frames.compression == "gzip"
+        assert f.states.dtype == np.float32
+        np.testing.assert_array_equal(f.states[()], sim["states"].astype(np.float32))
+        np.testing.assert_array_equal(f.color_index, sim["color_index"])
+        np.testing.assert_array_equal(f.offset, sim["offset"])
+        for k in ("m", "g", "l"):
+            np.testing.assert_array_equal(f.params[k], sim["params"][k])
+        want = render_states(system, sim["states"], sim["params"], sim["color_index"],
+                             sim["offset"], 32)
+        np.testing.assert_array_equal(f.frames[()], want)
+        at = f.attrs
+        assert (at["system"], at["dt"], at["resolution"], at["seed"], at["split"]) == \
+            ("double_pendulum_colors", 0.05, 32, 7, "train")
+        assert at["format_version"] == 1 and at["rejected"] >= 0 and "recipe" in at
+    with open_h5(a["test"]) as f:  # the test split draws other trajectories
+        assert len(f) == 2
+        assert not np.array_equal(f.states[0], sim["states"][0].astype(np.float32))
+
+
+def test_same_seed_byte_identical_whatever_the_chunking(made, tmp_path):
+    _, a, b = made
+    for split in ("train", "test"):
+        with h5py.File(a[split]) as fa, h5py.File(b[split]) as fb:
+            for name in ("frames", "states", "color_index", "offset", "params/m", "params/l"):
+                assert fa[name][()].tobytes() == fb[name][()].tobytes(), name
+    c = generate_dataset("double_pendulum_colors", tmp_path, train=2, test=0, frames=12,
+                         seed=8, progress=False)
+    with h5py.File(a["train"]) as fa, h5py.File(c["train"]) as fc:
+        assert not np.array_equal(fa["states"][:2], fc["states"][()])
+
+
+def _copy(made, tmp_path):
+    dst = tmp_path / "x.h5"
+    shutil.copy(made[1]["train"], dst)
+    return dst
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DataFormatError, match="does not exist"):
+        open_h5(tmp_path / "nope.h5")
+
+
+@pytest.mark.parametrize("case,match", [
+    ("version", "unknown format version 99"),
+    ("dataset", "missing dataset 'color_index'"),
+    ("param", "missing dataset 'params/g'"),
+    ("shape", r"dataset 'states' has shape \(5, 12, 3\), expected \(5, 12, 4\)"),
+    ("incomplete", "incomplete file"),
+    ("system", "unknown system 'pendulum_x'"),
+])
+def test_bad_contents(made, tmp_path, case, match):
+    path = _copy(made, tmp_path)
+    with h5py.File(path, "a") as f:
+        if case == "version":
+            f.attrs["format_version"] = 99
+        elif case == "dataset":
+            del f["color_index"]
+        elif case == "param":
+            del f["params/g"]
+        elif case == "shape":
+            del f["states"]
+            f.create_dataset("states", (5, 12, 3), np.float32)
+        elif case == "incomplete":
+            f.attrs["complete"] = False
+        else:
+            f.attrs["system"] = "pendulum_x"
+    with pytest.raises(DataFormatError, match=match):
+        open_h5(path)
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.97])
+def test_truncated_file(made, tmp_path, keep):
+    path = _copy(made, tmp_path)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(int(size * keep))
+    with pytest.raises(DataFormatError, match="truncated or corrupt"):
+        open_h5(path)
+
+
+def test_corrupt_file(tmp_path):
+    path = tmp_path / "junk.h5"
+    path.write_bytes(b"not an hdf5 file at all" * 100)
+    with pytest.raises(DataFormatError, match="truncated or corrupt HDF5"):
+        open_h5(path)
+    assert issubclass(DataFormatError, ValueError)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(train=-1), "train must be an integer >= 0"),
+    (dict(frames=0), "frames must be an integer >= 1"),
+    (dict(resolution=1), "resolution must be an integer >= 2"),
+    (dict(seed=1.5), "seed must be an integer"),
+])
+def test_generate_rejects_bad_arguments(tmp_path, kw, match):
+    with pytest.raises(ValueError, match=match):
+        generate_dataset("pendulum", tmp_path, **{**dict(train=1, test=0, frames=4), **kw})
+    with pytest.raises(ValueError, match="valid systems"):
+        generate_dataset("pendulm", tmp_path, train=1, test=0, frames=4)
+
+
+def test_empty_split_skipped_and_progress_bar(tmp_path, capsys):
+    out = generate_dataset("mass_spring", tmp_path, train=0, test=2, frames=4, progress=True)
+    assert list(out) == ["test"] and not (tmp_path / "mass_spring" / "train.h5").exists()
+    assert "mass_spring/test" in capsys.readouterr().err  # tqdm writes to stderr

@@ -1,0 +1,112 @@
+"""Ground truth of the Toy Physics systems against closed forms, scipy and invariants."""
+import numpy as np
+import pytest
+from scipy.integrate import solve_ivp
+
+from hgan.data import SYSTEMS, get_system
+from hgan.data.simulate import DT, integrate, mass_spring_exact, rk4, simulate_split
+
+CONSERVATIVE = [s for s in SYSTEMS if not s.endswith("_friction")]
+FRICTION = [s for s in SYSTEMS if s.endswith("_friction")]
+
+
+def _sim(name, n, frames, seed=0):
+    return simulate_split(get_system(name), seed, "train", np.arange(n), frames)
+
+
+@pytest.mark.parametrize("name", CONSERVATIVE)
+def test_energy_drift_512_frames_and_canvas(name):
+    system = get_system(name)
+    sim = _sim(name, 3, 512)
+    e = system.hamiltonian(sim["states"], sim["params"])  # [n, T], float64 ground truth
+    denom = np.abs(e[:, 0])
+    if system.base == "double_pendulum":  # H crosses zero there: use the m g l scale too
+        denom = np.maximum(denom, sim["params"]["m"] * sim["params"]["g"] * sim["params"]["l"])
+    drift = np.abs(e - e[:, :1]).max(1) / denom
+    assert drift.max() < 1e-6, drift
+    pos = system.positions(sim["states"], sim["params"])
+    assert np.abs(pos).max() <= system.canvas  # no particle ever leaves the canvas
+    for k, (lo, hi) in system.param_ranges.items():
+        assert ((sim["params"][k] >= lo) & (sim["params"][k] <= hi)).all()
+
+
+@pytest.mark.parametrize("name", FRICTION)
+def test_friction_loses_energy_monotonically(name):
+    system = get_system(name)
+    sim = _sim(name, 4, 200)
+    e = system.hamiltonian(sim["states"], sim["params"])
+    assert (np.diff(e, axis=1) < 1e-12).all()
+    assert (e[:, -1] < 0.9 * e[:, 0]).all()
+
+
+@pytest.mark.parametrize("base", ["mass_spring", "pendulum", "double_pendulum", "two_body",
+                                  "three_body"])
+def test_vector_field_is_hamiltons_equations(base):
+    # dq/dt = dH/dp, dp/dt = -dH/dq against central differences of H itself.
+    system = get_system(base)
+    rng = np.random.default_rng(1)
+    pr = {k: np.array([lo]) for k, (lo, _) in system.param_ranges.items()}
+    x = system.sample_state(rng, {k: v[0] for k, v in pr.items()})[None]
+    f = system.vector_field(x, pr)[0]
+    eps, k = 1e-6, system.dof
+    grad = np.array([(system.hamiltonian(x + eps * e, pr) - system.hamiltonian(x - eps * e, pr))[0]
+                     / (2 * eps) for e in np.eye(2 * k)])
+    np.testing.assert_allclose(f, np.concatenate([grad[k:], -grad[:k]]), rtol=1e-6, atol=1e-7)
+
+
+def test_mass_spring_closed_form():
+    system = get_system("mass_spring")
+    pr = {"k": np.array([2.0, 2.0]), "m": np.array([0.5, 0.5])}
+    x0 = np.array([[0.7, 0.1], [-0.2, 0.9]])
+    exact = mass_spring_exact(x0, pr, 100)
+    t = np.arange(100) * DT
+    w = np.sqrt(2.0 / 0.5)
+    # q = q0 cos(wt) + p0/(m w) sin(wt) solves q'' = -w^2 q with q(0) = q0, m q'(0) = p0.
+    q = x0[:, :1] * np.cos(w * t) + x0[:, 1:] / (0.5 * w) * np.sin(w * t)
+    np.testing.assert_allclose(exact[..., 0], q, atol=1e-12)
+    p = -x0[:, :1] * 0.5 * w * np.sin(w * t) + x0[:, 1:] * np.cos(w * t)  # m dq/dt
+    np.testing.assert_allclose(exact[..., 1], p, atol=1e-12)
+    numeric, _ = rk4(system, x0, pr, 100, 10)
+    np.testing.assert_allclose(exact, numeric, atol=1e-7)
+
+
+def test_pendulum_small_angle_period():
+    system = get_system("pendulum")
+    pr = {"m": np.array([0.5]), "g": np.array([3.0]), "l": np.array([1.0])}
+    states, _, _ = integrate(system, np.array([[1e-3, 0.0]]), pr, 400)
+    q = states[0, :, 0]
+    i = np.flatnonzero((q[:-1] > 0) & (q[1:] <= 0))  # downward zero crossings
+    tc = (i + q[i] / (q[i] - q[i + 1])) * DT  # linear interpolation between frames
+    period = np.diff(tc).mean()
+    assert abs(period / (2 * np.pi * np.sqrt(1.0 / 3.0)) - 1) < 5e-3
+
+
+@pytest.mark.parametrize("name", ["pendulum_colors", "double_pendulum", "three_body"])
+def test_matches_scipy_dop853(name):
+    system = get_system(name)
+    sim = _sim(name, 2, 60, seed=3)
+    for j in range(2):
+        pr = {k: v[j:j + 1] for k, v in sim["params"].items()}
+        ref = solve_ivp(lambda t, y: system.vector_field(y[None], pr)[0], (0, 59 * DT),
+                        sim["states"][j, 0], method="DOP853", rtol=1e-12, atol=1e-12,
+                        t_eval=np.arange(60) * DT).y.T
+        np.testing.assert_allclose(sim["states"][j], ref, atol=1e-6)
+
+
+def test_colors_variant_sampling():
+    system = get_system("two_body_colors")
+    sim = _sim("two_body_colors", 16, 8)
+    ci = sim["color_index"]
+    assert (ci[:, 0] != ci[:, 1]).all() and ci.min() >= 0 and ci.max() < 6
+    assert len({tuple(c) for c in ci}) > 3  # random per trajectory
+    assert (np.abs(sim["offset"]) <= 0.4 * 5.0).all() and np.abs(sim["offset"]).max() > 0.1
+    assert get_system("three_body").recipe.startswith("HGN")
+    assert (get_system("pendulum").canvas - 1.3989) < 1e-4
+    assert abs(get_system("double_pendulum").canvas - 2.3989) < 1e-4
+
+
+def test_unknown_system_lists_valid_names():
+    with pytest.raises(ValueError, match="valid systems: mass_spring, pendulum"):
+        get_system("pendulm")
+    with pytest.raises(ValueError, match="missing parameter 'g'"):
+        get_system("pendulum").hamiltonian(np.zeros((1, 2)), {"m": 1.0, "l": 1.0})

@@ -1,0 +1,157 @@
+"""The public contract of hgan.kernels: shapes, errors, dispatch, the module and L_cyc."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hgan.kernels import (DERIVATIVE_ORDERS, FUSED_CONTRACT, HamiltonianMLP, cyclic_loss,
+                          leapfrog, leapfrog_flops)
+from hgan.kernels.leapfrog import dispatch
+from hgan.kernels.leapfrog.check import random_mlp
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny shapes: extra threads only contend for the shared cores
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def mlp():
+    return random_mlp(3, (16, 16), generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("backend", ["reference", "analytic"])
+@pytest.mark.parametrize("frames", [1, 2, 5])
+def test_shapes_and_initial_frame(mlp, backend, frames):
+    q0, p0 = torch.randn(4, 3), torch.randn(4, 3)
+    q, p, d = leapfrog(q0, p0, *mlp, frames=frames, backend=backend)
+    assert q.shape == p.shape == (4, frames, 3) and d.shape == (4, frames - 1, 3)
+    assert torch.equal(q[:, 0], q0) and torch.equal(p[:, 0], p0)
+
+
+def test_dhdq_is_the_first_half_step_gradient(mlp):
+    # Independent oracle: dH/dq at (q_t, p_t) by autograd on the module's energy.
+    q0, p0 = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
+    w, b = [x.double() for x in mlp[0]], [x.double() for x in mlp[1]]
+    q, p, d = leapfrog(q0, p0, w, b, frames=4, backend="analytic")
+    from hgan.kernels.leapfrog.reference import mlp_energy
+    qt = q[:, :-1].reshape(-1, 3).clone().requires_grad_(True)
+    energy = mlp_energy(torch.cat([qt, p[:, :-1].reshape(-1, 3)], 1), w, b, "softplus")
+    (g,) = torch.autograd.grad(energy.sum(), qt)
+    torch.testing.assert_close(d.reshape(-1, 3), g, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["reference", "analytic"])
+def test_non_contiguous_inputs(mlp, backend):
+    base = torch.randn(3, 8)
+    q0, p0 = base[:, ::2][:, :3], base.t().contiguous().t()[:, 4:7]   # strided views
+    w = [mlp[0][0].t().contiguous().t(), mlp[0][1], mlp[0][2]]
+    assert not q0.is_contiguous() and not w[0].is_contiguous()
+    got = leapfrog(q0, p0, w, mlp[1], frames=4, backend=backend)
+    want = leapfrog(q0.contiguous(), p0.contiguous(), mlp[0], mlp[1], frames=4,
+                    backend=backend)
+    for x, y in zip(got, want):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-7)
+
+
+def test_clear_errors(mlp):
+    w, b = mlp
+    q0 = torch.randn(4, 3)
+    cases = [
+        (dict(q0=q0, p0=torch.randn(4, 2)), ValueError, "same shape"),
+        (dict(q0=q0[0], p0=q0[0]), ValueError, r"\[B, k\]"),
+        (dict(q0=q0, p0=q0.double()), TypeError, "dtype"),
+        (dict(weights=[w[0][:, :5], w[1], w[2]]), ValueError, r"weights\[0\]"),
+        (dict(biases=[b[0], b[1][:3], b[2]]), ValueError, r"biases\[1\]"),
+        (dict(weights=w[:2], biases=b[:2]), ValueError, "one output"),
+        (dict(weights=[w[0], w[1], w[2].double()]), TypeError, "dtype"),
+        (dict(frames=0), ValueError, "frames"),
+        (dict(frames=3.0), ValueError, "frames"),
+        (dict(dt=float("nan")), ValueError, "dt"),
+        (dict(activation="gelu"), ValueError, "activation"),
+        (dict(backend="cuda"), ValueError, "backend"),
+        (dict(q0=q0.int(), p0=q0.int()), TypeError, "floating"),
+    ]
+    for override, exc, msg in cases:
+        kw = dict(q0=q0, p0=q0, weights=w, biases=b, frames=3)
+        kw.update(override)
+        with pytest.raises(exc, match=msg):
+            leapfrog(kw.pop("q0"), kw.pop("p0"), kw.pop("weights"), kw.pop("biases"), **kw)
+
+
+def test_device_mismatch_is_reported(mlp):
+    w, b = mlp
+    q0 = torch.randn(2, 3, device="meta")
+    with pytest.raises(ValueError, match="device"):
+        leapfrog(q0, q0, w, b, frames=2)
+
+
+def test_auto_chooses_once_and_remembers(mlp, monkeypatch):
+    monkeypatch.setattr(dispatch, "_auto_choice", {})
+    q0 = torch.randn(2, 3)
+    leapfrog(q0, q0, *mlp, frames=2)
+    assert dispatch._auto_choice == {"cpu": "analytic"}
+    monkeypatch.setattr(dispatch, "_triton_importable",
+                        lambda: pytest.fail("auto re-decided instead of remembering"))
+    leapfrog(q0, q0, *mlp, frames=2)
+
+
+def test_import_is_silent_and_needs_no_triton():
+    code = ("import sys, hgan.kernels as k; k.HamiltonianMLP(3); "
+            "assert 'triton' not in sys.modules, 'triton imported eagerly'")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "" and out.stderr == ""
+
+
+def test_contract_tables():
+    assert FUSED_CONTRACT["depth"] == 2 and FUSED_CONTRACT["widths"] == (16, 128)
+    assert set(DERIVATIVE_ORDERS) == {"reference", "analytic", "fused"}
+    assert DERIVATIVE_ORDERS["reference"]["double_backward"]
+    assert not DERIVATIVE_ORDERS["analytic"]["double_backward"]
+
+
+def test_module_energy_and_separable_structure():
+    torch.manual_seed(0)
+    m = HamiltonianMLP(3, hidden=8, separable=True).double()
+    q, p = torch.randn(5, 3, dtype=torch.float64), torch.randn(5, 3, dtype=torch.float64)
+    h = m(q, p)
+    # H = K(p) + V(q), evaluated on the two small MLPs directly (independent of block_diag).
+    def run(layers, x):
+        for i, lin in enumerate(layers):
+            x = lin(x)
+            if i < len(layers) - 1:
+                x = torch.nn.functional.softplus(x)
+        return x.squeeze(-1)
+    torch.testing.assert_close(h, run(m.kinetic, p) + run(m.potential, q))
+    w, _ = m.weights_and_biases()
+    assert w[0].shape == (8, 6) and torch.count_nonzero(w[0][:4, 3:]) == 0
+    # Gradients reach the blocks through the assembly.
+    q_traj, _, _ = m.rollout(q, p, frames=3, backend="analytic")
+    q_traj.sum().backward()
+    assert all(prm.grad is not None for prm in m.parameters())
+
+
+def test_module_rejects_bad_config():
+    with pytest.raises(ValueError, match="activation"):
+        HamiltonianMLP(3, activation="gelu")
+    with pytest.raises(ValueError, match="even"):
+        HamiltonianMLP(3, hidden=7, separable=True)
+
+
+def test_cyclic_loss_matches_definition():
+    d = torch.tensor([[[1.0, -2.0], [0.5, 0.0]], [[-1.0, 1.0], [3.0, -0.5]]])  # [B=2, T-1=2, k=2]
+    assert cyclic_loss(d, lam=0.01).item() == pytest.approx(0.01 / 2 * 9.0)
+    with pytest.raises(ValueError, match=r"\[B, T-1, k\]"):
+        cyclic_loss(d[0])
+
+
+def test_flop_count_closed_form():
+    # One gradient evaluation at k=1, widths (2, 3): m = [2*2, 2*3] -> 2*2*(4+6) FLOPs per row.
+    assert leapfrog_flops(1, 2, 1, (2, 3)) == 3 * 2 * 2 * 10
+    assert leapfrog_flops(5, 4, 1, (2, 3)) == 5 * 3 * 3 * 2 * 2 * 10
+    assert leapfrog_flops(1, 2, 1, (2, 3), backward=True) == 120 + 3 * 2 * (5 * 4 + 6 * 6)
