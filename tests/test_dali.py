@@ -52,5 +52,13 @@ def test_dali_without_workers_matches_too(frames_h5):
     assert all(torch.equal(x, y) for x, y in zip(ref, got))
 
 
+def test_dali_channels_last_matches_torch(frames_h5):
+    _, ref = take(frames_h5, 3, "torch", num_workers=0)
+    _, got = take(frames_h5, 3, "dali", num_workers=1, channels_last=True)
+    for x, y in zip(ref, got):
+        assert torch.equal(x, y)
+        assert y.transpose(1, 2).is_contiguous(memory_format=torch.channels_last_3d)
+
+
 def test_available_reports_import():
     assert dali.available()

@@ -22,8 +22,8 @@ def trained(pendulum):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small convolutions: one thread avoids oversubscription on shared CI
     try:
-        pr = probe.load_or_train_probe(path, ds.frames, ds.states, steps=300, batch_size=64,
-                                       width=16, progress=False)
+        pr = probe.load_or_train_probe(path, ds.frames, ds.states, angular=(0,), steps=300,
+                                       batch_size=64, width=16, progress=False)
     finally:
         torch.set_num_threads(threads)
     _, test_idx = probe.split_indices(len(ds))
@@ -83,13 +83,21 @@ def test_probe_is_cached_beside_the_data(pendulum, trained, monkeypatch):
         raise AssertionError("a cached probe must not be retrained")
 
     monkeypatch.setattr(probe, "train_probe", no_training)
-    again = probe.load_or_train_probe(path, ds.frames, ds.states, steps=300, batch_size=64,
-                                      width=16, progress=False)
+    again = probe.load_or_train_probe(path, ds.frames, ds.states, angular=(0,), steps=300,
+                                      batch_size=64, width=16, progress=False)
     x = torch.from_numpy(trained[1][:2, :2])
     torch.testing.assert_close(again(x), trained[0](x))
     with pytest.raises(AssertionError, match="retrained"):  # other settings: a different key
-        probe.load_or_train_probe(path, ds.frames, ds.states, steps=301, batch_size=64,
-                                  width=16, progress=False)
+        probe.load_or_train_probe(path, ds.frames, ds.states, angular=(0,), steps=301,
+                                  batch_size=64, width=16, progress=False)
+
+
+def test_angles_are_read_modulo_two_pi():
+    from hgan.data import get_system
+    assert probe.angular_dims(get_system("pendulum")) == (0,)
+    assert probe.angular_dims(get_system("two_body")) == ()
+    w = probe.wrap_angles(np.array([[3 * np.pi / 2, 5.0], [-7.0, 1.0]]), (0,))
+    np.testing.assert_allclose(w, [[-np.pi / 2, 5.0], [-7.0 + 2 * np.pi, 1.0]], rtol=1e-12)
 
 
 def test_probe_input_contract(trained):

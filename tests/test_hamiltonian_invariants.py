@@ -109,7 +109,8 @@ def test_separable_form_converges_at_second_order():
 def test_general_form_converges_at_first_order():
     # Finding (measured, order 1.000): for a non-separable H the explicit three-line step is
     # only FIRST order, not second as integrator.md states. Taylor-expanding one step,
-    #   q' = q + dt H_p - dt^2/2 H_pp H_q + O(dt^3)   but the flow has  + dt^2/2 (H_pq H_p - H_pp H_q),
+    #   step:  q' = q + dt H_p - dt^2/2 H_pp H_q + O(dt^3)
+    #   flow:  q' = q + dt H_p + dt^2/2 (H_pq H_p - H_pp H_q) + O(dt^3)
     # so the local error carries dt^2/2 H_pq H_p, which vanishes only when H_pq = 0 (separable).
     # This pins the scheme the spec (and the official code) defines; a change of scheme must
     # update this test deliberately.

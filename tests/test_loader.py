@@ -31,7 +31,7 @@ def take(path, n, **kw):
     stream = build_loader(path, **kw)
     out = []
     for batch in stream:
-        out.append(batch.clone())
+        out.append(batch.clone(memory_format=torch.preserve_format))
         if len(out) == n:
             break
     stream.close()
@@ -114,6 +114,19 @@ def test_matches_toy_physics_windows_on_generated_data(tiny_pendulum_h5):
         ds.set_epoch(epoch)
         ref = torch.stack([ds[i] for i in range(b * 5, b * 5 + 5)])
         torch.testing.assert_close(batch, ref, rtol=0, atol=2 ** -23)
+
+
+@pytest.mark.parametrize("kind", ["torch", "gpu-resident"])
+def test_channels_last_stream_has_same_values_in_clip_friendly_memory(frames_h5, kind):
+    path, _ = frames_h5
+    _, ref = take(path, 3, kind=kind, num_workers=0)
+    _, got = take(path, 3, kind=kind, num_workers=0, channels_last=True)
+    for x, y in zip(ref, got):
+        assert torch.equal(x, y)
+        # The trainer gathers one frame per video by advanced indexing, which keeps layout.
+        frame = y[torch.arange(BATCH), torch.zeros(BATCH, dtype=torch.long)]
+        assert frame.is_contiguous(memory_format=torch.channels_last)
+        assert y.transpose(1, 2).is_contiguous(memory_format=torch.channels_last_3d)
 
 
 def test_auto_is_torch_without_cuda(frames_h5):

@@ -91,7 +91,7 @@ def show(path, out, n=8, frames=16, scale=2):
         movie = clips.transpose(1, 0, 2, 3, 4)  # [T, n, R, R, 3] -> side by side
         movie = movie.transpose(0, 2, 1, 3, 4).reshape(movie.shape[0], movie.shape[2], -1, 3)
         movie = movie.repeat(scale, 1).repeat(scale, 2)
-        imageio.mimsave(out, list(movie), duration=0.05, loop=0)
+        imageio.mimsave(out, list(movie), duration=50, loop=0)  # ms per frame: dt = 0.05 s
     return out
 
 

@@ -40,7 +40,7 @@ class _SampleSource:
         return self.reader(self.first_sample + info.idx_in_epoch)
 
 
-def _build_pipeline(source, *, batch_size, gpu, device_id, num_workers, prefetch):
+def _build_pipeline(source, *, batch_size, gpu, device_id, num_workers, prefetch, transpose):
     @pipeline_def(batch_size=batch_size, num_threads=2, device_id=device_id,
                   py_num_workers=max(num_workers, 1),
                   # fork is cheap but unsafe once CUDA is initialised in this process.
@@ -55,7 +55,8 @@ def _build_pipeline(source, *, batch_size, gpu, device_id, num_workers, prefetch
         # Same arithmetic as hgan.data.loader.to_unit_range, so both agree bit for bit.
         x = (x - types.Constant(127.5, dtype=types.FLOAT)) * types.Constant(SCALE,
                                                                              dtype=types.FLOAT)
-        return fn.transpose(x, perm=[0, 3, 1, 2], output_layout="FCHW")
+        # channels-last training wants FHWC memory: then the layout change is a torch view.
+        return fn.transpose(x, perm=[0, 3, 1, 2], output_layout="FCHW") if transpose else x
 
     return pipe()
 
@@ -65,11 +66,12 @@ class DaliBatchStream(_Stream):
 
     kind = "dali"
 
-    def __init__(self, schedule, *, device="cpu", num_workers=2, start_batch=0, prefetch=2):
+    def __init__(self, schedule, *, device="cpu", num_workers=2, start_batch=0, prefetch=2,
+                 channels_last=False):
         if not available():
             raise RuntimeError(f"loader kind 'dali' needs NVIDIA DALI "
                                f"(pip install -e '.[dali]'): {_IMPORT_ERROR}")
-        super().__init__(schedule, device, start_batch)
+        super().__init__(schedule, device, start_batch, channels_last)
         self.num_workers = num_workers
         self.prefetch = prefetch
         self._pipe = None
@@ -81,7 +83,7 @@ class DaliBatchStream(_Stream):
         source = _SampleSource(self.schedule, self.position * self.batch_size)
         self._pipe = _build_pipeline(source, batch_size=self.batch_size, gpu=gpu,
                                      device_id=device_id, num_workers=self.num_workers,
-                                     prefetch=self.prefetch)
+                                     prefetch=self.prefetch, transpose=not self.channels_last)
         if self.num_workers > 0:
             # Workers must start before the pipeline builds (and before CUDA use with fork).
             self._pipe.start_py_workers()
@@ -94,7 +96,8 @@ class DaliBatchStream(_Stream):
         for out in it:
             self.position += 1
             # The iterator reuses its output buffers ring-wise: hand out a private copy.
-            yield out[0]["frames"].to(self.device, non_blocking=True).clone()
+            x = out[0]["frames"].to(self.device, non_blocking=True).clone()
+            yield x.permute(0, 1, 4, 2, 3) if self.channels_last else x
 
     def close(self):
         if self._pipe is not None:

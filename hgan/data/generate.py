@@ -5,11 +5,12 @@ Peak memory is bounded by the chunk (trajectories simulated together) and the re
 """
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 from tqdm import tqdm
 
-from hgan.data.h5io import H5Writer
+from hgan.data.h5io import H5Writer, compress_frames
 from hgan.data.render import render
 from hgan.data.simulate import DT, SUBSTEPS, simulate_split
 from hgan.data.systems import get_system
@@ -17,7 +18,8 @@ from hgan.data.systems import get_system
 log = logging.getLogger(__name__)
 
 CHUNK_TRAJ = 256  # trajectories simulated per vectorised batch
-RENDER_BYTES = 64 << 20  # float32 working set of one render block
+RENDER_BYTES = 16 << 20  # uint8 frames of one render-and-compress task
+THREADS = 2  # render + deflate run in numpy/zlib with the GIL released
 
 
 def render_states(system, states, params, color_index, offset, resolution):
@@ -36,33 +38,38 @@ def generate_split(system, path, split, n, *, frames, seed, resolution=32, chunk
                    progress=True):
     """Write n trajectories of `split` to path; returns the file attributes written."""
     system = get_system(system) if isinstance(system, str) else system
-    per_traj = frames * resolution * resolution * 3 * 4 * (system.n_bodies + 2)
-    block = max(1, min(chunk, RENDER_BYTES // per_traj))
+    block = max(1, min(chunk, RENDER_BYTES // (frames * resolution * resolution * 3)))
     writer = H5Writer(path, system, n, frames, resolution,
                       dict(split=split, seed=seed, dt=DT, substeps=SUBSTEPS))
     rejected = inaccurate = 0
     bar = tqdm(total=n * frames, unit="frame", unit_scale=True, disable=not progress,
                desc=f"{system.name}/{split}")
+    def work(sim, sl):
+        pr = {k: v[sl] for k, v in sim["params"].items()}
+        return compress_frames(render_states(system, sim["states"][sl], pr,
+                                             sim["color_index"][sl], sim["offset"][sl],
+                                             resolution))
+
+    pool = ThreadPoolExecutor(THREADS)
     try:
         for start in range(0, n, chunk):
             idx = np.arange(start, min(n, start + chunk))
             sim = simulate_split(system, seed, split, idx, frames)
             rejected += sim["rejected"]
             inaccurate += sim["inaccurate"]
-            for b in range(0, len(idx), block):
-                sl = slice(b, b + block)
-                pr = {k: v[sl] for k, v in sim["params"].items()}
-                imgs = render_states(system, sim["states"][sl], pr, sim["color_index"][sl],
-                                     sim["offset"][sl], resolution)
-                writer.write(start + b, frames=imgs, states=sim["states"][sl],
+            slices = [slice(b, min(len(idx), b + block)) for b in range(0, len(idx), block)]
+            jobs = [pool.submit(work, sim, sl) for sl in slices]
+            for sl, job in zip(slices, jobs):  # written in order: the file is deterministic
+                writer.write(start + sl.start, frames=job.result(), states=sim["states"][sl],
                              color_index=sim["color_index"][sl], offset=sim["offset"][sl],
-                             params=pr)
-                bar.update(len(imgs) * frames)
+                             params={k: v[sl] for k, v in sim["params"].items()})
+                bar.update((sl.stop - sl.start) * frames)
             bar.set_postfix(rejected=rejected)
     except BaseException:
         writer.abort()
         raise
     finally:
+        pool.shutdown(cancel_futures=True)
         bar.close()
     writer.close(rejected=rejected, inaccurate=inaccurate)
     log.info("%s: %d trajectories, %d rejected (left the canvas), %d re-drawn for accuracy",

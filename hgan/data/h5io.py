@@ -13,13 +13,21 @@ The writer fills `<name>.partial` and renames it when every trajectory is writte
 interrupted run never leaves a file that passes validation.
 """
 import os
+import zlib
 
 import h5py
 import numpy as np
 
 FORMAT_VERSION = 1
 GENERATOR_VERSION = "hgan.data 1.0"
-COMPRESSION = dict(compression="gzip", compression_opts=1)  # level 1: ~same size, much faster
+GZIP_LEVEL = 1  # ~same size as level 4 on these mostly-background frames, ~2x faster
+COMPRESSION = dict(compression="gzip", compression_opts=GZIP_LEVEL)
+
+
+def compress_frames(frames):
+    """Deflate each trajectory of uint8 [n, T, R, R, 3] into one HDF5 gzip chunk. zlib
+    releases the GIL, so worker threads compress while the main thread writes."""
+    return [zlib.compress(np.ascontiguousarray(f).data, GZIP_LEVEL) for f in frames]
 
 
 class DataFormatError(ValueError):
@@ -54,8 +62,14 @@ class H5Writer:
         f.attrs.update(attrs)
 
     def write(self, start, *, frames, states, color_index, offset, params):
+        """frames: uint8 [n, T, R, R, 3], or the list compress_frames made of them."""
         stop = start + len(frames)
-        self.f["frames"][start:stop] = frames
+        if isinstance(frames, list):
+            ds = self.f["frames"]
+            for i, chunk in enumerate(frames):
+                ds.id.write_direct_chunk((start + i, 0, 0, 0, 0), chunk)
+        else:
+            self.f["frames"][start:stop] = frames
         self.f["states"][start:stop] = states.astype(np.float32)
         self.f["color_index"][start:stop] = color_index
         self.f["offset"][start:stop] = offset

@@ -23,10 +23,14 @@ KINDS = ("auto", "torch", "dali", "gpu-resident")
 SCALE = 1.0 / 127.5
 
 
-def to_unit_range(u8: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, T, H, W, 3] -> float32 [B, T, 3, H, W] in [-1, 1] (contiguous)."""
-    x = u8.permute(0, 1, 4, 2, 3).contiguous().float()
-    return x.sub_(127.5).mul_(SCALE)
+def to_unit_range(u8: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] -> float32 [B, T, 3, H, W] in [-1, 1].
+
+    Contiguous by default; with channels_last the memory stays B, T, H, W, C (a permuted
+    view), which makes every frame channels_last and D_V's [N, C, T, H, W] view of a clip
+    channels_last_3d without a copy."""
+    x = u8.float().sub_(127.5).mul_(SCALE).permute(0, 1, 4, 2, 3)
+    return x if channels_last else x.contiguous()
 
 
 class WindowSchedule:
@@ -110,9 +114,10 @@ class _SampleDataset(Dataset):
 
 
 class _Stream:
-    def __init__(self, schedule, device, start_batch):
+    def __init__(self, schedule, device, start_batch, channels_last=False):
         if start_batch < 0:
             raise ValueError(f"start_batch must be >= 0, got {start_batch}")
+        self.channels_last = channels_last
         self.schedule = schedule
         self.batch_size = schedule.batch_size
         self.batches_per_epoch = schedule.batches_per_epoch
@@ -130,8 +135,9 @@ class TorchBatchStream(_Stream):
 
     kind = "torch"
 
-    def __init__(self, schedule, *, device="cpu", num_workers=2, start_batch=0):
-        super().__init__(schedule, device, start_batch)
+    def __init__(self, schedule, *, device="cpu", num_workers=2, start_batch=0,
+                 channels_last=False):
+        super().__init__(schedule, device, start_batch, channels_last)
         self.num_workers = num_workers
 
     def __iter__(self):
@@ -143,7 +149,7 @@ class TorchBatchStream(_Stream):
                             persistent_workers=False)
         for u8 in loader:
             self.position += 1
-            yield to_unit_range(u8.to(self.device, non_blocking=True))
+            yield to_unit_range(u8.to(self.device, non_blocking=True), self.channels_last)
 
 
 class ResidentBatchStream(_Stream):
@@ -154,8 +160,8 @@ class ResidentBatchStream(_Stream):
 
     kind = "gpu-resident"
 
-    def __init__(self, schedule, *, device="cpu", start_batch=0):
-        super().__init__(schedule, device, start_batch)
+    def __init__(self, schedule, *, device="cpu", start_batch=0, channels_last=False):
+        super().__init__(schedule, device, start_batch, channels_last)
         with h5py.File(schedule.path, "r") as f:
             self.frames = torch.from_numpy(f["frames"][...]).to(self.device)
         self._offsets = torch.arange(schedule.frames, device=self.device)
@@ -166,19 +172,20 @@ class ResidentBatchStream(_Stream):
             traj, start = idx[:, :1], idx[:, 1:]
             u8 = self.frames[traj, start + self._offsets]           # [B, T, H, W, 3]
             self.position += 1
-            yield to_unit_range(u8)
+            yield to_unit_range(u8, self.channels_last)
 
     def close(self):
         self.frames = None
 
 
 def build_loader(path, *, batch_size, frames=16, seed=0, rank=0, world_size=1, device="cpu",
-                 kind="auto", num_workers=2, start_batch=0):
+                 kind="auto", num_workers=2, start_batch=0, channels_last=False):
     """An endless stream of float32 [B, T, 3, H, W] batches in [-1, 1] on `device`.
 
     kind: "torch", "dali" (works on CPU too), "gpu-resident", or "auto" = DALI when it is
     importable and the device is CUDA, else torch. The stream has `.kind`, `.position`
-    (next global batch) and `.batches_per_epoch`."""
+    (next global batch) and `.batches_per_epoch`. channels_last: batches keep B, T, H, W, C
+    memory (same values; see `to_unit_range`), for --channels-last training."""
     if kind not in KINDS:
         raise ValueError(f"unknown loader kind {kind!r}; choose one of {', '.join(KINDS)}")
     schedule = WindowSchedule(path, batch_size=batch_size, frames=frames, seed=seed, rank=rank,
@@ -189,11 +196,12 @@ def build_loader(path, *, batch_size, frames=16, seed=0, rank=0, world_size=1, d
     if kind == "dali":
         from hgan.data import dali
         return dali.DaliBatchStream(schedule, device=device, num_workers=num_workers,
-                                    start_batch=start_batch)
+                                    start_batch=start_batch, channels_last=channels_last)
     if kind == "gpu-resident":
-        return ResidentBatchStream(schedule, device=device, start_batch=start_batch)
+        return ResidentBatchStream(schedule, device=device, start_batch=start_batch,
+                                   channels_last=channels_last)
     return TorchBatchStream(schedule, device=device, num_workers=num_workers,
-                            start_batch=start_batch)
+                            start_batch=start_batch, channels_last=channels_last)
 
 
 __all__ = ["build_loader", "to_unit_range", "WindowSchedule", "WindowReader", "KINDS",

@@ -27,6 +27,9 @@ def palette(num_colors):
     return np.round(rgb, 9)
 
 
+BLOCK_FRAMES = 256  # frames rendered together: ~1 MB float32 planes stay in cache
+
+
 def render(positions, radius, color_index, num_colors, canvas, resolution=32):
     """uint8 frames [n, T, R, R, 3].
 
@@ -35,27 +38,52 @@ def render(positions, radius, color_index, num_colors, canvas, resolution=32):
     """
     lo, hi = float(canvas[0]), float(canvas[1])
     size = hi - lo
-    u = ((np.asarray(positions, np.float64) - lo) / size).astype(np.float32)
-    r = (np.asarray(radius, np.float64) / size).astype(np.float32)
-    colors = palette(num_colors).astype(np.float32)[np.asarray(color_index)]  # [n, B, 3]
-    grid = np.linspace(0.0, 1.0, resolution, dtype=np.float32)
-    n, t, b = u.shape[:3]
-    img = np.zeros((n, t, resolution, resolution, 3), np.float32)
-    trans = np.ones((n, t, resolution, resolution), np.float32)
+    positions = np.asarray(positions, np.float64)
+    n, t, b = positions.shape[:3]
+    # Work on the frames flattened, with per-frame radius and colour; distances are
+    # pre-scaled by the temperature so that exp((d - r) * 80) costs two passes.
+    u = ((positions.reshape(n * t, b, 2) - lo) * (TEMPERATURE / size)).astype(np.float32)
+    r = np.repeat((np.asarray(radius, np.float64) * (TEMPERATURE / size)).astype(np.float32),
+                  t, axis=0)  # [F, B]
+    colors = np.repeat(palette(num_colors).astype(np.float32)[np.asarray(color_index)], t,
+                       axis=0)  # [F, B, 3]
+    grid = np.linspace(0.0, 1.0, resolution, dtype=np.float32) * np.float32(TEMPERATURE)
+    out = np.empty((n * t, resolution, resolution, 3), np.uint8)
+    for f0 in range(0, n * t, BLOCK_FRAMES):
+        sl = slice(f0, min(n * t, f0 + BLOCK_FRAMES))
+        out[sl] = _render_block(u[sl], r[sl], colors[sl], grid)
+    return out.reshape(n, t, resolution, resolution, 3)
+
+
+def _render_block(u, r, colors, grid):
+    f, b = u.shape[:2]
+    res = grid.shape[0]
+    planes = np.zeros((3, f, res, res), np.float32)
+    trans = np.ones((f, res, res), np.float32)
+    d = np.empty((f, res, res), np.float32)
     for k in range(b):
-        dx2 = (grid - u[:, :, k, 0, None]) ** 2  # [n, T, W]
-        dy2 = (grid - u[:, :, k, 1, None]) ** 2  # [n, T, H]
-        d = np.sqrt(dy2[..., :, None] + dx2[..., None, :])  # [n, T, H, W]
-        d -= r[:, k, None, None, None]
-        d *= TEMPERATURE
+        dx2 = (grid - u[:, k, 0, None]) ** 2  # [F, W]
+        dy2 = (grid - u[:, k, 1, None]) ** 2  # [F, H]
+        np.add(dy2[:, :, None], dx2[:, None, :], out=d)
+        np.sqrt(d, out=d)
+        d -= r[:, k, None, None]
         with np.errstate(over="ignore"):  # exp overflows to inf far away: mask exactly 0
             np.exp(d, out=d)
         d += 1.0
-        mask = np.reciprocal(d, out=d)
-        w = mask * trans
-        img += w[..., None] * colors[:, k, None, None, None, :]
-        trans -= w  # trans * (1 - mask)
-    img += trans[..., None] * np.asarray(BACKGROUND, np.float32)
-    img *= 255.0
-    np.clip(img, 0.0, 255.0, out=img)
-    return img.astype(np.uint8)
+        np.reciprocal(d, out=d)  # the mask
+        d *= trans  # weight of particle k: mask * prod_{j<k} (1 - mask_j)
+        trans -= d
+        for c in range(3):
+            col = colors[:, k, c]
+            if not col.any():
+                continue  # most channels of the saturated palette are exactly 0 or 1
+            if (col == 1.0).all():
+                planes[c] += d
+            else:
+                planes[c] += d * col[:, None, None]
+    out = np.empty((f, res, res, 3), np.uint8)
+    for c in range(3):
+        planes[c] += trans * np.float32(BACKGROUND[c])
+        planes[c] *= 255.0
+        out[..., c] = planes[c]  # float -> uint8 truncates; values never exceed 255.00003
+    return out

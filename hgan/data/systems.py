@@ -192,14 +192,25 @@ def _h_nbody(x, pr):
     return kin + pot
 
 
+def _pairs(n):
+    """Pair list (i < j) and incidence matrix [P, n] (+1 at i, -1 at j) of n bodies."""
+    i, j = np.triu_indices(n, 1)
+    inc = np.zeros((len(i), n))
+    inc[np.arange(len(i)), i] = 1.0
+    inc[np.arange(len(i)), j] = -1.0
+    return i, j, inc
+
+
+_PAIRS = {n: _pairs(n) for n in (2, 3)}
+
+
 def _g_nbody(x, pr):
     q, p = _nbody_split(x)  # [..., B, 2]
     m, g = pr["m"][..., None, None], pr["g"][..., None, None]
-    r = q[..., :, None, :] - q[..., None, :, :]  # [..., B, B, 2]: q_i - q_j
-    d2 = (r * r).sum(-1)
-    n = q.shape[-2]
-    d2[..., np.arange(n), np.arange(n)] = np.inf  # no self-interaction
-    dq = (r * (d2 ** -1.5)[..., None]).sum(-2) * (g * m * m)  # sum_j g m m (q_i-q_j)/|.|^3
+    i, j, inc = _PAIRS[q.shape[-2]]
+    r = q[..., i, :] - q[..., j, :]  # [..., P, 2]: q_i - q_j
+    f = r * ((r * r).sum(-1, keepdims=True) ** -1.5)  # d(-1/|q_i - q_j|)/dq_i
+    dq = np.swapaxes(np.swapaxes(f, -1, -2) @ inc, -1, -2) * (g * m * m)  # [..., B, 2]
     lead = x.shape[:-1]
     return dq.reshape(lead + (-1,)), (p / m).reshape(lead + (-1,))
 

@@ -65,6 +65,7 @@ def physics_metrics(generator, ds, system, data_path, held_out, *, n, frames, se
                     probe_width):
     """`ds` trains the probe (first 80%); `held_out` = (file, trajectory indices) it never saw."""
     pr = probe.load_or_train_probe(data_path, ds.frames, ds.states, steps=probe_steps,
+                                   angular=probe.angular_dims(system),
                                    width=probe_width, batch_size=64)
     real_ds, idx = held_out
     real, real_states, params = _real_videos(real_ds, idx[:n], frames, seed)

@@ -25,17 +25,36 @@ from tqdm import tqdm
 
 from hgan.evaluate.fvd import feature_stats, frechet_distance
 
-PROBE_VERSION = 1
+PROBE_VERSION = 2
+ANGULAR_SYSTEMS = ("pendulum", "double_pendulum")  # every q of these is an angle
+
+
+def angular_dims(system):
+    """Indices of angle coordinates: the frames show q mod 2*pi, so the probe reads the angle
+    as (cos q, sin q) and returns it wrapped to (-pi, pi]."""
+    return tuple(range(system.dof)) if system.base in ANGULAR_SYSTEMS else ()
+
+
+def wrap_angles(states, angular):
+    states = np.array(states, dtype=np.float64, copy=True)
+    if angular:
+        a = list(angular)
+        states[..., a] = np.angle(np.exp(1j * states[..., a]))
+    return states
 
 
 class PhysicsProbe(nn.Module):
     """[B, 2, H, W, 3] uint8 frame pairs -> [B, S] states (normalised inside)."""
 
-    def __init__(self, state_dim, resolution=32, width=16):
+    def __init__(self, state_dim, resolution=32, width=16, angular=()):
         super().__init__()
         if resolution % 8:
             raise ValueError(f"probe resolution must be a multiple of 8, got {resolution}")
-        self.config = {"state_dim": state_dim, "resolution": resolution, "width": width}
+        angular = tuple(int(i) for i in angular)
+        self.config = {"state_dim": state_dim, "resolution": resolution, "width": width,
+                       "angular": angular}
+        self.angular = list(angular)
+        self.linear = [i for i in range(state_dim) if i not in angular]
         w = width
         # Input channels: frame t, frame t+1 and their difference (the difference carries p).
         # Stride 2 from the first layer: ~1.5 M multiply-adds per pair at width 16, so the
@@ -47,7 +66,7 @@ class PhysicsProbe(nn.Module):
         )
         # Flatten, not pool: the state is a position, and pooling would discard it.
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * w * (resolution // 8) ** 2, 128),
-                                  nn.SiLU(), nn.Linear(128, state_dim))
+                                  nn.SiLU(), nn.Linear(128, state_dim + len(angular)))
         self.register_buffer("state_mean", torch.zeros(state_dim))
         self.register_buffer("state_std", torch.ones(state_dim))
 
@@ -60,7 +79,24 @@ class PhysicsProbe(nn.Module):
             raise ValueError(f"probe was trained at {res}x{res}, got {tuple(pairs.shape[2:4])} frames")
         x = pairs.float().div(255).permute(0, 1, 4, 2, 3)  # [B, 2, 3, H, W]
         x = torch.cat([x[:, 0], x[:, 1], x[:, 1] - x[:, 0]], dim=1)
-        return self.head(self.features(x)) * self.state_std + self.state_mean
+        return self.decode(self.head(self.features(x)))
+
+    def encode(self, states):
+        """Training targets [B, S + A]: normalised linear coordinates, then (cos, sin) pairs."""
+        lin = (states[:, self.linear] - self.state_mean[self.linear]) / self.state_std[self.linear]
+        ang = states[:, self.angular]
+        return torch.cat([lin, torch.cos(ang), torch.sin(ang)], dim=1)
+
+    def decode(self, raw):
+        out = raw.new_empty(raw.shape[0], self.config["state_dim"])
+        nl, na = len(self.linear), len(self.angular)
+        out[:, self.linear] = raw[:, :nl] * self.state_std[self.linear] + self.state_mean[self.linear]
+        out[:, self.angular] = torch.atan2(raw[:, nl + na:], raw[:, nl:nl + na])
+        return out
+
+    def raw(self, pairs):
+        x = pairs.float().div(255).permute(0, 1, 4, 2, 3)
+        return self.head(self.features(torch.cat([x[:, 0], x[:, 1], x[:, 1] - x[:, 0]], dim=1)))
 
     @torch.no_grad()
     def states(self, videos, batch_size=256):
@@ -87,7 +123,7 @@ def split_indices(n, holdout=0.2):
     return np.arange(n - n_test), np.arange(n - n_test, n)
 
 
-def train_probe(frames, states, *, steps=600, batch_size=64, lr=2e-3, width=16, seed=0,
+def train_probe(frames, states, *, angular=(), steps=600, batch_size=64, lr=2e-3, width=16, seed=0,
                 max_frames=100_000, progress=True):
     """Fit a probe on uint8 frames [N, T, H, W, 3] and states [N, T, S] (the train split).
 
@@ -97,7 +133,7 @@ def train_probe(frames, states, *, steps=600, batch_size=64, lr=2e-3, width=16, 
     frames = torch.from_numpy(np.asarray(frames[:n_use]))
     states = torch.from_numpy(np.asarray(states[:n_use], dtype=np.float32))
     n, t, res = frames.shape[0], frames.shape[1], frames.shape[2]
-    probe = PhysicsProbe(states.shape[-1], resolution=res, width=width)
+    probe = PhysicsProbe(states.shape[-1], resolution=res, width=width, angular=angular)
     flat = states.reshape(-1, states.shape[-1])
     probe.state_mean.copy_(flat.mean(0))
     probe.state_std.copy_(flat.std(0).clamp_min(1e-6))
@@ -110,8 +146,7 @@ def train_probe(frames, states, *, steps=600, batch_size=64, lr=2e-3, width=16, 
         i = torch.randint(0, n, (batch_size,), generator=gen)
         j = torch.randint(0, t - 1, (batch_size,), generator=gen)
         pairs = torch.stack([frames[i, j], frames[i, j + 1]], dim=1)
-        loss = F.mse_loss((probe(pairs) - probe.state_mean) / probe.state_std,
-                          (states[i, j] - probe.state_mean) / probe.state_std)
+        loss = F.mse_loss(probe.raw(pairs), probe.encode(states[i, j]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -150,9 +185,10 @@ def load_or_train_probe(data_path, frames, states, *, cache=True, **train_kw):
 
 
 def probe_rmse(probe, frames, states):
-    """Per-dimension RMSE of probed vs true states on videos [N, T, H, W, 3], states [N, T, S]."""
+    """Per-dimension RMSE of probed vs true states on videos [N, T, H, W, 3], states [N, T, S]
+    (angle errors taken modulo 2*pi)."""
     est = probe.states(frames)
-    err = est - np.asarray(states, dtype=np.float64)[:, :-1]
+    err = wrap_angles(est - np.asarray(states, dtype=np.float64)[:, :-1], probe.angular)
     return np.sqrt((err ** 2).reshape(-1, err.shape[-1]).mean(0))
 
 

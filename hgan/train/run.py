@@ -96,7 +96,8 @@ def train(cfg: RunConfig, resume: str = "", callback=None) -> dict:
     stream = build_loader(cfg.data_path, batch_size=trainer.local_batch, frames=cfg.frames,
                           seed=cfg.seed, rank=info.rank, world_size=info.world_size,
                           device=trainer.device, kind=cfg.loader, num_workers=cfg.num_workers,
-                          start_batch=trainer.loader_position)
+                          start_batch=trainer.loader_position,
+                          channels_last=cfg.model.channels_last)
     batches = iter(stream)
     bar = tqdm(total=cfg.iters, initial=trainer.iteration, disable=not (main and cfg.progress),
                desc=f"{cfg.model.model}/{cfg.system}", unit="it", dynamic_ncols=True)

@@ -14,7 +14,8 @@ def random_mlp(k, widths, dtype=torch.float32, device="cpu", generator=None, sca
     dims = [2 * k] + list(widths) + [1]
     weights, biases = [], []
     for a, b in zip(dims[:-1], dims[1:]):
-        weights.append(scale * torch.randn(b, a, generator=generator, dtype=torch.float64) / a ** 0.5)
+        w = torch.randn(b, a, generator=generator, dtype=torch.float64)
+        weights.append(scale * w / a ** 0.5)
         biases.append(0.1 * torch.randn(b, generator=generator, dtype=torch.float64))
     return ([w.to(dtype=dtype, device=device) for w in weights],
             [b.to(dtype=dtype, device=device) for b in biases])

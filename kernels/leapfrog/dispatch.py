@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 FUSED_CONTRACT = {
     "depth": 2,                       # hidden layers
     "widths": (16, 128),              # each hidden width, inclusive; padded to a power of two
+    "k": (1, 64),                     # coordinates; padded to a power of two >= 16
     "activations": ("softplus", "tanh"),
     "dtypes": (torch.float32,),       # fp32 dots with input_precision="ieee"
     "devices": ("cuda", "cpu under TRITON_INTERPRET=1"),
@@ -61,8 +62,8 @@ def fused_unsupported_reason(q0, weights, activation):
         return f"fused supports activations {FUSED_CONTRACT['activations']}, got {activation!r}"
     if q0.dtype not in FUSED_CONTRACT["dtypes"]:
         return f"fused supports float32 only, got {q0.dtype}"
-    if q0.shape[1] > 64:
-        return f"fused supports k <= 64, got k = {q0.shape[1]}"
+    if q0.shape[1] > FUSED_CONTRACT["k"][1]:
+        return f"fused supports k <= {FUSED_CONTRACT['k'][1]}, got k = {q0.shape[1]}"
     if not _triton_importable():
         return "triton is not installed"
     if q0.device.type != "cuda" and not (q0.device.type == "cpu" and _interpreting()):

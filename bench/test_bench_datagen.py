@@ -1,0 +1,79 @@
+"""Toy Physics generation throughput (frames/s into compressed HDF5) and peak memory.
+
+Run: pytest bench/test_bench_datagen.py --benchmark-only. Figures go to
+bench/results/<device>.json under "datagen" (device="cpu": generation is CPU-only).
+"""
+import os
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from _results import record
+from hgan.data import generate_dataset, get_system
+from hgan.data.generate import render_states
+from hgan.data.h5io import compress_frames
+from hgan.data.simulate import simulate_split
+
+FRAMES = 512
+SIZES = {"pendulum": 256, "three_body": 128}  # one vectorised chunk (CHUNK_TRAJ = 256) or half
+
+
+def _load():
+    return os.getloadavg()[0]
+
+
+@pytest.mark.parametrize("system", list(SIZES))
+def test_bench_generate(benchmark, system, tmp_path):
+    n = SIZES[system]
+    load = _load()
+    benchmark.pedantic(generate_dataset, args=(system, tmp_path),
+                       kwargs=dict(train=n, test=0, frames=FRAMES, seed=0, progress=False),
+                       rounds=2, iterations=1, warmup_rounds=0)
+    median = benchmark.stats.stats.median
+    # Stage split on the same work: where the time goes.
+    s = get_system(system)
+    t0 = time.perf_counter()
+    sim = simulate_split(s, 0, "train", np.arange(n), FRAMES)
+    t1 = time.perf_counter()
+    imgs = render_states(s, sim["states"], sim["params"], sim["color_index"], sim["offset"], 32)
+    t2 = time.perf_counter()
+    compress_frames(imgs)
+    t3 = time.perf_counter()
+    frames = n * FRAMES
+    record("datagen", f"generate_{system}_32px", {
+        "trajectories": n, "frames_per_traj": FRAMES, "median_s": median,
+        "frames_per_s": frames / median, "target_frames_per_s": 20000,
+        "ratio_to_target": frames / median / 20000,
+        "stage_frames_per_s": {"simulate": frames / (t1 - t0), "render": frames / (t2 - t1),
+                               "deflate": frames / (t3 - t2)},
+        "rejected_per_accepted": sim["rejected"] / n,
+        "load_average_1min": load, "cpu_count": os.cpu_count()}, device="cpu")
+
+
+_CHILD = """
+import resource, sys
+from hgan.data import generate_dataset
+generate_dataset("pendulum", sys.argv[1], train=int(sys.argv[2]), test=0, frames=128,
+                 seed=0, progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def _peak_mb(tmp, n):
+    out = subprocess.run([sys.executable, "-c", _CHILD, str(tmp), str(n)], check=True,
+                         capture_output=True, text=True).stdout
+    return int(out.split()[-1]) / 1024  # ru_maxrss is in KiB on Linux
+
+
+def test_bench_peak_memory(benchmark, tmp_path):
+    sizes = (256, 1024)
+    peaks = benchmark.pedantic(lambda: [_peak_mb(tmp_path / str(n), n) for n in sizes],
+                               rounds=1, iterations=1)
+    record("datagen", "peak_memory_pendulum_128frames", {
+        "trajectories": list(sizes), "peak_rss_mb": peaks, "ratio_large_to_small":
+        peaks[1] / peaks[0], "load_average_1min": _load()}, device="cpu")
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss > 0

@@ -1,0 +1,112 @@
+"""`python -m hgan.data`: generate, show, import-dm (a tfrecord the test writes itself)."""
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hgan.data import open_h5
+from hgan.data.cli import main
+from hgan.data.tfrecord import (crc32c, encode_example, parse_example, read_records,
+                                write_records)
+
+
+def _fails(argv, capsys, match):
+    capsys.readouterr()  # drop earlier progress bars
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("hgan.data: error:") and match in err, err
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["generate", "--system", "pendulm"], "valid systems: mass_spring, pendulum"),
+    (["generate", "--system", "pendulum", "--train", "-3"], "integer >= 0"),
+    (["generate", "--system", "pendulum", "--frames", "abc"], "expected an integer"),
+    (["generate", "--system", "pendulum", "--resolution", "1"], "resolution must be >= 2"),
+    (["show", "missing.h5", "--out", "x.png"], "does not exist"),
+    (["frobnicate"], "invalid choice"),
+    (["generate"], "--system"),
+])
+def test_invalid_values_one_line_exit_2(argv, match, capsys):
+    _fails(argv, capsys, match)
+
+
+def test_generate_and_show(tmp_path, capsys):
+    main(["generate", "--system", "two_body", "--train", "3", "--test", "0", "--frames", "6",
+          "--seed", "4", "--out", str(tmp_path), "--resolution", "64"])
+    path = tmp_path / "two_body" / "train.h5"
+    with open_h5(path) as f:
+        assert f.frames.shape == (3, 6, 64, 64, 3) and f.attrs["seed"] == 4
+    main(["show", str(path), "--out", str(tmp_path / "s.png"), "--n", "2", "--scale", "1"])
+    assert np.asarray(Image.open(tmp_path / "s.png")).shape == (128, 6 * 64, 3)
+    main(["show", str(path), "--out", str(tmp_path / "a.gif")])
+    gif = Image.open(tmp_path / "a.gif")
+    assert gif.n_frames == 6 and gif.size == (3 * 64 * 2, 64 * 2)
+    gif.seek(1)
+    assert gif.info["duration"] == 50  # real time: dt = 0.05 s per frame
+    _fails(["show", str(path), "--out", str(tmp_path / "a.jpg")], capsys, ".png or .gif")
+
+
+def test_module_entry_point(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "hgan.data", "generate", "--system", "x"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "valid systems" in r.stderr
+
+
+def test_crc32c_and_hand_encoded_example():
+    assert crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+    # Example{features{feature{key: "a", value{int64_list{value: [1]}}}}}, encoded by hand.
+    assert parse_example(b"\n\x0c\n\n\n\x01a\x12\x05\x1a\x03\n\x01\x01")["a"].tolist() == [1]
+
+
+def _write_suite_dir(d, frames, states, params, color_index, offset, n_split):
+    """The suite's schema: x as float64 bit-cast to int64, one vertical PNG strip."""
+    t = frames.shape[1]
+    lines = [f"x, ({t}, {states.shape[-1]}), float64", f"image, ({t * 32}, 32, 3), uint8",
+             "other/m, (), float32", "other/offset, (2,), float32",
+             "other/color_index, (2,), int64"]
+    (d / "features.txt").write_text("\n".join(lines) + "\n")
+    for split, sl in (("train", slice(0, n_split)), ("test", slice(n_split, None))):
+        recs = []
+        for j in range(len(frames))[sl]:
+            buf = io.BytesIO()
+            Image.fromarray(frames[j].reshape(t * 32, 32, 3)).save(buf, format="PNG")
+            recs.append(encode_example({
+                "x": states[j].astype(np.float64).view(np.int64).ravel(),
+                "image": buf.getvalue(),
+                "other/m": np.float32([params[j]]),
+                "other/offset": offset[j].astype(np.float32),
+                "other/color_index": color_index[j].astype(np.int64)}))
+        write_records(d / f"{split}.tfrecord", recs)
+
+
+def test_import_dm_round_trip(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 5, 32, 32, 3), dtype=np.uint8)
+    states = rng.standard_normal((3, 5, 8))
+    states[0, 0, 0] = -1e-300  # negative and tiny: bit-cast must survive the varints
+    params = np.float32([1.25, 0.75, 1.0])
+    ci = np.array([[0, 3], [5, 1], [2, 4]])
+    off = np.float32([[0.5, -1.0], [0, 0], [1.5, 2.0]])
+    d = tmp_path / "two_body_colors"
+    d.mkdir()
+    _write_suite_dir(d, frames, states, params, ci, off, 2)
+    main(["import-dm", str(d), "--out", str(tmp_path / "out")])
+    for split, sl in (("train", slice(0, 2)), ("test", slice(2, 3))):
+        with open_h5(tmp_path / "out" / "two_body_colors" / f"{split}.h5") as f:
+            np.testing.assert_array_equal(f.frames[()], frames[sl])
+            np.testing.assert_array_equal(f.states[()], states[sl].astype(np.float32))
+            np.testing.assert_array_equal(f.params["m"], params[sl])
+            np.testing.assert_array_equal(f.params["g"], np.full(len(f), 0.5))  # absent -> lo
+            np.testing.assert_array_equal(f.color_index, ci[sl])
+            np.testing.assert_array_equal(f.offset, off[sl])
+    assert len(list(read_records(d / "train.tfrecord", verify_data=True))) == 2
+    raw = bytearray((d / "train.tfrecord").read_bytes())
+    raw[3] ^= 0xFF  # corrupt the first length field
+    (d / "train.tfrecord").write_bytes(bytes(raw))
+    _fails(["import-dm", str(d), "--out", str(tmp_path / "o2")], capsys, "length CRC mismatch")
+    _fails(["import-dm", str(tmp_path / "nowhere")], capsys, "not a directory")
