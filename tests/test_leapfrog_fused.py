@@ -14,7 +14,7 @@ import torch
 
 from hgan.kernels import HamiltonianMLP, leapfrog
 from hgan.kernels.leapfrog import dispatch
-from hgan.kernels.leapfrog.check import compare_to_reference
+from hgan.kernels.leapfrog.check import compare_to_reference, random_mlp
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
@@ -81,7 +81,6 @@ def test_explicit_fused_outside_contract_raises():
     q0 = torch.randn(2, 3, device=DEVICE)
     for widths, act, msg in [((16, 16, 16), "softplus", "depth"), ((8, 8), "softplus", "widths"),
                              ((16, 16), "relu", "activations")]:
-        from hgan.kernels.leapfrog.check import random_mlp
         w, b = random_mlp(3, widths, device=DEVICE)
         with pytest.raises(ValueError, match=msg):
             leapfrog(q0, q0, w, b, frames=2, activation=act, backend="fused")
@@ -92,7 +91,6 @@ def test_explicit_fused_outside_contract_raises():
 
 def test_auto_falls_back_with_one_warning(monkeypatch):
     # Pretend auto chose fused for this device; an unsupported depth then runs analytic.
-    from hgan.kernels.leapfrog.check import random_mlp
     monkeypatch.setitem(dispatch._auto_choice, torch.device(DEVICE).type, "fused")
     monkeypatch.setattr(dispatch, "_warned", set())
     w, b = random_mlp(2, (16, 16, 16), device=DEVICE)

@@ -204,6 +204,11 @@ def _block_b(h1, h2):
     return 16 if max(h1, h2) >= 128 else 32
 
 
+def _num_warps(h1, h2):
+    # Untuned: W2 and its gradient are 2 x 64 KB at width 128; spread them over more threads.
+    return 8 if max(h1, h2) >= 128 else 4
+
+
 def _pad_params(weights, biases, k):
     """Zero-padded, contiguous fp32 copies: W1q, W1p [H1, KP], b1 [H1], W2 [H2, H1], b2, w3."""
     (w1, w2, w3), (b1, b2, _) = weights, biases
@@ -232,7 +237,7 @@ def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation):
     grid = (triton.cdiv(B, BLOCK_B),)
     _leapfrog_fwd_kernel[grid](q0, p0, *padded, q, p, ph, dq, B, k, frames, dt,
                                BLOCK_B=BLOCK_B, KP=KP, H1=H1, H2=H2,
-                               ACT=_ACT_CODE[activation])
+                               ACT=_ACT_CODE[activation], num_warps=_num_warps(H1, H2))
     return q, p, ph, dq, padded
 
 
@@ -253,7 +258,7 @@ def leapfrog_bwd(q, p, ph, gq, gp, gd, padded, dims, dt, activation):
     _leapfrog_bwd_kernel[(n_prog,)](q, p, ph, gq, gp, gd, *padded, dq0, dp0,
                                     dW1q, dW1p, db1, dW2, db2, dw3, B, k, T, dt,
                                     BLOCK_B=BLOCK_B, KP=KP, H1=H1, H2=H2,
-                                    ACT=_ACT_CODE[activation])
+                                    ACT=_ACT_CODE[activation], num_warps=_num_warps(H1, H2))
     dW1q, dW1p, db1, dW2, db2, dw3 = (x.sum(0) for x in (dW1q, dW1p, db1, dW2, db2, dw3))
     dw1 = torch.cat([dW1q[:n1, :k], dW1p[:n1, :k]], 1)       # [n1, 2k]
     return (dq0, dp0, (dw1, dW2[:n2, :n1], dw3[:n2].unsqueeze(0)),
