@@ -38,6 +38,11 @@ VARIANTS = {
     "optimised": dict(amp=True, channels_last=True, compile=True, integrator="auto",
                       loader="dali" if dali.available() and DEVICE == "cuda" else "torch"),
 }
+# One optimisation at a time on top of the baseline, to see which one pays on a device.
+for _name, _change in (("only_integrator", dict(integrator="auto")),
+                       ("only_channels_last", dict(channels_last=True)),
+                       ("only_compile", dict(compile=True))):
+    VARIANTS[_name] = {**VARIANTS["baseline"], **_change}
 # A CPU step takes seconds to tens of seconds: fewer rounds there (HGAN_BENCH_ROUNDS overrides).
 ROUNDS = int(os.environ.get("HGAN_BENCH_ROUNDS", 5 if DEVICE == "cuda" else 2))
 

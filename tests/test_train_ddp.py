@@ -17,15 +17,27 @@ WORKER = textwrap.dedent("""
     data, out = sys.argv[1], sys.argv[2]
     rank = int(os.environ["RANK"])
     grads, batches = [], []
-    orig = hdist.average_gradients
+    import hgan.train.loop as loop
+    from torch.nn.parallel import DistributedDataParallel
+    orig_init = loop.Trainer.__init__
 
-    def spy(params, info):  # record each gradient before and after the cross-rank average
-        params = [p for p in params if p.grad is not None]
-        before = [p.grad.clone() for p in params]
-        orig(params, info)
-        grads.append((before, [p.grad.clone() for p in params]))
+    def init(self, *a, **kw):
+        # A tensor hook on a parameter sees this rank's own gradient before DDP's reducer
+        # replaces .grad with the cross-rank mean; the optimizer step then sees the mean.
+        orig_init(self, *a, **kw)
+        assert isinstance(self.DI_ddp, DistributedDataParallel)
+        local = {}
+        for m in (self.G, self.D_I, self.D_V):
+            for p in m.parameters():
+                p.register_hook(lambda g, p=p: local.__setitem__(p, g.detach().clone()))
+        for opt in (self.opt_di, self.opt_dv, self.opt_g):
+            def step(*a, _opt=opt, _step=opt.step, **kw):
+                ps = [p for g in _opt.param_groups for p in g["params"] if p.grad is not None]
+                grads.append(([local.pop(p) for p in ps], [p.grad.clone() for p in ps]))
+                return _step(*a, **kw)
+            opt.step = step
 
-    hdist.average_gradients = spy
+    loop.Trainer.__init__ = init
     cfg = RunConfig(system="pendulum", data=data, iters=2, batch_size=4, frames=6, device="cpu",
                     out=out, log_every=1, sample_every=1000, ckpt_every=1000, n_samples=2,
                     num_workers=0, progress=False, loader="torch", r1_gamma=10.0,
@@ -71,7 +83,7 @@ def test_two_gloo_ranks_train_in_sync(tiny_pendulum_h5, tmp_path):
     # each rank reads its own shard of the data
     assert not torch.equal(r0["batches"][0], r1["batches"][0])
     # the update is the mean of the per-rank gradients (R1's double backward included) ...
-    assert len(r0["grads"]) == len(r1["grads"]) == 4  # (D, G) x 2 iterations
+    assert len(r0["grads"]) == len(r1["grads"]) == 6  # (D_I, D_V, G) x 2 iterations
     for (b0, a0), (b1, a1) in zip(r0["grads"], r1["grads"]):
         assert any(not torch.equal(x, y) for x, y in zip(b0, b1))  # local gradients differ
         for x, y, u, v in zip(b0, b1, a0, a1):

@@ -65,9 +65,9 @@ def tsne_embedding(points, *, seed=0, perplexity=30.0, iterations=1000):
     perplexity = min(perplexity, max(2.0, (len(points) - 1) / 3))
     # scikit-learn 1.5 renamed n_iter to max_iter; detect the keyword, not the version.
     key = "max_iter" if "max_iter" in inspect.signature(TSNE).parameters else "n_iter"
-    # Exact gradients up to a few thousand points: the Barnes-Hut tree's OpenMP threads cost
+    # Exact gradients for small sets: the Barnes-Hut tree's OpenMP threads cost
     # more than they save at this size (56 ms per iteration for 40 points on a shared CPU).
-    method = "exact" if len(points) <= 2048 else "barnes_hut"
+    method = "exact" if len(points) <= 200 else "barnes_hut"
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
                 method=method, **{key: max(250, int(iterations))})
     return tsne.fit_transform(points)

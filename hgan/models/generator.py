@@ -38,9 +38,11 @@ class VideoGenerator(nn.Module):
 
     def forward(self, n, frames, *, dt=None, generator=None):
         """Training path: (videos [n, T, C, H, W], motion dict) with the graph kept."""
-        z_c = self.content(n, generator=generator)
-        mot = self.motion(n, frames, dt=dt, generator=generator)
-        return self.render(z_c, mot["y"]), mot
+        with torch.profiler.record_function("motion"):
+            z_c = self.content(n, generator=generator)
+            mot = self.motion(n, frames, dt=dt, generator=generator)
+        with torch.profiler.record_function("generator"):
+            return self.render(z_c, mot["y"]), mot
 
     @torch.no_grad()
     def sample(self, n, frames, *, dt=None, generator=None):

@@ -1,10 +1,10 @@
-"""Data-parallel plumbing for torchrun: process group, shard identity, gradient averaging.
+"""Data-parallel plumbing for torchrun: process group and shard identity.
 
-Gradients are averaged by hand after each backward (StyleGAN2-ADA's approach) rather than
-through the DistributedDataParallel wrapper: a GAN step runs each discriminator several times
-per backward (real, fake, then for G) and the R1 penalty needs a double backward, two things
-DDP's reducer handles badly (see pitfalls). The arithmetic is the same as DDP's all-reduce.
-BatchNorm statistics stay per rank, as with DDP without SyncBatchNorm.
+Gradient averaging is DistributedDataParallel's (the trainer wraps G, D_I and D_V). Each
+discriminator sees two forwards (fake, real) before its one backward, and R1 takes an input
+gradient with create_graph inside the wrapper before that backward: DDP's reducer fires once
+per parameter per backward, which tests/test_train_ddp.py checks against the mean of the
+per-rank gradients. BatchNorm statistics stay per rank (DDP broadcasts rank 0's buffers).
 """
 import os
 from dataclasses import dataclass
@@ -40,30 +40,6 @@ def init_distributed(device_kind: str) -> DistInfo:
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
     return DistInfo(rank, world, local)
-
-
-def broadcast_module(module, info: DistInfo):
-    """Start every rank from rank 0's parameters and buffers."""
-    if not info.enabled:
-        return
-    for t in list(module.parameters()) + list(module.buffers()):
-        dist.broadcast(t.data, src=0)
-
-
-def average_gradients(params, info: DistInfo):
-    """All-reduce the gradients of `params` in one flat bucket and divide by world size."""
-    if not info.enabled:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= info.world_size
-    offset = 0
-    for g in grads:
-        g.copy_(flat[offset:offset + g.numel()].view_as(g))
-        offset += g.numel()
 
 
 def any_rank(flag: bool, info: DistInfo, device) -> bool:

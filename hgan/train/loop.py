@@ -8,6 +8,7 @@ import os
 import warnings
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from hgan.kernels import cyclic_loss
 from hgan.models import build_models
@@ -91,8 +92,6 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.models = build_models(cfg.model, self.device)
         self.G, self.D_I, self.D_V = self.models.generator, self.models.image_disc, self.models.video_disc
-        for m in (self.G, self.D_I, self.D_V):
-            hdist.broadcast_module(m, self.info)
         adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
         self.opt_g = torch.optim.Adam(self.G.parameters(), **adam)
         self.opt_di = torch.optim.Adam(self.D_I.parameters(), **adam)
@@ -104,6 +103,18 @@ class Trainer:
             # torch.compile cannot trace. Module.compile keeps the state_dict keys unchanged.
             for m in (self.G.image_generator, self.D_I, self.D_V):
                 m.compile()
+        # The forwards whose gradients are averaged across ranks go through these callables:
+        # DistributedDataParallel wrappers under torchrun (which also broadcast rank 0's weights
+        # at construction), the bare modules otherwise. The G step calls the bare, frozen
+        # discriminators, so their reducers see only the D step's single backward.
+        self.G_ddp, self.DI_ddp, self.DV_ddp = self.G, self.D_I, self.D_V
+        if self.info.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # The Hamiltonian's output bias never reaches the dynamics (only dH/dx does), so
+            # G has a parameter without gradient: its reducer must look for unused ones.
+            self.G_ddp = DistributedDataParallel(self.G, device_ids=ids, find_unused_parameters=True)
+            self.DI_ddp, self.DV_ddp = (DistributedDataParallel(m, device_ids=ids)
+                                        for m in (self.D_I, self.D_V))
         self.noise = torch.Generator(self.device).manual_seed(cfg.seed * 1_000_003 + self.info.rank)
         self.iteration = 0
         self.loader_position = 0
@@ -135,11 +146,8 @@ class Trainer:
         clip_idx = s[:, None] + torch.arange(cf, device=self.device)
 
         with self._autocast():
-            with stage("motion"):
-                z_c = self.G.content(b, generator=self.noise)
-                mot = self.G.motion(b, t, generator=self.noise)
-            with stage("generator"):
-                fake = self.G.render(z_c, mot["y"])
+            # the generator marks its own "motion" and "generator" profiler ranges
+            fake, mot = self.G_ddp(b, t, generator=self.noise)
         real_img, fake_img = real[rows, j], fake[rows, j]
         real_clip, fake_clip = real[rows[:, None], clip_idx], fake[rows[:, None], clip_idx]
         if mcfg.channels_last:
@@ -157,24 +165,23 @@ class Trainer:
         # the eager R1 forward saved for its (double) backward.
         with self._autocast():
             with stage("D_I"):
-                li_f = self.D_I(fake_img.detach())
+                li_f = self.DI_ddp(fake_img.detach())
                 if cfg.r1_gamma > 0:
-                    li_r, r1_i = r1_penalty(self.D_I.forward, real_img, cfg.r1_gamma, self.scaler)
+                    li_r, r1_i = r1_penalty(self.DI_ddp, real_img, cfg.r1_gamma, self.scaler)
                 else:
-                    li_r = self.D_I(real_img)
+                    li_r = self.DI_ddp(real_img)
             with stage("D_V"):
-                lv_f = self.D_V(fake_clip.detach())
+                lv_f = self.DV_ddp(fake_clip.detach())
                 if cfg.r1_gamma > 0:
-                    lv_r, r1_v = r1_penalty(self.D_V.forward, real_clip, cfg.r1_gamma, self.scaler)
+                    lv_r, r1_v = r1_penalty(self.DV_ddp, real_clip, cfg.r1_gamma, self.scaler)
                 else:
-                    lv_r = self.D_V(real_clip)
+                    lv_r = self.DV_ddp(real_clip)
         loss_di, loss_dv = d_loss(li_r, li_f), d_loss(lv_r, lv_f)
         loss_d = loss_di + loss_dv + r1_i + r1_v
         self._check("discriminator loss", loss_d)
         with stage("backward"):
             self.scaler.scale(loss_d).backward()
         with stage("optimizer"):
-            hdist.average_gradients(list(self.D_I.parameters()) + list(self.D_V.parameters()), self.info)
             stats = {}
             if want_stats:
                 stats["grad_norm/D_I"] = self._grad_norm(self.D_I)
@@ -198,7 +205,6 @@ class Trainer:
         with stage("backward"):
             self.scaler.scale(loss_g).backward()
         with stage("optimizer"):
-            hdist.average_gradients(list(self.G.parameters()), self.info)
             if want_stats:
                 stats["grad_norm/G"] = self._grad_norm(self.G)
             self.scaler.step(self.opt_g)
