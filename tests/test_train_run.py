@@ -80,12 +80,12 @@ def test_amp_bf16_on_cpu(tiny_pendulum_h5, tmp_path):
 def test_amp_policy():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert amp_policy(cpu, False) == (None, False)
-    assert amp_policy(cpu, True, "bf16") == (torch.bfloat16, False)
-    if cpu_has_fast_bf16():
-        assert amp_policy(cpu, True) == (torch.bfloat16, False)
-    else:
-        with pytest.warns(UserWarning, match="no native bf16"):
-            assert amp_policy(cpu, True) == (None, False)
+    for dtype in ("auto", "bf16"):  # the contract: --amp is bf16 autocast on CPU
+        if cpu_has_fast_bf16():
+            assert amp_policy(cpu, True, dtype) == (torch.bfloat16, False)
+        else:
+            with pytest.warns(UserWarning, match="no native bf16"):
+                assert amp_policy(cpu, True, dtype) == (torch.bfloat16, False)
     with pytest.raises(ValueError, match="fp16 is for CUDA"):
         amp_policy(cpu, True, "fp16")
     with pytest.raises(ValueError, match="unknown --amp-dtype"):
