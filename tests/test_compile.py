@@ -23,8 +23,8 @@ def tiny(channels_last=True, seed=0):
 
 
 def compile_all(models):
-    """Compile in place as the trainer's --compile does (Module.compile keeps state_dict keys
-    and leaves `.forward` eager, which R1's double backward uses)."""
+    """Compile in place as the trainer's --compile does (Module.compile keeps state_dict
+    keys); R1's double backward runs them under set_stance("force_eager")."""
     counters = {}
     for name, m in (("G_I", models.generator.image_generator), ("D_I", models.image_disc),
                     ("D_V", models.video_disc)):
@@ -46,7 +46,7 @@ def tiny_trainer(amp, r1_gamma):
 @pytest.mark.parametrize("amp, r1_gamma", [(False, 1.0), (True, 0.0)])
 def test_trainer_steady_state_has_no_graph_breaks_or_recompiles(amp, r1_gamma):
     """The trainer's own step: the reference integrator (create_graph) stays eager around
-    the compiled nets, R1 (double backward) runs through their eager `.forward`."""
+    the compiled nets, R1 (double backward) runs them with compilation stood down."""
     trainer = tiny_trainer(amp, r1_gamma)
     counters = compile_all(trainer.models)
     torch.manual_seed(0)

@@ -3,8 +3,6 @@
 Sample grids are drawn with PIL (exact pixels, no resampling blur); the plots use
 matplotlib's Agg backend so that they render without a display.
 """
-import os
-
 import numpy as np
 from PIL import Image
 
@@ -122,8 +120,3 @@ def plot_energy_rollout(steps, forward, backward, path, *, title):
     fig.savefig(path)
     plt.close(fig)
     return path
-
-
-def figure_paths(out_dir, stem):
-    os.makedirs(out_dir, exist_ok=True)
-    return os.path.join(out_dir, stem)

@@ -123,6 +123,12 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
                               enabled=self.amp_dtype is not None)
 
+    @staticmethod
+    def _eager():
+        # R1 needs double backward, which compiled (aot_autograd) modules cannot do: run
+        # compiled nets eagerly for it (same weights, same DDP wrapper); a no-op otherwise.
+        return torch.compiler.set_stance("force_eager")
+
     def _check(self, name, value):
         if not torch.isfinite(value).all():
             raise NonFiniteLoss(f"non-finite {name} ({value.item()}) at iteration {self.iteration + 1}")
@@ -166,13 +172,15 @@ class Trainer:
             with stage("D_I"):
                 li_f = self.DI_ddp(fake_img.detach())
                 if cfg.r1_gamma > 0:
-                    li_r, r1_i = r1_penalty(self.DI_ddp, real_img, cfg.r1_gamma, self.scaler)
+                    with self._eager():
+                        li_r, r1_i = r1_penalty(self.DI_ddp, real_img, cfg.r1_gamma, self.scaler)
                 else:
                     li_r = self.DI_ddp(real_img)
             with stage("D_V"):
                 lv_f = self.DV_ddp(fake_clip.detach())
                 if cfg.r1_gamma > 0:
-                    lv_r, r1_v = r1_penalty(self.DV_ddp, real_clip, cfg.r1_gamma, self.scaler)
+                    with self._eager():
+                        lv_r, r1_v = r1_penalty(self.DV_ddp, real_clip, cfg.r1_gamma, self.scaler)
                 else:
                     lv_r = self.DV_ddp(real_clip)
         loss_di, loss_dv = d_loss(li_r, li_f), d_loss(lv_r, lv_f)
