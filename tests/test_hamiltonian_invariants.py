@@ -19,12 +19,7 @@ from hgan.kernels.leapfrog.reference import mlp_energy
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny shapes: extra threads only contend for the shared cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _separable(seed, dtype=torch.float32):

@@ -15,15 +15,7 @@ from hgan.kernels.leapfrog.reference import mlp_energy
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These shapes are tiny: with the 2 cores shared, intra-op threads only add contention
-    # (measured: a B=5, 64-frame float64 rollout took 30 s with 2 threads under load, 0.3 s
-    # with one).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("activation", ["softplus", "tanh", "relu"])

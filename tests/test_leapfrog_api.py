@@ -11,12 +11,7 @@ from hgan.kernels.leapfrog import dispatch
 from hgan.kernels.leapfrog.check import random_mlp
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny shapes: extra threads only contend for the shared cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

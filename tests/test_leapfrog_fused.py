@@ -16,23 +16,13 @@ from hgan.kernels import HamiltonianMLP, leapfrog
 from hgan.kernels.leapfrog import dispatch
 from hgan.kernels.leapfrog.check import compare_to_reference, random_mlp
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
-    reason="needs CUDA or the Triton interpreter")
+    reason="needs CUDA or the Triton interpreter"), pytest.mark.usefixtures("one_thread")]
 triton = pytest.importorskip("triton")
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These shapes are tiny: with the 2 cores shared, intra-op threads only add contention
-    # (measured: a B=5, 64-frame float64 rollout took 30 s with 2 threads under load, 0.3 s
-    # with one).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 # (B, k, width, activation, separable, frames, dt): 37 and 19 are not multiples of the block
 # (16 or 32 rows); width 100 is not a power of two (padded to 128).

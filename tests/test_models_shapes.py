@@ -6,13 +6,7 @@ from hgan.kernels import cyclic_loss
 from hgan.models import MODELS, ModelConfig, build_models, resolution_plan
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny convolutions on a shared 2-core machine run fastest without OpenMP spinning.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny(model="hgan", **kw):

@@ -12,12 +12,7 @@ from hgan.train.loop import NonFiniteLoss, amp_policy, cpu_has_fast_bf16
 from hgan.train.losses import r1_penalty
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_cfg(h5, out, model="hgan", **kw):

@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="D_I / D_V width")
     p.add_argument("--amp", action="store_true", help="autocast: bf16 on CPU; bf16 or fp16 on CUDA")
     p.add_argument("--amp-dtype", default=d.amp_dtype, choices=("auto", "bf16", "fp16"),
-                   help="auto: bf16 where supported natively, else fp16+GradScaler on CUDA, fp32 on CPU")
+                   help="auto: bf16 (CPU, and CUDA devices that support it), else fp16 + GradScaler on CUDA")
     p.add_argument("--compile", action="store_true", help="torch.compile G_I, D_I, D_V")
     p.add_argument("--channels-last", action="store_true",
                    help="channels-last memory format for G_I and D_I")
