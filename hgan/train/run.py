@@ -126,7 +126,8 @@ def train(cfg: RunConfig, resume: str = "", callback=None) -> dict:
                             writer.add_scalar(k, v, trainer.iteration)
                         bar.set_postfix({k.split("/")[-1]: f"{last_stats[k]:.3f}"
                                          for k in ("loss/D_I", "loss/D_V", "loss/G", "loss/L_cyc")})
-                if main and trainer.iteration % cfg.sample_every == 0:
+                # after the first iteration too, so a new run shows its output at once
+                if main and (trainer.iteration % cfg.sample_every == 0 or trainer.iteration == 1):
                     _write_samples(trainer, writer, f"iter_{trainer.iteration:07d}")
                 if main and trainer.iteration % cfg.ckpt_every == 0:
                     trainer.save()
