@@ -119,3 +119,22 @@ def test_reference_supports_double_backward():
     (g,) = torch.autograd.grad(q.sum(), q0, create_graph=True)
     (gg,) = torch.autograd.grad(g.pow(2).sum(), q0)
     assert torch.isfinite(gg).all() and gg.abs().max() > 0
+
+
+@pytest.mark.parametrize("activation", ["softplus", "tanh", "relu"])
+@pytest.mark.parametrize("save_bytes", [None, 0])  # None: keep activations; 0: recompute them
+def test_analytic_large_batch_and_recompute_paths(monkeypatch, activation, save_bytes):
+    # B >= DIRECT_ROWS takes the one-matmul-per-term weight-gradient path; SAVE_BYTES = 0
+    # forces the backward to recompute the forward's activations instead of reading them.
+    from hgan.kernels.leapfrog import analytic
+    if save_bytes is not None:
+        monkeypatch.setattr(analytic, "SAVE_BYTES", save_bytes)
+    B = analytic.DIRECT_ROWS + 37
+    torch.manual_seed(7)
+    m = HamiltonianMLP(3, hidden=24, depth=2, activation=activation)
+    w, b = m.weights_and_biases()
+    q0, p0 = torch.randn(B, 3), torch.randn(B, 3)
+    errs = compare_to_reference(q0, p0, [x.detach() for x in w], [x.detach() for x in b], 0.05,
+                                5, activation, "analytic")
+    bad = {n: e for n, e in errs.items() if not e <= 1e-4}
+    assert not bad, f"analytic (B={B}, SAVE_BYTES={save_bytes}) rel err > 1e-4: {bad}"

@@ -14,6 +14,10 @@ Reverse mode through that tangent chain, from the cotangent of u_L, which is w:
     r_l = d Lv / d a_l    = e_l * s''(a_l) * t_l + s'(a_l) * (W_(l+1)^T r_(l+1))   (r_(L+1) = 0)
     dW_l = r_l h_(l-1)^T + g_l u_(l-1)^T,   db_l = r_l,   dw = u_L,   db_out = 0
     d Lv / dx = W_1^T r_1
+The Hessian term is formed in the VJP from g_l, t_l and u_l (nothing extra is stored):
+    softplus: s' = sigmoid, s'' = s'(1 - s'),  so  e_l s''(a_l) t_l = g_l * (t_l - u_l)
+    tanh:     s' = 1 - h^2,  s'' = -2 h s',    so  e_l s''(a_l) t_l = -2 h_l * g_l * t_l
+    relu:     s'' = 0, the term vanishes
 Rows are batched, so W_l x becomes x @ W_l^T and the weight terms sum over rows.
 
 One leapfrog step is three evaluations of F; its VJP runs them in reverse order, with the
@@ -25,52 +29,75 @@ The layer-1 pre-activation splits by blocks, a_1 = W1q q + W1p p + b_1, so evalu
 share the q term and b and c share the p_half term (3 of the 6 block products per step are
 reused, in the forward and in the backward). The weight-gradient products r_l h^T and g_l u^T
 of many VJPs are stacked into one matmul per layer (fewer, larger calls: what small batches
-need), flushed every FLUSH_ROWS rows.
+need), flushed every FLUSH_ROWS rows; from DIRECT_ROWS rows per VJP on, each product is its
+own matmul (already large enough, and the concatenation copy would cost more than it saves).
 
 What the backward saves and what it recomputes: the forward always saves the trajectory
 (q, p, p_half: T*B*3k floats). When the primal activations of all 3(T-1) evaluations
-(h_l, s'(a_l), e_l s'(a_l), e_l s''(a_l)) fit in SAVE_BYTES, the forward keeps them too, and
-the backward does no primal work (at B=64, T=16, width 100 that is ~9 MB and removes two
+(h_l, s'(a_l), g_l = e_l s'(a_l); h_L only for tanh) fit in SAVE_BYTES, the forward keeps them
+too, and the backward does no primal work (at B=64, T=16, width 100 that is ~7 MB and removes two
 width^2 matmuls and the transcendental activations from every VJP). Above it, each VJP
 recomputes them from the trajectory, so memory stays independent of the MLP width.
 """
 import torch
+import torch.nn.functional as F
 
-from .common import act, act_d1, act_value
+from .common import act_d1, act_value
 
 SAVE_BYTES = 256 << 20   # keep the primal activations for the backward below this size
-FLUSH_ROWS = 4096        # rows stacked per weight-gradient matmul (best of 1, 4096, 32768 at B=64)
+FLUSH_ROWS = 1024        # rows stacked per weight-gradient matmul at small batches
+DIRECT_ROWS = 512        # from this batch size on, one weight-gradient matmul per VJP term
 
 
-def _primal(a1, weights, biases, activation, order):
+def _act(a, name, need_value):
+    """h = s(a) (None when unused) and s'(a); tanh keeps h always, its s'' term needs it."""
+    if name == "softplus":
+        return (F.softplus(a) if need_value else None), torch.sigmoid(a)
+    if name == "tanh":
+        h = torch.tanh(a)
+        return h, torch.addcmul(torch.ones_like(h), h, h, value=-1)   # 1 - h^2, one pass
+    return (act_value(a, name) if need_value else None), act_d1(a, name)
+
+
+def _primal(a1, weights, biases, activation):
     """Primal quantities of one evaluation from layer 1's pre-activation a1 [B, n1].
 
-    Returns hs (h_1..h_(L-1), the inputs of weights[1:]), d1s = s'(a_l), gs = e_l * s'(a_l)
-    and, for order 2, eds = e_l * s''(a_l) (the products the VJP uses, formed once here).
+    Returns hs (h_1..h_L: h_L only where the activation computes it anyway, else None; the
+    inputs of weights[1:] are hs[:-1]), d1s = s'(a_l) and gs = e_l * s'(a_l). The Hessian
+    term e_l * s''(a_l) * t_l is formed from these in the VJP (_hessian_term).
     """
     n_hidden = len(weights) - 1
-    hs, d1s, d2s = [], [], []
+    hs, d1s = [], []
     a = a1
     for l in range(n_hidden):
         last = l == n_hidden - 1
-        if order == 2:
-            h, d1, d2 = act(a, activation, need_value=not last)
-            d2s.append(d2)
-        else:
-            h, d1 = (None if last else act_value(a, activation)), act_d1(a, activation)
+        h, d1 = _act(a, activation, need_value=not last)
+        hs.append(h)
         d1s.append(d1)
         if not last:
-            hs.append(h)
             a = torch.addmm(biases[l + 1], h, weights[l + 1].t())
-    gs, eds = [None] * n_hidden, [None] * n_hidden
+    gs = [None] * n_hidden
     e = weights[-1]                                # e_L = w, [1, n_L], broadcast over rows
     for l in reversed(range(n_hidden)):
         gs[l] = e * d1s[l]
-        if order == 2:
-            eds[l] = e * d2s[l]
         if l > 0:
             e = gs[l] @ weights[l]                 # e_(l-1) = W_l^T g_l
-    return hs, d1s, gs, eds
+    return hs, d1s, gs, activation
+
+
+def _hessian_term(cache, l, t, u):
+    """e_l * s''(a_l) * t_l from g_l = e_l s'(a_l), u_l = s'(a_l) t_l (None where s'' = 0).
+    Overwrites t (the caller's scratch tangent) to save a buffer.
+
+    softplus: s' = sigmoid, s'' = s'(1 - s'), so e s'' t = g (t - u).
+    tanh: s'' = -2 h s', so e s'' t = -2 h g t.   relu: s'' = 0.
+    """
+    hs, _, gs, name = cache
+    if name == "softplus":
+        return t.sub_(u).mul_(gs[l])
+    if name == "tanh":
+        return t.mul_(gs[l]).mul_(hs[l]).mul_(-2)
+    return None
 
 
 def _grad_block(cache, w1x):
@@ -84,7 +111,7 @@ def _vjp_block(cache, v, w1x, weights):
     Returns rs (per hidden layer), us (u_0 = v .. u_(L-1)) and dw = sum_rows u_L; then
     dW_l = r_l^T h_(l-1) + g_l^T u_(l-1), db_l = sum_rows r_l, dx = r_1 W1.
     """
-    _, d1s, _, eds = cache
+    d1s = cache[1]
     n_hidden = len(d1s)
     ts, us = [], [v]
     u = v
@@ -96,24 +123,27 @@ def _vjp_block(cache, v, w1x, weights):
     rs = [None] * n_hidden
     r_next = None
     for l in reversed(range(n_hidden)):
-        r = eds[l] * ts[l]
+        r = _hessian_term(cache, l, ts[l], us[l + 1])
         if r_next is not None:
-            r = torch.addcmul(r, r_next @ weights[l + 1], d1s[l])
+            back = r_next @ weights[l + 1]
+            r = back.mul_(d1s[l]) if r is None else r.addcmul_(back, d1s[l])
+        elif r is None:
+            r = torch.zeros_like(ts[l])
         rs[l] = r_next = r
     return rs, us[:n_hidden], u.sum(0, keepdim=True)
 
 
 def mlp_input_grad(x, weights, biases, activation):
     """F(x) = dH/dx for rows x [B, 2k] -> [B, 2k] (the unsplit form, for tests and tools)."""
-    cache = _primal(torch.addmm(biases[0], x, weights[0].t()), weights, biases, activation, 1)
+    cache = _primal(torch.addmm(biases[0], x, weights[0].t()), weights, biases, activation)
     return _grad_block(cache, weights[0])
 
 
 def mlp_input_grad_vjp(x, v, weights, biases, activation):
     """d<v, F(x)>/d(x, weights, biases) for rows x, v [B, 2k] (unsplit form, for tests)."""
-    cache = _primal(torch.addmm(biases[0], x, weights[0].t()), weights, biases, activation, 2)
+    cache = _primal(torch.addmm(biases[0], x, weights[0].t()), weights, biases, activation)
     rs, us, dw = _vjp_block(cache, v, weights[0], weights)
-    ins, gs = [x] + cache[0], cache[2]
+    ins, gs = [x] + cache[0][:-1], cache[2]
     dweights = [r.t() @ h + g.t() @ u for r, g, h, u in zip(rs, gs, ins, us)] + [dw]
     dbiases = [r.sum(0) for r in rs] + [torch.zeros_like(biases[-1])]
     return rs[0] @ weights[0], dweights, dbiases
@@ -128,6 +158,10 @@ class _StackedGrads:
         self.rows = 0
 
     def add(self, i, lefts, rights):
+        if lefts[0].shape[0] >= DIRECT_ROWS:       # large rows: one matmul per pair, no copy
+            for left, right in zip(lefts, rights):
+                self.grads[i].addmm_(left.t(), right)
+            return
         self.pending[i][0].extend(lefts)
         self.pending[i][1].extend(rights)
         self.rows = max(self.rows, sum(x.shape[0] for x in self.pending[i][0]))
@@ -152,8 +186,7 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
         B, k = q0.shape
         w1q, w1p, b1 = weights[0][:, :k], weights[0][:, k:], biases[0]
         widths = sum(w.shape[0] for w in weights[:-1])
-        save = 3 * (frames - 1) * B * 4 * widths * q0.element_size() <= SAVE_BYTES
-        order = 2 if save else 1
+        save = 3 * (frames - 1) * B * 3 * widths * q0.element_size() <= SAVE_BYTES
         q_traj = q0.new_empty(B, frames, k)             # [B, T, k]
         p_traj = torch.empty_like(q_traj)
         p_half = q0.new_empty(B, frames - 1, k)         # [B, T-1, k]
@@ -163,15 +196,15 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
         q_traj[:, 0], p_traj[:, 0] = q0, p0
         aq = torch.addmm(b1, q, w1q.t())                # q block of a_1, bias included
         for t in range(frames - 1):
-            ca = _primal(aq + p @ w1p.t(), weights, biases, activation, order)
+            ca = _primal(torch.addmm(aq, p, w1p.t()), weights, biases, activation)
             dq = _grad_block(ca, w1q)
-            ph = p - 0.5 * dt * dq
+            ph = torch.add(p, dq, alpha=-0.5 * dt)
             aph = ph @ w1p.t()
-            cb = _primal(aq + aph, weights, biases, activation, order)
-            q = q + dt * _grad_block(cb, w1p)
+            cb = _primal(aq + aph, weights, biases, activation)
+            q = torch.add(q, _grad_block(cb, w1p), alpha=dt)
             aq = torch.addmm(b1, q, w1q.t())            # reused by the next step's evaluation a
-            cc = _primal(aq + aph, weights, biases, activation, order)
-            p = ph - 0.5 * dt * _grad_block(cc, w1q)
+            cc = _primal(aq + aph, weights, biases, activation)
+            p = torch.add(ph, _grad_block(cc, w1q), alpha=-0.5 * dt)
             q_traj[:, t + 1], p_traj[:, t + 1], p_half[:, t], dhdq[:, t] = q, p, ph, dq
             if save:
                 caches.append((ca, cb, cc))
@@ -205,9 +238,9 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
                 if aq1 is None:
                     aq1 = torch.addmm(b1, q1, w1q.t())
                 aq, aph = torch.addmm(b1, q, w1q.t()), ph @ w1p.t()
-                cc = _primal(aq1 + aph, weights, biases, act_name, 2)
-                cb = _primal(aq + aph, weights, biases, act_name, 2)
-                ca = _primal(aq + p @ w1p.t(), weights, biases, act_name, 2)
+                cc = _primal(aq1 + aph, weights, biases, act_name)
+                cb = _primal(aq + aph, weights, biases, act_name)
+                ca = _primal(torch.addmm(aq, p, w1p.t()), weights, biases, act_name)
                 aq1 = aq
             vc = -0.5 * dt * P                                   # c: v on the q block
             rc, uc, dwc = _vjp_block(cc, vc, w1q, weights)
