@@ -137,6 +137,20 @@ class Trainer:
         norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
         return torch.stack(norms).norm() if norms else torch.zeros((), device=self.device)
 
+    def _disc_logits(self, disc, fake, real):
+        """(fake logits, real logits, R1 penalty or 0) of one discriminator.
+
+        Fake before real: under --compile a compiled BatchNorm forward updates its running
+        stats with a version-bumping copy_, which would invalidate the running stats that the
+        eager R1 forward saved for its (double) backward.
+        """
+        fake_logits = disc(fake)
+        if self.cfg.r1_gamma <= 0:
+            return fake_logits, disc(real), torch.zeros((), device=self.device)
+        with self._eager():
+            real_logits, r1 = r1_penalty(disc, real, self.cfg.r1_gamma, self.scaler)
+        return fake_logits, real_logits, r1
+
     def step(self, real, want_stats=False):
         """One D update then one G update on a real batch [B, T, C, H, W]; returns metrics."""
         cfg, mcfg = self.cfg, self.cfg.model
@@ -164,25 +178,11 @@ class Trainer:
         self.opt_di.zero_grad(set_to_none=True)
         self.opt_dv.zero_grad(set_to_none=True)
         zero = torch.zeros((), device=self.device)
-        r1_i = r1_v = zero
-        # Fake before real: under --compile a compiled BatchNorm forward updates its running
-        # stats with a version-bumping copy_, which would invalidate the running stats that
-        # the eager R1 forward saved for its (double) backward.
         with self._autocast():
             with stage("D_I"):
-                li_f = self.DI_ddp(fake_img.detach())
-                if cfg.r1_gamma > 0:
-                    with self._eager():
-                        li_r, r1_i = r1_penalty(self.DI_ddp, real_img, cfg.r1_gamma, self.scaler)
-                else:
-                    li_r = self.DI_ddp(real_img)
+                li_f, li_r, r1_i = self._disc_logits(self.DI_ddp, fake_img.detach(), real_img)
             with stage("D_V"):
-                lv_f = self.DV_ddp(fake_clip.detach())
-                if cfg.r1_gamma > 0:
-                    with self._eager():
-                        lv_r, r1_v = r1_penalty(self.DV_ddp, real_clip, cfg.r1_gamma, self.scaler)
-                else:
-                    lv_r = self.DV_ddp(real_clip)
+                lv_f, lv_r, r1_v = self._disc_logits(self.DV_ddp, fake_clip.detach(), real_clip)
         loss_di, loss_dv = d_loss(li_r, li_f), d_loss(lv_r, lv_f)
         loss_d = loss_di + loss_dv + r1_i + r1_v
         self._check("discriminator loss", loss_d)
