@@ -119,7 +119,7 @@ def test_bench_leapfrog(benchmark, backend, batch, mode):
     _medians[(backend, batch, mode)] = median
     record("leapfrog", f"{backend}/B{batch}/{mode}", {
         "median_s": median, "rounds": _rounds(backend, batch), "batch": batch,
-        "frames": FRAMES, "k": K, "widths": list(WIDTHS), "flops": flops,
+        "frames": FRAMES, "k": K, "widths": list(WIDTHS), "scheme": "order2", "flops": flops,
         "achieved_flops_per_s": flops / median, "peak_fp32_matmul_flops_per_s": _matmul_peak(),
         "cpu_threads": torch.get_num_threads() if DEVICE == "cpu" else None,
     }, DEVICE)

@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from _results import record
-from hgan.data import dali
+from hgan.data import dali, generate_dataset
 from hgan.data.loader import build_loader
 from hgan.models import ModelConfig
 from hgan.train.config import RunConfig
@@ -55,12 +55,13 @@ def _sync():
 
 
 def _frames_file(tmp_dir, resolution):
-    # Timing does not depend on pixel values; 64 trajectories give 4 batches per epoch.
-    path = str(tmp_dir / f"frames{resolution}.h5")
-    rng = np.random.default_rng(0)
-    data = rng.integers(0, 256, (64, 32, resolution, resolution, 3), dtype=np.uint8)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("frames", data=data, chunks=(1, 32, resolution, resolution, 3))
+    """A valid Toy Physics file (the loaders validate it) whose frames are noise, so
+    decompression costs what real data would; 64 trajectories give 4 batches per epoch."""
+    path = generate_dataset("pendulum", tmp_dir / f"data{resolution}", train=64, test=0,
+                            frames=32, seed=0, resolution=resolution, progress=False)["train"]
+    with h5py.File(path, "a") as f:
+        f["frames"][...] = np.random.default_rng(0).integers(0, 256, f["frames"].shape,
+                                                             dtype=np.uint8)
     return path
 
 

@@ -4,7 +4,7 @@ General form: one MLP on [q; p]. Separable form H = K(p) + V(q): two MLPs whose 
 assembled on each call into one block-diagonal MLP on [q; p] (V's units first, K's second;
 the last layer concatenated, the output biases summed), so every integrator backend runs it
 through the same kernel and autograd routes the gradients back to the blocks. With the
-separable form the leapfrog step is the exact Stormer-Verlet scheme (symplectic, reversible).
+separable form either leapfrog scheme is the exact Stormer-Verlet step (symplectic, reversible).
 """
 import torch
 from torch import nn
@@ -65,11 +65,11 @@ class HamiltonianMLP(nn.Module):
         weights, biases = self.weights_and_biases()
         return mlp_energy(torch.cat([q, p], 1), weights, biases, self.activation)
 
-    def rollout(self, q0, p0, frames, dt=0.05, backend="auto"):
+    def rollout(self, q0, p0, frames, dt=0.05, backend="auto", scheme="order2"):
         """Leapfrog rollout: q, p [B, frames, k] and dHdq [B, frames-1, k]."""
         weights, biases = self.weights_and_biases()
         return leapfrog(q0, p0, weights, biases, dt=dt, frames=frames,
-                        activation=self.activation, backend=backend)
+                        activation=self.activation, backend=backend, scheme=scheme)
 
 
 def cyclic_loss(dHdq, lam=0.01):

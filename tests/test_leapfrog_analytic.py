@@ -38,9 +38,10 @@ def test_input_grad_and_vjp_match_autograd_double_backward(activation, widths):
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("activation,separable,dt", [("softplus", False, 0.1),
-                                                     ("tanh", True, -0.07)])
-def test_analytic_gradcheck_float64(activation, separable, dt):
+@pytest.mark.parametrize("activation,separable,dt,scheme", [
+    ("softplus", False, 0.1, "order2"), ("tanh", False, -0.07, "official"),
+    ("tanh", True, -0.07, "order2")])
+def test_analytic_gradcheck_float64(activation, separable, dt, scheme):
     torch.manual_seed(0)
     m = HamiltonianMLP(2, hidden=6, activation=activation, separable=separable).double()
     w, b = m.weights_and_biases()
@@ -49,34 +50,39 @@ def test_analytic_gradcheck_float64(activation, separable, dt):
 
     def fn(q0, p0, *params):
         return leapfrog(q0, p0, params[:3], params[3:], dt=dt, frames=4,
-                        activation=activation, backend="analytic")
+                        activation=activation, backend="analytic", scheme=scheme)
 
     assert torch.autograd.gradcheck(fn, leaves, eps=1e-6, atol=1e-7, rtol=1e-6)
 
 
-# (B, k, width, depth, activation, separable, frames, dt), float32 vs float64 reference.
+# (B, k, width, depth, activation, separable, frames, dt, scheme), float32 vs float64
+# reference. The general-form cases carry both schemes (they differ only when H_pq != 0).
 CASES = [
-    (7, 1, 16, 2, "softplus", False, 2, 0.05),
-    (13, 3, 32, 2, "tanh", True, 16, -0.05),
-    (37, 10, 100, 2, "softplus", True, 64, 0.05),
-    (33, 16, 128, 2, "tanh", False, 16, 0.1),
-    (5, 10, 100, 2, "softplus", False, 64, -0.1),
-    (6, 3, 24, 1, "softplus", False, 16, 0.05),
-    (6, 3, 24, 3, "tanh", True, 16, 0.05),
-    (6, 3, 20, 2, "relu", False, 16, 0.05),
+    (7, 1, 16, 2, "softplus", False, 2, 0.05, "order2"),
+    (13, 3, 32, 2, "tanh", True, 16, -0.05, "order2"),
+    (37, 10, 100, 2, "softplus", True, 64, 0.05, "official"),
+    (33, 16, 128, 2, "tanh", False, 16, 0.1, "order2"),
+    (33, 16, 128, 2, "tanh", False, 16, 0.1, "official"),
+    (5, 10, 100, 2, "softplus", False, 64, -0.1, "order2"),
+    (5, 10, 100, 2, "softplus", False, 64, -0.1, "official"),
+    (6, 3, 24, 1, "softplus", False, 16, 0.05, "order2"),
+    (6, 3, 24, 3, "tanh", True, 16, 0.05, "official"),
+    (6, 3, 24, 3, "tanh", False, 16, 0.05, "order2"),
+    (6, 3, 20, 2, "relu", False, 16, 0.05, "official"),
+    (6, 3, 20, 2, "relu", False, 16, 0.05, "order2"),
 ]
 
 
 @pytest.mark.parametrize("backend", ["reference", "analytic"])
-@pytest.mark.parametrize("B,k,width,depth,activation,separable,frames,dt", CASES)
+@pytest.mark.parametrize("B,k,width,depth,activation,separable,frames,dt,scheme", CASES)
 def test_float32_backend_matches_float64_reference(backend, B, k, width, depth, activation,
-                                                   separable, frames, dt):
+                                                   separable, frames, dt, scheme):
     torch.manual_seed(B * k)
     m = HamiltonianMLP(k, hidden=width, depth=depth, activation=activation, separable=separable)
     w, b = m.weights_and_biases()
     q0, p0 = torch.randn(B, k), torch.randn(B, k)
     errs = compare_to_reference(q0, p0, [x.detach() for x in w], [x.detach() for x in b], dt,
-                                frames, activation, backend)
+                                frames, activation, backend, scheme=scheme)
     bad = {n: e for n, e in errs.items() if not e <= 1e-4}
     assert not bad, f"{backend} float32 vs float64 reference, rel err > 1e-4: {bad}"
 
@@ -121,9 +127,10 @@ def test_reference_supports_double_backward():
     assert torch.isfinite(gg).all() and gg.abs().max() > 0
 
 
-@pytest.mark.parametrize("activation", ["softplus", "tanh", "relu"])
+@pytest.mark.parametrize("activation,scheme", [("softplus", "order2"), ("tanh", "official"),
+                                               ("relu", "order2")])
 @pytest.mark.parametrize("save_bytes", [None, 0])  # None: keep activations; 0: recompute them
-def test_analytic_large_batch_and_recompute_paths(monkeypatch, activation, save_bytes):
+def test_analytic_large_batch_and_recompute_paths(monkeypatch, activation, scheme, save_bytes):
     # B >= DIRECT_ROWS takes the one-matmul-per-term weight-gradient path; SAVE_BYTES = 0
     # forces the backward to recompute the forward's activations instead of reading them.
     from hgan.kernels.leapfrog import analytic
@@ -135,6 +142,6 @@ def test_analytic_large_batch_and_recompute_paths(monkeypatch, activation, save_
     w, b = m.weights_and_biases()
     q0, p0 = torch.randn(B, 3), torch.randn(B, 3)
     errs = compare_to_reference(q0, p0, [x.detach() for x in w], [x.detach() for x in b], 0.05,
-                                5, activation, "analytic")
+                                5, activation, "analytic", scheme=scheme)
     bad = {n: e for n, e in errs.items() if not e <= 1e-4}
     assert not bad, f"analytic (B={B}, SAVE_BYTES={save_bytes}) rel err > 1e-4: {bad}"

@@ -69,6 +69,7 @@ def test_clear_errors(mlp):
         (dict(dt=float("nan")), ValueError, "dt"),
         (dict(activation="gelu"), ValueError, "activation"),
         (dict(backend="cuda"), ValueError, "backend"),
+        (dict(scheme="yoshida"), ValueError, "scheme"),
         (dict(q0=q0.int(), p0=q0.int()), TypeError, "floating"),
     ]
     for override, exc, msg in cases:

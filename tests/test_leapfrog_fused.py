@@ -24,15 +24,18 @@ triton = pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-# (B, k, width, activation, separable, frames, dt): 37 and 19 are not multiples of the block
-# (16 or 32 rows); width 100 is not a power of two (padded to 128).
+# (B, k, width, activation, separable, frames, dt, scheme): 37 and 19 are not multiples of the
+# block (16 or 32 rows); width 100 is not a power of two (padded to 128). Both schemes run
+# with a general H (where they differ) and a separable one.
 CASES = [
-    (5, 1, 16, "softplus", False, 2, 0.05),
-    (19, 3, 32, "tanh", True, 16, -0.05),
-    (37, 10, 100, "softplus", True, 16, 0.05),
-    (9, 16, 128, "tanh", False, 16, 0.1),
-    (6, 3, 16, "softplus", False, 64, -0.1),
-    (3, 10, 100, "tanh", False, 2, -0.05),
+    (5, 1, 16, "softplus", False, 2, 0.05, "order2"),
+    (19, 3, 32, "tanh", True, 16, -0.05, "official"),
+    (37, 10, 100, "softplus", True, 16, 0.05, "order2"),
+    (9, 16, 128, "tanh", False, 16, 0.1, "order2"),
+    (9, 16, 128, "tanh", False, 16, 0.1, "official"),
+    (6, 3, 16, "softplus", False, 64, -0.1, "official"),
+    (3, 10, 100, "tanh", False, 2, -0.05, "official"),
+    (6, 3, 16, "softplus", False, 64, -0.1, "order2"),
 ]
 
 
@@ -43,13 +46,14 @@ def _model_params(k, width, activation, separable, seed):
     return [x.detach().to(DEVICE) for x in w], [x.detach().to(DEVICE) for x in b]
 
 
-@pytest.mark.parametrize("B,k,width,activation,separable,frames,dt", CASES)
-def test_fused_matches_float64_reference(B, k, width, activation, separable, frames, dt):
+@pytest.mark.parametrize("B,k,width,activation,separable,frames,dt,scheme", CASES)
+def test_fused_matches_float64_reference(B, k, width, activation, separable, frames, dt, scheme):
     weights, biases = _model_params(k, width, activation, separable, seed=B + k)
     gen = torch.Generator().manual_seed(B)
     q0 = torch.randn(B, k, generator=gen).to(DEVICE)
     p0 = torch.randn(B, k, generator=gen).to(DEVICE)
-    errs = compare_to_reference(q0, p0, weights, biases, dt, frames, activation, "fused")
+    errs = compare_to_reference(q0, p0, weights, biases, dt, frames, activation, "fused",
+                                scheme=scheme)
     bad = {n: e for n, e in errs.items() if not e <= 1e-4}  # `not <=` also catches NaN
     assert not bad, f"fused vs float64 reference, rel err > 1e-4: {bad}"
 
@@ -104,13 +108,14 @@ def test_fused_double_backward_raises():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="real-CUDA check needs a GPU")
-@pytest.mark.parametrize("B", [64, 1000])
-def test_fused_matches_analytic_on_cuda(B):
+@pytest.mark.parametrize("B,scheme", [(64, "order2"), (1000, "order2"), (1000, "official")])
+def test_fused_matches_analytic_on_cuda(B, scheme):
     weights, biases = _model_params(10, 100, "softplus", False, seed=0)
     q0, p0 = torch.randn(B, 10, device="cuda"), torch.randn(B, 10, device="cuda")
-    errs = compare_to_reference(q0, p0, weights, biases, 0.05, 16, "softplus", "fused")
+    errs = compare_to_reference(q0, p0, weights, biases, 0.05, 16, "softplus", "fused",
+                                scheme=scheme)
     assert all(e <= 1e-4 for e in errs.values()), errs
-    a = leapfrog(q0, p0, weights, biases, frames=16, backend="analytic")
-    f = leapfrog(q0, p0, weights, biases, frames=16, backend="fused")
+    a = leapfrog(q0, p0, weights, biases, frames=16, backend="analytic", scheme=scheme)
+    f = leapfrog(q0, p0, weights, biases, frames=16, backend="fused", scheme=scheme)
     for x, y in zip(f, a):
         assert torch.allclose(x, y, rtol=1e-4, atol=1e-5)

@@ -124,3 +124,8 @@ def test_config_errors_name_the_problem():
     m = ModelConfig(model="mocogan", motion_dim=12)
     assert m.latent_dim == 62 and ModelConfig().latent_dim == 70
     assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
+    with pytest.raises(ValueError, match="unknown scheme 'rk4'"):
+        ModelConfig(scheme="rk4")
+    # A config saved before the scheme field existed was trained with the official step.
+    old = {k: v for k, v in ModelConfig().to_dict().items() if k != "scheme"}
+    assert ModelConfig.from_dict(old).scheme == "official"

@@ -1,6 +1,8 @@
 """Typed model configuration and the resolution plan shared by G_I, D_I and D_V."""
 from dataclasses import asdict, dataclass, fields
 
+from hgan.kernels import SCHEMES   # leapfrog steps: "order2" (default) and "official"
+
 MODELS = ("hgan", "hnn_gan", "mocogan")
 HAMILTONIANS = ("general", "separable")
 ACTIVATIONS = ("softplus", "tanh", "relu")
@@ -26,6 +28,7 @@ class ModelConfig:
     ndf: int = 32
     clip_frames: int = 16        # clip length seen by the video discriminator
     integrator: str = "auto"
+    scheme: str = "order2"       # "official": the official code's step, first order for general H
     channels_last: bool = False
 
     def __post_init__(self):
@@ -37,6 +40,7 @@ class ModelConfig:
         one_of("hamiltonian", self.hamiltonian, HAMILTONIANS)
         one_of("activation", self.activation, ACTIVATIONS)
         one_of("integrator", self.integrator, INTEGRATORS)
+        one_of("scheme", self.scheme, SCHEMES)
         resolution_plan(self.resolution)
         for name in ("channels", "k", "motion_dim", "content_dim", "hidden", "depth", "ngf",
                      "ndf", "clip_frames"):
@@ -62,7 +66,8 @@ class ModelConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {', '.join(unknown)}")
-        return cls(**d)
+        # Configs written before the scheme field existed were trained with the official step.
+        return cls(**{"scheme": "official", **d})
 
 
 def resolution_plan(resolution: int):

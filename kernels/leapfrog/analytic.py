@@ -20,20 +20,26 @@ The Hessian term is formed in the VJP from g_l, t_l and u_l (nothing extra is st
     relu:     s'' = 0, the term vanishes
 Rows are batched, so W_l x becomes x @ W_l^T and the weight terms sum over rows.
 
-One leapfrog step is three evaluations of F; its VJP runs them in reverse order, with the
-cotangents (Q, P) of (q_t+1, p_t+1) and D of dHdq_t:
-    c:  p_t+1 = p_half - dt/2 F_q(q_t+1, p_half)   v = [-dt/2 P, 0];     Q += dx_q;  P_h = P + dx_p
-    b:  q_t+1 = q_t + dt F_p(q_t, p_half)          v = [0, dt Q];        Q += dx_q;  P_h += dx_p
-    a:  p_half = p_t - dt/2 F_q(q_t, p_t)          v = [-dt/2 P_h + D, 0]; Q += dx_q; P = P_h + dx_p
-The layer-1 pre-activation splits by blocks, a_1 = W1q q + W1p p + b_1, so evaluations a and b
-share the q term and b and c share the p_half term (3 of the 6 block products per step are
-reused, in the forward and in the backward). The weight-gradient products r_l h^T and g_l u^T
-of many VJPs are stacked into one matmul per layer (fewer, larger calls: what small batches
-need), flushed every FLUSH_ROWS rows; from DIRECT_ROWS rows per VJP on, each product is its
-own matmul (already large enough, and the concatenation copy would cost more than it saves).
+One leapfrog step is three evaluations of F (common.py, SCHEMES): a at (q_t, p_t), b at
+(q_mid, p_half), c at (q_t+1, p_pred). Its VJP runs them in reverse order, with the cotangents
+(Q, P) of (q_t+1, p_t+1) and D of dHdq_t = F_q(a):
+    c:  p_t+1 = p_half - dt/2 F_q(c)    v = [-dt/2 P, 0]   dx -> Q += dx_q,  P_c = dx_p
+    b:  q_t+1 = q_t + dt F_p(b)         v = [0, dt Q]      dx -> Q_m = dx_q, P_h = P + dx_p
+    a:  p_half = p_t - dt/2 F_q(a), p_pred = p_t - dt F_q(a), q_mid = q_t + dt/2 F_p(a)
+                                        v = [D - dt/2 P_h - dt P_c, dt/2 Q_m]
+                                           dx -> Q += Q_m + dx_q,  P = P_h + P_c + dx_p
+For scheme="official" (q_mid = q_t, p_pred = p_half) the same lines hold with F_p(a) unused:
+Q_m goes straight into Q, P_c into P_h, and a's cotangent has no p block.
+The layer-1 pre-activation splits by blocks, a_1 = W1q q + W1p p + b_1, so block products are
+shared where points coincide: the q_t+1 term between c and the next step's a, and for
+"official" also q_t between a and b and p_half between b and c. The weight-gradient products
+r_l h^T and g_l u^T of many VJPs are stacked into one matmul per layer (fewer, larger calls:
+what small batches need), flushed every FLUSH_ROWS rows; from DIRECT_ROWS rows per VJP on,
+each product is its own matmul (already large enough, and the concatenation copy would cost
+more than it saves).
 
 What the backward saves and what it recomputes: the forward always saves the trajectory
-(q, p, p_half: T*B*3k floats). When the primal activations of all 3(T-1) evaluations
+(q, p, p_half, and for "order2" q_mid and p_pred: T*B*5k floats at most). When the primal activations of all 3(T-1) evaluations
 (h_l, s'(a_l), g_l = e_l s'(a_l); h_L only for tanh) fit in SAVE_BYTES, the forward keeps them
 too, and the backward does no primal work (at B=64, T=16, width 100 that is ~7 MB and removes two
 width^2 matmuls and the transcendental activations from every VJP). Above it, each VJP
@@ -42,7 +48,7 @@ recomputes them from the trajectory, so memory stays independent of the MLP widt
 import torch
 import torch.nn.functional as F
 
-from .common import act_d1, act_value
+from .common import act_d1, act_value, scheme_points
 
 SAVE_BYTES = 256 << 20   # keep the primal activations for the backward below this size
 FLUSH_ROWS = 1024        # rows stacked per weight-gradient matmul at small batches
@@ -105,18 +111,21 @@ def _grad_block(cache, w1x):
     return cache[2][0] @ w1x
 
 
-def _vjp_block(cache, v, w1x, weights):
-    """VJP terms of one evaluation whose cotangent v lies on the x block of w1x.
+def _vjp_block(cache, t1, weights):
+    """VJP terms of one evaluation from its first tangent t_1 = W_1 v (the caller forms it from
+    v's nonzero blocks; it is overwritten as scratch).
 
-    Returns rs (per hidden layer), us (u_0 = v .. u_(L-1)) and dw = sum_rows u_L; then
-    dW_l = r_l^T h_(l-1) + g_l^T u_(l-1), db_l = sum_rows r_l, dx = r_1 W1.
+    Returns rs (per hidden layer), us (None, u_1 .. u_(L-1): u_0 = v is the caller's) and
+    dw = sum_rows u_L; then dW_l = r_l^T h_(l-1) + g_l^T u_(l-1), db_l = sum_rows r_l,
+    dx = r_1 W1.
     """
     d1s = cache[1]
     n_hidden = len(d1s)
-    ts, us = [], [v]
-    u = v
+    ts, us = [], [None]
+    t = t1
     for l in range(n_hidden):
-        t = u @ (w1x if l == 0 else weights[l]).t()
+        if l > 0:
+            t = u @ weights[l].t()
         ts.append(t)
         u = t * d1s[l]
         us.append(u)
@@ -142,7 +151,8 @@ def mlp_input_grad(x, weights, biases, activation):
 def mlp_input_grad_vjp(x, v, weights, biases, activation):
     """d<v, F(x)>/d(x, weights, biases) for rows x, v [B, 2k] (unsplit form, for tests)."""
     cache = _primal(torch.addmm(biases[0], x, weights[0].t()), weights, biases, activation)
-    rs, us, dw = _vjp_block(cache, v, weights[0], weights)
+    rs, us, dw = _vjp_block(cache, v @ weights[0].t(), weights)
+    us[0] = v
     ins, gs = [x] + cache[0][:-1], cache[2]
     dweights = [r.t() @ h + g.t() @ u for r, g, h, u in zip(rs, gs, ins, us)] + [dw]
     dbiases = [r.sum(0) for r in rs] + [torch.zeros_like(biases[-1])]
@@ -181,9 +191,10 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
     """Rollout with a hand-written backward; first-order gradients only."""
 
     @staticmethod
-    def forward(ctx, q0, p0, dt, frames, activation, n_layers, *params):
+    def forward(ctx, q0, p0, dt, frames, activation, scheme, n_layers, *params):
         weights, biases = params[:n_layers], params[n_layers:]
         B, k = q0.shape
+        order2 = scheme == "order2"
         w1q, w1p, b1 = weights[0][:, :k], weights[0][:, k:], biases[0]
         widths = sum(w.shape[0] for w in weights[:-1])
         save = 3 * (frames - 1) * B * 3 * widths * q0.element_size() <= SAVE_BYTES
@@ -191,26 +202,43 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
         p_traj = torch.empty_like(q_traj)
         p_half = q0.new_empty(B, frames - 1, k)         # [B, T-1, k]
         dhdq = torch.empty_like(p_half)
+        # order2's moved evaluation points; "official" evaluates at q_t and p_half instead.
+        q_mid = torch.empty_like(p_half) if order2 else q_traj[:, :-1]
+        p_pred = torch.empty_like(p_half) if order2 else p_half
         caches = []
         q, p = q0, p0
         q_traj[:, 0], p_traj[:, 0] = q0, p0
         aq = torch.addmm(b1, q, w1q.t())                # q block of a_1, bias included
         for t in range(frames - 1):
             ca = _primal(torch.addmm(aq, p, w1p.t()), weights, biases, activation)
-            dq = _grad_block(ca, w1q)
-            ph = torch.add(p, dq, alpha=-0.5 * dt)
-            aph = ph @ w1p.t()
-            cb = _primal(aq + aph, weights, biases, activation)
+            if order2:
+                g = _grad_block(ca, weights[0])
+                dq = g[:, :k]
+                ph, qm, pp = scheme_points(q, p, dq, g[:, k:], dt, scheme)
+                aph = ph @ w1p.t()
+                cb = _primal(torch.addmm(aph, qm, w1q.t()).add_(b1), weights, biases, activation)
+            else:
+                dq = _grad_block(ca, w1q)
+                ph = torch.add(p, dq, alpha=-0.5 * dt)
+                aph = ph @ w1p.t()
+                cb = _primal(aq + aph, weights, biases, activation)
             q = torch.add(q, _grad_block(cb, w1p), alpha=dt)
             aq = torch.addmm(b1, q, w1q.t())            # reused by the next step's evaluation a
-            cc = _primal(aq + aph, weights, biases, activation)
+            if order2:
+                cc = _primal(torch.addmm(aq, pp, w1p.t()), weights, biases, activation)
+                q_mid[:, t], p_pred[:, t] = qm, pp
+            else:
+                cc = _primal(aq + aph, weights, biases, activation)
             p = torch.add(ph, _grad_block(cc, w1q), alpha=-0.5 * dt)
             q_traj[:, t + 1], p_traj[:, t + 1], p_half[:, t], dhdq[:, t] = q, p, ph, dq
             if save:
                 caches.append((ca, cb, cc))
-        ctx.save_for_backward(q_traj, p_traj, p_half, *params)
+        if order2:
+            ctx.save_for_backward(q_traj, p_traj, p_half, q_mid, p_pred, *params)
+        else:
+            ctx.save_for_backward(q_traj, p_traj, p_half, *params)
         ctx.caches = caches if save else None           # intermediates, not inputs/outputs
-        ctx.dt, ctx.activation, ctx.n_layers = dt, activation, n_layers
+        ctx.dt, ctx.activation, ctx.n_layers, ctx.order2 = dt, activation, n_layers, order2
         return q_traj, p_traj, dhdq
 
     @staticmethod
@@ -218,7 +246,13 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError("the analytic leapfrog backend supports first-order gradients "
                                "only; use backend='reference' for double backward")
-        q_traj, p_traj, p_half, *params = ctx.saved_tensors
+        order2 = ctx.order2
+        saved = ctx.saved_tensors
+        if order2:
+            (q_traj, p_traj, p_half, q_mid, p_pred), params = saved[:5], saved[5:]
+        else:
+            (q_traj, p_traj, p_half), params = saved[:3], saved[3:]
+            q_mid, p_pred = q_traj[:, :-1], p_half
         n, dt, act_name, caches = ctx.n_layers, ctx.dt, ctx.activation, ctx.caches
         ctx.caches = None
         weights, biases = params[:n], params[n:]
@@ -232,42 +266,62 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
         aq1 = None
         for t in reversed(range(q_traj.shape[1] - 1)):
             q, p, ph, q1 = q_traj[:, t], p_traj[:, t], p_half[:, t], q_traj[:, t + 1]
+            qm, pp = q_mid[:, t], p_pred[:, t]
             if caches is not None:
                 ca, cb, cc = caches.pop()
             else:
                 if aq1 is None:
                     aq1 = torch.addmm(b1, q1, w1q.t())
                 aq, aph = torch.addmm(b1, q, w1q.t()), ph @ w1p.t()
-                cc = _primal(aq1 + aph, weights, biases, act_name)
-                cb = _primal(aq + aph, weights, biases, act_name)
+                if order2:
+                    cc = _primal(torch.addmm(aq1, pp, w1p.t()), weights, biases, act_name)
+                    cb = _primal(torch.addmm(aph, qm, w1q.t()).add_(b1), weights, biases,
+                                 act_name)
+                else:
+                    cc = _primal(aq1 + aph, weights, biases, act_name)
+                    cb = _primal(aq + aph, weights, biases, act_name)
                 ca = _primal(torch.addmm(aq, p, w1p.t()), weights, biases, act_name)
                 aq1 = aq
             vc = -0.5 * dt * P                                   # c: v on the q block
-            rc, uc, dwc = _vjp_block(cc, vc, w1q, weights)
+            rc, uc, dwc = _vjp_block(cc, vc @ w1q.t(), weights)
             dx = rc[0] @ weights[0]
-            Q, P_h = Q + dx[:, :k], P + dx[:, k:]
+            Q, P_c = Q + dx[:, :k], dx[:, k:]
             vb = dt * Q                                          # b: v on the p block
-            rb, ub, dwb = _vjp_block(cb, vb, w1p, weights)
+            rb, ub, dwb = _vjp_block(cb, vb @ w1p.t(), weights)
             dx = rb[0] @ weights[0]
-            Q, P_h = Q + dx[:, :k], P_h + dx[:, k:]
-            va = gd[:, t] - 0.5 * dt * P_h                       # a: v on the q block
-            ra, ua, dwa = _vjp_block(ca, va, w1q, weights)
+            Q_m, P_h = dx[:, :k], P + dx[:, k:]
+            if order2:
+                va = gd[:, t] - 0.5 * dt * P_h - dt * P_c        # a: v on both blocks
+                va_p = 0.5 * dt * Q_m
+                t1a = torch.addmm(va @ w1q.t(), va_p, w1p.t())
+            else:
+                P_h = P_h + P_c                                  # p_pred is p_half
+                Q = Q + Q_m                                      # q_mid is q_t
+                va = gd[:, t] - 0.5 * dt * P_h                   # a: v on the q block
+                t1a = va @ w1q.t()
+            ra, ua, dwa = _vjp_block(ca, t1a, weights)
             dx = ra[0] @ weights[0]
             Q, P = Q + dx[:, :k] + gq[:, t], P_h + dx[:, k:] + gp[:, t]
+            if order2:
+                Q, P = Q + Q_m, P + P_c
             for l in range(n - 1):
                 dbiases[l] += rc[l].sum(0) + rb[l].sum(0) + ra[l].sum(0)
             dweights[-1] += dwc + dwb + dwa
             gc, gb, ga = cc[2], cb[2], ca[2]
             r1 = [rc[0], rb[0], ra[0]]
-            stacked.add(0, r1 + [gc[0], ga[0]], [q1, q, q, vc, va])
-            stacked.add(1, r1 + [gb[0]], [ph, ph, p, vb])
+            stacked.add(0, r1 + [gc[0], ga[0]], [q1, qm, q, vc, va])
+            if order2:
+                stacked.add(1, r1 + [gb[0], ga[0]], [pp, ph, p, vb, va_p])
+            else:
+                stacked.add(1, r1 + [gb[0]], [pp, ph, p, vb])
             for l in range(1, n - 1):
                 stacked.add(l + 1, [rc[l], rb[l], ra[l], gc[l], gb[l], ga[l]],
                             [cc[0][l - 1], cb[0][l - 1], ca[0][l - 1], uc[l], ub[l], ua[l]])
         stacked.flush()
-        return (Q, P, None, None, None, None, torch.cat([dw1q, dw1p], 1), *dweights, *dbiases)
+        return (Q, P, None, None, None, None, None, torch.cat([dw1q, dw1p], 1), *dweights,
+                *dbiases)
 
 
-def leapfrog_analytic(q0, p0, weights, biases, dt, frames, activation):
-    return LeapfrogAnalyticFunction.apply(q0, p0, float(dt), frames, activation, len(weights),
-                                          *weights, *biases)
+def leapfrog_analytic(q0, p0, weights, biases, dt, frames, activation, scheme="order2"):
+    return LeapfrogAnalyticFunction.apply(q0, p0, float(dt), frames, activation, scheme,
+                                          len(weights), *weights, *biases)

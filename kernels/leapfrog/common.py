@@ -12,6 +12,19 @@ import torch.nn.functional as F
 ACTIVATIONS = ("softplus", "tanh", "relu")
 BACKENDS = ("auto", "reference", "analytic", "fused")
 
+# The step's three gradient evaluations are at (q_t, p_t), (q_mid, p_half), (q_t+1, p_pred).
+# "official" is the official HGAN code's step: q_mid = q_t, p_pred = p_half. It is
+# Stormer-Verlet for a separable H but only FIRST order for a general H(q, p): its local
+# error keeps dt^2/2 H_pq H_p in q and dt^2/4 H_qp H_q in p, which vanish only when H_pq = 0.
+# "order2" (the default) moves the drift to the midpoint q_mid = q_t + dt/2 H_p(q_t, p_t) and
+# the last kick to the Euler-predicted p_pred = p_t - dt H_q(q_t, p_t). Taylor-expanding,
+#   q_t+1 = q + dt H_p + dt^2/2 (H_pq H_p - H_pp H_q) + O(dt^3)
+#   p_t+1 = p - dt H_q - dt^2/2 (H_qq H_p - H_qp H_q) + O(dt^3)
+# which is the exact flow to second order, for every H, at the same three evaluations per
+# step. For a separable H the moved points change nothing (H_p ignores q, H_q ignores p), so
+# both schemes are the same Stormer-Verlet step, bit for bit.
+SCHEMES = ("order2", "official")
+
 
 def act(a, name, need_value=True):
     """s(a) (None unless need_value), s'(a), s''(a): what the backward of F = dH/dx needs."""
@@ -51,10 +64,20 @@ def act_value(a, name):
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 
-def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend):
+def scheme_points(q, p, dq, dp, dt, scheme):
+    """p_half, q_mid, p_pred of one step from dH/dq, dH/dp at (q_t, p_t) (see SCHEMES)."""
+    p_half = p - 0.5 * dt * dq
+    if scheme == "official":
+        return p_half, q, p_half
+    return p_half, q + 0.5 * dt * dp, p - dt * dq
+
+
+def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend, scheme="order2"):
     """Raise one clear error naming the first broken part of the contract."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if scheme not in SCHEMES:
+        raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:

@@ -23,6 +23,7 @@ FUSED_CONTRACT = {
     "widths": (16, 128),              # each hidden width, inclusive; padded to a power of two
     "k": (1, 64),                     # coordinates; padded to a power of two >= 16
     "activations": ("softplus", "tanh"),
+    "schemes": ("order2", "official"),
     "dtypes": (torch.float32,),       # fp32 dots with input_precision="ieee"
     "devices": ("cuda", "cpu under TRITON_INTERPRET=1"),
 }
@@ -97,7 +98,7 @@ def _resolve(backend, q0, weights, activation):
 
 
 def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
-             backend="auto"):
+             backend="auto", scheme="order2"):
     """Leapfrog rollout of the MLP Hamiltonian H(q, p) = MLP([q; p]).
 
     q0, p0 [B, k]; weights / biases in nn.Linear layout (weights[0] is [n_1, 2k], the last is
@@ -106,13 +107,17 @@ def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
     Differentiable w.r.t. q0, p0 and every weight and bias (double backward: reference only,
     see DERIVATIVE_ORDERS). backend: "auto" | "reference" | "analytic" | "fused"; the fused
     Triton kernels support FUSED_CONTRACT (depth 2, widths 16..128, softplus/tanh, float32).
+    scheme: "order2" (default; second order for every H) | "official" (the official HGAN
+    code's step, first order unless H is separable); both are Stormer-Verlet for a separable
+    H. See SCHEMES in common.py.
     """
-    weights, biases = check_inputs(q0, p0, weights, biases, dt, frames, activation, backend)
+    weights, biases = check_inputs(q0, p0, weights, biases, dt, frames, activation, backend,
+                                   scheme)
     chosen = _resolve(backend, q0, weights, activation)
     dt = float(dt)
     if chosen == "reference":
-        return leapfrog_reference(q0, p0, weights, biases, dt, frames, activation)
+        return leapfrog_reference(q0, p0, weights, biases, dt, frames, activation, scheme)
     if chosen == "analytic":
-        return leapfrog_analytic(q0, p0, weights, biases, dt, frames, activation)
+        return leapfrog_analytic(q0, p0, weights, biases, dt, frames, activation, scheme)
     from .fused import leapfrog_fused  # imports triton: only on first fused use
-    return leapfrog_fused(q0, p0, weights, biases, dt, frames, activation)
+    return leapfrog_fused(q0, p0, weights, biases, dt, frames, activation, scheme)

@@ -6,11 +6,13 @@ The math is analytic.py's (same symbols), specialised to the fused contract: two
 W1q and W1p, so x = [q; p] is never materialised: a1 = q W1q^T + p W1p^T + b1.
 
 _leapfrog_fwd_kernel: one program owns BLOCK_B batch rows, loads the weights once and keeps
-them on-chip for all T-1 steps; per step it writes q_t+1, p_t+1, p_half_t and dHdq_t. The
-q-part of a1 is shared between evaluations a and b, the p_half part between b and c.
+them on-chip for all T-1 steps; per step it writes q_t+1, p_t+1, p_half_t and dHdq_t, and for
+scheme "order2" (ORDER2) also the moved evaluation points q_mid_t and p_pred_t. The q part of
+a1 at q_t+1 is shared between evaluation c and the next step's a; for "official" also q_t
+between a and b, and p_half between b and c.
 
-_leapfrog_bwd_kernel: walks the steps in reverse from the saved trajectory (q, p, p_half:
-T*B*3k floats) and recomputes each evaluation's activations instead of saving them (that
+_leapfrog_bwd_kernel: walks the steps in reverse from the saved trajectory (q, p, p_half and
+for "order2" q_mid, p_pred: T*B*5k floats at most) and recomputes each evaluation's activations instead of saving them (that
 would be T*B*3*(n1+n2) floats and as much HBM traffic as the recompute costs in FLOPs). Each
 program accumulates its rows' weight gradients in registers and writes one partial; the host
 sums the partials once (deterministic, no atomics).
@@ -43,20 +45,24 @@ if triton is not None:
             return th, d1, -2.0 * th * d1
 
     @triton.jit
-    def _grad_part(a1, W1x, W2, b2, w3, ACT: tl.constexpr):
-        """One block of dH/dx = (W1x^T g1) from a1: W1x is W1q (-> dH/dq) or W1p (-> dH/dp)."""
+    def _g1(a1, W2, b2, w3, ACT: tl.constexpr):
+        """g1 = e1 * s'(a1) [BB, H1] from a1: dH/dx = W1^T g1, block by block."""
         h1, d1_1, _ = _act(a1, ACT)
         a2 = tl.dot(h1, tl.trans(W2), input_precision="ieee") + b2[None, :]
         _, d1_2, _ = _act(a2, ACT)
         g2 = w3[None, :] * d1_2                                 # [BB, H2]
-        g1 = tl.dot(g2, W2, input_precision="ieee") * d1_1      # e1 * s'(a1), [BB, H1]
-        return tl.dot(g1, W1x, input_precision="ieee")          # [BB, KP]
+        return tl.dot(g2, W2, input_precision="ieee") * d1_1
+
+    @triton.jit
+    def _grad_part(a1, W1x, W2, b2, w3, ACT: tl.constexpr):
+        """One block of dH/dx = (W1x^T g1) from a1: W1x is W1q (-> dH/dq) or W1p (-> dH/dp)."""
+        return tl.dot(_g1(a1, W2, b2, w3, ACT), W1x, input_precision="ieee")   # [BB, KP]
 
     @triton.jit
     def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
-                             q_ptr, p_ptr, ph_ptr, dq_ptr, B, K, T, dt,
+                             q_ptr, p_ptr, ph_ptr, dq_ptr, qm_ptr, pc_ptr, B, K, T, dt,
                              BLOCK_B: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr,
-                             H2: tl.constexpr, ACT: tl.constexpr):
+                             H2: tl.constexpr, ACT: tl.constexpr, ORDER2: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         cols = tl.arange(0, KP)
         h1 = tl.arange(0, H1)
@@ -75,34 +81,51 @@ if triton is not None:
         half = rows[:, None] * ((T - 1) * K) + cols[None, :]    # [B, T-1, k] offsets at t = 0
         tl.store(q_ptr + traj, q, mask=mask)
         tl.store(p_ptr + traj, p, mask=mask)
+        aq = tl.dot(q, tl.trans(W1q), input_precision="ieee")
         for t in range(T - 1):
-            aq = tl.dot(q, tl.trans(W1q), input_precision="ieee")
             a1 = aq + tl.dot(p, tl.trans(W1p), input_precision="ieee") + b1[None, :]
-            dq = _grad_part(a1, W1q, W2, b2, w3, ACT)           # dH/dq(q_t, p_t)
-            ph = p - 0.5 * dt * dq
-            ap = tl.dot(ph, tl.trans(W1p), input_precision="ieee") + b1[None, :]
-            q = q + dt * _grad_part(aq + ap, W1p, W2, b2, w3, ACT)
-            aq = tl.dot(q, tl.trans(W1q), input_precision="ieee")
-            p = ph - 0.5 * dt * _grad_part(aq + ap, W1q, W2, b2, w3, ACT)
+            if ORDER2:
+                g1 = _g1(a1, W2, b2, w3, ACT)
+                dq = tl.dot(g1, W1q, input_precision="ieee")    # dH/dq(q_t, p_t)
+                qm = q + 0.5 * dt * tl.dot(g1, W1p, input_precision="ieee")
+                ph = p - 0.5 * dt * dq
+                pc = p - dt * dq
+                ap = tl.dot(ph, tl.trans(W1p), input_precision="ieee") + b1[None, :]
+                amid = tl.dot(qm, tl.trans(W1q), input_precision="ieee") + ap
+                q = q + dt * _grad_part(amid, W1p, W2, b2, w3, ACT)
+                aq = tl.dot(q, tl.trans(W1q), input_precision="ieee")
+                ac = aq + tl.dot(pc, tl.trans(W1p), input_precision="ieee") + b1[None, :]
+                p = ph - 0.5 * dt * _grad_part(ac, W1q, W2, b2, w3, ACT)
+                tl.store(qm_ptr + half + t * K, qm, mask=mask)
+                tl.store(pc_ptr + half + t * K, pc, mask=mask)
+            else:
+                dq = _grad_part(a1, W1q, W2, b2, w3, ACT)       # dH/dq(q_t, p_t)
+                ph = p - 0.5 * dt * dq
+                ap = tl.dot(ph, tl.trans(W1p), input_precision="ieee") + b1[None, :]
+                q = q + dt * _grad_part(aq + ap, W1p, W2, b2, w3, ACT)
+                aq = tl.dot(q, tl.trans(W1q), input_precision="ieee")
+                p = ph - 0.5 * dt * _grad_part(aq + ap, W1q, W2, b2, w3, ACT)
             tl.store(q_ptr + traj + (t + 1) * K, q, mask=mask)
             tl.store(p_ptr + traj + (t + 1) * K, p, mask=mask)
             tl.store(ph_ptr + half + t * K, ph, mask=mask)
             tl.store(dq_ptr + half + t * K, dq, mask=mask)
 
     @triton.jit
-    def _vjp(q, p, v, W1q, W1p, b1, W2, b2, w3, dW1q, dW1p, db1, dW2, db2, dw3,
-             ACT: tl.constexpr, V_IS_Q: tl.constexpr):
+    def _vjp(q, p, vq, vp, W1q, W1p, b1, W2, b2, w3, dW1q, dW1p, db1, dW2, db2, dw3,
+             ACT: tl.constexpr, HAS_VQ: tl.constexpr, HAS_VP: tl.constexpr):
         """d<v, F(q, p)>/d(q, p) and the weight terms (analytic.py's derivation, depth 2).
-        v is the q block of the cotangent when V_IS_Q, else its p block (the other is zero)."""
+        v = [vq, vp]; a block whose HAS_ flag is off is zero (its argument is ignored)."""
         a1 = (tl.dot(q, tl.trans(W1q), input_precision="ieee")
               + tl.dot(p, tl.trans(W1p), input_precision="ieee") + b1[None, :])
         h1, d1_1, d2_1 = _act(a1, ACT)
         a2 = tl.dot(h1, tl.trans(W2), input_precision="ieee") + b2[None, :]
         _, d1_2, d2_2 = _act(a2, ACT)
-        if V_IS_Q:
-            t1 = tl.dot(v, tl.trans(W1q), input_precision="ieee")
+        if HAS_VQ:
+            t1 = tl.dot(vq, tl.trans(W1q), input_precision="ieee")
+            if HAS_VP:
+                t1 += tl.dot(vp, tl.trans(W1p), input_precision="ieee")
         else:
-            t1 = tl.dot(v, tl.trans(W1p), input_precision="ieee")
+            t1 = tl.dot(vp, tl.trans(W1p), input_precision="ieee")
         u1 = d1_1 * t1
         t2 = tl.dot(u1, tl.trans(W2), input_precision="ieee")
         g2 = w3[None, :] * d1_2
@@ -117,21 +140,21 @@ if triton is not None:
         db1 += tl.sum(r1, axis=0)
         dW1q += tl.dot(tl.trans(r1), q, input_precision="ieee")
         dW1p += tl.dot(tl.trans(r1), p, input_precision="ieee")
-        if V_IS_Q:
-            dW1q += tl.dot(tl.trans(g1), v, input_precision="ieee")
-        else:
-            dW1p += tl.dot(tl.trans(g1), v, input_precision="ieee")
+        if HAS_VQ:
+            dW1q += tl.dot(tl.trans(g1), vq, input_precision="ieee")
+        if HAS_VP:
+            dW1p += tl.dot(tl.trans(g1), vp, input_precision="ieee")
         dxq = tl.dot(r1, W1q, input_precision="ieee")
         dxp = tl.dot(r1, W1p, input_precision="ieee")
         return dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3
 
     @triton.jit
-    def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, gq_ptr, gp_ptr, gd_ptr,
+    def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, gd_ptr,
                              w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
                              dq0_ptr, dp0_ptr, dw1q_ptr, dw1p_ptr, db1_ptr, dw2_ptr, db2_ptr,
                              dw3_ptr, B, K, T, dt,
                              BLOCK_B: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr,
-                             H2: tl.constexpr, ACT: tl.constexpr):
+                             H2: tl.constexpr, ACT: tl.constexpr, ORDER2: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
         cols = tl.arange(0, KP)
@@ -162,22 +185,37 @@ if triton is not None:
             q1 = tl.load(q_ptr + traj + (t + 1) * K, mask=mask, other=0.0)
             ph = tl.load(ph_ptr + half + t * K, mask=mask, other=0.0)
             D = tl.load(gd_ptr + half + t * K, mask=mask, other=0.0)
-            # c: p_t+1 = p_half - dt/2 F_q(q_t+1, p_half)
+            if ORDER2:
+                qm = tl.load(qm_ptr + half + t * K, mask=mask, other=0.0)
+                pc = tl.load(pc_ptr + half + t * K, mask=mask, other=0.0)
+            else:
+                qm = q
+                pc = ph
+            # c: p_t+1 = p_half - dt/2 F_q(q_t+1, p_pred)
             dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
-                q1, ph, -0.5 * dt * P, W1q, W1p, b1, W2, b2, w3,
-                dW1q, dW1p, db1, dW2, db2, dw3, ACT, True)
+                q1, pc, -0.5 * dt * P, P, W1q, W1p, b1, W2, b2, w3,
+                dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False)
             Q += dxq
+            Pc = dxp
+            # b: q_t+1 = q_t + dt F_p(q_mid, p_half)
+            dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
+                qm, ph, Q, dt * Q, W1q, W1p, b1, W2, b2, w3,
+                dW1q, dW1p, db1, dW2, db2, dw3, ACT, False, True)
+            Qm = dxq
             Ph = P + dxp
-            # b: q_t+1 = q_t + dt F_p(q_t, p_half)
-            dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
-                q, ph, dt * Q, W1q, W1p, b1, W2, b2, w3,
-                dW1q, dW1p, db1, dW2, db2, dw3, ACT, False)
-            Q += dxq
-            Ph += dxp
-            # a: p_half = p_t - dt/2 F_q(q_t, p_t), and dHdq_t = F_q(q_t, p_t)
-            dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
-                q, p, D - 0.5 * dt * Ph, W1q, W1p, b1, W2, b2, w3,
-                dW1q, dW1p, db1, dW2, db2, dw3, ACT, True)
+            # a: p_half, p_pred and q_mid from F(q_t, p_t); dHdq_t = F_q(q_t, p_t)
+            if ORDER2:
+                dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
+                    q, p, D - 0.5 * dt * Ph - dt * Pc, 0.5 * dt * Qm, W1q, W1p, b1, W2, b2, w3,
+                    dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, True)
+                Q += Qm
+                Ph += Pc
+            else:
+                Q += Qm
+                Ph += Pc
+                dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
+                    q, p, D - 0.5 * dt * Ph, Ph, W1q, W1p, b1, W2, b2, w3,
+                    dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False)
             Q += dxq + tl.load(gq_ptr + traj + t * K, mask=mask, other=0.0)
             P = Ph + dxp + tl.load(gp_ptr + traj + t * K, mask=mask, other=0.0)
         tl.store(dq0_ptr + rows[:, None] * K + cols[None, :], Q, mask=mask)
@@ -222,8 +260,9 @@ def _pad_params(weights, biases, k):
     return (W1q, W1p, B1, W2, B2, W3), (KP, H1, H2)
 
 
-def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation):
-    """Host side of the forward: check, allocate, launch. Returns q, p, p_half, dHdq, padded."""
+def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2"):
+    """Host side of the forward: check, allocate, launch. Returns q, p, p_half, dHdq, the
+    order2 points (q_mid, p_pred; empty for "official") and the padded weights."""
     B, k = q0.shape
     assert q0.dtype == torch.float32 and len(weights) == 3, "dispatcher checks the contract"
     with torch.no_grad():
@@ -233,15 +272,18 @@ def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation):
     p = torch.empty_like(q)
     ph = q0.new_empty(B, frames - 1, k)        # [B, T-1, k]
     dq = torch.empty_like(ph)
+    order2 = scheme == "order2"
+    points = (torch.empty_like(ph), torch.empty_like(ph)) if order2 else (ph.new_empty(0),) * 2
     BLOCK_B = _block_b(H1, H2)
     grid = (triton.cdiv(B, BLOCK_B),)
-    _leapfrog_fwd_kernel[grid](q0, p0, *padded, q, p, ph, dq, B, k, frames, dt,
+    _leapfrog_fwd_kernel[grid](q0, p0, *padded, q, p, ph, dq, *points, B, k, frames, dt,
                                BLOCK_B=BLOCK_B, KP=KP, H1=H1, H2=H2,
-                               ACT=_ACT_CODE[activation], num_warps=_num_warps(H1, H2))
-    return q, p, ph, dq, padded
+                               ACT=_ACT_CODE[activation], ORDER2=order2,
+                               num_warps=_num_warps(H1, H2))
+    return q, p, ph, dq, points, padded
 
 
-def leapfrog_bwd(q, p, ph, gq, gp, gd, padded, dims, dt, activation):
+def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, dims, dt, activation, scheme):
     """Host side of the backward: launch, reduce the per-program partials once, unpad."""
     B, T, k = q.shape
     n1, n2 = dims
@@ -255,10 +297,12 @@ def leapfrog_bwd(q, p, ph, gq, gp, gd, padded, dims, dt, activation):
     new = q.new_empty
     dW1q, dW1p = new(n_prog, H1, KP), new(n_prog, H1, KP)
     db1, dW2, db2, dw3 = new(n_prog, H1), new(n_prog, H2, H1), new(n_prog, H2), new(n_prog, H2)
-    _leapfrog_bwd_kernel[(n_prog,)](q, p, ph, gq, gp, gd, *padded, dq0, dp0,
+    _leapfrog_bwd_kernel[(n_prog,)](q, p, ph, *points, gq, gp, gd, *padded, dq0, dp0,
                                     dW1q, dW1p, db1, dW2, db2, dw3, B, k, T, dt,
                                     BLOCK_B=BLOCK_B, KP=KP, H1=H1, H2=H2,
-                                    ACT=_ACT_CODE[activation], num_warps=_num_warps(H1, H2))
+                                    ACT=_ACT_CODE[activation],
+                                    ORDER2=scheme == "order2",
+                                    num_warps=_num_warps(H1, H2))
     dW1q, dW1p, db1, dW2, db2, dw3 = (x.sum(0) for x in (dW1q, dW1p, db1, dW2, db2, dw3))
     dw1 = torch.cat([dW1q[:n1, :k], dW1p[:n1, :k]], 1)       # [n1, 2k]
     return (dq0, dp0, (dw1, dW2[:n2, :n1], dw3[:n2].unsqueeze(0)),
@@ -269,11 +313,12 @@ class LeapfrogFunction(torch.autograd.Function):
     """Fused rollout: one forward launch, one backward launch; first-order gradients only."""
 
     @staticmethod
-    def forward(ctx, q0, p0, dt, frames, activation, w1, w2, w3, b1, b2, b3):
-        q, p, ph, dq, padded = leapfrog_fwd(q0, p0, (w1, w2, w3), (b1, b2, b3), dt, frames,
-                                            activation)
-        ctx.save_for_backward(q, p, ph, *padded)
+    def forward(ctx, q0, p0, dt, frames, activation, scheme, w1, w2, w3, b1, b2, b3):
+        q, p, ph, dq, points, padded = leapfrog_fwd(q0, p0, (w1, w2, w3), (b1, b2, b3), dt,
+                                                    frames, activation, scheme)
+        ctx.save_for_backward(q, p, ph, *points, *padded)
         ctx.dt, ctx.activation, ctx.dims = dt, activation, (w1.shape[0], w2.shape[0])
+        ctx.scheme = scheme
         return q, p, dq
 
     @staticmethod
@@ -281,11 +326,12 @@ class LeapfrogFunction(torch.autograd.Function):
         if torch.is_grad_enabled():
             raise RuntimeError("the fused leapfrog backend supports first-order gradients "
                                "only; use backend='reference' for double backward")
-        q, p, ph, *padded = ctx.saved_tensors
-        dq0, dp0, dws, dbs = leapfrog_bwd(q, p, ph, gq, gp, gd, padded, ctx.dims, ctx.dt,
-                                          ctx.activation)
-        return (dq0, dp0, None, None, None, *dws, *dbs)
+        q, p, ph, qm, pc, *padded = ctx.saved_tensors
+        dq0, dp0, dws, dbs = leapfrog_bwd(q, p, ph, (qm, pc), gq, gp, gd, padded, ctx.dims,
+                                          ctx.dt, ctx.activation, ctx.scheme)
+        return (dq0, dp0, None, None, None, None, *dws, *dbs)
 
 
-def leapfrog_fused(q0, p0, weights, biases, dt, frames, activation):
-    return LeapfrogFunction.apply(q0, p0, float(dt), frames, activation, *weights, *biases)
+def leapfrog_fused(q0, p0, weights, biases, dt, frames, activation, scheme="order2"):
+    return LeapfrogFunction.apply(q0, p0, float(dt), frames, activation, scheme, *weights,
+                                  *biases)

@@ -4,17 +4,19 @@ Each half-step takes dH/dq or dH/dp with torch.autograd.grad(create_graph=True),
 the official HGAN code does, so gradients of the rollout (and gradients of those) come from
 autograd's double backward. It is also the baseline of every benchmark.
 
-One step of size dt. For a separable H = K(p) + V(q) it is Stormer-Verlet: second order,
-symplectic, reversible. For a general H(q, p) it is only first order (measured order 1.00;
-the local error keeps dt^2/2 H_pq H_p, see tests/test_hamiltonian_invariants.py):
+One step of size dt, in the form every backend shares (see common.py, SCHEMES):
 
     p_half = p_t    - dt/2 * dH/dq(q_t,   p_t)
-    q_t+1  = q_t    + dt   * dH/dp(q_t,   p_half)
-    p_t+1  = p_half - dt/2 * dH/dq(q_t+1, p_half)
+    q_t+1  = q_t    + dt   * dH/dp(q_mid, p_half)
+    p_t+1  = p_half - dt/2 * dH/dq(q_t+1, p_pred)
+
+scheme="order2":   q_mid = q_t + dt/2 * dH/dp(q_t, p_t),  p_pred = p_t - dt * dH/dq(q_t, p_t)
+scheme="official": q_mid = q_t,                         p_pred = p_half
+For a separable H = K(p) + V(q) both are Stormer-Verlet (dH/dp ignores q, dH/dq ignores p).
 """
 import torch
 
-from .common import act_value
+from .common import act_value, scheme_points
 
 
 def mlp_energy(x, weights, biases, activation):
@@ -37,18 +39,18 @@ def _grad_h(q, p, weights, biases, activation, create_graph):
     return g[:, :k], g[:, k:]
 
 
-def leapfrog_reference(q0, p0, weights, biases, dt, frames, activation):
+def leapfrog_reference(q0, p0, weights, biases, dt, frames, activation, scheme="order2"):
     """Autograd rollout: q, p [B, frames, k] and dHdq [B, frames-1, k]."""
     create_graph = torch.is_grad_enabled()
     qs, ps, dhdqs = [q0], [p0], []
     q, p = q0, p0
     with torch.enable_grad():
         for _ in range(frames - 1):
-            dq, _ = _grad_h(q, p, weights, biases, activation, create_graph)
-            p_half = p - 0.5 * dt * dq
-            _, dp = _grad_h(q, p_half, weights, biases, activation, create_graph)
+            dq, dp = _grad_h(q, p, weights, biases, activation, create_graph)
+            p_half, q_mid, p_pred = scheme_points(q, p, dq, dp, dt, scheme)
+            _, dp = _grad_h(q_mid, p_half, weights, biases, activation, create_graph)
             q = q + dt * dp
-            dq_next, _ = _grad_h(q, p_half, weights, biases, activation, create_graph)
+            dq_next, _ = _grad_h(q, p_pred, weights, biases, activation, create_graph)
             p = p_half - 0.5 * dt * dq_next
             qs.append(q)
             ps.append(p)
@@ -71,7 +73,8 @@ def _func_grad_h(x, weights, biases, activation):
 _compiled_grad_h = {}
 
 
-def leapfrog_reference_compiled(q0, p0, weights, biases, dt, frames, activation):
+def leapfrog_reference_compiled(q0, p0, weights, biases, dt, frames, activation,
+                                scheme="order2"):
     """The reference rollout with each half-step gradient under torch.compile (a baseline for
     benchmarks, not a dispatcher backend).
 
@@ -88,10 +91,11 @@ def leapfrog_reference_compiled(q0, p0, weights, biases, dt, frames, activation)
     qs, ps, dhdqs = [q0], [p0], []
     q, p = q0, p0
     for _ in range(frames - 1):
-        dq = grad_h(torch.cat([q, p], 1), weights, biases, activation)[:, :k]
-        p_half = p - 0.5 * dt * dq
-        q = q + dt * grad_h(torch.cat([q, p_half], 1), weights, biases, activation)[:, k:]
-        p = p_half - 0.5 * dt * grad_h(torch.cat([q, p_half], 1), weights, biases,
+        g = grad_h(torch.cat([q, p], 1), weights, biases, activation)
+        dq = g[:, :k]
+        p_half, q_mid, p_pred = scheme_points(q, p, dq, g[:, k:], dt, scheme)
+        q = q + dt * grad_h(torch.cat([q_mid, p_half], 1), weights, biases, activation)[:, k:]
+        p = p_half - 0.5 * dt * grad_h(torch.cat([q, p_pred], 1), weights, biases,
                                        activation)[:, :k]
         qs.append(q)
         ps.append(p)
