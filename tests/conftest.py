@@ -30,3 +30,90 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def noisy_generated_h5(tmp_path_factory):
+    """Factory: a real generated pendulum train.h5 (valid for `open_h5`: attributes, states,
+    params) whose frames are overwritten in place with uniform uint8 noise, so that every
+    window differs and a wrong index cannot go unnoticed. Returns (path, frames array)."""
+    import h5py
+    import numpy as np
+    from hgan.data import generate_dataset
+
+    made = {}
+
+    def make(n_traj, traj_len, resolution, seed=0):
+        key = (n_traj, traj_len, resolution, seed)
+        if key not in made:
+            root = tmp_path_factory.mktemp("noisy_generated")
+            path = generate_dataset("pendulum", root, train=n_traj, test=0, frames=traj_len,
+                                    seed=seed, resolution=resolution, progress=False)["train"]
+            rng = np.random.default_rng(seed + 5)
+            data = rng.integers(0, 256, (n_traj, traj_len, resolution, resolution, 3), np.uint8)
+            data[0, 0, 0, 0] = (0, 255, 128)  # both ends of the range appear
+            with h5py.File(path, "a") as f:
+                f["frames"][...] = data
+            made[key] = (path, data)
+        return made[key]
+
+    return make
+
+
+# Each way open_h5 rejects a file (tests/test_data_format.py), applied to a copy of a valid one.
+CORRUPTIONS = ("missing_file", "junk", "truncated_header", "truncated_data", "version",
+               "incomplete", "system", "no_frames", "no_color_index", "no_param", "states_shape",
+               "frames_shape", "frames_dtype")
+
+
+@pytest.fixture(params=CORRUPTIONS)
+def corrupt_h5(request, tiny_pendulum_h5, tmp_path):
+    """Parametrized over CORRUPTIONS: the path of a copy of tiny_pendulum_h5 broken that way."""
+    import shutil
+
+    import h5py
+    import numpy as np
+
+    def make(case, src):
+        path = tmp_path / f"{case}.h5"
+        if case == "missing_file":
+            return str(path)
+        if case == "junk":
+            path.write_bytes(b"not an hdf5 file at all" * 100)
+            return str(path)
+        shutil.copy(src, path)
+        if case.startswith("truncated"):
+            size = path.stat().st_size
+            with open(path, "r+b") as f:
+                f.truncate(int(size * (0.3 if case == "truncated_header" else 0.97)))
+            return str(path)
+        with h5py.File(path, "a") as f:
+            if case == "version":
+                f.attrs["format_version"] = 99
+            elif case == "incomplete":
+                f.attrs["complete"] = False
+            elif case == "system":
+                f.attrs["system"] = "pendulum_x"
+            elif case == "no_frames":
+                del f["frames"]
+            elif case == "no_color_index":
+                del f["color_index"]
+            elif case == "no_param":
+                del f["params/" + sorted(f["params"])[0]]
+            elif case == "states_shape":
+                shape = f["states"].shape
+                del f["states"]
+                f.create_dataset("states", shape[:-1] + (shape[-1] + 1,), np.float32)
+            elif case == "frames_shape":
+                shape = f["frames"].shape
+                del f["frames"]
+                f.create_dataset("frames", shape[:2] + (8, 8, 3), np.uint8)
+            elif case == "frames_dtype":
+                data = f["frames"][()].astype(np.float32)
+                del f["frames"]
+                f.create_dataset("frames", data=data)
+            else:
+                raise ValueError(f"unknown corruption {case!r}")
+        return str(path)
+
+    return make(request.param, tiny_pendulum_h5)

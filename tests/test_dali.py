@@ -1,6 +1,8 @@
-"""The DALI stream (CPU operators here) yields exactly the torch stream's batches."""
-import h5py
-import numpy as np
+"""The DALI stream (CPU operators here) yields exactly the torch stream's batches, and a bad
+file fails it with open_h5's own error."""
+import re
+import shutil
+
 import pytest
 import torch
 
@@ -17,13 +19,9 @@ BATCH, FRAMES = 2, 4
 
 
 @pytest.fixture(scope="module")
-def frames_h5(tmp_path_factory):
-    path = tmp_path_factory.mktemp("dali") / "frames.h5"
-    rng = np.random.default_rng(11)
-    with h5py.File(path, "w") as f:
-        f.create_dataset("frames", data=rng.integers(0, 256, (12, 16, 6, 10, 3), np.uint8),
-                         chunks=(1, 16, 6, 10, 3))
-    return str(path)
+def frames_h5(noisy_generated_h5):
+    """A generated (open_h5-valid) file, 12 trajectories x 16 frames of 8x8 noise."""
+    return noisy_generated_h5(12, 16, 8, seed=11)[0]
 
 
 def take(path, n, kind, **kw):
@@ -62,3 +60,27 @@ def test_dali_channels_last_matches_torch(frames_h5):
 
 def test_available_reports_import():
     assert dali.available()
+
+
+def test_dali_corrupt_file_raises_the_open_h5_error(corrupt_h5):
+    with pytest.raises(hdata.DataFormatError) as want:
+        hdata.open_h5(corrupt_h5)
+    with pytest.raises(hdata.DataFormatError) as got:
+        build_loader(corrupt_h5, batch_size=1, frames=FRAMES, kind="dali", num_workers=2)
+    assert str(got.value) == str(want.value)
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_dali_file_replaced_under_a_running_stream_is_named(noisy_generated_h5, tmp_path,
+                                                            num_workers):
+    # Each external_source worker opens and validates its own handle; DALI's wrapped worker
+    # exception comes back as the DataFormatError it was.
+    path = tmp_path / "train.h5"
+    shutil.copy(noisy_generated_h5(12, 16, 8, seed=11)[0], path)
+    stream = build_loader(str(path), batch_size=BATCH, frames=FRAMES, kind="dali",
+                          num_workers=num_workers)
+    shutil.copy(noisy_generated_h5(14, 16, 8, seed=11)[0], path)
+    want = f"^{re.escape(str(path))}: frames are .* replaced while in use$"
+    with pytest.raises(hdata.DataFormatError, match=want):
+        next(iter(stream))
+    stream.close()

@@ -56,18 +56,74 @@ def test_evaluate_checkpoint_end_to_end(tmp_path, data_copy, monkeypatch):
         assert np.isfinite(ph["energy_drift"][key]["median"])
     assert saved["cyclic"]["active_momenta"]["k"] == 3
     assert 1 <= saved["cyclic"]["active_momenta"]["active_dims"] <= 3
+    assert res["figures"] == saved["figures"] and res["checkpoint"] == saved["checkpoint"]
     for path in res["figures"].values():
-        assert os.path.getsize(path) > 0
+        assert os.path.dirname(path) == ""  # figures sit beside results.json
+        assert os.path.getsize(out / path) > 0
     assert {"samples_real", "samples_hgan", "tsne", "active_momenta", "energy_rollout"} <= set(res["figures"])
     assert (out / "samples_hgan.gif").exists()
     text = (out / "report.md").read_text()
     assert "iteration 7" in text and "Active momentum dimensions" in text
+    # Paths are relative to the results directory and still lead to the right files.
+    assert_no_absolute_paths(saved)
+    assert str(tmp_path) not in (out / "results.json").read_text() and str(tmp_path) not in text
+    assert os.path.samefile(out / saved["checkpoint"], ckpt)
+    assert os.path.samefile(out / saved["data"], data_copy)
+    assert os.path.samefile(out / saved["real_data"], data_copy)  # no test.h5 beside it
+    assert os.path.samefile(out / saved["physics"]["probe_cache"],
+                            str(data_copy).replace(".h5", ".probe.pt"))
+    assert saved["config"]["data_path"] == saved["data"]  # absolute in the checkpoint's config
+
+
+def assert_no_absolute_paths(obj, where="results"):
+    if isinstance(obj, str):
+        assert not os.path.isabs(obj) and not obj.startswith("/"), f"{where} = {obj!r}"
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            assert_no_absolute_paths(v, f"{where}[{k!r}]")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            assert_no_absolute_paths(v, f"{where}[{i}]")
+
+
+def test_portable_paths_relative_to_the_results_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    results = {"checkpoint": "/runs/a/checkpoints/last.pt", "data": "data/pendulum/train.h5",
+               "real_data": "/data/pendulum/test.h5", "model": "hgan", "metrics": ["fvd"],
+               "figures": {"tsne": "/runs/a/eval/tsne_hgan.png"},
+               "physics": {"probe_cache": "/data/pendulum/train.probe.pt", "frames": 16},
+               "config": {"out": "/runs/a", "data": "data", "model": {"dt": 0.05}}}
+    got = cli.portable_paths(results, "/runs/a/eval")
+    assert got["checkpoint"] == "../checkpoints/last.pt"
+    # relative to the working directory as this process sees it
+    assert os.path.normpath(os.path.join("/runs/a/eval", got["data"])) == \
+        os.path.join(str(tmp_path), "data/pendulum/train.h5")
+    assert got["real_data"] == "../../../data/pendulum/test.h5"
+    assert got["figures"] == {"tsne": "tsne_hgan.png"}
+    assert got["physics"] == {"probe_cache": "../../../data/pendulum/train.probe.pt", "frames": 16}
+    assert got["config"] == {"out": "..", "data": "data", "model": {"dt": 0.05}}
+    assert got["model"] == "hgan" and got["metrics"] == ["fvd"]
+    assert results["checkpoint"] == "/runs/a/checkpoints/last.pt"  # the input is not modified
+    assert_no_absolute_paths(got)
+
+
+def test_committed_results_have_no_absolute_paths():
+    root = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "results")
+    files = [os.path.join(d, f) for d, _, fs in os.walk(root) for f in fs
+             if f.endswith((".json", ".md"))]
+    assert any(f.endswith(".json") for f in files)
+    for path in files:
+        text = open(path).read()
+        assert "/tmp/" not in text and "/home/" not in text and "/work/" not in text, path
+        if path.endswith(".json"):
+            assert_no_absolute_paths(json.loads(text), os.path.basename(path))
 
 
 def test_fvd_missing_detector_is_skipped_or_fatal(tmp_path, data_copy, monkeypatch):
     ckpt, _ = _checkpoint(tmp_path, "mocogan", data_copy, iteration=3)
     monkeypatch.delenv(fvd.I3D_ENV, raising=False)
     res = cli.main(["--checkpoint", ckpt, "--out", str(tmp_path / "e"), "--metrics", "fvd,cyclic"])
+    assert_no_absolute_paths(json.loads((tmp_path / "e" / "results.json").read_text()))
     assert fvd.I3D_FILENAME in res["fvd"]["skipped"]
     assert res["cyclic"]["active_momenta"] is None  # GRU motion: no Hamiltonian
     with pytest.raises(FileNotFoundError, match="i3d_torchscript.pt"):  # asked for explicitly

@@ -1,4 +1,8 @@
-"""Batch streams: windows follow window_plan exactly, all kinds agree, resume is exact."""
+"""Batch streams: windows follow window_plan exactly, all kinds agree, resume is exact, and a
+bad file fails with open_h5's own error."""
+import re
+import shutil
+
 import h5py
 import numpy as np
 import pytest
@@ -15,15 +19,10 @@ N_TRAJ, TRAJ_LEN, SIZE, FRAMES, BATCH = 6, 20, 8, 4, 3
 
 
 @pytest.fixture(scope="module")
-def frames_h5(tmp_path_factory):
-    """Random uint8 frames: every window differs, so a wrong index cannot go unnoticed."""
-    path = tmp_path_factory.mktemp("loader") / "frames.h5"
-    rng = np.random.default_rng(5)
-    data = rng.integers(0, 256, (N_TRAJ, TRAJ_LEN, SIZE, SIZE, 3), dtype=np.uint8)
-    data[0, 0, 0, 0] = (0, 255, 128)          # both ends of the range appear
-    with h5py.File(path, "w") as f:
-        f.create_dataset("frames", data=data, chunks=(1, TRAJ_LEN, SIZE, SIZE, 3))
-    return str(path), data
+def frames_h5(noisy_generated_h5):
+    """A generated (open_h5-valid) file with noise frames: every window differs, so a wrong
+    index cannot go unnoticed."""
+    return noisy_generated_h5(N_TRAJ, TRAJ_LEN, SIZE)
 
 
 def take(path, n, **kw):
@@ -149,9 +148,56 @@ def test_bad_arguments_raise_one_clear_error(frames_h5, kw, match):
         build_loader(frames_h5[0], **kw)
 
 
-def test_wrong_file_layout_is_named(tmp_path):
-    path = tmp_path / "float.h5"
-    with h5py.File(path, "w") as f:
-        f.create_dataset("frames", data=np.zeros((2, 8, 4, 4, 3), np.float32))
-    with pytest.raises(ValueError, match="expected uint8"):
-        build_loader(str(path), batch_size=1, frames=4)
+@pytest.mark.parametrize("kind", ["torch", "gpu-resident"])
+def test_corrupt_file_raises_the_open_h5_error(corrupt_h5, kind):
+    """Every way open_h5 rejects a file fails build_loader with the very same error."""
+    with pytest.raises(hdata.DataFormatError) as want:
+        hdata.open_h5(corrupt_h5)
+    with pytest.raises(hdata.DataFormatError) as got:
+        build_loader(corrupt_h5, batch_size=1, frames=FRAMES, kind=kind, num_workers=0)
+    assert str(got.value) == str(want.value)
+    assert isinstance(got.value, ValueError)
+
+
+def test_frames_of_the_wrong_dtype_are_named(tiny_pendulum_h5, tmp_path):
+    path = tmp_path / "float_frames.h5"
+    shutil.copy(tiny_pendulum_h5, path)
+    with h5py.File(path, "a") as f:
+        data = f["frames"][()].astype(np.float32)
+        del f["frames"]
+        f.create_dataset("frames", data=data)
+    with pytest.raises(hdata.DataFormatError, match="frames must be uint8, got float32"):
+        build_loader(str(path), batch_size=1, frames=4, kind="torch")
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_file_replaced_under_a_running_loader_is_named(noisy_generated_h5, tmp_path,
+                                                       num_workers):
+    # Each worker opens and validates its own handle, so it notices a different file.
+    path = tmp_path / "train.h5"
+    shutil.copy(noisy_generated_h5(N_TRAJ, TRAJ_LEN, SIZE)[0], path)
+    stream = build_loader(str(path), batch_size=BATCH, frames=FRAMES, kind="torch",
+                          num_workers=num_workers)
+    shutil.copy(noisy_generated_h5(N_TRAJ + 2, TRAJ_LEN, SIZE)[0], path)
+    with pytest.raises(hdata.DataFormatError, match="replaced while in use"):
+        next(iter(stream))
+
+
+@pytest.mark.parametrize("kind", ["torch", "gpu-resident"])
+def test_damaged_chunk_past_the_probe_is_named(frames_h5, tmp_path, kind):
+    """open_h5 probes the first and last trajectory; a damaged chunk in between still gives
+    a DataFormatError naming the file when a stream reads it."""
+    path = tmp_path / "damaged.h5"
+    shutil.copy(frames_h5[0], path)
+    with h5py.File(path, "r") as f:
+        info = f["frames"].id.get_chunk_info_by_coord((2, 0, 0, 0, 0))
+    with open(path, "r+b") as f:
+        f.seek(info.byte_offset)
+        f.write(b"\xff" * info.size)
+    hdata.open_h5(str(path)).close()  # passes validation
+    want = f"^{re.escape(str(path))}: truncated or corrupt data"
+    with pytest.raises(hdata.DataFormatError, match=want):
+        stream = build_loader(str(path), batch_size=1, frames=FRAMES, kind=kind,
+                              num_workers=0)
+        for _ in zip(range(stream.batches_per_epoch), stream):
+            pass

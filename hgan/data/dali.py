@@ -14,6 +14,7 @@ resumption behave exactly as in the torch stream.
 
 import torch
 
+from hgan.data.h5io import DataFormatError
 from hgan.data.loader import SCALE, WindowReader, WindowSchedule, _Stream
 
 try:
@@ -38,6 +39,19 @@ class _SampleSource:
     def __call__(self, info):
         # idx_in_epoch keeps counting because the source never raises StopIteration.
         return self.reader(self.first_sample + info.idx_in_epoch)
+
+
+# How a DataFormatError raised in a worker process ends DALI's traceback text.
+_WORKER_ERROR = f"{DataFormatError.__module__}.{DataFormatError.__qualname__}: "
+
+
+def _reraise_worker_error(err: Exception):
+    """DALI re-raises a parallel source's exception as a plain Exception holding the worker's
+    traceback; give a file problem back its type and its own message, as torch does."""
+    text = str(err)
+    if not isinstance(err, DataFormatError) and _WORKER_ERROR in text:
+        raise DataFormatError(text.rsplit(_WORKER_ERROR, 1)[1].strip()) from err
+    raise err
 
 
 def _build_pipeline(source, *, batch_size, gpu, device_id, num_workers, prefetch, transpose):
@@ -92,12 +106,15 @@ class DaliBatchStream(_Stream):
 
     def __iter__(self):
         self.close()
-        it = self._start()
-        for out in it:
-            self.position += 1
-            # The iterator reuses its output buffers ring-wise: hand out a private copy.
-            x = out[0]["frames"].to(self.device, non_blocking=True).clone()
-            yield x.permute(0, 1, 4, 2, 3) if self.channels_last else x
+        try:
+            it = self._start()
+            for out in it:
+                self.position += 1
+                # The iterator reuses its output buffers ring-wise: hand out a private copy.
+                x = out[0]["frames"].to(self.device, non_blocking=True).clone()
+                yield x.permute(0, 1, 4, 2, 3) if self.channels_last else x
+        except Exception as err:  # e.g. the file was replaced or damaged while in use
+            _reraise_worker_error(err)
 
     def close(self):
         if self._pipe is not None:

@@ -9,15 +9,20 @@ b = g % batches_per_epoch. `start_batch` resumes a stream exactly where a checkp
 Every kind moves uint8 frames and converts on the target device with the same arithmetic,
 `(x - 127.5) * (1 / 127.5)` in float32 (exact subtraction, one rounded multiply), so the
 kinds agree bit for bit, not only within a tolerance.
+
+Every kind opens the file through the project's validating reader, `hgan.data.open_h5`, so a
+missing, corrupt, incomplete or wrongly shaped file fails `build_loader` with the same
+`DataFormatError` (a ValueError) that `open_h5` raises, before any worker starts. Each
+worker process (DataLoader or DALI external_source) opens its own validated handle.
 """
 import itertools
 
-import h5py
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 import hgan.data as hdata
+from hgan.data.h5io import DataFormatError, open_h5
 
 KINDS = ("auto", "torch", "dali", "gpu-resident")
 SCALE = 1.0 / 127.5
@@ -41,14 +46,9 @@ class WindowSchedule:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        with h5py.File(path, "r") as f:
-            if "frames" not in f:
-                raise ValueError(f"{path} has no 'frames' dataset; expected uint8 [N, T, H, W, 3]")
-            ds = f["frames"]
-            if ds.ndim != 5 or ds.shape[-1] != 3 or ds.dtype != np.uint8:
-                raise ValueError(f"{path}: 'frames' is {ds.dtype} {ds.shape}; "
-                                 f"expected uint8 [N, T, H, W, 3]")
-            self.shape = tuple(ds.shape)
+        # Validation is open_h5's: the same DataFormatError, word for word, as every reader.
+        with open_h5(path) as f:
+            self.shape = tuple(f.frames.shape)
         n_traj, traj_len = self.shape[:2]
         if not 1 <= frames <= traj_len:
             raise ValueError(f"frames={frames} does not fit trajectories of {traj_len} frames "
@@ -85,11 +85,25 @@ class WindowSchedule:
         return self.plan(epoch)[b * self.batch_size:(b + 1) * self.batch_size]
 
 
+def _open_checked(schedule: WindowSchedule):
+    """A validated handle (`open_h5`) whose frames still have the schedule's shape."""
+    f = open_h5(schedule.path)
+    if tuple(f.frames.shape) != schedule.shape:
+        shape = tuple(f.frames.shape)
+        f.close()
+        raise DataFormatError(f"{schedule.path}: frames are {shape} now but were "
+                              f"{schedule.shape} when the loader was built; the file was "
+                              "replaced while in use")
+    return f
+
+
 class WindowReader:
     """Reads the uint8 [T, H, W, 3] window of a global sample; one h5 handle per process.
 
-    The handle opens lazily and is dropped when pickled, so every DataLoader / DALI worker
-    opens its own (h5py handles must not cross a fork)."""
+    The handle is a validated `open_h5` file, opened lazily and dropped when pickled, so
+    every DataLoader / DALI worker opens (and validates) its own: h5py handles must not
+    cross a fork. Validation is a one-off per worker (attributes and two probe chunks);
+    each read is then a plain h5py slice of one chunk."""
 
     def __init__(self, schedule: WindowSchedule):
         self.schedule = schedule
@@ -100,9 +114,13 @@ class WindowReader:
 
     def __call__(self, sample: int) -> np.ndarray:
         if self._file is None:
-            self._file = h5py.File(self.schedule.path, "r")
+            self._file = _open_checked(self.schedule)
         traj, start = self.schedule.window(sample)
-        return self._file["frames"][traj, start:start + self.schedule.frames]
+        try:
+            return self._file.frames[traj, start:start + self.schedule.frames]
+        except (OSError, RuntimeError) as e:  # a damaged chunk open_h5's probe did not reach
+            raise DataFormatError(f"{self.schedule.path}: truncated or corrupt data "
+                                  f"(trajectory {traj}: {e})") from None
 
 
 class _SampleDataset(Dataset):
@@ -162,8 +180,12 @@ class ResidentBatchStream(_Stream):
 
     def __init__(self, schedule, *, device="cpu", start_batch=0, channels_last=False):
         super().__init__(schedule, device, start_batch, channels_last)
-        with h5py.File(schedule.path, "r") as f:
-            self.frames = torch.from_numpy(f["frames"][...]).to(self.device)
+        with _open_checked(schedule) as f:
+            try:
+                frames = f.frames[...]
+            except (OSError, RuntimeError) as e:
+                raise DataFormatError(f"{schedule.path}: truncated or corrupt data ({e})") from None
+        self.frames = torch.from_numpy(frames).to(self.device)
         self._offsets = torch.arange(schedule.frames, device=self.device)
 
     def __iter__(self):

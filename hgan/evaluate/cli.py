@@ -3,6 +3,10 @@
     python -m hgan.evaluate --checkpoint RUN/checkpoints/last.pt \\
         [--metrics fvd,physics,tsne,samples,cyclic] [--data H5] [--i3d PATH] --out DIR
     python -m hgan.evaluate compare RUN_DIR... [--out table.md]
+
+results.json and report.md name files (checkpoint, data, figures, caches, and any absolute
+path in the run's config) relative to the --out directory, so they stay valid wherever the
+run directory is moved or committed.
 """
 import argparse
 import json
@@ -31,6 +35,38 @@ def _find_data_path(config):
                 return v
         stack.extend(d.values())
     return None
+
+
+def portable_paths(results, out_dir):
+    """A copy of `results` with its paths relative to `out_dir`: the known path fields (as
+    this process sees them: absolute or relative to the working directory) and every other
+    string that is an absolute path (e.g. in the run's config). Relative strings elsewhere
+    are left alone: their base (the training run's working directory) is unknown here."""
+    base = os.path.abspath(out_dir)
+
+    def rel(path):
+        try:
+            return os.path.relpath(os.path.abspath(path), base)
+        except ValueError:  # another drive (Windows): no relative path exists
+            return os.path.basename(path)
+
+    def walk(v):
+        if isinstance(v, str):
+            return rel(v) if os.path.isabs(v) else v
+        if isinstance(v, dict):
+            return {k: walk(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [walk(x) for x in v]
+        return v
+
+    r = dict(results)
+    for key in ("checkpoint", "data", "real_data"):
+        if isinstance(r.get(key), str):
+            r[key] = rel(r[key])
+    r["figures"] = {k: rel(v) for k, v in r.get("figures", {}).items()}
+    if isinstance(r.get("physics"), dict) and "probe_cache" in r["physics"]:
+        r["physics"] = {**r["physics"], "probe_cache": rel(r["physics"]["probe_cache"])}
+    return walk(r)
 
 
 def _load_run(checkpoint, device):
@@ -92,6 +128,7 @@ def physics_metrics(generator, ds, system, data_path, held_out, *, n, frames, se
 
 
 def evaluate(args):
+    """Evaluate one checkpoint; returns what results.json holds (paths relative to args.out)."""
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     unknown = sorted(set(metrics) - set(ALL_METRICS))
@@ -180,6 +217,7 @@ def evaluate(args):
                 er["steps"], er["forward"], er["backward"], fig(f"energy_{model}.png"),
                 title=f"{model}: learned H along {args.rollout_steps}-step rollouts")
     results["seconds"] = round(time.time() - t0, 1)
+    results = portable_paths(results, args.out)
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
     with open(os.path.join(args.out, "report.md"), "w") as f:
