@@ -66,3 +66,37 @@ def record(section: str, name: str, payload: dict, device: str = "cuda") -> str:
         json.dump(data, f, indent=2, sort_keys=True)
     os.replace(tmp, path)
     return path
+
+
+def merge(paths, out_dir=RESULTS_DIR):
+    """Merge results files written by separate calls on one device (bench/gpu/run.sh stages)
+    into out_dir/<device>.json: later files win per (section, name); the environment of the
+    last file is kept. Refuses files from different devices."""
+    merged, device = {}, None
+    for p in paths:
+        with open(p) as f:
+            data = json.load(f)
+        if device is not None and data.get("device") != device:
+            raise ValueError(f"{p} is from {data.get('device')!r}, not {device!r}: one device "
+                             f"per results file")
+        device = data.get("device")
+        results = merged.get("results", {})
+        for section, entries in data.get("results", {}).items():
+            results.setdefault(section, {}).update(entries)
+        merged.update({k: v for k, v in data.items() if k != "results"})
+        merged["results"] = results
+    if device is None:
+        raise ValueError("no results files given")
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, device + ".json")
+    with open(path + ".tmp", "w") as f:
+        json.dump(merged, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
+    return path
+
+
+if __name__ == "__main__":
+    import sys
+    if len(sys.argv) < 3 or sys.argv[1] != "merge":
+        raise SystemExit("usage: python bench/_results.py merge FILE.json [FILE.json ...]")
+    print(merge(sys.argv[2:]))

@@ -151,3 +151,25 @@ def test_flop_count_closed_form():
     assert leapfrog_flops(1, 2, 1, (2, 3)) == 3 * 2 * 2 * 10
     assert leapfrog_flops(5, 4, 1, (2, 3)) == 5 * 3 * 3 * 2 * 2 * 10
     assert leapfrog_flops(1, 2, 1, (2, 3), backward=True) == 120 + 3 * 2 * (5 * 4 + 6 * 6)
+
+
+def test_compiled_callers_run_the_integrator_eagerly(mlp):
+    # leapfrog is torch.compiler.disable'd: a compiled caller breaks its graph around it, so
+    # the results are the eager ones exactly, and fullgraph=True refuses instead of tracing.
+    w, b = mlp
+    q0, p0 = torch.randn(5, 3), torch.randn(5, 3)
+
+    def fn(q0, p0):
+        q, p, d = leapfrog(q0 * 2.0, p0, w, b, frames=4, backend="analytic")
+        return q.sin(), p, d
+
+    torch._dynamo.reset()
+    try:
+        got = torch.compile(fn, backend="aot_eager")(q0, p0)
+        for x, y in zip(got, fn(q0, p0)):
+            assert torch.equal(x, y)
+        torch._dynamo.reset()     # else the graph-broken entry above is simply reused
+        with pytest.raises(Exception, match="skipped|disable"):
+            torch.compile(fn, backend="aot_eager", fullgraph=True)(q0, p0)
+    finally:
+        torch._dynamo.reset()

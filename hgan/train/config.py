@@ -5,7 +5,8 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 
-from hgan.models.config import ACTIVATIONS, HAMILTONIANS, INTEGRATORS, MODELS, ModelConfig
+from hgan.models.config import (ACTIVATIONS, HAMILTONIANS, INTEGRATORS, MODELS, SCHEMES,
+                                ModelConfig)
 
 
 @dataclass
@@ -113,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation of the Hamiltonian MLP")
     p.add_argument("--integrator", default=m.integrator, choices=INTEGRATORS,
                    help="leapfrog backend (auto: fused on CUDA, analytic on CPU)")
+    p.add_argument("--scheme", default=m.scheme, choices=SCHEMES,
+                   help="leapfrog step: order2 (second order for any H) or official (the "
+                        "official HGAN code's step, first order unless --hamiltonian separable)")
     p.add_argument("--dt", type=float, default=m.dt,
                    help="leapfrog step (the data's frame interval)")
     p.add_argument("--ngf", type=int, default=m.ngf,
@@ -122,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", action="store_true", help="autocast: bf16 on CPU; bf16 or fp16 on CUDA")
     p.add_argument("--amp-dtype", default=d.amp_dtype, choices=("auto", "bf16", "fp16"),
                    help="auto: bf16 (CPU, and CUDA devices that support it), else fp16 + GradScaler on CUDA")
-    p.add_argument("--compile", action="store_true", help="torch.compile G_I, D_I, D_V")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile G_I, D_I, D_V and the motion module's configuration map "
+                        "(hgan) or GRU (mocogan); the leapfrog integrator stays eager")
     p.add_argument("--channels-last", action="store_true",
                    help="channels-last memory format for G_I and D_I")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
@@ -160,7 +166,7 @@ def config_from_args(argv=None):
     model = ModelConfig(model=a.model, resolution=a.resolution, hamiltonian=a.hamiltonian,
                         activation=a.activation, dt=a.dt, ngf=a.ngf, ndf=a.ndf,
                         clip_frames=min(a.clip_frames, a.frames), integrator=a.integrator,
-                        channels_last=a.channels_last)
+                        scheme=a.scheme, channels_last=a.channels_last)
     out = a.out or os.path.join("runs", f"{a.system}-{a.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     cfg = RunConfig(system=a.system, data=a.data, iters=a.iters, batch_size=a.batch_size,
                     frames=a.frames, lr=a.lr, cyc_lambda=a.cyc_lambda, r1_gamma=a.r1_gamma,

@@ -98,9 +98,11 @@ class Trainer:
         self.amp_dtype, use_scaler = amp_policy(self.device, cfg.amp, cfg.amp_dtype)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         if cfg.compile:
-            # Only the convolutional nets: the integrator and R1 need double backward, which
-            # torch.compile cannot trace. Module.compile keeps the state_dict keys unchanged.
-            for m in (self.G.image_generator, self.D_I, self.D_V):
+            # G_I, D_I, D_V and the motion module's noise-free part (hgan's configuration map,
+            # mocogan's GRU recurrence; the leapfrog integrator stays eager, see
+            # HamiltonianMotion.compile). R1 needs double backward, which torch.compile cannot
+            # trace: see _eager. Compiling in place keeps the state_dict keys unchanged.
+            for m in (self.G.image_generator, self.D_I, self.D_V, self.G.motion_module):
                 m.compile()
         # The forwards whose gradients are averaged across ranks go through these callables:
         # DistributedDataParallel wrappers under torchrun (which also broadcast rank 0's weights

@@ -254,7 +254,7 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
             (q_traj, p_traj, p_half), params = saved[:3], saved[3:]
             q_mid, p_pred = q_traj[:, :-1], p_half
         n, dt, act_name, caches = ctx.n_layers, ctx.dt, ctx.activation, ctx.caches
-        ctx.caches = None
+        ctx.caches = None                                # popped step by step: freed as used
         weights, biases = params[:n], params[n:]
         k = q_traj.shape[2]
         w1q, w1p, b1 = weights[0][:, :k], weights[0][:, k:], biases[0]

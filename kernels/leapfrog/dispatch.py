@@ -111,6 +111,19 @@ def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
     code's step, first order unless H is separable); both are Stormer-Verlet for a separable
     H. See SCHEMES in common.py.
     """
+    if torch.compiler.is_compiling():
+        # torch.compile never traces the rollout: the caller's graph breaks here and the
+        # backend runs eagerly. Traced, the reference cannot double-backward, and inductor
+        # (torch 2.13, CPU) took 125 s to compile the analytic rollout and returned
+        # trajectories off by 0.5 (aot_eager was exact): a silent wrong answer. (Disabled
+        # lazily: torch._dynamo is already loaded when tracing, and importing it up front
+        # would import triton with this package.)
+        return torch._dynamo.disable(_leapfrog)(q0, p0, weights, biases, dt, frames, activation,
+                                                backend, scheme)
+    return _leapfrog(q0, p0, weights, biases, dt, frames, activation, backend, scheme)
+
+
+def _leapfrog(q0, p0, weights, biases, dt, frames, activation, backend, scheme):
     weights, biases = check_inputs(q0, p0, weights, biases, dt, frames, activation, backend,
                                    scheme)
     chosen = _resolve(backend, q0, weights, activation)

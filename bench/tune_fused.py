@@ -1,0 +1,122 @@
+"""Sweep the fused leapfrog kernels' row block and warp count on a GPU; check every config.
+
+    PYTHONPATH=. python3 bench/tune_fused.py                  # B = 64, 1024, 65536 on CUDA
+    PYTHONPATH=. python3 bench/tune_fused.py --smoke          # CPU, Triton interpreter, tiny
+
+For each batch and each (BLOCK_B, num_warps) it runs the fused forward + backward of the
+benchmark shape (frames 16, k 10, widths 100, 100, scheme order2), checks trajectory and every
+gradient against the analytic backend on the same inputs (relative error <= 1e-4, or the
+config is marked wrong and never chosen), and times it with triton.testing.do_bench (median,
+ms). It prints a table, records the sweep under section "fused_tune" of
+bench/results/<device>.json, and names the fastest correct config per batch: copy those into
+fused._block_b / fused._num_warps. A config that fails to compile (too many registers or
+too much shared memory) is recorded with its error.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+if "--smoke" in sys.argv and not torch.cuda.is_available():
+    # Before triton is imported: @triton.jit picks the interpreter at decoration time.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _results import record  # noqa: E402
+
+from hgan.kernels import leapfrog  # noqa: E402
+from hgan.kernels.leapfrog import fused  # noqa: E402
+from hgan.kernels.leapfrog.check import random_mlp, rel_err  # noqa: E402
+
+FRAMES, K, WIDTHS = 16, 10, (100, 100)
+
+
+def _run(backend, q0, p0, w, b, cot):
+    leaves = [t.detach().clone().requires_grad_(True) for t in [q0, p0, *w, *b]]
+    outs = leapfrog(leaves[0], leaves[1], leaves[2:5], leaves[5:], frames=FRAMES,
+                    backend=backend)
+    loss = sum((o * c).sum() for o, c in zip(outs, cot))
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return [o.detach() for o in outs] + [g for g in grads if g is not None]
+
+
+def sweep(batches, blocks, warps, device, timed):
+    saved = fused._block_b, fused._num_warps
+    rows = []
+    try:
+        for batch in batches:
+            gen = torch.Generator().manual_seed(batch)
+            w, b = random_mlp(K, WIDTHS, device=device, generator=gen)
+            q0 = torch.randn(batch, K, generator=gen).to(device)
+            p0 = torch.randn(batch, K, generator=gen).to(device)
+            shapes = [(batch, FRAMES, K), (batch, FRAMES, K), (batch, FRAMES - 1, K)]
+            cot = [torch.randn(s, generator=gen).to(device) for s in shapes]
+            ref = _run("analytic", q0, p0, w, b, cot)
+            for bb in blocks:
+                for nw in warps:
+                    fused._block_b = lambda h1, h2, bb=bb: bb
+                    fused._num_warps = lambda h1, h2, nw=nw: nw
+                    row = {"batch": batch, "block_b": bb, "num_warps": nw}
+                    try:
+                        got = _run("fused", q0, p0, w, b, cot)
+                        row["max_rel_err"] = max(rel_err(x, y) for x, y in zip(got, ref))
+                        row["correct"] = row["max_rel_err"] <= 1e-4
+                        if timed and row["correct"]:
+                            import triton.testing
+                            row["median_ms"] = triton.testing.do_bench(
+                                lambda: _run("fused", q0, p0, w, b, cot), warmup=50, rep=300,
+                                return_mode="median")
+                    except Exception as err:  # noqa: BLE001 - a config that cannot compile
+                        row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+                        row["correct"] = False
+                    rows.append(row)
+                    print(_fmt(row), flush=True)
+    finally:
+        fused._block_b, fused._num_warps = saved
+    return rows
+
+
+def _fmt(row):
+    ms = f"{row['median_ms']:9.3f}" if "median_ms" in row else "        -"
+    err = f"{row['max_rel_err']:.1e}" if "max_rel_err" in row else row.get("error", "")[:40]
+    return f"B={row['batch']:>6}  BLOCK_B={row['block_b']:>4}  warps={row['num_warps']}  " \
+           f"ms={ms}  err={err}"
+
+
+def best(rows):
+    out = {}
+    for r in rows:
+        if r.get("correct") and "median_ms" in r:
+            cur = out.get(r["batch"])
+            if cur is None or r["median_ms"] < cur["median_ms"]:
+                out[r["batch"]] = r
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--smoke", action="store_true",
+                    help="CPU + TRITON_INTERPRET: one tiny batch, correctness only")
+    ap.add_argument("--batches", type=int, nargs="+", default=[64, 1024, 65536])
+    ap.add_argument("--blocks", type=int, nargs="+", default=[16, 32, 64, 128])
+    ap.add_argument("--warps", type=int, nargs="+", default=[2, 4, 8])
+    a = ap.parse_args(argv)
+    if a.smoke:
+        rows = sweep([19], [16, 32], [4], "cpu", timed=False)
+        assert all(r["correct"] for r in rows), rows
+        return rows
+    if not torch.cuda.is_available():
+        raise SystemExit("tune_fused.py times CUDA kernels; use --smoke on a CPU")
+    rows = sweep(a.batches, a.blocks, a.warps, "cuda", timed=True)
+    winners = best(rows)
+    for batch, r in sorted(winners.items()):
+        print(f"fastest at B={batch}: BLOCK_B={r['block_b']} num_warps={r['num_warps']} "
+              f"({r['median_ms']:.3f} ms)")
+    record("fused_tune", "sweep", {"shape": {"frames": FRAMES, "k": K, "widths": list(WIDTHS)},
+                                   "rows": rows,
+                                   "fastest": {str(k): v for k, v in winners.items()}}, "cuda")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

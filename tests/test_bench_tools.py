@@ -1,0 +1,49 @@
+"""The tools behind bench/: the results-file merge used after GPU calls, and the fused-kernel
+tuning sweep (its correctness gate, run through the Triton interpreter here)."""
+import json
+import os
+import sys
+
+import pytest
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench"))
+import _results  # noqa: E402
+
+
+def _write(path, data):
+    with open(path, "w") as f:
+        json.dump(data, f)
+    return str(path)
+
+
+def test_merge_combines_sections_and_refuses_mixed_devices(tmp_path):
+    a = _write(tmp_path / "a.json", {"device": "GPU-X", "commit": "c1",
+                                     "results": {"leapfrog": {"x": 1, "y": 1}, "tune": {"s": 1}}})
+    b = _write(tmp_path / "b.json", {"device": "GPU-X", "commit": "c2",
+                                     "results": {"leapfrog": {"y": 2}, "trainstep": {"t": 3}}})
+    path = _results.merge([a, b], out_dir=str(tmp_path / "out"))
+    assert os.path.basename(path) == "GPU-X.json"
+    with open(path) as f:
+        merged = json.load(f)
+    assert merged["commit"] == "c2"
+    assert merged["results"] == {"leapfrog": {"x": 1, "y": 2}, "tune": {"s": 1},
+                                 "trainstep": {"t": 3}}
+    c = _write(tmp_path / "c.json", {"device": "GPU-Y", "results": {}})
+    with pytest.raises(ValueError, match="one device"):
+        _results.merge([a, c], out_dir=str(tmp_path / "out"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs CUDA or the Triton interpreter")
+def test_tuning_sweep_checks_every_config_and_restores_the_defaults(monkeypatch):
+    pytest.importorskip("triton")
+    import tune_fused
+    from hgan.kernels.leapfrog import fused
+    before = fused._block_b, fused._num_warps
+    monkeypatch.setattr(tune_fused, "FRAMES", 3)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    rows = tune_fused.sweep([5], [16, 32], [4], device, timed=False)
+    assert [(r["block_b"], r["num_warps"]) for r in rows] == [(16, 4), (32, 4)]
+    assert all(r["correct"] and r["max_rel_err"] <= 1e-4 for r in rows), rows
+    assert (fused._block_b, fused._num_warps) == before
