@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import subprocess
+import time
 
 import torch
 
@@ -60,6 +61,9 @@ def record(section: str, name: str, payload: dict, device: str = "cuda") -> str:
         with open(path) as f:
             data = json.load(f)
     data.update(env)
+    # Entries are re-measured one section at a time: each carries its own commit and date.
+    payload = {**payload, "commit": env["commit"],
+               "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     data.setdefault("results", {}).setdefault(section, {})[name] = payload
     tmp = path + ".tmp"
     with open(tmp, "w") as f:

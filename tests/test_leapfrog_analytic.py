@@ -131,12 +131,12 @@ def test_reference_supports_double_backward():
                                                ("relu", "order2")])
 @pytest.mark.parametrize("save_bytes", [None, 0])  # None: keep activations; 0: recompute them
 def test_analytic_large_batch_and_recompute_paths(monkeypatch, activation, scheme, save_bytes):
-    # B >= DIRECT_ROWS takes the one-matmul-per-term weight-gradient path; SAVE_BYTES = 0
-    # forces the backward to recompute the forward's activations instead of reading them.
+    # A large, odd batch; SAVE_BYTES = 0 forces the backward to recompute the forward's
+    # activations instead of reading them.
     from hgan.kernels.leapfrog import analytic
     if save_bytes is not None:
         monkeypatch.setattr(analytic, "SAVE_BYTES", save_bytes)
-    B = analytic.DIRECT_ROWS + 37
+    B = 549
     torch.manual_seed(7)
     m = HamiltonianMLP(3, hidden=24, depth=2, activation=activation)
     w, b = m.weights_and_biases()

@@ -32,11 +32,10 @@ For scheme="official" (q_mid = q_t, p_pred = p_half) the same lines hold with F_
 Q_m goes straight into Q, P_c into P_h, and a's cotangent has no p block.
 The layer-1 pre-activation splits by blocks, a_1 = W1q q + W1p p + b_1, so block products are
 shared where points coincide: the q_t+1 term between c and the next step's a, and for
-"official" also q_t between a and b and p_half between b and c. The weight-gradient products
-r_l h^T and g_l u^T of many VJPs are stacked into one matmul per layer (fewer, larger calls:
-what small batches need), flushed every FLUSH_ROWS rows; from DIRECT_ROWS rows per VJP on,
-each product is its own matmul (already large enough, and the concatenation copy would cost
-more than it saves).
+"official" also q_t between a and b and p_half between b and c. Each weight-gradient product
+r_l h^T, g_l u^T is its own in-place addmm_ (measured on CPU: stacking them into one large
+matmul cost more in concatenation copies than it saved in calls, even at B = 64), and layer
+1's is accumulated transposed (see backward).
 
 What the backward saves and what it recomputes: the forward always saves the trajectory
 (q, p, p_half, and for "order2" q_mid and p_pred: T*B*5k floats at most). When the primal activations of all 3(T-1) evaluations
@@ -51,8 +50,6 @@ import torch.nn.functional as F
 from .common import act_d1, act_value, scheme_points
 
 SAVE_BYTES = 256 << 20   # keep the primal activations for the backward below this size
-FLUSH_ROWS = 1024        # rows stacked per weight-gradient matmul at small batches
-DIRECT_ROWS = 512        # from this batch size on, one weight-gradient matmul per VJP term
 
 
 def _act(a, name, need_value):
@@ -65,14 +62,18 @@ def _act(a, name, need_value):
     return (act_value(a, name) if need_value else None), act_d1(a, name)
 
 
-def _primal(a1, weights, biases, activation):
+def _primal(a1, weights, biases, activation, wts=None):
     """Primal quantities of one evaluation from layer 1's pre-activation a1 [B, n1].
 
     Returns hs (h_1..h_L: h_L only where the activation computes it anyway, else None; the
     inputs of weights[1:] are hs[:-1]), d1s = s'(a_l) and gs = e_l * s'(a_l). The Hessian
-    term e_l * s''(a_l) * t_l is formed from these in the VJP (_hessian_term).
+    term e_l * s''(a_l) * t_l is formed from these in the VJP (_hessian_term). wts[l] is
+    weights[l].t(), made once per rollout (a view per call costs more than the small matmuls
+    gain).
     """
     n_hidden = len(weights) - 1
+    if wts is None:
+        wts = [w.t() for w in weights]
     hs, d1s = [], []
     a = a1
     for l in range(n_hidden):
@@ -81,7 +82,7 @@ def _primal(a1, weights, biases, activation):
         hs.append(h)
         d1s.append(d1)
         if not last:
-            a = torch.addmm(biases[l + 1], h, weights[l + 1].t())
+            a = torch.addmm(biases[l + 1], h, wts[l + 1])
     gs = [None] * n_hidden
     e = weights[-1]                                # e_L = w, [1, n_L], broadcast over rows
     for l in reversed(range(n_hidden)):
@@ -111,13 +112,13 @@ def _grad_block(cache, w1x):
     return cache[2][0] @ w1x
 
 
-def _vjp_block(cache, t1, weights):
+def _vjp_block(cache, t1, weights, wts):
     """VJP terms of one evaluation from its first tangent t_1 = W_1 v (the caller forms it from
     v's nonzero blocks; it is overwritten as scratch).
 
     Returns rs (per hidden layer), us (None, u_1 .. u_(L-1): u_0 = v is the caller's) and
-    dw = sum_rows u_L; then dW_l = r_l^T h_(l-1) + g_l^T u_(l-1), db_l = sum_rows r_l,
-    dx = r_1 W1.
+    u_L; then dW_l = r_l^T h_(l-1) + g_l^T u_(l-1), db_l = sum_rows r_l, dw = sum_rows u_L,
+    dx = r_1 W1. wts[l] is weights[l].t().
     """
     d1s = cache[1]
     n_hidden = len(d1s)
@@ -125,7 +126,7 @@ def _vjp_block(cache, t1, weights):
     t = t1
     for l in range(n_hidden):
         if l > 0:
-            t = u @ weights[l].t()
+            t = u @ wts[l]
         ts.append(t)
         u = t * d1s[l]
         us.append(u)
@@ -139,7 +140,7 @@ def _vjp_block(cache, t1, weights):
         elif r is None:
             r = torch.zeros_like(ts[l])
         rs[l] = r_next = r
-    return rs, us[:n_hidden], u.sum(0, keepdim=True)
+    return rs, us[:n_hidden], u
 
 
 def mlp_input_grad(x, weights, biases, activation):
@@ -151,40 +152,14 @@ def mlp_input_grad(x, weights, biases, activation):
 def mlp_input_grad_vjp(x, v, weights, biases, activation):
     """d<v, F(x)>/d(x, weights, biases) for rows x, v [B, 2k] (unsplit form, for tests)."""
     cache = _primal(torch.addmm(biases[0], x, weights[0].t()), weights, biases, activation)
-    rs, us, dw = _vjp_block(cache, v @ weights[0].t(), weights)
+    wts = [w.t() for w in weights]
+    rs, us, u_last = _vjp_block(cache, v @ wts[0], weights, wts)
     us[0] = v
+    dw = u_last.sum(0, keepdim=True)
     ins, gs = [x] + cache[0][:-1], cache[2]
     dweights = [r.t() @ h + g.t() @ u for r, g, h, u in zip(rs, gs, ins, us)] + [dw]
     dbiases = [r.sum(0) for r in rs] + [torch.zeros_like(biases[-1])]
     return rs[0] @ weights[0], dweights, dbiases
-
-
-class _StackedGrads:
-    """Pending weight-gradient factors: dW += cat(lefts)^T @ cat(rights), one matmul each."""
-
-    def __init__(self, grads):
-        self.grads = grads
-        self.pending = [([], []) for _ in grads]
-        self.rows = 0
-
-    def add(self, i, lefts, rights):
-        if lefts[0].shape[0] >= DIRECT_ROWS:       # large rows: one matmul per pair, no copy
-            for left, right in zip(lefts, rights):
-                self.grads[i].addmm_(left.t(), right)
-            return
-        self.pending[i][0].extend(lefts)
-        self.pending[i][1].extend(rights)
-        self.rows = max(self.rows, sum(x.shape[0] for x in self.pending[i][0]))
-        if self.rows >= FLUSH_ROWS:
-            self.flush()
-
-    def flush(self):
-        for grad, (lefts, rights) in zip(self.grads, self.pending):
-            if lefts:
-                grad.addmm_(torch.cat(lefts).t(), torch.cat(rights))
-                lefts.clear()
-                rights.clear()
-        self.rows = 0
 
 
 class LeapfrogAnalyticFunction(torch.autograd.Function):
@@ -195,46 +170,52 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
         weights, biases = params[:n_layers], params[n_layers:]
         B, k = q0.shape
         order2 = scheme == "order2"
+        wts = [w.t() for w in weights]
         w1q, w1p, b1 = weights[0][:, :k], weights[0][:, k:], biases[0]
+        w1qt, w1pt = w1q.t(), w1p.t()
         widths = sum(w.shape[0] for w in weights[:-1])
         save = 3 * (frames - 1) * B * 3 * widths * q0.element_size() <= SAVE_BYTES
-        q_traj = q0.new_empty(B, frames, k)             # [B, T, k]
-        p_traj = torch.empty_like(q_traj)
-        p_half = q0.new_empty(B, frames - 1, k)         # [B, T-1, k]
-        dhdq = torch.empty_like(p_half)
-        # order2's moved evaluation points; "official" evaluates at q_t and p_half instead.
-        q_mid = torch.empty_like(p_half) if order2 else q_traj[:, :-1]
-        p_pred = torch.empty_like(p_half) if order2 else p_half
+        # Per-step results go to lists, stacked once at the end (cheaper than slice writes).
+        qs, ps, phs, dqs, qms, pps = [q0], [p0], [], [], [], []
         caches = []
         q, p = q0, p0
-        q_traj[:, 0], p_traj[:, 0] = q0, p0
-        aq = torch.addmm(b1, q, w1q.t())                # q block of a_1, bias included
-        for t in range(frames - 1):
-            ca = _primal(torch.addmm(aq, p, w1p.t()), weights, biases, activation)
+        aq = torch.addmm(b1, q, w1qt)                   # q block of a_1, bias included
+        for _ in range(frames - 1):
+            ca = _primal(torch.addmm(aq, p, w1pt), weights, biases, activation, wts)
             if order2:
                 g = _grad_block(ca, weights[0])
                 dq = g[:, :k]
                 ph, qm, pp = scheme_points(q, p, dq, g[:, k:], dt, scheme)
-                aph = ph @ w1p.t()
-                cb = _primal(torch.addmm(aph, qm, w1q.t()).add_(b1), weights, biases, activation)
+                aph = ph @ w1pt
+                cb = _primal(torch.addmm(aph, qm, w1qt).add_(b1), weights, biases, activation,
+                             wts)
             else:
                 dq = _grad_block(ca, w1q)
                 ph = torch.add(p, dq, alpha=-0.5 * dt)
-                aph = ph @ w1p.t()
-                cb = _primal(aq + aph, weights, biases, activation)
+                aph = ph @ w1pt
+                cb = _primal(aq + aph, weights, biases, activation, wts)
             q = torch.add(q, _grad_block(cb, w1p), alpha=dt)
-            aq = torch.addmm(b1, q, w1q.t())            # reused by the next step's evaluation a
+            aq = torch.addmm(b1, q, w1qt)               # reused by the next step's evaluation a
             if order2:
-                cc = _primal(torch.addmm(aq, pp, w1p.t()), weights, biases, activation)
-                q_mid[:, t], p_pred[:, t] = qm, pp
+                cc = _primal(torch.addmm(aq, pp, w1pt), weights, biases, activation, wts)
+                qms.append(qm)
+                pps.append(pp)
             else:
-                cc = _primal(aq + aph, weights, biases, activation)
+                cc = _primal(aq + aph, weights, biases, activation, wts)
             p = torch.add(ph, _grad_block(cc, w1q), alpha=-0.5 * dt)
-            q_traj[:, t + 1], p_traj[:, t + 1], p_half[:, t], dhdq[:, t] = q, p, ph, dq
+            qs.append(q)
+            ps.append(p)
+            phs.append(ph)
+            dqs.append(dq)
             if save:
                 caches.append((ca, cb, cc))
+        q_traj, p_traj = torch.stack(qs, 1), torch.stack(ps, 1)        # [B, T, k]
+        empty = q0.new_empty(B, 0, k)
+        p_half = torch.stack(phs, 1) if phs else empty                 # [B, T-1, k]
+        dhdq = torch.stack(dqs, 1) if dqs else empty.clone()
         if order2:
-            ctx.save_for_backward(q_traj, p_traj, p_half, q_mid, p_pred, *params)
+            ctx.save_for_backward(q_traj, p_traj, p_half, torch.stack(qms, 1) if qms else empty,
+                                  torch.stack(pps, 1) if pps else empty, *params)
         else:
             ctx.save_for_backward(q_traj, p_traj, p_half, *params)
         ctx.caches = caches if save else None           # intermediates, not inputs/outputs
@@ -256,69 +237,75 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
         n, dt, act_name, caches = ctx.n_layers, ctx.dt, ctx.activation, ctx.caches
         ctx.caches = None                                # popped step by step: freed as used
         weights, biases = params[:n], params[n:]
+        wts = [w.t() for w in weights]
         k = q_traj.shape[2]
         w1q, w1p, b1 = weights[0][:, :k], weights[0][:, k:], biases[0]
-        dw1q, dw1p = torch.zeros_like(w1q), torch.zeros_like(w1p)
+        w1qt, w1pt = w1q.t(), w1p.t()
+        # Layer 1's gradient is accumulated transposed, [k, n1] += x^T r: with only k columns
+        # the untransposed product is a skinny matmul that runs ~3x slower on CPU BLAS.
+        dw1qt, dw1pt = w1q.new_zeros(k, w1q.shape[0]), w1p.new_zeros(k, w1p.shape[0])
         dweights = [torch.zeros_like(w) for w in weights[1:]]
         dbiases = [torch.zeros_like(b) for b in biases]
-        stacked = _StackedGrads([dw1q, dw1p] + dweights[:-1])
-        Q, P = gq[:, -1], gp[:, -1]
+        # One unbind per saved tensor instead of a slice per step.
+        qt, pt, pht, qmt, ppt = (x.unbind(1) for x in (q_traj, p_traj, p_half, q_mid, p_pred))
+        gqt, gpt, gdt = gq.unbind(1), gp.unbind(1), gd.unbind(1)
+        Q, P = gqt[-1], gpt[-1]
         aq1 = None
         for t in reversed(range(q_traj.shape[1] - 1)):
-            q, p, ph, q1 = q_traj[:, t], p_traj[:, t], p_half[:, t], q_traj[:, t + 1]
-            qm, pp = q_mid[:, t], p_pred[:, t]
+            q, p, ph, q1, qm, pp = qt[t], pt[t], pht[t], qt[t + 1], qmt[t], ppt[t]
             if caches is not None:
                 ca, cb, cc = caches.pop()
             else:
                 if aq1 is None:
-                    aq1 = torch.addmm(b1, q1, w1q.t())
-                aq, aph = torch.addmm(b1, q, w1q.t()), ph @ w1p.t()
+                    aq1 = torch.addmm(b1, q1, w1qt)
+                aq, aph = torch.addmm(b1, q, w1qt), ph @ w1pt
                 if order2:
-                    cc = _primal(torch.addmm(aq1, pp, w1p.t()), weights, biases, act_name)
-                    cb = _primal(torch.addmm(aph, qm, w1q.t()).add_(b1), weights, biases,
-                                 act_name)
+                    cc = _primal(torch.addmm(aq1, pp, w1pt), weights, biases, act_name, wts)
+                    cb = _primal(torch.addmm(aph, qm, w1qt).add_(b1), weights, biases,
+                                 act_name, wts)
                 else:
-                    cc = _primal(aq1 + aph, weights, biases, act_name)
-                    cb = _primal(aq + aph, weights, biases, act_name)
-                ca = _primal(torch.addmm(aq, p, w1p.t()), weights, biases, act_name)
+                    cc = _primal(aq1 + aph, weights, biases, act_name, wts)
+                    cb = _primal(aq + aph, weights, biases, act_name, wts)
+                ca = _primal(torch.addmm(aq, p, w1pt), weights, biases, act_name, wts)
                 aq1 = aq
-            vc = -0.5 * dt * P                                   # c: v on the q block
-            rc, uc, dwc = _vjp_block(cc, vc @ w1q.t(), weights)
+            vc = P * (-0.5 * dt)                                 # c: v on the q block
+            rc, uc, uLc = _vjp_block(cc, vc @ w1qt, weights, wts)
             dx = rc[0] @ weights[0]
             Q, P_c = Q + dx[:, :k], dx[:, k:]
-            vb = dt * Q                                          # b: v on the p block
-            rb, ub, dwb = _vjp_block(cb, vb @ w1p.t(), weights)
+            vb = Q * dt                                          # b: v on the p block
+            rb, ub, uLb = _vjp_block(cb, vb @ w1pt, weights, wts)
             dx = rb[0] @ weights[0]
             Q_m, P_h = dx[:, :k], P + dx[:, k:]
             if order2:
-                va = gd[:, t] - 0.5 * dt * P_h - dt * P_c        # a: v on both blocks
-                va_p = 0.5 * dt * Q_m
-                t1a = torch.addmm(va @ w1q.t(), va_p, w1p.t())
+                va = torch.add(gdt[t], P_h, alpha=-0.5 * dt).add_(P_c, alpha=-dt)   # both blocks
+                va_p = Q_m * (0.5 * dt)
+                t1a = torch.addmm(va @ w1qt, va_p, w1pt)
             else:
                 P_h = P_h + P_c                                  # p_pred is p_half
                 Q = Q + Q_m                                      # q_mid is q_t
-                va = gd[:, t] - 0.5 * dt * P_h                   # a: v on the q block
-                t1a = va @ w1q.t()
-            ra, ua, dwa = _vjp_block(ca, t1a, weights)
+                va = torch.add(gdt[t], P_h, alpha=-0.5 * dt)     # a: v on the q block
+                t1a = va @ w1qt
+            ra, ua, uLa = _vjp_block(ca, t1a, weights, wts)
             dx = ra[0] @ weights[0]
-            Q, P = Q + dx[:, :k] + gq[:, t], P_h + dx[:, k:] + gp[:, t]
+            Q, P = Q + dx[:, :k] + gqt[t], P_h + dx[:, k:] + gpt[t]
             if order2:
                 Q, P = Q + Q_m, P + P_c
             for l in range(n - 1):
-                dbiases[l] += rc[l].sum(0) + rb[l].sum(0) + ra[l].sum(0)
-            dweights[-1] += dwc + dwb + dwa
+                dbiases[l] += (rc[l] + rb[l]).add_(ra[l]).sum(0)
+            dweights[-1] += (uLc + uLb).add_(uLa).sum(0, keepdim=True)
             gc, gb, ga = cc[2], cb[2], ca[2]
-            r1 = [rc[0], rb[0], ra[0]]
-            stacked.add(0, r1 + [gc[0], ga[0]], [q1, qm, q, vc, va])
+            for x, r in ((q1, rc[0]), (qm, rb[0]), (q, ra[0]), (vc, gc[0]), (va, ga[0])):
+                dw1qt.addmm_(x.t(), r)
+            for x, r in ((pp, rc[0]), (ph, rb[0]), (p, ra[0]), (vb, gb[0])):
+                dw1pt.addmm_(x.t(), r)
             if order2:
-                stacked.add(1, r1 + [gb[0], ga[0]], [pp, ph, p, vb, va_p])
-            else:
-                stacked.add(1, r1 + [gb[0]], [pp, ph, p, vb])
+                dw1pt.addmm_(va_p.t(), ga[0])
             for l in range(1, n - 1):
-                stacked.add(l + 1, [rc[l], rb[l], ra[l], gc[l], gb[l], ga[l]],
-                            [cc[0][l - 1], cb[0][l - 1], ca[0][l - 1], uc[l], ub[l], ua[l]])
-        stacked.flush()
-        return (Q, P, None, None, None, None, None, torch.cat([dw1q, dw1p], 1), *dweights,
+                for left, right in ((rc[l], cc[0][l - 1]), (rb[l], cb[0][l - 1]),
+                                    (ra[l], ca[0][l - 1]), (gc[l], uc[l]), (gb[l], ub[l]),
+                                    (ga[l], ua[l])):
+                    dweights[l - 1].addmm_(left.t(), right)
+        return (Q, P, None, None, None, None, None, torch.cat([dw1qt, dw1pt], 0).t(), *dweights,
                 *dbiases)
 
 

@@ -66,10 +66,10 @@ def act_value(a, name):
 
 def scheme_points(q, p, dq, dp, dt, scheme):
     """p_half, q_mid, p_pred of one step from dH/dq, dH/dp at (q_t, p_t) (see SCHEMES)."""
-    p_half = p - 0.5 * dt * dq
+    p_half = torch.add(p, dq, alpha=-0.5 * dt)
     if scheme == "official":
         return p_half, q, p_half
-    return p_half, q + 0.5 * dt * dp, p - dt * dq
+    return p_half, torch.add(q, dp, alpha=0.5 * dt), torch.add(p, dq, alpha=-dt)
 
 
 def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend, scheme="order2"):
