@@ -132,3 +132,22 @@ def test_empty_split_skipped_and_progress_bar(tmp_path, capsys):
     out = generate_dataset("mass_spring", tmp_path, train=0, test=2, frames=4, progress=True)
     assert list(out) == ["test"] and not (tmp_path / "mass_spring" / "train.h5").exists()
     assert "mass_spring/test" in capsys.readouterr().err  # tqdm writes to stderr
+
+
+def test_rejected_draws_merged_across_chunks_change_nothing():
+    # simulate_chunks integrates a chunk's re-draws together with the next chunk's fresh
+    # trajectories; every result is per trajectory, so it must equal one chunk of all of them.
+    from hgan.data.simulate import simulate_chunks
+    system = get_system("three_body")
+    whole = simulate_split(system, 2, "train", np.arange(12), 256)
+    parts = list(simulate_chunks(system, 2, "train",
+                                 [np.arange(0, 5), np.arange(5, 9), np.arange(9, 12)], 256))
+    assert whole["rejected"] > 0, "the case must exercise re-draws"
+    assert [len(p["states"]) for p in parts] == [5, 4, 3]
+    for key in ("states", "color_index", "offset"):
+        np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), whole[key])
+    for name in whole["params"]:
+        np.testing.assert_array_equal(np.concatenate([p["params"][name] for p in parts]),
+                                      whole["params"][name])
+    assert sum(p["rejected"] + p["inaccurate"] for p in parts) == \
+        whole["rejected"] + whole["inaccurate"]

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from hgan.data.h5io import H5Writer, compress_frames
 from hgan.data.render import render
-from hgan.data.simulate import DT, SUBSTEPS, simulate_split
+from hgan.data.simulate import DT, SUBSTEPS, simulate_chunks
 from hgan.data.systems import get_system
 
 log = logging.getLogger(__name__)
@@ -57,9 +57,10 @@ def generate_split(system, path, split, n, *, frames, seed, resolution=32, chunk
 
     pool = ThreadPoolExecutor(THREADS)
     try:
-        for start in range(0, n, chunk):
+        index_chunks = (np.arange(b, min(n, b + chunk)) for b in range(0, n, chunk))
+        for start, sim in zip(range(0, n, chunk),
+                              simulate_chunks(system, seed, split, index_chunks, frames)):
             idx = np.arange(start, min(n, start + chunk))
-            sim = simulate_split(system, seed, split, idx, frames)
             rejected += sim["rejected"]
             inaccurate += sim["inaccurate"]
             slices = [slice(b, min(len(idx), b + block)) for b in range(0, len(idx), block)]

@@ -12,6 +12,8 @@ encounters need steps that would be wasted on every other trajectory. A conserva
 trajectory whose relative energy drift exceeds DRIFT_TOL is integrated again with twice the
 substeps (or a 10x tighter tolerance), up to MAX_REFINE times, then re-drawn and counted as
 `inaccurate`; mass_spring without friction uses the closed form q = a cos(wt + b).
+Generation runs chunk after chunk through `simulate_chunks`, which integrates each chunk's
+re-draws together with the next chunk's fresh trajectories.
 """
 import numpy as np
 
@@ -197,6 +199,91 @@ def _draw(system, rng):
     return pr, system.sample_state(rng, pr)
 
 
+class _Chunk:
+    """Trajectories of one output chunk while some of them still await an accepted draw."""
+
+    def __init__(self, system, seed, split, indices, frames):
+        self.indices = np.asarray(indices)
+        self.rngs = [trajectory_rng(seed, split, i) for i in self.indices]
+        n = len(self.rngs)
+        self.params = {k: np.empty(n) for k in system.param_names}
+        self.x0 = np.empty((n, 2 * system.dof))
+        self.states = np.empty((n, frames, 2 * system.dof))
+        self.draws = np.zeros(n, np.int64)
+        self.remaining = n
+        self.rejected = self.inaccurate = 0
+        for j in range(n):
+            self.redraw(system, j)
+
+    def redraw(self, system, j):
+        if self.draws[j] >= MAX_ROUNDS:
+            raise RuntimeError(f"{system.name}: trajectory {self.indices[j]} still leaves the "
+                               f"canvas after {MAX_ROUNDS} re-draws")
+        pr, self.x0[j] = _draw(system, self.rngs[j])
+        for k in system.param_names:
+            self.params[k][j] = pr[k]
+        self.draws[j] += 1
+
+    def result(self, system):
+        """Colours and offsets come from each trajectory's stream after its accepted draw."""
+        n = len(self.rngs)
+        color_index = np.empty((n, system.n_bodies), np.int32)
+        offset = np.zeros((n, 2))
+        for j, rng in enumerate(self.rngs):
+            if system.num_colors == 1:
+                color_index[j] = 0
+            else:
+                color_index[j] = rng.permutation(system.num_colors)[:system.n_bodies]
+            if system.random_offset:
+                offset[j] = rng.uniform(-system.offset_range, system.offset_range, size=2)
+                if system.base == "mass_spring":
+                    offset[j, 0] += rng.uniform(0.0, 1.0)  # the suite's random x position
+        return dict(states=self.states, params=self.params, color_index=color_index,
+                    offset=offset, rejected=self.rejected, inaccurate=self.inaccurate)
+
+
+def simulate_chunks(system, seed, split, index_chunks, frames):
+    """Accepted trajectories for consecutive index chunks, yielded in order (see
+    simulate_split for the dict). A re-drawn trajectory is integrated together with the next
+    chunk's fresh ones instead of in a narrow round of its own: for an adaptive integrator a
+    round costs about the same whatever its width (the hardest trajectory sets the number of
+    passes), so this removes most rounds. Results are per trajectory, so they do not depend
+    on the chunking."""
+    chunks = iter(index_chunks)
+    open_chunks = []     # chunks admitted and not yet yielded, in output order
+    pending = []         # (chunk, j): draws waiting to be integrated
+    exhausted = False
+    while not exhausted or open_chunks:
+        if not exhausted:
+            indices = next(chunks, None)
+            if indices is None:
+                exhausted = True
+            elif len(indices):
+                c = _Chunk(system, seed, split, indices, frames)
+                open_chunks.append(c)
+                pending.extend((c, j) for j in range(len(indices)))
+        if pending:
+            x0 = np.stack([c.x0[j] for c, j in pending])
+            params = {k: np.array([c.params[k][j] for c, j in pending])
+                      for k in system.param_names}
+            traj, inside, accurate = integrate(system, x0, params, frames)
+            redo = []
+            for m, (c, j) in enumerate(pending):
+                if inside[m] and accurate[m]:
+                    c.states[j] = traj[m]
+                    c.remaining -= 1
+                    continue
+                if inside[m]:
+                    c.inaccurate += 1
+                else:
+                    c.rejected += 1
+                c.redraw(system, j)
+                redo.append((c, j))
+            pending = redo
+        while open_chunks and open_chunks[0].remaining == 0:
+            yield open_chunks.pop(0).result(system)
+
+
 def simulate_split(system, seed, split, indices, frames):
     """Accepted trajectories for `indices` of a split.
 
@@ -204,45 +291,4 @@ def simulate_split(system, seed, split, indices, frames):
     [n, n_bodies], offset float64 [n, 2] (world shift of every particle), rejected (count of
     re-draws because a particle left the canvas), inaccurate (re-draws for energy drift).
     """
-    rngs = [trajectory_rng(seed, split, i) for i in indices]
-    n = len(rngs)
-    names = system.param_names
-    params = {k: np.empty(n) for k in names}
-    x0 = np.empty((n, 2 * system.dof))
-    states = np.empty((n, frames, 2 * system.dof))
-    for j, rng in enumerate(rngs):
-        pr, x0[j] = _draw(system, rng)
-        for k in names:
-            params[k][j] = pr[k]
-    pending = np.arange(n)
-    rejected = inaccurate = 0
-    for _ in range(MAX_ROUNDS):
-        sub = {k: v[pending] for k, v in params.items()}
-        traj, inside, accurate = integrate(system, x0[pending], sub, frames)
-        ok = inside & accurate
-        states[pending[ok]] = traj[ok]
-        rejected += int((~inside).sum())
-        inaccurate += int((inside & ~accurate).sum())
-        pending = pending[~ok]
-        if pending.size == 0:
-            break
-        for j in pending:
-            pr, x0[j] = _draw(system, rngs[j])
-            for k in names:
-                params[k][j] = pr[k]
-    else:
-        raise RuntimeError(f"{system.name}: {pending.size} trajectories still leave the canvas "
-                           f"after {MAX_ROUNDS} re-draws")
-    color_index = np.empty((n, system.n_bodies), np.int32)
-    offset = np.zeros((n, 2))
-    for j, rng in enumerate(rngs):
-        if system.num_colors == 1:
-            color_index[j] = 0
-        else:
-            color_index[j] = rng.permutation(system.num_colors)[:system.n_bodies]
-        if system.random_offset:
-            offset[j] = rng.uniform(-system.offset_range, system.offset_range, size=2)
-            if system.base == "mass_spring":
-                offset[j, 0] += rng.uniform(0.0, 1.0)  # the suite's random x position
-    return dict(states=states, params=params, color_index=color_index, offset=offset,
-                rejected=rejected, inaccurate=inaccurate)
+    return next(simulate_chunks(system, seed, split, [indices], frames))
