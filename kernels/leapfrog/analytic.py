@@ -37,12 +37,13 @@ r_l h^T, g_l u^T is its own in-place addmm_ (measured on CPU: stacking them into
 matmul cost more in concatenation copies than it saved in calls, even at B = 64), and layer
 1's is accumulated transposed (see backward).
 
-What the backward saves and what it recomputes: the forward always saves the trajectory
-(q, p, p_half, and for "order2" q_mid and p_pred: T*B*5k floats at most). When the primal activations of all 3(T-1) evaluations
-(h_l, s'(a_l), g_l = e_l s'(a_l); h_L only for tanh) fit in SAVE_BYTES, the forward keeps them
-too, and the backward does no primal work (at B=64, T=16, width 100 that is ~7 MB and removes two
-width^2 matmuls and the transcendental activations from every VJP). Above it, each VJP
-recomputes them from the trajectory, so memory stays independent of the MLP width.
+What the backward saves and what it recomputes: the forward always saves the trajectory (q, p,
+p_half, and for "order2" q_mid and p_pred: T*B*5k floats at most). When the primal
+activations of all 3(T-1) evaluations (h_l, s'(a_l), g_l = e_l s'(a_l); h_L only for tanh)
+fit in SAVE_BYTES, the forward keeps them too, and the backward does no primal work (at B=64,
+T=16, width 100 that is ~7 MB and removes two width^2 matmuls and the transcendental
+activations from every VJP). Above it, each VJP recomputes them from the trajectory, so
+memory stays independent of the MLP width.
 """
 import torch
 import torch.nn.functional as F
