@@ -11,8 +11,19 @@ ms). It prints a table, records the sweep under section "fused_tune" of
 bench/results/<device>.json, and names the fastest correct config per batch: copy those into
 fused._block_b / fused._num_warps. A config that fails to compile (too many registers or
 too much shared memory) is recorded with its error.
+
+Compiling is the slow part on a GPU machine: at width 128 one backward kernel takes about a
+minute of single-threaded ptxas (measured with triton 3.6 for sm_90), and the default grid has
+12 configs. So on CUDA every config is first compiled in parallel worker processes (--jobs;
+they fill Triton's on-disk cache for exactly the sweep's specialisation: every batch is a
+multiple of 16, k = 10, frames = 16). A config still compiling after --compile-timeout
+(240 s) is skipped with that reason: BLOCK_B >= 64 at width 128 took over 10 minutes in
+triton's frontend alone on a CPU here. The sweep is recorded after every row, so a run cut
+off by a time limit keeps what it measured ("complete": false).
 """
 import argparse
+import concurrent.futures
+import multiprocessing
 import os
 import sys
 
@@ -40,7 +51,61 @@ def _run(backend, q0, p0, w, b, cot):
     return [o.detach() for o in outs] + [g for g in grads if g is not None]
 
 
-def sweep(batches, blocks, warps, device, timed):
+def _compile_one(job):
+    """Worker: run one (BLOCK_B, num_warps) config once so that Triton compiles (and caches
+    on disk) its forward and backward kernels. Returns an error text or None."""
+    bb, nw, device, frames = job
+    fused._block_b = lambda h1, h2: bb
+    fused._num_warps = lambda h1, h2: nw
+    gen = torch.Generator().manual_seed(0)
+    w, b = random_mlp(K, WIDTHS, device=device, generator=gen)
+    # 64 rows: the same specialisation (a multiple of 16) as every batch of the sweep.
+    q0, p0 = (torch.randn(64, K, generator=gen).to(device) for _ in range(2))
+    cot = [torch.randn(s, generator=gen).to(device)
+           for s in [(64, frames, K), (64, frames, K), (64, frames - 1, K)]]
+    try:
+        leaves = [t.detach().clone().requires_grad_(True) for t in [q0, p0, *w, *b]]
+        outs = leapfrog(leaves[0], leaves[1], leaves[2:5], leaves[5:], frames=frames,
+                        backend="fused")
+        torch.autograd.grad(sum((o * c).sum() for o, c in zip(outs, cot)), leaves,
+                            allow_unused=True)
+        if device == "cuda":
+            torch.cuda.synchronize()
+    except Exception as err:  # noqa: BLE001 - the sweep records it
+        return f"{type(err).__name__}: {str(err)[:200]}"
+    return None
+
+
+def precompile(blocks, warps, jobs, device="cuda", timeout=None):
+    """Compile every config in `jobs` parallel processes (spawned: CUDA cannot be forked).
+    Returns {(BLOCK_B, num_warps): None, or why the config cannot run}. A config still
+    compiling after `timeout` seconds is given up (its worker is killed): the sweep skips it
+    rather than wait for it serially."""
+    configs = [(bb, nw) for bb in blocks for nw in warps]
+    ctx = multiprocessing.get_context("spawn")
+    pool = concurrent.futures.ProcessPoolExecutor(max(1, min(jobs, len(configs))), mp_context=ctx)
+    futures = {pool.submit(_compile_one, (bb, nw, device, FRAMES)): (bb, nw)
+               for bb, nw in configs}
+    done, pending = concurrent.futures.wait(futures, timeout=timeout)
+    if pending:
+        for proc in list(getattr(pool, "_processes", {}).values()):
+            proc.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
+    out = {}
+    for fut, (bb, nw) in futures.items():
+        if fut not in done:
+            out[(bb, nw)] = f"compile did not finish within {timeout:.0f} s"
+        elif fut.exception() is not None:
+            out[(bb, nw)] = f"{type(fut.exception()).__name__}: {str(fut.exception())[:200]}"
+        else:
+            out[(bb, nw)] = fut.result()
+        print(f"compiled BLOCK_B={bb:>4}  warps={nw}  {out[(bb, nw)] or 'ok'}", flush=True)
+    return out
+
+
+def sweep(batches, blocks, warps, device, timed, on_row=None, skip=None):
+    """skip: {(BLOCK_B, num_warps): reason} of configs not to run (see precompile)."""
+    skip = skip or {}
     saved = fused._block_b, fused._num_warps
     rows = []
     try:
@@ -57,6 +122,11 @@ def sweep(batches, blocks, warps, device, timed):
                     fused._block_b = lambda h1, h2, bb=bb: bb
                     fused._num_warps = lambda h1, h2, nw=nw: nw
                     row = {"batch": batch, "block_b": bb, "num_warps": nw}
+                    if (bb, nw) in skip:
+                        row.update(error=skip[(bb, nw)], correct=False)
+                        rows.append(row)
+                        print(_fmt(row), flush=True)
+                        continue
                     try:
                         got = _run("fused", q0, p0, w, b, cot)
                         row["max_rel_err"] = max(rel_err(x, y) for x, y in zip(got, ref))
@@ -71,6 +141,8 @@ def sweep(batches, blocks, warps, device, timed):
                         row["correct"] = False
                     rows.append(row)
                     print(_fmt(row), flush=True)
+                    if on_row is not None:
+                        on_row(rows)
     finally:
         fused._block_b, fused._num_warps = saved
     return rows
@@ -100,6 +172,10 @@ def main(argv=None):
     ap.add_argument("--batches", type=int, nargs="+", default=[64, 1024, 65536])
     ap.add_argument("--blocks", type=int, nargs="+", default=[16, 32, 64, 128])
     ap.add_argument("--warps", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--jobs", type=int, default=min(16, os.cpu_count() or 1),
+                    help="parallel compile processes before the sweep (1: compile in the sweep)")
+    ap.add_argument("--compile-timeout", type=float, default=240.0,
+                    help="seconds the parallel compile may take; slower configs are skipped")
     a = ap.parse_args(argv)
     if a.smoke:
         rows = sweep([19], [16, 32], [4], "cpu", timed=False)
@@ -107,14 +183,22 @@ def main(argv=None):
         return rows
     if not torch.cuda.is_available():
         raise SystemExit("tune_fused.py times CUDA kernels; use --smoke on a CPU")
-    rows = sweep(a.batches, a.blocks, a.warps, "cuda", timed=True)
-    winners = best(rows)
-    for batch, r in sorted(winners.items()):
+    skip = {}
+    if a.jobs > 1:
+        compiled = precompile(a.blocks, a.warps, a.jobs, timeout=a.compile_timeout)
+        skip = {cfg: err for cfg, err in compiled.items() if err}
+
+    def save(rows, complete=False):
+        record("fused_tune", "sweep", {
+            "shape": {"frames": FRAMES, "k": K, "widths": list(WIDTHS)}, "rows": rows,
+            "fastest": {str(k): v for k, v in best(rows).items()}, "complete": complete},
+            "cuda")
+
+    rows = sweep(a.batches, a.blocks, a.warps, "cuda", timed=True, on_row=save, skip=skip)
+    save(rows, complete=True)
+    for batch, r in sorted(best(rows).items()):
         print(f"fastest at B={batch}: BLOCK_B={r['block_b']} num_warps={r['num_warps']} "
               f"({r['median_ms']:.3f} ms)")
-    record("fused_tune", "sweep", {"shape": {"frames": FRAMES, "k": K, "widths": list(WIDTHS)},
-                                   "rows": rows,
-                                   "fastest": {str(k): v for k, v in winners.items()}}, "cuda")
     return rows
 
 

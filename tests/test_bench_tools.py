@@ -3,6 +3,7 @@ tuning sweep (its correctness gate, run through the Triton interpreter here)."""
 import json
 import os
 import sys
+import time
 
 import pytest
 import torch
@@ -47,3 +48,29 @@ def test_tuning_sweep_checks_every_config_and_restores_the_defaults(monkeypatch)
     assert [(r["block_b"], r["num_warps"]) for r in rows] == [(16, 4), (32, 4)]
     assert all(r["correct"] and r["max_rel_err"] <= 1e-4 for r in rows), rows
     assert (fused._block_b, fused._num_warps) == before
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs CUDA or the Triton interpreter")
+def test_tuning_precompile_runs_every_config_in_spawned_workers(monkeypatch):
+    # On CUDA this fills Triton's disk cache in parallel before the sweep; on CPU the spawned
+    # workers inherit TRITON_INTERPRET and run the same fused forward + backward.
+    pytest.importorskip("triton")
+    import tune_fused
+    monkeypatch.setattr(tune_fused, "FRAMES", 3)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert tune_fused.precompile([16, 32], [4], jobs=2, device=device) == {(16, 4): None,
+                                                                          (32, 4): None}
+
+
+def test_tuning_gives_up_slow_compiles_and_the_sweep_skips_them(monkeypatch):
+    pytest.importorskip("triton")
+    import tune_fused
+    monkeypatch.setattr(tune_fused, "FRAMES", 3)
+    t0 = time.perf_counter()
+    out = tune_fused.precompile([16], [4], jobs=1, device="cpu", timeout=0.01)
+    assert out == {(16, 4): "compile did not finish within 0 s"}
+    assert time.perf_counter() - t0 < 60          # the killed worker is not waited for
+    rows = tune_fused.sweep([5], [16], [4], "cpu", timed=False, skip=out)
+    assert rows == [{"batch": 5, "block_b": 16, "num_warps": 4, "correct": False,
+                     "error": "compile did not finish within 0 s"}]

@@ -81,6 +81,10 @@ def test_explicit_fused_outside_contract_raises():
     w, b = random_mlp(3, (16, 16), dtype=torch.float64, device=DEVICE)
     with pytest.raises(ValueError, match="float32"):
         leapfrog(q0.double(), q0.double(), w, b, frames=2, backend="fused")
+    w, b = random_mlp(33, (16, 16), device=DEVICE)     # past the backward's shared memory
+    q33 = torch.randn(2, 33, device=DEVICE)
+    with pytest.raises(ValueError, match="k <= 32"):
+        leapfrog(q33, q33, w, b, frames=2, backend="fused")
 
 
 def test_auto_falls_back_with_one_warning(monkeypatch):

@@ -247,7 +247,11 @@ class Trainer:
         self.opt_dv.load_state_dict(ckpt["opt_dv"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.iteration, self.loader_position = int(ckpt["iteration"]), int(ckpt["loader_position"])
-        if not self.info.enabled and int(ckpt.get("world_size", 1)) == 1:
+        # A CPU generator's state is 5056 bytes, a CUDA one's 16: a checkpoint written on the
+        # other device type (--device is a resumable override) cannot restore this generator,
+        # and set_state would raise; it is reseeded like a multi-rank resume instead.
+        same_kind = ckpt["noise_rng"].numel() == self.noise.get_state().numel()
+        if not self.info.enabled and int(ckpt.get("world_size", 1)) == 1 and same_kind:
             self.noise.set_state(ckpt["noise_rng"])
             restore_rng(ckpt["rng"])
         else:

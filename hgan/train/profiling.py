@@ -41,15 +41,31 @@ def _device_time(evt) -> float:
     return float(getattr(evt, "device_time_total", getattr(evt, "cuda_time_total", 0.0)) or 0.0)
 
 
+def _on_device(evt) -> bool:
+    """True for an average of device-side events (a CUDA gpu_user_annotation, a kernel)."""
+    kind = getattr(evt, "device_type", None)
+    return kind is not None and kind != torch.autograd.DeviceType.CPU
+
+
 def stage_shares(prof, stages=STAGES) -> dict:
     """Time per stage and per step (microseconds, summed over the recorded steps).
 
     CPU time is the inclusive wall time of each `stage` range on the host; device time is
-    the kernel time the profiler attributes to it (0 without CUDA). Shares divide by the
+    the kernel time the profiler attributes to it (0 without CUDA): the kernels launched by
+    ops under the range on the same host thread. On CUDA the autograd engine runs backward
+    ops on its own device thread, so "backward" device time misses most backward kernels
+    (its host time is still the whole blocking backward call). Only host-side averages are
+    read; CUDA's duplicate gpu_user_annotation averages are skipped. Shares divide by the
     summed ProfilerStep ranges, so they say where a step's host time goes; host time
     inside `data` is the time the step waits for its batch."""
     cpu, dev, step_us, n_steps = {}, {}, 0.0, 0
     for evt in prof.key_averages():
+        if _on_device(evt):
+            # With CUDA activity every record_function range (ProfilerStep#N and each stage)
+            # also comes back as a separate gpu_user_annotation average under the same key
+            # (pytorch/pytorch#144613): counting it would double the step count and add the
+            # range's GPU span on top of the host range's kernel time.
+            continue
         if evt.key.startswith("ProfilerStep"):  # "ProfilerStep*" once averaged
             step_us += evt.cpu_time_total
             n_steps += evt.count

@@ -21,7 +21,10 @@ log = logging.getLogger(__name__)
 FUSED_CONTRACT = {
     "depth": 2,                       # hidden layers
     "widths": (16, 128),              # each hidden width, inclusive; padded to a power of two
-    "k": (1, 64),                     # coordinates; padded to a power of two >= 16
+    # Coordinates, padded to a power of two >= 16. Not 64: the order2 backward at k 33..64 and
+    # width 128 needs 248 KB of shared memory per block (triton 3.6, sm_90), over an H100's
+    # 227 KB, and would fail at launch instead of falling back.
+    "k": (1, 32),
     "activations": ("softplus", "tanh"),
     "schemes": ("order2", "official"),
     "dtypes": (torch.float32,),       # fp32 dots with input_precision="ieee"

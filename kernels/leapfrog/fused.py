@@ -265,6 +265,12 @@ def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2
     order2 points (q_mid, p_pred; empty for "official") and the padded weights."""
     B, k = q0.shape
     assert q0.dtype == torch.float32 and len(weights) == 3, "dispatcher checks the contract"
+    if B * frames * k >= 2 ** 31:
+        # The kernels index the [B, T, k] trajectories with int32 offsets (rows * T * k):
+        # past 2^31 elements they would wrap and read or write out of bounds.
+        raise ValueError(f"the fused leapfrog backend indexes with int32: B * frames * k = "
+                         f"{B} * {frames} * {k} must stay below 2^31; split the batch or use "
+                         f"backend='analytic'")
     with torch.no_grad():
         padded, (KP, H1, H2) = _pad_params(weights, biases, k)
     q0, p0 = q0.detach().contiguous(), p0.detach().contiguous()

@@ -1,0 +1,184 @@
+"""CPU checks of code paths that only run on a CUDA machine (audited before the first GPU run).
+
+On CPU each test emulates the CUDA side: the profiler's CUDA duplicates of record_function
+ranges, a huge batch (shapes only, meta tensors) for the fused kernels' int32 offsets, a
+checkpoint whose noise generator state came from a CUDA generator, and the DALI stream's
+spawned workers (what it uses once CUDA is initialised). The tests marked `needs_cuda` run
+the real CUDA paths on a GPU machine (bench/gpu/run.sh check) and are skipped elsewhere.
+"""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from hgan.train.profiling import stage_shares
+
+CPU, CUDA = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+
+
+def _avg(key, count, cpu_us, dev_us, device_type):
+    return SimpleNamespace(key=key, count=count, cpu_time_total=cpu_us, device_time_total=dev_us,
+                           device_type=device_type)
+
+
+class _FakeProf:
+    def __init__(self, events):
+        self.events = events
+
+    def key_averages(self):
+        return self.events
+
+
+def test_stage_shares_skips_cuda_user_annotation_duplicates():
+    # With ProfilerActivity.CUDA, key_averages() returns every record_function range twice:
+    # the host range (device_type CPU; its device time = its ops' kernels) and the
+    # gpu_user_annotation (device_type CUDA, no CPU time, its GPU span as device time).
+    prof = _FakeProf([
+        _avg("ProfilerStep*", 3, 30_000.0, 9_000.0, CPU),
+        _avg("ProfilerStep*", 3, 0.0, 12_000.0, CUDA),
+        _avg("motion", 3, 3_000.0, 1_000.0, CPU),
+        _avg("motion", 3, 0.0, 1_500.0, CUDA),
+        _avg("D_I", 6, 6_000.0, 2_000.0, CPU),
+        _avg("D_I", 6, 0.0, 2_400.0, CUDA),
+        _avg("aten::mm", 40, 500.0, 800.0, CPU),
+        _avg("ampere_sgemm", 40, 0.0, 800.0, CUDA),
+    ])
+    s = stage_shares(prof)
+    assert s["steps"] == 3
+    assert s["step_us"] == 30_000.0
+    assert s["stage_cpu_us"] == {"motion": 3_000.0, "D_I": 6_000.0}
+    assert s["stage_device_us"] == {"motion": 1_000.0, "D_I": 2_000.0}
+    assert s["share"] == {"motion": 0.1, "D_I": 0.2}
+
+
+def test_stage_shares_cpu_only_events_unchanged():
+    # CPU builds: every average is host-side; nothing is skipped.
+    prof = _FakeProf([_avg("ProfilerStep*", 2, 1_000.0, 0.0, CPU),
+                      _avg("data", 2, 250.0, 0.0, CPU)])
+    s = stage_shares(prof)
+    assert s["steps"] == 2 and s["share"] == {"data": 0.25}
+    assert s["stage_device_us"] == {"data": 0.0}
+
+
+def test_fused_refuses_shapes_past_int32_offsets():
+    pytest.importorskip("triton")
+    from hgan.kernels.leapfrog import fused
+    from hgan.kernels.leapfrog.check import random_mlp
+    w, b = random_mlp(16, (16, 16))
+    w, b = [x.to("meta") for x in w], [x.to("meta") for x in b]
+    q0 = torch.empty(2 ** 23, 16, device="meta")          # 2^23 * 16 frames * 16 = 2^31
+    with pytest.raises(ValueError, match="int32"):
+        fused.leapfrog_fwd(q0, q0, w, b, 0.05, 16, "softplus")
+
+
+def test_resume_from_other_device_kind_reseeds_the_noise_generator():
+    # A CUDA generator's state is 16 bytes; restoring it into a CPU generator (or the reverse,
+    # a CPU run resumed with --device cuda) would raise "RNG state is wrong size".
+    from hgan.models import ModelConfig
+    from hgan.train.config import RunConfig
+    from hgan.train.loop import Trainer
+
+    cfg = RunConfig(batch_size=2, frames=4, device="cpu", progress=False,
+                    model=ModelConfig(resolution=16, ngf=4, ndf=4, k=2, motion_dim=4,
+                                      content_dim=4, hidden=8, clip_frames=4))
+    trainer = Trainer(cfg, device="cpu")
+    state = trainer.state_dict()
+    state["iteration"] = 5
+    state["noise_rng"] = torch.zeros(16, dtype=torch.uint8)
+    other = Trainer(cfg, device="cpu")
+    other.load_state_dict(state)
+    want = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 0 + 7919 * 5).get_state()
+    assert other.iteration == 5 and torch.equal(other.noise.get_state(), want)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _tiny_model_config(**kw):
+    from hgan.models import ModelConfig
+    # hidden 16: the smallest width inside the fused contract, so "auto" runs fused on CUDA.
+    return ModelConfig(**{**dict(resolution=16, ngf=4, ndf=4, k=2, motion_dim=4, content_dim=4,
+                                 hidden=16, clip_frames=4), **kw})
+
+
+def _take(path, n, **kw):
+    from hgan.data.loader import build_loader
+    stream = build_loader(path, batch_size=3, frames=4, seed=5, **kw)
+    out = [b.clone(memory_format=torch.preserve_format) for _, b in zip(range(n), stream)]
+    stream.close()
+    return stream, out
+
+
+def test_dali_stream_with_spawned_workers_matches_torch(noisy_generated_h5, monkeypatch):
+    # Once CUDA is initialised (always, on a GPU: the trainer builds its models first) the
+    # DALI stream starts its reader workers with "spawn", which pickles the sample source.
+    pytest.importorskip("nvidia.dali")
+    from hgan.data import dali
+    path = noisy_generated_h5(6, 20, 8)[0]
+    _, ref = _take(path, 3, kind="torch", num_workers=0)
+    monkeypatch.setattr(dali.torch.cuda, "is_initialized", lambda: True)
+    stream, got = _take(path, 3, kind="dali", num_workers=2)
+    assert stream.kind == "dali"
+    assert all(torch.equal(x, y) for x, y in zip(ref, got))
+
+
+@needs_cuda
+@pytest.mark.parametrize("kind,channels_last", [("torch", False), ("torch", True),
+                                                ("gpu-resident", False), ("dali", False),
+                                                ("dali", True)])
+def test_cuda_streams_equal_the_cpu_stream(noisy_generated_h5, kind, channels_last):
+    if kind == "dali":
+        pytest.importorskip("nvidia.dali")
+    path = noisy_generated_h5(6, 20, 8)[0]
+    _, ref = _take(path, 4, kind="torch", num_workers=0)
+    stream, got = _take(path, 4, kind=kind, num_workers=2, device="cuda",
+                        channels_last=channels_last)
+    assert stream.kind == kind
+    for x, y in zip(ref, got):
+        assert y.is_cuda and y.dtype == torch.float32
+        assert torch.equal(x, y.cpu())
+        if channels_last:  # D_V's [N, C, T, H, W] view of a clip is channels_last_3d
+            assert y.transpose(1, 2).is_contiguous(memory_format=torch.channels_last_3d)
+
+
+@needs_cuda
+@pytest.mark.parametrize("amp,amp_dtype", [(False, "auto"), (True, "bf16"), (True, "fp16")])
+def test_cuda_trainer_steps(amp, amp_dtype):
+    from hgan.train.config import RunConfig
+    from hgan.train.loop import Trainer
+    if amp_dtype == "bf16" and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    cfg = RunConfig(batch_size=4, frames=4, amp=amp, amp_dtype=amp_dtype, r1_gamma=10.0,
+                    device="cuda", progress=False, model=_tiny_model_config(channels_last=True))
+    trainer = Trainer(cfg)
+    assert trainer.device == torch.device("cuda", 0)
+    assert trainer.scaler.is_enabled() == (amp_dtype == "fp16")
+    gen = torch.Generator().manual_seed(0)
+    for i in range(2):
+        real = (torch.rand(4, 4, 3, 16, 16, generator=gen) * 2 - 1).cuda()
+        stats = trainer.step(real, want_stats=i == 1)
+        assert all(torch.isfinite(v).all() for v in stats.values()), stats
+    assert stats["loss/R1"] > 0 and stats["loss/L_cyc"] >= 0
+    mot = trainer.G.motion(3, 4)
+    assert mot["dHdq"].is_cuda and mot["y"].dtype == torch.float32
+
+
+@needs_cuda
+def test_stage_shares_counts_steps_once_with_cuda_activity():
+    from hgan.train.profiling import stage
+    x = torch.randn(256, 256, device="cuda")
+    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=acts,
+                                schedule=torch.profiler.schedule(wait=0, warmup=1, active=2),
+                                acc_events=True) as prof:
+        for _ in range(3):
+            with stage("motion"):
+                y = x @ x
+            with stage("D_I"):
+                y = y.relu().sum()
+            torch.cuda.synchronize()
+            prof.step()
+    s = stage_shares(prof)
+    assert s["steps"] == 2
+    assert set(s["stage_cpu_us"]) == {"motion", "D_I"}
+    assert 0 < sum(s["share"].values()) <= 1.0
