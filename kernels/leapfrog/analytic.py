@@ -25,11 +25,12 @@ One leapfrog step is three evaluations of F (common.py, SCHEMES): a at (q_t, p_t
 (Q, P) of (q_t+1, p_t+1) and D of dHdq_t = F_q(a):
     c:  p_t+1 = p_half - dt/2 F_q(c)    v = [-dt/2 P, 0]   dx -> Q += dx_q,  P_c = dx_p
     b:  q_t+1 = q_t + dt F_p(b)         v = [0, dt Q]      dx -> Q_m = dx_q, P_h = P + dx_p
+        then Q += Q_m, P_h += P_c (q_mid hangs off q_t, p_pred off p_t)
     a:  p_half = p_t - dt/2 F_q(a), p_pred = p_t - dt F_q(a), q_mid = q_t + dt/2 F_p(a)
-                                        v = [D - dt/2 P_h - dt P_c, dt/2 Q_m]
-                                           dx -> Q += Q_m + dx_q,  P = P_h + P_c + dx_p
+                                        v = [D - dt/2 P_h - dt/2 P_c, dt/2 Q_m]
+                                           dx -> Q += dx_q,  P = P_h + dx_p
 For scheme="official" (q_mid = q_t, p_pred = p_half) the same lines hold with F_p(a) unused:
-Q_m goes straight into Q, P_c into P_h, and a's cotangent has no p block.
+a's cotangent is [D - dt/2 P_h, 0].
 The layer-1 pre-activation splits by blocks, a_1 = W1q q + W1p p + b_1, so block products are
 shared where points coincide: the q_t+1 term between c and the next step's a, and for
 "official" also q_t between a and b and p_half between b and c. Each weight-gradient product
@@ -48,7 +49,7 @@ memory stays independent of the MLP width.
 import torch
 import torch.nn.functional as F
 
-from .common import act_d1, act_value, scheme_points
+from .common import act_d1, act_value, refuse_double_backward, scheme_points
 
 SAVE_BYTES = 256 << 20   # keep the primal activations for the backward below this size
 
@@ -225,9 +226,7 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gq, gp, gd):
-        if torch.is_grad_enabled():
-            raise RuntimeError("the analytic leapfrog backend supports first-order gradients "
-                               "only; use backend='reference' for double backward")
+        refuse_double_backward("analytic")
         order2 = ctx.order2
         saved = ctx.saved_tensors
         if order2:
@@ -277,20 +276,19 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
             rb, ub, uLb = _vjp_block(cb, vb @ w1pt, weights, wts)
             dx = rb[0] @ weights[0]
             Q_m, P_h = dx[:, :k], P + dx[:, k:]
+            # q_mid and p_pred hang off q_t and p_t (they are q_t and p_half for "official"),
+            # so Q_m and P_c flow into Q and P_h; order2 adds their dHdq paths to a's cotangent.
+            Q, P_h = Q + Q_m, P_h + P_c
+            va = torch.add(gdt[t], P_h, alpha=-0.5 * dt)         # a: v on the q block ...
             if order2:
-                va = torch.add(gdt[t], P_h, alpha=-0.5 * dt).add_(P_c, alpha=-dt)   # both blocks
+                va.add_(P_c, alpha=-0.5 * dt)                    # ... and the p block
                 va_p = Q_m * (0.5 * dt)
                 t1a = torch.addmm(va @ w1qt, va_p, w1pt)
             else:
-                P_h = P_h + P_c                                  # p_pred is p_half
-                Q = Q + Q_m                                      # q_mid is q_t
-                va = torch.add(gdt[t], P_h, alpha=-0.5 * dt)     # a: v on the q block
                 t1a = va @ w1qt
             ra, ua, uLa = _vjp_block(ca, t1a, weights, wts)
             dx = ra[0] @ weights[0]
             Q, P = Q + dx[:, :k] + gqt[t], P_h + dx[:, k:] + gpt[t]
-            if order2:
-                Q, P = Q + Q_m, P + P_c
             for l in range(n - 1):
                 dbiases[l] += (rc[l] + rb[l]).add_(ra[l]).sum(0)
             dweights[-1] += (uLc + uLb).add_(uLa).sum(0, keepdim=True)

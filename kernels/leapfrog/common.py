@@ -64,6 +64,14 @@ def act_value(a, name):
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 
+def refuse_double_backward(backend):
+    """Hand-written backwards build no graph: a create_graph backward through one would
+    silently return gradients that are constants, so it raises instead."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(f"the {backend} leapfrog backend supports first-order gradients "
+                           f"only; use backend='reference' for double backward")
+
+
 def scheme_points(q, p, dq, dp, dt, scheme):
     """p_half, q_mid, p_pred of one step from dH/dq, dH/dp at (q_t, p_t) (see SCHEMES)."""
     p_half = torch.add(p, dq, alpha=-0.5 * dt)

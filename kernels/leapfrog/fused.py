@@ -24,6 +24,8 @@ weights are zero; their weight gradients are nonzero and are dropped by the slic
 """
 import torch
 
+from .common import refuse_double_backward
+
 try:
     import triton
     import triton.language as tl
@@ -203,16 +205,15 @@ if triton is not None:
                 dW1q, dW1p, db1, dW2, db2, dw3, ACT, False, True)
             Qm = dxq
             Ph = P + dxp
-            # a: p_half, p_pred and q_mid from F(q_t, p_t); dHdq_t = F_q(q_t, p_t)
+            # a: p_half, p_pred and q_mid from F(q_t, p_t); dHdq_t = F_q(q_t, p_t).
+            # q_mid hangs off q_t and p_pred off p_t, so Q_m and P_c flow into Q and Ph.
+            Q += Qm
+            Ph += Pc
             if ORDER2:
                 dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
-                    q, p, D - 0.5 * dt * Ph - dt * Pc, 0.5 * dt * Qm, W1q, W1p, b1, W2, b2, w3,
+                    q, p, D - 0.5 * dt * (Ph + Pc), 0.5 * dt * Qm, W1q, W1p, b1, W2, b2, w3,
                     dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, True)
-                Q += Qm
-                Ph += Pc
             else:
-                Q += Qm
-                Ph += Pc
                 dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
                     q, p, D - 0.5 * dt * Ph, Ph, W1q, W1p, b1, W2, b2, w3,
                     dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False)
@@ -329,9 +330,7 @@ class LeapfrogFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gq, gp, gd):
-        if torch.is_grad_enabled():
-            raise RuntimeError("the fused leapfrog backend supports first-order gradients "
-                               "only; use backend='reference' for double backward")
+        refuse_double_backward("fused")
         q, p, ph, qm, pc, *padded = ctx.saved_tensors
         dq0, dp0, dws, dbs = leapfrog_bwd(q, p, ph, (qm, pc), gq, gp, gd, padded, ctx.dims,
                                           ctx.dt, ctx.activation, ctx.scheme)
