@@ -137,6 +137,27 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_pendulum_h5, tmp_pat
     assert all(torch.isfinite(v).all() for v in ck["generator"].values() if v.is_floating_point())
 
 
+def test_deferred_nan_check_names_first_bad_iteration_and_saves_nothing_poisoned(
+        tiny_pendulum_h5, tmp_path, monkeypatch):
+    # The CUDA behaviour on CPU: losses are checked at the next log/sample/checkpoint boundary.
+    monkeypatch.setattr("hgan.train.loop.defers_checks", lambda device: True)
+    seen = []
+
+    def poison(trainer):
+        seen.append(trainer.iteration)
+        if trainer.iteration == 2:  # after iteration 2's checkpoint: iteration 3 is non-finite
+            with torch.no_grad():
+                next(trainer.G.image_generator.parameters()).fill_(float("nan"))
+
+    cfg = tiny_cfg(tiny_pendulum_h5, tmp_path / "nan", iters=6, ckpt_every=2, log_every=2)
+    with pytest.raises(NonFiniteLoss, match="at iteration 3.*last good checkpoint kept"):
+        train(cfg, callback=poison)
+    assert seen == [1, 2, 3]  # iteration 3 ran on unchecked; iteration 4's flush stopped it
+    ck = load_checkpoint(str(tmp_path / "nan" / "checkpoints" / "last.pt"))
+    assert ck["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in ck["generator"].values() if v.is_floating_point())
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_signal_saves_checkpoint_then_exits(tiny_pendulum_h5, tmp_path, sig):
     def send(trainer):

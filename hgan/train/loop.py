@@ -22,6 +22,15 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def defers_checks(device: torch.device) -> bool:
+    """Whether the non-finite loss check waits for the next host sync instead of making one.
+
+    On CUDA, reading a loss on the host stalls the step: the CPU cannot queue the backward
+    until the GPU has caught up, and a small step is launch-bound. On CPU it costs nothing.
+    """
+    return device.type == "cuda"
+
+
 def resolve_device(name: str, info: hdist.DistInfo) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -116,6 +125,9 @@ class Trainer:
             self.G_ddp = DistributedDataParallel(self.G, device_ids=ids, find_unused_parameters=True)
             self.DI_ddp, self.DV_ddp = (DistributedDataParallel(m, device_ids=ids)
                                         for m in (self.D_I, self.D_V))
+        # (iteration, name, loss) awaiting the non-finite check: see flush_checks.
+        self._pending = []
+        self.defer_checks = defers_checks(self.device)
         self.noise = torch.Generator(self.device).manual_seed(cfg.seed * 1_000_003 + self.info.rank)
         self.iteration = 0
         self.loader_position = 0
@@ -132,8 +144,24 @@ class Trainer:
         return torch.compiler.set_stance("force_eager")
 
     def _check(self, name, value):
-        if not torch.isfinite(value).all():
-            raise NonFiniteLoss(f"non-finite {name} ({value.item()}) at iteration {self.iteration + 1}")
+        self._pending.append((self.iteration + 1, name, value.detach()))
+        if not self.defer_checks:
+            self.flush_checks()
+
+    def flush_checks(self):
+        """Raise NonFiniteLoss naming the first non-finite loss since the last flush.
+
+        One host sync for all pending losses. The run loop flushes before anything that reads
+        or keeps the weights (log, samples, checkpoint, exit), so a checkpoint is never
+        written from weights a non-finite loss has touched.
+        """
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        finite = torch.stack([torch.isfinite(v).all() for _, _, v in pending]).tolist()
+        for ok, (it, name, value) in zip(finite, pending):
+            if not ok:
+                raise NonFiniteLoss(f"non-finite {name} ({value.item()}) at iteration {it}")
 
     def _grad_norm(self, module):
         norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
@@ -259,4 +287,5 @@ class Trainer:
             self.noise.manual_seed(self.cfg.seed * 1_000_003 + self.info.rank + 7919 * self.iteration)
 
     def save(self, name="last.pt") -> str:
+        self.flush_checks()
         return save_checkpoint(self.state_dict(), os.path.join(self.cfg.out, "checkpoints", name))

@@ -114,6 +114,10 @@ def train(cfg: RunConfig, resume: str = "", callback=None) -> dict:
                 trainer.loader_position = stream.position
                 prof.step()
                 bar.update(1)
+                it = trainer.iteration
+                if (want or it == 1 or it % cfg.sample_every == 0 or it % cfg.ckpt_every == 0
+                        or it >= cfg.iters):
+                    trainer.flush_checks()
                 if want:
                     now = time.perf_counter()
                     rate = (trainer.iteration - it_log) / max(now - t_log, 1e-9)
@@ -137,6 +141,7 @@ def train(cfg: RunConfig, resume: str = "", callback=None) -> dict:
                     callback(trainer)
                 if hdist.any_rank(stop.signum is not None, info, trainer.device):
                     stopped = signal.Signals(stop.signum).name if stop.signum else "peer signal"
+                    trainer.flush_checks()
                     break
     except NonFiniteLoss as e:
         bar.close()
