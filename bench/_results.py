@@ -65,10 +65,10 @@ def record(section: str, name: str, payload: dict, device: str = "cuda") -> str:
     payload = {**payload, "commit": env["commit"],
                "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     data.setdefault("results", {}).setdefault(section, {})[name] = payload
-    return _write(path, data)
+    return write_json(path, data)
 
 
-def _write(path, data):
+def write_json(path, data):
     with open(path + ".tmp", "w") as f:
         json.dump(data, f, indent=2, sort_keys=True)
     os.replace(path + ".tmp", path)
@@ -95,7 +95,7 @@ def merge(paths, out_dir=RESULTS_DIR):
     if device is None:
         raise ValueError("no results files given")
     os.makedirs(out_dir, exist_ok=True)
-    return _write(os.path.join(out_dir, device + ".json"), merged)
+    return write_json(os.path.join(out_dir, device + ".json"), merged)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,22 @@
-"""Sweep the fused leapfrog kernels' row block and warp count on a GPU; check every config.
+"""Sweep the fused leapfrog kernels' row block, warp count and layout on a GPU; check each.
 
     PYTHONPATH=. python3 bench/tune_fused.py                  # B = 64, 1024, 65536 on CUDA
     PYTHONPATH=. python3 bench/tune_fused.py --smoke          # CPU, Triton interpreter, tiny
 
-For each batch and each (BLOCK_B, num_warps) it runs the fused forward + backward of the
+For each batch and each (BLOCK_B, num_warps, chunk) it runs the fused forward + backward of the
 benchmark shape (frames 16, k 10, widths 100, 100, scheme order2), checks trajectory and every
 gradient against the analytic backend on the same inputs (relative error <= 1e-4, or the
 config is marked wrong and never chosen), and times it with triton.testing.do_bench (median,
 ms). It prints a table, records the sweep under section "fused_tune" of
 bench/results/<device>.json, and names the fastest correct config per batch: copy those into
-fused._block_b / fused._num_warps. A config that fails to compile (too many registers or
-too much shared memory) is recorded with its error.
+fused._block_b / fused._num_warps / fused._chunk. chunk 0 is the register-resident layout
+(fused.py), chunk > 0 the streamed one (streamed.py) with that many hidden units per chunk.
+A config that fails to compile (too many registers or too much shared memory) is recorded
+with its error.
 
 Compiling is the slow part on a GPU machine: at width 128 one backward kernel takes about a
-minute of single-threaded ptxas (measured with triton 3.6 for sm_90), and the default grid has
-12 configs. So on CUDA every config is first compiled in parallel worker processes (--jobs;
+minute of single-threaded ptxas in the resident layout (measured with triton 3.6 for sm_90;
+the streamed one about 10 s), and the default grid has 18 configs. So on CUDA every config is first compiled in parallel worker processes (--jobs;
 they fill Triton's on-disk cache for exactly the sweep's specialisation: every batch is a
 multiple of 16, k = 10, frames = 16). A config still compiling after --compile-timeout
 (240 s) is skipped with that reason: BLOCK_B >= 64 at width 128 took over 10 minutes in
@@ -51,12 +53,19 @@ def _run(backend, q0, p0, w, b, cot):
     return [o.detach() for o in outs] + [g for g in grads if g is not None]
 
 
-def _compile_one(job):
-    """Worker: run one (BLOCK_B, num_warps) config once so that Triton compiles (and caches
-    on disk) its forward and backward kernels. Returns an error text or None."""
-    bb, nw, device, frames = job
+def _use(cfg):
+    """Point the fused host code at one (BLOCK_B, num_warps, chunk) config."""
+    bb, nw, ch = cfg
     fused._block_b = lambda h1, h2: bb
     fused._num_warps = lambda h1, h2: nw
+    fused._chunk = lambda h1, h2: ch
+
+
+def _compile_one(job):
+    """Worker: run one (BLOCK_B, num_warps, chunk) config once so that Triton compiles (and
+    caches on disk) its forward and backward kernels. Returns an error text or None."""
+    cfg, device, frames = job
+    _use(cfg)
     gen = torch.Generator().manual_seed(0)
     w, b = random_mlp(K, WIDTHS, device=device, generator=gen)
     # 64 rows: the same specialisation (a multiple of 16) as every batch of the sweep.
@@ -76,37 +85,41 @@ def _compile_one(job):
     return None
 
 
-def precompile(blocks, warps, jobs, device="cuda", timeout=None):
-    """Compile every config in `jobs` parallel processes (spawned: CUDA cannot be forked).
-    Returns {(BLOCK_B, num_warps): None, or why the config cannot run}. A config still
-    compiling after `timeout` seconds is given up (its worker is killed): the sweep skips it
-    rather than wait for it serially."""
-    configs = [(bb, nw) for bb in blocks for nw in warps]
+def configs(blocks, warps, chunks):
+    return [(bb, nw, ch) for ch in chunks for bb in blocks for nw in warps]
+
+
+def precompile(cfgs, jobs, device="cuda", timeout=None):
+    """Compile every (BLOCK_B, num_warps, chunk) config in `jobs` parallel processes (spawned:
+    CUDA cannot be forked). Returns {config: None, or why the config cannot run}. A config
+    still compiling after `timeout` seconds is given up (its worker is killed): the sweep
+    skips it rather than wait for it serially."""
     ctx = multiprocessing.get_context("spawn")
-    pool = concurrent.futures.ProcessPoolExecutor(max(1, min(jobs, len(configs))), mp_context=ctx)
-    futures = {pool.submit(_compile_one, (bb, nw, device, FRAMES)): (bb, nw)
-               for bb, nw in configs}
+    pool = concurrent.futures.ProcessPoolExecutor(max(1, min(jobs, len(cfgs))), mp_context=ctx)
+    futures = {pool.submit(_compile_one, (cfg, device, FRAMES)): cfg for cfg in cfgs}
     done, pending = concurrent.futures.wait(futures, timeout=timeout)
     if pending:
         for proc in list(getattr(pool, "_processes", {}).values()):
             proc.kill()
     pool.shutdown(wait=True, cancel_futures=True)
     out = {}
-    for fut, (bb, nw) in futures.items():
+    for fut, cfg in futures.items():
         if fut not in done:
-            out[(bb, nw)] = f"compile did not finish within {timeout:.0f} s"
+            out[cfg] = f"compile did not finish within {timeout:.0f} s"
         elif fut.exception() is not None:
-            out[(bb, nw)] = f"{type(fut.exception()).__name__}: {str(fut.exception())[:200]}"
+            out[cfg] = f"{type(fut.exception()).__name__}: {str(fut.exception())[:200]}"
         else:
-            out[(bb, nw)] = fut.result()
-        print(f"compiled BLOCK_B={bb:>4}  warps={nw}  {out[(bb, nw)] or 'ok'}", flush=True)
+            out[cfg] = fut.result()
+        print(f"compiled BLOCK_B={cfg[0]:>4}  warps={cfg[1]}  chunk={cfg[2]:>3}  "
+              f"{out[cfg] or 'ok'}", flush=True)
     return out
 
 
-def sweep(batches, blocks, warps, device, timed, on_row=None, skip=None):
-    """skip: {(BLOCK_B, num_warps): reason} of configs not to run (see precompile)."""
+def sweep(batches, cfgs, device, timed, on_row=None, skip=None):
+    """cfgs: (BLOCK_B, num_warps, chunk) triples; skip: {config: reason} of configs not to
+    run (see precompile)."""
     skip = skip or {}
-    saved = fused._block_b, fused._num_warps
+    saved = fused._block_b, fused._num_warps, fused._chunk
     rows = []
     try:
         for batch in batches:
@@ -117,34 +130,32 @@ def sweep(batches, blocks, warps, device, timed, on_row=None, skip=None):
             shapes = [(batch, FRAMES, K), (batch, FRAMES, K), (batch, FRAMES - 1, K)]
             cot = [torch.randn(s, generator=gen).to(device) for s in shapes]
             ref = _run("analytic", q0, p0, w, b, cot)
-            for bb in blocks:
-                for nw in warps:
-                    fused._block_b = lambda h1, h2, bb=bb: bb
-                    fused._num_warps = lambda h1, h2, nw=nw: nw
-                    row = {"batch": batch, "block_b": bb, "num_warps": nw}
-                    if (bb, nw) in skip:
-                        row.update(error=skip[(bb, nw)], correct=False)
-                        rows.append(row)
-                        print(_fmt(row), flush=True)
-                        continue
-                    try:
-                        got = _run("fused", q0, p0, w, b, cot)
-                        row["max_rel_err"] = max(rel_err(x, y) for x, y in zip(got, ref))
-                        row["correct"] = row["max_rel_err"] <= 1e-4
-                        if timed and row["correct"]:
-                            import triton.testing
-                            row["median_ms"] = triton.testing.do_bench(
-                                lambda: _run("fused", q0, p0, w, b, cot), warmup=50, rep=300,
-                                return_mode="median")
-                    except Exception as err:  # noqa: BLE001 - a config that cannot compile
-                        row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
-                        row["correct"] = False
+            for cfg in cfgs:
+                _use(cfg)
+                row = {"batch": batch, "block_b": cfg[0], "num_warps": cfg[1], "chunk": cfg[2]}
+                if cfg in skip:
+                    row.update(error=skip[cfg], correct=False)
                     rows.append(row)
                     print(_fmt(row), flush=True)
-                    if on_row is not None:
-                        on_row(rows)
+                    continue
+                try:
+                    got = _run("fused", q0, p0, w, b, cot)
+                    row["max_rel_err"] = max(rel_err(x, y) for x, y in zip(got, ref))
+                    row["correct"] = row["max_rel_err"] <= 1e-4
+                    if timed and row["correct"]:
+                        import triton.testing
+                        row["median_ms"] = triton.testing.do_bench(
+                            lambda: _run("fused", q0, p0, w, b, cot), warmup=50, rep=300,
+                            return_mode="median")
+                except Exception as err:  # noqa: BLE001 - a config that cannot compile
+                    row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
+                    row["correct"] = False
+                rows.append(row)
+                print(_fmt(row), flush=True)
+                if on_row is not None:
+                    on_row(rows)
     finally:
-        fused._block_b, fused._num_warps = saved
+        fused._block_b, fused._num_warps, fused._chunk = saved
     return rows
 
 
@@ -152,7 +163,7 @@ def _fmt(row):
     ms = f"{row['median_ms']:9.3f}" if "median_ms" in row else "        -"
     err = f"{row['max_rel_err']:.1e}" if "max_rel_err" in row else row.get("error", "")[:40]
     return f"B={row['batch']:>6}  BLOCK_B={row['block_b']:>4}  warps={row['num_warps']}  " \
-           f"ms={ms}  err={err}"
+           f"chunk={row['chunk']:>3}  ms={ms}  err={err}"
 
 
 def best(rows):
@@ -170,22 +181,25 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true",
                     help="CPU + TRITON_INTERPRET: one tiny batch, correctness only")
     ap.add_argument("--batches", type=int, nargs="+", default=[64, 1024, 65536])
-    ap.add_argument("--blocks", type=int, nargs="+", default=[16, 32, 64, 128])
-    ap.add_argument("--warps", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--blocks", type=int, nargs="+", default=[16, 32, 64])
+    ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--chunks", type=int, nargs="+", default=[0, 16, 32],
+                    help="hidden units per chunk of the streamed layout; 0 = register-resident")
     ap.add_argument("--jobs", type=int, default=min(16, os.cpu_count() or 1),
                     help="parallel compile processes before the sweep (1: compile in the sweep)")
     ap.add_argument("--compile-timeout", type=float, default=240.0,
                     help="seconds the parallel compile may take; slower configs are skipped")
     a = ap.parse_args(argv)
     if a.smoke:
-        rows = sweep([19], [16, 32], [4], "cpu", timed=False)
+        rows = sweep([19], configs([16, 32], [4], [0, 32]), "cpu", timed=False)
         assert all(r["correct"] for r in rows), rows
         return rows
     if not torch.cuda.is_available():
         raise SystemExit("tune_fused.py times CUDA kernels; use --smoke on a CPU")
+    cfgs = configs(a.blocks, a.warps, a.chunks)
     skip = {}
     if a.jobs > 1:
-        compiled = precompile(a.blocks, a.warps, a.jobs, timeout=a.compile_timeout)
+        compiled = precompile(cfgs, a.jobs, timeout=a.compile_timeout)
         skip = {cfg: err for cfg, err in compiled.items() if err}
 
     def save(rows, complete=False):
@@ -194,11 +208,11 @@ def main(argv=None):
             "fastest": {str(k): v for k, v in best(rows).items()}, "complete": complete},
             "cuda")
 
-    rows = sweep(a.batches, a.blocks, a.warps, "cuda", timed=True, on_row=save, skip=skip)
+    rows = sweep(a.batches, cfgs, "cuda", timed=True, on_row=save, skip=skip)
     save(rows, complete=True)
     for batch, r in sorted(best(rows).items()):
         print(f"fastest at B={batch}: BLOCK_B={r['block_b']} num_warps={r['num_warps']} "
-              f"({r['median_ms']:.3f} ms)")
+              f"chunk={r['chunk']} ({r['median_ms']:.3f} ms)")
     return rows
 
 

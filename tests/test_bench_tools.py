@@ -40,13 +40,15 @@ def test_tuning_sweep_checks_every_config_and_restores_the_defaults(monkeypatch)
     pytest.importorskip("triton")
     import tune_fused
     from hgan.kernels.leapfrog import fused
-    before = fused._block_b, fused._num_warps
+    before = fused._block_b, fused._num_warps, fused._chunk
     monkeypatch.setattr(tune_fused, "FRAMES", 3)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    rows = tune_fused.sweep([5], [16, 32], [4], device, timed=False)
-    assert [(r["block_b"], r["num_warps"]) for r in rows] == [(16, 4), (32, 4)]
+    cfgs = tune_fused.configs([16, 32], [4], [0, 32])
+    rows = tune_fused.sweep([5], cfgs, device, timed=False)
+    assert [(r["block_b"], r["num_warps"], r["chunk"]) for r in rows] == cfgs == [
+        (16, 4, 0), (32, 4, 0), (16, 4, 32), (32, 4, 32)]
     assert all(r["correct"] and r["max_rel_err"] <= 1e-4 for r in rows), rows
-    assert (fused._block_b, fused._num_warps) == before
+    assert (fused._block_b, fused._num_warps, fused._chunk) == before
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
@@ -58,16 +60,16 @@ def test_tuning_precompile_runs_every_config_in_spawned_workers(monkeypatch):
     import tune_fused
     monkeypatch.setattr(tune_fused, "FRAMES", 3)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    assert tune_fused.precompile([16, 32], [4], jobs=2, device=device) == {(16, 4): None,
-                                                                          (32, 4): None}
+    assert tune_fused.precompile([(16, 4, 0), (16, 4, 32)], jobs=2, device=device) == {
+        (16, 4, 0): None, (16, 4, 32): None}
 
 
 def test_tuning_gives_up_slow_compiles_and_the_sweep_skips_them(monkeypatch):
     pytest.importorskip("triton")
     import tune_fused
     monkeypatch.setattr(tune_fused, "FRAMES", 3)
-    out = tune_fused.precompile([16], [4], jobs=1, device="cpu", timeout=0.01)
-    assert out == {(16, 4): "compile did not finish within 0 s"}
-    rows = tune_fused.sweep([5], [16], [4], "cpu", timed=False, skip=out)
-    assert rows == [{"batch": 5, "block_b": 16, "num_warps": 4, "correct": False,
+    out = tune_fused.precompile([(16, 4, 32)], jobs=1, device="cpu", timeout=0.01)
+    assert out == {(16, 4, 32): "compile did not finish within 0 s"}
+    rows = tune_fused.sweep([5], [(16, 4, 32)], "cpu", timed=False, skip=out)
+    assert rows == [{"batch": 5, "block_b": 16, "num_warps": 4, "chunk": 32, "correct": False,
                      "error": "compile did not finish within 0 s"}]

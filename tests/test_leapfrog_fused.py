@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from hgan.kernels import HamiltonianMLP, leapfrog
-from hgan.kernels.leapfrog import dispatch
+from hgan.kernels.leapfrog import dispatch, fused
 from hgan.kernels.leapfrog.check import compare_to_reference, random_mlp
 
 pytestmark = [pytest.mark.skipif(
@@ -56,6 +56,34 @@ def test_fused_matches_float64_reference(B, k, width, activation, separable, fra
                                 scheme=scheme)
     bad = {n: e for n, e in errs.items() if not e <= 1e-4}  # `not <=` also catches NaN
     assert not bad, f"fused vs float64 reference, rel err > 1e-4: {bad}"
+
+
+@pytest.mark.parametrize("chunk,scheme,activation", [
+    (0, "order2", "softplus"), (16, "official", "tanh"), (32, "order2", "tanh"),
+    (16, "order2", "softplus")])
+def test_resident_and_streamed_layouts_match_float64_reference(monkeypatch, chunk, scheme,
+                                                               activation):
+    # chunk 0: weights held in registers (fused.py); chunk > 0: streamed.py, walking layer 1
+    # in chunks of that many hidden units and accumulating weight gradients in per-program
+    # slabs. Widths 40, 100 pad to 64, 128: several chunks, and H1 != H2.
+    monkeypatch.setattr(fused, "_chunk", lambda h1, h2: chunk)
+    gen = torch.Generator().manual_seed(chunk + len(scheme))
+    weights, biases = random_mlp(3, (40, 100), generator=gen)
+    weights, biases = [w.to(DEVICE) for w in weights], [b.to(DEVICE) for b in biases]
+    q0 = torch.randn(19, 3, generator=gen).to(DEVICE)
+    p0 = torch.randn(19, 3, generator=gen).to(DEVICE)
+    errs = compare_to_reference(q0, p0, weights, biases, 0.05, 5, activation, "fused",
+                                scheme=scheme)
+    bad = {n: e for n, e in errs.items() if not e <= 1e-4}
+    assert not bad, f"fused (chunk {chunk}) vs float64 reference, rel err > 1e-4: {bad}"
+
+
+def test_streamed_layout_refuses_a_chunk_tl_dot_cannot_take(monkeypatch):
+    monkeypatch.setattr(fused, "_chunk", lambda h1, h2: 24)
+    w, b = random_mlp(3, (64, 64), device=DEVICE)
+    q0 = torch.randn(2, 3, device=DEVICE)
+    with pytest.raises(ValueError, match="chunk must be 0 or a power of two >= 16"):
+        leapfrog(q0, q0, w, b, frames=2, backend="fused")
 
 
 def test_fused_drops_padded_gradients():

@@ -17,6 +17,11 @@ would be T*B*3*(n1+n2) floats and as much HBM traffic as the recompute costs in 
 program accumulates its rows' weight gradients in registers and writes one partial; the host
 sums the partials once (deterministic, no atomics).
 
+Two layouts of the same kernels: this module's keeps the weights (and, in the backward, their
+gradients) in registers, which suits the narrowest MLPs; streamed.py walks the hidden units
+in chunks for wider ones, whose weights do not fit (see _chunk). The host code below serves
+both.
+
 tl.dot needs every dimension >= 16 and power-of-two blocks: the host zero-pads k and the
 widths (width 100 -> 128, k = 10 -> 16) and slices the gradients back. Padded hidden units
 have a = 0 and h = s(0) != 0 (softplus(0) = log 2), harmless only because their outgoing
@@ -237,15 +242,41 @@ def _pow2(n):
     return max(16, 1 << (int(n) - 1).bit_length())
 
 
+def _chunk(h1, h2):
+    """Hidden units per chunk of the streamed layout (streamed.py), or 0 for this module's
+    register-resident one. Not yet timed on a GPU; chosen from what ptxas reports for sm_90
+    (bench/ptxas_report.py, triton 3.6): the resident backward spills 1.8 KB per thread at
+    width 32 and 63 KB at width 128, the streamed one with 16-unit chunks 0 and 0.2 KB."""
+    return 16 if max(h1, h2) >= 32 else 0
+
+
 def _block_b(h1, h2):
-    # Untuned (no GPU was available to this part): smaller row blocks for the widest MLPs
-    # keep the on-chip weights plus accumulators within the register file.
-    return 16 if max(h1, h2) >= 128 else 32
+    # Not yet timed on a GPU. The streamed backward spills 0.3-1.8 KB per thread with 32-row
+    # blocks at widths 32-128 (sm_90) and at most 0.2 KB with 16 rows, tl.dot's smallest.
+    return 16 if _chunk(h1, h2) else 32
 
 
 def _num_warps(h1, h2):
-    # Untuned: W2 and its gradient are 2 x 64 KB at width 128; spread them over more threads.
+    # Not yet timed on a GPU: at width 128 the streamed backward spills 2.2 KB per thread
+    # with 4 warps and 0.4 KB with 8 (sm_90, 32-unit chunks).
     return 8 if max(h1, h2) >= 128 else 4
+
+
+def _layout(H1, H2):
+    """The chunk width to launch with (0: resident), clamped to the padded width H1."""
+    chunk = _chunk(H1, H2)
+    if chunk and (chunk < 16 or chunk & (chunk - 1)):
+        raise ValueError(f"fused streamed layout: chunk must be 0 or a power of two >= 16 "
+                         f"(tl.dot's smallest block), got {chunk}")
+    return min(chunk, H1)
+
+
+def _kernels(chunk):
+    """(forward kernel, backward kernel, extra constexprs) of a layout."""
+    if not chunk:
+        return _leapfrog_fwd_kernel, _leapfrog_bwd_kernel, {}
+    from . import streamed
+    return streamed._leapfrog_fwd_kernel, streamed._leapfrog_bwd_kernel, {"CH": chunk}
 
 
 def _pad_params(weights, biases, k):
@@ -283,10 +314,10 @@ def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2
     points = (torch.empty_like(ph), torch.empty_like(ph)) if order2 else (ph.new_empty(0),) * 2
     BLOCK_B = _block_b(H1, H2)
     grid = (triton.cdiv(B, BLOCK_B),)
-    _leapfrog_fwd_kernel[grid](q0, p0, *padded, q, p, ph, dq, *points, B, k, frames, dt,
-                               BLOCK_B=BLOCK_B, KP=KP, H1=H1, H2=H2,
-                               ACT=_ACT_CODE[activation], ORDER2=order2,
-                               num_warps=_num_warps(H1, H2))
+    fwd, _, extra = _kernels(_layout(H1, H2))
+    fwd[grid](q0, p0, *padded, q, p, ph, dq, *points, B, k, frames, dt, BLOCK_B=BLOCK_B, KP=KP,
+              H1=H1, H2=H2, ACT=_ACT_CODE[activation], ORDER2=order2,
+              num_warps=_num_warps(H1, H2), **extra)
     return q, p, ph, dq, points, padded
 
 
@@ -301,15 +332,16 @@ def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, dims, dt, activation, sch
     n_prog = triton.cdiv(B, BLOCK_B)
     gq, gp, gd = gq.contiguous(), gp.contiguous(), gd.contiguous()
     dq0, dp0 = q.new_empty(B, k), q.new_empty(B, k)
-    new = q.new_empty
-    dW1q, dW1p = new(n_prog, H1, KP), new(n_prog, H1, KP)
-    db1, dW2, db2, dw3 = new(n_prog, H1), new(n_prog, H2, H1), new(n_prog, H2), new(n_prog, H2)
-    _leapfrog_bwd_kernel[(n_prog,)](q, p, ph, *points, gq, gp, gd, *padded, dq0, dp0,
-                                    dW1q, dW1p, db1, dW2, db2, dw3, B, k, T, dt,
-                                    BLOCK_B=BLOCK_B, KP=KP, H1=H1, H2=H2,
-                                    ACT=_ACT_CODE[activation],
-                                    ORDER2=scheme == "order2",
-                                    num_warps=_num_warps(H1, H2))
+    chunk = _layout(H1, H2)
+    _, bwd, extra = _kernels(chunk)
+    slab = q.new_zeros if chunk else q.new_empty   # streamed accumulates into its slabs
+    dW1q, dW1p, db1, dW2 = slab(n_prog, H1, KP), slab(n_prog, H1, KP), slab(n_prog, H1), \
+        slab(n_prog, H2, H1)
+    db2, dw3 = q.new_empty(n_prog, H2), q.new_empty(n_prog, H2)
+    bwd[(n_prog,)](q, p, ph, *points, gq, gp, gd, *padded, dq0, dp0, dW1q, dW1p, db1, dW2, db2,
+                   dw3, B, k, T, dt, BLOCK_B=BLOCK_B, KP=KP, H1=H1, H2=H2,
+                   ACT=_ACT_CODE[activation], ORDER2=scheme == "order2",
+                   num_warps=_num_warps(H1, H2), **extra)
     dW1q, dW1p, db1, dW2, db2, dw3 = (x.sum(0) for x in (dW1q, dW1p, db1, dW2, db2, dw3))
     dw1 = torch.cat([dW1q[:n1, :k], dW1p[:n1, :k]], 1)       # [n1, 2k]
     return (dq0, dp0, (dw1, dW2[:n2, :n1], dw3[:n2].unsqueeze(0)),

@@ -1,0 +1,142 @@
+"""Compile the fused leapfrog kernels for a GPU that is not here, and report what ptxas says.
+
+    python bench/ptxas_report.py                          # the default grid, sm_90 (H100/H200)
+    python bench/ptxas_report.py --widths 128 --chunks 0 32 --warps 8 --arch 90
+    python bench/ptxas_report.py --save                   # also bench/results/ptxas-sm_90.json
+
+No GPU is needed: Triton lowers each kernel to PTX for the target and assembles it with the
+ptxas that ships in the triton wheel; the report is that ptxas run's own -v log. Per kernel it reports
+registers per thread, spill stores and loads, stack frame, the shared memory Triton asks for,
+and the compile time. These are no timings, but they are how a layout goes wrong on a real
+GPU: a kernel that spills keeps its working set in local memory, and one that asks for more
+shared memory than the device has (227 KB on an H100) fails at launch.
+
+Must run without TRITON_INTERPRET (the interpreter replaces the kernels' compiled form).
+"""
+import argparse
+import contextlib
+import inspect
+import io
+import os
+import re
+import sys
+import tempfile
+import time
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    raise SystemExit("ptxas_report.py compiles real kernels: unset TRITON_INTERPRET")
+# A cache hit would skip ptxas, and with it the log this report reads.
+os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="ptxas_report_")
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from hgan.kernels.leapfrog import fused, streamed  # noqa: E402
+
+KP = 16   # k = 10, the benchmark's, pads to 16
+
+
+def _kernel(direction, chunk):
+    mod = streamed if chunk else fused
+    return getattr(mod, f"_leapfrog_{direction}_kernel")
+
+
+def parse_ptxas(log: str) -> dict:
+    """registers, spill_stores, spill_loads, stack (bytes) from `ptxas -v` output."""
+    regs = re.search(r"Used (\d+) registers", log)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", log)
+    stack = re.search(r"(\d+) bytes stack frame", log)
+    if not (regs and spill and stack):
+        raise ValueError(f"unrecognised ptxas output:\n{log}")
+    return {"registers": int(regs.group(1)), "spill_stores": int(spill.group(1)),
+            "spill_loads": int(spill.group(2)), "stack": int(stack.group(1))}
+
+
+def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=True):
+    """Compile one kernel for sm_<arch>; returns the report row."""
+    kern = _kernel(direction, chunk)
+    constexprs = {"BLOCK_B": block_b, "KP": KP, "H1": width, "H2": width, "ACT": 0,
+                  "ORDER2": order2}
+    if chunk:
+        constexprs["CH"] = chunk
+    sig = {}
+    for name in inspect.signature(kern.fn).parameters:
+        if name.endswith("_ptr"):
+            sig[name] = "*fp32"
+        elif name in ("B", "K", "T"):
+            sig[name] = "i32"
+        elif name == "dt":
+            sig[name] = "fp32"
+        else:
+            sig[name] = "constexpr"
+    log = io.StringIO()
+    triton.knobs.nvidia.dump_ptxas_log = True    # Triton prints its ptxas -v log
+    try:
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=constexprs),
+                                      target=GPUTarget("cuda", arch, 32),
+                                      options={"num_warps": num_warps})
+        seconds = time.perf_counter() - t0
+    finally:
+        triton.knobs.nvidia.dump_ptxas_log = False
+    row = {"kernel": direction, "width": width, "block_b": block_b, "num_warps": num_warps,
+           "chunk": chunk, "shared": compiled.metadata.shared,
+           "compile_s": round(seconds, 1)}
+    row.update(parse_ptxas(log.getvalue()))
+    return row
+
+
+def _fmt(r):
+    layout = f"streamed/{r['chunk']}" if r["chunk"] else "resident"
+    return (f"{r['kernel']}  width={r['width']:>3}  BLOCK_B={r['block_b']:>3}  "
+            f"warps={r['num_warps']}  {layout:<12}  regs={r['registers']:>3}  "
+            f"spill st/ld={r['spill_stores']:>6}/{r['spill_loads']:<6}  "
+            f"stack={r['stack']:>6}  smem={r['shared']:>7}  {r['compile_s']:>6.1f} s")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 or 80")
+    ap.add_argument("--widths", type=int, nargs="+", default=[32, 128])
+    ap.add_argument("--blocks", type=int, nargs="+", default=[16])
+    ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--chunks", type=int, nargs="+", default=[0, 16, 32],
+                    help="0 = register-resident layout; >0 = streamed, hidden units per chunk")
+    ap.add_argument("--kernels", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"])
+    ap.add_argument("--save", action="store_true",
+                    help="record the rows in bench/results/ptxas-sm_<arch>.json")
+    a = ap.parse_args(argv)
+    rows = []
+    for width in a.widths:
+        for chunk in a.chunks:
+            if chunk > width:
+                continue
+            for bb in a.blocks:
+                for nw in a.warps:
+                    for direction in a.kernels:
+                        try:
+                            row = compile_one(direction, width, bb, nw, chunk, a.arch)
+                        except Exception as err:  # noqa: BLE001 - reported, not fatal
+                            print(f"{direction} width={width} BLOCK_B={bb} warps={nw} "
+                                  f"chunk={chunk}: {type(err).__name__}: {str(err)[:300]}")
+                            continue
+                        rows.append(row)
+                        print(_fmt(row), flush=True)
+    if a.save:
+        from _results import environment, write_json
+        env = environment("cpu")
+        env["device"] = f"ptxas-sm_{a.arch}"
+        env["note"] = ("offline compile for the target, no GPU involved: registers, spills and "
+                       "shared memory as ptxas -v reports them; no timings")
+        path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                            f"ptxas-sm_{a.arch}.json")
+        write_json(path, dict(env, rows=rows))
+        print(f"wrote {path}")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
