@@ -1,6 +1,6 @@
 """Compile the fused leapfrog kernels for a GPU that is not here, and report what ptxas says.
 
-    python bench/ptxas_report.py                          # the default grid, sm_90 (H100/H200)
+    PYTHONPATH=. python bench/ptxas_report.py             # the default grid, sm_90 (H100/H200)
     python bench/ptxas_report.py --widths 128 --chunks 0 32 --warps 8 --arch 90
     python bench/ptxas_report.py --save                   # also bench/results/ptxas-sm_90.json
 

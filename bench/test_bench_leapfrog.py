@@ -3,7 +3,8 @@
 Backends: reference (autograd create_graph, eager), reference_compiled (each half-step
 gradient under torch.compile, see reference.leapfrog_reference_compiled: the create_graph form
 itself cannot be compiled), analytic (hand-written VJP, plain torch), fused (Triton; CUDA
-only: on CPU it would run through the interpreter, which is no performance path).
+only: on CPU it would run through the interpreter, which is no performance path) and
+fused_tf32x3 (the same kernels with tensor-core dots, precision="tf32x3").
 Shape: frames 16, k 10, two hidden layers of width 100; B in {64, 1024, 65536}.
 
 "forward" is a training-mode rollout (inputs and weights require grad, so each backend builds
@@ -28,7 +29,7 @@ from hgan.kernels.leapfrog.reference import leapfrog_reference_compiled
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FRAMES, K, WIDTHS = 16, 10, (100, 100)
 BATCHES = [64, 1024, 65536]
-BACKENDS = ["reference", "reference_compiled", "analytic", "fused"]
+BACKENDS = ["reference", "reference_compiled", "analytic", "fused", "fused_tf32x3"]
 MODES = ["fwd", "fwdbwd"]
 THREADS = int(os.environ.get("LEAPFROG_BENCH_THREADS", "1"))
 _medians = {}
@@ -69,6 +70,9 @@ def _rollout(backend):
     if backend == "reference_compiled":
         return lambda q0, p0, w, b: leapfrog_reference_compiled(q0, p0, w, b, 0.05, FRAMES,
                                                                 "softplus")
+    if backend == "fused_tf32x3":
+        return lambda q0, p0, w, b: leapfrog(q0, p0, w, b, dt=0.05, frames=FRAMES,
+                                             backend="fused", precision="tf32x3")
     return lambda q0, p0, w, b: leapfrog(q0, p0, w, b, dt=0.05, frames=FRAMES,
                                          backend=backend)
 
@@ -90,7 +94,7 @@ def _record_ratios(batch, mode):
 @pytest.mark.parametrize("batch", BATCHES)
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bench_leapfrog(benchmark, backend, batch, mode):
-    if backend == "fused" and DEVICE != "cuda":
+    if backend.startswith("fused") and DEVICE != "cuda":
         pytest.skip("fused on CPU runs through the Triton interpreter: no performance path")
     if DEVICE == "cpu":
         torch.set_num_threads(THREADS)

@@ -1,30 +1,32 @@
-"""Sweep the fused leapfrog kernels' row block, warp count and layout on a GPU; check each.
+"""Sweep the fused leapfrog kernels' row block, warps, layout and dot precision on a GPU.
 
     PYTHONPATH=. python3 bench/tune_fused.py                  # B = 64, 1024, 65536 on CUDA
     PYTHONPATH=. python3 bench/tune_fused.py --smoke          # CPU, Triton interpreter, tiny
 
-For each batch and each (BLOCK_B, num_warps, chunk) it runs the fused forward + backward of the
-benchmark shape (frames 16, k 10, widths 100, 100, scheme order2), checks trajectory and every
-gradient against the analytic backend on the same inputs (relative error <= 1e-4, or the
-config is marked wrong and never chosen), and times it with triton.testing.do_bench (median,
-ms). It prints a table, records the sweep under section "fused_tune" of
+For each batch and each (BLOCK_B, num_warps, chunk, precision) it runs the fused forward +
+backward of the benchmark shape (frames 16, k 10, widths 100, 100, scheme order2), measures
+the largest relative error of trajectory and every gradient against the analytic backend on
+the same inputs (above 1e-4 the config is marked wrong and never chosen: that is how the
+tf32 precisions' error on a GPU gets measured), and times it with triton.testing.do_bench
+(median, ms). It prints a table, records the sweep under section "fused_tune" of
 bench/results/<device>.json, and names the fastest correct config per batch: copy those into
 fused._block_b / fused._num_warps / fused._chunk. chunk 0 is the register-resident layout
 (fused.py), chunk > 0 the streamed one (streamed.py) with that many hidden units per chunk.
 A config that fails to compile (too many registers or too much shared memory) is recorded
 with its error.
 
-Compiling is the slow part on a GPU machine: at width 128 one backward kernel takes about a
-minute of single-threaded ptxas in the resident layout (measured with triton 3.6 for sm_90;
-the streamed one about 10 s), and the default grid has 18 configs. So on CUDA every config is first compiled in parallel worker processes (--jobs;
-they fill Triton's on-disk cache for exactly the sweep's specialisation: every batch is a
-multiple of 16, k = 10, frames = 16). A config still compiling after --compile-timeout
-(240 s) is skipped with that reason: BLOCK_B >= 64 at width 128 took over 10 minutes in
-triton's frontend alone on a CPU here. The sweep is recorded after every row, so a run cut
-off by a time limit keeps what it measured ("complete": false).
+Compiling is the slow part on a GPU machine: at width 128 one resident-layout backward takes
+about a minute of single-threaded ptxas (triton 3.6, sm_90; a streamed one about 10 s), and
+the default grid has 24 configs. So on CUDA every config is first compiled in parallel worker
+processes (--jobs; they fill Triton's on-disk cache for exactly the sweep's specialisation:
+every batch is a multiple of 16, k = 10, frames = 16). A config still compiling after
+--compile-timeout (240 s) is skipped with that reason: BLOCK_B >= 64 at width 128 took over
+10 minutes in triton's frontend alone on a CPU here. The sweep is recorded after every row,
+so a run cut off by a time limit keeps what it measured ("complete": false).
 """
 import argparse
 import concurrent.futures
+import math
 import multiprocessing
 import os
 import sys
@@ -37,35 +39,37 @@ if "--smoke" in sys.argv and not torch.cuda.is_available():
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _results import record  # noqa: E402
 
-from hgan.kernels import leapfrog  # noqa: E402
+from hgan.kernels import PRECISIONS, leapfrog  # noqa: E402
 from hgan.kernels.leapfrog import fused  # noqa: E402
 from hgan.kernels.leapfrog.check import random_mlp, rel_err  # noqa: E402
 
 FRAMES, K, WIDTHS = 16, 10, (100, 100)
 
 
-def _run(backend, q0, p0, w, b, cot):
+def _run(backend, q0, p0, w, b, cot, precision="ieee"):
     leaves = [t.detach().clone().requires_grad_(True) for t in [q0, p0, *w, *b]]
     outs = leapfrog(leaves[0], leaves[1], leaves[2:5], leaves[5:], frames=FRAMES,
-                    backend=backend)
+                    backend=backend, precision=precision)
     loss = sum((o * c).sum() for o, c in zip(outs, cot))
     grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     return [o.detach() for o in outs] + [g for g in grads if g is not None]
 
 
 def _use(cfg):
-    """Point the fused host code at one (BLOCK_B, num_warps, chunk) config."""
-    bb, nw, ch = cfg
+    """Point the fused host code at one (BLOCK_B, num_warps, chunk, precision) config; returns
+    the precision, which goes to leapfrog() itself."""
+    bb, nw, ch, prec = cfg
     fused._block_b = lambda h1, h2: bb
     fused._num_warps = lambda h1, h2: nw
     fused._chunk = lambda h1, h2: ch
+    return prec
 
 
 def _compile_one(job):
-    """Worker: run one (BLOCK_B, num_warps, chunk) config once so that Triton compiles (and
-    caches on disk) its forward and backward kernels. Returns an error text or None."""
+    """Worker: run one config once so that Triton compiles (and caches on disk) its forward
+    and backward kernels. Returns an error text or None."""
     cfg, device, frames = job
-    _use(cfg)
+    prec = _use(cfg)
     gen = torch.Generator().manual_seed(0)
     w, b = random_mlp(K, WIDTHS, device=device, generator=gen)
     # 64 rows: the same specialisation (a multiple of 16) as every batch of the sweep.
@@ -75,7 +79,7 @@ def _compile_one(job):
     try:
         leaves = [t.detach().clone().requires_grad_(True) for t in [q0, p0, *w, *b]]
         outs = leapfrog(leaves[0], leaves[1], leaves[2:5], leaves[5:], frames=frames,
-                        backend="fused")
+                        backend="fused", precision=prec)
         torch.autograd.grad(sum((o * c).sum() for o, c in zip(outs, cot)), leaves,
                             allow_unused=True)
         if device == "cuda":
@@ -85,12 +89,13 @@ def _compile_one(job):
     return None
 
 
-def configs(blocks, warps, chunks):
-    return [(bb, nw, ch) for ch in chunks for bb in blocks for nw in warps]
+def configs(blocks, warps, chunks, precisions=("ieee",)):
+    return [(bb, nw, ch, pr) for pr in precisions for ch in chunks for bb in blocks
+            for nw in warps]
 
 
 def precompile(cfgs, jobs, device="cuda", timeout=None):
-    """Compile every (BLOCK_B, num_warps, chunk) config in `jobs` parallel processes (spawned:
+    """Compile every (BLOCK_B, num_warps, chunk, precision) config in `jobs` processes (spawned:
     CUDA cannot be forked). Returns {config: None, or why the config cannot run}. A config
     still compiling after `timeout` seconds is given up (its worker is killed): the sweep
     skips it rather than wait for it serially."""
@@ -110,14 +115,14 @@ def precompile(cfgs, jobs, device="cuda", timeout=None):
             out[cfg] = f"{type(fut.exception()).__name__}: {str(fut.exception())[:200]}"
         else:
             out[cfg] = fut.result()
-        print(f"compiled BLOCK_B={cfg[0]:>4}  warps={cfg[1]}  chunk={cfg[2]:>3}  "
+        print(f"compiled BLOCK_B={cfg[0]:>4}  warps={cfg[1]}  chunk={cfg[2]:>3}  {cfg[3]:<6}  "
               f"{out[cfg] or 'ok'}", flush=True)
     return out
 
 
 def sweep(batches, cfgs, device, timed, on_row=None, skip=None):
-    """cfgs: (BLOCK_B, num_warps, chunk) triples; skip: {config: reason} of configs not to
-    run (see precompile)."""
+    """cfgs: (BLOCK_B, num_warps, chunk, precision) tuples; skip: {config: reason} of configs
+    not to run (see precompile)."""
     skip = skip or {}
     saved = fused._block_b, fused._num_warps, fused._chunk
     rows = []
@@ -131,22 +136,25 @@ def sweep(batches, cfgs, device, timed, on_row=None, skip=None):
             cot = [torch.randn(s, generator=gen).to(device) for s in shapes]
             ref = _run("analytic", q0, p0, w, b, cot)
             for cfg in cfgs:
-                _use(cfg)
-                row = {"batch": batch, "block_b": cfg[0], "num_warps": cfg[1], "chunk": cfg[2]}
+                prec = _use(cfg)
+                row = {"batch": batch, "block_b": cfg[0], "num_warps": cfg[1], "chunk": cfg[2],
+                       "precision": prec}
                 if cfg in skip:
                     row.update(error=skip[cfg], correct=False)
                     rows.append(row)
                     print(_fmt(row), flush=True)
                     continue
                 try:
-                    got = _run("fused", q0, p0, w, b, cot)
+                    got = _run("fused", q0, p0, w, b, cot, prec)
                     row["max_rel_err"] = max(rel_err(x, y) for x, y in zip(got, ref))
                     row["correct"] = row["max_rel_err"] <= 1e-4
-                    if timed and row["correct"]:
+                    # A wrong config is timed too (if finite): tf32's speed is worth knowing
+                    # even where its error rules it out as a default.
+                    if timed and math.isfinite(row["max_rel_err"]):
                         import triton.testing
                         row["median_ms"] = triton.testing.do_bench(
-                            lambda: _run("fused", q0, p0, w, b, cot), warmup=50, rep=300,
-                            return_mode="median")
+                            lambda: _run("fused", q0, p0, w, b, cot, prec), warmup=50,
+                            rep=300, return_mode="median")
                 except Exception as err:  # noqa: BLE001 - a config that cannot compile
                     row["error"] = f"{type(err).__name__}: {str(err)[:200]}"
                     row["correct"] = False
@@ -163,7 +171,7 @@ def _fmt(row):
     ms = f"{row['median_ms']:9.3f}" if "median_ms" in row else "        -"
     err = f"{row['max_rel_err']:.1e}" if "max_rel_err" in row else row.get("error", "")[:40]
     return f"B={row['batch']:>6}  BLOCK_B={row['block_b']:>4}  warps={row['num_warps']}  " \
-           f"chunk={row['chunk']:>3}  ms={ms}  err={err}"
+           f"chunk={row['chunk']:>3}  {row['precision']:<6}  ms={ms}  err={err}"
 
 
 def best(rows):
@@ -181,10 +189,14 @@ def main(argv=None):
     ap.add_argument("--smoke", action="store_true",
                     help="CPU + TRITON_INTERPRET: one tiny batch, correctness only")
     ap.add_argument("--batches", type=int, nargs="+", default=[64, 1024, 65536])
-    ap.add_argument("--blocks", type=int, nargs="+", default=[16, 32, 64])
+    ap.add_argument("--blocks", type=int, nargs="+", default=[16, 32])
     ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
-    ap.add_argument("--chunks", type=int, nargs="+", default=[0, 16, 32],
-                    help="hidden units per chunk of the streamed layout; 0 = register-resident")
+    ap.add_argument("--chunks", type=int, nargs="+", default=[16, 32],
+                    help="hidden units per chunk of the streamed layout; 0 = register-resident "
+                         "(left out by default: at the benchmark width it spills 63 KB per "
+                         "thread and takes minutes to compile)")
+    ap.add_argument("--precisions", nargs="+", default=["ieee", "tf32x3", "tf32"],
+                    choices=list(PRECISIONS), help="dot precisions (leapfrog's precision=)")
     ap.add_argument("--jobs", type=int, default=min(16, os.cpu_count() or 1),
                     help="parallel compile processes before the sweep (1: compile in the sweep)")
     ap.add_argument("--compile-timeout", type=float, default=240.0,
@@ -196,7 +208,7 @@ def main(argv=None):
         return rows
     if not torch.cuda.is_available():
         raise SystemExit("tune_fused.py times CUDA kernels; use --smoke on a CPU")
-    cfgs = configs(a.blocks, a.warps, a.chunks)
+    cfgs = configs(a.blocks, a.warps, a.chunks, a.precisions)
     skip = {}
     if a.jobs > 1:
         compiled = precompile(cfgs, a.jobs, timeout=a.compile_timeout)
@@ -212,7 +224,7 @@ def main(argv=None):
     save(rows, complete=True)
     for batch, r in sorted(best(rows).items()):
         print(f"fastest at B={batch}: BLOCK_B={r['block_b']} num_warps={r['num_warps']} "
-              f"chunk={r['chunk']} ({r['median_ms']:.3f} ms)")
+              f"chunk={r['chunk']} precision={r['precision']} ({r['median_ms']:.3f} ms)")
     return rows
 
 

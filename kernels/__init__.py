@@ -12,9 +12,9 @@ Submodules: hgan.kernels.leapfrog.{reference, analytic, fused, dispatch, common}
 ``leapfrog`` on this package is the function; import the submodules with
 ``from hgan.kernels.leapfrog import analytic`` (sys.modules resolves them).
 """
-from .leapfrog.common import SCHEMES, leapfrog_flops
+from .leapfrog.common import PRECISIONS, SCHEMES, leapfrog_flops
 from .leapfrog.dispatch import DERIVATIVE_ORDERS, FUSED_CONTRACT, leapfrog
 from .hamiltonian import HamiltonianMLP, cyclic_loss
 
 __all__ = ["leapfrog", "HamiltonianMLP", "cyclic_loss", "FUSED_CONTRACT", "DERIVATIVE_ORDERS",
-           "SCHEMES", "leapfrog_flops"]
+           "SCHEMES", "PRECISIONS", "leapfrog_flops"]

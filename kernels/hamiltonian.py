@@ -65,11 +65,13 @@ class HamiltonianMLP(nn.Module):
         weights, biases = self.weights_and_biases()
         return mlp_energy(torch.cat([q, p], 1), weights, biases, self.activation)
 
-    def rollout(self, q0, p0, frames, dt=0.05, backend="auto", scheme="order2"):
+    def rollout(self, q0, p0, frames, dt=0.05, backend="auto", scheme="order2",
+                precision="ieee"):
         """Leapfrog rollout: q, p [B, frames, k] and dHdq [B, frames-1, k]."""
         weights, biases = self.weights_and_biases()
         return leapfrog(q0, p0, weights, biases, dt=dt, frames=frames,
-                        activation=self.activation, backend=backend, scheme=scheme)
+                        activation=self.activation, backend=backend, scheme=scheme,
+                        precision=precision)
 
 
 def cyclic_loss(dHdq, lam=0.01):

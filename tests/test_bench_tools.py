@@ -2,6 +2,8 @@
 tuning sweep (its correctness gate, run through the Triton interpreter here)."""
 import json
 import os
+import re
+import subprocess
 import sys
 
 import pytest
@@ -43,10 +45,11 @@ def test_tuning_sweep_checks_every_config_and_restores_the_defaults(monkeypatch)
     before = fused._block_b, fused._num_warps, fused._chunk
     monkeypatch.setattr(tune_fused, "FRAMES", 3)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfgs = tune_fused.configs([16, 32], [4], [0, 32])
+    cfgs = tune_fused.configs([16, 32], [4], [0, 32], ["ieee", "tf32x3"])
     rows = tune_fused.sweep([5], cfgs, device, timed=False)
-    assert [(r["block_b"], r["num_warps"], r["chunk"]) for r in rows] == cfgs == [
-        (16, 4, 0), (32, 4, 0), (16, 4, 32), (32, 4, 32)]
+    assert [(r["block_b"], r["num_warps"], r["chunk"], r["precision"]) for r in rows] == cfgs
+    assert cfgs[:4] == [(16, 4, 0, "ieee"), (32, 4, 0, "ieee"), (16, 4, 32, "ieee"),
+                        (32, 4, 32, "ieee")] and len(cfgs) == 8
     assert all(r["correct"] and r["max_rel_err"] <= 1e-4 for r in rows), rows
     assert (fused._block_b, fused._num_warps, fused._chunk) == before
 
@@ -60,16 +63,38 @@ def test_tuning_precompile_runs_every_config_in_spawned_workers(monkeypatch):
     import tune_fused
     monkeypatch.setattr(tune_fused, "FRAMES", 3)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    assert tune_fused.precompile([(16, 4, 0), (16, 4, 32)], jobs=2, device=device) == {
-        (16, 4, 0): None, (16, 4, 32): None}
+    cfgs = [(16, 4, 0, "ieee"), (16, 4, 32, "tf32")]
+    assert tune_fused.precompile(cfgs, jobs=2, device=device) == {cfg: None for cfg in cfgs}
 
 
 def test_tuning_gives_up_slow_compiles_and_the_sweep_skips_them(monkeypatch):
     pytest.importorskip("triton")
     import tune_fused
     monkeypatch.setattr(tune_fused, "FRAMES", 3)
-    out = tune_fused.precompile([(16, 4, 32)], jobs=1, device="cpu", timeout=0.01)
-    assert out == {(16, 4, 32): "compile did not finish within 0 s"}
-    rows = tune_fused.sweep([5], [(16, 4, 32)], "cpu", timed=False, skip=out)
-    assert rows == [{"batch": 5, "block_b": 16, "num_warps": 4, "chunk": 32, "correct": False,
-                     "error": "compile did not finish within 0 s"}]
+    cfg = (16, 4, 32, "ieee")
+    out = tune_fused.precompile([cfg], jobs=1, device="cpu", timeout=0.01)
+    assert out == {cfg: "compile did not finish within 0 s"}
+    rows = tune_fused.sweep([5], [cfg], "cpu", timed=False, skip=out)
+    assert rows == [{"batch": 5, "block_b": 16, "num_warps": 4, "chunk": 32, "precision": "ieee",
+                     "correct": False, "error": "compile did not finish within 0 s"}]
+
+
+def test_ptxas_report_builds_for_sm90_without_a_gpu():
+    # bench/ptxas_report.py compiles the real kernels for an H100 and reads ptxas's own -v
+    # log. The streamed forward at width 16 fits its registers: a spill here is a regression.
+    triton = pytest.importorskip("triton")
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if not os.path.exists(ptxas):
+        pytest.skip("this triton wheel ships no ptxas")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "bench/ptxas_report.py", "--widths", "16", "--chunks",
+                          "16", "--warps", "4", "--kernels", "fwd"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("fwd")]
+    assert len(rows) == 1 and "streamed/16" in rows[0], out.stdout
+    regs = int(re.search(r"regs=\s*(\d+)", rows[0]).group(1))
+    stores, loads = map(int, re.search(r"spill st/ld=\s*(\d+)/(\d+)", rows[0]).groups())
+    assert 0 < regs <= 255 and stores == loads == 0, rows[0]

@@ -70,6 +70,9 @@ def test_clear_errors(mlp):
         (dict(activation="gelu"), ValueError, "activation"),
         (dict(backend="cuda"), ValueError, "backend"),
         (dict(scheme="yoshida"), ValueError, "scheme"),
+        (dict(precision="fp8"), ValueError, "precision must be one of"),
+        (dict(precision="tf32", backend="analytic"), ValueError, "option of the fused kernels"),
+        (dict(precision="tf32x3", backend="reference"), ValueError, "computes in float32"),
         (dict(q0=q0.int(), p0=q0.int()), TypeError, "floating"),
     ]
     for override, exc, msg in cases:

@@ -129,3 +129,8 @@ def test_config_errors_name_the_problem():
     # A config saved before the scheme field existed was trained with the official step.
     old = {k: v for k, v in ModelConfig().to_dict().items() if k != "scheme"}
     assert ModelConfig.from_dict(old).scheme == "official"
+    with pytest.raises(ValueError, match="unknown fused_precision 'bf16'"):
+        ModelConfig(fused_precision="bf16")
+    with pytest.raises(ValueError, match="integrator 'analytic' computes in float32"):
+        ModelConfig(fused_precision="tf32", integrator="analytic")
+    assert ModelConfig(fused_precision="tf32x3").fused_precision == "tf32x3"  # auto, fused

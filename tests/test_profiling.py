@@ -90,3 +90,34 @@ def test_train_profile_flag_writes_stage_traces(tiny_pendulum_h5, tmp_path):
     with open(out / "profile" / "stages.json") as f:
         shares = json.load(f)["share"]
     assert set(shares) == set(STAGES) and 0 < sum(shares.values()) <= 1.0
+
+
+def test_device_time_goes_to_the_stage_open_at_launch_whatever_the_thread():
+    # What a CUDA profile looks like (no GPU here, so the events are built by hand): the
+    # autograd engine launches the backward's kernels from its own thread, whose ops no range
+    # of the training thread encloses; a stage's own gpu_user_annotation is a device event.
+    from types import SimpleNamespace
+
+    from hgan.train.profiling import stage_shares_from_events
+    cpu_kind, cuda_kind = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+
+    def evt(name, start, end, device_us=0.0, kind=cpu_kind, thread=1):
+        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end),
+                               device_type=kind, self_device_time_total=device_us,
+                               thread=thread)
+
+    events = [
+        evt("ProfilerStep#3", 0, 100),
+        evt("generator", 0, 40), evt("motion", 5, 15),         # motion nested in generator
+        evt("aten::addmm", 6, 7, device_us=3.0),                # -> motion (innermost)
+        evt("aten::conv2d", 20, 22, device_us=5.0),             # -> generator
+        evt("backward", 50, 90),
+        evt("aten::mm", 60, 61, device_us=7.0, thread=2),       # autograd thread -> backward
+        evt("aten::mul", 95, 96, device_us=11.0),               # in no stage: not counted
+        evt("backward", 50, 90, device_us=40.0, kind=cuda_kind),  # annotation: skipped
+    ]
+    shares = stage_shares_from_events(events)
+    assert shares["steps"] == 1 and shares["step_us"] == 100
+    assert shares["stage_device_us"] == {"motion": 3.0, "generator": 5.0, "backward": 7.0}
+    assert shares["stage_cpu_us"] == {"generator": 40, "motion": 10, "backward": 40}
+    assert shares["share"]["backward"] == pytest.approx(0.4)

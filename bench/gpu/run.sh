@@ -3,7 +3,7 @@
 # (torch, triton, h5py, scipy, pytest, pytest-benchmark preinstalled; run from the repo root).
 #
 #   bash bench/gpu/run.sh check     # versions, then the whole test suite on CUDA   (~4-6 min)
-#   bash bench/gpu/run.sh tune      # fused BLOCK_B x num_warps sweep, checked      (~4-8 min)
+#   bash bench/gpu/run.sh tune      # fused layout x BLOCK_B x warps x precision    (~6-9 min)
 #   bash bench/gpu/run.sh leapfrog  # bench/test_bench_leapfrog.py + _dv_layout.py  (~4 min)
 #   bash bench/gpu/run.sh train     # pytest bench/test_bench_trainstep.py          (~5-8 min)
 #

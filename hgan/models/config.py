@@ -1,7 +1,7 @@
 """Typed model configuration and the resolution plan shared by G_I, D_I and D_V."""
 from dataclasses import asdict, dataclass, fields
 
-from hgan.kernels import SCHEMES   # leapfrog steps: "order2" (default) and "official"
+from hgan.kernels import PRECISIONS, SCHEMES   # see hgan.kernels.leapfrog.common
 
 MODELS = ("hgan", "hnn_gan", "mocogan")
 HAMILTONIANS = ("general", "separable")
@@ -29,6 +29,7 @@ class ModelConfig:
     clip_frames: int = 16        # clip length seen by the video discriminator
     integrator: str = "auto"
     scheme: str = "order2"       # "official": the official code's step, first order for general H
+    fused_precision: str = "ieee"  # dot products of the fused kernels (PRECISIONS)
     channels_last: bool = False
 
     def __post_init__(self):
@@ -41,6 +42,10 @@ class ModelConfig:
         one_of("activation", self.activation, ACTIVATIONS)
         one_of("integrator", self.integrator, INTEGRATORS)
         one_of("scheme", self.scheme, SCHEMES)
+        one_of("fused_precision", self.fused_precision, PRECISIONS)
+        if self.fused_precision != "ieee" and self.integrator in ("reference", "analytic"):
+            raise ValueError(f"fused_precision {self.fused_precision!r} sets the fused kernels' "
+                             f"dot products; integrator {self.integrator!r} computes in float32")
         resolution_plan(self.resolution)
         for name in ("channels", "k", "motion_dim", "content_dim", "hidden", "depth", "ngf",
                      "ndf", "clip_frames"):

@@ -30,7 +30,7 @@ class HamiltonianMotion(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.k, self.noise_dim, self.dt = cfg.k, cfg.motion_dim, cfg.dt
-        self.backend, self.scheme = cfg.integrator, cfg.scheme
+        self.backend, self.scheme, self.precision = cfg.integrator, cfg.scheme, cfg.fused_precision
         # hnn_gan ablates the configuration-space map: the noise itself is (q0, p0).
         self.config_map = _mlp(cfg.motion_dim, cfg.hidden, 2 * cfg.k) if cfg.model == "hgan" else None
         self.hamiltonian = HamiltonianMLP(cfg.k, hidden=cfg.hidden, depth=cfg.depth,
@@ -67,7 +67,8 @@ class HamiltonianMotion(nn.Module):
         # The rollout stays in fp32 under autocast: bf16 dH/dq steps would swamp dt/2 * dH/dq.
         with torch.autocast(dev.type, enabled=False):
             q, p, dhdq = self.hamiltonian.rollout(q0.float(), p0.float(), frames, dt=step,
-                                                  backend=self.backend, scheme=self.scheme)
+                                                  backend=self.backend, scheme=self.scheme,
+                                                  precision=self.precision)
         return {"y": torch.cat([q, p], dim=-1), "q": q, "p": p, "dHdq": dhdq}
 
 

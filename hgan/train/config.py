@@ -5,8 +5,8 @@ import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 
-from hgan.models.config import (ACTIVATIONS, HAMILTONIANS, INTEGRATORS, MODELS, SCHEMES,
-                                ModelConfig)
+from hgan.models.config import (ACTIVATIONS, HAMILTONIANS, INTEGRATORS, MODELS, PRECISIONS,
+                                SCHEMES, ModelConfig)
 
 
 @dataclass
@@ -117,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheme", default=m.scheme, choices=SCHEMES,
                    help="leapfrog step: order2 (second order for any H) or official (the "
                         "official HGAN code's step, first order unless --hamiltonian separable)")
+    p.add_argument("--fused-precision", default=m.fused_precision, choices=PRECISIONS,
+                   help="dot products inside the fused integrator kernels: ieee (fp32 "
+                        "FMA), or tensor-core tf32x3 / tf32 (see the README's integrator "
+                        "section)")
     p.add_argument("--dt", type=float, default=m.dt,
                    help="leapfrog step (the data's frame interval)")
     p.add_argument("--ngf", type=int, default=m.ngf,
@@ -166,7 +170,8 @@ def config_from_args(argv=None):
     model = ModelConfig(model=a.model, resolution=a.resolution, hamiltonian=a.hamiltonian,
                         activation=a.activation, dt=a.dt, ngf=a.ngf, ndf=a.ndf,
                         clip_frames=min(a.clip_frames, a.frames), integrator=a.integrator,
-                        scheme=a.scheme, channels_last=a.channels_last)
+                        scheme=a.scheme, fused_precision=a.fused_precision,
+                        channels_last=a.channels_last)
     out = a.out or os.path.join("runs", f"{a.system}-{a.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     cfg = RunConfig(system=a.system, data=a.data, iters=a.iters, batch_size=a.batch_size,
                     frames=a.frames, lr=a.lr, cyc_lambda=a.cyc_lambda, r1_gamma=a.r1_gamma,

@@ -36,42 +36,51 @@ class _NoProfiler:
         pass
 
 
-def _device_time(evt) -> float:
-    # torch >= 2.4 names it device_time_total; older builds only have cuda_time_total.
-    return float(getattr(evt, "device_time_total", getattr(evt, "cuda_time_total", 0.0)) or 0.0)
+def _self_device_time(evt) -> float:
+    # torch >= 2.4 names it self_device_time_total; older builds self_cuda_time_total.
+    return float(getattr(evt, "self_device_time_total",
+                         getattr(evt, "self_cuda_time_total", 0.0)) or 0.0)
 
 
 def _on_device(evt) -> bool:
-    """True for an average of device-side events (a CUDA gpu_user_annotation, a kernel)."""
+    """True for a device-side event (a CUDA gpu_user_annotation, a kernel)."""
     kind = getattr(evt, "device_type", None)
     return kind is not None and kind != torch.autograd.DeviceType.CPU
 
 
-def stage_shares(prof, stages=STAGES) -> dict:
-    """Time per stage and per step (microseconds, summed over the recorded steps).
-
-    CPU time is the inclusive wall time of each `stage` range on the host; device time is
-    the kernel time the profiler attributes to it (0 without CUDA): the kernels launched by
-    ops under the range on the same host thread. On CUDA the autograd engine runs backward
-    ops on its own device thread, so "backward" device time misses most backward kernels
-    (its host time is still the whole blocking backward call). Only host-side averages are
-    read; CUDA's duplicate gpu_user_annotation averages are skipped. Shares divide by the
-    summed ProfilerStep ranges, so they say where a step's host time goes; host time
-    inside `data` is the time the step waits for its batch."""
+def stage_shares_from_events(events, stages=STAGES) -> dict:
+    """stage_shares over a profiler's raw events (`prof.events()`)."""
     cpu, dev, step_us, n_steps = {}, {}, 0.0, 0
-    for evt in prof.key_averages():
+    windows = []           # (start, end, stage) of every host stage range
+    for evt in events:
         if _on_device(evt):
-            # With CUDA activity every record_function range (ProfilerStep#N and each stage)
-            # also comes back as a separate gpu_user_annotation average under the same key
-            # (pytorch/pytorch#144613): counting it would double the step count and add the
-            # range's GPU span on top of the host range's kernel time.
+            # With CUDA activity every record_function range also comes back as a
+            # gpu_user_annotation (pytorch/pytorch#144613): it is not a host range.
             continue
-        if evt.key.startswith("ProfilerStep"):  # "ProfilerStep*" once averaged
-            step_us += evt.cpu_time_total
-            n_steps += evt.count
-        elif evt.key in stages:
-            cpu[evt.key] = cpu.get(evt.key, 0.0) + evt.cpu_time_total
-            dev[evt.key] = dev.get(evt.key, 0.0) + _device_time(evt)
+        start, end = evt.time_range.start, evt.time_range.end
+        if evt.name.startswith("ProfilerStep"):
+            step_us += end - start
+            n_steps += 1
+        elif evt.name in stages:
+            cpu[evt.name] = cpu.get(evt.name, 0.0) + (end - start)
+            windows.append((start, end, evt.name))
+    windows.sort()
+    for evt in events:
+        t = _self_device_time(evt) if not _on_device(evt) else 0.0
+        if t <= 0:
+            continue
+        # The innermost stage range open when the op started, whichever thread ran it: on
+        # CUDA the autograd engine launches the backward's kernels from its own thread,
+        # outside the "backward" range's thread but inside its time window.
+        start = evt.time_range.start
+        inner = None
+        for w_start, w_end, name in windows:
+            if w_start > start:
+                break
+            if start < w_end:
+                inner = name
+        if inner is not None:
+            dev[inner] = dev.get(inner, 0.0) + t
     return {
         "steps": n_steps,
         "step_us": step_us,
@@ -79,6 +88,19 @@ def stage_shares(prof, stages=STAGES) -> dict:
         "stage_device_us": dev,
         "share": {k: (v / step_us if step_us > 0 else 0.0) for k, v in cpu.items()},
     }
+
+
+def stage_shares(prof, stages=STAGES) -> dict:
+    """Time per stage and per step (microseconds, summed over the recorded steps).
+
+    CPU time is the inclusive wall time of each `stage` range on the host. Device time is
+    the kernel time launched while the range was open, by any host thread (0 without
+    CUDA): an op's kernels count for the innermost stage range whose time window holds the
+    op's start. Windows rather than op parents, because on CUDA the autograd engine runs
+    the backward on its own thread, whose ops no range of the training thread encloses.
+    Shares divide by the summed ProfilerStep ranges, so they say where a step's host time
+    goes; host time inside `data` is the time the step waits for its batch."""
+    return stage_shares_from_events(prof.events(), stages)
 
 
 def _trace_handler(trace_dir: str):
@@ -129,4 +151,5 @@ def load_trace(path: str) -> dict:
     return trace
 
 
-__all__ = ["STAGES", "stage", "step_profiler", "stage_shares", "load_trace"]
+__all__ = ["STAGES", "stage", "step_profiler", "stage_shares", "stage_shares_from_events",
+           "load_trace"]

@@ -29,13 +29,13 @@ def rel_err(x, ref):
 
 
 def rollout_and_grads(q0, p0, weights, biases, dt, frames, activation, backend, cotangents,
-                      scheme="order2"):
+                      scheme="order2", precision="ieee"):
     """(q, p, dHdq) and the gradients of sum(c * out) w.r.t. q0, p0, weights, biases."""
     leaves = [t.detach().clone().requires_grad_(True) for t in [q0, p0, *weights, *biases]]
     n = len(weights)
     q0, p0, ws, bs = leaves[0], leaves[1], leaves[2:2 + n], leaves[2 + n:]
     outs = leapfrog(q0, p0, ws, bs, dt=dt, frames=frames, activation=activation, backend=backend,
-                    scheme=scheme)
+                    scheme=scheme, precision=precision)
     loss = sum((o * c.to(o)).sum() for o, c in zip(outs, cotangents))
     grads = torch.autograd.grad(loss, leaves, allow_unused=True)
     grads = [torch.zeros_like(x) if g is None else g for g, x in zip(grads, leaves)]
@@ -43,7 +43,7 @@ def rollout_and_grads(q0, p0, weights, biases, dt, frames, activation, backend, 
 
 
 def compare_to_reference(q0, p0, weights, biases, dt, frames, activation, backend, seed=0,
-                         scheme="order2"):
+                         scheme="order2", precision="ieee"):
     """Relative errors of ``backend`` vs the float64 reference: a dict name -> error."""
     gen = torch.Generator().manual_seed(seed)
     B, k = q0.shape
@@ -51,7 +51,7 @@ def compare_to_reference(q0, p0, weights, biases, dt, frames, activation, backen
            torch.randn(B, frames, k, generator=gen, dtype=torch.float64),
            torch.randn(B, frames - 1, k, generator=gen, dtype=torch.float64)]
     outs, grads = rollout_and_grads(q0, p0, weights, biases, dt, frames, activation, backend,
-                                    [c.to(q0.device) for c in cot], scheme)
+                                    [c.to(q0.device) for c in cot], scheme, precision)
     d64 = [t.detach().double().cpu() for t in [q0, p0, *weights, *biases]]
     n = len(weights)
     ref_outs, ref_grads = rollout_and_grads(d64[0], d64[1], d64[2:2 + n], d64[2 + n:], dt,

@@ -25,6 +25,14 @@ BACKENDS = ("auto", "reference", "analytic", "fused")
 # both schemes are the same Stormer-Verlet step, bit for bit.
 SCHEMES = ("order2", "official")
 
+# Dot-product precision inside the fused kernels (inputs and outputs stay float32, products
+# accumulate in fp32): "ieee" fp32 products on the FMA units (the default; what the 1e-4
+# contract is tested with), "tf32x3" (tensor cores, three tf32 products per dot, close to
+# fp32), "tf32" (one tensor-core product on operands rounded to 10 mantissa bits). The other
+# backends compute in float32 and refuse any other value. (No bf16: the Triton interpreter
+# returns wrong bf16 dots, so CI could not test them.)
+PRECISIONS = ("ieee", "tf32x3", "tf32")
+
 
 def act(a, name, need_value=True):
     """s(a) (None unless need_value), s'(a), s''(a): what the backward of F = dH/dx needs."""
@@ -80,12 +88,18 @@ def scheme_points(q, p, dq, dp, dt, scheme):
     return p_half, torch.add(q, dp, alpha=0.5 * dt), torch.add(p, dq, alpha=-dt)
 
 
-def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend, scheme="order2"):
+def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend, scheme="order2",
+                 precision="ieee"):
     """Raise one clear error naming the first broken part of the contract."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "ieee" and backend in ("reference", "analytic"):
+        raise ValueError(f"precision={precision!r} is an option of the fused kernels; "
+                         f"backend={backend!r} computes in float32 (precision='ieee')")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:

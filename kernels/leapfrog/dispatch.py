@@ -27,7 +27,7 @@ FUSED_CONTRACT = {
     "k": (1, 32),
     "activations": ("softplus", "tanh"),
     "schemes": ("order2", "official"),
-    "dtypes": (torch.float32,),       # fp32 dots with input_precision="ieee"
+    "dtypes": (torch.float32,),       # in and out; dot precision: common.PRECISIONS
     "devices": ("cuda", "cpu under TRITON_INTERPRET=1"),
 }
 
@@ -101,7 +101,7 @@ def _resolve(backend, q0, weights, activation):
 
 
 def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
-             backend="auto", scheme="order2"):
+             backend="auto", scheme="order2", precision="ieee"):
     """Leapfrog rollout of the MLP Hamiltonian H(q, p) = MLP([q; p]).
 
     q0, p0 [B, k]; weights / biases in nn.Linear layout (weights[0] is [n_1, 2k], the last is
@@ -112,7 +112,9 @@ def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
     Triton kernels support FUSED_CONTRACT (depth 2, widths 16..128, softplus/tanh, float32).
     scheme: "order2" (default; second order for every H) | "official" (the official HGAN
     code's step, first order unless H is separable); both are Stormer-Verlet for a separable
-    H. See SCHEMES in common.py.
+    H. See SCHEMES in common.py. precision: the fused kernels' dot products, "ieee" (fp32,
+    default) | "tf32x3" | "tf32" (see PRECISIONS in common.py); a backend that runs
+    analytic (CPU, or outside the fused contract) computes in float32 whatever it says.
     """
     if torch.compiler.is_compiling():
         # torch.compile never traces the rollout: the caller's graph breaks here and the
@@ -122,13 +124,13 @@ def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
         # lazily: torch._dynamo is already loaded when tracing, and importing it up front
         # would import triton with this package.)
         return torch._dynamo.disable(_leapfrog)(q0, p0, weights, biases, dt, frames, activation,
-                                                backend, scheme)
-    return _leapfrog(q0, p0, weights, biases, dt, frames, activation, backend, scheme)
+                                                backend, scheme, precision)
+    return _leapfrog(q0, p0, weights, biases, dt, frames, activation, backend, scheme, precision)
 
 
-def _leapfrog(q0, p0, weights, biases, dt, frames, activation, backend, scheme):
+def _leapfrog(q0, p0, weights, biases, dt, frames, activation, backend, scheme, precision):
     weights, biases = check_inputs(q0, p0, weights, biases, dt, frames, activation, backend,
-                                   scheme)
+                                   scheme, precision)
     chosen = _resolve(backend, q0, weights, activation)
     dt = float(dt)
     if chosen == "reference":
@@ -136,4 +138,4 @@ def _leapfrog(q0, p0, weights, biases, dt, frames, activation, backend, scheme):
     if chosen == "analytic":
         return leapfrog_analytic(q0, p0, weights, biases, dt, frames, activation, scheme)
     from .fused import leapfrog_fused  # imports triton: only on first fused use
-    return leapfrog_fused(q0, p0, weights, biases, dt, frames, activation, scheme)
+    return leapfrog_fused(q0, p0, weights, biases, dt, frames, activation, scheme, precision)

@@ -52,24 +52,33 @@ if triton is not None:
             return th, d1, -2.0 * th * d1
 
     @triton.jit
-    def _g1(a1, W2, b2, w3, ACT: tl.constexpr):
-        """g1 = e1 * s'(a1) [BB, H1] from a1: dH/dx = W1^T g1, block by block."""
-        h1, d1_1, _ = _act(a1, ACT)
-        a2 = tl.dot(h1, tl.trans(W2), input_precision="ieee") + b2[None, :]
-        _, d1_2, _ = _act(a2, ACT)
-        g2 = w3[None, :] * d1_2                                 # [BB, H2]
-        return tl.dot(g2, W2, input_precision="ieee") * d1_1
+    def _dot(a, b, PREC: tl.constexpr):
+        """a @ b, fp32 in and out. PREC "ieee": fp32 products on the FMA units (the default);
+        "tf32x3": tensor cores, each operand split in two tf32 parts and three products
+        summed, close to fp32; "tf32": one tensor-core product on operands rounded to tf32.
+        (The Triton interpreter computes all three in fp32.)"""
+        return tl.dot(a, b, input_precision=PREC)
 
     @triton.jit
-    def _grad_part(a1, W1x, W2, b2, w3, ACT: tl.constexpr):
+    def _g1(a1, W2, b2, w3, ACT: tl.constexpr, PREC: tl.constexpr):
+        """g1 = e1 * s'(a1) [BB, H1] from a1: dH/dx = W1^T g1, block by block."""
+        h1, d1_1, _ = _act(a1, ACT)
+        a2 = _dot(h1, tl.trans(W2), PREC) + b2[None, :]
+        _, d1_2, _ = _act(a2, ACT)
+        g2 = w3[None, :] * d1_2                                 # [BB, H2]
+        return _dot(g2, W2, PREC) * d1_1
+
+    @triton.jit
+    def _grad_part(a1, W1x, W2, b2, w3, ACT: tl.constexpr, PREC: tl.constexpr):
         """One block of dH/dx = (W1x^T g1) from a1: W1x is W1q (-> dH/dq) or W1p (-> dH/dp)."""
-        return tl.dot(_g1(a1, W2, b2, w3, ACT), W1x, input_precision="ieee")   # [BB, KP]
+        return _dot(_g1(a1, W2, b2, w3, ACT, PREC), W1x, PREC)   # [BB, KP]
 
     @triton.jit
     def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
                              q_ptr, p_ptr, ph_ptr, dq_ptr, qm_ptr, pc_ptr, B, K, T, dt,
                              BLOCK_B: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr,
-                             H2: tl.constexpr, ACT: tl.constexpr, ORDER2: tl.constexpr):
+                             H2: tl.constexpr, ACT: tl.constexpr, ORDER2: tl.constexpr,
+                             PREC: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
         cols = tl.arange(0, KP)
         h1 = tl.arange(0, H1)
@@ -88,30 +97,30 @@ if triton is not None:
         half = rows[:, None] * ((T - 1) * K) + cols[None, :]    # [B, T-1, k] offsets at t = 0
         tl.store(q_ptr + traj, q, mask=mask)
         tl.store(p_ptr + traj, p, mask=mask)
-        aq = tl.dot(q, tl.trans(W1q), input_precision="ieee")
+        aq = _dot(q, tl.trans(W1q), PREC)
         for t in range(T - 1):
-            a1 = aq + tl.dot(p, tl.trans(W1p), input_precision="ieee") + b1[None, :]
+            a1 = aq + _dot(p, tl.trans(W1p), PREC) + b1[None, :]
             if ORDER2:
-                g1 = _g1(a1, W2, b2, w3, ACT)
-                dq = tl.dot(g1, W1q, input_precision="ieee")    # dH/dq(q_t, p_t)
-                qm = q + 0.5 * dt * tl.dot(g1, W1p, input_precision="ieee")
+                g1 = _g1(a1, W2, b2, w3, ACT, PREC)
+                dq = _dot(g1, W1q, PREC)    # dH/dq(q_t, p_t)
+                qm = q + 0.5 * dt * _dot(g1, W1p, PREC)
                 ph = p - 0.5 * dt * dq
                 pc = p - dt * dq
-                ap = tl.dot(ph, tl.trans(W1p), input_precision="ieee") + b1[None, :]
-                amid = tl.dot(qm, tl.trans(W1q), input_precision="ieee") + ap
-                q = q + dt * _grad_part(amid, W1p, W2, b2, w3, ACT)
-                aq = tl.dot(q, tl.trans(W1q), input_precision="ieee")
-                ac = aq + tl.dot(pc, tl.trans(W1p), input_precision="ieee") + b1[None, :]
-                p = ph - 0.5 * dt * _grad_part(ac, W1q, W2, b2, w3, ACT)
+                ap = _dot(ph, tl.trans(W1p), PREC) + b1[None, :]
+                amid = _dot(qm, tl.trans(W1q), PREC) + ap
+                q = q + dt * _grad_part(amid, W1p, W2, b2, w3, ACT, PREC)
+                aq = _dot(q, tl.trans(W1q), PREC)
+                ac = aq + _dot(pc, tl.trans(W1p), PREC) + b1[None, :]
+                p = ph - 0.5 * dt * _grad_part(ac, W1q, W2, b2, w3, ACT, PREC)
                 tl.store(qm_ptr + half + t * K, qm, mask=mask)
                 tl.store(pc_ptr + half + t * K, pc, mask=mask)
             else:
-                dq = _grad_part(a1, W1q, W2, b2, w3, ACT)       # dH/dq(q_t, p_t)
+                dq = _grad_part(a1, W1q, W2, b2, w3, ACT, PREC)       # dH/dq(q_t, p_t)
                 ph = p - 0.5 * dt * dq
-                ap = tl.dot(ph, tl.trans(W1p), input_precision="ieee") + b1[None, :]
-                q = q + dt * _grad_part(aq + ap, W1p, W2, b2, w3, ACT)
-                aq = tl.dot(q, tl.trans(W1q), input_precision="ieee")
-                p = ph - 0.5 * dt * _grad_part(aq + ap, W1q, W2, b2, w3, ACT)
+                ap = _dot(ph, tl.trans(W1p), PREC) + b1[None, :]
+                q = q + dt * _grad_part(aq + ap, W1p, W2, b2, w3, ACT, PREC)
+                aq = _dot(q, tl.trans(W1q), PREC)
+                p = ph - 0.5 * dt * _grad_part(aq + ap, W1q, W2, b2, w3, ACT, PREC)
             tl.store(q_ptr + traj + (t + 1) * K, q, mask=mask)
             tl.store(p_ptr + traj + (t + 1) * K, p, mask=mask)
             tl.store(ph_ptr + half + t * K, ph, mask=mask)
@@ -119,40 +128,41 @@ if triton is not None:
 
     @triton.jit
     def _vjp(q, p, vq, vp, W1q, W1p, b1, W2, b2, w3, dW1q, dW1p, db1, dW2, db2, dw3,
-             ACT: tl.constexpr, HAS_VQ: tl.constexpr, HAS_VP: tl.constexpr):
+             ACT: tl.constexpr, HAS_VQ: tl.constexpr, HAS_VP: tl.constexpr,
+             PREC: tl.constexpr):
         """d<v, F(q, p)>/d(q, p) and the weight terms (analytic.py's derivation, depth 2).
         v = [vq, vp]; a block whose HAS_ flag is off is zero (its argument is ignored)."""
-        a1 = (tl.dot(q, tl.trans(W1q), input_precision="ieee")
-              + tl.dot(p, tl.trans(W1p), input_precision="ieee") + b1[None, :])
+        a1 = (_dot(q, tl.trans(W1q), PREC)
+              + _dot(p, tl.trans(W1p), PREC) + b1[None, :])
         h1, d1_1, d2_1 = _act(a1, ACT)
-        a2 = tl.dot(h1, tl.trans(W2), input_precision="ieee") + b2[None, :]
+        a2 = _dot(h1, tl.trans(W2), PREC) + b2[None, :]
         _, d1_2, d2_2 = _act(a2, ACT)
         if HAS_VQ:
-            t1 = tl.dot(vq, tl.trans(W1q), input_precision="ieee")
+            t1 = _dot(vq, tl.trans(W1q), PREC)
             if HAS_VP:
-                t1 += tl.dot(vp, tl.trans(W1p), input_precision="ieee")
+                t1 += _dot(vp, tl.trans(W1p), PREC)
         else:
-            t1 = tl.dot(vp, tl.trans(W1p), input_precision="ieee")
+            t1 = _dot(vp, tl.trans(W1p), PREC)
         u1 = d1_1 * t1
-        t2 = tl.dot(u1, tl.trans(W2), input_precision="ieee")
+        t2 = _dot(u1, tl.trans(W2), PREC)
         g2 = w3[None, :] * d1_2
         r2 = w3[None, :] * d2_2 * t2
-        e1 = tl.dot(g2, W2, input_precision="ieee")
+        e1 = _dot(g2, W2, PREC)
         g1 = e1 * d1_1
-        r1 = e1 * d2_1 * t1 + tl.dot(r2, W2, input_precision="ieee") * d1_1
+        r1 = e1 * d2_1 * t1 + _dot(r2, W2, PREC) * d1_1
         dw3 += tl.sum(d1_2 * t2, axis=0)                                 # u2
         db2 += tl.sum(r2, axis=0)
-        dW2 += (tl.dot(tl.trans(r2), h1, input_precision="ieee")
-                + tl.dot(tl.trans(g2), u1, input_precision="ieee"))
+        dW2 += (_dot(tl.trans(r2), h1, PREC)
+                + _dot(tl.trans(g2), u1, PREC))
         db1 += tl.sum(r1, axis=0)
-        dW1q += tl.dot(tl.trans(r1), q, input_precision="ieee")
-        dW1p += tl.dot(tl.trans(r1), p, input_precision="ieee")
+        dW1q += _dot(tl.trans(r1), q, PREC)
+        dW1p += _dot(tl.trans(r1), p, PREC)
         if HAS_VQ:
-            dW1q += tl.dot(tl.trans(g1), vq, input_precision="ieee")
+            dW1q += _dot(tl.trans(g1), vq, PREC)
         if HAS_VP:
-            dW1p += tl.dot(tl.trans(g1), vp, input_precision="ieee")
-        dxq = tl.dot(r1, W1q, input_precision="ieee")
-        dxp = tl.dot(r1, W1p, input_precision="ieee")
+            dW1p += _dot(tl.trans(g1), vp, PREC)
+        dxq = _dot(r1, W1q, PREC)
+        dxp = _dot(r1, W1p, PREC)
         return dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3
 
     @triton.jit
@@ -161,7 +171,8 @@ if triton is not None:
                              dq0_ptr, dp0_ptr, dw1q_ptr, dw1p_ptr, db1_ptr, dw2_ptr, db2_ptr,
                              dw3_ptr, B, K, T, dt,
                              BLOCK_B: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr,
-                             H2: tl.constexpr, ACT: tl.constexpr, ORDER2: tl.constexpr):
+                             H2: tl.constexpr, ACT: tl.constexpr, ORDER2: tl.constexpr,
+                             PREC: tl.constexpr):
         pid = tl.program_id(0)
         rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
         cols = tl.arange(0, KP)
@@ -201,13 +212,13 @@ if triton is not None:
             # c: p_t+1 = p_half - dt/2 F_q(q_t+1, p_pred)
             dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
                 q1, pc, -0.5 * dt * P, P, W1q, W1p, b1, W2, b2, w3,
-                dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False)
+                dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False, PREC)
             Q += dxq
             Pc = dxp
             # b: q_t+1 = q_t + dt F_p(q_mid, p_half)
             dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
                 qm, ph, Q, dt * Q, W1q, W1p, b1, W2, b2, w3,
-                dW1q, dW1p, db1, dW2, db2, dw3, ACT, False, True)
+                dW1q, dW1p, db1, dW2, db2, dw3, ACT, False, True, PREC)
             Qm = dxq
             Ph = P + dxp
             # a: p_half, p_pred and q_mid from F(q_t, p_t); dHdq_t = F_q(q_t, p_t).
@@ -217,11 +228,11 @@ if triton is not None:
             if ORDER2:
                 dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
                     q, p, D - 0.5 * dt * (Ph + Pc), 0.5 * dt * Qm, W1q, W1p, b1, W2, b2, w3,
-                    dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, True)
+                    dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, True, PREC)
             else:
                 dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
                     q, p, D - 0.5 * dt * Ph, Ph, W1q, W1p, b1, W2, b2, w3,
-                    dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False)
+                    dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False, PREC)
             Q += dxq + tl.load(gq_ptr + traj + t * K, mask=mask, other=0.0)
             P = Ph + dxp + tl.load(gp_ptr + traj + t * K, mask=mask, other=0.0)
         tl.store(dq0_ptr + rows[:, None] * K + cols[None, :], Q, mask=mask)
@@ -245,14 +256,17 @@ def _pow2(n):
 def _chunk(h1, h2):
     """Hidden units per chunk of the streamed layout (streamed.py), or 0 for this module's
     register-resident one. Not yet timed on a GPU; chosen from what ptxas reports for sm_90
-    (bench/ptxas_report.py, triton 3.6): the resident backward spills 1.8 KB per thread at
-    width 32 and 63 KB at width 128, the streamed one with 16-unit chunks 0 and 0.2 KB."""
-    return 16 if max(h1, h2) >= 32 else 0
+    (bench/ptxas_report.py, triton 3.6): the resident backward spills 0.3-1.8 KB per thread
+    at width 32 and 63 KB at width 128, the streamed one nothing at width 32 (16-unit chunks)
+    and 0.4 KB at width 128 (32-unit chunks: half the loop trips of 16-unit ones, for
+    0.2 KB less spilled)."""
+    width = max(h1, h2)
+    return 0 if width <= 16 else 16 if width <= 32 else 32
 
 
 def _block_b(h1, h2):
     # Not yet timed on a GPU. The streamed backward spills 0.3-1.8 KB per thread with 32-row
-    # blocks at widths 32-128 (sm_90) and at most 0.2 KB with 16 rows, tl.dot's smallest.
+    # blocks at widths 32-128 (sm_90) and at most 0.4 KB with 16 rows, tl.dot's smallest.
     return 16 if _chunk(h1, h2) else 32
 
 
@@ -292,7 +306,8 @@ def _pad_params(weights, biases, k):
     return (W1q, W1p, B1, W2, B2, W3), (KP, H1, H2)
 
 
-def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2"):
+def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2",
+                 precision="ieee"):
     """Host side of the forward: check, allocate, launch. Returns q, p, p_half, dHdq, the
     order2 points (q_mid, p_pred; empty for "official") and the padded weights."""
     B, k = q0.shape
@@ -316,12 +331,13 @@ def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2
     grid = (triton.cdiv(B, BLOCK_B),)
     fwd, _, extra = _kernels(_layout(H1, H2))
     fwd[grid](q0, p0, *padded, q, p, ph, dq, *points, B, k, frames, dt, BLOCK_B=BLOCK_B, KP=KP,
-              H1=H1, H2=H2, ACT=_ACT_CODE[activation], ORDER2=order2,
+              H1=H1, H2=H2, ACT=_ACT_CODE[activation], ORDER2=order2, PREC=precision,
               num_warps=_num_warps(H1, H2), **extra)
     return q, p, ph, dq, points, padded
 
 
-def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, dims, dt, activation, scheme):
+def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, dims, dt, activation, scheme,
+                 precision="ieee"):
     """Host side of the backward: launch, reduce the per-program partials once, unpad."""
     B, T, k = q.shape
     n1, n2 = dims
@@ -340,7 +356,7 @@ def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, dims, dt, activation, sch
     db2, dw3 = q.new_empty(n_prog, H2), q.new_empty(n_prog, H2)
     bwd[(n_prog,)](q, p, ph, *points, gq, gp, gd, *padded, dq0, dp0, dW1q, dW1p, db1, dW2, db2,
                    dw3, B, k, T, dt, BLOCK_B=BLOCK_B, KP=KP, H1=H1, H2=H2,
-                   ACT=_ACT_CODE[activation], ORDER2=scheme == "order2",
+                   ACT=_ACT_CODE[activation], ORDER2=scheme == "order2", PREC=precision,
                    num_warps=_num_warps(H1, H2), **extra)
     dW1q, dW1p, db1, dW2, db2, dw3 = (x.sum(0) for x in (dW1q, dW1p, db1, dW2, db2, dw3))
     dw1 = torch.cat([dW1q[:n1, :k], dW1p[:n1, :k]], 1)       # [n1, 2k]
@@ -352,12 +368,12 @@ class LeapfrogFunction(torch.autograd.Function):
     """Fused rollout: one forward launch, one backward launch; first-order gradients only."""
 
     @staticmethod
-    def forward(ctx, q0, p0, dt, frames, activation, scheme, w1, w2, w3, b1, b2, b3):
+    def forward(ctx, q0, p0, dt, frames, activation, scheme, precision, w1, w2, w3, b1, b2, b3):
         q, p, ph, dq, points, padded = leapfrog_fwd(q0, p0, (w1, w2, w3), (b1, b2, b3), dt,
-                                                    frames, activation, scheme)
+                                                    frames, activation, scheme, precision)
         ctx.save_for_backward(q, p, ph, *points, *padded)
         ctx.dt, ctx.activation, ctx.dims = dt, activation, (w1.shape[0], w2.shape[0])
-        ctx.scheme = scheme
+        ctx.scheme, ctx.precision = scheme, precision
         return q, p, dq
 
     @staticmethod
@@ -365,10 +381,11 @@ class LeapfrogFunction(torch.autograd.Function):
         refuse_double_backward("fused")
         q, p, ph, qm, pc, *padded = ctx.saved_tensors
         dq0, dp0, dws, dbs = leapfrog_bwd(q, p, ph, (qm, pc), gq, gp, gd, padded, ctx.dims,
-                                          ctx.dt, ctx.activation, ctx.scheme)
-        return (dq0, dp0, None, None, None, None, *dws, *dbs)
+                                          ctx.dt, ctx.activation, ctx.scheme, ctx.precision)
+        return (dq0, dp0, None, None, None, None, None, *dws, *dbs)
 
 
-def leapfrog_fused(q0, p0, weights, biases, dt, frames, activation, scheme="order2"):
-    return LeapfrogFunction.apply(q0, p0, float(dt), frames, activation, scheme, *weights,
-                                  *biases)
+def leapfrog_fused(q0, p0, weights, biases, dt, frames, activation, scheme="order2",
+                   precision="ieee"):
+    return LeapfrogFunction.apply(q0, p0, float(dt), frames, activation, scheme, precision,
+                                  *weights, *biases)

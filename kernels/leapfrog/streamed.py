@@ -25,23 +25,19 @@ reduced once by the host, as in fused.py: deterministic, no atomics.
 import triton
 import triton.language as tl
 
-from .fused import _act
-
-
-@triton.jit
-def _dot(a, b):
-    return tl.dot(a, b, input_precision="ieee")
+from .fused import _act, _dot
 
 
 @triton.jit
 def _layer1(q, p, w1q_ptr, w1p_ptr, b1_ptr, c, KP: tl.constexpr, H1: tl.constexpr,
-            CH: tl.constexpr):
+            CH: tl.constexpr, PREC: tl.constexpr):
     """Chunk c of layer 1: W1q_c, W1p_c [CH, KP] and a1_c [BLOCK_B, CH]."""
     hc = c + tl.arange(0, CH)
     cols = tl.arange(0, KP)
     W1q = tl.load(w1q_ptr + hc[:, None] * KP + cols[None, :])
     W1p = tl.load(w1p_ptr + hc[:, None] * KP + cols[None, :])
-    a1 = _dot(q, tl.trans(W1q)) + _dot(p, tl.trans(W1p)) + tl.load(b1_ptr + hc)[None, :]
+    a1 = (_dot(q, tl.trans(W1q), PREC) + _dot(p, tl.trans(W1p), PREC)
+          + tl.load(b1_ptr + hc)[None, :])
     return W1q, W1p, a1
 
 
@@ -54,23 +50,24 @@ def _w2_chunk(w2_ptr, c, H1: tl.constexpr, H2: tl.constexpr, CH: tl.constexpr):
 @triton.jit
 def _grad(q, p, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2, w3, BLOCK_B: tl.constexpr,
           KP: tl.constexpr, H1: tl.constexpr, H2: tl.constexpr, CH: tl.constexpr,
-          ACT: tl.constexpr, WANT_Q: tl.constexpr, WANT_P: tl.constexpr):
+          ACT: tl.constexpr, WANT_Q: tl.constexpr, WANT_P: tl.constexpr,
+          PREC: tl.constexpr):
     """(F_q, F_p) at (q, p); a block not wanted is returned as zeros, uncomputed."""
     a2 = tl.zeros((BLOCK_B, H2), dtype=tl.float32) + b2[None, :]
     for c in range(0, H1, CH):
-        a1 = _layer1(q, p, w1q_ptr, w1p_ptr, b1_ptr, c, KP, H1, CH)[2]
+        a1 = _layer1(q, p, w1q_ptr, w1p_ptr, b1_ptr, c, KP, H1, CH, PREC)[2]
         h1 = _act(a1, ACT)[0]
-        a2 += _dot(h1, tl.trans(_w2_chunk(w2_ptr, c, H1, H2, CH)))
+        a2 += _dot(h1, tl.trans(_w2_chunk(w2_ptr, c, H1, H2, CH)), PREC)
     g2 = w3[None, :] * _act(a2, ACT)[1]
     fq = tl.zeros((BLOCK_B, KP), dtype=tl.float32)
     fp = tl.zeros((BLOCK_B, KP), dtype=tl.float32)
     for c in range(0, H1, CH):
-        W1q, W1p, a1 = _layer1(q, p, w1q_ptr, w1p_ptr, b1_ptr, c, KP, H1, CH)
-        g1 = _dot(g2, _w2_chunk(w2_ptr, c, H1, H2, CH)) * _act(a1, ACT)[1]
+        W1q, W1p, a1 = _layer1(q, p, w1q_ptr, w1p_ptr, b1_ptr, c, KP, H1, CH, PREC)
+        g1 = _dot(g2, _w2_chunk(w2_ptr, c, H1, H2, CH), PREC) * _act(a1, ACT)[1]
         if WANT_Q:
-            fq += _dot(g1, W1q)
+            fq += _dot(g1, W1q, PREC)
         if WANT_P:
-            fp += _dot(g1, W1p)
+            fp += _dot(g1, W1p, PREC)
     return fq, fp
 
 
@@ -79,7 +76,7 @@ def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_pt
                          q_ptr, p_ptr, ph_ptr, dq_ptr, qm_ptr, pc_ptr, B, K, T, dt,
                          BLOCK_B: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr,
                          H2: tl.constexpr, ACT: tl.constexpr, ORDER2: tl.constexpr,
-                         CH: tl.constexpr):
+                         CH: tl.constexpr, PREC: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     cols = tl.arange(0, KP)
     h2 = tl.arange(0, H2)
@@ -94,7 +91,7 @@ def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_pt
     tl.store(p_ptr + traj, p, mask=mask)
     for t in range(T - 1):
         dq, dp = _grad(q, p, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2, w3, BLOCK_B, KP, H1, H2,
-                       CH, ACT, True, ORDER2)
+                       CH, ACT, True, ORDER2, PREC)
         ph = p - 0.5 * dt * dq
         if ORDER2:
             qm = q + 0.5 * dt * dp
@@ -105,10 +102,10 @@ def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_pt
             qm = q
             pc = ph
         fp = _grad(qm, ph, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2, w3, BLOCK_B, KP, H1, H2,
-                   CH, ACT, False, True)[1]
+                   CH, ACT, False, True, PREC)[1]
         q = q + dt * fp
         fq = _grad(q, pc, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2, w3, BLOCK_B, KP, H1, H2,
-                   CH, ACT, True, False)[0]
+                   CH, ACT, True, False, PREC)[0]
         p = ph - 0.5 * dt * fq
         tl.store(q_ptr + traj + (t + 1) * K, q, mask=mask)
         tl.store(p_ptr + traj + (t + 1) * K, p, mask=mask)
@@ -117,14 +114,14 @@ def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_pt
 
 
 @triton.jit
-def _t1(vq, vp, W1q, W1p, HAS_VQ: tl.constexpr, HAS_VP: tl.constexpr):
+def _t1(vq, vp, W1q, W1p, HAS_VQ: tl.constexpr, HAS_VP: tl.constexpr, PREC: tl.constexpr):
     """Chunk of t1 = v W1^T: the direction v = [vq; vp] through layer 1."""
     if HAS_VQ:
-        t1 = _dot(vq, tl.trans(W1q))
+        t1 = _dot(vq, tl.trans(W1q), PREC)
         if HAS_VP:
-            t1 += _dot(vp, tl.trans(W1p))
+            t1 += _dot(vp, tl.trans(W1p), PREC)
     else:
-        t1 = _dot(vp, tl.trans(W1p))
+        t1 = _dot(vp, tl.trans(W1p), PREC)
     return t1
 
 
@@ -137,17 +134,17 @@ def _add_to(ptr, value):
 def _vjp(q, p, vq, vp, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2, w3,
          gw1q_ptr, gw1p_ptr, gb1_ptr, gw2_ptr, db2, dw3, BLOCK_B: tl.constexpr,
          KP: tl.constexpr, H1: tl.constexpr, H2: tl.constexpr, CH: tl.constexpr,
-         ACT: tl.constexpr, HAS_VQ: tl.constexpr, HAS_VP: tl.constexpr):
+         ACT: tl.constexpr, HAS_VQ: tl.constexpr, HAS_VP: tl.constexpr, PREC: tl.constexpr):
     """fused._vjp in two chunked passes: returns d<v, F>/d(q, p) and db2, dw3; adds the
     W1, b1 and W2 terms to this program's slabs (gw*_ptr)."""
     a2 = tl.zeros((BLOCK_B, H2), dtype=tl.float32) + b2[None, :]
     t2 = tl.zeros((BLOCK_B, H2), dtype=tl.float32)
     for c in range(0, H1, CH):
-        L1 = _layer1(q, p, w1q_ptr, w1p_ptr, b1_ptr, c, KP, H1, CH)
+        L1 = _layer1(q, p, w1q_ptr, w1p_ptr, b1_ptr, c, KP, H1, CH, PREC)
         s1 = _act(L1[2], ACT)
         W2c = tl.trans(_w2_chunk(w2_ptr, c, H1, H2, CH))
-        a2 += _dot(s1[0], W2c)
-        t2 += _dot(s1[1] * _t1(vq, vp, L1[0], L1[1], HAS_VQ, HAS_VP), W2c)
+        a2 += _dot(s1[0], W2c, PREC)
+        t2 += _dot(s1[1] * _t1(vq, vp, L1[0], L1[1], HAS_VQ, HAS_VP, PREC), W2c, PREC)
     s2 = _act(a2, ACT)
     g2 = w3[None, :] * s2[1]
     r2 = w3[None, :] * s2[2] * t2
@@ -158,27 +155,27 @@ def _vjp(q, p, vq, vp, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2, w3,
     h2 = tl.arange(0, H2)
     cols = tl.arange(0, KP)
     for c in range(0, H1, CH):
-        W1q, W1p, a1 = _layer1(q, p, w1q_ptr, w1p_ptr, b1_ptr, c, KP, H1, CH)
+        W1q, W1p, a1 = _layer1(q, p, w1q_ptr, w1p_ptr, b1_ptr, c, KP, H1, CH, PREC)
         h1, d1_1, d2_1 = _act(a1, ACT)
-        t1 = _t1(vq, vp, W1q, W1p, HAS_VQ, HAS_VP)
+        t1 = _t1(vq, vp, W1q, W1p, HAS_VQ, HAS_VP, PREC)
         W2c = _w2_chunk(w2_ptr, c, H1, H2, CH)
-        e1 = _dot(g2, W2c)
+        e1 = _dot(g2, W2c, PREC)
         g1 = e1 * d1_1
-        r1 = e1 * d2_1 * t1 + _dot(r2, W2c) * d1_1
+        r1 = e1 * d2_1 * t1 + _dot(r2, W2c, PREC) * d1_1
         hc = c + tl.arange(0, CH)
         _add_to(gw2_ptr + h2[:, None] * H1 + hc[None, :],
-                _dot(tl.trans(r2), h1) + _dot(tl.trans(g2), d1_1 * t1))
+                _dot(tl.trans(r2), h1, PREC) + _dot(tl.trans(g2), d1_1 * t1, PREC))
         _add_to(gb1_ptr + hc, tl.sum(r1, axis=0))
-        gq = _dot(tl.trans(r1), q)
-        gp = _dot(tl.trans(r1), p)
+        gq = _dot(tl.trans(r1), q, PREC)
+        gp = _dot(tl.trans(r1), p, PREC)
         if HAS_VQ:
-            gq += _dot(tl.trans(g1), vq)
+            gq += _dot(tl.trans(g1), vq, PREC)
         if HAS_VP:
-            gp += _dot(tl.trans(g1), vp)
+            gp += _dot(tl.trans(g1), vp, PREC)
         _add_to(gw1q_ptr + hc[:, None] * KP + cols[None, :], gq)
         _add_to(gw1p_ptr + hc[:, None] * KP + cols[None, :], gp)
-        dxq += _dot(r1, W1q)
-        dxp += _dot(r1, W1p)
+        dxq += _dot(r1, W1q, PREC)
+        dxp += _dot(r1, W1p, PREC)
     # The next evaluation reads these slabs back, possibly through other threads of the
     # program: a block barrier makes every thread's writes visible to all of them.
     tl.debug_barrier()
@@ -192,7 +189,7 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
                          dw3_ptr, B, K, T, dt,
                          BLOCK_B: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr,
                          H2: tl.constexpr, ACT: tl.constexpr, ORDER2: tl.constexpr,
-                         CH: tl.constexpr):
+                         CH: tl.constexpr, PREC: tl.constexpr):
     """fused._leapfrog_bwd_kernel's reverse walk; the dw1q, dw1p, db1, dw2 slabs must be
     zeroed by the host (they are accumulated in place)."""
     pid = tl.program_id(0)
@@ -228,12 +225,12 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
         # c, b, a: as in fused._leapfrog_bwd_kernel
         dxq, dxp, db2, dw3 = _vjp(q1, pc, -0.5 * dt * P, P, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr,
                                   b2, w3, gw1q, gw1p, gb1, gw2, db2, dw3, BLOCK_B, KP, H1, H2,
-                                  CH, ACT, True, False)
+                                  CH, ACT, True, False, PREC)
         Q += dxq
         Pc = dxp
         dxq, dxp, db2, dw3 = _vjp(qm, ph, Q, dt * Q, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr,
                                   b2, w3, gw1q, gw1p, gb1, gw2, db2, dw3, BLOCK_B, KP, H1, H2,
-                                  CH, ACT, False, True)
+                                  CH, ACT, False, True, PREC)
         Qm = dxq
         Ph = P + dxp
         Q += Qm
@@ -241,11 +238,11 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
         if ORDER2:
             dxq, dxp, db2, dw3 = _vjp(q, p, D - 0.5 * dt * (Ph + Pc), 0.5 * dt * Qm, w1q_ptr,
                                       w1p_ptr, b1_ptr, w2_ptr, b2, w3, gw1q, gw1p, gb1, gw2,
-                                      db2, dw3, BLOCK_B, KP, H1, H2, CH, ACT, True, True)
+                                      db2, dw3, BLOCK_B, KP, H1, H2, CH, ACT, True, True, PREC)
         else:
             dxq, dxp, db2, dw3 = _vjp(q, p, D - 0.5 * dt * Ph, Ph, w1q_ptr, w1p_ptr, b1_ptr,
                                       w2_ptr, b2, w3, gw1q, gw1p, gb1, gw2, db2, dw3, BLOCK_B,
-                                      KP, H1, H2, CH, ACT, True, False)
+                                      KP, H1, H2, CH, ACT, True, False, PREC)
         Q += dxq + tl.load(gq_ptr + traj + t * K, mask=mask, other=0.0)
         P = Ph + dxp + tl.load(gp_ptr + traj + t * K, mask=mask, other=0.0)
     tl.store(dq0_ptr + rows[:, None] * K + cols[None, :], Q, mask=mask)
