@@ -121,10 +121,12 @@ def test_committed_results_have_no_absolute_paths():
 
 def test_fvd_missing_detector_is_skipped_or_fatal(tmp_path, data_copy, monkeypatch):
     ckpt, _ = _checkpoint(tmp_path, "mocogan", data_copy, iteration=3)
-    monkeypatch.delenv(fvd.I3D_ENV, raising=False)
+    # $HGAN_I3D names a file that is not there: skipped, and its path stays out of the results
+    monkeypatch.setenv(fvd.I3D_ENV, str(tmp_path / "nowhere" / fvd.I3D_FILENAME))
     res = cli.main(["--checkpoint", ckpt, "--out", str(tmp_path / "e"), "--metrics", "fvd,cyclic"])
     assert_no_absolute_paths(json.loads((tmp_path / "e" / "results.json").read_text()))
-    assert fvd.I3D_FILENAME in res["fvd"]["skipped"]
+    assert fvd.I3D_FILENAME in res["fvd"]["skipped"] and "nowhere" not in res["fvd"]["skipped"]
+    monkeypatch.delenv(fvd.I3D_ENV)
     assert res["cyclic"]["active_momenta"] is None  # GRU motion: no Hamiltonian
     with pytest.raises(FileNotFoundError, match="i3d_torchscript.pt"):  # asked for explicitly
         cli.main(["--checkpoint", ckpt, "--out", str(tmp_path / "e2"), "--metrics", "fvd",

@@ -173,7 +173,11 @@ def evaluate(args):
         except FileNotFoundError as e:
             if args.i3d:
                 raise
-            results["fvd"] = {"skipped": str(e)}
+            # The full reason (it may name an absolute $HGAN_I3D path) goes to stderr; the
+            # results file stays free of machine-specific paths.
+            results["fvd"] = {"skipped": f"the TorchScript I3D detector '{fvd.I3D_FILENAME}' "
+                                         f"was not found (--i3d PATH or ${fvd.I3D_ENV}); see "
+                                         f"the README's Evaluation section"}
             print(f"[evaluate] FVD skipped: {e}", file=sys.stderr)
         else:
             det = fvd.load_detector(det_path, device)
