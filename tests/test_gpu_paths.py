@@ -16,46 +16,46 @@ from hgan.train.profiling import stage_shares
 CPU, CUDA = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
 
 
-def _avg(key, count, cpu_us, dev_us, device_type):
-    return SimpleNamespace(key=key, count=count, cpu_time_total=cpu_us, device_time_total=dev_us,
-                           device_type=device_type)
+def _evt(name, start, end, device_us=0.0, device_type=CPU):
+    return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end),
+                           device_type=device_type, self_device_time_total=device_us)
 
 
 class _FakeProf:
     def __init__(self, events):
-        self.events = events
+        self._events = events
 
-    def key_averages(self):
-        return self.events
+    def events(self):
+        return self._events
 
 
 def test_stage_shares_skips_cuda_user_annotation_duplicates():
-    # With ProfilerActivity.CUDA, key_averages() returns every record_function range twice:
-    # the host range (device_type CPU; its device time = its ops' kernels) and the
-    # gpu_user_annotation (device_type CUDA, no CPU time, its GPU span as device time).
-    prof = _FakeProf([
-        _avg("ProfilerStep*", 3, 30_000.0, 9_000.0, CPU),
-        _avg("ProfilerStep*", 3, 0.0, 12_000.0, CUDA),
-        _avg("motion", 3, 3_000.0, 1_000.0, CPU),
-        _avg("motion", 3, 0.0, 1_500.0, CUDA),
-        _avg("D_I", 6, 6_000.0, 2_000.0, CPU),
-        _avg("D_I", 6, 0.0, 2_400.0, CUDA),
-        _avg("aten::mm", 40, 500.0, 800.0, CPU),
-        _avg("ampere_sgemm", 40, 0.0, 800.0, CUDA),
-    ])
-    s = stage_shares(prof)
-    assert s["steps"] == 3
-    assert s["step_us"] == 30_000.0
-    assert s["stage_cpu_us"] == {"motion": 3_000.0, "D_I": 6_000.0}
-    assert s["stage_device_us"] == {"motion": 1_000.0, "D_I": 2_000.0}
+    # With ProfilerActivity.CUDA every record_function range comes back twice: the host range
+    # (device_type CPU) and a gpu_user_annotation (device_type CUDA, its GPU span). Counting
+    # the second would double the steps and add each range's GPU span to its kernels' time.
+    events = []
+    for step in range(3):
+        t = step * 10_000
+        events += [_evt(f"ProfilerStep#{step}", t, t + 10_000),
+                   _evt(f"ProfilerStep#{step}", t, t + 12_000, 12_000.0, CUDA),
+                   _evt("motion", t, t + 1_000), _evt("motion", t, t + 1_500, 1_500.0, CUDA),
+                   _evt("aten::mm", t + 100, t + 200, 300.0),
+                   _evt("D_I", t + 2_000, t + 4_000),
+                   _evt("D_I", t + 2_000, t + 4_400, 2_400.0, CUDA),
+                   _evt("aten::conv2d", t + 2_100, t + 2_300, 600.0),
+                   _evt("ampere_sgemm", t + 150, t + 250, 300.0, CUDA)]
+    s = stage_shares(_FakeProf(events))
+    assert s["steps"] == 3 and s["step_us"] == 30_000
+    assert s["stage_cpu_us"] == {"motion": 3_000, "D_I": 6_000}
+    assert s["stage_device_us"] == {"motion": 900.0, "D_I": 1_800.0}
     assert s["share"] == {"motion": 0.1, "D_I": 0.2}
 
 
 def test_stage_shares_cpu_only_events_unchanged():
-    # CPU builds: every average is host-side; nothing is skipped.
-    prof = _FakeProf([_avg("ProfilerStep*", 2, 1_000.0, 0.0, CPU),
-                      _avg("data", 2, 250.0, 0.0, CPU)])
-    s = stage_shares(prof)
+    # CPU builds: every event is host-side and no op has device time.
+    events = [_evt("ProfilerStep#1", 0, 500), _evt("data", 0, 125), _evt("aten::add", 10, 20),
+              _evt("ProfilerStep#2", 500, 1_000), _evt("data", 500, 625)]
+    s = stage_shares(_FakeProf(events))
     assert s["steps"] == 2 and s["share"] == {"data": 0.25}
     assert s["stage_device_us"] == {"data": 0.0}
 

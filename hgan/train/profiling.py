@@ -63,6 +63,7 @@ def stage_shares_from_events(events, stages=STAGES) -> dict:
             n_steps += 1
         elif evt.name in stages:
             cpu[evt.name] = cpu.get(evt.name, 0.0) + (end - start)
+            dev.setdefault(evt.name, 0.0)
             windows.append((start, end, evt.name))
     windows.sort()
     for evt in events:
