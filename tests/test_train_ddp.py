@@ -58,11 +58,18 @@ WORKER = textwrap.dedent("""
         return Wrapped()
     import hgan.train.run as R
     R.build_loader = spy_loader
+    polls = []
+    any_rank = hdist.any_rank
+    def counting_any_rank(*a, **kw):
+        polls.append(1)
+        return any_rank(*a, **kw)
+    hdist.any_rank = counting_any_rank
     res = train(cfg)
     tr = res["trainer"]
     state = {n: p.detach().clone() for m in (tr.G, tr.D_I, tr.D_V) for n, p in m.named_parameters()}
     torch.save({"params": state, "grads": grads, "batches": batches, "stats": res["stats"],
-                "local_batch": tr.local_batch}, os.path.join(out, f"rank{rank}.pt"))
+                "local_batch": tr.local_batch, "polls": len(polls)},
+               os.path.join(out, f"rank{rank}.pt"))
 """)
 
 
@@ -95,3 +102,6 @@ def test_two_gloo_ranks_train_in_sync(tiny_pendulum_h5, tmp_path):
         assert torch.equal(r0["params"][k], r1["params"][k]), k
     assert all(torch.isfinite(torch.tensor(v)) for v in r0["stats"].values())
     assert (out / "checkpoints" / "last.pt").exists()
+    # the stop flag's all-reduce (a GPU sync on NCCL) ran on the last iteration only, not on
+    # both: the ranks poll every STOP_POLL_EVERY iterations and at the end
+    assert r0["polls"] == r1["polls"] == 1

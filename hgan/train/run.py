@@ -15,6 +15,8 @@ from hgan.train.loop import NonFiniteLoss, Trainer, ensure_dataset, resolve_devi
 from hgan.train.media import save_samples, strip
 from hgan.train.profiling import stage, step_profiler
 
+# Iterations between the ranks' checks for a stop signal under torchrun.
+STOP_POLL_EVERY = 10
 # Flags that may change when a run is resumed; everything else comes from the checkpoint.
 RESUMABLE_OVERRIDES = ("iters", "device", "log_every", "sample_every", "ckpt_every", "keep_every",
                        "progress", "profile", "num_workers", "loader", "n_samples")
@@ -139,7 +141,10 @@ def train(cfg: RunConfig, resume: str = "", callback=None) -> dict:
                         trainer.save(f"iter_{trainer.iteration:07d}.pt")
                 if callback is not None:
                     callback(trainer)
-                if hdist.any_rank(stop.signum is not None, info, trainer.device):
+                # Under torchrun the stop flag is all-reduced, which waits for the GPU: every
+                # STOP_POLL_EVERY iterations (the same ones on every rank), not every step.
+                poll = not info.enabled or it % STOP_POLL_EVERY == 0 or it >= cfg.iters
+                if poll and hdist.any_rank(stop.signum is not None, info, trainer.device):
                     stopped = signal.Signals(stop.signum).name if stop.signum else "peer signal"
                     trainer.flush_checks()
                     break
