@@ -14,7 +14,7 @@ import torch
 
 from hgan.kernels import HamiltonianMLP, leapfrog
 from hgan.kernels.leapfrog import dispatch, fused
-from hgan.kernels.leapfrog.check import compare_to_reference, random_mlp
+from hgan.kernels.leapfrog.check import compare_to_reference, random_mlp, rollout_and_grads
 
 pytestmark = [pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
@@ -95,6 +95,47 @@ def test_tensor_core_precisions_run_in_both_layouts(monkeypatch, chunk, precisio
     tol = 1e-2 if precision == "tf32" and DEVICE == "cuda" else 1e-4
     bad = {n: e for n, e in errs.items() if not e <= tol}
     assert not bad, f"fused {precision} (chunk {chunk}) vs float64, rel err > {tol}: {bad}"
+
+
+def _kernel_too_big_for_the_gpu(monkeypatch, which):
+    """Make the forward or backward kernel fail at launch as Triton does on a GPU with less
+    shared memory than the config needs (the interpreter has no such limit)."""
+    from triton.runtime.errors import OutOfResources
+    real = fused._kernels
+
+    class Refused:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise OutOfResources(300_000, 232_448, "shared memory")
+            return launch
+
+    def kernels(chunk):
+        fwd, bwd, extra = real(chunk)
+        return (Refused(), bwd, extra) if which == "fwd" else (fwd, Refused(), extra)
+    monkeypatch.setattr(fused, "_kernels", kernels)
+
+
+@pytest.mark.parametrize("which", ["fwd", "bwd"])
+def test_kernel_that_does_not_fit_the_gpu_falls_back_to_analytic_under_auto(monkeypatch, which):
+    _kernel_too_big_for_the_gpu(monkeypatch, which)
+    monkeypatch.setitem(dispatch._auto_choice, torch.device(DEVICE).type, "fused")
+    monkeypatch.setattr(dispatch, "_warned", set())
+    gen = torch.Generator().manual_seed(3)
+    w, b = random_mlp(3, (16, 16), generator=gen)
+    w, b = [x.to(DEVICE) for x in w], [x.to(DEVICE) for x in b]
+    q0, p0 = (torch.randn(5, 3, generator=gen).to(DEVICE) for _ in range(2))
+    cot = [torch.randn(s, generator=gen).to(DEVICE) for s in [(5, 4, 3), (5, 4, 3), (5, 3, 3)]]
+    with pytest.warns(UserWarning, match="does not fit this GPU.*shared memory"):
+        outs, grads = rollout_and_grads(q0, p0, w, b, 0.05, 4, "softplus", "auto", cot)
+    ref_outs, ref_grads = rollout_and_grads(q0, p0, w, b, 0.05, 4, "softplus", "analytic", cot)
+    for x, y in zip(outs + grads, ref_outs + ref_grads):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one warning per reason, not one per call
+        rollout_and_grads(q0, p0, w, b, 0.05, 4, "softplus", "auto", cot)
+    # asked for explicitly, fused says why it cannot run instead of falling back
+    with pytest.raises((ValueError, RuntimeError), match="does not fit this GPU"):
+        rollout_and_grads(q0, p0, w, b, 0.05, 4, "softplus", "fused", cot)
 
 
 def test_streamed_layout_refuses_a_chunk_tl_dot_cannot_take(monkeypatch):

@@ -92,12 +92,17 @@ def _resolve(backend, q0, weights, activation):
     if choice == "fused":
         reason = fused_unsupported_reason(q0, weights, activation)
         if reason is not None:
-            if reason not in _warned:
-                _warned.add(reason)
-                warnings.warn(f"leapfrog backend='auto': {reason}; running the analytic backend",
-                              stacklevel=3)
+            _fall_back(reason)
             return "analytic"
     return choice
+
+
+def _fall_back(reason):
+    """The one-time warning of backend='auto' running analytic instead of fused."""
+    if reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"leapfrog backend='auto': {reason}; running the analytic backend",
+                      stacklevel=4)
 
 
 def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
@@ -137,5 +142,16 @@ def _leapfrog(q0, p0, weights, biases, dt, frames, activation, backend, scheme, 
         return leapfrog_reference(q0, p0, weights, biases, dt, frames, activation, scheme)
     if chosen == "analytic":
         return leapfrog_analytic(q0, p0, weights, biases, dt, frames, activation, scheme)
-    from .fused import leapfrog_fused  # imports triton: only on first fused use
-    return leapfrog_fused(q0, p0, weights, biases, dt, frames, activation, scheme, precision)
+    from .fused import FusedCannotLaunch, leapfrog_fused  # imports triton: first fused use only
+    # A config that does not fit the GPU (shared memory, threads) is found at launch: under
+    # auto the analytic backend stands in, forward or backward, with a one-time warning.
+    auto = backend == "auto"
+    try:
+        return leapfrog_fused(q0, p0, weights, biases, dt, frames, activation, scheme,
+                              precision, on_fallback=_fall_back if auto else None)
+    except FusedCannotLaunch as err:
+        if not auto:
+            raise ValueError(f"backend='fused' cannot run: {err}; use backend='analytic' "
+                             f"(same results, plain torch) or backend='auto'") from err
+        _fall_back(str(err))
+        return leapfrog_analytic(q0, p0, weights, biases, dt, frames, activation, scheme)

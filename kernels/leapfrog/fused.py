@@ -249,6 +249,21 @@ if triton is not None:
 _ACT_CODE = {"softplus": 0, "tanh": 1}
 
 
+class FusedCannotLaunch(RuntimeError):
+    """A kernel config needs more of a resource (shared memory, threads) than this GPU has.
+    The dispatcher turns it into analytic with a one-time warning under backend="auto"."""
+
+
+def _launch(kernel, grid, *args, **kwargs):
+    try:
+        kernel[grid](*args, **kwargs)
+    except triton.runtime.errors.OutOfResources as err:
+        cfg = {k: kwargs[k] for k in ("BLOCK_B", "KP", "H1", "H2", "CH", "PREC", "num_warps")
+               if k in kwargs}
+        raise FusedCannotLaunch(f"the fused kernel does not fit this GPU ({err}; config "
+                                f"{cfg})") from err
+
+
 def _pow2(n):
     return max(16, 1 << (int(n) - 1).bit_length())
 
@@ -330,9 +345,9 @@ def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2
     BLOCK_B = _block_b(H1, H2)
     grid = (triton.cdiv(B, BLOCK_B),)
     fwd, _, extra = _kernels(_layout(H1, H2))
-    fwd[grid](q0, p0, *padded, q, p, ph, dq, *points, B, k, frames, dt, BLOCK_B=BLOCK_B, KP=KP,
-              H1=H1, H2=H2, ACT=_ACT_CODE[activation], ORDER2=order2, PREC=precision,
-              num_warps=_num_warps(H1, H2), **extra)
+    _launch(fwd, grid, q0, p0, *padded, q, p, ph, dq, *points, B, k, frames, dt,
+            BLOCK_B=BLOCK_B, KP=KP, H1=H1, H2=H2, ACT=_ACT_CODE[activation], ORDER2=order2,
+            PREC=precision, num_warps=_num_warps(H1, H2), **extra)
     return q, p, ph, dq, points, padded
 
 
@@ -354,10 +369,10 @@ def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, dims, dt, activation, sch
     dW1q, dW1p, db1, dW2 = slab(n_prog, H1, KP), slab(n_prog, H1, KP), slab(n_prog, H1), \
         slab(n_prog, H2, H1)
     db2, dw3 = q.new_empty(n_prog, H2), q.new_empty(n_prog, H2)
-    bwd[(n_prog,)](q, p, ph, *points, gq, gp, gd, *padded, dq0, dp0, dW1q, dW1p, db1, dW2, db2,
-                   dw3, B, k, T, dt, BLOCK_B=BLOCK_B, KP=KP, H1=H1, H2=H2,
-                   ACT=_ACT_CODE[activation], ORDER2=scheme == "order2", PREC=precision,
-                   num_warps=_num_warps(H1, H2), **extra)
+    _launch(bwd, (n_prog,), q, p, ph, *points, gq, gp, gd, *padded, dq0, dp0, dW1q, dW1p, db1,
+            dW2, db2, dw3, B, k, T, dt, BLOCK_B=BLOCK_B, KP=KP, H1=H1, H2=H2,
+            ACT=_ACT_CODE[activation], ORDER2=scheme == "order2", PREC=precision,
+            num_warps=_num_warps(H1, H2), **extra)
     dW1q, dW1p, db1, dW2, db2, dw3 = (x.sum(0) for x in (dW1q, dW1p, db1, dW2, db2, dw3))
     dw1 = torch.cat([dW1q[:n1, :k], dW1p[:n1, :k]], 1)       # [n1, 2k]
     return (dq0, dp0, (dw1, dW2[:n2, :n1], dw3[:n2].unsqueeze(0)),
@@ -368,24 +383,48 @@ class LeapfrogFunction(torch.autograd.Function):
     """Fused rollout: one forward launch, one backward launch; first-order gradients only."""
 
     @staticmethod
-    def forward(ctx, q0, p0, dt, frames, activation, scheme, precision, w1, w2, w3, b1, b2, b3):
+    def forward(ctx, q0, p0, dt, frames, activation, scheme, precision, on_fallback, w1, w2,
+                w3, b1, b2, b3):
         q, p, ph, dq, points, padded = leapfrog_fwd(q0, p0, (w1, w2, w3), (b1, b2, b3), dt,
                                                     frames, activation, scheme, precision)
-        ctx.save_for_backward(q, p, ph, *points, *padded)
+        # The raw weights too: if the backward kernel cannot launch, the analytic backend
+        # recomputes the gradients from (q0, p0, weights) instead.
+        ctx.save_for_backward(q, p, ph, *points, *padded, w1, w2, w3, b1, b2, b3)
         ctx.dt, ctx.activation, ctx.dims = dt, activation, (w1.shape[0], w2.shape[0])
-        ctx.scheme, ctx.precision = scheme, precision
+        ctx.scheme, ctx.precision, ctx.on_fallback = scheme, precision, on_fallback
+        ctx.frames = frames
         return q, p, dq
 
     @staticmethod
     def backward(ctx, gq, gp, gd):
         refuse_double_backward("fused")
-        q, p, ph, qm, pc, *padded = ctx.saved_tensors
-        dq0, dp0, dws, dbs = leapfrog_bwd(q, p, ph, (qm, pc), gq, gp, gd, padded, ctx.dims,
-                                          ctx.dt, ctx.activation, ctx.scheme, ctx.precision)
-        return (dq0, dp0, None, None, None, None, None, *dws, *dbs)
+        q, p, ph, qm, pc, *rest = ctx.saved_tensors
+        padded, raw = rest[:6], rest[6:]
+        try:
+            dq0, dp0, dws, dbs = leapfrog_bwd(q, p, ph, (qm, pc), gq, gp, gd, padded, ctx.dims,
+                                              ctx.dt, ctx.activation, ctx.scheme, ctx.precision)
+        except FusedCannotLaunch as err:
+            if ctx.on_fallback is None:
+                raise
+            ctx.on_fallback(str(err))
+            g = _analytic_grads(q[:, 0], p[:, 0], raw, (gq, gp, gd), ctx)
+            return (g[0], g[1], None, None, None, None, None, None, *g[2:])
+        return (dq0, dp0, None, None, None, None, None, None, *dws, *dbs)
+
+
+def _analytic_grads(q0, p0, raw, cotangents, ctx):
+    """Gradients w.r.t. (q0, p0, *weights, *biases) from the analytic backend."""
+    from .analytic import leapfrog_analytic
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_(True) for t in (q0, p0, *raw)]
+        outs = leapfrog_analytic(leaves[0], leaves[1], leaves[2:5], leaves[5:], ctx.dt,
+                                 ctx.frames, ctx.activation, ctx.scheme)
+        return torch.autograd.grad(outs, leaves, cotangents, allow_unused=True)
 
 
 def leapfrog_fused(q0, p0, weights, biases, dt, frames, activation, scheme="order2",
-                   precision="ieee"):
+                   precision="ieee", on_fallback=None):
+    """on_fallback(reason): called when a kernel does not fit this GPU and the analytic
+    backend stands in (the dispatcher's one-time warning); None: FusedCannotLaunch raises."""
     return LeapfrogFunction.apply(q0, p0, float(dt), frames, activation, scheme, precision,
-                                  *weights, *biases)
+                                  on_fallback, *weights, *biases)
