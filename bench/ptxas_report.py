@@ -54,11 +54,12 @@ def parse_ptxas(log: str) -> dict:
             "spill_loads": int(spill.group(2)), "stack": int(stack.group(1))}
 
 
-def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=True):
+def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=True,
+                precision="ieee"):
     """Compile one kernel for sm_<arch>; returns the report row."""
     kern = _kernel(direction, chunk)
     constexprs = {"BLOCK_B": block_b, "KP": KP, "H1": width, "H2": width, "ACT": 0,
-                  "ORDER2": order2}
+                  "ORDER2": order2, "PREC": precision}
     if chunk:
         constexprs["CH"] = chunk
     sig = {}
@@ -70,6 +71,8 @@ def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=Tru
         elif name == "dt":
             sig[name] = "fp32"
         else:
+            if name not in constexprs:   # a kernel parameter this report does not know
+                raise KeyError(f"no value for the kernel's constexpr {name!r}")
             sig[name] = "constexpr"
     log = io.StringIO()
     triton.knobs.nvidia.dump_ptxas_log = True    # Triton prints its ptxas -v log
@@ -83,7 +86,7 @@ def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=Tru
     finally:
         triton.knobs.nvidia.dump_ptxas_log = False
     row = {"kernel": direction, "width": width, "block_b": block_b, "num_warps": num_warps,
-           "chunk": chunk, "shared": compiled.metadata.shared,
+           "chunk": chunk, "precision": precision, "shared": compiled.metadata.shared,
            "compile_s": round(seconds, 1)}
     row.update(parse_ptxas(log.getvalue()))
     return row
@@ -92,7 +95,7 @@ def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=Tru
 def _fmt(r):
     layout = f"streamed/{r['chunk']}" if r["chunk"] else "resident"
     return (f"{r['kernel']}  width={r['width']:>3}  BLOCK_B={r['block_b']:>3}  "
-            f"warps={r['num_warps']}  {layout:<12}  regs={r['registers']:>3}  "
+            f"warps={r['num_warps']}  {layout:<12}  {r['precision']:<6}  regs={r['registers']:>3}  "
             f"spill st/ld={r['spill_stores']:>6}/{r['spill_loads']:<6}  "
             f"stack={r['stack']:>6}  smem={r['shared']:>7}  {r['compile_s']:>6.1f} s")
 
@@ -106,6 +109,8 @@ def main(argv=None):
     ap.add_argument("--chunks", type=int, nargs="+", default=[0, 16, 32],
                     help="0 = register-resident layout; >0 = streamed, hidden units per chunk")
     ap.add_argument("--kernels", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"])
+    ap.add_argument("--precisions", nargs="+", default=["ieee"],
+                    choices=["ieee", "tf32x3", "tf32"], help="the kernels' dot precision")
     ap.add_argument("--save", action="store_true",
                     help="record the rows in bench/results/ptxas-sm_<arch>.json")
     a = ap.parse_args(argv)
@@ -117,14 +122,17 @@ def main(argv=None):
             for bb in a.blocks:
                 for nw in a.warps:
                     for direction in a.kernels:
-                        try:
-                            row = compile_one(direction, width, bb, nw, chunk, a.arch)
-                        except Exception as err:  # noqa: BLE001 - reported, not fatal
-                            print(f"{direction} width={width} BLOCK_B={bb} warps={nw} "
-                                  f"chunk={chunk}: {type(err).__name__}: {str(err)[:300]}")
-                            continue
-                        rows.append(row)
-                        print(_fmt(row), flush=True)
+                        for prec in a.precisions:
+                            try:
+                                row = compile_one(direction, width, bb, nw, chunk, a.arch,
+                                                  precision=prec)
+                            except Exception as err:  # noqa: BLE001 - reported, not fatal
+                                print(f"{direction} width={width} BLOCK_B={bb} warps={nw} "
+                                      f"chunk={chunk} {prec}: {type(err).__name__}: "
+                                      f"{str(err)[:300]}")
+                                continue
+                            rows.append(row)
+                            print(_fmt(row), flush=True)
     if a.save:
         from _results import environment, write_json
         env = environment("cpu")
