@@ -166,6 +166,24 @@ if triton is not None:
         return dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3
 
     @triton.jit
+    def _saved_step(q_ptr, p_ptr, ph_ptr, gd_ptr, qm_ptr, pc_ptr, traj, half, t, K, mask,
+                    ORDER2: tl.constexpr):
+        """What the backward reads back for step t: q_t, p_t, q_t+1, p_half, the dHdq
+        cotangent and the evaluation points q_mid, p_pred (for "official", q_t and p_half)."""
+        q = tl.load(q_ptr + traj + t * K, mask=mask, other=0.0)
+        p = tl.load(p_ptr + traj + t * K, mask=mask, other=0.0)
+        q1 = tl.load(q_ptr + traj + (t + 1) * K, mask=mask, other=0.0)
+        ph = tl.load(ph_ptr + half + t * K, mask=mask, other=0.0)
+        D = tl.load(gd_ptr + half + t * K, mask=mask, other=0.0)
+        if ORDER2:
+            qm = tl.load(qm_ptr + half + t * K, mask=mask, other=0.0)
+            pc = tl.load(pc_ptr + half + t * K, mask=mask, other=0.0)
+        else:
+            qm = q
+            pc = ph
+        return q, p, q1, ph, D, qm, pc
+
+    @triton.jit
     def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, gd_ptr,
                              w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
                              dq0_ptr, dp0_ptr, dw1q_ptr, dw1p_ptr, db1_ptr, dw2_ptr, db2_ptr,
@@ -198,17 +216,8 @@ if triton is not None:
         P = tl.load(gp_ptr + traj + (T - 1) * K, mask=mask, other=0.0)
         for i in range(T - 1):
             t = T - 2 - i
-            q = tl.load(q_ptr + traj + t * K, mask=mask, other=0.0)
-            p = tl.load(p_ptr + traj + t * K, mask=mask, other=0.0)
-            q1 = tl.load(q_ptr + traj + (t + 1) * K, mask=mask, other=0.0)
-            ph = tl.load(ph_ptr + half + t * K, mask=mask, other=0.0)
-            D = tl.load(gd_ptr + half + t * K, mask=mask, other=0.0)
-            if ORDER2:
-                qm = tl.load(qm_ptr + half + t * K, mask=mask, other=0.0)
-                pc = tl.load(pc_ptr + half + t * K, mask=mask, other=0.0)
-            else:
-                qm = q
-                pc = ph
+            q, p, q1, ph, D, qm, pc = _saved_step(q_ptr, p_ptr, ph_ptr, gd_ptr, qm_ptr, pc_ptr,
+                                                  traj, half, t, K, mask, ORDER2)
             # c: p_t+1 = p_half - dt/2 F_q(q_t+1, p_pred)
             dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
                 q1, pc, -0.5 * dt * P, P, W1q, W1p, b1, W2, b2, w3,

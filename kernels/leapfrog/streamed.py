@@ -25,7 +25,7 @@ reduced once by the host, as in fused.py: deterministic, no atomics.
 import triton
 import triton.language as tl
 
-from .fused import _act, _dot
+from .fused import _act, _dot, _saved_step
 
 
 @triton.jit
@@ -211,17 +211,8 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
     P = tl.load(gp_ptr + traj + (T - 1) * K, mask=mask, other=0.0)
     for i in range(T - 1):
         t = T - 2 - i
-        q = tl.load(q_ptr + traj + t * K, mask=mask, other=0.0)
-        p = tl.load(p_ptr + traj + t * K, mask=mask, other=0.0)
-        q1 = tl.load(q_ptr + traj + (t + 1) * K, mask=mask, other=0.0)
-        ph = tl.load(ph_ptr + half + t * K, mask=mask, other=0.0)
-        D = tl.load(gd_ptr + half + t * K, mask=mask, other=0.0)
-        if ORDER2:
-            qm = tl.load(qm_ptr + half + t * K, mask=mask, other=0.0)
-            pc = tl.load(pc_ptr + half + t * K, mask=mask, other=0.0)
-        else:
-            qm = q
-            pc = ph
+        q, p, q1, ph, D, qm, pc = _saved_step(q_ptr, p_ptr, ph_ptr, gd_ptr, qm_ptr, pc_ptr, traj,
+                                              half, t, K, mask, ORDER2)
         # c, b, a: as in fused._leapfrog_bwd_kernel
         dxq, dxp, db2, dw3 = _vjp(q1, pc, -0.5 * dt * P, P, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr,
                                   b2, w3, gw1q, gw1p, gb1, gw2, db2, dw3, BLOCK_B, KP, H1, H2,
