@@ -39,20 +39,18 @@ if "--smoke" in sys.argv and not torch.cuda.is_available():
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _results import record  # noqa: E402
 
-from hgan.kernels import PRECISIONS, leapfrog  # noqa: E402
+from hgan.kernels import PRECISIONS  # noqa: E402
 from hgan.kernels.leapfrog import fused  # noqa: E402
-from hgan.kernels.leapfrog.check import random_mlp, rel_err  # noqa: E402
+from hgan.kernels.leapfrog.check import random_mlp, rel_err, rollout_and_grads  # noqa: E402
 
 FRAMES, K, WIDTHS = 16, 10, (100, 100)
 
 
-def _run(backend, q0, p0, w, b, cot, precision="ieee"):
-    leaves = [t.detach().clone().requires_grad_(True) for t in [q0, p0, *w, *b]]
-    outs = leapfrog(leaves[0], leaves[1], leaves[2:5], leaves[5:], frames=FRAMES,
-                    backend=backend, precision=precision)
-    loss = sum((o * c).sum() for o, c in zip(outs, cot))
-    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
-    return [o.detach() for o in outs] + [g for g in grads if g is not None]
+def _run(backend, q0, p0, w, b, cot, precision="ieee", frames=None):
+    """Trajectory and every gradient of the benchmark rollout, as one list."""
+    outs, grads = rollout_and_grads(q0, p0, w, b, 0.05, frames or FRAMES, "softplus", backend,
+                                    cot, "order2", precision)
+    return outs + grads
 
 
 def _use(cfg):
@@ -77,11 +75,7 @@ def _compile_one(job):
     cot = [torch.randn(s, generator=gen).to(device)
            for s in [(64, frames, K), (64, frames, K), (64, frames - 1, K)]]
     try:
-        leaves = [t.detach().clone().requires_grad_(True) for t in [q0, p0, *w, *b]]
-        outs = leapfrog(leaves[0], leaves[1], leaves[2:5], leaves[5:], frames=frames,
-                        backend="fused", precision=prec)
-        torch.autograd.grad(sum((o * c).sum() for o, c in zip(outs, cot)), leaves,
-                            allow_unused=True)
+        _run("fused", q0, p0, w, b, cot, prec, frames)
         if device == "cuda":
             torch.cuda.synchronize()
     except Exception as err:  # noqa: BLE001 - the sweep records it

@@ -67,7 +67,7 @@ def stage_shares_from_events(events, stages=STAGES) -> dict:
             windows.append((start, end, evt.name))
     windows.sort()
     for evt in events:
-        t = _self_device_time(evt) if not _on_device(evt) else 0.0
+        t = 0.0 if _on_device(evt) else _self_device_time(evt)
         if t <= 0:
             continue
         # The innermost stage range open when the op started, whichever thread ran it: on
@@ -81,7 +81,7 @@ def stage_shares_from_events(events, stages=STAGES) -> dict:
             if start < w_end:
                 inner = name
         if inner is not None:
-            dev[inner] = dev.get(inner, 0.0) + t
+            dev[inner] += t
     return {
         "steps": n_steps,
         "step_us": step_us,
