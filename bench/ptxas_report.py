@@ -33,13 +33,14 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hgan.kernels.leapfrog import fused, streamed  # noqa: E402
+from hgan.kernels.leapfrog import fused, latency, streamed  # noqa: E402
 
 KP = 16   # k = 10, the benchmark's, pads to 16
+STAGES = int(os.environ.get("PTXAS_STAGES", "0"))
 
 
 def _kernel(direction, chunk):
-    mod = streamed if chunk else fused
+    mod = latency if chunk == "latency" else streamed if chunk else fused
     return getattr(mod, f"_leapfrog_{direction}_kernel")
 
 
@@ -54,14 +55,24 @@ def parse_ptxas(log: str) -> dict:
             "spill_loads": int(spill.group(2)), "stack": int(stack.group(1))}
 
 
+def _aligned(kern, sig):
+    """The 16-byte alignment a real launch specialises every pointer on (torch allocations
+    are 256-byte aligned): without it Triton cannot vectorise loads, and the register layouts
+    it picks, hence the report, would not be the ones a GPU runs."""
+    names = list(inspect.signature(kern.fn).parameters)
+    return {(names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items()
+            if t.startswith("*")}
+
+
 def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=True,
-                precision="ieee"):
+                precision="ieee", maxnreg=None):
     """Compile one kernel for sm_<arch>; returns the report row."""
     kern = _kernel(direction, chunk)
     constexprs = {"BLOCK_B": block_b, "KP": KP, "H1": width, "H2": width, "ACT": 0,
-                  "ORDER2": order2, "PREC": precision}
-    if chunk:
-        constexprs["CH"] = chunk
+                  "ORDER2": order2, "PREC": precision, "CH": chunk}
+    # the latency layout has no row block, chunk or dot precision: pass what the kernel takes
+    constexprs = {k: v for k, v in constexprs.items()
+                  if k in inspect.signature(kern.fn).parameters}
     sig = {}
     for name in inspect.signature(kern.fn).parameters:
         if name.endswith("_ptr"):
@@ -79,13 +90,17 @@ def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=Tru
     try:
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(log):
-            compiled = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=constexprs),
+            compiled = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=constexprs,
+                                                attrs=_aligned(kern, sig)),
                                       target=GPUTarget("cuda", arch, 32),
-                                      options={"num_warps": num_warps})
+                                      options=dict({"num_warps": num_warps},
+                                                   **({"maxnreg": maxnreg} if maxnreg else {}),
+                                                   **({"num_stages": STAGES} if STAGES else {})))
         seconds = time.perf_counter() - t0
     finally:
         triton.knobs.nvidia.dump_ptxas_log = False
     row = {"kernel": direction, "width": width, "block_b": block_b, "num_warps": num_warps,
+           "maxnreg": maxnreg,
            "chunk": chunk, "precision": precision, "shared": compiled.metadata.shared,
            "compile_s": round(seconds, 1)}
     row.update(parse_ptxas(log.getvalue()))
@@ -93,11 +108,16 @@ def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=Tru
 
 
 def _fmt(r):
-    layout = f"streamed/{r['chunk']}" if r["chunk"] else "resident"
+    layout = ("latency" if r["chunk"] == "latency" else
+              f"streamed/{r['chunk']}" if r["chunk"] else "resident")
     return (f"{r['kernel']}  width={r['width']:>3}  BLOCK_B={r['block_b']:>3}  "
             f"warps={r['num_warps']}  {layout:<12}  {r['precision']:<6}  regs={r['registers']:>3}  "
             f"spill st/ld={r['spill_stores']:>6}/{r['spill_loads']:<6}  "
             f"stack={r['stack']:>6}  smem={r['shared']:>7}  {r['compile_s']:>6.1f} s")
+
+
+def _chunk_arg(text):
+    return "latency" if text == "latency" else int(text)
 
 
 def main(argv=None):
@@ -106,18 +126,21 @@ def main(argv=None):
     ap.add_argument("--widths", type=int, nargs="+", default=[32, 128])
     ap.add_argument("--blocks", type=int, nargs="+", default=[16])
     ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
-    ap.add_argument("--chunks", type=int, nargs="+", default=[0, 16, 32],
-                    help="0 = register-resident layout; >0 = streamed, hidden units per chunk")
+    ap.add_argument("--chunks", type=_chunk_arg, nargs="+", default=["latency", 0, 16, 32],
+                    help="latency = a program per row (latency.py); 0 = register-resident "
+                         "tile layout; >0 = streamed, hidden units per chunk")
     ap.add_argument("--kernels", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"])
     ap.add_argument("--precisions", nargs="+", default=["ieee"],
                     choices=["ieee", "tf32x3", "tf32"], help="the kernels' dot precision")
+    ap.add_argument("--maxnreg", type=int, default=None,
+                    help="register cap per thread passed to Triton (default: its own choice)")
     ap.add_argument("--save", action="store_true",
                     help="record the rows in bench/results/ptxas-sm_<arch>.json")
     a = ap.parse_args(argv)
     rows = []
     for width in a.widths:
         for chunk in a.chunks:
-            if chunk > width:
+            if chunk != "latency" and chunk > width:
                 continue
             for bb in a.blocks:
                 for nw in a.warps:
@@ -125,7 +148,7 @@ def main(argv=None):
                         for prec in a.precisions:
                             try:
                                 row = compile_one(direction, width, bb, nw, chunk, a.arch,
-                                                  precision=prec)
+                                                  precision=prec, maxnreg=a.maxnreg)
                             except Exception as err:  # noqa: BLE001 - reported, not fatal
                                 print(f"{direction} width={width} BLOCK_B={bb} warps={nw} "
                                       f"chunk={chunk} {prec}: {type(err).__name__}: "

@@ -4,8 +4,10 @@ Backends: reference (autograd create_graph, eager), reference_compiled (each hal
 gradient under torch.compile, see reference.leapfrog_reference_compiled: the create_graph form
 itself cannot be compiled), analytic (hand-written VJP, plain torch), fused (Triton; CUDA
 only: on CPU it would run through the interpreter, which is no performance path) and
-fused_tf32x3 (the same kernels with tensor-core dots, precision="tf32x3").
-Shape: frames 16, k 10, two hidden layers of width 100; B in {64, 1024, 65536}.
+fused_tf32x3 (the same kernels with tensor-core dots, precision="tf32x3"; the latency layout,
+which B <= fused.LATENCY_MAX_ROWS runs, computes in fp32 whatever the precision).
+Shape: frames 16, k 10, two hidden layers of width 100; B in {16, 64, 1024, 65536} (16 is the
+training batch). The whole table on a GPU in one call: bench/gpu/leapfrog_table.py.
 
 "forward" is a training-mode rollout (inputs and weights require grad, so each backend builds
 what its backward needs); "fwdbwd" adds the backward of sum(q) + sum(p) + sum(dHdq). Every
@@ -13,7 +15,7 @@ timed call synchronises the device. Medians, achieved FLOP/s (kernels.leapfrog_f
 matmul count) and the speed-up of each backend over the eager and the compiled reference go
 to bench/results/<device>.json, section "leapfrog", together with the device's measured
 fp32 matmul peak. Run: pytest bench/test_bench_leapfrog.py --benchmark-only
-(LEAPFROG_BENCH_THREADS sets torch's CPU threads; default 1, see docs/readme/40-integrator.md).
+(LEAPFROG_BENCH_THREADS sets torch's CPU threads; default 1).
 """
 import os
 import time
@@ -28,7 +30,7 @@ from hgan.kernels.leapfrog.reference import leapfrog_reference_compiled
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FRAMES, K, WIDTHS = 16, 10, (100, 100)
-BATCHES = [64, 1024, 65536]
+BATCHES = [16, 64, 1024, 65536]
 BACKENDS = ["reference", "reference_compiled", "analytic", "fused", "fused_tf32x3"]
 MODES = ["fwd", "fwdbwd"]
 THREADS = int(os.environ.get("LEAPFROG_BENCH_THREADS", "1"))
@@ -45,7 +47,7 @@ def _rounds(backend, batch):
     # A CPU B=65536 reference rollout takes tens of seconds: one warm-up and two rounds.
     if DEVICE == "cuda":
         return 20
-    return {64: 15, 1024: 5, 65536: 2}[batch]
+    return {16: 15, 64: 15, 1024: 5, 65536: 2}[batch]
 
 
 def _matmul_peak():

@@ -12,6 +12,9 @@ tf32 precisions' error on a GPU gets measured), and times it with triton.testing
 bench/results/<device>.json, and names the fastest correct config per batch: copy those into
 fused._block_b / fused._num_warps / fused._chunk. chunk 0 is the register-resident layout
 (fused.py), chunk > 0 the streamed one (streamed.py) with that many hidden units per chunk.
+The sweep is of the tile layouts only (it forces them at every batch); the latency layout and
+the batch at which the dispatch table switches to the tile layouts are timed by
+bench/gpu/leapfrog_table.py.
 A config that fails to compile (too many registers or too much shared memory) is recorded
 with its error.
 
@@ -57,6 +60,7 @@ def _use(cfg):
     """Point the fused host code at one (BLOCK_B, num_warps, chunk, precision) config; returns
     the precision, which goes to leapfrog() itself."""
     bb, nw, ch, prec = cfg
+    fused.LATENCY_MAX_ROWS = 0                # the tile layouts at every batch
     fused._block_b = lambda h1, h2: bb
     fused._num_warps = lambda h1, h2: nw
     fused._chunk = lambda h1, h2: ch
@@ -118,7 +122,7 @@ def sweep(batches, cfgs, device, timed, on_row=None, skip=None):
     """cfgs: (BLOCK_B, num_warps, chunk, precision) tuples; skip: {config: reason} of configs
     not to run (see precompile)."""
     skip = skip or {}
-    saved = fused._block_b, fused._num_warps, fused._chunk
+    saved = fused._block_b, fused._num_warps, fused._chunk, fused.LATENCY_MAX_ROWS
     rows = []
     try:
         for batch in batches:
@@ -157,7 +161,7 @@ def sweep(batches, cfgs, device, timed, on_row=None, skip=None):
                 if on_row is not None:
                     on_row(rows)
     finally:
-        fused._block_b, fused._num_warps, fused._chunk = saved
+        fused._block_b, fused._num_warps, fused._chunk, fused.LATENCY_MAX_ROWS = saved
     return rows
 
 

@@ -1,5 +1,10 @@
 """Fused (Triton) leapfrog backend against the float64 reference.
 
+The cases run in both regimes of the fused kernels: the tile layouts (fused.py, streamed.py;
+forced here by setting fused.LATENCY_MAX_ROWS to 0) and the latency layout (latency.py, a
+program per row, what B <= LATENCY_MAX_ROWS runs). The interpreter walks the latency layout
+one row at a time, so it takes the cases with few row-steps, plus its own odd shapes below.
+
 Without a GPU the kernels run through the Triton interpreter on CPU tensors (conftest sets
 TRITON_INTERPRET=1), so CI checks the real kernel code. The interpreter is slow, so the shapes
 form a pairwise cover rather than the full product: each k in {1, 3, 10, 16}, each width in
@@ -46,8 +51,27 @@ def _model_params(k, width, activation, separable, seed):
     return [x.detach().to(DEVICE) for x in w], [x.detach().to(DEVICE) for x in b]
 
 
-@pytest.mark.parametrize("B,k,width,activation,separable,frames,dt,scheme", CASES)
-def test_fused_matches_float64_reference(B, k, width, activation, separable, frames, dt, scheme):
+@pytest.fixture(params=["latency", "tile"])
+def regime(request, monkeypatch):
+    if request.param == "tile":
+        monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
+    return request.param
+
+
+@pytest.fixture
+def tile(monkeypatch):
+    monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
+
+
+REGIME_CASES = [(regime, *case) for case in CASES
+                for regime in ("tile",) + (("latency",) if case[0] * (case[5] - 1) <= 150 else ())]
+
+
+@pytest.mark.parametrize("layout,B,k,width,activation,separable,frames,dt,scheme", REGIME_CASES)
+def test_fused_matches_float64_reference(monkeypatch, layout, B, k, width, activation,
+                                         separable, frames, dt, scheme):
+    if layout == "tile":
+        monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
     weights, biases = _model_params(k, width, activation, separable, seed=B + k)
     gen = torch.Generator().manual_seed(B)
     q0 = torch.randn(B, k, generator=gen).to(DEVICE)
@@ -61,7 +85,7 @@ def test_fused_matches_float64_reference(B, k, width, activation, separable, fra
 @pytest.mark.parametrize("chunk,scheme,activation", [
     (0, "order2", "softplus"), (16, "official", "tanh"), (32, "order2", "tanh"),
     (16, "order2", "softplus")])
-def test_resident_and_streamed_layouts_match_float64_reference(monkeypatch, chunk, scheme,
+def test_resident_and_streamed_layouts_match_float64_reference(tile, monkeypatch, chunk, scheme,
                                                                activation):
     # chunk 0: weights held in registers (fused.py); chunk > 0: streamed.py, walking layer 1
     # in chunks of that many hidden units and accumulating weight gradients in per-program
@@ -80,7 +104,8 @@ def test_resident_and_streamed_layouts_match_float64_reference(monkeypatch, chun
 
 @pytest.mark.parametrize("chunk,widths,precision", [
     (0, (16, 16), "tf32x3"), (16, (40, 100), "tf32x3"), (16, (40, 100), "tf32")])
-def test_tensor_core_precisions_run_in_both_layouts(monkeypatch, chunk, widths, precision):
+def test_tensor_core_precisions_run_in_both_layouts(tile, monkeypatch, chunk, widths,
+                                                    precision):
     # The interpreter computes tf32 dots in fp32, so on CPU this checks the plumbing (the flag
     # reaches every dot of both layouts and both kernels) at the fp32 tolerance. On a GPU the
     # dots are real: tf32x3 keeps the fp32 tolerance, one-pass tf32 (10-bit operands) only
@@ -111,14 +136,15 @@ def _kernel_too_big_for_the_gpu(monkeypatch, which):
                 raise OutOfResources(300_000, 232_448, "shared memory")
             return launch
 
-    def kernels(chunk):
-        fwd, bwd, extra = real(chunk)
-        return (Refused(), bwd, extra) if which == "fwd" else (fwd, Refused(), extra)
+    def kernels(layout):
+        fwd, bwd = real(layout)
+        return (Refused(), bwd) if which == "fwd" else (fwd, Refused())
     monkeypatch.setattr(fused, "_kernels", kernels)
 
 
 @pytest.mark.parametrize("which", ["fwd", "bwd"])
-def test_kernel_that_does_not_fit_the_gpu_falls_back_to_analytic_under_auto(monkeypatch, which):
+def test_kernel_that_does_not_fit_the_gpu_falls_back_to_analytic_under_auto(regime, monkeypatch,
+                                                                            which):
     _kernel_too_big_for_the_gpu(monkeypatch, which)
     monkeypatch.setitem(dispatch._auto_choice, torch.device(DEVICE).type, "fused")
     monkeypatch.setattr(dispatch, "_warned", set())
@@ -140,7 +166,7 @@ def test_kernel_that_does_not_fit_the_gpu_falls_back_to_analytic_under_auto(monk
         rollout_and_grads(q0, p0, w, b, 0.05, 4, "softplus", "fused", cot)
 
 
-def test_streamed_layout_refuses_a_chunk_tl_dot_cannot_take(monkeypatch):
+def test_streamed_layout_refuses_a_chunk_tl_dot_cannot_take(tile, monkeypatch):
     monkeypatch.setattr(fused, "_chunk", lambda h1, h2: 24)
     w, b = random_mlp(3, (64, 64), device=DEVICE)
     q0 = torch.randn(2, 3, device=DEVICE)
@@ -213,3 +239,51 @@ def test_fused_matches_analytic_on_cuda(B, scheme):
     f = leapfrog(q0, p0, weights, biases, frames=16, backend="fused", scheme=scheme)
     for x, y in zip(f, a):
         assert torch.allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("B,k,widths,frames,scheme,activation", [
+    (1, 1, (40, 100), 2, "order2", "softplus"),    # one row, one coordinate, H1 != H2
+    (7, 3, (100, 40), 5, "official", "tanh"),      # more rows than programs: grid-stride
+])
+def test_latency_layout_odd_shapes_match_float64_reference(B, k, widths, frames, scheme,
+                                                           activation):
+    assert fused._layout(B, frames, 128, 128) == "latency"
+    gen = torch.Generator().manual_seed(B + k)
+    weights, biases = random_mlp(k, widths, generator=gen)
+    weights, biases = [w.to(DEVICE) for w in weights], [b.to(DEVICE) for b in biases]
+    q0 = torch.randn(B, k, generator=gen).to(DEVICE)
+    p0 = torch.randn(B, k, generator=gen).to(DEVICE)
+    errs = compare_to_reference(q0, p0, weights, biases, -0.05, frames, activation, "fused",
+                                scheme=scheme)
+    bad = {n: e for n, e in errs.items() if not e <= 1e-4}
+    assert not bad, f"fused latency layout vs float64 reference, rel err > 1e-4: {bad}"
+
+
+def test_dispatch_table_picks_the_kernel_by_regime():
+    # training batches: a program per row; large batches: the tile layouts, by width
+    assert fused._layout(16, 16, 128, 128) == "latency"
+    assert fused._layout(fused.LATENCY_MAX_ROWS, 16, 128, 128) == "latency"
+    assert fused._layout(fused.LATENCY_MAX_ROWS + 1, 16, 128, 128) == fused._chunk(128, 128)
+    assert fused._layout(65536, 16, 16, 16) == 0                       # resident
+    # a rollout so long that the latency backward's scratch would pass its cap
+    long_t = fused.LATENCY_SCRATCH_BYTES // (4 * 3 * 5 * 128 * 64) + 2
+    assert 4 * fused._latency_scratch(64, long_t, 128, 128) > fused.LATENCY_SCRATCH_BYTES
+    assert fused._layout(64, long_t, 128, 128) == fused._chunk(128, 128)
+    # under the interpreter 4 programs walk the rows, so the tests above cover grid-stride
+    assert fused._latency_programs(37, torch.device("cpu")) == 4
+
+
+def test_latency_backward_keeps_fp32_products_and_the_callers_tf32_setting():
+    saved = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        gen = torch.Generator().manual_seed(11)
+        weights, biases = random_mlp(2, (16, 16), generator=gen)
+        weights, biases = [w.to(DEVICE) for w in weights], [b.to(DEVICE) for b in biases]
+        q0 = torch.randn(3, 2, generator=gen).to(DEVICE)
+        errs = compare_to_reference(q0, q0.flip(0), weights, biases, 0.05, 3, "softplus",
+                                    "fused")
+        assert max(errs.values()) <= 1e-4, errs
+        assert torch.backends.cuda.matmul.allow_tf32 is True
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = saved

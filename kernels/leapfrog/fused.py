@@ -17,10 +17,15 @@ would be T*B*3*(n1+n2) floats and as much HBM traffic as the recompute costs in 
 program accumulates its rows' weight gradients in registers and writes one partial; the host
 sums the partials once (deterministic, no atomics).
 
-Two layouts of the same kernels: this module's keeps the weights (and, in the backward, their
-gradients) in registers, which suits the narrowest MLPs; streamed.py walks the hidden units
-in chunks for wider ones, whose weights do not fit (see _chunk). The host code below serves
-both.
+Three layouts of the same kernels, chosen by one table (LATENCY_MAX_ROWS, _chunk):
+  * latency.py: a program per batch row, matrix-vector products on the FMA units: the training
+    regime (B up to about two thousand), where a row block of 16 would leave all but one or
+    four SMs idle; its latency model is in its docstring;
+  * this module's tile layout keeps the weights (and, in the backward, their gradients) in
+    registers and drives tl.dot on blocks of rows: large batches of the narrowest MLPs;
+  * streamed.py walks the hidden units in chunks for wider ones, whose weights do not fit a
+    tile program's registers.
+The host code below serves all three.
 
 tl.dot needs every dimension >= 16 and power-of-two blocks: the host zero-pads k and the
 widths (width 100 -> 128, k = 10 -> 16) and slices the gradients back. Padded hidden units
@@ -269,6 +274,7 @@ def _launch(kernel, grid, *args, **kwargs):
     except triton.runtime.errors.OutOfResources as err:
         cfg = {k: kwargs[k] for k in ("BLOCK_B", "KP", "H1", "H2", "CH", "PREC", "num_warps")
                if k in kwargs}
+        cfg["layout"] = getattr(kernel, "__module__", "?").rsplit(".", 1)[-1]
         raise FusedCannotLaunch(f"the fused kernel does not fit this GPU ({err}; config "
                                 f"{cfg})") from err
 
@@ -300,8 +306,26 @@ def _num_warps(h1, h2):
     return 8 if max(h1, h2) >= 128 else 4
 
 
-def _layout(H1, H2):
-    """The chunk width to launch with (0: resident), clamped to the padded width H1."""
+# Which kernel runs, by regime: the one table the dispatcher reads. Rows up to
+# LATENCY_MAX_ROWS run the latency layout (latency.py: a program per row, matrix-vector
+# products on the FMA units), larger batches the tile layouts (this module's register-resident
+# one up to width 16, streamed.py's above: _chunk). The switch point is modelled in
+# latency.py's docstring and still to be measured on a GPU (bench/gpu/leapfrog.sh sweeps it).
+LATENCY_MAX_ROWS = 2048
+# The latency backward writes 5 floats per hidden unit, row and evaluation (latency._vjp):
+# past this many bytes (and int32 offsets) a long rollout goes to the tile layouts instead.
+LATENCY_SCRATCH_BYTES = 1 << 30
+
+
+def _latency_scratch(B, T, H1, H2):
+    """Elements of the latency backward's scratch (s2, s1, su of _latency_bwd)."""
+    return B * max(T - 1, 0) * 3 * (3 * H2 + 2 * H1)
+
+
+def _layout(B, T, H1, H2):
+    """"latency", or the tile layout's chunk width (0: resident), clamped to the padded H1."""
+    if B <= LATENCY_MAX_ROWS and 4 * _latency_scratch(B, T, H1, H2) <= LATENCY_SCRATCH_BYTES:
+        return "latency"
     chunk = _chunk(H1, H2)
     if chunk and (chunk < 16 or chunk & (chunk - 1)):
         raise ValueError(f"fused streamed layout: chunk must be 0 or a power of two >= 16 "
@@ -309,12 +333,45 @@ def _layout(H1, H2):
     return min(chunk, H1)
 
 
-def _kernels(chunk):
-    """(forward kernel, backward kernel, extra constexprs) of a layout."""
-    if not chunk:
-        return _leapfrog_fwd_kernel, _leapfrog_bwd_kernel, {}
+def _kernels(layout):
+    """(forward kernel, backward kernel) of a layout."""
+    if layout == "latency":
+        from . import latency
+        return latency._leapfrog_fwd_kernel, latency._leapfrog_bwd_kernel
+    if not layout:
+        return _leapfrog_fwd_kernel, _leapfrog_bwd_kernel
     from . import streamed
-    return streamed._leapfrog_fwd_kernel, streamed._leapfrog_bwd_kernel, {"CH": chunk}
+    return streamed._leapfrog_fwd_kernel, streamed._leapfrog_bwd_kernel
+
+
+_sm_count = {}
+
+
+def _latency_programs(B, device):
+    """Programs of the latency layout: one per row up to what the GPU holds at once (one
+    resident program per SM: each uses most of an SM's registers), then rows queue on them.
+    Under the interpreter, 4, so that the tests walk several rows per program."""
+    if device.type != "cuda":
+        return min(B, 4)
+    if device not in _sm_count:
+        _sm_count[device] = torch.cuda.get_device_properties(device).multi_processor_count
+    return min(B, _sm_count[device])
+
+
+def _launch_config(layout, B, H1, H2, device, precision):
+    """(grid size, launch keyword arguments) of a layout."""
+    if layout == "latency":
+        return _latency_programs(B, device), dict(num_warps=_latency_warps(H1, H2))
+    BLOCK_B = _block_b(H1, H2)
+    extra = {"CH": layout} if layout else {}
+    return triton.cdiv(B, BLOCK_B), dict(BLOCK_B=BLOCK_B, PREC=precision,
+                                          num_warps=_num_warps(H1, H2), **extra)
+
+
+def _latency_warps(h1, h2):
+    # W2 and, in the backward, dW2 are [H2, H1] register tensors: 8 warps put 64 floats of
+    # each in a thread at width 128 (bench/ptxas_report.py decides; see latency.py).
+    return 8 if max(h1, h2) >= 64 else 4
 
 
 def _pad_params(weights, biases, k):
@@ -351,12 +408,11 @@ def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2
     dq = torch.empty_like(ph)
     order2 = scheme == "order2"
     points = (torch.empty_like(ph), torch.empty_like(ph)) if order2 else (ph.new_empty(0),) * 2
-    BLOCK_B = _block_b(H1, H2)
-    grid = (triton.cdiv(B, BLOCK_B),)
-    fwd, _, extra = _kernels(_layout(H1, H2))
-    _launch(fwd, grid, q0, p0, *padded, q, p, ph, dq, *points, B, k, frames, dt,
-            BLOCK_B=BLOCK_B, KP=KP, H1=H1, H2=H2, ACT=_ACT_CODE[activation], ORDER2=order2,
-            PREC=precision, num_warps=_num_warps(H1, H2), **extra)
+    layout = _layout(B, frames, H1, H2)
+    n_prog, config = _launch_config(layout, B, H1, H2, q0.device, precision)
+    _launch(_kernels(layout)[0], (n_prog,), q0, p0, *padded, q, p, ph, dq, *points, B, k,
+            frames, dt, KP=KP, H1=H1, H2=H2, ACT=_ACT_CODE[activation], ORDER2=order2,
+            **config)
     return q, p, ph, dq, points, padded
 
 
@@ -368,24 +424,60 @@ def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, dims, dt, activation, sch
     W1q = padded[0]
     H1, KP = W1q.shape
     H2 = padded[3].shape[0]
-    BLOCK_B = _block_b(H1, H2)
-    n_prog = triton.cdiv(B, BLOCK_B)
+    layout = _layout(B, T, H1, H2)
+    n_prog, config = _launch_config(layout, B, H1, H2, q.device, precision)
     gq, gp, gd = gq.contiguous(), gp.contiguous(), gd.contiguous()
     dq0, dp0 = q.new_empty(B, k), q.new_empty(B, k)
-    chunk = _layout(H1, H2)
-    _, bwd, extra = _kernels(chunk)
-    slab = q.new_zeros if chunk else q.new_empty   # streamed accumulates into its slabs
-    dW1q, dW1p, db1, dW2 = slab(n_prog, H1, KP), slab(n_prog, H1, KP), slab(n_prog, H1), \
-        slab(n_prog, H2, H1)
-    db2, dw3 = q.new_empty(n_prog, H2), q.new_empty(n_prog, H2)
-    _launch(bwd, (n_prog,), q, p, ph, *points, gq, gp, gd, *padded, dq0, dp0, dW1q, dW1p, db1,
-            dW2, db2, dw3, B, k, T, dt, BLOCK_B=BLOCK_B, KP=KP, H1=H1, H2=H2,
-            ACT=_ACT_CODE[activation], ORDER2=scheme == "order2", PREC=precision,
-            num_warps=_num_warps(H1, H2), **extra)
-    dW1q, dW1p, db1, dW2, db2, dw3 = (x.sum(0) for x in (dW1q, dW1p, db1, dW2, db2, dw3))
+    if layout == "latency":
+        dW1q, dW1p, db1, dW2, db2, dw3 = _latency_bwd(q, p, ph, points, gq, gp, gd, padded,
+                                                      dq0, dp0, n_prog, dt, activation,
+                                                      scheme, config)
+    else:
+        # streamed.py adds into its slabs; the resident layout writes each partial once
+        slab = q.new_zeros if layout else q.new_empty
+        dW1q, dW1p, db1, dW2 = slab(n_prog, H1, KP), slab(n_prog, H1, KP), slab(n_prog, H1), \
+            slab(n_prog, H2, H1)
+        db2, dw3 = q.new_empty(n_prog, H2), q.new_empty(n_prog, H2)
+        _launch(_kernels(layout)[1], (n_prog,), q, p, ph, *points, gq, gp, gd, *padded, dq0,
+                dp0, dW1q, dW1p, db1, dW2, db2, dw3, B, k, T, dt, KP=KP, H1=H1, H2=H2,
+                ACT=_ACT_CODE[activation], ORDER2=scheme == "order2", **config)
+        dW1q, dW1p, db1, dW2, db2, dw3 = (x.sum(0) for x in (dW1q, dW1p, db1, dW2, db2, dw3))
     dw1 = torch.cat([dW1q[:n1, :k], dW1p[:n1, :k]], 1)       # [n1, 2k]
     return (dq0, dp0, (dw1, dW2[:n2, :n1], dw3[:n2].unsqueeze(0)),
             (db1[:n1], db2[:n2], q.new_zeros(1)))
+
+
+def _latency_bwd(q, p, ph, points, gq, gp, gd, padded, dq0, dp0, n_prog, dt, activation,
+                 scheme, config):
+    """The latency layout's backward: the kernel writes dq0, dp0, layer 1's per-program
+    partials and, per row and evaluation, the factors of layer 2's weight gradient; one
+    matrix product and three sums reduce them (deterministic, no atomics)."""
+    B, T, k = q.shape
+    W1q, W2 = padded[0], padded[3]
+    (H1, KP), H2 = W1q.shape, W2.shape[0]
+    n = B * (T - 1) * 3                        # evaluations, each a scratch row
+    s2, s1, su = q.new_empty(n, 2, H2), q.new_empty(n, 2, H1), q.new_empty(n, H2)
+    dW1q, dW1p, db1 = q.new_empty(n_prog, H1, KP), q.new_empty(n_prog, H1, KP), \
+        q.new_empty(n_prog, H1)
+    _launch(_kernels("latency")[1], (n_prog,), q, p, ph, *points, gq, gp, gd, *padded, dq0,
+            dp0, dW1q, dW1p, db1, s2, s1, su, B, k, T, dt, KP=KP, H1=H1, H2=H2,
+            ACT=_ACT_CODE[activation], ORDER2=scheme == "order2", **config)
+    with _fp32_matmul():
+        dW2 = s2.view(2 * n, H2).t() @ s1.view(2 * n, H1)   # sum r2 h1^T + g2 u1^T
+    return dW1q.sum(0), dW1p.sum(0), db1.sum(0), dW2, s2[:, 0].sum(0), su.sum(0)
+
+
+class _fp32_matmul:
+    """Full fp32 for the weight-gradient product whatever the caller's TF32 setting (the
+    contract is 1e-4 against float64; TF32 products are ~1e-3)."""
+
+    def __enter__(self):
+        self.saved = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32 = self.saved
+        return False
 
 
 class LeapfrogFunction(torch.autograd.Function):

@@ -1,0 +1,232 @@
+"""The whole leapfrog table on one GPU, in one call of at most ~6 minutes, compilation included.
+
+    PYTHONPATH=. python bench/gpu/leapfrog_table.py [--budget-s 330]
+
+Shape: frames 16, k 10, widths 100/100, order2, forward+backward of sum(q)+sum(p)+sum(dHdq)
+(the issue's and bench/test_bench_leapfrog.py's). In order of value, each stage skipped once
+the budget is spent, every row written as soon as it is measured:
+
+  1. matmul peaks (fp32, tf32) of this card, the yardsticks for achieved FLOP/s;
+  2. correctness: every fused kernel variant vs the float64 reference (max relative error
+     over trajectory, dHdq and every gradient) at B = 64 and B = 1031;
+  3. B = 16, 64: eager reference, analytic, fused (the dispatch table's choice), and each
+     layout forced; the same fused step replayed from a CUDA graph (launch cost removed);
+  4. B = 65536: eager reference, fused tile layout in ieee, tf32x3 and tf32 (with errors);
+  5. B = 1024;
+  6. the latency/tile crossover: both layouts at B = 256 .. 8192, which sets
+     fused.LATENCY_MAX_ROWS.
+
+Times are CUDA-event medians after warm-up. Results go to $OUT/leapfrog_table.json (if OUT is
+set) and to bench/results/<device>.json, section "leapfrog_table"; the table is printed last.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from _results import environment, record  # noqa: E402
+from hgan.kernels import leapfrog, leapfrog_flops  # noqa: E402
+from hgan.kernels.leapfrog import fused  # noqa: E402
+from hgan.kernels.leapfrog.check import compare_to_reference, random_mlp  # noqa: E402
+
+FRAMES, K, WIDTHS = 16, 10, (100, 100)
+# (name, backend, precision, forced layout: None = the dispatch table's choice)
+VARIANTS = {
+    "reference": ("reference", "ieee", None),
+    "analytic": ("analytic", "ieee", None),
+    "fused": ("fused", "ieee", None),
+    "fused_latency": ("fused", "ieee", "latency"),
+    "fused_tile": ("fused", "ieee", "tile"),
+    "fused_tile_tf32x3": ("fused", "tf32x3", "tile"),
+    "fused_tile_tf32": ("fused", "tf32", "tile"),
+}
+
+
+class Budget:
+    def __init__(self, seconds):
+        self.end = time.monotonic() + seconds
+
+    def left(self):
+        return self.end - time.monotonic()
+
+
+def forced(layout):
+    """Context: make the dispatch table pick `layout` ("latency" | "tile") whatever B is."""
+    class _Forced:
+        def __enter__(self):
+            self.saved = fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES
+            if layout == "latency":
+                fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES = 1 << 30, 1 << 40
+            elif layout == "tile":
+                fused.LATENCY_MAX_ROWS = 0
+
+        def __exit__(self, *exc):
+            fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES = self.saved
+            return False
+    return _Forced()
+
+
+def inputs(batch, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    w, b = random_mlp(K, WIDTHS, generator=gen)
+    q0, p0 = torch.randn(batch, K, generator=gen), torch.randn(batch, K, generator=gen)
+    return [t.cuda() for t in (q0, p0, *w, *b)]
+
+
+def step_fn(variant, batch):
+    backend, precision, layout = VARIANTS[variant]
+    leaves = [t.requires_grad_(True) for t in inputs(batch)]
+
+    def step():
+        with forced(layout):
+            q, p, d = leapfrog(leaves[0], leaves[1], leaves[2:5], leaves[5:], dt=0.05,
+                               frames=FRAMES, backend=backend, precision=precision)
+            return torch.autograd.grad(q.sum() + p.sum() + d.sum(), leaves, allow_unused=True)
+    return step
+
+
+def median_ms(fn, min_reps=10, max_s=2.0):
+    fn()
+    torch.cuda.synchronize()
+    times, t_end = [], time.monotonic() + max_s
+    while len(times) < min_reps or (time.monotonic() < t_end and len(times) < 200):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b))
+    return statistics.median(times), len(times)
+
+
+def graph_ms(variant, batch):
+    """The same step captured once in a CUDA graph and replayed (what a captured training step
+    sees: no Python, no launch gaps)."""
+    backend, precision, layout = VARIANTS[variant]
+    leaves = [t.requires_grad_(True) for t in inputs(batch)]
+
+    def body():
+        with forced(layout):
+            q, p, d = leapfrog(leaves[0], leaves[1], leaves[2:5], leaves[5:], dt=0.05,
+                               frames=FRAMES, backend=backend, precision=precision)
+            return torch.autograd.grad(q.sum() + p.sum() + d.sum(), leaves, allow_unused=True)
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            body()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        body()
+    return median_ms(g.replay)
+
+
+def matmul_peak(tf32):
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    n = 8192
+    a, b = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
+    ms, _ = median_ms(lambda: a @ b, min_reps=5, max_s=1.0)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return 2 * n ** 3 / (ms * 1e-3)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--budget-s", type=float, default=330)
+    a = ap.parse_args(argv)
+    budget = Budget(a.budget_s)
+    out = {"env": environment("cuda"), "rows": [], "errors": {}, "peaks": {}}
+    out_dir = os.environ.get("OUT")
+
+    def save():
+        if out_dir:
+            with open(os.path.join(out_dir, "leapfrog_table.json"), "w") as f:
+                json.dump(out, f, indent=1)
+
+    def row(variant, batch, ms, reps, graph=False):
+        flops = leapfrog_flops(batch, FRAMES, K, WIDTHS, backward=True)
+        r = {"variant": variant + (" (graph)" if graph else ""), "batch": batch, "ms": ms,
+             "reps": reps, "tflops": flops / (ms * 1e-3) / 1e12}
+        out["rows"].append(r)
+        record("leapfrog_table", f"{r['variant']}/B{batch}", r, "cuda")
+        print(f"  {r['variant']:<24} B={batch:<6} {ms:9.3f} ms  {r['tflops']:6.2f} TFLOP/s",
+              flush=True)
+        save()
+
+    def timed(variant, batch, graph=False):
+        if budget.left() < 15:
+            print(f"  skipped {variant} B={batch}: budget spent", flush=True)
+            return
+        try:
+            ms, reps = graph_ms(variant, batch) if graph else median_ms(step_fn(variant, batch))
+            row(variant, batch, ms, reps, graph)
+        except Exception as err:  # noqa: BLE001 - a failing variant is a result, not a stop
+            out["rows"].append({"variant": variant, "batch": batch, "failed": repr(err)[:300]})
+            print(f"  {variant} B={batch} failed: {err!r}"[:300], flush=True)
+            save()
+
+    print("1. matmul peaks", flush=True)
+    out["peaks"] = {"fp32": matmul_peak(False), "tf32": matmul_peak(True)}
+    print(f"  fp32 {out['peaks']['fp32'] / 1e12:.0f} TFLOP/s, "
+          f"tf32 {out['peaks']['tf32'] / 1e12:.0f} TFLOP/s", flush=True)
+    save()
+
+    print("2. errors vs float64 (max over outputs and gradients)", flush=True)
+    for batch in (64, 1031):
+        for variant in ("fused", "fused_latency", "fused_tile", "fused_tile_tf32x3",
+                        "fused_tile_tf32"):
+            if budget.left() < 60:
+                break
+            backend, precision, layout = VARIANTS[variant]
+            q0, p0, *wb = inputs(batch, seed=batch)
+            try:
+                with forced(layout):
+                    errs = compare_to_reference(q0, p0, wb[:3], wb[3:], 0.05, FRAMES,
+                                                "softplus", backend, precision=precision)
+                worst = max(errs.values())
+            except Exception as err:  # noqa: BLE001
+                worst = repr(err)[:200]
+            out["errors"][f"{variant}/B{batch}"] = worst
+            print(f"  {variant:<20} B={batch:<5} {worst}", flush=True)
+            save()
+
+    print("3. training batches", flush=True)
+    for batch in (16, 64):
+        for variant in ("reference", "analytic", "fused", "fused_latency", "fused_tile"):
+            timed(variant, batch)
+        timed("fused", batch, graph=True)
+    print("4. B = 65536", flush=True)
+    for variant in ("reference", "fused", "fused_tile_tf32x3", "fused_tile_tf32"):
+        timed(variant, 65536)
+    print("5. B = 1024", flush=True)
+    for variant in ("reference", "analytic", "fused", "fused_latency", "fused_tile"):
+        timed(variant, 1024)
+    print("6. latency / tile crossover", flush=True)
+    for batch in (256, 512, 2048, 4096, 8192):
+        for variant in ("fused_latency", "fused_tile", "fused_tile_tf32x3"):
+            timed(variant, batch)
+
+    print("\nvariant                   B        ms      x eager   TFLOP/s  (fp32 peak "
+          f"{out['peaks']['fp32'] / 1e12:.0f}, tf32 {out['peaks']['tf32'] / 1e12:.0f})")
+    eager = {r["batch"]: r["ms"] for r in out["rows"]
+             if r.get("variant") == "reference" and "ms" in r}
+    for r in out["rows"]:
+        if "ms" not in r:
+            print(f"{r['variant']:<24} {r['batch']:<7} failed")
+            continue
+        ratio = eager.get(r["batch"], float("nan")) / r["ms"]
+        print(f"{r['variant']:<24} {r['batch']:<7} {r['ms']:8.3f}  {ratio:8.1f}x  "
+              f"{r['tflops']:7.2f}")
+    print("errors:", json.dumps(out["errors"]))
+    save()
+
+
+if __name__ == "__main__":
+    main()

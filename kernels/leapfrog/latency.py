@@ -1,0 +1,225 @@
+"""Latency layout of the fused kernels: one batch row at a time per program, matrix-vector
+products on the FMA units, for the training regime (B up to about two thousand).
+
+Same rollout and same math as fused.py (analytic.py's symbols); only the work split differs.
+
+Why a second layout. In the tile layout (fused.py, streamed.py) a program owns a block of
+16-32 rows and drives tl.dot. At the training batch, B = 16, that is ONE program on one of an
+H200's 132 SMs walking the whole rollout alone: measured 3.6 ms forward+backward at B = 16..1024
+(H200, triton 3.6, width 100 -> 128, frames 16), flat in B because the chain of dependent
+stages, not arithmetic, sets the time. Here every row gets its own program, so B = 16 runs on
+16 SMs and B = 64 on 64, and each stage of the chain is a matrix-vector product spread over the
+program's threads:
+
+    y = sum(W * x[None, :], axis=1)     (W x:   per-thread FMAs, then a warp reduction)
+    y = sum(W * x[:, None], axis=0)     (W^T x: the same registers, reduced the other way)
+
+W1q, W1p [H1, KP] and W2 [H2, H1] are loaded once per program and stay in registers for every
+row and step the program walks; the backward's weight-gradient accumulators live beside them.
+Rows past the grid (B larger than the program count) are walked one after another by the same
+program (grid-stride), so the weights are read once per program, and the backward writes one
+partial per program, which the host reduces once: deterministic, no atomics.
+
+Latency model (designed against; the figures it predicts are to be checked on a GPU with
+bench/gpu/leapfrog.sh). Width 128 (100 padded), KP 16, frames 16, order2:
+  * One gradient evaluation F = dH/dx is four dependent stages: a1 = W1 x (2k x 128), a2 = W2 h1
+    (128 x 128), e1 = W2^T g2 (128 x 128), F = W1^T g1 (128 x 2k), plus two register-layout
+    conversions (a1's layout to W2's and back; each a shared-memory round trip and a barrier).
+  * Its VJP (the backward) is also four reduction stages -- [a2, t2] = W2 [h1, u1] share one
+    pass over W2, as do [e1, W2^T r2] -- plus the rank-2 weight-gradient updates
+    dW2 += r2 h1^T + g2 u1^T, which no later stage waits for.
+  * A 128 x 128 stage over 8 warps is 64 FMAs per thread, a 5-level shuffle reduction and,
+    for the cross-warp axis, a shared-memory exchange: ~150-300 cycles, ~0.1-0.15 us at 1.98 GHz.
+  * Rollout: 15 steps x 3 evaluations x 4 stages = 180 stages forward, 180 backward (the VJPs)
+    plus 180 recomputed primal stages inside them: ~540 stages, ~60-80 us per row chain.
+  * Every program walks its rows' chains concurrently with the others, so up to one row per SM
+    (132 on an H200) the time is one chain: ~0.1 ms forward+backward plus ~10 launches of host
+    glue (~5 us each) -- against 3.6 ms measured for the tile layout at B = 16 and 64.
+  * Above the SM count, rows queue: ceil(B / programs) chains each. At B = 1024, ~8 chains per
+    program: ~0.6-0.8 ms, still under the tile layout's measured 3.6 ms; by a few thousand rows
+    the tile layout's tensor-core dots win, which is where dispatch.py's table switches.
+
+Registers (bench/ptxas_report.py, sm_90): W2 and dW2 are 16k floats each, 64 registers per
+thread apiece at 8 warps; the report is what decides the warps per width (_num_warps).
+"""
+import triton
+import triton.language as tl
+
+from .fused import _act
+
+
+@triton.jit
+def _load_weights(w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, KP: tl.constexpr,
+                  H1: tl.constexpr, H2: tl.constexpr):
+    cols = tl.arange(0, KP)
+    h1 = tl.arange(0, H1)
+    h2 = tl.arange(0, H2)
+    W1q = tl.load(w1q_ptr + h1[:, None] * KP + cols[None, :])   # [H1, KP]
+    W1p = tl.load(w1p_ptr + h1[:, None] * KP + cols[None, :])   # [H1, KP]
+    W2 = tl.load(w2_ptr + h2[:, None] * H1 + h1[None, :])       # [H2, H1]
+    return W1q, W1p, tl.load(b1_ptr + h1), W2, tl.load(b2_ptr + h2), tl.load(w3_ptr + h2)
+
+
+@triton.jit
+def _a1(q, p, W1q, W1p, b1):
+    """Layer 1's pre-activation at (q, p): one reduction for both column blocks."""
+    return tl.sum(W1q * q[None, :] + W1p * p[None, :], axis=1) + b1
+
+
+@triton.jit
+def _g1(a1, W2, b2, w3, ACT: tl.constexpr):
+    """g1 = (W2^T (w3 * s'(a2))) * s'(a1): dH/dx = W1^T g1."""
+    h1, d1_1, _ = _act(a1, ACT)
+    a2 = tl.sum(W2 * h1[None, :], axis=1) + b2
+    _, d1_2, _ = _act(a2, ACT)
+    return tl.sum(W2 * (w3 * d1_2)[:, None], axis=0) * d1_1
+
+
+@triton.jit
+def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
+                         q_ptr, p_ptr, ph_ptr, dq_ptr, qm_ptr, pc_ptr, B, K, T, dt,
+                         KP: tl.constexpr, H1: tl.constexpr, H2: tl.constexpr,
+                         ACT: tl.constexpr, ORDER2: tl.constexpr):
+    W1q, W1p, b1, W2, b2, w3 = _load_weights(w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
+                                             KP, H1, H2)
+    cols = tl.arange(0, KP)
+    cm = cols < K
+    for row in range(tl.program_id(0), B, tl.num_programs(0)):
+        traj = row * (T * K) + cols          # [B, T, k] offsets at t = 0
+        half = row * ((T - 1) * K) + cols    # [B, T-1, k]
+        q = tl.load(q0_ptr + row * K + cols, mask=cm, other=0.0)
+        p = tl.load(p0_ptr + row * K + cols, mask=cm, other=0.0)
+        tl.store(q_ptr + traj, q, mask=cm)
+        tl.store(p_ptr + traj, p, mask=cm)
+        for t in range(T - 1):
+            g1 = _g1(_a1(q, p, W1q, W1p, b1), W2, b2, w3, ACT)
+            dq = tl.sum(W1q * g1[:, None], axis=0)              # dH/dq(q_t, p_t)
+            ph = p - 0.5 * dt * dq
+            if ORDER2:
+                qm = q + 0.5 * dt * tl.sum(W1p * g1[:, None], axis=0)
+                pc = p - dt * dq
+                tl.store(qm_ptr + half + t * K, qm, mask=cm)
+                tl.store(pc_ptr + half + t * K, pc, mask=cm)
+            else:
+                qm = q
+                pc = ph
+            g1 = _g1(_a1(qm, ph, W1q, W1p, b1), W2, b2, w3, ACT)
+            q = q + dt * tl.sum(W1p * g1[:, None], axis=0)
+            g1 = _g1(_a1(q, pc, W1q, W1p, b1), W2, b2, w3, ACT)
+            p = ph - 0.5 * dt * tl.sum(W1q * g1[:, None], axis=0)
+            tl.store(q_ptr + traj + (t + 1) * K, q, mask=cm)
+            tl.store(p_ptr + traj + (t + 1) * K, p, mask=cm)
+            tl.store(ph_ptr + half + t * K, ph, mask=cm)
+            tl.store(dq_ptr + half + t * K, dq, mask=cm)
+
+
+@triton.jit
+def _vjp(q, p, vq, vp, W1q, W1p, b1, W2, b2_ptr, w3_ptr, dW1q, dW1p, db1, s2_ptr, s1_ptr,
+         su_ptr, e, H1: tl.constexpr, H2: tl.constexpr, ACT: tl.constexpr):
+    """d<v, F(q, p)>/d(q, p) and layer 1's weight terms for one row (fused._vjp's math on
+    vectors). Layer 2's terms are not accumulated here: dW2 = sum r2 h1^T + g2 u1^T, db2 =
+    sum r2 and dw3 = sum u2 go as factors to scratch row e of s2 ([., 2, H2]: r2, g2), s1
+    ([., 2, H1]: h1, u1) and su ([., H2]: u2), which the host reduces in one matrix product
+    (dW2 = s2^T s1 over the 2N stacked rows) and two sums. (An H2-indexed
+    vector costs 16 registers per thread at 8 warps; with dW2 and these accumulators held
+    here, ptxas spilled 1.9 KB per thread, see bench/results/ptxas-sm_90.json.) b2 and w3
+    are re-read (L1 hits) rather than held, for the same reason."""
+    hh1 = tl.arange(0, H1)
+    hh2 = tl.arange(0, H2)
+    a1 = _a1(q, p, W1q, W1p, b1)
+    h1, d1_1, d2_1 = _act(a1, ACT)
+    t1 = tl.sum(W1q * vq[None, :] + W1p * vp[None, :], axis=1)
+    u1 = d1_1 * t1
+    a2 = tl.sum(W2 * h1[None, :], axis=1) + tl.load(b2_ptr + hh2)
+    t2 = tl.sum(W2 * u1[None, :], axis=1)
+    _, d1_2, d2_2 = _act(a2, ACT)
+    w3 = tl.load(w3_ptr + hh2)
+    g2 = w3 * d1_2
+    r2 = w3 * d2_2 * t2
+    e1 = tl.sum(W2 * g2[:, None], axis=0)
+    g1 = e1 * d1_1
+    r1 = e1 * d2_1 * t1 + tl.sum(W2 * r2[:, None], axis=0) * d1_1
+    row2 = s2_ptr + e * (2 * H2) + hh2
+    tl.store(row2, r2)
+    tl.store(row2 + H2, g2)
+    tl.store(su_ptr + e * H2 + hh2, d1_2 * t2)
+    row1 = s1_ptr + e * (2 * H1) + hh1
+    tl.store(row1, h1)
+    tl.store(row1 + H1, u1)
+    db1 += r1
+    dW1q += r1[:, None] * q[None, :] + g1[:, None] * vq[None, :]
+    dW1p += r1[:, None] * p[None, :] + g1[:, None] * vp[None, :]
+    dxq = tl.sum(W1q * r1[:, None], axis=0)
+    dxp = tl.sum(W1p * r1[:, None], axis=0)
+    return dxq, dxp, dW1q, dW1p, db1
+
+
+@triton.jit
+def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, gd_ptr,
+                         w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
+                         dq0_ptr, dp0_ptr, dw1q_ptr, dw1p_ptr, db1_ptr, s2_ptr, s1_ptr,
+                         su_ptr, B, K, T, dt,
+                         KP: tl.constexpr, H1: tl.constexpr, H2: tl.constexpr,
+                         ACT: tl.constexpr, ORDER2: tl.constexpr):
+    pid = tl.program_id(0)
+    W1q, W1p, b1, W2, _, _ = _load_weights(w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
+                                           KP, H1, H2)
+    cols = tl.arange(0, KP)
+    hh1 = tl.arange(0, H1)
+    cm = cols < K
+    dW1q = tl.zeros((H1, KP), dtype=tl.float32)
+    dW1p = tl.zeros((H1, KP), dtype=tl.float32)
+    db1 = tl.zeros((H1,), dtype=tl.float32)
+    zero = tl.zeros((KP,), dtype=tl.float32)
+    for row in range(pid, B, tl.num_programs(0)):
+        traj = row * (T * K) + cols
+        half = row * ((T - 1) * K) + cols
+        # Cotangents of (q_T-1, p_T-1)
+        Q = tl.load(gq_ptr + traj + (T - 1) * K, mask=cm, other=0.0)
+        P = tl.load(gp_ptr + traj + (T - 1) * K, mask=cm, other=0.0)
+        for i in range(T - 1):
+            t = T - 2 - i
+            q = tl.load(q_ptr + traj + t * K, mask=cm, other=0.0)
+            p = tl.load(p_ptr + traj + t * K, mask=cm, other=0.0)
+            q1 = tl.load(q_ptr + traj + (t + 1) * K, mask=cm, other=0.0)
+            ph = tl.load(ph_ptr + half + t * K, mask=cm, other=0.0)
+            D = tl.load(gd_ptr + half + t * K, mask=cm, other=0.0)
+            if ORDER2:
+                qm = tl.load(qm_ptr + half + t * K, mask=cm, other=0.0)
+                pc = tl.load(pc_ptr + half + t * K, mask=cm, other=0.0)
+            else:
+                qm = q
+                pc = ph
+            e = (row * (T - 1) + t) * 3     # this step's three scratch rows
+            # c: p_t+1 = p_half - dt/2 F_q(q_t+1, p_pred)
+            dxq, dxp, dW1q, dW1p, db1 = _vjp(
+                q1, pc, -0.5 * dt * P, zero, W1q, W1p, b1, W2, b2_ptr, w3_ptr,
+                dW1q, dW1p, db1, s2_ptr, s1_ptr, su_ptr, e, H1, H2, ACT)
+            Q += dxq
+            Pc = dxp
+            # b: q_t+1 = q_t + dt F_p(q_mid, p_half)
+            dxq, dxp, dW1q, dW1p, db1 = _vjp(
+                qm, ph, zero, dt * Q, W1q, W1p, b1, W2, b2_ptr, w3_ptr,
+                dW1q, dW1p, db1, s2_ptr, s1_ptr, su_ptr, e + 1, H1, H2, ACT)
+            Qm = dxq
+            Ph = P + dxp
+            # a: q_mid hangs off q_t and p_pred off p_t (analytic.py's derivation)
+            Q += Qm
+            Ph += Pc
+            if ORDER2:
+                vq = D - 0.5 * dt * (Ph + Pc)
+                vp = 0.5 * dt * Qm
+            else:
+                vq = D - 0.5 * dt * Ph
+                vp = zero
+            dxq, dxp, dW1q, dW1p, db1 = _vjp(
+                q, p, vq, vp, W1q, W1p, b1, W2, b2_ptr, w3_ptr,
+                dW1q, dW1p, db1, s2_ptr, s1_ptr, su_ptr, e + 2, H1, H2, ACT)
+            Q += dxq + tl.load(gq_ptr + traj + t * K, mask=cm, other=0.0)
+            P = Ph + dxp + tl.load(gp_ptr + traj + t * K, mask=cm, other=0.0)
+        tl.store(dq0_ptr + row * K + cols, Q, mask=cm)
+        tl.store(dp0_ptr + row * K + cols, P, mask=cm)
+    # One partial per program; the host reduces them once.
+    tl.store(dw1q_ptr + pid * H1 * KP + hh1[:, None] * KP + cols[None, :], dW1q)
+    tl.store(dw1p_ptr + pid * H1 * KP + hh1[:, None] * KP + cols[None, :], dW1p)
+    tl.store(db1_ptr + pid * H1 + hh1, db1)
