@@ -6,11 +6,13 @@ Per particle k, in unit-square coordinates u = (pos - min) / (max - min):
 Pixel centres are linspace(0, 1, R) on both axes; image[row, col] has row = y (row 0 is the
 canvas y-min), col = x. uint8 by truncation of image * 255.
 
-Computed in float64, as the suite (its generator enables JAX's x64), and in the suite's order
-of operations: unit coordinates first, then d - r, then the temperature; each layer adds
-(c * mask) * colour and then c *= 1 - mask. Truncation to uint8 turns any rounding
-difference at an integer boundary into a whole level: float32 differs from float64 on about
-one pixel in 10^5 (measured in docs/data-variants.md), float64 costs ~1.6x the render time.
+The suite renders in float64 (its generator enables JAX's x64), in this order of operations:
+unit coordinates first, then d - r, then the temperature; each layer adds (c * mask) * colour
+and then c *= 1 - mask. Truncation to uint8 turns any rounding difference at an integer
+boundary into a whole level: float32 alone differs on about 5 values in 10^6. So the frames
+are rendered in float32 and every pixel whose float32 value lies within REFINE_BAND of an
+integer is recomputed in float64: the result equals the suite's frames bit for bit
+(docs/data-variants.md gives the check and the cost).
 """
 import numpy as np
 
@@ -33,7 +35,11 @@ def palette(num_colors):
     return np.round(rgb, 9)
 
 
-BLOCK_FRAMES = 128  # frames rendered together: ~1 MB float64 planes stay in cache
+BLOCK_FRAMES = 256  # frames rendered together: ~1 MB float32 planes stay in cache
+# float32 values of image * 255 within REFINE_BAND of an integer are recomputed in float64:
+# float32 is off by at most 3.0e-4 there (measured over 4e7 values of five systems), so a
+# value outside the band truncates as the float64 one does. 1.3-2.9% of the pixels fall in.
+REFINE_BAND = 4e-3
 
 
 def render(positions, radius, color_index, num_colors, canvas, resolution=32,
@@ -42,25 +48,36 @@ def render(positions, radius, color_index, num_colors, canvas, resolution=32,
 
     positions: world [n, T, B, 2] (offset already applied); radius: world [n, B];
     color_index: [n, B] ints < num_colors; canvas: (min, max) of the square canvas.
-    dtype: float64 (the suite's frames); float32 only to measure what it would change.
+    dtype: float64 gives the suite's frames bit for bit (a float32 pass, then the pixels
+    near a truncation boundary again in float64); float32 only measures what it would change.
     """
     lo, hi = float(canvas[0]), float(canvas[1])
     size = hi - lo
     positions = np.asarray(positions, np.float64)
     n, t, b = positions.shape[:3]
-    u = ((positions.reshape(n * t, b, 2) - lo) / size).astype(dtype)  # [F, B, 2]
-    r = np.repeat((np.asarray(radius, np.float64) / size).astype(dtype), t, axis=0)  # [F, B]
-    colors = np.repeat(palette(num_colors).astype(dtype)[np.asarray(color_index)], t,
-                       axis=0)  # [F, B, 3]
-    grid = np.linspace(0.0, 1.0, resolution).astype(dtype)
+    u = (positions.reshape(n * t, b, 2) - lo) / size  # [F, B, 2]
+    r = np.repeat(np.asarray(radius, np.float64) / size, t, axis=0)  # [F, B]
+    colors = np.repeat(palette(num_colors)[np.asarray(color_index)], t, axis=0)  # [F, B, 3]
+    grid = np.linspace(0.0, 1.0, resolution)
+    f32 = [a.astype(np.float32) for a in (u, r, colors, grid)]
     out = np.empty((n * t, resolution, resolution, 3), np.uint8)
+    exact = np.dtype(dtype) == np.float64
     for f0 in range(0, n * t, BLOCK_FRAMES):
         sl = slice(f0, min(n * t, f0 + BLOCK_FRAMES))
-        out[sl] = _render_block(u[sl], r[sl], colors[sl], grid)
+        planes = _render_block(*(a[sl] for a in f32[:3]), f32[3])  # [3, F, R, R] = img * 255
+        if exact:
+            near = np.abs(planes - np.rint(planes)) < REFINE_BAND
+            fi, row, col = np.nonzero(near.any(0))
+            planes = planes.astype(np.float64)
+            planes[:, fi, row, col] = _render_pixels(u[sl][fi], r[sl][fi], colors[sl][fi],
+                                                     grid[col], grid[row])
+        for c in range(3):
+            out[sl, ..., c] = planes[c]  # float -> uint8 truncates; round-off never passes 256
     return out.reshape(n, t, resolution, resolution, 3)
 
 
 def _render_block(u, r, colors, grid):
+    """image * 255 as float planes [3, F, R, R], in the suite's order of operations."""
     f, b = u.shape[:2]
     res, dtype = grid.shape[0], grid.dtype
     planes = np.zeros((3, f, res, res), dtype)
@@ -90,9 +107,26 @@ def _render_block(u, r, colors, grid):
                 planes[c] += w * col[:, None, None]
         np.subtract(1.0, d, out=d)
         trans *= d
-    out = np.empty((f, res, res, 3), np.uint8)
     for c in range(3):
         planes[c] += trans * dtype.type(BACKGROUND[c])
         planes[c] *= 255.0
-        out[..., c] = planes[c]  # float -> uint8 truncates; round-off never passes 256
-    return out
+    return planes
+
+
+def _render_pixels(u, r, colors, gx, gy):
+    """image * 255 [3, K] of K single pixels (frame data u [K, B, 2], r [K, B], colors
+    [K, B, 3]; pixel centres gx, gy [K]), float64, the same operations as _render_block (a
+    skipped 0 colour or a 1 colour there is exact)."""
+    planes = np.zeros((3, len(gx)))
+    trans = np.ones(len(gx))
+    for k in range(u.shape[1]):
+        d = np.sqrt((u[:, k, 0] - gx) ** 2 + (u[:, k, 1] - gy) ** 2)
+        d -= r[:, k]
+        d *= TEMPERATURE
+        with np.errstate(over="ignore"):
+            mask = np.reciprocal(np.exp(d) + 1.0)
+        w = trans * mask
+        planes += w * colors[:, k].T
+        trans *= 1.0 - mask
+    planes += trans * np.array(BACKGROUND)[:, None]
+    return planes * 255.0
