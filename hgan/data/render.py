@@ -65,14 +65,15 @@ def render(positions, radius, color_index, num_colors, canvas, resolution=32,
     for f0 in range(0, n * t, BLOCK_FRAMES):
         sl = slice(f0, min(n * t, f0 + BLOCK_FRAMES))
         planes = _render_block(*(a[sl] for a in f32[:3]), f32[3])  # [3, F, R, R] = img * 255
-        if exact:
-            near = np.abs(planes - np.rint(planes)) < REFINE_BAND
-            fi, row, col = np.nonzero(near.any(0))
-            planes = planes.astype(np.float64)
-            planes[:, fi, row, col] = _render_pixels(u[sl][fi], r[sl][fi], colors[sl][fi],
-                                                     grid[col], grid[row])
+        block = out[sl]
         for c in range(3):
-            out[sl, ..., c] = planes[c]  # float -> uint8 truncates; round-off never passes 256
+            block[..., c] = planes[c]  # float -> uint8 truncates; round-off never passes 256
+        if exact:
+            planes -= np.rint(planes)
+            near = (np.abs(planes) < REFINE_BAND).any(0)
+            fi, row, col = np.nonzero(near)
+            block[fi, row, col] = _render_pixels(u[sl][fi], r[sl][fi], colors[sl][fi],
+                                                 grid[col], grid[row]).T
     return out.reshape(n, t, resolution, resolution, 3)
 
 
