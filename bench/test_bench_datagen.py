@@ -92,3 +92,27 @@ def test_bench_peak_memory(benchmark, tmp_path, system):
     record("datagen", f"peak_memory_{system}_128frames", {
         "trajectories": list(sizes), "peak_rss_mb": peaks, "ratio_large_to_small":
         peaks[1] / peaks[0], "load_average_1min": _load()}, device="cpu")
+
+
+# The render stage alone, float64 (the suite's frames, the default) against float32 (about
+# one value in 10^5 off by one level): what exact frames cost.
+RENDER_SYSTEMS = {"pendulum_colors": 64, "two_body_colors": 64, "three_body": 32}
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("system", list(RENDER_SYSTEMS))
+def test_bench_render(benchmark, system, dtype):
+    from hgan.data.render import render
+    s = get_system(system)
+    sim = next(simulate_chunks(s, 0, "train", [np.arange(RENDER_SYSTEMS[system])], FRAMES))
+    pos = s.positions(sim["states"], sim["params"], sim["offset"])
+    args = (pos, s.particle_radius(sim["params"]), sim["color_index"], s.num_colors,
+            s.full_canvas, 32)
+    load = _load()
+    benchmark.pedantic(render, args=args, kwargs=dict(dtype=np.dtype(dtype).type), rounds=3,
+                       iterations=1, warmup_rounds=1)
+    frames = len(pos) * FRAMES
+    record("datagen", f"render_{system}_32px_{dtype}", {
+        "frames": frames, "median_s": benchmark.stats.stats.median,
+        "frames_per_s": frames / benchmark.stats.stats.median, "load_average_1min": load,
+        "cpu_count": os.cpu_count()}, device="cpu")

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from hgan.data import open_h5
-from hgan.data.cli import main
+from hgan.data.cli import import_dm, main
 from hgan.data.tfrecord import (crc32c, encode_example, parse_example, read_records,
                                 write_records)
 
@@ -63,24 +63,25 @@ def test_crc32c_and_hand_encoded_example():
     assert parse_example(b"\n\x0c\n\n\n\x01a\x12\x05\x1a\x03\n\x01\x01")["a"].tolist() == [1]
 
 
-def _write_suite_dir(d, frames, states, params, color_index, offset, n_split):
-    """The suite's schema: x as float64 bit-cast to int64, one vertical PNG strip."""
+def _write_suite_dir(d, frames, states, other, n_split):
+    """The suite's schema: float64 bit-cast to int64, one vertical PNG strip, and `other/`
+    entries of shape (1, ...) (its generator makes one trajectory at a time)."""
     t = frames.shape[1]
-    lines = [f"x, ({t}, {states.shape[-1]}), float64", f"image, ({t * 32}, 32, 3), uint8",
-             "other/m, (), float32", "other/offset, (2,), float32",
-             "other/color_index, (2,), int64"]
+    lines = [f"x, ({t}, {states.shape[-1]}), float64", f"image, ({t * 32}, 32, 3), uint8"]
+    for k, v in other.items():
+        shape = ", ".join(map(str, (1,) + v.shape[1:]))
+        lines.append(f"other/{k}, ({shape}), {'int64' if v.dtype.kind == 'i' else 'float64'}")
     (d / "features.txt").write_text("\n".join(lines) + "\n")
     for split, sl in (("train", slice(0, n_split)), ("test", slice(n_split, None))):
         recs = []
         for j in range(len(frames))[sl]:
             buf = io.BytesIO()
             Image.fromarray(frames[j].reshape(t * 32, 32, 3)).save(buf, format="PNG")
-            recs.append(encode_example({
-                "x": states[j].astype(np.float64).view(np.int64).ravel(),
-                "image": buf.getvalue(),
-                "other/m": np.float32([params[j]]),
-                "other/offset": offset[j].astype(np.float32),
-                "other/color_index": color_index[j].astype(np.int64)}))
+            ex = {"x": states[j].astype(np.float64).view(np.int64).ravel(), "image": buf.getvalue()}
+            for k, v in other.items():
+                ex["other/" + k] = (v[j].astype(np.int64) if v.dtype.kind == "i" else
+                                    v[j].astype(np.float64).view(np.int64)).ravel()
+            recs.append(encode_example(ex))
         write_records(d / f"{split}.tfrecord", recs)
 
 
@@ -89,19 +90,20 @@ def test_import_dm_round_trip(tmp_path, capsys):
     frames = rng.integers(0, 256, (3, 5, 32, 32, 3), dtype=np.uint8)
     states = rng.standard_normal((3, 5, 8))
     states[0, 0, 0] = -1e-300  # negative and tiny: bit-cast must survive the varints
-    params = np.float32([1.25, 0.75, 1.0])
+    m = np.array([[1.25, 0.5], [0.75, 1.5], [1.0, 1.1]])  # n_body.py: one mass per body
+    g = np.array([0.7, 1.2, 0.5])
     ci = np.array([[0, 3], [5, 1], [2, 4]])
-    off = np.float32([[0.5, -1.0], [0, 0], [1.5, 2.0]])
+    off = np.zeros((3, 2))  # two_body_colors: no random canvas location
     d = tmp_path / "two_body_colors"
     d.mkdir()
-    _write_suite_dir(d, frames, states, params, ci, off, 2)
+    _write_suite_dir(d, frames, states, dict(m=m, g=g, offset=off, color_index=ci), 2)
     main(["import-dm", str(d), "--out", str(tmp_path / "out")])
     for split, sl in (("train", slice(0, 2)), ("test", slice(2, 3))):
         with open_h5(tmp_path / "out" / "two_body_colors" / f"{split}.h5") as f:
             np.testing.assert_array_equal(f.frames[()], frames[sl])
             np.testing.assert_array_equal(f.states[()], states[sl].astype(np.float32))
-            np.testing.assert_array_equal(f.params["m"], params[sl])
-            np.testing.assert_array_equal(f.params["g"], np.full(len(f), 0.5))  # absent -> lo
+            np.testing.assert_array_equal(f.params["m"], m[sl])
+            np.testing.assert_array_equal(f.params["g"], g[sl])
             np.testing.assert_array_equal(f.color_index, ci[sl])
             np.testing.assert_array_equal(f.offset, off[sl])
     assert len(list(read_records(d / "train.tfrecord", verify_data=True))) == 2
@@ -110,3 +112,32 @@ def test_import_dm_round_trip(tmp_path, capsys):
     (d / "train.tfrecord").write_bytes(bytes(raw))
     _fails(["import-dm", str(d), "--out", str(tmp_path / "o2")], capsys, "length CRC mismatch")
     _fails(["import-dm", str(tmp_path / "nowhere")], capsys, "not a directory")
+
+
+def test_import_dm_double_pendulum_arms_and_missing_parameter(tmp_path):
+    # ideal_double_pendulum.py stores m_1, m_2, l_1, l_2 and g; the file keeps (arm 1, arm 2).
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (2, 3, 32, 32, 3), dtype=np.uint8)
+    states = rng.standard_normal((2, 3, 4))
+    other = dict(m_1=np.array([0.41, 0.55]), m_2=np.array([0.59, 0.45]),
+                 l_1=np.array([0.8, 0.95]), l_2=np.array([0.99, 0.76]), g=np.array([2.6, 3.9]),
+                 offset=np.array([[0.3, -0.2], [-1.0, 0.4]]), color_index=np.array([[1, 5],
+                                                                                  [0, 2]]))
+    d = tmp_path / "double_pendulum_colors"
+    d.mkdir()
+    _write_suite_dir(d, frames, states, other, 2)
+    out = main(["import-dm", str(d), "--out", str(tmp_path / "out")])
+    assert out == 0
+    with open_h5(tmp_path / "out" / "double_pendulum_colors" / "train.h5") as f:
+        np.testing.assert_array_equal(f.params["m"], np.stack([other["m_1"], other["m_2"]], 1))
+        np.testing.assert_array_equal(f.params["l"], np.stack([other["l_1"], other["l_2"]], 1))
+        np.testing.assert_array_equal(f.params["g"], other["g"])
+        np.testing.assert_array_equal(f.offset, other["offset"])
+    del other["l_2"]
+    d2 = tmp_path / "x" / "double_pendulum_colors"
+    d2.mkdir(parents=True)
+    _write_suite_dir(d2, frames, states, other, 2)
+    with pytest.raises(ValueError, match="record lacks other/l, and double_pendulum_colors "
+                                         r"draws it from \[0.75, 1.0\]"):
+        import_dm(d2, tmp_path / "o3", progress=False)
+    assert not (tmp_path / "o3" / "double_pendulum_colors" / "train.h5").exists()

@@ -40,7 +40,7 @@ def test_round_trip(made):
         at = f.attrs
         assert (at["system"], at["dt"], at["resolution"], at["seed"], at["split"]) == \
             ("double_pendulum_colors", 0.05, 32, 7, "train")
-        assert at["format_version"] == 1 and at["rejected"] >= 0 and "recipe" in at
+        assert at["format_version"] == 2 and at["rejected"] >= 0 and "recipe" in at
     with open_h5(a["test"]) as f:  # the test split draws other trajectories
         assert len(f) == 2
         assert not np.array_equal(f.states[0], sim["states"][0].astype(np.float32))

@@ -20,8 +20,9 @@ def test_energy_drift_512_frames_and_canvas(name):
     sim = _sim(name, 3, 512)
     e = system.hamiltonian(sim["states"], sim["params"])  # [n, T], float64 ground truth
     denom = np.abs(e[:, 0])
-    if system.base == "double_pendulum":  # H crosses zero there: use the m g l scale too
-        denom = np.maximum(denom, sim["params"]["m"] * sim["params"]["g"] * sim["params"]["l"])
+    if system.base == "double_pendulum":  # H crosses zero there: use arm 1's m g l scale too
+        pr = sim["params"]
+        denom = np.maximum(denom, pr["m"][:, 0] * pr["g"] * pr["l"][:, 0])
     drift = np.abs(e - e[:, :1]).max(1) / denom
     assert drift.max() < 1e-6, drift
     pos = system.positions(sim["states"], sim["params"])
@@ -40,12 +41,12 @@ def test_friction_loses_energy_monotonically(name):
 
 
 @pytest.mark.parametrize("base", ["mass_spring", "pendulum", "double_pendulum", "two_body",
-                                  "three_body"])
+                                  "three_body", "double_pendulum_colors", "two_body_colors"])
 def test_vector_field_is_hamiltons_equations(base):
     # dq/dt = dH/dp, dp/dt = -dH/dq against central differences of H itself.
     system = get_system(base)
     rng = np.random.default_rng(1)
-    pr = {k: np.array([lo]) for k, (lo, _) in system.param_ranges.items()}
+    pr = {k: np.array([system.sample_params(rng)[k]]) for k in system.param_names}
     x = system.sample_state(rng, {k: v[0] for k, v in pr.items()})[None]
     f = system.vector_field(x, pr)[0]
     eps, k = 1e-6, system.dof
@@ -94,12 +95,12 @@ def test_matches_scipy_dop853(name):
 
 
 def test_colors_variant_sampling():
-    system = get_system("two_body_colors")
-    sim = _sim("two_body_colors", 16, 8)
+    sim = _sim("double_pendulum_colors", 16, 8)
     ci = sim["color_index"]
     assert (ci[:, 0] != ci[:, 1]).all() and ci.min() >= 0 and ci.max() < 6
     assert len({tuple(c) for c in ci}) > 3  # random per trajectory
-    assert (np.abs(sim["offset"]) <= 0.4 * 5.0).all() and np.abs(sim["offset"]).max() > 0.1
+    half = 0.4 * get_system("double_pendulum_colors").canvas
+    assert (np.abs(sim["offset"]) <= half).all() and np.abs(sim["offset"]).max() > 0.1
     assert get_system("three_body").recipe.startswith("HGN")
     assert (get_system("pendulum").canvas - 1.3989) < 1e-4
     assert abs(get_system("double_pendulum").canvas - 2.3989) < 1e-4

@@ -90,3 +90,56 @@ def test_higher_resolutions(res):
     # The disc covers the same fraction of the canvas at every resolution (radius 0.1 unit).
     frac = (img[0, 0, ..., 0].astype(int) - img[0, 0, ..., 2] > 80).mean()
     assert abs(frac - np.pi * 0.1 ** 2) < 0.01
+
+
+def _float64_frames(pos, radius, colors, lo, hi, res):
+    """The suite's renderer transcribed in float64, whole frames at once: uint8 [F, R, R, 3]."""
+    size = hi - lo
+    u = (pos - lo) / size  # [F, B, 2]
+    gx, gy = np.meshgrid(np.linspace(0.0, 1.0, res), np.linspace(0.0, 1.0, res))
+    img, c = np.zeros(pos.shape[:1] + (res, res, 3)), np.ones(pos.shape[:1] + (res, res, 1))
+    for k in range(pos.shape[1]):
+        d = np.sqrt((u[:, k, 0, None, None] - gx) ** 2 + (u[:, k, 1, None, None] - gy) ** 2)
+        with np.errstate(over="ignore"):
+            m = (1.0 / (1.0 + np.exp((d - (radius[:, k] / size)[:, None, None]) * 80.0)))[..., None]
+        img = img + c * m * colors[:, k, None, None, :]
+        c = c * (1 - m)
+    return ((img + c * BG) * 255.0).astype(np.uint8)
+
+
+@pytest.mark.parametrize("name", ["double_pendulum_colors", "two_body_colors", "three_body"])
+def test_frames_equal_a_float64_render_and_float32_does_not_always(name):
+    # 96 frames of random positions around the canvas, sizes and colours as the system's.
+    system = get_system(name)
+    rng = np.random.default_rng(0)
+    lo, hi = system.full_canvas
+    f, b = 96, system.n_bodies
+    pos = rng.uniform(lo, hi, (1, f, b, 2))
+    radius = rng.uniform(0.3, 0.7, (1, b))
+    ci = rng.permutation(system.num_colors)[None, :b]
+    img = render(pos, radius, ci, system.num_colors, (lo, hi), 32)[0]
+    want = _float64_frames(pos[0], np.repeat(radius, f, 0), palette(system.num_colors)[ci][[0] * f],
+                           lo, hi, 32)
+    np.testing.assert_array_equal(img, want)
+    single = render(pos, radius, ci, system.num_colors, (lo, hi), 32, dtype=np.float32)[0]
+    assert np.abs(single.astype(int) - want).max() <= 1
+
+
+def test_values_float32_truncates_wrongly_are_refined_in_float64():
+    # 2000 one-frame trajectories on the unit canvas: ~1.8e7 values, of which float32 alone
+    # truncates about a hundred to the wrong level (5 in 10^6); the refined frames have none.
+    from hgan.data.render import REFINE_BAND, _render_block
+    rng = np.random.default_rng(5)
+    n = 2000
+    pos = rng.uniform(0, 1, (n, 1, 2, 2))
+    radius = rng.uniform(0.02, 0.1, (n, 2))
+    ci = rng.integers(0, 6, (n, 2))
+    want = _float64_frames(pos[:, 0], radius, palette(6)[ci], 0.0, 1.0, 32)
+    single = render(pos, radius, ci, 6, (0.0, 1.0), 32, dtype=np.float32)[:, 0]
+    assert (single != want).sum() > 20, "the sample must contain float32 truncation errors"
+    np.testing.assert_array_equal(render(pos, radius, ci, 6, (0.0, 1.0), 32)[:, 0], want)
+    # The band holds float32's error with a 4x margin on this sample.
+    f32 = [a.astype(np.float32) for a in (pos[:, 0], radius, palette(6)[ci])]
+    p32 = _render_block(*f32, np.linspace(0.0, 1.0, 32, dtype=np.float32))
+    p64 = _render_block(pos[:, 0], radius, palette(6)[ci], np.linspace(0.0, 1.0, 32))
+    assert np.abs(p32 - p64).max() < REFINE_BAND / 4

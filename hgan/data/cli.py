@@ -132,10 +132,8 @@ def import_dm(directory, out_dir, system=None, progress=True):
                     writer = H5Writer(path, sysobj, n, img.shape[0], img.shape[1], dict(
                         split=split, seed=-1, dt=DT, substeps=-1,
                         generator_version="imported from dm_hamiltonian_dynamics_suite"))
-                params = {}
-                for name, (lo, _) in sysobj.param_ranges.items():
-                    v = traj.get("other/" + name, lo)  # constants may be left out
-                    params[name] = np.asarray(v, np.float64).reshape(-1)[:1]
+                params = {name: _suite_param(traj, sysobj, name, src)[None]
+                          for name in sysobj.param_names}
                 ci = traj.get("other/color_index", np.zeros(sysobj.n_bodies))
                 off = traj.get("other/offset", np.zeros(2))
                 writer.write(j, frames=img[None], states=x[None], params=params,
@@ -150,6 +148,31 @@ def import_dm(directory, out_dir, system=None, progress=True):
     if not out:
         raise ValueError(f"{directory}: no train.tfrecord or test.tfrecord with records")
     return out
+
+
+def _suite_param(traj, system, name, src):
+    """One trajectory's parameter from the suite's `other/` entries, shaped
+    system.param_shape(name). The suite stores n-body masses as one `m` of n values and the
+    double pendulum's arms as `m_1`, `m_2`, `l_1`, `l_2`; a constant it left out takes its
+    (fixed) value from the system."""
+    shape = system.param_shape(name)
+    size = shape[0] if shape else 1
+    if "other/" + name in traj:
+        v = np.asarray(traj["other/" + name], np.float64).reshape(-1)
+    elif shape and all(f"other/{name}_{i}" in traj for i in range(1, size + 1)):
+        v = np.concatenate([np.asarray(traj[f"other/{name}_{i}"], np.float64).reshape(-1)
+                            for i in range(1, size + 1)])
+    else:
+        lo, hi = system.param_ranges[name]
+        if lo != hi:
+            raise ValueError(f"{src}: record lacks other/{name}, and {system.name} draws it "
+                             f"from [{lo}, {hi}]")
+        v = np.array([lo])
+    if v.size == 1:
+        v = np.repeat(v, size)
+    if v.size != size:
+        raise ValueError(f"{src}: other/{name} has {v.size} values, {system.name} needs {size}")
+    return v.reshape(shape)
 
 
 def main(argv=None):

@@ -29,7 +29,7 @@ THREADS = 2  # render + deflate run in numpy/zlib with the GIL released
 
 def render_states(system, states, params, color_index, offset, resolution):
     """uint8 frames [n, T, R, R, 3] of float64 states [n, T, 2*dof]."""
-    pos = system.positions(states, params) + offset[:, None, None, :]
+    pos = system.positions(states, params, offset)
     return render(pos, system.particle_radius(params), color_index, system.num_colors,
                   system.full_canvas, resolution)
 

@@ -1,16 +1,22 @@
 """The project's HDF5 format: a streaming writer and a validating reader.
 
-Layout of `<out>/<system>/<split>.h5` (format version 1):
+Layout of `<out>/<system>/<split>.h5` (format version 2):
     frames            uint8   [N, T, R, R, 3]  one trajectory per chunk, gzip
     states            float32 [N, T, 2*dof]    q then p; n-body x1, y1, x2, y2, ...
     color_index       int32   [N, n_bodies]
     offset            float64 [N, 2]           world shift applied to every particle
-    params/<name>     float64 [N]              physical parameters of each trajectory
+    params/<name>     float64 [N] or [N, n_bodies]  physical parameters of each trajectory;
+                      per body / per arm (system.body_params: m of the n-body systems, m and
+                      l of the double pendulum) with the last axis
     attrs: format_version, generator_version, system, split, seed, dt, resolution, frames,
            n_trajectories, dof, n_bodies, num_colors, friction, canvas_min, canvas_max,
            recipe, rejected, inaccurate, substeps, complete
 The writer fills `<name>.partial` and renames it when every trajectory is written, so an
 interrupted run never leaves a file that passes validation.
+
+Version 1 stored every parameter as [N] (one mass and one length shared by all bodies and
+arms); the reader still opens it and repeats such values over the bodies, which is exactly
+what version-1 generation simulated.
 """
 import os
 import zlib
@@ -18,8 +24,9 @@ import zlib
 import h5py
 import numpy as np
 
-FORMAT_VERSION = 1
-GENERATOR_VERSION = "hgan.data 1.0"
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+GENERATOR_VERSION = "hgan.data 2.0"
 GZIP_LEVEL = 1  # ~same size as level 4 on these mostly-background frames, ~2x faster
 COMPRESSION = dict(compression="gzip", compression_opts=GZIP_LEVEL)
 
@@ -52,7 +59,7 @@ class H5Writer:
         f.create_dataset("offset", (n, 2), np.float64)
         g = f.create_group("params")
         for name in system.param_names:
-            g.create_dataset(name, (n,), np.float64)
+            g.create_dataset(name, (n,) + system.param_shape(name), np.float64)
         f.attrs.update(dict(
             format_version=FORMAT_VERSION, generator_version=GENERATOR_VERSION,
             system=system.name, frames=frames, resolution=r, n_trajectories=n, dof=system.dof,
@@ -89,7 +96,8 @@ class H5Writer:
 
 
 class ToyPhysicsFile:
-    """Validated read-only view: .frames/.states (h5py datasets), .params, .attrs."""
+    """Validated read-only view: .frames/.states (h5py datasets), .params (name -> [N] or
+    [N, n_bodies] as system.param_shape says, whatever the file's version), .attrs."""
 
     def __init__(self, path):
         from hgan.data.systems import get_system
@@ -104,9 +112,11 @@ class ToyPhysicsFile:
             f = self._f
             self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
             version = self.attrs.get("format_version")
-            if version != FORMAT_VERSION:
+            if version not in READABLE_VERSIONS:
                 raise DataFormatError(f"{self.path}: unknown format version {version!r} "
-                                      f"(this reader understands {FORMAT_VERSION})")
+                                      f"(this reader understands "
+                                      f"{', '.join(map(str, READABLE_VERSIONS))})")
+            self.format_version = version
             if not self.attrs.get("complete", False):
                 raise DataFormatError(f"{self.path}: incomplete file (generation was "
                                       "interrupted); generate it again")
@@ -123,7 +133,8 @@ class ToyPhysicsFile:
                                                               "resolution"))
             expect = {"frames": (n, t, r, r, 3), "states": (n, t, 2 * system.dof),
                       "color_index": (n, system.n_bodies), "offset": (n, 2)}
-            expect.update({"params/" + p: (n,) for p in system.param_names})
+            expect.update({"params/" + p: (n,) + (system.param_shape(p) if version >= 2 else ())
+                           for p in system.param_names})
             for name, shape in expect.items():
                 if f[name].shape != shape:
                     raise DataFormatError(f"{self.path}: dataset {name!r} has shape "
@@ -132,7 +143,8 @@ class ToyPhysicsFile:
                 raise DataFormatError(f"{self.path}: frames must be uint8, got {f['frames'].dtype}")
             self.frames, self.states = f["frames"], f["states"]
             self.color_index, self.offset = f["color_index"][()], f["offset"][()]
-            self.params = {p: f["params/" + p][()] for p in system.param_names}
+            self.params = {p: _per_body(system, p, f["params/" + p][()])
+                           for p in system.param_names}
             self._probe(n)
         except DataFormatError:
             self._f.close()
@@ -160,6 +172,14 @@ class ToyPhysicsFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _per_body(system, name, v):
+    """A version-1 [N] value of a per-body parameter, repeated over the bodies."""
+    shape = system.param_shape(name)
+    if shape and v.ndim == 1:
+        return np.repeat(v[:, None], shape[0], axis=1)
+    return v
 
 
 def _plain(v):

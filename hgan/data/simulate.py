@@ -206,7 +206,7 @@ class _Chunk:
         self.indices = np.asarray(indices)
         self.rngs = [trajectory_rng(seed, split, i) for i in self.indices]
         n = len(self.rngs)
-        self.params = {k: np.empty(n) for k in system.param_names}
+        self.params = {k: np.empty((n,) + system.param_shape(k)) for k in system.param_names}
         self.x0 = np.empty((n, 2 * system.dof))
         self.states = np.empty((n, frames, 2 * system.dof))
         self.draws = np.zeros(n, np.int64)
@@ -234,10 +234,14 @@ class _Chunk:
                 color_index[j] = 0
             else:
                 color_index[j] = rng.permutation(system.num_colors)[:system.n_bodies]
-            if system.random_offset:
+            if system.base == "mass_spring" and system.random_offset:
+                # ideal_mass_spring.py: a random x position U(0, 1), then ONE canvas shift
+                # (its offset has shape [n, 1]) that moves x and y alike.
+                x = rng.uniform(0.0, 1.0)
+                offset[j] = rng.uniform(-system.offset_range, system.offset_range) + \
+                    np.array([x, 0.0])
+            elif system.random_offset:
                 offset[j] = rng.uniform(-system.offset_range, system.offset_range, size=2)
-                if system.base == "mass_spring":
-                    offset[j, 0] += rng.uniform(0.0, 1.0)  # the suite's random x position
         return dict(states=self.states, params=self.params, color_index=color_index,
                     offset=offset, rejected=self.rejected, inaccurate=self.inaccurate)
 
@@ -287,7 +291,8 @@ def simulate_chunks(system, seed, split, index_chunks, frames):
 def simulate_split(system, seed, split, indices, frames):
     """Accepted trajectories for `indices` of a split.
 
-    Returns dict: states float64 [n, frames, 2*dof], params name -> [n], color_index int32
+    Returns dict: states float64 [n, frames, 2*dof], params name -> [n] or [n, n_bodies]
+    (system.param_shape), color_index int32
     [n, n_bodies], offset float64 [n, 2] (world shift of every particle), rejected (count of
     re-draws because a particle left the canvas), inaccurate (re-draws for energy drift).
     """

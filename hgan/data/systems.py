@@ -7,6 +7,10 @@ which the generator stores in the file attributes.
 
 State layout everywhere: x = concat[q, p]; n-body positions are flattened body by body
 (x1, y1, x2, y2, ...), momenta likewise.
+
+Parameters are per trajectory; those named in `body_params` also carry a last axis of
+n_bodies entries (the suite draws each body's mass, and each pendulum arm's mass and length,
+on its own): m of the n-body systems, m and l (arm 1, arm 2) of the double pendulum.
 """
 from dataclasses import dataclass, field
 
@@ -36,10 +40,15 @@ class System:
     random_offset: bool  # random canvas location (colors variants)
     canvas: float  # half-size of the canvas bounds (before widening by the offset range)
     recipe: str
+    body_params: tuple = ()  # parameters with one value per body / arm: shape [n_bodies]
 
     @property
     def param_names(self):
         return tuple(self.param_ranges)
+
+    def param_shape(self, name):
+        """Shape of one trajectory's value of parameter `name`: () or (n_bodies,)."""
+        return (self.n_bodies,) if name in self.body_params else ()
 
     @property
     def offset_range(self):
@@ -54,8 +63,9 @@ class System:
 
     # ---- physics -------------------------------------------------------------------------
     def hamiltonian(self, states, params):
-        """Energy H(q, p) of states [..., 2*dof]; params name -> array broadcastable to
-        states[..., 0] (an [N] array for [N, T, 2*dof] states is expanded to [N, 1])."""
+        """Energy H(q, p) of states [..., 2*dof]; params name -> array of shape
+        lead + param_shape(name), where lead is a prefix of states.shape[:-1] (an [N] or
+        [N, n_bodies] array for [N, T, 2*dof] states is expanded over T)."""
         x = np.asarray(states, dtype=np.float64)
         if x.shape[-1] != 2 * self.dof:
             raise ValueError(f"{self.name}: states must end in {2 * self.dof} (q then p), "
@@ -70,21 +80,31 @@ class System:
             return np.concatenate([dp, -dq - FRICTION * dp], axis=-1)
         return np.concatenate([dp, -dq], axis=-1)
 
-    def positions(self, states, params):
-        """World positions [..., n_bodies, 2] of the particles (before any canvas offset)."""
+    def positions(self, states, params, offset=None):
+        """World positions [..., n_bodies, 2] of the particles; with offset (one [2] world
+        shift per trajectory, [N, 2] for [N, T, 2*dof] states) the canvas positions, summed
+        in the suite's order."""
         x = np.asarray(states, dtype=np.float64)
         pr = _broadcast_params(self, params, x.shape[:-1])
-        return _POSITIONS[self.base](x, pr)
+        if offset is None:
+            return _POSITIONS[self.base](x, pr)
+        off = np.asarray(offset, dtype=np.float64)
+        off = off.reshape(off.shape[:-1] + (1,) * (x.ndim - off.ndim) + (2,))  # like x[..., :2]
+        return _POSITIONS[self.base](x, pr, off)
 
     def particle_radius(self, params):
         """World radius sqrt(m/pi) per trajectory and body: [N, n_bodies]."""
-        m = np.asarray(params.get("m", np.ones(1)), dtype=np.float64)
-        return np.repeat(np.sqrt(m / np.pi)[:, None], self.n_bodies, axis=1)
+        m = np.asarray(params["m"], dtype=np.float64)
+        if "m" not in self.body_params:
+            m = np.repeat(m.reshape(-1, 1), self.n_bodies, axis=1)
+        return np.sqrt(m / np.pi)
 
     def energy_scale(self, params):
         """Denominator floor of the relative energy drift: H itself can cross zero for the
-        double pendulum, so drift is measured against max(|H0|, this scale)."""
+        double pendulum, so drift is measured against max(|H0|, this scale). Per-body
+        masses and lengths enter through their mean over bodies."""
         pr = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+        pr = {k: (v.mean(-1) if k in self.body_params else v) for k, v in pr.items()}
         if self.base == "mass_spring":
             return pr["k"] * 0.5 * self.radius[0] ** 2
         if self.base in ("pendulum", "double_pendulum"):
@@ -93,8 +113,16 @@ class System:
 
     # ---- sampling ------------------------------------------------------------------------
     def sample_params(self, rng):
-        return {k: (lo if lo == hi else rng.uniform(lo, hi)) for k, (lo, hi) in
-                self.param_ranges.items()}
+        """One trajectory's parameters; a per-body parameter draws each body on its own.
+        Constants consume no random numbers."""
+        out = {}
+        for k, (lo, hi) in self.param_ranges.items():
+            shape = self.param_shape(k)
+            if lo == hi:
+                out[k] = np.full(shape, lo) if shape else lo
+            else:
+                out[k] = rng.uniform(lo, hi, size=shape) if shape else rng.uniform(lo, hi)
+        return out
 
     def sample_state(self, rng, pr):
         """One initial state [2*dof] drawn from a per-trajectory Generator."""
@@ -109,14 +137,21 @@ class System:
 
 
 def _broadcast_params(system, params, lead_shape):
+    """Reshape each parameter lead' + core (lead' a prefix of lead_shape) to
+    lead' + (1, ...) + core, so that it broadcasts against states[..., 0]."""
     out = {}
     for name in system.param_names:
         if name not in params:
             raise ValueError(f"{system.name}: missing parameter {name!r} "
                              f"(needs {', '.join(system.param_names)})")
         v = np.asarray(params[name], dtype=np.float64)
-        if v.ndim == 1 and len(lead_shape) > 1 and v.shape[0] == lead_shape[0]:
-            v = v.reshape(v.shape + (1,) * (len(lead_shape) - 1))
+        core = system.param_shape(name)
+        if core and v.shape[-1:] != core:
+            raise ValueError(f"{system.name}: parameter {name!r} needs a last axis of "
+                             f"{core[0]} (one per body), got shape {v.shape}")
+        lead = v.shape[:v.ndim - len(core)]
+        if len(lead) < len(lead_shape) and lead == tuple(lead_shape[:len(lead)]):
+            v = v.reshape(lead + (1,) * (len(lead_shape) - len(lead)) + core)
         out[name] = v
     return out
 
@@ -143,10 +178,10 @@ def _g_pendulum(x, pr):
 
 
 def _dp_terms(x, pr):
-    # Both arms share m and l in the suite; keep m1, m2, l1, l2 distinct in the algebra.
+    # m and l carry (arm 1, arm 2) in their last axis.
     q1, q2, p1, p2 = x[..., 0], x[..., 1], x[..., 2], x[..., 3]
-    m1 = m2 = pr["m"]
-    l1 = l2 = pr["l"]
+    m1, m2 = pr["m"][..., 0], pr["m"][..., 1]
+    l1, l2 = pr["l"][..., 0], pr["l"][..., 1]
     s, c = np.sin(q1 - q2), np.cos(q1 - q2)
     d = m1 + m2 * s * s
     den = 2 * m2 * l1 ** 2 * l2 ** 2 * d
@@ -182,13 +217,14 @@ def _nbody_split(x):
 
 def _h_nbody(x, pr):
     q, p = _nbody_split(x)
-    m, g = pr["m"], pr["g"]
-    kin = (p ** 2).sum((-1, -2)) / (2 * m)
+    m, g = pr["m"], pr["g"]  # m: [..., B]
+    kin = ((p ** 2).sum(-1) / (2 * m)).sum(-1)
     pot = 0.0
     n = q.shape[-2]
     for i in range(n):
         for j in range(i + 1, n):
-            pot = pot - g * m * m / np.linalg.norm(q[..., i, :] - q[..., j, :], axis=-1)
+            r = np.linalg.norm(q[..., i, :] - q[..., j, :], axis=-1)
+            pot = pot - g * m[..., i] * m[..., j] / r
     return kin + pot
 
 
@@ -206,34 +242,41 @@ _PAIRS = {n: _pairs(n) for n in (2, 3)}
 
 def _g_nbody(x, pr):
     q, p = _nbody_split(x)  # [..., B, 2]
-    m, g = pr["m"][..., None, None], pr["g"][..., None, None]
+    m, g = pr["m"][..., None], pr["g"][..., None, None]  # [..., B, 1], [..., 1, 1]
     i, j, inc = _PAIRS[q.shape[-2]]
     r = q[..., i, :] - q[..., j, :]  # [..., P, 2]: q_i - q_j
-    f = r * ((r * r).sum(-1, keepdims=True) ** -1.5)  # d(-1/|q_i - q_j|)/dq_i
-    dq = np.swapaxes(np.swapaxes(f, -1, -2) @ inc, -1, -2) * (g * m * m)  # [..., B, 2]
+    # d(-m_i m_j / |q_i - q_j|)/dq_i, per pair
+    f = r * ((r * r).sum(-1, keepdims=True) ** -1.5) * (m[..., i, :] * m[..., j, :])
+    dq = np.swapaxes(np.swapaxes(f, -1, -2) @ inc, -1, -2) * g  # [..., B, 2]
     lead = x.shape[:-1]
     return dq.reshape(lead + (-1,)), (p / m).reshape(lead + (-1,))
 
 
 # ---- world positions [..., n_bodies, 2] -----------------------------------------------
-def _pos_mass_spring(x, pr):
-    return np.stack([np.zeros_like(x[..., 0]), x[..., 0]], -1)[..., None, :]
+def _pos_mass_spring(x, pr, offset=0.0):  # offset: like x[..., :2]
+    return (np.stack([np.zeros_like(x[..., 0]), x[..., 0]], -1) + offset)[..., None, :]
 
 
-def _pos_pendulum(x, pr):
-    q, l = x[..., 0], pr["l"]
-    return np.stack([l * np.sin(q), -l * np.cos(q)], -1)[..., None, :]
+def _arm(q, l):
+    # (l sin q, -l cos q), written as the suite does: float64 frames are truncated to uint8,
+    # so even a last-bit difference in a position can change a pixel.
+    return np.stack([np.cos(q - np.pi / 2.0) * l, np.sin(q - np.pi / 2.0) * l], -1)
 
 
-def _pos_double_pendulum(x, pr):
-    l = pr["l"]
-    b1 = np.stack([l * np.sin(x[..., 0]), -l * np.cos(x[..., 0])], -1)
-    b2 = b1 + np.stack([l * np.sin(x[..., 1]), -l * np.cos(x[..., 1])], -1)
+def _pos_pendulum(x, pr, offset=0.0):
+    return (_arm(x[..., 0], pr["l"]) + offset)[..., None, :]
+
+
+def _pos_double_pendulum(x, pr, offset=0.0):
+    # The suite shifts bob 1 first and adds arm 2 to the shifted bob.
+    b1 = _arm(x[..., 0], pr["l"][..., 0]) + offset
+    b2 = b1 + _arm(x[..., 1], pr["l"][..., 1])
     return np.stack([b1, b2], -2)
 
 
-def _pos_nbody(x, pr):
-    return _nbody_split(x)[0]
+def _pos_nbody(x, pr, offset=None):
+    q = _nbody_split(x)[0]
+    return q if offset is None else q + offset[..., None, :]
 
 
 # ---- initial conditions ----------------------------------------------------------------
@@ -255,12 +298,10 @@ def _init_two_body(system, rng, pr):
     lo, hi = system.radius
     pos = rng.uniform(lo, hi, size=2)
     r = np.linalg.norm(pos)
-    # Circular orbit about the centre of mass: |v| = sqrt(g m / (4 r)), which is the suite's
-    # 1 / (2 sqrt(r)) at m = g = 1.
-    vel = pos[::-1] * np.array([1.0, -1.0]) / (2 * r ** 1.5) * np.sqrt(pr["g"] * pr["m"])
-    q = np.concatenate([pos, -pos])
-    p = pr["m"] * np.concatenate([vel, -vel])
-    return np.concatenate([q, p])
+    # The suite's start, whatever m and g: p = vel, the circular orbit of m = g = 1. With
+    # the colors variant's masses and g this orbit is elliptic or unbound, as in the suite.
+    vel = pos[::-1] * np.array([1.0, -1.0]) / (2 * r ** 1.5)
+    return np.concatenate([pos, -pos, vel, -vel])
 
 
 def _rot(v, angle):
@@ -269,19 +310,22 @@ def _rot(v, angle):
 
 
 def _init_three_body(system, rng, pr):
+    # The HGN environment's recipe, draw for draw: radius, a U(-1, 1)^2 point normalised
+    # (not isotropic: the diagonals are twice as likely as the axes), and the velocity
+    # reversed when a standard normal falls below 0.5 (probability 0.69, not 1/2).
     lo, hi = system.radius
-    d = rng.standard_normal(2)
     radius = rng.uniform(lo, hi)
+    d = rng.uniform(-1.0, 1.0, size=2)
     p0 = d / np.linalg.norm(d) * radius
     v0 = _rot(p0, np.pi / 2)
-    if rng.uniform() < 0.5:
+    if rng.standard_normal() < 0.5:
         v0 = -v0
     v0 = v0 * np.sqrt(np.sin(np.pi / 3) / (2 * np.cos(np.pi / 6) ** 2)) / radius ** 1.5
     third = 2 * np.pi / 3
     pos = [p0, _rot(p0, third), _rot(_rot(p0, third), third)]
     vel = [v0, _rot(v0, third), _rot(_rot(v0, third), third)]
     vel = np.concatenate(vel) * (1 + 0.1 * rng.uniform(-1, 1, size=6))
-    return np.concatenate([np.concatenate(pos), pr["m"] * vel])
+    return np.concatenate([np.concatenate(pos), np.repeat(pr["m"], 2) * vel])
 
 
 _HAMILTONIANS = dict(mass_spring=_h_mass_spring, pendulum=_h_pendulum,
@@ -300,10 +344,12 @@ def _build():
     c = lambda v: (v, v)  # noqa: E731 - a constant parameter
     out = {}
 
+    per_body = dict(double_pendulum=("m", "l"), two_body=("m",), three_body=("m",))
+
     def add(name, base, dof, nb, ranges, radius, colors, bound, uniform=False, friction=False,
             offset=False, recipe=_SUITE):
         out[name] = System(name, base, dof, nb, ranges, radius, uniform, colors, friction,
-                           offset, bound, recipe)
+                           offset, bound, recipe, per_body.get(base, ()))
 
     # Canvas half-sizes: r_max + sqrt(m_max/pi) (mass_spring), l_max + sqrt(m_max/pi)
     # (pendulum), 2 l_max + sqrt(m_max/pi) (double_pendulum); fixed for n-body.
@@ -328,8 +374,9 @@ def _build():
         frictions = (False,) if base == "two_body" else (False, True)
         for fr in frictions:
             name = base + "_colors" + ("_friction" if fr else "")
+            # datasets.py: two_body_colors keeps its canvas fixed (no random location).
             add(name, base, s.dof, s.n_bodies, ranges, radius, N_COLORS_VARIANT, bound,
-                uniform=True, friction=fr, offset=True)
+                uniform=True, friction=fr, offset=base != "two_body")
     return out
 
 

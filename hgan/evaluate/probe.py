@@ -193,13 +193,15 @@ def probe_rmse(probe, frames, states):
 
 
 def energy_drift(system, states, params):
-    """std/|mean| of the true H along each video: states [N, T, S], params name -> [N].
+    """std/|mean| of the true H along each video: states [N, T, S], params name -> [N], or
+    [N, n_bodies] for per-body parameters (system.param_shape).
 
     The denominator is floored at the system's energy scale because H can cross zero
     (double pendulum). Returns [N]."""
     states = np.asarray(states, dtype=np.float64)
     n = len(states)
-    params = {k: np.asarray(v, dtype=np.float64).reshape(n) for k, v in params.items()}
+    params = {k: np.asarray(v, dtype=np.float64).reshape((n,) + system.param_shape(k))
+              for k, v in params.items()}
     h = np.asarray(system.hamiltonian(states, params), dtype=np.float64)  # [N, T]
     scale = np.broadcast_to(np.asarray(system.energy_scale(params), dtype=np.float64), (n,))
     return h.std(axis=1) / np.maximum(np.abs(h.mean(axis=1)), scale)
@@ -222,8 +224,13 @@ def frechet_state_distance(real_states, gen_states):
 
 
 def constant_params(params, n):
-    """Generated videos have no parameters of their own: use the dataset's (median) values."""
-    return {k: np.full(n, float(np.median(np.asarray(v)))) for k, v in params.items()}
+    """Generated videos have no parameters of their own: use the dataset's (median) values,
+    per body for per-body parameters ([N, n_bodies] in, [n, n_bodies] out)."""
+    out = {}
+    for k, v in params.items():
+        med = np.median(np.asarray(v, dtype=np.float64), axis=0)
+        out[k] = np.broadcast_to(med, (n,) + med.shape).copy()
+    return out
 
 
 def summarize(values):

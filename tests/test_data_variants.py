@@ -1,0 +1,262 @@
+"""The "_colors" variants as the suite's code defines them, and three_body's HGN start."""
+import h5py
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from hgan.data import generate_dataset, get_system, open_h5
+from hgan.data.generate import render_states
+from hgan.data.render import palette
+from hgan.data.simulate import simulate_split
+
+BG = np.array([0.321, 0.349, 0.368])
+
+
+def _draws(name, n, seed=0):
+    """n parameter draws stacked: name -> [n] or [n, n_bodies]."""
+    system = get_system(name)
+    rng = np.random.default_rng(seed)
+    draws = [system.sample_params(rng) for _ in range(n)]
+    return {k: np.array([d[k] for d in draws]) for k in system.param_names}
+
+
+# Ranges from the suite's datasets.py; per body / arm where n_body.py and
+# ideal_double_pendulum.py draw each on its own.
+RANGES = {
+    "two_body_colors": dict(m=((0.5, 1.5), 2), g=((0.5, 1.5), None)),
+    "double_pendulum_colors": dict(m=((0.4, 0.6), 2), g=((2.5, 4.0), None),
+                                   l=((0.75, 1.0), 2)),
+    "mass_spring_colors": dict(k=((2.0, 2.0), None), m=((0.2, 1.0), None)),
+}
+
+
+@pytest.mark.parametrize("name", list(RANGES))
+def test_parameter_ranges_and_independence(name):
+    n = 3000
+    pr = _draws(name, n)
+    columns = []
+    for k, ((lo, hi), bodies) in RANGES[name].items():
+        v = pr[k]
+        assert v.shape == ((n, bodies) if bodies else (n,)), k
+        assert v.min() >= lo and v.max() <= hi, k
+        if lo == hi:
+            continue
+        cols = v.T if bodies else [v]
+        for c in cols:  # uniform on [lo, hi]: mean and variance within ~5 sigma
+            u = (c - lo) / (hi - lo)
+            assert abs(u.mean() - 0.5) < 5 * np.sqrt(1 / 12 / n), k
+            assert abs(u.var() - 1 / 12) < 0.01, k
+            columns.append(c)
+    # Every per-body value and every parameter is drawn on its own: no correlation beyond
+    # 5 standard errors (1/sqrt(n) = 0.018).
+    if len(columns) > 1:
+        corr = np.corrcoef(np.stack(columns))
+        off_diag = corr[~np.eye(len(columns), dtype=bool)]
+        assert np.abs(off_diag).max() < 5 / np.sqrt(n)
+    if name != "mass_spring_colors":
+        assert (pr["m"][:, 0] != pr["m"][:, 1]).all()
+
+
+def test_constant_sets_keep_equal_bodies():
+    for name, keys in (("double_pendulum", ("m", "l")), ("two_body", ("m",)),
+                       ("three_body", ("m",))):
+        pr = _draws(name, 3)
+        for k in keys:
+            assert (pr[k] == pr[k][:, :1]).all() and pr[k].shape[1] == get_system(name).n_bodies
+
+
+def test_two_body_colors_has_no_offset_and_the_fixed_canvas():
+    system = get_system("two_body_colors")
+    assert system.full_canvas == (-5.0, 5.0) and system.offset_range == 0.0
+    sim = simulate_split(system, 0, "train", np.arange(6), 4)
+    assert (sim["offset"] == 0.0).all()
+    ci = sim["color_index"]
+    assert (ci[:, 0] != ci[:, 1]).all() and ci.max() < 6
+
+
+def test_mass_spring_colors_shifts_x_and_y_alike_plus_x_in_unit_interval():
+    system = get_system("mass_spring_colors")
+    sim = simulate_split(system, 0, "train", np.arange(400), 2)
+    off = sim["offset"]
+    shift = off[:, 1]  # the one canvas shift, U(+-0.4 * canvas_size / 2)
+    x = off[:, 0] - shift  # the random x position, U(0, 1)
+    half = 0.4 * system.canvas
+    assert np.abs(shift).max() <= half and np.abs(shift).max() > 0.9 * half
+    assert x.min() >= 0.0 and x.max() <= 1.0
+    assert x.min() < 0.05 and x.max() > 0.95
+    assert abs(np.corrcoef(x, shift)[0, 1]) < 5 / np.sqrt(len(x))  # two separate draws
+    # The rendered particle sits at (x + shift, q + shift): the offset moves both axes.
+    states = np.zeros((1, 1, 2))
+    pos = system.positions(states, {k: v[:1] for k, v in sim["params"].items()}, off[:1])
+    np.testing.assert_array_equal(pos[0, 0, 0], off[0])
+
+
+def test_two_body_colors_start_is_the_suites_unscaled_p_equals_vel():
+    system = get_system("two_body_colors")
+    rng = np.random.default_rng(3)
+    unbound = 0
+    for _ in range(400):
+        pr = system.sample_params(rng)
+        x = system.sample_state(rng, pr)
+        q1, q2, p1, p2 = x[0:2], x[2:4], x[4:6], x[6:8]
+        np.testing.assert_array_equal(q2, -q1)
+        np.testing.assert_array_equal(p2, -p1)
+        r = np.linalg.norm(q1)
+        # vel = flip(pos) * [1, -1] / (2 r^1.5), whatever m and g
+        np.testing.assert_allclose(p1, [q1[1], -q1[0]] / (2 * r ** 1.5), rtol=1e-15)
+        m, g = pr["m"], pr["g"]
+        e = (p1 @ p1) / (2 * m[0]) + (p2 @ p2) / (2 * m[1]) - g * m[0] * m[1] / (2 * r)
+        np.testing.assert_allclose(system.hamiltonian(x, pr), e, rtol=1e-13)
+        unbound += e > 0
+    assert 0.15 < unbound / 400 < 0.35  # about a quarter of the suite's starts are unbound
+
+
+def test_double_pendulum_per_arm_hamiltonian_is_the_lagrangian_energy():
+    # Independent oracle: with angular velocities w, p = M(q) w and H = T + V.
+    system = get_system("double_pendulum_colors")
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        pr = system.sample_params(rng)
+        (m1, m2), (l1, l2), g = pr["m"], pr["l"], pr["g"]
+        q1, q2, w1, w2 = rng.uniform(-3, 3, 4)
+        c = np.cos(q1 - q2)
+        p1 = (m1 + m2) * l1 ** 2 * w1 + m2 * l1 * l2 * w2 * c
+        p2 = m2 * l2 ** 2 * w2 + m2 * l1 * l2 * w1 * c
+        t = 0.5 * (m1 + m2) * l1 ** 2 * w1 ** 2 + 0.5 * m2 * l2 ** 2 * w2 ** 2 + \
+            m2 * l1 * l2 * w1 * w2 * c
+        v = -(m1 + m2) * g * l1 * np.cos(q1) - m2 * g * l2 * np.cos(q2)
+        x = np.array([q1, q2, p1, p2])
+        np.testing.assert_allclose(system.hamiltonian(x, pr), t + v, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(system.vector_field(x, pr)[:2], [w1, w2], rtol=1e-10,
+                                   atol=1e-12)  # dq/dt = dH/dp recovers w
+        pos = system.positions(x, pr)
+        np.testing.assert_allclose(np.linalg.norm(pos[0]), l1, rtol=1e-14)
+        np.testing.assert_allclose(np.linalg.norm(pos[1] - pos[0]), l2, rtol=1e-14)
+
+
+def test_nbody_unequal_masses_conserve_momentum():
+    system = get_system("two_body_colors")
+    pr = {"m": np.array([[0.6, 1.4]]), "g": np.array([1.2])}
+    x = np.array([0.3, -0.2, -0.5, 0.7, 0.1, 0.2, -0.3, 0.05])
+    f = system.vector_field(x[None], pr)[0]
+    np.testing.assert_allclose(f[4:6] + f[6:8], 0.0, atol=1e-15)  # total force is zero
+    np.testing.assert_allclose(f[0:2], x[4:6] / 0.6)  # dq/dt = p / m, per body
+    np.testing.assert_allclose(f[2:4], x[6:8] / 1.4)
+    d = x[0:2] - x[2:4]
+    np.testing.assert_allclose(f[4:6], -1.2 * 0.6 * 1.4 * d / np.linalg.norm(d) ** 3)
+
+
+def _pixel(pos, radius, colors, lo, hi, res, row, col):
+    """float64 value of one pixel from the spec's formula, particle 0 in front."""
+    size = hi - lo
+    centre = np.array([col, row]) / (res - 1)
+    out, trans = np.zeros(3), 1.0
+    for p, r, c in zip(pos, radius, colors):
+        d = np.linalg.norm(centre - (np.asarray(p) - lo) / size)
+        m = 1.0 / (1.0 + np.exp((d - r / size) * 80.0))
+        out += trans * m * np.asarray(c)
+        trans *= 1 - m
+    return out + trans * BG
+
+
+def test_two_body_colors_pixel_at_known_world_position():
+    # Canvas [-5, 5]^2 at 32 px: pixel (row, col) is centred on world
+    # (-5 + 10 col / 31, -5 + 10 row / 31). Put body 0 on pixel (20, 10) and body 1 on
+    # (8, 25), with unequal masses so the two discs differ in radius.
+    system = get_system("two_body_colors")
+    world = lambda row, col: (-5 + 10 * col / 31, -5 + 10 * row / 31)  # noqa: E731
+    b0, b1 = world(20, 10), world(8, 25)
+    states = np.array([[[*b0, *b1, 0, 0, 0, 0]]])
+    pr = {"m": np.array([[1.4, 0.6]]), "g": np.array([1.0])}
+    ci = np.array([[1, 4]])  # yellow, blue
+    img = render_states(system, states, pr, ci, np.zeros((1, 2)), 32)[0, 0]
+    radius = np.sqrt(pr["m"][0] / np.pi)
+    cols = palette(6)[ci[0]]
+    for row, col in [(20, 10), (8, 25), (20, 11), (21, 10), (8, 26), (0, 0), (31, 31)]:
+        want = np.floor(_pixel([b0, b1], radius, cols, -5.0, 5.0, 32, row, col) * 255)
+        np.testing.assert_array_equal(img[row, col], want.astype(np.uint8), err_msg=(row, col))
+    assert min(img[20, 10, :2]) > 240 and img[20, 10, 2] < 5  # yellow disc centre
+    assert img[8, 25, 2] > 200 and max(img[8, 25, :2]) < 60  # blue disc centre
+    np.testing.assert_array_equal(img[0, 0], [81, 88, 93])
+    # The heavier body covers more pixels: radius sqrt(m / pi) per body.
+    yellow = ((img[..., 0] > 128) & (img[..., 1] > 128) & (img[..., 2] < 128)).sum()
+    blue = ((img[..., 2] > 128) & (img[..., 0] < 128)).sum()
+    assert yellow > 1.5 * blue
+
+
+def test_three_body_start_follows_the_hgn_environment():
+    system = get_system("three_body")
+    rng = np.random.default_rng(0)
+    n = 4000
+    x = np.array([system.sample_state(rng, system.sample_params(rng)) for _ in range(n)])
+    q0, p0 = x[:, 0:2], x[:, 6:8]
+    spin = np.sign(q0[:, 0] * p0[:, 1] - q0[:, 1] * p0[:, 0])  # body 0's angular momentum
+    # Velocity = position rotated +90 degrees, reversed when randn() < 0.5.
+    reversed_ = (spin < 0).mean()
+    assert abs(reversed_ - norm.cdf(0.5)) < 5 * np.sqrt(0.25 / n)
+    # Direction of a normalised U(-1, 1)^2 point: within pi/8 of a diagonal with probability
+    # 1 - tan(pi/8) = 0.586 (an isotropic direction: 0.5).
+    a = np.mod(np.arctan2(q0[:, 1], q0[:, 0]), np.pi / 2)
+    diagonal = (np.abs(a - np.pi / 4) < np.pi / 8).mean()
+    assert abs(diagonal - (1 - np.tan(np.pi / 8))) < 5 * np.sqrt(0.25 / n)
+    r = np.linalg.norm(q0, axis=1)
+    assert r.min() >= 0.9 and r.max() <= 1.2
+
+
+@pytest.fixture(scope="module")
+def dp_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("v")
+    return generate_dataset("double_pendulum_colors", root, train=3, test=0, frames=6, seed=1,
+                            progress=False)["train"]
+
+
+def test_file_stores_per_arm_parameters(dp_file):
+    with open_h5(dp_file) as f:
+        assert f.format_version == 2
+        assert f.params["m"].shape == (3, 2) and f.params["l"].shape == (3, 2)
+        assert f.params["g"].shape == (3,)
+        assert (f.params["m"][:, 0] != f.params["m"][:, 1]).all()
+        want = render_states(f.system, f.states[()].astype(np.float64), f.params,
+                             f.color_index, f.offset, 32)
+        # float32 states round the positions: compare through them, not bit for bit
+        assert (np.abs(want.astype(int) - f.frames[()]) > 1).mean() < 1e-3
+
+
+def _as_version_1(src, dst):
+    """What the version-1 writer made of a constant-physics double pendulum: [N] params."""
+    import shutil
+    shutil.copy(src, dst)
+    with h5py.File(dst, "a") as f:
+        for k in ("m", "l"):
+            v = f["params/" + k][:, 0]
+            del f["params/" + k]
+            f["params"].create_dataset(k, data=v)
+        f.attrs["format_version"] = 1
+    return dst
+
+
+def test_reader_opens_version_1(tmp_path):
+    src = generate_dataset("double_pendulum", tmp_path / "a", train=2, test=0, frames=6, seed=1,
+                           progress=False)["train"]
+    old = _as_version_1(src, tmp_path / "v1.h5")
+    with h5py.File(old) as f:
+        assert f["params/m"].shape == (2,)
+    with open_h5(old) as f, open_h5(src) as g:
+        assert f.format_version == 1
+        for k in ("m", "l", "g"):
+            np.testing.assert_array_equal(f.params[k], g.params[k])
+        energy = f.system.hamiltonian(f.states[()], f.params)  # per-arm code on old files
+        np.testing.assert_allclose(energy, g.system.hamiltonian(g.states[()], g.params))
+
+
+def test_version_2_needs_the_per_body_axis(dp_file, tmp_path):
+    import shutil
+    bad = tmp_path / "bad.h5"
+    shutil.copy(dp_file, bad)
+    with h5py.File(bad, "a") as f:
+        v = f["params/m"][:, 0]
+        del f["params/m"]
+        f["params"].create_dataset("m", data=v)
+    from hgan.data import DataFormatError
+    with pytest.raises(DataFormatError, match=r"'params/m' has shape \(3,\), expected \(3, 2\)"):
+        open_h5(bad)

@@ -1,0 +1,37 @@
+"""The physics metrics with per-body parameters (two_body_colors masses, double pendulum arms)."""
+import numpy as np
+
+from hgan.data import get_system
+from hgan.evaluate import probe
+
+
+def test_energy_drift_with_per_body_masses_matches_closed_form():
+    # Two bodies at rest 2 apart: H = -g m1 m2 / 2, then with body 1 moving at p:
+    # H = |p|^2 / (2 m1) - g m1 m2 / 2. Masses 0.5 and 1.5, g = 1.
+    system = get_system("two_body_colors")
+    m1, m2, g = 0.5, 1.5, 1.0
+    rest = [-1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    moving = [-1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 0.0]
+    h = np.array([-g * m1 * m2 / 2, 1.0 / (2 * m1) - g * m1 * m2 / 2])  # -0.375, 0.625
+    drift = probe.energy_drift(system, np.array([[rest, moving]]),
+                               {"m": [[m1, m2]], "g": [g]})
+    scale = g * ((m1 + m2) / 2) ** 2  # the n-body floor: g * mean(m)^2
+    np.testing.assert_allclose(drift, [h.std() / max(abs(h.mean()), scale)], rtol=1e-12)
+    # Swapping the masses changes H: the metric uses each body's own mass.
+    swapped = probe.energy_drift(system, np.array([[rest, moving]]),
+                                 {"m": [[m2, m1]], "g": [g]})
+    assert not np.isclose(swapped[0], drift[0])
+
+
+def test_constant_params_keep_the_body_axis():
+    params = {"m": np.array([[0.4, 0.6], [0.5, 0.5], [0.6, 0.4]]), "g": np.array([2.5, 3.0, 4.0]),
+              "l": np.array([[0.8, 1.0], [0.9, 0.9], [1.0, 0.8]])}
+    out = probe.constant_params(params, 4)
+    np.testing.assert_array_equal(out["m"], np.tile([0.5, 0.5], (4, 1)))
+    np.testing.assert_array_equal(out["g"], np.full(4, 3.0))
+    system = get_system("double_pendulum_colors")
+    states = np.zeros((4, 3, 4))  # hanging at rest: H = -(m1 + m2) g l1 - m2 g l2
+    drift = probe.energy_drift(system, states, out)
+    np.testing.assert_array_equal(drift, np.zeros(4))
+    np.testing.assert_allclose(system.hamiltonian(states, out),
+                               np.full((4, 3), -(1.0 * 3.0 * 0.9) - 0.5 * 3.0 * 0.9))
