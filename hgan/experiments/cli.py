@@ -106,15 +106,29 @@ def _device_name(device):
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores (torch {torch.__version__})"
 
 
+def _saved_grid(out):
+    try:
+        with open(os.path.join(out, "grid.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
 def table1(a, argv):
     from hgan.experiments import report, runner
     spec = spec_from_args(a)
+    saved = _saved_grid(spec.out) if a.report_only else None
+    if saved:  # the table of the invocation that trained the grid, with its settings
+        spec = GridSpec(**{**saved["spec"], "out": spec.out})
     runner.check_ready(spec)
     os.makedirs(spec.out, exist_ok=True)
     t0 = time.time()
     meta = {"command": "python -m hgan.experiments " + shlex.join(argv), "commit": _commit(),
             "device": _device_name(spec.device)}
     jobs, stopped = [], False
+    if saved:
+        meta.update({k: saved[k] for k in ("command", "commit", "device", "wall_s") if k in saved})
+        meta["command"] += " (table rewritten with --report-only)"
     if not a.report_only:
         grid = runner.GridRunner(spec, parallel=a.parallel, deadline_s=a.deadline,
                                  status_every_s=a.status_every, progress=not a.no_progress,
@@ -124,18 +138,24 @@ def table1(a, argv):
         print(f"[grid] {len(spec.runs())} runs in {spec.out}: {counts['data']} datasets to generate, "
               f"{counts['train']} runs to train, {counts['eval']} to evaluate; {a.parallel} at a time",
               file=sys.stderr, flush=True)
-        with open(os.path.join(spec.out, "grid.json"), "w") as f:
-            json.dump({"spec": spec.to_dict(), **meta}, f, indent=1)
+        _save_grid(spec, meta)
         grid.execute()
         stopped = grid.stopping
         if stopped:
             meta["note"] = "**Interrupted**: the command was stopped; run it again to resume."
-    meta.update(date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), wall_s=time.time() - t0)
+        meta["wall_s"] = time.time() - t0
+        _save_grid(spec, meta)
+    meta["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     report.write_compare(spec, meta)
     failed = [f"{j.kind} {j.name}" for j in jobs if j.state == "failed"]
     print(f"[grid] wrote {os.path.join(spec.out, 'compare.md')}"
           + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 130 if stopped else 1 if failed else 0
+
+
+def _save_grid(spec, meta):
+    with open(os.path.join(spec.out, "grid.json"), "w") as f:
+        json.dump({"spec": spec.to_dict(), **meta}, f, indent=1)
 
 
 # Small files of a grid worth committing: no checkpoints, TensorBoard events, logs or GIFs.

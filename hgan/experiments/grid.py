@@ -55,6 +55,10 @@ class GridSpec:
     i3d: str = ""
     extra: dict = field(default_factory=dict)
 
+    def __post_init__(self):
+        for name in ("systems", "models", "seeds", "train_args", "eval_args"):
+            setattr(self, name, tuple(getattr(self, name)))
+
     def runs(self):
         return [Run(self, s, m, seed) for s in self.systems for m in self.models for seed in self.seeds]
 

@@ -86,10 +86,10 @@ def write_compare(spec, meta, path=None):
              f"- data: {spec.train_traj} train / {spec.test_traj} test trajectories of "
              f"{spec.traj_frames} frames per system (seed {spec.data_seed}); the paper used "
              "50,000 x 512",
-             f"- evaluation: `{','.join(metric_list(spec))}` "
-             f"`{' '.join(spec.eval_args)}`" + ("" if spec.i3d else
-                                               "; no --i3d detector given, so no FVD"),
-             f"- wall time of this invocation: {meta.get('wall_s', 0):.0f} s", ""]
+             f"- evaluation: `{','.join(metric_list(spec))}`"
+             + (f", flags `{' '.join(spec.eval_args)}`" if spec.eval_args else "")
+             + ("" if spec.i3d else "; no --i3d detector given, so no FVD"),
+             f"- wall time of the invocation: {meta.get('wall_s', 0):.0f} s", ""]
     if meta.get("note"):
         lines += [meta["note"], ""]
     lines += table.runs_section(rows)

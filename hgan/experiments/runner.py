@@ -6,9 +6,9 @@ and CUDA context. Datasets are generated in threads of this process (numpy and z
 the GIL, and a subprocess would pay the torch import again).
 
 Order: a run's training waits for its system's data, its evaluation for its training.
-Evaluations go first when a slot frees (their results are what people wait for), and two
-evaluations of one system never run together: the first trains and caches the physics
-probe beside the data, the others load it.
+Evaluations go first when a slot frees (their results are what people wait for). The first
+evaluation of a system runs alone: it trains the physics probe and caches it beside the
+data; the system's other evaluations then load it, side by side.
 """
 import os
 import re
@@ -115,10 +115,20 @@ class GridRunner:
     def _ready(self, job):
         if job.state != "queued" or any(d.state != "done" for d in job.deps):
             return False
-        if job.kind == "eval":  # one per system (probe cache); one at all when inline (GIL)
-            return not any(j.kind == "eval" and j.state == "running" and
-                           (j.system == job.system or self.inline_eval) for j in self.jobs)
+        if job.kind == "eval":
+            evals = [j for j in self.jobs if j.kind == "eval" and j is not job]
+            if self.inline_eval:  # threads of this process: one at a time (GIL)
+                return not any(j.state == "running" for j in evals)
+            # The first evaluation of a system trains and caches its probe; the others wait
+            # for it, then run side by side.
+            mine = [j for j in evals if j.system == job.system]
+            return (any(j.state == "done" for j in mine) or self._probe_cached(job.system)
+                    or not any(j.state == "running" for j in mine))
         return not (job.kind == "train" and self.deadline_hit)
+
+    def _probe_cached(self, system):
+        from hgan.evaluate.probe import probe_cache_path
+        return os.path.exists(probe_cache_path(self.spec.data_path(system)))
 
     def _start(self, job):
         job.state, job.started = "running", time.time()

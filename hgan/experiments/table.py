@@ -112,9 +112,9 @@ def _table(header, body):
 def runs_section(rows):
     body = []
     for r in rows:
-        state = ("failed" if r["failed"] else "evaluated" if r["results"]
-                 else "trained" if r["iteration"] >= r["target"] else
-                 f"stopped at {r['iteration']}" if r["iteration"] else "not run")
+        short = r["iteration"] < r["target"]
+        state = ("failed" if r["failed"] else "not run" if not r["iteration"] else
+                 ("stopped short, " if short else "") + ("evaluated" if r["results"] else "not evaluated"))
         body.append([r["system"], r["model"], r["seed"], f"{r['iteration']} / {r['target']}",
                      _fmt(r["train_s"] and round(r["train_s"], 1)),
                      _fmt(r["it_per_s"] and round(r["it_per_s"], 1)),
