@@ -111,9 +111,8 @@ def test_checks_state_the_claims_from_the_numbers(tmp_path):
               ("mass_spring", "hgan"): (0.3, 3), ("mass_spring", "mocogan"): (0.1, None)}
     for run in spec.runs():
         drift, active = values[run.system, run.model]
-        _fake_run(run, 100)
-        with open(run.path("eval", "results.json") if os.path.isdir(run.path("eval"))
-                  else (os.makedirs(run.path("eval")) or run.path("eval", "results.json")), "w") as f:
+        _fake_run(run, 100, results_iter=100)
+        with open(run.path("eval", "results.json"), "w") as f:
             json.dump(_results(drift, active), f)
         run.save_record({"segments": [{"from": 0, "to": 100, "seconds": 12.0, "returncode": 0,
                                        "it_per_s_logged": 8.5}], "eval": {"seconds": 3.0}})

@@ -19,7 +19,7 @@ import json
 import os
 import shlex
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 MODELS = ("hgan", "hnn_gan", "mocogan")
 TABLE1_SYSTEMS = ("mass_spring", "pendulum", "double_pendulum", "two_body", "three_body")
@@ -53,7 +53,6 @@ class GridSpec:
     eval_metrics: str = "physics,appearance,cyclic,samples,tsne"
     eval_args: tuple = ()         # extra hgan.evaluate flags
     i3d: str = ""
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self):
         for name in ("systems", "models", "seeds", "train_args", "eval_args"):

@@ -4,7 +4,6 @@ Every number carries the iterations and the training time of the run(s) behind i
 different length are not comparable, and a claim checked after a few thousand iterations
 says little about the paper's models. With several seeds a cell is mean ± std over seeds.
 """
-import os
 
 import numpy as np
 
@@ -180,9 +179,9 @@ def checks_section(spec, rows):
             f"mean |dp_i/dt| over the rollouts of `hgan.evaluate --metrics cyclic` exceeds "
             f"{ACTIVE_FRACTION:.0%} of the largest dimension's (the absolute threshold of each run "
             "is beside it). The paper: with L_cyc, HGAN's pendulum shows about one.", ""]
+    from hgan.data import get_system
     body = []
     for s in spec.systems:
-        from hgan.data import get_system
         dof = get_system(s).dof
         for m in HAMILTONIAN_MODELS:
             if m not in spec.models:
