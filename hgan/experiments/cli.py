@@ -89,6 +89,9 @@ def spec_from_args(a):
 
 
 def _commit():
+    """The checkout's commit; $HGAN_COMMIT where the tree was copied without its .git."""
+    if os.environ.get("HGAN_COMMIT"):
+        return os.environ["HGAN_COMMIT"]
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     try:
         return subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"],
