@@ -286,7 +286,8 @@ def main(argv=None):
                    "else the last 20%% of --data's trajectories)")
     p.add_argument("--frames", type=int, default=fvd.PROTOCOL["frames"], help="clip length (protocol: 16)")
     p.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="generated-set seeds, e.g. 0,1,2")
-    p.add_argument("--physics-videos", type=int, default=256, help="videos for the physics metrics")
+    p.add_argument("--physics-videos", type=int, default=256,
+                   help="videos for the physics and appearance metrics")
     p.add_argument("--probe-steps", type=int, default=600,
                    help="probe training steps (first use; then cached beside the data)")
     p.add_argument("--probe-width", type=int, default=16, help="probe CNN width")
