@@ -55,6 +55,8 @@ def test_evaluate_checkpoint_end_to_end(tmp_path, data_copy, monkeypatch):
     for key in ("noise_floor", "real", "shuffled_real", "generated"):
         assert np.isfinite(ph["energy_drift"][key]["median"])
     assert saved["cyclic"]["active_momenta"]["k"] == 3
+    ap = saved["appearance"]
+    assert ap["num_generated"] == 4 and ap["real"]["median"] < ap["flag_threshold"]
     assert 1 <= saved["cyclic"]["active_momenta"]["active_dims"] <= 3
     assert res["figures"] == saved["figures"] and res["checkpoint"] == saved["checkpoint"]
     for path in res["figures"].values():

@@ -17,9 +17,9 @@ import time
 import numpy as np
 import torch
 
-from hgan.evaluate import figures, fvd, probe, report, structure
+from hgan.evaluate import appearance, figures, fvd, probe, report, structure
 
-ALL_METRICS = ("fvd", "physics", "tsne", "samples", "cyclic")
+ALL_METRICS = ("fvd", "physics", "tsne", "samples", "cyclic", "appearance")
 
 
 def _find_data_path(config):
@@ -98,11 +98,11 @@ def _generated_videos(generator, n, frames, seed, batch=64):
 
 
 def physics_metrics(generator, ds, system, data_path, held_out, *, n, frames, seed, probe_steps,
-                    probe_width):
+                    probe_width, device="cpu"):
     """`ds` trains the probe (first 80%); `held_out` = (file, trajectory indices) it never saw."""
     pr = probe.load_or_train_probe(data_path, ds.frames, ds.states, steps=probe_steps,
                                    angular=probe.angular_dims(system),
-                                   width=probe_width, batch_size=64)
+                                   width=probe_width, batch_size=64, device=device)
     real_ds, idx = held_out
     real, real_states, params = _real_videos(real_ds, idx[:n], frames, seed)
     rmse = probe.probe_rmse(pr, real, real_states)
@@ -142,7 +142,7 @@ def evaluate(args):
                "data": data_path, "device": device, "metrics": metrics, "figures": {},
                "config": config}
     ds = system = None
-    if any(m in metrics for m in ("fvd", "physics", "samples")):
+    if any(m in metrics for m in ("fvd", "physics", "samples", "appearance")):
         from hgan.data import get_system, open_h5
         if not data_path or not os.path.exists(data_path):
             raise SystemExit(f"dataset not found ({data_path!r}): pass --data PATH.h5")
@@ -195,7 +195,13 @@ def evaluate(args):
                                              n=args.physics_videos,
                                              frames=args.frames, seed=args.seeds[0],
                                              probe_steps=args.probe_steps,
-                                             probe_width=args.probe_width)
+                                             probe_width=args.probe_width, device=device)
+    if "appearance" in metrics:
+        # The same held-out clips and generated sample set as the physics metrics.
+        real, _, _ = _real_videos(held_out[0], held_out[1][:args.physics_videos], args.frames,
+                                  args.seeds[0])
+        gen = _generated_videos(generator, args.physics_videos, args.frames, args.seeds[0])
+        results["appearance"] = appearance.appearance_consistency(real, gen, system.num_colors)
     if "samples" in metrics:
         real, _, _ = _real_videos(held_out[0], held_out[1][:8], args.frames, 0)
         gen = _generated_videos(generator, 8, args.frames, 0)
@@ -280,7 +286,8 @@ def main(argv=None):
                    "else the last 20%% of --data's trajectories)")
     p.add_argument("--frames", type=int, default=fvd.PROTOCOL["frames"], help="clip length (protocol: 16)")
     p.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="generated-set seeds, e.g. 0,1,2")
-    p.add_argument("--physics-videos", type=int, default=256, help="videos for the physics metrics")
+    p.add_argument("--physics-videos", type=int, default=256,
+                   help="videos for the physics and appearance metrics")
     p.add_argument("--probe-steps", type=int, default=600,
                    help="probe training steps (first use; then cached beside the data)")
     p.add_argument("--probe-width", type=int, default=16, help="probe CNN width")

@@ -99,20 +99,25 @@ class PhysicsProbe(nn.Module):
         return self.head(self.features(torch.cat([x[:, 0], x[:, 1], x[:, 1] - x[:, 0]], dim=1)))
 
     @torch.no_grad()
-    def states(self, videos, batch_size=256):
-        """uint8 videos [N, T, H, W, 3] -> probed states [N, T-1, S] (pairs t, t+1)."""
-        videos = torch.as_tensor(np.asarray(videos))
+    def states(self, videos, batch_size=1024):
+        """uint8 videos [N, T, H, W, 3] -> probed states [N, T-1, S] (pairs t, t+1).
+
+        Videos go to the probe's device as uint8 once; pairs are formed there, per batch."""
+        device = self.state_mean.device
+        videos = torch.as_tensor(np.asarray(videos)).to(device)
         n, t = videos.shape[:2]
         if t < 2:
             raise ValueError(f"the probe needs at least 2 frames per video, got {t}")
-        pairs = torch.stack([videos[:, :-1], videos[:, 1:]], dim=2).flatten(0, 1)  # [N(T-1), 2, H, W, 3]
-        out = torch.cat([self(pairs[i:i + batch_size]) for i in range(0, len(pairs), batch_size)])
-        return out.view(n, t - 1, -1).double().numpy()
+        flat = videos.flatten(0, 1)  # [N T, H, W, 3]
+        first = torch.arange(n * t, device=device).view(n, t)[:, :-1].flatten()  # pair starts
+        out = torch.cat([self(torch.stack([flat[i], flat[i + 1]], dim=1))
+                         for i in first.split(batch_size)])
+        return out.view(n, t - 1, -1).double().cpu().numpy()
 
 
 def generated_to_probe(videos):
     """Generated [N, T, 3, H, W] in [-1, 1] -> uint8 [N, T, H, W, 3], the FVD quantisation."""
-    return (videos.detach() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).numpy()
+    return (videos.detach() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
 
 
 def split_indices(n, holdout=0.2):
@@ -124,34 +129,38 @@ def split_indices(n, holdout=0.2):
 
 
 def train_probe(frames, states, *, angular=(), steps=600, batch_size=64, lr=2e-3, width=16, seed=0,
-                max_frames=100_000, progress=True):
+                max_frames=100_000, progress=True, device="cpu"):
     """Fit a probe on uint8 frames [N, T, H, W, 3] and states [N, T, S] (the train split).
 
-    At most `max_frames` frames (about 300 MB at 32x32) are held in memory: whole leading
-    trajectories, so the read from HDF5 is one contiguous slice."""
+    At most `max_frames` frames (about 300 MB at 32x32) are used: whole leading trajectories,
+    so the read from HDF5 is one contiguous slice. They move to `device` once, as uint8, and
+    every batch is drawn there: a GPU then never waits on host copies (copying each batch from
+    the CPU held the probe to a few steps per second)."""
+    device = torch.device(device)
     n_use = max(1, min(len(frames), max_frames // frames.shape[1]))
-    frames = torch.from_numpy(np.asarray(frames[:n_use]))
-    states = torch.from_numpy(np.asarray(states[:n_use], dtype=np.float32))
+    frames = torch.from_numpy(np.asarray(frames[:n_use])).to(device)
+    states = torch.from_numpy(np.asarray(states[:n_use], dtype=np.float32)).to(device)
     n, t, res = frames.shape[0], frames.shape[1], frames.shape[2]
-    probe = PhysicsProbe(states.shape[-1], resolution=res, width=width, angular=angular)
+    probe = PhysicsProbe(states.shape[-1], resolution=res, width=width, angular=angular).to(device)
     flat = states.reshape(-1, states.shape[-1])
     probe.state_mean.copy_(flat.mean(0))
     probe.state_std.copy_(flat.std(0).clamp_min(1e-6))
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
     bar = tqdm(range(steps), desc="probe", disable=not progress, leave=False)
-    for _ in bar:
-        i = torch.randint(0, n, (batch_size,), generator=gen)
-        j = torch.randint(0, t - 1, (batch_size,), generator=gen)
+    for step in bar:
+        i = torch.randint(0, n, (batch_size,), generator=gen, device=device)
+        j = torch.randint(0, t - 1, (batch_size,), generator=gen, device=device)
         pairs = torch.stack([frames[i, j], frames[i, j + 1]], dim=1)
         loss = F.mse_loss(probe.raw(pairs), probe.encode(states[i, j]))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
+        if step % 50 == 0 or step == steps - 1:  # reading the loss waits for the device
+            bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
     return probe.eval()
 
 
@@ -166,9 +175,10 @@ def _data_key(data_path, **cfg):
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_or_train_probe(data_path, frames, states, *, cache=True, **train_kw):
-    """The probe for one dataset, cached beside it (``<name>.probe.pt``) and keyed by a hash
-    of the file's size and mtime and the training settings, so a regenerated file retrains."""
+def load_or_train_probe(data_path, frames, states, *, cache=True, device="cpu", **train_kw):
+    """The probe for one dataset on `device`, cached beside it (``<name>.probe.pt``) and keyed
+    by a hash of the file's size and mtime and the training settings, so a regenerated file
+    retrains. The cache is written atomically (several evaluations may share one dataset)."""
     key = _data_key(data_path, **{k: v for k, v in train_kw.items() if k != "progress"})
     path = probe_cache_path(data_path)
     if cache and os.path.exists(path):
@@ -176,11 +186,14 @@ def load_or_train_probe(data_path, frames, states, *, cache=True, **train_kw):
         if blob.get("key") == key:
             probe = PhysicsProbe(**blob["config"])
             probe.load_state_dict(blob["state_dict"])
-            return probe.eval()
+            return probe.to(device).eval()
     train_idx, _ = split_indices(len(frames))
-    probe = train_probe(frames[: len(train_idx)], states[: len(train_idx)], **train_kw)
+    probe = train_probe(frames[: len(train_idx)], states[: len(train_idx)], device=device, **train_kw)
     if cache:
-        torch.save({"key": key, "config": probe.config, "state_dict": probe.state_dict()}, path)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        torch.save({"key": key, "config": probe.config,
+                    "state_dict": {k: v.cpu() for k, v in probe.state_dict().items()}}, tmp)
+        os.replace(tmp, path)
     return probe
 
 

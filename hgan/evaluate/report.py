@@ -44,6 +44,19 @@ def checkpoint_report(results):
                   f"{_fmt(ph['frechet_state_distance']['shuffled_real'])} |",
                   f"| generated | {_fmt(d['generated']['median'])} | "
                   f"{_fmt(ph['frechet_state_distance']['generated'])} |", ""]
+    ap = r.get("appearance")
+    if ap:
+        lines += ["## Appearance consistency", "",
+                  "Per video: the sum over palette colours of the std over time of that colour's "
+                  "foreground pixel mass, relative to one real object's mass "
+                  f"({_fmt(ap['object_mass_pixels'], 3)} pixels). A video is flagged above "
+                  f"{_fmt(ap['flag_threshold'], 3)} (an object fading, splitting or appearing).", "",
+                  "| videos | variation (median) | flagged | foreground mass vs real |",
+                  "|---|---|---|---|",
+                  f"| real, held-out | {_fmt(ap['real']['median'], 3)} | "
+                  f"{_fmt(ap['real_flagged'], 3)} | 1 |",
+                  f"| generated | {_fmt(ap['generated']['median'], 3)} | "
+                  f"{_fmt(ap['generated_flagged'], 3)} | {_fmt(ap['mass_ratio'], 3)} |", ""]
     cyc = r.get("cyclic")
     if cyc:
         lines += ["## Learned structure", ""]
@@ -82,6 +95,9 @@ METRICS = [
      lambda r: r.get("physics") and _fmt(r["physics"]["energy_drift"]["generated"]["median"], 3)),
     ("Frechet state distance, probed generated vs real trajectories (lower is better)",
      lambda r: r.get("physics") and _fmt(r["physics"]["frechet_state_distance"]["generated"], 3)),
+    ("appearance variation of generated videos (median; real videos score near 0; lower is better)",
+     lambda r: r.get("appearance") and
+     f"{r['appearance']['generated']['median']:.3g} (flagged {r['appearance']['generated_flagged']:.0%})"),
     ("active latent momentum dimensions",
      lambda r: (r.get("cyclic") or {}).get("active_momenta") and
      f"{r['cyclic']['active_momenta']['active_dims']} of {r['cyclic']['active_momenta']['k']}"),

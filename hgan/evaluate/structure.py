@@ -23,13 +23,18 @@ def _dt(generator, dt=None):
     return float(getattr(cfg, "dt", 0.05))
 
 
+def _noise(generator, seed):
+    """A seeded generator on the model's device (torch.randn refuses a CPU one for CUDA)."""
+    return torch.Generator(device=generator.device).manual_seed(seed)
+
+
 def has_hamiltonian(generator):
     return getattr(getattr(generator, "motion_module", None), "hamiltonian", None) is not None
 
 
 def motion_points(generator, n=1024, seed=0):
     """[n, D] motion latents after one step (frames=2, the second latent)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = _noise(generator, seed)
     with torch.enable_grad():  # the HNN step differentiates H
         y = generator.motion(n, 2, generator=gen)["y"]
     return y[:, 1].detach().double().cpu().numpy()
@@ -39,7 +44,7 @@ def active_momenta(generator, n=256, frames=16, seed=0):
     """Mean |dp_i/dt| per latent momentum dimension, and which dimensions are active."""
     if not has_hamiltonian(generator):
         return None
-    gen = torch.Generator().manual_seed(seed)
+    gen = _noise(generator, seed)
     with torch.enable_grad():
         out = generator.motion(n, frames, generator=gen)
     if "dHdq" in out:
@@ -53,7 +58,7 @@ def active_momenta(generator, n=256, frames=16, seed=0):
 
 
 def _learned_energy(generator, n, steps, dt, seed):
-    gen = torch.Generator().manual_seed(seed)
+    gen = _noise(generator, seed)
     with torch.enable_grad():
         out = generator.motion(n, steps + 1, dt=dt, generator=gen)
         q, p = out["q"].detach(), out["p"].detach()

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The paper's Table 1 on one GPU in one call: generate the five systems' data, train
+# 3 models x 5 systems at once (15 processes on the GPU), evaluate every run, time one
+# evaluation alone, and pack docs/results/table1/ for the repository.
+#
+#   HGAN_COMMIT=$(git rev-parse --short HEAD) bash bench/gpu/table1.sh   # ~9.5 minutes
+#
+# (run from the repository root; HGAN_COMMIT names the commit where the copied tree has no .git)
+#
+# Every stage is bounded so that the results come back inside the device tool's 600 s:
+# training stops at TRAIN_S seconds after the grid starts (each run checkpoints; compare.md
+# states the iterations each run reached), the grid command itself at LIMIT_S minus a margin.
+# What comes back under $OUT (at most 8 files):
+#   nvidia-smi.txt, versions.txt  the machine
+#   grid.log                      the grid's status lines (runs, it/s, failures)
+#   eval-one.log                  one full evaluation alone (probe trained from scratch), timed
+#   compare.md                    the table and checks
+#   table1.tar.gz                 docs/results/table1/ (compare.md, figures, each run's config,
+#                                 summary, experiment.json and evaluation; no checkpoints):
+#                                 unpack here with `tar xzf table1.tar.gz -C docs/results`
+#   logs.tar.gz                   every run's train.log and eval.log
+set -uo pipefail
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+OUT="${OUT:-$PWD/gpu-out}"
+mkdir -p "$OUT"
+PY=python3
+LIMIT="${LIMIT_S:-570}"          # the whole script (bash's SECONDS)
+TRAIN_S="${TRAIN_S:-240}"        # training deadline, counted from the grid's start
+ITERS="${ITERS:-20000}"          # every run's target; runs still short at TRAIN_S stop there
+PARALLEL="${PARALLEL:-15}"       # 3 models x 5 systems at once; evaluations take slots too
+SYSTEMS="${SYSTEMS:-mass_spring,pendulum,double_pendulum,two_body,three_body}"
+MODELS="${MODELS:-hgan,hnn_gan,mocogan}"
+GRID="${GRID_DIR:-/tmp/table1}"
+# The dataset sits in GPU memory in each process (1,000 x 128 frames at 32 px: 0.4 GB), so
+# 15 runs need no loader workers; samples and checkpoints rarely, to keep the CPU for steps.
+TRAIN_ARGS="${TRAIN_ARGS:---loader gpu-resident --log-every 100 --sample-every 5000 --ckpt-every 1000}"
+DEST="${DEST:-docs/results/table1}"
+DEVICE="${DEVICE:-cuda}"
+# Smoke-testing this script on a CPU: DEVICE=cpu and tiny GRID_ARGS / EVAL_ARGS / TRAIN_ARGS.
+GRID_ARGS="${GRID_ARGS:-}"       # e.g. data sizes: --train-traj 1000 --traj-frames 128
+EVAL_ARGS="${EVAL_ARGS:-}"       # extra hgan.evaluate flags for every run
+
+nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
+$PY - > "$OUT/versions.txt" 2>&1 <<'PYEOF'
+import os, subprocess, torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "device",
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device")
+print("cpus", os.cpu_count())
+print("commit", os.environ.get("HGAN_COMMIT") or subprocess.run(
+    ["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
+    or "unknown (no git here)")
+PYEOF
+
+left=$((LIMIT - SECONDS - 120))  # keep time for the lone evaluation and the packing
+timeout -s INT -k 45 "$left" $PY -m hgan.experiments table1 --out "$GRID" \
+    --systems "$SYSTEMS" --models "$MODELS" --iters "$ITERS" --parallel "$PARALLEL" \
+    --device "$DEVICE" --deadline "$TRAIN_S" --status-every 20 --no-progress \
+    --train-args "$TRAIN_ARGS" --eval-args "$EVAL_ARGS" $GRID_ARGS 2>&1 | tee "$OUT/grid.log"
+status=${PIPESTATUS[0]}
+echo "grid exit status $status after $SECONDS s" | tee -a "$OUT/grid.log"
+
+# One full evaluation alone, the physics probe trained from scratch (a fresh copy of the
+# data has no cached probe): the "under a minute on a GPU" target.
+one="$GRID/runs/pendulum-hgan-s0"
+if [ -f "$one/checkpoints/last.pt" ] && [ $((LIMIT - SECONDS)) -gt 100 ]; then
+  rm -rf /tmp/eval-one && mkdir -p /tmp/eval-one/data && cp "$GRID"/data/pendulum/{train,test}.h5 /tmp/eval-one/data/
+  t0=$(date +%s%N)
+  timeout 90 $PY -m hgan.evaluate --checkpoint "$one/checkpoints/last.pt" --out /tmp/eval-one/out \
+      --data /tmp/eval-one/data/train.h5 --device "$DEVICE" \
+      --metrics physics,appearance,cyclic,samples,tsne $EVAL_ARGS > "$OUT/eval-one.log" 2>&1
+  rc=$?
+  echo "evaluation of $one alone (probe trained from scratch): exit $rc," \
+       "$(( ($(date +%s%N) - t0) / 1000000 )) ms wall" | tee -a "$OUT/eval-one.log"
+fi
+
+# A grid killed before it wrote its table (timeout's -k): write it from what is on disk.
+[ -f "$GRID/compare.md" ] || $PY -m hgan.experiments table1 --out "$GRID" --systems "$SYSTEMS" \
+    --models "$MODELS" --iters "$ITERS" --device "$DEVICE" $GRID_ARGS --report-only > /dev/null 2>&1
+rm -rf "$DEST"
+$PY -m hgan.experiments export "$GRID" --to "$DEST"
+cp "$OUT/versions.txt" "$DEST/versions.txt"
+[ -f "$OUT/eval-one.log" ] && tail -1 "$OUT/eval-one.log" > "$DEST/eval-one.txt"
+cp "$GRID/compare.md" "$OUT/compare.md" 2>/dev/null
+tar czf "$OUT/table1.tar.gz" -C "$(dirname "$DEST")" "$(basename "$DEST")"
+(cd "$GRID" && tar czf "$OUT/logs.tar.gz" grid.json runs/*/train.log runs/*/eval.log 2>/dev/null)
+echo "done in $SECONDS s"
+exit "$status"

@@ -1,0 +1,212 @@
+"""`python -m hgan.experiments {table1, export}`: the Table-1 grid, trained and evaluated.
+
+Every invalid setting ends in one line `hgan.experiments: error: ...` and exit code 2.
+"""
+import argparse
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+
+from hgan.experiments.grid import MODELS, PAPER_SIZES, TABLE1_SYSTEMS, GridError, GridSpec, split_args
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"hgan.experiments: error: {message}\n")
+
+
+def _list(text):
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _ints(text):
+    try:
+        return tuple(int(x) for x in _list(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def build_parser():
+    p = _Parser(prog="python -m hgan.experiments", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    t = sub.add_parser("table1", help="train and evaluate the grid, write compare.md",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--out", required=True, help="grid directory (data/, runs/, compare.md)")
+    t.add_argument("--systems", type=_list, default=TABLE1_SYSTEMS, help="comma list")
+    t.add_argument("--models", type=_list, default=MODELS, help="comma list")
+    t.add_argument("--seeds", type=_ints, default=(0,), help="comma list of training seeds")
+    t.add_argument("--iters", type=int, default=20_000, help="training iterations of every run")
+    t.add_argument("--parallel", type=int, default=1,
+                   help="jobs at a time (training and evaluation processes share one device)")
+    t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (every job)")
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--frames", type=int, default=16, help="frames per training video")
+    t.add_argument("--resolution", type=int, default=32)
+    t.add_argument("--train-traj", type=int, default=1_000, help="train trajectories per system")
+    t.add_argument("--test-traj", type=int, default=256, help="held-out trajectories per system")
+    t.add_argument("--traj-frames", type=int, default=128, help="frames per generated trajectory")
+    t.add_argument("--data-seed", type=int, default=0)
+    t.add_argument("--paper-sizes", action="store_true",
+                   help=f"the paper's data: {PAPER_SIZES['train_traj']} x {PAPER_SIZES['traj_frames']} "
+                        f"frames per system (+ {PAPER_SIZES['test_traj']} held out); slow to generate")
+    t.add_argument("--train-args", default="", help="extra train.py flags, e.g. '--amp --compile'")
+    t.add_argument("--eval-metrics", default="physics,appearance,cyclic,samples,tsne",
+                   help="hgan.evaluate metrics (fvd is added when --i3d is given)")
+    t.add_argument("--eval-args", default="", help="extra hgan.evaluate flags")
+    t.add_argument("--i3d", default="", help="I3D detector for FVD (i3d_torchscript.pt)")
+    t.add_argument("--inline-eval", action="store_true",
+                   help="evaluate in this process, one run at a time (no process start per "
+                        "evaluation: faster for tiny CPU grids; GPU grids evaluate in parallel)")
+    t.add_argument("--deadline", type=float, default=None,
+                   help="seconds after which training jobs checkpoint and stop (evaluation "
+                        "goes on); compare.md shows the iterations each run reached")
+    t.add_argument("--status-every", type=float, default=60.0, help="seconds between status lines")
+    t.add_argument("--report-only", action="store_true", help="only rewrite compare.md")
+    t.add_argument("--no-progress", action="store_true")
+    e = sub.add_parser("export", help="copy a grid's small results (no checkpoints) elsewhere")
+    e.add_argument("grid_dir")
+    e.add_argument("--to", required=True)
+    return p
+
+
+def spec_from_args(a):
+    sizes = dict(PAPER_SIZES) if a.paper_sizes else dict(
+        train_traj=a.train_traj, test_traj=a.test_traj, traj_frames=a.traj_frames)
+    for name in ("parallel", "batch_size", "frames", "resolution", "iters"):
+        if getattr(a, name) < 1:
+            raise GridError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if not a.systems or not a.models or not a.seeds:
+        raise GridError("--systems, --models and --seeds need at least one entry each")
+    return GridSpec(out=a.out, systems=a.systems, models=a.models, seeds=a.seeds, iters=a.iters,
+                    batch_size=a.batch_size, frames=a.frames, resolution=a.resolution,
+                    device=a.device, data_seed=a.data_seed, train_args=split_args(a.train_args),
+                    eval_metrics=a.eval_metrics, eval_args=split_args(a.eval_args), i3d=a.i3d, **sizes)
+
+
+def _commit():
+    """The checkout's commit; $HGAN_COMMIT where the tree was copied without its .git."""
+    if os.environ.get("HGAN_COMMIT"):
+        return os.environ["HGAN_COMMIT"]
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        return subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"],
+                               capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _device_name(device):
+    import platform
+
+    import torch
+    if device != "cpu" and torch.cuda.is_available():
+        return torch.cuda.get_device_name(0) + f" (torch {torch.__version__})"
+    return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores (torch {torch.__version__})"
+
+
+def _saved_grid(out):
+    try:
+        with open(os.path.join(out, "grid.json")) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def table1(a, argv):
+    from hgan.experiments import report, runner
+    spec = spec_from_args(a)
+    saved = _saved_grid(spec.out) if a.report_only else None
+    if saved:  # the table of the invocation that trained the grid, with its settings
+        spec = GridSpec(**{**saved["spec"], "out": spec.out})
+    runner.check_ready(spec)
+    os.makedirs(spec.out, exist_ok=True)
+    t0 = time.time()
+    meta = {"command": "python -m hgan.experiments " + shlex.join(argv), "commit": _commit(),
+            "device": _device_name(spec.device)}
+    jobs, stopped = [], False
+    if saved:
+        meta.update({k: saved[k] for k in ("command", "commit", "device", "wall_s") if k in saved})
+        meta["command"] += " (table rewritten with --report-only)"
+    if not a.report_only:
+        grid = runner.GridRunner(spec, parallel=a.parallel, deadline_s=a.deadline,
+                                 status_every_s=a.status_every, progress=not a.no_progress,
+                                 inline_eval=a.inline_eval)
+        jobs = grid.plan()
+        counts = {k: sum(j.kind == k for j in jobs) for k in ("data", "train", "eval")}
+        print(f"[grid] {len(spec.runs())} runs in {spec.out}: {counts['data']} datasets to generate, "
+              f"{counts['train']} runs to train, {counts['eval']} to evaluate; {a.parallel} at a time",
+              file=sys.stderr, flush=True)
+        _save_grid(spec, meta)
+        grid.execute()
+        stopped = grid.stopping
+        if stopped:
+            meta["note"] = "**Interrupted**: the command was stopped; run it again to resume."
+        meta["wall_s"] = time.time() - t0
+        _save_grid(spec, meta)
+    meta["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    report.write_compare(spec, meta)
+    failed = [f"{j.kind} {j.name}" for j in jobs if j.state == "failed"]
+    print(f"[grid] wrote {os.path.join(spec.out, 'compare.md')}"
+          + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+    return 130 if stopped else 1 if failed else 0
+
+
+def _save_grid(spec, meta):
+    with open(os.path.join(spec.out, "grid.json"), "w") as f:
+        json.dump({"spec": spec.to_dict(), **meta}, f, indent=1)
+
+
+# Small files of a grid worth committing: no checkpoints, TensorBoard events, logs or GIFs.
+EXPORT_TOP = ("compare.md", "grid.json")
+EXPORT_RUN = ("config.json", "summary.json", "experiment.json")
+EXPORT_EVAL = (".json", ".md", ".png")
+
+
+def export(grid_dir, dest):
+    """Copy compare.md, figures/ and each run's configs, summaries and evaluation outputs,
+    keeping the layout so that compare.md's links still work."""
+    if not os.path.isfile(os.path.join(grid_dir, "compare.md")):
+        raise GridError(f"{grid_dir} has no compare.md: run table1 first")
+    copied = []
+
+    def cp(src, rel):
+        os.makedirs(os.path.dirname(os.path.join(dest, rel)) or dest, exist_ok=True)
+        shutil.copy2(src, os.path.join(dest, rel))
+        copied.append(rel)
+
+    for name in EXPORT_TOP:
+        if os.path.isfile(os.path.join(grid_dir, name)):
+            cp(os.path.join(grid_dir, name), name)
+    for sub in ("figures",):
+        d = os.path.join(grid_dir, sub)
+        for name in sorted(os.listdir(d)) if os.path.isdir(d) else ():
+            cp(os.path.join(d, name), os.path.join(sub, name))
+    runs = os.path.join(grid_dir, "runs")
+    for run in sorted(os.listdir(runs)) if os.path.isdir(runs) else ():
+        for name in EXPORT_RUN:
+            if os.path.isfile(os.path.join(runs, run, name)):
+                cp(os.path.join(runs, run, name), os.path.join("runs", run, name))
+        ev = os.path.join(runs, run, "eval")
+        for name in sorted(os.listdir(ev)) if os.path.isdir(ev) else ():
+            if name.endswith(EXPORT_EVAL):
+                cp(os.path.join(ev, name), os.path.join("runs", run, "eval", name))
+    return copied
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    a = build_parser().parse_args(argv)
+    try:
+        if a.cmd == "export":
+            n = len(export(a.grid_dir, a.to))
+            print(f"[grid] copied {n} files to {a.to}", file=sys.stderr)
+            return 0
+        return table1(a, argv)
+    except GridError as e:
+        print(f"hgan.experiments: error: {e}", file=sys.stderr)
+        return 2

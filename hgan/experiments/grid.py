@@ -1,0 +1,213 @@
+"""The grid of (system, model, seed) runs: its layout on disk, each run's state, commands.
+
+Layout under --out:
+
+    grid.json                     the grid as last asked for (flags, device, commit)
+    data/<system>/{train,test}.h5 datasets, generated when missing
+    runs/<system>-<model>-s<seed>/ one training run (train.py's run directory), plus
+        experiment.json           wall time and iterations of each training segment
+        train.log, eval.log       the subprocesses' output
+        eval/                     hgan.evaluate's results.json, report.md, figures
+    compare.md, figures/          the Table-1-style comparison
+
+A run's state is read from what train.py leaves: ``summary.json`` (written when a run ends,
+also when it was stopped by a signal) and ``checkpoints/last.pt``. So a grid started again
+skips finished runs, resumes interrupted ones from their checkpoint, and re-evaluates a run
+whose evaluation is older than its last checkpoint.
+"""
+import json
+import os
+import shlex
+import sys
+from dataclasses import asdict, dataclass
+
+MODELS = ("hgan", "hnn_gan", "mocogan")
+TABLE1_SYSTEMS = ("mass_spring", "pendulum", "double_pendulum", "two_body", "three_body")
+# The paper's data: 50,000 trajectories of 512 frames per system (the test split is ours).
+PAPER_SIZES = {"train_traj": 50_000, "test_traj": 2_048, "traj_frames": 512}
+# train.py flags a resumed run still takes (hgan.train.run.RESUMABLE_OVERRIDES, by flag name).
+RESUMABLE_FLAGS = ("--iters", "--device", "--log-every", "--sample-every", "--ckpt-every",
+                   "--keep-every", "--profile", "--loader", "--num-workers", "--no-progress")
+
+
+class GridError(ValueError):
+    """A grid that cannot run as asked (mismatching data or run, missing train.py)."""
+
+
+@dataclass
+class GridSpec:
+    out: str
+    systems: tuple = TABLE1_SYSTEMS
+    models: tuple = MODELS
+    seeds: tuple = (0,)
+    iters: int = 20_000
+    batch_size: int = 16
+    frames: int = 16
+    resolution: int = 32
+    device: str = "auto"
+    train_traj: int = 1_000
+    test_traj: int = 256
+    traj_frames: int = 128
+    data_seed: int = 0
+    train_args: tuple = ()        # extra train.py flags, e.g. ("--amp", "--compile")
+    eval_metrics: str = "physics,appearance,cyclic,samples,tsne"
+    eval_args: tuple = ()         # extra hgan.evaluate flags
+    i3d: str = ""
+
+    def __post_init__(self):
+        for name in ("systems", "models", "seeds", "train_args", "eval_args"):
+            setattr(self, name, tuple(getattr(self, name)))
+
+    def runs(self):
+        return [Run(self, s, m, seed) for s in self.systems for m in self.models for seed in self.seeds]
+
+    def data_path(self, system, split="train"):
+        return os.path.join(self.out, "data", system, f"{split}.h5")
+
+    def to_dict(self):
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+@dataclass
+class Run:
+    spec: GridSpec
+    system: str
+    model: str
+    seed: int
+
+    @property
+    def name(self):
+        return f"{self.system}-{self.model}-s{self.seed}"
+
+    @property
+    def dir(self):
+        return os.path.join(self.spec.out, "runs", self.name)
+
+    def path(self, *parts):
+        return os.path.join(self.dir, *parts)
+
+    def summary(self):
+        return _read_json(self.path("summary.json"))
+
+    def record(self):
+        """experiment.json: {"segments": [{"from", "to", "seconds", "returncode"}], "eval": {...}}."""
+        return _read_json(self.path("experiment.json")) or {"segments": []}
+
+    def save_record(self, rec):
+        _write_json(self.path("experiment.json"), rec)
+
+    def iteration(self):
+        s = self.summary()
+        return int(s["iteration"]) if s else 0
+
+    def trained(self):
+        return self.iteration() >= self.spec.iters and os.path.exists(self.checkpoint)
+
+    def resumable(self):
+        return os.path.exists(self.checkpoint)
+
+    @property
+    def checkpoint(self):
+        return self.path("checkpoints", "last.pt")
+
+    def results(self):
+        return _read_json(self.path("eval", "results.json"))
+
+    def evaluated(self):
+        """Evaluated at the checkpoint's iteration, with every metric the grid asks for."""
+        r = self.results()
+        if not r or not os.path.exists(self.checkpoint):
+            return False
+        want = set(metric_list(self.spec))
+        return r.get("iteration") == self.iteration() and want <= set(r.get("metrics", ()))
+
+    def check_config(self):
+        """A run directory trained with other settings than the grid asks for is an error: a
+        resumed run keeps its checkpoint's configuration, so the table would mix them."""
+        cfg = _read_json(self.path("config.json"))
+        if not cfg:
+            return
+        want = {"system": self.system, "seed": self.seed, "batch_size": self.spec.batch_size,
+                "frames": self.spec.frames, "model.model": self.model,
+                "model.resolution": self.spec.resolution}
+        for key, value in want.items():
+            have = cfg
+            for part in key.split("."):
+                have = (have or {}).get(part)
+            if have is not None and have != value:
+                raise GridError(f"{self.dir} was trained with {key} = {have!r}, the grid asks for "
+                                f"{value!r}: use another --out or delete that run directory")
+
+    def train_command(self, python=sys.executable):
+        spec = self.spec
+        script = train_script()
+        if self.resumable():
+            cmd = [python, script, "--resume", self.dir, "--iters", str(spec.iters),
+                   "--device", spec.device]
+            return cmd + resumable_args(spec.train_args)
+        return [python, script, "--system", self.system, "--model", self.model,
+                "--seed", str(self.seed), "--iters", str(spec.iters),
+                "--batch-size", str(spec.batch_size), "--frames", str(spec.frames),
+                "--resolution", str(spec.resolution), "--device", spec.device,
+                "--data", os.path.join(spec.out, "data"), "--out", self.dir] + list(spec.train_args)
+
+    def eval_command(self, python=sys.executable):
+        spec = self.spec
+        cmd = [python, "-m", "hgan.evaluate", "--checkpoint", self.checkpoint,
+               "--out", self.path("eval"), "--metrics", ",".join(metric_list(spec)),
+               "--data", spec.data_path(self.system)]
+        if spec.device != "auto":
+            cmd += ["--device", spec.device]
+        if spec.i3d:
+            cmd += ["--i3d", spec.i3d]
+        return cmd + list(spec.eval_args)
+
+
+def metric_list(spec):
+    metrics = [m.strip() for m in spec.eval_metrics.split(",") if m.strip()]
+    if spec.i3d and "fvd" not in metrics:
+        metrics.insert(0, "fvd")
+    return metrics
+
+
+def resumable_args(args):
+    """The subset of extra train.py flags that a resumed run accepts (with their values)."""
+    out, args = [], list(args)
+    for i, a in enumerate(args):
+        flag = a.split("=", 1)[0]
+        if flag in RESUMABLE_FLAGS:
+            out.append(a)
+            takes_value = "=" not in a and flag not in ("--profile", "--no-progress")
+            if takes_value and i + 1 < len(args):
+                out.append(args[i + 1])
+    return out
+
+
+def train_script():
+    """train.py of this checkout (the package is used from the repository, editable or not)."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "train.py")
+    path = os.path.normpath(path)
+    if not os.path.exists(path):
+        raise GridError(f"train.py not found at {path}: run from a checkout of the repository")
+    return path
+
+
+def split_args(text):
+    return tuple(shlex.split(text or ""))
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _write_json(path, obj):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, default=str)
+    os.replace(tmp, path)

@@ -1,0 +1,120 @@
+"""Write ``<out>/compare.md`` and ``<out>/figures/`` from the grid's evaluated runs."""
+import os
+
+import numpy as np
+
+from hgan.experiments import table
+from hgan.experiments.grid import metric_list
+
+
+def _bar_chart(spec, rows, key, title, get, path):
+    from hgan.evaluate.figures import _matplotlib
+    plt = _matplotlib()
+    systems, models = list(spec.systems), list(spec.models)
+    fig, ax = plt.subplots(figsize=(1.1 * len(systems) + 2.2, 2.8), dpi=100)
+    width = 0.8 / max(1, len(models))
+    drawn = False
+    for i, m in enumerate(models):
+        cells = [table._cell(rows, s, m, get) for s in systems]
+        x = np.arange(len(systems)) + (i - (len(models) - 1) / 2) * width
+        y = [c["mean"] if c else np.nan for c in cells]
+        err = [c["std"] if c else 0 for c in cells]
+        if not np.isnan(y).all():
+            ax.bar(x, y, width, yerr=err, label=m)
+            drawn = True
+    if key in table.REAL:  # the value on real data, as a black dash per system
+        _, rget = table.REAL[key]
+        for j, s in enumerate(systems):
+            v = next((rget(r["results"]) for r in rows if r["system"] == s and r["results"]), None)
+            v = v[0] if isinstance(v, tuple) else v
+            if v is not None:
+                ax.hlines(v, j - 0.45, j + 0.45, color="k", lw=1.2, label="real" if j == 0 else None)
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xticks(np.arange(len(systems)), [s.replace("_", "\n") for s in systems], fontsize=8)
+    ax.set_title(title, fontsize=8)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _samples_montage(spec, rows, system, path):
+    """Rows of sample strips, top to bottom: real, then each model (first seed), as PNG."""
+    from PIL import Image
+    found = []  # (label, png)
+    for r in rows:
+        if r["system"] == system and r["seed"] == spec.seeds[0] and r["results"]:
+            figs = r["results"].get("figures", {})
+            for label, key in (("real", "samples_real"), (r["model"], f"samples_{r['model']}")):
+                p = os.path.join(r["run"].path("eval"), figs.get(key, "-"))
+                if key in figs and os.path.exists(p) and label not in [x for x, _ in found]:
+                    found.append((label, p))
+    found.sort(key=lambda x: x[0] != "real")  # real first, then the models in grid order
+    images = [Image.open(p).convert("RGB") for _, p in found]
+    if not images:
+        return None, []
+    gap = 6
+    w = max(i.width for i in images)
+    canvas = Image.new("RGB", (w, sum(i.height for i in images) + gap * (len(images) - 1)), "white")
+    y = 0
+    for im in images:
+        canvas.paste(im, (0, y))
+        y += im.height + gap
+    canvas.save(path)
+    return path, [label for label, _ in found]
+
+
+def write_compare(spec, meta, path=None):
+    """compare.md (and the figures it shows); returns its text."""
+    out_dir = spec.out
+    path = path or os.path.join(out_dir, "compare.md")
+    fig_dir = os.path.join(out_dir, "figures")
+    os.makedirs(fig_dir, exist_ok=True)
+    rows = table.collect(spec)
+    rel = lambda p: os.path.relpath(p, os.path.dirname(os.path.abspath(path)))  # noqa: E731
+    lines = [f"# Table 1 grid: {len(spec.systems)} systems x {len(spec.models)} models x "
+             f"{len(spec.seeds)} seed(s)", "",
+             f"- command: `{meta.get('command', '')}`",
+             f"- device: {meta.get('device', 'unknown')}; commit {meta.get('commit', 'unknown')}; "
+             f"written {meta.get('date', '')}",
+             f"- every run: {spec.iters} iterations asked, batch {spec.batch_size}, "
+             f"{spec.frames} frames, {spec.resolution} px, extra train.py flags "
+             f"`{' '.join(spec.train_args) or '(none)'}`",
+             f"- data: {spec.train_traj} train / {spec.test_traj} test trajectories of "
+             f"{spec.traj_frames} frames per system (seed {spec.data_seed}); the paper used "
+             "50,000 x 512",
+             f"- evaluation: `{','.join(metric_list(spec))}`"
+             + (f", flags `{' '.join(spec.eval_args)}`" if spec.eval_args else "")
+             + ("" if spec.i3d else "; no --i3d detector given, so no FVD"),
+             f"- wall time of the invocation: {meta.get('wall_s', 0):.0f} s", ""]
+    if meta.get("note"):
+        lines += [meta["note"], ""]
+    lines += table.runs_section(rows)
+    lines += ["## Table 1 and the other metrics", "",
+              "Rows: models; columns: systems; each cell: value (iterations, training time).", ""]
+    lines += table.metric_sections(spec, rows)
+    lines += table.checks_section(spec, rows)
+    figs = []
+    for key, title, get, _ in table.METRICS:
+        p = _bar_chart(spec, rows, key, title, get, os.path.join(fig_dir, f"{key}.png"))
+        if p:
+            figs.append(f"![{key}]({rel(p)})")
+    samples = []
+    for s in spec.systems:
+        p, labels = _samples_montage(spec, rows, s, os.path.join(fig_dir, f"samples_{s}.png"))
+        if p:
+            samples.append(f"**{s}**, 8 videos each, one row of frames per video; top to "
+                           f"bottom: {', '.join(labels)}\n\n![{s}]({rel(p)})")
+    if figs or samples:
+        lines += ["## Figures", ""] + [f + "\n" for f in figs] + [s + "\n" for s in samples]
+    per_run = [f"[{r['run'].name}]({rel(r['run'].path('eval', 'report.md'))})"
+               for r in rows if r["results"]]
+    if per_run:
+        lines += ["Each run's own report (t-SNE, momenta, energy figures): " + ", ".join(per_run), ""]
+    text = "\n".join(lines)
+    with open(path, "w") as f:
+        f.write(text)
+    return text

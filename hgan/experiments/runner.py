@@ -1,0 +1,336 @@
+"""Run the grid's jobs, K at a time: dataset generation, training, evaluation.
+
+Training and evaluation run as subprocesses (``train.py``, ``python -m hgan.evaluate``): one
+small run leaves most of a large GPU idle, so K of them share it, each in its own process
+and CUDA context. Datasets are generated in threads of this process (numpy and zlib release
+the GIL, and a subprocess would pay the torch import again).
+
+Order: a run's training waits for its system's data, its evaluation for its training.
+Evaluations go first when a slot frees (their results are what people wait for). The first
+evaluation of a system runs alone: it trains the physics probe and caches it beside the
+data; the system's other evaluations then load it, side by side.
+"""
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from tqdm import tqdm
+
+from hgan.experiments import datasets
+from hgan.experiments.grid import GridError
+
+# tqdm's status in a pipe: "... 530/2000 [00:11<00:30, 48.21it/s, ...]" (or "2.5s/it").
+_PROGRESS = re.compile(rb"(\d+)/(\d+) \[[^,\]]*,\s*(?:([\d.]+)(it/s|s/it))?")
+STOP_GRACE_S = 120  # a training run checkpoints within one iteration of SIGTERM
+
+
+class OutputPump:
+    """A child's output, for its log: tqdm's carriage-return updates collapse to the last one
+    of each line; the latest "it/total" and rate are kept for the status line."""
+
+    def __init__(self):
+        self.buf, self.it, self.total, self.rate = b"", None, None, None
+
+    def feed(self, chunk):
+        self.buf += chunk
+        for m in _PROGRESS.finditer(self.buf):
+            self.it, self.total = int(m.group(1)), int(m.group(2))
+            if m.group(3):
+                r = float(m.group(3))
+                self.rate = r if m.group(4) == b"it/s" else (1.0 / r if r else None)
+        *lines, self.buf = self.buf.split(b"\n")
+        if b"\r" in self.buf:  # an unfinished line: only its latest update matters
+            self.buf = self.buf.rsplit(b"\r", 1)[-1]
+        return b"".join(line.rstrip(b"\r").rsplit(b"\r", 1)[-1] + b"\n" for line in lines)
+
+    def close(self):
+        rest, self.buf = self.buf, b""
+        return rest + b"\n" if rest.strip() else b""
+
+
+class Job:
+    def __init__(self, kind, system, run=None, deps=()):
+        self.kind, self.system, self.run, self.deps = kind, system, run, list(deps)
+        self.state = "queued"  # queued, running, done, failed, skipped
+        self.proc = self.thread = self.error = None
+        self.started = self.ended = None
+        self.it = self.total = self.rate = None
+        self.returncode = None
+
+    @property
+    def name(self):
+        return self.run.name if self.run else self.system
+
+    def label(self):
+        if self.kind == "train" and self.state == "running" and self.it is not None:
+            rate = f" {self.rate:.1f}it/s" if self.rate else ""
+            return f"{self.name} {self.it}/{self.total}{rate}"
+        return f"{self.kind} {self.name}"
+
+
+def _child_env(parallel):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    # K processes with one intra-op pool per core each would oversubscribe the CPU K times.
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // max(1, parallel))))
+    return env
+
+
+class GridRunner:
+    def __init__(self, spec, *, parallel=1, deadline_s=None, status_every_s=60.0, progress=True,
+                 log=None, inline_eval=False):
+        self.spec, self.parallel, self.deadline_s = spec, max(1, int(parallel)), deadline_s
+        self.inline_eval = inline_eval
+        self.status_every_s, self.progress = status_every_s, progress
+        self.log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
+        self.jobs, self.stopping, self.deadline_hit = [], False, False
+        self.env = _child_env(self.parallel)
+
+    def plan(self):
+        """Jobs still to do; GridError before anything starts when data or runs mismatch."""
+        data_jobs = {}
+        for system in self.spec.systems:
+            todo = datasets.missing_splits(self.spec, system)
+            if todo:
+                data_jobs[system] = Job("data", system)
+                data_jobs[system].splits = todo
+        for run in self.spec.runs():
+            run.check_config()
+            dep = [data_jobs[run.system]] if run.system in data_jobs else []
+            if not run.trained():
+                train = Job("train", run.system, run, dep)
+                self.jobs.append(train)
+                self.jobs.append(Job("eval", run.system, run, [train]))
+            elif not run.evaluated():
+                self.jobs.append(Job("eval", run.system, run, dep))
+        self.jobs = list(data_jobs.values()) + self.jobs
+        return self.jobs
+
+    # -- starting and reaping --------------------------------------------------------------
+    def _ready(self, job):
+        if job.state != "queued" or any(d.state != "done" for d in job.deps):
+            return False
+        if job.kind == "eval":
+            evals = [j for j in self.jobs if j.kind == "eval" and j is not job]
+            if self.inline_eval:  # threads of this process: one at a time (GIL)
+                return not any(j.state == "running" for j in evals)
+            # The first evaluation of a system trains and caches its probe; the others wait
+            # for it, then run side by side.
+            mine = [j for j in evals if j.system == job.system]
+            return (any(j.state == "done" for j in mine) or self._probe_cached(job.system)
+                    or not any(j.state == "running" for j in mine))
+        return not (job.kind == "train" and self.deadline_hit)
+
+    def _probe_cached(self, system):
+        from hgan.evaluate.probe import probe_cache_path
+        return os.path.exists(probe_cache_path(self.spec.data_path(system)))
+
+    def _start(self, job):
+        job.state, job.started = "running", time.time()
+        if job.kind == "data":
+            def work():
+                try:
+                    datasets.generate(self.spec, job.system, job.splits)
+                except BaseException as e:  # reported by the main thread
+                    job.error = e
+            job.thread = threading.Thread(target=work, daemon=True, name=f"data-{job.system}")
+            job.thread.start()
+            return
+        run = job.run
+        os.makedirs(run.dir, exist_ok=True)
+        job.iter_before = run.iteration()
+        job.total = self.spec.iters
+        cmd = run.train_command() if job.kind == "train" else run.eval_command()
+        log_path = run.path(f"{job.kind}.log")
+        with open(log_path, "ab") as f:
+            f.write(f"\n$ {' '.join(cmd)}\n".encode())
+        # A session of its own: a Ctrl-C on the terminal reaches this process only, which
+        # then stops the children with SIGTERM (training saves a checkpoint first).
+        if job.kind == "eval" and self.inline_eval:
+            return self._eval_inline(job, cmd, log_path)
+        job.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    env=self.env, start_new_session=True)
+        job.thread = threading.Thread(target=self._pump, args=(job, log_path), daemon=True)
+        job.thread.start()
+
+    def _pump(self, job, log_path):
+        """Copy a child's output to its log and keep its latest progress."""
+        out = OutputPump()
+        with open(log_path, "ab") as log:
+            while True:
+                chunk = job.proc.stdout.read1(1 << 16)
+                if not chunk:
+                    break
+                log.write(out.feed(chunk))
+                job.it, job.total, job.rate = out.it, out.total or job.total, out.rate
+            log.write(out.close())
+
+    def _eval_inline(self, job, cmd, log_path):
+        """Evaluate in a thread of this process (training processes run on meanwhile): no
+        process start or torch import per run, which on a small CPU costs more than the
+        evaluation of a tiny run itself. Its output goes to this process's stderr."""
+        from hgan.evaluate.cli import main as evaluate
+
+        def work():
+            try:
+                evaluate(cmd[3:])  # cmd = [python, -m, hgan.evaluate, flags...]
+            except SystemExit as e:
+                job.error = e if e.code not in (None, 0) else None
+            except BaseException as e:  # reported by the main thread as a failed job
+                job.error = e
+            if job.error is not None:
+                with open(log_path, "a") as f:
+                    f.write(f"{type(job.error).__name__}: {job.error}\n")
+        job.thread = threading.Thread(target=work, daemon=True, name=f"eval-{job.name}")
+        job.thread.start()
+
+    def _reap(self, job):
+        if job.proc is None:  # a thread: data generation, or an inline evaluation
+            if job.thread.is_alive():
+                return False
+            job.ended = time.time()
+            job.state = "failed" if job.error else "done"
+            if job.kind == "eval":
+                job.returncode = 1 if job.error else 0
+                self._record(job)
+            elif job.error:
+                self.log(f"[grid] data {job.system} failed: {job.error}")
+            return True
+        if job.proc.poll() is None:
+            return False
+        job.thread.join()
+        job.ended, job.returncode = time.time(), job.proc.returncode
+        job.state = "done" if job.returncode == 0 else "failed"
+        self._record(job)
+        return True
+
+    def _record(self, job):
+        run, seconds = job.run, round(job.ended - job.started, 2)
+        rec = run.record()
+        if job.kind == "train":
+            summary = run.summary() or {}
+            rec["segments"].append({"from": job.iter_before, "to": run.iteration(),
+                                    "seconds": seconds, "returncode": job.returncode,
+                                    "stopped": summary.get("stopped"),
+                                    "it_per_s_logged": (summary.get("stats") or {}).get("speed/it_per_s")})
+            done = run.iteration() - job.iter_before
+            msg = (f"{done} it in {seconds:.0f} s" if job.returncode == 0
+                   else f"FAILED (exit {job.returncode}), see {run.path('train.log')}")
+        else:
+            rec["eval"] = {"seconds": seconds, "returncode": job.returncode,
+                           "iteration": run.iteration()}
+            msg = (f"{seconds:.0f} s" if job.returncode == 0
+                   else f"FAILED (exit {job.returncode}), see {run.path('eval.log')}")
+        run.save_record(rec)
+        self.log(f"[grid] {job.kind} {run.name}: {msg}")
+
+    # -- the loop ----------------------------------------------------------------------------
+    def _skip_blocked(self):
+        changed = True
+        while changed:
+            changed = False
+            for job in self.jobs:
+                blocked = any(d.state in ("failed", "skipped") for d in job.deps)
+                late = job.kind == "train" and self.deadline_hit
+                if job.state == "queued" and (blocked or late or self.stopping):
+                    job.state, changed = "skipped", True
+
+    def _stop_children(self, why):
+        self.log(f"[grid] {why}: stopping running jobs (training saves a checkpoint)")
+        procs = [j.proc for j in self.jobs if j.state == "running" and j.proc is not None]
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        return procs
+
+    def status_line(self):
+        counts = {s: sum(j.state == s for j in self.jobs) for s in ("done", "running", "failed")}
+        running = ", ".join(j.label() for j in self.jobs if j.state == "running")
+        return (f"{counts['done']}/{len(self.jobs)} jobs done, {counts['running']} running"
+                + (f", {counts['failed']} failed" if counts["failed"] else "")
+                + (f": {running}" if running else ""))
+
+    def execute(self):
+        """Run every planned job; returns the jobs (states: done, failed, skipped)."""
+        t0 = time.time()
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        # A live bar on a terminal; in a log file the periodic status lines say the same.
+        bar = tqdm(total=len(self.jobs), desc="grid", unit="job", dynamic_ncols=True,
+                   disable=not (self.progress and sys.stderr.isatty()), file=sys.stderr)
+        last_status = time.time()
+        try:
+            while True:
+                for job in self.jobs:
+                    if job.state == "running":
+                        self._reap(job)
+                bar.n = sum(j.state in ("done", "failed", "skipped") for j in self.jobs)
+                if self.deadline_s is not None and not self.deadline_hit and \
+                        time.time() - t0 > self.deadline_s:
+                    self.deadline_hit = True
+                    for j in self.jobs:
+                        if j.kind == "train" and j.state == "running":
+                            j.proc.send_signal(signal.SIGTERM)
+                    self.log(f"[grid] training deadline ({self.deadline_s:.0f} s) reached: "
+                             "running training jobs checkpoint and stop; evaluation goes on")
+                if self.stopping:
+                    self._stop_children("interrupted")
+                    self._wait_all()
+                    break
+                self._skip_blocked()
+                order = sorted((j for j in self.jobs if self._ready(j)),
+                               key=lambda j: {"data": 0, "eval": 1, "train": 2}[j.kind])
+                running = sum(j.state == "running" for j in self.jobs)
+                for job in order[:max(0, self.parallel - running)]:
+                    if self._ready(job):  # two evals of one system in `order`: only one starts
+                        self._start(job)
+                if not any(j.state in ("queued", "running") for j in self.jobs):
+                    break
+                bar.set_postfix_str(self.status_line(), refresh=False)
+                bar.refresh()
+                if time.time() - last_status > self.status_every_s:
+                    self.log(f"[grid] {time.time() - t0:.0f} s: {self.status_line()}")
+                    last_status = time.time()
+                time.sleep(0.25)
+        finally:
+            bar.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+        return self.jobs
+
+    def _wait_all(self):
+        end = time.time() + STOP_GRACE_S
+        for job in self.jobs:
+            if job.proc is not None and job.state == "running":
+                try:
+                    job.proc.wait(timeout=max(1.0, end - time.time()))
+                except subprocess.TimeoutExpired:
+                    job.proc.kill()
+                    job.proc.wait()
+                self._reap(job)
+        self._skip_blocked()
+
+    def _on_signal(self, signum, frame):
+        if self.stopping:
+            raise KeyboardInterrupt
+        self.stopping = True
+
+
+def check_ready(spec):
+    """Fail early (GridError) on settings that would only fail inside every subprocess."""
+    from hgan.data import SYSTEMS
+    from hgan.experiments.grid import MODELS
+    bad = [s for s in spec.systems if s not in SYSTEMS]
+    if bad:
+        raise GridError(f"unknown systems {bad}; valid: {', '.join(SYSTEMS)}")
+    bad = [m for m in spec.models if m not in MODELS]
+    if bad:
+        raise GridError(f"unknown models {bad}; valid: {', '.join(MODELS)}")
+    if spec.iters < 1:
+        raise GridError(f"--iters must be >= 1, got {spec.iters}")
+    if spec.i3d and not os.path.exists(spec.i3d):
+        raise GridError(f"--i3d {spec.i3d} does not exist")

@@ -1,0 +1,201 @@
+"""compare.md: the grid's Table 1, the other metrics, and the paper's claims as checks.
+
+Every number carries the iterations and the training time of the run(s) behind it: runs of
+different length are not comparable, and a claim checked after a few thousand iterations
+says little about the paper's models. With several seeds a cell is mean ± std over seeds.
+"""
+
+import numpy as np
+
+from hgan.evaluate.structure import ACTIVE_FRACTION
+
+# (key, title, getter on results.json, lower is better)
+METRICS = [
+    ("fvd", "FVD (StyleGAN-V protocol)",
+     lambda r: None if not r.get("fvd") or "skipped" in r["fvd"] else r["fvd"]["fvd_mean"], True),
+    ("energy_drift", "Energy drift of probed generated videos (median std/|mean| of the true H)",
+     lambda r: _get(r, "physics", "energy_drift", "generated", "median"), True),
+    ("state_distance", "Frechet state distance, probed generated vs real trajectories",
+     lambda r: _get(r, "physics", "frechet_state_distance", "generated"), True),
+    ("appearance", "Appearance variation of generated videos (median; objects fading, "
+     "splitting or appearing)", lambda r: _get(r, "appearance", "generated", "median"), True),
+    ("flagged", "Fraction of generated videos flagged for appearance",
+     lambda r: _get(r, "appearance", "generated_flagged"), True),
+    ("mass_ratio", "Foreground pixel mass of generated videos relative to real (1 is real; "
+     "near 0: no objects drawn)", lambda r: _get(r, "appearance", "mass_ratio"), None),
+]
+CHECKED = ("fvd", "energy_drift", "state_distance", "appearance")
+# What the same metric gives on held-out real data (one value per system; any run has it).
+REAL = {
+    "energy_drift": ("real held-out videos (probe noise floor)", lambda r: _pair(
+        _get(r, "physics", "energy_drift", "real", "median"),
+        _get(r, "physics", "energy_drift", "noise_floor", "median"))),
+    "state_distance": ("real: half vs half", lambda r: _get(
+        r, "physics", "frechet_state_distance", "real_half_vs_half")),
+    "appearance": ("real held-out videos", lambda r: _get(r, "appearance", "real", "median")),
+    "flagged": ("real held-out videos", lambda r: _get(r, "appearance", "real_flagged")),
+}
+BASELINE = "mocogan"
+HAMILTONIAN_MODELS = ("hgan", "hnn_gan")
+# The paper's structural claim: with L_cyc the pendulum uses one momentum dimension.
+ACTIVE_CLAIM = {("pendulum", "hgan"): 1}
+
+
+def _get(d, *keys):
+    for k in keys:
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+def _pair(a, b):
+    return None if a is None else (a, b)
+
+
+def _fmt(x):
+    if x is None:
+        return "n/a"
+    if isinstance(x, tuple):
+        return f"{_fmt(x[0])} ({_fmt(x[1])})"
+    return f"{x:.3g}" if isinstance(x, float) else str(x)
+
+
+def collect(spec):
+    """One row per run of the grid: its state, iterations, times and results."""
+    rows = []
+    for run in spec.runs():
+        rec, res = run.record(), run.results()
+        segs = rec.get("segments", [])
+        rows.append({
+            "run": run, "system": run.system, "model": run.model, "seed": run.seed,
+            "iteration": run.iteration(), "target": spec.iters,
+            "train_s": sum(s["seconds"] for s in segs) if segs else None,
+            "it_per_s": next((s["it_per_s_logged"] for s in reversed(segs)
+                              if s.get("it_per_s_logged")), None),
+            "eval_s": _get(rec, "eval", "seconds"),
+            "results": res if res and res.get("iteration") == run.iteration() else None,
+            "failed": any(s.get("returncode") for s in segs[-1:]) or bool(_get(rec, "eval", "returncode")),
+        })
+    return rows
+
+
+def _cell(rows, system, model, get):
+    """(mean, std, n, iteration range, mean training seconds) over the seeds with a value."""
+    hits = [r for r in rows if r["system"] == system and r["model"] == model and r["results"]]
+    vals = [(get(r["results"]), r) for r in hits]
+    vals = [(v, r) for v, r in vals if v is not None]
+    if not vals:
+        return None
+    v = np.array([x for x, _ in vals], np.float64)
+    its = sorted({r["iteration"] for _, r in vals})
+    secs = [r["train_s"] for _, r in vals if r["train_s"] is not None]
+    return {"mean": float(v.mean()), "std": float(v.std()), "n": len(v), "iters": its,
+            "train_s": float(np.mean(secs)) if secs else None}
+
+
+def _cell_text(c):
+    if c is None:
+        return "n/a"
+    val = f"{c['mean']:.3g}" + (f" ± {c['std']:.2g}" if c["n"] > 1 else "")
+    its = "/".join(str(i) for i in c["iters"])
+    t = f", {c['train_s']:.0f} s" if c["train_s"] is not None else ""
+    return f"{val} ({its} it{t})"
+
+
+def _table(header, body):
+    out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return out + ["| " + " | ".join(str(c) for c in row) + " |" for row in body]
+
+
+def runs_section(rows):
+    body = []
+    for r in rows:
+        short = r["iteration"] < r["target"]
+        state = ("failed" if r["failed"] else "not run" if not r["iteration"] else
+                 ("stopped short, " if short else "") + ("evaluated" if r["results"] else "not evaluated"))
+        body.append([r["system"], r["model"], r["seed"], f"{r['iteration']} / {r['target']}",
+                     _fmt(r["train_s"] and round(r["train_s"], 1)),
+                     _fmt(r["it_per_s"] and round(r["it_per_s"], 1)),
+                     _fmt(r["eval_s"] and round(r["eval_s"], 1)), state])
+    return ["## Runs", "", "Training time is the wall time of the training processes "
+            "(start-up included, all segments of a resumed run); it/s is the last rate the "
+            "trainer logged; evaluation time is the whole `hgan.evaluate` process.", ""] + _table(
+        ["system", "model", "seed", "iterations / target", "training (s)", "it/s", "evaluation (s)",
+         "state"], body) + [""]
+
+
+def metric_sections(spec, rows):
+    out = []
+    for key, title, get, lower in METRICS:
+        cells = {(m, s): _cell(rows, s, m, get) for m in spec.models for s in spec.systems}
+        if all(c is None for c in cells.values()):
+            continue
+        body = [[m] + [_cell_text(cells[m, s]) for s in spec.systems] for m in spec.models]
+        if key in REAL:
+            label, rget = REAL[key]
+            ref = [next((_fmt(rget(r["results"])) for r in rows
+                         if r["system"] == s and r["results"]), "n/a") for s in spec.systems]
+            body.append([f"*{label}*"] + ref)
+        better = " (lower is better)" if lower else ""
+        out += [f"### {title}{better}", ""] + _table(["model"] + list(spec.systems), body) + [""]
+    return out
+
+
+def _verdict(a, b):
+    if a is None or b is None:
+        return "n/a"
+    holds = a["mean"] < b["mean"]
+    text = "holds" if holds else "does not hold"
+    if a["n"] > 1 and b["n"] > 1:
+        apart = (a["mean"] + a["std"] < b["mean"] - b["std"]) or (b["mean"] + b["std"] < a["mean"] - a["std"])
+        text += " (outside the seed spread)" if apart else " (within the seed spread)"
+    return text
+
+
+def checks_section(spec, rows):
+    out = ["## Checks: the paper's claims", "",
+           f"Each row compares means over seeds {list(spec.seeds)}; a single seed cannot separate "
+           "a difference from run-to-run spread. Beside each value: iterations and training time. "
+           "A generator that draws no object, or a still one, has a low energy drift and "
+           "appearance variation: read the foreground mass ratio and the samples beside them.", ""]
+    body = []
+    for key, title, get, _ in METRICS:
+        if key not in CHECKED:
+            continue
+        for s in spec.systems:
+            base = _cell(rows, s, BASELINE, get)
+            for m in HAMILTONIAN_MODELS:
+                if m not in spec.models or BASELINE not in spec.models:
+                    continue
+                mine = _cell(rows, s, m, get)
+                if mine is None and base is None:
+                    continue
+                body.append([f"{m} < {BASELINE} on {key.replace('_', ' ')}", s, _verdict(mine, base),
+                             _cell_text(mine), _cell_text(base)])
+    if body:
+        out += _table(["claim", "system", "verdict", "HNN model", BASELINE], body) + [""]
+    out += [f"**Active momentum dimensions.** A latent momentum dimension i is active when the "
+            f"mean |dp_i/dt| over the rollouts of `hgan.evaluate --metrics cyclic` exceeds "
+            f"{ACTIVE_FRACTION:.0%} of the largest dimension's (the absolute threshold of each run "
+            "is beside it). The paper: with L_cyc, HGAN's pendulum shows about one.", ""]
+    from hgan.data import get_system
+    body = []
+    for s in spec.systems:
+        dof = get_system(s).dof
+        for m in HAMILTONIAN_MODELS:
+            if m not in spec.models:
+                continue
+            for r in rows:
+                am = _get(r["results"], "cyclic", "active_momenta") if r["results"] else None
+                if r["system"] != s or r["model"] != m or not am:
+                    continue
+                claim = ACTIVE_CLAIM.get((s, m))
+                verdict = "n/a" if claim is None else ("holds" if am["active_dims"] == claim else "does not hold")
+                body.append([s, m, r["seed"], f"{am['active_dims']} of {am['k']}", dof,
+                             f"{am['threshold']:.3g}", verdict,
+                             f"{r['iteration']} it, {_fmt(r['train_s'] and round(r['train_s']))} s"])
+    if body:
+        out += _table(["system", "model", "seed", "active", "true dof", "threshold (mean abs dp/dt)",
+                       "claim (pendulum, hgan: 1)", "trained"], body) + [""]
+    return out

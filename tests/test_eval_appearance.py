@@ -1,0 +1,76 @@
+"""Appearance consistency: per-colour foreground mass along videos (hgan.evaluate.appearance)."""
+import numpy as np
+import pytest
+
+from hgan.data import open_h5
+from hgan.data.render import BACKGROUND, render
+from hgan.evaluate import appearance
+
+
+def _disc_video(radius, color, num_colors, frames=3, res=32):
+    """One still disc at the centre of the canvas (-1, 1), as the data renderer draws it."""
+    pos = np.zeros((1, frames, 1, 2))
+    return render(pos, np.array([[radius]]), np.array([[color]]), num_colors, (-1.0, 1.0), res)
+
+
+def test_color_mass_is_the_disc_area():
+    # Pixel centres are linspace(0, 1, R) over the canvas width 2: a world radius r covers
+    # r / 2 * (R - 1) pixels, and the soft disc's mass is its area.
+    v = _disc_video(0.25, color=1, num_colors=3)
+    mass = appearance.color_mass(v, 3)
+    area = np.pi * (0.25 / 2 * 31) ** 2
+    assert mass.shape == (1, 3, 3)
+    np.testing.assert_allclose(mass[0, :, 1], area, rtol=0.08)
+    assert mass[0, :, [0, 2]].max() < 0.02 * area  # the other colours see nothing
+
+
+def test_background_has_no_mass():
+    bg = np.broadcast_to((np.asarray(BACKGROUND) * 255).astype(np.uint8), (2, 4, 16, 16, 3))
+    assert appearance.color_mass(np.ascontiguousarray(bg), 2).max() == 0
+
+
+def _fade(videos, alpha):
+    """Blend every frame t towards the background by (1 - alpha[t])."""
+    bg = np.asarray(BACKGROUND) * 255
+    a = np.asarray(alpha, np.float64)[None, :, None, None, None]
+    return (bg + a * (videos.astype(np.float64) - bg)).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def pendulum_clips(tiny_pendulum_h5):
+    ds = open_h5(tiny_pendulum_h5)
+    return np.asarray(ds.frames[:, :16])  # 24 videos x 16 frames
+
+
+def test_real_scores_near_zero_and_fading_scores_worse(pendulum_clips):
+    real, other = pendulum_clips[:12], pendulum_clips[12:]
+    same = appearance.appearance_consistency(real, other, num_colors=1)
+    assert same["real"]["median"] < 0.02 and same["generated"]["median"] < 0.02
+    assert same["generated_flagged"] == 0 and same["real_flagged"] == 0
+    assert same["mass_ratio"] == pytest.approx(1, abs=0.1)
+    t = other.shape[1]
+    faded = appearance.appearance_consistency(real, _fade(other, np.linspace(1, 0, t)), 1)
+    # A linear ramp 1 -> 0 over 16 frames has std 0.33 of the object's mass.
+    assert faded["generated"]["median"] > 0.25 > 10 * same["generated"]["median"]
+    assert faded["generated_flagged"] == 1
+    appearing = appearance.appearance_consistency(real, _fade(other, np.linspace(0, 1, t)), 1)
+    assert appearing["generated_flagged"] == 1
+    # Half the videos lose their ball half-way: half of them are counted.
+    half = other.copy()
+    half[:6] = _fade(other[:6], (np.arange(t) < t // 2).astype(float))
+    split = appearance.appearance_consistency(real, half, 1)
+    assert split["generated_flagged"] == pytest.approx(0.5)
+
+
+def test_blank_videos_show_in_the_mass_ratio(pendulum_clips):
+    blank = _fade(pendulum_clips[12:], np.zeros(16))
+    res = appearance.appearance_consistency(pendulum_clips[:12], blank, 1)
+    assert res["mass_ratio"] < 0.01 and res["generated"]["median"] == 0
+
+
+def test_bad_input_is_named():
+    with pytest.raises(ValueError, match="uint8"):
+        appearance.color_mass(np.zeros((1, 2, 8, 8, 3), np.float32), 1)
+    bg = np.broadcast_to((np.asarray(BACKGROUND) * 255).astype(np.uint8), (2, 4, 8, 8, 3))
+    with pytest.raises(ValueError, match="no object"):
+        appearance.appearance_consistency(np.ascontiguousarray(bg), np.ascontiguousarray(bg), 1)

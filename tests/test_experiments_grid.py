@@ -1,0 +1,98 @@
+"""`python -m hgan.experiments table1` end to end on CPU: a 2 x 2 grid of tiny runs, run
+again (nothing to do), then one run extended (resumed from its checkpoint)."""
+import json
+import os
+
+import pytest
+
+from hgan.experiments import cli
+from hgan.experiments.grid import GridSpec
+
+TINY = ["--device", "cpu", "--batch-size", "2", "--frames", "4", "--train-traj", "6",
+        "--test-traj", "4", "--traj-frames", "8", "--no-progress",
+        "--train-args", "--ngf 8 --ndf 8 --clip-frames 4 --log-every 1 --sample-every 1000 "
+                        "--ckpt-every 1000 --num-workers 0 --loader torch --integrator reference",
+        "--eval-metrics", "physics,appearance,cyclic,samples",
+        "--eval-args", "--physics-videos 4 --probe-steps 5 --probe-width 4 --momenta-videos 4 "
+                       "--rollout-videos 2 --rollout-steps 4 --frames 4 --seeds 0"]
+GRID = ["--systems", "pendulum,mass_spring", "--models", "hgan,mocogan"]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("grid"))
+    os.environ["OMP_NUM_THREADS"] = "1"  # children: tiny shapes, two processes on two cores
+    try:
+        code = cli.main(["table1", "--out", out, "--iters", "2", "--parallel", "2",
+                         "--inline-eval"] + GRID + TINY)
+    finally:
+        del os.environ["OMP_NUM_THREADS"]
+    return out, code
+
+
+def _spec(out, iters):
+    return GridSpec(out=out, systems=("pendulum", "mass_spring"), models=("hgan", "mocogan"),
+                    iters=iters, eval_metrics="physics,appearance,cyclic,samples")
+
+
+def test_tiny_grid_trains_evaluates_and_compares(grid):
+    out, code = grid
+    assert code == 0
+    for run in _spec(out, 2).runs():
+        assert run.iteration() == 2 and run.evaluated(), run.name
+        seg = run.record()["segments"]
+        assert len(seg) == 1 and seg[0]["from"] == 0 and seg[0]["to"] == 2 and seg[0]["seconds"] > 0
+        res = run.results()
+        assert res["system"] == run.system and res["model"] == run.model
+        assert res["appearance"]["num_generated"] == 4
+    text = open(os.path.join(out, "compare.md")).read()
+    assert "| pendulum | hgan | 0 | 2 / 2 |" in text and "| mass_spring | mocogan | 0 | 2 / 2 |" in text
+    assert "hgan < mocogan on energy drift" in text and "Active momentum dimensions" in text
+    assert "no --i3d detector given" in text
+    for name in ("energy_drift.png", "appearance.png", "samples_pendulum.png"):
+        assert os.path.getsize(os.path.join(out, "figures", name)) > 0
+    # Links in compare.md resolve from its folder.
+    assert "](runs/pendulum-hgan-s0/eval/report.md)" in text
+    assert os.path.exists(os.path.join(out, "runs", "pendulum-hgan-s0", "eval", "report.md"))
+    meta = json.load(open(os.path.join(out, "grid.json")))
+    assert meta["spec"]["iters"] == 2 and meta["device"].startswith("CPU")
+
+
+def test_finished_grid_has_nothing_to_do(grid, capsys):
+    out, _ = grid
+    before = {r.name: os.path.getmtime(r.checkpoint) for r in _spec(out, 2).runs()}
+    assert cli.main(["table1", "--out", out, "--iters", "2"] + GRID + TINY) == 0
+    assert "0 datasets to generate, 0 runs to train, 0 to evaluate" in capsys.readouterr().err
+    assert before == {r.name: os.path.getmtime(r.checkpoint) for r in _spec(out, 2).runs()}
+
+
+@pytest.mark.slow
+def test_longer_grid_resumes_from_checkpoints_and_reevaluates(grid):
+    out, _ = grid
+    # One run of the grid, one more iteration, evaluated in a subprocess this time.
+    code = cli.main(["table1", "--out", out, "--iters", "3", "--systems", "pendulum",
+                     "--models", "mocogan"] + TINY)
+    assert code == 0
+    run = GridSpec(out=out, systems=("pendulum",), models=("mocogan",), iters=3,
+                   eval_metrics="physics,appearance,cyclic,samples").runs()[0]
+    assert run.iteration() == 3 and run.evaluated() and run.results()["iteration"] == 3
+    seg = run.record()["segments"]
+    assert [(s["from"], s["to"]) for s in seg] == [(0, 2), (2, 3)]
+    assert "--resume" in open(run.path("train.log")).read()
+
+
+def test_export_copies_small_files_only(grid, tmp_path):
+    out, _ = grid
+    dest = tmp_path / "table1"
+    assert cli.main(["export", out, "--to", str(dest)]) == 0
+    files = {os.path.relpath(os.path.join(d, f), dest) for d, _, fs in os.walk(dest) for f in fs}
+    assert "compare.md" in files and "figures/energy_drift.png" in files
+    assert "runs/pendulum-hgan-s0/eval/results.json" in files
+    assert "runs/pendulum-hgan-s0/config.json" in files
+    assert not [f for f in files if f.endswith((".pt", ".h5", ".log")) or "/tb/" in f]
+
+
+def test_bad_grid_is_one_clear_error(tmp_path, capsys):
+    assert cli.main(["table1", "--out", str(tmp_path), "--systems", "pendulum,pendulm"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("hgan.experiments: error: unknown systems ['pendulm']")

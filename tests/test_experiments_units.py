@@ -1,0 +1,125 @@
+"""hgan.experiments without subprocesses: run states, commands, data checks, progress, checks."""
+import io
+import json
+import os
+
+import pytest
+from tqdm import tqdm
+
+from hgan.experiments import datasets, table
+from hgan.experiments.grid import GridError, GridSpec, resumable_args
+from hgan.experiments.runner import OutputPump
+
+
+def _spec(tmp_path, **kw):
+    base = dict(out=str(tmp_path), systems=("pendulum",), models=("hgan", "mocogan"), seeds=(0,),
+                iters=10, eval_metrics="physics,cyclic")
+    base.update(kw)
+    return GridSpec(**base)
+
+
+def _fake_run(run, iteration, *, results_iter=None, metrics=("physics", "cyclic"), config=None):
+    os.makedirs(run.path("checkpoints"), exist_ok=True)
+    open(run.checkpoint, "wb").close()
+    with open(run.path("summary.json"), "w") as f:
+        json.dump({"iteration": iteration, "stopped": None}, f)
+    with open(run.path("config.json"), "w") as f:
+        json.dump(config or {"system": run.system, "seed": run.seed, "batch_size": 16,
+                             "frames": 16, "model": {"model": run.model, "resolution": 32}}, f)
+    if results_iter is not None:
+        os.makedirs(run.path("eval"), exist_ok=True)
+        with open(run.path("eval", "results.json"), "w") as f:
+            json.dump({"iteration": results_iter, "metrics": list(metrics)}, f)
+
+
+def test_run_states_and_commands(tmp_path):
+    spec = _spec(tmp_path)
+    fresh, other = spec.runs()
+    assert not fresh.trained() and not fresh.resumable()
+    cmd = fresh.train_command()
+    assert cmd[1].endswith("train.py") and "--resume" not in cmd
+    assert cmd[cmd.index("--out") + 1] == fresh.dir and cmd[cmd.index("--iters") + 1] == "10"
+    _fake_run(other, 4)  # interrupted at 4 of 10: resumes from its checkpoint
+    assert not other.trained() and other.resumable()
+    cmd = other.train_command()
+    assert cmd[2:4] == ["--resume", other.dir] and "--system" not in cmd
+    _fake_run(other, 10, results_iter=4)  # evaluated before it finished: evaluate again
+    assert other.trained() and not other.evaluated()
+    _fake_run(other, 10, results_iter=10)
+    assert other.evaluated()
+    _fake_run(other, 10, results_iter=10, metrics=("physics",))  # a metric missing
+    assert not other.evaluated()
+
+
+def test_resumed_runs_get_only_resumable_flags():
+    args = ("--amp", "--log-every", "5", "--compile", "--ckpt-every=100", "--no-progress", "--ngf", "8")
+    assert resumable_args(args) == ["--log-every", "5", "--ckpt-every=100", "--no-progress"]
+
+
+def test_run_trained_with_other_settings_is_an_error(tmp_path):
+    spec = _spec(tmp_path, batch_size=8)
+    run = spec.runs()[0]
+    _fake_run(run, 3)
+    with pytest.raises(GridError, match="batch_size = 16, the grid asks for 8"):
+        run.check_config()
+
+
+def test_dataset_of_another_size_is_an_error(tmp_path):
+    spec = _spec(tmp_path, train_traj=3, test_traj=2, traj_frames=6, frames=4)
+    assert datasets.missing_splits(spec, "pendulum") == ["train", "test"]
+    datasets.generate(spec, "pendulum", ["train"])
+    assert datasets.missing_splits(spec, "pendulum") == ["test"]
+    bigger = _spec(tmp_path, train_traj=4, test_traj=2, traj_frames=6, frames=4)
+    with pytest.raises(GridError, match="n_trajectories = 3, the grid asks for 4"):
+        datasets.missing_splits(bigger, "pendulum")
+    with pytest.raises(GridError, match="shorter than the training clips"):
+        datasets.missing_splits(_spec(tmp_path, traj_frames=6, frames=8), "pendulum")
+
+
+def test_output_pump_reads_tqdm_progress_and_collapses_updates():
+    stream = io.StringIO()
+    bar = tqdm(total=200, initial=50, desc="hgan/pendulum", file=stream, mininterval=0, ascii=True)
+    for _ in range(30):
+        bar.update(1)
+    bar.set_postfix({"D_I": "1.2"})
+    raw = ("[hgan] run directory x\n" + stream.getvalue()).encode()
+    pump = OutputPump()
+    log = b"".join(pump.feed(raw[i:i + 7]) for i in range(0, len(raw), 7))  # odd chunking
+    assert (pump.it, pump.total) == (80, 200) and pump.rate and pump.rate > 0
+    bar.close()
+    log += pump.feed(stream.getvalue().encode()[len(raw) - len("[hgan] run directory x\n"):])
+    log += pump.close()
+    lines = log.decode().splitlines()
+    assert lines[0] == "[hgan] run directory x"
+    assert len(lines) == 2 and "80/200" in lines[1]  # one line for the whole bar, its last state
+
+
+def _results(drift, active, iteration=100, appearance=0.01):
+    return {"iteration": iteration, "metrics": ["physics", "cyclic", "appearance"],
+            "physics": {"energy_drift": {"generated": {"median": drift}, "real": {"median": 0.01},
+                                         "noise_floor": {"median": 0.008}},
+                        "frechet_state_distance": {"generated": 10 * drift, "real_half_vs_half": 0.1}},
+            "appearance": {"generated": {"median": appearance}, "real": {"median": 0.003},
+                           "generated_flagged": 0.0, "real_flagged": 0.0},
+            "cyclic": {"active_momenta": active and {"active_dims": active, "k": 10, "threshold": 0.02}}}
+
+
+def test_checks_state_the_claims_from_the_numbers(tmp_path):
+    spec = _spec(tmp_path, systems=("pendulum", "mass_spring"), models=("hgan", "mocogan"),
+                 iters=100, eval_metrics="physics,cyclic,appearance")
+    values = {("pendulum", "hgan"): (0.05, 1), ("pendulum", "mocogan"): (0.2, None),
+              ("mass_spring", "hgan"): (0.3, 3), ("mass_spring", "mocogan"): (0.1, None)}
+    for run in spec.runs():
+        drift, active = values[run.system, run.model]
+        _fake_run(run, 100, results_iter=100)
+        with open(run.path("eval", "results.json"), "w") as f:
+            json.dump(_results(drift, active), f)
+        run.save_record({"segments": [{"from": 0, "to": 100, "seconds": 12.0, "returncode": 0,
+                                       "it_per_s_logged": 8.5}], "eval": {"seconds": 3.0}})
+    rows = table.collect(spec)
+    text = "\n".join(table.checks_section(spec, rows) + table.metric_sections(spec, rows))
+    assert "| hgan < mocogan on energy drift | pendulum | holds | 0.05 (100 it, 12 s) | 0.2 (100 it, 12 s) |" in text
+    assert "| hgan < mocogan on energy drift | mass_spring | does not hold | 0.3 (100 it, 12 s) |" in text
+    assert "| pendulum | hgan | 0 | 1 of 10 | 1 | 0.02 | holds |" in text
+    assert "| mass_spring | hgan | 0 | 3 of 10 | 1 | 0.02 | n/a |" in text
+    assert "*real held-out videos (probe noise floor)* | 0.01 (0.008)" in text
