@@ -154,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also keep checkpoints/iter_N.pt every N iterations (0: never)")
     p.add_argument("--profile", action="store_true", help="trace a few steps into <out>/profile")
     p.add_argument("--loader", default=d.loader, choices=_loader_kinds(),
-                   help="batch loader (auto: DALI on CUDA when installed, else torch)")
+                   help="batch loader (auto on CUDA: gpu-resident when the frames fit a "
+                        "quarter of the GPU, else DALI when installed, else torch)")
     p.add_argument("--num-workers", type=int, default=d.num_workers,
                    help="torch DataLoader workers")
     p.add_argument("--no-progress", action="store_true",
