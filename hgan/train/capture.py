@@ -171,11 +171,15 @@ class StaticStep:
         graphs = (torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph())
         for g in graphs:
             g.register_generator_state(t.noise)
+        # thread_local: the torch loader's pin-memory thread keeps calling CUDA (pinned
+        # allocations) while this thread captures; "global" would abort the capture for it.
+        mode = "thread_local"
         try:
             # One memory pool: the G graph's backward reads what the D graph's G forward saved.
-            with torch.cuda.graph(graphs[0], stream=self.stream):
+            with torch.cuda.graph(graphs[0], stream=self.stream, capture_error_mode=mode):
                 d = self._d()
-            with torch.cuda.graph(graphs[1], pool=graphs[0].pool(), stream=self.stream):
+            with torch.cuda.graph(graphs[1], pool=graphs[0].pool(), stream=self.stream,
+                                  capture_error_mode=mode):
                 out = self._g(d)
         except RuntimeError as err:
             raise RuntimeError(f"capturing the training step into CUDA graphs failed ({err}); "
