@@ -3,6 +3,8 @@
 Every random draw of training (latent noise, frame and clip positions) comes from one
 dedicated torch.Generator whose state is checkpointed with the networks, optimisers, scaler,
 the global RNGs and the loader position, so a resumed CPU run is bit-identical to a straight one.
+On CUDA the step is replayed as two CUDA graphs where the configuration allows
+(hgan.train.capture); the eager step below is the reference it is tested against.
 """
 import os
 import warnings
@@ -140,8 +142,9 @@ class Trainer:
         self.noise = torch.Generator(self.device).manual_seed(cfg.seed * 1_000_003 + self.info.rank)
         self.iteration = 0
         self.loader_position = 0
-        # The static-buffer step (captured on CUDA), built at the first step so that it
-        # starts from the iteration a resume restored; None: the eager step.
+        # static_mode: None, the eager step; "graph", the static-buffer step captured into
+        # CUDA graphs; "static", the same step uncaptured (what CPU tests compare to eager).
+        # The StaticStep is built at the first step, from the iteration a resume restored.
         self.static = None
         self.static_mode = "graph" if self.captured else None
 
