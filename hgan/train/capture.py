@@ -73,13 +73,15 @@ def report_fallback(reason, main=True):
         print(f"[hgan] eager training step (no CUDA graphs): {reason}", flush=True)
 
 
-def set_capturable(optimizer, on: bool):
-    """Switch an Adam between host step counters (eager) and device ones (capturable).
+def set_capturable(optimizer, on: bool, fused=None):
+    """Switch an Adam between host step counters (eager) and device ones (capturable), and
+    its fused kernel on or off.
 
-    A checkpoint carries the flag of the run that wrote it and load_state_dict restores it,
-    so this is applied after every load too."""
+    A checkpoint carries the flags of the run that wrote it and load_state_dict restores
+    them, so this is applied after every load too."""
     for group in optimizer.param_groups:
         group["capturable"] = on
+        group["fused"] = fused
         for p in group["params"]:
             st = optimizer.state.get(p)
             if st and "step" in st:

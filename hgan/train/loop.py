@@ -111,9 +111,9 @@ class Trainer:
         self.captured = self.graph_fallback is None
         if not self.captured and cfg.cuda_graph:
             hcapture.report_fallback(self.graph_fallback, self.info.is_main)
-        adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), capturable=self.captured)
-        if self.captured and hcapture.ADAM_FUSED:
-            adam["fused"] = True
+        self.adam_fused = self.captured and hcapture.ADAM_FUSED
+        adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), capturable=self.captured,
+                    fused=self.adam_fused or None)
         self.opt_g = torch.optim.Adam(self.G.parameters(), **adam)
         self.opt_di = torch.optim.Adam(self.D_I.parameters(), **adam)
         self.opt_dv = torch.optim.Adam(self.D_V.parameters(), **adam)
@@ -324,7 +324,7 @@ class Trainer:
         self.opt_dv.load_state_dict(ckpt["opt_dv"])
         self.scaler.load_state_dict(ckpt["scaler"])
         for opt in (self.opt_g, self.opt_di, self.opt_dv):
-            hcapture.set_capturable(opt, self.captured)
+            hcapture.set_capturable(opt, self.captured, self.adam_fused or None)
         # Loading replaced the optimiser state tensors a capture would have recorded.
         self.static = None
         self.iteration, self.loader_position = int(ckpt["iteration"]), int(ckpt["loader_position"])
