@@ -107,7 +107,11 @@ def main(argv=None):
     p.add_argument("--summary", action="store_true", help="print the table as Markdown")
     a = p.parse_args(argv)
     if a.summary:
-        print(summary(os.path.join(RESULTS_DIR, environment(DEVICE)["device"] + ".json")))
+        path = os.path.join(RESULTS_DIR, environment(DEVICE)["device"] + ".json")
+        if not os.path.exists(path):
+            print(f"no results yet: {path} does not exist")
+            return 1
+        print(summary(path))
         return 0
     if a.prep:
         for res in (32, 64):
@@ -123,6 +127,9 @@ def main(argv=None):
     for variant in a.variants:
         name = f"{variant}_{a.resolution}px"
         t0 = time.perf_counter()
+        # Replaced when the variant finishes; stays if the stage's time limit kills it.
+        record(SECTION, name, {"error": "did not finish within its stage's time limit"},
+               device=DEVICE)
         try:
             payload = measure(a.data, a.resolution, variant, variant in a.busy)
         except Exception as err:   # recorded, and the stage goes on with the next variant

@@ -29,10 +29,11 @@ stage() {   # stage NAME LIMIT_S ARGS...: one process, at most LIMIT_S and what 
   fi
   [ "$limit" -gt "$left" ] && limit=$left
   echo "== $name (limit ${limit}s, at ${SECONDS}s)" | tee -a "$LOG"
-  timeout -k 5 "$limit" $PY bench/trainstep_table.py --data "$DATA" "$@" >> "$LOG" 2>&1
+  timeout -k 5 "$limit" $PY bench/trainstep_table.py --data "$DATA" "$@" > "$OUT/stage.txt" 2>&1
   local rc=$?
+  cat "$OUT/stage.txt" >> "$LOG"
+  grep -E "px: |compiled|Error" "$OUT/stage.txt" | tail -8
   echo "== $name: rc $rc at ${SECONDS}s" | tee -a "$LOG"
-  grep -E "px: |compiled|Error" "$LOG" | tail -8
   save
 }
 
