@@ -53,9 +53,10 @@ def static_trainer(cfg, device="cpu"):
     return t
 
 
-@pytest.mark.parametrize("model", ["hgan", "mocogan"])
-def test_static_step_equals_eager_step(model):
-    cfg = small_cfg(model=model)
+@pytest.mark.parametrize("model, channels_last", [("hgan", False), ("mocogan", False),
+                                                   ("hgan", True)])
+def test_static_step_equals_eager_step(model, channels_last):
+    cfg = small_cfg(model=model, channels_last=channels_last)
     data = batches(3)
     eager, static = Trainer(cfg, device="cpu"), static_trainer(cfg)
     before = params(eager)
