@@ -4,41 +4,39 @@ baseline : eager fp32, reference (autograd, create_graph) integrator, torch Data
 optimised: --amp (bf16 autocast on CUDA; fp32 on a CPU without native bf16)
            + channels-last + torch.compile of G_I, D_I, D_V + integrator "auto" (fused on
            CUDA, analytic on CPU) + DALI when it is installed and CUDA is present (else the
-           torch loader).
+           torch loader); eager step.
+captured : fused integrator + the step replayed as CUDA graphs (hgan.train.capture) + the
+           auto loader (gpu-resident for these sets); CUDA only.
 
 One step is the trainer's own `Trainer.step` (D update, then G update with the cyclic loss),
 whose stages are wrapped in `stage(...)`. Beside the median step time the
 bench records each stage's share of a step from the profiler and the share of the step
 spent blocked on the next batch (`data`). Run: pytest bench/test_bench_trainstep.py
 --benchmark-only. CPU figures are what this machine can show; GPU targets are measured on a
-GPU only.
+GPU only. The full GPU table (each optimisation's effect, device-busy share) is
+bench/trainstep_table.py, run by bench/gpu/trainstep.sh.
 """
 import json
 import os
-import time
 
-import h5py
 import numpy as np
 import pytest
 import torch
 
 from _results import record
-from hgan.data import dali, generate_dataset
+from _trainstep import BATCH, DEVICE, EAGER, FRAMES, TABLE, TrainStep, frames_file
+from hgan.data import dali
 from hgan.data.loader import build_loader
-from hgan.models import ModelConfig
-from hgan.train.config import RunConfig
-from hgan.train.loop import Trainer, cpu_has_fast_bf16
-from hgan.train.profiling import stage, stage_shares
+from hgan.train.loop import cpu_has_fast_bf16
+from hgan.train.profiling import stage_shares
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-BATCH, FRAMES = 16, 16
 VARIANTS = {
-    "baseline": dict(amp=False, channels_last=False, compile=False, integrator="reference",
-                     loader="torch"),
+    "baseline": EAGER,
     # bf16 autocast only where it is native: without AVX512-BF16/AMX it is ~20x slower.
-    "optimised": dict(amp=DEVICE == "cuda" or cpu_has_fast_bf16(), channels_last=True,
-                      compile=True, integrator="auto",
-                      loader="dali" if dali.available() and DEVICE == "cuda" else "torch"),
+    "optimised": {**EAGER, "amp": DEVICE == "cuda" or cpu_has_fast_bf16(),
+                  "channels_last": True, "compile": True, "integrator": "auto",
+                  "loader": "dali" if dali.available() and DEVICE == "cuda" else "torch"},
+    "captured": TABLE["capture"],
 }
 # One optimisation at a time on top of the baseline, to see which one pays on a device.
 for _name, _change in (("only_integrator", dict(integrator="auto")),
@@ -55,44 +53,7 @@ def _sync():
 
 
 def _frames_file(tmp_dir, resolution):
-    """A valid Toy Physics file (the loaders validate it) whose frames are noise, so
-    decompression costs what real data would; 64 trajectories give 4 batches per epoch."""
-    path = generate_dataset("pendulum", tmp_dir / f"data{resolution}", train=64, test=0,
-                            frames=32, seed=0, resolution=resolution, progress=False)["train"]
-    with h5py.File(path, "a") as f:
-        f["frames"][...] = np.random.default_rng(0).integers(0, 256, f["frames"].shape,
-                                                             dtype=np.uint8)
-    return path
-
-
-class TrainStep:
-    """The trainer's own step (hgan.train.loop.Trainer.step) fed by a batch stream."""
-
-    def __init__(self, path, resolution, opts):
-        self.opts = opts
-        cfg = RunConfig(batch_size=BATCH, frames=FRAMES, amp=opts["amp"], compile=opts["compile"],
-                        loader=opts["loader"], progress=False,
-                        model=ModelConfig(resolution=resolution, clip_frames=FRAMES,
-                                          integrator=opts["integrator"],
-                                          channels_last=opts["channels_last"]))
-        self.trainer = Trainer(cfg, device=DEVICE)
-        self.stream = build_loader(path, batch_size=BATCH, frames=FRAMES, device=DEVICE,
-                                   kind=opts["loader"], num_workers=2,
-                                   channels_last=opts["channels_last"])
-        self.batches = iter(self.stream)
-        self.data_wait = []
-
-    def __call__(self):
-        t0 = time.perf_counter()
-        with stage("data"):
-            real = next(self.batches)
-        self.data_wait.append(time.perf_counter() - t0)
-        stats = self.trainer.step(real)
-        _sync()
-        return float(stats["loss/G"]) + float(stats["loss/D_I"]) + float(stats["loss/D_V"])
-
-    def close(self):
-        self.stream.close()
+    return frames_file(tmp_dir, resolution)
 
 
 def _profile(step, n=3):
@@ -112,10 +73,12 @@ def _profile(step, n=3):
 @pytest.mark.parametrize("resolution", [32, 64])
 def test_trainstep(benchmark, tmp_path, resolution, variant):
     opts = VARIANTS[variant]
+    if opts["cuda_graph"] and DEVICE != "cuda":
+        pytest.skip("CUDA graphs need CUDA")
     step = TrainStep(_frames_file(tmp_path, resolution), resolution, opts)
     try:
-        # Compilation, allocator and autotuning happen in the warm-up steps.
-        for _ in range(2 if DEVICE == "cuda" else 1):
+        # Compilation, allocator, autotuning and the capture happen in the warm-up steps.
+        for _ in range(step.warmup_steps):
             assert np.isfinite(step())
         step.data_wait.clear()
         benchmark.pedantic(step, rounds=ROUNDS, iterations=1, warmup_rounds=0)
@@ -127,6 +90,7 @@ def test_trainstep(benchmark, tmp_path, resolution, variant):
     payload = {
         "batch": BATCH, "frames": FRAMES, "resolution": resolution, **opts,
         "loader_used": step.stream.kind,
+        "captured": step.trainer.captured,
         "autocast_dtype": str(step.trainer.amp_dtype),
         "rounds": ROUNDS,
         "median_step_s": median,
@@ -147,12 +111,16 @@ def record_speedup(path, resolution):
     """Speedup from the stored medians, so re-running one variant (-k) updates it too."""
     with open(path) as f:
         runs = json.load(f)["results"]["trainstep"]
-    base, opt = runs.get(f"baseline_{resolution}px"), runs.get(f"optimised_{resolution}px")
-    if base and opt:
-        record("trainstep", f"speedup_{resolution}px",
-               {"optimised_over_baseline": base["median_step_s"] / opt["median_step_s"],
-                "baseline_median_step_s": base["median_step_s"],
-                "optimised_median_step_s": opt["median_step_s"]}, device=DEVICE)
+    base = runs.get(f"baseline_{resolution}px")
+    payload = {}
+    for variant in ("optimised", "captured"):
+        run = runs.get(f"{variant}_{resolution}px")
+        if base and run:
+            payload.update({f"{variant}_over_baseline": base["median_step_s"] / run["median_step_s"],
+                            "baseline_median_step_s": base["median_step_s"],
+                            f"{variant}_median_step_s": run["median_step_s"]})
+    if payload:
+        record("trainstep", f"speedup_{resolution}px", payload, device=DEVICE)
 
 
 @pytest.mark.parametrize("kind", ["torch", "dali", "gpu-resident"])

@@ -201,3 +201,34 @@ def test_damaged_chunk_past_the_probe_is_named(frames_h5, tmp_path, kind):
                               num_workers=0)
         for _ in zip(range(stream.batches_per_epoch), stream):
             pass
+
+
+def test_gpu_resident_plan_blocks_follow_window_plan_with_no_host_work_per_step(
+        frames_h5, monkeypatch):
+    # Device-side sampling across upload blocks of 2 epochs: every batch is the float64
+    # oracle's, and the host computes plans once per block, never per step.
+    import hgan.data.loader as loader
+    monkeypatch.setattr(loader, "PLAN_EPOCHS_PER_UPLOAD", 2)
+    path, data = frames_h5
+    stream = build_loader(path, batch_size=BATCH, frames=FRAMES, seed=5, kind="gpu-resident")
+    bpe = stream.batches_per_epoch
+    calls = []
+    plan = stream.schedule.plan
+    monkeypatch.setattr(stream.schedule, "plan", lambda e: calls.append(e) or plan(e))
+    for g, batch in zip(range(5 * bpe), stream):         # epochs 0..4: blocks {0,1} {2,3} {4,5}
+        ref = oracle(data, g, bpe, seed=5)
+        torch.testing.assert_close(batch.double(), ref, rtol=0, atol=2 ** -23)
+    assert calls == [0, 1, 2, 3, 4, 5]
+    stream.close()
+
+
+@pytest.mark.parametrize("device, data_bytes, dali, kind", [
+    ("cpu", 1, True, "torch"),
+    ("cuda", 25, True, "gpu-resident"),       # exactly the fraction still fits
+    ("cuda", 26, True, "dali"),
+    ("cuda", 26, False, "torch"),
+])
+def test_auto_kind_keeps_frames_on_the_gpu_when_they_fit(device, data_bytes, dali, kind):
+    from hgan.data.loader import RESIDENT_MEMORY_FRACTION, auto_kind
+    assert RESIDENT_MEMORY_FRACTION == 0.25
+    assert auto_kind(device, data_bytes, dali, device_memory=100) == kind

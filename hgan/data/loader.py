@@ -26,6 +26,13 @@ from hgan.data.h5io import DataFormatError, open_h5
 
 KINDS = ("auto", "torch", "dali", "gpu-resident")
 SCALE = 1.0 / 127.5
+# Under "auto" on CUDA the frames are kept on the GPU when they take at most this share of
+# its memory (the rest is for the networks, the step's activations and the CUDA graphs).
+RESIDENT_MEMORY_FRACTION = 0.25
+# The gpu-resident stream uploads the window plans of this many epochs at once (at most
+# PLAN_WINDOWS_PER_UPLOAD windows): the host computes plans once per block, never per step.
+PLAN_EPOCHS_PER_UPLOAD = 64
+PLAN_WINDOWS_PER_UPLOAD = 1 << 20
 
 
 def to_unit_range(u8: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
@@ -171,10 +178,14 @@ class TorchBatchStream(_Stream):
 
 
 class ResidentBatchStream(_Stream):
-    """The whole uint8 frame array lives on the device; a batch is one gather.
+    """The whole uint8 frame array lives on the device; a batch is one gather there.
 
     Fits small sets (50,000 x 64 frames x 32^2 x 3 bytes = 9.8 GB) and removes host reads
-    and transfers from the step entirely."""
+    and transfers from the step. The windows, their random order included, come from the
+    same `window_plan` as every other stream (so all kinds yield the same batches): the host
+    computes the plans of a block of epochs at once and uploads them (pinned,
+    asynchronously); a step only slices the device-side plan and gathers, with no host work
+    and no transfer."""
 
     kind = "gpu-resident"
 
@@ -187,25 +198,55 @@ class ResidentBatchStream(_Stream):
                 raise DataFormatError(f"{schedule.path}: truncated or corrupt data ({e})") from None
         self.frames = torch.from_numpy(frames).to(self.device)
         self._offsets = torch.arange(schedule.frames, device=self.device)
+        n = len(schedule.plan(0))
+        self.epochs_per_upload = max(1, min(PLAN_EPOCHS_PER_UPLOAD, PLAN_WINDOWS_PER_UPLOAD // n))
+        self._block = None          # (first epoch, device plans [E, n, 2])
+
+    def _plan(self, epoch):
+        first = epoch - epoch % self.epochs_per_upload
+        if self._block is None or self._block[0] != first:
+            plans = np.stack([self.schedule.plan(e)
+                              for e in range(first, first + self.epochs_per_upload)])
+            host = torch.from_numpy(plans)
+            if self.device.type == "cuda":
+                host = host.pin_memory()
+            self._block = (first, host.to(self.device, non_blocking=True))
+        return self._block[1][epoch - first]
 
     def __iter__(self):
         while True:
-            idx = torch.from_numpy(self.schedule.batch(self.position)).to(self.device)
-            traj, start = idx[:, :1], idx[:, 1:]
-            u8 = self.frames[traj, start + self._offsets]           # [B, T, H, W, 3]
+            epoch, b = divmod(self.position, self.batches_per_epoch)
+            idx = self._plan(epoch)[b * self.batch_size:(b + 1) * self.batch_size]
+            u8 = self.frames[idx[:, :1], idx[:, 1:] + self._offsets]    # [B, T, H, W, 3]
             self.position += 1
             yield to_unit_range(u8, self.channels_last)
 
     def close(self):
         self.frames = None
+        self._block = None
+
+
+def auto_kind(device, data_bytes: int, dali_available: bool, device_memory=None) -> str:
+    """The stream `kind="auto"` builds: on CUDA, gpu-resident when the uint8 frames take at
+    most RESIDENT_MEMORY_FRACTION of the GPU's memory, else DALI when installed, else torch;
+    torch elsewhere. device_memory: the GPU's total bytes (read from the device if None)."""
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return "torch"
+    if device_memory is None:
+        device_memory = torch.cuda.get_device_properties(dev).total_memory
+    if data_bytes <= RESIDENT_MEMORY_FRACTION * device_memory:
+        return "gpu-resident"
+    return "dali" if dali_available else "torch"
 
 
 def build_loader(path, *, batch_size, frames=16, seed=0, rank=0, world_size=1, device="cpu",
                  kind="auto", num_workers=2, start_batch=0, channels_last=False):
     """An endless stream of float32 [B, T, 3, H, W] batches in [-1, 1] on `device`.
 
-    kind: "torch", "dali" (works on CPU too), "gpu-resident", or "auto" = DALI when it is
-    importable and the device is CUDA, else torch. The stream has `.kind`, `.position`
+    kind: "torch", "dali" (works on CPU too), "gpu-resident", or "auto" (see `auto_kind`:
+    on CUDA gpu-resident when the frames fit RESIDENT_MEMORY_FRACTION of the GPU, else DALI
+    when importable, else torch; torch on CPU). The stream has `.kind`, `.position`
     (next global batch) and `.batches_per_epoch`. channels_last: batches keep B, T, H, W, C
     memory (same values; see `to_unit_range`), for --channels-last training."""
     if kind not in KINDS:
@@ -214,7 +255,7 @@ def build_loader(path, *, batch_size, frames=16, seed=0, rank=0, world_size=1, d
                               world_size=world_size)
     if kind == "auto":
         from hgan.data import dali
-        kind = "dali" if dali.available() and torch.device(device).type == "cuda" else "torch"
+        kind = auto_kind(device, int(np.prod(schedule.shape)), dali.available())
     if kind == "dali":
         from hgan.data import dali
         return dali.DaliBatchStream(schedule, device=device, num_workers=num_workers,
@@ -227,4 +268,4 @@ def build_loader(path, *, batch_size, frames=16, seed=0, rank=0, world_size=1, d
 
 
 __all__ = ["build_loader", "to_unit_range", "WindowSchedule", "WindowReader", "KINDS",
-           "TorchBatchStream", "ResidentBatchStream"]
+           "TorchBatchStream", "ResidentBatchStream", "auto_kind"]

@@ -24,6 +24,7 @@ class RunConfig:
     amp: bool = False
     amp_dtype: str = "auto"           # auto: bf16 where fast (CUDA with bf16, CPU with AVX512-BF16/AMX)
     compile: bool = False
+    cuda_graph: bool = True           # capture the step into CUDA graphs where it can (hgan.train.capture)
     device: str = "auto"
     seed: int = 0
     out: str = ""
@@ -133,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile G_I, D_I, D_V and the motion module's configuration map "
                         "(hgan) or GRU (mocogan); the leapfrog integrator stays eager")
+    p.add_argument("--no-cuda-graph", action="store_true",
+                   help="run the eager training step on CUDA instead of replaying it as CUDA "
+                        "graphs (configurations that cannot be captured run eagerly anyway)")
     p.add_argument("--channels-last", action="store_true",
                    help="channels-last memory format for G_I and D_I")
     p.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:N")
@@ -150,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also keep checkpoints/iter_N.pt every N iterations (0: never)")
     p.add_argument("--profile", action="store_true", help="trace a few steps into <out>/profile")
     p.add_argument("--loader", default=d.loader, choices=_loader_kinds(),
-                   help="batch loader (auto: DALI on CUDA when installed, else torch)")
+                   help="batch loader (auto on CUDA: gpu-resident when the frames fit a "
+                        "quarter of the GPU, else DALI when installed, else torch)")
     p.add_argument("--num-workers", type=int, default=d.num_workers,
                    help="torch DataLoader workers")
     p.add_argument("--no-progress", action="store_true",
@@ -175,7 +180,8 @@ def config_from_args(argv=None):
     out = a.out or os.path.join("runs", f"{a.system}-{a.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     cfg = RunConfig(system=a.system, data=a.data, iters=a.iters, batch_size=a.batch_size,
                     frames=a.frames, lr=a.lr, cyc_lambda=a.cyc_lambda, r1_gamma=a.r1_gamma,
-                    amp=a.amp, amp_dtype=a.amp_dtype, compile=a.compile, device=a.device, seed=a.seed, out=out,
+                    amp=a.amp, amp_dtype=a.amp_dtype, compile=a.compile,
+                    cuda_graph=not a.no_cuda_graph, device=a.device, seed=a.seed, out=out,
                     log_every=a.log_every, sample_every=a.sample_every, ckpt_every=a.ckpt_every,
                     keep_every=a.keep_every, profile=a.profile, loader=a.loader,
                     num_workers=a.num_workers, progress=not a.no_progress, gen_train=a.gen_train,

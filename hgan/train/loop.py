@@ -3,6 +3,8 @@
 Every random draw of training (latent noise, frame and clip positions) comes from one
 dedicated torch.Generator whose state is checkpointed with the networks, optimisers, scaler,
 the global RNGs and the loader position, so a resumed CPU run is bit-identical to a straight one.
+On CUDA the step is replayed as two CUDA graphs where the configuration allows
+(hgan.train.capture); the eager step below is the reference it is tested against.
 """
 import os
 import warnings
@@ -12,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hgan.kernels import cyclic_loss
 from hgan.models import build_models
+from hgan.train import capture as hcapture
 from hgan.train import dist as hdist
 from hgan.train.checkpoint import capture_rng, restore_rng, save_checkpoint
 from hgan.train.config import RunConfig
@@ -100,12 +103,20 @@ class Trainer:
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.models = build_models(cfg.model, self.device)
         self.G, self.D_I, self.D_V = self.models.generator, self.models.image_disc, self.models.video_disc
-        adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.amp_dtype, use_scaler = amp_policy(self.device, cfg.amp, cfg.amp_dtype)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        # CUDA graphs (hgan.train.capture) unless this configuration cannot be captured.
+        self.graph_fallback = hcapture.fallback_reason(
+            cfg, self.device, distributed=self.info.enabled, grad_scaler=use_scaler)
+        self.captured = self.graph_fallback is None
+        if not self.captured and cfg.cuda_graph:
+            hcapture.report_fallback(self.graph_fallback, self.info.is_main)
+        self.adam_fused = self.captured and hcapture.ADAM_FUSED
+        adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), capturable=self.captured,
+                    fused=self.adam_fused or None)
         self.opt_g = torch.optim.Adam(self.G.parameters(), **adam)
         self.opt_di = torch.optim.Adam(self.D_I.parameters(), **adam)
         self.opt_dv = torch.optim.Adam(self.D_V.parameters(), **adam)
-        self.amp_dtype, use_scaler = amp_policy(self.device, cfg.amp, cfg.amp_dtype)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         if cfg.compile:
             # G_I, D_I, D_V and the motion module's noise-free part (hgan's configuration map,
             # mocogan's GRU recurrence; the leapfrog integrator stays eager, see
@@ -131,11 +142,24 @@ class Trainer:
         self.noise = torch.Generator(self.device).manual_seed(cfg.seed * 1_000_003 + self.info.rank)
         self.iteration = 0
         self.loader_position = 0
+        # static_mode: None, the eager step; "graph", the static-buffer step captured into
+        # CUDA graphs; "static", the same step uncaptured (what CPU tests compare to eager).
+        # The StaticStep is built at the first step, from the iteration a resume restored.
+        self.static = None
+        self.static_mode = "graph" if self.captured else None
+
+    def _static_step(self, real):
+        if self.static is None:
+            self.static = hcapture.StaticStep(self, capture=self.static_mode == "graph")
+        return self.static(real)
 
     # ---------------------------------------------------------------- one iteration
     def _autocast(self):
+        # No cast cache under static buffers: cached casts made during a capture would
+        # outlive it (torch.cuda.make_graphed_callables asks the same).
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
-                              enabled=self.amp_dtype is not None)
+                              enabled=self.amp_dtype is not None,
+                              cache_enabled=self.static_mode is None)
 
     @staticmethod
     def _eager():
@@ -155,6 +179,11 @@ class Trainer:
         or keeps the weights (log, samples, checkpoint, exit), so a checkpoint is never
         written from weights a non-finite loss has touched.
         """
+        if self.static is not None:
+            bad = self.static.flush_checks()
+            if bad is not None:
+                it, name, value = bad
+                raise NonFiniteLoss(f"non-finite {name} ({value}) at iteration {it}")
         if not self._pending:
             return
         pending, self._pending = self._pending, []
@@ -182,12 +211,33 @@ class Trainer:
         return fake_logits, real_logits, r1
 
     def step(self, real, want_stats=False):
-        """One D update then one G update on a real batch [B, T, C, H, W]; returns metrics."""
-        cfg, mcfg = self.cfg, self.cfg.model
-        b, t = real.shape[:2]
-        cf = mcfg.clip_frames
+        """One D update then one G update on a real batch [B, T, C, H, W]; returns metrics.
+
+        Under CUDA graphs (see hgan.train.capture) the returned tensors are the graphs' static
+        outputs: read them before the next step, or clone them."""
+        if self.static_mode is not None:
+            return self._static_step(real)
+        self.check_batch(real)
+        d = self._d_update(real, want_stats, self._check)
+        return self._g_update(d, want_stats, self._check)
+
+    def check_batch(self, real):
+        t, cf = real.shape[1], self.cfg.model.clip_frames
         if t < cf:
             raise ValueError(f"training videos have {t} frames, fewer than clip_frames={cf}")
+
+    def _set_disc_grad(self, on):
+        for p in list(self.D_I.parameters()) + list(self.D_V.parameters()):
+            p.requires_grad_(on)
+
+    def _d_update(self, real, want_stats, check):
+        """G forward, then the discriminators' update; returns what the G update needs.
+
+        Shared by the eager step and the static-buffer step that CUDA graphs capture, so both
+        draw the same noise in the same order and compute the same update."""
+        mcfg = self.cfg.model
+        b, t = real.shape[:2]
+        cf = mcfg.clip_frames
         # S_1 and S_T of the paper: one random frame and one random clip per video.
         j = torch.randint(0, t, (b,), generator=self.noise, device=self.device)
         s = torch.randint(0, t - cf + 1, (b,), generator=self.noise, device=self.device)
@@ -202,12 +252,9 @@ class Trainer:
         if mcfg.channels_last:
             real_img = real_img.contiguous(memory_format=torch.channels_last)
 
-        # ---- discriminators
-        for p in list(self.D_I.parameters()) + list(self.D_V.parameters()):
-            p.requires_grad_(True)
+        self._set_disc_grad(True)
         self.opt_di.zero_grad(set_to_none=True)
         self.opt_dv.zero_grad(set_to_none=True)
-        zero = torch.zeros((), device=self.device)
         with self._autocast():
             with stage("D_I"):
                 li_f, li_r, r1_i = self._disc_logits(self.DI_ddp, fake_img.detach(), real_img)
@@ -215,7 +262,7 @@ class Trainer:
                 lv_f, lv_r, r1_v = self._disc_logits(self.DV_ddp, fake_clip.detach(), real_clip)
         loss_di, loss_dv = d_loss(li_r, li_f), d_loss(lv_r, lv_f)
         loss_d = loss_di + loss_dv + r1_i + r1_v
-        self._check("discriminator loss", loss_d)
+        check("discriminator loss", loss_d)
         with stage("backward"):
             self.scaler.scale(loss_d).backward()
         with stage("optimizer"):
@@ -225,20 +272,28 @@ class Trainer:
                 stats["grad_norm/D_V"] = self._grad_norm(self.D_V)
             self.scaler.step(self.opt_di)
             self.scaler.step(self.opt_dv)
+        stats.update({"loss/D_I": loss_di.detach(), "loss/D_V": loss_dv.detach(),
+                      "loss/R1": (r1_i + r1_v).detach(),
+                      "acc/D_I": accuracy(li_r.detach(), li_f.detach()),
+                      "acc/D_V": accuracy(lv_r.detach(), lv_f.detach())})
+        return {"fake_img": fake_img, "fake_clip": fake_clip, "mot": mot, "stats": stats}
 
-        # ---- generator (D frozen so its weights collect no gradient)
-        for p in list(self.D_I.parameters()) + list(self.D_V.parameters()):
-            p.requires_grad_(False)
+    def _g_update(self, d, want_stats, check):
+        """The generator's update (D frozen so its weights collect no gradient); the metrics."""
+        cfg, mcfg = self.cfg, self.cfg.model
+        stats = d["stats"]
+        self._set_disc_grad(False)
         self.opt_g.zero_grad(set_to_none=True)
         with self._autocast():
             with stage("D_I"):
-                gi = self.D_I(fake_img)
+                gi = self.D_I(d["fake_img"])
             with stage("D_V"):
-                gv = self.D_V(fake_clip)
+                gv = self.D_V(d["fake_clip"])
         loss_g_adv = g_loss(gi) + g_loss(gv)
-        l_cyc = cyclic_loss(mot["dHdq"], lam=cfg.cyc_lambda) if mcfg.model == "hgan" else zero
+        l_cyc = (cyclic_loss(d["mot"]["dHdq"], lam=cfg.cyc_lambda) if mcfg.model == "hgan"
+                 else torch.zeros((), device=self.device))
         loss_g = loss_g_adv + l_cyc
-        self._check("generator loss", loss_g)
+        check("generator loss", loss_g)
         with stage("backward"):
             self.scaler.scale(loss_g).backward()
         with stage("optimizer"):
@@ -246,14 +301,8 @@ class Trainer:
                 stats["grad_norm/G"] = self._grad_norm(self.G)
             self.scaler.step(self.opt_g)
             self.scaler.update()
-        for p in list(self.D_I.parameters()) + list(self.D_V.parameters()):
-            p.requires_grad_(True)
-
-        stats.update({"loss/D_I": loss_di.detach(), "loss/D_V": loss_dv.detach(),
-                      "loss/G": loss_g_adv.detach(), "loss/L_cyc": l_cyc.detach(),
-                      "loss/R1": (r1_i + r1_v).detach(),
-                      "acc/D_I": accuracy(li_r.detach(), li_f.detach()),
-                      "acc/D_V": accuracy(lv_r.detach(), lv_f.detach())})
+        self._set_disc_grad(True)
+        stats.update({"loss/G": loss_g_adv.detach(), "loss/L_cyc": l_cyc.detach()})
         return stats
 
     # ---------------------------------------------------------------- state
@@ -274,6 +323,10 @@ class Trainer:
         self.opt_di.load_state_dict(ckpt["opt_di"])
         self.opt_dv.load_state_dict(ckpt["opt_dv"])
         self.scaler.load_state_dict(ckpt["scaler"])
+        for opt in (self.opt_g, self.opt_di, self.opt_dv):
+            hcapture.set_capturable(opt, self.captured, self.adam_fused or None)
+        # Loading replaced the optimiser state tensors a capture would have recorded.
+        self.static = None
         self.iteration, self.loader_position = int(ckpt["iteration"]), int(ckpt["loader_position"])
         # A CPU generator's state is 5056 bytes, a CUDA one's 16: a checkpoint written on the
         # other device type (--device is a resumable override) cannot restore this generator,

@@ -19,7 +19,7 @@ from hgan.train.profiling import stage, step_profiler
 STOP_POLL_EVERY = 10
 # Flags that may change when a run is resumed; everything else comes from the checkpoint.
 RESUMABLE_OVERRIDES = ("iters", "device", "log_every", "sample_every", "ckpt_every", "keep_every",
-                       "progress", "profile", "num_workers", "loader", "n_samples")
+                       "progress", "profile", "num_workers", "loader", "n_samples", "cuda_graph")
 
 
 def resume_config(ckpt: dict, cli: RunConfig, ckpt_path: str) -> RunConfig:

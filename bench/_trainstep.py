@@ -1,0 +1,158 @@
+"""What the train-step benchmarks share: the variants, the data file, the step, the timers.
+
+Used by bench/test_bench_trainstep.py (pytest-benchmark, per-step medians) and by
+bench/trainstep_table.py (the GPU table: throughput over a run of steps, device-busy share).
+"""
+import os
+import time
+
+import h5py
+import numpy as np
+import torch
+
+from hgan.data import generate_dataset
+from hgan.data.loader import build_loader
+from hgan.models import ModelConfig
+from hgan.train import capture as hcapture
+from hgan.train.config import RunConfig
+from hgan.train.loop import Trainer
+from hgan.train.profiling import STAGES, stage
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+BATCH, FRAMES = 16, 16
+
+EAGER = dict(amp=False, channels_last=False, compile=False, integrator="reference",
+             loader="torch", cuda_graph=False, fused_adam=False)
+# The GPU table (bench/trainstep_table.py): each row changes one thing from the row it names.
+TABLE = {
+    "baseline": EAGER,                                         # eager fp32, reference integrator
+    "fused": {**EAGER, "integrator": "auto"},                  # + fused integrator (auto on CUDA)
+}
+TABLE["capture"] = {**TABLE["fused"], "cuda_graph": True, "loader": "auto"}  # + CUDA graphs
+TABLE["capture_torch_loader"] = {**TABLE["capture"], "loader": "torch"}
+TABLE["capture_bf16"] = {**TABLE["capture"], "amp": True}
+TABLE["capture_channels_last"] = {**TABLE["capture"], "channels_last": True}
+TABLE["capture_compile"] = {**TABLE["capture"], "compile": True}
+TABLE["capture_fused_adam"] = {**TABLE["capture"], "fused_adam": True}
+
+
+def frames_file(root, resolution):
+    """A valid Toy Physics file (the loaders validate it) whose frames are noise, so
+    decompression costs what real data would; 64 trajectories give 4 batches per epoch."""
+    path = os.path.join(os.fspath(root), f"data{resolution}", "pendulum", "train.h5")
+    if os.path.exists(path):                 # made by an earlier stage of the GPU table
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("bench_noise", False):
+                return path
+    path = generate_dataset("pendulum", os.path.join(os.fspath(root), f"data{resolution}"),
+                            train=64, test=0, frames=32, seed=0, resolution=resolution,
+                            progress=False)["train"]
+    with h5py.File(path, "a") as f:
+        f["frames"][...] = np.random.default_rng(0).integers(0, 256, f["frames"].shape,
+                                                             dtype=np.uint8)
+        f.attrs["bench_noise"] = True
+    return path
+
+
+def sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+class TrainStep:
+    """The trainer's own step (hgan.train.loop.Trainer.step) fed by a batch stream."""
+
+    def __init__(self, path, resolution, opts):
+        self.opts = opts
+        cfg = RunConfig(batch_size=BATCH, frames=FRAMES, amp=opts["amp"], compile=opts["compile"],
+                        loader=opts["loader"], progress=False,
+                        cuda_graph=opts.get("cuda_graph", False),
+                        model=ModelConfig(resolution=resolution, clip_frames=FRAMES,
+                                          integrator=opts["integrator"],
+                                          channels_last=opts["channels_last"]))
+        fused_adam = hcapture.ADAM_FUSED
+        hcapture.ADAM_FUSED = bool(opts.get("fused_adam", False))
+        try:
+            self.trainer = Trainer(cfg, device=DEVICE)
+        finally:
+            hcapture.ADAM_FUSED = fused_adam
+        self.stream = build_loader(path, batch_size=BATCH, frames=FRAMES, device=DEVICE,
+                                   kind=opts["loader"], num_workers=2,
+                                   channels_last=opts["channels_last"])
+        self.batches = iter(self.stream)
+        self.data_wait = []
+        self.stats = None
+
+    @property
+    def warmup_steps(self):
+        """Steps before the timed ones: compilation, autotuning, and the capture."""
+        n = 2 if DEVICE == "cuda" else 1
+        return n + (hcapture.WARMUP_STEPS + 1 if self.trainer.captured else 0)
+
+    def run(self):
+        """One step, not synchronised (the GPU may still be running it)."""
+        t0 = time.perf_counter()
+        with stage("data"):
+            real = next(self.batches)
+        self.data_wait.append(time.perf_counter() - t0)
+        self.stats = self.trainer.step(real)
+        self.trainer.iteration += 1
+
+    def __call__(self):
+        """One synchronised step; returns a finite number when the losses are finite."""
+        self.run()
+        sync()
+        return sum(float(self.stats[k]) for k in ("loss/G", "loss/D_I", "loss/D_V"))
+
+    def close(self):
+        self.stream.close()
+
+
+def run_of_steps(step, n):
+    """(seconds for n steps with one sync at the end, seconds blocked on data in them)."""
+    step.data_wait.clear()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step.run()
+    sync()
+    return time.perf_counter() - t0, sum(step.data_wait)
+
+
+def _union_us(intervals):
+    total, end = 0.0, None
+    for a, b in sorted(intervals):
+        if end is None or a > end:
+            total += b - a
+            end = b
+        elif b > end:
+            total += b - end
+            end = b
+    return total
+
+
+def device_busy_share(step, n):
+    """Share of wall time over n unsynchronised steps in which the GPU runs a kernel or a
+    copy: the union of the device activity intervals the profiler reports, divided by the
+    steps' wall time (one sync at the end). Only CUDA activity is recorded, so the profiler
+    adds no host work to the steps. None without CUDA or without device events."""
+    if DEVICE != "cuda":
+        return None
+    sync()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            step.run()
+        sync()
+        wall_us = (time.perf_counter() - t0) * 1e6
+    # Not the device copies of record_function ranges (gpu_user_annotation): they span
+    # whole stages, idle time included.
+    ranges = set(STAGES) | {"replay"}
+    spans = [(e.time_range.start, e.time_range.end) for e in prof.events()
+             if e.device_type != torch.autograd.DeviceType.CPU
+             and not getattr(e, "is_user_annotation", False)
+             and e.name not in ranges and not e.name.startswith("ProfilerStep")]
+    if not spans:
+        return None
+    return {"busy_us": _union_us(spans), "wall_us": wall_us, "steps": n,
+            "share": _union_us(spans) / wall_us}

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# The train-step table (bench/trainstep_table.py) on one GPU, in one call of at most 6 minutes:
+#
+#   bash bench/gpu/trainstep.sh          # from the repo root; results land in $OUT
+#
+# Stages run in order of importance, each a process under `timeout` (a variant that hangs or
+# a capture that breaks the CUDA context costs one stage, not the call), each capped by what
+# is left of TRAINSTEP_BUDGET_S. Results are written variant by variant into
+# bench/results/<device>.json (section trainstep_table) and copied to $OUT after every stage;
+# $OUT/trainstep-table.md is the Markdown table for docs/training-speed.md. Merge the JSON
+# with other calls' files: python bench/_results.py merge ...
+set -uo pipefail
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+OUT="${OUT:-$PWD/gpu-out}"
+DATA="${TRAINSTEP_DATA:-${TMPDIR:-/tmp}/hgan-trainstep-data}"
+BUDGET="${TRAINSTEP_BUDGET_S:-340}"
+PY=python3
+LOG="$OUT/trainstep.txt"
+mkdir -p "$OUT"
+save() { cp bench/results/*.json "$OUT"/ 2>/dev/null || true; }
+
+stage() {   # stage NAME LIMIT_S ARGS...: one process, at most LIMIT_S and what is left
+  local name=$1 limit=$2
+  shift 2
+  local left=$((BUDGET - SECONDS))
+  if [ "$left" -lt 20 ]; then
+    echo "== $name: skipped, ${left}s left of ${BUDGET}s" | tee -a "$LOG"
+    return
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  echo "== $name (limit ${limit}s, at ${SECONDS}s)" | tee -a "$LOG"
+  timeout -k 5 "$limit" $PY bench/trainstep_table.py --data "$DATA" "$@" > "$OUT/stage.txt" 2>&1
+  local rc=$?
+  cat "$OUT/stage.txt" >> "$LOG"
+  grep -E "px: |compiled|Error" "$OUT/stage.txt" | tail -8
+  echo "== $name: rc $rc at ${SECONDS}s" | tee -a "$LOG"
+  save
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+} > "$OUT/versions.txt" 2>&1
+cat "$OUT/versions.txt"
+
+# Data files and the fused kernels (Triton's disk cache serves every later stage).
+stage prep 120 --prep
+# The target figures first: batch 16 x 16 frames, 32 px, captured step, then one change each.
+stage capture-32 100 --resolution 32 --busy capture \
+    --variants capture capture_bf16 capture_channels_last capture_fused_adam capture_torch_loader
+stage eager-32 50 --resolution 32 --busy fused --variants baseline fused
+stage capture-64 60 --resolution 64 --variants capture capture_bf16 capture_channels_last
+stage eager-64 40 --resolution 64 --variants baseline fused
+# torch.compile last: its compilation alone can take a minute per resolution.
+stage compile-32 90 --resolution 32 --variants capture_compile
+stage compile-64 90 --resolution 64 --variants capture_compile
+
+$PY bench/trainstep_table.py --summary > "$OUT/trainstep-table.md" 2>&1
+cat "$OUT/trainstep-table.md"
+save

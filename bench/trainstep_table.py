@@ -1,0 +1,149 @@
+"""The train-step table on a GPU: each optimisation's measured effect, in one process per stage.
+
+    python bench/trainstep_table.py --data DIR --prep
+    python bench/trainstep_table.py --data DIR --resolution 32 --variants capture capture_bf16 \
+        --busy capture
+    python bench/trainstep_table.py --summary
+
+Variants are `_trainstep.TABLE` (batch 16, 16 frames). Per variant: warm-up steps (compilation,
+the capture), then ROUNDS runs of N unsynchronised steps with one sync at the end (what a
+training run sees), N chosen so that a run lasts about RUN_S. Recorded under the
+"trainstep_table" section of bench/results/<device>.json as soon as a variant is measured:
+median videos/s and step time, the share of the steps' wall time blocked on the next batch,
+and for --busy variants the profiler's device-busy share. A variant that fails is recorded
+with its error and the next one runs. bench/gpu/trainstep.sh runs the stages.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _results import RESULTS_DIR, environment, record  # noqa: E402
+from _trainstep import (BATCH, DEVICE, FRAMES, TABLE, TrainStep, device_busy_share,  # noqa: E402
+                        frames_file, run_of_steps, sync)
+
+SECTION = "trainstep_table"
+ROUNDS = 3
+RUN_S = 0.5
+BUSY_STEPS = 50
+
+
+def measure(data, resolution, variant, busy):
+    opts = TABLE[variant]
+    step = TrainStep(frames_file(data, resolution), resolution, opts)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(step.warmup_steps):
+            if not np.isfinite(step()):
+                raise RuntimeError("non-finite losses in the warm-up steps")
+        warmup_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for _ in range(3):
+            step()
+        per_step = (time.perf_counter() - t0) / 3
+        n = int(min(max(RUN_S / per_step, 5), 400))
+        runs = [run_of_steps(step, n) for _ in range(ROUNDS)]
+        wall = sorted(runs)[len(runs) // 2]
+        sync()
+        finite = np.isfinite(step())
+        payload = {
+            "batch": BATCH, "frames": FRAMES, "resolution": resolution, **opts,
+            "captured": step.trainer.captured,
+            "loader_used": step.stream.kind,
+            "autocast_dtype": str(step.trainer.amp_dtype),
+            "steps_per_run": n, "runs": ROUNDS, "warmup_s": warmup_s,
+            "median_step_s": wall[0] / n,
+            "videos_per_s": BATCH * n / wall[0],
+            "data_wait_share": wall[1] / wall[0],
+            "losses_finite_after": bool(finite),
+        }
+        if busy:
+            payload["device_busy"] = device_busy_share(step, BUSY_STEPS)
+        return payload
+    finally:
+        step.close()
+
+
+def summary(path):
+    """The table as Markdown, from the results file."""
+    with open(path) as f:
+        data = json.load(f)
+    rows = data.get("results", {}).get(SECTION, {})
+    lines = [f"device {data.get('device')}, torch {data.get('torch')}, commit "
+             f"{data.get('commit')}", "",
+             "| variant | px | videos/s | step ms | x baseline | data wait | device busy |",
+             "|---|---|---|---|---|---|---|"]
+    for res in (32, 64):
+        base = rows.get(f"baseline_{res}px", {}).get("videos_per_s")
+        for variant in TABLE:
+            r = rows.get(f"{variant}_{res}px")
+            if r is None:
+                continue
+            if "error" in r:
+                lines.append(f"| {variant} | {res} | failed: {r['error'][:80]} | | | | |")
+                continue
+            busy = (r.get("device_busy") or {}).get("share")
+            lines.append("| {} | {} | {:.0f} | {:.2f} | {} | {:.1%} | {} |".format(
+                variant, res, r["videos_per_s"], 1e3 * r["median_step_s"],
+                f"{r['videos_per_s'] / base:.1f}" if base else "",
+                r["data_wait_share"], f"{busy:.0%}" if busy is not None else ""))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--data", default="/tmp/hgan-trainstep-data", help="bench data folder")
+    p.add_argument("--prep", action="store_true",
+                   help="make the 32 and 64 px data files and compile the fused kernels")
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--variants", nargs="*", default=[], choices=list(TABLE))
+    p.add_argument("--busy", nargs="*", default=[], help="variants whose device-busy share "
+                                                         "is profiled")
+    p.add_argument("--summary", action="store_true", help="print the table as Markdown")
+    a = p.parse_args(argv)
+    if a.summary:
+        path = os.path.join(RESULTS_DIR, environment(DEVICE)["device"] + ".json")
+        if not os.path.exists(path):
+            print(f"no results yet: {path} does not exist")
+            return 1
+        print(summary(path))
+        return 0
+    if a.prep:
+        for res in (32, 64):
+            print(f"data {frames_file(a.data, res)}", flush=True)
+        step = TrainStep(frames_file(a.data, 32), 32, TABLE["fused"])
+        t0 = time.perf_counter()
+        for _ in range(2):
+            step()
+        step.close()
+        print(f"fused kernels compiled and cached: {time.perf_counter() - t0:.1f} s", flush=True)
+        return 0
+    status = 0
+    for variant in a.variants:
+        name = f"{variant}_{a.resolution}px"
+        t0 = time.perf_counter()
+        # Replaced when the variant finishes; stays if the stage's time limit kills it.
+        record(SECTION, name, {"error": "did not finish within its stage's time limit"},
+               device=DEVICE)
+        try:
+            payload = measure(a.data, a.resolution, variant, variant in a.busy)
+        except Exception as err:   # recorded, and the stage goes on with the next variant
+            traceback.print_exc()
+            payload = {"error": f"{type(err).__name__}: {err}"}
+            status = 1
+        record(SECTION, name, payload, device=DEVICE)
+        shown = {k: payload[k] for k in ("videos_per_s", "median_step_s", "data_wait_share",
+                                          "loader_used", "captured", "error") if k in payload}
+        if payload.get("device_busy"):
+            shown["device_busy"] = payload["device_busy"]["share"]
+        print(f"{name}: {shown} ({time.perf_counter() - t0:.0f} s)", flush=True)
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

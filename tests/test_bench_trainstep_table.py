@@ -1,0 +1,38 @@
+"""The GPU train-step table's host-side pieces: interval union (device-busy share) and the
+Markdown summary, on synthetic inputs."""
+import json
+import os
+import sys
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench"))
+import _trainstep  # noqa: E402
+import trainstep_table  # noqa: E402
+
+
+def test_union_of_device_intervals_matches_a_sampled_oracle():
+    rng = np.random.default_rng(0)
+    starts = rng.uniform(0, 1000, 40)
+    spans = [(float(a), float(a + d)) for a, d in zip(starts, rng.uniform(0, 60, 40))]
+    # Oracle: mark a fine grid of integer microseconds (interval ends on the grid).
+    spans = [(round(a), round(b)) for a, b in spans]
+    grid = np.zeros(1100, bool)
+    for a, b in spans:
+        grid[a:b] = True
+    assert _trainstep._union_us(spans) == grid.sum()
+    assert _trainstep._union_us([]) == 0
+
+
+def test_summary_table_reports_speedup_and_errors(tmp_path):
+    rows = {"baseline_32px": {"videos_per_s": 100.0, "median_step_s": 0.16, "data_wait_share": 0.02},
+            "capture_32px": {"videos_per_s": 2500.0, "median_step_s": 0.0064,
+                             "data_wait_share": 0.01, "device_busy": {"share": 0.85}},
+            "capture_compile_32px": {"error": "RuntimeError: boom"}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"device": "GPU-X", "torch": "2.11", "commit": "c",
+                                "results": {"trainstep_table": rows}}))
+    table = trainstep_table.summary(str(path)).splitlines()
+    assert "| capture | 32 | 2500 | 6.40 | 25.0 | 1.0% | 85% |" in table
+    assert "| baseline | 32 | 100 | 160.00 | 1.0 | 2.0% |  |" in table
+    assert any(line.startswith("| capture_compile | 32 | failed: RuntimeError: boom") for line in table)

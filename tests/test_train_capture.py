@@ -1,0 +1,281 @@
+"""The captured training step (hgan.train.capture) against the eager step.
+
+On CPU: the static-buffer step (the captured step's code, run without capture) against the
+eager step, its device-side non-finite record, resume through it, and the fallback rule.
+The capture itself needs CUDA: those tests are marked `cuda` and skipped elsewhere."""
+import os
+import signal
+
+import pytest
+import torch
+
+from hgan.models import ModelConfig
+from hgan.train import RunConfig, load_checkpoint, train
+from hgan.train import capture as hcapture
+from hgan.train.config import config_from_args
+from hgan.train.loop import NonFiniteLoss, Trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+B, T = 4, 6
+
+
+def small_cfg(**kw):
+    mk = {k: kw.pop(k) for k in list(kw) if k in ModelConfig.__dataclass_fields__}
+    model = ModelConfig(**{"ngf": 8, "ndf": 8, "clip_frames": 4, "integrator": "analytic", **mk})
+    return RunConfig(**{"batch_size": B, "frames": T, "progress": False, "model": model, **kw})
+
+
+def batches(n, seed=1, device="cpu", res=32):
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.rand(B, T, 3, res, res, generator=g) * 2 - 1).to(device) for _ in range(n)]
+
+
+def params(trainer):
+    return {f"{name}.{k}": v.detach().clone()
+            for name, net in (("G", trainer.G), ("D_I", trainer.D_I), ("D_V", trainer.D_V))
+            for k, v in net.state_dict().items()}
+
+
+def run(trainer, data):
+    losses = []
+    for real in data:
+        stats = trainer.step(real)
+        losses += [float(stats[k]) for k in sorted(stats) if k.startswith("loss/")]
+        trainer.iteration += 1
+    return losses
+
+
+def static_trainer(cfg, device="cpu"):
+    t = Trainer(cfg, device=device)
+    t.static_mode = "static"
+    return t
+
+
+@pytest.mark.parametrize("model, channels_last", [("hgan", False), ("mocogan", False),
+                                                   ("hgan", True)])
+def test_static_step_equals_eager_step(model, channels_last):
+    cfg = small_cfg(model=model, channels_last=channels_last)
+    data = batches(3)
+    eager, static = Trainer(cfg, device="cpu"), static_trainer(cfg)
+    before = params(eager)
+    loss_e, loss_s = run(eager, data), run(static, data)
+    pe, ps = params(eager), params(static)
+    for k in pe:
+        torch.testing.assert_close(ps[k], pe[k], rtol=1e-5, atol=1e-6, msg=k)
+    assert loss_s == pytest.approx(loss_e, rel=1e-5)
+    # The comparison can fail: three steps move the weights well past the tolerance.
+    assert max(float((pe[k] - before[k]).abs().max()) for k in pe
+               if pe[k].is_floating_point()) > 1e-4
+
+
+def test_static_step_reads_each_new_batch():
+    # A stale static buffer would train on the first batch forever.
+    cfg = small_cfg()
+    a, b = static_trainer(cfg), static_trainer(cfg)
+    data = batches(2)
+    run(a, data)
+    run(b, [data[0], data[0]])
+    assert any(not torch.equal(v, params(b)[k]) for k, v in params(a).items())
+
+
+def test_static_step_rejects_a_batch_of_another_shape():
+    t = static_trainer(small_cfg())
+    t.step(batches(1)[0])
+    with pytest.raises(ValueError, match="batches of one shape"):
+        t.step(torch.zeros(B + 1, T, 3, 32, 32))
+
+
+def test_static_step_resumes_exactly():
+    cfg = small_cfg()
+    data = batches(4)
+    straight = static_trainer(cfg)
+    run(straight, data)
+    first = static_trainer(cfg)
+    run(first, data[:2])
+    state = first.state_dict()
+    resumed = static_trainer(cfg)
+    resumed.load_state_dict(state)
+    run(resumed, data[2:])
+    for k, v in params(straight).items():
+        assert torch.equal(params(resumed)[k], v), k
+
+
+def test_static_step_records_the_first_non_finite_loss_on_the_device():
+    t = static_trainer(small_cfg())
+    data = batches(4)
+    data[1] = data[1].clone().fill_(float("nan"))  # iteration 2's discriminator sees NaN
+    run(t, data[:1])
+    t.flush_checks()                                # iteration 1 was finite: no error
+    run(t, data[1:])                                # 2 is bad, 3 and 4 run on unchecked
+    with pytest.raises(NonFiniteLoss, match=r"non-finite discriminator loss \(nan\) at iteration 2$"):
+        t.flush_checks()
+
+
+def test_static_step_keeps_generator_and_loader_state_in_checkpoints(tmp_path):
+    # The noise generator advances exactly as the eager step's does: the checkpointed state
+    # after N static steps is the eager one's, so either step resumes the other.
+    cfg = small_cfg()
+    data = batches(2)
+    eager, static = Trainer(cfg, device="cpu"), static_trainer(cfg)
+    run(eager, data)
+    run(static, data)
+    assert torch.equal(eager.state_dict()["noise_rng"], static.state_dict()["noise_rng"])
+    assert not torch.equal(eager.state_dict()["noise_rng"],
+                           Trainer(cfg, device="cpu").state_dict()["noise_rng"])
+
+
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture
+def graph_api(monkeypatch):
+    # A CPU build of torch has a stub CUDAGraph without the generator API: stand one in, so
+    # the rule is tested on the configuration alone.
+    if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
+        monkeypatch.setattr(torch.cuda, "CUDAGraph",
+                            type("Graph", (), {"register_generator_state": None}))
+
+
+@pytest.mark.parametrize("change, reason", [
+    (dict(cuda_graph=False), "--no-cuda-graph"),
+    (dict(r1_gamma=1.0), "--r1-gamma > 0"),
+    (dict(profile=True), "--profile"),
+])
+def test_fallback_rule_names_the_reason(graph_api, change, reason):
+    assert hcapture.fallback_reason(small_cfg(), CUDA) is None   # the rule can say yes
+    assert hcapture.fallback_reason(small_cfg(**change), CUDA).startswith(reason)
+
+
+def test_fallback_rule_device_ddp_scaler_and_old_torch(graph_api, monkeypatch):
+    cfg = small_cfg()
+    assert "CUDA device (running on cpu)" in hcapture.fallback_reason(cfg, "cpu")
+    assert hcapture.fallback_reason(cfg, CUDA, distributed=True).startswith("DDP")
+    assert hcapture.fallback_reason(cfg, CUDA, grad_scaler=True).startswith("fp16 autocast")
+    assert hcapture.fallback_reason(small_cfg(compile=True, amp=True, channels_last=True),
+                                    CUDA) is None
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", type("OldGraph", (), {}))
+    assert "register_generator_state" in hcapture.fallback_reason(cfg, CUDA)
+
+
+def test_cpu_trainer_falls_back_with_one_line_once(capsys, monkeypatch):
+    monkeypatch.setattr(hcapture, "_reported", set())
+    t = Trainer(small_cfg(), device="cpu")
+    Trainer(small_cfg(), device="cpu")
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == ["[hgan] eager training step (no CUDA graphs): CUDA graphs need a CUDA "
+                   "device (running on cpu)"]
+    assert t.static_mode is None and not t.opt_g.param_groups[0]["capturable"]
+    Trainer(small_cfg(cuda_graph=False), device="cpu")   # asked for eager: nothing to report
+    assert capsys.readouterr().out == ""
+
+
+def test_resume_resets_the_optimisers_capturable_flag():
+    # A checkpoint from a captured run carries capturable=True; an eager resume must not keep it.
+    t = Trainer(small_cfg(), device="cpu")
+    run(t, batches(1))
+    for opt in (t.opt_g, t.opt_di, t.opt_dv):
+        for group in opt.param_groups:
+            group["capturable"] = True
+    state = t.state_dict()
+    assert state["opt_g"]["param_groups"][0]["capturable"]
+    u = Trainer(small_cfg(), device="cpu")
+    u.load_state_dict(state)
+    assert not any(g["capturable"] for o in (u.opt_g, u.opt_di, u.opt_dv) for g in o.param_groups)
+    run(u, batches(1))
+
+
+def test_no_cuda_graph_flag():
+    assert config_from_args(["--out", "x"])[0].cuda_graph
+    assert not config_from_args(["--out", "x", "--no-cuda-graph"])[0].cuda_graph
+
+
+# ------------------------------------------------------------------------------ CUDA only
+@pytest.mark.cuda
+@needs_cuda
+@pytest.mark.parametrize("change, atol", [
+    (dict(integrator="fused"), 1e-5),
+    (dict(integrator="analytic"), 1e-5),
+    (dict(integrator="fused", model="mocogan"), 1e-5),
+    (dict(integrator="fused", channels_last=True), 1e-5),
+    # bf16: a rounding that lands the other way moves an Adam step by up to ~lr/10
+    (dict(integrator="fused", amp=True, amp_dtype="bf16"), 1e-4),
+])
+def test_captured_step_equals_eager_step(change, atol):
+    if change.get("amp") and not torch.cuda.is_bf16_supported():
+        pytest.skip("this GPU has no bf16")
+    cfg = small_cfg(**change)
+    n = hcapture.WARMUP_STEPS + 4
+    data = batches(n, device="cuda")
+    eager = Trainer(small_cfg(cuda_graph=False, **change), device="cuda")
+    graph = Trainer(cfg, device="cuda")
+    assert graph.static_mode == "graph" and graph.opt_g.param_groups[0]["capturable"]
+    before = params(eager)
+    loss_e, loss_g = run(eager, data), run(graph, data)
+    assert graph.static.graphs is not None             # the last steps were replays
+    pe, pg = params(eager), params(graph)
+    for k in pe:
+        torch.testing.assert_close(pg[k], pe[k], rtol=1e-4, atol=atol, msg=k)
+    assert loss_g == pytest.approx(loss_e, rel=1e-4, abs=10 * atol)
+    assert torch.equal(graph.noise.get_state(), eager.noise.get_state())
+    assert max(float((pe[k] - before[k]).abs().max()) for k in pe
+               if pe[k].is_floating_point()) > 1e-3
+
+
+def cuda_run_cfg(h5, out, **kw):
+    data_root = os.path.dirname(os.path.dirname(h5))
+    base = dict(system="pendulum", data=data_root, device="cuda", out=str(out), log_every=2,
+                sample_every=1000, ckpt_every=1000, n_samples=2, num_workers=0,
+                loader="torch", gen_frames=40)
+    return small_cfg(**{**base, **kw})
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_captured_run_resumes_exactly(tiny_pendulum_h5, tmp_path):
+    n = hcapture.WARMUP_STEPS + 3
+    straight = train(cuda_run_cfg(tiny_pendulum_h5, tmp_path / "a", iters=2 * n))
+    assert straight["trainer"].static.graphs is not None
+    train(cuda_run_cfg(tiny_pendulum_h5, tmp_path / "b", iters=n))
+    resumed = train(cuda_run_cfg(tiny_pendulum_h5, tmp_path / "x", iters=2 * n),
+                    resume=str(tmp_path / "b"))
+    a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    assert torch.equal(a["noise_rng"], b["noise_rng"])
+    for net in ("generator", "image_disc", "video_disc"):
+        for k, v in a[net].items():
+            torch.testing.assert_close(b[net][k], v, msg=f"{net}.{k}")
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_captured_run_defers_the_non_finite_check(tiny_pendulum_h5, tmp_path):
+    bad = hcapture.WARMUP_STEPS + 2      # poisoned after this iteration: a replay sees it
+
+    def poison(trainer):
+        if trainer.iteration == bad:
+            with torch.no_grad():
+                next(trainer.G.image_generator.parameters()).fill_(float("nan"))
+
+    cfg = cuda_run_cfg(tiny_pendulum_h5, tmp_path / "nan", iters=20, ckpt_every=bad,
+                       log_every=bad)
+    with pytest.raises(NonFiniteLoss, match=f"at iteration {bad + 1}.*last good checkpoint"):
+        train(cfg, callback=poison)
+    ck = load_checkpoint(str(tmp_path / "nan"))
+    assert ck["iteration"] == bad
+    assert all(torch.isfinite(v).all() for v in ck["generator"].values() if v.is_floating_point())
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_captured_run_checkpoints_on_a_signal(tiny_pendulum_h5, tmp_path):
+    at = hcapture.WARMUP_STEPS + 2
+
+    def send(trainer):
+        if trainer.iteration == at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    res = train(cuda_run_cfg(tiny_pendulum_h5, tmp_path / "sig", iters=50), callback=send)
+    assert res["stopped"] == "SIGTERM" and res["iteration"] == at
+    assert res["trainer"].static.graphs is not None
+    assert load_checkpoint(str(tmp_path / "sig"))["iteration"] == at
