@@ -33,6 +33,21 @@ def finish(proc, timeout=120):
     return proc.returncode, out, err
 
 
+def start(proc, out):
+    """Wait until the run is training (its first sample is written after iteration 1, then
+    it is in the middle of later iterations); returns its loader workers' pids."""
+    first = out / "samples" / "iter_0000001.png"
+    deadline = time.monotonic() + 120
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, finish(proc)
+    time.sleep(1.0)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                             text=True).stdout.split()
+    assert len(workers) == 2, workers   # the loader really has its worker processes
+    return workers
+
+
 def weights(path):
     ck = load_checkpoint(path)
     return {f"{n}.{k}": v for n in ("generator", "image_disc", "video_disc")
@@ -53,13 +68,7 @@ def test_group_signal_checkpoints_then_resumes_exactly(data_root, tmp_path):
         out = tmp_path / sig.name
         proc = train_py("--data", data_root, "--out", str(out), "--iters", "100000",
                         start_new_session=True)
-        first = out / "samples" / "iter_0000001.png"   # written after the first iteration
-        deadline = time.monotonic() + 120
-        while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, finish(proc)
-        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                                 text=True).stdout.split()
+        workers = start(proc, out)
         os.killpg(proc.pid, sig)   # the whole group: the trainer and its loader workers
         rc, stdout, stderr = finish(proc)
         assert rc == 0, stderr
@@ -69,8 +78,7 @@ def test_group_signal_checkpoints_then_resumes_exactly(data_root, tmp_path):
         it = int(m.group(1))
         _, ck = weights(str(out / "checkpoints" / "last.pt"))
         assert it >= 1 and ck["iteration"] == it and ck["loader_position"] == it
-        assert len(workers) >= 2   # the loader really had worker processes ...
-        for pid in workers:        # ... and none outlives the trainer
+        for pid in workers:        # no worker outlives the trainer
             assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), pid
         reached[sig] = it
 
@@ -78,7 +86,8 @@ def test_group_signal_checkpoints_then_resumes_exactly(data_root, tmp_path):
     total = max(reached.values()) + 2
     straight = tmp_path / "straight"
     rc, _, err = finish(train_py("--data", data_root, "--out", str(straight), "--iters",
-                                 str(total), "--keep-every", "1"))
+                                 str(total), "--ckpt-every", "1",
+                                 "--keep-every", "1"))
     assert rc == 0, err
     for sig, it in reached.items():
         rc, _, err = finish(train_py("--resume", str(tmp_path / sig.name), "--iters", str(it + 2)))
@@ -101,14 +110,7 @@ def _zombie(pid):
 def test_loader_workers_die_with_a_killed_trainer(data_root, tmp_path):
     out = tmp_path / "killed"
     proc = train_py("--data", data_root, "--out", str(out), "--iters", "100000")
-    first = out / "samples" / "iter_0000001.png"
-    deadline = time.monotonic() + 120
-    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, finish(proc)
-    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
-                             text=True).stdout.split()
-    assert len(workers) >= 2
+    workers = start(proc, out)
     proc.kill()                      # SIGKILL: no handler runs, nothing is cleaned up
     finish(proc)
     deadline = time.monotonic() + 30  # a liveness bound, not a timing: they die at once

@@ -45,8 +45,11 @@ def resolve_device(name: str, info: hdist.DistInfo) -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(probe()) if probe is not None else False
+    """Native bf16 arithmetic: AVX512-BF16 or AMX. (oneDNN's own "bf16 supported" probe also
+    says yes on plain AVX512 CPUs, where bf16 is emulated and slow.)"""
+    probes = [getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(p()) for p in probes if p is not None)
 
 
 def amp_policy(device: torch.device, enabled: bool, dtype: str = "auto"):
