@@ -15,7 +15,7 @@ timed call synchronises the device. Medians, achieved FLOP/s (kernels.leapfrog_f
 matmul count) and the speed-up of each backend over the eager and the compiled reference go
 to bench/results/<device>.json, section "leapfrog", together with the device's measured
 fp32 matmul peak. Run: pytest bench/test_bench_leapfrog.py --benchmark-only
-(LEAPFROG_BENCH_THREADS sets torch's CPU threads; default 1).
+(LEAPFROG_BENCH_THREADS sets torch's CPU threads; default 1, see docs/measurements.md).
 """
 import os
 import time

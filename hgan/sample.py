@@ -21,11 +21,15 @@ from hgan.train.media import save_gif, save_png_strip
 def load_generator(ckpt_path, device="cpu"):
     """(generator in eval mode on `device`, the run's config dict) from a training checkpoint."""
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-    config = ckpt["config"]
-    mcfg = ModelConfig.from_dict(config["model"])
+    return generator_from_checkpoint(ckpt, device), ckpt["config"]
+
+
+def generator_from_checkpoint(ckpt: dict, device="cpu"):
+    """The generator of a loaded checkpoint dict, in eval mode on `device`."""
+    mcfg = ModelConfig.from_dict(ckpt["config"]["model"])
     generator = build_models(mcfg, "cpu").generator
     generator.load_state_dict(ckpt["generator"])
-    return generator.to(device).eval(), config
+    return generator.to(device).eval()
 
 
 def generate(ckpt_path, n=16, frames=64, dt=None, seed=0, device="cpu"):

@@ -1,13 +1,14 @@
-"""window_plan and the ToyPhysicsWindows dataset."""
+"""window_plan and the window reader every batch stream uses."""
 import pickle
 
 import h5py
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader
 
-from hgan.data import ToyPhysicsWindows, window_plan
+from hgan.data import window_plan
+from hgan.data.loader import build_loader
+from hgan.data.stream import WindowReader, WindowSchedule
 
 
 def test_plan_is_a_seeded_permutation_with_valid_starts():
@@ -43,34 +44,34 @@ def test_plan_errors(kw, match):
         window_plan(args.pop("n_traj"), args.pop("traj_len"), args.pop("frames"), **args)
 
 
-def test_dataset_items_follow_the_plan(tiny_pendulum_h5):
-    ds = ToyPhysicsWindows(tiny_pendulum_h5, 16, seed=5)
-    assert (ds.n_traj, ds.traj_len, ds.resolution, len(ds)) == (24, 40, 32, 24)
-    ds.set_epoch(3)
+def test_window_reader_items_follow_the_plan(tiny_pendulum_h5):
+    # batch 1: global sample g of epoch e is plan(e)[g - e * batches_per_epoch]
+    sched = WindowSchedule(tiny_pendulum_h5, batch_size=1, frames=16, seed=5, rank=0,
+                           world_size=1)
+    assert sched.shape[:3] == (24, 40, 32) and sched.batches_per_epoch == 24
+    reader = WindowReader(sched)
     plan = window_plan(24, 40, 16, seed=5, epoch=3)
     with h5py.File(tiny_pendulum_h5) as f:
         for i in (0, 7, 23):
             t, s = plan[i]
-            raw = torch.from_numpy(f["frames"][t, s:s + 16]).permute(0, 3, 1, 2)
-            x = ds[i]
-            assert x.shape == (16, 3, 32, 32) and x.dtype == torch.float32
-            torch.testing.assert_close(x, raw.float() / 127.5 - 1, rtol=0, atol=0)
-    u8 = ToyPhysicsWindows(tiny_pendulum_h5, 16, seed=5, uint8=True)
-    u8.set_epoch(3)
-    t, s = plan[0]
-    with h5py.File(tiny_pendulum_h5) as f:
-        raw = torch.from_numpy(f["frames"][t, s:s + 16]).permute(0, 3, 1, 2)
-    assert u8[0].dtype == torch.uint8 and torch.equal(u8[0], raw)
-    assert -1 <= ds[0].min() and ds[0].max() <= 1
-    shard = ToyPhysicsWindows(tiny_pendulum_h5, 16, seed=5, rank=1, world_size=5)
-    assert len(shard) == 4
+            x = reader(3 * 24 + i)
+            assert x.shape == (16, 32, 32, 3) and x.dtype == np.uint8
+            np.testing.assert_array_equal(x, f["frames"][t, s:s + 16])
+    shard = WindowSchedule(tiny_pendulum_h5, batch_size=1, frames=16, seed=5, rank=1,
+                           world_size=5)
+    assert shard.batches_per_epoch == 4
 
 
 def test_workers_match_single_process_and_pickle(tiny_pendulum_h5):
-    ds = ToyPhysicsWindows(tiny_pendulum_h5, 8, seed=2)
-    _ = ds[0]  # open a handle in this process; pickling must not carry it
-    clone = pickle.loads(pickle.dumps(ds))
+    reader = WindowReader(WindowSchedule(tiny_pendulum_h5, batch_size=6, frames=8, seed=2,
+                                         rank=0, world_size=1))
+    _ = reader(0)  # open a handle in this process; pickling must not carry it
+    clone = pickle.loads(pickle.dumps(reader))
     assert clone._file is None
-    ref = torch.stack([ds[i] for i in range(len(ds))])
-    loader = DataLoader(ds, batch_size=6, num_workers=2)
-    torch.testing.assert_close(torch.cat(list(loader)), ref, rtol=0, atol=0)
+    np.testing.assert_array_equal(clone(5), reader(5))
+    ref = [b for _, b in zip(range(6), build_loader(tiny_pendulum_h5, batch_size=6, frames=8,
+                                                   seed=2, kind="torch", num_workers=0))]
+    got = [b for _, b in zip(range(6), build_loader(tiny_pendulum_h5, batch_size=6, frames=8,
+                                                   seed=2, kind="torch", num_workers=2))]
+    for x, y in zip(ref, got):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)

@@ -101,18 +101,20 @@ def test_gpu_resident_equals_torch_with_workers(frames_h5):
             assert torch.equal(x, y)
 
 
-def test_matches_toy_physics_windows_on_generated_data(tiny_pendulum_h5):
-    """The data package's own Dataset (read and scaled independently) is the oracle."""
+def test_matches_h5py_windows_on_generated_data(tiny_pendulum_h5):
+    """Real rendered frames read and scaled independently (h5py, float64) are the oracle."""
     stream = build_loader(tiny_pendulum_h5, batch_size=5, frames=8, seed=4, kind="torch",
                           num_workers=0)
-    ds = hdata.ToyPhysicsWindows(tiny_pendulum_h5, 8, seed=4)
     bpe = stream.batches_per_epoch
-    assert bpe == len(ds) // 5
+    assert bpe == 24 // 5
+    with h5py.File(tiny_pendulum_h5) as f:
+        frames = f["frames"][...]
     for g, batch in zip(range(bpe + 2), stream):
         epoch, b = divmod(g, bpe)
-        ds.set_epoch(epoch)
-        ref = torch.stack([ds[i] for i in range(b * 5, b * 5 + 5)])
-        torch.testing.assert_close(batch, ref, rtol=0, atol=2 ** -23)
+        rows = hdata.window_plan(24, 40, 8, seed=4, epoch=epoch)[b * 5:b * 5 + 5]
+        win = np.stack([frames[t, s:s + 8] for t, s in rows]).astype(np.float64)
+        ref = torch.from_numpy(win / 127.5 - 1.0).permute(0, 1, 4, 2, 3)
+        torch.testing.assert_close(batch.double(), ref, rtol=0, atol=2 ** -23)
 
 
 @pytest.mark.parametrize("kind", ["torch", "gpu-resident"])

@@ -8,7 +8,7 @@ import torch
 
 from hgan.models import ModelConfig
 from hgan.train import RunConfig, load_checkpoint, train
-from hgan.train.loop import NonFiniteLoss, amp_policy, cpu_has_fast_bf16
+from hgan.train.loop import NonFiniteLoss, amp_policy
 from hgan.train.losses import r1_penalty
 
 
@@ -72,15 +72,21 @@ def test_amp_bf16_on_cpu(tiny_pendulum_h5, tmp_path):
     assert frames.dtype == torch.bfloat16 and mot["y"].dtype == torch.float32
 
 
-def test_amp_policy():
+def test_amp_policy(monkeypatch, capsys):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert amp_policy(cpu, False) == (None, False)
-    for dtype in ("auto", "bf16"):  # the contract: --amp is bf16 autocast on CPU
-        if cpu_has_fast_bf16():
-            assert amp_policy(cpu, True, dtype) == (torch.bfloat16, False)
-        else:
-            with pytest.warns(UserWarning, match="no native bf16"):
-                assert amp_policy(cpu, True, dtype) == (torch.bfloat16, False)
+    # a CPU with native bf16: --amp is bf16 autocast
+    monkeypatch.setattr("hgan.train.loop.cpu_has_fast_bf16", lambda: True)
+    for dtype in ("auto", "bf16"):
+        assert amp_policy(cpu, True, dtype) == (torch.bfloat16, False)
+    assert capsys.readouterr().err == ""
+    # without it, --amp runs fp32 and says why in one line; an explicit bf16 is obeyed
+    monkeypatch.setattr("hgan.train.loop.cpu_has_fast_bf16", lambda: False)
+    assert amp_policy(cpu, True, "auto") == (None, False)
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "no native bf16" in err and "fp32" in err
+    with pytest.warns(UserWarning, match="no native bf16"):
+        assert amp_policy(cpu, True, "bf16") == (torch.bfloat16, False)
     with pytest.raises(ValueError, match="fp16 is for CUDA"):
         amp_policy(cpu, True, "fp16")
     with pytest.raises(ValueError, match="unknown --amp-dtype"):
@@ -164,10 +170,18 @@ def test_signal_saves_checkpoint_then_exits(tiny_pendulum_h5, tmp_path, sig):
         if trainer.iteration == 2:
             os.kill(os.getpid(), sig)
 
-    res = train(tiny_cfg(tiny_pendulum_h5, tmp_path / "sig", iters=50), callback=send)
+    def before(signum, frame):  # a handler of the caller's, to be restored afterwards
+        raise AssertionError("the trainer's handler should have caught this")
+
+    previous = signal.signal(sig, before)
+    try:
+        res = train(tiny_cfg(tiny_pendulum_h5, tmp_path / "sig", iters=50), callback=send)
+        restored = signal.getsignal(sig)
+    finally:
+        signal.signal(sig, previous)
     assert res["stopped"] == signal.Signals(sig).name and res["iteration"] == 2
     assert load_checkpoint(str(tmp_path / "sig"))["iteration"] == 2
-    assert signal.getsignal(sig) in (signal.default_int_handler, signal.SIG_DFL)
+    assert restored is before  # whatever was installed before (SIG_IGN under nohup, ...)
 
 
 def test_profile_flag_writes_a_trace(tiny_pendulum_h5, tmp_path):

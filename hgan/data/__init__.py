@@ -3,7 +3,6 @@ from hgan.data.generate import generate_dataset
 from hgan.data.h5io import DataFormatError, open_h5
 from hgan.data.systems import SYSTEMS, get_system
 from hgan.data.windows import window_plan
-from hgan.data.dataset import ToyPhysicsWindows
 
 __all__ = ["SYSTEMS", "get_system", "generate_dataset", "open_h5", "DataFormatError",
-           "window_plan", "ToyPhysicsWindows"]
+           "window_plan"]

@@ -15,7 +15,8 @@ resumption behave exactly as in the torch stream.
 import torch
 
 from hgan.data.h5io import DataFormatError
-from hgan.data.loader import SCALE, WindowReader, WindowSchedule, _Stream
+from hgan.data.stream import SCALE, BatchStream, WindowReader, WindowSchedule
+from hgan.data.workers import WorkerInit
 
 try:
     from nvidia.dali import fn, pipeline_def, types
@@ -35,8 +36,10 @@ class _SampleSource:
     def __init__(self, schedule: WindowSchedule, first_sample: int):
         self.reader = WindowReader(schedule)
         self.first_sample = first_sample
+        self.worker_init = WorkerInit()
 
     def __call__(self, info):
+        self.worker_init.once()  # workers ignore stop signals: see hgan.data.workers
         # idx_in_epoch keeps counting because the source never raises StopIteration.
         return self.reader(self.first_sample + info.idx_in_epoch)
 
@@ -75,7 +78,7 @@ def _build_pipeline(source, *, batch_size, gpu, device_id, num_workers, prefetch
     return pipe()
 
 
-class DaliBatchStream(_Stream):
+class DaliBatchStream(BatchStream):
     """Endless float32 [B, T, 3, H, W] batches in [-1, 1] from a DALI pipeline."""
 
     kind = "dali"

@@ -21,11 +21,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-import hgan.data as hdata
-from hgan.data.h5io import DataFormatError, open_h5
+from hgan.data.h5io import DataFormatError
+from hgan.data.stream import SCALE, BatchStream, WindowReader, WindowSchedule
+from hgan.data.stream import open_checked as _open_checked
+from hgan.data.workers import WorkerInit
 
 KINDS = ("auto", "torch", "dali", "gpu-resident")
-SCALE = 1.0 / 127.5
 # Under "auto" on CUDA the frames are kept on the GPU when they take at most this share of
 # its memory (the rest is for the networks, the step's activations and the CUDA graphs).
 RESIDENT_MEMORY_FRACTION = 0.25
@@ -45,91 +46,6 @@ def to_unit_range(u8: torch.Tensor, channels_last: bool = False) -> torch.Tensor
     return x if channels_last else x.contiguous()
 
 
-class WindowSchedule:
-    """Which (trajectory, start) windows make up global batch g of this rank's shard."""
-
-    def __init__(self, path, *, batch_size, frames, seed, rank, world_size):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ValueError(f"rank {rank} is outside world_size {world_size}")
-        # Validation is open_h5's: the same DataFormatError, word for word, as every reader.
-        with open_h5(path) as f:
-            self.shape = tuple(f.frames.shape)
-        n_traj, traj_len = self.shape[:2]
-        if not 1 <= frames <= traj_len:
-            raise ValueError(f"frames={frames} does not fit trajectories of {traj_len} frames "
-                             f"in {path}")
-        self.path, self.batch_size, self.frames = path, batch_size, frames
-        self.seed, self.rank, self.world_size = seed, rank, world_size
-        self._epoch, self._plan = None, None
-        n_windows = len(self.plan(0))
-        self.batches_per_epoch = n_windows // batch_size
-        if self.batches_per_epoch == 0:
-            raise ValueError(
-                f"batch size {batch_size} exceeds the {n_windows} windows per epoch of "
-                f"{path} (rank {rank} of {world_size}); generate more trajectories or lower it")
-
-    def plan(self, epoch: int) -> np.ndarray:
-        # One epoch's plan is cached: consecutive batches almost always share the epoch.
-        if epoch != self._epoch:
-            n_traj, traj_len = self.shape[:2]
-            self._plan = np.asarray(hdata.window_plan(
-                n_traj, traj_len, self.frames, seed=self.seed, epoch=epoch,
-                rank=self.rank, world_size=self.world_size), dtype=np.int64)
-            self._epoch = epoch
-        return self._plan
-
-    def window(self, sample: int) -> tuple:
-        """(traj, start) of global sample number `sample` (= g * B + i)."""
-        g, i = divmod(sample, self.batch_size)
-        epoch, b = divmod(g, self.batches_per_epoch)
-        traj, start = self.plan(epoch)[b * self.batch_size + i]
-        return int(traj), int(start)
-
-    def batch(self, g: int) -> np.ndarray:
-        epoch, b = divmod(g, self.batches_per_epoch)
-        return self.plan(epoch)[b * self.batch_size:(b + 1) * self.batch_size]
-
-
-def _open_checked(schedule: WindowSchedule):
-    """A validated handle (`open_h5`) whose frames still have the schedule's shape."""
-    f = open_h5(schedule.path)
-    if tuple(f.frames.shape) != schedule.shape:
-        shape = tuple(f.frames.shape)
-        f.close()
-        raise DataFormatError(f"{schedule.path}: frames are {shape} now but were "
-                              f"{schedule.shape} when the loader was built; the file was "
-                              "replaced while in use")
-    return f
-
-
-class WindowReader:
-    """Reads the uint8 [T, H, W, 3] window of a global sample; one h5 handle per process.
-
-    The handle is a validated `open_h5` file, opened lazily and dropped when pickled, so
-    every DataLoader / DALI worker opens (and validates) its own: h5py handles must not
-    cross a fork. Validation is a one-off per worker (attributes and two probe chunks);
-    each read is then a plain h5py slice of one chunk."""
-
-    def __init__(self, schedule: WindowSchedule):
-        self.schedule = schedule
-        self._file = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "_file": None}
-
-    def __call__(self, sample: int) -> np.ndarray:
-        if self._file is None:
-            self._file = _open_checked(self.schedule)
-        traj, start = self.schedule.window(sample)
-        try:
-            return self._file.frames[traj, start:start + self.schedule.frames]
-        except (OSError, RuntimeError) as e:  # a damaged chunk open_h5's probe did not reach
-            raise DataFormatError(f"{self.schedule.path}: truncated or corrupt data "
-                                  f"(trajectory {traj}: {e})") from None
-
-
 class _SampleDataset(Dataset):
     def __init__(self, reader):
         self.reader = reader
@@ -138,22 +54,7 @@ class _SampleDataset(Dataset):
         return torch.from_numpy(self.reader(sample))
 
 
-class _Stream:
-    def __init__(self, schedule, device, start_batch, channels_last=False):
-        if start_batch < 0:
-            raise ValueError(f"start_batch must be >= 0, got {start_batch}")
-        self.channels_last = channels_last
-        self.schedule = schedule
-        self.batch_size = schedule.batch_size
-        self.batches_per_epoch = schedule.batches_per_epoch
-        self.device = torch.device(device)
-        self.position = start_batch
-
-    def close(self):
-        pass
-
-
-class TorchBatchStream(_Stream):
+class TorchBatchStream(BatchStream):
     """torch DataLoader: workers read windows, pinned uint8 batches, conversion on device.
 
     One DataLoader over an endless sample counter keeps the workers alive across epochs."""
@@ -171,14 +72,16 @@ class TorchBatchStream(_Stream):
                             batch_size=self.batch_size, num_workers=self.num_workers,
                             pin_memory=self.device.type == "cuda",
                             prefetch_factor=4 if self.num_workers > 0 else None,
-                            persistent_workers=False)
+                            persistent_workers=False,
+                            # workers ignore stop signals: see hgan.data.workers
+                            worker_init_fn=WorkerInit() if self.num_workers > 0 else None)
         for u8 in loader:
             self.position += 1
             yield to_unit_range(u8.to(self.device, non_blocking=True), self.channels_last)
 
 
-class ResidentBatchStream(_Stream):
-    """The whole uint8 frame array lives on the device; a batch is one gather there.
+class ResidentBatchStream(BatchStream):
+    """The whole uint8 frame array lives on the device; a batch is one gather.
 
     Fits small sets (50,000 x 64 frames x 32^2 x 3 bytes = 9.8 GB) and removes host reads
     and transfers from the step. The windows, their random order included, come from the

@@ -22,21 +22,6 @@ from hgan.evaluate import appearance, figures, fvd, probe, report, structure
 ALL_METRICS = ("fvd", "physics", "tsne", "samples", "cyclic", "appearance")
 
 
-def _find_data_path(config):
-    """The training data file recorded in the run's config (flat or nested)."""
-    stack = [config]
-    while stack:
-        d = stack.pop()
-        if not isinstance(d, dict):
-            continue
-        for key in ("data", "data_path", "dataset", "train_data"):
-            v = d.get(key)
-            if isinstance(v, str) and v.endswith((".h5", ".hdf5")):
-                return v
-        stack.extend(d.values())
-    return None
-
-
 def portable_paths(results, out_dir):
     """A copy of `results` with its paths relative to `out_dir`: the known path fields (as
     this process sees them: absolute or relative to the working directory) and every other
@@ -70,11 +55,12 @@ def portable_paths(results, out_dir):
 
 
 def _load_run(checkpoint, device):
-    from hgan.sample import load_generator
+    """(generator in eval mode, run config, training iteration), reading the file once."""
+    from hgan.sample import generator_from_checkpoint
     from hgan.train.checkpoint import load_checkpoint
-    generator, config = load_generator(checkpoint, device)
-    iteration = int(load_checkpoint(checkpoint).get("iteration", -1))
-    return generator.eval(), config, iteration
+    ckpt = load_checkpoint(checkpoint, map_location="cpu")
+    generator = generator_from_checkpoint(ckpt, device)
+    return generator, ckpt["config"], int(ckpt.get("iteration", -1))
 
 
 def _real_videos(ds, idx, frames, seed):
@@ -136,7 +122,7 @@ def evaluate(args):
         raise SystemExit(f"unknown metrics {unknown}; choose from {','.join(ALL_METRICS)}")
     os.makedirs(args.out, exist_ok=True)
     generator, config, iteration = _load_run(args.checkpoint, device)
-    data_path = args.data or _find_data_path(config)
+    data_path = args.data or config.get("data_path")
     model = generator.config.model
     results = {"checkpoint": os.path.abspath(args.checkpoint), "model": model, "iteration": iteration,
                "data": data_path, "device": device, "metrics": metrics, "figures": {},
@@ -299,3 +285,9 @@ def main(argv=None):
     p.add_argument("--system", help="system name when no dataset is read (tsne/cyclic only)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     return evaluate(p.parse_args(argv))
+
+
+def entry() -> int:
+    """The `hgan-evaluate` console script (main returns the results, not an exit code)."""
+    main()
+    return 0

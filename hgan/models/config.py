@@ -1,5 +1,5 @@
 """Typed model configuration and the resolution plan shared by G_I, D_I and D_V."""
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from hgan.kernels import PRECISIONS, SCHEMES   # see hgan.kernels.leapfrog.common
 
@@ -9,28 +9,46 @@ ACTIVATIONS = ("softplus", "tanh", "relu")
 INTEGRATORS = ("auto", "reference", "analytic", "fused")
 
 
+def option(default=MISSING, help="", *, choices=None, resumable=False, cli=True,
+           default_factory=MISSING):
+    """A config field that is also a train.py flag (`--field-name`): one line per option.
+
+    choices: a tuple, or a callable returning one (evaluated when the parser is built).
+    resumable: the flag may change when a run is resumed (hgan.train.config.resumable_fields).
+    cli=False: no flag."""
+    return field(default=default, default_factory=default_factory,
+                 metadata={"help": help, "choices": choices, "resumable": resumable, "cli": cli})
+
+
 @dataclass
 class ModelConfig:
     """Defaults follow the official HGAN code and MoCoGAN (see the README's model section)."""
 
-    model: str = "hgan"
-    resolution: int = 32
-    channels: int = 3
-    k: int = 10                  # configuration-space dimension: q, p in R^k
-    motion_dim: int = 20         # motion noise eps_m ~ N(0, I_motion_dim)
-    content_dim: int = 50        # content noise z_c ~ N(0, I_content_dim), fixed per video
-    hidden: int = 100            # width of the config map, the Hamiltonian MLP and the GRU
-    depth: int = 2               # hidden layers of the Hamiltonian MLP
-    hamiltonian: str = "general"
-    activation: str = "softplus"
-    dt: float = 0.05
-    ngf: int = 32
-    ndf: int = 32
-    clip_frames: int = 16        # clip length seen by the video discriminator
-    integrator: str = "auto"
-    scheme: str = "order2"       # "official": the official code's step, first order for general H
-    fused_precision: str = "ieee"  # dot products of the fused kernels (PRECISIONS)
-    channels_last: bool = False
+    model: str = option("hgan", "hgan (config map + HNN + L_cyc), hnn_gan (no map), "
+                                "mocogan (GRU)", choices=MODELS)
+    resolution: int = option(32, "frame size: 32, 64 or 96 (4*2^n or 6*2^n)")
+    channels: int = option(3, cli=False)
+    k: int = option(10, "configuration-space dimension: q, p in R^k")
+    motion_dim: int = option(20, "motion noise eps_m ~ N(0, I_motion_dim) (hnn_gan: 2k)")
+    content_dim: int = option(50, "content noise z_c ~ N(0, I_content_dim), fixed per video")
+    hidden: int = option(100, "width of the configuration map, the Hamiltonian MLP and the GRU")
+    depth: int = option(2, "hidden layers of the Hamiltonian MLP")
+    hamiltonian: str = option("general", "general H(q,p) or separable K(p)+V(q) (symplectic, "
+                                         "reversible)", choices=HAMILTONIANS)
+    activation: str = option("softplus", "activation of the Hamiltonian MLP", choices=ACTIVATIONS)
+    dt: float = option(0.05, "leapfrog step (the data's frame interval)")
+    ngf: int = option(32, "G_I width")
+    ndf: int = option(32, "D_I / D_V width")
+    clip_frames: int = option(16, "clip length for the video discriminator (capped at --frames)")
+    integrator: str = option("auto", "leapfrog backend (auto: fused on CUDA, analytic on CPU)",
+                             choices=INTEGRATORS)
+    scheme: str = option("order2", "leapfrog step: order2 (second order for any H) or official "
+                                   "(the official HGAN code's step, first order unless "
+                                   "--hamiltonian separable)", choices=SCHEMES)
+    fused_precision: str = option("ieee", "dot products inside the fused integrator kernels: "
+                                          "ieee (fp32 FMA), or tensor-core tf32x3 / tf32 (see "
+                                          "docs/integrator.md)", choices=PRECISIONS)
+    channels_last: bool = option(False, "channels-last memory format for G_I, D_I and D_V")
 
     def __post_init__(self):
         def one_of(name, value, allowed):

@@ -44,12 +44,8 @@ class HamiltonianMotion(nn.Module):
         The method, not `config_map.compile()`: Dynamo skips frames that start inside torch.nn
         (a bare nn.Sequential compiled on its own finds no frame to compile under fullgraph).
 
-        The integrator stays eager whatever the backend (hgan.kernels.leapfrog breaks any
-        compiled graph around itself): "reference" differentiates H with
-        autograd.grad(create_graph=True) at every half step, and torch.compile cannot do
-        double backward; "fused" is already one Triton kernel per rollout; "analytic" traced
-        with aot_eager is exact, but inductor (torch 2.13, CPU) took 125 s to compile it and
-        returned wrong trajectories, so it is never traced.
+        The integrator stays eager whatever the backend: hgan.kernels.leapfrog breaks any
+        compiled graph around itself (why: docs/integrator.md, "torch.compile").
         """
         if self.config_map is not None:
             self._compiled_initial_state = torch.compile(self.initial_state, *args, **kwargs)

@@ -7,6 +7,7 @@ On CUDA the step is replayed as two CUDA graphs where the configuration allows
 (hgan.train.capture); the eager step below is the reference it is tested against.
 """
 import os
+import sys
 import warnings
 
 import torch
@@ -47,18 +48,22 @@ def resolve_device(name: str, info: hdist.DistInfo) -> torch.device:
 
 
 def cpu_has_fast_bf16() -> bool:
-    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(probe()) if probe is not None else False
+    """Native bf16 arithmetic: AVX512-BF16 or AMX. (oneDNN's own "bf16 supported" probe also
+    says yes on plain AVX512 CPUs, where bf16 is emulated and slow.)"""
+    probes = [getattr(torch.cpu, name, None)
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(bool(p()) for p in probes if p is not None)
 
 
 def amp_policy(device: torch.device, enabled: bool, dtype: str = "auto"):
     """(autocast dtype or None, GradScaler needed).
 
     bf16 keeps fp32's exponent range, so gradients cannot underflow and no loss scaling is
-    needed; it is used on CPU and on every CUDA device that supports it. Older GPUs fall back
-    to fp16, whose narrow range needs a GradScaler. A CPU without native bf16 (no AVX512-BF16
-    or AMX) runs bf16 convolutions through slow reference kernels (measured ~20x slower than
-    fp32 on an AVX2 EPYC): autocast still uses bf16 as asked, and warns once.
+    needed; it is used on every CUDA device that supports it and on CPUs with native bf16.
+    Older GPUs fall back to fp16, whose narrow range needs a GradScaler. A CPU without native
+    bf16 (no AVX512-BF16 or AMX) runs bf16 convolutions through slow reference kernels
+    (measured ~20x slower than fp32 on an AVX2 EPYC), and autocast exists for speed: there
+    `--amp` runs fp32 and says so in one line; only an explicit `--amp-dtype bf16` forces it.
     """
     if dtype not in ("auto", "bf16", "fp16"):
         raise ValueError(f"unknown --amp-dtype {dtype!r}; choose auto, bf16 or fp16")
@@ -72,9 +77,14 @@ def amp_policy(device: torch.device, enabled: bool, dtype: str = "auto"):
         return torch.bfloat16, False
     if dtype == "fp16":
         raise ValueError("--amp-dtype fp16 is for CUDA; on CPU autocast uses bf16")
-    if not cpu_has_fast_bf16():
-        warnings.warn("--amp: this CPU has no native bf16 (AVX512-BF16/AMX), so bf16 autocast runs "
-                      "~20x slower than fp32 here; drop --amp for speed on this machine")
+    if cpu_has_fast_bf16():
+        return torch.bfloat16, False
+    if dtype == "auto":
+        print("[hgan] --amp: this CPU has no native bf16 (AVX512-BF16/AMX), where bf16 runs "
+              "~20x slower than fp32: training in fp32", file=sys.stderr, flush=True)
+        return None, False
+    warnings.warn("--amp-dtype bf16: this CPU has no native bf16 (AVX512-BF16/AMX), so bf16 "
+                  "autocast runs ~20x slower than fp32 here")
     return torch.bfloat16, False
 
 

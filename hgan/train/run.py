@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 from hgan.data.loader import build_loader
 from hgan.train import dist as hdist
 from hgan.train.checkpoint import load_checkpoint
-from hgan.train.config import RunConfig
+from hgan.train.config import RunConfig, resumable_fields
 from hgan.train.loop import NonFiniteLoss, Trainer, ensure_dataset, resolve_device
 from hgan.train.media import save_samples, strip
 from hgan.train.profiling import stage, step_profiler
@@ -18,8 +18,7 @@ from hgan.train.profiling import stage, step_profiler
 # Iterations between the ranks' checks for a stop signal under torchrun.
 STOP_POLL_EVERY = 10
 # Flags that may change when a run is resumed; everything else comes from the checkpoint.
-RESUMABLE_OVERRIDES = ("iters", "device", "log_every", "sample_every", "ckpt_every", "keep_every",
-                       "progress", "profile", "num_workers", "loader", "n_samples", "cuda_graph")
+RESUMABLE_OVERRIDES = resumable_fields()
 
 
 def resume_config(ckpt: dict, cli: RunConfig, ckpt_path: str) -> RunConfig:
@@ -32,7 +31,11 @@ def resume_config(ckpt: dict, cli: RunConfig, ckpt_path: str) -> RunConfig:
 
 
 class _StopFlag:
-    """SIGTERM/SIGINT set a flag; the loop checkpoints after the current iteration and exits."""
+    """SIGTERM/SIGINT set a flag; the loop checkpoints after the current iteration and exits.
+
+    A signal sent to the whole process group reaches the loader workers too; they ignore it
+    (hgan.data.workers) and this process ends them when it closes the stream. On exit the
+    handlers installed before are restored, whatever they were (SIG_IGN under nohup)."""
 
     def __init__(self):
         self.signum = None
@@ -50,7 +53,8 @@ class _StopFlag:
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
-            signal.signal(sig, old)
+            # None: the previous handler was not installed from Python; SIG_DFL is the best guess
+            signal.signal(sig, signal.SIG_DFL if old is None else old)
         return False
 
 
@@ -155,6 +159,7 @@ def train(cfg: RunConfig, resume: str = "", callback=None) -> dict:
         raise NonFiniteLoss(f"{e}; stopping ({kept})") from None
     finally:
         bar.close()
+        batches.close()  # ends the loader's workers now, not whenever the generator is collected
         stream.close()
     result = {"iteration": trainer.iteration, "stats": last_stats, "out": cfg.out, "stopped": stopped,
               "trainer": trainer}

@@ -1,0 +1,120 @@
+"""Stop signals sent to the whole process group, as `timeout`, job schedulers, container
+runtimes and Ctrl-C send them: train.py with loader workers saves a checkpoint and exits
+cleanly, and the run resumes from it exactly."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from hgan.train import load_checkpoint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--system", "pendulum", "--batch-size", "4", "--frames", "6", "--clip-frames", "4",
+        "--ngf", "4", "--ndf", "4", "--k", "2", "--hidden", "8", "--motion-dim", "4",
+        "--content-dim", "4", "--integrator", "analytic", "--device", "cpu", "--loader", "torch",
+        "--num-workers", "2", "--log-every", "1", "--sample-every", "100000",
+        "--ckpt-every", "100000", "--n-samples", "2", "--no-progress"]
+
+
+def train_py(*args, **popen):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *TINY, *args],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **popen)
+
+
+def finish(proc, timeout=120):
+    out, err = proc.communicate(timeout=timeout)
+    return proc.returncode, out, err
+
+
+def start(proc, out):
+    """Wait until the run is training (its first sample is written after iteration 1, then
+    it is in the middle of later iterations); returns its loader workers' pids."""
+    first = out / "samples" / "iter_0000001.png"
+    deadline = time.monotonic() + 120
+    while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, finish(proc)
+    time.sleep(1.0)
+    workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                             text=True).stdout.split()
+    assert len(workers) == 2, workers   # the loader really has its worker processes
+    return workers
+
+
+def weights(path):
+    ck = load_checkpoint(path)
+    return {f"{n}.{k}": v for n in ("generator", "image_disc", "video_disc")
+            for k, v in ck[n].items()}, ck
+
+
+@pytest.fixture
+def data_root(tiny_pendulum_h5, tmp_path):
+    root = tmp_path / "data"
+    (root / "pendulum").mkdir(parents=True)
+    os.symlink(tiny_pendulum_h5, root / "pendulum" / "train.h5")
+    return str(root)
+
+
+def test_group_signal_checkpoints_then_resumes_exactly(data_root, tmp_path):
+    reached = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        out = tmp_path / sig.name
+        proc = train_py("--data", data_root, "--out", str(out), "--iters", "100000",
+                        start_new_session=True)
+        workers = start(proc, out)
+        os.killpg(proc.pid, sig)   # the whole group: the trainer and its loader workers
+        rc, stdout, stderr = finish(proc)
+        assert rc == 0, stderr
+        assert "Traceback" not in stderr and "Error" not in stderr, stderr
+        m = re.search(rf"{sig.name}: checkpoint saved at iteration (\d+)", stdout)
+        assert m, stdout
+        it = int(m.group(1))
+        _, ck = weights(str(out / "checkpoints" / "last.pt"))
+        assert it >= 1 and ck["iteration"] == it and ck["loader_position"] == it
+        for pid in workers:        # no worker outlives the trainer
+            assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), pid
+        reached[sig] = it
+
+    # Exact resume: each stopped run, resumed to N + 2 iterations, equals a straight run.
+    total = max(reached.values()) + 2
+    straight = tmp_path / "straight"
+    rc, _, err = finish(train_py("--data", data_root, "--out", str(straight), "--iters",
+                                 str(total), "--ckpt-every", "1",
+                                 "--keep-every", "1"))
+    assert rc == 0, err
+    for sig, it in reached.items():
+        rc, _, err = finish(train_py("--resume", str(tmp_path / sig.name), "--iters", str(it + 2)))
+        assert rc == 0, err
+        got, ck = weights(str(tmp_path / sig.name / "checkpoints" / "last.pt"))
+        ref, _ = weights(str(straight / "checkpoints" / f"iter_{it + 2:07d}.pt"))
+        assert ck["iteration"] == it + 2 and got.keys() == ref.keys()
+        for k in ref:
+            assert torch.equal(got[k], ref[k]), (sig.name, k)
+
+
+def _zombie(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_loader_workers_die_with_a_killed_trainer(data_root, tmp_path):
+    out = tmp_path / "killed"
+    proc = train_py("--data", data_root, "--out", str(out), "--iters", "100000")
+    workers = start(proc, out)
+    proc.kill()                      # SIGKILL: no handler runs, nothing is cleaned up
+    finish(proc)
+    deadline = time.monotonic() + 30  # a liveness bound, not a timing: they die at once
+    while time.monotonic() < deadline and not all(
+            not os.path.exists(f"/proc/{p}") or _zombie(p) for p in workers):
+        time.sleep(0.1)
+    assert all(not os.path.exists(f"/proc/{p}") or _zombie(p) for p in workers), workers
