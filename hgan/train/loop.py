@@ -84,7 +84,9 @@ def amp_policy(device: torch.device, enabled: bool, dtype: str = "auto"):
               "~20x slower than fp32: training in fp32", file=sys.stderr, flush=True)
         return None, False
     warnings.warn("--amp-dtype bf16: this CPU has no native bf16 (AVX512-BF16/AMX), so bf16 "
-                  "autocast runs ~20x slower than fp32 here")
+                  "autocast runs ~20x slower than fp32 here, and its emulated kernels are not "
+                  "reliable (on an AVX512 Xeon, torch 2.13, D_V's Conv3d weight gradients went "
+                  "non-finite in the first update)")
     return torch.bfloat16, False
 
 
