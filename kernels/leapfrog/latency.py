@@ -45,19 +45,34 @@ thread apiece at 8 warps; the report is what decides the warps per width (_num_w
 import triton
 import triton.language as tl
 
-from .fused import _act
+from .fused import _act, _saved_step
 
 
 @triton.jit
-def _load_weights(w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, KP: tl.constexpr,
-                  H1: tl.constexpr, H2: tl.constexpr):
+def _load_weights(w1_ptr, b1_ptr, w2_ptr, K: tl.constexpr, N1: tl.constexpr,
+                  N2: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr, H2: tl.constexpr):
+    """W1q, W1p [H1, KP], b1 [H1], W2 [H2, H1] from the caller's nn.Linear tensors (w1 [n1, 2k],
+    w2 [n2, n1]), zero-padded by the loads' masks: no padded copies on the host. The sizes
+    are compile-time constants so that Triton sees the row strides' alignment: with n1 = 100
+    it loads W2 in 16-byte vectors, and the register layout that follows from that keeps an
+    H2-indexed vector at 16 registers per thread instead of 64 (runtime sizes spilled 3 KB
+    per thread in the width-128 backward; bench/ptxas_report.py)."""
     cols = tl.arange(0, KP)
     h1 = tl.arange(0, H1)
     h2 = tl.arange(0, H2)
-    W1q = tl.load(w1q_ptr + h1[:, None] * KP + cols[None, :])   # [H1, KP]
-    W1p = tl.load(w1p_ptr + h1[:, None] * KP + cols[None, :])   # [H1, KP]
-    W2 = tl.load(w2_ptr + h2[:, None] * H1 + h1[None, :])       # [H2, H1]
-    return W1q, W1p, tl.load(b1_ptr + h1), W2, tl.load(b2_ptr + h2), tl.load(w3_ptr + h2)
+    m1 = (h1[:, None] < N1) & (cols[None, :] < K)
+    W1q = tl.load(w1_ptr + h1[:, None] * (2 * K) + cols[None, :], mask=m1, other=0.0)
+    W1p = tl.load(w1_ptr + h1[:, None] * (2 * K) + K + cols[None, :], mask=m1, other=0.0)
+    W2 = tl.load(w2_ptr + h2[:, None] * N1 + h1[None, :],
+                 mask=(h2[:, None] < N2) & (h1[None, :] < N1), other=0.0)
+    return W1q, W1p, tl.load(b1_ptr + h1, mask=h1 < N1, other=0.0), W2
+
+
+@triton.jit
+def _vec(ptr, N: tl.constexpr, H: tl.constexpr):
+    """A length-N vector zero-padded to H (b2, w3: re-read where used, see _vjp)."""
+    h = tl.arange(0, H)
+    return tl.load(ptr + h, mask=h < N, other=0.0)
 
 
 @triton.jit
@@ -76,12 +91,14 @@ def _g1(a1, W2, b2, w3, ACT: tl.constexpr):
 
 
 @triton.jit
-def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
-                         q_ptr, p_ptr, ph_ptr, dq_ptr, qm_ptr, pc_ptr, B, K, T, dt,
+def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
+                         q_ptr, p_ptr, ph_ptr, dq_ptr, qm_ptr, pc_ptr, B, T, dt,
+                         K: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr,
                          KP: tl.constexpr, H1: tl.constexpr, H2: tl.constexpr,
                          ACT: tl.constexpr, ORDER2: tl.constexpr):
-    W1q, W1p, b1, W2, b2, w3 = _load_weights(w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
-                                             KP, H1, H2)
+    W1q, W1p, b1, W2 = _load_weights(w1_ptr, b1_ptr, w2_ptr, K, N1, N2, KP, H1, H2)
+    b2 = _vec(b2_ptr, N2, H2)
+    w3 = _vec(w3_ptr, N2, H2)
     cols = tl.arange(0, KP)
     cm = cols < K
     for row in range(tl.program_id(0), B, tl.num_programs(0)):
@@ -115,12 +132,13 @@ def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_pt
 
 @triton.jit
 def _vjp(q, p, vq, vp, W1q, W1p, b1, W2, b2_ptr, w3_ptr, dW1q, dW1p, db1, s2_ptr, s1_ptr,
-         su_ptr, e, H1: tl.constexpr, H2: tl.constexpr, ACT: tl.constexpr):
+         su_ptr, e, N1: tl.constexpr, N2: tl.constexpr, H1: tl.constexpr, H2: tl.constexpr,
+         ACT: tl.constexpr):
     """d<v, F(q, p)>/d(q, p) and layer 1's weight terms for one row (fused._vjp's math on
     vectors). Layer 2's terms are not accumulated here: dW2 = sum r2 h1^T + g2 u1^T, db2 =
-    sum r2 and dw3 = sum u2 go as factors to scratch row e of s2 ([., 2, H2]: r2, g2), s1
-    ([., 2, H1]: h1, u1) and su ([., H2]: u2), which the host reduces in one matrix product
-    (dW2 = s2^T s1 over the 2N stacked rows) and two sums. (An H2-indexed
+    sum r2 and dw3 = sum u2 go as factors to scratch row e of s2 ([., 2, n2]: r2, g2), s1
+    ([., 2, n1]: h1, u1) and su ([., n2]: u2), which the host reduces in one matrix product
+    (dW2 = s2^T s1 over the stacked rows) and two sums. (An H2-indexed
     vector costs 16 registers per thread at 8 warps; with dW2 and these accumulators held
     here, ptxas spilled 1.9 KB per thread, see bench/results/ptxas-sm_90.json.) b2 and w3
     are re-read (L1 hits) rather than held, for the same reason."""
@@ -130,22 +148,24 @@ def _vjp(q, p, vq, vp, W1q, W1p, b1, W2, b2_ptr, w3_ptr, dW1q, dW1p, db1, s2_ptr
     h1, d1_1, d2_1 = _act(a1, ACT)
     t1 = tl.sum(W1q * vq[None, :] + W1p * vp[None, :], axis=1)
     u1 = d1_1 * t1
-    a2 = tl.sum(W2 * h1[None, :], axis=1) + tl.load(b2_ptr + hh2)
+    a2 = tl.sum(W2 * h1[None, :], axis=1) + _vec(b2_ptr, N2, H2)
     t2 = tl.sum(W2 * u1[None, :], axis=1)
     _, d1_2, d2_2 = _act(a2, ACT)
-    w3 = tl.load(w3_ptr + hh2)
+    w3 = _vec(w3_ptr, N2, H2)
     g2 = w3 * d1_2
     r2 = w3 * d2_2 * t2
     e1 = tl.sum(W2 * g2[:, None], axis=0)
     g1 = e1 * d1_1
     r1 = e1 * d2_1 * t1 + tl.sum(W2 * r2[:, None], axis=0) * d1_1
-    row2 = s2_ptr + e * (2 * H2) + hh2
-    tl.store(row2, r2)
-    tl.store(row2 + H2, g2)
-    tl.store(su_ptr + e * H2 + hh2, d1_2 * t2)
-    row1 = s1_ptr + e * (2 * H1) + hh1
-    tl.store(row1, h1)
-    tl.store(row1 + H1, u1)
+    m2 = hh2 < N2
+    m1 = hh1 < N1
+    row2 = s2_ptr + e * (2 * N2) + hh2
+    tl.store(row2, r2, mask=m2)
+    tl.store(row2 + N2, g2, mask=m2)
+    tl.store(su_ptr + e * N2 + hh2, d1_2 * t2, mask=m2)
+    row1 = s1_ptr + e * (2 * N1) + hh1
+    tl.store(row1, h1, mask=m1)
+    tl.store(row1 + N1, u1, mask=m1)
     db1 += r1
     dW1q += r1[:, None] * q[None, :] + g1[:, None] * vq[None, :]
     dW1p += r1[:, None] * p[None, :] + g1[:, None] * vp[None, :]
@@ -156,14 +176,14 @@ def _vjp(q, p, vq, vp, W1q, W1p, b1, W2, b2_ptr, w3_ptr, dW1q, dW1p, db1, s2_ptr
 
 @triton.jit
 def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, gd_ptr,
-                         w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
-                         dq0_ptr, dp0_ptr, dw1q_ptr, dw1p_ptr, db1_ptr, s2_ptr, s1_ptr,
-                         su_ptr, B, K, T, dt,
+                         w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
+                         dq0_ptr, dp0_ptr, dw1_ptr, db1_ptr, s2_ptr, s1_ptr,
+                         su_ptr, B, T, dt, K: tl.constexpr, N1: tl.constexpr,
+                         N2: tl.constexpr,
                          KP: tl.constexpr, H1: tl.constexpr, H2: tl.constexpr,
                          ACT: tl.constexpr, ORDER2: tl.constexpr):
     pid = tl.program_id(0)
-    W1q, W1p, b1, W2, _, _ = _load_weights(w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
-                                           KP, H1, H2)
+    W1q, W1p, b1, W2 = _load_weights(w1_ptr, b1_ptr, w2_ptr, K, N1, N2, KP, H1, H2)
     cols = tl.arange(0, KP)
     hh1 = tl.arange(0, H1)
     cm = cols < K
@@ -179,28 +199,19 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
         P = tl.load(gp_ptr + traj + (T - 1) * K, mask=cm, other=0.0)
         for i in range(T - 1):
             t = T - 2 - i
-            q = tl.load(q_ptr + traj + t * K, mask=cm, other=0.0)
-            p = tl.load(p_ptr + traj + t * K, mask=cm, other=0.0)
-            q1 = tl.load(q_ptr + traj + (t + 1) * K, mask=cm, other=0.0)
-            ph = tl.load(ph_ptr + half + t * K, mask=cm, other=0.0)
-            D = tl.load(gd_ptr + half + t * K, mask=cm, other=0.0)
-            if ORDER2:
-                qm = tl.load(qm_ptr + half + t * K, mask=cm, other=0.0)
-                pc = tl.load(pc_ptr + half + t * K, mask=cm, other=0.0)
-            else:
-                qm = q
-                pc = ph
+            q, p, q1, ph, D, qm, pc = _saved_step(q_ptr, p_ptr, ph_ptr, gd_ptr, qm_ptr, pc_ptr,
+                                                  traj, half, t, K, cm, ORDER2)
             e = (row * (T - 1) + t) * 3     # this step's three scratch rows
             # c: p_t+1 = p_half - dt/2 F_q(q_t+1, p_pred)
             dxq, dxp, dW1q, dW1p, db1 = _vjp(
                 q1, pc, -0.5 * dt * P, zero, W1q, W1p, b1, W2, b2_ptr, w3_ptr,
-                dW1q, dW1p, db1, s2_ptr, s1_ptr, su_ptr, e, H1, H2, ACT)
+                dW1q, dW1p, db1, s2_ptr, s1_ptr, su_ptr, e, N1, N2, H1, H2, ACT)
             Q += dxq
             Pc = dxp
             # b: q_t+1 = q_t + dt F_p(q_mid, p_half)
             dxq, dxp, dW1q, dW1p, db1 = _vjp(
                 qm, ph, zero, dt * Q, W1q, W1p, b1, W2, b2_ptr, w3_ptr,
-                dW1q, dW1p, db1, s2_ptr, s1_ptr, su_ptr, e + 1, H1, H2, ACT)
+                dW1q, dW1p, db1, s2_ptr, s1_ptr, su_ptr, e + 1, N1, N2, H1, H2, ACT)
             Qm = dxq
             Ph = P + dxp
             # a: q_mid hangs off q_t and p_pred off p_t (analytic.py's derivation)
@@ -214,12 +225,14 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
                 vp = zero
             dxq, dxp, dW1q, dW1p, db1 = _vjp(
                 q, p, vq, vp, W1q, W1p, b1, W2, b2_ptr, w3_ptr,
-                dW1q, dW1p, db1, s2_ptr, s1_ptr, su_ptr, e + 2, H1, H2, ACT)
+                dW1q, dW1p, db1, s2_ptr, s1_ptr, su_ptr, e + 2, N1, N2, H1, H2, ACT)
             Q += dxq + tl.load(gq_ptr + traj + t * K, mask=cm, other=0.0)
             P = Ph + dxp + tl.load(gp_ptr + traj + t * K, mask=cm, other=0.0)
         tl.store(dq0_ptr + row * K + cols, Q, mask=cm)
         tl.store(dp0_ptr + row * K + cols, P, mask=cm)
-    # One partial per program; the host reduces them once.
-    tl.store(dw1q_ptr + pid * H1 * KP + hh1[:, None] * KP + cols[None, :], dW1q)
-    tl.store(dw1p_ptr + pid * H1 * KP + hh1[:, None] * KP + cols[None, :], dW1p)
-    tl.store(db1_ptr + pid * H1 + hh1, db1)
+    # One partial per program, in w1's own layout [n1, 2k]; the host reduces them once.
+    m1 = (hh1[:, None] < N1) & cm[None, :]
+    dw1 = dw1_ptr + pid * N1 * 2 * K + hh1[:, None] * (2 * K) + cols[None, :]
+    tl.store(dw1, dW1q, mask=m1)
+    tl.store(dw1 + K, dW1p, mask=m1)
+    tl.store(db1_ptr + pid * N1 + hh1, db1, mask=hh1 < N1)
