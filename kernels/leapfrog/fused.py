@@ -285,24 +285,26 @@ def _pow2(n):
 
 def _chunk(h1, h2):
     """Hidden units per chunk of the streamed layout (streamed.py), or 0 for this module's
-    register-resident one. Not yet timed on a GPU; chosen from what ptxas reports for sm_90
-    (bench/ptxas_report.py, triton 3.6): the resident backward spills 0.3-1.8 KB per thread
-    at width 32 and 63 KB at width 128, the streamed one nothing at width 32 (16-unit chunks)
-    and 0.4 KB at width 128 (32-unit chunks: half the loop trips of 16-unit ones, for
-    0.2 KB less spilled)."""
+    register-resident one, for the tile regime (B > LATENCY_MAX_ROWS). From what ptxas
+    reports for sm_90 (bench/ptxas_report.py, triton 3.6, launch alignment; backward, 8
+    warps): resident spills 2 KB per thread at width 32, streamed nothing (16-unit chunks);
+    at width 128 streamed spills 0.36 KB with 16-unit chunks and 0.45 KB with 32-unit ones
+    (half the loop trips). An H200 sweep of these tile configs (bench/tune_fused.py, commit
+    10adb26) found none faster than 3.09 ms at B = 64 and 91.1 ms at B = 65536; which won
+    was not kept, so re-run it before changing these."""
     width = max(h1, h2)
     return 0 if width <= 16 else 16 if width <= 32 else 32
 
 
 def _block_b(h1, h2):
-    # Not yet timed on a GPU. The streamed backward spills 0.3-1.8 KB per thread with 32-row
-    # blocks at widths 32-128 (sm_90) and at most 0.4 KB with 16 rows, tl.dot's smallest.
+    # The streamed backward spills more with 32-row blocks than with 16 (tl.dot's smallest)
+    # at widths 32-128 (ptxas, sm_90); the resident layout at width 16 has room for 32.
     return 16 if _chunk(h1, h2) else 32
 
 
 def _num_warps(h1, h2):
-    # Not yet timed on a GPU: at width 128 the streamed backward spills 2.2 KB per thread
-    # with 4 warps and 0.4 KB with 8 (sm_90, 32-unit chunks).
+    # At width 128 the streamed backward spills 0.6-1.9 KB per thread with 4 warps and
+    # 0.36-0.45 KB with 8 (ptxas, sm_90).
     return 8 if max(h1, h2) >= 128 else 4
 
 

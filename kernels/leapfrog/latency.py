@@ -14,11 +14,15 @@ program's threads:
     y = sum(W * x[None, :], axis=1)     (W x:   per-thread FMAs, then a warp reduction)
     y = sum(W * x[:, None], axis=0)     (W^T x: the same registers, reduced the other way)
 
-W1q, W1p [H1, KP] and W2 [H2, H1] are loaded once per program and stay in registers for every
-row and step the program walks; the backward's weight-gradient accumulators live beside them.
-Rows past the grid (B larger than the program count) are walked one after another by the same
-program (grid-stride), so the weights are read once per program, and the backward writes one
-partial per program, which the host reduces once: deterministic, no atomics.
+W1q, W1p [H1, KP] and W2 [H2, H1] are loaded once per program, straight from the caller's
+nn.Linear tensors (masked loads do the zero-padding), and stay in registers for every row and
+step the program walks. Rows past the grid (B larger than the program count) are walked one
+after another by the same program (grid-stride), so the weights are read once per program.
+Weight gradients: layer 1's accumulate in registers, one partial per program; layer 2's
+(dW2 = sum over rows and evaluations of r2 h1^T + g2 u1^T, and its bias and output weights)
+would double the registers, so each evaluation writes its factors r2, g2, u2, h1, u1 to a
+scratch row and the host reduces them all in one fp32 matrix product. Both reductions are
+deterministic, with no atomics.
 
 Latency model (designed against; the figures it predicts are to be checked on a GPU with
 bench/gpu/leapfrog.sh). Width 128 (100 padded), KP 16, frames 16, order2:
@@ -26,8 +30,10 @@ bench/gpu/leapfrog.sh). Width 128 (100 padded), KP 16, frames 16, order2:
     (128 x 128), e1 = W2^T g2 (128 x 128), F = W1^T g1 (128 x 2k), plus two register-layout
     conversions (a1's layout to W2's and back; each a shared-memory round trip and a barrier).
   * Its VJP (the backward) is also four reduction stages -- [a2, t2] = W2 [h1, u1] share one
-    pass over W2, as do [e1, W2^T r2] -- plus the rank-2 weight-gradient updates
-    dW2 += r2 h1^T + g2 u1^T, which no later stage waits for.
+    pass over W2, as do [e1, W2^T r2] -- plus stores of dW2's factors, which nothing waits
+    for. The factors are 20 * width bytes per row and evaluation (236 MB written and read
+    back at B = 2048, frames 16, width 128: ~0.12 ms at ~4 TB/s), and their product is
+    B * 45 * 2 * width^2 multiply-adds (~4 us at B = 64, ~0.12 ms at B = 2048, fp32 units).
   * A 128 x 128 stage over 8 warps is 64 FMAs per thread, a 5-level shuffle reduction and,
     for the cross-warp axis, a shared-memory exchange: ~150-300 cycles, ~0.1-0.15 us at 1.98 GHz.
   * Rollout: 15 steps x 3 evaluations x 4 stages = 180 stages forward, 180 backward (the VJPs)
@@ -39,8 +45,11 @@ bench/gpu/leapfrog.sh). Width 128 (100 padded), KP 16, frames 16, order2:
     program: ~0.6-0.8 ms, still under the tile layout's measured 3.6 ms; by a few thousand rows
     the tile layout's tensor-core dots win, which is where dispatch.py's table switches.
 
-Registers (bench/ptxas_report.py, sm_90): W2 and dW2 are 16k floats each, 64 registers per
-thread apiece at 8 warps; the report is what decides the warps per width (_num_warps).
+Registers (bench/ptxas_report.py, sm_90, triton 3.6): W2 is 64 registers per thread at 8 warps,
+and each H2-indexed vector 16 (W2's register layout gives a row to one warp, so a vector
+along H2 is spread over 8 warps only); with dW2 also in registers the width-128 backward
+spilled 1.9 KB per thread, with the factors written out 0.14 KB. The report decides the warps
+per width (fused._latency_warps).
 """
 import triton
 import triton.language as tl
