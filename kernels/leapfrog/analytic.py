@@ -47,7 +47,6 @@ activations from every VJP). Above it, each VJP recomputes them from the traject
 memory stays independent of the MLP width.
 """
 import torch
-import torch.nn.functional as F
 
 from .common import act_d1, act_value, refuse_double_backward, scheme_points
 
@@ -56,8 +55,6 @@ SAVE_BYTES = 256 << 20   # keep the primal activations for the backward below th
 
 def _act(a, name, need_value):
     """h = s(a) (None when unused) and s'(a); tanh keeps h always, its s'' term needs it."""
-    if name == "softplus":
-        return (F.softplus(a) if need_value else None), torch.sigmoid(a)
     if name == "tanh":
         h = torch.tanh(a)
         return h, torch.addcmul(torch.ones_like(h), h, h, value=-1)   # 1 - h^2, one pass

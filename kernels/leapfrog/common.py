@@ -1,4 +1,5 @@
-"""Pieces every leapfrog backend shares: the activation and its derivatives, the input
+"""Pieces every leapfrog backend shares: the activation and its derivative (torch; the
+Triton kernels have their own, fused._act), the input
 checks of the public contract, and the FLOP count of one rollout.
 
 Shapes (the public contract): q0, p0 [B, k]; weights[l] [out_l, in_l] in nn.Linear layout
@@ -32,22 +33,6 @@ SCHEMES = ("order2", "official")
 # backends compute in float32 and refuse any other value. (No bf16: the Triton interpreter
 # returns wrong bf16 dots, so CI could not test them.)
 PRECISIONS = ("ieee", "tf32x3", "tf32")
-
-
-def act(a, name, need_value=True):
-    """s(a) (None unless need_value), s'(a), s''(a): what the backward of F = dH/dx needs."""
-    if name == "softplus":
-        sig = torch.sigmoid(a)
-        return (F.softplus(a) if need_value else None), sig, sig * (1 - sig)
-    if name == "tanh":
-        h = torch.tanh(a)
-        d1 = 1 - h * h
-        return h, d1, -2 * h * d1
-    if name == "relu":
-        # s'' is zero almost everywhere: the learned dynamics are piecewise linear.
-        d1 = (a > 0).to(a.dtype)
-        return torch.relu(a), d1, torch.zeros_like(a)
-    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 
 def act_d1(a, name):

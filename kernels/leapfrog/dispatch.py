@@ -122,12 +122,8 @@ def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
     analytic (CPU, or outside the fused contract) computes in float32 whatever it says.
     """
     if torch.compiler.is_compiling():
-        # torch.compile never traces the rollout: the caller's graph breaks here and the
-        # backend runs eagerly. Traced, the reference cannot double-backward, and inductor
-        # (torch 2.13, CPU) took 125 s to compile the analytic rollout and returned
-        # trajectories off by 0.5 (aot_eager was exact): a silent wrong answer. (Disabled
-        # lazily: torch._dynamo is already loaded when tracing, and importing it up front
-        # would import triton with this package.)
+        # torch.compile never traces the rollout (why: docs/integrator.md, "torch.compile");
+        # disabled lazily: importing torch._dynamo up front would import triton with us.
         return torch._dynamo.disable(_leapfrog)(q0, p0, weights, biases, dt, frames, activation,
                                                 backend, scheme, precision)
     return _leapfrog(q0, p0, weights, biases, dt, frames, activation, backend, scheme, precision)
