@@ -118,3 +118,26 @@ def test_loader_workers_die_with_a_killed_trainer(data_root, tmp_path):
             not os.path.exists(f"/proc/{p}") or _zombie(p) for p in workers):
         time.sleep(0.1)
     assert all(not os.path.exists(f"/proc/{p}") or _zombie(p) for p in workers), workers
+
+
+def test_a_process_left_holding_loader_workers_still_exits(tiny_pendulum_h5):
+    # At interpreter exit multiprocessing terminate()s daemonic workers (SIGTERM) and joins
+    # them: a worker that ignored SIGTERM hung its parent's exit forever. Here a process
+    # takes one batch from a 2-worker loader and exits without closing it.
+    script = (
+        "import sys\n"
+        "from hgan.data.loader import build_loader\n"
+        f"s = build_loader({str(tiny_pendulum_h5)!r}, batch_size=4, frames=6, num_workers=2,"
+        " kind='torch')\n"
+        "it = iter(s)\n"
+        "next(it)\n"
+        "print('got a batch', flush=True)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=90)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the process did not exit: its loader workers blocked interpreter exit")
+    assert "got a batch" in out, err

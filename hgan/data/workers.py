@@ -1,12 +1,16 @@
 """Setup of loader worker processes (torch DataLoader and DALI external_source workers).
 
 A stop signal sent to the whole process group (Ctrl-C in a terminal, `timeout`, a job
-scheduler, a container runtime) reaches the workers too. They must not die of it: the main
-process owns shutdown, saves a checkpoint and then ends them, and a worker killed first
-turns that into a `DataLoader worker ... killed by signal` crash. So workers ignore SIGINT
-and SIGTERM. If the main process itself dies without cleaning up (SIGKILL, OOM killer),
-the kernel kills the workers with it (Linux PR_SET_PDEATHSIG), instead of leaving them
-orphaned until torch's watchdog notices.
+scheduler, a container runtime) would reach the workers too. They must not die of it: the
+main process owns shutdown, saves a checkpoint and then ends them, and a worker killed first
+turns that into a `DataLoader worker ... killed by signal` crash. So each worker leaves the
+group for one of its own (group signals no longer reach it) and ignores SIGINT. It keeps
+SIGTERM's default action, because that is how its owner ends it when the polite shutdown
+does not: DataLoader's shutdown and multiprocessing's exit handler terminate() daemonic
+workers and then join them, and a worker that ignored SIGTERM hung its parent's exit forever
+(seen: a test run whose summary was printed never exited). If the main process itself dies
+without cleaning up (SIGKILL, OOM killer), the kernel kills the workers with it (Linux
+PR_SET_PDEATHSIG), instead of leaving them orphaned until torch's watchdog notices.
 """
 import ctypes
 import os
@@ -27,9 +31,13 @@ def _die_with_parent():
 
 
 def init_worker(worker_id=None, *, parent=None):
-    """worker_init_fn: ignore SIGINT/SIGTERM and die with `parent` (the main process's pid)."""
+    """worker_init_fn: out of the parent's process group, SIGINT ignored, and die with
+    `parent` (the main process's pid)."""
+    try:
+        os.setpgid(0, 0)
+    except (OSError, AttributeError):
+        pass   # not POSIX: group signals are not how such a platform stops a job
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
     if parent is not None and os.getppid() != parent:
         os._exit(0)  # the parent died before PR_SET_PDEATHSIG was armed
