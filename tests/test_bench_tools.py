@@ -100,14 +100,19 @@ def test_ptxas_report_builds_for_sm90_without_a_gpu():
     assert 0 < regs <= 255 and stores == loads == 0, rows[0]
 
 
-def test_leapfrog_table_forces_each_layout_and_restores_the_table():
+def _leapfrog_table():
     import importlib.util
-    from hgan.kernels.leapfrog import fused
     spec = importlib.util.spec_from_file_location(
         "leapfrog_table", os.path.join(os.path.dirname(__file__), "..", "bench", "gpu",
                                        "leapfrog_table.py"))
     table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(table)
+    return table
+
+
+def test_leapfrog_table_forces_each_layout_and_restores_the_table():
+    from hgan.kernels.leapfrog import fused
+    table = _leapfrog_table()
     before = fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES
     with table.forced("latency"):
         assert fused._layout(65536, 16, 128, 128) == "latency"
@@ -116,3 +121,23 @@ def test_leapfrog_table_forces_each_layout_and_restores_the_table():
     with table.forced(None):
         assert fused._layout(16, 16, 128, 128) == "latency"
     assert (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES) == before
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs the interpreter")
+def test_leapfrog_table_smoke_runs_every_stage(tmp_path, monkeypatch):
+    # The GPU call is minutes of borrowed time: its script's own mistakes are found here,
+    # on CPU through the interpreter at tiny shapes.
+    monkeypatch.setenv("OUT", str(tmp_path))
+    table = _leapfrog_table()
+    results = os.path.join(os.path.dirname(__file__), "..", "bench", "results")
+    before = sorted(os.listdir(results))
+    table.main(["--smoke"])
+    out = json.load(open(tmp_path / "leapfrog_table.json"))
+    assert out["errors"] and all(isinstance(e, float) and e <= 1e-4
+                                 for e in out["errors"].values()), out["errors"]
+    assert not [r for r in out["rows"] if "failed" in r]
+    timed = {(r["variant"], r["batch"]) for r in out["rows"]}
+    for variant in ("reference", "analytic", "fused", "fused_latency", "fused_tile"):
+        assert (variant, table.STAGES["train"][0]) in timed
+    assert ("fused_latency", table.STAGES["big"][0]) in timed
+    assert sorted(os.listdir(results)) == before    # a smoke run records nothing

@@ -19,6 +19,10 @@ the budget is spent, every row written as soon as it is measured:
 
 Times are CUDA-event medians after warm-up. Results go to $OUT/leapfrog_table.json (if OUT is
 set) and to bench/results/<device>.json, section "leapfrog_table"; the table is printed last.
+
+`--smoke` runs the same stages on CPU through the Triton interpreter at tiny shapes (no
+timings worth reading, no results file): a test runs it, so the GPU call does not find the
+script's own mistakes.
 """
 import argparse
 import json
@@ -37,6 +41,18 @@ from hgan.kernels.leapfrog import fused  # noqa: E402
 from hgan.kernels.leapfrog.check import compare_to_reference, random_mlp  # noqa: E402
 
 FRAMES, K, WIDTHS = 16, 10, (100, 100)
+DEV = "cuda"
+# the batches of stages 2, 3, 4, 5 and 6
+STAGES = {"errors": (64, 1031), "train": (16, 64), "big": (65536,), "mid": (1024,),
+          "cross": (256, 512, 2048, 4096, 8192)}
+MIN_REPS = 10
+
+
+def smoke():
+    """Tiny CPU shapes for --smoke (the kernels through TRITON_INTERPRET=1)."""
+    global FRAMES, WIDTHS, DEV, MIN_REPS
+    FRAMES, WIDTHS, DEV, MIN_REPS = 3, (16, 16), "cpu", 1
+    STAGES.update(errors=(3,), train=(2,), big=(5,), mid=(4,), cross=(6,))
 # (name, backend, precision, forced layout: None = the dispatch table's choice)
 VARIANTS = {
     "reference": ("reference", "ieee", None),
@@ -77,7 +93,7 @@ def inputs(batch, seed=0):
     gen = torch.Generator().manual_seed(seed)
     w, b = random_mlp(K, WIDTHS, generator=gen)
     q0, p0 = torch.randn(batch, K, generator=gen), torch.randn(batch, K, generator=gen)
-    return [t.cuda() for t in (q0, p0, *w, *b)]
+    return [t.to(DEV) for t in (q0, p0, *w, *b)]
 
 
 def step_fn(variant, batch):
@@ -93,8 +109,16 @@ def step_fn(variant, batch):
     return step
 
 
-def median_ms(fn, min_reps=10, max_s=2.0):
+def median_ms(fn, min_reps=None, max_s=2.0):
+    min_reps = min_reps or MIN_REPS
     fn()
+    if DEV != "cuda":   # --smoke: host clock, a few reps
+        times = []
+        for _ in range(min_reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return statistics.median(times), len(times)
     torch.cuda.synchronize()
     times, t_end = [], time.monotonic() + max_s
     while len(times) < min_reps or (time.monotonic() < t_end and len(times) < 200):
@@ -125,8 +149,8 @@ def graph_ms(variant, batch):
 
 def matmul_peak(tf32):
     torch.backends.cuda.matmul.allow_tf32 = tf32
-    n = 8192
-    a, b = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
+    n = 8192 if DEV == "cuda" else 256
+    a, b = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
     ms, _ = median_ms(lambda: a @ b, min_reps=5, max_s=1.0)
     torch.backends.cuda.matmul.allow_tf32 = False
     return 2 * n ** 3 / (ms * 1e-3)
@@ -135,9 +159,13 @@ def matmul_peak(tf32):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget-s", type=float, default=330)
+    ap.add_argument("--smoke", action="store_true",
+                    help="CPU, Triton interpreter, tiny shapes: checks the script, not speed")
     a = ap.parse_args(argv)
+    if a.smoke:
+        smoke()
     budget = Budget(a.budget_s)
-    out = {"env": environment("cuda"), "rows": [], "errors": {}, "peaks": {}}
+    out = {"env": environment(DEV), "rows": [], "errors": {}, "peaks": {}}
     out_dir = os.environ.get("OUT")
 
     def save():
@@ -150,7 +178,8 @@ def main(argv=None):
         r = {"variant": variant + (" (graph)" if graph else ""), "batch": batch, "ms": ms,
              "reps": reps, "tflops": flops / (ms * 1e-3) / 1e12}
         out["rows"].append(r)
-        record("leapfrog_table", f"{r['variant']}/B{batch}", r, "cuda")
+        if DEV == "cuda":
+            record("leapfrog_table", f"{r['variant']}/B{batch}", r, "cuda")
         print(f"  {r['variant']:<24} B={batch:<6} {ms:9.3f} ms  {r['tflops']:6.2f} TFLOP/s",
               flush=True)
         save()
@@ -158,6 +187,8 @@ def main(argv=None):
     def timed(variant, batch, graph=False):
         if budget.left() < 15:
             print(f"  skipped {variant} B={batch}: budget spent", flush=True)
+            return
+        if graph and DEV != "cuda":
             return
         try:
             ms, reps = graph_ms(variant, batch) if graph else median_ms(step_fn(variant, batch))
@@ -174,7 +205,7 @@ def main(argv=None):
     save()
 
     print("2. errors vs float64 (max over outputs and gradients)", flush=True)
-    for batch in (64, 1031):
+    for batch in STAGES["errors"]:
         for variant in ("fused", "fused_latency", "fused_tile", "fused_tile_tf32x3",
                         "fused_tile_tf32"):
             if budget.left() < 60:
@@ -193,7 +224,7 @@ def main(argv=None):
             save()
 
     print("3. training batches", flush=True)
-    for batch in (16, 64):
+    for batch in STAGES["train"]:
         for variant in ("reference", "analytic", "fused", "fused_latency", "fused_tile"):
             timed(variant, batch)
         timed("fused", batch, graph=True)
@@ -202,12 +233,14 @@ def main(argv=None):
     # latency model says a row per SM at FMA rate may beat the tile layouts even there.
     for variant in ("reference", "fused", "fused_tile_tf32x3", "fused_tile_tf32",
                     "fused_latency"):
-        timed(variant, 65536)
+        for batch in STAGES["big"]:
+            timed(variant, batch)
     print("5. B = 1024", flush=True)
     for variant in ("reference", "analytic", "fused", "fused_latency", "fused_tile"):
-        timed(variant, 1024)
+        for batch in STAGES["mid"]:
+            timed(variant, batch)
     print("6. latency / tile crossover", flush=True)
-    for batch in (256, 512, 2048, 4096, 8192):
+    for batch in STAGES["cross"]:
         for variant in ("fused_latency", "fused_tile", "fused_tile_tf32x3"):
             timed(variant, batch)
 
