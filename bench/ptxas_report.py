@@ -135,7 +135,8 @@ def main(argv=None):
                          "tile layout; >0 = streamed, hidden units per chunk")
     ap.add_argument("--kernels", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"])
     ap.add_argument("--precisions", nargs="+", default=["ieee"],
-                    choices=["ieee", "tf32x3", "tf32"], help="the kernels' dot precision")
+                    choices=["ieee", "tf32x3", "tf32", "bf16x3"],
+                    help="the kernels' dot precision")
     ap.add_argument("--maxnreg", type=int, default=None,
                     help="register cap per thread passed to Triton (default: its own choice)")
     ap.add_argument("--save", action="store_true",

@@ -4,7 +4,7 @@ Backends: reference (autograd create_graph, eager), reference_compiled (each hal
 gradient under torch.compile, see reference.leapfrog_reference_compiled: the create_graph form
 itself cannot be compiled), analytic (hand-written VJP, plain torch), fused (Triton; CUDA
 only: on CPU it would run through the interpreter, which is no performance path) and
-fused_tf32x3 (the same kernels with tensor-core dots, precision="tf32x3"; the latency layout,
+fused_tf32x3 and fused_bf16x3 (the same kernels with split tensor-core dots; the latency layout,
 which B <= fused.LATENCY_MAX_ROWS runs, computes in fp32 whatever the precision).
 Shape: frames 16, k 10, two hidden layers of width 100; B in {16, 64, 1024, 65536} (16 is the
 training batch). The whole table on a GPU in one call: bench/gpu/leapfrog_table.py.
@@ -31,7 +31,8 @@ from hgan.kernels.leapfrog.reference import leapfrog_reference_compiled
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 FRAMES, K, WIDTHS = 16, 10, (100, 100)
 BATCHES = [16, 64, 1024, 65536]
-BACKENDS = ["reference", "reference_compiled", "analytic", "fused", "fused_tf32x3"]
+BACKENDS = ["reference", "reference_compiled", "analytic", "fused", "fused_tf32x3",
+            "fused_bf16x3"]
 MODES = ["fwd", "fwdbwd"]
 THREADS = int(os.environ.get("LEAPFROG_BENCH_THREADS", "1"))
 _medians = {}
@@ -72,9 +73,10 @@ def _rollout(backend):
     if backend == "reference_compiled":
         return lambda q0, p0, w, b: leapfrog_reference_compiled(q0, p0, w, b, 0.05, FRAMES,
                                                                 "softplus")
-    if backend == "fused_tf32x3":
+    if backend.startswith("fused_"):      # fused_<precision>
+        precision = backend.split("_", 1)[1]
         return lambda q0, p0, w, b: leapfrog(q0, p0, w, b, dt=0.05, frames=FRAMES,
-                                             backend="fused", precision="tf32x3")
+                                             backend="fused", precision=precision)
     return lambda q0, p0, w, b: leapfrog(q0, p0, w, b, dt=0.05, frames=FRAMES,
                                          backend=backend)
 

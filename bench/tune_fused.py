@@ -193,7 +193,7 @@ def main(argv=None):
                     help="hidden units per chunk of the streamed layout; 0 = register-resident "
                          "(left out by default: at the benchmark width it spills 63 KB per "
                          "thread and takes minutes to compile)")
-    ap.add_argument("--precisions", nargs="+", default=["ieee", "tf32x3", "tf32"],
+    ap.add_argument("--precisions", nargs="+", default=["ieee", "tf32x3", "tf32", "bf16x3"],
                     choices=list(PRECISIONS), help="dot precisions (leapfrog's precision=)")
     ap.add_argument("--jobs", type=int, default=min(16, os.cpu_count() or 1),
                     help="parallel compile processes before the sweep (1: compile in the sweep)")

@@ -103,13 +103,16 @@ def test_resident_and_streamed_layouts_match_float64_reference(tile, monkeypatch
 
 
 @pytest.mark.parametrize("chunk,widths,precision", [
-    (0, (16, 16), "tf32x3"), (16, (40, 100), "tf32x3"), (16, (40, 100), "tf32")])
+    (0, (16, 16), "tf32x3"), (16, (40, 100), "tf32x3"), (16, (40, 100), "tf32"),
+    (0, (16, 16), "bf16x3"), (16, (40, 100), "bf16x3")])
 def test_tensor_core_precisions_run_in_both_layouts(tile, monkeypatch, chunk, widths,
                                                     precision):
     # The interpreter computes tf32 dots in fp32, so on CPU this checks the plumbing (the flag
-    # reaches every dot of both layouts and both kernels) at the fp32 tolerance. On a GPU the
-    # dots are real: tf32x3 keeps the fp32 tolerance, one-pass tf32 (10-bit operands) only
-    # a loose one; bench/tune_fused.py records both errors. (The resident layout runs at
+    # reaches every dot of both layouts and both kernels) at the fp32 tolerance. bf16x3 runs
+    # its real split there (products of the bf16 parts in fp32, exact), so its accuracy is
+    # tested here too: 1e-4, the contract. On a GPU the dots are real: tf32x3 and bf16x3
+    # keep the contract, one-pass tf32 (10-bit operands) only a loose tolerance;
+    # bench/gpu/leapfrog_table.py records every error. (The resident layout runs at
     # width 16: at width 128 its tf32x3 forward asks for 328 KB of shared memory on sm_90.)
     monkeypatch.setattr(fused, "_chunk", lambda h1, h2: chunk)
     gen = torch.Generator().manual_seed(7)

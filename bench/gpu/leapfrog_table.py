@@ -11,8 +11,8 @@ the budget is spent, every row written as soon as it is measured:
      over trajectory, dHdq and every gradient) at B = 64 and B = 1031;
   3. B = 16, 64: eager reference, analytic, fused (the dispatch table's choice), and each
      layout forced; the same fused step replayed from a CUDA graph (launch cost removed);
-  4. B = 65536: eager reference, fused tile layout in ieee, tf32x3 and tf32 (with errors),
-     and the latency layout forced;
+  4. B = 65536: eager reference, fused tile layout in ieee, tf32x3, bf16x3 and tf32 (with
+     errors), and the latency layout forced;
   5. B = 1024;
   6. the latency/tile crossover: both layouts at B = 256 .. 8192, which sets
      fused.LATENCY_MAX_ROWS.
@@ -62,6 +62,7 @@ VARIANTS = {
     "fused_tile": ("fused", "ieee", "tile"),
     "fused_tile_tf32x3": ("fused", "tf32x3", "tile"),
     "fused_tile_tf32": ("fused", "tf32", "tile"),
+    "fused_tile_bf16x3": ("fused", "bf16x3", "tile"),
 }
 
 
@@ -207,7 +208,7 @@ def main(argv=None):
     print("2. errors vs float64 (max over outputs and gradients)", flush=True)
     for batch in STAGES["errors"]:
         for variant in ("fused", "fused_latency", "fused_tile", "fused_tile_tf32x3",
-                        "fused_tile_tf32"):
+                        "fused_tile_bf16x3", "fused_tile_tf32"):
             if budget.left() < 60:
                 break
             backend, precision, layout = VARIANTS[variant]
@@ -231,8 +232,8 @@ def main(argv=None):
     print("4. B = 65536", flush=True)
     # fused_latency at 65536 lifts the latency backward's 1 GB scratch cap (7.5 GB here): the
     # latency model says a row per SM at FMA rate may beat the tile layouts even there.
-    for variant in ("reference", "fused", "fused_tile_tf32x3", "fused_tile_tf32",
-                    "fused_latency"):
+    for variant in ("reference", "fused", "fused_tile_tf32x3", "fused_tile_bf16x3",
+                    "fused_tile_tf32", "fused_latency"):
         for batch in STAGES["big"]:
             timed(variant, batch)
     print("5. B = 1024", flush=True)
@@ -241,7 +242,7 @@ def main(argv=None):
             timed(variant, batch)
     print("6. latency / tile crossover", flush=True)
     for batch in STAGES["cross"]:
-        for variant in ("fused_latency", "fused_tile", "fused_tile_tf32x3"):
+        for variant in ("fused_latency", "fused_tile", "fused_tile_tf32x3", "fused_tile_bf16x3"):
             timed(variant, batch)
 
     print("\nvariant                   B        ms      x eager   TFLOP/s  (fp32 peak "

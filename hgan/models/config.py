@@ -45,9 +45,10 @@ class ModelConfig:
     scheme: str = option("order2", "leapfrog step: order2 (second order for any H) or official "
                                    "(the official HGAN code's step, first order unless "
                                    "--hamiltonian separable)", choices=SCHEMES)
-    fused_precision: str = option("ieee", "dot products inside the fused integrator kernels: "
-                                          "ieee (fp32 FMA), or tensor-core tf32x3 / tf32 (see "
-                                          "docs/integrator.md)", choices=PRECISIONS)
+    fused_precision: str = option("ieee", "dot products inside the fused integrator kernels' "
+                                          "large-batch layouts: ieee (fp32 FMA), or tensor-core "
+                                          "tf32x3 / bf16x3 / tf32 (see docs/integrator.md)",
+                                  choices=PRECISIONS)
     channels_last: bool = option(False, "channels-last memory format for G_I, D_I and D_V")
 
     def __post_init__(self):

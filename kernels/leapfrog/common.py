@@ -29,10 +29,13 @@ SCHEMES = ("order2", "official")
 # Dot-product precision inside the fused kernels (inputs and outputs stay float32, products
 # accumulate in fp32): "ieee" fp32 products on the FMA units (the default; what the 1e-4
 # contract is tested with), "tf32x3" (tensor cores, three tf32 products per dot, close to
-# fp32), "tf32" (one tensor-core product on operands rounded to 10 mantissa bits). The other
-# backends compute in float32 and refuse any other value. (No bf16: the Triton interpreter
-# returns wrong bf16 dots, so CI could not test them.)
-PRECISIONS = ("ieee", "tf32x3", "tf32")
+# fp32), "tf32" (one tensor-core product on operands rounded to 10 mantissa bits), "bf16x3"
+# (tensor cores, each operand split into bf16 hi + lo, three products; under the Triton
+# interpreter, whose bf16 dots are wrong, the same split runs its products in fp32, so CI
+# tests the split's accuracy). They apply to the tile layouts; the latency layout (training
+# batches) computes in fp32 whatever is asked. The other backends compute in float32 and
+# refuse any other value.
+PRECISIONS = ("ieee", "tf32x3", "tf32", "bf16x3")
 
 
 def act_d1(a, name):

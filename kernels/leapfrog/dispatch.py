@@ -118,7 +118,7 @@ def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
     scheme: "order2" (default; second order for every H) | "official" (the official HGAN
     code's step, first order unless H is separable); both are Stormer-Verlet for a separable
     H. See SCHEMES in common.py. precision: the fused kernels' dot products, "ieee" (fp32,
-    default) | "tf32x3" | "tf32" (see PRECISIONS in common.py); a backend that runs
+    default) | "tf32x3" | "bf16x3" | "tf32" (see PRECISIONS in common.py); a backend that runs
     analytic (CPU, or outside the fused contract) computes in float32 whatever it says.
     """
     if torch.compiler.is_compiling():

@@ -57,12 +57,37 @@ if triton is not None:
             return th, d1, -2.0 * th * d1
 
     @triton.jit
+    def _bf16_split(x):
+        """x = hi + lo + O(2^-17 |x|) with hi, lo bf16 (8 mantissa bits each)."""
+        hi = x.to(tl.bfloat16)
+        return hi, (x - hi.to(tl.float32)).to(tl.bfloat16)
+
+    @triton.jit
     def _dot(a, b, PREC: tl.constexpr):
         """a @ b, fp32 in and out. PREC "ieee": fp32 products on the FMA units (the default);
         "tf32x3": tensor cores, each operand split in two tf32 parts and three products
-        summed, close to fp32; "tf32": one tensor-core product on operands rounded to tf32.
-        (The Triton interpreter computes all three in fp32.)"""
-        return tl.dot(a, b, input_precision=PREC)
+        summed, close to fp32; "tf32": one tensor-core product on operands rounded to tf32;
+        "bf16x3": each operand split into bf16 hi + lo, the three products hi hi + hi lo +
+        lo hi on the tensor cores with fp32 accumulation (16-bit operands: one shared-memory
+        copy serves both orientations of a weight, which 32-bit wgmma operands cannot);
+        "bf16x3-emulated": the same split with its products in fp32 on the FMA units, for
+        the Triton interpreter, whose bf16 dots are wrong (a bf16 x bf16 product is exact in
+        fp32, so this is the split's arithmetic, bar summation order). (The interpreter
+        computes the tf32 precisions in fp32.)"""
+        if PREC == "bf16x3":
+            a_hi, a_lo = _bf16_split(a)
+            b_hi, b_lo = _bf16_split(b)
+            return (tl.dot(a_hi, b_lo) + tl.dot(a_lo, b_hi)) + tl.dot(a_hi, b_hi)
+        elif PREC == "bf16x3-emulated":
+            a_hi, a_lo = _bf16_split(a)
+            b_hi, b_lo = _bf16_split(b)
+            a_hi, a_lo = a_hi.to(tl.float32), a_lo.to(tl.float32)
+            b_hi, b_lo = b_hi.to(tl.float32), b_lo.to(tl.float32)
+            return ((tl.dot(a_hi, b_lo, input_precision="ieee")
+                     + tl.dot(a_lo, b_hi, input_precision="ieee"))
+                    + tl.dot(a_hi, b_hi, input_precision="ieee"))
+        else:
+            return tl.dot(a, b, input_precision=PREC)
 
     @triton.jit
     def _g1(a1, W2, b2, w3, ACT: tl.constexpr, PREC: tl.constexpr):
@@ -366,6 +391,8 @@ def _launch_config(layout, B, H1, H2, device, precision):
         return _latency_programs(B, device), dict(num_warps=_latency_warps(H1, H2))
     BLOCK_B = _block_b(H1, H2)
     extra = {"CH": layout} if layout else {}
+    if precision == "bf16x3" and device.type != "cuda":
+        precision = "bf16x3-emulated"          # the interpreter's bf16 dots are wrong
     return triton.cdiv(B, BLOCK_B), dict(BLOCK_B=BLOCK_B, PREC=precision,
                                           num_warps=_num_warps(H1, H2), **extra)
 
