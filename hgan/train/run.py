@@ -33,8 +33,9 @@ def resume_config(ckpt: dict, cli: RunConfig, ckpt_path: str) -> RunConfig:
 class _StopFlag:
     """SIGTERM/SIGINT set a flag; the loop checkpoints after the current iteration and exits.
 
-    A signal sent to the whole process group reaches the loader workers too; they ignore it
-    (hgan.data.workers) and this process ends them when it closes the stream. On exit the
+    A signal sent to the whole process group does not reach the loader workers (they run in
+    process groups of their own, hgan.data.workers); this process ends them when it closes
+    the stream. On exit the
     handlers installed before are restored, whatever they were (SIG_IGN under nohup)."""
 
     def __init__(self):
