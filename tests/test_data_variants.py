@@ -9,7 +9,7 @@ from hgan.data.generate import render_states
 from hgan.data.render import palette
 from hgan.data.simulate import simulate_split
 
-BG = np.array([0.321, 0.349, 0.368])
+from test_data_render import _oracle as _pixel  # the spec's float64 pixel formula
 
 
 def _draws(name, n, seed=0):
@@ -144,19 +144,6 @@ def test_nbody_unequal_masses_conserve_momentum():
     np.testing.assert_allclose(f[2:4], x[6:8] / 1.4)
     d = x[0:2] - x[2:4]
     np.testing.assert_allclose(f[4:6], -1.2 * 0.6 * 1.4 * d / np.linalg.norm(d) ** 3)
-
-
-def _pixel(pos, radius, colors, lo, hi, res, row, col):
-    """float64 value of one pixel from the spec's formula, particle 0 in front."""
-    size = hi - lo
-    centre = np.array([col, row]) / (res - 1)
-    out, trans = np.zeros(3), 1.0
-    for p, r, c in zip(pos, radius, colors):
-        d = np.linalg.norm(centre - (np.asarray(p) - lo) / size)
-        m = 1.0 / (1.0 + np.exp((d - r / size) * 80.0))
-        out += trans * m * np.asarray(c)
-        trans *= 1 - m
-    return out + trans * BG
 
 
 def test_two_body_colors_pixel_at_known_world_position():
