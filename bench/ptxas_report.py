@@ -2,7 +2,7 @@
 
     PYTHONPATH=. python bench/ptxas_report.py             # the default grid, sm_90 (H100/H200)
     python bench/ptxas_report.py --widths 128 --chunks 0 32 --warps 8 --arch 90
-    python bench/ptxas_report.py --save                   # also bench/results/ptxas-sm_90.json
+    python bench/ptxas_report.py --save   # merged into bench/results/ptxas-sm_90.json
 
 No GPU is needed: Triton lowers each kernel to PTX for the target and assembles it with the
 ptxas that ships in the triton wheel; the report is that ptxas run's own -v log. Per kernel it reports
@@ -33,14 +33,15 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from hgan.kernels.leapfrog import fused, latency, streamed  # noqa: E402
+from hgan.kernels.leapfrog import fused, latency, streamed, throughput  # noqa: E402
 
 KP = 16   # k = 10, the benchmark's, pads to 16
 STAGES = int(os.environ.get("PTXAS_STAGES", "0"))
 
 
 def _kernel(direction, chunk):
-    mod = latency if chunk == "latency" else streamed if chunk else fused
+    mod = {"latency": latency, "throughput": throughput}.get(chunk) or (
+        streamed if chunk else fused)
     return getattr(mod, f"_leapfrog_{direction}_kernel")
 
 
@@ -53,6 +54,15 @@ def parse_ptxas(log: str) -> dict:
         raise ValueError(f"unrecognised ptxas output:\n{log}")
     return {"registers": int(regs.group(1)), "spill_stores": int(spill.group(1)),
             "spill_loads": int(spill.group(2)), "stack": int(stack.group(1))}
+
+
+def count_mma(ptx: str) -> dict:
+    """Matrix instructions in the PTX: wgmma (Hopper's warpgroup tensor-core path, M >= 64
+    per warpgroup), mma.sync (the older per-warp path Triton falls back to for smaller
+    blocks) and fp32 FMAs (FMA-unit products and elementwise work)."""
+    return {"wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
+            "mma_sync": len(re.findall(r"mma\.sync", ptx)),
+            "fma_f32": len(re.findall(r"fma\.rn\.f32", ptx))}
 
 
 def _aligned(kern, sig):
@@ -108,20 +118,39 @@ def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=Tru
            "chunk": chunk, "precision": precision, "shared": compiled.metadata.shared,
            "compile_s": round(seconds, 1)}
     row.update(parse_ptxas(log.getvalue()))
+    row.update(count_mma(compiled.asm["ptx"]))
     return row
 
 
+KEY = ("kernel", "width", "block_b", "num_warps", "maxnreg", "chunk", "precision")
+
+
+def merge_rows(path, rows):
+    """The saved rows with this run's replacing those of the same config (KEY), so that
+    several invocations build one report. Rows kept from an earlier run are only valid for
+    the commit the file names if that run compiled the same kernels: re-run them all after
+    a kernel changes."""
+    import json
+    old = []
+    if os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f).get("rows", [])
+    new = {tuple(r[k] for k in KEY) for r in rows}
+    return [r for r in old if tuple(r.get(k) for k in KEY) not in new] + rows
+
+
 def _fmt(r):
-    layout = ("latency" if r["chunk"] == "latency" else
+    layout = (r["chunk"] if r["chunk"] in ("latency", "throughput") else
               f"streamed/{r['chunk']}" if r["chunk"] else "resident")
     return (f"{r['kernel']}  width={r['width']:>3}  BLOCK_B={r['block_b']:>3}  "
             f"warps={r['num_warps']}  {layout:<12}  {r['precision']:<6}  regs={r['registers']:>3}  "
             f"spill st/ld={r['spill_stores']:>6}/{r['spill_loads']:<6}  "
-            f"stack={r['stack']:>6}  smem={r['shared']:>7}  {r['compile_s']:>6.1f} s")
+            f"stack={r['stack']:>6}  smem={r['shared']:>7}  wgmma={r['wgmma']:>4}  "
+            f"mma.sync={r['mma_sync']:>4}  {r['compile_s']:>6.1f} s")
 
 
 def _chunk_arg(text):
-    return "latency" if text == "latency" else int(text)
+    return text if text in ("latency", "throughput") else int(text)
 
 
 def main(argv=None):
@@ -131,8 +160,9 @@ def main(argv=None):
     ap.add_argument("--blocks", type=int, nargs="+", default=[16])
     ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--chunks", type=_chunk_arg, nargs="+", default=["latency", 0, 16, 32],
-                    help="latency = a program per row (latency.py); 0 = register-resident "
-                         "tile layout; >0 = streamed, hidden units per chunk")
+                    help="latency = a program per row (latency.py); throughput = hidden-major "
+                         "tiles (throughput.py); 0 = register-resident tile layout; >0 = "
+                         "streamed, hidden units per chunk")
     ap.add_argument("--kernels", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"])
     ap.add_argument("--precisions", nargs="+", default=["ieee"],
                     choices=["ieee", "tf32x3", "tf32", "bf16x3"],
@@ -145,7 +175,7 @@ def main(argv=None):
     rows = []
     for width in a.widths:
         for chunk in a.chunks:
-            if chunk != "latency" and chunk > width:
+            if isinstance(chunk, int) and chunk > width:
                 continue
             for bb in a.blocks:
                 for nw in a.warps:
@@ -169,7 +199,7 @@ def main(argv=None):
                        "shared memory as ptxas -v reports them; no timings")
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                             f"ptxas-sm_{a.arch}.json")
-        write_json(path, dict(env, rows=rows))
+        write_json(path, dict(env, rows=merge_rows(path, rows)))
         print(f"wrote {path}")
     return rows
 

@@ -4,8 +4,9 @@ Backends: reference (autograd create_graph, eager), reference_compiled (each hal
 gradient under torch.compile, see reference.leapfrog_reference_compiled: the create_graph form
 itself cannot be compiled), analytic (hand-written VJP, plain torch), fused (Triton; CUDA
 only: on CPU it would run through the interpreter, which is no performance path) and
-fused_tf32x3 and fused_bf16x3 (the same kernels with split tensor-core dots; the latency layout,
-which B <= fused.LATENCY_MAX_ROWS runs, computes in fp32 whatever the precision).
+fused_tf32x3 and fused_bf16x3 (split tensor-core dots; the latency layout, which
+B <= fused.LATENCY_MAX_ROWS runs, computes in fp32 whatever the precision, and above it
+fused_bf16x3 runs the throughput layout, throughput.py).
 Shape: frames 16, k 10, two hidden layers of width 100; B in {16, 64, 1024, 65536} (16 is the
 training batch). The whole table on a GPU in one call: bench/gpu/leapfrog_table.py.
 

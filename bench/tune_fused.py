@@ -60,7 +60,8 @@ def _use(cfg):
     """Point the fused host code at one (BLOCK_B, num_warps, chunk, precision) config; returns
     the precision, which goes to leapfrog() itself."""
     bb, nw, ch, prec = cfg
-    fused.LATENCY_MAX_ROWS = 0                # the tile layouts at every batch
+    fused.LATENCY_MAX_ROWS = 0                # the tile layouts at every batch,
+    fused.THROUGHPUT_PRECISIONS = ()          # bf16x3 included (throughput.py is not swept)
     fused._block_b = lambda h1, h2: bb
     fused._num_warps = lambda h1, h2: nw
     fused._chunk = lambda h1, h2: ch
@@ -122,7 +123,8 @@ def sweep(batches, cfgs, device, timed, on_row=None, skip=None):
     """cfgs: (BLOCK_B, num_warps, chunk, precision) tuples; skip: {config: reason} of configs
     not to run (see precompile)."""
     skip = skip or {}
-    saved = fused._block_b, fused._num_warps, fused._chunk, fused.LATENCY_MAX_ROWS
+    saved = (fused._block_b, fused._num_warps, fused._chunk, fused.LATENCY_MAX_ROWS,
+             fused.THROUGHPUT_PRECISIONS)
     rows = []
     try:
         for batch in batches:
@@ -161,7 +163,8 @@ def sweep(batches, cfgs, device, timed, on_row=None, skip=None):
                 if on_row is not None:
                     on_row(rows)
     finally:
-        fused._block_b, fused._num_warps, fused._chunk, fused.LATENCY_MAX_ROWS = saved
+        (fused._block_b, fused._num_warps, fused._chunk, fused.LATENCY_MAX_ROWS,
+         fused.THROUGHPUT_PRECISIONS) = saved
     return rows
 
 

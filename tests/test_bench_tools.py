@@ -113,14 +113,18 @@ def _leapfrog_table():
 def test_leapfrog_table_forces_each_layout_and_restores_the_table():
     from hgan.kernels.leapfrog import fused
     table = _leapfrog_table()
-    before = fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES
+    before = fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES, fused.THROUGHPUT_PRECISIONS
     with table.forced("latency"):
         assert fused._layout(65536, 16, 128, 128) == "latency"
     with table.forced("tile"):
         assert fused._layout(16, 16, 128, 128) == fused._chunk(128, 128)
+        assert fused._layout(16, 16, 128, 128, "bf16x3") == fused._chunk(128, 128)
+    with table.forced("throughput"):
+        assert fused._layout(16, 16, 128, 128, "bf16x3") == "throughput"
     with table.forced(None):
         assert fused._layout(16, 16, 128, 128) == "latency"
-    assert (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES) == before
+    assert (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES,
+            fused.THROUGHPUT_PRECISIONS) == before
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs the interpreter")
@@ -140,4 +144,7 @@ def test_leapfrog_table_smoke_runs_every_stage(tmp_path, monkeypatch):
     for variant in ("reference", "analytic", "fused", "fused_latency", "fused_tile"):
         assert (variant, table.STAGES["train"][0]) in timed
     assert ("fused_latency", table.STAGES["big"][0]) in timed
+    assert ("fused_throughput", table.STAGES["big"][0]) in timed
+    assert "fused_throughput/B3" in out["errors"]
+    assert set(out["peaks"]) == {"fp32", "tf32", "bf16"}
     assert sorted(os.listdir(results)) == before    # a smoke run records nothing

@@ -115,6 +115,7 @@ def test_tensor_core_precisions_run_in_both_layouts(tile, monkeypatch, chunk, wi
     # bench/gpu/leapfrog_table.py records every error. (The resident layout runs at
     # width 16: at width 128 its tf32x3 forward asks for 328 KB of shared memory on sm_90.)
     monkeypatch.setattr(fused, "_chunk", lambda h1, h2: chunk)
+    monkeypatch.setattr(fused, "THROUGHPUT_PRECISIONS", ())   # bf16x3 in the tile layouts
     gen = torch.Generator().manual_seed(7)
     weights, biases = random_mlp(3, widths, generator=gen)
     weights, biases = [w.to(DEVICE) for w in weights], [b.to(DEVICE) for b in biases]
@@ -265,9 +266,19 @@ def test_latency_layout_odd_shapes_match_float64_reference(B, k, widths, frames,
 def test_dispatch_table_picks_the_kernel_by_regime():
     # training batches: a program per row; large batches: the tile layouts, by width
     assert fused._layout(16, 16, 128, 128) == "latency"
+    assert fused._layout(16, 16, 128, 128, "bf16x3") == "latency"
     assert fused._layout(fused.LATENCY_MAX_ROWS, 16, 128, 128) == "latency"
     assert fused._layout(fused.LATENCY_MAX_ROWS + 1, 16, 128, 128) == fused._chunk(128, 128)
     assert fused._layout(65536, 16, 16, 16) == 0                       # resident
+    # large batches with the bf16x3 split: hidden-major tiles from width 64 (wgmma's M), up to
+    # what fits a block's shared memory (width 128 with k <= 16)
+    assert fused._layout(65536, 16, 128, 128, "bf16x3") == "throughput"
+    assert fused._layout(65536, 16, 64, 128, "bf16x3", KP=16) == "throughput"
+    assert fused._layout(65536, 16, 64, 64, "bf16x3", KP=32) == "throughput"
+    assert fused._layout(65536, 16, 128, 128, "bf16x3", KP=32) == fused._chunk(128, 128)
+    assert fused._layout(65536, 16, 32, 32, "bf16x3") == fused._chunk(32, 32)
+    for precision in ("ieee", "tf32x3", "tf32"):
+        assert fused._layout(65536, 16, 128, 128, precision) == fused._chunk(128, 128)
     # a rollout so long that the latency backward's scratch would pass its cap
     long_t = fused.LATENCY_SCRATCH_BYTES // (4 * 3 * 5 * 128 * 64) + 2
     assert 4 * fused._latency_scratch(64, long_t, 128, 128) > fused.LATENCY_SCRATCH_BYTES
@@ -290,3 +301,70 @@ def test_latency_backward_keeps_fp32_products_and_the_callers_tf32_setting():
         assert torch.backends.cuda.matmul.allow_tf32 is True
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _layouts_run(monkeypatch):
+    """The layouts whose kernels are launched from here on, in order."""
+    real, seen = fused._kernels, []
+
+    def kernels(layout):
+        seen.append(layout)
+        return real(layout)
+    monkeypatch.setattr(fused, "_kernels", kernels)
+    return seen
+
+
+@pytest.mark.parametrize("B,k,widths,frames,scheme,activation,dt", [
+    (50, 3, (40, 100), 5, "order2", "tanh", 0.05),      # 4 row blocks on 3 programs, H1 != H2
+    (1, 1, (100, 64), 3, "official", "softplus", -0.05),  # one row, one coordinate
+    (37, 16, (128, 128), 4, "official", "softplus", -0.1),  # k = its padding, B % 16 != 0
+    (33, 10, (64, 64), 16, "order2", "tanh", 0.05),     # width 64, the benchmark's 16 frames
+])
+def test_throughput_layout_matches_float64_reference(monkeypatch, B, k, widths, frames, scheme,
+                                                     activation, dt):
+    # Hidden-major tiles (throughput.py), what bf16x3 runs above LATENCY_MAX_ROWS. Under the
+    # interpreter its products run the bf16 split in fp32 (exact), so the split's own error
+    # is what is checked against the 1e-4 contract; 3 persistent programs walk the row
+    # blocks, so a program accumulates weight gradients over several blocks.
+    monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
+    seen = _layouts_run(monkeypatch)
+    gen = torch.Generator().manual_seed(B + k)
+    weights, biases = random_mlp(k, widths, generator=gen)
+    weights, biases = [w.to(DEVICE) for w in weights], [b.to(DEVICE) for b in biases]
+    q0 = torch.randn(B, k, generator=gen).to(DEVICE)
+    p0 = torch.randn(B, k, generator=gen).to(DEVICE)
+    errs = compare_to_reference(q0, p0, weights, biases, dt, frames, activation, "fused",
+                                scheme=scheme, precision="bf16x3")
+    assert seen == ["throughput", "throughput"]                # forward, backward
+    bad = {n: e for n, e in errs.items() if not e <= 1e-4}
+    assert not bad, f"fused throughput layout vs float64 reference, rel err > 1e-4: {bad}"
+
+
+def test_throughput_layout_is_persistent():
+    # one program per SM on a GPU (its grid-stride loop walks the rest); under the
+    # interpreter 3, and never more programs than row blocks
+    cpu = torch.device("cpu")
+    assert fused._throughput_programs(65536, cpu) == 3
+    assert fused._throughput_programs(17, cpu) == 2
+    assert fused._throughput_programs(1, cpu) == 1
+
+
+@pytest.mark.parametrize("which", ["fwd", "bwd"])
+def test_throughput_kernel_that_does_not_fit_falls_back_to_analytic_under_auto(monkeypatch,
+                                                                               which):
+    monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
+    _kernel_too_big_for_the_gpu(monkeypatch, which)
+    monkeypatch.setitem(dispatch._auto_choice, torch.device(DEVICE).type, "fused")
+    monkeypatch.setattr(dispatch, "_warned", set())
+    gen = torch.Generator().manual_seed(5)
+    w, b = random_mlp(2, (64, 64), generator=gen)
+    w, b = [x.to(DEVICE) for x in w], [x.to(DEVICE) for x in b]
+    q0, p0 = (torch.randn(5, 2, generator=gen).to(DEVICE) for _ in range(2))
+    cot = [torch.randn(s, generator=gen).to(DEVICE) for s in [(5, 3, 2), (5, 3, 2), (5, 2, 2)]]
+    with pytest.warns(UserWarning, match="does not fit this GPU.*bf16x3"):
+        outs, grads = rollout_and_grads(q0, p0, w, b, 0.05, 3, "softplus", "auto", cot,
+                                        precision="bf16x3")
+    ref_outs, ref_grads = rollout_and_grads(q0, p0, w, b, 0.05, 3, "softplus", "analytic", cot)
+    # the forward that did run is bf16x3's (1e-4-close); what fell back is analytic's
+    for x, y in zip(outs + grads, ref_outs + ref_grads):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)

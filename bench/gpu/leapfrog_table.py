@@ -6,16 +6,21 @@ Shape: frames 16, k 10, widths 100/100, order2, forward+backward of sum(q)+sum(p
 (the issue's and bench/test_bench_leapfrog.py's). In order of value, each stage skipped once
 the budget is spent, every row written as soon as it is measured:
 
-  1. matmul peaks (fp32, tf32) of this card, the yardsticks for achieved FLOP/s;
+  1. matmul peaks (fp32, tf32, bf16) of this card, the yardsticks for achieved FLOP/s;
   2. correctness: every fused kernel variant vs the float64 reference (max relative error
      over trajectory, dHdq and every gradient) at B = 64 and B = 1031;
   3. B = 16, 64: eager reference, analytic, fused (the dispatch table's choice), and each
      layout forced; the same fused step replayed from a CUDA graph (launch cost removed);
-  4. B = 65536: eager reference, fused tile layout in ieee, tf32x3, bf16x3 and tf32 (with
-     errors), and the latency layout forced;
+  4. B = 65536: eager reference, the throughput layout (bf16x3, hidden-major tiles on wgmma),
+     fused tile layout in ieee, tf32x3, bf16x3 and tf32 (with errors), and the latency
+     layout forced;
   5. B = 1024;
-  6. the latency/tile crossover: both layouts at B = 256 .. 8192, which sets
+  6. the latency/tile crossover: every layout at B = 256 .. 8192, which sets
      fused.LATENCY_MAX_ROWS.
+
+TFLOP/s are of the rollout's fp32 FLOPs (leapfrog_flops); a bf16x3 product runs three bf16
+tensor-core products per fp32 one, so its tensor-core rate is three times the figure, against
+the bf16 peak.
 
 Times are CUDA-event medians after warm-up. Results go to $OUT/leapfrog_table.json (if OUT is
 set) and to bench/results/<device>.json, section "leapfrog_table"; the table is printed last.
@@ -51,7 +56,8 @@ MIN_REPS = 10
 def smoke():
     """Tiny CPU shapes for --smoke (the kernels through TRITON_INTERPRET=1)."""
     global FRAMES, WIDTHS, DEV, MIN_REPS
-    FRAMES, WIDTHS, DEV, MIN_REPS = 3, (16, 16), "cpu", 1
+    # widths pad to 64: the narrowest the throughput layout takes (fused._throughput_fits)
+    FRAMES, WIDTHS, DEV, MIN_REPS = 3, (40, 64), "cpu", 1
     STAGES.update(errors=(3,), train=(2,), big=(5,), mid=(4,), cross=(6,))
 # (name, backend, precision, forced layout: None = the dispatch table's choice)
 VARIANTS = {
@@ -63,6 +69,7 @@ VARIANTS = {
     "fused_tile_tf32x3": ("fused", "tf32x3", "tile"),
     "fused_tile_tf32": ("fused", "tf32", "tile"),
     "fused_tile_bf16x3": ("fused", "bf16x3", "tile"),
+    "fused_throughput": ("fused", "bf16x3", "throughput"),
 }
 
 
@@ -75,17 +82,22 @@ class Budget:
 
 
 def forced(layout):
-    """Context: make the dispatch table pick `layout` ("latency" | "tile") whatever B is."""
+    """Context: make the dispatch table pick `layout` ("latency" | "tile" | "throughput")
+    whatever B is ("tile": the row-major tile layouts even for bf16x3)."""
     class _Forced:
         def __enter__(self):
-            self.saved = fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES
+            self.saved = (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES,
+                          fused.THROUGHPUT_PRECISIONS)
             if layout == "latency":
                 fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES = 1 << 30, 1 << 40
             elif layout == "tile":
+                fused.LATENCY_MAX_ROWS, fused.THROUGHPUT_PRECISIONS = 0, ()
+            elif layout == "throughput":
                 fused.LATENCY_MAX_ROWS = 0
 
         def __exit__(self, *exc):
-            fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES = self.saved
+            (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES,
+             fused.THROUGHPUT_PRECISIONS) = self.saved
             return False
     return _Forced()
 
@@ -148,10 +160,10 @@ def graph_ms(variant, batch):
     return median_ms(g.replay)
 
 
-def matmul_peak(tf32):
+def matmul_peak(tf32, dtype=torch.float32):
     torch.backends.cuda.matmul.allow_tf32 = tf32
     n = 8192 if DEV == "cuda" else 256
-    a, b = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
+    a, b = (torch.randn(n, n, device=DEV).to(dtype) for _ in range(2))
     ms, _ = median_ms(lambda: a @ b, min_reps=5, max_s=1.0)
     torch.backends.cuda.matmul.allow_tf32 = False
     return 2 * n ** 3 / (ms * 1e-3)
@@ -200,15 +212,16 @@ def main(argv=None):
             save()
 
     print("1. matmul peaks", flush=True)
-    out["peaks"] = {"fp32": matmul_peak(False), "tf32": matmul_peak(True)}
-    print(f"  fp32 {out['peaks']['fp32'] / 1e12:.0f} TFLOP/s, "
-          f"tf32 {out['peaks']['tf32'] / 1e12:.0f} TFLOP/s", flush=True)
+    out["peaks"] = {"fp32": matmul_peak(False), "tf32": matmul_peak(True),
+                    "bf16": matmul_peak(False, torch.bfloat16)}
+    print("  " + ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in out["peaks"].items()),
+          flush=True)
     save()
 
     print("2. errors vs float64 (max over outputs and gradients)", flush=True)
     for batch in STAGES["errors"]:
-        for variant in ("fused", "fused_latency", "fused_tile", "fused_tile_tf32x3",
-                        "fused_tile_bf16x3", "fused_tile_tf32"):
+        for variant in ("fused", "fused_latency", "fused_throughput", "fused_tile",
+                        "fused_tile_tf32x3", "fused_tile_bf16x3", "fused_tile_tf32"):
             if budget.left() < 60:
                 break
             backend, precision, layout = VARIANTS[variant]
@@ -232,21 +245,23 @@ def main(argv=None):
     print("4. B = 65536", flush=True)
     # fused_latency at 65536 lifts the latency backward's 1 GB scratch cap (7.5 GB here): the
     # latency model says a row per SM at FMA rate may beat the tile layouts even there.
-    for variant in ("reference", "fused", "fused_tile_tf32x3", "fused_tile_bf16x3",
-                    "fused_tile_tf32", "fused_latency"):
+    for variant in ("reference", "fused_throughput", "fused", "fused_tile_tf32x3",
+                    "fused_tile_bf16x3", "fused_tile_tf32", "fused_latency"):
         for batch in STAGES["big"]:
             timed(variant, batch)
     print("5. B = 1024", flush=True)
-    for variant in ("reference", "analytic", "fused", "fused_latency", "fused_tile"):
+    for variant in ("reference", "analytic", "fused", "fused_latency", "fused_tile",
+                    "fused_throughput"):
         for batch in STAGES["mid"]:
             timed(variant, batch)
     print("6. latency / tile crossover", flush=True)
     for batch in STAGES["cross"]:
-        for variant in ("fused_latency", "fused_tile", "fused_tile_tf32x3", "fused_tile_bf16x3"):
+        for variant in ("fused_latency", "fused_throughput", "fused_tile", "fused_tile_tf32x3",
+                        "fused_tile_bf16x3"):
             timed(variant, batch)
 
-    print("\nvariant                   B        ms      x eager   TFLOP/s  (fp32 peak "
-          f"{out['peaks']['fp32'] / 1e12:.0f}, tf32 {out['peaks']['tf32'] / 1e12:.0f})")
+    print("\nvariant                   B        ms      x eager   TFLOP/s  (peaks: " + ", ".join(
+        f"{k} {v / 1e12:.0f}" for k, v in out["peaks"].items()) + ")")
     eager = {r["batch"]: r["ms"] for r in out["rows"]
              if r.get("variant") == "reference" and "ms" in r}
     for r in out["rows"]:

@@ -17,15 +17,19 @@ would be T*B*3*(n1+n2) floats and as much HBM traffic as the recompute costs in 
 program accumulates its rows' weight gradients in registers and writes one partial; the host
 sums the partials once (deterministic, no atomics).
 
-Three layouts of the same kernels, chosen by one table (LATENCY_MAX_ROWS, _chunk):
+Four layouts of the same kernels, chosen by one table (LATENCY_MAX_ROWS,
+THROUGHPUT_PRECISIONS with _throughput_fits, _chunk):
   * latency.py: a program per batch row, matrix-vector products on the FMA units: the training
     regime (B up to about two thousand), where a row block of 16 would leave all but one or
     four SMs idle; its latency model is in its docstring;
+  * throughput.py: hidden-major tiles for large batches with precision "bf16x3", so that every
+    weight product has M = the hidden width and compiles to Hopper's wgmma; a persistent grid
+    with the weights split and staged once per program; its cost model is in its docstring;
   * this module's tile layout keeps the weights (and, in the backward, their gradients) in
     registers and drives tl.dot on blocks of rows: large batches of the narrowest MLPs;
   * streamed.py walks the hidden units in chunks for wider ones, whose weights do not fit a
     tile program's registers.
-The host code below serves all three.
+The host code below serves all four.
 
 tl.dot needs every dimension >= 16 and power-of-two blocks: the host zero-pads k and the
 widths (width 100 -> 128, k = 10 -> 16) and slices the gradients back. Padded hidden units
@@ -88,6 +92,28 @@ if triton is not None:
                     + tl.dot(a_hi, b_hi, input_precision="ieee"))
         else:
             return tl.dot(a, b, input_precision=PREC)
+
+    @triton.jit
+    def _dot_acc(a, b, acc, PREC: tl.constexpr):
+        """acc + a @ b with acc as the products' accumulator: a weight-gradient sum grows in
+        place instead of through a temporary of its size (at width 128, 64 registers per
+        thread at 8 warps; throughput.py's backward spilled for them)."""
+        if PREC == "bf16x3":
+            a_hi, a_lo = _bf16_split(a)
+            b_hi, b_lo = _bf16_split(b)
+            acc = tl.dot(a_hi, b_lo, acc)
+            acc = tl.dot(a_lo, b_hi, acc)
+            return tl.dot(a_hi, b_hi, acc)
+        elif PREC == "bf16x3-emulated":
+            a_hi, a_lo = _bf16_split(a)
+            b_hi, b_lo = _bf16_split(b)
+            a_hi, a_lo = a_hi.to(tl.float32), a_lo.to(tl.float32)
+            b_hi, b_lo = b_hi.to(tl.float32), b_lo.to(tl.float32)
+            acc = tl.dot(a_hi, b_lo, acc, input_precision="ieee")
+            acc = tl.dot(a_lo, b_hi, acc, input_precision="ieee")
+            return tl.dot(a_hi, b_hi, acc, input_precision="ieee")
+        else:
+            return tl.dot(a, b, acc, input_precision=PREC)
 
     @triton.jit
     def _g1(a1, W2, b2, w3, ACT: tl.constexpr, PREC: tl.constexpr):
@@ -335,13 +361,30 @@ def _num_warps(h1, h2):
 
 # Which kernel runs, by regime: the one table the dispatcher reads. Rows up to
 # LATENCY_MAX_ROWS run the latency layout (latency.py: a program per row, matrix-vector
-# products on the FMA units), larger batches the tile layouts (this module's register-resident
-# one up to width 16, streamed.py's above: _chunk). The switch point is modelled in
+# products on the FMA units), larger batches with precision "bf16x3" the throughput layout
+# (throughput.py) where it fits, and the rest the tile layouts (this module's
+# register-resident one up to width 16, streamed.py's above: _chunk). The switch point is modelled in
 # latency.py's docstring and still to be measured on a GPU (bench/gpu/leapfrog.sh sweeps it).
 LATENCY_MAX_ROWS = 2048
 # The latency backward writes 5 floats per hidden unit, row and evaluation (latency._vjp):
 # past this many bytes (and int32 offsets) a long rollout goes to the tile layouts instead.
 LATENCY_SCRATCH_BYTES = 1 << 30
+# Above LATENCY_MAX_ROWS, these precisions run throughput.py's hidden-major tiles (wgmma at
+# any row block; bf16 weight copies serve both orientations). Its row block and warps are
+# from bench/ptxas_report.py (sm_90, triton 3.6, width 128): BLOCK_B 16, 8 warps compiles
+# the forward with 0 spills and the backward with 0.55 KB; BLOCK_B 32 spills 2.3 KB there.
+THROUGHPUT_PRECISIONS = ("bf16x3",)
+THROUGHPUT_BLOCK_B = 16
+THROUGHPUT_WARPS = 8
+
+
+def _throughput_fits(H1, H2, KP):
+    """Where the throughput layout applies (padded sizes). Width >= 64: wgmma needs M >= 64,
+    and narrower layers compile to mma.sync with more spills than the tile layouts (sm_90
+    report). At most 128 x 16 of (width x padded k): at width 128 and k 17..32 (KP 32) its
+    backward asks for 230 KB of shared memory, over the 227 KB a block may have."""
+    width = max(H1, H2)
+    return width >= 64 and width * KP <= 128 * 16
 
 
 def _latency_scratch(B, T, H1, H2):
@@ -349,10 +392,13 @@ def _latency_scratch(B, T, H1, H2):
     return B * max(T - 1, 0) * 3 * (3 * H2 + 2 * H1)
 
 
-def _layout(B, T, H1, H2):
-    """"latency", or the tile layout's chunk width (0: resident), clamped to the padded H1."""
+def _layout(B, T, H1, H2, precision="ieee", KP=16):
+    """"latency", "throughput", or the tile layout's chunk width (0: resident), clamped to
+    the padded H1."""
     if B <= LATENCY_MAX_ROWS and 4 * _latency_scratch(B, T, H1, H2) <= LATENCY_SCRATCH_BYTES:
         return "latency"
+    if precision in THROUGHPUT_PRECISIONS and _throughput_fits(H1, H2, KP):
+        return "throughput"
     chunk = _chunk(H1, H2)
     if chunk and (chunk < 16 or chunk & (chunk - 1)):
         raise ValueError(f"fused streamed layout: chunk must be 0 or a power of two >= 16 "
@@ -362,9 +408,10 @@ def _layout(B, T, H1, H2):
 
 def _kernels(layout):
     """(forward kernel, backward kernel) of a layout."""
-    if layout == "latency":
-        from . import latency
-        return latency._leapfrog_fwd_kernel, latency._leapfrog_bwd_kernel
+    if layout in ("latency", "throughput"):
+        from . import latency, throughput
+        mod = latency if layout == "latency" else throughput
+        return mod._leapfrog_fwd_kernel, mod._leapfrog_bwd_kernel
     if not layout:
         return _leapfrog_fwd_kernel, _leapfrog_bwd_kernel
     from . import streamed
@@ -385,14 +432,27 @@ def _latency_programs(B, device):
     return min(B, _sm_count[device])
 
 
+def _throughput_programs(B, device):
+    """Programs of the throughput layout: persistent, one per SM (each holds ~170-190 KB of
+    shared memory at width 128, so one fits an SM anyway), walking row blocks grid-stride;
+    under the interpreter 3, so that the tests walk several blocks per program."""
+    blocks = triton.cdiv(B, THROUGHPUT_BLOCK_B)
+    if device.type != "cuda":
+        return min(blocks, 3)
+    return min(blocks, _latency_programs(1 << 30, device))
+
+
 def _launch_config(layout, B, H1, H2, device, precision):
     """(grid size, launch keyword arguments) of a layout."""
     if layout == "latency":
         return _latency_programs(B, device), dict(num_warps=_latency_warps(H1, H2))
-    BLOCK_B = _block_b(H1, H2)
-    extra = {"CH": layout} if layout else {}
     if precision == "bf16x3" and device.type != "cuda":
         precision = "bf16x3-emulated"          # the interpreter's bf16 dots are wrong
+    if layout == "throughput":
+        return _throughput_programs(B, device), dict(
+            BLOCK_B=THROUGHPUT_BLOCK_B, PREC=precision, num_warps=THROUGHPUT_WARPS)
+    BLOCK_B = _block_b(H1, H2)
+    extra = {"CH": layout} if layout else {}
     return triton.cdiv(B, BLOCK_B), dict(BLOCK_B=BLOCK_B, PREC=precision,
                                           num_warps=_num_warps(H1, H2), **extra)
 
@@ -431,7 +491,7 @@ def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2
                          f"backend='analytic'")
     n1, n2 = weights[0].shape[0], weights[1].shape[0]
     KP, H1, H2 = _pow2(k), _pow2(n1), _pow2(n2)
-    layout = _layout(B, frames, H1, H2)
+    layout = _layout(B, frames, H1, H2, precision, KP)
     if layout == "latency":
         # the latency kernels read the caller's tensors and pad by masked loads
         padded = ()
@@ -467,7 +527,7 @@ def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, raw, dt, activation, sche
     B, T, k = q.shape
     n1, n2 = raw[0].shape[0], raw[1].shape[0]
     KP, H1, H2 = _pow2(k), _pow2(n1), _pow2(n2)
-    layout = _layout(B, T, H1, H2)
+    layout = _layout(B, T, H1, H2, precision, KP)
     n_prog, config = _launch_config(layout, B, H1, H2, q.device, precision)
     gq, gp, gd = gq.contiguous(), gp.contiguous(), gd.contiguous()
     dq0, dp0 = q.new_empty(B, k), q.new_empty(B, k)
@@ -475,8 +535,9 @@ def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, raw, dt, activation, sche
         dws, dbs = _latency_bwd(q, p, ph, points, gq, gp, gd, raw, dq0, dp0, n_prog, dt,
                                 activation, scheme, config)
         return dq0, dp0, dws, dbs
-    # streamed.py adds into its slabs; the resident layout writes each partial once
-    slab = q.new_zeros if layout else q.new_empty
+    # streamed.py adds into its slabs; the resident and throughput layouts write each
+    # partial once
+    slab = q.new_zeros if layout and layout != "throughput" else q.new_empty
     dW1q, dW1p, db1, dW2 = slab(n_prog, H1, KP), slab(n_prog, H1, KP), slab(n_prog, H1), \
         slab(n_prog, H2, H1)
     db2, dw3 = q.new_empty(n_prog, H2), q.new_empty(n_prog, H2)

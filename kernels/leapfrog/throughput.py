@@ -1,0 +1,265 @@
+"""Throughput layout of the fused kernels: hidden-major tiles on the tensor cores, for large
+batches (B in the thousands and up) with a tensor-core precision (bf16x3 above all).
+
+Same rollout and same math as fused.py (analytic.py's symbols); only the orientation and the
+work split differ.
+
+Why a third layout. Hopper's tensor-core instruction (wgmma) computes a 64-row slab per
+warpgroup: M >= 64. The tile layouts of fused.py / streamed.py hold activations row-major,
+[BLOCK_B, H], so M is the row block; at BLOCK_B 16 Triton falls back to the older mma.sync
+(every bf16x3 dot of streamed/16 at width 128 compiles to mma.sync; sm_90, triton 3.6), and at
+BLOCK_B 64 the row-major backward spills. Here the activations are held transposed,
+[H, BLOCK_B], and every product with a weight has the weight as its left operand:
+
+    a1 = W1q q + W1p p + b1      [H1, KP] x [KP, BB]     M = H1
+    a2 = W2 h1 + b2              [H2, H1] x [H1, BB]     M = H2
+    e1 = W2^T g2                 [H1, H2] x [H2, BB]     M = H1
+    dW2 += r2 h1^T + g2 u1^T     [H2, BB] x [BB, H1]     M = H2
+
+so M is the hidden width (128 at the benchmark's 100) whatever the row block, and a row
+block of 16 already compiles to wgmma (only the k-wide products W1^T g1, M = KP, stay on
+mma.sync). A small row block keeps each activation tile at 8 registers per thread (8 warps,
+BB 16), which leaves room for dW2 (64) and the layer-1 gradients in registers.
+
+Weights are loaded once per program, before its loops, and stay resident: Triton stages a
+loop-invariant dot operand in shared memory once (sm_90 report: ~150-180 KB of shared memory
+at width 128, bf16x3, one program per SM). The grid is persistent -- one program per SM,
+walking row blocks grid-stride -- so the weights are staged 132 times per launch instead of
+B / BB times, and the backward writes 132 weight-gradient partials (8.6 MB at width 128)
+instead of B / BB (256 MB at B = 65536).
+
+Precision: bf16x3 (fused._dot) is what this layout is for: its 16-bit weight copies serve both
+orientations (W2 and W2^T) from one shared-memory copy. tf32x3 needs 32-bit operands in both
+orientations: ~310 KB of shared memory at width 128, over the 227 KB a block may have, so it
+fails at launch and the dispatcher falls back (dispatch.py). "ieee" runs here too (FMA units),
+for the tests and for comparison.
+
+Cost model (designed against, to be checked with bench/gpu/leapfrog_table.py). B = 65536,
+frames 16, width 128 (padded), KP 16, order2: 942 GFLOP fp32-equivalent forward+backward
+(padded), i.e. 2.8 TFLOP of bf16 tensor-core products with the three-product split: 3.6 ms at
+the measured 787 TFLOP/s bf16 peak, ~7-9 ms at 40-50% of it. The transcendental work
+(softplus / sigmoid, ~4 MUFU operations per hidden unit and activation) is ~1 ms spread over
+132 SMs, and the trajectory traffic (~0.3 GB) ~0.1 ms: the products set the time.
+"""
+import triton
+import triton.language as tl
+
+from .fused import _act, _bf16_split, _dot_acc, _saved_step
+
+
+@triton.jit
+def _split(W, PREC: tl.constexpr):
+    """A weight as the (hi, lo) pair _w_dot takes, split once per program, before every loop:
+    bf16 parts for "bf16x3", the same parts held in fp32 for "bf16x3-emulated"."""
+    hi, lo = _bf16_split(W)
+    if PREC == "bf16x3":
+        return hi, lo
+    else:
+        tl.static_assert(PREC == "bf16x3-emulated", "throughput layout: bf16x3 only")
+        return hi.to(tl.float32), lo.to(tl.float32)
+
+
+@triton.jit
+def _t(W):
+    """The transpose of a _split pair."""
+    return tl.trans(W[0]), tl.trans(W[1])
+
+
+@triton.jit
+def _w_dot(W, x, PREC: tl.constexpr):
+    """W x with W = (hi, lo) from _split on the left (M = W's rows): the layout's every
+    weight product, W_hi x_lo + W_lo x_hi + W_hi x_hi with fp32 accumulation (fused._dot's
+    bf16x3 split). "bf16x3-emulated" (the interpreter, whose bf16 dots are wrong): the same
+    parts in fp32, products on the FMA units, exact (see fused._dot)."""
+    x_hi, x_lo = _bf16_split(x)
+    if PREC == "bf16x3":
+        return (tl.dot(W[0], x_lo) + tl.dot(W[1], x_hi)) + tl.dot(W[0], x_hi)
+    else:
+        x_hi, x_lo = x_hi.to(tl.float32), x_lo.to(tl.float32)
+        return ((tl.dot(W[0], x_lo, input_precision="ieee")
+                 + tl.dot(W[1], x_hi, input_precision="ieee"))
+                + tl.dot(W[0], x_hi, input_precision="ieee"))
+
+
+@triton.jit
+def _g1(a1, W2, b2, w3, ACT: tl.constexpr, PREC: tl.constexpr):
+    """g1 = (W2^T g2) * s'(a1) [H1, BB] from a1 [H1, BB]: dH/dx = W1^T g1."""
+    h1, d1_1, _ = _act(a1, ACT)
+    a2 = _w_dot(W2, h1, PREC) + b2[:, None]
+    _, d1_2, _ = _act(a2, ACT)
+    return _w_dot(_t(W2), w3[:, None] * d1_2, PREC) * d1_1
+
+
+@triton.jit
+def _grad_part(a1, W1x, W2, b2, w3, ACT: tl.constexpr, PREC: tl.constexpr):
+    """One block of dH/dx, W1x^T g1 [KP, BB]: W1x is W1q (-> dH/dq) or W1p (-> dH/dp)."""
+    return _w_dot(_t(W1x), _g1(a1, W2, b2, w3, ACT, PREC), PREC)
+
+
+@triton.jit
+def _weights(w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr, KP: tl.constexpr,
+             H1: tl.constexpr, H2: tl.constexpr, PREC: tl.constexpr):
+    """The padded weights (fused._pad_params), loaded and split once per program."""
+    cols = tl.arange(0, KP)
+    h1 = tl.arange(0, H1)
+    h2 = tl.arange(0, H2)
+    W1q = tl.load(w1q_ptr + h1[:, None] * KP + cols[None, :])    # [H1, KP]
+    W1p = tl.load(w1p_ptr + h1[:, None] * KP + cols[None, :])
+    W2 = tl.load(w2_ptr + h2[:, None] * H1 + h1[None, :])        # [H2, H1]
+    return (_split(W1q, PREC), _split(W1p, PREC), tl.load(b1_ptr + h1), _split(W2, PREC),
+            tl.load(b2_ptr + h2), tl.load(w3_ptr + h2))
+
+
+@triton.jit
+def _block(blk, B, K, T, BLOCK_B: tl.constexpr, KP: tl.constexpr):
+    """Offsets of row block blk, transposed ([KP, BB]): into [B, T, k] at t = 0, into
+    [B, T-1, k] at t = 0, into [B, k]; and the mask of real rows and coordinates."""
+    rows = blk * BLOCK_B + tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, KP)
+    mask = (cols[:, None] < K) & (rows[None, :] < B)
+    return (rows[None, :] * (T * K) + cols[:, None], rows[None, :] * ((T - 1) * K) + cols[:, None],
+            rows[None, :] * K + cols[:, None], mask)
+
+
+@triton.jit
+def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
+                         q_ptr, p_ptr, ph_ptr, dq_ptr, qm_ptr, pc_ptr, B, K, T, dt,
+                         BLOCK_B: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr,
+                         H2: tl.constexpr, ACT: tl.constexpr, ORDER2: tl.constexpr,
+                         PREC: tl.constexpr):
+    W1q, W1p, b1, W2, b2, w3 = _weights(w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
+                                        KP, H1, H2, PREC)
+    for blk in range(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.num_programs(0)):
+        traj, half, flat, mask = _block(blk, B, K, T, BLOCK_B, KP)
+        q = tl.load(q0_ptr + flat, mask=mask, other=0.0)              # [KP, BB]
+        p = tl.load(p0_ptr + flat, mask=mask, other=0.0)
+        tl.store(q_ptr + traj, q, mask=mask)
+        tl.store(p_ptr + traj, p, mask=mask)
+        aq = _w_dot(W1q, q, PREC)
+        for t in range(T - 1):
+            # fused._leapfrog_fwd_kernel's step, transposed (its comments apply)
+            a1 = aq + _w_dot(W1p, p, PREC) + b1[:, None]
+            if ORDER2:
+                g1 = _g1(a1, W2, b2, w3, ACT, PREC)
+                dq = _w_dot(_t(W1q), g1, PREC)
+                qm = q + 0.5 * dt * _w_dot(_t(W1p), g1, PREC)
+                ph = p - 0.5 * dt * dq
+                pc = p - dt * dq
+                ap = _w_dot(W1p, ph, PREC) + b1[:, None]
+                amid = _w_dot(W1q, qm, PREC) + ap
+                q = q + dt * _grad_part(amid, W1p, W2, b2, w3, ACT, PREC)
+                aq = _w_dot(W1q, q, PREC)
+                ac = aq + _w_dot(W1p, pc, PREC) + b1[:, None]
+                p = ph - 0.5 * dt * _grad_part(ac, W1q, W2, b2, w3, ACT, PREC)
+                tl.store(qm_ptr + half + t * K, qm, mask=mask)
+                tl.store(pc_ptr + half + t * K, pc, mask=mask)
+            else:
+                dq = _grad_part(a1, W1q, W2, b2, w3, ACT, PREC)
+                ph = p - 0.5 * dt * dq
+                ap = _w_dot(W1p, ph, PREC) + b1[:, None]
+                q = q + dt * _grad_part(aq + ap, W1p, W2, b2, w3, ACT, PREC)
+                aq = _w_dot(W1q, q, PREC)
+                p = ph - 0.5 * dt * _grad_part(aq + ap, W1q, W2, b2, w3, ACT, PREC)
+            tl.store(q_ptr + traj + (t + 1) * K, q, mask=mask)
+            tl.store(p_ptr + traj + (t + 1) * K, p, mask=mask)
+            tl.store(ph_ptr + half + t * K, ph, mask=mask)
+            tl.store(dq_ptr + half + t * K, dq, mask=mask)
+
+
+@triton.jit
+def _vjp(q, p, vq, vp, W1q, W1p, b1, W2, b2, w3, dW1q, dW1p, db1, dW2, db2, dw3,
+         ACT: tl.constexpr, HAS_VQ: tl.constexpr, HAS_VP: tl.constexpr, PREC: tl.constexpr):
+    """fused._vjp transposed: every activation [H, BB], q, p, v and the results [KP, BB]."""
+    a1 = _w_dot(W1q, q, PREC) + _w_dot(W1p, p, PREC) + b1[:, None]
+    h1, d1_1, d2_1 = _act(a1, ACT)
+    a2 = _w_dot(W2, h1, PREC) + b2[:, None]
+    _, d1_2, d2_2 = _act(a2, ACT)
+    if HAS_VQ:
+        t1 = _w_dot(W1q, vq, PREC)
+        if HAS_VP:
+            t1 += _w_dot(W1p, vp, PREC)
+    else:
+        t1 = _w_dot(W1p, vp, PREC)
+    u1 = d1_1 * t1
+    t2 = _w_dot(W2, u1, PREC)
+    g2 = w3[:, None] * d1_2
+    r2 = w3[:, None] * d2_2 * t2
+    e1 = _w_dot(_t(W2), g2, PREC)
+    g1 = e1 * d1_1
+    r1 = e1 * d2_1 * t1 + _w_dot(_t(W2), r2, PREC) * d1_1
+    dw3 += tl.sum(d1_2 * t2, axis=1)                                 # u2
+    db2 += tl.sum(r2, axis=1)
+    dW2 = _dot_acc(g2, tl.trans(u1), _dot_acc(r2, tl.trans(h1), dW2, PREC), PREC)
+    db1 += tl.sum(r1, axis=1)
+    dW1q = _dot_acc(r1, tl.trans(q), dW1q, PREC)
+    dW1p = _dot_acc(r1, tl.trans(p), dW1p, PREC)
+    if HAS_VQ:
+        dW1q = _dot_acc(g1, tl.trans(vq), dW1q, PREC)
+    if HAS_VP:
+        dW1p = _dot_acc(g1, tl.trans(vp), dW1p, PREC)
+    dxq = _w_dot(_t(W1q), r1, PREC)
+    dxp = _w_dot(_t(W1p), r1, PREC)
+    return dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3
+
+
+@triton.jit
+def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, gd_ptr,
+                         w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
+                         dq0_ptr, dp0_ptr, dw1q_ptr, dw1p_ptr, db1_ptr, dw2_ptr, db2_ptr,
+                         dw3_ptr, B, K, T, dt,
+                         BLOCK_B: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr,
+                         H2: tl.constexpr, ACT: tl.constexpr, ORDER2: tl.constexpr,
+                         PREC: tl.constexpr):
+    """fused._leapfrog_bwd_kernel's reverse walk, transposed, over this program's row blocks;
+    the weight gradients accumulate over all of them into one partial per program."""
+    pid = tl.program_id(0)
+    W1q, W1p, b1, W2, b2, w3 = _weights(w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
+                                        KP, H1, H2, PREC)
+    dW1q = tl.zeros((H1, KP), dtype=tl.float32)
+    dW1p = tl.zeros((H1, KP), dtype=tl.float32)
+    dW2 = tl.zeros((H2, H1), dtype=tl.float32)
+    db1 = tl.zeros((H1,), dtype=tl.float32)
+    db2 = tl.zeros((H2,), dtype=tl.float32)
+    dw3 = tl.zeros((H2,), dtype=tl.float32)
+    for blk in range(pid, tl.cdiv(B, BLOCK_B), tl.num_programs(0)):
+        traj, half, flat, mask = _block(blk, B, K, T, BLOCK_B, KP)
+        Q = tl.load(gq_ptr + traj + (T - 1) * K, mask=mask, other=0.0)
+        P = tl.load(gp_ptr + traj + (T - 1) * K, mask=mask, other=0.0)
+        for i in range(T - 1):
+            t = T - 2 - i
+            q, p, q1, ph, D, qm, pc = _saved_step(q_ptr, p_ptr, ph_ptr, gd_ptr, qm_ptr,
+                                                  pc_ptr, traj, half, t, K, mask, ORDER2)
+            # c, b, a: as in fused._leapfrog_bwd_kernel (its comments apply)
+            dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
+                q1, pc, -0.5 * dt * P, P, W1q, W1p, b1, W2, b2, w3,
+                dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False, PREC)
+            Q += dxq
+            Pc = dxp
+            dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
+                qm, ph, Q, dt * Q, W1q, W1p, b1, W2, b2, w3,
+                dW1q, dW1p, db1, dW2, db2, dw3, ACT, False, True, PREC)
+            Qm = dxq
+            Ph = P + dxp
+            Q += Qm
+            Ph += Pc
+            if ORDER2:
+                dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
+                    q, p, D - 0.5 * dt * (Ph + Pc), 0.5 * dt * Qm, W1q, W1p, b1, W2, b2, w3,
+                    dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, True, PREC)
+            else:
+                dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
+                    q, p, D - 0.5 * dt * Ph, Ph, W1q, W1p, b1, W2, b2, w3,
+                    dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False, PREC)
+            Q += dxq + tl.load(gq_ptr + traj + t * K, mask=mask, other=0.0)
+            P = Ph + dxp + tl.load(gp_ptr + traj + t * K, mask=mask, other=0.0)
+        tl.store(dq0_ptr + flat, Q, mask=mask)
+        tl.store(dp0_ptr + flat, P, mask=mask)
+    cols = tl.arange(0, KP)
+    h1 = tl.arange(0, H1)
+    h2 = tl.arange(0, H2)
+    tl.store(dw1q_ptr + pid * H1 * KP + h1[:, None] * KP + cols[None, :], dW1q)
+    tl.store(dw1p_ptr + pid * H1 * KP + h1[:, None] * KP + cols[None, :], dW1p)
+    tl.store(dw2_ptr + pid * H2 * H1 + h2[:, None] * H1 + h1[None, :], dW2)
+    tl.store(db1_ptr + pid * H1 + h1, db1)
+    tl.store(db2_ptr + pid * H2 + h2, db2)
+    tl.store(dw3_ptr + pid * H2 + h2, dw3)
