@@ -147,4 +147,5 @@ def test_leapfrog_table_smoke_runs_every_stage(tmp_path, monkeypatch):
     assert ("fused_throughput", table.STAGES["big"][0]) in timed
     assert "fused_throughput/B3" in out["errors"]
     assert set(out["peaks"]) == {"fp32", "tf32", "bf16"}
+    assert out["warm"]["kernels"] == 1 and out["warm"]["failures"] == []   # one warm-up job
     assert sorted(os.listdir(results)) == before    # a smoke run records nothing

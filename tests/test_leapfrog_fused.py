@@ -2,7 +2,8 @@
 
 The cases run in both regimes of the fused kernels: the tile layouts (fused.py, streamed.py;
 forced here by setting fused.LATENCY_MAX_ROWS to 0) and the latency layout (latency.py, a
-program per row, what B <= LATENCY_MAX_ROWS runs). The interpreter walks the latency layout
+program per row, what B <= LATENCY_MAX_ROWS runs); the throughput layout (throughput.py, what
+bf16x3 runs above it) has its own cases below. The interpreter walks the latency layout
 one row at a time, so it takes the cases with few row-steps, plus its own odd shapes below.
 
 Without a GPU the kernels run through the Triton interpreter on CPU tensors (conftest sets
@@ -49,13 +50,6 @@ def _model_params(k, width, activation, separable, seed):
     m = HamiltonianMLP(k, hidden=width, activation=activation, separable=separable)
     w, b = m.weights_and_biases()
     return [x.detach().to(DEVICE) for x in w], [x.detach().to(DEVICE) for x in b]
-
-
-@pytest.fixture(params=["latency", "tile"])
-def regime(request, monkeypatch):
-    if request.param == "tile":
-        monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
-    return request.param
 
 
 @pytest.fixture
@@ -146,28 +140,52 @@ def _kernel_too_big_for_the_gpu(monkeypatch, which):
     monkeypatch.setattr(fused, "_kernels", kernels)
 
 
+def _layouts_run(monkeypatch):
+    """The layouts whose kernels are launched from here on, in order."""
+    real, seen = fused._kernels, []
+
+    def kernels(layout):
+        seen.append(layout)
+        return real(layout)
+    monkeypatch.setattr(fused, "_kernels", kernels)
+    return seen
+
+
+# regime -> (widths, precision, tolerance against analytic): the throughput layout takes
+# bf16x3 from width 64; what it computed before the fallback is bf16x3's, 1e-4-close
+FALLBACK_REGIMES = {"latency": ((16, 16), "ieee", 1e-5), "tile": ((16, 16), "ieee", 1e-5),
+                    "throughput": ((64, 64), "bf16x3", 1e-4)}
+
+
 @pytest.mark.parametrize("which", ["fwd", "bwd"])
-def test_kernel_that_does_not_fit_the_gpu_falls_back_to_analytic_under_auto(regime, monkeypatch,
+@pytest.mark.parametrize("regime", list(FALLBACK_REGIMES))
+def test_kernel_that_does_not_fit_the_gpu_falls_back_to_analytic_under_auto(monkeypatch, regime,
                                                                             which):
+    if regime != "latency":
+        monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
+    widths, precision, tol = FALLBACK_REGIMES[regime]
+    seen = _layouts_run(monkeypatch)
     _kernel_too_big_for_the_gpu(monkeypatch, which)
     monkeypatch.setitem(dispatch._auto_choice, torch.device(DEVICE).type, "fused")
     monkeypatch.setattr(dispatch, "_warned", set())
     gen = torch.Generator().manual_seed(3)
-    w, b = random_mlp(3, (16, 16), generator=gen)
+    w, b = random_mlp(3, widths, generator=gen)
     w, b = [x.to(DEVICE) for x in w], [x.to(DEVICE) for x in b]
     q0, p0 = (torch.randn(5, 3, generator=gen).to(DEVICE) for _ in range(2))
     cot = [torch.randn(s, generator=gen).to(DEVICE) for s in [(5, 4, 3), (5, 4, 3), (5, 3, 3)]]
     with pytest.warns(UserWarning, match="does not fit this GPU.*shared memory"):
-        outs, grads = rollout_and_grads(q0, p0, w, b, 0.05, 4, "softplus", "auto", cot)
+        outs, grads = rollout_and_grads(q0, p0, w, b, 0.05, 4, "softplus", "auto", cot,
+                                        precision=precision)
+    assert seen[0] == (regime if regime != "tile" else fused._chunk(16, 16))
     ref_outs, ref_grads = rollout_and_grads(q0, p0, w, b, 0.05, 4, "softplus", "analytic", cot)
     for x, y in zip(outs + grads, ref_outs + ref_grads):
-        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(x, y, rtol=tol, atol=tol / 10)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # one warning per reason, not one per call
-        rollout_and_grads(q0, p0, w, b, 0.05, 4, "softplus", "auto", cot)
+        rollout_and_grads(q0, p0, w, b, 0.05, 4, "softplus", "auto", cot, precision=precision)
     # asked for explicitly, fused says why it cannot run instead of falling back
     with pytest.raises((ValueError, RuntimeError), match="does not fit this GPU"):
-        rollout_and_grads(q0, p0, w, b, 0.05, 4, "softplus", "fused", cot)
+        rollout_and_grads(q0, p0, w, b, 0.05, 4, "softplus", "fused", cot, precision=precision)
 
 
 def test_streamed_layout_refuses_a_chunk_tl_dot_cannot_take(tile, monkeypatch):
@@ -303,17 +321,6 @@ def test_latency_backward_keeps_fp32_products_and_the_callers_tf32_setting():
         torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def _layouts_run(monkeypatch):
-    """The layouts whose kernels are launched from here on, in order."""
-    real, seen = fused._kernels, []
-
-    def kernels(layout):
-        seen.append(layout)
-        return real(layout)
-    monkeypatch.setattr(fused, "_kernels", kernels)
-    return seen
-
-
 @pytest.mark.parametrize("B,k,widths,frames,scheme,activation,dt", [
     (50, 3, (40, 100), 5, "order2", "tanh", 0.05),      # 4 row blocks on 3 programs, H1 != H2
     (1, 1, (100, 64), 3, "official", "softplus", -0.05),  # one row, one coordinate
@@ -347,24 +354,3 @@ def test_throughput_layout_is_persistent():
     assert fused._throughput_programs(65536, cpu) == 3
     assert fused._throughput_programs(17, cpu) == 2
     assert fused._throughput_programs(1, cpu) == 1
-
-
-@pytest.mark.parametrize("which", ["fwd", "bwd"])
-def test_throughput_kernel_that_does_not_fit_falls_back_to_analytic_under_auto(monkeypatch,
-                                                                               which):
-    monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
-    _kernel_too_big_for_the_gpu(monkeypatch, which)
-    monkeypatch.setitem(dispatch._auto_choice, torch.device(DEVICE).type, "fused")
-    monkeypatch.setattr(dispatch, "_warned", set())
-    gen = torch.Generator().manual_seed(5)
-    w, b = random_mlp(2, (64, 64), generator=gen)
-    w, b = [x.to(DEVICE) for x in w], [x.to(DEVICE) for x in b]
-    q0, p0 = (torch.randn(5, 2, generator=gen).to(DEVICE) for _ in range(2))
-    cot = [torch.randn(s, generator=gen).to(DEVICE) for s in [(5, 3, 2), (5, 3, 2), (5, 2, 2)]]
-    with pytest.warns(UserWarning, match="does not fit this GPU.*bf16x3"):
-        outs, grads = rollout_and_grads(q0, p0, w, b, 0.05, 3, "softplus", "auto", cot,
-                                        precision="bf16x3")
-    ref_outs, ref_grads = rollout_and_grads(q0, p0, w, b, 0.05, 3, "softplus", "analytic", cot)
-    # the forward that did run is bf16x3's (1e-4-close); what fell back is analytic's
-    for x, y in zip(outs + grads, ref_outs + ref_grads):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)

@@ -240,6 +240,41 @@ if triton is not None:
         return q, p, q1, ph, D, qm, pc
 
     @triton.jit
+    def _reverse_step(VJP: tl.constexpr, q, p, q1, ph, D, qm, pc, Q, P, W1q, W1p, b1, W2, b2,
+                      w3, dW1q, dW1p, db1, dW2, db2, dw3, dt, ACT: tl.constexpr,
+                      ORDER2: tl.constexpr, PREC: tl.constexpr):
+        """One step of the reverse walk: the cotangents (Q, P) of (q_t+1, p_t+1) become those
+        of (q_t, p_t), less the loss's own terms at t, which the caller adds; the weight
+        gradients grow by the step's three VJPs. VJP is the layout's _vjp (this module's,
+        or throughput.py's, whose operands are transposed); the step reads the same either way.
+        D is the cotangent of dHdq_t; (q, p, q1, ph, qm, pc) are from _saved_step."""
+        # c: p_t+1 = p_half - dt/2 F_q(q_t+1, p_pred)
+        dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = VJP(
+            q1, pc, -0.5 * dt * P, P, W1q, W1p, b1, W2, b2, w3,
+            dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False, PREC)
+        Q += dxq
+        Pc = dxp
+        # b: q_t+1 = q_t + dt F_p(q_mid, p_half)
+        dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = VJP(
+            qm, ph, Q, dt * Q, W1q, W1p, b1, W2, b2, w3,
+            dW1q, dW1p, db1, dW2, db2, dw3, ACT, False, True, PREC)
+        Qm = dxq
+        Ph = P + dxp
+        # a: p_half, p_pred and q_mid from F(q_t, p_t); dHdq_t = F_q(q_t, p_t).
+        # q_mid hangs off q_t and p_pred off p_t, so Q_m and P_c flow into Q and Ph.
+        Q += Qm
+        Ph += Pc
+        if ORDER2:
+            dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = VJP(
+                q, p, D - 0.5 * dt * (Ph + Pc), 0.5 * dt * Qm, W1q, W1p, b1, W2, b2, w3,
+                dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, True, PREC)
+        else:
+            dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = VJP(
+                q, p, D - 0.5 * dt * Ph, Ph, W1q, W1p, b1, W2, b2, w3,
+                dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False, PREC)
+        return Q + dxq, Ph + dxp, dW1q, dW1p, db1, dW2, db2, dw3
+
+    @triton.jit
     def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, gd_ptr,
                              w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
                              dq0_ptr, dp0_ptr, dw1q_ptr, dw1p_ptr, db1_ptr, dw2_ptr, db2_ptr,
@@ -274,32 +309,11 @@ if triton is not None:
             t = T - 2 - i
             q, p, q1, ph, D, qm, pc = _saved_step(q_ptr, p_ptr, ph_ptr, gd_ptr, qm_ptr, pc_ptr,
                                                   traj, half, t, K, mask, ORDER2)
-            # c: p_t+1 = p_half - dt/2 F_q(q_t+1, p_pred)
-            dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
-                q1, pc, -0.5 * dt * P, P, W1q, W1p, b1, W2, b2, w3,
-                dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False, PREC)
-            Q += dxq
-            Pc = dxp
-            # b: q_t+1 = q_t + dt F_p(q_mid, p_half)
-            dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
-                qm, ph, Q, dt * Q, W1q, W1p, b1, W2, b2, w3,
-                dW1q, dW1p, db1, dW2, db2, dw3, ACT, False, True, PREC)
-            Qm = dxq
-            Ph = P + dxp
-            # a: p_half, p_pred and q_mid from F(q_t, p_t); dHdq_t = F_q(q_t, p_t).
-            # q_mid hangs off q_t and p_pred off p_t, so Q_m and P_c flow into Q and Ph.
-            Q += Qm
-            Ph += Pc
-            if ORDER2:
-                dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
-                    q, p, D - 0.5 * dt * (Ph + Pc), 0.5 * dt * Qm, W1q, W1p, b1, W2, b2, w3,
-                    dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, True, PREC)
-            else:
-                dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
-                    q, p, D - 0.5 * dt * Ph, Ph, W1q, W1p, b1, W2, b2, w3,
-                    dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False, PREC)
-            Q += dxq + tl.load(gq_ptr + traj + t * K, mask=mask, other=0.0)
-            P = Ph + dxp + tl.load(gp_ptr + traj + t * K, mask=mask, other=0.0)
+            Q, P, dW1q, dW1p, db1, dW2, db2, dw3 = _reverse_step(
+                _vjp, q, p, q1, ph, D, qm, pc, Q, P, W1q, W1p, b1, W2, b2, w3,
+                dW1q, dW1p, db1, dW2, db2, dw3, dt, ACT, ORDER2, PREC)
+            Q += tl.load(gq_ptr + traj + t * K, mask=mask, other=0.0)
+            P += tl.load(gp_ptr + traj + t * K, mask=mask, other=0.0)
         tl.store(dq0_ptr + rows[:, None] * K + cols[None, :], Q, mask=mask)
         tl.store(dp0_ptr + rows[:, None] * K + cols[None, :], P, mask=mask)
         # One partial per program; the host reduces them once.

@@ -44,7 +44,7 @@ the measured 787 TFLOP/s bf16 peak, ~7-9 ms at 40-50% of it. The transcendental 
 import triton
 import triton.language as tl
 
-from .fused import _act, _bf16_split, _dot_acc, _saved_step
+from .fused import _act, _bf16_split, _dot_acc, _reverse_step, _saved_step
 
 
 @triton.jit
@@ -229,29 +229,11 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
             t = T - 2 - i
             q, p, q1, ph, D, qm, pc = _saved_step(q_ptr, p_ptr, ph_ptr, gd_ptr, qm_ptr,
                                                   pc_ptr, traj, half, t, K, mask, ORDER2)
-            # c, b, a: as in fused._leapfrog_bwd_kernel (its comments apply)
-            dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
-                q1, pc, -0.5 * dt * P, P, W1q, W1p, b1, W2, b2, w3,
-                dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False, PREC)
-            Q += dxq
-            Pc = dxp
-            dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
-                qm, ph, Q, dt * Q, W1q, W1p, b1, W2, b2, w3,
-                dW1q, dW1p, db1, dW2, db2, dw3, ACT, False, True, PREC)
-            Qm = dxq
-            Ph = P + dxp
-            Q += Qm
-            Ph += Pc
-            if ORDER2:
-                dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
-                    q, p, D - 0.5 * dt * (Ph + Pc), 0.5 * dt * Qm, W1q, W1p, b1, W2, b2, w3,
-                    dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, True, PREC)
-            else:
-                dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = _vjp(
-                    q, p, D - 0.5 * dt * Ph, Ph, W1q, W1p, b1, W2, b2, w3,
-                    dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False, PREC)
-            Q += dxq + tl.load(gq_ptr + traj + t * K, mask=mask, other=0.0)
-            P = Ph + dxp + tl.load(gp_ptr + traj + t * K, mask=mask, other=0.0)
+            Q, P, dW1q, dW1p, db1, dW2, db2, dw3 = _reverse_step(
+                _vjp, q, p, q1, ph, D, qm, pc, Q, P, W1q, W1p, b1, W2, b2, w3,
+                dW1q, dW1p, db1, dW2, db2, dw3, dt, ACT, ORDER2, PREC)
+            Q += tl.load(gq_ptr + traj + t * K, mask=mask, other=0.0)
+            P += tl.load(gp_ptr + traj + t * K, mask=mask, other=0.0)
         tl.store(dq0_ptr + flat, Q, mask=mask)
         tl.store(dp0_ptr + flat, P, mask=mask)
     cols = tl.arange(0, KP)
