@@ -113,7 +113,8 @@ def _leapfrog_table():
 def test_leapfrog_table_forces_each_layout_and_restores_the_table():
     from hgan.kernels.leapfrog import fused
     table = _leapfrog_table()
-    before = fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES, fused.THROUGHPUT_PRECISIONS
+    before = (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES, fused.THROUGHPUT_PRECISIONS,
+              dict(fused.THROUGHPUT_BLOCK_B))
     with table.forced("latency"):
         assert fused._layout(65536, 16, 128, 128) == "latency"
     with table.forced("tile"):
@@ -121,10 +122,13 @@ def test_leapfrog_table_forces_each_layout_and_restores_the_table():
         assert fused._layout(16, 16, 128, 128, "bf16x3") == fused._chunk(128, 128)
     with table.forced("throughput"):
         assert fused._layout(16, 16, 128, 128, "bf16x3") == "throughput"
+    with table.forced("throughput16"):
+        assert fused._layout(16, 16, 128, 128, "bf16x3") == "throughput"
+        assert fused.THROUGHPUT_BLOCK_B == {"fwd": 16, "bwd": 16}
     with table.forced(None):
         assert fused._layout(16, 16, 128, 128) == "latency"
-    assert (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES,
-            fused.THROUGHPUT_PRECISIONS) == before
+    assert (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES, fused.THROUGHPUT_PRECISIONS,
+            fused.THROUGHPUT_BLOCK_B) == before
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs the interpreter")

@@ -322,7 +322,8 @@ def test_latency_backward_keeps_fp32_products_and_the_callers_tf32_setting():
 
 
 @pytest.mark.parametrize("B,k,widths,frames,scheme,activation,dt", [
-    (50, 3, (40, 100), 5, "order2", "tanh", 0.05),      # 4 row blocks on 3 programs, H1 != H2
+    (50, 3, (40, 100), 5, "order2", "tanh", 0.05),      # 4 backward blocks on 3 programs
+    (200, 2, (64, 64), 2, "order2", "softplus", 0.05),  # 4 forward blocks (64 rows) on 3
     (1, 1, (100, 64), 3, "official", "softplus", -0.05),  # one row, one coordinate
     (37, 16, (128, 128), 4, "official", "softplus", -0.1),  # k = its padding, B % 16 != 0
     (33, 10, (64, 64), 16, "order2", "tanh", 0.05),     # width 64, the benchmark's 16 frames
@@ -332,7 +333,8 @@ def test_throughput_layout_matches_float64_reference(monkeypatch, B, k, widths, 
     # Hidden-major tiles (throughput.py), what bf16x3 runs above LATENCY_MAX_ROWS. Under the
     # interpreter its products run the bf16 split in fp32 (exact), so the split's own error
     # is what is checked against the 1e-4 contract; 3 persistent programs walk the row
-    # blocks, so a program accumulates weight gradients over several blocks.
+    # blocks (64 rows forward, 16 backward), so a program accumulates weight gradients over
+    # several blocks.
     monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
     seen = _layouts_run(monkeypatch)
     gen = torch.Generator().manual_seed(B + k)
@@ -351,6 +353,7 @@ def test_throughput_layout_is_persistent():
     # one program per SM on a GPU (its grid-stride loop walks the rest); under the
     # interpreter 3, and never more programs than row blocks
     cpu = torch.device("cpu")
-    assert fused._throughput_programs(65536, cpu) == 3
-    assert fused._throughput_programs(17, cpu) == 2
-    assert fused._throughput_programs(1, cpu) == 1
+    assert fused._throughput_programs(65536, cpu, 16) == 3
+    assert fused._throughput_programs(17, cpu, 16) == 2
+    assert fused._throughput_programs(65, cpu, 64) == 2
+    assert fused._throughput_programs(1, cpu, 64) == 1

@@ -77,6 +77,8 @@ VARIANTS = {
     "fused_tile_tf32": ("fused", "tf32", "tile"),
     "fused_tile_bf16x3": ("fused", "bf16x3", "tile"),
     "fused_throughput": ("fused", "bf16x3", "throughput"),
+    # the same with the forward at 16-row blocks too (the table's forward takes 64)
+    "fused_throughput_fwd16": ("fused", "bf16x3", "throughput16"),
 }
 
 
@@ -89,22 +91,25 @@ class Budget:
 
 
 def forced(layout):
-    """Context: make the dispatch table pick `layout` ("latency" | "tile" | "throughput")
-    whatever B is ("tile": the row-major tile layouts even for bf16x3)."""
+    """Context: make the dispatch table pick `layout` ("latency" | "tile" | "throughput" |
+    "throughput16") whatever B is ("tile": the row-major tile layouts even for bf16x3;
+    "throughput16": the throughput layout with 16-row blocks in both directions)."""
     class _Forced:
         def __enter__(self):
             self.saved = (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES,
-                          fused.THROUGHPUT_PRECISIONS)
+                          fused.THROUGHPUT_PRECISIONS, fused.THROUGHPUT_BLOCK_B)
             if layout == "latency":
                 fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES = 1 << 30, 1 << 40
             elif layout == "tile":
                 fused.LATENCY_MAX_ROWS, fused.THROUGHPUT_PRECISIONS = 0, ()
-            elif layout == "throughput":
+            elif layout in ("throughput", "throughput16"):
                 fused.LATENCY_MAX_ROWS = 0
+                if layout == "throughput16":
+                    fused.THROUGHPUT_BLOCK_B = {"fwd": 16, "bwd": 16}
 
         def __exit__(self, *exc):
-            (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES,
-             fused.THROUGHPUT_PRECISIONS) = self.saved
+            (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES, fused.THROUGHPUT_PRECISIONS,
+             fused.THROUGHPUT_BLOCK_B) = self.saved
             return False
     return _Forced()
 
@@ -300,7 +305,8 @@ def main(argv=None):
     # fused_latency at 65536 lifts the latency backward's 1 GB scratch cap (7.5 GB here): the
     # latency model says a row per SM at FMA rate may beat the tile layouts even there.
     for variant in ("reference", "fused_throughput", "fused", "fused_tile_tf32x3",
-                    "fused_tile_bf16x3", "fused_tile_tf32", "fused_latency"):
+                    "fused_tile_bf16x3", "fused_throughput_fwd16", "fused_tile_tf32",
+                    "fused_latency"):
         for batch in STAGES["big"]:
             timed(variant, batch)
     print("5. B = 1024", flush=True)

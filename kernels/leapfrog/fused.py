@@ -384,11 +384,13 @@ LATENCY_MAX_ROWS = 2048
 # past this many bytes (and int32 offsets) a long rollout goes to the tile layouts instead.
 LATENCY_SCRATCH_BYTES = 1 << 30
 # Above LATENCY_MAX_ROWS, these precisions run throughput.py's hidden-major tiles (wgmma at
-# any row block; bf16 weight copies serve both orientations). Its row block and warps are
-# from bench/ptxas_report.py (sm_90, triton 3.6, width 128): BLOCK_B 16, 8 warps compiles
-# the forward with 0 spills and the backward with 0.55 KB; BLOCK_B 32 spills 2.3 KB there.
+# any row block; bf16 weight copies serve both orientations). Row blocks per direction and
+# warps from bench/ptxas_report.py (sm_90, triton 3.6, width 128, 8 warps): the forward
+# compiles without spills at 16, 32 and 64 rows, and a wider block gives each wgmma more
+# columns (N) for the same chain of dependent products, so it takes 64; the backward spills
+# 0.55 KB at 16 rows and 2.3 KB at 32, so it takes 16. 4 warps spill 4.2 KB there.
 THROUGHPUT_PRECISIONS = ("bf16x3",)
-THROUGHPUT_BLOCK_B = 16
+THROUGHPUT_BLOCK_B = {"fwd": 64, "bwd": 16}
 THROUGHPUT_WARPS = 8
 
 
@@ -446,25 +448,26 @@ def _latency_programs(B, device):
     return min(B, _sm_count[device])
 
 
-def _throughput_programs(B, device):
-    """Programs of the throughput layout: persistent, one per SM (each holds ~170-190 KB of
+def _throughput_programs(B, device, block_b):
+    """Programs of the throughput layout: persistent, one per SM (each holds ~170-200 KB of
     shared memory at width 128, so one fits an SM anyway), walking row blocks grid-stride;
     under the interpreter 3, so that the tests walk several blocks per program."""
-    blocks = triton.cdiv(B, THROUGHPUT_BLOCK_B)
+    blocks = triton.cdiv(B, block_b)
     if device.type != "cuda":
         return min(blocks, 3)
     return min(blocks, _latency_programs(1 << 30, device))
 
 
-def _launch_config(layout, B, H1, H2, device, precision):
-    """(grid size, launch keyword arguments) of a layout."""
+def _launch_config(layout, B, H1, H2, device, precision, direction="fwd"):
+    """(grid size, launch keyword arguments) of a layout's fwd or bwd kernel."""
     if layout == "latency":
         return _latency_programs(B, device), dict(num_warps=_latency_warps(H1, H2))
     if precision == "bf16x3" and device.type != "cuda":
         precision = "bf16x3-emulated"          # the interpreter's bf16 dots are wrong
     if layout == "throughput":
-        return _throughput_programs(B, device), dict(
-            BLOCK_B=THROUGHPUT_BLOCK_B, PREC=precision, num_warps=THROUGHPUT_WARPS)
+        block_b = THROUGHPUT_BLOCK_B[direction]
+        return _throughput_programs(B, device, block_b), dict(
+            BLOCK_B=block_b, PREC=precision, num_warps=THROUGHPUT_WARPS)
     BLOCK_B = _block_b(H1, H2)
     extra = {"CH": layout} if layout else {}
     return triton.cdiv(B, BLOCK_B), dict(BLOCK_B=BLOCK_B, PREC=precision,
@@ -542,7 +545,7 @@ def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, raw, dt, activation, sche
     n1, n2 = raw[0].shape[0], raw[1].shape[0]
     KP, H1, H2 = _pow2(k), _pow2(n1), _pow2(n2)
     layout = _layout(B, T, H1, H2, precision, KP)
-    n_prog, config = _launch_config(layout, B, H1, H2, q.device, precision)
+    n_prog, config = _launch_config(layout, B, H1, H2, q.device, precision, "bwd")
     gq, gp, gd = gq.contiguous(), gp.contiguous(), gd.contiguous()
     dq0, dp0 = q.new_empty(B, k), q.new_empty(B, k)
     if layout == "latency":

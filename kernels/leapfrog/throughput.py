@@ -18,8 +18,10 @@ BLOCK_B 64 the row-major backward spills. Here the activations are held transpos
 
 so M is the hidden width (128 at the benchmark's 100) whatever the row block, and a row
 block of 16 already compiles to wgmma (only the k-wide products W1^T g1, M = KP, stay on
-mma.sync). A small row block keeps each activation tile at 8 registers per thread (8 warps,
-BB 16), which leaves room for dW2 (64) and the layer-1 gradients in registers.
+mma.sync). The backward takes that small block: each activation tile is then 8 registers per
+thread (8 warps), which leaves room for dW2 (64) and the layer-1 gradients in registers. The
+forward has no gradients to hold and takes 64 rows (no spills either way): the same chain of
+dependent products, each wgmma four times as wide (fused.THROUGHPUT_BLOCK_B).
 
 Weights are loaded once per program, before its loops, and stay resident: Triton stages a
 loop-invariant dot operand in shared memory once (sm_90 report: ~150-180 KB of shared memory
