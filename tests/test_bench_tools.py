@@ -127,6 +127,13 @@ def test_leapfrog_table_forces_each_layout_and_restores_the_table():
         assert fused.THROUGHPUT_BLOCK_B == {"fwd": 16, "bwd": 16}
     with table.forced(None):
         assert fused._layout(16, 16, 128, 128) == "latency"
+    # the parallel compile warm-up runs every fused variant (fused_latency's kernels are
+    # "fused"'s at the warm-up batches, which are under LATENCY_MAX_ROWS)
+    warmed = {v for v, _ in table.WARM_JOBS}
+    assert warmed <= set(table.VARIANTS)
+    assert {v for v, spec in table.VARIANTS.items() if spec[0] == "fused"} - warmed == {
+        "fused_latency"}
+    assert max(table.WARM_BATCHES) <= fused.LATENCY_MAX_ROWS
     assert (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES, fused.THROUGHPUT_PRECISIONS,
             fused.THROUGHPUT_BLOCK_B) == before
 

@@ -181,12 +181,20 @@ def matmul_peak(tf32, dtype=torch.float32):
     return 2 * n ** 3 / (ms * 1e-3)
 
 
+# What warm() compiles: "fused" runs the latency kernels at these batches (fused_latency's too:
+# one job serves both), fused_tile the streamed ieee ones ("fused"'s at B = 65536). 13 jobs:
+# one round of 16 processes.
+WARM_JOBS = [(v, b) for v in ("fused", "fused_tile", "fused_tile_tf32x3", "fused_tile_tf32",
+                              "fused_tile_bf16x3", "fused_throughput") for b in WARM_BATCHES]
+WARM_JOBS.append(("fused_throughput_fwd16", WARM_BATCHES[0]))   # timed at B = 65536 only
+
+
 def warm(budget, smoke_run):
-    """Compile every fused variant at WARM_BATCHES, each in its own process, up to 16 at a
-    time (Triton's cache is on disk and written atomically, so they share it). Returns
-    (kernels warmed, failures). Under --smoke one job only: it checks the mechanism."""
-    todo = [(v, b) for v, (backend, _, _) in VARIANTS.items() if backend == "fused"
-            for b in WARM_BATCHES]
+    """Run WARM_JOBS, each in its own process, up to 16 at a time, so that Triton compiles
+    every fused kernel the stages launch (its cache is on disk and written atomically, so the
+    processes share it). Returns (jobs, failures). Under --smoke one job only: it checks the
+    mechanism."""
+    todo = list(WARM_JOBS)
     if smoke_run:
         todo = todo[:1]
     limit = max(30.0, min(300.0, budget.left() - 120))
