@@ -384,7 +384,7 @@ LATENCY_MAX_ROWS = 2048
 # past this many bytes (and int32 offsets) a long rollout goes to the tile layouts instead.
 LATENCY_SCRATCH_BYTES = 1 << 30
 # Above LATENCY_MAX_ROWS, these precisions run throughput.py's hidden-major tiles (wgmma at
-# any row block; bf16 weight copies serve both orientations). Row blocks per direction and
+# any row block; 16-bit operands take either orientation). Row blocks per direction and
 # warps from bench/ptxas_report.py (sm_90, triton 3.6, width 128, 8 warps): the forward
 # compiles without spills at 16, 32 and 64 rows, and a wider block gives each wgmma more
 # columns (N) for the same chain of dependent products, so it takes 64; the backward spills

@@ -4,7 +4,7 @@ batches (B in the thousands and up) with a tensor-core precision (bf16x3 above a
 Same rollout and same math as fused.py (analytic.py's symbols); only the orientation and the
 work split differ.
 
-Why a third layout. Hopper's tensor-core instruction (wgmma) computes a 64-row slab per
+Why another layout. Hopper's tensor-core instruction (wgmma) computes a 64-row slab per
 warpgroup: M >= 64. The tile layouts of fused.py / streamed.py hold activations row-major,
 [BLOCK_B, H], so M is the row block; at BLOCK_B 16 Triton falls back to the older mma.sync
 (every bf16x3 dot of streamed/16 at width 128 compiles to mma.sync; sm_90, triton 3.6), and at
@@ -23,18 +23,19 @@ thread (8 warps), which leaves room for dW2 (64) and the layer-1 gradients in re
 forward has no gradients to hold and takes 64 rows (no spills either way): the same chain of
 dependent products, each wgmma four times as wide (fused.THROUGHPUT_BLOCK_B).
 
-Weights are loaded once per program, before its loops, and stay resident: Triton stages a
-loop-invariant dot operand in shared memory once (sm_90 report: ~150-180 KB of shared memory
-at width 128, bf16x3, one program per SM). The grid is persistent -- one program per SM,
-walking row blocks grid-stride -- so the weights are staged 132 times per launch instead of
-B / BB times, and the backward writes 132 weight-gradient partials (8.6 MB at width 128)
-instead of B / BB (256 MB at B = 65536).
+Weights are loaded and split into bf16 hi/lo once per program, before its loops, and stay
+on-chip: wgmma takes them as register fragments (W2 and W2^T each a set), the activation
+operands go through shared memory (sm_90 report: 172-197 KB of shared memory at width 128, so
+one program per SM). Loading host-split bf16 parts instead, so that wgmma would read the
+weights from shared memory, compiled to more spills (docs/measurements.md). The grid is
+persistent -- one program per SM, walking row blocks grid-stride -- so the weights are loaded
+132 times per launch instead of B / BB times, and the backward writes 132 weight-gradient
+partials (8.6 MB at width 128) instead of B / BB (256 MB at B = 65536).
 
-Precision: bf16x3 (fused._dot) is what this layout is for: its 16-bit weight copies serve both
-orientations (W2 and W2^T) from one shared-memory copy. tf32x3 needs 32-bit operands in both
-orientations: ~310 KB of shared memory at width 128, over the 227 KB a block may have, so it
-fails at launch and the dispatcher falls back (dispatch.py). "ieee" runs here too (FMA units),
-for the tests and for comparison.
+Precision: bf16x3 only (fused._dot's split; under the interpreter its fp32 stand-in). Compiled
+in this layout, "ieee" dots (FMA units, weights as the left operand) fell to 32 registers and
+12-90 KB of spills per thread, and tf32x3 asked for ~310 KB of shared memory in a forward-only
+prototype, over the 227 KB a block may have; those precisions run the other tile layouts.
 
 Cost model (designed against, to be checked with bench/gpu/leapfrog_table.py). B = 65536,
 frames 16, width 128 (padded), KP 16, order2: 942 GFLOP fp32-equivalent forward+backward
