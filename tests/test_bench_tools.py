@@ -79,9 +79,8 @@ def test_tuning_gives_up_slow_compiles_and_the_sweep_skips_them(monkeypatch):
                      "correct": False, "error": "compile did not finish within 0 s"}]
 
 
-def test_ptxas_report_builds_for_sm90_without_a_gpu():
-    # bench/ptxas_report.py compiles the real kernels for an H100 and reads ptxas's own -v
-    # log. The streamed forward at width 16 fits its registers: a spill here is a regression.
+def _ptxas_report(*args):
+    """bench/ptxas_report.py's forward rows for these arguments, as {layout: {field: int}}."""
     triton = pytest.importorskip("triton")
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     if not os.path.exists(ptxas):
@@ -89,15 +88,37 @@ def test_ptxas_report_builds_for_sm90_without_a_gpu():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, "bench/ptxas_report.py", "--widths", "16", "--chunks",
-                          "16", "--warps", "4", "--kernels", "fwd"], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, "bench/ptxas_report.py", "--kernels", "fwd", *args],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
-    rows = [line for line in out.stdout.splitlines() if line.startswith("fwd")]
-    assert len(rows) == 1 and "streamed/16" in rows[0], out.stdout
-    regs = int(re.search(r"regs=\s*(\d+)", rows[0]).group(1))
-    stores, loads = map(int, re.search(r"spill st/ld=\s*(\d+)/(\d+)", rows[0]).groups())
-    assert 0 < regs <= 255 and stores == loads == 0, rows[0]
+    rows = {}
+    for line in out.stdout.splitlines():
+        if line.startswith("fwd"):
+            fields = dict(re.findall(r"([a-z.]+)=\s*(\d+)", line))
+            stores, loads = re.search(r"spill st/ld=\s*(\d+)/(\d+)", line).groups()
+            fields.update(stores=stores, loads=loads)
+            layout = re.search(r"warps=\d+\s+(\S+)", line).group(1)
+            rows[layout] = {k: int(v) for k, v in fields.items()}
+    return rows
+
+
+def test_ptxas_report_builds_for_sm90_without_a_gpu():
+    # bench/ptxas_report.py compiles the real kernels for an H100 and reads ptxas's own -v
+    # log. The streamed forward at width 16 fits its registers: a spill here is a regression.
+    rows = _ptxas_report("--widths", "16", "--chunks", "16", "--warps", "4")
+    assert list(rows) == ["streamed/16"], rows
+    r = rows["streamed/16"]
+    assert 0 < r["regs"] <= 255 and r["stores"] == r["loads"] == 0, r
+
+
+def test_throughput_layout_reaches_wgmma_where_the_row_major_tiles_do_not():
+    # Why throughput.py exists: held hidden-major, its weight products have M = the width
+    # and compile to Hopper's wgmma at a 16-row block, without spills; the row-major
+    # streamed layout's bf16x3 dots at that block compile to mma.sync only.
+    rows = _ptxas_report("--widths", "64", "--chunks", "throughput", "16", "--warps", "8",
+                         "--precisions", "bf16x3")
+    assert rows["throughput"]["wgmma"] > 0 and rows["throughput"]["stores"] == 0, rows
+    assert rows["streamed/16"]["wgmma"] == 0 and rows["streamed/16"]["mma.sync"] > 0, rows
 
 
 def _leapfrog_table():
