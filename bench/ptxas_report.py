@@ -34,6 +34,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from hgan.kernels.leapfrog import fused, latency, streamed, throughput  # noqa: E402
+from sass import sass_loops  # noqa: E402
 
 KP = 16   # k = 10, the benchmark's, pads to 16
 STAGES = int(os.environ.get("PTXAS_STAGES", "0"))
@@ -65,6 +66,18 @@ def count_mma(ptx: str) -> dict:
             "fma_f32": len(re.findall(r"fma\.rn\.f32", ptx))}
 
 
+def disassemble(cubin: bytes) -> str:
+    """SASS of a cubin through the nvdisasm that ships in the triton wheel."""
+    import subprocess
+    nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin",
+                            "nvdisasm")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        return subprocess.run([nvdisasm, "-c", f.name], capture_output=True, text=True,
+                              check=True).stdout
+
+
 def _aligned(kern, sig):
     """The 16-byte alignment a real launch specialises every pointer on (torch allocations
     are 256-byte aligned): without it Triton cannot vectorise loads, and the register layouts
@@ -75,8 +88,9 @@ def _aligned(kern, sig):
 
 
 def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=True,
-                precision="ieee", maxnreg=None):
-    """Compile one kernel for sm_<arch>; returns the report row."""
+                precision="ieee", maxnreg=None, sass=False):
+    """Compile one kernel for sm_<arch>; returns the report row (with sass_loops' fields
+    when `sass`)."""
     kern = _kernel(direction, chunk)
     constexprs = {"BLOCK_B": block_b, "KP": KP, "H1": width, "H2": width, "ACT": 0,
                   "ORDER2": order2, "PREC": precision, "CH": chunk}
@@ -119,6 +133,8 @@ def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=Tru
            "compile_s": round(seconds, 1)}
     row.update(parse_ptxas(log.getvalue()))
     row.update(count_mma(compiled.asm["ptx"]))
+    if sass:
+        row.update(sass_loops(disassemble(compiled.asm["cubin"])))
     return row
 
 
@@ -146,7 +162,11 @@ def _fmt(r):
             f"warps={r['num_warps']}  {layout:<12}  {r['precision']:<6}  regs={r['registers']:>3}  "
             f"spill st/ld={r['spill_stores']:>6}/{r['spill_loads']:<6}  "
             f"stack={r['stack']:>6}  smem={r['shared']:>7}  wgmma={r['wgmma']:>4}  "
-            f"mma.sync={r['mma_sync']:>4}  {r['compile_s']:>6.1f} s")
+            f"mma.sync={r['mma_sync']:>4}  {r['compile_s']:>6.1f} s"
+            + (f"  step loop: {r['sass_loop_instrs']} instrs, LDL/STL="
+               f"{r['sass_loop_ldl']}/{r['sass_loop_stl']} over {r['sass_loop_local_bytes']} B, "
+               f"HGMMA={r['sass_loop_hgmma']}"
+               if "sass_loop_instrs" in r else ""))
 
 
 def _chunk_arg(text):
@@ -169,6 +189,9 @@ def main(argv=None):
                     help="the kernels' dot precision")
     ap.add_argument("--maxnreg", type=int, default=None,
                     help="register cap per thread passed to Triton (default: its own choice)")
+    ap.add_argument("--sass", action="store_true",
+                    help="also disassemble each cubin and count spill loads/stores (LDL/STL) "
+                         "and tensor-core instructions inside the step loop")
     ap.add_argument("--save", action="store_true",
                     help="record the rows in bench/results/ptxas-sm_<arch>.json")
     a = ap.parse_args(argv)
@@ -180,10 +203,17 @@ def main(argv=None):
             for bb in a.blocks:
                 for nw in a.warps:
                     for direction in a.kernels:
-                        for prec in a.precisions:
+                        # the latency layout has no dot precision (fp32 FMAs whatever is
+                        # asked: one compile, recorded as ieee); the throughput layout is
+                        # bf16x3 only
+                        precs = (["ieee"] if chunk == "latency" else
+                                 [p for p in a.precisions if p == "bf16x3"]
+                                 if chunk == "throughput" else a.precisions)
+                        for prec in precs:
                             try:
                                 row = compile_one(direction, width, bb, nw, chunk, a.arch,
-                                                  precision=prec, maxnreg=a.maxnreg)
+                                                  precision=prec, maxnreg=a.maxnreg,
+                                                  sass=a.sass)
                             except Exception as err:  # noqa: BLE001 - reported, not fatal
                                 print(f"{direction} width={width} BLOCK_B={bb} warps={nw} "
                                       f"chunk={chunk} {prec}: {type(err).__name__}: "

@@ -97,6 +97,11 @@ def _ptxas_report(*args):
             fields = dict(re.findall(r"([a-z.]+)=\s*(\d+)", line))
             stores, loads = re.search(r"spill st/ld=\s*(\d+)/(\d+)", line).groups()
             fields.update(stores=stores, loads=loads)
+            loop = re.search(r"step loop: (\d+) instrs, LDL/STL=(\d+)/(\d+) over (\d+) B, "
+                             r"HGMMA=(\d+)", line)
+            if loop:
+                fields.update(zip(("loop_instrs", "loop_ldl", "loop_stl", "loop_local_bytes",
+                                   "loop_hgmma"), loop.groups()))
             layout = re.search(r"warps=\d+\s+(\S+)", line).group(1)
             rows[layout] = {k: int(v) for k, v in fields.items()}
     return rows
@@ -116,9 +121,50 @@ def test_throughput_layout_reaches_wgmma_where_the_row_major_tiles_do_not():
     # and compile to Hopper's wgmma at a 16-row block, without spills; the row-major
     # streamed layout's bf16x3 dots at that block compile to mma.sync only.
     rows = _ptxas_report("--widths", "64", "--chunks", "throughput", "16", "--warps", "8",
-                         "--precisions", "bf16x3")
+                         "--precisions", "bf16x3", "--sass")
     assert rows["throughput"]["wgmma"] > 0 and rows["throughput"]["stores"] == 0, rows
     assert rows["streamed/16"]["wgmma"] == 0 and rows["streamed/16"]["mma.sync"] > 0, rows
+    # and in the SASS (nvdisasm from the same wheel): the wgmma sit in the step loop, with no
+    # local-memory traffic beside them
+    loop = rows["throughput"]
+    assert loop["loop_hgmma"] > 0 and loop["loop_ldl"] == loop["loop_stl"] == 0, rows
+    assert rows["streamed/16"]["loop_hgmma"] == 0, rows
+
+
+# Hand-written nvdisasm-style listing: an outer loop (.L_x_0 .. 0x0070) holding an inner one
+# (.L_x_1 .. 0x0050), a forward branch that is no loop, spills inside and outside the inner
+# loop, and a predicated backward branch.
+_SASS = """
+        /*0000*/                   STL [R1+0x10], R4 ;
+.L_x_0:
+        /*0010*/                   LDL.64 R6, [R1+0x10] ;
+.L_x_1:
+        /*0020*/                   HGMMA.64x16x16.F32.BF16 R24, gdesc[UR4], R24 ;
+        /*0030*/                   LDL.LU R8, [R1+0x18] ;
+        /*0040*/                   STL.64 [R1+0x20], R8 ;
+        /*0050*/              @P0  BRA `(.L_x_1) ;
+        /*0060*/                   FFMA R2, R3, R4, R5 ;
+        /*0070*/              @!P1 BRA `(.L_x_0) ;
+        /*0080*/                   BRA `(.L_x_2) ;
+        /*0090*/                   LDL R9, [R1] ;
+.L_x_2:
+        /*00a0*/                   EXIT ;
+"""
+
+
+def test_sass_loops_counts_what_the_deepest_loop_runs():
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+    from sass import sass_loops
+    r = sass_loops(_SASS)
+    assert r["sass_loop_depth"] == 2 and r["sass_loop_instrs"] == 4
+    assert (r["sass_loop_ldl"], r["sass_loop_stl"], r["sass_loop_hgmma"]) == (1, 1, 1)
+    assert (r["sass_ldl"], r["sass_stl"], r["sass_ffma"]) == (3, 2, 1)
+    # slots the inner loop touches: 4 bytes at 0x18, 8 at 0x20
+    assert r["sass_loop_local_bytes"] == 12
+    # no backward branch: no loop, nothing counted as in one
+    flat = sass_loops(_SASS.replace("@P0  BRA `(.L_x_1)", "NOP").replace(
+        "@!P1 BRA `(.L_x_0)", "NOP"))
+    assert flat["sass_loop_depth"] == 0 and flat["sass_loop_ldl"] == 0
 
 
 def _leapfrog_table():

@@ -13,7 +13,8 @@ the budget is spent, every row written as soon as it is measured:
      layout forced; the same fused step replayed from a CUDA graph (launch cost removed);
   4. B = 65536: eager reference, the throughput layout (bf16x3, hidden-major tiles on wgmma),
      fused tile layout in ieee, tf32x3, bf16x3 and tf32 (with errors), and the latency
-     layout forced;
+     layout forced; then the throughput and default layouts' forwards alone, so that the
+     backward's share (and its spills' cost) can be read off;
   5. B = 1024;
   6. the latency/tile crossover: every layout at B = 256 .. 8192, which sets
      fused.LATENCY_MAX_ROWS.
@@ -121,13 +122,17 @@ def inputs(batch, seed=0):
     return [t.to(DEV) for t in (q0, p0, *w, *b)]
 
 
-def step_fn(variant, batch):
-    """One forward + backward of the benchmark rollout, as a closure over fresh inputs."""
+def step_fn(variant, batch, forward_only=False):
+    """One forward + backward of the benchmark rollout (the forward alone if `forward_only`),
+    as a closure over fresh inputs."""
     backend, precision, layout = VARIANTS[variant]
-    leaves = [t.requires_grad_(True) for t in inputs(batch)]
+    leaves = [t.requires_grad_(not forward_only) for t in inputs(batch)]
 
     def step():
         with forced(layout):
+            if forward_only:
+                return leapfrog(leaves[0], leaves[1], leaves[2:5], leaves[5:], dt=0.05,
+                                frames=FRAMES, backend=backend, precision=precision)
             q, p, d = leapfrog(leaves[0], leaves[1], leaves[2:5], leaves[5:], dt=0.05,
                                frames=FRAMES, backend=backend, precision=precision)
             return torch.autograd.grad(q.sum() + p.sum() + d.sum(), leaves, allow_unused=True)
@@ -245,9 +250,10 @@ def main(argv=None):
             with open(os.path.join(out_dir, "leapfrog_table.json"), "w") as f:
                 json.dump(out, f, indent=1)
 
-    def row(variant, batch, ms, reps, graph=False):
-        flops = leapfrog_flops(batch, FRAMES, K, WIDTHS, backward=True)
-        r = {"variant": variant + (" (graph)" if graph else ""), "batch": batch, "ms": ms,
+    def row(variant, batch, ms, reps, graph=False, forward_only=False):
+        flops = leapfrog_flops(batch, FRAMES, K, WIDTHS, backward=not forward_only)
+        tag = " (graph)" if graph else " (fwd)" if forward_only else ""
+        r = {"variant": variant + tag, "batch": batch, "ms": ms,
              "reps": reps, "tflops": flops / (ms * 1e-3) / 1e12}
         out["rows"].append(r)
         if DEV == "cuda":
@@ -256,15 +262,16 @@ def main(argv=None):
               flush=True)
         save()
 
-    def timed(variant, batch, graph=False):
+    def timed(variant, batch, graph=False, forward_only=False):
         if budget.left() < 15:
             print(f"  skipped {variant} B={batch}: budget spent", flush=True)
             return
         if graph and DEV != "cuda":
             return
         try:
-            ms, reps = graph_ms(variant, batch) if graph else median_ms(step_fn(variant, batch))
-            row(variant, batch, ms, reps, graph)
+            ms, reps = (graph_ms(variant, batch) if graph else
+                        median_ms(step_fn(variant, batch, forward_only)))
+            row(variant, batch, ms, reps, graph, forward_only)
         except Exception as err:  # noqa: BLE001 - a failing variant is a result, not a stop
             out["rows"].append({"variant": variant, "batch": batch, "failed": repr(err)[:300]})
             print(f"  {variant} B={batch} failed: {err!r}"[:300], flush=True)
@@ -317,6 +324,11 @@ def main(argv=None):
                     "fused_latency"):
         for batch in STAGES["big"]:
             timed(variant, batch)
+    # the forward alone: the backward's share (total - forward) against its model, spills
+    # and all (bench/ptxas_report.py --sass; docs/measurements.md)
+    for variant in ("fused_throughput", "fused"):
+        for batch in STAGES["big"]:
+            timed(variant, batch, forward_only=True)
     print("5. B = 1024", flush=True)
     for variant in ("reference", "analytic", "fused", "fused_latency", "fused_tile",
                     "fused_throughput"):
@@ -336,7 +348,9 @@ def main(argv=None):
         if "ms" not in r:
             print(f"{r['variant']:<24} {r['batch']:<7} failed")
             continue
-        ratio = eager.get(r["batch"], float("nan")) / r["ms"]
+        # a forward alone has no eager twin in the table: no ratio
+        ratio = (float("nan") if r["variant"].endswith("(fwd)") else
+                 eager.get(r["batch"], float("nan")) / r["ms"])
         print(f"{r['variant']:<24} {r['batch']:<7} {r['ms']:8.3f}  {ratio:8.1f}x  "
               f"{r['tflops']:7.2f}")
     print("errors:", json.dumps(out["errors"]))

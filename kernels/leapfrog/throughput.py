@@ -24,10 +24,16 @@ forward has no gradients to hold and takes 64 rows (no spills either way): the s
 dependent products, each wgmma four times as wide (fused.THROUGHPUT_BLOCK_B).
 
 Weights are loaded and split into bf16 hi/lo once per program, before its loops, and stay
-on-chip: wgmma takes them as register fragments (W2 and W2^T each a set), the activation
-operands go through shared memory (sm_90 report: 172-197 KB of shared memory at width 128, so
-one program per SM). Loading host-split bf16 parts instead, so that wgmma would read the
-weights from shared memory, compiled to more spills (docs/measurements.md). The grid is
+on-chip: Triton stores the parts in shared memory once (W2 and W2^T, hi and lo: 128 KB at
+width 128) and every product loads its weight fragment from there into registers, wgmma's A
+operand (its choice for an operand computed in the kernel); the activation operands go
+through shared memory too (sm_90 report: 172-197 KB of shared memory at width 128, so one
+program per SM). Loading host-split bf16 parts instead, so that wgmma would read the weights
+straight from shared memory, compiled to more spills (docs/measurements.md). The backward's
+spills (0.55 KB per thread) sit in the step loop: 103 local loads and 65 stores per step,
+~0.7 KB per thread over a 352-byte working set (88 KB per program, more than the L1 left
+beside 187 KB of shared memory), modelled at up to ~2 ms of L2 traffic at B = 65536; the
+table times the forward alone so that the backward's share can be read off. The grid is
 persistent -- one program per SM, walking row blocks grid-stride -- so the weights are loaded
 132 times per launch instead of B / BB times, and the backward writes 132 weight-gradient
 partials (8.6 MB at width 128) instead of B / BB (256 MB at B = 65536).
