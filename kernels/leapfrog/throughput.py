@@ -30,10 +30,11 @@ operand (its choice for an operand computed in the kernel); the activation opera
 through shared memory too (sm_90 report: 172-197 KB of shared memory at width 128, so one
 program per SM). Loading host-split bf16 parts instead, so that wgmma would read the weights
 straight from shared memory, compiled to more spills (docs/measurements.md). The backward's
-spills (0.55 KB per thread) sit in the step loop: 103 local loads and 65 stores per step,
-~0.7 KB per thread over a 352-byte working set (88 KB per program, more than the L1 left
+spills (0.52 KB per thread) sit in the step loop: 97 local loads and 59 stores per step,
+0.66 KB per thread over a 320-byte working set (80 KB per program, more than the L1 left
 beside 187 KB of shared memory), modelled at up to ~2 ms of L2 traffic at B = 65536; the
-table times the forward alone so that the backward's share can be read off. The grid is
+table times the forward alone so that the backward's share can be read off. (_vjp takes
+s''(a) from fused._d2 at its use, which saved 32 B of those spills.) The grid is
 persistent -- one program per SM, walking row blocks grid-stride -- so the weights are loaded
 132 times per launch instead of B / BB times, and the backward writes 132 weight-gradient
 partials (8.6 MB at width 128) instead of B / BB (256 MB at B = 65536).
@@ -53,7 +54,7 @@ the measured 787 TFLOP/s bf16 peak, ~7-9 ms at 40-50% of it. The transcendental 
 import triton
 import triton.language as tl
 
-from .fused import _act, _bf16_split, _dot_acc, _reverse_step, _saved_step
+from .fused import _act, _bf16_split, _d2, _dot_acc, _reverse_step, _saved_step
 
 
 @triton.jit
@@ -180,9 +181,9 @@ def _vjp(q, p, vq, vp, W1q, W1p, b1, W2, b2, w3, dW1q, dW1p, db1, dW2, db2, dw3,
          ACT: tl.constexpr, HAS_VQ: tl.constexpr, HAS_VP: tl.constexpr, PREC: tl.constexpr):
     """fused._vjp transposed: every activation [H, BB], q, p, v and the results [KP, BB]."""
     a1 = _w_dot(W1q, q, PREC) + _w_dot(W1p, p, PREC) + b1[:, None]
-    h1, d1_1, d2_1 = _act(a1, ACT)
+    h1, d1_1, _ = _act(a1, ACT)
     a2 = _w_dot(W2, h1, PREC) + b2[:, None]
-    _, d1_2, d2_2 = _act(a2, ACT)
+    h2, d1_2, _ = _act(a2, ACT)
     if HAS_VQ:
         t1 = _w_dot(W1q, vq, PREC)
         if HAS_VP:
@@ -192,10 +193,10 @@ def _vjp(q, p, vq, vp, W1q, W1p, b1, W2, b2, w3, dW1q, dW1p, db1, dW2, db2, dw3,
     u1 = d1_1 * t1
     t2 = _w_dot(W2, u1, PREC)
     g2 = w3[:, None] * d1_2
-    r2 = w3[:, None] * d2_2 * t2
+    r2 = w3[:, None] * _d2(h2, d1_2, ACT) * t2
     e1 = _w_dot(_t(W2), g2, PREC)
     g1 = e1 * d1_1
-    r1 = e1 * d2_1 * t1 + _w_dot(_t(W2), r2, PREC) * d1_1
+    r1 = e1 * _d2(h1, d1_1, ACT) * t1 + _w_dot(_t(W2), r2, PREC) * d1_1
     dw3 += tl.sum(d1_2 * t2, axis=1)                                 # u2
     db2 += tl.sum(r2, axis=1)
     dW2 = _dot_acc(g2, tl.trans(u1), _dot_acc(r2, tl.trans(h1), dW2, PREC), PREC)
