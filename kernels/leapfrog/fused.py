@@ -400,7 +400,7 @@ LATENCY_SCRATCH_BYTES = 1 << 30
 # warps from bench/ptxas_report.py (sm_90, triton 3.6, width 128, 8 warps): the forward
 # compiles without spills at 16, 32 and 64 rows, and a wider block gives each wgmma more
 # columns (N) for the same chain of dependent products, so it takes 64; the backward spills
-# 0.55 KB at 16 rows and 2.3 KB at 32, so it takes 16. 4 warps spill 4.2 KB there.
+# 0.52 KB at 16 rows and 2.3 KB at 32, so it takes 16. 4 warps spill 4.2 KB there.
 THROUGHPUT_PRECISIONS = ("bf16x3",)
 THROUGHPUT_BLOCK_B = {"fwd": 64, "bwd": 16}
 THROUGHPUT_WARPS = 8
