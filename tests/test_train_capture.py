@@ -279,3 +279,31 @@ def test_captured_run_checkpoints_on_a_signal(tiny_pendulum_h5, tmp_path):
     assert res["stopped"] == "SIGTERM" and res["iteration"] == at
     assert res["trainer"].static.graphs is not None
     assert load_checkpoint(str(tmp_path / "sig"))["iteration"] == at
+
+
+@pytest.mark.cuda
+@needs_cuda
+def test_captured_steady_state_never_waits_for_the_gpu(tiny_pendulum_h5, tmp_path):
+    # Between log, sample and checkpoint boundaries a captured run must not synchronise with
+    # the GPU (issue #13): the replays, the gpu-resident batches (plan uploads included) and
+    # the loop's own bookkeeping. torch's sync debug mode raises on any call that would
+    # wait (a .item(), a blocking copy, a boolean-mask index).
+    n = hcapture.WARMUP_STEPS + 8
+    on, off = hcapture.WARMUP_STEPS + 1, n - 1     # after the capture; before the last boundary
+    checked = []
+
+    def watch(trainer):
+        if trainer.iteration == on:
+            torch.cuda.set_sync_debug_mode("error")
+        elif trainer.iteration == off:
+            torch.cuda.set_sync_debug_mode("default")
+        elif on < trainer.iteration < off:
+            checked.append(trainer.iteration)
+
+    try:
+        res = train(cuda_run_cfg(tiny_pendulum_h5, tmp_path / "sync", iters=n, log_every=1000,
+                                 loader="gpu-resident"), callback=watch)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert res["trainer"].static.graphs is not None and res["iteration"] == n
+    assert len(checked) == off - on - 1 > 0
