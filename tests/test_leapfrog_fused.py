@@ -188,6 +188,51 @@ def test_kernel_that_does_not_fit_the_gpu_falls_back_to_analytic_under_auto(monk
         rollout_and_grads(q0, p0, w, b, 0.05, 4, "softplus", "fused", cot, precision=precision)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("regime", list(FALLBACK_REGIMES))
+def test_fused_forward_backward_replays_from_a_cuda_graph(monkeypatch, regime):
+    # The captured training step records the integrator with it: each layout's forward +
+    # backward must record into a CUDA graph (no host reads, no value-dependent allocation),
+    # and a replay on new values in the same tensors must give what an eager call gives.
+    if regime != "latency":
+        monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
+    widths, precision, _ = FALLBACK_REGIMES[regime]
+    seen = _layouts_run(monkeypatch)
+    gen = torch.Generator().manual_seed(5)
+    w, b = random_mlp(3, widths, generator=gen)
+    leaves = [t.to("cuda").requires_grad_(True)
+              for t in (torch.randn(37, 3, generator=gen), torch.randn(37, 3, generator=gen),
+                        *w, *b)]
+
+    def step():
+        q, p, d = leapfrog(leaves[0], leaves[1], leaves[2:5], leaves[5:], dt=0.05, frames=6,
+                           backend="fused", precision=precision)
+        grads = torch.autograd.grad(q.square().sum() + p.sum() + d.sum(), leaves,
+                                    allow_unused=True)
+        return [t for t in (q, p, d, *grads) if t is not None]
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static = step()
+    before = [t.clone() for t in static]
+    with torch.no_grad():
+        for t in leaves:
+            t.mul_(0.9).add_(0.05 * torch.randn(t.shape, generator=gen).to("cuda"))
+    graph.replay()
+    eager = step()
+    assert seen[0] == (regime if regime != "tile" else fused._chunk(*widths))
+    assert not torch.allclose(static[0], before[0])       # the replay read the new values
+    for x, y in zip(static, eager):
+        torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
+
+
 def test_streamed_layout_refuses_a_chunk_tl_dot_cannot_take(tile, monkeypatch):
     monkeypatch.setattr(fused, "_chunk", lambda h1, h2: 24)
     w, b = random_mlp(3, (64, 64), device=DEVICE)
