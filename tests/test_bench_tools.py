@@ -181,9 +181,13 @@ def test_leapfrog_table_forces_each_layout_and_restores_the_table():
     from hgan.kernels.leapfrog import fused
     table = _leapfrog_table()
     before = (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES, fused.THROUGHPUT_PRECISIONS,
-              dict(fused.THROUGHPUT_BLOCK_B))
+              dict(fused.THROUGHPUT_BLOCK_B), fused._latency_warps)
     with table.forced("latency"):
         assert fused._layout(65536, 16, 128, 128) == "latency"
+    with table.forced("latency@16"):
+        assert fused._layout(65536, 16, 128, 128) == "latency"
+        assert fused._launch_config("latency", 16, 128, 128, torch.device("cpu"),
+                                    "ieee")[1] == {"num_warps": 16}
     with table.forced("tile"):
         assert fused._layout(16, 16, 128, 128) == fused._chunk(128, 128)
         assert fused._layout(16, 16, 128, 128, "bf16x3") == fused._chunk(128, 128)
@@ -202,7 +206,7 @@ def test_leapfrog_table_forces_each_layout_and_restores_the_table():
         "fused_latency"}
     assert max(table.WARM_BATCHES) <= fused.LATENCY_MAX_ROWS
     assert (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES, fused.THROUGHPUT_PRECISIONS,
-            fused.THROUGHPUT_BLOCK_B) == before
+            fused.THROUGHPUT_BLOCK_B, fused._latency_warps) == before
 
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="needs the interpreter")
@@ -219,7 +223,8 @@ def test_leapfrog_table_smoke_runs_every_stage(tmp_path, monkeypatch):
                                  for e in out["errors"].values()), out["errors"]
     assert not [r for r in out["rows"] if "failed" in r]
     timed = {(r["variant"], r["batch"]) for r in out["rows"]}
-    for variant in ("reference", "analytic", "fused", "fused_latency", "fused_tile"):
+    for variant in ("reference", "analytic", "fused", "fused_latency", "fused_tile",
+                    "fused_latency_w4", "fused_latency_w16"):
         assert (variant, table.STAGES["train"][0]) in timed
     assert ("fused_latency", table.STAGES["big"][0]) in timed
     assert ("fused_throughput", table.STAGES["big"][0]) in timed

@@ -10,7 +10,9 @@ the budget is spent, every row written as soon as it is measured:
   2. correctness: every fused kernel variant vs the float64 reference (max relative error
      over trajectory, dHdq and every gradient) at B = 64 and B = 1031;
   3. B = 16, 64: eager reference, analytic, fused (the dispatch table's choice), and each
-     layout forced; the same fused step replayed from a CUDA graph (launch cost removed);
+     layout forced, the latency layout also at 4 and 16 warps (the table's 8 against fewer
+     instructions or more latency hiding); the same fused step replayed from a CUDA graph
+     (launch cost removed);
   4. B = 65536: eager reference, the throughput layout (bf16x3, hidden-major tiles on wgmma),
      fused tile layout in ieee, tf32x3, bf16x3 and tf32 (with errors), and the latency
      layout forced; then the throughput and default layouts' forwards alone, so that the
@@ -73,6 +75,10 @@ VARIANTS = {
     "analytic": ("analytic", "ieee", None),
     "fused": ("fused", "ieee", None),
     "fused_latency": ("fused", "ieee", "latency"),
+    # the latency layout at 4 and 16 warps (the table's 8: bench/ptxas_report.py --sass gives
+    # 8 warps the fewest instructions per step, 16 warps more of them to hide latency with)
+    "fused_latency_w4": ("fused", "ieee", "latency@4"),
+    "fused_latency_w16": ("fused", "ieee", "latency@16"),
     "fused_tile": ("fused", "ieee", "tile"),
     "fused_tile_tf32x3": ("fused", "tf32x3", "tile"),
     "fused_tile_tf32": ("fused", "tf32", "tile"),
@@ -92,15 +98,20 @@ class Budget:
 
 
 def forced(layout):
-    """Context: make the dispatch table pick `layout` ("latency" | "tile" | "throughput" |
-    "throughput16") whatever B is ("tile": the row-major tile layouts even for bf16x3;
-    "throughput16": the throughput layout with 16-row blocks in both directions)."""
+    """Context: make the dispatch table pick `layout` ("latency" | "latency@W" | "tile" |
+    "throughput" | "throughput16") whatever B is ("latency@W": the latency layout at W warps;
+    "tile": the row-major tile layouts even for bf16x3; "throughput16": the throughput layout
+    with 16-row blocks in both directions)."""
     class _Forced:
         def __enter__(self):
             self.saved = (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES,
-                          fused.THROUGHPUT_PRECISIONS, fused.THROUGHPUT_BLOCK_B)
-            if layout == "latency":
+                          fused.THROUGHPUT_PRECISIONS, fused.THROUGHPUT_BLOCK_B,
+                          fused._latency_warps)
+            if layout and layout.startswith("latency"):
                 fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES = 1 << 30, 1 << 40
+                if "@" in layout:
+                    warps = int(layout.split("@")[1])
+                    fused._latency_warps = lambda h1, h2: warps
             elif layout == "tile":
                 fused.LATENCY_MAX_ROWS, fused.THROUGHPUT_PRECISIONS = 0, ()
             elif layout in ("throughput", "throughput16"):
@@ -110,7 +121,7 @@ def forced(layout):
 
         def __exit__(self, *exc):
             (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES, fused.THROUGHPUT_PRECISIONS,
-             fused.THROUGHPUT_BLOCK_B) = self.saved
+             fused.THROUGHPUT_BLOCK_B, fused._latency_warps) = self.saved
             return False
     return _Forced()
 
@@ -187,11 +198,12 @@ def matmul_peak(tf32, dtype=torch.float32):
 
 
 # What warm() compiles: "fused" runs the latency kernels at these batches (fused_latency's too:
-# one job serves both), fused_tile the streamed ieee ones ("fused"'s at B = 65536). 13 jobs:
+# one job serves both), fused_tile the streamed ieee ones ("fused"'s at B = 65536). 15 jobs:
 # one round of 16 processes.
 WARM_JOBS = [(v, b) for v in ("fused", "fused_tile", "fused_tile_tf32x3", "fused_tile_tf32",
                               "fused_tile_bf16x3", "fused_throughput") for b in WARM_BATCHES]
 WARM_JOBS.append(("fused_throughput_fwd16", WARM_BATCHES[0]))   # timed at B = 65536 only
+WARM_JOBS += [(v, WARM_BATCHES[0]) for v in ("fused_latency_w4", "fused_latency_w16")]  # B 16, 64
 
 
 def warm(budget, smoke_run):
@@ -313,7 +325,8 @@ def main(argv=None):
 
     print("3. training batches", flush=True)
     for batch in STAGES["train"]:
-        for variant in ("reference", "analytic", "fused", "fused_latency", "fused_tile"):
+        for variant in ("reference", "analytic", "fused", "fused_latency", "fused_tile",
+                        "fused_latency_w4", "fused_latency_w16"):
             timed(variant, batch)
         timed("fused", batch, graph=True)
     print("4. B = 65536", flush=True)

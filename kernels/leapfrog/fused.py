@@ -492,8 +492,11 @@ def _launch_config(layout, B, H1, H2, device, precision, direction="fwd"):
 
 
 def _latency_warps(h1, h2):
-    # W2 and, in the backward, dW2 are [H2, H1] register tensors: 8 warps put 64 floats of
-    # each in a thread at width 128 (bench/ptxas_report.py decides; see latency.py).
+    # W2 is an [H2, H1] register tensor: 8 warps put 64 floats of it in a thread at width
+    # 128. sm_90 (bench/ptxas_report.py --sass): the backward spills 140 B at 8 warps, 316 B
+    # at 4, and 448 B at 16 (registers capped at 128); 16 warps issue more instructions per
+    # step (23k against 18k forward) but hide more latency. bench/gpu/leapfrog_table.py times
+    # 4 and 16 beside 8.
     return 8 if max(h1, h2) >= 64 else 4
 
 
