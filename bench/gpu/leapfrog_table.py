@@ -329,6 +329,7 @@ def main(argv=None):
                         "fused_latency_w4", "fused_latency_w16"):
             timed(variant, batch)
         timed("fused", batch, graph=True)
+        timed("fused", batch, forward_only=True)     # the training step's "motion" share
     print("4. B = 65536", flush=True)
     # fused_latency at 65536 lifts the latency backward's 1 GB scratch cap (7.5 GB here): the
     # latency model says a row per SM at FMA rate may beat the tile layouts even there.
