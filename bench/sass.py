@@ -4,7 +4,7 @@ Text only, no Triton: the tests run it on a hand-written listing.
 """
 import re
 
-SASS_OPS = ("LDL", "STL", "HGMMA", "HMMA", "FFMA")
+SASS_OPS = ("LDL", "STL", "HGMMA", "HMMA", "FFMA", "SHFL", "BAR")
 
 
 def sass_loops(sass: str) -> dict:
