@@ -231,4 +231,33 @@ def test_leapfrog_table_smoke_runs_every_stage(tmp_path, monkeypatch):
     assert "fused_throughput/B3" in out["errors"]
     assert set(out["peaks"]) == {"fp32", "tf32", "bf16"}
     assert out["warm"]["kernels"] == 1 and out["warm"]["failures"] == []   # one warm-up job
+    assert {"latency_max_rows", "latency_warps"} <= set(out["recommend"])
     assert sorted(os.listdir(results)) == before    # a smoke run records nothing
+
+
+def test_leapfrog_table_recommends_the_dispatch_table_from_its_rows():
+    table = _leapfrog_table()
+    rows = [{"variant": v, "batch": b, "ms": ms} for v, b, ms in [
+        ("fused_latency", 16, 0.2), ("fused_tile", 16, 3.0),
+        ("fused_latency_w4", 16, 0.3), ("fused_latency_w16", 16, 0.15),
+        ("fused_latency", 64, 0.25), ("fused_tile", 64, 3.0),
+        ("fused_latency_w4", 64, 0.4), ("fused_latency_w16", 64, 0.2),
+        ("fused_latency", 1024, 1.0), ("fused_tile", 1024, 3.5),
+        ("fused_latency", 2048, 4.0), ("fused_tile", 2048, 3.6),     # the crossover
+        ("fused_latency", 4096, 3.0), ("fused_tile", 4096, 3.7),     # noise past it
+        ("fused", 4096, 3.7), ("fused_throughput", 4096, 2.0),
+        ("fused", 65536, 90.0), ("fused_throughput", 65536, 9.0),
+        ("fused_throughput_fwd16", 65536, 8.0)]]
+    rows.append({"variant": "fused_tile", "batch": 8192, "failed": "OutOfResources"})
+    errors = {"fused_throughput/B64": 6e-5, "fused_throughput/B1031": 7e-5}
+    assert table.recommend(rows, errors) == {
+        "latency_max_rows": 1024, "latency_warps": 16, "bf16x3_above_latency": True,
+        "throughput_fwd_block": 16}
+    # too coarse a split: the tensor-core path is not a default
+    errors["fused_throughput/B1031"] = 2e-4
+    assert table.recommend(rows, errors)["bf16x3_above_latency"] is False
+    # slower somewhere above the crossover: not a default either
+    slow = rows + [{"variant": "fused_throughput", "batch": 8192, "ms": 9.0},
+                   {"variant": "fused", "batch": 8192, "ms": 8.0}]
+    assert table.recommend(slow, {})["bf16x3_above_latency"] is False
+    assert table.recommend([], {}) == {}

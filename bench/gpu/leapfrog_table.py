@@ -4,7 +4,8 @@
 
 Shape: frames 16, k 10, widths 100/100, order2, forward+backward of sum(q)+sum(p)+sum(dHdq)
 (the issue's and bench/test_bench_leapfrog.py's). In order of value, each stage skipped once
-the budget is spent, every row written as soon as it is measured:
+the budget is spent, every row written as soon as it is measured (and last, what the rows
+say fused.py's dispatch table should be: `recommend`):
 
   1. matmul peaks (fp32, tf32, bf16) of this card, the yardsticks for achieved FLOP/s;
   2. correctness: every fused kernel variant vs the float64 reference (max relative error
@@ -368,7 +369,45 @@ def main(argv=None):
         print(f"{r['variant']:<24} {r['batch']:<7} {r['ms']:8.3f}  {ratio:8.1f}x  "
               f"{r['tflops']:7.2f}")
     print("errors:", json.dumps(out["errors"]))
+    out["recommend"] = recommend(out["rows"], out["errors"])
+    print("dispatch table, as measured:", json.dumps(out["recommend"]))
     save()
+
+
+def recommend(rows, errors):
+    """What the measured rows say the dispatch table (kernels/leapfrog/fused.py) should be:
+    {"latency_max_rows": the largest batch at which the latency layout beat the tile layout
+    (ieee, the default precision), "latency_warps": the fastest of 4, 8, 16 warps summed over
+    the training batches, "bf16x3_above_latency": whether the throughput layout (bf16x3)
+    beat the default dispatch at every batch above that and stayed within 1e-4 of float64,
+    "throughput_fwd_block": 64 or 16}. A key is absent when its rows are."""
+    ms = {(r["variant"], r["batch"]): r["ms"] for r in rows if "ms" in r}
+    rec = {}
+    batches = sorted({b for v, b in ms if v == "fused_latency" and ("fused_tile", b) in ms})
+    wins = [b for b in batches if ms["fused_latency", b] <= ms["fused_tile", b]]
+    if batches:
+        # the first loss ends the latency regime: a later win is noise around the crossover
+        first_loss = min([b for b in batches if b not in wins], default=None)
+        rec["latency_max_rows"] = max([b for b in wins if first_loss is None or b < first_loss],
+                                      default=0)
+    train = sorted({b for v, b in ms if v == "fused_latency"} & set(STAGES["train"]))
+    warps = {w: sum(ms.get((v, b), float("inf")) for b in train) for w, v in
+             ((4, "fused_latency_w4"), (8, "fused_latency"), (16, "fused_latency_w16"))}
+    if train and min(warps.values()) < float("inf"):
+        rec["latency_warps"] = min(warps, key=warps.get)
+    above = sorted(b for v, b in ms if v == "fused_throughput"
+                   and b > rec.get("latency_max_rows", 0) and ("fused", b) in ms)
+    if above:
+        accurate = all(e <= 1e-4 for k, e in errors.items()
+                       if k.startswith("fused_throughput/") and isinstance(e, float))
+        rec["bf16x3_above_latency"] = accurate and all(
+            ms["fused_throughput", b] < ms["fused", b] for b in above)
+    big = [b for v, b in ms if v == "fused_throughput_fwd16" and ("fused_throughput", b) in ms]
+    if big:
+        b = max(big)
+        rec["throughput_fwd_block"] = (64 if ms["fused_throughput", b]
+                                       <= ms["fused_throughput_fwd16", b] else 16)
+    return rec
 
 
 if __name__ == "__main__":
