@@ -36,3 +36,21 @@ def test_summary_table_reports_speedup_and_errors(tmp_path):
     assert "| capture | 32 | 2500 | 6.40 | 25.0 | 1.0% | 85% |" in table
     assert "| baseline | 32 | 100 | 160.00 | 1.0 | 2.0% |  |" in table
     assert any(line.startswith("| capture_compile | 32 | failed: RuntimeError: boom") for line in table)
+
+
+def test_verdicts_keep_a_change_only_where_it_is_faster_everywhere():
+    rows = {"capture_32px": {"videos_per_s": 4000.0, "data_wait_share": 0.01,
+                             "device_busy": {"share": 0.75}},
+            "capture_64px": {"videos_per_s": 1000.0, "data_wait_share": 0.01},
+            "capture_bf16_32px": {"videos_per_s": 4400.0},
+            "capture_bf16_64px": {"videos_per_s": 900.0},
+            "capture_channels_last_32px": {"videos_per_s": 4200.0},
+            "capture_channels_last_64px": {"videos_per_s": 1100.0},
+            "capture_compile_32px": {"error": "RuntimeError: boom"}}
+    lines = trainstep_table.verdicts(rows)
+    assert "| bf16 | +10.0% | -10.0% | no |" in lines
+    assert "| channels_last | +5.0% | +10.0% | yes |" in lines
+    assert not any(line.startswith("| compile") for line in lines)      # failed: no verdict
+    assert lines[-1] == ("captured step, 32 px: 4000 videos/s (target >= 3200): met; data wait "
+                         "1.0% (target < 5%): met; device busy 75% (target >= 80%): not met")
+    assert trainstep_table.verdicts({})[-1] == "|---|---|---|---|"
