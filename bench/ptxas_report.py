@@ -204,11 +204,10 @@ def main(argv=None):
                 for nw in a.warps:
                     for direction in a.kernels:
                         # the latency layout has no dot precision (fp32 FMAs whatever is
-                        # asked: one compile, recorded as ieee); the throughput layout is
-                        # bf16x3 only
-                        precs = (["ieee"] if chunk == "latency" else
-                                 [p for p in a.precisions if p == "bf16x3"]
-                                 if chunk == "throughput" else a.precisions)
+                        # asked: one compile, recorded as ieee); the throughput layout takes
+                        # bf16x3 only, whatever is asked
+                        precs = {"latency": ["ieee"], "throughput": ["bf16x3"]}.get(
+                            chunk, a.precisions)
                         for prec in precs:
                             try:
                                 row = compile_one(direction, width, bb, nw, chunk, a.arch,
