@@ -52,21 +52,21 @@ if triton is not None:
     def _act(a, ACT: tl.constexpr):
         """s(a), s'(a), s''(a); ACT 0 = softplus, 1 = tanh (via sigmoid: no libdevice needed)."""
         if ACT == 0:
-            sig = tl.sigmoid(a)
+            d1 = tl.sigmoid(a)
             s = tl.maximum(a, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(a)))
-            return s, sig, sig * (1.0 - sig)
         else:
-            th = 2.0 * tl.sigmoid(2.0 * a) - 1.0
-            d1 = 1.0 - th * th
-            return th, d1, -2.0 * th * d1
+            s = 2.0 * tl.sigmoid(2.0 * a) - 1.0
+            d1 = 1.0 - s * s
+        return s, d1, _d2(s, d1, ACT)
 
     @triton.jit
     def _d2(s, d1, ACT: tl.constexpr):
-        """s''(a) from s(a) and s'(a): _act's third output recomputed where a VJP uses it
-        rather than held from _act's call, one tile fewer alive across the products between.
-        The throughput backward's spills fell from 548 to 516 B per thread with it (its step
-        loop's local loads and stores from 168 to 156); the tile and latency backwards came
-        out the same or slightly worse, and keep _act's (sm_90, bench/ptxas_report.py --sass)."""
+        """s''(a) from s(a) and s'(a) (softplus: s' = sigmoid, s'' = s'(1 - s'); tanh:
+        s'' = -2 s s'). A VJP may call it where it uses s'' rather than keep _act's third
+        output alive across the products between: the throughput backward's spills fell from
+        548 to 516 B per thread that way (its step loop's local loads and stores from 168 to
+        156); the tile and latency backwards came out the same or slightly worse, and keep
+        _act's (sm_90, bench/ptxas_report.py --sass)."""
         if ACT == 0:
             return d1 * (1.0 - d1)
         else:
