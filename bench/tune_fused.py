@@ -11,7 +11,7 @@ tf32 precisions' error on a GPU gets measured), and times it with triton.testing
 (median, ms). It prints a table, records the sweep under section "fused_tune" of
 bench/results/<device>.json, and names the fastest correct config per batch: copy those into
 fused._block_b / fused._num_warps / fused._chunk. chunk 0 is the register-resident layout
-(fused.py), chunk > 0 the streamed one (streamed.py) with that many hidden units per chunk.
+(tile.py), chunk > 0 the streamed one (streamed.py) with that many hidden units per chunk.
 The sweep is of the tile layouts only (it forces them at every batch); the latency layout and
 the batch at which the dispatch table switches to the tile layouts are timed by
 bench/gpu/leapfrog_table.py.

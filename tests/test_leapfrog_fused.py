@@ -1,6 +1,6 @@
 """Fused (Triton) leapfrog backend against the float64 reference.
 
-The cases run in both regimes of the fused kernels: the tile layouts (fused.py, streamed.py;
+The cases run in both regimes of the fused kernels: the tile layouts (tile.py, streamed.py;
 forced here by setting fused.LATENCY_MAX_ROWS to 0) and the latency layout (latency.py, a
 program per row, what B <= LATENCY_MAX_ROWS runs); the throughput layout (throughput.py, what
 bf16x3 runs above it) has its own cases below. The interpreter walks the latency layout
@@ -81,7 +81,7 @@ def test_fused_matches_float64_reference(monkeypatch, layout, B, k, width, activ
     (16, "order2", "softplus")])
 def test_resident_and_streamed_layouts_match_float64_reference(tile, monkeypatch, chunk, scheme,
                                                                activation):
-    # chunk 0: weights held in registers (fused.py); chunk > 0: streamed.py, walking layer 1
+    # chunk 0: weights held in registers (tile.py); chunk > 0: streamed.py, walking layer 1
     # in chunks of that many hidden units and accumulating weight gradients in per-program
     # slabs. Widths 40, 100 pad to 64, 128: several chunks, and H1 != H2.
     monkeypatch.setattr(fused, "_chunk", lambda h1, h2: chunk)

@@ -1,7 +1,7 @@
 """Analytic leapfrog backend: hand-written dH/dx and its hand-written VJP in plain torch,
 the whole rollout inside one torch.autograd.Function (no double-backward graph is built).
 
-Derivation (symbols reused in the code and in fused.py). Hidden layers l = 1..L:
+Derivation (symbols reused in the code and in the fused kernels). Hidden layers l = 1..L:
     a_l = W_l h_(l-1) + b_l,   h_l = s(a_l),   h_0 = x = [q; p],   H = w . h_L + b_out
 Input gradient F(x) = dH/dx, one backward sweep:
     e_L = w,   g_l = e_l * s'(a_l),   e_(l-1) = W_l^T g_l,   F = e_0

@@ -1,5 +1,5 @@
 """Pieces every leapfrog backend shares: the activation and its derivative (torch; the
-Triton kernels have their own, fused._act), the input
+Triton kernels have their own, ops._act), the input
 checks of the public contract, and the FLOP count of one rollout.
 
 Shapes (the public contract): q0, p0 [B, k]; weights[l] [out_l, in_l] in nn.Linear layout

@@ -5,17 +5,10 @@ The math is analytic.py's (same symbols), specialised to the fused contract: two
 (tl.dot input_precision="ieee"). W1 is split by the host into its q and p column blocks,
 W1q and W1p, so x = [q; p] is never materialised: a1 = q W1q^T + p W1p^T + b1.
 
-_leapfrog_fwd_kernel: one program owns BLOCK_B batch rows, loads the weights once and keeps
-them on-chip for all T-1 steps; per step it writes q_t+1, p_t+1, p_half_t and dHdq_t, and for
-scheme "order2" (ORDER2) also the moved evaluation points q_mid_t and p_pred_t. The q part of
-a1 at q_t+1 is shared between evaluation c and the next step's a; for "official" also q_t
-between a and b, and p_half between b and c.
-
-_leapfrog_bwd_kernel: walks the steps in reverse from the saved trajectory (q, p, p_half and
-for "order2" q_mid, p_pred: T*B*5k floats at most) and recomputes each evaluation's activations instead of saving them (that
-would be T*B*3*(n1+n2) floats and as much HBM traffic as the recompute costs in FLOPs). Each
-program accumulates its rows' weight gradients in registers and writes one partial; the host
-sums the partials once (deterministic, no atomics).
+Every layout's forward kernel writes the trajectory, p_half and dHdq per step (for
+"order2" also the moved evaluation points q_mid and p_pred); its backward walks the steps in
+reverse from them, recomputes each evaluation's activations instead of saving them, and writes
+weight-gradient partials that the host reduces once (deterministic, no atomics).
 
 Four layouts of the same kernels, chosen by one table (LATENCY_MAX_ROWS,
 THROUGHPUT_PRECISIONS with _throughput_fits, _chunk):
@@ -25,11 +18,12 @@ THROUGHPUT_PRECISIONS with _throughput_fits, _chunk):
   * throughput.py: hidden-major tiles for large batches with precision "bf16x3", so that every
     weight product has M = the hidden width and compiles to Hopper's wgmma; a persistent grid
     with the weights split and staged once per program; its cost model is in its docstring;
-  * this module's tile layout keeps the weights (and, in the backward, their gradients) in
-    registers and drives tl.dot on blocks of rows: large batches of the narrowest MLPs;
+  * tile.py keeps the weights (and, in the backward, their gradients) in registers and
+    drives tl.dot on blocks of rows: large batches of the narrowest MLPs;
   * streamed.py walks the hidden units in chunks for wider ones, whose weights do not fit a
     tile program's registers.
-The host code below serves all four.
+This module is the host side of all four: the table, the launch, the autograd Function;
+ops.py holds the device functions they share.
 
 tl.dot needs every dimension >= 16 and power-of-two blocks: the host zero-pads k and the
 widths (width 100 -> 128, k = 10 -> 16) and slices the gradients back. Padded hidden units
@@ -42,300 +36,8 @@ from .common import refuse_double_backward
 
 try:
     import triton
-    import triton.language as tl
 except ImportError:  # the dispatcher never routes here without triton
     triton = None
-
-if triton is not None:
-
-    @triton.jit
-    def _act(a, ACT: tl.constexpr):
-        """s(a), s'(a), s''(a); ACT 0 = softplus, 1 = tanh (via sigmoid: no libdevice needed)."""
-        if ACT == 0:
-            d1 = tl.sigmoid(a)
-            s = tl.maximum(a, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(a)))
-        else:
-            s = 2.0 * tl.sigmoid(2.0 * a) - 1.0
-            d1 = 1.0 - s * s
-        return s, d1, _d2(s, d1, ACT)
-
-    @triton.jit
-    def _d2(s, d1, ACT: tl.constexpr):
-        """s''(a) from s(a) and s'(a) (softplus: s' = sigmoid, s'' = s'(1 - s'); tanh:
-        s'' = -2 s s'). A VJP may call it where it uses s'' rather than keep _act's third
-        output alive across the products between: the throughput backward's spills fell from
-        548 to 516 B per thread that way (its step loop's local loads and stores from 168 to
-        156); the tile and latency backwards came out the same or slightly worse, and keep
-        _act's (sm_90, bench/ptxas_report.py --sass)."""
-        if ACT == 0:
-            return d1 * (1.0 - d1)
-        else:
-            return -2.0 * s * d1
-
-    @triton.jit
-    def _bf16_split(x):
-        """x = hi + lo + O(2^-17 |x|) with hi, lo bf16 (8 mantissa bits each)."""
-        hi = x.to(tl.bfloat16)
-        return hi, (x - hi.to(tl.float32)).to(tl.bfloat16)
-
-    @triton.jit
-    def _dot(a, b, PREC: tl.constexpr):
-        """a @ b, fp32 in and out. PREC "ieee": fp32 products on the FMA units (the default);
-        "tf32x3": tensor cores, each operand split in two tf32 parts and three products
-        summed, close to fp32; "tf32": one tensor-core product on operands rounded to tf32;
-        "bf16x3": each operand split into bf16 hi + lo, the three products hi hi + hi lo +
-        lo hi on the tensor cores with fp32 accumulation (16-bit operands: one shared-memory
-        copy serves both orientations of a weight, which 32-bit wgmma operands cannot);
-        "bf16x3-emulated": the same split with its products in fp32 on the FMA units, for
-        the Triton interpreter, whose bf16 dots are wrong (a bf16 x bf16 product is exact in
-        fp32, so this is the split's arithmetic, bar summation order). (The interpreter
-        computes the tf32 precisions in fp32.)"""
-        if PREC == "bf16x3":
-            a_hi, a_lo = _bf16_split(a)
-            b_hi, b_lo = _bf16_split(b)
-            return (tl.dot(a_hi, b_lo) + tl.dot(a_lo, b_hi)) + tl.dot(a_hi, b_hi)
-        elif PREC == "bf16x3-emulated":
-            a_hi, a_lo = _bf16_split(a)
-            b_hi, b_lo = _bf16_split(b)
-            a_hi, a_lo = a_hi.to(tl.float32), a_lo.to(tl.float32)
-            b_hi, b_lo = b_hi.to(tl.float32), b_lo.to(tl.float32)
-            return ((tl.dot(a_hi, b_lo, input_precision="ieee")
-                     + tl.dot(a_lo, b_hi, input_precision="ieee"))
-                    + tl.dot(a_hi, b_hi, input_precision="ieee"))
-        else:
-            return tl.dot(a, b, input_precision=PREC)
-
-    @triton.jit
-    def _dot_acc(a, b, acc, PREC: tl.constexpr):
-        """acc + a @ b with acc as the products' accumulator: a weight-gradient sum grows in
-        place instead of through a temporary of its size (at width 128, 64 registers per
-        thread at 8 warps; throughput.py's backward spilled for them)."""
-        if PREC == "bf16x3":
-            a_hi, a_lo = _bf16_split(a)
-            b_hi, b_lo = _bf16_split(b)
-            acc = tl.dot(a_hi, b_lo, acc)
-            acc = tl.dot(a_lo, b_hi, acc)
-            return tl.dot(a_hi, b_hi, acc)
-        elif PREC == "bf16x3-emulated":
-            a_hi, a_lo = _bf16_split(a)
-            b_hi, b_lo = _bf16_split(b)
-            a_hi, a_lo = a_hi.to(tl.float32), a_lo.to(tl.float32)
-            b_hi, b_lo = b_hi.to(tl.float32), b_lo.to(tl.float32)
-            acc = tl.dot(a_hi, b_lo, acc, input_precision="ieee")
-            acc = tl.dot(a_lo, b_hi, acc, input_precision="ieee")
-            return tl.dot(a_hi, b_hi, acc, input_precision="ieee")
-        else:
-            return tl.dot(a, b, acc, input_precision=PREC)
-
-    @triton.jit
-    def _g1(a1, W2, b2, w3, ACT: tl.constexpr, PREC: tl.constexpr):
-        """g1 = e1 * s'(a1) [BB, H1] from a1: dH/dx = W1^T g1, block by block."""
-        h1, d1_1, _ = _act(a1, ACT)
-        a2 = _dot(h1, tl.trans(W2), PREC) + b2[None, :]
-        _, d1_2, _ = _act(a2, ACT)
-        g2 = w3[None, :] * d1_2                                 # [BB, H2]
-        return _dot(g2, W2, PREC) * d1_1
-
-    @triton.jit
-    def _grad_part(a1, W1x, W2, b2, w3, ACT: tl.constexpr, PREC: tl.constexpr):
-        """One block of dH/dx = (W1x^T g1) from a1: W1x is W1q (-> dH/dq) or W1p (-> dH/dp)."""
-        return _dot(_g1(a1, W2, b2, w3, ACT, PREC), W1x, PREC)   # [BB, KP]
-
-    @triton.jit
-    def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
-                             q_ptr, p_ptr, ph_ptr, dq_ptr, qm_ptr, pc_ptr, B, K, T, dt,
-                             BLOCK_B: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr,
-                             H2: tl.constexpr, ACT: tl.constexpr, ORDER2: tl.constexpr,
-                             PREC: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
-        cols = tl.arange(0, KP)
-        h1 = tl.arange(0, H1)
-        h2 = tl.arange(0, H2)
-        mask = (rows[:, None] < B) & (cols[None, :] < K)
-        # Weights: loaded once, on-chip for every step. Padded on the host, so no masks.
-        W1q = tl.load(w1q_ptr + h1[:, None] * KP + cols[None, :])   # [H1, KP]
-        W1p = tl.load(w1p_ptr + h1[:, None] * KP + cols[None, :])   # [H1, KP]
-        W2 = tl.load(w2_ptr + h2[:, None] * H1 + h1[None, :])       # [H2, H1]
-        b1 = tl.load(b1_ptr + h1)
-        b2 = tl.load(b2_ptr + h2)
-        w3 = tl.load(w3_ptr + h2)
-        q = tl.load(q0_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0)
-        p = tl.load(p0_ptr + rows[:, None] * K + cols[None, :], mask=mask, other=0.0)
-        traj = rows[:, None] * (T * K) + cols[None, :]          # [B, T, k] offsets at t = 0
-        half = rows[:, None] * ((T - 1) * K) + cols[None, :]    # [B, T-1, k] offsets at t = 0
-        tl.store(q_ptr + traj, q, mask=mask)
-        tl.store(p_ptr + traj, p, mask=mask)
-        aq = _dot(q, tl.trans(W1q), PREC)
-        for t in range(T - 1):
-            a1 = aq + _dot(p, tl.trans(W1p), PREC) + b1[None, :]
-            if ORDER2:
-                g1 = _g1(a1, W2, b2, w3, ACT, PREC)
-                dq = _dot(g1, W1q, PREC)    # dH/dq(q_t, p_t)
-                qm = q + 0.5 * dt * _dot(g1, W1p, PREC)
-                ph = p - 0.5 * dt * dq
-                pc = p - dt * dq
-                ap = _dot(ph, tl.trans(W1p), PREC) + b1[None, :]
-                amid = _dot(qm, tl.trans(W1q), PREC) + ap
-                q = q + dt * _grad_part(amid, W1p, W2, b2, w3, ACT, PREC)
-                aq = _dot(q, tl.trans(W1q), PREC)
-                ac = aq + _dot(pc, tl.trans(W1p), PREC) + b1[None, :]
-                p = ph - 0.5 * dt * _grad_part(ac, W1q, W2, b2, w3, ACT, PREC)
-                tl.store(qm_ptr + half + t * K, qm, mask=mask)
-                tl.store(pc_ptr + half + t * K, pc, mask=mask)
-            else:
-                dq = _grad_part(a1, W1q, W2, b2, w3, ACT, PREC)       # dH/dq(q_t, p_t)
-                ph = p - 0.5 * dt * dq
-                ap = _dot(ph, tl.trans(W1p), PREC) + b1[None, :]
-                q = q + dt * _grad_part(aq + ap, W1p, W2, b2, w3, ACT, PREC)
-                aq = _dot(q, tl.trans(W1q), PREC)
-                p = ph - 0.5 * dt * _grad_part(aq + ap, W1q, W2, b2, w3, ACT, PREC)
-            tl.store(q_ptr + traj + (t + 1) * K, q, mask=mask)
-            tl.store(p_ptr + traj + (t + 1) * K, p, mask=mask)
-            tl.store(ph_ptr + half + t * K, ph, mask=mask)
-            tl.store(dq_ptr + half + t * K, dq, mask=mask)
-
-    @triton.jit
-    def _vjp(q, p, vq, vp, W1q, W1p, b1, W2, b2, w3, dW1q, dW1p, db1, dW2, db2, dw3,
-             ACT: tl.constexpr, HAS_VQ: tl.constexpr, HAS_VP: tl.constexpr,
-             PREC: tl.constexpr):
-        """d<v, F(q, p)>/d(q, p) and the weight terms (analytic.py's derivation, depth 2).
-        v = [vq, vp]; a block whose HAS_ flag is off is zero (its argument is ignored)."""
-        a1 = (_dot(q, tl.trans(W1q), PREC)
-              + _dot(p, tl.trans(W1p), PREC) + b1[None, :])
-        h1, d1_1, d2_1 = _act(a1, ACT)
-        a2 = _dot(h1, tl.trans(W2), PREC) + b2[None, :]
-        _, d1_2, d2_2 = _act(a2, ACT)
-        if HAS_VQ:
-            t1 = _dot(vq, tl.trans(W1q), PREC)
-            if HAS_VP:
-                t1 += _dot(vp, tl.trans(W1p), PREC)
-        else:
-            t1 = _dot(vp, tl.trans(W1p), PREC)
-        u1 = d1_1 * t1
-        t2 = _dot(u1, tl.trans(W2), PREC)
-        g2 = w3[None, :] * d1_2
-        r2 = w3[None, :] * d2_2 * t2
-        e1 = _dot(g2, W2, PREC)
-        g1 = e1 * d1_1
-        r1 = e1 * d2_1 * t1 + _dot(r2, W2, PREC) * d1_1
-        dw3 += tl.sum(d1_2 * t2, axis=0)                                 # u2
-        db2 += tl.sum(r2, axis=0)
-        dW2 += (_dot(tl.trans(r2), h1, PREC)
-                + _dot(tl.trans(g2), u1, PREC))
-        db1 += tl.sum(r1, axis=0)
-        dW1q += _dot(tl.trans(r1), q, PREC)
-        dW1p += _dot(tl.trans(r1), p, PREC)
-        if HAS_VQ:
-            dW1q += _dot(tl.trans(g1), vq, PREC)
-        if HAS_VP:
-            dW1p += _dot(tl.trans(g1), vp, PREC)
-        dxq = _dot(r1, W1q, PREC)
-        dxp = _dot(r1, W1p, PREC)
-        return dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3
-
-    @triton.jit
-    def _saved_step(q_ptr, p_ptr, ph_ptr, gd_ptr, qm_ptr, pc_ptr, traj, half, t, K, mask,
-                    ORDER2: tl.constexpr):
-        """What the backward reads back for step t: q_t, p_t, q_t+1, p_half, the dHdq
-        cotangent and the evaluation points q_mid, p_pred (for "official", q_t and p_half)."""
-        q = tl.load(q_ptr + traj + t * K, mask=mask, other=0.0)
-        p = tl.load(p_ptr + traj + t * K, mask=mask, other=0.0)
-        q1 = tl.load(q_ptr + traj + (t + 1) * K, mask=mask, other=0.0)
-        ph = tl.load(ph_ptr + half + t * K, mask=mask, other=0.0)
-        D = tl.load(gd_ptr + half + t * K, mask=mask, other=0.0)
-        if ORDER2:
-            qm = tl.load(qm_ptr + half + t * K, mask=mask, other=0.0)
-            pc = tl.load(pc_ptr + half + t * K, mask=mask, other=0.0)
-        else:
-            qm = q
-            pc = ph
-        return q, p, q1, ph, D, qm, pc
-
-    @triton.jit
-    def _reverse_step(VJP: tl.constexpr, q, p, q1, ph, D, qm, pc, Q, P, W1q, W1p, b1, W2, b2,
-                      w3, dW1q, dW1p, db1, dW2, db2, dw3, dt, ACT: tl.constexpr,
-                      ORDER2: tl.constexpr, PREC: tl.constexpr):
-        """One step of the reverse walk: the cotangents (Q, P) of (q_t+1, p_t+1) become those
-        of (q_t, p_t), less the loss's own terms at t, which the caller adds; the weight
-        gradients grow by the step's three VJPs. VJP is the layout's _vjp (this module's,
-        or throughput.py's, whose operands are transposed); the step reads the same either way.
-        D is the cotangent of dHdq_t; (q, p, q1, ph, qm, pc) are from _saved_step."""
-        # c: p_t+1 = p_half - dt/2 F_q(q_t+1, p_pred)
-        dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = VJP(
-            q1, pc, -0.5 * dt * P, P, W1q, W1p, b1, W2, b2, w3,
-            dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False, PREC)
-        Q += dxq
-        Pc = dxp
-        # b: q_t+1 = q_t + dt F_p(q_mid, p_half)
-        dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = VJP(
-            qm, ph, Q, dt * Q, W1q, W1p, b1, W2, b2, w3,
-            dW1q, dW1p, db1, dW2, db2, dw3, ACT, False, True, PREC)
-        Qm = dxq
-        Ph = P + dxp
-        # a: p_half, p_pred and q_mid from F(q_t, p_t); dHdq_t = F_q(q_t, p_t).
-        # q_mid hangs off q_t and p_pred off p_t, so Q_m and P_c flow into Q and Ph.
-        Q += Qm
-        Ph += Pc
-        if ORDER2:
-            dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = VJP(
-                q, p, D - 0.5 * dt * (Ph + Pc), 0.5 * dt * Qm, W1q, W1p, b1, W2, b2, w3,
-                dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, True, PREC)
-        else:
-            dxq, dxp, dW1q, dW1p, db1, dW2, db2, dw3 = VJP(
-                q, p, D - 0.5 * dt * Ph, Ph, W1q, W1p, b1, W2, b2, w3,
-                dW1q, dW1p, db1, dW2, db2, dw3, ACT, True, False, PREC)
-        return Q + dxq, Ph + dxp, dW1q, dW1p, db1, dW2, db2, dw3
-
-    @triton.jit
-    def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, gd_ptr,
-                             w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
-                             dq0_ptr, dp0_ptr, dw1q_ptr, dw1p_ptr, db1_ptr, dw2_ptr, db2_ptr,
-                             dw3_ptr, B, K, T, dt,
-                             BLOCK_B: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr,
-                             H2: tl.constexpr, ACT: tl.constexpr, ORDER2: tl.constexpr,
-                             PREC: tl.constexpr):
-        pid = tl.program_id(0)
-        rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
-        cols = tl.arange(0, KP)
-        h1 = tl.arange(0, H1)
-        h2 = tl.arange(0, H2)
-        mask = (rows[:, None] < B) & (cols[None, :] < K)
-        W1q = tl.load(w1q_ptr + h1[:, None] * KP + cols[None, :])
-        W1p = tl.load(w1p_ptr + h1[:, None] * KP + cols[None, :])
-        W2 = tl.load(w2_ptr + h2[:, None] * H1 + h1[None, :])
-        b1 = tl.load(b1_ptr + h1)
-        b2 = tl.load(b2_ptr + h2)
-        w3 = tl.load(w3_ptr + h2)
-        dW1q = tl.zeros((H1, KP), dtype=tl.float32)
-        dW1p = tl.zeros((H1, KP), dtype=tl.float32)
-        dW2 = tl.zeros((H2, H1), dtype=tl.float32)
-        db1 = tl.zeros((H1,), dtype=tl.float32)
-        db2 = tl.zeros((H2,), dtype=tl.float32)
-        dw3 = tl.zeros((H2,), dtype=tl.float32)
-        traj = rows[:, None] * (T * K) + cols[None, :]
-        half = rows[:, None] * ((T - 1) * K) + cols[None, :]
-        # Cotangents of (q_T-1, p_T-1); masked rows stay zero, so they add nothing below.
-        Q = tl.load(gq_ptr + traj + (T - 1) * K, mask=mask, other=0.0)
-        P = tl.load(gp_ptr + traj + (T - 1) * K, mask=mask, other=0.0)
-        for i in range(T - 1):
-            t = T - 2 - i
-            q, p, q1, ph, D, qm, pc = _saved_step(q_ptr, p_ptr, ph_ptr, gd_ptr, qm_ptr, pc_ptr,
-                                                  traj, half, t, K, mask, ORDER2)
-            Q, P, dW1q, dW1p, db1, dW2, db2, dw3 = _reverse_step(
-                _vjp, q, p, q1, ph, D, qm, pc, Q, P, W1q, W1p, b1, W2, b2, w3,
-                dW1q, dW1p, db1, dW2, db2, dw3, dt, ACT, ORDER2, PREC)
-            Q += tl.load(gq_ptr + traj + t * K, mask=mask, other=0.0)
-            P += tl.load(gp_ptr + traj + t * K, mask=mask, other=0.0)
-        tl.store(dq0_ptr + rows[:, None] * K + cols[None, :], Q, mask=mask)
-        tl.store(dp0_ptr + rows[:, None] * K + cols[None, :], P, mask=mask)
-        # One partial per program; the host reduces them once.
-        tl.store(dw1q_ptr + pid * H1 * KP + h1[:, None] * KP + cols[None, :], dW1q)
-        tl.store(dw1p_ptr + pid * H1 * KP + h1[:, None] * KP + cols[None, :], dW1p)
-        tl.store(dw2_ptr + pid * H2 * H1 + h2[:, None] * H1 + h1[None, :], dW2)
-        tl.store(db1_ptr + pid * H1 + h1, db1)
-        tl.store(db2_ptr + pid * H2 + h2, db2)
-        tl.store(dw3_ptr + pid * H2 + h2, dw3)
-
 
 _ACT_CODE = {"softplus": 0, "tanh": 1}
 
@@ -361,7 +63,7 @@ def _pow2(n):
 
 
 def _chunk(h1, h2):
-    """Hidden units per chunk of the streamed layout (streamed.py), or 0 for this module's
+    """Hidden units per chunk of the streamed layout (streamed.py), or 0 for tile.py's
     register-resident one, for the tile regime (B > LATENCY_MAX_ROWS). From what ptxas
     reports for sm_90 (bench/ptxas_report.py, triton 3.6, launch alignment; backward, 8
     warps): resident spills 2 KB per thread at width 32, streamed nothing (16-unit chunks);
@@ -388,9 +90,10 @@ def _num_warps(h1, h2):
 # Which kernel runs, by regime: the one table the dispatcher reads. Rows up to
 # LATENCY_MAX_ROWS run the latency layout (latency.py: a program per row, matrix-vector
 # products on the FMA units), larger batches with precision "bf16x3" the throughput layout
-# (throughput.py) where it fits, and the rest the tile layouts (this module's
-# register-resident one up to width 16, streamed.py's above: _chunk). The switch point is modelled in
-# latency.py's docstring and still to be measured on a GPU (bench/gpu/leapfrog.sh sweeps it).
+# (throughput.py) where it fits, and the rest the tile layouts (tile.py's
+# register-resident one up to width 16, streamed.py's above: _chunk). The switch point is
+# modelled in latency.py's docstring and still to be measured on a GPU (bench/gpu/leapfrog_table.py
+# sweeps it).
 LATENCY_MAX_ROWS = 2048
 # The latency backward writes 5 floats per hidden unit, row and evaluation (latency._vjp):
 # past this many bytes (and int32 offsets) a long rollout goes to the tile layouts instead.
@@ -440,10 +143,9 @@ def _kernels(layout):
         from . import latency, throughput
         mod = latency if layout == "latency" else throughput
         return mod._leapfrog_fwd_kernel, mod._leapfrog_bwd_kernel
-    if not layout:
-        return _leapfrog_fwd_kernel, _leapfrog_bwd_kernel
-    from . import streamed
-    return streamed._leapfrog_fwd_kernel, streamed._leapfrog_bwd_kernel
+    from . import streamed, tile
+    mod = streamed if layout else tile
+    return mod._leapfrog_fwd_kernel, mod._leapfrog_bwd_kernel
 
 
 _sm_counts = {}

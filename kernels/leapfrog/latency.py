@@ -1,9 +1,9 @@
 """Latency layout of the fused kernels: one batch row at a time per program, matrix-vector
 products on the FMA units, for the training regime (B up to about two thousand).
 
-Same rollout and same math as fused.py (analytic.py's symbols); only the work split differs.
+Same rollout and same math as tile.py (analytic.py's symbols); only the work split differs.
 
-Why a second layout. In the tile layout (fused.py, streamed.py) a program owns a block of
+Why a second layout. In the tile layouts (tile.py, streamed.py) a program owns a block of
 16-32 rows and drives tl.dot. At the training batch, B = 16, that is ONE program on one of an
 H200's 132 SMs walking the whole rollout alone: measured 3.6 ms forward+backward at B = 16..1024
 (H200, triton 3.6, width 100 -> 128, frames 16), flat in B because the chain of dependent
@@ -54,7 +54,7 @@ per width (fused._latency_warps).
 import triton
 import triton.language as tl
 
-from .fused import _act, _saved_step
+from .ops import _act, _saved_step
 
 
 @triton.jit
@@ -143,7 +143,7 @@ def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
 def _vjp(q, p, vq, vp, W1q, W1p, b1, W2, b2_ptr, w3_ptr, dW1q, dW1p, db1, s2_ptr, s1_ptr,
          su_ptr, e, N1: tl.constexpr, N2: tl.constexpr, H1: tl.constexpr, H2: tl.constexpr,
          ACT: tl.constexpr):
-    """d<v, F(q, p)>/d(q, p) and layer 1's weight terms for one row (fused._vjp's math on
+    """d<v, F(q, p)>/d(q, p) and layer 1's weight terms for one row (tile._vjp's math on
     vectors). Layer 2's terms are not accumulated here: dW2 = sum r2 h1^T + g2 u1^T, db2 =
     sum r2 and dw3 = sum u2 go as factors to scratch row e of s2 ([., 2, n2]: r2, g2), s1
     ([., 2, n1]: h1, u1) and su ([., n2]: u2), which the host reduces in one matrix product

@@ -1,7 +1,7 @@
-"""Streamed layout of the fused kernels: the same rollout and the same math as fused.py, for
+"""Streamed layout of the fused kernels: the same rollout and the same math as tile.py, for
 wide MLPs whose weights do not fit a program's registers.
 
-fused.py's kernels keep W1, W2 and, in the backward, their gradients in registers. At hidden
+tile.py's kernels keep W1, W2 and, in the backward, their gradients in registers. At hidden
 width 128 that is 2 x 64 KB for W2 and dW2 per program; compiled for sm_90 (triton 3.6) the
 width-128 backward spilled 63 KB per thread to local memory and ptxas fell back to 32
 registers. Here the hidden layer-1 units are walked in chunks of CH: per chunk the program
@@ -20,12 +20,12 @@ in pass 1; e1, g1, r1 are formed per chunk in pass 2). Its chunked weight gradie
 register accumulators (a chunk index cannot address a register tensor), so each program
 accumulates them in its own partial slab in global memory, which stays in L2: read, add,
 write per chunk, with a barrier so the next read sees every thread's write. The slabs are
-reduced once by the host, as in fused.py: deterministic, no atomics.
+reduced once by the host, as in tile.py: deterministic, no atomics.
 """
 import triton
 import triton.language as tl
 
-from .fused import _act, _dot, _saved_step
+from .ops import _act, _dot, _saved_step
 
 
 @triton.jit
@@ -135,7 +135,7 @@ def _vjp(q, p, vq, vp, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2, w3,
          gw1q_ptr, gw1p_ptr, gb1_ptr, gw2_ptr, db2, dw3, BLOCK_B: tl.constexpr,
          KP: tl.constexpr, H1: tl.constexpr, H2: tl.constexpr, CH: tl.constexpr,
          ACT: tl.constexpr, HAS_VQ: tl.constexpr, HAS_VP: tl.constexpr, PREC: tl.constexpr):
-    """fused._vjp in two chunked passes: returns d<v, F>/d(q, p) and db2, dw3; adds the
+    """tile._vjp in two chunked passes: returns d<v, F>/d(q, p) and db2, dw3; adds the
     W1, b1 and W2 terms to this program's slabs (gw*_ptr)."""
     a2 = tl.zeros((BLOCK_B, H2), dtype=tl.float32) + b2[None, :]
     t2 = tl.zeros((BLOCK_B, H2), dtype=tl.float32)
@@ -190,7 +190,7 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
                          BLOCK_B: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr,
                          H2: tl.constexpr, ACT: tl.constexpr, ORDER2: tl.constexpr,
                          CH: tl.constexpr, PREC: tl.constexpr):
-    """fused._leapfrog_bwd_kernel's reverse walk; the dw1q, dw1p, db1, dw2 slabs must be
+    """tile._leapfrog_bwd_kernel's reverse walk; the dw1q, dw1p, db1, dw2 slabs must be
     zeroed by the host (they are accumulated in place)."""
     pid = tl.program_id(0)
     rows = pid * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -213,7 +213,7 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
         t = T - 2 - i
         q, p, q1, ph, D, qm, pc = _saved_step(q_ptr, p_ptr, ph_ptr, gd_ptr, qm_ptr, pc_ptr, traj,
                                               half, t, K, mask, ORDER2)
-        # c, b, a: as in fused._leapfrog_bwd_kernel
+        # c, b, a: as in tile._leapfrog_bwd_kernel
         dxq, dxp, db2, dw3 = _vjp(q1, pc, -0.5 * dt * P, P, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr,
                                   b2, w3, gw1q, gw1p, gb1, gw2, db2, dw3, BLOCK_B, KP, H1, H2,
                                   CH, ACT, True, False, PREC)

@@ -1,11 +1,11 @@
 """Throughput layout of the fused kernels: hidden-major tiles on the tensor cores, for large
 batches (B in the thousands and up) with a tensor-core precision (bf16x3 above all).
 
-Same rollout and same math as fused.py (analytic.py's symbols); only the orientation and the
+Same rollout and same math as tile.py (analytic.py's symbols); only the orientation and the
 work split differ.
 
 Why another layout. Hopper's tensor-core instruction (wgmma) computes a 64-row slab per
-warpgroup: M >= 64. The tile layouts of fused.py / streamed.py hold activations row-major,
+warpgroup: M >= 64. The tile layouts of tile.py / streamed.py hold activations row-major,
 [BLOCK_B, H], so M is the row block; at BLOCK_B 16 Triton falls back to the older mma.sync
 (every bf16x3 dot of streamed/16 at width 128 compiles to mma.sync; sm_90, triton 3.6), and at
 BLOCK_B 64 the row-major backward spills. Here the activations are held transposed,
@@ -34,12 +34,12 @@ spills (0.52 KB per thread) sit in the step loop: 97 local loads and 59 stores p
 0.66 KB per thread over a 320-byte working set (80 KB per program, more than the L1 left
 beside 187 KB of shared memory), modelled at up to ~2 ms of L2 traffic at B = 65536; the
 table times the forward alone so that the backward's share can be read off. (_vjp takes
-s''(a) from fused._d2 at its use, which saved 32 B of those spills.) The grid is
+s''(a) from ops._d2 at its use, which saved 32 B of those spills.) The grid is
 persistent -- one program per SM, walking row blocks grid-stride -- so the weights are loaded
 132 times per launch instead of B / BB times, and the backward writes 132 weight-gradient
 partials (8.6 MB at width 128) instead of B / BB (256 MB at B = 65536).
 
-Precision: bf16x3 only (fused._dot's split; under the interpreter its fp32 stand-in). Compiled
+Precision: bf16x3 only (ops._dot's split; under the interpreter its fp32 stand-in). Compiled
 in this layout, "ieee" dots (FMA units, weights as the left operand) fell to 32 registers and
 12-90 KB of spills per thread, and tf32x3 asked for ~310 KB of shared memory in a forward-only
 prototype, over the 227 KB a block may have; those precisions run the other tile layouts.
@@ -54,7 +54,7 @@ the measured 787 TFLOP/s bf16 peak, ~7-9 ms at 40-50% of it. The transcendental 
 import triton
 import triton.language as tl
 
-from .fused import _act, _bf16_split, _d2, _dot_acc, _reverse_step, _saved_step
+from .ops import _act, _bf16_split, _d2, _dot_acc, _reverse_step, _saved_step
 
 
 @triton.jit
@@ -78,9 +78,9 @@ def _t(W):
 @triton.jit
 def _w_dot(W, x, PREC: tl.constexpr):
     """W x with W = (hi, lo) from _split on the left (M = W's rows): the layout's every
-    weight product, W_hi x_lo + W_lo x_hi + W_hi x_hi with fp32 accumulation (fused._dot's
+    weight product, W_hi x_lo + W_lo x_hi + W_hi x_hi with fp32 accumulation (ops._dot's
     bf16x3 split). "bf16x3-emulated" (the interpreter, whose bf16 dots are wrong): the same
-    parts in fp32, products on the FMA units, exact (see fused._dot)."""
+    parts in fp32, products on the FMA units, exact (see ops._dot)."""
     x_hi, x_lo = _bf16_split(x)
     if PREC == "bf16x3":
         return (tl.dot(W[0], x_lo) + tl.dot(W[1], x_hi)) + tl.dot(W[0], x_hi)
@@ -147,7 +147,7 @@ def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_pt
         tl.store(p_ptr + traj, p, mask=mask)
         aq = _w_dot(W1q, q, PREC)
         for t in range(T - 1):
-            # fused._leapfrog_fwd_kernel's step, transposed (its comments apply)
+            # tile._leapfrog_fwd_kernel's step, transposed (its comments apply)
             a1 = aq + _w_dot(W1p, p, PREC) + b1[:, None]
             if ORDER2:
                 g1 = _g1(a1, W2, b2, w3, ACT, PREC)
@@ -179,7 +179,7 @@ def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_pt
 @triton.jit
 def _vjp(q, p, vq, vp, W1q, W1p, b1, W2, b2, w3, dW1q, dW1p, db1, dW2, db2, dw3,
          ACT: tl.constexpr, HAS_VQ: tl.constexpr, HAS_VP: tl.constexpr, PREC: tl.constexpr):
-    """fused._vjp transposed: every activation [H, BB], q, p, v and the results [KP, BB]."""
+    """tile._vjp transposed: every activation [H, BB], q, p, v and the results [KP, BB]."""
     a1 = _w_dot(W1q, q, PREC) + _w_dot(W1p, p, PREC) + b1[:, None]
     h1, d1_1, _ = _act(a1, ACT)
     a2 = _w_dot(W2, h1, PREC) + b2[:, None]
@@ -220,7 +220,7 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
                          BLOCK_B: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr,
                          H2: tl.constexpr, ACT: tl.constexpr, ORDER2: tl.constexpr,
                          PREC: tl.constexpr):
-    """fused._leapfrog_bwd_kernel's reverse walk, transposed, over this program's row blocks;
+    """tile._leapfrog_bwd_kernel's reverse walk, transposed, over this program's row blocks;
     the weight gradients accumulate over all of them into one partial per program."""
     pid = tl.program_id(0)
     W1q, W1p, b1, W2, b2, w3 = _weights(w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
