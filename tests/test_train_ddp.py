@@ -14,6 +14,11 @@ WORKER = textwrap.dedent("""
     from hgan.train import RunConfig, train
     from hgan.train import dist as hdist
 
+    # torch 2.11's DDP bumps the buffers' version counters when it broadcasts them before a
+    # forward (later releases preserve them). Do as 2.11 does on every torch, so that a
+    # broadcast between a forward and its backward fails here as it does there.
+    import contextlib
+    torch.autograd._unsafe_preserve_version_counter = lambda *a, **k: contextlib.nullcontext()
     data, out = sys.argv[1], sys.argv[2]
     rank = int(os.environ["RANK"])
     grads, batches = [], []

@@ -146,7 +146,13 @@ class Trainer:
             # The Hamiltonian's output bias never reaches the dynamics (only dH/dx does), so
             # G has a parameter without gradient: its reducer must look for unused ones.
             self.G_ddp = DistributedDataParallel(self.G, device_ids=ids, find_unused_parameters=True)
-            self.DI_ddp, self.DV_ddp = (DistributedDataParallel(m, device_ids=ids)
+            # Each discriminator runs twice before its backward (fake, then real for R1). A
+            # buffer broadcast at the second forward would overwrite the BatchNorm running
+            # stats the first one saved, which torch 2.11 rejects at backward ("modified by an
+            # inplace operation"). The discriminators never run in eval mode, so their running
+            # stats are unused and each rank may keep its own.
+            self.DI_ddp, self.DV_ddp = (DistributedDataParallel(m, device_ids=ids,
+                                                                broadcast_buffers=False)
                                         for m in (self.D_I, self.D_V))
         # (iteration, name, loss) awaiting the non-finite check: see flush_checks.
         self._pending = []
