@@ -39,6 +39,7 @@ DEVICE="${DEVICE:-cuda}"
 # Smoke-testing this script on a CPU: DEVICE=cpu and tiny GRID_ARGS / EVAL_ARGS / TRAIN_ARGS.
 GRID_ARGS="${GRID_ARGS:-}"       # e.g. data sizes: --train-traj 1000 --traj-frames 128
 EVAL_ARGS="${EVAL_ARGS:-}"       # extra hgan.evaluate flags for every run
+# MPS=1: the processes under an MPS daemon (below)
 
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 $PY - > "$OUT/versions.txt" 2>&1 <<'PYEOF'
@@ -50,6 +51,28 @@ print("commit", os.environ.get("HGAN_COMMIT") or subprocess.run(
     ["git", "describe", "--always", "--dirty"], capture_output=True, text=True).stdout.strip()
     or "unknown (no git here)")
 PYEOF
+
+# MPS=1: run the grid's processes under an MPS daemon, so that the kernels of different
+# runs share the SMs at once instead of taking turns (docs/experiments.md: without it 15
+# captured runs share one run's iterations/s). Opt-in and not yet tried on a GPU: if the
+# daemon does not start or a CUDA client cannot run under it, the grid runs without it.
+if [ "${MPS:-0}" = 1 ]; then
+  if command -v nvidia-cuda-mps-control > /dev/null; then
+    export CUDA_MPS_PIPE_DIRECTORY=/tmp/hgan-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/hgan-mps/log
+    mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+    if nvidia-cuda-mps-control -d && timeout 60 $PY -c \
+        "import torch; assert torch.ones(4, device='cuda').sum().item() == 4"; then
+      trap 'echo quit | nvidia-cuda-mps-control' EXIT
+      echo "MPS: on" | tee -a "$OUT/versions.txt"
+    else
+      echo quit | nvidia-cuda-mps-control 2> /dev/null
+      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+      echo "MPS: asked for, but a CUDA client failed under it; running without" | tee -a "$OUT/versions.txt"
+    fi
+  else
+    echo "MPS: asked for, but nvidia-cuda-mps-control is not here; running without" | tee -a "$OUT/versions.txt"
+  fi
+fi
 
 left=$((LIMIT - SECONDS - 120))  # keep time for the lone evaluation and the packing
 timeout -s INT -k 45 "$left" $PY -m hgan.experiments table1 --out "$GRID" \
