@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from hgan.device import check_device
 from hgan.models import ModelConfig, build_models
 from hgan.train.checkpoint import load_checkpoint
 from hgan.train.media import save_gif, save_png_strip
@@ -38,24 +39,59 @@ def generate(ckpt_path, n=16, frames=64, dt=None, seed=0, device="cpu"):
     return generator.sample(n, frames, dt=dt, generator=rng), config
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+_ERROR = "hgan.sample: error:"  # argparse's errors and the run's alike: one line each
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"{_ERROR} {message}\n")
+
+
+def _positive(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
+    return v
+
+
+def _device(text):
+    try:
+        check_device(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def build_parser():
+    p = _Parser(prog="python -m hgan.sample", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
-    p.add_argument("--n", type=int, default=16, help="number of videos")
-    p.add_argument("--frames", type=int, default=64)
-    p.add_argument("--dt", type=float, default=None, help="time step (default: the training dt)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--fps", type=int, default=10)
-    p.add_argument("--out", default="samples.gif", help="GIF path; the PNG strip goes beside it")
+    p.add_argument("--n", type=_positive, default=16,
+                   help="number of videos (default: %(default)s)")
+    p.add_argument("--frames", type=_positive, default=64,
+                   help="frames per video, may exceed the training length (default: %(default)s)")
+    p.add_argument("--dt", type=float, default=None,
+                   help="time step; negative runs backwards; hgan and hnn_gan only "
+                        "(default: the training dt)")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    p.add_argument("--device", type=_device, default="cpu",
+                   help="cpu, cuda or cuda:N (default: %(default)s)")
+    p.add_argument("--fps", type=_positive, default=10,
+                   help="GIF frames per second (default: %(default)s)")
+    p.add_argument("--out", default="samples.gif",
+                   help="GIF path; the PNG strip goes beside it (default: %(default)s)")
+    return p
+
+
+def main(argv=None):
+    p = build_parser()
     a = p.parse_args(argv)
-    if a.n < 1 or a.frames < 1:
-        p.error(f"--n and --frames must be >= 1 (got {a.n}, {a.frames})")
     try:
         videos, config = generate(a.checkpoint, a.n, a.frames, a.dt, a.seed, a.device)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
-        print(f"hgan.sample: error: {e}", file=sys.stderr)
+        print(f"{_ERROR} {e}".replace("\n", " "), file=sys.stderr)
         return 2
     stem, ext = os.path.splitext(a.out)
     gif = save_gif(videos, a.out if ext.lower() == ".gif" else stem + ".gif", fps=a.fps)

@@ -60,14 +60,29 @@ class HamiltonianMLP(nn.Module):
                 biases.append(torch.cat([v.bias, kin.bias]))
         return weights, biases
 
+    def _check_state(self, names, q, p):
+        # Names the state rather than the weights: a network of the wrong k would otherwise
+        # fail inside the matmul (forward) or blame weights[0] (rollout).
+        for name, t in zip(names, (q, p)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            if t.dim() != 2 or t.shape[1] != self.k:
+                raise ValueError(f"{name} must be [B, {self.k}] (this Hamiltonian was built for "
+                                 f"k = {self.k}), got shape {tuple(t.shape)}")
+        if q.shape[0] != p.shape[0]:
+            raise ValueError(f"{names[0]} and {names[1]} must have the same batch size, got "
+                             f"{q.shape[0]} and {p.shape[0]}")
+
     def forward(self, q, p):
         """H at rows (q, p) [B, k] -> [B]."""
+        self._check_state(("q", "p"), q, p)
         weights, biases = self.weights_and_biases()
         return mlp_energy(torch.cat([q, p], 1), weights, biases, self.activation)
 
     def rollout(self, q0, p0, frames, dt=0.05, backend="auto", scheme="order2",
                 precision="ieee"):
         """Leapfrog rollout: q, p [B, frames, k] and dHdq [B, frames-1, k]."""
+        self._check_state(("q0", "p0"), q0, p0)
         weights, biases = self.weights_and_biases()
         return leapfrog(q0, p0, weights, biases, dt=dt, frames=frames,
                         activation=self.activation, backend=backend, scheme=scheme,

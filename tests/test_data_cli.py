@@ -26,7 +26,7 @@ def _fails(argv, capsys, match):
     (["generate", "--system", "pendulm"], "valid systems: mass_spring, pendulum"),
     (["generate", "--system", "pendulum", "--train", "-3"], "integer >= 0"),
     (["generate", "--system", "pendulum", "--frames", "abc"], "expected an integer"),
-    (["generate", "--system", "pendulum", "--resolution", "1"], "resolution must be >= 2"),
+    (["generate", "--system", "pendulum", "--resolution", "1"], "unsupported resolution 1"),
     (["show", "missing.h5", "--out", "x.png"], "does not exist"),
     (["frobnicate"], "invalid choice"),
     (["generate"], "--system"),

@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import warnings
 
 import pytest
 import torch
@@ -35,7 +36,10 @@ def tiny_steps(run_dir, n_steps, enabled=True):
 
 
 def test_traces_are_written_and_parse(tmp_path):
-    tiny_steps(tmp_path, 5)
+    with warnings.catch_warnings():
+        # torch's deprecated event attributes (self_cuda_time_total) warn on every read
+        warnings.simplefilter("error", FutureWarning)
+        tiny_steps(tmp_path, 5)
     prof_dir = tmp_path / "profile"
     tb = glob.glob(str(prof_dir / "*.pt.trace.json"))
     assert len(tb) == 1, "torch-tb-profiler globs <worker>.<ts>.pt.trace.json"
@@ -49,10 +53,30 @@ def test_traces_are_written_and_parse(tmp_path):
     with open(prof_dir / "stages.json") as f:
         shares = json.load(f)
     assert shares["steps"] == 2 and shares["step_us"] > 0
+    # Device time only where CUDA activity was traced; on CPU it would be all zeros.
+    assert ("stage_device_us" in shares) == torch.cuda.is_available()
     assert set(shares["share"]) == set(STAGES)
     assert all(0 < s < 1 for s in shares["share"].values())
     # Stages are disjoint sub-ranges of a step: together at most the whole step.
     assert sum(shares["share"].values()) <= 1.0
+
+
+@pytest.mark.parametrize("n_steps", [0, 2, 3])
+def test_run_shorter_than_the_schedule_records_nothing_and_says_so(tmp_path, capsys, n_steps):
+    # The schedule of tiny_steps: 1 skipped + 1 warm-up + 2 recorded = 4 steps.
+    tiny_steps(tmp_path, n_steps)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"made {n_steps} steps" in err[0] and "needs 4" in err[0] and "2 recorded" in err[0]
+    assert not os.path.exists(tmp_path / "profile" / "stages.json")
+    assert not glob.glob(str(tmp_path / "profile" / "*.json"))
+
+
+def test_full_schedule_prints_nothing(tmp_path, capsys):
+    tiny_steps(tmp_path, 4)
+    assert "--profile" not in capsys.readouterr().err
+    with open(tmp_path / "profile" / "stages.json") as f:
+        assert json.load(f)["steps"] == 2
 
 
 def test_disabled_profiler_writes_nothing(tmp_path):

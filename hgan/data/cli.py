@@ -1,9 +1,12 @@
 """`python -m hgan.data {generate, show, import-dm}`.
 
-Every invalid value ends in one line `hgan.data: error: ...` and exit code 2.
+Every invalid value ends in one line `hgan.data: error: ...` and exit code 2. Ctrl-C or
+SIGTERM ends generate and import-dm with one line, no partial file, and exit code 128 + the
+signal's number (130, 143).
 """
 import argparse
 import os
+import signal
 import sys
 
 import numpy as np
@@ -32,9 +35,16 @@ def _positive(text):
 
 
 def _resolution(text):
+    # The sizes the models are built for (hgan.models.resolution_plan; importing it would
+    # import torch into this numpy-only tool): data of another size could never be trained on.
     v = _positive(text)
-    if v < 2:
-        raise argparse.ArgumentTypeError(f"resolution must be >= 2, got {v}")
+    r, n = v, 0
+    while r > 6 and r % 2 == 0:
+        r, n = r // 2, n + 1
+    if r not in (4, 6) or n < 2:
+        raise argparse.ArgumentTypeError(
+            f"unsupported resolution {v}: the models take 4*2^n or 6*2^n with n >= 2 "
+            "(16, 24, 32, 48, 64, 96, ...)")
     return v
 
 
@@ -47,27 +57,39 @@ def _system(text):
 
 
 def build_parser():
+    from hgan.data.systems import SYSTEMS
     p = _Parser(prog="python -m hgan.data", description="Toy Physics data engine")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
-    g = sub.add_parser("generate", help="simulate and render a system into HDF5")
-    g.add_argument("--system", type=_system, required=True)
-    g.add_argument("--train", type=_nonneg, default=1000)
-    g.add_argument("--test", type=_nonneg, default=200)
-    g.add_argument("--frames", type=_positive, default=256)
-    g.add_argument("--seed", type=_nonneg, default=0)
-    g.add_argument("--out", default="data")
-    g.add_argument("--resolution", type=_resolution, default=32)
+    g = sub.add_parser("generate", help="simulate and render a system into HDF5",
+                       description="Simulate and render a system into "
+                                   "<out>/<system>/{train,test}.h5.")
+    g.add_argument("--system", type=_system, required=True,
+                   help=f"one of {', '.join(SYSTEMS)} (required)")
+    g.add_argument("--train", type=_nonneg, default=1000,
+                   help="train trajectories; 0 skips the split (default: %(default)s)")
+    g.add_argument("--test", type=_nonneg, default=200,
+                   help="test trajectories; 0 skips the split (default: %(default)s)")
+    g.add_argument("--frames", type=_positive, default=256,
+                   help="frames per trajectory, dt = 0.05 s (default: %(default)s)")
+    g.add_argument("--seed", type=_nonneg, default=0, help="data seed (default: %(default)s)")
+    g.add_argument("--out", default="data", help="output directory (default: %(default)s)")
+    g.add_argument("--resolution", type=_resolution, default=32,
+                   help="frame size in pixels: 16, 24, 32, 48, 64, 96, ... "
+                        "(default: %(default)s)")
     s = sub.add_parser("show", help="write a PNG strip or an animated GIF of samples")
-    s.add_argument("file")
+    s.add_argument("file", help="a generated <system>/<split>.h5")
     s.add_argument("--out", required=True, help="strip.png or anim.gif")
-    s.add_argument("--n", type=_positive, default=8, help="number of trajectories")
-    s.add_argument("--frames", type=_positive, default=16, help="frames in a PNG strip")
-    s.add_argument("--scale", type=_positive, default=2, help="pixel magnification")
+    s.add_argument("--n", type=_positive, default=8,
+                   help="number of trajectories (default: %(default)s)")
+    s.add_argument("--frames", type=_positive, default=16,
+                   help="frames in a PNG strip (default: %(default)s)")
+    s.add_argument("--scale", type=_positive, default=2,
+                   help="pixel magnification (default: %(default)s)")
     i = sub.add_parser("import-dm", help="convert the suite's train/test.tfrecord to HDF5")
-    i.add_argument("dir")
+    i.add_argument("dir", help="folder with features.txt, train.tfrecord, test.tfrecord")
     i.add_argument("--system", type=_system, default=None,
                    help="system name (default: the folder's name)")
-    i.add_argument("--out", default="data")
+    i.add_argument("--out", default="data", help="output directory (default: %(default)s)")
     return p
 
 
@@ -98,12 +120,8 @@ def show(path, out, n=8, frames=16, scale=2):
 def import_dm(directory, out_dir, system=None, progress=True):
     """Convert <directory>/{train,test}.tfrecord (with features.txt) into
     <out_dir>/<system>/{train,test}.h5. Returns {split: path}."""
-    from tqdm import tqdm
-
-    from hgan.data.h5io import H5Writer
-    from hgan.data.simulate import DT
+    from hgan.data.interrupt import StopSignals
     from hgan.data.systems import get_system
-    from hgan.data.tfrecord import iter_split, read_records
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
         raise ValueError(f"{directory}: not a directory")
@@ -113,41 +131,54 @@ def import_dm(directory, out_dir, system=None, progress=True):
     sysobj = get_system(system or os.path.basename(os.path.normpath(directory)))
     out = {}
     for split in ("train", "test"):
-        src = os.path.join(directory, split + ".tfrecord")
-        if not os.path.exists(src):
-            continue
-        n = sum(1 for _ in read_records(src))
-        if n == 0:
-            continue
         path = os.path.join(os.fspath(out_dir), sysobj.name, split + ".h5")
-        writer = None
-        try:
-            for j, traj in enumerate(tqdm(iter_split(directory, split), total=n,
-                                          disable=not progress, desc=f"import {split}")):
-                img, x = traj["image"], traj["x"]
-                if x.shape[-1] != 2 * sysobj.dof:
-                    raise ValueError(f"{src}: x has {x.shape[-1]} columns, {sysobj.name} needs "
-                                     f"{2 * sysobj.dof}")
-                if writer is None:
-                    writer = H5Writer(path, sysobj, n, img.shape[0], img.shape[1], dict(
-                        split=split, seed=-1, dt=DT, substeps=-1,
-                        generator_version="imported from dm_hamiltonian_dynamics_suite"))
-                params = {name: _suite_param(traj, sysobj, name, src)[None]
-                          for name in sysobj.param_names}
-                ci = traj.get("other/color_index", np.zeros(sysobj.n_bodies))
-                off = traj.get("other/offset", np.zeros(2))
-                writer.write(j, frames=img[None], states=x[None], params=params,
-                             color_index=np.asarray(ci, np.int32).reshape(1, -1),
-                             offset=np.asarray(off, np.float64).reshape(1, 2))
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            raise
-        writer.close(rejected=-1, inaccurate=-1)
-        out[split] = path
+        with StopSignals() as stop:
+            if _import_split(directory, split, path, sysobj, progress, stop):
+                out[split] = path
     if not out:
         raise ValueError(f"{directory}: no train.tfrecord or test.tfrecord with records")
     return out
+
+
+def _import_split(directory, split, path, sysobj, progress, stop):
+    """Write one split's records to path; False when the split has none."""
+    from tqdm import tqdm
+
+    from hgan.data.interrupt import discard
+    from hgan.data.h5io import H5Writer
+    from hgan.data.simulate import DT
+    from hgan.data.tfrecord import iter_split, read_records
+    src = os.path.join(directory, split + ".tfrecord")
+    if not os.path.exists(src):
+        return False
+    n = sum(1 for _ in read_records(src))
+    if n == 0:
+        return False
+    writer = None
+    try:
+        for j, traj in enumerate(tqdm(iter_split(directory, split), total=n,
+                                      disable=not progress, desc=f"import {split}")):
+            stop.check()
+            img, x = traj["image"], traj["x"]
+            if x.shape[-1] != 2 * sysobj.dof:
+                raise ValueError(f"{src}: x has {x.shape[-1]} columns, {sysobj.name} needs "
+                                 f"{2 * sysobj.dof}")
+            if writer is None:
+                writer = H5Writer(path, sysobj, n, img.shape[0], img.shape[1], dict(
+                    split=split, seed=-1, dt=DT, substeps=-1,
+                    generator_version="imported from dm_hamiltonian_dynamics_suite"))
+            params = {name: _suite_param(traj, sysobj, name, src)[None]
+                      for name in sysobj.param_names}
+            ci = traj.get("other/color_index", np.zeros(sysobj.n_bodies))
+            off = traj.get("other/offset", np.zeros(2))
+            writer.write(j, frames=img[None], states=x[None], params=params,
+                         color_index=np.asarray(ci, np.int32).reshape(1, -1),
+                         offset=np.asarray(off, np.float64).reshape(1, 2))
+        writer.close(rejected=-1, inaccurate=-1)
+    except BaseException:
+        discard(writer, path)
+        raise
+    return True
 
 
 def _suite_param(traj, system, name, src):
@@ -192,6 +223,12 @@ def main(argv=None):
                 print(f"{split}: {path}")
     except (DataFormatError, TFRecordError, ValueError, OSError) as e:
         parser.error(str(e).replace("\n", " "))
+    except KeyboardInterrupt as e:
+        # GenerationInterrupted carries the signal; a bare KeyboardInterrupt is Ctrl-C.
+        signum = getattr(e, "signum", signal.SIGINT)
+        what = {"generate": "generation", "import-dm": "import"}.get(args.cmd, args.cmd)
+        print(f"hgan.data: {what} interrupted", file=sys.stderr, flush=True)
+        return 128 + int(signum)
     return 0
 
 

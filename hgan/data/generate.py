@@ -11,6 +11,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hgan.data.h5io import H5Writer, compress_frames
+from hgan.data.interrupt import StopSignals, discard
 from hgan.data.render import render
 from hgan.data.simulate import DT, SUBSTEPS, simulate_chunks
 from hgan.data.systems import get_system
@@ -27,6 +28,10 @@ RENDER_BYTES = 16 << 20  # uint8 frames of one render-and-compress task
 THREADS = 2  # render + deflate run in numpy/zlib with the GIL released
 
 
+def _trajectories(n):
+    return f"{n} trajector{'y' if n == 1 else 'ies'}"
+
+
 def render_states(system, states, params, color_index, offset, resolution):
     """uint8 frames [n, T, R, R, 3] of float64 states [n, T, 2*dof]."""
     pos = system.positions(states, params, offset)
@@ -41,45 +46,54 @@ def _check(name, value, minimum):
 
 def generate_split(system, path, split, n, *, frames, seed, resolution=32, chunk=CHUNK_TRAJ,
                    progress=True):
-    """Write n trajectories of `split` to path; returns the file attributes written."""
+    """Write n trajectories of `split` to path; returns the file attributes written.
+
+    Whatever ends it early (an error, Ctrl-C, SIGTERM) removes `<path>.partial` before the
+    exception leaves; SIGINT and SIGTERM arrive as GenerationInterrupted (see StopSignals)."""
     system = get_system(system) if isinstance(system, str) else system
     block = max(1, min(chunk, RENDER_BYTES // (frames * resolution * resolution * 3)))
-    writer = H5Writer(path, system, n, frames, resolution,
-                      dict(split=split, seed=seed, dt=DT, substeps=SUBSTEPS))
     rejected = inaccurate = 0
-    bar = tqdm(total=n * frames, unit="frame", unit_scale=True, disable=not progress,
-               desc=f"{system.name}/{split}")
+    writer = None
+
     def work(sim, sl):
         pr = {k: v[sl] for k, v in sim["params"].items()}
         return compress_frames(render_states(system, sim["states"][sl], pr,
                                              sim["color_index"][sl], sim["offset"][sl],
                                              resolution))
 
-    pool = ThreadPoolExecutor(THREADS)
-    try:
-        index_chunks = (np.arange(b, min(n, b + chunk)) for b in range(0, n, chunk))
-        for start, sim in zip(range(0, n, chunk),
-                              simulate_chunks(system, seed, split, index_chunks, frames)):
-            idx = np.arange(start, min(n, start + chunk))
-            rejected += sim["rejected"]
-            inaccurate += sim["inaccurate"]
-            slices = [slice(b, min(len(idx), b + block)) for b in range(0, len(idx), block)]
-            jobs = [pool.submit(work, sim, sl) for sl in slices]
-            for sl, job in zip(slices, jobs):  # written in order: the file is deterministic
-                writer.write(start + sl.start, frames=job.result(), states=sim["states"][sl],
-                             color_index=sim["color_index"][sl], offset=sim["offset"][sl],
-                             params={k: v[sl] for k, v in sim["params"].items()})
-                bar.update((sl.stop - sl.start) * frames)
-            bar.set_postfix(rejected=rejected)
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        pool.shutdown(cancel_futures=True)
-        bar.close()
-    writer.close(rejected=rejected, inaccurate=inaccurate)
-    log.info("%s: %d trajectories, %d rejected (left the canvas), %d re-drawn for accuracy",
-             path, n, rejected, inaccurate)
+    with StopSignals() as stop:
+        bar = tqdm(total=n * frames, unit="frame", unit_scale=True, disable=not progress,
+                   desc=f"{system.name}/{split}")
+        pool = ThreadPoolExecutor(THREADS)
+        try:
+            writer = H5Writer(path, system, n, frames, resolution,
+                              dict(split=split, seed=seed, dt=DT, substeps=SUBSTEPS))
+            index_chunks = (np.arange(b, min(n, b + chunk)) for b in range(0, n, chunk))
+            for start, sim in zip(range(0, n, chunk),
+                                  simulate_chunks(system, seed, split, index_chunks, frames)):
+                idx = np.arange(start, min(n, start + chunk))
+                rejected += sim["rejected"]
+                inaccurate += sim["inaccurate"]
+                stop.check()
+                slices = [slice(b, min(len(idx), b + block)) for b in range(0, len(idx), block)]
+                jobs = [pool.submit(work, sim, sl) for sl in slices]
+                for sl, job in zip(slices, jobs):  # written in order: the file is deterministic
+                    writer.write(start + sl.start, frames=stop.result(job),
+                                 states=sim["states"][sl], color_index=sim["color_index"][sl],
+                                 offset=sim["offset"][sl],
+                                 params={k: v[sl] for k, v in sim["params"].items()})
+                    bar.update((sl.stop - sl.start) * frames)
+                bar.set_postfix(rejected=rejected)
+                stop.check()
+            writer.close(rejected=rejected, inaccurate=inaccurate)
+        except BaseException:
+            discard(writer, os.fspath(path))
+            raise
+        finally:
+            pool.shutdown(cancel_futures=True)
+            bar.close()
+    log.info("%s: %s, %d rejected (left the canvas), %d re-drawn for accuracy",
+             path, _trajectories(n), rejected, inaccurate)
     return dict(rejected=rejected, inaccurate=inaccurate)
 
 
@@ -105,7 +119,7 @@ def generate_dataset(system, out_dir, *, train=1000, test=200, frames=256, seed=
         stats = generate_split(sys_obj, path, split, n, frames=frames, seed=seed,
                                resolution=resolution, chunk=chunk, progress=progress)
         if progress:
-            tqdm.write(f"{path}: {n} trajectories, {stats['rejected']} rejected (left the "
+            tqdm.write(f"{path}: {_trajectories(n)}, {stats['rejected']} rejected (left the "
                        f"canvas), {stats['inaccurate']} re-drawn for accuracy")
         out[split] = path
     return out

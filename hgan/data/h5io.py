@@ -104,6 +104,8 @@ class ToyPhysicsFile:
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise DataFormatError(f"{self.path}: file does not exist")
+        if os.path.isdir(self.path):
+            raise DataFormatError(_directory_message(self.path))
         try:
             self._f = h5py.File(self.path, "r")
         except OSError as e:
@@ -172,6 +174,22 @@ class ToyPhysicsFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+def _directory_message(path, shown=3):
+    """What to say when a directory is given for a file, with the data files it holds."""
+    try:
+        names = sorted(os.listdir(path))
+    except OSError:
+        names = []
+    found = [os.path.join(path, d, f) for d in names for f in ("train.h5", "test.h5")
+             if os.path.isfile(os.path.join(path, d, f))]
+    found += [os.path.join(path, f) for f in names if f.endswith(".h5")]
+    if not found:
+        return f"{path}: is a directory, not an HDF5 file"
+    more = f" (and {len(found) - shown} more)" if len(found) > shown else ""
+    return (f"{path}: is a directory, not an HDF5 file; did you mean "
+            f"{' or '.join(found[:shown])}{more}?")
 
 
 def _per_body(system, name, v):

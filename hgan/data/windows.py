@@ -29,12 +29,12 @@ def window_plan(n_traj, traj_len, frames, *, seed, epoch, rank=0, world_size=1):
     rank = _int("rank", rank, 0)
     if frames > traj_len:
         raise ValueError(f"window_plan: windows of {frames} frames do not fit in trajectories "
-                         f"of {traj_len} frames")
+                         f"of {traj_len} frame{'' if traj_len == 1 else 's'}")
     if rank >= world_size:
         raise ValueError(f"window_plan: rank {rank} is outside world_size {world_size}")
     if n_traj < world_size:
-        raise ValueError(f"window_plan: {n_traj} trajectories cannot be shared by "
-                         f"{world_size} ranks")
+        raise ValueError(f"window_plan: {n_traj} trajector{'y' if n_traj == 1 else 'ies'} "
+                         f"cannot be shared by {world_size} ranks")
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(n_traj)
     starts = rng.integers(0, traj_len - frames + 1, size=n_traj)

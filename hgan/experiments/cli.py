@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 
-from hgan.experiments.grid import MODELS, PAPER_SIZES, TABLE1_SYSTEMS, GridError, GridSpec, split_args
+from hgan.experiments.grid import (MODELS, PAPER_SIZES, TABLE1_SYSTEMS, GridError, GridSpec,
+                                   check_device, split_args)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -36,10 +37,12 @@ def build_parser():
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     t = sub.add_parser("table1", help="train and evaluate the grid, write compare.md",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    t.add_argument("--out", required=True, help="grid directory (data/, runs/, compare.md)")
-    t.add_argument("--systems", type=_list, default=TABLE1_SYSTEMS, help="comma list")
-    t.add_argument("--models", type=_list, default=MODELS, help="comma list")
-    t.add_argument("--seeds", type=_ints, default=(0,), help="comma list of training seeds")
+    t.add_argument("--out", required=True, default=argparse.SUPPRESS,  # no "(default: None)"
+                   help="grid directory (data/, runs/, compare.md)")
+    # String defaults: argparse passes them through `type`, and --help shows them as typed.
+    t.add_argument("--systems", type=_list, default=",".join(TABLE1_SYSTEMS), help="comma list")
+    t.add_argument("--models", type=_list, default=",".join(MODELS), help="comma list")
+    t.add_argument("--seeds", type=_ints, default="0", help="comma list of training seeds")
     t.add_argument("--iters", type=int, default=20_000, help="training iterations of every run")
     t.add_argument("--parallel", type=int, default=1,
                    help="jobs at a time (training and evaluation processes share one device)")
@@ -124,6 +127,8 @@ def table1(a, argv):
     if saved:  # the table of the invocation that trained the grid, with its settings
         spec = GridSpec(**{**saved["spec"], "out": spec.out})
     runner.check_ready(spec)
+    if not a.report_only:
+        check_device(spec.device)
     os.makedirs(spec.out, exist_ok=True)
     t0 = time.time()
     meta = {"command": "python -m hgan.experiments " + shlex.join(argv), "commit": _commit(),

@@ -193,6 +193,16 @@ def train_script():
     return path
 
 
+def check_device(name):
+    """GridError unless every job can run on --device `name`: checked before any data is
+    generated, since each training and evaluation process would otherwise fail on it alone."""
+    from hgan.device import check_device as check
+    try:
+        check(name)
+    except ValueError as e:
+        raise GridError(str(e)) from None
+
+
 def split_args(text):
     return tuple(shlex.split(text or ""))
 

@@ -3,7 +3,6 @@
 All discriminators return logits (no sigmoid): the losses use BCE-with-logits, which is
 safe under autocast where sigmoid + BCELoss is not.
 """
-import torch
 from torch import nn
 
 from hgan.models.config import resolution_plan

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import time
 
 import torch
@@ -37,9 +38,9 @@ class _NoProfiler:
 
 
 def _self_device_time(evt) -> float:
-    # torch >= 2.4 names it self_device_time_total; older builds self_cuda_time_total.
-    return float(getattr(evt, "self_device_time_total",
-                         getattr(evt, "self_cuda_time_total", 0.0)) or 0.0)
+    # self_device_time_total exists in every torch this project admits (>= 2.11); reading
+    # the old self_cuda_time_total warns (FutureWarning) once per event.
+    return float(getattr(evt, "self_device_time_total", 0.0) or 0.0)
 
 
 def _on_device(evt) -> bool:
@@ -104,40 +105,74 @@ def stage_shares(prof, stages=STAGES) -> dict:
     return stage_shares_from_events(prof.events(), stages)
 
 
-def _trace_handler(trace_dir: str):
-    def handler(prof):
-        # Same naming as torch.profiler.tensorboard_trace_handler, which the plugin globs.
-        name = f"{socket.gethostname()}_{os.getpid()}.{int(time.time() * 1000)}.pt.trace.json"
-        path = os.path.join(trace_dir, name)
-        prof.export_chrome_trace(path)
-        shutil.copyfile(path, os.path.join(trace_dir, "trace.json"))
-        with open(os.path.join(trace_dir, "stages.json"), "w") as f:
-            json.dump(stage_shares(prof), f, indent=2, sort_keys=True)
-    return handler
+def _write_profile(prof, trace_dir: str, device_timing: bool):
+    os.makedirs(trace_dir, exist_ok=True)
+    # Same naming as torch.profiler.tensorboard_trace_handler, which the plugin globs.
+    name = f"{socket.gethostname()}_{os.getpid()}.{int(time.time() * 1000)}.pt.trace.json"
+    path = os.path.join(trace_dir, name)
+    prof.export_chrome_trace(path)
+    shutil.copyfile(path, os.path.join(trace_dir, "trace.json"))
+    shares = stage_shares(prof)
+    if not device_timing:
+        del shares["stage_device_us"]   # no device activity was traced: zeros would mislead
+    with open(os.path.join(trace_dir, "stages.json"), "w") as f:
+        json.dump(shares, f, indent=2, sort_keys=True)
+
+
+class _StepProfiler:
+    """torch.profiler.profile on the wait/warmup/active schedule that counts its steps: a run
+    that ends before the schedule does would otherwise leave a profile of fewer steps (the
+    last of them empty) or nothing, without a word. It then writes nothing and says so."""
+
+    def __init__(self, trace_dir, wait, warmup, active):
+        self.trace_dir, self.steps = trace_dir, 0
+        self.schedule = (wait, warmup, active)
+        self.needed = wait + warmup + active
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        self.device_timing = torch.cuda.is_available()
+        if self.device_timing:
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        self._prof = torch.profiler.profile(
+            activities=activities,
+            schedule=torch.profiler.schedule(wait=wait, warmup=warmup, active=active, repeat=1),
+            on_trace_ready=self._ready, record_shapes=True, with_stack=False)
+
+    def _ready(self, prof):
+        if self.steps >= self.needed:
+            _write_profile(prof, self.trace_dir, self.device_timing)
+
+    def __enter__(self):
+        self._prof.__enter__()
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        self._prof.__exit__(exc_type, *exc)
+        if exc_type is None and self.steps < self.needed:
+            wait, warmup, active = self.schedule
+            made = f"{self.steps} step" + ("" if self.steps == 1 else "s")
+            print(f"[hgan] --profile: the run made {made}, a profile needs "
+                  f"{self.needed} ({wait} skipped + {warmup} warm-up + {active} recorded); "
+                  "nothing was recorded", file=sys.stderr, flush=True)
+        return False
+
+    def step(self):
+        self.steps += 1
+        self._prof.step()
 
 
 def step_profiler(run_dir: str, enabled: bool, *, wait: int = 1, warmup: int = 2, active: int = 3):
     """A context whose `.step()` is called once per training iteration.
 
     The first `wait + warmup` steps are skipped (compilation, allocator and cuDNN
-    autotuning would dominate them), the next `active` steps are recorded once."""
+    autotuning would dominate them), the next `active` steps are recorded once. A run of
+    fewer than wait + warmup + active steps records nothing and prints one line saying so.
+    stages.json has `stage_device_us` only when CUDA activity was traced."""
     if not enabled:
         return _NoProfiler()
     if min(wait, warmup) < 0 or active < 1:
         raise ValueError(f"profiler schedule needs wait, warmup >= 0 and active >= 1, got "
                          f"wait={wait} warmup={warmup} active={active}")
-    trace_dir = os.path.join(run_dir, "profile")
-    os.makedirs(trace_dir, exist_ok=True)
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if torch.cuda.is_available():
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    return torch.profiler.profile(
-        activities=activities,
-        schedule=torch.profiler.schedule(wait=wait, warmup=warmup, active=active, repeat=1),
-        on_trace_ready=_trace_handler(trace_dir),
-        record_shapes=True,
-        with_stack=False,
-    )
+    return _StepProfiler(os.path.join(run_dir, "profile"), wait, warmup, active)
 
 
 def load_trace(path: str) -> dict:

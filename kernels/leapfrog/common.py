@@ -108,7 +108,16 @@ def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend, schem
     if len(weights) != len(biases) or len(weights) < 2:
         raise ValueError(f"need >= 2 layers with one bias per weight, got {len(weights)} weights "
                          f"and {len(biases)} biases")
-    fan_in = 2 * q0.shape[1]
+    k = q0.shape[1]
+    w0 = weights[0]
+    if isinstance(w0, torch.Tensor) and w0.dim() == 2 and w0.shape[1] != 2 * k \
+            and w0.shape[1] % 2 == 0:
+        # A first layer that does take some [q; p] was built for another k: the state is what
+        # does not fit the network.
+        raise ValueError(f"q0 and p0 have k = {k} coordinates, but the network expects "
+                         f"k = {w0.shape[1] // 2} (weights[0] takes [q; p] of {w0.shape[1]} "
+                         f"inputs)")
+    fan_in = 2 * k
     for l, (w, b) in enumerate(zip(weights, biases)):
         if w.dim() != 2 or w.shape[1] != fan_in:
             raise ValueError(f"weights[{l}] must be [out, {fan_in}] (nn.Linear layout), got "

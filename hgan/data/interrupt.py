@@ -1,0 +1,81 @@
+"""Ending generation on SIGINT and SIGTERM without leaving a `.partial` file behind.
+
+`generate_split` and `import-dm` write inside `StopSignals`; both signals then arrive as
+GenerationInterrupted once the file being written is removed.
+"""
+import os
+import signal
+import threading
+from concurrent.futures import TimeoutError as FutureTimeout
+
+_HERE = os.path.dirname(os.path.abspath(__file__))  # hgan/data: code a handler may raise in
+
+
+class GenerationInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped generation; the split being written was discarded.
+    A KeyboardInterrupt, so callers that already stop on Ctrl-C stop on it too; `signum`
+    lets a command line exit with 128 + signum, as a shell reports a signalled process."""
+
+    def __init__(self, signum):
+        super().__init__("generation interrupted")
+        self.signum = signum
+
+
+class StopSignals:
+    """Context in which SIGINT and SIGTERM end generation with GenerationInterrupted, so
+    that the writer's cleanup runs for both: SIGTERM's default action (`timeout`, a job
+    scheduler) would end the process with the `.partial` file left behind.
+
+    The handler records the signal, and raises at once only when it interrupts this
+    package's own code. Anywhere else the exception could be lost or do harm: raised inside
+    a weakref callback or a __del__, Python prints "Exception ignored" and carries on (seen
+    under load: generation then ran to the end), and raised inside a library's critical
+    section it can leave a lock held. There `check()`, which the writing loop calls between
+    blocks, raises it instead. Signals after the first change nothing, so the cleanup is
+    not cut short. A handler the caller installed (a trainer's stop flag, SIG_IGN under
+    nohup) is left alone, and so is everything off the main thread, which cannot install
+    handlers."""
+
+    def __init__(self):
+        self.signum = None
+        self._old = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig, default in ((signal.SIGINT, signal.default_int_handler),
+                                 (signal.SIGTERM, signal.SIG_DFL)):
+                if signal.getsignal(sig) is default:
+                    self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+        return False
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            return
+        self.signum = signum
+        if frame is not None and os.path.dirname(frame.f_code.co_filename) == _HERE:
+            raise GenerationInterrupted(signum)
+
+    def check(self):
+        if self.signum is not None:
+            raise GenerationInterrupted(self.signum)
+
+    def result(self, future, poll_s=0.2):
+        """future.result(), checking for a recorded signal while it waits."""
+        while True:
+            try:
+                return future.result(timeout=poll_s)
+            except FutureTimeout:
+                self.check()
+
+
+def discard(writer, path):
+    """Remove what an unfinished H5Writer for `path` wrote."""
+    if writer is not None:
+        writer.abort()
+    elif os.path.exists(path + ".partial"):  # interrupted inside H5Writer()
+        os.remove(path + ".partial")

@@ -1,0 +1,147 @@
+"""`python -m hgan.data` at its edges: stop signals, resolutions, directories, --help, plurals."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hgan.data.cli import build_parser, main
+
+# Far more than can be written before the signal: the run is always stopped mid-split.
+_GENERATE = ["generate", "--system", "pendulum", "--train", "100000", "--test", "0",
+             "--frames", "64"]
+# The library path (what train.py calls), reporting what reached it.
+_LIBRARY = """
+import sys
+from hgan.data import GenerationInterrupted, generate_dataset
+try:
+    generate_dataset("pendulum", sys.argv[1], train=100000, test=0, frames=64, progress=False)
+except GenerationInterrupted as e:
+    print("interrupted", e.signum)
+    sys.exit(3)
+"""
+
+
+def _stop_once_partial_exists(cmd, out, sig):
+    partial = os.path.join(out, "pendulum", "train.h5.partial")
+    # A terminal's Ctrl-C reaches a process whose SIGINT is at its default; a test runner
+    # started in the background may have left it ignored, which the child would inherit.
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.monotonic() + 120
+        while not os.path.exists(partial):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "no .partial file appeared"
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, stdout, stderr, partial
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_stop_signal_removes_partial_and_says_one_line(tmp_path, sig):
+    rc, _, err, partial = _stop_once_partial_exists(
+        [sys.executable, "-m", "hgan.data"] + _GENERATE + ["--out", str(tmp_path)], tmp_path, sig)
+    assert rc == 128 + sig, err
+    assert "Traceback" not in err
+    assert err.rstrip().splitlines()[-1] == "hgan.data: generation interrupted"
+    assert not os.path.exists(partial)
+    assert not os.path.exists(partial[:-len(".partial")])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_generation_function_cleans_up_and_raises_with_the_signal(tmp_path, sig):
+    rc, out, err, partial = _stop_once_partial_exists(
+        [sys.executable, "-c", _LIBRARY, str(tmp_path)], tmp_path, sig)
+    assert (rc, out.strip()) == (3, f"interrupted {int(sig)}"), err
+    assert not os.path.exists(partial)
+
+
+def _one_line_error(argv, capsys):
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2
+    assert err.count("\n") == 1 and err.startswith("hgan.data: error:"), err
+    return err
+
+
+@pytest.mark.parametrize("res", ["1", "4", "7", "8", "33", "40", "1000"])
+def test_generate_refuses_resolutions_the_models_cannot_take(res, capsys, tmp_path):
+    err = _one_line_error(["generate", "--system", "pendulum", "--resolution", res,
+                           "--train", "1", "--test", "0", "--frames", "2",
+                           "--out", str(tmp_path)], capsys)
+    assert f"unsupported resolution {res}" in err
+    assert not os.listdir(tmp_path)
+
+
+def test_generate_resolutions_are_exactly_the_models_ones():
+    from hgan.models.config import resolution_plan
+
+    def models_take(r):
+        try:
+            resolution_plan(r)
+            return True
+        except ValueError:
+            return False
+
+    parser = build_parser()
+
+    def generate_takes(r):
+        try:
+            parser.parse_args(["generate", "--system", "pendulum", "--resolution", str(r)])
+            return True
+        except SystemExit:
+            return False
+
+    for r in range(1, 200):
+        assert generate_takes(r) == models_take(r), r
+    assert {16, 24, 32, 48, 64, 96} <= {r for r in range(1, 200) if generate_takes(r)}
+
+
+def test_show_on_a_directory_names_it_and_the_files_inside(tmp_path, capsys):
+    (tmp_path / "pendulum").mkdir()
+    (tmp_path / "pendulum" / "train.h5").write_bytes(b"")
+    err = _one_line_error(["show", str(tmp_path), "--out", str(tmp_path / "s.png")], capsys)
+    assert "is a directory" in err and "corrupt" not in err
+    assert str(tmp_path / "pendulum" / "train.h5") in err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    err = _one_line_error(["show", str(empty), "--out", str(tmp_path / "s.png")], capsys)
+    assert "is a directory" in err and "did you mean" not in err
+
+
+def test_generate_help_shows_every_default(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--help"])
+    assert e.value.code == 0
+    # One entry per option: its flag line and the help lines indented below it.
+    entries = {e.split()[0]: " ".join(e.split())
+               for e in re.split(r"\n(?=  -)", capsys.readouterr().out) if e.startswith("  -")}
+    want = {"--train": "1000", "--test": "200", "--frames": "256", "--seed": "0",
+            "--out": "data", "--resolution": "32"}
+    for flag, default in want.items():
+        assert f"(default: {default})" in entries[flag], entries[flag]
+    assert "pendulum" in entries["--system"] and "required" in entries["--system"]
+
+
+def test_one_trajectory_is_singular(tmp_path, capsys):
+    from hgan.data import generate_dataset
+    generate_dataset("pendulum", tmp_path, train=1, test=0, frames=2, progress=True)
+    text = "".join(capsys.readouterr())
+    assert "1 trajectory," in text and "trajectories" not in text
+
+
+def test_window_plan_error_is_singular_for_one_trajectory():
+    from hgan.data import window_plan
+    with pytest.raises(ValueError, match="1 trajectory cannot be shared by 2 ranks"):
+        window_plan(1, 4, 2, seed=0, epoch=0, rank=0, world_size=2)

@@ -1,0 +1,21 @@
+"""Statements in the docs that name code behaviour agree with that code."""
+import os
+import re
+
+from hgan.data.loader import RESIDENT_MEMORY_FRACTION, auto_kind
+
+DOCS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs")
+
+
+def test_fast_training_loader_auto_row_is_the_order_auto_kind_picks():
+    with open(os.path.join(DOCS, "fast-training.md")) as f:
+        row = next(line for line in f if line.startswith("| `auto`"))
+    gpu = 16 << 30
+    # What auto_kind picks, case by case, on a 16 GiB GPU and on the CPU.
+    assert auto_kind("cuda", gpu // 16, dali_available=True, device_memory=gpu) == "gpu-resident"
+    assert auto_kind("cuda", gpu // 2, dali_available=True, device_memory=gpu) == "dali"
+    assert auto_kind("cuda", gpu // 2, dali_available=False, device_memory=gpu) == "torch"
+    assert auto_kind("cpu", 1, dali_available=True) == "torch"
+    order = [row.find(k) for k in ("`gpu-resident`", "`dali`", "`torch`")]
+    assert -1 not in order and order == sorted(order), row
+    assert RESIDENT_MEMORY_FRACTION == 0.25 and re.search(r"\ba quarter\b", row), row
