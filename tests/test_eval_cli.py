@@ -54,6 +54,8 @@ def test_evaluate_checkpoint_end_to_end(tmp_path, data_copy, monkeypatch):
     assert len(ph["probe_rmse"]) == 2 and ph["num_videos"] == 4
     for key in ("noise_floor", "real", "shuffled_real", "generated"):
         assert np.isfinite(ph["energy_drift"][key]["median"])
+    for key in ("generated", "shuffled_real", "real_half_vs_half"):  # 4 videos: halves of 2
+        assert np.isfinite(ph["frechet_state_distance"][key])
     assert saved["cyclic"]["active_momenta"]["k"] == 3
     ap = saved["appearance"]
     assert ap["num_generated"] == 4 and ap["real"]["median"] < ap["flag_threshold"]
@@ -121,7 +123,7 @@ def test_committed_results_have_no_absolute_paths():
             assert_no_absolute_paths(json.loads(text), os.path.basename(path))
 
 
-def test_fvd_missing_detector_is_skipped_or_fatal(tmp_path, data_copy, monkeypatch):
+def test_fvd_missing_detector_is_skipped_or_fatal(tmp_path, data_copy, monkeypatch, capsys):
     ckpt, _ = _checkpoint(tmp_path, "mocogan", data_copy, iteration=3)
     # $HGAN_I3D names a file that is not there: skipped, and its path stays out of the results
     monkeypatch.setenv(fvd.I3D_ENV, str(tmp_path / "nowhere" / fvd.I3D_FILENAME))
@@ -130,11 +132,11 @@ def test_fvd_missing_detector_is_skipped_or_fatal(tmp_path, data_copy, monkeypat
     assert fvd.I3D_FILENAME in res["fvd"]["skipped"] and "nowhere" not in res["fvd"]["skipped"]
     monkeypatch.delenv(fvd.I3D_ENV)
     assert res["cyclic"]["active_momenta"] is None  # GRU motion: no Hamiltonian
-    with pytest.raises(FileNotFoundError, match="i3d_torchscript.pt"):  # asked for explicitly
+    with pytest.raises(SystemExit) as e:  # asked for explicitly: one error line, exit 2
         cli.main(["--checkpoint", ckpt, "--out", str(tmp_path / "e2"), "--metrics", "fvd",
                   "--i3d", str(tmp_path / "missing.pt")])
-    with pytest.raises(SystemExit, match="unknown metrics"):
-        cli.main(["--checkpoint", ckpt, "--out", str(tmp_path / "e3"), "--metrics", "fvd,nope"])
+    assert e.value.code == 2 and "i3d_torchscript.pt" in capsys.readouterr().err
+    assert not (tmp_path / "e2").exists()
 
 
 def test_active_momenta_oracle(tmp_path, data_copy):
@@ -149,7 +151,7 @@ def test_active_momenta_oracle(tmp_path, data_copy):
     np.testing.assert_allclose(am["mean_abs_dpdt"], rate, rtol=0.2, atol=1e-3)
 
 
-def test_compare_table_carries_iterations(tmp_path):
+def test_compare_table_carries_iterations(tmp_path, capsys):
     def run(name, model, system, it, drift):
         d = tmp_path / name / "eval"
         d.mkdir(parents=True)
@@ -165,5 +167,6 @@ def test_compare_table_carries_iterations(tmp_path):
     assert "| hgan | 0.05 (1200 it) |" in text and "| mocogan | 0.3 (900 it) |" in text
     assert "FVD" not in text.split("###")[1]  # a metric no run has is left out
     assert (tmp_path / "t.md").read_text() == text
-    with pytest.raises(FileNotFoundError, match="results.json"):
+    with pytest.raises(SystemExit) as e:
         cli.main(["compare", str(tmp_path)])
+    assert e.value.code == 2 and "results.json" in capsys.readouterr().err

@@ -38,6 +38,8 @@ def test_plots_render(tmp_path):
     pytest.importorskip("matplotlib")
     emb = figures.tsne_embedding(np.random.default_rng(0).standard_normal((30, 4)), iterations=250)
     assert emb.shape == (30, 2) and np.isfinite(emb).all()
+    with pytest.raises(ValueError, match="at least 250"):  # not clamped silently
+        figures.tsne_embedding(np.zeros((30, 4)), iterations=100)
     paths = [figures.plot_tsne(emb, tmp_path / "t.png", title="t"),
              figures.plot_active_momenta([1.0, 0.01, 0.5], 0.1, tmp_path / "m.png", title="m"),
              figures.plot_energy_rollout(np.arange(5), np.zeros((3, 5)), np.ones((3, 5)) * 1e-3,

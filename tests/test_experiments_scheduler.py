@@ -3,7 +3,6 @@ the training deadline, a failing run, and evaluation after training."""
 import json
 import os
 import sys
-import time
 
 import pytest
 
@@ -104,3 +103,18 @@ def test_a_failing_run_skips_its_evaluation_only(tmp_path, fake_jobs):
     assert rec["segments"][-1]["returncode"] == 3
     assert not os.path.exists(spec.runs()[0].path("eval", "results.json"))
     json.loads(open(spec.runs()[1].path("eval", "results.json")).read())
+
+
+def test_an_inline_evaluation_logs_why_its_input_was_refused(tmp_path):
+    # In-process evaluation ends bad input with SystemExit(2); the job's log must keep the
+    # one-line reason, not only "SystemExit: 2".
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan",), iters=1)
+    grid = runner.GridRunner(spec, parallel=1, progress=False, log=lambda m: None,
+                             inline_eval=True)
+    job, log = runner.Job("eval", "pendulum"), tmp_path / "eval.log"
+    missing = tmp_path / "no-such-run" / "last.pt"
+    grid._eval_inline(job, [sys.executable, "-m", "hgan.evaluate", "--checkpoint", str(missing),
+                            "--out", str(tmp_path / "eval")], str(log))
+    job.thread.join()
+    assert job.error is not None and str(missing) in str(job.error)
+    assert str(missing) in log.read_text() and "SystemExit" not in log.read_text()

@@ -1,8 +1,12 @@
 """`python -m hgan.evaluate`: evaluate one checkpoint, or compare evaluated runs.
 
     python -m hgan.evaluate --checkpoint RUN/checkpoints/last.pt \\
-        [--metrics fvd,physics,tsne,samples,cyclic] [--data H5] [--i3d PATH] --out DIR
+        [--metrics fvd,physics,tsne,samples,cyclic,appearance] [--data H5] [--i3d PATH] --out DIR
     python -m hgan.evaluate compare RUN_DIR... [--out table.md]
+
+--metrics defaults to all six. Bad input (a missing or corrupt file, a flag out of range,
+data of another system than the checkpoint's) stops before any work with one error line
+and exit code 2; --out is created only once the inputs are checked.
 
 results.json and report.md name files (checkpoint, data, figures, caches, and any absolute
 path in the run's config) relative to the --out directory, so they stay valid wherever the
@@ -17,9 +21,10 @@ import time
 import numpy as np
 import torch
 
-from hgan.evaluate import appearance, figures, fvd, probe, report, structure
+from hgan.evaluate import appearance, figures, fvd, inputs, probe, report, structure
+from hgan.evaluate.inputs import ALL_METRICS, InputError, int_at_least
 
-ALL_METRICS = ("fvd", "physics", "tsne", "samples", "cyclic", "appearance")
+__all__ = ["ALL_METRICS", "InputError", "compare", "evaluate", "main", "physics_metrics"]
 
 
 def portable_paths(results, out_dir):
@@ -52,15 +57,6 @@ def portable_paths(results, out_dir):
     if isinstance(r.get("physics"), dict) and "probe_cache" in r["physics"]:
         r["physics"] = {**r["physics"], "probe_cache": rel(r["physics"]["probe_cache"])}
     return walk(r)
-
-
-def _load_run(checkpoint, device):
-    """(generator in eval mode, run config, training iteration), reading the file once."""
-    from hgan.sample import generator_from_checkpoint
-    from hgan.train.checkpoint import load_checkpoint
-    ckpt = load_checkpoint(checkpoint, map_location="cpu")
-    generator = generator_from_checkpoint(ckpt, device)
-    return generator, ckpt["config"], int(ckpt.get("iteration", -1))
 
 
 def _real_videos(ds, idx, frames, seed):
@@ -99,6 +95,9 @@ def physics_metrics(generator, ds, system, data_path, held_out, *, n, frames, se
     gen_p = pr.states(_generated_videos(generator, n, frames, seed))
     gen_params = probe.constant_params(ds.params, len(gen_p))
     half = len(real_p) // 2
+    if half < 2:  # two halves of one video each have no covariance: no reference to give
+        print(f"[evaluate] note: the real half-vs-half state distance needs >= 4 held-out videos, "
+              f"got {len(real_p)}; it is left out", file=sys.stderr)
     drift = {
         "noise_floor": probe.summarize(probe.noise_floor(system, real_states[:, :-1], params, rmse, seed)),
         "real": probe.summarize(probe.energy_drift(system, real_p, params)),
@@ -107,66 +106,70 @@ def physics_metrics(generator, ds, system, data_path, held_out, *, n, frames, se
     }
     fsd = {"generated": probe.frechet_state_distance(real_p, gen_p),
            "shuffled_real": probe.frechet_state_distance(real_p, shuf_p),
-           "real_half_vs_half": probe.frechet_state_distance(real_p[:half], real_p[half:2 * half])}
+           "real_half_vs_half": probe.frechet_state_distance(real_p[:half], real_p[half:2 * half])
+           if half >= 2 else None}
     return {"probe_rmse": rmse.tolist(), "probe_rel_rmse": rel.tolist(), "num_videos": len(real),
             "frames": frames, "energy_drift": drift, "frechet_state_distance": fsd,
             "probe_cache": probe.probe_cache_path(data_path)}
 
 
 def evaluate(args):
-    """Evaluate one checkpoint; returns what results.json holds (paths relative to args.out)."""
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    unknown = sorted(set(metrics) - set(ALL_METRICS))
-    if unknown:
-        raise SystemExit(f"unknown metrics {unknown}; choose from {','.join(ALL_METRICS)}")
-    os.makedirs(args.out, exist_ok=True)
-    generator, config, iteration = _load_run(args.checkpoint, device)
-    data_path = args.data or config.get("data_path")
-    model = generator.config.model
-    results = {"checkpoint": os.path.abspath(args.checkpoint), "model": model, "iteration": iteration,
-               "data": data_path, "device": device, "metrics": metrics, "figures": {},
-               "config": config}
-    ds = system = None
-    if any(m in metrics for m in ("fvd", "physics", "samples", "appearance")):
-        from hgan.data import get_system, open_h5
-        if not data_path or not os.path.exists(data_path):
-            raise SystemExit(f"dataset not found ({data_path!r}): pass --data PATH.h5")
-        ds = open_h5(data_path)
-        system = get_system(ds.attrs["system"])
-    results["system"] = ds.attrs["system"] if ds is not None else args.system or "unknown"
-    held_out = None
+    """Evaluate one checkpoint (`args` as `main` parses them); returns what results.json
+    holds (paths relative to args.out).
+
+    Bad input raises InputError before anything is written; --out is created only then, and
+    removed again if the evaluation fails before writing into it."""
+    run = inputs.check(args)
+    try:
+        made = _make_dirs(args.out)
+    except OSError as e:
+        raise InputError(f"--out {args.out}: {e.strerror}") from None
+    try:
+        return _evaluate(args, run)
+    except BaseException:
+        for d in made:  # deepest first; one that holds anything stays, with its parents
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        raise
+
+
+def _make_dirs(path):
+    """Create `path`; returns the directories this created, deepest first."""
+    made, p = [], os.path.abspath(path)
+    while not os.path.exists(p):
+        made.append(p)
+        p = os.path.dirname(p)
+    os.makedirs(path, exist_ok=True)
+    return made
+
+
+def _evaluate(args, run):
+    metrics, device, generator = list(args.metrics), run.device, run.generator
+    data_path, ds, held_out, model = run.data_path, run.ds, run.held_out, generator.config.model
+    results = {"checkpoint": os.path.abspath(args.checkpoint), "model": model,
+               "iteration": run.iteration, "data": data_path, "device": device, "metrics": metrics,
+               "figures": {}, "config": run.config, "system": run.system}
+    system = None
     if ds is not None:
-        # Real clips come from trajectories neither the probe nor (with test.h5) the GAN saw.
-        real_path = args.real or os.path.join(os.path.dirname(data_path), "test.h5")
-        if real_path != data_path and os.path.exists(real_path):
-            real_ds = open_h5(real_path)
-            if real_ds.attrs["system"] != results["system"]:
-                raise SystemExit(f"--real {real_path} holds {real_ds.attrs['system']}, "
-                                 f"--data holds {results['system']}")
-            held_out = (real_ds, np.arange(len(real_ds)))
-        else:
-            real_path = data_path
-            held_out = (ds, probe.split_indices(len(ds))[1])
-        results["real_data"] = real_path
+        from hgan.data import get_system
+        system = get_system(run.system)
+        results["real_data"] = run.real_path
         results["real_trajectories"] = len(held_out[1])
     fig = lambda stem: os.path.join(args.out, stem)  # noqa: E731
     t0 = time.time()
 
     if "fvd" in metrics:
-        try:
-            det_path = fvd.resolve_detector_path(args.i3d)
-        except FileNotFoundError as e:
-            if args.i3d:
-                raise
+        if run.detector is None:
             # The full reason (it may name an absolute $HGAN_I3D path) goes to stderr; the
             # results file stays free of machine-specific paths.
             results["fvd"] = {"skipped": f"the TorchScript I3D detector '{fvd.I3D_FILENAME}' "
                                          f"was not found (--i3d PATH or ${fvd.I3D_ENV}); see "
                                          f"the README's Evaluation section"}
-            print(f"[evaluate] FVD skipped: {e}", file=sys.stderr)
+            print(f"[evaluate] FVD skipped: {run.fvd_skipped}", file=sys.stderr)
         else:
-            det = fvd.load_detector(det_path, device)
+            det, det_path = run.detector, run.detector_path
             real_frames = _Rows(held_out[0].frames, held_out[1])
             mu, sigma = fvd.real_stats(real_frames, det, data_path=results["real_data"],
                                        detector_path=det_path,
@@ -235,8 +238,18 @@ class _Rows:
 
 
 def compare(args):
-    rows = [report.find_results(d) for d in args.run_dirs]
-    table = report.compare_table(rows)
+    """The comparison table of evaluated runs; a missing or repeated run is an InputError."""
+    seen, rows = {}, []
+    for d in args.run_dirs:
+        key = os.path.realpath(d)
+        if key in seen:
+            raise InputError(f"{d} is given twice (as {seen[key]})")
+        seen[key] = d
+        try:
+            rows.append(report.find_results(d))
+        except (OSError, ValueError) as e:
+            raise InputError(str(e)) from None
+    table = report.compare_table(rows, names=[os.path.normpath(d) for d in args.run_dirs])
     header = ("# Comparison across runs\n\nEach number carries the training iteration it was "
               "measured at; runs trained for different lengths are not directly comparable.\n\n")
     text = header + table
@@ -247,44 +260,61 @@ def compare(args):
     return text
 
 
-def _seeds(s):
-    return tuple(int(x) for x in s.split(","))
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage block (as hgan.data and train.py)
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "compare":
-        p = argparse.ArgumentParser(prog="python -m hgan.evaluate compare",
-                                    description="Table-1-style markdown table of evaluated runs")
+        p = _Parser(prog="python -m hgan.evaluate compare",
+                    description="Table-1-style markdown table of evaluated runs: rows are models "
+                                "(one per seed where a model has several runs on a system), "
+                                "columns systems")
         p.add_argument("run_dirs", nargs="+", help="directories holding results.json (or eval/results.json)")
         p.add_argument("--out", help="write the table to this markdown file as well")
-        return compare(p.parse_args(argv[1:]))
-    p = argparse.ArgumentParser(prog="python -m hgan.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        try:
+            return compare(p.parse_args(argv[1:]))
+        except InputError as e:
+            p.error(str(e))
+    positive = int_at_least(1)
+    p = _Parser(prog="python -m hgan.evaluate", description=__doc__,
+                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a run's checkpoint (e.g. RUN/checkpoints/last.pt)")
-    p.add_argument("--metrics", default=",".join(ALL_METRICS), help=f"comma list of {','.join(ALL_METRICS)}")
+    p.add_argument("--metrics", type=inputs.metric_list, default=",".join(ALL_METRICS),
+                   help=f"comma list of {','.join(ALL_METRICS)} (default: all {len(ALL_METRICS)})")
     p.add_argument("--out", required=True, help="output directory for results.json, report.md, figures")
     p.add_argument("--data", help="Toy Physics HDF5 file (default: the one in the run's config)")
     p.add_argument("--i3d", help=f"path to {fvd.I3D_FILENAME} (default: ${fvd.I3D_ENV})")
-    p.add_argument("--fvd-videos", type=int, default=fvd.PROTOCOL["num_videos"],
+    p.add_argument("--fvd-videos", type=int_at_least(2), default=fvd.PROTOCOL["num_videos"],
                    help="videos per side for FVD (protocol: 2048)")
     p.add_argument("--real", help="held-out real HDF5 (default: test.h5 beside --data if present, "
                    "else the last 20%% of --data's trajectories)")
-    p.add_argument("--frames", type=int, default=fvd.PROTOCOL["frames"], help="clip length (protocol: 16)")
-    p.add_argument("--seeds", type=_seeds, default=(0, 1, 2), help="generated-set seeds, e.g. 0,1,2")
-    p.add_argument("--physics-videos", type=int, default=256,
-                   help="videos for the physics and appearance metrics")
-    p.add_argument("--probe-steps", type=int, default=600,
+    p.add_argument("--frames", type=int_at_least(2, " (frame pairs)"), default=fvd.PROTOCOL["frames"],
+                   help="clip length (protocol: 16; FVD needs >= 10)")
+    p.add_argument("--seeds", type=inputs.seed_list, default=(0, 1, 2),
+                   help="generated-set seeds, e.g. 0,1,2")
+    p.add_argument("--physics-videos", type=positive, default=256,
+                   help=f"videos for the physics (>= {inputs.MIN_PHYSICS_VIDEOS}) and appearance metrics")
+    p.add_argument("--probe-steps", type=positive, default=600,
                    help="probe training steps (first use; then cached beside the data)")
-    p.add_argument("--probe-width", type=int, default=16, help="probe CNN width")
-    p.add_argument("--tsne-samples", type=int, default=1024)
-    p.add_argument("--tsne-iters", type=int, default=1000, help="t-SNE iterations (>= 250)")
-    p.add_argument("--momenta-videos", type=int, default=256, help="rollouts for mean |dp_i/dt|")
-    p.add_argument("--rollout-videos", type=int, default=64, help="rollouts for the learned energy")
-    p.add_argument("--rollout-steps", type=int, default=512, help="leapfrog steps of the energy rollouts")
-    p.add_argument("--system", help="system name when no dataset is read (tsne/cyclic only)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    return evaluate(p.parse_args(argv))
+    p.add_argument("--probe-width", type=positive, default=16, help="probe CNN width")
+    p.add_argument("--tsne-samples", type=int_at_least(3, " (t-SNE's perplexity)"), default=1024)
+    p.add_argument("--tsne-iters", type=int_at_least(figures.TSNE_MIN_ITERS, " (scikit-learn's minimum)"),
+                   default=1000, help=f"t-SNE iterations (>= {figures.TSNE_MIN_ITERS})")
+    p.add_argument("--momenta-videos", type=positive, default=256, help="rollouts for mean |dp_i/dt|")
+    p.add_argument("--rollout-videos", type=positive, default=64, help="rollouts for the learned energy")
+    p.add_argument("--rollout-steps", type=positive, default=512,
+                   help="leapfrog steps of the energy rollouts")
+    p.add_argument("--system", help="system name when no dataset is read (tsne/cyclic only; "
+                   "default: the checkpoint's)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    args = p.parse_args(argv)
+    try:
+        return evaluate(args)
+    except InputError as e:
+        p.error(str(e))
 
 
 def entry() -> int:

@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 BACKGROUND = (255, 255, 255)
+TSNE_MIN_ITERS = 250  # scikit-learn rejects fewer
 
 
 def _matplotlib():
@@ -59,6 +60,8 @@ def tsne_embedding(points, *, seed=0, perplexity=30.0, iterations=1000):
     import inspect
 
     from sklearn.manifold import TSNE
+    if iterations < TSNE_MIN_ITERS:
+        raise ValueError(f"t-SNE needs at least {TSNE_MIN_ITERS} iterations, got {iterations}")
     points = np.asarray(points, dtype=np.float64)
     perplexity = min(perplexity, max(2.0, (len(points) - 1) / 3))
     # scikit-learn 1.5 renamed n_iter to max_iter; detect the keyword, not the version.
@@ -67,7 +70,7 @@ def tsne_embedding(points, *, seed=0, perplexity=30.0, iterations=1000):
     # more than they save at this size (56 ms per iteration for 40 points on a shared CPU).
     method = "exact" if len(points) <= 200 else "barnes_hut"
     tsne = TSNE(n_components=2, perplexity=perplexity, init="pca", random_state=seed,
-                method=method, **{key: max(250, int(iterations))})
+                method=method, **{key: int(iterations)})
     return tsne.fit_transform(points)
 
 

@@ -38,8 +38,7 @@ def checkpoint_report(results):
                   "| videos | energy drift (median) | Frechet state distance to real |",
                   "|---|---|---|",
                   f"| probe noise floor (true states + probe error) | {_fmt(d['noise_floor']['median'])} | |",
-                  f"| real, held-out | {_fmt(d['real']['median'])} | "
-                  f"{_fmt(ph['frechet_state_distance']['real_half_vs_half'])} (half vs half) |",
+                  f"| real, held-out | {_fmt(d['real']['median'])} | {_half_vs_half(ph)} |",
                   f"| real, frames shuffled in time | {_fmt(d['shuffled_real']['median'])} | "
                   f"{_fmt(ph['frechet_state_distance']['shuffled_real'])} |",
                   f"| generated | {_fmt(d['generated']['median'])} | "
@@ -79,6 +78,13 @@ def checkpoint_report(results):
     return "\n".join(lines)
 
 
+def _half_vs_half(physics):
+    v = physics["frechet_state_distance"]["real_half_vs_half"]
+    if v is None:
+        return f"n/a (half vs half needs >= 4 videos, {physics['num_videos']} held out)"
+    return f"{_fmt(v)} (half vs half)"
+
+
 def find_results(run_dir):
     for cand in (os.path.join(run_dir, "results.json"), os.path.join(run_dir, "eval", "results.json")):
         if os.path.isfile(cand):
@@ -108,12 +114,34 @@ METRICS = [
 ]
 
 
-def compare_table(results_list):
+def _row_labels(results_list, names):
+    """Each run's row: its model, or where that model has several runs on one system (seeds,
+    reruns) its model and seed, or its directory when seeds repeat, so no run hides another.
+    Returns (sort key, label) per run."""
+    rows = [((r["model"],), r["model"]) for r in results_list]
+    for model in {r["model"] for r in results_list}:
+        runs = [i for i, r in enumerate(results_list) if r["model"] == model]
+        systems = [results_list[i]["system"] for i in runs]
+        if len(set(systems)) == len(runs):
+            continue
+        seeds = [(results_list[i].get("config") or {}).get("seed") for i in runs]
+        by_seed = None not in seeds and len(set(zip(systems, seeds))) == len(runs)
+        for i, seed in zip(runs, seeds):
+            rows[i] = (((model, 0, int(seed), ""), f"{model} seed {seed}") if by_seed
+                       else ((model, 1, 0, names[i]), f"{model} ({names[i]})"))
+    return rows
+
+
+def compare_table(results_list, names=None):
     """Markdown tables, one per metric: rows are models, columns systems, each number with
-    the iteration count it was measured at (runs of different length are not comparable)."""
+    the iteration count it was measured at (runs of different length are not comparable).
+    A model with several runs on one system gets a row per seed (or per run, named by
+    `names`, its run directories, when seeds repeat)."""
+    names = names or [f"run {i + 1}" for i in range(len(results_list))]
+    labels = _row_labels(results_list, names)
     systems = sorted({r["system"] for r in results_list})
-    models = sorted({r["model"] for r in results_list})
-    cells = {(r["model"], r["system"]): r for r in results_list}
+    models = [label for _, label in sorted(set(labels))]
+    cells = {(label, r["system"]): r for (_, label), r in zip(labels, results_list)}
     out = []
     for title, get in METRICS:
         rows = []

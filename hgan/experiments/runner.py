@@ -180,7 +180,9 @@ class GridRunner:
             try:
                 evaluate(cmd[3:])  # cmd = [python, -m, hgan.evaluate, flags...]
             except SystemExit as e:
-                job.error = e if e.code not in (None, 0) else None
+                # The command line's one-line reason (an InputError) is the exit's context.
+                job.error = (None if e.code in (None, 0) else
+                             e.__context__ or RuntimeError(f"exit code {e.code}"))
             except BaseException as e:  # reported by the main thread as a failed job
                 job.error = e
             if job.error is not None:

@@ -1,0 +1,191 @@
+"""The checks `python -m hgan.evaluate` makes before any work or output.
+
+Each bad input (a missing or corrupt file, a flag out of range, data that does not belong to
+the checkpoint) becomes one `InputError` naming it, which the command line prints as
+`python -m hgan.evaluate: error: ...` with exit code 2. Errors raised by the metrics
+themselves are not caught: past these checks they are bugs, and keep their tracebacks.
+"""
+import argparse
+import os
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+
+from hgan.device import check_device
+from hgan.evaluate import fvd, probe
+
+ALL_METRICS = ("fvd", "physics", "tsne", "samples", "cyclic", "appearance")
+DATA_METRICS = ("fvd", "physics", "samples", "appearance")  # those that read real videos
+MIN_PHYSICS_VIDEOS = 2  # the Frechet state distance needs a covariance
+
+
+class InputError(ValueError):
+    """A bad command-line input, described in one line."""
+
+
+def int_at_least(low, why=""):
+    """argparse type: an integer >= low (`why` says where the bound comes from)."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}{why}, got {v}")
+        return v
+    return parse
+
+
+def metric_list(text):
+    metrics = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
+    unknown = [m for m in metrics if m not in ALL_METRICS]
+    if unknown or not metrics:
+        what = f"unknown metrics {unknown}" if unknown else f"no metric in {text!r}"
+        raise argparse.ArgumentTypeError(f"{what}; choose from {','.join(ALL_METRICS)}")
+    return metrics
+
+
+def seed_list(text):
+    try:
+        seeds = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        seeds = ()
+    if not seeds or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
+    return seeds
+
+
+def resolve_device(name):
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        check_device(name)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    return name
+
+
+def load_run(path, device):
+    """(generator in eval mode on `device`, run config, training iteration)."""
+    from hgan.sample import generator_from_checkpoint
+    from hgan.train.checkpoint import load_checkpoint
+    try:
+        ckpt = load_checkpoint(path, map_location="cpu")
+    except (OSError, RuntimeError) as e:
+        raise InputError(f"--checkpoint: {e}") from None
+    if not (isinstance(ckpt, dict) and "generator" in ckpt
+            and isinstance(ckpt.get("config"), dict) and "model" in ckpt["config"]):
+        raise InputError(f"--checkpoint {path}: not a training checkpoint (no generator "
+                         f"weights and model config)")
+    generator = generator_from_checkpoint(ckpt, device)
+    return generator, ckpt["config"], int(ckpt.get("iteration", -1))
+
+
+def _open(path, what):
+    from hgan.data import open_h5
+    from hgan.data.h5io import DataFormatError
+    try:
+        return open_h5(path)
+    except DataFormatError as e:
+        raise InputError(f"{what}: {e}") from None
+
+
+def _run_system(args, config):
+    """The system the checkpoint was trained on (--system where its config lacks one)."""
+    from hgan.data import get_system
+    trained = config.get("system")
+    if args.system:
+        try:
+            get_system(args.system)
+        except ValueError as e:
+            raise InputError(f"--system: {e}") from None
+        if trained and args.system != trained:
+            raise InputError(f"--system {args.system}, but the checkpoint was trained on {trained}")
+    return args.system or trained
+
+
+def _held_out(args, data_path, ds, system):
+    """(file, trajectory indices, path) of the real clips no probe or (with test.h5) GAN saw."""
+    real_path = args.real or os.path.join(os.path.dirname(data_path), "test.h5")
+    same = os.path.abspath(real_path) == os.path.abspath(data_path)  # then its last 20%
+    if not same and (args.real or os.path.exists(real_path)):
+        real_ds = _open(real_path, "--real" if args.real else "held-out data (test.h5 beside --data)")
+        if real_ds.attrs["system"] != system:
+            raise InputError(f"--real {real_path} holds {real_ds.attrs['system']} data, "
+                             f"--data holds {system}")
+        if real_ds.frames.shape[2:] != ds.frames.shape[2:]:
+            raise InputError(f"--real {real_path} has {real_ds.frames.shape[2]}-pixel frames, "
+                             f"--data {ds.frames.shape[2]}-pixel ones")
+        return real_ds, np.arange(len(real_ds)), real_path
+    if len(ds) < 2:
+        raise InputError(f"--data {data_path} has {len(ds)} trajectory: with no test.h5 beside it "
+                         f"(or --real), at least 2 are needed to hold some out")
+    return ds, probe.split_indices(len(ds))[1], data_path
+
+
+def _check_counts(args, held, detector_path):
+    n, t = len(held[1]), held[0].frames.shape[1]
+    if n == 0:
+        raise InputError(f"the held-out set {held[2]} has no trajectories")
+    if args.frames > t:
+        raise InputError(f"--frames {args.frames} is longer than the held-out trajectories "
+                         f"({t} frames in {held[2]})")
+    if "physics" in args.metrics and min(n, args.physics_videos) < MIN_PHYSICS_VIDEOS:
+        raise InputError(f"the physics metrics need at least {MIN_PHYSICS_VIDEOS} held-out videos; "
+                         f"got {min(n, args.physics_videos)} (--physics-videos "
+                         f"{args.physics_videos}, {n} held-out trajectories in {held[2]})")
+    if detector_path:
+        if args.frames < fvd.MIN_FRAMES:
+            raise InputError(f"--frames {args.frames}: FVD's I3D needs at least {fvd.MIN_FRAMES}")
+        if args.fvd_videos > n:
+            raise InputError(f"--fvd-videos {args.fvd_videos}: the held-out set {held[2]} has {n} "
+                             f"trajectories (one clip each): lower --fvd-videos or pass a larger --real")
+
+
+def _detector(args, device):
+    """(detector, its path, None), or (None, None, why) when FVD is skipped: without --i3d
+    and with no file at $HGAN_I3D. A missing --i3d is an error."""
+    try:
+        path = fvd.resolve_detector_path(args.i3d)
+    except FileNotFoundError as e:
+        if args.i3d:
+            raise InputError(str(e)) from None
+        return None, None, str(e)
+    try:
+        return fvd.load_detector(path, device), path, None
+    except (RuntimeError, ValueError) as e:
+        raise InputError(f"--i3d {path}: not a TorchScript detector ({str(e).split('. ')[0]})") from None
+
+
+def check(args):
+    """Everything the evaluation reads, opened and checked against the checkpoint and flags."""
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise InputError(f"--out {args.out} is a file, not a directory")
+    device = resolve_device(args.device)
+    generator, config, iteration = load_run(args.checkpoint, device)
+    system = _run_system(args, config)
+    run = SimpleNamespace(device=device, generator=generator, config=config, iteration=iteration,
+                          system=system or "unknown", data_path=args.data or config.get("data_path"),
+                          ds=None, held_out=None, real_path=None, detector=None, detector_path=None,
+                          fvd_skipped=None)
+    if not any(m in args.metrics for m in DATA_METRICS):
+        return run
+    if not run.data_path or not os.path.exists(run.data_path):
+        raise InputError(f"dataset not found ({run.data_path!r}): pass --data PATH.h5")
+    run.ds = _open(run.data_path, "--data")
+    found = run.ds.attrs["system"]
+    if system and found != system:
+        raise InputError(f"--data {run.data_path} holds {found} data, but the checkpoint was "
+                         f"trained on {system}")
+    run.system = found
+    size = generator.config.resolution
+    if run.ds.frames.shape[2] != size:
+        raise InputError(f"--data {run.data_path} has {run.ds.frames.shape[2]}-pixel frames, the "
+                         f"checkpoint's generator makes {size}-pixel ones")
+    held = _held_out(args, run.data_path, run.ds, found)
+    run.held_out, run.real_path = held[:2], held[2]
+    if "fvd" in args.metrics:
+        run.detector, run.detector_path, run.fvd_skipped = _detector(args, device)
+    _check_counts(args, held, run.detector_path)
+    return run

@@ -1,0 +1,177 @@
+"""`python -m hgan.evaluate` on bad input: one `error:` line, exit code 2, nothing written."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from hgan.evaluate import cli
+from test_eval_cli import _checkpoint  # a tiny untrained pendulum checkpoint
+
+PROG = "python -m hgan.evaluate"
+FAST = ["--probe-steps", "5", "--physics-videos", "4", "--tsne-samples", "40", "--tsne-iters",
+        "250", "--rollout-steps", "2", "--rollout-videos", "2", "--momenta-videos", "2",
+        "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def files(tiny_pendulum_h5, tmp_path_factory):
+    from hgan.data import generate_dataset
+    root = tmp_path_factory.mktemp("eval_errors")
+    junk = root / "junk.h5"
+    junk.write_bytes(b"not an hdf5 file" * 64)
+    other = generate_dataset("three_body", root / "other", train=2, test=0, frames=4, seed=0,
+                             resolution=32, progress=False)["train"]
+    ckpt, _ = _checkpoint(root, "hgan", tiny_pendulum_h5, iteration=1)
+    return {"root": root, "ckpt": ckpt, "data": tiny_pendulum_h5, "junk": str(junk),
+            "three_body": other}
+
+
+def _cuda_flag():
+    # A device this machine lacks, with or without a GPU.
+    return "cuda" if not torch.cuda.is_available() else f"cuda:{torch.cuda.device_count()}"
+
+
+BAD = {  # name: (flags, words the error line must contain)
+    "missing checkpoint": (lambda f: ["--checkpoint", str(f["root"] / "nope.pt")],
+                           ["--checkpoint", "nope.pt"]),
+    "corrupt checkpoint": (lambda f: ["--checkpoint", f["junk"]], ["--checkpoint", "junk.h5"]),
+    "corrupt --data": (lambda f: ["--data", f["junk"]], ["--data", "junk.h5", "corrupt"]),
+    "corrupt --real": (lambda f: ["--real", f["junk"]], ["--real", "junk.h5", "corrupt"]),
+    "missing --real": (lambda f: ["--real", str(f["root"] / "nope.h5")], ["--real", "nope.h5"]),
+    "missing --i3d": (lambda f: ["--metrics", "fvd", "--i3d", "/missing.pt"], ["/missing.pt"]),
+    "unavailable device": (lambda f: ["--device", _cuda_flag()], [f"--device {_cuda_flag()}"]),
+    "no physics videos": (lambda f: ["--physics-videos", "0"], ["--physics-videos", ">= 1"]),
+    "one physics video": (lambda f: ["--metrics", "physics", "--physics-videos", "1"],
+                          ["at least 2", "--physics-videos 1"]),
+    "frames beyond the data": (lambda f: ["--frames", "100"], ["--frames 100", "40 frames"]),
+    "data of another system": (lambda f: ["--data", f["three_body"]], ["three_body", "pendulum"]),
+    "too few t-SNE iterations": (lambda f: ["--tsne-iters", "100"], ["--tsne-iters", "250"]),
+    "no rollout steps": (lambda f: ["--rollout-steps", "0"], ["--rollout-steps", ">= 1"]),
+    "unknown metric": (lambda f: ["--metrics", "physics,nope"], ["nope", "appearance"]),
+    "bad seeds": (lambda f: ["--seeds", "0,x"], ["--seeds", "0,x"]),
+}
+
+
+def _one_error_line(capsys, words):
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert "Traceback" not in err
+    assert len(lines) == 1 and lines[0].startswith(f"{PROG}: error: "), err
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_is_one_error_line(case, files, tmp_path, capsys):
+    flags, words = BAD[case]
+    out = tmp_path / "out" / "eval"
+    argv = ["--checkpoint", files["ckpt"], "--out", str(out), *FAST, *flags(files)]
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    _one_error_line(capsys, words)
+    assert not (tmp_path / "out").exists()  # checked before anything is written
+
+
+@pytest.mark.parametrize("flag", ["--data", "--real"])
+def test_every_corrupt_data_file_is_one_error_line(flag, corrupt_h5, files, tmp_path, capsys):
+    argv = ["--checkpoint", files["ckpt"], "--out", str(tmp_path / "e"), "--metrics", "samples",
+            "--data", files["data"], flag, corrupt_h5]
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    _one_error_line(capsys, [os.path.basename(corrupt_h5)])
+    assert not (tmp_path / "e").exists()
+
+
+def test_the_module_entry_point_exits_2_with_one_line(files, tmp_path):
+    res = subprocess.run([sys.executable, "-m", "hgan.evaluate", "--checkpoint",
+                          str(tmp_path / "nope.pt"), "--out", str(tmp_path / "e")],
+                         capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [f"{PROG}: error: --checkpoint: no checkpoint at "
+                                               f"{tmp_path / 'nope.pt'}"]
+
+
+def test_a_failed_evaluation_removes_the_directories_it_made(files, tmp_path, monkeypatch):
+    def broken(*a, **k):
+        raise RuntimeError("a bug in a metric")
+
+    monkeypatch.setattr(cli, "physics_metrics", broken)
+    (tmp_path / "runs").mkdir()
+    out = tmp_path / "runs" / "a" / "eval"
+    with pytest.raises(RuntimeError, match="a bug in a metric"):  # not turned into exit 2
+        cli.main(["--checkpoint", files["ckpt"], "--out", str(out), "--metrics", "physics", *FAST])
+    assert not (tmp_path / "runs" / "a").exists() and (tmp_path / "runs").is_dir()
+
+
+def test_two_held_out_videos_leave_out_only_the_half_vs_half_reference(files, tmp_path, capsys):
+    from hgan.data import generate_dataset
+    # 10 trajectories: the last 20%, 2 of them, are held out (no test.h5 beside the file).
+    data = generate_dataset("pendulum", tmp_path, train=10, test=0, frames=10, seed=1,
+                            resolution=32, progress=False)["train"]
+    res = cli.main(["--checkpoint", files["ckpt"], "--out", str(tmp_path / "e"), "--data", data,
+                    "--metrics", "physics", "--frames", "8", *FAST])
+    ph = res["physics"]
+    assert ph["num_videos"] == 2 and res["real_trajectories"] == 2
+    assert ph["frechet_state_distance"]["real_half_vs_half"] is None
+    assert np.isfinite(ph["frechet_state_distance"]["generated"])
+    assert "half-vs-half" in capsys.readouterr().err
+    report = (tmp_path / "e" / "report.md").read_text()
+    assert "n/a (half vs half needs >= 4 videos, 2 held out)" in report
+
+
+def test_system_without_data_comes_from_the_checkpoint(files, tmp_path):
+    res = cli.main(["--checkpoint", files["ckpt"], "--out", str(tmp_path / "e"),
+                    "--metrics", "cyclic", *FAST])
+    assert res["system"] == "pendulum"  # the run's config, not "unknown"
+
+
+def test_help_names_every_metric_and_the_default(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--metrics fvd,physics,tsne,samples,cyclic,appearance" in text
+    assert "comma list of fvd,physics,tsne,samples,cyclic,appearance (default: all 6)" in text
+
+
+def _results(tmp_path, name, model, system, drift, seed=None):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "results.json").write_text(json.dumps({
+        "model": model, "system": system, "iteration": 100, "config": {"seed": seed},
+        "physics": {"energy_drift": {"generated": {"median": drift}},
+                    "frechet_state_distance": {"generated": 1.0}}}))
+    return str(d)
+
+
+def test_compare_keeps_several_runs_of_one_model_and_system(tmp_path):
+    dirs = [_results(tmp_path, "p1", "hgan", "pendulum", 0.01, seed=0),
+            _results(tmp_path, "p2", "hgan", "pendulum", 0.02, seed=1),
+            _results(tmp_path, "m", "mocogan", "pendulum", 0.3, seed=0)]
+    text = cli.main(["compare", *dirs])
+    assert "| hgan seed 0 | 0.01 (100 it) |" in text and "| hgan seed 1 | 0.02 (100 it) |" in text
+    assert "| mocogan | 0.3 (100 it) |" in text  # alone on its system: one plain row
+    # the same seed twice (a rerun): the run directories tell them apart
+    dirs = [_results(tmp_path, "r1", "hgan", "pendulum", 0.04, seed=0),
+            _results(tmp_path, "r2", "hgan", "pendulum", 0.05, seed=0)]
+    text = cli.main(["compare", *dirs])
+    assert f"| hgan ({dirs[0]}) | 0.04 (100 it) |" in text
+    assert f"| hgan ({dirs[1]}) | 0.05 (100 it) |" in text
+
+
+def test_compare_refuses_a_repeated_or_unevaluated_run(tmp_path, capsys):
+    d = _results(tmp_path, "p1", "hgan", "pendulum", 0.01)
+    for argv, words in ((["compare", d, d + "/"], ["given twice"]),
+                        (["compare", d, str(tmp_path)], ["no results.json", str(tmp_path)])):
+        with pytest.raises(SystemExit) as e:
+            cli.main(argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+        assert err.startswith(f"{PROG} compare: error: ") and all(w in err for w in words)
