@@ -22,6 +22,15 @@ def tiny_pendulum_h5(tmp_path_factory):
 
 
 @pytest.fixture
+def data_root(tiny_pendulum_h5, tmp_path):
+    """A --data directory holding tiny_pendulum_h5 as <root>/pendulum/train.h5."""
+    root = tmp_path / "data"
+    (root / "pendulum").mkdir(parents=True)
+    os.symlink(tiny_pendulum_h5, root / "pendulum" / "train.h5")
+    return str(root)
+
+
+@pytest.fixture
 def one_thread():
     # The test shapes are tiny: on a shared 2-core machine, intra-op threads only add
     # contention (measured: a B=5, 64-frame float64 rollout took 30 s with 2 threads under

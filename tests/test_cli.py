@@ -65,3 +65,45 @@ def test_console_scripts_resolve_to_callables():
     assert set(scripts) == {"hgan-train", "hgan-data", "hgan-evaluate", "hgan-sample"}
     for name, ep in scripts.items():
         assert callable(ep.load()), name
+
+
+def test_hnn_gan_motion_dim_defaults_to_2k():
+    cfg, _ = config_from_args(["--model", "hnn_gan", "--k", "4"])
+    assert (cfg.model.k, cfg.model.motion_dim) == (4, 8)
+    assert config_from_args(["--model", "hnn_gan"])[0].model.motion_dim == 20
+    assert config_from_args(["--model", "hgan", "--k", "4"])[0].model.motion_dim == 20
+    # an explicit value is taken as given, and a wrong one is still an error
+    cfg, _ = config_from_args(["--model", "hnn_gan", "--k", "4", "--motion-dim", "8"])
+    assert cfg.model.motion_dim == 8
+    with pytest.raises(SystemExit):
+        config_from_args(["--model", "hnn_gan", "--k", "4", "--motion-dim", "20"])
+
+
+def test_parse_command_line_reports_the_flags_given():
+    from hgan.train.config import parse_command_line
+    cfg, resume, given = parse_command_line(["--resume", "r", "--iters", "7", "--no-progress",
+                                             "--k", "3", "--batch-size", "16"])
+    assert resume == "r"
+    assert given == {"iters": 7, "progress": False, "k": 3, "batch_size": 16}  # 16: the default
+    assert parse_command_line([])[2] == {}
+
+
+def test_help_shows_no_empty_defaults():
+    text = build_parser().format_help()
+    assert "(default: )" not in text
+    assert "(default: 100000)" in text  # the other defaults are still shown
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--help"],
+                       capture_output=True, text=True, cwd=ROOT,
+                       env={**os.environ, "PYTHONPATH": ROOT, "COLUMNS": "200"})
+    assert r.returncode == 0 and "(default: )" not in r.stdout
+    assert "--resume RESUME" in r.stdout and "runs/<system>-<model>-<time>)" in r.stdout
+
+
+def test_training_doc_lists_exactly_the_resumable_flags():
+    import re
+    with open(os.path.join(ROOT, "docs", "training.md")) as f:
+        doc = f.read()
+    sentence = doc[doc.index("only those marked\nresumable"):]
+    sentence = sentence[:sentence.index(". ")]
+    listed = set(re.findall(r"`--(?:no-)?([a-z-]+)`", sentence))
+    assert listed == {name.replace("_", "-") for name in resumable_fields()}, sentence

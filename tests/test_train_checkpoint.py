@@ -56,6 +56,44 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
     assert os.listdir(path.parent) == ["last.pt"]
 
 
+def test_a_file_that_is_no_torch_save_file_is_named_so(tmp_path, tiny_pendulum_h5):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00 not a checkpoint" * 20)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    for path in (tiny_pendulum_h5, str(junk), str(empty)):
+        with pytest.raises(RuntimeError) as exc:
+            load_checkpoint(path)
+        assert str(exc.value) == f"{path} is not a checkpoint (not a torch.save file)"
+
+
+def test_refusal_gives_no_advice_to_turn_the_safety_check_off(tmp_path):
+    path = tmp_path / "numpy.pt"
+    torch.save({"iteration": 3, "w": np.zeros(3)}, path)  # a real torch file, not tensors only
+    with pytest.raises(RuntimeError, match="refusing to load") as exc:
+        load_checkpoint(str(path))
+    msg = str(exc.value)
+    assert "weights_only" not in msg and "False" not in msg and len(msg.splitlines()) == 1, msg
+    assert "numpy" in msg  # what it holds instead
+
+
+def test_a_truncated_checkpoint_is_named_so(tmp_path):
+    path = save_checkpoint({"iteration": 1, "w": torch.ones(100)}, str(tmp_path / "last.pt"))
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[:len(data) // 2])
+    with pytest.raises(RuntimeError, match="is truncated or corrupt"):
+        load_checkpoint(path)
+
+
+def test_sample_reports_a_non_checkpoint_in_one_line(tiny_pendulum_h5, tmp_path, capsys):
+    from hgan.sample import main
+    assert main(["--checkpoint", tiny_pendulum_h5, "--out", str(tmp_path / "s.gif")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"hgan.sample: error: {tiny_pendulum_h5} is not a checkpoint (not a torch.save "
+                   "file)"], err
+
+
 def test_missing_checkpoint_is_one_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         load_checkpoint(str(tmp_path / "nope.pt"))

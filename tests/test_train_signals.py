@@ -54,14 +54,6 @@ def weights(path):
             for k, v in ck[n].items()}, ck
 
 
-@pytest.fixture
-def data_root(tiny_pendulum_h5, tmp_path):
-    root = tmp_path / "data"
-    (root / "pendulum").mkdir(parents=True)
-    os.symlink(tiny_pendulum_h5, root / "pendulum" / "train.h5")
-    return str(root)
-
-
 def test_group_signal_checkpoints_then_resumes_exactly(data_root, tmp_path):
     reached = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -141,3 +133,24 @@ def test_a_process_left_holding_loader_workers_still_exits(tiny_pendulum_h5):
         proc.kill()
         pytest.fail("the process did not exit: its loader workers blocked interpreter exit")
     assert "got a batch" in out, err
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_dataset_generation_ends_cleanly(tmp_path, sig, code):
+    # A dataset far too large to finish before the signal: it is stopped while being written.
+    data = tmp_path / "data"
+    partial = data / "pendulum" / "train.h5.partial"
+    proc = train_py("--data", str(data), "--out", str(tmp_path / "run"), "--gen-train", "100000",
+                    "--gen-frames", "8", start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not partial.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert partial.exists(), finish(proc)
+    os.killpg(proc.pid, sig)  # the whole group, as Ctrl-C or `timeout` send it
+    rc, _, stderr = finish(proc)
+    assert rc == code, stderr
+    assert stderr.strip().splitlines() == [
+        f"train.py: generation of {data}/pendulum/train.h5 was interrupted ({sig.name}); "
+        "no partial file was kept"], stderr
+    assert os.listdir(data / "pendulum") == []  # neither a partial nor a half-made dataset
+    assert not (tmp_path / "run").exists()

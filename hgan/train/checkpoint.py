@@ -4,7 +4,9 @@ Everything stored is a tensor or a plain Python container, so `load_checkpoint` 
 `torch.load(weights_only=True)`: a checkpoint cannot run code when it is opened.
 """
 import os
+import pickle
 import random
+import re
 
 import numpy as np
 import torch
@@ -48,13 +50,44 @@ def save_checkpoint(state: dict, path: str) -> str:
     return path
 
 
+class CheckpointError(RuntimeError):
+    """A file that cannot be loaded as a checkpoint, with the reason."""
+
+
+# What a torch.save file starts with: a zip archive (torch >= 1.6) or a pickle (the legacy
+# format, whose first opcode is PROTO).
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     if os.path.isdir(path):
         path = os.path.join(path, "checkpoints", "last.pt")
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head.startswith(_TORCH_MAGIC):
+        raise CheckpointError(f"{path} is not a checkpoint (not a torch.save file)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except torch.serialization.pickle.UnpicklingError as e:
-        raise RuntimeError(f"refusing to load {path}: it holds objects other than tensors and plain "
-                           f"containers (weights_only=True). {str(e).splitlines()[0]}") from e
+    except pickle.UnpicklingError as e:
+        # torch's message advises weights_only=False, which is what lets such a file run code:
+        # only its diagnosis is kept.
+        raise CheckpointError(f"refusing to load {path}: {_refusal(str(e))}") from None
+    except (RuntimeError, EOFError) as e:
+        reason = _first_sentence(str(e))
+        raise CheckpointError(f"{path} is truncated or corrupt ({reason})") from None
+
+
+def _refusal(message: str) -> str:
+    found = re.search(r"GLOBAL ([\w.]+)", message)
+    if found:
+        return f"it holds objects other than tensors and plain containers ({found.group(1)})"
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", message)
+    return ("it is not a pickle of tensors and plain containers"
+            + (f" ({detail.group(1).strip()})" if detail else ""))
+
+
+def _first_sentence(message: str) -> str:
+    message = re.sub(r"^\[enforce fail[^\]]*\][\s.]*", "", message.strip())
+    return message.split(". ")[0].splitlines()[0] if message else "unexpected end of file"

@@ -1,15 +1,33 @@
-"""`train.py` / `hgan-train`: the command line of training (flags: hgan.train.config)."""
+"""`train.py` / `hgan-train`: the command line of training (flags: hgan.train.config).
+
+Exit codes: 0 done (or stopped by a signal after saving a checkpoint); 1 a non-finite loss;
+2 bad input, in one line `train.py: error: ...`; 130 / 143 SIGINT / SIGTERM while the
+dataset was being generated (nothing of it kept)."""
+import signal
 import sys
 
-from hgan.train.config import config_from_args
+from hgan.train.config import parse_command_line
 
 
 def main(argv=None) -> int:
-    from hgan.train import train
+    from hgan.data import GenerationInterrupted
+    from hgan.train.checkpoint import CheckpointError
     from hgan.train.loop import NonFiniteLoss
-    cfg, resume = config_from_args(argv)
+    from hgan.train.run import prepare, run
+    cfg, resume, given = parse_command_line(argv)
+    # Only the setup phase's errors are bad input (hgan.data's DataFormatError is a ValueError);
+    # one raised by training itself is a bug and keeps its traceback.
     try:
-        train(cfg, resume=resume)
+        setup = prepare(cfg, resume=resume, given=given)
+    except (ValueError, FileNotFoundError, CheckpointError) as e:
+        print(f"train.py: error: {str(e).strip()}".replace("\n", " "), file=sys.stderr)
+        return 2
+    except GenerationInterrupted as e:
+        print(f"train.py: generation of {cfg.data_path} was interrupted "
+              f"({signal.Signals(e.signum).name}); no partial file was kept", file=sys.stderr)
+        return 128 + e.signum
+    try:
+        run(setup)
     except NonFiniteLoss as e:
         print(f"[hgan] error: {e}", file=sys.stderr)
         return 1

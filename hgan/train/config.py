@@ -1,6 +1,7 @@
 """Typed run configuration and the command line of train.py."""
 import argparse
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, fields
@@ -82,8 +83,11 @@ class RunConfig:
                                  f"got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
-        if self.gen_frames < self.frames:
-            raise ValueError(f"--gen-frames ({self.gen_frames}) must be >= --frames ({self.frames})")
+        # Checked here, not at the first rollout, which would fail after the data is loaded.
+        if not (math.isfinite(self.model.dt) and self.model.dt > 0):
+            raise ValueError(f"--dt must be a finite number > 0, got {self.model.dt}")
+        # --gen-frames >= --frames matters only when a dataset is generated: see
+        # hgan.train.loop.ensure_dataset, which checks an existing file's frames instead.
 
     @property
     def data_path(self) -> str:
@@ -103,18 +107,19 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-
 def resumable_fields() -> tuple:
-    """RunConfig fields a resumed run takes from the command line; the rest from the checkpoint."""
+    """RunConfig fields a resumed run may take from the command line; the rest must match the
+    checkpoint's (hgan.train.run.resume_config)."""
     return tuple(f.name for f in fields(RunConfig) if f.metadata.get("resumable"))
 
 
 def _add_options(parser, cls, defaults):
+    """defaults=None: no defaults, so the parsed namespace holds only the flags given."""
     for f in fields(cls):
         if not f.metadata.get("cli", True):
             continue
         flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
+        default = argparse.SUPPRESS if defaults is None else getattr(defaults, f.name)
         help_ = f.metadata.get("help", "")
         if f.type is bool:
             parser.add_argument(flag, default=default, help=help_,
@@ -130,32 +135,55 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """train.py's flags: one per RunConfig and ModelConfig field, help from the field."""
-    p = _Parser(prog="train.py",
-                                description="Train HGAN (or a baseline) on a Toy Physics system.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    _add_options(p, RunConfig, RunConfig(model=ModelConfig()))
-    _add_options(p, ModelConfig, ModelConfig())
-    p.add_argument("--resume", default="", help="checkpoint file or run directory to continue")
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    # An empty default (--out, --resume) has its meaning in the help text already.
+    def _get_help_string(self, action):
+        if action.default in ("", None):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
+    """train.py's flags: one per RunConfig and ModelConfig field, help from the field.
+
+    defaults=False: a parser whose namespace holds only the flags given (see parse_command_line)."""
+    p = _Parser(prog="train.py", description="Train HGAN (or a baseline) on a Toy Physics system.",
+                formatter_class=_HelpFormatter)
+    _add_options(p, RunConfig, RunConfig(model=ModelConfig()) if defaults else None)
+    _add_options(p, ModelConfig, ModelConfig() if defaults else None)
+    p.add_argument("--resume", default="" if defaults else argparse.SUPPRESS,
+                   help="checkpoint file or run directory to continue")
     return p
 
 
 def config_from_args(argv=None):
-    """(RunConfig, resume path). A resumed run takes its config from the checkpoint (see run).
+    """(RunConfig, resume path); see parse_command_line."""
+    cfg, resume, _ = parse_command_line(argv)
+    return cfg, resume
 
-    An invalid value ends in argparse's one-line error and exit code 2."""
+
+def parse_command_line(argv=None):
+    """(RunConfig, resume path, {field: value} of the flags given on the command line).
+
+    A resumed run takes its config from the checkpoint and only the given flags from the
+    command line (hgan.train.run.resume_config), hence the third item. An invalid value ends
+    in argparse's one-line error and exit code 2."""
     parser = build_parser()
     a = vars(parser.parse_args(argv))
+    # The same arguments again without defaults: what remains was given explicitly.
+    given = vars(build_parser(defaults=False).parse_args(argv))
+    given.pop("resume", None)
     resume = a.pop("resume")
     model_names = {f.name for f in fields(ModelConfig)}
     mk = {k: v for k, v in a.items() if k in model_names}
     rk = {k: v for k, v in a.items() if k not in model_names}
     mk["clip_frames"] = min(mk["clip_frames"], rk["frames"])  # D_V clips fit in a video
+    if mk["model"] == "hnn_gan" and "motion_dim" not in given:
+        mk["motion_dim"] = 2 * mk["k"]  # hnn_gan's eps_m is (q0, p0)
     rk["out"] = rk["out"] or os.path.join(
         "runs", f"{rk['system']}-{mk['model']}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:
         cfg = RunConfig(model=ModelConfig(**mk), **rk)
     except ValueError as e:
         parser.error(str(e))
-    return cfg, resume
+    return cfg, resume, given

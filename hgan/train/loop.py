@@ -13,6 +13,7 @@ import warnings
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from hgan.device import check_device
 from hgan.kernels import cyclic_loss
 from hgan.models import build_models
 from hgan.train import capture as hcapture
@@ -36,14 +37,10 @@ def defers_checks(device: torch.device) -> bool:
 
 
 def resolve_device(name: str, info: hdist.DistInfo) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
-    if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {name}: CUDA is not available on this machine")
-        if info.enabled or dev.index is None:
-            dev = torch.device("cuda", info.local_rank if info.enabled else 0)
+    """The training device; ValueError naming the problem when this machine has no such device."""
+    dev = check_device(name)
+    if dev.type == "cuda" and (info.enabled or dev.index is None):
+        dev = torch.device("cuda", info.local_rank if info.enabled else 0)
     return dev
 
 
@@ -91,17 +88,48 @@ def amp_policy(device: torch.device, enabled: bool, dtype: str = "auto"):
 
 
 def ensure_dataset(cfg: RunConfig, info: hdist.DistInfo):
-    if os.path.exists(cfg.data_path):
-        return
-    if info.is_main:
-        from hgan.data import generate_dataset
-        print(f"[hgan] {cfg.data_path} not found: generating {cfg.gen_train} train / {cfg.gen_test} "
-              f"test trajectories of {cfg.gen_frames} frames", flush=True)
-        generate_dataset(cfg.system, cfg.data, train=cfg.gen_train, test=cfg.gen_test,
-                         frames=cfg.gen_frames, seed=cfg.seed, resolution=cfg.model.resolution,
-                         progress=cfg.progress)
+    """Generate the dataset when missing (main rank), then check that it fits cfg: ValueError
+    (hgan.data.h5io.DataFormatError for a broken file) naming the mismatch."""
+    if not os.path.exists(cfg.data_path):
+        if cfg.gen_frames < cfg.frames:
+            raise ValueError(f"--gen-frames ({cfg.gen_frames}) must be >= --frames ({cfg.frames}) "
+                             f"to generate {cfg.data_path}")
+        if info.is_main:
+            _generate(cfg)
     if info.enabled:
         torch.distributed.barrier()
+    check_dataset(cfg)
+
+
+def _generate(cfg: RunConfig):
+    """Generate cfg's dataset. SIGINT / SIGTERM during it end in
+    hgan.data.GenerationInterrupted with no partial file left (hgan.data.interrupt): this runs
+    before training installs its own stop handlers, so the data package's are in force."""
+    from hgan.data import generate_dataset
+    print(f"[hgan] {cfg.data_path} not found: generating {cfg.gen_train} train / {cfg.gen_test} "
+          f"test trajectories of {cfg.gen_frames} frames", flush=True)
+    generate_dataset(cfg.system, cfg.data, train=cfg.gen_train, test=cfg.gen_test,
+                     frames=cfg.gen_frames, seed=cfg.seed, resolution=cfg.model.resolution,
+                     progress=cfg.progress)
+
+
+def check_dataset(cfg: RunConfig):
+    """ValueError when cfg.data_path cannot train this config: a broken file (DataFormatError),
+    another system, resolution, or trajectories shorter than --frames."""
+    from hgan.data.h5io import open_h5
+    with open_h5(cfg.data_path) as f:
+        system, res, frames = f.attrs.get("system"), int(f.frames.shape[2]), int(f.frames.shape[1])
+    redo = (f"point --data at another directory, or delete {cfg.data_path} to generate it "
+            "again")
+    if system != cfg.system:
+        raise ValueError(f"{cfg.data_path} holds {system} trajectories, not --system "
+                         f"{cfg.system}: {redo}")
+    if res != cfg.model.resolution:
+        raise ValueError(f"{cfg.data_path} has {res}x{res} frames but --resolution is "
+                         f"{cfg.model.resolution}: use --resolution {res}, or {redo}")
+    if frames < cfg.frames:
+        raise ValueError(f"{cfg.data_path} has trajectories of {frames} frames, fewer than "
+                         f"--frames {cfg.frames}: use --frames {frames} or less, or {redo}")
 
 
 class Trainer:

@@ -3,11 +3,13 @@ import json
 import os
 import signal
 import time
+from dataclasses import dataclass, fields, replace
 
 import torch
 from tqdm.auto import tqdm
 
 from hgan.data.loader import build_loader
+from hgan.models import ModelConfig
 from hgan.train import dist as hdist
 from hgan.train.checkpoint import load_checkpoint
 from hgan.train.config import RunConfig, resumable_fields
@@ -19,15 +21,108 @@ from hgan.train.profiling import stage, step_profiler
 STOP_POLL_EVERY = 10
 # Flags that may change when a run is resumed; everything else comes from the checkpoint.
 RESUMABLE_OVERRIDES = resumable_fields()
+_MODEL_FIELDS = {f.name for f in fields(ModelConfig)}
 
 
-def resume_config(ckpt: dict, cli: RunConfig, ckpt_path: str) -> RunConfig:
-    cfg = RunConfig.from_dict(ckpt["config"])
-    for name in RESUMABLE_OVERRIDES:
-        setattr(cfg, name, getattr(cli, name))
+def resume_config(ckpt: dict, cli: RunConfig, ckpt_path: str,
+                  given: dict | None = None) -> RunConfig:
+    """The checkpoint's config, with the resumable flags of `given` applied.
+
+    given: the flags given on the command line ({field: value}); a flag that is not resumable
+    must repeat the checkpoint's value (ValueError otherwise: it would be ignored). None (the
+    Python API, whose `cli` is a whole RunConfig): every resumable field of `cli`."""
+    if not isinstance(ckpt, dict) or not {"config", "iteration"} <= set(ckpt):
+        raise ValueError(f"{ckpt_path} is not a training checkpoint (no run config or iteration)")
+    saved = RunConfig.from_dict(ckpt["config"])
     # The run directory is the one holding checkpoints/<file>.
-    cfg.out = os.path.dirname(os.path.dirname(os.path.abspath(ckpt_path)))
-    return cfg
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(ckpt_path)))
+    if given is None:
+        given = {name: getattr(cli, name) for name in RESUMABLE_OVERRIDES}
+    changes = {}
+    for name, value in given.items():
+        if name in RESUMABLE_OVERRIDES:
+            changes[name] = value
+            continue
+        have = run_dir if name == "out" else getattr(
+            saved.model if name in _MODEL_FIELDS else saved, name)
+        if not _same_setting(name, value, have, saved):
+            raise ValueError(f"--{name.replace('_', '-')} cannot change on resume (the run has "
+                             f"{have}, got {value})")
+    return replace(saved, out=run_dir, **changes)
+
+
+def _same_setting(name, value, have, saved: RunConfig) -> bool:
+    if name in ("out", "data"):
+        return os.path.realpath(value) == os.path.realpath(have)
+    if name == "clip_frames":  # capped at --frames when the run started
+        value = min(value, saved.frames)
+    return value == have
+
+
+def _check_new_run_dir(out: str):
+    ckpts = os.path.join(out, "checkpoints")
+    if os.path.isdir(ckpts) and any(f.endswith(".pt") for f in os.listdir(ckpts)):
+        raise ValueError(f"--out {out} already holds a run (checkpoints/): continue it with "
+                         f"--resume {out}, or choose another --out")
+
+
+def _check_integrator(trainer: Trainer):
+    """A fused integrator that cannot run here would fail only at the first rollout."""
+    mcfg = trainer.cfg.model
+    hamiltonian = getattr(trainer.G.motion_module, "hamiltonian", None)
+    if mcfg.integrator != "fused" or hamiltonian is None:
+        return
+    from hgan.kernels.leapfrog.dispatch import fused_unsupported_reason
+    with torch.no_grad():
+        weights, _ = hamiltonian.weights_and_biases()
+    reason = fused_unsupported_reason(torch.zeros(1, mcfg.k, device=trainer.device), weights,
+                                      mcfg.activation)
+    if reason is not None:
+        raise ValueError(f"--integrator fused cannot run: {reason}; use --integrator auto or "
+                         "analytic")
+
+
+@dataclass
+class Setup:
+    """What `prepare` built; trainer is None when a resumed run has nothing left to do."""
+    cfg: RunConfig
+    info: hdist.DistInfo = None
+    trainer: Trainer = None
+    stream: object = None
+    checkpoint: str = ""
+    iteration: int = 0
+
+
+def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None) -> Setup:
+    """The setup phase of `train`: every check of the input, before anything is written.
+
+    Bad input raises ValueError (hgan.data.h5io.DataFormatError among them), FileNotFoundError
+    or CheckpointError, which train.py reports in one line; errors of training itself come
+    later, from `run`. `given`: see resume_config."""
+    ckpt, path = None, ""
+    if resume:
+        path = os.path.join(resume, "checkpoints", "last.pt") if os.path.isdir(resume) else resume
+        ckpt = load_checkpoint(path)
+        cfg = resume_config(ckpt, cfg, path, given)
+        if int(ckpt["iteration"]) >= cfg.iters:
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"[hgan] {cfg.out} is already at iteration {ckpt['iteration']} >= --iters "
+                      f"{cfg.iters}: nothing to do", flush=True)
+            return Setup(cfg, checkpoint=path, iteration=int(ckpt["iteration"]))
+    else:
+        _check_new_run_dir(cfg.out)
+    info = hdist.init_distributed(resolve_device(cfg.device, hdist.DistInfo()).type)
+    ensure_dataset(cfg, info)
+    trainer = Trainer(cfg, info)
+    _check_integrator(trainer)
+    if ckpt is not None:
+        trainer.load_state_dict(ckpt)
+    stream = build_loader(cfg.data_path, batch_size=trainer.local_batch, frames=cfg.frames,
+                          seed=cfg.seed, rank=info.rank, world_size=info.world_size,
+                          device=trainer.device, kind=cfg.loader, num_workers=cfg.num_workers,
+                          start_batch=trainer.loader_position,
+                          channels_last=cfg.model.channels_last)
+    return Setup(cfg, info, trainer, stream, path)
 
 
 class _StopFlag:
@@ -74,21 +169,20 @@ def _write_samples(trainer: Trainer, writer, tag: str):
     return stem
 
 
-def train(cfg: RunConfig, resume: str = "", callback=None) -> dict:
+def train(cfg: RunConfig, resume: str = "", callback=None, given: dict | None = None) -> dict:
     """Train until cfg.iters (or a signal); returns the final metrics and paths.
 
     `callback(trainer)` runs after every iteration (tests use it to send signals).
     """
-    info = hdist.init_distributed(resolve_device(cfg.device, hdist.DistInfo()).type)
-    ckpt = None
-    if resume:
-        path = resume if not os.path.isdir(resume) else os.path.join(resume, "checkpoints", "last.pt")
-        ckpt = load_checkpoint(path)
-        cfg = resume_config(ckpt, cfg, path)
-    ensure_dataset(cfg, info)
-    trainer = Trainer(cfg, info)
-    if ckpt is not None:
-        trainer.load_state_dict(ckpt)
+    return run(prepare(cfg, resume, given), callback)
+
+
+def run(setup: Setup, callback=None) -> dict:
+    """The training phase of `train`, from what `prepare` built."""
+    cfg, info, trainer, stream = setup.cfg, setup.info, setup.trainer, setup.stream
+    if trainer is None:
+        return {"iteration": setup.iteration, "stats": {}, "out": cfg.out, "stopped": None,
+                "checkpoint": setup.checkpoint}
     main = info.is_main
     writer = None
     if main:
@@ -100,11 +194,6 @@ def train(cfg: RunConfig, resume: str = "", callback=None) -> dict:
         from torch.utils.tensorboard import SummaryWriter
         writer = SummaryWriter(os.path.join(cfg.out, "tb"), purge_step=trainer.iteration or None)
 
-    stream = build_loader(cfg.data_path, batch_size=trainer.local_batch, frames=cfg.frames,
-                          seed=cfg.seed, rank=info.rank, world_size=info.world_size,
-                          device=trainer.device, kind=cfg.loader, num_workers=cfg.num_workers,
-                          start_batch=trainer.loader_position,
-                          channels_last=cfg.model.channels_last)
     batches = iter(stream)
     bar = tqdm(total=cfg.iters, initial=trainer.iteration, disable=not (main and cfg.progress),
                desc=f"{cfg.model.model}/{cfg.system}", unit="it", dynamic_ncols=True)

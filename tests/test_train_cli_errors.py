@@ -1,0 +1,207 @@
+"""train.py's setup phase: bad input ends in one line `train.py: error: ...` with exit code 2
+before anything is written, a resumed run keeps its checkpoint's configuration except for the
+flags given, and a new run never overwrites an old one."""
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from hgan.train import load_checkpoint, train
+from hgan.train.cli import main
+from hgan.train.config import parse_command_line
+from hgan.train.run import prepare, run
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+TINY = ["--system", "pendulum", "--batch-size", "4", "--frames", "6", "--clip-frames", "4",
+        "--ngf", "4", "--ndf", "4", "--k", "2", "--hidden", "16", "--motion-dim", "4",
+        "--content-dim", "4", "--integrator", "analytic", "--device", "cpu", "--loader", "torch",
+        "--num-workers", "0", "--log-every", "1", "--sample-every", "1000", "--n-samples", "2",
+        "--no-progress"]
+
+
+def call(argv, capsys):
+    """(exit code, stdout, stderr) of train.py's main in this process."""
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_error_line(code, err, *needles):
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("train.py: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+@pytest.fixture
+def stopped_run(data_root, tmp_path, capsys):
+    """A run of --iters 3 with non-default resumable flags, stopped by SIGINT at iteration 1
+    (as a Ctrl-C would); returns (its directory, what train.py printed)."""
+    out = tmp_path / "run"
+    cfg, _, _ = parse_command_line(TINY + ["--data", data_root, "--out", str(out), "--iters", "3",
+                                           "--ckpt-every", "7", "--keep-every", "2"])
+
+    def stop(trainer):
+        if trainer.iteration == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    res = train(cfg, callback=stop)
+    assert res["stopped"] == "SIGINT" and res["iteration"] == 1
+    return out, capsys.readouterr().out
+
+
+def test_resume_without_flags_keeps_the_checkpoints_configuration(stopped_run, capsys):
+    out, printed = stopped_run
+    hint = printed.strip().splitlines()[-1]
+    assert hint.endswith(f"resume with --resume {out}"), hint
+    # The printed hint, as given: no flag, so nothing may change.
+    setup = prepare(*parse_command_line(["--resume", str(out)]))
+    cfg = setup.cfg
+    assert (cfg.iters, cfg.ckpt_every, cfg.keep_every, cfg.log_every) == (3, 7, 2, 1)
+    assert cfg.n_samples == 2
+    assert (cfg.num_workers, cfg.loader, cfg.progress, cfg.device) == (0, "torch", False, "cpu")
+    assert run(setup)["iteration"] == 3
+    assert json.loads((out / "config.json").read_text())["iters"] == 3
+    assert load_checkpoint(str(out))["iteration"] == 3
+    # a flag that is given does change a resumable setting
+    setup = prepare(*parse_command_line(["--resume", str(out), "--iters", "4", "--log-every", "2"]))
+    assert (setup.cfg.iters, setup.cfg.log_every, setup.cfg.ckpt_every) == (4, 2, 7)
+    setup.stream.close()
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--batch-size", "8"], "--batch-size cannot change on resume (the run has 4, got 8)"),
+    (["--system", "three_body"], "--system cannot change on resume (the run has pendulum, "
+                                 "got three_body)"),
+    (["--k", "3"], "--k cannot change on resume (the run has 2, got 3)"),
+    (["--lr", "0.001"], "--lr cannot change on resume"),
+])
+def test_resume_refuses_a_changed_setting(stopped_run, capsys, flags, needle):
+    out, _ = stopped_run
+    before = (out / "config.json").read_text()
+    # --iters 2: were the flag ignored, the run would end at once (and this test fail)
+    code, _, err = call(["--resume", str(out), "--iters", "2"] + flags, capsys)
+    assert_one_error_line(code, err, needle)
+    assert (out / "config.json").read_text() == before
+
+
+def test_resume_accepts_the_runs_own_values(stopped_run, capsys):
+    out, _ = stopped_run
+    code, _, err = call(TINY + ["--resume", str(out), "--out", str(out), "--iters", "2"], capsys)
+    assert code == 0, err
+    assert load_checkpoint(str(out))["iteration"] == 2
+
+
+def test_resume_past_iters_does_nothing(stopped_run, capsys):
+    out, _ = stopped_run
+    before = (out / "config.json").read_text()
+    code, stdout, err = call(["--resume", str(out), "--iters", "1"], capsys)
+    assert code == 0, err
+    assert stdout.strip().splitlines() == [
+        f"[hgan] {out} is already at iteration 1 >= --iters 1: nothing to do"]
+    assert (out / "config.json").read_text() == before
+    assert load_checkpoint(str(out))["iteration"] == 1
+
+
+def test_new_run_never_overwrites_a_run(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = call(TINY + ["--data", data_root, "--out", str(out), "--iters", "1"], capsys)
+    assert code == 0, err
+    ckpt = out / "checkpoints" / "last.pt"
+    before = ckpt.read_bytes()
+    code, _, err = call(TINY + ["--data", data_root, "--out", str(out), "--iters", "2"], capsys)
+    assert_one_error_line(code, err, f"--out {out} already holds a run",
+                          f"--resume {out}")
+    assert ckpt.read_bytes() == before
+    # an existing but empty directory is a fine place for a new run
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _, err = call(TINY + ["--data", data_root, "--out", str(empty), "--iters", "1"], capsys)
+    assert code == 0, err
+    assert load_checkpoint(str(empty))["iteration"] == 1
+
+
+def test_gen_frames_limits_only_a_dataset_to_generate(data_root, tmp_path, capsys):
+    # the data has 40-frame trajectories: --frames 20 fits whatever --gen-frames says
+    code, _, err = call(TINY + ["--data", data_root, "--out", str(tmp_path / "a"), "--iters", "1",
+                                "--frames", "20", "--gen-frames", "8"], capsys)
+    assert code == 0, err
+    # no data: --gen-frames 8 cannot make 20-frame videos, and nothing is generated
+    missing = tmp_path / "nodata"
+    code, _, err = call(TINY + ["--data", str(missing), "--out", str(tmp_path / "b"),
+                                "--frames", "20", "--gen-frames", "8"], capsys)
+    assert_one_error_line(code, err, "--gen-frames (8) must be >= --frames (20)")
+    assert not missing.exists()
+
+
+def _bad_input(case, data_root, tiny_h5, tmp_path, monkeypatch):
+    """(extra train.py flags, what the error line must say) of one kind of bad input."""
+    h5 = os.path.join(data_root, "pendulum", "train.h5")
+    if case == "device_cuda":
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        return ["--device", "cuda"], ["--device cuda: CUDA is not available"]
+    if case == "device_tpu":
+        return ["--device", "tpu"], ["--device 'tpu': expected auto, cpu, cuda"]
+    if case == "dt_nan":
+        return ["--dt", "nan"], ["--dt must be a finite number > 0, got nan"]
+    if case == "fused_on_cpu":
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+        return ["--integrator", "fused"], ["--integrator fused cannot run", "CUDA"]
+    if case == "amp_fp16_on_cpu":
+        return ["--amp", "--amp-dtype", "fp16"], ["--amp-dtype fp16 is for CUDA"]
+    if case in ("truncated_h5", "junk_h5"):
+        data = open(tiny_h5, "rb").read()
+        bad = tmp_path / "bad" / "pendulum" / "train.h5"
+        bad.parent.mkdir(parents=True)
+        bad.write_bytes(data[:len(data) // 3] if case == "truncated_h5" else b"not hdf5" * 100)
+        return ["--data", str(tmp_path / "bad")], ["truncated or corrupt HDF5 file"]
+    if case == "frames_48":
+        return ["--frames", "48"], [f"{h5} has trajectories of 40 frames, fewer than --frames 48"]
+    if case == "resolution_64":
+        return ["--resolution", "64"], [f"{h5} has 32x32 frames but --resolution is 64"]
+    if case == "other_system":
+        os.makedirs(os.path.join(data_root, "mass_spring"))
+        os.symlink(tiny_h5, os.path.join(data_root, "mass_spring", "train.h5"))
+        return ["--system", "mass_spring"], ["holds pendulum trajectories, not --system "
+                                             "mass_spring"]
+    if case == "batch_too_big":
+        return ["--batch-size", "400"], ["batch size 400 exceeds"]
+    if case == "resume_missing":
+        return ["--resume", str(tmp_path / "nope")], ["no checkpoint at"]
+    if case == "resume_dir_without_checkpoint":
+        (tmp_path / "empty").mkdir()
+        return ["--resume", str(tmp_path / "empty")], ["no checkpoint at"]
+    if case == "resume_h5":
+        return ["--resume", h5], [f"{h5} is not a checkpoint (not a torch.save file)"]
+    if case == "resume_junk":
+        junk = tmp_path / "junk.pt"
+        junk.write_bytes(b"\x00garbage" * 50)
+        return ["--resume", str(junk)], [f"{junk} is not a checkpoint (not a torch.save file)"]
+    if case == "resume_not_a_run":
+        path = str(tmp_path / "weights.pt")
+        torch.save({"w": torch.ones(2)}, path)
+        return ["--resume", path], [f"{path} is not a training checkpoint"]
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("case", [
+    "device_cuda", "device_tpu", "dt_nan", "fused_on_cpu", "amp_fp16_on_cpu", "truncated_h5",
+    "junk_h5", "frames_48", "resolution_64", "other_system", "batch_too_big", "resume_missing",
+    "resume_dir_without_checkpoint", "resume_h5", "resume_junk", "resume_not_a_run"])
+def test_bad_input_is_one_line_and_exit_2(case, data_root, tiny_pendulum_h5, tmp_path, capsys,
+                                          monkeypatch):
+    out = tmp_path / "run"
+    extra, needles = _bad_input(case, data_root, tiny_pendulum_h5, tmp_path, monkeypatch)
+    code, _, err = call(TINY + ["--data", data_root, "--out", str(out), "--iters", "2"] + extra,
+                        capsys)
+    assert_one_error_line(code, err, *needles)
+    assert not out.exists()  # nothing was written
