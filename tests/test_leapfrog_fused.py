@@ -117,7 +117,9 @@ def test_tensor_core_precisions_run_in_both_layouts(tile, monkeypatch, chunk, wi
     weights, biases = [w.to(DEVICE) for w in weights], [b.to(DEVICE) for b in biases]
     q0 = torch.randn(19, 3, generator=gen).to(DEVICE)
     p0 = torch.randn(19, 3, generator=gen).to(DEVICE)
-    errs = compare_to_reference(q0, p0, weights, biases, 0.05, 5, "tanh", "fused",
+    # 3 frames: two steps carry the loop and every gradient; under the interpreter each step
+    # of the bf16x3 split at width 128 costs seconds
+    errs = compare_to_reference(q0, p0, weights, biases, 0.05, 3, "tanh", "fused",
                                 precision=precision)
     tol = 1e-2 if precision == "tf32" and DEVICE == "cuda" else 1e-4
     bad = {n: e for n, e in errs.items() if not e <= tol}
