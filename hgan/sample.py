@@ -13,6 +13,7 @@ import sys
 
 import torch
 
+from hgan.cli_args import OneLineParser, int_at_least
 from hgan.device import check_device
 from hgan.models import ModelConfig, build_models
 from hgan.train.checkpoint import load_checkpoint
@@ -42,19 +43,11 @@ def generate(ckpt_path, n=16, frames=64, dt=None, seed=0, device="cpu"):
 _ERROR = "hgan.sample: error:"  # argparse's errors and the run's alike: one line each
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"{_ERROR} {message}\n")
+class _Parser(OneLineParser):
+    error_name = "hgan.sample"
 
 
-def _positive(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
+_positive = int_at_least(1)
 
 
 def _device(text):

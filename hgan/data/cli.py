@@ -11,27 +11,14 @@ import sys
 
 import numpy as np
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"hgan.data: error: {message}\n")
+from hgan.cli_args import OneLineParser, int_at_least
 
 
-def _nonneg(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
+class _Parser(OneLineParser):
+    error_name = "hgan.data"
 
 
-def _positive(text):
-    v = _nonneg(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
+_nonneg, _positive = int_at_least(0), int_at_least(1)
 
 
 def _resolution(text):

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from hgan.evaluate import appearance, figures, fvd, inputs, probe, report, structure
-from hgan.evaluate.inputs import ALL_METRICS, InputError, int_at_least
+from hgan.cli_args import OneLineParser as _Parser, int_at_least
+from hgan.evaluate.inputs import ALL_METRICS, InputError
 
 __all__ = ["ALL_METRICS", "InputError", "compare", "evaluate", "main", "physics_metrics"]
 
@@ -258,11 +259,6 @@ def compare(args):
             f.write(text)
     print(text)
     return text
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block (as hgan.data and train.py)
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def main(argv=None):

@@ -24,19 +24,6 @@ class InputError(ValueError):
     """A bad command-line input, described in one line."""
 
 
-def int_at_least(low, why=""):
-    """argparse type: an integer >= low (`why` says where the bound comes from)."""
-    def parse(text):
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if v < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}{why}, got {v}")
-        return v
-    return parse
-
-
 def metric_list(text):
     metrics = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
     unknown = [m for m in metrics if m not in ALL_METRICS]

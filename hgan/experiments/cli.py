@@ -11,13 +11,13 @@ import subprocess
 import sys
 import time
 
+from hgan.cli_args import OneLineParser
 from hgan.experiments.grid import (MODELS, PAPER_SIZES, TABLE1_SYSTEMS, GridError, GridSpec,
                                    check_device, split_args)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        self.exit(2, f"hgan.experiments: error: {message}\n")
+class _Parser(OneLineParser):
+    error_name = "hgan.experiments"
 
 
 def _list(text):

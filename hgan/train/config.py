@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import asdict, dataclass, fields
 
+from hgan.cli_args import OneLineParser
 from hgan.models.config import ModelConfig, option
 
 
@@ -130,11 +131,6 @@ def _add_options(parser, cls, defaults):
                             choices=choices() if callable(choices) else choices)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage block (as hgan.data)
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     # An empty default (--out, --resume) has its meaning in the help text already.
     def _get_help_string(self, action):
@@ -147,7 +143,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     """train.py's flags: one per RunConfig and ModelConfig field, help from the field.
 
     defaults=False: a parser whose namespace holds only the flags given (see parse_command_line)."""
-    p = _Parser(prog="train.py", description="Train HGAN (or a baseline) on a Toy Physics system.",
+    p = OneLineParser(prog="train.py", description="Train HGAN (or a baseline) on a Toy Physics system.",
                 formatter_class=_HelpFormatter)
     _add_options(p, RunConfig, RunConfig(model=ModelConfig()) if defaults else None)
     _add_options(p, ModelConfig, ModelConfig() if defaults else None)

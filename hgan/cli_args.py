@@ -1,0 +1,26 @@
+"""What every command line of the package shares: errors in one line, `<name>: error: ...`
+with exit code 2 and no usage block, and integer flags with a lower bound. argparse only:
+hgan.data's tools import this without importing torch."""
+import argparse
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line. `error_name` (a class attribute, so that
+    subparsers made with parser_class inherit it) names the command; default: its prog."""
+    error_name = None
+
+    def error(self, message):
+        self.exit(2, f"{self.error_name or self.prog}: error: {message}\n")
+
+
+def int_at_least(low, why=""):
+    """argparse type: an integer >= low (`why` says where the bound comes from)."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if v < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}{why}, got {v}")
+        return v
+    return parse
