@@ -25,8 +25,8 @@ except GenerationInterrupted as e:
 """
 
 
-def _stop_once_partial_exists(cmd, out, sig):
-    partial = os.path.join(out, "pendulum", "train.h5.partial")
+def _stop_once_partial_exists(cmd, out, sig, split="train"):
+    partial = os.path.join(out, "pendulum", split + ".h5.partial")
     # A terminal's Ctrl-C reaches a process whose SIGINT is at its default; a test runner
     # started in the background may have left it ignored, which the child would inherit.
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -44,6 +44,16 @@ def _stop_once_partial_exists(cmd, out, sig):
             proc.kill()
             proc.wait()
     return proc.returncode, stdout, stderr, partial
+
+
+def test_stop_during_a_split_never_leaves_train_without_test(tmp_path):
+    # train.py trains on train.h5 whenever it exists; evaluation then needs test.h5.
+    cmd = [sys.executable, "-m", "hgan.data", "generate", "--system", "pendulum", "--train",
+           "2", "--test", "100000", "--frames", "64", "--out", str(tmp_path)]
+    rc, _, err, partial = _stop_once_partial_exists(cmd, tmp_path, signal.SIGINT, "test")
+    assert rc == 128 + signal.SIGINT, err
+    assert not os.path.exists(partial)
+    assert not os.path.exists(os.path.join(tmp_path, "pendulum", "train.h5"))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

@@ -99,8 +99,8 @@ def generate_split(system, path, split, n, *, frames, seed, resolution=32, chunk
 
 def generate_dataset(system, out_dir, *, train=1000, test=200, frames=256, seed=0,
                      resolution=32, progress=True, chunk=None):
-    """Generate `<out_dir>/<system>/{train,test}.h5`; a split with 0 trajectories is
-    skipped. Returns {split: path}. The same arguments give byte-identical arrays, whatever
+    """Generate `<out_dir>/<system>/{train,test}.h5` (test first); a split with 0
+    trajectories is skipped. Returns {split: path}. The same arguments give byte-identical arrays, whatever
     `chunk` (trajectories simulated together; default per system)."""
     sys_obj = get_system(system)
     if chunk is None:
@@ -112,7 +112,9 @@ def generate_dataset(system, out_dir, *, train=1000, test=200, frames=256, seed=
     _check("resolution", resolution, 2)
     _check("chunk", chunk, 1)
     out = {}
-    for split, n in (("train", train), ("test", test)):
+    # The test split first: train.h5 is what training looks for, so a generation stopped
+    # part-way (Ctrl-C, SIGTERM) never leaves a train split without its test split.
+    for split, n in (("test", test), ("train", train)):
         if n == 0:
             continue
         path = os.path.join(os.fspath(out_dir), sys_obj.name, split + ".h5")
@@ -122,4 +124,4 @@ def generate_dataset(system, out_dir, *, train=1000, test=200, frames=256, seed=
             tqdm.write(f"{path}: {_trajectories(n)}, {stats['rejected']} rejected (left the "
                        f"canvas), {stats['inaccurate']} re-drawn for accuracy")
         out[split] = path
-    return out
+    return {split: out[split] for split in ("train", "test") if split in out}

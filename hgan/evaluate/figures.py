@@ -14,7 +14,8 @@ def _matplotlib():
     try:
         import matplotlib
     except ImportError as e:
-        raise ImportError("the evaluation plots need matplotlib: pip install 'hgan[eval]'") from e
+        raise ImportError("the evaluation plots need matplotlib: pip install -e '.[eval]' "
+                          "in the repository (scikit-learn and matplotlib)") from e
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
