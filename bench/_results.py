@@ -100,6 +100,8 @@ def merge(paths, out_dir=RESULTS_DIR):
 
 if __name__ == "__main__":
     import sys
-    if len(sys.argv) < 3 or sys.argv[1] != "merge":
-        raise SystemExit("usage: python bench/_results.py merge FILE.json [FILE.json ...]")
+    usage = ("usage: python bench/_results.py merge FILE.json [FILE.json ...]\n"
+             "merges results files of one device into bench/results/<device>.json")
+    if len(sys.argv) < 3 or sys.argv[1] != "merge" or {"-h", "--help"} & set(sys.argv):
+        raise SystemExit(usage)
     print(merge(sys.argv[2:]))

@@ -1,5 +1,6 @@
 """`python -m hgan.evaluate` on bad input: one `error:` line, exit code 2, nothing written."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -139,6 +140,18 @@ def test_help_names_every_metric_and_the_default(capsys):
     assert "--metrics fvd,physics,tsne,samples,cyclic,appearance" in text
     assert "comma list of fvd,physics,tsne,samples,cyclic,appearance (default: all 6)" in text
 
+
+def test_help_shows_every_numeric_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    entries = {e.split()[0]: " ".join(e.split())
+               for e in re.split(r"\n(?=  -)", capsys.readouterr().out) if e.startswith("  -")}
+    want = {"--fvd-videos": "2048", "--frames": "16", "--seeds": "0,1,2",
+            "--physics-videos": "256", "--probe-steps": "600", "--probe-width": "16",
+            "--tsne-samples": "1024", "--tsne-iters": "1000", "--momenta-videos": "256",
+            "--rollout-videos": "64", "--rollout-steps": "512"}
+    for flag, default in want.items():
+        assert re.search(rf"default[^:]*: {default}\b", entries[flag]), entries[flag]
 
 def _results(tmp_path, name, model, system, drift, seed=None):
     d = tmp_path / name

@@ -113,3 +113,15 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     assert torch.equal(got[0], expected[0])
     assert np.array_equal(got[1], expected[1])
     assert got[2] == expected[2] and got[3] == expected[3]
+
+
+def test_cuda_rng_states_of_more_gpus_than_this_machine_has_resume(monkeypatch):
+    # A single-process run saved on a node with 2 visible GPUs, resumed where 1 is visible.
+    state = {**capture_rng(), "cuda": [torch.zeros(16, dtype=torch.uint8),
+                                       torch.ones(16, dtype=torch.uint8)]}
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: seen.append(list(states)))
+    restore_rng(state)
+    assert len(seen) == 1 and len(seen[0]) == 1 and torch.equal(seen[0][0], state["cuda"][0])

@@ -167,7 +167,7 @@ def _evaluate(args, run):
             # results file stays free of machine-specific paths.
             results["fvd"] = {"skipped": f"the TorchScript I3D detector '{fvd.I3D_FILENAME}' "
                                          f"was not found (--i3d PATH or ${fvd.I3D_ENV}); see "
-                                         f"the README's Evaluation section"}
+                                         f"docs/evaluation.md#fvd"}
             print(f"[evaluate] FVD skipped: {run.fvd_skipped}", file=sys.stderr)
         else:
             det, det_path = run.detector, run.detector_path
@@ -284,25 +284,28 @@ def main(argv=None):
     p.add_argument("--data", help="Toy Physics HDF5 file (default: the one in the run's config)")
     p.add_argument("--i3d", help=f"path to {fvd.I3D_FILENAME} (default: ${fvd.I3D_ENV})")
     p.add_argument("--fvd-videos", type=int_at_least(2), default=fvd.PROTOCOL["num_videos"],
-                   help="videos per side for FVD (protocol: 2048)")
+                   help="videos per side for FVD (default and protocol: %(default)s)")
     p.add_argument("--real", help="held-out real HDF5 (default: test.h5 beside --data if present, "
                    "else the last 20%% of --data's trajectories)")
     p.add_argument("--frames", type=int_at_least(2, " (frame pairs)"), default=fvd.PROTOCOL["frames"],
-                   help="clip length (protocol: 16; FVD needs >= 10)")
+                   help="clip length (default and protocol: %(default)s; FVD needs >= 10)")
     p.add_argument("--seeds", type=inputs.seed_list, default=(0, 1, 2),
-                   help="generated-set seeds, e.g. 0,1,2")
+                   help="generated-set seeds (default: 0,1,2)")
     p.add_argument("--physics-videos", type=positive, default=256,
-                   help=f"videos for the physics (>= {inputs.MIN_PHYSICS_VIDEOS}) and appearance metrics")
+                   help=f"videos for the physics (>= {inputs.MIN_PHYSICS_VIDEOS}) and appearance metrics "
+                        "(default: %(default)s)")
     p.add_argument("--probe-steps", type=positive, default=600,
-                   help="probe training steps (first use; then cached beside the data)")
-    p.add_argument("--probe-width", type=positive, default=16, help="probe CNN width")
-    p.add_argument("--tsne-samples", type=int_at_least(3, " (t-SNE's perplexity)"), default=1024)
+                   help="probe training steps (first use; then cached beside the data; default: "
+                        "%(default)s)")
+    p.add_argument("--probe-width", type=positive, default=16, help="probe CNN width (default: %(default)s)")
+    p.add_argument("--tsne-samples", type=int_at_least(3, " (t-SNE's perplexity)"), default=1024,
+                   help="latent samples in the t-SNE figure (default: %(default)s)")
     p.add_argument("--tsne-iters", type=int_at_least(figures.TSNE_MIN_ITERS, " (scikit-learn's minimum)"),
-                   default=1000, help=f"t-SNE iterations (>= {figures.TSNE_MIN_ITERS})")
-    p.add_argument("--momenta-videos", type=positive, default=256, help="rollouts for mean |dp_i/dt|")
-    p.add_argument("--rollout-videos", type=positive, default=64, help="rollouts for the learned energy")
+                   default=1000, help=f"t-SNE iterations (>= {figures.TSNE_MIN_ITERS}; default: %(default)s)")
+    p.add_argument("--momenta-videos", type=positive, default=256, help="rollouts for mean |dp_i/dt| (default: %(default)s)")
+    p.add_argument("--rollout-videos", type=positive, default=64, help="rollouts for the learned energy (default: %(default)s)")
     p.add_argument("--rollout-steps", type=positive, default=512,
-                   help="leapfrog steps of the energy rollouts")
+                   help="leapfrog steps of the energy rollouts (default: %(default)s)")
     p.add_argument("--system", help="system name when no dataset is read (tsne/cyclic only; "
                    "default: the checkpoint's)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")

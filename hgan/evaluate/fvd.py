@@ -1,6 +1,6 @@
 """Frechet Video Distance, the StyleGAN-V protocol.
 
-Protocol (docs: ``shared/spec/evaluation.md``): 2048 real and 2048 generated clips of 16
+Protocol (docs/evaluation.md#fvd): 2048 real and 2048 generated clips of 16
 consecutive frames, one random window per held-out real trajectory; the TorchScript I3D
 that StyleGAN-V distributes, called as ``detector(videos, rescale=True, resize=True,
 return_features=True)`` on uint8 videos shaped [N, 3, T, H, W]; mean and biased (/N)

@@ -22,7 +22,7 @@ def option(default=MISSING, help="", *, choices=None, resumable=False, cli=True,
 
 @dataclass
 class ModelConfig:
-    """Defaults follow the official HGAN code and MoCoGAN (see the README's model section)."""
+    """Defaults follow the official HGAN code and MoCoGAN (docs/training.md#the-models---model)."""
 
     model: str = option("hgan", "hgan (config map + HNN + L_cyc), hnn_gan (no map), "
                                 "mocogan (GRU)", choices=MODELS)

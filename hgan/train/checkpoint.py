@@ -31,7 +31,9 @@ def restore_rng(state: dict) -> None:
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
                          n["cached_gaussian"]))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        # One state per GPU the saving process saw: a run saved on an 8-GPU node resumes on
+        # a machine with fewer (set_rng_state_all would index past the last device).
+        torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
 
 
 def save_checkpoint(state: dict, path: str) -> str:
