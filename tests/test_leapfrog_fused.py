@@ -195,6 +195,27 @@ def test_kernel_that_does_not_fit_the_gpu_falls_back_to_analytic_under_auto(monk
         rollout_and_grads(q0, p0, w, b, 0.05, 4, "softplus", "fused", cot, precision=precision)
 
 
+def test_shape_past_int32_offsets_falls_back_to_analytic_under_auto(monkeypatch):
+    # B * frames * k past the kernels' int32 offsets (the limit lowered here so that a small
+    # shape reaches it) is a config fused cannot run: analytic under auto with a one-time
+    # warning, a ValueError naming int32 for backend="fused". (It raised under auto too.)
+    monkeypatch.setattr(fused, "INT32_OFFSETS", 5 * 4 * 3)
+    monkeypatch.setitem(dispatch._auto_choice, torch.device(DEVICE).type, "fused")
+    monkeypatch.setattr(dispatch, "_warned", set())
+    gen = torch.Generator().manual_seed(8)
+    w, b = random_mlp(3, (16, 16), generator=gen)
+    w, b = [x.to(DEVICE) for x in w], [x.to(DEVICE) for x in b]
+    q0, p0 = (torch.randn(5, 3, generator=gen).to(DEVICE) for _ in range(2))
+    with pytest.warns(UserWarning, match="int32"):
+        outs = leapfrog(q0, p0, w, b, dt=0.05, frames=4, backend="auto")
+    ref = leapfrog(q0, p0, w, b, dt=0.05, frames=4, backend="analytic")
+    for x, y in zip(outs, ref):
+        torch.testing.assert_close(x, y)
+    with pytest.raises(ValueError, match="int32"):
+        leapfrog(q0, p0, w, b, dt=0.05, frames=4, backend="fused")
+    assert leapfrog(q0[:4], p0[:4], w, b, dt=0.05, frames=4, backend="fused")[0].shape[0] == 4
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 @pytest.mark.parametrize("regime", list(FALLBACK_REGIMES))
@@ -371,6 +392,28 @@ def test_latency_backward_keeps_fp32_products_and_the_callers_tf32_setting():
         assert torch.backends.cuda.matmul.allow_tf32 is True
     finally:
         torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_latency_backward_under_the_new_tf32_api():
+    # torch >= 2.9: a caller who enables TF32 through fp32_precision (the API torch now
+    # recommends) makes the legacy allow_tf32 flag raise on read ("mix of the legacy and new
+    # APIs"); the latency backward's fp32 guard read it and crashed every backward.
+    m = torch.backends.cuda.matmul
+    if not hasattr(m, "fp32_precision"):
+        pytest.skip("torch without per-backend fp32_precision")
+    saved = m.fp32_precision
+    m.fp32_precision = "tf32"
+    try:
+        gen = torch.Generator().manual_seed(12)
+        weights, biases = random_mlp(2, (16, 16), generator=gen)
+        weights, biases = [w.to(DEVICE) for w in weights], [b.to(DEVICE) for b in biases]
+        q0 = torch.randn(3, 2, generator=gen).to(DEVICE)
+        errs = compare_to_reference(q0, q0.flip(0), weights, biases, 0.05, 3, "softplus",
+                                    "fused")
+        assert max(errs.values()) <= 1e-4, errs
+        assert m.fp32_precision == "tf32"          # the caller's setting, as it was
+    finally:
+        m.fp32_precision = saved
 
 
 @pytest.mark.parametrize("B,k,widths,frames,scheme,activation,dt", [

@@ -30,6 +30,8 @@ widths (width 100 -> 128, k = 10 -> 16) and slices the gradients back. Padded hi
 have a = 0 and h = s(0) != 0 (softplus(0) = log 2), harmless only because their outgoing
 weights are zero; their weight gradients are nonzero and are dropped by the slicing.
 """
+import contextlib
+
 import torch
 
 from .common import refuse_double_backward
@@ -47,9 +49,22 @@ class FusedCannotLaunch(RuntimeError):
     The dispatcher turns it into analytic with a one-time warning under backend="auto"."""
 
 
+class FusedShapeTooLarge(FusedCannotLaunch, ValueError):
+    """A shape past the kernels' int32 offsets: analytic under backend="auto" (one-time
+    warning), a ValueError naming the limit for backend="fused"."""
+
+
+# The kernels index the [B, T, k] trajectories with int32 offsets.
+INT32_OFFSETS = 2 ** 31
+
+
 def _launch(kernel, grid, *args, **kwargs):
+    # Triton launches on the current CUDA device: with the tensors on another one (cuda:1
+    # while cuda:0 is current) the kernel would run on the wrong GPU with foreign pointers.
+    dev = args[0].device
     try:
-        kernel[grid](*args, **kwargs)
+        with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
+            kernel[grid](*args, **kwargs)
     except triton.runtime.errors.OutOfResources as err:
         cfg = {k: kwargs[k] for k in ("BLOCK_B", "KP", "H1", "H2", "CH", "PREC", "num_warps")
                if k in kwargs}
@@ -222,12 +237,13 @@ def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2
     layouts'; empty for the latency layout, which reads the caller's tensors)."""
     B, k = q0.shape
     assert q0.dtype == torch.float32 and len(weights) == 3, "dispatcher checks the contract"
-    if B * frames * k >= 2 ** 31:
+    if B * frames * k >= INT32_OFFSETS:
         # The kernels index the [B, T, k] trajectories with int32 offsets (rows * T * k):
-        # past 2^31 elements they would wrap and read or write out of bounds.
-        raise ValueError(f"the fused leapfrog backend indexes with int32: B * frames * k = "
-                         f"{B} * {frames} * {k} must stay below 2^31; split the batch or use "
-                         f"backend='analytic'")
+        # past 2^31 elements they would wrap and read or write out of bounds. Under "auto"
+        # the dispatcher runs analytic instead (FusedCannotLaunch).
+        raise FusedShapeTooLarge(f"the fused leapfrog backend indexes with int32: B * frames "
+                                 f"* k = {B} * {frames} * {k} must stay below 2^31; split the "
+                                 f"batch or use backend='analytic'")
     n1, n2 = weights[0].shape[0], weights[1].shape[0]
     KP, H1, H2 = _pow2(k), _pow2(n1), _pow2(n2)
     layout = _layout(B, frames, H1, H2, precision, KP)
@@ -313,14 +329,27 @@ def _latency_bwd(q, p, ph, points, gq, gp, gd, raw, dq0, dp0, n_prog, dt, activa
 
 class _fp32_matmul:
     """Full fp32 for the weight-gradient product whatever the caller's TF32 setting (the
-    contract is 1e-4 against float64; TF32 products are ~1e-3)."""
+    contract is 1e-4 against float64; TF32 products are ~1e-3). Through torch's per-backend
+    fp32_precision where it has one (torch >= 2.9): the legacy allow_tf32 flag raises on
+    read once a caller has set TF32 with that API ("mix of the legacy and new APIs"), and
+    writing it would leave the caller's state mixed."""
 
     def __enter__(self):
-        self.saved = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = False
+        m = torch.backends.cuda.matmul
+        self.new_api = hasattr(m, "fp32_precision")
+        if self.new_api:
+            self.saved = m.fp32_precision
+            m.fp32_precision = "ieee"
+        else:
+            self.saved = m.allow_tf32
+            m.allow_tf32 = False
 
     def __exit__(self, *exc):
-        torch.backends.cuda.matmul.allow_tf32 = self.saved
+        m = torch.backends.cuda.matmul
+        if self.new_api:
+            m.fp32_precision = self.saved
+        else:
+            m.allow_tf32 = self.saved
         return False
 
 

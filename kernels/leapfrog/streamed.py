@@ -201,10 +201,13 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
     w3 = tl.load(w3_ptr + h2)
     db2 = tl.zeros((H2,), dtype=tl.float32)
     dw3 = tl.zeros((H2,), dtype=tl.float32)
-    gw1q = dw1q_ptr + pid * H1 * KP
-    gw1p = dw1p_ptr + pid * H1 * KP
-    gb1 = db1_ptr + pid * H1
-    gw2 = dw2_ptr + pid * H2 * H1
+    # The slabs' offsets in int64: a program per 16 rows puts pid * H2 * H1 past 2^31 from
+    # about 2M rows at width 128 (an 8 GB slab, which an H200 holds), where int32 wraps.
+    slab = pid.to(tl.int64)
+    gw1q = dw1q_ptr + slab * (H1 * KP)
+    gw1p = dw1p_ptr + slab * (H1 * KP)
+    gb1 = db1_ptr + slab * H1
+    gw2 = dw2_ptr + slab * (H2 * H1)
     traj = rows[:, None] * (T * K) + cols[None, :]
     half = rows[:, None] * ((T - 1) * K) + cols[None, :]
     Q = tl.load(gq_ptr + traj + (T - 1) * K, mask=mask, other=0.0)
@@ -238,5 +241,5 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
         P = Ph + dxp + tl.load(gp_ptr + traj + t * K, mask=mask, other=0.0)
     tl.store(dq0_ptr + rows[:, None] * K + cols[None, :], Q, mask=mask)
     tl.store(dp0_ptr + rows[:, None] * K + cols[None, :], P, mask=mask)
-    tl.store(db2_ptr + pid * H2 + h2, db2)
-    tl.store(dw3_ptr + pid * H2 + h2, dw3)
+    tl.store(db2_ptr + slab * H2 + h2, db2)
+    tl.store(dw3_ptr + slab * H2 + h2, dw3)

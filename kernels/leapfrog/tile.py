@@ -173,10 +173,12 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
         P += tl.load(gp_ptr + traj + t * K, mask=mask, other=0.0)
     tl.store(dq0_ptr + rows[:, None] * K + cols[None, :], Q, mask=mask)
     tl.store(dp0_ptr + rows[:, None] * K + cols[None, :], P, mask=mask)
-    # One partial per program; the host reduces them once.
-    tl.store(dw1q_ptr + pid * H1 * KP + h1[:, None] * KP + cols[None, :], dW1q)
-    tl.store(dw1p_ptr + pid * H1 * KP + h1[:, None] * KP + cols[None, :], dW1p)
-    tl.store(dw2_ptr + pid * H2 * H1 + h2[:, None] * H1 + h1[None, :], dW2)
-    tl.store(db1_ptr + pid * H1 + h1, db1)
-    tl.store(db2_ptr + pid * H2 + h2, db2)
-    tl.store(dw3_ptr + pid * H2 + h2, dw3)
+    # One partial per program; the host reduces them once. int64 slab offsets: pid * H1 * KP
+    # passes 2^31 at B / BLOCK_B programs from about 2^27 rows.
+    slab = pid.to(tl.int64)
+    tl.store(dw1q_ptr + slab * (H1 * KP) + h1[:, None] * KP + cols[None, :], dW1q)
+    tl.store(dw1p_ptr + slab * (H1 * KP) + h1[:, None] * KP + cols[None, :], dW1p)
+    tl.store(dw2_ptr + slab * (H2 * H1) + h2[:, None] * H1 + h1[None, :], dW2)
+    tl.store(db1_ptr + slab * H1 + h1, db1)
+    tl.store(db2_ptr + slab * H2 + h2, db2)
+    tl.store(dw3_ptr + slab * H2 + h2, dw3)
