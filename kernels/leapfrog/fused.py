@@ -18,10 +18,11 @@ THROUGHPUT_PRECISIONS with _throughput_fits, _chunk):
   * throughput.py: hidden-major tiles for large batches with precision "bf16x3", so that every
     weight product has M = the hidden width and compiles to Hopper's wgmma; a persistent grid
     with the weights split and staged once per program; its cost model is in its docstring;
-  * tile.py keeps the weights (and, in the backward, their gradients) in registers and
-    drives tl.dot on blocks of rows: large batches of the narrowest MLPs;
-  * streamed.py walks the hidden units in chunks for wider ones, whose weights do not fit a
-    tile program's registers.
+  * streamed.py drives tl.dot on blocks of rows and walks the hidden units in chunks: every
+    other large batch;
+  * tile.py keeps the weights (and, in the backward, their gradients) in registers instead;
+    the table no longer picks it (it spills more than streamed.py at every width: _chunk)
+    and it stays for bench/tune_fused.py until a GPU has timed the two.
 This module is the host side of all four: the table, the launch, the autograd Function;
 ops.py holds the device functions they share.
 
@@ -78,22 +79,25 @@ def _pow2(n):
 
 
 def _chunk(h1, h2):
-    """Hidden units per chunk of the streamed layout (streamed.py), or 0 for tile.py's
-    register-resident one, for the tile regime (B > LATENCY_MAX_ROWS). From what ptxas
-    reports for sm_90 (bench/ptxas_report.py, triton 3.6, launch alignment; backward, 8
-    warps): resident spills 2 KB per thread at width 32, streamed nothing (16-unit chunks);
-    at width 128 streamed spills 0.36 KB with 16-unit chunks and 0.45 KB with 32-unit ones
-    (half the loop trips). An H200 sweep of these tile configs (bench/tune_fused.py, commit
-    10adb26) found none faster than 3.09 ms at B = 64 and 91.1 ms at B = 65536; which won
-    was not kept, so re-run it before changing these."""
-    width = max(h1, h2)
-    return 0 if width <= 16 else 16 if width <= 32 else 32
+    """Hidden units per chunk of the streamed layout (streamed.py) for the tile regime
+    (B > LATENCY_MAX_ROWS); 0 would be tile.py's register-resident layout, which no width
+    takes any more. From what ptxas reports for sm_90 (bench/ptxas_report.py, triton 3.6,
+    launch alignment; backward, 16-row blocks): at width 16 the resident backward spills
+    40 B per thread at k <= 16 and 1.9 KB at k 17..32, one 16-unit chunk nothing at either;
+    at width 32 resident 2 KB, streamed nothing; at width 128 streamed spills 0.36 KB with
+    16-unit chunks and 0.45 KB with 32-unit ones (half the loop trips). The resident layout
+    stays for bench/tune_fused.py (chunk 0) until a GPU has timed the two. An H200 sweep of
+    the tile configs (bench/tune_fused.py, commit 10adb26) found none faster than 3.09 ms at
+    B = 64 and 91.1 ms at B = 65536; which won was not kept, so re-run it before changing
+    these."""
+    return 16 if max(h1, h2) <= 32 else 32
 
 
 def _block_b(h1, h2):
-    # The streamed backward spills more with 32-row blocks than with 16 (tl.dot's smallest)
-    # at widths 32-128 (ptxas, sm_90); the resident layout at width 16 has room for 32.
-    return 16 if _chunk(h1, h2) else 32
+    # 16 rows, tl.dot's smallest: 32-row blocks spill more in every tile backward ptxas
+    # reports for sm_90 (streamed at widths 32-128; resident at width 16: 1.1 KB against 40 B
+    # at k <= 16, 14 KB against 1.9 KB at k 17..32).
+    return 16
 
 
 def _num_warps(h1, h2):
@@ -105,8 +109,8 @@ def _num_warps(h1, h2):
 # Which kernel runs, by regime: the one table the dispatcher reads. Rows up to
 # LATENCY_MAX_ROWS run the latency layout (latency.py: a program per row, matrix-vector
 # products on the FMA units), larger batches with precision "bf16x3" the throughput layout
-# (throughput.py) where it fits, and the rest the tile layouts (tile.py's
-# register-resident one up to width 16, streamed.py's above: _chunk). The switch point is
+# (throughput.py) where it fits, and the rest the streamed tile layout (streamed.py, in
+# chunks of _chunk hidden units). The switch point is
 # modelled in latency.py's docstring and still to be measured on a GPU (bench/gpu/leapfrog_table.py
 # sweeps it).
 LATENCY_MAX_ROWS = 2048

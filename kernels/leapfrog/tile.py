@@ -1,7 +1,8 @@
 """Tile layout of the fused kernels: a program per block of BLOCK_B rows, the weights (and in
-the backward their gradients) resident in registers, every product through tl.dot. It serves
-large batches of the narrowest MLPs (the dispatch table in fused.py: width 16; wider ones take
-streamed.py, which walks the hidden units in chunks).
+the backward their gradients) resident in registers, every product through tl.dot. The
+dispatch table (fused.py) no longer picks it: at every width ptxas reports more spills for it
+than for streamed.py, which walks the hidden units in chunks (fused._chunk). It stays as
+bench/tune_fused.py's chunk 0 until a GPU has timed the two.
 
 _leapfrog_fwd_kernel: one program owns BLOCK_B batch rows, loads the weights once and keeps
 them on-chip for all T-1 steps; per step it writes q_t+1, p_t+1, p_half_t and dHdq_t, and for
