@@ -16,7 +16,7 @@ import torch
 from hgan.cli_args import OneLineParser, int_at_least
 from hgan.device import check_device
 from hgan.models import ModelConfig, build_models
-from hgan.train.checkpoint import load_checkpoint
+from hgan.train.checkpoint import load_checkpoint, load_weights
 from hgan.train.media import save_gif, save_png_strip
 
 
@@ -30,7 +30,7 @@ def generator_from_checkpoint(ckpt: dict, device="cpu"):
     """The generator of a loaded checkpoint dict, in eval mode on `device`."""
     mcfg = ModelConfig.from_dict(ckpt["config"]["model"])
     generator = build_models(mcfg, "cpu").generator
-    generator.load_state_dict(ckpt["generator"])
+    load_weights(generator, ckpt["generator"], "generator")
     return generator.to(device).eval()
 
 

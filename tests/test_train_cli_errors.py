@@ -205,3 +205,30 @@ def test_bad_input_is_one_line_and_exit_2(case, data_root, tiny_pendulum_h5, tmp
                         capsys)
     assert_one_error_line(code, err, *needles)
     assert not out.exists()  # nothing was written
+
+
+def test_weights_that_do_not_fit_the_config_are_one_line_everywhere(stopped_run, tmp_path,
+                                                                     capsys):
+    # A checkpoint whose generator no longer fits the model its config builds (another
+    # version of the models, or an edited file): train --resume, hgan.sample and
+    # hgan.evaluate each say so in one line instead of torch's multi-line traceback.
+    from hgan.evaluate import cli as eval_cli
+    from hgan.sample import main as sample_main
+    run, _ = stopped_run
+    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    name = next(iter(ckpt["generator"]))
+    ckpt["generator"][name] = torch.zeros(3, 5)
+    bad = tmp_path / "edited.pt"
+    torch.save(ckpt, bad)
+    code, _, err = call(["--resume", str(bad)], capsys)
+    assert_one_error_line(code, err, "generator weights do not fit", name)
+    assert sample_main(["--checkpoint", str(bad), "--out", str(tmp_path / "s.gif")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "generator weights do not fit" in err[0], err
+    with pytest.raises(SystemExit) as e:
+        eval_cli.main(["--checkpoint", str(bad), "--out", str(tmp_path / "e"), "--metrics",
+                       "cyclic"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "generator weights do not fit" in err[0], err
+    assert not (tmp_path / "e").exists()

@@ -56,7 +56,7 @@ def resolve_device(name):
 def load_run(path, device):
     """(generator in eval mode on `device`, run config, training iteration)."""
     from hgan.sample import generator_from_checkpoint
-    from hgan.train.checkpoint import load_checkpoint
+    from hgan.train.checkpoint import CheckpointError, load_checkpoint
     try:
         ckpt = load_checkpoint(path, map_location="cpu")
     except (OSError, RuntimeError) as e:
@@ -65,7 +65,10 @@ def load_run(path, device):
             and isinstance(ckpt.get("config"), dict) and "model" in ckpt["config"]):
         raise InputError(f"--checkpoint {path}: not a training checkpoint (no generator "
                          f"weights and model config)")
-    generator = generator_from_checkpoint(ckpt, device)
+    try:
+        generator = generator_from_checkpoint(ckpt, device)
+    except CheckpointError as e:
+        raise InputError(f"--checkpoint {path}: {e}") from None
     return generator, ckpt["config"], int(ckpt.get("iteration", -1))
 
 

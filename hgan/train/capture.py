@@ -184,8 +184,10 @@ class StaticStep:
                                   capture_error_mode=mode):
                 out = self._g(d)
         except RuntimeError as err:
+            # No eager fallback here: torch < 2.13 leaves the CUDA generators in capture
+            # mode after a failed capture, and every later random draw in this process fails.
             raise RuntimeError(f"capturing the training step into CUDA graphs failed ({err}); "
-                               f"train with --no-cuda-graph") from err
+                               f"train with --no-cuda-graph, in a new process") from err
         self._keep = d                               # tensors the G graph reads
         self.graphs, self.out = graphs, out
 

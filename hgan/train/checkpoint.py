@@ -93,3 +93,20 @@ def _refusal(message: str) -> str:
 def _first_sentence(message: str) -> str:
     message = re.sub(r"^\[enforce fail[^\]]*\][\s.]*", "", message.strip())
     return message.split(". ")[0].splitlines()[0] if message else "unexpected end of file"
+
+
+def load_weights(module, state: dict, what: str) -> None:
+    """module.load_state_dict(state), with a mismatch as one CheckpointError line: the
+    weights of a checkpoint written by another version of the models (or edited) do not fit
+    the model its config builds, and torch's message spans a line per key."""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        lines = [" ".join(line.split()).rstrip(".") for line in str(e).splitlines()[1:]
+                 if line.strip()]
+        detail = "; ".join(lines) or str(e)
+        if len(detail) > 300:
+            detail = detail[:297] + "..."
+        raise CheckpointError(f"the checkpoint's {what} weights do not fit the model its config "
+                              f"builds ({detail}): was it written by another version of hgan?"
+                              ) from None

@@ -18,7 +18,7 @@ from hgan.kernels import cyclic_loss
 from hgan.models import build_models
 from hgan.train import capture as hcapture
 from hgan.train import dist as hdist
-from hgan.train.checkpoint import capture_rng, restore_rng, save_checkpoint
+from hgan.train.checkpoint import capture_rng, load_weights, restore_rng, save_checkpoint
 from hgan.train.config import RunConfig
 from hgan.train.losses import accuracy, d_loss, g_loss, r1_penalty
 from hgan.train.profiling import stage
@@ -105,12 +105,21 @@ def _generate(cfg: RunConfig):
     """Generate cfg's dataset. SIGINT / SIGTERM during it end in
     hgan.data.GenerationInterrupted with no partial file left (hgan.data.interrupt): this runs
     before training installs its own stop handlers, so the data package's are in force."""
-    from hgan.data import generate_dataset
+    from hgan.data import GenerationInterrupted, generate_dataset
     print(f"[hgan] {cfg.data_path} not found: generating {cfg.gen_train} train / {cfg.gen_test} "
           f"test trajectories of {cfg.gen_frames} frames", flush=True)
-    generate_dataset(cfg.system, cfg.data, train=cfg.gen_train, test=cfg.gen_test,
-                     frames=cfg.gen_frames, seed=cfg.seed, resolution=cfg.model.resolution,
-                     progress=cfg.progress)
+    test_path = os.path.join(os.path.dirname(cfg.data_path), "test.h5")
+    had_test = os.path.exists(test_path)
+    try:
+        generate_dataset(cfg.system, cfg.data, train=cfg.gen_train, test=cfg.gen_test,
+                         frames=cfg.gen_frames, seed=cfg.seed, resolution=cfg.model.resolution,
+                         progress=cfg.progress)
+    except GenerationInterrupted:
+        # The run's dataset is one unit: a test split this call finished goes too, so that
+        # a stopped first run leaves the data directory as it found it.
+        if not had_test and os.path.exists(test_path):
+            os.remove(test_path)
+        raise
 
 
 def check_dataset(cfg: RunConfig):
@@ -362,9 +371,9 @@ class Trainer:
                 "rng": capture_rng(), "world_size": self.info.world_size}
 
     def load_state_dict(self, ckpt: dict):
-        self.G.load_state_dict(ckpt["generator"])
-        self.D_I.load_state_dict(ckpt["image_disc"])
-        self.D_V.load_state_dict(ckpt["video_disc"])
+        load_weights(self.G, ckpt["generator"], "generator")
+        load_weights(self.D_I, ckpt["image_disc"], "image discriminator")
+        load_weights(self.D_V, ckpt["video_disc"], "video discriminator")
         self.opt_g.load_state_dict(ckpt["opt_g"])
         self.opt_di.load_state_dict(ckpt["opt_di"])
         self.opt_dv.load_state_dict(ckpt["opt_dv"])
