@@ -378,9 +378,18 @@ def test_dispatch_table_picks_the_kernel_by_regime():
     assert fused._latency_programs(37, torch.device("cpu")) == 4
 
 
-def test_latency_backward_keeps_fp32_products_and_the_callers_tf32_setting():
-    saved = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
+@pytest.mark.parametrize("api", ["legacy", "new"])
+def test_latency_backward_keeps_fp32_products_and_the_callers_tf32_setting(api):
+    # The weight-gradient product runs in full fp32 whatever the caller's TF32 setting, and
+    # leaves that setting as it was. Since torch 2.9 a caller on the new API (fp32_precision,
+    # which torch recommends) makes the legacy allow_tf32 flag raise on read ("mix of the
+    # legacy and new APIs"): a guard that read it crashed every backward.
+    m = torch.backends.cuda.matmul
+    if api == "new" and not hasattr(m, "fp32_precision"):
+        pytest.skip("torch without per-backend fp32_precision")
+    attr, on = ("allow_tf32", True) if api == "legacy" else ("fp32_precision", "tf32")
+    saved = getattr(m, attr)
+    setattr(m, attr, on)
     try:
         gen = torch.Generator().manual_seed(11)
         weights, biases = random_mlp(2, (16, 16), generator=gen)
@@ -389,31 +398,9 @@ def test_latency_backward_keeps_fp32_products_and_the_callers_tf32_setting():
         errs = compare_to_reference(q0, q0.flip(0), weights, biases, 0.05, 3, "softplus",
                                     "fused")
         assert max(errs.values()) <= 1e-4, errs
-        assert torch.backends.cuda.matmul.allow_tf32 is True
+        assert getattr(m, attr) == on
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-def test_latency_backward_under_the_new_tf32_api():
-    # torch >= 2.9: a caller who enables TF32 through fp32_precision (the API torch now
-    # recommends) makes the legacy allow_tf32 flag raise on read ("mix of the legacy and new
-    # APIs"); the latency backward's fp32 guard read it and crashed every backward.
-    m = torch.backends.cuda.matmul
-    if not hasattr(m, "fp32_precision"):
-        pytest.skip("torch without per-backend fp32_precision")
-    saved = m.fp32_precision
-    m.fp32_precision = "tf32"
-    try:
-        gen = torch.Generator().manual_seed(12)
-        weights, biases = random_mlp(2, (16, 16), generator=gen)
-        weights, biases = [w.to(DEVICE) for w in weights], [b.to(DEVICE) for b in biases]
-        q0 = torch.randn(3, 2, generator=gen).to(DEVICE)
-        errs = compare_to_reference(q0, q0.flip(0), weights, biases, 0.05, 3, "softplus",
-                                    "fused")
-        assert max(errs.values()) <= 1e-4, errs
-        assert m.fp32_precision == "tf32"          # the caller's setting, as it was
-    finally:
-        m.fp32_precision = saved
+        setattr(m, attr, saved)
 
 
 @pytest.mark.parametrize("B,k,widths,frames,scheme,activation,dt", [
