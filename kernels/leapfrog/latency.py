@@ -25,7 +25,7 @@ scratch row and the host reduces them all in one fp32 matrix product. Both reduc
 deterministic, with no atomics.
 
 Latency model (designed against; the figures it predicts are to be checked on a GPU with
-bench/gpu/leapfrog.sh). Width 128 (100 padded), KP 16, frames 16, order2:
+bench/gpu/leapfrog_table.py). Width 128 (100 padded), KP 16, frames 16, order2:
   * One gradient evaluation F = dH/dx is four dependent stages: a1 = W1 x (2k x 128), a2 = W2 h1
     (128 x 128), e1 = W2^T g2 (128 x 128), F = W1^T g1 (128 x 2k), plus two register-layout
     conversions (a1's layout to W2's and back; each a shared-memory round trip and a barrier).
