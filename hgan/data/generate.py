@@ -100,8 +100,8 @@ def generate_split(system, path, split, n, *, frames, seed, resolution=32, chunk
 def generate_dataset(system, out_dir, *, train=1000, test=200, frames=256, seed=0,
                      resolution=32, progress=True, chunk=None):
     """Generate `<out_dir>/<system>/{train,test}.h5` (test first); a split with 0
-    trajectories is skipped. Returns {split: path}. The same arguments give byte-identical arrays, whatever
-    `chunk` (trajectories simulated together; default per system)."""
+    trajectories is skipped. Returns {split: path}. The same arguments give byte-identical
+    arrays, whatever `chunk` (trajectories simulated together; default per system)."""
     sys_obj = get_system(system)
     if chunk is None:
         chunk = CHUNK_TRAJ_ADAPTIVE if sys_obj.base == "three_body" else CHUNK_TRAJ

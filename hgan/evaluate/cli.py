@@ -292,18 +292,22 @@ def main(argv=None):
     p.add_argument("--seeds", type=inputs.seed_list, default=(0, 1, 2),
                    help="generated-set seeds (default: 0,1,2)")
     p.add_argument("--physics-videos", type=positive, default=256,
-                   help=f"videos for the physics (>= {inputs.MIN_PHYSICS_VIDEOS}) and appearance metrics "
-                        "(default: %(default)s)")
+                   help=f"videos for the physics (>= {inputs.MIN_PHYSICS_VIDEOS}) and appearance "
+                        "metrics (default: %(default)s)")
     p.add_argument("--probe-steps", type=positive, default=600,
                    help="probe training steps (first use; then cached beside the data; default: "
                         "%(default)s)")
-    p.add_argument("--probe-width", type=positive, default=16, help="probe CNN width (default: %(default)s)")
+    p.add_argument("--probe-width", type=positive, default=16,
+                   help="probe CNN width (default: %(default)s)")
     p.add_argument("--tsne-samples", type=int_at_least(3, " (t-SNE's perplexity)"), default=1024,
                    help="latent samples in the t-SNE figure (default: %(default)s)")
     p.add_argument("--tsne-iters", type=int_at_least(figures.TSNE_MIN_ITERS, " (scikit-learn's minimum)"),
-                   default=1000, help=f"t-SNE iterations (>= {figures.TSNE_MIN_ITERS}; default: %(default)s)")
-    p.add_argument("--momenta-videos", type=positive, default=256, help="rollouts for mean |dp_i/dt| (default: %(default)s)")
-    p.add_argument("--rollout-videos", type=positive, default=64, help="rollouts for the learned energy (default: %(default)s)")
+                   default=1000,
+                   help=f"t-SNE iterations (>= {figures.TSNE_MIN_ITERS}; default: %(default)s)")
+    p.add_argument("--momenta-videos", type=positive, default=256,
+                   help="rollouts for mean |dp_i/dt| (default: %(default)s)")
+    p.add_argument("--rollout-videos", type=positive, default=64,
+                   help="rollouts for the learned energy (default: %(default)s)")
     p.add_argument("--rollout-steps", type=positive, default=512,
                    help="leapfrog steps of the energy rollouts (default: %(default)s)")
     p.add_argument("--system", help="system name when no dataset is read (tsne/cyclic only; "
