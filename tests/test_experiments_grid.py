@@ -1,5 +1,6 @@
-"""`python -m hgan.experiments table1` end to end on CPU: a 2 x 2 grid of tiny runs, run
-again (nothing to do), then one run extended (resumed from its checkpoint)."""
+"""`python -m hgan.experiments table1` end to end on CPU: a 2 x 2 grid of tiny runs (two per
+process), run again (nothing to do), then one run extended (resumed from its checkpoint,
+in a process of its own)."""
 import json
 import os
 
@@ -23,8 +24,9 @@ def grid(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("grid"))
     os.environ["OMP_NUM_THREADS"] = "1"  # children: tiny shapes, two processes on two cores
     try:
+        # Two training runs per process (hgan.train.pack), two processes at a time.
         code = cli.main(["table1", "--out", out, "--iters", "2", "--parallel", "2",
-                         "--inline-eval"] + GRID + TINY)
+                         "--pack", "2", "--inline-eval"] + GRID + TINY)
     finally:
         del os.environ["OMP_NUM_THREADS"]
     return out, code
@@ -45,6 +47,8 @@ def test_tiny_grid_trains_evaluates_and_compares(grid):
         res = run.results()
         assert res["system"] == run.system and res["model"] == run.model
         assert res["appearance"]["num_generated"] == 4
+        log = open(run.path("train.log")).read()
+        assert "-m hgan.train.pack --tagged" in log and f"run directory {run.dir}" in log
     text = open(os.path.join(out, "compare.md")).read()
     assert "| pendulum | hgan | 0 | 2 / 2 |" in text and "| mass_spring | mocogan | 0 | 2 / 2 |" in text
     assert "hgan < mocogan on energy drift" in text and "Active momentum dimensions" in text

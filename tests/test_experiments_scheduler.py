@@ -118,3 +118,113 @@ def test_an_inline_evaluation_logs_why_its_input_was_refused(tmp_path):
     job.thread.join()
     assert job.error is not None and str(missing) in str(job.error)
     assert str(missing) in log.read_text() and "SystemExit" not in log.read_text()
+
+
+# A stand-in for `python -m hgan.train.pack --tagged`: each run in a thread, its output
+# tagged by index, its exit code last; SIGTERM stops every run with a checkpoint.
+FAKE_PACK = r"""
+import json, os, signal, sys, threading, time
+argv, runs = sys.argv[1:], []
+for a in argv:
+    if a == "--":
+        runs.append([])
+    else:
+        runs[-1].append(a)
+stop, lock = [], threading.Lock()
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+def say(i, text):
+    with lock:
+        sys.stdout.write(f"\x1e{i}{text}\n")
+        sys.stdout.flush()
+def one(i, run_dir, iters, fail):
+    iters = int(iters)
+    os.makedirs(os.path.join(run_dir, "checkpoints"), exist_ok=True)
+    with open(os.path.join(run_dir, "spans.txt"), "a") as f:
+        f.write(f"start {time.time()}\n")
+    say(i, f"n[hgan] run directory {run_dir}")
+    it = 0
+    while it < iters and not stop:
+        time.sleep(0.02)
+        it += 1
+        say(i, f"rtrain: {it}/{iters} [00:00<00:01, 50.00it/s]")
+        if fail == "1" and it == 3:
+            say(i, "x3")
+            return
+    say(i, f"ntrain: {it}/{iters} [00:01<00:00, 50.00it/s]")  # tqdm's close: the last bar
+    open(os.path.join(run_dir, "checkpoints", "last.pt"), "wb").close()
+    json.dump({"iteration": it, "stopped": "SIGTERM" if stop else None,
+               "stats": {"speed/it_per_s": 50.0}}, open(os.path.join(run_dir, "summary.json"), "w"))
+    with open(os.path.join(run_dir, "spans.txt"), "a") as f:
+        f.write(f"end {time.time()}\n")
+    say(i, "x0")
+sys.stdout.write("a line of the process itself\n")
+threads = [threading.Thread(target=one, args=(i, *r)) for i, r in enumerate(runs)]
+[t.start() for t in threads]
+while any(t.is_alive() for t in threads):
+    time.sleep(0.01)
+"""
+
+
+@pytest.fixture
+def fake_packs(fake_jobs, monkeypatch):
+    launched = []
+
+    def command(train_commands):
+        launched.append(len(train_commands))
+        cmd = [sys.executable, "-c", FAKE_PACK]
+        for c in train_commands:  # c = [python, -c, FAKE_TRAIN, run_dir, iters, fail]
+            cmd += ["--", *c[3:]]
+        return cmd
+    monkeypatch.setattr(runner, "pack_command", command)
+    return fake_jobs, launched
+
+
+def test_packs_take_one_slot_each_and_split_their_output_per_run(tmp_path, fake_packs):
+    failing, launched = fake_packs
+    failing.add("pendulum-mocogan-s0")
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum", "mass_spring"),
+                    models=("hgan", "mocogan"), iters=15, eval_metrics="physics")
+    grid = runner.GridRunner(spec, parallel=1, pack=2, progress=False, log=lambda m: None)
+    jobs = {(j.kind, j.name): j for j in grid.plan()}
+    grid.execute()
+    assert launched == [2, 2]                         # two packs of two, one at a time
+    spans = {r.name: _spans(r) for r in spec.runs()}
+    starts = sorted(a for a, _ in spans.values())
+    for t in starts:  # one slot: the two runs of one pack overlap, never three
+        assert sum(a <= t < b for a, b in spans.values()) <= 2
+    assert jobs["train", "pendulum-mocogan-s0"].state == "failed"
+    assert jobs["eval", "pendulum-mocogan-s0"].state == "skipped"
+    assert spec.runs()[1].record()["segments"][-1]["returncode"] == 3
+    for run in spec.runs():
+        if run.name == "pendulum-mocogan-s0":
+            continue
+        assert jobs["train", run.name].state == "done" and run.evaluated()
+        log = open(run.path("train.log")).read()
+        # its own lines, tqdm's updates collapsed to the last, the process's line too
+        assert "train: 15/15" in log and "train: 14/15" not in log
+        assert f"[hgan] run directory {run.dir}" in log and "a line of the process itself" in log
+        others = [r.dir for r in spec.runs() if r.name != run.name]
+        assert not any(f"run directory {d}\n" in log for d in others)
+        assert run.record()["segments"][0]["it_per_s_logged"] == 50.0
+
+
+def test_a_pack_waits_for_all_its_runs_data(tmp_path, fake_packs):
+    _, launched = fake_packs
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum", "mass_spring"),
+                    models=("hgan",), iters=5, eval_metrics="physics")
+    grid = runner.GridRunner(spec, parallel=4, pack=4, progress=False, log=lambda m: None)
+    grid.plan()
+    grid.execute()
+    assert launched == [2]  # both runs in one process, not one per system
+
+
+def test_a_deadline_stops_every_run_of_a_pack(tmp_path, fake_packs):
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan", "mocogan"),
+                    iters=100_000, eval_metrics="physics")
+    grid = runner.GridRunner(spec, parallel=1, pack=2, deadline_s=1.0, progress=False,
+                             log=lambda m: None)
+    grid.plan()
+    grid.execute()
+    for run in spec.runs():
+        assert 0 < run.iteration() < 100_000 and run.summary()["stopped"] == "SIGTERM"
+        assert run.evaluated()

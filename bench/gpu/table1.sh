@@ -11,7 +11,8 @@
 # training stops at TRAIN_S seconds after the grid starts (each run checkpoints; compare.md
 # states the iterations each run reached), the grid command itself at LIMIT_S minus a margin.
 # What comes back under $OUT (at most 8 files):
-#   nvidia-smi.txt, versions.txt  the machine
+#   nvidia-smi.txt, versions.txt  the machine (and whether MPS / PACK ran)
+#   pack-check.txt                with PACK > 1: the packed-capture test run before the grid
 #   grid.log                      the grid's status lines (runs, it/s, failures)
 #   eval-one.log                  one full evaluation alone (probe trained from scratch), timed
 #   compare.md                    the table and checks
@@ -28,6 +29,10 @@ LIMIT="${LIMIT_S:-570}"          # the whole script (bash's SECONDS)
 TRAIN_S="${TRAIN_S:-240}"        # training deadline, counted from the grid's start
 ITERS="${ITERS:-20000}"          # every run's target; runs still short at TRAIN_S stop there
 PARALLEL="${PARALLEL:-15}"       # 3 models x 5 systems at once; evaluations take slots too
+# PACK=15: the 15 training runs in one process, each in a thread with its own CUDA stream
+# (hgan.train.pack), so their kernels overlap without MPS. Checked first on this GPU by the
+# packed-capture test (~1 min); if it fails, the grid runs one process per run (PACK=1).
+PACK="${PACK:-1}"
 SYSTEMS="${SYSTEMS:-mass_spring,pendulum,double_pendulum,two_body,three_body}"
 MODELS="${MODELS:-hgan,hnn_gan,mocogan}"
 GRID="${GRID_DIR:-/tmp/table1}"
@@ -74,10 +79,21 @@ if [ "${MPS:-0}" = 1 ]; then
   fi
 fi
 
+if [ "$PACK" -gt 1 ] && [ "$DEVICE" != cpu ]; then
+  if timeout -k 5 120 $PY -m pytest -q -m cuda tests/test_train_capture.py -k packed \
+      > "$OUT/pack-check.txt" 2>&1; then
+    echo "pack: $PACK training runs per process (packed-capture test passed in $SECONDS s)" | tee -a "$OUT/versions.txt"
+  else
+    echo "pack: asked for $PACK, but the packed-capture test failed (pack-check.txt); one process per run" | tee -a "$OUT/versions.txt"
+    tail -5 "$OUT/pack-check.txt" >> "$OUT/versions.txt"
+    PACK=1
+  fi
+fi
+
 left=$((LIMIT - SECONDS - 120))  # keep time for the lone evaluation and the packing
 timeout -s INT -k 45 "$left" $PY -m hgan.experiments table1 --out "$GRID" \
     --systems "$SYSTEMS" --models "$MODELS" --iters "$ITERS" --parallel "$PARALLEL" \
-    --device "$DEVICE" --deadline "$TRAIN_S" --status-every 20 --no-progress \
+    --device "$DEVICE" --deadline "$TRAIN_S" --status-every 20 --no-progress --pack "$PACK" \
     --train-args "$TRAIN_ARGS" --eval-args "$EVAL_ARGS" $GRID_ARGS 2>&1 | tee "$OUT/grid.log"
 status=${PIPESTATUS[0]}
 echo "grid exit status $status after $SECONDS s" | tee -a "$OUT/grid.log"

@@ -46,6 +46,10 @@ def build_parser():
     t.add_argument("--iters", type=int, default=20_000, help="training iterations of every run")
     t.add_argument("--parallel", type=int, default=1,
                    help="jobs at a time (training and evaluation processes share one device)")
+    t.add_argument("--pack", type=int, default=1,
+                   help="training runs per process, each in a thread with its own CUDA stream, "
+                        "so that their kernels share the GPU without MPS (hgan.train.pack); "
+                        "a pack takes one --parallel slot")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (every job)")
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--frames", type=int, default=16, help="frames per training video")
@@ -80,7 +84,7 @@ def build_parser():
 def spec_from_args(a):
     sizes = dict(PAPER_SIZES) if a.paper_sizes else dict(
         train_traj=a.train_traj, test_traj=a.test_traj, traj_frames=a.traj_frames)
-    for name in ("parallel", "batch_size", "frames", "resolution", "iters"):
+    for name in ("parallel", "pack", "batch_size", "frames", "resolution", "iters"):
         if getattr(a, name) < 1:
             raise GridError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if not a.systems or not a.models or not a.seeds:
@@ -140,11 +144,12 @@ def table1(a, argv):
     if not a.report_only:
         grid = runner.GridRunner(spec, parallel=a.parallel, deadline_s=a.deadline,
                                  status_every_s=a.status_every, progress=not a.no_progress,
-                                 inline_eval=a.inline_eval)
+                                 inline_eval=a.inline_eval, pack=a.pack)
         jobs = grid.plan()
         counts = {k: sum(j.kind == k for j in jobs) for k in ("data", "train", "eval")}
         print(f"[grid] {len(spec.runs())} runs in {spec.out}: {counts['data']} datasets to generate, "
-              f"{counts['train']} runs to train, {counts['eval']} to evaluate; {a.parallel} at a time",
+              f"{counts['train']} runs to train, {counts['eval']} to evaluate; {a.parallel} at a time"
+              + (f", up to {a.pack} training runs per process" if a.pack > 1 else ""),
               file=sys.stderr, flush=True)
         _save_grid(spec, meta)
         grid.execute()

@@ -2,7 +2,9 @@
 
 Training and evaluation run as subprocesses (``train.py``, ``python -m hgan.evaluate``): one
 small run leaves most of a large GPU idle, so K of them share it, each in its own process
-and CUDA context. Datasets are generated in threads of this process (numpy and zlib release
+and CUDA context. With ``pack`` > 1, up to that many training runs share one process
+(``python -m hgan.train.pack``), each in a thread with its own CUDA stream, so that their
+kernels overlap on the GPU without MPS; a pack takes one of the K slots. Datasets are generated in threads of this process (numpy and zlib release
 the GIL, and a subprocess would pay the torch import again).
 
 Order: a run's training waits for its system's data, its evaluation for its training.
@@ -60,6 +62,8 @@ class Job:
         self.started = self.ended = None
         self.it = self.total = self.rate = None
         self.returncode = None
+        self.packed = False    # one of several runs of an hgan.train.pack process
+        self.pack_code = None  # the run's own exit code, from that process's output
 
     @property
     def name(self):
@@ -70,6 +74,14 @@ class Job:
             rate = f" {self.rate:.1f}it/s" if self.rate else ""
             return f"{self.name} {self.it}/{self.total}{rate}"
         return f"{self.kind} {self.name}"
+
+
+def pack_command(train_commands, python=sys.executable):
+    """One `hgan.train.pack` process for several runs' train.py command lines."""
+    cmd = [python, "-m", "hgan.train.pack", "--tagged"]
+    for c in train_commands:
+        cmd += ["--", *c[2:]]  # c = [python, train.py, flags...]
+    return cmd
 
 
 def _child_env(parallel):
@@ -83,13 +95,14 @@ def _child_env(parallel):
 
 class GridRunner:
     def __init__(self, spec, *, parallel=1, deadline_s=None, status_every_s=60.0, progress=True,
-                 log=None, inline_eval=False):
+                 log=None, inline_eval=False, pack=1):
         self.spec, self.parallel, self.deadline_s = spec, max(1, int(parallel)), deadline_s
+        self.pack = max(1, int(pack))
         self.inline_eval = inline_eval
         self.status_every_s, self.progress = status_every_s, progress
         self.log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
         self.jobs, self.stopping, self.deadline_hit = [], False, False
-        self.env = _child_env(self.parallel)
+        self.env = _child_env(self.parallel * self.pack)
 
     def plan(self):
         """Jobs still to do; GridError before anything starts when data or runs mismatch."""
@@ -158,6 +171,48 @@ class GridRunner:
         job.thread = threading.Thread(target=self._pump, args=(job, log_path), daemon=True)
         job.thread.start()
 
+    def _start_pack(self, jobs):
+        """Several training jobs in one `hgan.train.pack` process (one slot)."""
+        cmd = pack_command([job.run.train_command() for job in jobs])
+        for i, job in enumerate(jobs):
+            job.state, job.started, job.packed = "running", time.time(), True
+            os.makedirs(job.run.dir, exist_ok=True)
+            job.iter_before, job.total = job.run.iteration(), self.spec.iters
+            with open(job.run.path("train.log"), "ab") as f:
+                f.write(f"\n$ {' '.join(cmd)}\n(run {i} of this process)\n".encode())
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                env=self.env, start_new_session=True)
+        thread = threading.Thread(target=self._pump_pack, args=(jobs, proc), daemon=True)
+        for job in jobs:
+            job.proc, job.thread = proc, thread
+        thread.start()
+
+    def _pump_pack(self, jobs, proc):
+        """Split a packed process's tagged output (hgan.train.pack) into each run's log."""
+        pumps = [OutputPump() for _ in jobs]
+        logs = [open(job.run.path("train.log"), "ab") for job in jobs]
+        try:
+            for line in proc.stdout:
+                body = line[:-1] if line.endswith(b"\n") else line
+                m = re.fullmatch(rb"\x1e(\d+)([nrx])(.*)", body, re.S)
+                i = int(m.group(1)) if m else -1
+                if not 0 <= i < len(jobs):  # not a run's own: the process's, for every log
+                    for log in logs:
+                        log.write(line)
+                        log.flush()
+                    continue
+                job, kind, text = jobs[i], m.group(2), m.group(3)
+                if kind == b"x":
+                    job.pack_code = int(text)
+                    continue
+                logs[i].write(pumps[i].feed(text + (b"\n" if kind == b"n" else b"\r")))
+                logs[i].flush()
+                job.it, job.total, job.rate = pumps[i].it, pumps[i].total or job.total, pumps[i].rate
+        finally:
+            for pump, log in zip(pumps, logs):
+                log.write(pump.close())
+                log.close()
+
     def _pump(self, job, log_path):
         """Copy a child's output to its log and keep its latest progress."""
         out = OutputPump()
@@ -207,6 +262,9 @@ class GridRunner:
             return False
         job.thread.join()
         job.ended, job.returncode = time.time(), job.proc.returncode
+        if job.packed:
+            # The run's own code; none: the process ended before the run did (a crash).
+            job.returncode = job.pack_code if job.pack_code is not None else (job.returncode or 1)
         job.state = "done" if job.returncode == 0 else "failed"
         self._record(job)
         return True
@@ -244,7 +302,8 @@ class GridRunner:
 
     def _stop_children(self, why):
         self.log(f"[grid] {why}: stopping running jobs (training saves a checkpoint)")
-        procs = [j.proc for j in self.jobs if j.state == "running" and j.proc is not None]
+        procs = list({id(j.proc): j.proc for j in self.jobs
+                      if j.state == "running" and j.proc is not None}.values())
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -274,9 +333,9 @@ class GridRunner:
                 if self.deadline_s is not None and not self.deadline_hit and \
                         time.time() - t0 > self.deadline_s:
                     self.deadline_hit = True
-                    for j in self.jobs:
-                        if j.kind == "train" and j.state == "running":
-                            j.proc.send_signal(signal.SIGTERM)
+                    for p in {id(j.proc): j.proc for j in self.jobs
+                              if j.kind == "train" and j.state == "running"}.values():
+                        p.send_signal(signal.SIGTERM)
                     self.log(f"[grid] training deadline ({self.deadline_s:.0f} s) reached: "
                              "running training jobs checkpoint and stop; evaluation goes on")
                 if self.stopping:
@@ -286,10 +345,7 @@ class GridRunner:
                 self._skip_blocked()
                 order = sorted((j for j in self.jobs if self._ready(j)),
                                key=lambda j: {"data": 0, "eval": 1, "train": 2}[j.kind])
-                running = sum(j.state == "running" for j in self.jobs)
-                for job in order[:max(0, self.parallel - running)]:
-                    if self._ready(job):  # two evals of one system in `order`: only one starts
-                        self._start(job)
+                self._start_ready(order)
                 if not any(j.state in ("queued", "running") for j in self.jobs):
                     break
                 bar.set_postfix_str(self.status_line(), refresh=False)
@@ -303,6 +359,29 @@ class GridRunner:
             for s, h in old.items():
                 signal.signal(s, h)
         return self.jobs
+
+    def slots_used(self):
+        """Processes and threads running: a packed process counts once."""
+        return len({id(j.proc) if j.proc is not None else id(j.thread)
+                    for j in self.jobs if j.state == "running"})
+
+    def _start_ready(self, order):
+        free = self.parallel - self.slots_used()
+        for job in order:
+            if free <= 0:
+                break
+            if not self._ready(job):  # two evals of one system in `order`: only one starts
+                continue
+            if job.kind == "train" and self.pack > 1:
+                # A pack waits until it is full, or holds every training run still queued.
+                ready = [j for j in order if j.kind == "train" and self._ready(j)]
+                queued = sum(j.kind == "train" and j.state == "queued" for j in self.jobs)
+                if len(ready) < min(self.pack, queued):
+                    continue
+                self._start_pack(ready[:self.pack])
+            else:
+                self._start(job)
+            free -= 1
 
     def _wait_all(self):
         end = time.time() + STOP_GRACE_S

@@ -31,10 +31,18 @@ ordinary training steps, so a captured run follows the eager run step for step.
 The same `StaticStep` without capture (capture=False) is what CPU tests compare to the eager
 step. `fallback_reason` says which configurations stay eager.
 """
+import threading
+
 import torch
 
 from hgan.train.profiling import stage
 
+# Warm-up and capture, one thread at a time (several runs in one process: hgan.train.pack,
+# which also holds it for each run's setup). Entering torch.cuda.graph synchronises the
+# device and empties the allocator's cache, which would break a capture under way in another
+# thread, and a capture puts the default CUDA generator in capture mode, which would corrupt
+# another thread's weight initialisation; replays need no lock.
+CAPTURE_LOCK = threading.Lock()
 # Uncaptured iterations before the capture (PyTorch's whole-network capture example uses 3).
 WARMUP_STEPS = 3
 # Adam's fused (single-kernel) implementation inside the captured step: whether it beats
@@ -158,14 +166,15 @@ class StaticStep:
             return dict(self.out)
         if not self.capture:
             return self._g(self._d())
-        if self.warmup_left > 0:
-            self.warmup_left -= 1
-            self.stream.wait_stream(torch.cuda.current_stream(self.trainer.device))
-            with torch.cuda.stream(self.stream):
-                out = self._g(self._d())
-            torch.cuda.current_stream(self.trainer.device).wait_stream(self.stream)
-            return out
-        self._capture()
+        with CAPTURE_LOCK:
+            if self.warmup_left > 0:
+                self.warmup_left -= 1
+                self.stream.wait_stream(torch.cuda.current_stream(self.trainer.device))
+                with torch.cuda.stream(self.stream):
+                    out = self._g(self._d())
+                torch.cuda.current_stream(self.trainer.device).wait_stream(self.stream)
+                return out
+            self._capture()
         return self(real)
 
     def _capture(self):

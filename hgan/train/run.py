@@ -3,6 +3,7 @@ import json
 import os
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -177,8 +178,11 @@ def train(cfg: RunConfig, resume: str = "", callback=None, given: dict | None = 
     return run(prepare(cfg, resume, given), callback)
 
 
-def run(setup: Setup, callback=None) -> dict:
-    """The training phase of `train`, from what `prepare` built."""
+def run(setup: Setup, callback=None, stop=None) -> dict:
+    """The training phase of `train`, from what `prepare` built.
+
+    stop: an object whose `signum` turns non-None to stop; None installs this process's
+    SIGTERM/SIGINT handlers (main thread only; hgan.train.pack shares one flag instead)."""
     cfg, info, trainer, stream = setup.cfg, setup.info, setup.trainer, setup.stream
     if trainer is None:
         return {"iteration": setup.iteration, "stats": {}, "out": cfg.out, "stopped": None,
@@ -196,11 +200,12 @@ def run(setup: Setup, callback=None) -> dict:
 
     batches = iter(stream)
     bar = tqdm(total=cfg.iters, initial=trainer.iteration, disable=not (main and cfg.progress),
-               desc=f"{cfg.model.model}/{cfg.system}", unit="it", dynamic_ncols=True)
+               desc=f"{cfg.model.model}/{cfg.system}", unit="it", dynamic_ncols=True,
+               position=0)  # not stacked under another run's bar (hgan.train.pack's threads)
     last_stats, stopped = {}, None
     t_log, it_log = time.perf_counter(), trainer.iteration
     try:
-        with _StopFlag() as stop, step_profiler(cfg.out, cfg.profile and main) as prof:
+        with (nullcontext(stop) if stop is not None else _StopFlag()) as stop, step_profiler(cfg.out, cfg.profile and main) as prof:
             while trainer.iteration < cfg.iters:
                 want = (trainer.iteration + 1) % cfg.log_every == 0
                 with stage("data"):

@@ -1,0 +1,123 @@
+"""hgan.train.pack: several runs in one process's threads train exactly what each trains alone;
+their output is routed per run; a bad run, a stop signal and unpackable flags are handled."""
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from hgan.train import cli as train_cli
+from hgan.train import load_checkpoint, pack
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def flags(data_root, out, model="hgan", seed=0, iters=3, extra=()):
+    return ["--system", "pendulum", "--model", model, "--seed", str(seed), "--data", data_root,
+            "--out", str(out), "--iters", str(iters), "--batch-size", "4", "--frames", "6",
+            "--device", "cpu", "--ngf", "8", "--ndf", "8", "--clip-frames", "4",
+            "--integrator", "reference", "--log-every", "1", "--sample-every", "1000",
+            "--ckpt-every", "1000", "--n-samples", "2", "--num-workers", "0",
+            "--loader", "torch", "--no-progress", *extra]
+
+
+def weights(run_dir):
+    ck = load_checkpoint(os.path.join(run_dir, "checkpoints", "last.pt"))
+    return ck["iteration"], {f"{n}.{k}": v for n in ("generator", "image_disc", "video_disc")
+                             for k, v in ck[n].items()}
+
+
+def test_packed_runs_train_what_each_trains_alone(data_root, tmp_path, capsys):
+    runs = [("hgan", 0), ("mocogan", 1), ("hgan", 2)]
+    argv = ["--tagged"]
+    for model, seed in runs:
+        argv += ["--", *flags(data_root, tmp_path / f"pack-{model}-{seed}", model, seed)]
+    assert pack.main(argv) == 0
+    out = capsys.readouterr().out
+    for i in range(len(runs)):
+        assert f"{pack.TAG}{i}x0\n" in out                          # each run's exit, tagged
+        assert f"{pack.TAG}{i}n[hgan] run directory {tmp_path}/pack-" in out
+    assert all(line.startswith(pack.TAG) for line in out.split("\n")[:-1])  # nothing untagged
+    for model, seed in runs:
+        assert train_cli.main(flags(data_root, tmp_path / f"alone-{model}-{seed}", model, seed)) == 0
+        it_p, packed = weights(tmp_path / f"pack-{model}-{seed}")
+        it_a, alone = weights(tmp_path / f"alone-{model}-{seed}")
+        assert it_p == it_a == 3 and packed.keys() == alone.keys()
+        for k in alone:  # bit for bit: same init, same noise, same batches
+            assert torch.equal(packed[k], alone[k]), (model, seed, k)
+    # different seeds really differ, so the comparison above could fail
+    _, a = weights(tmp_path / "pack-hgan-0")
+    _, b = weights(tmp_path / "pack-hgan-2")
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_bad_run_fails_alone_with_train_py_exit_code(data_root, tmp_path, capsys):
+    good = flags(data_root, tmp_path / "good", iters=1)
+    bad = flags(data_root, tmp_path / "bad", iters=1, extra=("--frames", "999"))
+    compiled = flags(data_root, tmp_path / "compiled", iters=1, extra=("--compile",))
+    assert pack.main(["--", *good, "--", *bad, "--", *compiled]) == 2
+    out = capsys.readouterr().out
+    assert "[0] exit code 0" in out and "[1] exit code 2" in out and "[2] exit code 2" in out
+    assert "[1] train.py: error:" in out and "fewer than --frames 999" in out
+    assert "[2] train.py: error: --compile cannot run in a packed process" in out
+    assert weights(tmp_path / "good")[0] == 1
+    assert not os.path.exists(tmp_path / "bad" / "checkpoints")
+
+
+def test_command_line_errors():
+    with pytest.raises(ValueError, match="expected '--' before"):
+        pack.split_runs(["--system", "pendulum"])
+    with pytest.raises(ValueError, match="no runs given"):
+        pack.split_runs(["--", "--"])
+    assert pack.split_runs(["--", "a", "--", "b", "c"]) == [["a"], ["b", "c"]]
+    assert pack.main([]) == 2
+
+
+def test_router_tags_pieces_per_thread_and_keeps_carriage_returns():
+    out = io.StringIO()
+    r = pack._Router(out, tagged=True)
+    r.register(3)
+    r.write("train: 1/9 [00:00]\rtrain: 2/9")   # a tqdm update and half of the next
+    r.write(" [00:01]\rdone\nlast, unterminated")
+    r.finish(3, 0)
+    assert out.getvalue().split("\n") == [
+        f"{pack.TAG}3rtrain: 1/9 [00:00]", f"{pack.TAG}3rtrain: 2/9 [00:01]",
+        f"{pack.TAG}3ndone", f"{pack.TAG}3nlast, unterminated", f"{pack.TAG}3x0", ""]
+    plain = io.StringIO()
+    r = pack._Router(plain, tagged=False)
+    r.register(0)
+    r.write("bar\rbar\rline\n")
+    r.finish(0, 1)
+    assert plain.getvalue() == "[0] line\n[0] exit code 1\n"
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_packed_run_with_a_checkpoint(data_root, tmp_path):
+    argv = [sys.executable, "-m", "hgan.train.pack", "--tagged"]
+    for i in range(2):
+        argv += ["--", *flags(data_root, tmp_path / f"r{i}", seed=i, iters=100000,
+                              extra=("--log-every", "1"))]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    seen, t0 = set(), time.time()
+    while len(seen) < 2 and time.time() - t0 < 120:  # both runs are training
+        line = proc.stdout.readline().decode()
+        if not line:
+            break
+        if "run directory" in line:
+            seen.add(line[1])
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0].decode()
+    assert proc.returncode == 0, out
+    for i in range(2):
+        assert f"{pack.TAG}{i}x0" in out
+        it, _ = weights(tmp_path / f"r{i}")
+        assert 0 < it < 100000
+        summary = (tmp_path / f"r{i}" / "summary.json").read_text()
+        assert '"stopped": "SIGTERM"' in summary
