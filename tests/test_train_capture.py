@@ -157,6 +157,9 @@ def test_fallback_rule_device_ddp_scaler_and_old_torch(graph_api, monkeypatch):
                                     CUDA) is None
     monkeypatch.setattr(torch.cuda, "CUDAGraph", type("OldGraph", (), {}))
     assert "register_generator_state" in hcapture.fallback_reason(cfg, CUDA)
+    monkeypatch.setattr(torch.cuda, "get_allocator_backend", lambda: "cudaMallocAsync")
+    assert hcapture.fallback_reason(cfg, CUDA).startswith(
+        "PYTORCH_CUDA_ALLOC_CONF backend:cudaMallocAsync")
 
 
 def test_cpu_trainer_falls_back_with_one_line_once(capsys, monkeypatch):

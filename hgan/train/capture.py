@@ -68,10 +68,21 @@ def fallback_reason(cfg, device, *, distributed=False, grad_scaler=False):
         return "fp16 autocast: the GradScaler reads its inf check on the host every step"
     if cfg.profile:
         return "--profile: a graph replay does not run the per-stage ranges the trace needs"
+    if _allocator_backend() == "cudaMallocAsync":
+        return ("PYTORCH_CUDA_ALLOC_CONF backend:cudaMallocAsync: the D and G graphs share one "
+                "memory pool (G's backward reads what D's graph saved), which is built on the "
+                "native caching allocator's graph pools")
     if not hasattr(torch.cuda.CUDAGraph, "register_generator_state"):
         return (f"torch {torch.__version__} has no CUDAGraph.register_generator_state: the "
                 f"noise could not be drawn inside the graph")
     return None
+
+
+def _allocator_backend():
+    try:
+        return torch.cuda.get_allocator_backend()
+    except (AttributeError, RuntimeError):  # a CPU build of torch has no CUDA allocator
+        return "native"
 
 
 def report_fallback(reason, main=True):
