@@ -34,17 +34,21 @@ def weights(run_dir):
 
 def test_packed_runs_train_what_each_trains_alone(data_root, tmp_path, capsys):
     runs = [("hgan", 0), ("mocogan", 1), ("hgan", 2)]
+    # One run reads through a loader worker: spawned in the pack, forked alone.
+    extra = {1: ("--num-workers", "1")}
     argv = ["--tagged"]
-    for model, seed in runs:
-        argv += ["--", *flags(data_root, tmp_path / f"pack-{model}-{seed}", model, seed)]
+    for i, (model, seed) in enumerate(runs):
+        argv += ["--", *flags(data_root, tmp_path / f"pack-{model}-{seed}", model, seed,
+                              extra=extra.get(i, ()))]
     assert pack.main(argv) == 0
     out = capsys.readouterr().out
     for i in range(len(runs)):
         assert f"{pack.TAG}{i}x0\n" in out                          # each run's exit, tagged
         assert f"{pack.TAG}{i}n[hgan] run directory {tmp_path}/pack-" in out
     assert all(line.startswith(pack.TAG) for line in out.split("\n")[:-1])  # nothing untagged
-    for model, seed in runs:
-        assert train_cli.main(flags(data_root, tmp_path / f"alone-{model}-{seed}", model, seed)) == 0
+    for i, (model, seed) in enumerate(runs):
+        assert train_cli.main(flags(data_root, tmp_path / f"alone-{model}-{seed}", model, seed,
+                                    extra=extra.get(i, ()))) == 0
         it_p, packed = weights(tmp_path / f"pack-{model}-{seed}")
         it_a, alone = weights(tmp_path / f"alone-{model}-{seed}")
         assert it_p == it_a == 3 and packed.keys() == alone.keys()
@@ -54,6 +58,21 @@ def test_packed_runs_train_what_each_trains_alone(data_root, tmp_path, capsys):
     _, a = weights(tmp_path / "pack-hgan-0")
     _, b = weights(tmp_path / "pack-hgan-2")
     assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("model, loader", [("hgan", "torch"), ("mocogan", "gpu-resident")])
+def test_training_never_draws_from_the_global_rng(data_root, tmp_path, model, loader):
+    # Packed runs initialise their weights from the global RNG one at a time while the others
+    # train: a draw from it after setup (the DataLoader's worker base seed once did) would
+    # shift another run's initial weights.
+    from hgan.train.config import parse_command_line
+    from hgan.train.run import prepare, run
+    cfg, _, _ = parse_command_line(flags(data_root, tmp_path / "r", model, iters=2,
+                                         extra=("--loader", loader, "--sample-every", "1")))
+    setup = prepare(cfg)
+    before = torch.get_rng_state()
+    run(setup)
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_a_bad_run_fails_alone_with_train_py_exit_code(data_root, tmp_path, capsys):

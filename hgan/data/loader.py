@@ -34,6 +34,12 @@ RESIDENT_MEMORY_FRACTION = 0.25
 # PLAN_WINDOWS_PER_UPLOAD windows): the host computes plans once per block, never per step.
 PLAN_EPOCHS_PER_UPLOAD = 64
 PLAN_WINDOWS_PER_UPLOAD = 1 << 20
+# How the torch loader starts its workers: None is multiprocessing's default (fork on Linux).
+# hgan.train.pack sets "spawn": a fork from a process whose other threads may hold locks
+# (HDF5's, an output lock) at that moment can leave the worker waiting on them forever.
+# (Not "forkserver": a worker's parent would be the server, and hgan.data.workers ends a
+# worker whose parent is not the process that made it.)
+WORKER_START_METHOD = None
 
 
 def to_unit_range(u8: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
@@ -74,7 +80,13 @@ class TorchBatchStream(BatchStream):
                             prefetch_factor=4 if self.num_workers > 0 else None,
                             persistent_workers=False,
                             # workers ignore stop signals: see hgan.data.workers
-                            worker_init_fn=WorkerInit() if self.num_workers > 0 else None)
+                            worker_init_fn=WorkerInit() if self.num_workers > 0 else None,
+                            multiprocessing_context=(WORKER_START_METHOD
+                                                     if self.num_workers > 0 else None),
+                            # Its own generator for the workers' base seed (they draw nothing
+                            # random): the global RNG may be another packed run's weight
+                            # initialisation under way (hgan.train.pack).
+                            generator=torch.Generator().manual_seed(0))
         for u8 in loader:
             self.position += 1
             yield to_unit_range(u8.to(self.device, non_blocking=True), self.channels_last)

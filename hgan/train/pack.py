@@ -18,6 +18,9 @@ Each run computes what it would alone (tests/test_train_pack.py compares the wei
   uses the run's own generators, and replays need no lock;
 - everything a run does on CUDA, setup included, is on its own stream, so the caching
   allocator never hands one run's freed block to another stream's pending work;
+- nothing after setup draws from the global RNG (the torch loader seeds its workers from a
+  generator of its own), and the torch loader's workers are spawned, not forked from this
+  multi-threaded process (hgan.data.loader.WORKER_START_METHOD);
 - SIGINT/SIGTERM reach the main thread only: one stop flag is shared, and every run saves a
   checkpoint after its current iteration and ends, as `train.py` does.
 
@@ -204,6 +207,8 @@ def main(argv=None) -> int:
         return 2
     # tqdm's monitor thread would refresh bars from a thread no run owns.
     tqdm.monitor_interval = 0
+    from hgan.data import loader
+    loader.WORKER_START_METHOD = "spawn"
     router = _Router(sys.stdout, tagged)
     saved = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = router
