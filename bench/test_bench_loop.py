@@ -9,7 +9,6 @@ recorded under the host CPU's results file, section "loop".
 
 Run: pytest bench/test_bench_loop.py --benchmark-only
 """
-import os
 
 import pytest
 import torch

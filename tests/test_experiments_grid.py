@@ -100,3 +100,24 @@ def test_bad_grid_is_one_clear_error(tmp_path, capsys):
     assert cli.main(["table1", "--out", str(tmp_path), "--systems", "pendulum,pendulm"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("hgan.experiments: error: unknown systems ['pendulm']")
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--pack", "17"], "--pack 17: at most 16 training runs per process"),
+    (["--pack", "2", "--train-args", "--amp --compile"],
+     "--pack > 1 with --train-args --compile: packed runs cannot use them"),
+])
+def test_a_grid_that_cannot_be_packed_is_one_clear_error(tmp_path, capsys, flags, message):
+    assert cli.main(["table1", "--out", str(tmp_path)] + flags) == 2
+    assert message in capsys.readouterr().err
+    assert not os.listdir(tmp_path)
+
+
+def test_data_only_generates_the_datasets_and_nothing_else(tmp_path, capsys):
+    out = str(tmp_path / "g")
+    tiny = [a for a in TINY if a != "--no-progress"]
+    assert cli.main(["table1", "--out", out, "--data-only", "--systems", "pendulum"] + tiny) == 0
+    assert "1 datasets to generate" in capsys.readouterr().err
+    assert sorted(os.listdir(os.path.join(out, "data", "pendulum"))) == ["test.h5", "train.h5"]
+    assert not os.path.exists(os.path.join(out, "runs"))
+    assert not os.path.exists(os.path.join(out, "compare.md"))

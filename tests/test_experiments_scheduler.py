@@ -158,6 +158,7 @@ def one(i, run_dir, iters, fail):
         f.write(f"end {time.time()}\n")
     say(i, "x0")
 sys.stdout.write("a line of the process itself\n")
+sys.stdout.write("a C++ warning without its newline")  # glued before the next tagged line
 threads = [threading.Thread(target=one, args=(i, *r)) for i, r in enumerate(runs)]
 [t.start() for t in threads]
 while any(t.is_alive() for t in threads):
@@ -203,19 +204,50 @@ def test_packs_take_one_slot_each_and_split_their_output_per_run(tmp_path, fake_
         # its own lines, tqdm's updates collapsed to the last, the process's line too
         assert "train: 15/15" in log and "train: 14/15" not in log
         assert f"[hgan] run directory {run.dir}" in log and "a line of the process itself" in log
+        assert "a C++ warning without its newline\n" in log
         others = [r.dir for r in spec.runs() if r.name != run.name]
         assert not any(f"run directory {d}\n" in log for d in others)
         assert run.record()["segments"][0]["it_per_s_logged"] == 50.0
 
 
-def test_a_pack_waits_for_all_its_runs_data(tmp_path, fake_packs):
+@pytest.fixture
+def slow_data(monkeypatch):
+    """Each system's data is generated in the grid: mass_spring's takes longer."""
+    import time
+    monkeypatch.setattr(runner.datasets, "missing_splits", lambda spec, system: ["train"])
+    monkeypatch.setattr(runner.datasets, "generate", lambda spec, system, splits: time.sleep(
+        1.0 if system == "mass_spring" else 0.05))
+
+
+@pytest.mark.parametrize("deadline, packs", [(None, [2]), (30.0, [1, 1])])
+def test_a_pack_waits_for_its_runs_data_unless_a_deadline_runs(tmp_path, fake_packs, slow_data,
+                                                               deadline, packs):
+    # Without a deadline both runs share one process, whichever system's data comes first;
+    # with one (its clock started with the grid), a run starts as soon as its data is ready.
     _, launched = fake_packs
     spec = GridSpec(out=str(tmp_path), systems=("pendulum", "mass_spring"),
                     models=("hgan",), iters=5, eval_metrics="physics")
-    grid = runner.GridRunner(spec, parallel=4, pack=4, progress=False, log=lambda m: None)
+    grid = runner.GridRunner(spec, parallel=4, pack=4, deadline_s=deadline, progress=False,
+                             log=lambda m: None)
     grid.plan()
     grid.execute()
-    assert launched == [2]  # both runs in one process, not one per system
+    assert launched == packs
+    assert all(r.evaluated() for r in spec.runs())
+
+
+def test_a_packed_run_is_evaluated_when_it_ends_not_when_its_process_does(
+        tmp_path, fake_packs, monkeypatch):
+    # hgan trains 5 iterations, mocogan 100 (0.02 s each) in one process.
+    monkeypatch.setattr(Run, "train_command", lambda self: [
+        sys.executable, "-c", "", self.dir, "5" if self.model == "hgan" else "100", "0"])
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan", "mocogan"),
+                    iters=100, eval_metrics="physics")
+    grid = runner.GridRunner(spec, parallel=2, pack=2, progress=False, log=lambda m: None)
+    grid.plan()
+    grid.execute()
+    hgan, mocogan = spec.runs()
+    assert hgan.evaluated() and mocogan.evaluated()
+    assert os.path.getmtime(hgan.path("eval", "results.json")) < _spans(mocogan)[1]
 
 
 def test_a_deadline_stops_every_run_of_a_pack(tmp_path, fake_packs):

@@ -5,6 +5,7 @@ eager step, its device-side non-finite record, resume through it, and the fallba
 The capture itself needs CUDA: those tests are marked `cuda` and skipped elsewhere."""
 import os
 import signal
+import threading
 
 import pytest
 import torch
@@ -163,7 +164,7 @@ def test_fallback_rule_device_ddp_scaler_and_old_torch(graph_api, monkeypatch):
 
 
 def test_cpu_trainer_falls_back_with_one_line_once(capsys, monkeypatch):
-    monkeypatch.setattr(hcapture, "_reported", set())
+    monkeypatch.setattr(hcapture, "_reported", threading.local())
     t = Trainer(small_cfg(), device="cpu")
     Trainer(small_cfg(), device="cpu")
     out = capsys.readouterr().out.strip().splitlines()
@@ -172,6 +173,11 @@ def test_cpu_trainer_falls_back_with_one_line_once(capsys, monkeypatch):
     assert t.static_mode is None and not t.opt_g.param_groups[0]["capturable"]
     Trainer(small_cfg(cuda_graph=False), device="cpu")   # asked for eager: nothing to report
     assert capsys.readouterr().out == ""
+    # Once per run: a packed run (a thread of its own) reports it in its own log too.
+    other = threading.Thread(target=Trainer, args=(small_cfg(),), kwargs=dict(device="cpu"))
+    other.start()
+    other.join()
+    assert capsys.readouterr().out.count("eager training step") == 1
 
 
 def test_resume_resets_the_optimisers_capturable_flag():
@@ -335,12 +341,12 @@ def test_packed_captured_runs_equal_lone_runs(data_root, tmp_path, capsys):
         argv += ["--", *flags(f"p{seed}", model, seed, loader)]
     assert pack.main(argv) == 0
     out = capsys.readouterr().out
-    assert "eager training step" not in out, out
     for model, seed, loader in runs:
         assert train_cli.main(flags(f"a{seed}", model, seed, loader)) == 0
         a = load_checkpoint(str(tmp_path / f"a{seed}"))
         p = load_checkpoint(str(tmp_path / f"p{seed}"))
         assert a["iteration"] == p["iteration"] == n
+        assert p["opt_g"]["param_groups"][0]["capturable"], out  # the step was captured
         assert torch.equal(a["noise_rng"], p["noise_rng"])
         for net in ("generator", "image_disc", "video_disc"):
             for k, v in a[net].items():

@@ -88,11 +88,51 @@ def test_a_bad_run_fails_alone_with_train_py_exit_code(data_root, tmp_path, caps
     assert not os.path.exists(tmp_path / "bad" / "checkpoints")
 
 
+def test_a_resumed_checkpoint_that_cannot_be_packed_is_refused(data_root, tmp_path, capsys):
+    # --profile is not a flag a resume may change: it comes from the checkpoint, which the
+    # refusal must read, not the command line.
+    run = tmp_path / "was-profiled"
+    assert train_cli.main(flags(data_root, run, iters=1)) == 0
+    path = run / "checkpoints" / "last.pt"
+    ck = torch.load(path, weights_only=True)
+    ck["config"]["profile"] = True
+    torch.save(ck, path)
+    assert pack.main(["--", "--resume", str(run), "--iters", "2", "--device", "cpu"]) == 2
+    out = capsys.readouterr().out
+    assert "[0] train.py: error: --profile cannot run in a packed process" in out
+    assert weights(run)[0] == 1
+
+
+def test_missing_data_is_generated_first_then_every_run_trains(tmp_path, capsys):
+    gen = ("--gen-train", "6", "--gen-test", "2", "--gen-frames", "12", "--frames", "6")
+    root = str(tmp_path / "data")
+    a = flags(root, tmp_path / "a", iters=1) + list(gen)
+    b = flags(root, tmp_path / "b", model="mocogan", iters=1) + list(gen)
+    assert pack.main(["--", *a, "--", *b]) == 0
+    out = capsys.readouterr().out
+    assert out.count("not found: generating") == 1          # once, before the runs
+    assert out.index("not found: generating") < out.index("[0] ")
+    assert weights(tmp_path / "a")[0] == weights(tmp_path / "b")[0] == 1
+
+
+def test_a_run_stopped_before_its_setup_does_not_start(data_root, tmp_path, monkeypatch):
+    class Flag:
+        signum = signal.SIGTERM
+    router, codes = pack._Router(io.StringIO(), tagged=False), {}
+    monkeypatch.setattr(sys, "stdout", router)
+    pack._train_one(0, flags(data_root, tmp_path / "late"), pack.SharedStop(Flag()), router, codes)
+    assert codes == {0: 128 + signal.SIGTERM}
+    assert "[0] [hgan] SIGTERM before this run was set up: not started" in router.out.getvalue()
+    assert not os.path.exists(tmp_path / "late")
+
+
 def test_command_line_errors():
     with pytest.raises(ValueError, match="expected '--' before"):
         pack.split_runs(["--system", "pendulum"])
     with pytest.raises(ValueError, match="no runs given"):
         pack.split_runs(["--", "--"])
+    with pytest.raises(ValueError, match=f"at most {pack.MAX_RUNS} per process"):
+        pack.split_runs(["--", "a"] * (pack.MAX_RUNS + 1))
     assert pack.split_runs(["--", "a", "--", "b", "c"]) == [["a"], ["b", "c"]]
     assert pack.main([]) == 2
 
@@ -110,9 +150,13 @@ def test_router_tags_pieces_per_thread_and_keeps_carriage_returns():
     plain = io.StringIO()
     r = pack._Router(plain, tagged=False)
     r.register(0)
-    r.write("bar\rbar\rline\n")
+    r.writelines(["bar\rbar\rline\n"])
     r.finish(0, 1)
     assert plain.getvalue() == "[0] line\n[0] exit code 1\n"
+    r.write("no run owns this thread now, ")   # unregistered: untagged, whole lines only
+    assert plain.getvalue().endswith("exit code 1\n")
+    r.write("so it waits for its newline\n")
+    assert plain.getvalue().endswith("exit code 1\nno run owns this thread now, so it waits for its newline\n")
 
 
 @pytest.mark.slow

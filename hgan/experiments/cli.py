@@ -74,6 +74,9 @@ def build_parser():
                         "goes on); compare.md shows the iterations each run reached")
     t.add_argument("--status-every", type=float, default=60.0, help="seconds between status lines")
     t.add_argument("--report-only", action="store_true", help="only rewrite compare.md")
+    t.add_argument("--data-only", action="store_true",
+                   help="only generate the datasets the grid needs (e.g. before a --deadline "
+                        "grid, whose clock would otherwise include them)")
     t.add_argument("--no-progress", action="store_true")
     e = sub.add_parser("export", help="copy a grid's small results (no checkpoints) elsewhere")
     e.add_argument("grid_dir")
@@ -89,6 +92,14 @@ def spec_from_args(a):
             raise GridError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if not a.systems or not a.models or not a.seeds:
         raise GridError("--systems, --models and --seeds need at least one entry each")
+    if a.pack > 1:
+        from hgan.train.pack import MAX_RUNS
+        if a.pack > MAX_RUNS:
+            raise GridError(f"--pack {a.pack}: at most {MAX_RUNS} training runs per process")
+        unpackable = {"--compile", "--profile"} & set(split_args(a.train_args))
+        if unpackable:
+            raise GridError(f"--pack > 1 with --train-args {' '.join(sorted(unpackable))}: "
+                            f"packed runs cannot use them (hgan.train.pack); use --pack 1")
     return GridSpec(out=a.out, systems=a.systems, models=a.models, seeds=a.seeds, iters=a.iters,
                     batch_size=a.batch_size, frames=a.frames, resolution=a.resolution,
                     device=a.device, data_seed=a.data_seed, train_args=split_args(a.train_args),
@@ -146,6 +157,15 @@ def table1(a, argv):
                                  status_every_s=a.status_every, progress=not a.no_progress,
                                  inline_eval=a.inline_eval, pack=a.pack)
         jobs = grid.plan()
+        if a.data_only:
+            jobs = grid.jobs = [j for j in jobs if j.kind == "data"]
+            print(f"[grid] {len(jobs)} datasets to generate in {spec.out}/data", file=sys.stderr,
+                  flush=True)
+            grid.execute()
+            failed = [j.name for j in jobs if j.state != "done"]
+            if failed:
+                print(f"[grid] data not generated: {', '.join(failed)}", file=sys.stderr)
+            return 130 if grid.stopping else 1 if failed else 0
         counts = {k: sum(j.kind == k for j in jobs) for k in ("data", "train", "eval")}
         print(f"[grid] {len(spec.runs())} runs in {spec.out}: {counts['data']} datasets to generate, "
               f"{counts['train']} runs to train, {counts['eval']} to evaluate; {a.parallel} at a time"

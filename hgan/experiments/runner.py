@@ -102,7 +102,8 @@ class GridRunner:
         self.status_every_s, self.progress = status_every_s, progress
         self.log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
         self.jobs, self.stopping, self.deadline_hit = [], False, False
-        self.env = _child_env(self.parallel * self.pack)
+        self.env = _child_env(self.parallel)                  # evaluations
+        self.train_env = _child_env(self.parallel * self.pack)
 
     def plan(self):
         """Jobs still to do; GridError before anything starts when data or runs mismatch."""
@@ -167,7 +168,8 @@ class GridRunner:
         if job.kind == "eval" and self.inline_eval:
             return self._eval_inline(job, cmd, log_path)
         job.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    env=self.env, start_new_session=True)
+                                    env=self.train_env if job.kind == "train" else self.env,
+                                    start_new_session=True)
         job.thread = threading.Thread(target=self._pump, args=(job, log_path), daemon=True)
         job.thread.start()
 
@@ -181,7 +183,7 @@ class GridRunner:
             with open(job.run.path("train.log"), "ab") as f:
                 f.write(f"\n$ {' '.join(cmd)}\n(run {i} of this process)\n".encode())
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                env=self.env, start_new_session=True)
+                                env=self.train_env, start_new_session=True)
         thread = threading.Thread(target=self._pump_pack, args=(jobs, proc), daemon=True)
         for job in jobs:
             job.proc, job.thread = proc, thread
@@ -194,12 +196,17 @@ class GridRunner:
         try:
             for line in proc.stdout:
                 body = line[:-1] if line.endswith(b"\n") else line
-                m = re.fullmatch(rb"\x1e(\d+)([nrx])(.*)", body, re.S)
+                # Untagged output (a C++ warning, say) may be glued before a tagged line.
+                cut = body.find(b"\x1e")
+                m = re.fullmatch(rb"\x1e(\d+)([nrx])(.*)", body[cut:], re.S) if cut >= 0 else None
                 i = int(m.group(1)) if m else -1
-                if not 0 <= i < len(jobs):  # not a run's own: the process's, for every log
+                if not 0 <= i < len(jobs):
+                    cut = len(body)
+                if cut > 0:  # not a run's own: the process's, for every log
                     for log in logs:
-                        log.write(line)
+                        log.write(body[:cut] + b"\n")
                         log.flush()
+                if not 0 <= i < len(jobs):
                     continue
                 job, kind, text = jobs[i], m.group(2), m.group(3)
                 if kind == b"x":
@@ -257,6 +264,12 @@ class GridRunner:
                 self._record(job)
             elif job.error:
                 self.log(f"[grid] data {job.system} failed: {job.error}")
+            return True
+        if job.packed and job.pack_code is not None and job.proc.poll() is None:
+            # This run has ended (its exit line came); the others of its process go on.
+            job.ended, job.returncode = time.time(), job.pack_code
+            job.state = "done" if job.returncode == 0 else "failed"
+            self._record(job)
             return True
         if job.proc.poll() is None:
             return False
@@ -373,10 +386,11 @@ class GridRunner:
             if not self._ready(job):  # two evals of one system in `order`: only one starts
                 continue
             if job.kind == "train" and self.pack > 1:
-                # A pack waits until it is full, or holds every training run still queued.
+                # A pack waits until it is full, or holds every training run still queued,
+                # unless a deadline runs: its clock started with the grid, data included.
                 ready = [j for j in order if j.kind == "train" and self._ready(j)]
                 queued = sum(j.kind == "train" and j.state == "queued" for j in self.jobs)
-                if len(ready) < min(self.pack, queued):
+                if len(ready) < min(self.pack, queued) and self.deadline_s is None:
                     continue
                 self._start_pack(ready[:self.pack])
             else:

@@ -38,10 +38,12 @@ import torch
 from hgan.train.profiling import stage
 
 # Warm-up and capture, one thread at a time (several runs in one process: hgan.train.pack,
-# which also holds it for each run's setup). Entering torch.cuda.graph synchronises the
-# device and empties the allocator's cache, which would break a capture under way in another
-# thread, and a capture puts the default CUDA generator in capture mode, which would corrupt
-# another thread's weight initialisation; replays need no lock.
+# which also holds it for each run's setup and while its graphs are destroyed). Entering
+# torch.cuda.graph synchronises the device and empties the allocator's cache, which would
+# break a capture under way in another thread; on torch 2.11 a capture also puts the default
+# CUDA generator in capture mode for the whole process (a draw from it in another thread
+# raises) and registers in, and a destroyed graph unregisters from, one shared set. Replays
+# need no lock.
 CAPTURE_LOCK = threading.Lock()
 # Uncaptured iterations before the capture (PyTorch's whole-network capture example uses 3).
 WARMUP_STEPS = 3
@@ -49,7 +51,12 @@ WARMUP_STEPS = 3
 # the foreach one there is measured by bench/gpu/trainstep.sh (capture_fused_adam).
 ADAM_FUSED = False
 
-_reported = set()
+# Reasons already reported, per thread: once per run, also when several runs share a process.
+_reported = threading.local()
+
+
+class CaptureFailed(RuntimeError):
+    """Capturing the step failed; this process's CUDA state may be unusable (see _capture)."""
 
 
 def fallback_reason(cfg, device, *, distributed=False, grad_scaler=False):
@@ -86,9 +93,10 @@ def _allocator_backend():
 
 
 def report_fallback(reason, main=True):
-    """One line, once per process and reason."""
-    if main and reason not in _reported:
-        _reported.add(reason)
+    """One line, once per run (thread) and reason."""
+    seen = _reported.__dict__.setdefault("reasons", set())
+    if main and reason not in seen:
+        seen.add(reason)
         print(f"[hgan] eager training step (no CUDA graphs): {reason}", flush=True)
 
 
@@ -150,7 +158,14 @@ class StaticStep:
         self.out = None
         self._keep = None
         self.warmup_left = WARMUP_STEPS if capture else 0
-        self.stream = torch.cuda.Stream(trainer.device) if capture else None
+        # A side stream to capture on; a run already on a stream of its own (hgan.train.pack)
+        # captures on that one: torch hands out streams from a pool of 32 per device, round
+        # robin, and two runs on one stream would capture each other's work.
+        self.stream = None
+        if capture:
+            current = torch.cuda.current_stream(trainer.device)
+            self.stream = (torch.cuda.Stream(trainer.device)
+                           if current == torch.cuda.default_stream(trainer.device) else current)
 
     def _load(self, real):
         if self.real is None:
@@ -206,10 +221,14 @@ class StaticStep:
         except RuntimeError as err:
             # No eager fallback here: torch < 2.13 leaves the CUDA generators in capture
             # mode after a failed capture, and every later random draw in this process fails.
-            raise RuntimeError(f"capturing the training step into CUDA graphs failed ({err}); "
-                               f"train with --no-cuda-graph, in a new process") from err
+            raise CaptureFailed(f"capturing the training step into CUDA graphs failed ({err}); "
+                                f"train with --no-cuda-graph, in a new process") from err
         self._keep = d                               # tensors the G graph reads
         self.graphs, self.out = graphs, out
 
     def flush_checks(self):
         return self.checks.read()
+
+    def release(self):
+        """Destroy the graphs now (hgan.train.pack calls this under CAPTURE_LOCK)."""
+        self.graphs = self.out = self._keep = None

@@ -10,30 +10,40 @@ iteration is one short burst of host work (two graph replays and the batch), so 
 not the limit at the grid's 15 runs.
 
 Each run computes what it would alone (tests/test_train_pack.py compares the weights):
-- setup (`hgan.train.run.prepare`), CUDA-graph warm-up and capture run one thread at a time,
-  under one lock (hgan.train.capture.CAPTURE_LOCK): weights are initialised from the global
-  RNG, whose CUDA generator a capture in another thread puts in capture mode (its offsets
-  would then advance the graph's count, not the draws'); entering `torch.cuda.graph`
-  synchronises the device and empties the allocator's cache. After setup every random draw
-  uses the run's own generators, and replays need no lock;
-- everything a run does on CUDA, setup included, is on its own stream, so the caching
-  allocator never hands one run's freed block to another stream's pending work;
-- nothing after setup draws from the global RNG (the torch loader seeds its workers from a
-  generator of its own), and the torch loader's workers are spawned, not forked from this
-  multi-threaded process (hgan.data.loader.WORKER_START_METHOD);
+- setup (`hgan.train.run.prepare`), CUDA-graph warm-up and capture, and the graphs'
+  destruction run one thread at a time, under one lock (hgan.train.capture.CAPTURE_LOCK):
+  weights are initialised from the global RNG; entering `torch.cuda.graph` synchronises the
+  device and empties the allocator's cache; on torch 2.11 a capture puts the default CUDA
+  generator in capture mode for the whole process. Replays need no lock;
+- nothing after setup draws from the global RNG (a test checks; the torch loader seeds its
+  workers from a generator of its own), and the torch loader's workers are spawned, not
+  forked from this multi-threaded process (hgan.data.loader.WORKER_START_METHOD);
+- everything a run does on CUDA, setup included, is on its own stream, which it also
+  captures on, so the caching allocator never hands one run's freed block to another
+  stream's pending work. torch's stream pool has 32 streams per device, handed out round
+  robin, hence at most MAX_RUNS runs per process;
+- missing datasets are generated first, in the main thread (where Ctrl-C can stop it);
 - SIGINT/SIGTERM reach the main thread only: one stop flag is shared, and every run saves a
-  checkpoint after its current iteration and ends, as `train.py` does.
+  checkpoint after its current iteration and ends, as `train.py` does; a run not yet set up
+  then does not start (exit 128 + signal). A failed capture stops every run the same way:
+  on torch < 2.13 it leaves this process's CUDA generators and allocator in capture mode.
+  A CUDA fault (an illegal address, a device assert) is sticky for the whole context: it
+  ends every run of the process.
 
 Each run's exit code is `train.py`'s; the process's is the first non-zero one (0 if none).
 Output: each run's lines, prefixed with its index. With `--tagged` (the grid's runner) every
 piece of a run's output, tqdm's carriage-return updates included, is one line
 "\\x1e<index><n|r><text>" (n: the piece ended in a newline, r: in a carriage return), and a
-run's exit is "\\x1e<index>x<code>"; the runner writes them to each run's log.
+run's exit is "\\x1e<index>x<code>"; the runner writes them to each run's log. Lines from
+threads no run owns (TensorBoard's writer, the main thread) are untagged: the runner copies
+them to every run's log. One-time warnings (Python's, the integrator's) show once per process.
 Not packed: --compile (dynamo compiles one thread at a time at best) and --profile (one
-profiler per process); torchrun (DDP has one run per process by design).
+profiler per process), also when a resumed checkpoint has them; torchrun (DDP has one run
+per process by design).
 """
 import os
 import re
+import signal
 import sys
 import threading
 from contextlib import nullcontext
@@ -41,6 +51,8 @@ from contextlib import nullcontext
 import torch
 
 TAG = "\x1e"
+# torch's pool holds 32 streams per device; leave half for anything else that takes one.
+MAX_RUNS = 16
 _PIECE = re.compile(r"([^\r\n]*)([\r\n])")
 
 
@@ -51,25 +63,31 @@ class _Router:
         self.out, self.tagged = out, tagged
         self.lock = threading.Lock()
         self.index = {}   # thread id -> run index
-        self.pending = {}
+        self.pending = {None: ""}
 
     def register(self, i):
-        self.index[threading.get_ident()] = i
-        self.pending[i] = ""
+        with self.lock:
+            self.index[threading.get_ident()] = i
+            self.pending[i] = ""
 
     def write(self, text):
-        i = self.index.get(threading.get_ident())
         with self.lock:
-            if i is None:  # the main thread, or a thread a run did not start itself
-                self.out.write(text)
+            i = self.index.get(threading.get_ident())
+            rest, end = self.pending[i] + text, 0
+            if i is None:  # a thread no run owns: whole lines, so that no tag lands mid-line
+                end = rest.rfind("\n") + 1
+                self.out.write(rest[:end])
             else:
-                rest, end = self.pending[i] + text, 0
                 for m in _PIECE.finditer(rest):
                     self._emit(i, m.group(1), m.group(2))
                     end = m.end()
-                self.pending[i] = rest[end:]
+            self.pending[i] = rest[end:]
             self.out.flush()
         return len(text)
+
+    def writelines(self, lines):
+        for line in lines:
+            self.write(line)
 
     def _emit(self, i, text, ending):
         if self.tagged:
@@ -78,15 +96,20 @@ class _Router:
             self.out.write(f"[{i}] {text}\n")
 
     def finish(self, i, code):
+        """The run's last words: what it left unterminated, then its exit code."""
         with self.lock:
             if self.pending.get(i):
                 self._emit(i, self.pending[i], "\n")
-            self.pending[i] = ""
+            self.pending.pop(i, None)
+            self.index = {t: j for t, j in self.index.items() if j != i}
             self.out.write(f"{TAG}{i}x{code}\n" if self.tagged else f"[{i}] exit code {code}\n")
             self.out.flush()
 
     def flush(self):
         with self.lock:
+            if self.pending[None]:
+                self.out.write(self.pending[None] + "\n")
+                self.pending[None] = ""
             self.out.flush()
 
     def isatty(self):
@@ -101,14 +124,18 @@ class _Router:
 
 
 class SharedStop:
-    """The main thread's stop flag (hgan.train.run._StopFlag), shared by every packed run."""
+    """The main thread's stop flag (hgan.train.run._StopFlag), shared by every packed run;
+    `stop_all` raises it from a run's thread (a failed capture)."""
 
     def __init__(self, flag):
-        self.flag = flag
+        self.flag, self.forced = flag, None
 
     @property
     def signum(self):
-        return self.flag.signum
+        return self.flag.signum if self.flag.signum is not None else self.forced
+
+    def stop_all(self):
+        self.forced = signal.SIGTERM
 
 
 def split_runs(argv):
@@ -125,35 +152,37 @@ def split_runs(argv):
     runs = [r for r in runs if r]
     if not runs:
         raise ValueError("no runs given: python -m hgan.train.pack -- <train.py flags> [-- ...]")
+    if len(runs) > MAX_RUNS:
+        raise ValueError(f"{len(runs)} runs given; at most {MAX_RUNS} per process (each needs "
+                         f"a CUDA stream of its own from torch's pool of 32)")
     return runs
 
 
-def _refusal(cfg):
+def refuse(cfg):
+    """ValueError for a config that cannot train in a thread (checked after a resume's
+    config is read from its checkpoint)."""
     if cfg.compile:
-        return "--compile cannot run in a packed process (torch.compile is not thread-safe); " \
-               "train it alone"
+        raise ValueError("--compile cannot run in a packed process (torch.compile is not "
+                         "thread-safe); train it alone")
     if cfg.profile:
-        return "--profile cannot run in a packed process (one profiler per process); train it alone"
-    return None
+        raise ValueError("--profile cannot run in a packed process (one profiler per "
+                         "process); train it alone")
 
 
 def _train_one(i, argv, stop, router, codes):
     """One packed run, in its thread: train.py's phases and exit codes."""
     from hgan.data import GenerationInterrupted
+    from hgan.train.capture import CAPTURE_LOCK, CaptureFailed
     from hgan.train.checkpoint import CheckpointError
-    from hgan.train.capture import CAPTURE_LOCK
     from hgan.train.config import parse_command_line
     from hgan.train.dist import DistInfo
     from hgan.train.loop import NonFiniteLoss, resolve_device
     from hgan.train.run import prepare, run
     router.register(i)
-    code = 0
+    code, setup = 0, None
     try:
         try:
             cfg, resume, given = parse_command_line(argv)
-            reason = _refusal(cfg)
-            if reason:
-                raise ValueError(reason)
             device = resolve_device(cfg.device, DistInfo())
         except SystemExit as e:  # argparse's one-line error, already printed
             code = e.code if isinstance(e.code, int) else 2
@@ -163,34 +192,81 @@ def _train_one(i, argv, stop, router, codes):
             code = 2
             return
         with torch.cuda.stream(torch.cuda.Stream(device)) if device.type == "cuda" else nullcontext():
-            try:
-                with CAPTURE_LOCK:
-                    setup = prepare(cfg, resume=resume, given=given)
-            except (ValueError, FileNotFoundError, CheckpointError) as e:
-                print(f"train.py: error: {str(e).strip()}".replace("\n", " "), file=sys.stderr)
-                code = 2
-                return
-            except GenerationInterrupted as e:
-                print(f"train.py: generation of {cfg.data_path} was interrupted", file=sys.stderr)
-                code = 128 + e.signum
-                return
+            with CAPTURE_LOCK:
+                if stop.signum is not None:  # stopped while waiting for its turn
+                    print(f"[hgan] {signal.Signals(stop.signum).name} before this run was set "
+                          f"up: not started", flush=True)
+                    code = 128 + stop.signum
+                    return
+                try:
+                    setup = prepare(cfg, resume=resume, given=given, check=refuse)
+                except (ValueError, FileNotFoundError, CheckpointError) as e:
+                    print(f"train.py: error: {str(e).strip()}".replace("\n", " "), file=sys.stderr)
+                    code = 2
+                    return
+                except GenerationInterrupted as e:
+                    code = 128 + e.signum
+                    return
             try:
                 run(setup, stop=stop)
             except NonFiniteLoss as e:
                 print(f"[hgan] error: {e}", file=sys.stderr)
+                code = 1
+            except CaptureFailed as e:
+                print(f"[hgan] error: {e}; stopping every run of this process (its CUDA state "
+                      f"may be unusable after a failed capture)", file=sys.stderr)
+                stop.stop_all()
                 code = 1
     except BaseException:  # a bug: its traceback goes to this run's log, the others go on
         import traceback
         traceback.print_exc()
         code = 1
     finally:
+        trainer = getattr(setup, "trainer", None)
+        if trainer is not None and trainer.static is not None:
+            with CAPTURE_LOCK:  # destroying a graph must not overlap another run's capture
+                trainer.static.release()
         codes[i] = code
         router.finish(i, code)
+
+
+def _generate_missing(runs):
+    """Generate the datasets the runs need and lack, here in the main thread (train.py's
+    messages; Ctrl-C stops it, keeping nothing). Runs whose flags are bad are left to fail
+    in their own thread. Returns an exit code for the whole process, or None."""
+    from hgan.data import GenerationInterrupted
+    from hgan.train.config import parse_command_line
+    from hgan.train.dist import DistInfo
+    from hgan.train.loop import ensure_dataset
+    done = set()
+    for argv in runs:
+        try:
+            with open(os.devnull, "w") as null:  # argparse's errors are the run's to report
+                saved, sys.stderr = sys.stderr, null
+                try:
+                    cfg, resume, _ = parse_command_line(argv)
+                finally:
+                    sys.stderr = saved
+        except (SystemExit, ValueError):
+            continue
+        if resume or cfg.data_path in done or os.path.exists(cfg.data_path):
+            continue
+        done.add(cfg.data_path)
+        try:
+            ensure_dataset(cfg, DistInfo())
+        except GenerationInterrupted as e:
+            print(f"hgan.train.pack: generation of {cfg.data_path} was interrupted "
+                  f"({signal.Signals(e.signum).name}); no partial file was kept", file=sys.stderr)
+            return 128 + e.signum
+        except (ValueError, OSError):
+            continue  # the run reports it
+    return None
 
 
 def main(argv=None) -> int:
     from tqdm import tqdm
 
+    from hgan.data import loader
     from hgan.train.run import _StopFlag
     argv = list(sys.argv[1:] if argv is None else argv)
     tagged = "--tagged" in argv[:1]
@@ -205,12 +281,14 @@ def main(argv=None) -> int:
     except ValueError as e:
         print(f"hgan.train.pack: error: {e}", file=sys.stderr)
         return 2
-    # tqdm's monitor thread would refresh bars from a thread no run owns.
-    tqdm.monitor_interval = 0
-    from hgan.data import loader
-    loader.WORKER_START_METHOD = "spawn"
+    code = _generate_missing(runs)
+    if code is not None:
+        return code
+    # tqdm's monitor thread would refresh bars from a thread no run owns; forked loader
+    # workers could inherit locks other threads hold. Process-wide: restored on the way out.
+    saved = sys.stdout, sys.stderr, tqdm.monitor_interval, loader.WORKER_START_METHOD
+    tqdm.monitor_interval, loader.WORKER_START_METHOD = 0, "spawn"
     router = _Router(sys.stdout, tagged)
-    saved = sys.stdout, sys.stderr
     sys.stdout = sys.stderr = router
     codes = {}
     try:
@@ -225,7 +303,8 @@ def main(argv=None) -> int:
                 while t.is_alive():  # short joins: the main thread must stay free for signals
                     t.join(timeout=0.25)
     finally:
-        sys.stdout, sys.stderr = saved
+        router.flush()
+        sys.stdout, sys.stderr, tqdm.monitor_interval, loader.WORKER_START_METHOD = saved
     bad = [codes.get(i, 1) for i in range(len(runs)) if codes.get(i, 1) != 0]
     return bad[0] if bad else 0
 

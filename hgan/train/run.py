@@ -94,12 +94,13 @@ class Setup:
     iteration: int = 0
 
 
-def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None) -> Setup:
+def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=None) -> Setup:
     """The setup phase of `train`: every check of the input, before anything is written.
 
     Bad input raises ValueError (hgan.data.h5io.DataFormatError among them), FileNotFoundError
     or CheckpointError, which train.py reports in one line; errors of training itself come
-    later, from `run`. `given`: see resume_config."""
+    later, from `run`. `given`: see resume_config. `check(cfg)`: the caller's own refusal of
+    the config that will train (a resumed run's is the checkpoint's), a ValueError."""
     ckpt, path = None, ""
     if resume:
         path = os.path.join(resume, "checkpoints", "last.pt") if os.path.isdir(resume) else resume
@@ -112,6 +113,8 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None) -> Setu
             return Setup(cfg, checkpoint=path, iteration=int(ckpt["iteration"]))
     else:
         _check_new_run_dir(cfg.out)
+    if check is not None:
+        check(cfg)
     info = hdist.init_distributed(resolve_device(cfg.device, hdist.DistInfo()).type)
     ensure_dataset(cfg, info)
     trainer = Trainer(cfg, info)
