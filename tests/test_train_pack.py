@@ -75,6 +75,20 @@ def test_training_never_draws_from_the_global_rng(data_root, tmp_path, model, lo
     assert torch.equal(torch.get_rng_state(), before)
 
 
+def test_a_run_holds_the_capture_lock_through_its_first_iterations(data_root, tmp_path):
+    # Warm-up, capture and the first samples of one packed run never overlap another's
+    # capture: the lock is held through the first WARMUP_STEPS + 1 iterations, then let go.
+    from hgan.train import capture as hcapture
+    from hgan.train.config import parse_command_line
+    from hgan.train.run import prepare, run
+    held = []
+    cfg, _, _ = parse_command_line(flags(data_root, tmp_path / "r", iters=6))
+    run(prepare(cfg), callback=lambda t: held.append(hcapture.CAPTURE_LOCK._is_owned()))
+    n = hcapture.WARMUP_STEPS + 1
+    assert held == [True] * n + [False] * (6 - n)
+    assert not hcapture.CAPTURE_LOCK._is_owned()
+
+
 def test_a_bad_run_fails_alone_with_train_py_exit_code(data_root, tmp_path, capsys):
     good = flags(data_root, tmp_path / "good", iters=1)
     bad = flags(data_root, tmp_path / "bad", iters=1, extra=("--frames", "999"))

@@ -21,11 +21,17 @@ TINY = ["--system", "pendulum", "--batch-size", "4", "--frames", "6", "--clip-fr
         "--ckpt-every", "100000", "--n-samples", "2", "--no-progress"]
 
 
+def _default_sigint():
+    # As from a terminal: a test suite started in the background of a non-interactive shell
+    # ignores SIGINT, the child inherits that, and train.py rightly keeps ignoring it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def train_py(*args, **popen):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *TINY, *args],
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **popen)
+                            text=True, preexec_fn=_default_sigint, **popen)
 
 
 def finish(proc, timeout=120):

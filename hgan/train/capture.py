@@ -44,7 +44,7 @@ from hgan.train.profiling import stage
 # CUDA generator in capture mode for the whole process (a draw from it in another thread
 # raises) and registers in, and a destroyed graph unregisters from, one shared set. Replays
 # need no lock.
-CAPTURE_LOCK = threading.Lock()
+CAPTURE_LOCK = threading.RLock()  # also held around a run's first iterations (hgan.train.run)
 # Uncaptured iterations before the capture (PyTorch's whole-network capture example uses 3).
 WARMUP_STEPS = 3
 # Adam's fused (single-kernel) implementation inside the captured step: whether it beats

@@ -10,7 +10,8 @@ iteration is one short burst of host work (two graph replays and the batch), so 
 not the limit at the grid's 15 runs.
 
 Each run computes what it would alone (tests/test_train_pack.py compares the weights):
-- setup (`hgan.train.run.prepare`), CUDA-graph warm-up and capture, and the graphs'
+- setup (`hgan.train.run.prepare`), the first iterations (CUDA-graph warm-up and capture,
+  kernels loaded or compiled for the first time, the first samples), and the graphs'
   destruction run one thread at a time, under one lock (hgan.train.capture.CAPTURE_LOCK):
   weights are initialised from the global RNG; entering `torch.cuda.graph` synchronises the
   device and empties the allocator's cache; on torch 2.11 a capture puts the default CUDA

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from hgan.data.loader import build_loader
 from hgan.models import ModelConfig
+from hgan.train import capture as hcapture
 from hgan.train import dist as hdist
 from hgan.train.checkpoint import load_checkpoint
 from hgan.train.config import RunConfig, resumable_fields
@@ -158,6 +159,30 @@ class _StopFlag:
         return False
 
 
+class _FirstSteps:
+    """Holds hcapture.CAPTURE_LOCK through a run's first iterations: the warm-up and the
+    capture, and everything else done there for the first time (kernels loaded or compiled,
+    the first samples), so that none of it overlaps another run's capture when several runs
+    share a process (hgan.train.pack). Uncontended in a process of one run."""
+
+    def __init__(self, until):
+        self.until, self.held = until, False
+
+    def __enter__(self):
+        hcapture.CAPTURE_LOCK.acquire()
+        self.held = True
+        return self
+
+    def passed(self, iteration):
+        if self.held and iteration >= self.until:
+            hcapture.CAPTURE_LOCK.release()
+            self.held = False
+
+    def __exit__(self, *exc):
+        self.passed(float("inf"))
+        return False
+
+
 def _write_samples(trainer: Trainer, writer, tag: str):
     cfg = trainer.cfg
     g = trainer.G
@@ -208,7 +233,9 @@ def run(setup: Setup, callback=None, stop=None) -> dict:
     last_stats, stopped = {}, None
     t_log, it_log = time.perf_counter(), trainer.iteration
     try:
-        with (nullcontext(stop) if stop is not None else _StopFlag()) as stop, step_profiler(cfg.out, cfg.profile and main) as prof:
+        with (nullcontext(stop) if stop is not None else _StopFlag()) as stop, \
+                step_profiler(cfg.out, cfg.profile and main) as prof, \
+                _FirstSteps(trainer.iteration + hcapture.WARMUP_STEPS + 1) as first:
             while trainer.iteration < cfg.iters:
                 want = (trainer.iteration + 1) % cfg.log_every == 0
                 with stage("data"):
@@ -243,6 +270,7 @@ def run(setup: Setup, callback=None, stop=None) -> dict:
                         trainer.save(f"iter_{trainer.iteration:07d}.pt")
                 if callback is not None:
                     callback(trainer)
+                first.passed(it)
                 # Under torchrun the stop flag is all-reduced, which waits for the GPU: every
                 # STOP_POLL_EVERY iterations (the same ones on every rank), not every step.
                 poll = not info.enabled or it % STOP_POLL_EVERY == 0 or it >= cfg.iters
