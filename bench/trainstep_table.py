@@ -12,6 +12,10 @@ training run sees), N chosen so that a run lasts about RUN_S. Recorded under the
 median videos/s and step time, the share of the steps' wall time blocked on the next batch,
 and for --busy variants the profiler's device-busy share. A variant that fails is recorded
 with its error and the next one runs. bench/gpu/trainstep.sh runs the stages.
+
+`--pack N ...` measures N captured steps in threads of one process, each on its own CUDA
+stream (hgan.train.pack's arrangement, for the Table-1 grid): the videos/s of all N together
+against one run's, i.e. how far their kernels overlap on the GPU ("capture_pack<N>").
 """
 import argparse
 import json
@@ -69,6 +73,76 @@ def measure(data, resolution, variant, busy):
         step.close()
 
 
+PACK_STEPS = 60      # steps per run and round of a pack measurement
+PACK_TIMEOUT_S = 240
+
+
+def measure_pack(data, resolution, n_runs):
+    """n_runs captured steps, each in a thread with a stream of its own, set up and warmed up
+    one at a time (hgan.train.capture.CAPTURE_LOCK, as a pack does), then ROUNDS rounds in
+    which every run takes PACK_STEPS steps at once: videos/s of all runs together."""
+    import threading
+
+    import torch
+
+    from hgan.train.capture import CAPTURE_LOCK
+    gate = threading.Barrier(n_runs + 1, timeout=PACK_TIMEOUT_S)
+    steps, errors = [None] * n_runs, []
+
+    def one(i):
+        try:
+            stream = torch.cuda.Stream() if DEVICE == "cuda" else None
+            with torch.cuda.stream(stream) if stream is not None else _null():
+                with CAPTURE_LOCK:
+                    step = steps[i] = TrainStep(frames_file(data, resolution), resolution,
+                                                TABLE["capture"])
+                    for _ in range(step.warmup_steps):
+                        step()
+                for _ in range(ROUNDS):
+                    gate.wait()                    # every run starts the round together
+                    for _ in range(PACK_STEPS):
+                        step.run()
+                    if stream is not None:
+                        stream.synchronize()
+                    gate.wait()                    # ... and the round ends with the last one
+        except BaseException as err:               # the main thread reports it
+            errors.append(err)
+            gate.abort()
+
+    threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n_runs)]
+    for t in threads:
+        t.start()
+    rounds = []
+    try:
+        for _ in range(ROUNDS):
+            gate.wait()
+            t0 = time.perf_counter()
+            gate.wait()
+            rounds.append(time.perf_counter() - t0)
+    except threading.BrokenBarrierError:
+        raise errors[0] if errors else RuntimeError("a packed run stopped") from None
+    finally:
+        for t in threads:
+            t.join(timeout=PACK_TIMEOUT_S)
+        for step in steps:
+            if step is not None:
+                step.close()
+    wall = sorted(rounds)[len(rounds) // 2]
+    return {"batch": BATCH, "frames": FRAMES, "resolution": resolution, "runs_in_process": n_runs,
+            "captured": all(s.trainer.captured for s in steps), "steps_per_run": PACK_STEPS,
+            "rounds": ROUNDS, "median_round_s": wall,
+            "videos_per_s": n_runs * BATCH * PACK_STEPS / wall,
+            "videos_per_s_per_run": BATCH * PACK_STEPS / wall}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
 def summary(path):
     """The table as Markdown, from the results file."""
     with open(path) as f:
@@ -92,7 +166,25 @@ def summary(path):
                 variant, res, r["videos_per_s"], 1e3 * r["median_step_s"],
                 f"{r['videos_per_s'] / base:.1f}" if base else "",
                 r["data_wait_share"], f"{busy:.0%}" if busy is not None else ""))
-    return "\n".join(lines + [""] + verdicts(rows))
+    return "\n".join(lines + [""] + verdicts(rows) + pack_lines(rows))
+
+
+def pack_lines(rows):
+    """Markdown lines: videos/s of N captured runs in one process against one run alone."""
+    lines = []
+    for res in (32, 64):
+        one = rows.get(f"capture_{res}px", {}).get("videos_per_s")
+        packs = sorted((r["runs_in_process"], r) for name, r in rows.items()
+                       if name.startswith("capture_pack") and name.endswith(f"_{res}px")
+                       and "videos_per_s" in r)
+        for n, r in packs:
+            if not lines:
+                lines = ["", "| runs in one process (hgan.train.pack) | px | videos/s, all runs "
+                             "| per run | x one run alone |", "|---|---|---|---|---|"]
+            lines.append("| {} | {} | {:.0f} | {:.0f} | {} |".format(
+                n, res, r["videos_per_s"], r["videos_per_s_per_run"],
+                f"{r['videos_per_s'] / one:.2f}" if one else ""))
+    return lines
 
 
 # The issue's targets for the captured step at 32 px.
@@ -138,6 +230,8 @@ def main(argv=None):
     p.add_argument("--variants", nargs="*", default=[], choices=list(TABLE))
     p.add_argument("--busy", nargs="*", default=[], help="variants whose device-busy share "
                                                          "is profiled")
+    p.add_argument("--pack", nargs="*", type=int, default=[],
+                   help="numbers of captured runs to measure together in one process")
     p.add_argument("--summary", action="store_true", help="print the table as Markdown")
     a = p.parse_args(argv)
     if a.summary:
@@ -158,21 +252,24 @@ def main(argv=None):
         print(f"fused kernels compiled and cached: {time.perf_counter() - t0:.1f} s", flush=True)
         return 0
     status = 0
-    for variant in a.variants:
-        name = f"{variant}_{a.resolution}px"
+    jobs = [(f"{v}_{a.resolution}px", v, None) for v in a.variants] + \
+           [(f"capture_pack{n}_{a.resolution}px", None, n) for n in a.pack]
+    for name, variant, n_runs in jobs:
         t0 = time.perf_counter()
         # Replaced when the variant finishes; stays if the stage's time limit kills it.
         record(SECTION, name, {"error": "did not finish within its stage's time limit"},
                device=DEVICE)
         try:
-            payload = measure(a.data, a.resolution, variant, variant in a.busy)
+            payload = (measure(a.data, a.resolution, variant, variant in a.busy) if n_runs is None
+                       else measure_pack(a.data, a.resolution, n_runs))
         except Exception as err:   # recorded, and the stage goes on with the next variant
             traceback.print_exc()
             payload = {"error": f"{type(err).__name__}: {err}"}
             status = 1
         record(SECTION, name, payload, device=DEVICE)
         shown = {k: payload[k] for k in ("videos_per_s", "median_step_s", "data_wait_share",
-                                          "loader_used", "captured", "error") if k in payload}
+                                          "loader_used", "captured", "videos_per_s_per_run",
+                                          "error") if k in payload}
         if payload.get("device_busy"):
             shown["device_busy"] = payload["device_busy"]["share"]
         print(f"{name}: {shown} ({time.perf_counter() - t0:.0f} s)", flush=True)

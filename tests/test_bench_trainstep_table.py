@@ -54,3 +54,29 @@ def test_verdicts_keep_a_change_only_where_it_is_faster_everywhere():
     assert lines[-1] == ("captured step, 32 px: 4000 videos/s (target >= 3200): met; data wait "
                          "1.0% (target < 5%): met; device busy 75% (target >= 80%): not met")
     assert trainstep_table.verdicts({})[-1] == "|---|---|---|---|"
+
+
+def test_pack_rows_compare_all_runs_with_one_run_alone():
+    rows = {"capture_32px": {"videos_per_s": 3000.0},
+            "capture_pack4_32px": {"runs_in_process": 4, "videos_per_s": 9000.0,
+                                   "videos_per_s_per_run": 2250.0},
+            "capture_pack15_32px": {"runs_in_process": 15, "videos_per_s": 12000.0,
+                                    "videos_per_s_per_run": 800.0},
+            "capture_pack4_64px": {"error": "RuntimeError: boom"}}
+    lines = trainstep_table.pack_lines(rows)
+    assert lines[3:] == ["| 4 | 32 | 9000 | 2250 | 3.00 |", "| 15 | 32 | 12000 | 800 | 4.00 |"]
+    assert trainstep_table.pack_lines({"capture_32px": {"videos_per_s": 1.0}}) == []
+
+
+def test_pack_measurement_runs_its_threads_in_step(tmp_path, monkeypatch):
+    # On CPU the steps are eager (no capture), but the threads, the per-round gates and the
+    # arithmetic are the GPU's. Tiny shapes: batch 2, 4 frames.
+    monkeypatch.setattr(_trainstep, "BATCH", 2)
+    monkeypatch.setattr(_trainstep, "FRAMES", 4)
+    monkeypatch.setattr(trainstep_table, "BATCH", 2)
+    monkeypatch.setattr(trainstep_table, "PACK_STEPS", 2)
+    monkeypatch.setattr(trainstep_table, "ROUNDS", 1)
+    r = trainstep_table.measure_pack(str(tmp_path), 32, 2)
+    assert r["runs_in_process"] == 2 and r["steps_per_run"] == 2 and not r["captured"]
+    assert r["videos_per_s"] == 2 * 2 * 2 / r["median_round_s"]
+    assert r["videos_per_s_per_run"] == r["videos_per_s"] / 2

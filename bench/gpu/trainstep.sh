@@ -50,6 +50,9 @@ stage capture-32 100 --resolution 32 --busy capture \
 stage eager-32 50 --resolution 32 --busy fused --variants baseline fused
 stage capture-64 60 --resolution 64 --variants capture capture_bf16 capture_channels_last
 stage eager-64 40 --resolution 64 --variants baseline fused
+# 4 and 15 captured runs in one process, each on its own stream (hgan.train.pack, the grid's
+# PACK=15): how far their kernels overlap.
+stage pack-32 90 --resolution 32 --pack 4 15
 # torch.compile last: its compilation alone can take a minute per resolution.
 stage compile-32 90 --resolution 32 --variants capture_compile
 stage compile-64 90 --resolution 64 --variants capture_compile
