@@ -105,6 +105,7 @@ class TrainStep:
         return sum(float(self.stats[k]) for k in ("loss/G", "loss/D_I", "loss/D_V"))
 
     def close(self):
+        self.batches.close()   # the loader's workers end now, from the thread that made them
         self.stream.close()
 
 

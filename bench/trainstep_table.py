@@ -108,6 +108,9 @@ def measure_pack(data, resolution, n_runs):
         except BaseException as err:               # the main thread reports it
             errors.append(err)
             gate.abort()
+        finally:  # here: loader workers die with the thread that started them (workers.py)
+            if steps[i] is not None:
+                steps[i].close()
 
     threads = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n_runs)]
     for t in threads:
@@ -120,13 +123,12 @@ def measure_pack(data, resolution, n_runs):
             gate.wait()
             rounds.append(time.perf_counter() - t0)
     except threading.BrokenBarrierError:
-        raise errors[0] if errors else RuntimeError("a packed run stopped") from None
+        raise errors[0] if errors else RuntimeError(
+            f"the runs did not reach the round's start or end within {PACK_TIMEOUT_S} s") from None
     finally:
+        gate.abort()  # threads still waiting leave; a finished measurement is not affected
         for t in threads:
             t.join(timeout=PACK_TIMEOUT_S)
-        for step in steps:
-            if step is not None:
-                step.close()
     wall = sorted(rounds)[len(rounds) // 2]
     return {"batch": BATCH, "frames": FRAMES, "resolution": resolution, "runs_in_process": n_runs,
             "captured": all(s.trainer.captured for s in steps), "steps_per_run": PACK_STEPS,
@@ -177,6 +179,13 @@ def pack_lines(rows):
         packs = sorted((r["runs_in_process"], r) for name, r in rows.items()
                        if name.startswith("capture_pack") and name.endswith(f"_{res}px")
                        and "videos_per_s" in r)
+        failed = sorted(name for name, r in rows.items() if name.startswith("capture_pack")
+                        and name.endswith(f"_{res}px") and "error" in r)
+        for name in failed:
+            lines = lines or ["", "| runs in one process (hgan.train.pack) | px | videos/s, "
+                                  "all runs | per run | x one run alone |", "|---|---|---|---|---|"]
+            n = name[len("capture_pack"):-len(f"_{res}px")]
+            lines.append(f"| {n} | {res} | failed: {rows[name]['error'][:80]} | | |")
         for n, r in packs:
             if not lines:
                 lines = ["", "| runs in one process (hgan.train.pack) | px | videos/s, all runs "

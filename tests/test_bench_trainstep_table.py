@@ -64,7 +64,8 @@ def test_pack_rows_compare_all_runs_with_one_run_alone():
                                     "videos_per_s_per_run": 800.0},
             "capture_pack4_64px": {"error": "RuntimeError: boom"}}
     lines = trainstep_table.pack_lines(rows)
-    assert lines[3:] == ["| 4 | 32 | 9000 | 2250 | 3.00 |", "| 15 | 32 | 12000 | 800 | 4.00 |"]
+    assert lines[3:] == ["| 4 | 32 | 9000 | 2250 | 3.00 |", "| 15 | 32 | 12000 | 800 | 4.00 |",
+                         "| 4 | 64 | failed: RuntimeError: boom | | |"]
     assert trainstep_table.pack_lines({"capture_32px": {"videos_per_s": 1.0}}) == []
 
 

@@ -163,6 +163,9 @@ threads = [threading.Thread(target=one, args=(i, *r)) for i, r in enumerate(runs
 [t.start() for t in threads]
 while any(t.is_alive() for t in threads):
     time.sleep(0.01)
+time.sleep(float(os.environ.get("FAKE_PACK_LINGER", "0")))  # tearing down after its runs
+with open(os.environ.get("FAKE_PACK_EXITS", os.devnull), "a") as f:
+    f.write(f"{time.time()}\n")
 """
 
 
@@ -260,3 +263,22 @@ def test_a_deadline_stops_every_run_of_a_pack(tmp_path, fake_packs):
     for run in spec.runs():
         assert 0 < run.iteration() < 100_000 and run.summary()["stopped"] == "SIGTERM"
         assert run.evaluated()
+
+
+def test_a_pack_keeps_its_slot_until_its_process_exits(tmp_path, fake_packs, monkeypatch):
+    # Its runs are reaped (and evaluated) as they end, but the process may still hold the
+    # GPU while it tears down: the next pack waits for it to exit.
+    _, launched = fake_packs
+    exits = tmp_path / "exits.txt"
+    monkeypatch.setenv("FAKE_PACK_LINGER", "1.0")
+    monkeypatch.setenv("FAKE_PACK_EXITS", str(exits))
+    spec = GridSpec(out=str(tmp_path / "g"), systems=("pendulum", "mass_spring"),
+                    models=("hgan", "mocogan"), iters=3, eval_metrics="physics")
+    grid = runner.GridRunner(spec, parallel=1, pack=2, progress=False, log=lambda m: None)
+    grid.plan()
+    grid.execute()
+    assert launched == [2, 2]
+    first_exit = min(float(t) for t in exits.read_text().split())
+    second_start = max(_spans(r)[0] for r in spec.runs())
+    assert second_start > first_exit
+    assert len(exits.read_text().split()) == 2  # both processes waited for, none left behind

@@ -198,3 +198,25 @@ def test_sigterm_stops_every_packed_run_with_a_checkpoint(data_root, tmp_path):
         assert 0 < it < 100000
         summary = (tmp_path / f"r{i}" / "summary.json").read_text()
         assert '"stopped": "SIGTERM"' in summary
+
+
+def test_a_failed_capture_anywhere_stops_every_packed_run(data_root, tmp_path):
+    # Set under the capture lock by the run whose capture failed: the next holder of the
+    # lock (a run about to set up, or about to take its first step) sees a stop.
+    from hgan.train import capture as hcapture
+    from hgan.train.config import parse_command_line
+    from hgan.train.run import prepare, run
+
+    class Flag:
+        signum = None
+    stop = pack.SharedStop(Flag())
+    assert stop.signum is None
+    hcapture.CAPTURE_FAILED.set()
+    try:
+        assert stop.signum == signal.SIGTERM
+        cfg, _, _ = parse_command_line(flags(data_root, tmp_path / "r", iters=5))
+        res = run(prepare(cfg), stop=stop)
+    finally:
+        hcapture.CAPTURE_FAILED.clear()
+    assert res["iteration"] == 0 and res["stopped"] == "SIGTERM"   # no step taken
+    assert weights(tmp_path / "r")[0] == 0                           # but resumable

@@ -93,12 +93,15 @@ fi
 # The datasets first, so that the training deadline counts training (a pack under a deadline
 # starts with the runs whose data is ready); TRAIN_S is shortened by what they took.
 t_data=$SECONDS
-timeout -s INT -k 30 $((LIMIT - SECONDS - 300)) $PY -m hgan.experiments table1 --out "$GRID" \
+limit=$((LIMIT - SECONDS - 300))
+[ "$limit" -lt 30 ] && limit=30
+timeout -s INT -k 30 "$limit" $PY -m hgan.experiments table1 --out "$GRID" \
     --systems "$SYSTEMS" --models "$MODELS" --iters "$ITERS" --device "$DEVICE" --data-only \
-    --no-progress $GRID_ARGS 2>&1 | tee "$OUT/grid.log"
+    --parallel "$PARALLEL" --no-progress $GRID_ARGS 2>&1 | tee "$OUT/grid.log"
+data_status=${PIPESTATUS[0]}
 TRAIN_S=$((TRAIN_S - (SECONDS - t_data)))
 [ "$TRAIN_S" -lt 60 ] && TRAIN_S=60
-echo "data ready after $SECONDS s; training deadline $TRAIN_S s" | tee -a "$OUT/grid.log"
+echo "data step exit status $data_status after $SECONDS s; training deadline $TRAIN_S s" | tee -a "$OUT/grid.log"
 
 left=$((LIMIT - SECONDS - 120))  # keep time for the lone evaluation and the packing
 timeout -s INT -k 45 "$left" $PY -m hgan.experiments table1 --out "$GRID" \

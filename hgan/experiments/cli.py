@@ -92,6 +92,8 @@ def spec_from_args(a):
             raise GridError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     if not a.systems or not a.models or not a.seeds:
         raise GridError("--systems, --models and --seeds need at least one entry each")
+    if a.data_only and a.report_only:
+        raise GridError("--data-only and --report-only: choose one")
     if a.pack > 1:
         from hgan.train.pack import MAX_RUNS
         if a.pack > MAX_RUNS:
@@ -157,7 +159,7 @@ def table1(a, argv):
                                  status_every_s=a.status_every, progress=not a.no_progress,
                                  inline_eval=a.inline_eval, pack=a.pack)
         jobs = grid.plan()
-        if a.data_only:
+        if a.data_only:  # (with --report-only: refused in spec_from_args)
             jobs = grid.jobs = [j for j in jobs if j.kind == "data"]
             print(f"[grid] {len(jobs)} datasets to generate in {spec.out}/data", file=sys.stderr,
                   flush=True)

@@ -102,6 +102,7 @@ class GridRunner:
         self.status_every_s, self.progress = status_every_s, progress
         self.log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
         self.jobs, self.stopping, self.deadline_hit = [], False, False
+        self.packs = []  # hgan.train.pack processes: a slot until they exit, runs reaped or not
         self.env = _child_env(self.parallel)                  # evaluations
         self.train_env = _child_env(self.parallel * self.pack)
 
@@ -184,6 +185,7 @@ class GridRunner:
                 f.write(f"\n$ {' '.join(cmd)}\n(run {i} of this process)\n".encode())
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env=self.train_env, start_new_session=True)
+        self.packs.append(proc)
         thread = threading.Thread(target=self._pump_pack, args=(jobs, proc), daemon=True)
         for job in jobs:
             job.proc, job.thread = proc, thread
@@ -315,8 +317,9 @@ class GridRunner:
 
     def _stop_children(self, why):
         self.log(f"[grid] {why}: stopping running jobs (training saves a checkpoint)")
-        procs = list({id(j.proc): j.proc for j in self.jobs
-                      if j.state == "running" and j.proc is not None}.values())
+        procs = list({id(p): p for p in [j.proc for j in self.jobs
+                                          if j.state == "running" and j.proc is not None]
+                      + self._live_packs()}.values())
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
@@ -371,12 +374,18 @@ class GridRunner:
             bar.close()
             for s, h in old.items():
                 signal.signal(s, h)
+        self._wait_packs()
         return self.jobs
 
+    def _live_packs(self):
+        return [p for p in self.packs if p.poll() is None]
+
     def slots_used(self):
-        """Processes and threads running: a packed process counts once."""
+        """Processes and threads running: a packed process counts once, until it exits
+        (its runs may all have ended while it still tears down, holding GPU memory)."""
         return len({id(j.proc) if j.proc is not None else id(j.thread)
-                    for j in self.jobs if j.state == "running"})
+                    for j in self.jobs if j.state == "running"}
+                   | {id(p) for p in self._live_packs()})
 
     def _start_ready(self, order):
         free = self.parallel - self.slots_used()
@@ -397,6 +406,16 @@ class GridRunner:
                 self._start(job)
             free -= 1
 
+    def _wait_packs(self):
+        """Packed processes whose runs have all ended: wait for them to exit."""
+        end = time.time() + STOP_GRACE_S
+        for p in self._live_packs():
+            try:
+                p.wait(timeout=max(1.0, end - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
     def _wait_all(self):
         end = time.time() + STOP_GRACE_S
         for job in self.jobs:
@@ -407,6 +426,7 @@ class GridRunner:
                     job.proc.kill()
                     job.proc.wait()
                 self._reap(job)
+        self._wait_packs()
         self._skip_blocked()
 
     def _on_signal(self, signum, frame):

@@ -59,6 +59,11 @@ class CaptureFailed(RuntimeError):
     """Capturing the step failed; this process's CUDA state may be unusable (see _capture)."""
 
 
+# Set, under CAPTURE_LOCK, when a capture in this process failed: hgan.train.pack's other runs
+# read it as a stop signal before they set up or step (the lock's next holder sees it).
+CAPTURE_FAILED = threading.Event()
+
+
 def fallback_reason(cfg, device, *, distributed=False, grad_scaler=False):
     """Why this configuration runs the eager step instead of CUDA graphs, or None."""
     if not cfg.cuda_graph:
@@ -219,6 +224,7 @@ class StaticStep:
                                   capture_error_mode=mode):
                 out = self._g(d)
         except RuntimeError as err:
+            CAPTURE_FAILED.set()
             # No eager fallback here: torch < 2.13 leaves the CUDA generators in capture
             # mode after a failed capture, and every later random draw in this process fails.
             raise CaptureFailed(f"capturing the training step into CUDA graphs failed ({err}); "

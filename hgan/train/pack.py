@@ -108,6 +108,11 @@ class _Router:
 
     def flush(self):
         with self.lock:
+            self.out.flush()
+
+    def close_pending(self):
+        """At the end: an unterminated line of no run, terminated."""
+        with self.lock:
             if self.pending[None]:
                 self.out.write(self.pending[None] + "\n")
                 self.pending[None] = ""
@@ -125,18 +130,19 @@ class _Router:
 
 
 class SharedStop:
-    """The main thread's stop flag (hgan.train.run._StopFlag), shared by every packed run;
-    `stop_all` raises it from a run's thread (a failed capture)."""
+    """The main thread's stop flag (hgan.train.run._StopFlag), shared by every packed run; a
+    failed capture in any run (hgan.train.capture.CAPTURE_FAILED, set under the capture lock)
+    reads as SIGTERM, so no other run sets up, warms up or captures after it."""
 
     def __init__(self, flag):
-        self.flag, self.forced = flag, None
+        self.flag = flag
 
     @property
     def signum(self):
-        return self.flag.signum if self.flag.signum is not None else self.forced
-
-    def stop_all(self):
-        self.forced = signal.SIGTERM
+        from hgan.train.capture import CAPTURE_FAILED
+        if self.flag.signum is not None:
+            return self.flag.signum
+        return signal.SIGTERM if CAPTURE_FAILED.is_set() else None
 
 
 def split_runs(argv):
@@ -213,22 +219,23 @@ def _train_one(i, argv, stop, router, codes):
             except NonFiniteLoss as e:
                 print(f"[hgan] error: {e}", file=sys.stderr)
                 code = 1
-            except CaptureFailed as e:
+            except CaptureFailed as e:  # the others stop too: see SharedStop
                 print(f"[hgan] error: {e}; stopping every run of this process (its CUDA state "
                       f"may be unusable after a failed capture)", file=sys.stderr)
-                stop.stop_all()
                 code = 1
     except BaseException:  # a bug: its traceback goes to this run's log, the others go on
         import traceback
         traceback.print_exc()
         code = 1
     finally:
-        trainer = getattr(setup, "trainer", None)
-        if trainer is not None and trainer.static is not None:
-            with CAPTURE_LOCK:  # destroying a graph must not overlap another run's capture
-                trainer.static.release()
-        codes[i] = code
-        router.finish(i, code)
+        try:
+            trainer = getattr(setup, "trainer", None)
+            if trainer is not None and trainer.static is not None:
+                with CAPTURE_LOCK:  # destroying a graph must not overlap another run's capture
+                    trainer.static.release()
+        finally:
+            codes[i] = code
+            router.finish(i, code)
 
 
 def _generate_missing(runs):
@@ -304,7 +311,7 @@ def main(argv=None) -> int:
                 while t.is_alive():  # short joins: the main thread must stay free for signals
                     t.join(timeout=0.25)
     finally:
-        router.flush()
+        router.close_pending()
         sys.stdout, sys.stderr, tqdm.monitor_interval, loader.WORKER_START_METHOD = saved
     bad = [codes.get(i, 1) for i in range(len(runs)) if codes.get(i, 1) != 0]
     return bad[0] if bad else 0

@@ -236,7 +236,11 @@ def run(setup: Setup, callback=None, stop=None) -> dict:
         with (nullcontext(stop) if stop is not None else _StopFlag()) as stop, \
                 step_profiler(cfg.out, cfg.profile and main) as prof, \
                 _FirstSteps(trainer.iteration + hcapture.WARMUP_STEPS + 1) as first:
-            while trainer.iteration < cfg.iters:
+            # Stopped while waiting for the lock (another packed run's failed capture, a
+            # signal): no step, only the checkpoint below.
+            if stop.signum is not None:
+                stopped = signal.Signals(stop.signum).name
+            while stopped is None and trainer.iteration < cfg.iters:
                 want = (trainer.iteration + 1) % cfg.log_every == 0
                 with stage("data"):
                     real = next(batches)
