@@ -129,6 +129,22 @@ def test_missing_data_is_generated_first_then_every_run_trains(tmp_path, capsys)
     assert weights(tmp_path / "a")[0] == weights(tmp_path / "b")[0] == 1
 
 
+def test_a_resumed_run_whose_data_is_gone_gets_it_back_first(tmp_path, capsys):
+    gen = ("--gen-train", "6", "--gen-test", "2", "--gen-frames", "12", "--frames", "6")
+    root = tmp_path / "data"
+    run = tmp_path / "r"
+    assert train_cli.main(flags(str(root), run, iters=1) + list(gen)) == 0
+    before = (root / "pendulum" / "train.h5").read_bytes()
+    for f in (root / "pendulum").iterdir():
+        f.unlink()
+    capsys.readouterr()
+    assert pack.main(["--", "--resume", str(run), "--iters", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.index("not found: generating") < out.index("[0] ")   # in the main thread
+    assert (root / "pendulum" / "train.h5").read_bytes() == before   # the same data again
+    assert weights(run)[0] == 2
+
+
 def test_a_run_stopped_before_its_setup_does_not_start(data_root, tmp_path, monkeypatch):
     class Flag:
         signum = signal.SIGTERM

@@ -23,7 +23,8 @@ Each run computes what it would alone (tests/test_train_pack.py compares the wei
   captures on, so the caching allocator never hands one run's freed block to another
   stream's pending work. torch's stream pool has 32 streams per device, handed out round
   robin, hence at most MAX_RUNS runs per process;
-- missing datasets are generated first, in the main thread (where Ctrl-C can stop it);
+- missing datasets (resumed runs' too) are generated first, in the main thread (where
+  Ctrl-C can stop it);
 - SIGINT/SIGTERM reach the main thread only: one stop flag is shared, and every run saves a
   checkpoint after its current iteration and ends, as `train.py` does; a run not yet set up
   then does not start (exit 128 + signal). A failed capture stops every run the same way:
@@ -243,21 +244,27 @@ def _generate_missing(runs):
     messages; Ctrl-C stops it, keeping nothing). Runs whose flags are bad are left to fail
     in their own thread. Returns an exit code for the whole process, or None."""
     from hgan.data import GenerationInterrupted
+    from hgan.train.checkpoint import load_checkpoint
     from hgan.train.config import parse_command_line
     from hgan.train.dist import DistInfo
     from hgan.train.loop import ensure_dataset
+    from hgan.train.run import resume_config
     done = set()
     for argv in runs:
         try:
             with open(os.devnull, "w") as null:  # argparse's errors are the run's to report
                 saved, sys.stderr = sys.stderr, null
                 try:
-                    cfg, resume, _ = parse_command_line(argv)
+                    cfg, resume, given = parse_command_line(argv)
                 finally:
                     sys.stderr = saved
-        except (SystemExit, ValueError):
+            if resume:  # the data the checkpoint's config names
+                path = (os.path.join(resume, "checkpoints", "last.pt") if os.path.isdir(resume)
+                        else resume)
+                cfg = resume_config(load_checkpoint(path), cfg, path, given)
+        except (SystemExit, Exception):
             continue
-        if resume or cfg.data_path in done or os.path.exists(cfg.data_path):
+        if cfg.data_path in done or os.path.exists(cfg.data_path):
             continue
         done.add(cfg.data_path)
         try:
