@@ -23,6 +23,7 @@ import os
 import sys
 import time
 import traceback
+from contextlib import nullcontext
 
 import numpy as np
 
@@ -92,7 +93,7 @@ def measure_pack(data, resolution, n_runs):
     def one(i):
         try:
             stream = torch.cuda.Stream() if DEVICE == "cuda" else None
-            with torch.cuda.stream(stream) if stream is not None else _null():
+            with torch.cuda.stream(stream) if stream is not None else nullcontext():
                 with CAPTURE_LOCK:
                     step = steps[i] = TrainStep(frames_file(data, resolution), resolution,
                                                 TABLE["capture"])
@@ -135,14 +136,6 @@ def measure_pack(data, resolution, n_runs):
             "rounds": ROUNDS, "median_round_s": wall,
             "videos_per_s": n_runs * BATCH * PACK_STEPS / wall,
             "videos_per_s_per_run": BATCH * PACK_STEPS / wall}
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 def summary(path):

@@ -4,8 +4,9 @@ Training and evaluation run as subprocesses (``train.py``, ``python -m hgan.eval
 small run leaves most of a large GPU idle, so K of them share it, each in its own process
 and CUDA context. With ``pack`` > 1, up to that many training runs share one process
 (``python -m hgan.train.pack``), each in a thread with its own CUDA stream, so that their
-kernels overlap on the GPU without MPS; a pack takes one of the K slots. Datasets are generated in threads of this process (numpy and zlib release
-the GIL, and a subprocess would pay the torch import again).
+kernels overlap on the GPU without MPS; a pack takes one of the K slots. Datasets are
+generated in threads of this process (numpy and zlib release the GIL, and a subprocess
+would pay the torch import again).
 
 Order: a run's training waits for its system's data, its evaluation for its training.
 Evaluations go first when a slot frees (their results are what people wait for). The first
@@ -157,13 +158,8 @@ class GridRunner:
             job.thread.start()
             return
         run = job.run
-        os.makedirs(run.dir, exist_ok=True)
-        job.iter_before = run.iteration()
-        job.total = self.spec.iters
         cmd = run.train_command() if job.kind == "train" else run.eval_command()
-        log_path = run.path(f"{job.kind}.log")
-        with open(log_path, "ab") as f:
-            f.write(f"\n$ {' '.join(cmd)}\n".encode())
+        log_path = self._begin(job, cmd)
         # A session of its own: a Ctrl-C on the terminal reaches this process only, which
         # then stops the children with SIGTERM (training saves a checkpoint first).
         if job.kind == "eval" and self.inline_eval:
@@ -174,15 +170,23 @@ class GridRunner:
         job.thread = threading.Thread(target=self._pump, args=(job, log_path), daemon=True)
         job.thread.start()
 
+    def _begin(self, job, cmd, note=""):
+        """A run's job starts: its directory, where its iterations start, the command in its
+        log; returns the log's path."""
+        job.state, job.started = "running", time.time()
+        os.makedirs(job.run.dir, exist_ok=True)
+        job.iter_before, job.total = job.run.iteration(), self.spec.iters
+        log_path = job.run.path(f"{job.kind}.log")
+        with open(log_path, "ab") as f:
+            f.write(f"\n$ {' '.join(cmd)}\n{note}".encode())
+        return log_path
+
     def _start_pack(self, jobs):
         """Several training jobs in one `hgan.train.pack` process (one slot)."""
         cmd = pack_command([job.run.train_command() for job in jobs])
         for i, job in enumerate(jobs):
-            job.state, job.started, job.packed = "running", time.time(), True
-            os.makedirs(job.run.dir, exist_ok=True)
-            job.iter_before, job.total = job.run.iteration(), self.spec.iters
-            with open(job.run.path("train.log"), "ab") as f:
-                f.write(f"\n$ {' '.join(cmd)}\n(run {i} of this process)\n".encode())
+            job.packed = True
+            self._begin(job, cmd, f"(run {i} of this process)\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 env=self.train_env, start_new_session=True)
         self.packs.append(proc)

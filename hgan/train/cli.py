@@ -9,6 +9,12 @@ import sys
 from hgan.train.config import parse_command_line
 
 
+def bad_input(e: BaseException) -> int:
+    """train.py's one-line report of bad input; its exit code."""
+    print(f"train.py: error: {str(e).strip()}".replace("\n", " "), file=sys.stderr)
+    return 2
+
+
 def main(argv=None) -> int:
     from hgan.data import GenerationInterrupted
     from hgan.train.checkpoint import CheckpointError
@@ -20,8 +26,7 @@ def main(argv=None) -> int:
     try:
         setup = prepare(cfg, resume=resume, given=given)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
-        print(f"train.py: error: {str(e).strip()}".replace("\n", " "), file=sys.stderr)
-        return 2
+        return bad_input(e)
     except GenerationInterrupted as e:
         print(f"train.py: generation of {cfg.data_path} was interrupted "
               f"({signal.Signals(e.signum).name}); no partial file was kept", file=sys.stderr)

@@ -182,6 +182,7 @@ def _train_one(i, argv, stop, router, codes):
     from hgan.data import GenerationInterrupted
     from hgan.train.capture import CAPTURE_LOCK, CaptureFailed
     from hgan.train.checkpoint import CheckpointError
+    from hgan.train.cli import bad_input
     from hgan.train.config import parse_command_line
     from hgan.train.dist import DistInfo
     from hgan.train.loop import NonFiniteLoss, resolve_device
@@ -196,8 +197,7 @@ def _train_one(i, argv, stop, router, codes):
             code = e.code if isinstance(e.code, int) else 2
             return
         except ValueError as e:
-            print(f"train.py: error: {str(e).strip()}".replace("\n", " "), file=sys.stderr)
-            code = 2
+            code = bad_input(e)
             return
         with torch.cuda.stream(torch.cuda.Stream(device)) if device.type == "cuda" else nullcontext():
             with CAPTURE_LOCK:
@@ -209,8 +209,7 @@ def _train_one(i, argv, stop, router, codes):
                 try:
                     setup = prepare(cfg, resume=resume, given=given, check=refuse)
                 except (ValueError, FileNotFoundError, CheckpointError) as e:
-                    print(f"train.py: error: {str(e).strip()}".replace("\n", " "), file=sys.stderr)
-                    code = 2
+                    code = bad_input(e)
                     return
                 except GenerationInterrupted as e:
                     code = 128 + e.signum
