@@ -130,7 +130,7 @@ for a in argv:
         runs.append([])
     else:
         runs[-1].append(a)
-stop, lock = [], threading.Lock()
+stop, lock, capture_failed = [], threading.Lock(), []
 signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
 def say(i, text):
     with lock:
@@ -143,20 +143,25 @@ def one(i, run_dir, iters, fail):
         f.write(f"start {time.time()}\n")
     say(i, f"n[hgan] run directory {run_dir}")
     it = 0
-    while it < iters and not stop:
+    while it < iters and not stop and not capture_failed:
         time.sleep(0.02)
         it += 1
         say(i, f"rtrain: {it}/{iters} [00:00<00:01, 50.00it/s]")
         if fail == "1" and it == 3:
             say(i, "x3")
             return
+        if fail == "capture" and it == 3:  # the others stop with a checkpoint, exit 75
+            capture_failed.append(1)
+            say(i, "x1")
+            return
     say(i, f"ntrain: {it}/{iters} [00:01<00:00, 50.00it/s]")  # tqdm's close: the last bar
     open(os.path.join(run_dir, "checkpoints", "last.pt"), "wb").close()
-    json.dump({"iteration": it, "stopped": "SIGTERM" if stop else None,
+    stopped = "capture failed" if capture_failed else "SIGTERM" if stop else None
+    json.dump({"iteration": it, "stopped": stopped,
                "stats": {"speed/it_per_s": 50.0}}, open(os.path.join(run_dir, "summary.json"), "w"))
     with open(os.path.join(run_dir, "spans.txt"), "a") as f:
         f.write(f"end {time.time()}\n")
-    say(i, "x0")
+    say(i, "x75" if capture_failed else "x0")
 sys.stdout.write("a line of the process itself\n")
 sys.stdout.write("a C++ warning without its newline")  # glued before the next tagged line
 threads = [threading.Thread(target=one, args=(i, *r)) for i, r in enumerate(runs)]
@@ -282,3 +287,27 @@ def test_a_pack_keeps_its_slot_until_its_process_exits(tmp_path, fake_packs, mon
     second_start = max(_spans(r)[0] for r in spec.runs())
     assert second_start > first_exit
     assert len(exits.read_text().split()) == 2  # both processes waited for, none left behind
+
+
+def test_runs_stopped_by_a_failed_capture_in_their_pack_are_resumed_not_evaluated(
+        tmp_path, fake_packs, monkeypatch):
+    # hgan's capture fails at its third iteration; mocogan (alone it would train 100,000)
+    # stops with a checkpoint, exit 75: not evaluated as if finished, and the next grid
+    # command resumes it.
+    monkeypatch.setattr(Run, "train_command", lambda self: [
+        sys.executable, "-c", "", self.dir, str(self.spec.iters),
+        "capture" if self.model == "hgan" else "0"])
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan", "mocogan"),
+                    iters=100_000, eval_metrics="physics")
+    lines = []
+    grid = runner.GridRunner(spec, parallel=1, pack=2, progress=False, log=lines.append)
+    jobs = {(j.kind, j.name): j for j in grid.plan()}
+    grid.execute()
+    hgan, mocogan = spec.runs()
+    assert jobs["train", hgan.name].state == jobs["train", mocogan.name].state == "failed"
+    assert jobs["eval", mocogan.name].state == "skipped" and not mocogan.evaluated()
+    assert 0 < mocogan.iteration() < 100_000 and mocogan.resumable()
+    assert mocogan.record()["segments"][-1]["returncode"] == runner.PEER_FAILED_CODE
+    assert any(f"train {mocogan.name}: stopped after" in m and "resumes it" in m for m in lines)
+    again = runner.GridRunner(spec, parallel=1, pack=2, progress=False, log=lambda m: None)
+    assert ("train", mocogan.name) in {(j.kind, j.name) for j in again.plan()}

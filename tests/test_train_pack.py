@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -234,5 +235,50 @@ def test_a_failed_capture_anywhere_stops_every_packed_run(data_root, tmp_path):
         res = run(prepare(cfg), stop=stop)
     finally:
         hcapture.CAPTURE_FAILED.clear()
-    assert res["iteration"] == 0 and res["stopped"] == "SIGTERM"   # no step taken
-    assert weights(tmp_path / "r")[0] == 0                           # but resumable
+    assert res["iteration"] == 0 and res["stopped"] == pack.PEER_FAILED   # no step taken
+    assert weights(tmp_path / "r")[0] == 0                                # but resumable
+
+
+def test_a_run_stopped_by_another_runs_failed_capture_exits_75_and_resumes(data_root, tmp_path,
+                                                                           monkeypatch):
+    # Not "done": the grid must not evaluate it as finished (hgan.experiments.runner).
+    from hgan.experiments import runner
+    from hgan.train import capture as hcapture
+    from hgan.train import run as hrun
+
+    class Flag:
+        signum = None
+    router, codes = pack._Router(io.StringIO(), tagged=False), {}
+    monkeypatch.setattr(sys, "stdout", router)
+    real_run = hrun.run
+
+    def fail_after_two(setup, stop=None, callback=None):
+        def cb(trainer):  # another run's capture fails while this one trains
+            if trainer.iteration == 2:
+                hcapture.CAPTURE_FAILED.set()
+        return real_run(setup, stop=stop, callback=cb)
+    monkeypatch.setattr(hrun, "run", fail_after_two)
+    try:
+        pack._train_one(0, flags(data_root, tmp_path / "r", iters=6), pack.SharedStop(Flag()),
+                        router, codes)
+    finally:
+        hcapture.CAPTURE_FAILED.clear()
+    assert codes == {0: pack.PEER_FAILED_CODE} and runner.PEER_FAILED_CODE == pack.PEER_FAILED_CODE
+    assert weights(tmp_path / "r")[0] == 2
+    assert f"[0] [hgan] {pack.PEER_FAILED}: checkpoint saved at iteration 2" in router.out.getvalue()
+    assert pack.main(["--", "--resume", str(tmp_path / "r")]) == 0
+    assert weights(tmp_path / "r")[0] == 6
+
+
+def test_a_warning_is_written_for_every_runs_log_naming_its_run(capsys):
+    out = io.StringIO()
+    router = pack._Router(out, tagged=True)
+    show = pack._warning_printer(router)
+    t = threading.Thread(target=lambda: (router.register(4), show(
+        UserWarning("the fused backend cannot run"), UserWarning, "x.py", 7)))
+    t.start()
+    t.join()
+    show(RuntimeWarning("from the main thread"), RuntimeWarning, "y.py", 1)
+    assert out.getvalue().split("\n") == [
+        "[pack] run 4: x.py:7: UserWarning: the fused backend cannot run",  # untagged: every log
+        "[pack] y.py:1: RuntimeWarning: from the main thread", ""]

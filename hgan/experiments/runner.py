@@ -29,6 +29,9 @@ from hgan.experiments.grid import GridError
 # tqdm's status in a pipe: "... 530/2000 [00:11<00:30, 48.21it/s, ...]" (or "2.5s/it").
 _PROGRESS = re.compile(rb"(\d+)/(\d+) \[[^,\]]*,\s*(?:([\d.]+)(it/s|s/it))?")
 STOP_GRACE_S = 120  # a training run checkpoints within one iteration of SIGTERM
+# hgan.train.pack.PEER_FAILED_CODE (that module imports torch; this one need not): a packed
+# run stopped, with a checkpoint, because another run of its process failed to capture.
+PEER_FAILED_CODE = 75
 
 
 class OutputPump:
@@ -300,6 +303,10 @@ class GridRunner:
             done = run.iteration() - job.iter_before
             msg = (f"{done} it in {seconds:.0f} s" if job.returncode == 0
                    else f"FAILED (exit {job.returncode}), see {run.path('train.log')}")
+            if job.returncode == PEER_FAILED_CODE and job.packed:
+                msg = (f"stopped after {done} it: another run of its pack failed to capture "
+                       f"(see the pack's failed run); checkpoint saved, the next grid command "
+                       f"resumes it")
         else:
             rec["eval"] = {"seconds": seconds, "returncode": job.returncode,
                            "iteration": run.iteration()}

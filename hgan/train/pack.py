@@ -32,13 +32,17 @@ Each run computes what it would alone (tests/test_train_pack.py compares the wei
   A CUDA fault (an illegal address, a device assert) is sticky for the whole context: it
   ends every run of the process.
 
-Each run's exit code is `train.py`'s; the process's is the first non-zero one (0 if none).
+Each run's exit code is `train.py`'s, or PEER_FAILED_CODE (75) for a run that another run's
+failed capture stopped (checkpoint saved, resumable); the process's is the first non-zero one
+(0 if none).
 Output: each run's lines, prefixed with its index. With `--tagged` (the grid's runner) every
 piece of a run's output, tqdm's carriage-return updates included, is one line
 "\\x1e<index><n|r><text>" (n: the piece ended in a newline, r: in a carriage return), and a
 run's exit is "\\x1e<index>x<code>"; the runner writes them to each run's log. Lines from
 threads no run owns (TensorBoard's writer, the main thread) are untagged: the runner copies
-them to every run's log. One-time warnings (Python's, the integrator's) show once per process.
+them to every run's log. One-time warnings (Python's, the integrator's fallback) are issued once
+per process, by whichever run gets there first: they are written untagged, naming that run, so
+that every run's log shows them.
 Not packed: --compile (dynamo compiles one thread at a time at best) and --profile (one
 profiler per process), also when a resumed checkpoint has them; torchrun (DDP has one run
 per process by design).
@@ -48,11 +52,16 @@ import re
 import signal
 import sys
 import threading
+import warnings
 from contextlib import nullcontext
 
 import torch
 
 TAG = "\x1e"
+# The exit code (EX_TEMPFAIL) and summary.json's "stopped" of a run that another run's failed
+# capture stopped: it saved a checkpoint but did not finish, and resumes like any other.
+PEER_FAILED_CODE = 75
+PEER_FAILED = "another packed run's capture failed"
 # torch's pool holds 32 streams per device; leave half for anything else that takes one.
 MAX_RUNS = 16
 _PIECE = re.compile(r"([^\r\n]*)([\r\n])")
@@ -111,6 +120,17 @@ class _Router:
         with self.lock:
             self.out.flush()
 
+    def broadcast(self, text):
+        """Whole lines for every run's log (untagged), e.g. a one-time warning."""
+        with self.lock:
+            self.out.write(text if text.endswith("\n") else text + "\n")
+            self.out.flush()
+
+    def run_index(self):
+        """The calling thread's run, or None."""
+        with self.lock:
+            return self.index.get(threading.get_ident())
+
     def close_pending(self):
         """At the end: an unterminated line of no run, terminated."""
         with self.lock:
@@ -133,17 +153,38 @@ class _Router:
 class SharedStop:
     """The main thread's stop flag (hgan.train.run._StopFlag), shared by every packed run; a
     failed capture in any run (hgan.train.capture.CAPTURE_FAILED, set under the capture lock)
-    reads as SIGTERM, so no other run sets up, warms up or captures after it."""
+    reads as SIGTERM, so no other run sets up, warms up or captures after it. `reason` tells
+    the two apart (summary.json's "stopped")."""
 
     def __init__(self, flag):
         self.flag = flag
 
     @property
     def signum(self):
-        from hgan.train.capture import CAPTURE_FAILED
         if self.flag.signum is not None:
             return self.flag.signum
-        return signal.SIGTERM if CAPTURE_FAILED.is_set() else None
+        return signal.SIGTERM if self.peer_failed else None
+
+    @property
+    def peer_failed(self):
+        """Stopped by another run's failed capture, not by a signal."""
+        from hgan.train.capture import CAPTURE_FAILED
+        return self.flag.signum is None and CAPTURE_FAILED.is_set()
+
+    @property
+    def reason(self):
+        return PEER_FAILED if self.peer_failed else None
+
+
+def _warning_printer(router):
+    """warnings.showwarning for the packed process: a warning is shown once per process (per
+    call site), so it goes to every run's log, with the run that raised it named."""
+    def show(message, category, filename, lineno, file=None, line=None):
+        i = router.run_index()
+        who = f"[pack] run {i}: " if i is not None else "[pack] "
+        router.broadcast(who + warnings.formatwarning(message, category, filename, lineno,
+                                                      line).rstrip("\n"))
+    return show
 
 
 def split_runs(argv):
@@ -215,7 +256,8 @@ def _train_one(i, argv, stop, router, codes):
                     code = 128 + e.signum
                     return
             try:
-                run(setup, stop=stop)
+                if run(setup, stop=stop)["stopped"] == PEER_FAILED:
+                    code = PEER_FAILED_CODE
             except NonFiniteLoss as e:
                 print(f"[hgan] error: {e}", file=sys.stderr)
                 code = 1
@@ -300,10 +342,12 @@ def main(argv=None) -> int:
         return code
     # tqdm's monitor thread would refresh bars from a thread no run owns; forked loader
     # workers could inherit locks other threads hold. Process-wide: restored on the way out.
-    saved = sys.stdout, sys.stderr, tqdm.monitor_interval, loader.WORKER_START_METHOD
+    saved = (sys.stdout, sys.stderr, tqdm.monitor_interval, loader.WORKER_START_METHOD,
+             warnings.showwarning)
     tqdm.monitor_interval, loader.WORKER_START_METHOD = 0, "spawn"
     router = _Router(sys.stdout, tagged)
     sys.stdout = sys.stderr = router
+    warnings.showwarning = _warning_printer(router)
     codes = {}
     try:
         with _StopFlag() as flag:
@@ -318,7 +362,8 @@ def main(argv=None) -> int:
                     t.join(timeout=0.25)
     finally:
         router.close_pending()
-        sys.stdout, sys.stderr, tqdm.monitor_interval, loader.WORKER_START_METHOD = saved
+        (sys.stdout, sys.stderr, tqdm.monitor_interval, loader.WORKER_START_METHOD,
+         warnings.showwarning) = saved
     bad = [codes.get(i, 1) for i in range(len(runs)) if codes.get(i, 1) != 0]
     return bad[0] if bad else 0
 

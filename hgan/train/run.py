@@ -159,6 +159,12 @@ class _StopFlag:
         return False
 
 
+def _stop_reason(stop):
+    """What summary.json's "stopped" says: the signal's name, or the stop's own reason
+    (hgan.train.pack.SharedStop: another packed run's failed capture)."""
+    return getattr(stop, "reason", None) or signal.Signals(stop.signum).name
+
+
 class _FirstSteps:
     """Holds hcapture.CAPTURE_LOCK through a run's first iterations: the warm-up and the
     capture, and everything else done there for the first time (kernels loaded or compiled,
@@ -239,7 +245,7 @@ def run(setup: Setup, callback=None, stop=None) -> dict:
             # Stopped while waiting for the lock (another packed run's failed capture, a
             # signal): no step, only the checkpoint below.
             if stop.signum is not None:
-                stopped = signal.Signals(stop.signum).name
+                stopped = _stop_reason(stop)
             while stopped is None and trainer.iteration < cfg.iters:
                 want = (trainer.iteration + 1) % cfg.log_every == 0
                 with stage("data"):
@@ -279,7 +285,7 @@ def run(setup: Setup, callback=None, stop=None) -> dict:
                 # STOP_POLL_EVERY iterations (the same ones on every rank), not every step.
                 poll = not info.enabled or it % STOP_POLL_EVERY == 0 or it >= cfg.iters
                 if poll and hdist.any_rank(stop.signum is not None, info, trainer.device):
-                    stopped = signal.Signals(stop.signum).name if stop.signum else "peer signal"
+                    stopped = _stop_reason(stop) if stop.signum else "peer signal"
                     trainer.flush_checks()
                     break
     except NonFiniteLoss as e:
