@@ -31,12 +31,18 @@ def device_name(device: str = "cuda") -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-")
 
 
-def environment(device: str = "cuda") -> dict:
+def commit() -> str:
+    """HGAN_COMMIT if set (a GPU machine gets the working tree without .git), else git's."""
+    if os.environ.get("HGAN_COMMIT"):
+        return os.environ["HGAN_COMMIT"]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(RESULTS_DIR)).stdout.strip() or "unknown"
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(RESULTS_DIR)).stdout.strip() or "unknown"
     except OSError:
-        commit = "unknown"
+        return "unknown"
+
+
+def environment(device: str = "cuda") -> dict:
     try:
         import triton
         triton_version = triton.__version__
@@ -46,7 +52,7 @@ def environment(device: str = "cuda") -> dict:
         "device": device_name(device),
         "torch": torch.__version__,
         "triton": triton_version,
-        "commit": commit,
+        "commit": commit(),
         "python": platform.python_version(),
     }
 

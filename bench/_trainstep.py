@@ -136,7 +136,8 @@ def device_busy_share(step, n):
     """Share of wall time over n unsynchronised steps in which the GPU runs a kernel or a
     copy: the union of the device activity intervals the profiler reports, divided by the
     steps' wall time (one sync at the end). Only CUDA activity is recorded, so the profiler
-    adds no host work to the steps. None without CUDA or without device events."""
+    adds no host work to the steps. None without CUDA; "share" None, with a note, when the
+    profiler reported no device activity."""
     if DEVICE != "cuda":
         return None
     sync()
@@ -153,7 +154,8 @@ def device_busy_share(step, n):
              if e.device_type != torch.autograd.DeviceType.CPU
              and not getattr(e, "is_user_annotation", False)
              and e.name not in ranges and not e.name.startswith("ProfilerStep")]
-    if not spans:
-        return None
+    if not spans:  # e.g. a CUPTI that does not trace kernels launched by graph replays
+        return {"share": None, "wall_us": wall_us, "steps": n,
+                "note": "the profiler reported no device activity"}
     return {"busy_us": _union_us(spans), "wall_us": wall_us, "steps": n,
             "share": _union_us(spans) / wall_us}

@@ -29,6 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _results import RESULTS_DIR, environment, record  # noqa: E402
+from hgan.train.capture import CAPTURE_FAILED  # noqa: E402
 from _trainstep import (BATCH, DEVICE, FRAMES, TABLE, TrainStep, device_busy_share,  # noqa: E402
                         frames_file, run_of_steps, sync)
 
@@ -68,7 +69,10 @@ def measure(data, resolution, variant, busy):
             "losses_finite_after": bool(finite),
         }
         if busy:
-            payload["device_busy"] = device_busy_share(step, BUSY_STEPS)
+            try:  # the profiler failing costs the busy share, not the variant's figures
+                payload["device_busy"] = device_busy_share(step, BUSY_STEPS)
+            except Exception as err:  # noqa: BLE001
+                payload["device_busy"] = {"share": None, "note": f"profiler failed: {err!r}"[:200]}
         return payload
     finally:
         step.close()
@@ -156,12 +160,20 @@ def summary(path):
             if "error" in r:
                 lines.append(f"| {variant} | {res} | failed: {r['error'][:80]} | | | | |")
                 continue
-            busy = (r.get("device_busy") or {}).get("share")
+            busy = _busy_cell(r)
             lines.append("| {} | {} | {:.0f} | {:.2f} | {} | {:.1%} | {} |".format(
                 variant, res, r["videos_per_s"], 1e3 * r["median_step_s"],
                 f"{r['videos_per_s'] / base:.1f}" if base else "",
-                r["data_wait_share"], f"{busy:.0%}" if busy is not None else ""))
+                r["data_wait_share"], busy))
     return "\n".join(lines + [""] + verdicts(rows) + pack_lines(rows))
+
+
+def _busy_cell(r):
+    """The device-busy share, its note when the profiler gave none, or blank (not profiled)."""
+    busy = r.get("device_busy")
+    if not busy:
+        return ""
+    return f"{busy['share']:.0%}" if busy.get("share") is not None else busy.get("note", "")
 
 
 def pack_lines(rows):
@@ -219,6 +231,8 @@ def verdicts(rows):
         if busy is not None:
             checks.append(f"device busy {busy:.0%} (target >= {TARGET_BUSY:.0%}): "
                           f"{'met' if busy >= TARGET_BUSY else 'not met'}")
+        elif c.get("device_busy"):
+            checks.append(f"device busy not measured ({_busy_cell(c)})")
         lines += ["", "captured step, 32 px: " + "; ".join(checks)]
     return lines
 
@@ -256,8 +270,16 @@ def main(argv=None):
     status = 0
     jobs = [(f"{v}_{a.resolution}px", v, None) for v in a.variants] + \
            [(f"capture_pack{n}_{a.resolution}px", None, n) for n in a.pack]
+    spoiled = None   # the variant whose capture failed: on torch < 2.13 later captures fail too
     for name, variant, n_runs in jobs:
         t0 = time.perf_counter()
+        if spoiled is not None:
+            record(SECTION, name, {"error": f"not measured: the capture of {spoiled} failed "
+                                            f"earlier in this process"}, device=DEVICE)
+            print(f"{name}: not measured (the capture of {spoiled} failed earlier in this "
+                  f"process)", flush=True)
+            status = 1
+            continue
         # Replaced when the variant finishes; stays if the stage's time limit kills it.
         record(SECTION, name, {"error": "did not finish within its stage's time limit"},
                device=DEVICE)
@@ -268,6 +290,8 @@ def main(argv=None):
             traceback.print_exc()
             payload = {"error": f"{type(err).__name__}: {err}"}
             status = 1
+            if CAPTURE_FAILED.is_set():
+                spoiled = name
         record(SECTION, name, payload, device=DEVICE)
         shown = {k: payload[k] for k in ("videos_per_s", "median_step_s", "data_wait_share",
                                           "loader_used", "captured", "videos_per_s_per_run",

@@ -231,7 +231,7 @@ def test_leapfrog_table_smoke_runs_every_stage(tmp_path, monkeypatch):
     assert "fused_throughput/B3" in out["errors"]
     assert set(out["peaks"]) == {"fp32", "tf32", "bf16"}
     assert out["warm"]["kernels"] == 1 and out["warm"]["failures"] == []   # one warm-up job
-    assert {"latency_max_rows", "latency_warps"} <= set(out["recommend"])
+    assert out["cross_complete"] and {"latency_max_rows", "latency_warps"} <= set(out["recommend"])
     assert sorted(os.listdir(results)) == before    # a smoke run records nothing
 
 
@@ -261,3 +261,27 @@ def test_leapfrog_table_recommends_the_dispatch_table_from_its_rows():
                    {"variant": "fused", "batch": 8192, "ms": 8.0}]
     assert table.recommend(slow, {})["bf16x3_above_latency"] is False
     assert table.recommend([], {}) == {}
+    # an error check that failed, is missing or is NaN does not vouch for bf16x3
+    for bad in ("RuntimeError('...')", None, float("nan")):
+        errors = {"fused_throughput/B64": 6e-5, "fused_throughput/B1031": bad}
+        if bad is None:
+            del errors["fused_throughput/B1031"]
+        assert table.recommend(rows, errors)["bf16x3_above_latency"] is False
+    # a crossover stage cut short by the budget sets no switch point
+    assert "latency_max_rows" not in table.recommend(rows, errors, cross_complete=False)
+
+
+def test_leapfrog_table_worst_error_is_nan_when_any_is():
+    table = _leapfrog_table()
+    assert table.worst_error({"q": 1e-7, "p": 3e-6}) == 3e-6
+    nan = float("nan")
+    assert all(table.worst_error(e) != table.worst_error(e)
+               for e in ({"q": 1e-7, "grad": nan}, {"q": nan, "grad": 1e-7}))
+
+
+def test_results_name_the_commit_given_where_the_tree_has_no_git(monkeypatch):
+    # The GPU machine gets the working tree without .git: HGAN_COMMIT names the commit.
+    monkeypatch.setenv("HGAN_COMMIT", "abc1234")
+    assert _results.environment("cpu")["commit"] == "abc1234"
+    monkeypatch.delenv("HGAN_COMMIT")
+    assert re.fullmatch(r"[0-9a-f]{40}|unknown", _results.environment("cpu")["commit"])

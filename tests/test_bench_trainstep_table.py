@@ -81,3 +81,58 @@ def test_pack_measurement_runs_its_threads_in_step(tmp_path, monkeypatch):
     assert r["runs_in_process"] == 2 and r["steps_per_run"] == 2 and not r["captured"]
     assert r["videos_per_s"] == 2 * 2 * 2 / r["median_round_s"]
     assert r["videos_per_s_per_run"] == r["videos_per_s"] / 2
+
+
+def test_a_busy_share_the_profiler_could_not_give_is_said_so(tmp_path):
+    note = {"share": None, "note": "the profiler reported no device activity"}
+    rows = {"capture_32px": {"videos_per_s": 4000.0, "median_step_s": 0.004,
+                             "data_wait_share": 0.01, "device_busy": note}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"results": {"trainstep_table": rows}}))
+    table = trainstep_table.summary(str(path)).splitlines()
+    assert "| capture | 32 | 4000 | 4.00 |  | 1.0% | the profiler reported no device activity |" in table
+    assert trainstep_table.verdicts(rows)[-1].endswith(
+        "device busy not measured (the profiler reported no device activity)")
+
+
+def test_stages_record_each_variant_and_skip_captures_after_a_failed_one(tmp_path, monkeypatch):
+    # main() with the measurement stubbed: a capture that fails leaves (on torch < 2.13) the
+    # process unable to capture again, so later variants say so instead of failing obscurely.
+    from hgan.train import capture as hcapture
+    recorded = {}
+    monkeypatch.setattr(trainstep_table, "record",
+                        lambda section, name, payload, device: recorded.__setitem__(name, payload))
+
+    def measure(data, resolution, variant, busy):
+        if variant == "capture_fused_adam":
+            hcapture.CAPTURE_FAILED.set()
+            raise hcapture.CaptureFailed("capturing the training step into CUDA graphs failed")
+        return {"videos_per_s": 1000.0, "median_step_s": 0.016, "data_wait_share": 0.0}
+    monkeypatch.setattr(trainstep_table, "measure", measure)
+    try:
+        status = trainstep_table.main(["--data", str(tmp_path), "--variants", "capture",
+                                       "capture_fused_adam", "capture_bf16"])
+    finally:
+        hcapture.CAPTURE_FAILED.clear()
+    assert status == 1
+    assert recorded["capture_32px"]["videos_per_s"] == 1000.0
+    assert recorded["capture_fused_adam_32px"]["error"].startswith("CaptureFailed")
+    assert recorded["capture_bf16_32px"] == {"error": "not measured: the capture of "
+                                             "capture_fused_adam_32px failed earlier in this process"}
+
+
+def test_a_stage_measures_on_this_machine(tmp_path, monkeypatch):
+    # The real measurement at tiny shapes (on CPU the captured variant runs eager).
+    recorded = {}
+    monkeypatch.setattr(trainstep_table, "record",
+                        lambda section, name, payload, device: recorded.__setitem__(name, payload))
+    monkeypatch.setattr(_trainstep, "BATCH", 2)
+    monkeypatch.setattr(_trainstep, "FRAMES", 4)
+    monkeypatch.setattr(trainstep_table, "BATCH", 2)
+    monkeypatch.setattr(trainstep_table, "ROUNDS", 1)
+    monkeypatch.setattr(trainstep_table, "RUN_S", 0.01)
+    assert trainstep_table.main(["--data", str(tmp_path), "--variants", "capture",
+                                 "--busy", "capture"]) == 0
+    r = recorded["capture_32px"]
+    assert r["batch"] == 2 and r["videos_per_s"] > 0 and 0 <= r["data_wait_share"] < 1
+    assert r["losses_finite_after"] and r["captured"] is False and r["device_busy"] is None

@@ -7,15 +7,17 @@
 # fails leaves the CUDA generators in capture mode (capture_end raises before it releases
 # them), and every later random draw in that process fails with "Offset increment outside
 # graph capture". Apart, one broken capture costs its own file, not the rest of the suite.
+# -v: each test's result is in the log as it finishes, so a file cut off by its timeout
+# still says which tests passed.
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
 LOG="$OUT/cuda-tests.txt"
 { echo "== tests/test_train_capture.py"
-  timeout -k 5 130 python3 -m pytest -q -m cuda tests/test_train_capture.py
+  timeout -k 5 130 python3 -m pytest -v -rfEs -m cuda tests/test_train_capture.py
   echo "== rc $?"
   echo "== the other cuda tests"
-  timeout -k 5 90 python3 -m pytest -q -m cuda tests --ignore=tests/test_train_capture.py
+  timeout -k 5 90 python3 -m pytest -v -rfEs -m cuda tests --ignore=tests/test_train_capture.py
   echo "== rc $?"
 } 2>&1 | tee "$LOG"

@@ -38,7 +38,10 @@ script's own mistakes.
 """
 import argparse
 import json
+import math
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -48,7 +51,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from _results import environment, record  # noqa: E402
+from _results import RESULTS_DIR, environment, record, write_json  # noqa: E402
 from hgan.kernels import leapfrog, leapfrog_flops  # noqa: E402
 from hgan.kernels.leapfrog import fused  # noqa: E402
 from hgan.kernels.leapfrog.check import compare_to_reference, random_mlp  # noqa: E402
@@ -187,11 +190,12 @@ def graph_ms(variant, batch):
 
 
 def matmul_peak(tf32, dtype=torch.float32):
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    n = 8192 if DEV == "cuda" else 256
-    a, b = (torch.randn(n, n, device=DEV).to(dtype) for _ in range(2))
-    ms, _ = median_ms(lambda: a @ b, min_reps=5, max_s=1.0)
-    torch.backends.cuda.matmul.allow_tf32 = False
+    # restored even if the product fails: a TF32 setting left behind would time every fp32
+    # row after it on TF32
+    with fused._fp32_matmul("tf32" if tf32 else "ieee"):
+        n = 8192 if DEV == "cuda" else 256
+        a, b = (torch.randn(n, n, device=DEV).to(dtype) for _ in range(2))
+        ms, _ = median_ms(lambda: a @ b, min_reps=5, max_s=1.0)
     return 2 * n ** 3 / (ms * 1e-3)
 
 
@@ -207,34 +211,49 @@ WARM_JOBS += [(v, WARM_BATCHES[0]) for v in ("fused_latency_w4", "fused_latency_
 def warm(budget, smoke_run):
     """Run WARM_JOBS, each in its own process, up to 16 at a time, so that Triton compiles
     every fused kernel the stages launch (its cache is on disk and written atomically, so the
-    processes share it). Returns (jobs, failures). Under --smoke one job only: it checks the
-    mechanism."""
+    processes share it). Returns (jobs, failures, slow): `slow`, the variants still compiling
+    at the limit, which the stages then skip (compiled inside a timed stage they would spend
+    its budget). Under --smoke one job only: it checks the mechanism."""
     todo = list(WARM_JOBS)
     if smoke_run:   # at the smoke shapes' batch: 64 rows through the interpreter take ~20 s
         todo = [(todo[0][0], STAGES["train"][0])]
     limit = max(30.0, min(300.0, budget.left() - 120))
     cmd = [sys.executable, os.path.abspath(__file__)] + (["--smoke"] if smoke_run else [])
-    running, failures, t_end = [], [], time.monotonic() + limit
+    running, failures, slow, t_end = [], [], set(), time.monotonic() + limit
     pending = list(todo)
     while pending or running:
         while pending and len(running) < min(16, os.cpu_count() or 1):
             v, b = pending.pop(0)
+            # a session of its own: a kill at the limit takes its ptxas children too, which
+            # would otherwise compile on beside the timed stages
             running.append((v, b, subprocess.Popen(cmd + ["--warm-one", v, str(b)],
                                                    stdout=subprocess.DEVNULL,
-                                                   stderr=subprocess.PIPE, text=True)))
+                                                   stderr=subprocess.PIPE, text=True,
+                                                   start_new_session=True)))
         time.sleep(0.2)
         for job in list(running):
             v, b, proc = job
             if proc.poll() is None and time.monotonic() < t_end:
                 continue
             if proc.poll() is None:
-                proc.kill()
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 failures.append(f"{v}/B{b}: still compiling after {limit:.0f} s")
+                slow.add(v)
             elif proc.returncode:
                 failures.append(f"{v}/B{b}: " + proc.stderr.read().strip()[-200:])
             proc.wait()
             running.remove(job)
-    return len(todo), failures
+    return len(todo), failures, slow
+
+
+def worst_error(errs):
+    """The largest of compare_to_reference's errors; NaN if any is (max() would pass it over
+    unless it came first)."""
+    vals = [float(e) for e in errs.values()]
+    return float("nan") if any(math.isnan(e) for e in vals) else max(vals)
 
 
 def main(argv=None):
@@ -254,11 +273,18 @@ def main(argv=None):
     budget = Budget(a.budget_s)
     out = {"env": environment(DEV), "rows": [], "errors": {}, "peaks": {}}
     out_dir = os.environ.get("OUT")
+    print(" ".join(f"{k} {v}" for k, v in out["env"].items())
+          + ("  (set HGAN_COMMIT: this tree has no git)" if out["env"]["commit"] == "unknown"
+             else ""), flush=True)
 
     def save():
         if out_dir:
-            with open(os.path.join(out_dir, "leapfrog_table.json"), "w") as f:
-                json.dump(out, f, indent=1)
+            write_json(os.path.join(out_dir, "leapfrog_table.json"), out)
+            # the device's results file (section leapfrog_table) comes back beside it, ready
+            # for `python bench/_results.py merge`
+            device_json = os.path.join(RESULTS_DIR, out["env"]["device"] + ".json")
+            if DEV == "cuda" and os.path.exists(device_json):
+                shutil.copy(device_json, out_dir)
 
     def row(variant, batch, ms, reps, graph=False, forward_only=False):
         flops = leapfrog_flops(batch, FRAMES, K, WIDTHS, backward=not forward_only)
@@ -276,6 +302,11 @@ def main(argv=None):
         if budget.left() < 15:
             print(f"  skipped {variant} B={batch}: budget spent", flush=True)
             return
+        if variant in slow:
+            print(f"  skipped {variant} B={batch}: not compiled in the warm-up", flush=True)
+            out["rows"].append({"variant": variant, "batch": batch,
+                                "failed": "not compiled in the warm-up"})
+            return
         if graph and DEV != "cuda":
             return
         try:
@@ -287,9 +318,10 @@ def main(argv=None):
             print(f"  {variant} B={batch} failed: {err!r}"[:300], flush=True)
             save()
 
+    slow = set()
     if not a.no_warm:
         t0 = time.monotonic()
-        n, failures = warm(budget, a.smoke)
+        n, failures, slow = warm(budget, a.smoke)
         out["warm"] = {"kernels": n, "seconds": time.monotonic() - t0, "failures": failures}
         print(f"0. compiled {n} variant x batch jobs in parallel in "
               f"{out['warm']['seconds']:.0f} s; failures: {failures or 'none'}", flush=True)
@@ -314,7 +346,7 @@ def main(argv=None):
                 with forced(layout):
                     errs = compare_to_reference(q0, p0, wb[:3], wb[3:], 0.05, FRAMES,
                                                 "softplus", backend, precision=precision)
-                worst = max(errs.values())
+                worst = worst_error(errs)
             except Exception as err:  # noqa: BLE001
                 worst = repr(err)[:200]
             out["errors"][f"{variant}/B{batch}"] = worst
@@ -352,6 +384,10 @@ def main(argv=None):
                         "fused_tile_bf16x3"):
             timed(variant, batch)
 
+    # the crossover sets LATENCY_MAX_ROWS only when measured at every one of its batches
+    out["cross_complete"] = all(
+        any(r.get("variant") == v and r.get("batch") == b and "ms" in r for r in out["rows"])
+        for b in STAGES["cross"] for v in ("fused_latency", "fused_tile"))
     print("\nvariant                   B        ms      x eager   TFLOP/s  (peaks: " + ", ".join(
         f"{k} {v / 1e12:.0f}" for k, v in out["peaks"].items()) + ")")
     eager = {r["batch"]: r["ms"] for r in out["rows"]
@@ -366,23 +402,25 @@ def main(argv=None):
         print(f"{r['variant']:<24} {r['batch']:<7} {r['ms']:8.3f}  {ratio:8.1f}x  "
               f"{r['tflops']:7.2f}")
     print("errors:", json.dumps(out["errors"]))
-    out["recommend"] = recommend(out["rows"], out["errors"])
+    out["recommend"] = recommend(out["rows"], out["errors"], out["cross_complete"])
     print("dispatch table, as measured:", json.dumps(out["recommend"]))
     save()
 
 
-def recommend(rows, errors):
+def recommend(rows, errors, cross_complete=True):
     """What the measured rows say the dispatch table (kernels/leapfrog/fused.py) should be:
     {"latency_max_rows": the largest batch at which the latency layout beat the tile layout
     (ieee, the default precision), "latency_warps": the fastest of 4, 8, 16 warps summed over
     the training batches, "bf16x3_above_latency": whether the throughput layout (bf16x3)
-    beat the default dispatch at every batch above that and stayed within 1e-4 of float64,
-    "throughput_fwd_block": 64 or 16}. A key is absent when its rows are."""
+    beat the default dispatch at every batch above that and stayed within 1e-4 of float64
+    at every batch of stage 2 (a failed or missing error check: False),
+    "throughput_fwd_block": 64 or 16}. A key is absent when its rows are;
+    "latency_max_rows" also when the crossover stage was cut short (`cross_complete`)."""
     ms = {(r["variant"], r["batch"]): r["ms"] for r in rows if "ms" in r}
     rec = {}
     batches = sorted({b for v, b in ms if v == "fused_latency" and ("fused_tile", b) in ms})
     wins = [b for b in batches if ms["fused_latency", b] <= ms["fused_tile", b]]
-    if batches:
+    if batches and cross_complete:
         # the first loss ends the latency regime: a later win is noise around the crossover
         first_loss = min([b for b in batches if b not in wins], default=None)
         rec["latency_max_rows"] = max([b for b in wins if first_loss is None or b < first_loss],
@@ -395,8 +433,9 @@ def recommend(rows, errors):
     above = sorted(b for v, b in ms if v == "fused_throughput"
                    and b > rec.get("latency_max_rows", 0) and ("fused", b) in ms)
     if above:
-        accurate = all(e <= 1e-4 for k, e in errors.items()
-                       if k.startswith("fused_throughput/") and isinstance(e, float))
+        errs = [errors.get(f"fused_throughput/B{b}") for b in STAGES["errors"]]
+        # NaN compares False: not accurate
+        accurate = all(isinstance(e, float) and e <= 1e-4 for e in errs)
         rec["bf16x3_above_latency"] = accurate and all(
             ms["fused_throughput", b] < ms["fused", b] for b in above)
     big = [b for v, b in ms if v == "fused_throughput_fwd16" and ("fused_throughput", b) in ms]

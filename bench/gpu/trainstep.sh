@@ -17,7 +17,10 @@ BUDGET="${TRAINSTEP_BUDGET_S:-340}"
 PY=python3
 LOG="$OUT/trainstep.txt"
 mkdir -p "$OUT"
-save() { cp bench/results/*.json "$OUT"/ 2>/dev/null || true; }
+# Only 8 files come back from $OUT: the results files this call wrote (not the committed
+# ones of other devices), the stage log outside it.
+STAMP=$(mktemp) STAGE=$(mktemp)
+save() { find bench/results -maxdepth 1 -name '*.json' -newer "$STAMP" -exec cp {} "$OUT"/ \; ; }
 
 stage() {   # stage NAME LIMIT_S ARGS...: one process, at most LIMIT_S and what is left
   local name=$1 limit=$2
@@ -29,16 +32,17 @@ stage() {   # stage NAME LIMIT_S ARGS...: one process, at most LIMIT_S and what 
   fi
   [ "$limit" -gt "$left" ] && limit=$left
   echo "== $name (limit ${limit}s, at ${SECONDS}s)" | tee -a "$LOG"
-  timeout -k 5 "$limit" $PY bench/trainstep_table.py --data "$DATA" "$@" > "$OUT/stage.txt" 2>&1
+  timeout -k 5 "$limit" $PY bench/trainstep_table.py --data "$DATA" "$@" > "$STAGE" 2>&1
   local rc=$?
-  cat "$OUT/stage.txt" >> "$LOG"
-  grep -E "px: |compiled|Error" "$OUT/stage.txt" | tail -8
+  cat "$STAGE" >> "$LOG"
+  grep -E "px: |compiled|Error" "$STAGE" | tail -8
   echo "== $name: rc $rc at ${SECONDS}s" | tee -a "$LOG"
   save
 }
 
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+  $PY -c "import sys; sys.path.insert(0, 'bench'); import _results; print('commit', _results.commit())"
 } > "$OUT/versions.txt" 2>&1
 cat "$OUT/versions.txt"
 

@@ -336,17 +336,21 @@ class _fp32_matmul:
     contract is 1e-4 against float64; TF32 products are ~1e-3). Through torch's per-backend
     fp32_precision where it has one (torch >= 2.9): the legacy allow_tf32 flag raises on
     read once a caller has set TF32 with that API ("mix of the legacy and new APIs"), and
-    writing it would leave the caller's state mixed."""
+    writing it would leave the caller's state mixed. `_fp32_matmul("tf32")` sets TF32
+    instead (bench/gpu/leapfrog_table.py's matmul peaks)."""
+
+    def __init__(self, precision="ieee"):
+        self.precision = precision
 
     def __enter__(self):
         m = torch.backends.cuda.matmul
         self.new_api = hasattr(m, "fp32_precision")
         if self.new_api:
             self.saved = m.fp32_precision
-            m.fp32_precision = "ieee"
+            m.fp32_precision = self.precision
         else:
             self.saved = m.allow_tf32
-            m.allow_tf32 = False
+            m.allow_tf32 = self.precision == "tf32"
 
     def __exit__(self, *exc):
         m = torch.backends.cuda.matmul
