@@ -13,17 +13,22 @@ __version__ = "0.1.0"
 
 def _map_kernels_from_source_tree():
     # pyproject maps the top-level kernels/ folder to hgan.kernels for installed copies.
-    # A bare source checkout (PYTHONPATH=.) has no such mapping, so make it here.
-    if "hgan.kernels" in _sys.modules or _ilu.find_spec("hgan.kernels") is not None:
+    # A source checkout (PYTHONPATH=., the marker: pyproject.toml beside hgan/) maps its own
+    # kernels/ here, also when an editable install of another checkout would map that one's:
+    # hgan from this tree with kernels from another would test the wrong kernels silently.
+    if "hgan.kernels" in _sys.modules:
         return
-    root = _os.path.join(_os.path.dirname(_os.path.dirname(_os.path.abspath(__file__))), "kernels")
+    top = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
+    root = _os.path.join(top, "kernels")
     init = _os.path.join(root, "__init__.py")
-    if not _os.path.exists(init):
-        return
+    in_checkout = _os.path.exists(init) and _os.path.exists(_os.path.join(top, "pyproject.toml"))
+    if not in_checkout:
+        return  # an installed copy: its own mapping (or a real hgan/kernels) stands
     spec = _ilu.spec_from_file_location("hgan.kernels", init, submodule_search_locations=[root])
     module = _ilu.module_from_spec(spec)
     _sys.modules["hgan.kernels"] = module
     spec.loader.exec_module(module)
+    globals()["kernels"] = module  # `import hgan.kernels; hgan.kernels.X`, as an import would
 
 
 _map_kernels_from_source_tree()

@@ -176,3 +176,20 @@ def test_compiled_callers_run_the_integrator_eagerly(mlp):
             torch.compile(fn, backend="aot_eager", fullgraph=True)(q0, p0)
     finally:
         torch._dynamo.reset()
+
+
+def test_a_source_checkout_imports_its_own_kernels(tmp_path):
+    # PYTHONPATH=<checkout>: hgan.kernels is that checkout's kernels/, even where an editable
+    # install of another checkout maps hgan.kernels to its own (this suite's environment).
+    import os
+    import shutil
+    import hgan
+    src = os.path.dirname(os.path.abspath(hgan.__file__))
+    shutil.copytree(src, tmp_path / "hgan", ignore=shutil.ignore_patterns("__pycache__"))
+    (tmp_path / "pyproject.toml").write_text("")
+    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "__init__.py").write_text("WHICH = 'the checkout on PYTHONPATH'\n")
+    code = "import hgan.kernels; print(hgan.kernels.WHICH)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert out.stdout.strip() == "the checkout on PYTHONPATH", out.stderr
