@@ -54,7 +54,7 @@ def test_every_config_field_is_a_flag_and_reaches_its_config():
 def test_resumable_fields_are_declared_on_the_fields():
     assert set(resumable_fields()) == {
         "iters", "device", "log_every", "sample_every", "ckpt_every", "keep_every",
-        "n_samples", "profile", "loader", "num_workers", "progress", "cuda_graph"}
+        "n_samples", "profile", "loader", "num_workers", "progress", "cuda_graph", "data"}
     assert "batch_size" not in resumable_fields() and "seed" not in resumable_fields()
 
 

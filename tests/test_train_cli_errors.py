@@ -175,6 +175,13 @@ def _bad_input(case, data_root, tiny_h5, tmp_path, monkeypatch):
                                              "mass_spring"]
     if case == "batch_too_big":
         return ["--batch-size", "400"], ["batch size 400 exceeds"]
+    if case == "data_is_the_h5_file":
+        return ["--data", h5], [f"--data is the dataset root (holding pendulum/train.h5), not a "
+                                f"file: got {h5}; use --data {data_root}"]
+    if case == "data_is_the_system_folder":
+        folder = os.path.join(data_root, "pendulum")
+        return ["--data", folder], [f"--data {folder} holds train.h5 itself",
+                                    f"use --data {data_root}"]
     if case == "resume_missing":
         return ["--resume", str(tmp_path / "nope")], ["no checkpoint at"]
     if case == "resume_dir_without_checkpoint":
@@ -195,7 +202,8 @@ def _bad_input(case, data_root, tiny_h5, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("case", [
     "device_cuda", "device_tpu", "dt_nan", "fused_on_cpu", "amp_fp16_on_cpu", "truncated_h5",
-    "junk_h5", "frames_48", "resolution_64", "other_system", "batch_too_big", "resume_missing",
+    "junk_h5", "frames_48", "resolution_64", "other_system", "batch_too_big",
+    "data_is_the_h5_file", "data_is_the_system_folder", "resume_missing",
     "resume_dir_without_checkpoint", "resume_h5", "resume_junk", "resume_not_a_run"])
 def test_bad_input_is_one_line_and_exit_2(case, data_root, tiny_pendulum_h5, tmp_path, capsys,
                                           monkeypatch):
@@ -232,3 +240,40 @@ def test_weights_that_do_not_fit_the_config_are_one_line_everywhere(stopped_run,
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "generator weights do not fit" in err[0], err
     assert not (tmp_path / "e").exists()
+
+
+def test_a_resumed_run_trains_on_the_data_it_started_with(data_root, tmp_path, capsys,
+                                                          monkeypatch):
+    from hgan.data import generate_dataset
+    # Started with a relative --data in one directory, resumed from another: the checkpoint
+    # names the data absolutely, and nothing is generated where the resume runs.
+    monkeypatch.chdir(os.path.dirname(data_root))
+    out = tmp_path / "run"
+    code, _, err = call(TINY + ["--data", "data", "--out", str(out), "--iters", "1"], capsys)
+    assert code == 0, err
+    assert json.loads((out / "config.json").read_text())["data"] == data_root
+    assert load_checkpoint(str(out))["dataset"] == {
+        "path": os.path.join(data_root, "pendulum", "train.h5"), "trajectories": 24, "frames": 40}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    code, stdout, err = call(["--resume", str(out), "--iters", "2"], capsys)
+    assert code == 0, err
+    assert "generating" not in stdout and os.listdir(elsewhere) == []
+    # The data moved: generating 256 trajectories in its place would not be it.
+    moved = tmp_path / "moved"
+    os.rename(data_root, moved)
+    code, _, err = call(["--resume", str(out), "--iters", "3"], capsys)
+    assert_one_error_line(code, err, "is missing and generating it would not give back the "
+                          "run's data", "(24 trajectories of 40 frames)", "point --data at")
+    assert not os.path.exists(data_root)
+    code, _, err = call(["--resume", str(out), "--iters", "3", "--data", str(moved)], capsys)
+    assert code == 0, err
+    assert load_checkpoint(str(out))["iteration"] == 3
+    # Another dataset at the place given is refused.
+    generate_dataset("pendulum", tmp_path / "other", train=12, test=0, frames=40, seed=1,
+                     resolution=32, progress=False)
+    code, _, err = call(["--resume", str(out), "--iters", "4", "--data", str(tmp_path / "other")],
+                        capsys)
+    assert_one_error_line(code, err, "has 12 trajectories of 40 frames, but the run trained on")
+    assert load_checkpoint(str(out))["iteration"] == 3

@@ -168,6 +168,33 @@ def test_command_line_errors():
     assert pack.main([]) == 2
 
 
+def test_two_runs_never_share_a_run_directory(data_root, tmp_path, capsys, monkeypatch):
+    # Both would write one directory's config, checkpoints and TensorBoard files in turn.
+    a = flags(data_root, tmp_path / "same")
+    b = flags(data_root, tmp_path / "x" / ".." / "same", model="mocogan")
+    assert pack.main(["--", *a, "--", *b]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("hgan.train.pack: error: runs 0 and 1 both train "
+                                               "in "), err
+    assert not (tmp_path / "same").exists()
+    # two runs left to the default --out in one second: numbered, not shared
+    monkeypatch.chdir(tmp_path)
+    from hgan.train import config
+    monkeypatch.setattr(config.time, "strftime", lambda fmt: "20261130-120000")  # one second
+    default = [f for f in flags(data_root, "unused") if f not in ("--out", "unused")]
+    runs = pack.distinct_run_dirs([default, default, flags(data_root, tmp_path / "own")])
+    outs = [r[r.index("--out") + 1] for r in runs[:2]]
+    assert outs == [os.path.join("runs", "pendulum-hgan-20261130-120000"),
+                    os.path.join("runs", "pendulum-hgan-20261130-120000-2")]
+    assert runs[2] == flags(data_root, tmp_path / "own")
+    assert runs[0].count("--out") == 1
+
+
+def test_help_is_usage_not_an_error(capsys):
+    assert pack.main(["--help"]) == 0
+    assert "python -m hgan.train.pack -- <train.py flags" in capsys.readouterr().out
+
+
 def test_router_tags_pieces_per_thread_and_keeps_carriage_returns():
     out = io.StringIO()
     r = pack._Router(out, tagged=True)

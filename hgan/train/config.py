@@ -26,7 +26,9 @@ def _loader_kinds():
 @dataclass
 class RunConfig:
     system: str = option("pendulum", "Toy Physics system to learn", choices=_systems)
-    data: str = option("data", "dataset root (<data>/<system>/train.h5); generated there when missing")
+    data: str = option("data", "dataset root (<data>/<system>/train.h5); generated there when "
+                       "missing. On resume: where the run's dataset is now (checked to be it)",
+                       resumable=True)
     iters: int = option(100_000, "total training iterations (one D and one G update each)",
                         resumable=True)
     batch_size: int = option(16, "global batch (split across DDP ranks)")

@@ -90,6 +90,7 @@ def amp_policy(device: torch.device, enabled: bool, dtype: str = "auto"):
 def ensure_dataset(cfg: RunConfig, info: hdist.DistInfo):
     """Generate the dataset when missing (main rank), then check that it fits cfg: ValueError
     (hgan.data.h5io.DataFormatError for a broken file) naming the mismatch."""
+    _check_data_root(cfg)
     if not os.path.exists(cfg.data_path):
         if cfg.gen_frames < cfg.frames:
             raise ValueError(f"--gen-frames ({cfg.gen_frames}) must be >= --frames ({cfg.frames}) "
@@ -99,6 +100,19 @@ def ensure_dataset(cfg: RunConfig, info: hdist.DistInfo):
     if info.enabled:
         torch.distributed.barrier()
     check_dataset(cfg)
+
+
+def _check_data_root(cfg: RunConfig):
+    """--data names the root above <system>/train.h5; the file itself, or the system's own
+    folder, would have a dataset generated beside the one meant (or fail half-way)."""
+    d = cfg.data
+    if os.path.isfile(d):
+        root = os.path.dirname(os.path.dirname(os.path.abspath(d)))
+        raise ValueError(f"--data is the dataset root (holding {cfg.system}/train.h5), not a "
+                         f"file: got {d}" + (f"; use --data {root}" if d.endswith(".h5") else ""))
+    if not os.path.exists(cfg.data_path) and os.path.isfile(os.path.join(d, "train.h5")):
+        raise ValueError(f"--data {d} holds train.h5 itself; --data is the root above the "
+                         f"systems' folders: use --data {os.path.dirname(os.path.abspath(d))}")
 
 
 def _generate(cfg: RunConfig):
@@ -141,9 +155,38 @@ def check_dataset(cfg: RunConfig):
                          f"--frames {cfg.frames}: use --frames {frames} or less, or {redo}")
 
 
+def dataset_identity(path: str) -> dict:
+    """What a checkpoint remembers of its training set, so that a resume can tell whether the
+    file it finds (moved, regenerated) is the one the run trained on."""
+    from hgan.data.h5io import open_h5
+    with open_h5(path) as f:
+        n, frames = (int(x) for x in f.frames.shape[:2])
+    return {"path": os.path.abspath(path), "trajectories": n, "frames": frames}
+
+
+def check_resumed_dataset(saved: dict | None, cfg: RunConfig, generating: bool = False):
+    """ValueError when a resumed run would train on another dataset than its checkpoint's
+    (`saved`: dataset_identity at the time; None for checkpoints from before it was kept).
+    generating: the file is missing and would be generated from the --gen-* flags."""
+    if not saved:
+        return
+    had = (f"the run trained on {saved['path']} ({saved['trajectories']} trajectories of "
+           f"{saved['frames']} frames)")
+    if generating:
+        if (cfg.gen_train, cfg.gen_frames) != (saved["trajectories"], saved["frames"]):
+            raise ValueError(f"{cfg.data_path} is missing and generating it would not give "
+                             f"back the run's data: {had}; point --data at that dataset's root")
+        return
+    now = dataset_identity(cfg.data_path)
+    if (now["trajectories"], now["frames"]) != (saved["trajectories"], saved["frames"]):
+        raise ValueError(f"{cfg.data_path} has {now['trajectories']} trajectories of "
+                         f"{now['frames']} frames, but {had}; point --data at that dataset's root")
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, info: hdist.DistInfo | None = None, device=None):
         self.cfg, self.info = cfg, info or hdist.DistInfo()
+        self.dataset = None  # dataset_identity of the training set, kept in checkpoints
         self.device = torch.device(device) if device is not None else resolve_device(cfg.device, self.info)
         if cfg.batch_size % self.info.world_size:
             raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the "
@@ -368,7 +411,8 @@ class Trainer:
                 "video_disc": self.D_V.state_dict(), "opt_g": self.opt_g.state_dict(),
                 "opt_di": self.opt_di.state_dict(), "opt_dv": self.opt_dv.state_dict(),
                 "scaler": self.scaler.state_dict(), "noise_rng": self.noise.get_state(),
-                "rng": capture_rng(), "world_size": self.info.world_size}
+                "rng": capture_rng(), "world_size": self.info.world_size,
+                "dataset": self.dataset}
 
     def load_state_dict(self, ckpt: dict):
         load_weights(self.G, ckpt["generator"], "generator")

@@ -280,29 +280,68 @@ def _train_one(i, argv, stop, router, codes):
             router.finish(i, code)
 
 
+def _parse_quietly(argv):
+    """parse_command_line without argparse's message (a run reports its own bad flags)."""
+    from hgan.train.config import parse_command_line
+    with open(os.devnull, "w") as null:
+        saved, sys.stderr = sys.stderr, null
+        try:
+            return parse_command_line(argv)
+        finally:
+            sys.stderr = saved
+
+
+def distinct_run_dirs(runs):
+    """The runs' flags, each with a run directory of its own: ValueError when two name the same
+    one (--out or --resume: they would write one directory's checkpoints and config in turn);
+    a run left to the default --out (runs/<system>-<model>-<time>, the same for two such runs
+    started in one second) gets a numbered one."""
+    seen, out = {}, []
+    for i, argv in enumerate(runs):
+        try:
+            cfg, resume, given = _parse_quietly(argv)
+        except (SystemExit, Exception):
+            out.append(argv)
+            continue
+        if resume:
+            where = resume if os.path.isdir(resume) else os.path.dirname(os.path.dirname(resume))
+        elif "out" in given:
+            where = cfg.out
+        else:
+            base, n, where = cfg.out, 1, cfg.out
+            while os.path.realpath(where) in seen:
+                n += 1
+                where = f"{base}-{n}"
+            argv = [*argv, "--out", where]
+        key = os.path.realpath(where)
+        if key in seen:
+            raise ValueError(f"runs {seen[key]} and {i} both train in {where}: give each its "
+                             f"own --out")
+        seen[key] = i
+        out.append(argv)
+    return out
+
+
 def _generate_missing(runs):
     """Generate the datasets the runs need and lack, here in the main thread (train.py's
     messages; Ctrl-C stops it, keeping nothing). Runs whose flags are bad are left to fail
     in their own thread. Returns an exit code for the whole process, or None."""
     from hgan.data import GenerationInterrupted
     from hgan.train.checkpoint import load_checkpoint
-    from hgan.train.config import parse_command_line
     from hgan.train.dist import DistInfo
-    from hgan.train.loop import ensure_dataset
+    from hgan.train.loop import check_resumed_dataset, ensure_dataset
     from hgan.train.run import resume_config
     done = set()
     for argv in runs:
         try:
-            with open(os.devnull, "w") as null:  # argparse's errors are the run's to report
-                saved, sys.stderr = sys.stderr, null
-                try:
-                    cfg, resume, given = parse_command_line(argv)
-                finally:
-                    sys.stderr = saved
+            cfg, resume, given = _parse_quietly(argv)
             if resume:  # the data the checkpoint's config names
                 path = (os.path.join(resume, "checkpoints", "last.pt") if os.path.isdir(resume)
                         else resume)
-                cfg = resume_config(load_checkpoint(path), cfg, path, given)
+                ckpt = load_checkpoint(path)
+                cfg = resume_config(ckpt, cfg, path, given)
+                if not os.path.exists(cfg.data_path):  # not data the run never trained on
+                    check_resumed_dataset(ckpt.get("dataset"), cfg, generating=True)
         except (SystemExit, Exception):
             continue
         if cfg.data_path in done or os.path.exists(cfg.data_path):
@@ -325,6 +364,12 @@ def main(argv=None) -> int:
     from hgan.data import loader
     from hgan.train.run import _StopFlag
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] in (["-h"], ["--help"]):
+        print("\n\n".join(__doc__.split("\n\n")[:2]) + "\n\nEach run's flags are train.py's "
+              "(python train.py --help); --tagged before the first '--' tags each output line "
+              "with its run (for hgan.experiments). More: docs/training.md, 'Several small runs "
+              "on one GPU'.")
+        return 0
     tagged = "--tagged" in argv[:1]
     if tagged:
         argv = argv[1:]
@@ -333,7 +378,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
-        runs = split_runs(argv)
+        runs = distinct_run_dirs(split_runs(argv))
     except ValueError as e:
         print(f"hgan.train.pack: error: {e}", file=sys.stderr)
         return 2

@@ -15,7 +15,8 @@ from hgan.train import capture as hcapture
 from hgan.train import dist as hdist
 from hgan.train.checkpoint import load_checkpoint
 from hgan.train.config import RunConfig, resumable_fields
-from hgan.train.loop import NonFiniteLoss, Trainer, ensure_dataset, resolve_device
+from hgan.train.loop import (NonFiniteLoss, Trainer, check_resumed_dataset, dataset_identity,
+                             ensure_dataset, resolve_device)
 from hgan.train.media import save_samples, strip
 from hgan.train.profiling import stage, step_profiler
 
@@ -114,11 +115,18 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=N
             return Setup(cfg, checkpoint=path, iteration=int(ckpt["iteration"]))
     else:
         _check_new_run_dir(cfg.out)
+    # Absolute in the checkpoint: a run resumed from another directory must find the same
+    # data (a relative --data would name another folder there).
+    cfg = replace(cfg, data=os.path.abspath(cfg.data), out=os.path.abspath(cfg.out))
     if check is not None:
         check(cfg)
+    saved_data = ckpt.get("dataset") if ckpt is not None else None
+    check_resumed_dataset(saved_data, cfg, generating=not os.path.exists(cfg.data_path))
     info = hdist.init_distributed(resolve_device(cfg.device, hdist.DistInfo()).type)
     ensure_dataset(cfg, info)
+    check_resumed_dataset(saved_data, cfg)
     trainer = Trainer(cfg, info)
+    trainer.dataset = dataset_identity(cfg.data_path)
     _check_integrator(trainer)
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
