@@ -115,6 +115,32 @@ def test_corrupt_file(tmp_path):
     assert issubclass(DataFormatError, ValueError)
 
 
+def test_corrupt_chunks_inside_a_valid_file_name_the_file_when_read(tmp_path, capsys):
+    # The header and each trajectory's ends (what open_h5 probes) are intact; the middle
+    # trajectory's compressed chunk is not. h5py's own error names neither file nor dataset.
+    from hgan.data.cli import main
+    path = generate_dataset("pendulum", tmp_path, train=5, test=0, frames=12, seed=0,
+                            progress=False)["train"]
+    with h5py.File(path, "r") as f:
+        ds = f["frames"]
+        chunks = [ds.id.get_chunk_info(i) for i in range(ds.id.get_num_chunks())]
+    assert len(chunks) == 5   # a chunk per trajectory
+    with open(path, "r+b") as f:
+        f.seek(chunks[2].byte_offset + chunks[2].size // 2)
+        f.write(bytes(16))
+    with open_h5(path) as f:
+        assert f.frames[0].shape == (12, 32, 32, 3)      # the intact ones still read
+        with pytest.raises(DataFormatError, match=f"{path}: truncated or corrupt data \\(dataset 'frames'"):
+            f.frames[:]
+        with pytest.raises(DataFormatError):
+            np.asarray(f.frames)
+    with pytest.raises(SystemExit):
+        main(["show", str(path), "--out", str(tmp_path / "s.png")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(
+        f"hgan.data: error: {path}: truncated or corrupt data (dataset 'frames'"), err
+
+
 @pytest.mark.parametrize("kw,match", [
     (dict(train=-1), "train must be an integer >= 0"),
     (dict(frames=0), "frames must be an integer >= 1"),

@@ -143,7 +143,8 @@ class ToyPhysicsFile:
                                           f"{f[name].shape}, expected {shape} from the attributes")
             if f["frames"].dtype != np.uint8:
                 raise DataFormatError(f"{self.path}: frames must be uint8, got {f['frames'].dtype}")
-            self.frames, self.states = f["frames"], f["states"]
+            self.frames = _Checked(f["frames"], self.path, "frames")
+            self.states = _Checked(f["states"], self.path, "states")
             self.color_index, self.offset = f["color_index"][()], f["offset"][()]
             self.params = {p: _per_body(system, p, f["params/" + p][()])
                            for p in system.param_names}
@@ -174,6 +175,33 @@ class ToyPhysicsFile:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _Checked:
+    """An h5py dataset whose reads name the file and say it is corrupt when a chunk cannot be
+    decoded: a header can be intact around changed chunk bytes (ToyPhysicsFile._probe reads
+    only each trajectory's ends), and h5py's own error names neither file nor dataset."""
+
+    def __init__(self, ds, path, name):
+        self._ds, self._path, self._name = ds, path, name
+        self.shape, self.dtype = ds.shape, ds.dtype
+
+    def __len__(self):
+        return len(self._ds)
+
+    def __getitem__(self, key):
+        try:
+            return self._ds[key]
+        except (OSError, RuntimeError) as e:
+            raise DataFormatError(f"{self._path}: truncated or corrupt data (dataset "
+                                  f"{self._name!r}: {e})") from None
+
+    def __array__(self, dtype=None, copy=None):
+        a = self[()]
+        return a if dtype is None else a.astype(dtype)
+
+    def __getattr__(self, name):  # the rest of h5py.Dataset (chunks, ...), unchecked
+        return getattr(self._ds, name)
 
 
 def _directory_message(path, shown=3):

@@ -21,7 +21,6 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hgan.data.h5io import DataFormatError
 from hgan.data.stream import SCALE, BatchStream, WindowReader, WindowSchedule
 from hgan.data.stream import open_checked as _open_checked
 from hgan.data.workers import WorkerInit
@@ -107,10 +106,7 @@ class ResidentBatchStream(BatchStream):
     def __init__(self, schedule, *, device="cpu", start_batch=0, channels_last=False):
         super().__init__(schedule, device, start_batch, channels_last)
         with _open_checked(schedule) as f:
-            try:
-                frames = f.frames[...]
-            except (OSError, RuntimeError) as e:
-                raise DataFormatError(f"{schedule.path}: truncated or corrupt data ({e})") from None
+            frames = f.frames[...]  # a damaged chunk: DataFormatError naming the file (h5io)
         self.frames = torch.from_numpy(frames).to(self.device)
         self._offsets = torch.arange(schedule.frames, device=self.device)
         n = len(schedule.plan(0))
