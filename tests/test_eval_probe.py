@@ -106,3 +106,32 @@ def test_probe_input_contract(trained):
         pr(torch.zeros(1, 2, 32, 32, 3))
     with pytest.raises(ValueError, match="trained at 32x32"):
         pr(torch.zeros(1, 2, 16, 16, 3, dtype=torch.uint8))
+
+
+@pytest.mark.parametrize("steps", list(range(1, 22)) + [30, 600])
+def test_lr_schedule_holds_for_every_step_count(steps):
+    # 10 steps at a 10 % warm-up once divided by zero inside OneCycleLR.
+    lr = 2e-3
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = probe.lr_schedule(opt, lr, steps)
+    rates = []
+    for _ in range(steps):
+        rates.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert all(0 <= r <= lr * (1 + 1e-9) for r in rates), rates
+    assert rates[-1] < lr / 1000  # the cycle ends annealed, whatever its length
+    if steps >= 10:  # long enough for a warm-up: it starts at OneCycleLR's lr / 25 and peaks
+        assert rates[0] == pytest.approx(lr / 25)
+        assert max(rates) > 0.9 * lr
+
+
+@pytest.mark.parametrize("steps", [1, 2, 9, 10, 11])
+def test_probe_trains_for_few_steps(steps):
+    rng = np.random.default_rng(steps)
+    frames = rng.integers(0, 256, (3, 4, 8, 8, 3), np.uint8)
+    states = rng.standard_normal((3, 4, 2)).astype(np.float32)
+    pr = probe.train_probe(frames, states, angular=(0,), steps=steps, batch_size=4, width=4,
+                           progress=False)
+    out = pr.states(frames)
+    assert out.shape == (3, 3, 2) and np.isfinite(out).all()

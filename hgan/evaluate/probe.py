@@ -128,6 +128,17 @@ def split_indices(n, holdout=0.2):
     return np.arange(n - n_test), np.arange(n - n_test, n)
 
 
+def lr_schedule(opt, lr, steps):
+    """The probe's one-cycle learning rate: a warm-up over the first tenth of `steps`, then a
+    cosine decay from `lr`."""
+    # OneCycleLR warms up from step 0 to step pct_start * steps - 1 and divides by that span,
+    # which is exactly zero for 10 steps at 10 % (ZeroDivisionError). 10 to 14 steps therefore
+    # warm up over half a step: step 0 runs at lr / 25, as 11 to 19 steps at 10 % already do.
+    # Fewer than 10 keep the negative span, i.e. no warm-up, which OneCycleLR handles.
+    pct_start = max(0.1, 1.5 / steps) if steps >= 10 else 0.1
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct_start)
+
+
 def train_probe(frames, states, *, angular=(), steps=600, batch_size=64, lr=2e-3, width=16, seed=0,
                 max_frames=100_000, progress=True, device="cpu"):
     """Fit a probe on uint8 frames [N, T, H, W, 3] and states [N, T, S] (the train split).
@@ -148,7 +159,7 @@ def train_probe(frames, states, *, angular=(), steps=600, batch_size=64, lr=2e-3
     gen = torch.Generator(device=device).manual_seed(seed)
     torch.manual_seed(seed)
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    sched = lr_schedule(opt, lr, steps)
     bar = tqdm(range(steps), desc="probe", disable=not progress, leave=False)
     for step in bar:
         i = torch.randint(0, n, (batch_size,), generator=gen, device=device)
