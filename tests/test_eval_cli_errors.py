@@ -89,6 +89,58 @@ def test_every_corrupt_data_file_is_one_error_line(flag, corrupt_h5, files, tmp_
     assert not (tmp_path / "e").exists()
 
 
+@pytest.fixture(scope="module")
+def damaged_chunks(tiny_pendulum_h5, tmp_path_factory):
+    """Factory: a copy of tiny_pendulum_h5 whose `name` chunks of every trajectory but the
+    first and last are overwritten on disk; the header, and so open_h5, stay intact."""
+    import shutil
+
+    import h5py
+    made = {}
+
+    def make(name):
+        if name not in made:
+            path = tmp_path_factory.mktemp(f"damaged_{name}") / "train.h5"
+            shutil.copy(tiny_pendulum_h5, path)
+            with h5py.File(path, "r") as f:
+                n = len(f[name])
+                chunks = [f[name].id.get_chunk_info_by_coord((i,) + (0,) * (f[name].ndim - 1))
+                          for i in range(1, n - 1)]
+            with open(path, "r+b") as raw:
+                for c in chunks:
+                    raw.seek(c.byte_offset)
+                    raw.write(b"\xff" * c.size)
+            made[name] = str(path)
+        return made[name]
+
+    return make
+
+
+@pytest.mark.parametrize("name, metric", [("frames", "physics"), ("frames", "samples"),
+                                          ("frames", "appearance"), ("frames", "fvd"),
+                                          ("states", "physics")])
+def test_damaged_chunks_in_a_valid_file_are_one_error_line(name, metric, damaged_chunks, files,
+                                                           tmp_path, capsys):
+    import h5py
+
+    from hgan.data import open_h5
+    from test_eval_cli import _StandIn
+    path = damaged_chunks(name)
+    open_h5(path).close()  # the damage is past what opening checks: only reading finds it
+    with h5py.File(path, "r") as f, pytest.raises(OSError):
+        f[name][1]
+    det = tmp_path / "i3d.pt"
+    torch.jit.script(_StandIn()).save(str(det))
+    out = tmp_path / "runs" / "eval"
+    argv = ["--checkpoint", files["ckpt"], "--out", str(out), "--data", path, "--metrics", metric,
+            "--i3d", str(det), "--fvd-videos", "4", "--frames", "10", *FAST]
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    _one_error_line(capsys, ["--data", path, "corrupt data"])
+    assert not (tmp_path / "runs").exists()  # found mid-evaluation, and still nothing left
+
+
 def test_the_module_entry_point_exits_2_with_one_line(files, tmp_path):
     res = subprocess.run([sys.executable, "-m", "hgan.evaluate", "--checkpoint",
                           str(tmp_path / "nope.pt"), "--out", str(tmp_path / "e")],

@@ -6,7 +6,8 @@
 
 --metrics defaults to all six. Bad input (a missing or corrupt file, a flag out of range,
 data of another system than the checkpoint's) stops before any work with one error line
-and exit code 2; --out is created only once the inputs are checked.
+and exit code 2; --out is created only once the inputs are checked. Damaged data inside an
+HDF5 file that opens stops the command the same way when it is read.
 
 results.json and report.md name files (checkpoint, data, figures, caches, and any absolute
 path in the run's config) relative to the --out directory, so they stay valid wherever the

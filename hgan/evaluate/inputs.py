@@ -2,8 +2,10 @@
 
 Each bad input (a missing or corrupt file, a flag out of range, data that does not belong to
 the checkpoint) becomes one `InputError` naming it, which the command line prints as
-`python -m hgan.evaluate: error: ...` with exit code 2. Errors raised by the metrics
-themselves are not caught: past these checks they are bugs, and keep their tracebacks.
+`python -m hgan.evaluate: error: ...` with exit code 2. The one input found later is a damaged
+chunk inside an HDF5 file that opens: its frames and states raise the same InputError when
+the metrics read them. Other errors raised by the metrics are not caught: past these checks
+they are bugs, and keep their tracebacks.
 """
 import argparse
 import os
@@ -72,13 +74,37 @@ def load_run(path, device):
     return generator, ckpt["config"], int(ckpt.get("iteration", -1))
 
 
+class _CheckedReads:
+    """An h5py dataset whose reads report a damaged chunk as an InputError naming the file.
+
+    open_h5 decompresses only the first and last trajectories, so damage elsewhere in a file
+    whose header is intact shows only when the evaluation reads it; checking every chunk up
+    front would read the whole file for metrics that use a fraction of it."""
+
+    def __init__(self, dataset, what, path):
+        self.dataset, self.what, self.path = dataset, what, path
+        self.shape, self.dtype = dataset.shape, dataset.dtype
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        try:
+            return self.dataset[key]
+        except (OSError, RuntimeError) as e:  # what h5py raises for a chunk it cannot inflate
+            raise InputError(f"{self.what}: {self.path}: truncated or corrupt data ({e})") from None
+
+
 def _open(path, what):
     from hgan.data import open_h5
     from hgan.data.h5io import DataFormatError
     try:
-        return open_h5(path)
+        ds = open_h5(path)
     except DataFormatError as e:
         raise InputError(f"{what}: {e}") from None
+    ds.frames = _CheckedReads(ds.frames, what, ds.path)
+    ds.states = _CheckedReads(ds.states, what, ds.path)
+    return ds
 
 
 def _run_system(args, config):
