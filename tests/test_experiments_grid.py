@@ -15,7 +15,7 @@ TINY = ["--device", "cpu", "--batch-size", "2", "--frames", "4", "--train-traj",
                         "--ckpt-every 1000 --num-workers 0 --loader torch --integrator reference",
         "--eval-metrics", "physics,appearance,cyclic,samples",
         "--eval-args", "--physics-videos 4 --probe-steps 5 --probe-width 4 --momenta-videos 4 "
-                       "--rollout-videos 2 --rollout-steps 4 --frames 4 --seeds 0"]
+                       "--rollout-videos 2 --rollout-steps 4 --seeds 0"]
 GRID = ["--systems", "pendulum,mass_spring", "--models", "hgan,mocogan"]
 
 
@@ -47,6 +47,7 @@ def test_tiny_grid_trains_evaluates_and_compares(grid):
         res = run.results()
         assert res["system"] == run.system and res["model"] == run.model
         assert res["appearance"]["num_generated"] == 4
+        assert res["physics"]["frames"] == 4  # the grid's --frames (its default, 16, > 8)
         log = open(run.path("train.log")).read()
         assert "-m hgan.train.pack --tagged" in log and f"run directory {run.dir}" in log
     text = open(os.path.join(out, "compare.md")).read()

@@ -51,6 +51,14 @@ def test_run_states_and_commands(tmp_path):
     assert not other.evaluated()
 
 
+@pytest.mark.parametrize("eval_args, frames", [((), 6), (("--frames", "12"), 12),
+                                               (("--frames=9",), 9)])
+def test_evaluation_clips_are_the_grids_frames_unless_eval_args_say(tmp_path, eval_args, frames):
+    from hgan.evaluate.cli import build_parser
+    run = _spec(tmp_path, frames=6, eval_args=eval_args).runs()[0]
+    assert build_parser().parse_args(run.eval_command()[3:]).frames == frames
+
+
 def test_resumed_runs_get_only_resumable_flags():
     args = ("--amp", "--log-every", "5", "--compile", "--ckpt-every=100", "--no-progress", "--ngf", "8")
     assert resumable_args(args) == ["--log-every", "5", "--ckpt-every=100", "--no-progress"]

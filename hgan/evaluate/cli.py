@@ -26,7 +26,8 @@ from hgan.evaluate import appearance, figures, fvd, inputs, probe, report, struc
 from hgan.cli_args import OneLineParser as _Parser, int_at_least
 from hgan.evaluate.inputs import ALL_METRICS, InputError
 
-__all__ = ["ALL_METRICS", "InputError", "compare", "evaluate", "main", "physics_metrics"]
+__all__ = ["ALL_METRICS", "InputError", "build_parser", "compare", "evaluate", "main",
+           "physics_metrics"]
 
 
 def portable_paths(results, out_dir):
@@ -275,6 +276,16 @@ def main(argv=None):
             return compare(p.parse_args(argv[1:]))
         except InputError as e:
             p.error(str(e))
+    p = build_parser()
+    args = p.parse_args(argv)
+    try:
+        return evaluate(args)
+    except InputError as e:
+        p.error(str(e))
+
+
+def build_parser():
+    """The parser of one checkpoint's evaluation (not of `compare`)."""
     positive = int_at_least(1)
     p = _Parser(prog="python -m hgan.evaluate", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -314,11 +325,7 @@ def main(argv=None):
     p.add_argument("--system", help="system name when no dataset is read (tsne/cyclic only; "
                    "default: the checkpoint's)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    args = p.parse_args(argv)
-    try:
-        return evaluate(args)
-    except InputError as e:
-        p.error(str(e))
+    return p
 
 
 def entry() -> int:

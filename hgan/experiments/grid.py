@@ -153,15 +153,21 @@ class Run:
                 "--data", os.path.join(spec.out, "data"), "--out", self.dir] + list(spec.train_args)
 
     def eval_command(self, python=sys.executable):
+        return [python, "-m", "hgan.evaluate"] + self.eval_flags()
+
+    def eval_flags(self, extra=True):
+        """hgan.evaluate's flags for this run; extra=False: without --eval-args."""
         spec = self.spec
-        cmd = [python, "-m", "hgan.evaluate", "--checkpoint", self.checkpoint,
-               "--out", self.path("eval"), "--metrics", ",".join(metric_list(spec)),
-               "--data", spec.data_path(self.system)]
+        # The clip length the generator was trained on. --eval-args come after it, so that a
+        # --frames of their own wins (argparse keeps a flag's last value).
+        flags = ["--checkpoint", self.checkpoint, "--out", self.path("eval"),
+                 "--metrics", ",".join(metric_list(spec)), "--data", spec.data_path(self.system),
+                 "--frames", str(spec.frames)]
         if spec.device != "auto":
-            cmd += ["--device", spec.device]
+            flags += ["--device", spec.device]
         if spec.i3d:
-            cmd += ["--i3d", spec.i3d]
-        return cmd + list(spec.eval_args)
+            flags += ["--i3d", spec.i3d]
+        return flags + (list(spec.eval_args) if extra else [])
 
 
 def metric_list(spec):
