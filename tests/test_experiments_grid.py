@@ -114,6 +114,29 @@ def test_a_grid_that_cannot_be_packed_is_one_clear_error(tmp_path, capsys, flags
     assert not os.listdir(tmp_path)
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--train-args", "--ngff 8"],
+     "--train-args: unrecognized arguments: --ngff 8 (see python train.py --help)"),
+    (["--train-args", "--lr -1"], "--train-args: --lr must be > 0, got -1.0"),
+    (["--eval-args", "--probe-stepz 5"], "--eval-args: unrecognized arguments: --probe-stepz 5"),
+    (["--eval-args", "--frames 1"], "--eval-args: argument --frames: expected an integer >= 2"),
+    (["--traj-frames", "8", "--frames", "4", "--eval-args", "--frames 9"],
+     "evaluation with --frames 9 is longer than the held-out trajectories (--traj-frames 8)"),
+    (["--frames", "4", "--i3d", __file__],
+     "evaluation with --frames 4: FVD's I3D (--i3d) needs at least 10"),
+    (["--resolution", "30"], "python train.py refuses the grid's own settings: unsupported "
+                             "resolution 30"),
+])
+def test_flags_no_run_could_take_are_one_error_before_any_job(tmp_path, capsys, flags, message):
+    out = tmp_path / "grid"
+    assert cli.main(["table1", "--out", str(out), "--systems", "pendulum", "--models", "hgan",
+                     "--device", "cpu"] + flags) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hgan.experiments: error: "), lines
+    assert message in lines[0]
+    assert not out.exists()  # no data generated, no run started
+
+
 def test_data_only_generates_the_datasets_and_nothing_else(tmp_path, capsys):
     out = str(tmp_path / "g")
     tiny = [a for a in TINY if a != "--no-progress"]

@@ -13,7 +13,7 @@ import time
 
 from hgan.cli_args import OneLineParser
 from hgan.experiments.grid import (MODELS, PAPER_SIZES, TABLE1_SYSTEMS, GridError, GridSpec,
-                                   check_device, split_args)
+                                   check_device, check_flags, split_args)
 
 
 class _Parser(OneLineParser):
@@ -146,6 +146,7 @@ def table1(a, argv):
     runner.check_ready(spec)
     if not a.report_only:
         check_device(spec.device)
+        check_flags(spec)
     os.makedirs(spec.out, exist_ok=True)
     t0 = time.time()
     meta = {"command": "python -m hgan.experiments " + shlex.join(argv), "commit": _commit(),

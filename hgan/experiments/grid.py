@@ -15,6 +15,8 @@ also when it was stopped by a signal) and ``checkpoints/last.pt``. So a grid sta
 skips finished runs, resumes interrupted ones from their checkpoint, and re-evaluates a run
 whose evaluation is older than its last checkpoint.
 """
+import contextlib
+import io
 import json
 import os
 import shlex
@@ -146,11 +148,17 @@ class Run:
             cmd = [python, script, "--resume", self.dir, "--iters", str(spec.iters),
                    "--device", spec.device]
             return cmd + resumable_args(spec.train_args)
-        return [python, script, "--system", self.system, "--model", self.model,
+        return [python, script] + self.train_flags()
+
+    def train_flags(self, extra=True):
+        """train.py's flags for this run started afresh; extra=False: without --train-args."""
+        spec = self.spec
+        return ["--system", self.system, "--model", self.model,
                 "--seed", str(self.seed), "--iters", str(spec.iters),
                 "--batch-size", str(spec.batch_size), "--frames", str(spec.frames),
                 "--resolution", str(spec.resolution), "--device", spec.device,
-                "--data", os.path.join(spec.out, "data"), "--out", self.dir] + list(spec.train_args)
+                "--data", os.path.join(spec.out, "data"), "--out", self.dir] + \
+            (list(spec.train_args) if extra else [])
 
     def eval_command(self, python=sys.executable):
         return [python, "-m", "hgan.evaluate"] + self.eval_flags()
@@ -207,6 +215,47 @@ def check_device(name):
         check(name)
     except ValueError as e:
         raise GridError(str(e)) from None
+
+
+def check_flags(spec):
+    """GridError unless train.py and hgan.evaluate take the flags the grid gives every run,
+    --train-args and --eval-args included, checked by their own parsers before any data is
+    generated: each job would otherwise fail on them alone, after the data."""
+    from hgan.evaluate import fvd
+    from hgan.evaluate.cli import build_parser as eval_parser
+    from hgan.train.config import parse_command_line
+    for run in {(r.system, r.model): r for r in spec.runs()}.values():
+        _parse(parse_command_line, run.train_flags, "--train-args", "python train.py")
+        args = _parse(eval_parser().parse_args, run.eval_flags, "--eval-args",
+                      "python -m hgan.evaluate")
+    if "fvd" in args.metrics and args.i3d and args.frames < fvd.MIN_FRAMES:
+        raise GridError(f"evaluation with --frames {args.frames}: FVD's I3D (--i3d) needs at "
+                        f"least {fvd.MIN_FRAMES}; pass --eval-args '--frames N'")
+    if args.frames > spec.traj_frames and not args.real:  # --real: not the grid's test.h5
+        raise GridError(f"evaluation with --frames {args.frames} is longer than the held-out "
+                        f"trajectories (--traj-frames {spec.traj_frames})")
+
+
+def _parse(parse, flags, what, command):
+    """parse(flags()) with `command`'s own parser; its one-line error becomes a GridError that
+    blames `what` (the user's extra flags) or, when the flags fail without them, the grid."""
+    def attempt(argv):
+        out, err = io.StringIO(), io.StringIO()
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                return parse(argv), None
+        except SystemExit as e:  # argparse has printed its reason, or the help (exit 0)
+            lines = err.getvalue().strip().splitlines()
+            if e.code == 0 or not lines:
+                return None, "-h/--help is not a flag of a run"
+            return None, lines[-1].split(": error: ", 1)[-1]
+
+    parsed, reason = attempt(flags())
+    if reason is None:
+        return parsed
+    if attempt(flags(extra=False))[1] is not None:
+        raise GridError(f"{command} refuses the grid's own settings: {reason}")
+    raise GridError(f"{what}: {reason} (see {command} --help)")
 
 
 def split_args(text):
