@@ -75,24 +75,26 @@ def load_run(path, device):
 
 
 class _CheckedReads:
-    """An h5py dataset whose reads report a damaged chunk as an InputError naming the file.
+    """A file's frames or states whose damaged chunks (DataFormatError, hgan.data.h5io) are
+    bad input here: an InputError naming the flag.
 
     open_h5 decompresses only the first and last trajectories, so damage elsewhere in a file
     whose header is intact shows only when the evaluation reads it; checking every chunk up
     front would read the whole file for metrics that use a fraction of it."""
 
-    def __init__(self, dataset, what, path):
-        self.dataset, self.what, self.path = dataset, what, path
+    def __init__(self, dataset, what):
+        self.dataset, self.what = dataset, what
         self.shape, self.dtype = dataset.shape, dataset.dtype
 
     def __len__(self):
         return len(self.dataset)
 
     def __getitem__(self, key):
+        from hgan.data.h5io import DataFormatError
         try:
             return self.dataset[key]
-        except (OSError, RuntimeError) as e:  # what h5py raises for a chunk it cannot inflate
-            raise InputError(f"{self.what}: {self.path}: truncated or corrupt data ({e})") from None
+        except DataFormatError as e:
+            raise InputError(f"{self.what}: {e}") from None
 
 
 def _open(path, what):
@@ -102,8 +104,8 @@ def _open(path, what):
         ds = open_h5(path)
     except DataFormatError as e:
         raise InputError(f"{what}: {e}") from None
-    ds.frames = _CheckedReads(ds.frames, what, ds.path)
-    ds.states = _CheckedReads(ds.states, what, ds.path)
+    ds.frames = _CheckedReads(ds.frames, what)
+    ds.states = _CheckedReads(ds.states, what)
     return ds
 
 
