@@ -135,3 +135,33 @@ def test_probe_trains_for_few_steps(steps):
                            progress=False)
     out = pr.states(frames)
     assert out.shape == (3, 3, 2) and np.isfinite(out).all()
+
+
+def test_the_probe_reads_only_the_frames_it_trains_on(pendulum, tmp_path):
+    # A paper-size train split is tens of GB: only the capped leading rows may be read, and
+    # never the held-out ones.
+    path, ds = pendulum
+    reads = []
+
+    class Recording:
+        def __init__(self, a):
+            self.a, self.shape = a, a.shape
+
+        def __len__(self):
+            return len(self.a)
+
+        def __getitem__(self, key):
+            reads.append(key)
+            return self.a[key]
+
+    train_rows = len(probe.split_indices(len(ds))[0])
+    max_frames = 10 * ds.frames.shape[1]   # 10 trajectories, fewer than the 96 of the split
+    pr = probe.load_or_train_probe(path, Recording(ds.frames), Recording(ds.states), cache=False,
+                                   angular=(0,), steps=2, batch_size=4, width=4,
+                                   max_frames=max_frames, progress=False)
+    assert isinstance(pr, probe.PhysicsProbe) and train_rows == 96
+    assert reads == [slice(None, 10), slice(None, 10)]
+    reads.clear()
+    probe.train_probe(Recording(ds.frames), Recording(ds.states), rows=3, steps=2, batch_size=4,
+                      width=4, progress=False)
+    assert reads == [slice(None, 3), slice(None, 3)]

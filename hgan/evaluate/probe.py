@@ -140,15 +140,18 @@ def lr_schedule(opt, lr, steps):
 
 
 def train_probe(frames, states, *, angular=(), steps=600, batch_size=64, lr=2e-3, width=16, seed=0,
-                max_frames=100_000, progress=True, device="cpu"):
-    """Fit a probe on uint8 frames [N, T, H, W, 3] and states [N, T, S] (the train split).
+                max_frames=100_000, progress=True, device="cpu", rows=None):
+    """Fit a probe on uint8 frames [N, T, H, W, 3] and states [N, T, S] (the train split: the
+    first `rows` trajectories, all if None; arrays or HDF5 datasets, read lazily).
 
     At most `max_frames` frames (about 300 MB at 32x32) are used: whole leading trajectories,
-    so the read from HDF5 is one contiguous slice. They move to `device` once, as uint8, and
-    every batch is drawn there: a GPU then never waits on host copies (copying each batch from
-    the CPU held the probe to a few steps per second)."""
+    so the read from HDF5 is one contiguous slice, and only that is read (a paper-size split
+    is tens of GB). They move to `device` once, as uint8, and every batch is drawn there: a
+    GPU then never waits on host copies (copying each batch from the CPU held the probe to a
+    few steps per second)."""
     device = torch.device(device)
-    n_use = max(1, min(len(frames), max_frames // frames.shape[1]))
+    rows = len(frames) if rows is None else min(rows, len(frames))
+    n_use = max(1, min(rows, max_frames // frames.shape[1]))
     frames = torch.from_numpy(np.asarray(frames[:n_use])).to(device)
     states = torch.from_numpy(np.asarray(states[:n_use], dtype=np.float32)).to(device)
     n, t, res = frames.shape[0], frames.shape[1], frames.shape[2]
@@ -199,7 +202,7 @@ def load_or_train_probe(data_path, frames, states, *, cache=True, device="cpu", 
             probe.load_state_dict(blob["state_dict"])
             return probe.to(device).eval()
     train_idx, _ = split_indices(len(frames))
-    probe = train_probe(frames[: len(train_idx)], states[: len(train_idx)], device=device, **train_kw)
+    probe = train_probe(frames, states, rows=len(train_idx), device=device, **train_kw)
     if cache:
         tmp = f"{path}.{os.getpid()}.tmp"
         torch.save({"key": key, "config": probe.config,
