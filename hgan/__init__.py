@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 def _map_kernels_from_source_tree():
     # pyproject maps the top-level kernels/ folder to hgan.kernels for installed copies.
-    # A source checkout (PYTHONPATH=., the marker: pyproject.toml beside hgan/) maps its own
+    # A source checkout (PYTHONPATH=., the marker: hgan's pyproject.toml beside hgan/) maps its own
     # kernels/ here, also when an editable install of another checkout would map that one's:
     # hgan from this tree with kernels from another would test the wrong kernels silently.
     if "hgan.kernels" in _sys.modules:
@@ -21,14 +21,24 @@ def _map_kernels_from_source_tree():
     top = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
     root = _os.path.join(top, "kernels")
     init = _os.path.join(root, "__init__.py")
-    in_checkout = _os.path.exists(init) and _os.path.exists(_os.path.join(top, "pyproject.toml"))
-    if not in_checkout:
+    if not (_os.path.exists(init) and _os.path.isdir(_os.path.join(root, "leapfrog"))
+            and _names_hgan(_os.path.join(top, "pyproject.toml"))):
         return  # an installed copy: its own mapping (or a real hgan/kernels) stands
     spec = _ilu.spec_from_file_location("hgan.kernels", init, submodule_search_locations=[root])
     module = _ilu.module_from_spec(spec)
     _sys.modules["hgan.kernels"] = module
     spec.loader.exec_module(module)
     globals()["kernels"] = module  # `import hgan.kernels; hgan.kernels.X`, as an import would
+
+
+
+def _names_hgan(pyproject):
+    # This project's pyproject.toml, not a stray one another package left in site-packages.
+    try:
+        with open(pyproject) as f:
+            return any(line.replace(" ", "").strip() == 'name="hgan"' for line in f)
+    except OSError:
+        return False
 
 
 _map_kernels_from_source_tree()

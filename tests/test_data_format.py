@@ -136,6 +136,13 @@ def test_corrupt_chunks_inside_a_valid_file_name_the_file_when_read(tmp_path, ca
             np.asarray(f.frames)
     with pytest.raises(SystemExit):
         main(["show", str(path), "--out", str(tmp_path / "s.png")])
+    # the first trajectory's chunk: open_h5's own probe finds it, and says so once
+    with open(path, "r+b") as f:
+        f.seek(chunks[0].byte_offset + chunks[0].size // 2)
+        f.write(bytes(16))
+    with pytest.raises(DataFormatError) as exc:
+        open_h5(path)
+    assert str(exc.value).count("truncated or corrupt") == 1, exc.value
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(
         f"hgan.data: error: {path}: truncated or corrupt data (dataset 'frames'"), err

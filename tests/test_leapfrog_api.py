@@ -186,10 +186,15 @@ def test_a_source_checkout_imports_its_own_kernels(tmp_path):
     import hgan
     src = os.path.dirname(os.path.abspath(hgan.__file__))
     shutil.copytree(src, tmp_path / "hgan", ignore=shutil.ignore_patterns("__pycache__"))
-    (tmp_path / "pyproject.toml").write_text("")
-    (tmp_path / "kernels").mkdir()
+    (tmp_path / "kernels" / "leapfrog").mkdir(parents=True)
     (tmp_path / "kernels" / "__init__.py").write_text("WHICH = 'the checkout on PYTHONPATH'\n")
-    code = "import hgan.kernels; print(hgan.kernels.WHICH)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
-    assert out.stdout.strip() == "the checkout on PYTHONPATH", out.stderr
+    code = "import hgan.kernels; print(getattr(hgan.kernels, 'WHICH', 'the installed one'))"
+
+    def which():
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+        return out.stdout.strip() or out.stderr
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "other"\n')
+    assert which() == "the installed one"      # another project's pyproject: not a checkout
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "hgan"\n')
+    assert which() == "the checkout on PYTHONPATH"

@@ -253,7 +253,8 @@ def test_a_resumed_run_trains_on_the_data_it_started_with(data_root, tmp_path, c
     assert code == 0, err
     assert json.loads((out / "config.json").read_text())["data"] == data_root
     assert load_checkpoint(str(out))["dataset"] == {
-        "path": os.path.join(data_root, "pendulum", "train.h5"), "trajectories": 24, "frames": 40}
+        "path": os.path.join(data_root, "pendulum", "train.h5"), "trajectories": 24, "frames": 40,
+        "system": "pendulum", "resolution": 32, "seed": 0}
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -265,7 +266,8 @@ def test_a_resumed_run_trains_on_the_data_it_started_with(data_root, tmp_path, c
     os.rename(data_root, moved)
     code, _, err = call(["--resume", str(out), "--iters", "3"], capsys)
     assert_one_error_line(code, err, "is missing and generating it would not give back the "
-                          "run's data", "(24 trajectories of 40 frames)", "point --data at")
+                          "run's data", "(24 trajectories of 40 frames, system pendulum, "
+                          "resolution 32, seed 0)", "point --data at")
     assert not os.path.exists(data_root)
     code, _, err = call(["--resume", str(out), "--iters", "3", "--data", str(moved)], capsys)
     assert code == 0, err
@@ -275,5 +277,21 @@ def test_a_resumed_run_trains_on_the_data_it_started_with(data_root, tmp_path, c
                      resolution=32, progress=False)
     code, _, err = call(["--resume", str(out), "--iters", "4", "--data", str(tmp_path / "other")],
                         capsys)
-    assert_one_error_line(code, err, "has 12 trajectories of 40 frames, but the run trained on")
+    assert_one_error_line(code, err, "has 12 trajectories of 40 frames, system pendulum", "but the run "
+                          "trained on")
+    # the same counts, drawn with another seed: not the run's data either
+    generate_dataset("pendulum", tmp_path / "reseeded", train=24, test=0, frames=40, seed=1,
+                     resolution=32, progress=False)
+    code, _, err = call(["--resume", str(out), "--iters", "4", "--data",
+                         str(tmp_path / "reseeded")], capsys)
+    assert_one_error_line(code, err, "24 trajectories of 40 frames, system pendulum, "
+                          "resolution 32, seed 1, but the run trained on")
     assert load_checkpoint(str(out))["iteration"] == 3
+    # The Python API's resume (no command line): the checkpoint's data, not the default ./data
+    from hgan.train.config import RunConfig
+    from hgan.train.run import resume_config
+    ckpt = load_checkpoint(str(out))
+    assert resume_config(ckpt, RunConfig(iters=9), str(out / "checkpoints" / "last.pt")).data \
+        == str(moved)
+    assert resume_config(ckpt, RunConfig(iters=9, data="/x"),
+                         str(out / "checkpoints" / "last.pt")).data == "/x"

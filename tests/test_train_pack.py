@@ -157,6 +157,30 @@ def test_a_run_stopped_before_its_setup_does_not_start(data_root, tmp_path, monk
     assert not os.path.exists(tmp_path / "late")
 
 
+def test_a_run_kept_from_starting_by_another_runs_failed_capture_exits_75(data_root, tmp_path,
+                                                                        monkeypatch):
+    from hgan.train import capture as hcapture
+
+    class Flag:
+        signum = None
+    router, codes = pack._Router(io.StringIO(), tagged=False), {}
+    monkeypatch.setattr(sys, "stdout", router)
+    hcapture.CAPTURE_FAILED.set()
+    try:
+        pack._train_one(0, flags(data_root, tmp_path / "late"), pack.SharedStop(Flag()), router,
+                        codes)
+    finally:
+        hcapture.CAPTURE_FAILED.clear()
+    assert codes == {0: pack.PEER_FAILED_CODE}
+    assert f"[0] [hgan] {pack.PEER_FAILED} before this run was set up: not started" in \
+        router.out.getvalue()
+    # the process's exit code is the cause's, not its consequences'
+    assert pack.process_code({0: 75, 1: 1, 2: 75}, 3) == 1
+    assert pack.process_code({0: 0, 1: 75}, 2) == 75
+    assert pack.process_code({0: 0, 1: 0}, 2) == 0
+    assert pack.process_code({0: 0}, 2) == 1   # a run that never reported: a crash
+
+
 def test_command_line_errors():
     with pytest.raises(ValueError, match="expected '--' before"):
         pack.split_runs(["--system", "pendulum"])

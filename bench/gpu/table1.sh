@@ -107,10 +107,22 @@ data_status=${PIPESTATUS[0]}
 # integrator for them (its disk cache) before the training clock starts: compiled inside
 # the grid, the first run would compile while holding the pack's capture lock (about a
 # minute of ptxas on a fresh machine), and 15 separate processes would all compile at once.
+# Its own small dataset, never the grid's (a dataset of other sizes there would stop the
+# grid); the grid's batch, frames and resolution, which the kernels are compiled for.
 if [ "$DEVICE" != cpu ]; then
+  shape=()
+  set -- $GRID_ARGS
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --batch-size|--frames|--resolution) shape+=("$1" "${2:-}"); shift 2 || shift ;;
+      --batch-size=*|--frames=*|--resolution=*) shape+=("$1"); shift ;;
+      *) shift ;;
+    esac
+  done
   rm -rf /tmp/hgan-warm
   timeout -k 5 150 $PY train.py --system "${SYSTEMS%%,*}" --model hgan --iters 2 --device "$DEVICE" \
-      --data "$GRID/data" --out /tmp/hgan-warm --no-progress $TRAIN_ARGS > /tmp/hgan-warm.log 2>&1
+      --data /tmp/hgan-warm/data --gen-train 32 --gen-test 8 --out /tmp/hgan-warm/run \
+      --no-progress ${shape[@]+"${shape[@]}"} $TRAIN_ARGS > /tmp/hgan-warm.log 2>&1
   echo "kernel warm-up (train.py, 2 iterations at the grid's shapes): exit $? at $SECONDS s" \
       | tee -a "$OUT/grid.log"
 fi

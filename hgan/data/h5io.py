@@ -161,6 +161,8 @@ class ToyPhysicsFile:
                 self.frames[i, :1]
                 self.frames[i, -1:]
                 self.states[i]
+        except DataFormatError:  # _Checked's, naming the file already
+            raise
         except (OSError, RuntimeError, ValueError) as e:
             raise DataFormatError(f"{self.path}: truncated or corrupt data ({e})") from None
 

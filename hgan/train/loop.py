@@ -90,7 +90,7 @@ def amp_policy(device: torch.device, enabled: bool, dtype: str = "auto"):
 def ensure_dataset(cfg: RunConfig, info: hdist.DistInfo):
     """Generate the dataset when missing (main rank), then check that it fits cfg: ValueError
     (hgan.data.h5io.DataFormatError for a broken file) naming the mismatch."""
-    _check_data_root(cfg)
+    check_data_root(cfg)
     if not os.path.exists(cfg.data_path):
         if cfg.gen_frames < cfg.frames:
             raise ValueError(f"--gen-frames ({cfg.gen_frames}) must be >= --frames ({cfg.frames}) "
@@ -102,7 +102,7 @@ def ensure_dataset(cfg: RunConfig, info: hdist.DistInfo):
     check_dataset(cfg)
 
 
-def _check_data_root(cfg: RunConfig):
+def check_data_root(cfg: RunConfig):
     """--data names the root above <system>/train.h5; the file itself, or the system's own
     folder, would have a dataset generated beside the one meant (or fail half-way)."""
     d = cfg.data
@@ -155,13 +155,23 @@ def check_dataset(cfg: RunConfig):
                          f"--frames {cfg.frames}: use --frames {frames} or less, or {redo}")
 
 
+# What of a dataset identifies it for a resume, besides its path (the file's attributes).
+_IDENTITY = ("system", "resolution", "seed")
+
+
 def dataset_identity(path: str) -> dict:
     """What a checkpoint remembers of its training set, so that a resume can tell whether the
     file it finds (moved, regenerated) is the one the run trained on."""
     from hgan.data.h5io import open_h5
     with open_h5(path) as f:
         n, frames = (int(x) for x in f.frames.shape[:2])
-    return {"path": os.path.abspath(path), "trajectories": n, "frames": frames}
+        attrs = {k: f.attrs.get(k) for k in _IDENTITY}
+    return {"path": os.path.abspath(path), "trajectories": n, "frames": frames, **attrs}
+
+
+def _describe(ident):
+    return (f"{ident['trajectories']} trajectories of {ident['frames']} frames"
+            + "".join(f", {k} {ident[k]}" for k in _IDENTITY if ident.get(k) is not None))
 
 
 def check_resumed_dataset(saved: dict | None, cfg: RunConfig, generating: bool = False):
@@ -170,17 +180,19 @@ def check_resumed_dataset(saved: dict | None, cfg: RunConfig, generating: bool =
     generating: the file is missing and would be generated from the --gen-* flags."""
     if not saved:
         return
-    had = (f"the run trained on {saved['path']} ({saved['trajectories']} trajectories of "
-           f"{saved['frames']} frames)")
+    had = f"the run trained on {saved['path']} ({_describe(saved)})"
+    keys = ("trajectories", "frames") + _IDENTITY
     if generating:
-        if (cfg.gen_train, cfg.gen_frames) != (saved["trajectories"], saved["frames"]):
+        would = {"trajectories": cfg.gen_train, "frames": cfg.gen_frames, "system": cfg.system,
+                 "resolution": cfg.model.resolution, "seed": cfg.seed}
+        if any(saved.get(k) is not None and saved[k] != would[k] for k in keys):
             raise ValueError(f"{cfg.data_path} is missing and generating it would not give "
                              f"back the run's data: {had}; point --data at that dataset's root")
         return
     now = dataset_identity(cfg.data_path)
-    if (now["trajectories"], now["frames"]) != (saved["trajectories"], saved["frames"]):
-        raise ValueError(f"{cfg.data_path} has {now['trajectories']} trajectories of "
-                         f"{now['frames']} frames, but {had}; point --data at that dataset's root")
+    if any(saved.get(k) is not None and saved[k] != now[k] for k in keys):
+        raise ValueError(f"{cfg.data_path} has {_describe(now)}, but {had}; point --data at "
+                         f"that dataset's root")
 
 
 class Trainer:

@@ -33,8 +33,8 @@ Each run computes what it would alone (tests/test_train_pack.py compares the wei
   ends every run of the process.
 
 Each run's exit code is `train.py`'s, or PEER_FAILED_CODE (75) for a run that another run's
-failed capture stopped (checkpoint saved, resumable); the process's is the first non-zero one
-(0 if none).
+failed capture stopped (checkpoint saved, resumable) or kept from starting; the process's is
+the first non-zero one other than 75, else 75, else 0.
 Output: each run's lines, prefixed with its index. With `--tagged` (the grid's runner) every
 piece of a run's output, tqdm's carriage-return updates included, is one line
 "\\x1e<index><n|r><text>" (n: the piece ended in a newline, r: in a carriage return), and a
@@ -243,9 +243,14 @@ def _train_one(i, argv, stop, router, codes):
         with torch.cuda.stream(torch.cuda.Stream(device)) if device.type == "cuda" else nullcontext():
             with CAPTURE_LOCK:
                 if stop.signum is not None:  # stopped while waiting for its turn
-                    print(f"[hgan] {signal.Signals(stop.signum).name} before this run was set "
-                          f"up: not started", flush=True)
-                    code = 128 + stop.signum
+                    if stop.peer_failed:
+                        print(f"[hgan] {PEER_FAILED} before this run was set up: not started",
+                              flush=True)
+                        code = PEER_FAILED_CODE
+                    else:
+                        print(f"[hgan] {signal.Signals(stop.signum).name} before this run was "
+                              f"set up: not started", flush=True)
+                        code = 128 + stop.signum
                     return
                 try:
                     setup = prepare(cfg, resume=resume, given=given, check=refuse)
@@ -409,8 +414,16 @@ def main(argv=None) -> int:
         router.close_pending()
         (sys.stdout, sys.stderr, tqdm.monitor_interval, loader.WORKER_START_METHOD,
          warnings.showwarning) = saved
-    bad = [codes.get(i, 1) for i in range(len(runs)) if codes.get(i, 1) != 0]
-    return bad[0] if bad else 0
+    return process_code(codes, len(runs))
+
+
+def process_code(codes, n_runs):
+    """The packed process's exit code from its runs' ({index: code}; a run missing crashed):
+    the first non-zero one other than PEER_FAILED_CODE (the cause before its consequences:
+    a failed capture's 1 before the others' 75), else 75, else 0."""
+    bad = [codes.get(i, 1) for i in range(n_runs) if codes.get(i, 1) != 0]
+    cause = [c for c in bad if c != PEER_FAILED_CODE]
+    return (cause or bad or [0])[0]
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ from hgan.train import capture as hcapture
 from hgan.train import dist as hdist
 from hgan.train.checkpoint import load_checkpoint
 from hgan.train.config import RunConfig, resumable_fields
-from hgan.train.loop import (NonFiniteLoss, Trainer, check_resumed_dataset, dataset_identity,
-                             ensure_dataset, resolve_device)
+from hgan.train.loop import (NonFiniteLoss, Trainer, check_data_root, check_resumed_dataset,
+                             dataset_identity, ensure_dataset, resolve_device)
 from hgan.train.media import save_samples, strip
 from hgan.train.profiling import stage, step_profiler
 
@@ -41,6 +41,8 @@ def resume_config(ckpt: dict, cli: RunConfig, ckpt_path: str,
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(ckpt_path)))
     if given is None:
         given = {name: getattr(cli, name) for name in RESUMABLE_OVERRIDES}
+        if cli.data == RunConfig.data:  # the default, not a place given: the run's own data
+            del given["data"]
     changes = {}
     for name, value in given.items():
         if name in RESUMABLE_OVERRIDES:
@@ -121,6 +123,7 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=N
     if check is not None:
         check(cfg)
     saved_data = ckpt.get("dataset") if ckpt is not None else None
+    check_data_root(cfg)
     check_resumed_dataset(saved_data, cfg, generating=not os.path.exists(cfg.data_path))
     info = hdist.init_distributed(resolve_device(cfg.device, hdist.DistInfo()).type)
     ensure_dataset(cfg, info)
