@@ -109,16 +109,18 @@ data_status=${PIPESTATUS[0]}
 # minute of ptxas on a fresh machine), and 15 separate processes would all compile at once.
 # Its own small dataset, never the grid's (a dataset of other sizes there would stop the
 # grid); the grid's batch, frames and resolution, which the kernels are compiled for.
+shape=() frames=()  # the grid's shape flags in GRID_ARGS; its --frames also for eval-one below
+set -- $GRID_ARGS
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --batch-size|--frames|--resolution)
+      shape+=("$1" "${2:-}"); [ "$1" = --frames ] && frames=("$1" "${2:-}"); shift 2 || shift ;;
+    --batch-size=*|--frames=*|--resolution=*)
+      shape+=("$1"); case "$1" in --frames=*) frames=("$1") ;; esac; shift ;;
+    *) shift ;;
+  esac
+done
 if [ "$DEVICE" != cpu ]; then
-  shape=()
-  set -- $GRID_ARGS
-  while [ $# -gt 0 ]; do
-    case "$1" in
-      --batch-size|--frames|--resolution) shape+=("$1" "${2:-}"); shift 2 || shift ;;
-      --batch-size=*|--frames=*|--resolution=*) shape+=("$1"); shift ;;
-      *) shift ;;
-    esac
-  done
   rm -rf /tmp/hgan-warm
   timeout -k 5 150 $PY train.py --system "${SYSTEMS%%,*}" --model hgan --iters 2 --device "$DEVICE" \
       --data /tmp/hgan-warm/data --gen-train 32 --gen-test 8 --out /tmp/hgan-warm/run \
@@ -153,7 +155,7 @@ if [ -f "$one/checkpoints/last.pt" ] && [ $((LIMIT - SECONDS)) -gt 100 ]; then
   rm -rf /tmp/eval-one && mkdir -p /tmp/eval-one/data && cp "$GRID"/data/pendulum/{train,test}.h5 /tmp/eval-one/data/
   t0=$(date +%s%N)
   timeout 90 $PY -m hgan.evaluate --checkpoint "$one/checkpoints/last.pt" --out /tmp/eval-one/out \
-      --data /tmp/eval-one/data/train.h5 --device "$DEVICE" \
+      --data /tmp/eval-one/data/train.h5 --device "$DEVICE" ${frames[@]+"${frames[@]}"} \
       --metrics physics,appearance,cyclic,samples,tsne $EVAL_ARGS > "$OUT/eval-one.log" 2>&1
   rc=$?
   echo "evaluation of $one alone (probe trained from scratch): exit $rc," \
