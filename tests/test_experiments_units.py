@@ -131,3 +131,15 @@ def test_checks_state_the_claims_from_the_numbers(tmp_path):
     assert "| pendulum | hgan | 0 | 1 of 10 | 1 | 0.02 | holds |" in text
     assert "| mass_spring | hgan | 0 | 3 of 10 | 1 | 0.02 | n/a |" in text
     assert "*real held-out videos (probe noise floor)* | 0.01 (0.008)" in text
+
+
+def test_extra_flags_may_be_one_flag_starting_with_a_dash():
+    # argparse alone: "--train-args: expected one argument" for a lone '--amp'
+    from hgan.experiments import cli
+    argv = ["table1", "--out", "g", "--train-args", "--amp", "--eval-args", "--frames=9",
+            "--iters", "3"]
+    a = cli.build_parser().parse_args(cli._attach_flag_strings(argv))
+    assert (a.train_args, a.eval_args, a.iters) == ("--amp", "--frames=9", 3)
+    a = cli.build_parser().parse_args(cli._attach_flag_strings(
+        ["table1", "--out", "g", "--train-args", "--amp --compile"]))
+    assert a.train_args == "--amp --compile"

@@ -231,9 +231,23 @@ def export(grid_dir, dest):
     return copied
 
 
+def _attach_flag_strings(argv):
+    """`--train-args '--amp'` as `--train-args=--amp`: argparse takes a lone value that starts
+    with '-' and has no space for a flag of its own ("expected one argument")."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] in ("--train-args", "--eval-args") and i + 1 < len(argv):
+            out.append(f"{argv[i]}={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    a = build_parser().parse_args(argv)
+    a = build_parser().parse_args(_attach_flag_strings(argv))
     try:
         if a.cmd == "export":
             n = len(export(a.grid_dir, a.to))
