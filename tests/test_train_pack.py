@@ -157,20 +157,30 @@ def test_a_run_stopped_before_its_setup_does_not_start(data_root, tmp_path, monk
     assert not os.path.exists(tmp_path / "late")
 
 
-def test_a_run_kept_from_starting_by_another_runs_failed_capture_exits_75(data_root, tmp_path,
-                                                                        monkeypatch):
+@pytest.fixture
+def in_this_thread():
+    """(router, codes, stop) to call pack._train_one here (sys.stdout: the router, set in the
+    test: pytest's capture resets it after fixtures); no signal; capture_failed() to fail."""
     from hgan.train import capture as hcapture
 
     class Flag:
         signum = None
-    router, codes = pack._Router(io.StringIO(), tagged=False), {}
-    monkeypatch.setattr(sys, "stdout", router)
+    yield pack._Router(io.StringIO(), tagged=False), {}, pack.SharedStop(Flag())
+    hcapture.CAPTURE_FAILED.clear()
+
+
+def capture_failed():
+    from hgan.train import capture as hcapture
     hcapture.CAPTURE_FAILED.set()
-    try:
-        pack._train_one(0, flags(data_root, tmp_path / "late"), pack.SharedStop(Flag()), router,
-                        codes)
-    finally:
-        hcapture.CAPTURE_FAILED.clear()
+
+
+def test_a_run_kept_from_starting_by_another_runs_failed_capture_exits_75(data_root, tmp_path,
+                                                                        in_this_thread,
+                                                                        monkeypatch):
+    router, codes, stop = in_this_thread
+    monkeypatch.setattr(sys, "stdout", router)
+    capture_failed()
+    pack._train_one(0, flags(data_root, tmp_path / "late"), stop, router, codes)
     assert codes == {0: pack.PEER_FAILED_CODE}
     assert f"[0] [hgan] {pack.PEER_FAILED} before this run was set up: not started" in \
         router.out.getvalue()
@@ -291,29 +301,25 @@ def test_a_failed_capture_anywhere_stops_every_packed_run(data_root, tmp_path):
 
 
 def test_a_run_stopped_by_another_runs_failed_capture_exits_75_and_resumes(data_root, tmp_path,
-                                                                           monkeypatch):
+                                                                           monkeypatch,
+                                                                           in_this_thread):
     # Not "done": the grid must not evaluate it as finished (hgan.experiments.runner).
     from hgan.experiments import runner
-    from hgan.train import capture as hcapture
     from hgan.train import run as hrun
-
-    class Flag:
-        signum = None
-    router, codes = pack._Router(io.StringIO(), tagged=False), {}
+    router, codes, stop = in_this_thread
     monkeypatch.setattr(sys, "stdout", router)
     real_run = hrun.run
 
     def fail_after_two(setup, stop=None, callback=None):
         def cb(trainer):  # another run's capture fails while this one trains
             if trainer.iteration == 2:
-                hcapture.CAPTURE_FAILED.set()
+                capture_failed()
         return real_run(setup, stop=stop, callback=cb)
     monkeypatch.setattr(hrun, "run", fail_after_two)
-    try:
-        pack._train_one(0, flags(data_root, tmp_path / "r", iters=6), pack.SharedStop(Flag()),
-                        router, codes)
-    finally:
-        hcapture.CAPTURE_FAILED.clear()
+    pack._train_one(0, flags(data_root, tmp_path / "r", iters=6), stop, router, codes)
+    from hgan.train import capture as hcapture
+    hcapture.CAPTURE_FAILED.clear()   # a new process, for the resume below
+    monkeypatch.setattr(hrun, "run", real_run)
     assert codes == {0: pack.PEER_FAILED_CODE} and runner.PEER_FAILED_CODE == pack.PEER_FAILED_CODE
     assert weights(tmp_path / "r")[0] == 2
     assert f"[0] [hgan] {pack.PEER_FAILED}: checkpoint saved at iteration 2" in router.out.getvalue()
