@@ -174,22 +174,22 @@ def _describe(ident):
             + "".join(f", {k} {ident[k]}" for k in _IDENTITY if ident.get(k) is not None))
 
 
-def check_resumed_dataset(saved: dict | None, cfg: RunConfig, generating: bool = False):
+def check_resumed_dataset(saved: dict | None, cfg: RunConfig, now: dict | None = None):
     """ValueError when a resumed run would train on another dataset than its checkpoint's
     (`saved`: dataset_identity at the time; None for checkpoints from before it was kept).
-    generating: the file is missing and would be generated from the --gen-* flags."""
+    now: the dataset_identity of the file found; None: the file is missing, and would be
+    generated from the --gen-* flags."""
     if not saved:
         return
     had = f"the run trained on {saved['path']} ({_describe(saved)})"
     keys = ("trajectories", "frames") + _IDENTITY
-    if generating:
+    if now is None:
         would = {"trajectories": cfg.gen_train, "frames": cfg.gen_frames, "system": cfg.system,
                  "resolution": cfg.model.resolution, "seed": cfg.seed}
         if any(saved.get(k) is not None and saved[k] != would[k] for k in keys):
             raise ValueError(f"{cfg.data_path} is missing and generating it would not give "
                              f"back the run's data: {had}; point --data at that dataset's root")
         return
-    now = dataset_identity(cfg.data_path)
     if any(saved.get(k) is not None and saved[k] != now[k] for k in keys):
         raise ValueError(f"{cfg.data_path} has {_describe(now)}, but {had}; point --data at "
                          f"that dataset's root")

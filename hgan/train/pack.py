@@ -345,8 +345,8 @@ def _generate_missing(runs):
                         else resume)
                 ckpt = load_checkpoint(path)
                 cfg = resume_config(ckpt, cfg, path, given)
-                if not os.path.exists(cfg.data_path):  # not data the run never trained on
-                    check_resumed_dataset(ckpt.get("dataset"), cfg, generating=True)
+                if not os.path.exists(cfg.data_path):  # generate only what gives back its data
+                    check_resumed_dataset(ckpt.get("dataset"), cfg)
         except (SystemExit, Exception):
             continue
         if cfg.data_path in done or os.path.exists(cfg.data_path):

@@ -124,12 +124,14 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=N
         check(cfg)
     saved_data = ckpt.get("dataset") if ckpt is not None else None
     check_data_root(cfg)
-    check_resumed_dataset(saved_data, cfg, generating=not os.path.exists(cfg.data_path))
+    if not os.path.exists(cfg.data_path):  # before generating what would not be the run's data
+        check_resumed_dataset(saved_data, cfg)
     info = hdist.init_distributed(resolve_device(cfg.device, hdist.DistInfo()).type)
     ensure_dataset(cfg, info)
-    check_resumed_dataset(saved_data, cfg)
+    dataset = dataset_identity(cfg.data_path)
+    check_resumed_dataset(saved_data, cfg, now=dataset)
     trainer = Trainer(cfg, info)
-    trainer.dataset = dataset_identity(cfg.data_path)
+    trainer.dataset = dataset
     _check_integrator(trainer)
     if ckpt is not None:
         trainer.load_state_dict(ckpt)
