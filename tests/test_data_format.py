@@ -130,6 +130,8 @@ def test_corrupt_chunks_inside_a_valid_file_name_the_file_when_read(tmp_path, ca
         f.write(bytes(16))
     with open_h5(path) as f:
         assert f.frames[0].shape == (12, 32, 32, 3)      # the intact ones still read
+        with pytest.raises(DataFormatError, match="dataset 'frames', trajectory 2: "):
+            f.frames[2, 3:9]
         with pytest.raises(DataFormatError, match=f"{path}: truncated or corrupt data \\(dataset 'frames'"):
             f.frames[:]
         with pytest.raises(DataFormatError):

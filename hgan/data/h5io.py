@@ -195,8 +195,11 @@ class _Checked:
         try:
             return self._ds[key]
         except (OSError, RuntimeError) as e:
+            first = key[0] if isinstance(key, tuple) and key else key
+            where = (f", trajectory {int(first)}" if isinstance(first, (int, np.integer))
+                     else "")
             raise DataFormatError(f"{self._path}: truncated or corrupt data (dataset "
-                                  f"{self._name!r}: {e})") from None
+                                  f"{self._name!r}{where}: {e})") from None
 
     def __array__(self, dtype=None, copy=None):
         a = self[()]
