@@ -151,6 +151,34 @@ def test_active_momenta_oracle(tmp_path, data_copy):
     np.testing.assert_allclose(am["mean_abs_dpdt"], rate, rtol=0.2, atol=1e-3)
 
 
+def test_active_momenta_count_what_the_hamiltonian_uses(tmp_path, data_copy):
+    # H made independent of q_1 and q_2 (their columns of the first layer zeroed): dp_1/dt and
+    # dp_2/dt are exactly 0, so one dimension is active; a flat H (all of q ignored) has none.
+    _, g = _checkpoint(tmp_path, "hgan", data_copy, iteration=0)
+    w = g.motion_module.hamiltonian.layers[0].weight
+    k = g.motion_module.k
+    with torch.no_grad():
+        w[:, 1:k] = 0
+        w[:, 0] *= 10
+    am = structure.active_momenta(g, n=8, frames=5, seed=2)
+    assert am["mean_abs_dpdt"][1:] == [0.0] * (k - 1) and am["active_dims"] == 1
+    with torch.no_grad():
+        w[:, :k] = 0
+    am = structure.active_momenta(g, n=8, frames=5, seed=2)
+    assert am["mean_abs_dpdt"] == [0.0] * k and am["active_dims"] == 0   # not "1 of k"
+
+
+def test_active_count_needs_the_floor_and_finite_rates():
+    count = structure.count_active
+    assert count([1e-9, 1e-10, 0.0], p_spread=1.0, duration=0.75)["active_dims"] == 0
+    assert count([0.5, 0.01, 0.2], p_spread=1.0, duration=0.75)["active_dims"] == 2
+    assert count([0.5, 0.01, 0.2], p_spread=1.0, duration=0.75)["threshold"] == 0.05
+    assert count([0.02, 0.001, 0.0], p_spread=1.0, duration=0.75)["active_dims"] == 1  # floor 0.0133
+    nan = count([float("nan"), 0.3, 0.1], p_spread=1.0, duration=0.75)
+    assert nan["active_dims"] is None and "non-finite" in nan["note"]
+    assert structure.active_text({"k": 3, **nan}).startswith("not counted (non-finite")
+
+
 def test_compare_table_carries_iterations(tmp_path, capsys):
     def run(name, model, system, it, drift):
         d = tmp_path / name / "eval"

@@ -133,6 +133,20 @@ def test_checks_state_the_claims_from_the_numbers(tmp_path):
     assert "*real held-out videos (probe noise floor)* | 0.01 (0.008)" in text
 
 
+def test_a_count_not_made_is_no_verdict(tmp_path):
+    spec = _spec(tmp_path, systems=("pendulum",), models=("hgan",), iters=100,
+                 eval_metrics="physics,cyclic,appearance")
+    run, = spec.runs()
+    _fake_run(run, 100, results_iter=100)
+    res = _results(0.05, None)
+    res["cyclic"]["active_momenta"] = {"active_dims": None, "k": 10, "threshold": None,
+                                       "note": "non-finite dp/dt or momenta"}
+    with open(run.path("eval", "results.json"), "w") as f:
+        json.dump(res, f)
+    text = "\n".join(table.checks_section(spec, table.collect(spec)))
+    assert "| pendulum | hgan | 0 | not counted (non-finite dp/dt or momenta) | 1 | n/a | n/a |" in text
+
+
 def test_extra_flags_may_be_one_flag_starting_with_a_dash():
     # argparse alone: "--train-args: expected one argument" for a lone '--amp'
     from hgan.experiments import cli

@@ -212,9 +212,10 @@ def _evaluate(args, run):
         er = structure.energy_rollouts(generator, n=args.rollout_videos, steps=args.rollout_steps)
         results["cyclic"] = {"active_momenta": am, "energy_rollout": er and er["summary"]}
         if am is not None:
-            results["figures"]["active_momenta"] = figures.plot_active_momenta(
-                am["mean_abs_dpdt"], am["threshold"], fig(f"momenta_{model}.png"),
-                title=f"{model}: {am['active_dims']} active of {am['k']}")
+            if am["active_dims"] is not None:
+                results["figures"]["active_momenta"] = figures.plot_active_momenta(
+                    am["mean_abs_dpdt"], am["threshold"], fig(f"momenta_{model}.png"),
+                    title=f"{model}: {am['active_dims']} active of {am['k']}")
             results["figures"]["energy_rollout"] = figures.plot_energy_rollout(
                 er["steps"], er["forward"], er["backward"], fig(f"energy_{model}.png"),
                 title=f"{model}: learned H along {args.rollout_steps}-step rollouts")

@@ -2,6 +2,8 @@
 import json
 import os
 
+from hgan.evaluate import structure
+
 
 def _fmt(x, digits=4):
     if x is None:
@@ -63,8 +65,12 @@ def checkpoint_report(results):
             lines += ["No Hamiltonian in this motion module (GRU): not applicable.", ""]
         else:
             am, er = cyc["active_momenta"], cyc["energy_rollout"]
-            lines += [f"Active momentum dimensions (mean |dp_i/dt| above {am['threshold']:.3g}, "
-                      f"i.e. 10% of the largest): **{am['active_dims']} of {am['k']}**.", "",
+            above = ("" if am["threshold"] is None else
+                     f" above {am['threshold']:.3g}, the larger of 10% of the largest and "
+                     f"{am['floor']:.3g}, the rate that moves a momentum by 1% of the momenta's "
+                     f"spread over the rollout")
+            lines += [f"Active momentum dimensions (mean |dp_i/dt|{above}): "
+                      f"**{structure.active_text(am)}**.", "",
                       f"Learned energy over {er['steps']} leapfrog steps (dt = {er['dt']:+g}), median "
                       f"over {er['n']} rollouts of max |H_t - H_0|/|H_0|: forward "
                       f"{_fmt(er['forward_max_abs_rel_drift'], 3)}, backward "
@@ -106,7 +112,7 @@ METRICS = [
      f"{r['appearance']['generated']['median']:.3g} (flagged {r['appearance']['generated_flagged']:.0%})"),
     ("active latent momentum dimensions",
      lambda r: (r.get("cyclic") or {}).get("active_momenta") and
-     f"{r['cyclic']['active_momenta']['active_dims']} of {r['cyclic']['active_momenta']['k']}"),
+     structure.active_text(r["cyclic"]["active_momenta"])),
     ("learned-energy drift over the rollout, forward / backward (median max |dH|/|H0|)",
      lambda r: (r.get("cyclic") or {}).get("energy_rollout") and
      f"{r['cyclic']['energy_rollout']['forward_max_abs_rel_drift']:.3g} / "

@@ -4,7 +4,9 @@
   module, embedded by t-SNE.
 - Active configuration coordinates: per latent momentum dimension, mean |dp_i/dt| over
   rollouts, with dp/dt = -dH/dq as the integrator used it. A dimension is active when it
-  exceeds ``ACTIVE_FRACTION`` of the largest one (pendulum: the paper claims one).
+  exceeds ``ACTIVE_FRACTION`` of the largest one (pendulum: the paper claims one) and an
+  absolute floor: over the rollout it must move its momentum by ``ACTIVE_FLOOR`` of the
+  momenta's spread (a relative test alone calls one dimension of a flat, dead H active).
 - Energy conservation: the learned H along long rollouts forward (+dt) and backward (-dt)
   from the same initial states, as relative change (H_t - H_0)/|H_0|.
 
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 
 ACTIVE_FRACTION = 0.1
+ACTIVE_FLOOR = 0.01
 
 
 def _dt(generator, dt=None):
@@ -52,9 +55,30 @@ def active_momenta(generator, n=256, frames=16, seed=0):
     else:
         dpdt = torch.diff(out["p"].detach(), dim=1) / _dt(generator)
     mean_abs = dpdt.abs().double().mean(dim=(0, 1)).cpu().numpy()
-    threshold = ACTIVE_FRACTION * float(mean_abs.max())
-    return {"mean_abs_dpdt": mean_abs.tolist(), "threshold": threshold,
-            "active_dims": int((mean_abs > threshold).sum()), "k": int(len(mean_abs))}
+    p_spread = float(out["p"].detach().double().std())
+    return {"mean_abs_dpdt": mean_abs.tolist(), "k": int(len(mean_abs)),
+            **count_active(mean_abs, p_spread, (frames - 1) * _dt(generator))}
+
+
+def active_text(am):
+    """'1 of 3', or why no count was made."""
+    if am.get("active_dims") is None:
+        return f"not counted ({am.get('note', 'no count')})"
+    return f"{am['active_dims']} of {am['k']}"
+
+
+def count_active(mean_abs, p_spread, duration):
+    """{"threshold", "floor", "active_dims"} for per-dimension mean |dp_i/dt| `mean_abs`: above
+    ACTIVE_FRACTION of the largest and above ACTIVE_FLOOR * p_spread / duration (the rate that
+    moves a momentum by that fraction of the momenta's spread over the rollout). Non-finite
+    rates or spread: active_dims None, with a note (NaN would count as inactive)."""
+    mean_abs = np.asarray(mean_abs, dtype=np.float64)
+    if not (np.isfinite(mean_abs).all() and np.isfinite(p_spread)):
+        return {"threshold": None, "floor": None, "active_dims": None,
+                "note": "non-finite dp/dt or momenta"}
+    floor = ACTIVE_FLOOR * p_spread / abs(duration)
+    threshold = max(ACTIVE_FRACTION * float(mean_abs.max()), floor)
+    return {"threshold": threshold, "floor": floor, "active_dims": int((mean_abs > threshold).sum())}
 
 
 def _learned_energy(generator, n, steps, dt, seed):

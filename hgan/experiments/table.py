@@ -7,7 +7,7 @@ says little about the paper's models. With several seeds a cell is mean ± std o
 
 import numpy as np
 
-from hgan.evaluate.structure import ACTIVE_FRACTION
+from hgan.evaluate.structure import ACTIVE_FLOOR, ACTIVE_FRACTION, active_text
 
 # (key, title, getter on results.json, lower is better)
 METRICS = [
@@ -177,8 +177,10 @@ def checks_section(spec, rows):
         out += _table(["claim", "system", "verdict", "HNN model", BASELINE], body) + [""]
     out += [f"**Active momentum dimensions.** A latent momentum dimension i is active when the "
             f"mean |dp_i/dt| over the rollouts of `hgan.evaluate --metrics cyclic` exceeds "
-            f"{ACTIVE_FRACTION:.0%} of the largest dimension's (the absolute threshold of each run "
-            "is beside it). The paper: with L_cyc, HGAN's pendulum shows about one.", ""]
+            f"{ACTIVE_FRACTION:.0%} of the largest dimension's and a floor, the rate that moves a "
+            f"momentum by {ACTIVE_FLOOR:.0%} of the momenta's spread over the rollout (so a flat, "
+            "dead H counts none; each run's threshold is beside it). The paper: with L_cyc, "
+            "HGAN's pendulum shows about one.", ""]
     from hgan.data import get_system
     body = []
     for s in spec.systems:
@@ -191,9 +193,10 @@ def checks_section(spec, rows):
                 if r["system"] != s or r["model"] != m or not am:
                     continue
                 claim = ACTIVE_CLAIM.get((s, m))
-                verdict = "n/a" if claim is None else ("holds" if am["active_dims"] == claim else "does not hold")
-                body.append([s, m, r["seed"], f"{am['active_dims']} of {am['k']}", dof,
-                             f"{am['threshold']:.3g}", verdict,
+                verdict = ("n/a" if claim is None or am["active_dims"] is None else
+                           "holds" if am["active_dims"] == claim else "does not hold")
+                body.append([s, m, r["seed"], active_text(am), dof,
+                             _fmt(am["threshold"] and round(am["threshold"], 6)), verdict,
                              f"{r['iteration']} it, {_fmt(r['train_s'] and round(r['train_s']))} s"])
     if body:
         out += _table(["system", "model", "seed", "active", "true dof", "threshold (mean abs dp/dt)",
