@@ -124,6 +124,8 @@ def test_a_grid_that_cannot_be_packed_is_one_clear_error(tmp_path, capsys, flags
      "evaluation with --frames 9 is longer than the held-out trajectories (--traj-frames 8)"),
     (["--frames", "4", "--i3d", __file__],
      "evaluation with --frames 4: FVD's I3D (--i3d) needs at least 10"),
+    (["--i3d", __file__], "FVD over --fvd-videos 2048 needs as many held-out trajectories, "
+                          "and the grid makes --test-traj 256"),
     (["--resolution", "30"], "python train.py refuses the grid's own settings: unsupported "
                              "resolution 30"),
 ])

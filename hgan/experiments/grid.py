@@ -234,6 +234,12 @@ def check_flags(spec):
     if args.frames > spec.traj_frames and not args.real:  # --real: not the grid's test.h5
         raise GridError(f"evaluation with --frames {args.frames} is longer than the held-out "
                         f"trajectories (--traj-frames {spec.traj_frames})")
+    if "fvd" in args.metrics and args.i3d and not args.real and args.fvd_videos > spec.test_traj:
+        # one clip per held-out trajectory (hgan.evaluate.inputs)
+        raise GridError(f"FVD over --fvd-videos {args.fvd_videos} needs as many held-out "
+                        f"trajectories, and the grid makes --test-traj {spec.test_traj}: pass "
+                        f"--test-traj {args.fvd_videos} (or --paper-sizes), or --eval-args "
+                        f"'--fvd-videos {spec.test_traj}' (not the protocol's 2048)")
 
 
 def _parse(parse, flags, what, command):

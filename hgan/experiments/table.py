@@ -11,7 +11,8 @@ from hgan.evaluate.structure import ACTIVE_FLOOR, ACTIVE_FRACTION, active_text
 
 # (key, title, getter on results.json, lower is better)
 METRICS = [
-    ("fvd", "FVD (StyleGAN-V protocol)",
+    ("fvd", "FVD (StyleGAN-V's I3D; the protocol's 2048 videos only where each run's "
+     "eval/report.md does not say fewer: with fewer the values run high)",
      lambda r: None if not r.get("fvd") or "skipped" in r["fvd"] else r["fvd"]["fvd_mean"], True),
     ("energy_drift", "Energy drift of probed generated videos (median std/|mean| of the true H)",
      lambda r: _get(r, "physics", "energy_drift", "generated", "median"), True),
