@@ -1,6 +1,6 @@
 """The whole leapfrog table on one GPU, in one call of at most ~6 minutes, compilation included.
 
-    PYTHONPATH=. python bench/gpu/leapfrog_table.py [--budget-s 330]
+    HGAN_COMMIT=<short sha> PYTHONPATH=. python3 bench/gpu/leapfrog_table.py [--budget-s 330]
 
 Shape: frames 16, k 10, widths 100/100, order2, forward+backward of sum(q)+sum(p)+sum(dHdq)
 (the issue's and bench/test_bench_leapfrog.py's). In order of value, each stage skipped once

@@ -3,9 +3,10 @@
 # 3 models x 5 systems at once (15 processes on the GPU), evaluate every run, time one
 # evaluation alone, and pack docs/results/table1/ for the repository.
 #
-#   HGAN_COMMIT=$(git rev-parse --short HEAD) bash bench/gpu/table1.sh   # ~9.5 minutes
+#   HGAN_COMMIT=<short sha> PACK=15 bash bench/gpu/table1.sh   # ~9.5 minutes
 #
-# (run from the repository root; HGAN_COMMIT names the commit where the copied tree has no .git)
+# (run from the repository root; HGAN_COMMIT names the commit where the copied tree has no .git:
+# a literal, since a $(git ...) would run where there is no git)
 #
 # Every stage is bounded so that the results come back inside the device tool's 600 s:
 # training stops at TRAIN_S seconds after the grid starts (each run checkpoints; compare.md
@@ -120,9 +121,13 @@ while [ $# -gt 0 ]; do
     *) shift ;;
   esac
 done
-if [ "$DEVICE" != cpu ]; then
+warm=$((LIMIT - SECONDS - 300))  # at most 150 s, and only where the budget leaves room
+[ "$warm" -gt 150 ] && warm=150
+if [ "$DEVICE" != cpu ] && [ "$warm" -lt 30 ]; then
+  echo "kernel warm-up skipped: LIMIT_S $LIMIT leaves no room for it" | tee -a "$OUT/grid.log"
+elif [ "$DEVICE" != cpu ]; then
   rm -rf /tmp/hgan-warm
-  timeout -k 5 150 $PY train.py --system "${SYSTEMS%%,*}" --model hgan --iters 2 --device "$DEVICE" \
+  timeout -k 5 "$warm" $PY train.py --system "${SYSTEMS%%,*}" --model hgan --iters 2 --device "$DEVICE" \
       --data /tmp/hgan-warm/data --gen-train 32 --gen-test 8 --out /tmp/hgan-warm/run \
       --no-progress ${shape[@]+"${shape[@]}"} $TRAIN_ARGS > /tmp/hgan-warm.log 2>&1
   echo "kernel warm-up (train.py, 2 iterations at the grid's shapes): exit $? at $SECONDS s" \
@@ -133,6 +138,7 @@ TRAIN_S=$((TRAIN_S - (SECONDS - t_pre)))
 echo "data step exit status $data_status after $SECONDS s; training deadline $TRAIN_S s" | tee -a "$OUT/grid.log"
 
 left=$((LIMIT - SECONDS - 120))  # keep time for the lone evaluation and the packing
+[ "$left" -lt 30 ] && left=30    # (timeout 0 would mean no limit at all)
 timeout -s INT -k 45 "$left" $PY -m hgan.experiments table1 --out "$GRID" \
     --systems "$SYSTEMS" --models "$MODELS" --iters "$ITERS" --parallel "$PARALLEL" \
     --device "$DEVICE" --deadline "$TRAIN_S" --status-every 20 --no-progress --pack "$PACK" \
