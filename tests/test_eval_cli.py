@@ -54,7 +54,8 @@ def test_evaluate_checkpoint_end_to_end(tmp_path, data_copy, monkeypatch):
     assert len(ph["probe_rmse"]) == 2 and ph["num_videos"] == 4
     for key in ("noise_floor", "real", "shuffled_real", "generated"):
         assert np.isfinite(ph["energy_drift"][key]["median"])
-    for key in ("generated", "shuffled_real", "real_half_vs_half"):  # 4 videos: halves of 2
+    for key in ("generated", "shuffled_real", "real_half_vs_half",  # 4 videos: halves of 2
+                "generated_half_vs_real_half"):
         assert np.isfinite(ph["frechet_state_distance"][key])
     assert saved["cyclic"]["active_momenta"]["k"] == 3
     ap = saved["appearance"]

@@ -172,6 +172,7 @@ def test_two_held_out_videos_leave_out_only_the_half_vs_half_reference(files, tm
     ph = res["physics"]
     assert ph["num_videos"] == 2 and res["real_trajectories"] == 2
     assert ph["frechet_state_distance"]["real_half_vs_half"] is None
+    assert ph["frechet_state_distance"]["generated_half_vs_real_half"] is None
     assert np.isfinite(ph["frechet_state_distance"]["generated"])
     assert "half-vs-half" in capsys.readouterr().err
     report = (tmp_path / "e" / "report.md").read_text()

@@ -131,6 +131,12 @@ def test_checks_state_the_claims_from_the_numbers(tmp_path):
     assert "| pendulum | hgan | 0 | 1 of 10 | 1 | 0.02 | holds |" in text
     assert "| mass_spring | hgan | 0 | 3 of 10 | 1 | 0.02 | n/a |" in text
     assert "*real held-out videos (probe noise floor)* | 0.01 (0.008)" in text
+    # the state distance beside real's half-vs-half is the generated one at the same sizes
+    res = _results(0.05, 1)
+    res["physics"]["frechet_state_distance"]["generated_half_vs_real_half"] = 0.123
+    assert table.METRICS[2][0] == "state_distance" and table.METRICS[2][2](res) == 0.123
+    del res["physics"]["frechet_state_distance"]["generated_half_vs_real_half"]
+    assert table.METRICS[2][2](res) == 0.5       # older results: the full-size value
 
 
 def test_a_count_not_made_is_no_verdict(tmp_path):

@@ -44,7 +44,7 @@ def checkpoint_report(results):
                   f"| real, frames shuffled in time | {_fmt(d['shuffled_real']['median'])} | "
                   f"{_fmt(ph['frechet_state_distance']['shuffled_real'])} |",
                   f"| generated | {_fmt(d['generated']['median'])} | "
-                  f"{_fmt(ph['frechet_state_distance']['generated'])} |", ""]
+                  f"{_fmt(ph['frechet_state_distance']['generated'])}{_gen_half(ph)} |", ""]
     ap = r.get("appearance")
     if ap:
         lines += ["## Appearance consistency", "",
@@ -89,6 +89,11 @@ def _half_vs_half(physics):
     if v is None:
         return f"n/a (half vs half needs >= 4 videos, {physics['num_videos']} held out)"
     return f"{_fmt(v)} (half vs half)"
+
+
+def _gen_half(physics):
+    v = physics["frechet_state_distance"].get("generated_half_vs_real_half")
+    return "" if v is None else f"; {_fmt(v)} (half vs half, to set beside real's)"
 
 
 def find_results(run_dir):

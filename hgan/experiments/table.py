@@ -16,8 +16,10 @@ METRICS = [
      lambda r: None if not r.get("fvd") or "skipped" in r["fvd"] else r["fvd"]["fvd_mean"], True),
     ("energy_drift", "Energy drift of probed generated videos (median std/|mean| of the true H)",
      lambda r: _get(r, "physics", "energy_drift", "generated", "median"), True),
-    ("state_distance", "Frechet state distance, probed generated vs real trajectories",
-     lambda r: _get(r, "physics", "frechet_state_distance", "generated"), True),
+    ("state_distance", "Frechet state distance, probed generated vs real trajectories (half of "
+     "the videos against half of the real ones, the sizes of the real half-vs-half reference)",
+     lambda r: _first(_get(r, "physics", "frechet_state_distance", "generated_half_vs_real_half"),
+                      _get(r, "physics", "frechet_state_distance", "generated")), True),
     ("appearance", "Appearance variation of generated videos (median; objects fading, "
      "splitting or appearing)", lambda r: _get(r, "appearance", "generated", "median"), True),
     ("flagged", "Fraction of generated videos flagged for appearance",
@@ -48,6 +50,11 @@ def _get(d, *keys):
             return None
         d = d[k]
     return d
+
+
+def _first(*values):
+    """The first that is not None (results from before a key existed have only the others)."""
+    return next((v for v in values if v is not None), None)
 
 
 def _pair(a, b):
