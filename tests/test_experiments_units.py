@@ -139,6 +139,26 @@ def test_checks_state_the_claims_from_the_numbers(tmp_path):
     assert table.METRICS[2][2](res) == 0.5       # older results: the full-size value
 
 
+@pytest.mark.parametrize("change, verdict", [
+    (dict(mass_ratio=0.01), "n/a (foreground mass 0.01 x real's)"),   # draws no object
+    (dict(drift=float("nan")), "n/a (non-finite value)"),
+    (dict(mass_ratio=0.9), "holds"),
+])
+def test_a_degenerate_generator_gets_no_verdict(tmp_path, change, verdict):
+    # A blank generator has near-zero energy drift: "hgan < mocogan" must not read "holds".
+    spec = _spec(tmp_path, systems=("pendulum",), models=("hgan", "mocogan"), iters=100,
+                 eval_metrics="physics,cyclic,appearance")
+    for run in spec.runs():
+        _fake_run(run, 100, results_iter=100)
+        res = _results(change.get("drift", 0.001) if run.model == "hgan" else 0.2, None)
+        if run.model == "hgan" and "mass_ratio" in change:
+            res["appearance"]["mass_ratio"] = change["mass_ratio"]
+        with open(run.path("eval", "results.json"), "w") as f:
+            json.dump(res, f)
+    text = "\n".join(table.checks_section(spec, table.collect(spec)))
+    assert f"| hgan < mocogan on energy drift | pendulum | {verdict} |" in text, text
+
+
 def test_a_count_not_made_is_no_verdict(tmp_path):
     spec = _spec(tmp_path, systems=("pendulum",), models=("hgan",), iters=100,
                  eval_metrics="physics,cyclic,appearance")

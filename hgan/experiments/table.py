@@ -98,8 +98,10 @@ def _cell(rows, system, model, get):
     v = np.array([x for x, _ in vals], np.float64)
     its = sorted({r["iteration"] for _, r in vals})
     secs = [r["train_s"] for _, r in vals if r["train_s"] is not None]
+    masses = [m for m in (_get(r["results"], "appearance", "mass_ratio") for _, r in vals)
+              if m is not None]
     return {"mean": float(v.mean()), "std": float(v.std()), "n": len(v), "iters": its,
-            "train_s": float(np.mean(secs)) if secs else None}
+            "train_s": float(np.mean(secs)) if secs else None, "mass_ratios": masses}
 
 
 def _cell_text(c):
@@ -150,9 +152,28 @@ def metric_sections(spec, rows):
     return out
 
 
+# A generator whose foreground pixel mass is this far from real's draws (about) no objects, or
+# fills the frame: its low energy drift or appearance variation would "win" a check.
+DEGENERATE_MASS = (0.25, 4.0)
+
+
+def _degenerate(c):
+    """Why cell `c` cannot enter a verdict, or None."""
+    if not np.isfinite(c["mean"]):
+        return "non-finite value"
+    lo, hi = DEGENERATE_MASS
+    off = [m for m in c["mass_ratios"] if not lo <= m <= hi]
+    if off:
+        return f"foreground mass {off[0]:.2g} x real's"
+    return None
+
+
 def _verdict(a, b):
     if a is None or b is None:
         return "n/a"
+    why = _degenerate(a) or _degenerate(b)
+    if why:
+        return f"n/a ({why})"
     holds = a["mean"] < b["mean"]
     text = "holds" if holds else "does not hold"
     if a["n"] > 1 and b["n"] > 1:
@@ -166,7 +187,10 @@ def checks_section(spec, rows):
            f"Each row compares means over seeds {list(spec.seeds)}; a single seed cannot separate "
            "a difference from run-to-run spread. Beside each value: iterations and training time. "
            "A generator that draws no object, or a still one, has a low energy drift and "
-           "appearance variation: read the foreground mass ratio and the samples beside them.", ""]
+           "appearance variation: a run whose foreground mass is under "
+           f"{DEGENERATE_MASS[0]:g} or over {DEGENERATE_MASS[1]:g} times real's (when appearance "
+           "was evaluated), or whose value is not finite, gets no verdict; read the samples "
+           "beside the rest.", ""]
     body = []
     for key, title, get, _ in METRICS:
         if key not in CHECKED:
