@@ -75,6 +75,7 @@ def test_evaluate_checkpoint_end_to_end(tmp_path, data_copy, monkeypatch):
     assert os.path.samefile(out / saved["checkpoint"], ckpt)
     assert os.path.samefile(out / saved["data"], data_copy)
     assert os.path.samefile(out / saved["real_data"], data_copy)  # no test.h5 beside it
+    assert saved["real_seen_in_training"] and "the GAN did" in text
     assert os.path.samefile(out / saved["physics"]["probe_cache"],
                             str(data_copy).replace(".h5", ".probe.pt"))
     assert saved["config"]["data_path"] == saved["data"]  # absolute in the checkpoint's config

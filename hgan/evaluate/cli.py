@@ -166,6 +166,9 @@ def _evaluate(args, run):
         system = get_system(run.system)
         results["real_data"] = run.real_path
         results["real_trajectories"] = len(held_out[1])
+        # With no test.h5 (or --real) the real clips are the training file's last 20%: no probe
+        # trained on them, but the GAN did.
+        results["real_seen_in_training"] = os.path.abspath(run.real_path) == os.path.abspath(data_path)
     fig = lambda stem: os.path.join(args.out, stem)  # noqa: E731
     t0 = time.time()
 

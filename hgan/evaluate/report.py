@@ -18,7 +18,11 @@ def checkpoint_report(results):
     r = results
     lines = [f"# Evaluation: {r['model']} on {r['system']}", "",
              f"- checkpoint: `{r['checkpoint']}` (iteration {r['iteration']})",
-             f"- data: `{r['data']}`", f"- device: {r['device']}", ""]
+             f"- data: `{r['data']}`", f"- device: {r['device']}"]
+    if r.get("real_seen_in_training"):
+        lines += ["- real clips: the last 20% of the training file (no test.h5): the probe did "
+                  "not see them, the GAN did"]
+    lines += [""]
     fvd = r.get("fvd")
     if fvd:
         lines += ["## FVD (StyleGAN-V protocol)", ""]
