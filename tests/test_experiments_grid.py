@@ -129,7 +129,9 @@ def test_a_grid_that_cannot_be_packed_is_one_clear_error(tmp_path, capsys, flags
     (["--resolution", "30"], "python train.py refuses the grid's own settings: unsupported "
                              "resolution 30"),
 ])
-def test_flags_no_run_could_take_are_one_error_before_any_job(tmp_path, capsys, flags, message):
+def test_flags_no_run_could_take_are_one_error_before_any_job(tmp_path, capsys, flags, message,
+                                                            monkeypatch):
+    monkeypatch.delenv("HGAN_I3D", raising=False)
     out = tmp_path / "grid"
     assert cli.main(["table1", "--out", str(out), "--systems", "pendulum", "--models", "hgan",
                      "--device", "cpu"] + flags) == 2
@@ -147,3 +149,20 @@ def test_data_only_generates_the_datasets_and_nothing_else(tmp_path, capsys):
     assert sorted(os.listdir(os.path.join(out, "data", "pendulum"))) == ["test.h5", "train.h5"]
     assert not os.path.exists(os.path.join(out, "runs"))
     assert not os.path.exists(os.path.join(out, "compare.md"))
+
+
+def test_a_detector_found_through_the_environment_is_checked_too(tmp_path, capsys, monkeypatch):
+    # hgan.evaluate finds the I3D file at $HGAN_I3D without --i3d: FVD then needs its videos.
+    monkeypatch.setenv("HGAN_I3D", __file__)
+    out = tmp_path / "grid"
+    argv = ["table1", "--out", str(out), "--systems", "pendulum", "--models", "hgan", "--device",
+            "cpu", "--eval-metrics", "fvd,physics"]
+    assert cli.main(argv) == 2
+    assert "FVD over --fvd-videos 2048 needs as many held-out trajectories" in capsys.readouterr().err
+    assert not out.exists()
+    # no file there: hgan.evaluate skips FVD, so nothing to refuse (checked up to the data step)
+    monkeypatch.setenv("HGAN_I3D", str(tmp_path / "absent.pt"))
+    from hgan.experiments import grid
+    spec = grid.GridSpec(out=str(out), systems=("pendulum",), models=("hgan",), device="cpu",
+                         eval_metrics="fvd,physics")
+    grid.check_flags(spec)

@@ -228,13 +228,16 @@ def check_flags(spec):
         _parse(parse_command_line, run.train_flags, "--train-args", "python train.py")
         args = _parse(eval_parser().parse_args, run.eval_flags, "--eval-args",
                       "python -m hgan.evaluate")
-    if "fvd" in args.metrics and args.i3d and args.frames < fvd.MIN_FRAMES:
+    # the detector hgan.evaluate will use: --i3d, else an existing file at $HGAN_I3D
+    env = os.environ.get(fvd.I3D_ENV)
+    i3d = args.i3d or (env if env and os.path.exists(env) else None)
+    if "fvd" in args.metrics and i3d and args.frames < fvd.MIN_FRAMES:
         raise GridError(f"evaluation with --frames {args.frames}: FVD's I3D (--i3d) needs at "
                         f"least {fvd.MIN_FRAMES}; pass --eval-args '--frames N'")
     if args.frames > spec.traj_frames and not args.real:  # --real: not the grid's test.h5
         raise GridError(f"evaluation with --frames {args.frames} is longer than the held-out "
                         f"trajectories (--traj-frames {spec.traj_frames})")
-    if "fvd" in args.metrics and args.i3d and not args.real and args.fvd_videos > spec.test_traj:
+    if "fvd" in args.metrics and i3d and not args.real and args.fvd_videos > spec.test_traj:
         # one clip per held-out trajectory (hgan.evaluate.inputs)
         raise GridError(f"FVD over --fvd-videos {args.fvd_videos} needs as many held-out "
                         f"trajectories, and the grid makes --test-traj {spec.test_traj}: pass "

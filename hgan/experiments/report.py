@@ -1,5 +1,6 @@
 """Write ``<out>/compare.md`` and ``<out>/figures/`` from the grid's evaluated runs."""
 import os
+import textwrap
 
 import numpy as np
 
@@ -33,7 +34,7 @@ def _bar_chart(spec, rows, key, title, get, path):
         plt.close(fig)
         return None
     ax.set_xticks(np.arange(len(systems)), [s.replace("_", "\n") for s in systems], fontsize=8)
-    ax.set_title(title, fontsize=8)
+    ax.set_title(textwrap.fill(title, 70), fontsize=8)  # the metric titles run long
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)

@@ -18,8 +18,8 @@ METRICS = [
      lambda r: _get(r, "physics", "energy_drift", "generated", "median"), True),
     ("state_distance", "Frechet state distance, probed generated vs real trajectories (half of "
      "the videos against half of the real ones, the sizes of the real half-vs-half reference)",
-     lambda r: _first(_get(r, "physics", "frechet_state_distance", "generated_half_vs_real_half"),
-                      _get(r, "physics", "frechet_state_distance", "generated")), True),
+     # only this key: older results' full-size value (another bias) is left out, not mixed in
+     lambda r: _get(r, "physics", "frechet_state_distance", "generated_half_vs_real_half"), True),
     ("appearance", "Appearance variation of generated videos (median; objects fading, "
      "splitting or appearing)", lambda r: _get(r, "appearance", "generated", "median"), True),
     ("flagged", "Fraction of generated videos flagged for appearance",
@@ -50,11 +50,6 @@ def _get(d, *keys):
             return None
         d = d[k]
     return d
-
-
-def _first(*values):
-    """The first that is not None (results from before a key existed have only the others)."""
-    return next((v for v in values if v is not None), None)
 
 
 def _pair(a, b):
@@ -228,7 +223,7 @@ def checks_section(spec, rows):
                 verdict = ("n/a" if claim is None or am["active_dims"] is None else
                            "holds" if am["active_dims"] == claim else "does not hold")
                 body.append([s, m, r["seed"], active_text(am), dof,
-                             _fmt(am["threshold"] and round(am["threshold"], 6)), verdict,
+                             _fmt(am["threshold"]), verdict,
                              f"{r['iteration']} it, {_fmt(r['train_s'] and round(r['train_s']))} s"])
     if body:
         out += _table(["system", "model", "seed", "active", "true dof", "threshold (mean abs dp/dt)",
