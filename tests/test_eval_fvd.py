@@ -119,6 +119,28 @@ def test_input_contract_is_enforced():
     assert u.shape == (1, 3, 4, 1, 1) and u[0, 0, :, 0, 0].tolist() == [0, 128, 255, 255]
 
 
+def test_real_windows_are_one_contiguous_window_of_distinct_trajectories():
+    # Each pixel encodes (trajectory, frame, channel), so every clip decodes back to where it
+    # came from without calling real_windows' own indexing.
+    n, t, h, w = 12, 9, 2, 3
+    traj, frame, chan = np.meshgrid(np.arange(n), np.arange(t), np.arange(3), indexing="ij")
+    code = (traj * 20 + frame * 2 + (chan == 2)).astype(np.uint8)    # < 256, channel 2 odd
+    frames_ds = np.broadcast_to(code[:, :, None, None, :], (n, t, h, w, 3)).copy()
+    clips = fvd.real_windows(frames_ds, num_videos=5, frames=4, seed=3)
+    assert clips.shape == (5, 3, 4, h, w) and clips.dtype == torch.uint8
+    c = clips.numpy().astype(int)
+    assert (c[:, 2] % 2 == 1).all() and (c[:, :2] % 2 == 0).all()   # channels in place
+    assert (c == c[:, :, :, :1, :1]).all()                           # each frame is one value
+    v = c[:, 0, :, 0, 0]
+    trajs, starts = v[:, 0] // 20, (v[:, 0] % 20) // 2
+    assert len(set(trajs.tolist())) == 5                              # distinct trajectories
+    assert (v // 20 == trajs[:, None]).all()                          # one trajectory per clip
+    np.testing.assert_array_equal((v % 20) // 2, starts[:, None] + np.arange(4))  # contiguous
+    assert (starts + 4 <= t).all()
+    with pytest.raises(ValueError, match="fewer than the clip length"):
+        fvd.real_windows(frames_ds, num_videos=5, frames=t + 1, seed=3)
+
+
 class _FakeGenerator:
     """Generated videos = real clips of a random 'dataset' with a brightness shift."""
 
