@@ -67,7 +67,11 @@ class TrainStep:
         cfg = RunConfig(batch_size=BATCH, frames=FRAMES, amp=opts["amp"], compile=opts["compile"],
                         loader=opts["loader"], progress=False,
                         cuda_graph=opts.get("cuda_graph", False),
+                        # The issues' workload: videos of FRAMES rolled out FRAMES frames.
+                        # Training's default rolls out 30 and renders 16 (--rollout-frames):
+                        # the same rendering, about twice the integrator's time.
                         model=ModelConfig(resolution=resolution, clip_frames=FRAMES,
+                                          rollout_frames=FRAMES,
                                           integrator=opts["integrator"],
                                           channels_last=opts["channels_last"]))
         fused_adam = hcapture.ADAM_FUSED

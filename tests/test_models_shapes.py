@@ -69,18 +69,102 @@ def test_hnn_motion_contract(model, hamiltonian):
     torch.testing.assert_close(mot["y"][:, 0], y0)
 
 
+@pytest.mark.parametrize("hamiltonian", ["general", "separable"])
+def test_hamiltonian_starts_from_xavier_weights(hamiltonian):
+    # As the official code initialises its motion module (PyTorch's default is ~sqrt(3) x
+    # narrower on these shapes): every weight uniform within the Xavier bound, filling it.
+    torch.manual_seed(0)
+    h = build_models(tiny("hgan", hamiltonian=hamiltonian)).generator.motion_module.hamiltonian
+    linears = [m for m in h.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linears) == (6 if hamiltonian == "separable" else 3)
+    for m in linears:
+        bound = (6 / sum(m.weight.shape)) ** 0.5
+        assert m.weight.abs().max() <= bound
+        if m.weight.numel() >= 100:
+            assert m.weight.abs().max() > 0.9 * bound
+
+
 def test_hgan_has_config_map_and_hnn_gan_does_not():
     assert build_models(tiny("hgan")).generator.motion_module.config_map is not None
     assert build_models(tiny("hnn_gan")).generator.motion_module.config_map is None
 
 
+def _gru_step(cell, x, h):
+    """PyTorch's GRUCell written out (gates r, z, n in that order of the stacked weights)."""
+    gi = x @ cell.weight_ih.T + cell.bias_ih
+    gh = h @ cell.weight_hh.T + cell.bias_hh
+    (ir, iz, i_n), (hr, hz, hn) = gi.chunk(3, 1), gh.chunk(3, 1)
+    r, z = torch.sigmoid(ir + hr), torch.sigmoid(iz + hz)
+    return (1 - z) * torch.tanh(i_n + r * hn) + z * h
+
+
 def test_mocogan_motion_is_fresh_noise_gru_and_rejects_dt():
-    g = build_models(tiny("mocogan")).generator
-    mot = g.motion(2, 7)
+    torch.manual_seed(0)
+    g = build_models(tiny("mocogan", gru_input="noise")).generator
+    mm = g.motion_module
+    mot = g.motion(2, 7, generator=torch.Generator().manual_seed(5))
     assert set(mot) == {"y"} and mot["y"].shape == (2, 7, 20)
-    assert not torch.allclose(mot["y"][:, 1], mot["y"][:, 2])
+    # Oracle: a fresh N(0, I) input every frame, outputs read out linearly, not normalised.
+    noise = torch.randn(7, 2, 20, generator=torch.Generator().manual_seed(5))
+    h, want = torch.zeros(2, 100), []
+    for t in range(7):
+        h = _gru_step(mm.cell, noise[t], h)
+        want.append(h @ mm.out.weight.T + mm.out.bias)
+    torch.testing.assert_close(mot["y"], torch.stack(want, 1))
     with pytest.raises(ValueError, match="no time step"):
         g.motion(2, 3, dt=-0.05)
+
+
+def test_mocogan_default_gru_feeds_back_one_noise_and_normalises_each_frame():
+    # The MoCoGAN code the paper used: one eps as the first input, each output the next
+    # input, every frame's outputs normalised over the batch (no affine); Xavier weights,
+    # update-gate biases 1, the other biases 0.
+    torch.manual_seed(0)
+    g = build_models(tiny("mocogan")).generator.eval()   # batch statistics in eval mode too
+    mm = g.motion_module
+    hid = mm.cell.hidden_size
+    for b in (mm.cell.bias_ih, mm.cell.bias_hh):
+        assert (b[hid:2 * hid] == 1).all() and (b[:hid] == 0).all() and (b[2 * hid:] == 0).all()
+    assert (mm.out.bias == 0).all()
+    bound = (6 / (mm.cell.weight_ih.shape[0] + mm.cell.weight_ih.shape[1])) ** 0.5   # Xavier
+    assert mm.cell.weight_ih.abs().max() <= bound and mm.cell.weight_ih.abs().max() > bound / 2
+    n, frames = 6, 5
+    y = g.motion(n, frames, generator=torch.Generator().manual_seed(5))["y"]
+    eps = torch.randn(n, 20, generator=torch.Generator().manual_seed(5))
+    h, x, want = torch.zeros(n, hid), eps, []
+    for _ in range(frames):
+        h = _gru_step(mm.cell, x, h)
+        x = h @ mm.out.weight.T + mm.out.bias
+        mean, var = x.mean(0), x.var(0, unbiased=False)
+        want.append((x - mean) / torch.sqrt(var + 1e-5))
+    torch.testing.assert_close(y, torch.stack(want, 1), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(y.mean(0), torch.zeros(frames, 20), rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="at least 2 videos"):
+        g.motion(1, 3)
+
+
+def test_generator_renders_a_window_of_a_longer_rollout():
+    torch.manual_seed(1)
+    for model in ("hgan", "mocogan"):
+        g = build_models(tiny(model, integrator="reference")).generator.eval()
+        starts = torch.tensor([0, 5, 2])
+        with torch.enable_grad():
+            part, mot = g(3, 9, generator=torch.Generator().manual_seed(3), window=(starts, 4))
+            full, mot_full = g(3, 9, generator=torch.Generator().manual_seed(3))
+        assert part.shape == (3, 4, *full.shape[2:]) and mot["y"].shape[1] == 9
+        for i, s in enumerate(starts.tolist()):
+            torch.testing.assert_close(part[i], full[i, s:s + 4])
+        if model == "hgan":   # L_cyc sees the whole rollout, not only the rendered window
+            assert mot["dHdq"].shape == (3, 8, 10)
+
+
+def test_batch_sizes_never_leave_a_lone_video():
+    from hgan.models.generator import batch_sizes
+    for n in range(0, 200):
+        for batch in (1, 2, 3, 32, 64):
+            sizes = batch_sizes(n, batch)
+            assert sum(sizes) == n and all(s >= 2 for s in sizes) or n == 1 and sizes == [1]
+            assert all(s <= max(batch, 1) + 1 for s in sizes[:-1])
 
 
 def test_negative_dt_runs_time_backwards():
@@ -126,9 +210,15 @@ def test_config_errors_name_the_problem():
     assert ModelConfig.from_dict(ModelConfig().to_dict()) == ModelConfig()
     with pytest.raises(ValueError, match="unknown scheme 'rk4'"):
         ModelConfig(scheme="rk4")
-    # A config saved before the scheme field existed was trained with the official step.
-    old = {k: v for k, v in ModelConfig().to_dict().items() if k != "scheme"}
-    assert ModelConfig.from_dict(old).scheme == "official"
+    # A config saved before a field existed was trained without it: the official step,
+    # videos of exactly --frames, a fresh-noise GRU.
+    new_fields = ("scheme", "rollout_frames", "gru_input")
+    old = {k: v for k, v in ModelConfig().to_dict().items() if k not in new_fields}
+    assert [getattr(ModelConfig.from_dict(old), f) for f in new_fields] == ["official", 0, "noise"]
+    with pytest.raises(ValueError, match="unknown gru_input 'lstm'"):
+        ModelConfig(gru_input="lstm")
+    with pytest.raises(ValueError, match="rollout_frames must be >= 0"):
+        ModelConfig(rollout_frames=-1)
     with pytest.raises(ValueError, match="unknown fused_precision 'bf16'"):
         ModelConfig(fused_precision="bf16")
     with pytest.raises(ValueError, match="integrator 'analytic' computes in float32"):

@@ -200,3 +200,29 @@ def test_profile_flag_writes_a_trace(tiny_pendulum_h5, tmp_path):
     train(tiny_cfg(tiny_pendulum_h5, tmp_path / "prof", model="mocogan", iters=6, profile=True))
     files = [f for _, _, fs in os.walk(tmp_path / "prof" / "profile") for f in fs]
     assert any(f.endswith(".json") or f.endswith(".json.gz") for f in files), files
+
+
+@pytest.mark.parametrize("rollout", [0, 6, 11])
+def test_generated_videos_are_random_windows_of_the_rollout(tiny_pendulum_h5, tmp_path, rollout):
+    # Real videos are --frames windows of longer trajectories; a generated one is a --frames
+    # window of a --rollout-frames rollout, only the window rendered, L_cyc over the whole.
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, rollout_frames=rollout))
+    calls, real_g = [], tr.G_ddp
+
+    def recorder(n, frames, **kw):
+        videos, mot = real_g(n, frames, **kw)
+        calls.append((n, frames, kw.get("window"), videos.shape, mot))
+        return videos, mot
+
+    tr.G_ddp = recorder
+    real = torch.rand(4, 6, 3, 32, 32) * 2 - 1
+    tr.step(real)
+    [(n, frames, window, shape, mot)] = calls
+    assert n == 4 and shape[:2] == (4, 6)
+    assert frames == max(rollout, 6) and mot["dHdq"].shape[1] == frames - 1
+    if rollout <= 6:   # nothing to choose: no window, no draw
+        assert window is None
+    else:
+        starts, length = window
+        assert length == 6 and starts.shape == (4,)
+        assert ((starts >= 0) & (starts <= rollout - 6)).all()

@@ -36,11 +36,16 @@ def has_hamiltonian(generator):
 
 
 def motion_points(generator, n=1024, seed=0):
-    """[n, D] motion latents after one step (frames=2, the second latent)."""
+    """[n, D] one-step outputs of the motion module (the paper's Figure 7): for the HNN
+    models the configuration q one leapfrog step after y0 = (q0, p0), as the official code
+    embeds it ([n, k]); for the GRU its first output ([n, motion_dim])."""
     gen = _noise(generator, seed)
+    if not has_hamiltonian(generator):
+        y = generator.motion(n, 1, generator=gen)["y"]
+        return y[:, 0].detach().double().cpu().numpy()
     with torch.enable_grad():  # the HNN step differentiates H
-        y = generator.motion(n, 2, generator=gen)["y"]
-    return y[:, 1].detach().double().cpu().numpy()
+        q = generator.motion(n, 2, generator=gen)["q"]
+    return q[:, 1].detach().double().cpu().numpy()
 
 
 def active_momenta(generator, n=256, frames=16, seed=0):

@@ -7,6 +7,7 @@ MODELS = ("hgan", "hnn_gan", "mocogan")
 HAMILTONIANS = ("general", "separable")
 ACTIVATIONS = ("softplus", "tanh", "relu")
 INTEGRATORS = ("auto", "reference", "analytic", "fused")
+GRU_INPUTS = ("feedback", "noise")
 
 
 def option(default=MISSING, help="", *, choices=None, resumable=False, cli=True,
@@ -22,7 +23,8 @@ def option(default=MISSING, help="", *, choices=None, resumable=False, cli=True,
 
 @dataclass
 class ModelConfig:
-    """Defaults follow the official HGAN code and MoCoGAN (docs/training.md#the-models---model)."""
+    """Defaults follow the paper, the official HGAN code and the MoCoGAN code the paper used,
+    except where docs/training.md#the-models---model says otherwise, and why."""
 
     model: str = option("hgan", "hgan (config map + HNN + L_cyc), hnn_gan (no map), "
                                 "mocogan (GRU)", choices=MODELS)
@@ -40,6 +42,16 @@ class ModelConfig:
     ngf: int = option(32, "G_I width")
     ndf: int = option(32, "D_I / D_V width")
     clip_frames: int = option(16, "clip length for the video discriminator (capped at --frames)")
+    rollout_frames: int = option(30, "frames the motion model rolls out for each generated "
+                                     "training video, of which a random --frames window is "
+                                     "rendered, as the loader takes a window of a longer real "
+                                     "trajectory (the official code generates 30); 0 or at "
+                                     "most --frames: exactly --frames, no window")
+    gru_input: str = option("feedback", "mocogan's GRU: feedback (one noise vector, each "
+                                        "output fed back in, outputs batch-normalised: the "
+                                        "MoCoGAN code the paper used) or noise (fresh noise "
+                                        "every frame, the MoCoGAN paper's form)",
+                            choices=GRU_INPUTS)
     integrator: str = option("auto", "leapfrog backend (auto: fused on CUDA, analytic on CPU)",
                              choices=INTEGRATORS)
     scheme: str = option("order2", "leapfrog step: order2 (second order for any H) or official "
@@ -62,6 +74,7 @@ class ModelConfig:
         one_of("integrator", self.integrator, INTEGRATORS)
         one_of("scheme", self.scheme, SCHEMES)
         one_of("fused_precision", self.fused_precision, PRECISIONS)
+        one_of("gru_input", self.gru_input, GRU_INPUTS)
         if self.fused_precision != "ieee" and self.integrator in ("reference", "analytic"):
             raise ValueError(f"fused_precision {self.fused_precision!r} sets the fused kernels' "
                              f"dot products; integrator {self.integrator!r} computes in float32")
@@ -70,6 +83,8 @@ class ModelConfig:
                      "ndf", "clip_frames"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if int(self.rollout_frames) < 0:
+            raise ValueError(f"rollout_frames must be >= 0, got {self.rollout_frames}")
         # hnn_gan feeds the noise straight in as (q0, p0), so its size must be 2k.
         if self.model == "hnn_gan" and self.motion_dim != 2 * self.k:
             raise ValueError(f"hnn_gan uses eps_m as (q0, p0): motion_dim ({self.motion_dim}) "
@@ -90,8 +105,9 @@ class ModelConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {', '.join(unknown)}")
-        # Configs written before the scheme field existed were trained with the official step.
-        return cls(**{"scheme": "official", **d})
+        # Configs written before a field existed were trained without it: the official step,
+        # generated videos of exactly --frames, and a GRU fed fresh noise every frame.
+        return cls(**{"scheme": "official", "rollout_frames": 0, "gru_input": "noise", **d})
 
 
 def resolution_plan(resolution: int):

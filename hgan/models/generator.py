@@ -6,6 +6,16 @@ from hgan.models.motion import GRUMotion, HamiltonianMotion
 from hgan.models.networks import ImageGenerator
 
 
+def batch_sizes(n, batch):
+    """Sizes of consecutive batches that draw n videos, at least 2 each wherever n >= 2: the
+    mocogan GRU normalises its motion codes over the batch it draws (a lone video cannot be)."""
+    batch = max(int(batch), 1)
+    sizes = [batch] * (n // batch) + ([n % batch] if n % batch else [])
+    while len(sizes) > 1 and min(sizes[-1], sizes[-2]) == 1:   # a lone one joins a neighbour
+        sizes[-2:] = [sizes[-2] + sizes[-1]]
+    return sizes
+
+
 class VideoGenerator(nn.Module):
     def __init__(self, cfg):
         super().__init__()
@@ -36,13 +46,21 @@ class VideoGenerator(nn.Module):
     def content(self, n, *, generator=None):
         return torch.randn(int(n), self.config.content_dim, generator=generator, device=self.device)
 
-    def forward(self, n, frames, *, dt=None, generator=None):
-        """Training path: (videos [n, T, C, H, W], motion dict) with the graph kept."""
+    def forward(self, n, frames, *, dt=None, generator=None, window=None):
+        """Training path: (videos [n, T, C, H, W], motion dict) with the graph kept.
+
+        window: (starts [n] long, length) renders only frames starts..starts+length-1 of each
+        video's rollout (videos [n, length, ...]; the motion dict keeps the whole rollout)."""
         with torch.profiler.record_function("motion"):
             z_c = self.content(n, generator=generator)
             mot = self.motion(n, frames, dt=dt, generator=generator)
+            y = mot["y"]
+            if window is not None:
+                starts, length = window
+                y = y[torch.arange(y.shape[0], device=y.device)[:, None],
+                      starts[:, None] + torch.arange(length, device=y.device)]
         with torch.profiler.record_function("generator"):
-            return self.render(z_c, mot["y"]), mot
+            return self.render(z_c, y), mot
 
     @torch.no_grad()
     def sample(self, n, frames, *, dt=None, generator=None):

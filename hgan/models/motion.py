@@ -2,7 +2,11 @@
 
 * `HamiltonianMotion` (hgan, hnn_gan): y0 = f(eps_m) (hgan) or eps_m (hnn_gan), then a
   leapfrog rollout of the learned Hamiltonian through the `hgan.kernels` integrator.
-* `GRUMotion` (mocogan): a GRUCell fed fresh noise at every frame, as in MoCoGAN.
+* `GRUMotion` (mocogan): a GRUCell. By default as in the MoCoGAN code the paper used
+  (Kitagawa and Kakiuchi's): one noise vector is the first input, each output is the next
+  input, and every frame's outputs are normalised over the batch (batch statistics in every
+  mode, no affine); `gru_input="noise"`
+  feeds fresh noise at every frame instead, as the MoCoGAN paper writes it.
 
 `compile()` (what `train.py --compile` calls) compiles the noise-free part of each module in
 place, state-dict keys unchanged: the configuration map f of `HamiltonianMotion`, the whole
@@ -11,6 +15,7 @@ recurrence of `GRUMotion`. The noise is always drawn eagerly: Dynamo cannot trac
 and with it exact resume, identical to an eager run.
 """
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from hgan.kernels import HamiltonianMLP
@@ -36,6 +41,11 @@ class HamiltonianMotion(nn.Module):
         self.hamiltonian = HamiltonianMLP(cfg.k, hidden=cfg.hidden, depth=cfg.depth,
                                           activation=cfg.activation,
                                           separable=cfg.hamiltonian == "separable")
+        # Xavier weights, as the official code initialises its whole motion module: PyTorch's
+        # default leaves dH/dx about 4x smaller at initialisation (biases keep the default).
+        for m in self.hamiltonian.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
         self._compiled_initial_state = None
 
     def compile(self, *args, **kwargs):
@@ -72,8 +82,20 @@ class GRUMotion(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.noise_dim = cfg.motion_dim
+        self.feedback = cfg.gru_input == "feedback"
         self.cell = nn.GRUCell(cfg.motion_dim, cfg.hidden)
         self.out = nn.Linear(cfg.hidden, cfg.motion_dim)
+        if self.feedback:
+            # Without the normalisation the outputs start at about a tenth of the content
+            # code's scale (std ~0.1 against N(0, I)); the reference code's initialisation:
+            # Xavier weights, update-gate biases 1 (keep the state at first), the rest 0.
+            for name, w in self.named_parameters():
+                if "weight" in name:
+                    nn.init.xavier_uniform_(w)
+                else:
+                    nn.init.zeros_(w)
+                    if name.startswith("cell.bias"):   # gates r, z, n: z is the update gate
+                        nn.init.ones_(w.data[cfg.hidden:2 * cfg.hidden])
         self._compiled_unroll = None
 
     def compile(self, *args, **kwargs):
@@ -81,12 +103,19 @@ class GRUMotion(nn.Module):
         self._compiled_unroll = torch.compile(self.unroll, *args, **kwargs)
 
     def unroll(self, noise):
-        """Frame latents [n, T, D] from per-frame noise [T, n, D]."""
+        """Frame latents [n, T, D] from noise: [T, n, D] fed frame by frame (gru_input "noise"),
+        or [T, n, D] whose first frame is the one input (feedback; the rest only sets T)."""
         h = noise.new_zeros(noise.shape[1], self.cell.hidden_size)
         ys = []
-        for x in noise.unbind(0):
-            h = self.cell(x, h)
-            ys.append(self.out(h))
+        x = noise[0]
+        for t in range(noise.shape[0]):
+            h = self.cell(x if self.feedback else noise[t], h)
+            y = self.out(h)
+            x = y
+            # Each frame normalised over the batch on its own, with the batch's statistics in
+            # every mode: the reference code never leaves training mode, and running averages
+            # would pool all frames' statistics into one.
+            ys.append(F.batch_norm(y, None, None, training=True) if self.feedback else y)
         return torch.stack(ys, dim=1)
 
     def forward(self, n, frames, *, dt=None, generator=None, device=None):
@@ -94,6 +123,14 @@ class GRUMotion(nn.Module):
             raise ValueError("the mocogan GRU motion is discrete and has no time step: "
                              "dt applies to hgan and hnn_gan only")
         dev = device if device is not None else next(self.parameters()).device
-        noise = torch.randn(frames, n, self.noise_dim, generator=generator, device=dev)
+        if self.feedback:
+            if n < 2:
+                raise ValueError("the mocogan GRU normalises each frame's motion codes over "
+                                 "the batch (as the MoCoGAN code the paper used does), so it "
+                                 "draws at least 2 videos at a time; got 1")
+            eps = torch.randn(n, self.noise_dim, generator=generator, device=dev)
+            noise = eps.expand(frames, n, self.noise_dim)
+        else:
+            noise = torch.randn(frames, n, self.noise_dim, generator=generator, device=dev)
         unroll = self._compiled_unroll or self.unroll
         return {"y": unroll(noise)}

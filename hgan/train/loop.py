@@ -204,6 +204,12 @@ class Trainer:
             raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the "
                              f"{self.info.world_size} ranks")
         self.local_batch = cfg.batch_size // self.info.world_size
+        if (cfg.model.model == "mocogan" and cfg.model.gru_input == "feedback"
+                and self.local_batch < 2):
+            raise ValueError(f"mocogan's GRU normalises its motion codes over each rank's batch "
+                             f"(--gru-input feedback), which needs >= 2 videos per rank; got "
+                             f"{self.local_batch} (--batch-size {cfg.batch_size}, "
+                             f"{self.info.world_size} ranks)")
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.models = build_models(cfg.model, self.device)
         self.G, self.D_I, self.D_V = self.models.generator, self.models.image_disc, self.models.video_disc
@@ -354,9 +360,17 @@ class Trainer:
         rows = torch.arange(b, device=self.device)
         clip_idx = s[:, None] + torch.arange(cf, device=self.device)
 
+        # A generated video is a random t-frame window of a longer rollout, as a real one is
+        # of a longer trajectory (the MoCoGAN and official HGAN code); only the window is
+        # rendered. Drawn only when there is a choice, so a run without it keeps its stream.
+        rollout = max(mcfg.rollout_frames, t)
+        window = None
+        if rollout > t:
+            window = (torch.randint(0, rollout - t + 1, (b,), generator=self.noise,
+                                    device=self.device), t)
         with self._autocast():
             # the generator marks its own "motion" and "generator" profiler ranges
-            fake, mot = self.G_ddp(b, t, generator=self.noise)
+            fake, mot = self.G_ddp(b, rollout, generator=self.noise, window=window)
         real_img, fake_img = real[rows, j], fake[rows, j]
         real_clip, fake_clip = real[rows[:, None], clip_idx], fake[rows[:, None], clip_idx]
         if mcfg.channels_last:
