@@ -93,4 +93,6 @@ def cyclic_loss(dHdq, lam=0.01):
     """L_cyc = lam / B * sum over frames t < T-1 and coordinates i of |dH/dq_i(q_t, p_t)|."""
     if dHdq.dim() != 3:
         raise ValueError(f"dHdq must be [B, T-1, k], got shape {tuple(dHdq.shape)}")
+    if dHdq.shape[0] == 0:
+        raise ValueError("dHdq has an empty batch: L_cyc is a mean over the batch")
     return lam / dHdq.shape[0] * dHdq.abs().sum()

@@ -147,6 +147,21 @@ def test_cyclic_loss_matches_definition():
     assert cyclic_loss(d, lam=0.01).item() == pytest.approx(0.01 / 2 * 9.0)
     with pytest.raises(ValueError, match=r"\[B, T-1, k\]"):
         cyclic_loss(d[0])
+    with pytest.raises(ValueError, match="empty batch"):   # not a ZeroDivisionError
+        cyclic_loss(d[:0])
+
+
+def test_inference_mode_names_the_backend_that_cannot_run(mlp):
+    w, b = mlp
+    q0, p0 = torch.randn(2, 3), torch.randn(2, 3)
+    with torch.no_grad():
+        want = leapfrog(q0, p0, w, b, frames=4, backend="analytic")
+    with torch.inference_mode():
+        with pytest.raises(RuntimeError, match="reference.*inference_mode.*analytic"):
+            leapfrog(q0, p0, w, b, frames=4, backend="reference")
+        got = leapfrog(q0, p0, w, b, frames=4, backend="analytic")
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r)
 
 
 def test_flop_count_closed_form():

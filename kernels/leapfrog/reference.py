@@ -41,6 +41,12 @@ def _grad_h(q, p, weights, biases, activation, create_graph):
 
 def leapfrog_reference(q0, p0, weights, biases, dt, frames, activation, scheme="order2"):
     """Autograd rollout: q, p [B, frames, k] and dHdq [B, frames-1, k]."""
+    if torch.is_inference_mode_enabled() and frames > 1:
+        # enable_grad cannot undo inference mode, and autograd.grad would fail with "element 0
+        # of tensors does not require grad": say which backend needs what instead.
+        raise RuntimeError("backend='reference' differentiates H with autograd, which "
+                           "torch.inference_mode() disables; use torch.no_grad() or "
+                           "backend='analytic'")
     create_graph = torch.is_grad_enabled()
     qs, ps, dhdqs = [q0], [p0], []
     q, p = q0, p0
