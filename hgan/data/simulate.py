@@ -142,9 +142,17 @@ def mass_spring_exact(x0, pr, frames):
 
 
 def energy_drift(system, states, pr):
-    """max_t |H(t) - H(0)| / max(|H(0)|, energy scale) per trajectory, float64 states."""
+    """max_t |H(t) - H(0)| / |H(0)| per trajectory (the spec's relative drift), float64 states.
+
+    Only the double pendulum, whose H crosses zero, is measured against max(|H(0)|, m g l).
+    The other systems' energy scale stays out of it: for the n-body sets g m^2 reaches about
+    3.4 where a bound orbit's |H(0)| is 0.05 to 1.2, and a two_body_colors trajectory whose
+    relative drift was 1.1e-6 passed as 4.7e-7 (a review found it at index 1098, seed 0)."""
     e = system.hamiltonian(states, pr)
-    scale = np.maximum(np.abs(e[:, 0]), system.energy_scale(pr))
+    floor = system.energy_scale(pr)
+    if system.base != "double_pendulum":
+        floor = 1e-9 * floor        # only a guard against dividing by an H(0) of 0
+    scale = np.maximum(np.abs(e[:, 0]), floor)
     return np.abs(e - e[:, :1]).max(1) / scale
 
 
