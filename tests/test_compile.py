@@ -39,7 +39,8 @@ def fresh_dynamo():
 
 def tiny_config(model="hgan", integrator="reference", channels_last=True):
     return ModelConfig(model=model, resolution=16, ngf=4, ndf=4, k=2, motion_dim=4,
-                       content_dim=4, hidden=8, clip_frames=T, integrator=integrator,
+                       content_dim=4, hidden=8, clip_frames=T, rollout_frames=T + 2,
+                       integrator=integrator,
                        channels_last=channels_last)
 
 

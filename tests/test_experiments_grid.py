@@ -11,7 +11,7 @@ from hgan.experiments.grid import GridSpec
 
 TINY = ["--device", "cpu", "--batch-size", "2", "--frames", "4", "--train-traj", "6",
         "--test-traj", "4", "--traj-frames", "8", "--no-progress",
-        "--train-args", "--ngf 8 --ndf 8 --clip-frames 4 --log-every 1 --sample-every 1000 "
+        "--train-args", "--ngf 8 --ndf 8 --clip-frames 4 --rollout-frames 6 --log-every 1 --sample-every 1000 "
                         "--ckpt-every 1000 --num-workers 0 --loader torch --integrator reference",
         "--eval-metrics", "physics,appearance,cyclic,samples",
         "--eval-args", "--physics-videos 4 --probe-steps 5 --probe-width 4 --momenta-videos 4 "

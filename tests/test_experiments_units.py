@@ -72,6 +72,25 @@ def test_run_trained_with_other_settings_is_an_error(tmp_path):
         run.check_config()
 
 
+def test_run_trained_with_older_model_forms_is_an_error(tmp_path):
+    # A config saved before rollout_frames / gru_input / scheme existed was trained with the
+    # old forms; resumed beside fresh runs it would mix two models in one table.
+    from hgan.models.config import ModelConfig
+    from hgan.train.config import parse_command_line
+    run_hgan, run_moco = _spec(tmp_path).runs()
+    for run, key in ((run_hgan, "scheme"), (run_moco, "gru_input"), (run_hgan, "rollout_frames")):
+        model = parse_command_line(run.train_flags())[0].model.to_dict()
+        cfg = {"system": run.system, "seed": run.seed, "batch_size": 16, "frames": 16,
+               "model": model}
+        _fake_run(run, 3, config=cfg)
+        run.check_config()                          # what the grid starts: fine
+        del model[key]
+        _fake_run(run, 3, config=cfg)
+        old = getattr(ModelConfig.from_dict(model), key)
+        with pytest.raises(GridError, match=f"model.{key} = {old!r}, the grid asks for"):
+            run.check_config()
+
+
 def test_dataset_of_another_size_is_an_error(tmp_path):
     spec = _spec(tmp_path, train_traj=3, test_traj=2, traj_frames=6, frames=4)
     assert datasets.missing_splits(spec, "pendulum") == ["train", "test"]

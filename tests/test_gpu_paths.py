@@ -98,7 +98,7 @@ def _tiny_model_config(**kw):
     from hgan.models import ModelConfig
     # hidden 16: the smallest width inside the fused contract, so "auto" runs fused on CUDA.
     return ModelConfig(**{**dict(resolution=16, ngf=4, ndf=4, k=2, motion_dim=4, content_dim=4,
-                                 hidden=16, clip_frames=4), **kw})
+                                 hidden=16, clip_frames=4, rollout_frames=8), **kw})
 
 
 def _take(path, n, **kw):

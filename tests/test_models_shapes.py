@@ -117,30 +117,46 @@ def test_mocogan_motion_is_fresh_noise_gru_and_rejects_dt():
 
 def test_mocogan_default_gru_feeds_back_one_noise_and_normalises_each_frame():
     # The MoCoGAN code the paper used: one eps as the first input, each output the next
-    # input, every frame's outputs normalised over the batch (no affine); Xavier weights,
-    # update-gate biases 1, the other biases 0.
+    # input, every frame's outputs normalised over the batch (no affine) in training; Xavier
+    # weights, biases 0 (what its initialisation does to a GRUCell).
     torch.manual_seed(0)
-    g = build_models(tiny("mocogan")).generator.eval()   # batch statistics in eval mode too
+    g = build_models(tiny("mocogan", rollout_frames=4)).generator
     mm = g.motion_module
     hid = mm.cell.hidden_size
-    for b in (mm.cell.bias_ih, mm.cell.bias_hh):
-        assert (b[hid:2 * hid] == 1).all() and (b[:hid] == 0).all() and (b[2 * hid:] == 0).all()
-    assert (mm.out.bias == 0).all()
+    assert all((b == 0).all() for b in (mm.cell.bias_ih, mm.cell.bias_hh, mm.out.bias))
     bound = (6 / (mm.cell.weight_ih.shape[0] + mm.cell.weight_ih.shape[1])) ** 0.5   # Xavier
     assert mm.cell.weight_ih.abs().max() <= bound and mm.cell.weight_ih.abs().max() > bound / 2
     n, frames = 6, 5
     y = g.motion(n, frames, generator=torch.Generator().manual_seed(5))["y"]
     eps = torch.randn(n, 20, generator=torch.Generator().manual_seed(5))
-    h, x, want = torch.zeros(n, hid), eps, []
+    h, x, want, raw = torch.zeros(n, hid), eps, [], []
     for _ in range(frames):
         h = _gru_step(mm.cell, x, h)
         x = h @ mm.out.weight.T + mm.out.bias
-        mean, var = x.mean(0), x.var(0, unbiased=False)
-        want.append((x - mean) / torch.sqrt(var + 1e-5))
+        raw.append(x.detach())
+        want.append((x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5))
     torch.testing.assert_close(y, torch.stack(want, 1), rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(y.mean(0), torch.zeros(frames, 20), rtol=0, atol=1e-5)
+    # running statistics per frame, momentum 0.1 from (0, 1); frames past the rows share the
+    # last row (4 rows: frames 3 and 4 both update row 3)
+    for t in range(3):
+        torch.testing.assert_close(mm.frame_mean[t], 0.1 * raw[t].mean(0))
+        torch.testing.assert_close(mm.frame_var[t], 0.9 + 0.1 * raw[t].var(0, unbiased=True))
+    last = 0.9 * (0.1 * raw[3].mean(0)) + 0.1 * raw[4].mean(0)
+    torch.testing.assert_close(mm.frame_mean[3], last)
     with pytest.raises(ValueError, match="at least 2 videos"):
         g.motion(1, 3)
+    # eval mode: each video normalised by the running statistics, alone or in any batch
+    g.eval()
+    for n in (1, 3):
+        got = g.motion(n, frames, generator=torch.Generator().manual_seed(7))["y"]
+        eps = torch.randn(n, 20, generator=torch.Generator().manual_seed(7))
+        h, x = torch.zeros(1, hid), eps[:1]      # the first video on its own
+        for t in range(frames):
+            h = _gru_step(mm.cell, x, h)
+            x = h @ mm.out.weight.T + mm.out.bias
+            r = min(t, 3)
+            torch.testing.assert_close(got[:1, t], (x - mm.frame_mean[r]) / torch.sqrt(
+                mm.frame_var[r] + 1e-5), rtol=1e-4, atol=1e-5)
 
 
 def test_generator_renders_a_window_of_a_longer_rollout():
@@ -156,15 +172,6 @@ def test_generator_renders_a_window_of_a_longer_rollout():
             torch.testing.assert_close(part[i], full[i, s:s + 4])
         if model == "hgan":   # L_cyc sees the whole rollout, not only the rendered window
             assert mot["dHdq"].shape == (3, 8, 10)
-
-
-def test_batch_sizes_never_leave_a_lone_video():
-    from hgan.models.generator import batch_sizes
-    for n in range(0, 200):
-        for batch in (1, 2, 3, 32, 64):
-            sizes = batch_sizes(n, batch)
-            assert sum(sizes) == n and all(s >= 2 for s in sizes) or n == 1 and sizes == [1]
-            assert all(s <= max(batch, 1) + 1 for s in sizes[:-1])
 
 
 def test_negative_dt_runs_time_backwards():

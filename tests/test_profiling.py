@@ -104,6 +104,7 @@ def test_train_profile_flag_writes_stage_traces(tiny_pendulum_h5, tmp_path):
     cfg, _ = config_from_args([
         "--system", "pendulum", "--data", str(tmp_path / "data"), "--out", str(out),
         "--iters", "6", "--batch-size", "4", "--frames", "8", "--clip-frames", "4",
+        "--rollout-frames", "10",
         "--ngf", "4", "--ndf", "4", "--loader", "torch", "--num-workers", "0", "--device", "cpu",
         "--log-every", "100", "--sample-every", "100", "--ckpt-every", "100", "--no-progress",
         "--profile"])

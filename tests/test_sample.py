@@ -19,7 +19,7 @@ def checkpoints(tiny_pendulum_h5, tmp_path_factory):
         cfg = RunConfig(system="pendulum", data=os.path.dirname(os.path.dirname(tiny_pendulum_h5)),
                         iters=1, batch_size=4, frames=6, device="cpu", out=str(run), n_samples=2,
                         num_workers=0, progress=False, loader="torch",
-                        model=ModelConfig(model=model, ngf=8, ndf=8, clip_frames=4,
+                        model=ModelConfig(model=model, ngf=8, ndf=8, clip_frames=4, rollout_frames=8,
                                           hamiltonian="separable", integrator="reference"))
         out[model] = train(cfg)["checkpoint"]
     torch.set_num_threads(n)

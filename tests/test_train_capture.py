@@ -24,7 +24,8 @@ B, T = 4, 6
 
 def small_cfg(**kw):
     mk = {k: kw.pop(k) for k in list(kw) if k in ModelConfig.__dataclass_fields__}
-    model = ModelConfig(**{"ngf": 8, "ndf": 8, "clip_frames": 4, "integrator": "analytic", **mk})
+    model = ModelConfig(**{"ngf": 8, "ndf": 8, "clip_frames": 4, "rollout_frames": 9,
+                           "integrator": "analytic", **mk})
     return RunConfig(**{"batch_size": B, "frames": T, "progress": False, "model": model, **kw})
 
 
@@ -331,7 +332,8 @@ def test_packed_captured_runs_equal_lone_runs(data_root, tmp_path, capsys):
         return ["--system", "pendulum", "--model", model, "--seed", str(seed),
                 "--data", data_root, "--out", str(tmp_path / name), "--iters", str(n),
                 "--device", "cuda", "--batch-size", str(B), "--frames", str(T), "--ngf", "8",
-                "--ndf", "8", "--clip-frames", "4", "--log-every", "2", "--sample-every", "1000",
+                "--ndf", "8", "--clip-frames", "4", "--rollout-frames", "8", "--log-every", "2",
+                "--sample-every", "1000",
                 "--ckpt-every", "1000", "--n-samples", "2", "--num-workers", "0",
                 "--loader", loader, "--no-progress"]
 

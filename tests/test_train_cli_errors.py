@@ -16,6 +16,7 @@ from hgan.train.run import prepare, run
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = ["--system", "pendulum", "--batch-size", "4", "--frames", "6", "--clip-frames", "4",
+        "--rollout-frames", "8",
         "--ngf", "4", "--ndf", "4", "--k", "2", "--hidden", "16", "--motion-dim", "4",
         "--content-dim", "4", "--integrator", "analytic", "--device", "cpu", "--loader", "torch",
         "--num-workers", "0", "--log-every", "1", "--sample-every", "1000", "--n-samples", "2",

@@ -46,7 +46,8 @@ WORKER = textwrap.dedent("""
     cfg = RunConfig(system="pendulum", data=data, iters=2, batch_size=4, frames=6, device="cpu",
                     out=out, log_every=1, sample_every=1000, ckpt_every=1000, n_samples=2,
                     num_workers=0, progress=False, loader="torch", r1_gamma=10.0,
-                    model=ModelConfig(ngf=8, ndf=8, clip_frames=4, integrator="reference"))
+                    model=ModelConfig(ngf=8, ndf=8, clip_frames=4, rollout_frames=8,
+                                      integrator="reference"))
     import hgan.data.loader as L
     build = L.build_loader
     def spy_loader(*a, **kw):

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def tiny_cfg(h5, out, model="hgan", **kw):
     data_root = os.path.dirname(os.path.dirname(h5))
     mk = {k: kw.pop(k) for k in list(kw) if k in ModelConfig.__dataclass_fields__}
+    mk.setdefault("rollout_frames", 8)    # windows of the rollout, at a small cost
     mcfg = ModelConfig(model=model, ngf=8, ndf=8, clip_frames=4, integrator="reference", **mk)
     base = dict(system="pendulum", data=data_root, iters=2, batch_size=4, frames=6, device="cpu",
                 out=str(out), log_every=1, sample_every=1000, ckpt_every=1000, n_samples=2,

@@ -15,6 +15,7 @@ from hgan.train import load_checkpoint
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--system", "pendulum", "--batch-size", "4", "--frames", "6", "--clip-frames", "4",
+        "--rollout-frames", "8",
         "--ngf", "4", "--ndf", "4", "--k", "2", "--hidden", "8", "--motion-dim", "4",
         "--content-dim", "4", "--integrator", "analytic", "--device", "cpu", "--loader", "torch",
         "--num-workers", "2", "--log-every", "1", "--sample-every", "100000",

@@ -100,8 +100,9 @@ class System:
         return np.sqrt(m / np.pi)
 
     def energy_scale(self, params):
-        """Denominator floor of the relative energy drift: H itself can cross zero for the
-        double pendulum, so drift is measured against max(|H0|, this scale). Per-body
+        """A system's natural energy: the floor of the relative-drift denominator where H can
+        cross zero (the data's accuracy check uses it for the double pendulum only, see
+        simulate.energy_drift; the physics probe's drift metric for every system). Per-body
         masses and lengths enter through their mean over bodies."""
         pr = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
         pr = {k: (v.mean(-1) if k in self.body_params else v) for k, v in pr.items()}

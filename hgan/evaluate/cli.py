@@ -25,7 +25,6 @@ import torch
 from hgan.evaluate import appearance, figures, fvd, inputs, probe, report, structure
 from hgan.cli_args import OneLineParser as _Parser, int_at_least
 from hgan.evaluate.inputs import ALL_METRICS, InputError
-from hgan.models.generator import batch_sizes
 
 __all__ = ["ALL_METRICS", "InputError", "build_parser", "compare", "evaluate", "main",
            "physics_metrics"]
@@ -78,8 +77,8 @@ def _real_videos(ds, idx, frames, seed):
 
 def _generated_videos(generator, n, frames, seed, batch=64):
     gen = torch.Generator(device=generator.device).manual_seed(seed)
-    out = [probe.generated_to_probe(generator.sample(size, frames, generator=gen))
-           for size in batch_sizes(n, batch)]
+    out = [probe.generated_to_probe(generator.sample(min(batch, n - i), frames, generator=gen))
+           for i in range(0, n, batch)]
     return np.concatenate(out)
 
 

@@ -20,8 +20,6 @@ import scipy.linalg
 import torch
 from tqdm import tqdm
 
-from hgan.models.generator import batch_sizes
-
 I3D_FILENAME = "i3d_torchscript.pt"
 I3D_URL = "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt"
 I3D_ENV = "HGAN_I3D"
@@ -175,8 +173,8 @@ def generated_features(generator, detector, *, num_videos, frames, seed, batch_s
                        device="cpu"):
     gen = torch.Generator(device=device).manual_seed(seed)
     feats = []
-    for n in tqdm(batch_sizes(num_videos, batch_size), desc=f"I3D generated (seed {seed})",
-                  leave=False):
+    for i in tqdm(range(0, num_videos, batch_size), desc=f"I3D generated (seed {seed})", leave=False):
+        n = min(batch_size, num_videos - i)
         clips = to_uint8(generator.sample(n, frames, generator=gen))
         check_videos(clips, frames, "generated videos")
         feats.append(extract_features(detector, clips, batch_size=batch_size, device=device))

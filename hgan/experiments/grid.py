@@ -140,6 +140,20 @@ class Run:
             if have is not None and have != value:
                 raise GridError(f"{self.dir} was trained with {key} = {have!r}, the grid asks for "
                                 f"{value!r}: use another --out or delete that run directory")
+        # Model forms a config can predate: one saved without them was trained with the old
+        # forms (ModelConfig.from_dict), which a fresh run of this grid would not use.
+        if isinstance(cfg.get("model"), dict):
+            from hgan.models.config import ModelConfig
+            from hgan.train.config import parse_command_line
+            saved = ModelConfig.from_dict(cfg["model"])
+            fresh = parse_command_line(self.train_flags())[0].model
+            keys = ["rollout_frames"] + (["gru_input"] if self.model == "mocogan" else ["scheme"])
+            for key in keys:
+                if getattr(saved, key) != getattr(fresh, key):
+                    raise GridError(f"{self.dir} was trained with model.{key} = "
+                                    f"{getattr(saved, key)!r}, the grid asks for "
+                                    f"{getattr(fresh, key)!r}: use another --out or delete that "
+                                    f"run directory")
 
     def train_command(self, python=sys.executable):
         spec = self.spec

@@ -6,16 +6,6 @@ from hgan.models.motion import GRUMotion, HamiltonianMotion
 from hgan.models.networks import ImageGenerator
 
 
-def batch_sizes(n, batch):
-    """Sizes of consecutive batches that draw n videos, at least 2 each wherever n >= 2: the
-    mocogan GRU normalises its motion codes over the batch it draws (a lone video cannot be)."""
-    batch = max(int(batch), 1)
-    sizes = [batch] * (n // batch) + ([n % batch] if n % batch else [])
-    while len(sizes) > 1 and min(sizes[-1], sizes[-2]) == 1:   # a lone one joins a neighbour
-        sizes[-2:] = [sizes[-2] + sizes[-1]]
-    return sizes
-
-
 class VideoGenerator(nn.Module):
     def __init__(self, cfg):
         super().__init__()

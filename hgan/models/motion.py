@@ -4,8 +4,8 @@
   leapfrog rollout of the learned Hamiltonian through the `hgan.kernels` integrator.
 * `GRUMotion` (mocogan): a GRUCell. By default as in the MoCoGAN code the paper used
   (Kitagawa and Kakiuchi's): one noise vector is the first input, each output is the next
-  input, and every frame's outputs are normalised over the batch (batch statistics in every
-  mode, no affine); `gru_input="noise"`
+  input, and every frame's outputs are normalised over the batch (no affine; in eval mode by
+  running statistics kept per frame); `gru_input="noise"`
   feeds fresh noise at every frame instead, as the MoCoGAN paper writes it.
 
 `compile()` (what `train.py --compile` calls) compiles the noise-free part of each module in
@@ -15,7 +15,6 @@ recurrence of `GRUMotion`. The noise is always drawn eagerly: Dynamo cannot trac
 and with it exact resume, identical to an eager run.
 """
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from hgan.kernels import HamiltonianMLP
@@ -86,21 +85,36 @@ class GRUMotion(nn.Module):
         self.cell = nn.GRUCell(cfg.motion_dim, cfg.hidden)
         self.out = nn.Linear(cfg.hidden, cfg.motion_dim)
         if self.feedback:
-            # Without the normalisation the outputs start at about a tenth of the content
-            # code's scale (std ~0.1 against N(0, I)); the reference code's initialisation:
-            # Xavier weights, update-gate biases 1 (keep the state at first), the rest 0.
+            # The reference code's initialisation as it runs: Xavier weights, biases 0 (its
+            # initWeight means update-gate biases of 1, but the names it looks for,
+            # "gru.bias_ih_l...", are nn.GRU's, never a GRUCell's).
             for name, w in self.named_parameters():
-                if "weight" in name:
-                    nn.init.xavier_uniform_(w)
-                else:
-                    nn.init.zeros_(w)
-                    if name.startswith("cell.bias"):   # gates r, z, n: z is the update gate
-                        nn.init.ones_(w.data[cfg.hidden:2 * cfg.hidden])
+                (nn.init.xavier_uniform_ if "weight" in name else nn.init.zeros_)(w)
+            # Running statistics per frame index (the last row also serves every later frame),
+            # so that sampling in eval mode is one video's own, whatever the batch: normalised
+            # with the batch's own statistics, two videos come out as mirror images.
+            rows = max(cfg.rollout_frames, cfg.clip_frames, 1)
+            self.register_buffer("frame_mean", torch.zeros(rows, cfg.motion_dim))
+            self.register_buffer("frame_var", torch.ones(rows, cfg.motion_dim))
         self._compiled_unroll = None
 
     def compile(self, *args, **kwargs):
         """torch.compile the recurrence (`unroll`) in place; the noise stays eager."""
         self._compiled_unroll = torch.compile(self.unroll, *args, **kwargs)
+
+    def _normalise(self, y, t):
+        """Frame t's outputs over the batch in training (and its running statistics updated,
+        momentum 0.1 as nn.BatchNorm), by those running statistics in eval mode."""
+        row = min(t, self.frame_mean.shape[0] - 1)
+        if self.training:
+            mean, var = y.mean(0), y.var(0, unbiased=False)
+            with torch.no_grad():
+                self.frame_mean[row].lerp_(mean.detach(), 0.1)
+                n = y.shape[0]
+                self.frame_var[row].lerp_(var.detach() * n / (n - 1), 0.1)
+        else:
+            mean, var = self.frame_mean[row], self.frame_var[row]
+        return (y - mean) * torch.rsqrt(var + 1e-5)
 
     def unroll(self, noise):
         """Frame latents [n, T, D] from noise: [T, n, D] fed frame by frame (gru_input "noise"),
@@ -112,10 +126,8 @@ class GRUMotion(nn.Module):
             h = self.cell(x if self.feedback else noise[t], h)
             y = self.out(h)
             x = y
-            # Each frame normalised over the batch on its own, with the batch's statistics in
-            # every mode: the reference code never leaves training mode, and running averages
-            # would pool all frames' statistics into one.
-            ys.append(F.batch_norm(y, None, None, training=True) if self.feedback else y)
+            # each frame normalised on its own, as the reference code does
+            ys.append(self._normalise(y, t) if self.feedback else y)
         return torch.stack(ys, dim=1)
 
     def forward(self, n, frames, *, dt=None, generator=None, device=None):
@@ -124,10 +136,11 @@ class GRUMotion(nn.Module):
                              "dt applies to hgan and hnn_gan only")
         dev = device if device is not None else next(self.parameters()).device
         if self.feedback:
-            if n < 2:
+            if n < 2 and self.training:
                 raise ValueError("the mocogan GRU normalises each frame's motion codes over "
-                                 "the batch (as the MoCoGAN code the paper used does), so it "
-                                 "draws at least 2 videos at a time; got 1")
+                                 "the batch in training (as the MoCoGAN code the paper used "
+                                 "does), which needs at least 2 videos; got 1 (eval mode "
+                                 "draws any number)")
             eps = torch.randn(n, self.noise_dim, generator=generator, device=dev)
             noise = eps.expand(frames, n, self.noise_dim)
         else:
