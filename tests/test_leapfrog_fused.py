@@ -89,25 +89,25 @@ def test_fused_follows_its_scheme_where_the_schemes_differ(monkeypatch, layout):
         monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
     gen = torch.Generator().manual_seed(11)
     w64, b64 = random_mlp(3, (16, 24), dtype=torch.float64, generator=gen, scale=3.0)
-    q0, p0 = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    q0, p0 = torch.randn(3, 3, generator=gen), torch.randn(3, 3, generator=gen)
     moved = {}
     for scheme in ("order2", "official"):
         with torch.no_grad():
-            ref_q, _, _ = leapfrog(q0.double(), p0.double(), w64, b64, dt=0.1, frames=6,
+            ref_q, _, _ = leapfrog(q0.double(), p0.double(), w64, b64, dt=0.1, frames=4,
                                    activation="softplus", backend="analytic", scheme=scheme)
         moved[scheme] = ref_q - ref_q[:, :1]
     gap = float((moved["order2"] - moved["official"]).norm() / moved["order2"].norm())
-    assert gap > 1e-2, gap      # the schemes really differ here
+    assert gap > 1e-2, gap      # the schemes really differ here (about 0.04)
     weights = [w.float().to(DEVICE) for w in w64]
     biases = [b.float().to(DEVICE) for b in b64]
     for scheme in ("order2", "official"):
         with torch.no_grad():
-            q, _, _ = leapfrog(q0.to(DEVICE), p0.to(DEVICE), weights, biases, dt=0.1, frames=6,
+            q, _, _ = leapfrog(q0.to(DEVICE), p0.to(DEVICE), weights, biases, dt=0.1, frames=4,
                                activation="softplus", backend="fused", scheme=scheme)
         d = (q - q[:, :1]).double().cpu()
         err = float((d - moved[scheme]).norm() / moved[scheme].norm())
         assert err <= 1e-4, (scheme, err)
-        errs = compare_to_reference(q0.to(DEVICE), p0.to(DEVICE), weights, biases, 0.1, 6,
+        errs = compare_to_reference(q0.to(DEVICE), p0.to(DEVICE), weights, biases, 0.1, 4,
                                     "softplus", "fused", scheme=scheme)
         bad = {n: e for n, e in errs.items() if not e <= 1e-4}
         assert not bad, (scheme, bad)
