@@ -5,8 +5,8 @@
 * `GRUMotion` (mocogan): a GRUCell. By default as in the MoCoGAN code the paper used
   (Kitagawa and Kakiuchi's): one noise vector is the first input, each output is the next
   input, and every frame's outputs are normalised over the batch (no affine; in eval mode by
-  running statistics kept per frame); `gru_input="noise"`
-  feeds fresh noise at every frame instead, as the MoCoGAN paper writes it.
+  running statistics kept per frame); `gru_input="noise"` feeds fresh noise at every frame
+  instead, as the MoCoGAN paper writes it.
 
 `compile()` (what `train.py --compile` calls) compiles the noise-free part of each module in
 place, state-dict keys unchanged: the configuration map f of `HamiltonianMotion`, the whole
