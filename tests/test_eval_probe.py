@@ -66,6 +66,26 @@ def test_frechet_state_distance_discriminates(trained):
         probe.frechet_state_distance(real, real[:, :-1])
 
 
+def test_state_distance_takes_angles_on_the_circle():
+    # Pendulums swinging through the top: one set's angles just below +pi, the other's just
+    # above -pi, i.e. the same neighbourhood. Wrapped raw angles put them 2 pi apart.
+    rng = np.random.default_rng(0)
+    eps = np.abs(rng.normal(0.0, 0.05, (200, 3, 1)))
+    p = rng.normal(0.0, 1.0, (200, 3, 1))
+    below = np.concatenate([np.pi - eps, p], -1)
+    above = np.concatenate([-np.pi + eps[::-1], p[::-1]], -1)
+    raw = probe.frechet_state_distance(below, above)
+    circle = probe.frechet_state_distance(below, above, angular=(0,))
+    assert raw > 30 and circle < 0.1 * raw, (raw, circle)
+    # (cos q, sin q) of the same states: an angle off by 2 pi is the same state
+    same = probe.frechet_state_distance(below, below + np.array([2 * np.pi, 0.0]), angular=(0,))
+    assert abs(same) < 1e-6
+    emb = probe.embed_angles(below, (0,))
+    np.testing.assert_allclose(emb[..., 0], below[..., 1])             # momenta first
+    np.testing.assert_allclose(emb[..., 1:], np.stack([np.cos(below[..., 0]),
+                                                        np.sin(below[..., 0])], -1))
+
+
 def test_energy_drift_matches_closed_form():
     # Pendulum H = m g l (1 - cos q) + p^2 / (2 m l^2); two states per video.
     from hgan.data import get_system

@@ -156,6 +156,15 @@ def test_checks_state_the_claims_from_the_numbers(tmp_path):
     assert table.METRICS[2][0] == "state_distance" and table.METRICS[2][2](res) == 0.123
     del res["physics"]["frechet_state_distance"]["generated_half_vs_real_half"]
     assert table.METRICS[2][2](res) is None   # older results: not mixed with another sample size
+    # an angle system's results from before angles entered as (cos, sin): another metric
+    res["physics"]["frechet_state_distance"]["generated_half_vs_real_half"] = 0.123
+    for system, angles, want in (("pendulum", None, None), ("double_pendulum_colors", None, None),
+                                 ("mass_spring", None, 0.123), ("pendulum", "cos, sin", 0.123)):
+        res["system"] = system
+        res["physics"]["frechet_state_distance"].pop("angles", None)
+        if angles:
+            res["physics"]["frechet_state_distance"]["angles"] = angles
+        assert table.METRICS[2][2](res) == want, system
 
 
 @pytest.mark.parametrize("change, verdict", [

@@ -14,6 +14,7 @@ path in the run's config) relative to the --out directory, so they stay valid wh
 run directory is moved or committed.
 """
 import argparse
+import functools
 import json
 import os
 import sys
@@ -110,13 +111,14 @@ def physics_metrics(generator, ds, system, data_path, held_out, *, n, frames, se
     # The real reference compares two halves: the generated videos' value at the same sample
     # sizes (half of them against the second real half) is the one to set beside it, since a
     # Frechet distance's finite-sample bias grows as the samples shrink.
-    fsd = {"generated": probe.frechet_state_distance(real_p, gen_p),
-           "shuffled_real": probe.frechet_state_distance(real_p, shuf_p),
-           "real_half_vs_half": probe.frechet_state_distance(real_p[:half], real_p[half:2 * half])
+    fsd_of = functools.partial(probe.frechet_state_distance, angular=pr.angular)
+    fsd = {"generated": fsd_of(real_p, gen_p),
+           "shuffled_real": fsd_of(real_p, shuf_p),
+           "real_half_vs_half": fsd_of(real_p[:half], real_p[half:2 * half])
            if half >= 2 else None,
-           "generated_half_vs_real_half": probe.frechet_state_distance(real_p[half:2 * half],
-                                                                       gen_p[:half])
-           if half >= 2 else None}
+           "generated_half_vs_real_half": fsd_of(real_p[half:2 * half], gen_p[:half])
+           if half >= 2 else None,
+           "angles": "cos, sin" if pr.angular else None}
     return {"probe_rmse": rmse.tolist(), "probe_rel_rmse": rel.tolist(), "num_videos": len(real),
             "frames": frames, "energy_drift": drift, "frechet_state_distance": fsd,
             "probe_cache": probe.probe_cache_path(data_path)}

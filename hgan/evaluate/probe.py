@@ -241,12 +241,26 @@ def noise_floor(system, states, params, rmse, seed=0):
     return energy_drift(system, noisy, params)
 
 
-def frechet_state_distance(real_states, gen_states):
-    """Frechet distance of flattened probed trajectories [N, T-1, S] (equal lengths)."""
+def embed_angles(states, angular):
+    """States [..., S] with each angle coordinate replaced by (cos q, sin q): [..., S + A].
+    Wrapped to (-pi, pi], a rotating pendulum's angle jumps by 2 pi where it passes the top,
+    and a Gaussian fitted to the raw values puts the two sides of that jump far apart."""
+    states = np.asarray(states, dtype=np.float64)
+    if not angular:
+        return states
+    a = list(angular)
+    rest = [i for i in range(states.shape[-1]) if i not in a]
+    return np.concatenate([states[..., rest], np.cos(states[..., a]), np.sin(states[..., a])],
+                          axis=-1)
+
+
+def frechet_state_distance(real_states, gen_states, angular=()):
+    """Frechet distance of flattened probed trajectories [N, T-1, S] (equal lengths), angle
+    coordinates (indices `angular`) taken as (cos q, sin q)."""
     if np.shape(real_states)[1:] != np.shape(gen_states)[1:]:
         raise ValueError(f"trajectory shapes differ: {np.shape(real_states)} vs {np.shape(gen_states)}")
-    r = np.asarray(real_states).reshape(len(real_states), -1)
-    g = np.asarray(gen_states).reshape(len(gen_states), -1)
+    r = embed_angles(real_states, angular).reshape(len(real_states), -1)
+    g = embed_angles(gen_states, angular).reshape(len(gen_states), -1)
     return frechet_distance(*feature_stats(g), *feature_stats(r))
 
 
