@@ -3,6 +3,7 @@ import json
 import os
 
 from hgan.evaluate import structure
+from hgan.evaluate.probe import ANGULAR_SYSTEMS
 
 
 def _fmt(x, digits=4):
@@ -105,6 +106,16 @@ def _gen_half(physics):
     return "" if v is None else f"; {_fmt(v)} (half vs half, to set beside real's)"
 
 
+def _fsd_cell(r):
+    fsd = r["physics"]["frechet_state_distance"]
+    cell = (_fmt(fsd.get("generated_half_vs_real_half"), 3)
+            + f" ({_fmt(fsd['generated'], 3)})")
+    # results written before angles entered as (cos, sin): another metric for angle systems
+    if "angles" not in fsd and r.get("system", "").split("_colors")[0] in ANGULAR_SYSTEMS:
+        cell += " [raw angles: older results, not comparable]"
+    return cell
+
+
 def find_results(run_dir):
     for cand in (os.path.join(run_dir, "results.json"), os.path.join(run_dir, "eval", "results.json")):
         if os.path.isfile(cand):
@@ -121,9 +132,7 @@ METRICS = [
      lambda r: r.get("physics") and _fmt(r["physics"]["energy_drift"]["generated"]["median"], 3)),
     ("Frechet state distance, probed generated vs real trajectories, half vs half as real's "
      "reference (all videos in parentheses; lower is better)",
-     lambda r: r.get("physics") and (
-         _fmt(r["physics"]["frechet_state_distance"].get("generated_half_vs_real_half"), 3)
-         + f" ({_fmt(r['physics']['frechet_state_distance']['generated'], 3)})")),
+     lambda r: r.get("physics") and _fsd_cell(r)),
     ("appearance variation of generated videos (median; real videos score near 0; lower is better)",
      lambda r: r.get("appearance") and
      f"{r['appearance']['generated']['median']:.3g} (flagged {r['appearance']['generated_flagged']:.0%})"),
