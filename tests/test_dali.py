@@ -39,6 +39,7 @@ def test_dali_equals_torch_over_epochs_shards_and_resume(frames_h5, rank, start_
     assert ref_stream.batches_per_epoch * 2 < 9
     stream, got = take(frames_h5, 9, "dali", num_workers=2, **kw)
     assert stream.kind == "dali" and stream.position == start_batch + 9
+    assert len(got) == len(ref) == 9
     for g, (x, y) in enumerate(zip(ref, got)):
         assert y.shape == x.shape and y.dtype == torch.float32 and y.is_contiguous()
         assert torch.equal(x, y), f"batch {start_batch + g} differs"
@@ -46,7 +47,8 @@ def test_dali_equals_torch_over_epochs_shards_and_resume(frames_h5, rank, start_
 
 def test_dali_without_workers_matches_too(frames_h5):
     _, ref = take(frames_h5, 4, "torch", num_workers=0)
-    _, got = take(frames_h5, 4, "dali", num_workers=0)
+    stream, got = take(frames_h5, 4, "dali", num_workers=0)
+    assert len(got) == len(ref) == 4 and stream.position == 4   # an empty stream would pass zip
     assert all(torch.equal(x, y) for x, y in zip(ref, got))
 
 

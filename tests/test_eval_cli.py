@@ -153,6 +153,25 @@ def test_active_momenta_oracle(tmp_path, data_copy):
     np.testing.assert_allclose(am["mean_abs_dpdt"], rate, rtol=0.2, atol=1e-3)
 
 
+def test_energy_rollouts_run_both_ways_from_one_state():
+    # Oracle: the learned H along rollouts of the module's own integrator from the state the
+    # motion draws for that seed, at +dt and at -dt, relative to H at that state.
+    torch.manual_seed(0)
+    cfg = ModelConfig(model="hgan", k=3, motion_dim=6, content_dim=8, hidden=16, ngf=8, ndf=8)
+    g = build_models(cfg).generator
+    out = structure.energy_rollouts(g, n=4, steps=6, seed=3)
+    y0 = g.motion(4, 1, generator=torch.Generator().manual_seed(3))
+    h = g.motion_module.hamiltonian
+    for key, dt in (("forward", 0.05), ("backward", -0.05)):
+        with torch.enable_grad():
+            q, p, _ = h.rollout(y0["q"][:, 0], y0["p"][:, 0], 7, dt=dt)
+            e = h(q.flatten(0, 1), p.flatten(0, 1)).detach().double().view(4, 7)
+        want = ((e - e[:, :1]) / e[:, :1].abs()).numpy()
+        np.testing.assert_allclose(out[key], want, rtol=1e-4, atol=1e-7)
+    assert not np.allclose(out["forward"], out["backward"])
+    assert out["summary"]["dt"] == 0.05 and out["summary"]["steps"] == 6
+
+
 def test_active_momenta_count_what_the_hamiltonian_uses(tmp_path, data_copy):
     # H made independent of q_1 and q_2 (their columns of the first layer zeroed): dp_1/dt and
     # dp_2/dt are exactly 0, so one dimension is active; a flat H (all of q ignored) has none.

@@ -154,8 +154,17 @@ def test_tensor_core_precisions_run_in_both_layouts(tile, monkeypatch, chunk, wi
     p0 = torch.randn(19, 3, generator=gen).to(DEVICE)
     # 3 frames: two steps carry the loop and every gradient; under the interpreter each step
     # of the bf16x3 split at width 128 costs seconds
+    launched = []
+    real_launch = fused._launch
+
+    def spy(kernel, grid, *args, **kwargs):    # the flag must reach every kernel it launches
+        launched.append(kwargs.get("PREC"))
+        return real_launch(kernel, grid, *args, **kwargs)
+
+    monkeypatch.setattr(fused, "_launch", spy)
     errs = compare_to_reference(q0, p0, weights, biases, 0.05, 3, "tanh", "fused",
                                 precision=precision)
+    assert launched and set(launched) == {precision}, launched   # forward and backward
     tol = 5e-3 if precision == "tf32" and DEVICE == "cuda" else 1e-4   # the contract's bounds
     bad = {n: e for n, e in errs.items() if not e <= tol}
     assert not bad, f"fused {precision} (chunk {chunk}) vs float64, rel err > {tol}: {bad}"

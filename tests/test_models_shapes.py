@@ -187,6 +187,22 @@ def test_negative_dt_runs_time_backwards():
     torch.testing.assert_close(pb[:, -1], p0, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("dt", [0.1, -0.05])
+def test_motion_dt_reaches_the_rollout(dt):
+    # Through the public path: the rollout from the motion's own frame 0 at that dt (the
+    # default is 0.05), and not the default's.
+    torch.manual_seed(2)
+    g = build_models(tiny("hgan", integrator="reference")).generator
+    mot = g.motion(3, 5, dt=dt, generator=torch.Generator().manual_seed(1))
+    default = g.motion(3, 5, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(mot["q"][:, 0], default["q"][:, 0])     # same y0
+    q, p, _ = g.motion_module.hamiltonian.rollout(mot["q"][:, 0], mot["p"][:, 0], 5, dt=dt,
+                                                  backend="reference")
+    torch.testing.assert_close(mot["q"], q)
+    torch.testing.assert_close(mot["p"], p)
+    assert not torch.allclose(mot["q"][:, 1:], default["q"][:, 1:])
+
+
 def test_content_fixed_per_video_motion_varies():
     torch.manual_seed(3)
     g = build_models(tiny("hgan")).generator.eval()
