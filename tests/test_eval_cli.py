@@ -217,7 +217,8 @@ def test_compare_table_carries_iterations(tmp_path, capsys):
     assert "FVD" not in text.split("###")[1]  # a metric no run has is left out
     assert (tmp_path / "t.md").read_text() == text
     # pendulum results without "angles" predate (cos, sin) angles: marked, not silently mixed
-    assert text.count("[raw angles: older results, not comparable]") == 2
+    assert text.count("n/a (raw angles: older results, not comparable)") == 2
+    assert "(2.5)" not in text
     with pytest.raises(SystemExit) as e:
         cli.main(["compare", str(tmp_path)])
     assert e.value.code == 2 and "results.json" in capsys.readouterr().err

@@ -91,6 +91,15 @@ def test_run_trained_with_older_model_forms_is_an_error(tmp_path):
             run.check_config()
 
 
+def test_a_mocogan_batch_of_one_is_refused_before_any_data(tmp_path):
+    from hgan.experiments.grid import check_flags
+    check_flags(_spec(tmp_path, models=("hgan",), batch_size=1))      # hgan has no such limit
+    with pytest.raises(GridError, match="needs --batch-size >= 2, got 1"):
+        check_flags(_spec(tmp_path, batch_size=1))
+    check_flags(_spec(tmp_path, batch_size=1, train_args=("--gru-input", "noise")))
+    assert not os.path.exists(tmp_path / "data")
+
+
 def test_dataset_of_another_size_is_an_error(tmp_path):
     spec = _spec(tmp_path, train_traj=3, test_traj=2, traj_frames=6, frames=4)
     assert datasets.missing_splits(spec, "pendulum") == ["train", "test"]

@@ -108,12 +108,11 @@ def _gen_half(physics):
 
 def _fsd_cell(r):
     fsd = r["physics"]["frechet_state_distance"]
-    cell = (_fmt(fsd.get("generated_half_vs_real_half"), 3)
-            + f" ({_fmt(fsd['generated'], 3)})")
     # results written before angles entered as (cos, sin): another metric for angle systems
     if "angles" not in fsd and r.get("system", "").split("_colors")[0] in ANGULAR_SYSTEMS:
-        cell += " [raw angles: older results, not comparable]"
-    return cell
+        return "n/a (raw angles: older results, not comparable)"
+    return (_fmt(fsd.get("generated_half_vs_real_half"), 3)
+            + f" ({_fmt(fsd['generated'], 3)})")
 
 
 def find_results(run_dir):

@@ -243,7 +243,10 @@ def run(setup: Setup, callback=None, stop=None) -> dict:
         print(f"[hgan] run directory {cfg.out}\n[hgan] device {trainer.device}, "
               f"world size {info.world_size}, autocast {trainer.amp_dtype or 'off (fp32)'}\n{cfg.dumps()}", flush=True)
         from torch.utils.tensorboard import SummaryWriter
-        writer = SummaryWriter(os.path.join(cfg.out, "tb"), purge_step=trainer.iteration or None)
+        # Events after the checkpoint's iteration belong to steps that will be redone; those
+        # at it were logged by the state the checkpoint holds, and stay.
+        writer = SummaryWriter(os.path.join(cfg.out, "tb"),
+                               purge_step=trainer.iteration + 1 if trainer.iteration else None)
 
     batches = iter(stream)
     bar = tqdm(total=cfg.iters, initial=trainer.iteration, disable=not (main and cfg.progress),
