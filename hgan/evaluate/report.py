@@ -106,10 +106,16 @@ def _gen_half(physics):
     return "" if v is None else f"; {_fmt(v)} (half vs half, to set beside real's)"
 
 
+def raw_angles(r):
+    """True for an angle system's results.json written before the Frechet state distance took
+    angles as (cos, sin) (no "angles" key): raw wrapped angles, another metric."""
+    fsd = (r.get("physics") or {}).get("frechet_state_distance") or {}
+    return "angles" not in fsd and (r.get("system") or "").split("_colors")[0] in ANGULAR_SYSTEMS
+
+
 def _fsd_cell(r):
     fsd = r["physics"]["frechet_state_distance"]
-    # results written before angles entered as (cos, sin): another metric for angle systems
-    if "angles" not in fsd and r.get("system", "").split("_colors")[0] in ANGULAR_SYSTEMS:
+    if raw_angles(r):
         return "n/a (raw angles: older results, not comparable)"
     return (_fmt(fsd.get("generated_half_vs_real_half"), 3)
             + f" ({_fmt(fsd['generated'], 3)})")

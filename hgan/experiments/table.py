@@ -7,7 +7,7 @@ says little about the paper's models. With several seeds a cell is mean ± std o
 
 import numpy as np
 
-from hgan.evaluate.probe import ANGULAR_SYSTEMS
+from hgan.evaluate.report import raw_angles
 from hgan.evaluate.structure import ACTIVE_FLOOR, ACTIVE_FRACTION, active_text
 
 # (key, title, getter on results.json, lower is better)
@@ -53,14 +53,8 @@ def _get(d, *keys):
 
 
 def _state_distance(r, key):
-    """A Frechet state distance of results.json; None for an angle system's results written
-    before angles entered as (cos, sin) (no "angles" key): raw wrapped angles, another metric."""
-    fsd = _get(r, "physics", "frechet_state_distance") or {}
-    system = r.get("system") or ""
-    if "angles" not in fsd and any(system == s or system.startswith(s + "_")
-                                   for s in ANGULAR_SYSTEMS):
-        return None
-    return fsd.get(key)
+    """A Frechet state distance of results.json; None for an angle system's older results."""
+    return None if raw_angles(r) else _get(r, "physics", "frechet_state_distance", key)
 
 
 def _pair(a, b):
