@@ -241,3 +241,21 @@ def test_generated_videos_are_random_windows_of_the_rollout(tiny_pendulum_h5, tm
         starts, length = window
         assert length == 6 and starts.shape == (4,)
         assert ((starts >= 0) & (starts <= rollout - 6)).all()
+
+
+def test_resume_keeps_the_checkpoints_tensorboard_steps_and_replaces_the_redone_ones(
+        tiny_pendulum_h5, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def steps(run):
+        acc = EventAccumulator(str(run / "tb"))
+        acc.Reload()
+        return [e.step for e in acc.Scalars("loss/G")]
+
+    run = tmp_path / "b"
+    train(tiny_cfg(tiny_pendulum_h5, run, iters=3, ckpt_every=2, keep_every=2))
+    assert steps(run) == [1, 2, 3]
+    # Resumed from iteration 2: step 3 is redone, so its first event goes; step 2's stays.
+    train(tiny_cfg(tiny_pendulum_h5, tmp_path / "ignored", iters=4),
+          resume=str(run / "checkpoints" / "iter_0000002.pt"))
+    assert steps(run) == [1, 2, 3, 4]

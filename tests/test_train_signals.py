@@ -161,3 +161,33 @@ def test_signal_during_dataset_generation_ends_cleanly(tmp_path, sig, code):
         "no partial file was kept"], stderr
     assert os.listdir(data / "pendulum") == []  # neither a partial nor a half-made dataset
     assert not (tmp_path / "run").exists()
+
+
+_SIGNAL_IN_SETUP = """
+import os, signal, sys, time
+import hgan.train.run as run
+
+def trainer(*args, **kwargs):  # the models are being built: the setup's longest part on a GPU
+    os.kill(os.getpid(), signal.{sig})
+    time.sleep(60)
+    raise AssertionError("the signal did not stop the setup")
+
+run.Trainer = trainer
+from hgan.train.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_setup_ends_in_one_line(data_root, tmp_path, sig, code):
+    # Before the loop's own handlers exist: no traceback (SIGINT), no silent exit (SIGTERM).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    args = [*TINY, "--data", data_root, "--out", str(tmp_path / "run")]
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_IN_SETUP.format(sig=sig.name), *args],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          preexec_fn=_default_sigint)
+    assert proc.returncode == code, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"train.py: stopped by {sig.name} before the first iteration; "
+        "nothing of the run was written"], proc.stderr
+    assert not (tmp_path / "run").exists()

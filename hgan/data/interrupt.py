@@ -11,14 +11,28 @@ from concurrent.futures import TimeoutError as FutureTimeout
 _HERE = os.path.dirname(os.path.abspath(__file__))  # hgan/data: code a handler may raise in
 
 
-class GenerationInterrupted(KeyboardInterrupt):
+class Interrupted(KeyboardInterrupt):
+    """A stop signal, raised as Ctrl-C raises KeyboardInterrupt (see `raise_interrupted`);
+    `signum` lets a command line exit with 128 + signum, as a shell reports a signalled
+    process."""
+
+    def __init__(self, signum, what="interrupted"):
+        super().__init__(what)
+        self.signum = signum
+
+
+def raise_interrupted(signum, frame):
+    """A SIGTERM handler that ends a command's setup as Ctrl-C does, with Interrupted
+    instead of SIGTERM's silent default. StopSignals takes over from it like from a default."""
+    raise Interrupted(signum)
+
+
+class GenerationInterrupted(Interrupted):
     """SIGINT or SIGTERM stopped generation; the split being written was discarded.
-    A KeyboardInterrupt, so callers that already stop on Ctrl-C stop on it too; `signum`
-    lets a command line exit with 128 + signum, as a shell reports a signalled process."""
+    A KeyboardInterrupt, so callers that already stop on Ctrl-C stop on it too."""
 
     def __init__(self, signum):
-        super().__init__("generation interrupted")
-        self.signum = signum
+        super().__init__(signum, "generation interrupted")
 
 
 class StopSignals:
@@ -33,7 +47,7 @@ class StopSignals:
     section it can leave a lock held. There `check()`, which the writing loop calls between
     blocks, raises it instead. Signals after the first change nothing, so the cleanup is
     not cut short. A handler the caller installed (a trainer's stop flag, SIG_IGN under
-    nohup) is left alone, and so is everything off the main thread, which cannot install
+    nohup), other than `raise_interrupted`, is left alone, and so is everything off the main thread, which cannot install
     handlers."""
 
     def __init__(self):
@@ -42,9 +56,9 @@ class StopSignals:
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig, default in ((signal.SIGINT, signal.default_int_handler),
-                                 (signal.SIGTERM, signal.SIG_DFL)):
-                if signal.getsignal(sig) is default:
+            for sig, defaults in ((signal.SIGINT, (signal.default_int_handler,)),
+                                  (signal.SIGTERM, (signal.SIG_DFL, raise_interrupted))):
+                if signal.getsignal(sig) in defaults:
                     self._old[sig] = signal.signal(sig, self._handle)
         return self
 

@@ -1,8 +1,9 @@
 """`train.py` / `hgan-train`: the command line of training (flags: hgan.train.config).
 
 Exit codes: 0 done (or stopped by a signal after saving a checkpoint); 1 a non-finite loss;
-2 bad input, in one line `train.py: error: ...`; 130 / 143 SIGINT / SIGTERM while the
-dataset was being generated (nothing of it kept)."""
+2 bad input, in one line `train.py: error: ...`; 130 / 143 SIGINT / SIGTERM before the
+first iteration (while the dataset was generated: nothing of it kept; later in the setup:
+nothing of the run written yet). From the first iteration on, a signal saves a checkpoint."""
 import signal
 import sys
 
@@ -17,12 +18,18 @@ def bad_input(e: BaseException) -> int:
 
 def main(argv=None) -> int:
     from hgan.data import GenerationInterrupted
+    from hgan.data.interrupt import raise_interrupted
     from hgan.train.checkpoint import CheckpointError
     from hgan.train.loop import NonFiniteLoss
     from hgan.train.run import prepare, run
     cfg, resume, given = parse_command_line(argv)
     # Only the setup phase's errors are bad input (hgan.data's DataFormatError is a ValueError);
     # one raised by training itself is a bug and keeps its traceback.
+    # Until the loop installs its own handlers, SIGTERM ends the setup as Ctrl-C does, with
+    # one line instead of a silent exit (or a traceback); one the parent ignores stays ignored.
+    sigterm = signal.getsignal(signal.SIGTERM)
+    if sigterm == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, raise_interrupted)
     try:
         setup = prepare(cfg, resume=resume, given=given)
     except (ValueError, FileNotFoundError, CheckpointError) as e:
@@ -31,6 +38,14 @@ def main(argv=None) -> int:
         print(f"train.py: generation of {cfg.data_path} was interrupted "
               f"({signal.Signals(e.signum).name}); no partial file was kept", file=sys.stderr)
         return 128 + e.signum
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"train.py: stopped by {signal.Signals(signum).name} before the first iteration; "
+              "nothing of the run was written", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if sigterm == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, sigterm)
     try:
         run(setup)
     except NonFiniteLoss as e:
