@@ -51,13 +51,15 @@ def build_parser():
                         "so that their kernels share the GPU without MPS (hgan.train.pack); "
                         "a pack takes one --parallel slot")
     t.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (every job)")
-    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--batch-size", type=int, default=16, help="videos per iteration of every run")
     t.add_argument("--frames", type=int, default=16, help="frames per training video")
-    t.add_argument("--resolution", type=int, default=32)
+    t.add_argument("--resolution", type=int, default=32,
+                   help="frame size in pixels of the generated datasets and the runs")
     t.add_argument("--train-traj", type=int, default=1_000, help="train trajectories per system")
     t.add_argument("--test-traj", type=int, default=256, help="held-out trajectories per system")
     t.add_argument("--traj-frames", type=int, default=128, help="frames per generated trajectory")
-    t.add_argument("--data-seed", type=int, default=0)
+    t.add_argument("--data-seed", type=int, default=0,
+                   help="seed of the generated datasets (runs keep their --seeds)")
     t.add_argument("--paper-sizes", action="store_true",
                    help=f"the paper's data: {PAPER_SIZES['train_traj']} x {PAPER_SIZES['traj_frames']} "
                         f"frames per system (+ {PAPER_SIZES['test_traj']} held out); slow to generate")
@@ -77,7 +79,8 @@ def build_parser():
     t.add_argument("--data-only", action="store_true",
                    help="only generate the datasets the grid needs (e.g. before a --deadline "
                         "grid, whose clock would otherwise include them)")
-    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (status lines stay)")
     e = sub.add_parser("export", help="copy a grid's small results (no checkpoints) elsewhere")
     e.add_argument("grid_dir")
     e.add_argument("--to", required=True)
