@@ -220,3 +220,22 @@ def test_extra_flags_may_be_one_flag_starting_with_a_dash():
     a = cli.build_parser().parse_args(cli._attach_flag_strings(
         ["table1", "--out", "g", "--train-args", "--amp --compile"]))
     assert a.train_args == "--amp --compile"
+
+
+def test_an_evaluation_of_an_earlier_iteration_is_not_shown_as_the_runs(tmp_path):
+    spec = _spec(tmp_path, models=("hgan",), iters=10)
+    run, = spec.runs()
+    _fake_run(run, 4, results_iter=4)   # stopped short at 4 and evaluated there
+    segs = [{"from": 0, "to": 4, "seconds": 5.0, "returncode": 0}]
+    run.save_record({"segments": segs, "eval": {"seconds": 7.0, "returncode": 0, "iteration": 4}})
+    row, = table.collect(spec)
+    assert (row["eval_s"], row["failed"]) == (7.0, False) and row["results"]
+    _fake_run(run, 10, results_iter=4)  # resumed to 10; its evaluation there failed or is due
+    segs.append({"from": 4, "to": 10, "seconds": 9.0, "returncode": 0})
+    for failed in (0, 1):
+        run.save_record({"segments": segs,
+                         "eval": {"seconds": 7.0, "returncode": failed, "iteration": 4}})
+        row, = table.collect(spec)
+        assert (row["eval_s"], row["failed"], row["results"]) == (None, False, None)
+        assert "| pendulum | hgan | 0 | 10 / 10 | 14 | n/a | n/a | not evaluated |" in "\n".join(
+            table.runs_section([row]))

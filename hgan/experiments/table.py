@@ -75,15 +75,17 @@ def collect(spec):
     for run in spec.runs():
         rec, res = run.record(), run.results()
         segs = rec.get("segments", [])
+        # An evaluation of an earlier iteration (the run trained on since) says nothing now.
+        ev = rec.get("eval") if _get(rec, "eval", "iteration") in (None, run.iteration()) else None
         rows.append({
             "run": run, "system": run.system, "model": run.model, "seed": run.seed,
             "iteration": run.iteration(), "target": spec.iters,
             "train_s": sum(s["seconds"] for s in segs) if segs else None,
             "it_per_s": next((s["it_per_s_logged"] for s in reversed(segs)
                               if s.get("it_per_s_logged")), None),
-            "eval_s": _get(rec, "eval", "seconds"),
+            "eval_s": _get(ev, "seconds"),
             "results": res if res and res.get("iteration") == run.iteration() else None,
-            "failed": any(s.get("returncode") for s in segs[-1:]) or bool(_get(rec, "eval", "returncode")),
+            "failed": any(s.get("returncode") for s in segs[-1:]) or bool(_get(ev, "returncode")),
         })
     return rows
 
