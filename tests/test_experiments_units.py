@@ -94,7 +94,7 @@ def test_run_trained_with_older_model_forms_is_an_error(tmp_path):
 def test_a_mocogan_batch_of_one_is_refused_before_any_data(tmp_path):
     from hgan.experiments.grid import check_flags
     check_flags(_spec(tmp_path, models=("hgan",), batch_size=1))      # hgan has no such limit
-    with pytest.raises(GridError, match="needs --batch-size >= 2, got 1"):
+    with pytest.raises(GridError, match=r"needs >= 2 videos per batch, got 1 \(--batch-size\)"):
         check_flags(_spec(tmp_path, batch_size=1))
     check_flags(_spec(tmp_path, batch_size=1, train_args=("--gru-input", "noise")))
     assert not os.path.exists(tmp_path / "data")

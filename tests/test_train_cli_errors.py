@@ -296,3 +296,17 @@ def test_a_resumed_run_trains_on_the_data_it_started_with(data_root, tmp_path, c
         == str(moved)
     assert resume_config(ckpt, RunConfig(iters=9, data="/x"),
                          str(out / "checkpoints" / "last.pt")).data == "/x"
+
+
+def test_a_mocogan_batch_without_batch_statistics_is_refused(data_root, tmp_path, capsys):
+    from hgan.train.dist import DistInfo
+    from hgan.train.loop import Trainer
+    args = TINY + ["--data", data_root, "--out", str(tmp_path / "run"), "--model", "mocogan"]
+    code, _, err = call(args + ["--batch-size", "1"], capsys)
+    assert_one_error_line(code, err, "needs >= 2 videos per batch, got 1 (--batch-size 1)")
+    assert not (tmp_path / "run").exists()
+    # under DDP the batch is each rank's share
+    cfg, _, _ = parse_command_line(args + ["--batch-size", "2"])
+    with pytest.raises(ValueError, match=r"got 1 \(--batch-size 2 over 2 ranks\)"):
+        Trainer(cfg, DistInfo(rank=0, world_size=2), device="cpu")
+    Trainer(cfg, DistInfo(), device="cpu")   # two videos in one process train

@@ -237,15 +237,14 @@ def check_flags(spec):
     generated: each job would otherwise fail on them alone, after the data."""
     from hgan.evaluate import fvd
     from hgan.evaluate.cli import build_parser as eval_parser
+    from hgan.models.config import batch_refusal
     from hgan.train.config import parse_command_line
     for run in {(r.system, r.model): r for r in spec.runs()}.values():
         cfg = _parse(parse_command_line, run.train_flags, "--train-args", "python train.py")[0]
         # the one check train.py makes only when it builds its models (one process: one rank)
-        if cfg.model.model == "mocogan" and cfg.model.gru_input == "feedback" and \
-                cfg.batch_size < 2:
-            raise GridError(f"mocogan's GRU normalises its motion codes over the batch "
-                            f"(--gru-input feedback), which needs --batch-size >= 2, got "
-                            f"{cfg.batch_size}")
+        refusal = batch_refusal(cfg.model, cfg.batch_size)
+        if refusal:
+            raise GridError(f"{refusal} (--batch-size)")
         args = _parse(eval_parser().parse_args, run.eval_flags, "--eval-args",
                       "python -m hgan.evaluate")
     # the detector hgan.evaluate will use: --i3d, else an existing file at $HGAN_I3D

@@ -110,6 +110,16 @@ class ModelConfig:
         return cls(**{"scheme": "official", "rollout_frames": 0, "gru_input": "noise", **d})
 
 
+def batch_refusal(cfg: ModelConfig, videos: int) -> str | None:
+    """Why `videos` generated videos per training batch (per rank under DDP) cannot train
+    `cfg`; None when they can. mocogan's feedback GRU normalises each frame's motion codes
+    over the batch, as the MoCoGAN code the paper used does: one video has no batch statistics."""
+    if cfg.model == "mocogan" and cfg.gru_input == "feedback" and videos < 2:
+        return (f"mocogan's GRU normalises its motion codes over the batch (--gru-input "
+                f"feedback), which needs >= 2 videos per batch, got {videos}")
+    return None
+
+
 def resolution_plan(resolution: int):
     """(base, n): resolution = base * 2**n with base 4 or 6 and n >= 2 stride-2 layers.
 

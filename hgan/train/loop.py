@@ -16,6 +16,7 @@ from torch.nn.parallel import DistributedDataParallel
 from hgan.device import check_device
 from hgan.kernels import cyclic_loss
 from hgan.models import build_models
+from hgan.models.config import batch_refusal
 from hgan.train import capture as hcapture
 from hgan.train import dist as hdist
 from hgan.train.checkpoint import capture_rng, load_weights, restore_rng, save_checkpoint
@@ -204,12 +205,11 @@ class Trainer:
             raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the "
                              f"{self.info.world_size} ranks")
         self.local_batch = cfg.batch_size // self.info.world_size
-        if (cfg.model.model == "mocogan" and cfg.model.gru_input == "feedback"
-                and self.local_batch < 2):
-            raise ValueError(f"mocogan's GRU normalises its motion codes over each rank's batch "
-                             f"(--gru-input feedback), which needs >= 2 videos per rank; got "
-                             f"{self.local_batch} (--batch-size {cfg.batch_size}, "
-                             f"{self.info.world_size} ranks)")
+        refusal = batch_refusal(cfg.model, self.local_batch)
+        if refusal:
+            ranks = self.info.world_size
+            raise ValueError(f"{refusal} (--batch-size {cfg.batch_size}"
+                             + (f" over {ranks} ranks)" if ranks > 1 else ")"))
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.models = build_models(cfg.model, self.device)
         self.G, self.D_I, self.D_V = self.models.generator, self.models.image_disc, self.models.video_disc
