@@ -33,8 +33,11 @@ def grid(tmp_path_factory):
 
 
 def _spec(out, iters):
-    return GridSpec(out=out, systems=("pendulum", "mass_spring"), models=("hgan", "mocogan"),
-                    iters=iters, eval_metrics="physics,appearance,cyclic,samples")
+    """The spec the grid ran with (its flags decide whether a run counts as evaluated)."""
+    with open(os.path.join(out, "grid.json")) as f:
+        saved = json.load(f)["spec"]
+    assert (saved["systems"], saved["models"]) == (["pendulum", "mass_spring"], ["hgan", "mocogan"])
+    return GridSpec(**{**saved, "iters": iters})
 
 
 def test_tiny_grid_trains_evaluates_and_compares(grid):
@@ -78,8 +81,9 @@ def test_longer_grid_resumes_from_checkpoints_and_reevaluates(grid):
     code = cli.main(["table1", "--out", out, "--iters", "3", "--systems", "pendulum",
                      "--models", "mocogan"] + TINY)
     assert code == 0
-    run = GridSpec(out=out, systems=("pendulum",), models=("mocogan",), iters=3,
-                   eval_metrics="physics,appearance,cyclic,samples").runs()[0]
+    run = GridSpec(**{**json.load(open(os.path.join(out, "grid.json")))["spec"],
+                      "iters": 3}).runs()[0]
+    assert run.name == "pendulum-mocogan-s0"
     assert run.iteration() == 3 and run.evaluated() and run.results()["iteration"] == 3
     seg = run.record()["segments"]
     assert [(s["from"], s["to"]) for s in seg] == [(0, 2), (2, 3)]

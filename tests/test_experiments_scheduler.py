@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from hgan.evaluate.cli import build_parser, settings
 from hgan.experiments import runner
 from hgan.experiments.grid import GridSpec, Run
 
@@ -34,10 +35,11 @@ with open(os.path.join(run_dir, "spans.txt"), "a") as f:
 """
 FAKE_EVAL = r"""
 import json, os, sys
-run_dir, metrics = sys.argv[1], sys.argv[2].split(",")
+run_dir, metrics, settings = sys.argv[1], sys.argv[2].split(","), json.loads(sys.argv[3])
 it = json.load(open(os.path.join(run_dir, "summary.json")))["iteration"]
 os.makedirs(os.path.join(run_dir, "eval"), exist_ok=True)
-json.dump({"iteration": it, "metrics": metrics}, open(os.path.join(run_dir, "eval", "results.json"), "w"))
+json.dump({"iteration": it, "metrics": metrics, "settings": settings},
+          open(os.path.join(run_dir, "eval", "results.json"), "w"))
 """
 
 
@@ -48,7 +50,8 @@ def fake_jobs(monkeypatch):
         sys.executable, "-c", FAKE_TRAIN, self.dir, str(self.spec.iters),
         "1" if self.name in failing else "0"])
     monkeypatch.setattr(Run, "eval_command", lambda self: [
-        sys.executable, "-c", FAKE_EVAL, self.dir, self.spec.eval_metrics])
+        sys.executable, "-c", FAKE_EVAL, self.dir, self.spec.eval_metrics,
+        json.dumps(settings(build_parser().parse_args(self.eval_flags())))])
     monkeypatch.setattr(runner.datasets, "missing_splits", lambda spec, system: [])
     return failing
 

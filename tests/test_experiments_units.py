@@ -1,5 +1,6 @@
 """hgan.experiments without subprocesses: run states, commands, data checks, progress, checks."""
 import io
+import re
 import json
 import os
 
@@ -29,7 +30,14 @@ def _fake_run(run, iteration, *, results_iter=None, metrics=("physics", "cyclic"
     if results_iter is not None:
         os.makedirs(run.path("eval"), exist_ok=True)
         with open(run.path("eval", "results.json"), "w") as f:
-            json.dump({"iteration": results_iter, "metrics": list(metrics)}, f)
+            json.dump({"iteration": results_iter, "metrics": list(metrics),
+                       "settings": _eval_settings(run)}, f)
+
+
+def _eval_settings(run):
+    """results.json's settings as hgan.evaluate writes them for the grid's flags."""
+    from hgan.evaluate.cli import build_parser, settings
+    return settings(build_parser().parse_args(run.eval_flags()))
 
 
 def test_run_states_and_commands(tmp_path):
@@ -49,6 +57,27 @@ def test_run_states_and_commands(tmp_path):
     assert other.evaluated()
     _fake_run(other, 10, results_iter=10, metrics=("physics",))  # a metric missing
     assert not other.evaluated()
+
+
+def test_a_result_of_other_evaluation_settings_is_evaluated_again(tmp_path, monkeypatch):
+    monkeypatch.delenv("HGAN_I3D", raising=False)
+    run, = _spec(tmp_path, models=("hgan",), iters=10, eval_metrics="fvd,physics").runs()
+    _fake_run(run, 10, results_iter=10, metrics=("fvd", "physics"))
+    assert run.evaluated()
+    # --eval-args changed: the numbers answer another question
+    for args in (("--physics-videos", "3"), ("--frames", "6"), ("--seeds", "0"),
+                 ("--probe-steps", "5")):
+        assert not _spec(tmp_path, models=("hgan",), iters=10, eval_metrics="fvd,physics",
+                         eval_args=args).runs()[0].evaluated(), args
+    # FVD skipped for want of a detector, which the grid now has
+    res = json.load(open(run.path("eval", "results.json")))
+    res["fvd"] = {"skipped": "no detector"}
+    json.dump(res, open(run.path("eval", "results.json"), "w"))
+    assert run.evaluated()
+    detector = tmp_path / "i3d_torchscript.pt"
+    detector.write_bytes(b"")
+    monkeypatch.setenv("HGAN_I3D", str(detector))
+    assert not run.evaluated()
 
 
 @pytest.mark.parametrize("eval_args, frames", [((), 6), (("--frames", "12"), 12),
@@ -239,3 +268,22 @@ def test_an_evaluation_of_an_earlier_iteration_is_not_shown_as_the_runs(tmp_path
         assert (row["eval_s"], row["failed"], row["results"]) == (None, False, None)
         assert "| pendulum | hgan | 0 | 10 / 10 | 14 | n/a | n/a | not evaluated |" in "\n".join(
             table.runs_section([row]))
+
+
+def test_a_run_trained_with_other_flags_than_the_grids_is_an_error(tmp_path):
+    # --train-args changed between two grid commands: the finished runs were trained without
+    # them, and compare.md's header would state flags their numbers never had.
+    from hgan.train.config import parse_command_line
+    run, = _spec(tmp_path, models=("hgan",)).runs()
+    _fake_run(run, 10, config=parse_command_line(run.train_flags())[0].to_dict())
+    run.check_config()
+    # flags a resumed run may change (logging, the device) are no difference
+    _spec(tmp_path, models=("hgan",), train_args=("--log-every", "5", "--no-cuda-graph")
+          ).runs()[0].check_config()
+    for args, diff in ((("--lr", "0.5"), "lr = 0.0002, the grid asks for 0.5"),
+                       (("--cyc-lambda", "0"), "cyc_lambda = 0.01, the grid asks for 0.0"),
+                       (("--k", "3"), "model.k = 10, the grid asks for 3"),
+                       (("--amp",), "amp = False, the grid asks for True")):
+        other, = _spec(tmp_path, models=("hgan",), train_args=args).runs()
+        with pytest.raises(GridError, match=re.escape(diff)):
+            other.check_config()

@@ -28,7 +28,18 @@ from hgan.cli_args import OneLineParser as _Parser, int_at_least
 from hgan.evaluate.inputs import ALL_METRICS, InputError
 
 __all__ = ["ALL_METRICS", "InputError", "build_parser", "compare", "evaluate", "main",
-           "physics_metrics"]
+           "physics_metrics", "settings"]
+
+# The flags that change an evaluation's numbers, paths and the device aside. results.json
+# keeps them ("settings"), so that a caller (the experiments grid) can tell whether a result
+# answers the question it asks now.
+NUMBER_FLAGS = ("frames", "seeds", "fvd_videos", "physics_videos", "probe_steps", "probe_width",
+                "tsne_samples", "tsne_iters", "momenta_videos", "rollout_videos", "rollout_steps")
+
+
+def settings(args) -> dict:
+    """The NUMBER_FLAGS of parsed arguments, as results.json stores them."""
+    return {k: list(getattr(args, k)) if k == "seeds" else getattr(args, k) for k in NUMBER_FLAGS}
 
 
 def portable_paths(results, out_dir):
@@ -161,7 +172,8 @@ def _evaluate(args, run):
     data_path, ds, held_out, model = run.data_path, run.ds, run.held_out, generator.config.model
     results = {"checkpoint": os.path.abspath(args.checkpoint), "model": model,
                "iteration": run.iteration, "data": data_path, "device": device, "metrics": metrics,
-               "figures": {}, "config": run.config, "system": run.system}
+               "figures": {}, "config": run.config, "system": run.system,
+               "settings": settings(args)}
     system = None
     if ds is not None:
         from hgan.data import get_system

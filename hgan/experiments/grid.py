@@ -21,7 +21,7 @@ import json
 import os
 import shlex
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 MODELS = ("hgan", "hnn_gan", "mocogan")
 TABLE1_SYSTEMS = ("mass_spring", "pendulum", "double_pendulum", "two_body", "three_body")
@@ -117,43 +117,49 @@ class Run:
         return _read_json(self.path("eval", "results.json"))
 
     def evaluated(self):
-        """Evaluated at the checkpoint's iteration, with every metric the grid asks for."""
+        """Evaluated at the checkpoint's iteration, with every metric and the settings the
+        grid asks for (--eval-args may have changed since), and FVD computed if a detector
+        is there now (a result without one skipped it)."""
         r = self.results()
         if not r or not os.path.exists(self.checkpoint):
             return False
         want = set(metric_list(self.spec))
-        return r.get("iteration") == self.iteration() and want <= set(r.get("metrics", ()))
+        if r.get("iteration") != self.iteration() or not want <= set(r.get("metrics", ())):
+            return False
+        from hgan.evaluate import fvd
+        from hgan.evaluate.cli import build_parser, settings
+        args = build_parser().parse_args(self.eval_flags())
+        if r.get("settings") != settings(args):
+            return False
+        env = os.environ.get(fvd.I3D_ENV)
+        detector = args.i3d or (env if env and os.path.exists(env) else None)
+        return not ("fvd" in args.metrics and detector and "skipped" in (r.get("fvd") or {}))
 
     def check_config(self):
         """A run directory trained with other settings than the grid asks for is an error: a
-        resumed run keeps its checkpoint's configuration, so the table would mix them."""
+        resumed run keeps its checkpoint's configuration, so the table would mix them (and
+        its header would state flags the run never had). Every setting counts but the ones
+        a resumed run may change (hgan.train.config.resumable_fields) and the paths; a config
+        saved before a model form existed was trained with the old form
+        (ModelConfig.from_dict), which a fresh run of this grid would not use."""
         cfg = _read_json(self.path("config.json"))
         if not cfg:
             return
-        want = {"system": self.system, "seed": self.seed, "batch_size": self.spec.batch_size,
-                "frames": self.spec.frames, "model.model": self.model,
-                "model.resolution": self.spec.resolution}
-        for key, value in want.items():
-            have = cfg
-            for part in key.split("."):
-                have = (have or {}).get(part)
-            if have is not None and have != value:
-                raise GridError(f"{self.dir} was trained with {key} = {have!r}, the grid asks for "
-                                f"{value!r}: use another --out or delete that run directory")
-        # Model forms a config can predate: one saved without them was trained with the old
-        # forms (ModelConfig.from_dict), which a fresh run of this grid would not use.
-        if isinstance(cfg.get("model"), dict):
-            from hgan.models.config import ModelConfig
-            from hgan.train.config import parse_command_line
-            saved = ModelConfig.from_dict(cfg["model"])
-            fresh = parse_command_line(self.train_flags())[0].model
-            keys = ["rollout_frames"] + (["gru_input"] if self.model == "mocogan" else ["scheme"])
-            for key in keys:
-                if getattr(saved, key) != getattr(fresh, key):
-                    raise GridError(f"{self.dir} was trained with model.{key} = "
-                                    f"{getattr(saved, key)!r}, the grid asks for "
-                                    f"{getattr(fresh, key)!r}: use another --out or delete that "
-                                    f"run directory")
+        from hgan.models.config import ModelConfig
+        from hgan.train.config import RunConfig, parse_command_line, resumable_fields
+        saved = RunConfig.from_dict(cfg)
+        fresh = parse_command_line(self.train_flags())[0]
+        # generation sizes matter only where the grid's data is missing, and the grid makes it
+        skip = set(resumable_fields()) | {"out", "model", "gen_train", "gen_test", "gen_frames"}
+        pairs = [(f.name, getattr(saved, f.name), getattr(fresh, f.name))
+                 for f in fields(RunConfig) if f.name not in skip]
+        pairs += [(f"model.{f.name}", getattr(saved.model, f.name), getattr(fresh.model, f.name))
+                  for f in fields(ModelConfig)]
+        diffs = [f"{k} = {have!r}, the grid asks for {want!r}" for k, have, want in pairs
+                 if have != want]
+        if diffs:
+            raise GridError(f"{self.dir} was trained with {'; '.join(diffs)}: use another --out "
+                            f"or delete that run directory")
 
     def train_command(self, python=sys.executable):
         spec = self.spec
