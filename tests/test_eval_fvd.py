@@ -170,6 +170,12 @@ def test_pipeline_with_stand_in_detector(stand_in_i3d, tmp_path):
     assert len(list((tmp_path / "cache").iterdir())) == 1
     mu_c, _ = fvd.real_stats(None, det, **kw)  # served from the cache: no frames needed
     np.testing.assert_array_equal(mu_c, mu_r)
+    # the same file's clips from other trajectories (its held-out rows, not all): computed anew
+    mu_h, _ = fvd.real_stats(real_frames[16:], det, **{**kw, "num_videos": 48},
+                             rows=np.arange(16, 64))
+    mu_a, _ = fvd.real_stats(real_frames[:48], det, **{**kw, "num_videos": 48},
+                             rows=np.arange(0, 48))
+    assert len(list((tmp_path / "cache").iterdir())) == 3 and not np.allclose(mu_h, mu_a)
 
     close = fvd.fvd_over_seeds(_FakeGenerator(0.0), det, mu_r, sigma_r, seeds=(0, 1), num_videos=n,
                                frames=16, batch_size=16)

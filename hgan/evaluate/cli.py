@@ -202,6 +202,7 @@ def _evaluate(args, run):
             mu, sigma = fvd.real_stats(real_frames, det, data_path=results["real_data"],
                                        detector_path=det_path,
                                        num_videos=args.fvd_videos, frames=args.frames, seed=0,
+                                       rows=held_out[1],
                                        cache_dir=os.path.join(os.path.dirname(os.path.abspath(data_path)),
                                                               "fvd_cache"), device=device)
             results["fvd"] = fvd.fvd_over_seeds(generator, det, mu, sigma, seeds=args.seeds,

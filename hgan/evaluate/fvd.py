@@ -141,19 +141,25 @@ def real_windows(frames_ds, *, num_videos, frames, seed):
 
 def _file_key(path):
     st = os.stat(path)
-    return f"{os.path.abspath(path)}:{st.st_size}:{int(st.st_mtime)}"
+    return f"{os.path.abspath(path)}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def stats_cache_key(data_path, detector_path, **protocol):
+def stats_cache_key(data_path, detector_path, rows=None, **protocol):
+    """rows: the trajectories of data_path the clips come from (None: all of them); one file
+    gives different real sets as the held-out split (its last 20%) and as --real (all)."""
+    rows = None if rows is None else hashlib.sha256(
+        np.asarray(rows, np.int64).tobytes()).hexdigest()
     blob = json.dumps({"data": _file_key(data_path), "detector": _file_key(detector_path),
-                       **protocol}, sort_keys=True)
+                       "rows": rows, **protocol}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def real_stats(frames_ds, detector, *, data_path, detector_path, num_videos=2048, frames=16,
-               seed=0, cache_dir=None, batch_size=32, device="cpu"):
-    """Real feature statistics, cached in `cache_dir` under a hash of data, detector, protocol."""
-    key = stats_cache_key(data_path, detector_path, num_videos=num_videos, frames=frames, seed=seed)
+               seed=0, cache_dir=None, batch_size=32, device="cpu", rows=None):
+    """Real feature statistics, cached in `cache_dir` under a hash of data (`rows`: which of
+    its trajectories `frames_ds` holds, None: all), detector and protocol."""
+    key = stats_cache_key(data_path, detector_path, rows=rows, num_videos=num_videos,
+                          frames=frames, seed=seed)
     cache = os.path.join(cache_dir, f"fvd_real_{key}.npz") if cache_dir else None
     if cache and os.path.exists(cache):
         with np.load(cache) as z:

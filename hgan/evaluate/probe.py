@@ -184,7 +184,7 @@ def probe_cache_path(data_path):
 
 def _data_key(data_path, **cfg):
     st = os.stat(data_path)
-    blob = json.dumps({"size": st.st_size, "mtime": int(st.st_mtime), "v": PROBE_VERSION, **cfg},
+    blob = json.dumps({"size": st.st_size, "mtime": st.st_mtime_ns, "v": PROBE_VERSION, **cfg},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
