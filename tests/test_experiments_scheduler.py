@@ -314,3 +314,27 @@ def test_runs_stopped_by_a_failed_capture_in_their_pack_are_resumed_not_evaluate
     assert any(f"train {mocogan.name}: stopped after" in m and "resumes it" in m for m in lines)
     again = runner.GridRunner(spec, parallel=1, pack=2, progress=False, log=lambda m: None)
     assert ("train", mocogan.name) in {(j.kind, j.name) for j in again.plan()}
+
+
+def test_evaluations_of_a_system_wait_for_its_probe_unless_a_fitting_one_is_cached(tmp_path):
+    # Side by side, evaluations that each trained the probe anew could score the models of one
+    # system with different probes (GPU training is not bit-reproducible).
+    import torch
+    from hgan.data import get_system
+    from hgan.evaluate import probe
+    from hgan.evaluate.cli import build_parser, probe_settings
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan", "mocogan"),
+                    iters=2, eval_metrics="physics")
+    data = spec.data_path("pendulum")
+    os.makedirs(os.path.dirname(data))
+    open(data, "wb").write(b"stand-in data")
+    grid = runner.GridRunner(spec, parallel=2, progress=False, log=lambda m: None)
+    grid.jobs = [runner.Job("eval", "pendulum", r) for r in spec.runs()]
+    grid.jobs[0].state = "running"
+    assert not grid._ready(grid.jobs[1])        # the running one trains and caches the probe
+    args = build_parser().parse_args(spec.runs()[0].eval_flags())
+    kw = probe_settings(get_system("pendulum"), args.probe_steps, args.probe_width)
+    torch.save({"key": probe._data_key(data, **{**kw, "steps": 1})}, probe.probe_cache_path(data))
+    assert not grid._ready(grid.jobs[1])        # a probe of other settings is retrained
+    torch.save({"key": probe._data_key(data, **kw)}, probe.probe_cache_path(data))
+    assert grid._ready(grid.jobs[1])

@@ -94,12 +94,17 @@ def _generated_videos(generator, n, frames, seed, batch=64):
     return np.concatenate(out)
 
 
+def probe_settings(system, probe_steps, probe_width) -> dict:
+    """The physics probe's training settings (its cache key: hgan.evaluate.probe)."""
+    return dict(steps=probe_steps, angular=probe.angular_dims(system), width=probe_width,
+                batch_size=64)
+
+
 def physics_metrics(generator, ds, system, data_path, held_out, *, n, frames, seed, probe_steps,
                     probe_width, device="cpu"):
     """`ds` trains the probe (first 80%); `held_out` = (file, trajectory indices) it never saw."""
-    pr = probe.load_or_train_probe(data_path, ds.frames, ds.states, steps=probe_steps,
-                                   angular=probe.angular_dims(system),
-                                   width=probe_width, batch_size=64, device=device)
+    pr = probe.load_or_train_probe(data_path, ds.frames, ds.states, device=device,
+                                   **probe_settings(system, probe_steps, probe_width))
     real_ds, idx = held_out
     real, real_states, params = _real_videos(real_ds, idx[:n], frames, seed)
     rmse = probe.probe_rmse(pr, real, real_states)

@@ -189,6 +189,19 @@ def _data_key(data_path, **cfg):
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def probe_is_cached(data_path, **train_kw) -> bool:
+    """Whether load_or_train_probe(data_path, ..., **train_kw) would load its cache (a file
+    left by other settings or an older dataset is retrained over)."""
+    path = probe_cache_path(data_path)
+    if not os.path.exists(path):
+        return False
+    key = _data_key(data_path, **{k: v for k, v in train_kw.items() if k != "progress"})
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True).get("key") == key
+    except Exception:  # a damaged or half-replaced file: not a cache to count on
+        return False
+
+
 def load_or_train_probe(data_path, frames, states, *, cache=True, device="cpu", **train_kw):
     """The probe for one dataset on `device`, cached beside it (``<name>.probe.pt``) and keyed
     by a hash of the file's size and mtime and the training settings, so a regenerated file

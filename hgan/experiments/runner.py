@@ -106,6 +106,7 @@ class GridRunner:
         self.status_every_s, self.progress = status_every_s, progress
         self.log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
         self.jobs, self.stopping, self.deadline_hit = [], False, False
+        self._probes_ready = set()  # systems whose probe cache fits their evaluations
         self.packs = []  # hgan.train.pack processes: a slot until they exit, runs reaped or not
         self.env = _child_env(self.parallel)                  # evaluations
         self.train_env = _child_env(self.parallel * self.pack)
@@ -141,13 +142,24 @@ class GridRunner:
             # The first evaluation of a system trains and caches its probe; the others wait
             # for it, then run side by side.
             mine = [j for j in evals if j.system == job.system]
-            return (any(j.state == "done" for j in mine) or self._probe_cached(job.system)
+            return (any(j.state == "done" for j in mine) or self._probe_cached(job)
                     or not any(j.state == "running" for j in mine))
         return not (job.kind == "train" and self.deadline_hit)
 
-    def _probe_cached(self, system):
-        from hgan.evaluate.probe import probe_cache_path
-        return os.path.exists(probe_cache_path(self.spec.data_path(system)))
+    def _probe_cached(self, job):
+        """A probe cached for this evaluation's settings and data (a stale file would be
+        retrained by each evaluation at once, and on a GPU not necessarily alike)."""
+        if job.system in self._probes_ready:
+            return True
+        from hgan.data import get_system
+        from hgan.evaluate.cli import build_parser, probe_settings
+        from hgan.evaluate.probe import probe_is_cached
+        args = build_parser().parse_args(job.run.eval_flags())
+        ready = probe_is_cached(args.data, **probe_settings(get_system(job.system),
+                                                            args.probe_steps, args.probe_width))
+        if ready:
+            self._probes_ready.add(job.system)
+        return ready
 
     def _start(self, job):
         job.state, job.started = "running", time.time()
