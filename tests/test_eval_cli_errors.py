@@ -241,3 +241,25 @@ def test_compare_refuses_a_repeated_or_unevaluated_run(tmp_path, capsys):
         err = capsys.readouterr().err
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1
         assert err.startswith(f"{PROG} compare: error: ") and all(w in err for w in words)
+
+
+@pytest.mark.parametrize("metric", ["physics", "appearance", "samples"])
+def test_a_generator_of_nan_pixels_is_one_error_line(metric, files, tmp_path, capsys):
+    # Quantised as they are, NaN pixels would be black frames: a "still" video with no drift.
+    ckpt = torch.load(files["ckpt"], weights_only=True)
+    ckpt["generator"] = {k: torch.full_like(v, float("nan")) if v.is_floating_point() else v
+                         for k, v in ckpt["generator"].items()}
+    path = tmp_path / "nan.pt"
+    torch.save(ckpt, path)
+    import shutil
+    data = tmp_path / "train.h5"   # a private copy: the probe is cached beside it
+    shutil.copy(files["data"], data)
+    argv = ["--checkpoint", str(path), "--out", str(tmp_path / "e"), *FAST, "--metrics", metric,
+            "--data", str(data)]
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err   # the probe's progress bar may come first
+    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"{PROG}: error: ")
+    assert "nan.pt" in err.splitlines()[-1] and "NaN or inf" in err.splitlines()[-1]
+    assert not (tmp_path / "e").exists()

@@ -153,12 +153,14 @@ def evaluate(args):
         raise InputError(f"--out {args.out}: {e.strerror}") from None
     try:
         return _evaluate(args, run)
-    except BaseException:
+    except BaseException as e:
         for d in made:  # deepest first; one that holds anything stays, with its parents
             try:
                 os.rmdir(d)
             except OSError:
                 break
+        if isinstance(e, fvd.NonFiniteVideos):
+            raise InputError(f"--checkpoint {args.checkpoint}: {e}") from None
         raise
 
 

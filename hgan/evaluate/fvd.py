@@ -47,12 +47,20 @@ def load_detector(path=None, device="cpu"):
         return torch.jit.load(path, map_location=device).eval()
 
 
+class NonFiniteVideos(ValueError):
+    """A generator gave NaN or inf pixels (hgan.evaluate reports it as bad input)."""
+
+
 def to_uint8(videos):
     """Generated [N, T, 3, H, W] floats in [-1, 1] -> uint8 [N, 3, T, H, W] (StyleGAN-V mapping)."""
     if videos.dim() != 5 or videos.shape[2] != 3:
         raise ValueError(f"expected generated videos [N, T, 3, H, W], got {tuple(videos.shape)}")
     if not videos.is_floating_point():
         raise TypeError(f"generated videos must be float in [-1, 1], got {videos.dtype}")
+    if not torch.isfinite(videos).all():
+        # clamp would turn NaN into black frames, whose scores look like a still video's
+        raise NonFiniteVideos("generated videos hold NaN or inf values: the generator is "
+                              "broken (its weights or its integrator); nothing to score")
     out = (videos.detach() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
     return out.permute(0, 2, 1, 3, 4).contiguous()
 

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from hgan.evaluate.fvd import feature_stats, frechet_distance
+from hgan.evaluate.fvd import feature_stats, frechet_distance, to_uint8
 
 PROBE_VERSION = 2
 ANGULAR_SYSTEMS = ("pendulum", "double_pendulum")  # every q of these is an angle
@@ -117,7 +117,7 @@ class PhysicsProbe(nn.Module):
 
 def generated_to_probe(videos):
     """Generated [N, T, 3, H, W] in [-1, 1] -> uint8 [N, T, H, W, 3], the FVD quantisation."""
-    return (videos.detach() * 127.5 + 128).clamp(0, 255).to(torch.uint8).permute(0, 1, 3, 4, 2).cpu().numpy()
+    return to_uint8(videos).permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
 def split_indices(n, holdout=0.2):
