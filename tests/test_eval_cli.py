@@ -222,3 +222,21 @@ def test_compare_table_carries_iterations(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["compare", str(tmp_path)])
     assert e.value.code == 2 and "results.json" in capsys.readouterr().err
+
+
+def test_fvd_on_clips_the_gan_trained_on_is_not_canonical(tmp_path, data_copy, tiny_pendulum_h5,
+                                                           monkeypatch):
+    monkeypatch.setitem(fvd.PROTOCOL, "num_videos", 4)   # the protocol's count, at test size
+    ckpt, _ = _checkpoint(tmp_path, "hgan", data_copy, iteration=7)
+    det = tmp_path / fvd.I3D_FILENAME
+    torch.jit.script(_StandIn()).save(str(det))
+    canonical = {}
+    # no test.h5 beside the training file: its last 20%; then another file as --real
+    for name, real in (("seen", []), ("held_out", ["--real", str(tiny_pendulum_h5)])):
+        out = tmp_path / name
+        cli.main(["--checkpoint", ckpt, "--out", str(out), "--metrics", "fvd", "--i3d", str(det),
+                  "--fvd-videos", "4", "--seeds", "0", "--device", "cpu", *real])
+        saved = json.loads((out / "results.json").read_text())
+        canonical[name] = (saved["real_seen_in_training"], saved["fvd"]["canonical"])
+        assert ("NOT the canonical" in (out / "report.md").read_text()) == (name == "seen")
+    assert canonical == {"seen": (True, False), "held_out": (False, True)}

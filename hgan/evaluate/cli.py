@@ -215,6 +215,8 @@ def _evaluate(args, run):
             results["fvd"] = fvd.fvd_over_seeds(generator, det, mu, sigma, seeds=args.seeds,
                                                 num_videos=args.fvd_videos, frames=args.frames,
                                                 device=device)
+            # the protocol scores held-out clips: not ones the GAN trained on
+            results["fvd"]["canonical"] &= not results["real_seen_in_training"]
     if "physics" in metrics:
         results["physics"] = physics_metrics(generator, ds, system, data_path, held_out,
                                              n=args.physics_videos,

@@ -30,7 +30,8 @@ def checkpoint_report(results):
         if "skipped" in fvd:
             lines += [f"Not computed: {fvd['skipped']}", ""]
         else:
-            note = "" if fvd["canonical"] else " (NOT the canonical 2048 x 16 protocol)"
+            note = ("" if fvd["canonical"] else " (NOT the canonical protocol: 2048 x 16 "
+                    "held-out clips)")
             lines += [f"FVD = {fvd['fvd_mean']:.2f} ± {fvd['fvd_std']:.2f} over seeds {fvd['seeds']}, "
                       f"{fvd['num_videos']} videos x {fvd['frames']} frames{note}.", ""]
     ph = r.get("physics")
