@@ -287,3 +287,19 @@ def test_a_run_trained_with_other_flags_than_the_grids_is_an_error(tmp_path):
         other, = _spec(tmp_path, models=("hgan",), train_args=args).runs()
         with pytest.raises(GridError, match=re.escape(diff)):
             other.check_config()
+
+
+@pytest.mark.parametrize("drifts, verdict", [
+    ((0.001, 0.005), "n/a (both at or below real data's 0.01)"),   # real 0.01, noise floor 0.008
+    ((0.001, 0.02), "holds"),
+    ((0.009, 0.005), "n/a (both at or below real data's 0.01)"),
+])
+def test_two_values_the_probe_cannot_resolve_get_no_verdict(tmp_path, drifts, verdict):
+    spec = _spec(tmp_path, systems=("pendulum",), models=("hgan", "mocogan"), iters=100,
+                 eval_metrics="physics,cyclic,appearance")
+    for run, drift in zip(spec.runs(), drifts):
+        _fake_run(run, 100, results_iter=100)
+        with open(run.path("eval", "results.json"), "w") as f:
+            json.dump(_results(drift, None), f)
+    text = "\n".join(table.checks_section(spec, table.collect(spec)))
+    assert f"| hgan < mocogan on energy drift | pendulum | {verdict} |" in text, text
