@@ -122,6 +122,7 @@ def test_dali_stream_with_spawned_workers_matches_torch(noisy_generated_h5, monk
     assert all(torch.equal(x, y) for x, y in zip(ref, got))
 
 
+@pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("kind,channels_last", [("torch", False), ("torch", True),
                                                 ("gpu-resident", False), ("dali", False),
@@ -141,6 +142,7 @@ def test_cuda_streams_equal_the_cpu_stream(noisy_generated_h5, kind, channels_la
             assert y.transpose(1, 2).is_contiguous(memory_format=torch.channels_last_3d)
 
 
+@pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("amp,amp_dtype", [(False, "auto"), (True, "bf16"), (True, "fp16")])
 def test_cuda_trainer_steps(amp, amp_dtype):
@@ -163,6 +165,7 @@ def test_cuda_trainer_steps(amp, amp_dtype):
     assert mot["dHdq"].is_cuda and mot["y"].dtype == torch.float32
 
 
+@pytest.mark.cuda
 @needs_cuda
 def test_stage_shares_counts_steps_once_with_cuda_activity():
     from hgan.train.profiling import stage

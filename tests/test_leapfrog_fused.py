@@ -368,6 +368,7 @@ def test_fused_double_backward_raises():
         torch.autograd.grad(q.sum(), q0, create_graph=True)
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="real-CUDA check needs a GPU")
 @pytest.mark.parametrize("B,scheme", [(64, "order2"), (1000, "order2"), (1000, "official")])
 def test_fused_matches_analytic_on_cuda(B, scheme):

@@ -243,6 +243,42 @@ def cuda_run_cfg(h5, out, **kw):
 
 @pytest.mark.cuda
 @needs_cuda
+def test_packed_captured_runs_equal_lone_runs(data_root, tmp_path, capsys):
+    # hgan.train.pack: three runs captured one thread at a time, replayed on their own
+    # streams side by side, the fused integrator launched from three threads.
+    from hgan.train import cli as train_cli
+    from hgan.train import pack
+    n = hcapture.WARMUP_STEPS + 4
+
+    def flags(name, model, seed, loader):
+        return ["--system", "pendulum", "--model", model, "--seed", str(seed),
+                "--data", data_root, "--out", str(tmp_path / name), "--iters", str(n),
+                "--device", "cuda", "--batch-size", str(B), "--frames", str(T), "--ngf", "8",
+                "--ndf", "8", "--clip-frames", "4", "--rollout-frames", "8", "--log-every", "2",
+                "--sample-every", "1000",
+                "--ckpt-every", "1000", "--n-samples", "2", "--num-workers", "0",
+                "--loader", loader, "--no-progress"]
+
+    runs = [("hgan", 0, "torch"), ("mocogan", 1, "gpu-resident"), ("hgan", 2, "gpu-resident")]
+    argv = []
+    for model, seed, loader in runs:
+        argv += ["--", *flags(f"p{seed}", model, seed, loader)]
+    assert pack.main(argv) == 0
+    out = capsys.readouterr().out
+    for model, seed, loader in runs:
+        assert train_cli.main(flags(f"a{seed}", model, seed, loader)) == 0
+        a = load_checkpoint(str(tmp_path / f"a{seed}"))
+        p = load_checkpoint(str(tmp_path / f"p{seed}"))
+        assert a["iteration"] == p["iteration"] == n
+        assert p["opt_g"]["param_groups"][0]["capturable"], out  # the step was captured
+        assert torch.equal(a["noise_rng"], p["noise_rng"])
+        for net in ("generator", "image_disc", "video_disc"):
+            for k, v in a[net].items():
+                torch.testing.assert_close(p[net][k], v, msg=f"{model} s{seed} {net}.{k}")
+
+
+@pytest.mark.cuda
+@needs_cuda
 def test_captured_run_resumes_exactly(tiny_pendulum_h5, tmp_path):
     n = hcapture.WARMUP_STEPS + 3
     straight = train(cuda_run_cfg(tiny_pendulum_h5, tmp_path / "a", iters=2 * n))
@@ -317,39 +353,3 @@ def test_captured_steady_state_never_waits_for_the_gpu(tiny_pendulum_h5, tmp_pat
         torch.cuda.set_sync_debug_mode("default")
     assert res["trainer"].static.graphs is not None and res["iteration"] == n
     assert len(checked) == off - on - 1 > 0
-
-
-@pytest.mark.cuda
-@needs_cuda
-def test_packed_captured_runs_equal_lone_runs(data_root, tmp_path, capsys):
-    # hgan.train.pack: three runs captured one thread at a time, replayed on their own
-    # streams side by side, the fused integrator launched from three threads.
-    from hgan.train import cli as train_cli
-    from hgan.train import pack
-    n = hcapture.WARMUP_STEPS + 4
-
-    def flags(name, model, seed, loader):
-        return ["--system", "pendulum", "--model", model, "--seed", str(seed),
-                "--data", data_root, "--out", str(tmp_path / name), "--iters", str(n),
-                "--device", "cuda", "--batch-size", str(B), "--frames", str(T), "--ngf", "8",
-                "--ndf", "8", "--clip-frames", "4", "--rollout-frames", "8", "--log-every", "2",
-                "--sample-every", "1000",
-                "--ckpt-every", "1000", "--n-samples", "2", "--num-workers", "0",
-                "--loader", loader, "--no-progress"]
-
-    runs = [("hgan", 0, "torch"), ("mocogan", 1, "gpu-resident"), ("hgan", 2, "gpu-resident")]
-    argv = []
-    for model, seed, loader in runs:
-        argv += ["--", *flags(f"p{seed}", model, seed, loader)]
-    assert pack.main(argv) == 0
-    out = capsys.readouterr().out
-    for model, seed, loader in runs:
-        assert train_cli.main(flags(f"a{seed}", model, seed, loader)) == 0
-        a = load_checkpoint(str(tmp_path / f"a{seed}"))
-        p = load_checkpoint(str(tmp_path / f"p{seed}"))
-        assert a["iteration"] == p["iteration"] == n
-        assert p["opt_g"]["param_groups"][0]["capturable"], out  # the step was captured
-        assert torch.equal(a["noise_rng"], p["noise_rng"])
-        for net in ("generator", "image_disc", "video_disc"):
-            for k, v in a[net].items():
-                torch.testing.assert_close(p[net][k], v, msg=f"{model} s{seed} {net}.{k}")

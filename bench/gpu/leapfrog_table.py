@@ -45,9 +45,15 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
+
+# --smoke runs the kernels through the interpreter, which must be on before triton.jit
+# decorates them (the imports below); without it every fused row fails for want of CUDA.
+if "--smoke" in sys.argv and not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -226,13 +232,15 @@ def warm(budget, smoke_run):
             v, b = pending.pop(0)
             # a session of its own: a kill at the limit takes its ptxas children too, which
             # would otherwise compile on beside the timed stages
-            running.append((v, b, subprocess.Popen(cmd + ["--warm-one", v, str(b)],
-                                                   stdout=subprocess.DEVNULL,
-                                                   stderr=subprocess.PIPE, text=True,
-                                                   start_new_session=True)))
+            # stderr to a file: a pipe read only at exit would block a child that wrote more
+            # than its buffer (warnings, a long traceback) until the limit killed it
+            err = tempfile.TemporaryFile("w+")
+            running.append((v, b, err, subprocess.Popen(cmd + ["--warm-one", v, str(b)],
+                                                        stdout=subprocess.DEVNULL, stderr=err,
+                                                        text=True, start_new_session=True)))
         time.sleep(0.2)
         for job in list(running):
-            v, b, proc = job
+            v, b, err, proc = job
             if proc.poll() is None and time.monotonic() < t_end:
                 continue
             if proc.poll() is None:
@@ -243,8 +251,10 @@ def warm(budget, smoke_run):
                 failures.append(f"{v}/B{b}: still compiling after {limit:.0f} s")
                 slow.add(v)
             elif proc.returncode:
-                failures.append(f"{v}/B{b}: " + proc.stderr.read().strip()[-200:])
+                err.seek(0)
+                failures.append(f"{v}/B{b}: " + err.read().strip()[-200:])
             proc.wait()
+            err.close()
             running.remove(job)
     return len(todo), failures, slow
 
@@ -273,6 +283,8 @@ def main(argv=None):
     budget = Budget(a.budget_s)
     out = {"env": environment(DEV), "rows": [], "errors": {}, "peaks": {}}
     out_dir = os.environ.get("OUT")
+    if out_dir:
+        os.makedirs(out_dir, exist_ok=True)
     print(" ".join(f"{k} {v}" for k, v in out["env"].items())
           + ("  (set HGAN_COMMIT: this tree has no git)" if out["env"]["commit"] == "unknown"
              else ""), flush=True)
