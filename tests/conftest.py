@@ -126,3 +126,15 @@ def corrupt_h5(request, tiny_pendulum_h5, tmp_path):
         return str(path)
 
     return make(request.param, tiny_pendulum_h5)
+
+
+def pytest_collection_modifyitems(config, items):
+    # bench/gpu/cuda_tests.sh runs `pytest -m cuda` in a GPU session of minutes: a test that
+    # skips without CUDA but lacks the mark would run on no machine at all.
+    for item in items:
+        for mark in item.iter_markers("skipif"):
+            reason = str(mark.kwargs.get("reason", ""))
+            if (("CUDA" in reason or "GPU" in reason) and "interpreter" not in reason
+                    and item.get_closest_marker("cuda") is None):
+                raise pytest.UsageError(f"{item.nodeid} is skipped without CUDA but has no "
+                                        "@pytest.mark.cuda: cuda_tests.sh would never run it")
