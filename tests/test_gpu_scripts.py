@@ -110,12 +110,14 @@ def test_cuda_tests_script_logs_both_runs_with_their_exit_codes(tmp_path):
     r = _run("bench/gpu/cuda_tests.sh", repo, bin_dir, out)
     assert r.returncode == 0, r.stderr
     calls = (tmp_path / "calls.txt").read_text().splitlines()
-    # the capture tests in a process of their own, first; then the rest without them
-    assert len(calls) == 2 and calls[0].endswith("tests/test_train_capture.py")
-    assert "--ignore=tests/test_train_capture.py" in calls[1]
-    assert all("-m cuda" in c for c in calls)
+    # the capture tests in a process of their own, the rest without them (side by side)
+    assert len(calls) == 2 and all("-m cuda" in c for c in calls)
+    assert sorted(c.endswith("-m cuda tests/test_train_capture.py") for c in calls) == [False, True]
+    assert sum("--ignore=tests/test_train_capture.py" in c for c in calls) == 1
     log = (out / "cuda-tests.txt").read_text()
     assert log.count("== rc 0") == 2
+    assert log.index("== tests/test_train_capture.py") < log.index("== the other cuda tests")
+    assert os.listdir(out) == ["cuda-tests.txt"]   # nothing else takes one of the 8 files
 
 
 def _table1_stub_bin(tmp_path, pack_check_passes=True):
