@@ -186,3 +186,16 @@ def test_rejected_draws_merged_across_chunks_change_nothing():
                                       whole["params"][name])
     assert sum(p["rejected"] + p["inaccurate"] for p in parts) == \
         whole["rejected"] + whole["inaccurate"]
+
+
+def test_the_file_records_its_rejected_and_redrawn_trajectories(tmp_path):
+    # Peer projects stored 0 (or nothing): the re-draw rate is part of the data's description.
+    from hgan.data.generate import generate_split
+    system = get_system("three_body")
+    sim = simulate_split(system, 2, "train", np.arange(12), 256)
+    assert sim["rejected"] > 0, "the case must exercise re-draws"
+    path = tmp_path / "train.h5"
+    stats = generate_split(system, path, "train", 12, frames=256, seed=2, progress=False)
+    assert stats == {"rejected": sim["rejected"], "inaccurate": sim["inaccurate"]}
+    with open_h5(path) as f:
+        assert (f.attrs["rejected"], f.attrs["inaccurate"]) == (sim["rejected"], sim["inaccurate"])

@@ -1,4 +1,6 @@
 """FVD: Frechet distance against closed forms, and the whole pipeline with a stand-in I3D."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -186,3 +188,18 @@ def test_pipeline_with_stand_in_detector(stand_in_i3d, tmp_path):
     assert not far["canonical"] and far["num_videos"] == n
     with pytest.raises(ValueError, match="trajectories"):
         fvd.real_windows(real_frames, num_videos=n + 1, frames=16, seed=0)
+
+
+def test_the_real_statistics_cache_key_names_everything_they_depend_on(tmp_path):
+    data, det, other_det = (tmp_path / n for n in ("real.h5", "i3d.pt", "other_i3d.pt"))
+    for f in (data, det, other_det):
+        f.write_bytes(b"x")
+    base = dict(data_path=str(data), detector_path=str(det), num_videos=64, frames=16, seed=0)
+    variants = [base, {**base, "detector_path": str(other_det)}, {**base, "num_videos": 32},
+                {**base, "frames": 12}, {**base, "seed": 1}, {**base, "rows": [0, 1, 2]},
+                {**base, "rows": [1, 2, 3]}]
+    keys = [fvd.stats_cache_key(**v) for v in variants]
+    assert len(set(keys)) == len(keys)
+    assert fvd.stats_cache_key(**base) == keys[0]        # and the same inputs, the same key
+    os.utime(data, ns=(1, 1))                             # the data file rewritten
+    assert fvd.stats_cache_key(**base) != keys[0]

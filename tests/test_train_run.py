@@ -116,6 +116,10 @@ def test_gan_objective_and_accuracy_closed_forms():
     sp = torch.nn.functional.softplus
     assert d_loss(r, f).item() == pytest.approx((sp(-r).mean() + sp(f).mean()).item(), rel=1e-6)
     assert g_loss(f).item() == pytest.approx(sp(-f).mean().item(), rel=1e-6)
+    # far in the tails, where sigmoid then BCE would clamp log(0) to -100: the exact value
+    big = torch.tensor([200.0])
+    assert d_loss(-big, big).item() == pytest.approx(400.0, rel=1e-6)
+    assert g_loss(-big).item() == pytest.approx(200.0, rel=1e-6)
     # real 2 > 0 right, -1 wrong; fake 0.5 wrong, -3 < 0 right
     assert accuracy(r, f).item() == 0.5
     assert accuracy(torch.tensor([1.0, 1.0]), torch.tensor([-1.0, -1.0])).item() == 1.0
@@ -132,6 +136,26 @@ def test_r1_penalty_closed_form_and_grad_scaler():
     scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
     _, pen_scaled = r1_penalty(disc, x, gamma=10.0, scaler=scaler)
     assert pen_scaled.item() == pytest.approx(pen.item(), rel=1e-6)  # unscaled by hand
+
+
+
+def test_r1_trains_the_discriminator_in_fp32_under_the_callers_autocast():
+    # D(x) = w . x: R1 = gamma/2 |w|^2, so its gradient reaching w is gamma * w (the penalty
+    # must differentiate through grad_x D, not stop there).
+    w = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
+    _, pen = r1_penalty(lambda x: x.flatten(1) @ w, torch.randn(4, 3), gamma=10.0)
+    pen.backward()
+    torch.testing.assert_close(w.grad, 10.0 * w.detach())
+    # a real layer under the trainer's bf16 autocast: the penalty is still the fp32 one
+    torch.manual_seed(0)
+    disc = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x = torch.randn(5, 6)
+    want_logits, want = r1_penalty(disc, x, gamma=3.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, pen = r1_penalty(disc, x, gamma=3.0)
+    assert logits.dtype == pen.dtype == torch.float32
+    torch.testing.assert_close(logits, want_logits, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(pen, want, rtol=1e-6, atol=1e-7)
 
 
 def test_resume_is_bit_identical(tiny_pendulum_h5, tmp_path):
