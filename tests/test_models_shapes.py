@@ -247,3 +247,14 @@ def test_config_errors_name_the_problem():
     with pytest.raises(ValueError, match="integrator 'analytic' computes in float32"):
         ModelConfig(fused_precision="tf32", integrator="analytic")
     assert ModelConfig(fused_precision="tf32x3").fused_precision == "tf32x3"  # auto, fused
+
+
+def test_the_learned_hamiltonian_is_smooth_by_default():
+    # A ReLU H has a zero second derivative: the kicks' dH/dq through p_half, L_cyc's gradient
+    # and the Hessian terms of the backward would all drop out (docs/training.md, departures).
+    from hgan.train.config import parse_command_line
+    assert ModelConfig().activation == "softplus"
+    assert parse_command_line(["--system", "pendulum"])[0].model.activation == "softplus"
+    for model in ("hgan", "hnn_gan"):
+        h = build_models(tiny(model, k=2, hidden=16, motion_dim=4)).generator.motion_module.hamiltonian
+        assert h.activation == "softplus", model
