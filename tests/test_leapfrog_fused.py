@@ -315,9 +315,13 @@ def test_streamed_layout_refuses_a_chunk_tl_dot_cannot_take(tile, monkeypatch):
         leapfrog(q0, q0, w, b, frames=2, backend="fused")
 
 
-def test_fused_drops_padded_gradients():
+@pytest.mark.parametrize("layout", ["tile", "latency"])
+def test_fused_drops_padded_gradients(monkeypatch, layout):
     # Width 100 pads to 128 and k = 3 to 16: softplus(0) = log 2 makes the padded hidden units
-    # nonzero, so their weight gradients are nonzero inside the kernel and must be sliced off.
+    # nonzero, so their weight gradients are nonzero inside the kernel and must be sliced off,
+    # and the padding must not leak into the real units' values or gradients.
+    if layout == "tile":
+        monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
     weights, biases = _model_params(3, 100, "softplus", False, seed=1)
     q0, p0 = torch.randn(4, 3, device=DEVICE), torch.randn(4, 3, device=DEVICE)
     leaves = [t.clone().requires_grad_(True) for t in [q0, p0, *weights, *biases]]
@@ -326,6 +330,9 @@ def test_fused_drops_padded_gradients():
     for leaf in leaves:
         assert leaf.grad.shape == leaf.shape
     assert torch.count_nonzero(leaves[3].grad) > 0
+    errs = compare_to_reference(q0, p0, weights, biases, 0.05, 3, "softplus", "fused")
+    bad = {n: e for n, e in errs.items() if not e <= 1e-4}
+    assert not bad, f"fused vs float64 reference, rel err > 1e-4: {bad}"
 
 
 def test_explicit_fused_outside_contract_raises():
