@@ -258,17 +258,19 @@ def test_sigterm_stops_every_packed_run_with_a_checkpoint(data_root, tmp_path):
         argv += ["--", *flags(data_root, tmp_path / f"r{i}", seed=i, iters=100000,
                               extra=("--log-every", "1"))]
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    seen, t0 = set(), time.time()
-    while len(seen) < 2 and time.time() - t0 < 120:  # both runs are training
-        line = proc.stdout.readline().decode()
-        if not line:
-            break
-        if "run directory" in line:
-            seen.add(line[1])
-    time.sleep(1.0)
+    log = tmp_path / "pack.log"   # a file, not a pipe: nothing blocks while this test waits
+    with open(log, "wb") as f:
+        proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=env)
+    # Both runs are training: each has finished its first iteration (its first sample is
+    # written then). A fixed sleep instead stopped them at iteration 0 on a loaded machine.
+    firsts = [tmp_path / f"r{i}" / "samples" / "iter_0000001.png" for i in range(2)]
+    deadline = time.time() + 120
+    while not all(f.exists() for f in firsts) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, log.read_text()
     proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=120)[0].decode()
+    proc.wait(timeout=120)
+    out = log.read_text()
     assert proc.returncode == 0, out
     for i in range(2):
         assert f"{pack.TAG}{i}x0" in out

@@ -53,11 +53,9 @@ def test_tiny_run_every_model(tiny_pendulum_h5, tmp_path, model):
     ck = load_checkpoint(str(run / "checkpoints" / "last.pt"))
     assert ck["iteration"] == 2 and ck["loader_position"] == 2
     assert ck["config"]["model"]["model"] == model
-    # the generator really trained: weights moved from their initial values
-    first = train(tiny_cfg(tiny_pendulum_h5, tmp_path / (model + "0"), model, iters=1))
-    moved = params(load_checkpoint(first["checkpoint"]))
-    gen_keys = [k for k in params(ck) if k.startswith("generator.")]
-    assert gen_keys and any(not torch.equal(moved[k], params(ck)[k]) for k in gen_keys)
+    # a new run shows its first samples after iteration 1 (--sample-every is 1000 here); that
+    # every network trains is tests/test_train_step.py's
+    assert (run / "samples" / "iter_0000001.png").exists()
 
 
 # Emulated bf16 (a CPU without AVX512-BF16/AMX) is no training path: on an AVX512 Xeon with

@@ -1,0 +1,98 @@
+"""One training step against what it must do: every network takes an Adam step, R1 reaches
+the discriminators, L_cyc the generator after them, and the step's random choices (S_1's
+frame, S_T's clip, the rollout window) are uniform draws from the trainer's own generator."""
+import pytest
+import torch
+
+from hgan.train.loop import Trainer
+from test_train_run import tiny_cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _real(seed=0):
+    return torch.rand(4, 6, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def _params(tr):
+    return {f"{name}.{k}": v.detach().clone() for name, net in
+            (("G", tr.G), ("D_I", tr.D_I), ("D_V", tr.D_V)) for k, v in net.named_parameters()}
+
+
+@pytest.mark.parametrize("model", ["hgan", "mocogan"])
+def test_one_step_moves_every_trained_parameter_by_adams_first_step(tiny_pendulum_h5, tmp_path,
+                                                                    model):
+    # Adam's first step is lr * g / (|g| + eps) per element: at most lr, and lr wherever the
+    # gradient is not tiny. A skipped optimizer step leaves its network where it was.
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, model, lr=1e-3))
+    before = _params(tr)
+    tr.step(_real())
+    after = _params(tr)
+    moved = {k: float((after[k] - before[k]).abs().max()) for k in before}
+    still = sorted(k for k, v in moved.items() if v == 0)
+    # the Hamiltonian's output bias never reaches the dynamics (only dH/dx does)
+    assert still == (["G.motion_module.hamiltonian.layers.2.bias"] if model == "hgan" else []), still
+    assert max(moved.values()) <= 1e-3 + 1e-6    # and float32 rounding of the weights
+    for net in ("G.", "D_I.", "D_V."):
+        assert max(v for k, v in moved.items() if k.startswith(net)) > 0.99e-3, net
+
+
+def test_optimisers_take_the_configured_adam_settings(tiny_pendulum_h5, tmp_path):
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, lr=3e-4, beta1=0.3, beta2=0.95))
+    for opt, net in ((tr.opt_g, tr.G), (tr.opt_di, tr.D_I), (tr.opt_dv, tr.D_V)):
+        group, = opt.param_groups
+        assert (group["lr"], group["betas"], group["weight_decay"]) == (3e-4, (0.3, 0.95), 0)
+        assert {id(p) for p in group["params"]} == {id(p) for p in net.parameters()}
+
+
+def test_r1_reaches_the_discriminators_and_l_cyc_the_generator_after_them(tiny_pendulum_h5,
+                                                                         tmp_path):
+    def one_step(**kw):
+        tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, **kw))
+        tr.step(_real())
+        return _params(tr)
+
+    def differ(a, b, net):
+        return [k for k in a if k.startswith(net) and not torch.equal(a[k], b[k])]
+
+    base = one_step(r1_gamma=0.0, cyc_lambda=0.01)
+    r1 = one_step(r1_gamma=10.0, cyc_lambda=0.01)
+    cyc = one_step(r1_gamma=0.0, cyc_lambda=1.0)
+    # R1 is part of both discriminators' loss
+    assert differ(base, r1, "D_I.") and differ(base, r1, "D_V.")
+    # L_cyc is the generator's alone, and the discriminators were updated before it counted
+    assert differ(base, cyc, "G.")
+    assert not differ(base, cyc, "D_I.") and not differ(base, cyc, "D_V.")
+
+
+@pytest.mark.parametrize("rollout", [6, 12])
+def test_the_steps_frames_clips_and_windows_are_uniform_draws(tiny_pendulum_h5, tmp_path,
+                                                              rollout):
+    # Replayed from a copy of the trainer's generator with the documented draws: a frame of
+    # each video for D_I (0..T-1), a clip start for D_V (0..T-clip) and, when the rollout is
+    # longer than the video, a window start (0..rollout-T), in that order.
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, rollout_frames=rollout))
+    b, t, cf = 4, 6, tr.cfg.model.clip_frames
+    seen = {"D_I": [], "D_V": [], "window": []}
+    gen_call, di, dv = tr.G_ddp, tr.DI_ddp, tr.DV_ddp
+    tr.G_ddp = lambda n, frames, **kw: (seen["window"].append(kw.get("window")),
+                                        gen_call(n, frames, **kw))[1]
+    tr.DI_ddp = lambda x: (seen["D_I"].append(x.detach().clone()), di(x))[1]
+    tr.DV_ddp = lambda x: (seen["D_V"].append(x.detach().clone()), dv(x))[1]
+    for step in range(3):
+        replay = torch.Generator().set_state(tr.noise.get_state())
+        real = _real(step)
+        for k in seen:
+            seen[k].clear()
+        tr.step(real)
+        j = torch.randint(0, t, (b,), generator=replay)
+        s = torch.randint(0, t - cf + 1, (b,), generator=replay)
+        rows = torch.arange(b)
+        # the real inputs (each discriminator's second call: fake first, then real)
+        assert torch.equal(seen["D_I"][1], real[rows, j])
+        assert torch.equal(seen["D_V"][1], real[rows[:, None], s[:, None] + torch.arange(cf)])
+        [window] = seen["window"]
+        if rollout > t:
+            assert torch.equal(window[0], torch.randint(0, rollout - t + 1, (b,), generator=replay))
+        else:
+            assert window is None
