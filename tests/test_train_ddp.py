@@ -74,7 +74,8 @@ WORKER = textwrap.dedent("""
     tr = res["trainer"]
     state = {n: p.detach().clone() for m in (tr.G, tr.D_I, tr.D_V) for n, p in m.named_parameters()}
     torch.save({"params": state, "grads": grads, "batches": batches, "stats": res["stats"],
-                "local_batch": tr.local_batch, "polls": len(polls)},
+                "local_batch": tr.local_batch, "polls": len(polls),
+                "noise": tr.noise.get_state()},
                os.path.join(out, f"rank{rank}.pt"))
 """)
 
@@ -95,6 +96,8 @@ def test_two_gloo_ranks_train_in_sync(tiny_pendulum_h5, tmp_path):
     assert r0["local_batch"] == r1["local_batch"] == 2  # global batch 4 split over 2 ranks
     # each rank reads its own shard of the data
     assert not torch.equal(r0["batches"][0], r1["batches"][0])
+    # and draws its own noise (the same draws on both would make the same fakes twice)
+    assert not torch.equal(r0["noise"], r1["noise"])
     # the update is the mean of the per-rank gradients (R1's double backward included) ...
     assert len(r0["grads"]) == len(r1["grads"]) == 6  # (D_I, D_V, G) x 2 iterations
     for (b0, a0), (b1, a1) in zip(r0["grads"], r1["grads"]):

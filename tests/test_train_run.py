@@ -281,3 +281,22 @@ def test_resume_keeps_the_checkpoints_tensorboard_steps_and_replaces_the_redone_
     train(tiny_cfg(tiny_pendulum_h5, tmp_path / "ignored", iters=4),
           resume=str(run / "checkpoints" / "iter_0000002.pt"))
     assert steps(run) == [1, 2, 3, 4]
+
+
+def test_a_multi_rank_checkpoint_resumes_with_noise_of_its_iteration(tiny_pendulum_h5, tmp_path):
+    # Only rank 0's noise state is saved: a resumed DDP run (or one moved between devices)
+    # reseeds each rank's noise from (seed, rank, iteration), so that it neither replays the
+    # noise of the run's first iterations nor draws the same noise at every resume.
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, seed=3))
+    tr.step(torch.rand(4, 6, 3, 32, 32) * 2 - 1)
+    states = {}
+    for it in (2, 4):
+        ck = {**tr.state_dict(), "iteration": it, "world_size": 2}
+        fresh = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, seed=3))
+        fresh.load_state_dict(ck)
+        states[it] = fresh.noise.get_state()
+        want = torch.Generator().manual_seed(3 * 1_000_003 + 7919 * it).get_state()
+        assert torch.equal(states[it], want), it
+    assert not torch.equal(states[2], states[4])
+    assert not torch.equal(states[2], Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, seed=3)
+                                              ).noise.get_state())
