@@ -192,6 +192,23 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_pendulum_h5, tmp_pat
     assert all(torch.isfinite(v).all() for v in ck["generator"].values() if v.is_floating_point())
 
 
+def test_a_cpu_run_checks_each_loss_when_it_is_computed(tiny_pendulum_h5, tmp_path):
+    # Deferring the check pays only where reading a loss stalls a GPU: on CPU a poisoned
+    # iteration stops the run before another step, with no log or checkpoint boundary near.
+    calls = []
+
+    def poison(trainer):
+        calls.append(trainer.iteration)
+        if trainer.iteration == 1:
+            with torch.no_grad():
+                next(trainer.G.image_generator.parameters()).fill_(float("nan"))
+
+    cfg = tiny_cfg(tiny_pendulum_h5, tmp_path / "nan", iters=5, log_every=1000, ckpt_every=1000)
+    with pytest.raises(NonFiniteLoss, match="at iteration 2"):
+        train(cfg, callback=poison)
+    assert calls == [1]
+
+
 def test_deferred_nan_check_names_first_bad_iteration_and_saves_nothing_poisoned(
         tiny_pendulum_h5, tmp_path, monkeypatch):
     # The CUDA behaviour on CPU: losses are checked at the next log/sample/checkpoint boundary.
