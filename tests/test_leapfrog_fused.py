@@ -30,8 +30,8 @@ triton = pytest.importorskip("triton")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-# (B, k, width, activation, separable, frames, dt, scheme): 37 and 19 are not multiples of the
-# block (16 or 32 rows); width 100 is not a power of two (padded to 128). Both schemes run
+# (B, k, width, activation, separable, frames, dt, scheme): 23 and 19 are not multiples of the
+# block (16 rows; 23 fills one and part of another); width 100 is not a power of two (padded to 128). Both schemes run
 # with a general H (where they differ) and a separable one. The long rollout (64 frames) is
 # a narrow case: the interpreter's time grows with width x frames, and the width-128 cases
 # at 8 frames kept the suite near its 10-minute budget on 2 cores. The long rollout runs in one
@@ -39,7 +39,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 CASES = [
     (5, 1, 16, "softplus", False, 2, 0.05, "order2"),
     (19, 3, 32, "tanh", True, 16, -0.05, "official"),
-    (37, 10, 100, "softplus", True, 8, 0.05, "order2"),
+    (23, 10, 100, "softplus", True, 8, 0.05, "order2"),
     (9, 16, 128, "tanh", False, 8, 0.1, "order2"),
     (9, 16, 128, "tanh", False, 8, 0.1, "official"),
     (6, 3, 16, "softplus", False, 64, -0.1, "official"),
@@ -324,13 +324,10 @@ def test_fused_drops_padded_gradients(monkeypatch, layout):
         monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
     weights, biases = _model_params(3, 100, "softplus", False, seed=1)
     q0, p0 = torch.randn(4, 3, device=DEVICE), torch.randn(4, 3, device=DEVICE)
-    leaves = [t.clone().requires_grad_(True) for t in [q0, p0, *weights, *biases]]
-    q, p, d = leapfrog(leaves[0], leaves[1], leaves[2:5], leaves[5:], frames=3, backend="fused")
-    (q.sum() + p.sum() + d.sum()).backward()
-    for leaf in leaves:
-        assert leaf.grad.shape == leaf.shape
-    assert torch.count_nonzero(leaves[3].grad) > 0
+    # every gradient (q0, p0, each weight and bias) against float64 autograd, which has no
+    # padding: a padded gradient left in would not even have the shape to compare
     errs = compare_to_reference(q0, p0, weights, biases, 0.05, 3, "softplus", "fused")
+    assert {"d_q0", "d_p0", "d_W0", "d_W1", "d_W2", "d_b0", "d_b1", "d_b2"} <= set(errs), errs
     bad = {n: e for n, e in errs.items() if not e <= 1e-4}
     assert not bad, f"fused vs float64 reference, rel err > 1e-4: {bad}"
 

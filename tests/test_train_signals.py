@@ -48,7 +48,7 @@ def start(proc, out):
     while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, finish(proc)
-    time.sleep(1.0)
+    time.sleep(0.3)
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
                              text=True).stdout.split()
     assert len(workers) == 2, workers   # the loader really has its worker processes
@@ -62,14 +62,18 @@ def weights(path):
 
 
 def test_group_signal_checkpoints_then_resumes_exactly(data_root, tmp_path):
+    # The two signals' runs side by side, then their resumes side by side: each process's
+    # start-up is most of this test's time.
+    sigs = (signal.SIGTERM, signal.SIGINT)
+    procs = {sig: train_py("--data", data_root, "--out", str(tmp_path / sig.name), "--iters",
+                           "100000", start_new_session=True) for sig in sigs}
+    workers = {sig: start(procs[sig], tmp_path / sig.name) for sig in sigs}
     reached = {}
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in sigs:
+        os.killpg(procs[sig].pid, sig)   # the whole group: the trainer and its loader workers
+    for sig in sigs:
         out = tmp_path / sig.name
-        proc = train_py("--data", data_root, "--out", str(out), "--iters", "100000",
-                        start_new_session=True)
-        workers = start(proc, out)
-        os.killpg(proc.pid, sig)   # the whole group: the trainer and its loader workers
-        rc, stdout, stderr = finish(proc)
+        rc, stdout, stderr = finish(procs[sig])
         assert rc == 0, stderr
         assert "Traceback" not in stderr and "Error" not in stderr, stderr
         m = re.search(rf"{sig.name}: checkpoint saved at iteration (\d+)", stdout)
@@ -77,19 +81,21 @@ def test_group_signal_checkpoints_then_resumes_exactly(data_root, tmp_path):
         it = int(m.group(1))
         _, ck = weights(str(out / "checkpoints" / "last.pt"))
         assert it >= 1 and ck["iteration"] == it and ck["loader_position"] == it
-        for pid in workers:        # no worker outlives the trainer
+        for pid in workers[sig]:   # no worker outlives the trainer
             assert not os.path.exists(f"/proc/{pid}") or _zombie(pid), pid
         reached[sig] = it
 
     # Exact resume: each stopped run, resumed to N + 2 iterations, equals a straight run.
     total = max(reached.values()) + 2
     straight = tmp_path / "straight"
+    resumes = {sig: train_py("--resume", str(tmp_path / sig.name), "--iters", str(it + 2))
+               for sig, it in reached.items()}
     rc, _, err = finish(train_py("--data", data_root, "--out", str(straight), "--iters",
                                  str(total), "--ckpt-every", "1",
                                  "--keep-every", "1"))
     assert rc == 0, err
     for sig, it in reached.items():
-        rc, _, err = finish(train_py("--resume", str(tmp_path / sig.name), "--iters", str(it + 2)))
+        rc, _, err = finish(resumes[sig])
         assert rc == 0, err
         got, ck = weights(str(tmp_path / sig.name / "checkpoints" / "last.pt"))
         ref, _ = weights(str(straight / "checkpoints" / f"iter_{it + 2:07d}.pt"))
