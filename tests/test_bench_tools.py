@@ -46,10 +46,13 @@ def test_tuning_sweep_checks_every_config_and_restores_the_defaults(monkeypatch)
     monkeypatch.setattr(tune_fused, "FRAMES", 3)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfgs = tune_fused.configs([16, 32], [4], [0, 32], ["ieee", "tf32x3"])
-    rows = tune_fused.sweep([5], cfgs, device, timed=False)
-    assert [(r["block_b"], r["num_warps"], r["chunk"], r["precision"]) for r in rows] == cfgs
     assert cfgs[:4] == [(16, 4, 0, "ieee"), (32, 4, 0, "ieee"), (16, 4, 32, "ieee"),
                         (32, 4, 32, "ieee")] and len(cfgs) == 8
+    # each layout in each precision at 16 rows, and 32 rows once: 5 of the 8 through the
+    # interpreter, which takes seconds each
+    cfgs = [c for c in cfgs if c[0] == 16 or c == (32, 4, 0, "ieee")]
+    rows = tune_fused.sweep([5], cfgs, device, timed=False)
+    assert [(r["block_b"], r["num_warps"], r["chunk"], r["precision"]) for r in rows] == cfgs
     assert all(r["correct"] and r["max_rel_err"] <= 1e-4 for r in rows), rows
     assert (fused._block_b, fused._num_warps, fused._chunk) == before
 
