@@ -31,11 +31,12 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 # (B, k, width, activation, separable, frames, dt, scheme): 23 and 19 are not multiples of the
-# block (16 rows; 23 fills one and part of another); width 100 is not a power of two (padded to 128). Both schemes run
-# with a general H (where they differ) and a separable one. The long rollout (48 frames) is
-# a narrow case: the interpreter's time grows with width x frames, and the width-128 cases
-# at 8 frames kept the suite near its 10-minute budget on 2 cores. The long rollout runs in one
-# scheme (its step indexing does not depend on it; both schemes run at 8 and 16 frames).
+# block (16 rows; 23 fills one and part of another); width 100 is not a power of two (padded
+# to 128). Both schemes run with a general H (where they differ) and a separable one. The
+# long rollout (48 frames) is a narrow case: the interpreter's time grows with width x frames,
+# and the width-128 cases at 8 frames kept the suite near its 10-minute budget on 2 cores. The
+# long rollout runs in one scheme (its step indexing does not depend on it; both schemes run
+# at 8 and 16 frames).
 CASES = [
     (5, 1, 16, "softplus", False, 2, 0.05, "order2"),
     (19, 3, 32, "tanh", True, 16, -0.05, "official"),

@@ -256,5 +256,6 @@ def test_the_learned_hamiltonian_is_smooth_by_default():
     assert ModelConfig().activation == "softplus"
     assert parse_command_line(["--system", "pendulum"])[0].model.activation == "softplus"
     for model in ("hgan", "hnn_gan"):
-        h = build_models(tiny(model, k=2, hidden=16, motion_dim=4)).generator.motion_module.hamiltonian
+        g = build_models(tiny(model, k=2, hidden=16, motion_dim=4)).generator
+        h = g.motion_module.hamiltonian
         assert h.activation == "softplus", model

@@ -31,7 +31,8 @@ def test_one_step_moves_every_trained_parameter_by_adams_first_step(tiny_pendulu
     moved = {k: float((after[k] - before[k]).abs().max()) for k in before}
     still = sorted(k for k, v in moved.items() if v == 0)
     # the Hamiltonian's output bias never reaches the dynamics (only dH/dx does)
-    assert still == (["G.motion_module.hamiltonian.layers.2.bias"] if model == "hgan" else []), still
+    want = ["G.motion_module.hamiltonian.layers.2.bias"] if model == "hgan" else []
+    assert still == want, still
     assert max(moved.values()) <= 1e-3 + 1e-6    # and float32 rounding of the weights
     for net in ("G.", "D_I.", "D_V."):
         assert max(v for k, v in moved.items() if k.startswith(net)) > 0.99e-3, net

@@ -47,8 +47,8 @@ class StopSignals:
     section it can leave a lock held. There `check()`, which the writing loop calls between
     blocks, raises it instead. Signals after the first change nothing, so the cleanup is
     not cut short. A handler the caller installed (a trainer's stop flag, SIG_IGN under
-    nohup), other than `raise_interrupted`, is left alone, and so is everything off the main thread, which cannot install
-    handlers."""
+    nohup), other than `raise_interrupted`, is left alone, and so is everything off the main
+    thread, which cannot install handlers."""
 
     def __init__(self):
         self.signum = None
