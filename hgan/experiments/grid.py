@@ -126,14 +126,12 @@ class Run:
         want = set(metric_list(self.spec))
         if r.get("iteration") != self.iteration() or not want <= set(r.get("metrics", ())):
             return False
-        from hgan.evaluate import fvd
         from hgan.evaluate.cli import build_parser, settings
         args = build_parser().parse_args(self.eval_flags())
         if r.get("settings") != settings(args):
             return False
-        env = os.environ.get(fvd.I3D_ENV)
-        detector = args.i3d or (env if env and os.path.exists(env) else None)
-        return not ("fvd" in args.metrics and detector and "skipped" in (r.get("fvd") or {}))
+        return not ("fvd" in args.metrics and _detector(args)
+                    and "skipped" in (r.get("fvd") or {}))
 
     def check_config(self):
         """A run directory trained with other settings than the grid asks for is an error: a
@@ -237,6 +235,14 @@ def check_device(name):
         raise GridError(str(e)) from None
 
 
+def _detector(eval_args):
+    """The I3D detector hgan.evaluate will use for these parsed flags: --i3d, else an existing
+    file at $HGAN_I3D; None when it will skip FVD."""
+    from hgan.evaluate import fvd
+    env = os.environ.get(fvd.I3D_ENV)
+    return eval_args.i3d or (env if env and os.path.exists(env) else None)
+
+
 def check_flags(spec):
     """GridError unless train.py and hgan.evaluate take the flags the grid gives every run,
     --train-args and --eval-args included, checked by their own parsers before any data is
@@ -253,9 +259,7 @@ def check_flags(spec):
             raise GridError(f"{refusal} (--batch-size)")
         args = _parse(eval_parser().parse_args, run.eval_flags, "--eval-args",
                       "python -m hgan.evaluate")
-    # the detector hgan.evaluate will use: --i3d, else an existing file at $HGAN_I3D
-    env = os.environ.get(fvd.I3D_ENV)
-    i3d = args.i3d or (env if env and os.path.exists(env) else None)
+    i3d = _detector(args)
     if "fvd" in args.metrics and i3d and args.frames < fvd.MIN_FRAMES:
         raise GridError(f"evaluation with --frames {args.frames}: FVD's I3D (--i3d) needs at "
                         f"least {fvd.MIN_FRAMES}; pass --eval-args '--frames N'")
