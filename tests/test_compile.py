@@ -16,10 +16,10 @@ from torch._dynamo.testing import CompileCounterWithBackend
 
 from hgan.models import ModelConfig, build_models
 from hgan.train.config import RunConfig
+from hgan.train import cpu_bf16
 from hgan.train.loop import Trainer, cpu_has_fast_bf16
 
-# Emulated bf16 (no AVX512-BF16/AMX) is no training path: on an AVX512 Xeon with torch 2.13
-# the first D update left D_V's Conv3d weight gradients non-finite.
+# Emulated bf16 (no AVX512-BF16/AMX) is no training path (hgan.train.loop.amp_policy).
 native_bf16 = pytest.mark.skipif(not cpu_has_fast_bf16(),
                                  reason="bf16 training on a CPU without native bf16 (emulated "
                                         "kernels) is not numerically reliable")
@@ -64,6 +64,11 @@ def tiny_trainer(model, integrator, amp, r1_gamma):
     cfg = RunConfig(batch_size=B, frames=T, amp=amp, amp_dtype="bf16" if amp else "auto",
                     r1_gamma=r1_gamma, device="cpu", progress=False,
                     model=tiny_config(model, integrator))
+    if amp:  # a CPU whose bf16 convolutions are wrong at these shapes refuses to train
+        bad = cpu_bf16.check(build_models(cfg.model, torch.device("cpu")), B, T,
+                             cfg.model.clip_frames)
+        if bad is not None:
+            pytest.skip(bad)
     return Trainer(cfg, device="cpu")
 
 

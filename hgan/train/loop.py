@@ -62,6 +62,8 @@ def amp_policy(device: torch.device, enabled: bool, dtype: str = "auto"):
     bf16 (no AVX512-BF16 or AMX) runs bf16 convolutions through slow reference kernels
     (measured ~20x slower than fp32 on an AVX2 EPYC), and autocast exists for speed: there
     `--amp` runs fp32 and says so in one line; only an explicit `--amp-dtype bf16` forces it.
+    Where it says bf16 on a CPU, the Trainer still checks the run's convolutions in bf16
+    (hgan.train.cpu_bf16) before using it.
     """
     if dtype not in ("auto", "bf16", "fp16"):
         raise ValueError(f"unknown --amp-dtype {dtype!r}; choose auto, bf16 or fp16")
@@ -214,6 +216,8 @@ class Trainer:
         self.models = build_models(cfg.model, self.device)
         self.G, self.D_I, self.D_V = self.models.generator, self.models.image_disc, self.models.video_disc
         self.amp_dtype, use_scaler = amp_policy(self.device, cfg.amp, cfg.amp_dtype)
+        if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
+            self.amp_dtype = self._checked_cpu_bf16(cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         # CUDA graphs (hgan.train.capture) unless this configuration cannot be captured.
         self.graph_fallback = hcapture.fallback_reason(
@@ -336,6 +340,21 @@ class Trainer:
         self.check_batch(real)
         d = self._d_update(real, want_stats, self._check)
         return self._g_update(d, want_stats, self._check)
+
+    def _checked_cpu_bf16(self, cfg):
+        """bf16, or None (fp32) when this CPU's bf16 convolutions are wrong at this run's
+        shapes (hgan.train.cpu_bf16): with --amp one line says so; an explicit --amp-dtype
+        bf16 is refused rather than trained on wrong gradients."""
+        from hgan.train import cpu_bf16
+        bad = cpu_bf16.check(self.models, self.local_batch, cfg.frames, cfg.model.clip_frames,
+                             cfg.model.channels_last)
+        if bad is None:
+            return torch.bfloat16
+        if cfg.amp_dtype == "bf16":
+            raise ValueError(f"--amp-dtype bf16: {bad}; train in fp32 (without --amp)")
+        if self.info.is_main:
+            print(f"[hgan] --amp: {bad}: training in fp32", file=sys.stderr, flush=True)
+        return None
 
     def check_batch(self, real):
         t, cf = real.shape[1], self.cfg.model.clip_frames
