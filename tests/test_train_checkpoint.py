@@ -56,6 +56,27 @@ def test_atomic_save_leaves_no_partial_file(tmp_path):
     assert os.listdir(path.parent) == ["last.pt"]
 
 
+def test_save_syncs_the_data_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    # A rename before the data reaches the disk can leave a complete-looking empty file after a
+    # power cut; the folder's fsync makes the rename itself durable.
+    calls, fsync, replace = [], os.fsync, os.replace
+
+    def record_fsync(fd):
+        calls.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+        fsync(fd)
+
+    def record_replace(a, b):
+        calls.append(("replace", os.path.basename(a)))
+        replace(a, b)
+    monkeypatch.setattr(os, "fsync", record_fsync)
+    monkeypatch.setattr(os, "replace", record_replace)
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint({"iteration": 1}, str(path))
+    tmp = f"last.pt.tmp{os.getpid()}"
+    folder = os.path.realpath(path.parent)
+    assert calls == [("fsync", os.path.join(folder, tmp)), ("replace", tmp), ("fsync", folder)]
+
+
 def test_a_file_that_is_no_torch_save_file_is_named_so(tmp_path, tiny_pendulum_h5):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00 not a checkpoint" * 20)

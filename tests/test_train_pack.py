@@ -341,3 +341,30 @@ def test_a_warning_is_written_for_every_runs_log_naming_its_run(capsys):
     assert out.getvalue().split("\n") == [
         "[pack] run 4: x.py:7: UserWarning: the fused backend cannot run",  # untagged: every log
         "[pack] y.py:1: RuntimeWarning: from the main thread", ""]
+
+
+_SIGNAL_AT_START = """
+import os, signal, sys, time
+from hgan.train import pack
+
+def generate_missing(runs):  # reading resumed checkpoints, checking for data: before the threads
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(60)
+    raise AssertionError("the signal did not stop the start-up")
+
+pack._generate_missing = generate_missing
+sys.exit(pack.main(sys.argv[1:]))
+"""
+
+
+def test_a_signal_before_the_runs_start_ends_the_pack_in_one_line(data_root, tmp_path):
+    # SIGTERM's default would end it silently (exit -15), Ctrl-C with a traceback.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_AT_START, "--",
+                           *flags(data_root, tmp_path / "run")],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "hgan.train.pack: stopped by SIGTERM before any run started; nothing of the runs was "
+        "written"], proc.stderr
+    assert not (tmp_path / "run").exists()

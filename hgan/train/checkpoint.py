@@ -47,10 +47,26 @@ def save_checkpoint(state: dict, path: str) -> str:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(os.path.dirname(os.path.abspath(path)))
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def _fsync_dir(folder):
+    """Make the rename itself durable: without it a power cut can bring back the previous
+    checkpoint (never a torn one). Not possible on every platform or file system."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 class CheckpointError(RuntimeError):

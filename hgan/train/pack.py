@@ -27,7 +27,9 @@ Each run computes what it would alone (tests/test_train_pack.py compares the wei
   Ctrl-C can stop it);
 - SIGINT/SIGTERM reach the main thread only: one stop flag is shared, and every run saves a
   checkpoint after its current iteration and ends, as `train.py` does; a run not yet set up
-  then does not start (exit 128 + signal). A failed capture stops every run the same way:
+  then does not start (exit 128 + signal). Before the threads start (reading resumed
+  checkpoints, generating data) a signal ends the process in one line, exit 128 + signal,
+  with nothing of the runs written. A failed capture stops every run the same way:
   on torch < 2.13 it leaves this process's CUDA generators and allocator in capture mode.
   A CUDA fault (an illegal address, a device assert) is sticky for the whole context: it
   ends every run of the process.
@@ -367,6 +369,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from hgan.data import loader
+    from hgan.data.interrupt import raise_interrupted
     from hgan.train.run import _StopFlag
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] in (["-h"], ["--help"]):
@@ -382,12 +385,27 @@ def main(argv=None) -> int:
         print("hgan.train.pack: error: not under torchrun (DDP runs one run per process)",
               file=sys.stderr)
         return 2
+    # Until the stop flag exists, SIGTERM ends start-up as Ctrl-C does: one line, not a
+    # traceback or a silent exit (as train.py's setup). One the parent ignores stays ignored.
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
+    if sigterm == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, raise_interrupted)
     try:
-        runs = distinct_run_dirs(split_runs(argv))
-    except ValueError as e:
-        print(f"hgan.train.pack: error: {e}", file=sys.stderr)
-        return 2
-    code = _generate_missing(runs)
+        try:
+            runs = distinct_run_dirs(split_runs(argv))
+        except ValueError as e:
+            print(f"hgan.train.pack: error: {e}", file=sys.stderr)
+            return 2
+        code = _generate_missing(runs)
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"hgan.train.pack: stopped by {signal.Signals(signum).name} before any run "
+              f"started; nothing of the runs was written", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if sigterm == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, sigterm)
     if code is not None:
         return code
     # tqdm's monitor thread would refresh bars from a thread no run owns; forked loader
