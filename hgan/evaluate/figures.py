@@ -78,7 +78,8 @@ def tsne_embedding(points, *, seed=0, perplexity=30.0, iterations=1000):
 def plot_tsne(embedding, path, *, title, color=None):
     plt = _matplotlib()
     fig, ax = plt.subplots(figsize=(3.6, 3.4), dpi=100)
-    sc = ax.scatter(embedding[:, 0], embedding[:, 1], s=3, c=color, cmap="viridis")
+    sc = ax.scatter(embedding[:, 0], embedding[:, 1], s=3, c=color,
+                    cmap="viridis" if color is not None else None)
     if color is not None:
         fig.colorbar(sc, ax=ax, fraction=0.046, label="|y|")
     ax.set_title(title, fontsize=9)

@@ -40,7 +40,8 @@ class RunConfig:
     r1_gamma: float = option(0.0, "R1 gradient penalty weight on real data (0: off; the "
                                   "official code uses 10)")
     amp: bool = option(False, "autocast: bf16 on CUDA (fp16 + GradScaler where bf16 is "
-                              "missing) and on CPUs with native bf16; fp32 on other CPUs")
+                              "missing) and on CPUs with native bf16 whose bf16 "
+                              "convolutions check right at the run's shapes; else fp32")
     amp_dtype: str = option("auto", "autocast dtype (auto: bf16 where supported, else fp16 "
                                     "on CUDA)", choices=("auto", "bf16", "fp16"))
     compile: bool = option(False, "torch.compile G_I, D_I, D_V and the motion module's "
