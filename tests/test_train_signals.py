@@ -197,3 +197,89 @@ def test_signal_during_setup_ends_in_one_line(data_root, tmp_path, sig, code):
         f"train.py: stopped by {sig.name} before the first iteration; "
         "nothing of the run was written"], proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+_SIGNAL_AFTER_SETUP = """
+import os, signal, sys
+import torch.utils.tensorboard as tb
+
+real = tb.SummaryWriter
+def writer(*args, **kwargs):  # the run directory is being written; TensorBoard's import is slow
+    os.kill(os.getpid(), signal.SIGTERM)
+    return real(*args, **kwargs)
+
+tb.SummaryWriter = writer
+from hgan.train.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_signal_after_the_setup_saves_a_checkpoint_at_iteration_0(data_root, tmp_path):
+    # Between the setup and the loop's first step: not a silent SIGTERM exit, nor a traceback.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-c", _SIGNAL_AFTER_SETUP, *TINY, "--num-workers",
+                           "0", "--data", data_root, "--out", str(out)],
+                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"[hgan] SIGTERM: checkpoint saved at iteration 0 -> {out}" in proc.stdout
+    assert load_checkpoint(str(out))["iteration"] == 0
+
+
+def test_a_loader_failing_after_a_signal_stops_the_run_for_the_signal(data_root, tmp_path):
+    from hgan.train.config import parse_command_line
+    from hgan.train.run import prepare, run
+
+    class Stop:
+        signum = None
+
+    class Stream:  # as a loader whose spawned worker the group's SIGINT killed while starting
+        position = 0
+
+        def __init__(self, signal_first):
+            self.signal_first = signal_first
+
+        def __iter__(self):
+            if self.signal_first:
+                Stop.signum = signal.SIGINT
+            raise RuntimeError("DataLoader worker (pid(s) 1234) exited unexpectedly")
+            yield
+
+        def close(self):
+            pass
+
+    for signal_first in (True, False):
+        cfg, _, given = parse_command_line([*TINY, "--num-workers", "0", "--data", data_root,
+                                            "--out", str(tmp_path / f"run-{signal_first}")])
+        setup = prepare(cfg, given=given)
+        setup.stream.close()
+        setup.stream, Stop.signum = Stream(signal_first), None
+        if signal_first:
+            res = run(setup, stop=Stop)
+            assert res["stopped"] == "SIGINT" and res["iteration"] == 0
+            assert load_checkpoint(res["checkpoint"])["iteration"] == 0
+        else:  # without a signal the loader's failure is the error it is
+            with pytest.raises(RuntimeError, match="exited unexpectedly"):
+                run(setup, stop=Stop)
+
+
+def test_a_second_ctrl_c_aborts_but_one_stop_delivered_twice_does_not(monkeypatch):
+    # `timeout -s INT` signals its child, then the child's group: two SIGINTs microseconds
+    # apart are one stop; a second Ctrl-C a second or more later aborts.
+    from hgan.train.run import _StopFlag
+    clock = [100.0]
+    monkeypatch.setattr("hgan.train.run.time.monotonic", lambda: clock[0])
+    flag = _StopFlag()
+    flag._handle(signal.SIGINT, None)
+    clock[0] += 0.001
+    flag._handle(signal.SIGINT, None)
+    flag._handle(signal.SIGTERM, None)
+    assert flag.signum == signal.SIGINT
+    clock[0] += _StopFlag.SECOND_AFTER_S
+    with pytest.raises(KeyboardInterrupt):
+        flag._handle(signal.SIGINT, None)
+    term = _StopFlag()
+    term._handle(signal.SIGTERM, None)
+    clock[0] += 10
+    term._handle(signal.SIGTERM, None)  # SIGTERM never aborts: the checkpoint is still saved
+    assert term.signum == signal.SIGTERM

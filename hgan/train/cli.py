@@ -1,9 +1,10 @@
 """`train.py` / `hgan-train`: the command line of training (flags: hgan.train.config).
 
 Exit codes: 0 done (or stopped by a signal after saving a checkpoint); 1 a non-finite loss;
-2 bad input, in one line `train.py: error: ...`; 130 / 143 SIGINT / SIGTERM before the
-first iteration (while the dataset was generated: nothing of it kept; later in the setup:
-nothing of the run written yet). From the first iteration on, a signal saves a checkpoint."""
+2 bad input, in one line `train.py: error: ...`; 130 / 143 SIGINT / SIGTERM during the
+setup (while the dataset was generated: nothing of it kept; later: nothing of the run written
+yet). Once the setup is done, a signal saves a checkpoint (at iteration 0, or the resumed
+one, if no step ran yet) and the exit code is 0."""
 import signal
 import sys
 
@@ -31,27 +32,28 @@ def main(argv=None) -> int:
     if sigterm == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, raise_interrupted)
     try:
-        setup = prepare(cfg, resume=resume, given=given)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
-        return bad_input(e)
-    except GenerationInterrupted as e:
-        print(f"train.py: generation of {cfg.data_path} was interrupted "
-              f"({signal.Signals(e.signum).name}); no partial file was kept", file=sys.stderr)
-        return 128 + e.signum
-    except KeyboardInterrupt as e:
-        signum = getattr(e, "signum", signal.SIGINT)
-        print(f"train.py: stopped by {signal.Signals(signum).name} before the first iteration; "
-              "nothing of the run was written", file=sys.stderr)
-        return 128 + signum
+        try:
+            setup = prepare(cfg, resume=resume, given=given)
+        except (ValueError, FileNotFoundError, CheckpointError) as e:
+            return bad_input(e)
+        except GenerationInterrupted as e:
+            print(f"train.py: generation of {cfg.data_path} was interrupted "
+                  f"({signal.Signals(e.signum).name}); no partial file was kept", file=sys.stderr)
+            return 128 + e.signum
+        except KeyboardInterrupt as e:
+            signum = getattr(e, "signum", signal.SIGINT)
+            print(f"train.py: stopped by {signal.Signals(signum).name} before the first "
+                  "iteration; nothing of the run was written", file=sys.stderr)
+            return 128 + signum
+        try:
+            run(setup)  # its own handlers first: a signal from here on saves a checkpoint
+        except NonFiniteLoss as e:
+            print(f"[hgan] error: {e}", file=sys.stderr)
+            return 1
+        return 0
     finally:
         if sigterm == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, sigterm)
-    try:
-        run(setup)
-    except NonFiniteLoss as e:
-        print(f"[hgan] error: {e}", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@ import json
 import os
 import signal
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -151,8 +150,14 @@ class _StopFlag:
     the stream. On exit the
     handlers installed before are restored, whatever they were (SIG_IGN under nohup)."""
 
+    # A second SIGINT this long after the first is a second Ctrl-C; sooner, it is the same
+    # stop delivered twice: `timeout -s INT` (without --foreground) signals its child and
+    # then the child's process group, and both can reach the handler separately.
+    SECOND_AFTER_S = 1.0
+
     def __init__(self):
         self.signum = None
+        self._at = None
         self._old = {}
 
     def __enter__(self):
@@ -161,9 +166,12 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C aborts without waiting
-        self.signum = signum
+        now = time.monotonic()
+        if self.signum is not None:
+            if signum == signal.SIGINT and now - self._at >= self.SECOND_AFTER_S:
+                raise KeyboardInterrupt  # a second Ctrl-C aborts without waiting
+            return
+        self.signum, self._at = signum, now
 
     def __exit__(self, *exc):
         for sig, old in self._old.items():
@@ -229,11 +237,21 @@ def run(setup: Setup, callback=None, stop=None) -> dict:
     """The training phase of `train`, from what `prepare` built.
 
     stop: an object whose `signum` turns non-None to stop; None installs this process's
-    SIGTERM/SIGINT handlers (main thread only; hgan.train.pack shares one flag instead)."""
-    cfg, info, trainer, stream = setup.cfg, setup.info, setup.trainer, setup.stream
-    if trainer is None:
+    SIGTERM/SIGINT handlers (main thread only; hgan.train.pack shares one flag instead),
+    before anything of the run is written: from here on a signal saves a checkpoint, at
+    iteration 0 (or the resumed one) when it comes before the first step."""
+    if setup.trainer is None:
+        cfg = setup.cfg
         return {"iteration": setup.iteration, "stats": {}, "out": cfg.out, "stopped": None,
                 "checkpoint": setup.checkpoint}
+    if stop is None:
+        with _StopFlag() as flag:
+            return _run(setup, callback, flag)
+    return _run(setup, callback, stop)
+
+
+def _run(setup: Setup, callback, stop) -> dict:
+    cfg, info, trainer, stream = setup.cfg, setup.info, setup.trainer, setup.stream
     main = info.is_main
     writer = None
     if main:
@@ -255,8 +273,7 @@ def run(setup: Setup, callback=None, stop=None) -> dict:
     last_stats, stopped = {}, None
     t_log, it_log = time.perf_counter(), trainer.iteration
     try:
-        with (nullcontext(stop) if stop is not None else _StopFlag()) as stop, \
-                step_profiler(cfg.out, cfg.profile and main) as prof, \
+        with step_profiler(cfg.out, cfg.profile and main) as prof, \
                 _FirstSteps(trainer.iteration + hcapture.WARMUP_STEPS + 1) as first:
             # Stopped while waiting for the lock (another packed run's failed capture, a
             # signal): no step, only the checkpoint below.
@@ -265,7 +282,17 @@ def run(setup: Setup, callback=None, stop=None) -> dict:
             while stopped is None and trainer.iteration < cfg.iters:
                 want = (trainer.iteration + 1) % cfg.log_every == 0
                 with stage("data"):
-                    real = next(batches)
+                    try:
+                        real = next(batches)
+                    except Exception:
+                        # A signal to the process group can kill a loader worker that is
+                        # still starting (a spawned one ignores it only once running, as in
+                        # hgan.train.pack): then the loader fails, and the run stops for
+                        # the signal, with its checkpoint, like any other.
+                        if stop.signum is None:
+                            raise
+                        stopped = _stop_reason(stop)
+                        break
                 stats = trainer.step(real, want_stats=want)
                 trainer.iteration += 1
                 trainer.loader_position = stream.position
