@@ -288,3 +288,14 @@ def test_results_name_the_commit_given_where_the_tree_has_no_git(monkeypatch):
     assert _results.environment("cpu")["commit"] == "abc1234"
     monkeypatch.delenv("HGAN_COMMIT")
     assert re.fullmatch(r"[0-9a-f]{40}|unknown", _results.environment("cpu")["commit"])
+
+
+def test_leapfrog_table_without_cuda_refuses_in_one_line(monkeypatch, capsys):
+    # not 15 compile jobs failing one by one and a traceback from the matmul peaks
+    table = _leapfrog_table()
+    monkeypatch.setattr(table.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        table.main([])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.endswith("has no CUDA device; --smoke checks the script on "
+                                            "CPU\n")

@@ -289,17 +289,29 @@ def test_a_run_trained_with_other_flags_than_the_grids_is_an_error(tmp_path):
             other.check_config()
 
 
-@pytest.mark.parametrize("drifts, verdict", [
-    ((0.001, 0.005), "n/a (both at or below real data's 0.01)"),   # real 0.01, noise floor 0.008
-    ((0.001, 0.02), "holds"),
-    ((0.009, 0.005), "n/a (both at or below real data's 0.01)"),
+@pytest.mark.parametrize("drifts, noise_floor, verdict", [
+    ((0.001, 0.005), 0.008, "n/a (both at or below real data's 0.01)"),   # real 0.01
+    ((0.001, 0.02), 0.008, "holds"),
+    ((0.009, 0.005), 0.008, "n/a (both at or below real data's 0.01)"),
+    ((0.009, 0.5), 0.8, "n/a (both at or below the probe's noise floor 0.8)"),
 ])
-def test_two_values_the_probe_cannot_resolve_get_no_verdict(tmp_path, drifts, verdict):
+def test_two_values_the_probe_cannot_resolve_get_no_verdict(tmp_path, drifts, noise_floor,
+                                                            verdict):
     spec = _spec(tmp_path, systems=("pendulum",), models=("hgan", "mocogan"), iters=100,
                  eval_metrics="physics,cyclic,appearance")
     for run, drift in zip(spec.runs(), drifts):
         _fake_run(run, 100, results_iter=100)
+        res = _results(drift, None)
+        res["physics"]["energy_drift"]["noise_floor"]["median"] = noise_floor
         with open(run.path("eval", "results.json"), "w") as f:
-            json.dump(_results(drift, None), f)
+            json.dump(res, f)
     text = "\n".join(table.checks_section(spec, table.collect(spec)))
     assert f"| hgan < mocogan on energy drift | pendulum | {verdict} |" in text, text
+
+
+def test_report_only_on_a_folder_that_is_no_grid_is_one_error(tmp_path, capsys):
+    from hgan.experiments import cli
+    missing = tmp_path / "typo"
+    assert cli.main(["table1", "--report-only", "--out", str(missing)]) == 2
+    assert capsys.readouterr().err == f"hgan.experiments: error: --report-only: no grid at {missing}\n"
+    assert not missing.exists()

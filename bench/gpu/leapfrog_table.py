@@ -277,6 +277,9 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.smoke:
         smoke()
+    elif not torch.cuda.is_available():
+        ap.exit(2, f"{ap.prog}: error: the leapfrog table times CUDA kernels and this machine "
+                   f"has no CUDA device; --smoke checks the script on CPU\n")
     if a.warm_one:
         step_fn(a.warm_one[0], int(a.warm_one[1]))()
         return

@@ -143,6 +143,8 @@ def _saved_grid(out):
 def table1(a, argv):
     from hgan.experiments import report, runner
     spec = spec_from_args(a)
+    if a.report_only and not os.path.isdir(spec.out):  # a mistyped --out: no empty table
+        raise GridError(f"--report-only: no grid at {spec.out}")
     saved = _saved_grid(spec.out) if a.report_only else None
     if saved:  # the table of the invocation that trained the grid, with its settings
         spec = GridSpec(**{**saved["spec"], "out": spec.out})

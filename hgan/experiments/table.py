@@ -171,15 +171,17 @@ def _degenerate(c):
 
 
 def _real_floor(rows, key, system):
-    """The metric on real held-out videos (the larger of its values: for the energy drift,
-    real videos through the probe and the probe's noise floor), or None."""
+    """(value, what it is) of the metric on real held-out videos: the larger of its values
+    (for the energy drift, real videos through the probe and the probe's noise floor), or
+    None."""
     if key not in REAL:
         return None
     got = next((REAL[key][1](r["results"]) for r in rows
                 if r["system"] == system and r["results"]), None)
-    vals = [v for v in (got if isinstance(got, tuple) else (got,))
-            if isinstance(v, (int, float)) and np.isfinite(v)]
-    return max(vals) if vals else None
+    named = zip(got if isinstance(got, tuple) else (got,),
+                ("real data's", "the probe's noise floor"))
+    vals = [(v, what) for v, what in named if isinstance(v, (int, float)) and np.isfinite(v)]
+    return max(vals, key=lambda vw: vw[0]) if vals else None
 
 
 def _verdict(a, b, floor=None):
@@ -188,9 +190,9 @@ def _verdict(a, b, floor=None):
     why = _degenerate(a) or _degenerate(b)
     if why:
         return f"n/a ({why})"
-    if floor is not None and a["mean"] <= floor and b["mean"] <= floor:
+    if floor is not None and a["mean"] <= floor[0] and b["mean"] <= floor[0]:
         # real videos score no lower: the probe (or the metric) cannot order these two
-        return f"n/a (both at or below real data's {floor:.3g})"
+        return f"n/a (both at or below {floor[1]} {floor[0]:.3g})"
     holds = a["mean"] < b["mean"]
     text = "holds" if holds else "does not hold"
     if a["n"] > 1 and b["n"] > 1:

@@ -223,7 +223,8 @@ class Trainer:
         self.graph_fallback = hcapture.fallback_reason(
             cfg, self.device, distributed=self.info.enabled, grad_scaler=use_scaler)
         self.captured = self.graph_fallback is None
-        if not self.captured and cfg.cuda_graph:
+        # Said on CUDA only: on a CPU nobody expects graphs, and every run would say it.
+        if not self.captured and cfg.cuda_graph and self.device.type == "cuda":
             hcapture.report_fallback(self.graph_fallback, self.info.is_main)
         self.adam_fused = self.captured and hcapture.ADAM_FUSED
         adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), capturable=self.captured,
