@@ -1,8 +1,8 @@
 """The GPU shell scripts, on CPU: they parse, and trainstep.sh's stage bookkeeping (what comes
 back in $OUT, the budget, one stage's failure) holds with a stand-in interpreter.
 
-A lent GPU call is minutes of borrowed time and returns at most 8 files from $OUT: a script
-mistake found there costs the call. The Python the scripts run is tested elsewhere
+Time on a GPU machine is short and a remote runner may copy back at most 8 files from $OUT:
+a script mistake found there costs the run. The Python the scripts run is tested elsewhere
 (test_bench_tools.py, test_bench_trainstep_table.py); here python3 is a stub that logs its
 arguments and writes a results file, so only the shell logic runs.
 """
@@ -81,7 +81,7 @@ def test_trainstep_script_returns_its_own_results_within_eight_files(tmp_path):
     assert "capture_compile" in stages[-1]
     assert any("--summary" in c for c in calls)
     # only what this call wrote comes back (not other devices' committed results), and few
-    # enough files for the device tool's 8
+    # enough files for a runner that copies back 8
     got = sorted(os.listdir(out))
     assert got == ["stub-device.json", "trainstep-table.md", "trainstep.txt", "versions.txt"]
     assert not set(committed) & set(got)

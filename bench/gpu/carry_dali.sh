@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Carry DALI to a lent GPU machine, which reaches no package index and takes at most 64 MiB
-# of carried files per call. About 255 MB of wheels (DALI for CUDA 13, Python 3.12, and the
+# Carry DALI to a GPU machine that reaches no package index and takes at most 64 MiB of
+# copied files per command. About 255 MB of wheels (DALI for CUDA 13, Python 3.12, and the
 # dependencies that image lacks) go as five parts, one per call, back to back: a machine
 # stays warm only ~30 s after a call, and ignored files survive only while it is warm.
 #

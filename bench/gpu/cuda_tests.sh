@@ -8,7 +8,7 @@
 # and every later random draw in that process fails with "Offset increment outside graph
 # capture". Apart, one broken capture costs its own file, not the rest of the suite. The two
 # processes run side by side: both are mostly Triton compiling on the host (16 cores), none
-# of the tests times anything, and a GPU session's minutes go to the train-step table next.
+# of the tests times anything, and the time saved goes to the train-step table next.
 # -v: each test's result is in the log as it finishes, so a file cut off by its timeout
 # still says which tests passed.
 set -uo pipefail
@@ -16,7 +16,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
 LOG="$OUT/cuda-tests.txt"
-CAPTURE=$(mktemp) OTHER=$(mktemp)   # outside $OUT: only 8 files come back from it
+CAPTURE=$(mktemp) OTHER=$(mktemp)   # outside $OUT: keep it to the few result files
 { echo "== tests/test_train_capture.py"
   timeout -k 5 130 python3 -m pytest -v -rfEs -m cuda tests/test_train_capture.py
   echo "== rc $?"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU step of this project in one script, for a lent GPU machine with no package index
+# Every GPU step of this project in one script, for a GPU machine with no package index
 # (torch, triton, h5py, scipy, pytest, pytest-benchmark preinstalled; run from the repo root).
 #
 #   bash bench/gpu/run.sh check     # versions, then the whole test suite on CUDA   (~4-6 min)
@@ -7,8 +7,8 @@
 #   bash bench/gpu/run.sh leapfrog  # bench/test_bench_leapfrog.py + _dv_layout.py  (~4 min)
 #   bash bench/gpu/run.sh train     # pytest bench/test_bench_trainstep.py          (~5-8 min)
 #
-# Each stage fits one 10-minute call; everything it writes goes to $OUT (the device tool's
-# return folder): logs, and bench/results/<device>.json as that call left it. Merge the
+# Each stage fits one 10-minute command; everything it writes goes to $OUT (the folder
+# copied back): logs, and bench/results/<device>.json as that call left it. Merge the
 # per-call JSON files here with `python bench/_results.py merge $OUT1/*.json $OUT2/*.json`.
 # DALI is not installed on those machines: carry it first with bench/gpu/carry_dali.sh,
 # otherwise the optimised train step uses the torch loader (the results file says which).
@@ -24,7 +24,7 @@ shift
 
 status=0
 save_results() { cp bench/results/*.json "$OUT"/ 2>/dev/null || true; }
-# The device tool kills a command at 600 s, and then nothing after it runs (save_results
+# A command is killed at 600 s on the runners this was written for, and then nothing after it runs (save_results
 # included): stop each stage's main command earlier so that what it measured still comes back.
 # STAGE_LIMIT_S counts from the start of this script (bash's SECONDS).
 LIMIT="${STAGE_LIMIT_S:-540}"

@@ -8,7 +8,7 @@
 # (run from the repository root; HGAN_COMMIT names the commit where the copied tree has no .git:
 # a literal, since a $(git ...) would run where there is no git)
 #
-# Every stage is bounded so that the results come back inside the device tool's 600 s:
+# Every stage is bounded so that the results come back inside a 600 s limit per command:
 # training stops at TRAIN_S seconds after the grid starts (each run checkpoints; compare.md
 # states the iterations each run reached), the grid command itself at LIMIT_S minus a margin.
 # What comes back under $OUT (at most 8 files):

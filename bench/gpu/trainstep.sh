@@ -17,7 +17,7 @@ BUDGET="${TRAINSTEP_BUDGET_S:-340}"
 PY=python3
 LOG="$OUT/trainstep.txt"
 mkdir -p "$OUT"
-# Only 8 files come back from $OUT: the results files this call wrote (not the committed
+# $OUT holds only a few files (a remote runner may copy back no more than 8): the results files this call wrote (not the committed
 # ones of other devices), the stage log outside it.
 STAMP=$(mktemp) STAGE=$(mktemp)
 save() { find bench/results -maxdepth 1 -name '*.json' -newer "$STAMP" -exec cp {} "$OUT"/ \; ; }
