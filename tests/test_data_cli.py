@@ -49,6 +49,16 @@ def test_generate_and_show(tmp_path, capsys):
     gif.seek(1)
     assert gif.info["duration"] == 50  # real time: dt = 0.05 s per frame
     _fails(["show", str(path), "--out", str(tmp_path / "a.jpg")], capsys, ".png or .gif")
+    # an existing split is kept unless --overwrite says otherwise; 0 and 0 is nothing to do
+    before = path.read_bytes()
+    again = ["generate", "--system", "two_body", "--train", "2", "--test", "0", "--frames", "6",
+             "--out", str(tmp_path), "--resolution", "64"]
+    _fails(again, capsys, f"{path} exists; --overwrite replaces it")
+    assert path.read_bytes() == before
+    _fails(again[:3] + ["--train", "0", "--test", "0"], capsys, "nothing to generate")
+    main(again + ["--overwrite"])
+    with open_h5(path) as f:
+        assert f.frames.shape[0] == 2
 
 
 def test_module_entry_point(tmp_path):

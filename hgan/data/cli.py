@@ -63,6 +63,8 @@ def build_parser():
     g.add_argument("--resolution", type=_resolution, default=32,
                    help="frame size in pixels: 16, 24, 32, 48, 64, 96, ... "
                         "(default: %(default)s)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace splits that already exist (default: refuse)")
     s = sub.add_parser("show", help="write a PNG strip or an animated GIF of samples")
     s.add_argument("file", help="a generated <system>/<split>.h5")
     s.add_argument("--out", required=True, help="strip.png or anim.gif")
@@ -193,6 +195,17 @@ def _suite_param(traj, system, name, src):
     return v.reshape(shape)
 
 
+def _check_generate(args):
+    """ValueError for a generation that would do nothing, or silently replace a dataset (at
+    the paper's sizes, hours of simulation)."""
+    if args.train == 0 and args.test == 0:
+        raise ValueError("--train 0 and --test 0: nothing to generate")
+    for split, n in (("train", args.train), ("test", args.test)):
+        path = os.path.join(args.out, args.system, split + ".h5")
+        if n and os.path.exists(path) and not args.overwrite:
+            raise ValueError(f"{path} exists; --overwrite replaces it, or choose another --out")
+
+
 def main(argv=None):
     from hgan.data.h5io import DataFormatError
     from hgan.data.tfrecord import TFRecordError
@@ -201,6 +214,7 @@ def main(argv=None):
     try:
         if args.cmd == "generate":
             from hgan.data.generate import generate_dataset
+            _check_generate(args)
             generate_dataset(args.system, args.out, train=args.train, test=args.test,
                              frames=args.frames, seed=args.seed, resolution=args.resolution)
         elif args.cmd == "show":
