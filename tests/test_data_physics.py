@@ -4,7 +4,8 @@ import pytest
 from scipy.integrate import solve_ivp
 
 from hgan.data import SYSTEMS, get_system
-from hgan.data.simulate import DT, integrate, mass_spring_exact, rk4, simulate_split
+from hgan.data.simulate import (DT, energy_drift, integrate, mass_spring_exact, rk4,
+                                simulate_split)
 
 CONSERVATIVE = [s for s in SYSTEMS if not s.endswith("_friction")]
 FRICTION = [s for s in SYSTEMS if s.endswith("_friction")]
@@ -51,6 +52,25 @@ def test_friction_loses_energy_monotonically(name):
     assert (e[:, -1] < 0.9 * e[:, 0]).all()
 
 
+@pytest.mark.parametrize("name", FRICTION)
+def test_friction_dissipates_energy_at_the_specs_rate(name):
+    # The spec's dp/dt = -dH/dq - 0.05 dH/dp makes dH/dt = -0.05 |dH/dp|^2 along a trajectory.
+    # Fit the rate from float64 H of the frames: H(t+2dt) - H(t) against Simpson's integral
+    # of |dH/dp|^2, dH/dp by central differences of H itself.
+    system = get_system(name)
+    sim = _sim(name, 2, 60)
+    x, pr, k = sim["states"], sim["params"], system.dof
+    e = system.hamiltonian(x, pr)
+    eps = 1e-6
+    dhdp = np.stack([(system.hamiltonian(x + eps * u, pr) - system.hamiltonian(x - eps * u, pr))
+                     / (2 * eps) for u in np.eye(2 * k)[k:]], -1)
+    g = (dhdp ** 2).sum(-1)
+    lost = e[:, 2:] - e[:, :-2]
+    work = DT / 3 * (g[:, :-2] + 4 * g[:, 1:-1] + g[:, 2:])
+    rate = -(lost * work).sum() / (work ** 2).sum()
+    assert abs(rate / 0.05 - 1) < 1e-2, rate  # Simpson at dt = 0.05: ~1e-3 off
+
+
 @pytest.mark.parametrize("base", ["mass_spring", "pendulum", "double_pendulum", "two_body",
                                   "three_body", "double_pendulum_colors", "two_body_colors"])
 def test_vector_field_is_hamiltons_equations(base):
@@ -91,6 +111,38 @@ def test_pendulum_small_angle_period():
     tc = (i + q[i] / (q[i] - q[i + 1])) * DT  # linear interpolation between frames
     period = np.diff(tc).mean()
     assert abs(period / (2 * np.pi * np.sqrt(1.0 / 3.0)) - 1) < 5e-3
+
+
+def test_energy_scale_of_the_pendulums_is_m_g_l():
+    # The work to lift a bob level with its pivot: H(pi/2, 0) - H(0, 0) for the pendulum, the
+    # outer arm's lift for a double pendulum of equal arms. l != 1 tells m g l from m g.
+    system = get_system("pendulum_colors")
+    pr = {"m": np.array([0.7]), "g": np.array([3.4]), "l": np.array([0.6])}
+    lift = system.hamiltonian(np.array([[np.pi / 2, 0.0]]), pr) - \
+        system.hamiltonian(np.zeros((1, 2)), pr)
+    np.testing.assert_allclose(system.energy_scale(pr), lift, rtol=1e-12)
+    system = get_system("double_pendulum_colors")
+    pr = {"m": np.array([[0.45, 0.45]]), "g": np.array([2.9]), "l": np.array([[0.8, 0.8]])}
+    lift = system.hamiltonian(np.array([[0.0, np.pi / 2, 0.0, 0.0]]), pr) - \
+        system.hamiltonian(np.zeros((1, 4)), pr)
+    np.testing.assert_allclose(system.energy_scale(pr), lift, rtol=1e-12)
+
+
+def test_energy_drift_is_the_largest_relative_excursion():
+    # Hand-built mass-spring energies (p = 0, q = sqrt(2 E / k)): max_t |H(t) - H(0)| / |H(0)|
+    # is 0.5 for the spike, 0.1 for the small step (a mean over frames would give 0.12, 0.02).
+    system = get_system("mass_spring")
+    pr = {"k": np.array([2.0, 2.0]), "m": np.array([0.5, 0.5])}
+    e = np.array([[1.0, 1.0, 1.5, 1.0, 1.0], [2.0, 2.2, 2.0, 2.0, 2.0]])
+    states = np.stack([np.sqrt(e), np.zeros_like(e)], -1)
+    np.testing.assert_allclose(energy_drift(system, states, pr), [0.5, 0.1], rtol=1e-12)
+    # The double pendulum's H crosses zero: an H(0) = 0 start (both arms horizontal) is
+    # measured against m g l, as in test_energy_drift_512_frames_and_canvas.
+    system = get_system("double_pendulum_colors")
+    pr = {"m": np.array([[0.45, 0.45]]), "g": np.array([2.9]), "l": np.array([[0.8, 0.8]])}
+    q2 = np.array([np.pi / 2, np.pi / 2, np.arccos(-0.1), np.pi / 2])  # H = 0, 0, 0.1 m g l, 0
+    states = np.stack([np.full(4, np.pi / 2), q2, np.zeros(4), np.zeros(4)], -1)[None]
+    np.testing.assert_allclose(energy_drift(system, states, pr), [0.1], rtol=1e-9)
 
 
 @pytest.mark.parametrize("name", ["pendulum_colors", "double_pendulum", "three_body"])
