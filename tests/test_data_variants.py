@@ -2,9 +2,9 @@
 import h5py
 import numpy as np
 import pytest
-from scipy.stats import norm
+from scipy.stats import kstest, norm
 
-from hgan.data import generate_dataset, get_system, open_h5
+from hgan.data import SYSTEMS, generate_dataset, get_system, open_h5
 from hgan.data.generate import render_states
 from hgan.data.render import palette
 from hgan.data.simulate import simulate_split
@@ -20,20 +20,36 @@ def _draws(name, n, seed=0):
     return {k: np.array([d[k] for d in draws]) for k in system.param_names}
 
 
-# Ranges from the suite's datasets.py; per body / arm where n_body.py and
-# ideal_double_pendulum.py draw each on its own.
-RANGES = {
-    "two_body_colors": dict(m=((0.5, 1.5), 2), g=((0.5, 1.5), None)),
+# The spec's table: constants of the sets the paper evaluates, and the "_colors" ranges from
+# the suite's datasets.py; per body / arm where n_body.py and ideal_double_pendulum.py draw
+# each on its own. name -> param -> ((lo, hi), bodies or None).
+_COLORS = {
+    "mass_spring_colors": dict(k=((2.0, 2.0), None), m=((0.2, 1.0), None)),
+    "pendulum_colors": dict(m=((0.5, 1.5), None), g=((3.0, 4.0), None), l=((0.5, 1.0), None)),
     "double_pendulum_colors": dict(m=((0.4, 0.6), 2), g=((2.5, 4.0), None),
                                    l=((0.75, 1.0), 2)),
-    "mass_spring_colors": dict(k=((2.0, 2.0), None), m=((0.2, 1.0), None)),
 }
+RANGES = {
+    "mass_spring": dict(k=((2.0, 2.0), None), m=((0.5, 0.5), None)),
+    "pendulum": dict(m=((0.5, 0.5), None), g=((3.0, 3.0), None), l=((1.0, 1.0), None)),
+    "double_pendulum": dict(m=((0.5, 0.5), 2), g=((3.0, 3.0), None), l=((1.0, 1.0), 2)),
+    "two_body": dict(m=((1.0, 1.0), 2), g=((1.0, 1.0), None)),
+    "three_body": dict(m=((1.0, 1.0), 3), g=((1.0, 1.0), None)),
+    "two_body_colors": dict(m=((0.5, 1.5), 2), g=((0.5, 1.5), None)),
+    **_COLORS,
+    **{name + "_friction": ranges for name, ranges in _COLORS.items()},
+}
+
+
+def test_ranges_cover_every_system():
+    assert set(RANGES) == set(SYSTEMS)
 
 
 @pytest.mark.parametrize("name", list(RANGES))
 def test_parameter_ranges_and_independence(name):
     n = 3000
     pr = _draws(name, n)
+    assert set(pr) == set(RANGES[name])
     columns = []
     for k, ((lo, hi), bodies) in RANGES[name].items():
         v = pr[k]
@@ -47,14 +63,66 @@ def test_parameter_ranges_and_independence(name):
             assert abs(u.mean() - 0.5) < 5 * np.sqrt(1 / 12 / n), k
             assert abs(u.var() - 1 / 12) < 0.01, k
             columns.append(c)
+        if bodies:
+            assert (v[:, 0] != v[:, 1]).all(), k
     # Every per-body value and every parameter is drawn on its own: no correlation beyond
     # 5 standard errors (1/sqrt(n) = 0.018).
     if len(columns) > 1:
         corr = np.corrcoef(np.stack(columns))
         off_diag = corr[~np.eye(len(columns), dtype=bool)]
         assert np.abs(off_diag).max() < 5 / np.sqrt(n)
-    if name != "mass_spring_colors":
-        assert (pr["m"][:, 0] != pr["m"][:, 1]).all()
+
+
+# Annulus radius of the start (q, p) per the spec; the colors variants keep their base's
+# except double_pendulum_colors.
+ANNULUS = dict(mass_spring=(0.1, 1.0), pendulum=(1.3, 2.3), double_pendulum=(1.3, 2.3),
+               double_pendulum_colors=(1.0, 2.5))
+
+
+def _start_radii(name, n, seed=0):
+    """Radii of n sampled starts in the annulus's own coordinates: (q, p / sqrt(k m)) for the
+    mass-spring (the spec's p = s1 sqrt(k m)), (q_i, p_i) per arm for the double pendulum."""
+    system = get_system(name)
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        pr = system.sample_params(rng)
+        x = system.sample_state(rng, pr)
+        if system.base == "mass_spring":
+            out.append([np.hypot(x[0], x[1] / np.sqrt(pr["k"] * pr["m"]))])
+        elif system.base == "pendulum":
+            out.append([np.hypot(x[0], x[1])])
+        else:
+            out.append([np.hypot(x[0], x[2]), np.hypot(x[1], x[3])])
+    return np.ravel(out)
+
+
+@pytest.mark.parametrize("name", [s for s in SYSTEMS if "body" not in s])
+def test_start_radius_is_uniform_or_uniform_in_area_as_the_spec_says(name):
+    # Constant sets: r = U(lo, hi); "_colors" sets: r = sqrt(U(lo^2, hi^2)) (uniform in area).
+    base = name.replace("_friction", "")
+    lo, hi = ANNULUS.get(base, ANNULUS[base.replace("_colors", "")])
+    r = _start_radii(name, 1500)
+    assert r.min() >= lo - 1e-12 and r.max() <= hi + 1e-12
+    uniform = lambda x: np.clip((x - lo) / (hi - lo), 0, 1)  # noqa: E731
+    area = lambda x: np.clip((x * x - lo * lo) / (hi * hi - lo * lo), 0, 1)  # noqa: E731
+    want, other = (area, uniform) if "_colors" in name else (uniform, area)
+    assert kstest(r, want).pvalue > 0.01
+    assert kstest(r, other).pvalue < 1e-6  # 1500 draws tell the two laws apart
+
+
+def test_canvas_offset_moves_every_body_alike():
+    # The offset shifts the whole scene: positions(x, offset) = positions(x) + offset.
+    rng = np.random.default_rng(5)
+    for name in SYSTEMS:
+        system = get_system(name)
+        pr = _draws(name, 3)
+        x = rng.uniform(-2, 2, (3, 4, 2 * system.dof))
+        off = rng.uniform(-1, 1, (3, 2))
+        shifted = system.positions(x, pr, off)
+        assert shifted.shape == (3, 4, system.n_bodies, 2), name
+        np.testing.assert_allclose(shifted, system.positions(x, pr) + off[:, None, None],
+                                   rtol=0, atol=1e-14, err_msg=name)
 
 
 def test_constant_sets_keep_equal_bodies():
