@@ -41,6 +41,10 @@ def test_round_trip(made):
         assert (at["system"], at["dt"], at["resolution"], at["seed"], at["split"]) == \
             ("double_pendulum_colors", 0.05, 32, 7, "train")
         assert at["format_version"] == 2 and at["rejected"] >= 0 and "recipe" in at
+        assert at["substeps"] == 10  # the spec's 10 internal steps per dt
+        # Canvas half-size 2 l_max + sqrt(m_max / pi), widened by the offset's 0.4 of it.
+        half = 1.4 * (2 * 1.0 + np.sqrt(0.6 / np.pi))
+        np.testing.assert_allclose([at["canvas_min"], at["canvas_max"]], [-half, half])
     with open_h5(a["test"]) as f:  # the test split draws other trajectories
         assert len(f) == 2
         assert not np.array_equal(f.states[0], sim["states"][0].astype(np.float32))
@@ -104,6 +108,24 @@ def test_truncated_file(made, tmp_path, keep):
     with open(path, "r+b") as f:
         f.truncate(int(size * keep))
     with pytest.raises(DataFormatError, match="truncated or corrupt"):
+        open_h5(path)
+
+
+def test_constant_set_canvas_is_not_widened(tiny_pendulum_h5):
+    with open_h5(tiny_pendulum_h5) as f:  # pendulum: l + sqrt(m / pi), no random offset
+        half = 1.0 + np.sqrt(0.5 / np.pi)
+        np.testing.assert_allclose([f.attrs["canvas_min"], f.attrs["canvas_max"]], [-half, half])
+
+
+def test_open_probes_the_last_trajectory(made, tmp_path):
+    # A copy cut short loses its last chunks first: open_h5 must refuse it, not a late epoch.
+    path = _copy(made, tmp_path)
+    with h5py.File(path, "r") as f:
+        info = f["frames"].id.get_chunk_info_by_coord((4, 0, 0, 0, 0))  # the last of 5
+    with open(path, "r+b") as f:
+        f.seek(info.byte_offset)
+        f.write(b"\xff" * info.size)
+    with pytest.raises(DataFormatError, match="truncated or corrupt data .*trajectory 4"):
         open_h5(path)
 
 
@@ -195,7 +217,12 @@ def test_the_file_records_its_rejected_and_redrawn_trajectories(tmp_path):
     sim = simulate_split(system, 2, "train", np.arange(12), 256)
     assert sim["rejected"] > 0, "the case must exercise re-draws"
     path = tmp_path / "train.h5"
-    stats = generate_split(system, path, "train", 12, frames=256, seed=2, progress=False)
+    # In chunks of 4, re-draws fall in more than one chunk: the file must hold their sum.
+    from hgan.data.simulate import simulate_chunks
+    parts = simulate_chunks(system, 2, "train", np.split(np.arange(12), 3), 256)
+    assert sum(p["rejected"] > 0 for p in parts) > 1, "the case must span chunks"
+    stats = generate_split(system, path, "train", 12, frames=256, seed=2, chunk=4,
+                           progress=False)
     assert stats == {"rejected": sim["rejected"], "inaccurate": sim["inaccurate"]}
     with open_h5(path) as f:
         assert (f.attrs["rejected"], f.attrs["inaccurate"]) == (sim["rejected"], sim["inaccurate"])

@@ -140,6 +140,7 @@ def test_auto_is_torch_without_cuda(frames_h5):
 @pytest.mark.parametrize("kw, match", [
     ({"kind": "tfrecord"}, "unknown loader kind"),
     ({"batch_size": 1000}, "exceeds"),
+    ({"batch_size": 0}, "batch_size must be >= 1"),
     ({"frames": TRAJ_LEN + 1}, "does not fit"),
     ({"rank": 2, "world_size": 2}, "outside world_size"),
     ({"start_batch": -1}, "start_batch"),
