@@ -26,9 +26,19 @@ def files(tiny_pendulum_h5, tmp_path_factory):
     junk.write_bytes(b"not an hdf5 file" * 64)
     other = generate_dataset("three_body", root / "other", train=2, test=0, frames=4, seed=0,
                              resolution=32, progress=False)["train"]
+    small = generate_dataset("pendulum", root / "small", train=2, test=0, frames=4, seed=0,
+                             resolution=16, progress=False)["train"]
     ckpt, _ = _checkpoint(root, "hgan", tiny_pendulum_h5, iteration=1)
+    beside = root / "beside"   # a test.h5 of another system next to the training file
+    beside.mkdir()
+    os.symlink(tiny_pendulum_h5, beside / "train.h5")
+    os.symlink(other, beside / "test.h5")
+    from test_eval_cli import _StandIn
+    i3d = root / "i3d.pt"
+    torch.jit.script(_StandIn()).save(str(i3d))
     return {"root": root, "ckpt": ckpt, "data": tiny_pendulum_h5, "junk": str(junk),
-            "three_body": other}
+            "three_body": other, "pendulum_16px": small, "i3d": str(i3d),
+            "beside_three_body": str(beside / "train.h5")}
 
 
 def _cuda_flag():
@@ -50,6 +60,18 @@ BAD = {  # name: (flags, words the error line must contain)
                           ["at least 2", "--physics-videos 1"]),
     "frames beyond the data": (lambda f: ["--frames", "100"], ["--frames 100", "40 frames"]),
     "data of another system": (lambda f: ["--data", f["three_body"]], ["three_body", "pendulum"]),
+    # The held-out set is tiny_pendulum_h5's last 20%: 5 trajectories of 40 frames.
+    "--real of another system": (lambda f: ["--real", f["three_body"]],
+                                 ["--real", "three_body", "pendulum"]),
+    "--real of another frame size": (lambda f: ["--real", f["pendulum_16px"]],
+                                     ["--real", "16-pixel", "32-pixel"]),
+    "test.h5 of another system": (lambda f: ["--data", f["beside_three_body"]],
+                                  ["held-out data (test.h5 beside --data)", "three_body",
+                                   "pendulum"]),
+    "frames one beyond the data": (lambda f: ["--frames", "41"], ["--frames 41", "40 frames"]),
+    "more FVD videos than held out": (lambda f: ["--metrics", "fvd", "--i3d", f["i3d"],
+                                                 "--fvd-videos", "6"],
+                                      ["--fvd-videos 6", "5 trajectories"]),
     "too few t-SNE iterations": (lambda f: ["--tsne-iters", "100"], ["--tsne-iters", "250"]),
     "no rollout steps": (lambda f: ["--rollout-steps", "0"], ["--rollout-steps", ">= 1"]),
     "unknown metric": (lambda f: ["--metrics", "physics,nope"], ["nope", "appearance"]),
@@ -76,6 +98,17 @@ def test_bad_input_is_one_error_line(case, files, tmp_path, capsys):
     assert e.value.code == 2
     _one_error_line(capsys, words)
     assert not (tmp_path / "out").exists()  # checked before anything is written
+
+
+def test_the_limits_themselves_are_accepted(files, tmp_path):
+    # Every held-out clip the full 40 frames long, and one FVD clip from each of the 5.
+    from hgan.evaluate import inputs
+    args = cli.build_parser().parse_args(
+        ["--checkpoint", files["ckpt"], "--out", str(tmp_path / "e"), *FAST, "--metrics",
+         "fvd,physics", "--i3d", files["i3d"], "--frames", "40", "--fvd-videos", "5"])
+    run = inputs.check(args)
+    assert run.held_out[0].frames.shape[1] == 40 and len(run.held_out[1]) == 5
+    assert run.detector_path == files["i3d"] and not (tmp_path / "e").exists()
 
 
 @pytest.mark.parametrize("flag", ["--data", "--real"])

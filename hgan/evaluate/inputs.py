@@ -128,12 +128,13 @@ def _held_out(args, data_path, ds, system):
     real_path = args.real or os.path.join(os.path.dirname(data_path), "test.h5")
     same = os.path.abspath(real_path) == os.path.abspath(data_path)  # then its last 20%
     if not same and (args.real or os.path.exists(real_path)):
-        real_ds = _open(real_path, "--real" if args.real else "held-out data (test.h5 beside --data)")
+        what = "--real" if args.real else "held-out data (test.h5 beside --data)"
+        real_ds = _open(real_path, what)
         if real_ds.attrs["system"] != system:
-            raise InputError(f"--real {real_path} holds {real_ds.attrs['system']} data, "
+            raise InputError(f"{what} {real_path} holds {real_ds.attrs['system']} data, "
                              f"--data holds {system}")
         if real_ds.frames.shape[2:] != ds.frames.shape[2:]:
-            raise InputError(f"--real {real_path} has {real_ds.frames.shape[2]}-pixel frames, "
+            raise InputError(f"{what} {real_path} has {real_ds.frames.shape[2]}-pixel frames, "
                              f"--data {ds.frames.shape[2]}-pixel ones")
         return real_ds, np.arange(len(real_ds)), real_path
     if len(ds) < 2:
