@@ -24,6 +24,29 @@ def test_color_mass_is_the_disc_area():
     assert mass[0, :, [0, 2]].max() < 0.02 * area  # the other colours see nothing
 
 
+def test_object_mass_is_the_median_disc_area():
+    # Three videos, one disc each of a known radius, in colour 0 of 2: colour 1 is absent
+    # from every video and must not count as an object of mass 0.
+    radii = (0.15, 0.25, 0.35)
+    videos = np.concatenate([_disc_video(r, color=0, num_colors=2) for r in radii])
+    areas = [np.pi * (r / 2 * 31) ** 2 for r in radii]
+    got = appearance.object_mass(appearance.color_mass(videos, 2))
+    assert got == pytest.approx(np.median(areas), rel=0.08)
+    assert not got == pytest.approx(max(areas), rel=0.3)
+
+
+def test_the_flag_threshold_rises_with_real_variation():
+    # Real videos that already vary above the fixed floor (a disc fading to 10-70% of its
+    # mass; the deepest fade varies more than twice the median one): generated videos exactly
+    # like them are no worse than real, so none is flagged.
+    disc = _disc_video(0.3, color=0, num_colors=1, frames=8)
+    real = np.concatenate([_fade(disc, np.linspace(1, a, 8)) for a in (0.1, 0.5, 0.6, 0.7)])
+    res = appearance.appearance_consistency(real, real.copy(), 1)
+    assert res["real"]["median"] > appearance.FLAG_FLOOR
+    assert res["flag_threshold"] > 2 * res["real"]["p90"]
+    assert res["generated_flagged"] == res["real_flagged"] == 0
+
+
 def test_background_has_no_mass():
     bg = np.broadcast_to((np.asarray(BACKGROUND) * 255).astype(np.uint8), (2, 4, 16, 16, 3))
     assert appearance.color_mass(np.ascontiguousarray(bg), 2).max() == 0

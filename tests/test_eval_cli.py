@@ -224,6 +224,22 @@ def test_compare_table_carries_iterations(tmp_path, capsys):
     assert e.value.code == 2 and "results.json" in capsys.readouterr().err
 
 
+def test_compare_cells_show_each_value_where_its_column_says():
+    # Every number distinct, so a cell showing a neighbour's value cannot pass.
+    from hgan.evaluate import report
+    r = {"model": "hgan", "system": "pendulum", "iteration": 100,
+         "fvd": {"fvd_mean": 123.45, "fvd_std": 6.78},
+         "cyclic": {"active_momenta": {"active_dims": 1, "k": 3},
+                    "energy_rollout": {"forward_max_abs_rel_drift": 0.0123,
+                                       "backward_max_abs_rel_drift": 0.456}}}
+    text = report.compare_table([r])
+    fvd_table, active, energy = text.split("### ")[1:]
+    assert fvd_table.startswith("FVD") and "| hgan | 123.5 ± 6.8 (100 it) |" in fvd_table
+    assert "| hgan | 1 of 3 (100 it) |" in active
+    assert energy.startswith("learned-energy drift over the rollout, forward / backward")
+    assert "| hgan | 0.0123 / 0.456 (100 it) |" in energy
+
+
 def test_fvd_on_clips_the_gan_trained_on_is_not_canonical(tmp_path, data_copy, tiny_pendulum_h5,
                                                            monkeypatch):
     monkeypatch.setitem(fvd.PROTOCOL, "num_videos", 4)   # the protocol's count, at test size

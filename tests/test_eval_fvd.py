@@ -64,6 +64,15 @@ def test_mismatched_statistics_rejected():
         fvd.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
 
+@pytest.mark.parametrize("sigma", [np.diag([1.0, -1.0]),            # a negative variance
+                                   np.array([[1.0, 2.0], [2.0, 1.0]])])  # eigenvalues 3, -1
+def test_statistics_that_are_not_covariances_are_refused(sigma):
+    # sqrtm(diag(1, -1)) = diag(1, i): keeping its real part would report a distance of
+    # exactly 0 to the identity, a silently wrong score.
+    with pytest.raises(ValueError, match="not valid covariances"):
+        fvd.frechet_distance(np.zeros(2), sigma, np.zeros(2), np.eye(2))
+
+
 class _StandInI3D(torch.nn.Module):
     """Same call signature as StyleGAN-V's i3d_torchscript.pt; features are a fixed projection."""
 
@@ -141,6 +150,24 @@ def test_real_windows_are_one_contiguous_window_of_distinct_trajectories():
     assert (starts + 4 <= t).all()
     with pytest.raises(ValueError, match="fewer than the clip length"):
         fvd.real_windows(frames_ds, num_videos=5, frames=t + 1, seed=3)
+
+
+def _coded_frames(n, t):
+    """[n, t, 1, 1, 3] uint8 frames whose every pixel is its frame index."""
+    return np.broadcast_to(np.arange(t, dtype=np.uint8)[None, :, None, None, None],
+                           (n, t, 1, 1, 3)).copy()
+
+
+def test_real_windows_draw_every_start_and_a_whole_trajectory():
+    # Clips as long as the trajectories: the one window starts at frame 0.
+    clips = fvd.real_windows(_coded_frames(4, 10), num_videos=4, frames=10, seed=0)
+    np.testing.assert_array_equal(clips[:, 0, :, 0, 0].numpy(), np.tile(np.arange(10), (4, 1)))
+    # 3-frame windows of 5-frame trajectories start at 0, 1 or 2, and over seeds all three occur.
+    starts = set()
+    for seed in range(10):
+        c = fvd.real_windows(_coded_frames(8, 5), num_videos=8, frames=3, seed=seed)
+        starts.update(c[:, 0, 0, 0, 0].tolist())
+    assert starts == {0, 1, 2}
 
 
 class _FakeGenerator:

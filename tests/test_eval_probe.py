@@ -1,5 +1,7 @@
 """Physics probe: it reads states from real frames, and its metrics tell real motion from
 the same frames shuffled in time."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -185,3 +187,93 @@ def test_the_probe_reads_only_the_frames_it_trains_on(pendulum, tmp_path):
     probe.train_probe(Recording(ds.frames), Recording(ds.states), rows=3, steps=2, batch_size=4,
                       width=4, progress=False)
     assert reads == [slice(None, 3), slice(None, 3)]
+
+
+class _TrueStateProbe:
+    """A stand-in probe whose reading of the pair (t, t+1) is the true state at t, plus
+    `offset`: probe_rmse must find exactly |offset| (angles modulo 2 pi)."""
+    angular = [0]
+
+    def __init__(self, states, offset):
+        self.true, self.offset = np.asarray(states, np.float64), np.asarray(offset)
+
+    def states(self, frames):
+        assert len(frames) == len(self.true)
+        return self.true[:, :-1] + self.offset
+
+
+def test_probe_rmse_compares_each_pair_with_the_state_at_its_first_frame():
+    rng = np.random.default_rng(0)
+    states = rng.uniform(-2, 2, (4, 6, 2))     # every frame a different state
+    frames = np.zeros((4, 6, 8, 8, 3), np.uint8)
+    np.testing.assert_array_equal(probe.probe_rmse(_TrueStateProbe(states, 0.0), frames, states),
+                                  [0.0, 0.0])
+    rmse = probe.probe_rmse(_TrueStateProbe(states, [2 * np.pi + 0.3, -0.2]), frames, states)
+    np.testing.assert_allclose(rmse, [0.3, 0.2], rtol=1e-9)
+
+
+def test_a_regenerated_data_file_of_the_same_size_retrains_the_probe(tmp_path, monkeypatch):
+    trained = []
+
+    def fake_training(frames, states, **kw):
+        trained.append(kw)
+        return probe.PhysicsProbe(2, resolution=8, width=4)
+
+    monkeypatch.setattr(probe, "train_probe", fake_training)
+    data = tmp_path / "train.h5"
+    data.write_bytes(b"a" * 64)
+    frames, states = np.zeros((5, 3, 8, 8, 3), np.uint8), np.zeros((5, 3, 2), np.float32)
+    kw = dict(angular=(), steps=7, batch_size=4, width=4, progress=False)
+    for _ in range(2):
+        probe.load_or_train_probe(str(data), frames, states, **kw)
+    assert len(trained) == 1 and probe.probe_is_cached(str(data), **kw)
+    mtime = data.stat().st_mtime_ns
+    data.write_bytes(b"b" * 64)                         # new data, the same size
+    os.utime(data, ns=(mtime + 10 ** 9, mtime + 10 ** 9))
+    assert not probe.probe_is_cached(str(data), **kw)
+    probe.load_or_train_probe(str(data), frames, states, **kw)
+    assert len(trained) == 2
+
+
+def test_noise_floor_is_the_drift_of_true_states_plus_probe_noise():
+    # Pendulum H = m g l (1 - cos q) + p^2 / (2 m l^2), drift std_t H / max(|mean_t H|, m g l).
+    from hgan.data import get_system
+    rng = np.random.default_rng(1)
+    states = np.stack([rng.uniform(-1, 1, (3, 6)), rng.uniform(1, 3, (3, 6))], -1)
+    m, g, l = np.array([0.5, 1.0, 2.0]), np.array([3.0, 9.8, 1.0]), np.array([1.0, 0.5, 2.0])
+    rmse = np.array([0.05, 0.2])
+    got = probe.noise_floor(get_system("pendulum"), states, {"m": m, "g": g, "l": l}, rmse, seed=4)
+    noisy = states + np.random.default_rng(4).standard_normal(states.shape) * rmse
+    q, p = noisy[..., 0], noisy[..., 1]
+    mgl = (m * g * l)[:, None]
+    h = mgl * (1 - np.cos(q)) + p ** 2 / (2 * (m * l ** 2)[:, None])
+    want = h.std(1) / np.maximum(np.abs(h.mean(1)), mgl[:, 0])
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_probe_targets_are_normalised_training_states():
+    # Linear coordinates far from mean 0, std 1: the encoded targets of the training states
+    # have per-dimension mean 0 and std 1; the angle is encoded as (cos, sin).
+    rng = np.random.default_rng(2)
+    n, t = 20, 4
+    states = np.stack([rng.uniform(-3, 3, (n, t)), 5 + 3 * rng.standard_normal((n, t)),
+                       -3 + 0.5 * rng.standard_normal((n, t))], -1).astype(np.float32)
+    frames = rng.integers(0, 256, (n, t, 8, 8, 3), np.uint8)
+    pr = probe.train_probe(frames, states, angular=(0,), steps=1, batch_size=4, width=4,
+                           progress=False)
+    flat = states.reshape(-1, 3)
+    enc = pr.encode(torch.from_numpy(flat)).double().numpy()
+    np.testing.assert_allclose(enc[:, :2].mean(0), [0.0, 0.0], atol=1e-5)
+    np.testing.assert_allclose(enc[:, :2].std(0), [1.0, 1.0], rtol=0.01)
+    np.testing.assert_allclose(enc[:, 2:], np.stack([np.cos(flat[:, 0]), np.sin(flat[:, 0])], -1),
+                               atol=1e-6)
+
+
+def test_state_distance_sees_a_shift_of_the_last_coordinate():
+    # The same trajectories shifted by d in one coordinate (the last state dimension at the
+    # last step): equal covariances, so the Frechet distance is exactly d^2.
+    rng = np.random.default_rng(3)
+    real = rng.standard_normal((60, 3, 2))
+    gen = real.copy()
+    gen[:, -1, -1] += 0.7
+    assert probe.frechet_state_distance(real, gen) == pytest.approx(0.49, abs=1e-6)

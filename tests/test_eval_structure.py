@@ -1,0 +1,69 @@
+"""What a motion module learned (hgan.evaluate.structure), against hand-built inputs and the
+module's own rollout."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from hgan.evaluate import structure
+from hgan.models import ModelConfig, build_models
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def generator():
+    torch.manual_seed(0)
+    cfg = ModelConfig(model="hgan", k=3, motion_dim=6, content_dim=8, hidden=16, ngf=8, ndf=8)
+    return build_models(cfg).generator
+
+
+def _initial_state(g, n, seed):
+    eps = torch.randn(n, g.config.motion_dim, generator=torch.Generator().manual_seed(seed))
+    return g.motion_module.initial_state(eps)
+
+
+def test_motion_points_are_q_one_leapfrog_step_after_the_initial_state(generator):
+    g = generator
+    q0, p0 = _initial_state(g, 6, seed=3)
+    with torch.enable_grad():
+        q, _, _ = g.motion_module.hamiltonian.rollout(q0, p0, 2, dt=g.config.dt)
+    want = q[:, 1].detach().double().numpy()
+    got = structure.motion_points(g, n=6, seed=3)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    assert np.abs(got - q0.detach().double().numpy()).max() > 1e-4  # a step was taken
+
+
+def test_the_active_floor_spans_the_rollout_duration(generator):
+    # 5 frames are 4 steps of dt: the floor is the rate that moves a momentum by 1% of the
+    # momenta's spread in 4 dt.
+    g = generator
+    with torch.enable_grad():
+        p = g.motion(8, 5, generator=torch.Generator().manual_seed(2))["p"].detach().double()
+    am = structure.active_momenta(g, n=8, frames=5, seed=2)
+    want = structure.ACTIVE_FLOOR * float(p.numpy().std()) / (4 * g.config.dt)
+    assert am["floor"] == pytest.approx(want, rel=0.01)
+
+
+@pytest.mark.parametrize("duration, active", [(2.0, 1), (0.5, 0)])
+def test_the_active_floor_is_a_rate(duration, active):
+    # One dimension at 0.01 (10% of the largest is 0.001): the floor 0.01 * spread / duration
+    # alone decides, 0.005 over 2 time units (active), 0.02 over 0.5 (not).
+    got = structure.count_active([0.01, 0.0, 0.0], p_spread=1.0, duration=duration)
+    assert got["floor"] == pytest.approx(0.01 / duration, rel=1e-12)
+    assert got["active_dims"] == active
+
+
+def test_rollout_summary_is_the_median_over_rollouts_of_the_max_over_time(monkeypatch):
+    # 3 rollouts x 4 steps. Per rollout max |dH| over time: 0.5, 0.3, 0.9 (median 0.5); the
+    # max over rollouts per step would give 0, 0.3, 0.5, 0.9 (median 0.4).
+    fwd = np.array([[0.0, 0.1, -0.5, 0.2], [0.0, 0.3, 0.1, 0.0], [0.0, -0.05, 0.02, 0.9]])
+    bwd = np.array([[0.0, -0.2, 0.1, 0.05], [0.0, 0.4, -0.6, -0.1], [0.0, 0.01, 0.0, -0.02]])
+    monkeypatch.setattr(structure, "_learned_energy",
+                        lambda g, n, steps, dt, seed: (fwd if dt > 0 else bwd).copy())
+    stub = SimpleNamespace(motion_module=SimpleNamespace(hamiltonian=object()))
+    s = structure.energy_rollouts(stub, n=3, steps=3, seed=0, dt=0.1)["summary"]
+    assert s["forward_max_abs_rel_drift"] == 0.5 and s["backward_max_abs_rel_drift"] == 0.2
+    assert s["forward_final_rel_drift"] == 0.2 and s["backward_final_rel_drift"] == -0.02
+    assert s["dt"] == 0.1 and s["steps"] == 3 and s["n"] == 3
