@@ -56,13 +56,17 @@ def test_stop_during_a_split_never_leaves_train_without_test(tmp_path):
     assert not os.path.exists(os.path.join(tmp_path, "pendulum", "train.h5"))
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_cli_stop_signal_removes_partial_and_says_one_line(tmp_path, sig):
+@pytest.mark.parametrize("sig, test", [(signal.SIGINT, 0), (signal.SIGTERM, 2)])
+def test_cli_stop_signal_removes_partial_and_says_one_line(tmp_path, sig, test):
+    argv = [*_GENERATE, "--out", str(tmp_path)]
+    argv[argv.index("--test") + 1] = str(test)
     rc, _, err, partial = _stop_once_partial_exists(
-        [sys.executable, "-m", "hgan.data"] + _GENERATE + ["--out", str(tmp_path)], tmp_path, sig)
+        [sys.executable, "-m", "hgan.data"] + argv, tmp_path, sig)
     assert rc == 128 + sig, err
     assert "Traceback" not in err
-    assert err.rstrip().splitlines()[-1] == "hgan.data: generation interrupted"
+    kept = (f"; {tmp_path}/pendulum/test.h5 written complete, {tmp_path}/pendulum/train.h5 "
+            "not written") if test else ""  # the test split comes first
+    assert err.rstrip().splitlines()[-1] == f"hgan.data: generation interrupted{kept}"
     assert not os.path.exists(partial)
     assert not os.path.exists(partial[:-len(".partial")])
 

@@ -8,6 +8,7 @@ import argparse
 import os
 import signal
 import sys
+import time
 
 import numpy as np
 
@@ -206,11 +207,28 @@ def _check_generate(args):
             raise ValueError(f"{path} exists; --overwrite replaces it, or choose another --out")
 
 
+def _kept(args, started):
+    """For an interrupted `generate` that finished a split (the test split comes first):
+    which split files it wrote complete and which it did not write."""
+    if args.cmd != "generate":
+        return ""
+    done, not_done = [], []
+    for split, n in (("test", args.test), ("train", args.train)):
+        path = os.path.join(args.out, args.system, split + ".h5")
+        if n:
+            fresh = os.path.exists(path) and os.path.getmtime(path) >= started - 1
+            (done if fresh else not_done).append(path)
+    if not done:
+        return ""
+    return f"; {', '.join(done)} written complete, {', '.join(not_done)} not written"
+
+
 def main(argv=None):
     from hgan.data.h5io import DataFormatError
     from hgan.data.tfrecord import TFRecordError
     parser = build_parser()
     args = parser.parse_args(argv)
+    started = time.time()
     try:
         if args.cmd == "generate":
             from hgan.data.generate import generate_dataset
@@ -228,7 +246,8 @@ def main(argv=None):
         # GenerationInterrupted carries the signal; a bare KeyboardInterrupt is Ctrl-C.
         signum = getattr(e, "signum", signal.SIGINT)
         what = {"generate": "generation", "import-dm": "import"}.get(args.cmd, args.cmd)
-        print(f"hgan.data: {what} interrupted", file=sys.stderr, flush=True)
+        print(f"hgan.data: {what} interrupted{_kept(args, started)}", file=sys.stderr,
+              flush=True)
         return 128 + int(signum)
     return 0
 
