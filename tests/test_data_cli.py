@@ -43,6 +43,12 @@ def test_generate_and_show(tmp_path, capsys):
         assert f.frames.shape == (3, 6, 64, 64, 3) and f.attrs["seed"] == 4
     main(["show", str(path), "--out", str(tmp_path / "s.png"), "--n", "2", "--scale", "1"])
     assert np.asarray(Image.open(tmp_path / "s.png")).shape == (128, 6 * 64, 3)
+    capsys.readouterr()
+    main(["show", str(path), "--out", str(tmp_path / "s.png"), "--n", "9", "--scale", "1"])
+    assert np.asarray(Image.open(tmp_path / "s.png")).shape == (3 * 64, 6 * 64, 3)
+    assert capsys.readouterr().err.splitlines() == [  # asked for more than the file holds
+        f"hgan.data: {path} holds 3 trajectories: showing all of them",
+        f"hgan.data: {path} has 6 frames per trajectory: showing all of them"]
     main(["show", str(path), "--out", str(tmp_path / "a.gif")])
     gif = Image.open(tmp_path / "a.gif")
     assert gif.n_frames == 6 and gif.size == (3 * 64 * 2, 64 * 2)
