@@ -36,7 +36,7 @@ def data_copy(tiny_pendulum_h5, tmp_path_factory):
     return dst
 
 
-def test_evaluate_checkpoint_end_to_end(tmp_path, data_copy, monkeypatch):
+def test_evaluate_checkpoint_end_to_end(tmp_path, data_copy, monkeypatch, capsys):
     ckpt, _ = _checkpoint(tmp_path, "hgan", data_copy, iteration=7)
     det = tmp_path / fvd.I3D_FILENAME
     torch.jit.script(_StandIn()).save(str(det))
@@ -45,7 +45,9 @@ def test_evaluate_checkpoint_end_to_end(tmp_path, data_copy, monkeypatch):
     res = cli.main(["--checkpoint", ckpt, "--out", str(out), "--physics-videos", "4",
                     "--probe-steps", "5", "--tsne-samples", "40", "--tsne-iters", "250", "--rollout-steps",
                     "12", "--rollout-videos", "4", "--momenta-videos", "8",
-                    "--fvd-videos", "4", "--seeds", "0,1", "--device", "cpu"])
+                    "--fvd-videos", "4", "--seeds", "0,1", "--device", "cpu",
+                    "--no-progress"])
+    assert "%|" not in capsys.readouterr().err  # no probe or I3D progress bar
     saved = json.loads((out / "results.json").read_text())
     assert saved["iteration"] == 7 and saved["model"] == "hgan" and saved["system"] == "pendulum"
     assert saved["fvd"]["num_videos"] == 4 and not saved["fvd"]["canonical"]

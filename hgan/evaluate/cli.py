@@ -101,9 +101,10 @@ def probe_settings(system, probe_steps, probe_width) -> dict:
 
 
 def physics_metrics(generator, ds, system, data_path, held_out, *, n, frames, seed, probe_steps,
-                    probe_width, device="cpu"):
+                    probe_width, device="cpu", progress=True):
     """`ds` trains the probe (first 80%); `held_out` = (file, trajectory indices) it never saw."""
     pr = probe.load_or_train_probe(data_path, ds.frames, ds.states, device=device,
+                                   progress=progress,
                                    **probe_settings(system, probe_steps, probe_width))
     real_ds, idx = held_out
     real, real_states, params = _real_videos(real_ds, idx[:n], frames, seed)
@@ -211,10 +212,11 @@ def _evaluate(args, run):
                                        num_videos=args.fvd_videos, frames=args.frames, seed=0,
                                        rows=held_out[1],
                                        cache_dir=os.path.join(os.path.dirname(os.path.abspath(data_path)),
-                                                              "fvd_cache"), device=device)
+                                                              "fvd_cache"), device=device,
+                                       progress=args.progress)
             results["fvd"] = fvd.fvd_over_seeds(generator, det, mu, sigma, seeds=args.seeds,
                                                 num_videos=args.fvd_videos, frames=args.frames,
-                                                device=device)
+                                                device=device, progress=args.progress)
             # the protocol scores held-out clips: not ones the GAN trained on
             results["fvd"]["canonical"] &= not results["real_seen_in_training"]
     if "physics" in metrics:
@@ -222,7 +224,8 @@ def _evaluate(args, run):
                                              n=args.physics_videos,
                                              frames=args.frames, seed=args.seeds[0],
                                              probe_steps=args.probe_steps,
-                                             probe_width=args.probe_width, device=device)
+                                             probe_width=args.probe_width, device=device,
+                                             progress=args.progress)
     if "appearance" in metrics:
         # The same held-out clips and generated sample set as the physics metrics.
         real, _, _ = _real_videos(held_out[0], held_out[1][:args.physics_videos], args.frames,
@@ -361,6 +364,9 @@ def build_parser():
     p.add_argument("--system", help="system name when no dataset is read (tsne/cyclic only; "
                    "default: the checkpoint's)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="progress bars of the probe's training and the I3D features "
+                        "(default: on)")
     return p
 
 

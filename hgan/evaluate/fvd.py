@@ -81,11 +81,13 @@ def check_videos(videos, frames=None, name="videos"):
 
 
 @torch.no_grad()
-def extract_features(detector, videos, *, batch_size=32, device="cpu", desc="I3D features"):
+def extract_features(detector, videos, *, batch_size=32, device="cpu", desc="I3D features",
+                     progress=True):
     """uint8 [N, 3, T, H, W] -> float64 features [N, F]."""
     check_videos(videos)
     feats = []
-    for i in tqdm(range(0, len(videos), batch_size), desc=desc, leave=False):
+    for i in tqdm(range(0, len(videos), batch_size), desc=desc, leave=False,
+                  disable=not progress):
         chunk = videos[i:i + batch_size].to(device)
         f = detector(chunk, rescale=True, resize=True, return_features=True)
         feats.append(f.detach().double().cpu())
@@ -163,7 +165,7 @@ def stats_cache_key(data_path, detector_path, rows=None, **protocol):
 
 
 def real_stats(frames_ds, detector, *, data_path, detector_path, num_videos=2048, frames=16,
-               seed=0, cache_dir=None, batch_size=32, device="cpu", rows=None):
+               seed=0, cache_dir=None, batch_size=32, device="cpu", rows=None, progress=True):
     """Real feature statistics, cached in `cache_dir` under a hash of data (`rows`: which of
     its trajectories `frames_ds` holds, None: all), detector and protocol."""
     key = stats_cache_key(data_path, detector_path, rows=rows, num_videos=num_videos,
@@ -175,7 +177,8 @@ def real_stats(frames_ds, detector, *, data_path, detector_path, num_videos=2048
     clips = real_windows(frames_ds, num_videos=num_videos, frames=frames, seed=seed)
     check_videos(clips, frames, "real videos")
     mu, sigma = feature_stats(extract_features(detector, clips, batch_size=batch_size,
-                                               device=device, desc="I3D real"))
+                                               device=device, desc="I3D real",
+                                               progress=progress))
     if cache:
         os.makedirs(cache_dir, exist_ok=True)
         np.savez(cache, mu=mu, sigma=sigma)
@@ -184,14 +187,16 @@ def real_stats(frames_ds, detector, *, data_path, detector_path, num_videos=2048
 
 @torch.no_grad()
 def generated_features(generator, detector, *, num_videos, frames, seed, batch_size=32,
-                       device="cpu"):
+                       device="cpu", progress=True):
     gen = torch.Generator(device=device).manual_seed(seed)
     feats = []
-    for i in tqdm(range(0, num_videos, batch_size), desc=f"I3D generated (seed {seed})", leave=False):
+    for i in tqdm(range(0, num_videos, batch_size), desc=f"I3D generated (seed {seed})",
+                  leave=False, disable=not progress):
         n = min(batch_size, num_videos - i)
         clips = to_uint8(generator.sample(n, frames, generator=gen))
         check_videos(clips, frames, "generated videos")
-        feats.append(extract_features(detector, clips, batch_size=batch_size, device=device))
+        feats.append(extract_features(detector, clips, batch_size=batch_size, device=device,
+                                      progress=False))
     feats = np.concatenate(feats)
     if len(feats) != num_videos:
         raise RuntimeError(f"scored {len(feats)} generated videos, expected {num_videos}")
@@ -199,12 +204,13 @@ def generated_features(generator, detector, *, num_videos, frames, seed, batch_s
 
 
 def fvd_over_seeds(generator, detector, mu_r, sigma_r, *, seeds=(0, 1, 2), num_videos=2048,
-                   frames=16, batch_size=32, device="cpu"):
+                   frames=16, batch_size=32, device="cpu", progress=True):
     """FVD for each seed of the generated set; FVD is not deterministic, so report mean ± std."""
     values = []
     for s in seeds:
         feats = generated_features(generator, detector, num_videos=num_videos, frames=frames,
-                                   seed=s, batch_size=batch_size, device=device)
+                                   seed=s, batch_size=batch_size, device=device,
+                                   progress=progress)
         if feats.shape[1] != len(mu_r):
             raise ValueError(f"detector gives {feats.shape[1]}-d features, real statistics are "
                              f"{len(mu_r)}-d: stale cache or a different detector")

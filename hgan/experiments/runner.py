@@ -174,6 +174,8 @@ class GridRunner:
             return
         run = job.run
         cmd = run.train_command() if job.kind == "train" else run.eval_command()
+        if job.kind == "eval" and self.inline_eval and not self.progress:
+            cmd = cmd + ["--no-progress"]  # its bars would go to this process's stderr
         log_path = self._begin(job, cmd)
         # A session of its own: a Ctrl-C on the terminal reaches this process only, which
         # then stops the children with SIGTERM (training saves a checkpoint first).
