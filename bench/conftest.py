@@ -3,3 +3,13 @@ import sys
 
 # Benchmarks import the implementations from the package and the shared results writer.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _timed_only(request):
+    """Every benchmark here records the median it timed; --benchmark-disable times nothing."""
+    if request.config.getoption("benchmark_disable", False):
+        pytest.skip("--benchmark-disable: these benchmarks exist to time and record medians "
+                    "(run them with --benchmark-only)")
