@@ -28,6 +28,11 @@ def device_name(device: str = "cuda") -> str:
         except OSError:
             pass
         name += f"-{os.cpu_count()}cores"
+        # VMs name every EPYC generation "AMD EPYC": native bf16 (AVX512-BF16, AMX) changes
+        # what the optimised step runs (bf16 autocast or fp32), so it gets a file of its own.
+        from hgan.train.loop import cpu_has_fast_bf16
+        if cpu_has_fast_bf16():
+            name += "-bf16"
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-")
 
 

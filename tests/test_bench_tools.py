@@ -299,3 +299,14 @@ def test_leapfrog_table_without_cuda_refuses_in_one_line(monkeypatch, capsys):
     assert e.value.code == 2
     assert capsys.readouterr().err.endswith("has no CUDA device; --smoke checks the script on "
                                             "CPU\n")
+
+
+def test_cpu_results_files_tell_native_bf16_cpus_apart(monkeypatch):
+    # the same "AMD EPYC" model name with and without AVX512-BF16 trains differently
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "bench"))
+    import _results
+    monkeypatch.setattr("hgan.train.loop.cpu_has_fast_bf16", lambda: False)
+    plain = _results.device_name("cpu")
+    monkeypatch.setattr("hgan.train.loop.cpu_has_fast_bf16", lambda: True)
+    assert _results.device_name("cpu") == plain + "-bf16"
+    assert plain.startswith("cpu-") and plain.endswith(f"-{os.cpu_count()}cores")
