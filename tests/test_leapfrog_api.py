@@ -66,6 +66,7 @@ def test_clear_errors(mlp):
         (dict(weights=[w[0], w[1], w[2].double()]), TypeError, "dtype"),
         (dict(frames=0), ValueError, "frames"),
         (dict(frames=3.0), ValueError, "frames"),
+        (dict(frames=True), ValueError, "frames"),
         (dict(dt=float("nan")), ValueError, "dt"),
         (dict(activation="gelu"), ValueError, "activation"),
         (dict(backend="cuda"), ValueError, "backend"),
@@ -149,6 +150,29 @@ def test_cyclic_loss_matches_definition():
         cyclic_loss(d[0])
     with pytest.raises(ValueError, match="empty batch"):   # not a ZeroDivisionError
         cyclic_loss(d[:0])
+
+
+def test_cyclic_loss_sums_frames_and_coordinates_and_averages_the_batch():
+    # Distinct B, T-1 and k, so a division by the wrong axis cannot pass; lambda defaults to
+    # the paper's 0.01 (integrator.md: L_cyc = lambda / B * sum_t<T-1 sum_i |dH/dq_i|).
+    d = torch.randn(3, 5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    want = 0.01 / 3 * sum(abs(x) for x in d.flatten().tolist())
+    assert cyclic_loss(d).item() == pytest.approx(want, rel=1e-12)
+
+
+def test_fused_contract_ranges_are_inclusive():
+    # k 1..32 and hidden widths 16..128 run fused, one past either end does not (refusing
+    # k = 32 would silently cost the fused speed under auto, and raise under backend="fused").
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    if not dispatch._triton_importable() or (dev == "cpu" and not dispatch._interpreting()):
+        pytest.skip("fused needs triton and CUDA or the Triton interpreter")
+
+    def reason(k, widths):
+        w, _ = random_mlp(k, widths, device=dev)
+        return dispatch.fused_unsupported_reason(torch.zeros(2, k, device=dev), w, "softplus")
+    assert reason(32, (16, 128)) is None and reason(1, (128, 16)) is None
+    assert "k <= 32" in reason(33, (16, 16))
+    assert "widths" in reason(4, (15, 16)) and "widths" in reason(4, (16, 129))
 
 
 def test_inference_mode_names_the_backend_that_cannot_run(mlp):

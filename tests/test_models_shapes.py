@@ -49,6 +49,22 @@ def test_video_disc_accepts_any_clip_length(clip):
         m.video_disc(torch.randn(3, clip + 1, 3, 32, 32))
 
 
+@pytest.mark.parametrize("clip,times", [(16, [8, 4, 2]), (5, [2, 2, 2]), (3, [3, 3, 3])])
+def test_video_disc_convolves_over_time(clip, times):
+    # Conv3d's depth axis is time: its input is the clip's frames stacked on dim 2 ([N, C, T,
+    # H, W], frame t at [:, :, t], not a reshape that mixes frames and colours), and time is
+    # halved (t -> t // 2) only while at least 4 frames remain (the docstring's rule).
+    d = build_models(tiny(clip_frames=clip)).video_disc
+    x = torch.randn(2, clip, 3, 32, 32)
+    seen = []
+    for m in d.main:
+        if isinstance(m, torch.nn.Conv3d):
+            m.register_forward_hook(lambda m, i, o: seen.append((i[0], o.shape[2])))
+    d(x)
+    assert torch.equal(seen[0][0], torch.stack([x[:, t] for t in range(clip)], 2))
+    assert [t for _, t in seen] == times
+
+
 @pytest.mark.parametrize("model", ["hgan", "hnn_gan"])
 @pytest.mark.parametrize("hamiltonian", ["general", "separable"])
 def test_hnn_motion_contract(model, hamiltonian):
@@ -87,6 +103,77 @@ def test_hamiltonian_starts_from_xavier_weights(hamiltonian):
 def test_hgan_has_config_map_and_hnn_gan_does_not():
     assert build_models(tiny("hgan")).generator.motion_module.config_map is not None
     assert build_models(tiny("hnn_gan")).generator.motion_module.config_map is None
+
+
+def test_config_map_is_the_official_two_hidden_layer_relu_mlp():
+    # f of the official code: Linear-ReLU-Linear-ReLU-Linear, written out here (a piecewise
+    # linear map, as the paper's "piecewise continuous" f).
+    torch.manual_seed(0)
+    f = build_models(tiny("hgan")).generator.motion_module.config_map
+    l1, l2, l3 = [m for m in f if isinstance(m, torch.nn.Linear)]
+    eps = torch.randn(64, 20)
+    h = (eps @ l1.weight.T + l1.bias).clamp_min(0)
+    h = (h @ l2.weight.T + l2.bias).clamp_min(0)
+    torch.testing.assert_close(f(eps), h @ l3.weight.T + l3.bias)
+
+
+def test_motion_runs_the_configured_integrator(monkeypatch):
+    # --integrator, --scheme and --fused-precision reach the rollout (on CPU the backends agree
+    # to float32 rounding, so only the call itself shows which one ran).
+    from hgan.kernels import hamiltonian as hmod
+    real, seen = hmod.leapfrog, []
+
+    def spy(*args, backend, scheme, precision, **kw):
+        seen.append((backend, scheme, precision))
+        return real(*args, backend="analytic", scheme=scheme, precision="ieee", **kw)
+
+    monkeypatch.setattr(hmod, "leapfrog", spy)
+    cfg = tiny("hgan", integrator="fused", scheme="official", fused_precision="tf32x3")
+    build_models(cfg).generator.motion(2, 3)
+    assert seen == [("fused", "official", "tf32x3")]
+
+
+def test_the_rollout_stays_fp32_under_autocast():
+    # Under the trainer's bf16 autocast f runs in bf16, but the rollout takes y0 in fp32 and
+    # integrates in fp32: the same trajectory as an fp32 rollout from that y0 outside autocast.
+    torch.manual_seed(5)
+    g = build_models(tiny("hgan", integrator="analytic")).generator
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mot = g.motion(3, 6, generator=torch.Generator().manual_seed(0))
+    assert mot["q"].dtype == mot["p"].dtype == mot["dHdq"].dtype == torch.float32
+    want = g.motion_module.hamiltonian.rollout(mot["q"][:, 0], mot["p"][:, 0], 6,
+                                               backend="analytic")
+    for got, ref in zip((mot["q"], mot["p"], mot["dHdq"]), want):
+        torch.testing.assert_close(got, ref)
+
+
+def test_motion_refuses_an_empty_request():
+    # n = 0 would roll out an empty batch silently (hgan), frames = 0 fail inside the GRU with
+    # an IndexError (mocogan): one ValueError naming both instead.
+    for model in ("hgan", "mocogan"):
+        g = build_models(tiny(model)).generator
+        for n, frames in ((0, 4), (2, 0)):
+            with pytest.raises(ValueError, match="need n >= 1 and frames >= 1"):
+                g.motion(n, frames)
+
+
+def test_each_frame_latent_is_content_then_motion():
+    # G_I reads [z_c, y_t] (ModelConfig.latent_dim): with the first layer's motion rows zeroed
+    # every frame is the same image, with its content rows zeroed z_c no longer matters.
+    torch.manual_seed(4)
+    cfg = tiny("hgan")
+    g = build_models(cfg).generator.eval()
+    first = g.image_generator.main[0].weight       # ConvTranspose2d: [latent, width, base, base]
+    with torch.no_grad():
+        z, z2, y = g.content(2), g.content(2), g.motion(2, 3)["y"]
+        keep = first.clone()
+        first[cfg.content_dim:] = 0
+        v = g.render(z, y)
+        torch.testing.assert_close(v[:, 0], v[:, 2])
+        first.copy_(keep)
+        first[:cfg.content_dim] = 0
+        torch.testing.assert_close(g.render(z, y), g.render(z2, y))
+        assert not torch.allclose(g.render(z, y)[:, 0], g.render(z, y)[:, 2])
 
 
 def _gru_step(cell, x, h):
@@ -247,6 +334,9 @@ def test_config_errors_name_the_problem():
     with pytest.raises(ValueError, match="integrator 'analytic' computes in float32"):
         ModelConfig(fused_precision="tf32", integrator="analytic")
     assert ModelConfig(fused_precision="tf32x3").fused_precision == "tf32x3"  # auto, fused
+    for name in ("k", "hidden", "depth", "motion_dim"):   # a clear error, not one from nn.Linear
+        with pytest.raises(ValueError, match=f"{name} must be a positive integer, got 0"):
+            ModelConfig(**{name: 0})
 
 
 def test_the_learned_hamiltonian_is_smooth_by_default():

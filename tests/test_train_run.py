@@ -197,6 +197,12 @@ def test_r1_trains_the_discriminator_in_fp32_under_the_callers_autocast():
     _, pen = r1_penalty(lambda x: x.flatten(1) @ w, torch.randn(4, 3), gamma=10.0)
     pen.backward()
     torch.testing.assert_close(w.grad, 10.0 * w.detach())
+    # with a GradScaler too (fp16 AMP): the unscaled penalty is still differentiable in D
+    w.grad = None
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    _, pen = r1_penalty(lambda x: x.flatten(1) @ w, torch.randn(4, 3), gamma=10.0, scaler=scaler)
+    pen.backward()
+    torch.testing.assert_close(w.grad, 10.0 * w.detach())
     # a real layer under the trainer's bf16 autocast: the penalty is still the fp32 one
     torch.manual_seed(0)
     disc = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
@@ -207,6 +213,26 @@ def test_r1_trains_the_discriminator_in_fp32_under_the_callers_autocast():
     assert logits.dtype == pen.dtype == torch.float32
     torch.testing.assert_close(logits, want_logits, rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(pen, want, rtol=1e-6, atol=1e-7)
+
+
+def test_gan_losses_and_r1_are_fp32_for_bf16_inputs():
+    # Logits from a bf16 forward and a bf16 real batch: every loss is formed in fp32 (the
+    # softplus closed forms on the upcast values), as the docstrings promise.
+    from hgan.train.losses import d_loss, g_loss
+    sp = torch.nn.functional.softplus
+    r, f = torch.tensor([2.0, -1.0]).bfloat16(), torch.tensor([0.5, -3.0]).bfloat16()
+    want_d = (sp(-r.float()).mean() + sp(f.float()).mean()).item()
+    assert d_loss(r, f).dtype == g_loss(f).dtype == torch.float32
+    assert d_loss(r, f).item() == pytest.approx(want_d, rel=1e-6)
+    assert g_loss(f).item() == pytest.approx(sp(-f.float()).mean().item(), rel=1e-6)
+    torch.manual_seed(0)
+    disc = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x = torch.randn(5, 6).bfloat16()
+    logits, pen = r1_penalty(disc, x, gamma=3.0)
+    want_logits, want = r1_penalty(disc, x.float(), gamma=3.0)
+    assert logits.dtype == pen.dtype == torch.float32
+    torch.testing.assert_close(logits, want_logits)
+    torch.testing.assert_close(pen, want)
 
 
 def test_resume_is_bit_identical(tiny_pendulum_h5, tmp_path):
