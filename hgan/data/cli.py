@@ -91,11 +91,12 @@ def show(path, out, n=8, frames=16, scale=2):
     if ext not in (".png", ".gif"):
         raise ValueError(f"--out must end in .png or .gif, got {out!r}")
     with open_h5(path) as f:
-        if n > len(f):
-            print(f"hgan.data: {path} holds {len(f)} trajectories: showing all of them",
-                  file=sys.stderr)
-        n = min(n, len(f))
-        clips = f.frames[:n]  # [n, T, R, R, 3]
+        held = len(f)
+        clips = f.frames[:min(n, held)]  # [n, T, R, R, 3]; a corrupt file fails here first
+    if n > held:
+        print(f"hgan.data: {path} holds {held} trajectories: showing all of them",
+              file=sys.stderr)
+    n = min(n, held)
     if ext == ".png" and frames > clips.shape[1]:
         print(f"hgan.data: {path} has {clips.shape[1]} frames per trajectory: showing all of "
               f"them", file=sys.stderr)
