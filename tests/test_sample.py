@@ -116,3 +116,31 @@ def test_train_cli_flags_reach_the_configs():
     assert cfg.model.fused_precision == "ieee"
     cfg, _ = config_from_args(["--fused-precision", "tf32x3", "--scheme", "official"])
     assert (cfg.model.fused_precision, cfg.model.scheme) == ("tf32x3", "official")
+
+
+def test_dt_reaches_the_rollout_with_its_sign(checkpoints):
+    # Same seed, same noise, same first state: +dt and -dt share frame 0 and nothing after;
+    # no --dt is the training dt (0.05).
+    fwd, _ = generate(checkpoints["hgan"], n=2, frames=5, dt=0.05, seed=3)
+    back, _ = generate(checkpoints["hgan"], n=2, frames=5, dt=-0.05, seed=3)
+    default, _ = generate(checkpoints["hgan"], n=2, frames=5, seed=3)
+    assert torch.equal(fwd[:, 0], back[:, 0])
+    assert all(not torch.equal(fwd[:, t], back[:, t]) for t in range(1, 5))
+    assert torch.equal(default, fwd)
+
+
+def test_sample_cli_out_with_another_extension_and_fps(checkpoints, tmp_path, capsys):
+    # --out x.png: the GIF goes to x.gif, the strip to x.png; --fps sets every frame's delay.
+    rc, stdout, err = run_cli(capsys, "--checkpoint", checkpoints["hgan"], "--n", "2",
+                              "--frames", "3", "--fps", "4", "--out", str(tmp_path / "x.png"))
+    assert rc == 0, err
+    assert stdout.strip().endswith(f"-> {tmp_path / 'x.gif'}, {tmp_path / 'x.png'}")
+    gif = Image.open(tmp_path / "x.gif")
+    assert gif.format == "GIF"
+    total = 0
+    for i in range(gif.n_frames):
+        gif.seek(i)
+        total += gif.info["duration"]
+    assert total == 3 * 250
+    png = Image.open(tmp_path / "x.png")
+    assert png.format == "PNG" and png.size == (3 * 32, 2 * 32)
