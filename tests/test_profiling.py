@@ -146,3 +146,58 @@ def test_device_time_goes_to_the_stage_open_at_launch_whatever_the_thread():
     assert shares["stage_device_us"] == {"motion": 3.0, "generator": 5.0, "backward": 7.0}
     assert shares["stage_cpu_us"] == {"generator": 40, "motion": 10, "backward": 40}
     assert shares["share"]["backward"] == pytest.approx(0.4)
+
+
+def steps_with(run_dir, n_steps, **schedule):
+    """n_steps trivial training-like steps under step_profiler(run_dir, True, **schedule)."""
+    with step_profiler(str(run_dir), True, **schedule) as prof:
+        for _ in range(n_steps):
+            with stage("data"):
+                torch.ones(4).sum()
+            prof.step()
+
+
+def recorded_steps(run_dir):
+    names = {e.get("name") for e in load_trace(str(run_dir / "profile" / "trace.json"))["traceEvents"]}
+    return sorted(int(n.split("#")[1]) for n in names if n and n.startswith("ProfilerStep#"))
+
+
+def test_default_schedule_is_one_skipped_two_warmup_three_recorded(tmp_path, capsys):
+    # What docs/fast-training.md says --profile does (train.py uses the defaults): steps 0-2
+    # stay out of the trace, 3-5 are recorded, and a run of 5 steps records nothing.
+    steps_with(tmp_path / "six", 6)
+    assert recorded_steps(tmp_path / "six") == [3, 4, 5]
+    with open(tmp_path / "six" / "profile" / "stages.json") as f:
+        assert json.load(f)["steps"] == 3
+    assert capsys.readouterr().err == ""
+    steps_with(tmp_path / "five", 5)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["[hgan] --profile: the run made 5 steps, a profile needs 6 (1 skipped + "
+                   "2 warm-up + 3 recorded); nothing was recorded"], err
+    assert not (tmp_path / "five" / "profile").exists() or not os.listdir(tmp_path / "five" / "profile")
+
+
+def test_a_long_run_records_its_steps_once(tmp_path):
+    # 3 schedules' worth of steps: one trace (one span in TensorBoard) of the first active steps.
+    steps_with(tmp_path, 13, wait=1, warmup=1, active=2)
+    assert len(glob.glob(str(tmp_path / "profile" / "*.pt.trace.json"))) == 1
+    assert recorded_steps(tmp_path) == [2, 3]
+    with open(tmp_path / "profile" / "stages.json") as f:
+        assert json.load(f)["steps"] == 2
+
+
+def test_an_op_starting_with_its_stage_counts_for_that_stage():
+    # Timestamps are whole microseconds: a stage's first op often starts at the stage's start.
+    from types import SimpleNamespace
+
+    from hgan.train.profiling import stage_shares_from_events
+    cpu = torch.autograd.DeviceType.CPU
+
+    def evt(name, start, end, device_us=0.0):
+        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end),
+                               device_type=cpu, self_device_time_total=device_us)
+
+    events = [evt("ProfilerStep#3", 0, 100), evt("data", 0, 10), evt("motion", 10, 30),
+              evt("aten::mm", 10, 12, device_us=4.0), evt("aten::add", 0, 1, device_us=2.0)]
+    shares = stage_shares_from_events(events)
+    assert shares["stage_device_us"] == {"data": 2.0, "motion": 4.0}
