@@ -16,13 +16,18 @@ import torch
 from hgan.cli_args import OneLineParser, int_at_least
 from hgan.device import check_device
 from hgan.models import ModelConfig, build_models
-from hgan.train.checkpoint import load_checkpoint, load_weights
+from hgan.train.checkpoint import CheckpointError, load_checkpoint, load_weights
 from hgan.train.media import save_gif, save_png_strip
 
 
 def load_generator(ckpt_path, device="cpu"):
     """(generator in eval mode on `device`, the run's config dict) from a training checkpoint."""
     ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+    if not (isinstance(ckpt, dict) and isinstance(ckpt.get("generator"), dict)
+            and isinstance(ckpt.get("config"), dict) and isinstance(ckpt["config"].get("model"), dict)):
+        # a bare state dict or tensor saved with torch.save: a KeyError or IndexError otherwise
+        raise CheckpointError(f"{ckpt_path} is not a training checkpoint (no generator weights "
+                              f"and model config)")
     return generator_from_checkpoint(ckpt, device), ckpt["config"]
 
 
@@ -83,12 +88,17 @@ def main(argv=None):
     a = p.parse_args(argv)
     try:
         videos, config = generate(a.checkpoint, a.n, a.frames, a.dt, a.seed, a.device)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:
+    except (OSError, ValueError, RuntimeError) as e:
         print(f"{_ERROR} {e}".replace("\n", " "), file=sys.stderr)
         return 2
     stem, ext = os.path.splitext(a.out)
-    gif = save_gif(videos, a.out if ext.lower() == ".gif" else stem + ".gif", fps=a.fps)
-    png = save_png_strip(videos, stem + ".png")
+    try:
+        gif = save_gif(videos, a.out if ext.lower() == ".gif" else stem + ".gif", fps=a.fps)
+        png = save_png_strip(videos, stem + ".png")
+    except OSError as e:
+        why = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+        print(f"{_ERROR} --out {a.out}: cannot write it ({why})", file=sys.stderr)
+        return 2
     print(f"{config['model']['model']} on {config.get('system', '?')}: {a.n} videos x {a.frames} "
           f"frames -> {gif}, {png}")
     return 0

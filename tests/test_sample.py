@@ -144,3 +144,28 @@ def test_sample_cli_out_with_another_extension_and_fps(checkpoints, tmp_path, ca
     assert total == 3 * 250
     png = Image.open(tmp_path / "x.png")
     assert png.format == "PNG" and png.size == (3 * 32, 2 * 32)
+
+
+@pytest.mark.parametrize("content", [{"weights": torch.zeros(2)}, torch.zeros(3)],
+                         ids=["state-dict", "tensor"])
+def test_sample_cli_names_a_torch_file_that_is_no_training_checkpoint(tmp_path, capsys, content):
+    # A bare state dict or tensor saved with torch.save was a KeyError / IndexError traceback.
+    path = tmp_path / "weights.pt"
+    torch.save(content, path)
+    rc, _, err = run_cli(capsys, "--checkpoint", str(path), "--out", str(tmp_path / "s.gif"))
+    assert rc == 2
+    assert err.splitlines() == [f"hgan.sample: error: {path} is not a training checkpoint "
+                                "(no generator weights and model config)"]
+    assert not (tmp_path / "s.gif").exists()
+
+
+def test_sample_cli_unwritable_out_is_one_line(checkpoints, tmp_path, capsys):
+    # --out below a regular file: the folder cannot be made (was an OSError traceback).
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "s.gif"
+    rc, stdout, err = run_cli(capsys, "--checkpoint", checkpoints["hgan"], "--n", "1",
+                              "--frames", "2", "--out", str(out))
+    assert rc == 2 and stdout == ""
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"hgan.sample: error: --out {out}: cannot write it (")
+    assert str(tmp_path / "file") in err
