@@ -8,6 +8,7 @@ negative --dt runs the learned dynamics backwards in time, other values change t
 scale, and --frames may exceed the training length (hgan and hnn_gan only for --dt).
 """
 import argparse
+import math
 import os
 import sys
 
@@ -53,6 +54,34 @@ class _Parser(OneLineParser):
 
 
 _positive = int_at_least(1)
+_MAX_FPS = 50
+
+
+def _fps(text):
+    # A GIF stores each frame's delay in hundredths of a second, and browsers play a delay
+    # under 2/100 s at 10 frames per second: above 50, a GIF would play slower than asked.
+    v = _positive(text)
+    if v > _MAX_FPS:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to {_MAX_FPS} (GIF frame "
+                                         f"delays are in 1/100 s), got {v}")
+    return v
+
+
+def _finite(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return v
+
+
+def _out(text):
+    stem = os.path.splitext(os.path.basename(text))[0]
+    if not stem:
+        raise argparse.ArgumentTypeError(f"expected a file name such as samples.gif, got {text!r}")
+    return text
 
 
 def _device(text):
@@ -70,15 +99,15 @@ def build_parser():
                    help="number of videos (default: %(default)s)")
     p.add_argument("--frames", type=_positive, default=64,
                    help="frames per video, may exceed the training length (default: %(default)s)")
-    p.add_argument("--dt", type=float, default=None,
+    p.add_argument("--dt", type=_finite, default=None,
                    help="time step; negative runs backwards; hgan and hnn_gan only "
                         "(default: the training dt)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--device", type=_device, default="cpu",
                    help="cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--fps", type=_positive, default=10,
-                   help="GIF frames per second (default: %(default)s)")
-    p.add_argument("--out", default="samples.gif",
+    p.add_argument("--fps", type=_fps, default=10,
+                   help=f"GIF frames per second, at most {_MAX_FPS} (default: %(default)s)")
+    p.add_argument("--out", type=_out, default="samples.gif",
                    help="GIF path; the PNG strip goes beside it (default: %(default)s)")
     return p
 

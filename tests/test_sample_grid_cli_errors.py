@@ -30,6 +30,11 @@ def test_sample_help_names_the_module_and_shows_defaults(capsys):
     (["--checkpoint", "x.pt", "--frames", "abc"], "--frames"),
     (["--checkpoint", "x.pt", "--fps", "0"], "--fps"),
     (["--checkpoint", "x.pt", "--device", "gpu"], "--device"),
+    # GIF delays are hundredths of a second; browsers play under 2/100 s at 10 fps
+    (["--checkpoint", "x.pt", "--fps", "51"], "--fps"),
+    (["--checkpoint", "x.pt", "--dt", "nan"], "--dt"),
+    (["--checkpoint", "x.pt", "--dt", "fast"], "--dt"),
+    (["--checkpoint", "x.pt", "--out", "samples/"], "--out"),   # would write samples/.gif
     ([], "--checkpoint"),
 ])
 def test_sample_argument_errors_are_one_prefixed_line(argv, match, capsys):
