@@ -19,3 +19,16 @@ def test_fast_training_loader_auto_row_is_the_order_auto_kind_picks():
     order = [row.find(k) for k in ("`gpu-resident`", "`dali`", "`torch`")]
     assert -1 not in order and order == sorted(order), row
     assert RESIDENT_MEMORY_FRACTION == 0.25 and re.search(r"\ba quarter\b", row), row
+
+
+def test_fast_training_profile_schedule_is_step_profilers_default():
+    import inspect
+
+    from hgan.train.profiling import step_profiler
+    with open(os.path.join(DOCS, "fast-training.md")) as f:
+        text = " ".join(f.read().split())
+    d = {k: v.default for k, v in inspect.signature(step_profiler).parameters.items()
+         if k in ("wait", "warmup", "active")}
+    assert (f"`--profile` records {d['active']} steps after {d['wait']} skipped and "
+            f"{d['warmup']} warm-up steps") in text
+    assert f"A run of fewer than {sum(d.values())} iterations records nothing" in text
