@@ -169,3 +169,12 @@ def test_sample_cli_unwritable_out_is_one_line(checkpoints, tmp_path, capsys):
     assert len(err.splitlines()) == 1, err
     assert err.startswith(f"hgan.sample: error: --out {out}: cannot write it (")
     assert str(tmp_path / "file") in err
+
+
+def test_load_generator_holds_the_checkpoints_weights(checkpoints):
+    from hgan.train.checkpoint import load_checkpoint
+    saved = load_checkpoint(checkpoints["hgan"])["generator"]
+    g, _ = load_generator(checkpoints["hgan"])
+    state = g.state_dict()
+    assert state.keys() == saved.keys()
+    assert all(torch.equal(state[k], saved[k]) for k in saved)
