@@ -146,7 +146,10 @@ def sweep(batches, cfgs, device, timed, on_row=None, skip=None):
                     continue
                 try:
                     got = _run("fused", q0, p0, w, b, cot, prec)
-                    row["max_rel_err"] = max(rel_err(x, y) for x, y in zip(got, ref))
+                    errs = [rel_err(x, y) for x, y in zip(got, ref)]
+                    # NaN anywhere is the error: max() keeps NaN only where it comes first
+                    row["max_rel_err"] = (math.nan if any(math.isnan(e) for e in errs)
+                                          else max(errs))
                     row["correct"] = row["max_rel_err"] <= 1e-4
                     # A wrong config is timed too (if finite): tf32's speed is worth knowing
                     # even where its error rules it out as a default.

@@ -1,6 +1,7 @@
 """The tools behind bench/: the results-file merge used after GPU calls, and the fused-kernel
 tuning sweep (its correctness gate, run through the Triton interpreter here)."""
 import json
+import math
 import os
 import re
 import subprocess
@@ -310,3 +311,38 @@ def test_cpu_results_files_tell_native_bf16_cpus_apart(monkeypatch):
     monkeypatch.setattr("hgan.train.loop.cpu_has_fast_bf16", lambda: True)
     assert _results.device_name("cpu") == plain + "-bf16"
     assert plain.startswith("cpu-") and plain.endswith(f"-{os.cpu_count()}cores")
+
+
+
+def test_tuning_sweep_marks_errors_over_1e_4_and_nan_anywhere_wrong(monkeypatch):
+    import tune_fused
+    ones = [torch.ones(4) for _ in range(3)]
+
+    def off(i, d):   # the outputs with output i's first entry off by d
+        out = [t.clone() for t in ones]
+        out[i][0] += d
+        return out
+
+    # rel_err = d / ||ones(4)|| = d / 2: 2^-14 = 6.1e-5 is within 1e-4, 2^-13 = 1.2e-4 is not
+    by_precision = {"ieee": off(2, 2 ** -13), "tf32": off(2, 2 ** -12),
+                    "tf32x3": off(1, float("nan")), "bf16x3": off(0, 0.0)}
+    monkeypatch.setattr(tune_fused, "_run", lambda backend, *a: (
+        ones if backend == "analytic" else by_precision[a[5]]))
+    cfgs = [(16, 4, 0, p) for p in by_precision]
+    rows = {r["precision"]: r for r in tune_fused.sweep([5], cfgs, "cpu", timed=False)}
+    assert rows["ieee"]["max_rel_err"] == 2 ** -14 and rows["ieee"]["correct"]
+    assert rows["tf32"]["max_rel_err"] == 2 ** -13 and not rows["tf32"]["correct"]
+    assert math.isnan(rows["tf32x3"]["max_rel_err"]) and not rows["tf32x3"]["correct"]
+    assert rows["bf16x3"]["max_rel_err"] == 0.0 and rows["bf16x3"]["correct"]
+
+
+def test_tuning_best_is_the_fastest_correct_config_per_batch():
+    import tune_fused
+    rows = [{"batch": 64, "block_b": 16, "correct": True, "median_ms": 2.0},
+            {"batch": 64, "block_b": 32, "correct": False, "median_ms": 1.0},   # wrong
+            {"batch": 64, "block_b": 64, "correct": True, "median_ms": 1.5},
+            {"batch": 1024, "block_b": 16, "correct": True},                    # not timed
+            {"batch": 1024, "block_b": 32, "correct": True, "median_ms": 3.0},
+            {"batch": 1024, "block_b": 64, "correct": False, "error": "OutOfResources"},
+            {"batch": 65536, "block_b": 16, "correct": False, "median_ms": 0.5}]
+    assert {b: r["block_b"] for b, r in tune_fused.best(rows).items()} == {64: 64, 1024: 32}
