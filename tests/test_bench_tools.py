@@ -253,7 +253,10 @@ def test_leapfrog_table_recommends_the_dispatch_table_from_its_rows():
         ("fused", 65536, 90.0), ("fused_throughput", 65536, 9.0),
         ("fused_throughput_fwd16", 65536, 8.0)]]
     rows.append({"variant": "fused_tile", "batch": 8192, "failed": "OutOfResources"})
-    errors = {"fused_throughput/B64": 6e-5, "fused_throughput/B1031": 7e-5}
+    errors = {"fused_throughput/B64": 6e-5, "fused_throughput/B1031": 7e-5,
+              "fused_latency/B64": 1e-6, "fused_latency/B1031": 1e-6,
+              "fused_latency_w4/B64": 1e-6, "fused_latency_w16/B64": 1e-6,
+              "fused_throughput_fwd16/B64": 6e-5}
     assert table.recommend(rows, errors) == {
         "latency_max_rows": 1024, "latency_warps": 16, "bf16x3_above_latency": True,
         "throughput_fwd_block": 16}
@@ -312,6 +315,210 @@ def test_cpu_results_files_tell_native_bf16_cpus_apart(monkeypatch):
     assert _results.device_name("cpu") == plain + "-bf16"
     assert plain.startswith("cpu-") and plain.endswith(f"-{os.cpu_count()}cores")
 
+
+def _rows(*triples):
+    return [{"variant": v, "batch": b, "ms": ms} for v, b, ms in triples]
+
+
+_ALL_ACCURATE = {"fused_latency/B64": 1e-6, "fused_latency/B1031": 1e-6,
+                 "fused_latency_w4/B64": 1e-6, "fused_latency_w16/B64": 1e-6,
+                 "fused_throughput/B64": 6e-5, "fused_throughput/B1031": 6e-5,
+                 "fused_throughput_fwd16/B64": 6e-5}
+
+
+def test_leapfrog_table_recommend_crossover_ties_and_gaps():
+    table = _leapfrog_table()
+    # latency loses at 2048 and 8192 and wins at 4096 between: the first loss ends the regime
+    rows = _rows(("fused_latency", 1024, 1.0), ("fused_tile", 1024, 2.0),
+                 ("fused_latency", 2048, 3.0), ("fused_tile", 2048, 2.0),
+                 ("fused_latency", 4096, 1.0), ("fused_tile", 4096, 2.0),
+                 ("fused_latency", 8192, 9.0), ("fused_tile", 8192, 2.0))
+    assert table.recommend(rows, _ALL_ACCURATE)["latency_max_rows"] == 1024
+    # a tie is no loss: the latency layout keeps that batch
+    tie = _rows(("fused_latency", 16, 1.0), ("fused_tile", 16, 1.0),
+                ("fused_latency", 64, 2.0), ("fused_tile", 64, 1.0))
+    assert table.recommend(tie, _ALL_ACCURATE)["latency_max_rows"] == 16
+    # warps: 8 and 4 tie over the training batches -> 8 (the table's); 4 is missing at B = 64,
+    # so its lower time at B = 16 alone is no sum over the training batches
+    warps = _rows(("fused_latency", 16, 1.0), ("fused_latency", 64, 2.0),
+                  ("fused_latency_w4", 16, 2.0), ("fused_latency_w4", 64, 1.0),
+                  ("fused_latency_w16", 16, 2.0), ("fused_latency_w16", 64, 2.0))
+    assert table.recommend(warps, _ALL_ACCURATE)["latency_warps"] == 8
+    gap = _rows(("fused_latency", 16, 1.0), ("fused_latency", 64, 2.0),
+                ("fused_latency_w4", 16, 0.5))
+    assert table.recommend(gap, _ALL_ACCURATE)["latency_warps"] == 8
+    # the 16-row forward: a tie keeps 64; the largest batch measured decides
+    fwd = _rows(("fused_throughput", 65536, 8.0), ("fused_throughput_fwd16", 65536, 8.0))
+    assert table.recommend(fwd, _ALL_ACCURATE)["throughput_fwd_block"] == 64
+    fwd = _rows(("fused_throughput", 1024, 2.0), ("fused_throughput_fwd16", 1024, 1.0),
+                ("fused_throughput", 65536, 8.0), ("fused_throughput_fwd16", 65536, 9.0))
+    assert table.recommend(fwd, _ALL_ACCURATE)["throughput_fwd_block"] == 64
+    # bf16x3 is judged above the latency regime only: slower at the switch point itself is
+    # the latency layout's batch, not the throughput layout's
+    above = _rows(("fused_latency", 1024, 1.0), ("fused_tile", 1024, 2.0),
+                  ("fused_latency", 2048, 3.0), ("fused_tile", 2048, 2.0),
+                  ("fused_throughput", 1024, 5.0), ("fused", 1024, 1.0),
+                  ("fused_throughput", 2048, 1.0), ("fused", 2048, 2.0))
+    rec = table.recommend(above, _ALL_ACCURATE)
+    assert rec["latency_max_rows"] == 1024 and rec["bf16x3_above_latency"] is True
+    # every row failed: nothing to recommend
+    failed = [{"variant": v, "batch": 64, "failed": "OutOfResources"} for v in table.VARIANTS]
+    assert table.recommend(failed, {}) == {}
+
+
+def test_leapfrog_table_recommends_nothing_that_missed_the_error_contract():
+    # faster but outside 1e-4 of float64 (or unchecked): never the recommendation
+    table = _leapfrog_table()
+    rows = _rows(("fused_latency", 16, 1.0), ("fused_tile", 16, 3.0),
+                 ("fused_latency", 64, 1.0), ("fused_tile", 64, 3.0),
+                 ("fused_latency_w4", 16, 0.5), ("fused_latency_w4", 64, 0.5),
+                 ("fused_latency_w16", 16, 0.7), ("fused_latency_w16", 64, 0.7),
+                 ("fused_throughput", 65536, 9.0), ("fused_throughput_fwd16", 65536, 8.0),
+                 ("fused", 65536, 90.0))
+    assert table.recommend(rows, _ALL_ACCURATE) == {
+        "latency_max_rows": 64, "latency_warps": 4, "bf16x3_above_latency": True,
+        "throughput_fwd_block": 16}
+    for bad in (2e-4, float("nan"), "RuntimeError('...')", None):
+        errors = dict(_ALL_ACCURATE, **{"fused_latency_w4/B64": bad,
+                                        "fused_throughput_fwd16/B64": bad,
+                                        "fused_latency/B1031": bad})
+        if bad is None:
+            for key in ("fused_latency_w4/B64", "fused_throughput_fwd16/B64",
+                        "fused_latency/B1031"):
+                del errors[key]
+        rec = table.recommend(rows, errors)
+        # the latency layout unchecked: no latency regime; its 4 warps unchecked: 16
+        assert rec["latency_max_rows"] == 0 and rec["latency_warps"] == 16, (bad, rec)
+        assert rec["throughput_fwd_block"] == 64, (bad, rec)
+    errors = dict(_ALL_ACCURATE, **{"fused_throughput/B1031": 5e-4})
+    assert table.recommend(rows, errors)["bf16x3_above_latency"] is False
+
+
+def test_leapfrog_table_median_ms_is_the_median_of_cuda_event_times(monkeypatch):
+    table = _leapfrog_table()
+    durations = iter([7.0, 1.0, 100.0, 2.0, 3.0, 50.0])
+
+    class Event:
+        def __init__(self, enable_timing):
+            pass
+
+        def record(self):
+            pass
+
+        def synchronize(self):
+            pass
+
+        def elapsed_time(self, end):
+            return next(durations)
+
+    monkeypatch.setattr(table, "DEV", "cuda")
+    monkeypatch.setattr(table.torch.cuda, "Event", Event)
+    monkeypatch.setattr(table.torch.cuda, "synchronize", lambda: None)
+    calls = []
+    # max_s 0: exactly min_reps timed calls after one untimed warm-up call
+    assert table.median_ms(lambda: calls.append(1), min_reps=5, max_s=0.0) == (3.0, 5)
+    assert len(calls) == 6
+
+
+def test_leapfrog_table_matmul_peak_is_flops_per_second(monkeypatch):
+    table = _leapfrog_table()
+    monkeypatch.setattr(table, "DEV", "cpu")       # 256 x 256 operands
+    monkeypatch.setattr(table, "median_ms", lambda fn, min_reps=None, max_s=2.0: (2.0, 5))
+    # 2 * 256^3 multiply-add FLOPs in 2 ms
+    assert table.matmul_peak(False) == pytest.approx(2 * 16777216 / 2e-3)
+    assert table.matmul_peak(True, torch.bfloat16) == pytest.approx(1.6777216e10)
+
+
+def _fake_table_main(table, monkeypatch, tmp_path, budget_s=1000.0, slow=(), ms=None,
+                     cost=lambda v, b: 0.0, error_cost=0.0):
+    """table.main(["--smoke"]) with every measurement faked and a fake clock for the budget.
+    Returns (the JSON written to $OUT, [(variant, batch, fwd, seconds left, rows already in
+    the JSON) per timed call], [seconds left at each error check])."""
+    clock = [0.0]
+
+    class Budget:
+        def __init__(self, seconds):
+            self.end = clock[0] + seconds
+
+        def left(self):
+            return self.end - clock[0]
+
+    out_json = tmp_path / "leapfrog_table.json"
+    budget, timed, checks = [], [], []
+    monkeypatch.setenv("OUT", str(tmp_path))
+    monkeypatch.setattr(table, "Budget", lambda s: budget.append(Budget(s)) or budget[0])
+    monkeypatch.setattr(table, "warm", lambda b, smoke_run: (1, [], set(slow)))
+    monkeypatch.setattr(table, "matmul_peak", lambda tf32, dtype=None: 1e12)
+    monkeypatch.setattr(table, "step_fn", lambda v, b, forward_only=False: (v, b, forward_only))
+
+    def median_ms(fn, min_reps=None, max_s=2.0):
+        v, b, fwd = fn
+        saved = len(json.load(open(out_json))["rows"]) if out_json.exists() else 0
+        timed.append((v, b, fwd, budget[0].left(), saved))
+        clock[0] += cost(v, b)
+        return (ms or {}).get((v, b), 2.0), 7
+
+    def compare(*args, **kwargs):
+        checks.append(budget[0].left())
+        clock[0] += error_cost
+        return {"q": 1e-6, "d_W0": 2e-6}
+
+    monkeypatch.setattr(table, "median_ms", median_ms)
+    monkeypatch.setattr(table, "compare_to_reference", compare)
+    table.main(["--smoke", "--budget-s", str(budget_s)])
+    return json.load(open(out_json)), timed, checks
+
+
+def test_leapfrog_table_main_records_rows_as_it_goes(tmp_path, monkeypatch, capsys):
+    table = _leapfrog_table()
+    ms = {("reference", 2): 10.0, ("fused", 2): 2.0, ("fused_latency", 6): 1.0,
+          ("fused_tile", 6): 3.0}
+    out, timed, checks = _fake_table_main(table, monkeypatch, tmp_path, ms=ms,
+                                          slow=("fused_tile_tf32x3",))
+    # every row is in $OUT/leapfrog_table.json before the next is timed
+    timed_rows = [i for i, r in enumerate(out["rows"]) if "ms" in r]
+    assert [t[4] for t in timed] == timed_rows and len(timed) == len(out["rows"]) - 2
+    # TFLOP/s from a hand count at the smoke shapes (frames 3, k 10, widths 40, 64): per row,
+    # 3 evaluations x 2 steps; forward 4 (800 + 2560) FLOPs each, backward 2 (5 * 800 +
+    # 6 * 2560): 80640 forward, 312960 with the backward
+    for r in (out["rows"][i] for i in timed_rows):
+        flops = (80640 if r["variant"].endswith("(fwd)") else 312960) * r["batch"]
+        assert r["tflops"] == pytest.approx(flops / (r["ms"] * 1e-3) / 1e12), r
+        assert r["reps"] == 7
+    assert {"fused (fwd)", "fused_throughput (fwd)"} <= {r["variant"] for r in out["rows"]}
+    # a variant the warm-up could not compile is not compiled by the error stage either
+    assert out["errors"]["fused_tile_tf32x3/B3"] == "not compiled in the warm-up"
+    assert len(checks) == len(out["errors"]) - 1
+    assert {e for k, e in out["errors"].items() if k != "fused_tile_tf32x3/B3"} == {2e-6}
+    assert {"fused_latency_w4/B3", "fused_latency_w16/B3", "fused_throughput_fwd16/B3"} <= set(
+        out["errors"])
+    skipped = [r for r in out["rows"] if "ms" not in r]
+    assert skipped == [{"variant": "fused_tile_tf32x3", "batch": b,
+                        "failed": "not compiled in the warm-up"} for b in (5, 6)]
+    # the closing table: x eager is the reference's time over the row's
+    fused_line = next(line for line in capsys.readouterr().out.splitlines()
+                      if line.startswith("fused ") and " 2 " in line)
+    assert "5.0x" in fused_line, fused_line
+    assert out["cross_complete"] and out["recommend"]["latency_max_rows"] == 6
+
+
+def test_leapfrog_table_main_stops_each_stage_at_its_budget(tmp_path, monkeypatch):
+    table = _leapfrog_table()
+    # the crossover's first row spends the budget: nothing is timed after it, the crossover
+    # is incomplete (no switch point), and the results are still written
+    out, timed, checks = _fake_table_main(
+        table, monkeypatch, tmp_path, budget_s=100.0,
+        cost=lambda v, b: 90.0 if b == table.STAGES["cross"][0] else 0.0)
+    assert timed[-1][:2] == ("fused_latency", table.STAGES["cross"][0])
+    assert all(t[3] >= 15 for t in timed)
+    assert not out["cross_complete"] and "latency_max_rows" not in out["recommend"]
+    assert "latency_warps" in out["recommend"]
+    # the error stage stops with under 60 s left: checks at 70, 65 and 60 s, then none
+    (tmp_path / "e").mkdir()
+    out, timed, checks = _fake_table_main(table, monkeypatch, tmp_path / "e", budget_s=70.0,
+                                          error_cost=5.0)
+    assert checks == [70.0, 65.0, 60.0] and len(out["errors"]) == 3
+    assert all(t[3] >= 15 for t in timed) and len(timed) == len(out["rows"]) > 0
 
 
 def test_tuning_sweep_marks_errors_over_1e_4_and_nan_anywhere_wrong(monkeypatch):
