@@ -183,3 +183,34 @@ def test_table1_script_warms_the_grid_shapes_and_returns_at_most_eight_files(
     versions = (out / "versions.txt").read_text()
     assert "commit abc1234" in versions
     assert ("packed-capture test failed" in versions) != pack_check_passes
+
+
+def _run_sh_stub_bin(tmp_path):
+    """python3 for run.sh: every Python stage writes this device's results file."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(textwrap.dedent(f"""\
+        #!/usr/bin/env bash
+        echo "$*" >> "{tmp_path}/calls.txt"
+        echo '{{"device": "stub"}}' > bench/results/stub-device.json
+        echo "stub $*"
+        """))
+    (bin_dir / "python3").chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.parametrize("stage, log", [("tune", "tune.txt"), ("leapfrog", "bench-leapfrog.txt"),
+                                        ("train", "bench-train.txt")])
+def test_run_script_returns_only_the_results_file_of_this_call(tmp_path, stage, log):
+    # other devices' committed files would take slots of the 8 and make the documented merge
+    # of the returned files refuse them all (one device per results file)
+    bin_dir = _run_sh_stub_bin(tmp_path)
+    repo = _copy_tree(tmp_path)
+    committed = sorted(os.listdir(repo / "bench" / "results"))
+    assert committed and "stub-device.json" not in committed
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", "bench/gpu/run.sh", stage], cwd=repo, capture_output=True,
+                       text=True, timeout=120,
+                       env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", OUT=str(out)))
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(out)) == sorted(["stub-device.json", log])

@@ -23,7 +23,11 @@ shift
 # calls) or to tune_fused.py (e.g. tune --blocks 16 32).
 
 status=0
-save_results() { cp bench/results/*.json "$OUT"/ 2>/dev/null || true; }
+# Only the results files this call wrote: the committed ones of other devices (cpu-*.json,
+# ptxas-sm_90.json) would take slots of the 8 files and make the merge below refuse the lot
+# ("one device per results file").
+STAMP=$(mktemp)
+save_results() { find bench/results -maxdepth 1 -name '*.json' -newer "$STAMP" -exec cp {} "$OUT"/ \; ; }
 # A command is killed at 600 s on the runners this was written for, and then nothing after it runs (save_results
 # included): stop each stage's main command earlier so that what it measured still comes back.
 # STAGE_LIMIT_S counts from the start of this script (bash's SECONDS).
