@@ -553,3 +553,103 @@ def test_tuning_best_is_the_fastest_correct_config_per_batch():
             {"batch": 1024, "block_b": 64, "correct": False, "error": "OutOfResources"},
             {"batch": 65536, "block_b": 16, "correct": False, "median_ms": 0.5}]
     assert {b: r["block_b"] for b, r in tune_fused.best(rows).items()} == {64: 64, 1024: 32}
+
+
+def test_record_merges_sections_and_stamps_each_entry(tmp_path, monkeypatch):
+    env = {"device": "GPU-X", "commit": "c1", "torch": "t"}
+    monkeypatch.setattr(_results, "RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr(_results, "environment", lambda device="cuda": dict(env))
+    _results.record("leapfrog", "a", {"median_s": 1.0})
+    env["commit"] = "c2"
+    _results.record("trainstep", "b", {"median_s": 2.0})
+    path = _results.record("leapfrog", "c", {"median_s": 3.0})
+    assert path == str(tmp_path / "GPU-X.json")
+    data = json.load(open(path))
+    assert data["commit"] == "c2" and data["device"] == "GPU-X"
+    assert set(data["results"]) == {"leapfrog", "trainstep"}
+    assert set(data["results"]["leapfrog"]) == {"a", "c"}
+    a = data["results"]["leapfrog"]["a"]
+    assert a["median_s"] == 1.0 and a["commit"] == "c1" and a["measured"].endswith("Z")
+    assert data["results"]["trainstep"]["b"]["commit"] == "c2"
+
+
+def test_results_name_no_commit_outside_a_git_tree(tmp_path, monkeypatch):
+    # the copy a GPU machine gets has no .git: "unknown", not some other repository's HEAD
+    monkeypatch.delenv("HGAN_COMMIT", raising=False)
+    monkeypatch.setattr(_results, "RESULTS_DIR", str(tmp_path / "bench" / "results"))
+    (tmp_path / "bench").mkdir()
+    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True).returncode == 0:
+        pytest.skip("the temporary folder is inside a git repository")
+    assert _results.commit() == "unknown"
+
+
+def _ptxas_module(monkeypatch):
+    """bench/ptxas_report.py imported for its text functions (it refuses TRITON_INTERPRET, and
+    points TRITON_CACHE_DIR at a folder of its own: both restored afterwards). The kernels
+    are imported first, so they stay decorated for the interpreter."""
+    pytest.importorskip("triton")
+    import importlib
+    import importlib.util
+    for kernels in ("latency", "streamed", "throughput", "tile"):
+        importlib.import_module(f"hgan.kernels.leapfrog.{kernels}")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setenv("TRITON_CACHE_DIR", os.environ.get("TRITON_CACHE_DIR", ""))
+    spec = importlib.util.spec_from_file_location(
+        "ptxas_report_under_test", os.path.join(os.path.dirname(__file__), "..", "bench",
+                                                "ptxas_report.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_ptxas_report_parses_the_ptxas_log_and_merges_saved_rows(tmp_path, monkeypatch):
+    ptxas = _ptxas_module(monkeypatch)
+    log = ("ptxas info    : Compiling entry function '_leapfrog_bwd_kernel' for 'sm_90a'\n"
+           "ptxas info    : Function properties for _leapfrog_bwd_kernel\n"
+           "    40 bytes stack frame, 24 bytes spill stores, 32 bytes spill loads\n"
+           "ptxas info    : Used 168 registers, used 1 barriers, 384 bytes cmem[0]\n")
+    assert ptxas.parse_ptxas(log) == {"registers": 168, "spill_stores": 24, "spill_loads": 32,
+                                      "stack": 40}
+    with pytest.raises(ValueError, match="unrecognised"):
+        ptxas.parse_ptxas("ptxas info    : Used 168 registers")
+    key = dict(kernel="fwd", width=128, block_b=16, num_warps=8, maxnreg=None, chunk=32,
+               precision="ieee")
+    path = tmp_path / "ptxas.json"
+    path.write_text(json.dumps({"rows": [dict(key, registers=200),
+                                         dict(key, width=32, registers=90)]}))
+    merged = ptxas.merge_rows(str(path), [dict(key, registers=180)])
+    assert merged == [dict(key, width=32, registers=90), dict(key, registers=180)]
+
+
+def test_leapfrog_bench_speedups_are_baseline_time_over_variant_time(monkeypatch):
+    import test_bench_leapfrog as bench
+    recorded = {}
+    monkeypatch.setattr(bench, "record", lambda section, name, payload, device: recorded.update(
+        {name: payload}))
+    monkeypatch.setattr(bench, "_medians", {
+        ("reference", 64, "fwdbwd"): 0.010, ("reference_compiled", 64, "fwdbwd"): 0.004,
+        ("analytic", 64, "fwdbwd"): 0.002, ("fused", 64, "fwdbwd"): 0.001,
+        ("fused", 64, "fwd"): 0.0005})
+    bench._record_ratios(64, "fwdbwd")
+    assert recorded == {"speedup/B64/fwdbwd": pytest.approx({
+        "reference_compiled_over_reference": 2.5, "analytic_over_reference": 5.0,
+        "fused_over_reference": 10.0, "analytic_over_reference_compiled": 2.0,
+        "fused_over_reference_compiled": 4.0})}
+
+
+def test_trainstep_bench_speedup_is_baseline_step_over_variant_step(tmp_path, monkeypatch):
+    import test_bench_trainstep as bench
+    recorded = {}
+    monkeypatch.setattr(bench, "record", lambda section, name, payload, device: recorded.update(
+        {name: payload}))
+    path = _write(tmp_path / "r.json", {"results": {"trainstep": {
+        "baseline_32px": {"median_step_s": 0.2}, "optimised_32px": {"median_step_s": 0.05},
+        "captured_32px": {"median_step_s": 0.01}, "captured_64px": {"median_step_s": 0.5}}}})
+    bench.record_speedup(path, 32)
+    assert recorded == {"speedup_32px": pytest.approx({
+        "optimised_over_baseline": 4.0, "captured_over_baseline": 20.0,
+        "baseline_median_step_s": 0.2, "optimised_median_step_s": 0.05,
+        "captured_median_step_s": 0.01})}
+    recorded.clear()
+    bench.record_speedup(path, 64)     # no baseline at 64 px: no ratio
+    assert recorded == {}

@@ -3,8 +3,11 @@ Markdown summary, on synthetic inputs."""
 import json
 import os
 import sys
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
+import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "bench"))
 import _trainstep  # noqa: E402
@@ -136,3 +139,131 @@ def test_a_stage_measures_on_this_machine(tmp_path, monkeypatch):
     r = recorded["capture_32px"]
     assert r["batch"] == 2 and r["videos_per_s"] > 0 and 0 <= r["data_wait_share"] < 1
     assert r["losses_finite_after"] and r["captured"] is False and r["device_busy"] is None
+
+
+def _fake_step_class(clock, step_s):
+    """A TrainStep stand-in: each synchronised step moves the fake clock by step_s."""
+    class Step:
+        warmup_steps = 2
+        trainer = SimpleNamespace(captured=True, amp_dtype="torch.bfloat16")
+        stream = SimpleNamespace(kind="gpu-resident")
+
+        def __init__(self, path, resolution, opts):
+            pass
+
+        def __call__(self):
+            clock[0] += step_s
+            return 1.0
+
+        def close(self):
+            pass
+    return Step
+
+
+@pytest.mark.parametrize("step_s, steps", [(2 ** -6, 32), (1.0, 5), (2 ** -14, 400)])
+def test_measure_reports_the_median_run_and_its_own_data_wait(monkeypatch, step_s, steps):
+    # RUN_S 0.5 s of steps per run, 5 to 400 of them; three runs, the median by wall time
+    clock = [0.0]
+    monkeypatch.setattr(trainstep_table, "TrainStep", _fake_step_class(clock, step_s))
+    monkeypatch.setattr(trainstep_table, "frames_file", lambda data, res: "train.h5")
+    monkeypatch.setattr(trainstep_table, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    runs = iter([(3.0, 0.3), (1.0, 0.0), (2.0, 0.1)])
+    asked = []
+    monkeypatch.setattr(trainstep_table, "run_of_steps",
+                        lambda step, n: asked.append(n) or next(runs))
+    assert trainstep_table.BATCH == 16 and trainstep_table.ROUNDS == 3
+    r = trainstep_table.measure("data", 32, "capture", busy=False)
+    assert asked == [steps] * 3 and r["steps_per_run"] == steps
+    assert r["median_step_s"] == pytest.approx(2.0 / steps)
+    assert r["videos_per_s"] == pytest.approx(16 * steps / 2.0)
+    assert r["data_wait_share"] == pytest.approx(0.05)          # the median run's own wait
+    assert r["warmup_s"] == pytest.approx(2 * step_s) and r["losses_finite_after"]
+    assert "device_busy" not in r
+
+
+def test_run_of_steps_times_n_steps_and_only_their_data_wait(monkeypatch):
+    clock = [0.0]
+
+    class Step:
+        data_wait = [99.0]        # left over from the warm-up steps
+
+        def run(self):
+            clock[0] += 0.5
+            self.data_wait.append(0.1)
+
+    monkeypatch.setattr(_trainstep, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    wall, wait = _trainstep.run_of_steps(Step(), 4)
+    assert wall == pytest.approx(2.0) and wait == pytest.approx(0.4)
+
+
+def test_device_busy_share_is_the_union_of_device_activity_over_wall_time(monkeypatch):
+    cpu, cuda = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+
+    def ev(name, a, b, dev=cuda, annotation=False):
+        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=a, end=b),
+                               device_type=dev, is_user_annotation=annotation)
+
+    events = [ev("gemm", 0, 100), ev("gemm", 50, 150), ev("memcpy", 300, 400),
+              # none of these is device work: a host op, a stage's range and a replay's on
+              # the device, a profiler step, a user annotation
+              ev("aten::mm", 0, 1000, dev=cpu), ev("generator", 0, 1000), ev("replay", 0, 1000),
+              ev("ProfilerStep#3", 0, 1000), ev("my range", 0, 1000, annotation=True)]
+
+    class Profile:
+        def __init__(self, activities):
+            assert activities == [torch.profiler.ProfilerActivity.CUDA]
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def events(self):
+            return events
+
+    ran = []
+    clock = iter([5.0, 5.001])             # 1000 us of wall time
+    monkeypatch.setattr(_trainstep, "DEVICE", "cuda")
+    monkeypatch.setattr(_trainstep, "sync", lambda: None)
+    monkeypatch.setattr(_trainstep.torch.profiler, "profile", Profile)
+    monkeypatch.setattr(_trainstep, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    r = _trainstep.device_busy_share(SimpleNamespace(run=lambda: ran.append(1)), 3)
+    assert ran == [1, 1, 1]
+    assert r["busy_us"] == 250 and r["steps"] == 3
+    assert r["wall_us"] == pytest.approx(1000) and r["share"] == pytest.approx(0.25)
+    events[:] = [ev("aten::mm", 0, 1000, dev=cpu)]
+    clock = iter([5.0, 5.001])
+    r = _trainstep.device_busy_share(SimpleNamespace(run=lambda: None), 3)
+    assert r["share"] is None and "no device activity" in r["note"]
+
+
+def test_each_variant_leaves_a_placeholder_and_a_plain_failure_spoils_nothing(tmp_path,
+                                                                              monkeypatch):
+    # killed by its stage's time limit, a variant leaves "did not finish" behind; an error
+    # that is not a failed capture does not stop the later variants
+    recorded, seen = {}, {}
+    monkeypatch.setattr(trainstep_table, "record",
+                        lambda section, name, payload, device: recorded.__setitem__(name, payload))
+
+    def measure(data, resolution, variant, busy):
+        seen[variant] = dict(recorded[f"{variant}_32px"])
+        if variant == "capture":
+            raise RuntimeError("out of memory")
+        return {"videos_per_s": 1000.0}
+    monkeypatch.setattr(trainstep_table, "measure", measure)
+    status = trainstep_table.main(["--data", str(tmp_path), "--variants", "capture",
+                                   "capture_bf16"])
+    assert status == 1
+    assert seen == {v: {"error": "did not finish within its stage's time limit"}
+                    for v in ("capture", "capture_bf16")}
+    assert recorded["capture_32px"] == {"error": "RuntimeError: out of memory"}
+    assert recorded["capture_bf16_32px"] == {"videos_per_s": 1000.0}
+
+
+def test_verdicts_targets_are_inclusive_where_the_issue_says_at_least():
+    rows = {"capture_32px": {"videos_per_s": 3200.0, "data_wait_share": 0.05,
+                             "device_busy": {"share": 0.80}}}
+    assert trainstep_table.verdicts(rows)[-1] == (
+        "captured step, 32 px: 3200 videos/s (target >= 3200): met; data wait 5.0% "
+        "(target < 5%): not met; device busy 80% (target >= 80%): met")

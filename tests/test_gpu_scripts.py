@@ -185,6 +185,33 @@ def test_table1_script_warms_the_grid_shapes_and_returns_at_most_eight_files(
     assert ("packed-capture test failed" in versions) != pack_check_passes
 
 
+def _timeout_stub(bin_dir, log):
+    """A `timeout` that logs its arguments and runs the command without a limit."""
+    (bin_dir / "timeout").write_text(textwrap.dedent(f"""\
+        #!/usr/bin/env bash
+        echo "$*" >> "{log}"
+        while [ "${{1#-}}" != "$1" ]; do case "$1" in -k|-s) shift 2 ;; *) shift ;; esac; done
+        shift
+        exec "$@"
+        """))
+    (bin_dir / "timeout").chmod(0o755)
+
+
+def test_trainstep_script_caps_each_stage_at_what_is_left_of_its_budget(tmp_path):
+    bin_dir = _stub_bin(tmp_path)
+    _timeout_stub(bin_dir, tmp_path / "timeouts.txt")
+    repo = _copy_tree(tmp_path)
+    out = tmp_path / "out"
+    r = _run("bench/gpu/trainstep.sh", repo, bin_dir, out, TRAINSTEP_BUDGET_S="50")
+    assert r.returncode == 0, r.stderr
+    limits = [int(line.split()[2]) for line in
+              (tmp_path / "timeouts.txt").read_text().splitlines()]
+    # every stage runs (the stub takes no time), none with a limit past the 50 s budget; the
+    # prep's own 120 s is cut to what is left
+    assert len(limits) == 8 and all(lim <= 50 for lim in limits), limits
+    assert limits[0] >= 40, limits
+
+
 def _run_sh_stub_bin(tmp_path):
     """python3 for run.sh: every Python stage writes this device's results file."""
     bin_dir = tmp_path / "bin"
