@@ -37,14 +37,21 @@ def device_name(device: str = "cuda") -> str:
 
 
 def commit() -> str:
-    """HGAN_COMMIT if set (a GPU machine gets the working tree without .git), else git's."""
+    """HGAN_COMMIT if set (a GPU machine gets the working tree without .git), else git's:
+    "unknown" unless this tree is itself the top of a git checkout (a copy without .git that
+    sits inside some other repository would otherwise be given that repository's HEAD)."""
     if os.environ.get("HGAN_COMMIT"):
         return os.environ["HGAN_COMMIT"]
+    root = os.path.dirname(os.path.dirname(RESULTS_DIR))
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=os.path.dirname(RESULTS_DIR)).stdout.strip() or "unknown"
+        out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
+                             text=True, cwd=root).stdout.split("\n")
     except OSError:
         return "unknown"
+    if len(out) < 2 or not out[0] or not os.path.isdir(out[0]) \
+            or not os.path.samefile(out[0], root):
+        return "unknown"
+    return out[1].strip() or "unknown"
 
 
 def environment(device: str = "cuda") -> dict:

@@ -574,13 +574,21 @@ def test_record_merges_sections_and_stamps_each_entry(tmp_path, monkeypatch):
 
 
 def test_results_name_no_commit_outside_a_git_tree(tmp_path, monkeypatch):
-    # the copy a GPU machine gets has no .git: "unknown", not some other repository's HEAD
+    # the copy a GPU machine gets has no .git: "unknown", not the HEAD of some repository
+    # the copy happens to sit in
     monkeypatch.delenv("HGAN_COMMIT", raising=False)
-    monkeypatch.setattr(_results, "RESULTS_DIR", str(tmp_path / "bench" / "results"))
-    (tmp_path / "bench").mkdir()
-    if subprocess.run(["git", "rev-parse", "HEAD"], cwd=tmp_path, capture_output=True).returncode == 0:
-        pytest.skip("the temporary folder is inside a git repository")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false"]
+    outer = tmp_path / "outer"
+    (outer / "copy" / "bench").mkdir(parents=True)
+    subprocess.run(git + ["init", "-q", str(outer)], check=True)
+    subprocess.run(git + ["commit", "-q", "--allow-empty", "-m", "outer"], cwd=outer, check=True)
+    outer_head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=outer, capture_output=True,
+                                text=True).stdout.strip()
+    monkeypatch.setattr(_results, "RESULTS_DIR", str(outer / "copy" / "bench" / "results"))
     assert _results.commit() == "unknown"
+    # the checkout itself: its HEAD
+    monkeypatch.setattr(_results, "RESULTS_DIR", str(outer / "bench" / "results"))
+    assert _results.commit() == outer_head
 
 
 def _ptxas_module(monkeypatch):
