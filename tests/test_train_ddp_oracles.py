@@ -8,6 +8,8 @@ own command line), beside tests/test_train_ddp.py (which checks the reducer from
   holds instead (a "ghost batch" of B / world_size per normalisation).
 - the data: at every iteration the ranks' windows are disjoint and together are the batch a
   single process with the same global --batch-size reads at that iteration.
+- the noise: it differs between ranks, and a run stopped and resumed under torchrun draws
+  on every rank the noise an uninterrupted run draws, and ends with the same weights.
 
 One torchrun launch trains straight (4 iterations) and the first half (2) of an interrupted
 run; a second launch resumes it. Each rank records, before every step, its real batch and
@@ -195,3 +197,23 @@ def test_ranks_read_disjoint_shards_whose_union_is_the_single_process_batch(ddp)
     # 24 trajectories, global batch 4: ITERS iterations see 4 * ITERS different windows
     assert len(seen) == 4 * ITERS
 
+
+def test_noise_differs_across_ranks_and_a_resumed_run_draws_the_same(ddp):
+    ranks = ddp["ranks"]
+    for it in range(ITERS):
+        a, b = (r["straight"]["records"][it]["noise"] for r in ranks)
+        assert not torch.equal(a, b), it
+    for r, rank in enumerate(ranks):
+        straight = rank["straight"]["records"]
+        pieces = rank["first_half"]["records"] + rank["resumed"]["records"]
+        assert [p["iteration"] for p in pieces] == list(range(ITERS))
+        for s, p in zip(straight, pieces):
+            assert torch.equal(s["real"], p["real"]), (r, s["iteration"])
+            assert torch.equal(s["noise"], p["noise"]), (r, s["iteration"])
+        want, got = rank["straight"]["final"], rank["resumed"]["final"]
+        for m in want:
+            for k in want[m]:
+                # Only rank 0's buffers are checkpointed; the discriminators' running
+                # statistics on other ranks are their own and never read (docs/training.md)
+                if r == 0 or m == "G" or not _is_stat(k):
+                    assert torch.equal(want[m][k], got[m][k]), (r, m, k)

@@ -393,9 +393,11 @@ def test_resume_keeps_the_checkpoints_tensorboard_steps_and_replaces_the_redone_
 
 
 def test_a_multi_rank_checkpoint_resumes_with_noise_of_its_iteration(tiny_pendulum_h5, tmp_path):
-    # Only rank 0's noise state is saved: a resumed DDP run (or one moved between devices)
-    # reseeds each rank's noise from (seed, rank, iteration), so that it neither replays the
-    # noise of the run's first iterations nor draws the same noise at every resume.
+    # A multi-rank checkpoint without every rank's noise state (written before they were
+    # kept; or resumed on another number of ranks, or moved between devices) reseeds each
+    # rank's noise from (seed, rank, iteration), so that it neither replays the noise of the
+    # run's first iterations nor draws the same noise at every resume. With every rank's
+    # state, a resume on as many ranks is exact: tests/test_train_ddp_oracles.py.
     tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, seed=3))
     tr.step(torch.rand(4, 6, 3, 32, 32) * 2 - 1)
     states = {}

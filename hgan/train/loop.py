@@ -261,6 +261,7 @@ class Trainer:
         self._pending = []
         self.defer_checks = defers_checks(self.device)
         self.noise = torch.Generator(self.device).manual_seed(cfg.seed * 1_000_003 + self.info.rank)
+        self._rank_noise = None  # (iteration, every rank's noise state): see gather_noise
         self.iteration = 0
         self.loader_position = 0
         # static_mode: None, the eager step; "graph", the static-buffer step captured into
@@ -458,7 +459,24 @@ class Trainer:
                 "opt_di": self.opt_di.state_dict(), "opt_dv": self.opt_dv.state_dict(),
                 "scaler": self.scaler.state_dict(), "noise_rng": self.noise.get_state(),
                 "rng": capture_rng(), "world_size": self.info.world_size,
-                "dataset": self.dataset}
+                "dataset": self.dataset, **self._rank_noise_state()}
+
+    def gather_noise(self):
+        """Under torchrun, collect every rank's noise generator state for the next checkpoint
+        (which rank 0 alone writes): a collective, so every rank calls it at the same
+        iteration. A run resumed on as many ranks then draws on each the noise it would
+        have drawn without the stop."""
+        if not self.info.enabled:
+            return
+        own = self.noise.get_state().to(self.device)
+        parts = [torch.empty_like(own) for _ in range(self.info.world_size)]
+        torch.distributed.all_gather(parts, own)
+        self._rank_noise = (self.iteration, torch.stack([p.cpu() for p in parts]))
+
+    def _rank_noise_state(self) -> dict:
+        if self._rank_noise is None or self._rank_noise[0] != self.iteration:
+            return {}
+        return {"rank_noise_rng": self._rank_noise[1]}
 
     def load_state_dict(self, ckpt: dict):
         load_weights(self.G, ckpt["generator"], "generator")
@@ -477,11 +495,16 @@ class Trainer:
         # other device type (--device is a resumable override) cannot restore this generator,
         # and set_state would raise; it is reseeded like a multi-rank resume instead.
         same_kind = ckpt["noise_rng"].numel() == self.noise.get_state().numel()
+        ranks = ckpt.get("rank_noise_rng")  # every rank's, from a run under torchrun
         if not self.info.enabled and int(ckpt.get("world_size", 1)) == 1 and same_kind:
             self.noise.set_state(ckpt["noise_rng"])
             restore_rng(ckpt["rng"])
+        elif (self.info.enabled and ranks is not None and len(ranks) == self.info.world_size
+              and ranks.shape[1] == self.noise.get_state().numel()):
+            self.noise.set_state(ranks[self.info.rank].clone())
         else:
-            # Only rank 0's noise state is saved; each rank reseeds from (seed, rank, iteration).
+            # Another number of ranks or device type, or a checkpoint without every rank's
+            # state: each rank reseeds from (seed, rank, iteration).
             self.noise.manual_seed(self.cfg.seed * 1_000_003 + self.info.rank + 7919 * self.iteration)
 
     def save(self, name="last.pt") -> str:

@@ -317,10 +317,12 @@ def _run(setup: Setup, callback, stop) -> dict:
                 # after the first iteration too, so a new run shows its output at once
                 if main and (trainer.iteration % cfg.sample_every == 0 or trainer.iteration == 1):
                     _write_samples(trainer, writer, f"iter_{trainer.iteration:07d}")
-                if main and trainer.iteration % cfg.ckpt_every == 0:
-                    trainer.save()
-                    if cfg.keep_every and trainer.iteration % cfg.keep_every == 0:
-                        trainer.save(f"iter_{trainer.iteration:07d}.pt")
+                if trainer.iteration % cfg.ckpt_every == 0:
+                    trainer.gather_noise()  # every rank: a collective under torchrun
+                    if main:
+                        trainer.save()
+                        if cfg.keep_every and trainer.iteration % cfg.keep_every == 0:
+                            trainer.save(f"iter_{trainer.iteration:07d}.pt")
                 if callback is not None:
                     callback(trainer)
                 first.passed(it)
@@ -342,6 +344,7 @@ def _run(setup: Setup, callback, stop) -> dict:
         stream.close()
     result = {"iteration": trainer.iteration, "stats": last_stats, "out": cfg.out, "stopped": stopped,
               "trainer": trainer}
+    trainer.gather_noise()  # every rank: a collective under torchrun
     if main:
         result["checkpoint"] = trainer.save()
         _write_samples(trainer, writer, f"iter_{trainer.iteration:07d}")
