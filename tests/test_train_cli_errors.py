@@ -310,3 +310,35 @@ def test_a_mocogan_batch_without_batch_statistics_is_refused(data_root, tmp_path
     with pytest.raises(ValueError, match=r"got 1 \(--batch-size 2 over 2 ranks\)"):
         Trainer(cfg, DistInfo(rank=0, world_size=2), device="cpu")
     Trainer(cfg, DistInfo(), device="cpu")   # two videos in one process train
+
+
+@pytest.mark.parametrize("local_rank,lines", [("0", 1), ("1", 0)])
+def test_under_torchrun_only_each_nodes_first_rank_reports_bad_input(local_rank, lines,
+                                                                    data_root, tmp_path,
+                                                                    capsys, monkeypatch):
+    # Every rank meets the same bad input: one line in all, not one per rank.
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    for extra in (["--lr", "-1"], ["--bogus"], ["--batch-size", "400"]):  # parse, argparse, setup
+        code, _, err = call(TINY + ["--data", data_root, "--out", str(tmp_path / "r")] + extra,
+                            capsys)
+        assert code == 2, (extra, err)
+        assert len(err.strip().splitlines()) == lines, (extra, err)
+        if lines:
+            assert_one_error_line(code, err)
+
+
+def test_bad_input_under_torchrun_is_one_line(data_root, tmp_path):
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=root)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", os.path.join(root, "train.py"), *TINY,
+                           "--data", data_root, "--out", str(tmp_path / "r"),
+                           "--batch-size", "5"],
+                          capture_output=True, text=True, env=env, cwd=root, timeout=120)
+    assert proc.returncode != 0
+    ours = [line for line in proc.stderr.splitlines() if line.startswith("train.py: error:")]
+    assert ours == ["train.py: error: --batch-size 5 is not divisible by the 2 ranks"], \
+        proc.stderr
+    assert not (tmp_path / "r").exists()

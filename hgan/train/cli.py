@@ -8,12 +8,14 @@ one, if no step ran yet) and the exit code is 0."""
 import signal
 import sys
 
-from hgan.train.config import parse_command_line
+from hgan.train.config import parse_command_line, reports_bad_input
 
 
 def bad_input(e: BaseException) -> int:
-    """train.py's one-line report of bad input; its exit code."""
-    print(f"train.py: error: {str(e).strip()}".replace("\n", " "), file=sys.stderr)
+    """train.py's one-line report of bad input (under torchrun, from each node's first rank
+    only); its exit code."""
+    if reports_bad_input():
+        print(f"train.py: error: {str(e).strip()}".replace("\n", " "), file=sys.stderr)
     return 2
 
 

@@ -142,12 +142,25 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def reports_bad_input() -> bool:
+    """Under torchrun every rank meets the same bad input (the same flags, the same files on a
+    node): only each node's first rank reports it, so that it is one line, not one per rank."""
+    return os.environ.get("LOCAL_RANK", "0") == "0"
+
+
+class _TrainParser(OneLineParser):
+    def error(self, message):
+        if not reports_bad_input():
+            self.exit(2)
+        super().error(message)
+
+
 def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     """train.py's flags: one per RunConfig and ModelConfig field, help from the field.
 
     defaults=False: a parser whose namespace holds only the flags given (see parse_command_line)."""
-    p = OneLineParser(prog="train.py", description="Train HGAN (or a baseline) on a Toy Physics system.",
-                formatter_class=_HelpFormatter)
+    p = _TrainParser(prog="train.py", description="Train HGAN (or a baseline) on a Toy Physics system.",
+                     formatter_class=_HelpFormatter)
     _add_options(p, RunConfig, RunConfig(model=ModelConfig()) if defaults else None)
     _add_options(p, ModelConfig, ModelConfig() if defaults else None)
     p.add_argument("--resume", default="" if defaults else argparse.SUPPRESS,
