@@ -283,3 +283,58 @@ def test_a_second_ctrl_c_aborts_but_one_stop_delivered_twice_does_not(monkeypatc
     clock[0] += 10
     term._handle(signal.SIGTERM, None)  # SIGTERM never aborts: the checkpoint is still saved
     assert term.signum == signal.SIGTERM
+
+
+def _rank_pids(launcher_pid):
+    """{RANK: pid} of torchrun's worker processes."""
+    pids = subprocess.run(["pgrep", "-P", str(launcher_pid)], capture_output=True,
+                          text=True).stdout.split()
+    ranks = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                env = dict(kv.split(b"=", 1) for kv in f.read().split(b"\0") if b"=" in kv)
+        except OSError:
+            continue
+        if b"RANK" in env:
+            ranks[int(env[b"RANK"])] = int(pid)
+    return ranks
+
+
+def test_a_signal_to_one_torchrun_rank_stops_every_rank_with_a_checkpoint(data_root, tmp_path):
+    # SIGTERM to rank 1 alone: the ranks all-reduce their stop flags every STOP_POLL_EVERY
+    # iterations, so both stop at the same one, rank 0 saves the checkpoint, and all exit 0.
+    from hgan.train.run import STOP_POLL_EVERY
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                             "--nproc_per_node", "2", os.path.join(ROOT, "train.py"), *TINY,
+                             "--num-workers", "0", "--data", data_root, "--out", str(out),
+                             "--iters", "100000"],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    ranks = {}
+    try:
+        first = out / "samples" / "iter_0000001.png"
+        deadline = time.monotonic() + 120
+        while not first.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        ranks = _rank_pids(proc.pid)
+        assert proc.poll() is None and sorted(ranks) == [0, 1], finish(proc)
+        os.kill(ranks[1], signal.SIGTERM)
+        rc, stdout, stderr = finish(proc, timeout=60)
+    finally:
+        if proc.poll() is None:  # torchrun starts each rank in a session of its own
+            for pid in [proc.pid, *ranks.values()]:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            proc.wait()
+    assert rc == 0, stderr[-3000:]
+    m = re.search(r"peer signal: checkpoint saved at iteration (\d+)", stdout)
+    assert m, stdout
+    it = int(m.group(1))
+    _, ck = weights(str(out / "checkpoints" / "last.pt"))
+    assert it >= 1 and it % STOP_POLL_EVERY == 0 and ck["iteration"] == it
+    assert ck["world_size"] == 2 and ck["rank_noise_rng"].shape[0] == 2
