@@ -27,9 +27,12 @@ MODELS = ("hgan", "hnn_gan", "mocogan")
 TABLE1_SYSTEMS = ("mass_spring", "pendulum", "double_pendulum", "two_body", "three_body")
 # The paper's data: 50,000 trajectories of 512 frames per system (the test split is ours).
 PAPER_SIZES = {"train_traj": 50_000, "test_traj": 2_048, "traj_frames": 512}
-# train.py flags a resumed run still takes (hgan.train.run.RESUMABLE_OVERRIDES, by flag name).
+# train.py flags a resumed run still takes (hgan.train.run.RESUMABLE_OVERRIDES, by flag name;
+# --data is the grid's own): those with a value, and the switches (both forms of each).
 RESUMABLE_FLAGS = ("--iters", "--device", "--log-every", "--sample-every", "--ckpt-every",
-                   "--keep-every", "--profile", "--loader", "--num-workers", "--no-progress")
+                   "--keep-every", "--n-samples", "--loader", "--num-workers")
+RESUMABLE_SWITCHES = ("--cuda-graph", "--no-cuda-graph", "--profile", "--no-profile",
+                      "--progress", "--no-progress")
 
 
 class GridError(ValueError):
@@ -208,10 +211,11 @@ def resumable_args(args):
     out, args = [], list(args)
     for i, a in enumerate(args):
         flag = a.split("=", 1)[0]
-        if flag in RESUMABLE_FLAGS:
+        if flag in RESUMABLE_SWITCHES:
             out.append(a)
-            takes_value = "=" not in a and flag not in ("--profile", "--no-progress")
-            if takes_value and i + 1 < len(args):
+        elif flag in RESUMABLE_FLAGS:
+            out.append(a)
+            if "=" not in a and i + 1 < len(args):
                 out.append(args[i + 1])
     return out
 
