@@ -1,8 +1,12 @@
 """hgan.experiments: the command lines the grid gives its jobs, the settings it refuses or
 accepts before any data, and the flags of `table1` itself (no subprocess, no training)."""
 import os
+import re
 
-from hgan.experiments.grid import GridSpec, resumable_args
+import pytest
+
+from hgan.experiments import cli, datasets
+from hgan.experiments.grid import GridError, GridSpec, check_flags, resumable_args
 
 
 def _spec(tmp_path, **kw):
@@ -74,3 +78,124 @@ def test_a_resumed_command_holds_only_flags_train_py_accepts_on_resume(tmp_path)
     # a flag outside these would have to repeat the checkpoint's value, or train.py refuses
     assert set(given) <= set(resumable_fields()) | {"out"}, given
     assert (given["iters"], given["cuda_graph"], given["num_workers"]) == (10, False, 0)
+
+
+def test_a_run_with_a_summary_but_no_checkpoint_is_neither_done_nor_resumed(tmp_path):
+    # checkpoints/ deleted (to save space, say): nothing to evaluate or resume from
+    import json
+    run, = _spec(tmp_path).runs()
+    os.makedirs(run.dir)
+    with open(run.path("summary.json"), "w") as f:
+        json.dump({"iteration": 10}, f)
+    assert run.iteration() == 10
+    assert not run.trained() and not run.resumable() and not run.evaluated()
+    assert "--resume" not in run.train_command()
+
+
+@pytest.mark.parametrize("device, want", [("cpu", "cpu"), ("cuda:1", "cuda:1"), ("auto", None)])
+def test_evaluations_run_on_the_grids_device(tmp_path, device, want):
+    run, = _spec(tmp_path, device=device).runs()
+    flags = run.eval_flags()
+    if want is None:   # hgan.evaluate's own default: auto
+        assert "--device" not in flags
+    else:
+        assert flags[flags.index("--device") + 1] == want
+
+
+def test_a_detector_adds_fvd_to_the_metrics_evaluated_and_required(tmp_path):
+    from hgan.experiments.grid import metric_list
+    spec = _spec(tmp_path, eval_metrics="physics,cyclic", i3d=__file__)
+    assert metric_list(spec) == ["fvd", "physics", "cyclic"]
+    run, = spec.runs()
+    flags = run.eval_flags()
+    assert flags[flags.index("--metrics") + 1] == "fvd,physics,cyclic"
+    assert flags[flags.index("--i3d") + 1] == __file__
+    assert metric_list(_spec(tmp_path, eval_metrics="physics,fvd", i3d=__file__)) == [
+        "physics", "fvd"]
+    assert metric_list(_spec(tmp_path, eval_metrics=" physics, ,cyclic")) == ["physics", "cyclic"]
+
+
+# -- settings checked before any data ------------------------------------------------------
+
+def _fvd_spec(tmp_path, **kw):
+    # any existing file stands in for the I3D detector: check_flags only looks for it
+    return _spec(tmp_path, eval_metrics="physics", i3d=__file__, **kw)
+
+
+def test_the_paper_protocols_fvd_fits_the_papers_test_split(tmp_path, monkeypatch):
+    # --paper-sizes --i3d: 2048 FVD videos (hgan.evaluate's default) from 2048 held-out
+    # trajectories, one clip each: exactly enough.
+    monkeypatch.delenv("HGAN_I3D", raising=False)
+    check_flags(_fvd_spec(tmp_path, test_traj=2048))
+    with pytest.raises(GridError, match="FVD over --fvd-videos 2048 needs as many held-out "
+                                        "trajectories, and the grid makes --test-traj 2047"):
+        check_flags(_fvd_spec(tmp_path, test_traj=2047))
+    check_flags(_fvd_spec(tmp_path, test_traj=8, eval_args=("--fvd-videos", "8")))
+
+
+def test_fvd_takes_clips_of_exactly_its_minimum_length(tmp_path, monkeypatch):
+    from hgan.evaluate.fvd import MIN_FRAMES
+    monkeypatch.delenv("HGAN_I3D", raising=False)
+    kw = dict(test_traj=2048)
+    check_flags(_fvd_spec(tmp_path, frames=MIN_FRAMES, **kw))
+    with pytest.raises(GridError, match=f"--frames {MIN_FRAMES - 1}: FVD's I3D"):
+        check_flags(_fvd_spec(tmp_path, frames=MIN_FRAMES - 1, **kw))
+
+
+def test_clips_as_long_as_the_trajectories_are_accepted(tmp_path):
+    # --frames 16 --traj-frames 16: every clip is a whole trajectory, for training and for
+    # evaluation; one frame more is refused before any data.
+    spec = _spec(tmp_path, frames=16, traj_frames=16)
+    check_flags(spec)
+    assert datasets.missing_splits(spec, "pendulum") == ["train", "test"]
+    with pytest.raises(GridError, match=re.escape(
+            "evaluation with --frames 17 is longer than the held-out trajectories "
+            "(--traj-frames 16)")):
+        check_flags(_spec(tmp_path, frames=16, traj_frames=16, eval_args=("--frames", "17")))
+    with pytest.raises(GridError, match=re.escape("--traj-frames 15 is shorter than the "
+                                                  "training clips (--frames 16)")):
+        datasets.missing_splits(_spec(tmp_path, frames=16, traj_frames=15), "pendulum")
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(traj_frames=7), "has frames = 6, the grid asks for 7"),
+    (dict(resolution=64), "has resolution = 32, the grid asks for 64"),
+    (dict(data_seed=1), "has seed = 0, the grid asks for 1"),
+    (dict(test_traj=3), "test.h5 has n_trajectories = 2, the grid asks for 3"),
+])
+def test_an_existing_dataset_of_other_frames_resolution_or_seed_is_an_error(tmp_path, change,
+                                                                            message):
+    kw = dict(train_traj=3, test_traj=2, traj_frames=6, frames=4)
+    spec = _spec(tmp_path, **kw)
+    datasets.generate(spec, "pendulum", ["train", "test"])
+    assert datasets.missing_splits(spec, "pendulum") == []
+    with pytest.raises(GridError, match=re.escape(message)):
+        datasets.missing_splits(_spec(tmp_path, **{**kw, **change}), "pendulum")
+
+
+# -- table1's own flags -------------------------------------------------------------------
+
+def _parse(*flags):
+    return cli.spec_from_args(cli.build_parser().parse_args(["table1", "--out", "g", *flags]))
+
+
+def test_paper_sizes_are_the_papers_data_sizes():
+    spec = _parse("--paper-sizes")
+    assert (spec.train_traj, spec.test_traj, spec.traj_frames) == (50_000, 2_048, 512)
+    spec = _parse("--train-traj", "7", "--test-traj", "5", "--traj-frames", "20")
+    assert (spec.train_traj, spec.test_traj, spec.traj_frames) == (7, 5, 20)
+    assert (_parse().train_traj, _parse().test_traj, _parse().traj_frames) == (1_000, 256, 128)
+
+
+def test_a_pack_of_sixteen_runs_is_accepted():
+    # the documented limit: a pack holds at most 16 runs (torch's pool of CUDA streams)
+    assert _parse("--pack", "16").runs()
+    with pytest.raises(GridError, match="--pack 17: at most 16"):
+        _parse("--pack", "17")
+
+
+def test_the_commit_named_in_compare_md_is_hgan_commit_where_set(monkeypatch):
+    # bench/gpu/table1.sh copies the tree without .git and names the commit this way
+    monkeypatch.setenv("HGAN_COMMIT", "abc1234")
+    assert cli._commit() == "abc1234"
+
