@@ -199,3 +199,14 @@ def test_the_commit_named_in_compare_md_is_hgan_commit_where_set(monkeypatch):
     monkeypatch.setenv("HGAN_COMMIT", "abc1234")
     assert cli._commit() == "abc1234"
 
+
+@pytest.mark.parametrize("flag", ["--train-traj", "--test-traj", "--traj-frames"])
+def test_no_trajectories_or_frames_is_one_error_before_any_data(tmp_path, capsys, flag):
+    # --train-traj 0 or --test-traj 0 used to pass every check; then each system's data
+    # generation failed in its thread with h5py's "Chunk shape must not be greater than data
+    # shape", and the command exited 1 with a table of runs never started
+    out = tmp_path / "grid"
+    assert cli.main(["table1", "--out", str(out), "--systems", "pendulum", "--models", "hgan",
+                     "--device", "cpu", flag, "0"]) == 2
+    assert capsys.readouterr().err == f"hgan.experiments: error: {flag} must be >= 1, got 0\n"
+    assert not out.exists()

@@ -93,6 +93,9 @@ def spec_from_args(a):
     for name in ("parallel", "pack", "batch_size", "frames", "resolution", "iters"):
         if getattr(a, name) < 1:
             raise GridError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    for name, value in sizes.items():  # else each dataset's generation fails in its thread
+        if value < 1:
+            raise GridError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
     if not a.systems or not a.models or not a.seeds:
         raise GridError("--systems, --models and --seeds need at least one entry each")
     if a.data_only and a.report_only:
