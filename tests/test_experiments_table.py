@@ -1,0 +1,206 @@
+"""compare.md from hand-made run directories: cells over several seeds, the runs' states and
+times, the real-data row, the claims' verdicts at their bounds, the sample montage, the
+header (no training, no evaluation)."""
+import json
+import os
+import statistics
+
+import pytest
+
+from hgan.experiments import report, table
+from hgan.experiments.grid import GridSpec
+
+
+def _spec(tmp_path, **kw):
+    base = dict(out=str(tmp_path), systems=("pendulum",), models=("hgan", "mocogan"), seeds=(0,),
+                iters=100, eval_metrics="physics,cyclic,appearance")
+    base.update(kw)
+    return GridSpec(**base)
+
+
+def _results(drift, *, real=0.01, noise_floor=0.008, mass_ratio=None, active=None,
+             iteration=100):
+    res = {"iteration": iteration, "metrics": ["physics", "cyclic", "appearance"],
+           "physics": {"energy_drift": {"generated": {"median": drift}, "real": {"median": real},
+                                        "noise_floor": {"median": noise_floor}}},
+           "appearance": {"generated": {"median": 0.01}, "real": {"median": 0.003},
+                          "generated_flagged": 0.0, "real_flagged": 0.0},
+           "cyclic": {"active_momenta": None if active is None else {
+               "active_dims": active, "k": 10, "threshold": 0.02}}}
+    if mass_ratio is not None:
+        res["appearance"]["mass_ratio"] = mass_ratio
+    return res
+
+
+def _write(run, results=None, *, iteration=100, segments=None, ev=None):
+    """A run directory as train.py, hgan.evaluate and the runner leave it."""
+    os.makedirs(run.path("checkpoints"), exist_ok=True)
+    open(run.checkpoint, "wb").close()
+    with open(run.path("summary.json"), "w") as f:
+        json.dump({"iteration": iteration}, f)
+    if results is not None:
+        os.makedirs(run.path("eval"), exist_ok=True)
+        with open(run.path("eval", "results.json"), "w") as f:
+            json.dump(results, f)
+    segs = segments if segments is not None else [
+        {"from": 0, "to": iteration, "seconds": 12.0, "returncode": 0, "it_per_s_logged": 8.5}]
+    run.save_record({"segments": segs, **({"eval": ev} if ev else {})})
+
+
+def _checks(spec):
+    return "\n".join(table.checks_section(spec, table.collect(spec)))
+
+
+def _check_row(text, metric="energy drift", system="pendulum", model="hgan"):
+    prefix = f"| {model} < mocogan on {metric} | {system} | "
+    line = next(line for line in text.splitlines() if line.startswith(prefix))
+    return line[len(prefix):].rstrip(" |").split(" | ")   # verdict, HNN model, mocogan
+
+
+def _seeds(tmp_path, values):
+    """Runs of several seeds with the energy drifts `values` {model: [per seed]}."""
+    n = len(next(iter(values.values())))
+    spec = _spec(tmp_path, seeds=tuple(range(n)))
+    for run in spec.runs():
+        _write(run, _results(values[run.model][run.seed]))
+    return spec
+
+
+def test_a_cell_of_several_seeds_is_their_mean_and_standard_deviation(tmp_path):
+    hgan, moco = [0.1, 0.1, 0.4], [0.5, 0.6, 0.7]   # hgan: mean 0.2, median 0.1
+    spec = _seeds(tmp_path, {"hgan": hgan, "mocogan": moco})
+    text = "\n".join(table.metric_sections(spec, table.collect(spec)))
+    mean, std = statistics.fmean(hgan), statistics.pstdev(hgan)
+    assert (f"{mean:.3g}", f"{std:.2g}") == ("0.2", "0.14")
+    assert "| hgan | 0.2 ± 0.14 (100 it, 12 s) |" in text, text
+    assert "| mocogan | 0.6 ± 0.082 (100 it, 12 s) |" in text, text
+
+
+@pytest.mark.parametrize("hgan, moco, verdict", [
+    # 0.2 ± 0.1 against 0.6 ± 0.1: the spreads [0.1, 0.3] and [0.5, 0.7] do not meet
+    ([0.1, 0.3], [0.5, 0.7], "holds (outside the seed spread)"),
+    # 0.2 ± 0.1 against 0.3 ± 0.05: [0.1, 0.3] and [0.25, 0.35] overlap
+    ([0.1, 0.3], [0.25, 0.35], "holds (within the seed spread)"),
+    ([0.5, 0.7], [0.1, 0.3], "does not hold (outside the seed spread)"),
+])
+def test_two_seeds_say_whether_the_means_lie_outside_each_others_spread(tmp_path, hgan, moco,
+                                                                        verdict):
+    spec = _seeds(tmp_path, {"hgan": hgan, "mocogan": moco})
+    assert _check_row(_checks(spec))[0] == verdict
+
+
+def test_a_tie_does_not_hold(tmp_path):
+    # "HGAN < MoCoGAN" is strict: equal values are no evidence for it
+    spec = _spec(tmp_path)
+    for run in spec.runs():
+        _write(run, _results(0.2))
+    assert _check_row(_checks(spec))[0] == "does not hold"
+
+
+@pytest.mark.parametrize("mass, verdict", [
+    (0.25, "holds"), (4.0, "holds"),                       # the bounds themselves: real-like
+    (5.0, "n/a (foreground mass 5 x real's)"),             # fills the frame
+    (0.2, "n/a (foreground mass 0.2 x real's)"),           # draws (almost) nothing
+])
+def test_a_foreground_mass_outside_a_quarter_to_four_times_reals_gets_no_verdict(tmp_path, mass,
+                                                                                   verdict):
+    spec = _spec(tmp_path)
+    for run in spec.runs():
+        _write(run, _results(0.05 if run.model == "hgan" else 0.2,
+                             mass_ratio=mass if run.model == "hgan" else 1.0))
+    assert _check_row(_checks(spec))[0] == verdict
+
+
+@pytest.mark.parametrize("active, verdict", [(1, "holds"), (0, "does not hold"),
+                                             (2, "does not hold")])
+def test_the_pendulum_claim_holds_for_exactly_one_active_dimension(tmp_path, active, verdict):
+    spec = _spec(tmp_path, models=("hgan",))
+    run, = spec.runs()
+    _write(run, _results(0.05, active=active))
+    assert f"| pendulum | hgan | 0 | {active} of 10 | 1 | 0.02 | {verdict} | 100 it, 12 s |" in \
+        _checks(spec)
+
+
+def test_a_claim_with_one_side_not_evaluated_is_listed_as_n_a(tmp_path):
+    spec = _spec(tmp_path)
+    hgan, moco = spec.runs()
+    _write(hgan, _results(0.05))
+    _write(moco, None)
+    assert _check_row(_checks(spec)) == ["n/a", "0.05 (100 it, 12 s)", "n/a"]
+
+
+def test_the_real_data_row_gives_each_systems_own_value(tmp_path):
+    spec = _spec(tmp_path, systems=("pendulum", "mass_spring"))
+    real = {"pendulum": 0.01, "mass_spring": 0.02}
+    for run in spec.runs():
+        _write(run, _results(0.05, real=real[run.system], noise_floor=0.008))
+    text = "\n".join(table.metric_sections(spec, table.collect(spec)))
+    assert "| *real held-out videos (probe noise floor)* | 0.01 (0.008) | 0.02 (0.008) |" in text
+
+
+def test_runs_table_states_times_and_the_last_rate(tmp_path):
+    spec = _spec(tmp_path, models=("hgan", "hnn_gan", "mocogan"), seeds=(0,), iters=10)
+    hgan, hnn, moco = spec.runs()
+    # failed once, then resumed to the end and evaluated: not "failed"; the rate of the last
+    # segment; the time of both segments
+    _write(hgan, _results(0.05, iteration=10), iteration=10, segments=[
+        {"from": 0, "to": 4, "seconds": 5.0, "returncode": 1, "it_per_s_logged": 2.0},
+        {"from": 4, "to": 10, "seconds": 9.0, "returncode": 0, "it_per_s_logged": 6.5}],
+        ev={"seconds": 3.0, "returncode": 0, "iteration": 10})
+    # its last segment failed at 4
+    _write(hnn, None, iteration=4, segments=[
+        {"from": 0, "to": 4, "seconds": 5.0, "returncode": 3, "it_per_s_logged": 2.0}])
+    # stopped short by a deadline at 6, evaluated there
+    _write(moco, _results(0.2, iteration=6), iteration=6, segments=[
+        {"from": 0, "to": 6, "seconds": 7.0, "returncode": 0, "it_per_s_logged": 4.0}],
+        ev={"seconds": 2.0, "returncode": 0, "iteration": 6})
+    text = "\n".join(table.runs_section(table.collect(spec)))
+    assert "| pendulum | hgan | 0 | 10 / 10 | 14 | 6.5 | 3 | evaluated |" in text, text
+    assert "| pendulum | hnn_gan | 0 | 4 / 10 | 5 | 2 | n/a | failed |" in text, text
+    assert "| pendulum | mocogan | 0 | 6 / 10 | 7 | 4 | 2 | stopped short, evaluated |" in text
+
+
+def test_the_sample_montage_shows_real_data_first_then_the_models(tmp_path):
+    from PIL import Image
+    spec = _spec(tmp_path, models=("hgan", "mocogan"))
+    colours = {"real": (0, 0, 255), "hgan": (255, 0, 0), "mocogan": (0, 255, 0)}
+    for run in spec.runs():
+        res = _results(0.05)
+        res["figures"] = {f"samples_{run.model}": "mine.png", "samples_real": "real.png"}
+        _write(run, res)
+        Image.new("RGB", (8, 4), colours[run.model]).save(run.path("eval", "mine.png"))
+        Image.new("RGB", (8, 4), colours["real"]).save(run.path("eval", "real.png"))
+    path = str(tmp_path / "montage.png")
+    got, labels = report._samples_montage(spec, table.collect(spec), "pendulum", path)
+    assert labels == ["real", "hgan", "mocogan"]
+    im = Image.open(got).convert("RGB")
+    # 4-pixel strips with 6-pixel gaps: rows 0, 10, 20 start each strip
+    assert [im.getpixel((0, y)) for y in (0, 10, 20)] == [colours[k] for k in labels]
+
+
+def test_the_bar_charts_real_dash_is_real_datas_value_not_the_noise_floor(tmp_path,
+                                                                           monkeypatch):
+    import matplotlib.axes
+    drawn = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "hlines",
+                        lambda self, y, *a, **k: drawn.append(y))
+    spec = _spec(tmp_path)
+    for run in spec.runs():
+        _write(run, _results(0.05, real=0.01, noise_floor=0.008))
+    key, title, get, _ = next(m for m in table.METRICS if m[0] == "energy_drift")
+    assert report._bar_chart(spec, table.collect(spec), key, title, get,
+                             str(tmp_path / "e.png"))
+    assert drawn == [0.01]
+
+
+def test_the_header_states_the_grid_asked_for(tmp_path):
+    spec = _spec(tmp_path, iters=123, batch_size=8, frames=6, resolution=32, train_traj=40,
+                 test_traj=9, traj_frames=20, data_seed=3, train_args=("--amp",))
+    text = report.write_compare(spec, {"command": "python -m hgan.experiments table1",
+                                       "device": "CPU x", "commit": "abc", "wall_s": 61.4})
+    assert "- every run: 123 iterations asked, batch 8, 6 frames, 32 px, extra train.py flags " \
+           "`--amp`" in text
+    assert "- data: 40 train / 9 test trajectories of 20 frames per system (seed 3)" in text
+    assert "- wall time of the invocation: 61 s" in text
+    assert "- device: CPU x; commit abc;" in text
+    assert open(tmp_path / "compare.md").read() == text
