@@ -338,3 +338,164 @@ def test_evaluations_of_a_system_wait_for_its_probe_unless_a_fitting_one_is_cach
     assert not grid._ready(grid.jobs[1])        # a probe of other settings is retrained
     torch.save({"key": probe._data_key(data, **kw)}, probe.probe_cache_path(data))
     assert grid._ready(grid.jobs[1])
+
+
+def test_each_child_gets_its_share_of_the_cores(tmp_path, monkeypatch):
+    # OMP_NUM_THREADS = cores / (K x pack) for training, cores / K for evaluation, at least 1,
+    # and a value the user set is kept.
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan",))
+    grid = runner.GridRunner(spec, parallel=2, pack=4, progress=False, log=lambda m: None)
+    assert (grid.train_env["OMP_NUM_THREADS"], grid.env["OMP_NUM_THREADS"]) == ("2", "8")
+    grid = runner.GridRunner(spec, parallel=32, progress=False, log=lambda m: None)
+    assert (grid.train_env["OMP_NUM_THREADS"], grid.env["OMP_NUM_THREADS"]) == ("1", "1")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    grid = runner.GridRunner(spec, parallel=2, pack=4, progress=False, log=lambda m: None)
+    assert (grid.train_env["OMP_NUM_THREADS"], grid.env["OMP_NUM_THREADS"]) == ("3", "3")
+
+
+# Prepended to a stand-in job: appends "<kind> <run name>" to $ORDER_LOG as it starts.
+_NOTE = ("import os, sys\nopen(os.environ['ORDER_LOG'], 'a').write('{kind} ' + "
+         "os.path.basename(sys.argv[1]) + '\\n')\n")
+
+
+def test_a_freed_slot_evaluates_a_finished_run_before_training_the_next(tmp_path, fake_jobs,
+                                                                         monkeypatch):
+    # Evaluations go first: their results are what people wait for.
+    order = tmp_path / "order.txt"
+    monkeypatch.setenv("ORDER_LOG", str(order))
+    train, evaluate = Run.train_command, Run.eval_command    # fake_jobs' stand-ins
+    monkeypatch.setattr(Run, "train_command", lambda self: [
+        *train(self)[:2], _NOTE.format(kind="train") + FAKE_TRAIN, *train(self)[3:]])
+    monkeypatch.setattr(Run, "eval_command", lambda self: [
+        *evaluate(self)[:2], _NOTE.format(kind="eval") + FAKE_EVAL, *evaluate(self)[3:]])
+    spec = GridSpec(out=str(tmp_path / "g"), systems=("pendulum",), models=("hgan", "mocogan"),
+                    iters=3, eval_metrics="physics")
+    grid = runner.GridRunner(spec, parallel=1, progress=False, log=lambda m: None)
+    grid.plan()
+    grid.execute()
+    assert order.read_text().splitlines() == [
+        "train pendulum-hgan-s0", "eval pendulum-hgan-s0",
+        "train pendulum-mocogan-s0", "eval pendulum-mocogan-s0"]
+
+
+def test_a_dataset_that_failed_skips_the_training_and_evaluation_of_its_runs_only(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(runner.datasets, "missing_splits", lambda spec, system: ["train"])
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum", "mass_spring"), models=("hgan",),
+                    iters=3, eval_metrics="physics")
+    grid = runner.GridRunner(spec, parallel=1, progress=False, log=lambda m: None)
+    jobs = {(j.kind, j.name): j for j in grid.plan()}
+    jobs["data", "pendulum"].state = "failed"
+    grid._skip_blocked()
+    # the evaluation waits on a skipped training: skipped too, or the grid would wait forever
+    assert jobs["train", "pendulum-hgan-s0"].state == jobs["eval", "pendulum-hgan-s0"].state \
+        == "skipped"
+    assert {jobs[k].state for k in jobs if "mass_spring" in k[1]} == {"queued"}
+
+
+def _table1(out, *flags):
+    from hgan.experiments import cli
+    return cli.main(["table1", "--out", str(out), "--systems", "pendulum", "--models",
+                     "hgan,mocogan", "--device", "cpu", "--no-progress", "--eval-metrics",
+                     "physics", *flags])
+
+
+def _runs_rows(out):
+    text = open(os.path.join(out, "compare.md")).read()
+    return text, {line.split(" | ")[1]: line for line in text.splitlines()
+                  if line.startswith("| pendulum | ")}
+
+
+def test_ctrl_c_stops_every_job_with_a_checkpoint_and_still_writes_compare_md(
+        tmp_path, fake_jobs, capsys):
+    import signal
+    import threading
+    import time
+    out = tmp_path / "g"
+    started = out / "runs" / "pendulum-hgan-s0" / "spans.txt"
+
+    def ctrl_c():  # once the first training has started (the grid's handler is in place)
+        for _ in range(6000):
+            if started.exists():
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.01)
+    threading.Thread(target=ctrl_c, daemon=True).start()
+    assert _table1(out, "--iters", "500") == 130
+    hgan, mocogan = GridSpec(out=str(out), systems=("pendulum",), models=("hgan", "mocogan"),
+                             iters=500).runs()
+    assert hgan.summary()["stopped"] == "SIGTERM" and hgan.iteration() < 500
+    assert hgan.resumable() and not os.path.exists(hgan.path("eval"))
+    assert not os.path.exists(mocogan.dir)     # queued (one job at a time): never started
+    text, rows = _runs_rows(out)
+    assert "**Interrupted**: the command was stopped; run it again to resume." in text
+    assert rows["mocogan"].startswith("| pendulum | mocogan | 0 | 0 / 500 |")
+    assert rows["mocogan"].endswith("| not run |")
+
+
+def test_a_failed_run_is_exit_code_1_and_failed_in_compare_md(tmp_path, fake_jobs, capsys):
+    fake_jobs.add("pendulum-hgan-s0")
+    out = tmp_path / "g"
+    assert _table1(out, "--iters", "10", "--parallel", "2") == 1
+    assert "failed: train pendulum-hgan-s0" in capsys.readouterr().err
+    _, rows = _runs_rows(out)
+    assert rows["hgan"].startswith("| pendulum | hgan | 0 | 0 / 10 |")
+    assert rows["hgan"].endswith("| failed |")
+    assert rows["mocogan"].startswith("| pendulum | mocogan | 0 | 10 / 10 |")
+    assert rows["mocogan"].endswith("| evaluated |")
+
+
+def test_report_only_rewrites_the_table_of_the_grid_that_trained(tmp_path, capsys):
+    # `table1 --report-only --out DIR` without the grid's flags: the saved grid, not the defaults
+    from hgan.experiments import cli
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan",), iters=7,
+                    eval_metrics="physics")
+    with open(tmp_path / "grid.json", "w") as f:
+        json.dump({"spec": spec.to_dict(), "command": "python -m hgan.experiments table1 -x",
+                   "commit": "c0ffee", "device": "CPU test", "wall_s": 12.0}, f)
+    run, = spec.runs()
+    os.makedirs(run.path("checkpoints"))
+    open(run.checkpoint, "wb").close()
+    json.dump({"iteration": 7}, open(run.path("summary.json"), "w"))
+    assert cli.main(["table1", "--report-only", "--out", str(tmp_path)]) == 0
+    text = open(tmp_path / "compare.md").read()
+    assert text.startswith("# Table 1 grid: 1 systems x 1 models x 1 seed(s)")
+    assert "| pendulum | hgan | 0 | 7 / 7 |" in text
+    assert "- command: `python -m hgan.experiments table1 -x (table rewritten with " \
+           "--report-only)`" in text
+    assert "commit c0ffee" in text and "wall time of the invocation: 12 s" in text
+
+
+def test_export_keeps_each_runs_summary_and_training_times_but_no_checkpoint(tmp_path):
+    from hgan.experiments import cli
+    grid, dest = tmp_path / "g", tmp_path / "copy"
+    files = ["compare.md", "grid.json", "figures/fvd.png", "runs/r/config.json",
+             "runs/r/summary.json", "runs/r/experiment.json", "runs/r/eval/results.json",
+             "runs/r/eval/report.md", "runs/r/eval/tsne.png"]
+    left = ["runs/r/checkpoints/last.pt", "runs/r/train.log", "runs/r/eval/samples.gif",
+            "runs/r/tb/events.out", "data/pendulum/train.h5"]
+    for f in files + left:
+        os.makedirs(os.path.dirname(grid / f), exist_ok=True)
+        (grid / f).write_text(f)
+    assert sorted(cli.export(str(grid), str(dest))) == sorted(files)
+    assert (dest / "runs/r/experiment.json").read_text() == "runs/r/experiment.json"
+
+
+def test_a_grid_asked_for_more_iterations_trains_on_and_records_each_segment(tmp_path,
+                                                                             fake_jobs):
+    # (the stand-in trains from 0 again; the segments record where the run's summary stood)
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan",), iters=3,
+                    eval_metrics="physics")
+    grid = runner.GridRunner(spec, progress=False, log=lambda m: None)
+    grid.plan()
+    grid.execute()
+    longer = GridSpec(**{**spec.to_dict(), "iters": 5})
+    grid = runner.GridRunner(longer, progress=False, log=lambda m: None)
+    assert [(j.kind, j.name) for j in grid.plan()] == [("train", "pendulum-hgan-s0"),
+                                                        ("eval", "pendulum-hgan-s0")]
+    grid.execute()
+    run, = longer.runs()
+    assert [(s["from"], s["to"]) for s in run.record()["segments"]] == [(0, 3), (3, 5)]
+    assert run.evaluated() and run.results()["iteration"] == 5

@@ -315,3 +315,23 @@ def test_report_only_on_a_folder_that_is_no_grid_is_one_error(tmp_path, capsys):
     assert cli.main(["table1", "--report-only", "--out", str(missing)]) == 2
     assert capsys.readouterr().err == f"hgan.experiments: error: --report-only: no grid at {missing}\n"
     assert not missing.exists()
+
+
+def test_output_pump_reads_a_slow_rate_given_in_seconds_per_iteration():
+    # tqdm writes "2.50s/it" below 1 it/s: the status line's it/s is its inverse
+    pump = OutputPump()
+    pump.feed(b"hgan/pendulum:  3/10 [00:05<00:12,  2.50s/it, D_I=1.2]\r")
+    assert (pump.it, pump.total, pump.rate) == (3, 10, 0.4)
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_inline_evaluations_draw_no_bars_under_no_progress(tmp_path, monkeypatch, progress):
+    # in-process evaluations write to the grid's own stderr: --no-progress reaches them
+    from hgan.experiments import runner
+    spec = _spec(tmp_path, models=("hgan",))
+    grid = runner.GridRunner(spec, progress=progress, inline_eval=True, log=lambda m: None)
+    commands = []
+    monkeypatch.setattr(grid, "_eval_inline", lambda job, cmd, log_path: commands.append(cmd))
+    run, = spec.runs()
+    grid._start(runner.Job("eval", "pendulum", run))
+    assert commands == [run.eval_command() + ([] if progress else ["--no-progress"])]
