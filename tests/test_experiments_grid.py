@@ -137,8 +137,10 @@ def test_flags_no_run_could_take_are_one_error_before_any_job(tmp_path, capsys, 
                                                             monkeypatch):
     monkeypatch.delenv("HGAN_I3D", raising=False)
     out = tmp_path / "grid"
+    # tiny sizes first (`flags` may override them): a check that no longer refuses fails
+    # within a minute instead of training 20,000 iterations
     assert cli.main(["table1", "--out", str(out), "--systems", "pendulum", "--models", "hgan",
-                     "--device", "cpu"] + flags) == 2
+                     "--device", "cpu", "--iters", "1", "--train-traj", "2"] + flags) == 2
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("hgan.experiments: error: "), lines
     assert message in lines[0]
