@@ -210,3 +210,15 @@ def test_no_trajectories_or_frames_is_one_error_before_any_data(tmp_path, capsys
                      "--device", "cpu", flag, "0"]) == 2
     assert capsys.readouterr().err == f"hgan.experiments: error: {flag} must be >= 1, got 0\n"
     assert not out.exists()
+
+
+def test_physics_metrics_with_fewer_than_two_held_out_videos_are_refused_before_training(tmp_path):
+    # hgan.evaluate refuses them (a Frechet distance needs a covariance), but only after the
+    # grid had trained every run; two are enough
+    check_flags(_spec(tmp_path, test_traj=2))
+    with pytest.raises(GridError, match=r"physics metrics need at least 2 held-out videos; the "
+                                        r"grid would give 1 \(--test-traj 1, --physics-videos 256"):
+        check_flags(_spec(tmp_path, test_traj=1))
+    with pytest.raises(GridError, match=r"would give 1 \(--test-traj 8, --physics-videos 1\)"):
+        check_flags(_spec(tmp_path, test_traj=8, eval_args=("--physics-videos", "1")))
+    check_flags(_spec(tmp_path, test_traj=1, eval_metrics="cyclic"))  # no physics: no limit

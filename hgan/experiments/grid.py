@@ -270,6 +270,15 @@ def check_flags(spec):
     if args.frames > spec.traj_frames and not args.real:  # --real: not the grid's test.h5
         raise GridError(f"evaluation with --frames {args.frames} is longer than the held-out "
                         f"trajectories (--traj-frames {spec.traj_frames})")
+    if "physics" in args.metrics and not args.real:
+        # hgan.evaluate's own check (inputs.MIN_PHYSICS_VIDEOS), made before the training it
+        # would otherwise follow
+        from hgan.evaluate.inputs import MIN_PHYSICS_VIDEOS
+        n = min(spec.test_traj, args.physics_videos)
+        if n < MIN_PHYSICS_VIDEOS:
+            raise GridError(f"the physics metrics need at least {MIN_PHYSICS_VIDEOS} held-out "
+                            f"videos; the grid would give {n} (--test-traj {spec.test_traj}, "
+                            f"--physics-videos {args.physics_videos})")
     if "fvd" in args.metrics and i3d and not args.real and args.fvd_videos > spec.test_traj:
         # one clip per held-out trajectory (hgan.evaluate.inputs)
         raise GridError(f"FVD over --fvd-videos {args.fvd_videos} needs as many held-out "
