@@ -4,6 +4,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 import torch
 
 WORKER = textwrap.dedent("""
@@ -114,3 +115,40 @@ def test_two_gloo_ranks_train_in_sync(tiny_pendulum_h5, tmp_path):
     # the stop flag's all-reduce (a GPU sync on NCCL) ran on the last iteration only, not on
     # both: the ranks poll every STOP_POLL_EVERY iterations and at the end
     assert r0["polls"] == r1["polls"] == 1
+
+
+def _parameters_without_gradient(trainer, steps=2):
+    seen = set()
+    for n, p in trainer.G.named_parameters():
+        p.register_hook(lambda g, n=n: seen.add(n))
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        trainer.step(torch.rand(2, 4, 3, 32, 32, generator=g) * 2 - 1)
+    return [n for n, _ in trainer.G.named_parameters() if n not in seen]
+
+
+@pytest.mark.parametrize("kw", [
+    dict(model="hgan", integrator="reference"),
+    dict(model="hnn_gan", integrator="reference", hamiltonian="separable"),
+    dict(model="hgan", integrator="analytic"),
+    dict(model="hgan", integrator="analytic", hamiltonian="separable", scheme="official"),
+    dict(model="hnn_gan", integrator="analytic", activation="tanh", rollout_frames=0),
+    dict(model="mocogan", gru_input="feedback"),
+    dict(model="mocogan", gru_input="noise"),
+], ids=lambda kw: "-".join(str(v) for v in kw.values()))
+def test_g_looks_for_unused_parameters_exactly_when_it_has_some(kw):
+    # G's DDP wrapper skips the per-step search for parameters without gradient unless the
+    # model has some (a missing one would stop DDP at the next step; a needless search costs
+    # host time every step): the oracle is which parameters a plain step leaves without one
+    from hgan.models import ModelConfig
+    from hgan.train import RunConfig
+    from hgan.train import dist as hdist
+    from hgan.train.loop import Trainer, ddp_finds_unused
+    mcfg = ModelConfig(ngf=8, ndf=8, clip_frames=4, hidden=16, **kw)
+    trainer = Trainer(RunConfig(batch_size=2, frames=4, device="cpu", model=mcfg),
+                      hdist.DistInfo())
+    missing = _parameters_without_gradient(trainer)
+    assert bool(missing) == ddp_finds_unused(mcfg), missing
+    if missing:  # the Hamiltonian's output biases, nothing else
+        assert all(n.startswith("motion_module.hamiltonian.") and n.endswith(".2.bias")
+                   for n in missing), missing

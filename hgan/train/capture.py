@@ -71,8 +71,9 @@ def fallback_reason(cfg, device, *, distributed=False, grad_scaler=False):
     if torch.device(device).type != "cuda":
         return f"CUDA graphs need a CUDA device (running on {torch.device(device).type})"
     if distributed:
-        return ("DDP: G's wrapper looks for unused parameters every step (the Hamiltonian's "
-                "output bias gets no gradient), which a static graph cannot do")
+        return ("DDP: this trainer does not capture DistributedDataParallel's gradient "
+                "all-reduce (NCCL inside a CUDA graph needs DDP's static-graph mode, not set up "
+                "or measured here)")
     if cfg.r1_gamma > 0:
         return ("--r1-gamma > 0: the R1 penalty's double backward runs outside compiled "
                 "code and is not captured")

@@ -45,6 +45,12 @@ def resolve_device(name: str, info: hdist.DistInfo) -> torch.device:
     return dev
 
 
+def ddp_finds_unused(mcfg) -> bool:
+    """Whether G has parameters without gradient, which G's DDP wrapper must then look for:
+    the Hamiltonian's output biases under the reference integrator (see Trainer.__init__)."""
+    return mcfg.model in ("hgan", "hnn_gan") and mcfg.integrator == "reference"
+
+
 def cpu_has_fast_bf16() -> bool:
     """Native bf16 arithmetic: AVX512-BF16 or AMX. (oneDNN's own "bf16 supported" probe also
     says yes on plain AVX512 CPUs, where bf16 is emulated and slow.)"""
@@ -246,9 +252,13 @@ class Trainer:
         self.G_ddp, self.DI_ddp, self.DV_ddp = self.G, self.D_I, self.D_V
         if self.info.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # The Hamiltonian's output bias never reaches the dynamics (only dH/dx does), so
-            # G has a parameter without gradient: its reducer must look for unused ones.
-            self.G_ddp = DistributedDataParallel(self.G, device_ids=ids, find_unused_parameters=True)
+            # The Hamiltonian's output bias never reaches the dynamics (only dH/dx does): under
+            # the reference integrator's autograd it gets no gradient, and G's reducer must
+            # look for unused parameters (a graph traversal every step). The analytic and
+            # fused backward give it a zero gradient, and every other parameter of every model
+            # gets one (tests/test_train_ddp.py), so they skip the search.
+            self.G_ddp = DistributedDataParallel(
+                self.G, device_ids=ids, find_unused_parameters=ddp_finds_unused(cfg.model))
             # Each discriminator runs twice before its backward (fake, then real for R1). A
             # buffer broadcast at the second forward would overwrite the BatchNorm running
             # stats the first one saved, which torch 2.11 rejects at backward ("modified by an
