@@ -75,3 +75,11 @@ def test_workers_match_single_process_and_pickle(tiny_pendulum_h5):
                                                    seed=2, kind="torch", num_workers=2))]
     for x, y in zip(ref, got):
         torch.testing.assert_close(x, y, rtol=0, atol=0)
+
+
+def test_as_many_trajectories_as_ranks_gives_each_rank_one():
+    # n_traj == world_size is the smallest shareable set, not an error: one row per rank.
+    shards = [window_plan(4, 10, 4, seed=2, epoch=1, rank=r, world_size=4) for r in range(4)]
+    assert [s.shape for s in shards] == [(1, 2)] * 4
+    assert sorted(int(s[0, 0]) for s in shards) == [0, 1, 2, 3]
+    assert all(0 <= s[0, 1] <= 6 for s in shards)
