@@ -137,6 +137,39 @@ def test_auto_is_torch_without_cuda(frames_h5):
     assert stream.kind == "torch"
 
 
+def test_windows_as_long_as_the_trajectories_are_whole_trajectories(frames_h5):
+    # --frames equal to the trajectory length is valid (--gen-frames must be at least
+    # --frames): every window starts at 0 and a batch is whole trajectories in plan order.
+    path, data = frames_h5
+    stream = build_loader(path, batch_size=BATCH, frames=TRAJ_LEN, seed=6, kind="torch",
+                          num_workers=0)
+    assert stream.batches_per_epoch == N_TRAJ // BATCH
+    order = np.random.default_rng([6, 0]).permutation(N_TRAJ)   # window_plan's recipe
+    batch = next(iter(stream))
+    ref = torch.from_numpy(data[order[:BATCH]].astype(np.float64) / 127.5 - 1.0)
+    torch.testing.assert_close(batch.double(), ref.permute(0, 1, 4, 2, 3), rtol=0,
+                               atol=2 ** -23)
+
+
+@pytest.mark.parametrize("rank, world_size", [(0, 1), (1, 2)])
+def test_auto_weighs_the_whole_frame_array(frames_h5, monkeypatch, rank, world_size):
+    # gpu-resident copies every trajectory to the device on every rank, so "auto" must
+    # compare the bytes of the whole uint8 frames array (not a trajectory's, not a shard's)
+    # with RESIDENT_MEMORY_FRACTION of the GPU.
+    import hgan.data.loader as loader
+    path, data = frames_h5
+    seen = []
+
+    def spy(device, data_bytes, dali_available, device_memory=None):
+        seen.append(data_bytes)
+        return "torch"
+
+    monkeypatch.setattr(loader, "auto_kind", spy)
+    build_loader(path, batch_size=1, frames=FRAMES, rank=rank, world_size=world_size,
+                 kind="auto", num_workers=0).close()
+    assert seen == [N_TRAJ * TRAJ_LEN * SIZE * SIZE * 3] == [data.nbytes]
+
+
 @pytest.mark.parametrize("kw, match", [
     ({"kind": "tfrecord"}, "unknown loader kind"),
     ({"batch_size": 1000}, "exceeds"),
