@@ -157,3 +157,64 @@ def test_import_dm_double_pendulum_arms_and_missing_parameter(tmp_path):
                                          r"draws it from \[0.75, 1.0\]"):
         import_dm(d2, tmp_path / "o3", progress=False)
     assert not (tmp_path / "o3" / "double_pendulum_colors" / "train.h5").exists()
+
+
+def test_records_are_framed_as_tensorflow_frames_them(tmp_path):
+    # TensorBoard's RecordWriter (TensorFlow's framing, its own masked CRC-32C) is the oracle:
+    # the suite's files are written that way, and a wrong mask would refuse every one of them.
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    recs = [b"", b"a", bytes(range(256)) * 3]
+    theirs = tmp_path / "tf.tfrecord"
+    with open(theirs, "wb") as f:
+        w = RecordWriter(f)
+        for r in recs:
+            w.write(r)
+        w.flush()
+    assert list(read_records(theirs, verify_data=True)) == recs
+    ours = tmp_path / "ours.tfrecord"
+    write_records(ours, recs)
+    assert ours.read_bytes() == theirs.read_bytes()
+
+
+def test_damaged_records_are_named(tmp_path, capsys):
+    from hgan.data.tfrecord import TFRecordError
+    path = tmp_path / "r.tfrecord"
+    write_records(path, [b"x" * 40, b"y" * 40])   # each record: 12 + 40 + 4 = 56 bytes
+    raw = path.read_bytes()
+    assert len(raw) == 112
+    bad = bytearray(raw)
+    bad[12 + 5] ^= 1                                # a data byte: only the data CRC sees it
+    path.write_bytes(bytes(bad))
+    assert len(list(read_records(path))) == 2
+    with pytest.raises(TFRecordError, match="data CRC mismatch"):
+        list(read_records(path, verify_data=True))
+    for cut, match in ((56 + 12 + 20, "truncated record$"), (56 + 6, "truncated record header")):
+        path.write_bytes(raw[:cut])
+        with pytest.raises(TFRecordError, match=f"^{path}: {match}"):
+            list(read_records(path))
+    # through import-dm: one line naming the file, exit 2
+    rng = np.random.default_rng(2)
+    d = tmp_path / "pendulum"
+    d.mkdir()
+    _write_suite_dir(d, rng.integers(0, 256, (2, 3, 32, 32, 3), dtype=np.uint8),
+                     rng.standard_normal((2, 3, 2)), {}, 1)
+    raw = (d / "train.tfrecord").read_bytes()
+    for cut, match in ((len(raw) - 3, "truncated record"), (5, "truncated record header")):
+        (d / "train.tfrecord").write_bytes(raw[:cut])
+        _fails(["import-dm", str(d), "--out", str(tmp_path / "out")], capsys,
+               f"{d / 'train.tfrecord'}: {match}")
+    assert not (tmp_path / "out" / "pendulum" / "train.h5").exists()
+
+
+@pytest.mark.parametrize("float_list", [
+    b"\n\x08\x00\x00\xc0\x3f\x00\x00\x00\xc0",          # packed: one length-delimited field
+    b"\x0d\x00\x00\xc0\x3f\x0d\x00\x00\x00\xc0",        # unpacked: one fixed32 field each
+])
+def test_float_list_hand_encoded(float_list):
+    # Example{features{feature{key: "f", value{float_list{value: [1.5, -2.0]}}}}}, by hand:
+    # little-endian IEEE floats 1.5 = 0x3fc00000, -2.0 = 0xc0000000.
+    feature = b"\x12\x0a" + float_list
+    entry = b"\n\x01f" + b"\x12\x0c" + feature
+    data = b"\n\x13" + b"\n\x11" + entry
+    got = parse_example(data)["f"]
+    assert got.dtype == np.float32 and got.tolist() == [1.5, -2.0]
