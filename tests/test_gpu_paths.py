@@ -122,6 +122,28 @@ def test_dali_stream_with_spawned_workers_matches_torch(noisy_generated_h5, monk
     assert all(torch.equal(x, y) for x, y in zip(ref, got))
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda,
+                                                                     needs_cuda])])
+@pytest.mark.parametrize("kind", ["torch", "gpu-resident", "dali"])
+def test_held_batches_are_not_overwritten_by_later_ones(noisy_generated_h5, device, kind):
+    # A caller may keep a batch while it asks for the next ones (the step's kernels still
+    # read it, or it is kept for a figure): DALI's iterator reuses its output buffers
+    # ring-wise, so each stream must hand out storage of its own. 8 held batches outlast a
+    # ring of prefetch depth 2.
+    if kind == "dali":
+        pytest.importorskip("nvidia.dali")
+    from hgan.data.loader import build_loader
+    path = noisy_generated_h5(6, 20, 8)[0]
+    _, ref = _take(path, 8, kind="torch", num_workers=0)
+    stream = build_loader(path, batch_size=3, frames=4, seed=5, kind=kind, num_workers=2,
+                          device=device)
+    held = [b for _, b in zip(range(8), stream)]       # no copies taken
+    stream.close()
+    assert len(held) == 8
+    for g, (x, y) in enumerate(zip(ref, held)):
+        assert torch.equal(x, y.cpu()), f"batch {g} changed after later batches were read"
+
+
 @pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("kind,channels_last", [("torch", False), ("torch", True),
