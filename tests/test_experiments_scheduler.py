@@ -355,6 +355,18 @@ def test_each_child_gets_its_share_of_the_cores(tmp_path, monkeypatch):
     assert (grid.train_env["OMP_NUM_THREADS"], grid.env["OMP_NUM_THREADS"]) == ("3", "3")
 
 
+def test_training_children_are_told_how_many_runs_share_the_gpu(tmp_path, monkeypatch):
+    # K processes of `pack` runs each: K x pack runs weigh their frames against one GPU
+    # (hgan.data.loader.runs_sharing_gpu); evaluations train nothing; a user's value is kept
+    monkeypatch.delenv("HGAN_GPU_RUNS", raising=False)
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan",))
+    grid = runner.GridRunner(spec, parallel=3, pack=5, progress=False, log=lambda m: None)
+    assert grid.train_env["HGAN_GPU_RUNS"] == "15" and "HGAN_GPU_RUNS" not in grid.env
+    monkeypatch.setenv("HGAN_GPU_RUNS", "2")
+    grid = runner.GridRunner(spec, parallel=3, pack=5, progress=False, log=lambda m: None)
+    assert grid.train_env["HGAN_GPU_RUNS"] == "2"
+
+
 # Prepended to a stand-in job: appends "<kind> <run name>" to $ORDER_LOG as it starts.
 _NOTE = ("import os, sys\nopen(os.environ['ORDER_LOG'], 'a').write('{kind} ' + "
          "os.path.basename(sys.argv[1]) + '\\n')\n")

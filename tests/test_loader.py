@@ -268,3 +268,19 @@ def test_auto_kind_keeps_frames_on_the_gpu_when_they_fit(device, data_bytes, dal
     from hgan.data.loader import RESIDENT_MEMORY_FRACTION, auto_kind
     assert RESIDENT_MEMORY_FRACTION == 0.25
     assert auto_kind(device, data_bytes, dali, device_memory=100) == kind
+
+
+def test_runs_sharing_the_gpu_share_its_resident_quarter(monkeypatch):
+    # 10% of the GPU fits the quarter alone, and for 2 runs (20%), not for 3 (30%): packed or
+    # parallel runs would otherwise each take a quarter
+    from hgan.data.loader import GPU_RUNS_ENV, auto_kind
+    monkeypatch.delenv(GPU_RUNS_ENV, raising=False)
+    assert auto_kind("cuda", 10, True, device_memory=100) == "gpu-resident"
+    monkeypatch.setenv(GPU_RUNS_ENV, "2")
+    assert auto_kind("cuda", 10, True, device_memory=100) == "gpu-resident"
+    monkeypatch.setenv(GPU_RUNS_ENV, "3")
+    assert auto_kind("cuda", 10, True, device_memory=100) == "dali"
+    for bad in ("0", "two"):
+        monkeypatch.setenv(GPU_RUNS_ENV, bad)
+        with pytest.raises(ValueError, match=f"HGAN_GPU_RUNS='{bad}': expected a positive"):
+            auto_kind("cuda", 10, True, device_memory=100)

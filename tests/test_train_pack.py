@@ -368,3 +368,22 @@ def test_a_signal_before_the_runs_start_ends_the_pack_in_one_line(data_root, tmp
         "hgan.train.pack: stopped by SIGTERM before any run started; nothing of the runs was "
         "written"], proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_packed_runs_weigh_their_frames_as_runs_sharing_one_gpu(data_root, tmp_path,
+                                                               monkeypatch):
+    # under --loader auto each of N packed runs keeps its frames on the GPU only within 1/N of
+    # the resident quarter; the setting ends with the pack, and a caller's value is kept
+    from hgan.data import loader
+    seen = []
+    monkeypatch.setattr(pack, "_train_one",
+                        lambda i, argv, stop, router, codes: (
+                            seen.append(loader.runs_sharing_gpu()), codes.__setitem__(i, 0)))
+    monkeypatch.delenv(loader.GPU_RUNS_ENV, raising=False)
+    runs = [flags(data_root, tmp_path / f"r{i}") for i in range(3)]
+    assert pack.main(["--", *runs[0], "--", *runs[1], "--", *runs[2]]) == 0
+    assert seen == [3, 3, 3] and loader.GPU_RUNS_ENV not in os.environ
+    monkeypatch.setenv(loader.GPU_RUNS_ENV, "12")
+    seen.clear()
+    assert pack.main(["--", *runs[0], "--", *runs[1]]) == 0
+    assert seen == [12, 12] and os.environ[loader.GPU_RUNS_ENV] == "12"

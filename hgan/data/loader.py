@@ -16,6 +16,7 @@ missing, corrupt, incomplete or wrongly shaped file fails `build_loader` with th
 worker process (DataLoader or DALI external_source) opens its own validated handle.
 """
 import itertools
+import os
 
 import numpy as np
 import torch
@@ -29,6 +30,23 @@ KINDS = ("auto", "torch", "dali", "gpu-resident")
 # Under "auto" on CUDA the frames are kept on the GPU when they take at most this share of
 # its memory (the rest is for the networks, the step's activations and the CUDA graphs).
 RESIDENT_MEMORY_FRACTION = 0.25
+# Runs that share one GPU (hgan.train.pack's threads, the grid's parallel processes) share
+# that quarter: each weighs its frames times this many (hgan.train.pack and
+# hgan.experiments set it; default 1). 16 packed runs of the paper's 9.8 GB sets would
+# otherwise each take a quarter of an H200's 141 GB.
+GPU_RUNS_ENV = "HGAN_GPU_RUNS"
+
+
+def runs_sharing_gpu() -> int:
+    """How many training runs share this process's GPU (environment HGAN_GPU_RUNS)."""
+    text = os.environ.get(GPU_RUNS_ENV, "1")
+    try:
+        n = int(text)
+    except ValueError:
+        raise ValueError(f"{GPU_RUNS_ENV}={text!r}: expected a positive integer") from None
+    if n < 1:
+        raise ValueError(f"{GPU_RUNS_ENV}={text!r}: expected a positive integer")
+    return n
 # The gpu-resident stream uploads the window plans of this many epochs at once (at most
 # PLAN_WINDOWS_PER_UPLOAD windows): the host computes plans once per block, never per step.
 PLAN_EPOCHS_PER_UPLOAD = 64
@@ -139,14 +157,15 @@ class ResidentBatchStream(BatchStream):
 
 def auto_kind(device, data_bytes: int, dali_available: bool, device_memory=None) -> str:
     """The stream `kind="auto"` builds: on CUDA, gpu-resident when the uint8 frames take at
-    most RESIDENT_MEMORY_FRACTION of the GPU's memory, else DALI when installed, else torch;
-    torch elsewhere. device_memory: the GPU's total bytes (read from the device if None)."""
+    most RESIDENT_MEMORY_FRACTION of the GPU's memory (divided among the runs_sharing_gpu()),
+    else DALI when installed, else torch; torch elsewhere. device_memory: the GPU's total
+    bytes (read from the device if None)."""
     dev = torch.device(device)
     if dev.type != "cuda":
         return "torch"
     if device_memory is None:
         device_memory = torch.cuda.get_device_properties(dev).total_memory
-    if data_bytes <= RESIDENT_MEMORY_FRACTION * device_memory:
+    if data_bytes * runs_sharing_gpu() <= RESIDENT_MEMORY_FRACTION * device_memory:
         return "gpu-resident"
     return "dali" if dali_available else "torch"
 

@@ -110,6 +110,10 @@ class GridRunner:
         self.packs = []  # hgan.train.pack processes: a slot until they exit, runs reaped or not
         self.env = _child_env(self.parallel)                  # evaluations
         self.train_env = _child_env(self.parallel * self.pack)
+        # as many training runs share the GPU: each keeps its frames there only within its
+        # share (hgan.data.loader.runs_sharing_gpu); a user's own value is kept
+        from hgan.data.loader import GPU_RUNS_ENV
+        self.train_env.setdefault(GPU_RUNS_ENV, str(self.parallel * self.pack))
 
     def plan(self):
         """Jobs still to do; GridError before anything starts when data or runs mismatch."""

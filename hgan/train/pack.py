@@ -410,9 +410,13 @@ def main(argv=None) -> int:
         return code
     # tqdm's monitor thread would refresh bars from a thread no run owns; forked loader
     # workers could inherit locks other threads hold. Process-wide: restored on the way out.
+    # The runs share this GPU: under --loader auto each keeps its frames there only within its
+    # share (loader.runs_sharing_gpu); a value set by the caller (the grid: all its processes'
+    # runs) is kept.
     saved = (sys.stdout, sys.stderr, tqdm.monitor_interval, loader.WORKER_START_METHOD,
-             warnings.showwarning)
+             warnings.showwarning, os.environ.get(loader.GPU_RUNS_ENV))
     tqdm.monitor_interval, loader.WORKER_START_METHOD = 0, "spawn"
+    os.environ.setdefault(loader.GPU_RUNS_ENV, str(len(runs)))
     router = _Router(sys.stdout, tagged)
     sys.stdout = sys.stderr = router
     warnings.showwarning = _warning_printer(router)
@@ -431,7 +435,11 @@ def main(argv=None) -> int:
     finally:
         router.close_pending()
         (sys.stdout, sys.stderr, tqdm.monitor_interval, loader.WORKER_START_METHOD,
-         warnings.showwarning) = saved
+         warnings.showwarning, gpu_runs) = saved
+        if gpu_runs is None:
+            os.environ.pop(loader.GPU_RUNS_ENV, None)
+        else:
+            os.environ[loader.GPU_RUNS_ENV] = gpu_runs
     return process_code(codes, len(runs))
 
 
