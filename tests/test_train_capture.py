@@ -115,6 +115,52 @@ def test_static_step_records_the_first_non_finite_loss_on_the_device():
         t.flush_checks()
 
 
+def test_static_step_records_which_loss_and_its_value_as_the_eager_step_says_it():
+    # cyc_lambda = inf: iteration 1's discriminator loss is finite, its generator loss is
+    # inf; every later loss is nan (the inf gradient poisons G). The eager step on CPU raises
+    # at once; the static step must name the same iteration, loss and value at its flush.
+    cfg = small_cfg(cyc_lambda=float("inf"))
+    data = batches(3)
+    with pytest.raises(NonFiniteLoss) as eager:
+        run(Trainer(cfg, device="cpu"), data)
+    assert str(eager.value) == "non-finite generator loss (inf) at iteration 1"
+    t = static_trainer(cfg)
+    run(t, data)                                  # nothing raised before the flush
+    with pytest.raises(NonFiniteLoss) as static:
+        t.flush_checks()
+    assert str(static.value) == str(eager.value)
+
+
+def test_static_step_counts_iterations_from_a_resumed_or_reloaded_state():
+    # The device-side record numbers iterations from the trainer's own count: after a resume
+    # at iteration 2 a bad iteration 3 is named 3, also when the trainer had already stepped
+    # (and built its static step) before loading.
+    cfg = small_cfg()
+    data = batches(3)
+    first = static_trainer(cfg)
+    run(first, data[:1])
+    at1 = first.state_dict()
+    run(first, data[1:2])
+    at2 = first.state_dict()
+    nan = data[2].clone().fill_(float("nan"))
+    resumed = static_trainer(cfg)
+    resumed.load_state_dict(at2)
+    run(resumed, [nan])
+    with pytest.raises(NonFiniteLoss, match=r"discriminator loss \(nan\) at iteration 3$"):
+        resumed.flush_checks()
+    # `first` is at iteration 2 with a static step of its own; loading iteration 1 rewinds it
+    first.load_state_dict(at1)
+    run(first, [nan])
+    with pytest.raises(NonFiniteLoss, match=r"discriminator loss \(nan\) at iteration 2$"):
+        first.flush_checks()
+
+
+def test_static_step_checks_the_clip_length_of_its_first_batch():
+    t = static_trainer(small_cfg())
+    with pytest.raises(ValueError, match="fewer than clip_frames=4"):
+        t.step(torch.zeros(B, 3, 3, 32, 32))
+
+
 def test_static_step_keeps_generator_and_loader_state_in_checkpoints(tmp_path):
     # The noise generator advances exactly as the eager step's does: the checkpointed state
     # after N static steps is the eager one's, so either step resumes the other.
@@ -126,6 +172,102 @@ def test_static_step_keeps_generator_and_loader_state_in_checkpoints(tmp_path):
     assert torch.equal(eager.state_dict()["noise_rng"], static.state_dict()["noise_rng"])
     assert not torch.equal(eager.state_dict()["noise_rng"],
                            Trainer(cfg, device="cpu").state_dict()["noise_rng"])
+
+
+# --------------------------------------------- both steps against a hand-written reference
+def reference_steps(trainer, data):
+    """The documented iteration written out by hand, on copies of a fresh trainer's nets and
+    noise: S_1 / S_T / window draws, one G forward, D_I and D_V each on the detached fake then
+    the real input, gradients by autograd.grad (so nothing accumulates between iterations),
+    one Adam step per net; then G against the updated discriminators with L_cyc. Returns the
+    nets and each iteration's statistics, computed from the logits and gradients themselves."""
+    import copy
+
+    import torch.nn.functional as F
+    cfg, mcfg = trainer.cfg, trainer.cfg.model
+    G, DI, DV = (copy.deepcopy(m) for m in (trainer.G, trainer.D_I, trainer.D_V))
+    gen = torch.Generator().set_state(trainer.noise.get_state())
+    adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    opts = [torch.optim.Adam(m.parameters(), **adam) for m in (G, DI, DV)]
+
+    def bce(logits, target):
+        return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+    def acc(real_logits, fake_logits):
+        return float(((real_logits > 0).sum() + (fake_logits < 0).sum()) / (2 * len(real_logits)))
+
+    def apply(opt, params, grads):
+        for p, g in zip(params, grads):
+            p.grad = None if g is None else g.detach().clone()
+        opt.step()
+
+    def norm(grads):
+        return float(torch.cat([g.double().flatten() for g in grads if g is not None]).norm())
+
+    stats = []
+    for real in data:
+        b, t = real.shape[:2]
+        cf, rollout = mcfg.clip_frames, max(mcfg.rollout_frames, t)
+        j = torch.randint(0, t, (b,), generator=gen)
+        s = torch.randint(0, t - cf + 1, (b,), generator=gen)
+        window = ((torch.randint(0, rollout - t + 1, (b,), generator=gen), t)
+                  if rollout > t else None)
+        fake, mot = G(b, rollout, generator=gen, window=window)
+        rows, clip = torch.arange(b), s[:, None] + torch.arange(cf)
+        fake_img, fake_clip = fake[rows, j], fake[rows[:, None], clip]
+        real_img, real_clip = real[rows, j], real[rows[:, None], clip]
+        if mcfg.channels_last:
+            real_img = real_img.contiguous(memory_format=torch.channels_last)
+        st = {}
+        d_params = {}
+        for name, D, opt, f, r in (("D_I", DI, opts[1], fake_img, real_img),
+                                   ("D_V", DV, opts[2], fake_clip, real_clip)):
+            lf, lr = D(f.detach()), D(r)
+            loss = bce(lr, 1.0) + bce(lf, 0.0)
+            params = list(D.parameters())
+            d_params[name] = (opt, params, torch.autograd.grad(loss, params))
+            st[f"loss/{name}"], st[f"acc/{name}"] = float(loss.detach()), acc(lr, lf)
+            st[f"grad_norm/{name}"] = norm(d_params[name][2])
+        for opt, params, grads in d_params.values():
+            apply(opt, params, grads)
+        adv = bce(DI(fake_img), 1.0) + bce(DV(fake_clip), 1.0)
+        cyc = (cfg.cyc_lambda / b * mot["dHdq"].abs().sum() if mcfg.model == "hgan"
+               else torch.zeros(()))
+        params = list(G.parameters())
+        grads = torch.autograd.grad(adv + cyc, params, allow_unused=True)
+        apply(opts[0], params, grads)
+        st.update({"loss/G": float(adv.detach()), "loss/L_cyc": float(cyc.detach()), "loss/R1": 0.0,
+                   "grad_norm/G": norm(grads)})
+        stats.append(st)
+    nets = {"G": G, "D_I": DI, "D_V": DV}
+    return {f"{n}.{k}": v.detach().clone() for n, m in nets.items()
+            for k, v in m.state_dict().items()}, stats
+
+
+@pytest.mark.parametrize("mode, model", [("eager", "hgan"), ("static", "hgan"),
+                                         ("static", "mocogan")])
+def test_steps_equal_a_hand_written_reference(mode, model):
+    # An independent oracle: a mistake shared by both steps (a missing zero_grad, an
+    # optimiser stepping twice, a loss term lost, a statistic read from the wrong tensor)
+    # keeps the static step equal to the eager one, but not to this.
+    cfg = small_cfg(model=model, lr=1e-3)
+    data = batches(3)
+    t = Trainer(cfg, device="cpu") if mode == "eager" else static_trainer(cfg)
+    want, want_stats = reference_steps(t, data)
+    before = params(t)
+    for real, ref in zip(data, want_stats):
+        stats = t.step(real, want_stats=True)
+        t.iteration += 1
+        assert sorted(stats) == sorted(ref)
+        for k, v in ref.items():
+            assert float(stats[k]) == pytest.approx(v, rel=1e-5, abs=1e-7), k
+    got = params(t)
+    assert got.keys() == want.keys()
+    for k in want:
+        torch.testing.assert_close(got[k], want[k], rtol=1e-5, atol=1e-6, msg=k)
+    # three steps at lr 1e-3 move the weights far past the tolerance
+    assert max(float((want[k] - before[k]).abs().max()) for k in want
+               if want[k].is_floating_point()) > 1e-3
 
 
 CUDA = torch.device("cuda")
@@ -194,6 +336,37 @@ def test_resume_resets_the_optimisers_capturable_flag():
     u.load_state_dict(state)
     assert not any(g["capturable"] for o in (u.opt_g, u.opt_di, u.opt_dv) for g in o.param_groups)
     run(u, batches(1))
+
+
+def test_set_capturable_moves_adams_step_counters_to_the_parameters_device():
+    # Capturable Adam keeps its step counters on the parameters' device (a replay cannot
+    # increment a host number); eager Adam keeps them on the host. "meta" stands in for CUDA.
+    def adam(device):
+        p = torch.nn.Parameter(torch.zeros(3, device=device))
+        opt = torch.optim.Adam([p])
+        opt.state[p]["step"] = torch.tensor(7.0, dtype=torch.float64)
+        return opt, p
+
+    opt, p = adam("meta")
+    hcapture.set_capturable(opt, True, fused=True)
+    assert opt.state[p]["step"].device.type == "meta"
+    assert opt.state[p]["step"].dtype == torch.float32
+    assert opt.param_groups[0]["capturable"] and opt.param_groups[0]["fused"] is True
+    opt, p = adam("cpu")
+    hcapture.set_capturable(opt, False, None)
+    assert opt.state[p]["step"].device.type == "cpu" and float(opt.state[p]["step"]) == 7.0
+    assert not opt.param_groups[0]["capturable"] and opt.param_groups[0]["fused"] is None
+
+
+def test_losses_are_checked_on_the_host_at_once_on_cpu_and_deferred_on_cuda():
+    from hgan.train.loop import defers_checks
+    assert defers_checks(torch.device("cuda")) and not defers_checks(torch.device("cpu"))
+
+
+def test_the_static_step_autocasts_without_a_cast_cache():
+    # Casts cached during a capture would outlive it (make_graphed_callables asks the same).
+    eager, static = Trainer(small_cfg(), device="cpu"), static_trainer(small_cfg())
+    assert eager._autocast()._cache_enabled and not static._autocast()._cache_enabled
 
 
 def test_no_cuda_graph_flag():
