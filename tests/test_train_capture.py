@@ -592,6 +592,43 @@ def cuda_run_cfg(h5, out, **kw):
     return small_cfg(**{**base, **kw})
 
 
+@pytest.fixture
+def static_runs(monkeypatch):
+    """Every Trainer built from here on trains with the static-buffer step (CUDA's step
+    without the capture), so the run loop and hgan.train.pack drive it as they drive graphs."""
+    init = Trainer.__init__
+
+    def static_init(self, *a, **kw):
+        init(self, *a, **kw)
+        self.static_mode = "static"
+    monkeypatch.setattr(Trainer, "__init__", static_init)
+
+
+def test_a_static_step_run_checks_at_the_next_boundary_and_keeps_the_good_checkpoint(
+        tiny_pendulum_h5, tmp_path, static_runs):
+    # The CPU twin of test_captured_run_defers_the_non_finite_check: iteration 3 is poisoned,
+    # nothing is read on the host until iteration 3's log, which stops the run there; the
+    # checkpoint of iteration 2 was written before the poison and is kept.
+    seen = []
+
+    def poison(trainer):
+        assert trainer.static is not None
+        seen.append(trainer.iteration)
+        if trainer.iteration == 2:
+            with torch.no_grad():
+                next(trainer.G.image_generator.parameters()).fill_(float("nan"))
+
+    cfg = cuda_run_cfg(tiny_pendulum_h5, tmp_path / "nan", device="cpu", iters=8, ckpt_every=2,
+                       log_every=3)
+    with pytest.raises(NonFiniteLoss, match=r"discriminator loss \(nan\) at iteration 3; "
+                                            r"stopping \(last good checkpoint kept"):
+        train(cfg, callback=poison)
+    assert seen == [1, 2]
+    ck = load_checkpoint(str(tmp_path / "nan"))
+    assert ck["iteration"] == 2
+    assert all(torch.isfinite(v).all() for v in ck["generator"].values() if v.is_floating_point())
+
+
 @pytest.mark.cuda
 @needs_cuda
 def test_packed_captured_runs_equal_lone_runs(data_root, tmp_path, capsys):
