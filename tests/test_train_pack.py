@@ -1,6 +1,7 @@
 """hgan.train.pack: several runs in one process's threads train exactly what each trains alone;
 their output is routed per run; a bad run, a stop signal and unpackable flags are handled."""
 import io
+import json
 import os
 import signal
 import subprocess
@@ -45,7 +46,8 @@ def test_packed_runs_train_what_each_trains_alone(data_root, tmp_path, capsys):
     out = capsys.readouterr().out
     for i in range(len(runs)):
         assert f"{pack.TAG}{i}x0\n" in out                          # each run's exit, tagged
-        assert f"{pack.TAG}{i}n[hgan] run directory {tmp_path}/pack-" in out
+        model, seed = runs[i]   # each run's lines under its own tag
+        assert f"{pack.TAG}{i}n[hgan] run directory {tmp_path}/pack-{model}-{seed}\n" in out
     assert all(line.startswith(pack.TAG) for line in out.split("\n")[:-1])  # nothing untagged
     for i, (model, seed) in enumerate(runs):
         assert train_cli.main(flags(data_root, tmp_path / f"alone-{model}-{seed}", model, seed,
@@ -88,6 +90,126 @@ def test_a_run_holds_the_capture_lock_through_its_first_iterations(data_root, tm
     n = hcapture.WARMUP_STEPS + 1
     assert held == [True] * n + [False] * (6 - n)
     assert not hcapture.CAPTURE_LOCK._is_owned()
+
+
+def test_a_resumed_run_holds_the_capture_lock_through_its_own_first_iterations(data_root,
+                                                                             tmp_path):
+    # A resumed run warms up and captures after its checkpoint's iteration, not after
+    # iteration WARMUP_STEPS + 1 of the run: the lock is held for as many iterations again.
+    from hgan.train import capture as hcapture
+    from hgan.train.config import parse_command_line
+    from hgan.train.run import prepare, run
+    cfg, _, _ = parse_command_line(flags(data_root, tmp_path / "r", iters=2))
+    run(prepare(cfg))
+    cfg, resume, given = parse_command_line(["--resume", str(tmp_path / "r"), "--iters", "8"])
+    held = []
+    run(prepare(cfg, resume, given),
+        callback=lambda t: held.append((t.iteration, hcapture.CAPTURE_LOCK._is_owned())))
+    n = hcapture.WARMUP_STEPS + 1
+    assert held == [(2 + i, i <= n) for i in range(1, 7)]
+
+
+def test_packed_static_step_runs_train_what_eager_runs_train_alone(data_root, tmp_path, capsys,
+                                                                   monkeypatch):
+    # Each thread drives the CUDA step's static buffers (capture aside: no GPU here) through
+    # the run loop; it trains what the eager step trains alone, and at its end the run's
+    # static step is released under the capture lock (a graph's destruction must not
+    # overlap another run's capture).
+    from hgan.train import capture as hcapture
+    from hgan.train.loop import Trainer
+    init, release, released = Trainer.__init__, hcapture.StaticStep.release, []
+
+    def static_init(self, *a, **kw):
+        init(self, *a, **kw)
+        self.static_mode = "static"
+
+    def spy_release(self):
+        released.append(hcapture.CAPTURE_LOCK._is_owned())
+        release(self)
+    monkeypatch.setattr(Trainer, "__init__", static_init)
+    monkeypatch.setattr(hcapture.StaticStep, "release", spy_release)
+    runs = [("hgan", 0), ("mocogan", 1)]
+    argv = []
+    for model, seed in runs:
+        argv += ["--", *flags(data_root, tmp_path / f"pack-{seed}", model, seed)]
+    assert pack.main(argv) == 0
+    assert released == [True, True]
+    monkeypatch.setattr(Trainer, "__init__", init)
+    for model, seed in runs:
+        assert train_cli.main(flags(data_root, tmp_path / f"alone-{seed}", model, seed)) == 0
+        it_p, packed = weights(tmp_path / f"pack-{seed}")
+        it_a, alone = weights(tmp_path / f"alone-{seed}")
+        assert it_p == it_a == 3
+        for k in alone:
+            torch.testing.assert_close(packed[k], alone[k], rtol=1e-5, atol=1e-6,
+                                       msg=f"{model} {k}")
+
+
+def test_a_failed_capture_in_one_packed_run_stops_the_others_with_75(data_root, tmp_path,
+                                                                     capsys, monkeypatch):
+    # Run 0's capture fails at its first step (as StaticStep._capture fails: under the lock,
+    # setting CAPTURE_FAILED); run 1 is either kept from starting or, past its first
+    # iterations, trains on until then and stops with a checkpoint. The process returns the
+    # cause's code.
+    from hgan.train import capture as hcapture
+    from hgan.train.loop import Trainer
+    step = Trainer.step
+
+    def capture_or_step(self, real, want_stats=False):
+        if self.cfg.seed == 0:
+            with hcapture.CAPTURE_LOCK:
+                hcapture.CAPTURE_FAILED.set()
+                raise hcapture.CaptureFailed("capturing the training step into CUDA graphs "
+                                             "failed (test)")
+        if self.iteration > hcapture.WARMUP_STEPS:   # the lock is free: wait for the failure
+            assert hcapture.CAPTURE_FAILED.wait(30)
+        return step(self, real, want_stats)
+    monkeypatch.setattr(Trainer, "step", capture_or_step)
+    r0, r1 = tmp_path / "r0", tmp_path / "r1"
+    try:
+        code = pack.main(["--", *flags(data_root, r0, seed=0, iters=50),
+                          "--", *flags(data_root, r1, seed=1, iters=50)])
+    finally:
+        hcapture.CAPTURE_FAILED.clear()
+    out = capsys.readouterr().out
+    assert code == 1, out
+    assert "[0] exit code 1\n" in out and "[1] exit code 75\n" in out
+    assert ("[0] [hgan] error: capturing the training step into CUDA graphs failed (test); "
+            "stopping every run of this process") in out
+    if (r1 / "summary.json").exists():    # run 1 was set up first: stopped, resumable
+        summary = json.loads((r1 / "summary.json").read_text())
+        assert summary["stopped"] == pack.PEER_FAILED
+        assert weights(r1)[0] == summary["iteration"] < 50
+    else:
+        assert f"[1] [hgan] {pack.PEER_FAILED} before this run was set up: not started" in out
+        assert not r1.exists()
+
+
+def test_a_non_finite_packed_run_exits_1_and_the_others_finish(data_root, tmp_path, capsys):
+    # --cyc-lambda inf: iteration 1's generator loss is inf.
+    bad = flags(data_root, tmp_path / "bad", iters=2, extra=("--cyc-lambda", "inf"))
+    good = flags(data_root, tmp_path / "good", seed=1, iters=2)
+    assert pack.main(["--", *bad, "--", *good]) == 1
+    out = capsys.readouterr().out
+    assert ("[0] [hgan] error: non-finite generator loss (inf) at iteration 1; stopping (no "
+            "checkpoint was written yet)") in out
+    assert "[0] exit code 1\n" in out and "[1] exit code 0\n" in out
+    assert weights(tmp_path / "good")[0] == 2
+
+
+def test_the_process_exit_code_is_the_first_cause_and_a_signal_is_not_a_peer_failure():
+    assert pack.process_code({0: 0, 1: 2, 2: 1, 3: 75}, 4) == 2
+    assert pack.process_code({0: 75, 1: 130, 2: 1}, 3) == 130
+    from hgan.train import capture as hcapture
+
+    class Flag:
+        signum = signal.SIGINT
+    stop = pack.SharedStop(Flag())
+    hcapture.CAPTURE_FAILED.set()
+    try:   # a Ctrl-C after another run's failed capture: the run stopped for the signal
+        assert stop.signum == signal.SIGINT and not stop.peer_failed and stop.reason is None
+    finally:
+        hcapture.CAPTURE_FAILED.clear()
 
 
 def test_a_bad_run_fails_alone_with_train_py_exit_code(data_root, tmp_path, capsys):
