@@ -1,0 +1,188 @@
+"""The capture protocol of hgan.train.capture.StaticStep, on CPU: stand-ins for torch.cuda's
+streams and graphs record what the step does around its two updates (the arithmetic of those
+updates is tests/test_train_capture.py's, against the eager step and a hand-written one)."""
+import pytest
+import torch
+
+from hgan.train import capture as hcapture
+from hgan.train.loop import Trainer
+from test_train_capture import batches, params, run, small_cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class _FakeCuda:
+    """Stand-ins for the torch.cuda calls of hgan.train.capture, recording what it does.
+
+    A stand-in capture runs its body (a real capture would record it without running it)
+    and a replay runs nothing; the calls are checked against torch.cuda.graph's own
+    signature, so the test sees the protocol (warm-up on a side stream, two captures sharing
+    one pool on that stream, the noise generator registered with both, replays in order
+    after the batch is in the static buffer), not the arithmetic."""
+
+    def __init__(self, monkeypatch, fail_capture=None):
+        import inspect
+        fake = self
+        self.log, self.graphs, self.fail_capture = [], [], fail_capture
+        self.trainer = None
+        signature = inspect.signature(torch.cuda.graph)
+
+        class Stream:
+            def __init__(self, name):
+                self.name = name
+
+            def wait_stream(self, other):
+                fake.log.append(("wait", self.name, other.name))
+
+            def __repr__(self):
+                return f"Stream({self.name})"
+
+        self.Stream = Stream
+        self.default = Stream("default")
+        self.current = [self.default]
+
+        class Graph:
+            def __init__(self):
+                self.index, self.generators, self.captured = len(fake.graphs), [], None
+                fake.graphs.append(self)
+
+            def register_generator_state(self, generator):
+                assert self.captured is None, "registered after its capture"
+                self.generators.append(generator)
+
+            def pool(self):
+                return ("pool of", self.index)
+
+            def replay(self):
+                fake.log.append(("replay", self.index, fake.trainer.static.real.clone(),
+                                 hcapture.CAPTURE_LOCK._is_owned()))
+
+        class graph:
+            def __init__(self, *args, **kw):
+                bound = signature.bind(*args, **kw)    # a wrong argument fails here
+                bound.apply_defaults()
+                self.args = dict(bound.arguments)
+                self.cuda_graph = self.args["cuda_graph"]
+
+            def __enter__(self):
+                g = self.cuda_graph
+                if fake.fail_capture == g.index:
+                    raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+                g.captured = {k: v for k, v in self.args.items() if k != "cuda_graph"}
+                g.captured["locked"] = hcapture.CAPTURE_LOCK._is_owned()
+                fake.current.append(self.args["stream"])
+                fake.log.append(("capture", g.index))
+
+            def __exit__(self, *exc):
+                fake.current.pop()
+                fake.log.append(("end", self.cuda_graph.index))
+                return False
+
+        class stream_ctx:
+            def __init__(self, s):
+                self.s = s
+
+            def __enter__(self):
+                fake.current.append(self.s)
+
+            def __exit__(self, *exc):
+                fake.current.pop()
+                return False
+
+        for name, value in (("current_stream", lambda device=None: self.current[-1]),
+                            ("default_stream", lambda device=None: self.default),
+                            ("Stream", lambda device=None: Stream(f"side{len(self.log)}")),
+                            ("stream", stream_ctx), ("CUDAGraph", Graph), ("graph", graph)):
+            monkeypatch.setattr(torch.cuda, name, value)
+
+
+def _graph_trainer(fake, monkeypatch, cfg=None):
+    """A CPU trainer in "graph" mode whose updates log the stream they run on and whether they
+    hold the capture lock."""
+    t = Trainer(cfg or small_cfg(), device="cpu")
+    t.static_mode = "graph"
+    fake.trainer = t
+    for name in ("_d_update", "_g_update"):
+        def spy(*a, _real=getattr(t, name), _name=name):
+            fake.log.append((_name, fake.current[-1].name, hcapture.CAPTURE_LOCK._is_owned()))
+            return _real(*a)
+        monkeypatch.setattr(t, name, spy)
+    return t
+
+
+def test_the_step_is_warmed_up_captured_once_and_replayed_in_order(monkeypatch):
+    fake = _FakeCuda(monkeypatch)
+    n = hcapture.WARMUP_STEPS
+    data = batches(n + 3)
+    t = _graph_trainer(fake, monkeypatch)
+    eager = Trainer(small_cfg(), device="cpu")
+    run(eager, data[:n])
+    outs = []
+    for i, real in enumerate(data):
+        fake.log.clear()
+        outs.append(t.step(real))
+        t.iteration += 1
+        if i == 0:
+            side = t.static.stream.name
+            assert side != "default"                 # its own side stream to capture on
+        if i < n:   # warm-up: an ordinary step on the side stream, under the lock
+            assert fake.graphs == []
+            assert fake.log == [("wait", side, "default"), ("_d_update", side, True),
+                                ("_g_update", side, True), ("wait", "default", side)]
+        elif i == n:   # capture of the D then the G update, then this iteration's replays
+            d, g = fake.graphs
+            assert d.generators == [t.noise] and g.generators == [t.noise]
+            keys = ("pool", "stream", "capture_error_mode", "locked")   # (2.11 has no more)
+            assert {k: d.captured[k] for k in keys} == dict(
+                pool=None, stream=t.static.stream, capture_error_mode="thread_local",
+                locked=True)
+            assert g.captured == {**d.captured, "pool": d.pool()}   # one pool for both
+            kinds = [e[:2] for e in fake.log]
+            assert kinds == [("capture", 0), ("_d_update", side), ("end", 0), ("capture", 1),
+                             ("_g_update", side), ("end", 1), ("replay", 0), ("replay", 1)]
+        else:   # replays only
+            assert [e[:2] for e in fake.log] == [("replay", 0), ("replay", 1)]
+        if i >= n:   # each replay after its batch reached the static buffer, without the lock
+            for e in fake.log[-2:]:
+                assert torch.equal(e[2], real) and not e[3]
+            assert {k: id(v) for k, v in outs[-1].items()} == \
+                {k: id(v) for k, v in t.static.out.items()}   # the graphs' static outputs
+        if i == n - 1:   # the warm-up steps are training steps: the eager step's
+            for k, v in params(eager).items():
+                torch.testing.assert_close(params(t)[k], v, rtol=1e-5, atol=1e-6, msg=k)
+    assert len(fake.graphs) == 2 and sorted(outs[-1]) == sorted(outs[0])
+    t.static.release()
+    assert t.static.graphs is None and t.static.out is None
+
+
+def test_a_packed_run_captures_on_its_own_stream(monkeypatch):
+    # torch hands out pool streams round robin: a run already on a stream of its own
+    # (hgan.train.pack) warms up and captures there, not on another pool stream.
+    fake = _FakeCuda(monkeypatch)
+    own = fake.Stream("run-3")
+    fake.current.append(own)
+    t = _graph_trainer(fake, monkeypatch)
+    for real in batches(hcapture.WARMUP_STEPS + 1):
+        t.step(real)
+        t.iteration += 1
+    assert t.static.stream is own
+    assert [g.captured["stream"] for g in fake.graphs] == [own, own]
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_a_failed_capture_raises_capture_failed_and_stops_the_process(monkeypatch, which):
+    fake = _FakeCuda(monkeypatch, fail_capture=which)
+    t = _graph_trainer(fake, monkeypatch)
+    data = batches(hcapture.WARMUP_STEPS + 1)
+    try:
+        for real in data[:-1]:
+            t.step(real)
+        assert not hcapture.CAPTURE_FAILED.is_set()
+        with pytest.raises(hcapture.CaptureFailed, match="train with --no-cuda-graph, in a new "
+                                                         "process"):
+            t.step(data[-1])
+        assert hcapture.CAPTURE_FAILED.is_set()     # hgan.train.pack's other runs stop
+        assert t.static.graphs is None
+        assert not hcapture.CAPTURE_LOCK._is_owned()
+    finally:
+        hcapture.CAPTURE_FAILED.clear()
