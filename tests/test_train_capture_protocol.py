@@ -67,7 +67,7 @@ class _FakeCuda:
             def __enter__(self):
                 g = self.cuda_graph
                 if fake.fail_capture == g.index:
-                    raise RuntimeError("CUDA error: operation not permitted when stream is capturing")
+                    raise RuntimeError("operation not permitted when stream is capturing")
                 g.captured = {k: v for k, v in self.args.items() if k != "cuda_graph"}
                 g.captured["locked"] = hcapture.CAPTURE_LOCK._is_owned()
                 fake.current.append(self.args["stream"])
