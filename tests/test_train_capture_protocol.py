@@ -186,3 +186,53 @@ def test_a_failed_capture_raises_capture_failed_and_stops_the_process(monkeypatc
         assert not hcapture.CAPTURE_LOCK._is_owned()
     finally:
         hcapture.CAPTURE_FAILED.clear()
+
+
+def test_a_configuration_that_captures_builds_capturable_adams_and_the_graph_step(monkeypatch):
+    # Capturing Adam.step needs capturable=True (step counters on the device); CPU stands in
+    # for a CUDA device whose configuration has no fallback reason.
+    monkeypatch.setattr(hcapture, "fallback_reason", lambda *a, **kw: None)
+    t = Trainer(small_cfg(), device="cpu")
+    assert t.captured and t.static_mode == "graph"
+    for opt in (t.opt_g, t.opt_di, t.opt_dv):
+        assert opt.param_groups[0]["capturable"]
+        assert opt.param_groups[0]["fused"] is (True if hcapture.ADAM_FUSED else None)
+
+
+class _NoHostReads(torch.overrides.TorchFunctionMode):
+    """Records every read of a tensor's value on the host (a device sync on CUDA, which a
+    capture cannot contain), except those of torch.optim's eager Adam: on CUDA the Adams are
+    capturable and keep their step counters on the device."""
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__,
+             torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.__index__,
+             torch.Tensor.nonzero, torch.nonzero, torch.Tensor.numpy, torch.Tensor.cpu,
+             torch.masked_select, torch.Tensor.masked_select, torch.unique}
+
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            import traceback
+            stack = traceback.extract_stack()[:-1]
+            if not any("/torch/optim/" in f.filename for f in stack):
+                self.reads.append((func.__name__, [f"{f.filename}:{f.lineno}"
+                                                   for f in stack[-4:]]))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("change", [dict(), dict(model="mocogan"),
+                                    dict(integrator="reference", channels_last=True),
+                                    dict(model="hnn_gan", motion_dim=20)])
+def test_the_static_step_reads_nothing_on_the_host(change):
+    # What the graphs record: the D and G updates with the non-finite record and the
+    # statistics, after the first step (which sets up the static buffer and the record).
+    t = Trainer(small_cfg(**change), device="cpu")
+    t.static_mode = "static"
+    data = batches(2)
+    t.step(data[0])
+    with _NoHostReads() as mode:
+        t.step(data[1])
+    assert mode.reads == []
