@@ -180,7 +180,8 @@ def reference_steps(trainer, data):
     noise: S_1 / S_T / window draws, one G forward, D_I and D_V each on the detached fake then
     the real input, gradients by autograd.grad (so nothing accumulates between iterations),
     one Adam step per net; then G against the updated discriminators with L_cyc. Returns the
-    nets and each iteration's statistics, computed from the logits and gradients themselves."""
+    nets' states (keyed as `params`) and each iteration's statistics, computed from the logits
+    and gradients themselves."""
     import copy
 
     import torch.nn.functional as F
@@ -417,7 +418,7 @@ def cuda_run_cfg(h5, out, **kw):
 @pytest.fixture
 def static_runs(monkeypatch):
     """Every Trainer built from here on trains with the static-buffer step (CUDA's step
-    without the capture), so the run loop and hgan.train.pack drive it as they drive graphs."""
+    without the capture), so the run loop drives it as it drives the graphs."""
     init = Trainer.__init__
 
     def static_init(self, *a, **kw):

@@ -6,7 +6,7 @@ import torch
 
 from hgan.train import capture as hcapture
 from hgan.train.loop import Trainer
-from test_train_capture import batches, params, run, small_cfg
+from test_train_capture import batches, params, run, small_cfg, static_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -229,8 +229,7 @@ class _NoHostReads(torch.overrides.TorchFunctionMode):
 def test_the_static_step_reads_nothing_on_the_host(change):
     # What the graphs record: the D and G updates with the non-finite record and the
     # statistics, after the first step (which sets up the static buffer and the record).
-    t = Trainer(small_cfg(**change), device="cpu")
-    t.static_mode = "static"
+    t = static_trainer(small_cfg(**change))
     data = batches(2)
     t.step(data[0])
     with _NoHostReads() as mode:
