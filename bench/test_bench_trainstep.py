@@ -118,6 +118,7 @@ def record_speedup(path, resolution):
         if base and run:
             payload.update({f"{variant}_over_baseline": base["median_step_s"] / run["median_step_s"],
                             "baseline_median_step_s": base["median_step_s"],
+                            "baseline_commit": base.get("commit"),
                             f"{variant}_median_step_s": run["median_step_s"]})
     if payload:
         record("trainstep", f"speedup_{resolution}px", payload, device=DEVICE)

@@ -152,7 +152,8 @@ def summary(path):
              "| variant | px | videos/s | step ms | x baseline | data wait | device busy |",
              "|---|---|---|---|---|---|---|"]
     for res in (32, 64):
-        base = rows.get(f"baseline_{res}px", {}).get("videos_per_s")
+        base_row = rows.get(f"baseline_{res}px", {})
+        base = base_row.get("videos_per_s")
         for variant in TABLE:
             r = rows.get(f"{variant}_{res}px")
             if r is None:
@@ -163,9 +164,18 @@ def summary(path):
             busy = _busy_cell(r)
             lines.append("| {} | {} | {:.0f} | {:.2f} | {} | {:.1%} | {} |".format(
                 variant, res, r["videos_per_s"], 1e3 * r["median_step_s"],
-                f"{r['videos_per_s'] / base:.1f}" if base else "",
+                _ratio_cell(r, base_row) if base else "",
                 r["data_wait_share"], busy))
     return "\n".join(lines + [""] + verdicts(rows) + pack_lines(rows))
+
+
+def _ratio_cell(r, base_row):
+    """videos/s over the baseline's; the baseline's commit beside it when the two rows were
+    measured at different commits (a later run can re-measure one variant alone)."""
+    cell = f"{r['videos_per_s'] / base_row['videos_per_s']:.1f}"
+    if r.get("commit") != base_row.get("commit"):
+        cell += f" (baseline at {base_row.get('commit')})"
+    return cell
 
 
 def _busy_cell(r):

@@ -651,9 +651,11 @@ def test_trainstep_bench_speedup_is_baseline_step_over_variant_step(tmp_path, mo
     monkeypatch.setattr(bench, "record", lambda section, name, payload, device: recorded.update(
         {name: payload}))
     path = _write(tmp_path / "r.json", {"results": {"trainstep": {
-        "baseline_32px": {"median_step_s": 0.2}, "optimised_32px": {"median_step_s": 0.05},
+        "baseline_32px": {"median_step_s": 0.2, "commit": "b0"},
+        "optimised_32px": {"median_step_s": 0.05},
         "captured_32px": {"median_step_s": 0.01}, "captured_64px": {"median_step_s": 0.5}}}})
     bench.record_speedup(path, 32)
+    assert recorded["speedup_32px"].pop("baseline_commit") == "b0"   # which baseline it was
     assert recorded == {"speedup_32px": pytest.approx({
         "optimised_over_baseline": 4.0, "captured_over_baseline": 20.0,
         "baseline_median_step_s": 0.2, "optimised_median_step_s": 0.05,

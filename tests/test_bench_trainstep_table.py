@@ -41,6 +41,24 @@ def test_summary_table_reports_speedup_and_errors(tmp_path):
     assert any(line.startswith("| capture_compile | 32 | failed: RuntimeError: boom") for line in table)
 
 
+def test_a_ratio_against_a_baseline_of_another_commit_names_that_commit(tmp_path):
+    # a later run may re-measure one variant alone: its "x baseline" then compares commits
+    rows = {"baseline_32px": {"videos_per_s": 100.0, "median_step_s": 0.16,
+                              "data_wait_share": 0.02, "commit": "old1"},
+            "capture_32px": {"videos_per_s": 2500.0, "median_step_s": 0.0064,
+                             "data_wait_share": 0.01, "commit": "new2"},
+            "capture_64px": {"videos_per_s": 900.0, "median_step_s": 0.0178,
+                             "data_wait_share": 0.01, "commit": "new2"},
+            "baseline_64px": {"videos_per_s": 30.0, "median_step_s": 0.53,
+                              "data_wait_share": 0.02, "commit": "new2"}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"device": "GPU-X", "torch": "2.11", "commit": "new2",
+                                "results": {"trainstep_table": rows}}))
+    table = trainstep_table.summary(str(path)).splitlines()
+    assert "| capture | 32 | 2500 | 6.40 | 25.0 (baseline at old1) | 1.0% |  |" in table
+    assert "| capture | 64 | 900 | 17.80 | 30.0 | 1.0% |  |" in table
+
+
 def test_verdicts_keep_a_change_only_where_it_is_faster_everywhere():
     rows = {"capture_32px": {"videos_per_s": 4000.0, "data_wait_share": 0.01,
                              "device_busy": {"share": 0.75}},
