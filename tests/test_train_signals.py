@@ -338,3 +338,41 @@ def test_a_signal_to_one_torchrun_rank_stops_every_rank_with_a_checkpoint(data_r
     _, ck = weights(str(out / "checkpoints" / "last.pt"))
     assert it >= 1 and it % STOP_POLL_EVERY == 0 and ck["iteration"] == it
     assert ck["world_size"] == 2 and ck["rank_noise_rng"].shape[0] == 2
+
+
+def test_a_loader_failing_after_a_signal_still_names_a_pending_non_finite_loss(data_root,
+                                                                              tmp_path):
+    # Where losses are checked late (CUDA), a stop by a failing loader checks them as every
+    # stop does: the error is the loop's, naming the checkpoint kept, and nothing is saved.
+    import torch
+
+    from hgan.train.config import parse_command_line
+    from hgan.train.loop import NonFiniteLoss
+    from hgan.train.run import prepare, run
+
+    class Stop:
+        signum = None
+
+    class Stream:
+        position = 0
+
+        def __iter__(self):
+            yield torch.zeros(4, 6, 3, 32, 32)   # iteration 1 is always checked
+            yield torch.full((4, 6, 3, 32, 32), float("nan"))  # a poisoned batch
+            Stop.signum = signal.SIGINT
+            raise RuntimeError("DataLoader worker (pid(s) 1234) exited unexpectedly")
+
+        def close(self):
+            pass
+
+    cfg, _, given = parse_command_line([*TINY, "--num-workers", "0", "--data", data_root,
+                                        "--out", str(tmp_path / "run"), "--log-every", "1000"])
+    setup = prepare(cfg, given=given)
+    setup.stream.close()
+    setup.stream = Stream()
+    setup.trainer.defer_checks = True
+    with pytest.raises(NonFiniteLoss, match=r"non-finite discriminator loss \(nan\) at "
+                                            r"iteration 2; stopping \(no checkpoint was "
+                                            r"written yet\)"):
+        run(setup, stop=Stop)
+    assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()

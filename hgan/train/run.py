@@ -292,6 +292,7 @@ def _run(setup: Setup, callback, stop) -> dict:
                         if stop.signum is None:
                             raise
                         stopped = _stop_reason(stop)
+                        trainer.flush_checks()  # as every stop: a non-finite loss named here
                         break
                 stats = trainer.step(real, want_stats=want)
                 trainer.iteration += 1
