@@ -75,7 +75,10 @@ def build_parser():
                    help="frames in a PNG strip (default: %(default)s)")
     s.add_argument("--scale", type=_positive, default=2,
                    help="pixel magnification (default: %(default)s)")
-    i = sub.add_parser("import-dm", help="convert the suite's train/test.tfrecord to HDF5")
+    i = sub.add_parser("import-dm", help="convert the suite's train/test.tfrecord to HDF5",
+                       description="Convert the suite's train/test.tfrecord to HDF5. Record "
+                                   "framing is CRC-checked; record data is not (a pure-Python "
+                                   "CRC, about 1 MB/s; see docs/data.md).")
     i.add_argument("dir", help="folder with features.txt, train.tfrecord, test.tfrecord")
     i.add_argument("--system", type=_system, default=None,
                    help="system name (default: the folder's name)")
