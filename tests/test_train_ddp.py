@@ -152,3 +152,50 @@ def test_g_looks_for_unused_parameters_exactly_when_it_has_some(kw):
     if missing:  # the Hamiltonian's output biases, nothing else
         assert all(n.startswith("motion_module.hamiltonian.") and n.endswith(".2.bias")
                    for n in missing), missing
+
+
+LEAVER = textwrap.dedent("""
+    import json, os, sys, time, warnings
+    import torch
+    import torch.distributed as dist
+    torch.set_num_threads(1)
+    # torch 2.13 warns at every DDP construction under DDP's old buffer keyword
+    warnings.simplefilter("error", FutureWarning)
+    import hgan.train.loop as loop
+    from hgan.train.cli import main
+    rank = int(os.environ["RANK"])
+    if rank == 0:  # the checkpoint writer is slow: rank 1 must still wait for it
+        save = loop.Trainer.save
+        def slow_save(self, *a, **kw):
+            time.sleep(1.0)
+            return save(self, *a, **kw)
+        loop.Trainer.save = slow_save
+    rc = main(sys.argv[3:])
+    with open(os.path.join(sys.argv[2], f"left{rank}.json"), "w") as f:
+        json.dump({"rc": rc, "in_group": dist.is_initialized(), "at": time.time()}, f)
+""")
+
+
+def test_train_py_ranks_leave_together_after_the_checkpoint(tiny_pendulum_h5, tmp_path):
+    # A rank that exits with the process group still up can abort in C++ ("terminate called
+    # without an active exception"), and torchrun then kills rank 0 before it has saved.
+    script = tmp_path / "leaver.py"
+    script.write_text(LEAVER)
+    data = os.path.dirname(os.path.dirname(tiny_pendulum_h5))
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    args = ["--system", "pendulum", "--batch-size", "4", "--frames", "6", "--clip-frames", "4",
+            "--ngf", "4", "--ndf", "4", "--hidden", "8", "--device", "cpu", "--loader", "torch",
+            "--num-workers", "0", "--iters", "2", "--n-samples", "2", "--no-progress",
+            "--data", data, "--out", str(out)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), data, str(tmp_path), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+    left = [json.loads((tmp_path / f"left{r}.json").read_text()) for r in (0, 1)]
+    assert [x["rc"] for x in left] == [0, 0]
+    assert not any(x["in_group"] for x in left)
+    # rank 1 left only once rank 0 had written its checkpoint and summary
+    assert left[1]["at"] >= os.path.getmtime(out / "summary.json")

@@ -22,6 +22,7 @@ def bad_input(e: BaseException) -> int:
 def main(argv=None) -> int:
     from hgan.data import GenerationInterrupted
     from hgan.data.interrupt import raise_interrupted
+    from hgan.train import dist as hdist
     from hgan.train.checkpoint import CheckpointError
     from hgan.train.loop import NonFiniteLoss
     from hgan.train.run import prepare, run
@@ -33,6 +34,7 @@ def main(argv=None) -> int:
     sigterm = signal.getsignal(signal.SIGTERM)
     if sigterm == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, raise_interrupted)
+    done = False
     try:
         try:
             setup = prepare(cfg, resume=resume, given=given)
@@ -52,8 +54,10 @@ def main(argv=None) -> int:
         except NonFiniteLoss as e:
             print(f"[hgan] error: {e}", file=sys.stderr)
             return 1
+        done = True
         return 0
     finally:
+        hdist.leave(clean=done)  # under torchrun; nothing otherwise
         if sigterm == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, sigterm)
 

@@ -6,11 +6,21 @@ gradient with create_graph inside the wrapper before that backward: DDP's reduce
 per parameter per backward, which tests/test_train_ddp.py checks against the mean of the
 per-rank gradients. BatchNorm statistics stay per rank (DDP broadcasts rank 0's buffers).
 """
+import inspect
 import os
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+# DDP keyword that stops the buffer broadcast at every forward. torch 2.13 renamed it and warns
+# at every construction under the old name; the new one still syncs buffers once at
+# construction, which changes nothing here (every rank builds or loads the same weights).
+NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                          if "forward_sync_buffers" in inspect.signature(
+                              DistributedDataParallel.__init__).parameters
+                          else {"broadcast_buffers": False})
 
 
 @dataclass
@@ -49,3 +59,18 @@ def any_rank(flag: bool, info: DistInfo, device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t)
     return bool(t.item() > 0)
+
+
+def leave(clean: bool) -> None:
+    """Leave the process group before the interpreter exits (train.py's last step).
+
+    Without it a rank that ends first (rank 1 has no checkpoint to write) exits with the
+    group's threads alive, and now and then aborts in C++ ("terminate called without an
+    active exception", SIGABRT), upon which torchrun kills rank 0 before its checkpoint is
+    written. clean: every rank ended normally, so they wait for each other first (rank 0's
+    save); after an error a peer may never arrive, and this rank leaves at once."""
+    if not dist.is_initialized():
+        return
+    if clean:
+        dist.barrier()
+    dist.destroy_process_group()

@@ -265,7 +265,7 @@ class Trainer:
             # inplace operation"). The discriminators never run in eval mode, so their running
             # stats are unused and each rank may keep its own.
             self.DI_ddp, self.DV_ddp = (DistributedDataParallel(m, device_ids=ids,
-                                                                broadcast_buffers=False)
+                                                                **hdist.NO_FORWARD_BUFFER_SYNC)
                                         for m in (self.D_I, self.D_V))
         # (iteration, name, loss) awaiting the non-finite check: see flush_checks.
         self._pending = []
