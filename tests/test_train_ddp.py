@@ -78,6 +78,7 @@ WORKER = textwrap.dedent("""
                 "local_batch": tr.local_batch, "polls": len(polls),
                 "noise": tr.noise.get_state()},
                os.path.join(out, f"rank{rank}.pt"))
+    hdist.leave(clean=True)  # as train.py does: exiting with the group up can abort
 """)
 
 

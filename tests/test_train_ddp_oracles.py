@@ -52,6 +52,11 @@ WORKER = textwrap.dedent("""
                             "noise": self.noise.get_state().clone()})
         return step(self, real, want_stats)
 
+    # One process group for all the runs: train.py's main leaves a group only if it joined it
+    # (a group re-created under torchrun's store would hang at its rendezvous).
+    import torch.distributed as dist
+    from hgan.train import dist as hdist
+    dist.init_process_group("gloo")
     loop.Trainer.step = recording_step
     run = R.run
 
@@ -71,6 +76,7 @@ WORKER = textwrap.dedent("""
         assert rc == 0, (name, rc)
     torch.save({name: {"records": r, "final": f} for (name, _), r, f in zip(runs, records, finals)},
                os.path.join(out, f"rank{rank}.pt"))
+    hdist.leave(clean=True)
 """)
 
 

@@ -34,6 +34,8 @@ def main(argv=None) -> int:
     sigterm = signal.getsignal(signal.SIGTERM)
     if sigterm == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, raise_interrupted)
+    import torch.distributed as dist
+    own_group = not dist.is_initialized()  # a group the caller set up stays up for it
     done = False
     try:
         try:
@@ -57,7 +59,8 @@ def main(argv=None) -> int:
         done = True
         return 0
     finally:
-        hdist.leave(clean=done)  # under torchrun; nothing otherwise
+        if own_group:
+            hdist.leave(clean=done)  # under torchrun; nothing otherwise
         if sigterm == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, sigterm)
 

@@ -62,7 +62,8 @@ def any_rank(flag: bool, info: DistInfo, device) -> bool:
 
 
 def leave(clean: bool) -> None:
-    """Leave the process group before the interpreter exits (train.py's last step).
+    """Leave the process group before the interpreter exits (train.py's last step, when its
+    setup joined the group; a group the caller set up is the caller's to leave).
 
     Without it a rank that ends first (rank 1 has no checkpoint to write) exits with the
     group's threads alive, and now and then aborts in C++ ("terminate called without an
