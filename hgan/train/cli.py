@@ -42,14 +42,19 @@ def main(argv=None) -> int:
             setup = prepare(cfg, resume=resume, given=given)
         except (ValueError, FileNotFoundError, CheckpointError) as e:
             return bad_input(e)
+        # A Ctrl-C under torchrun reaches every rank: these lines, as bad input's, come from
+        # each node's first rank only.
         except GenerationInterrupted as e:
-            print(f"train.py: generation of {cfg.data_path} was interrupted "
-                  f"({signal.Signals(e.signum).name}); no partial file was kept", file=sys.stderr)
+            if reports_bad_input():
+                print(f"train.py: generation of {cfg.data_path} was interrupted "
+                      f"({signal.Signals(e.signum).name}); no partial file was kept",
+                      file=sys.stderr)
             return 128 + e.signum
         except KeyboardInterrupt as e:
             signum = getattr(e, "signum", signal.SIGINT)
-            print(f"train.py: stopped by {signal.Signals(signum).name} before the first "
-                  "iteration; nothing of the run was written", file=sys.stderr)
+            if reports_bad_input():
+                print(f"train.py: stopped by {signal.Signals(signum).name} before the first "
+                      "iteration; nothing of the run was written", file=sys.stderr)
             return 128 + signum
         try:
             run(setup)  # its own handlers first: a signal from here on saves a checkpoint
