@@ -54,10 +54,6 @@ class WindowSchedule:
         traj, start = self.plan(epoch)[b * self.batch_size + i]
         return int(traj), int(start)
 
-    def batch(self, g: int) -> np.ndarray:
-        epoch, b = divmod(g, self.batches_per_epoch)
-        return self.plan(epoch)[b * self.batch_size:(b + 1) * self.batch_size]
-
 
 def open_checked(schedule: WindowSchedule):
     """A validated handle (`open_h5`) whose frames still have the schedule's shape."""
