@@ -342,3 +342,17 @@ def test_bad_input_under_torchrun_is_one_line(data_root, tmp_path):
     assert ours == ["train.py: error: --batch-size 5 is not divisible by the 2 ranks"], \
         proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_installed_as_hgan_train_its_lines_name_hgan_train(data_root, tmp_path, capsys,
+                                                          monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/venv/bin/hgan-train"])
+    code, out, _ = call(["--help"], capsys)
+    assert code == 0 and out.startswith("usage: hgan-train "), out[:80]
+    for extra in (["--lr", "-1"], ["--bogus"]):  # our check, argparse's
+        code, _, err = call(TINY + ["--data", data_root, "--out", str(tmp_path / "r")] + extra,
+                            capsys)
+        assert code == 2 and err.strip().splitlines()[-1].startswith("hgan-train: error: "), err
+    monkeypatch.setattr("sys.argv", ["train.py"])
+    code, out, _ = call(["--help"], capsys)
+    assert code == 0 and out.startswith("usage: train.py "), out[:80]

@@ -1,21 +1,21 @@
 """`train.py` / `hgan-train`: the command line of training (flags: hgan.train.config).
 
 Exit codes: 0 done (or stopped by a signal after saving a checkpoint); 1 a non-finite loss;
-2 bad input, in one line `train.py: error: ...`; 130 / 143 SIGINT / SIGTERM during the
-setup (while the dataset was generated: nothing of it kept; later: nothing of the run written
-yet). Once the setup is done, a signal saves a checkpoint (at iteration 0, or the resumed
-one, if no step ran yet) and the exit code is 0."""
+2 bad input, in one line `train.py: error: ...` (`hgan-train: error: ...` as hgan-train);
+130 / 143 SIGINT / SIGTERM during the setup (while the dataset was generated: nothing of it
+kept; later: nothing of the run written yet). Once the setup is done, a signal saves a
+checkpoint (at iteration 0, or the resumed one, if no step ran yet) and the exit code is 0."""
 import signal
 import sys
 
-from hgan.train.config import parse_command_line, reports_bad_input
+from hgan.train.config import parse_command_line, prog, reports_bad_input
 
 
 def bad_input(e: BaseException) -> int:
     """train.py's one-line report of bad input (under torchrun, from each node's first rank
     only); its exit code."""
     if reports_bad_input():
-        print(f"train.py: error: {str(e).strip()}".replace("\n", " "), file=sys.stderr)
+        print(f"{prog()}: error: {str(e).strip()}".replace("\n", " "), file=sys.stderr)
     return 2
 
 
@@ -46,15 +46,15 @@ def main(argv=None) -> int:
         # each node's first rank only.
         except GenerationInterrupted as e:
             if reports_bad_input():
-                print(f"train.py: generation of {cfg.data_path} was interrupted "
+                print(f"{prog()}: generation of {cfg.data_path} was interrupted "
                       f"({signal.Signals(e.signum).name}); no partial file was kept",
                       file=sys.stderr)
             return 128 + e.signum
         except KeyboardInterrupt as e:
             signum = getattr(e, "signum", signal.SIGINT)
             if reports_bad_input():
-                print(f"train.py: stopped by {signal.Signals(signum).name} before the first "
-                      "iteration; nothing of the run was written", file=sys.stderr)
+                print(f"{prog()}: stopped by {signal.Signals(signum).name} before the "
+                      "first iteration; nothing of the run was written", file=sys.stderr)
             return 128 + signum
         try:
             run(setup)  # its own handlers first: a signal from here on saves a checkpoint

@@ -3,6 +3,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -142,6 +143,12 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+def prog() -> str:
+    """The command's name in its usage and error lines: `hgan-train` when installed as that
+    script, `train.py` otherwise (python train.py, torchrun train.py, in-process calls)."""
+    return "hgan-train" if os.path.basename(sys.argv[0] or "") == "hgan-train" else "train.py"
+
+
 def reports_bad_input() -> bool:
     """Under torchrun every rank meets the same bad input (the same flags, the same files on a
     node): only each node's first rank reports it, so that it is one line, not one per rank."""
@@ -159,7 +166,7 @@ def build_parser(defaults: bool = True) -> argparse.ArgumentParser:
     """train.py's flags: one per RunConfig and ModelConfig field, help from the field.
 
     defaults=False: a parser whose namespace holds only the flags given (see parse_command_line)."""
-    p = _TrainParser(prog="train.py", description="Train HGAN (or a baseline) on a Toy Physics system.",
+    p = _TrainParser(prog=prog(), description="Train HGAN (or a baseline) on a Toy Physics system.",
                      formatter_class=_HelpFormatter)
     _add_options(p, RunConfig, RunConfig(model=ModelConfig()) if defaults else None)
     _add_options(p, ModelConfig, ModelConfig() if defaults else None)
