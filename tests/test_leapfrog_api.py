@@ -237,3 +237,20 @@ def test_a_source_checkout_imports_its_own_kernels(tmp_path):
     assert which() == "the installed one"      # another project's pyproject: not a checkout
     (tmp_path / "pyproject.toml").write_text('[project]\nname = "hgan"\n')
     assert which() == "the checkout on PYTHONPATH"
+
+
+@pytest.mark.parametrize("value,interpreting", [
+    ("1", True), ("true", True), ("0", False), ("", False), ("false", False), ("off", False)])
+def test_fused_on_cpu_only_under_the_triton_interpreter(monkeypatch, value, interpreting):
+    # CPU tensors run fused only where Triton itself interprets the kernels, read from
+    # TRITON_INTERPRET as Triton reads it; otherwise the reason names CUDA (and
+    # backend="fused" raises with it) instead of Triton compiling for a GPU with CPU pointers.
+    knobs = pytest.importorskip("triton.knobs")     # how triton >= 3.4 reads the variable
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert bool(knobs.runtime.interpret) == interpreting      # Triton's own reading
+    w, _ = random_mlp(2, (16, 16))
+    reason = dispatch.fused_unsupported_reason(torch.zeros(2, 2), w, "softplus")
+    if interpreting:
+        assert reason is None
+    else:
+        assert "CUDA" in reason

@@ -43,7 +43,14 @@ _warned = set()        # fallback reasons already reported
 
 
 def _interpreting():
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Whether Triton runs the kernels through its interpreter, as Triton itself reads
+    TRITON_INTERPRET (triton.knobs: "1", "true", "on", "yes", "y" in any case): "false" or
+    "off" mean a compiled launch, which cannot take CPU tensors."""
+    try:
+        from triton import knobs
+    except ImportError:      # no triton (fused cannot run anyway), or one without knobs
+        return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return bool(knobs.runtime.interpret)
 
 
 def _triton_importable():
