@@ -491,3 +491,28 @@ def test_throughput_layout_is_persistent():
     assert fused._throughput_programs(17, cpu, 16) == 2
     assert fused._throughput_programs(65, cpu, 64) == 2
     assert fused._throughput_programs(1, cpu, 64) == 1
+
+
+def test_fallback_warning_points_at_the_callers_line(monkeypatch):
+    # The one-time warning names the caller's file and line, not the dispatcher's: for a
+    # config outside the contract (decided before any launch), for a forward that cannot
+    # launch, and through HamiltonianMLP.rollout.
+    monkeypatch.setitem(dispatch._auto_choice, torch.device(DEVICE).type, "fused")
+    q0 = torch.randn(3, 2, device=DEVICE)
+    w, b = random_mlp(2, (16, 16, 16), device=DEVICE)
+    monkeypatch.setattr(dispatch, "_warned", set())
+    with pytest.warns(UserWarning, match="running the analytic backend") as rec:
+        leapfrog(q0, q0, w, b, frames=2)
+    assert [r.filename for r in rec] == [__file__], [(r.filename, r.lineno) for r in rec]
+    monkeypatch.setattr(dispatch, "_warned", set())
+    torch.manual_seed(0)
+    H = HamiltonianMLP(2, hidden=16, depth=3).to(DEVICE)
+    with pytest.warns(UserWarning, match="running the analytic backend") as rec:
+        H.rollout(q0, q0, frames=2)
+    assert [r.filename for r in rec] == [__file__], [(r.filename, r.lineno) for r in rec]
+    _kernel_too_big_for_the_gpu(monkeypatch, "fwd")
+    monkeypatch.setattr(dispatch, "_warned", set())
+    w, b = random_mlp(2, (16, 16), device=DEVICE)
+    with pytest.warns(UserWarning, match="does not fit this GPU") as rec:
+        leapfrog(q0, q0, w, b, frames=2)
+    assert [r.filename for r in rec] == [__file__], [(r.filename, r.lineno) for r in rec]

@@ -7,6 +7,7 @@ contract runs ``analytic`` under ``auto`` with a one-time warning; an explicit
 """
 import logging
 import os
+import sys
 import warnings
 
 import torch
@@ -104,12 +105,21 @@ def _resolve(backend, q0, weights, activation):
     return choice
 
 
+# hgan/kernels/: warnings point past its frames, at the line that called into it
+_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
 def _fall_back(reason):
-    """The one-time warning of backend='auto' running analytic instead of fused."""
+    """The one-time warning of backend='auto' running analytic instead of fused, attributed
+    to the caller's line (leapfrog() or HamiltonianMLP.rollout()), however deep the call
+    inside this package was: the contract check, a forward or a backward that cannot launch."""
     if reason not in _warned:
         _warned.add(reason)
+        frame, level = sys._getframe(0), 1
+        while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
+            frame, level = frame.f_back, level + 1
         warnings.warn(f"leapfrog backend='auto': {reason}; running the analytic backend",
-                      stacklevel=4)
+                      stacklevel=level)
 
 
 def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
