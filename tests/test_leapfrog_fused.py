@@ -336,8 +336,8 @@ def test_fused_drops_padded_gradients(monkeypatch, layout):
 
 def test_explicit_fused_outside_contract_raises():
     q0 = torch.randn(2, 3, device=DEVICE)
-    for widths, act, msg in [((16, 16, 16), "softplus", "depth"), ((8, 8), "softplus", "widths"),
-                             ((16, 16), "relu", "activations")]:
+    for widths, act, msg in [((16, 16, 16), "softplus", "depth"), ((16,), "softplus", "depth"),
+                             ((8, 8), "softplus", "widths"), ((16, 16), "relu", "activations")]:
         w, b = random_mlp(3, widths, device=DEVICE)
         with pytest.raises(ValueError, match=msg):
             leapfrog(q0, q0, w, b, frames=2, activation=act, backend="fused")
