@@ -164,6 +164,7 @@ LEAVER = textwrap.dedent("""
     warnings.simplefilter("error", FutureWarning)
     import hgan.train.loop as loop
     from hgan.train.cli import main
+    from hgan.train import dist as hdist
     rank = int(os.environ["RANK"])
     if rank == 0:  # the checkpoint writer is slow: rank 1 must still wait for it
         save = loop.Trainer.save
@@ -173,7 +174,8 @@ LEAVER = textwrap.dedent("""
         loop.Trainer.save = slow_save
     rc = main(sys.argv[3:])
     with open(os.path.join(sys.argv[2], f"left{rank}.json"), "w") as f:
-        json.dump({"rc": rc, "in_group": dist.is_initialized(), "at": time.time()}, f)
+        json.dump({"rc": rc, "in_group": dist.is_initialized(), "at": time.time(),
+                   "exits_at_once": hdist.left_a_group}, f)
 """)
 
 
@@ -198,5 +200,31 @@ def test_train_py_ranks_leave_together_after_the_checkpoint(tiny_pendulum_h5, tm
     left = [json.loads((tmp_path / f"left{r}.json").read_text()) for r in (0, 1)]
     assert [x["rc"] for x in left] == [0, 0]
     assert not any(x["in_group"] for x in left)
+    assert all(x["exits_at_once"] for x in left)  # train.py's entry then skips finalization
     # rank 1 left only once rank 0 had written its checkpoint and summary
     assert left[1]["at"] >= os.path.getmtime(out / "summary.json")
+
+
+def test_a_rank_that_left_its_group_exits_without_finalizing(monkeypatch, capsys):
+    # A gloo worker thread may still be freeing the last collective's tensors when the
+    # interpreter finalizes; Python 3.11 then kills that thread under a C++ frame and the rank
+    # aborts (seen in a core dump). So train.py's entry ends such a rank with os._exit, after
+    # flushing what it printed; any other process exits as usual with main's code.
+    import hgan.train.cli as cli
+    from hgan.train import dist as hdist
+    exits = []
+    monkeypatch.setattr(cli, "main", lambda argv=None: 0)
+    monkeypatch.setattr(os, "_exit", exits.append)
+    monkeypatch.setattr(hdist, "left_a_group", False)
+    assert cli.entry([]) == 0 and exits == []
+    monkeypatch.setattr(cli, "main", lambda argv=None: print("last line", end="") or 1)
+    monkeypatch.setattr(hdist, "left_a_group", True)
+    cli.entry([])
+    assert exits == [1]
+    assert capsys.readouterr().out == "last line"
+    # train.py and the hgan-train script both go through it
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "train.py")) as f:
+        assert "sys.exit(entry())" in f.read()
+    with open(os.path.join(root, "pyproject.toml")) as f:
+        assert 'hgan-train = "hgan.train.cli:entry"' in f.read()

@@ -70,5 +70,12 @@ def main(argv=None) -> int:
             signal.signal(signal.SIGTERM, sigterm)
 
 
+def entry(argv=None) -> int:
+    """train.py's and hgan-train's process entry: main's exit code; a torchrun rank that left
+    its process group exits here, without the interpreter's finalization (hgan.train.dist)."""
+    from hgan.train import dist as hdist
+    return hdist.exit_process(main(argv))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -8,6 +8,7 @@ per-rank gradients. BatchNorm statistics stay per rank (DDP broadcasts rank 0's 
 """
 import inspect
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -65,13 +66,35 @@ def leave(clean: bool) -> None:
     """Leave the process group before the interpreter exits (train.py's last step, when its
     setup joined the group; a group the caller set up is the caller's to leave).
 
-    Without it a rank that ends first (rank 1 has no checkpoint to write) exits with the
-    group's threads alive, and now and then aborts in C++ ("terminate called without an
-    active exception", SIGABRT), upon which torchrun kills rank 0 before its checkpoint is
-    written. clean: every rank ended normally, so they wait for each other first (rank 0's
-    save); after an error a peer may never arrive, and this rank leaves at once."""
+    clean: every rank ended normally, so they wait for each other first: no rank exits while
+    rank 0 still writes its checkpoint (a rank that exits early, or aborts, makes torchrun
+    kill the others). After an error a peer may never arrive, and this rank leaves at once.
+    The process then ends through exit_process."""
     if not dist.is_initialized():
         return
     if clean:
         dist.barrier()
     dist.destroy_process_group()
+    global left_a_group
+    left_a_group = True
+
+
+# Set once this process has left a torchrun group: its process entry then ends it with
+# os._exit. A gloo worker thread may still be freeing the last collective's tensors (which
+# takes the GIL) when the interpreter starts finalizing; Python 3.11 then exits that thread
+# under a C++ frame that must not unwind, and the rank aborts ("terminate called without an
+# active exception", SIGABRT; seen in a core dump, about 1 run in 10 on 2 loaded cores).
+left_a_group = False
+
+
+def exit_process(code: int) -> int:
+    """End a process that left a torchrun group without finalizing the interpreter (see
+    left_a_group); any other process gets its exit code back, to exit as usual."""
+    if not left_a_group:
+        return code
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
