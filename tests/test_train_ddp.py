@@ -78,7 +78,8 @@ WORKER = textwrap.dedent("""
                 "local_batch": tr.local_batch, "polls": len(polls),
                 "noise": tr.noise.get_state()},
                os.path.join(out, f"rank{rank}.pt"))
-    hdist.leave(clean=True)  # as train.py does: exiting with the group up can abort
+    hdist.leave(clean=True)  # as train.py does: exiting with the group up can abort,
+    hdist.exit_process(0)    # and so can the interpreter's finalization after it
 """)
 
 
@@ -176,6 +177,7 @@ LEAVER = textwrap.dedent("""
     with open(os.path.join(sys.argv[2], f"left{rank}.json"), "w") as f:
         json.dump({"rc": rc, "in_group": dist.is_initialized(), "at": time.time(),
                    "exits_at_once": hdist.left_a_group}, f)
+    hdist.exit_process(0)
 """)
 
 

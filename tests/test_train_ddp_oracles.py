@@ -77,6 +77,7 @@ WORKER = textwrap.dedent("""
     torch.save({name: {"records": r, "final": f} for (name, _), r, f in zip(runs, records, finals)},
                os.path.join(out, f"rank{rank}.pt"))
     hdist.leave(clean=True)
+    hdist.exit_process(0)  # as train.py's entry: no finalization with gloo threads about
 """)
 
 
