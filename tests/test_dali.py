@@ -1,7 +1,9 @@
 """The DALI stream (CPU operators here) yields exactly the torch stream's batches, and a bad
 file fails it with open_h5's own error."""
+import gc
 import re
 import shutil
+import weakref
 
 import pytest
 import torch
@@ -58,6 +60,25 @@ def test_dali_channels_last_matches_torch(frames_h5):
     for x, y in zip(ref, got):
         assert torch.equal(x, y)
         assert y.transpose(1, 2).is_contiguous(memory_format=torch.channels_last_3d)
+
+
+def test_iterating_again_releases_the_previous_pipeline_and_continues(frames_h5):
+    _, ref = take(frames_h5, 5, "torch", num_workers=0)
+    stream = build_loader(frames_h5, batch_size=BATCH, frames=FRAMES, kind="dali",
+                          num_workers=0)
+    first = iter(stream)
+    got = [next(first).clone() for _ in range(2)]
+    old = weakref.ref(stream._pipe)
+    second = iter(stream)
+    gc.collect()
+    # the suspended first iterator kept the old pipeline alive until it was collected
+    assert old() is None and first is not None
+    got += [next(second).clone() for _ in range(3)]
+    assert len(got) == 5 and all(torch.equal(x, y) for x, y in zip(ref, got))
+    current = weakref.ref(stream._pipe)
+    stream.close()
+    gc.collect()
+    assert current() is None
 
 
 def test_available_reports_import():

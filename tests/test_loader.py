@@ -1,5 +1,6 @@
 """Batch streams: windows follow window_plan exactly, all kinds agree, resume is exact, and a
 bad file fails with open_h5's own error."""
+import multiprocessing
 import re
 import shutil
 
@@ -90,6 +91,44 @@ def test_start_batch_resumes_exactly(frames_h5, kind):
     assert resumed.position == 9
     for x, y in zip(full[5:], tail):
         assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("kind", ["torch", "gpu-resident"])
+def test_iterating_again_continues_and_ends_the_previous_iterator(frames_h5, kind):
+    path, _ = frames_h5
+    _, full = take(path, 5, kind=kind, num_workers=0, seed=4)
+    stream = build_loader(path, batch_size=BATCH, frames=FRAMES, kind=kind, num_workers=0,
+                          seed=4)
+    first = iter(stream)
+    got = [next(first), next(first)]
+    second = iter(stream)
+    with pytest.raises(StopIteration):   # two live iterators would share `position`
+        next(first)
+    got += [next(second) for _ in range(3)]
+    assert stream.position == 5
+    assert all(torch.equal(x, y) for x, y in zip(full, got))
+    stream.close()
+    with pytest.raises(StopIteration):
+        next(second)
+
+
+def test_iterating_again_or_closing_ends_the_previous_loaders_workers_at_once(frames_h5):
+    # A suspended generator held its DataLoader, and with it the worker processes, until it
+    # was garbage-collected: here `first` stays referenced.
+    def workers():
+        return len(multiprocessing.active_children())
+
+    base = workers()
+    stream = build_loader(frames_h5[0], batch_size=BATCH, frames=FRAMES, num_workers=2)
+    first = iter(stream)
+    next(first)
+    assert workers() == base + 2
+    second = iter(stream)
+    assert workers() == base
+    next(second)
+    assert workers() == base + 2
+    stream.close()
+    assert workers() == base and first is not None
 
 
 def test_gpu_resident_equals_torch_with_workers(frames_h5):

@@ -107,8 +107,7 @@ class DaliBatchStream(BatchStream):
         self._pipe.build()
         return DALIGenericIterator(self._pipe, ["frames"], size=-1)
 
-    def __iter__(self):
-        self.close()
+    def _batches(self):
         try:
             it = self._start()
             for out in it:
@@ -119,10 +118,9 @@ class DaliBatchStream(BatchStream):
         except Exception as err:  # e.g. the file was replaced or damaged while in use
             _reraise_worker_error(err)
 
-    def close(self):
-        if self._pipe is not None:
-            del self._pipe
-            self._pipe = None
+    def _end(self):
+        super()._end()      # the iterator first: it holds the pipeline too
+        self._pipe = None
 
 
 __all__ = ["available", "DaliBatchStream"]

@@ -89,7 +89,7 @@ class TorchBatchStream(BatchStream):
         super().__init__(schedule, device, start_batch, channels_last)
         self.num_workers = num_workers
 
-    def __iter__(self):
+    def _batches(self):
         sampler = itertools.count(self.position * self.batch_size)
         loader = DataLoader(_SampleDataset(WindowReader(self.schedule)), sampler=sampler,
                             batch_size=self.batch_size, num_workers=self.num_workers,
@@ -142,7 +142,7 @@ class ResidentBatchStream(BatchStream):
             self._block = (first, host.to(self.device, non_blocking=True))
         return self._block[1][epoch - first]
 
-    def __iter__(self):
+    def _batches(self):
         while True:
             epoch, b = divmod(self.position, self.batches_per_epoch)
             idx = self._plan(epoch)[b * self.batch_size:(b + 1) * self.batch_size]
@@ -151,6 +151,7 @@ class ResidentBatchStream(BatchStream):
             yield to_unit_range(u8, self.channels_last)
 
     def close(self):
+        super().close()
         self.frames = None
         self._block = None
 

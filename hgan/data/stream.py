@@ -91,7 +91,13 @@ class WindowReader:
 
 
 class BatchStream:
-    """Base of the batch streams: schedule, target device, position (next global batch)."""
+    """Base of the batch streams: schedule, target device, position (next global batch).
+
+    One iteration at a time: iterating again continues from `position` and ends the previous
+    iterator (its next() raises StopIteration), and close() ends the current one. Ending it
+    releases what it holds -- DataLoader workers, a DALI pipeline and its workers -- at once;
+    a suspended generator would otherwise keep them until it is garbage-collected. Subclasses
+    write their batches as the generator `_batches`."""
 
     def __init__(self, schedule, device, start_batch, channels_last=False):
         if start_batch < 0:
@@ -102,6 +108,20 @@ class BatchStream:
         self.batches_per_epoch = schedule.batches_per_epoch
         self.device = torch.device(device)
         self.position = start_batch
+        self._active = None
+
+    def _batches(self):
+        raise NotImplementedError
+
+    def __iter__(self):
+        self._end()
+        self._active = self._batches()
+        return self._active
+
+    def _end(self):
+        active, self._active = self._active, None
+        if active is not None:
+            active.close()
 
     def close(self):
-        pass
+        self._end()
