@@ -1,4 +1,5 @@
 """Tiny CPU training runs: every model, AMP, exact resume, NaN stop, signal checkpoint."""
+import contextlib
 import json
 import os
 import signal
@@ -9,11 +10,18 @@ import torch
 
 from hgan.models import ModelConfig
 from hgan.train import RunConfig, cpu_bf16, load_checkpoint, train
-from hgan.train.loop import NonFiniteLoss, Trainer, amp_policy
+from hgan.train.loop import NonFiniteLoss, Trainer, amp_policy, cpu_has_fast_bf16
 from hgan.train.losses import r1_penalty
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def explicit_bf16_warning():
+    """An explicit --amp-dtype bf16 on a CPU without native bf16 is obeyed with a warning."""
+    if cpu_has_fast_bf16():
+        return contextlib.nullcontext()
+    return pytest.warns(UserWarning, match="no native bf16")
 
 
 def tiny_cfg(h5, out, model="hgan", **kw):
@@ -64,7 +72,8 @@ def test_amp_bf16_autocast_runs_the_nets_in_bf16_and_the_rollout_in_fp32(tiny_pe
     # what autocast does, whatever this CPU's bf16 kernels get right (test below)
     monkeypatch.setattr(cpu_bf16, "check", lambda *a, **k: None)
     cfg = tiny_cfg(tiny_pendulum_h5, tmp_path / "amp", amp=True, amp_dtype="bf16")
-    tr = Trainer(cfg)
+    with explicit_bf16_warning():
+        tr = Trainer(cfg)
     assert tr.amp_dtype == torch.bfloat16 and not tr.scaler.is_enabled()
     with tr._autocast():
         mot = tr.G.motion(2, 3)
@@ -79,12 +88,14 @@ def test_amp_bf16_on_cpu_trains_where_this_cpus_bf16_convolutions_are_right(tiny
     cfg = tiny_cfg(tiny_pendulum_h5, tmp_path / "amp", amp=True, amp_dtype="bf16", r1_gamma=10.0)
     bad = cpu_bf16.check(Trainer(replace(cfg, amp=False)).models, 4, 6, 4)
     if bad is None:
-        res = train(cfg)
+        with explicit_bf16_warning():
+            res = train(cfg)
         assert all(torch.isfinite(torch.tensor(v)) for v in res["stats"].values())
         assert res["stats"]["loss/R1"] > 0
     else:
         with pytest.raises(ValueError, match="--amp-dtype bf16: this CPU's bf16 convolution is "
-                                             "wrong at this run's shapes"):
+                                             "wrong at this run's shapes"), \
+                explicit_bf16_warning():
             Trainer(cfg)
 
 
