@@ -260,7 +260,7 @@ def test_leapfrog_table_recommends_the_dispatch_table_from_its_rows():
               "fused_throughput_fwd16/B64": 6e-5}
     assert table.recommend(rows, errors) == {
         "latency_max_rows": 1024, "latency_warps": 16, "bf16x3_above_latency": True,
-        "throughput_fwd_block": 16}
+        "split_above_latency": "fused_throughput", "throughput_fwd_block": 16}
     # too coarse a split: the tensor-core path is not a default
     errors["fused_throughput/B1031"] = 2e-4
     assert table.recommend(rows, errors)["bf16x3_above_latency"] is False
@@ -378,7 +378,7 @@ def test_leapfrog_table_recommends_nothing_that_missed_the_error_contract():
                  ("fused", 65536, 90.0))
     assert table.recommend(rows, _ALL_ACCURATE) == {
         "latency_max_rows": 64, "latency_warps": 4, "bf16x3_above_latency": True,
-        "throughput_fwd_block": 16}
+        "split_above_latency": "fused_throughput", "throughput_fwd_block": 16}
     for bad in (2e-4, float("nan"), "RuntimeError('...')", None):
         errors = dict(_ALL_ACCURATE, **{"fused_latency_w4/B64": bad,
                                         "fused_throughput_fwd16/B64": bad,
@@ -392,7 +392,47 @@ def test_leapfrog_table_recommends_nothing_that_missed_the_error_contract():
         assert rec["latency_max_rows"] == 0 and rec["latency_warps"] == 16, (bad, rec)
         assert rec["throughput_fwd_block"] == 64, (bad, rec)
     errors = dict(_ALL_ACCURATE, **{"fused_throughput/B1031": 5e-4})
-    assert table.recommend(rows, errors)["bf16x3_above_latency"] is False
+    rec = table.recommend(rows, errors)
+    assert rec["bf16x3_above_latency"] is False and rec["split_above_latency"] is None
+
+
+def test_leapfrog_table_recommends_the_fastest_accurate_split_above_the_latency_regime():
+    # 3xTF32 or 3xBF16, whichever is faster and within 1e-4: the tile layout's tf32x3 is a
+    # candidate beside the throughput layout's bf16x3
+    table = _leapfrog_table()
+    cross = [("fused_latency", 1024, 1.0), ("fused_tile", 1024, 2.0),
+             ("fused_latency", 2048, 3.0), ("fused_tile", 2048, 2.0)]
+    errors = dict(_ALL_ACCURATE, **{f"{v}/B{b}": 5e-6 for v in ("fused_tile_tf32x3",
+                                                               "fused_tile_bf16x3")
+                                   for b in (64, 1031)})
+    rows = _rows(*cross, ("fused", 2048, 2.0), ("fused", 65536, 90.0),
+                 ("fused_throughput", 2048, 1.5), ("fused_throughput", 65536, 12.0),
+                 ("fused_tile_tf32x3", 2048, 1.8), ("fused_tile_tf32x3", 65536, 10.0),
+                 ("fused_tile_bf16x3", 65536, 11.0))
+    rec = table.recommend(rows, errors)
+    assert rec["latency_max_rows"] == 1024 and rec["bf16x3_above_latency"] is True
+    assert rec["split_above_latency"] == "fused_tile_tf32x3"      # 10 ms against 12 and 11
+    # outside the contract (or unchecked): passed over for the next fastest
+    for bad in (2e-4, float("nan"), None):
+        errs = dict(errors, **{"fused_tile_tf32x3/B1031": bad})
+        if bad is None:
+            del errs["fused_tile_tf32x3/B1031"]
+        assert table.recommend(rows, errs)["split_above_latency"] == "fused_tile_bf16x3"
+    # slower than the default at one batch above the crossover: not a default
+    slower = rows + _rows(("fused_tile_tf32x3", 4096, 5.0), ("fused", 4096, 4.0))
+    assert table.recommend(slower, errors)["split_above_latency"] == "fused_tile_bf16x3"
+    # compared where they all ran: the throughput layout's faster 2048 does not count
+    # against a variant not measured there
+    tie = _rows(*cross, ("fused", 2048, 2.0), ("fused", 65536, 90.0),
+                ("fused_throughput", 2048, 0.5), ("fused_throughput", 65536, 10.0),
+                ("fused_tile_tf32x3", 65536, 10.0))
+    assert table.recommend(tie, errors)["split_above_latency"] == "fused_throughput"  # tie
+    # none beats the default: no split, said so
+    none = _rows(*cross, ("fused", 65536, 9.0), ("fused_throughput", 65536, 12.0),
+                 ("fused_tile_tf32x3", 65536, 10.0))
+    assert table.recommend(none, errors)["split_above_latency"] is None
+    # no split measured above the latency regime: no key
+    assert "split_above_latency" not in table.recommend(_rows(*cross), errors)
 
 
 def test_leapfrog_table_median_ms_is_the_median_of_cuda_event_times(monkeypatch):

@@ -104,6 +104,9 @@ VARIANTS = {
 # only: the warm-up compiles them at that batch alone.
 ERROR_VARIANTS = ("fused", "fused_latency", "fused_throughput", "fused_tile",
                   "fused_tile_tf32x3", "fused_tile_bf16x3", "fused_tile_tf32")
+# The fp32-faithful splits that may become the default above the latency regime (issue:
+# 3xTF32 or 3xBF16, whichever measures faster and meets 1e-4); on a tie the first.
+SPLITS = ("fused_throughput", "fused_tile_tf32x3", "fused_tile_bf16x3")
 ERROR_VARIANTS_FIRST = ("fused_latency_w4", "fused_latency_w16", "fused_throughput_fwd16")
 
 
@@ -444,11 +447,14 @@ def recommend(rows, errors, cross_complete=True):
     {"latency_max_rows": the largest batch at which the latency layout beat the tile layout
     (ieee, the default precision), "latency_warps": the fastest of 4, 8, 16 warps summed over
     the training batches, "bf16x3_above_latency": whether the throughput layout (bf16x3)
-    beat the default dispatch at every batch above that, "throughput_fwd_block": 64 or 16}.
+    beat the default dispatch at every batch above that, "split_above_latency": which of the
+    fp32-faithful splits (SPLITS: bf16x3 in the throughput layout, tf32x3 or bf16x3 in the tile
+    layout) beat the default dispatch at every batch above that and is fastest at the largest
+    batch they share, or None, "throughput_fwd_block": 64 or 16}.
     Only a variant within 1e-4 of float64 at every batch stage 2 checks it at (`accurate`; a
     failed, missing or NaN check is not) is picked: latency_max_rows is 0 when the latency
     layout is not, a warp count or the 16-row forward that is not is passed over, and
-    bf16x3_above_latency is False. Ties keep the table's current choice (the latency layout,
+    bf16x3_above_latency is False, and a split is passed over. Ties keep the table's current choice (the latency layout,
     8 warps, 64-row blocks). A key is absent when its rows are; "latency_max_rows" also when
     the crossover stage was cut short (`cross_complete`)."""
     ms = {(r["variant"], r["batch"]): r["ms"] for r in rows if "ms" in r}
@@ -476,6 +482,16 @@ def recommend(rows, errors, cross_complete=True):
     if above:
         rec["bf16x3_above_latency"] = accurate("fused_throughput") and all(
             ms["fused_throughput", b] < ms["fused", b] for b in above)
+    # Every split that is accurate and beats the default at each batch above the latency
+    # regime where both ran; the fastest of them at the largest batch they all ran.
+    over = {v: {b for w, b in ms if w == v and b > rec.get("latency_max_rows", 0)
+                and ("fused", b) in ms} for v in SPLITS}
+    faster = {v: bs for v, bs in over.items()
+              if bs and accurate(v) and all(ms[v, b] < ms["fused", b] for b in bs)}
+    if any(over.values()):
+        shared = max(set.intersection(*faster.values()), default=None) if faster else None
+        rec["split_above_latency"] = (min(faster, key=lambda v: (ms[v, shared], SPLITS.index(v)))
+                                      if shared is not None else None)
     big = [b for v, b in ms if v == "fused_throughput_fwd16" and ("fused_throughput", b) in ms]
     if big:
         b = max(big)
