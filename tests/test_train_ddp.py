@@ -207,6 +207,62 @@ def test_train_py_ranks_leave_together_after_the_checkpoint(tiny_pendulum_h5, tm
     assert left[1]["at"] >= os.path.getmtime(out / "summary.json")
 
 
+DATA_WAITER = textwrap.dedent("""
+    import json, os, sys, time
+    from datetime import timedelta
+    import torch.distributed as dist
+    from hgan.models import ModelConfig
+    from hgan.train import RunConfig
+    from hgan.train import dist as hdist
+    import hgan.train.loop as loop
+
+    data, out = sys.argv[1], sys.argv[2]
+    rank = int(os.environ["RANK"])
+    # the default group's timeout made short, so that the test outlasts it
+    dist.init_process_group("gloo", timeout=timedelta(seconds=2))
+    generate = loop._generate
+
+    def slow(cfg):
+        time.sleep(5)
+        generate(cfg)
+    loop._generate = slow
+    cfg = RunConfig(system="pendulum", data=data, batch_size=2, frames=4, device="cpu",
+                    out=out, gen_train=4, gen_test=2, gen_frames=6, progress=False,
+                    model=ModelConfig(ngf=4, ndf=4, clip_frames=2, resolution=32))
+    t0 = time.monotonic()
+    try:
+        loop.ensure_dataset(cfg, hdist.DistInfo(rank, 2, rank))
+        res = {"ok": True, "waited": time.monotonic() - t0}
+    except Exception as err:
+        res = {"ok": False, "error": repr(err)[:300]}
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(res, f)
+    hdist.leave(clean=res["ok"])
+    hdist.exit_process(0)
+""")
+
+
+def test_ranks_wait_out_a_generation_longer_than_the_groups_timeout(tmp_path):
+    # Rank 0 generates a missing dataset while the others wait: a paper-size set takes longer
+    # than the default group's timeout (30 min under gloo, 10 under NCCL), which ended the
+    # wait with an error. Here the group's timeout is 2 s and the generation 5 s.
+    script = tmp_path / "waiter.py"
+    script.write_text(DATA_WAITER)
+    data, out = tmp_path / "data", tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), str(data), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+    res = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["ok"] for r in res), res
+    assert res[1]["waited"] >= 5           # rank 1 went on only after the generation
+    assert (data / "pendulum" / "train.h5").exists()
+
+
 def test_a_rank_that_left_its_group_exits_without_finalizing(monkeypatch, capsys):
     # A gloo worker thread may still be freeing the last collective's tensors when the
     # interpreter finalizes; Python 3.11 then kills that thread under a C++ frame and the rank

@@ -10,6 +10,7 @@ import inspect
 import os
 import sys
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -60,6 +61,27 @@ def any_rank(flag: bool, info: DistInfo, device) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t)
     return bool(t.item() > 0)
+
+
+# How long the other ranks wait while rank 0 generates a missing dataset: a paper-size set
+# takes hours, and the default group's timeout (30 minutes under gloo, 10 under NCCL) would
+# end that wait with an error.
+DATA_WAIT = timedelta(hours=24)
+
+
+class LongWait:
+    """A barrier with its own timeout, on a gloo group made for it (the default group's
+    timeout stays as it is for the training collectives). Every rank builds it -- new_group
+    is collective -- before the work the others wait for, and waits with wait()."""
+
+    def __init__(self, timeout: timedelta = DATA_WAIT):
+        self.group = dist.new_group(backend="gloo", timeout=timeout)
+
+    def wait(self):
+        try:
+            dist.barrier(group=self.group)
+        finally:
+            dist.destroy_process_group(self.group)
 
 
 def leave(clean: bool) -> None:

@@ -100,14 +100,15 @@ def ensure_dataset(cfg: RunConfig, info: hdist.DistInfo):
     """Generate the dataset when missing (main rank), then check that it fits cfg: ValueError
     (hgan.data.h5io.DataFormatError for a broken file) naming the mismatch."""
     check_data_root(cfg)
+    done = hdist.LongWait() if info.enabled else None   # the others wait out rank 0's generation
     if not os.path.exists(cfg.data_path):
         if cfg.gen_frames < cfg.frames:
             raise ValueError(f"--gen-frames ({cfg.gen_frames}) must be >= --frames ({cfg.frames}) "
                              f"to generate {cfg.data_path}")
         if info.is_main:
             _generate(cfg)
-    if info.enabled:
-        torch.distributed.barrier()
+    if done is not None:
+        done.wait()
     check_dataset(cfg)
 
 
