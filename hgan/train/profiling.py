@@ -135,7 +135,10 @@ class _StepProfiler:
         self._prof = torch.profiler.profile(
             activities=activities,
             schedule=torch.profiler.schedule(wait=wait, warmup=warmup, active=active, repeat=1),
-            on_trace_ready=self._ready, record_shapes=True, with_stack=False)
+            on_trace_ready=self._ready, record_shapes=True, with_stack=False,
+            # One cycle (repeat=1), so nothing accumulates; without it torch 2.11 warns at
+            # every profile that events are cleared between cycles.
+            acc_events=True)
 
     def _ready(self, prof):
         if self.steps >= self.needed:
