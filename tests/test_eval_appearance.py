@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from hgan.data import open_h5
-from hgan.data.render import BACKGROUND, render
+from hgan.data.render import BACKGROUND, palette, render
 from hgan.evaluate import appearance
 
 
@@ -75,7 +75,7 @@ def test_real_scores_near_zero_and_fading_scores_worse(pendulum_clips):
     faded = appearance.appearance_consistency(real, _fade(other, np.linspace(1, 0, t)), 1)
     # A linear ramp 1 -> 0 over 16 frames has std 0.33 of the object's mass.
     assert faded["generated"]["median"] > 0.25 > 10 * same["generated"]["median"]
-    assert faded["generated_flagged"] == 1
+    assert faded["generated_flagged"] == 1 and faded["real_flagged"] == 0
     appearing = appearance.appearance_consistency(real, _fade(other, np.linspace(0, 1, t)), 1)
     assert appearing["generated_flagged"] == 1
     # Half the videos lose their ball half-way: half of them are counted.
@@ -97,3 +97,55 @@ def test_bad_input_is_named():
     bg = np.broadcast_to((np.asarray(BACKGROUND) * 255).astype(np.uint8), (2, 4, 8, 8, 3))
     with pytest.raises(ValueError, match="no object"):
         appearance.appearance_consistency(np.ascontiguousarray(bg), np.ascontiguousarray(bg), 1)
+
+
+def _flat(rgb, num_frames=1, size=4):
+    """uint8 video [1, T, size, size, 3] of one RGB colour in [0, 1]."""
+    px = np.round(np.asarray(rgb, np.float64) * 255).astype(np.uint8)
+    return np.broadcast_to(px, (1, num_frames, size, size, 3)).copy()
+
+
+def test_a_pixel_counts_at_most_one_pixel_of_mass():
+    # Palette of 4: red, (0.5, 1, 0), cyan, (0.5, 0, 1). Pure yellow lies past (0.5, 1, 0)
+    # along its direction from the background (projection 1.15): it is that colour, fully,
+    # and a pixel's weight is in [0, 1], so 16 such pixels weigh 16.
+    mass = appearance.color_mass(_flat([1.0, 1.0, 0.0]), 4)
+    np.testing.assert_allclose(mass[0, 0], [0.0, 16.0, 0.0, 0.0], atol=1e-9)
+
+
+@pytest.mark.parametrize("contrast, foreground", [(0.2, True), (0.05, False)])
+def test_faint_pixels_count_above_the_minimum_contrast(contrast, foreground):
+    # A pixel `contrast` away from the background (Euclidean, [0, 1] RGB) towards the one
+    # palette colour c has weight contrast / |c - background| when it clears MIN_CONTRAST.
+    bg = np.asarray(BACKGROUND)
+    d = palette(1)[0] - bg
+    video = _flat(bg + contrast * d / np.linalg.norm(d))
+    want = 16 * contrast / np.linalg.norm(d) if foreground else 0.0
+    assert appearance.color_mass(video, 1)[0, 0, 0] == pytest.approx(want, rel=0.02, abs=1e-9)
+
+
+def test_object_mass_is_the_median_time_mean_of_the_colours_present():
+    # [video, frame, colour] masses by hand. Time means: video 0 has 25 (colour 0) and
+    # exactly 1 pixel (colour 1, which counts), video 1 has 0.5 (colour 0, absent) and 0.
+    m = np.zeros((2, 4, 2))
+    m[0, :, 0] = [10, 20, 30, 40]
+    m[0, :, 1] = 1.0
+    m[1, :, 0] = [0, 0, 1, 1]
+    assert appearance.object_mass(m) == pytest.approx(13.0)  # median of 25 and 1
+
+
+def test_variation_sums_each_colours_spread_over_time():
+    m = np.zeros((1, 4, 3))
+    m[0, :, 0] = [0, 2, 0, 2]  # std 1
+    m[0, :, 1] = [4, 0, 4, 0]  # std 2
+    m[0, :, 2] = 5             # still
+    np.testing.assert_allclose(appearance.variation(m, 2.0), [1.5], rtol=1e-12)
+
+
+def test_the_mass_ratio_compares_medians_of_total_mass():
+    # Real discs of areas in proportion 1 : 4 : 16 (mean 7, median 4); generated videos all
+    # like the median one have the typical real foreground mass: a ratio of 1.
+    real = np.concatenate([_disc_video(r, color=0, num_colors=1) for r in (0.1, 0.2, 0.4)])
+    gen = np.concatenate([_disc_video(0.2, color=0, num_colors=1)] * 3)
+    res = appearance.appearance_consistency(real, gen, 1)
+    assert res["mass_ratio"] == pytest.approx(1.0, abs=1e-9)

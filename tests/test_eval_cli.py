@@ -258,3 +258,63 @@ def test_fvd_on_clips_the_gan_trained_on_is_not_canonical(tmp_path, data_copy, t
         canonical[name] = (saved["real_seen_in_training"], saved["fvd"]["canonical"])
         assert ("NOT the canonical" in (out / "report.md").read_text()) == (name == "seen")
     assert canonical == {"seen": (True, False), "held_out": (False, True)}
+
+
+def _results_with_distinct_numbers():
+    """A results.json dict whose every reported number differs from every other."""
+    return {"model": "hgan", "system": "pendulum", "checkpoint": "c.pt", "iteration": 100,
+            "data": "train.h5", "device": "cpu", "real_seen_in_training": False,
+            "physics": {"probe_rmse": [0.011, 0.022], "probe_rel_rmse": [0.033, 0.044],
+                        "num_videos": 8, "frames": 16,
+                        "energy_drift": {k: {"median": v} for k, v in (
+                            ("noise_floor", 0.101), ("real", 0.202), ("shuffled_real", 0.303),
+                            ("generated", 0.404))},
+                        "frechet_state_distance": {"real_half_vs_half": 1.11, "shuffled_real": 2.22,
+                                                   "generated": 3.33,
+                                                   "generated_half_vs_real_half": 4.44,
+                                                   "angles": "cos, sin"}},
+            "appearance": {"object_mass_pixels": 55.5, "flag_threshold": 0.123,
+                           "real": {"median": 0.0061}, "generated": {"median": 0.0072},
+                           "real_flagged": 0.0625, "generated_flagged": 0.875, "mass_ratio": 0.93},
+            "cyclic": {"active_momenta": {"active_dims": 1, "k": 3, "threshold": 0.0456,
+                                          "floor": 0.0078},
+                       "energy_rollout": {"steps": 512, "dt": 0.05, "n": 64,
+                                          "forward_max_abs_rel_drift": 0.0123,
+                                          "backward_max_abs_rel_drift": 0.456}}}
+
+
+def test_the_checkpoint_report_puts_each_number_in_its_row():
+    from hgan.evaluate import report
+    text = report.checkpoint_report(_results_with_distinct_numbers())
+    assert "| probe noise floor (true states + probe error) | 0.101 | |" in text
+    assert "| real, held-out | 0.202 | 1.11 (half vs half) |" in text
+    assert "| real, frames shuffled in time | 0.303 | 2.22 |" in text
+    assert "| generated | 0.404 | 3.33; 4.44 (half vs half, to set beside real's) |" in text
+    assert "| real, held-out | 0.0061 | 0.0625 | 1 |" in text
+    assert "| generated | 0.0072 | 0.875 | 0.93 |" in text
+    assert "forward 0.0123, backward 0.456." in text and "**1 of 3**" in text
+
+
+def test_compare_cells_show_the_half_vs_half_state_distance_first():
+    from hgan.evaluate import report
+    text = report.compare_table([_results_with_distinct_numbers()])
+    assert "| hgan | 4.44 (3.33) (100 it) |" in text
+
+
+def test_real_clips_keep_each_trajectorys_frames_states_and_parameters_together():
+    # Every frame's pixels and first state coordinate are 10 * trajectory + frame index, and
+    # the parameter m is the trajectory index: a clip decodes back to where it came from.
+    from types import SimpleNamespace
+    n, t = 6, 9
+    code = 10 * np.arange(n)[:, None] + np.arange(t)[None, :]
+    frames = np.broadcast_to(code[:, :, None, None, None], (n, t, 2, 2, 3)).astype(np.uint8)
+    states = np.stack([code, -code], -1).astype(np.float32)
+    ds = SimpleNamespace(frames=frames, states=states, params={"m": np.arange(n) * 1.0})
+    idx = np.array([4, 1, 5])
+    vids, st, params = cli._real_videos(ds, idx, 5, seed=0)
+    assert vids.shape == (3, 5, 2, 2, 3) and st.shape == (3, 5, 2)
+    v = vids[:, :, 0, 0, 0].astype(int)
+    np.testing.assert_array_equal(v // 10, np.repeat(idx[:, None], 5, 1))  # one trajectory
+    np.testing.assert_array_equal(np.diff(v % 10, axis=1), 1)               # consecutive frames
+    np.testing.assert_array_equal(st[..., 0], v)                            # states aligned
+    np.testing.assert_array_equal(params["m"], idx)

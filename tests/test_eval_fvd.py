@@ -79,7 +79,8 @@ def test_mismatched_statistics_rejected():
 
 
 @pytest.mark.parametrize("sigma", [np.diag([1.0, -1.0]),            # a negative variance
-                                   np.array([[1.0, 2.0], [2.0, 1.0]])])  # eigenvalues 3, -1
+                                   np.array([[1.0, 2.0], [2.0, 1.0]]),   # eigenvalues 3, -1
+                                   np.diag([1.0, -0.05])])               # slightly negative
 def test_statistics_that_are_not_covariances_are_refused(sigma):
     # sqrtm(diag(1, -1)) = diag(1, i): keeping its real part would report a distance of
     # exactly 0 to the identity, a silently wrong score.
@@ -131,6 +132,7 @@ def test_detector_from_environment(monkeypatch, stand_in_i3d):
 def test_input_contract_is_enforced():
     good = torch.zeros(2, 3, 16, 8, 8, dtype=torch.uint8)
     fvd.check_videos(good, 16)
+    fvd.check_videos(good[:, :, :fvd.MIN_FRAMES])  # the minimum itself is enough
     with pytest.raises(TypeError, match="uint8"):
         fvd.check_videos(good.float())
     with pytest.raises(ValueError, match="at least"):
@@ -244,3 +246,31 @@ def test_the_real_statistics_cache_key_names_everything_they_depend_on(tmp_path)
     assert fvd.stats_cache_key(**base) == keys[0]        # and the same inputs, the same key
     os.utime(data, ns=(1, 1))                             # the data file rewritten
     assert fvd.stats_cache_key(**base) != keys[0]
+
+
+def test_singular_covariances_with_a_defective_product_give_the_closed_form():
+    # S1 = a a^T (rank 1) and a singular S2 whose product S1 S2 is not diagonalisable:
+    # scipy's sqrtm of it is not finite. Closed form: Tr sqrt(S1 S2) = sqrt(a^T S2 a).
+    a = np.array([1.0, 0.0, 1.0])
+    s1 = np.outer(a, a)
+    s2 = np.array([[5.0, -4.0, 2.0], [-4.0, 5.0, -1.0], [2.0, -1.0, 1.0]])  # eigenvalue 0
+    want = np.trace(s1) + np.trace(s2) - 2 * np.sqrt(a @ s2 @ a)
+    # The eps shift moves the root of each zero eigenvalue by about sqrt(eps * the other's).
+    for x, y in ((s1, s2), (s2, s1)):
+        got = fvd.frechet_distance(np.zeros(3), x, np.zeros(3), y)
+        assert got == pytest.approx(want, abs=1e-2)
+
+
+def test_fvd_over_seeds_is_the_mean_and_standard_deviation_of_the_seeds(monkeypatch):
+    # One feature; the real set and every seed's generated set have variance 1, so each
+    # seed's FVD is its squared mean distance: 0, 1, 9 for means 0, 1, 3.
+    shift = {0: 0.0, 1: 1.0, 2: 3.0}
+    monkeypatch.setattr(fvd, "generated_features",
+                        lambda g, d, *, seed, **kw: np.array([[shift[seed] - 1.0],
+                                                              [shift[seed] + 1.0]]))
+    got = fvd.fvd_over_seeds(None, None, np.zeros(1), np.ones((1, 1)), seeds=(0, 1, 2),
+                             num_videos=2, frames=16, progress=False)
+    np.testing.assert_allclose(got["fvd_per_seed"], [0.0, 1.0, 9.0], atol=1e-9)
+    assert got["fvd_mean"] == pytest.approx(10 / 3)
+    assert got["fvd_std"] == pytest.approx(np.sqrt(146) / 3)  # population std of 0, 1, 9
+    assert got["seeds"] == [0, 1, 2] and not got["canonical"]

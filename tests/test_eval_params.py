@@ -35,3 +35,15 @@ def test_constant_params_keep_the_body_axis():
     np.testing.assert_array_equal(drift, np.zeros(4))
     np.testing.assert_allclose(system.hamiltonian(states, out),
                                np.full((4, 3), -(1.0 * 3.0 * 0.9) - 0.5 * 3.0 * 0.9))
+
+
+def test_energy_drift_divides_by_the_size_of_a_negative_mean_energy():
+    # Two bodies of mass 1 at rest (g = 1), 0.5 then 0.25 apart: H = -2, -4 (mean -3, std 1),
+    # and |mean| is above the system's scale g * mean(m)^2 = 1: drift 1/3.
+    system = get_system("two_body_colors")
+    states = np.array([[[-0.25, 0.0, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0],
+                        [-0.125, 0.0, 0.125, 0.0, 0.0, 0.0, 0.0, 0.0]]])
+    np.testing.assert_allclose(system.hamiltonian(states, {"m": np.array([[1.0, 1.0]]),
+                                                           "g": np.array([1.0])}), [[-2.0, -4.0]])
+    drift = probe.energy_drift(system, states, {"m": [[1.0, 1.0]], "g": [1.0]})
+    np.testing.assert_allclose(drift, [1 / 3], rtol=1e-12)

@@ -118,6 +118,7 @@ def test_angles_are_read_modulo_two_pi():
     from hgan.data import get_system
     assert probe.angular_dims(get_system("pendulum")) == (0,)
     assert probe.angular_dims(get_system("two_body")) == ()
+    assert probe.angular_dims(get_system("double_pendulum")) == (0, 1)  # both arms
     w = probe.wrap_angles(np.array([[3 * np.pi / 2, 5.0], [-7.0, 1.0]]), (0,))
     np.testing.assert_allclose(w, [[-np.pi / 2, 5.0], [-7.0 + 2 * np.pi, 1.0]], rtol=1e-12)
 
@@ -227,6 +228,7 @@ def test_a_regenerated_data_file_of_the_same_size_retrains_the_probe(tmp_path, m
     for _ in range(2):
         probe.load_or_train_probe(str(data), frames, states, **kw)
     assert len(trained) == 1 and probe.probe_is_cached(str(data), **kw)
+    assert trained[0]["rows"] == 4  # the held-out fifth (1 of 5) is never trained on
     mtime = data.stat().st_mtime_ns
     data.write_bytes(b"b" * 64)                         # new data, the same size
     os.utime(data, ns=(mtime + 10 ** 9, mtime + 10 ** 9))
@@ -277,3 +279,26 @@ def test_state_distance_sees_a_shift_of_the_last_coordinate():
     gen = real.copy()
     gen[:, -1, -1] += 0.7
     assert probe.frechet_state_distance(real, gen) == pytest.approx(0.49, abs=1e-6)
+
+
+@pytest.mark.parametrize("n, held_out", [(2, 1), (5, 1), (9, 2), (10, 2), (120, 24)])
+def test_the_held_out_split_is_the_last_fifth(n, held_out):
+    # The whole number of trajectories nearest 20% (at least one), taken from the end.
+    train, test = probe.split_indices(n)
+    np.testing.assert_array_equal(train, np.arange(n - held_out))
+    np.testing.assert_array_equal(test, np.arange(n - held_out, n))
+
+
+def test_a_probe_trains_on_clips_of_two_frames():
+    # One frame pair per clip: the last pair of a clip is a training pair like any other.
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 2, 8, 8, 3), np.uint8)
+    states = rng.standard_normal((3, 2, 2)).astype(np.float32)
+    pr = probe.train_probe(frames, states, steps=2, batch_size=4, width=4, progress=False)
+    assert pr.states(frames).shape == (3, 1, 2)
+
+
+def test_summaries_give_median_mean_and_std():
+    s = probe.summarize([1.0, 2.0, 10.0])
+    assert s["median"] == 2.0 and s["mean"] == pytest.approx(13 / 3)
+    assert s["std"] == pytest.approx(np.sqrt(146) / 3)

@@ -67,3 +67,56 @@ def test_rollout_summary_is_the_median_over_rollouts_of_the_max_over_time(monkey
     assert s["forward_max_abs_rel_drift"] == 0.5 and s["backward_max_abs_rel_drift"] == 0.2
     assert s["forward_final_rel_drift"] == 0.2 and s["backward_final_rel_drift"] == -0.02
     assert s["dt"] == 0.1 and s["steps"] == 3 and s["n"] == 3
+
+
+class _GivenRollout:
+    """A Hamiltonian generator whose rollout is given: `out` is what its motion returns
+    (any of "q", "p", "dHdq"), `h` its learned H(q, p)."""
+
+    def __init__(self, out, dt=0.25, h=None):
+        self.out, self.device = out, torch.device("cpu")
+        self.config = SimpleNamespace(dt=dt)
+        self.motion_module = SimpleNamespace(hamiltonian=h or object())
+
+    def motion(self, n, frames, *, dt=None, generator=None):
+        return dict(self.out)
+
+
+def _p_of_unit_spread(frames, k=2):
+    p = torch.zeros(1, frames, k, dtype=torch.float64)
+    p[0, ::2] = 1.0
+    p[0, 1::2] = -1.0
+    return p * (1.0 / float(p.std()))
+
+
+def test_active_momenta_average_the_magnitude_of_dp_dt():
+    # dp_0/dt swings +-2 (mean |dp/dt| 2, mean dp/dt 0), dp_1/dt is 0.5 throughout. Four
+    # steps of 0.25 and momenta of spread 1: floor 0.01, threshold 10% of 2 = 0.2; both count.
+    dhdq = torch.tensor([[[2.0, -0.5], [-2.0, -0.5], [2.0, -0.5], [-2.0, -0.5]]])
+    g = _GivenRollout({"dHdq": dhdq, "p": _p_of_unit_spread(5)})
+    am = structure.active_momenta(g, n=1, frames=5)
+    np.testing.assert_allclose(am["mean_abs_dpdt"], [2.0, 0.5], rtol=1e-12)
+    assert am["floor"] == pytest.approx(0.01) and am["threshold"] == pytest.approx(0.2)
+    assert am["active_dims"] == 2 and am["k"] == 2
+
+
+def test_active_momenta_without_dhdq_take_finite_differences_of_p():
+    # p_0 steps by 1 each frame, p_1 once by 0.5: rates 1 / 0.25 = 4 and 0.5 / 4 / 0.25.
+    p = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 0.0], [0.0, 0.5]]])
+    am = structure.active_momenta(_GivenRollout({"p": p}), n=1, frames=5)
+    np.testing.assert_allclose(am["mean_abs_dpdt"], [4.0, 0.5], rtol=1e-6)
+
+
+def test_nothing_moving_is_no_active_dimension():
+    # Momenta all equal and never changing: no spread, no rate, and no dimension is active.
+    got = structure.count_active([0.0, 0.0, 0.0], p_spread=0.0, duration=1.0)
+    assert got["active_dims"] == 0
+
+
+def test_learned_energy_drift_is_relative_to_the_size_of_a_negative_h0():
+    # H = q: -2, -3, -1 along the rollout, i.e. changes of -1 and +1 on |H0| = 2.
+    q = torch.tensor([[[-2.0], [-3.0], [-1.0]]])
+    g = _GivenRollout({"q": q, "p": torch.zeros_like(q)}, h=lambda q, p: q.sum(-1))
+    out = structure.energy_rollouts(g, n=1, steps=2, dt=0.1)
+    np.testing.assert_allclose(out["forward"], [[0.0, -0.5, 0.5]], rtol=1e-12)
+    assert out["summary"]["forward_max_abs_rel_drift"] == pytest.approx(0.5)

@@ -82,6 +82,8 @@ def test_a_cell_of_several_seeds_is_their_mean_and_standard_deviation(tmp_path):
     # 0.2 ± 0.1 against 0.3 ± 0.05: [0.1, 0.3] and [0.25, 0.35] overlap
     ([0.1, 0.3], [0.25, 0.35], "holds (within the seed spread)"),
     ([0.5, 0.7], [0.1, 0.3], "does not hold (outside the seed spread)"),
+    # 0.25 ± 0.25 against 0.75 ± 0.25: [0, 0.5] and [0.5, 1] meet at 0.5
+    ([0.0, 0.5], [0.5, 1.0], "holds (within the seed spread)"),
 ])
 def test_two_seeds_say_whether_the_means_lie_outside_each_others_spread(tmp_path, hgan, moco,
                                                                         verdict):

@@ -293,6 +293,7 @@ def test_a_run_trained_with_other_flags_than_the_grids_is_an_error(tmp_path):
     ((0.001, 0.005), 0.008, "n/a (both at or below real data's 0.01)"),   # real 0.01
     ((0.001, 0.02), 0.008, "holds"),
     ((0.009, 0.005), 0.008, "n/a (both at or below real data's 0.01)"),
+    ((0.01, 0.005), 0.008, "n/a (both at or below real data's 0.01)"),    # at it
     ((0.009, 0.5), 0.8, "n/a (both at or below the probe's noise floor 0.8)"),
 ])
 def test_two_values_the_probe_cannot_resolve_get_no_verdict(tmp_path, drifts, noise_floor,
