@@ -108,8 +108,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     """|mu1 - mu2|^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)), real part, stable for singular S.
 
     With fewer samples than feature dimensions the covariances are singular and
-    sqrtm(S1 S2) can come back with inf/nan; then both are shifted by eps * I, which moves
-    the trace by O(eps * F). An imaginary part is numerical noise when it is small next to
+    sqrtm(S1 S2) can come back with inf/nan (a product that is not diagonalisable); then both
+    are shifted by eps * I, which moves the root of each zero eigenvalue by about
+    sqrt(eps * lambda) for the other matrix's eigenvalues lambda: ~1e-3 per such direction. An imaginary part is numerical noise when it is small next to
     the trace; a large one means the inputs are not covariances, which is raised.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
