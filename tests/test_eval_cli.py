@@ -318,3 +318,61 @@ def test_real_clips_keep_each_trajectorys_frames_states_and_parameters_together(
     np.testing.assert_array_equal(np.diff(v % 10, axis=1), 1)               # consecutive frames
     np.testing.assert_array_equal(st[..., 0], v)                            # states aligned
     np.testing.assert_array_equal(params["m"], idx)
+
+
+def test_physics_metrics_feed_each_measure_the_states_it_is_defined_on(monkeypatch):
+    # A stand-in probe reads a frame's code (10 * trajectory + frame) off its pixels and adds
+    # a known error of 0.5, so true, probed, shuffled and generated states all differ: each
+    # measure is checked for the states it was handed.
+    from types import SimpleNamespace
+    from hgan.evaluate import probe as hprobe
+    n, t, frames = 8, 10, 6
+    code = 10 * np.arange(n)[:, None] + np.arange(t)[None, :]
+    frames_u8 = np.broadcast_to(code[:, :, None, None, None], (n, t, 2, 2, 3)).astype(np.uint8)
+    ds = SimpleNamespace(frames=frames_u8, states=code[..., None].astype(np.float32),
+                         params={"m": np.arange(n) * 1.0})
+
+    class CodeProbe:
+        angular = ()
+
+        def states(self, videos):
+            return np.asarray(videos)[:, :-1, 0, 0, :1].astype(np.float64) + 0.5
+
+    gen_videos = 100 + frames_u8[:n, :frames]                # codes 100..179
+    drifts, fsds, floors = [], [], []
+    monkeypatch.setattr(hprobe, "load_or_train_probe", lambda *a, **k: CodeProbe())
+    monkeypatch.setattr(cli, "_generated_videos", lambda *a, **k: gen_videos)
+    monkeypatch.setattr(hprobe, "energy_drift",
+                        lambda system, s, params: drifts.append(np.array(s)) or np.zeros(len(s)))
+    monkeypatch.setattr(hprobe, "noise_floor", lambda system, s, params, rmse, seed:
+                        floors.append((np.array(s), rmse)) or np.zeros(len(s)))
+    monkeypatch.setattr(hprobe, "frechet_state_distance",
+                        lambda a, b, angular=(): fsds.append((np.array(a), np.array(b))) or 0.0)
+    from hgan.data import get_system
+    out = cli.physics_metrics(None, ds, get_system("pendulum"), "/nowhere/train.h5",
+                              (ds, np.arange(n)),
+                              n=n, frames=frames, seed=3, probe_steps=1, probe_width=8)
+    np.testing.assert_allclose(out["probe_rmse"], [0.5])
+    real_p, shuffled_p, gen_p = drifts                       # real, shuffled real, generated
+    assert np.all(gen_p >= 100) and np.all(real_p < 100)
+    # real videos: probed states (true + 0.5), frames consecutive within each video
+    assert np.all((real_p - 0.5) % 10 < t) and np.all(np.diff(real_p[..., 0], axis=1) == 1)
+    assert not np.array_equal(shuffled_p, real_p)
+    # frames of each video's own window, in another order
+    np.testing.assert_array_equal((shuffled_p - 0.5) // 10,
+                                  np.broadcast_to((real_p[:, :1] - 0.5) // 10, shuffled_p.shape))
+    assert np.all(np.abs(shuffled_p - real_p[:, :1]) <= frames - 1)
+    # the noise floor: the true states of the frames the probe read (t, not t + 1), its rmse
+    [(floor_states, rmse)] = floors
+    np.testing.assert_array_equal(floor_states, real_p - 0.5)
+    np.testing.assert_allclose(rmse, [0.5])
+    # Frechet: generated against the real videos in order, then the shuffled, then halves
+    (a, b), (c, d), (e, f), (g, h) = fsds
+    np.testing.assert_array_equal(a, real_p)
+    np.testing.assert_array_equal(b, gen_p)
+    np.testing.assert_array_equal(c, real_p)
+    np.testing.assert_array_equal(d, shuffled_p)
+    np.testing.assert_array_equal(e, real_p[:4])
+    np.testing.assert_array_equal(f, real_p[4:])
+    np.testing.assert_array_equal(g, real_p[4:])
+    np.testing.assert_array_equal(h, gen_p[:4])
