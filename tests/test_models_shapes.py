@@ -1,6 +1,7 @@
 """Model-level tests: shapes at every resolution, motion contracts, L_cyc, configuration errors."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from hgan.kernels import cyclic_loss
 from hgan.models import MODELS, ModelConfig, build_models, resolution_plan
@@ -334,7 +335,7 @@ def test_config_errors_name_the_problem():
     with pytest.raises(ValueError, match="integrator 'analytic' computes in float32"):
         ModelConfig(fused_precision="tf32", integrator="analytic")
     assert ModelConfig(fused_precision="tf32x3").fused_precision == "tf32x3"  # auto, fused
-    for name in ("k", "hidden", "depth", "motion_dim"):   # a clear error, not one from nn.Linear
+    for name in ("k", "hidden", "depth", "motion_dim", "clip_frames"):   # not nn.Linear's error
         with pytest.raises(ValueError, match=f"{name} must be a positive integer, got 0"):
             ModelConfig(**{name: 0})
 
@@ -349,3 +350,165 @@ def test_the_learned_hamiltonian_is_smooth_by_default():
         g = build_models(tiny(model, k=2, hidden=16, motion_dim=4)).generator
         h = g.motion_module.hamiltonian
         assert h.activation == "softplus", model
+
+
+# --- the networks written out from the DCGAN / MoCoGAN recipes (docs/training.md, the models) --
+
+def _bn(x, m):
+    # training-mode BatchNorm: the batch's own statistics, the layer's affine
+    return F.batch_norm(x, None, None, m.weight, m.bias, training=True, eps=m.eps)
+
+
+def _of(net, kind):
+    return [m for m in net.modules() if isinstance(m, kind)]
+
+
+@pytest.mark.parametrize("resolution,base,n", [(32, 4, 3), (96, 6, 4)])
+def test_image_generator_is_dcgan_written_out(resolution, base, n):
+    # Transposed convolutions without bias from a base x base seed, BatchNorm + ReLU after each
+    # but the last, tanh at the end; widths ngf * 2^(n-1) ... ngf, channels.
+    torch.manual_seed(0)
+    g = build_models(tiny(resolution=resolution, ngf=4, ndf=8)).generator.image_generator.double()
+    convs, bns = _of(g, torch.nn.ConvTranspose2d), _of(g, torch.nn.BatchNorm2d)
+    assert [c.out_channels for c in convs] == [4 * 2 ** i for i in reversed(range(n))] + [3]
+    assert len(bns) == n and all(c.bias is None for c in convs)
+    z = torch.randn(5, 70, dtype=torch.float64)
+    x = F.conv_transpose2d(z[:, :, None, None], convs[0].weight)
+    assert x.shape[-1] == base
+    for conv, bn in zip(convs[1:], bns):
+        x = F.conv_transpose2d(torch.relu(_bn(x, bn)), conv.weight, stride=2, padding=1)
+    torch.testing.assert_close(g(z), torch.tanh(x), rtol=1e-10, atol=1e-12)
+
+
+def test_image_discriminator_is_dcgan_written_out():
+    # Strided convolutions without bias, LeakyReLU(0.2), BatchNorm on all but the first, a
+    # base x base convolution to one logit (no sigmoid: the losses take logits).
+    torch.manual_seed(0)
+    d = build_models(tiny(ngf=8, ndf=4)).image_disc.double()
+    convs, bns = _of(d, torch.nn.Conv2d), _of(d, torch.nn.BatchNorm2d)
+    assert [c.out_channels for c in convs] == [4, 8, 16, 1] and len(bns) == 2
+    assert all(c.bias is None for c in convs)
+    x = torch.randn(5, 3, 32, 32, dtype=torch.float64)
+    h = F.leaky_relu(F.conv2d(x, convs[0].weight, stride=2, padding=1), 0.2)
+    for conv, bn in zip(convs[1:-1], bns):
+        h = F.leaky_relu(_bn(F.conv2d(h, conv.weight, stride=2, padding=1), bn), 0.2)
+    torch.testing.assert_close(d(x), F.conv2d(h, convs[-1].weight).reshape(-1),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_video_discriminator_is_written_out():
+    # D_I's recipe in 3-D over [N, C, T, H, W]: time halved (kernel 4, stride 2) while at least
+    # 4 frames remain, else kernel 3, stride 1; then a linear head to one logit.
+    torch.manual_seed(0)
+    d = build_models(tiny(ngf=8, ndf=4, clip_frames=8)).video_disc.double()
+    convs, bns = _of(d, torch.nn.Conv3d), _of(d, torch.nn.BatchNorm3d)
+    assert [c.out_channels for c in convs] == [4, 8, 16] and len(bns) == 2
+    assert all(c.bias is None for c in convs)
+    clip = torch.randn(3, 8, 3, 32, 32, dtype=torch.float64)
+    h, t = clip.permute(0, 2, 1, 3, 4), 8                 # frame j at [:, :, j]
+    for i, conv in enumerate(convs):
+        kt, st = (4, 2) if t >= 4 else (3, 1)
+        assert conv.kernel_size == (kt, 4, 4)
+        h = F.conv3d(h, conv.weight, stride=(st, 2, 2), padding=1)
+        h = F.leaky_relu(_bn(h, bns[i - 1]) if i else h, 0.2)
+        t = h.shape[2]
+    assert h.shape[2:] == (2, 4, 4)                        # 8 -> 4 -> 2 -> 2 frames
+    want = h.flatten(1) @ d.head.weight.T + d.head.bias
+    torch.testing.assert_close(d(clip), want.reshape(-1), rtol=1e-10, atol=1e-12)
+
+
+def test_convolutions_start_from_dcgan_weights():
+    # DCGAN's N(0, 0.02) convolution weights and N(1, 0.02) BatchNorm scales with zero shifts,
+    # in G_I, D_I and D_V alike (PyTorch's defaults: uniform weights of std ~ 1/sqrt(3 fan_in),
+    # BatchNorm scales of exactly 1). The motion module keeps its own Xavier weights.
+    torch.manual_seed(0)
+    m = build_models(tiny(ngf=32, ndf=32))
+    for name, net in (("G_I", m.generator.image_generator), ("D_I", m.image_disc),
+                      ("D_V", m.video_disc)):
+        convs = [c.weight for c in net.modules()
+                 if isinstance(c, (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.ConvTranspose2d))]
+        w = torch.cat([c.detach().flatten() for c in convs])
+        assert abs(float(w.mean())) < 1e-3 and 0.0195 < float(w.std()) < 0.0205, name
+        assert all(0.015 < float(c.detach().std()) < 0.025 for c in convs), name
+        bns = [b for b in net.modules() if isinstance(b, (torch.nn.BatchNorm2d, torch.nn.BatchNorm3d))]
+        scale = torch.cat([b.weight.detach() for b in bns])
+        assert abs(float(scale.mean()) - 1) < 0.01 and 0.01 < float(scale.std()) < 0.03, name
+        assert all((b.bias == 0).all() for b in bns), name
+
+
+def test_content_is_standard_normal_and_the_map_is_xavier():
+    # z_c ~ N(0, I_content_dim), one draw per video from the generator's stream.
+    g = build_models(tiny("hgan")).generator
+    z = g.content(4, generator=torch.Generator().manual_seed(9))
+    torch.testing.assert_close(z, torch.randn(4, 50, generator=torch.Generator().manual_seed(9)))
+    # f's weights are Xavier-uniform as in the official code (bound sqrt(6 / (in + out))).
+    for m in g.motion_module.config_map:
+        if isinstance(m, torch.nn.Linear):
+            bound = (6 / sum(m.weight.shape)) ** 0.5
+            assert bound * 0.9 < m.weight.abs().max() <= bound
+
+
+def test_hgan_latent_is_content_then_2k_whatever_the_motion_noise():
+    # f maps eps_m in R^motion_dim to (q0, p0) in R^2k: G_I reads content_dim + 2k numbers,
+    # also when motion_dim != 2k.
+    cfg = tiny("hgan", k=3, motion_dim=8)
+    assert cfg.latent_dim == 50 + 6
+    v = build_models(cfg).generator.sample(2, 3, generator=torch.Generator().manual_seed(0))
+    assert v.shape == (2, 3, 3, 32, 32)
+
+
+def _mlp_by_hand(x, layers, act):
+    for lin in layers[:-1]:
+        x = act(x @ lin.weight.T + lin.bias)
+    return (x @ layers[-1].weight.T + layers[-1].bias).squeeze(-1)
+
+
+def test_motion_takes_the_configured_hamiltonian_depth_activation_and_dt():
+    # --depth 3 --activation tanh --dt 0.1: H is a three-hidden-layer tanh MLP on [q; p], and
+    # the rollout kicks with its gradient and steps by 0.1 (one order2 step written out in
+    # float64, docs/integrator.md).
+    torch.manual_seed(0)
+    g = build_models(tiny("hgan", depth=3, activation="tanh", dt=0.1, k=2, motion_dim=4,
+                          hidden=8, integrator="reference")).generator
+    mm = g.motion_module
+    layers = [torch.nn.Linear(1, 1).double() for _ in range(4)]
+    for mine, theirs in zip(layers, mm.hamiltonian.layers, strict=True):   # depth 3: 4 layers
+        mine.weight, mine.bias = (torch.nn.Parameter(t.detach().double())
+                                  for t in (theirs.weight, theirs.bias))
+    eps = torch.randn(3, 4, generator=torch.Generator().manual_seed(1))
+    q0, p0 = (t.detach().double() for t in mm.initial_state(eps))
+
+    def grad_h(q, p):
+        x = torch.cat([q, p], 1).requires_grad_(True)
+        (gx,) = torch.autograd.grad(_mlp_by_hand(x, layers, torch.tanh).sum(), x)
+        return gx[:, :2], gx[:, 2:]
+
+    torch.testing.assert_close(mm.hamiltonian(q0.float(), p0.float()).double(),
+                               _mlp_by_hand(torch.cat([q0, p0], 1), layers, torch.tanh),
+                               rtol=1e-5, atol=1e-6)
+    dt = 0.1
+    hq, hp = grad_h(q0, p0)
+    p_half = p0 - dt / 2 * hq
+    q1 = q0 + dt * grad_h(q0 + dt / 2 * hp, p_half)[1]
+    p1 = p_half - dt / 2 * grad_h(q1, p0 - dt * hq)[0]
+    mot = g.motion(3, 2, generator=torch.Generator().manual_seed(1))
+    for got, want in ((mot["dHdq"][:, 0], hq), (mot["q"][:, 1], q1), (mot["p"][:, 1], p1)):
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+    # the same step at dt = 0.05 lands measurably elsewhere
+    assert (q1 - (q0 + 0.05 * grad_h(q0 + 0.025 * hp, p0 - 0.025 * hq)[1])).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("rollout,clip", [(6, 4), (0, 5)])
+def test_gru_keeps_running_statistics_for_every_frame_it_rolls_out(rollout, clip):
+    # A training video is rollout_frames long (or clip_frames when that is longer): each of
+    # its frames has its own running statistics, so the last frame's come from it alone.
+    torch.manual_seed(0)
+    frames = max(rollout, clip)
+    g = build_models(tiny("mocogan", rollout_frames=rollout, clip_frames=clip)).generator
+    mm = g.motion_module
+    raw = []
+    mm.out.register_forward_hook(lambda m, i, o: raw.append(o.detach()))
+    g.motion(4, frames, generator=torch.Generator().manual_seed(2))
+    assert len(raw) == frames
+    for t in range(frames):
+        torch.testing.assert_close(mm.frame_mean[t], 0.1 * raw[t].mean(0))
