@@ -512,3 +512,58 @@ def test_gru_keeps_running_statistics_for_every_frame_it_rolls_out(rollout, clip
     assert len(raw) == frames
     for t in range(frames):
         torch.testing.assert_close(mm.frame_mean[t], 0.1 * raw[t].mean(0))
+
+
+def test_each_video_draws_its_own_content():
+    # z_c is fixed within a video and drawn per video: with G_I's motion rows zeroed, a
+    # video's frames are one image, and no two videos of a batch share it (training mode, as
+    # the trainer calls it: at initialisation eval-mode outputs are ~1e-4 small).
+    torch.manual_seed(4)
+    cfg = tiny("hgan")
+    g = build_models(cfg).generator
+    with torch.no_grad():
+        g.image_generator.main[0].weight[cfg.content_dim:] = 0
+        v, _ = g(3, 4, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(v, v[:, :1].expand_as(v))
+    assert all((v[i, 0] - v[j, 0]).abs().max() > 0.1 for i, j in ((0, 1), (0, 2), (1, 2)))
+
+
+def test_motion_gradients_reach_f_through_q0_and_p0():
+    # The training loss reaches f through both halves of y0: the motion module's gradients are
+    # those of f composed with the rollout by hand.
+    torch.manual_seed(0)
+    g = build_models(tiny("hgan", integrator="reference")).generator
+    mm = g.motion_module
+    r = torch.randn(3, 5, 20, generator=torch.Generator().manual_seed(1))
+    params = list(mm.config_map.parameters())
+    got = torch.autograd.grad((g.motion(3, 5, generator=torch.Generator().manual_seed(2))["y"]
+                               * r).sum(), params)
+    y0 = mm.config_map(torch.randn(3, 20, generator=torch.Generator().manual_seed(2)))
+    q, p, _ = mm.hamiltonian.rollout(y0[:, :10], y0[:, 10:], 5, backend="reference")
+    want = torch.autograd.grad((torch.cat([q, p], -1) * r).sum(), params)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b)
+    # only q0 is read at frame 0's first half: its rows of f's last layer get their gradient
+    only_q = torch.autograd.grad(g.motion(3, 1)["q"].sum(), mm.config_map[-1].bias)[0]
+    assert (only_q[:10] == 3).all() and (only_q[10:] == 0).all()
+
+
+def test_mocogan_feedback_backpropagates_through_time():
+    # Each output is the next frame's input: a loss on late frames reaches the GRU through every
+    # earlier step, as the written-out recurrence (the feedback not cut) says.
+    torch.manual_seed(0)
+    g = build_models(tiny("mocogan", rollout_frames=4)).generator
+    mm = g.motion_module
+    n, frames = 5, 4
+    r = torch.randn(n, frames, 20, generator=torch.Generator().manual_seed(3))
+    params = [mm.cell.weight_ih, mm.cell.weight_hh, mm.out.weight]
+    y = g.motion(n, frames, generator=torch.Generator().manual_seed(5))["y"]
+    got = torch.autograd.grad((y * r).sum(), params)
+    h, x, want = torch.zeros(n, mm.cell.hidden_size), torch.randn(
+        n, 20, generator=torch.Generator().manual_seed(5)), []
+    for _ in range(frames):
+        h = _gru_step(mm.cell, x, h)
+        x = h @ mm.out.weight.T + mm.out.bias
+        want.append((x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5))
+    for a, b in zip(got, torch.autograd.grad((torch.stack(want, 1) * r).sum(), params)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
