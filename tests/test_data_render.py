@@ -143,3 +143,35 @@ def test_values_float32_truncates_wrongly_are_refined_in_float64():
     p32 = _render_block(*f32, np.linspace(0.0, 1.0, 32, dtype=np.float32))
     p64 = _render_block(pos[:, 0], radius, palette(6)[ci], np.linspace(0.0, 1.0, 32))
     assert np.abs(p32 - p64).max() < REFINE_BAND / 4
+
+
+def test_mass_spring_moves_vertically_on_the_canvas():
+    # The spec's position (x_offset, q): the spring is vertical. q = 0.7 puts the particle at
+    # world (0, 0.7): the middle column, and row (0.7 + c) / (2 c) * 31 (row 0 = y-min).
+    system = get_system("mass_spring")
+    pr = {"k": np.array([2.0]), "m": np.array([0.5])}
+    states = np.array([[[0.7, 0.0]]])
+    np.testing.assert_array_equal(system.positions(states, pr)[0, 0, 0], [0.0, 0.7])
+    img = render_states(system, states, pr, np.zeros((1, 1), int), np.zeros((1, 2)), 32)[0, 0]
+    c = 1.0 + np.sqrt(0.5 / np.pi)
+    row, col = _centroid(img)
+    assert abs(col - 15.5) < 0.05 and abs(row - (0.7 + c) / (2 * c) * 31) < 0.05
+
+
+def test_colors_frames_are_drawn_on_the_widened_canvas():
+    # pendulum_colors: bounds +-(l_max + sqrt(m_max / pi)) = +-(1 + sqrt(1.5 / pi)), widened
+    # by the offset's 0.4 of that. A bob shifted by the offset is drawn where the spec's
+    # float64 pixel formula puts it on that canvas.
+    system = get_system("pendulum_colors")
+    half = 1.4 * (1.0 + np.sqrt(1.5 / np.pi))
+    pr = {"m": np.array([1.2]), "g": np.array([3.5]), "l": np.array([0.8])}
+    offset = np.array([[0.5, -0.3]])
+    img = render_states(system, np.zeros((1, 1, 2)), pr, np.array([[3]]), offset, 32)[0, 0]
+    bob = (0.5, -0.3 - 0.8)   # (0, -l) + offset
+    radius = [np.sqrt(1.2 / np.pi)]
+    for row in range(0, 32, 3):
+        for col in range(0, 32, 3):
+            want = np.floor(_oracle([bob], radius, palette(6)[[3]], -half, half, 32, row, col)
+                            * 255)
+            assert np.abs(img[row, col].astype(int) - want).max() <= 1, (row, col)
+    assert img[9, 19, 0] < 5 and min(img[9, 19, 1:]) > 240   # cyan centre

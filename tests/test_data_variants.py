@@ -315,3 +315,96 @@ def test_version_2_needs_the_per_body_axis(dp_file, tmp_path):
     from hgan.data import DataFormatError
     with pytest.raises(DataFormatError, match=r"'params/m' has shape \(3,\), expected \(3, 2\)"):
         open_h5(bad)
+
+
+# The spec's canvas half-sizes: r_max + sqrt(m_max / pi) (mass_spring), l_max + sqrt(m_max / pi)
+# (pendulum), 2 l_max + sqrt(m_max / pi) (double_pendulum), fixed for the n-body sets; and
+# the palette sizes (1, 1, 2, 2, 3 colours for the constant sets, 6 for every "_colors" one).
+_SPEC_CANVAS = {
+    "mass_spring": (1.0 + np.sqrt(0.5 / np.pi), 1),
+    "pendulum": (1.0 + np.sqrt(0.5 / np.pi), 1),
+    "double_pendulum": (2.0 + np.sqrt(0.5 / np.pi), 2),
+    "two_body": (2.75, 2),
+    "three_body": (3.0, 3),
+    "mass_spring_colors": (1.0 + np.sqrt(1.0 / np.pi), 6),
+    "pendulum_colors": (1.0 + np.sqrt(1.5 / np.pi), 6),
+    "double_pendulum_colors": (2.0 + np.sqrt(0.6 / np.pi), 6),
+    "two_body_colors": (5.0, 6),
+}
+
+
+@pytest.mark.parametrize("name", SYSTEMS)
+def test_canvas_and_palette_follow_the_spec_table(name):
+    half, colors = _SPEC_CANVAS[name.replace("_friction", "")]
+    system = get_system(name)
+    np.testing.assert_allclose(system.canvas, half, rtol=1e-12)
+    assert system.num_colors == colors
+    # The colors sets render on bounds widened by 0.4 of the half-size (two_body_colors: not).
+    widened = 1.4 * half if "_colors" in name and "two_body" not in name else half
+    np.testing.assert_allclose(system.full_canvas, (-widened, widened), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["mass_spring", "pendulum_colors", "double_pendulum"])
+def test_start_direction_in_phase_space_is_isotropic(name):
+    # direction = a normalised Gaussian vector: its angle is uniform on the circle. A
+    # normalised U(-1, 1)^2 point would put 0.586 of the angles within pi/8 of a diagonal.
+    system = get_system(name)
+    rng = np.random.default_rng(2)
+    angles = []
+    for _ in range(3000):
+        pr = system.sample_params(rng)
+        x = system.sample_state(rng, pr)
+        if system.base == "mass_spring":
+            angles.append(np.arctan2(x[1] / np.sqrt(pr["k"] * pr["m"]), x[0]))
+        elif system.base == "pendulum":
+            angles.append(np.arctan2(x[1], x[0]))
+        else:
+            angles.append(np.arctan2(x[2], x[0]))  # arm 1's own annulus draw (q1, p1)
+    a = np.array(angles)
+    assert kstest((a + np.pi) / (2 * np.pi), "uniform").pvalue > 0.01
+    diagonal = (np.abs(np.mod(a, np.pi / 2) - np.pi / 4) < np.pi / 8).mean()
+    assert abs(diagonal - 0.5) < 5 * np.sqrt(0.25 / len(a))
+
+
+@pytest.mark.parametrize("name", ["two_body", "two_body_colors"])
+def test_two_body_start_position_is_uniform_on_the_radius_range(name):
+    # Each coordinate of body 1's position is U(0.5, 1.5); body 2 sits at -pos.
+    system = get_system(name)
+    rng = np.random.default_rng(4)
+    pos = np.array([system.sample_state(rng, system.sample_params(rng))[:2]
+                    for _ in range(2000)])
+    assert pos.min() >= 0.5 and pos.max() <= 1.5
+    for c in pos.T:
+        assert kstest(c - 0.5, "uniform").pvalue > 0.01
+
+
+def test_three_body_start_is_a_perturbed_circular_orbit_on_an_equilateral_triangle():
+    # Physics oracle: three unit masses (g = 1) at distance R from their centre, on an
+    # equilateral triangle, orbit on a circle at speed sqrt(g m / (sqrt(3) R)) (the pull of
+    # the other two, 2 g m^2 cos(30 deg) / (sqrt(3) R)^2, is the centripetal m v^2 / R). The
+    # HGN start is that orbit with every velocity component scaled by 1 + 0.1 U(-1, 1).
+    system = get_system("three_body")
+    rng = np.random.default_rng(0)
+    x = np.array([system.sample_state(rng, system.sample_params(rng)) for _ in range(3000)])
+    q, p = x[:, :6].reshape(-1, 3, 2), x[:, 6:].reshape(-1, 3, 2)
+    r = np.linalg.norm(q[:, 0], axis=1)
+    np.testing.assert_allclose(q.sum(1), 0.0, atol=1e-12)   # centred
+    side = np.linalg.norm(q[:, [0, 1, 2]] - q[:, [1, 2, 0]], axis=-1)
+    np.testing.assert_allclose(side, np.sqrt(3) * r[:, None] * np.ones(3), rtol=1e-12)
+    spin = np.sign(q[:, 0, 0] * p[:, 0, 1] - q[:, 0, 1] * p[:, 0, 0])
+    tangent = np.stack([-q[..., 1], q[..., 0]], -1) / r[:, None, None]
+    circular = (spin * np.sqrt(1.0 / (np.sqrt(3) * r)))[:, None, None] * tangent
+    ratio = (p / circular).ravel()     # m = 1: p = velocity
+    assert ratio.min() >= 0.9 - 1e-9 and ratio.max() <= 1.1 + 1e-9
+    assert kstest((ratio - 0.9) / 0.2, "uniform").pvalue > 0.01
+
+
+def test_colors_offset_draws_x_and_y_on_their_own():
+    # pendulum.py's offset has shape [n, 2]: two draws, unlike mass_spring's single shift.
+    system = get_system("pendulum_colors")
+    off = simulate_split(system, 0, "train", np.arange(400), 2)["offset"]
+    half = 0.4 * system.canvas
+    assert np.abs(off).max() <= half and (off[:, 0] != off[:, 1]).all()
+    assert abs(np.corrcoef(off[:, 0], off[:, 1])[0, 1]) < 5 / np.sqrt(len(off))
+    for c in off.T:
+        assert kstest((c + half) / (2 * half), "uniform").pvalue > 0.01
