@@ -110,6 +110,12 @@ def test_iterating_again_continues_and_ends_the_previous_iterator(frames_h5, kin
     stream.close()
     with pytest.raises(StopIteration):
         next(second)
+    if kind == "gpu-resident":   # close() freed its frames: one clear error, not a TypeError
+        with pytest.raises(RuntimeError, match="gpu-resident stream is closed"):
+            next(iter(stream))
+    else:                        # a torch stream starts new workers where it stopped
+        assert torch.equal(next(iter(stream)), take(path, 6, kind=kind, num_workers=0,
+                                                    seed=4)[1][5])
 
 
 def test_iterating_again_or_closing_ends_the_previous_loaders_workers_at_once(frames_h5):

@@ -143,6 +143,9 @@ class ResidentBatchStream(BatchStream):
         return self._block[1][epoch - first]
 
     def _batches(self):
+        if self.frames is None:
+            raise RuntimeError("this gpu-resident stream is closed (its frames were freed): "
+                               "build a new one with build_loader")
         while True:
             epoch, b = divmod(self.position, self.batches_per_epoch)
             idx = self._plan(epoch)[b * self.batch_size:(b + 1) * self.batch_size]
