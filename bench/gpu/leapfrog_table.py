@@ -453,9 +453,9 @@ def recommend(rows, errors, cross_complete=True):
     batch they share, or None, "throughput_fwd_block": 64 or 16}.
     Only a variant within 1e-4 of float64 at every batch stage 2 checks it at (`accurate`; a
     failed, missing or NaN check is not) is picked: latency_max_rows is 0 when the latency
-    layout is not, a warp count or the 16-row forward that is not is passed over, and
-    bf16x3_above_latency is False, and a split is passed over. Ties keep the table's current choice (the latency layout,
-    8 warps, 64-row blocks). A key is absent when its rows are; "latency_max_rows" also when
+    layout is not, a warp count, the 16-row forward or a split that is not is passed over,
+    and bf16x3_above_latency is False. Ties keep the table's current choice (the latency
+    layout, 8 warps, 64-row blocks). A key is absent when its rows are; "latency_max_rows" also when
     the crossover stage was cut short (`cross_complete`)."""
     ms = {(r["variant"], r["batch"]): r["ms"] for r in rows if "ms" in r}
 
@@ -477,17 +477,14 @@ def recommend(rows, errors, cross_complete=True):
              if accurate(v)}
     if train and min(warps.values(), default=float("inf")) < float("inf"):
         rec["latency_warps"] = min(warps, key=warps.get)   # the first of equals: 8 on a tie
-    above = sorted(b for v, b in ms if v == "fused_throughput"
-                   and b > rec.get("latency_max_rows", 0) and ("fused", b) in ms)
-    if above:
-        rec["bf16x3_above_latency"] = accurate("fused_throughput") and all(
-            ms["fused_throughput", b] < ms["fused", b] for b in above)
     # Every split that is accurate and beats the default at each batch above the latency
     # regime where both ran; the fastest of them at the largest batch they all ran.
     over = {v: {b for w, b in ms if w == v and b > rec.get("latency_max_rows", 0)
                 and ("fused", b) in ms} for v in SPLITS}
     faster = {v: bs for v, bs in over.items()
               if bs and accurate(v) and all(ms[v, b] < ms["fused", b] for b in bs)}
+    if over["fused_throughput"]:
+        rec["bf16x3_above_latency"] = "fused_throughput" in faster
     if any(over.values()):
         shared = max(set.intersection(*faster.values()), default=None) if faster else None
         rec["split_above_latency"] = (min(faster, key=lambda v: (ms[v, shared], SPLITS.index(v)))

@@ -110,8 +110,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     With fewer samples than feature dimensions the covariances are singular and
     sqrtm(S1 S2) can come back with inf/nan (a product that is not diagonalisable); then both
     are shifted by eps * I, which moves the root of each zero eigenvalue by about
-    sqrt(eps * lambda) for the other matrix's eigenvalues lambda: ~1e-3 per such direction. An imaginary part is numerical noise when it is small next to
-    the trace; a large one means the inputs are not covariances, which is raised.
+    sqrt(eps * lambda) for the other matrix's eigenvalues lambda: ~1e-3 per such direction.
+    An imaginary part is numerical noise when it is small next to the trace; a large one
+    means the inputs are not covariances, which is raised.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
