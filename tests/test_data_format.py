@@ -226,3 +226,35 @@ def test_the_file_records_its_rejected_and_redrawn_trajectories(tmp_path):
     assert stats == {"rejected": sim["rejected"], "inaccurate": sim["inaccurate"]}
     with open_h5(path) as f:
         assert (f.attrs["rejected"], f.attrs["inaccurate"]) == (sim["rejected"], sim["inaccurate"])
+
+
+def test_a_recipe_that_never_yields_an_accepted_draw_fails_naming_it(monkeypatch):
+    # Rejection sampling must end: a system whose every draw leaves the canvas (here a canvas
+    # of zero size) gives up after MAX_ROUNDS draws of one trajectory with an error naming the
+    # system, the trajectory and the likely causes, rather than re-drawing forever.
+    import dataclasses
+    import hgan.data.simulate as simulate
+    monkeypatch.setattr(simulate, "MAX_ROUNDS", 4)
+    broken = dataclasses.replace(get_system("pendulum"), canvas=0.0)
+    with pytest.raises(simulate.NoAcceptedDraw, match=r"pendulum: trajectory 0 found no accepted draw in "
+                                           r"4 .*left the canvas.*recipe is broken"):
+        simulate_split(broken, 0, "train", np.arange(3), 8)
+    # With a sound canvas the same draws are accepted at once: the error was the canvas's.
+    assert simulate_split(get_system("pendulum"), 0, "train", np.arange(3), 8)["rejected"] == 0
+
+
+def test_the_data_cli_reports_a_generation_that_gives_up_as_one_line(monkeypatch, tmp_path,
+                                                                     capsys):
+    import dataclasses
+    import hgan.data.simulate as simulate
+    import hgan.data.systems as systems
+    from hgan.data.cli import main
+    monkeypatch.setattr(simulate, "MAX_ROUNDS", 4)
+    monkeypatch.setitem(systems._REGISTRY, "pendulum",
+                        dataclasses.replace(systems._REGISTRY["pendulum"], canvas=0.0))
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--system", "pendulum", "--train", "2", "--test", "0", "--frames",
+              "8", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err
+    assert "error: pendulum: trajectory 0 found no accepted draw in 4" in err

@@ -27,6 +27,11 @@ MAX_ROUNDS = 1000  # rejection rounds before giving up (a broken recipe, not bad
 SPLIT_IDS = {"train": 0, "test": 1}
 
 
+class NoAcceptedDraw(ValueError):
+    """Rejection sampling gave up on a trajectory (a ValueError: with a sound recipe only
+    trajectories far too long for the canvas get here, and the CLIs report it as bad input)."""
+
+
 def trajectory_rng(seed, split, index):
     return np.random.default_rng([int(seed), SPLIT_IDS.get(split, 2), int(index)])
 
@@ -225,8 +230,10 @@ class _Chunk:
 
     def redraw(self, system, j):
         if self.draws[j] >= MAX_ROUNDS:
-            raise RuntimeError(f"{system.name}: trajectory {self.indices[j]} still leaves the "
-                               f"canvas after {MAX_ROUNDS} re-draws")
+            raise NoAcceptedDraw(f"{system.name}: trajectory {self.indices[j]} found no "
+                                 f"accepted draw in {MAX_ROUNDS} (each left the canvas or "
+                                 f"drifted in energy): the system's recipe is broken, or the "
+                                 f"trajectories are too long for its canvas")
         pr, self.x0[j] = _draw(system, self.rngs[j])
         for k in system.param_names:
             self.params[k][j] = pr[k]
