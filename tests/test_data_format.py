@@ -137,6 +137,42 @@ def test_corrupt_file(tmp_path):
     assert issubclass(DataFormatError, ValueError)
 
 
+def test_damage_anywhere_in_a_file_is_one_data_format_error_or_harmless(tmp_path):
+    # Overwrite 64 bytes at offsets across a whole valid file: the superblock, object headers,
+    # symbol tables, attribute messages, heaps and every chunk. Opening it and reading all of
+    # its data either works (unused space, or the uncompressed small datasets, which carry no
+    # checksum) or raises DataFormatError naming the file: h5py's KeyError and RuntimeError
+    # from damaged metadata used to escape as tracebacks from every command.
+    path = generate_dataset("pendulum", tmp_path / "ok", train=3, test=0, frames=8, seed=0,
+                            progress=False)["train"]
+    with open(path, "rb") as f:
+        data = f.read()
+    kinds = set()
+    for off in range(0, len(data), 96):
+        bad = tmp_path / f"at{off}.h5"
+        damaged = bytearray(data)
+        damaged[off:off + 64] = b"\xa5" * len(damaged[off:off + 64])
+        bad.write_bytes(bytes(damaged))
+        try:
+            with open_h5(bad) as f:
+                f.frames[:], f.states[:]
+        except DataFormatError as e:
+            assert str(e).startswith(f"{bad}: ")
+            kinds.add(str(e).split(" (")[0].split(": ", 1)[1])
+        bad.unlink()
+    # The sweep reaches damaged metadata, damaged chunks and a failed open alike.
+    assert {"corrupt HDF5 file", "truncated or corrupt data",
+            "truncated or corrupt HDF5 file"} <= kinds, kinds
+
+
+def test_an_hdf5_file_of_another_kind_is_named_as_such(tmp_path):
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=np.zeros(3))
+    with pytest.raises(DataFormatError, match="not a Toy Physics data file of this project"):
+        open_h5(path)
+
+
 def test_corrupt_chunks_inside_a_valid_file_name_the_file_when_read(tmp_path, capsys):
     # The header and each trajectory's ends (what open_h5 probes) are intact; the middle
     # trajectory's compressed chunk is not. h5py's own error names neither file nor dataset.

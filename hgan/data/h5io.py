@@ -114,6 +114,11 @@ class ToyPhysicsFile:
             f = self._f
             self.attrs = {k: _plain(v) for k, v in f.attrs.items()}
             version = self.attrs.get("format_version")
+            if version is None:
+                raise DataFormatError(f"{self.path}: an HDF5 file but not a Toy Physics data "
+                                      f"file of this project (it has no 'format_version' "
+                                      f"attribute); make one with `python -m hgan.data "
+                                      f"generate` or `import-dm`")
             if version not in READABLE_VERSIONS:
                 raise DataFormatError(f"{self.path}: unknown format version {version!r} "
                                       f"(this reader understands "
@@ -152,6 +157,12 @@ class ToyPhysicsFile:
         except DataFormatError:
             self._f.close()
             raise
+        except (OSError, RuntimeError, KeyError, ValueError) as e:
+            # Damaged metadata inside a file whose superblock opens: h5py raises these from
+            # the attribute, link and object-header reads above (found by overwriting bytes
+            # of a valid file at every offset; tests/test_data_format.py does the same).
+            self._f.close()
+            raise DataFormatError(f"{self.path}: corrupt HDF5 file ({e})") from None
         self.system = system
 
     def _probe(self, n):
