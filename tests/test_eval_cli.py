@@ -330,7 +330,7 @@ def test_physics_metrics_feed_each_measure_the_states_it_is_defined_on(monkeypat
     code = 10 * np.arange(n)[:, None] + np.arange(t)[None, :]
     frames_u8 = np.broadcast_to(code[:, :, None, None, None], (n, t, 2, 2, 3)).astype(np.uint8)
     ds = SimpleNamespace(frames=frames_u8, states=code[..., None].astype(np.float32),
-                         params={"m": np.arange(n) * 1.0})
+                         params={"m": np.arange(n) * 1.0}, color_index=np.zeros((n, 1), np.int32))
 
     class CodeProbe:
         angular = ()
@@ -376,3 +376,124 @@ def test_physics_metrics_feed_each_measure_the_states_it_is_defined_on(monkeypat
     np.testing.assert_array_equal(f, real_p[4:])
     np.testing.assert_array_equal(g, real_p[4:])
     np.testing.assert_array_equal(h, gen_p[:4])
+
+
+def test_physics_metrics_list_n_body_states_and_masses_by_colour(monkeypatch, tmp_path):
+    # The probe's targets, the held-out true states (the noise floor's), the real videos'
+    # masses and the generated videos' (median) masses all list bodies by colour, as the probe
+    # reads them: in two_body_colors each trajectory draws its colours and its masses per body.
+    from hgan.data import generate_dataset, open_h5
+    from hgan.evaluate import probe as hprobe
+    path = generate_dataset("two_body_colors", tmp_path, train=10, test=0, frames=8, seed=2,
+                            progress=False)["train"]
+    ds = open_h5(path)
+    system, n, frames = ds.system, 6, 5
+    got = {}
+
+    class ZeroProbe:
+        angular = ()
+
+        def states(self, videos):
+            return np.zeros((len(videos), videos.shape[1] - 1, 8))
+
+    def fake_train(data_path, frames_, states, **kw):
+        got["targets"] = states[:]
+        return ZeroProbe()
+
+    monkeypatch.setattr(hprobe, "load_or_train_probe", fake_train)
+    monkeypatch.setattr(cli, "_generated_videos",
+                        lambda g, n_, f, seed: np.zeros((n_, f, 32, 32, 3), np.uint8))
+    monkeypatch.setattr(hprobe, "noise_floor", lambda system, s, params, rmse, seed: got.update(
+        floor=(np.array(s), params)) or np.zeros(len(s)))
+    drift_params = []
+    monkeypatch.setattr(hprobe, "energy_drift", lambda system, s, params: drift_params.append(
+        params) or np.zeros(len(s)))
+    idx = np.arange(2, 2 + n)
+    cli.physics_metrics(None, ds, system, path, (ds, idx), n=n, frames=frames, seed=1,
+                        probe_steps=1, probe_width=8)
+    ci = ds.color_index
+    swap = ci[:, 0] > ci[:, 1]                 # trajectories whose body 2 has the lower colour
+    assert swap[idx].any() and (~swap[idx]).any()
+
+    def by_colour(a, rows):                    # states [N, ..., 8] or masses [N, 2]
+        a = np.asarray(a)
+        perm = [2, 3, 0, 1, 6, 7, 4, 5] if a.shape[-1] == 8 else [1, 0]
+        flip = swap[rows].reshape((-1,) + (1,) * (a.ndim - 1))
+        return np.where(flip, a[..., perm], a)
+
+    everyone = np.arange(len(ds))
+    np.testing.assert_array_equal(got["targets"], by_colour(ds.states[()], everyone))
+    _, true_states, _ = cli._real_videos(ds, idx, frames, 1)  # the same windows
+    floor_states, floor_params = got["floor"]
+    np.testing.assert_array_equal(floor_states, by_colour(true_states[:, :-1], idx))
+    np.testing.assert_array_equal(floor_params["m"], by_colour(ds.params["m"][idx], idx))
+    real_params, _, gen_params = drift_params
+    np.testing.assert_array_equal(real_params["m"], by_colour(ds.params["m"][idx], idx))
+    np.testing.assert_array_equal(gen_params["m"][0],
+                                  np.median(by_colour(ds.params["m"], everyone), 0))
+
+
+def _physics(gen, real, floor, rel=(0.1, 0.2)):
+    return {"probe_rmse": [0.01] * len(rel), "probe_rel_rmse": list(rel), "num_videos": 8,
+            "frames": 16,
+            "energy_drift": {"generated": {"median": gen}, "real": {"median": real},
+                             "noise_floor": {"median": floor}, "shuffled_real": {"median": 1.0}},
+            "frechet_state_distance": {"generated": 2.5, "shuffled_real": 9.0, "angles": None,
+                                       "real_half_vs_half": 1.0,
+                                       "generated_half_vs_real_half": 3.5}}
+
+
+def _result(system, model, physics, **settings):
+    return {"model": model, "system": system, "iteration": 70, "checkpoint": "c", "data": "d",
+            "device": "cpu", "physics": physics,
+            "settings": {"physics_videos": 64, "probe_steps": 600, "probe_version": 3,
+                         **settings}}
+
+
+def test_the_report_says_when_the_physics_numbers_cannot_order_anything():
+    from hgan.evaluate import report
+    fine = report.checkpoint_report(_result("mass_spring", "hgan", _physics(0.3, 0.1, 0.05)))
+    assert "reads the state poorly" not in fine and "drift no more than real" not in fine
+    poor = report.checkpoint_report(_result("mass_spring", "hgan",
+                                            _physics(0.3, 0.1, 0.05, rel=(0.2, 0.51))))
+    assert "**The probe reads the state poorly here** (relative RMSE up to 0.51" in poor
+    low = report.checkpoint_report(_result("mass_spring", "hgan", _physics(0.1, 0.08, 0.1)))
+    assert "Generated videos drift no more than real ones (0.1 <= 0.1, the larger of real's " \
+           "and the noise floor)" in low and "reads the state poorly" not in low
+
+
+def test_compare_marks_drifts_at_real_level_old_n_body_results_and_differing_settings():
+    from hgan.evaluate import report
+    runs = [_result("three_body", "hgan", _physics(0.05, 0.2, 0.1)),
+            _result("three_body", "mocogan", _physics(0.5, 0.2, 0.1), probe_steps=3000),
+            _result("two_body", "hgan", _physics(0.5, 0.2, 0.1)),
+            _result("two_body", "mocogan", _physics(0.7, 0.2, 0.1))]
+    del runs[3]["settings"]["probe_version"]               # from before bodies by colour
+    text = report.compare_table(runs)
+    drift = text.split("### ")[1]
+    assert "| hgan | 0.05 (at or below real's 0.2) (70 it) | 0.5 (70 it) |" in drift
+    assert "| mocogan | 0.5 (70 it) | n/a (n-body states in index order: older results, not " \
+           "comparable) (70 it) |" in drift
+    fsd = text.split("### ")[2]
+    assert fsd.count("older results, not comparable") == 1 and "3.5 (2.5)" in fsd
+    settings = text.split("### ")[-1]
+    assert settings.startswith("Evaluation settings that differ between these runs")
+    assert "| model | system | probe_steps | probe_version |" in settings
+    assert "| mocogan | three_body | 3000 | 3 |" in settings
+    assert "| mocogan | two_body | 600 | n/a |" in settings and "physics_videos" not in settings
+    same = report.compare_table(runs[:1] + runs[2:3])
+    assert "settings that differ" not in same
+
+
+def test_fewer_held_out_trajectories_than_physics_videos_is_said(tmp_path, capsys):
+    from types import SimpleNamespace
+    from hgan.evaluate import inputs
+    held = (SimpleNamespace(frames=np.zeros((5, 20, 1, 1, 3), np.uint8)), np.arange(5), "t.h5")
+    args = SimpleNamespace(metrics=["appearance"], frames=16, physics_videos=256)
+    inputs._check_counts(args, held, None)
+    assert "--physics-videos 256, but t.h5 holds out 5 trajectories" in capsys.readouterr().err
+    inputs._check_counts(SimpleNamespace(metrics=["samples"], frames=16, physics_videos=256),
+                         held, None)
+    inputs._check_counts(SimpleNamespace(metrics=["appearance"], frames=16, physics_videos=5),
+                         held, None)
+    assert capsys.readouterr().err == ""

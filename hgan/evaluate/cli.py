@@ -38,8 +38,11 @@ NUMBER_FLAGS = ("frames", "seeds", "fvd_videos", "physics_videos", "probe_steps"
 
 
 def settings(args) -> dict:
-    """The NUMBER_FLAGS of parsed arguments, as results.json stores them."""
-    return {k: list(getattr(args, k)) if k == "seeds" else getattr(args, k) for k in NUMBER_FLAGS}
+    """The NUMBER_FLAGS of parsed arguments, as results.json stores them, and the version of
+    the physics probe (a new one reads states differently: older results are not its)."""
+    out = {k: list(getattr(args, k)) if k == "seeds" else getattr(args, k) for k in NUMBER_FLAGS}
+    out["probe_version"] = probe.PROBE_VERSION
+    return out
 
 
 def portable_paths(results, out_dir):
@@ -103,18 +106,23 @@ def probe_settings(system, probe_steps, probe_width) -> dict:
 def physics_metrics(generator, ds, system, data_path, held_out, *, n, frames, seed, probe_steps,
                     probe_width, device="cpu", progress=True):
     """`ds` trains the probe (first 80%); `held_out` = (file, trajectory indices) it never saw."""
-    pr = probe.load_or_train_probe(data_path, ds.frames, ds.states, device=device,
-                                   progress=progress,
+    pr = probe.load_or_train_probe(data_path, ds.frames,
+                                   probe.ColourOrderedRows(system, ds.states, ds.color_index),
+                                   device=device, progress=progress,
                                    **probe_settings(system, probe_steps, probe_width))
     real_ds, idx = held_out
     real, real_states, params = _real_videos(real_ds, idx[:n], frames, seed)
+    colours = np.asarray(real_ds.color_index)[idx[:n]]
+    real_states = probe.colour_ordered(system, real_states, colours)
+    params = probe.params_colour_ordered(system, params, colours)
     rmse = probe.probe_rmse(pr, real, real_states)
     rel = rmse / real_states.reshape(-1, rmse.size).std(0)
     rng = np.random.default_rng(seed)
     shuffled = np.stack([v[rng.permutation(len(v))] for v in real])
     real_p, shuf_p = pr.states(real), pr.states(shuffled)
     gen_p = pr.states(_generated_videos(generator, n, frames, seed))
-    gen_params = probe.constant_params(ds.params, len(gen_p))
+    gen_params = probe.constant_params(
+        probe.params_colour_ordered(system, ds.params, ds.color_index), len(gen_p))
     half = len(real_p) // 2
     if half < 2:  # two halves of one video each have no covariance: no reference to give
         print(f"[evaluate] note: the real half-vs-half state distance needs >= 4 held-out videos, "

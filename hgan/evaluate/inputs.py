@@ -9,6 +9,7 @@ they are bugs, and keep their tracebacks.
 """
 import argparse
 import os
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -154,6 +155,11 @@ def _check_counts(args, held, detector_path):
         raise InputError(f"the physics metrics need at least {MIN_PHYSICS_VIDEOS} held-out videos; "
                          f"got {min(n, args.physics_videos)} (--physics-videos "
                          f"{args.physics_videos}, {n} held-out trajectories in {held[2]})")
+    if {"physics", "appearance"} & set(args.metrics) and n < args.physics_videos:
+        print(f"[evaluate] note: --physics-videos {args.physics_videos}, but {held[2]} holds out "
+              f"{n} trajectories: the real side of the physics and appearance metrics has {n} "
+              f"videos (one clip each), the generated side {args.physics_videos}",
+              file=sys.stderr)
     if detector_path:
         if args.frames < fvd.MIN_FRAMES:
             raise InputError(f"--frames {args.frames}: FVD's I3D needs at least {fvd.MIN_FRAMES}")

@@ -3,7 +3,9 @@ import json
 import os
 
 from hgan.evaluate import structure
-from hgan.evaluate.probe import ANGULAR_SYSTEMS
+from hgan.evaluate.probe import ANGULAR_SYSTEMS, NBODY_SYSTEMS
+
+POOR_PROBE = 0.5  # relative RMSE above which the probe explains under 3/4 of a state's variance
 
 
 def _fmt(x, digits=4):
@@ -37,7 +39,7 @@ def checkpoint_report(results):
     ph = r.get("physics")
     if ph:
         d = ph["energy_drift"]
-        lines += ["## Physics probe", "",
+        lines += ["## Physics probe", ""] + _physics_caveats(ph) + [
                   f"Probe RMSE on held-out real data per state dimension (q..., p...): "
                   f"{', '.join(_fmt(v, 3) for v in ph['probe_rmse'])} "
                   f"(relative to the state std: {', '.join(_fmt(v, 3) for v in ph['probe_rel_rmse'])}).", "",
@@ -90,6 +92,26 @@ def checkpoint_report(results):
     return "\n".join(lines)
 
 
+def _physics_caveats(ph):
+    """What the physics numbers cannot say here, in words: a probe that reads the state
+    poorly, and generated videos that drift no more than real ones."""
+    out = []
+    worst = max(ph["probe_rel_rmse"], default=0.0)
+    if worst > POOR_PROBE:
+        out += [f"**The probe reads the state poorly here** (relative RMSE up to {worst:.2f}, "
+                f"above {POOR_PROBE:g}: it explains under 3/4 of a state's variance): the energy "
+                "drift and state distance below resolve little. A larger training set for it "
+                "(--data) or more --probe-steps may help.", ""]
+    d = ph["energy_drift"]
+    real = max(d["real"]["median"], d["noise_floor"]["median"])
+    if d["generated"]["median"] <= real:
+        out += [f"Generated videos drift no more than real ones ({_fmt(d['generated']['median'], 3)}"
+                f" <= {_fmt(real, 3)}, the larger of real's and the noise floor): this measure "
+                "cannot tell their motion from real motion. A still or empty video scores low "
+                "too: read the samples and the appearance metric beside it.", ""]
+    return out
+
+
 def _real_label(r):
     return ("real, the training file's last 20% (the GAN saw them)"
             if r.get("real_seen_in_training") else "real, held-out")
@@ -114,8 +136,32 @@ def raw_angles(r):
     return "angles" not in fsd and (r.get("system") or "").split("_colors")[0] in ANGULAR_SYSTEMS
 
 
+def bodies_by_index(r):
+    """True for an n-body system's results.json written before the probe listed bodies by
+    colour (probe version < 3): that probe could not read which body is which, so its
+    physics numbers measure the probe, not the videos."""
+    version = (r.get("settings") or {}).get("probe_version", 2)
+    return (r.get("system") or "").split("_colors")[0] in NBODY_SYSTEMS and version < 3
+
+
+_BY_INDEX = "n/a (n-body states in index order: older results, not comparable)"
+
+
+def _drift_cell(r):
+    if bodies_by_index(r):
+        return _BY_INDEX
+    d = r["physics"]["energy_drift"]
+    gen = d["generated"]["median"]
+    refs = [d[k]["median"] for k in ("real", "noise_floor") if k in d]
+    real = max(refs) if refs else None
+    return _fmt(gen, 3) + (f" (at or below real's {_fmt(real, 3)})"
+                           if real is not None and gen <= real else "")
+
+
 def _fsd_cell(r):
     fsd = r["physics"]["frechet_state_distance"]
+    if bodies_by_index(r):
+        return _BY_INDEX
     if raw_angles(r):
         return "n/a (raw angles: older results, not comparable)"
     return (_fmt(fsd.get("generated_half_vs_real_half"), 3)
@@ -134,8 +180,9 @@ def find_results(run_dir):
 METRICS = [
     ("FVD (lower is better)", lambda r: None if not r.get("fvd") or "skipped" in r["fvd"]
      else f"{r['fvd']['fvd_mean']:.1f} ± {r['fvd']['fvd_std']:.1f}"),
-    ("energy drift of probed generated videos (median std/|mean| of true H; lower is better)",
-     lambda r: r.get("physics") and _fmt(r["physics"]["energy_drift"]["generated"]["median"], 3)),
+    ("energy drift of probed generated videos (median std/|mean| of true H; lower is better, "
+     "down to real videos' own)",
+     lambda r: r.get("physics") and _drift_cell(r)),
     ("Frechet state distance, probed generated vs real trajectories, half vs half as real's "
      "reference (all videos in parentheses; lower is better)",
      lambda r: r.get("physics") and _fsd_cell(r)),
@@ -194,4 +241,21 @@ def compare_table(results_list, names=None):
             continue
         out += [f"### {title}", "", "| model | " + " | ".join(systems) + " |",
                 "|---" * (len(systems) + 1) + "|"] + ["| " + " | ".join(row) + " |" for row in rows] + [""]
-    return "\n".join(out)
+    return "\n".join(out + _settings_that_differ(results_list, labels))
+
+
+def _settings_that_differ(results_list, labels):
+    """A table of the evaluation settings (results.json "settings") that are not the same for
+    every run: numbers measured with other video counts or probe training differ for that
+    reason alone."""
+    sets = [r.get("settings") or {} for r in results_list]
+    keys = sorted({k for st in sets for k in st if len({repr(x.get(k)) for x in sets}) > 1})
+    if not keys:
+        return []
+    rows = sorted((label, r["system"], st) for (_, label), r, st in
+                  zip(labels, results_list, sets))
+    return (["### Evaluation settings that differ between these runs", "",
+             "Their numbers are not comparable across these settings.", "",
+             "| model | system | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
+            + [f"| {label} | {system} | " + " | ".join(_fmt(st.get(k)) for k in keys) + " |"
+               for label, system, st in rows] + [""])
