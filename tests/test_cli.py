@@ -24,7 +24,11 @@ def test_train_py_rejects_a_bad_value_in_one_line_with_exit_2():
 
 
 @pytest.mark.parametrize("argv,needle", [
-    (["--k", "0"], "k must be a positive integer"),
+    (["--k", "0"], "error: --k must be a positive integer, got 0"),
+    (["--hidden", "0"], "error: --hidden must be a positive integer, got 0"),
+    (["--frames", "0"], "error: --frames must be >= 1, got 0"),   # not D_V's clip_frames
+    (["--rollout-frames", "-1"], "error: --rollout-frames must be >= 0, got -1"),
+    (["--model", "hnn_gan", "--motion-dim", "5"], "error: hnn_gan uses eps_m as (q0, p0)"),
     (["--model", "hnn_gan", "--motion-dim", "5"], "must equal 2*k"),
     (["--resolution", "40"], "unsupported resolution 40"),
     (["--num-workers", "-1"], "--num-workers must be >= 0"),

@@ -196,7 +196,8 @@ def parse_command_line(argv=None):
     model_names = {f.name for f in fields(ModelConfig)}
     mk = {k: v for k, v in a.items() if k in model_names}
     rk = {k: v for k, v in a.items() if k not in model_names}
-    mk["clip_frames"] = min(mk["clip_frames"], rk["frames"])  # D_V clips fit in a video
+    if rk["frames"] >= 1:  # else RunConfig names --frames below, not clip_frames
+        mk["clip_frames"] = min(mk["clip_frames"], rk["frames"])  # D_V clips fit in a video
     if mk["model"] == "hnn_gan" and "motion_dim" not in given:
         mk["motion_dim"] = 2 * mk["k"]  # hnn_gan's eps_m is (q0, p0)
     rk["out"] = rk["out"] or os.path.join(
@@ -204,5 +205,11 @@ def parse_command_line(argv=None):
     try:
         cfg = RunConfig(model=ModelConfig(**mk), **rk)
     except ValueError as e:
-        parser.error(str(e))
+        parser.error(_as_flag(str(e), model_names))
     return cfg, resume, given
+
+
+def _as_flag(message, names):
+    """ModelConfig names its fields ("k must be ..."); on the command line they are flags."""
+    head, sep, rest = message.partition(" ")
+    return f"--{head.replace('_', '-')}{sep}{rest}" if head in names else message
