@@ -2,6 +2,14 @@
 with exit code 2 and no usage block, and integer flags with a lower bound. argparse only:
 hgan.data's tools import this without importing torch."""
 import argparse
+import os
+import sys
+
+
+def prog(script, module):
+    """A command's name in its usage line: the console script (`hgan-data`) when run as that
+    script, `python -m <module>` otherwise."""
+    return script if os.path.basename(sys.argv[0] or "") == script else f"python -m {module}"
 
 
 class OneLineParser(argparse.ArgumentParser):

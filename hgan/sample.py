@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from hgan.cli_args import OneLineParser, int_at_least
+from hgan.cli_args import OneLineParser, int_at_least, prog
 from hgan.device import check_device
 from hgan.models import ModelConfig, build_models
 from hgan.train.checkpoint import CheckpointError, load_checkpoint, load_weights
@@ -78,10 +78,23 @@ def _finite(text):
 
 
 def _out(text):
-    stem = os.path.splitext(os.path.basename(text))[0]
+    stem, ext = os.path.splitext(os.path.basename(text))
     if not stem:
         raise argparse.ArgumentTypeError(f"expected a file name such as samples.gif, got {text!r}")
+    if ext.lower() not in ("", ".gif", ".png"):
+        # both are written, the GIF and the PNG strip beside it: another format would be a
+        # file named as one thing holding another, or a silent change of name
+        raise argparse.ArgumentTypeError(f"writes a GIF and a PNG strip beside it: expected a "
+                                         f"name ending in .gif or .png, got {text!r}")
     return text
+
+
+def _time_step(text):
+    v = _finite(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError("a time step of 0 does not move: every frame would "
+                                         "be the first (negative runs backwards)")
+    return v
 
 
 def _device(text):
@@ -93,13 +106,13 @@ def _device(text):
 
 
 def build_parser():
-    p = _Parser(prog="python -m hgan.sample", description=__doc__.split("\n")[0])
+    p = _Parser(prog=prog("hgan-sample", "hgan.sample"), description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
     p.add_argument("--n", type=_positive, default=16,
                    help="number of videos (default: %(default)s)")
     p.add_argument("--frames", type=_positive, default=64,
                    help="frames per video, may exceed the training length (default: %(default)s)")
-    p.add_argument("--dt", type=_finite, default=None,
+    p.add_argument("--dt", type=_time_step, default=None,
                    help="time step; negative runs backwards; hgan and hnn_gan only "
                         "(default: the training dt)")
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")

@@ -49,8 +49,8 @@ def test_generate_and_show(tmp_path, capsys):
     assert capsys.readouterr().err.splitlines() == [  # asked for more than the file holds
         f"hgan.data: {path} holds 3 trajectories: showing all of them",
         f"hgan.data: {path} has 6 frames per trajectory: showing all of them"]
-    main(["show", str(path), "--out", str(tmp_path / "a.gif")])
-    gif = Image.open(tmp_path / "a.gif")
+    main(["show", str(path), "--out", str(tmp_path / "new" / "dir" / "a.gif")])  # made, as
+    gif = Image.open(tmp_path / "new" / "dir" / "a.gif")                          # sample does
     assert gif.n_frames == 6 and gif.size == (3 * 64 * 2, 64 * 2)
     gif.seek(1)
     assert gif.info["duration"] == 50  # real time: dt = 0.05 s per frame

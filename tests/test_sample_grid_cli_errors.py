@@ -25,6 +25,23 @@ def test_sample_help_names_the_module_and_shows_defaults(capsys):
     assert "None" not in out
 
 
+def test_installed_commands_name_themselves_in_their_usage(monkeypatch, capsys):
+    # pip's console scripts (pyproject.toml) run main() with argv[0] = .../bin/hgan-sample
+    from hgan.data.cli import main as data_main
+    from hgan.evaluate.cli import build_parser as evaluate_parser
+    from hgan.sample import build_parser as sample_parser
+    monkeypatch.setattr("sys.argv", ["/venv/bin/hgan-sample"])
+    assert sample_parser().prog == "hgan-sample"
+    monkeypatch.setattr("sys.argv", ["/venv/bin/hgan-evaluate"])
+    assert evaluate_parser().prog == "hgan-evaluate"
+    monkeypatch.setattr("sys.argv", ["/venv/bin/hgan-data"])
+    with pytest.raises(SystemExit):
+        data_main(["--help"])
+    assert capsys.readouterr().out.startswith("usage: hgan-data ")
+    monkeypatch.setattr("sys.argv", ["/usr/lib/python3/site-packages/hgan/sample.py"])
+    assert sample_parser().prog == "python -m hgan.sample"
+
+
 @pytest.mark.parametrize("argv,match", [
     (["--checkpoint", "x.pt", "--n", "0"], "--n"),
     (["--checkpoint", "x.pt", "--frames", "abc"], "--frames"),
@@ -35,6 +52,9 @@ def test_sample_help_names_the_module_and_shows_defaults(capsys):
     (["--checkpoint", "x.pt", "--dt", "nan"], "--dt"),
     (["--checkpoint", "x.pt", "--dt", "fast"], "--dt"),
     (["--checkpoint", "x.pt", "--out", "samples/"], "--out"),   # would write samples/.gif
+    # it writes a GIF and a PNG: an .mp4 name would silently become samples.gif
+    (["--checkpoint", "x.pt", "--out", "samples.mp4"], "expected a name ending in .gif or .png"),
+    (["--checkpoint", "x.pt", "--dt", "0"], "a time step of 0 does not move"),
     ([], "--checkpoint"),
 ])
 def test_sample_argument_errors_are_one_prefixed_line(argv, match, capsys):

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from hgan.cli_args import OneLineParser, int_at_least
+from hgan.cli_args import OneLineParser, int_at_least, prog
 
 
 class _Parser(OneLineParser):
@@ -46,7 +46,7 @@ def _system(text):
 
 def build_parser():
     from hgan.data.systems import SYSTEMS
-    p = _Parser(prog="python -m hgan.data", description="Toy Physics data engine")
+    p = _Parser(prog=prog("hgan-data", "hgan.data"), description="Toy Physics data engine")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     g = sub.add_parser("generate", help="simulate and render a system into HDF5",
                        description="Simulate and render a system into "
@@ -100,6 +100,7 @@ def show(path, out, n=8, frames=16, scale=2):
         print(f"hgan.data: {path} holds {held} trajectories: showing all of them",
               file=sys.stderr)
     n = min(n, held)
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # as hgan.sample does
     if ext == ".png" and frames > clips.shape[1]:
         print(f"hgan.data: {path} has {clips.shape[1]} frames per trajectory: showing all of "
               f"them", file=sys.stderr)

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from hgan.evaluate import appearance, figures, fvd, inputs, probe, report, structure
-from hgan.cli_args import OneLineParser as _Parser, int_at_least
+from hgan.cli_args import OneLineParser as _Parser, int_at_least, prog
 from hgan.evaluate.inputs import ALL_METRICS, InputError
 
 __all__ = ["ALL_METRICS", "InputError", "build_parser", "compare", "evaluate", "main",
@@ -313,7 +313,7 @@ def compare(args):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "compare":
-        p = _Parser(prog="python -m hgan.evaluate compare",
+        p = _Parser(prog=prog("hgan-evaluate", "hgan.evaluate") + " compare",
                     description="Table-1-style markdown table of evaluated runs: rows are models "
                                 "(one per seed where a model has several runs on a system), "
                                 "columns systems")
@@ -334,7 +334,7 @@ def main(argv=None):
 def build_parser():
     """The parser of one checkpoint's evaluation (not of `compare`)."""
     positive = int_at_least(1)
-    p = _Parser(prog="python -m hgan.evaluate", description=__doc__,
+    p = _Parser(prog=prog("hgan-evaluate", "hgan.evaluate"), description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a run's checkpoint (e.g. RUN/checkpoints/last.pt)")
     p.add_argument("--metrics", type=inputs.metric_list, default=",".join(ALL_METRICS),
