@@ -35,7 +35,7 @@ def tiny_steps(run_dir, n_steps, enabled=True):
             prof.step()
 
 
-def test_traces_are_written_and_parse(tmp_path):
+def test_traces_are_written_and_parse(tmp_path, capsys):
     with warnings.catch_warnings():
         # torch's deprecated event attributes (self_cuda_time_total) warn on every read
         warnings.simplefilter("error", FutureWarning)
@@ -43,6 +43,11 @@ def test_traces_are_written_and_parse(tmp_path):
     prof_dir = tmp_path / "profile"
     tb = glob.glob(str(prof_dir / "*.pt.trace.json"))
     assert len(tb) == 1, "torch-tb-profiler globs <worker>.<ts>.pt.trace.json"
+    # trace.json is the same file under a fixed name, not a second copy of tens of MB
+    assert os.path.samefile(tb[0], prof_dir / "trace.json")
+    assert capsys.readouterr().err == (f"[hgan] --profile: 2 steps recorded (after 1 skipped "
+                                       f"and 1 warm-up) in {prof_dir}: tensorboard --logdir "
+                                       f"{prof_dir}, or trace.json in ui.perfetto.dev\n")
     for path in (tb[0], prof_dir / "trace.json"):
         trace = load_trace(str(path))
         names = {e.get("name") for e in trace["traceEvents"]}
@@ -72,9 +77,10 @@ def test_run_shorter_than_the_schedule_records_nothing_and_says_so(tmp_path, cap
     assert not glob.glob(str(tmp_path / "profile" / "*.json"))
 
 
-def test_full_schedule_prints_nothing(tmp_path, capsys):
+def test_full_schedule_prints_only_where_it_wrote(tmp_path, capsys):
     tiny_steps(tmp_path, 4)
-    assert "--profile" not in capsys.readouterr().err
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("[hgan] --profile: 2 steps recorded"), err
     with open(tmp_path / "profile" / "stages.json") as f:
         assert json.load(f)["steps"] == 2
 
@@ -169,7 +175,8 @@ def test_default_schedule_is_one_skipped_two_warmup_three_recorded(tmp_path, cap
     assert recorded_steps(tmp_path / "six") == [3, 4, 5]
     with open(tmp_path / "six" / "profile" / "stages.json") as f:
         assert json.load(f)["steps"] == 3
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err.startswith(
+        "[hgan] --profile: 3 steps recorded (after 1 skipped and 2 warm-up) in ")
     steps_with(tmp_path / "five", 5)
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["[hgan] --profile: the run made 5 steps, a profile needs 6 (1 skipped + "
