@@ -69,7 +69,14 @@ def test_resume_without_flags_keeps_the_checkpoints_configuration(stopped_run, c
     assert (cfg.iters, cfg.ckpt_every, cfg.keep_every, cfg.log_every) == (3, 7, 2, 1)
     assert cfg.n_samples == 2
     assert (cfg.num_workers, cfg.loader, cfg.progress, cfg.device) == (0, "torch", False, "cpu")
+    capsys.readouterr()
     assert run(setup)["iteration"] == 3
+    # start-up: where, what, and from where a resumed run goes on (config.json has the rest)
+    assert capsys.readouterr().out.splitlines()[:3] == [
+        f"[hgan] run directory {out} (config.json holds every setting)",
+        "[hgan] hgan on pendulum: resumed at iteration 1 of 3, batch 4, 6 frames at 32 px, "
+        "seed 0",
+        "[hgan] device cpu, world size 1, autocast off (fp32)"]
     assert json.loads((out / "config.json").read_text())["iters"] == 3
     assert load_checkpoint(str(out))["iteration"] == 3
     # a flag that is given does change a resumable setting

@@ -258,8 +258,15 @@ def _run(setup: Setup, callback, stop) -> dict:
         os.makedirs(cfg.out, exist_ok=True)
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             f.write(cfg.dumps())
-        print(f"[hgan] run directory {cfg.out}\n[hgan] device {trainer.device}, "
-              f"world size {info.world_size}, autocast {trainer.amp_dtype or 'off (fp32)'}\n{cfg.dumps()}", flush=True)
+        m = cfg.model
+        start = (f"resumed at iteration {trainer.iteration} of {cfg.iters}" if trainer.iteration
+                 else f"{cfg.iters} iterations")
+        # The full configuration is config.json's (about 50 lines): here, what tells runs apart.
+        print(f"[hgan] run directory {cfg.out} (config.json holds every setting)\n"
+              f"[hgan] {m.model} on {cfg.system}: {start}, batch {cfg.batch_size}, "
+              f"{cfg.frames} frames at {m.resolution} px, seed {cfg.seed}\n"
+              f"[hgan] device {trainer.device}, world size {info.world_size}, autocast "
+              f"{trainer.amp_dtype or 'off (fp32)'}", flush=True)
         from torch.utils.tensorboard import SummaryWriter
         # Events after the checkpoint's iteration belong to steps that will be redone; those
         # at it were logged by the state the checkpoint holds, and stay.
