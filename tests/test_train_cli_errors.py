@@ -73,9 +73,9 @@ def test_resume_without_flags_keeps_the_checkpoints_configuration(stopped_run, c
     assert run(setup)["iteration"] == 3
     # start-up: where, what, and from where a resumed run goes on (config.json has the rest)
     assert capsys.readouterr().out.splitlines()[:3] == [
-        f"[hgan] run directory {out} (config.json holds every setting)",
+        f"[hgan] run directory {out}",
         "[hgan] hgan on pendulum: resumed at iteration 1 of 3, batch 4, 6 frames at 32 px, "
-        "seed 0",
+        "seed 0 (every setting: config.json)",
         "[hgan] device cpu, world size 1, autocast off (fp32)"]
     assert json.loads((out / "config.json").read_text())["iters"] == 3
     assert load_checkpoint(str(out))["iteration"] == 3

@@ -262,9 +262,10 @@ def _run(setup: Setup, callback, stop) -> dict:
         start = (f"resumed at iteration {trainer.iteration} of {cfg.iters}" if trainer.iteration
                  else f"{cfg.iters} iterations")
         # The full configuration is config.json's (about 50 lines): here, what tells runs apart.
-        print(f"[hgan] run directory {cfg.out} (config.json holds every setting)\n"
+        print(f"[hgan] run directory {cfg.out}\n"
               f"[hgan] {m.model} on {cfg.system}: {start}, batch {cfg.batch_size}, "
-              f"{cfg.frames} frames at {m.resolution} px, seed {cfg.seed}\n"
+              f"{cfg.frames} frames at {m.resolution} px, seed {cfg.seed} (every setting: "
+              f"config.json)\n"
               f"[hgan] device {trainer.device}, world size {info.world_size}, autocast "
               f"{trainer.amp_dtype or 'off (fp32)'}", flush=True)
         from torch.utils.tensorboard import SummaryWriter
