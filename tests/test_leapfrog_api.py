@@ -75,12 +75,37 @@ def test_clear_errors(mlp):
         (dict(precision="tf32", backend="analytic"), ValueError, "option of the fused kernels"),
         (dict(precision="tf32x3", backend="reference"), ValueError, "computes in float32"),
         (dict(q0=q0.int(), p0=q0.int()), TypeError, "floating"),
+        # a library user's inputs: layers without a bias, modules, arrays, transposed weights,
+        # empty states and layers (each an AttributeError or a silent result before)
+        (dict(biases=[b[0], None, b[2]]), TypeError,
+         r"biases\[1\] must be a torch.Tensor, got NoneType \(a layer without a bias takes "
+         r"torch.zeros\(out\)"),
+        (dict(weights=[torch.nn.Linear(6, 16), w[1], w[2]]), TypeError,
+         r"weights\[0\] must be a torch.Tensor, got Linear \(pass a layer's .weight"),
+        (dict(weights=[w[0].numpy(), w[1], w[2]]), TypeError, r"got ndarray$"),
+        (dict(weights=[w[0].t(), w[1], w[2]]), ValueError,
+         r"weights\[0\] has shape \(6, 16\): that is \[in, out\].*transpose them"),
+        (dict(q0=q0[:, :0], p0=q0[:, :0]), ValueError, "k >= 1 coordinates"),
+        (dict(weights=[w[0][:0], w[1][:, :0], w[2]], biases=[b[0][:0], b[1], b[2]]),
+         ValueError, r"weights\[0\] has no outputs"),
+        (dict(dt=torch.tensor(0.05)), ValueError, "not a tensor"),
+        (dict(dt=True), ValueError, "dt must be a finite real number"),
     ]
     for override, exc, msg in cases:
         kw = dict(q0=q0, p0=q0, weights=w, biases=b, frames=3)
         kw.update(override)
         with pytest.raises(exc, match=msg):
             leapfrog(kw.pop("q0"), kw.pop("p0"), kw.pop("weights"), kw.pop("biases"), **kw)
+
+
+def test_dt_may_be_any_real_scalar(mlp):
+    import numpy as np
+    w, b = mlp
+    q0 = torch.randn(2, 3)
+    want = leapfrog(q0, q0, w, b, frames=3, dt=0.25, backend="analytic")
+    for dt in (np.float32(0.25), np.float64(0.25), 0.25):
+        got = leapfrog(q0, q0, w, b, frames=3, dt=dt, backend="analytic")
+        assert all(torch.equal(x, y) for x, y in zip(got, want))
 
 
 def test_device_mismatch_is_reported(mlp):
@@ -254,3 +279,52 @@ def test_fused_on_cpu_only_under_the_triton_interpreter(monkeypatch, value, inte
         assert reason is None
     else:
         assert "CUDA" in reason
+
+
+def _backends_here():
+    fused = dispatch._triton_importable() and (torch.cuda.is_available()
+                                               or dispatch._interpreting())
+    return ["reference", "analytic"] + (["fused"] if fused else [])
+
+
+@pytest.mark.parametrize("backend", _backends_here())
+def test_a_rollout_inside_autocast_is_the_fp32_rollout(backend):
+    # A caller training under autocast (its network in bf16) gets the rollout and gradients
+    # of fp32, bit for bit: reference and analytic ran in bf16 (dHdq off by 8e-3). The
+    # hand-written backwards also run in fp32 when called inside the context (the analytic
+    # one raised a dtype error); PyTorch's own backward formulas, which the reference
+    # backend's gradients are, follow autocast there (PyTorch advises against backward
+    # inside autocast), so that case is the custom backends' only.
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    w, b = random_mlp(3, (16, 16), generator=torch.Generator().manual_seed(1), device=dev)
+    net = torch.nn.Linear(5, 6).to(dev)              # makes (q0, p0): bf16 under autocast
+    x = torch.randn(4, 5, device=dev)
+
+    def run(amp, backward_inside=False):
+        params = [t.detach().clone().requires_grad_(True) for t in (*w, *b, *net.parameters())]
+        wts, bs, (nw, nb) = params[:3], params[3:6], params[6:]
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=amp):
+            bf = torch.bfloat16
+            y = torch.nn.functional.linear(x.to(bf), nw.to(bf), nb.to(bf))
+            assert y.dtype == bf
+            y = y if amp else y.float()   # the cast the library makes under autocast
+            q, p, d = leapfrog(y[:, :3], y[:, 3:], wts, bs, frames=5, backend=backend)
+            loss = cyclic_loss(d) + q.square().mean() + p.mean()
+            if backward_inside:
+                loss.backward()
+        if not backward_inside:
+            loss.backward()
+        return (q, p, d), [t.grad for t in params]
+
+    want = run(False)
+    cases = [run(True)] + ([run(True, backward_inside=True)] if backend != "reference" else [])
+    for (q, p, d), grads in cases:
+        assert q.dtype == p.dtype == d.dtype == torch.float32
+        for got, expected in zip((q, p, d, *grads), (*want[0], *want[1])):
+            # (reference leaves the output bias, on which nothing depends, without a grad)
+            assert got is expected is None or torch.equal(got, expected)
+    # outside autocast a state of another dtype than the weights' is still refused
+    with pytest.raises(TypeError, match="dtype"):
+        leapfrog(torch.zeros(2, 3, dtype=torch.bfloat16, device=dev),
+                 torch.zeros(2, 3, dtype=torch.bfloat16, device=dev), w, b, frames=2,
+                 backend=backend)

@@ -48,7 +48,7 @@ memory stays independent of the MLP width.
 """
 import torch
 
-from .common import act_d1, act_value, refuse_double_backward, scheme_points
+from .common import act_d1, act_value, autocast_off, refuse_double_backward, scheme_points
 
 SAVE_BYTES = 256 << 20   # keep the primal activations for the backward below this size
 
@@ -224,6 +224,11 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gq, gp, gd):
         refuse_double_backward("analytic")
+        with autocast_off(gq.device.type):  # a backward called inside the caller's autocast
+            return LeapfrogAnalyticFunction._backward(ctx, gq, gp, gd)
+
+    @staticmethod
+    def _backward(ctx, gq, gp, gd):
         order2 = ctx.order2
         saved = ctx.saved_tensors
         if order2:

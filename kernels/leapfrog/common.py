@@ -5,7 +5,9 @@ checks of the public contract, and the FLOP count of one rollout.
 Shapes (the public contract): q0, p0 [B, k]; weights[l] [out_l, in_l] in nn.Linear layout
 with in_0 = 2k and out_L = 1; biases[l] [out_l]; results q, p [B, T, k] and dHdq [B, T-1, k].
 """
+import contextlib
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,8 @@ BACKENDS = ("auto", "reference", "analytic", "fused")
 #   p_t+1 = p - dt H_q - dt^2/2 (H_qq H_p - H_qp H_q) + O(dt^3)
 # which is the exact flow to second order, for every H, at the same three evaluations per
 # step. For a separable H the moved points change nothing (H_p ignores q, H_q ignores p), so
-# both schemes are the same Stormer-Verlet step, bit for bit.
+# both schemes are the same Stormer-Verlet step (bit for bit in reference and fused; analytic
+# shares its layer-1 block products differently in each, which can move the last float32 bit).
 SCHEMES = ("order2", "official")
 
 # Dot-product precision inside the fused kernels (inputs and outputs stay float32, products
@@ -92,8 +95,9 @@ def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend, schem
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:
         raise ValueError(f"frames must be an int >= 1, got {frames!r}")
-    if isinstance(dt, torch.Tensor) or not isinstance(dt, (int, float)) or not math.isfinite(dt):
-        raise ValueError(f"dt must be a finite Python float, got {dt!r}")
+    if isinstance(dt, (torch.Tensor, bool)) or not isinstance(dt, numbers.Real) \
+            or not math.isfinite(dt):
+        raise ValueError(f"dt must be a finite real number (a float, not a tensor), got {dt!r}")
     for name, t in (("q0", q0), ("p0", p0)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -104,12 +108,27 @@ def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend, schem
                          f"{tuple(p0.shape)}")
     if not q0.dtype.is_floating_point:
         raise TypeError(f"q0 must be a floating-point tensor, got {q0.dtype}")
+    if q0.shape[1] < 1:
+        raise ValueError(f"q0 and p0 must have k >= 1 coordinates, got shape {tuple(q0.shape)}")
     weights, biases = list(weights), list(biases)
     if len(weights) != len(biases) or len(weights) < 2:
         raise ValueError(f"need >= 2 layers with one bias per weight, got {len(weights)} weights "
                          f"and {len(biases)} biases")
+    for name, ts in (("weights", weights), ("biases", biases)):
+        for l, t in enumerate(ts):
+            if not isinstance(t, torch.Tensor):
+                hint = (" (a layer without a bias takes torch.zeros(out) as its bias)"
+                        if t is None and name == "biases" else
+                        " (pass a layer's .weight, not the layer)"
+                        if isinstance(t, torch.nn.Module) else "")
+                raise TypeError(f"{name}[{l}] must be a torch.Tensor, got "
+                                f"{type(t).__name__}{hint}")
     k = q0.shape[1]
     w0 = weights[0]
+    if w0.dim() == 2 and w0.shape[0] == 2 * k and w0.shape[1] != 2 * k:
+        raise ValueError(f"weights[0] has shape {tuple(w0.shape)}: that is [in, out] for [q; p] "
+                         f"of 2k = {2 * k} inputs; weights are in nn.Linear layout [out, in] "
+                         f"(transpose them)")
     if isinstance(w0, torch.Tensor) and w0.dim() == 2 and w0.shape[1] != 2 * k \
             and w0.shape[1] % 2 == 0:
         # A first layer that does take some [q; p] was built for another k: the state is what
@@ -122,6 +141,8 @@ def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend, schem
         if w.dim() != 2 or w.shape[1] != fan_in:
             raise ValueError(f"weights[{l}] must be [out, {fan_in}] (nn.Linear layout), got "
                              f"{tuple(w.shape)}")
+        if w.shape[0] < 1:
+            raise ValueError(f"weights[{l}] has no outputs (shape {tuple(w.shape)})")
         if b.shape != (w.shape[0],):
             raise ValueError(f"biases[{l}] must be [{w.shape[0]}], got {tuple(b.shape)}")
         fan_in = w.shape[0]
@@ -136,6 +157,16 @@ def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend, schem
             raise ValueError(f"{name} is on {t.device} but q0 is on {q0.device}: all inputs must "
                              f"share one device")
     return weights, biases
+
+
+def autocast_off(device_type):
+    """Autocast off on `device_type` (a no-op where autocast does not exist): the rollout and
+    its hand-written backward compute in the inputs' dtype whatever context they are called
+    from. A leapfrog in bf16 misses the 1e-4 contract by far (measured: dHdq off by 8e-3), and
+    the backward's in-place products cannot mix autocast's dtypes with the saved fp32 ones."""
+    if device_type in ("cpu", "cuda"):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def leapfrog_flops(batch, frames, k, widths, backward=False):

@@ -13,7 +13,7 @@ import warnings
 import torch
 
 from .analytic import leapfrog_analytic
-from .common import check_inputs
+from .common import autocast_off, check_inputs
 from .reference import leapfrog_reference
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,19 @@ def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
 
 
 def _leapfrog(q0, p0, weights, biases, dt, frames, activation, backend, scheme, precision):
+    device_type = q0.device.type if isinstance(q0, torch.Tensor) else None
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        # Autocast is the caller's network's: the rollout runs in the weights' dtype, as
+        # autocast runs its fp32 ops, and states a network made in bf16 or fp16 under it
+        # are cast up to that dtype (without autocast a dtype mismatch stays an error).
+        weights, biases = list(weights), list(biases)
+        want = weights[0].dtype if weights and isinstance(weights[0], torch.Tensor) else None
+        if want in (torch.float32, torch.float64):
+            q0, p0 = (t.to(want) if isinstance(t, torch.Tensor)
+                      and t.dtype in (torch.bfloat16, torch.float16) else t for t in (q0, p0))
+        with autocast_off(device_type):
+            return _leapfrog(q0, p0, weights, biases, dt, frames, activation, backend, scheme,
+                             precision)
     weights, biases = check_inputs(q0, p0, weights, biases, dt, frames, activation, backend,
                                    scheme, precision)
     chosen = _resolve(backend, q0, weights, activation)

@@ -35,7 +35,7 @@ import contextlib
 
 import torch
 
-from .common import refuse_double_backward
+from .common import autocast_off, refuse_double_backward
 
 try:
     import triton
@@ -380,6 +380,11 @@ class LeapfrogFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gq, gp, gd):
         refuse_double_backward("fused")
+        with autocast_off(gq.device.type):  # a backward called inside the caller's autocast
+            return LeapfrogFunction._backward(ctx, gq, gp, gd)
+
+    @staticmethod
+    def _backward(ctx, gq, gp, gd):
         q, p, ph, qm, pc, *rest = ctx.saved_tensors
         padded, raw = rest[:ctx.n_padded], rest[ctx.n_padded:]
         try:
