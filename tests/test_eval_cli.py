@@ -471,7 +471,7 @@ def test_compare_marks_drifts_at_real_level_old_n_body_results_and_differing_set
     del runs[3]["settings"]["probe_version"]               # from before bodies by colour
     text = report.compare_table(runs)
     drift = text.split("### ")[1]
-    assert "| hgan | 0.05 (at or below real's 0.2) (70 it) | 0.5 (70 it) |" in drift
+    assert "| hgan | 0.05 (at or below the real level 0.2) (70 it) | 0.5 (70 it) |" in drift
     assert "| mocogan | 0.5 (70 it) | n/a (n-body states in index order: older results, not " \
            "comparable) (70 it) |" in drift
     fsd = text.split("### ")[2]

@@ -37,7 +37,40 @@ def _fake_run(run, iteration, *, results_iter=None, metrics=("physics", "cyclic"
 def _eval_settings(run):
     """results.json's settings as hgan.evaluate writes them for the grid's flags."""
     from hgan.evaluate.cli import build_parser, settings
-    return settings(build_parser().parse_args(run.eval_flags()))
+    return settings(build_parser().parse_args(run.eval_flags()), run.system)
+
+
+def test_n_body_results_of_an_older_probe_are_evaluated_again_and_left_out(tmp_path):
+    # Probe version 3 reads n-body states by colour: a three_body result without it measured
+    # a probe that read nothing, so the grid evaluates it again and compare.md leaves its
+    # probed numbers out meanwhile; a pendulum result, whose probe is unchanged, stays.
+    from hgan.evaluate.probe import PROBE_VERSION
+    spec = _spec(tmp_path, systems=("pendulum", "three_body"), models=("hgan",))
+    pendulum, three = spec.runs()
+    for run in (pendulum, three):
+        _fake_run(run, 10, results_iter=10)
+    assert "probe_version" not in _eval_settings(pendulum)
+    assert _eval_settings(three)["probe_version"] == PROBE_VERSION
+    assert pendulum.evaluated() and three.evaluated()
+    with open(three.path("eval", "results.json")) as f:
+        r = json.load(f)
+    del r["settings"]["probe_version"]                           # an older evaluation
+    with open(three.path("eval", "results.json"), "w") as f:
+        json.dump(r, f)
+    assert pendulum.evaluated() and not three.evaluated()
+    physics = {"energy_drift": {k: {"median": v} for k, v in
+                                (("generated", 0.3), ("real", 0.2), ("noise_floor", 0.1))},
+               "frechet_state_distance": {"generated_half_vs_real_half": 3.5,
+                                          "real_half_vs_half": 1.0}}
+    old = {"system": "three_body", "settings": {}, "physics": physics}
+    new = {"system": "three_body", "settings": {"probe_version": 3}, "physics": physics}
+    for key in ("energy_drift", "state_distance"):
+        get = next(m[2] for m in table.METRICS if m[0] == key)
+        assert get(old) is None and get(new) is not None
+        assert table.REAL[key][1](old) is None and table.REAL[key][1](new) is not None
+    pend = {**old, "system": "pendulum", "physics": {**physics, "frechet_state_distance": {
+        **physics["frechet_state_distance"], "angles": "cos, sin"}}}
+    assert next(m[2] for m in table.METRICS if m[0] == "energy_drift")(pend) == 0.3
 
 
 def test_run_states_and_commands(tmp_path):

@@ -83,8 +83,12 @@ def test_clear_errors(mlp):
         (dict(weights=[torch.nn.Linear(6, 16), w[1], w[2]]), TypeError,
          r"weights\[0\] must be a torch.Tensor, got Linear \(pass a layer's .weight"),
         (dict(weights=[w[0].numpy(), w[1], w[2]]), TypeError, r"got ndarray$"),
-        (dict(weights=[w[0].t(), w[1], w[2]]), ValueError,
+        (dict(weights=[w[0].t(), w[1].t(), w[2].t()]), ValueError,
          r"weights\[0\] has shape \(6, 16\): that is \[in, out\].*transpose them"),
+        # ... but a network in nn.Linear layout built for another k is named as that
+        (dict(q0=torch.randn(4, 8), p0=torch.randn(4, 8),
+              weights=[torch.zeros(16, 10), w[1], w[2]]), ValueError,
+         r"q0 and p0 have k = 8 coordinates, but the network expects k = 5"),
         (dict(q0=q0[:, :0], p0=q0[:, :0]), ValueError, "k >= 1 coordinates"),
         (dict(weights=[w[0][:0], w[1][:, :0], w[2]], biases=[b[0][:0], b[1], b[2]]),
          ValueError, r"weights\[0\] has no outputs"),

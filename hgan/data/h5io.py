@@ -161,6 +161,8 @@ class ToyPhysicsFile:
             # Damaged metadata inside a file whose superblock opens: h5py raises these from
             # the attribute, link and object-header reads above (found by overwriting bytes
             # of a valid file at every offset; tests/test_data_format.py does the same).
+            # Not every damage raises: bytes of a variable-length string attribute can send
+            # the HDF5 library into a loop (a review found one), which no caller can catch.
             self._f.close()
             raise DataFormatError(f"{self.path}: corrupt HDF5 file ({e})") from None
         self.system = system

@@ -37,11 +37,14 @@ NUMBER_FLAGS = ("frames", "seeds", "fvd_videos", "physics_videos", "probe_steps"
                 "tsne_samples", "tsne_iters", "momenta_videos", "rollout_videos", "rollout_steps")
 
 
-def settings(args) -> dict:
-    """The NUMBER_FLAGS of parsed arguments, as results.json stores them, and the version of
-    the physics probe (a new one reads states differently: older results are not its)."""
+def settings(args, system=None) -> dict:
+    """The NUMBER_FLAGS of parsed arguments, as results.json stores them; for an n-body
+    `system` (a name) also the physics probe's version, since version 3 reads their states
+    differently (bodies by colour) and older results of them are not comparable. The other
+    systems' probes read what they always did: their results stay current."""
     out = {k: list(getattr(args, k)) if k == "seeds" else getattr(args, k) for k in NUMBER_FLAGS}
-    out["probe_version"] = probe.PROBE_VERSION
+    if system is not None and system.split("_colors")[0] in probe.NBODY_SYSTEMS:
+        out["probe_version"] = probe.PROBE_VERSION
     return out
 
 
@@ -189,7 +192,7 @@ def _evaluate(args, run):
     results = {"checkpoint": os.path.abspath(args.checkpoint), "model": model,
                "iteration": run.iteration, "data": data_path, "device": device, "metrics": metrics,
                "figures": {}, "config": run.config, "system": run.system,
-               "settings": settings(args)}
+               "settings": settings(args, run.system)}
     system = None
     if ds is not None:
         from hgan.data import get_system

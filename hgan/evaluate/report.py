@@ -154,7 +154,7 @@ def _drift_cell(r):
     gen = d["generated"]["median"]
     refs = [d[k]["median"] for k in ("real", "noise_floor") if k in d]
     real = max(refs) if refs else None
-    return _fmt(gen, 3) + (f" (at or below real's {_fmt(real, 3)})"
+    return _fmt(gen, 3) + (f" (at or below the real level {_fmt(real, 3)})"
                            if real is not None and gen <= real else "")
 
 
@@ -181,7 +181,7 @@ METRICS = [
     ("FVD (lower is better)", lambda r: None if not r.get("fvd") or "skipped" in r["fvd"]
      else f"{r['fvd']['fvd_mean']:.1f} ± {r['fvd']['fvd_std']:.1f}"),
     ("energy drift of probed generated videos (median std/|mean| of true H; lower is better, "
-     "down to real videos' own)",
+     "down to the real level: the larger of real videos' drift and the probe's noise floor)",
      lambda r: r.get("physics") and _drift_cell(r)),
     ("Frechet state distance, probed generated vs real trajectories, half vs half as real's "
      "reference (all videos in parentheses; lower is better)",

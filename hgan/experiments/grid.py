@@ -131,7 +131,7 @@ class Run:
             return False
         from hgan.evaluate.cli import build_parser, settings
         args = build_parser().parse_args(self.eval_flags())
-        if r.get("settings") != settings(args):
+        if r.get("settings") != settings(args, self.system):
             return False
         return not ("fvd" in args.metrics and _detector(args)
                     and "skipped" in (r.get("fvd") or {}))

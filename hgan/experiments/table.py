@@ -7,7 +7,7 @@ says little about the paper's models. With several seeds a cell is mean ± std o
 
 import numpy as np
 
-from hgan.evaluate.report import raw_angles
+from hgan.evaluate.report import bodies_by_index, raw_angles
 from hgan.evaluate.structure import ACTIVE_FLOOR, ACTIVE_FRACTION, active_text
 
 # (key, title, getter on results.json, lower is better)
@@ -16,7 +16,7 @@ METRICS = [
      "eval/report.md does not say fewer: with fewer the values run high)",
      lambda r: None if not r.get("fvd") or "skipped" in r["fvd"] else r["fvd"]["fvd_mean"], True),
     ("energy_drift", "Energy drift of probed generated videos (median std/|mean| of the true H)",
-     lambda r: _get(r, "physics", "energy_drift", "generated", "median"), True),
+     lambda r: _probed(r, "energy_drift", "generated", "median"), True),
     ("state_distance", "Frechet state distance, probed generated vs real trajectories (half of "
      "the videos against half of the real ones, the sizes of the real half-vs-half reference)",
      # only this key: older results' full-size value (another bias) is left out, not mixed in
@@ -32,8 +32,8 @@ CHECKED = ("fvd", "energy_drift", "state_distance", "appearance")
 # What the same metric gives on held-out real data (one value per system; any run has it).
 REAL = {
     "energy_drift": ("real held-out videos (probe noise floor)", lambda r: _pair(
-        _get(r, "physics", "energy_drift", "real", "median"),
-        _get(r, "physics", "energy_drift", "noise_floor", "median"))),
+        _probed(r, "energy_drift", "real", "median"),
+        _probed(r, "energy_drift", "noise_floor", "median"))),
     "state_distance": ("real: half vs half", lambda r: _state_distance(r, "real_half_vs_half")),
     "appearance": ("real held-out videos", lambda r: _get(r, "appearance", "real", "median")),
     "flagged": ("real held-out videos", lambda r: _get(r, "appearance", "real_flagged")),
@@ -52,9 +52,15 @@ def _get(d, *keys):
     return d
 
 
+def _probed(r, *keys):
+    """A physics-probe number of results.json; None for an n-body system's results from a
+    probe that read its bodies in index order (they measure the probe, not the videos)."""
+    return None if bodies_by_index(r) else _get(r, "physics", *keys)
+
+
 def _state_distance(r, key):
     """A Frechet state distance of results.json; None for an angle system's older results."""
-    return None if raw_angles(r) else _get(r, "physics", "frechet_state_distance", key)
+    return None if raw_angles(r) else _probed(r, "frechet_state_distance", key)
 
 
 def _pair(a, b):

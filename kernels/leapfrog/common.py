@@ -125,7 +125,10 @@ def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend, schem
                                 f"{type(t).__name__}{hint}")
     k = q0.shape[1]
     w0 = weights[0]
-    if w0.dim() == 2 and w0.shape[0] == 2 * k and w0.shape[1] != 2 * k:
+    last = weights[-1]
+    if w0.dim() == 2 and w0.shape[0] == 2 * k and w0.shape[1] != 2 * k and last.dim() == 2 \
+            and last.shape[1] == 1 and last.shape[0] != 1:
+        # the whole stack is [in, out]: [2k, n_1] first, [n_L, 1] last
         raise ValueError(f"weights[0] has shape {tuple(w0.shape)}: that is [in, out] for [q; p] "
                          f"of 2k = {2 * k} inputs; weights are in nn.Linear layout [out, in] "
                          f"(transpose them)")
@@ -160,7 +163,7 @@ def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend, schem
 
 
 def autocast_off(device_type):
-    """Autocast off on `device_type` (a no-op where autocast does not exist): the rollout and
+    """Autocast off on `device_type` (cpu and cuda; a no-op on other devices): the rollout and
     its hand-written backward compute in the inputs' dtype whatever context they are called
     from. A leapfrog in bf16 misses the 1e-4 contract by far (measured: dHdq off by 8e-3), and
     the backward's in-place products cannot mix autocast's dtypes with the saved fp32 ones."""
