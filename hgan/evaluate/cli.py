@@ -43,7 +43,7 @@ def settings(args, system=None) -> dict:
     differently (bodies by colour) and older results of them are not comparable. The other
     systems' probes read what they always did: their results stay current."""
     out = {k: list(getattr(args, k)) if k == "seeds" else getattr(args, k) for k in NUMBER_FLAGS}
-    if system is not None and system.split("_colors")[0] in probe.NBODY_SYSTEMS:
+    if probe.is_nbody(system):
         out["probe_version"] = probe.PROBE_VERSION
     return out
 

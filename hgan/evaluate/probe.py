@@ -44,6 +44,11 @@ def wrap_angles(states, angular):
     return states
 
 
+def is_nbody(system_name):
+    """Whether a system (by name, a `_colors` variant included) is an n-body one."""
+    return (system_name or "").split("_colors")[0] in NBODY_SYSTEMS
+
+
 def colour_ordered(system, states, color_index):
     """n-body states [N, ..., S] (q then p, x, y per body) with each trajectory's bodies listed
     by colour; other systems' unchanged.

@@ -3,7 +3,7 @@ import json
 import os
 
 from hgan.evaluate import structure
-from hgan.evaluate.probe import ANGULAR_SYSTEMS, NBODY_SYSTEMS
+from hgan.evaluate.probe import ANGULAR_SYSTEMS, is_nbody
 
 POOR_PROBE = 0.5  # relative RMSE above which the probe explains under 3/4 of a state's variance
 
@@ -141,7 +141,7 @@ def bodies_by_index(r):
     colour (probe version < 3): that probe could not read which body is which, so its
     physics numbers measure the probe, not the videos."""
     version = (r.get("settings") or {}).get("probe_version", 2)
-    return (r.get("system") or "").split("_colors")[0] in NBODY_SYSTEMS and version < 3
+    return is_nbody(r.get("system")) and version < 3
 
 
 _BY_INDEX = "n/a (n-body states in index order: older results, not comparable)"
