@@ -252,8 +252,8 @@ def _settings_that_differ(results_list, labels):
     keys = sorted({k for st in sets for k in st if len({repr(x.get(k)) for x in sets}) > 1})
     if not keys:
         return []
-    rows = sorted((label, r["system"], st) for (_, label), r, st in
-                  zip(labels, results_list, sets))
+    rows = sorted(((label, r["system"], st) for (_, label), r, st in
+                   zip(labels, results_list, sets)), key=lambda row: row[:2])
     return (["### Evaluation settings that differ between these runs", "",
              "Their numbers are not comparable across these settings.", "",
              "| model | system | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
