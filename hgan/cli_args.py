@@ -6,10 +6,10 @@ import os
 import sys
 
 
-def prog(script, module):
+def prog(script, otherwise):
     """A command's name in its usage line: the console script (`hgan-data`) when run as that
-    script, `python -m <module>` otherwise."""
-    return script if os.path.basename(sys.argv[0] or "") == script else f"python -m {module}"
+    script, `otherwise` (`python -m hgan.data`, `train.py`) when not."""
+    return script if os.path.basename(sys.argv[0] or "") == script else otherwise
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -106,7 +106,7 @@ def _device(text):
 
 
 def build_parser():
-    p = _Parser(prog=prog("hgan-sample", "hgan.sample"), description=__doc__.split("\n")[0])
+    p = _Parser(prog=prog("hgan-sample", "python -m hgan.sample"), description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, help="checkpoint file or run directory")
     p.add_argument("--n", type=_positive, default=16,
                    help="number of videos (default: %(default)s)")

@@ -46,7 +46,7 @@ def _system(text):
 
 def build_parser():
     from hgan.data.systems import SYSTEMS
-    p = _Parser(prog=prog("hgan-data", "hgan.data"), description="Toy Physics data engine")
+    p = _Parser(prog=prog("hgan-data", "python -m hgan.data"), description="Toy Physics data engine")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
     g = sub.add_parser("generate", help="simulate and render a system into HDF5",
                        description="Simulate and render a system into "

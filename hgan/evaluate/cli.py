@@ -316,7 +316,7 @@ def compare(args):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "compare":
-        p = _Parser(prog=prog("hgan-evaluate", "hgan.evaluate") + " compare",
+        p = _Parser(prog=prog("hgan-evaluate", "python -m hgan.evaluate") + " compare",
                     description="Table-1-style markdown table of evaluated runs: rows are models "
                                 "(one per seed where a model has several runs on a system), "
                                 "columns systems")
@@ -337,7 +337,7 @@ def main(argv=None):
 def build_parser():
     """The parser of one checkpoint's evaluation (not of `compare`)."""
     positive = int_at_least(1)
-    p = _Parser(prog=prog("hgan-evaluate", "hgan.evaluate"), description=__doc__,
+    p = _Parser(prog=prog("hgan-evaluate", "python -m hgan.evaluate"), description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="a run's checkpoint (e.g. RUN/checkpoints/last.pt)")
     p.add_argument("--metrics", type=inputs.metric_list, default=",".join(ALL_METRICS),

@@ -3,11 +3,10 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
-from hgan.cli_args import OneLineParser
+from hgan.cli_args import OneLineParser, prog as cli_prog
 from hgan.models.config import ModelConfig, option
 
 
@@ -146,7 +145,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def prog() -> str:
     """The command's name in its usage and error lines: `hgan-train` when installed as that
     script, `train.py` otherwise (python train.py, torchrun train.py, in-process calls)."""
-    return "hgan-train" if os.path.basename(sys.argv[0] or "") == "hgan-train" else "train.py"
+    return cli_prog("hgan-train", "train.py")
 
 
 def reports_bad_input() -> bool:
