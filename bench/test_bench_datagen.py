@@ -39,7 +39,7 @@ def test_bench_generate(benchmark, system, tmp_path):
     # Stage split on the same work: where the time goes.
     s = get_system(system)
     t0 = time.perf_counter()
-    chunk = CHUNK_TRAJ_ADAPTIVE if s.base == "three_body" else CHUNK_TRAJ
+    chunk = CHUNK_TRAJ_ADAPTIVE if s.physics.adaptive else CHUNK_TRAJ
     sims = list(simulate_chunks(s, 0, "train",
                                 [np.arange(b, min(n, b + chunk)) for b in range(0, n, chunk)],
                                 FRAMES))

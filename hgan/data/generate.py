@@ -104,7 +104,7 @@ def generate_dataset(system, out_dir, *, train=1000, test=200, frames=256, seed=
     arrays, whatever `chunk` (trajectories simulated together; default per system)."""
     sys_obj = get_system(system)
     if chunk is None:
-        chunk = CHUNK_TRAJ_ADAPTIVE if sys_obj.base == "three_body" else CHUNK_TRAJ
+        chunk = CHUNK_TRAJ_ADAPTIVE if sys_obj.physics.adaptive else CHUNK_TRAJ
     _check("train", train, 0)
     _check("test", test, 0)
     _check("frames", frames, 1)

@@ -11,8 +11,13 @@ State layout everywhere: x = concat[q, p]; n-body positions are flattened body b
 Parameters are per trajectory; those named in `body_params` also carry a last axis of
 n_bodies entries (the suite draws each body's mass, and each pendulum arm's mass and length,
 on its own): m of the n-body systems, m and l (arm 1, arm 2) of the double pendulum.
+
+A base system's physics is one `Physics` record in PHYSICS (docs/data.md, "Adding a
+system"); the named datasets built on it are the `add(...)` lines of _build.
 """
+import functools
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -25,11 +30,30 @@ _HGN = "HGN environments (Toth et al. 2019), three-body; the suite has no three-
 
 
 @dataclass(frozen=True)
+class Physics:
+    """What a base system brings; the rest of the package asks it, never the base's name.
+
+    Functions take float64 states x [..., 2*dof] and parameters broadcast against x[..., 0]
+    (per-body ones with a last axis of n_bodies)."""
+
+    hamiltonian: Callable  # (x, pr) -> H [...]
+    gradient: Callable  # (x, pr) -> (dH/dq, dH/dp), each [..., dof]
+    positions: Callable  # (x, pr, offset) -> world positions [..., n_bodies, 2]
+    sample_state: Callable  # (system, rng, pr) -> one initial state [2*dof]
+    energy_scale: Callable  # (system, pr with per-body values averaged) -> an energy [...]
+    body_params: tuple = ()  # parameters drawn per body / arm
+    angular: bool = False  # every q is an angle: frames show q mod 2 pi (the probe wraps it)
+    interchangeable: bool = False  # bodies alike but for their colour (the probe orders them)
+    adaptive: bool = False  # integrated with adaptive steps (dopri5) instead of fixed RK4
+    h_crosses_zero: bool = False  # relative drift measured against max(|H(0)|, energy_scale)
+
+
+@dataclass(frozen=True)
 class System:
     """One named dataset variant. Ranges are (lo, hi); lo == hi means a constant."""
 
     name: str
-    base: str  # mass_spring | pendulum | double_pendulum | two_body | three_body
+    base: str  # a key of PHYSICS: mass_spring | pendulum | double_pendulum | two_body | ...
     dof: int
     n_bodies: int
     param_ranges: dict = field(hash=False)
@@ -40,7 +64,15 @@ class System:
     random_offset: bool  # random canvas location (colors variants)
     canvas: float  # half-size of the canvas bounds (before widening by the offset range)
     recipe: str
-    body_params: tuple = ()  # parameters with one value per body / arm: shape [n_bodies]
+
+    @property
+    def physics(self) -> Physics:
+        return PHYSICS[self.base]
+
+    @property
+    def body_params(self):
+        """Parameters with one value per body / arm: shape [n_bodies]."""
+        return self.physics.body_params
 
     @property
     def param_names(self):
@@ -71,11 +103,11 @@ class System:
             raise ValueError(f"{self.name}: states must end in {2 * self.dof} (q then p), "
                              f"got shape {x.shape}")
         pr = _broadcast_params(self, params, x.shape[:-1])
-        return _HAMILTONIANS[self.base](x, pr)
+        return self.physics.hamiltonian(x, pr)
 
     def vector_field(self, x, pr):
         """dx/dt for float64 states [..., 2*dof] (friction included for _friction variants)."""
-        dq, dp = _GRADIENTS[self.base](x, pr)  # dH/dq, dH/dp
+        dq, dp = self.physics.gradient(x, pr)  # dH/dq, dH/dp
         if self.friction:
             return np.concatenate([dp, -dq - FRICTION * dp], axis=-1)
         return np.concatenate([dp, -dq], axis=-1)
@@ -87,13 +119,14 @@ class System:
         x = np.asarray(states, dtype=np.float64)
         pr = _broadcast_params(self, params, x.shape[:-1])
         if offset is None:
-            return _POSITIONS[self.base](x, pr)
+            return self.physics.positions(x, pr, None)
         off = np.asarray(offset, dtype=np.float64)
         off = off.reshape(off.shape[:-1] + (1,) * (x.ndim - off.ndim) + (2,))  # like x[..., :2]
-        return _POSITIONS[self.base](x, pr, off)
+        return self.physics.positions(x, pr, off)
 
     def particle_radius(self, params):
-        """World radius sqrt(m/pi) per trajectory and body: [N, n_bodies]."""
+        """World radius sqrt(m/pi) per trajectory and body: [N, n_bodies] (as the suite draws
+        every particle: each system has a mass parameter `m`)."""
         m = np.asarray(params["m"], dtype=np.float64)
         if "m" not in self.body_params:
             m = np.repeat(m.reshape(-1, 1), self.n_bodies, axis=1)
@@ -101,16 +134,12 @@ class System:
 
     def energy_scale(self, params):
         """A system's natural energy: the floor of the relative-drift denominator where H can
-        cross zero (the data's accuracy check uses it for the double pendulum only, see
+        cross zero (the data's accuracy check uses it where Physics.h_crosses_zero, see
         simulate.energy_drift; the physics probe's drift metric for every system). Per-body
         masses and lengths enter through their mean over bodies."""
         pr = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
         pr = {k: (v.mean(-1) if k in self.body_params else v) for k, v in pr.items()}
-        if self.base == "mass_spring":
-            return pr["k"] * 0.5 * self.radius[0] ** 2
-        if self.base in ("pendulum", "double_pendulum"):
-            return pr["m"] * pr["g"] * pr["l"]
-        return pr["g"] * pr["m"] ** 2
+        return self.physics.energy_scale(self, pr)
 
     # ---- sampling ------------------------------------------------------------------------
     def sample_params(self, rng):
@@ -127,7 +156,7 @@ class System:
 
     def sample_state(self, rng, pr):
         """One initial state [2*dof] drawn from a per-trajectory Generator."""
-        return _SAMPLERS[self.base](self, rng, pr)
+        return self.physics.sample_state(self, rng, pr)
 
     def _annulus(self, rng):
         v = rng.standard_normal(2)
@@ -229,6 +258,7 @@ def _h_nbody(x, pr):
     return kin + pot
 
 
+@functools.lru_cache(maxsize=None)
 def _pairs(n):
     """Pair list (i < j) and incidence matrix [P, n] (+1 at i, -1 at j) of n bodies."""
     i, j = np.triu_indices(n, 1)
@@ -238,13 +268,11 @@ def _pairs(n):
     return i, j, inc
 
 
-_PAIRS = {n: _pairs(n) for n in (2, 3)}
-
 
 def _g_nbody(x, pr):
     q, p = _nbody_split(x)  # [..., B, 2]
     m, g = pr["m"][..., None], pr["g"][..., None, None]  # [..., B, 1], [..., 1, 1]
-    i, j, inc = _PAIRS[q.shape[-2]]
+    i, j, inc = _pairs(q.shape[-2])
     r = q[..., i, :] - q[..., j, :]  # [..., P, 2]: q_i - q_j
     # d(-m_i m_j / |q_i - q_j|)/dq_i, per pair
     f = r * ((r * r).sum(-1, keepdims=True) ** -1.5) * (m[..., i, :] * m[..., j, :])
@@ -254,8 +282,12 @@ def _g_nbody(x, pr):
 
 
 # ---- world positions [..., n_bodies, 2] -----------------------------------------------
-def _pos_mass_spring(x, pr, offset=0.0):  # offset: like x[..., :2]
-    return (np.stack([np.zeros_like(x[..., 0]), x[..., 0]], -1) + offset)[..., None, :]
+def _or0(offset):
+    return 0.0 if offset is None else offset
+
+
+def _pos_mass_spring(x, pr, offset):  # offset: like x[..., :2], or None
+    return (np.stack([np.zeros_like(x[..., 0]), x[..., 0]], -1) + _or0(offset))[..., None, :]
 
 
 def _arm(q, l):
@@ -264,18 +296,18 @@ def _arm(q, l):
     return np.stack([np.cos(q - np.pi / 2.0) * l, np.sin(q - np.pi / 2.0) * l], -1)
 
 
-def _pos_pendulum(x, pr, offset=0.0):
-    return (_arm(x[..., 0], pr["l"]) + offset)[..., None, :]
+def _pos_pendulum(x, pr, offset):
+    return (_arm(x[..., 0], pr["l"]) + _or0(offset))[..., None, :]
 
 
-def _pos_double_pendulum(x, pr, offset=0.0):
+def _pos_double_pendulum(x, pr, offset):
     # The suite shifts bob 1 first and adds arm 2 to the shifted bob.
-    b1 = _arm(x[..., 0], pr["l"][..., 0]) + offset
+    b1 = _arm(x[..., 0], pr["l"][..., 0]) + _or0(offset)
     b2 = b1 + _arm(x[..., 1], pr["l"][..., 1])
     return np.stack([b1, b2], -2)
 
 
-def _pos_nbody(x, pr, offset=None):
+def _pos_nbody(x, pr, offset):
     q = _nbody_split(x)[0]
     return q if offset is None else q + offset[..., None, :]
 
@@ -329,28 +361,45 @@ def _init_three_body(system, rng, pr):
     return np.concatenate([np.concatenate(pos), np.repeat(pr["m"], 2) * vel])
 
 
-_HAMILTONIANS = dict(mass_spring=_h_mass_spring, pendulum=_h_pendulum,
-                     double_pendulum=_h_double_pendulum, two_body=_h_nbody, three_body=_h_nbody)
-_GRADIENTS = dict(mass_spring=_g_mass_spring, pendulum=_g_pendulum,
-                  double_pendulum=_g_double_pendulum, two_body=_g_nbody, three_body=_g_nbody)
-_POSITIONS = dict(mass_spring=_pos_mass_spring, pendulum=_pos_pendulum,
-                  double_pendulum=_pos_double_pendulum, two_body=_pos_nbody,
-                  three_body=_pos_nbody)
-_SAMPLERS = dict(mass_spring=_init_mass_spring, pendulum=_init_pendulum,
-                 double_pendulum=_init_double_pendulum, two_body=_init_two_body,
-                 three_body=_init_three_body)
+PHYSICS = {
+    "mass_spring": Physics(_h_mass_spring, _g_mass_spring, _pos_mass_spring, _init_mass_spring,
+                           lambda s, pr: pr["k"] * 0.5 * s.radius[0] ** 2),
+    "pendulum": Physics(_h_pendulum, _g_pendulum, _pos_pendulum, _init_pendulum,
+                        lambda s, pr: pr["m"] * pr["g"] * pr["l"], angular=True),
+    "double_pendulum": Physics(_h_double_pendulum, _g_double_pendulum, _pos_double_pendulum,
+                               _init_double_pendulum, lambda s, pr: pr["m"] * pr["g"] * pr["l"],
+                               body_params=("m", "l"), angular=True, h_crosses_zero=True),
+    "two_body": Physics(_h_nbody, _g_nbody, _pos_nbody, _init_two_body,
+                        lambda s, pr: pr["g"] * pr["m"] ** 2, body_params=("m",),
+                        interchangeable=True),
+    "three_body": Physics(_h_nbody, _g_nbody, _pos_nbody, _init_three_body,
+                          lambda s, pr: pr["g"] * pr["m"] ** 2, body_params=("m",),
+                          interchangeable=True, adaptive=True),
+}
+
+
+def make_system(name, base, dof, n_bodies, ranges, radius, colors, canvas, uniform=False,
+                friction=False, offset=False, recipe=_SUITE):
+    """A System on the base PHYSICS[base], checked: ranges name -> (lo, hi) must hold `m`
+    (every particle's radius is sqrt(m / pi)) and each per-body parameter."""
+    if base not in PHYSICS:
+        raise ValueError(f"system {name!r}: base {base!r} has no PHYSICS entry "
+                         f"(bases: {', '.join(PHYSICS)})")
+    missing = {"m", *PHYSICS[base].body_params} - set(ranges)
+    if missing:
+        raise ValueError(f"system {name!r}: no range for parameter(s) "
+                         f"{', '.join(sorted(missing))}; every particle's radius is "
+                         f"sqrt(m / pi), and per-body parameters need a range")
+    return System(name, base, dof, n_bodies, dict(ranges), tuple(radius), uniform, colors,
+                  friction, offset, canvas, recipe)
 
 
 def _build():
     c = lambda v: (v, v)  # noqa: E731 - a constant parameter
     out = {}
 
-    per_body = dict(double_pendulum=("m", "l"), two_body=("m",), three_body=("m",))
-
-    def add(name, base, dof, nb, ranges, radius, colors, bound, uniform=False, friction=False,
-            offset=False, recipe=_SUITE):
-        out[name] = System(name, base, dof, nb, ranges, radius, uniform, colors, friction,
-                           offset, bound, recipe, per_body.get(base, ()))
+    def add(name, *args, **kw):
+        out[name] = make_system(name, *args, **kw)
 
     # Canvas half-sizes: r_max + sqrt(m_max/pi) (mass_spring), l_max + sqrt(m_max/pi)
     # (pendulum), 2 l_max + sqrt(m_max/pi) (double_pendulum); fixed for n-body.

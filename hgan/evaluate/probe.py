@@ -23,17 +23,16 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from hgan.data.systems import get_system
 from hgan.evaluate.fvd import feature_stats, frechet_distance, to_uint8
 
 PROBE_VERSION = 3  # 3: n-body targets listed by colour (colour_ordered); older caches retrain
-ANGULAR_SYSTEMS = ("pendulum", "double_pendulum")  # every q of these is an angle
-NBODY_SYSTEMS = ("two_body", "three_body")  # bodies alike but for their colour
 
 
 def angular_dims(system):
     """Indices of angle coordinates: the frames show q mod 2*pi, so the probe reads the angle
     as (cos q, sin q) and returns it wrapped to (-pi, pi]."""
-    return tuple(range(system.dof)) if system.base in ANGULAR_SYSTEMS else ()
+    return tuple(range(system.dof)) if system.physics.angular else ()
 
 
 def wrap_angles(states, angular):
@@ -45,8 +44,21 @@ def wrap_angles(states, angular):
 
 
 def is_nbody(system_name):
-    """Whether a system (by name, a `_colors` variant included) is an n-body one."""
-    return (system_name or "").split("_colors")[0] in NBODY_SYSTEMS
+    """Whether a system, by name (as results.json stores it), has bodies alike but for their
+    colour (Physics.interchangeable); False for a name this package does not know."""
+    return _physics_flag(system_name, "interchangeable")
+
+
+def is_angular(system_name):
+    """Whether a system, by name, has angles for coordinates (Physics.angular)."""
+    return _physics_flag(system_name, "angular")
+
+
+def _physics_flag(system_name, flag):
+    try:
+        return getattr(get_system(system_name).physics, flag)
+    except ValueError:
+        return False
 
 
 def colour_ordered(system, states, color_index):
@@ -81,7 +93,7 @@ def params_colour_ordered(system, params, color_index):
 
 
 def _colour_order(system, color_index, n):
-    if system.base not in NBODY_SYSTEMS:
+    if not system.physics.interchangeable:
         return None
     color_index = np.asarray(color_index)
     if color_index.shape != (n, system.n_bodies):

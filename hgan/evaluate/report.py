@@ -3,7 +3,7 @@ import json
 import os
 
 from hgan.evaluate import structure
-from hgan.evaluate.probe import ANGULAR_SYSTEMS, is_nbody
+from hgan.evaluate.probe import is_angular, is_nbody
 
 POOR_PROBE = 0.5  # relative RMSE above which the probe explains under 3/4 of a state's variance
 
@@ -133,7 +133,7 @@ def raw_angles(r):
     """True for an angle system's results.json written before the Frechet state distance took
     angles as (cos, sin) (no "angles" key): raw wrapped angles, another metric."""
     fsd = (r.get("physics") or {}).get("frechet_state_distance") or {}
-    return "angles" not in fsd and (r.get("system") or "").split("_colors")[0] in ANGULAR_SYSTEMS
+    return "angles" not in fsd and is_angular(r.get("system"))
 
 
 def bodies_by_index(r):

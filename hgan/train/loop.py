@@ -1,4 +1,6 @@
-"""The training loop: one D update and one G update per iteration, MoCoGAN style.
+"""The trainer: one iteration is one D update and one G update (Trainer.step), MoCoGAN style;
+also the run's dataset checks and its mixed-precision policy. The loop over iterations,
+with logging, samples and checkpoints, is hgan.train.run.
 
 Every random draw of training (latent noise, frame and clip positions) comes from one
 dedicated torch.Generator whose state is checkpointed with the networks, optimisers, scaler,

@@ -260,7 +260,7 @@ def _run(setup: Setup, callback, stop) -> dict:
             f.write(cfg.dumps())
         m = cfg.model
         start = (f"resumed at iteration {trainer.iteration} of {cfg.iters}" if trainer.iteration
-                 else f"{cfg.iters} iterations")
+                 else f"{cfg.iters} iteration{'s' if cfg.iters != 1 else ''}")
         # The full configuration is config.json's (about 50 lines): here, what tells runs apart.
         print(f"[hgan] run directory {cfg.out}\n"
               f"[hgan] {m.model} on {cfg.system}: {start}, batch {cfg.batch_size}, "
