@@ -78,6 +78,8 @@ def _finite(text):
 
 
 def _out(text):
+    if os.path.isdir(text):  # a folder: the default names inside it, not DIR.gif beside it
+        return os.path.join(text, "samples.gif")
     stem, ext = os.path.splitext(os.path.basename(text))
     if not stem:
         raise argparse.ArgumentTypeError(f"expected a file name such as samples.gif, got {text!r}")
@@ -121,7 +123,8 @@ def build_parser():
     p.add_argument("--fps", type=_fps, default=10,
                    help=f"GIF frames per second, at most {_MAX_FPS} (default: %(default)s)")
     p.add_argument("--out", type=_out, default="samples.gif",
-                   help="GIF path; the PNG strip goes beside it (default: %(default)s)")
+                   help="GIF path, or a folder for samples.gif in it; the PNG strip goes beside "
+                        "it (default: %(default)s)")
     return p
 
 

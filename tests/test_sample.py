@@ -81,6 +81,17 @@ def test_sample_cli_writes_gif_and_png(checkpoints, tmp_path, capsys):
     assert png.shape == (3 * 32, 9 * 32, 3)  # one row per video, one column per frame
 
 
+def test_sample_cli_out_folder_writes_inside_it(checkpoints, tmp_path, capsys):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    rc, stdout, err = run_cli(capsys, "--checkpoint", checkpoints["hgan"], "--n", "2",
+                              "--frames", "3", "--out", str(folder))
+    assert rc == 0, err
+    assert sorted(os.listdir(folder)) == ["samples.gif", "samples.png"]
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+    assert np.asarray(Image.open(folder / "samples.png")).shape == (2 * 32, 3 * 32, 3)
+
+
 def test_sample_cli_clear_errors(checkpoints, tmp_path, capsys):
     rc, _, err = run_cli(capsys, "--checkpoint", checkpoints["mocogan"], "--n", "2", "--frames", "4",
                          "--dt", "0.1", "--out", str(tmp_path / "m.gif"))

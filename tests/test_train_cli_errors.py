@@ -137,6 +137,82 @@ def test_new_run_never_overwrites_a_run(data_root, tmp_path, capsys):
     assert load_checkpoint(str(empty))["iteration"] == 1
 
 
+def test_out_that_is_a_file_is_one_line(data_root, tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    code, _, err = call(TINY + ["--data", data_root, "--out", str(afile)], capsys)
+    assert_one_error_line(code, err, f"--out {afile} is a file, not a run directory")
+    assert afile.read_text() == "x"
+
+
+def test_keep_every_keeps_snapshots_whatever_ckpt_every(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = call(TINY + ["--data", data_root, "--out", str(out), "--iters", "5",
+                                "--keep-every", "2", "--ckpt-every", "3"], capsys)
+    assert code == 0, err
+    names = sorted(os.listdir(out / "checkpoints"))
+    assert names == ["iter_0000002.pt", "iter_0000004.pt", "last.pt"], names
+    for name, it in (("iter_0000002.pt", 2), ("iter_0000004.pt", 4), ("last.pt", 5)):
+        assert load_checkpoint(str(out / "checkpoints" / name))["iteration"] == it
+
+
+def test_an_older_snapshot_resumes_into_a_new_directory_only(data_root, tmp_path, capsys):
+    run = tmp_path / "run"
+    code, _, err = call(TINY + ["--data", data_root, "--out", str(run), "--iters", "4",
+                                "--keep-every", "2"], capsys)
+    assert code == 0, err
+    snap = run / "checkpoints" / "iter_0000002.pt"
+    last = (run / "checkpoints" / "last.pt").read_bytes()
+    code, _, err = call(["--resume", str(snap), "--iters", "3"], capsys)
+    assert_one_error_line(code, err, f"{snap} is at iteration 2, but its run's last.pt is at 4",
+                          f"--resume {snap} --out NEW_DIR")
+    assert (run / "checkpoints" / "last.pt").read_bytes() == last
+    # The branch continues exactly: at iteration 4 it has the original run's weights.
+    branch = tmp_path / "branch"
+    code, _, err = call(["--resume", str(snap), "--iters", "4", "--out", str(branch)], capsys)
+    assert code == 0, err
+    assert (run / "checkpoints" / "last.pt").read_bytes() == last
+    a, b = load_checkpoint(str(run)), load_checkpoint(str(branch))
+    assert b["iteration"] == 4 and b["config"]["out"] == str(branch)
+    for k, v in a["generator"].items():
+        assert torch.equal(v, b["generator"][k]), k
+    # A branch never lands on another run.
+    code, _, err = call(["--resume", str(snap), "--iters", "4", "--out", str(branch)], capsys)
+    assert_one_error_line(code, err, f"--out {branch} already holds a run")
+
+
+def test_a_run_shorter_than_log_every_logs_its_last_iteration(data_root, tmp_path, capsys):
+    out = tmp_path / "run"
+    code, _, err = call(TINY + ["--data", data_root, "--out", str(out), "--iters", "2",
+                                "--log-every", "50"], capsys)
+    assert code == 0, err
+    stats = json.loads((out / "summary.json").read_text())["stats"]
+    assert {"loss/D_I", "loss/G", "speed/it_per_s"} <= set(stats), stats
+
+
+def test_a_second_ctrl_c_aborts_in_one_line(data_root, tmp_path, capsys, monkeypatch):
+    from hgan.train import run as hrun
+    monkeypatch.setattr(hrun._StopFlag, "SECOND_AFTER_S", 0.0)
+    monkeypatch.setattr(hrun, "_write_samples", _twice_interrupted(hrun._write_samples))
+    out = tmp_path / "run"
+    code, _, err = call(TINY + ["--data", data_root, "--out", str(out), "--iters", "3"], capsys)
+    assert code == 130, err
+    assert "Traceback" not in err and err.strip().splitlines() == [
+        f"train.py: aborted by a second Ctrl-C; the run keeps its last checkpoint, if one was "
+        f"written (resume with --resume {out})"]
+
+
+def _twice_interrupted(write_samples):
+    """_write_samples that, at iteration 1, is interrupted by Ctrl-C twice (the second
+    raises KeyboardInterrupt from the stop flag's handler)."""
+    def wrapped(trainer, *args):
+        if trainer.iteration == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return write_samples(trainer, *args)
+    return wrapped
+
+
 def test_gen_frames_limits_only_a_dataset_to_generate(data_root, tmp_path, capsys):
     # the data has 40-frame trajectories: --frames 20 fits whatever --gen-frames says
     code, _, err = call(TINY + ["--data", data_root, "--out", str(tmp_path / "a"), "--iters", "1",
@@ -205,6 +281,17 @@ def _bad_input(case, data_root, tiny_h5, tmp_path, monkeypatch):
         path = str(tmp_path / "weights.pt")
         torch.save({"w": torch.ones(2)}, path)
         return ["--resume", path], [f"{path} is not a training checkpoint"]
+    if case == "resume_incomplete":
+        path = str(tmp_path / "partial.pt")
+        torch.save({"config": {}, "iteration": 3, "rng": {}}, path)
+        return ["--resume", path], [f"{path} is not a complete training checkpoint (it has no "
+                                    "generator, image_disc,"]
+    if case == "out_is_a_file":
+        (tmp_path / "afile").write_text("x")
+        return ["--out", str(tmp_path / "afile" / "run")], [f"{tmp_path / 'afile'} is a file"]
+    if case == "amp_dtype_without_amp":
+        return ["--amp-dtype", "bf16"], ["--amp-dtype chooses autocast's dtype and autocast is "
+                                         "off: add --amp"]
     raise ValueError(case)
 
 
@@ -212,7 +299,8 @@ def _bad_input(case, data_root, tiny_h5, tmp_path, monkeypatch):
     "device_cuda", "device_tpu", "dt_nan", "fused_on_cpu", "amp_fp16_on_cpu", "truncated_h5",
     "junk_h5", "frames_48", "resolution_64", "other_system", "batch_too_big",
     "data_is_the_h5_file", "data_is_the_system_folder", "resume_missing",
-    "resume_dir_without_checkpoint", "resume_h5", "resume_junk", "resume_not_a_run"])
+    "resume_dir_without_checkpoint", "resume_h5", "resume_junk", "resume_not_a_run",
+    "resume_incomplete", "out_is_a_file", "amp_dtype_without_amp"])
 def test_bad_input_is_one_line_and_exit_2(case, data_root, tiny_pendulum_h5, tmp_path, capsys,
                                           monkeypatch):
     out = tmp_path / "run"

@@ -403,7 +403,9 @@ def test_resume_keeps_the_checkpoints_tensorboard_steps_and_replaces_the_redone_
     run = tmp_path / "b"
     train(tiny_cfg(tiny_pendulum_h5, run, iters=3, ckpt_every=2, keep_every=2))
     assert steps(run) == [1, 2, 3]
-    # Resumed from iteration 2: step 3 is redone, so its first event goes; step 2's stays.
+    # Rewound to iteration 2 (last.pt deleted, as the refusal to overwrite it says): step 3
+    # is redone, so its first event goes; step 2's stays.
+    os.remove(run / "checkpoints" / "last.pt")
     train(tiny_cfg(tiny_pendulum_h5, tmp_path / "ignored", iters=4),
           resume=str(run / "checkpoints" / "iter_0000002.pt"))
     assert steps(run) == [1, 2, 3, 4]

@@ -4,7 +4,8 @@ Exit codes: 0 done (or stopped by a signal after saving a checkpoint); 1 a non-f
 2 bad input, in one line `train.py: error: ...` (`hgan-train: error: ...` as hgan-train);
 130 / 143 SIGINT / SIGTERM during the setup (while the dataset was generated: nothing of it
 kept; later: nothing of the run written yet). Once the setup is done, a signal saves a
-checkpoint (at iteration 0, or the resumed one, if no step ran yet) and the exit code is 0."""
+checkpoint (at iteration 0, or the resumed one, if no step ran yet) and the exit code is 0;
+a second Ctrl-C before that checkpoint aborts without it (130)."""
 import signal
 import sys
 
@@ -61,6 +62,12 @@ def main(argv=None) -> int:
         except NonFiniteLoss as e:
             print(f"[hgan] error: {e}", file=sys.stderr)
             return 1
+        except KeyboardInterrupt:  # a second Ctrl-C while the first one's stop was pending
+            if reports_bad_input():
+                print(f"{prog()}: aborted by a second Ctrl-C; the run keeps its last "
+                      f"checkpoint, if one was written (resume with --resume {setup.cfg.out})",
+                      file=sys.stderr)
+            return 128 + signal.SIGINT
         done = True
         return 0
     finally:

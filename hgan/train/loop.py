@@ -207,6 +207,11 @@ def check_resumed_dataset(saved: dict | None, cfg: RunConfig, now: dict | None =
                          f"that dataset's root")
 
 
+# What a checkpoint must hold to resume (Trainer.state_dict; hgan.train.run checks it).
+TRAINING_STATE = ("generator", "image_disc", "video_disc", "opt_g", "opt_di", "opt_dv", "scaler",
+                  "loader_position", "noise_rng", "rng")
+
+
 class Trainer:
     def __init__(self, cfg: RunConfig, info: hdist.DistInfo | None = None, device=None):
         self.cfg, self.info = cfg, info or hdist.DistInfo()
@@ -465,6 +470,7 @@ class Trainer:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict:
+        """The checkpoint: TRAINING_STATE, the config and iteration, and where it ran."""
         return {"config": self.cfg.to_dict(), "iteration": self.iteration,
                 "loader_position": self.loader_position,
                 "generator": self.G.state_dict(), "image_disc": self.D_I.state_dict(),

@@ -14,8 +14,9 @@ from hgan.train import capture as hcapture
 from hgan.train import dist as hdist
 from hgan.train.checkpoint import load_checkpoint
 from hgan.train.config import RunConfig, resumable_fields
-from hgan.train.loop import (NonFiniteLoss, Trainer, check_data_root, check_resumed_dataset,
-                             dataset_identity, ensure_dataset, resolve_device)
+from hgan.train.loop import (TRAINING_STATE, NonFiniteLoss, Trainer, check_data_root,
+                             check_resumed_dataset, dataset_identity, ensure_dataset,
+                             resolve_device)
 from hgan.train.media import save_samples, strip
 from hgan.train.profiling import stage, step_profiler
 
@@ -35,6 +36,10 @@ def resume_config(ckpt: dict, cli: RunConfig, ckpt_path: str,
     Python API, whose `cli` is a whole RunConfig): every resumable field of `cli`."""
     if not isinstance(ckpt, dict) or not {"config", "iteration"} <= set(ckpt):
         raise ValueError(f"{ckpt_path} is not a training checkpoint (no run config or iteration)")
+    missing = [k for k in TRAINING_STATE if k not in ckpt]
+    if missing:
+        raise ValueError(f"{ckpt_path} is not a complete training checkpoint (it has no "
+                         f"{', '.join(missing)})")
     saved = RunConfig.from_dict(ckpt["config"])
     # The run directory is the one holding checkpoints/<file>.
     run_dir = os.path.dirname(os.path.dirname(os.path.abspath(ckpt_path)))
@@ -47,6 +52,10 @@ def resume_config(ckpt: dict, cli: RunConfig, ckpt_path: str,
         if name in RESUMABLE_OVERRIDES:
             changes[name] = value
             continue
+        if name == "out" and not _same_setting(name, value, run_dir, saved):
+            _check_new_run_dir(value)  # a branch: the run continued in a directory of its own
+            run_dir = value
+            continue
         have = run_dir if name == "out" else getattr(
             saved.model if name in _MODEL_FIELDS else saved, name)
         if not _same_setting(name, value, have, saved):
@@ -55,12 +64,44 @@ def resume_config(ckpt: dict, cli: RunConfig, ckpt_path: str,
     return replace(saved, out=run_dir, **changes)
 
 
+def _check_not_behind(path: str, iteration: int, run_dir: str):
+    """Resuming a kept snapshot (iter_N.pt) in its own run would overwrite that run's newer
+    last.pt, samples and TensorBoard steps: it continues in a new --out instead, or rewinds
+    the run once its last.pt is deleted (deliberately: TensorBoard's later steps go too)."""
+    last = os.path.join(run_dir, "checkpoints", "last.pt")
+    if os.path.exists(path) and os.path.exists(last) and os.path.samefile(path, last):
+        return
+    try:
+        newest = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["iteration"])
+    except Exception:  # noqa: BLE001 - no last.pt, or one that cannot be read: nothing newer is lost
+        return
+    if newest > iteration:
+        raise ValueError(f"{path} is at iteration {iteration}, but its run's last.pt is at "
+                         f"{newest}: resuming it there would overwrite the newer checkpoint; "
+                         f"continue it in a new directory with --resume {path} --out NEW_DIR "
+                         f"(or delete {last} to rewind this run)")
+
+
 def _same_setting(name, value, have, saved: RunConfig) -> bool:
     if name in ("out", "data"):
         return os.path.realpath(value) == os.path.realpath(have)
     if name == "clip_frames":  # capped at --frames when the run started
         value = min(value, saved.frames)
     return value == have
+
+
+def _check_writable(out: str):
+    """--out must be a directory this process can make (or has): found here, not as an
+    OSError traceback when the first file is written."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out} is a file, not a run directory")
+    parent = os.path.abspath(out)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"--out {out}: {parent} is a file, so the run directory cannot be made")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {parent} is not writable")
 
 
 def _check_new_run_dir(out: str):
@@ -109,6 +150,9 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=N
         path = os.path.join(resume, "checkpoints", "last.pt") if os.path.isdir(resume) else resume
         ckpt = load_checkpoint(path)
         cfg = resume_config(ckpt, cfg, path, given)
+        if os.path.realpath(cfg.out) == os.path.realpath(os.path.dirname(os.path.dirname(
+                os.path.abspath(path)))):
+            _check_not_behind(path, int(ckpt["iteration"]), cfg.out)
         if int(ckpt["iteration"]) >= cfg.iters:
             if int(os.environ.get("RANK", "0")) == 0:
                 print(f"[hgan] {cfg.out} is already at iteration {ckpt['iteration']} >= --iters "
@@ -116,6 +160,9 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=N
             return Setup(cfg, checkpoint=path, iteration=int(ckpt["iteration"]))
     else:
         _check_new_run_dir(cfg.out)
+    _check_writable(cfg.out)
+    if given and "amp_dtype" in given and not cfg.amp:
+        raise ValueError("--amp-dtype chooses autocast's dtype and autocast is off: add --amp")
     # Absolute in the checkpoint: a run resumed from another directory must find the same
     # data (a relative --data would name another folder there).
     cfg = replace(cfg, data=os.path.abspath(cfg.data), out=os.path.abspath(cfg.out))
@@ -288,7 +335,9 @@ def _run(setup: Setup, callback, stop) -> dict:
             if stop.signum is not None:
                 stopped = _stop_reason(stop)
             while stopped is None and trainer.iteration < cfg.iters:
-                want = (trainer.iteration + 1) % cfg.log_every == 0
+                # The last iteration logs too: a run shorter than --log-every has its losses.
+                want = ((trainer.iteration + 1) % cfg.log_every == 0
+                        or trainer.iteration + 1 == cfg.iters)
                 with stage("data"):
                     try:
                         real = next(batches)
@@ -309,7 +358,7 @@ def _run(setup: Setup, callback, stop) -> dict:
                 bar.update(1)
                 it = trainer.iteration
                 if (want or it == 1 or it % cfg.sample_every == 0 or it % cfg.ckpt_every == 0
-                        or it >= cfg.iters):
+                        or (cfg.keep_every and it % cfg.keep_every == 0) or it >= cfg.iters):
                     trainer.flush_checks()
                 if want:
                     now = time.perf_counter()
@@ -326,12 +375,13 @@ def _run(setup: Setup, callback, stop) -> dict:
                 # after the first iteration too, so a new run shows its output at once
                 if main and (trainer.iteration % cfg.sample_every == 0 or trainer.iteration == 1):
                     _write_samples(trainer, writer, f"iter_{trainer.iteration:07d}")
-                if trainer.iteration % cfg.ckpt_every == 0:
+                keep = cfg.keep_every and it % cfg.keep_every == 0
+                if it % cfg.ckpt_every == 0 or keep:
                     trainer.gather_noise()  # every rank: a collective under torchrun
-                    if main:
+                    if main and it % cfg.ckpt_every == 0:
                         trainer.save()
-                        if cfg.keep_every and trainer.iteration % cfg.keep_every == 0:
-                            trainer.save(f"iter_{trainer.iteration:07d}.pt")
+                    if main and keep:
+                        trainer.save(f"iter_{it:07d}.pt")
                 if callback is not None:
                     callback(trainer)
                 first.passed(it)
