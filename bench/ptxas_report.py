@@ -175,10 +175,28 @@ def _chunk_arg(text):
     return text if text in ("latency", "throughput") else int(text)
 
 
+def _width_arg(text):
+    """A hidden width as the kernels compile it: the wrapper pads 100 to 128 before the
+    kernel sees it, and tl.arange needs a power of two."""
+    w = int(text)
+    if w < 16 or w & (w - 1):
+        raise argparse.ArgumentTypeError(
+            f"{w} is not a compiled width: the kernels see widths padded to a power of two "
+            f">= 16 (a width of 100 runs as 128)")
+    return w
+
+
+def _cause(err):
+    """The line of a compile error that says why (Triton puts it last, after the source)."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return lines[-1] if lines else ""
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 90 or 80")
-    ap.add_argument("--widths", type=int, nargs="+", default=[32, 128])
+    ap.add_argument("--widths", type=_width_arg, nargs="+", default=[32, 128],
+                    help="hidden widths as compiled (powers of two >= 16)")
     ap.add_argument("--blocks", type=int, nargs="+", default=[16])
     ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
     ap.add_argument("--chunks", type=_chunk_arg, nargs="+", default=["latency", 0, 16, 32],
@@ -197,7 +215,7 @@ def main(argv=None):
     ap.add_argument("--save", action="store_true",
                     help="record the rows in bench/results/ptxas-sm_<arch>.json")
     a = ap.parse_args(argv)
-    rows = []
+    rows, failed = [], 0
     for width in a.widths:
         for chunk in a.chunks:
             if isinstance(chunk, int) and chunk > width:
@@ -218,7 +236,8 @@ def main(argv=None):
                             except Exception as err:  # noqa: BLE001 - reported, not fatal
                                 print(f"{direction} width={width} BLOCK_B={bb} warps={nw} "
                                       f"chunk={chunk} {prec}: {type(err).__name__}: "
-                                      f"{str(err)[:300]}")
+                                      f"{_cause(err)[:300]}")
+                                failed += 1
                                 continue
                             rows.append(row)
                             print(_fmt(row), flush=True)
@@ -232,8 +251,11 @@ def main(argv=None):
                             f"ptxas-sm_{a.arch}.json")
         write_json(path, dict(env, rows=merge_rows(path, rows)))
         print(f"wrote {path}")
-    return rows
+    if failed:
+        print(f"{failed} of {failed + len(rows)} kernels did not compile (see above)")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -16,7 +16,6 @@ spent blocked on the next batch (`data`). Run: pytest bench/test_bench_trainstep
 GPU only. The full GPU table (each optimisation's effect, device-busy share) is
 bench/trainstep_table.py, run by bench/gpu/trainstep.sh.
 """
-import json
 import os
 
 import numpy as np
@@ -45,6 +44,7 @@ for _name, _change in (("only_integrator", dict(integrator="auto")),
     VARIANTS[_name] = {**VARIANTS["baseline"], **_change}
 # A CPU step takes seconds to tens of seconds: fewer rounds there (HGAN_BENCH_ROUNDS overrides).
 ROUNDS = int(os.environ.get("HGAN_BENCH_ROUNDS", 5 if DEVICE == "cuda" else 2))
+_medians = {}  # (variant, resolution) -> median step seconds, this session's
 
 
 def _sync():
@@ -103,23 +103,22 @@ def test_trainstep(benchmark, tmp_path, resolution, variant):
         "stage_device_us_per_step": {k: v / shares["steps"]
                                      for k, v in shares["stage_device_us"].items()},
     }
-    path = record("trainstep", f"{variant}_{resolution}px", payload, device=DEVICE)
-    record_speedup(path, resolution)
+    record("trainstep", f"{variant}_{resolution}px", payload, device=DEVICE)
+    _medians[(variant, resolution)] = median
+    record_speedup(resolution)
 
 
-def record_speedup(path, resolution):
-    """Speedup from the stored medians, so re-running one variant (-k) updates it too."""
-    with open(path) as f:
-        runs = json.load(f)["results"]["trainstep"]
-    base = runs.get(f"baseline_{resolution}px")
+def record_speedup(resolution):
+    """Speedups from the medians of this session only: a ratio pairs steps measured under the
+    same conditions (a stored baseline can be another commit's, on a busier machine). A run
+    of some variants (-k) leaves the stored speedup entry alone unless it timed a pair."""
+    base = _medians.get(("baseline", resolution))
     payload = {}
     for variant in ("optimised", "captured"):
-        run = runs.get(f"{variant}_{resolution}px")
+        run = _medians.get((variant, resolution))
         if base and run:
-            payload.update({f"{variant}_over_baseline": base["median_step_s"] / run["median_step_s"],
-                            "baseline_median_step_s": base["median_step_s"],
-                            "baseline_commit": base.get("commit"),
-                            f"{variant}_median_step_s": run["median_step_s"]})
+            payload.update({f"{variant}_over_baseline": base / run,
+                            "baseline_median_step_s": base, f"{variant}_median_step_s": run})
     if payload:
         record("trainstep", f"speedup_{resolution}px", payload, device=DEVICE)
 

@@ -147,6 +147,8 @@ def summary(path):
     with open(path) as f:
         data = json.load(f)
     rows = data.get("results", {}).get(SECTION, {})
+    if not rows:
+        return f"no train-step table in {path} (section {SECTION!r}): nothing measured yet"
     lines = [f"device {data.get('device')}, torch {data.get('torch')}, commit "
              f"{data.get('commit')}", "",
              "| variant | px | videos/s | step ms | x baseline | data wait | device busy |",
@@ -259,6 +261,9 @@ def main(argv=None):
     p.add_argument("--pack", nargs="*", type=int, default=[],
                    help="numbers of captured runs to measure together in one process")
     p.add_argument("--summary", action="store_true", help="print the table as Markdown")
+    p.add_argument("--cpu", action="store_true",
+                   help="run without CUDA anyway: checks the script (tiny shapes in tests); "
+                        "its figures say nothing about the GPU table")
     a = p.parse_args(argv)
     if a.summary:
         path = os.path.join(RESULTS_DIR, environment(DEVICE)["device"] + ".json")
@@ -267,6 +272,14 @@ def main(argv=None):
             return 1
         print(summary(path))
         return 0
+    if not (a.prep or a.variants or a.pack):
+        p.error("nothing to do: give --prep, --variants, --pack or --summary")
+    if DEVICE != "cuda" and not a.cpu:
+        # A CPU step takes about a second: each variant's runs of steps would take minutes and
+        # measure nothing this table is for.
+        p.error("the train-step table times CUDA steps and this machine has no CUDA device; "
+                "on a CPU, time the step with `pytest bench/test_bench_trainstep.py "
+                "--benchmark-only` (--cpu runs the table anyway, to check the script)")
     if a.prep:
         for res in (32, 64):
             print(f"data {frames_file(a.data, res)}", flush=True)

@@ -121,6 +121,17 @@ def test_ptxas_report_builds_for_sm90_without_a_gpu():
     assert 0 < r["regs"] <= 255 and r["stores"] == r["loads"] == 0, r
 
 
+def test_ptxas_report_refuses_a_width_the_kernels_never_compile():
+    pytest.importorskip("triton")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "TRITON_INTERPRET": "off",
+           "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "bench/ptxas_report.py", "--widths", "100"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert "100 is not a compiled width" in out.stderr and "runs as 128" in out.stderr
+
+
 def test_throughput_layout_reaches_wgmma_where_the_row_major_tiles_do_not():
     # Why throughput.py exists: held hidden-major, its weight products have M = the width
     # and compile to Hopper's wgmma at a 16-row block, without spills; the row-major
@@ -686,21 +697,20 @@ def test_leapfrog_bench_speedups_are_baseline_time_over_variant_time(monkeypatch
         "fused_over_reference_compiled": 4.0})}
 
 
-def test_trainstep_bench_speedup_is_baseline_step_over_variant_step(tmp_path, monkeypatch):
+def test_trainstep_bench_speedup_is_baseline_step_over_variant_step(monkeypatch):
     import test_bench_trainstep as bench
     recorded = {}
     monkeypatch.setattr(bench, "record", lambda section, name, payload, device: recorded.update(
         {name: payload}))
-    path = _write(tmp_path / "r.json", {"results": {"trainstep": {
-        "baseline_32px": {"median_step_s": 0.2, "commit": "b0"},
-        "optimised_32px": {"median_step_s": 0.05},
-        "captured_32px": {"median_step_s": 0.01}, "captured_64px": {"median_step_s": 0.5}}}})
-    bench.record_speedup(path, 32)
-    assert recorded["speedup_32px"].pop("baseline_commit") == "b0"   # which baseline it was
+    # Only this session's medians pair: a baseline stored by another run is not read.
+    monkeypatch.setattr(bench, "_medians", {
+        ("baseline", 32): 0.2, ("optimised", 32): 0.05, ("captured", 32): 0.01,
+        ("captured", 64): 0.5})
+    bench.record_speedup(32)
     assert recorded == {"speedup_32px": pytest.approx({
         "optimised_over_baseline": 4.0, "captured_over_baseline": 20.0,
         "baseline_median_step_s": 0.2, "optimised_median_step_s": 0.05,
         "captured_median_step_s": 0.01})}
     recorded.clear()
-    bench.record_speedup(path, 64)     # no baseline at 64 px: no ratio
+    bench.record_speedup(64)     # no baseline timed at 64 px: the stored entry stays
     assert recorded == {}

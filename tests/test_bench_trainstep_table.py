@@ -131,7 +131,7 @@ def test_stages_record_each_variant_and_skip_captures_after_a_failed_one(tmp_pat
         return {"videos_per_s": 1000.0, "median_step_s": 0.016, "data_wait_share": 0.0}
     monkeypatch.setattr(trainstep_table, "measure", measure)
     try:
-        status = trainstep_table.main(["--data", str(tmp_path), "--variants", "capture",
+        status = trainstep_table.main(["--cpu", "--data", str(tmp_path), "--variants", "capture",
                                        "capture_fused_adam", "capture_bf16"])
     finally:
         hcapture.CAPTURE_FAILED.clear()
@@ -152,7 +152,7 @@ def test_a_stage_measures_on_this_machine(tmp_path, monkeypatch):
     monkeypatch.setattr(trainstep_table, "BATCH", 2)
     monkeypatch.setattr(trainstep_table, "ROUNDS", 1)
     monkeypatch.setattr(trainstep_table, "RUN_S", 0.01)
-    assert trainstep_table.main(["--data", str(tmp_path), "--variants", "capture",
+    assert trainstep_table.main(["--cpu", "--data", str(tmp_path), "--variants", "capture",
                                  "--busy", "capture"]) == 0
     r = recorded["capture_32px"]
     assert r["batch"] == 2 and r["videos_per_s"] > 0 and 0 <= r["data_wait_share"] < 1
@@ -270,7 +270,7 @@ def test_each_variant_leaves_a_placeholder_and_a_plain_failure_spoils_nothing(tm
             raise RuntimeError("out of memory")
         return {"videos_per_s": 1000.0}
     monkeypatch.setattr(trainstep_table, "measure", measure)
-    status = trainstep_table.main(["--data", str(tmp_path), "--variants", "capture",
+    status = trainstep_table.main(["--cpu", "--data", str(tmp_path), "--variants", "capture",
                                    "capture_bf16"])
     assert status == 1
     assert seen == {v: {"error": "did not finish within its stage's time limit"}
@@ -285,3 +285,23 @@ def test_verdicts_targets_are_inclusive_where_the_issue_says_at_least():
     assert trainstep_table.verdicts(rows)[-1] == (
         "captured step, 32 px: 3200 videos/s (target >= 3200): met; data wait 5.0% "
         "(target < 5%): not met; device busy 80% (target >= 80%): met")
+
+
+def test_off_a_gpu_the_table_refuses_in_one_line(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(trainstep_table, "DEVICE", "cpu")
+    monkeypatch.setattr(trainstep_table, "record", lambda *a, **k: pytest.fail("recorded"))
+    for argv, needle in ((["--variants", "baseline"], "no CUDA device"),
+                         (["--prep", "--data", str(tmp_path / "d")], "no CUDA device"),
+                         ([], "nothing to do")):
+        with pytest.raises(SystemExit) as e:
+            trainstep_table.main(argv)
+        assert e.value.code == 2
+        assert needle in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_summary_without_measurements_says_so(tmp_path):
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"device": "cpu-X", "results": {"trainstep": {}}}))
+    assert trainstep_table.summary(str(path)) == (
+        f"no train-step table in {path} (section 'trainstep_table'): nothing measured yet")
