@@ -74,6 +74,12 @@ class TrainStep:
                                           rollout_frames=FRAMES,
                                           integrator=opts["integrator"],
                                           channels_last=opts["channels_last"]))
+        if opts["compile"]:
+            # Compiled as in a training process of its own: Dynamo caches compiled code per
+            # code object, shared by every variant's modules, and a variant compiled after
+            # others at new shapes got dynamic-shape graphs (whose backward Inductor failed
+            # to compile at 64 px on a CPU, torch 2.13, after five earlier compiled variants).
+            torch._dynamo.reset()
         fused_adam = hcapture.ADAM_FUSED
         hcapture.ADAM_FUSED = bool(opts.get("fused_adam", False))
         try:
