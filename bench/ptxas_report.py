@@ -187,9 +187,13 @@ def _width_arg(text):
 
 
 def _cause(err):
-    """The line of a compile error that says why (Triton puts it last, after the source)."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-    return lines[-1] if lines else ""
+    """The line of a compile error that says why: ptxas's "fatal"/"error" line, else the last
+    (Triton's CompilationError puts its cause after the source; PTXASError ends in a repro
+    command)."""
+    lines = [ln.strip() for ln in str(err).splitlines()
+             if ln.strip() and not ln.strip().startswith("Repro command")]
+    said = [ln for ln in lines if "fatal" in ln or "error" in ln.lower()]
+    return (said or lines or [""])[-1]
 
 
 def main(argv=None):

@@ -662,6 +662,19 @@ def _ptxas_module(monkeypatch):
     return mod
 
 
+def test_ptxas_report_shows_the_line_that_says_why_a_compile_failed(monkeypatch):
+    ptxas = _ptxas_module(monkeypatch)
+    # PTXASError: the fatal line, not the repro command after it
+    err = RuntimeError("PTXAS error: Internal Triton PTX codegen error\n`ptxas` stderr:\n"
+                       "ptxas fatal   : Value 'sm_12' is not defined for option 'gpu-name'\n\n"
+                       "Repro command: /x/ptxas -lineinfo --gpu-name=sm_12 /tmp/a.ptx")
+    assert ptxas._cause(err) == "ptxas fatal   : Value 'sm_12' is not defined for option 'gpu-name'"
+    # CompilationError: the source first, its cause last
+    err = ValueError("at 9:23:\ndef _kernel(x):\n    r = tl.arange(0, 100)\n"
+                     "                       ^\narange's range must be a power of 2")
+    assert ptxas._cause(err) == "arange's range must be a power of 2"
+
+
 def test_ptxas_report_parses_the_ptxas_log_and_merges_saved_rows(tmp_path, monkeypatch):
     ptxas = _ptxas_module(monkeypatch)
     log = ("ptxas info    : Compiling entry function '_leapfrog_bwd_kernel' for 'sm_90a'\n"

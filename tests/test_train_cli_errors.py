@@ -103,7 +103,9 @@ def test_resume_refuses_a_changed_setting(stopped_run, capsys, flags, needle):
 
 def test_resume_accepts_the_runs_own_values(stopped_run, capsys):
     out, _ = stopped_run
-    code, _, err = call(TINY + ["--resume", str(out), "--out", str(out), "--iters", "2"], capsys)
+    # --amp-dtype auto repeats a run without --amp's value (and the default): no refusal
+    code, _, err = call(TINY + ["--resume", str(out), "--out", str(out), "--iters", "2",
+                                "--amp-dtype", "auto"], capsys)
     assert code == 0, err
     assert load_checkpoint(str(out))["iteration"] == 2
 
@@ -156,6 +158,23 @@ def test_keep_every_keeps_snapshots_whatever_ckpt_every(data_root, tmp_path, cap
         assert load_checkpoint(str(out / "checkpoints" / name))["iteration"] == it
 
 
+def test_a_snapshot_writes_last_pt_too(data_root, tmp_path):
+    # A run that dies after a snapshot (out of memory, a lost node) resumes from it with
+    # --resume RUN: last.pt is never older than the newest snapshot.
+    out = tmp_path / "run"
+    cfg, _, _ = parse_command_line(TINY + ["--data", data_root, "--out", str(out), "--iters", "9",
+                                           "--keep-every", "2", "--ckpt-every", "100"])
+
+    def die(trainer):
+        if trainer.iteration == 3:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train(cfg, callback=die)
+    assert sorted(os.listdir(out / "checkpoints")) == ["iter_0000002.pt", "last.pt"]
+    assert load_checkpoint(str(out))["iteration"] == 2
+
+
 def test_an_older_snapshot_resumes_into_a_new_directory_only(data_root, tmp_path, capsys):
     run = tmp_path / "run"
     code, _, err = call(TINY + ["--data", data_root, "--out", str(run), "--iters", "4",
@@ -176,18 +195,34 @@ def test_an_older_snapshot_resumes_into_a_new_directory_only(data_root, tmp_path
     assert b["iteration"] == 4 and b["config"]["out"] == str(branch)
     for k, v in a["generator"].items():
         assert torch.equal(v, b["generator"][k]), k
+    # Nothing to do is said first: a snapshot at --iters writes nothing, so it is no refusal.
+    code, stdout, err = call(["--resume", str(snap), "--iters", "2"], capsys)
+    assert code == 0 and "already at iteration 2 >= --iters 2: nothing to do" in stdout, err
     # A branch never lands on another run.
     code, _, err = call(["--resume", str(snap), "--iters", "4", "--out", str(branch)], capsys)
     assert_one_error_line(code, err, f"--out {branch} already holds a run")
 
 
 def test_a_run_shorter_than_log_every_logs_its_last_iteration(data_root, tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     out = tmp_path / "run"
     code, _, err = call(TINY + ["--data", data_root, "--out", str(out), "--iters", "2",
                                 "--log-every", "50"], capsys)
     assert code == 0, err
     stats = json.loads((out / "summary.json").read_text())["stats"]
     assert {"loss/D_I", "loss/G", "speed/it_per_s"} <= set(stats), stats
+    # Off the grid, the last iteration logs its losses; its speed only when no full window
+    # was timed (the short last window would hold the boundary's samples and checkpoint).
+    out = tmp_path / "run3"
+    code, _, err = call(TINY + ["--data", data_root, "--out", str(out), "--iters", "3",
+                                "--log-every", "2"], capsys)
+    assert code == 0, err
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss/G")] == [2, 3]
+    assert [e.step for e in acc.Scalars("speed/it_per_s")] == [2]
+    assert json.loads((out / "summary.json").read_text())["stats"]["speed/it_per_s"] == \
+        pytest.approx(acc.Scalars("speed/it_per_s")[0].value, rel=1e-6)
 
 
 def test_a_second_ctrl_c_aborts_in_one_line(data_root, tmp_path, capsys, monkeypatch):
@@ -289,6 +324,10 @@ def _bad_input(case, data_root, tiny_h5, tmp_path, monkeypatch):
     if case == "out_is_a_file":
         (tmp_path / "afile").write_text("x")
         return ["--out", str(tmp_path / "afile" / "run")], [f"{tmp_path / 'afile'} is a file"]
+    if case == "out_is_a_broken_link":
+        os.symlink(tmp_path / "gone", tmp_path / "link")
+        return ["--out", str(tmp_path / "link")], [f"--out {tmp_path / 'link'} is a broken "
+                                                   "symbolic link"]
     if case == "amp_dtype_without_amp":
         return ["--amp-dtype", "bf16"], ["--amp-dtype chooses autocast's dtype and autocast is "
                                          "off: add --amp"]
@@ -300,7 +339,7 @@ def _bad_input(case, data_root, tiny_h5, tmp_path, monkeypatch):
     "junk_h5", "frames_48", "resolution_64", "other_system", "batch_too_big",
     "data_is_the_h5_file", "data_is_the_system_folder", "resume_missing",
     "resume_dir_without_checkpoint", "resume_h5", "resume_junk", "resume_not_a_run",
-    "resume_incomplete", "out_is_a_file", "amp_dtype_without_amp"])
+    "resume_incomplete", "out_is_a_file", "out_is_a_broken_link", "amp_dtype_without_amp"])
 def test_bad_input_is_one_line_and_exit_2(case, data_root, tiny_pendulum_h5, tmp_path, capsys,
                                           monkeypatch):
     out = tmp_path / "run"

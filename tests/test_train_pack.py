@@ -345,6 +345,26 @@ def test_two_runs_never_share_a_run_directory(data_root, tmp_path, capsys, monke
     assert runs[0].count("--out") == 1
 
 
+def test_a_resumed_runs_branch_is_where_it_trains(tmp_path):
+    # distinct_run_dirs parses flags only: the run directory exists, its checkpoints need not.
+    parent = tmp_path / "run"
+    (parent / "checkpoints").mkdir(parents=True)
+    snap = str(parent / "checkpoints" / "iter_0000002.pt")
+    go_on = ["--resume", str(parent), "--iters", "6"]
+    branch = ["--resume", snap, "--out", str(tmp_path / "branch"), "--iters", "6"]
+    # a branch beside its parent run, and two branches: each in a directory of its own
+    assert pack.distinct_run_dirs([go_on, branch]) == [go_on, branch]
+    other = ["--resume", snap, "--out", str(tmp_path / "other"), "--iters", "6"]
+    assert pack.distinct_run_dirs([branch, other]) == [branch, other]
+    # a branch and a new run into one --out would write one directory in turn
+    fresh = ["--system", "pendulum", "--out", str(tmp_path / "branch")]
+    with pytest.raises(ValueError, match="runs 0 and 1 both train in"):
+        pack.distinct_run_dirs([branch, fresh])
+    # the parent run twice: as before
+    with pytest.raises(ValueError, match="runs 0 and 1 both train in"):
+        pack.distinct_run_dirs([go_on, ["--resume", str(parent / "checkpoints" / "last.pt")]])
+
+
 def test_help_is_usage_not_an_error(capsys):
     assert pack.main(["--help"]) == 0
     assert "python -m hgan.train.pack -- <train.py flags" in capsys.readouterr().out

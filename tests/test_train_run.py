@@ -411,7 +411,8 @@ def test_resume_keeps_the_checkpoints_tensorboard_steps_and_replaces_the_redone_
     assert steps(run) == [1, 2, 3, 4]
 
 
-def test_a_multi_rank_checkpoint_resumes_with_noise_of_its_iteration(tiny_pendulum_h5, tmp_path):
+def test_a_multi_rank_checkpoint_resumes_with_noise_of_its_iteration(tiny_pendulum_h5, tmp_path,
+                                                                     capsys):
     # A multi-rank checkpoint without every rank's noise state (written before they were
     # kept; or resumed on another number of ranks, or moved between devices) reseeds each
     # rank's noise from (seed, rank, iteration), so that it neither replays the noise of the
@@ -427,6 +428,10 @@ def test_a_multi_rank_checkpoint_resumes_with_noise_of_its_iteration(tiny_pendul
         states[it] = fresh.noise.get_state()
         want = torch.Generator().manual_seed(3 * 1_000_003 + 7919 * it).get_state()
         assert torch.equal(states[it], want), it
+        # and says so: such a resume is not exact
+        err = capsys.readouterr().err
+        assert "written by 2 rank(s)" in err
+        assert f"reseeded from the seed, its rank and iteration {it}" in err
     assert not torch.equal(states[2], states[4])
     assert not torch.equal(states[2], Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, seed=3)
                                               ).noise.get_state())

@@ -525,6 +525,12 @@ class Trainer:
             # Another number of ranks or device type, or a checkpoint without every rank's
             # state: each rank reseeds from (seed, rank, iteration).
             self.noise.manual_seed(self.cfg.seed * 1_000_003 + self.info.rank + 7919 * self.iteration)
+            if self.info.is_main:
+                print(f"[hgan] the checkpoint's noise state does not fit this run (written by "
+                      f"{int(ckpt.get('world_size', 1))} rank(s), or on another device type): "
+                      f"each rank's noise is reseeded from the seed, its rank and iteration "
+                      f"{self.iteration}; training goes on, not bit-identical to an unbroken "
+                      f"run", file=sys.stderr, flush=True)
 
     def save(self, name="last.pt") -> str:
         self.flush_checks()

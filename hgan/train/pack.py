@@ -310,10 +310,10 @@ def distinct_run_dirs(runs):
         except (SystemExit, Exception):
             out.append(argv)
             continue
-        if resume:
-            where = resume if os.path.isdir(resume) else os.path.dirname(os.path.dirname(resume))
-        elif "out" in given:
+        if "out" in given:  # a new run's, or a resumed run's branch (hgan.train.run)
             where = cfg.out
+        elif resume:
+            where = resume if os.path.isdir(resume) else os.path.dirname(os.path.dirname(resume))
         else:
             base, n, where = cfg.out, 1, cfg.out
             while os.path.realpath(where) in seen:

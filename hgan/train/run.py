@@ -79,7 +79,8 @@ def _check_not_behind(path: str, iteration: int, run_dir: str):
         raise ValueError(f"{path} is at iteration {iteration}, but its run's last.pt is at "
                          f"{newest}: resuming it there would overwrite the newer checkpoint; "
                          f"continue it in a new directory with --resume {path} --out NEW_DIR "
-                         f"(or delete {last} to rewind this run)")
+                         f"(from Python: train(cfg, resume, given={{'out': NEW_DIR, ...}})), "
+                         f"or delete {last} to rewind this run")
 
 
 def _same_setting(name, value, have, saved: RunConfig) -> bool:
@@ -93,13 +94,15 @@ def _same_setting(name, value, have, saved: RunConfig) -> bool:
 def _check_writable(out: str):
     """--out must be a directory this process can make (or has): found here, not as an
     OSError traceback when the first file is written."""
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise ValueError(f"--out {out} is a file, not a run directory")
+    if os.path.lexists(out) and not os.path.isdir(out):
+        what = "a broken symbolic link" if os.path.islink(out) else "a file"
+        raise ValueError(f"--out {out} is {what}, not a run directory")
     parent = os.path.abspath(out)
-    while not os.path.exists(parent):
+    while not os.path.lexists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise ValueError(f"--out {out}: {parent} is a file, so the run directory cannot be made")
+        what = "a broken symbolic link" if os.path.islink(parent) else "a file"
+        raise ValueError(f"--out {out}: {parent} is {what}, so the run directory cannot be made")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"--out {out}: {parent} is not writable")
 
@@ -150,18 +153,18 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=N
         path = os.path.join(resume, "checkpoints", "last.pt") if os.path.isdir(resume) else resume
         ckpt = load_checkpoint(path)
         cfg = resume_config(ckpt, cfg, path, given)
-        if os.path.realpath(cfg.out) == os.path.realpath(os.path.dirname(os.path.dirname(
-                os.path.abspath(path)))):
-            _check_not_behind(path, int(ckpt["iteration"]), cfg.out)
         if int(ckpt["iteration"]) >= cfg.iters:
             if int(os.environ.get("RANK", "0")) == 0:
                 print(f"[hgan] {cfg.out} is already at iteration {ckpt['iteration']} >= --iters "
                       f"{cfg.iters}: nothing to do", flush=True)
             return Setup(cfg, checkpoint=path, iteration=int(ckpt["iteration"]))
+        if os.path.realpath(cfg.out) == os.path.realpath(os.path.dirname(os.path.dirname(
+                os.path.abspath(path)))):
+            _check_not_behind(path, int(ckpt["iteration"]), cfg.out)
     else:
         _check_new_run_dir(cfg.out)
     _check_writable(cfg.out)
-    if given and "amp_dtype" in given and not cfg.amp:
+    if not resume and (given or {}).get("amp_dtype", "auto") != "auto" and not cfg.amp:
         raise ValueError("--amp-dtype chooses autocast's dtype and autocast is off: add --amp")
     # Absolute in the checkpoint: a run resumed from another directory must find the same
     # data (a relative --data would name another folder there).
@@ -364,11 +367,16 @@ def _run(setup: Setup, callback, stop) -> dict:
                     now = time.perf_counter()
                     rate = (trainer.iteration - it_log) / max(now - t_log, 1e-9)
                     t_log, it_log = now, trainer.iteration
-                    last_stats = {k: float(v) for k, v in stats.items()}
-                    last_stats["speed/it_per_s"] = rate
-                    last_stats["speed/videos_per_s"] = rate * cfg.batch_size
+                    fresh = {k: float(v) for k, v in stats.items()}
+                    # The last iteration's extra log (off the --log-every grid) times a short
+                    # window, with the previous boundary's samples and checkpoint in it: the
+                    # speed stays the last full window's, unless there was none.
+                    if it % cfg.log_every == 0 or "speed/it_per_s" not in last_stats:
+                        fresh["speed/it_per_s"] = rate
+                        fresh["speed/videos_per_s"] = rate * cfg.batch_size
+                    last_stats = {**last_stats, **fresh}
                     if main:
-                        for k, v in last_stats.items():
+                        for k, v in fresh.items():
                             writer.add_scalar(k, v, trainer.iteration)
                         bar.set_postfix({k.split("/")[-1]: f"{last_stats[k]:.3f}"
                                          for k in ("loss/D_I", "loss/D_V", "loss/G", "loss/L_cyc")})
@@ -378,10 +386,12 @@ def _run(setup: Setup, callback, stop) -> dict:
                 keep = cfg.keep_every and it % cfg.keep_every == 0
                 if it % cfg.ckpt_every == 0 or keep:
                     trainer.gather_noise()  # every rank: a collective under torchrun
-                    if main and it % cfg.ckpt_every == 0:
+                    if main:
+                        # last.pt too at a snapshot: it stays the newest checkpoint, the one
+                        # --resume RUN takes, whatever the two cadences
                         trainer.save()
-                    if main and keep:
-                        trainer.save(f"iter_{it:07d}.pt")
+                        if keep:
+                            trainer.save(f"iter_{it:07d}.pt")
                 if callback is not None:
                     callback(trainer)
                 first.passed(it)
