@@ -268,7 +268,6 @@ def _pairs(n):
     return i, j, inc
 
 
-
 def _g_nbody(x, pr):
     q, p = _nbody_split(x)  # [..., B, 2]
     m, g = pr["m"][..., None], pr["g"][..., None, None]  # [..., B, 1], [..., 1, 1]
@@ -361,20 +360,31 @@ def _init_three_body(system, rng, pr):
     return np.concatenate([np.concatenate(pos), np.repeat(pr["m"], 2) * vel])
 
 
+# ---- energy scales (system, parameters with per-body values averaged) -------------------
+def _scale_spring(system, pr):  # k r^2 / 2 at the smallest start radius
+    return pr["k"] * 0.5 * system.radius[0] ** 2
+
+
+def _scale_pendulum(system, pr):
+    return pr["m"] * pr["g"] * pr["l"]
+
+
+def _scale_gravity(system, pr):
+    return pr["g"] * pr["m"] ** 2
+
+
 PHYSICS = {
     "mass_spring": Physics(_h_mass_spring, _g_mass_spring, _pos_mass_spring, _init_mass_spring,
-                           lambda s, pr: pr["k"] * 0.5 * s.radius[0] ** 2),
+                           _scale_spring),
     "pendulum": Physics(_h_pendulum, _g_pendulum, _pos_pendulum, _init_pendulum,
-                        lambda s, pr: pr["m"] * pr["g"] * pr["l"], angular=True),
+                        _scale_pendulum, angular=True),
     "double_pendulum": Physics(_h_double_pendulum, _g_double_pendulum, _pos_double_pendulum,
-                               _init_double_pendulum, lambda s, pr: pr["m"] * pr["g"] * pr["l"],
-                               body_params=("m", "l"), angular=True, h_crosses_zero=True),
-    "two_body": Physics(_h_nbody, _g_nbody, _pos_nbody, _init_two_body,
-                        lambda s, pr: pr["g"] * pr["m"] ** 2, body_params=("m",),
-                        interchangeable=True),
-    "three_body": Physics(_h_nbody, _g_nbody, _pos_nbody, _init_three_body,
-                          lambda s, pr: pr["g"] * pr["m"] ** 2, body_params=("m",),
-                          interchangeable=True, adaptive=True),
+                               _init_double_pendulum, _scale_pendulum, body_params=("m", "l"),
+                               angular=True, h_crosses_zero=True),
+    "two_body": Physics(_h_nbody, _g_nbody, _pos_nbody, _init_two_body, _scale_gravity,
+                        body_params=("m",), interchangeable=True),
+    "three_body": Physics(_h_nbody, _g_nbody, _pos_nbody, _init_three_body, _scale_gravity,
+                          body_params=("m",), interchangeable=True, adaptive=True),
 }
 
 

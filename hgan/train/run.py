@@ -64,12 +64,16 @@ def resume_config(ckpt: dict, cli: RunConfig, ckpt_path: str,
     return replace(saved, out=run_dir, **changes)
 
 
-def _check_not_behind(path: str, iteration: int, run_dir: str):
+def _check_not_behind(path: str, iteration: int, out: str):
     """Resuming a kept snapshot (iter_N.pt) in its own run would overwrite that run's newer
-    last.pt, samples and TensorBoard steps: it continues in a new --out instead, or rewinds
-    the run once its last.pt is deleted (deliberately: TensorBoard's later steps go too)."""
+    last.pt, samples and TensorBoard steps: it continues in a new --out instead (a branch:
+    nothing to check), or rewinds the run once its last.pt is deleted (deliberately:
+    TensorBoard's later steps go too)."""
+    run_dir = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if os.path.realpath(out) != os.path.realpath(run_dir):
+        return
     last = os.path.join(run_dir, "checkpoints", "last.pt")
-    if os.path.exists(path) and os.path.exists(last) and os.path.samefile(path, last):
+    if os.path.exists(last) and os.path.samefile(path, last):
         return
     try:
         newest = int(torch.load(last, map_location="cpu", weights_only=True, mmap=True)["iteration"])
@@ -158,9 +162,7 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=N
                 print(f"[hgan] {cfg.out} is already at iteration {ckpt['iteration']} >= --iters "
                       f"{cfg.iters}: nothing to do", flush=True)
             return Setup(cfg, checkpoint=path, iteration=int(ckpt["iteration"]))
-        if os.path.realpath(cfg.out) == os.path.realpath(os.path.dirname(os.path.dirname(
-                os.path.abspath(path)))):
-            _check_not_behind(path, int(ckpt["iteration"]), cfg.out)
+        _check_not_behind(path, int(ckpt["iteration"]), cfg.out)
     else:
         _check_new_run_dir(cfg.out)
     _check_writable(cfg.out)
