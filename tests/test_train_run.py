@@ -269,6 +269,22 @@ def test_resume_is_bit_identical(tiny_pendulum_h5, tmp_path):
     assert any(not torch.equal(v, params(one)[k]) for k, v in pa.items())
 
 
+def test_runs_of_one_seed_store_the_same_python_and_numpy_rng_states(tiny_pendulum_h5, tmp_path):
+    import random
+
+    import numpy as np
+    states = []
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        random.random(), np.random.rand()  # whatever ran before in the process
+        ckpt = load_checkpoint(train(tiny_cfg(tiny_pendulum_h5, tmp_path / name, iters=1,
+                                              seed=seed))["checkpoint"])
+        states.append((ckpt["rng"]["python"], ckpt["rng"]["numpy"]["keys"], ckpt["rng"]["torch"]))
+    (pa, na, ta), (pb, nb, tb), (pc, nc, _) = states
+    assert torch.equal(ta, tb)
+    assert pa == pb and torch.equal(na, nb)
+    assert pa != pc and not torch.equal(na, nc)
+
+
 def test_the_grad_scalers_state_is_checkpointed_and_resumed(tiny_pendulum_h5, tmp_path,
                                                             monkeypatch):
     # The scaler runs with fp16 on CUDA only; its bookkeeping is the same on CPU (in fp32 here).

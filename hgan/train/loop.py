@@ -9,9 +9,11 @@ On CUDA the step is replayed as two CUDA graphs where the configuration allows
 (hgan.train.capture); the eager step below is the reference it is tested against.
 """
 import os
+import random
 import sys
 import warnings
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
@@ -227,6 +229,10 @@ class Trainer:
             raise ValueError(f"{refusal} (--batch-size {cfg.batch_size}"
                              + (f" over {ranks} ranks)" if ranks > 1 else ")"))
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        # Nothing in training draws from these, but checkpoints store their states: seeded,
+        # two runs of one seed write the same checkpoint whatever ran before in the process.
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
         self.models = build_models(cfg.model, self.device)
         self.G, self.D_I, self.D_V = self.models.generator, self.models.image_disc, self.models.video_disc
         self.amp_dtype, use_scaler = amp_policy(self.device, cfg.amp, cfg.amp_dtype)
