@@ -225,17 +225,17 @@ def test_a_bad_run_fails_alone_with_train_py_exit_code(data_root, tmp_path, caps
 
 
 def test_a_resumed_checkpoint_that_cannot_be_packed_is_refused(data_root, tmp_path, capsys):
-    # --profile is not a flag a resume may change: it comes from the checkpoint, which the
+    # --compile is not a flag a resume may change: it comes from the checkpoint, which the
     # refusal must read, not the command line.
-    run = tmp_path / "was-profiled"
+    run = tmp_path / "was-compiled"
     assert train_cli.main(flags(data_root, run, iters=1)) == 0
     path = run / "checkpoints" / "last.pt"
     ck = torch.load(path, weights_only=True)
-    ck["config"]["profile"] = True
+    ck["config"]["compile"] = True
     torch.save(ck, path)
     assert pack.main(["--", "--resume", str(run), "--iters", "2", "--device", "cpu"]) == 2
     out = capsys.readouterr().out
-    assert "[0] train.py: error: --profile cannot run in a packed process" in out
+    assert "[0] train.py: error: --compile cannot run in a packed process" in out
     assert weights(run)[0] == 1
 
 

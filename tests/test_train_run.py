@@ -381,6 +381,22 @@ def test_profile_flag_writes_a_trace(tiny_pendulum_h5, tmp_path):
     assert any(f.endswith(".json") or f.endswith(".json.gz") for f in files), files
 
 
+def test_a_resumed_profiled_run_profiles_again_only_when_asked(tiny_pendulum_h5, tmp_path):
+    def traces():
+        return sorted(f for _, _, fs in os.walk(tmp_path / "prof" / "profile") for f in fs
+                      if f.endswith(".pt.trace.json"))
+
+    cfg = tiny_cfg(tiny_pendulum_h5, tmp_path / "prof", model="mocogan", iters=6, profile=True)
+    train(cfg)
+    first = traces()
+    assert len(first) == 1, first
+    last = str(tmp_path / "prof" / "checkpoints" / "last.pt")
+    train(cfg, resume=last, given={"iters": 12})  # as `train.py --resume RUN --iters 12`
+    assert traces() == first and load_checkpoint(last)["config"]["profile"] is False
+    train(cfg, resume=last, given={"iters": 18, "profile": True})
+    assert len(traces()) == 2
+
+
 @pytest.mark.parametrize("rollout", [0, 6, 11])
 def test_generated_videos_are_random_windows_of_the_rollout(tiny_pendulum_h5, tmp_path, rollout):
     # Real videos are --frames windows of longer trajectories; a generated one is a --frames

@@ -45,9 +45,9 @@ threads no run owns (TensorBoard's writer, the main thread) are untagged: the ru
 them to every run's log. One-time warnings (Python's, the integrator's fallback) are issued once
 per process, by whichever run gets there first: they are written untagged, naming that run, so
 that every run's log shows them.
-Not packed: --compile (dynamo compiles one thread at a time at best) and --profile (one
-profiler per process), also when a resumed checkpoint has them; torchrun (DDP has one run
-per process by design).
+Not packed: --compile (dynamo compiles one thread at a time at best), also when a resumed
+checkpoint has it, and --profile (one profiler per process); torchrun (DDP has one run per
+process by design).
 """
 import os
 import re

@@ -61,6 +61,9 @@ def resume_config(ckpt: dict, cli: RunConfig, ckpt_path: str,
         if not _same_setting(name, value, have, saved):
             raise ValueError(f"--{name.replace('_', '-')} cannot change on resume (the run has "
                              f"{have}, got {value})")
+    # Profiling is something one invocation asks for, not a property of the run: resuming a
+    # profiled run without --profile trains without the profiler.
+    changes.setdefault("profile", False)
     return replace(saved, out=run_dir, **changes)
 
 
