@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from hgan.evaluate import cli, fvd, structure
+from hgan.evaluate import cli, fvd, report, structure
 from hgan.models import ModelConfig, build_models
 
 
@@ -208,7 +208,7 @@ def test_compare_table_carries_iterations(tmp_path, capsys):
         d.mkdir(parents=True)
         (d / "results.json").write_text(json.dumps({
             "model": model, "system": system, "iteration": it, "fvd": {"skipped": "no detector"},
-            "physics": {"energy_drift": {"generated": {"median": drift}},
+            "physics": {"energy_drift": {"generated": {"median": drift}, "relative_to": "|mean H|"},
                         "frechet_state_distance": {"generated": 2.5}},
             "cyclic": {"active_momenta": None, "energy_rollout": None}}))
         return str(tmp_path / name)
@@ -228,7 +228,6 @@ def test_compare_table_carries_iterations(tmp_path, capsys):
 
 def test_compare_cells_show_each_value_where_its_column_says():
     # Every number distinct, so a cell showing a neighbour's value cannot pass.
-    from hgan.evaluate import report
     r = {"model": "hgan", "system": "pendulum", "iteration": 100,
          "fvd": {"fvd_mean": 123.45, "fvd_std": 6.78},
          "cyclic": {"active_momenta": {"active_dims": 1, "k": 3},
@@ -260,15 +259,37 @@ def test_fvd_on_clips_the_gan_trained_on_is_not_canonical(tmp_path, data_copy, t
     assert canonical == {"seen": (True, False), "held_out": (False, True)}
 
 
+def test_compare_and_report_mark_drift_against_the_energy_scale_as_older(tmp_path):
+    def run(name, system, drift):
+        d = tmp_path / name / "eval"
+        d.mkdir(parents=True)
+        r = {"model": "hgan", "system": system, "iteration": 10, "fvd": {"skipped": "none"},
+             "physics": {"energy_drift": {"generated": {"median": drift}},
+                         "frechet_state_distance": {"generated": 2.5, "angles": "cos, sin"}},
+             "settings": {"probe_version": 3}}
+        (d / "results.json").write_text(json.dumps(r))
+        return str(tmp_path / name)
+
+    # no "relative_to": written when every system's drift was floored at its energy scale
+    text = cli.main(["compare", run("a", "two_body", 0.0116), run("b", "double_pendulum", 0.25)])
+    drift = text.split("###")[1]
+    assert "n/a (drift against the energy scale: older results, not comparable)" in drift
+    assert "0.0116" not in drift and "0.25 (10 it)" in drift  # the double pendulum kept its floor
+    r = _results_with_distinct_numbers()
+    assert "energy drift = std/|mean H| of" in report.checkpoint_report(r)
+    del r["physics"]["energy_drift"]["relative_to"]
+    assert "energy drift = std/max(|mean H|, energy scale) of" in report.checkpoint_report(r)
+
+
 def _results_with_distinct_numbers():
     """A results.json dict whose every reported number differs from every other."""
     return {"model": "hgan", "system": "pendulum", "checkpoint": "c.pt", "iteration": 100,
             "data": "train.h5", "device": "cpu", "real_seen_in_training": False,
             "physics": {"probe_rmse": [0.011, 0.022], "probe_rel_rmse": [0.033, 0.044],
                         "num_videos": 8, "frames": 16,
-                        "energy_drift": {k: {"median": v} for k, v in (
+                        "energy_drift": {**{k: {"median": v} for k, v in (
                             ("noise_floor", 0.101), ("real", 0.202), ("shuffled_real", 0.303),
-                            ("generated", 0.404))},
+                            ("generated", 0.404))}, "relative_to": "|mean H|"},
                         "frechet_state_distance": {"real_half_vs_half": 1.11, "shuffled_real": 2.22,
                                                    "generated": 3.33,
                                                    "generated_half_vs_real_half": 4.44,
@@ -284,7 +305,6 @@ def _results_with_distinct_numbers():
 
 
 def test_the_checkpoint_report_puts_each_number_in_its_row():
-    from hgan.evaluate import report
     text = report.checkpoint_report(_results_with_distinct_numbers())
     assert "| probe noise floor (true states + probe error) | 0.101 | |" in text
     assert "| real, held-out | 0.202 | 1.11 (half vs half) |" in text
@@ -296,7 +316,6 @@ def test_the_checkpoint_report_puts_each_number_in_its_row():
 
 
 def test_compare_cells_show_the_half_vs_half_state_distance_first():
-    from hgan.evaluate import report
     text = report.compare_table([_results_with_distinct_numbers()])
     assert "| hgan | 4.44 (3.33) (100 it) |" in text
 
@@ -437,7 +456,8 @@ def _physics(gen, real, floor, rel=(0.1, 0.2)):
     return {"probe_rmse": [0.01] * len(rel), "probe_rel_rmse": list(rel), "num_videos": 8,
             "frames": 16,
             "energy_drift": {"generated": {"median": gen}, "real": {"median": real},
-                             "noise_floor": {"median": floor}, "shuffled_real": {"median": 1.0}},
+                             "noise_floor": {"median": floor}, "shuffled_real": {"median": 1.0},
+                             "relative_to": "|mean H|"},
             "frechet_state_distance": {"generated": 2.5, "shuffled_real": 9.0, "angles": None,
                                        "real_half_vs_half": 1.0,
                                        "generated_half_vs_real_half": 3.5}}
@@ -451,7 +471,6 @@ def _result(system, model, physics, **settings):
 
 
 def test_the_report_says_when_the_physics_numbers_cannot_order_anything():
-    from hgan.evaluate import report
     fine = report.checkpoint_report(_result("mass_spring", "hgan", _physics(0.3, 0.1, 0.05)))
     assert "reads the state poorly" not in fine and "drift no more than real" not in fine
     poor = report.checkpoint_report(_result("mass_spring", "hgan",
@@ -463,7 +482,6 @@ def test_the_report_says_when_the_physics_numbers_cannot_order_anything():
 
 
 def test_compare_marks_drifts_at_real_level_old_n_body_results_and_differing_settings():
-    from hgan.evaluate import report
     runs = [_result("three_body", "hgan", _physics(0.05, 0.2, 0.1)),
             _result("three_body", "mocogan", _physics(0.5, 0.2, 0.1), probe_steps=3000),
             _result("two_body", "hgan", _physics(0.5, 0.2, 0.1)),

@@ -244,7 +244,7 @@ def _results(tmp_path, name, model, system, drift, seed=None):
     d.mkdir()
     (d / "results.json").write_text(json.dumps({
         "model": model, "system": system, "iteration": 100, "config": {"seed": seed},
-        "physics": {"energy_drift": {"generated": {"median": drift}},
+        "physics": {"energy_drift": {"generated": {"median": drift}, "relative_to": "|mean H|"},
                     "frechet_state_distance": {"generated": 1.0}}}))
     return str(d)
 

@@ -15,8 +15,9 @@ def test_energy_drift_with_per_body_masses_matches_closed_form():
     h = np.array([-g * m1 * m2 / 2, 1.0 / (2 * m1) - g * m1 * m2 / 2])  # -0.375, 0.625
     drift = probe.energy_drift(system, np.array([[rest, moving]]),
                                {"m": [[m1, m2]], "g": [g]})
-    scale = g * ((m1 + m2) / 2) ** 2  # the n-body floor: g * mean(m)^2
-    np.testing.assert_allclose(drift, [h.std() / max(abs(h.mean()), scale)], rtol=1e-12)
+    # The spec's std/|mean|: 0.5 / 0.125, though |mean| is far below g * mean(m)^2 = 1.
+    np.testing.assert_allclose(drift, [h.std() / abs(h.mean())], rtol=1e-12)
+    np.testing.assert_allclose(drift, [4.0], rtol=1e-12)
     # Swapping the masses changes H: the metric uses each body's own mass.
     swapped = probe.energy_drift(system, np.array([[rest, moving]]),
                                  {"m": [[m2, m1]], "g": [g]})
@@ -47,3 +48,19 @@ def test_energy_drift_divides_by_the_size_of_a_negative_mean_energy():
                                                            "g": np.array([1.0])}), [[-2.0, -4.0]])
     drift = probe.energy_drift(system, states, {"m": [[1.0, 1.0]], "g": [1.0]})
     np.testing.assert_allclose(drift, [1 / 3], rtol=1e-12)
+
+
+def test_a_double_pendulum_drift_is_floored_at_m_g_l_where_its_energy_crosses_zero():
+    # Hanging at rest, then with p1 = p2 = 0 at angles where the potential is 0 on average:
+    # H = -(m1 + m2) g l1 cos q1 - m2 g l2 cos q2. With m = l = g = 1: rest -3, and q1 = q2 = pi/2
+    # gives 0, q1 = q2 = pi gives +3: mean 0, std sqrt(6). Against |mean| the drift would be
+    # infinite; against the energy scale m g l = 1 it is sqrt(6).
+    system = get_system("double_pendulum_colors")
+    pr = {"m": [[1.0, 1.0]], "l": [[1.0, 1.0]], "g": [1.0]}
+    states = np.array([[[0.0, 0.0, 0.0, 0.0], [np.pi / 2, np.pi / 2, 0.0, 0.0],
+                        [np.pi, np.pi, 0.0, 0.0]]])
+    np.testing.assert_allclose(system.hamiltonian(states, {k: np.asarray(v) for k, v in pr.items()}),
+                               [[-3.0, 0.0, 3.0]], atol=1e-12)
+    np.testing.assert_allclose(probe.energy_drift(system, states, pr), [np.sqrt(6.0)], rtol=1e-12)
+    assert probe.drift_relative_to(system) == "max(|mean H|, energy scale)"
+    assert probe.drift_relative_to(get_system("two_body")) == "|mean H|"

@@ -22,7 +22,8 @@ def _results(drift, *, real=0.01, noise_floor=0.008, mass_ratio=None, active=Non
              iteration=100):
     res = {"iteration": iteration, "metrics": ["physics", "cyclic", "appearance"],
            "physics": {"energy_drift": {"generated": {"median": drift}, "real": {"median": real},
-                                        "noise_floor": {"median": noise_floor}}},
+                                        "noise_floor": {"median": noise_floor},
+                                        "relative_to": "|mean H|"}},
            "appearance": {"generated": {"median": 0.01}, "real": {"median": 0.003},
                           "generated_flagged": 0.0, "real_flagged": 0.0},
            "cyclic": {"active_momenta": None if active is None else {

@@ -58,8 +58,9 @@ def test_n_body_results_of_an_older_probe_are_evaluated_again_and_left_out(tmp_p
     with open(three.path("eval", "results.json"), "w") as f:
         json.dump(r, f)
     assert pendulum.evaluated() and not three.evaluated()
-    physics = {"energy_drift": {k: {"median": v} for k, v in
-                                (("generated", 0.3), ("real", 0.2), ("noise_floor", 0.1))},
+    physics = {"energy_drift": {**{k: {"median": v} for k, v in
+                                   (("generated", 0.3), ("real", 0.2), ("noise_floor", 0.1))},
+                                "relative_to": "|mean H|"},
                "frechet_state_distance": {"generated_half_vs_real_half": 3.5,
                                           "real_half_vs_half": 1.0}}
     old = {"system": "three_body", "settings": {}, "physics": physics}
@@ -70,7 +71,14 @@ def test_n_body_results_of_an_older_probe_are_evaluated_again_and_left_out(tmp_p
         assert table.REAL[key][1](old) is None and table.REAL[key][1](new) is not None
     pend = {**old, "system": "pendulum", "physics": {**physics, "frechet_state_distance": {
         **physics["frechet_state_distance"], "angles": "cos, sin"}}}
-    assert next(m[2] for m in table.METRICS if m[0] == "energy_drift")(pend) == 0.3
+    drift = next(m[2] for m in table.METRICS if m[0] == "energy_drift")
+    assert drift(pend) == 0.3
+    # Before "relative_to", every system's drift divided by max(|mean H|, energy scale):
+    # another metric, except where H crosses zero (the double pendulum kept that floor).
+    floored = {**pend, "physics": {**pend["physics"], "energy_drift": {
+        k: v for k, v in physics["energy_drift"].items() if k != "relative_to"}}}
+    assert drift(floored) is None and table.REAL["energy_drift"][1](floored) is None
+    assert drift({**floored, "system": "double_pendulum"}) == 0.3
 
 
 def test_run_states_and_commands(tmp_path):
@@ -195,7 +203,8 @@ def test_output_pump_reads_tqdm_progress_and_collapses_updates():
 def _results(drift, active, iteration=100, appearance=0.01):
     return {"iteration": iteration, "metrics": ["physics", "cyclic", "appearance"],
             "physics": {"energy_drift": {"generated": {"median": drift}, "real": {"median": 0.01},
-                                         "noise_floor": {"median": 0.008}},
+                                         "noise_floor": {"median": 0.008},
+                                         "relative_to": "|mean H|"},
                         "frechet_state_distance": {"generated": 10 * drift, "real_half_vs_half": 0.1}},
             "appearance": {"generated": {"median": appearance}, "real": {"median": 0.003},
                            "generated_flagged": 0.0, "real_flagged": 0.0},

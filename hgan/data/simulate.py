@@ -149,17 +149,11 @@ def mass_spring_exact(x0, pr, frames):
 def energy_drift(system, states, pr):
     """max_t |H(t) - H(0)| / |H(0)| per trajectory (the spec's relative drift), float64 states.
 
-    Only a system whose H crosses zero (Physics.h_crosses_zero: the double pendulum) is
-    measured against max(|H(0)|, its energy scale), m g l there.
-    The other systems' energy scale stays out of it: for the n-body sets g m^2 reaches about
-    3.4 where a bound orbit's |H(0)| is 0.05 to 1.2, and a two_body_colors trajectory whose
-    relative drift was 1.1e-6 passed as 4.7e-7 (a review found it at index 1098, seed 0)."""
+    |H(0)| is floored at the energy scale only where H crosses zero (System.drift_denominator):
+    against g m^2, a two_body_colors trajectory whose relative drift was 1.1e-6 passed as
+    4.7e-7 (a review found it at index 1098, seed 0)."""
     e = system.hamiltonian(states, pr)
-    floor = system.energy_scale(pr)
-    if not system.physics.h_crosses_zero:
-        floor = 1e-9 * floor        # only a guard against dividing by an H(0) of 0
-    scale = np.maximum(np.abs(e[:, 0]), floor)
-    return np.abs(e - e[:, :1]).max(1) / scale
+    return np.abs(e - e[:, :1]).max(1) / system.drift_denominator(e[:, 0], pr)
 
 
 def integrate(system, x0, pr, frames, substeps=SUBSTEPS):

@@ -135,6 +135,7 @@ def physics_metrics(generator, ds, system, data_path, held_out, *, n, frames, se
         "real": probe.summarize(probe.energy_drift(system, real_p, params)),
         "shuffled_real": probe.summarize(probe.energy_drift(system, shuf_p, params)),
         "generated": probe.summarize(probe.energy_drift(system, gen_p, gen_params)),
+        "relative_to": probe.drift_relative_to(system),
     }
     # The real reference compares two halves: the generated videos' value at the same sample
     # sizes (half of them against the second real half) is the one to set beside it, since a

@@ -7,7 +7,8 @@ to any video. Its metrics:
 - ``probe_rmse``: its error on held-out real data (per state dimension), reported beside
   everything else because it bounds what the other numbers can resolve;
 - ``energy_drift``: std/|mean| of the true Hamiltonian (true parameters) of the probed
-  states along each video; ``noise_floor`` is the drift that the probe's own error alone
+  states along each video (|mean| floored at the energy scale where H crosses zero);
+  ``noise_floor`` is the drift that the probe's own error alone
   produces on exactly conserved real trajectories (true states plus Gaussian noise of the
   measured RMSE), so real videos should sit near it and broken dynamics clearly above;
 - ``frechet_state_distance``: Frechet distance between probed state trajectories
@@ -310,17 +311,29 @@ def probe_rmse(probe, frames, states):
 
 def energy_drift(system, states, params):
     """std/|mean| of the true H along each video: states [N, T, S], params name -> [N], or
-    [N, n_bodies] for per-body parameters (system.param_shape).
+    [N, n_bodies] for per-body parameters (system.param_shape). Returns [N].
 
-    The denominator is floored at the system's energy scale because H can cross zero
-    (double pendulum). Returns [N]."""
+    |mean| is floored at the energy scale only where H crosses zero (the double pendulum:
+    System.drift_denominator, as the data's own accuracy check)."""
     states = np.asarray(states, dtype=np.float64)
     n = len(states)
     params = {k: np.asarray(v, dtype=np.float64).reshape((n,) + system.param_shape(k))
               for k, v in params.items()}
     h = np.asarray(system.hamiltonian(states, params), dtype=np.float64)  # [N, T]
-    scale = np.broadcast_to(np.asarray(system.energy_scale(params), dtype=np.float64), (n,))
-    return h.std(axis=1) / np.maximum(np.abs(h.mean(axis=1)), scale)
+    return h.std(axis=1) / np.broadcast_to(system.drift_denominator(h.mean(axis=1), params), (n,))
+
+
+def drift_relative_to(system) -> str:
+    """How energy_drift's denominator reads, for results.json (older files lack it)."""
+    return "max(|mean H|, energy scale)" if system.physics.h_crosses_zero else "|mean H|"
+
+
+def floored_drift(results) -> bool:
+    """True for a results.json written before energy_drift divided by |mean H| alone where H
+    does not cross zero (no "relative_to"): it divided by max(|mean H|, energy scale) for
+    every system, which shrank the n-body sets' drift up to ~6x; another metric."""
+    d = (results.get("physics") or {}).get("energy_drift") or {}
+    return "relative_to" not in d and not _physics_flag(results.get("system"), "h_crosses_zero")
 
 
 def noise_floor(system, states, params, rmse, seed=0):

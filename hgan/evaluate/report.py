@@ -3,7 +3,7 @@ import json
 import os
 
 from hgan.evaluate import structure
-from hgan.evaluate.probe import is_angular, is_nbody
+from hgan.evaluate.probe import floored_drift, is_angular, is_nbody
 
 POOR_PROBE = 0.5  # relative RMSE above which the probe explains under 3/4 of a state's variance
 
@@ -43,8 +43,9 @@ def checkpoint_report(results):
                   f"Probe RMSE on held-out real data per state dimension (q..., p...): "
                   f"{', '.join(_fmt(v, 3) for v in ph['probe_rmse'])} "
                   f"(relative to the state std: {', '.join(_fmt(v, 3) for v in ph['probe_rel_rmse'])}).", "",
-                  f"{ph['num_videos']} videos of {ph['frames']} frames; energy drift = std/|mean| of the "
-                  "true Hamiltonian of probed states along each video (median over videos).", "",
+                  f"{ph['num_videos']} videos of {ph['frames']} frames; energy drift = std/"
+                  f"{d.get('relative_to', 'max(|mean H|, energy scale)')} of the true Hamiltonian "
+                  "H of probed states along each video (median over videos).", "",
                   "| videos | energy drift (median) | Frechet state distance to real |",
                   "|---|---|---|",
                   f"| probe noise floor (true states + probe error) | {_fmt(d['noise_floor']['median'])} | |",
@@ -107,8 +108,8 @@ def _physics_caveats(ph):
     if d["generated"]["median"] <= real:
         out += [f"Generated videos drift no more than real ones ({_fmt(d['generated']['median'], 3)}"
                 f" <= {_fmt(real, 3)}, the larger of real's and the noise floor): this measure "
-                "cannot tell their motion from real motion. A still or empty video scores low "
-                "too: read the samples and the appearance metric beside it.", ""]
+                "cannot tell their motion from real motion. A still or empty video can score "
+                "as low: read the samples and the appearance metric beside it.", ""]
     return out
 
 
@@ -145,11 +146,14 @@ def bodies_by_index(r):
 
 
 _BY_INDEX = "n/a (n-body states in index order: older results, not comparable)"
+_FLOORED = "n/a (drift against the energy scale: older results, not comparable)"
 
 
 def _drift_cell(r):
     if bodies_by_index(r):
         return _BY_INDEX
+    if floored_drift(r):
+        return _FLOORED
     d = r["physics"]["energy_drift"]
     gen = d["generated"]["median"]
     refs = [d[k]["median"] for k in ("real", "noise_floor") if k in d]
