@@ -91,6 +91,21 @@ def test_blank_videos_show_in_the_mass_ratio(pendulum_clips):
     assert res["mass_ratio"] < 0.01 and res["generated"]["median"] == 0
 
 
+@pytest.mark.parametrize("num_colors", [1, 2, 3, 6])
+@pytest.mark.parametrize("value", [0, 128, 255])
+def test_a_flat_grey_black_or_white_frame_has_no_mass(num_colors, value):
+    # Far from the background but on no palette colour's line from it: a blank generator's
+    # frame. Counted by its projection it weighed 0.03 to 30 real objects.
+    flat = np.full((1, 2, 8, 8, 3), value, np.uint8)
+    assert appearance.color_mass(flat, num_colors).max() == 0
+
+
+def test_a_blank_generator_has_a_mass_ratio_near_zero(pendulum_clips):
+    grey = np.full_like(pendulum_clips[12:], 128)
+    res = appearance.appearance_consistency(pendulum_clips[:12], grey, 1)
+    assert res["mass_ratio"] < 0.01
+
+
 def test_bad_input_is_named():
     with pytest.raises(ValueError, match="uint8"):
         appearance.color_mass(np.zeros((1, 2, 8, 8, 3), np.float32), 1)
