@@ -222,3 +222,30 @@ def test_physics_metrics_with_fewer_than_two_held_out_videos_are_refused_before_
     with pytest.raises(GridError, match=r"would give 1 \(--test-traj 8, --physics-videos 1\)"):
         check_flags(_spec(tmp_path, test_traj=8, eval_args=("--physics-videos", "1")))
     check_flags(_spec(tmp_path, test_traj=1, eval_metrics="cyclic"))  # no physics: no limit
+
+
+@pytest.mark.parametrize("what, extra, flag, option", [
+    ("train_args", ("--out", "elsewhere"), "--out", "--out"),
+    ("train_args", ("--batch-size=4",), "--batch-size", "--batch-size"),
+    ("train_args", ("--batch", "4"), "--batch-size", "--batch-size"),  # an abbreviation
+    ("train_args", ("--system", "two_body"), "--system", "--systems"),
+    ("train_args", ("--seed", "3"), "--seed", "--seeds"),
+    ("train_args", ("--resolution", "64"), "--resolution", "--resolution"),
+    ("eval_args", ("--out", "elsewhere"), "--out", "--out"),
+    ("eval_args", ("--metrics", "cyclic"), "--metrics", "--eval-metrics"),
+    ("eval_args", ("--checkpoint", "other.pt"), "--checkpoint", "--out"),
+])
+def test_extra_flags_may_not_override_the_grids_own(tmp_path, what, extra, flag, option):
+    # `--train-args '--out X --batch-size 4'` trained into X with batch 4 while compare.md
+    # said batch 16, and the grid logged "0 it" for the run it had asked for.
+    kind = "--train-args" if what == "train_args" else "--eval-args"
+    with pytest.raises(GridError, match=rf"^{kind} {flag}: the grid sets it for every run; use "
+                                        rf"the grid's own {option}$"):
+        check_flags(_spec(tmp_path, **{what: extra}))
+
+
+def test_extra_flags_the_grid_does_not_set_or_that_repeat_its_value_are_accepted(tmp_path):
+    check_flags(_spec(tmp_path, train_args=("--amp", "--batch-size", "16", "--lr", "1e-4"),
+                      eval_args=("--frames", "12", "--physics-videos", "64")))
+    with pytest.raises(GridError, match="grid resumes its own runs"):
+        check_flags(_spec(tmp_path, train_args=("--resume", str(tmp_path))))

@@ -256,13 +256,21 @@ def check_flags(spec):
     from hgan.models.config import batch_refusal
     from hgan.train.config import parse_command_line
     for run in {(r.system, r.model): r for r in spec.runs()}.values():
-        cfg = _parse(parse_command_line, run.train_flags, "--train-args", "python train.py")[0]
+        cfg, resume, _ = _parse(parse_command_line, run.train_flags, "--train-args",
+                                "python train.py")
+        base = _parse(parse_command_line, lambda: run.train_flags(extra=False), "", "")[0]
+        _check_not_owned("--train-args", _TRAIN_OWNED, lambda get: get(cfg), lambda get: get(base))
+        if resume:
+            raise GridError("--train-args --resume: the grid resumes its own runs (run the same "
+                            "command again)")
         # the one check train.py makes only when it builds its models (one process: one rank)
         refusal = batch_refusal(cfg.model, cfg.batch_size)
         if refusal:
             raise GridError(f"{refusal} (--batch-size)")
         args = _parse(eval_parser().parse_args, run.eval_flags, "--eval-args",
                       "python -m hgan.evaluate")
+        base = _parse(eval_parser().parse_args, lambda: run.eval_flags(extra=False), "", "")
+        _check_not_owned("--eval-args", _EVAL_OWNED, lambda get: get(args), lambda get: get(base))
     i3d = _detector(args)
     if "fvd" in args.metrics and i3d and args.frames < fvd.MIN_FRAMES:
         raise GridError(f"evaluation with --frames {args.frames}: FVD's I3D (--i3d) needs at "
@@ -285,6 +293,29 @@ def check_flags(spec):
                         f"trajectories, and the grid makes --test-traj {spec.test_traj}: pass "
                         f"--test-traj {args.fvd_videos} (or --paper-sizes), or --eval-args "
                         f"'--fvd-videos {spec.test_traj}' (not the protocol's 2048)")
+
+
+# Flags the grid sets for every run: an extra flag would win (argparse keeps the last value)
+# and send a run elsewhere, or train it on other settings than compare.md states. Given by
+# what reads the parsed value, so that abbreviations and --flag=value are caught too.
+_TRAIN_OWNED = {
+    "--system": ("--systems", lambda c: c.system), "--model": ("--models", lambda c: c.model.model),
+    "--seed": ("--seeds", lambda c: c.seed), "--iters": ("--iters", lambda c: c.iters),
+    "--batch-size": ("--batch-size", lambda c: c.batch_size),
+    "--frames": ("--frames", lambda c: c.frames),
+    "--resolution": ("--resolution", lambda c: c.model.resolution),
+    "--device": ("--device", lambda c: c.device), "--data": ("--out", lambda c: c.data),
+    "--out": ("--out", lambda c: c.out)}
+_EVAL_OWNED = {
+    "--checkpoint": ("--out", lambda a: a.checkpoint), "--out": ("--out", lambda a: a.out),
+    "--data": ("--out", lambda a: a.data), "--metrics": ("--eval-metrics", lambda a: a.metrics)}
+
+
+def _check_not_owned(what, owned, given, grid):
+    for flag, (option, get) in owned.items():
+        if given(get) != grid(get):
+            raise GridError(f"{what} {flag}: the grid sets it for every run; use the grid's own "
+                            f"{option}")
 
 
 def _parse(parse, flags, what, command):
