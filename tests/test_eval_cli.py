@@ -77,7 +77,7 @@ def test_evaluate_checkpoint_end_to_end(tmp_path, data_copy, monkeypatch, capsys
     assert os.path.samefile(out / saved["checkpoint"], ckpt)
     assert os.path.samefile(out / saved["data"], data_copy)
     assert os.path.samefile(out / saved["real_data"], data_copy)  # no test.h5 beside it
-    assert saved["real_seen_in_training"] and "the GAN did" in text
+    assert saved["real_seen_in_training"] and "the GAN saw them" in text
     assert os.path.samefile(out / saved["physics"]["probe_cache"],
                             str(data_copy).replace(".h5", ".probe.pt"))
     assert saved["config"]["data_path"] == saved["data"]  # absolute in the checkpoint's config
@@ -515,3 +515,41 @@ def test_fewer_held_out_trajectories_than_physics_videos_is_said(tmp_path, capsy
     inputs._check_counts(SimpleNamespace(metrics=["appearance"], frames=16, physics_videos=5),
                          held, None)
     assert capsys.readouterr().err == ""
+
+
+def test_real_clips_from_the_training_set_are_known_under_any_path_or_as_a_copy(
+        tmp_path, tiny_pendulum_h5):
+    # A copy of the training set, or the file through a link, was "not seen in training"
+    # (the check compared path strings), and its FVD counted as canonical.
+    from types import SimpleNamespace
+
+    from hgan.data import generate_dataset, open_h5
+    from hgan.evaluate import inputs
+    from hgan.train.loop import dataset_identity
+    link, copy = tmp_path / "link.h5", tmp_path / "copy.h5"
+    os.symlink(tiny_pendulum_h5, link)
+    shutil.copy(tiny_pendulum_h5, copy)
+    test_split = generate_dataset("pendulum", tmp_path / "d", train=1, test=24, frames=40, seed=0,
+                                  resolution=32, progress=False)["test"]
+    ident = dataset_identity(str(tiny_pendulum_h5))
+
+    def seen(real, trained=ident, data_path=str(tiny_pendulum_h5)):
+        run = SimpleNamespace(config={"data_path": data_path}, trained_dataset=trained,
+                              real_path=str(real), held_out=(open_h5(real), None))
+        return inputs.seen_in_training(run)
+
+    assert seen(tiny_pendulum_h5) and seen(link) and seen(copy)
+    assert seen(copy, data_path="moved/train.h5")            # by the identity the run kept
+    assert not seen(copy, trained=None, data_path="moved/train.h5")  # an older checkpoint
+    assert not seen(test_split)                      # same system, seed and size: the test split
+    assert not seen(copy, trained={**ident, "seed": ident["seed"] + 1}, data_path="moved/train.h5")
+
+
+def test_an_explicit_real_equal_to_data_says_its_last_fifth_is_used(tmp_path, data_copy, capsys):
+    ckpt, _ = _checkpoint(tmp_path, "hgan", data_copy, iteration=3)
+    out = tmp_path / "e"
+    cli.main(["--checkpoint", ckpt, "--out", str(out), "--metrics", "cyclic,physics",
+              "--physics-videos", "4", "--probe-steps", "2", "--device", "cpu",
+              "--real", str(data_copy)])
+    assert "--real is --data: the real clips are its last 20%" in capsys.readouterr().err
+    assert json.loads((out / "results.json").read_text())["real_seen_in_training"]

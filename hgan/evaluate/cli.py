@@ -202,9 +202,7 @@ def _evaluate(args, run):
         results["real_trajectories"] = len(held_out[1])
         # With no test.h5 (or --real) the real clips are --data's last 20%: no probe trained on
         # them, but the GAN did if --data is the file it trained on.
-        trained_on = (run.config or {}).get("data_path")
-        results["real_seen_in_training"] = bool(trained_on) and (
-            os.path.abspath(run.real_path) == os.path.abspath(trained_on))
+        results["real_seen_in_training"] = inputs.seen_in_training(run)
     fig = lambda stem: os.path.join(args.out, stem)  # noqa: E731
     t0 = time.time()
 

@@ -57,7 +57,8 @@ def resolve_device(name):
 
 
 def load_run(path, device):
-    """(generator in eval mode on `device`, run config, training iteration)."""
+    """(generator in eval mode on `device`, run config, training iteration, the checkpoint's
+    dataset_identity of its training set or None)."""
     from hgan.sample import generator_from_checkpoint
     from hgan.train.checkpoint import CheckpointError, load_checkpoint
     try:
@@ -72,7 +73,29 @@ def load_run(path, device):
         generator = generator_from_checkpoint(ckpt, device)
     except CheckpointError as e:
         raise InputError(f"--checkpoint {path}: {e}") from None
-    return generator, ckpt["config"], int(ckpt.get("iteration", -1))
+    return generator, ckpt["config"], int(ckpt.get("iteration", -1)), ckpt.get("dataset")
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them missing
+        return os.path.abspath(a) == os.path.abspath(b)
+
+
+def seen_in_training(run):
+    """Whether the real clips' file is the one the run trained on: the same file under any
+    path (a link, a relative one), or a copy of it, by the identity its checkpoint kept
+    (hgan.train.loop.dataset_identity: system, resolution, seed, trajectories, frames)."""
+    trained_on = (run.config or {}).get("data_path")
+    if trained_on and _same_file(run.real_path, trained_on):
+        return True
+    ident, real = run.trained_dataset, run.held_out[0]
+    if not ident or real.attrs.get("split", "train") != "train":
+        return False
+    now = {"trajectories": len(real), "frames": int(real.frames.shape[1]),
+           **{k: real.attrs.get(k) for k in ("system", "resolution", "seed")}}
+    return all(ident.get(k) is None or ident[k] == v for k, v in now.items())
 
 
 class _CheckedReads:
@@ -127,7 +150,10 @@ def _run_system(args, config):
 def _held_out(args, data_path, ds, system):
     """(file, trajectory indices, path) of the real clips no probe or (with test.h5) GAN saw."""
     real_path = args.real or os.path.join(os.path.dirname(data_path), "test.h5")
-    same = os.path.abspath(real_path) == os.path.abspath(data_path)  # then its last 20%
+    same = _same_file(real_path, data_path)  # then its last 20%
+    if same and args.real:
+        print(f"[evaluate] note: --real is --data: the real clips are its last 20% of "
+              f"trajectories, since the physics probe trains on the first 80%", file=sys.stderr)
     if not same and (args.real or os.path.exists(real_path)):
         what = "--real" if args.real else "held-out data (test.h5 beside --data)"
         real_ds = _open(real_path, what)
@@ -188,9 +214,10 @@ def check(args):
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise InputError(f"--out {args.out} is a file, not a directory")
     device = resolve_device(args.device)
-    generator, config, iteration = load_run(args.checkpoint, device)
+    generator, config, iteration, trained_dataset = load_run(args.checkpoint, device)
     system = _run_system(args, config)
     run = SimpleNamespace(device=device, generator=generator, config=config, iteration=iteration,
+                          trained_dataset=trained_dataset,
                           system=system or "unknown", data_path=args.data or config.get("data_path"),
                           ds=None, held_out=None, real_path=None, detector=None, detector_path=None,
                           fvd_skipped=None)

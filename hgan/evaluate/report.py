@@ -23,8 +23,7 @@ def checkpoint_report(results):
              f"- checkpoint: `{r['checkpoint']}` (iteration {r['iteration']})",
              f"- data: `{r['data']}`", f"- device: {r['device']}"]
     if r.get("real_seen_in_training"):
-        lines += ["- real clips: the last 20% of the training file (no test.h5): the probe did "
-                  "not see them, the GAN did"]
+        lines += ["- real clips: from the file the run trained on (the GAN saw them)"]
     lines += [""]
     fvd = r.get("fvd")
     if fvd:
@@ -114,7 +113,7 @@ def _physics_caveats(ph):
 
 
 def _real_label(r):
-    return ("real, the training file's last 20% (the GAN saw them)"
+    return ("real, from the training file (the GAN saw them)"
             if r.get("real_seen_in_training") else "real, held-out")
 
 
