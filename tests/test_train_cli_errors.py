@@ -490,3 +490,31 @@ def test_installed_as_hgan_train_its_lines_name_hgan_train(data_root, tmp_path, 
     monkeypatch.setattr("sys.argv", ["train.py"])
     code, out, _ = call(["--help"], capsys)
     assert code == 0 and out.startswith("usage: train.py "), out[:80]
+
+
+@pytest.mark.parametrize("workers", ["0", "1"])
+def test_a_damaged_chunk_met_in_training_is_one_line_and_the_checkpoint_is_kept(
+        tiny_pendulum_h5, tmp_path, capsys, workers):
+    # open_h5 reads each file's first and last trajectory; one in between that cannot be
+    # decoded surfaced mid-run as a 40-line loader traceback, with no checkpoint written.
+    import shutil
+
+    import h5py
+    root = tmp_path / "data"
+    (root / "pendulum").mkdir(parents=True)
+    path = root / "pendulum" / "train.h5"
+    shutil.copy(tiny_pendulum_h5, path)
+    with h5py.File(path, "r") as f:
+        n = f["frames"].shape[0]
+        chunks = [f["frames"].id.get_chunk_info_by_coord((i, 0, 0, 0, 0)) for i in range(1, n - 1)]
+    with open(path, "r+b") as f:
+        for info in chunks:
+            f.seek(info.byte_offset)
+            f.write(b"\xff" * info.size)
+    out = tmp_path / "run"
+    argv = TINY + ["--data", str(root), "--out", str(out), "--iters", "5", "--num-workers", workers]
+    code, _, err = call(argv, capsys)
+    assert_one_error_line(code, err, f"{path}: truncated or corrupt data (dataset 'frames', "
+                                     "trajectory", "the run stopped at iteration 0 with its "
+                                     f"checkpoint; resume with --resume {out} once the data reads")
+    assert load_checkpoint(str(out))["iteration"] == 0

@@ -1,7 +1,8 @@
 """`train.py` / `hgan-train`: the command line of training (flags: hgan.train.config).
 
 Exit codes: 0 done (or stopped by a signal after saving a checkpoint); 1 a non-finite loss;
-2 bad input, in one line `train.py: error: ...` (`hgan-train: error: ...` as hgan-train);
+2 bad input, in one line `train.py: error: ...` (`hgan-train: error: ...` as hgan-train),
+also data found unreadable mid-run (after its checkpoint is saved);
 130 / 143 SIGINT / SIGTERM during the setup (while the dataset was generated: nothing of it
 kept; later: nothing of the run written yet). Once the setup is done, a signal saves a
 checkpoint (at iteration 0, or the resumed one, if no step ran yet) and the exit code is 0;
@@ -22,6 +23,7 @@ def bad_input(e: BaseException) -> int:
 
 def main(argv=None) -> int:
     from hgan.data import GenerationInterrupted
+    from hgan.data.h5io import DataFormatError
     from hgan.data.interrupt import raise_interrupted
     from hgan.train import dist as hdist
     from hgan.train.checkpoint import CheckpointError
@@ -62,6 +64,8 @@ def main(argv=None) -> int:
         except NonFiniteLoss as e:
             print(f"[hgan] error: {e}", file=sys.stderr)
             return 1
+        except DataFormatError as e:  # a damaged chunk met in training; the checkpoint is kept
+            return bad_input(e)
         except KeyboardInterrupt:  # a second Ctrl-C while the first one's stop was pending
             if reports_bad_input():
                 print(f"{prog()}: aborted by a second Ctrl-C; the run keeps its last "

@@ -223,6 +223,7 @@ def refuse(cfg):
 def _train_one(i, argv, stop, router, codes):
     """One packed run, in its thread: train.py's phases and exit codes."""
     from hgan.data import GenerationInterrupted
+    from hgan.data.h5io import DataFormatError
     from hgan.train.capture import CAPTURE_LOCK, CaptureFailed
     from hgan.train.checkpoint import CheckpointError
     from hgan.train.cli import bad_input
@@ -268,6 +269,8 @@ def _train_one(i, argv, stop, router, codes):
             except NonFiniteLoss as e:
                 print(f"[hgan] error: {e}", file=sys.stderr)
                 code = 1
+            except DataFormatError as e:  # a damaged chunk met in training; checkpoint kept
+                code = bad_input(e)
             except CaptureFailed as e:  # the others stop too: see SharedStop
                 print(f"[hgan] error: {e}; stopping every run of this process (its CUDA state "
                       f"may be unusable after a failed capture)", file=sys.stderr)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from tqdm.auto import tqdm
 
+from hgan.data.h5io import DataFormatError
 from hgan.data.loader import build_loader
 from hgan.models import ModelConfig
 from hgan.train import capture as hcapture
@@ -333,7 +334,7 @@ def _run(setup: Setup, callback, stop) -> dict:
     bar = tqdm(total=cfg.iters, initial=trainer.iteration, disable=not (main and cfg.progress),
                desc=f"{cfg.model.model}/{cfg.system}", unit="it", dynamic_ncols=True,
                position=0)  # not stacked under another run's bar (hgan.train.pack's threads)
-    last_stats, stopped = {}, None
+    last_stats, stopped, data_error = {}, None, None
     t_log, it_log = time.perf_counter(), trainer.iteration
     try:
         with step_profiler(cfg.out, cfg.profile and main) as prof, \
@@ -349,14 +350,21 @@ def _run(setup: Setup, callback, stop) -> dict:
                 with stage("data"):
                     try:
                         real = next(batches)
-                    except Exception:
+                    except Exception as e:
                         # A signal to the process group can kill a loader worker that is
                         # still starting (a spawned one ignores it only once running, as in
                         # hgan.train.pack): then the loader fails, and the run stops for
                         # the signal, with its checkpoint, like any other.
-                        if stop.signum is None:
+                        if stop.signum is not None:
+                            stopped = _stop_reason(stop)
+                        # A chunk of the data that cannot be read (the file is checked only
+                        # at its ends when opened) stops the run with its checkpoint; under
+                        # torchrun the other ranks would wait for this one in a collective,
+                        # so it ends the process group there instead.
+                        elif isinstance(e, DataFormatError) and not info.enabled:
+                            data_error, stopped = _one_line(e), "unreadable data"
+                        else:
                             raise
-                        stopped = _stop_reason(stop)
                         trainer.flush_checks()  # as every stop: a non-finite loss named here
                         break
                 stats = trainer.step(real, want_stats=want)
@@ -428,4 +436,19 @@ def _run(setup: Setup, callback, stop) -> dict:
         if stopped:
             print(f"[hgan] {stopped}: checkpoint saved at iteration {trainer.iteration} -> "
                   f"{result['checkpoint']}; resume with --resume {cfg.out}", flush=True)
+    if data_error:
+        raise DataFormatError(f"{data_error} (the run stopped at iteration {trainer.iteration} "
+                              f"with its checkpoint; resume with --resume {cfg.out} once the "
+                              f"data reads)")
     return result
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of a DataFormatError, also one re-raised from a loader worker (whose
+    message is "Caught ... in DataLoader worker ...", then the worker's traceback, ending in
+    the original error's line)."""
+    text = str(e).strip()
+    if "\n" not in text:
+        return text
+    last = text.splitlines()[-1]
+    return last.split("DataFormatError: ", 1)[-1]
