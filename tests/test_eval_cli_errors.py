@@ -266,8 +266,19 @@ def test_compare_keeps_several_runs_of_one_model_and_system(tmp_path):
 
 def test_compare_refuses_a_repeated_or_unevaluated_run(tmp_path, capsys):
     d = _results(tmp_path, "p1", "hgan", "pendulum", 0.01)
+    run = tmp_path / "run"
+    (run / "eval").mkdir(parents=True)
+    os.replace(os.path.join(d, "results.json"), run / "eval" / "results.json")
+    d = str(run)
+    (tmp_path / "a-file").write_text("")
     for argv, words in ((["compare", d, d + "/"], ["given twice"]),
-                        (["compare", d, str(tmp_path)], ["no results.json", str(tmp_path)])):
+                        (["compare", d, d + "/eval"], ["given twice"]),  # one results.json
+                        (["compare", d, str(tmp_path)], ["no results.json", str(tmp_path)]),
+                        (["compare", d, "--out", str(tmp_path / "no" / "t.md")],
+                         ["--out", "No such file or directory"]),
+                        (["compare", d, "--out", str(tmp_path)], ["--out", "Is a directory"]),
+                        (["compare", d, "--out", str(tmp_path / "a-file" / "t.md")],
+                         ["--out", "Not a directory"])):
         with pytest.raises(SystemExit) as e:
             cli.main(argv)
         assert e.value.code == 2
@@ -296,3 +307,26 @@ def test_a_generator_of_nan_pixels_is_one_error_line(metric, files, tmp_path, ca
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(f"{PROG}: error: ")
     assert "nan.pt" in err.splitlines()[-1] and "NaN or inf" in err.splitlines()[-1]
     assert not (tmp_path / "e").exists()
+
+
+def test_ctrl_c_during_an_evaluation_is_one_line_and_exit_130(files, tmp_path, capsys,
+                                                              monkeypatch):
+    # It printed a 40-line KeyboardInterrupt traceback (the probe's training, say).
+    def interrupted(args, run):
+        (tmp_path / "e" / "partial.png").write_bytes(b"")  # a figure already written stays
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_evaluate", interrupted)
+    for out, kept in (("e", True), ("new", False)):
+        if not kept:
+            monkeypatch.setattr(cli, "_evaluate", lambda args, run: (_ for _ in ()).throw(
+                KeyboardInterrupt))
+        with pytest.raises(SystemExit) as e:
+            cli.main(["--checkpoint", files["ckpt"], "--out", str(tmp_path / out), *FAST,
+                      "--metrics", "cyclic"])
+        assert e.value.code == 130
+        err = capsys.readouterr().err
+        assert err.strip().splitlines() == [
+            f"{PROG}: interrupted; no results.json was written to {tmp_path / out} (an --out "
+            f"this run created and left empty is removed)"]
+        assert (tmp_path / out).exists() == kept

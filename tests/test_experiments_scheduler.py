@@ -495,6 +495,32 @@ def test_export_keeps_each_runs_summary_and_training_times_but_no_checkpoint(tmp
     assert (dest / "runs/r/experiment.json").read_text() == "runs/r/experiment.json"
 
 
+def test_export_and_the_grid_refuse_an_output_that_is_a_file_or_an_export_into_a_full_folder(
+        tmp_path, capsys):
+    # Exporting a second grid into the first one's copy kept the first grid's runs beside the
+    # second's compare.md; a file as --out or --to was a FileExistsError traceback.
+    from hgan.experiments import cli
+    grid = tmp_path / "g"
+    (grid / "runs" / "r").mkdir(parents=True)
+    (grid / "compare.md").write_text("table")
+    a_file = tmp_path / "strip.png"
+    a_file.write_text("")
+    full = tmp_path / "full"
+    (full / "runs" / "old").mkdir(parents=True)
+    for argv, words in (
+            (["export", str(grid), "--to", str(a_file)], f"--to {a_file} is a file"),
+            (["export", str(grid), "--to", str(a_file / "x")], f"--to {a_file / 'x'}: Not a directory"),
+            (["export", str(grid), "--to", str(full)], f"--to {full} is not empty"),
+            (["table1", "--out", str(a_file), "--device", "cpu"], f"--out {a_file} is a file"),
+            (["table1", "--out", str(a_file / "g"), "--device", "cpu", "--systems", "pendulum",
+              "--models", "hgan", "--iters", "1"], f"--out {a_file / 'g'}: Not a directory")):
+        assert cli.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("hgan.experiments: error: ") and words in err, err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert cli.main(["export", str(grid), "--to", str(tmp_path / "empty")]) == 0
+
+
 def test_a_grid_asked_for_more_iterations_trains_on_and_records_each_segment(tmp_path,
                                                                              fake_jobs):
     # (the stand-in trains from 0 again; the segments record where the run's summary stood)

@@ -293,11 +293,12 @@ def compare(args):
     """The comparison table of evaluated runs; a missing or repeated run is an InputError."""
     seen, rows = {}, []
     for d in args.run_dirs:
-        key = os.path.realpath(d)
-        if key in seen:
-            raise InputError(f"{d} is given twice (as {seen[key]})")
-        seen[key] = d
         try:
+            # by the results.json it reads: RUN and RUN/eval are one run too
+            key = os.path.realpath(report.results_path(d))
+            if key in seen:
+                raise InputError(f"{d} is given twice (as {seen[key]})")
+            seen[key] = d
             rows.append(report.find_results(d))
         except (OSError, ValueError) as e:
             raise InputError(str(e)) from None
@@ -306,8 +307,11 @@ def compare(args):
               "measured at; runs trained for different lengths are not directly comparable.\n\n")
     text = header + table
     if args.out:
-        with open(args.out, "w") as f:
-            f.write(text)
+        try:
+            with open(args.out, "w") as f:
+                f.write(text)
+        except OSError as e:
+            raise InputError(f"--out {args.out}: {e.strerror}") from None
     print(text)
     return text
 
@@ -331,6 +335,10 @@ def main(argv=None):
         return evaluate(args)
     except InputError as e:
         p.error(str(e))
+    except KeyboardInterrupt:
+        print(f"{p.prog}: interrupted; no results.json was written to {args.out} (an --out "
+              f"this run created and left empty is removed)", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 def build_parser():

@@ -171,13 +171,18 @@ def _fsd_cell(r):
             + f" ({_fmt(fsd['generated'], 3)})")
 
 
-def find_results(run_dir):
+def results_path(run_dir):
+    """RUN/results.json, else RUN/eval/results.json; FileNotFoundError naming both."""
     for cand in (os.path.join(run_dir, "results.json"), os.path.join(run_dir, "eval", "results.json")):
         if os.path.isfile(cand):
-            with open(cand) as f:
-                return json.load(f)
+            return cand
     raise FileNotFoundError(f"no results.json in {run_dir} or {run_dir}/eval: run "
                             f"`python -m hgan.evaluate --checkpoint ... --out {run_dir}/eval` first")
+
+
+def find_results(run_dir):
+    with open(results_path(run_dir)) as f:
+        return json.load(f)
 
 
 METRICS = [

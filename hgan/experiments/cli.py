@@ -146,6 +146,8 @@ def _saved_grid(out):
 def table1(a, argv):
     from hgan.experiments import report, runner
     spec = spec_from_args(a)
+    if os.path.exists(spec.out) and not os.path.isdir(spec.out):
+        raise GridError(f"--out {spec.out} is a file, not a directory")
     if a.report_only and not os.path.isdir(spec.out):  # a mistyped --out: no empty table
         raise GridError(f"--report-only: no grid at {spec.out}")
     saved = _saved_grid(spec.out) if a.report_only else None
@@ -155,7 +157,10 @@ def table1(a, argv):
     if not a.report_only:
         check_device(spec.device)
         check_flags(spec)
-    os.makedirs(spec.out, exist_ok=True)
+    try:
+        os.makedirs(spec.out, exist_ok=True)
+    except OSError as e:
+        raise GridError(f"--out {spec.out}: {e.strerror}") from None
     t0 = time.time()
     meta = {"command": "python -m hgan.experiments " + shlex.join(argv), "commit": _commit(),
             "device": _device_name(spec.device)}
@@ -213,6 +218,12 @@ def export(grid_dir, dest):
     keeping the layout so that compare.md's links still work."""
     if not os.path.isfile(os.path.join(grid_dir, "compare.md")):
         raise GridError(f"{grid_dir} has no compare.md: run table1 first")
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise GridError(f"--to {dest} is a file, not a directory")
+    if os.path.isdir(dest) and os.listdir(dest):
+        # merged, another grid's runs would sit beside this one's compare.md
+        raise GridError(f"--to {dest} is not empty: export into a new directory, or delete "
+                        f"{dest} first")
     copied = []
 
     def cp(src, rel):
@@ -258,7 +269,10 @@ def main(argv=None):
     a = build_parser().parse_args(_attach_flag_strings(argv))
     try:
         if a.cmd == "export":
-            n = len(export(a.grid_dir, a.to))
+            try:
+                n = len(export(a.grid_dir, a.to))
+            except OSError as e:  # --to under a file, or unwritable
+                raise GridError(f"--to {a.to}: {e.strerror}") from None
             print(f"[grid] copied {n} files to {a.to}", file=sys.stderr)
             return 0
         return table1(a, argv)
