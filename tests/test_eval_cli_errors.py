@@ -330,3 +330,18 @@ def test_ctrl_c_during_an_evaluation_is_one_line_and_exit_130(files, tmp_path, c
             f"{PROG}: interrupted; no results.json was written to {tmp_path / out} (an --out "
             f"this run created and left empty is removed)"]
         assert (tmp_path / out).exists() == kept
+
+
+def test_re_evaluating_into_an_out_removes_the_earlier_evaluations_figures_only(files, tmp_path):
+    # The previous checkpoint's energy and momenta plots stayed beside the new report.md.
+    out = tmp_path / "e"
+    cli.main(["--checkpoint", files["ckpt"], "--out", str(out), *FAST, "--metrics", "cyclic,samples"])
+    first = json.loads((out / "results.json").read_text())["figures"]
+    assert {"active_momenta", "energy_rollout", "samples_real"} <= set(first)
+    (out / "notes.txt").write_text("mine")
+    cli.main(["--checkpoint", files["ckpt"], "--out", str(out), *FAST, "--metrics", "samples"])
+    second = json.loads((out / "results.json").read_text())["figures"]
+    assert set(second) == {"samples_real", "samples_hgan"}
+    left = sorted(os.listdir(out))
+    assert left == sorted(["notes.txt", "report.md", "results.json", "samples_hgan.gif",
+                           "samples_hgan.png", "samples_real.gif", "samples_real.png"]), left

@@ -269,12 +269,35 @@ def _evaluate(args, run):
                 title=f"{model}: learned H along {args.rollout_steps}-step rollouts")
     results["seconds"] = round(time.time() - t0, 1)
     results = portable_paths(results, args.out)
+    _remove_stale_figures(args.out, results["figures"])
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=1, default=float)
     with open(os.path.join(args.out, "report.md"), "w") as f:
         f.write(report.checkpoint_report(results))
     print(f"[evaluate] wrote {args.out}/results.json and report.md in {results['seconds']} s")
     return results
+
+
+def _remove_stale_figures(out, figures):
+    """Remove the figures an earlier evaluation into `out` wrote (its results.json lists them)
+    that this one did not write again (another metric set or model): beside the new
+    report.md they would pass for this checkpoint's. Called once the new results exist."""
+    try:
+        with open(os.path.join(out, "results.json")) as f:
+            old = json.load(f).get("figures") or {}
+    except (OSError, ValueError, AttributeError):
+        return
+    keep = {os.path.normpath(p) for p in figures.values()}
+    for path in old.values():
+        if not isinstance(path, str) or os.path.isabs(path) or os.path.normpath(path) in keep:
+            continue
+        for name in {path, os.path.splitext(path)[0] + ".gif"}:  # a sample grid's GIF too
+            target = os.path.join(out, name)
+            if os.path.dirname(os.path.abspath(target)) == os.path.abspath(out):
+                try:
+                    os.remove(target)
+                except OSError:
+                    pass
 
 
 class _Rows:
