@@ -345,3 +345,15 @@ def test_re_evaluating_into_an_out_removes_the_earlier_evaluations_figures_only(
     left = sorted(os.listdir(out))
     assert left == sorted(["notes.txt", "report.md", "results.json", "samples_hgan.gif",
                            "samples_hgan.png", "samples_real.gif", "samples_real.png"]), left
+
+
+def test_physics_on_two_frame_clips_is_refused(files, tmp_path, capsys):
+    # One probed state per video: every energy drift came out 0 and the report said "0 <= 0".
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--checkpoint", files["ckpt"], "--out", str(tmp_path / "e"), *FAST,
+                  "--metrics", "physics", "--frames", "2"])
+    assert e.value.code == 2
+    assert "--frames 2: the physics metrics need at least 3" in capsys.readouterr().err
+    assert not (tmp_path / "e").exists()
+    cli.main(["--checkpoint", files["ckpt"], "--out", str(tmp_path / "c"), *FAST,
+              "--metrics", "cyclic", "--frames", "2"])  # nothing probed: 2 frames are fine

@@ -249,3 +249,10 @@ def test_extra_flags_the_grid_does_not_set_or_that_repeat_its_value_are_accepted
                       eval_args=("--frames", "12", "--physics-videos", "64")))
     with pytest.raises(GridError, match="grid resumes its own runs"):
         check_flags(_spec(tmp_path, train_args=("--resume", str(tmp_path))))
+
+
+def test_a_grid_evaluating_physics_on_two_frame_clips_is_refused_before_training(tmp_path):
+    with pytest.raises(GridError, match=r"--frames 2: the physics metrics need at least 3"):
+        check_flags(_spec(tmp_path, frames=2))
+    check_flags(_spec(tmp_path, frames=2, eval_args=("--frames", "3")))
+    check_flags(_spec(tmp_path, frames=2, eval_metrics="cyclic"))

@@ -21,6 +21,9 @@ from hgan.evaluate import fvd, probe
 ALL_METRICS = ("fvd", "physics", "tsne", "samples", "cyclic", "appearance")
 DATA_METRICS = ("fvd", "physics", "samples", "appearance")  # those that read real videos
 MIN_PHYSICS_VIDEOS = 2  # the Frechet state distance needs a covariance
+# The probe reads one state from each frame pair: 2 frames give one state per video, whose
+# energy has no spread to measure (every drift 0).
+MIN_PHYSICS_FRAMES = 3
 
 
 class InputError(ValueError):
@@ -177,6 +180,10 @@ def _check_counts(args, held, detector_path):
     if args.frames > t:
         raise InputError(f"--frames {args.frames} is longer than the held-out trajectories "
                          f"({t} frames in {held[2]})")
+    if "physics" in args.metrics and args.frames < MIN_PHYSICS_FRAMES:
+        raise InputError(f"--frames {args.frames}: the physics metrics need at least "
+                         f"{MIN_PHYSICS_FRAMES} (the probe reads a state from each frame pair; "
+                         f"one state per video has no energy drift to measure)")
     if "physics" in args.metrics and min(n, args.physics_videos) < MIN_PHYSICS_VIDEOS:
         raise InputError(f"the physics metrics need at least {MIN_PHYSICS_VIDEOS} held-out videos; "
                          f"got {min(n, args.physics_videos)} (--physics-videos "

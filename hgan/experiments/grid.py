@@ -278,6 +278,10 @@ def check_flags(spec):
     if args.frames > spec.traj_frames and not args.real:  # --real: not the grid's test.h5
         raise GridError(f"evaluation with --frames {args.frames} is longer than the held-out "
                         f"trajectories (--traj-frames {spec.traj_frames})")
+    from hgan.evaluate.inputs import MIN_PHYSICS_FRAMES
+    if "physics" in args.metrics and args.frames < MIN_PHYSICS_FRAMES:
+        raise GridError(f"evaluation with --frames {args.frames}: the physics metrics need at "
+                        f"least {MIN_PHYSICS_FRAMES}; pass --eval-args '--frames N'")
     if "physics" in args.metrics and not args.real:
         # hgan.evaluate's own check (inputs.MIN_PHYSICS_VIDEOS), made before the training it
         # would otherwise follow
