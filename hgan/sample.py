@@ -78,7 +78,9 @@ def _finite(text):
 
 
 def _out(text):
-    if os.path.isdir(text):  # a folder: the default names inside it, not DIR.gif beside it
+    # A folder (one that exists, or a new one written with a trailing slash): the default
+    # names inside it, not DIR.gif beside it.
+    if os.path.isdir(text) or text.endswith(("/", os.sep)):
         return os.path.join(text, "samples.gif")
     stem, ext = os.path.splitext(os.path.basename(text))
     if not stem:
@@ -123,8 +125,8 @@ def build_parser():
     p.add_argument("--fps", type=_fps, default=10,
                    help=f"GIF frames per second, at most {_MAX_FPS} (default: %(default)s)")
     p.add_argument("--out", type=_out, default="samples.gif",
-                   help="GIF path, or a folder for samples.gif in it; the PNG strip goes beside "
-                        "it (default: %(default)s)")
+                   help="GIF path, or a folder for samples.gif in it (an existing one, or "
+                        "DIR/ to create it); the PNG strip goes beside it (default: %(default)s)")
     return p
 
 

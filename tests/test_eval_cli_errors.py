@@ -76,6 +76,9 @@ BAD = {  # name: (flags, words the error line must contain)
     "no rollout steps": (lambda f: ["--rollout-steps", "0"], ["--rollout-steps", ">= 1"]),
     "unknown metric": (lambda f: ["--metrics", "physics,nope"], ["nope", "appearance"]),
     "bad seeds": (lambda f: ["--seeds", "0,x"], ["--seeds", "0,x"]),
+    "a repeated seed": (lambda f: ["--seeds", "0,1,0"], ["--seeds", "repeated", "0,1,0"]),
+    "a missing --data": (lambda f: ["--data", "nowhere/train.h5"],
+                         ["--data nowhere/train.h5: no such file"]),
 }
 
 

@@ -90,6 +90,11 @@ def test_sample_cli_out_folder_writes_inside_it(checkpoints, tmp_path, capsys):
     assert sorted(os.listdir(folder)) == ["samples.gif", "samples.png"]
     assert sorted(os.listdir(tmp_path)) == ["out"]
     assert np.asarray(Image.open(folder / "samples.png")).shape == (2 * 32, 3 * 32, 3)
+    # a new folder, named as one by its trailing slash, is created (it was refused)
+    rc, _, err = run_cli(capsys, "--checkpoint", checkpoints["hgan"], "--n", "2",
+                         "--frames", "3", "--out", str(tmp_path / "new") + "/")
+    assert rc == 0, err
+    assert sorted(os.listdir(tmp_path / "new")) == ["samples.gif", "samples.png"]
 
 
 def test_sample_cli_clear_errors(checkpoints, tmp_path, capsys):

@@ -46,6 +46,8 @@ def seed_list(text):
         seeds = ()
     if not seeds or min(seeds) < 0:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers >= 0, got {text!r}")
+    if len(set(seeds)) < len(seeds):  # one sample set twice: a spread over seeds of 0
+        raise argparse.ArgumentTypeError(f"a seed is repeated in {text!r}")
     return seeds
 
 
@@ -230,8 +232,11 @@ def check(args):
                           fvd_skipped=None)
     if not any(m in args.metrics for m in DATA_METRICS):
         return run
+    if args.data and not os.path.exists(args.data):
+        raise InputError(f"--data {args.data}: no such file")
     if not run.data_path or not os.path.exists(run.data_path):
-        raise InputError(f"dataset not found ({run.data_path!r}): pass --data PATH.h5")
+        raise InputError(f"the run's dataset was not found ({run.data_path!r}, from its "
+                         f"checkpoint): pass --data PATH.h5")
     run.ds = _open(run.data_path, "--data")
     found = run.ds.attrs["system"]
     if system and found != system:
