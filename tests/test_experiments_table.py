@@ -207,3 +207,27 @@ def test_the_header_states_the_grid_asked_for(tmp_path):
     assert "- wall time of the invocation: 61 s" in text
     assert "- device: CPU x; commit abc;" in text
     assert open(tmp_path / "compare.md").read() == text
+
+
+@pytest.mark.parametrize("systems", [("pendulum",), ("pendulum", "mass_spring")])
+def test_the_bar_charts_title_fits_inside_the_figure(tmp_path, monkeypatch, systems):
+    # Wrapped at 70 characters whatever the figure's width, a one- or two-system chart's
+    # title ran past its right edge.
+    import matplotlib.figure
+    extents = []
+    savefig = matplotlib.figure.Figure.savefig
+
+    def save(fig, path, *a, **k):
+        fig.canvas.draw()
+        extents.append((fig.axes[0].title.get_window_extent(), fig.bbox))
+        return savefig(fig, path, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", save)
+    spec = _spec(tmp_path, systems=systems)
+    for run in spec.runs():
+        _write(run, _results(0.05))
+    for key, title, get, _ in table.METRICS:
+        report._bar_chart(spec, table.collect(spec), key, title, get, str(tmp_path / f"{key}.png"))
+    assert extents
+    for text, fig in extents:
+        assert 0 <= text.x0 and text.x1 <= fig.x1, (text, fig)

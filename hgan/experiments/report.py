@@ -12,7 +12,8 @@ def _bar_chart(spec, rows, key, title, get, path):
     from hgan.evaluate.figures import _matplotlib
     plt = _matplotlib()
     systems, models = list(spec.systems), list(spec.models)
-    fig, ax = plt.subplots(figsize=(1.1 * len(systems) + 2.2, 2.8), dpi=100)
+    width_in = 1.1 * len(systems) + 2.2
+    fig, ax = plt.subplots(figsize=(width_in, 2.8), dpi=100)
     width = 0.8 / max(1, len(models))
     drawn = False
     for i, m in enumerate(models):
@@ -34,7 +35,9 @@ def _bar_chart(spec, rows, key, title, get, path):
         plt.close(fig)
         return None
     ax.set_xticks(np.arange(len(systems)), [s.replace("_", "\n") for s in systems], fontsize=8)
-    ax.set_title(textwrap.fill(title, 70), fontsize=8)  # the metric titles run long
+    # The metric titles run long: wrapped to the figure's width (8-point characters average
+    # about 5 points; 70 characters overflowed a two-system figure's 317 points).
+    ax.set_title(textwrap.fill(title, max(30, int(width_in * 72 / 5.5))), fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path)
