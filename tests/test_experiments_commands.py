@@ -256,3 +256,17 @@ def test_a_grid_evaluating_physics_on_two_frame_clips_is_refused_before_training
         check_flags(_spec(tmp_path, frames=2))
     check_flags(_spec(tmp_path, frames=2, eval_args=("--frames", "3")))
     check_flags(_spec(tmp_path, frames=2, eval_metrics="cyclic"))
+
+
+def test_an_extra_seed_is_refused_whichever_run_it_matches(tmp_path):
+    # Checked on one run per system and model, `--seeds 1,0 --train-args '--seed 0'` passed
+    # (the run checked had seed 0) and would have trained both runs with seed 0.
+    for seeds in ((0, 1), (1, 0)):
+        with pytest.raises(GridError, match="--train-args --seed"):
+            check_flags(_spec(tmp_path, seeds=seeds, train_args=("--seed", "0")))
+
+
+def test_grid_settings_train_py_refuses_are_named_with_extra_flags_given(tmp_path):
+    # The check of the grid's own flags without the extra ones crashed with a TypeError.
+    with pytest.raises(GridError, match="refuses the grid's own settings"):
+        check_flags(_spec(tmp_path, resolution=40, train_args=("--resolution", "32")))

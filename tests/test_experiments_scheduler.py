@@ -509,7 +509,7 @@ def test_export_and_the_grid_refuse_an_output_that_is_a_file_or_an_export_into_a
     (full / "runs" / "old").mkdir(parents=True)
     for argv, words in (
             (["export", str(grid), "--to", str(a_file)], f"--to {a_file} is a file"),
-            (["export", str(grid), "--to", str(a_file / "x")], f"--to {a_file / 'x'}: Not a directory"),
+            (["export", str(grid), "--to", str(a_file / "x")], f"export to {a_file / 'x'}: Not a directory"),
             (["export", str(grid), "--to", str(full)], f"--to {full} is not empty"),
             (["table1", "--out", str(a_file), "--device", "cpu"], f"--out {a_file} is a file"),
             (["table1", "--out", str(a_file / "g"), "--device", "cpu", "--systems", "pendulum",

@@ -40,6 +40,27 @@ def _eval_settings(run):
     return settings(build_parser().parse_args(run.eval_flags()), run.system)
 
 
+def test_results_whose_drift_divided_by_the_energy_scale_are_evaluated_again(tmp_path):
+    # Before "relative_to" the drift of every system was floored at its energy scale: such a
+    # result counted as up to date, and compare.md showed its drift as n/a for good.
+    spec = _spec(tmp_path, systems=("two_body", "double_pendulum"), models=("hgan",))
+    for run in spec.runs():
+        _fake_run(run, 10, results_iter=10)
+        path = run.path("eval", "results.json")
+        with open(path) as f:
+            r = json.load(f)
+        r["system"], r["physics"] = run.system, {"energy_drift": {"generated": {"median": 0.1}}}
+        with open(path, "w") as f:
+            json.dump(r, f)
+    two, double = spec.runs()
+    assert not two.evaluated() and double.evaluated()  # the double pendulum kept its floor
+    r["system"] = "two_body"
+    r["physics"]["energy_drift"]["relative_to"] = "|mean H|"
+    with open(two.path("eval", "results.json"), "w") as f:
+        json.dump({**r, "settings": _eval_settings(two)}, f)
+    assert two.evaluated()
+
+
 def test_n_body_results_of_an_older_probe_are_evaluated_again_and_left_out(tmp_path):
     # Probe version 3 reads n-body states by colour: a three_body result without it measured
     # a probe that read nothing, so the grid evaluates it again and compare.md leaves its

@@ -51,7 +51,6 @@ def test_installed_commands_name_themselves_in_their_usage(monkeypatch, capsys):
     (["--checkpoint", "x.pt", "--fps", "51"], "--fps"),
     (["--checkpoint", "x.pt", "--dt", "nan"], "--dt"),
     (["--checkpoint", "x.pt", "--dt", "fast"], "--dt"),
-    (["--checkpoint", "x.pt", "--out", "samples/"], "--out"),   # would write samples/.gif
     # it writes a GIF and a PNG: an .mp4 name would silently become samples.gif
     (["--checkpoint", "x.pt", "--out", "samples.mp4"], "expected a name ending in .gif or .png"),
     (["--checkpoint", "x.pt", "--dt", "0"], "a time step of 0 does not move"),

@@ -518,3 +518,27 @@ def test_a_damaged_chunk_met_in_training_is_one_line_and_the_checkpoint_is_kept(
                                      "trajectory", "the run stopped at iteration 0 with its "
                                      f"checkpoint; resume with --resume {out} once the data reads")
     assert load_checkpoint(str(out))["iteration"] == 0
+
+
+def test_under_torchrun_the_rank_that_meets_a_damaged_chunk_says_so(monkeypatch, capsys):
+    # Only that rank reads the chunk: reported like bad input (each node's first rank alone),
+    # a second rank's damaged chunk ended the job with exit 2 and no word.
+    from types import SimpleNamespace
+
+    import hgan.train.run as hrun
+    from hgan.data.h5io import DataFormatError
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    setup = SimpleNamespace(info=SimpleNamespace(enabled=True, rank=3))
+    monkeypatch.setattr(hrun, "prepare", lambda *a, **k: setup)
+
+    def run(_):  # as a DataLoader worker's error reaches the main process
+        raise DataFormatError("Caught DataFormatError in DataLoader worker process 0.\n"
+                              "Original Traceback (most recent call last):\n  File ...\n"
+                              "hgan.data.h5io.DataFormatError: d/train.h5: truncated or corrupt "
+                              "data (dataset 'frames', trajectory 7: boom)\n")
+
+    monkeypatch.setattr(hrun, "run", run)
+    code, _, err = call(TINY, capsys)
+    assert code == 2
+    assert err == ("train.py: error (rank 3): d/train.h5: truncated or corrupt data (dataset "
+                   "'frames', trajectory 7: boom)\n")

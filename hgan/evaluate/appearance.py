@@ -27,7 +27,9 @@ MIN_CONTRAST = 0.1
 # all but this share of its squared offset from the background (within ~35 degrees of the
 # colour's direction). A real pixel is on such a line up to uint8 rounding; a grey, black or
 # white frame is not, and without this check a blank generator had the mass of 0.03-30 real
-# objects (measured on the nine Toy Physics sets' palettes).
+# objects (measured on the nine Toy Physics sets' palettes). A generated object washed out
+# towards grey or white beyond that angle (red at (0.8, 0.5, 0.5), say) weighs nothing
+# either: it is not drawn in any palette colour.
 MAX_RESIDUAL_SHARE = 1 / 3
 # A video is flagged when its variation exceeds both this floor (10% of an object's mass,
 # std over time) and twice the 99th percentile of held-out real videos.
@@ -50,11 +52,12 @@ def color_mass(videos, num_colors, *, min_contrast=MIN_CONTRAST,
     out = np.empty((n, t, num_colors), np.float64)
     for i in range(0, n, batch):
         d = videos[i:i + batch].astype(np.float32) / 255.0 - bg  # [b, T, H, W, 3]
-        w = np.clip(d @ dirs.T / norm2, 0.0, 1.0)  # [b, T, H, W, K] weight along each colour
-        # Squared residual of each single-colour explanation; the best one owns the pixel.
-        resid = (d ** 2).sum(-1, keepdims=True) - 2 * w * (d @ dirs.T) + w ** 2 * norm2
-        best = resid.argmin(-1)
+        proj = d @ dirs.T
+        w = np.clip(proj / norm2, 0.0, 1.0)  # [b, T, H, W, K] weight along each colour
         off2 = (d ** 2).sum(-1)
+        # Squared residual of each single-colour explanation; the best one owns the pixel.
+        resid = off2[..., None] - 2 * w * proj + w ** 2 * norm2
+        best = resid.argmin(-1)
         fg = (off2 > min_contrast ** 2) & (resid.min(-1) <= max_residual_share * off2)
         owned = np.take_along_axis(w, best[..., None], -1)[..., 0] * fg  # [b, T, H, W]
         mass = np.zeros(best.shape[:2] + (num_colors,), np.float64)

@@ -284,12 +284,13 @@ def _remove_stale_figures(out, figures):
     report.md they would pass for this checkpoint's. Called once the new results exist."""
     try:
         with open(os.path.join(out, "results.json")) as f:
-            old = json.load(f).get("figures") or {}
+            old = json.load(f).get("figures")
     except (OSError, ValueError, AttributeError):
         return
     keep = {os.path.normpath(p) for p in figures.values()}
-    for path in old.values():
-        if not isinstance(path, str) or os.path.isabs(path) or os.path.normpath(path) in keep:
+    for path in old.values() if isinstance(old, dict) else ():
+        if (not isinstance(path, str) or os.path.isabs(path) or os.path.normpath(path) in keep
+                or not path.endswith((".png", ".gif"))):
             continue
         for name in {path, os.path.splitext(path)[0] + ".gif"}:  # a sample grid's GIF too
             target = os.path.join(out, name)

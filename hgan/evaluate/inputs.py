@@ -157,8 +157,8 @@ def _held_out(args, data_path, ds, system):
     real_path = args.real or os.path.join(os.path.dirname(data_path), "test.h5")
     same = _same_file(real_path, data_path)  # then its last 20%
     if same and args.real:
-        print(f"[evaluate] note: --real is --data: the real clips are its last 20% of "
-              f"trajectories, since the physics probe trains on the first 80%", file=sys.stderr)
+        print("[evaluate] note: --real is --data: the real clips are its last 20% of "
+              "trajectories, since the physics probe trains on the first 80%", file=sys.stderr)
     if not same and (args.real or os.path.exists(real_path)):
         what = "--real" if args.real else "held-out data (test.h5 beside --data)"
         real_ds = _open(real_path, what)

@@ -332,8 +332,9 @@ def floored_drift(results) -> bool:
     """True for a results.json written before energy_drift divided by |mean H| alone where H
     does not cross zero (no "relative_to"): it divided by max(|mean H|, energy scale) for
     every system, which shrank the n-body sets' drift up to ~6x; another metric."""
-    d = (results.get("physics") or {}).get("energy_drift") or {}
-    return "relative_to" not in d and not _physics_flag(results.get("system"), "h_crosses_zero")
+    d = (results.get("physics") or {}).get("energy_drift")
+    return (bool(d) and "relative_to" not in d
+            and not _physics_flag(results.get("system"), "h_crosses_zero"))
 
 
 def noise_floor(system, states, params, rmse, seed=0):

@@ -272,7 +272,7 @@ def main(argv=None):
             try:
                 n = len(export(a.grid_dir, a.to))
             except OSError as e:  # --to under a file, or unwritable
-                raise GridError(f"--to {a.to}: {e.strerror}") from None
+                raise GridError(f"export to {a.to}: {e.strerror or e}") from None
             print(f"[grid] copied {n} files to {a.to}", file=sys.stderr)
             return 0
         return table1(a, argv)

@@ -16,6 +16,7 @@ skips finished runs, resumes interrupted ones from their checkpoint, and re-eval
 whose evaluation is older than its last checkpoint.
 """
 import contextlib
+import functools
 import io
 import json
 import os
@@ -130,8 +131,11 @@ class Run:
         if r.get("iteration") != self.iteration() or not want <= set(r.get("metrics", ())):
             return False
         from hgan.evaluate.cli import build_parser, settings
+        from hgan.evaluate.probe import floored_drift
         args = build_parser().parse_args(self.eval_flags())
         if r.get("settings") != settings(args, self.system):
+            return False
+        if "physics" in want and floored_drift(r):  # an older drift metric: evaluated again
             return False
         return not ("fvd" in args.metrics and _detector(args)
                     and "skipped" in (r.get("fvd") or {}))
@@ -255,10 +259,13 @@ def check_flags(spec):
     from hgan.evaluate.cli import build_parser as eval_parser
     from hgan.models.config import batch_refusal
     from hgan.train.config import parse_command_line
-    for run in {(r.system, r.model): r for r in spec.runs()}.values():
-        cfg, resume, _ = _parse(parse_command_line, run.train_flags, "--train-args",
-                                "python train.py")
-        base = _parse(parse_command_line, lambda: run.train_flags(extra=False), "", "")[0]
+    # Every run, not one per system and model: an extra --seed equal to one run's seed
+    # changes the others'.
+    for run in spec.runs():
+        train = functools.partial(_parse, parse_command_line, what="--train-args",
+                                  command="python train.py")
+        cfg, resume, _ = train(run.train_flags)
+        base = train(functools.partial(run.train_flags, extra=False))[0]
         _check_not_owned("--train-args", _TRAIN_OWNED, lambda get: get(cfg), lambda get: get(base))
         if resume:
             raise GridError("--train-args --resume: the grid resumes its own runs (run the same "
@@ -267,9 +274,10 @@ def check_flags(spec):
         refusal = batch_refusal(cfg.model, cfg.batch_size)
         if refusal:
             raise GridError(f"{refusal} (--batch-size)")
-        args = _parse(eval_parser().parse_args, run.eval_flags, "--eval-args",
-                      "python -m hgan.evaluate")
-        base = _parse(eval_parser().parse_args, lambda: run.eval_flags(extra=False), "", "")
+        evaluate = functools.partial(_parse, eval_parser().parse_args, what="--eval-args",
+                                     command="python -m hgan.evaluate")
+        args = evaluate(run.eval_flags)
+        base = evaluate(functools.partial(run.eval_flags, extra=False))
         _check_not_owned("--eval-args", _EVAL_OWNED, lambda get: get(args), lambda get: get(base))
     i3d = _detector(args)
     if "fvd" in args.metrics and i3d and args.frames < fvd.MIN_FRAMES:

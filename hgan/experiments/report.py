@@ -35,8 +35,9 @@ def _bar_chart(spec, rows, key, title, get, path):
         plt.close(fig)
         return None
     ax.set_xticks(np.arange(len(systems)), [s.replace("_", "\n") for s in systems], fontsize=8)
-    # The metric titles run long: wrapped to the figure's width (8-point characters average
-    # about 5 points; 70 characters overflowed a two-system figure's 317 points).
+    # The metric titles run long: wrapped to the figure's width, at 5.5 points per 8-point
+    # character, a little more than their average (70 characters overflowed a two-system
+    # figure's 317 points).
     ax.set_title(textwrap.fill(title, max(30, int(width_in * 72 / 5.5))), fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -28,10 +28,11 @@ def main(argv=None) -> int:
     from hgan.train import dist as hdist
     from hgan.train.checkpoint import CheckpointError
     from hgan.train.loop import NonFiniteLoss
-    from hgan.train.run import prepare, run
+    from hgan.train.run import one_line, prepare, run
     cfg, resume, given = parse_command_line(argv)
     # Only the setup phase's errors are bad input (hgan.data's DataFormatError is a ValueError);
-    # one raised by training itself is a bug and keeps its traceback.
+    # one raised by training itself is a bug and keeps its traceback, but for data found
+    # unreadable mid-run (a DataFormatError again).
     # Until the loop installs its own handlers, SIGTERM ends the setup as Ctrl-C does, with
     # one line instead of a silent exit (or a traceback); one the parent ignores stays ignored.
     sigterm = signal.getsignal(signal.SIGTERM)
@@ -64,8 +65,12 @@ def main(argv=None) -> int:
         except NonFiniteLoss as e:
             print(f"[hgan] error: {e}", file=sys.stderr)
             return 1
-        except DataFormatError as e:  # a damaged chunk met in training; the checkpoint is kept
-            return bad_input(e)
+        except DataFormatError as e:  # a damaged chunk met in training
+            # Said by the rank that met it, whichever: under torchrun only that rank reads the
+            # chunk, and bad input is otherwise reported by each node's first rank alone.
+            rank = f" (rank {setup.info.rank})" if setup.info.enabled else ""
+            print(f"{prog()}: error{rank}: {one_line(e)}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt:  # a second Ctrl-C while the first one's stop was pending
             if reports_bad_input():
                 print(f"{prog()}: aborted by a second Ctrl-C; the run keeps its last "

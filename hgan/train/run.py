@@ -362,7 +362,7 @@ def _run(setup: Setup, callback, stop) -> dict:
                         # torchrun the other ranks would wait for this one in a collective,
                         # so it ends the process group there instead.
                         elif isinstance(e, DataFormatError) and not info.enabled:
-                            data_error, stopped = _one_line(e), "unreadable data"
+                            data_error, stopped = one_line(e), "unreadable data"
                         else:
                             raise
                         trainer.flush_checks()  # as every stop: a non-finite loss named here
@@ -443,7 +443,7 @@ def _run(setup: Setup, callback, stop) -> dict:
     return result
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
     """The message of a DataFormatError, also one re-raised from a loader worker (whose
     message is "Caught ... in DataLoader worker ...", then the worker's traceback, ending in
     the original error's line)."""
