@@ -19,7 +19,9 @@ def _fails(argv, capsys, match):
         main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2
-    assert err.count("\n") == 1 and err.startswith("hgan.data: error:") and match in err, err
+    *bars, last = err.strip().splitlines()  # a split imported before the error shows its bar
+    assert all("%|" in bar for bar in bars) and "Traceback" not in err, err
+    assert last.startswith("hgan.data: error:") and match in last, err
 
 
 @pytest.mark.parametrize("argv,match", [
@@ -201,7 +203,7 @@ def test_damaged_records_are_named(tmp_path, capsys):
     raw = (d / "train.tfrecord").read_bytes()
     for cut, match in ((len(raw) - 3, "truncated record"), (5, "truncated record header")):
         (d / "train.tfrecord").write_bytes(raw[:cut])
-        _fails(["import-dm", str(d), "--out", str(tmp_path / "out")], capsys,
+        _fails(["import-dm", str(d), "--out", str(tmp_path / "out"), "--overwrite"], capsys,
                f"{d / 'train.tfrecord'}: {match}")
     assert not (tmp_path / "out" / "pendulum" / "train.h5").exists()
 
@@ -218,3 +220,47 @@ def test_float_list_hand_encoded(float_list):
     data = b"\n\x13" + b"\n\x11" + entry
     got = parse_example(data)["f"]
     assert got.dtype == np.float32 and got.tolist() == [1.5, -2.0]
+
+
+def test_import_dm_writes_test_first_and_refuses_existing_splits(tmp_path, capsys):
+    # It imported train first, so a damaged (or interrupted) test split left a train.h5
+    # without its test.h5; and it replaced existing files silently, which generate refuses.
+    rng = np.random.default_rng(1)
+    frames = rng.integers(0, 256, (3, 5, 32, 32, 3), dtype=np.uint8)
+    other = dict(m=np.full((3, 2), 1.0), g=np.full(3, 1.0), offset=np.zeros((3, 2)),
+                 color_index=np.array([[0, 1], [2, 3], [4, 5]]))
+    d = tmp_path / "two_body_colors"
+    d.mkdir()
+    _write_suite_dir(d, frames, rng.standard_normal((3, 5, 8)), other, 2)
+    good = (d / "test.tfrecord").read_bytes()
+    raw = bytearray(good)
+    raw[3] ^= 0xFF
+    (d / "test.tfrecord").write_bytes(bytes(raw))
+    out = tmp_path / "out"
+    _fails(["import-dm", str(d), "--out", str(out)], capsys, "length CRC mismatch")
+    assert not (out / "two_body_colors" / "train.h5").exists()
+    (d / "test.tfrecord").write_bytes(good)
+    assert main(["import-dm", str(d), "--out", str(out)]) == 0
+    before = (out / "two_body_colors" / "train.h5").read_bytes()
+    _fails(["import-dm", str(d), "--out", str(out)], capsys,
+           f"{out / 'two_body_colors' / 'test.h5'} exists; --overwrite replaces it")
+    assert (out / "two_body_colors" / "train.h5").read_bytes() == before
+    assert main(["import-dm", str(d), "--out", str(out), "--overwrite"]) == 0
+
+
+def test_an_interrupted_import_names_the_splits_it_finished(tmp_path):
+    import time
+    from types import SimpleNamespace
+
+    from hgan.data.cli import _kept
+    d = tmp_path / "pendulum"
+    d.mkdir()
+    for split in ("train", "test"):
+        (d / f"{split}.tfrecord").write_bytes(b"")
+    out = tmp_path / "out"
+    (out / "pendulum").mkdir(parents=True)
+    started = time.time()
+    (out / "pendulum" / "test.h5").write_bytes(b"")   # finished; train.h5 was being written
+    args = SimpleNamespace(cmd="import-dm", system=None, dir=str(d), out=str(out))
+    assert _kept(args, started) == (f"; {out / 'pendulum' / 'test.h5'} written complete, "
+                                    f"{out / 'pendulum' / 'train.h5'} not written")

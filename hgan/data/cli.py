@@ -83,6 +83,8 @@ def build_parser():
     i.add_argument("--system", type=_system, default=None,
                    help="system name (default: the folder's name)")
     i.add_argument("--out", default="data", help="output directory (default: %(default)s)")
+    i.add_argument("--overwrite", action="store_true",
+                   help="replace splits that already exist (refused without it)")
     return p
 
 
@@ -118,9 +120,11 @@ def show(path, out, n=8, frames=16, scale=2):
     return out
 
 
-def import_dm(directory, out_dir, system=None, progress=True):
+def import_dm(directory, out_dir, system=None, progress=True, overwrite=True):
     """Convert <directory>/{train,test}.tfrecord (with features.txt) into
-    <out_dir>/<system>/{train,test}.h5. Returns {split: path}."""
+    <out_dir>/<system>/{train,test}.h5, test first (as `generate`: a stopped import never
+    leaves a train.h5 without its test.h5). Returns {split: path}. overwrite=False: an
+    existing split file is a ValueError before anything is read."""
     from hgan.data.interrupt import StopSignals
     from hgan.data.systems import get_system
     directory = os.fspath(directory)
@@ -131,7 +135,12 @@ def import_dm(directory, out_dir, system=None, progress=True):
                          "tfrecords)")
     sysobj = get_system(system or os.path.basename(os.path.normpath(directory)))
     out = {}
-    for split in ("train", "test"):
+    splits = ("test", "train")
+    for split in splits if not overwrite else ():
+        path = os.path.join(os.fspath(out_dir), sysobj.name, split + ".h5")
+        if os.path.exists(os.path.join(directory, split + ".tfrecord")) and os.path.exists(path):
+            raise ValueError(f"{path} exists; --overwrite replaces it, or choose another --out")
+    for split in splits:
         path = os.path.join(os.fspath(out_dir), sysobj.name, split + ".h5")
         with StopSignals() as stop:
             if _import_split(directory, split, path, sysobj, progress, stop):
@@ -219,19 +228,26 @@ def _check_generate(args):
 
 
 def _kept(args, started):
-    """For an interrupted `generate` that finished a split (the test split comes first):
-    which split files it wrote complete and which it did not write."""
-    if args.cmd != "generate":
+    """For an interrupted `generate` or `import-dm` that finished a split (the test split
+    comes first): which split files it wrote complete and which it did not write."""
+    if args.cmd == "generate":
+        system, wanted = args.system, (("test", args.test), ("train", args.train))
+    elif args.cmd == "import-dm":
+        system = args.system or os.path.basename(os.path.normpath(args.dir))
+        wanted = [(s, os.path.exists(os.path.join(args.dir, s + ".tfrecord")))
+                  for s in ("test", "train")]
+    else:
         return ""
     done, not_done = [], []
-    for split, n in (("test", args.test), ("train", args.train)):
-        path = os.path.join(args.out, args.system, split + ".h5")
+    for split, n in wanted:
+        path = os.path.join(args.out, system, split + ".h5")
         if n:
             fresh = os.path.exists(path) and os.path.getmtime(path) >= started - 1
             (done if fresh else not_done).append(path)
     if not done:
         return ""
-    return f"; {', '.join(done)} written complete, {', '.join(not_done)} not written"
+    return (f"; {', '.join(done)} written complete"
+            + (f", {', '.join(not_done)} not written" if not_done else ""))
 
 
 def main(argv=None):
@@ -249,7 +265,8 @@ def main(argv=None):
         elif args.cmd == "show":
             print(show(args.file, args.out, args.n, args.frames, args.scale))
         else:
-            for split, path in import_dm(args.dir, args.out, args.system).items():
+            for split, path in sorted(import_dm(args.dir, args.out, args.system,
+                                                overwrite=args.overwrite).items()):
                 print(f"{split}: {path}")
     except (DataFormatError, TFRecordError, ValueError, OSError) as e:
         parser.error(str(e).replace("\n", " "))
