@@ -264,10 +264,11 @@ def test_file_replaced_under_a_running_loader_is_named(noisy_generated_h5, tmp_p
         next(iter(stream))
 
 
-@pytest.mark.parametrize("kind", ["torch", "gpu-resident"])
-def test_damaged_chunk_past_the_probe_is_named(frames_h5, tmp_path, kind):
+@pytest.mark.parametrize("kind, workers", [("torch", 0), ("torch", 1), ("gpu-resident", 0)])
+def test_damaged_chunk_past_the_probe_is_named(frames_h5, tmp_path, kind, workers):
     """open_h5 probes the first and last trajectory; a damaged chunk in between still gives
-    a DataFormatError naming the file when a stream reads it."""
+    a DataFormatError naming the file when a stream reads it, in one line also from a
+    worker process (torch re-raised it with the worker's whole traceback in its message)."""
     path = tmp_path / "damaged.h5"
     shutil.copy(frames_h5[0], path)
     with h5py.File(path, "r") as f:
@@ -277,11 +278,19 @@ def test_damaged_chunk_past_the_probe_is_named(frames_h5, tmp_path, kind):
         f.write(b"\xff" * info.size)
     hdata.open_h5(str(path)).close()  # passes validation
     want = f"^{re.escape(str(path))}: truncated or corrupt data"
-    with pytest.raises(hdata.DataFormatError, match=want):
+    with pytest.raises(hdata.DataFormatError, match=want) as e:
         stream = build_loader(str(path), batch_size=1, frames=FRAMES, kind=kind,
-                              num_workers=0)
+                              num_workers=workers)
         for _ in zip(range(stream.batches_per_epoch), stream):
             pass
+    assert "\n" not in str(e.value)
+
+
+def test_a_loader_on_a_cuda_device_this_machine_lacks_is_named(frames_h5, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for kind in ("torch", "gpu-resident", "auto"):
+        with pytest.raises(ValueError, match="--device cuda: CUDA is not available"):
+            build_loader(frames_h5[0], batch_size=1, frames=FRAMES, kind=kind, device="cuda")
 
 
 def test_gpu_resident_plan_blocks_follow_window_plan_with_no_host_work_per_step(

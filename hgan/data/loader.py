@@ -22,9 +22,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from hgan.data.h5io import DataFormatError, error_line
 from hgan.data.stream import SCALE, BatchStream, WindowReader, WindowSchedule
 from hgan.data.stream import open_checked as _open_checked
 from hgan.data.workers import WorkerInit
+from hgan.device import check_device
 
 KINDS = ("auto", "torch", "dali", "gpu-resident")
 # Under "auto" on CUDA the frames are kept on the GPU when they take at most this share of
@@ -104,7 +106,12 @@ class TorchBatchStream(BatchStream):
                             # random): the global RNG may be another packed run's weight
                             # initialisation under way (hgan.train.pack).
                             generator=torch.Generator().manual_seed(0))
-        for u8 in loader:
+        batches = iter(loader)
+        while True:
+            try:
+                u8 = next(batches)
+            except DataFormatError as e:  # a worker's: its message without its traceback
+                raise DataFormatError(error_line(e)) from None
             self.position += 1
             yield to_unit_range(u8.to(self.device, non_blocking=True), self.channels_last)
 
@@ -185,6 +192,8 @@ def build_loader(path, *, batch_size, frames=16, seed=0, rank=0, world_size=1, d
     memory (same values; see `to_unit_range`), for --channels-last training."""
     if kind not in KINDS:
         raise ValueError(f"unknown loader kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if torch.device(device).type == "cuda":
+        check_device(str(device))  # torch's bare AssertionError otherwise, on first use
     schedule = WindowSchedule(path, batch_size=batch_size, frames=frames, seed=seed, rank=rank,
                               world_size=world_size)
     if kind == "auto":

@@ -23,12 +23,12 @@ def bad_input(e: BaseException) -> int:
 
 def main(argv=None) -> int:
     from hgan.data import GenerationInterrupted
-    from hgan.data.h5io import DataFormatError
+    from hgan.data.h5io import DataFormatError, error_line
     from hgan.data.interrupt import raise_interrupted
     from hgan.train import dist as hdist
     from hgan.train.checkpoint import CheckpointError
     from hgan.train.loop import NonFiniteLoss
-    from hgan.train.run import one_line, prepare, run
+    from hgan.train.run import prepare, run
     cfg, resume, given = parse_command_line(argv)
     # Only the setup phase's errors are bad input (hgan.data's DataFormatError is a ValueError);
     # one raised by training itself is a bug and keeps its traceback, but for data found
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
             # Said by the rank that met it, whichever: under torchrun only that rank reads the
             # chunk, and bad input is otherwise reported by each node's first rank alone.
             rank = f" (rank {setup.info.rank})" if setup.info.enabled else ""
-            print(f"{prog()}: error{rank}: {one_line(e)}", file=sys.stderr)
+            print(f"{prog()}: error{rank}: {error_line(e)}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:  # a second Ctrl-C while the first one's stop was pending
             if reports_bad_input():

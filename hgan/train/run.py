@@ -8,7 +8,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 from tqdm.auto import tqdm
 
-from hgan.data.h5io import DataFormatError
+from hgan.data.h5io import DataFormatError, error_line
 from hgan.data.loader import build_loader
 from hgan.models import ModelConfig
 from hgan.train import capture as hcapture
@@ -362,7 +362,7 @@ def _run(setup: Setup, callback, stop) -> dict:
                         # torchrun the other ranks would wait for this one in a collective,
                         # so it ends the process group there instead.
                         elif isinstance(e, DataFormatError) and not info.enabled:
-                            data_error, stopped = one_line(e), "unreadable data"
+                            data_error, stopped = error_line(e), "unreadable data"
                         else:
                             raise
                         trainer.flush_checks()  # as every stop: a non-finite loss named here
@@ -441,14 +441,3 @@ def _run(setup: Setup, callback, stop) -> dict:
                               f"with its checkpoint; resume with --resume {cfg.out} once the "
                               f"data reads)")
     return result
-
-
-def one_line(e: BaseException) -> str:
-    """The message of a DataFormatError, also one re-raised from a loader worker (whose
-    message is "Caught ... in DataLoader worker ...", then the worker's traceback, ending in
-    the original error's line)."""
-    text = str(e).strip()
-    if "\n" not in text:
-        return text
-    last = text.splitlines()[-1]
-    return last.split("DataFormatError: ", 1)[-1]
