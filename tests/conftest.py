@@ -72,7 +72,7 @@ def noisy_generated_h5(tmp_path_factory):
 # Each way open_h5 rejects a file (tests/test_data_format.py), applied to a copy of a valid one.
 CORRUPTIONS = ("missing_file", "junk", "truncated_header", "truncated_data", "version",
                "incomplete", "system", "no_frames", "no_color_index", "no_param", "states_shape",
-               "frames_shape", "frames_dtype")
+               "frames_shape", "frames_dtype", "frames_datatype")
 
 
 @pytest.fixture(params=CORRUPTIONS)
@@ -117,6 +117,9 @@ def corrupt_h5(request, tiny_pendulum_h5, tmp_path):
                 shape = f["frames"].shape
                 del f["frames"]
                 f.create_dataset("frames", shape[:2] + (8, 8, 3), np.uint8)
+            elif case == "frames_datatype":  # a link that now names a type, not data
+                del f["frames"]
+                f["frames"] = np.dtype("u1")
             elif case == "frames_dtype":
                 data = f["frames"][()].astype(np.float32)
                 del f["frames"]

@@ -26,7 +26,7 @@ import numpy as np
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
-GENERATOR_VERSION = "hgan.data 2.0"
+GENERATOR_VERSION = "hgan.data 2.1"  # 2.1: text attributes fixed-length; the data as 2.0's
 GZIP_LEVEL = 1  # ~same size as level 4 on these mostly-background frames, ~2x faster
 COMPRESSION = dict(compression="gzip", compression_opts=GZIP_LEVEL)
 
@@ -60,13 +60,13 @@ class H5Writer:
         g = f.create_group("params")
         for name in system.param_names:
             g.create_dataset(name, (n,) + system.param_shape(name), np.float64)
-        f.attrs.update(dict(
+        _set_attrs(f, dict(
             format_version=FORMAT_VERSION, generator_version=GENERATOR_VERSION,
             system=system.name, frames=frames, resolution=r, n_trajectories=n, dof=system.dof,
             n_bodies=system.n_bodies, num_colors=system.num_colors, friction=system.friction,
             canvas_min=system.full_canvas[0], canvas_max=system.full_canvas[1],
             recipe=system.recipe, complete=False))
-        f.attrs.update(attrs)
+        _set_attrs(f, attrs)
 
     def write(self, start, *, frames, states, color_index, offset, params):
         """frames: uint8 [n, T, R, R, 3], or the list compress_frames made of them."""
@@ -84,7 +84,7 @@ class H5Writer:
             self.f["params"][name][start:stop] = v
 
     def close(self, **final_attrs):
-        self.f.attrs.update(final_attrs)
+        _set_attrs(self.f, final_attrs)
         self.f.attrs["complete"] = True
         self.f.close()
         os.replace(self.tmp, self.path)
@@ -93,6 +93,14 @@ class H5Writer:
         self.f.close()
         if os.path.exists(self.tmp):
             os.remove(self.tmp)
+
+
+def _set_attrs(f, attrs):
+    # Text as fixed-length bytes, stored inside the attribute: h5py's default variable-length
+    # string points into a heap, and one damaged byte of that pointer crashes the HDF5 library
+    # (a segmentation fault) or loops it when the file is opened, past any error handling.
+    f.attrs.update({k: np.bytes_(v.encode()) if isinstance(v, str) else v
+                    for k, v in attrs.items()})
 
 
 class ToyPhysicsFile:
@@ -157,12 +165,14 @@ class ToyPhysicsFile:
         except DataFormatError:
             self._f.close()
             raise
-        except (OSError, RuntimeError, KeyError, ValueError) as e:
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError, AttributeError) as e:
             # Damaged metadata inside a file whose superblock opens: h5py raises these from
             # the attribute, link and object-header reads above (found by overwriting bytes
-            # of a valid file at every offset; tests/test_data_format.py does the same).
-            # Not every damage raises: bytes of a variable-length string attribute can send
-            # the HDF5 library into a loop (a review found one), which no caller can catch.
+            # of a valid file at every offset, and by flipping single bits in its first 10 kB;
+            # tests/test_data_format.py does both): a link turned into a named datatype has
+            # no .shape, a string type's damaged encoding is a TypeError. Not every damage
+            # raises in files written before fixed-length text attributes (_set_attrs): a
+            # variable-length string's heap pointer can crash or loop the HDF5 library.
             self._f.close()
             raise DataFormatError(f"{self.path}: corrupt HDF5 file ({e})") from None
         self.system = system
@@ -244,6 +254,16 @@ def _per_body(system, name, v):
     if shape and v.ndim == 1:
         return np.repeat(v[:, None], shape[0], axis=1)
     return v
+
+
+def error_line(e: BaseException) -> str:
+    """The message of a DataFormatError, also of one a DataLoader worker raised: torch re-raises
+    that as "Caught DataFormatError in DataLoader worker ...", then the worker's traceback,
+    ending in the original error's line."""
+    text = str(e).strip()
+    if "\n" not in text:
+        return text
+    return text.splitlines()[-1].split("DataFormatError: ", 1)[-1]
 
 
 def _plain(v):
