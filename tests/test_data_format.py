@@ -1,5 +1,6 @@
 """HDF5 round trip, determinism and every bad-file case of the reader."""
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -335,3 +336,27 @@ def test_a_flipped_bit_in_a_text_attribute_is_a_data_format_error_not_a_crash(tm
     assert int(r.stdout.split()[1]) > 300
     with h5py.File(path, "r") as f:
         assert f.attrs["system"] == b"pendulum"  # fixed-length bytes: read back as such
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda f: f.attrs.__setitem__("dof", 288230376151711745), "attribute dof is 288230376151711745"),
+    (lambda f: f.attrs.__setitem__("num_colors", 5), "attribute num_colors is 5, but pendulum has 1"),
+    (lambda f: f.attrs.__setitem__("friction", True), "attribute friction is True"),
+    (lambda f: f.attrs.__setitem__("dt", -1.0), "attribute dt is -1.0"),
+    (lambda f: f["params/l"].__setitem__(0, -1.1e98), "parameter 'l' holds -1.1e+98"),
+    (lambda f: f["params/m"].__setitem__(1, np.inf), "parameter 'm' holds inf"),
+    (lambda f: f["color_index"].__setitem__(0, 9), "color_index holds 9"),
+    (lambda f: f["offset"].__setitem__(0, np.nan), "offset holds a non-finite value"),
+])
+def test_values_that_contradict_the_system_or_physics_are_refused(tmp_path, change, words):
+    # The small datasets and the attributes carry no checksum: single flipped bytes there
+    # read as a length of -1e98 or a dof of 2**58, and were simulated and trained on.
+    src = generate_dataset("pendulum", tmp_path / "ok", train=2, test=0, frames=4, seed=0,
+                           progress=False)["train"]
+    path = tmp_path / "bad.h5"
+    shutil.copy(src, path)
+    with h5py.File(path, "a") as f:
+        change(f)
+    with pytest.raises(DataFormatError, match=f"^{path}: " + re.escape(words)):
+        open_h5(path)
+    open_h5(src).close()

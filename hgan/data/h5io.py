@@ -161,6 +161,7 @@ class ToyPhysicsFile:
             self.color_index, self.offset = f["color_index"][()], f["offset"][()]
             self.params = {p: _per_body(system, p, f["params/" + p][()])
                            for p in system.param_names}
+            self._check_values(system)
             self._probe(n)
         except DataFormatError:
             self._f.close()
@@ -176,6 +177,30 @@ class ToyPhysicsFile:
             self._f.close()
             raise DataFormatError(f"{self.path}: corrupt HDF5 file ({e})") from None
         self.system = system
+
+    def _check_values(self, system):
+        """The small datasets and attributes carry no checksum: a damaged byte there reads
+        as another value (a mass of -1e98, a dof of 2**58). What contradicts the system, or
+        physics, is refused rather than simulated or trained on."""
+        for key in ("dof", "n_bodies", "num_colors", "friction"):
+            have, want = self.attrs.get(key), getattr(system, key)
+            if have is not None and have != want:
+                raise DataFormatError(f"{self.path}: attribute {key} is {have!r}, but "
+                                      f"{system.name} has {want!r}")
+        dt = self.attrs.get("dt")
+        if dt is not None and not (isinstance(dt, (int, float)) and np.isfinite(dt) and dt > 0):
+            raise DataFormatError(f"{self.path}: attribute dt is {dt!r}, not a positive time step")
+        for name, v in self.params.items():
+            if not (np.isfinite(v).all() and (v > 0).all()):
+                bad = float(v[~(np.isfinite(v) & (v > 0))].ravel()[0])
+                raise DataFormatError(f"{self.path}: parameter {name!r} holds {bad!r} (every "
+                                      f"physical parameter is positive and finite)")
+        ci = self.color_index
+        if ci.size and (ci.min() < 0 or ci.max() >= system.num_colors):
+            raise DataFormatError(f"{self.path}: color_index holds {int(ci.max())} or "
+                                  f"{int(ci.min())}, outside the {system.num_colors} colours")
+        if not np.isfinite(self.offset).all():
+            raise DataFormatError(f"{self.path}: offset holds a non-finite value")
 
     def _probe(self, n):
         # A file cut short keeps a readable header; its last chunks fail to decompress.
