@@ -264,3 +264,10 @@ def test_an_interrupted_import_names_the_splits_it_finished(tmp_path):
     args = SimpleNamespace(cmd="import-dm", system=None, dir=str(d), out=str(out))
     assert _kept(args, started) == (f"; {out / 'pendulum' / 'test.h5'} written complete, "
                                     f"{out / 'pendulum' / 'train.h5'} not written")
+
+
+def test_an_out_that_cannot_be_a_folder_is_named_in_words(tmp_path, capsys):
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    _fails(["generate", "--system", "pendulum", "--train", "1", "--test", "0", "--frames", "4",
+            "--out", str(a_file)], capsys, f"{a_file / 'pendulum'}: Not a directory")

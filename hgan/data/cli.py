@@ -268,7 +268,9 @@ def main(argv=None):
             for split, path in sorted(import_dm(args.dir, args.out, args.system,
                                                 overwrite=args.overwrite).items()):
                 print(f"{split}: {path}")
-    except (DataFormatError, TFRecordError, ValueError, OSError) as e:
+    except OSError as e:  # "<path>: Not a directory", not "[Errno 20] Not a directory: '<path>'"
+        parser.error(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+    except (DataFormatError, TFRecordError, ValueError) as e:
         parser.error(str(e).replace("\n", " "))
     except KeyboardInterrupt as e:
         # GenerationInterrupted carries the signal; a bare KeyboardInterrupt is Ctrl-C.

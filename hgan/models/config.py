@@ -28,7 +28,8 @@ class ModelConfig:
 
     model: str = option("hgan", "hgan (config map + HNN + L_cyc), hnn_gan (no map), "
                                 "mocogan (GRU)", choices=MODELS)
-    resolution: int = option(32, "frame size: 32, 64 or 96 (4*2^n or 6*2^n)")
+    resolution: int = option(32, "frame size, 4*2^n or 6*2^n with n >= 2: 16, 24, 32, 48, "
+                                 "64, 96, ...")
     channels: int = option(3, cli=False)
     k: int = option(10, "configuration-space dimension: q, p in R^k")
     motion_dim: int = option(20, "motion noise eps_m ~ N(0, I_motion_dim) (hnn_gan: 2k)")
