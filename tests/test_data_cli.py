@@ -61,7 +61,7 @@ def test_generate_and_show(tmp_path, capsys):
     before = path.read_bytes()
     again = ["generate", "--system", "two_body", "--train", "2", "--test", "0", "--frames", "6",
              "--out", str(tmp_path), "--resolution", "64"]
-    _fails(again, capsys, f"{path} exists; --overwrite replaces it")
+    _fails(again, capsys, f"{path} exists; --overwrite replaces it, --train 0 keeps it")
     assert path.read_bytes() == before
     _fails(again[:3] + ["--train", "0", "--test", "0"], capsys, "nothing to generate")
     main(again + ["--overwrite"])

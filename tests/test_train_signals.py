@@ -164,7 +164,7 @@ def test_signal_during_dataset_generation_ends_cleanly(tmp_path, sig, code):
     assert rc == code, stderr
     assert stderr.strip().splitlines() == [
         f"train.py: generation of {data}/pendulum/train.h5 was interrupted ({sig.name}); "
-        "no partial file was kept"], stderr
+        "no partial file or half-made dataset was kept"], stderr
     assert os.listdir(data / "pendulum") == []  # neither a partial nor a half-made dataset
     assert not (tmp_path / "run").exists()
 

@@ -224,7 +224,9 @@ def _check_generate(args):
     for split, n in (("train", args.train), ("test", args.test)):
         path = os.path.join(args.out, args.system, split + ".h5")
         if n and os.path.exists(path) and not args.overwrite:
-            raise ValueError(f"{path} exists; --overwrite replaces it, or choose another --out")
+            raise ValueError(f"{path} exists; --overwrite replaces it, --{split} 0 keeps it "
+                             "(after a stopped run: the split it finished), or choose another "
+                             "--out")
 
 
 def _kept(args, started):

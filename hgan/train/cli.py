@@ -51,7 +51,8 @@ def main(argv=None) -> int:
         except GenerationInterrupted as e:
             if reports_bad_input():
                 print(f"{prog()}: generation of {cfg.data_path} was interrupted "
-                      f"({signal.Signals(e.signum).name}); no partial file was kept",
+                      f"({signal.Signals(e.signum).name}); no partial file or half-made "
+                      "dataset was kept",
                       file=sys.stderr)
             return 128 + e.signum
         except KeyboardInterrupt as e:

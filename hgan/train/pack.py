@@ -361,7 +361,8 @@ def _generate_missing(runs):
             ensure_dataset(cfg, DistInfo())
         except GenerationInterrupted as e:
             print(f"hgan.train.pack: generation of {cfg.data_path} was interrupted "
-                  f"({signal.Signals(e.signum).name}); no partial file was kept", file=sys.stderr)
+                  f"({signal.Signals(e.signum).name}); no partial file or half-made dataset "
+                  "was kept", file=sys.stderr)
             return 128 + e.signum
         except (ValueError, OSError):
             continue  # the run reports it
