@@ -19,7 +19,8 @@ def _fails(argv, capsys, match):
         main(argv)
     err = capsys.readouterr().err
     assert e.value.code == 2
-    *bars, last = err.strip().splitlines()  # a split imported before the error shows its bar
+    # before the error, the bars of what was imported or begun
+    *bars, last = [line for line in err.strip().splitlines() if line.strip()]
     assert all("%|" in bar for bar in bars) and "Traceback" not in err, err
     assert last.startswith("hgan.data: error:") and match in last, err
 
@@ -271,3 +272,20 @@ def test_an_out_that_cannot_be_a_folder_is_named_in_words(tmp_path, capsys):
     a_file.write_text("")
     _fails(["generate", "--system", "pendulum", "--train", "1", "--test", "0", "--frames", "4",
             "--out", str(a_file)], capsys, f"{a_file / 'pendulum'}: Not a directory")
+
+
+def test_a_record_with_damaged_image_bytes_is_named_with_its_file_and_index(tmp_path, capsys):
+    # Record data carries no CRC check: PIL's "broken data stream when reading image file"
+    # named neither the file nor the record.
+    rng = np.random.default_rng(3)
+    d = tmp_path / "pendulum"
+    d.mkdir()
+    _write_suite_dir(d, rng.integers(0, 256, (3, 3, 32, 32, 3), dtype=np.uint8),
+                     rng.standard_normal((3, 3, 2)), {}, 2)
+    recs = list(read_records(d / "train.tfrecord"))
+    png = recs[1].index(b"\x89PNG")
+    broken = bytearray(recs[1])
+    broken[png + 60:png + 90] = bytes(30)   # inside the image data, past its header
+    write_records(d / "train.tfrecord", [recs[0], bytes(broken)])
+    _fails(["import-dm", str(d), "--out", str(tmp_path / "out")], capsys,
+           f"{d / 'train.tfrecord'}: record 1: ")

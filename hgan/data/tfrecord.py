@@ -222,5 +222,12 @@ def decode_trajectory(example, features):
 def iter_split(directory, split):
     """Yield decoded trajectories of <directory>/<split>.tfrecord."""
     features = read_features(os.path.join(directory, "features.txt"))
-    for data in read_records(os.path.join(directory, split + ".tfrecord")):
-        yield decode_trajectory(parse_example(data), features)
+    path = os.path.join(directory, split + ".tfrecord")
+    for i, data in enumerate(read_records(path)):
+        try:
+            traj = decode_trajectory(parse_example(data), features)
+        except (ValueError, OSError, SyntaxError) as e:
+            # The record's data has no CRC check (docs/data.md): damage surfaces here, as
+            # PIL's "broken data stream" and the like, which name neither file nor record.
+            raise TFRecordError(f"{path}: record {i}: {e}") from None
+        yield traj
