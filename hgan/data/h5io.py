@@ -244,10 +244,27 @@ class _Checked:
             return self._ds[key]
         except (OSError, RuntimeError) as e:
             first = key[0] if isinstance(key, tuple) and key else key
-            where = (f", trajectory {int(first)}" if isinstance(first, (int, np.integer))
-                     else "")
+            bad = first if isinstance(first, (int, np.integer)) else self._first_bad(first)
+            where = f", trajectory {int(bad)}" if bad is not None else ""
             raise DataFormatError(f"{self._path}: truncated or corrupt data (dataset "
                                   f"{self._name!r}{where}: {e})") from None
+
+    def _first_bad(self, rows):
+        """The first trajectory of a failed read of several (a slice, or all: `()`, `...`)
+        whose chunk cannot be read, found one trajectory at a time; None if none fails
+        alone. Only on the error path."""
+        if isinstance(rows, slice):
+            indices = range(*rows.indices(len(self._ds)))
+        elif rows is Ellipsis or (isinstance(rows, tuple) and not rows):
+            indices = range(len(self._ds))
+        else:
+            return None
+        for i in indices:
+            try:
+                self._ds[i]
+            except (OSError, RuntimeError):
+                return i
+        return None
 
     def __array__(self, dtype=None, copy=None):
         a = self[()]
