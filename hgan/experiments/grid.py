@@ -259,14 +259,16 @@ def check_flags(spec):
     from hgan.evaluate.cli import build_parser as eval_parser
     from hgan.models.config import batch_refusal
     from hgan.train.config import parse_command_line
+    train = functools.partial(_parse, parse_command_line, what="--train-args",
+                              command="python train.py")
+    evaluate = functools.partial(_parse, eval_parser().parse_args, what="--eval-args",
+                                 command="python -m hgan.evaluate")
     # Every run, not one per system and model: an extra --seed equal to one run's seed
     # changes the others'.
     for run in spec.runs():
-        train = functools.partial(_parse, parse_command_line, what="--train-args",
-                                  command="python train.py")
         cfg, resume, _ = train(run.train_flags)
-        base = train(functools.partial(run.train_flags, extra=False))[0]
-        _check_not_owned("--train-args", _TRAIN_OWNED, lambda get: get(cfg), lambda get: get(base))
+        _check_not_owned("--train-args", _TRAIN_OWNED, cfg,
+                         train(functools.partial(run.train_flags, extra=False))[0])
         if resume:
             raise GridError("--train-args --resume: the grid resumes its own runs (run the same "
                             "command again)")
@@ -274,11 +276,9 @@ def check_flags(spec):
         refusal = batch_refusal(cfg.model, cfg.batch_size)
         if refusal:
             raise GridError(f"{refusal} (--batch-size)")
-        evaluate = functools.partial(_parse, eval_parser().parse_args, what="--eval-args",
-                                     command="python -m hgan.evaluate")
         args = evaluate(run.eval_flags)
-        base = evaluate(functools.partial(run.eval_flags, extra=False))
-        _check_not_owned("--eval-args", _EVAL_OWNED, lambda get: get(args), lambda get: get(base))
+        _check_not_owned("--eval-args", _EVAL_OWNED, args,
+                         evaluate(functools.partial(run.eval_flags, extra=False)))
     i3d = _detector(args)
     if "fvd" in args.metrics and i3d and args.frames < fvd.MIN_FRAMES:
         raise GridError(f"evaluation with --frames {args.frames}: FVD's I3D (--i3d) needs at "
@@ -324,8 +324,10 @@ _EVAL_OWNED = {
 
 
 def _check_not_owned(what, owned, given, grid):
+    """GridError for the first owned setting whose value with the extra flags (`given`, as
+    parsed) differs from the grid's own (`grid`)."""
     for flag, (option, get) in owned.items():
-        if given(get) != grid(get):
+        if get(given) != get(grid):
             raise GridError(f"{what} {flag}: the grid sets it for every run; use the grid's own "
                             f"{option}")
 
