@@ -30,8 +30,9 @@ class HamiltonianMLP(nn.Module):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
-        if k < 1 or depth < 1:
-            raise ValueError(f"need k >= 1 and depth >= 1, got k={k}, depth={depth}")
+        if k < 1 or depth < 1 or hidden < 1:
+            raise ValueError(f"need k >= 1, hidden >= 1 and depth >= 1, got k={k}, "
+                             f"hidden={hidden}, depth={depth}")
         if separable and (hidden % 2 or hidden < 2):
             raise ValueError(f"separable form splits hidden between K and V: it must be even, "
                              f"got {hidden}")

@@ -1,4 +1,5 @@
 """The public contract of hgan.kernels: shapes, errors, dispatch, the module and L_cyc."""
+import os
 import subprocess
 import sys
 
@@ -85,6 +86,9 @@ def test_clear_errors(mlp):
         (dict(weights=[w[0].numpy(), w[1], w[2]]), TypeError, r"got ndarray$"),
         (dict(weights=[w[0].t(), w[1].t(), w[2].t()]), ValueError,
          r"weights\[0\] has shape \(6, 16\): that is \[in, out\].*transpose them"),
+        # weights[0] alone transposed: weights[1] takes its 16 outputs (blamed the state before)
+        (dict(weights=[w[0].t(), w[1], w[2]]), ValueError,
+         r"weights\[0\] has shape \(6, 16\): that is \[in, out\].*transpose weights\[0\]"),
         # ... but a network in nn.Linear layout built for another k is named as that
         (dict(q0=torch.randn(4, 8), p0=torch.randn(4, 8),
               weights=[torch.zeros(16, 10), w[1], w[2]]), ValueError,
@@ -110,6 +114,19 @@ def test_dt_may_be_any_real_scalar(mlp):
     for dt in (np.float32(0.25), np.float64(0.25), 0.25):
         got = leapfrog(q0, q0, w, b, frames=3, dt=dt, backend="analytic")
         assert all(torch.equal(x, y) for x, y in zip(got, want))
+
+
+def test_frames_may_be_any_integer(mlp):
+    import numpy as np
+    w, b = mlp
+    q0 = torch.randn(2, 3)
+    want = leapfrog(q0, q0, w, b, frames=4, backend="analytic")
+    for frames in (np.int64(4), np.int32(4), torch.tensor(4)):
+        got = leapfrog(q0, q0, w, b, frames=frames, backend="analytic")
+        assert all(torch.equal(x, y) for x, y in zip(got, want))
+    for frames in (torch.tensor([4]), torch.tensor(4.0), np.float64(4.0), torch.tensor(True)):
+        with pytest.raises(ValueError, match="frames must be an int"):
+            leapfrog(q0, q0, w, b, frames=frames, backend="analytic")
 
 
 def test_device_mismatch_is_reported(mlp):
@@ -170,6 +187,8 @@ def test_module_rejects_bad_config():
         HamiltonianMLP(3, activation="gelu")
     with pytest.raises(ValueError, match="even"):
         HamiltonianMLP(3, hidden=7, separable=True)
+    with pytest.raises(ValueError, match="hidden >= 1"):
+        HamiltonianMLP(2, hidden=0)          # accepted before, failed later in the rollout
 
 
 def test_cyclic_loss_matches_definition():
@@ -332,3 +351,92 @@ def test_a_rollout_inside_autocast_is_the_fp32_rollout(backend):
         leapfrog(torch.zeros(2, 3, dtype=torch.bfloat16, device=dev),
                  torch.zeros(2, 3, dtype=torch.bfloat16, device=dev), w, b, frames=2,
                  backend=backend)
+
+
+@pytest.mark.parametrize("backend,low", [(b, low) for b in _backends_here()
+                                          for low in (torch.bfloat16, torch.float16)
+                                          if b != "fused" or low == torch.bfloat16])
+def test_a_low_precision_network_integrates_in_float32(backend, low):
+    # A network kept in bf16/fp16 gets the float32 rollout rounded to its dtype: it ran in
+    # bf16 before (1e-2 from float64 after 6 frames, no warning). Oracle: float64 on the same
+    # (rounded) numbers; the only error left is the final rounding to the low dtype.
+    dev = "cuda" if backend == "fused" and torch.cuda.is_available() else "cpu"
+    w, b = random_mlp(3, (20, 24), generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(4)
+    q0, p0 = torch.randn(5, 3, generator=gen), torch.randn(5, 3, generator=gen)
+    lw = [t.to(low).to(dev).requires_grad_(True) for t in w]
+    lb = [t.to(low).to(dev).requires_grad_(True) for t in b]
+    out = leapfrog(q0.to(low).to(dev), p0.to(low).to(dev), lw, lb, frames=6, backend=backend)
+    exact = leapfrog(q0.to(low).double(), p0.to(low).double(), [t.detach().double().cpu()
+                     for t in lw], [t.detach().double().cpu() for t in lb], frames=6,
+                     backend="reference")
+    unit = torch.finfo(low).eps            # one rounding of a value in [1, 2)
+    for got, want in zip(out, exact):
+        assert got.dtype == low
+        err = ((got.double().cpu() - want).abs() / want.abs().clamp_min(1e-3)).max()
+        assert err <= unit, f"{low} rollout off by {err:.2e} relative (one rounding: {unit})"
+    # gradients arrive in the parameters' dtype: float32 gradients through the casts
+    sum(t.float().sum() for t in out).backward()
+    fw = [t.detach().float().requires_grad_(True) for t in lw]
+    fb = [t.detach().float().requires_grad_(True) for t in lb]
+    f32 = leapfrog(q0.to(low).float().to(dev), p0.to(low).float().to(dev), fw, fb, frames=6,
+                   backend=backend)
+    sum(t.to(low).float().sum() for t in f32).backward()
+    for got, want in zip(lw + lb, fw + fb):
+        if want.grad is None:      # reference leaves the output bias, which moves nothing
+            assert got.grad is None
+            continue
+        assert got.grad.dtype == low and torch.equal(got.grad, want.grad.to(low))
+
+
+def test_torch_func_runs_reference_under_auto_and_refuses_the_others(mlp, monkeypatch):
+    # analytic is a hand-written autograd Function without a vmap rule: torch.func failed
+    # inside torch with a message naming neither the backend nor the way out.
+    monkeypatch.setattr(dispatch, "_warned", set())
+    w, b = [t.double() for t in mlp[0]], [t.double() for t in mlp[1]]
+    q0 = torch.randn(4, 3, dtype=torch.float64)
+    p0 = torch.randn(4, 3, dtype=torch.float64)
+    with pytest.warns(UserWarning, match="torch.func.*running the reference backend"):
+        jac = torch.func.jacrev(lambda q: leapfrog(q, p0, w, b, frames=3)[0])(q0)
+    want = torch.autograd.functional.jacobian(
+        lambda q: leapfrog(q, p0, w, b, frames=3, backend="reference")[0], q0)
+    torch.testing.assert_close(jac, want, rtol=1e-12, atol=1e-12)
+    for backend in ("analytic", "fused"):
+        with pytest.raises(ValueError, match=f"backend='{backend}' cannot run here: torch.func"):
+            torch.func.grad(lambda q: leapfrog(q, p0, w, b, frames=3,
+                                               backend=backend)[0].sum())(q0)
+    # outside a transform, auto is the analytic backend as before
+    assert dispatch._resolve("auto", q0, w, "softplus") == "analytic"
+
+
+def test_triton_interpret_changed_after_import_is_named():
+    # Triton reads TRITON_INTERPRET once, at import: setting it later made the fused kernels
+    # fail inside Triton ("Cannot call @triton.jit'd outside of the scope of a kernel").
+    pytest.importorskip("triton")
+    code = ("import os, torch, triton\n"
+            "from hgan.kernels import HamiltonianMLP\n"
+            "os.environ['TRITON_INTERPRET'] = '1'\n"
+            "try:\n"
+            "    HamiltonianMLP(3, hidden=16).rollout(torch.zeros(2, 3), torch.zeros(2, 3), 3,\n"
+            "                                         backend='fused')\n"
+            "except ValueError as e:\n"
+            "    print(e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "TRITON_INTERPRET was set after triton was imported" in out.stdout, out.stdout
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/integrator.md"])
+def test_the_integrator_examples_run_as_written(doc):
+    # The library's first page: each self-contained Python block about hgan.kernels runs.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, doc)) as f:
+        text = f.read()
+    blocks = [blk for blk in text.split("```python\n")[1:]]
+    blocks = [blk[:blk.index("```")] for blk in blocks]
+    blocks = [blk for blk in blocks if "hgan.kernels" in blk]
+    assert blocks, f"no hgan.kernels example in {doc}"
+    for blk in blocks:
+        exec(compile(blk, doc, "exec"), {"__name__": "__doc_example__"})

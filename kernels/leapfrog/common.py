@@ -126,12 +126,20 @@ def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend, schem
     k = q0.shape[1]
     w0 = weights[0]
     last = weights[-1]
-    if w0.dim() == 2 and w0.shape[0] == 2 * k and w0.shape[1] != 2 * k and last.dim() == 2 \
-            and last.shape[1] == 1 and last.shape[0] != 1:
-        # the whole stack is [in, out]: [2k, n_1] first, [n_L, 1] last
-        raise ValueError(f"weights[0] has shape {tuple(w0.shape)}: that is [in, out] for [q; p] "
-                         f"of 2k = {2 * k} inputs; weights are in nn.Linear layout [out, in] "
-                         f"(transpose them)")
+    if w0.dim() == 2 and w0.shape[0] == 2 * k and w0.shape[1] != 2 * k:
+        w1 = weights[1]
+        if last.dim() == 2 and last.shape[1] == 1 and last.shape[0] != 1:
+            # the whole stack is [in, out]: [2k, n_1] first, [n_L, 1] last
+            which = "transpose them"
+        elif w1.dim() == 2 and w1.shape[1] == w0.shape[1]:
+            # weights[1] takes w0.shape[1] inputs: weights[0] alone is [in, out]
+            which = "transpose weights[0]"
+        else:
+            which = None
+        if which:
+            raise ValueError(f"weights[0] has shape {tuple(w0.shape)}: that is [in, out] for "
+                             f"[q; p] of 2k = {2 * k} inputs; weights are in nn.Linear layout "
+                             f"[out, in] ({which})")
     if isinstance(w0, torch.Tensor) and w0.dim() == 2 and w0.shape[1] != 2 * k \
             and w0.shape[1] % 2 == 0:
         # A first layer that does take some [q; p] was built for another k: the state is what

@@ -6,6 +6,7 @@ contract runs ``analytic`` under ``auto`` with a one-time warning; an explicit
 ``backend="fused"`` that cannot run raises with the reason instead.
 """
 import logging
+import operator
 import os
 import sys
 import warnings
@@ -62,6 +63,28 @@ def _triton_importable():
     return True
 
 
+def _interpret_mismatch():
+    """Triton reads TRITON_INTERPRET once, when triton.language is imported: its own @jit
+    functions (tl.sum, tl.max) are interpreted or compiled from then on. A kernel launched
+    after the variable changed mixes the two and fails deep inside Triton with an error that
+    names neither, so the mismatch is found here and stated."""
+    tl = sys.modules.get("triton.language")
+    if tl is None or not hasattr(tl, "sum"):
+        return None
+    compiled_stdlib = type(tl.sum).__name__ != "InterpretedFunction"
+    if _interpreting() == compiled_stdlib:
+        now = "set" if _interpreting() else "unset"
+        return (f"TRITON_INTERPRET was {now} after triton was imported (triton reads it once, "
+                f"at import): set it before anything imports triton")
+    return None
+
+
+def _functorch_active():
+    """Whether a torch.func transform (grad, vjp, jacrev, vmap) is tracing this call."""
+    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
+
+
 def fused_unsupported_reason(q0, weights, activation):
     """Why the fused kernels cannot run this configuration, or None if they can."""
     widths = [w.shape[0] for w in weights[:-1]]
@@ -81,10 +104,20 @@ def fused_unsupported_reason(q0, weights, activation):
     if q0.device.type != "cuda" and not (q0.device.type == "cpu" and _interpreting()):
         return (f"fused needs CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), got "
                 f"{q0.device}")
-    return None
+    return _interpret_mismatch()
 
 
 def _resolve(backend, q0, weights, activation):
+    if _functorch_active() and backend != "reference":
+        # analytic and fused are autograd.Functions with hand-written backwards and no vmap
+        # rule: torch.func cannot transform them, while autograd through reference it can.
+        reason = ("torch.func transforms (grad, vjp, jacrev, vmap) cannot see through the "
+                  "analytic and fused backends' hand-written backwards")
+        if backend != "auto":
+            raise ValueError(f"backend={backend!r} cannot run here: {reason}; use "
+                             f"backend='reference' (or 'auto', which picks it)")
+        _fall_back(reason, "reference")
+        return "reference"
     if backend != "auto":
         if backend == "fused":
             reason = fused_unsupported_reason(q0, weights, activation)
@@ -109,7 +142,7 @@ def _resolve(backend, q0, weights, activation):
 _PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 
 
-def _fall_back(reason):
+def _fall_back(reason, instead="analytic"):
     """The one-time warning of backend='auto' running analytic instead of fused, attributed
     to the caller's line (leapfrog() or HamiltonianMLP.rollout()), however deep the call
     inside this package was: the contract check, a forward or a backward that cannot launch."""
@@ -118,7 +151,7 @@ def _fall_back(reason):
         frame, level = sys._getframe(0), 1
         while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE_DIR):
             frame, level = frame.f_back, level + 1
-        warnings.warn(f"leapfrog backend='auto': {reason}; running the analytic backend",
+        warnings.warn(f"leapfrog backend='auto': {reason}; running the {instead} backend",
                       stacklevel=level)
 
 
@@ -160,8 +193,24 @@ def _leapfrog(q0, p0, weights, biases, dt, frames, activation, backend, scheme, 
         with autocast_off(device_type):
             return _leapfrog(q0, p0, weights, biases, dt, frames, activation, backend, scheme,
                              precision)
+    if not isinstance(frames, bool) and not (isinstance(frames, torch.Tensor)
+                                             and (frames.dim() or frames.dtype == torch.bool)):
+        try:                  # numpy and 0-d tensor integers are ints here, as in range()
+            frames = operator.index(frames)
+        except TypeError:
+            pass              # check_inputs names it
     weights, biases = check_inputs(q0, p0, weights, biases, dt, frames, activation, backend,
                                    scheme, precision)
+    if q0.dtype in (torch.bfloat16, torch.float16):
+        # A network kept in bf16 or fp16: integrating in it misses the 1e-4 contract by far
+        # (measured: 1e-2 in bf16 over 6 frames, errors compound along the rollout), so every
+        # backend computes in float32 and hands back the inputs' dtype, as torch's own
+        # reductions do. Gradients reach the low-precision tensors through the casts.
+        low = q0.dtype
+        up = [t.float() for t in weights], [t.float() for t in biases]
+        out = _leapfrog(q0.float(), p0.float(), *up, dt, frames, activation, backend, scheme,
+                        precision)
+        return tuple(t.to(low) for t in out)
     chosen = _resolve(backend, q0, weights, activation)
     dt = float(dt)
     if chosen == "reference":
