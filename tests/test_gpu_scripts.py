@@ -73,7 +73,8 @@ def test_trainstep_script_returns_its_own_results_within_eight_files(tmp_path):
     assert committed and "stub-device.json" not in committed
     out = tmp_path / "out"
     r = _run("bench/gpu/trainstep.sh", repo, bin_dir, out)
-    assert r.returncode == 0, r.stderr
+    # the failed stage costs only itself, and the call's exit status says one failed
+    assert r.returncode == 1 and "2 stage(s) failed" in r.stderr, r.stderr   # eager 32, 64
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     stages = [c for c in calls if "trainstep_table.py" in c and "--summary" not in c]
     # every stage ran, in the script's order of importance, the prep first
@@ -109,7 +110,7 @@ def test_cuda_tests_script_logs_both_runs_with_their_exit_codes(tmp_path):
     out = tmp_path / "out"
     r = _run("bench/gpu/cuda_tests.sh", repo, bin_dir, out)
     assert r.returncode == 0, r.stderr
-    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    calls = [c for c in (tmp_path / "calls.txt").read_text().splitlines() if "-m pytest" in c]
     # the capture tests in a process of their own, the rest without them (side by side)
     assert len(calls) == 2 and all("-m cuda" in c for c in calls)
     assert sorted(c.endswith("-m cuda tests/test_train_capture.py") for c in calls) == [False, True]
@@ -120,7 +121,7 @@ def test_cuda_tests_script_logs_both_runs_with_their_exit_codes(tmp_path):
     assert os.listdir(out) == ["cuda-tests.txt"]   # nothing else takes one of the 8 files
 
 
-def _table1_stub_bin(tmp_path, pack_check_passes=True):
+def _table1_stub_bin(tmp_path, pack_check_passes=True, export_fails=False):
     """python3 for table1.sh: logs each call and plays each step's part: the data step leaves
     the pendulum files, the grid a run's checkpoint and compare.md, export its folder."""
     bin_dir = tmp_path / "bin"
@@ -134,6 +135,8 @@ def _table1_stub_bin(tmp_path, pack_check_passes=True):
         case "$args" in
           -) cat > /dev/null; echo "torch stub"; echo "commit $HGAN_COMMIT" ;;
           *"-m pytest"*) {'exit 0' if pack_check_passes else 'echo "1 failed"; exit 1'} ;;
+          *"hgan.experiments export"*) {'echo "error: stub"; exit 2' if export_fails else
+                                        'mkdir -p "$(arg_after --to "$@")"; touch "$(arg_after --to "$@")/compare.md"'} ;;
           *"table1"*--data-only*)
             g=$(arg_after --out "$@"); mkdir -p "$g/data/pendulum"
             touch "$g/data/pendulum/train.h5" "$g/data/pendulum/test.h5"; echo "data ready" ;;
@@ -144,7 +147,6 @@ def _table1_stub_bin(tmp_path, pack_check_passes=True):
             touch "$g/runs/pendulum-hgan-s0/checkpoints/last.pt" "$g/grid.json" \\
                   "$g/runs/pendulum-hgan-s0/train.log"
             echo "| table |" > "$g/compare.md"; echo "grid done" ;;
-          *"hgan.experiments export"*) mkdir -p "$(arg_after --to "$@")" ;;
           *) echo "stub $args" ;;
         esac
         """))
@@ -241,3 +243,72 @@ def test_run_script_returns_only_the_results_file_of_this_call(tmp_path, stage, 
                        env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", OUT=str(out)))
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(out)) == sorted(["stub-device.json", log])
+
+
+def test_table1_script_keeps_the_committed_results_when_the_export_fails(tmp_path):
+    # It removed docs/results/table1 before exporting: a failed grid took the committed
+    # results with it.
+    repo = _copy_tree(tmp_path)
+    out, grid, dest = tmp_path / "out", tmp_path / "grid", tmp_path / "dest" / "table1"
+    dest.mkdir(parents=True)
+    (dest / "compare.md").write_text("committed table\n")
+    bin_dir = _table1_stub_bin(tmp_path, export_fails=True)
+    r = _run("bench/gpu/table1.sh", repo, bin_dir, out, GRID_DIR=str(grid), DEST=str(dest))
+    assert r.returncode != 0
+    assert (dest / "compare.md").read_text() == "committed table\n"
+    assert sorted(os.listdir(dest.parent)) == ["table1"]         # no half-made export left
+    assert not (out / "table1.tar.gz").exists()
+    assert "export of" in (out / "grid.log").read_text()
+    # a working export replaces it
+    shutil.rmtree(tmp_path / "bin")
+    bin_dir = _table1_stub_bin(tmp_path)
+    r = _run("bench/gpu/table1.sh", repo, bin_dir, out, GRID_DIR=str(grid), DEST=str(dest))
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert (dest / "compare.md").read_text() == "" and (dest / "versions.txt").exists()
+    assert (out / "table1.tar.gz").exists()
+
+
+def _no_cuda_bin(tmp_path):
+    """python3 of a machine without a GPU: torch.cuda.is_available() is False."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(textwrap.dedent(f"""\
+        #!/usr/bin/env bash
+        echo "$*" >> "{tmp_path}/calls.txt"
+        case "$*" in *cuda.is_available*) exit 1 ;; esac
+        echo "stub $*"
+        """))
+    (bin_dir / "python3").chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.parametrize("script,args", [("trainstep.sh", []), ("cuda_tests.sh", []),
+                                         ("table1.sh", []), ("run.sh", ["check"]),
+                                         ("run.sh", ["train"])])
+def test_gpu_scripts_stop_at_once_without_cuda(tmp_path, script, args):
+    # trainstep.sh on a CPU ran its 8 stages (each failing, reason in a log) and exited 0.
+    bin_dir = _no_cuda_bin(tmp_path)
+    repo = _copy_tree(tmp_path)
+    out = tmp_path / "out"
+    r = subprocess.run(["bash", f"bench/gpu/{script}", *args], cwd=repo, capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ, OUT=str(out),
+                                                       PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"{script}: no CUDA device here (torch.cuda.is_available() is "
+                                f"False): this script measures a GPU")
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    assert len(calls) == 1, calls                 # the check, and nothing after it
+    leftovers = [f for f in os.listdir(tmp_path) if f.startswith("tmp")]
+    assert not leftovers
+
+
+@pytest.mark.parametrize("args,msg", [([], "usage: bash bench/gpu/run.sh check|tune"),
+                                      (["bench"], "unknown stage 'bench'")])
+def test_run_script_names_a_missing_or_unknown_stage(tmp_path, args, msg):
+    bin_dir = _no_cuda_bin(tmp_path)
+    repo = _copy_tree(tmp_path)
+    r = subprocess.run(["bash", "bench/gpu/run.sh", *args], cwd=repo, capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ, OUT=str(tmp_path / "out"),
+                                                       PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    assert r.returncode == 2 and r.stderr.startswith(msg), r.stderr
+    assert not (tmp_path / "calls.txt").exists()

@@ -17,8 +17,25 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
 PY=python3
-stage="${1:?usage: bash bench/gpu/run.sh check|tune|leapfrog|train [extra args]}"
+if [ $# -lt 1 ]; then
+  echo "usage: bash bench/gpu/run.sh check|tune|leapfrog|train [extra args]" >&2
+  exit 2
+fi
+stage=$1
 shift
+case "$stage" in
+  check|tune|leapfrog|train) ;;
+  *) echo "unknown stage '$stage': use check, tune, leapfrog or train" >&2; exit 2 ;;
+esac
+# One line and exit 2 where there is no GPU, before any stage starts (on a CPU each stage
+# failed on its own and the reason stayed in a log).
+need_cuda() {
+  $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2> /dev/null \
+    && return
+  echo "$(basename "$0"): no CUDA device here (torch.cuda.is_available() is False): this script measures a GPU" >&2
+  exit 2
+}
+need_cuda
 # Extra arguments go to that stage's pytest (e.g. train -k 32px, to split a stage over two
 # calls) or to tune_fused.py (e.g. tune --blocks 16 32).
 
@@ -27,6 +44,7 @@ status=0
 # ptxas-sm_90.json) would take slots of the 8 files and make the merge below refuse the lot
 # ("one device per results file").
 STAMP=$(mktemp)
+trap 'rm -f "$STAMP"' EXIT
 save_results() { find bench/results -maxdepth 1 -name '*.json' -newer "$STAMP" -exec cp {} "$OUT"/ \; ; }
 # A command is killed at 600 s on the runners this was written for, and then nothing after it runs (save_results
 # included): stop each stage's main command earlier so that what it measured still comes back.
@@ -86,10 +104,6 @@ PYEOF
         "$@" 2>&1 | tee "$OUT/bench-train.txt" | tail -30
     status=${PIPESTATUS[0]}
     save_results
-    ;;
-  *)
-    echo "unknown stage '$stage': use check, tune, leapfrog or train" >&2
-    exit 2
     ;;
 esac
 exit "$status"

@@ -48,6 +48,16 @@ GRID_ARGS="${GRID_ARGS:-}"       # e.g. data sizes: --train-traj 1000 --traj-fra
 EVAL_ARGS="${EVAL_ARGS:-}"       # extra hgan.evaluate flags for every run
 # MPS=1: the processes under an MPS daemon (below)
 
+# One line and exit 2 where there is no GPU, before any stage starts (on a CPU each stage
+# failed on its own and the reason stayed in a log).
+need_cuda() {
+  $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2> /dev/null \
+    && return
+  echo "$(basename "$0"): no CUDA device here (torch.cuda.is_available() is False): this script measures a GPU" >&2
+  exit 2
+}
+[ "$DEVICE" = cpu ] || need_cuda
+
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
 $PY - > "$OUT/versions.txt" 2>&1 <<'PYEOF'
 import os, subprocess, torch
@@ -171,12 +181,20 @@ fi
 # A grid killed before it wrote its table (timeout's -k): write it from what is on disk.
 [ -f "$GRID/compare.md" ] || $PY -m hgan.experiments table1 --out "$GRID" --systems "$SYSTEMS" \
     --models "$MODELS" --iters "$ITERS" --device "$DEVICE" $GRID_ARGS --report-only > /dev/null 2>&1
-rm -rf "$DEST"
-$PY -m hgan.experiments export "$GRID" --to "$DEST"
-cp "$OUT/versions.txt" "$DEST/versions.txt"
-[ -f "$OUT/eval-one.log" ] && tail -1 "$OUT/eval-one.log" > "$DEST/eval-one.txt"
+# Exported beside $DEST and swapped in only when the export worked: a failed grid must not
+# take the committed results with it.
 cp "$GRID/compare.md" "$OUT/compare.md" 2>/dev/null
-tar czf "$OUT/table1.tar.gz" -C "$(dirname "$DEST")" "$(basename "$DEST")"
+rm -rf "$DEST.new"
+if $PY -m hgan.experiments export "$GRID" --to "$DEST.new"; then
+  cp "$OUT/versions.txt" "$DEST.new/versions.txt"
+  [ -f "$OUT/eval-one.log" ] && tail -1 "$OUT/eval-one.log" > "$DEST.new/eval-one.txt"
+  rm -rf "$DEST" && mv "$DEST.new" "$DEST"
+  tar czf "$OUT/table1.tar.gz" -C "$(dirname "$DEST")" "$(basename "$DEST")"
+else
+  rm -rf "$DEST.new"
+  echo "export of $GRID failed: $DEST kept as it was, no table1.tar.gz" | tee -a "$OUT/grid.log"
+  [ "$status" -eq 0 ] && status=1
+fi
 (cd "$GRID" && tar czf "$OUT/logs.tar.gz" grid.json runs/*/train.log runs/*/eval.log 2>/dev/null)
 echo "done in $SECONDS s"
 exit "$status"

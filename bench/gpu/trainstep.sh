@@ -19,7 +19,18 @@ LOG="$OUT/trainstep.txt"
 mkdir -p "$OUT"
 # $OUT holds only a few files (a remote runner may copy back no more than 8): the results files this call wrote (not the committed
 # ones of other devices), the stage log outside it.
+# One line and exit 2 where there is no GPU, before any stage starts (on a CPU each stage
+# failed on its own and the reason stayed in a log).
+need_cuda() {
+  $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2> /dev/null \
+    && return
+  echo "$(basename "$0"): no CUDA device here (torch.cuda.is_available() is False): this script measures a GPU" >&2
+  exit 2
+}
+need_cuda
 STAMP=$(mktemp) STAGE=$(mktemp)
+trap 'rm -f "$STAMP" "$STAGE"' EXIT
+failed=0
 save() { find bench/results -maxdepth 1 -name '*.json' -newer "$STAMP" -exec cp {} "$OUT"/ \; ; }
 
 stage() {   # stage NAME LIMIT_S ARGS...: one process, at most LIMIT_S and what is left
@@ -35,8 +46,9 @@ stage() {   # stage NAME LIMIT_S ARGS...: one process, at most LIMIT_S and what 
   timeout -k 5 "$limit" $PY bench/trainstep_table.py --data "$DATA" "$@" > "$STAGE" 2>&1
   local rc=$?
   cat "$STAGE" >> "$LOG"
-  grep -E "px: |compiled|Error" "$STAGE" | tail -8
+  grep -iE "px: |compiled|error" "$STAGE" | tail -8
   echo "== $name: rc $rc at ${SECONDS}s" | tee -a "$LOG"
+  [ "$rc" -ne 0 ] && failed=$((failed + 1))
   save
 }
 
@@ -64,3 +76,8 @@ stage compile-64 90 --resolution 64 --variants capture_compile
 $PY bench/trainstep_table.py --summary > "$OUT/trainstep-table.md" 2>&1
 cat "$OUT/trainstep-table.md"
 save
+# A failed stage costs only itself, but the call says so: exit 1 when any stage failed.
+if [ "$failed" -gt 0 ]; then
+  echo "$failed stage(s) failed: see $LOG" >&2
+  exit 1
+fi
