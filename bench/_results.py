@@ -12,6 +12,7 @@ import time
 import torch
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+WRITTEN = set()   # results files this process wrote (bench/conftest.py names them at the end)
 
 
 def device_name(device: str = "cuda") -> str:
@@ -69,8 +70,23 @@ def environment(device: str = "cuda") -> dict:
     }
 
 
-def record(section: str, name: str, payload: dict, device: str = "cuda") -> str:
-    """Merge ``payload`` under results[section][name] in bench/results/<device>.json."""
+def _load_average():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:          # not every platform has one
+        return None
+
+
+def record(section: str, name: str, payload: dict, device: str = "cuda",
+           partial: bool = False) -> str:
+    """Merge ``payload`` under results[section][name] in bench/results/<device>.json.
+
+    Each entry carries what it was measured with (commit, torch, triton, date, the machine's
+    1-minute load average): the file's top-level environment is only its last writer's.
+    partial=True is for entries that pair figures of one run (speed-ups): keys this run did
+    not measure stay, each listed under "earlier" with the commit and date it came from,
+    instead of vanishing when a run (-k) timed only some of the variants.
+    """
     env = environment(device)
     os.makedirs(RESULTS_DIR, exist_ok=True)
     path = os.path.join(RESULTS_DIR, env["device"] + ".json")
@@ -79,10 +95,26 @@ def record(section: str, name: str, payload: dict, device: str = "cuda") -> str:
         with open(path) as f:
             data = json.load(f)
     data.update(env)
-    # Entries are re-measured one section at a time: each carries its own commit and date.
-    payload = {**payload, "commit": env["commit"],
-               "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    data.setdefault("results", {}).setdefault(section, {})[name] = payload
+    stamp = {"commit": env["commit"], "torch": env.get("torch"), "triton": env.get("triton"),
+             "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+             "load_average_1min": _load_average()}
+    entries = data.setdefault("results", {}).setdefault(section, {})
+    old = entries.get(name, {})
+    entry = {**payload, **stamp}
+    if partial and old:
+        earlier = dict(old.get("earlier", {}))
+        for key, value in old.items():
+            if key in payload or key in stamp or key == "earlier":
+                continue
+            entry[key] = value
+            earlier.setdefault(key, {"commit": old.get("commit"),
+                                     "measured": old.get("measured")})
+        for key in payload:
+            earlier.pop(key, None)
+        if earlier:
+            entry["earlier"] = earlier
+    entries[name] = entry
+    WRITTEN.add(path)
     return write_json(path, data)
 
 
@@ -95,31 +127,50 @@ def write_json(path, data):
 
 def merge(paths, out_dir=RESULTS_DIR):
     """Merge results files written by separate calls on one device (bench/gpu/run.sh stages)
-    into out_dir/<device>.json: later files win per (section, name); the environment of the
-    last file is kept. Refuses files from different devices."""
-    merged, device = {}, None
+    into out_dir/<device>.json, on top of what that file already holds: later files win per
+    (section, name); the top-level environment is the last file's. Refuses files from
+    different devices."""
+    if not paths:
+        raise ValueError("no results files given")
+    files = []
     for p in paths:
-        with open(p) as f:
-            data = json.load(f)
-        if device is not None and data.get("device") != device:
+        try:
+            with open(p) as f:
+                files.append((p, json.load(f)))
+        except (OSError, ValueError) as err:
+            raise ValueError(f"cannot read {p}: {err}") from None
+    device = files[0][1].get("device")
+    for p, data in files:
+        if data.get("device") != device or not device:
             raise ValueError(f"{p} is from {data.get('device')!r}, not {device!r}: one device "
                              f"per results file")
-        device = data.get("device")
+    target = os.path.join(out_dir, device + ".json")
+    if os.path.exists(target) and not any(os.path.exists(p) and os.path.samefile(p, target)
+                                          for p, _ in files):
+        with open(target) as f:
+            files.insert(0, (target, json.load(f)))
+    merged = {}
+    for _, data in files:
         results = merged.get("results", {})
         for section, entries in data.get("results", {}).items():
             results.setdefault(section, {}).update(entries)
         merged.update({k: v for k, v in data.items() if k != "results"})
         merged["results"] = results
-    if device is None:
-        raise ValueError("no results files given")
     os.makedirs(out_dir, exist_ok=True)
-    return write_json(os.path.join(out_dir, device + ".json"), merged)
+    return write_json(target, merged)
 
 
 if __name__ == "__main__":
     import sys
     usage = ("usage: python bench/_results.py merge FILE.json [FILE.json ...]\n"
-             "merges results files of one device into bench/results/<device>.json")
-    if len(sys.argv) < 3 or sys.argv[1] != "merge" or {"-h", "--help"} & set(sys.argv):
+             "merges results files of one device into bench/results/<device>.json, keeping "
+             "the entries it already holds (later files win per entry)")
+    if {"-h", "--help"} & set(sys.argv[1:]):
+        print(usage)
+        raise SystemExit(0)
+    if len(sys.argv) < 3 or sys.argv[1] != "merge":
         raise SystemExit(usage)
-    print(merge(sys.argv[2:]))
+    try:
+        print(merge(sys.argv[2:]))
+    except ValueError as err:
+        raise SystemExit(f"error: {err}")

@@ -13,3 +13,11 @@ def _timed_only(request):
     if request.config.getoption("benchmark_disable", False):
         pytest.skip("--benchmark-disable: these benchmarks exist to time and record medians "
                     "(run them with --benchmark-only)")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Say where the medians went: every run merges them into a tracked file."""
+    import _results
+    for path in sorted(_results.WRITTEN):
+        terminalreporter.write_line(f"medians recorded in {os.path.relpath(path)} (each entry "
+                                    f"with its commit, versions, date and load average)")

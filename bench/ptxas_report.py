@@ -253,6 +253,9 @@ def main(argv=None):
                        "shared memory as ptxas -v reports them; no timings")
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                             f"ptxas-sm_{a.arch}.json")
+        # Each row names what compiled it: rows kept from earlier runs keep theirs, and the
+        # file's top-level commit and versions are only its last writer's.
+        rows = [dict(r, commit=env["commit"], triton=env["triton"]) for r in rows]
         write_json(path, dict(env, rows=merge_rows(path, rows)))
         print(f"wrote {path}")
     if failed:

@@ -3,7 +3,7 @@
     python bench/trainstep_table.py --data DIR --prep
     python bench/trainstep_table.py --data DIR --resolution 32 --variants capture capture_bf16 \
         --busy capture
-    python bench/trainstep_table.py --summary
+    python bench/trainstep_table.py --summary [bench/results/<device>.json]
 
 Variants are `_trainstep.TABLE` (batch 16, 16 frames). Per variant: warm-up steps (compilation,
 the capture), then ROUNDS runs of N unsynchronised steps with one sync at the end (what a
@@ -149,8 +149,11 @@ def summary(path):
     rows = data.get("results", {}).get(SECTION, {})
     if not rows:
         return f"no train-step table in {path} (section {SECTION!r}): nothing measured yet"
-    lines = [f"device {data.get('device')}, torch {data.get('torch')}, commit "
-             f"{data.get('commit')}", "",
+    # the rows' own provenance: the file's top level is only its last writer's
+    def seen(key):
+        vals = sorted({str(r.get(key, data.get(key))) for r in rows.values()})
+        return ", ".join(vals)
+    lines = [f"device {data.get('device')}, torch {seen('torch')}, commit {seen('commit')}", "",
              "| variant | px | videos/s | step ms | x baseline | data wait | device busy |",
              "|---|---|---|---|---|---|---|"]
     for res in (32, 64):
@@ -260,13 +263,15 @@ def main(argv=None):
                                                          "is profiled")
     p.add_argument("--pack", nargs="*", type=int, default=[],
                    help="numbers of captured runs to measure together in one process")
-    p.add_argument("--summary", action="store_true", help="print the table as Markdown")
+    p.add_argument("--summary", nargs="?", const="", metavar="RESULTS_JSON",
+                   help="print the table as Markdown, from this machine's results file or the "
+                        "one named (e.g. bench/results/NVIDIA-H200.json, read on any machine)")
     p.add_argument("--cpu", action="store_true",
                    help="run without CUDA anyway: checks the script (tiny shapes in tests); "
                         "its figures say nothing about the GPU table")
     a = p.parse_args(argv)
-    if a.summary:
-        path = os.path.join(RESULTS_DIR, environment(DEVICE)["device"] + ".json")
+    if a.summary is not None:
+        path = a.summary or os.path.join(RESULTS_DIR, environment(DEVICE)["device"] + ".json")
         if not os.path.exists(path):
             print(f"no results yet: {path} does not exist")
             return 1

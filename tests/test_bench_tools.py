@@ -623,6 +623,62 @@ def test_record_merges_sections_and_stamps_each_entry(tmp_path, monkeypatch):
     a = data["results"]["leapfrog"]["a"]
     assert a["median_s"] == 1.0 and a["commit"] == "c1" and a["measured"].endswith("Z")
     assert data["results"]["trainstep"]["b"]["commit"] == "c2"
+    # each entry names the versions it ran with and how loaded the machine was
+    assert a["torch"] == "t" and "triton" in a and "load_average_1min" in a
+
+
+def test_a_partial_speedup_entry_keeps_the_ratios_it_did_not_retime(tmp_path, monkeypatch):
+    # A -k run that timed reference and reference_compiled only replaced the whole entry:
+    # the stored analytic ratios vanished.
+    env = {"device": "GPU-X", "commit": "c1", "torch": "t", "triton": None}
+    monkeypatch.setattr(_results, "RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr(_results, "environment", lambda device="cuda": dict(env))
+    _results.record("leapfrog", "speedup/B64/fwd", {"analytic_over_reference": 3.6,
+                                                    "compiled_over_reference": 1.1}, partial=True)
+    env["commit"] = "c2"
+    path = _results.record("leapfrog", "speedup/B64/fwd", {"compiled_over_reference": 1.05},
+                           partial=True)
+    e = json.load(open(path))["results"]["leapfrog"]["speedup/B64/fwd"]
+    assert e["compiled_over_reference"] == 1.05 and e["commit"] == "c2"
+    assert e["analytic_over_reference"] == 3.6
+    assert e["earlier"] == {"analytic_over_reference": {"commit": "c1",
+                                                        "measured": e["earlier"][
+                                                            "analytic_over_reference"]["measured"]}}
+    # re-timing it takes it off the earlier list; an entry written whole keeps nothing old
+    env["commit"] = "c3"
+    _results.record("leapfrog", "speedup/B64/fwd", {"analytic_over_reference": 3.0}, partial=True)
+    e = json.load(open(path))["results"]["leapfrog"]["speedup/B64/fwd"]
+    assert e["analytic_over_reference"] == 3.0 and e["earlier"] == {
+        "compiled_over_reference": {"commit": "c2", "measured": e["earlier"][
+            "compiled_over_reference"]["measured"]}}
+    _results.record("leapfrog", "speedup/B64/fwd", {"x": 1.0})
+    e = json.load(open(path))["results"]["leapfrog"]["speedup/B64/fwd"]
+    assert "earlier" not in e and "analytic_over_reference" not in e and e["x"] == 1.0
+
+
+def test_merge_keeps_what_the_device_file_already_holds(tmp_path):
+    # `python bench/_results.py merge FILE` replaced bench/results/<device>.json with FILE's
+    # entries: every other section of that device was deleted.
+    out = tmp_path / "out"
+    out.mkdir()
+    _write(out / "GPU-X.json", {"device": "GPU-X", "commit": "c0", "results": {
+        "datagen": {"d": 1}, "leapfrog": {"x": 0, "z": 5}}})
+    new = _write(tmp_path / "new.json", {"device": "GPU-X", "commit": "c3",
+                                         "results": {"leapfrog": {"x": 7}}})
+    merged = json.load(open(_results.merge([new], out_dir=str(out))))
+    assert merged["results"] == {"datagen": {"d": 1}, "leapfrog": {"x": 7, "z": 5}}
+    assert merged["commit"] == "c3"
+
+
+def test_results_merge_command_says_what_is_wrong_in_one_line(tmp_path):
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "bench", "_results.py")
+    r = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.startswith("usage:")
+    r = subprocess.run([sys.executable, script, "merge", str(tmp_path / "missing.json")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: cannot read ") and "missing.json" in r.stderr
 
 
 def test_results_name_no_commit_outside_a_git_tree(tmp_path, monkeypatch):
@@ -697,8 +753,8 @@ def test_ptxas_report_parses_the_ptxas_log_and_merges_saved_rows(tmp_path, monke
 def test_leapfrog_bench_speedups_are_baseline_time_over_variant_time(monkeypatch):
     import test_bench_leapfrog as bench
     recorded = {}
-    monkeypatch.setattr(bench, "record", lambda section, name, payload, device: recorded.update(
-        {name: payload}))
+    monkeypatch.setattr(bench, "record", lambda section, name, payload, device, **kw:
+                        recorded.update({name: payload}))
     monkeypatch.setattr(bench, "_medians", {
         ("reference", 64, "fwdbwd"): 0.010, ("reference_compiled", 64, "fwdbwd"): 0.004,
         ("analytic", 64, "fwdbwd"): 0.002, ("fused", 64, "fwdbwd"): 0.001,
@@ -713,8 +769,8 @@ def test_leapfrog_bench_speedups_are_baseline_time_over_variant_time(monkeypatch
 def test_trainstep_bench_speedup_is_baseline_step_over_variant_step(monkeypatch):
     import test_bench_trainstep as bench
     recorded = {}
-    monkeypatch.setattr(bench, "record", lambda section, name, payload, device: recorded.update(
-        {name: payload}))
+    monkeypatch.setattr(bench, "record", lambda section, name, payload, device, **kw:
+                        recorded.update({name: payload}))
     # Only this session's medians pair: a baseline stored by another run is not read.
     monkeypatch.setattr(bench, "_medians", {
         ("baseline", 32): 0.2, ("optimised", 32): 0.05, ("captured", 32): 0.01,

@@ -305,3 +305,21 @@ def test_a_summary_without_measurements_says_so(tmp_path):
     path.write_text(json.dumps({"device": "cpu-X", "results": {"trainstep": {}}}))
     assert trainstep_table.summary(str(path)) == (
         f"no train-step table in {path} (section 'trainstep_table'): nothing measured yet")
+
+
+def test_summary_reads_a_named_results_file_and_states_the_rows_commits(tmp_path, capsys):
+    # --summary read only this machine's file: a GPU table merged into the repository could
+    # not be printed anywhere else; its header gave the file's last writer's commit.
+    rows = {"baseline_32px": {"videos_per_s": 100.0, "median_step_s": 0.16,
+                              "data_wait_share": 0.02, "commit": "aaa", "torch": "2.11"},
+            "capture_32px": {"videos_per_s": 2500.0, "median_step_s": 0.0064,
+                             "data_wait_share": 0.01, "commit": "bbb", "torch": "2.11"}}
+    path = tmp_path / "NVIDIA-H200.json"
+    path.write_text(json.dumps({"device": "NVIDIA H200", "torch": "2.13", "commit": "zzz",
+                                "results": {"trainstep_table": rows}}))
+    assert trainstep_table.main(["--summary", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "device NVIDIA H200, torch 2.11, commit aaa, bbb"
+    assert "| capture | 32 | 2500 | 6.40 | 25.0 (baseline at aaa) | 1.0% |  |" in out
+    assert trainstep_table.main(["--summary", str(tmp_path / "none.json")]) == 1
+    assert "does not exist" in capsys.readouterr().out
