@@ -63,6 +63,14 @@ def test_window_reader_items_follow_the_plan(tiny_pendulum_h5):
     assert shard.batches_per_epoch == 4
 
 
+def test_more_ranks_than_trajectories_is_said_in_the_users_terms(tiny_pendulum_h5):
+    # was "window_plan: 24 trajectories cannot be shared by 25 ranks" (an internal name)
+    with pytest.raises(ValueError, match=r"has 24 trajectories, fewer than the 25 ranks that "
+                                         r"share them .*generate at least 25 or run fewer ranks"):
+        WindowSchedule(tiny_pendulum_h5, batch_size=1, frames=16, seed=5, rank=0,
+                       world_size=25)
+
+
 def test_workers_match_single_process_and_pickle(tiny_pendulum_h5):
     reader = WindowReader(WindowSchedule(tiny_pendulum_h5, batch_size=6, frames=8, seed=2,
                                          rank=0, world_size=1))

@@ -528,7 +528,8 @@ def test_under_torchrun_the_rank_that_meets_a_damaged_chunk_says_so(monkeypatch,
     import hgan.train.run as hrun
     from hgan.data.h5io import DataFormatError
     monkeypatch.setenv("LOCAL_RANK", "1")
-    setup = SimpleNamespace(info=SimpleNamespace(enabled=True, rank=3))
+    setup = SimpleNamespace(info=SimpleNamespace(enabled=True, rank=3),
+                            cfg=SimpleNamespace(out="/nonexistent/run"))
     monkeypatch.setattr(hrun, "prepare", lambda *a, **k: setup)
 
     def run(_):  # as a DataLoader worker's error reaches the main process
@@ -540,5 +541,53 @@ def test_under_torchrun_the_rank_that_meets_a_damaged_chunk_says_so(monkeypatch,
     monkeypatch.setattr(hrun, "run", run)
     code, _, err = call(TINY, capsys)
     assert code == 2
+    # the others wait for it in a collective: no stop checkpoint, and the line says so
     assert err == ("train.py: error (rank 3): d/train.h5: truncated or corrupt data (dataset "
-                   "'frames', trajectory 7: boom)\n")
+                   "'frames', trajectory 7: boom); the other ranks stop too, and no checkpoint "
+                   "of the run was written yet\n")
+
+
+def _under_torchrun(monkeypatch, tmp_path, failure, rank=1):
+    """train.py's main on rank `rank` of a torchrun job whose training raises `failure`."""
+    from types import SimpleNamespace
+
+    import hgan.train.run as hrun
+    monkeypatch.setenv("LOCAL_RANK", str(rank))
+    setup = SimpleNamespace(info=SimpleNamespace(enabled=True, rank=rank),
+                            cfg=SimpleNamespace(out=str(tmp_path / "run")))
+    monkeypatch.setattr(hrun, "prepare", lambda *a, **k: setup)
+
+    def run(_):
+        raise failure
+    monkeypatch.setattr(hrun, "run", run)
+
+
+def test_a_rank_that_loses_its_peers_says_so_in_one_line(monkeypatch, tmp_path, capsys):
+    # gloo's "Connection closed by peer" was a 35-line traceback on the surviving rank.
+    ckpt = tmp_path / "run" / "checkpoints" / "last.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"x")
+    _under_torchrun(monkeypatch, tmp_path, RuntimeError(
+        "[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:20625"))
+    code, _, err = call(TINY, capsys)
+    assert code == 1
+    assert err == (f"train.py: error (rank 1): lost contact with another rank, which stopped "
+                   f"or failed (its message is above); the run keeps its last checkpoint, "
+                   f"{ckpt} (resume with --resume {tmp_path / 'run'})\n")
+    # any other RuntimeError in training is a bug: its traceback stays
+    _under_torchrun(monkeypatch, tmp_path, RuntimeError("shape mismatch in conv"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(TINY)
+
+
+@pytest.mark.parametrize("reporter", [True, False])
+def test_a_non_finite_loss_under_torchrun_is_said_by_one_rank(monkeypatch, tmp_path, capsys,
+                                                             reporter):
+    # every rank stops at the same flush; the line came once per rank
+    from hgan.train.loop import NonFiniteLoss
+    _under_torchrun(monkeypatch, tmp_path, NonFiniteLoss("non-finite G loss (nan) at iteration "
+                                                         "1", reporter=reporter), rank=2)
+    code, _, err = call(TINY, capsys)
+    assert code == 1
+    assert err == ("[hgan] error (rank 2): non-finite G loss (nan) at iteration 1\n"
+                   if reporter else "")

@@ -198,6 +198,7 @@ def test_train_py_ranks_leave_together_after_the_checkpoint(tiny_pendulum_h5, tm
            str(script), data, str(tmp_path), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "batch 4 (2 per rank)," in proc.stdout   # the batch is global: said at the start
     import json
     left = [json.loads((tmp_path / f"left{r}.json").read_text()) for r in (0, 1)]
     assert [x["rc"] for x in left] == [0, 0]
@@ -286,3 +287,58 @@ def test_a_rank_that_left_its_group_exits_without_finalizing(monkeypatch, capsys
         assert "sys.exit(entry())" in f.read()
     with open(os.path.join(root, "pyproject.toml")) as f:
         assert 'hgan-train = "hgan.train.cli:entry"' in f.read()
+
+
+FLUSHER = textwrap.dedent("""
+    import json, os, sys
+    import torch
+    import torch.distributed as dist
+    from hgan.train import dist as hdist
+    from hgan.train.loop import NonFiniteLoss, Trainer
+
+    dist.init_process_group("gloo")
+    rank = int(os.environ["RANK"])
+    info = hdist.DistInfo(rank, 2, rank)
+    out = {"first": [hdist.first_flagged(None, info, "cpu"),
+                     hdist.first_flagged([7, 5][rank], info, "cpu"),
+                     hdist.first_flagged(4, info, "cpu"),
+                     hdist.first_flagged([None, 9][rank], info, "cpu")]}
+
+    class Losses:  # what Trainer.flush_checks reads of a trainer
+        static, device = None, torch.device("cpu")
+        def __init__(self, pending):
+            self.info, self._pending = info, pending
+
+    nan, one = torch.tensor(float("nan")), torch.tensor(1.0)
+    # rank 1's losses are non-finite at iteration 3; rank 0's are all finite
+    pending = [(2, "G loss", one), (3, "G loss", one)] if rank == 0 else \\
+        [(2, "G loss", one), (3, "G loss", nan)]
+    try:
+        Trainer.flush_checks(Losses(pending))
+        out["raised"] = None
+    except NonFiniteLoss as e:
+        out["raised"] = [str(e), e.reporter]
+    with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
+        json.dump(out, f)
+    hdist.leave(clean=True)
+    hdist.exit_process(0)
+""")
+
+
+def test_ranks_agree_on_the_first_non_finite_loss_and_stop_together(tmp_path):
+    # Each rank checked only its own losses: a rank whose losses were finite went on into
+    # the next collective (or saved weights the other rank's NaN gradient had reached).
+    script = tmp_path / "flusher.py"
+    script.write_text(FLUSHER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", str(script), str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    # (iteration, rank) of the smallest flagged iteration, the lowest rank on a tie
+    assert got[0]["first"] == got[1]["first"] == [None, [5, 1], [4, 0], [9, 1]]
+    assert got[0]["raised"] == ["non-finite loss on rank 1 at iteration 3", False]
+    assert got[1]["raised"] == ["non-finite G loss (nan) at iteration 3", True]

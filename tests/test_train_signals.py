@@ -379,3 +379,25 @@ def test_a_loader_failing_after_a_signal_still_names_a_pending_non_finite_loss(d
                                             r"written yet\)"):
         run(setup, stop=Stop)
     assert not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+
+
+@pytest.mark.parametrize("sig, code, after_s", [(signal.SIGINT, 130, 0.5),
+                                                (signal.SIGINT, 130, 1.2),
+                                                (signal.SIGTERM, 143, 0.5)])
+def test_a_signal_while_torch_is_imported_ends_in_one_line(data_root, tmp_path, sig, code,
+                                                           after_s):
+    # The first seconds of `python train.py` import torch: a Ctrl-C there gave a traceback,
+    # or an abort from C++ ("terminate called ... KeyboardInterrupt", exit -6).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    env.pop("LOCAL_RANK", None)
+    proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "train.py"), *TINY, "--data",
+                             data_root, "--out", str(tmp_path / "run")], env=env, cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
+    time.sleep(after_s)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == code, err
+    assert err.strip().splitlines() == [f"train.py: stopped by {sig.name} before the first "
+                                        "iteration; nothing of the run was written"], err
+    assert not (tmp_path / "run").exists()

@@ -30,6 +30,11 @@ class WindowSchedule:
         self.path, self.batch_size, self.frames = path, batch_size, frames
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self._epoch, self._plan = None, None
+        if n_traj < world_size:
+            raise ValueError(
+                f"{path} has {n_traj} trajector{'y' if n_traj == 1 else 'ies'}, fewer than the "
+                f"{world_size} ranks that share them (each reads trajectories of its own); "
+                f"generate at least {world_size} or run fewer ranks")
         n_windows = len(self.plan(0))
         self.batches_per_epoch = n_windows // batch_size
         if self.batches_per_epoch == 0:

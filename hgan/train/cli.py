@@ -64,14 +64,31 @@ def main(argv=None) -> int:
         try:
             run(setup)  # its own handlers first: a signal from here on saves a checkpoint
         except NonFiniteLoss as e:
-            print(f"[hgan] error: {e}", file=sys.stderr)
+            # under torchrun, said once: by the rank that met the first non-finite loss
+            if e.reporter:
+                rank = f" (rank {setup.info.rank})" if setup.info.enabled else ""
+                print(f"[hgan] error{rank}: {e}", file=sys.stderr)
             return 1
         except DataFormatError as e:  # a damaged chunk met in training
             # Said by the rank that met it, whichever: under torchrun only that rank reads the
             # chunk, and bad input is otherwise reported by each node's first rank alone.
-            rank = f" (rank {setup.info.rank})" if setup.info.enabled else ""
-            print(f"{prog()}: error{rank}: {error_line(e)}", file=sys.stderr)
+            # There the others wait for it in a collective, so no stop checkpoint can be
+            # gathered: the run keeps its last periodic one.
+            if setup.info.enabled:
+                print(f"{prog()}: error (rank {setup.info.rank}): {error_line(e)}; the other "
+                      f"ranks stop too, and {_kept(setup.cfg.out)}", file=sys.stderr)
+            else:
+                print(f"{prog()}: error: {error_line(e)}", file=sys.stderr)
             return 2
+        except RuntimeError as e:
+            if not (setup.info.enabled and hdist.lost_peer(e)):
+                raise
+            # Another rank stopped or died (its own message says why): one line here, not
+            # the collective's traceback.
+            print(f"{prog()}: error (rank {setup.info.rank}): lost contact with another rank, "
+                  f"which stopped or failed (its message is above); {_kept(setup.cfg.out)}",
+                  file=sys.stderr)
+            return 1
         except KeyboardInterrupt:  # a second Ctrl-C while the first one's stop was pending
             if reports_bad_input():
                 print(f"{prog()}: aborted by a second Ctrl-C; the run keeps its last "
@@ -87,11 +104,29 @@ def main(argv=None) -> int:
             signal.signal(signal.SIGTERM, sigterm)
 
 
+def _kept(out):
+    """What a run stopped without its stop checkpoint still has."""
+    import os
+    last = os.path.join(out, "checkpoints", "last.pt")
+    if os.path.exists(last):
+        return f"the run keeps its last checkpoint, {last} (resume with --resume {out})"
+    return "no checkpoint of the run was written yet"
+
+
 def entry(argv=None) -> int:
     """train.py's and hgan-train's process entry: main's exit code; a torchrun rank that left
     its process group exits here, without the interpreter's finalization (hgan.train.dist)."""
-    from hgan.train import dist as hdist
-    return hdist.exit_process(main(argv))
+    try:
+        from hgan.train import dist as hdist
+        code = main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C while main still imported the model stack, before its own handlers: the
+        # setup's one line (main reports a Ctrl-C met later in the setup the same way).
+        if reports_bad_input():
+            print(f"{prog()}: stopped by SIGINT before the first iteration; nothing of the run "
+                  "was written", file=sys.stderr)
+        return 128 + signal.SIGINT
+    return hdist.exit_process(code)
 
 
 if __name__ == "__main__":

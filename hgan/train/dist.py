@@ -63,6 +63,30 @@ def any_rank(flag: bool, info: DistInfo, device) -> bool:
     return bool(t.item() > 0)
 
 
+def first_flagged(iteration, info: DistInfo, device):
+    """(iteration, rank) of the smallest iteration any rank flags, the lowest such rank, on
+    every rank; None when no rank flags one (iteration None)."""
+    if not info.enabled:
+        return None if iteration is None else (iteration, info.rank)
+    none = float(2 ** 62)
+    key = none if iteration is None else float(iteration * info.world_size + info.rank)
+    t = torch.tensor([key], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    if t.item() == none:
+        return None
+    return divmod(int(t.item()), info.world_size)
+
+
+def lost_peer(err: BaseException) -> bool:
+    """Whether a collective failed because another rank is gone (it exited or was killed):
+    torch's DistError family, or gloo's plain RuntimeError naming the closed connection."""
+    if isinstance(err, getattr(dist, "DistError", ())):
+        return True
+    text = str(err)
+    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer",
+                                   "Broken pipe"))
+
+
 # How long the other ranks wait while rank 0 generates a missing dataset: a paper-size set
 # takes hours, and the default group's timeout (30 minutes under gloo, 10 under NCCL) would
 # end that wait with an error.

@@ -29,7 +29,12 @@ from hgan.train.losses import accuracy, d_loss, g_loss, r1_penalty
 from hgan.train.profiling import stage
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """A loss that is NaN or inf. Under torchrun every rank raises it at the same flush;
+    `reporter` is False on the ranks whose message only repeats another rank's finding."""
+
+    def __init__(self, message, reporter=True):
+        super().__init__(message)
+        self.reporter = reporter
 
 
 def defers_checks(device: torch.device) -> bool:
@@ -318,25 +323,38 @@ class Trainer:
         if not self.defer_checks:
             self.flush_checks()
 
-    def flush_checks(self):
+    def flush_checks(self, agree=True):
         """Raise NonFiniteLoss naming the first non-finite loss since the last flush.
+
+        Under torchrun every rank must call it at the same iterations (agree=True: the ranks
+        all-reduce what they found and stop together); agree=False checks this rank alone,
+        for calls made on one rank (save, on rank 0) or on a path the others do not take.
 
         One host sync for all pending losses. The run loop flushes before anything that reads
         or keeps the weights (log, samples, checkpoint, exit), so a checkpoint is never
         written from weights a non-finite loss has touched.
         """
+        bad = None
         if self.static is not None:
             bad = self.static.flush_checks()
-            if bad is not None:
-                it, name, value = bad
-                raise NonFiniteLoss(f"non-finite {name} ({value}) at iteration {it}")
-        if not self._pending:
-            return
-        pending, self._pending = self._pending, []
-        finite = torch.stack([torch.isfinite(v).all() for _, _, v in pending]).tolist()
-        for ok, (it, name, value) in zip(finite, pending):
-            if not ok:
-                raise NonFiniteLoss(f"non-finite {name} ({value.item()}) at iteration {it}")
+        if bad is None and self._pending:
+            pending, self._pending = self._pending, []
+            finite = torch.stack([torch.isfinite(v).all() for _, _, v in pending]).tolist()
+            bad = next(((it, name, value.item()) for ok, (it, name, value)
+                        in zip(finite, pending) if not ok), None)
+        if self.info.enabled and agree:
+            # Every rank flushes at the same iterations: they agree here, so that all of them
+            # stop together (a rank whose own losses were finite went on to a collective the
+            # stopped one never joined) and only the first rank says so.
+            first = hdist.first_flagged(None if bad is None else bad[0], self.info,
+                                        self.device)
+            if first is not None and first != (None if bad is None else bad[0],
+                                               self.info.rank):
+                raise NonFiniteLoss(f"non-finite loss on rank {first[1]} at iteration "
+                                    f"{first[0]}", reporter=False)
+        if bad is not None:
+            it, name, value = bad
+            raise NonFiniteLoss(f"non-finite {name} ({value}) at iteration {it}")
 
     def _grad_norm(self, module):
         norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
@@ -539,5 +557,5 @@ class Trainer:
                       f"run", file=sys.stderr, flush=True)
 
     def save(self, name="last.pt") -> str:
-        self.flush_checks()
+        self.flush_checks(agree=False)  # rank 0 alone; the run loop's flush agreed before
         return save_checkpoint(self.state_dict(), os.path.join(self.cfg.out, "checkpoints", name))

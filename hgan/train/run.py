@@ -86,8 +86,7 @@ def _check_not_behind(path: str, iteration: int, out: str):
     if newest > iteration:
         raise ValueError(f"{path} is at iteration {iteration}, but its run's last.pt is at "
                          f"{newest}: resuming it there would overwrite the newer checkpoint; "
-                         f"continue it in a new directory with --resume {path} --out NEW_DIR "
-                         f"(from Python: train(cfg, resume, given={{'out': NEW_DIR, ...}})), "
+                         f"continue it in a new directory with --resume {path} --out NEW_DIR, "
                          f"or delete {last} to rewind this run")
 
 
@@ -319,7 +318,8 @@ def _run(setup: Setup, callback, stop) -> dict:
                  else f"{cfg.iters} iteration{'s' if cfg.iters != 1 else ''}")
         # The full configuration is config.json's (about 50 lines): here, what tells runs apart.
         print(f"[hgan] run directory {cfg.out}\n"
-              f"[hgan] {m.model} on {cfg.system}: {start}, batch {cfg.batch_size}, "
+              f"[hgan] {m.model} on {cfg.system}: {start}, batch {cfg.batch_size}"
+              f"{f' ({cfg.batch_size // info.world_size} per rank)' if info.enabled else ''}, "
               f"{cfg.frames} frames at {m.resolution} px, seed {cfg.seed} (every setting: "
               f"config.json)\n"
               f"[hgan] device {trainer.device}, world size {info.world_size}, autocast "
@@ -365,7 +365,9 @@ def _run(setup: Setup, callback, stop) -> dict:
                             data_error, stopped = error_line(e), "unreadable data"
                         else:
                             raise
-                        trainer.flush_checks()  # as every stop: a non-finite loss named here
+                        # as every stop: a non-finite loss named here (this rank alone:
+                        # the others are not at this point)
+                        trainer.flush_checks(agree=False)
                         break
                 stats = trainer.step(real, want_stats=want)
                 trainer.iteration += 1
@@ -419,7 +421,7 @@ def _run(setup: Setup, callback, stop) -> dict:
         bar.close()
         last = os.path.join(cfg.out, "checkpoints", "last.pt")
         kept = f"last good checkpoint kept: {last}" if os.path.exists(last) else "no checkpoint was written yet"
-        raise NonFiniteLoss(f"{e}; stopping ({kept})") from None
+        raise NonFiniteLoss(f"{e}; stopping ({kept})", reporter=e.reporter) from None
     finally:
         bar.close()
         batches.close()  # ends the loader's workers now, not whenever the generator is collected
