@@ -97,7 +97,7 @@ def _record_ratios(batch, mode):
 
 
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("batch", BATCHES)
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda b: f"B{b}")   # -k B16 as in the results
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bench_leapfrog(benchmark, backend, batch, mode):
     if backend.startswith("fused") and DEVICE != "cuda":
@@ -139,7 +139,7 @@ def test_bench_leapfrog(benchmark, backend, batch, mode):
 PAIRED_ROUNDS = {64: 41, 1024: 11}
 
 
-@pytest.mark.parametrize("batch", list(PAIRED_ROUNDS))
+@pytest.mark.parametrize("batch", list(PAIRED_ROUNDS), ids=lambda b: f"B{b}")
 def test_bench_leapfrog_paired(benchmark, batch):
     """analytic vs eager reference, forward + backward, timed in alternating pairs.
 

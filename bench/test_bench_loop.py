@@ -45,7 +45,7 @@ def data_root(tmp_path_factory):
     return str(root)
 
 
-@pytest.mark.parametrize("progress", [False, True])
+@pytest.mark.parametrize("progress", [False, True], ids=["no-bar", "bar"])
 def test_bench_loop_overhead(benchmark, data_root, tmp_path, monkeypatch, progress):
     stats = {k: torch.zeros(()) for k in ("loss/D_I", "loss/D_V", "loss/G", "loss/L_cyc")}
     monkeypatch.setattr(Trainer, "step", lambda self, real, want_stats=False: stats)
