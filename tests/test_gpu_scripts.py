@@ -90,6 +90,7 @@ def test_trainstep_script_returns_its_own_results_within_eight_files(tmp_path):
     assert "== eager-32: rc 3" in log and "RuntimeError: stub" in log   # a failed stage ...
     assert "== capture-64: rc 0" in log                               # ... costs only itself
     assert "Stub GPU" in (out / "versions.txt").read_text()
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("tmp")]   # mktemp files gone
 
 
 def test_trainstep_script_skips_stages_past_its_budget(tmp_path):
@@ -119,9 +120,27 @@ def test_cuda_tests_script_logs_both_runs_with_their_exit_codes(tmp_path):
     assert log.count("== rc 0") == 2
     assert log.index("== tests/test_train_capture.py") < log.index("== the other cuda tests")
     assert os.listdir(out) == ["cuda-tests.txt"]   # nothing else takes one of the 8 files
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("tmp")]   # mktemp files gone
 
 
-def _table1_stub_bin(tmp_path, pack_check_passes=True, export_fails=False):
+def test_cuda_tests_script_fails_when_a_test_run_fails(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(textwrap.dedent("""\
+        #!/usr/bin/env bash
+        case "$*" in *"-m cuda tests/test_train_capture.py") echo "1 failed"; exit 1 ;; esac
+        echo "stub $*"
+        """))
+    (bin_dir / "python3").chmod(0o755)
+    repo = _copy_tree(tmp_path)
+    out = tmp_path / "out"
+    r = _run("bench/gpu/cuda_tests.sh", repo, bin_dir, out)
+    assert r.returncode == 1, r.stderr          # exited 0 whatever the tests did
+    log = (out / "cuda-tests.txt").read_text()
+    assert "== rc 1" in log and "== rc 0" in log
+
+
+def _table1_stub_bin(tmp_path, pack_check_passes=True, export_fails=False, grid_fails=False):
     """python3 for table1.sh: logs each call and plays each step's part: the data step leaves
     the pendulum files, the grid a run's checkpoint and compare.md, export its folder."""
     bin_dir = tmp_path / "bin"
@@ -146,7 +165,7 @@ def _table1_stub_bin(tmp_path, pack_check_passes=True, export_fails=False):
             mkdir -p "$g/runs/pendulum-hgan-s0/checkpoints"
             touch "$g/runs/pendulum-hgan-s0/checkpoints/last.pt" "$g/grid.json" \\
                   "$g/runs/pendulum-hgan-s0/train.log"
-            echo "| table |" > "$g/compare.md"; echo "grid done" ;;
+            echo "| table |" > "$g/compare.md"; echo "grid done"; {'exit 1' if grid_fails else ':'} ;;
           *) echo "stub $args" ;;
         esac
         """))
@@ -240,9 +259,11 @@ def test_run_script_returns_only_the_results_file_of_this_call(tmp_path, stage, 
     out = tmp_path / "out"
     r = subprocess.run(["bash", "bench/gpu/run.sh", stage], cwd=repo, capture_output=True,
                        text=True, timeout=120,
-                       env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", OUT=str(out)))
+                       env=dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", OUT=str(out),
+                                TMPDIR=str(tmp_path)))
     assert r.returncode == 0, r.stderr
     assert sorted(os.listdir(out)) == sorted(["stub-device.json", log])
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("tmp")]   # mktemp file gone
 
 
 def test_table1_script_keeps_the_committed_results_when_the_export_fails(tmp_path):
@@ -259,13 +280,26 @@ def test_table1_script_keeps_the_committed_results_when_the_export_fails(tmp_pat
     assert sorted(os.listdir(dest.parent)) == ["table1"]         # no half-made export left
     assert not (out / "table1.tar.gz").exists()
     assert "export of" in (out / "grid.log").read_text()
-    # a working export replaces it
+    # a grid that failed (cut short: its compare.md from --report-only) keeps it too, and
+    # its export still comes back
+    shutil.rmtree(tmp_path / "bin")
+    bin_dir = _table1_stub_bin(tmp_path, grid_fails=True)
+    r = _run("bench/gpu/table1.sh", repo, bin_dir, out, GRID_DIR=str(grid), DEST=str(dest))
+    assert r.returncode == 1
+    assert (dest / "compare.md").read_text() == "committed table\n"
+    assert (out / "table1.tar.gz").exists() and "kept as it was" in (out / "grid.log").read_text()
+    (out / "table1.tar.gz").unlink()
+    # a working export replaces it (a trailing slash on DEST changes nothing)
     shutil.rmtree(tmp_path / "bin")
     bin_dir = _table1_stub_bin(tmp_path)
-    r = _run("bench/gpu/table1.sh", repo, bin_dir, out, GRID_DIR=str(grid), DEST=str(dest))
+    r = _run("bench/gpu/table1.sh", repo, bin_dir, out, GRID_DIR=str(grid), DEST=f"{dest}/")
     assert r.returncode == 0, r.stderr + r.stdout
-    assert (dest / "compare.md").read_text() == "" and (dest / "versions.txt").exists()
+    assert {"compare.md", "versions.txt"} <= set(os.listdir(dest))
+    assert not [f for f in os.listdir(dest) if f.startswith("table1")]   # not exported inside
+    assert (dest / "compare.md").read_text() == ""
     assert (out / "table1.tar.gz").exists()
+    assert sorted(os.listdir(dest.parent)) == ["table1"]
+    assert not [f for f in os.listdir(tmp_path) if f.startswith("tmp")]   # mktemp dir gone
 
 
 def _no_cuda_bin(tmp_path):
@@ -298,8 +332,6 @@ def test_gpu_scripts_stop_at_once_without_cuda(tmp_path, script, args):
                                 f"False): this script measures a GPU")
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     assert len(calls) == 1, calls                 # the check, and nothing after it
-    leftovers = [f for f in os.listdir(tmp_path) if f.startswith("tmp")]
-    assert not leftovers
 
 
 @pytest.mark.parametrize("args,msg", [([], "usage: bash bench/gpu/run.sh check|tune"),

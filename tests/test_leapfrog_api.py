@@ -409,6 +409,40 @@ def test_torch_func_runs_reference_under_auto_and_refuses_the_others(mlp, monkey
     assert dispatch._resolve("auto", q0, w, "softplus") == "analytic"
 
 
+def test_torch_func_transforms_compose_with_the_reference_rollout(mlp):
+    # reference took dH/dx with autograd.grad on a detached leaf, which vmap, jacfwd and grad
+    # w.r.t. the weights refuse ("requires_grad_() inside a functorch transform").
+    import warnings
+    w, b = [t.double() for t in mlp[0]], [t.double() for t in mlp[1]]
+    gen = torch.Generator().manual_seed(6)
+    q0 = torch.randn(3, 3, dtype=torch.float64, generator=gen)
+    p0 = torch.randn(3, 3, dtype=torch.float64, generator=gen)
+
+    def roll(q, weights=w, backend="reference", p=p0):
+        return leapfrog(q, p, weights, b, frames=4, backend=backend)
+    want_jac = torch.autograd.functional.jacobian(lambda q: roll(q)[0], q0)
+    w0 = w[0].clone().requires_grad_(True)
+    (want_gw,) = torch.autograd.grad(roll(q0, [w0, *w[1:]])[1].sum(), w0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")       # auto's one-time fallback warning
+        for backend in ("reference", "auto"):
+            jf = torch.func.jacfwd(lambda q: roll(q, backend=backend)[0])(q0)
+            torch.testing.assert_close(jf, want_jac, rtol=1e-12, atol=1e-12)
+            gw = torch.func.grad(lambda W0: roll(q0, [W0, *w[1:]], backend)[1].sum())(w[0])
+            torch.testing.assert_close(gw, want_gw, rtol=1e-12, atol=1e-12)
+            # vmap over single-row rollouts is the batched rollout
+            rows = torch.func.vmap(lambda q, p: roll(q[None], backend=backend, p=p[None])[0][0])(
+                q0, p0)
+            torch.testing.assert_close(rows, roll(q0)[0], rtol=1e-12, atol=1e-12)
+    # the batched jacobian vmaps the backward: reference takes it, analytic says it cannot
+    jv = torch.autograd.functional.jacobian(lambda q: roll(q)[0], q0, vectorize=True)
+    torch.testing.assert_close(jv, want_jac, rtol=1e-12, atol=1e-12)
+    with pytest.raises(RuntimeError, match="analytic leapfrog backend's hand-written backward "
+                                           "cannot be vmapped.*use backend='reference'"):
+        torch.autograd.functional.jacobian(lambda q: roll(q, backend="analytic")[0], q0,
+                                           vectorize=True)
+
+
 def test_triton_interpret_changed_after_import_is_named():
     # Triton reads TRITON_INTERPRET once, at import: setting it later made the fused kernels
     # fail inside Triton ("Cannot call @triton.jit'd outside of the scope of a kernel").

@@ -544,7 +544,7 @@ def test_under_torchrun_the_rank_that_meets_a_damaged_chunk_says_so(monkeypatch,
     # the others wait for it in a collective: no stop checkpoint, and the line says so
     assert err == ("train.py: error (rank 3): d/train.h5: truncated or corrupt data (dataset "
                    "'frames', trajectory 7: boom); the other ranks stop too, and no checkpoint "
-                   "of the run was written yet\n")
+                   "of the run is in /nonexistent/run on this machine (rank 0 writes them)\n")
 
 
 def _under_torchrun(monkeypatch, tmp_path, failure, rank=1):

@@ -38,3 +38,7 @@ CAPTURE=$(mktemp) OTHER=$(mktemp)   # outside $OUT: keep it to the few result fi
 wait
 cat "$CAPTURE" "$OTHER" | tee "$LOG"
 rm -f "$CAPTURE" "$OTHER"
+# a failed or cut-off test run fails the call (the log says which)
+if grep -q "^== rc [1-9]" "$LOG"; then
+  exit 1
+fi

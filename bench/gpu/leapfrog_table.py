@@ -432,13 +432,15 @@ def main(argv=None):
             print(f"{r['variant']:<24} {r['batch']:<7} failed")
             continue
         # a forward alone has no eager twin in the table: no ratio
-        ratio = (float("nan") if r["variant"].endswith("(fwd)") else
-                 eager.get(r["batch"], float("nan")) / r["ms"])
-        print(f"{r['variant']:<24} {r['batch']:<7} {r['ms']:8.3f}  {ratio:8.1f}x  "
+        base = None if r["variant"].endswith("(fwd)") else eager.get(r["batch"])
+        ratio = f"{base / r['ms']:8.1f}x" if base else f"{'-':>9}"   # eager not timed there
+        print(f"{r['variant']:<24} {r['batch']:<7} {r['ms']:8.3f}  {ratio}  "
               f"{r['tflops']:7.2f}")
     print("errors:", json.dumps(out["errors"]))
     out["recommend"] = recommend(out["rows"], out["errors"], out["cross_complete"])
-    print("dispatch table, as measured:", json.dumps(out["recommend"]))
+    print("dispatch table, as measured:" if DEV == "cuda" else
+          "dispatch table (--smoke: interpreter timings, which say nothing of a GPU):",
+          json.dumps(out["recommend"]))
     save()
 
 

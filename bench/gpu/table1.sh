@@ -42,6 +42,7 @@ GRID="${GRID_DIR:-/tmp/table1}"
 # 15 runs need no loader workers; samples and checkpoints rarely, to keep the CPU for steps.
 TRAIN_ARGS="${TRAIN_ARGS:---loader gpu-resident --log-every 100 --sample-every 5000 --ckpt-every 1000}"
 DEST="${DEST:-docs/results/table1}"
+DEST="${DEST%/}"                 # the export is made beside it, never inside it
 DEVICE="${DEVICE:-cuda}"
 # Smoke-testing this script on a CPU: DEVICE=cpu and tiny GRID_ARGS / EVAL_ARGS / TRAIN_ARGS.
 GRID_ARGS="${GRID_ARGS:-}"       # e.g. data sizes: --train-traj 1000 --traj-frames 128
@@ -181,20 +182,26 @@ fi
 # A grid killed before it wrote its table (timeout's -k): write it from what is on disk.
 [ -f "$GRID/compare.md" ] || $PY -m hgan.experiments table1 --out "$GRID" --systems "$SYSTEMS" \
     --models "$MODELS" --iters "$ITERS" --device "$DEVICE" $GRID_ARGS --report-only > /dev/null 2>&1
-# Exported beside $DEST and swapped in only when the export worked: a failed grid must not
-# take the committed results with it.
+# Exported into a folder of its own and packed from there; it replaces $DEST only when the
+# grid itself ended well (a grid cut short still writes a compare.md, from --report-only, and
+# its tarball still comes back): a failed grid must not take the committed results with it.
 cp "$GRID/compare.md" "$OUT/compare.md" 2>/dev/null
-rm -rf "$DEST.new"
-if $PY -m hgan.experiments export "$GRID" --to "$DEST.new"; then
-  cp "$OUT/versions.txt" "$DEST.new/versions.txt"
-  [ -f "$OUT/eval-one.log" ] && tail -1 "$OUT/eval-one.log" > "$DEST.new/eval-one.txt"
-  rm -rf "$DEST" && mv "$DEST.new" "$DEST"
-  tar czf "$OUT/table1.tar.gz" -C "$(dirname "$DEST")" "$(basename "$DEST")"
+EXPORT=$(mktemp -d)   # (no trap: the MPS daemon's quit holds the EXIT trap)
+if $PY -m hgan.experiments export "$GRID" --to "$EXPORT/table1"; then
+  cp "$OUT/versions.txt" "$EXPORT/table1/versions.txt"
+  [ -f "$OUT/eval-one.log" ] && tail -1 "$OUT/eval-one.log" > "$EXPORT/table1/eval-one.txt"
+  tar czf "$OUT/table1.tar.gz" -C "$EXPORT" table1
+  if [ "$status" -eq 0 ]; then
+    rm -rf "$DEST" && mkdir -p "$(dirname "$DEST")" && cp -r "$EXPORT/table1" "$DEST"
+  else
+    echo "grid exit status $status: $DEST kept as it was (this grid's export: table1.tar.gz)" \
+        | tee -a "$OUT/grid.log"
+  fi
 else
-  rm -rf "$DEST.new"
   echo "export of $GRID failed: $DEST kept as it was, no table1.tar.gz" | tee -a "$OUT/grid.log"
   [ "$status" -eq 0 ] && status=1
 fi
+rm -rf "$EXPORT"
 (cd "$GRID" && tar czf "$OUT/logs.tar.gz" grid.json runs/*/train.log runs/*/eval.log 2>/dev/null)
 echo "done in $SECONDS s"
 exit "$status"

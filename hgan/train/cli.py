@@ -22,13 +22,21 @@ def bad_input(e: BaseException) -> int:
 
 
 def main(argv=None) -> int:
-    from hgan.data import GenerationInterrupted
-    from hgan.data.h5io import DataFormatError, error_line
-    from hgan.data.interrupt import raise_interrupted
-    from hgan.train import dist as hdist
-    from hgan.train.checkpoint import CheckpointError
-    from hgan.train.loop import NonFiniteLoss
-    from hgan.train.run import prepare, run
+    try:
+        from hgan.data import GenerationInterrupted
+        from hgan.data.h5io import DataFormatError, error_line
+        from hgan.data.interrupt import raise_interrupted
+        from hgan.train import dist as hdist
+        from hgan.train.checkpoint import CheckpointError
+        from hgan.train.loop import NonFiniteLoss
+        from hgan.train.run import prepare, run
+    except KeyboardInterrupt:
+        # Ctrl-C while the model stack is imported, before any handler of ours: the setup's
+        # one line (a Ctrl-C later in the setup is reported the same way below).
+        if reports_bad_input():
+            print(f"{prog()}: stopped by SIGINT before the first iteration; nothing of the run "
+                  "was written", file=sys.stderr)
+        return 128 + signal.SIGINT
     cfg, resume, given = parse_command_line(argv)
     # Only the setup phase's errors are bad input (hgan.data's DataFormatError is a ValueError);
     # one raised by training itself is a bug and keeps its traceback, but for data found
@@ -105,28 +113,20 @@ def main(argv=None) -> int:
 
 
 def _kept(out):
-    """What a run stopped without its stop checkpoint still has."""
+    """What a run stopped without its stop checkpoint still has (rank 0 writes checkpoints:
+    a rank on another node without a shared disk does not see them)."""
     import os
     last = os.path.join(out, "checkpoints", "last.pt")
     if os.path.exists(last):
         return f"the run keeps its last checkpoint, {last} (resume with --resume {out})"
-    return "no checkpoint of the run was written yet"
+    return f"no checkpoint of the run is in {out} on this machine (rank 0 writes them)"
 
 
 def entry(argv=None) -> int:
     """train.py's and hgan-train's process entry: main's exit code; a torchrun rank that left
     its process group exits here, without the interpreter's finalization (hgan.train.dist)."""
-    try:
-        from hgan.train import dist as hdist
-        code = main(argv)
-    except KeyboardInterrupt:
-        # Ctrl-C while main still imported the model stack, before its own handlers: the
-        # setup's one line (main reports a Ctrl-C met later in the setup the same way).
-        if reports_bad_input():
-            print(f"{prog()}: stopped by SIGINT before the first iteration; nothing of the run "
-                  "was written", file=sys.stderr)
-        return 128 + signal.SIGINT
-    return hdist.exit_process(code)
+    from hgan.train import dist as hdist
+    return hdist.exit_process(main(argv))
 
 
 if __name__ == "__main__":

@@ -86,8 +86,9 @@ def _check_not_behind(path: str, iteration: int, out: str):
     if newest > iteration:
         raise ValueError(f"{path} is at iteration {iteration}, but its run's last.pt is at "
                          f"{newest}: resuming it there would overwrite the newer checkpoint; "
-                         f"continue it in a new directory with --resume {path} --out NEW_DIR, "
-                         f"or delete {last} to rewind this run")
+                         f"continue it in a new directory with --resume {path} --out NEW_DIR "
+                         f"(from Python: given={{'out': NEW_DIR}}), or delete {last} to rewind "
+                         f"this run")
 
 
 def _same_setting(name, value, have, saved: RunConfig) -> bool:

@@ -48,7 +48,8 @@ memory stays independent of the MLP width.
 """
 import torch
 
-from .common import act_d1, act_value, autocast_off, refuse_double_backward, scheme_points
+from .common import (act_d1, act_value, autocast_off, refuse_double_backward, scheme_points,
+                     vmap_refused)
 
 SAVE_BYTES = 256 << 20   # keep the primal activations for the backward below this size
 
@@ -225,7 +226,13 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
     def backward(ctx, gq, gp, gd):
         refuse_double_backward("analytic")
         with autocast_off(gq.device.type):  # a backward called inside the caller's autocast
-            return LeapfrogAnalyticFunction._backward(ctx, gq, gp, gd)
+            try:
+                return LeapfrogAnalyticFunction._backward(ctx, gq, gp, gd)
+            except RuntimeError as err:
+                refused = vmap_refused("analytic", err)
+                if refused is err:
+                    raise
+                raise refused from err
 
     @staticmethod
     def _backward(ctx, gq, gp, gd):

@@ -63,6 +63,23 @@ def act_value(a, name):
     raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
 
 
+def functorch_active():
+    """Whether a torch.func transform (grad, vjp, jacrev, jacfwd, vmap) traces this call."""
+    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
+    return peek is not None and peek() is not None
+
+
+def vmap_refused(backend, err):
+    """The hand-written backwards update buffers in place, which a vmapped backward
+    (jacobian(vectorize=True), autograd.grad(is_grads_batched=True)) cannot batch: name the
+    way out instead of vmap's message about add_. Other errors pass through unchanged."""
+    if isinstance(err, RuntimeError) and str(err).startswith("vmap"):
+        return RuntimeError(f"the {backend} leapfrog backend's hand-written backward cannot be "
+                            f"vmapped (torch.autograd.functional.jacobian(vectorize=True), "
+                            f"autograd.grad(is_grads_batched=True)); use backend='reference'")
+    return err
+
+
 def refuse_double_backward(backend):
     """Hand-written backwards build no graph: a create_graph backward through one would
     silently return gradients that are constants, so it raises instead."""

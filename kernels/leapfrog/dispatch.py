@@ -14,7 +14,7 @@ import warnings
 import torch
 
 from .analytic import leapfrog_analytic
-from .common import autocast_off, check_inputs
+from .common import autocast_off, check_inputs, functorch_active
 from .reference import leapfrog_reference
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,8 @@ FUSED_CONTRACT = {
     "k": (1, 32),
     "activations": ("softplus", "tanh"),
     "schemes": ("order2", "official"),
-    "dtypes": (torch.float32,),       # in and out; dot precision: common.PRECISIONS
+    "dtypes": (torch.float32,),       # what the kernels take (bf16/fp16 inputs are cast up
+                                      # first, see leapfrog()); dot precision: PRECISIONS
     "devices": ("cuda", "cpu under TRITON_INTERPRET=1"),
 }
 
@@ -79,12 +80,6 @@ def _interpret_mismatch():
     return None
 
 
-def _functorch_active():
-    """Whether a torch.func transform (grad, vjp, jacrev, vmap) is tracing this call."""
-    peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
-    return peek is not None and peek() is not None
-
-
 def fused_unsupported_reason(q0, weights, activation):
     """Why the fused kernels cannot run this configuration, or None if they can."""
     widths = [w.shape[0] for w in weights[:-1]]
@@ -108,7 +103,7 @@ def fused_unsupported_reason(q0, weights, activation):
 
 
 def _resolve(backend, q0, weights, activation):
-    if _functorch_active() and backend != "reference":
+    if functorch_active() and backend != "reference":
         # analytic and fused are autograd.Functions with hand-written backwards and no vmap
         # rule: torch.func cannot transform them, while autograd through reference it can.
         reason = ("torch.func transforms (grad, vjp, jacrev, vmap) cannot see through the "
@@ -169,7 +164,8 @@ def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
     code's step, first order unless H is separable); both are Stormer-Verlet for a separable
     H. See SCHEMES in common.py. precision: the fused kernels' dot products, "ieee" (fp32,
     default) | "tf32x3" | "bf16x3" | "tf32" (see PRECISIONS in common.py); a backend that runs
-    analytic (CPU, or outside the fused contract) computes in float32 whatever it says.
+    analytic (CPU, or outside the fused contract) ignores it. float32 and float64 compute in
+    their dtype; bf16 and fp16 inputs compute in float32 and come back in their dtype.
     """
     if torch.compiler.is_compiling():
         # torch.compile never traces the rollout (why: docs/integrator.md, "torch.compile");

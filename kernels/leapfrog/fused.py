@@ -35,7 +35,7 @@ import contextlib
 
 import torch
 
-from .common import autocast_off, refuse_double_backward
+from .common import autocast_off, refuse_double_backward, vmap_refused
 
 try:
     import triton
@@ -381,7 +381,13 @@ class LeapfrogFunction(torch.autograd.Function):
     def backward(ctx, gq, gp, gd):
         refuse_double_backward("fused")
         with autocast_off(gq.device.type):  # a backward called inside the caller's autocast
-            return LeapfrogFunction._backward(ctx, gq, gp, gd)
+            try:
+                return LeapfrogFunction._backward(ctx, gq, gp, gd)
+            except RuntimeError as err:
+                refused = vmap_refused("fused", err)
+                if refused is err:
+                    raise
+                raise refused from err
 
     @staticmethod
     def _backward(ctx, gq, gp, gd):

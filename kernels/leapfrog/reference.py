@@ -16,7 +16,7 @@ For a separable H = K(p) + V(q) both are Stormer-Verlet (dH/dp ignores q, dH/dq 
 """
 import torch
 
-from .common import act_value, scheme_points
+from .common import act_value, functorch_active, scheme_points
 
 
 def mlp_energy(x, weights, biases, activation):
@@ -41,6 +41,11 @@ def _grad_h(q, p, weights, biases, activation, create_graph):
 
 def leapfrog_reference(q0, p0, weights, biases, dt, frames, activation, scheme="order2"):
     """Autograd rollout: q, p [B, frames, k] and dHdq [B, frames-1, k]."""
+    if functorch_active():
+        # Under torch.func (grad, vjp, jacrev, jacfwd, vmap) autograd.grad on a detached
+        # leaf is refused; torch.func.grad of H composes with the caller's transforms.
+        return _rollout_explicit(_func_grad_h, q0, p0, weights, biases, dt, frames,
+                                 activation, scheme)
     if torch.is_inference_mode_enabled() and frames > 1:
         # enable_grad cannot undo inference mode, and autograd.grad would fail with "element 0
         # of tensors does not require grad": say which backend needs what instead.
@@ -92,7 +97,12 @@ def leapfrog_reference_compiled(q0, p0, weights, biases, dt, frames, activation,
     """
     if activation not in _compiled_grad_h:
         _compiled_grad_h[activation] = torch.compile(_func_grad_h)
-    grad_h = _compiled_grad_h[activation]
+    return _rollout_explicit(_compiled_grad_h[activation], q0, p0, weights, biases, dt,
+                             frames, activation, scheme)
+
+
+def _rollout_explicit(grad_h, q0, p0, weights, biases, dt, frames, activation, scheme):
+    """The rollout with dH/dx = grad_h(x, weights, biases, activation) as ordinary ops."""
     k = q0.shape[1]
     qs, ps, dhdqs = [q0], [p0], []
     q, p = q0, p0
@@ -106,4 +116,6 @@ def leapfrog_reference_compiled(q0, p0, weights, biases, dt, frames, activation,
         qs.append(q)
         ps.append(p)
         dhdqs.append(dq)
-    return torch.stack(qs, 1), torch.stack(ps, 1), torch.stack(dhdqs, 1)
+    dhdq = (torch.stack(dhdqs, 1) if dhdqs
+            else q0.new_zeros(q0.shape[0], 0, q0.shape[1]))
+    return torch.stack(qs, 1), torch.stack(ps, 1), dhdq
