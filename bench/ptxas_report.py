@@ -250,7 +250,9 @@ def main(argv=None):
         env = environment("cpu")
         env["device"] = f"ptxas-sm_{a.arch}"
         env["note"] = ("offline compile for the target, no GPU involved: registers, spills and "
-                       "shared memory as ptxas -v reports them; no timings")
+                       "shared memory as ptxas -v reports them; no timings. The top-level "
+                       "commit and versions are the last writer's; a row's own commit and "
+                       "triton, where it has them, are what compiled it (older rows: git log)")
         path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                             f"ptxas-sm_{a.arch}.json")
         # Each row names what compiled it: rows kept from earlier runs keep theirs, and the
