@@ -17,14 +17,7 @@ OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
 LOG="$OUT/cuda-tests.txt"
 PY=python3
-# One line and exit 2 where there is no GPU, before any stage starts (on a CPU each stage
-# failed on its own and the reason stayed in a log).
-need_cuda() {
-  $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2> /dev/null \
-    && return
-  echo "$(basename "$0"): no CUDA device here (torch.cuda.is_available() is False): this script measures a GPU" >&2
-  exit 2
-}
+. "$(dirname "$0")/need_cuda.sh"
 need_cuda
 CAPTURE=$(mktemp) OTHER=$(mktemp)   # outside $OUT: keep it to the few result files
 { echo "== tests/test_train_capture.py"

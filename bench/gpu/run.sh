@@ -27,14 +27,7 @@ case "$stage" in
   check|tune|leapfrog|train) ;;
   *) echo "unknown stage '$stage': use check, tune, leapfrog or train" >&2; exit 2 ;;
 esac
-# One line and exit 2 where there is no GPU, before any stage starts (on a CPU each stage
-# failed on its own and the reason stayed in a log).
-need_cuda() {
-  $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2> /dev/null \
-    && return
-  echo "$(basename "$0"): no CUDA device here (torch.cuda.is_available() is False): this script measures a GPU" >&2
-  exit 2
-}
+. "$(dirname "$0")/need_cuda.sh"
 need_cuda
 # Extra arguments go to that stage's pytest (e.g. train -k 32px, to split a stage over two
 # calls) or to tune_fused.py (e.g. tune --blocks 16 32).

@@ -49,14 +49,7 @@ GRID_ARGS="${GRID_ARGS:-}"       # e.g. data sizes: --train-traj 1000 --traj-fra
 EVAL_ARGS="${EVAL_ARGS:-}"       # extra hgan.evaluate flags for every run
 # MPS=1: the processes under an MPS daemon (below)
 
-# One line and exit 2 where there is no GPU, before any stage starts (on a CPU each stage
-# failed on its own and the reason stayed in a log).
-need_cuda() {
-  $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2> /dev/null \
-    && return
-  echo "$(basename "$0"): no CUDA device here (torch.cuda.is_available() is False): this script measures a GPU" >&2
-  exit 2
-}
+. "$(dirname "$0")/need_cuda.sh"
 [ "$DEVICE" = cpu ] || need_cuda
 
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1

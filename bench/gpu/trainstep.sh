@@ -19,14 +19,7 @@ LOG="$OUT/trainstep.txt"
 mkdir -p "$OUT"
 # $OUT holds only a few files (a remote runner may copy back no more than 8): the results files this call wrote (not the committed
 # ones of other devices), the stage log outside it.
-# One line and exit 2 where there is no GPU, before any stage starts (on a CPU each stage
-# failed on its own and the reason stayed in a log).
-need_cuda() {
-  $PY -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2> /dev/null \
-    && return
-  echo "$(basename "$0"): no CUDA device here (torch.cuda.is_available() is False): this script measures a GPU" >&2
-  exit 2
-}
+. "$(dirname "$0")/need_cuda.sh"
 need_cuda
 STAMP=$(mktemp) STAGE=$(mktemp)
 trap 'rm -f "$STAMP" "$STAGE"' EXIT

@@ -48,8 +48,7 @@ memory stays independent of the MLP width.
 """
 import torch
 
-from .common import (act_d1, act_value, autocast_off, refuse_double_backward, scheme_points,
-                     vmap_refused)
+from .common import act_d1, act_value, hand_written_backward, scheme_points
 
 SAVE_BYTES = 256 << 20   # keep the primal activations for the backward below this size
 
@@ -224,15 +223,7 @@ class LeapfrogAnalyticFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gq, gp, gd):
-        refuse_double_backward("analytic")
-        with autocast_off(gq.device.type):  # a backward called inside the caller's autocast
-            try:
-                return LeapfrogAnalyticFunction._backward(ctx, gq, gp, gd)
-            except RuntimeError as err:
-                refused = vmap_refused("analytic", err)
-                if refused is err:
-                    raise
-                raise refused from err
+        return hand_written_backward("analytic", LeapfrogAnalyticFunction._backward, ctx, gq, gp, gd)
 
     @staticmethod
     def _backward(ctx, gq, gp, gd):

@@ -69,15 +69,22 @@ def functorch_active():
     return peek is not None and peek() is not None
 
 
-def vmap_refused(backend, err):
-    """The hand-written backwards update buffers in place, which a vmapped backward
-    (jacobian(vectorize=True), autograd.grad(is_grads_batched=True)) cannot batch: name the
-    way out instead of vmap's message about add_. Other errors pass through unchanged."""
-    if isinstance(err, RuntimeError) and str(err).startswith("vmap"):
-        return RuntimeError(f"the {backend} leapfrog backend's hand-written backward cannot be "
-                            f"vmapped (torch.autograd.functional.jacobian(vectorize=True), "
-                            f"autograd.grad(is_grads_batched=True)); use backend='reference'")
-    return err
+def hand_written_backward(backend, backward, ctx, *grads):
+    """Run a hand-written backward as every call of it needs: refused under create_graph,
+    autocast off (a backward called inside the caller's autocast), and a vmapped backward
+    (jacobian(vectorize=True), autograd.grad(is_grads_batched=True)), which its in-place
+    buffer updates cannot take, named with the way out instead of vmap's message about add_."""
+    refuse_double_backward(backend)
+    with autocast_off(grads[0].device.type):
+        try:
+            return backward(ctx, *grads)
+        except RuntimeError as err:
+            if not str(err).startswith("vmap"):
+                raise
+            raise RuntimeError(
+                f"the {backend} leapfrog backend's hand-written backward cannot be vmapped "
+                f"(torch.autograd.functional.jacobian(vectorize=True), "
+                f"autograd.grad(is_grads_batched=True)); use backend='reference'") from err
 
 
 def refuse_double_backward(backend):

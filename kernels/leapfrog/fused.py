@@ -35,7 +35,7 @@ import contextlib
 
 import torch
 
-from .common import autocast_off, refuse_double_backward, vmap_refused
+from .common import hand_written_backward
 
 try:
     import triton
@@ -379,15 +379,7 @@ class LeapfrogFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gq, gp, gd):
-        refuse_double_backward("fused")
-        with autocast_off(gq.device.type):  # a backward called inside the caller's autocast
-            try:
-                return LeapfrogFunction._backward(ctx, gq, gp, gd)
-            except RuntimeError as err:
-                refused = vmap_refused("fused", err)
-                if refused is err:
-                    raise
-                raise refused from err
+        return hand_written_backward("fused", LeapfrogFunction._backward, ctx, gq, gp, gd)
 
     @staticmethod
     def _backward(ctx, gq, gp, gd):
