@@ -15,6 +15,7 @@ import sys
 import torch
 
 from hgan.cli_args import OneLineParser, int_at_least, prog
+from hgan.data.simulate import REAL_TIME_FPS
 from hgan.device import check_device
 from hgan.models import ModelConfig, build_models
 from hgan.train.checkpoint import CheckpointError, load_checkpoint, load_weights
@@ -122,8 +123,9 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--device", type=_device, default="cpu",
                    help="cpu, cuda or cuda:N (default: %(default)s)")
-    p.add_argument("--fps", type=_fps, default=10,
-                   help=f"GIF frames per second, at most {_MAX_FPS} (default: %(default)s)")
+    p.add_argument("--fps", type=_fps, default=REAL_TIME_FPS,
+                   help=f"GIF frames per second, at most {_MAX_FPS} (default: %(default)s, real "
+                        f"time at the data's dt)")
     p.add_argument("--out", type=_out, default="samples.gif",
                    help="GIF path, or a folder for samples.gif in it (an existing one, or "
                         "DIR/ to create it); the PNG strip goes beside it (default: %(default)s)")
@@ -146,8 +148,8 @@ def main(argv=None):
         why = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
         print(f"{_ERROR} --out {a.out}: cannot write it ({why})", file=sys.stderr)
         return 2
-    print(f"{config['model']['model']} on {config.get('system', '?')}: {a.n} videos x {a.frames} "
-          f"frames -> {gif}, {png}")
+    print(f"{config['model']['model']} on {config.get('system', '?')}: {a.n} "
+          f"video{'' if a.n == 1 else 's'} x {a.frames} frames -> {gif}, {png}")
     return 0
 
 

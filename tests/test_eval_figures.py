@@ -30,6 +30,12 @@ def test_png_and_gif(tmp_path):
     gif.seek(2)
     # 5 videos in 2 columns -> 3 rows of tiles (GIF palettes quantise colours: shape only).
     assert np.asarray(gif.convert("RGB")).shape == (3 * 6 - 1, 2 * 7 - 1, 3)
+    # the empty sixth tile is the background, not a black video
+    last = np.asarray(gif.convert("RGB"))[2 * 6:, 7:]
+    assert (last == 255).all()
+    # fewer videos than columns: that many columns (3 real clips showed 5 black tiles)
+    figures.save_sample_grid(v[:3], tmp_path / "t.png", tmp_path / "t.gif", scale=1, columns=8)
+    assert np.asarray(Image.open(tmp_path / "t.gif").convert("RGB")).shape == (5, 3 * 7 - 1, 3)
     with pytest.raises(ValueError, match="uint8"):
         figures.save_sample_grid(v.astype(np.float32), tmp_path / "x.png")
 

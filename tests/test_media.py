@@ -66,7 +66,9 @@ def test_png_strip_file_holds_the_strip(tmp_path):
     assert png[H, 0].tolist() == [21, 1, 7]   # the second row of tiles is the second video
 
 
-@pytest.mark.parametrize("n,rows,cols", [(1, 1, 1), (3, 2, 2), (4, 2, 2), (5, 2, 3), (10, 3, 4)])
+# 8 (the default sample count) was a 3 x 3 grid with a black tile, read as a collapsed video
+@pytest.mark.parametrize("n,rows,cols", [(1, 1, 1), (3, 1, 3), (4, 2, 2), (5, 1, 5), (8, 2, 4),
+                                         (10, 2, 5), (7, 3, 3), (13, 4, 4)])
 def test_frame_grid_tiles_videos_row_major_in_a_near_square_grid(n, rows, cols):
     g = frame_grid(videos(n=n))
     assert g.shape == (T, rows * H, cols * W, 3)
@@ -79,7 +81,7 @@ def test_frame_grid_tiles_videos_row_major_in_a_near_square_grid(n, rows, cols):
                     want = [[pixel(i, t, y, x) for x in range(W)] for y in range(H)]
                     assert tile.tolist() == want, (t, r, c)
                 else:
-                    assert not tile.any(), "tiles without a video are black"
+                    assert (tile == 255).all(), "tiles without a video are white"
 
 
 def gif_frames(path):
@@ -95,7 +97,7 @@ def gif_frames(path):
 def test_gif_frames_are_the_grids_in_time_order_at_fps_and_loop(tmp_path):
     path = save_gif(videos(), str(tmp_path / "g.gif"), fps=4)
     frames, durations, info = gif_frames(path)
-    assert frames.shape == (T, 2 * H, 2 * W, 3)      # 3 videos: a 2 x 2 grid
+    assert frames.shape == (T, H, 3 * W, 3)          # 3 videos: one row of 3
     assert np.array_equal(frames, frame_grid(videos()))   # few colours: the palette is exact
     assert [f[0, 0, 1] for f in frames] == [1, 41, 81, 121]   # video 0's frames, in order
     assert durations == [250] * T                     # 4 frames per second
@@ -108,3 +110,13 @@ def test_save_samples_writes_the_stem_png_and_gif(tmp_path):
     assert (png, gif) == (stem + ".png", stem + ".gif")
     assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), strip(videos()))
     assert gif_frames(gif)[0].shape[0] == T
+
+
+def test_every_gif_plays_in_real_time_by_default(tmp_path):
+    # Training, sampling and evaluation GIFs played at 10 fps while `hgan.data show` plays the
+    # data at one frame per dt = 0.05 s: generated motion looked half as fast as real motion.
+    from hgan.data.simulate import DT
+    from hgan.evaluate import figures
+    assert gif_frames(save_gif(videos(), str(tmp_path / "t.gif")))[1] == [round(DT * 1000)] * T
+    figures.save_sample_grid(to_uint8(videos()), tmp_path / "e.png", tmp_path / "e.gif")
+    assert gif_frames(str(tmp_path / "e.gif"))[1] == [round(DT * 1000)] * T

@@ -76,7 +76,7 @@ def test_sample_cli_writes_gif_and_png(checkpoints, tmp_path, capsys):
     for i in range(gif.n_frames):
         gif.seek(i)
         total += gif.info["duration"]
-    assert total == 9 * 100  # 9 frames at the default 10 fps
+    assert total == 9 * 50  # 9 frames in real time: one per dt = 0.05 s (was 10 fps: half speed)
     png = np.asarray(Image.open(tmp_path / "s.png"))
     assert png.shape == (3 * 32, 9 * 32, 3)  # one row per video, one column per frame
 

@@ -467,3 +467,32 @@ def test_a_multi_rank_checkpoint_resumes_with_noise_of_its_iteration(tiny_pendul
     assert not torch.equal(states[2], states[4])
     assert not torch.equal(states[2], Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, seed=3)
                                               ).noise.get_state())
+
+
+def test_a_new_run_in_a_stopped_attempts_directory_starts_clean(tiny_pendulum_h5, tmp_path,
+                                                                capsys):
+    # An attempt killed before its first checkpoint leaves events and samples; a new run in
+    # that --out (allowed) showed them as its own: every step twice, the attempt's later
+    # samples the newest pictures.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = tmp_path / "r"
+    train(tiny_cfg(tiny_pendulum_h5, run, iters=4, sample_every=3))
+    import shutil
+    shutil.rmtree(run / "checkpoints")                 # as if killed before it wrote one
+    assert (run / "samples" / "iter_0000004.png").exists()
+    capsys.readouterr()
+    train(tiny_cfg(tiny_pendulum_h5, run, iters=2, sample_every=3))
+    assert "held an attempt that stopped before its first checkpoint" in capsys.readouterr().out
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss/G")] == [1, 2]
+    assert sorted(os.listdir(run / "samples")) == ["iter_0000001.gif", "iter_0000001.png",
+                                                   "iter_0000002.gif", "iter_0000002.png"]
+    # ... and each sample step is logged once, the last one too (it was written twice when
+    # the last iteration fell on --sample-every, as every default run's does)
+    assert [e.step for e in acc.Images("samples")] == [1, 2]
+    run2 = tmp_path / "r2"
+    train(tiny_cfg(tiny_pendulum_h5, run2, iters=3, sample_every=3, ckpt_every=3))
+    acc = EventAccumulator(str(run2 / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Images("samples")] == [1, 3]

@@ -72,7 +72,8 @@ def build_parser():
     s.add_argument("--n", type=_positive, default=8,
                    help="number of trajectories (default: %(default)s)")
     s.add_argument("--frames", type=_positive, default=16,
-                   help="frames in a PNG strip (default: %(default)s)")
+                   help="frames in a PNG strip, spread evenly over the whole trajectory (a GIF "
+                        "plays every frame) (default: %(default)s)")
     s.add_argument("--scale", type=_positive, default=2,
                    help="pixel magnification (default: %(default)s)")
     i = sub.add_parser("import-dm", help="convert the suite's train/test.tfrecord to HDF5",
@@ -92,6 +93,7 @@ def show(path, out, n=8, frames=16, scale=2):
     """Rows = trajectories; PNG: `frames` evenly spaced frames per row, GIF: all frames."""
     import imageio.v2 as imageio
     from hgan.data.h5io import open_h5
+    from hgan.data.simulate import REAL_TIME_FPS
     ext = os.path.splitext(out)[1].lower()
     if ext not in (".png", ".gif"):
         raise ValueError(f"--out must end in .png or .gif, got {out!r}")
@@ -116,7 +118,7 @@ def show(path, out, n=8, frames=16, scale=2):
         movie = clips.transpose(1, 0, 2, 3, 4)  # [T, n, R, R, 3] -> side by side
         movie = movie.transpose(0, 2, 1, 3, 4).reshape(movie.shape[0], movie.shape[2], -1, 3)
         movie = movie.repeat(scale, 1).repeat(scale, 2)
-        imageio.mimsave(out, list(movie), duration=50, loop=0)  # ms per frame: dt = 0.05 s
+        imageio.mimsave(out, list(movie), duration=1000 / REAL_TIME_FPS, loop=0)  # real time
     return out
 
 

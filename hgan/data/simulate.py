@@ -18,6 +18,10 @@ re-draws together with the next chunk's fresh trajectories.
 import numpy as np
 
 DT = 0.05
+# Every GIF plays in real time, one frame per time step (20 frames per second), real videos
+# (`hgan.data show`) and generated ones alike: generated motion is judged against real motion
+# at the same speed (samples played at 10 fps looked half as fast as the data).
+REAL_TIME_FPS = round(1 / DT)
 SUBSTEPS = 10  # RK4 steps per frame interval, as the suite's 10 internal steps per dt
 DRIFT_TOL = 5e-7  # re-integrate above this; the spec demands < 1e-6 over 512 frames
 MAX_REFINE = 3  # up to 8x substeps (1000x tighter tolerance) before a re-draw

@@ -6,6 +6,8 @@ matplotlib's Agg backend so that they render without a display.
 import numpy as np
 from PIL import Image
 
+from hgan.data.simulate import REAL_TIME_FPS
+
 BACKGROUND = (255, 255, 255)
 TSNE_MIN_ITERS = 250  # scikit-learn rejects fewer
 
@@ -40,14 +42,16 @@ def grid_image(videos, *, scale=2, gap=1):
     return img.resize((img.width * scale, img.height * scale), Image.NEAREST) if scale > 1 else img
 
 
-def save_sample_grid(videos, png_path, gif_path=None, *, scale=2, columns=8, fps=10):
+def save_sample_grid(videos, png_path, gif_path=None, *, scale=2, columns=8,
+                     fps=REAL_TIME_FPS):
     """PNG: rows of frames. GIF: the videos side by side (`columns` per row), played in time."""
     videos = _check_u8_videos(videos)
     grid_image(videos, scale=scale).save(png_path)
     if gif_path:
         n, t = videos.shape[:2]
+        columns = min(columns, n)     # 3 videos: 3 columns, not 3 and 5 empty tiles
         rows = -(-n // columns)
-        pad = np.zeros((rows * columns - n,) + videos.shape[1:], np.uint8)
+        pad = np.full((rows * columns - n,) + videos.shape[1:], BACKGROUND, np.uint8)
         tiled = np.concatenate([videos, pad]).reshape(rows, columns, *videos.shape[1:])
         # At time k, [rows, columns, H, W, 3] has the layout of a grid of `rows` videos.
         frames = [grid_image(tiled[:, :, k], scale=scale) for k in range(t)]
@@ -97,7 +101,8 @@ def plot_active_momenta(mean_abs_dpdt, threshold, path, *, title):
     v = np.asarray(mean_abs_dpdt)
     fig, ax = plt.subplots(figsize=(max(3.0, 0.3 * len(v) + 1), 2.6), dpi=100)
     ax.bar(np.arange(len(v)), v, color=["tab:red" if x > threshold else "tab:gray" for x in v])
-    ax.axhline(threshold, color="k", lw=0.8, ls="--")
+    ax.axhline(threshold, color="k", lw=0.8, ls="--", label="active above")
+    ax.legend(fontsize=7, frameon=False, loc="upper right")
     ax.set_xlabel("latent momentum dimension i")
     ax.set_ylabel("mean |dp_i/dt|")
     ax.set_title(title, fontsize=9)

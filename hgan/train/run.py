@@ -122,6 +122,26 @@ def _check_new_run_dir(out: str):
                          f"--resume {out}, or choose another --out")
 
 
+def _clear_stopped_attempt(out: str):
+    """A new run in a directory that an earlier attempt left without a checkpoint (allowed:
+    nothing of it can be resumed) starts clean: that attempt's TensorBoard events and samples
+    would otherwise show as this run's (its steps duplicated, its later samples the newest)."""
+    leftovers = []
+    for sub, keep in (("tb", lambda f: f.startswith("events.out.tfevents.")),
+                      ("samples", lambda f: f.startswith("iter_") and f.endswith((".png", ".gif")))):
+        folder = os.path.join(out, sub)
+        if os.path.isdir(folder):
+            leftovers += [os.path.join(folder, f) for f in os.listdir(folder) if keep(f)]
+    summary = os.path.join(out, "summary.json")
+    if os.path.isfile(summary):
+        leftovers.append(summary)
+    for path in leftovers:
+        os.remove(path)
+    if leftovers:
+        print(f"[hgan] {out} held an attempt that stopped before its first checkpoint: its "
+              f"TensorBoard events, samples and summary were removed", flush=True)
+
+
 def _check_integrator(trainer: Trainer):
     """A fused integrator that cannot run here would fail only at the first rollout."""
     mcfg = trainer.cfg.model
@@ -312,6 +332,8 @@ def _run(setup: Setup, callback, stop) -> dict:
     writer = None
     if main:
         os.makedirs(cfg.out, exist_ok=True)
+        if not setup.checkpoint:      # a new run, not a resumed one
+            _clear_stopped_attempt(cfg.out)
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             f.write(cfg.dumps())
         m = cfg.model
@@ -336,6 +358,7 @@ def _run(setup: Setup, callback, stop) -> dict:
                desc=f"{cfg.model.model}/{cfg.system}", unit="it", dynamic_ncols=True,
                position=0)  # not stacked under another run's bar (hgan.train.pack's threads)
     last_stats, stopped, data_error = {}, None, None
+    sampled_at = saved_at = None  # the end writes neither twice at one iteration
     t_log, it_log = time.perf_counter(), trainer.iteration
     try:
         with step_profiler(cfg.out, cfg.profile and main) as prof, \
@@ -399,6 +422,7 @@ def _run(setup: Setup, callback, stop) -> dict:
                 # after the first iteration too, so a new run shows its output at once
                 if main and (trainer.iteration % cfg.sample_every == 0 or trainer.iteration == 1):
                     _write_samples(trainer, writer, f"iter_{trainer.iteration:07d}")
+                    sampled_at = trainer.iteration
                 keep = cfg.keep_every and it % cfg.keep_every == 0
                 if it % cfg.ckpt_every == 0 or keep:
                     trainer.gather_noise()  # every rank: a collective under torchrun
@@ -408,6 +432,7 @@ def _run(setup: Setup, callback, stop) -> dict:
                         trainer.save()
                         if keep:
                             trainer.save(f"iter_{it:07d}.pt")
+                    saved_at = it
                 if callback is not None:
                     callback(trainer)
                 first.passed(it)
@@ -429,10 +454,13 @@ def _run(setup: Setup, callback, stop) -> dict:
         stream.close()
     result = {"iteration": trainer.iteration, "stats": last_stats, "out": cfg.out, "stopped": stopped,
               "trainer": trainer}
-    trainer.gather_noise()  # every rank: a collective under torchrun
+    if saved_at != trainer.iteration:   # the same on every rank
+        trainer.gather_noise()  # every rank: a collective under torchrun
     if main:
-        result["checkpoint"] = trainer.save()
-        _write_samples(trainer, writer, f"iter_{trainer.iteration:07d}")
+        result["checkpoint"] = (trainer.save() if saved_at != trainer.iteration else
+                                os.path.join(cfg.out, "checkpoints", "last.pt"))
+        if sampled_at != trainer.iteration:
+            _write_samples(trainer, writer, f"iter_{trainer.iteration:07d}")
         writer.close()
         with open(os.path.join(cfg.out, "summary.json"), "w") as f:
             json.dump({k: v for k, v in result.items() if k != "trainer"}, f, indent=2)
