@@ -124,8 +124,8 @@ def build_parser():
     p.add_argument("--device", type=_device, default="cpu",
                    help="cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--fps", type=_fps, default=REAL_TIME_FPS,
-                   help=f"GIF frames per second, at most {_MAX_FPS} (default: %(default)s, real "
-                        f"time at the data's dt)")
+                   help=f"GIF frames per second, at most {_MAX_FPS}; the default plays in real "
+                        f"time at the data's dt (default: %(default)s)")
     p.add_argument("--out", type=_out, default="samples.gif",
                    help="GIF path, or a folder for samples.gif in it (an existing one, or "
                         "DIR/ to create it); the PNG strip goes beside it (default: %(default)s)")

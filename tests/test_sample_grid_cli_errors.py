@@ -20,7 +20,7 @@ def test_sample_help_names_the_module_and_shows_defaults(capsys):
     assert out.startswith("usage: python -m hgan.sample ")
     opts = _options(out)
     for flag, default in {"--n": "16", "--frames": "64", "--seed": "0", "--device": "cpu",
-                          "--fps": "10", "--out": "samples.gif"}.items():
+                          "--fps": "20", "--out": "samples.gif"}.items():
         assert f"(default: {default})" in opts[flag], opts[flag]
     assert "None" not in out
 
