@@ -334,6 +334,19 @@ def test_gpu_scripts_stop_at_once_without_cuda(tmp_path, script, args):
     assert len(calls) == 1, calls                 # the check, and nothing after it
 
 
+def test_a_gpu_script_run_through_a_symlink_still_checks_for_cuda(tmp_path):
+    # need_cuda.sh was looked up beside the symlink: "No such file", then every stage ran
+    bin_dir = _no_cuda_bin(tmp_path)
+    repo = _copy_tree(tmp_path)
+    link = tmp_path / "ts.sh"
+    link.symlink_to(repo / "bench" / "gpu" / "trainstep.sh")
+    r = subprocess.run(["bash", str(link)], cwd=repo, capture_output=True, text=True,
+                       timeout=60, env=dict(os.environ, OUT=str(tmp_path / "out"),
+                                            PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    assert r.returncode == 2 and "no CUDA device here" in r.stderr, r.stderr
+    assert len((tmp_path / "calls.txt").read_text().splitlines()) == 1
+
+
 @pytest.mark.parametrize("args,msg", [([], "usage: bash bench/gpu/run.sh check|tune"),
                                       (["bench"], "unknown stage 'bench'")])
 def test_run_script_names_a_missing_or_unknown_stage(tmp_path, args, msg):

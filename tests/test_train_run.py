@@ -478,8 +478,27 @@ def test_a_new_run_in_a_stopped_attempts_directory_starts_clean(tiny_pendulum_h5
     run = tmp_path / "r"
     train(tiny_cfg(tiny_pendulum_h5, run, iters=4, sample_every=3))
     import shutil
-    shutil.rmtree(run / "checkpoints")                 # as if killed before it wrote one
+    shutil.rmtree(run / "checkpoints")
+    # a finished run whose checkpoints are gone keeps its logs and pictures: refused
+    with pytest.raises(ValueError, match="holds a finished run .summary.json. whose checkpoints "
+                                         "are gone"):
+        train(tiny_cfg(tiny_pendulum_h5, run, iters=2))
+    os.remove(run / "summary.json")                   # now as if killed before a checkpoint
     assert (run / "samples" / "iter_0000004.png").exists()
+    # a branch into it (--resume X --out RUN) clears it as a new run does
+    src = tmp_path / "src"
+    train(tiny_cfg(tiny_pendulum_h5, src, iters=1))
+    capsys.readouterr()
+    train(tiny_cfg(tiny_pendulum_h5, run, iters=2), resume=str(src),
+          given={"out": str(run), "iters": 2})
+    assert "held an attempt that stopped before its first checkpoint" in capsys.readouterr().out
+    acc = EventAccumulator(str(run / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("loss/G")] == [2]      # the branch's own step only
+    shutil.rmtree(run)
+    train(tiny_cfg(tiny_pendulum_h5, run, iters=4, sample_every=3))
+    shutil.rmtree(run / "checkpoints")
+    os.remove(run / "summary.json")
     capsys.readouterr()
     train(tiny_cfg(tiny_pendulum_h5, run, iters=2, sample_every=3))
     assert "held an attempt that stopped before its first checkpoint" in capsys.readouterr().out

@@ -17,7 +17,8 @@ OUT="${OUT:-$PWD/gpu-out}"
 mkdir -p "$OUT"
 LOG="$OUT/cuda-tests.txt"
 PY=python3
-. "$(dirname "$0")/need_cuda.sh"
+# beside this script's own file, wherever it is called from (a symlink too)
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/need_cuda.sh" || exit 2
 need_cuda
 CAPTURE=$(mktemp) OTHER=$(mktemp)   # outside $OUT: keep it to the few result files
 { echo "== tests/test_train_capture.py"

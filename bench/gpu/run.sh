@@ -27,7 +27,8 @@ case "$stage" in
   check|tune|leapfrog|train) ;;
   *) echo "unknown stage '$stage': use check, tune, leapfrog or train" >&2; exit 2 ;;
 esac
-. "$(dirname "$0")/need_cuda.sh"
+# beside this script's own file, wherever it is called from (a symlink too)
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/need_cuda.sh" || exit 2
 need_cuda
 # Extra arguments go to that stage's pytest (e.g. train -k 32px, to split a stage over two
 # calls) or to tune_fused.py (e.g. tune --blocks 16 32).

@@ -37,7 +37,8 @@ PARALLEL="${PARALLEL:-15}"       # 3 models x 5 systems at once; evaluations tak
 PACK="${PACK:-1}"
 SYSTEMS="${SYSTEMS:-mass_spring,pendulum,double_pendulum,two_body,three_body}"
 MODELS="${MODELS:-hgan,hnn_gan,mocogan}"
-GRID="${GRID_DIR:-/tmp/table1}"
+SCRATCH="${TMPDIR:-/tmp}"       # the kernel warm-up's and the lone evaluation's own files
+GRID="${GRID_DIR:-$SCRATCH/table1}"
 # The dataset sits in GPU memory in each process (1,000 x 128 frames at 32 px: 0.4 GB), so
 # 15 runs need no loader workers; samples and checkpoints rarely, to keep the CPU for steps.
 TRAIN_ARGS="${TRAIN_ARGS:---loader gpu-resident --log-every 100 --sample-every 5000 --ckpt-every 1000}"
@@ -49,7 +50,8 @@ GRID_ARGS="${GRID_ARGS:-}"       # e.g. data sizes: --train-traj 1000 --traj-fra
 EVAL_ARGS="${EVAL_ARGS:-}"       # extra hgan.evaluate flags for every run
 # MPS=1: the processes under an MPS daemon (below)
 
-. "$(dirname "$0")/need_cuda.sh"
+# beside this script's own file, wherever it is called from (a symlink too)
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/need_cuda.sh" || exit 2
 [ "$DEVICE" = cpu ] || need_cuda
 
 nvidia-smi > "$OUT/nvidia-smi.txt" 2>&1
@@ -130,10 +132,10 @@ warm=$((LIMIT - SECONDS - 300))  # at most 150 s, and only where the budget leav
 if [ "$DEVICE" != cpu ] && [ "$warm" -lt 30 ]; then
   echo "kernel warm-up skipped: LIMIT_S $LIMIT leaves no room for it" | tee -a "$OUT/grid.log"
 elif [ "$DEVICE" != cpu ]; then
-  rm -rf /tmp/hgan-warm
+  rm -rf "$SCRATCH"/hgan-warm
   timeout -k 5 "$warm" $PY train.py --system "${SYSTEMS%%,*}" --model hgan --iters 2 --device "$DEVICE" \
-      --data /tmp/hgan-warm/data --gen-train 32 --gen-test 8 --out /tmp/hgan-warm/run \
-      --no-progress ${shape[@]+"${shape[@]}"} $TRAIN_ARGS > /tmp/hgan-warm.log 2>&1
+      --data "$SCRATCH"/hgan-warm/data --gen-train 32 --gen-test 8 --out "$SCRATCH"/hgan-warm/run \
+      --no-progress ${shape[@]+"${shape[@]}"} $TRAIN_ARGS > "$SCRATCH"/hgan-warm.log 2>&1
   echo "kernel warm-up (train.py, 2 iterations at the grid's shapes): exit $? at $SECONDS s" \
       | tee -a "$OUT/grid.log"
 fi
@@ -162,10 +164,10 @@ fi
 # data has no cached probe): the "under a minute on a GPU" target.
 one="$GRID/runs/pendulum-hgan-s0"
 if [ -f "$one/checkpoints/last.pt" ] && [ $((LIMIT - SECONDS)) -gt 100 ]; then
-  rm -rf /tmp/eval-one && mkdir -p /tmp/eval-one/data && cp "$GRID"/data/pendulum/{train,test}.h5 /tmp/eval-one/data/
+  rm -rf "$SCRATCH"/eval-one && mkdir -p "$SCRATCH"/eval-one/data && cp "$GRID"/data/pendulum/{train,test}.h5 "$SCRATCH"/eval-one/data/
   t0=$(date +%s%N)
-  timeout 90 $PY -m hgan.evaluate --checkpoint "$one/checkpoints/last.pt" --out /tmp/eval-one/out \
-      --data /tmp/eval-one/data/train.h5 --device "$DEVICE" ${frames[@]+"${frames[@]}"} \
+  timeout 90 $PY -m hgan.evaluate --checkpoint "$one/checkpoints/last.pt" --out "$SCRATCH"/eval-one/out \
+      --data "$SCRATCH"/eval-one/data/train.h5 --device "$DEVICE" ${frames[@]+"${frames[@]}"} \
       --metrics physics,appearance,cyclic,samples,tsne $EVAL_ARGS > "$OUT/eval-one.log" 2>&1
   rc=$?
   echo "evaluation of $one alone (probe trained from scratch): exit $rc," \

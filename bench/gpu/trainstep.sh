@@ -19,7 +19,8 @@ LOG="$OUT/trainstep.txt"
 mkdir -p "$OUT"
 # $OUT holds only a few files (a remote runner may copy back no more than 8): the results files this call wrote (not the committed
 # ones of other devices), the stage log outside it.
-. "$(dirname "$0")/need_cuda.sh"
+# beside this script's own file, wherever it is called from (a symlink too)
+. "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/need_cuda.sh" || exit 2
 need_cuda
 STAMP=$(mktemp) STAGE=$(mktemp)
 trap 'rm -f "$STAMP" "$STAGE"' EXIT

@@ -120,26 +120,35 @@ def _check_new_run_dir(out: str):
     if os.path.isdir(ckpts) and any(f.endswith(".pt") for f in os.listdir(ckpts)):
         raise ValueError(f"--out {out} already holds a run (checkpoints/): continue it with "
                          f"--resume {out}, or choose another --out")
+    if os.path.isfile(os.path.join(out, "summary.json")):
+        # summary.json is written only after a run's last checkpoint: these are the logs and
+        # pictures of a run whose checkpoints were moved or deleted, not a stopped attempt
+        # (whose leftovers a new run clears), and they stay.
+        raise ValueError(f"--out {out} holds a finished run (summary.json) whose checkpoints "
+                         f"are gone: choose another --out, or delete {out}")
 
 
 def _clear_stopped_attempt(out: str):
     """A new run in a directory that an earlier attempt left without a checkpoint (allowed:
-    nothing of it can be resumed) starts clean: that attempt's TensorBoard events and samples
-    would otherwise show as this run's (its steps duplicated, its later samples the newest)."""
+    nothing of it can be resumed; a finished run's directory is refused in the setup) starts
+    clean: that attempt's TensorBoard events and samples would otherwise show as this run's
+    (its steps duplicated, its later samples the newest)."""
     leftovers = []
     for sub, keep in (("tb", lambda f: f.startswith("events.out.tfevents.")),
                       ("samples", lambda f: f.startswith("iter_") and f.endswith((".png", ".gif")))):
         folder = os.path.join(out, sub)
         if os.path.isdir(folder):
             leftovers += [os.path.join(folder, f) for f in os.listdir(folder) if keep(f)]
-    summary = os.path.join(out, "summary.json")
-    if os.path.isfile(summary):
-        leftovers.append(summary)
     for path in leftovers:
         os.remove(path)
     if leftovers:
         print(f"[hgan] {out} held an attempt that stopped before its first checkpoint: its "
-              f"TensorBoard events, samples and summary were removed", flush=True)
+              f"TensorBoard events and samples were removed", flush=True)
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return os.path.commonpath([path, folder]) == folder
 
 
 def _check_integrator(trainer: Trainer):
@@ -332,7 +341,8 @@ def _run(setup: Setup, callback, stop) -> dict:
     writer = None
     if main:
         os.makedirs(cfg.out, exist_ok=True)
-        if not setup.checkpoint:      # a new run, not a resumed one
+        if not setup.checkpoint or not _inside(setup.checkpoint, cfg.out):
+            # a new run, or a branch (--resume X --out NEW): the directory has no checkpoint
             _clear_stopped_attempt(cfg.out)
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             f.write(cfg.dumps())
