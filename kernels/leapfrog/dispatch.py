@@ -72,9 +72,9 @@ def _interpret_mismatch():
     tl = sys.modules.get("triton.language")
     if tl is None or not hasattr(tl, "sum"):
         return None
-    compiled_stdlib = type(tl.sum).__name__ != "InterpretedFunction"
-    if _interpreting() == compiled_stdlib:
-        now = "set" if _interpreting() else "unset"
+    interpreting = _interpreting()
+    if interpreting == (type(tl.sum).__name__ != "InterpretedFunction"):
+        now = "set" if interpreting else "unset"
         return (f"TRITON_INTERPRET was {now} after triton was imported (triton reads it once, "
                 f"at import): set it before anything imports triton")
     return None
