@@ -33,10 +33,7 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         # Ctrl-C while the model stack is imported, before any handler of ours: the setup's
         # one line (a Ctrl-C later in the setup is reported the same way below).
-        if reports_bad_input():
-            print(f"{prog()}: stopped by SIGINT before the first iteration; nothing of the run "
-                  "was written", file=sys.stderr)
-        return 128 + signal.SIGINT
+        return _stopped_before_start(signal.SIGINT)
     cfg, resume, given = parse_command_line(argv)
     # Only the setup phase's errors are bad input (hgan.data's DataFormatError is a ValueError);
     # one raised by training itself is a bug and keeps its traceback, but for data found
@@ -64,11 +61,7 @@ def main(argv=None) -> int:
                       file=sys.stderr)
             return 128 + e.signum
         except KeyboardInterrupt as e:
-            signum = getattr(e, "signum", signal.SIGINT)
-            if reports_bad_input():
-                print(f"{prog()}: stopped by {signal.Signals(signum).name} before the "
-                      "first iteration; nothing of the run was written", file=sys.stderr)
-            return 128 + signum
+            return _stopped_before_start(getattr(e, "signum", signal.SIGINT))
         try:
             run(setup)  # its own handlers first: a signal from here on saves a checkpoint
         except NonFiniteLoss as e:
@@ -110,6 +103,14 @@ def main(argv=None) -> int:
             hdist.leave(clean=done)  # under torchrun; nothing otherwise
         if sigterm == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, sigterm)
+
+
+def _stopped_before_start(signum) -> int:
+    """A signal during the setup: one line (from each node's first rank), 128 + signum."""
+    if reports_bad_input():
+        print(f"{prog()}: stopped by {signal.Signals(signum).name} before the first "
+              "iteration; nothing of the run was written", file=sys.stderr)
+    return 128 + signum
 
 
 def _kept(out):
