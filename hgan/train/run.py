@@ -367,7 +367,7 @@ def _run(setup: Setup, callback, stop) -> dict:
     bar = tqdm(total=cfg.iters, initial=trainer.iteration, disable=not (main and cfg.progress),
                desc=f"{cfg.model.model}/{cfg.system}", unit="it", dynamic_ncols=True,
                position=0)  # not stacked under another run's bar (hgan.train.pack's threads)
-    last_stats, stopped, data_error = {}, None, None
+    last_stats, stopped, data_error, restarted = {}, None, None, False
     sampled_at = saved_at = None  # the end writes neither twice at one iteration
     t_log, it_log = time.perf_counter(), trainer.iteration
     try:
@@ -388,8 +388,15 @@ def _run(setup: Setup, callback, stop) -> dict:
                         # A signal to the process group can kill a loader worker that is
                         # still starting (a spawned one ignores it only once running, as in
                         # hgan.train.pack): then the loader fails, and the run stops for
-                        # the signal, with its checkpoint, like any other.
-                        if stop.signum is not None:
+                        # the signal, with its checkpoint, like any other. Under torchrun
+                        # the other ranks step on until the agreed poll, and this one must
+                        # meet them there: its loader starts again at the same batch (new
+                        # workers start after the signal, so they live) and it steps on.
+                        if stop.signum is not None and info.enabled and not restarted:
+                            restarted = True
+                            batches = iter(stream)
+                            real = next(batches)  # a second failure is raised
+                        elif stop.signum is not None:
                             stopped = _stop_reason(stop)
                         # A chunk of the data that cannot be read (the file is checked only
                         # at its ends when opened) stops the run with its checkpoint; under
@@ -401,8 +408,9 @@ def _run(setup: Setup, callback, stop) -> dict:
                             raise
                         # as every stop: a non-finite loss named here (this rank alone:
                         # the others are not at this point)
-                        trainer.flush_checks(agree=False)
-                        break
+                        if stopped is not None:
+                            trainer.flush_checks(agree=False)
+                            break
                 stats = trainer.step(real, want_stats=want)
                 trainer.iteration += 1
                 trainer.loader_position = stream.position
