@@ -10,7 +10,8 @@ from hgan.models.networks import ImageDiscriminator, ImageGenerator, VideoDiscri
 
 
 def _dcgan_init(module):
-    # DCGAN's N(0, 0.02) conv weights and N(1, 0.02) BatchNorm scales (MoCoGAN keeps them).
+    # DCGAN's N(0, 0.02) conv weights and N(1, 0.02) BatchNorm scales. Neither the official
+    # HGAN code nor the MoCoGAN code does this (they keep torch's defaults): docs/training.md.
     if isinstance(module, (nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
     elif isinstance(module, (nn.BatchNorm2d, nn.BatchNorm3d)):

@@ -51,7 +51,7 @@ class ModelConfig:
     gru_input: str = option("feedback", "mocogan's GRU: feedback (one noise vector, each "
                                         "output fed back in, outputs batch-normalised: the "
                                         "MoCoGAN code the paper used) or noise (fresh noise "
-                                        "every frame, the MoCoGAN paper's form)",
+                                        "every frame, nearer the MoCoGAN paper's form)",
                             choices=GRU_INPUTS)
     integrator: str = option("auto", "leapfrog backend (auto: fused on CUDA, analytic on CPU)",
                              choices=INTEGRATORS)

@@ -37,8 +37,9 @@ class RunConfig:
     beta1: float = option(0.5, "Adam beta1")
     beta2: float = option(0.999, "Adam beta2")
     cyc_lambda: float = option(0.01, "weight lambda of the cyclic-coordinate loss (hgan)")
-    r1_gamma: float = option(0.0, "R1 gradient penalty weight on real data (0: off; the "
-                                  "official code uses 10)")
+    r1_gamma: float = option(0.0, "R1 penalty weight on the gradient of D's logit at real "
+                                  "data (0: off; the official code's 10 acts on D's sigmoid "
+                                  "output: docs/training.md)")
     amp: bool = option(False, "autocast: bf16 on CUDA (fp16 + GradScaler where bf16 is "
                               "missing) and on CPUs with native bf16 whose bf16 "
                               "convolutions check right at the run's shapes; else fp32")
