@@ -137,6 +137,26 @@ def test_iterating_again_or_closing_ends_the_previous_loaders_workers_at_once(fr
     assert workers() == base and first is not None
 
 
+def test_an_iterator_dropped_unclosed_ends_its_workers_at_once(frames_h5):
+    # The stream held its generator, whose frame holds the stream: a cycle, freed only by
+    # the cyclic collector, whose finalisation order left each worker waiting out a 5 s
+    # join timeout (a 10 s stall at some later allocation). Dropped, it now ends at once.
+    import gc
+
+    base = len(multiprocessing.active_children())
+    stream = build_loader(frames_h5[0], batch_size=BATCH, frames=FRAMES, num_workers=2)
+    batches = iter(stream)
+    next(batches)
+    assert len(multiprocessing.active_children()) == base + 2
+    gc.disable()   # no collection may free the pair: only reference counting
+    try:
+        del batches, stream
+        left = len(multiprocessing.active_children()) - base
+    finally:
+        gc.enable()
+    assert left == 0
+
+
 def test_gpu_resident_equals_torch_with_workers(frames_h5):
     path, _ = frames_h5
     for rank in (0, 1):
