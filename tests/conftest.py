@@ -11,6 +11,22 @@ if not torch.cuda.is_available():
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _temporary_files_under_pytest(tmp_path_factory):
+    """The temporary files of the suite and of every process it starts (torchrun's
+    torchelastic_* folders, multiprocessing's pymp-*, compiler scratch) go under pytest's
+    own folder, which keeps the last three runs: the system's temp folder kept hundreds."""
+    import tempfile
+    folder = tmp_path_factory.mktemp("tmp")
+    old = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"], tempfile.tempdir = str(folder), None
+    yield
+    if old is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = old
+    tempfile.tempdir = None
+
 
 @pytest.fixture(scope="session")
 def tiny_pendulum_h5(tmp_path_factory):
