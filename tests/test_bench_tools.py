@@ -530,11 +530,11 @@ def test_leapfrog_table_main_records_rows_as_it_goes(tmp_path, monkeypatch, caps
     # every row is in $OUT/leapfrog_table.json before the next is timed
     timed_rows = [i for i, r in enumerate(out["rows"]) if "ms" in r]
     assert [t[4] for t in timed] == timed_rows and len(timed) == len(out["rows"]) - 2
-    # TFLOP/s from a hand count at the smoke shapes (frames 3, k 10, widths 40, 64): per row,
-    # 3 evaluations x 2 steps; forward 4 (800 + 2560) FLOPs each, backward 2 (5 * 800 +
-    # 6 * 2560): 80640 forward, 312960 with the backward
+    # TFLOP/s from a hand count at the smoke shapes (frames 2, k 10, widths 40, 64): per row,
+    # 3 evaluations x 1 step; forward 4 (800 + 2560) FLOPs each, backward 2 (5 * 800 +
+    # 6 * 2560): 40320 forward, 156480 with the backward
     for r in (out["rows"][i] for i in timed_rows):
-        flops = (80640 if r["variant"].endswith("(fwd)") else 312960) * r["batch"]
+        flops = (40320 if r["variant"].endswith("(fwd)") else 156480) * r["batch"]
         assert r["tflops"] == pytest.approx(flops / (r["ms"] * 1e-3) / 1e12), r
         assert r["reps"] == 7
     assert {"fused (fwd)", "fused_throughput (fwd)"} <= {r["variant"] for r in out["rows"]}
