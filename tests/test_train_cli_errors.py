@@ -147,6 +147,57 @@ def test_out_that_is_a_file_is_one_line(data_root, tmp_path, capsys):
     assert afile.read_text() == "x"
 
 
+def test_two_runs_set_up_together_never_share_a_run_directory(data_root, tmp_path, capsys,
+                                                              monkeypatch):
+    # Both passed the setup's checks (neither had a checkpoint yet) and wrote one directory:
+    # the default --out names the second, and one run took the other's events and samples
+    # for a stopped attempt's and removed them.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("hgan.train.config.time.strftime", lambda fmt: "20261201-120000")
+    setups = []
+    for seed in ("0", "1"):
+        cfg, resume, given = parse_command_line(TINY + ["--data", data_root, "--seed", seed,
+                                                        "--iters", "1"])
+        setups.append(prepare(cfg, resume=resume, given=given))
+    first, second = (s.cfg.out for s in setups)
+    assert first == str(tmp_path / "runs" / "pendulum-hgan-20261201-120000")
+    assert second == first + "-2"
+    # an explicit --out that another run holds is refused, and that run keeps it
+    cfg, resume, given = parse_command_line(TINY + ["--data", data_root, "--out", first])
+    with pytest.raises(ValueError, match=f"--out {first} is in use by another run that is "
+                                         "still running"):
+        prepare(cfg, resume=resume, given=given)
+    assert run(setups[0])["iteration"] == 1
+    assert load_checkpoint(first)["config"]["seed"] == 0
+    setups[1].stream.close()
+    setups[1].lock.release()
+    # once it is done the directory is free again (here: a finished run, so refused as such)
+    with pytest.raises(ValueError, match="already holds a run"):
+        prepare(cfg, resume=resume, given=given)
+
+
+def test_a_setup_that_fails_after_claiming_its_directory_removes_it(data_root, tmp_path,
+                                                                   monkeypatch):
+    def broken(*a, **k):
+        raise ValueError("no loader today")
+    monkeypatch.setattr("hgan.train.run.build_loader", broken)
+    out = tmp_path / "new" / "run"
+    cfg, resume, given = parse_command_line(TINY + ["--data", data_root, "--out", str(out)])
+    with pytest.raises(ValueError, match="no loader today"):
+        prepare(cfg, resume=resume, given=given)
+    assert not out.exists()
+    out.mkdir()   # a directory it did not make stays
+    with pytest.raises(ValueError, match="no loader today"):
+        prepare(cfg, resume=resume, given=given)
+    assert out.is_dir()
+
+
+def test_an_out_that_cannot_be_made_is_one_line(data_root, tmp_path, capsys):
+    # /proc accepts os.access's question and refuses the mkdir: a FileNotFoundError traceback
+    code, _, err = call(TINY + ["--data", data_root, "--out", "/proc/hgan-run"], capsys)
+    assert_one_error_line(code, err, "--out /proc/hgan-run: the run directory cannot be made")
+
+
 def test_keep_every_keeps_snapshots_whatever_ckpt_every(data_root, tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = call(TINY + ["--data", data_root, "--out", str(out), "--iters", "5",

@@ -13,6 +13,7 @@ from hgan.data.loader import build_loader
 from hgan.models import ModelConfig
 from hgan.train import capture as hcapture
 from hgan.train import dist as hdist
+from hgan.train import rundir
 from hgan.train.checkpoint import load_checkpoint
 from hgan.train.config import RunConfig, resumable_fields
 from hgan.train.loop import (TRAINING_STATE, NonFiniteLoss, Trainer, check_data_root,
@@ -176,10 +177,13 @@ class Setup:
     stream: object = None
     checkpoint: str = ""
     iteration: int = 0
+    lock: object = None   # hgan.train.rundir.RunDirLock of the rank that writes the run
 
 
 def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=None) -> Setup:
-    """The setup phase of `train`: every check of the input, before anything is written.
+    """The setup phase of `train`: every check of the input, before anything of the run is
+    written. Its last step makes the run directory and claims it (hgan.train.rundir; a default
+    --out already taken is numbered), and removes it again if it made it and the rest fails.
 
     Bad input raises ValueError (hgan.data.h5io.DataFormatError among them), FileNotFoundError
     or CheckpointError, which train.py reports in one line; errors of training itself come
@@ -214,17 +218,29 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=N
     ensure_dataset(cfg, info)
     dataset = dataset_identity(cfg.data_path)
     check_resumed_dataset(saved_data, cfg, now=dataset)
-    trainer = Trainer(cfg, info)
-    trainer.dataset = dataset
-    _check_integrator(trainer)
-    if ckpt is not None:
-        trainer.load_state_dict(ckpt)
-    stream = build_loader(cfg.data_path, batch_size=trainer.local_batch, frames=cfg.frames,
-                          seed=cfg.seed, rank=info.rank, world_size=info.world_size,
-                          device=trainer.device, kind=cfg.loader, num_workers=cfg.num_workers,
-                          start_batch=trainer.loader_position,
-                          channels_last=cfg.model.channels_last)
-    return Setup(cfg, info, trainer, stream, path)
+    lock = None
+    if info.is_main:  # the rank that writes the run directory claims it (hgan.train.rundir)
+        lock = rundir.claim(cfg.out, numbered=not resume and given is not None
+                            and "out" not in given)
+        cfg = replace(cfg, out=lock.path)
+    try:
+        if lock is not None and not resume:
+            _check_new_run_dir(cfg.out)  # a run that finished in it since the check above
+        trainer = Trainer(cfg, info)
+        trainer.dataset = dataset
+        _check_integrator(trainer)
+        if ckpt is not None:
+            trainer.load_state_dict(ckpt)
+        stream = build_loader(cfg.data_path, batch_size=trainer.local_batch, frames=cfg.frames,
+                              seed=cfg.seed, rank=info.rank, world_size=info.world_size,
+                              device=trainer.device, kind=cfg.loader,
+                              num_workers=cfg.num_workers, start_batch=trainer.loader_position,
+                              channels_last=cfg.model.channels_last)
+    except BaseException:
+        if lock is not None:
+            lock.release(discard=True)
+        raise
+    return Setup(cfg, info, trainer, stream, path, lock=lock)
 
 
 class _StopFlag:
@@ -329,10 +345,14 @@ def run(setup: Setup, callback=None, stop=None) -> dict:
         cfg = setup.cfg
         return {"iteration": setup.iteration, "stats": {}, "out": cfg.out, "stopped": None,
                 "checkpoint": setup.checkpoint}
-    if stop is None:
-        with _StopFlag() as flag:
-            return _run(setup, callback, flag)
-    return _run(setup, callback, stop)
+    try:
+        if stop is None:
+            with _StopFlag() as flag:
+                return _run(setup, callback, flag)
+        return _run(setup, callback, stop)
+    finally:
+        if setup.lock is not None:
+            setup.lock.release()
 
 
 def _run(setup: Setup, callback, stop) -> dict:
