@@ -335,6 +335,27 @@ def test_ctrl_c_during_an_evaluation_is_one_line_and_exit_130(files, tmp_path, c
         assert (tmp_path / out).exists() == kept
 
 
+def test_sigterm_during_an_evaluation_ends_as_ctrl_c_does(files, tmp_path, capsys, monkeypatch):
+    # SIGTERM (`timeout`, a job scheduler) killed it silently, its new --out left empty.
+    import signal
+
+    def terminated(args, run):
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise AssertionError("the signal did not stop the evaluation")
+
+    monkeypatch.setattr(cli, "_evaluate", terminated)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--checkpoint", files["ckpt"], "--out", str(tmp_path / "new"), *FAST,
+                  "--metrics", "cyclic"])
+    assert e.value.code == 143
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"{PROG}: interrupted by SIGTERM; no results.json was written to {tmp_path / 'new'} "
+        f"(an --out this run created and left empty is removed)"]
+    assert not (tmp_path / "new").exists()
+    assert signal.getsignal(signal.SIGTERM) == before   # the caller's handler again
+
+
 def test_re_evaluating_into_an_out_removes_the_earlier_evaluations_figures_only(files, tmp_path):
     # The previous checkpoint's energy and momenta plots stayed beside the new report.md.
     out = tmp_path / "e"

@@ -17,7 +17,9 @@ import argparse
 import functools
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
@@ -25,6 +27,7 @@ import torch
 
 from hgan.evaluate import appearance, figures, fvd, inputs, probe, report, structure
 from hgan.cli_args import OneLineParser as _Parser, int_at_least, prog
+from hgan.data.interrupt import raise_interrupted
 from hgan.evaluate.inputs import ALL_METRICS, InputError
 
 __all__ = ["ALL_METRICS", "InputError", "build_parser", "compare", "evaluate", "main",
@@ -355,14 +358,24 @@ def main(argv=None):
             p.error(str(e))
     p = build_parser()
     args = p.parse_args(argv)
+    # SIGTERM (`timeout`, a job scheduler) ends an evaluation as Ctrl-C does, not silently
+    # with an empty --out left behind; one the parent ignores stays ignored.
+    sigterm = signal.getsignal(signal.SIGTERM)
+    if sigterm == signal.SIG_DFL and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, raise_interrupted)
     try:
         return evaluate(args)
     except InputError as e:
         p.error(str(e))
-    except KeyboardInterrupt:
-        print(f"{p.prog}: interrupted; no results.json was written to {args.out} (an --out "
-              f"this run created and left empty is removed)", file=sys.stderr)
-        raise SystemExit(130) from None
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+        print(f"{p.prog}: interrupted{by}; no results.json was written to {args.out} (an "
+              f"--out this run created and left empty is removed)", file=sys.stderr)
+        raise SystemExit(128 + signum) from None
+    finally:
+        if signal.getsignal(signal.SIGTERM) is raise_interrupted:
+            signal.signal(signal.SIGTERM, sigterm)
 
 
 def build_parser():
