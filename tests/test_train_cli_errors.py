@@ -301,9 +301,18 @@ def _twice_interrupted(write_samples):
 
 def test_gen_frames_limits_only_a_dataset_to_generate(data_root, tmp_path, capsys):
     # the data has 40-frame trajectories: --frames 20 fits whatever --gen-frames says
-    code, _, err = call(TINY + ["--data", data_root, "--out", str(tmp_path / "a"), "--iters", "1",
-                                "--frames", "20", "--gen-frames", "8"], capsys)
+    code, out, err = call(TINY + ["--data", data_root, "--out", str(tmp_path / "a"), "--iters",
+                                  "1", "--frames", "20", "--gen-frames", "8"], capsys)
     assert code == 0, err
+    h5 = os.path.join(data_root, "pendulum", "train.h5")
+    assert (f"[hgan] {h5} exists: --gen-frames only shape a dataset to generate (delete it "
+            "to generate it again)") in out   # it was ignored without a word
+    # a batch larger than the file's windows: more --gen-train alone would not help
+    code, _, err = call(TINY + ["--data", data_root, "--out", str(tmp_path / "c"),
+                                "--batch-size", "4000", "--gen-train", "5000"], capsys)
+    assert_one_error_line(code, err, "batch size 4000 exceeds the",
+                          f"delete {h5} to generate it again")
+    assert not (tmp_path / "c").exists()
     # no data: --gen-frames 8 cannot make 20-frame videos, and nothing is generated
     missing = tmp_path / "nodata"
     code, _, err = call(TINY + ["--data", str(missing), "--out", str(tmp_path / "b"),

@@ -14,6 +14,10 @@ from hgan.data.h5io import DataFormatError, open_h5
 SCALE = 1.0 / 127.5
 
 
+class TooFewWindows(ValueError):
+    """The batch is larger than an epoch's windows (a caller may add how to get more)."""
+
+
 class WindowSchedule:
     """Which (trajectory, start) windows make up global batch g of this rank's shard."""
 
@@ -40,7 +44,7 @@ class WindowSchedule:
         n_windows = len(self.plan(0))
         self.batches_per_epoch = n_windows // batch_size
         if self.batches_per_epoch == 0:
-            raise ValueError(
+            raise TooFewWindows(
                 f"batch size {batch_size} exceeds the {n_windows} windows per epoch of "
                 f"{path} (rank {rank} of {world_size}); generate more trajectories or lower it")
 

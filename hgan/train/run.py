@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from hgan.data.h5io import DataFormatError, error_line
 from hgan.data.loader import build_loader
+from hgan.data.stream import TooFewWindows
 from hgan.models import ModelConfig
 from hgan.train import capture as hcapture
 from hgan.train import dist as hdist
@@ -214,8 +215,14 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=N
     check_data_root(cfg)
     if not os.path.exists(cfg.data_path):  # before generating what would not be the run's data
         check_resumed_dataset(saved_data, cfg)
+    had_data = os.path.exists(cfg.data_path)
     info = hdist.init_distributed(resolve_device(cfg.device, hdist.DistInfo()).type)
     ensure_dataset(cfg, info)
+    unused = [f"--{k.replace('_', '-')}" for k in ("gen_train", "gen_test", "gen_frames")
+              if k in (given or {})]
+    if had_data and unused and info.is_main:
+        print(f"[hgan] {cfg.data_path} exists: {', '.join(unused)} only shape a dataset to "
+              f"generate (delete it to generate it again)", flush=True)
     dataset = dataset_identity(cfg.data_path)
     check_resumed_dataset(saved_data, cfg, now=dataset)
     lock = None
@@ -236,9 +243,12 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=N
                               device=trainer.device, kind=cfg.loader,
                               num_workers=cfg.num_workers, start_batch=trainer.loader_position,
                               channels_last=cfg.model.channels_last)
-    except BaseException:
+    except BaseException as e:
         if lock is not None:
             lock.release(discard=True)
+        if isinstance(e, TooFewWindows):
+            raise TooFewWindows(f"{e} (--gen-train sets how many a generated dataset has: "
+                                f"delete {cfg.data_path} to generate it again)") from None
         raise
     return Setup(cfg, info, trainer, stream, path, lock=lock)
 
