@@ -3,6 +3,7 @@ before anything is written, a resumed run keeps its checkpoint's configuration e
 flags given, and a new run never overwrites an old one."""
 import json
 import os
+import re
 import signal
 
 import pytest
@@ -265,9 +266,18 @@ def test_a_run_shorter_than_log_every_logs_its_last_iteration(data_root, tmp_pat
     # Off the grid, the last iteration logs its losses; its speed only when no full window
     # was timed (the short last window would hold the boundary's samples and checkpoint).
     out = tmp_path / "run3"
-    code, _, err = call(TINY + ["--data", data_root, "--out", str(out), "--iters", "3",
-                                "--log-every", "2"], capsys)
+    code, stdout, err = call(TINY + ["--data", data_root, "--out", str(out), "--iters", "3",
+                                     "--log-every", "2"], capsys)
     assert code == 0, err
+    # without a progress bar (--no-progress: a batch job's log) a line at each log, and the
+    # end says where the results are
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("[hgan] iteration ")]
+    assert [ln.split(":")[0] for ln in lines] == ["[hgan] iteration 2/3", "[hgan] iteration 3/3"]
+    assert all(re.search(r"D_I [-\d.]+, D_V [-\d.]+, G [-\d.]+, L_cyc [-\d.]+, [\d.]+ it/s$",
+                         ln) for ln in lines), lines
+    assert stdout.strip().splitlines()[-1] == (
+        f"[hgan] done at iteration 3: {out / 'checkpoints' / 'last.pt'}; samples in "
+        f"{out / 'samples'}, curves: tensorboard --logdir {out / 'tb'}")
     acc = EventAccumulator(str(out / "tb"))
     acc.Reload()
     assert [e.step for e in acc.Scalars("loss/G")] == [2, 3]

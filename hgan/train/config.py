@@ -70,7 +70,8 @@ class RunConfig:
                                  "torch; torch on CPU)",
                          choices=_loader_kinds, resumable=True)
     num_workers: int = option(2, "loader worker processes", resumable=True)
-    progress: bool = option(True, "progress bars", resumable=True)
+    progress: bool = option(True, "progress bars (--no-progress, for logs: a line of losses "
+                                  "every --log-every iterations instead)", resumable=True)
     gen_train: int = option(256, "train trajectories generated when the dataset is missing")
     gen_test: int = option(64, "test trajectories generated when the dataset is missing")
     gen_frames: int = option(64, "frames per generated trajectory")

@@ -465,8 +465,13 @@ def _run(setup: Setup, callback, stop) -> dict:
                     if main:
                         for k, v in fresh.items():
                             writer.add_scalar(k, v, trainer.iteration)
-                        bar.set_postfix({k.split("/")[-1]: f"{last_stats[k]:.3f}"
-                                         for k in ("loss/D_I", "loss/D_V", "loss/G", "loss/L_cyc")})
+                        losses = {k.split("/")[-1]: f"{last_stats[k]:.3f}"
+                                  for k in ("loss/D_I", "loss/D_V", "loss/G", "loss/L_cyc")}
+                        bar.set_postfix(losses)
+                        if not cfg.progress:  # no bar (a batch job's log): a line instead
+                            print(f"[hgan] iteration {it}/{cfg.iters}: "
+                                  + ", ".join(f"{k} {v}" for k, v in losses.items())
+                                  + f", {last_stats['speed/it_per_s']:.1f} it/s", flush=True)
                 # after the first iteration too, so a new run shows its output at once
                 if main and (trainer.iteration % cfg.sample_every == 0 or trainer.iteration == 1):
                     _write_samples(trainer, writer, f"iter_{trainer.iteration:07d}")
@@ -515,6 +520,10 @@ def _run(setup: Setup, callback, stop) -> dict:
         if stopped:
             print(f"[hgan] {stopped}: checkpoint saved at iteration {trainer.iteration} -> "
                   f"{result['checkpoint']}; resume with --resume {cfg.out}", flush=True)
+        else:
+            print(f"[hgan] done at iteration {trainer.iteration}: {result['checkpoint']}; "
+                  f"samples in {os.path.join(cfg.out, 'samples')}, curves: tensorboard "
+                  f"--logdir {os.path.join(cfg.out, 'tb')}", flush=True)
     if data_error:
         raise DataFormatError(f"{data_error} (the run stopped at iteration {trainer.iteration} "
                               f"with its checkpoint; resume with --resume {cfg.out} once the "
