@@ -149,7 +149,8 @@ def main(argv=None):
         print(f"{_ERROR} --out {a.out}: cannot write it ({why})", file=sys.stderr)
         return 2
     print(f"{config['model']['model']} on {config.get('system', '?')}: {a.n} "
-          f"video{'' if a.n == 1 else 's'} x {a.frames} frames -> {gif}, {png}")
+          f"video{'' if a.n == 1 else 's'} x {a.frames} frame{'' if a.frames == 1 else 's'} "
+          f"-> {gif}, {png}")
     return 0
 
 

@@ -77,6 +77,9 @@ def test_sample_cli_writes_gif_and_png(checkpoints, tmp_path, capsys):
         gif.seek(i)
         total += gif.info["duration"]
     assert total == 9 * 50  # 9 frames in real time: one per dt = 0.05 s (was 10 fps: half speed)
+    rc, stdout, err = run_cli(capsys, "--checkpoint", checkpoints["hgan"], "--n", "1",
+                              "--frames", "1", "--out", str(tmp_path / "one.gif"))
+    assert rc == 0 and "1 video x 1 frame ->" in stdout, (stdout, err)   # was "1 frames"
     png = np.asarray(Image.open(tmp_path / "s.png"))
     assert png.shape == (3 * 32, 9 * 32, 3)  # one row per video, one column per frame
 
