@@ -85,10 +85,19 @@ def test_real_scores_near_zero_and_fading_scores_worse(pendulum_clips):
     assert split["generated_flagged"] == pytest.approx(0.5)
 
 
-def test_blank_videos_show_in_the_mass_ratio(pendulum_clips):
+def test_blank_videos_show_in_the_mass_ratio_and_are_counted(pendulum_clips):
     blank = _fade(pendulum_clips[12:], np.zeros(16))
     res = appearance.appearance_consistency(pendulum_clips[:12], blank, 1)
     assert res["mass_ratio"] < 0.01 and res["generated"]["median"] == 0
+    # their variation is zero, so no flag caught them: "flagged 0" read as a clean generator
+    assert res["generated_flagged"] == 0
+    assert res["generated_blank"] == 1 and res["real_blank"] == 0
+    # a third of them blank, and a ball faded out along the video is not blank
+    mixed = pendulum_clips[12:].copy()
+    mixed[:4] = blank[:4]
+    mixed[4:8] = _fade(mixed[4:8], np.linspace(1, 0, 16))
+    res = appearance.appearance_consistency(pendulum_clips[:12], mixed, 1)
+    assert res["generated_blank"] == pytest.approx(4 / 12)
 
 
 @pytest.mark.parametrize("num_colors", [1, 2, 3, 6])

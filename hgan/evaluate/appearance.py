@@ -12,7 +12,8 @@ of one real object (so absent colours count zero and a fading object counts its 
 swing): real videos score near zero (measured 0.002-0.013 on the five Table-1 systems),
 a ball faded out linearly along a 16-frame video about 0.3 per object.
 It is reported for held-out real videos beside generated ones, with the fraction of videos
-above ``flag_threshold`` (what a viewer would call "the ball faded out") and the ratio of
+above ``flag_threshold`` (what a viewer would call "the ball faded out"), the fraction of
+blank videos (no object drawn: a variation of zero, which no flag catches), and the ratio of
 total foreground mass (generated / real; a blank or smeared generator shows here).
 """
 import numpy as np
@@ -35,6 +36,9 @@ MAX_RESIDUAL_SHARE = 1 / 3
 # std over time) and twice the 99th percentile of held-out real videos.
 FLAG_FLOOR = 0.1
 FLAG_REAL_FACTOR = 2.0
+# A video is blank when its mean foreground mass is under this share of one real object's:
+# nothing drawn, which its variation (zero) cannot show.
+BLANK_SHARE = 0.1
 # A colour counts as present in a real video when its mean mass reaches this many pixels.
 PRESENT_PIXELS = 1.0
 
@@ -88,7 +92,8 @@ def appearance_consistency(real_videos, gen_videos, num_colors):
     ref = object_mass(real_m)
     real_v, gen_v = variation(real_m, ref), variation(gen_m, ref)
     threshold = max(FLAG_FLOOR, FLAG_REAL_FACTOR * float(np.percentile(real_v, 99)))
-    real_total = float(np.median(real_m.mean(axis=1).sum(-1)))
+    real_each, gen_each = real_m.mean(axis=1).sum(-1), gen_m.mean(axis=1).sum(-1)
+    real_total = float(np.median(real_each))
     return {
         "object_mass_pixels": ref,
         "real": _summary(real_v),
@@ -96,7 +101,9 @@ def appearance_consistency(real_videos, gen_videos, num_colors):
         "flag_threshold": threshold,
         "real_flagged": float((real_v > threshold).mean()),
         "generated_flagged": float((gen_v > threshold).mean()),
-        "mass_ratio": float(np.median(gen_m.mean(axis=1).sum(-1))) / max(real_total, 1e-9),
+        "real_blank": float((real_each < BLANK_SHARE * ref).mean()),
+        "generated_blank": float((gen_each < BLANK_SHARE * ref).mean()),
+        "mass_ratio": float(np.median(gen_each)) / max(real_total, 1e-9),
         "num_real": int(len(real_v)), "num_generated": int(len(gen_v)),
     }
 

@@ -59,13 +59,15 @@ def checkpoint_report(results):
                   "Per video: the sum over palette colours of the std over time of that colour's "
                   "foreground pixel mass, relative to one real object's mass "
                   f"({_fmt(ap['object_mass_pixels'], 3)} pixels). A video is flagged above "
-                  f"{_fmt(ap['flag_threshold'], 3)} (an object fading, splitting or appearing).", "",
-                  "| videos | variation (median) | flagged | foreground mass vs real |",
-                  "|---|---|---|---|",
+                  f"{_fmt(ap['flag_threshold'], 3)} (an object fading, splitting or appearing); "
+                  "blank when its mean mass is under a tenth of one object's (nothing drawn).", "",
+                  "| videos | variation (median) | flagged | blank | foreground mass vs real |",
+                  "|---|---|---|---|---|",
                   f"| {_real_label(r)} | {_fmt(ap['real']['median'], 3)} | "
-                  f"{_fmt(ap['real_flagged'], 3)} | 1 |",
+                  f"{_fmt(ap['real_flagged'], 3)} | {_fmt(ap.get('real_blank'), 3)} | 1 |",
                   f"| generated | {_fmt(ap['generated']['median'], 3)} | "
-                  f"{_fmt(ap['generated_flagged'], 3)} | {_fmt(ap['mass_ratio'], 3)} |", ""]
+                  f"{_fmt(ap['generated_flagged'], 3)} | {_fmt(ap.get('generated_blank'), 3)} | "
+                  f"{_fmt(ap['mass_ratio'], 3)} |", ""]
     cyc = r.get("cyclic")
     if cyc:
         lines += ["## Learned structure", ""]
@@ -196,7 +198,10 @@ METRICS = [
      lambda r: r.get("physics") and _fsd_cell(r)),
     ("appearance variation of generated videos (median; real videos score near 0; lower is better)",
      lambda r: r.get("appearance") and
-     f"{r['appearance']['generated']['median']:.3g} (flagged {r['appearance']['generated_flagged']:.0%})"),
+     f"{r['appearance']['generated']['median']:.3g} (flagged "
+     f"{r['appearance']['generated_flagged']:.0%}"
+     + (f", blank {r['appearance']['generated_blank']:.0%}"
+        if "generated_blank" in r["appearance"] else "") + ")"),
     ("active latent momentum dimensions",
      lambda r: (r.get("cyclic") or {}).get("active_momenta") and
      structure.active_text(r["cyclic"]["active_momenta"])),
