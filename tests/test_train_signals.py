@@ -344,7 +344,7 @@ def test_a_signal_to_one_torchrun_rank_stops_every_rank_with_a_checkpoint(data_r
 
 
 _LOADER_DIES_ON_RANK_1 = """
-import json, os, signal, sys
+import json, os, signal, sys, time
 from hgan.train import dist as hdist
 from hgan.train.config import parse_command_line
 from hgan.train.run import prepare, run
@@ -356,6 +356,7 @@ class Stop:
     signum = None
 
 
+time.strftime = lambda fmt: f"20261201-12000{rank}"  # the ranks' clocks a second apart
 cfg, _, given = parse_command_line(sys.argv[2:])
 setup = prepare(cfg, given=given)
 stream, batches, starts = setup.stream, setup.stream._batches, []
@@ -372,7 +373,8 @@ def failing_first():  # rank 1: the group's SIGINT killed a worker while it was 
 stream._batches = failing_first
 res = run(setup, stop=Stop)
 with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
-    json.dump({"stopped": res["stopped"], "iteration": res["iteration"], "starts": starts}, f)
+    json.dump({"stopped": res["stopped"], "iteration": res["iteration"], "starts": starts,
+               "out": res["out"]}, f)
 hdist.leave(clean=True)
 hdist.exit_process(0)
 """
@@ -382,24 +384,27 @@ def test_a_loader_dying_of_a_signal_on_one_torchrun_rank_stops_every_rank_togeth
                                                                                    tmp_path):
     # That rank stopped at once and called the checkpoint's collective while the other was
     # in a step's: the ranks' collectives no longer matched. Its loader now starts again at
-    # the same batch and it steps on to the agreed poll, where both stop.
+    # the same batch and it steps on to the agreed poll, where both stop. The run's default
+    # --out is rank 0's on every rank (each rank named one by its own clock).
     import json
 
     from hgan.train.run import STOP_POLL_EVERY
-    script, out = tmp_path / "rank.py", tmp_path / "run"
+    script = tmp_path / "rank.py"
+    out = tmp_path / "runs" / "pendulum-hgan-20261201-120000"
     script.write_text(_LOADER_DIES_ON_RANK_1)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            "--nproc_per_node", "2", str(script), str(tmp_path), *TINY,
-                           "--num-workers", "0", "--data", data_root, "--out", str(out),
-                           "--iters", "100000"],
-                          env={**env, "TMPDIR": str(tmp_path)}, cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)   # before the fix: the ranks hung
+                           "--num-workers", "0", "--data", data_root, "--iters", "100000"],
+                          env={**env, "TMPDIR": str(tmp_path)}, cwd=tmp_path,
+                          capture_output=True, text=True,
+                          timeout=120)   # before the fix: the ranks hung
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["stopped"] for r in ranks] == ["peer signal", "SIGINT"]
     assert [r["iteration"] for r in ranks] == [STOP_POLL_EVERY] * 2
     assert ranks[0]["starts"] == [0] and ranks[1]["starts"] == [0, 0]  # the same batch again
+    assert [r["out"] for r in ranks] == [str(out)] * 2
     assert load_checkpoint(str(out))["iteration"] == STOP_POLL_EVERY
 
 

@@ -63,6 +63,15 @@ def any_rank(flag: bool, info: DistInfo, device) -> bool:
     return bool(t.item() > 0)
 
 
+def from_main(value, info: DistInfo):
+    """Rank 0's `value` (picklable) on every rank."""
+    if not info.enabled:
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def first_flagged(iteration, info: DistInfo, device):
     """(iteration, rank) of the smallest iteration any rank flags, the lowest such rank, on
     every rank; None when no rank flags one (iteration None)."""

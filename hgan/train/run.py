@@ -231,6 +231,8 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=N
                             and "out" not in given)
         cfg = replace(cfg, out=lock.path)
     try:
+        # every rank names the directory rank 0 claimed (a numbered default, or another second)
+        cfg = replace(cfg, out=hdist.from_main(cfg.out, info))
         if lock is not None and not resume:
             _check_new_run_dir(cfg.out)  # a run that finished in it since the check above
         trainer = Trainer(cfg, info)
