@@ -79,6 +79,32 @@ def test_generation_function_cleans_up_and_raises_with_the_signal(tmp_path, sig)
     assert not os.path.exists(partial)
 
 
+def test_a_set_stop_event_ends_generation_in_a_thread_without_a_partial_file(tmp_path):
+    # Off the main thread no signal arrives: a caller (the experiments grid) stops it so.
+    import threading
+
+    from hgan.data import GenerationInterrupted
+    from hgan.data.generate import generate_split
+    path, stop, raised = tmp_path / "train.h5", threading.Event(), []
+
+    def work():
+        try:
+            generate_split("pendulum", str(path), "train", 100_000, frames=64, seed=0,
+                           progress=False, stop_event=stop)
+        except GenerationInterrupted as e:
+            raised.append(e)
+    thread = threading.Thread(target=work)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while thread.is_alive() and not os.path.exists(f"{path}.partial") \
+            and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stop.set()
+    thread.join(60)
+    assert not thread.is_alive() and len(raised) == 1
+    assert not os.path.exists(f"{path}.partial") and not os.path.exists(path)
+
+
 def _one_line_error(argv, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:

@@ -226,7 +226,7 @@ def slow_data(monkeypatch):
     """Each system's data is generated in the grid: mass_spring's takes longer."""
     import time
     monkeypatch.setattr(runner.datasets, "missing_splits", lambda spec, system: ["train"])
-    monkeypatch.setattr(runner.datasets, "generate", lambda spec, system, splits: time.sleep(
+    monkeypatch.setattr(runner.datasets, "generate", lambda spec, system, splits, stop: time.sleep(
         1.0 if system == "mass_spring" else 0.05))
 
 
@@ -405,6 +405,70 @@ def test_a_dataset_that_failed_skips_the_training_and_evaluation_of_its_runs_onl
     assert jobs["train", "pendulum-hgan-s0"].state == jobs["eval", "pendulum-hgan-s0"].state \
         == "skipped"
     assert {jobs[k].state for k in jobs if "mass_spring" in k[1]} == {"queued"}
+
+
+def _ctrl_c_once(started):
+    """SIGINT to this process (the grid's handler) once `started` is set."""
+    import signal
+    import threading
+
+    def send():
+        if started.wait(60):
+            os.kill(os.getpid(), signal.SIGINT)
+    threading.Thread(target=send, daemon=True).start()
+
+
+def test_ctrl_c_stops_data_generation_and_waits_for_it(tmp_path, monkeypatch):
+    # A generating thread left running at exit hung the interpreter's finalization on h5py's
+    # lock: the grid stops it (generate's stop event) and joins it before returning.
+    import threading
+    from hgan.data import GenerationInterrupted
+    started, seen = threading.Event(), []
+
+    def generate(spec, system, splits, stop_event):
+        started.set()
+        seen.append(stop_event.wait(30))
+        raise GenerationInterrupted(2)
+    monkeypatch.setattr(runner.datasets, "missing_splits", lambda spec, system: ["train"])
+    monkeypatch.setattr(runner.datasets, "generate", generate)
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan",), iters=3,
+                    eval_metrics="physics")
+    grid = runner.GridRunner(spec, progress=False, log=lambda m: None)
+    data = grid.plan()[0]
+    _ctrl_c_once(started)
+    grid.execute()
+    assert grid.stopping and seen == [True]
+    assert not data.thread.is_alive() and data.state != "done"
+
+
+def test_ctrl_c_interrupts_an_inline_evaluation_and_waits_for_it(tmp_path, monkeypatch):
+    # An evaluation thread left running at exit ended the grid with C++'s "terminate called
+    # without an active exception" (exit 134): it gets a KeyboardInterrupt, as Ctrl-C gives
+    # a `python -m hgan.evaluate` of its own, and is joined.
+    import threading
+    import time
+
+    from hgan.evaluate import cli as evaluate_cli
+    started, seen = threading.Event(), []
+
+    def evaluate(argv):
+        started.set()
+        try:
+            for _ in range(3000):
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            seen.append("interrupted")
+            raise SystemExit(130) from None
+    monkeypatch.setattr(evaluate_cli, "main", evaluate)
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan",), iters=3,
+                    eval_metrics="physics")
+    run, = spec.runs()
+    grid = runner.GridRunner(spec, progress=False, log=lambda m: None, inline_eval=True)
+    grid.jobs = [runner.Job("eval", "pendulum", run)]
+    _ctrl_c_once(started)
+    grid.execute()
+    assert seen == ["interrupted"]
+    assert not grid.jobs[0].thread.is_alive() and grid.jobs[0].state != "done"
 
 
 def _table1(out, *flags):

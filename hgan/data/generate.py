@@ -45,11 +45,13 @@ def _check(name, value, minimum):
 
 
 def generate_split(system, path, split, n, *, frames, seed, resolution=32, chunk=CHUNK_TRAJ,
-                   progress=True):
+                   progress=True, stop_event=None):
     """Write n trajectories of `split` to path; returns the file attributes written.
 
     Whatever ends it early (an error, Ctrl-C, SIGTERM) removes `<path>.partial` before the
-    exception leaves; SIGINT and SIGTERM arrive as GenerationInterrupted (see StopSignals)."""
+    exception leaves; SIGINT and SIGTERM arrive as GenerationInterrupted (see StopSignals),
+    and so does `stop_event` once set (a threading.Event: the stop of a caller that runs this
+    off the main thread, which signals do not reach), at the next chunk or block."""
     system = get_system(system) if isinstance(system, str) else system
     block = max(1, min(chunk, RENDER_BYTES // (frames * resolution * resolution * 3)))
     rejected = inaccurate = 0
@@ -61,7 +63,7 @@ def generate_split(system, path, split, n, *, frames, seed, resolution=32, chunk
                                              sim["color_index"][sl], sim["offset"][sl],
                                              resolution))
 
-    with StopSignals() as stop:
+    with StopSignals(stop_event) as stop:
         bar = tqdm(total=n * frames, unit="frame", unit_scale=True, disable=not progress,
                    desc=f"{system.name}/{split}")
         pool = ThreadPoolExecutor(THREADS)

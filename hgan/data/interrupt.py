@@ -48,10 +48,12 @@ class StopSignals:
     blocks, raises it instead. Signals after the first change nothing, so the cleanup is
     not cut short. A handler the caller installed (a trainer's stop flag, SIG_IGN under
     nohup), other than `raise_interrupted`, is left alone, and so is everything off the main
-    thread, which cannot install handlers."""
+    thread, which cannot install handlers: there a caller's `event` (a threading.Event) asks
+    for the stop instead, and `check()` ends generation once it is set, as after a SIGINT."""
 
-    def __init__(self):
+    def __init__(self, event=None):
         self.signum = None
+        self.event = event
         self._old = {}
 
     def __enter__(self):
@@ -75,6 +77,8 @@ class StopSignals:
             raise GenerationInterrupted(signum)
 
     def check(self):
+        if self.signum is None and self.event is not None and self.event.is_set():
+            self.signum = signal.SIGINT
         if self.signum is not None:
             raise GenerationInterrupted(self.signum)
 

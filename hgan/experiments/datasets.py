@@ -38,10 +38,12 @@ def missing_splits(spec, system):
     return todo
 
 
-def generate(spec, system, splits):
-    """Write the missing splits (each into ``<name>.partial``, renamed when complete)."""
+def generate(spec, system, splits, stop_event=None):
+    """Write the missing splits (each into ``<name>.partial``, renamed when complete); once
+    `stop_event` is set, GenerationInterrupted ends it with no `.partial` left."""
     from hgan.data.generate import generate_split
     for split in splits:
         w = _wanted(spec, split)
         generate_split(system, spec.data_path(system, split), split, w["n_trajectories"],
-                       frames=w["frames"], seed=w["seed"], resolution=w["resolution"], progress=False)
+                       frames=w["frames"], seed=w["seed"], resolution=w["resolution"], progress=False,
+                       stop_event=stop_event)

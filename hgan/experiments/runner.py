@@ -6,7 +6,9 @@ and CUDA context. With ``pack`` > 1, up to that many training runs share one pro
 (``python -m hgan.train.pack``), each in a thread with its own CUDA stream, so that their
 kernels overlap on the GPU without MPS; a pack takes one of the K slots. Datasets are
 generated in threads of this process (numpy and zlib release the GIL, and a subprocess
-would pay the torch import again).
+would pay the torch import again). A stop (Ctrl-C, SIGTERM) ends those threads too, and the
+grid waits for them: the interpreter must not finalize h5py or torch under a thread still
+using them (it hung on h5py's lock, or aborted in C++).
 
 Order: a run's training waits for its system's data, its evaluation for its training.
 Evaluations go first when a slot frees (their results are what people wait for). The first
@@ -67,6 +69,7 @@ class Job:
         self.it = self.total = self.rate = None
         self.returncode = None
         self.packed = False    # one of several runs of an hgan.train.pack process
+        self.interrupted = False  # an inline evaluation told to stop (runner._stop_threads)
         self.pack_code = None  # the run's own exit code, from that process's output
 
     @property
@@ -106,6 +109,7 @@ class GridRunner:
         self.status_every_s, self.progress = status_every_s, progress
         self.log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
         self.jobs, self.stopping, self.deadline_hit = [], False, False
+        self._halt = threading.Event()  # set on a stop: data generation ends at its next block
         self._probes_ready = set()  # systems whose probe cache fits their evaluations
         self.packs = []  # hgan.train.pack processes: a slot until they exit, runs reaped or not
         self.env = _child_env(self.parallel)                  # evaluations
@@ -170,10 +174,11 @@ class GridRunner:
         if job.kind == "data":
             def work():
                 try:
-                    datasets.generate(self.spec, job.system, job.splits)
+                    datasets.generate(self.spec, job.system, job.splits, self._halt)
                 except BaseException as e:  # reported by the main thread
                     job.error = e
-            job.thread = threading.Thread(target=work, daemon=True, name=f"data-{job.system}")
+            # Not a daemon: an exit waits for it (see the module's docstring).
+            job.thread = threading.Thread(target=work, name=f"data-{job.system}")
             job.thread.start()
             return
         run = job.run
@@ -267,18 +272,33 @@ class GridRunner:
 
         def work():
             try:
-                evaluate(cmd[3:])  # cmd = [python, -m, hgan.evaluate, flags...]
-            except SystemExit as e:
-                # The command line's one-line reason (an InputError) is the exit's context.
-                job.error = (None if e.code in (None, 0) else
-                             e.__context__ or RuntimeError(f"exit code {e.code}"))
-            except BaseException as e:  # reported by the main thread as a failed job
-                job.error = e
-            if job.error is not None:
-                with open(log_path, "a") as f:
-                    f.write(f"{type(job.error).__name__}: {job.error}\n")
-        job.thread = threading.Thread(target=work, daemon=True, name=f"eval-{job.name}")
+                # cmd = [python, -m, hgan.evaluate, flags...]
+                job.error = _inline_evaluation(job, evaluate, cmd[3:], self._halt)
+                if job.error is not None:
+                    with open(log_path, "a") as f:
+                        f.write(f"{type(job.error).__name__}: {job.error}\n")
+            except KeyboardInterrupt as e:  # the grid's stop, landed just as evaluate() ended
+                job.error = job.error or e
+        job.evaluating = threading.Lock()  # held while a stop may be raised in the thread
+        # Not a daemon: an exit waits for it (see the module's docstring).
+        job.thread = threading.Thread(target=work, name=f"eval-{job.name}")
         job.thread.start()
+
+    def _stop_threads(self):
+        """Data generation stops at its next block; an inline evaluation gets a
+        KeyboardInterrupt, as Ctrl-C raises one in a `python -m hgan.evaluate` of its own
+        (whose handler reports it and removes what the evaluation left half-written): no
+        signal reaches a thread."""
+        self._halt.set()
+        for job in self.jobs:
+            if job.kind == "eval" and job.proc is None and job.state == "running" \
+                    and not job.interrupted:
+                job.interrupted = True
+                # only while evaluate() may run: raised later it would escape the thread
+                if job.evaluating.acquire(blocking=False):
+                    job.evaluating.release()  # over, or it will see _halt and not begin
+                else:
+                    _raise_in(job.thread, KeyboardInterrupt)
 
     def _reap(self, job):
         if job.proc is None:  # a thread: data generation, or an inline evaluation
@@ -346,6 +366,7 @@ class GridRunner:
 
     def _stop_children(self, why):
         self.log(f"[grid] {why}: stopping running jobs (training saves a checkpoint)")
+        self._stop_threads()
         procs = list({id(p): p for p in [j.proc for j in self.jobs
                                           if j.state == "running" and j.proc is not None]
                       + self._live_packs()}.values())
@@ -400,6 +421,8 @@ class GridRunner:
                     last_status = time.time()
                 time.sleep(0.25)
         finally:
+            if any(j.state == "running" for j in self.jobs):  # left by an exception
+                self._stop_threads()
             bar.close()
             for s, h in old.items():
                 signal.signal(s, h)
@@ -446,15 +469,24 @@ class GridRunner:
                 p.wait()
 
     def _wait_all(self):
+        """After a stop: every running job's process or thread ends (within STOP_GRACE_S,
+        else a process is killed) and is reaped."""
         end = time.time() + STOP_GRACE_S
         for job in self.jobs:
-            if job.proc is not None and job.state == "running":
+            if job.state != "running":
+                continue
+            left = max(1.0, end - time.time())
+            if job.proc is None:
+                job.thread.join(timeout=left)
+            else:
                 try:
-                    job.proc.wait(timeout=max(1.0, end - time.time()))
+                    job.proc.wait(timeout=left)
                 except subprocess.TimeoutExpired:
                     job.proc.kill()
                     job.proc.wait()
-                self._reap(job)
+            if not self._reap(job):
+                self.log(f"[grid] {job.kind} {job.name} did not stop within {STOP_GRACE_S} s: "
+                         f"the command ends when it does")
         self._wait_packs()
         self._skip_blocked()
 
@@ -462,6 +494,29 @@ class GridRunner:
         if self.stopping:
             raise KeyboardInterrupt
         self.stopping = True
+
+
+def _inline_evaluation(job, evaluate, argv, halt):
+    """hgan.evaluate's main(argv) in this thread, holding job.evaluating, unless `halt` is
+    set; returns the error that ended it, or None."""
+    with job.evaluating:
+        try:
+            if halt.is_set():  # the grid stopped before this thread began
+                raise KeyboardInterrupt
+            evaluate(argv)
+        except SystemExit as e:
+            # The command line's one-line reason (an InputError) is the exit's context.
+            return (None if e.code in (None, 0) else
+                    e.__context__ or RuntimeError(f"exit code {e.code}"))
+        except BaseException as e:  # reported by the main thread as a failed job
+            return e
+    return None
+
+
+def _raise_in(thread, exc):
+    """Raise `exc` in `thread` at its next bytecode."""
+    import ctypes
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc))
 
 
 def check_ready(spec):
