@@ -194,6 +194,19 @@ def test_a_pack_of_sixteen_runs_is_accepted():
         _parse("--pack", "17")
 
 
+@pytest.mark.parametrize("flag, value, repeated", [
+    ("--seeds", "0,1,0", "0"), ("--seeds", "0,00", "0"), ("--systems", "pendulum,pendulum", "pendulum"),
+    ("--models", "hgan, mocogan,hgan", "hgan")])
+def test_a_repeated_system_model_or_seed_is_one_error(capsys, flag, value, repeated):
+    # Each repeat was a second run training at once in the same directory, counted twice in
+    # compare.md.
+    with pytest.raises(SystemExit) as e:
+        _parse(flag, value)
+    assert e.value.code == 2
+    assert capsys.readouterr().err == (f"hgan.experiments: error: argument {flag}: {repeated} "
+                                       f"is repeated in {value!r}\n")
+
+
 def test_the_commit_named_in_compare_md_is_hgan_commit_where_set(monkeypatch):
     # bench/gpu/table1.sh copies the tree without .git and names the commit this way
     monkeypatch.setenv("HGAN_COMMIT", "abc1234")

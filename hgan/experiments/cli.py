@@ -21,14 +21,24 @@ class _Parser(OneLineParser):
 
 
 def _list(text):
-    return tuple(x.strip() for x in text.split(",") if x.strip())
+    return _once(tuple(x.strip() for x in text.split(",") if x.strip()), text)
 
 
 def _ints(text):
     try:
-        return tuple(int(x) for x in _list(text))
+        values = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    return _once(values, text)
+
+
+def _once(values, text):
+    """`values`, unless one is repeated: its runs would train twice at once in one directory,
+    and count twice in compare.md."""
+    repeated = [v for i, v in enumerate(values) if v in values[:i]]
+    if repeated:
+        raise argparse.ArgumentTypeError(f"{repeated[0]} is repeated in {text!r}")
+    return values
 
 
 def build_parser():
