@@ -585,6 +585,22 @@ def test_export_and_the_grid_refuse_an_output_that_is_a_file_or_an_export_into_a
     assert cli.main(["export", str(grid), "--to", str(tmp_path / "empty")]) == 0
 
 
+def test_a_run_trained_past_the_grids_iterations_is_an_error_not_done(tmp_path, fake_jobs):
+    # A grid trained to 5 and asked for --iters 3 counted its runs done ("5 / 3 evaluated")
+    # and averaged them with seeds trained to 3.
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan",), iters=5,
+                    eval_metrics="physics")
+    grid = runner.GridRunner(spec, progress=False, log=lambda m: None)
+    grid.plan()
+    grid.execute()
+    shorter = GridSpec(**{**spec.to_dict(), "iters": 3})
+    run, = shorter.runs()
+    with pytest.raises(runner.GridError, match=f"^{run.dir} was trained to 5 iterations, the "
+                       f"grid asks for --iters 3: use --iters 5 or another --out$"):
+        runner.GridRunner(shorter, progress=False, log=lambda m: None).plan()
+    assert not run.trained()
+
+
 def test_a_grid_asked_for_more_iterations_trains_on_and_records_each_segment(tmp_path,
                                                                              fake_jobs):
     # (the stand-in trains from 0 again; the segments record where the run's summary stood)

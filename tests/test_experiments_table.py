@@ -77,6 +77,20 @@ def test_a_cell_of_several_seeds_is_their_mean_and_standard_deviation(tmp_path):
     assert "| mocogan | 0.6 ± 0.082 (100 it, 12 s) |" in text, text
 
 
+def test_seeds_of_different_lengths_are_listed_not_averaged(tmp_path):
+    # (a deadline stops seeds at different iterations) a mean would mix the run lengths
+    spec = _spec(tmp_path, seeds=(0, 1))
+    for run in spec.runs():
+        it = 100 if run.seed == 0 or run.model == "mocogan" else 40
+        _write(run, _results(0.1 + run.seed, iteration=it), iteration=it)
+    rows = table.collect(spec)
+    text = "\n".join(table.metric_sections(spec, rows))
+    assert "| hgan | 0.1 (100 it, 12 s); 1.1 (40 it, 12 s) |" in text, text
+    assert "| mocogan | 0.6 ± 0.5 (100 it, 12 s) |" in text, text
+    assert _check_row(_checks(spec))[0] == "n/a (seeds of different lengths)"
+    report.write_compare(spec, {"command": "x", "commit": "c", "device": "d", "date": "t"})
+
+
 @pytest.mark.parametrize("hgan, moco, verdict", [
     # 0.2 ± 0.1 against 0.6 ± 0.1: the spreads [0.1, 0.3] and [0.5, 0.7] do not meet
     ([0.1, 0.3], [0.5, 0.7], "holds (outside the seed spread)"),

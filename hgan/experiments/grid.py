@@ -108,7 +108,15 @@ class Run:
         return int(s["iteration"]) if s else 0
 
     def trained(self):
-        return self.iteration() >= self.spec.iters and os.path.exists(self.checkpoint)
+        return self.iteration() == self.spec.iters and os.path.exists(self.checkpoint)
+
+    def check_length(self):
+        """A run trained past --iters is an error: counted done, it would stand in compare.md
+        beside runs of the asked length (and its seeds be averaged with theirs)."""
+        n = self.iteration()
+        if n > self.spec.iters:
+            raise GridError(f"{self.dir} was trained to {n} iterations, the grid asks for --iters "
+                            f"{self.spec.iters}: use --iters {n} or another --out")
 
     def resumable(self):
         return os.path.exists(self.checkpoint)

@@ -19,7 +19,7 @@ def _bar_chart(spec, rows, key, title, get, path):
     for i, m in enumerate(models):
         cells = [table._cell(rows, s, m, get) for s in systems]
         x = np.arange(len(systems)) + (i - (len(models) - 1) / 2) * width
-        y = [c["mean"] if c else np.nan for c in cells]
+        y = [c["mean"] if c and c["mean"] is not None else np.nan for c in cells]
         err = [c["std"] if c else 0 for c in cells]
         if not np.isnan(y).all():
             ax.bar(x, y, width, yerr=err, label=m)

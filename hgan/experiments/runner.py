@@ -129,6 +129,7 @@ class GridRunner:
                 data_jobs[system].splits = todo
         for run in self.spec.runs():
             run.check_config()
+            run.check_length()
             dep = [data_jobs[run.system]] if run.system in data_jobs else []
             if not run.trained():
                 train = Job("train", run.system, run, dep)

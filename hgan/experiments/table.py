@@ -2,7 +2,9 @@
 
 Every number carries the iterations and the training time of the run(s) behind it: runs of
 different length are not comparable, and a claim checked after a few thousand iterations
-says little about the paper's models. With several seeds a cell is mean ± std over seeds.
+says little about the paper's models. With several seeds a cell is mean ± std over seeds,
+when they reached the same iteration; otherwise it lists each seed's value, and gets no
+verdict.
 """
 
 import numpy as np
@@ -114,13 +116,19 @@ def _cell(rows, system, model, get):
     secs = [r["train_s"] for _, r in vals if r["train_s"] is not None]
     masses = [m for m in (_get(r["results"], "appearance", "mass_ratio") for _, r in vals)
               if m is not None]
-    return {"mean": float(v.mean()), "std": float(v.std()), "n": len(v), "iters": its,
-            "train_s": float(np.mean(secs)) if secs else None, "mass_ratios": masses}
+    # Seeds stopped at different iterations (a deadline): a mean would mix run lengths.
+    mixed = [(float(x), r["iteration"], r["train_s"]) for x, r in vals] if len(its) > 1 else None
+    return {"mean": None if mixed else float(v.mean()), "std": float(v.std()), "n": len(v),
+            "iters": its, "train_s": float(np.mean(secs)) if secs else None,
+            "mass_ratios": masses, "per_seed": mixed}
 
 
 def _cell_text(c):
     if c is None:
         return "n/a"
+    if c["per_seed"]:
+        return "; ".join(f"{x:.3g} ({it} it" + (f", {s:.0f} s)" if s is not None else ")")
+                         for x, it, s in c["per_seed"])
     val = f"{c['mean']:.3g}" + (f" ± {c['std']:.2g}" if c["n"] > 1 else "")
     its = "/".join(str(i) for i in c["iters"])
     t = f", {c['train_s']:.0f} s" if c["train_s"] is not None else ""
@@ -199,6 +207,8 @@ def _real_floor(rows, key, system):
 def _verdict(a, b, floor=None):
     if a is None or b is None:
         return "n/a"
+    if a["per_seed"] or b["per_seed"]:
+        return "n/a (seeds of different lengths)"
     why = _degenerate(a) or _degenerate(b)
     if why:
         return f"n/a ({why})"
