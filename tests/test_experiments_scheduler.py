@@ -407,15 +407,62 @@ def test_a_dataset_that_failed_skips_the_training_and_evaluation_of_its_runs_onl
     assert {jobs[k].state for k in jobs if "mass_spring" in k[1]} == {"queued"}
 
 
-def _ctrl_c_once(started):
-    """SIGINT to this process (the grid's handler) once `started` is set."""
+def _ctrl_c_once(started, *then):
+    """SIGINT to this process (the grid's handler) once `started` (an Event, or a function
+    that says so) is true, and again after each pause in `then` (seconds)."""
     import signal
     import threading
+    import time
+    ready = started.is_set if hasattr(started, "is_set") else started
 
     def send():
-        if started.wait(60):
-            os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(6000):
+            if ready():
+                for pause in (0, *then):
+                    time.sleep(pause)
+                    os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.01)
     threading.Thread(target=send, daemon=True).start()
+
+
+def _no_keyboard_interrupt(call):
+    try:
+        return call()
+    except KeyboardInterrupt:
+        pytest.fail("a second Ctrl-C came out of the grid as a KeyboardInterrupt")
+
+
+def test_a_ctrl_c_delivered_twice_is_one_stop_that_keeps_the_records_and_compare_md(
+        tmp_path, fake_jobs, capsys):
+    # `timeout -s INT` delivers a SIGINT twice; the second one raised KeyboardInterrupt in the
+    # wait for the stopping jobs: a traceback, no compare.md, no record of the segment.
+    out = tmp_path / "g"
+    _ctrl_c_once((out / "runs" / "pendulum-hgan-s0" / "spans.txt").exists, 0.05)
+    assert _no_keyboard_interrupt(lambda: _table1(out, "--iters", "500")) == 130
+    run = GridSpec(out=str(out), systems=("pendulum",), models=("hgan",), iters=500).runs()[0]
+    seg, = run.record()["segments"]
+    assert seg["to"] == run.iteration() < 500 and seg["stopped"] == "SIGTERM"
+    assert "**Interrupted**" in open(out / "compare.md").read()
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_second_ctrl_c_later_kills_the_jobs_still_stopping_and_records_them(
+        tmp_path, fake_jobs, monkeypatch):
+    import sys
+    monkeypatch.setattr(runner, "SECOND_AFTER_S", 0.2)
+    monkeypatch.setattr(runner, "STOP_GRACE_S", 60)
+    deaf = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    monkeypatch.setattr(Run, "train_command", lambda self: [sys.executable, "-c", deaf])
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan",), iters=5,
+                    eval_metrics="physics")
+    grid = runner.GridRunner(spec, progress=False, log=lambda m: None)
+    train = grid.plan()[0]
+    _ctrl_c_once(lambda: train.proc is not None, 0.5)
+    _no_keyboard_interrupt(grid.execute)
+    assert grid.aborting and train.proc.returncode == -9
+    seg, = spec.runs()[0].record()["segments"]
+    assert seg["returncode"] == -9
 
 
 def test_ctrl_c_stops_data_generation_and_waits_for_it(tmp_path, monkeypatch):

@@ -3,6 +3,7 @@
 Every invalid setting ends in one line `hgan.experiments: error: ...` and exit code 2.
 """
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -174,7 +175,7 @@ def table1(a, argv):
     t0 = time.time()
     meta = {"command": "python -m hgan.experiments " + shlex.join(argv), "commit": _commit(),
             "device": _device_name(spec.device)}
-    jobs, stopped = [], False
+    jobs, grid = [], None
     if saved:
         meta.update({k: saved[k] for k in ("command", "commit", "device", "wall_s") if k in saved})
         meta["command"] += " (table rewritten with --report-only)"
@@ -198,14 +199,18 @@ def table1(a, argv):
               + (f", up to {a.pack} training runs per process" if a.pack > 1 else ""),
               file=sys.stderr, flush=True)
         _save_grid(spec, meta)
-        grid.execute()
-        stopped = grid.stopping
-        if stopped:
-            meta["note"] = "**Interrupted**: the command was stopped; run it again to resume."
-        meta["wall_s"] = time.time() - t0
-        _save_grid(spec, meta)
-    meta["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    report.write_compare(spec, meta)
+    # Until compare.md is written, a stop signal (a second Ctrl-C, `timeout -s INT`'s copy)
+    # is the grid's, not a KeyboardInterrupt that would lose the table.
+    with grid.signals() if grid else contextlib.nullcontext():
+        if grid:
+            grid.execute()
+            if grid.stopping:
+                meta["note"] = "**Interrupted**: the command was stopped; run it again to resume."
+            meta["wall_s"] = time.time() - t0
+            _save_grid(spec, meta)
+        meta["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        report.write_compare(spec, meta)
+    stopped = grid is not None and grid.stopping
     failed = [f"{j.kind} {j.name}" for j in jobs if j.state == "failed"]
     print(f"[grid] wrote {os.path.join(spec.out, 'compare.md')}"
           + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)

@@ -15,6 +15,7 @@ Evaluations go first when a slot frees (their results are what people wait for).
 evaluation of a system runs alone: it trains the physics probe and caches it beside the
 data; the system's other evaluations then load it, side by side.
 """
+import contextlib
 import os
 import re
 import signal
@@ -31,6 +32,10 @@ from hgan.experiments.grid import GridError
 # tqdm's status in a pipe: "... 530/2000 [00:11<00:30, 48.21it/s, ...]" (or "2.5s/it").
 _PROGRESS = re.compile(rb"(\d+)/(\d+) \[[^,\]]*,\s*(?:([\d.]+)(it/s|s/it))?")
 STOP_GRACE_S = 120  # a training run checkpoints within one iteration of SIGTERM
+# hgan.train.run._StopFlag's: a second SIGINT sooner than this after the first is the same
+# stop delivered twice (`timeout -s INT` signals its child, then the child's group); later,
+# it is a second Ctrl-C, which kills the running processes instead of waiting for them.
+SECOND_AFTER_S = 1.0
 # hgan.train.pack.PEER_FAILED_CODE (that module imports torch; this one need not): a packed
 # run stopped, with a checkpoint, because another run of its process failed to capture.
 PEER_FAILED_CODE = 75
@@ -109,6 +114,7 @@ class GridRunner:
         self.status_every_s, self.progress = status_every_s, progress
         self.log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
         self.jobs, self.stopping, self.deadline_hit = [], False, False
+        self.aborting, self._stopped_at = False, None  # a second Ctrl-C (see _on_signal)
         self._halt = threading.Event()  # set on a stop: data generation ends at its next block
         self._probes_ready = set()  # systems whose probe cache fits their evaluations
         self.packs = []  # hgan.train.pack processes: a slot until they exit, runs reaped or not
@@ -383,10 +389,27 @@ class GridRunner:
                 + (f", {counts['failed']} failed" if counts["failed"] else "")
                 + (f": {running}" if running else ""))
 
+    @contextlib.contextmanager
+    def signals(self):
+        """SIGINT and SIGTERM stop the grid within this context (see _on_signal); the
+        handlers before it are restored after."""
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield self
+        finally:
+            for s, h in old.items():
+                # None: not installed from Python; SIG_DFL is the best guess
+                signal.signal(s, signal.SIG_DFL if h is None else h)
+
     def execute(self):
         """Run every planned job; returns the jobs (states: done, failed, skipped)."""
+        with self.signals():
+            self._run_jobs()
+        self._wait_packs()
+        return self.jobs
+
+    def _run_jobs(self):
         t0 = time.time()
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         # A live bar on a terminal; in a log file the periodic status lines say the same.
         bar = tqdm(total=len(self.jobs), desc="grid", unit="job", dynamic_ncols=True,
                    disable=not (self.progress and sys.stderr.isatty()), file=sys.stderr)
@@ -425,10 +448,6 @@ class GridRunner:
             if any(j.state == "running" for j in self.jobs):  # left by an exception
                 self._stop_threads()
             bar.close()
-            for s, h in old.items():
-                signal.signal(s, h)
-        self._wait_packs()
-        return self.jobs
 
     def _live_packs(self):
         return [p for p in self.packs if p.poll() is None]
@@ -470,31 +489,42 @@ class GridRunner:
                 p.wait()
 
     def _wait_all(self):
-        """After a stop: every running job's process or thread ends (within STOP_GRACE_S,
-        else a process is killed) and is reaped."""
-        end = time.time() + STOP_GRACE_S
-        for job in self.jobs:
-            if job.state != "running":
-                continue
-            left = max(1.0, end - time.time())
-            if job.proc is None:
-                job.thread.join(timeout=left)
-            else:
-                try:
-                    job.proc.wait(timeout=left)
-                except subprocess.TimeoutExpired:
-                    job.proc.kill()
-                    job.proc.wait()
-            if not self._reap(job):
-                self.log(f"[grid] {job.kind} {job.name} did not stop within {STOP_GRACE_S} s: "
-                         f"the command ends when it does")
-        self._wait_packs()
+        """After a stop: every running job ends and is reaped (its record written). Processes
+        get STOP_GRACE_S, or until a second Ctrl-C, then are killed; threads get as long."""
+        end, killed = time.time() + STOP_GRACE_S, False
+        while any(j.state == "running" for j in self.jobs) or self._live_packs():
+            if not killed and (self.aborting or time.time() > end):
+                self._kill_processes("a second Ctrl-C" if self.aborting
+                                     else f"not stopped within {STOP_GRACE_S} s")
+                killed = True
+            for job in self.jobs:
+                if job.state == "running":
+                    self._reap(job)
+            if time.time() > end and not any(j.proc for j in self.jobs if j.state == "running"):
+                for job in (j for j in self.jobs if j.state == "running"):
+                    self.log(f"[grid] {job.kind} {job.name} did not stop within {STOP_GRACE_S} "
+                             f"s: the command ends when it does")
+                break
+            time.sleep(0.05)
         self._skip_blocked()
 
+    def _kill_processes(self, why):
+        procs = {id(j.proc): j.proc for j in self.jobs if j.state == "running" and j.proc}
+        procs.update({id(p): p for p in self._live_packs()})
+        self.log(f"[grid] {why}: killing the running processes (training loses the iterations "
+                 f"since its last checkpoint)")
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+
     def _on_signal(self, signum, frame):
-        if self.stopping:
-            raise KeyboardInterrupt
-        self.stopping = True
+        """Record the stop; the loop acts on it. Raising here (a KeyboardInterrupt out of a
+        wait) lost the running jobs' records and compare.md."""
+        now = time.monotonic()
+        if not self.stopping:
+            self.stopping, self._stopped_at = True, now
+        elif signum == signal.SIGINT and now - self._stopped_at >= SECOND_AFTER_S:
+            self.aborting = True
 
 
 def _inline_evaluation(job, evaluate, argv, halt):
