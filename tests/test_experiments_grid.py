@@ -134,6 +134,9 @@ def test_a_grid_that_cannot_be_packed_is_one_clear_error(tmp_path, capsys, flags
                           "and the grid makes --test-traj 256"),
     (["--resolution", "30"], "python train.py refuses the grid's own settings: unsupported "
                              "resolution 30"),
+    # shlex's ValueError was a traceback
+    (["--train-args", "'unclosed"], "--train-args \"'unclosed\": no closing quotation"),
+    (["--eval-args", "--seeds 0 \"1"], "--eval-args '--seeds 0 \"1': no closing quotation"),
 ])
 def test_flags_no_run_could_take_are_one_error_before_any_job(tmp_path, capsys, flags, message,
                                                             monkeypatch):

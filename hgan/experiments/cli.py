@@ -115,14 +115,15 @@ def spec_from_args(a):
         from hgan.train.pack import MAX_RUNS
         if a.pack > MAX_RUNS:
             raise GridError(f"--pack {a.pack}: at most {MAX_RUNS} training runs per process")
-        unpackable = {"--compile", "--profile"} & set(split_args(a.train_args))
+        unpackable = {"--compile", "--profile"} & set(split_args(a.train_args, "--train-args"))
         if unpackable:
             raise GridError(f"--pack > 1 with --train-args {' '.join(sorted(unpackable))}: "
                             f"packed runs cannot use them (hgan.train.pack); use --pack 1")
     return GridSpec(out=a.out, systems=a.systems, models=a.models, seeds=a.seeds, iters=a.iters,
                     batch_size=a.batch_size, frames=a.frames, resolution=a.resolution,
-                    device=a.device, data_seed=a.data_seed, train_args=split_args(a.train_args),
-                    eval_metrics=a.eval_metrics, eval_args=split_args(a.eval_args), i3d=a.i3d, **sizes)
+                    device=a.device, data_seed=a.data_seed,
+                    train_args=split_args(a.train_args, "--train-args"), eval_metrics=a.eval_metrics,
+                    eval_args=split_args(a.eval_args, "--eval-args"), i3d=a.i3d, **sizes)
 
 
 def _commit():

@@ -362,8 +362,13 @@ def _parse(parse, flags, what, command):
     raise GridError(f"{what}: {reason} (see {command} --help)")
 
 
-def split_args(text):
-    return tuple(shlex.split(text or ""))
+def split_args(text, what):
+    """The flags in `text`, split as a shell would; GridError naming the option `what` when
+    its quotes do not close."""
+    try:
+        return tuple(shlex.split(text or ""))
+    except ValueError as e:  # shlex: "No closing quotation", "No escaped character"
+        raise GridError(f"{what} {text!r}: {str(e).lower()}") from None
 
 
 def _read_json(path):
