@@ -591,6 +591,33 @@ def test_report_only_rewrites_the_table_of_the_grid_that_trained(tmp_path, capsy
     assert "commit c0ffee" in text and "wall time of the invocation: 12 s" in text
 
 
+def test_report_only_takes_the_selection_given_and_the_rest_from_the_saved_grid(tmp_path):
+    # grid.json holds the last invocation's subset: `--report-only --systems` reported only it
+    from hgan.experiments import cli
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum", "mass_spring"), models=("hgan",),
+                    iters=7, eval_metrics="physics")
+    with open(tmp_path / "grid.json", "w") as f:
+        json.dump({"spec": {**spec.to_dict(), "systems": ["mass_spring"]}, "command": "x"}, f)
+    for run in spec.runs():
+        os.makedirs(run.path("checkpoints"))
+        open(run.checkpoint, "wb").close()
+        json.dump({"iteration": 7}, open(run.path("summary.json"), "w"))
+    assert cli.main(["table1", "--report-only", "--out", str(tmp_path), "--systems",
+                     "pendulum,mass_spring"]) == 0
+    _, rows = _runs_rows(tmp_path)
+    assert rows["hgan"].startswith("| pendulum | hgan | 0 | 7 / 7 |")
+    assert "| mass_spring | hgan | 0 | 7 / 7 |" in open(tmp_path / "compare.md").read()
+
+
+def test_report_only_on_a_folder_without_grid_json_is_one_error(tmp_path, capsys):
+    # it wrote a table of the default 5 x 3 runs, all "not run"
+    from hgan.experiments import cli
+    assert cli.main(["table1", "--report-only", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == (f"hgan.experiments: error: --report-only: no grid at "
+                                       f"{tmp_path} (no readable grid.json)\n")
+    assert not os.listdir(tmp_path)
+
+
 def test_export_keeps_each_runs_summary_and_training_times_but_no_checkpoint(tmp_path):
     from hgan.experiments import cli
     grid, dest = tmp_path / "g", tmp_path / "copy"

@@ -42,7 +42,8 @@ def _once(values, text):
     return values
 
 
-def build_parser():
+def build_parser(defaults=True):
+    """defaults=False: table1's options get none, so that a parse holds only those given."""
     p = _Parser(prog="python -m hgan.experiments", description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -92,6 +93,9 @@ def build_parser():
                         "grid, whose clock would otherwise include them)")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar (status lines stay)")
+    if not defaults:
+        for action in t._actions:  # (not set_defaults: those reach the namespace anyway)
+            action.default = argparse.SUPPRESS
     e = sub.add_parser("export", help="copy a grid's small results (no checkpoints) elsewhere")
     e.add_argument("grid_dir")
     e.add_argument("--to", required=True)
@@ -155,16 +159,31 @@ def _saved_grid(out):
         return None
 
 
+def _given(argv):
+    """The table1 settings named on the command line (argparse dests)."""
+    args = build_parser(defaults=False).parse_args(_attach_flag_strings(argv))
+    return set(vars(args)) - {"cmd"}
+
+
+def _report_spec(saved, spec, given):
+    """grid.json's settings, but those given with --report-only (`--systems a,b` after a grid
+    run on a subset: the table of those runs)."""
+    fields = {"paper_sizes": ("train_traj", "test_traj", "traj_frames")}
+    chosen = {f for d in given for f in fields.get(d, (d,)) if f in GridSpec.__dataclass_fields__}
+    return GridSpec(**{**saved["spec"], **{f: getattr(spec, f) for f in chosen}, "out": spec.out})
+
+
 def table1(a, argv):
     from hgan.experiments import report, runner
     spec = spec_from_args(a)
     if os.path.exists(spec.out) and not os.path.isdir(spec.out):
         raise GridError(f"--out {spec.out} is a file, not a directory")
-    if a.report_only and not os.path.isdir(spec.out):  # a mistyped --out: no empty table
-        raise GridError(f"--report-only: no grid at {spec.out}")
     saved = _saved_grid(spec.out) if a.report_only else None
+    if a.report_only and not saved:  # a mistyped --out: no table of runs never made
+        raise GridError(f"--report-only: no grid at {spec.out}"
+                        + (" (no readable grid.json)" if os.path.isdir(spec.out) else ""))
     if saved:  # the table of the invocation that trained the grid, with its settings
-        spec = GridSpec(**{**saved["spec"], "out": spec.out})
+        spec = _report_spec(saved, spec, _given(argv))
     runner.check_ready(spec)
     if not a.report_only:
         check_device(spec.device)
