@@ -463,6 +463,8 @@ def test_a_second_ctrl_c_later_kills_the_jobs_still_stopping_and_records_them(
     assert grid.aborting and train.proc.returncode == -9
     seg, = spec.runs()[0].record()["segments"]
     assert seg["returncode"] == -9
+    # ended by the grid's stop: stopped, not a failure (it read "FAILED (exit -9)")
+    assert train.state == "stopped" and seg["interrupted"]
 
 
 def test_ctrl_c_stops_data_generation_and_waits_for_it(tmp_path, monkeypatch):
@@ -485,7 +487,7 @@ def test_ctrl_c_stops_data_generation_and_waits_for_it(tmp_path, monkeypatch):
     _ctrl_c_once(started)
     grid.execute()
     assert grid.stopping and seen == [True]
-    assert not data.thread.is_alive() and data.state != "done"
+    assert not data.thread.is_alive() and data.state == "stopped"
 
 
 def test_ctrl_c_interrupts_an_inline_evaluation_and_waits_for_it(tmp_path, monkeypatch):
@@ -515,7 +517,8 @@ def test_ctrl_c_interrupts_an_inline_evaluation_and_waits_for_it(tmp_path, monke
     _ctrl_c_once(started)
     grid.execute()
     assert seen == ["interrupted"]
-    assert not grid.jobs[0].thread.is_alive() and grid.jobs[0].state != "done"
+    assert not grid.jobs[0].thread.is_alive() and grid.jobs[0].state == "stopped"
+    assert run.record()["eval"]["interrupted"]
 
 
 def _table1(out, *flags):

@@ -175,6 +175,13 @@ def test_runs_table_states_times_and_the_last_rate(tmp_path):
     assert "| pendulum | hgan | 0 | 10 / 10 | 14 | 6.5 | 3 | evaluated |" in text, text
     assert "| pendulum | hnn_gan | 0 | 4 / 10 | 5 | 2 | n/a | failed |" in text, text
     assert "| pendulum | mocogan | 0 | 6 / 10 | 7 | 4 | 2 | stopped short, evaluated |" in text
+    # a segment the grid's stop ended (exit 143 before its first iteration): not "failed"
+    _write(hnn, None, iteration=4, segments=[
+        {"from": 0, "to": 4, "seconds": 5.0, "returncode": 0, "it_per_s_logged": 2.0},
+        {"from": 4, "to": 4, "seconds": 1.0, "returncode": 143, "interrupted": True}])
+    stopped = "\n".join(table.runs_section(table.collect(spec)))
+    assert "| pendulum | hnn_gan | 0 | 4 / 10 | 6 | 2 | n/a | interrupted, not evaluated |" \
+        in stopped, stopped
 
 
 def test_the_sample_montage_shows_real_data_first_then_the_models(tmp_path):

@@ -360,8 +360,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     # SIGTERM (`timeout`, a job scheduler) ends an evaluation as Ctrl-C does, not silently
     # with an empty --out left behind; one the parent ignores stays ignored.
+    # (Only on the main thread: hgan.experiments runs evaluations in threads of its own.)
     sigterm = signal.getsignal(signal.SIGTERM)
-    if sigterm == signal.SIG_DFL and threading.current_thread() is threading.main_thread():
+    own = sigterm == signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+    if own:
         signal.signal(signal.SIGTERM, raise_interrupted)
     try:
         return evaluate(args)
@@ -374,7 +376,7 @@ def main(argv=None):
               f"--out this run created and left empty is removed)", file=sys.stderr)
         raise SystemExit(128 + signum) from None
     finally:
-        if signal.getsignal(signal.SIGTERM) is raise_interrupted:
+        if own:
             signal.signal(signal.SIGTERM, sigterm)
 
 

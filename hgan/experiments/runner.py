@@ -312,17 +312,17 @@ class GridRunner:
             if job.thread.is_alive():
                 return False
             job.ended = time.time()
-            job.state = "failed" if job.error else "done"
+            job.state = self._ended("failed" if job.error else "done")
             if job.kind == "eval":
                 job.returncode = 1 if job.error else 0
                 self._record(job)
             elif job.error:
-                self.log(f"[grid] data {job.system} failed: {job.error}")
+                self.log(f"[grid] data {job.system} {job.state}: {job.error}")
             return True
         if job.packed and job.pack_code is not None and job.proc.poll() is None:
             # This run has ended (its exit line came); the others of its process go on.
             job.ended, job.returncode = time.time(), job.pack_code
-            job.state = "done" if job.returncode == 0 else "failed"
+            job.state = self._ended("done" if job.returncode == 0 else "failed")
             self._record(job)
             return True
         if job.proc.poll() is None:
@@ -332,9 +332,14 @@ class GridRunner:
         if job.packed:
             # The run's own code; none: the process ended before the run did (a crash).
             job.returncode = job.pack_code if job.pack_code is not None else (job.returncode or 1)
-        job.state = "done" if job.returncode == 0 else "failed"
+        job.state = self._ended("done" if job.returncode == 0 else "failed")
         self._record(job)
         return True
+
+    def _ended(self, state):
+        """A job that ended badly during the grid's stop was stopped by it, not failed (a
+        training stopped before its first iteration exits 143, an evaluation 130 or -15)."""
+        return "stopped" if state == "failed" and self.stopping else state
 
     def _record(self, job):
         run, seconds = job.run, round(job.ended - job.started, 2)
@@ -343,10 +348,13 @@ class GridRunner:
             summary = run.summary() or {}
             rec["segments"].append({"from": job.iter_before, "to": run.iteration(),
                                     "seconds": seconds, "returncode": job.returncode,
+                                    "interrupted": job.state == "stopped",
                                     "stopped": summary.get("stopped"),
                                     "it_per_s_logged": (summary.get("stats") or {}).get("speed/it_per_s")})
             done = run.iteration() - job.iter_before
             msg = (f"{done} it in {seconds:.0f} s" if job.returncode == 0
+                   else f"stopped after {done} it (exit {job.returncode}); the next grid "
+                        f"command resumes it" if job.state == "stopped"
                    else f"FAILED (exit {job.returncode}), see {run.path('train.log')}")
             if job.returncode == PEER_FAILED_CODE and job.packed:
                 msg = (f"stopped after {done} it: another run of its pack failed to capture "
@@ -354,8 +362,10 @@ class GridRunner:
                        f"resumes it")
         else:
             rec["eval"] = {"seconds": seconds, "returncode": job.returncode,
-                           "iteration": run.iteration()}
+                           "iteration": run.iteration(), "interrupted": job.state == "stopped"}
             msg = (f"{seconds:.0f} s" if job.returncode == 0
+                   else "stopped; the next grid command evaluates it again"
+                   if job.state == "stopped"
                    else f"FAILED (exit {job.returncode}), see {run.path('eval.log')}")
         run.save_record(rec)
         self.log(f"[grid] {job.kind} {run.name}: {msg}")
@@ -366,7 +376,7 @@ class GridRunner:
         while changed:
             changed = False
             for job in self.jobs:
-                blocked = any(d.state in ("failed", "skipped") for d in job.deps)
+                blocked = any(d.state in ("failed", "stopped", "skipped") for d in job.deps)
                 late = job.kind == "train" and self.deadline_hit
                 if job.state == "queued" and (blocked or late or self.stopping):
                     job.state, changed = "skipped", True
@@ -402,7 +412,8 @@ class GridRunner:
                 signal.signal(s, signal.SIG_DFL if h is None else h)
 
     def execute(self):
-        """Run every planned job; returns the jobs (states: done, failed, skipped)."""
+        """Run every planned job; returns the jobs (states: done, failed, stopped by a stop
+        of the grid, skipped)."""
         with self.signals():
             self._run_jobs()
         self._wait_packs()
@@ -419,7 +430,8 @@ class GridRunner:
                 for job in self.jobs:
                     if job.state == "running":
                         self._reap(job)
-                bar.n = sum(j.state in ("done", "failed", "skipped") for j in self.jobs)
+                bar.n = sum(j.state in ("done", "failed", "stopped", "skipped")
+                            for j in self.jobs)
                 if self.deadline_s is not None and not self.deadline_hit and \
                         time.time() - t0 > self.deadline_s:
                     self.deadline_hit = True

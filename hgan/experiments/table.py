@@ -99,7 +99,11 @@ def collect(spec):
                               if s.get("it_per_s_logged")), None),
             "eval_s": _get(ev, "seconds"),
             "results": res if res and res.get("iteration") == run.iteration() else None,
-            "failed": any(s.get("returncode") for s in segs[-1:]) or bool(_get(ev, "returncode")),
+            # a job the grid's stop ended is interrupted, not failed (the next command resumes)
+            "failed": any(s.get("returncode") and not s.get("interrupted") for s in segs[-1:])
+            or bool(_get(ev, "returncode") and not _get(ev, "interrupted")),
+            "interrupted": any(s.get("interrupted") for s in segs[-1:])
+            or bool(_get(ev, "interrupted")),
         })
     return rows
 
@@ -145,7 +149,8 @@ def runs_section(rows):
     for r in rows:
         short = r["iteration"] < r["target"]
         state = ("failed" if r["failed"] else "not run" if not r["iteration"] else
-                 ("stopped short, " if short else "") + ("evaluated" if r["results"] else "not evaluated"))
+                 ("interrupted, " if r.get("interrupted") else "stopped short, " if short else "")
+                 + ("evaluated" if r["results"] else "not evaluated"))
         body.append([r["system"], r["model"], r["seed"], f"{r['iteration']} / {r['target']}",
                      _fmt(r["train_s"] and round(r["train_s"], 1)),
                      _fmt(r["it_per_s"] and round(r["it_per_s"], 1)),
