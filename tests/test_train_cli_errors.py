@@ -163,18 +163,38 @@ def test_two_runs_set_up_together_never_share_a_run_directory(data_root, tmp_pat
     first, second = (s.cfg.out for s in setups)
     assert first == str(tmp_path / "runs" / "pendulum-hgan-20261201-120000")
     assert second == first + "-2"
-    # an explicit --out that another run holds is refused, and that run keeps it
-    cfg, resume, given = parse_command_line(TINY + ["--data", data_root, "--out", first])
-    with pytest.raises(ValueError, match=f"--out {first} is in use by another run that is "
-                                         "still running"):
-        prepare(cfg, resume=resume, given=given)
+    # an explicit --out that another process holds is refused, and that run keeps it
+    import subprocess
+    import sys
+    held = tmp_path / "held"
+    held.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; "
+                               "fd = os.open(sys.argv[1], os.O_RDONLY); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print(flush=True); time.sleep(60)",
+                               str(held)], stdout=subprocess.PIPE, text=True)
+    try:
+        holder.stdout.readline()
+        cfg, resume, given = parse_command_line(TINY + ["--data", data_root, "--out", str(held)])
+        with pytest.raises(ValueError, match=f"--out {held} is in use by another run that is "
+                                             "still running"):
+            prepare(cfg, resume=resume, given=given)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert held.is_dir()
     assert run(setups[0])["iteration"] == 1
     assert load_checkpoint(first)["config"]["seed"] == 0
     setups[1].stream.close()
     setups[1].lock.release()
-    # once it is done the directory is free again (here: a finished run, so refused as such)
-    with pytest.raises(ValueError, match="already holds a run"):
+    # run() released its claim: the directory resumes (the early check only reads files)
+    cfg, resume, given = parse_command_line(TINY + ["--resume", first, "--iters", "2"])
+    again = prepare(cfg, resume=resume, given=given)
+    assert again.cfg.out == first and again.lock is not None
+    # a second setup of one directory in one process is named as such
+    with pytest.raises(ValueError, match="held by an earlier setup in this process"):
         prepare(cfg, resume=resume, given=given)
+    again.stream.close()
+    again.lock.release()
 
 
 def test_a_setup_that_fails_after_claiming_its_directory_removes_it(data_root, tmp_path,
@@ -315,14 +335,26 @@ def test_gen_frames_limits_only_a_dataset_to_generate(data_root, tmp_path, capsy
                                   "1", "--frames", "20", "--gen-frames", "8"], capsys)
     assert code == 0, err
     h5 = os.path.join(data_root, "pendulum", "train.h5")
-    assert (f"[hgan] {h5} exists: --gen-frames only shape a dataset to generate (delete it "
-            "to generate it again)") in out   # it was ignored without a word
+    assert (f"[hgan] {h5} exists: --gen-frames is for a dataset to generate, not used "
+            f"(delete {h5} to generate it again)") in out   # it was ignored without a word
     # a batch larger than the file's windows: more --gen-train alone would not help
     code, _, err = call(TINY + ["--data", data_root, "--out", str(tmp_path / "c"),
                                 "--batch-size", "4000", "--gen-train", "5000"], capsys)
     assert_one_error_line(code, err, "batch size 4000 exceeds the",
                           f"delete {h5} to generate it again")
     assert not (tmp_path / "c").exists()
+    # an imported file is not for deleting
+    import shutil
+
+    import h5py
+    imported = tmp_path / "imported"
+    (imported / "pendulum").mkdir(parents=True)
+    shutil.copy(h5, imported / "pendulum" / "train.h5")
+    with h5py.File(imported / "pendulum" / "train.h5", "a") as f:
+        f.attrs["generator_version"] = "imported from dm_hamiltonian_dynamics_suite"
+    code, _, err = call(TINY + ["--data", str(imported), "--out", str(tmp_path / "d"),
+                                "--batch-size", "4000"], capsys)
+    assert_one_error_line(code, err, "was imported (hgan.data import-dm): import it again")
     # no data: --gen-frames 8 cannot make 20-frame videos, and nothing is generated
     missing = tmp_path / "nodata"
     code, _, err = call(TINY + ["--data", str(missing), "--out", str(tmp_path / "b"),

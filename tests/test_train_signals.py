@@ -367,7 +367,10 @@ def failing_first():  # rank 1: the group's SIGINT killed a worker while it was 
     if rank == 1 and len(starts) == 1:
         Stop.signum = signal.SIGINT
         raise RuntimeError("DataLoader worker (pid(s) 1234) exited unexpectedly")
-    yield from batches()
+    for i, batch in enumerate(batches()):
+        if rank == 1 and i == 2 and os.environ.get("FAIL_AGAIN"):
+            raise RuntimeError("DataLoader worker (pid(s) 5678) exited unexpectedly")
+        yield batch
 
 
 stream._batches = failing_first
@@ -406,6 +409,15 @@ def test_a_loader_dying_of_a_signal_on_one_torchrun_rank_stops_every_rank_togeth
     assert ranks[0]["starts"] == [0] and ranks[1]["starts"] == [0, 0]  # the same batch again
     assert [r["out"] for r in ranks] == [str(out)] * 2
     assert load_checkpoint(str(out))["iteration"] == STOP_POLL_EVERY
+    # Its loader failing again: that rank stopped alone, into the same mismatch (a hang);
+    # now its error ends the process group.
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", str(script), str(tmp_path), *TINY,
+                           "--num-workers", "0", "--data", data_root, "--iters", "100000",
+                           "--out", str(tmp_path / "again")],
+                          env={**env, "TMPDIR": str(tmp_path), "FAIL_AGAIN": "1"}, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "pid(s) 5678) exited unexpectedly" in proc.stderr
 
 
 def test_a_loader_failing_after_a_signal_still_names_a_pending_non_finite_loss(data_root,

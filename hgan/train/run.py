@@ -169,6 +169,17 @@ def _check_integrator(trainer: Trainer):
                          "analytic")
 
 
+def _regenerate(path: str) -> str:
+    """How to get the dataset at `path` again with other sizes (an imported file is not
+    this package's to delete and regenerate)."""
+    from hgan.data.h5io import open_h5
+    with open_h5(path) as f:
+        made = str(f.attrs.get("generator_version", ""))
+    if made.startswith("imported"):
+        return f"{path} was imported (hgan.data import-dm): import it again with other sizes"
+    return f"delete {path} to generate it again"
+
+
 @dataclass
 class Setup:
     """What `prepare` built; trainer is None when a resumed run has nothing left to do."""
@@ -220,19 +231,26 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=N
     ensure_dataset(cfg, info)
     unused = [f"--{k.replace('_', '-')}" for k in ("gen_train", "gen_test", "gen_frames")
               if k in (given or {})]
-    if had_data and unused and info.is_main:
-        print(f"[hgan] {cfg.data_path} exists: {', '.join(unused)} only shape a dataset to "
-              f"generate (delete it to generate it again)", flush=True)
+    if had_data and unused and not resume and info.is_main:
+        print(f"[hgan] {cfg.data_path} exists: {', '.join(unused)} "
+              f"{'is' if len(unused) == 1 else 'are'} for a dataset to generate, not used "
+              f"({_regenerate(cfg.data_path)})", flush=True)
     dataset = dataset_identity(cfg.data_path)
     check_resumed_dataset(saved_data, cfg, now=dataset)
-    lock = None
+    lock, refused = None, None
     if info.is_main:  # the rank that writes the run directory claims it (hgan.train.rundir)
-        lock = rundir.claim(cfg.out, numbered=not resume and given is not None
-                            and "out" not in given)
-        cfg = replace(cfg, out=lock.path)
+        try:
+            lock = rundir.claim(cfg.out, numbered=not resume and given is not None
+                                and "out" not in given)
+        except ValueError as e:
+            refused = str(e)
+    # Every rank names the directory rank 0 claimed (a numbered default, or one named by
+    # another clock's second), or stops with its refusal.
+    out, refused = hdist.from_main((lock.path if lock else cfg.out, refused), info)
+    if refused:
+        raise ValueError(refused)
+    cfg = replace(cfg, out=out)
     try:
-        # every rank names the directory rank 0 claimed (a numbered default, or another second)
-        cfg = replace(cfg, out=hdist.from_main(cfg.out, info))
         if lock is not None and not resume:
             _check_new_run_dir(cfg.out)  # a run that finished in it since the check above
         trainer = Trainer(cfg, info)
@@ -250,7 +268,7 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=N
             lock.release(discard=True)
         if isinstance(e, TooFewWindows):
             raise TooFewWindows(f"{e} (--gen-train sets how many a generated dataset has: "
-                                f"delete {cfg.data_path} to generate it again)") from None
+                                f"{_regenerate(cfg.data_path)})") from None
         raise
     return Setup(cfg, info, trainer, stream, path, lock=lock)
 
@@ -424,7 +442,9 @@ def _run(setup: Setup, callback, stop) -> dict:
                         # the other ranks step on until the agreed poll, and this one must
                         # meet them there: its loader starts again at the same batch (new
                         # workers start after the signal, so they live) and it steps on.
-                        if stop.signum is not None and info.enabled and not restarted:
+                        if stop.signum is not None and info.enabled:
+                            if restarted:  # no stop alone: the process group ends instead
+                                raise
                             restarted = True
                             batches = iter(stream)
                             real = next(batches)  # a second failure is raised

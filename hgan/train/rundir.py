@@ -5,15 +5,22 @@ same directory, and one removed the other's events and samples as a stopped atte
 explicit --out given to a second run while the first had not written its first checkpoint
 did the same. The setup now claims the directory with an exclusive lock (flock on the
 directory itself, released by the kernel when the process ends, however it ends), before
-anything of the run is written: a default --out already taken becomes <out>-2, -3, ... (as
-`hgan.train.pack` numbers its runs'), and an explicit one in use is refused.
+anything of the run is written: a default --out already taken becomes <out>-2, -3, ...,
+and an explicit one in use is refused. The lock is local to one machine (flock on a network
+file system does not reach other nodes), and absent where the platform or the file system
+has none.
 """
+import errno
 import os
 
 try:
     import fcntl
-except ImportError:  # not POSIX: no lock (and no process group signals to stop runs with)
+except ImportError:  # not POSIX: no lock
     fcntl = None
+
+# Directories this process holds: a second claim of one is refused as this process's own (a
+# flock conflicts between two descriptors of one process too), not as "another run".
+_HELD = set()
 
 
 class RunDirLock:
@@ -21,14 +28,18 @@ class RunDirLock:
 
     def __init__(self, path, fd, created):
         self.path, self._fd, self.created = path, fd, created
+        self._key = os.path.realpath(path)
+        _HELD.add(self._key)
 
     def release(self, discard=False):
         """Unlock; discard: remove the directory if this process made it and left it empty
         (a setup that failed after the claim)."""
-        if self._fd is None:
+        if self._key not in _HELD:
             return
-        os.close(self._fd)
-        self._fd = None
+        _HELD.discard(self._key)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if discard and self.created:
             try:
                 os.rmdir(self.path)
@@ -39,32 +50,44 @@ class RunDirLock:
         self.release()
 
 
+def _make(out):
+    """True when this call made `out` (its parents as needed); ValueError if it cannot."""
+    try:
+        os.makedirs(out)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as e:
+        raise ValueError(f"--out {out}: the run directory cannot be made "
+                         f"({e.strerror or e})") from None
+
+
 def claim(out: str, *, numbered: bool) -> RunDirLock:
     """Make `out` (parents too) and lock it; numbered: `out` is a default name, so an existing
     directory of that name is left to its run and the next free <out>-N is taken instead.
-    ValueError, one line, when the directory cannot be made or another process holds it."""
+    ValueError, one line, when the directory cannot be made or another run holds it."""
     base, n = out, 1
-    while True:
-        try:
-            os.makedirs(out)
-            created = True
-        except FileExistsError:
-            created = False
-        except OSError as e:
-            raise ValueError(f"--out {out}: the run directory cannot be made "
-                             f"({e.strerror or e})") from None
-        if created or not numbered:
-            break
+    created = _make(out)
+    while numbered and not created:
         n += 1
         out = f"{base}-{n}"
+        created = _make(out)
     if not os.path.isdir(out):  # a file made since the setup's check
         raise ValueError(f"--out {out} is not a directory")
+    if os.path.realpath(out) in _HELD:
+        raise ValueError(f"--out {out} is held by an earlier setup in this process that has "
+                         f"not run or been released (hgan.train.run.Setup.lock)")
+    if fcntl is None:
+        return RunDirLock(out, None, created)
     fd = os.open(out, os.O_RDONLY)
-    if fcntl is not None:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise ValueError(f"--out {out} is in use by another run that is still running: "
-                             f"let it finish (or stop it), or choose another --out") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            return RunDirLock(out, fd, created)   # no locks on this file system: unguarded
+        os.close(fd)
+        if created:
+            os.rmdir(out)
+        raise ValueError(f"--out {out} is in use by another run that is still running: "
+                         f"let it finish (or stop it), or choose another --out") from None
     return RunDirLock(out, fd, created)

@@ -1,0 +1,29 @@
+"""hgan.train.rundir where the lock itself is missing: the run goes on unguarded."""
+import errno
+
+from hgan.train import rundir
+
+
+def test_a_file_system_without_locks_leaves_the_run_unguarded(tmp_path, monkeypatch):
+    # flock's ENOLCK (no lock support there) read as "in use by another run", and the
+    # directory just made was left behind
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+    monkeypatch.setattr(rundir.fcntl, "flock", no_locks)
+    lock = rundir.claim(str(tmp_path / "run"), numbered=False)
+    assert lock.path == str(tmp_path / "run") and lock.created
+    lock.release()
+
+
+def test_without_fcntl_no_directory_is_opened(tmp_path, monkeypatch):
+    # Windows refuses os.open on a directory (PermissionError): every run failed there
+    def refuse(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied")
+    monkeypatch.setattr(rundir, "fcntl", None)
+    monkeypatch.setattr(rundir.os, "open", refuse)
+    first = rundir.claim(str(tmp_path / "run"), numbered=True)
+    second = rundir.claim(str(tmp_path / "run"), numbered=True)
+    assert (first.path, second.path) == (str(tmp_path / "run"), str(tmp_path / "run-2"))
+    first.release()
+    second.release(discard=True)
+    assert not (tmp_path / "run-2").exists()
