@@ -207,6 +207,19 @@ def test_a_repeated_system_model_or_seed_is_one_error(capsys, flag, value, repea
                                        f"is repeated in {value!r}\n")
 
 
+@pytest.mark.parametrize("flag, value", [("--deadline", "-1"), ("--deadline", "0"),
+                                         ("--status-every", "0"), ("--status-every", "nan")])
+def test_seconds_that_are_not_positive_are_one_error(tmp_path, capsys, flag, value):
+    # --deadline -1 stopped training at once ("deadline (-1 s) reached"); --status-every 0
+    # printed a status line at every poll, four a second
+    out = tmp_path / "grid"
+    assert cli.main(["table1", "--out", str(out), "--systems", "pendulum", "--models", "hgan",
+                     "--device", "cpu", flag, value]) == 2
+    assert capsys.readouterr().err == (f"hgan.experiments: error: {flag} must be a number of "
+                                       f"seconds > 0, got {float(value):g}\n")
+    assert not out.exists()
+
+
 def test_the_commit_named_in_compare_md_is_hgan_commit_where_set(monkeypatch):
     # bench/gpu/table1.sh copies the tree without .git and names the commit this way
     monkeypatch.setenv("HGAN_COMMIT", "abc1234")

@@ -111,6 +111,12 @@ def spec_from_args(a):
     for name, value in sizes.items():  # else each dataset's generation fails in its thread
         if value < 1:
             raise GridError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    # a deadline already passed, or status lines at every poll of the loop (4 a second)
+    for name in ("deadline", "status_every"):
+        value = getattr(a, name, None)
+        if value is not None and not value > 0:
+            raise GridError(f"--{name.replace('_', '-')} must be a number of seconds > 0, "
+                            f"got {value:g}")
     if not a.systems or not a.models or not a.seeds:
         raise GridError("--systems, --models and --seeds need at least one entry each")
     if a.data_only and a.report_only:
