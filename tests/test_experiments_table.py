@@ -136,6 +136,10 @@ def test_the_pendulum_claim_holds_for_exactly_one_active_dimension(tmp_path, act
     _write(run, _results(0.05, active=active))
     assert f"| pendulum | hgan | 0 | {active} of 10 | 1 | 0.02 | {verdict} | 100 it, 12 s |" in \
         _checks(spec)
+    # a generator that draws no objects: no verdict (it read "does not hold")
+    _write(run, _results(0.05, active=active, mass_ratio=0.0))
+    assert (f"| pendulum | hgan | 0 | {active} of 10 | 1 | 0.02 | n/a (foreground mass 0 x "
+            f"real's) | 100 it, 12 s |") in _checks(spec)
 
 
 def test_a_claim_with_one_side_not_evaluated_is_listed_as_n_a(tmp_path):

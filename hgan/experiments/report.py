@@ -111,7 +111,8 @@ def write_compare(spec, meta, path=None):
     for s in spec.systems:
         p, labels = _samples_montage(spec, rows, s, os.path.join(fig_dir, f"samples_{s}.png"))
         if p:
-            samples.append(f"**{s}**, 8 videos each, one row of frames per video; top to "
+            # (no count: a strip has as many videos as its evaluation had, up to 8)
+            samples.append(f"**{s}**, one row of frames per video; blocks of videos, top to "
                            f"bottom: {', '.join(labels)}\n\n![{s}]({rel(p)})")
     if figs or samples:
         lines += ["## Figures", ""] + [f + "\n" for f in figs] + [s + "\n" for s in samples]
