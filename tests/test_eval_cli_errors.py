@@ -356,6 +356,26 @@ def test_sigterm_during_an_evaluation_ends_as_ctrl_c_does(files, tmp_path, capsy
     assert signal.getsignal(signal.SIGTERM) == before   # the caller's handler again
 
 
+def test_an_interrupt_while_the_results_are_written_leaves_no_results_json(files, tmp_path,
+                                                                            capsys, monkeypatch):
+    # results.json was written in place, before report.md: a stop there left a truncated
+    # file, which the grid reads as an evaluation done, under a line saying none was written.
+    replace = os.replace
+
+    def interrupted(src, dst):
+        if str(dst).endswith("results.json"):
+            raise KeyboardInterrupt
+        replace(src, dst)
+    monkeypatch.setattr(cli.os, "replace", interrupted)
+    out = tmp_path / "e"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--checkpoint", files["ckpt"], "--out", str(out), *FAST, "--metrics", "cyclic"])
+    assert e.value.code == 130
+    assert "no results.json was written" in capsys.readouterr().err
+    assert not (out / "results.json").exists()
+    assert not [p for p in os.listdir(out) if p.endswith(".partial")]
+
+
 def test_re_evaluating_into_an_out_removes_the_earlier_evaluations_figures_only(files, tmp_path):
     # The previous checkpoint's energy and momenta plots stayed beside the new report.md.
     out = tmp_path / "e"

@@ -273,12 +273,24 @@ def _evaluate(args, run):
     results["seconds"] = round(time.time() - t0, 1)
     results = portable_paths(results, args.out)
     _remove_stale_figures(args.out, results["figures"])
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1, default=float)
-    with open(os.path.join(args.out, "report.md"), "w") as f:
-        f.write(report.checkpoint_report(results))
+    # Each file whole or not at all, results.json last: it is what marks an evaluation done
+    # (the grid reads it), and an interrupt before it leaves none written, as the line says.
+    _write_whole(os.path.join(args.out, "report.md"), report.checkpoint_report(results))
+    _write_whole(os.path.join(args.out, "results.json"),
+                 json.dumps(results, indent=1, default=float))
     print(f"[evaluate] wrote {args.out}/results.json and report.md in {results['seconds']} s")
     return results
+
+
+def _write_whole(path, text):
+    tmp = f"{path}.partial"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def _remove_stale_figures(out, figures):
