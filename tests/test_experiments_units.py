@@ -388,14 +388,18 @@ def test_output_pump_reads_a_slow_rate_given_in_seconds_per_iteration():
     assert (pump.it, pump.total, pump.rate) == (3, 10, 0.4)
 
 
-@pytest.mark.parametrize("progress", [True, False])
-def test_inline_evaluations_draw_no_bars_under_no_progress(tmp_path, monkeypatch, progress):
-    # in-process evaluations write to the grid's own stderr: --no-progress reaches them
+@pytest.mark.parametrize("progress, tty, bars", [(True, True, True), (False, True, False),
+                                                 (True, False, False)])
+def test_inline_evaluations_draw_no_bars_under_no_progress(tmp_path, monkeypatch, progress,
+                                                           tty, bars):
+    # in-process evaluations write to the grid's own stderr: --no-progress reaches them, and
+    # a stderr that is a file gets no bars either (hundreds of carriage-return updates)
     from hgan.experiments import runner
+    monkeypatch.setattr(runner, "_tty", lambda: tty)
     spec = _spec(tmp_path, models=("hgan",))
     grid = runner.GridRunner(spec, progress=progress, inline_eval=True, log=lambda m: None)
     commands = []
     monkeypatch.setattr(grid, "_eval_inline", lambda job, cmd, log_path: commands.append(cmd))
     run, = spec.runs()
     grid._start(runner.Job("eval", "pendulum", run))
-    assert commands == [run.eval_command() + ([] if progress else ["--no-progress"])]
+    assert commands == [run.eval_command() + ([] if bars else ["--no-progress"])]

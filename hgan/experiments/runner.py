@@ -190,8 +190,9 @@ class GridRunner:
             return
         run = job.run
         cmd = run.train_command() if job.kind == "train" else run.eval_command()
-        if job.kind == "eval" and self.inline_eval and not self.progress:
-            cmd = cmd + ["--no-progress"]  # its bars would go to this process's stderr
+        if job.kind == "eval" and self.inline_eval and not (self.progress and _tty()):
+            # its bars would go to this process's stderr: into a log file, hundreds of lines
+            cmd = cmd + ["--no-progress"]
         log_path = self._begin(job, cmd)
         # A session of its own: a Ctrl-C on the terminal reaches this process only, which
         # then stops the children with SIGTERM (training saves a checkpoint first).
@@ -554,6 +555,13 @@ def _inline_evaluation(job, evaluate, argv, halt):
         except BaseException as e:  # reported by the main thread as a failed job
             return e
     return None
+
+
+def _tty():
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 def _raise_in(thread, exc):
