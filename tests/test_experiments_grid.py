@@ -79,10 +79,18 @@ def test_finished_grid_has_nothing_to_do(grid, capsys):
 @pytest.mark.slow
 def test_longer_grid_resumes_from_checkpoints_and_reevaluates(grid):
     out, _ = grid
+    before = json.load(open(os.path.join(out, "grid.json")))
+    first = before.get("wall_s_total", before["wall_s"])
     # One run of the grid, one more iteration, evaluated in a subprocess this time.
     code = cli.main(["table1", "--out", out, "--iters", "3", "--systems", "pendulum",
                      "--models", "mocogan"] + TINY)
     assert code == 0
+    # the header's wall time: this invocation's, and every invocation's on the grid (a rerun
+    # said only its own, 0 s when it had nothing to do)
+    meta = json.load(open(os.path.join(out, "grid.json")))
+    assert meta["wall_s_total"] == pytest.approx(first + meta["wall_s"])
+    assert (f"of every invocation on this grid: {meta['wall_s_total']:.0f} s"
+            in open(os.path.join(out, "compare.md")).read())
     run = GridSpec(**{**json.load(open(os.path.join(out, "grid.json")))["spec"],
                       "iters": 3}).runs()[0]
     assert run.name == "pendulum-mocogan-s0"

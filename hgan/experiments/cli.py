@@ -203,8 +203,13 @@ def table1(a, argv):
             "device": _device_name(spec.device)}
     jobs, grid = [], None
     if saved:
-        meta.update({k: saved[k] for k in ("command", "commit", "device", "wall_s") if k in saved})
+        meta.update({k: saved[k] for k in ("command", "commit", "device", "wall_s",
+                                           "wall_s_total") if k in saved})
         meta["command"] += " (table rewritten with --report-only)"
+    # every invocation's wall time adds up (a rerun with nothing to do said "0 s" of a grid
+    # that had trained for an hour)
+    before = (_saved_grid(spec.out) or {}) if not a.report_only else {}
+    before = before.get("wall_s_total", before.get("wall_s", 0.0))
     if not a.report_only:
         grid = runner.GridRunner(spec, parallel=a.parallel, deadline_s=a.deadline,
                                  status_every_s=a.status_every, progress=not a.no_progress,
@@ -233,6 +238,7 @@ def table1(a, argv):
             if grid.stopping:
                 meta["note"] = "**Interrupted**: the command was stopped; run it again to resume."
             meta["wall_s"] = time.time() - t0
+            meta["wall_s_total"] = before + meta["wall_s"]
             _save_grid(spec, meta)
         meta["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         report.write_compare(spec, meta)

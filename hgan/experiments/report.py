@@ -94,7 +94,9 @@ def write_compare(spec, meta, path=None):
              f"- evaluation: `{','.join(metric_list(spec))}`"
              + (f", flags `{' '.join(spec.eval_args)}`" if spec.eval_args else "")
              + ("" if spec.i3d else "; no --i3d detector given, so no FVD"),
-             f"- wall time of the invocation: {meta.get('wall_s', 0):.0f} s", ""]
+             f"- wall time of the invocation: {meta.get('wall_s', 0):.0f} s"
+             + (f"; of every invocation on this grid: {meta['wall_s_total']:.0f} s"
+                if meta.get("wall_s_total", 0) > meta.get("wall_s", 0) + 0.5 else ""), ""]
     if meta.get("note"):
         lines += [meta["note"], ""]
     lines += table.runs_section(rows)
