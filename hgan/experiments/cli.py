@@ -214,9 +214,8 @@ def table1(a, argv):
         grid = runner.GridRunner(spec, parallel=a.parallel, deadline_s=a.deadline,
                                  status_every_s=a.status_every, progress=not a.no_progress,
                                  inline_eval=a.inline_eval, pack=a.pack)
-        jobs = grid.plan()
+        jobs = grid.plan(data_only=a.data_only)  # data alone: whatever the runs hold
         if a.data_only:  # (with --report-only: refused in spec_from_args)
-            jobs = grid.jobs = [j for j in jobs if j.kind == "data"]
             print(f"[grid] {len(jobs)} datasets to generate in {spec.out}/data", file=sys.stderr,
                   flush=True)
             grid.execute()
@@ -229,12 +228,15 @@ def table1(a, argv):
               f"{counts['train']} runs to train, {counts['eval']} to evaluate; {a.parallel} at a time"
               + (f", up to {a.pack} training runs per process" if a.pack > 1 else ""),
               file=sys.stderr, flush=True)
+        meta["wall_s_total"] = before  # kept if this invocation dies before its end
         _save_grid(spec, meta)
+    stopped = False
     # Until compare.md is written, a stop signal (a second Ctrl-C, `timeout -s INT`'s copy)
     # is the grid's, not a KeyboardInterrupt that would lose the table.
     with grid.signals() if grid else contextlib.nullcontext():
         if grid:
             grid.execute()
+            stopped = grid.stopping  # a signal while compare.md is written stops nothing
             if grid.stopping:
                 meta["note"] = "**Interrupted**: the command was stopped; run it again to resume."
             meta["wall_s"] = time.time() - t0
@@ -242,7 +244,6 @@ def table1(a, argv):
             _save_grid(spec, meta)
         meta["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         report.write_compare(spec, meta)
-    stopped = grid is not None and grid.stopping
     failed = [f"{j.kind} {j.name}" for j in jobs if j.state == "failed"]
     print(f"[grid] wrote {os.path.join(spec.out, 'compare.md')}"
           + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)

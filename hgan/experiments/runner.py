@@ -31,6 +31,9 @@ from hgan.experiments.grid import GridError
 
 # tqdm's status in a pipe: "... 530/2000 [00:11<00:30, 48.21it/s, ...]" (or "2.5s/it").
 _PROGRESS = re.compile(rb"(\d+)/(\d+) \[[^,\]]*,\s*(?:([\d.]+)(it/s|s/it))?")
+# Exit codes of a process that a stop ended: 128 + SIGINT/SIGTERM, or killed by a signal.
+STOP_CODES = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM,
+              -signal.SIGKILL}
 STOP_GRACE_S = 120  # a training run checkpoints within one iteration of SIGTERM
 # hgan.train.run._StopFlag's: a second SIGINT sooner than this after the first is the same
 # stop delivered twice (`timeout -s INT` signals its child, then the child's group); later,
@@ -74,7 +77,6 @@ class Job:
         self.it = self.total = self.rate = None
         self.returncode = None
         self.packed = False    # one of several runs of an hgan.train.pack process
-        self.interrupted = False  # an inline evaluation told to stop (runner._stop_threads)
         self.pack_code = None  # the run's own exit code, from that process's output
 
     @property
@@ -125,14 +127,18 @@ class GridRunner:
         from hgan.data.loader import GPU_RUNS_ENV
         self.train_env.setdefault(GPU_RUNS_ENV, str(self.parallel * self.pack))
 
-    def plan(self):
-        """Jobs still to do; GridError before anything starts when data or runs mismatch."""
+    def plan(self, data_only=False):
+        """Jobs still to do; GridError before anything starts when data or runs mismatch
+        (data_only: the datasets alone, whatever the runs hold)."""
         data_jobs = {}
         for system in self.spec.systems:
             todo = datasets.missing_splits(self.spec, system)
             if todo:
                 data_jobs[system] = Job("data", system)
                 data_jobs[system].splits = todo
+        if data_only:
+            self.jobs = list(data_jobs.values())
+            return self.jobs
         for run in self.spec.runs():
             run.check_config()
             run.check_length()
@@ -279,41 +285,28 @@ class GridRunner:
         from hgan.evaluate.cli import main as evaluate
 
         def work():
-            try:
-                # cmd = [python, -m, hgan.evaluate, flags...]
-                job.error = _inline_evaluation(job, evaluate, cmd[3:], self._halt)
-                if job.error is not None:
-                    with open(log_path, "a") as f:
-                        f.write(f"{type(job.error).__name__}: {job.error}\n")
-            except KeyboardInterrupt as e:  # the grid's stop, landed just as evaluate() ended
-                job.error = job.error or e
-        job.evaluating = threading.Lock()  # held while a stop may be raised in the thread
+            # cmd = [python, -m, hgan.evaluate, flags...]
+            job.error = _inline_evaluation(evaluate, cmd[3:], self._halt)
+            if job.error is not None:
+                with open(log_path, "a") as f:
+                    f.write(f"{type(job.error).__name__}: {job.error}\n")
         # Not a daemon: an exit waits for it (see the module's docstring).
         job.thread = threading.Thread(target=work, name=f"eval-{job.name}")
         job.thread.start()
 
     def _stop_threads(self):
-        """Data generation stops at its next block; an inline evaluation gets a
-        KeyboardInterrupt, as Ctrl-C raises one in a `python -m hgan.evaluate` of its own
-        (whose handler reports it and removes what the evaluation left half-written): no
-        signal reaches a thread."""
+        """Data generation stops at its next block; an inline evaluation not yet begun does
+        not begin, and one under way finishes (its results are kept). No signal reaches a
+        thread, and an exception raised into one (PyThreadState_SetAsyncExc) could land in
+        a library's critical section: it left tqdm's lock held and the grid hung on it."""
         self._halt.set()
-        for job in self.jobs:
-            if job.kind == "eval" and job.proc is None and job.state == "running" \
-                    and not job.interrupted:
-                job.interrupted = True
-                # only while evaluate() may run: raised later it would escape the thread
-                if job.evaluating.acquire(blocking=False):
-                    job.evaluating.release()  # over, or it will see _halt and not begin
-                else:
-                    _raise_in(job.thread, KeyboardInterrupt)
 
     def _reap(self, job):
         if job.proc is None:  # a thread: data generation, or an inline evaluation
             if job.thread.is_alive():
                 return False
             job.ended = time.time()
-            job.state = self._ended("failed" if job.error else "done")
+            job.state = self._ended(job, "failed" if job.error else "done")
             if job.kind == "eval":
                 job.returncode = 1 if job.error else 0
                 self._record(job)
@@ -323,7 +316,7 @@ class GridRunner:
         if job.packed and job.pack_code is not None and job.proc.poll() is None:
             # This run has ended (its exit line came); the others of its process go on.
             job.ended, job.returncode = time.time(), job.pack_code
-            job.state = self._ended("done" if job.returncode == 0 else "failed")
+            job.state = self._ended(job, "done" if job.returncode == 0 else "failed")
             self._record(job)
             return True
         if job.proc.poll() is None:
@@ -333,14 +326,22 @@ class GridRunner:
         if job.packed:
             # The run's own code; none: the process ended before the run did (a crash).
             job.returncode = job.pack_code if job.pack_code is not None else (job.returncode or 1)
-        job.state = self._ended("done" if job.returncode == 0 else "failed")
+        job.state = self._ended(job, "done" if job.returncode == 0 else "failed")
         self._record(job)
         return True
 
-    def _ended(self, state):
-        """A job that ended badly during the grid's stop was stopped by it, not failed (a
-        training stopped before its first iteration exits 143, an evaluation 130 or -15)."""
-        return "stopped" if state == "failed" and self.stopping else state
+    def _ended(self, job, state):
+        """A job that ended as a stop ends it, during the grid's stop, was stopped, not
+        failed (a training stopped before its first iteration exits 143, an evaluation 130
+        or 143, a killed one -9); another failure stays one. An evaluation whose results
+        are written is done, whatever came after them."""
+        if job.kind == "eval" and job.run.evaluated():
+            return "done"
+        if state != "failed" or not self.stopping:
+            return state
+        if job.proc is None:
+            return "stopped" if isinstance(job.error, KeyboardInterrupt) else state
+        return "stopped" if job.returncode in STOP_CODES else state
 
     def _record(self, job):
         run, seconds = job.run, round(job.ended - job.started, 2)
@@ -540,20 +541,19 @@ class GridRunner:
             self.aborting = True
 
 
-def _inline_evaluation(job, evaluate, argv, halt):
-    """hgan.evaluate's main(argv) in this thread, holding job.evaluating, unless `halt` is
-    set; returns the error that ended it, or None."""
-    with job.evaluating:
-        try:
-            if halt.is_set():  # the grid stopped before this thread began
-                raise KeyboardInterrupt
-            evaluate(argv)
-        except SystemExit as e:
-            # The command line's one-line reason (an InputError) is the exit's context.
-            return (None if e.code in (None, 0) else
-                    e.__context__ or RuntimeError(f"exit code {e.code}"))
-        except BaseException as e:  # reported by the main thread as a failed job
-            return e
+def _inline_evaluation(evaluate, argv, halt):
+    """hgan.evaluate's main(argv) in this thread, unless `halt` is set (then
+    KeyboardInterrupt, not raised); returns the error that ended it, or None."""
+    try:
+        if halt.is_set():  # the grid stopped before this thread began
+            raise KeyboardInterrupt
+        evaluate(argv)
+    except SystemExit as e:
+        # The command line's one-line reason (an InputError) is the exit's context.
+        return (None if e.code in (None, 0) else
+                e.__context__ or RuntimeError(f"exit code {e.code}"))
+    except BaseException as e:  # reported by the main thread as a failed job
+        return e
     return None
 
 
@@ -564,10 +564,6 @@ def _tty():
         return False
 
 
-def _raise_in(thread, exc):
-    """Raise `exc` in `thread` at its next bytecode."""
-    import ctypes
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(exc))
 
 
 def check_ready(spec):

@@ -91,6 +91,9 @@ def collect(spec):
         segs = rec.get("segments", [])
         # An evaluation of an earlier iteration (the run trained on since) says nothing now.
         ev = rec.get("eval") if _get(rec, "eval", "iteration") in (None, run.iteration()) else None
+        current = res if res and res.get("iteration") == run.iteration() else None
+        if current is not None:  # its results are written: whatever ended the process after
+            ev = {**ev, "returncode": 0, "interrupted": False} if ev else ev
         rows.append({
             "run": run, "system": run.system, "model": run.model, "seed": run.seed,
             "iteration": run.iteration(), "target": spec.iters,
@@ -98,7 +101,7 @@ def collect(spec):
             "it_per_s": next((s["it_per_s_logged"] for s in reversed(segs)
                               if s.get("it_per_s_logged")), None),
             "eval_s": _get(ev, "seconds"),
-            "results": res if res and res.get("iteration") == run.iteration() else None,
+            "results": current,
             # a job the grid's stop ended is interrupted, not failed (the next command resumes)
             "failed": any(s.get("returncode") and not s.get("interrupted") for s in segs[-1:])
             or bool(_get(ev, "returncode") and not _get(ev, "interrupted")),
