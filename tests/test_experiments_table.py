@@ -89,6 +89,15 @@ def test_seeds_of_different_lengths_are_listed_not_averaged(tmp_path):
     assert "| mocogan | 0.6 ± 0.5 (100 it, 12 s) |" in text, text
     assert _check_row(_checks(spec))[0] == "n/a (seeds of different lengths)"
     report.write_compare(spec, {"command": "x", "commit": "c", "device": "d", "date": "t"})
+    # the chart shows such a cell's seeds as dots: it had no bar, as if never evaluated
+    only = _spec(tmp_path / "only", models=("hgan",), seeds=(0, 1))
+    for run in only.runs():
+        _write(run, _results(0.1 + run.seed, iteration=100 - 60 * run.seed),
+               iteration=100 - 60 * run.seed)
+    key, title, get, _ = next(m for m in table.METRICS if m[0] == "energy_drift")
+    path = report._bar_chart(only, table.collect(only), key, title, get,
+                             str(tmp_path / "drift.png"))
+    assert path is not None and os.path.getsize(path) > 0
 
 
 @pytest.mark.parametrize("hgan, moco, verdict", [

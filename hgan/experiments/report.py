@@ -21,9 +21,15 @@ def _bar_chart(spec, rows, key, title, get, path):
         x = np.arange(len(systems)) + (i - (len(models) - 1) / 2) * width
         y = [c["mean"] if c and c["mean"] is not None else np.nan for c in cells]
         err = [c["std"] if c else 0 for c in cells]
+        labelled = False
         if not np.isnan(y).all():
-            ax.bar(x, y, width, yerr=err, label=m)
-            drawn = True
+            ax.bar(x, y, width, yerr=err, label=m, color=f"C{i}")
+            drawn = labelled = True
+        for xi, c in zip(x, cells):  # seeds of different lengths: no mean, each seed a dot
+            if c and c["per_seed"]:
+                ax.plot([xi] * len(c["per_seed"]), [v for v, _, _ in c["per_seed"]], "o",
+                        ms=3, color=f"C{i}", label=None if labelled else m)
+                drawn = labelled = True
     if key in table.REAL:  # the value on real data, as a black dash per system
         _, rget = table.REAL[key]
         for j, s in enumerate(systems):
