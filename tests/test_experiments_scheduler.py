@@ -510,6 +510,9 @@ def test_ctrl_c_lets_an_inline_evaluation_finish_and_waits_for_it(tmp_path, monk
             raise
         seen.append("finished")
     monkeypatch.setattr(evaluate_cli, "main", evaluate)
+    # past the grace for processes too: a thread is still waited for (given up, its job was
+    # left running, unrecorded, while compare.md was written)
+    monkeypatch.setattr(runner, "STOP_GRACE_S", 0.2)
     spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan",), iters=3,
                     eval_metrics="physics")
     run, = spec.runs()
