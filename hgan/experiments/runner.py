@@ -117,7 +117,11 @@ class GridRunner:
         self.log = log or (lambda msg: tqdm.write(msg, file=sys.stderr))
         self.jobs, self.stopping, self.deadline_hit = [], False, False
         self.aborting, self._stopped_at = False, None  # a second Ctrl-C (see _on_signal)
-        self._halt = threading.Event()  # set on a stop: data generation ends at its next block
+        # Set on a stop: data generation ends at its next block, an inline evaluation not yet
+        # begun does not begin, one under way finishes. No signal reaches a thread, and an
+        # exception raised into one (PyThreadState_SetAsyncExc) could land in a library's
+        # critical section: it left tqdm's lock held and the grid hung on it.
+        self._halt = threading.Event()
         self._probes_ready = set()  # systems whose probe cache fits their evaluations
         self.packs = []  # hgan.train.pack processes: a slot until they exit, runs reaped or not
         self.env = _child_env(self.parallel)                  # evaluations
@@ -294,13 +298,6 @@ class GridRunner:
         job.thread = threading.Thread(target=work, name=f"eval-{job.name}")
         job.thread.start()
 
-    def _stop_threads(self):
-        """Data generation stops at its next block; an inline evaluation not yet begun does
-        not begin, and one under way finishes (its results are kept). No signal reaches a
-        thread, and an exception raised into one (PyThreadState_SetAsyncExc) could land in
-        a library's critical section: it left tqdm's lock held and the grid hung on it."""
-        self._halt.set()
-
     def _reap(self, job):
         if job.proc is None:  # a thread: data generation, or an inline evaluation
             if job.thread.is_alive():
@@ -385,7 +382,7 @@ class GridRunner:
 
     def _stop_children(self, why):
         self.log(f"[grid] {why}: stopping running jobs (training saves a checkpoint)")
-        self._stop_threads()
+        self._halt.set()
         procs = list({id(p): p for p in [j.proc for j in self.jobs
                                           if j.state == "running" and j.proc is not None]
                       + self._live_packs()}.values())
@@ -460,7 +457,7 @@ class GridRunner:
                 time.sleep(0.25)
         finally:
             if any(j.state == "running" for j in self.jobs):  # left by an exception
-                self._stop_threads()
+                self._halt.set()
             bar.close()
 
     def _live_packs(self):
@@ -547,9 +544,9 @@ class GridRunner:
 def _inline_evaluation(evaluate, argv, halt):
     """hgan.evaluate's main(argv) in this thread, unless `halt` is set (then
     KeyboardInterrupt, not raised); returns the error that ended it, or None."""
+    if halt.is_set():  # the grid stopped before this thread began
+        return KeyboardInterrupt()
     try:
-        if halt.is_set():  # the grid stopped before this thread began
-            raise KeyboardInterrupt
         evaluate(argv)
     except SystemExit as e:
         # The command line's one-line reason (an InputError) is the exit's context.
