@@ -289,3 +289,21 @@ def test_a_record_with_damaged_image_bytes_is_named_with_its_file_and_index(tmp_
     write_records(d / "train.tfrecord", [recs[0], bytes(broken)])
     _fails(["import-dm", str(d), "--out", str(tmp_path / "out")], capsys,
            f"{d / 'train.tfrecord'}: record 1: ")
+
+
+def test_import_dm_mass_spring_offset_of_one_value_shifts_x_and_y_alike(tmp_path):
+    # ideal_mass_spring.py: offset has shape [n, d] with d = 1 unless randomize_x adds an x
+    # column (zeros [n, 1] in the constant set), and its renderer adds that one value to x and
+    # y alike (particles + offset[:, None, None, :]). Reshaping it to (1, 2) refused the
+    # suite's own mass_spring set.
+    rng = np.random.default_rng(4)
+    frames = rng.integers(0, 256, (3, 4, 32, 32, 3), dtype=np.uint8)
+    other = dict(k=np.full(3, 2.0), m=np.full(3, 0.5), offset=np.array([[0.0], [0.3], [-0.2]]),
+                 color_index=np.zeros((3, 1), np.int64))
+    d = tmp_path / "mass_spring"
+    d.mkdir()
+    _write_suite_dir(d, frames, rng.standard_normal((3, 4, 2)), other, 2)
+    assert main(["import-dm", str(d), "--out", str(tmp_path / "out")]) == 0
+    with open_h5(tmp_path / "out" / "mass_spring" / "train.h5") as f:
+        np.testing.assert_array_equal(f.offset, [[0.0, 0.0], [0.3, 0.3]])
+        np.testing.assert_array_equal(f.color_index, [[0], [0]])

@@ -182,15 +182,25 @@ def _import_split(directory, split, path, sysobj, progress, stop):
             params = {name: _suite_param(traj, sysobj, name, src)[None]
                       for name in sysobj.param_names}
             ci = traj.get("other/color_index", np.zeros(sysobj.n_bodies))
-            off = traj.get("other/offset", np.zeros(2))
             writer.write(j, frames=img[None], states=x[None], params=params,
                          color_index=np.asarray(ci, np.int32).reshape(1, -1),
-                         offset=np.asarray(off, np.float64).reshape(1, 2))
+                         offset=_suite_offset(traj, src, j)[None])
         writer.close(rejected=-1, inaccurate=-1)
     except BaseException:
         discard(writer, path)
         raise
     return True
+
+
+def _suite_offset(traj, src, j):
+    """The record's world shift [2]. ideal_mass_spring.py stores one value per trajectory
+    (offset [n, 1]: zeros in the constant set) that its renderer adds to x and y alike."""
+    off = np.asarray(traj.get("other/offset", np.zeros(2)), np.float64).reshape(-1)
+    if off.size == 1:
+        off = np.repeat(off, 2)
+    if off.size != 2:
+        raise ValueError(f"{src}: record {j}: other/offset has {off.size} values, not 2 (x, y)")
+    return off
 
 
 def _suite_param(traj, system, name, src):
