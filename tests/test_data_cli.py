@@ -307,3 +307,29 @@ def test_import_dm_mass_spring_offset_of_one_value_shifts_x_and_y_alike(tmp_path
     with open_h5(tmp_path / "out" / "mass_spring" / "train.h5") as f:
         np.testing.assert_array_equal(f.offset, [[0.0, 0.0], [0.3, 0.3]])
         np.testing.assert_array_equal(f.color_index, [[0], [0]])
+
+
+def _record(rng, frames, states, px=32):
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (frames * px, px, 3), dtype=np.uint8)).save(buf, "PNG")
+    x = rng.standard_normal((states, 2))
+    return encode_example({"x": x.view(np.int64).ravel(), "image": buf.getvalue()})
+
+
+@pytest.mark.parametrize("lengths,match", [
+    ([(5, 6)], "record 0: x has 6 states but image has 5 frames"),
+    ([(5, 5), (4, 5)], "record 1: x has 5 states but image has 4 frames"),
+    ([(5, 5), (5, 5, 64)], "record 1: image of 5 frames of 64 px, record 0's of 5 of 32 px"),
+])
+def test_import_dm_records_of_other_sizes_are_one_line(tmp_path, capsys, lengths, match):
+    # They raised h5py's TypeError "Can't broadcast (1, 6, 2) -> (1, 5, 2)" with a traceback.
+    rng = np.random.default_rng(5)
+    d = tmp_path / "pendulum"
+    d.mkdir()
+    (d / "features.txt").write_text(f"x, ({lengths[0][1]}, 2), float64\n"
+                                    "image, (5, 32, 32, 3), uint8\n")
+    write_records(d / "train.tfrecord", [_record(rng, *r) for r in lengths])
+    _fails(["import-dm", str(d), "--out", str(tmp_path / "out")], capsys,
+           f"{d / 'train.tfrecord'}: {match}")
+    assert not (tmp_path / "out" / "pendulum" / "train.h5").exists()
+    assert not (tmp_path / "out" / "pendulum" / "train.h5.partial").exists()

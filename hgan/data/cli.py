@@ -175,7 +175,14 @@ def _import_split(directory, split, path, sysobj, progress, stop):
             if x.shape[-1] != 2 * sysobj.dof:
                 raise ValueError(f"{src}: x has {x.shape[-1]} columns, {sysobj.name} needs "
                                  f"{2 * sysobj.dof}")
+            if len(x) != len(img):
+                raise ValueError(f"{src}: record {j}: x has {len(x)} states but image has "
+                                 f"{len(img)} frames")
+            if writer is not None and img.shape != first:
+                raise ValueError(f"{src}: record {j}: image of {img.shape[0]} frames of "
+                                 f"{img.shape[1]} px, record 0's of {first[0]} of {first[1]} px")
             if writer is None:
+                first = img.shape
                 writer = H5Writer(path, sysobj, n, img.shape[0], img.shape[1], dict(
                     split=split, seed=-1, dt=DT, substeps=-1,
                     generator_version="imported from dm_hamiltonian_dynamics_suite"))
