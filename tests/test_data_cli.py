@@ -333,3 +333,28 @@ def test_import_dm_records_of_other_sizes_are_one_line(tmp_path, capsys, lengths
            f"{d / 'train.tfrecord'}: {match}")
     assert not (tmp_path / "out" / "pendulum" / "train.h5").exists()
     assert not (tmp_path / "out" / "pendulum" / "train.h5.partial").exists()
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(color_index=np.array([[3], [5]])), r"record 0: other/color_index is \[3\], pendulum "
+                                             r"needs 1 index in \[0, 1\)"),
+    (dict(m=np.array([0.5, 1.2])), r"record 1: other/m is \[1.2\], outside pendulum's "
+                                   r"\[0.5, 0.5\]"),
+])
+def test_import_dm_refuses_values_of_another_set(tmp_path, capsys, change, match):
+    # pendulum_colors records imported as pendulum: the colours made a file that open_h5 (and
+    # so training) refuses after an import that said nothing; a mass of 1.2 passed as the
+    # constant set's 0.5.
+    rng = np.random.default_rng(6)
+    other = dict(m=np.full(2, 0.5), g=np.full(2, 3.0), l=np.full(2, 1.0),
+                 offset=np.zeros((2, 2)), color_index=np.zeros((2, 1), np.int64))
+    other.update(change)
+    d = tmp_path / "pendulum"
+    d.mkdir()
+    _write_suite_dir(d, rng.integers(0, 256, (2, 3, 32, 32, 3), dtype=np.uint8),
+                     rng.standard_normal((2, 3, 2)), other, 2)
+    _fails(["import-dm", str(d), "--out", str(tmp_path / "out")], capsys,
+           f"{d / 'train.tfrecord'}: ")
+    with pytest.raises(ValueError, match=match):
+        import_dm(d, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out" / "pendulum" / "train.h5").exists()

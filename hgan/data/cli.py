@@ -186,17 +186,29 @@ def _import_split(directory, split, path, sysobj, progress, stop):
                 writer = H5Writer(path, sysobj, n, img.shape[0], img.shape[1], dict(
                     split=split, seed=-1, dt=DT, substeps=-1,
                     generator_version="imported from dm_hamiltonian_dynamics_suite"))
-            params = {name: _suite_param(traj, sysobj, name, src)[None]
+            params = {name: _suite_param(traj, sysobj, name, f"{src}: record {j}")[None]
                       for name in sysobj.param_names}
-            ci = traj.get("other/color_index", np.zeros(sysobj.n_bodies))
             writer.write(j, frames=img[None], states=x[None], params=params,
-                         color_index=np.asarray(ci, np.int32).reshape(1, -1),
+                         color_index=_suite_colors(traj, sysobj, src, j)[None],
                          offset=_suite_offset(traj, src, j)[None])
         writer.close(rejected=-1, inaccurate=-1)
     except BaseException:
         discard(writer, path)
         raise
     return True
+
+
+def _suite_colors(traj, system, src, j):
+    """The record's colour per body, checked against the system's palette now: a file
+    holding others is refused by every reader (open_h5), and most likely comes from another
+    set (pendulum_colors imported as pendulum)."""
+    ci = np.asarray(traj.get("other/color_index", np.zeros(system.n_bodies)),
+                    np.int64).reshape(-1)
+    if ci.size != system.n_bodies or ci.min() < 0 or ci.max() >= system.num_colors:
+        raise ValueError(f"{src}: record {j}: other/color_index is {ci.tolist()}, {system.name} "
+                         f"needs {system.n_bodies} index{'es' if system.n_bodies > 1 else ''} "
+                         f"in [0, {system.num_colors}) (another set? --system names it)")
+    return ci.astype(np.int32)
 
 
 def _suite_offset(traj, src, j):
@@ -232,6 +244,13 @@ def _suite_param(traj, system, name, src):
         v = np.repeat(v, size)
     if v.size != size:
         raise ValueError(f"{src}: other/{name} has {v.size} values, {system.name} needs {size}")
+    # The values must be the system's: a set drawn from other ranges (pendulum_colors imported
+    # as pendulum) would be trained and evaluated as physics it is not.
+    lo, hi = system.param_ranges[name]
+    tol = 1e-6 * max(abs(lo), abs(hi))
+    if not ((v >= lo - tol) & (v <= hi + tol)).all():
+        raise ValueError(f"{src}: other/{name} is {v.tolist()}, outside {system.name}'s "
+                         f"[{lo}, {hi}] (another set? --system names it)")
     return v.reshape(shape)
 
 
