@@ -358,3 +358,24 @@ def test_import_dm_refuses_values_of_another_set(tmp_path, capsys, change, match
     with pytest.raises(ValueError, match=match):
         import_dm(d, tmp_path / "out", progress=False)
     assert not (tmp_path / "out" / "pendulum" / "train.h5").exists()
+
+
+def test_import_dm_reads_the_suites_folder_name_and_refuses_another_dt(tmp_path, capsys):
+    # datasets.py writes <dataset>_dt_<dt> ('.' as '_'); generate_locally.sh makes dt 0.05 and
+    # 0.1. `pendulum_dt_0_05` was an unknown system, and `pendulum_dt_0_1 --system pendulum`
+    # was imported as dt = 0.05: motion twice as fast as the file said.
+    rng = np.random.default_rng(7)
+    frames = rng.integers(0, 256, (2, 3, 32, 32, 3), dtype=np.uint8)
+    for dt in ("0_05", "0_1"):
+        (tmp_path / f"pendulum_dt_{dt}").mkdir()
+        _write_suite_dir(tmp_path / f"pendulum_dt_{dt}", frames, rng.standard_normal((2, 3, 2)),
+                         {}, 1)
+    out = tmp_path / "out"
+    assert main(["import-dm", str(tmp_path / "pendulum_dt_0_05"), "--out", str(out)]) == 0
+    with open_h5(out / "pendulum" / "train.h5") as f:
+        assert f.attrs["system"] == "pendulum" and f.attrs["dt"] == 0.05
+    for extra in ([], ["--system", "pendulum"]):
+        _fails(["import-dm", str(tmp_path / "pendulum_dt_0_1"), "--out", str(tmp_path / "o2")]
+               + extra, capsys, "says the suite wrote these records at dt = 0.1; this project's "
+                                "data is at dt = 0.05: import the suite's pendulum_dt_0_05 folder")
+    assert not (tmp_path / "o2").exists()

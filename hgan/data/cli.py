@@ -6,6 +6,7 @@ signal's number (130, 143).
 """
 import argparse
 import os
+import re
 import signal
 import sys
 import time
@@ -82,7 +83,8 @@ def build_parser():
                                    "CRC, about 1 MB/s; see docs/data.md).")
     i.add_argument("dir", help="folder with features.txt, train.tfrecord, test.tfrecord")
     i.add_argument("--system", type=_system, default=None,
-                   help="system name (default: the folder's name)")
+                   help="system name (default: the folder's name, <system> or the suite's "
+                        "<system>_dt_0_05)")
     i.add_argument("--out", default="data", help="output directory (default: %(default)s)")
     i.add_argument("--overwrite", action="store_true",
                    help="replace splits that already exist (refused without it)")
@@ -128,6 +130,7 @@ def import_dm(directory, out_dir, system=None, progress=True, overwrite=True):
     leaves a train.h5 without its test.h5). Returns {split: path}. overwrite=False: an
     existing split file is a ValueError before anything is read."""
     from hgan.data.interrupt import StopSignals
+    from hgan.data.simulate import DT
     from hgan.data.systems import get_system
     directory = os.fspath(directory)
     if not os.path.isdir(directory):
@@ -135,7 +138,12 @@ def import_dm(directory, out_dir, system=None, progress=True, overwrite=True):
     if not os.path.exists(os.path.join(directory, "features.txt")):
         raise ValueError(f"{directory}: features.txt missing (the suite writes it beside the "
                          "tfrecords)")
-    sysobj = get_system(system or os.path.basename(os.path.normpath(directory)))
+    name, dt = suite_dir_name(directory)
+    if dt is not None and not np.isclose(dt, DT, rtol=1e-9, atol=0):
+        raise ValueError(f"{directory}: its name says the suite wrote these records at dt = "
+                         f"{dt:g}; this project's data is at dt = {DT:g}: import the suite's "
+                         f"{name}_dt_{str(DT).replace('.', '_')} folder")
+    sysobj = get_system(system or name)
     out = {}
     splits = ("test", "train")
     for split in splits if not overwrite else ():
@@ -150,6 +158,15 @@ def import_dm(directory, out_dir, system=None, progress=True, overwrite=True):
     if not out:
         raise ValueError(f"{directory}: no train.tfrecord or test.tfrecord with records")
     return out
+
+
+def suite_dir_name(directory):
+    """(system, dt) a suite folder's name gives: datasets.py writes `<dataset>_dt_<dt>` with
+    '.' as '_' (generate_locally.sh makes pendulum_dt_0_05 and pendulum_dt_0_1); dt is None
+    for a folder named after the system alone."""
+    name = os.path.basename(os.path.normpath(os.fspath(directory)))
+    m = re.fullmatch(r"(.+)_dt_(\d+(?:_\d+)?)", name)
+    return (m.group(1), float(m.group(2).replace("_", "."))) if m else (name, None)
 
 
 def _import_split(directory, split, path, sysobj, progress, stop):
@@ -273,7 +290,7 @@ def _kept(args, started):
     if args.cmd == "generate":
         system, wanted = args.system, (("test", args.test), ("train", args.train))
     elif args.cmd == "import-dm":
-        system = args.system or os.path.basename(os.path.normpath(args.dir))
+        system = args.system or suite_dir_name(args.dir)[0]
         wanted = [(s, os.path.exists(os.path.join(args.dir, s + ".tfrecord")))
                   for s in ("test", "train")]
     else:
