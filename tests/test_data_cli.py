@@ -379,3 +379,16 @@ def test_import_dm_reads_the_suites_folder_name_and_refuses_another_dt(tmp_path,
                + extra, capsys, "says the suite wrote these records at dt = 0.1; this project's "
                                 "data is at dt = 0.05: import the suite's pendulum_dt_0_05 folder")
     assert not (tmp_path / "o2").exists()
+
+
+def test_a_seed_the_file_cannot_store_is_one_line(tmp_path, capsys):
+    # 2**64 and above raised h5py's "Object dtype dtype('O') has no native HDF5 equivalent"
+    # with a traceback, from the file's attributes (numpy seeds from any integer).
+    _fails(["generate", "--system", "pendulum", "--train", "1", "--test", "0", "--frames", "2",
+            "--seed", str(2 ** 64), "--out", str(tmp_path)], capsys,
+           f"seed must be an integer in [0, 2**64), got {2 ** 64}")
+    assert not any(tmp_path.rglob("*.partial"))
+    assert main(["generate", "--system", "pendulum", "--train", "1", "--test", "0", "--frames",
+                 "2", "--seed", str(2 ** 64 - 1), "--out", str(tmp_path)]) == 0
+    with open_h5(tmp_path / "pendulum" / "train.h5") as f:
+        assert f.attrs["seed"] == 2 ** 64 - 1

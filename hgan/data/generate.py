@@ -53,6 +53,8 @@ def generate_split(system, path, split, n, *, frames, seed, resolution=32, chunk
     and so does `stop_event` once set (a threading.Event: the stop of a caller that runs this
     off the main thread, which signals do not reach), at the next chunk or block."""
     system = get_system(system) if isinstance(system, str) else system
+    if not 0 <= seed < 2 ** 64:  # h5py has no attribute type for a larger one
+        raise ValueError(f"seed must be an integer in [0, 2**64), got {seed}")
     block = max(1, min(chunk, RENDER_BYTES // (frames * resolution * resolution * 3)))
     rejected = inaccurate = 0
     writer = None
