@@ -83,6 +83,7 @@ def test_missing_file(tmp_path):
     ("shape", r"dataset 'states' has shape \(5, 12, 3\), expected \(5, 12, 4\)"),
     ("incomplete", "incomplete file"),
     ("system", "unknown system 'pendulum_x'"),
+    ("attribute", "missing attribute 'frames'"),  # was: frames "expected (5, -1, 32, 32, 3)"
 ])
 def test_bad_contents(made, tmp_path, case, match):
     path = _copy(made, tmp_path)
@@ -98,6 +99,8 @@ def test_bad_contents(made, tmp_path, case, match):
             f.create_dataset("states", (5, 12, 3), np.float32)
         elif case == "incomplete":
             f.attrs["complete"] = False
+        elif case == "attribute":
+            del f.attrs["frames"]
         else:
             f.attrs["system"] = "pendulum_x"
     with pytest.raises(DataFormatError, match=match):

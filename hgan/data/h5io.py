@@ -144,8 +144,10 @@ class ToyPhysicsFile:
             for name in names:
                 if name not in f:
                     raise DataFormatError(f"{self.path}: missing dataset {name!r}")
-            n, t, r = (int(self.attrs.get(k, -1)) for k in ("n_trajectories", "frames",
-                                                              "resolution"))
+            for key in ("n_trajectories", "frames", "resolution"):
+                if key not in self.attrs:  # not a shape of -1 that no dataset has
+                    raise DataFormatError(f"{self.path}: missing attribute {key!r}")
+            n, t, r = (int(self.attrs[k]) for k in ("n_trajectories", "frames", "resolution"))
             expect = {"frames": (n, t, r, r, 3), "states": (n, t, 2 * system.dof),
                       "color_index": (n, system.n_bodies), "offset": (n, 2)}
             expect.update({"params/" + p: (n,) + (system.param_shape(p) if version >= 2 else ())
