@@ -545,20 +545,38 @@ def test_captured_run_checkpoints_on_a_signal(tiny_pendulum_h5, tmp_path):
 
 @pytest.mark.cuda
 @needs_cuda
-def test_captured_steady_state_never_waits_for_the_gpu(tiny_pendulum_h5, tmp_path):
+def test_captured_steady_state_never_waits_for_the_gpu(tiny_pendulum_h5, tmp_path,
+                                                       monkeypatch):
     # Between log, sample and checkpoint boundaries a captured run must not synchronise with
     # the GPU (issue #13): the replays, the gpu-resident batches (plan uploads included) and
     # the loop's own bookkeeping. torch's sync debug mode raises on any call that would
     # wait (a .item(), a blocking copy, a boolean-mask index).
+    from hgan.data import loader
+    # One epoch per plan upload (24 windows, batch 4: 6 batches an epoch), so that an upload
+    # falls inside the checked iterations (at the default 64 epochs the first after
+    # iteration 1 would come at iteration 385).
+    monkeypatch.setattr(loader, "PLAN_EPOCHS_PER_UPLOAD", 1)
+    uploads = []
+    real_plan = loader.ResidentBatchStream._plan
+
+    def plan(self, epoch):
+        before = self._block
+        out = real_plan(self, epoch)
+        if self._block is not before:
+            uploads.append(epoch)
+        return out
+    monkeypatch.setattr(loader.ResidentBatchStream, "_plan", plan)
     n = hcapture.WARMUP_STEPS + 8
     on, off = hcapture.WARMUP_STEPS + 1, n - 1     # after the capture; before the last boundary
-    checked = []
+    checked, uploads_checked = [], []
 
     def watch(trainer):
         if trainer.iteration == on:
             torch.cuda.set_sync_debug_mode("error")
+            uploads_checked.append(len(uploads))
         elif trainer.iteration == off:
             torch.cuda.set_sync_debug_mode("default")
+            uploads_checked.append(len(uploads))
         elif on < trainer.iteration < off:
             checked.append(trainer.iteration)
 
@@ -569,3 +587,4 @@ def test_captured_steady_state_never_waits_for_the_gpu(tiny_pendulum_h5, tmp_pat
         torch.cuda.set_sync_debug_mode("default")
     assert res["trainer"].static.graphs is not None and res["iteration"] == n
     assert len(checked) == off - on - 1 > 0
+    assert uploads_checked[1] > uploads_checked[0], (uploads, uploads_checked)  # one was checked
