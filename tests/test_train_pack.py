@@ -528,3 +528,51 @@ def test_packed_runs_weigh_their_frames_as_runs_sharing_one_gpu(data_root, tmp_p
     seen.clear()
     assert pack.main(["--", *runs[0], "--", *runs[1]]) == 0
     assert seen == [12, 12] and os.environ[loader.GPU_RUNS_ENV] == "12"
+
+
+_SECOND_CTRL_C = """
+import os, signal, sys, time
+from hgan.train import pack
+from hgan.train import run as hrun
+
+hrun._StopFlag.SECOND_AFTER_S = 0.0   # any second SIGINT is a second Ctrl-C
+marks = sys.argv[1]
+
+def train_one(i, argv, stop, router, codes):  # a run whose iteration outlasts both signals
+    router.register(i)
+    open(os.path.join(marks, "started"), "w").close()
+    while stop.signum is None:
+        time.sleep(0.01)
+    open(os.path.join(marks, "stopping"), "w").close()
+    while True:
+        time.sleep(0.01)
+
+pack._train_one = train_one
+sys.exit(pack.entry(sys.argv[2:]))
+"""
+
+
+def test_a_second_ctrl_c_aborts_the_pack_in_one_line(data_root, tmp_path):
+    # As train.py: one line and exit 130, not a traceback out of the join loop (then, with
+    # the runs' threads still in torch's C++ code, "terminate called ..." and SIGABRT).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    proc = subprocess.Popen([sys.executable, "-c", _SECOND_CTRL_C, str(tmp_path), "--",
+                             *flags(data_root, tmp_path / "run")],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for mark, then in (("started", signal.SIGINT), ("stopping", signal.SIGINT)):
+            deadline = time.time() + 120
+            while not (tmp_path / mark).exists() and proc.poll() is None \
+                    and time.time() < deadline:
+                time.sleep(0.02)
+            assert proc.poll() is None
+            proc.send_signal(then)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert err.strip().splitlines() == [
+        "hgan.train.pack: aborted by a second Ctrl-C; each run keeps its last checkpoint, if "
+        "one was written (resume it with --resume <its run directory>)"], err

@@ -67,6 +67,8 @@ PEER_FAILED = "another packed run's capture failed"
 # torch's pool holds 32 streams per device; leave half for anything else that takes one.
 MAX_RUNS = 16
 _PIECE = re.compile(r"([^\r\n]*)([\r\n])")
+# Set when a second Ctrl-C abandoned the runs' threads mid-iteration (see entry).
+ABANDONED = False
 
 
 class _Router:
@@ -424,7 +426,7 @@ def main(argv=None) -> int:
     router = _Router(sys.stdout, tagged)
     sys.stdout = sys.stderr = router
     warnings.showwarning = _warning_printer(router)
-    codes = {}
+    codes, aborted = {}, False
     try:
         with _StopFlag() as flag:
             stop = SharedStop(flag)
@@ -433,9 +435,12 @@ def main(argv=None) -> int:
                        for i, a in enumerate(runs)]
             for t in threads:
                 t.start()
-            for t in threads:
-                while t.is_alive():  # short joins: the main thread must stay free for signals
-                    t.join(timeout=0.25)
+            try:
+                for t in threads:
+                    while t.is_alive():  # short joins: the main thread must stay free for signals
+                        t.join(timeout=0.25)
+            except KeyboardInterrupt:  # a second Ctrl-C (hgan.train.run._StopFlag): abort now
+                aborted = True
     finally:
         router.close_pending()
         (sys.stdout, sys.stderr, tqdm.monitor_interval, loader.WORKER_START_METHOD,
@@ -444,6 +449,13 @@ def main(argv=None) -> int:
             os.environ.pop(loader.GPU_RUNS_ENV, None)
         else:
             os.environ[loader.GPU_RUNS_ENV] = gpu_runs
+    if aborted:
+        global ABANDONED
+        ABANDONED = True
+        print("hgan.train.pack: aborted by a second Ctrl-C; each run keeps its last checkpoint, "
+              "if one was written (resume it with --resume <its run directory>)",
+              file=sys.stderr, flush=True)
+        return 128 + signal.SIGINT
     return process_code(codes, len(runs))
 
 
@@ -456,5 +468,17 @@ def process_code(codes, n_runs):
     return (cause or bad or [0])[0]
 
 
+def entry(argv=None) -> int:
+    """The process's exit: main's code; after an abort, without the interpreter's
+    finalization, which the runs' threads, still in torch's C++ code, would end in
+    "terminate called without an active exception" (SIGABRT)."""
+    code = main(argv)
+    if ABANDONED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
