@@ -251,6 +251,24 @@ def test_missing_data_is_generated_first_then_every_run_trains(tmp_path, capsys)
     assert weights(tmp_path / "a")[0] == weights(tmp_path / "b")[0] == 1
 
 
+def test_runs_whose_data_the_pack_generated_are_not_told_their_gen_flags_went_unused(tmp_path,
+                                                                                     capsys):
+    # Alone, each run generates its dataset from its --gen-* flags and says nothing more; the
+    # pack generates it for them first, which must not turn into "exists: ... not used". A run
+    # whose --gen-* differ from the dataset made is told, as alone after another run made it.
+    gen = ["--gen-train", "6", "--gen-test", "2", "--gen-frames", "12"]
+    root = str(tmp_path / "data")
+    a = flags(root, tmp_path / "a", iters=1) + gen
+    b = flags(root, tmp_path / "b", model="mocogan", iters=1) + gen
+    c = flags(root, tmp_path / "c", seed=1, iters=1) + gen[:-1] + ["14"]
+    assert pack.main(["--", *a, "--", *b, "--", *c]) == 0
+    out = capsys.readouterr().out
+    assert out.count("not found: generating") == 1
+    unused = [line for line in out.splitlines() if "not used" in line]
+    assert len(unused) == 1 and unused[0].startswith("[2] [hgan] ") \
+        and "exists: --gen-train, --gen-test, --gen-frames are" in unused[0], out
+
+
 def test_a_resumed_run_whose_data_is_gone_gets_it_back_first(tmp_path, capsys):
     gen = ("--gen-train", "6", "--gen-test", "2", "--gen-frames", "12", "--frames", "6")
     root = tmp_path / "data"

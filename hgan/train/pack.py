@@ -69,6 +69,9 @@ MAX_RUNS = 16
 _PIECE = re.compile(r"([^\r\n]*)([\r\n])")
 # Set when a second Ctrl-C abandoned the runs' threads mid-iteration (see entry).
 ABANDONED = False
+# Datasets this process generated before the runs started: {train.h5 path: (gen_train,
+# gen_test, gen_frames)} (see _train_one).
+_GENERATED = {}
 
 
 class _Router:
@@ -245,6 +248,12 @@ def _train_one(i, argv, stop, router, codes):
         except ValueError as e:
             code = bad_input(e)
             return
+        made = _GENERATED.get(os.path.abspath(cfg.data_path))
+        if not resume and made == (cfg.gen_train, cfg.gen_test, cfg.gen_frames):
+            # its --gen-* flags made the dataset (alone, the run itself would have): not
+            # "exists: ... not used"
+            given = {k: v for k, v in given.items() if k not in ("gen_train", "gen_test",
+                                                                  "gen_frames")}
         with torch.cuda.stream(torch.cuda.Stream(device)) if device.type == "cuda" else nullcontext():
             with CAPTURE_LOCK:
                 if stop.signum is not None:  # stopped while waiting for its turn
@@ -344,6 +353,7 @@ def _generate_missing(runs):
     from hgan.train.loop import check_resumed_dataset, ensure_dataset
     from hgan.train.run import resume_config
     done = set()
+    _GENERATED.clear()
     for argv in runs:
         try:
             cfg, resume, given = _parse_quietly(argv)
@@ -361,6 +371,8 @@ def _generate_missing(runs):
         done.add(cfg.data_path)
         try:
             ensure_dataset(cfg, DistInfo())
+            _GENERATED[os.path.abspath(cfg.data_path)] = (cfg.gen_train, cfg.gen_test,
+                                                          cfg.gen_frames)
         except GenerationInterrupted as e:
             print(f"hgan.train.pack: generation of {cfg.data_path} was interrupted "
                   f"({signal.Signals(e.signum).name}); no partial file or half-made dataset "
