@@ -367,6 +367,26 @@ def test_training_children_are_told_how_many_runs_share_the_gpu(tmp_path, monkey
     assert grid.train_env["HGAN_GPU_RUNS"] == "2"
 
 
+def test_no_more_runs_share_the_gpu_than_the_grid_trains(tmp_path, monkeypatch):
+    # --parallel 15 --pack 15 (the README's command) trains 15 runs at most, not 225: told
+    # 225, each kept its frames on the GPU only within 1/225 of the resident quarter
+    # (hgan.data.loader.auto_kind), and 15 paper-size datasets fell back to another loader.
+    monkeypatch.delenv("HGAN_GPU_RUNS", raising=False)
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum", "mass_spring"),
+                    models=("hgan", "mocogan"))
+    grid = runner.GridRunner(spec, parallel=3, pack=5, progress=False, log=lambda m: None)
+    grid.plan()
+    assert sum(j.kind == "train" for j in grid.jobs) == 4
+    assert grid.train_env["HGAN_GPU_RUNS"] == "4"
+    grid = runner.GridRunner(spec, parallel=1, pack=2, progress=False, log=lambda m: None)
+    grid.plan()
+    assert grid.train_env["HGAN_GPU_RUNS"] == "2"   # fewer slots than runs: K x pack
+    monkeypatch.setenv("HGAN_GPU_RUNS", "40")       # a user's value is kept
+    grid = runner.GridRunner(spec, parallel=3, pack=5, progress=False, log=lambda m: None)
+    grid.plan()
+    assert grid.train_env["HGAN_GPU_RUNS"] == "40"
+
+
 # Prepended to a stand-in job: appends "<kind> <run name>" to $ORDER_LOG as it starts.
 _NOTE = ("import os, sys\nopen(os.environ['ORDER_LOG'], 'a').write('{kind} ' + "
          "os.path.basename(sys.argv[1]) + '\\n')\n")

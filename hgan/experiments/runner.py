@@ -129,6 +129,7 @@ class GridRunner:
         # as many training runs share the GPU: each keeps its frames there only within its
         # share (hgan.data.loader.runs_sharing_gpu); a user's own value is kept
         from hgan.data.loader import GPU_RUNS_ENV
+        self._gpu_runs_given = GPU_RUNS_ENV in self.train_env
         self.train_env.setdefault(GPU_RUNS_ENV, str(self.parallel * self.pack))
 
     def plan(self, data_only=False):
@@ -154,6 +155,12 @@ class GridRunner:
             elif not run.evaluated():
                 self.jobs.append(Job("eval", run.system, run, dep))
         self.jobs = list(data_jobs.values()) + self.jobs
+        if not self._gpu_runs_given:
+            # No more than the runs to train share the GPU (--parallel 15 --pack 15 holds 15,
+            # not 225): a count too high keeps their frames off it (loader.auto_kind).
+            from hgan.data.loader import GPU_RUNS_ENV
+            n = sum(j.kind == "train" for j in self.jobs)
+            self.train_env[GPU_RUNS_ENV] = str(max(1, min(self.parallel * self.pack, n)))
         return self.jobs
 
     # -- starting and reaping --------------------------------------------------------------
