@@ -27,7 +27,8 @@ Each run computes what it would alone (tests/test_train_pack.py compares the wei
   Ctrl-C can stop it);
 - SIGINT/SIGTERM reach the main thread only: one stop flag is shared, and every run saves a
   checkpoint after its current iteration and ends, as `train.py` does; a run not yet set up
-  then does not start (exit 128 + signal). Before the threads start (reading resumed
+  then does not start (exit 128 + signal); a second Ctrl-C aborts them all at once, without
+  those checkpoints (one line, exit 130). Before the threads start (reading resumed
   checkpoints, generating data) a signal ends the process in one line, exit 128 + signal,
   with nothing of the runs written. A failed capture stops every run the same way:
   on torch < 2.13 it leaves this process's CUDA generators and allocator in capture mode.
