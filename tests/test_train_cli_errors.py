@@ -693,3 +693,15 @@ def test_a_non_finite_loss_under_torchrun_is_said_by_one_rank(monkeypatch, tmp_p
     assert code == 1
     assert err == ("[hgan] error (rank 2): non-finite G loss (nan) at iteration 1\n"
                    if reporter else "")
+
+
+def test_loader_dali_without_dali_is_one_line_naming_the_extra(data_root, tmp_path, capsys,
+                                                               monkeypatch):
+    # `pip install -e .` without the dali extra: --loader dali is bad input, not a traceback
+    from hgan.data import dali
+    monkeypatch.setattr(dali, "_IMPORT_ERROR", ImportError("No module named 'nvidia'"))
+    out = tmp_path / "run"
+    argv = [a if a != "torch" else "dali" for a in TINY]  # --loader dali
+    code, _, err = call(argv + ["--data", data_root, "--out", str(out), "--iters", "1"], capsys)
+    assert_one_error_line(code, err, "--loader dali", "pip install -e '.[dali]'")
+    assert not out.exists()

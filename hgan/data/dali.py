@@ -86,8 +86,9 @@ class DaliBatchStream(BatchStream):
     def __init__(self, schedule, *, device="cpu", num_workers=2, start_batch=0, prefetch=2,
                  channels_last=False):
         if not available():
-            raise RuntimeError(f"loader kind 'dali' needs NVIDIA DALI "
-                               f"(pip install -e '.[dali]'): {_IMPORT_ERROR}")
+            # a ValueError: train.py reports it as bad input, in one line (exit 2)
+            raise ValueError(f"loader kind 'dali' (--loader dali) needs NVIDIA DALI, the dali "
+                             f"extra: pip install -e '.[dali]' ({_IMPORT_ERROR})")
         super().__init__(schedule, device, start_batch, channels_last)
         self.num_workers = num_workers
         self.prefetch = prefetch
