@@ -401,3 +401,21 @@ def test_physics_on_two_frame_clips_is_refused(files, tmp_path, capsys):
     assert not (tmp_path / "e").exists()
     cli.main(["--checkpoint", files["ckpt"], "--out", str(tmp_path / "c"), *FAST,
               "--metrics", "cyclic", "--frames", "2"])  # nothing probed: 2 frames are fine
+
+
+@pytest.mark.parametrize("metrics, missing, words", [
+    ("tsne", "sklearn", ["--metrics tsne", "scikit-learn", "pip install -e '.[eval]'"]),
+    ("samples,cyclic", "matplotlib", ["--metrics cyclic", "matplotlib", "pip install -e '.[eval]'"]),
+])
+def test_a_metric_whose_library_is_not_installed_is_one_line_naming_the_extra(
+        metrics, missing, words, files, tmp_path, capsys, monkeypatch):
+    # `pip install -e .` without the eval extra: refused before any work, not a traceback at
+    # the plot after the other metrics ran
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed (find_spec: None)
+    out = tmp_path / "out" / "eval"
+    argv = ["--checkpoint", files["ckpt"], "--out", str(out), *FAST, "--metrics", metrics]
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2
+    _one_error_line(capsys, words)
+    assert not (tmp_path / "out").exists()

@@ -185,3 +185,24 @@ def test_a_detector_found_through_the_environment_is_checked_too(tmp_path, capsy
     spec = grid.GridSpec(out=str(out), systems=("pendulum",), models=("hgan",), device="cpu",
                          eval_metrics="fvd,physics")
     grid.check_flags(spec)
+
+
+@pytest.mark.parametrize("missing, words", [
+    ("matplotlib", ["matplotlib", "not installed", "--metrics cyclic,tsne",
+                    "install the eval extra, pip install -e '.[eval]'"]),
+    ("sklearn", ["scikit-learn", "not installed", "tsne", "pip install -e '.[eval]'"]),
+])
+def test_a_grid_without_the_eval_extra_is_one_error_before_any_job(tmp_path, capsys, monkeypatch,
+                                                                  missing, words):
+    # evaluation (t-SNE, plots) and compare.md's figures need the eval extra: refused before
+    # the data and the training, not a failed evaluation of every run hours later
+    import sys
+    monkeypatch.setitem(sys.modules, missing, None)  # as if not installed
+    out = tmp_path / "grid"
+    assert cli.main(["table1", "--out", str(out), "--systems", "pendulum", "--models", "hgan",
+                     "--device", "cpu", "--iters", "1", "--train-traj", "2"]) == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("hgan.experiments: error: "), lines
+    for w in words:
+        assert w in lines[0], (w, lines[0])
+    assert not out.exists()

@@ -30,6 +30,32 @@ class InputError(ValueError):
     """A bad command-line input, described in one line."""
 
 
+# Metrics drawn with the libraries of the `eval` extra (pyproject.toml), by import name;
+# PIP_NAMES: what pip installs them as.
+EXTRA_MODULES = {"tsne": ("sklearn", "matplotlib"), "cyclic": ("matplotlib",)}
+PIP_NAMES = {"sklearn": "scikit-learn", "matplotlib": "matplotlib"}
+
+
+def missing_eval_extra(metrics, also=()):
+    """One line naming the `eval` extra when `metrics` (or the modules `also`) need a library
+    that is not installed; None when all are there. Looked up, not imported (cheap)."""
+    import importlib.util
+    missing = {}  # module -> the metrics that need it
+    for metric, modules in [(m, EXTRA_MODULES.get(m, ())) for m in metrics] + [(None, also)]:
+        for module in modules:
+            if importlib.util.find_spec(module) is None:
+                missing.setdefault(module, [])
+                if metric and metric not in missing[module]:
+                    missing[module].append(metric)
+    if not missing:
+        return None
+    used = sorted({m for ms in missing.values() for m in ms})
+    return (f"{' and '.join(PIP_NAMES[m] for m in missing)} not installed"
+            + (f" (--metrics {','.join(used)} need{'s' if len(used) == 1 else ''} "
+               f"{'them' if len(missing) > 1 else 'it'})" if used else "")
+            + ": install the eval extra, pip install -e '.[eval]' in the repository")
+
+
 def metric_list(text):
     metrics = tuple(dict.fromkeys(m.strip() for m in text.split(",") if m.strip()))
     unknown = [m for m in metrics if m not in ALL_METRICS]
@@ -222,6 +248,9 @@ def check(args):
     """Everything the evaluation reads, opened and checked against the checkpoint and flags."""
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise InputError(f"--out {args.out} is a file, not a directory")
+    missing = missing_eval_extra(args.metrics)
+    if missing:
+        raise InputError(missing)
     device = resolve_device(args.device)
     generator, config, iteration, trained_dataset = load_run(args.checkpoint, device)
     system = _run_system(args, config)

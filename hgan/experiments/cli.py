@@ -14,7 +14,7 @@ import time
 
 from hgan.cli_args import OneLineParser
 from hgan.experiments.grid import (MODELS, PAPER_SIZES, TABLE1_SYSTEMS, GridError, GridSpec,
-                                   check_device, check_flags, split_args)
+                                   check_device, check_flags, metric_list, split_args)
 
 
 class _Parser(OneLineParser):
@@ -191,6 +191,12 @@ def table1(a, argv):
     if saved:  # the table of the invocation that trained the grid, with its settings
         spec = _report_spec(saved, spec, _given(argv))
     runner.check_ready(spec)
+    if not a.data_only:  # the evaluations and compare.md's figures need the eval extra
+        from hgan.evaluate.inputs import missing_eval_extra
+        missing = missing_eval_extra(() if a.report_only else metric_list(spec),
+                                     also=("matplotlib",))
+        if missing:
+            raise GridError(missing)
     if not a.report_only:
         check_device(spec.device)
         check_flags(spec)
