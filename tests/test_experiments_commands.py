@@ -296,3 +296,19 @@ def test_grid_settings_train_py_refuses_are_named_with_extra_flags_given(tmp_pat
     # The check of the grid's own flags without the extra ones crashed with a TypeError.
     with pytest.raises(GridError, match="refuses the grid's own settings"):
         check_flags(_spec(tmp_path, resolution=40, train_args=("--resolution", "32")))
+
+
+def test_an_installed_package_trains_through_hgan_train(monkeypatch, tmp_path):
+    # `pip install .` installs hgan but not the checkout's train.py: the grid's runs then use
+    # the hgan-train console script beside this interpreter (train.py's flags, its entry)
+    import sysconfig
+
+    from hgan.experiments import grid
+    monkeypatch.setattr(grid, "__file__", str(tmp_path / "site-packages" / "hgan" / "experiments"
+                                              / "grid.py"))
+    script = os.path.join(sysconfig.get_path("scripts"), "hgan-train")
+    if not os.path.exists(script):
+        pytest.skip("hgan-train is not installed beside this interpreter")
+    assert grid.train_script() == script
+    with open(script) as f:
+        assert "hgan.train.cli" in f.read()  # the same entry as train.py's

@@ -233,12 +233,19 @@ def resumable_args(args):
 
 
 def train_script():
-    """train.py of this checkout (the package is used from the repository, editable or not)."""
+    """train.py of this checkout (the package used from the repository, editable or not), else
+    the hgan-train console script of an installed copy (`pip install .` installs no train.py);
+    either runs as `python SCRIPT FLAGS...`."""
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "train.py")
     path = os.path.normpath(path)
-    if not os.path.exists(path):
-        raise GridError(f"train.py not found at {path}: run from a checkout of the repository")
-    return path
+    if os.path.exists(path):
+        return path
+    import sysconfig
+    script = os.path.join(sysconfig.get_path("scripts"), "hgan-train")
+    if os.path.exists(script):
+        return script
+    raise GridError(f"train.py not found at {path}, nor the hgan-train script at {script}: "
+                    f"run from a checkout of the repository, or pip install it")
 
 
 def check_device(name):
