@@ -594,3 +594,58 @@ def test_a_second_ctrl_c_aborts_the_pack_in_one_line(data_root, tmp_path):
     assert err.strip().splitlines() == [
         "hgan.train.pack: aborted by a second Ctrl-C; each run keeps its last checkpoint, if "
         "one was written (resume it with --resume <its run directory>)"], err
+
+
+_SECOND_CTRL_C_WHILE_SAVING = """
+import os, sys, time
+import torch
+from hgan.train import checkpoint, pack
+from hgan.train import run as hrun
+
+hrun._StopFlag.SECOND_AFTER_S = 0.0
+marks = sys.argv[1]
+
+def slow_save(obj, f):  # the stop checkpoint, half written when the second Ctrl-C comes
+    f.write(b"x" * 1000)
+    f.flush()
+    open(os.path.join(marks, "saving"), "w").close()
+    while True:
+        time.sleep(0.01)
+
+def train_one(i, argv, stop, router, codes):
+    router.register(i)
+    open(os.path.join(marks, "started"), "w").close()
+    while stop.signum is None:
+        time.sleep(0.01)
+    checkpoint.torch.save = slow_save
+    checkpoint.save_checkpoint({}, os.path.join(marks, "checkpoints", "last.pt"))
+
+pack._train_one = train_one
+sys.exit(pack.entry(sys.argv[2:]))
+"""
+
+
+def test_a_second_ctrl_c_during_the_stop_checkpoint_leaves_no_temporary_file(data_root,
+                                                                             tmp_path):
+    # The runs' threads are abandoned (os._exit): a checkpoint they were writing stayed as
+    # checkpoints/last.pt.tmp<pid>, half written, which nothing ever removes (the pid is
+    # another one next time). train.py's abort (a KeyboardInterrupt in save) removes it.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
+    proc = subprocess.Popen([sys.executable, "-c", _SECOND_CTRL_C_WHILE_SAVING, str(tmp_path),
+                             "--", *flags(data_root, tmp_path / "run")],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        for mark in ("started", "saving"):
+            deadline = time.time() + 120
+            while not (tmp_path / mark).exists() and proc.poll() is None \
+                    and time.time() < deadline:
+                time.sleep(0.02)
+            assert proc.poll() is None
+            proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT, err
+    assert os.listdir(tmp_path / "checkpoints") == [], err

@@ -37,10 +37,16 @@ def restore_rng(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"][:torch.cuda.device_count()])
 
 
+# Temporary files being written now (a packed process abandoned by a second Ctrl-C removes
+# them before it exits: hgan.train.pack.entry).
+WRITING = set()
+
+
 def save_checkpoint(state: dict, path: str) -> str:
     """Write to a temporary file in the same folder, then rename: a crash never leaves a torn file."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
+    WRITING.add(tmp)
     try:
         with open(tmp, "wb") as f:
             torch.save(state, f)
@@ -51,6 +57,7 @@ def save_checkpoint(state: dict, path: str) -> str:
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+        WRITING.discard(tmp)
     return path
 
 

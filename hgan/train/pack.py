@@ -487,6 +487,12 @@ def entry(argv=None) -> int:
     "terminate called without an active exception" (SIGABRT)."""
     code = main(argv)
     if ABANDONED:
+        from hgan.train.checkpoint import WRITING
+        for tmp in list(WRITING):  # a checkpoint a run was writing: never renamed, half written
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)
