@@ -36,9 +36,10 @@ EXTRA_MODULES = {"tsne": ("sklearn", "matplotlib"), "cyclic": ("matplotlib",)}
 PIP_NAMES = {"sklearn": "scikit-learn", "matplotlib": "matplotlib"}
 
 
-def missing_eval_extra(metrics, also=()):
+def missing_eval_extra(metrics, also=(), flag="--metrics"):
     """One line naming the `eval` extra when `metrics` (or the modules `also`) need a library
-    that is not installed; None when all are there. Looked up, not imported (cheap)."""
+    that is not installed; None when all are there. Looked up, not imported (cheap). `flag`:
+    the option that chose the metrics, in the caller's command line."""
     import importlib.util
     missing = {}  # module -> the metrics that need it
     for metric, modules in [(m, EXTRA_MODULES.get(m, ())) for m in metrics] + [(None, also)]:
@@ -51,7 +52,7 @@ def missing_eval_extra(metrics, also=()):
         return None
     used = sorted({m for ms in missing.values() for m in ms})
     return (f"{' and '.join(PIP_NAMES[m] for m in missing)} not installed"
-            + (f" (--metrics {','.join(used)} need{'s' if len(used) == 1 else ''} "
+            + (f" ({flag} {','.join(used)} need{'s' if len(used) == 1 else ''} "
                f"{'them' if len(missing) > 1 else 'it'})" if used else "")
             + ": install the eval extra, pip install -e '.[eval]' in the repository")
 

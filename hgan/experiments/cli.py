@@ -194,7 +194,7 @@ def table1(a, argv):
     if not a.data_only:  # the evaluations and compare.md's figures need the eval extra
         from hgan.evaluate.inputs import missing_eval_extra
         missing = missing_eval_extra(() if a.report_only else metric_list(spec),
-                                     also=("matplotlib",))
+                                     also=("matplotlib",), flag="--eval-metrics")
         if missing:
             raise GridError(missing)
     if not a.report_only:
