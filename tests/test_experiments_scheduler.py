@@ -750,3 +750,16 @@ def test_a_grid_asked_for_more_iterations_trains_on_and_records_each_segment(tmp
     run, = longer.runs()
     assert [(s["from"], s["to"]) for s in run.record()["segments"]] == [(0, 3), (3, 5)]
     assert run.evaluated() and run.results()["iteration"] == 5
+
+
+def test_planning_again_plans_the_same_jobs_and_gpu_share(tmp_path, monkeypatch):
+    # plan() appended to the jobs of an earlier plan(): a second call held every run twice
+    # (and its data job twice), and told HGAN_GPU_RUNS twice the runs to train.
+    monkeypatch.delenv("HGAN_GPU_RUNS", raising=False)
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan", "mocogan"))
+    grid = runner.GridRunner(spec, parallel=3, pack=5, progress=False, log=lambda m: None)
+    first = [(j.kind, j.name) for j in grid.plan()]
+    assert [(j.kind, j.name) for j in grid.plan()] == first
+    assert grid.train_env["HGAN_GPU_RUNS"] == "2"
+    assert [j.kind for j in grid.plan(data_only=True)] == ["data"]
+    assert [(j.kind, j.name) for j in grid.plan()] == first

@@ -134,8 +134,8 @@ class GridRunner:
 
     def plan(self, data_only=False):
         """Jobs still to do; GridError before anything starts when data or runs mismatch
-        (data_only: the datasets alone, whatever the runs hold)."""
-        data_jobs = {}
+        (data_only: the datasets alone, whatever the runs hold). Each call plans afresh."""
+        self.jobs, data_jobs = [], {}
         for system in self.spec.systems:
             todo = datasets.missing_splits(self.spec, system)
             if todo:
