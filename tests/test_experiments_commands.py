@@ -312,3 +312,29 @@ def test_an_installed_package_trains_through_hgan_train(monkeypatch, tmp_path):
     assert grid.train_script() == script
     with open(script) as f:
         assert "hgan.train.cli" in f.read()  # the same entry as train.py's
+
+
+def test_hgan_train_of_a_user_install_and_a_foreign_train_py(monkeypatch, tmp_path):
+    # `pip install --user .` puts hgan-train in the user scheme's scripts (~/.local/bin), not
+    # in sysconfig's default scripts folder: the grid refused it ('... not found'). And a
+    # train.py beside the installed package that is not this project's (a top-level module
+    # another distribution installed into site-packages) was run as the grid's trainer.
+    import sysconfig
+
+    from hgan.experiments import grid
+    site = tmp_path / "site-packages"
+    monkeypatch.setattr(grid, "__file__", str(site / "hgan" / "experiments" / "grid.py"))
+    (site / "hgan" / "experiments").mkdir(parents=True)
+    (site / "train.py").write_text("print('another project')\n")
+    default, user = tmp_path / "bin", tmp_path / "user-bin"
+    default.mkdir()
+    user.mkdir()
+    name = "hgan-train.exe" if os.name == "nt" else "hgan-train"
+    (user / name).write_text("from hgan.train.cli import entry\n")
+    real = sysconfig.get_path
+    monkeypatch.setattr(sysconfig, "get_path", lambda key, scheme=None, *a, **k: str(
+        user if scheme and scheme.endswith("_user") else default) if key == "scripts"
+        else real(key, scheme, *a, **k))
+    assert grid.train_script() == str(user / name)
+    (default / name).write_text("from hgan.train.cli import entry\n")
+    assert grid.train_script() == str(default / name)

@@ -234,18 +234,31 @@ def resumable_args(args):
 
 def train_script():
     """train.py of this checkout (the package used from the repository, editable or not), else
-    the hgan-train console script of an installed copy (`pip install .` installs no train.py);
-    either runs as `python SCRIPT FLAGS...`."""
+    the hgan-train console script of an installed copy (`pip install .` installs no train.py;
+    `pip install --user .` puts the script in the user scheme's folder); either runs as
+    `python SCRIPT FLAGS...`."""
     path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "..", "train.py")
     path = os.path.normpath(path)
-    if os.path.exists(path):
+    if _runs_hgan_train(path):  # not a train.py another distribution put in site-packages
         return path
     import sysconfig
-    script = os.path.join(sysconfig.get_path("scripts"), "hgan-train")
-    if os.path.exists(script):
-        return script
-    raise GridError(f"train.py not found at {path}, nor the hgan-train script at {script}: "
-                    f"run from a checkout of the repository, or pip install it")
+    name = "hgan-train.exe" if os.name == "nt" else "hgan-train"  # a zip python runs
+    scripts = [os.path.join(sysconfig.get_path("scripts"), name),
+               os.path.join(sysconfig.get_path("scripts", f"{os.name}_user"), name)]
+    for script in scripts:
+        if os.path.exists(script):
+            return script
+    raise GridError(f"train.py not found at {path}, nor the hgan-train script at "
+                    f"{' or '.join(scripts)}: run from a checkout of the repository, or pip "
+                    f"install it")
+
+
+def _runs_hgan_train(path):
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return "hgan.train.cli" in f.read()
+    except OSError:
+        return False
 
 
 def check_device(name):
