@@ -485,6 +485,8 @@ def entry(argv=None) -> int:
     """The process's exit: main's code; after an abort, without the interpreter's
     finalization, which the runs' threads, still in torch's C++ code, would end in
     "terminate called without an active exception" (SIGABRT)."""
+    global ABANDONED
+    ABANDONED = False  # an earlier pack of this process (tests) abandoned its own runs
     code = main(argv)
     if ABANDONED:
         from hgan.train.checkpoint import WRITING
