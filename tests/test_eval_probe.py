@@ -390,3 +390,29 @@ def test_the_probe_reads_three_bodies_whose_colours_are_drawn_per_trajectory(tmp
         torch.set_num_threads(threads)
     rel = rmse / states.reshape(-1, rmse.size).std(0)
     assert rel[:6].max() < 0.4 and rel.max() < 0.8, rel   # positions, then momenta
+
+
+def test_the_probe_learns_the_state_at_the_first_frame_of_each_pair(monkeypatch):
+    # Two consecutive frames -> the state at the first: every training pair and its target
+    # decode back to where they came from, each frame being one grey level that codes
+    # (trajectory, frame) and each state that same (trajectory, frame), so the check needs
+    # none of train_probe's own indexing. A target taken at the second frame would cost only
+    # one frame's motion in the held-out RMSE, which the trained-probe tests cannot resolve.
+    n, t = 6, 7
+    code = np.arange(n)[:, None] * 10 + np.arange(t)[None, :]             # < 256
+    frames = np.broadcast_to(code[:, :, None, None, None], (n, t, 8, 8, 3)).astype(np.uint8)
+    states = np.stack([np.arange(n)[:, None].repeat(t, 1), np.arange(t)[None].repeat(n, 0)],
+                      -1).astype(np.float32)                               # (trajectory, frame)
+    seen = []
+    raw, encode = probe.PhysicsProbe.raw, probe.PhysicsProbe.encode
+    monkeypatch.setattr(probe.PhysicsProbe, "raw",
+                        lambda self, pairs: seen.append(["pairs", pairs]) or raw(self, pairs))
+    monkeypatch.setattr(probe.PhysicsProbe, "encode",
+                        lambda self, s: seen[-1].append(s.clone()) or encode(self, s))
+    probe.train_probe(frames, states, steps=3, batch_size=16, width=4, progress=False)
+    assert len(seen) == 3
+    for _, pairs, targets in seen:
+        first, second = (pairs[:, i, 0, 0, 0].long().numpy() for i in (0, 1))
+        np.testing.assert_array_equal(second, first + 1)                    # consecutive frames
+        want = np.stack([first // 10, first % 10], -1)
+        np.testing.assert_array_equal(targets.numpy(), want)               # the first one's state
