@@ -254,3 +254,32 @@ def test_the_adaptive_integrator_alone_meets_its_tolerance_on_the_closed_form():
     states, inside = dopri5(system, x0, pr, 100)
     assert inside.all()
     np.testing.assert_allclose(states, mass_spring_exact(x0, pr, 100), rtol=0, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["pendulum", "three_body"])
+def test_refinement_doubles_the_steps_or_tightens_the_tolerance_tenfold_per_level(monkeypatch,
+                                                                                  name):
+    # A trajectory that keeps drifting is integrated again MAX_REFINE times, each time with
+    # twice the RK4 substeps (10, 20, 40, 80: up to 8x) or, for the adaptive three_body, a
+    # tolerance ten times tighter (1e-9 down to 1e-12), then reported inaccurate. The drift
+    # is reported above DRIFT_TOL every time, so every level runs.
+    import hgan.data.simulate as simulate
+    system = get_system(name)
+    calls = []
+    rk4, dopri5 = simulate.rk4, simulate.dopri5
+    monkeypatch.setattr(simulate, "rk4", lambda s, x0, pr, frames, substeps, **kw: (
+        calls.append(substeps) or rk4(s, x0, pr, frames, substeps, **kw)))
+    monkeypatch.setattr(simulate, "dopri5", lambda s, x0, pr, frames, tol=simulate.ADAPTIVE_TOL: (
+        calls.append(tol) or dopri5(s, x0, pr, frames, tol)))
+    monkeypatch.setattr(simulate, "energy_drift",
+                        lambda system, states, pr: np.full(len(states), 2 * simulate.DRIFT_TOL))
+    rng = np.random.default_rng(0)
+    pr = system.sample_params(rng)
+    x0 = system.sample_state(rng, pr)[None]
+    pr = {k: np.asarray(v)[None] for k, v in pr.items()}
+    _, inside, accurate = integrate(system, x0, pr, 3)
+    if name == "three_body":
+        np.testing.assert_allclose(calls, [1e-9, 1e-10, 1e-11, 1e-12], rtol=1e-12)
+    else:
+        assert calls == [10, 20, 40, 80]
+    assert inside.all() and not accurate.any()
