@@ -283,3 +283,23 @@ def test_refinement_doubles_the_steps_or_tightens_the_tolerance_tenfold_per_leve
     else:
         assert calls == [10, 20, 40, 80]
     assert inside.all() and not accurate.any()
+
+
+@pytest.mark.parametrize("name", ["two_body", "three_body"])
+def test_bodies_leaving_the_canvas_at_different_frames_are_each_flagged(name):
+    # The escape of the test above at speeds 6 and 3 leaves the canvas at two different frames,
+    # with the circular orbit between them in the batch: after the first has left, the
+    # integrator carries fewer trajectories than it reports on, and the second exit must
+    # still be flagged on the right one (RK4 for two_body, dopri5 for three_body).
+    system = get_system(name)
+    nb = system.n_bodies
+    pr = {"m": np.ones((3, nb)), "g": np.ones(3)}
+    fast, slow = np.zeros(4 * nb), np.zeros(4 * nb)
+    for x, speed in ((fast, 6.0), (slow, 3.0)):
+        x[:4] = (1, 0, -1, 0)
+        x[2 * nb:2 * nb + 4] = (speed, 0, -speed, 0)
+    bound = _ring(nb, 0.5, 1 / (2 * np.sqrt(0.5))) if nb == 2 else _ring(3, 1.0, 3 ** -0.25)
+    states, inside, _ = integrate(system, np.stack([fast, bound, slow]), pr, 41)   # 2 s
+    assert inside.tolist() == [False, True, False]
+    pos = system.positions(states[1:2], {k: v[1:2] for k, v in pr.items()})
+    np.testing.assert_allclose(np.linalg.norm(pos, axis=-1), 0.5 if nb == 2 else 1.0, rtol=1e-6)
