@@ -303,3 +303,23 @@ def test_bodies_leaving_the_canvas_at_different_frames_are_each_flagged(name):
     assert inside.tolist() == [False, True, False]
     pos = system.positions(states[1:2], {k: v[1:2] for k, v in pr.items()})
     np.testing.assert_allclose(np.linalg.norm(pos, axis=-1), 0.5 if nb == 2 else 1.0, rtol=1e-6)
+
+
+def test_drifting_and_escaping_draws_are_counted_apart(monkeypatch):
+    # Two first draws reported as drifting (trajectories 0 and 2) and one as leaving the
+    # canvas (1): 2 inaccurate and 1 rejected, the counts being asymmetric so that the two
+    # could not be swapped unnoticed (the test above has one of each).
+    import hgan.data.simulate as simulate
+    system = get_system("pendulum")
+    real, rounds = simulate.integrate, []
+
+    def integrate_once_wrong(system, x0, pr, frames):
+        states, inside, accurate = real(system, x0, pr, frames)
+        if not rounds:
+            accurate[[0, 2]], inside[1] = False, False
+        rounds.append(len(x0))
+        return states, inside, accurate
+
+    monkeypatch.setattr(simulate, "integrate", integrate_once_wrong)
+    out = simulate_split(system, 0, "train", np.arange(3), 5)
+    assert rounds == [3, 3] and (out["inaccurate"], out["rejected"]) == (2, 1)
