@@ -204,9 +204,10 @@ def test_a_body_flying_off_the_canvas_is_flagged_outside(name):
 
 
 def test_draws_that_leave_the_canvas_or_drift_are_drawn_again_and_counted(monkeypatch):
-    # Trajectory 0's first draw is reported as drifting, trajectory 1's as leaving the canvas
-    # (a pendulum never does either): both must be replaced by their stream's next draw, one
-    # counted as inaccurate, the other as rejected.
+    # The first draws of trajectories 0 and 2 are reported as drifting, trajectory 1's as
+    # leaving the canvas (a pendulum never does either): each must be replaced by its stream's
+    # next draw, two counted as inaccurate and one as rejected (counts unequal, so that the
+    # two counters could not be swapped unnoticed).
     import hgan.data.simulate as simulate
     system = get_system("pendulum")
     real, rounds = simulate.integrate, []
@@ -214,14 +215,14 @@ def test_draws_that_leave_the_canvas_or_drift_are_drawn_again_and_counted(monkey
     def integrate_once_wrong(system, x0, pr, frames):
         states, inside, accurate = real(system, x0, pr, frames)
         if not rounds:
-            accurate[0], inside[1] = False, False
+            accurate[[0, 2]], inside[1] = False, False
         rounds.append(len(x0))
         return states, inside, accurate
 
     monkeypatch.setattr(simulate, "integrate", integrate_once_wrong)
     out = simulate_split(system, 0, "train", np.arange(3), 5)
-    assert rounds == [3, 2] and (out["inaccurate"], out["rejected"]) == (1, 1)
-    for i, draws in ((0, 2), (1, 2), (2, 1)):
+    assert rounds == [3, 3] and (out["inaccurate"], out["rejected"]) == (2, 1)
+    for i, draws in ((0, 2), (1, 2), (2, 2)):
         rng = simulate.trajectory_rng(0, "train", i)
         for _ in range(draws):
             x0 = system.sample_state(rng, system.sample_params(rng))
@@ -304,22 +305,3 @@ def test_bodies_leaving_the_canvas_at_different_frames_are_each_flagged(name):
     pos = system.positions(states[1:2], {k: v[1:2] for k, v in pr.items()})
     np.testing.assert_allclose(np.linalg.norm(pos, axis=-1), 0.5 if nb == 2 else 1.0, rtol=1e-6)
 
-
-def test_drifting_and_escaping_draws_are_counted_apart(monkeypatch):
-    # Two first draws reported as drifting (trajectories 0 and 2) and one as leaving the
-    # canvas (1): 2 inaccurate and 1 rejected, the counts being asymmetric so that the two
-    # could not be swapped unnoticed (the test above has one of each).
-    import hgan.data.simulate as simulate
-    system = get_system("pendulum")
-    real, rounds = simulate.integrate, []
-
-    def integrate_once_wrong(system, x0, pr, frames):
-        states, inside, accurate = real(system, x0, pr, frames)
-        if not rounds:
-            accurate[[0, 2]], inside[1] = False, False
-        rounds.append(len(x0))
-        return states, inside, accurate
-
-    monkeypatch.setattr(simulate, "integrate", integrate_once_wrong)
-    out = simulate_split(system, 0, "train", np.arange(3), 5)
-    assert rounds == [3, 3] and (out["inaccurate"], out["rejected"]) == (2, 1)
