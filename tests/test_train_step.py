@@ -97,3 +97,51 @@ def test_the_steps_frames_clips_and_windows_are_uniform_draws(tiny_pendulum_h5, 
             assert torch.equal(window[0], torch.randint(0, rollout - t + 1, (b,), generator=replay))
         else:
             assert window is None
+
+
+def test_r1_is_the_input_gradient_penalty_of_the_steps_real_frame_and_clip(tiny_pendulum_h5,
+                                                                           tmp_path):
+    # Oracle: gamma/2 * mean_b ||d D(x)_b / d x_b||^2 summed over D_I on the step's real
+    # frames and D_V on its real clips, taken in float64 on copies of the discriminators from
+    # before the step (the frame and clip are replayed from the trainer's generator). An R1
+    # on the fakes, or on one discriminator only, still moves both discriminators, so only
+    # the penalty's value tells them apart.
+    import copy
+    gamma = 10.0
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, r1_gamma=gamma))
+    di, dv = (copy.deepcopy(m).double() for m in (tr.D_I, tr.D_V))
+    replay = torch.Generator().set_state(tr.noise.get_state())
+    real = _real()
+    stats = tr.step(real, want_stats=True)
+    b, t, cf = 4, 6, tr.cfg.model.clip_frames
+    j = torch.randint(0, t, (b,), generator=replay)
+    s = torch.randint(0, t - cf + 1, (b,), generator=replay)
+    rows = torch.arange(b)
+
+    def penalty(disc, x):
+        x = x.double().requires_grad_(True)
+        (g,) = torch.autograd.grad(disc(x).sum(), x)
+        return 0.5 * gamma * float(g.pow(2).flatten(1).sum(1).mean())
+
+    want = (penalty(di, real[rows, j])
+            + penalty(dv, real[rows[:, None], s[:, None] + torch.arange(cf)]))
+    assert want > 1e-6
+    assert float(stats["loss/R1"]) == pytest.approx(want, rel=1e-4)
+
+
+def test_loading_a_checkpoint_restores_the_global_rngs_where_it_was_taken(tiny_pendulum_h5,
+                                                                           tmp_path):
+    # Oracle: the draws the process would have made next when the state was taken. A fresh
+    # Trainer reseeds the global RNGs from the seed, so without the restore its draws are
+    # the seed's, not the checkpoint's (the restore functions alone are tested elsewhere).
+    import random
+
+    import numpy as np
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path))
+    torch.rand(3), random.random(), np.random.rand()   # the run moved on from the seed
+    ckpt = tr.state_dict()
+    want = (torch.rand(3), random.random(), np.random.rand())
+    fresh = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path))
+    fresh.load_state_dict(ckpt)
+    got = (torch.rand(3), random.random(), np.random.rand())
+    assert torch.equal(got[0], want[0]) and got[1:] == want[1:]
