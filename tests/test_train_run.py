@@ -515,3 +515,18 @@ def test_a_new_run_in_a_stopped_attempts_directory_starts_clean(tiny_pendulum_h5
     acc = EventAccumulator(str(run2 / "tb"))
     acc.Reload()
     assert [e.step for e in acc.Images("samples")] == [1, 3]
+
+
+def test_a_runs_reported_statistics_are_its_last_iterations(tiny_pendulum_h5, tmp_path):
+    # Oracle: iteration 2's statistics on their own, from a 1-iteration run resumed for one
+    # more (resumes are bit-identical: test_resume_is_bit_identical). A log that kept the
+    # first iteration's values (stale statistics, progress line and result) matches the
+    # 1-iteration run instead.
+    straight = train(tiny_cfg(tiny_pendulum_h5, tmp_path / "a", iters=2))["stats"]
+    first = train(tiny_cfg(tiny_pendulum_h5, tmp_path / "b", iters=1))["stats"]
+    second = train(tiny_cfg(tiny_pendulum_h5, tmp_path / "b", iters=2),
+                   resume=str(tmp_path / "b"))["stats"]
+    keys = [k for k in second if not k.startswith("speed/")]
+    assert len(keys) >= 8
+    assert {k: straight[k] for k in keys} == {k: second[k] for k in keys}
+    assert any(first[k] != second[k] for k in keys)
