@@ -145,3 +145,17 @@ def test_loading_a_checkpoint_restores_the_global_rngs_where_it_was_taken(tiny_p
     fresh.load_state_dict(ckpt)
     got = (torch.rand(3), random.random(), np.random.rand())
     assert torch.equal(got[0], want[0]) and got[1:] == want[1:]
+
+
+def test_a_non_finite_r1_penalty_stops_the_step_before_it_reaches_the_weights(tiny_pendulum_h5,
+                                                                              tmp_path):
+    # gamma = inf: both BCE terms stay finite and only the penalty is inf. A check of the BCE
+    # terms alone would let an exploding R1 write NaN into the discriminators (and so into
+    # the next checkpoint) with no word.
+    from hgan.train.loop import NonFiniteLoss
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, r1_gamma=float("inf")))
+    before = _params(tr)
+    with pytest.raises(NonFiniteLoss, match=r"non-finite discriminator loss \(inf\) at iteration 1"):
+        tr.step(_real())
+    after = _params(tr)
+    assert all(torch.equal(before[k], after[k]) for k in before)
