@@ -698,3 +698,32 @@ def test_fallback_warning_points_at_the_callers_line(monkeypatch):
     with pytest.warns(UserWarning, match="does not fit this GPU") as rec:
         leapfrog(q0, q0, w, b, frames=2)
     assert [r.filename for r in rec] == [__file__], [(r.filename, r.lineno) for r in rec]
+
+
+@pytest.mark.parametrize("layout", ["tile", "latency"])
+def test_fused_takes_strided_inputs_and_cotangents(monkeypatch, layout):
+    # The kernels index every tensor as contiguous: the host must hand them contiguous copies
+    # of strided states and weights (a sliced batch, a transposed parameter) and of the
+    # incoming cotangents (q.sum() gives an expanded, stride-0 one; a permuted loss a
+    # transposed one), or they read the wrong elements. Oracle: the analytic backend.
+    if layout == "tile":
+        monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
+    gen = torch.Generator().manual_seed(5)
+    w, b = random_mlp(3, (16, 24), generator=gen)
+    base = torch.randn(8, 7, generator=gen)
+    q0, p0 = base[:, ::2][:, :3], base.t().contiguous().t()[:, 4:7]
+    w = [w[0].t().contiguous().t(), w[1].t().contiguous().t(), w[2]]
+    assert not (q0.is_contiguous() or p0.is_contiguous() or w[0].is_contiguous()
+                or w[1].is_contiguous())
+    q0, p0, w, b = q0.to(DEVICE), p0.to(DEVICE), [x.to(DEVICE) for x in w], \
+        [x.to(DEVICE) for x in b]
+    cot_d = torch.randn(3, 4, 8, generator=gen).to(DEVICE)   # dHdq's cotangent: transposed
+    results = {}
+    for backend in ("fused", "analytic"):
+        leaves = [t.detach().requires_grad_(True) for t in (q0, p0, *w, *b)]
+        q, p, d = leapfrog(leaves[0], leaves[1], leaves[2:5], leaves[5:], frames=5,
+                           backend=backend)
+        loss = q.sum() + (p[:, :, 1] ** 2).sum() + (d.transpose(0, 2) * cot_d).sum()
+        results[backend] = [q, p, d, *torch.autograd.grad(loss, leaves)]
+    for x, y in zip(results["fused"], results["analytic"]):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
