@@ -116,6 +116,19 @@ def test_dt_may_be_any_real_scalar(mlp):
         assert all(torch.equal(x, y) for x, y in zip(got, want))
 
 
+@pytest.mark.parametrize("backend", ["reference", "analytic"])
+def test_dt_may_be_any_numbers_real(mlp, backend):
+    # check_inputs takes any finite numbers.Real; the dispatcher hands the backends a float.
+    # Without that cast a Fraction reached torch.add(alpha=...) in the reference backend and
+    # raised TypeError (numpy scalars, the only other Reals tested, pass either way).
+    from fractions import Fraction
+    w, b = mlp
+    q0 = torch.randn(2, 3)
+    want = leapfrog(q0, q0, w, b, frames=3, dt=0.25, backend=backend)
+    got = leapfrog(q0, q0, w, b, frames=3, dt=Fraction(1, 4), backend=backend)
+    assert all(torch.equal(x, y) for x, y in zip(got, want))
+
+
 def test_frames_may_be_any_integer(mlp):
     import numpy as np
     w, b = mlp
