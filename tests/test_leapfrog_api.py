@@ -129,6 +129,20 @@ def test_dt_may_be_any_numbers_real(mlp, backend):
     assert all(torch.equal(x, y) for x, y in zip(got, want))
 
 
+def test_auto_decides_once_per_device_type(mlp, monkeypatch, caplog):
+    # test_auto_chooses_once_and_remembers cannot see a re-decision on CPU (the CPU choice
+    # never calls _triton_importable); the decision's log line can: one per device type.
+    import logging
+    monkeypatch.setattr(dispatch, "_auto_choice", {})
+    q0 = torch.randn(2, 3)
+    with caplog.at_level(logging.INFO, logger=dispatch.__name__):
+        for _ in range(3):
+            leapfrog(q0, q0, *mlp, frames=2)
+    decided = [r for r in caplog.records if "backend='auto' on cpu" in r.getMessage()]
+    assert len(decided) == 1, [r.getMessage() for r in caplog.records]
+    assert dispatch._auto_choice == {"cpu": "analytic"}
+
+
 def test_frames_may_be_any_integer(mlp):
     import numpy as np
     w, b = mlp
