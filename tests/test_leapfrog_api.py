@@ -416,6 +416,25 @@ def test_a_low_precision_network_integrates_in_float32(backend, low):
         assert got.grad.dtype == low and torch.equal(got.grad, want.grad.to(low))
 
 
+@pytest.mark.parametrize("backend", ["reference", "analytic"])
+@pytest.mark.parametrize("low", [torch.bfloat16, torch.float16])
+def test_a_low_precision_network_keeps_its_scheme(backend, low):
+    # The bf16/fp16 path re-enters the dispatcher in float32: it must pass the caller's scheme
+    # on. Oracle (the stated contract): the float32 rollout of the same rounded numbers, in
+    # that scheme, rounded to the low dtype. dt = 0.3 so that the schemes differ after rounding.
+    w, b = random_mlp(3, (16, 16), generator=torch.Generator().manual_seed(8))
+    gen = torch.Generator().manual_seed(9)
+    q0, p0 = torch.randn(4, 3, generator=gen).to(low), torch.randn(4, 3, generator=gen).to(low)
+    w, b = [t.to(low) for t in w], [t.to(low) for t in b]
+    up = [t.float() for t in w], [t.float() for t in b]
+    for scheme in ("official", "order2"):
+        got = leapfrog(q0, p0, w, b, dt=0.3, frames=6, backend=backend, scheme=scheme)
+        want = leapfrog(q0.float(), p0.float(), *up, dt=0.3, frames=6, backend=backend,
+                        scheme=scheme)
+        for x, y in zip(got, want):
+            assert x.dtype == low and torch.equal(x, y.to(low)), scheme
+
+
 def test_torch_func_runs_reference_under_auto_and_refuses_the_others(mlp, monkeypatch):
     # analytic is a hand-written autograd Function without a vmap rule: torch.func failed
     # inside torch with a message naming neither the backend nor the way out.
