@@ -727,3 +727,24 @@ def test_fused_takes_strided_inputs_and_cotangents(monkeypatch, layout):
         results[backend] = [q, p, d, *torch.autograd.grad(loss, leaves)]
     for x, y in zip(results["fused"], results["analytic"]):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_a_low_precision_network_keeps_its_fused_precision(monkeypatch):
+    # A bf16 network re-enters the dispatcher in float32: the caller's precision must reach
+    # every kernel it launches, forward and backward (the interpreter computes tf32x3 in fp32,
+    # so only the launch can show it).
+    monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)     # the tile layouts take PREC
+    launched, real_launch = [], fused._launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        launched.append(kwargs.get("PREC"))
+        return real_launch(kernel, grid, *args, **kwargs)
+    monkeypatch.setattr(fused, "_launch", spy)
+    w, b = random_mlp(2, (16, 16), generator=torch.Generator().manual_seed(4))
+    w = [t.to(torch.bfloat16).to(DEVICE).requires_grad_(True) for t in w]
+    b = [t.to(torch.bfloat16).to(DEVICE) for t in b]
+    q0 = torch.randn(3, 2, device=DEVICE).to(torch.bfloat16)
+    q, _, _ = leapfrog(q0, q0, w, b, frames=3, backend="fused", precision="tf32x3")
+    q.float().sum().backward()
+    assert q.dtype == torch.bfloat16 and len(launched) == 2 and set(launched) == {"tf32x3"}, \
+        launched
