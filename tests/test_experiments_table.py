@@ -265,3 +265,94 @@ def test_the_bar_charts_title_fits_inside_the_figure(tmp_path, monkeypatch, syst
     assert extents
     for text, fig in extents:
         assert 0 <= text.x0 and text.x1 <= fig.x1, (text, fig)
+
+
+def test_each_metric_title_says_lower_is_better_except_the_mass_ratio(tmp_path):
+    # the flagged fraction (more flagged videos: worse) reads "lower is better"; the mass ratio,
+    # best at 1 rather than low, must not
+    spec = _spec(tmp_path)
+    for run in spec.runs():
+        _write(run, _results(0.05, mass_ratio=1.0))
+    heads = [line for line in table.metric_sections(spec, table.collect(spec))
+             if line.startswith("### ")]
+    assert "### Fraction of generated videos flagged for appearance (lower is better)" in heads
+    mass, = [h for h in heads if h.startswith("### Foreground pixel mass")]
+    assert "lower is better" not in mass
+    assert all(h.endswith("(lower is better)") for h in heads if h != mass), heads
+
+
+def test_one_seed_against_several_gets_no_seed_spread_wording(tmp_path):
+    # a single-seed cell has no spread (std 0 of one value): "outside the seed spread"
+    # would claim a separation nobody measured
+    spec = _spec(tmp_path, seeds=(0, 1))
+    for run in spec.runs():
+        if run.model == "hgan" and run.seed == 1:
+            _write(run, None)
+        else:
+            _write(run, _results(0.05 if run.model == "hgan" else [0.2, 0.4][run.seed]))
+    assert _check_row(_checks(spec)) == ["holds", "0.05 (100 it, 12 s)",
+                                         "0.3 ± 0.1 (100 it, 12 s)"]
+
+
+def test_the_true_dof_column_is_the_systems_degrees_of_freedom(tmp_path):
+    # two_body: 2 bodies in the plane, 4 degrees of freedom (q = 2 x 2 coordinates)
+    spec = _spec(tmp_path, systems=("two_body",), models=("hgan",))
+    run, = spec.runs()
+    _write(run, _results(0.05, active=3))
+    assert "| two_body | hgan | 0 | 3 of 10 | 4 | 0.02 | n/a | 100 it, 12 s |" in _checks(spec)
+
+
+def test_fvd_enters_the_table_and_the_checks_only_where_it_was_computed(tmp_path):
+    spec = _spec(tmp_path)
+    for run in spec.runs():
+        res = _results(0.05)
+        res["fvd"] = {"fvd_mean": 80.0 if run.model == "hgan" else 120.0, "fvd_std": 1.0}
+        _write(run, res)
+    rows = table.collect(spec)
+    text = "\n".join(table.metric_sections(spec, rows))
+    assert "| hgan | 80 (100 it, 12 s) |" in text and "| mocogan | 120 (100 it, 12 s) |" in text
+    assert _check_row(_checks(spec), metric="fvd") == ["holds", "80 (100 it, 12 s)",
+                                                       "120 (100 it, 12 s)"]
+    # without --i3d hgan.evaluate skips FVD: no FVD section, no FVD claim
+    for run in spec.runs():
+        res = _results(0.05)
+        res["fvd"] = {"skipped": "no detector"}
+        _write(run, res)
+    rows = table.collect(spec)
+    assert not any(line.startswith("### FVD") for line in table.metric_sections(spec, rows))
+    assert "on fvd" not in _checks(spec)
+
+
+def test_the_header_says_no_fvd_only_without_a_detector(tmp_path):
+    meta = {"command": "x", "device": "d", "commit": "c"}
+    without = report.write_compare(_spec(tmp_path / "a"), meta)
+    assert "- evaluation: `physics,cyclic,appearance`; no --i3d detector given, so no FVD" \
+        in without
+    with_i3d = report.write_compare(_spec(tmp_path / "b", i3d="/x/i3d.pt"), meta)
+    assert "- evaluation: `fvd,physics,cyclic,appearance`\n" in with_i3d
+    assert "no FVD" not in with_i3d
+
+
+def test_only_hgans_pendulum_count_is_checked_against_the_papers_one(tmp_path):
+    # the paper claims one active momentum for HGAN (with L_cyc), not for the HNN-GAN baseline
+    spec = _spec(tmp_path, models=("hgan", "hnn_gan"))
+    for run in spec.runs():
+        _write(run, _results(0.05, active=1))
+    text = _checks(spec)
+    assert "| pendulum | hgan | 0 | 1 of 10 | 1 | 0.02 | holds |" in text
+    assert "| pendulum | hnn_gan | 0 | 1 of 10 | 1 | 0.02 | n/a |" in text
+
+
+def test_the_bar_charts_error_bars_are_the_seed_spread(tmp_path, monkeypatch):
+    import matplotlib.axes
+    bars = {}
+    real_bar = matplotlib.axes.Axes.bar
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", lambda self, x, y, w, yerr=None, label=None,
+                        **k: bars.setdefault(label, (list(y), list(yerr))) and
+                        real_bar(self, x, y, w, yerr=yerr, label=label, **k))
+    spec = _seeds(tmp_path, {"hgan": [0.1, 0.3], "mocogan": [0.5, 0.9]})
+    key, title, get, _ = next(m for m in table.METRICS if m[0] == "energy_drift")
+    assert report._bar_chart(spec, table.collect(spec), key, title, get,
+                             str(tmp_path / "e.png"))
+    assert bars == {"hgan": ([pytest.approx(0.2)], [pytest.approx(0.1)]),
+                    "mocogan": ([pytest.approx(0.7)], [pytest.approx(0.2)])}
