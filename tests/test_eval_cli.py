@@ -559,3 +559,16 @@ def test_an_explicit_real_equal_to_data_says_its_last_fifth_is_used(tmp_path, da
               "--real", str(data_copy)])
     assert "--real is --data: the real clips are its last 20%" in capsys.readouterr().err
     assert json.loads((out / "results.json").read_text())["real_seen_in_training"]
+
+
+def test_compare_cells_give_flagged_and_blank_fractions_as_percentages():
+    text = report.compare_table([_results_with_distinct_numbers()])
+    appearance = next(t for t in text.split("### ") if t.startswith("appearance variation"))
+    # 0.875 of the videos flagged, 0.125 blank: percentages, not "1" and "0"
+    assert "| hgan | 0.0072 (flagged 88%, blank 12%) (100 it) |" in appearance, appearance
+
+
+def test_compare_marks_a_drift_equal_to_the_real_level_as_at_it():
+    # equal to real's drift: the probe cannot tell it from real motion either
+    text = report.compare_table([_result("mass_spring", "hgan", _physics(0.2, 0.2, 0.1))])
+    assert "| hgan | 0.2 (at or below the real level 0.2) (70 it) |" in text.split("### ")[1]
