@@ -52,3 +52,35 @@ def test_plots_render(tmp_path):
                                          tmp_path / "e.png", title="e")]
     for p in paths:
         assert Image.open(p).size[0] > 100
+
+
+def test_grid_gaps_are_white():
+    v = np.zeros((2, 2, 5, 6, 3), np.uint8)  # black frames: any white pixel is a gap
+    img = np.asarray(figures.grid_image(v, scale=1, gap=1))
+    assert (img[5] == 255).all() and (img[:, 6] == 255).all()
+    assert (img[:5, :6] == 0).all()
+
+
+def test_plots_label_what_they_draw(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+    lines, bars = {}, []
+    plot, bar = matplotlib.axes.Axes.plot, matplotlib.axes.Axes.bar
+
+    def rec_plot(self, x, y, *a, label=None, **k):
+        lines[label] = (np.asarray(x).tolist(), np.asarray(y).tolist())
+        return plot(self, x, y, *a, label=label, **k)
+
+    def rec_bar(self, x, h, *a, color=None, **k):
+        bars.append(list(color))
+        return bar(self, x, h, *a, color=color, **k)
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", rec_plot)
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", rec_bar)
+    # active means above the threshold (as structure counts it): equal is not active
+    figures.plot_active_momenta([0.3, 0.1, 0.05], 0.1, tmp_path / "m.png", title="m")
+    assert bars == [["tab:red", "tab:gray", "tab:gray"]]
+    # forward rollouts at +steps, backward ones at -steps, each under its own label
+    figures.plot_energy_rollout(np.arange(3), np.full((4, 3), 0.01), np.full((4, 3), -0.02),
+                                tmp_path / "e.png", title="e")
+    assert lines == {"forward (+dt)": ([0, 1, 2], [0.01] * 3),
+                     "backward (-dt)": ([0, -1, -2], [-0.02] * 3)}
