@@ -356,3 +356,38 @@ def test_the_bar_charts_error_bars_are_the_seed_spread(tmp_path, monkeypatch):
                              str(tmp_path / "e.png"))
     assert bars == {"hgan": ([pytest.approx(0.2)], [pytest.approx(0.1)]),
                     "mocogan": ([pytest.approx(0.7)], [pytest.approx(0.2)])}
+
+
+def test_a_run_states_failure_before_its_first_iteration_and_ignores_a_late_eval_signal(
+        tmp_path):
+    spec = _spec(tmp_path, models=("hgan",), iters=10)
+    run, = spec.runs()
+    # crashed before any iteration was saved: "failed", not "not run"
+    _write(run, None, iteration=0, segments=[
+        {"from": 0, "to": 0, "seconds": 2.0, "returncode": 1}])
+    assert "| pendulum | hgan | 0 | 0 / 10 | 2 | n/a | n/a | failed |" in \
+        "\n".join(table.runs_section(table.collect(spec)))
+    # its results.json of this iteration was written before the stop ended the evaluation
+    # process: evaluated, neither interrupted nor failed
+    for rc, interrupted in ((143, True), (1, False)):
+        _write(run, _results(0.05, iteration=10), iteration=10,
+               ev={"seconds": 3.0, "returncode": rc, "interrupted": interrupted,
+                   "iteration": 10})
+        text = "\n".join(table.runs_section(table.collect(spec)))
+        assert "| pendulum | hgan | 0 | 10 / 10 | 12 | 8.5 | 3 | evaluated |" in text, text
+
+
+def test_the_montage_puts_real_first_even_when_the_first_run_lacks_a_real_strip(tmp_path):
+    from PIL import Image
+    spec = _spec(tmp_path, models=("hgan", "mocogan"))
+    for run in spec.runs():
+        res = _results(0.05)
+        res["figures"] = {f"samples_{run.model}": "mine.png"}
+        if run.model == "mocogan":
+            res["figures"]["samples_real"] = "real.png"
+        _write(run, res)
+        Image.new("RGB", (8, 4), (255, 0, 0)).save(run.path("eval", "mine.png"))
+        Image.new("RGB", (8, 4), (0, 0, 255)).save(run.path("eval", "real.png"))
+    _, labels = report._samples_montage(spec, table.collect(spec), "pendulum",
+                                        str(tmp_path / "m.png"))
+    assert labels == ["real", "hgan", "mocogan"]
