@@ -572,3 +572,14 @@ def test_compare_marks_a_drift_equal_to_the_real_level_as_at_it():
     # equal to real's drift: the probe cannot tell it from real motion either
     text = report.compare_table([_result("mass_spring", "hgan", _physics(0.2, 0.2, 0.1))])
     assert "| hgan | 0.2 (at or below the real level 0.2) (70 it) |" in text.split("### ")[1]
+
+
+def test_the_active_count_is_strictly_above_a_floor_per_unit_time():
+    count = structure.count_active
+    # largest 1.0: 10% is exactly 0.1; a dimension at exactly the threshold is not active
+    assert count([1.0, 0.1, 0.0], p_spread=1.0, duration=0.75)["active_dims"] == 1
+    # floor = 1% of the spread over the rollout's duration: 0.01 / 0.75 = 0.01333 (a rate);
+    # 0.012 lies under it (it would pass a floor that forgot to divide by the duration)
+    got = count([0.012], p_spread=1.0, duration=0.75)
+    assert got["active_dims"] == 0 and got["floor"] == pytest.approx(0.01 / 0.75)
+    assert count([0.012], p_spread=1.0, duration=-0.75)["active_dims"] == 0  # dt < 0 rollouts
