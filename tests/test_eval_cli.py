@@ -321,6 +321,17 @@ def test_the_checkpoint_report_puts_each_number_in_its_row():
     assert "forward 0.0123, backward 0.456." in text and "**1 of 3**" in text
 
 
+def test_the_checkpoint_report_states_the_active_rule_it_counted_with(monkeypatch):
+    # the rule's percentages come from the constants the count uses, not a copy of them
+    text = report.checkpoint_report(_results_with_distinct_numbers())
+    assert "the larger of 10% of the largest and 0.0078" in text
+    assert "moves a momentum by 1% of the momenta's spread" in text
+    monkeypatch.setattr(structure, "ACTIVE_FRACTION", 0.25)
+    monkeypatch.setattr(structure, "ACTIVE_FLOOR", 0.05)
+    text = report.checkpoint_report(_results_with_distinct_numbers())
+    assert "the larger of 25% of the largest" in text and "by 5% of the momenta's" in text
+
+
 def test_compare_cells_show_the_half_vs_half_state_distance_first():
     text = report.compare_table([_results_with_distinct_numbers()])
     assert "| hgan | 4.44 (3.33) (100 it) |" in text

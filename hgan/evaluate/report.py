@@ -76,8 +76,9 @@ def checkpoint_report(results):
         else:
             am, er = cyc["active_momenta"], cyc["energy_rollout"]
             above = ("" if am["threshold"] is None else
-                     f" above {am['threshold']:.3g}, the larger of 10% of the largest and "
-                     f"{am['floor']:.3g}, the rate that moves a momentum by 1% of the momenta's "
+                     f" above {am['threshold']:.3g}, the larger of "
+                     f"{structure.ACTIVE_FRACTION:.0%} of the largest and {am['floor']:.3g}, the "
+                     f"rate that moves a momentum by {structure.ACTIVE_FLOOR:.0%} of the momenta's "
                      f"spread over the rollout")
             lines += [f"Active momentum dimensions (mean |dp_i/dt|{above}): "
                       f"**{structure.active_text(am)}**.", "",
