@@ -78,10 +78,12 @@ def test_missing_file(tmp_path):
 
 @pytest.mark.parametrize("case,match", [
     ("version", "unknown format version 99"),
+    ("version0", "unknown format version 0"),      # not only versions above the newest
     ("dataset", "missing dataset 'color_index'"),
     ("param", "missing dataset 'params/g'"),
     ("shape", r"dataset 'states' has shape \(5, 12, 3\), expected \(5, 12, 4\)"),
     ("incomplete", "incomplete file"),
+    ("no_complete", "incomplete file"),            # no 'complete' attribute is not complete
     ("system", "unknown system 'pendulum_x'"),
     ("attribute", "missing attribute 'frames'"),  # was: frames "expected (5, -1, 32, 32, 3)"
 ])
@@ -90,6 +92,10 @@ def test_bad_contents(made, tmp_path, case, match):
     with h5py.File(path, "a") as f:
         if case == "version":
             f.attrs["format_version"] = 99
+        elif case == "version0":
+            f.attrs["format_version"] = 0
+        elif case == "no_complete":
+            del f.attrs["complete"]
         elif case == "dataset":
             del f["color_index"]
         elif case == "param":
@@ -350,6 +356,14 @@ def test_a_flipped_bit_in_a_text_attribute_is_a_data_format_error_not_a_crash(tm
     (lambda f: f.attrs.__setitem__("num_colors", 5), "attribute num_colors is 5, but pendulum has 1"),
     (lambda f: f.attrs.__setitem__("friction", True), "attribute friction is True"),
     (lambda f: f.attrs.__setitem__("dt", -1.0), "attribute dt is -1.0"),
+    # the boundaries and the remaining keys: a zero time step or length is no physics, the
+    # colour index equal to num_colors (or below 0) is outside the palette, and n_bodies is
+    # checked like dof
+    (lambda f: f.attrs.__setitem__("dt", 0.0), "attribute dt is 0.0"),
+    (lambda f: f.attrs.__setitem__("n_bodies", 2), "attribute n_bodies is 2, but pendulum has 1"),
+    (lambda f: f["params/l"].__setitem__(0, 0.0), "parameter 'l' holds 0.0"),
+    (lambda f: f["color_index"].__setitem__(0, 1), "color_index holds 1"),
+    (lambda f: f["color_index"].__setitem__(1, -1), "color_index holds 0 or -1"),
     (lambda f: f["params/l"].__setitem__(0, -1.1e98), "parameter 'l' holds -1.1e+98"),
     (lambda f: f["params/m"].__setitem__(1, np.inf), "parameter 'm' holds inf"),
     (lambda f: f["color_index"].__setitem__(0, 9), "color_index holds 9"),
