@@ -3,6 +3,7 @@ import io
 import subprocess
 import sys
 
+import h5py
 import numpy as np
 import pytest
 from PIL import Image
@@ -340,6 +341,16 @@ def test_import_dm_records_of_other_sizes_are_one_line(tmp_path, capsys, lengths
                                              r"needs 1 index in \[0, 1\)"),
     (dict(m=np.array([0.5, 1.2])), r"record 1: other/m is \[1.2\], outside pendulum's "
                                    r"\[0.5, 0.5\]"),
+
+    # the boundaries: a colour index equal to num_colors, below 0, or one per body too many;
+    # a mass below the range, or above it by more than rounding (1e-6 of the range's end)
+    (dict(color_index=np.array([[1], [0]])), r"record 0: other/color_index is \[1\]"),
+    (dict(color_index=np.array([[0], [-1]])), r"record 1: other/color_index is \[-1\]"),
+    (dict(color_index=np.zeros((2, 2), np.int64)),
+     r"record 0: other/color_index is \[0, 0\], pendulum needs 1 index"),
+    (dict(m=np.array([0.5, 0.4])), r"record 1: other/m is \[0.4\], outside"),
+    (dict(m=np.array([0.5, 0.5005])), r"record 1: other/m is \[0.5005\], outside"),
+    (dict(offset=np.zeros((2, 3))), r"record 0: other/offset has 3 values, not 2 \(x, y\)"),
 ])
 def test_import_dm_refuses_values_of_another_set(tmp_path, capsys, change, match):
     # pendulum_colors records imported as pendulum: the colours made a file that open_h5 (and
@@ -392,3 +403,33 @@ def test_a_seed_the_file_cannot_store_is_one_line(tmp_path, capsys):
                  "2", "--seed", str(2 ** 64 - 1), "--out", str(tmp_path)]) == 0
     with open_h5(tmp_path / "pendulum" / "train.h5") as f:
         assert f.attrs["seed"] == 2 ** 64 - 1
+
+
+@pytest.mark.parametrize("name, want", [
+    ("pendulum_dt_0_05", ("pendulum", 0.05)),
+    ("pendulum_dt_0_1", ("pendulum", 0.1)),
+    ("two_body_dt_1", ("two_body", 1.0)),                # a whole-number dt has no '_'
+    ("pendulum", ("pendulum", None)),
+    ("pendulum_dt_0_05_old", ("pendulum_dt_0_05_old", None)),  # the whole name, or no dt
+])
+def test_suite_dir_name_reads_dataset_and_dt_from_the_whole_folder_name(tmp_path, name, want):
+    # datasets.py: <dataset>_dt_<dt> with '.' written '_'. A partial match would take a dt
+    # from a folder the suite did not name so; an integer dt would be read as part of the name.
+    from hgan.data.cli import suite_dir_name
+    assert suite_dir_name(str(tmp_path / name) + "/") == want
+
+
+def test_import_dm_fills_a_left_out_per_body_constant_over_every_body(tmp_path):
+    # two_body's m (one per body) and g are constants; records that leave them out take the
+    # system's value for each body ([N, 2] masses), not one mass or an error.
+    rng = np.random.default_rng(8)
+    d = tmp_path / "two_body"
+    d.mkdir()
+    _write_suite_dir(d, rng.integers(0, 256, (2, 3, 32, 32, 3), dtype=np.uint8),
+                     rng.standard_normal((2, 3, 8)), dict(color_index=np.array([[0, 1], [1, 0]])), 2)
+    import_dm(d, tmp_path / "out", progress=False)
+    with open_h5(tmp_path / "out" / "two_body" / "train.h5") as f:
+        np.testing.assert_array_equal(f.params["m"], np.ones((2, 2)))
+        np.testing.assert_array_equal(f.params["g"], np.ones(2))
+    with h5py.File(tmp_path / "out" / "two_body" / "train.h5", "r") as f:
+        assert f["params/m"].shape == (2, 2)
