@@ -358,3 +358,19 @@ def test_runs_sharing_the_gpu_share_its_resident_quarter(monkeypatch):
         monkeypatch.setenv(GPU_RUNS_ENV, bad)
         with pytest.raises(ValueError, match=f"HGAN_GPU_RUNS='{bad}': expected a positive"):
             auto_kind("cuda", 10, True, device_memory=100)
+
+
+def test_gpu_resident_uploads_one_epoch_when_one_plan_exceeds_the_window_limit(frames_h5,
+                                                                               monkeypatch):
+    # A plan longer than PLAN_WINDOWS_PER_UPLOAD (a set of over 2**20 trajectories) still
+    # uploads whole epochs, one at a time: not zero epochs per upload (a division by zero).
+    import hgan.data.loader as loader
+    monkeypatch.setattr(loader, "PLAN_WINDOWS_PER_UPLOAD", 1)
+    path, data = frames_h5
+    stream = build_loader(path, batch_size=BATCH, frames=FRAMES, seed=3, kind="gpu-resident")
+    assert stream.epochs_per_upload == 1
+    bpe = stream.batches_per_epoch
+    for g, batch in zip(range(2 * bpe), stream):
+        torch.testing.assert_close(batch.double(), oracle(data, g, bpe, seed=3), rtol=0,
+                                   atol=2 ** -23)
+    stream.close()
