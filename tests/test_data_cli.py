@@ -426,7 +426,8 @@ def test_import_dm_fills_a_left_out_per_body_constant_over_every_body(tmp_path):
     d = tmp_path / "two_body"
     d.mkdir()
     _write_suite_dir(d, rng.integers(0, 256, (2, 3, 32, 32, 3), dtype=np.uint8),
-                     rng.standard_normal((2, 3, 8)), dict(color_index=np.array([[0, 1], [1, 0]])), 2)
+                     rng.standard_normal((2, 3, 8)),
+                     dict(color_index=np.array([[0, 1], [1, 0]])), 2)
     import_dm(d, tmp_path / "out", progress=False)
     with open_h5(tmp_path / "out" / "two_body" / "train.h5") as f:
         np.testing.assert_array_equal(f.params["m"], np.ones((2, 2)))
