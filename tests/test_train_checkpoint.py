@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from hgan.train.checkpoint import capture_rng, load_checkpoint, restore_rng, save_checkpoint
+from hgan.train.checkpoint import (CheckpointError, capture_rng, load_checkpoint, restore_rng,
+                                   save_checkpoint)
 
 MARKER = "/tmp/hgan_checkpoint_pwned_{}".format(os.getpid())
 
@@ -169,3 +170,20 @@ def test_cuda_rng_states_of_more_gpus_than_this_machine_has_resume(monkeypatch):
     monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: seen.append(list(states)))
     restore_rng(state)
     assert len(seen) == 1 and len(seen[0]) == 1 and torch.equal(seen[0][0], state["cuda"][0])
+
+
+def test_a_truncated_legacy_format_checkpoint_is_named_so_at_any_length(tmp_path):
+    # The legacy (non-zip) torch.save format is accepted by its magic byte, but a truncated
+    # one raised IndexError, struct.error or EOFError tracebacks instead of CheckpointError.
+    import io
+    buf = io.BytesIO()
+    torch.save({"w": torch.arange(50), "iteration": 3, "config": {"lr": 0.5, "system": "x"}},
+               buf, _use_new_zipfile_serialization=False)
+    data = buf.getvalue()
+    path = tmp_path / "old.pt"
+    for n in range(1, len(data)):
+        path.write_bytes(data[:n])
+        with pytest.raises(CheckpointError):
+            load_checkpoint(str(path))
+    path.write_bytes(data)
+    assert load_checkpoint(str(path))["iteration"] == 3

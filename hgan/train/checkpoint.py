@@ -7,6 +7,7 @@ import os
 import pickle
 import random
 import re
+import struct
 import zipfile
 
 import numpy as np
@@ -102,7 +103,8 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
         # torch's message advises weights_only=False, which is what lets such a file run code:
         # only its diagnosis is kept.
         raise CheckpointError(f"refusing to load {path}: {_refusal(str(e))}") from None
-    except (RuntimeError, EOFError, OSError, UnicodeDecodeError) as e:
+    # IndexError and struct.error: a legacy (non-zip) file cut short inside a pickle opcode
+    except (RuntimeError, EOFError, OSError, UnicodeDecodeError, IndexError, struct.error) as e:
         reason = _first_sentence(str(e))
         raise CheckpointError(f"{path} is truncated or corrupt ({reason})") from None
 
