@@ -530,3 +530,56 @@ def test_a_runs_reported_statistics_are_its_last_iterations(tiny_pendulum_h5, tm
     assert len(keys) >= 8
     assert {k: straight[k] for k in keys} == {k: second[k] for k in keys}
     assert any(first[k] != second[k] for k in keys)
+
+
+def test_ckpt_every_saves_last_pt_during_the_run_and_summary_names_the_stop(tiny_pendulum_h5,
+                                                                            tmp_path):
+    # --ckpt-every could stop writing last.pt on its cadence (only the end and --keep-every
+    # did), so a crash lost every iteration since the start; and summary.json could drop
+    # "stopped", which hgan.experiments records per segment: both went unnoticed.
+    out = tmp_path / "run"
+    seen = {}
+
+    def probe(trainer):
+        last = out / "checkpoints" / "last.pt"
+        seen[trainer.iteration] = load_checkpoint(str(last))["iteration"] if last.exists() else None
+        if trainer.iteration == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    res = train(tiny_cfg(tiny_pendulum_h5, out, iters=9, ckpt_every=2), callback=probe)
+    assert seen == {1: None, 2: 2, 3: 2}
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["stopped"], summary["iteration"], res["stopped"]) == ("SIGINT", 3, "SIGINT")
+    assert summary["checkpoint"] == str(out / "checkpoints" / "last.pt")
+    assert load_checkpoint(str(out))["iteration"] == 3
+
+
+def _fake_checkpoint(cfg):
+    from hgan.train.loop import TRAINING_STATE
+    return {"config": cfg.to_dict(), "iteration": 1, **{k: None for k in TRAINING_STATE}}
+
+
+def test_resume_accepts_a_clip_frames_that_was_capped_at_frames(tmp_path):
+    # A run started with --clip-frames 16 --frames 6 stores clip_frames 6: repeating the
+    # same command line with --resume could be refused as a change of --clip-frames.
+    from hgan.train.run import resume_config
+    cfg = RunConfig(model=ModelConfig(clip_frames=6), frames=6, out=str(tmp_path / "run"))
+    path = str(tmp_path / "run" / "checkpoints" / "last.pt")
+    got = resume_config(_fake_checkpoint(cfg), cfg, path, given={"clip_frames": 16})
+    assert got.model.clip_frames == 6
+    with pytest.raises(ValueError, match="--clip-frames cannot change on resume"):
+        resume_config(_fake_checkpoint(cfg), cfg, path, given={"clip_frames": 5})
+
+
+def test_a_snapshot_at_its_runs_last_iteration_resumes_in_place(tmp_path):
+    # iter_N.pt with last.pt also at N (--keep-every on the --ckpt-every grid) loses nothing
+    # when resumed in its own run: refusing it as "behind" went unnoticed.
+    from hgan.train.run import _check_not_behind
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    torch.save({"iteration": 4}, ckpts / "last.pt")
+    torch.save({"iteration": 4}, ckpts / "iter_0000004.pt")
+    torch.save({"iteration": 2}, ckpts / "iter_0000002.pt")
+    _check_not_behind(str(ckpts / "iter_0000004.pt"), 4, str(tmp_path / "run"))
+    with pytest.raises(ValueError, match="last.pt is at 4"):
+        _check_not_behind(str(ckpts / "iter_0000002.pt"), 2, str(tmp_path / "run"))
