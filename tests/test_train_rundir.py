@@ -27,3 +27,20 @@ def test_without_fcntl_no_directory_is_opened(tmp_path, monkeypatch):
     first.release()
     second.release(discard=True)
     assert not (tmp_path / "run-2").exists()
+
+
+def test_a_claim_refused_after_making_its_directory_removes_it(tmp_path, monkeypatch):
+    # Another run locked the directory between this claim's mkdir and its flock: the
+    # refusal could leave the empty directory it made behind, unnoticed.
+    def held(fd, op):
+        raise OSError(errno.EWOULDBLOCK, "Resource temporarily unavailable")
+    monkeypatch.setattr(rundir.fcntl, "flock", held)
+    out = tmp_path / "run"
+    import pytest
+    with pytest.raises(ValueError, match="in use by another run"):
+        rundir.claim(str(out), numbered=False)
+    assert not out.exists()
+    out.mkdir()   # one it did not make stays
+    with pytest.raises(ValueError, match="in use by another run"):
+        rundir.claim(str(out), numbered=False)
+    assert out.is_dir()
