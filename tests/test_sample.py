@@ -197,3 +197,11 @@ def test_load_generator_holds_the_checkpoints_weights(checkpoints):
     state = g.state_dict()
     assert state.keys() == saved.keys()
     assert all(torch.equal(state[k], saved[k]) for k in saved)
+
+
+def test_sample_cli_accepts_fps_50_and_an_upper_case_extension():
+    # --fps 50 is documented as allowed (at most 50) and --out CLIP.GIF names a GIF: a
+    # refusal of either went unnoticed.
+    from hgan.sample import build_parser
+    a = build_parser().parse_args(["--checkpoint", "x", "--fps", "50", "--out", "CLIP.GIF"])
+    assert (a.fps, a.out) == (50, "CLIP.GIF")
