@@ -783,3 +783,58 @@ def test_trainstep_bench_speedup_is_baseline_step_over_variant_step(monkeypatch)
     recorded.clear()
     bench.record_speedup(64)     # no baseline timed at 64 px: the stored entry stays
     assert recorded == {}
+
+
+def test_leapfrog_table_recommend_takes_an_error_of_1e_4_and_the_largest_shared_batch():
+    # "within 1e-4" is inclusive: a variant measured at exactly 1e-4 of float64 qualifies
+    table = _leapfrog_table()
+    rows = _rows(("fused_latency", 16, 1.0), ("fused_tile", 16, 3.0),
+                 ("fused_latency", 64, 1.0), ("fused_tile", 64, 3.0))
+    edge = dict(_ALL_ACCURATE, **{"fused_latency/B64": 1e-4, "fused_latency/B1031": 1e-4})
+    assert table.recommend(rows, edge)["latency_max_rows"] == 64
+    edge = dict(_ALL_ACCURATE, **{"fused_latency/B1031": 1.0001e-4})
+    assert table.recommend(rows, edge)["latency_max_rows"] == 0
+    # two accurate splits, both faster than the default at 2048 and 65536: the fastest at the
+    # LARGEST batch they share (65536: tf32x3), not at the smallest (2048: the throughput one)
+    errors = dict(_ALL_ACCURATE, **{f"fused_tile_tf32x3/B{b}": 5e-6 for b in (64, 1031)})
+    rows = _rows(("fused_latency", 1024, 1.0), ("fused_tile", 1024, 2.0),
+                 ("fused_latency", 2048, 3.0), ("fused_tile", 2048, 2.0),
+                 ("fused", 2048, 2.0), ("fused", 65536, 90.0),
+                 ("fused_throughput", 2048, 1.0), ("fused_throughput", 65536, 12.0),
+                 ("fused_tile_tf32x3", 2048, 1.5), ("fused_tile_tf32x3", 65536, 10.0))
+    assert table.recommend(rows, errors)["split_above_latency"] == "fused_tile_tf32x3"
+
+
+def test_leapfrog_table_crossover_is_complete_only_when_every_batch_was_measured(
+        tmp_path, monkeypatch, capsys):
+    # the crossover at two batches: the budget runs out after the latency layout's row at the
+    # second, so its tile row is missing and no switch point may be recommended from the first
+    table = _leapfrog_table()
+    smoke = table.smoke
+
+    def two_crossover_batches():
+        smoke()
+        table.STAGES["cross"] = (6, 7)
+    monkeypatch.setattr(table, "smoke", two_crossover_batches)
+    ms = {("reference", 2): 10.0, ("fused", 2): 2.0}
+    out, timed, _ = _fake_table_main(table, monkeypatch, tmp_path, budget_s=100.0, ms=ms,
+                                     cost=lambda v, b: 90.0 if (v, b) == ("fused_latency", 7)
+                                     else 0.0)
+    assert ("fused_latency", 7) in [t[:2] for t in timed]
+    assert ("fused_tile", 7) not in [t[:2] for t in timed]
+    assert not out["cross_complete"] and "latency_max_rows" not in out["recommend"]
+    # a forward alone has no eager twin: no "x eager" ratio on its line (the reference's
+    # 10 ms over its 2 ms would read 5.0x)
+    fwd_line = next(line for line in capsys.readouterr().out.splitlines()
+                    if line.startswith("fused (fwd) ") and " 2 " in line)
+    assert not re.search(r"\d\.\dx", fwd_line) and fwd_line.split()[4] == "-", fwd_line
+
+
+def test_record_stamps_win_over_a_payload_naming_a_commit(tmp_path, monkeypatch):
+    # an entry names the commit and versions it was measured with, whatever the payload says
+    monkeypatch.setattr(_results, "RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr(_results, "environment", lambda device="cuda": {
+        "device": "GPU-X", "commit": "c9", "torch": "t9", "triton": "tr9"})
+    path = _results.record("leapfrog", "a", {"ms": 1.0, "commit": "stale", "torch": "old"})
+    e = json.load(open(path))["results"]["leapfrog"]["a"]
+    assert (e["ms"], e["commit"], e["torch"], e["triton"]) == (1.0, "c9", "t9", "tr9")

@@ -323,3 +323,30 @@ def test_summary_reads_a_named_results_file_and_states_the_rows_commits(tmp_path
     assert "| capture | 32 | 2500 | 6.40 | 25.0 (baseline at aaa) | 1.0% |  |" in out
     assert trainstep_table.main(["--summary", str(tmp_path / "none.json")]) == 1
     assert "does not exist" in capsys.readouterr().out
+
+
+def test_measure_reports_the_median_run_wherever_it_comes_in_the_rounds(monkeypatch):
+    # the median run by wall time is the first of the three here (the other test's is the
+    # last): neither the first nor the last run stands for the median in general
+    clock = [0.0]
+    monkeypatch.setattr(trainstep_table, "TrainStep", _fake_step_class(clock, 2 ** -6))
+    monkeypatch.setattr(trainstep_table, "frames_file", lambda data, res: "train.h5")
+    monkeypatch.setattr(trainstep_table, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    for order in ([(2.0, 0.1), (3.0, 0.3), (1.0, 0.0)], [(1.0, 0.0), (2.0, 0.1), (3.0, 0.3)]):
+        runs = iter(order)
+        monkeypatch.setattr(trainstep_table, "run_of_steps", lambda step, n: next(runs))
+        r = trainstep_table.measure("data", 32, "capture", busy=False)
+        assert r["median_step_s"] == pytest.approx(2.0 / 32), order
+        assert r["data_wait_share"] == pytest.approx(0.05), order
+
+
+def test_verdicts_do_not_keep_a_change_that_measured_no_gain():
+    # "keep on" only where the change measured faster: equal videos/s is no gain
+    rows = {"capture_32px": {"videos_per_s": 4000.0, "data_wait_share": 0.01},
+            "capture_64px": {"videos_per_s": 1000.0, "data_wait_share": 0.01},
+            "capture_fused_adam_32px": {"videos_per_s": 4000.0},
+            "capture_fused_adam_64px": {"videos_per_s": 1100.0},
+            "capture_compile_32px": {"videos_per_s": 4000.0}}
+    lines = trainstep_table.verdicts(rows)
+    assert "| fused_adam | +0.0% | +10.0% | no |" in lines
+    assert "| compile | +0.0% |  | no |" in lines
