@@ -141,7 +141,9 @@ def merge(paths, out_dir=RESULTS_DIR):
             raise ValueError(f"cannot read {p}: {err}") from None
     device = files[0][1].get("device")
     for p, data in files:
-        if data.get("device") != device or not device:
+        if not data.get("device"):  # it would be merged into "None.json" or ".json"
+            raise ValueError(f"{p} names no device: not a results file of bench/_results.py")
+        if data.get("device") != device:
             raise ValueError(f"{p} is from {data.get('device')!r}, not {device!r}: one device "
                              f"per results file")
     target = os.path.join(out_dir, device + ".json")

@@ -35,6 +35,12 @@ def test_merge_combines_sections_and_refuses_mixed_devices(tmp_path):
     c = _write(tmp_path / "c.json", {"device": "GPU-Y", "results": {}})
     with pytest.raises(ValueError, match="one device"):
         _results.merge([a, c], out_dir=str(tmp_path / "out"))
+    for i, nameless in enumerate(({"results": {}}, {"device": "", "results": {}})):
+        d = _write(tmp_path / f"d{i}.json", nameless)
+        for files in ([d, a], [a, d]):
+            with pytest.raises(ValueError, match=f"d{i}.json names no device"):
+                _results.merge(files, out_dir=str(tmp_path / "out"))
+    assert sorted(os.listdir(tmp_path / "out")) == ["GPU-X.json"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
