@@ -763,3 +763,36 @@ def test_planning_again_plans_the_same_jobs_and_gpu_share(tmp_path, monkeypatch)
     assert grid.train_env["HGAN_GPU_RUNS"] == "2"
     assert [j.kind for j in grid.plan(data_only=True)] == ["data"]
     assert [(j.kind, j.name) for j in grid.plan()] == first
+
+
+def _trained(run, iteration):
+    os.makedirs(run.path("checkpoints"), exist_ok=True)
+    open(run.checkpoint, "wb").close()
+    with open(run.path("summary.json"), "w") as f:
+        json.dump({"iteration": iteration}, f)
+
+
+def test_a_plan_orders_each_job_after_what_it_needs(tmp_path, monkeypatch):
+    # A hand-made grid state: pendulum's test split is missing; of its runs one is trained
+    # but not evaluated, one stopped half way, one never started. mass_spring's data is there.
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum", "mass_spring"),
+                    models=("hgan", "mocogan", "hnn_gan"), iters=10, eval_metrics="physics")
+    missing = {"pendulum": ["test"], "mass_spring": []}
+    monkeypatch.setattr(runner.datasets, "missing_splits", lambda spec, system: missing[system])
+    runs = {r.name: r for r in spec.runs()}
+    _trained(runs["pendulum-hgan-s0"], 10)
+    _trained(runs["pendulum-mocogan-s0"], 4)
+    _trained(runs["mass_spring-hgan-s0"], 10)
+    jobs = runner.GridRunner(spec, parallel=2, progress=False, log=lambda m: None).plan()
+    by = {(j.kind, j.name): j for j in jobs}
+    data = by["data", "pendulum"]
+    assert data.splits == ["test"] and jobs[0] is data and ("data", "mass_spring") not in by
+    # the trained run is only evaluated, and on its system's test split: after the data
+    assert ("train", "pendulum-hgan-s0") not in by
+    assert by["eval", "pendulum-hgan-s0"].deps == [data]
+    for name in ("pendulum-mocogan-s0", "pendulum-hnn_gan-s0"):  # resumed / started: after data
+        assert by["train", name].deps == [data]
+        assert by["eval", name].deps == [by["train", name]]
+    assert by["eval", "mass_spring-hgan-s0"].deps == []
+    assert by["train", "mass_spring-mocogan-s0"].deps == []
+    assert len(jobs) == 1 + 1 + 2 * 2 + 1 + 2 * 2
