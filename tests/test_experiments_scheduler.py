@@ -796,3 +796,41 @@ def test_a_plan_orders_each_job_after_what_it_needs(tmp_path, monkeypatch):
     assert by["eval", "mass_spring-hgan-s0"].deps == []
     assert by["train", "mass_spring-mocogan-s0"].deps == []
     assert len(jobs) == 1 + 1 + 2 * 2 + 1 + 2 * 2
+
+
+def test_exit_codes_read_as_done_stopped_or_failed_outside_a_stop_too(tmp_path):
+    # Outside a stop, a job killed by a signal (the OOM killer's -9) failed: read as
+    # "stopped", its evaluation would be skipped silently and no failure reported. An
+    # evaluation whose results are written is done whatever its exit code. A packed run whose
+    # process ended before the run's own exit line (a crash, exit 0 or not) failed.
+    from types import SimpleNamespace
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan",), iters=3,
+                    eval_metrics="samples")
+    run, = spec.runs()
+    grid = runner.GridRunner(spec, progress=False, log=lambda m: None)
+    for code in (-9, -15, 143, 1):
+        job = runner.Job("train", "pendulum", run)
+        job.proc, job.returncode = SimpleNamespace(returncode=code), code
+        assert grid._ended(job, "failed") == "failed", code
+    os.makedirs(run.path("checkpoints"))
+    open(run.checkpoint, "wb").close()
+    with open(run.path("summary.json"), "w") as f:
+        json.dump({"iteration": 3}, f)
+    ev = runner.Job("eval", "pendulum", run)
+    ev.proc, ev.returncode = SimpleNamespace(returncode=1), 1
+    assert grid._ended(ev, "failed") == "failed"  # no results yet
+    os.makedirs(run.path("eval"))
+    with open(run.path("eval", "results.json"), "w") as f:
+        json.dump({"iteration": 3, "metrics": ["samples"],
+                   "settings": settings(build_parser().parse_args(run.eval_flags()), run.system)}, f)
+    assert run.evaluated()
+    for stopping in (False, True):
+        grid.stopping = stopping
+        assert grid._ended(ev, "failed") == "done", stopping
+    grid.stopping = False
+    for process_code in (0, 1, -11):
+        job = runner.Job("train", "pendulum", run)
+        job.packed, job.state, job.started, job.iter_before = True, "running", 0.0, 0
+        job.proc = SimpleNamespace(poll=lambda: process_code, returncode=process_code)
+        job.thread = SimpleNamespace(join=lambda: None)
+        assert grid._reap(job) and job.state == "failed" and job.returncode != 0, process_code
