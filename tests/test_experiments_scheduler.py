@@ -834,3 +834,28 @@ def test_exit_codes_read_as_done_stopped_or_failed_outside_a_stop_too(tmp_path):
         job.proc = SimpleNamespace(poll=lambda: process_code, returncode=process_code)
         job.thread = SimpleNamespace(join=lambda: None)
         assert grid._reap(job) and job.state == "failed" and job.returncode != 0, process_code
+
+
+def test_the_deadline_counts_from_the_start_and_stops_training_only(tmp_path, fake_jobs,
+                                                                     monkeypatch):
+    # Status lines more often than the deadline must not push it back (its clock is the
+    # grid's), and the deadline stops training runs, not an evaluation under way.
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum", "mass_spring"), models=("hgan",),
+                    iters=300, eval_metrics="physics")
+    stopped_run, done_run = spec.runs()
+    os.makedirs(done_run.path("checkpoints"))
+    open(done_run.checkpoint, "wb").close()
+    with open(done_run.path("summary.json"), "w") as f:
+        json.dump({"iteration": 300}, f)
+    fake_eval = Run.eval_command
+    monkeypatch.setattr(Run, "eval_command", lambda self: (
+        lambda c: c[:2] + ["import time; time.sleep(1.5)\n" + c[2]] + c[3:])(fake_eval(self)))
+    grid = runner.GridRunner(spec, parallel=2, deadline_s=0.5, status_every_s=0.2,
+                             progress=False, log=lambda m: None)
+    jobs = {(j.kind, j.name): j for j in grid.plan()}
+    assert set(jobs) == {("train", stopped_run.name), ("eval", stopped_run.name),
+                         ("eval", done_run.name)}
+    grid.execute()
+    assert grid.deadline_hit and 0 < stopped_run.iteration() < 300
+    assert all(j.state == "done" for j in jobs.values())
+    assert done_run.evaluated() and stopped_run.evaluated()
