@@ -859,3 +859,17 @@ def test_the_deadline_counts_from_the_start_and_stops_training_only(tmp_path, fa
     assert grid.deadline_hit and 0 < stopped_run.iteration() < 300
     assert all(j.state == "done" for j in jobs.values())
     assert done_run.evaluated() and stopped_run.evaluated()
+
+
+def test_status_lines_come_every_status_every_seconds_not_at_every_poll(tmp_path, fake_jobs):
+    import time
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan",), iters=100,
+                    eval_metrics="physics")
+    lines = []
+    grid = runner.GridRunner(spec, status_every_s=0.6, progress=False, log=lines.append)
+    grid.plan()
+    t0 = time.time()
+    grid.execute()
+    elapsed = time.time() - t0
+    status = [m for m in lines if "jobs done" in m]
+    assert elapsed > 1.5 and 1 <= len(status) <= elapsed / 0.6 + 1, (elapsed, status)
