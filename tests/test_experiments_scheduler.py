@@ -873,3 +873,16 @@ def test_status_lines_come_every_status_every_seconds_not_at_every_poll(tmp_path
     elapsed = time.time() - t0
     status = [m for m in lines if "jobs done" in m]
     assert elapsed > 1.5 and 1 <= len(status) <= elapsed / 0.6 + 1, (elapsed, status)
+
+
+def test_only_a_later_second_ctrl_c_aborts_not_a_repeated_sigterm(tmp_path):
+    import signal
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan",), iters=3)
+    grid = runner.GridRunner(spec, progress=False, log=lambda m: None)
+    grid._on_signal(signal.SIGTERM, None)
+    assert grid.stopping and not grid.aborting
+    grid._stopped_at -= 10 * runner.SECOND_AFTER_S  # long after the first
+    grid._on_signal(signal.SIGTERM, None)  # a supervisor repeating its TERM: still a stop
+    assert not grid.aborting
+    grid._on_signal(signal.SIGINT, None)
+    assert grid.aborting
