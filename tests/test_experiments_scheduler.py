@@ -886,3 +886,23 @@ def test_only_a_later_second_ctrl_c_aborts_not_a_repeated_sigterm(tmp_path):
     assert not grid.aborting
     grid._on_signal(signal.SIGINT, None)
     assert grid.aborting
+
+
+def test_a_run_one_iteration_past_the_grids_is_refused_one_short_is_resumed(tmp_path):
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan",), iters=10,
+                    eval_metrics="physics")
+    run, = spec.runs()
+    grid = runner.GridRunner(spec, progress=False, log=lambda m: None)
+    import hgan.experiments.datasets as ds
+    for n, kinds in ((9, ["train", "eval"]), (10, ["eval"]), (11, None)):
+        os.makedirs(run.path("checkpoints"), exist_ok=True)
+        open(run.checkpoint, "wb").close()
+        with open(run.path("summary.json"), "w") as f:
+            json.dump({"iteration": n}, f)
+        if kinds is None:
+            with pytest.raises(runner.GridError, match="trained to 11 iterations"):
+                grid.plan()
+        else:
+            import unittest.mock
+            with unittest.mock.patch.object(ds, "missing_splits", lambda spec, system: []):
+                assert [j.kind for j in grid.plan()] == kinds, n
