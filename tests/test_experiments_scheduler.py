@@ -906,3 +906,18 @@ def test_a_run_one_iteration_past_the_grids_is_refused_one_short_is_resumed(tmp_
             import unittest.mock
             with unittest.mock.patch.object(ds, "missing_splits", lambda spec, system: []):
                 assert [j.kind for j in grid.plan()] == kinds, n
+
+
+def test_grid_json_holds_the_whole_grid_for_report_only(tmp_path):
+    # --report-only rebuilds the grid from grid.json's spec: a field lost or altered there
+    # (seeds, say) would report another grid than the one trained.
+    from hgan.experiments import cli
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum", "two_body"), models=("mocogan",),
+                    seeds=(3, 5), iters=7, batch_size=4, frames=8, resolution=16, device="cpu",
+                    train_traj=9, test_traj=6, traj_frames=20, data_seed=2,
+                    train_args=("--lr", "1e-3"), eval_metrics="physics", eval_args=("--frames", "8"),
+                    i3d="/x/i3d.pt")
+    cli._save_grid(spec, {"command": "c", "commit": "abc"})
+    saved = json.load(open(tmp_path / "grid.json"))
+    assert saved["command"] == "c" and saved["commit"] == "abc"
+    assert GridSpec(**saved["spec"]) == spec
