@@ -850,7 +850,7 @@ def test_the_deadline_counts_from_the_start_and_stops_training_only(tmp_path, fa
     fake_eval = Run.eval_command
     monkeypatch.setattr(Run, "eval_command", lambda self: (
         lambda c: c[:2] + ["import time; time.sleep(1.5)\n" + c[2]] + c[3:])(fake_eval(self)))
-    grid = runner.GridRunner(spec, parallel=2, deadline_s=0.5, status_every_s=0.2,
+    grid = runner.GridRunner(spec, parallel=2, deadline_s=1.0, status_every_s=0.2,
                              progress=False, log=lambda m: None)
     jobs = {(j.kind, j.name): j for j in grid.plan()}
     assert set(jobs) == {("train", stopped_run.name), ("eval", stopped_run.name),
