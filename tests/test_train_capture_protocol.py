@@ -38,6 +38,18 @@ class _FakeCuda:
                 return f"Stream({self.name})"
 
         self.Stream = Stream
+        self.devices = []                 # the torch.cuda.device contexts entered
+
+        class device_ctx:
+            def __init__(self, d):
+                self.d = str(d)
+
+            def __enter__(self):
+                fake.devices.append(self.d)
+
+            def __exit__(self, *exc):
+                fake.devices.pop()
+                return False
         self.default = Stream("default")
         self.current = [self.default]
 
@@ -48,6 +60,9 @@ class _FakeCuda:
 
             def register_generator_state(self, generator):
                 assert self.captured is None, "registered after its capture"
+                # torch allocates the generator's graph-safe state on the current device
+                assert fake.devices[-1:] == [str(fake.trainer.device)], \
+                    f"registered on device {fake.devices[-1:]}, not the run's"
                 self.generators.append(generator)
 
             def pool(self):
@@ -92,7 +107,8 @@ class _FakeCuda:
         for name, value in (("current_stream", lambda device=None: self.current[-1]),
                             ("default_stream", lambda device=None: self.default),
                             ("Stream", lambda device=None: Stream(f"side{len(self.log)}")),
-                            ("stream", stream_ctx), ("CUDAGraph", Graph), ("graph", graph)):
+                            ("stream", stream_ctx), ("CUDAGraph", Graph), ("graph", graph),
+                            ("device", device_ctx)):
             monkeypatch.setattr(torch.cuda, name, value)
 
 

@@ -210,6 +210,12 @@ class StaticStep:
         return self(real)
 
     def _capture(self):
+        # Under the run's device: registering the generator allocates its graph-safe seed and
+        # offset on the *current* device, which for a run on cuda:1 is still cuda:0.
+        with torch.cuda.device(self.trainer.device):
+            self._capture_on_device()
+
+    def _capture_on_device(self):
         t = self.trainer
         graphs = (torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph())
         for g in graphs:
