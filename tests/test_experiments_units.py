@@ -403,3 +403,21 @@ def test_inline_evaluations_draw_no_bars_under_no_progress(tmp_path, monkeypatch
     run, = spec.runs()
     grid._start(runner.Job("eval", "pendulum", run))
     assert commands == [run.eval_command() + ([] if bars else ["--no-progress"])]
+
+
+def test_grid_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    # A stop while grid.json is being written (its settings, every invocation's wall time)
+    # leaves the previous one, which the next invocation and --report-only read.
+    from hgan.experiments import cli
+    spec = _spec(tmp_path)
+    cli._save_grid(spec, {"wall_s_total": 12.0})
+    before = open(tmp_path / "grid.json").read()
+
+    def half_then_stop(obj, f, **kw):
+        f.write('{"spec": {')
+        raise KeyboardInterrupt
+    monkeypatch.setattr(json, "dump", half_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        cli._save_grid(spec, {"wall_s_total": 99.0})
+    assert open(tmp_path / "grid.json").read() == before
+    assert cli._saved_grid(str(tmp_path))["wall_s_total"] == 12.0

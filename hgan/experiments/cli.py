@@ -257,8 +257,10 @@ def table1(a, argv):
 
 
 def _save_grid(spec, meta):
-    with open(os.path.join(spec.out, "grid.json"), "w") as f:
-        json.dump({"spec": spec.to_dict(), **meta}, f, indent=1)
+    # Atomically: a grid stopped while it wrote grid.json would lose the settings and the wall
+    # time of every earlier invocation, which --report-only and the next one read.
+    from hgan.experiments.grid import _write_json
+    _write_json(os.path.join(spec.out, "grid.json"), {"spec": spec.to_dict(), **meta})
 
 
 # Small files of a grid worth committing: no checkpoints, TensorBoard events, logs or GIFs.
