@@ -583,3 +583,44 @@ def test_a_snapshot_at_its_runs_last_iteration_resumes_in_place(tmp_path):
     _check_not_behind(str(ckpts / "iter_0000004.pt"), 4, str(tmp_path / "run"))
     with pytest.raises(ValueError, match="last.pt is at 4"):
         _check_not_behind(str(ckpts / "iter_0000002.pt"), 2, str(tmp_path / "run"))
+
+
+def test_tensorboard_events_up_to_a_checkpoint_are_flushed_when_it_is_written(
+        tiny_pendulum_h5, tmp_path, monkeypatch):
+    # A process that dies after a checkpoint (killed, out of memory) is resumed from it, and
+    # the resume logs only later iterations: the events up to it must be on disk by then.
+    # tensorboard's own file writer happens to write through; with TensorFlow installed its
+    # GFile buffers until a flush. A writer that keeps every event pending until flush() (and
+    # discards nothing) stands in for that.
+    import torch.utils.tensorboard as tb
+    durable, seen = [], {}
+
+    class BufferingWriter(tb.SummaryWriter):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            self.pending = []
+
+        def add_scalar(self, tag, value, step=None, *a, **kw):
+            self.pending.append((tag, step))
+            return super().add_scalar(tag, value, step, *a, **kw)
+
+        def flush(self):
+            durable.extend(self.pending)
+            self.pending.clear()
+            return super().flush()
+
+        def close(self):
+            self.flush()
+            return super().close()
+
+    monkeypatch.setattr(tb, "SummaryWriter", BufferingWriter)
+
+    def at(trainer):   # runs after the iteration's checkpoint
+        seen[trainer.iteration] = sorted(set(durable))
+
+    train(tiny_cfg(tiny_pendulum_h5, tmp_path / "r", iters=3, ckpt_every=2), callback=at)
+    at_ckpt = {}
+    for tag, step in seen[2]:
+        at_ckpt.setdefault(tag, []).append(step)
+    assert {"loss/D_I", "loss/D_V", "loss/G", "loss/L_cyc"} <= set(at_ckpt)
+    assert all(steps == [1, 2] for steps in at_ckpt.values()), at_ckpt

@@ -507,6 +507,10 @@ def _run(setup: Setup, callback, stop) -> dict:
                         trainer.save()
                         if keep:
                             trainer.save(f"iter_{it:07d}.pt")
+                        # A resume keeps the events up to the checkpoint's iteration and logs
+                        # only later ones: those still in the writer's queue when the process
+                        # dies (killed, out of memory, a second Ctrl-C) would be a gap.
+                        writer.flush()
                     saved_at = it
                 if callback is not None:
                     callback(trainer)
