@@ -226,6 +226,30 @@ def test_the_commit_named_in_compare_md_is_hgan_commit_where_set(monkeypatch):
     assert cli._commit() == "abc1234"
 
 
+def test_an_installed_copy_inside_another_repository_names_no_commit(tmp_path, monkeypatch):
+    # site-packages of a venv inside the user's own git project: git would name that
+    # project's commit as the grid's
+    import subprocess
+
+    import hgan
+    monkeypatch.delenv("HGAN_COMMIT", raising=False)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(hgan.__file__)))
+    assert cli._commit() == subprocess.run(["git", "-C", here, "describe", "--always",
+                                            "--dirty"], capture_output=True, text=True
+                                           ).stdout.strip()     # this checkout's
+    project = tmp_path / "myproject"
+    site = project / ".venv" / "lib" / "site-packages"
+    site.mkdir(parents=True)
+    for c in (["init", "-q"], ["-c", "user.email=a@b", "-c", "user.name=a", "commit", "-q",
+                               "--allow-empty", "-m", "theirs"]):
+        subprocess.run(["git", "-C", str(project)] + c, check=True)
+    theirs = subprocess.run(["git", "-C", str(project), "describe", "--always"],
+                            capture_output=True, text=True).stdout.strip()
+    monkeypatch.setattr(hgan, "__file__", str(site / "hgan" / "__init__.py"))
+    got = cli._commit()
+    assert theirs not in got and got == f"unknown (installed hgan {hgan.__version__})"
+
+
 @pytest.mark.parametrize("flag", ["--train-traj", "--test-traj", "--traj-frames"])
 def test_no_trajectories_or_frames_is_one_error_before_any_data(tmp_path, capsys, flag):
     # --train-traj 0 or --test-traj 0 used to pass every check; then each system's data

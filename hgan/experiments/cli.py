@@ -140,12 +140,18 @@ def _commit():
     """The checkout's commit; $HGAN_COMMIT where the tree was copied without its .git."""
     if os.environ.get("HGAN_COMMIT"):
         return os.environ["HGAN_COMMIT"]
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import hgan
+    root = os.path.dirname(os.path.dirname(os.path.abspath(hgan.__file__)))
+    installed = f"unknown (installed hgan {hgan.__version__})"
+    # Only a checkout of this project: an installed copy's site-packages may sit inside
+    # another git repository (a venv in the user's project), whose commit git would report.
+    if not hgan._names_hgan(os.path.join(root, "pyproject.toml")):
+        return installed
     try:
         return subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"],
-                               capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
+                               capture_output=True, text=True, timeout=10).stdout.strip() or installed
     except (OSError, subprocess.SubprocessError):
-        return "unknown"
+        return installed
 
 
 def _device_name(device):
