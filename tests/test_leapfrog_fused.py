@@ -374,6 +374,33 @@ def test_fused_double_backward_raises():
         torch.autograd.grad(q.sum(), q0, create_graph=True)
 
 
+def test_fused_vmapped_backward_is_refused_by_name():
+    # jacobian(vectorize=True) and autograd.grad(is_grads_batched=True) vmap the backward.
+    # The fused backward failed inside Triton's launch ("Cannot access storage of
+    # BatchedTensorImpl") instead of naming the backend and the way out, as analytic does.
+    weights, biases = _model_params(2, 16, "softplus", False, seed=4)
+    q0 = torch.randn(2, 2, device=DEVICE)
+    p0 = torch.randn(2, 2, device=DEVICE)
+
+    def roll(q, backend="fused"):
+        return leapfrog(q, p0, weights, biases, frames=2, backend=backend)[1]
+    msg = "fused leapfrog backend's hand-written backward cannot be vmapped.*backend='reference'"
+    with pytest.raises(RuntimeError, match=msg):
+        torch.autograd.functional.jacobian(roll, q0, vectorize=True)
+    q = q0.clone().requires_grad_(True)
+    out = roll(q)
+    with pytest.raises(RuntimeError, match=msg):
+        torch.autograd.grad(out, q, torch.randn(3, *out.shape, device=DEVICE),
+                            is_grads_batched=True)
+    # the unbatched jacobian of the fused rollout is the float64 reference's
+    want = torch.autograd.functional.jacobian(
+        lambda q: leapfrog(q, p0.double(), [w.double() for w in weights],
+                           [b.double() for b in biases], frames=2, backend="reference")[1],
+        q0.double())
+    got = torch.autograd.functional.jacobian(roll, q0)
+    assert ((got.double() - want).norm() / want.norm()).item() <= 1e-4
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="real-CUDA check needs a GPU")
 @pytest.mark.parametrize("B,scheme", [(64, "order2"), (1000, "order2"), (1000, "official")])

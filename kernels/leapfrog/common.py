@@ -75,16 +75,23 @@ def hand_written_backward(backend, backward, ctx, *grads):
     (jacobian(vectorize=True), autograd.grad(is_grads_batched=True)), which its in-place
     buffer updates cannot take, named with the way out instead of vmap's message about add_."""
     refuse_double_backward(backend)
+    if functorch_active() or any(_batched(g) for g in grads if isinstance(g, torch.Tensor)):
+        # Checked before it runs: inside, analytic failed with vmap's message about add_ and
+        # fused inside Triton's launch ("Cannot access storage of BatchedTensorImpl").
+        raise RuntimeError(
+            f"the {backend} leapfrog backend's hand-written backward cannot be vmapped "
+            f"(torch.autograd.functional.jacobian(vectorize=True), "
+            f"autograd.grad(is_grads_batched=True)); use backend='reference'")
     with autocast_off(grads[0].device.type):
-        try:
-            return backward(ctx, *grads)
-        except RuntimeError as err:
-            if not str(err).startswith("vmap"):
-                raise
-            raise RuntimeError(
-                f"the {backend} leapfrog backend's hand-written backward cannot be vmapped "
-                f"(torch.autograd.functional.jacobian(vectorize=True), "
-                f"autograd.grad(is_grads_batched=True)); use backend='reference'") from err
+        return backward(ctx, *grads)
+
+
+def _batched(t):
+    """Whether t is a vmap-batched tensor. The batched backwards (jacobian(vectorize=True),
+    is_grads_batched=True) hand a custom Function's backward cotangents that carry the
+    Batched dispatch key but no functorch interpreter on the stack; torch exposes no
+    DispatchKey member for that key, so its name is read from the key set."""
+    return "Batched" in str(torch._C._dispatch_keys(t))
 
 
 def refuse_double_backward(backend):
