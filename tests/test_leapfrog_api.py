@@ -263,6 +263,36 @@ def test_inference_mode_names_the_backend_that_cannot_run(mlp):
         torch.testing.assert_close(g, r)
 
 
+@pytest.mark.parametrize("backend", ["reference", "analytic"])
+def test_results_require_grad_only_when_an_input_does(mlp, backend):
+    # reference differentiated H at a fresh leaf with create_graph whenever grad mode was on,
+    # so a rollout of plain tensors came back requiring grad (q.numpy() raised) and kept its
+    # graph alive; a torch op on inputs that need no gradient returns results that need none.
+    w, b = [t.double() for t in mlp[0]], [t.double() for t in mlp[1]]
+    gen = torch.Generator().manual_seed(7)
+    q0 = torch.randn(2, 3, dtype=torch.float64, generator=gen)
+    p0 = torch.randn(2, 3, dtype=torch.float64, generator=gen)
+    out = leapfrog(q0, p0, w, b, frames=3, backend=backend)
+    assert not any(t.requires_grad for t in out)
+    out[0].numpy()
+    with torch.no_grad():
+        want = leapfrog(q0, p0, w, b, frames=3, backend="analytic")
+    for x, y in zip(out, want):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
+    # one input that needs a gradient: every result is differentiable w.r.t. it
+    w1 = w[1].clone().requires_grad_(True)
+    q, p, d = leapfrog(q0, p0, [w[0], w1, w[2]], b, frames=3, backend=backend)
+    assert q.requires_grad and p.requires_grad and d.requires_grad
+    (g,) = torch.autograd.grad(p.square().sum(), w1)
+    eps, e = 1e-6, torch.zeros_like(w1)
+    e[0, 0] = eps                       # central difference in float64 on one entry
+
+    def f(x):
+        return leapfrog(q0, p0, [w[0], x, w[2]], b, frames=3, backend="analytic")[1].square().sum()
+    fd = (f(w[1] + e) - f(w[1] - e)) / (2 * eps)
+    torch.testing.assert_close(g[0, 0], fd, rtol=1e-6, atol=1e-9)
+
+
 def test_flop_count_closed_form():
     # One gradient evaluation at k=1, widths (2, 3): m = [2*2, 2*3] -> 2*2*(4+6) FLOPs per row.
     assert leapfrog_flops(1, 2, 1, (2, 3)) == 3 * 2 * 2 * 10

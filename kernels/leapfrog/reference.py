@@ -52,7 +52,10 @@ def leapfrog_reference(q0, p0, weights, biases, dt, frames, activation, scheme="
         raise RuntimeError("backend='reference' differentiates H with autograd, which "
                            "torch.inference_mode() disables; use torch.no_grad() or "
                            "backend='analytic'")
-    create_graph = torch.is_grad_enabled()
+    # A graph only where a gradient can flow: with inputs that need none the results need
+    # none either (they came back requiring grad, and kept every step's graph alive).
+    create_graph = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (q0, p0, *weights, *biases))
     qs, ps, dhdqs = [q0], [p0], []
     q, p = q0, p0
     with torch.enable_grad():
