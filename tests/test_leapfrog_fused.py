@@ -143,9 +143,10 @@ def test_tensor_core_precisions_run_in_both_layouts(tile, monkeypatch, chunk, wi
     # The interpreter computes tf32 dots in fp32, so on CPU this checks the plumbing (the flag
     # reaches every dot of both layouts and both kernels) at the fp32 tolerance. bf16x3 runs
     # its real split there (products of the bf16 parts in fp32, exact), so its accuracy is
-    # tested here too: 1e-4, the contract. On a GPU the dots are real: tf32x3 and bf16x3
-    # keep the contract, one-pass tf32 (10-bit operands) only a loose tolerance;
-    # bench/gpu/leapfrog_table.py records every error. (The resident layout runs at
+    # tested here too: 1e-4 on these inputs (not everywhere: see
+    # test_bf16x3_misses_the_1e4_contract_on_some_inputs_and_the_docs_say_so). On a GPU the
+    # dots are real: tf32x3 keeps the contract, one-pass tf32 (10-bit operands) only a loose
+    # tolerance; bench/gpu/leapfrog_table.py records every error. (The resident layout runs at
     # width 16: at width 128 its tf32x3 forward asks for 328 KB of shared memory on sm_90.)
     monkeypatch.setattr(fused, "_chunk", lambda h1, h2: chunk)
     monkeypatch.setattr(fused, "THROUGHPUT_PRECISIONS", ())   # bf16x3 in the tile layouts
@@ -414,6 +415,31 @@ def test_fused_matches_analytic_on_cuda(B, scheme):
     f = leapfrog(q0, p0, weights, biases, frames=16, backend="fused", scheme=scheme)
     for x, y in zip(f, a):
         assert torch.allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
+def test_bf16x3_misses_the_1e4_contract_on_some_inputs_and_the_docs_say_so(tile):
+    # The docs said bf16x3 stays "inside the 1e-4 contract" (7.5e-5 at worst over 20 cases at
+    # k 3 and 10). At k = 1, widths 32/16, tanh, half of six random inputs miss it; ieee on the
+    # same inputs is within 1.3e-6, so the norms are not near cancellation.
+    gen = torch.Generator().manual_seed(1)
+    weights, biases = random_mlp(1, (32, 16), generator=gen)
+    q0, p0 = torch.randn(5, 1, generator=gen), torch.randn(5, 1, generator=gen)
+    weights, biases = [w.to(DEVICE) for w in weights], [b.to(DEVICE) for b in biases]
+    q0, p0 = q0.to(DEVICE), p0.to(DEVICE)
+    errs = {prec: max(compare_to_reference(q0, p0, weights, biases, 0.1, 4, "tanh", "fused",
+                                           precision=prec).values())
+            for prec in ("ieee", "bf16x3")}
+    assert errs["ieee"] <= 1e-4, errs
+    assert errs["bf16x3"] <= 1e-3, errs           # the split's own arithmetic, compounded
+    if dispatch._interpreting():                  # the emulated split, deterministic on CPU
+        assert errs["bf16x3"] > 1e-4, errs        # 1.6e-4, in d_b0
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for doc in ("README.md", "docs/integrator.md"):
+        with open(os.path.join(root, doc)) as f:
+            text = " ".join(f.read().split())
+        for claim in ("inside the 1e-4 contract", "within the 1e-4 contract"):
+            assert claim not in text, (doc, claim)
+        assert "2.2e-4" in text, doc              # the largest miss measured, stated
 
 
 @pytest.mark.parametrize("B,k,widths,frames,scheme,activation", [
