@@ -417,12 +417,18 @@ def test_fused_matches_analytic_on_cuda(B, scheme):
         assert torch.allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
-def test_bf16x3_misses_the_1e4_contract_on_some_inputs_and_the_docs_say_so(tile):
+@pytest.mark.parametrize("widths, layout, miss", [((32, 16), 16, 1.6e-4),   # streamed
+                                                  ((64, 64), "throughput", 1.15e-4)])
+def test_bf16x3_misses_the_1e4_contract_on_some_inputs_and_the_docs_say_so(tile, widths,
+                                                                          layout, miss):
     # The docs said bf16x3 stays "inside the 1e-4 contract" (7.5e-5 at worst over 20 cases at
-    # k 3 and 10). At k = 1, widths 32/16, tanh, half of six random inputs miss it; ieee on the
-    # same inputs is within 1.3e-6, so the norms are not near cancellation.
+    # k 3 and 10). At k = 1, tanh, half of six random inputs miss it, in the tile layouts and
+    # in the throughput layout (the one that would serve large batches); ieee on the same
+    # inputs is within 1.3e-6, so the norms are not near cancellation. Hence bf16x3 is never
+    # the default (bench/gpu/leapfrog_table.py's DEFAULT_SPLITS).
+    assert fused._layout(5, 4, *widths, "bf16x3") == layout
     gen = torch.Generator().manual_seed(1)
-    weights, biases = random_mlp(1, (32, 16), generator=gen)
+    weights, biases = random_mlp(1, widths, generator=gen)
     q0, p0 = torch.randn(5, 1, generator=gen), torch.randn(5, 1, generator=gen)
     weights, biases = [w.to(DEVICE) for w in weights], [b.to(DEVICE) for b in biases]
     q0, p0 = q0.to(DEVICE), p0.to(DEVICE)
@@ -432,7 +438,7 @@ def test_bf16x3_misses_the_1e4_contract_on_some_inputs_and_the_docs_say_so(tile)
     assert errs["ieee"] <= 1e-4, errs
     assert errs["bf16x3"] <= 1e-3, errs           # the split's own arithmetic, compounded
     if dispatch._interpreting():                  # the emulated split, deterministic on CPU
-        assert errs["bf16x3"] > 1e-4, errs        # 1.6e-4, in d_b0
+        assert errs["bf16x3"] == pytest.approx(miss, rel=0.1), errs   # in d_b0
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for doc in ("README.md", "docs/integrator.md"):
         with open(os.path.join(root, doc)) as f:
