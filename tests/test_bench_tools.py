@@ -73,7 +73,9 @@ def test_tuning_precompile_runs_every_config_in_spawned_workers(monkeypatch):
     import tune_fused
     monkeypatch.setattr(tune_fused, "FRAMES", 3)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    cfgs = [(16, 4, 0, "ieee"), (16, 4, 32, "tf32")]
+    # one resident and one streamed config, 32-row blocks (the sweep's other default): the
+    # workers' 64 rows are 2 programs each, half the interpreted work of 16-row blocks
+    cfgs = [(32, 4, 0, "ieee"), (32, 4, 32, "tf32")]
     assert tune_fused.precompile(cfgs, jobs=2, device=device) == {cfg: None for cfg in cfgs}
 
 
