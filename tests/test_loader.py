@@ -3,6 +3,7 @@ bad file fails with open_h5's own error."""
 import multiprocessing
 import re
 import shutil
+import traceback
 
 import h5py
 import numpy as np
@@ -24,6 +25,19 @@ def frames_h5(noisy_generated_h5):
     """A generated (open_h5-valid) file with noise frames: every window differs, so a wrong
     index cannot go unnoticed."""
     return noisy_generated_h5(N_TRAJ, TRAJ_LEN, SIZE)
+
+
+def release_workers(excinfo):
+    """Clear the frames of a loader error's traceback (and of the errors it chains). They hold
+    the DataLoader iterator (the stream's generator frame, torch's own), in a cycle through
+    the test's frame: left to the cyclic collector, which finalizes in an arbitrary order, its
+    workers waited out their 5 s join timeout each, at whichever later test the collector ran
+    (10 s after 2 workers: tests/test_loader.py alone spent 15 s in those stalls). Freed here
+    the iterator shuts its workers down at once."""
+    err = excinfo.value
+    while err is not None:
+        traceback.clear_frames(err.__traceback__)
+        err = err.__context__
 
 
 def take(path, n, **kw):
@@ -280,8 +294,9 @@ def test_file_replaced_under_a_running_loader_is_named(noisy_generated_h5, tmp_p
     stream = build_loader(str(path), batch_size=BATCH, frames=FRAMES, kind="torch",
                           num_workers=num_workers)
     shutil.copy(noisy_generated_h5(N_TRAJ + 2, TRAJ_LEN, SIZE)[0], path)
-    with pytest.raises(hdata.DataFormatError, match="replaced while in use"):
+    with pytest.raises(hdata.DataFormatError, match="replaced while in use") as e:
         next(iter(stream))
+    release_workers(e)
 
 
 @pytest.mark.parametrize("kind, workers", [("torch", 0), ("torch", 1), ("gpu-resident", 0)])
@@ -304,6 +319,7 @@ def test_damaged_chunk_past_the_probe_is_named(frames_h5, tmp_path, kind, worker
         for _ in zip(range(stream.batches_per_epoch), stream):
             pass
     assert "\n" not in str(e.value)
+    release_workers(e)
 
 
 def test_a_loader_on_a_cuda_device_this_machine_lacks_is_named(frames_h5, monkeypatch):
