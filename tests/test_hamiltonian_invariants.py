@@ -168,7 +168,7 @@ def test_batch_split_invariance(backend):
         torch.testing.assert_close(x, torch.cat([pt[i] for pt in parts]), rtol=1e-6, atol=1e-6)
 
 
-def _train_losses(backend, device="cpu", steps=6):
+def _train_losses(backend, device="cpu", steps=3):
     torch.manual_seed(4)
     m = HamiltonianMLP(2, hidden=16).to(device)
     opt = torch.optim.Adam(m.parameters(), lr=1e-2)
