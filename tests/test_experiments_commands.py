@@ -362,3 +362,11 @@ def test_hgan_train_of_a_user_install_and_a_foreign_train_py(monkeypatch, tmp_pa
     assert grid.train_script() == str(user / name)
     (default / name).write_text("from hgan.train.cli import entry\n")
     assert grid.train_script() == str(default / name)
+
+
+@pytest.mark.parametrize("device, index", [("cuda:1", 1), ("cuda", 0), ("auto", 0)])
+def test_compare_md_names_the_gpu_the_grid_ran_on(monkeypatch, device, index):
+    import torch
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: f"GPU number {i}")
+    assert cli._device_name(device).startswith(f"GPU number {index} (torch ")

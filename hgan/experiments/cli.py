@@ -159,7 +159,9 @@ def _device_name(device):
 
     import torch
     if device != "cpu" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0) + f" (torch {torch.__version__})"
+        # the grid's own GPU (cuda:N), not always the first one
+        index = torch.device(device).index if device.startswith("cuda") else None
+        return torch.cuda.get_device_name(index or 0) + f" (torch {torch.__version__})"
     return f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores (torch {torch.__version__})"
 
 
