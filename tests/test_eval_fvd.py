@@ -274,3 +274,45 @@ def test_fvd_over_seeds_is_the_mean_and_standard_deviation_of_the_seeds(monkeypa
     assert got["fvd_mean"] == pytest.approx(10 / 3)
     assert got["fvd_std"] == pytest.approx(np.sqrt(146) / 3)  # population std of 0, 1, 9
     assert got["seeds"] == [0, 1, 2] and not got["canonical"]
+
+
+def test_a_damaged_or_interrupted_real_statistics_cache_is_computed_again(stand_in_i3d, tmp_path,
+                                                                        monkeypatch):
+    # An evaluation stopped (Ctrl-C) while it wrote the cache, or a parallel one reading it
+    # mid-write, must not leave a partial .npz that later runs load (BadZipFile traceback).
+    det = fvd.load_detector(stand_in_i3d)
+    real_frames = fvd.to_uint8(_FakeGenerator(0.0).sample(16, 16, generator=torch.Generator().manual_seed(3)))
+    real_frames = real_frames.permute(0, 2, 3, 4, 1).numpy()
+    data_path = tmp_path / "fake.h5"
+    data_path.write_bytes(b"x")
+    cache_dir = tmp_path / "cache"
+    kw = dict(data_path=str(data_path), detector_path=stand_in_i3d, num_videos=16, frames=16,
+              seed=0, batch_size=16)
+    want_mu, want_sigma = fvd.real_stats(real_frames, det, cache_dir=None, **kw)  # no cache
+
+    real_savez = np.savez
+
+    def interrupted_savez(file, **arrays):  # writes part of the archive, then Ctrl-C
+        real_savez(file, **arrays)
+        if isinstance(file, str):
+            with open(file if file.endswith(".npz") else file + ".npz", "r+b") as f:
+                f.truncate(100)
+        else:
+            file.truncate(100)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", interrupted_savez)
+    with pytest.raises(KeyboardInterrupt):
+        fvd.real_stats(real_frames, det, cache_dir=str(cache_dir), **kw)
+    monkeypatch.setattr(np, "savez", real_savez)
+    assert [p.name for p in cache_dir.iterdir()] == []   # nothing half-written is left
+
+    # a cache file damaged some other way (a crash, a full disk) is a miss, not a traceback
+    mu, _ = fvd.real_stats(real_frames, det, cache_dir=str(cache_dir), **kw)
+    (cached,) = cache_dir.iterdir()
+    cached.write_bytes(cached.read_bytes()[:100])
+    mu, sigma = fvd.real_stats(real_frames, det, cache_dir=str(cache_dir), **kw)
+    np.testing.assert_array_equal(mu, want_mu)
+    np.testing.assert_array_equal(sigma, want_sigma)
+    mu_c, _ = fvd.real_stats(None, det, cache_dir=str(cache_dir), **kw)  # rewritten whole
+    np.testing.assert_array_equal(mu_c, want_mu)

@@ -13,7 +13,9 @@ after the same uint8 quantisation real frames went through.
 import hashlib
 import json
 import os
+import threading
 import warnings
+import zipfile
 
 import numpy as np
 import scipy.linalg
@@ -177,16 +179,28 @@ def real_stats(frames_ds, detector, *, data_path, detector_path, num_videos=2048
                           frames=frames, seed=seed)
     cache = os.path.join(cache_dir, f"fvd_real_{key}.npz") if cache_dir else None
     if cache and os.path.exists(cache):
-        with np.load(cache) as z:
-            return z["mu"], z["sigma"]
+        try:
+            with np.load(cache) as z:
+                return z["mu"], z["sigma"]
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            pass  # damaged (a crash while an older version wrote it): computed and replaced
     clips = real_windows(frames_ds, num_videos=num_videos, frames=frames, seed=seed)
     check_videos(clips, frames, "real videos")
     mu, sigma = feature_stats(extract_features(detector, clips, batch_size=batch_size,
                                                device=device, desc="I3D real",
                                                progress=progress))
     if cache:
+        # Whole or not at all: an interrupted write, or an evaluation in parallel that reads
+        # the cache while another writes it, must never see a partial archive.
         os.makedirs(cache_dir, exist_ok=True)
-        np.savez(cache, mu=mu, sigma=sigma)
+        tmp = f"{cache}.{os.getpid()}.{threading.get_ident()}.tmp"
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, mu=mu, sigma=sigma)
+            os.replace(tmp, cache)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return mu, sigma
 
 
