@@ -419,3 +419,22 @@ def test_a_metric_whose_library_is_not_installed_is_one_line_naming_the_extra(
     assert e.value.code == 2
     _one_error_line(capsys, words)
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_names_a_results_json_it_cannot_read(tmp_path, capsys):
+    # A results.json cut short, hand-edited, or written by something else: one line naming
+    # that file (not a bare JSON parser message, nor a KeyError/TypeError traceback).
+    good = _results(tmp_path, "good", "hgan", "pendulum", 0.01)
+    for name, text, words in (("cut", '{"model": "hgan", ', ["not valid JSON"]),
+                              ("list", "[]", ["not an evaluation's results"]),
+                              ("empty", "{}", ["not an evaluation's results", "model"])):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "results.json").write_text(text)
+        with pytest.raises(SystemExit) as e:
+            cli.main(["compare", good, str(d)])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"{PROG} compare: error: {d / 'results.json'}: "), err
+        assert all(w in err for w in words), err

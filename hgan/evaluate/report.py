@@ -183,9 +183,24 @@ def results_path(run_dir):
                             f"`python -m hgan.evaluate --checkpoint ... --out {run_dir}/eval` first")
 
 
+# What compare_table reads of every results.json (the rest it reads where present).
+REQUIRED_KEYS = ("model", "system", "iteration")
+
+
 def find_results(run_dir):
-    with open(results_path(run_dir)) as f:
-        return json.load(f)
+    """The results.json of `run_dir` (results_path); ValueError naming the file when it is
+    not valid JSON or not an evaluation's results (lacks REQUIRED_KEYS)."""
+    path = results_path(run_dir)
+    with open(path) as f:
+        try:
+            r = json.load(f)
+        except ValueError as e:  # json.JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"{path}: not valid JSON ({e})") from None
+    missing = [k for k in REQUIRED_KEYS if not isinstance(r, dict) or k not in r]
+    if missing:
+        raise ValueError(f"{path}: not an evaluation's results (no {', '.join(missing)}); "
+                         f"python -m hgan.evaluate writes them")
+    return r
 
 
 METRICS = [
