@@ -311,13 +311,13 @@ def test_the_checkpoint_report_puts_each_number_in_its_row():
     assert "| real, held-out | 0.202 | 1.11 (half vs half) |" in text
     assert "| real, frames shuffled in time | 0.303 | 2.22 |" in text
     assert "| generated | 0.404 | 3.33; 4.44 (half vs half, to set beside real's) |" in text
-    assert "| real, held-out | 0.0061 | 0.0625 | 0 | 1 |" in text
-    assert "| generated | 0.0072 | 0.875 | 0.125 | 0.93 |" in text
+    assert "| real, held-out | 0.0061 | 6% | 0% | 1 |" in text
+    assert "| generated | 0.0072 | 88% | 12% | 0.93 |" in text
     # results from before the blank count: n/a, not a crash
     old = _results_with_distinct_numbers()
     for k in ("real_blank", "generated_blank"):
         del old["appearance"][k]
-    assert "| generated | 0.0072 | 0.875 | n/a | 0.93 |" in report.checkpoint_report(old)
+    assert "| generated | 0.0072 | 88% | n/a | 0.93 |" in report.checkpoint_report(old)
     assert "forward 0.0123, backward 0.456." in text and "**1 of 3**" in text
 
 
@@ -594,3 +594,16 @@ def test_the_active_count_is_strictly_above_a_floor_per_unit_time():
     got = count([0.012], p_spread=1.0, duration=0.75)
     assert got["active_dims"] == 0 and got["floor"] == pytest.approx(0.01 / 0.75)
     assert count([0.012], p_spread=1.0, duration=-0.75)["active_dims"] == 0  # dt < 0 rollouts
+
+
+def test_the_checkpoint_report_gives_flagged_and_blank_fractions_as_percentages():
+    # fractions of the videos, as compare gives them: a "blank 1" beside 32 videos reads as
+    # one blank video when every one of them is blank
+    text = report.checkpoint_report(_results_with_distinct_numbers())
+    assert "| flagged (% of videos) | blank (% of videos) |" in text
+    assert "| real, held-out | 0.0061 | 6% | 0% | 1 |" in text
+    assert "| generated | 0.0072 | 88% | 12% | 0.93 |" in text
+    old = _results_with_distinct_numbers()   # from before the blank count
+    for k in ("real_blank", "generated_blank"):
+        del old["appearance"][k]
+    assert "| generated | 0.0072 | 88% | n/a | 0.93 |" in report.checkpoint_report(old)

@@ -16,6 +16,11 @@ def _fmt(x, digits=4):
     return str(x)
 
 
+def _pct(fraction):
+    """A fraction of the videos as a percentage (as compare gives it); n/a when absent."""
+    return "n/a" if fraction is None else f"{fraction:.0%}"
+
+
 def checkpoint_report(results):
     """Markdown for one results.json dict."""
     r = results
@@ -61,12 +66,13 @@ def checkpoint_report(results):
                   f"({_fmt(ap['object_mass_pixels'], 3)} pixels). A video is flagged above "
                   f"{_fmt(ap['flag_threshold'], 3)} (an object fading, splitting or appearing); "
                   "blank when its mean mass is under a tenth of one object's (nothing drawn).", "",
-                  "| videos | variation (median) | flagged | blank | foreground mass vs real |",
+                  "| videos | variation (median) | flagged (% of videos) | blank (% of videos) | "
+                  "foreground mass vs real |",
                   "|---|---|---|---|---|",
                   f"| {_real_label(r)} | {_fmt(ap['real']['median'], 3)} | "
-                  f"{_fmt(ap['real_flagged'], 3)} | {_fmt(ap.get('real_blank'), 3)} | 1 |",
+                  f"{_pct(ap['real_flagged'])} | {_pct(ap.get('real_blank'))} | 1 |",
                   f"| generated | {_fmt(ap['generated']['median'], 3)} | "
-                  f"{_fmt(ap['generated_flagged'], 3)} | {_fmt(ap.get('generated_blank'), 3)} | "
+                  f"{_pct(ap['generated_flagged'])} | {_pct(ap.get('generated_blank'))} | "
                   f"{_fmt(ap['mass_ratio'], 3)} |", ""]
     cyc = r.get("cyclic")
     if cyc:
