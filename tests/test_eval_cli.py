@@ -607,3 +607,22 @@ def test_the_checkpoint_report_gives_flagged_and_blank_fractions_as_percentages(
     for k in ("real_blank", "generated_blank"):
         del old["appearance"][k]
     assert "| generated | 0.0072 | 88% | n/a | 0.93 |" in report.checkpoint_report(old)
+
+
+def test_the_tsne_colour_bar_names_what_it_colours_by(tmp_path, monkeypatch):
+    # HNN models embed q after one leapfrog step (docs/evaluation.md): the colour is |q|;
+    # mocogan embeds the GRU's first output y
+    pytest.importorskip("sklearn")
+    import matplotlib.figure
+    labels = []
+    colorbar = matplotlib.figure.Figure.colorbar
+
+    def rec(self, mappable, *a, label="", **k):
+        labels.append(label)
+        return colorbar(self, mappable, *a, label=label, **k)
+    monkeypatch.setattr(matplotlib.figure.Figure, "colorbar", rec)
+    for model in ("hnn_gan", "mocogan"):
+        ckpt, _ = _checkpoint(tmp_path, model, tmp_path / "absent.h5", iteration=1)
+        cli.main(["--checkpoint", ckpt, "--out", str(tmp_path / model), "--metrics", "tsne",
+                  "--tsne-samples", "12", "--tsne-iters", "250", "--device", "cpu"])
+    assert labels == ["|q|", "|y|"]

@@ -257,7 +257,8 @@ def _evaluate(args, run):
         emb = figures.tsne_embedding(pts, iterations=args.tsne_iters)
         results["figures"]["tsne"] = figures.plot_tsne(
             emb, fig(f"tsne_{model}.png"), title=f"{model}: motion t-SNE ({len(pts)} samples)",
-            color=np.linalg.norm(pts, axis=1))
+            color=np.linalg.norm(pts, axis=1),
+            color_label="|q|" if structure.has_hamiltonian(generator) else "|y|")
     if "cyclic" in metrics:
         am = structure.active_momenta(generator, n=args.momenta_videos, frames=args.frames)
         er = structure.energy_rollouts(generator, n=args.rollout_videos, steps=args.rollout_steps)

@@ -79,13 +79,13 @@ def tsne_embedding(points, *, seed=0, perplexity=30.0, iterations=1000):
     return tsne.fit_transform(points)
 
 
-def plot_tsne(embedding, path, *, title, color=None):
+def plot_tsne(embedding, path, *, title, color=None, color_label="|y|"):
     plt = _matplotlib()
     fig, ax = plt.subplots(figsize=(3.6, 3.4), dpi=100)
     sc = ax.scatter(embedding[:, 0], embedding[:, 1], s=3, c=color,
                     cmap="viridis" if color is not None else None)
     if color is not None:
-        fig.colorbar(sc, ax=ax, fraction=0.046, label="|y|")
+        fig.colorbar(sc, ax=ax, fraction=0.046, label=color_label)
     ax.set_title(title, fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
