@@ -316,3 +316,16 @@ def test_a_damaged_or_interrupted_real_statistics_cache_is_computed_again(stand_
     np.testing.assert_array_equal(sigma, want_sigma)
     mu_c, _ = fvd.real_stats(None, det, cache_dir=str(cache_dir), **kw)  # rewritten whole
     np.testing.assert_array_equal(mu_c, want_mu)
+
+
+def test_a_directory_given_as_the_detector_is_named_as_one(monkeypatch, tmp_path):
+    # --i3d DIR (the folder the detector was downloaded into) exists: "does not exist" is wrong
+    monkeypatch.delenv(fvd.I3D_ENV, raising=False)
+    with pytest.raises(FileNotFoundError) as err:
+        fvd.resolve_detector_path(str(tmp_path))
+    assert f"'{tmp_path}' is a directory, not the detector file" in str(err.value)
+    assert "does not exist" not in str(err.value)
+    (tmp_path / fvd.I3D_FILENAME).write_bytes(b"x")   # the file is inside it: named
+    with pytest.raises(FileNotFoundError) as err:
+        fvd.resolve_detector_path(str(tmp_path))
+    assert f"did you mean {tmp_path / fvd.I3D_FILENAME}?" in str(err.value)

@@ -33,7 +33,14 @@ def resolve_detector_path(path=None):
     """The detector file from the flag, else $HGAN_I3D; one clear error when neither exists."""
     path = path or os.environ.get(I3D_ENV)
     if not path or not os.path.isfile(path):
-        where = f"'{path}' does not exist" if path else f"no --i3d PATH and ${I3D_ENV} is unset"
+        if not path:
+            where = f"no --i3d PATH and ${I3D_ENV} is unset"
+        elif os.path.isdir(path):
+            inside = os.path.join(path, I3D_FILENAME)
+            where = f"'{path}' is a directory, not the detector file" + (
+                f"; did you mean {inside}?" if os.path.isfile(inside) else "")
+        else:
+            where = f"'{path}' does not exist"
         raise FileNotFoundError(
             f"FVD needs the TorchScript I3D detector '{I3D_FILENAME}' ({where}). It is the "
             f"port of tf.hub i3d-kinetics-400 published with StyleGAN-V at {I3D_URL} ; "
