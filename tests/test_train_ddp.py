@@ -166,6 +166,8 @@ LEAVER = textwrap.dedent("""
     import hgan.train.loop as loop
     from hgan.train.cli import main
     from hgan.train import dist as hdist
+    # --amp on a CPU without native bf16, whatever this one has: one line says fp32
+    loop.cpu_has_fast_bf16 = lambda: False
     rank = int(os.environ["RANK"])
     if rank == 0:  # the checkpoint writer is slow: rank 1 must still wait for it
         save = loop.Trainer.save
@@ -193,12 +195,15 @@ def test_train_py_ranks_leave_together_after_the_checkpoint(tiny_pendulum_h5, tm
     args = ["--system", "pendulum", "--batch-size", "4", "--frames", "6", "--clip-frames", "4",
             "--ngf", "4", "--ndf", "4", "--hidden", "8", "--device", "cpu", "--loader", "torch",
             "--num-workers", "0", "--iters", "2", "--n-samples", "2", "--no-progress",
-            "--data", data, "--out", str(out)]
+            "--amp", "--data", data, "--out", str(out)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(script), data, str(tmp_path), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "batch 4 (2 per rank)," in proc.stdout   # the batch is global: said at the start
+    # the run's lines come from rank 0 alone: --amp's fall-back to fp32 is said once, not
+    # once per rank
+    assert proc.stderr.count("[hgan] --amp: this CPU has no native bf16") == 1, proc.stderr
     import json
     left = [json.loads((tmp_path / f"left{r}.json").read_text()) for r in (0, 1)]
     assert [x["rc"] for x in left] == [0, 0]

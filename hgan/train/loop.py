@@ -68,8 +68,11 @@ def cpu_has_fast_bf16() -> bool:
     return any(bool(p()) for p in probes if p is not None)
 
 
-def amp_policy(device: torch.device, enabled: bool, dtype: str = "auto"):
+def amp_policy(device: torch.device, enabled: bool, dtype: str = "auto", say: bool = True):
     """(autocast dtype or None, GradScaler needed).
+
+    say: whether this process reports the CPU fall-back (under torchrun rank 0 alone does, so
+    that it is one line, not one per rank).
 
     bf16 keeps fp32's exponent range, so gradients cannot underflow and no loss scaling is
     needed; it is used on every CUDA device that supports it and on CPUs with native bf16.
@@ -94,6 +97,8 @@ def amp_policy(device: torch.device, enabled: bool, dtype: str = "auto"):
         raise ValueError("--amp-dtype fp16 is for CUDA; on CPU autocast uses bf16")
     if cpu_has_fast_bf16():
         return torch.bfloat16, False
+    if not say:
+        return (None, False) if dtype == "auto" else (torch.bfloat16, False)
     if dtype == "auto":
         print("[hgan] --amp: this CPU has no native bf16 (AVX512-BF16/AMX), where bf16 runs "
               "~20x slower than fp32: training in fp32", file=sys.stderr, flush=True)
@@ -240,7 +245,8 @@ class Trainer:
         np.random.seed(cfg.seed)
         self.models = build_models(cfg.model, self.device)
         self.G, self.D_I, self.D_V = self.models.generator, self.models.image_disc, self.models.video_disc
-        self.amp_dtype, use_scaler = amp_policy(self.device, cfg.amp, cfg.amp_dtype)
+        self.amp_dtype, use_scaler = amp_policy(self.device, cfg.amp, cfg.amp_dtype,
+                                                say=self.info.is_main)
         if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
             self.amp_dtype = self._checked_cpu_bf16(cfg)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
