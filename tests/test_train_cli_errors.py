@@ -705,3 +705,25 @@ def test_loader_dali_without_dali_is_one_line_naming_the_extra(data_root, tmp_pa
     code, _, err = call(argv + ["--data", data_root, "--out", str(out), "--iters", "1"], capsys)
     assert_one_error_line(code, err, "--loader dali", "pip install -e '.[dali]'")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("world,batch,needle", [
+    ("1", "1", "needs >= 2 videos per batch, got 1 (--batch-size 1)"),
+    ("2", "5", "--batch-size 5 is not divisible by the 2 ranks"),
+])
+def test_a_batch_that_cannot_train_is_refused_before_the_dataset_is_generated(
+        world, batch, needle, tmp_path, capsys, monkeypatch):
+    # The flags alone say that this batch cannot train: generating a missing dataset first
+    # (hours for a paper-size set) only to refuse it afterwards wasted that time.
+    # as torchrun sets them; refused before joining the process group
+    for name, value in (("WORLD_SIZE", world), ("RANK", "0"), ("LOCAL_RANK", "0")):
+        monkeypatch.setenv(name, value)
+    data = tmp_path / "data"
+    code, out, err = call(TINY + ["--data", str(data), "--out", str(tmp_path / "run"),
+                                  "--model", "mocogan", "--batch-size", batch,
+                                  "--gen-train", "4", "--gen-test", "0", "--gen-frames", "8"],
+                          capsys)
+    assert_one_error_line(code, err, needle)
+    assert out == ""   # no "generating" line
+    assert not (data / "pendulum" / "train.h5").exists()
+    assert not (tmp_path / "run").exists()

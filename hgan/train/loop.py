@@ -219,6 +219,20 @@ def check_resumed_dataset(saved: dict | None, cfg: RunConfig, now: dict | None =
                          f"that dataset's root")
 
 
+def local_batch(cfg: RunConfig, world_size: int) -> int:
+    """Each rank's share of --batch-size; ValueError when the batch cannot train on this many
+    ranks (checked by the setup before a missing dataset is generated, and by Trainer)."""
+    if cfg.batch_size % world_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the "
+                         f"{world_size} ranks")
+    local = cfg.batch_size // world_size
+    refusal = batch_refusal(cfg.model, local)
+    if refusal:
+        raise ValueError(f"{refusal} (--batch-size {cfg.batch_size}"
+                         + (f" over {world_size} ranks)" if world_size > 1 else ")"))
+    return local
+
+
 # What a checkpoint must hold to resume (Trainer.state_dict; hgan.train.run checks it).
 TRAINING_STATE = ("generator", "image_disc", "video_disc", "opt_g", "opt_di", "opt_dv", "scaler",
                   "loader_position", "noise_rng", "rng")
@@ -229,15 +243,7 @@ class Trainer:
         self.cfg, self.info = cfg, info or hdist.DistInfo()
         self.dataset = None  # dataset_identity of the training set, kept in checkpoints
         self.device = torch.device(device) if device is not None else resolve_device(cfg.device, self.info)
-        if cfg.batch_size % self.info.world_size:
-            raise ValueError(f"--batch-size {cfg.batch_size} is not divisible by the "
-                             f"{self.info.world_size} ranks")
-        self.local_batch = cfg.batch_size // self.info.world_size
-        refusal = batch_refusal(cfg.model, self.local_batch)
-        if refusal:
-            ranks = self.info.world_size
-            raise ValueError(f"{refusal} (--batch-size {cfg.batch_size}"
-                             + (f" over {ranks} ranks)" if ranks > 1 else ")"))
+        self.local_batch = local_batch(cfg, self.info.world_size)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         # Nothing in training draws from these, but checkpoints store their states: seeded,
         # two runs of one seed write the same checkpoint whatever ran before in the process.

@@ -19,7 +19,7 @@ from hgan.train.checkpoint import load_checkpoint
 from hgan.train.config import RunConfig, resumable_fields
 from hgan.train.loop import (TRAINING_STATE, NonFiniteLoss, Trainer, check_data_root,
                              check_resumed_dataset, dataset_identity, ensure_dataset,
-                             resolve_device)
+                             local_batch, resolve_device)
 from hgan.train.media import save_samples, strip
 from hgan.train.profiling import stage, step_profiler
 
@@ -222,6 +222,9 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=N
     cfg = replace(cfg, data=os.path.abspath(cfg.data), out=os.path.abspath(cfg.out))
     if check is not None:
         check(cfg)
+    # A batch these flags cannot train is refused before a missing dataset is generated (and
+    # before joining torchrun's group, whose size WORLD_SIZE already gives).
+    local_batch(cfg, int(os.environ.get("WORLD_SIZE", "1")))
     saved_data = ckpt.get("dataset") if ckpt is not None else None
     check_data_root(cfg)
     if not os.path.exists(cfg.data_path):  # before generating what would not be the run's data
