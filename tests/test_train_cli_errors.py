@@ -5,6 +5,7 @@ import json
 import os
 import re
 import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -727,3 +728,53 @@ def test_a_batch_that_cannot_train_is_refused_before_the_dataset_is_generated(
     assert out == ""   # no "generating" line
     assert not (data / "pendulum" / "train.h5").exists()
     assert not (tmp_path / "run").exists()
+
+
+def _ends_in_the_last_barrier(monkeypatch, tmp_path, barrier):
+    """train.py's main on rank 1 of a torchrun job whose training ended normally and whose
+    group's closing barrier (the wait for rank 0's last checkpoint) does `barrier()`."""
+    import torch.distributed as dist
+
+    import hgan.train.run as hrun
+    from hgan.train import dist as hdist
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    setup = SimpleNamespace(info=SimpleNamespace(enabled=True, rank=1),
+                            cfg=SimpleNamespace(out=str(tmp_path / "run")))
+    group = []   # joined in the setup, left at the end
+    monkeypatch.setattr(hrun, "prepare", lambda *a, **k: group.append(1) or setup)
+    monkeypatch.setattr(hrun, "run", lambda s: {})
+    monkeypatch.setattr(dist, "is_initialized", lambda: bool(group))
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: barrier())
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: group.clear())
+    monkeypatch.setattr(hdist, "left_a_group", False)   # main, not entry: no os._exit
+    try:
+        return main(TINY)
+    except BaseException as e:  # noqa: BLE001 - a traceback where one line was due
+        return repr(e)
+
+
+def test_a_peer_lost_while_waiting_for_the_last_checkpoint_is_one_line(monkeypatch, tmp_path,
+                                                                       capsys):
+    # Rank 0 killed while it wrote its last checkpoint: the rank waiting for it ended in
+    # gloo's "Connection closed by peer" traceback.
+    def barrier():
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                           "[127.0.0.1]:20625")
+    code = _ends_in_the_last_barrier(monkeypatch, tmp_path, barrier)
+    assert code == 1
+    assert capsys.readouterr().err == (
+        f"train.py: error (rank 1): lost contact with another rank, which stopped or failed "
+        f"(its message is above); no checkpoint of the run is in {tmp_path / 'run'} on this "
+        f"machine (rank 0 writes them)\n")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_waiting_for_the_last_checkpoint_ends_nothing_early(sig, monkeypatch,
+                                                                           tmp_path, capsys):
+    # Ctrl-C to torchrun (SIGINT, then SIGTERM, to every rank) while rank 0 writes its last
+    # checkpoint: the waiting rank ended in a KeyboardInterrupt traceback. Its training is
+    # done and rank 0 saves and says so: it waits for that and exits 0, without a word.
+    code = _ends_in_the_last_barrier(monkeypatch, tmp_path,
+                                     lambda: os.kill(os.getpid(), sig))
+    assert code == 0
+    assert capsys.readouterr().err == ""

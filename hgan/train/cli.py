@@ -45,7 +45,6 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGTERM, raise_interrupted)
     import torch.distributed as dist
     own_group = not dist.is_initialized()  # a group the caller set up stays up for it
-    done = False
     try:
         try:
             setup = prepare(cfg, resume=resume, given=given)
@@ -86,23 +85,50 @@ def main(argv=None) -> int:
                 raise
             # Another rank stopped or died (its own message says why): one line here, not
             # the collective's traceback.
-            print(f"{prog()}: error (rank {setup.info.rank}): lost contact with another rank, "
-                  f"which stopped or failed (its message is above); {_kept(setup.cfg.out)}",
-                  file=sys.stderr)
-            return 1
+            return _lost_contact(setup)
         except KeyboardInterrupt:  # a second Ctrl-C while the first one's stop was pending
             if reports_bad_input():
                 print(f"{prog()}: aborted by a second Ctrl-C; the run keeps its last "
                       f"checkpoint, if one was written (resume with --resume {setup.cfg.out})",
                       file=sys.stderr)
             return 128 + signal.SIGINT
-        done = True
-        return 0
+        return _leave_together(setup) if own_group else 0
     finally:
         if own_group:
-            hdist.leave(clean=done)  # under torchrun; nothing otherwise
+            # under torchrun; nothing otherwise, or when _leave_together left already
+            hdist.leave(clean=False)
         if sigterm == signal.SIG_DFL:
             signal.signal(signal.SIGTERM, sigterm)
+
+
+def _leave_together(setup) -> int:
+    """Under torchrun, once this rank's training ended normally: wait for the others (rank 0
+    may still be writing its last checkpoint) and leave the group; the exit code.
+
+    A SIGINT or SIGTERM in that wait (Ctrl-C to torchrun, which signals every rank) asks for
+    what is already under way: the rank goes on waiting, and exits 0 without a word (rank 0
+    says how the run ended). A rank lost in that wait (rank 0 killed during its save) is one
+    line, as in training."""
+    from hgan.train import dist as hdist
+    held = {sig: signal.signal(sig, lambda *_: None)
+            for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        hdist.leave(clean=True)
+    except RuntimeError as e:
+        if not hdist.lost_peer(e):
+            raise
+        return _lost_contact(setup)
+    finally:
+        for sig, old in held.items():
+            signal.signal(sig, signal.SIG_DFL if old is None else old)
+    return 0
+
+
+def _lost_contact(setup) -> int:
+    """A collective failed because another rank is gone: one line, exit code 1."""
+    print(f"{prog()}: error (rank {setup.info.rank}): lost contact with another rank, which "
+          f"stopped or failed (its message is above); {_kept(setup.cfg.out)}", file=sys.stderr)
+    return 1
 
 
 def _stopped_before_start(signum) -> int:
