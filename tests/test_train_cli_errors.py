@@ -778,3 +778,27 @@ def test_a_signal_while_waiting_for_the_last_checkpoint_ends_nothing_early(sig, 
                                      lambda: os.kill(os.getpid(), sig))
     assert code == 0
     assert capsys.readouterr().err == ""
+
+
+def test_a_peer_lost_during_the_setup_is_one_line(monkeypatch, tmp_path, capsys):
+    # Rank 0 killed while it generated the missing dataset: the rank waiting for it in the
+    # setup's barrier ended in gloo's "Connection closed by peer" traceback.
+    import hgan.train.run as hrun
+    for name, value in (("WORLD_SIZE", "2"), ("RANK", "1"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+
+    def prepare(*a, **k):
+        raise RuntimeError("[../gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                           "[127.0.0.1]:20625")
+    monkeypatch.setattr(hrun, "prepare", prepare)
+    code, _, err = call(TINY, capsys)
+    assert code == 1
+    assert err == ("train.py: error (rank 1): lost contact with another rank during the setup, "
+                   "which stopped or failed (its message is above); training did not start\n")
+    # any other RuntimeError of the setup is a bug: its traceback stays
+
+    def broken(*a, **k):
+        raise RuntimeError("shape mismatch in conv")
+    monkeypatch.setattr(hrun, "prepare", broken)
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        main(TINY)

@@ -7,6 +7,7 @@ also data found unreadable mid-run (after its checkpoint is saved);
 kept; later: nothing of the run written yet). Once the setup is done, a signal saves a
 checkpoint (at iteration 0, or the resumed one, if no step ran yet) and the exit code is 0;
 a second Ctrl-C before that checkpoint aborts without it (130)."""
+import os
 import signal
 import sys
 
@@ -50,6 +51,15 @@ def main(argv=None) -> int:
             setup = prepare(cfg, resume=resume, given=given)
         except (ValueError, FileNotFoundError, CheckpointError) as e:
             return bad_input(e)
+        except RuntimeError as e:
+            if not (int(os.environ.get("WORLD_SIZE", "1")) > 1 and hdist.lost_peer(e)):
+                raise
+            # A rank gone while the others waited for it in the setup (rank 0 killed while
+            # it generated the dataset): one line from each rank left, as in training.
+            print(f"{prog()}: error (rank {os.environ.get('RANK', '?')}): lost contact with "
+                  "another rank during the setup, which stopped or failed (its message is "
+                  "above); training did not start", file=sys.stderr)
+            return 1
         # A Ctrl-C under torchrun reaches every rank: these lines, as bad input's, come from
         # each node's first rank only.
         except GenerationInterrupted as e:
@@ -94,11 +104,13 @@ def main(argv=None) -> int:
             return 128 + signal.SIGINT
         return _leave_together(setup) if own_group else 0
     finally:
+        # SIGTERM's default first: torchrun sends it to the ranks left when one fails, which
+        # have said why they stop already (or stop for it)
+        if sigterm == signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, sigterm)
         if own_group:
             # under torchrun; nothing otherwise, or when _leave_together left already
             hdist.leave(clean=False)
-        if sigterm == signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, sigterm)
 
 
 def _leave_together(setup) -> int:
