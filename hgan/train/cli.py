@@ -121,7 +121,11 @@ def _leave_together(setup) -> int:
     what is already under way: the rank goes on waiting, and exits 0 without a word (rank 0
     says how the run ended). A rank lost in that wait (rank 0 killed during its save) is one
     line, as in training."""
+    import torch.distributed as dist
+
     from hgan.train import dist as hdist
+    if not dist.is_initialized():   # not under torchrun, or nothing was left to train
+        return 0
     held = {sig: signal.signal(sig, lambda *_: None)
             for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
