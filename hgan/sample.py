@@ -94,6 +94,18 @@ def _out(text):
     return text
 
 
+def _seed(text):
+    # torch.Generator.manual_seed takes a 64-bit seed (a negative one wraps); outside that
+    # range it raised "Overflow when unpacking long long", naming no flag.
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not -2**63 <= v < 2**64:
+        raise argparse.ArgumentTypeError(f"expected a 64-bit integer (0 to 2**64 - 1), got {v}")
+    return v
+
+
 def _time_step(text):
     v = _finite(text)
     if v == 0:
@@ -120,7 +132,7 @@ def build_parser():
     p.add_argument("--dt", type=_time_step, default=None,
                    help="time step; negative runs backwards; hgan and hnn_gan only "
                         "(default: the training dt)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: %(default)s)")
+    p.add_argument("--seed", type=_seed, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--device", type=_device, default="cpu",
                    help="cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--fps", type=_fps, default=REAL_TIME_FPS,
