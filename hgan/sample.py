@@ -115,11 +115,13 @@ def _time_step(text):
 
 
 def _device(text):
+    # check_device accepts (and its error offers) auto: the device it resolves to, since
+    # torch.device("auto") is no device (that ended in torch's list of device types)
     try:
-        check_device(text)
+        dev = check_device(text)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
-    return text
+    return text if text != "auto" else dev.type
 
 
 def build_parser():
@@ -134,7 +136,7 @@ def build_parser():
                         "(default: the training dt)")
     p.add_argument("--seed", type=_seed, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--device", type=_device, default="cpu",
-                   help="cpu, cuda or cuda:N (default: %(default)s)")
+                   help="auto (cuda when available), cpu, cuda or cuda:N (default: %(default)s)")
     p.add_argument("--fps", type=_fps, default=REAL_TIME_FPS,
                    help=f"GIF frames per second, at most {_MAX_FPS}; the default plays in real "
                         f"time at the data's dt (default: %(default)s)")

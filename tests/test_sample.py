@@ -84,6 +84,17 @@ def test_sample_cli_writes_gif_and_png(checkpoints, tmp_path, capsys):
     assert png.shape == (3 * 32, 9 * 32, 3)  # one row per video, one column per frame
 
 
+def test_sample_cli_device_auto_samples_where_it_resolves(checkpoints, tmp_path, capsys,
+                                                          monkeypatch):
+    # the parser took --device auto (and its device error offers it), then torch.device("auto")
+    # failed: "hgan.sample: error: Expected one of cpu, cuda, ... device type ...: auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc, stdout, err = run_cli(capsys, "--checkpoint", checkpoints["hgan"], "--n", "1",
+                              "--frames", "2", "--device", "auto", "--out", str(tmp_path / "a.gif"))
+    assert rc == 0, err
+    assert sorted(os.listdir(tmp_path)) == ["a.gif", "a.png"]
+
+
 def test_sample_cli_out_folder_writes_inside_it(checkpoints, tmp_path, capsys):
     folder = tmp_path / "out"
     folder.mkdir()
