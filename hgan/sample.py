@@ -102,7 +102,7 @@ def _seed(text):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if not -2**63 <= v < 2**64:
-        raise argparse.ArgumentTypeError(f"expected a 64-bit integer (0 to 2**64 - 1), got {v}")
+        raise argparse.ArgumentTypeError(f"expected a 64-bit integer (-2**63 to 2**64 - 1), got {v}")
     return v
 
 

@@ -438,3 +438,17 @@ def test_compare_names_a_results_json_it_cannot_read(tmp_path, capsys):
         assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
         assert err.startswith(f"{PROG} compare: error: {d / 'results.json'}: "), err
         assert all(w in err for w in words), err
+
+
+def test_device_auto_evaluates_where_it_resolves(files, tmp_path):
+    # check_device accepts auto (its error offers it): the evaluation runs on what it
+    # resolves to (torch.device("auto") ended in a traceback listing torch's device types)
+    from hgan.evaluate.inputs import resolve_device
+    assert resolve_device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert resolve_device("cpu") == "cpu" and resolve_device(None) == resolve_device("auto")
+    out = tmp_path / "e"
+    args = ["--checkpoint", files["ckpt"], "--data", files["data"], "--metrics", "cyclic",
+            "--out", str(out)] + FAST[:-2] + ["--device", "auto"]
+    assert cli.main(args) is not None
+    results = json.load(open(out / "results.json"))
+    assert "cyclic" in results["metrics"]

@@ -82,10 +82,10 @@ def resolve_device(name):
     if name is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        check_device(name)
+        # the device `name` resolves to: torch.device("auto") is no device
+        return str(check_device(name))
     except ValueError as e:
         raise InputError(str(e)) from None
-    return name
 
 
 def load_run(path, device):
