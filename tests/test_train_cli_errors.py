@@ -802,3 +802,17 @@ def test_a_peer_lost_during_the_setup_is_one_line(monkeypatch, tmp_path, capsys)
     monkeypatch.setattr(hrun, "prepare", broken)
     with pytest.raises(RuntimeError, match="shape mismatch"):
         main(TINY)
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**32), str(2**64)])
+def test_a_seed_outside_numpys_range_is_refused_before_the_dataset_is_generated(
+        seed, tmp_path, capsys):
+    # The Trainer seeds numpy with it (0 .. 2**32 - 1): beyond, numpy's (or torch's) own
+    # message named no flag, and came after a missing dataset had been generated.
+    data = tmp_path / "data"
+    code, out, err = call(TINY + ["--data", str(data), "--out", str(tmp_path / "run"),
+                                  "--seed", seed, "--gen-train", "4", "--gen-test", "0",
+                                  "--gen-frames", "8"], capsys)
+    assert_one_error_line(code, err, f"--seed must be an integer from 0 to 2**32 - 1, got {seed}")
+    assert out == "" and not (data / "pendulum" / "train.h5").exists()
+    assert not (tmp_path / "run").exists()

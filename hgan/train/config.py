@@ -89,6 +89,10 @@ class RunConfig:
                                  f"got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
+        # numpy's seed range (the Trainer seeds numpy with it); beyond it numpy's own message,
+        # naming no flag, came after a missing dataset had been generated
+        if not 0 <= int(self.seed) < 2**32:
+            raise ValueError(f"--seed must be an integer from 0 to 2**32 - 1, got {self.seed}")
         # Checked here, not at the first rollout, which would fail after the data is loaded.
         if not (math.isfinite(self.model.dt) and self.model.dt > 0):
             raise ValueError(f"--dt must be a finite number > 0, got {self.model.dt}")
