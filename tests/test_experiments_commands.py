@@ -248,6 +248,12 @@ def test_an_installed_copy_inside_another_repository_names_no_commit(tmp_path, m
     monkeypatch.setattr(hgan, "__file__", str(site / "hgan" / "__init__.py"))
     got = cli._commit()
     assert theirs not in got and got == f"unknown (installed hgan {hgan.__version__})"
+    # a source tree of this project copied without its .git: unknown, not "installed"
+    tree = tmp_path / "copied"
+    (tree / "hgan").mkdir(parents=True)
+    (tree / "pyproject.toml").write_text('[project]\nname = "hgan"\n')
+    monkeypatch.setattr(hgan, "__file__", str(tree / "hgan" / "__init__.py"))
+    assert cli._commit() == "unknown"
 
 
 @pytest.mark.parametrize("flag", ["--train-traj", "--test-traj", "--traj-frames"])

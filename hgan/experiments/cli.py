@@ -147,11 +147,11 @@ def _commit():
     # another git repository (a venv in the user's project), whose commit git would report.
     if not hgan._names_hgan(os.path.join(root, "pyproject.toml")):
         return installed
-    try:
+    try:   # a source tree without its .git (copied) or without git: "unknown"
         return subprocess.run(["git", "-C", root, "describe", "--always", "--dirty"],
-                               capture_output=True, text=True, timeout=10).stdout.strip() or installed
+                               capture_output=True, text=True, timeout=10).stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
-        return installed
+        return "unknown"
 
 
 def _device_name(device):

@@ -300,7 +300,7 @@ def check_flags(spec):
         if resume:
             raise GridError("--train-args --resume: the grid resumes its own runs (run the same "
                             "command again)")
-        # the one check train.py makes only when it builds its models (one process: one rank)
+        # as train.py's setup checks it (one process: one rank), named as the grid's flag
         refusal = batch_refusal(cfg.model, cfg.batch_size)
         if refusal:
             raise GridError(f"{refusal} (--batch-size)")
