@@ -390,3 +390,30 @@ def test_gpu_resident_uploads_one_epoch_when_one_plan_exceeds_the_window_limit(f
         torch.testing.assert_close(batch.double(), oracle(data, g, bpe, seed=3), rtol=0,
                                    atol=2 ** -23)
     stream.close()
+
+
+def test_a_loader_error_releases_the_dataloader_iterator_at_once(frames_h5, tmp_path,
+                                                                 monkeypatch):
+    # The error's traceback holds the stream's generator frame: holding the DataLoader
+    # iterator too, it kept the workers until the cyclic collector ran, each then waiting out
+    # a 5 s join timeout wherever that happened (another packed run, a later evaluation).
+    import weakref
+
+    import torch.utils.data as tud
+    path = tmp_path / "damaged.h5"
+    shutil.copy(frames_h5[0], path)
+    with h5py.File(path, "r") as f:
+        info = f["frames"].id.get_chunk_info_by_coord((2, 0, 0, 0, 0))
+    with open(path, "r+b") as f:
+        f.seek(info.byte_offset)
+        f.write(b"\xff" * info.size)
+    made = []
+    iterate = tud.DataLoader.__iter__
+    monkeypatch.setattr(tud.DataLoader, "__iter__",
+                        lambda self: made.append(weakref.ref(it := iterate(self))) or it)
+    stream = build_loader(str(path), batch_size=1, frames=FRAMES, kind="torch", num_workers=0)
+    with pytest.raises(hdata.DataFormatError) as e:
+        for _ in zip(range(stream.batches_per_epoch), stream):
+            pass
+    assert e.value.__traceback__ is not None and len(made) == 1
+    assert made[0]() is None     # freed while the error (and its traceback) is still held

@@ -107,13 +107,22 @@ class TorchBatchStream(BatchStream):
                             # initialisation under way (hgan.train.pack).
                             generator=torch.Generator().manual_seed(0))
         batches = iter(loader)
-        while True:
-            try:
-                u8 = next(batches)
-            except DataFormatError as e:  # a worker's: its message without its traceback
-                raise DataFormatError(error_line(e)) from None
-            self.position += 1
-            yield to_unit_range(u8.to(self.device, non_blocking=True), self.channels_last)
+        try:
+            while True:
+                failed = None
+                try:
+                    u8 = next(batches)
+                except DataFormatError as e:  # a worker's: its message without its traceback
+                    failed = error_line(e)
+                if failed is not None:  # raised outside the handler: no context exception
+                    raise DataFormatError(failed)   # whose frames hold the iterator
+                self.position += 1
+                yield to_unit_range(u8.to(self.device, non_blocking=True), self.channels_last)
+        finally:
+            # Released now: an error's traceback keeps this frame, and with it the iterator,
+            # until the cyclic collector runs, when each worker waits out its 5 s join timeout
+            # (at an arbitrary later point: another packed run's step, the next evaluation).
+            del batches, loader
 
 
 class ResidentBatchStream(BatchStream):
