@@ -299,18 +299,25 @@ def test_file_replaced_under_a_running_loader_is_named(noisy_generated_h5, tmp_p
     release_workers(e)
 
 
-@pytest.mark.parametrize("kind, workers", [("torch", 0), ("torch", 1), ("gpu-resident", 0)])
-def test_damaged_chunk_past_the_probe_is_named(frames_h5, tmp_path, kind, workers):
-    """open_h5 probes the first and last trajectory; a damaged chunk in between still gives
-    a DataFormatError naming the file when a stream reads it, in one line also from a
-    worker process (torch re-raised it with the worker's whole traceback in its message)."""
+def _damaged_copy(src, tmp_path):
+    """A copy of `src` whose third trajectory's frames chunk is overwritten (open_h5 probes
+    only the first and last)."""
     path = tmp_path / "damaged.h5"
-    shutil.copy(frames_h5[0], path)
+    shutil.copy(src, path)
     with h5py.File(path, "r") as f:
         info = f["frames"].id.get_chunk_info_by_coord((2, 0, 0, 0, 0))
     with open(path, "r+b") as f:
         f.seek(info.byte_offset)
         f.write(b"\xff" * info.size)
+    return path
+
+
+@pytest.mark.parametrize("kind, workers", [("torch", 0), ("torch", 1), ("gpu-resident", 0)])
+def test_damaged_chunk_past_the_probe_is_named(frames_h5, tmp_path, kind, workers):
+    """open_h5 probes the first and last trajectory; a damaged chunk in between still gives
+    a DataFormatError naming the file when a stream reads it, in one line also from a
+    worker process (torch re-raised it with the worker's whole traceback in its message)."""
+    path = _damaged_copy(frames_h5[0], tmp_path)
     hdata.open_h5(str(path)).close()  # passes validation
     want = f"^{re.escape(str(path))}: truncated or corrupt data"
     with pytest.raises(hdata.DataFormatError, match=want) as e:
@@ -400,13 +407,7 @@ def test_a_loader_error_releases_the_dataloader_iterator_at_once(frames_h5, tmp_
     import weakref
 
     import torch.utils.data as tud
-    path = tmp_path / "damaged.h5"
-    shutil.copy(frames_h5[0], path)
-    with h5py.File(path, "r") as f:
-        info = f["frames"].id.get_chunk_info_by_coord((2, 0, 0, 0, 0))
-    with open(path, "r+b") as f:
-        f.seek(info.byte_offset)
-        f.write(b"\xff" * info.size)
+    path = _damaged_copy(frames_h5[0], tmp_path)
     made = []
     iterate = tud.DataLoader.__iter__
     monkeypatch.setattr(tud.DataLoader, "__iter__",
