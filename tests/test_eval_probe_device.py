@@ -35,7 +35,7 @@ def test_cached_probe_loads_onto_the_requested_device(tiny_pendulum_h5, tmp_path
     kw = dict(angular=(0,), steps=5, width=4, batch_size=8, progress=False)
     first = probe.load_or_train_probe(str(path), ds.frames, ds.states, device="cpu", **kw)
     again = probe.load_or_train_probe(str(path), ds.frames, ds.states, device="cpu", **kw)
-    assert not list(tmp_path.glob("*.tmp"))  # written atomically, no temporary left behind
+    assert not list(tmp_path.glob("*.partial"))  # written atomically, no temporary left
     for a, b in zip(first.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
 
@@ -51,3 +51,23 @@ def test_probe_trains_on_cuda_and_matches_its_cpu_reading(tiny_pendulum_h5):
     np.testing.assert_allclose(on_gpu, on_cpu, rtol=1e-2, atol=1e-2)  # cuDNN convs use TF32
     err = probe.wrap_angles(on_cpu - np.asarray(ds.states[8:12, :5], np.float64), (0,))
     assert np.isfinite(err).all()
+
+
+def test_a_probe_cache_write_that_fails_leaves_nothing_behind(tiny_pendulum_h5, tmp_path,
+                                                              monkeypatch):
+    # A stop while the cache is saved: no cache (the next evaluation trains again) and no
+    # temporary file (it was left beside the data for good).
+    import shutil
+    path = tmp_path / "train.h5"
+    shutil.copy(tiny_pendulum_h5, path)
+    ds = open_h5(path)
+    save = torch.save
+
+    def interrupted(obj, f, *a, **kw):
+        save(obj, f, *a, **kw)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        probe.load_or_train_probe(str(path), ds.frames, ds.states, device="cpu", angular=(0,),
+                                  steps=5, width=4, batch_size=8, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.h5"]

@@ -29,6 +29,7 @@ from hgan.evaluate import appearance, figures, fvd, inputs, probe, report, struc
 from hgan.cli_args import OneLineParser as _Parser, int_at_least, prog
 from hgan.data.interrupt import raise_interrupted
 from hgan.evaluate.inputs import ALL_METRICS, InputError
+from hgan.evaluate.atomic import write_atomically
 
 __all__ = ["ALL_METRICS", "InputError", "build_parser", "compare", "evaluate", "main",
            "physics_metrics", "settings"]
@@ -284,14 +285,7 @@ def _evaluate(args, run):
 
 
 def _write_whole(path, text):
-    tmp = f"{path}.partial"
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    write_atomically(path, lambda f: f.write(text), mode="w")
 
 
 def _remove_stale_figures(out, figures):

@@ -13,7 +13,6 @@ after the same uint8 quantisation real frames went through.
 import hashlib
 import json
 import os
-import threading
 import warnings
 import zipfile
 
@@ -21,6 +20,8 @@ import numpy as np
 import scipy.linalg
 import torch
 from tqdm import tqdm
+
+from hgan.evaluate.atomic import write_atomically
 
 I3D_FILENAME = "i3d_torchscript.pt"
 I3D_URL = "https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt"
@@ -200,14 +201,7 @@ def real_stats(frames_ds, detector, *, data_path, detector_path, num_videos=2048
         # Whole or not at all: an interrupted write, or an evaluation in parallel that reads
         # the cache while another writes it, must never see a partial archive.
         os.makedirs(cache_dir, exist_ok=True)
-        tmp = f"{cache}.{os.getpid()}.{threading.get_ident()}.tmp"
-        try:
-            with open(tmp, "wb") as f:
-                np.savez(f, mu=mu, sigma=sigma)
-            os.replace(tmp, cache)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_atomically(cache, lambda f: np.savez(f, mu=mu, sigma=sigma))
     return mu, sigma
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from hgan.data.systems import get_system
+from hgan.evaluate.atomic import write_atomically
 from hgan.evaluate.fvd import feature_stats, frechet_distance, to_uint8
 
 PROBE_VERSION = 3  # 3: n-body targets listed by colour (colour_ordered); older caches retrain
@@ -294,10 +295,9 @@ def load_or_train_probe(data_path, frames, states, *, cache=True, device="cpu", 
     train_idx, _ = split_indices(len(frames))
     probe = train_probe(frames, states, rows=len(train_idx), device=device, **train_kw)
     if cache:
-        tmp = f"{path}.{os.getpid()}.tmp"
-        torch.save({"key": key, "config": probe.config,
-                    "state_dict": {k: v.cpu() for k, v in probe.state_dict().items()}}, tmp)
-        os.replace(tmp, path)
+        blob = {"key": key, "config": probe.config,
+                "state_dict": {k: v.cpu() for k, v in probe.state_dict().items()}}
+        write_atomically(path, lambda f: torch.save(blob, f))
     return probe
 
 
