@@ -136,7 +136,8 @@ def build_parser():
                         "(default: the training dt)")
     p.add_argument("--seed", type=_seed, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--device", type=_device, default="cpu",
-                   help="auto (cuda when available), cpu, cuda or cuda:N (default: %(default)s)")
+                   help="auto (cuda when available), cpu, cuda or cuda:N (default: %(default)s, "
+                        "which draws the same videos for a seed on every machine)")
     p.add_argument("--fps", type=_fps, default=REAL_TIME_FPS,
                    help=f"GIF frames per second, at most {_MAX_FPS}; the default plays in real "
                         f"time at the data's dt (default: %(default)s)")
@@ -155,10 +156,13 @@ def main(argv=None):
         print(f"{_ERROR} {e}".replace("\n", " "), file=sys.stderr)
         return 2
     stem, ext = os.path.splitext(a.out)
+    gif = None
     try:
         gif = save_gif(videos, a.out if ext.lower() == ".gif" else stem + ".gif", fps=a.fps)
         png = save_png_strip(videos, stem + ".png")
     except OSError as e:
+        if gif is not None:  # both or neither: a lone GIF reads as a finished command's
+            os.remove(gif)
         why = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
         print(f"{_ERROR} --out {a.out}: cannot write it ({why})", file=sys.stderr)
         return 2

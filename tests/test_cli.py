@@ -14,19 +14,24 @@ from hgan.train.config import build_parser, resumable_fields
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_train_py_rejects_a_bad_value_in_one_line_with_exit_2():
-    r = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--batch-size", "0"],
+@pytest.mark.parametrize("command,name", [
+    ([os.path.join(ROOT, "train.py")], "train.py"),
+    (["-m", "hgan.train.cli"], "python -m hgan.train.cli"),  # it said train.py
+])
+def test_train_rejects_a_bad_value_in_one_line_with_exit_2(command, name):
+    r = subprocess.run([sys.executable, *command, "--batch-size", "0"],
                        capture_output=True, text=True, cwd=ROOT,
                        env={**os.environ, "PYTHONPATH": ROOT})
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
-    assert lines == ["train.py: error: --batch-size must be >= 1, got 0"], r.stderr
+    assert lines == [f"{name}: error: --batch-size must be >= 1, got 0"], r.stderr
 
 
 @pytest.mark.parametrize("argv,needle", [
     (["--k", "0"], "error: --k must be a positive integer, got 0"),
     (["--hidden", "0"], "error: --hidden must be a positive integer, got 0"),
-    (["--frames", "0"], "error: --frames must be >= 1, got 0"),   # not D_V's clip_frames
+    (["--frames", "0"], "error: --frames must be >= 2, got 0"),   # not D_V's clip_frames
+    (["--frames", "1"], "error: --frames must be >= 2, got 1"),   # a still image: no motion
     (["--rollout-frames", "-1"], "error: --rollout-frames must be >= 0, got -1"),
     (["--model", "hnn_gan", "--motion-dim", "5"], "error: hnn_gan uses eps_m as (q0, p0)"),
     (["--model", "hnn_gan", "--motion-dim", "5"], "must equal 2*k"),

@@ -421,3 +421,5 @@ def test_grid_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         cli._save_grid(spec, {"wall_s_total": 99.0})
     assert open(tmp_path / "grid.json").read() == before
     assert cli._saved_grid(str(tmp_path))["wall_s_total"] == 12.0
+    # and nothing else is left beside it (a "grid.json.tmp" was, after every stop)
+    assert sorted(p.name for p in tmp_path.iterdir() if "grid" in p.name) == ["grid.json"]

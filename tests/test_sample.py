@@ -201,6 +201,15 @@ def test_sample_cli_unwritable_out_is_one_line(checkpoints, tmp_path, capsys):
     assert str(tmp_path / "file") in err
 
 
+def test_a_png_that_cannot_be_written_leaves_no_gif_behind(checkpoints, tmp_path, capsys):
+    # the GIF is written first: a failed PNG used to leave it, as if the command had finished
+    (tmp_path / "s.png").mkdir()
+    rc, stdout, err = run_cli(capsys, "--checkpoint", checkpoints["hgan"], "--n", "1",
+                              "--frames", "2", "--out", str(tmp_path / "s.gif"))
+    assert rc == 2 and stdout == "" and "cannot write it" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.png"]
+
+
 def test_load_generator_holds_the_checkpoints_weights(checkpoints):
     from hgan.train.checkpoint import load_checkpoint
     saved = load_checkpoint(checkpoints["hgan"])["generator"]

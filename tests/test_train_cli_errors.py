@@ -675,7 +675,7 @@ def test_a_rank_that_loses_its_peers_says_so_in_one_line(monkeypatch, tmp_path, 
     code, _, err = call(TINY, capsys)
     assert code == 1
     assert err == (f"train.py: error (rank 1): lost contact with another rank, which stopped "
-                   f"or failed (its message is above); the run keeps its last checkpoint, "
+                   f"or failed (its message, if it left one, is above); the run keeps its last checkpoint, "
                    f"{ckpt} (resume with --resume {tmp_path / 'run'})\n")
     # any other RuntimeError in training is a bug: its traceback stays
     _under_torchrun(monkeypatch, tmp_path, RuntimeError("shape mismatch in conv"))
@@ -764,7 +764,7 @@ def test_a_peer_lost_while_waiting_for_the_last_checkpoint_is_one_line(monkeypat
     assert code == 1
     assert capsys.readouterr().err == (
         f"train.py: error (rank 1): lost contact with another rank, which stopped or failed "
-        f"(its message is above); no checkpoint of the run is in {tmp_path / 'run'} on this "
+        f"(its message, if it left one, is above); no checkpoint of the run is in {tmp_path / 'run'} on this "
         f"machine (rank 0 writes them)\n")
 
 
@@ -794,7 +794,7 @@ def test_a_peer_lost_during_the_setup_is_one_line(monkeypatch, tmp_path, capsys)
     code, _, err = call(TINY, capsys)
     assert code == 1
     assert err == ("train.py: error (rank 1): lost contact with another rank during the setup, "
-                   "which stopped or failed (its message is above); training did not start\n")
+                   "which stopped or failed (its message, if it left one, is above); training did not start\n")
     # any other RuntimeError of the setup is a bug: its traceback stays
 
     def broken(*a, **k):

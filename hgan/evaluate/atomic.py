@@ -1,4 +1,5 @@
-"""Files written whole or not at all: the evaluation's results, report and caches."""
+"""Files written whole or not at all: the evaluation's results, report and caches, and the
+grid's grid.json and experiment.json records."""
 import os
 import threading
 

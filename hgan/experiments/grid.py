@@ -24,6 +24,8 @@ import shlex
 import sys
 from dataclasses import asdict, dataclass, fields
 
+from hgan.evaluate.atomic import write_atomically
+
 MODELS = ("hgan", "hnn_gan", "mocogan")
 TABLE1_SYSTEMS = ("mass_spring", "pendulum", "double_pendulum", "two_body", "three_body")
 # The paper's data: 50,000 trajectories of 512 frames per system (the test split is ours).
@@ -401,7 +403,6 @@ def _read_json(path):
 
 def _write_json(path, obj):
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)
+    # default=str: a value JSON lacks (a numpy float, a path) is kept as text rather than
+    # ending a grid that has trained for hours
+    write_atomically(path, lambda f: json.dump(obj, f, indent=1, default=str), mode="w")

@@ -57,8 +57,8 @@ def main(argv=None) -> int:
             # A rank gone while the others waited for it in the setup (rank 0 killed while
             # it generated the dataset): one line from each rank left, as in training.
             print(f"{prog()}: error (rank {os.environ.get('RANK', '?')}): lost contact with "
-                  "another rank during the setup, which stopped or failed (its message is "
-                  "above); training did not start", file=sys.stderr)
+                  "another rank during the setup, which stopped or failed (its message, if it "
+                  "left one, is above); training did not start", file=sys.stderr)
             return 1
         # A Ctrl-C under torchrun reaches every rank: these lines, as bad input's, come from
         # each node's first rank only.
@@ -142,8 +142,11 @@ def _leave_together(setup) -> int:
 
 def _lost_contact(setup) -> int:
     """A collective failed because another rank is gone: one line, exit code 1."""
+    # "if it left one": a rank killed by SIGKILL (or the OOM killer) says nothing itself;
+    # torchrun's own line names the signal
     print(f"{prog()}: error (rank {setup.info.rank}): lost contact with another rank, which "
-          f"stopped or failed (its message is above); {_kept(setup.cfg.out)}", file=sys.stderr)
+          f"stopped or failed (its message, if it left one, is above); {_kept(setup.cfg.out)}",
+          file=sys.stderr)
     return 1
 
 

@@ -3,6 +3,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 
@@ -80,11 +81,12 @@ class RunConfig:
     def __post_init__(self):
         if isinstance(self.model, dict):
             self.model = ModelConfig.from_dict(self.model)
-        for name, least in (("iters", 1), ("batch_size", 1), ("frames", 1), ("log_every", 1),
+        for name, least in (("iters", 1), ("batch_size", 1), ("frames", 2), ("log_every", 1),
                             ("sample_every", 1), ("ckpt_every", 1), ("keep_every", 0),
                             ("n_samples", 1), ("num_workers", 0), ("gen_train", 1),
                             ("gen_test", 0)):
             if int(getattr(self, name)) < least:
+                # frames: a one-frame video has no motion to learn, and D_V no time to judge
                 raise ValueError(f"--{name.replace('_', '-')} must be >= {least}, "
                                  f"got {getattr(self, name)}")
         if not self.lr > 0:
@@ -151,6 +153,8 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def prog() -> str:
     """The command's name in its usage and error lines: `hgan-train` when installed as that
     script, `train.py` otherwise (python train.py, torchrun train.py, in-process calls)."""
+    if (sys.argv[0] or "").endswith(os.path.join("hgan", "train", "cli.py")):
+        return "python -m hgan.train.cli"
     return cli_prog("hgan-train", "train.py")
 
 
