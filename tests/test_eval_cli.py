@@ -520,6 +520,38 @@ def test_compare_marks_drifts_at_real_level_old_n_body_results_and_differing_set
     assert "settings that differ" not in same
 
 
+def test_compare_names_runs_scored_against_other_real_data_and_non_canonical_fvd():
+    # Two runs of one system evaluated against different held-out sets (another seed, the
+    # training set's own clips) sat side by side in compare's table, unmarked.
+    def run(model, seed=0, seen=False, **kw):
+        r = _result("pendulum", model, _physics(0.3, 0.1, 0.05))
+        r["real_identity"] = {"split": "test", "seed": seed, "trajectories": 64, "of": 64,
+                              "frames": 64, "resolution": 32, **kw}
+        r["real_seen_in_training"] = seen
+        return r
+    same = report.compare_table([run("hgan"), run("mocogan"), run("hgan") | {"system": "two_body"}])
+    assert "Real data that differs" not in same
+    text = report.compare_table([run("hgan"), run("mocogan", seed=3)])
+    section = text.split("### ")[-1]
+    assert section.startswith("Real data that differs between runs of one system")
+    assert "| hgan | pendulum | test split, seed 0: 64 of 64 trajectories x 64 frames, 32 px |" \
+        in section
+    assert "| mocogan | pendulum | test split, seed 3: 64 of 64 trajectories x 64 frames" in section
+    seen = report.compare_table([run("hgan"), run("mocogan", seen=True)])
+    assert "x 64 frames, 32 px, seen in training |" in seen.split("### ")[-1]
+    older = run("mocogan")
+    del older["real_identity"]
+    assert "| mocogan | pendulum | not recorded (older results) |" in \
+        report.compare_table([run("hgan"), older])
+
+    def fvd(canonical):
+        return {"fvd_mean": 12.0, "fvd_std": 1.0, "canonical": canonical}
+    table = report.compare_table([run("hgan") | {"fvd": fvd(True)},
+                                  run("mocogan") | {"fvd": fvd(False)}])
+    assert "| hgan | 12.0 ± 1.0 (70 it) |" in table
+    assert "| mocogan | 12.0 ± 1.0 (not canonical) (70 it) |" in table
+
+
 def test_fewer_held_out_trajectories_than_physics_videos_is_said(tmp_path, capsys):
     from types import SimpleNamespace
     from hgan.evaluate import inputs

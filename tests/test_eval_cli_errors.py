@@ -207,6 +207,9 @@ def test_two_held_out_videos_leave_out_only_the_half_vs_half_reference(files, tm
                     "--metrics", "physics", "--frames", "8", *FAST])
     ph = res["physics"]
     assert ph["num_videos"] == 2 and res["real_trajectories"] == 2
+    # what compare tells other real data by: the file's generation, not its path
+    assert res["real_identity"] == {"split": "train", "seed": 1, "trajectories": 2, "of": 10,
+                                    "frames": 10, "resolution": 32}
     assert ph["frechet_state_distance"]["real_half_vs_half"] is None
     assert ph["frechet_state_distance"]["generated_half_vs_real_half"] is None
     assert np.isfinite(ph["frechet_state_distance"]["generated"])

@@ -204,6 +204,7 @@ def _evaluate(args, run):
         system = get_system(run.system)
         results["real_data"] = run.real_path
         results["real_trajectories"] = len(held_out[1])
+        results["real_identity"] = inputs.real_identity(held_out)
         # With no test.h5 (or --real) the real clips are --data's last 20%: no probe trained on
         # them, but the GAN did if --data is the file it trained on.
         results["real_seen_in_training"] = inputs.seen_in_training(run)

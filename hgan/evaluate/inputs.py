@@ -130,6 +130,16 @@ def seen_in_training(run):
     return all(ident.get(k) is None or ident[k] == v for k, v in now.items())
 
 
+def real_identity(held_out) -> dict:
+    """What results.json records of the real clips, so that `compare` can tell runs scored
+    against other real data (another split, seed or size) from runs it may set side by side:
+    the file's generation attributes, not its path, which differs between machines."""
+    real, rows = held_out[0], held_out[1]
+    return {"split": real.attrs.get("split"), "seed": real.attrs.get("seed"),
+            "trajectories": int(len(rows)), "of": int(len(real)),
+            "frames": int(real.frames.shape[1]), "resolution": real.attrs.get("resolution")}
+
+
 class _CheckedReads:
     """A file's frames or states whose damaged chunks (DataFormatError, hgan.data.h5io) are
     bad input here: an InputError naming the flag.
