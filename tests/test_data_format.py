@@ -413,8 +413,9 @@ def test_a_flipped_bit_in_a_text_attribute_is_a_data_format_error_not_a_crash(tm
     (lambda f: f["offset"].__setitem__(0, np.nan), "offset holds a non-finite value"),
 ])
 def test_values_that_contradict_the_system_or_physics_are_refused(tmp_path, change, words):
-    # In files before hgan.data 2.2 the small datasets and attributes carry no checksum: flipped bytes there
-    # read as a length of -1e98 or a dof of 2**58, and were simulated and trained on.
+    # In files before hgan.data 2.2 the small datasets and attributes carry no checksum:
+    # flipped bytes there read as a length of -1e98 or a dof of 2**58, and were simulated
+    # and trained on.
     src = generate_dataset("pendulum", tmp_path / "ok", train=2, test=0, frames=4, seed=0,
                            progress=False)["train"]
     path = tmp_path / "bad.h5"
