@@ -394,6 +394,12 @@ def test_a_flipped_bit_in_a_text_attribute_is_a_data_format_error_not_a_crash(tm
         assert f.attrs["system"] == b"pendulum"  # fixed-length bytes: read back as such
 
 
+def _replace(f, name, change):
+    a = change(f[name][()])
+    del f[name]
+    f.create_dataset(name, data=a)
+
+
 @pytest.mark.parametrize("change, words", [
     (lambda f: f.attrs.__setitem__("dof", 288230376151711745), "attribute dof is 288230376151711745"),
     (lambda f: f.attrs.__setitem__("num_colors", 5), "attribute num_colors is 5, but pendulum has 1"),
@@ -411,6 +417,10 @@ def test_a_flipped_bit_in_a_text_attribute_is_a_data_format_error_not_a_crash(tm
     (lambda f: f["params/m"].__setitem__(1, np.inf), "parameter 'm' holds inf"),
     (lambda f: f["color_index"].__setitem__(0, 9), "color_index holds 9"),
     (lambda f: f["offset"].__setitem__(0, np.nan), "offset holds a non-finite value"),
+    (lambda f: f["states"].__setitem__((1, 2, 0), np.nan),
+     "states of trajectory 1 hold a non-finite value"),
+    (lambda f: _replace(f, "states", lambda a: a.round().astype(np.int16)),
+     "states must be floating point, got int16"),
 ])
 def test_values_that_contradict_the_system_or_physics_are_refused(tmp_path, change, words):
     # In files before hgan.data 2.2 the small datasets and attributes carry no checksum:

@@ -168,6 +168,9 @@ class ToyPhysicsFile:
                                           f"{f[name].shape}, expected {shape} from the attributes")
             if f["frames"].dtype != np.uint8:
                 raise DataFormatError(f"{self.path}: frames must be uint8, got {f['frames'].dtype}")
+            if f["states"].dtype.kind != "f":  # integer positions: rounded, not a trajectory
+                raise DataFormatError(f"{self.path}: states must be floating point, got "
+                                      f"{f['states'].dtype}")
             self.frames = _Checked(f["frames"], self.path, "frames")
             self.states = _Checked(f["states"], self.path, "states")
             self.color_index, self.offset = f["color_index"][()], f["offset"][()]
@@ -221,7 +224,9 @@ class ToyPhysicsFile:
             for i in {0, n - 1} if n else ():
                 self.frames[i, :1]
                 self.frames[i, -1:]
-                self.states[i]
+                if not np.isfinite(self.states[i]).all():
+                    raise DataFormatError(f"{self.path}: states of trajectory {i} hold a "
+                                          f"non-finite value")
         except DataFormatError:  # _Checked's, naming the file already
             raise
         except (OSError, RuntimeError, ValueError) as e:
