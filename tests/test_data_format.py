@@ -326,17 +326,42 @@ def test_the_file_records_its_rejected_and_redrawn_trajectories(tmp_path):
 
 def test_a_recipe_that_never_yields_an_accepted_draw_fails_naming_it(monkeypatch):
     # Rejection sampling must end: a system whose every draw leaves the canvas (here a canvas
-    # of zero size) gives up after MAX_ROUNDS draws of one trajectory with an error naming the
-    # system, the trajectory and the likely causes, rather than re-drawing forever.
+    # of zero size) gives up after MAX_ROUNDS draws in a row over the split, with an error
+    # naming the system and the likely causes, rather than re-drawing forever. Counted per
+    # trajectory only, 256 three_body trajectories took 30 s to say so: MAX_ROUNDS rounds.
     import dataclasses
     import hgan.data.simulate as simulate
-    monkeypatch.setattr(simulate, "MAX_ROUNDS", 4)
     broken = dataclasses.replace(get_system("pendulum"), canvas=0.0)
-    with pytest.raises(simulate.NoAcceptedDraw, match=r"pendulum: trajectory 0 found no accepted draw in "
-                                           r"4 .*left the canvas.*recipe is broken"):
-        simulate_split(broken, 0, "train", np.arange(3), 8)
+    rounds = []
+    integrate = simulate.integrate
+    monkeypatch.setattr(simulate, "integrate",
+                        lambda *a, **k: rounds.append(1) or integrate(*a, **k))
+    with pytest.raises(simulate.NoAcceptedDraw, match=r"^pendulum: none of the first 1200 draws "
+                                                      r"was accepted .*left the canvas.*recipe "
+                                                      r"is broken"):
+        simulate_split(broken, 0, "train", np.arange(300), 8)
+    assert simulate.MAX_ROUNDS == 1000 and len(rounds) == 4   # 4 x 300 >= 1000
     # With a sound canvas the same draws are accepted at once: the error was the canvas's.
     assert simulate_split(get_system("pendulum"), 0, "train", np.arange(3), 8)["rejected"] == 0
+
+
+def test_one_trajectory_that_never_finds_an_accepted_draw_fails_naming_it(monkeypatch):
+    # The others are accepted (so the split-wide count never fires): trajectory 1 alone is
+    # rejected every time, and gives up after MAX_ROUNDS draws of its own.
+    import hgan.data.simulate as simulate
+    monkeypatch.setattr(simulate, "MAX_ROUNDS", 4)
+    integrate, first = simulate.integrate, []
+
+    def all_but_trajectory_1(system, x0, pr, frames):
+        states, inside, accurate = integrate(system, x0, pr, frames)
+        inside[1 if not first else 0] = False   # round 1: all 3 pending; then it alone
+        first.append(1)
+        return states, inside, accurate
+    monkeypatch.setattr(simulate, "integrate", all_but_trajectory_1)
+    with pytest.raises(simulate.NoAcceptedDraw, match=r"^pendulum: trajectory 1 found no "
+                                                      r"accepted draw in 4 "):
+        simulate_split(get_system("pendulum"), 0, "train", np.arange(3), 8)
+    assert len(first) == 4
 
 
 def test_the_data_cli_reports_a_generation_that_gives_up_as_one_line(monkeypatch, tmp_path,
@@ -353,7 +378,7 @@ def test_the_data_cli_reports_a_generation_that_gives_up_as_one_line(monkeypatch
               "8", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert e.value.code == 2 and "Traceback" not in err
-    assert "error: pendulum: trajectory 0 found no accepted draw in 4" in err
+    assert "error: pendulum: none of the first 4 draws was accepted" in err
 
 
 _FLIP_SWEEP = r"""

@@ -269,6 +269,7 @@ def simulate_chunks(system, seed, split, index_chunks, frames):
     chunks = iter(index_chunks)
     open_chunks = []     # chunks admitted and not yet yielded, in output order
     pending = []         # (chunk, j): draws waiting to be integrated
+    draws = accepted = 0
     exhausted = False
     while not exhausted or open_chunks:
         if not exhausted:
@@ -284,6 +285,15 @@ def simulate_chunks(system, seed, split, index_chunks, frames):
             params = {k: np.array([c.params[k][j] for c, j in pending])
                       for k in system.param_names}
             traj, inside, accurate = integrate(system, x0, params, frames)
+            draws, accepted = draws + len(pending), accepted + int((inside & accurate).sum())
+            if accepted == 0 and draws >= MAX_ROUNDS:
+                # MAX_ROUNDS rejections in a row, over the split rather than per trajectory:
+                # a broken recipe (a canvas of zero size) is said after a round or a few,
+                # not after MAX_ROUNDS rounds of every trajectory (30 s for three_body's 256)
+                raise NoAcceptedDraw(f"{system.name}: none of the first {draws} draws was "
+                                     f"accepted (each left the canvas or drifted in energy): "
+                                     f"the system's recipe is broken, or the trajectories are "
+                                     f"too long for its canvas")
             redo = []
             for m, (c, j) in enumerate(pending):
                 if inside[m] and accurate[m]:
