@@ -421,5 +421,38 @@ def test_grid_json_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
         cli._save_grid(spec, {"wall_s_total": 99.0})
     assert open(tmp_path / "grid.json").read() == before
     assert cli._saved_grid(str(tmp_path))["wall_s_total"] == 12.0
-    # and nothing else is left beside it (a "grid.json.tmp" was, after every stop)
-    assert sorted(p.name for p in tmp_path.iterdir() if "grid" in p.name) == ["grid.json"]
+
+
+def test_a_stopped_write_of_grid_json_or_a_runs_record_leaves_the_old_file_and_nothing_else(
+        tmp_path, monkeypatch):
+    # (the hand-written tmp + rename left grid.json.tmp and experiment.json.tmp behind)
+    from hgan.experiments import cli
+    spec = _spec(tmp_path)
+    run = spec.runs()[0]
+    cli._save_grid(spec, {"wall_s_total": 12.0})
+    run.save_record({"segments": [{"from": 0, "to": 4}]})
+    grid_files, run_files = sorted(os.listdir(tmp_path)), sorted(os.listdir(run.dir))
+    assert (grid_files, run_files) == (["grid.json", "runs"], ["experiment.json"])
+
+    def half_then_stop(obj, f, **kw):
+        f.write('{"spec": {')
+        raise KeyboardInterrupt
+    monkeypatch.setattr(json, "dump", half_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        cli._save_grid(spec, {"wall_s_total": 99.0})
+    with pytest.raises(KeyboardInterrupt):
+        run.save_record({"segments": []})
+    monkeypatch.undo()
+    assert (sorted(os.listdir(tmp_path)), sorted(os.listdir(run.dir))) == (grid_files, run_files)
+    assert cli._saved_grid(str(tmp_path))["wall_s_total"] == 12.0
+    assert run.record() == {"segments": [{"from": 0, "to": 4}]}
+
+
+def test_results_of_a_run_whose_checkpoint_is_gone_are_not_its_evaluation(tmp_path):
+    # checkpoints/ deleted: the run trains again from the start, and the results of the
+    # deleted one (of the same iteration) must not stand for the new one's evaluation
+    run = _spec(tmp_path).runs()[0]
+    _fake_run(run, 10, results_iter=10)
+    assert run.evaluated()
+    os.remove(run.checkpoint)
+    assert not run.evaluated()

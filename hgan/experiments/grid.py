@@ -402,6 +402,8 @@ def _read_json(path):
 
 
 def _write_json(path, obj):
+    """Whole or not at all, and a write that fails (a Ctrl-C in it) leaves no temporary file
+    behind (grid.json, each run's experiment.json)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     # default=str: a value JSON lacks (a numpy float, a path) is kept as text rather than
     # ending a grid that has trained for hours
