@@ -324,6 +324,16 @@ def test_cpu_trainer_runs_eager_without_a_word_and_a_cuda_fallback_is_said_once(
     assert capsys.readouterr().out.count("eager training step") == 1
 
 
+def test_a_fallback_reason_is_said_by_the_main_rank_only(capsys, monkeypatch):
+    # Under torchrun every rank meets the same reason: the other ranks say nothing, and their
+    # silence does not use up the main rank's line.
+    monkeypatch.setattr(hcapture, "_reported", threading.local())
+    hcapture.report_fallback("DDP: why", main=False)
+    assert capsys.readouterr().out == ""
+    hcapture.report_fallback("DDP: why", main=True)
+    assert capsys.readouterr().out == "[hgan] eager training step (no CUDA graphs): DDP: why\n"
+
+
 def test_resume_resets_the_optimisers_capturable_flag():
     # A checkpoint from a captured run carries capturable=True; an eager resume must not keep it.
     t = Trainer(small_cfg(), device="cpu")

@@ -285,6 +285,26 @@ def test_runs_of_one_seed_store_the_same_python_and_numpy_rng_states(tiny_pendul
     assert pa != pc and not torch.equal(na, nc)
 
 
+def test_a_resumed_trainer_draws_what_the_saved_one_would_have_from_every_global_rng(
+        tiny_pendulum_h5, tmp_path):
+    # A resume puts back the process's torch, Python and numpy RNG states as the checkpoint
+    # holds them (anything drawing from them after the resume, a dropout or an augmentation,
+    # continues the saved stream). Oracle: the draws the saving process makes right after
+    # its state_dict().
+    import random
+
+    import numpy as np
+    saved = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path / "a"))
+    ck = saved.state_dict()
+    want = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
+    resumed = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path / "b"))
+    torch.rand(7), np.random.rand(7), random.random()    # whatever ran before the resume
+    resumed.load_state_dict(ck)
+    got = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)])
+    assert torch.equal(got[0], want[0])
+    assert np.array_equal(got[1], want[1]) and got[2] == want[2]
+
+
 def test_the_grad_scalers_state_is_checkpointed_and_resumed(tiny_pendulum_h5, tmp_path,
                                                             monkeypatch):
     # The scaler runs with fp16 on CUDA only; its bookkeeping is the same on CPU (in fp32 here).

@@ -44,3 +44,41 @@ def test_a_claim_refused_after_making_its_directory_removes_it(tmp_path, monkeyp
     with pytest.raises(ValueError, match="in use by another run"):
         rundir.claim(str(out), numbered=False)
     assert out.is_dir()
+
+
+def test_a_directory_one_process_claims_is_refused_to_another(tmp_path):
+    # The claim is exclusive: a second run in another process (this module loaded on its
+    # own there, without torch) is refused a directory this one holds, and a default name
+    # moves on to <out>-2; once released, the directory can be claimed again.
+    import subprocess
+    import sys
+    out = str(tmp_path / "run")
+    lock = rundir.claim(out, numbered=False)
+    child = ("import importlib.util, sys\n"
+             f"spec = importlib.util.spec_from_file_location('rundir', {rundir.__file__!r})\n"
+             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+             "try:\n"
+             "    print(m.claim(sys.argv[1], numbered=sys.argv[2] == 'numbered').path)\n"
+             "except ValueError as e:\n"
+             "    print(e)\n")
+
+    def other(numbered):
+        return subprocess.run([sys.executable, "-c", child, out, numbered], capture_output=True,
+                              text=True, check=True).stdout.strip()
+    try:
+        assert other("explicit") == (f"--out {out} is in use by another run that is still "
+                                     "running: let it finish (or stop it), or choose another --out")
+        assert other("numbered") == out + "-2"
+    finally:
+        lock.release()
+    assert other("explicit") == out
+
+
+def test_a_file_where_the_run_directory_should_be_is_one_error(tmp_path):
+    # (made after the setup's own check: a claim must not lock a file and call it the run's)
+    path = tmp_path / "run"
+    path.write_text("x")
+    import pytest
+    with pytest.raises(ValueError, match=f"^--out {path} is not a directory$"):
+        rundir.claim(str(path), numbered=False)
+    assert path.read_text() == "x"
