@@ -391,3 +391,87 @@ def test_the_montage_puts_real_first_even_when_the_first_run_lacks_a_real_strip(
     _, labels = report._samples_montage(spec, table.collect(spec), "pendulum",
                                         str(tmp_path / "m.png"))
     assert labels == ["real", "hgan", "mocogan"]
+
+
+def test_a_run_interrupted_once_then_resumed_to_the_end_is_not_interrupted(tmp_path):
+    # Only the last segment says how a run stands: a stop the grid resumed from is history.
+    spec = _spec(tmp_path, models=("hgan",), iters=10)
+    run, = spec.runs()
+    _write(run, _results(0.05, iteration=10), iteration=10, segments=[
+        {"from": 0, "to": 4, "seconds": 5.0, "returncode": 143, "interrupted": True},
+        {"from": 4, "to": 10, "seconds": 9.0, "returncode": 0, "it_per_s_logged": 6.5}])
+    text = "\n".join(table.runs_section(table.collect(spec)))
+    assert "| pendulum | hgan | 0 | 10 / 10 | 14 | 6.5 | n/a | evaluated |" in text, text
+
+
+def test_only_the_claimed_metrics_get_a_verdict(tmp_path):
+    # "lower is better" is the paper's claim for FVD, energy drift, state distance and
+    # appearance; the flagged fraction and the mass ratio (best at 1, not low) are shown in
+    # the table but no verdict is drawn from them.
+    spec = _spec(tmp_path)
+    for run in spec.runs():
+        _write(run, _results(0.05 if run.model == "hgan" else 0.2, mass_ratio=1.0))
+    claims = [line.split(" | ")[0] for line in _checks(spec).splitlines()
+              if line.startswith("| hgan < mocogan")]
+    assert claims == ["| hgan < mocogan on energy drift", "| hgan < mocogan on appearance"]
+
+
+def test_a_degenerate_seed_other_than_the_first_withholds_the_verdict(tmp_path):
+    # hgan's seed 1 draws nothing (mass 0.1 x real's): its near-zero drift pulls the mean
+    # down, and the claim may not "hold" on it
+    spec = _spec(tmp_path, seeds=(0, 1))
+    for run in spec.runs():
+        mass = 0.1 if (run.model, run.seed) == ("hgan", 1) else 1.0
+        _write(run, _results(0.05 if run.model == "hgan" else 0.2, mass_ratio=mass))
+    assert _check_row(_checks(spec))[0] == "n/a (foreground mass 0.1 x real's)"
+
+
+def test_the_header_counts_the_grid_and_states_its_evaluation_flags_and_note(tmp_path):
+    spec = _spec(tmp_path, systems=("pendulum",), models=("hgan", "mocogan"), seeds=(0, 1, 2),
+                 eval_args=("--physics-videos", "64"))
+    hgan0 = spec.runs()[0]
+    _write(hgan0, _results(0.05))          # the only evaluated run
+    meta = {"command": "x", "device": "d", "commit": "c", "wall_s": 61.4, "wall_s_total": 61.6,
+            "note": "Stopped by its deadline."}
+    text = report.write_compare(spec, meta)
+    lines = text.splitlines()
+    assert lines[0] == "# Table 1 grid: 1 systems x 2 models x 3 seed(s)"
+    assert "- evaluation: `physics,cyclic,appearance`, flags `--physics-videos 64`; no --i3d " \
+           "detector given, so no FVD" in lines
+    assert "Stopped by its deadline." in lines
+    # this invocation was the grid's only one (its total is its own time, rounded)
+    assert "- wall time of the invocation: 61 s" in lines
+    text = report.write_compare(spec, {**meta, "wall_s_total": 200.0})
+    assert "- wall time of the invocation: 61 s; of every invocation on this grid: 200 s" \
+        in text.splitlines()
+    # links to the reports of evaluated runs only (the others have none to open)
+    links = next(line for line in lines if line.startswith("Each run's own report"))
+    assert links == ("Each run's own report (t-SNE, momenta, energy figures): "
+                     "[pendulum-hgan-s0](runs/pendulum-hgan-s0/eval/report.md)")
+
+
+def test_a_chart_draws_no_bar_for_seeds_of_different_lengths(tmp_path, monkeypatch):
+    # Such a cell has no mean: a bar of height 0 would read as a perfect score. Its seeds
+    # are dots; the other model's cell is a bar of its mean.
+    import matplotlib.axes
+    bars, dots = {}, []
+    real_bar, real_plot = matplotlib.axes.Axes.bar, matplotlib.axes.Axes.plot
+
+    def bar(self, x, y, w, yerr=None, label=None, **k):
+        bars[label] = list(y)
+        return real_bar(self, x, y, w, yerr=yerr, label=label, **k)
+
+    def plot(self, x, y, *a, **k):
+        dots.append(list(y))
+        return real_plot(self, x, y, *a, **k)
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", bar)
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", plot)
+    spec = _spec(tmp_path, seeds=(0, 1))
+    for run in spec.runs():
+        it = 40 if (run.model, run.seed) == ("hgan", 1) else 100
+        _write(run, _results(0.1 + run.seed if run.model == "hgan" else 0.5, iteration=it),
+               iteration=it)
+    key, title, get, _ = next(m for m in table.METRICS if m[0] == "energy_drift")
+    assert report._bar_chart(spec, table.collect(spec), key, title, get, str(tmp_path / "e.png"))
+    assert bars == {"mocogan": [pytest.approx(0.5)]}
+    assert dots == [[pytest.approx(0.1), pytest.approx(1.1)]]

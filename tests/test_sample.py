@@ -225,3 +225,12 @@ def test_sample_cli_accepts_fps_50_and_an_upper_case_extension():
     from hgan.sample import build_parser
     a = build_parser().parse_args(["--checkpoint", "x", "--fps", "50", "--out", "CLIP.GIF"])
     assert (a.fps, a.out) == (50, "CLIP.GIF")
+
+
+@pytest.mark.parametrize("seed", [-2**63, -1, 2**63, 2**64 - 1])
+def test_sample_cli_accepts_every_64_bit_seed(seed):
+    # torch.Generator.manual_seed takes -2**63 to 2**64 - 1 (a negative seed wraps): the
+    # range --seed documents in its error
+    from hgan.sample import build_parser
+    assert build_parser().parse_args(["--checkpoint", "x", "--seed", str(seed)]).seed == seed
+    torch.Generator().manual_seed(seed)   # the oracle: torch takes it

@@ -56,6 +56,7 @@ def test_installed_commands_name_themselves_in_their_usage(monkeypatch, capsys):
     (["--checkpoint", "x.pt", "--dt", "0"], "a time step of 0 does not move"),
     # beyond 64 bits torch's manual_seed said only "Overflow when unpacking long long"
     (["--checkpoint", "x.pt", "--seed", str(2**64)], "--seed"),
+    (["--checkpoint", "x.pt", "--seed", str(-2**63 - 1)], "--seed"),
     ([], "--checkpoint"),
 ])
 def test_sample_argument_errors_are_one_prefixed_line(argv, match, capsys):
