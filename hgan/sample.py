@@ -136,8 +136,8 @@ def build_parser():
                         "(default: the training dt)")
     p.add_argument("--seed", type=_seed, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--device", type=_device, default="cpu",
-                   help="auto (cuda when available), cpu, cuda or cuda:N (default: %(default)s, "
-                        "which draws the same videos for a seed on every machine)")
+                   help="auto (cuda when available), cpu, cuda or cuda:N; cpu draws the same "
+                        "videos for a seed on every machine (default: %(default)s)")
     p.add_argument("--fps", type=_fps, default=REAL_TIME_FPS,
                    help=f"GIF frames per second, at most {_MAX_FPS}; the default plays in real "
                         f"time at the data's dt (default: %(default)s)")
