@@ -257,6 +257,38 @@ def test_the_adaptive_integrator_alone_meets_its_tolerance_on_the_closed_form():
     np.testing.assert_allclose(states, mass_spring_exact(x0, pr, 100), rtol=0, atol=1e-7)
 
 
+def _kepler(e, frames, a=1.0, gm=2.0):
+    """Relative position and velocity [frames, 2] of a Kepler ellipse (semi-major axis a,
+    eccentricity e, G M = gm) released at apocentre, pericentre along +x, every DT: Kepler's
+    equation E - e sin E = pi + n t, n = sqrt(gm / a^3), solved by Newton in float64."""
+    n = np.sqrt(gm / a ** 3)
+    mean = np.pi + n * np.arange(frames) * DT
+    big_e = mean.copy()
+    for _ in range(50):
+        big_e -= (big_e - e * np.sin(big_e) - mean) / (1 - e * np.cos(big_e))
+    rate = n / (1 - e * np.cos(big_e))
+    b = a * np.sqrt(1 - e * e)
+    r = np.stack([a * (np.cos(big_e) - e), b * np.sin(big_e)], -1)
+    v = np.stack([-a * np.sin(big_e) * rate, b * np.cos(big_e) * rate], -1)
+    return r, v
+
+
+def test_the_adaptive_integrator_follows_an_eccentric_kepler_orbit_through_pericentre():
+    # Two unit masses (g = 1, so G M = 2 for their separation r = q1 - q2) on an ellipse of
+    # a = 1, e = 0.8, from apocentre (|r| = 1.8) through pericentre (|r| = 0.2, 9x faster)
+    # near frame 44. Unlike the mass spring, this makes dopri5 reject and retry steps: at
+    # ADAPTIVE_TOL it stays within 1e-7 of Kepler's equation (measured 1.4e-8); accepting
+    # steps 100x over the tolerance lands 3.9e-7 off, accepting every step 0.1 off.
+    from hgan.data.simulate import dopri5
+    system = get_system("two_body")
+    r, v = _kepler(0.8, 100)
+    want = np.concatenate([r / 2, -r / 2, v / 2, -v / 2], -1)   # m = 1: p = velocity
+    pr = {"m": np.ones((1, 2)), "g": np.ones(1)}
+    states, inside = dopri5(system, want[None, 0], pr, 100)
+    assert inside.all() and np.linalg.norm(r, axis=-1).min() < 0.21   # pericentre passed
+    np.testing.assert_allclose(states[0], want, rtol=0, atol=1e-7)
+
+
 @pytest.mark.parametrize("name", ["pendulum", "three_body"])
 def test_refinement_doubles_the_steps_or_tightens_the_tolerance_tenfold_per_level(monkeypatch,
                                                                                   name):
@@ -305,3 +337,37 @@ def test_bodies_leaving_the_canvas_at_different_frames_are_each_flagged(name):
     pos = system.positions(states[1:2], {k: v[1:2] for k, v in pr.items()})
     np.testing.assert_allclose(np.linalg.norm(pos, axis=-1), 0.5 if nb == 2 else 1.0, rtol=1e-6)
 
+
+
+@pytest.mark.parametrize("name", ["two_body", "three_body"])
+def test_a_trajectory_that_starts_outside_the_canvas_is_flagged_though_it_comes_back(name):
+    # Two bodies 0.05 beyond the canvas edge (2.75 or 3), at +-(edge + 0.05, 0.5), flying
+    # inwards at speed 3 (a third at rest in the middle, pulled equally both ways): inside
+    # from the first step on, but frame 0 already shows a body off the canvas. The same
+    # start 0.05 inside the edge stays inside (both cover 0.45 in 9 frames, and pass each
+    # other 1 apart). RK4 for two_body, dopri5 for three_body.
+    system = get_system(name)
+    nb, edge = system.n_bodies, system.canvas
+    starts = []
+    for x in (edge + 0.05, edge - 0.05):
+        s = np.zeros(4 * nb)
+        s[:4] = (x, 0.5, -x, -0.5)
+        s[2 * nb:2 * nb + 4] = (-3.0, 0.0, 3.0, 0.0)
+        starts.append(s)
+    pr = {"m": np.ones((2, nb)), "g": np.ones(2)}
+    states, inside, _ = integrate(system, np.stack(starts), pr, 10)
+    assert inside.tolist() == [False, True]
+    pos = system.positions(states[1:], {k: v[1:] for k, v in pr.items()})
+    assert np.abs(pos[0, 1:]).max() < edge   # the inside one: within the canvas throughout
+
+
+def test_a_per_body_parameter_without_its_body_axis_is_refused():
+    # An [N] mass for the double pendulum (one value per arm expected, [N, 2]) would read
+    # m[..., 0] as the first trajectory's mass: it is refused, naming the parameter.
+    system = get_system("double_pendulum_colors")
+    pr = {"m": np.array([0.45, 0.5, 0.55]), "g": np.full(3, 3.0), "l": np.full((3, 2), 0.8)}
+    with pytest.raises(ValueError, match=r"parameter 'm' needs a last axis of 2 \(one per "
+                                         r"body\), got shape \(3,\)"):
+        system.hamiltonian(np.zeros((3, 5, 4)), pr)
+    with pytest.raises(ValueError, match="parameter 'm' needs a last axis of 2"):
+        system.positions(np.zeros((3, 5, 4)), pr)

@@ -397,6 +397,10 @@ def test_three_body_start_is_a_perturbed_circular_orbit_on_an_equilateral_triang
     ratio = (p / circular).ravel()     # m = 1: p = velocity
     assert ratio.min() >= 0.9 - 1e-9 and ratio.max() <= 1.1 + 1e-9
     assert kstest((ratio - 0.9) / 0.2, "uniform").pvalue > 0.01
+    # Six draws per start, one per velocity component (one factor for all six would only
+    # speed up or slow down the circular orbit): uncorrelated beyond 5 standard errors.
+    corr = np.corrcoef(ratio.reshape(-1, 6), rowvar=False)
+    assert np.abs(corr[~np.eye(6, dtype=bool)]).max() < 5 / np.sqrt(len(x))
 
 
 def test_colors_offset_draws_x_and_y_on_their_own():

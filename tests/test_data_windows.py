@@ -38,6 +38,9 @@ def test_shards_disjoint_equal_and_drop_remainder():
     (dict(frames=41), "do not fit"), (dict(rank=4, world_size=4), "outside world_size"),
     (dict(seed=-1), "seed must be"), (dict(n_traj=2, world_size=3), "cannot be shared"),
     (dict(frames=0), "frames must be an integer >= 1"),
+    (dict(epoch=-1), "epoch must be an integer >= 0"),
+    (dict(traj_len=40.0), "traj_len must be an integer >= 1"),
+    (dict(n_traj=True), "n_traj must be an integer >= 1"),
 ])
 def test_plan_errors(kw, match):
     args = {**dict(n_traj=23, traj_len=40, frames=16, seed=0, epoch=0), **kw}

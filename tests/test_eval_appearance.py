@@ -182,3 +182,41 @@ def test_a_generator_that_reproduces_the_real_videos_has_a_mass_ratio_of_one():
     real = np.concatenate([_disc_video(r, color=0, num_colors=1) for r in (0.1, 0.2, 0.4)])
     res = appearance.appearance_consistency(real, real.copy(), 1)
     assert res["mass_ratio"] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_a_pixel_belongs_to_the_colour_whose_line_it_lies_nearest():
+    # Palette of 6 (red 0 ... magenta 5). A pixel 0.5 from the background, 29 degrees off
+    # magenta's direction towards red's (36.4 degrees off red's): it is magenta, with weight
+    # 0.5 cos(29 deg) / |magenta - background| each. Red, whose line is farther, would win a
+    # vote by weight (0.475 against 0.441: red lies nearer the background).
+    bg = np.asarray(BACKGROUND)
+    c = palette(6) - bg
+    um, ur = c[5] / np.linalg.norm(c[5]), c[0] / np.linalg.norm(c[0])
+    towards_red = ur - (ur @ um) * um
+    towards_red /= np.linalg.norm(towards_red)
+    a = np.radians(29.0)
+    mass = appearance.color_mass(_flat(bg + 0.5 * (np.cos(a) * um + np.sin(a) * towards_red)), 6)
+    want = 16 * 0.5 * np.cos(a) / np.linalg.norm(c[5])
+    assert mass[0, 0, 5] == pytest.approx(want, rel=0.02)
+    np.testing.assert_array_equal(mass[0, 0, :5], 0.0)
+
+
+def test_color_mass_in_batches_weighs_every_video():
+    # Five videos of one disc each, of radii 0.15 to 0.35, weighed two videos at a time: each
+    # keeps its own disc's area (see test_color_mass_is_the_disc_area).
+    radii = (0.15, 0.2, 0.25, 0.3, 0.35)
+    videos = np.concatenate([_disc_video(r, color=0, num_colors=1) for r in radii])
+    mass = appearance.color_mass(videos, 1, batch=2)
+    areas = np.pi * (np.array(radii) / 2 * 31) ** 2
+    np.testing.assert_allclose(mass[..., 0], np.repeat(areas[:, None], 3, 1), rtol=0.08)
+
+
+def test_a_generated_video_is_blank_by_its_mass_per_frame():
+    # Real discs of radius 0.3. Generated: two videos of a speck of 5% of that area (blank:
+    # under BLANK_SHARE = 10% of an object) and two of a disc of 20% (not blank), four frames
+    # each; a video's total mass over its frames would count the specks as 20%.
+    real = np.concatenate([_disc_video(0.3, color=0, num_colors=1, frames=4)] * 3)
+    gen = np.concatenate([_disc_video(0.3 * np.sqrt(share), color=0, num_colors=1, frames=4)
+                          for share in (0.05, 0.05, 0.2, 0.2)])
+    res = appearance.appearance_consistency(real, gen, 1)
+    assert res["generated_blank"] == pytest.approx(0.5) and res["real_blank"] == 0

@@ -76,6 +76,14 @@ def test_exactly_singular_covariances_give_the_closed_form_without_a_warning():
 def test_mismatched_statistics_rejected():
     with pytest.raises(ValueError, match="mismatched"):
         fvd.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    with pytest.raises(ValueError, match="mismatched"):  # means of 3 features, covariances of 4
+        fvd.frechet_distance(np.zeros(3), np.eye(4), np.zeros(3), np.eye(4))
+
+
+def test_statistics_need_two_videos():
+    # One video has no spread: its "covariance" of zeros would score as a point mass.
+    with pytest.raises(ValueError, match=r"need features \[N >= 2, F\], got shape \(1, 4\)"):
+        fvd.feature_stats(np.ones((1, 4)))
 
 
 @pytest.mark.parametrize("sigma", [np.diag([1.0, -1.0]),            # a negative variance
@@ -141,6 +149,11 @@ def test_input_contract_is_enforced():
         fvd.check_videos(good.permute(0, 2, 1, 3, 4))
     with pytest.raises(ValueError, match="protocol"):
         fvd.check_videos(good[:, :, :12], 16)
+    with pytest.raises(ValueError, match="have 20 frames; the protocol scores clips of 16"):
+        fvd.check_videos(torch.zeros(2, 3, 20, 8, 8, dtype=torch.uint8), 16)
+    # generated videos are [N, T, 3, H, W]: ones already in the detector's layout are refused
+    with pytest.raises(ValueError, match=r"expected generated videos \[N, T, 3, H, W\]"):
+        fvd.to_uint8(torch.zeros(2, 3, 16, 8, 8))
     # [-1, 1] maps to uint8 as clamp(x * 127.5 + 128), channels moved to dim 1.
     u = fvd.to_uint8(torch.tensor([-1.0, 0.0, 1.0, 2.0]).view(1, 4, 1, 1, 1).expand(1, 4, 3, 1, 1))
     assert u.shape == (1, 3, 4, 1, 1) and u[0, 0, :, 0, 0].tolist() == [0, 128, 255, 255]

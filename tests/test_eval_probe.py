@@ -121,6 +121,9 @@ def test_angles_are_read_modulo_two_pi():
     assert probe.angular_dims(get_system("double_pendulum")) == (0, 1)  # both arms
     w = probe.wrap_angles(np.array([[3 * np.pi / 2, 5.0], [-7.0, 1.0]]), (0,))
     np.testing.assert_allclose(w, [[-np.pi / 2, 5.0], [-7.0 + 2 * np.pi, 1.0]], rtol=1e-12)
+    # the double pendulum: both arms' angles wrapped, the momenta left alone
+    w = probe.wrap_angles(np.array([[7.0, -4.0, 7.0, -4.0]]), (0, 1))
+    np.testing.assert_allclose(w, [[7.0 - 2 * np.pi, -4.0 + 2 * np.pi, 7.0, -4.0]], rtol=1e-12)
 
 
 def test_probe_input_contract(trained):
@@ -416,3 +419,18 @@ def test_the_probe_learns_the_state_at_the_first_frame_of_each_pair(monkeypatch)
         np.testing.assert_array_equal(second, first + 1)                    # consecutive frames
         want = np.stack([first // 10, first % 10], -1)
         np.testing.assert_array_equal(targets.numpy(), want)               # the first one's state
+
+
+def test_the_probe_reads_pairs_as_it_was_trained_on():
+    # train_probe fits raw(pairs) to encode(states); what the probe then reads, forward(pairs),
+    # must be decode of that same output, and decode must undo encode (angles to (-pi, pi]).
+    torch.manual_seed(0)
+    pr = probe.PhysicsProbe(3, resolution=8, width=4, angular=(1,))
+    pr.state_mean.copy_(torch.tensor([0.5, 0.0, -2.0]))
+    pr.state_std.copy_(torch.tensor([2.0, 1.0, 0.25]))
+    pairs = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (5, 2, 8, 8, 3),
+                                                               dtype=np.uint8))
+    torch.testing.assert_close(pr(pairs), pr.decode(pr.raw(pairs)), rtol=0, atol=0)
+    assert not torch.equal(pr(pairs), pr(pairs.flip(1)))   # the frame order matters
+    states = torch.tensor([[1.0, 3.0, -2.5], [-4.0, -1.0, 0.0]])
+    torch.testing.assert_close(pr.decode(pr.encode(states)), states, rtol=0, atol=1e-6)

@@ -120,3 +120,39 @@ def test_learned_energy_drift_is_relative_to_the_size_of_a_negative_h0():
     out = structure.energy_rollouts(g, n=1, steps=2, dt=0.1)
     np.testing.assert_allclose(out["forward"], [[0.0, -0.5, 0.5]], rtol=1e-12)
     assert out["summary"]["forward_max_abs_rel_drift"] == pytest.approx(0.5)
+
+
+def test_learned_energy_drift_is_relative_to_the_initial_energy():
+    # H = q: 2, 3, 5 along the rollout: changes of 0.5 and 1.5 of H0 (relative to the mean
+    # |H| of 10/3 they would read 0.3 and 0.9).
+    q = torch.tensor([[[2.0], [3.0], [5.0]]])
+    g = _GivenRollout({"q": q, "p": torch.zeros_like(q)}, h=lambda q, p: q.sum(-1))
+    out = structure.energy_rollouts(g, n=1, steps=2, dt=0.1)
+    np.testing.assert_allclose(out["forward"], [[0.0, 0.5, 1.5]], rtol=1e-12)
+
+
+def test_forward_and_backward_rollouts_start_from_one_state(generator, monkeypatch):
+    # The docstring's promise: the same seed, so the +dt and -dt curves leave from the same
+    # (q0, p0), and then part (a time step of opposite sign).
+    g, starts = generator, []
+    motion = g.motion
+
+    def recording(n, frames, **kw):
+        out = motion(n, frames, **kw)
+        starts.append((kw["dt"], out["q"][:, :2].detach().clone(), out["p"][:, 0].detach().clone()))
+        return out
+
+    monkeypatch.setattr(g, "motion", recording)
+    structure.energy_rollouts(g, n=4, steps=2, seed=5)
+    (dt_f, q_f, p_f), (dt_b, q_b, p_b) = starts
+    assert dt_f == -dt_b == g.config.dt
+    torch.testing.assert_close(q_f[:, 0], q_b[:, 0], rtol=0, atol=0)
+    torch.testing.assert_close(p_f, p_b, rtol=0, atol=0)
+    assert (q_f[:, 1] - q_b[:, 1]).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("rates", [[float("nan"), 1.0], [float("inf"), 1.0]])
+def test_non_finite_rates_are_not_counted(rates):
+    # NaN would compare as inactive and inf would set the threshold to inf: neither is a count.
+    got = structure.count_active(rates, p_spread=1.0, duration=1.0)
+    assert got["active_dims"] is None and "non-finite" in got["note"]
