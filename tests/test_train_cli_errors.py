@@ -307,6 +307,18 @@ def test_a_run_shorter_than_log_every_logs_its_last_iteration(data_root, tmp_pat
         pytest.approx(acc.Scalars("speed/it_per_s")[0].value, rel=1e-6)
 
 
+@pytest.mark.parametrize("model", ["hnn_gan", "mocogan"])
+def test_baselines_log_no_cyclic_loss(model, data_root, tmp_path, capsys):
+    # hgan alone has L_cyc; a baseline's log line showed "L_cyc 0.000", as if it were computed
+    out = tmp_path / "run"
+    code, stdout, err = call(TINY + ["--model", model, "--data", data_root, "--out", str(out),
+                                     "--iters", "1"], capsys)
+    assert code == 0, err
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("[hgan] iteration ")]
+    assert len(lines) == 1 and "L_cyc" not in lines[0], lines
+    assert re.search(r"D_I [-\d.]+, D_V [-\d.]+, G [-\d.]+, [\d.]+ it/s$", lines[0]), lines
+
+
 def test_a_second_ctrl_c_aborts_in_one_line(data_root, tmp_path, capsys, monkeypatch):
     from hgan.train import run as hrun
     monkeypatch.setattr(hrun._StopFlag, "SECOND_AFTER_S", 0.0)

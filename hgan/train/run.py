@@ -490,8 +490,11 @@ def _run(setup: Setup, callback, stop) -> dict:
                     if main:
                         for k, v in fresh.items():
                             writer.add_scalar(k, v, trainer.iteration)
-                        losses = {k.split("/")[-1]: f"{last_stats[k]:.3f}"
-                                  for k in ("loss/D_I", "loss/D_V", "loss/G", "loss/L_cyc")}
+                        # L_cyc only where there is one (hgan): the baselines' constant
+                        # 0.000 read as a cyclic loss that is computed and vanishes
+                        shown = ("loss/D_I", "loss/D_V", "loss/G") + (
+                            ("loss/L_cyc",) if cfg.model.model == "hgan" else ())
+                        losses = {k.split("/")[-1]: f"{last_stats[k]:.3f}" for k in shown}
                         bar.set_postfix(losses)
                         if not cfg.progress:  # no bar (a batch job's log): a line instead
                             print(f"[hgan] iteration {it}/{cfg.iters}: "
