@@ -32,3 +32,17 @@ def test_fast_training_profile_schedule_is_step_profilers_default():
     assert (f"`--profile` records {d['active']} steps after {d['wait']} skipped and "
             f"{d['warmup']} warm-up steps") in text
     assert f"A run of fewer than {sum(d.values())} iterations records nothing" in text
+
+
+def test_readme_evaluate_example_writes_where_compare_reads(tmp_path):
+    # README's example wrote to ./eval, where `compare RUN` (its next sentence) does not look
+    import shlex
+
+    from hgan.evaluate.report import results_path
+    with open(os.path.join(os.path.dirname(DOCS), "README.md")) as f:
+        line = next(ln for ln in f if ln.startswith("python -m hgan.evaluate --checkpoint"))
+    argv = shlex.split(line)
+    run, out = argv[argv.index("--checkpoint") + 1], argv[argv.index("--out") + 1]
+    os.makedirs(tmp_path / out)
+    (tmp_path / out / "results.json").write_text("{}")
+    assert results_path(str(tmp_path / run)) == str(tmp_path / out / "results.json")
