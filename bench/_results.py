@@ -13,6 +13,9 @@ import torch
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 WRITTEN = set()   # results files this process wrote (bench/conftest.py names them at the end)
+# the ratios (speed-ups, keys X_over_Y) this process recorded, by (section, entry, key):
+# bench/conftest.py prints them at the end, so that a run shows what it paired
+RATIOS = {}
 
 
 def device_name(device: str = "cuda") -> str:
@@ -115,6 +118,9 @@ def record(section: str, name: str, payload: dict, device: str = "cuda",
             entry["earlier"] = earlier
     entries[name] = entry
     WRITTEN.add(path)
+    for key, value in payload.items():
+        if "_over_" in key and isinstance(value, (int, float)):
+            RATIOS[(section, name, key)] = value
     return write_json(path, data)
 
 

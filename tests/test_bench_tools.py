@@ -848,3 +848,33 @@ def test_record_stamps_win_over_a_payload_naming_a_commit(tmp_path, monkeypatch)
     path = _results.record("leapfrog", "a", {"ms": 1.0, "commit": "stale", "torch": "old"})
     e = json.load(open(path))["results"]["leapfrog"]["a"]
     assert (e["ms"], e["commit"], e["torch"], e["triton"]) == (1.0, "c9", "t9", "tr9")
+
+
+def test_a_bench_run_prints_the_ratios_it_recorded(tmp_path, monkeypatch):
+    # The speed-ups (the figures README's "-k" runs are for) went only into the JSON file: the
+    # terminal showed the paired test's whole loop time (3.6 s) and no ratio.
+    import importlib.util
+    monkeypatch.setattr(_results, "RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr(_results, "WRITTEN", set())
+    monkeypatch.setattr(_results, "RATIOS", {})
+    paired = {"analytic_median_s": 0.02, "analytic_over_reference_median_paired": 2.16,
+              "analytic_over_reference_quartiles": [2, 2.3]}
+    _results.record("leapfrog", "paired/B64/fwdbwd", paired, device="cpu")
+    _results.record("leapfrog", "analytic/B64/fwd", {"median_s": 0.009}, device="cpu")
+    spec = importlib.util.spec_from_file_location(
+        "bench_conftest", os.path.join(os.path.dirname(_results.__file__), "conftest.py"))
+    conftest = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conftest)
+
+    class Reporter:
+        lines = []
+
+        def write_line(self, line):
+            self.lines.append(line)
+
+    reporter = Reporter()
+    conftest.pytest_terminal_summary(reporter)
+    assert reporter.lines[0].startswith("medians recorded in ")
+    assert reporter.lines[1:] == [
+        "ratios recorded by this run (X_over_Y, as in the file):",
+        "  leapfrog paired/B64/fwdbwd: analytic_over_reference_median_paired = 2.16"]
