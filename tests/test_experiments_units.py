@@ -191,6 +191,21 @@ def test_a_mocogan_batch_of_one_is_refused_before_any_data(tmp_path):
     assert not os.path.exists(tmp_path / "data")
 
 
+@pytest.mark.parametrize("change, hint", [
+    (dict(train_traj=4), "pass --train-traj 3 as before"),
+    (dict(test_traj=5), "pass --test-traj 2 as before"),
+    (dict(traj_frames=7), "pass --traj-frames 6 as before"),
+    (dict(data_seed=1), "pass --data-seed 0 as before"),
+])
+def test_dataset_of_another_size_names_the_flag_that_continues_the_grid(tmp_path, change, hint):
+    # rerunning a small grid without its size flags said only "delete it or use another --out"
+    sizes = dict(train_traj=3, test_traj=2, traj_frames=6, frames=4)
+    spec = _spec(tmp_path, **sizes)
+    datasets.generate(spec, "pendulum", ["train", "test"])
+    with pytest.raises(GridError, match=re.escape(hint)):
+        datasets.missing_splits(_spec(tmp_path, **{**sizes, **change}), "pendulum")
+
+
 def test_dataset_of_another_size_is_an_error(tmp_path):
     spec = _spec(tmp_path, train_traj=3, test_traj=2, traj_frames=6, frames=4)
     assert datasets.missing_splits(spec, "pendulum") == ["train", "test"]

@@ -9,6 +9,10 @@ import os
 from hgan.experiments.grid import GridError
 
 
+# the table1 flag that sets each attribute _wanted compares (n_trajectories: --{split}-traj)
+_FLAGS = {"frames": "--traj-frames", "resolution": "--resolution", "seed": "--data-seed"}
+
+
 def _wanted(spec, split):
     n = spec.train_traj if split == "train" else spec.test_traj
     return {"n_trajectories": n, "frames": spec.traj_frames, "resolution": spec.resolution,
@@ -33,8 +37,11 @@ def missing_splits(spec, system):
             raise GridError(f"{path} is not usable ({e}); delete it to regenerate") from None
         for key, value in _wanted(spec, split).items():
             if int(attrs[key]) != value:
-                raise GridError(f"{path} has {key} = {int(attrs[key])}, the grid asks for {value}: "
-                                f"delete it or use another --out")
+                flag = _FLAGS[key] if key != "n_trajectories" else f"--{split}-traj"
+                have = int(attrs[key])
+                raise GridError(f"{path} has {key} = {have}, the grid asks for {value}: to "
+                                f"continue this grid, pass {flag} {have} as before; else delete "
+                                f"it or use another --out")
     return todo
 
 
