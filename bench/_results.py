@@ -11,7 +11,10 @@ import time
 
 import torch
 
-RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# HGAN_BENCH_RESULTS=DIR sends a trial run's medians there: bench/results/ is tracked, and a
+# run of one case (-k) would otherwise leave the checkout modified
+RESULTS_DIR = os.environ.get("HGAN_BENCH_RESULTS") or os.path.join(REPO_ROOT, "bench", "results")
 WRITTEN = set()   # results files this process wrote (bench/conftest.py names them at the end)
 # the ratios (speed-ups, keys X_over_Y) this process recorded, by (section, entry, key):
 # bench/conftest.py prints them at the end, so that a run shows what it paired
@@ -46,7 +49,7 @@ def commit() -> str:
     sits inside some other repository would otherwise be given that repository's HEAD)."""
     if os.environ.get("HGAN_COMMIT"):
         return os.environ["HGAN_COMMIT"]
-    root = os.path.dirname(os.path.dirname(RESULTS_DIR))
+    root = REPO_ROOT
     try:
         out = subprocess.run(["git", "rev-parse", "--show-toplevel", "HEAD"], capture_output=True,
                              text=True, cwd=root).stdout.split("\n")

@@ -637,6 +637,24 @@ def test_record_merges_sections_and_stamps_each_entry(tmp_path, monkeypatch):
     assert a["torch"] == "t" and "triton" in a and "load_average_1min" in a
 
 
+def test_hgan_bench_results_sends_the_medians_elsewhere_and_keeps_the_commit(tmp_path):
+    # bench/results/ is tracked: a trial run may write its medians elsewhere, and the commit
+    # is still this checkout's (it was found from the results folder's location)
+    code = ("import sys; sys.path.insert(0, 'bench'); import _results\n"
+            "_results.environment = lambda device='cuda': {'device': 'GPU-X', 'commit': 'c'}\n"
+            "print(_results.record('leapfrog', 'a', {'median_s': 1.0}))\n"
+            "print(_results.commit())")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "HGAN_COMMIT"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                         env={**env, "HGAN_BENCH_RESULTS": str(tmp_path / "mine")}, check=True)
+    path, sha = out.stdout.split()
+    assert path == str(tmp_path / "mine" / "GPU-X.json")
+    assert json.load(open(path))["results"]["leapfrog"]["a"]["median_s"] == 1.0
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
+    assert sha == (head.stdout.strip() if head.returncode == 0 else "unknown")
+
+
 def test_a_partial_speedup_entry_keeps_the_ratios_it_did_not_retime(tmp_path, monkeypatch):
     # A -k run that timed reference and reference_compiled only replaced the whole entry:
     # the stored analytic ratios vanished.
