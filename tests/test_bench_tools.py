@@ -720,10 +720,10 @@ def test_results_name_no_commit_outside_a_git_tree(tmp_path, monkeypatch):
     subprocess.run(git + ["commit", "-q", "--allow-empty", "-m", "outer"], cwd=outer, check=True)
     outer_head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=outer, capture_output=True,
                                 text=True).stdout.strip()
-    monkeypatch.setattr(_results, "RESULTS_DIR", str(outer / "copy" / "bench" / "results"))
+    monkeypatch.setattr(_results, "REPO_ROOT", str(outer / "copy"))
     assert _results.commit() == "unknown"
     # the checkout itself: its HEAD
-    monkeypatch.setattr(_results, "RESULTS_DIR", str(outer / "bench" / "results"))
+    monkeypatch.setattr(_results, "REPO_ROOT", str(outer))
     assert _results.commit() == outer_head
 
 
