@@ -1,5 +1,6 @@
 """Command lines: train.py's flags come from the config dataclasses, bad values end in one
 line with exit code 2, and the console scripts resolve to callables."""
+import argparse
 import os
 import subprocess
 import sys
@@ -116,3 +117,27 @@ def test_training_doc_lists_exactly_the_resumable_flags():
     sentence = sentence[:sentence.index(". ")]
     listed = set(re.findall(r"`--(?:no-)?([a-z-]+)`", sentence))
     assert listed == {name.replace("_", "-") for name in resumable_fields()}, sentence
+
+
+def _all_parsers(parser):
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                yield from _all_parsers(sub)
+
+
+def test_every_option_of_every_command_says_what_it_is_for():
+    # `python -m hgan.experiments export --help` listed grid_dir and --to with no word
+    from hgan.data.cli import build_parser as data
+    from hgan.evaluate.cli import build_parser as evaluate
+    from hgan.experiments.cli import build_parser as experiments
+    from hgan.sample import build_parser as sample
+    from hgan.train.config import build_parser as train
+    bare = []
+    for build in (train, data, evaluate, sample, experiments):
+        for p in _all_parsers(build()):
+            bare += [f"{p.prog}: {'/'.join(a.option_strings) or a.dest}" for a in p._actions
+                     if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
+                     and not (a.help or "").strip()]
+    assert bare == []

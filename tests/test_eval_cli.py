@@ -520,6 +520,22 @@ def test_compare_marks_drifts_at_real_level_old_n_body_results_and_differing_set
     assert "settings that differ" not in same
 
 
+def test_compare_flags_a_setting_only_between_runs_whose_metrics_it_changes():
+    # An appearance-only evaluation stores probe_steps too (the parser's default): beside a
+    # physics run with other probe steps it was flagged "not comparable", for a metric it
+    # never computed.
+    physics = _result("pendulum", "hgan", _physics(0.3, 0.1, 0.05), probe_steps=3000)
+    looks = _result("pendulum", "mocogan", None, probe_steps=600)
+    looks["appearance"] = {"generated": {"median": 0.1}, "generated_flagged": 0.0}
+    assert "settings that differ" not in report.compare_table([physics, looks])
+    both = _result("pendulum", "mocogan", _physics(0.3, 0.1, 0.05), probe_steps=600)
+    table = report.compare_table([physics, both, looks]).split("### ")[-1]
+    assert "| model | system | probe_steps |" in table
+    assert "| hgan | pendulum | 3000 |" in table
+    assert "| mocogan (run 2) | pendulum | 600 |" in table
+    assert "| mocogan (run 3) | pendulum | (not computed) |" in table
+
+
 def test_compare_names_runs_scored_against_other_real_data_and_non_canonical_fvd():
     # Two runs of one system evaluated against different held-out sets (another seed, the
     # training set's own clips) sat side by side in compare's table, unmarked.

@@ -282,21 +282,43 @@ def compare_table(results_list, names=None):
                      + _real_data_that_differs(results_list, labels))
 
 
+# The metrics each setting changes (results.json keys; tsne is a figure): a setting differs
+# only between runs that computed one of them (probe_steps is stored by an appearance-only
+# evaluation too, where it changes nothing). Settings not listed change every metric.
+SETTING_METRICS = {"fvd_videos": ("fvd",), "physics_videos": ("physics", "appearance"),
+                   "probe_steps": ("physics",), "probe_width": ("physics",),
+                   "probe_version": ("physics",), "tsne_samples": ("tsne",),
+                   "tsne_iters": ("tsne",), "momenta_videos": ("cyclic",),
+                   "rollout_videos": ("cyclic",), "rollout_steps": ("cyclic",)}
+
+
+def _computed(r, metrics):
+    return any(r.get(m) or (r.get("figures") or {}).get(m) for m in metrics)
+
+
 def _settings_that_differ(results_list, labels):
     """A table of the evaluation settings (results.json "settings") that are not the same for
-    every run: numbers measured with other video counts or probe training differ for that
-    reason alone."""
+    every run that computed a metric they change: numbers measured with other video counts
+    or probe training differ for that reason alone."""
     sets = [r.get("settings") or {} for r in results_list]
-    keys = sorted({k for st in sets for k in st if len({repr(x.get(k)) for x in sets}) > 1})
+
+    def differs(k):
+        uses = SETTING_METRICS.get(k)
+        seen = [st for r, st in zip(results_list, sets) if uses is None or _computed(r, uses)]
+        return len({repr(st.get(k)) for st in seen}) > 1
+    keys = sorted(k for k in {k for st in sets for k in st} if differs(k))
     if not keys:
         return []
-    rows = sorted(((label, r["system"], st) for (_, label), r, st in
+    def cell(r, st, k):
+        uses = SETTING_METRICS.get(k)
+        return _fmt(st.get(k)) if uses is None or _computed(r, uses) else "(not computed)"
+    rows = sorted(((label, r["system"], [cell(r, st, k) for k in keys]) for (_, label), r, st in
                    zip(labels, results_list, sets)), key=lambda row: row[:2])
     return (["### Evaluation settings that differ between these runs", "",
              "Their numbers are not comparable across these settings.", "",
              "| model | system | " + " | ".join(keys) + " |", "|---" * (len(keys) + 2) + "|"]
-            + [f"| {label} | {system} | " + " | ".join(_fmt(st.get(k)) for k in keys) + " |"
-               for label, system, st in rows] + [""])
+            + [f"| {label} | {system} | " + " | ".join(cells) + " |"
+               for label, system, cells in rows] + [""])
 
 
 def _real_text(r):

@@ -97,8 +97,10 @@ def build_parser(defaults=True):
         for action in t._actions:  # (not set_defaults: those reach the namespace anyway)
             action.default = argparse.SUPPRESS
     e = sub.add_parser("export", help="copy a grid's small results (no checkpoints) elsewhere")
-    e.add_argument("grid_dir")
-    e.add_argument("--to", required=True)
+    e.add_argument("grid_dir", help="the grid's --out directory")
+    e.add_argument("--to", required=True, metavar="DIR",
+                   help="a new (or empty) directory for compare.md, figures/ and each run's "
+                        "configs, summaries and evaluation outputs (no checkpoints)")
     return p
 
 
