@@ -141,6 +141,14 @@ def test_fvd_missing_detector_is_skipped_or_fatal(tmp_path, data_copy, monkeypat
                   "--i3d", str(tmp_path / "missing.pt")])
     assert e.value.code == 2 and "i3d_torchscript.pt" in capsys.readouterr().err
     assert not (tmp_path / "e2").exists()
+    # FVD alone with no detector anywhere: an evaluation of nothing exited 0, "Not computed"
+    monkeypatch.setenv(fvd.I3D_ENV, str(tmp_path / "nowhere" / fvd.I3D_FILENAME))
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--checkpoint", ckpt, "--out", str(tmp_path / "e3"), "--metrics", "fvd"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and len(err) == 1, err
+    assert "--metrics fvd: " in err[0] and fvd.I3D_FILENAME in err[0]
+    assert not (tmp_path / "e3").exists()
 
 
 def test_active_momenta_oracle(tmp_path, data_copy):

@@ -291,5 +291,8 @@ def check(args):
     run.held_out, run.real_path = held[:2], held[2]
     if "fvd" in args.metrics:
         run.detector, run.detector_path, run.fvd_skipped = _detector(args, device)
+        if run.detector is None and set(args.metrics) == {"fvd"}:
+            # skipped beside other metrics; alone, an evaluation of nothing that exits 0
+            raise InputError(f"--metrics fvd: {run.fvd_skipped}")
     _check_counts(args, held, run.detector_path)
     return run
