@@ -140,6 +140,8 @@ def test_a_grid_that_cannot_be_packed_is_one_clear_error(tmp_path, capsys, flags
      "evaluation with --frames 4: FVD's I3D (--i3d) needs at least 10"),
     (["--i3d", __file__], "FVD over --fvd-videos 2048 needs as many held-out trajectories, "
                           "and the grid makes --test-traj 256"),
+    # each evaluation would stop on it (after the training): nothing to compute
+    (["--eval-metrics", "fvd"], "--eval-metrics fvd alone needs the I3D detector: pass --i3d"),
     (["--resolution", "30"], "python train.py refuses the grid's own settings: unsupported "
                              "resolution 30"),
     # shlex's ValueError was a traceback

@@ -310,6 +310,9 @@ def check_flags(spec):
         _check_not_owned("--eval-args", _EVAL_OWNED, args,
                          evaluate(functools.partial(run.eval_flags, extra=False)))
     i3d = _detector(args)
+    if set(args.metrics) == {"fvd"} and not i3d:  # hgan.evaluate refuses it (exit 2)
+        raise GridError(f"--eval-metrics fvd alone needs the I3D detector: pass --i3d PATH "
+                        f"(or set ${fvd.I3D_ENV})")
     if "fvd" in args.metrics and i3d and args.frames < fvd.MIN_FRAMES:
         raise GridError(f"evaluation with --frames {args.frames}: FVD's I3D (--i3d) needs at "
                         f"least {fvd.MIN_FRAMES}; pass --eval-args '--frames N'")
