@@ -544,6 +544,39 @@ def test_compare_flags_a_setting_only_between_runs_whose_metrics_it_changes():
     assert "| mocogan (run 3) | pendulum | (not computed) |" in table
 
 
+def test_compare_counts_a_skipped_fvd_as_not_computed():
+    # A run whose FVD was skipped (no detector) stores {"skipped": ...} under "fvd" and the
+    # parser's fvd_videos: beside a run with FVD at other --fvd-videos, fvd_videos was flagged
+    # with the skipped run's count, for an FVD it never computed.
+    scored = _result("pendulum", "hgan", _physics(0.3, 0.1, 0.05), fvd_videos=256)
+    scored["fvd"] = {"fvd_mean": 10.0, "fvd_std": 1.0, "canonical": False}
+    skipped = _result("pendulum", "mocogan", _physics(0.3, 0.1, 0.05), fvd_videos=2048)
+    skipped["fvd"] = {"skipped": "the TorchScript I3D detector was not found"}
+    assert "settings that differ" not in report.compare_table([scored, skipped])
+    other = _result("pendulum", "hnn_gan", _physics(0.3, 0.1, 0.05), fvd_videos=2048)
+    other["fvd"] = {"fvd_mean": 9.0, "fvd_std": 1.0, "canonical": True}
+    table = report.compare_table([scored, skipped, other]).split("### ")[-1]
+    assert "| mocogan | pendulum | (not computed) |" in table
+    assert "| hnn_gan | pendulum | 2048 |" in table
+
+
+def test_compare_leaves_runs_that_scored_nothing_against_real_clips_out_of_the_real_data():
+    # An evaluation of the learned structure alone (--metrics cyclic) reads no real videos,
+    # so its results.json has no real_identity: beside a physics run it was listed as
+    # "not recorded (older results)" under "Real data that differs between runs".
+    physics = _result("pendulum", "hgan", _physics(0.3, 0.1, 0.05))
+    physics["real_identity"] = {"split": "test", "seed": 0, "trajectories": 64, "of": 64,
+                                "frames": 64, "resolution": 32}
+    structure_only = {"model": "mocogan", "system": "pendulum", "iteration": 70,
+                      "metrics": ["cyclic"], "figures": {},
+                      "cyclic": {"active_momenta": None, "energy_rollout": None},
+                      "settings": {"physics_videos": 64, "probe_steps": 600}}
+    assert "Real data that differs" not in report.compare_table([physics, structure_only])
+    skipped = _result("pendulum", "hnn_gan", None)   # FVD skipped: no number either
+    skipped["fvd"] = {"skipped": "no detector"}
+    assert "Real data that differs" not in report.compare_table([physics, skipped])
+
+
 def test_compare_names_runs_scored_against_other_real_data_and_non_canonical_fvd():
     # Two runs of one system evaluated against different held-out sets (another seed, the
     # training set's own clips) sat side by side in compare's table, unmarked.
@@ -574,6 +607,9 @@ def test_compare_names_runs_scored_against_other_real_data_and_non_canonical_fvd
                                   run("mocogan") | {"fvd": fvd(False)}])
     assert "| hgan | 12.0 ± 1.0 (70 it) |" in table
     assert "| mocogan | 12.0 ± 1.0 (not canonical) (70 it) |" in table
+    # 2048 videos of 32 frames is off the protocol too (fvd.fvd_over_seeds): the heading
+    # said "fewer than the protocol's 2048 videos", which such a run does not have
+    assert "other than the protocol's 2048 videos of 16 frames" in table
 
 
 def test_fewer_held_out_trajectories_than_physics_videos_is_said(tmp_path, capsys):

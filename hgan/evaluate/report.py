@@ -210,8 +210,8 @@ def find_results(run_dir):
 
 
 METRICS = [
-    ("FVD (lower is better; \"not canonical\": fewer than the protocol's 2048 videos, or real "
-     "clips the GAN trained on)", lambda r: None if not r.get("fvd") or "skipped" in r["fvd"]
+    ("FVD (lower is better; \"not canonical\": other than the protocol's 2048 videos of 16 "
+     "frames, or real clips the GAN trained on)", lambda r: None if not r.get("fvd") or "skipped" in r["fvd"]
      else f"{r['fvd']['fvd_mean']:.1f} ± {r['fvd']['fvd_std']:.1f}"
      + ("" if r["fvd"].get("canonical", True) else " (not canonical)")),
     ("energy drift of probed generated videos (median std/|mean| of true H; lower is better, "
@@ -292,8 +292,17 @@ SETTING_METRICS = {"fvd_videos": ("fvd",), "physics_videos": ("physics", "appear
                    "rollout_videos": ("cyclic",), "rollout_steps": ("cyclic",)}
 
 
+# The metrics whose numbers are distances to the real clips (samples only draws them)
+REAL_DATA_METRICS = ("fvd", "physics", "appearance")
+
+
 def _computed(r, metrics):
-    return any(r.get(m) or (r.get("figures") or {}).get(m) for m in metrics)
+    """Whether `r` holds one of `metrics` (a result or a figure); a skipped FVD
+    ({"skipped": why}, no detector) is not computed."""
+    def has(m):
+        v = r.get(m) or (r.get("figures") or {}).get(m)
+        return bool(v) and not (isinstance(v, dict) and "skipped" in v)
+    return any(has(m) for m in metrics)
 
 
 def _settings_that_differ(results_list, labels):
@@ -332,10 +341,12 @@ def _real_text(r):
 
 def _real_data_that_differs(results_list, labels):
     """A table of the runs of each system whose real clips were not the same data: their
-    physics, appearance and FVD numbers are distances to different references."""
+    physics, appearance and FVD numbers are distances to different references. A run that
+    computed none of them (--metrics cyclic, a skipped FVD) has no real data to differ."""
     rows = []
     for system in sorted({r["system"] for r in results_list}):
-        runs = [(label, r) for (_, label), r in zip(labels, results_list) if r["system"] == system]
+        runs = [(label, r) for (_, label), r in zip(labels, results_list)
+                if r["system"] == system and _computed(r, REAL_DATA_METRICS)]
         if len({_real_text(r) for _, r in runs}) > 1:
             rows += sorted((label, system, _real_text(r)) for label, r in runs)
     if not rows:
