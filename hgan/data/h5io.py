@@ -36,8 +36,8 @@ COMPRESSION = dict(compression="gzip", compression_opts=GZIP_LEVEL)
 # the v1.10 format checksums the superblock, object headers (every attribute) and B-trees,
 # and fletcher32 the small uncompressed datasets. A single flipped byte of a file written
 # without them read as another mass, seed or offset at 93 of 3,193 positions (every 7th
-# byte of a small pendulum file); with them, at 1 of 1,920 (in a frames chunk). HDF5 >= 1.10
-# (2018) reads these files.
+# byte of a small pendulum file); with them, at 1 of 1,920 (in a frames chunk). HDF5 >=
+# 1.10.2 (2018) reads these files.
 LIBVER = ("v110", "v110")
 
 

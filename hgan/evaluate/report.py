@@ -211,8 +211,8 @@ def find_results(run_dir):
 
 METRICS = [
     ("FVD (lower is better; \"not canonical\": other than the protocol's 2048 videos of 16 "
-     "frames, or real clips the GAN trained on)", lambda r: None if not r.get("fvd") or "skipped" in r["fvd"]
-     else f"{r['fvd']['fvd_mean']:.1f} ± {r['fvd']['fvd_std']:.1f}"
+     "frames, or real clips the GAN trained on)",
+     lambda r: None if not r.get("fvd") or "skipped" in r["fvd"] else f"{r['fvd']['fvd_mean']:.1f} ± {r['fvd']['fvd_std']:.1f}"
      + ("" if r["fvd"].get("canonical", True) else " (not canonical)")),
     ("energy drift of probed generated videos (median std/|mean| of true H; lower is better, "
      "down to the real level: the larger of real videos' drift and the probe's noise floor)",
@@ -347,7 +347,9 @@ def _real_data_that_differs(results_list, labels):
     for system in sorted({r["system"] for r in results_list}):
         runs = [(label, r) for (_, label), r in zip(labels, results_list)
                 if r["system"] == system and _computed(r, REAL_DATA_METRICS)]
-        if len({_real_text(r) for _, r in runs}) > 1:
+        # differing records only: an older result without one may well share the others'
+        # data, and is listed (as not recorded) only beside records that differ
+        if len({_real_text(r) for _, r in runs if r.get("real_identity")}) > 1:
             rows += sorted((label, system, _real_text(r)) for label, r in runs)
     if not rows:
         return []
