@@ -145,3 +145,55 @@ def test_analytic_large_batch_and_recompute_paths(monkeypatch, activation, schem
                                 5, activation, "analytic", scheme=scheme)
     bad = {n: e for n, e in errs.items() if not e <= 1e-4}
     assert not bad, f"analytic (B={B}, SAVE_BYTES={save_bytes}) rel err > 1e-4: {bad}"
+
+
+@pytest.mark.parametrize("activation", ["softplus", "tanh", "relu"])
+def test_act_d1_is_the_derivative_of_act_value(activation):
+    # common.act_d1 is s'(a) of common.act_value's s(a): checked against autograd in float64
+    # (away from relu's kink at 0).
+    from hgan.kernels.leapfrog.common import act_d1, act_value
+    a = torch.linspace(-3, 3, 25, dtype=D)[torch.arange(25) != 12].requires_grad_(True)
+    (want,) = torch.autograd.grad(act_value(a, activation).sum(), a)
+    torch.testing.assert_close(act_d1(a.detach(), activation), want, rtol=1e-12, atol=1e-12)
+
+
+def test_the_float64_oracle_sees_a_wrong_gradient(monkeypatch):
+    # compare_to_reference is what every backend test asserts on, so it must be able to fail:
+    # rel_err is ||x - ref|| / ||ref|| (absolute where ref is zero), and a backend right in
+    # every output but 5% off in the gradient flowing back through dHdq (L_cyc's path) alone
+    # must show an error in every gradient that path reaches.
+    from hgan.kernels.leapfrog import check
+    assert check.rel_err(torch.tensor([3.0, 4.5]), torch.tensor([3.0, 4.0])) == \
+        pytest.approx(0.1, rel=1e-12)
+    assert check.rel_err(torch.tensor([0.0, 2.0]), torch.zeros(2)) == pytest.approx(2.0)
+
+    class SkewedBackward(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            return x.clone()
+
+        @staticmethod
+        def backward(ctx, g):
+            return 1.05 * g
+
+    real = check.leapfrog
+
+    def leapfrog_with_a_skewed_dhdq(*args, backend, **kw):
+        if backend != "skewed":
+            return real(*args, backend=backend, **kw)
+        q, p, d = real(*args, backend="analytic", **kw)
+        return q, p, SkewedBackward.apply(d)
+    monkeypatch.setattr(check, "leapfrog", leapfrog_with_a_skewed_dhdq)
+    gen = torch.Generator().manual_seed(3)
+    w, b = random_mlp(2, (8, 8), generator=gen)
+    q0, p0 = torch.randn(5, 2, generator=gen), torch.randn(5, 2, generator=gen)
+    errs = compare_to_reference(q0, p0, w, b, 0.1, 4, "softplus", "skewed")
+    assert max(errs[n] for n in ("q", "p", "dHdq")) <= 1e-5, errs
+    grads = {"d_q0", "d_p0", "d_W0", "d_W1", "d_W2", "d_b0", "d_b1", "d_b2"}
+    assert set(errs) == {"q", "p", "dHdq"} | grads, errs
+    # the output bias moves nothing (its gradient is zero in both); every other one is off
+    missed = {n: errs[n] for n in grads - {"d_b2"} if not errs[n] > 1e-4}
+    assert not missed and errs["d_b2"] == 0, errs
+    # and the unskewed backend passes the same check
+    errs = compare_to_reference(q0, p0, w, b, 0.1, 4, "softplus", "analytic")
+    assert max(errs.values()) <= 1e-5, errs
