@@ -159,3 +159,30 @@ def test_a_non_finite_r1_penalty_stops_the_step_before_it_reaches_the_weights(ti
         tr.step(_real())
     after = _params(tr)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_l_cyc_is_lambda_over_b_times_dh_dq_summed_over_the_whole_rollout(tiny_pendulum_h5,
+                                                                          tmp_path):
+    # Oracle: lambda / B * sum over the rollout's frames t < T-1 and coordinates i of
+    # |dH/dq_i(q_t, p_t)|, dH/dq by float64 autograd of a copy of H from before the step at
+    # the states the step's motion module rolled out: all 8 rollout frames, not only the 6
+    # rendered. A loss on another tensor of the motion (p, say), or with the default lambda,
+    # still reaches the generator, so only its value tells them apart. The float32 loss is
+    # 5e-8 off here; dH/dq summed one frame late is 7e-6 off (the motion is slow at init).
+    import copy
+    lam = 0.5
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, cyc_lambda=lam))
+    H = copy.deepcopy(tr.G.motion_module.hamiltonian).double()
+    seen = []
+    tr.G.motion_module.register_forward_hook(
+        lambda m, i, out: seen.append({k: v.detach() for k, v in out.items()}))
+    stats = tr.step(_real())
+    (mot,) = seen
+    q, p = mot["q"].double(), mot["p"].double()
+    b, frames, k = q.shape
+    assert frames == 8
+    qt = q[:, :-1].reshape(-1, k).requires_grad_(True)
+    (g,) = torch.autograd.grad(H(qt, p[:, :-1].reshape(-1, k)).sum(), qt)
+    want = lam / b * float(g.abs().sum())
+    assert want > 1e-3
+    assert float(stats["loss/L_cyc"]) == pytest.approx(want, rel=2e-6)
