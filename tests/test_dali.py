@@ -107,3 +107,43 @@ def test_dali_file_replaced_under_a_running_stream_is_named(noisy_generated_h5, 
     with pytest.raises(hdata.DataFormatError, match=want):
         next(iter(stream))
     stream.close()
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_dali_sources_set_up_their_workers_and_leave_the_main_process_alone(frames_h5,
+                                                                           monkeypatch,
+                                                                           num_workers):
+    # hgan.data.workers via WorkerInit.once: a parallel source's worker leads its own process
+    # group, ignores SIGINT and dies with its parent; without workers the source runs in the
+    # main process, whose group and SIGINT handler must stay as they were.
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    import numpy as np
+
+    from hgan.data import stream as hstream
+    if not sys.platform.startswith("linux"):
+        pytest.skip("process groups and PR_SET_PDEATHSIG as on Linux")
+
+    def probe(self, sample):
+        deathsig = ctypes.c_int(-1)
+        ctypes.CDLL(None).prctl(2, ctypes.byref(deathsig), 0, 0, 0)   # PR_GET_PDEATHSIG
+        flags = (1 * (os.getpgid(0) == os.getpid())
+                 + 2 * (signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+                 + 4 * (deathsig.value == signal.SIGKILL))
+        return np.full((FRAMES, 8, 8, 3), flags, np.uint8)
+
+    monkeypatch.setattr(hstream.WindowReader, "__call__", probe)
+    if not num_workers:   # a worker's setup run here would end pytest itself, with status 0
+        def no_exit(code):
+            raise AssertionError(f"the main process ran a worker's setup (os._exit({code}))")
+        monkeypatch.setattr(os, "_exit", no_exit)
+    group, handler = os.getpgid(0), signal.getsignal(signal.SIGINT)
+    stream = build_loader(frames_h5, batch_size=BATCH, frames=FRAMES, kind="dali",
+                          num_workers=num_workers)
+    flags = torch.round(next(iter(stream)) * 127.5 + 127.5).unique().tolist()
+    stream.close()
+    assert flags == ([7.0] if num_workers else [0.0])
+    assert os.getpgid(0) == group and signal.getsignal(signal.SIGINT) is handler

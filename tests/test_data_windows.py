@@ -95,3 +95,16 @@ def test_as_many_trajectories_as_ranks_gives_each_rank_one():
     assert [s.shape for s in shards] == [(1, 2)] * 4
     assert sorted(int(s[0, 0]) for s in shards) == [0, 1, 2, 3]
     assert all(0 <= s[0, 1] <= 6 for s in shards)
+
+
+def test_a_schedule_with_as_many_ranks_as_trajectories_gives_each_rank_its_own_window(
+        tiny_pendulum_h5):
+    # 24 trajectories over 24 ranks is the smallest shareable set, not an error: rank r's one
+    # batch of one is row r of the epoch's plan, computed here from the documented recipe.
+    rng = np.random.default_rng([5, 0])
+    order, starts = rng.permutation(24), rng.integers(0, 40 - 16 + 1, 24)
+    for rank in (0, 13, 23):
+        sched = WindowSchedule(tiny_pendulum_h5, batch_size=1, frames=16, seed=5, rank=rank,
+                               world_size=24)
+        assert sched.batches_per_epoch == 1
+        assert sched.window(0) == (order[rank], starts[rank])

@@ -28,6 +28,8 @@ def files(tiny_pendulum_h5, tmp_path_factory):
                              resolution=32, progress=False)["train"]
     small = generate_dataset("pendulum", root / "small", train=2, test=0, frames=4, seed=0,
                              resolution=16, progress=False)["train"]
+    one = generate_dataset("pendulum", root / "one", train=1, test=0, frames=4, seed=0,
+                           resolution=32, progress=False)["train"]
     ckpt, _ = _checkpoint(root, "hgan", tiny_pendulum_h5, iteration=1)
     beside = root / "beside"   # a test.h5 of another system next to the training file
     beside.mkdir()
@@ -37,7 +39,7 @@ def files(tiny_pendulum_h5, tmp_path_factory):
     i3d = root / "i3d.pt"
     torch.jit.script(_StandIn()).save(str(i3d))
     return {"root": root, "ckpt": ckpt, "data": tiny_pendulum_h5, "junk": str(junk),
-            "three_body": other, "pendulum_16px": small, "i3d": str(i3d),
+            "three_body": other, "pendulum_16px": small, "pendulum_one": one, "i3d": str(i3d),
             "beside_three_body": str(beside / "train.h5")}
 
 
@@ -79,6 +81,17 @@ BAD = {  # name: (flags, words the error line must contain)
     "a repeated seed": (lambda f: ["--seeds", "0,1,0"], ["--seeds", "repeated", "0,1,0"]),
     "a missing --data": (lambda f: ["--data", "nowhere/train.h5"],
                          ["--data nowhere/train.h5: no such file"]),
+    "a negative seed": (lambda f: ["--seeds=0,-1"], ["--seeds", ">= 0", "0,-1"]),
+    "--system other than the checkpoint's": (
+        lambda f: ["--system", "three_body"],
+        ["--system three_body, but the checkpoint was trained on pendulum"]),
+    "data of another frame size than the generator's": (
+        lambda f: ["--data", f["pendulum_16px"], "--metrics", "samples"],
+        ["--data", "16-pixel frames", "generator makes 32-pixel ones"]),
+    # --physics-videos 4 (FAST), but the one held-out trajectory is a single real video
+    "one held-out physics video": (lambda f: ["--metrics", "physics", "--frames", "4",
+                                              "--real", f["pendulum_one"]],
+                                   ["at least 2 held-out videos; got 1", "1 held-out"]),
 }
 
 
@@ -113,6 +126,16 @@ def test_the_limits_themselves_are_accepted(files, tmp_path):
     assert run.held_out[0].frames.shape[1] == 40 and len(run.held_out[1]) == 5
     assert run.detector_path == files["i3d"] and not (tmp_path / "e").exists()
 
+
+def test_physics_on_clips_of_the_fewest_frames_it_measures_is_accepted(files, tmp_path):
+    # MIN_PHYSICS_FRAMES = 3: the probe's two states per video have an energy drift
+    from hgan.evaluate import inputs
+    assert inputs.MIN_PHYSICS_FRAMES == 3
+    args = cli.build_parser().parse_args(
+        ["--checkpoint", files["ckpt"], "--out", str(tmp_path / "e"), *FAST, "--metrics",
+         "physics", "--frames", "3"])
+    run = inputs.check(args)
+    assert len(run.held_out[1]) == 5 and not (tmp_path / "e").exists()
 
 @pytest.mark.parametrize("flag", ["--data", "--real"])
 def test_every_corrupt_data_file_is_one_error_line(flag, corrupt_h5, files, tmp_path, capsys):

@@ -84,3 +84,26 @@ def test_plots_label_what_they_draw(tmp_path, monkeypatch):
                                 tmp_path / "e.png", title="e")
     assert lines == {"forward (+dt)": ([0, 1, 2], [0.01] * 3),
                      "backward (-dt)": ([0, -1, -2], [-0.02] * 3)}
+
+
+def test_png_is_the_grid_and_gif_frame_k_tiles_every_videos_frame_k_row_by_row(tmp_path):
+    # Solid frames of few colours, so that the GIF palette holds them exactly: video i's
+    # frame k is colour (40 i, 60 k, 0). 5 videos in 2 columns: tile (r, c) is video 2 r + c.
+    from hgan.data.simulate import REAL_TIME_FPS
+    n, t, h, w = 5, 3, 4, 5
+    v = np.zeros((n, t, h, w, 3), np.uint8)
+    for i in range(n):
+        for k in range(t):
+            v[i, k] = (40 * i, 60 * k, 0)
+    figures.save_sample_grid(v, tmp_path / "s.png", tmp_path / "s.gif", scale=1, columns=2)
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "s.png").convert("RGB")),
+                                  np.asarray(figures.grid_image(v, scale=1)))
+    gif = Image.open(tmp_path / "s.gif")
+    assert gif.info["duration"] == int(1000 / REAL_TIME_FPS)
+    for k in range(t):
+        gif.seek(k)
+        img = np.asarray(gif.convert("RGB"))
+        for i in range(n):
+            r, c = divmod(i, 2)
+            tile = img[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w]
+            assert (tile == (40 * i, 60 * k, 0)).all(), (k, i)

@@ -418,3 +418,38 @@ def test_a_loader_error_releases_the_dataloader_iterator_at_once(frames_h5, tmp_
             pass
     assert e.value.__traceback__ is not None and len(made) == 1
     assert made[0]() is None     # freed while the error (and its traceback) is still held
+
+
+def test_loader_workers_leave_the_group_ignore_sigint_and_die_with_the_parent(frames_h5,
+                                                                             monkeypatch):
+    # hgan.data.workers: each worker leads a process group of its own (group stop signals do
+    # not reach it), ignores SIGINT, keeps SIGTERM's default (its owner's way to end it) and
+    # has PR_SET_PDEATHSIG = SIGKILL; the main process keeps its group and handlers.
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    import hgan.data.loader as loader
+    if not sys.platform.startswith("linux"):
+        pytest.skip("process groups and PR_SET_PDEATHSIG as on Linux")
+
+    def probe(self, sample):   # runs in the (forked) worker
+        deathsig = ctypes.c_int(-1)
+        ctypes.CDLL(None).prctl(2, ctypes.byref(deathsig), 0, 0, 0)   # PR_GET_PDEATHSIG
+        return torch.tensor([os.getpid(), os.getpgid(0),
+                             signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+                             signal.getsignal(signal.SIGTERM) == signal.SIG_DFL,
+                             deathsig.value])
+
+    monkeypatch.setattr(loader, "WORKER_START_METHOD", "fork")   # the patches reach it
+    monkeypatch.setattr(loader._SampleDataset, "__getitem__", probe)
+    monkeypatch.setattr(loader, "to_unit_range", lambda x, channels_last=False: x)
+    group, handler = os.getpgid(0), signal.getsignal(signal.SIGINT)
+    stream = build_loader(frames_h5[0], batch_size=1, frames=FRAMES, kind="torch",
+                          num_workers=1)
+    (pid, pgid, sigint_ignored, sigterm_default, deathsig), = next(iter(stream)).tolist()
+    stream.close()
+    assert pid != os.getpid() and pgid == pid != group
+    assert sigint_ignored and sigterm_default and deathsig == signal.SIGKILL
+    assert os.getpgid(0) == group and signal.getsignal(signal.SIGINT) is handler

@@ -187,3 +187,33 @@ def test_a_truncated_legacy_format_checkpoint_is_named_so_at_any_length(tmp_path
             load_checkpoint(str(path))
     path.write_bytes(data)
     assert load_checkpoint(str(path))["iteration"] == 3
+
+
+def test_the_resume_identity_check_compares_every_attribute_it_kept(tmp_path):
+    # hgan.train.loop.check_resumed_dataset against hand-written identities: a change of any
+    # one kept attribute is another dataset; an attribute the checkpoint did not keep (None,
+    # an older checkpoint) is not compared; no identity at all (older still) is accepted.
+    from dataclasses import replace
+
+    from hgan.models import ModelConfig
+    from hgan.train.config import RunConfig
+    from hgan.train.loop import check_resumed_dataset
+    saved = {"path": "/data/pendulum/train.h5", "trajectories": 24, "frames": 40,
+             "system": "pendulum", "resolution": 32, "seed": 3}
+    cfg = RunConfig(system="pendulum", data=str(tmp_path), seed=3, gen_train=24, gen_frames=40,
+                    frames=16, model=ModelConfig(resolution=32))
+    changed = {"trajectories": 12, "frames": 41, "system": "mass_spring", "resolution": 64,
+               "seed": 4}
+    check_resumed_dataset(saved, cfg, now=dict(saved))
+    check_resumed_dataset(None, cfg, now=None)
+    for key, value in changed.items():
+        with pytest.raises(ValueError, match="but the run trained on /data/pendulum/train.h5"):
+            check_resumed_dataset(saved, cfg, now={**saved, key: value})
+        check_resumed_dataset({**saved, key: None}, cfg, now={**saved, key: value})
+    # The file is missing: what the --gen-* flags, --system, --resolution and --seed would
+    # generate is compared instead (trajectories: --gen-train, frames: --gen-frames).
+    check_resumed_dataset(saved, cfg, now=None)
+    for flags in ({"gen_train": 12}, {"gen_frames": 41}, {"system": "mass_spring"},
+                  {"seed": 4}, {"model": ModelConfig(resolution=64)}):
+        with pytest.raises(ValueError, match="is missing and generating it would not give"):
+            check_resumed_dataset(saved, replace(cfg, **flags), now=None)

@@ -188,6 +188,21 @@ def test_gan_objective_and_accuracy_closed_forms():
     assert accuracy(torch.tensor([1.0, 1.0]), torch.tensor([-1.0, -1.0])).item() == 1.0
 
 
+def test_accuracy_counts_a_zero_logit_as_wrong_and_every_input_once():
+    # D = sigmoid(0) = 1/2 decides nothing: right neither for a real nor for a fake input
+    # (an untrained D that outputs 0 everywhere scores 0, not 1).
+    from hgan.train.losses import accuracy
+    assert accuracy(torch.zeros(3), torch.zeros(3)).item() == 0.0
+    # the fraction of all inputs, however many of each: 1 real right, 1 of 3 fakes right
+    assert accuracy(torch.tensor([1.0]), torch.tensor([-1.0, 1.0, 2.0])).item() == 0.5
+
+def test_the_dataset_check_takes_videos_as_long_as_the_trajectories(tiny_pendulum_h5, tmp_path):
+    # tiny_pendulum_h5: pendulum, 40 frames of 32x32. --frames 40 is every trajectory whole.
+    from hgan.train.loop import check_dataset
+    check_dataset(tiny_cfg(tiny_pendulum_h5, tmp_path, frames=40))
+    with pytest.raises(ValueError, match="has trajectories of 40 frames, fewer than --frames 41"):
+        check_dataset(tiny_cfg(tiny_pendulum_h5, tmp_path, frames=41, gen_frames=41))
+
 def test_r1_penalty_closed_form_and_grad_scaler():
     # D(x) = w . x has grad_x D = w for every sample: R1 = gamma/2 * |w|^2 exactly.
     w = torch.tensor([0.5, -1.0, 2.0])

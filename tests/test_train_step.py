@@ -186,3 +186,26 @@ def test_l_cyc_is_lambda_over_b_times_dh_dq_summed_over_the_whole_rollout(tiny_p
     want = lam / b * float(g.abs().sum())
     assert want > 1e-3
     assert float(stats["loss/L_cyc"]) == pytest.approx(want, rel=2e-6)
+
+
+def test_a_checkpoint_keeps_the_loader_position_apart_from_the_iteration(tiny_pendulum_h5,
+                                                                        tmp_path):
+    # The stream resumes at loader_position (hgan.train.run), which need not equal the
+    # iteration: both go into the state and come back from it as they were.
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, model="mocogan"))
+    tr.iteration, tr.loader_position = 3, 11
+    state = tr.state_dict()
+    assert (state["iteration"], state["loader_position"]) == (3, 11)
+    tr.iteration, tr.loader_position = 0, 0
+    tr.load_state_dict({**state, "iteration": 5, "loader_position": 17})
+    assert (tr.iteration, tr.loader_position) == (5, 17)
+
+
+def test_videos_of_exactly_clip_frames_train_and_shorter_ones_are_named(tiny_pendulum_h5,
+                                                                       tmp_path):
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, model="mocogan", rollout_frames=0))
+    cf = tr.cfg.model.clip_frames
+    tr.check_batch(torch.zeros(4, cf, 3, 32, 32))
+    with pytest.raises(ValueError, match=f"videos have {cf - 1} frames, fewer than "
+                                         f"clip_frames={cf}"):
+        tr.check_batch(torch.zeros(4, cf - 1, 3, 32, 32))
