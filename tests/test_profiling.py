@@ -109,8 +109,10 @@ def test_train_profile_flag_writes_stage_traces(tiny_pendulum_h5, tmp_path):
     out = tmp_path / "run"
     cfg, _ = config_from_args([
         "--system", "pendulum", "--data", str(tmp_path / "data"), "--out", str(out),
-        "--iters", "6", "--batch-size", "4", "--frames", "8", "--clip-frames", "4",
-        "--rollout-frames", "10",
+        # the profiler's default schedule needs 6 steps; what it records grows with the
+        # shapes (a 4 x 8-frame batch with a 10-frame rollout: an 8 MB trace, 2x the time)
+        "--iters", "6", "--batch-size", "2", "--frames", "2", "--clip-frames", "2",
+        "--rollout-frames", "2",
         "--ngf", "4", "--ndf", "4", "--loader", "torch", "--num-workers", "0", "--device", "cpu",
         "--log-every", "100", "--sample-every", "100", "--ckpt-every", "100", "--no-progress",
         "--profile"])
