@@ -78,21 +78,39 @@ WORKER = textwrap.dedent("""
                 "local_batch": tr.local_batch, "polls": len(polls),
                 "noise": tr.noise.get_state()},
                os.path.join(out, f"rank{rank}.pt"))
+    # test_ranks_agree_on_the_first_non_finite_loss_and_stop_together's checks, in this
+    # launch's group (a torchrun launch of its own cost ~6 s): its own file, its own errors
+    import json, traceback
+    try:
+        flushed = FLUSH(rank)
+    except Exception:
+        flushed = {"error": traceback.format_exc()}
+    with open(os.path.join(out, f"rank{rank}.json"), "w") as f:
+        json.dump(flushed, f)
     hdist.leave(clean=True)  # as train.py does: exiting with the group up can abort,
     hdist.exit_process(0)    # and so can the interpreter's finalization after it
 """)
 
 
-def test_two_gloo_ranks_train_in_sync(tiny_pendulum_h5, tmp_path):
+@pytest.fixture(scope="module")
+def gloo_pair(tiny_pendulum_h5, tmp_path_factory):
+    """One torchrun launch of WORKER (2 gloo ranks: 2 training iterations, then FLUSHER's
+    checks): (the finished process, its output directory)."""
+    tmp_path = tmp_path_factory.mktemp("gloo_pair")
     script = tmp_path / "worker.py"
-    script.write_text(WORKER)
+    script.write_text(FLUSHER + WORKER)
     data = os.path.dirname(os.path.dirname(tiny_pendulum_h5))
     out = tmp_path / "run"
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(os.path.dirname(
+        os.path.abspath(__file__))))
     # --standalone: a local rendezvous on a free port, so parallel test runs cannot collide
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(script), data, str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240), out
+
+
+def test_two_gloo_ranks_train_in_sync(gloo_pair):
+    proc, out = gloo_pair
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0 = torch.load(out / "rank0.pt", weights_only=True)
     r1 = torch.load(out / "rank1.pt", weights_only=True)
@@ -294,55 +312,45 @@ def test_a_rank_that_left_its_group_exits_without_finalizing(monkeypatch, capsys
         assert 'hgan-train = "hgan.train.cli:entry"' in f.read()
 
 
+# Run in WORKER's ranks once they have trained (test_two_gloo_ranks_train_in_sync's launch).
 FLUSHER = textwrap.dedent("""
-    import json, os, sys
-    import torch
-    import torch.distributed as dist
-    from hgan.train import dist as hdist
-    from hgan.train.loop import NonFiniteLoss, Trainer
+    def FLUSH(rank):
+        import torch
+        from hgan.train import dist as hdist
+        from hgan.train.loop import NonFiniteLoss, Trainer
 
-    dist.init_process_group("gloo")
-    rank = int(os.environ["RANK"])
-    info = hdist.DistInfo(rank, 2, rank)
-    out = {"first": [hdist.first_flagged(None, info, "cpu"),
-                     hdist.first_flagged([7, 5][rank], info, "cpu"),
-                     hdist.first_flagged(4, info, "cpu"),
-                     hdist.first_flagged([None, 9][rank], info, "cpu")]}
+        info = hdist.DistInfo(rank, 2, rank)
+        out = {"first": [hdist.first_flagged(None, info, "cpu"),
+                         hdist.first_flagged([7, 5][rank], info, "cpu"),
+                         hdist.first_flagged(4, info, "cpu"),
+                         hdist.first_flagged([None, 9][rank], info, "cpu")]}
 
-    class Losses:  # what Trainer.flush_checks reads of a trainer
-        static, device = None, torch.device("cpu")
-        def __init__(self, pending):
-            self.info, self._pending = info, pending
+        class Losses:  # what Trainer.flush_checks reads of a trainer
+            static, device = None, torch.device("cpu")
+            def __init__(self, pending):
+                self.info, self._pending = info, pending
 
-    nan, one = torch.tensor(float("nan")), torch.tensor(1.0)
-    # rank 1's losses are non-finite at iteration 3; rank 0's are all finite
-    pending = [(2, "G loss", one), (3, "G loss", one)] if rank == 0 else \\
-        [(2, "G loss", one), (3, "G loss", nan)]
-    try:
-        Trainer.flush_checks(Losses(pending))
-        out["raised"] = None
-    except NonFiniteLoss as e:
-        out["raised"] = [str(e), e.reporter]
-    with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
-        json.dump(out, f)
-    hdist.leave(clean=True)
-    hdist.exit_process(0)
+        nan, one = torch.tensor(float("nan")), torch.tensor(1.0)
+        # rank 1's losses are non-finite at iteration 3; rank 0's are all finite
+        pending = [(2, "G loss", one), (3, "G loss", one)] if rank == 0 else \\
+            [(2, "G loss", one), (3, "G loss", nan)]
+        try:
+            Trainer.flush_checks(Losses(pending))
+            out["raised"] = None
+        except NonFiniteLoss as e:
+            out["raised"] = [str(e), e.reporter]
+        return out
 """)
 
 
-def test_ranks_agree_on_the_first_non_finite_loss_and_stop_together(tmp_path):
+def test_ranks_agree_on_the_first_non_finite_loss_and_stop_together(gloo_pair):
     # Each rank checked only its own losses: a rank whose losses were finite went on into
     # the next collective (or saved weights the other rank's NaN gradient had reached).
-    script = tmp_path / "flusher.py"
-    script.write_text(FLUSHER)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.path.dirname(os.path.dirname(
-        os.path.abspath(__file__))))
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", str(script), str(tmp_path)],
-                          capture_output=True, text=True, env=env, timeout=240)
+    proc, out = gloo_pair
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
-    got = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    got = [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert "error" not in got[0] and "error" not in got[1], got
     # (iteration, rank) of the smallest flagged iteration, the lowest rank on a tie
     assert got[0]["first"] == got[1]["first"] == [None, [5, 1], [4, 0], [9, 1]]
     assert got[0]["raised"] == ["non-finite loss on rank 1 at iteration 3", False]
