@@ -395,14 +395,29 @@ def test_a_loader_dying_of_a_signal_on_one_torchrun_rank_stops_every_rank_togeth
     script = tmp_path / "rank.py"
     out = tmp_path / "runs" / "pendulum-hgan-20261201-120000"
     script.write_text(_LOADER_DIES_ON_RANK_1)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", str(script), str(tmp_path), *TINY,
-                           "--num-workers", "0", "--data", data_root, "--iters", "100000"],
-                          env={**env, "TMPDIR": str(tmp_path)}, cwd=tmp_path,
-                          capture_output=True, text=True,
-                          timeout=120)   # before the fix: the ranks hung
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": ROOT, "TMPDIR": str(tmp_path)}
+    again = tmp_path / "again"
+    again.mkdir()
+
+    def launch(results, *args, **extra):
+        return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                 "--nproc_per_node", "2", str(script), str(results), *TINY,
+                                 "--num-workers", "0", "--data", data_root, "--iters", "100000",
+                                 *args], env={**env, **extra}, cwd=tmp_path,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    # The two launches side by side (each one's start-up is most of its time): the second
+    # has its loader fail again, with results and --out of its own.
+    procs = [launch(tmp_path), launch(again, "--out", str(again / "run"), FAIL_AGAIN="1")]
+    try:
+        done = [p.communicate(timeout=120) for p in procs]   # before the fix: the ranks hung
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    (_, err), (_, err_again) = done
+    assert procs[0].returncode == 0, err[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["stopped"] for r in ranks] == ["peer signal", "SIGINT"]
     assert [r["iteration"] for r in ranks] == [STOP_POLL_EVERY] * 2
@@ -411,13 +426,7 @@ def test_a_loader_dying_of_a_signal_on_one_torchrun_rank_stops_every_rank_togeth
     assert load_checkpoint(str(out))["iteration"] == STOP_POLL_EVERY
     # Its loader failing again: that rank stopped alone, into the same mismatch (a hang);
     # now its error ends the process group.
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                           "--nproc_per_node", "2", str(script), str(tmp_path), *TINY,
-                           "--num-workers", "0", "--data", data_root, "--iters", "100000",
-                           "--out", str(tmp_path / "again")],
-                          env={**env, "TMPDIR": str(tmp_path), "FAIL_AGAIN": "1"}, cwd=tmp_path,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode != 0 and "pid(s) 5678) exited unexpectedly" in proc.stderr
+    assert procs[1].returncode != 0 and "pid(s) 5678) exited unexpectedly" in err_again
 
 
 def test_a_loader_failing_after_a_signal_still_names_a_pending_non_finite_loss(data_root,
