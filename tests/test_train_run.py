@@ -409,7 +409,7 @@ def test_profile_flag_writes_a_trace(tiny_pendulum_h5, tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         train(tiny_cfg(tiny_pendulum_h5, tmp_path / "prof", model="mocogan", iters=6,
-                       profile=True))
+                       profile=True, batch_size=2, frames=4, rollout_frames=4))
     # torch 2.11's profiler warned at every run that events are cleared between cycles
     assert not [w for w in caught if "profiler" in w.filename], [str(w.message) for w in caught]
     files = [f for _, _, fs in os.walk(tmp_path / "prof" / "profile") for f in fs]
@@ -421,7 +421,9 @@ def test_a_resumed_profiled_run_profiles_again_only_when_asked(tiny_pendulum_h5,
         return sorted(f for _, _, fs in os.walk(tmp_path / "prof" / "profile") for f in fs
                       if f.endswith(".pt.trace.json"))
 
-    cfg = tiny_cfg(tiny_pendulum_h5, tmp_path / "prof", model="mocogan", iters=6, profile=True)
+    # batch 2, 4 frames: what is checked is which runs write a trace, not what it holds
+    cfg = tiny_cfg(tiny_pendulum_h5, tmp_path / "prof", model="mocogan", iters=6, profile=True,
+                   batch_size=2, frames=4, rollout_frames=4)
     train(cfg)
     first = traces()
     assert len(first) == 1, first
