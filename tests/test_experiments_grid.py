@@ -187,6 +187,12 @@ def test_a_detector_found_through_the_environment_is_checked_too(tmp_path, capsy
     spec = grid.GridSpec(out=str(out), systems=("pendulum",), models=("hgan",), device="cpu",
                          eval_metrics="fvd,physics")
     grid.check_flags(spec)
+    # a directory there is no detector either (hgan.evaluate skips FVD; the grid counted it
+    # as one, so every invocation evaluated its runs again for an FVD never computed)
+    monkeypatch.setenv("HGAN_I3D", str(tmp_path))
+    grid.check_flags(spec)
+    import types
+    assert grid._detector(types.SimpleNamespace(i3d="")) is None
 
 
 @pytest.mark.parametrize("missing, words", [

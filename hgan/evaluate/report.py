@@ -212,7 +212,8 @@ def find_results(run_dir):
 METRICS = [
     ("FVD (lower is better; \"not canonical\": other than the protocol's 2048 videos of 16 "
      "frames, or real clips the GAN trained on)",
-     lambda r: None if not r.get("fvd") or "skipped" in r["fvd"] else f"{r['fvd']['fvd_mean']:.1f} ± {r['fvd']['fvd_std']:.1f}"
+     lambda r: None if not r.get("fvd") or "skipped" in r["fvd"]
+     else f"{r['fvd']['fvd_mean']:.1f} ± {r['fvd']['fvd_std']:.1f}"
      + ("" if r["fvd"].get("canonical", True) else " (not canonical)")),
     ("energy drift of probed generated videos (median std/|mean| of true H; lower is better, "
      "down to the real level: the larger of real videos' drift and the probe's noise floor)",
@@ -311,16 +312,18 @@ def _settings_that_differ(results_list, labels):
     or probe training differ for that reason alone."""
     sets = [r.get("settings") or {} for r in results_list]
 
+    def applies(r, k):  # the run computed a metric setting k changes
+        return k not in SETTING_METRICS or _computed(r, SETTING_METRICS[k])
+
     def differs(k):
-        uses = SETTING_METRICS.get(k)
-        seen = [st for r, st in zip(results_list, sets) if uses is None or _computed(r, uses)]
-        return len({repr(st.get(k)) for st in seen}) > 1
+        return len({repr(st.get(k)) for r, st in zip(results_list, sets) if applies(r, k)}) > 1
+
+    def cell(r, st, k):
+        return _fmt(st.get(k)) if applies(r, k) else "(not computed)"
+
     keys = sorted(k for k in {k for st in sets for k in st} if differs(k))
     if not keys:
         return []
-    def cell(r, st, k):
-        uses = SETTING_METRICS.get(k)
-        return _fmt(st.get(k)) if uses is None or _computed(r, uses) else "(not computed)"
     rows = sorted(((label, r["system"], [cell(r, st, k) for k in keys]) for (_, label), r, st in
                    zip(labels, results_list, sets)), key=lambda row: row[:2])
     return (["### Evaluation settings that differ between these runs", "",

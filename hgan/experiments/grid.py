@@ -274,11 +274,16 @@ def check_device(name):
 
 
 def _detector(eval_args):
-    """The I3D detector hgan.evaluate will use for these parsed flags: --i3d, else an existing
-    file at $HGAN_I3D; None when it will skip FVD."""
+    """The I3D detector hgan.evaluate will use for these parsed flags: --i3d, else the file
+    at $HGAN_I3D by evaluate's own rule (a directory there is none); None when it will skip
+    FVD."""
     from hgan.evaluate import fvd
-    env = os.environ.get(fvd.I3D_ENV)
-    return eval_args.i3d or (env if env and os.path.exists(env) else None)
+    if eval_args.i3d:
+        return eval_args.i3d
+    try:
+        return fvd.resolve_detector_path()
+    except FileNotFoundError:
+        return None
 
 
 def check_flags(spec):
