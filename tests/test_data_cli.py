@@ -83,11 +83,13 @@ def test_crc32c_and_hand_encoded_example():
     assert parse_example(b"\n\x0c\n\n\n\x01a\x12\x05\x1a\x03\n\x01\x01")["a"].tolist() == [1]
 
 
-def _write_suite_dir(d, frames, states, other, n_split):
+def _write_suite_dir(d, frames, states, other, n_split, dx_dt=None):
     """The suite's schema: float64 bit-cast to int64, one vertical PNG strip, and `other/`
     entries of shape (1, ...) (its generator makes one trajectory at a time)."""
-    t = frames.shape[1]
-    lines = [f"x, ({t}, {states.shape[-1]}), float64", f"image, ({t * 32}, 32, 3), uint8"]
+    t, r = frames.shape[1], frames.shape[2]
+    lines = [f"x, ({t}, {states.shape[-1]}), float64", f"image, ({t * r}, {r}, 3), uint8"]
+    if dx_dt is not None:
+        lines.append(f"dx_dt, ({t}, {states.shape[-1]}), float64")
     for k, v in other.items():
         shape = ", ".join(map(str, (1,) + v.shape[1:]))
         lines.append(f"other/{k}, ({shape}), {'int64' if v.dtype.kind == 'i' else 'float64'}")
@@ -96,8 +98,10 @@ def _write_suite_dir(d, frames, states, other, n_split):
         recs = []
         for j in range(len(frames))[sl]:
             buf = io.BytesIO()
-            Image.fromarray(frames[j].reshape(t * 32, 32, 3)).save(buf, format="PNG")
+            Image.fromarray(frames[j].reshape(t * r, r, 3)).save(buf, format="PNG")
             ex = {"x": states[j].astype(np.float64).view(np.int64).ravel(), "image": buf.getvalue()}
+            if dx_dt is not None:
+                ex["dx_dt"] = dx_dt[j].astype(np.float64).view(np.int64).ravel()
             for k, v in other.items():
                 ex["other/" + k] = (v[j].astype(np.int64) if v.dtype.kind == "i" else
                                     v[j].astype(np.float64).view(np.int64)).ravel()
@@ -390,6 +394,70 @@ def test_import_dm_reads_the_suites_folder_name_and_refuses_another_dt(tmp_path,
                + extra, capsys, "says the suite wrote these records at dt = 0.1; this project's "
                                 "data is at dt = 0.05: import the suite's pendulum_dt_0_05 folder")
     assert not (tmp_path / "o2").exists()
+
+
+def _oscillating_and_wrapped(dt, t=9):
+    """Two pendulum-like records written at dt with their exact derivatives: a harmonic swing
+    (q = a cos wt, p = -a w sin wt) and a rotation at constant p whose angle the writer wrapped
+    into [-pi, pi) once along the way."""
+    ts = np.arange(t) * dt
+    a, w, p = 0.8, 2.0, 9.0
+    swing = np.stack([a * np.cos(w * ts), -a * w * np.sin(w * ts)], -1)
+    d_swing = np.stack([swing[:, 1], -w * w * swing[:, 0]], -1)
+    q = (3.0 + p * ts + np.pi) % (2 * np.pi) - np.pi
+    spin = np.stack([q, np.full(t, p)], -1)
+    d_spin = np.stack([np.full(t, p), np.zeros(t)], -1)
+    return np.stack([swing, spin]), np.stack([d_swing, d_spin])
+
+
+def test_import_dm_reads_the_time_step_from_the_states_when_the_folder_name_does_not(
+        tmp_path, capsys):
+    # A suite folder renamed after the system alone (`pendulum`) lost the dt its name carried:
+    # records written at dt = 0.1 were imported as 0.05, motion twice as fast as the file said.
+    # The suite stores each state's exact derivative, which says the step.
+    from hgan.data.cli import _suite_dt
+    rng = np.random.default_rng(9)
+    for dt in (0.05, 0.1):
+        states, deriv = _oscillating_and_wrapped(dt)
+        assert np.diff(states[1, :, 0]).min() < -np.pi  # the rotation wraps within the record
+        for s, d in zip(states, deriv):
+            assert abs(_suite_dt(dict(x=s, dx_dt=d)) / dt - 1) < 0.01
+        frames = rng.integers(0, 256, (2, 9, 16, 16, 3), dtype=np.uint8)
+        d = tmp_path / str(dt) / "pendulum"
+        d.mkdir(parents=True)
+        _write_suite_dir(d, frames, states, {}, 1, dx_dt=deriv)
+    assert main(["import-dm", str(tmp_path / "0.05" / "pendulum"), "--out",
+                 str(tmp_path / "out")]) == 0
+    with open_h5(tmp_path / "out" / "pendulum" / "test.h5") as f:
+        np.testing.assert_array_equal(f.states[()],
+                                      _oscillating_and_wrapped(0.05)[0][1:].astype(np.float32))
+    _fails(["import-dm", str(tmp_path / "0.1" / "pendulum"), "--out", str(tmp_path / "o2")],
+           capsys, "test.tfrecord: record 0: its states advance by dt = 0.1 (x against dx_dt); "
+                   "this project's data is at dt = 0.05: import the suite's pendulum_dt_0_05 set")
+    assert not (tmp_path / "o2").exists()
+    # no derivative, or no motion: the step cannot be read, and nothing is refused for it
+    assert _suite_dt(dict(x=states[0])) is None
+    assert _suite_dt(dict(x=np.zeros((5, 2)), dx_dt=np.zeros((5, 2)))) is None
+
+
+@pytest.mark.parametrize("change, match", [
+    ("nan", "record 1: x holds a non-finite state"),
+    ("inf", "record 1: x holds a non-finite state"),
+    ("40px", "record 0: frames of 40 px: unsupported resolution 40: the models take 4*2^n"),
+])
+def test_import_dm_refuses_states_and_frames_no_run_could_use(tmp_path, capsys, change, match):
+    # A non-finite state was written as it came (open_h5 probes a few trajectories, so most
+    # files opened and trained on it); 40 px frames imported, then no model could be built.
+    rng = np.random.default_rng(10)
+    r = 40 if change == "40px" else 16
+    states = rng.standard_normal((3, 4, 2))
+    if change in ("nan", "inf"):
+        states[1, 2, 1] = float(change)
+    d = tmp_path / "pendulum"
+    d.mkdir()
+    _write_suite_dir(d, rng.integers(0, 256, (3, 4, r, r, 3), dtype=np.uint8), states, {}, 3)
+    _fails(["import-dm", str(d), "--out", str(tmp_path / "out")], capsys, match)
+    assert not list((tmp_path / "out").rglob("*.h5"))
 
 
 def test_a_seed_the_file_cannot_store_is_one_line(tmp_path, capsys):

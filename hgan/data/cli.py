@@ -23,17 +23,24 @@ class _Parser(OneLineParser):
 _nonneg, _positive = int_at_least(0), int_at_least(1)
 
 
-def _resolution(text):
-    # The sizes the models are built for (hgan.models.resolution_plan; importing it would
-    # import torch into this numpy-only tool): data of another size could never be trained on.
-    v = _positive(text)
+def _unsupported_resolution(v):
+    """Why frames of v px could never be trained on, or None. The sizes the models are built
+    for (hgan.models.resolution_plan; importing it would import torch into this numpy-only
+    tool)."""
     r, n = v, 0
     while r > 6 and r % 2 == 0:
         r, n = r // 2, n + 1
     if r not in (4, 6) or n < 2:
-        raise argparse.ArgumentTypeError(
-            f"unsupported resolution {v}: the models take 4*2^n or 6*2^n with n >= 2 "
-            "(16, 24, 32, 48, 64, 96, ...)")
+        return (f"unsupported resolution {v}: the models take 4*2^n or 6*2^n with n >= 2 "
+                "(16, 24, 32, 48, 64, 96, ...)")
+    return None
+
+
+def _resolution(text):
+    v = _positive(text)
+    why = _unsupported_resolution(v)
+    if why:
+        raise argparse.ArgumentTypeError(why)
     return v
 
 
@@ -195,6 +202,17 @@ def _import_split(directory, split, path, sysobj, progress, stop):
             if len(x) != len(img):
                 raise ValueError(f"{src}: record {j}: x has {len(x)} states but image has "
                                  f"{len(img)} frames")
+            if not np.isfinite(x).all():
+                raise ValueError(f"{src}: record {j}: x holds a non-finite state")
+            dt = _suite_dt(traj)
+            if dt is not None and not 0.9 < dt / DT < 1.1:
+                raise ValueError(f"{src}: record {j}: its states advance by dt = {dt:.3g} (x "
+                                 f"against dx_dt); this project's data is at dt = {DT:g}: "
+                                 f"import the suite's {sysobj.name}_dt_"
+                                 f"{str(DT).replace('.', '_')} set")
+            if writer is None and _unsupported_resolution(img.shape[1]):
+                raise ValueError(f"{src}: record {j}: frames of {img.shape[1]} px: "
+                                 f"{_unsupported_resolution(img.shape[1])}")
             if writer is not None and img.shape != first:
                 raise ValueError(f"{src}: record {j}: image of {img.shape[0]} frames of "
                                  f"{img.shape[1]} px, record 0's of {first[0]} of {first[1]} px")
@@ -213,6 +231,28 @@ def _import_split(directory, split, path, sysobj, progress, stop):
         discard(writer, path)
         raise
     return True
+
+
+def _suite_dt(traj):
+    """The time step a record's states were written at, from the suite's exact derivative
+    dx_dt: each step's x[t+1] - x[t] against the trapezoid dt (dx_dt[t] + dx_dt[t+1]) / 2,
+    the median over steps (an angle wrapped once moves one step, not the answer). None
+    without dx_dt or motion. A folder renamed after the system alone no longer says its dt;
+    its states still do."""
+    d = traj.get("dx_dt")
+    x = traj["x"]
+    if d is None or np.shape(d) != np.shape(x) or len(x) < 2:
+        return None
+    d = np.asarray(d, np.float64).reshape(len(x), -1)
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    mid = (d[1:] + d[:-1]) / 2
+    den = (mid * mid).sum(1)
+    step = ((x[1:] - x[:-1]) * mid).sum(1)
+    ok = np.isfinite(den) & np.isfinite(step)
+    ok &= den > 1e-12 * den[ok].max(initial=0.0)
+    if not ok.any() or not (den[ok] > 0).any():
+        return None
+    return float(np.median(step[ok] / den[ok]))
 
 
 def _suite_colors(traj, system, src, j):
