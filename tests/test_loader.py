@@ -329,6 +329,26 @@ def test_damaged_chunk_past_the_probe_is_named(frames_h5, tmp_path, kind, worker
     release_workers(e)
 
 
+def test_a_stream_that_met_a_damaged_chunk_ends_its_workers_at_once(frames_h5, tmp_path):
+    # torch re-raises a worker's error from frames that hold its iterator, in a cycle through
+    # the exception: the workers outlived the error until the cyclic collector ran, then
+    # waited out a 5 s join timeout each, wherever that was (a later test, a later run).
+    import gc
+
+    path = _damaged_copy(frames_h5[0], tmp_path)
+    base = len(multiprocessing.active_children())
+    gc.disable()   # no collection may free the iterator: only reference counting
+    try:
+        stream = build_loader(str(path), batch_size=1, frames=FRAMES, num_workers=1)
+        with pytest.raises(hdata.DataFormatError) as e:
+            for _ in zip(range(stream.batches_per_epoch), stream):
+                assert len(multiprocessing.active_children()) == base + 1
+        left = len(multiprocessing.active_children()) - base
+    finally:
+        gc.enable()
+    assert left == 0, str(e.value)
+
+
 def test_a_loader_on_a_cuda_device_this_machine_lacks_is_named(frames_h5, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for kind in ("torch", "gpu-resident", "auto"):

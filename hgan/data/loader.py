@@ -17,6 +17,7 @@ worker process (DataLoader or DALI external_source) opens its own validated hand
 """
 import itertools
 import os
+import traceback
 
 import numpy as np
 import torch
@@ -112,8 +113,15 @@ class TorchBatchStream(BatchStream):
                 failed = None
                 try:
                     u8 = next(batches)
-                except DataFormatError as e:  # a worker's: its message without its traceback
-                    failed = error_line(e)
+                except BaseException as e:
+                    # torch's frames in its traceback hold the iterator, in a cycle through
+                    # the exception (reraise's frame holds it): cleared, the `del` below frees
+                    # the iterator, and its workers end now rather than at the collector's
+                    # next run, 5 s of join timeout each (the lines stay in the traceback).
+                    traceback.clear_frames(e.__traceback__)
+                    if not isinstance(e, DataFormatError):
+                        raise
+                    failed = error_line(e)   # a worker's: its message without its traceback
                 if failed is not None:  # raised outside the handler: no context exception
                     raise DataFormatError(failed)   # whose frames hold the iterator
                 self.position += 1
