@@ -190,7 +190,7 @@ def _import_split(directory, split, path, sysobj, progress, stop):
     n = sum(1 for _ in read_records(src))
     if n == 0:
         return False
-    writer = None
+    writer = first = None
     try:
         for j, traj in enumerate(tqdm(iter_split(directory, split), total=n,
                                       disable=not progress, desc=f"import {split}")):
@@ -210,13 +210,13 @@ def _import_split(directory, split, path, sysobj, progress, stop):
                                  f"against dx_dt); this project's data is at dt = {DT:g}: "
                                  f"import the suite's {sysobj.name}_dt_"
                                  f"{str(DT).replace('.', '_')} set")
-            if writer is None and _unsupported_resolution(img.shape[1]):
-                raise ValueError(f"{src}: record {j}: frames of {img.shape[1]} px: "
-                                 f"{_unsupported_resolution(img.shape[1])}")
-            if writer is not None and img.shape != first:
+            if first is not None and img.shape != first:
                 raise ValueError(f"{src}: record {j}: image of {img.shape[0]} frames of "
                                  f"{img.shape[1]} px, record 0's of {first[0]} of {first[1]} px")
             if writer is None:
+                if _unsupported_resolution(img.shape[1]):
+                    raise ValueError(f"{src}: record {j}: frames of {img.shape[1]} px: "
+                                     f"{_unsupported_resolution(img.shape[1])}")
                 first = img.shape
                 writer = H5Writer(path, sysobj, n, img.shape[0], img.shape[1], dict(
                     split=split, seed=-1, dt=DT, substeps=-1,
