@@ -96,6 +96,16 @@ def test_clear_errors(mlp):
         (dict(q0=q0[:, :0], p0=q0[:, :0]), ValueError, "k >= 1 coordinates"),
         (dict(weights=[w[0][:0], w[1][:, :0], w[2]], biases=[b[0][:0], b[1], b[2]]),
          ValueError, r"weights\[0\] has no outputs"),
+        # the whole argument of the wrong kind ("'NoneType' object is not iterable", or a
+        # lone tensor read as a list of its rows, before)
+        (dict(biases=None), TypeError,
+         r"^biases must be a list of tensors, one per layer, got NoneType \(a network without "
+         r"biases takes one torch.zeros\(out\) per layer\)$"),
+        (dict(weights=w[0]), TypeError,
+         r"^weights must be a list of tensors, one per layer, got Tensor$"),
+        (dict(weights=torch.nn.Sequential(torch.nn.Linear(6, 16))), TypeError,
+         r"weights must be a list of tensors.*got Sequential \(pass each nn.Linear's .weight"),
+        (dict(weights=3), TypeError, r"^weights must be a list of tensors.*got int$"),
         (dict(dt=torch.tensor(0.05)), ValueError, "not a tensor"),
         (dict(dt=True), ValueError, "dt must be a finite real number"),
     ]
@@ -104,6 +114,22 @@ def test_clear_errors(mlp):
         kw.update(override)
         with pytest.raises(exc, match=msg):
             leapfrog(kw.pop("q0"), kw.pop("p0"), kw.pop("weights"), kw.pop("biases"), **kw)
+
+
+def test_layer_lists_are_checked_inside_autocast_too(mlp):
+    # autocast takes its own path to the checks: the same error there
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with pytest.raises(TypeError, match=r"^biases must be a list of tensors"):
+            leapfrog(torch.randn(4, 3), torch.randn(4, 3), mlp[0], None, frames=3)
+
+
+def test_layers_may_come_as_any_sequence(mlp):
+    # tuples and generators (a module's parameters picked on the fly) are lists of layers
+    q0 = torch.randn(4, 3)
+    want = leapfrog(q0, q0, list(mlp[0]), list(mlp[1]), frames=3, backend="analytic")
+    got = leapfrog(q0, q0, tuple(mlp[0]), (b for b in mlp[1]), frames=3, backend="analytic")
+    for x, y in zip(got, want):
+        assert torch.equal(x, y)
 
 
 def test_dt_may_be_any_real_scalar(mlp):

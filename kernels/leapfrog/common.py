@@ -110,6 +110,20 @@ def scheme_points(q, p, dq, dp, dt, scheme):
     return p_half, torch.add(q, dp, alpha=0.5 * dt), torch.add(p, dq, alpha=-dt)
 
 
+def layer_list(ts, name):
+    """`weights` or `biases` as a list, one tensor per layer; a TypeError naming the argument
+    for anything that is not a sequence of layers (None, a lone tensor, a module)."""
+    if isinstance(ts, (torch.Tensor, torch.nn.Module)) or ts is None \
+            or not hasattr(ts, "__iter__"):
+        hint = (" (a network without biases takes one torch.zeros(out) per layer)"
+                if ts is None and name == "biases" else
+                " (pass each nn.Linear's .weight and .bias, as lists)"
+                if isinstance(ts, torch.nn.Module) else "")
+        raise TypeError(f"{name} must be a list of tensors, one per layer, got "
+                        f"{type(ts).__name__}{hint}")
+    return list(ts)
+
+
 def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend, scheme="order2",
                  precision="ieee"):
     """Raise one clear error naming the first broken part of the contract."""
@@ -141,7 +155,7 @@ def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend, schem
         raise TypeError(f"q0 must be a floating-point tensor, got {q0.dtype}")
     if q0.shape[1] < 1:
         raise ValueError(f"q0 and p0 must have k >= 1 coordinates, got shape {tuple(q0.shape)}")
-    weights, biases = list(weights), list(biases)
+    weights, biases = layer_list(weights, "weights"), layer_list(biases, "biases")
     if len(weights) != len(biases) or len(weights) < 2:
         raise ValueError(f"need >= 2 layers with one bias per weight, got {len(weights)} weights "
                          f"and {len(biases)} biases")

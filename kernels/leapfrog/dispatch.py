@@ -14,7 +14,7 @@ import warnings
 import torch
 
 from .analytic import leapfrog_analytic
-from .common import autocast_off, check_inputs, functorch_active
+from .common import autocast_off, check_inputs, functorch_active, layer_list
 from .reference import leapfrog_reference
 
 log = logging.getLogger(__name__)
@@ -181,7 +181,7 @@ def _leapfrog(q0, p0, weights, biases, dt, frames, activation, backend, scheme, 
         # Autocast is the caller's network's: the rollout runs in the weights' dtype, as
         # autocast runs its fp32 ops, and states a network made in bf16 or fp16 under it
         # are cast up to that dtype (without autocast a dtype mismatch stays an error).
-        weights, biases = list(weights), list(biases)
+        weights, biases = layer_list(weights, "weights"), layer_list(biases, "biases")
         want = weights[0].dtype if weights and isinstance(weights[0], torch.Tensor) else None
         if want in (torch.float32, torch.float64):
             q0, p0 = (t.to(want) if isinstance(t, torch.Tensor)
