@@ -90,3 +90,55 @@ def test_make_system_names_what_is_missing():
         systems.make_system("s", "mass_spring", 1, 1, dict(k=(1, 1)), (0.1, 1.0), 1, 1.0)
     with pytest.raises(ValueError, match="no range for parameter.* l"):
         systems.make_system("s", "double_pendulum", 2, 2, dict(m=(1, 1), g=(1, 1)), (1, 2), 2, 3.0)
+
+
+def _wrong_gradient(x, pr):  # [..., 2*dof] states, but dH/dq and dH/dp without their last axis
+    return pr["k"] * x[..., 0], x[..., 2] / pr["m"]
+
+
+def _wrong_positions(x, pr, offset):  # no body axis: [..., 2]
+    return x[..., :2]
+
+
+def _wrong_sample(system, rng, pr):  # q alone: 2 numbers where the state has 4
+    return system._annulus(rng)
+
+
+@pytest.mark.parametrize("broken, function, what, shape", [
+    (dict(gradient=_wrong_gradient), "gradient", "dH/dq", r"\(\d+,\), expected \(\d+, 2\)"),
+    (dict(positions=_wrong_positions), "positions", "positions",
+     r"\((\d+, )+2\), expected \((\d+, )+1, 2\)"),
+    (dict(sample_state=_wrong_sample), "sample_state", "the initial state",
+     r"\(2,\), expected \(4,\)"),
+])
+def test_a_physics_function_of_the_wrong_shape_is_named(oscillator, tmp_path, broken, function,
+                                                         what, shape):
+    # Before, these were a numpy broadcast error deep in simulate.py, an AxisError in numpy's
+    # own code, and (for a state of 1 number, broadcast into the row) no error at all.
+    import dataclasses
+    systems.PHYSICS["oscillator_2d"] = dataclasses.replace(OSC, **broken)
+    with pytest.raises(ValueError, match=rf"^system 'oscillator_2d': PHYSICS\['oscillator_2d'\]"
+                                         rf"\.{function} returned {what} of shape {shape}"):
+        generate_dataset("oscillator_2d", tmp_path, train=2, test=0, frames=4, resolution=16,
+                         progress=False)
+    assert not list(tmp_path.rglob("*.h5"))
+
+
+def test_an_initial_state_of_one_number_is_not_broadcast_into_the_state(oscillator, tmp_path):
+    # The case that passed silently: a 1-number state filled every coordinate with it.
+    import dataclasses
+    systems.PHYSICS["oscillator_2d"] = dataclasses.replace(
+        OSC, sample_state=lambda system, rng, pr: np.array([0.3]))
+    with pytest.raises(ValueError, match=r"sample_state returned the initial state of shape "
+                                         r"\(1,\), expected \(4,\)"):
+        generate_dataset("oscillator_2d", tmp_path, train=2, test=0, frames=4, resolution=16,
+                         progress=False)
+
+
+def test_a_hamiltonian_of_the_wrong_shape_is_named(oscillator):
+    import dataclasses
+    systems.PHYSICS["oscillator_2d"] = dataclasses.replace(
+        OSC, hamiltonian=lambda x, pr: 0.5 * (x ** 2))   # forgot the sum: [..., 4]
+    with pytest.raises(ValueError, match=r"hamiltonian returned H of shape \(3, 5, 4\), "
+                                         r"expected \(3, 5\)"):
+        oscillator.hamiltonian(np.zeros((3, 5, 4)), {"k": np.ones(3), "m": np.ones(3)})

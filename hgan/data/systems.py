@@ -103,11 +103,14 @@ class System:
             raise ValueError(f"{self.name}: states must end in {2 * self.dof} (q then p), "
                              f"got shape {x.shape}")
         pr = _broadcast_params(self, params, x.shape[:-1])
-        return self.physics.hamiltonian(x, pr)
+        return self._checked("hamiltonian", "H", self.physics.hamiltonian(x, pr), x.shape[:-1])
 
     def vector_field(self, x, pr):
         """dx/dt for float64 states [..., 2*dof] (friction included for _friction variants)."""
         dq, dp = self.physics.gradient(x, pr)  # dH/dq, dH/dp
+        want = x.shape[:-1] + (self.dof,)
+        self._checked("gradient", "dH/dq", dq, want)
+        self._checked("gradient", "dH/dp", dp, want)
         if self.friction:
             return np.concatenate([dp, -dq - FRICTION * dp], axis=-1)
         return np.concatenate([dp, -dq], axis=-1)
@@ -118,11 +121,12 @@ class System:
         in the suite's order."""
         x = np.asarray(states, dtype=np.float64)
         pr = _broadcast_params(self, params, x.shape[:-1])
-        if offset is None:
-            return self.physics.positions(x, pr, None)
-        off = np.asarray(offset, dtype=np.float64)
-        off = off.reshape(off.shape[:-1] + (1,) * (x.ndim - off.ndim) + (2,))  # like x[..., :2]
-        return self.physics.positions(x, pr, off)
+        off = None
+        if offset is not None:
+            off = np.asarray(offset, dtype=np.float64)
+            off = off.reshape(off.shape[:-1] + (1,) * (x.ndim - off.ndim) + (2,))  # like x[..., :2]
+        return self._checked("positions", "positions", self.physics.positions(x, pr, off),
+                             x.shape[:-1] + (self.n_bodies, 2))
 
     def particle_radius(self, params):
         """World radius sqrt(m/pi) per trajectory and body: [N, n_bodies] (as the suite draws
@@ -166,7 +170,20 @@ class System:
 
     def sample_state(self, rng, pr):
         """One initial state [2*dof] drawn from a per-trajectory Generator."""
-        return self.physics.sample_state(self, rng, pr)
+        return self._checked("sample_state", "the initial state",
+                             self.physics.sample_state(self, rng, pr), (2 * self.dof,))
+
+    def _checked(self, function, what, value, shape):
+        """`value` if it has `shape`; else one error naming the Physics function that made it
+        (a new system's slip would otherwise be a numpy broadcast error deep in the
+        integrator, or, for an initial state of length 1, broadcast silently into q = p)."""
+        got = np.shape(value)
+        if got != tuple(shape):
+            raise ValueError(f"system {self.name!r}: PHYSICS[{self.base!r}].{function} returned "
+                             f"{what} of shape {got}, expected {tuple(shape)} (dof "
+                             f"{self.dof}, n_bodies {self.n_bodies}; docs/data.md, "
+                             f"'Adding a system')")
+        return value
 
     def _annulus(self, rng):
         v = rng.standard_normal(2)
