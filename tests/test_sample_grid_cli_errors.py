@@ -115,6 +115,16 @@ def test_table1_accepts_the_devices_this_machine_has(monkeypatch):
         check_device(device)
 
 
+def test_the_grids_models_and_systems_are_the_packages_own():
+    # grid.py keeps its own tuples so that planning a grid imports no torch: a model or system
+    # added to the package must reach them (or the grid refuses it as unknown).
+    from hgan.data.systems import SYSTEMS
+    from hgan.experiments.grid import MODELS, TABLE1_SYSTEMS
+    from hgan.models.config import MODELS as PACKAGE_MODELS
+    assert MODELS == PACKAGE_MODELS
+    assert set(TABLE1_SYSTEMS) <= set(SYSTEMS)
+
+
 def test_table1_help_shows_list_defaults_as_the_flags_take_them(capsys):
     from hgan.experiments.cli import build_parser
     from hgan.experiments.grid import MODELS, TABLE1_SYSTEMS
