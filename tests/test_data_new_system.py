@@ -71,6 +71,35 @@ def test_the_probe_reads_a_new_system_by_its_physics_flags(oscillator):
     assert probe.angular_dims(oscillator) == (0, 1) and probe.is_angular("oscillator_2d")
 
 
+def test_a_gradient_that_is_not_hs_is_named_when_no_draw_is_accepted(oscillator, monkeypatch):
+    # A new system's dH/dp with the mass left out: every trajectory drifts in energy and is
+    # re-drawn; the error said only "each left the canvas or drifted in energy".
+    import hgan.data.simulate as simulate
+    monkeypatch.setattr(simulate, "MAX_ROUNDS", 8)
+    wrong = systems.Physics(_h, lambda x, pr: (pr["k"][..., None] * x[..., :2], x[..., 2:]),
+                            _positions, _sample, OSC.energy_scale)
+    monkeypatch.setitem(systems.PHYSICS, "oscillator_2d", wrong)
+    with pytest.raises(simulate.NoAcceptedDraw) as e:
+        simulate.simulate_split(oscillator, 0, "train", np.arange(4), 40)
+    msg = str(e.value)
+    assert "(0 left the canvas, 8 drifted in energy)" in msg, msg
+    assert msg.endswith("PHYSICS['oscillator_2d'].gradient is not the gradient of its "
+                        "hamiltonian"), msg
+    # At q = 0, p = (1, 0), m = 0.5: H's gradient is (0, 0, 2, 0), the wrong one (0, 0, 1, 0),
+    # a difference of 1 against a largest entry of 2.
+    x, pr = np.array([[0.0, 0.0, 1.0, 0.0]]), dict(k=np.array([2.0]), m=np.array([0.5]))
+    assert "(relative difference 0.5)" in simulate._gradient_check(oscillator, x, pr)
+    monkeypatch.setitem(systems.PHYSICS, "oscillator_2d", OSC)
+    assert simulate._gradient_check(oscillator, x, pr) == ""
+    # The right gradient, on a canvas nothing fits in: the canvas is named, not the gradient.
+    import dataclasses
+    with pytest.raises(simulate.NoAcceptedDraw) as e:
+        simulate.simulate_split(dataclasses.replace(oscillator, canvas=0.0), 0, "train",
+                                np.arange(4), 40)
+    assert "(8 left the canvas, 0 drifted in energy)" in str(e.value)
+    assert "gradient" not in str(e.value)
+
+
 def test_gravity_between_four_bodies_is_newtons():
     # Pairs are built for any number of bodies; check dH/dq against finite differences.
     rng = np.random.default_rng(0)

@@ -269,7 +269,7 @@ def simulate_chunks(system, seed, split, index_chunks, frames):
     chunks = iter(index_chunks)
     open_chunks = []     # chunks admitted and not yet yielded, in output order
     pending = []         # (chunk, j): draws waiting to be integrated
-    draws = accepted = 0
+    draws = accepted = left = drifted = 0
     exhausted = False
     while not exhausted or open_chunks:
         if not exhausted:
@@ -286,14 +286,16 @@ def simulate_chunks(system, seed, split, index_chunks, frames):
                       for k in system.param_names}
             traj, inside, accurate = integrate(system, x0, params, frames)
             draws, accepted = draws + len(pending), accepted + int((inside & accurate).sum())
+            left, drifted = left + int((~inside).sum()), drifted + int((inside & ~accurate).sum())
             if accepted == 0 and draws >= MAX_ROUNDS:
                 # MAX_ROUNDS rejections in a row, over the split rather than per trajectory:
                 # a broken recipe (a canvas of zero size) is said after a round or a few,
                 # not after MAX_ROUNDS rounds of every trajectory (30 s for three_body's 256)
                 raise NoAcceptedDraw(f"{system.name}: none of the first {draws} draws was "
-                                     f"accepted (each left the canvas or drifted in energy): "
-                                     f"the system's recipe is broken, or the trajectories are "
-                                     f"too long for its canvas")
+                                     f"accepted ({left} left the canvas, {drifted} drifted in "
+                                     f"energy): the system's recipe is broken, or the "
+                                     f"trajectories are too long for its canvas"
+                                     + _gradient_check(system, x0[:1], params))
             redo = []
             for m, (c, j) in enumerate(pending):
                 if inside[m] and accurate[m]:
@@ -309,6 +311,28 @@ def simulate_chunks(system, seed, split, index_chunks, frames):
             pending = redo
         while open_chunks and open_chunks[0].remaining == 0:
             yield open_chunks.pop(0).result(system)
+
+
+def _gradient_check(system, x, params, tol=1e-4):
+    """'' when the system's dH/dq and dH/dp agree with central differences of its H at state
+    x [1, 2*dof]; else a sentence for the error above. Every draw drifting in energy is what
+    a gradient that is not H's gives (a new system's slip), and nothing else says so."""
+    params = {k: v[:1] for k, v in params.items()}
+    dq, dp = system.physics.gradient(x, params)   # as the integrators call it: [1] parameters
+    want = np.concatenate([dq, dp], -1)[0]
+    got = np.empty_like(want)
+    for i in range(x.shape[-1]):
+        h = 1e-6 * max(1.0, abs(x[0, i]))
+        step = np.zeros_like(x)
+        step[0, i] = h
+        got[i] = (system.hamiltonian(x + step, params) - system.hamiltonian(x - step, params))[0]
+        got[i] /= 2 * h
+    err = np.abs(got - want).max() / max(np.abs(got).max(), np.abs(want).max(), 1e-12)
+    if not err > tol:    # NaN too: a state where H is not finite says nothing here
+        return ""
+    return (f"; its dH/dq, dH/dp differ from H's finite differences at a drawn state "
+            f"(relative difference {err:.2g}): PHYSICS[{system.base!r}].gradient is not the "
+            f"gradient of its hamiltonian")
 
 
 def simulate_split(system, seed, split, indices, frames):
