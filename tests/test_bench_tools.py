@@ -240,7 +240,8 @@ def test_leapfrog_table_smoke_runs_every_stage(tmp_path, monkeypatch):
     monkeypatch.setenv("OUT", str(tmp_path))
     table = _leapfrog_table()
     results = os.path.join(os.path.dirname(__file__), "..", "bench", "results")
-    before = sorted(os.listdir(results))
+    # contents, not names: a CPU results file of this machine may already be there
+    before = {n: open(os.path.join(results, n), "rb").read() for n in os.listdir(results)}
     table.main(["--smoke"])
     out = json.load(open(tmp_path / "leapfrog_table.json"))
     assert out["errors"] and all(isinstance(e, float) and e <= 1e-4
@@ -256,7 +257,8 @@ def test_leapfrog_table_smoke_runs_every_stage(tmp_path, monkeypatch):
     assert set(out["peaks"]) == {"fp32", "tf32", "bf16"}
     assert out["warm"]["kernels"] == 1 and out["warm"]["failures"] == []   # one warm-up job
     assert out["cross_complete"] and {"latency_max_rows", "latency_warps"} <= set(out["recommend"])
-    assert sorted(os.listdir(results)) == before    # a smoke run records nothing
+    assert {n: open(os.path.join(results, n), "rb").read()   # a smoke run records nothing
+            for n in os.listdir(results)} == before
 
 
 def test_leapfrog_table_recommends_the_dispatch_table_from_its_rows():
@@ -445,6 +447,12 @@ def test_leapfrog_table_recommends_only_the_fp32_faithful_split_as_a_default():
     # slower than the default at one batch above the crossover: not a default
     slower = rows + _rows(("fused_tile_tf32x3", 4096, 5.0), ("fused", 4096, 4.0))
     assert table.recommend(slower, errors)["split_above_latency"] is None
+    # a tie with the default at one batch is no win (ties keep the table as it is): neither
+    # the split nor the bf16x3 opt-in is said to pay
+    tied = rows + _rows(("fused_tile_tf32x3", 4096, 4.0), ("fused_throughput", 4096, 4.0),
+                        ("fused", 4096, 4.0))
+    rec = table.recommend(tied, errors)
+    assert rec["split_above_latency"] is None and rec["bf16x3_above_latency"] is False
     # none beats the default: no split, said so
     none = _rows(*cross, ("fused", 65536, 9.0), ("fused_throughput", 65536, 12.0),
                  ("fused_tile_tf32x3", 65536, 10.0))
@@ -454,6 +462,78 @@ def test_leapfrog_table_recommends_only_the_fp32_faithful_split_as_a_default():
                       ("fused_tile_bf16x3", 65536, 9.0))
     rec = table.recommend(only_bf16, errors)
     assert "split_above_latency" not in rec and rec["bf16x3_above_latency"] is True
+
+
+def test_leapfrog_table_picks_among_several_default_splits_at_their_largest_shared_batch(
+        monkeypatch):
+    # DEFAULT_SPLITS holds one split today; should a GPU make bf16x3 one again, the rule
+    # (the issue's "whichever measures faster") must pick by the largest batch both beat the
+    # default at, not by the smallest, and keep the first listed on a tie.
+    table = _leapfrog_table()
+    monkeypatch.setattr(table, "DEFAULT_SPLITS", ("fused_tile_bf16x3", "fused_tile_tf32x3"))
+    errors = dict(_ALL_ACCURATE, **{f"{v}/B{b}": 5e-6 for v in table.DEFAULT_SPLITS
+                                   for b in (64, 1031)})
+    cross = [("fused_latency", 1024, 1.0), ("fused_tile", 1024, 2.0),
+             ("fused_latency", 2048, 3.0), ("fused_tile", 2048, 2.0),
+             ("fused", 2048, 4.0), ("fused", 65536, 90.0)]
+    rows = _rows(*cross, ("fused_tile_tf32x3", 2048, 1.0), ("fused_tile_tf32x3", 65536, 20.0),
+                 ("fused_tile_bf16x3", 2048, 3.0), ("fused_tile_bf16x3", 65536, 10.0))
+    assert table.recommend(rows, errors)["split_above_latency"] == "fused_tile_bf16x3"
+    tie = _rows(*cross, ("fused_tile_tf32x3", 2048, 1.0), ("fused_tile_tf32x3", 65536, 10.0),
+                ("fused_tile_bf16x3", 2048, 3.0), ("fused_tile_bf16x3", 65536, 10.0))
+    assert table.recommend(tie, errors)["split_above_latency"] == "fused_tile_bf16x3"
+
+
+def test_leapfrog_table_warm_up_compiles_in_parallel_and_gives_up_at_its_limit(monkeypatch):
+    # The warm-up decides what the timed stages skip: a limit too short marks every variant
+    # slow (nothing timed), one too long spends the call's budget on ptxas; a compile that
+    # fails or is killed must say so, and a killed one's variant must be skipped later.
+    import types
+    table = _leapfrog_table()
+    clock, started, killed = [0.0], [], []
+
+    class Proc:
+        def __init__(self, cmd, stderr, **kw):
+            self.variant, self.batch = cmd[-2], int(cmd[-1])
+            self.pid, self.start, self.returncode = 1000 + len(started), clock[0], None
+            started.append((self.variant, self.batch, sum(p.poll() is None for p in procs)))
+            procs.append(self)
+            if (self.variant, self.batch) == ("fused_tile_bf16x3", 1031):
+                stderr.write("Traceback ...\nOutOfResources")
+
+        def poll(self):   # 10 s of compiling; fused_tile_tf32 never finishes
+            if self.variant == "fused_tile_tf32" or clock[0] - self.start < 10:
+                return None
+            self.returncode = int((self.variant, self.batch) == ("fused_tile_bf16x3", 1031))
+            return self.returncode
+
+        def wait(self):
+            pass
+
+    procs = []
+    monkeypatch.setattr(table, "time", types.SimpleNamespace(
+        monotonic=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s)))
+    monkeypatch.setattr(table.subprocess, "Popen", Proc)
+    monkeypatch.setattr(table.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(table.os, "killpg", lambda pid, sig: killed.append(pid))
+
+    class Budget:
+        def __init__(self, left):
+            self.left = lambda: left
+
+    n, failures, slow = table.warm(Budget(1000.0), smoke_run=False)
+    # min(300 s, budget - 120 s): 300
+    assert n == len(table.WARM_JOBS) == 15 and slow == {"fused_tile_tf32"}
+    assert sorted(failures) == ["fused_tile_bf16x3/B1031: Traceback ...\nOutOfResources",
+                                "fused_tile_tf32/B1031: still compiling after 300 s",
+                                "fused_tile_tf32/B64: still compiling after 300 s"]
+    assert sorted(killed) == sorted(p.pid for p in procs if p.variant == "fused_tile_tf32")
+    assert [s[2] for s in started] == list(range(15))   # all 15 at once (up to 16)
+    assert sorted(s[:2] for s in started) == sorted((v, b) for v, b in table.WARM_JOBS)
+    # little budget left: the floor of 30 s
+    clock[0], procs[:] = 0.0, []
+    failures = table.warm(Budget(100.0), smoke_run=False)[1]
+    assert "fused_tile_tf32/B64: still compiling after 30 s" in failures
 
 
 def test_leapfrog_table_median_ms_is_the_median_of_cuda_event_times(monkeypatch):
@@ -492,11 +572,29 @@ def test_leapfrog_table_matmul_peak_is_flops_per_second(monkeypatch):
 
 
 def _fake_table_main(table, monkeypatch, tmp_path, budget_s=1000.0, slow=(), ms=None,
-                     cost=lambda v, b: 0.0, error_cost=0.0):
+                     cost=lambda v, b: 0.0, error_cost=0.0, recorded=None):
     """table.main(["--smoke"]) with every measurement faked and a fake clock for the budget.
     Returns (the JSON written to $OUT, [(variant, batch, fwd, seconds left, rows already in
-    the JSON) per timed call], [seconds left at each error check])."""
+    the JSON) per timed call], [seconds left at each error check]). An exception in `ms` is
+    raised by that row's timing. With a list as `recorded`, the run is a CUDA one (DEV
+    "cuda", device "GPU-X") whose record() calls are appended to it; otherwise record() must
+    not be called: a CPU run writes no results file."""
     clock = [0.0]
+    if recorded is not None:
+        smoke = table.smoke
+
+        def cuda_smoke():
+            smoke()
+            table.DEV = "cuda"
+        monkeypatch.setattr(table, "smoke", cuda_smoke)
+        monkeypatch.setattr(table, "environment", lambda dev: {
+            "device": "GPU-X", "torch": "t", "triton": "tr", "commit": "c", "python": "3"})
+        monkeypatch.setattr(table, "graph_ms",
+                            lambda v, b: ((ms or {}).get((v, b, "graph"), 1.0), 7))
+        monkeypatch.setattr(table, "record", lambda *a: recorded.append(a))
+        monkeypatch.setattr(table, "inputs", lambda batch, seed=0: [None] * 8)   # no .to("cuda")
+    else:
+        monkeypatch.setattr(table, "record", lambda *a: pytest.fail(f"record{a} on CPU"))
 
     class Budget:
         def __init__(self, seconds):
@@ -518,7 +616,10 @@ def _fake_table_main(table, monkeypatch, tmp_path, budget_s=1000.0, slow=(), ms=
         saved = len(json.load(open(out_json))["rows"]) if out_json.exists() else 0
         timed.append((v, b, fwd, budget[0].left(), saved))
         clock[0] += cost(v, b)
-        return (ms or {}).get((v, b), 2.0), 7
+        value = (ms or {}).get((v, b), 2.0)
+        if isinstance(value, Exception):
+            raise value
+        return value, 7
 
     def compare(*args, **kwargs):
         checks.append(budget[0].left())
@@ -581,6 +682,63 @@ def test_leapfrog_table_main_stops_each_stage_at_its_budget(tmp_path, monkeypatc
                                           error_cost=5.0)
     assert checks == [70.0, 65.0, 60.0] and len(out["errors"]) == 3
     assert all(t[3] >= 15 for t in timed) and len(timed) == len(out["rows"]) > 0
+
+
+def test_leapfrog_table_main_saves_a_failed_row_at_once_and_it_leaves_the_crossover_open(
+        tmp_path, monkeypatch):
+    # A GPU call can be killed at any row: a failure must already be in the JSON, and a
+    # crossover batch whose tile row failed is not measured, so no switch point is drawn
+    # from the training batches alone. With two error batches, the variants the warm-up
+    # compiles at the first only are checked there only (at the second they would compile
+    # inside the timed error stage).
+    table = _leapfrog_table()
+    smoke = table.smoke
+
+    def two_error_batches():
+        smoke()
+        table.STAGES["errors"] = (3, 4)
+    monkeypatch.setattr(table, "smoke", two_error_batches)
+    ms = {("fused_latency", 6): 1.0, ("fused_tile", 6): RuntimeError("OutOfResources")}
+    out, timed, _ = _fake_table_main(table, monkeypatch, tmp_path, ms=ms)
+    assert {"variant": "fused_tile", "batch": 6,
+            "failed": "RuntimeError('OutOfResources')"} in out["rows"]
+    # one row per timed call, each in the JSON before the next call
+    assert len(timed) == len(out["rows"])
+    assert [t[4] for t in timed] == list(range(len(timed)))
+    assert not out["cross_complete"] and "latency_max_rows" not in out["recommend"]
+    both = ("fused", "fused_latency", "fused_throughput", "fused_tile", "fused_tile_tf32x3",
+            "fused_tile_bf16x3", "fused_tile_tf32")
+    first = ("fused_latency_w4", "fused_latency_w16", "fused_throughput_fwd16")
+    assert set(out["errors"]) == ({f"{v}/B{b}" for v in both for b in (3, 4)}
+                                  | {f"{v}/B3" for v in first})
+
+
+def test_leapfrog_table_main_on_cuda_records_every_row_and_returns_the_device_file(
+        tmp_path, monkeypatch):
+    # On a GPU each row goes to bench/results/<device>.json as it is measured, the captured
+    # step is timed too, and that file is copied beside $OUT's JSON (what the call brings
+    # back for `_results.py merge`); a CPU run (_fake_table_main's default) records nothing.
+    table = _leapfrog_table()
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "GPU-X.json").write_text('{"device": "GPU-X"}')
+    monkeypatch.setattr(table, "RESULTS_DIR", str(results))
+    recorded = []
+    out, _, _ = _fake_table_main(table, monkeypatch, tmp_path / "out",
+                                 ms={("fused", 2, "graph"): 0.5}, recorded=recorded)
+    measured = [r for r in out["rows"] if "ms" in r]
+    assert {"variant": "fused (graph)", "batch": 2, "ms": 0.5, "reps": 7,
+            "tflops": pytest.approx(156480 * 2 / 0.5e-3 / 1e12)} in measured
+    assert recorded == [("leapfrog_table", f"{r['variant']}/B{r['batch']}", r, "cuda")
+                        for r in measured]
+    assert sorted(os.listdir(tmp_path / "out")) == ["GPU-X.json", "leapfrog_table.json"]
+    # --smoke: its timings are the interpreter's, so even a device file there stays behind
+    table = _leapfrog_table()
+    monkeypatch.setattr(table, "RESULTS_DIR", str(results))
+    monkeypatch.setattr(table, "environment", lambda dev: {"device": "GPU-X", "commit": "c"})
+    (tmp_path / "cpu").mkdir()
+    _fake_table_main(table, monkeypatch, tmp_path / "cpu")
+    assert os.listdir(tmp_path / "cpu") == ["leapfrog_table.json"]
 
 
 def test_tuning_sweep_marks_errors_over_1e_4_and_nan_anywhere_wrong(monkeypatch):
