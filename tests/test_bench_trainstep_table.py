@@ -350,3 +350,54 @@ def test_verdicts_do_not_keep_a_change_that_measured_no_gain():
     lines = trainstep_table.verdicts(rows)
     assert "| fused_adam | +0.0% | +10.0% | no |" in lines
     assert "| compile | +0.0% |  | no |" in lines
+
+
+def test_measure_refuses_a_diverged_warm_up_and_survives_a_failed_profiler(monkeypatch):
+    # A variant whose losses went non-finite while warming up would time a broken step (NaN
+    # training is not a speed); a profiler that fails costs the busy share, not the figures.
+    clock = [0.0]
+    Step = _fake_step_class(clock, 2 ** -6)
+    monkeypatch.setattr(trainstep_table, "frames_file", lambda data, res: "train.h5")
+    monkeypatch.setattr(trainstep_table, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(trainstep_table, "run_of_steps", lambda step, n: (1.0, 0.0))
+
+    def no_profile(step, n):
+        raise RuntimeError("CUPTI unavailable")
+    monkeypatch.setattr(trainstep_table, "device_busy_share", no_profile)
+    monkeypatch.setattr(trainstep_table, "TrainStep", Step)
+    r = trainstep_table.measure("data", 32, "capture", busy=True)
+    assert r["videos_per_s"] == pytest.approx(16 * 32 / 1.0)
+    assert r["device_busy"] == {"share": None,
+                                "note": "profiler failed: RuntimeError('CUPTI unavailable')"}
+    monkeypatch.setattr(trainstep_table, "TrainStep",
+                        type("Diverged", (Step,), {"__call__": lambda self: float("nan")}))
+    with pytest.raises(RuntimeError, match="non-finite losses in the warm-up"):
+        trainstep_table.measure("data", 32, "capture", busy=False)
+
+
+def test_pack_measurement_takes_the_median_round(monkeypatch):
+    # three rounds of 3, 1 and 2 s (by the main thread's clock): the median, 2 s, not the
+    # fastest; videos/s counts every run's videos
+    clock = iter([0.0, 3.0, 10.0, 11.0, 20.0, 22.0])
+    Step = _fake_step_class([0.0], 0.0)
+    Step.run = Step.__call__
+    monkeypatch.setattr(trainstep_table, "TrainStep", Step)
+    monkeypatch.setattr(trainstep_table, "frames_file", lambda data, res: "train.h5")
+    monkeypatch.setattr(trainstep_table, "DEVICE", "cpu")
+    monkeypatch.setattr(trainstep_table, "time", SimpleNamespace(perf_counter=lambda: next(clock)))
+    r = trainstep_table.measure_pack("data", 32, 3)
+    assert r["median_round_s"] == 2.0 and r["captured"]
+    assert r["videos_per_s"] == 3 * 16 * 60 / 2.0 and r["videos_per_s_per_run"] == 16 * 60 / 2.0
+
+
+def test_summary_with_a_failed_baseline_leaves_the_ratio_blank(tmp_path):
+    # the baseline is the first variant a stage runs: when it failed, the table still prints
+    # every other row, with no "x baseline" to compare against
+    rows = {"baseline_32px": {"error": "RuntimeError: out of memory"},
+            "capture_32px": {"videos_per_s": 2500.0, "median_step_s": 0.0064,
+                             "data_wait_share": 0.01}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"device": "GPU-X", "results": {"trainstep_table": rows}}))
+    table = trainstep_table.summary(str(path)).splitlines()
+    assert "| capture | 32 | 2500 | 6.40 |  | 1.0% |  |" in table
+    assert "| baseline | 32 | failed: RuntimeError: out of memory | | | | |" in table
