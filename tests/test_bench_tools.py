@@ -41,6 +41,8 @@ def test_merge_combines_sections_and_refuses_mixed_devices(tmp_path):
             with pytest.raises(ValueError, match=f"d{i}.json names no device"):
                 _results.merge(files, out_dir=str(tmp_path / "out"))
     assert sorted(os.listdir(tmp_path / "out")) == ["GPU-X.json"]
+    with pytest.raises(ValueError, match="no results files given"):   # not a silent no-op
+        _results.merge([], out_dir=str(tmp_path / "out"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
@@ -327,6 +329,18 @@ def test_leapfrog_table_without_cuda_refuses_in_one_line(monkeypatch, capsys):
     assert e.value.code == 2
     assert capsys.readouterr().err.endswith("has no CUDA device; --smoke checks the script on "
                                             "CPU\n")
+
+
+def test_results_files_are_named_after_the_gpu_and_state_the_versions(monkeypatch):
+    # the name becomes a file name (bench/results/NVIDIA-H200.json, what the docs and the
+    # merge step name); the versions are what the figures were measured with
+    monkeypatch.setattr(_results.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_results.torch.cuda, "get_device_name", lambda i: "NVIDIA H200 (NVL)")
+    assert _results.device_name("cuda") == "NVIDIA-H200--NVL"
+    env = _results.environment("cuda")
+    assert env["device"] == "NVIDIA-H200--NVL" and env["torch"] == torch.__version__
+    triton = pytest.importorskip("triton")
+    assert env["triton"] == triton.__version__
 
 
 def test_cpu_results_files_tell_native_bf16_cpus_apart(monkeypatch):
@@ -793,6 +807,8 @@ def test_record_merges_sections_and_stamps_each_entry(tmp_path, monkeypatch):
     assert data["results"]["trainstep"]["b"]["commit"] == "c2"
     # each entry names the versions it ran with and how loaded the machine was
     assert a["torch"] == "t" and "triton" in a and "load_average_1min" in a
+    # keys sorted: the tracked file's diff after a GPU call shows only what changed
+    assert open(path).read() == json.dumps(data, indent=2, sort_keys=True)
 
 
 def test_hgan_bench_results_sends_the_medians_elsewhere_and_keeps_the_commit(tmp_path):
@@ -837,6 +853,16 @@ def test_a_partial_speedup_entry_keeps_the_ratios_it_did_not_retime(tmp_path, mo
     assert e["analytic_over_reference"] == 3.0 and e["earlier"] == {
         "compiled_over_reference": {"commit": "c2", "measured": e["earlier"][
             "compiled_over_reference"]["measured"]}}
+    # left out again: it still names c2, where its value was measured, not c3
+    env["commit"] = "c4"
+    _results.record("leapfrog", "speedup/B64/fwd", {"analytic_over_reference": 3.1}, partial=True)
+    e = json.load(open(path))["results"]["leapfrog"]["speedup/B64/fwd"]
+    assert e["compiled_over_reference"] == 1.05
+    assert e["earlier"]["compiled_over_reference"]["commit"] == "c2"
+    # every ratio re-timed: nothing is earlier, and no empty "earlier" is left behind
+    _results.record("leapfrog", "speedup/B64/fwd", {"analytic_over_reference": 3.2,
+                                                    "compiled_over_reference": 1.0}, partial=True)
+    assert "earlier" not in json.load(open(path))["results"]["leapfrog"]["speedup/B64/fwd"]
     _results.record("leapfrog", "speedup/B64/fwd", {"x": 1.0})
     e = json.load(open(path))["results"]["leapfrog"]["speedup/B64/fwd"]
     assert "earlier" not in e and "analytic_over_reference" not in e and e["x"] == 1.0
