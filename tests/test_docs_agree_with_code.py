@@ -46,3 +46,15 @@ def test_readme_evaluate_example_writes_where_compare_reads(tmp_path):
     os.makedirs(tmp_path / out)
     (tmp_path / out / "results.json").write_text("{}")
     assert results_path(str(tmp_path / run)) == str(tmp_path / out / "results.json")
+
+
+def test_integrator_regime_table_states_the_dispatch_tables_switch_point_and_row_blocks():
+    # the GPU measurement (bench/gpu/leapfrog_table.py's `recommend`) moves these constants:
+    # the documented regimes must move with them
+    from hgan.kernels.leapfrog import fused
+    with open(os.path.join(DOCS, "integrator.md")) as f:
+        text = " ".join(f.read().split())
+    rows = fused.LATENCY_MAX_ROWS
+    assert f"`LATENCY_MAX_ROWS` ({rows})" in text and f"| B <= {rows} (training batches) |" in text
+    block = fused.THROUGHPUT_BLOCK_B
+    assert f"({block['fwd']} rows forward, {block['bwd']} backward)" in text

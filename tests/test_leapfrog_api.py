@@ -199,6 +199,28 @@ def test_auto_chooses_once_and_remembers(mlp, monkeypatch):
     leapfrog(q0, q0, *mlp, frames=2)
 
 
+def test_auto_picks_fused_for_cuda_tensors_where_triton_imports(mlp, monkeypatch):
+    # The module's promise, checked without a GPU (a stand-in for a CUDA tensor): auto on
+    # CUDA is the fused backend, which every GPU measurement and training run relies on;
+    # without triton, analytic.
+    from types import SimpleNamespace
+    q0 = SimpleNamespace(device=SimpleNamespace(type="cuda"))
+    monkeypatch.setattr(dispatch, "fused_unsupported_reason", lambda q0, w, act: None)
+    for importable, want in ((True, "fused"), (False, "analytic")):
+        monkeypatch.setattr(dispatch, "_auto_choice", {})
+        monkeypatch.setattr(dispatch, "_triton_importable", lambda: importable)
+        assert dispatch._resolve("auto", q0, mlp[0], "softplus") == want
+        assert dispatch._auto_choice == {"cuda": want}
+
+
+def test_without_triton_knobs_only_triton_interpret_1_means_interpreting(monkeypatch):
+    # a triton without triton.knobs (or none): the variable read as older tritons read it
+    monkeypatch.setitem(sys.modules, "triton", None)      # `from triton import ...` fails
+    for value, want in (("1", True), ("0", False), ("", False)):
+        monkeypatch.setenv("TRITON_INTERPRET", value)
+        assert dispatch._interpreting() is want, value
+
+
 def test_import_is_silent_and_needs_no_triton():
     code = ("import sys, hgan.kernels as k; k.HamiltonianMLP(3); "
             "assert 'triton' not in sys.modules, 'triton imported eagerly'")

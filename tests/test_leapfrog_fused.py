@@ -310,8 +310,9 @@ def test_fused_forward_backward_replays_from_a_cuda_graph(monkeypatch, regime):
         torch.testing.assert_close(x, y, rtol=1e-6, atol=1e-6)
 
 
-def test_streamed_layout_refuses_a_chunk_tl_dot_cannot_take(tile, monkeypatch):
-    monkeypatch.setattr(fused, "_chunk", lambda h1, h2: 24)
+@pytest.mark.parametrize("chunk", [24, 8])     # not a power of two; one under tl.dot's 16
+def test_streamed_layout_refuses_a_chunk_tl_dot_cannot_take(tile, monkeypatch, chunk):
+    monkeypatch.setattr(fused, "_chunk", lambda h1, h2: chunk)
     w, b = random_mlp(3, (64, 64), device=DEVICE)
     q0 = torch.randn(2, 3, device=DEVICE)
     with pytest.raises(ValueError, match="chunk must be 0 or a power of two >= 16"):
@@ -553,6 +554,24 @@ def test_throughput_layout_is_persistent():
     assert fused._throughput_programs(1, cpu, 64) == 1
 
 
+def test_gpu_launches_size_their_grids_by_the_sms_and_run_the_real_bf16_split(monkeypatch):
+    # What a GPU gets, checked without one (an H200 has 132 SMs): a latency program per row
+    # up to one per SM, a persistent throughput program per SM at most, and bf16x3 on the
+    # tensor cores; the emulated split is the interpreter's alone (it would time emulation).
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    monkeypatch.setattr(fused, "_sm_count", lambda device: 132)
+    assert fused._latency_programs(16, cuda) == 16
+    assert fused._latency_programs(65536, cuda) == 132
+    assert fused._throughput_programs(64 * 100, cuda, 64) == 100
+    assert fused._throughput_programs(65536, cuda, 16) == 132
+    for layout, block in (("throughput", 64), (32, 16)):
+        grid, kw = fused._launch_config(layout, 65536, 128, 128, cuda, "bf16x3")
+        assert kw["PREC"] == "bf16x3" and kw["BLOCK_B"] == block, layout
+        assert fused._launch_config(layout, 65536, 128, 128, cpu, "bf16x3")[1]["PREC"] == (
+            "bf16x3-emulated")
+    assert fused._launch_config("latency", 16, 128, 128, cuda, "ieee") == (16, {"num_warps": 8})
+
+
 def _launches(monkeypatch, run_kernels=False):
     """Record (layout, grid, keyword arguments) of every kernel launch from here on; unless
     run_kernels, the launch itself is skipped (the outputs are then uninitialised: for tests
@@ -645,6 +664,15 @@ def test_dispatch_table_edges():
         steps = fused.LATENCY_SCRATCH_BYTES // per_step
         assert fused._layout(B, steps + 1, h1, h2) == "latency", (B, h1, h2)
         assert fused._layout(B, steps + 2, h1, h2) != "latency", (B, h1, h2)
+    # the cap is inclusive: scratch of exactly LATENCY_SCRATCH_BYTES still fits (a cap that a
+    # GPU measurement sets need not be a power of two, which no scratch size can equal)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(fused, "LATENCY_SCRATCH_BYTES", 4 * 64 * 9 * 3 * (3 * 128 + 2 * 128))
+        assert fused._layout(64, 10, 128, 128) == "latency"
+        assert fused._layout(64, 11, 128, 128) != "latency"
+    # tile warps follow the wider layer (its backward spills with 4 at width 128)
+    assert fused._num_warps(128, 16) == fused._num_warps(16, 128) == 8
+    assert fused._num_warps(64, 64) == 4
 
 
 def test_streamed_layout_with_a_narrow_first_layer_matches_float64_reference(tile):
