@@ -58,3 +58,21 @@ def test_integrator_regime_table_states_the_dispatch_tables_switch_point_and_row
     assert f"`LATENCY_MAX_ROWS` ({rows})" in text and f"| B <= {rows} (training batches) |" in text
     block = fused.THROUGHPUT_BLOCK_B
     assert f"({block['fwd']} rows forward, {block['bwd']} backward)" in text
+
+
+def test_training_md_model_table_states_each_kinds_fields():
+    from hgan.model_kinds import KINDS
+    with open(os.path.join(DOCS, "training.md")) as f:
+        rows = {cells[0].strip("` "): [c.strip() for c in cells[2:]]
+                for cells in (line.strip().strip("|").split("|") for line in f
+                              if line.startswith("| `"))}
+    with open(os.path.join(DOCS, "training.md")) as f:
+        header = next(line for line in f if line.startswith("| field | meaning |"))
+    assert [c.strip() for c in header.strip().strip("|").split("|")[2:]] == list(KINDS)
+    for i, kind in enumerate(KINDS.values()):
+        assert rows["motion"][i] == f"`{kind.motion.split(':')[1]}`"
+        for field in ("hamiltonian", "cyclic_loss", "baseline"):
+            said = rows[field][i].split(" ")[0]
+            assert (said == "yes") == getattr(kind, field), (kind.name, field, said)
+        if kind.hamiltonian:
+            assert rows["config_map"][i] == ("yes" if kind.config_map else "no"), kind.name

@@ -514,6 +514,24 @@ def test_gru_keeps_running_statistics_for_every_frame_it_rolls_out(rollout, clip
         torch.testing.assert_close(mm.frame_mean[t], 0.1 * raw[t].mean(0))
 
 
+def test_gru_running_statistics_stay_float32_under_bf16_autocast():
+    # --amp on a bf16 device: the GRU's output layer runs in bf16, its per-frame statistics
+    # are kept in fp32 (lerp_ into an fp32 buffer refused a bf16 mean: mocogan --amp failed
+    # at its first step).
+    torch.manual_seed(0)
+    g = build_models(tiny("mocogan", rollout_frames=3)).generator
+    mm = g.motion_module
+    raw = []
+    mm.out.register_forward_hook(lambda m, i, o: raw.append(o.detach()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = g.motion(4, 3, generator=torch.Generator().manual_seed(2))["y"]
+    assert raw[0].dtype == torch.bfloat16 and y.isfinite().all()
+    assert mm.frame_mean.dtype == mm.frame_var.dtype == torch.float32
+    for t in range(3):
+        torch.testing.assert_close(mm.frame_mean[t], 0.1 * raw[t].float().mean(0))
+        torch.testing.assert_close(mm.frame_var[t], 0.9 + 0.1 * raw[t].float().var(0))
+
+
 def test_each_video_draws_its_own_content():
     # z_c is fixed within a video and drawn per video: with G_I's motion rows zeroed, a
     # video's frames are one image, and no two videos of a batch share it (training mode, as

@@ -25,8 +25,8 @@ import sys
 from dataclasses import asdict, dataclass, fields
 
 from hgan.evaluate.atomic import write_atomically
+from hgan.model_kinds import MODELS
 
-MODELS = ("hgan", "hnn_gan", "mocogan")   # hgan.models' own, without importing torch (a test)
 TABLE1_SYSTEMS = ("mass_spring", "pendulum", "double_pendulum", "two_body", "three_body")
 # The paper's data: 50,000 trajectories of 512 frames per system (the test split is ours).
 PAPER_SIZES = {"train_traj": 50_000, "test_traj": 2_048, "traj_frames": 512}

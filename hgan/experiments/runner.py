@@ -576,13 +576,13 @@ def _tty():
 def check_ready(spec):
     """Fail early (GridError) on settings that would only fail inside every subprocess."""
     from hgan.data import SYSTEMS
-    from hgan.experiments.grid import MODELS
+    from hgan.model_kinds import model_names
     bad = [s for s in spec.systems if s not in SYSTEMS]
     if bad:
         raise GridError(f"unknown systems {bad}; valid: {', '.join(SYSTEMS)}")
-    bad = [m for m in spec.models if m not in MODELS]
+    bad = [m for m in spec.models if m not in model_names()]
     if bad:
-        raise GridError(f"unknown models {bad}; valid: {', '.join(MODELS)}")
+        raise GridError(f"unknown models {bad}; valid: {', '.join(model_names())}")
     if spec.iters < 1:
         raise GridError(f"--iters must be >= 1, got {spec.iters}")
     if spec.i3d and not os.path.exists(spec.i3d):

@@ -12,6 +12,7 @@ import numpy as np
 from hgan.evaluate.probe import floored_drift
 from hgan.evaluate.report import bodies_by_index, raw_angles
 from hgan.evaluate.structure import ACTIVE_FLOOR, ACTIVE_FRACTION, active_text
+from hgan.model_kinds import baseline_model, hamiltonian_models
 
 # (key, title, getter on results.json, lower is better)
 METRICS = [
@@ -40,8 +41,6 @@ REAL = {
     "appearance": ("real held-out videos", lambda r: _get(r, "appearance", "real", "median")),
     "flagged": ("real held-out videos", lambda r: _get(r, "appearance", "real_flagged")),
 }
-BASELINE = "mocogan"
-HAMILTONIAN_MODELS = ("hgan", "hnn_gan")
 # The paper's structural claim: with L_cyc the pendulum uses one momentum dimension.
 ACTIVE_CLAIM = {("pendulum", "hgan"): 1}
 
@@ -243,22 +242,23 @@ def checks_section(spec, rows):
            "of real's and the probe's noise floor): the measurement cannot order them. Read "
            "the samples beside the rest.", ""]
     body = []
+    baseline = baseline_model()   # the models are compared as hgan.model_kinds marks them
     for key, title, get, _ in METRICS:
         if key not in CHECKED:
             continue
         for s in spec.systems:
-            base = _cell(rows, s, BASELINE, get)
-            for m in HAMILTONIAN_MODELS:
-                if m not in spec.models or BASELINE not in spec.models:
+            base = _cell(rows, s, baseline, get)
+            for m in hamiltonian_models():
+                if m not in spec.models or baseline not in spec.models:
                     continue
                 mine = _cell(rows, s, m, get)
                 if mine is None and base is None:
                     continue
-                body.append([f"{m} < {BASELINE} on {key.replace('_', ' ')}", s,
+                body.append([f"{m} < {baseline} on {key.replace('_', ' ')}", s,
                              _verdict(mine, base, _real_floor(rows, key, s)),
                              _cell_text(mine), _cell_text(base)])
     if body:
-        out += _table(["claim", "system", "verdict", "HNN model", BASELINE], body) + [""]
+        out += _table(["claim", "system", "verdict", "HNN model", baseline], body) + [""]
     out += [f"**Active momentum dimensions.** A latent momentum dimension i is active when the "
             f"mean |dp_i/dt| over the rollouts of `hgan.evaluate --metrics cyclic` exceeds "
             f"{ACTIVE_FRACTION:.0%} of the largest dimension's and a floor, the rate that moves a "
@@ -269,7 +269,7 @@ def checks_section(spec, rows):
     body = []
     for s in spec.systems:
         dof = get_system(s).dof
-        for m in HAMILTONIAN_MODELS:
+        for m in hamiltonian_models():
             if m not in spec.models:
                 continue
             for r in rows:

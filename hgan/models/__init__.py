@@ -4,7 +4,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from hgan.models.config import MODELS, ModelConfig, resolution_plan
+from hgan.model_kinds import MODELS
+from hgan.models.config import ModelConfig, resolution_plan
 from hgan.models.generator import VideoGenerator
 from hgan.models.networks import ImageDiscriminator, ImageGenerator, VideoDiscriminator
 

@@ -2,8 +2,8 @@
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
 from hgan.kernels import PRECISIONS, SCHEMES   # see hgan.kernels.leapfrog.common
+from hgan.model_kinds import KINDS, model_kind, model_names
 
-MODELS = ("hgan", "hnn_gan", "mocogan")
 HAMILTONIANS = ("general", "separable")
 ACTIVATIONS = ("softplus", "tanh", "relu")
 INTEGRATORS = ("auto", "reference", "analytic", "fused")
@@ -14,11 +14,15 @@ def option(default=MISSING, help="", *, choices=None, resumable=False, cli=True,
            default_factory=MISSING):
     """A config field that is also a train.py flag (`--field-name`): one line per option.
 
-    choices: a tuple, or a callable returning one (evaluated when the parser is built).
+    choices, help: a value, or a callable returning one (evaluated when the parser is built).
     resumable: the flag may change when a run is resumed (hgan.train.config.resumable_fields).
     cli=False: no flag."""
     return field(default=default, default_factory=default_factory,
                  metadata={"help": help, "choices": choices, "resumable": resumable, "cli": cli})
+
+
+def _model_help() -> str:
+    return ", ".join(f"{k.name} ({k.help})" for k in KINDS.values())
 
 
 @dataclass
@@ -26,8 +30,7 @@ class ModelConfig:
     """Defaults follow the paper, the official HGAN code and the MoCoGAN code the paper used,
     except where docs/training.md#the-models---model says otherwise, and why."""
 
-    model: str = option("hgan", "hgan (config map + HNN + L_cyc), hnn_gan (no map), "
-                                "mocogan (GRU)", choices=MODELS)
+    model: str = option("hgan", _model_help, choices=model_names)
     resolution: int = option(32, "frame size, 4*2^n or 6*2^n with n >= 2: 16, 24, 32, 48, "
                                  "64, 96, ...")
     channels: int = option(3, cli=False)
@@ -69,7 +72,7 @@ class ModelConfig:
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
 
-        one_of("model", self.model, MODELS)
+        kind = model_kind(self.model)
         one_of("hamiltonian", self.hamiltonian, HAMILTONIANS)
         one_of("activation", self.activation, ACTIVATIONS)
         one_of("integrator", self.integrator, INTEGRATORS)
@@ -86,15 +89,15 @@ class ModelConfig:
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if int(self.rollout_frames) < 0:
             raise ValueError(f"rollout_frames must be >= 0, got {self.rollout_frames}")
-        # hnn_gan feeds the noise straight in as (q0, p0), so its size must be 2k.
-        if self.model == "hnn_gan" and self.motion_dim != 2 * self.k:
-            raise ValueError(f"hnn_gan uses eps_m as (q0, p0): motion_dim ({self.motion_dim}) "
-                             f"must equal 2*k ({2 * self.k})")
+        # Without a configuration map the noise goes straight in as (q0, p0): its size is 2k.
+        if kind.hamiltonian and not kind.config_map and self.motion_dim != 2 * self.k:
+            raise ValueError(f"{self.model} uses eps_m as (q0, p0): motion_dim "
+                             f"({self.motion_dim}) must equal 2*k ({2 * self.k})")
 
     @property
     def latent_dim(self) -> int:
         """Size of each frame's latent (z_c, y_j)."""
-        y_dim = self.motion_dim if self.model == "mocogan" else 2 * self.k
+        y_dim = 2 * self.k if model_kind(self.model).hamiltonian else self.motion_dim
         return self.content_dim + y_dim
 
     def to_dict(self) -> dict:
@@ -113,12 +116,11 @@ class ModelConfig:
 
 def batch_refusal(cfg: ModelConfig, videos: int) -> str | None:
     """Why `videos` generated videos per training batch (per rank under DDP) cannot train
-    `cfg`; None when they can. mocogan's feedback GRU normalises each frame's motion codes
-    over the batch, as the MoCoGAN code the paper used does: one video has no batch statistics."""
-    if cfg.model == "mocogan" and cfg.gru_input == "feedback" and videos < 2:
-        return (f"mocogan's GRU normalises its motion codes over the batch (--gru-input "
-                f"feedback), which needs >= 2 videos per batch, got {videos}")
-    return None
+    `cfg`; None when they can: the motion module's own `batch_refusal(cfg, videos)`, where it
+    has one (mocogan's feedback GRU normalises each frame's motion codes over the batch)."""
+    refusal = getattr(model_kind(cfg.model).motion_class(), "batch_refusal", None)
+    return refusal(cfg, int(videos)) if refusal else None
+
 
 
 def resolution_plan(resolution: int):

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from hgan.models.motion import GRUMotion, HamiltonianMotion
+from hgan.model_kinds import model_kind
 from hgan.models.networks import ImageGenerator
 
 
@@ -10,7 +10,7 @@ class VideoGenerator(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.config = cfg
-        self.motion_module = GRUMotion(cfg) if cfg.model == "mocogan" else HamiltonianMotion(cfg)
+        self.motion_module = model_kind(cfg.model).motion_class()(cfg)
         self.image_generator = ImageGenerator(cfg.latent_dim, cfg.resolution, cfg.ngf, cfg.channels)
 
     @property

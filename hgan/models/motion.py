@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from hgan.kernels import HamiltonianMLP
+from hgan.model_kinds import model_kind
 
 
 def _mlp(n_in: int, hidden: int, n_out: int) -> nn.Sequential:
@@ -36,7 +37,8 @@ class HamiltonianMotion(nn.Module):
         self.k, self.noise_dim, self.dt = cfg.k, cfg.motion_dim, cfg.dt
         self.backend, self.scheme, self.precision = cfg.integrator, cfg.scheme, cfg.fused_precision
         # hnn_gan ablates the configuration-space map: the noise itself is (q0, p0).
-        self.config_map = _mlp(cfg.motion_dim, cfg.hidden, 2 * cfg.k) if cfg.model == "hgan" else None
+        self.config_map = (_mlp(cfg.motion_dim, cfg.hidden, 2 * cfg.k)
+                           if model_kind(cfg.model).config_map else None)
         self.hamiltonian = HamiltonianMLP(cfg.k, hidden=cfg.hidden, depth=cfg.depth,
                                           activation=cfg.activation,
                                           separable=cfg.hamiltonian == "separable")
@@ -98,6 +100,15 @@ class GRUMotion(nn.Module):
             self.register_buffer("frame_var", torch.ones(rows, cfg.motion_dim))
         self._compiled_unroll = None
 
+    @staticmethod
+    def batch_refusal(cfg, videos):
+        """Why `videos` videos per training batch cannot train this module (None: they can):
+        one video has no batch statistics to normalise by (hgan.models.config.batch_refusal)."""
+        if cfg.gru_input == "feedback" and videos < 2:
+            return (f"mocogan's GRU normalises its motion codes over the batch (--gru-input "
+                    f"feedback), which needs >= 2 videos per batch, got {videos}")
+        return None
+
     def compile(self, *args, **kwargs):
         """torch.compile the recurrence (`unroll`) in place; the noise stays eager."""
         self._compiled_unroll = torch.compile(self.unroll, *args, **kwargs)
@@ -106,6 +117,9 @@ class GRUMotion(nn.Module):
         """Frame t's outputs over the batch in training (and its running statistics updated,
         momentum 0.1 as nn.BatchNorm), by those running statistics in eval mode."""
         row = min(t, self.frame_mean.shape[0] - 1)
+        # in fp32 whatever autocast made y, as autocast runs nn.BatchNorm (the buffers are
+        # fp32, and lerp_ takes no bf16 mean: mocogan --amp failed at its first step)
+        y = y.float()
         if self.training:
             mean, var = y.mean(0), y.var(0, unbiased=False)
             with torch.no_grad():

@@ -8,6 +8,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 
 from hgan.cli_args import OneLineParser, prog as cli_prog
+from hgan.model_kinds import KINDS
 from hgan.models.config import ModelConfig, option
 
 
@@ -133,6 +134,7 @@ def _add_options(parser, cls, defaults):
         flag = "--" + f.name.replace("_", "-")
         default = argparse.SUPPRESS if defaults is None else getattr(defaults, f.name)
         help_ = f.metadata.get("help", "")
+        help_ = help_() if callable(help_) else help_
         if f.type is bool:
             parser.add_argument(flag, default=default, help=help_,
                                 action=argparse.BooleanOptionalAction)
@@ -207,8 +209,9 @@ def parse_command_line(argv=None):
     rk = {k: v for k, v in a.items() if k not in model_names}
     if rk["frames"] >= 1:  # else RunConfig names --frames below, not clip_frames
         mk["clip_frames"] = min(mk["clip_frames"], rk["frames"])  # D_V clips fit in a video
-    if mk["model"] == "hnn_gan" and "motion_dim" not in given:
-        mk["motion_dim"] = 2 * mk["k"]  # hnn_gan's eps_m is (q0, p0)
+    kind = KINDS.get(mk["model"])   # an unknown name: argparse's choices refused it already
+    if kind and kind.hamiltonian and not kind.config_map and "motion_dim" not in given:
+        mk["motion_dim"] = 2 * mk["k"]  # without a configuration map eps_m is (q0, p0)
     rk["out"] = rk["out"] or os.path.join(
         "runs", f"{rk['system']}-{mk['model']}-{time.strftime('%Y%m%d-%H%M%S')}")
     try:

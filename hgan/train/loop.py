@@ -19,6 +19,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from hgan.device import check_device
 from hgan.kernels import cyclic_loss
+from hgan.model_kinds import model_kind
 from hgan.models import build_models
 from hgan.models.config import batch_refusal
 from hgan.train import capture as hcapture
@@ -57,7 +58,7 @@ def resolve_device(name: str, info: hdist.DistInfo) -> torch.device:
 def ddp_finds_unused(mcfg) -> bool:
     """Whether G has parameters without gradient, which G's DDP wrapper must then look for:
     the Hamiltonian's output biases under the reference integrator (see Trainer.__init__)."""
-    return mcfg.model in ("hgan", "hnn_gan") and mcfg.integrator == "reference"
+    return model_kind(mcfg.model).hamiltonian and mcfg.integrator == "reference"
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -489,8 +490,8 @@ class Trainer:
             with stage("D_V"):
                 gv = self.D_V(d["fake_clip"])
         loss_g_adv = g_loss(gi) + g_loss(gv)
-        l_cyc = (cyclic_loss(d["mot"]["dHdq"], lam=cfg.cyc_lambda) if mcfg.model == "hgan"
-                 else torch.zeros((), device=self.device))
+        l_cyc = (cyclic_loss(d["mot"]["dHdq"], lam=cfg.cyc_lambda)
+                 if model_kind(mcfg.model).cyclic_loss else torch.zeros((), device=self.device))
         loss_g = loss_g_adv + l_cyc
         check("generator loss", loss_g)
         with stage("backward"):

@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 from hgan.data.h5io import DataFormatError, error_line
 from hgan.data.loader import build_loader
 from hgan.data.stream import TooFewWindows
+from hgan.model_kinds import model_kind
 from hgan.models import ModelConfig
 from hgan.train import capture as hcapture
 from hgan.train import dist as hdist
@@ -493,7 +494,7 @@ def _run(setup: Setup, callback, stop) -> dict:
                         # L_cyc only where there is one (hgan): the baselines' constant
                         # 0.000 read as a cyclic loss that is computed and vanishes
                         shown = ("loss/D_I", "loss/D_V", "loss/G") + (
-                            ("loss/L_cyc",) if cfg.model.model == "hgan" else ())
+                            ("loss/L_cyc",) if model_kind(cfg.model.model).cyclic_loss else ())
                         losses = {k.split("/")[-1]: f"{last_stats[k]:.3f}" for k in shown}
                         bar.set_postfix(losses)
                         if not cfg.progress:  # no bar (a batch job's log): a line instead

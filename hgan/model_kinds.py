@@ -1,0 +1,70 @@
+"""What each `--model` is: the one table that the models, the trainer, the sampler, the
+evaluation and the experiment grid read.
+
+A new motion model is one `ModelKind` in `KINDS` and its motion module (an `nn.Module`; the
+contract is in docs/training.md, "Adding an option or a model"). The table lives outside
+`hgan.models` and imports only the standard library, so that the grid's planning and the
+command lines read it without building anything; a kind's motion module is imported when a
+generator is built.
+"""
+import importlib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    name: str
+    help: str          # one phrase for `train.py --help`
+    motion: str        # "package.module:Class" of the motion module, built as Class(cfg)
+    # A learned Hamiltonian rolled out by the leapfrog integrator: the motion dict carries
+    # "q", "p" [n, T, k] and "dHdq" [n, T-1, k], each frame's latent y is (q, p), 2k wide,
+    # and --dt, --integrator, --scheme apply. Otherwise y is --motion-dim wide.
+    hamiltonian: bool
+    # (hamiltonian) A learned map f(eps_m) -> (q0, p0). Without one eps_m is (q0, p0) itself,
+    # so --motion-dim must be 2k (and defaults to it).
+    config_map: bool = False
+    # The cyclic-coordinate loss L_cyc on dHdq is part of the generator's loss (and logged).
+    cyclic_loss: bool = False
+    # What the experiment grid's compare.md measures the other models against (one kind).
+    baseline: bool = False
+
+    def motion_class(self):
+        module, _, name = self.motion.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+KINDS = {kind.name: kind for kind in (
+    ModelKind("hgan", "configuration map + HNN + L_cyc", "hgan.models.motion:HamiltonianMotion",
+              hamiltonian=True, config_map=True, cyclic_loss=True),
+    ModelKind("hnn_gan", "HNN, no map", "hgan.models.motion:HamiltonianMotion",
+              hamiltonian=True),
+    ModelKind("mocogan", "GRU", "hgan.models.motion:GRUMotion", hamiltonian=False,
+              baseline=True),
+)}
+
+MODELS = tuple(KINDS)   # the names as they stand at import; model_names() reads KINDS live
+
+
+def model_names() -> tuple:
+    return tuple(KINDS)
+
+
+def model_kind(name) -> ModelKind:
+    """The kind called `name`; ValueError naming the valid ones for any other."""
+    try:
+        return KINDS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown model {name!r}; choose one of "
+                         f"{', '.join(model_names())}") from None
+
+
+def hamiltonian_models() -> tuple:
+    return tuple(k.name for k in KINDS.values() if k.hamiltonian)
+
+
+def baseline_model() -> str:
+    names = [k.name for k in KINDS.values() if k.baseline]
+    if len(names) != 1:
+        raise ValueError(f"hgan.model_kinds.KINDS must mark one baseline model, marks "
+                         f"{names or 'none'}")
+    return names[0]

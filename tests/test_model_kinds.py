@@ -1,0 +1,163 @@
+"""hgan.model_kinds: the table of --model kinds says what each model's modules do, and a kind
+added to it (with its motion module, nothing else) trains, samples and plans in a grid."""
+import pytest
+import torch
+from torch import nn
+
+from hgan import model_kinds
+from hgan.kernels import cyclic_loss
+from hgan.model_kinds import KINDS, ModelKind, model_kind
+from hgan.models import ModelConfig, build_models
+from hgan.models.config import batch_refusal
+from hgan.train.config import build_parser, parse_command_line
+from hgan.train.loop import Trainer
+from test_train_run import tiny_cfg
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+class DriftMotion(nn.Module):
+    """A motion model of one line: y_t = a + t b, (a, b) a linear map of one noise vector."""
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.noise_dim = cfg.motion_dim
+        self.map = nn.Linear(cfg.motion_dim, 2 * cfg.motion_dim)
+
+    @staticmethod
+    def batch_refusal(cfg, videos):
+        return f"drift wants an even batch, got {videos}" if videos % 2 else None
+
+    def forward(self, n, frames, *, dt=None, generator=None, device=None):
+        if dt is not None:
+            raise ValueError("drift has no time step")
+        eps = torch.randn(n, self.noise_dim, generator=generator, device=device)
+        a, b = self.map(eps).chunk(2, -1)
+        t = torch.arange(frames, dtype=eps.dtype, device=eps.device)[None, :, None]
+        return {"y": a[:, None] + t * b[:, None]}
+
+
+@pytest.fixture
+def drift(monkeypatch):
+    monkeypatch.setitem(KINDS, "drift", ModelKind("drift", "linear drift", f"{__name__}:DriftMotion",
+                                                  hamiltonian=False))
+
+
+@pytest.fixture
+def hnn_cyc(monkeypatch):
+    # a Hamiltonian kind of another mix: no configuration map, but L_cyc
+    monkeypatch.setitem(KINDS, "hnn_cyc", ModelKind(
+        "hnn_cyc", "HNN, no map, L_cyc", "hgan.models.motion:HamiltonianMotion",
+        hamiltonian=True, cyclic_loss=True))
+
+
+def _real(seed=0):
+    return torch.rand(4, 6, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+@pytest.mark.parametrize("name", list(KINDS))
+def test_each_kinds_flags_describe_its_modules(name):
+    # The trainer, sampler and grid act on the flags; the modules must be what they say.
+    kind = KINDS[name]
+    cfg = ModelConfig(model=name, ngf=4, ndf=4, clip_frames=4, k=3,
+                      motion_dim=20 if kind.config_map or not kind.hamiltonian else 6)
+    torch.manual_seed(0)
+    mm = build_models(cfg).generator.motion_module
+    assert isinstance(mm, kind.motion_class())
+    mot = mm(3, 5, generator=torch.Generator().manual_seed(0))
+    assert mot["y"].shape == (3, 5, cfg.latent_dim - cfg.content_dim)
+    assert ("dHdq" in mot) == kind.hamiltonian
+    if kind.hamiltonian:
+        assert mot["y"].shape[-1] == 2 * cfg.k
+        assert (getattr(mm, "config_map", None) is not None) == kind.config_map
+    else:
+        assert mot["y"].shape[-1] == cfg.motion_dim
+    assert [k.name for k in KINDS.values() if k.baseline] == [model_kinds.baseline_model()]
+
+
+def test_the_table_names_a_bad_model_and_wants_one_baseline(monkeypatch):
+    with pytest.raises(ValueError, match=r"unknown model 'gru'; choose one of hgan, hnn_gan, "
+                                         r"mocogan$"):
+        model_kind("gru")
+    with pytest.raises(ValueError, match="unknown model 'gru'"):
+        ModelConfig(model="gru")
+    assert model_kinds.hamiltonian_models() == ("hgan", "hnn_gan")
+    monkeypatch.setitem(KINDS, "mocogan2", ModelKind("mocogan2", "GRU", KINDS["mocogan"].motion,
+                                                     hamiltonian=False, baseline=True))
+    with pytest.raises(ValueError, match=r"one baseline model, marks \['mocogan', 'mocogan2'\]"):
+        model_kinds.baseline_model()
+
+
+def test_a_kind_added_to_the_table_takes_the_flag_trains_and_samples(drift, tiny_pendulum_h5,
+                                                                       tmp_path, capsys):
+    # train.py's --model, its help and the config take the new name; the generator renders
+    # its motion_dim-wide latents; one step trains its motion module; no L_cyc is added.
+    cfg, _, _ = parse_command_line(["--model", "drift", "--motion-dim", "7"])
+    assert cfg.model.model == "drift" and cfg.model.latent_dim == cfg.model.content_dim + 7
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    assert "drift (linear drift)" in " ".join(capsys.readouterr().out.split())
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, "drift", motion_dim=7))
+    w = tr.G.motion_module.map.weight.detach().clone()
+    stats = tr.step(_real())
+    assert float(stats["loss/L_cyc"]) == 0.0
+    assert (tr.G.motion_module.map.weight - w).abs().max() > 0.99 * tr.cfg.lr
+    videos = tr.G.sample(2, 5, generator=torch.Generator().manual_seed(0))
+    assert videos.shape == (2, 5, 3, 32, 32) and videos.isfinite().all()
+    # its own batch rule reaches the trainer's check
+    assert batch_refusal(cfg.model, 3) == "drift wants an even batch, got 3"
+    assert batch_refusal(cfg.model, 4) is None
+
+
+def test_a_hamiltonian_kind_without_a_map_takes_2k_noise_and_its_cyclic_loss(hnn_cyc,
+                                                                              tiny_pendulum_h5,
+                                                                              tmp_path):
+    cfg, _, _ = parse_command_line(["--model", "hnn_cyc", "--k", "3"])
+    assert cfg.model.motion_dim == 6
+    with pytest.raises(ValueError, match=r"hnn_cyc uses eps_m as \(q0, p0\): motion_dim \(5\) "
+                                         r"must equal 2\*k \(6\)"):
+        ModelConfig(model="hnn_cyc", k=3, motion_dim=5)
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, "hnn_cyc", k=3, motion_dim=6,
+                          cyc_lambda=0.5))
+    assert tr.G.motion_module.config_map is None
+    seen = []
+    tr.G.motion_module.register_forward_hook(lambda m, i, out: seen.append(out["dHdq"].detach()))
+    stats = tr.step(_real())
+    want = float(cyclic_loss(seen[0], lam=0.5))
+    assert want > 0 and float(stats["loss/L_cyc"]) == pytest.approx(want, rel=1e-6)
+
+
+def test_the_grid_and_compare_read_the_table(drift, hnn_cyc, tmp_path):
+    from hgan.experiments import table
+    from hgan.experiments.grid import GridError, GridSpec
+    from hgan.experiments.runner import check_ready
+    from test_experiments_table import _check_row, _results, _write
+    check_ready(GridSpec(str(tmp_path), systems=("pendulum",), models=("drift", "hnn_cyc"),
+                         iters=1))
+    with pytest.raises(GridError, match=r"unknown models \['gru'\]; valid: .*, drift, hnn_cyc"):
+        check_ready(GridSpec(str(tmp_path), systems=("pendulum",), models=("gru",), iters=1))
+    assert model_kinds.hamiltonian_models() == ("hgan", "hnn_gan", "hnn_cyc")
+    # compare.md's claims set the new Hamiltonian kind against the baseline, not the drift
+    spec = GridSpec(str(tmp_path), systems=("pendulum",), models=("hnn_cyc", "drift", "mocogan"),
+                    iters=100, eval_metrics="physics,cyclic,appearance")
+    for run in spec.runs():
+        _write(run, _results({"hnn_cyc": 0.1, "drift": 0.2, "mocogan": 0.3}[run.model]))
+    text = "\n".join(table.checks_section(spec, table.collect(spec)))
+    assert _check_row(text, model="hnn_cyc")[0].startswith("holds"), text
+    assert "drift <" not in text
+
+
+def test_a_hamiltonian_kind_with_a_map_and_no_cyclic_loss(monkeypatch, tiny_pendulum_h5,
+                                                          tmp_path):
+    # hgan without L_cyc: the map is built and trained, the loss has no cyclic term.
+    monkeypatch.setitem(KINDS, "hgan_nocyc", ModelKind(
+        "hgan_nocyc", "map + HNN", "hgan.models.motion:HamiltonianMotion", hamiltonian=True,
+        config_map=True))
+    cfg, _, _ = parse_command_line(["--model", "hgan_nocyc", "--k", "3"])
+    assert cfg.model.motion_dim == 20    # the map takes any noise width
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, "hgan_nocyc", cyc_lambda=0.5))
+    f = tr.G.motion_module.config_map
+    w = f[0].weight.detach().clone()
+    stats = tr.step(_real())
+    assert float(stats["loss/L_cyc"]) == 0.0
+    assert (f[0].weight - w).abs().max() > 0.99 * tr.cfg.lr
