@@ -307,6 +307,18 @@ def test_extra_flags_the_grid_does_not_set_or_that_repeat_its_value_are_accepted
         check_flags(_spec(tmp_path, train_args=("--resume", str(tmp_path))))
 
 
+def test_autocast_flags_that_no_run_can_train_with_are_refused_before_any_data(tmp_path):
+    # train.py's setup refuses them, not its parser: the grid generated every system's data,
+    # then failed every run on them
+    with pytest.raises(GridError, match=r"^--train-args: --amp-dtype fp16 is for CUDA"):
+        check_flags(_spec(tmp_path, device="cpu", train_args=("--amp", "--amp-dtype", "fp16")))
+    with pytest.raises(GridError, match=r"^--train-args: --amp-dtype chooses autocast's dtype "
+                                        r"and autocast is off: add --amp$"):
+        check_flags(_spec(tmp_path, device="cpu", train_args=("--amp-dtype", "bf16")))
+    check_flags(_spec(tmp_path, device="cpu", train_args=("--amp", "--amp-dtype", "bf16")))
+    assert not os.listdir(tmp_path)
+
+
 def test_a_grid_evaluating_physics_on_two_frame_clips_is_refused_before_training(tmp_path):
     with pytest.raises(GridError, match=r"--frames 2: the physics metrics need at least 3"):
         check_flags(_spec(tmp_path, frames=2))

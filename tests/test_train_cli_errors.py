@@ -376,6 +376,17 @@ def test_gen_frames_limits_only_a_dataset_to_generate(data_root, tmp_path, capsy
     assert not missing.exists()
 
 
+def test_autocast_flags_this_device_refuses_generate_no_data(tmp_path, capsys):
+    # --amp-dtype fp16 on a CPU was refused by the trainer, after the missing dataset had
+    # been generated (at the paper's sizes, hours of it)
+    missing = tmp_path / "nodata"
+    code, _, err = call(TINY + ["--data", str(missing), "--out", str(tmp_path / "run"),
+                                "--amp", "--amp-dtype", "fp16", "--gen-train", "8",
+                                "--gen-test", "2", "--gen-frames", "8"], capsys)
+    assert_one_error_line(code, err, "--amp-dtype fp16 is for CUDA")
+    assert not missing.exists() and not (tmp_path / "run").exists()
+
+
 def _bad_input(case, data_root, tiny_h5, tmp_path, monkeypatch):
     """(extra train.py flags, what the error line must say) of one kind of bad input."""
     h5 = os.path.join(data_root, "pendulum", "train.h5")

@@ -294,6 +294,7 @@ def check_flags(spec):
     from hgan.evaluate.cli import build_parser as eval_parser
     from hgan.models.config import batch_refusal
     from hgan.train.config import parse_command_line
+    from hgan.train.run import check_autocast
     train = functools.partial(_parse, parse_command_line, what="--train-args",
                               command="python train.py")
     evaluate = functools.partial(_parse, eval_parser().parse_args, what="--eval-args",
@@ -301,7 +302,7 @@ def check_flags(spec):
     # Every run, not one per system and model: an extra --seed equal to one run's seed
     # changes the others'.
     for run in spec.runs():
-        cfg, resume, _ = train(run.train_flags)
+        cfg, resume, given = train(run.train_flags)
         _check_not_owned("--train-args", _TRAIN_OWNED, cfg,
                          train(functools.partial(run.train_flags, extra=False))[0])
         if resume:
@@ -311,6 +312,10 @@ def check_flags(spec):
         refusal = batch_refusal(cfg.model, cfg.batch_size)
         if refusal:
             raise GridError(f"{refusal} (--batch-size)")
+        try:   # train.py's setup refuses them too, not its parser
+            check_autocast(cfg, given)
+        except ValueError as e:
+            raise GridError(f"--train-args: {e}") from None
         args = evaluate(run.eval_flags)
         _check_not_owned("--eval-args", _EVAL_OWNED, args,
                          evaluate(functools.partial(run.eval_flags, extra=False)))

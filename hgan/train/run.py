@@ -18,9 +18,9 @@ from hgan.train import dist as hdist
 from hgan.train import rundir
 from hgan.train.checkpoint import load_checkpoint
 from hgan.train.config import RunConfig, resumable_fields
-from hgan.train.loop import (TRAINING_STATE, NonFiniteLoss, Trainer, check_data_root,
-                             check_resumed_dataset, dataset_identity, ensure_dataset,
-                             local_batch, resolve_device)
+from hgan.train.loop import (TRAINING_STATE, NonFiniteLoss, Trainer, amp_policy,
+                             check_data_root, check_resumed_dataset, dataset_identity,
+                             ensure_dataset, local_batch, resolve_device)
 from hgan.train.media import save_samples, strip
 from hgan.train.profiling import stage, step_profiler
 
@@ -170,6 +170,17 @@ def _check_integrator(trainer: Trainer):
                          "analytic")
 
 
+def check_autocast(cfg: RunConfig, given: dict | None = None):
+    """ValueError for autocast flags that cannot train on cfg's device (given: the flags of
+    a new run's command line). The Trainer's amp_policy refuses them too, but only after a
+    missing dataset was generated: `--amp --amp-dtype fp16` on a CPU generated the data,
+    then stopped; a grid (hgan.experiments) generated every system's and failed every run."""
+    if (given or {}).get("amp_dtype", "auto") != "auto" and not cfg.amp:
+        raise ValueError("--amp-dtype chooses autocast's dtype and autocast is off: add --amp")
+    if cfg.amp:
+        amp_policy(resolve_device(cfg.device, hdist.DistInfo()), True, cfg.amp_dtype, say=False)
+
+
 def _regenerate(path: str) -> str:
     """How to get the dataset at `path` again with other sizes (an imported file is not
     this package's to delete and regenerate)."""
@@ -216,8 +227,7 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=N
     else:
         _check_new_run_dir(cfg.out)
     _check_writable(cfg.out)
-    if not resume and (given or {}).get("amp_dtype", "auto") != "auto" and not cfg.amp:
-        raise ValueError("--amp-dtype chooses autocast's dtype and autocast is off: add --amp")
+    check_autocast(cfg, None if resume else given)
     # Absolute in the checkpoint: a run resumed from another directory must find the same
     # data (a relative --data would name another folder there).
     cfg = replace(cfg, data=os.path.abspath(cfg.data), out=os.path.abspath(cfg.out))
