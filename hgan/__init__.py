@@ -1,8 +1,9 @@
 """Hamiltonian GAN: video generation of physical systems with a Hamiltonian motion model.
 
 The package reads as the path of the data: ``hgan.data`` (Toy Physics generation and
-loading) -> ``hgan.models`` (generator, discriminators, motion modules) -> ``hgan.kernels``
-(the leapfrog integrator, also usable on its own) -> ``hgan.train`` -> ``hgan.evaluate``.
+loading) -> ``hgan.models`` (generator, discriminators, motion modules; the ``--model`` kinds
+in ``hgan.model_kinds``) -> ``hgan.kernels`` (the leapfrog integrator, also usable on its own)
+-> ``hgan.train`` -> ``hgan.evaluate``.
 """
 import importlib.util as _ilu
 import os as _os
