@@ -169,6 +169,15 @@ def test_amp_policy(monkeypatch, capsys):
     with pytest.raises(ValueError, match="unknown --amp-dtype"):
         amp_policy(cpu, True, "fp8")
     assert amp_policy(cuda, True, "fp16") == (torch.float16, True)  # fp16 always needs the scaler
+    # a GPU without bf16: auto is fp16 with the scaler, an explicit bf16 is bad input
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a, **k: "Tesla V100")
+    assert amp_policy(cuda, True, "auto") == (torch.float16, True)
+    with pytest.raises(ValueError, match=r"^--amp-dtype bf16: Tesla V100 has no bf16; use --amp"):
+        amp_policy(cuda, True, "bf16")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    for dtype in ("auto", "bf16"):
+        assert amp_policy(cuda, True, dtype) == (torch.bfloat16, False)
 
 
 def test_gan_objective_and_accuracy_closed_forms():

@@ -92,7 +92,10 @@ def amp_policy(device: torch.device, enabled: bool, dtype: str = "auto", say: bo
         if dtype == "fp16" or (dtype == "auto" and not torch.cuda.is_bf16_supported()):
             return torch.float16, True
         if not torch.cuda.is_bf16_supported():
-            raise RuntimeError(f"--amp-dtype bf16: {torch.cuda.get_device_name(device)} has no bf16")
+            # bad input, said in one line by the setup and the grid's checks (a RuntimeError
+            # was a traceback)
+            raise ValueError(f"--amp-dtype bf16: {torch.cuda.get_device_name(device)} has no "
+                             "bf16; use --amp (fp16 there) or --amp-dtype fp16")
         return torch.bfloat16, False
     if dtype == "fp16":
         raise ValueError("--amp-dtype fp16 is for CUDA; on CPU autocast uses bf16")
