@@ -478,3 +478,25 @@ def test_device_auto_evaluates_where_it_resolves(files, tmp_path):
     assert cli.main(args) is not None
     results = json.load(open(out / "results.json"))
     assert "cyclic" in results["metrics"]
+
+
+def test_a_regenerated_training_set_is_noted_in_one_line(files, tmp_path, capsys):
+    # resume refuses a file that is no longer the run's training set; an evaluation may use
+    # it, and says so (it was silent)
+    from hgan.train.loop import dataset_identity
+    ckpt = torch.load(files["ckpt"], weights_only=True)
+    path = tmp_path / "run.pt"
+    torch.save({**ckpt, "dataset": dataset_identity(files["data"])}, path)
+    flags = ["--checkpoint", str(path), "--metrics", "samples", *FAST]
+    cli.main(flags + ["--out", str(tmp_path / "a")])
+    assert "note" not in capsys.readouterr().err    # the set it trained on: no line
+    from hgan.data import generate_dataset
+    again = generate_dataset("pendulum", tmp_path / "again", train=3, test=0, frames=20, seed=0,
+                             resolution=32, progress=False)["train"]
+    torch.save({**ckpt, "config": {**ckpt["config"], "data_path": again},
+                "dataset": dataset_identity(files["data"])}, path)
+    cli.main(flags + ["--out", str(tmp_path / "b")])
+    err = [line for line in capsys.readouterr().err.splitlines() if "not the set" in line]
+    assert len(err) == 1 and "(trajectories 24 -> 3, frames 40 -> 20)" in err[0], err
+    cli.main(flags + ["--out", str(tmp_path / "c"), "--data", again])
+    assert "not the set" not in capsys.readouterr().err    # chosen with --data: no line

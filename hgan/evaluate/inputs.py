@@ -255,6 +255,23 @@ def _detector(args, device):
         raise InputError(f"--i3d {path}: not a TorchScript detector ({str(e).split('. ')[0]})") from None
 
 
+def _note_regenerated(run):
+    """One line when the file at the run's own data path is no longer the set it trained on
+    (regenerated with other sizes, say): a resume refuses that file, an evaluation may use it
+    (its real clips and probe are of the same system; results.json records which)."""
+    ident = run.trained_dataset
+    if not ident:
+        return
+    now = {"trajectories": len(run.ds), "frames": int(run.ds.frames.shape[1]),
+           **{k: run.ds.attrs.get(k) for k in ("system", "resolution", "seed")}}
+    changed = [f"{k} {ident[k]} -> {v}" for k, v in now.items()
+               if ident.get(k) is not None and ident[k] != v]
+    if changed:
+        print(f"[evaluate] note: {run.data_path} is not the set the run trained on "
+              f"({', '.join(changed)}); evaluating with it as it is now (--data PATH chooses "
+              "another)", file=sys.stderr)
+
+
 def check(args):
     """Everything the evaluation reads, opened and checked against the checkpoint and flags."""
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -295,4 +312,6 @@ def check(args):
             # skipped beside other metrics; alone, an evaluation of nothing that exits 0
             raise InputError(f"--metrics fvd: {run.fvd_skipped}")
     _check_counts(args, held, run.detector_path)
+    if not args.data:   # after the checks: bad input stays one error line
+        _note_regenerated(run)
     return run
