@@ -652,6 +652,8 @@ def test_real_clips_from_the_training_set_are_known_under_any_path_or_as_a_copy(
     assert seen(tiny_pendulum_h5) and seen(link) and seen(copy)
     assert seen(copy, data_path="moved/train.h5")            # by the identity the run kept
     assert not seen(copy, trained=None, data_path="moved/train.h5")  # an older checkpoint
+    # an attribute the identity holds as None (its file had none) is not compared
+    assert seen(copy, trained={**ident, "seed": None}, data_path="moved/train.h5")
     assert not seen(test_split)                      # same system, seed and size: the test split
     assert not seen(copy, trained={**ident, "seed": ident["seed"] + 1}, data_path="moved/train.h5")
 

@@ -92,6 +92,29 @@ BAD = {  # name: (flags, words the error line must contain)
     "one held-out physics video": (lambda f: ["--metrics", "physics", "--frames", "4",
                                               "--real", f["pendulum_one"]],
                                    ["at least 2 held-out videos; got 1", "1 held-out"]),
+    # commas only: an evaluation of no metric
+    "no metric": (lambda f: ["--metrics", ",,"], ["--metrics", "no metric in ',,'"]),
+    # a name no system has: get_system's list of them, not only "the checkpoint's is pendulum"
+    "unknown --system": (lambda f: ["--system", "four_body"],
+                         ["--system", "unknown system 'four_body'", "three_body"]),
+    # one trajectory and no test.h5 beside it: nothing to hold out (the 80/20 split's
+    # ValueError was a traceback)
+    "one trajectory and no held-out data": (
+        lambda f: ["--data", f["pendulum_one"], "--metrics", "samples"],
+        ["--data", "has 1 trajectory", "at least 2 are needed"]),
+    # I3D's minimum (fvd.MIN_FRAMES = 10), checked before any work: found by the FVD itself
+    # only after the other metrics ran
+    "FVD clips one frame short of I3D's minimum": (
+        lambda f: ["--metrics", "fvd,samples", "--i3d", f["i3d"], "--fvd-videos", "4",
+                   "--frames", "9"],
+        ["--frames 9", "FVD's I3D needs at least 10"]),
+    # a missing --i3d is an error beside other metrics too, not a silently skipped FVD
+    "missing --i3d beside other metrics": (
+        lambda f: ["--metrics", "fvd,samples", "--i3d", "/missing.pt"], ["/missing.pt"]),
+    # torch.jit.load's RuntimeError on a file that is no TorchScript: named, not a traceback
+    "--i3d that is no TorchScript file": (
+        lambda f: ["--metrics", "fvd,samples", "--i3d", f["junk"]],
+        ["--i3d", "junk.h5", "not a TorchScript detector"]),
 }
 
 
@@ -415,6 +438,58 @@ def test_re_evaluating_into_an_out_removes_the_earlier_evaluations_figures_only(
     left = sorted(os.listdir(out))
     assert left == sorted(["notes.txt", "report.md", "results.json", "samples_hgan.gif",
                            "samples_hgan.png", "samples_real.gif", "samples_real.png"]), left
+
+
+def test_the_three_frame_minimum_is_the_physics_metrics_only(files, tmp_path):
+    # The other metrics that read real clips take 2-frame ones: the physics minimum
+    # refused them too would be a limit no metric of theirs has.
+    from hgan.evaluate import inputs
+    for metrics in ("samples", "appearance"):
+        args = cli.build_parser().parse_args(
+            ["--checkpoint", files["ckpt"], "--out", str(tmp_path / "e"), *FAST, "--metrics",
+             metrics, "--frames", "2"])
+        assert inputs.check(args).held_out is not None
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_metric_named_twice_is_evaluated_once(files, tmp_path):
+    # --metrics physics,physics: one physics entry, in the order first given
+    args = cli.build_parser().parse_args(["--checkpoint", files["ckpt"], "--out", str(tmp_path),
+                                          "--metrics", " samples,physics, samples,physics"])
+    assert args.metrics == ("samples", "physics")
+
+
+def test_the_default_device_is_cuda_where_there_is_one(monkeypatch):
+    # no --device: cuda when available (its help says so); a CPU-only test machine saw
+    # only the cpu half of that
+    from hgan.evaluate.inputs import resolve_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(None) == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == "cpu"
+
+
+def test_an_out_that_is_a_file_is_named_as_one(files, tmp_path, capsys):
+    # refused before the checkpoint loads, in words saying what --out is; the file is kept
+    out = tmp_path / "results"
+    out.write_text("mine")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--checkpoint", files["ckpt"], "--out", str(out), *FAST, "--metrics", "samples"])
+    assert e.value.code == 2
+    _one_error_line(capsys, [f"--out {out} is a file, not a directory"])
+    assert out.read_text() == "mine"
+
+
+def test_a_checkpoint_without_a_system_takes_the_datas(files, tmp_path):
+    # an older config with no "system" and no --system: results.json names the system of
+    # the data evaluated, not "unknown"
+    ckpt = torch.load(files["ckpt"], weights_only=True)
+    config = {k: v for k, v in ckpt["config"].items() if k != "system"}
+    path = tmp_path / "old.pt"
+    torch.save({**ckpt, "config": config}, path)
+    res = cli.main(["--checkpoint", str(path), "--out", str(tmp_path / "e"), *FAST,
+                    "--metrics", "samples", "--data", files["data"]])
+    assert res["system"] == "pendulum"
 
 
 def test_physics_on_two_frame_clips_is_refused(files, tmp_path, capsys):

@@ -176,8 +176,13 @@ def test_sample_cli_out_with_another_extension_and_fps(checkpoints, tmp_path, ca
     assert png.format == "PNG" and png.size == (3 * 32, 2 * 32)
 
 
-@pytest.mark.parametrize("content", [{"weights": torch.zeros(2)}, torch.zeros(3)],
-                         ids=["state-dict", "tensor"])
+@pytest.mark.parametrize("content", [{"weights": torch.zeros(2)}, torch.zeros(3),
+                                     # the keys present, their contents not a checkpoint's
+                                     # (a KeyError or AttributeError traceback otherwise)
+                                     {"generator": {}, "config": {"system": "pendulum"}},
+                                     {"generator": torch.zeros(2), "config": {"model": {}}}],
+                         ids=["state-dict", "tensor", "config-without-model",
+                              "generator-not-a-state-dict"])
 def test_sample_cli_names_a_torch_file_that_is_no_training_checkpoint(tmp_path, capsys, content):
     # A bare state dict or tensor saved with torch.save was a KeyError / IndexError traceback.
     path = tmp_path / "weights.pt"
@@ -234,3 +239,13 @@ def test_sample_cli_accepts_every_64_bit_seed(seed):
     from hgan.sample import build_parser
     assert build_parser().parse_args(["--checkpoint", "x", "--seed", str(seed)]).seed == seed
     torch.Generator().manual_seed(seed)   # the oracle: torch takes it
+
+
+def test_sample_cli_keeps_an_upper_case_gif_name(checkpoints, tmp_path, capsys):
+    # --out CLIP.GIF is accepted as a GIF's name: the GIF goes there, not to CLIP.gif
+    # (another file on a case-sensitive disk), and the line printed names it
+    rc, stdout, err = run_cli(capsys, "--checkpoint", checkpoints["hgan"], "--n", "1",
+                              "--frames", "2", "--out", str(tmp_path / "CLIP.GIF"))
+    assert rc == 0, err
+    assert sorted(os.listdir(tmp_path)) == ["CLIP.GIF", "CLIP.png"]
+    assert stdout.strip().endswith(f"-> {tmp_path / 'CLIP.GIF'}, {tmp_path / 'CLIP.png'}")

@@ -51,6 +51,11 @@ def test_installed_commands_name_themselves_in_their_usage(monkeypatch, capsys):
     (["--checkpoint", "x.pt", "--fps", "51"], "--fps"),
     (["--checkpoint", "x.pt", "--dt", "nan"], "--dt"),
     (["--checkpoint", "x.pt", "--dt", "fast"], "--dt"),
+    # an infinite step: a video of NaN frames (the nan case alone left inf unchecked)
+    (["--checkpoint", "x.pt", "--dt", "inf"], "expected a finite number, got 'inf'"),
+    (["--checkpoint", "x.pt", "--dt=-inf"], "expected a finite number, got '-inf'"),
+    # an empty name: the files would be ".gif" and ".png", hidden, in the working folder
+    (["--checkpoint", "x.pt", "--out", ""], "expected a file name such as samples.gif"),
     # it writes a GIF and a PNG: an .mp4 name would silently become samples.gif
     (["--checkpoint", "x.pt", "--out", "samples.mp4"], "expected a name ending in .gif or .png"),
     (["--checkpoint", "x.pt", "--dt", "0"], "a time step of 0 does not move"),
