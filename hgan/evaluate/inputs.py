@@ -115,6 +115,12 @@ def _same_file(a, b):
         return os.path.abspath(a) == os.path.abspath(b)
 
 
+def _identity(ds) -> dict:
+    """An open data file's side of hgan.train.loop.dataset_identity (the path left out)."""
+    return {"trajectories": len(ds), "frames": int(ds.frames.shape[1]),
+            **{k: ds.attrs.get(k) for k in ("system", "resolution", "seed")}}
+
+
 def seen_in_training(run):
     """Whether the real clips' file is the one the run trained on: the same file under any
     path (a link, a relative one), or a copy of it, by the identity its checkpoint kept
@@ -125,9 +131,7 @@ def seen_in_training(run):
     ident, real = run.trained_dataset, run.held_out[0]
     if not ident or real.attrs.get("split", "train") != "train":
         return False
-    now = {"trajectories": len(real), "frames": int(real.frames.shape[1]),
-           **{k: real.attrs.get(k) for k in ("system", "resolution", "seed")}}
-    return all(ident.get(k) is None or ident[k] == v for k, v in now.items())
+    return all(ident.get(k) is None or ident[k] == v for k, v in _identity(real).items())
 
 
 def real_identity(held_out) -> dict:
@@ -262,9 +266,7 @@ def _note_regenerated(run):
     ident = run.trained_dataset
     if not ident:
         return
-    now = {"trajectories": len(run.ds), "frames": int(run.ds.frames.shape[1]),
-           **{k: run.ds.attrs.get(k) for k in ("system", "resolution", "seed")}}
-    changed = [f"{k} {ident[k]} -> {v}" for k, v in now.items()
+    changed = [f"{k} {ident[k]} -> {v}" for k, v in _identity(run.ds).items()
                if ident.get(k) is not None and ident[k] != v]
     if changed:
         print(f"[evaluate] note: {run.data_path} is not the set the run trained on "
