@@ -90,10 +90,29 @@ def test_trainer_steady_state_has_no_graph_breaks_or_recompiles(model, integrato
         trainer.step(real)
     warm = {k: c.frame_count for k, c in counters.items()}
     assert all(n >= 1 for n in warm.values()), f"every net went through the compiler: {warm}"
+    # one graph for the D step (detached fakes, and reals in the fakes' dtype and layout: the
+    # test's reals are contiguous fp32), one for the G step (fakes that carry a gradient)
+    assert warm["D_I"] == warm["D_V"] == 2, warm
     for _ in range(3):
         stats = trainer.step(real)
         assert all(torch.isfinite(v).all() for v in stats.values())
     assert {k: c.frame_count for k, c in counters.items()} == warm, "steady state recompiled"
+
+
+@native_bf16
+def test_reals_cast_to_bf16_before_a_discriminator_give_the_same_logits_under_autocast():
+    """Why the trainer may hand D its real batch in the fakes' bf16 (one compiled graph fewer):
+    each discriminator's first layer is a convolution, which autocast runs on a bf16 copy of
+    its input anyway, so the logits are bit-identical, in either memory layout."""
+    models = tiny()
+    torch.manual_seed(0)
+    clip = (torch.rand(B, T, 16, 16, 3) * 2 - 1).permute(0, 1, 4, 2, 3)  # the loader's layout
+    with torch.autocast("cpu", torch.bfloat16):
+        for disc, x in ((models.image_disc, clip[:, 0]), (models.video_disc, clip)):
+            for x in (x, x.contiguous()):
+                fp32, bf16 = disc(x), disc(x.to(torch.bfloat16))
+                assert fp32.dtype == torch.bfloat16
+                assert torch.equal(fp32, bf16), type(disc).__name__
 
 
 def test_compiled_and_eager_gradients_agree():

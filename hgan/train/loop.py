@@ -382,9 +382,16 @@ class Trainer:
         Fake before real: under --compile a compiled BatchNorm forward updates its running
         stats with a version-bumping copy_, which would invalidate the running stats that the
         eager R1 forward saved for its (double) backward.
+
+        Without R1 the real batch enters in the fakes' dtype and memory layout: under
+        autocast the first layer (a convolution) casts it to bf16/fp16 anyway, so the logits
+        are the same, and a compiled discriminator then sees one input signature, not a third
+        graph to compile. (R1 takes fp32 reals: its input gradient is formed outside autocast.)
         """
         fake_logits = disc(fake)
         if self.cfg.r1_gamma <= 0:
+            if real.dtype != fake.dtype or real.stride() != fake.stride():
+                real = torch.empty_like(fake).copy_(real)
             return fake_logits, disc(real), torch.zeros((), device=self.device)
         with self._eager():
             real_logits, r1 = r1_penalty(disc, real, self.cfg.r1_gamma, self.scaler)
