@@ -706,6 +706,32 @@ def test_a_rank_that_loses_its_peers_says_so_in_one_line(monkeypatch, tmp_path, 
         main(TINY)
 
 
+@pytest.mark.parametrize("kind, text, lost", [
+    # gloo on torch 2.13 and 2.11, a peer killed mid-all_reduce (seen): a plain RuntimeError
+    ("RuntimeError", "[../gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+                     "[127.0.0.1]:24470. This is typically caused by a remote worker crashing.",
+     True),
+    # NCCL's ncclRemoteError, as torch words it
+    ("DistBackendError", "NCCL error in: ProcessGroupNCCL.cpp:1347, remote process exited or "
+                         "there was a network error, NCCL version 2.18.5", True),
+    # the rendezvous store (in rank 0's process) gone
+    ("DistNetworkError", "Failed to recv, got 0 bytes. Connection was likely closed.", True),
+    ("DistStoreError", "wait timeout after 600000ms, keys: /default_pg/0//cuda//0", True),
+    # this rank's own NCCL failures: not a lost peer, their traceback stays
+    ("DistBackendError", "NCCL error in: ProcessGroupNCCL.cpp:1331, unhandled cuda error (run "
+                         "with NCCL_DEBUG=INFO for details)", False),
+    ("DistBackendError", "NCCL error in: ProcessGroupNCCL.cpp:1287, invalid usage, NCCL "
+                         "version 2.17.1", False),
+    ("RuntimeError", "shape mismatch in conv", False),
+])
+def test_only_a_peer_that_is_gone_reads_as_lost_contact(kind, text, lost):
+    import torch.distributed as dist
+
+    from hgan.train import dist as hdist
+    err = (RuntimeError if kind == "RuntimeError" else getattr(dist, kind))(text)
+    assert hdist.lost_peer(err) is lost
+
+
 @pytest.mark.parametrize("reporter", [True, False])
 def test_a_non_finite_loss_under_torchrun_is_said_by_one_rank(monkeypatch, tmp_path, capsys,
                                                              reporter):

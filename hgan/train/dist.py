@@ -86,14 +86,23 @@ def first_flagged(iteration, info: DistInfo, device):
     return divmod(int(t.item()), info.world_size)
 
 
+# What a collective's error says when the other side is gone: gloo's TCP pair (a plain
+# RuntimeError), a socket, and NCCL's ncclRemoteError ("remote process exited or there was a
+# network error").
+_PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe",
+              "remote process exited")
+
+
 def lost_peer(err: BaseException) -> bool:
-    """Whether a collective failed because another rank is gone (it exited or was killed):
-    torch's DistError family, or gloo's plain RuntimeError naming the closed connection."""
-    if isinstance(err, getattr(dist, "DistError", ())):
+    """Whether a collective failed because another rank is gone (it exited or was killed).
+
+    The rendezvous store's network and store errors always are (the store lives in rank 0);
+    a backend error only when its text says so: an NCCL "unhandled cuda error" or "invalid
+    usage" is this rank's own failure and keeps its traceback."""
+    if isinstance(err, tuple(getattr(dist, name) for name in ("DistNetworkError", "DistStoreError")
+                             if hasattr(dist, name))):
         return True
-    text = str(err)
-    return any(s in text for s in ("Connection closed by peer", "Connection reset by peer",
-                                   "Broken pipe"))
+    return any(s in str(err) for s in _PEER_GONE)
 
 
 # How long the other ranks wait while rank 0 generates a missing dataset: a paper-size set
