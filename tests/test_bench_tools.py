@@ -1080,3 +1080,37 @@ def test_a_bench_run_prints_the_ratios_it_recorded(tmp_path, monkeypatch):
     assert reporter.lines[1:] == [
         "ratios recorded by this run (X_over_Y, as in the file):",
         "  leapfrog paired/B64/fwdbwd: analytic_over_reference_median_paired = 2.16"]
+
+
+def test_bf16_gradients_measures_every_parameter_against_float64(capsys):
+    """bench/bf16_gradients.py on a tiny model: a gradient for every parameter of G_I, D_I and
+    D_V; its fp32 column is fp32 rounding against float64, its bf16 column bf16's (8-bit
+    operands: above 1e-3, far below 1), and another batch's gradient is another gradient."""
+    import copy
+
+    import bf16_gradients
+    from hgan.models import ModelConfig, build_models
+    torch.manual_seed(0)
+    models = build_models(ModelConfig(resolution=16, ngf=4, ndf=4, clip_frames=4, motion_dim=4,
+                                      content_dim=4, hidden=8, integrator="analytic"))
+    wide = copy.deepcopy(models)
+    for path in bf16_gradients.NETS:
+        bf16_gradients._net(wide, path).double()
+
+    def run(m, seed, dtype, amp):
+        return bf16_gradients.gradients(m, models, seed, 4, 4, dtype, amp)
+    ref = run(wide, 1, torch.float64, False)
+    want = {f"{path}.{k}" for path in bf16_gradients.NETS
+            for k, _ in bf16_gradients._net(models, path).named_parameters()}
+    assert set(ref) == want
+    rel = {name: {k: float((g[k] - ref[k]).norm() / ref[k].norm()) for k in ref}
+           for name, g in (("fp32", run(models, 1, torch.float32, False)),
+                           ("bf16", run(models, 1, torch.float32, True)),
+                           ("other", run(wide, 2, torch.float64, False)))}
+    assert max(rel["fp32"].values()) < 1e-4
+    assert 1e-3 < max(rel["bf16"].values()) and min(rel["other"].values()) > 1e-2
+    with pytest.raises(SystemExit):
+        bf16_gradients.main(["--frames", "4"])
+    assert "need --frames >= 16" in capsys.readouterr().err
+    bf16_gradients.main(["--seeds", "1", "--batch", "2", "--model", "mocogan"])
+    assert "parameters over seeds [1], at most " in capsys.readouterr().out

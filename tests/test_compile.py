@@ -111,7 +111,6 @@ def test_reals_cast_to_bf16_before_a_discriminator_give_the_same_logits_under_au
         for disc, x in ((models.image_disc, clip[:, 0]), (models.video_disc, clip)):
             for x in (x, x.contiguous()):
                 fp32, bf16 = disc(x), disc(x.to(torch.bfloat16))
-                assert fp32.dtype == torch.bfloat16
                 assert torch.equal(fp32, bf16), type(disc).__name__
 
 

@@ -417,6 +417,26 @@ def test_video_discriminator_is_written_out():
     torch.testing.assert_close(d(clip), want.reshape(-1), rtol=1e-10, atol=1e-12)
 
 
+def test_discriminator_logits_are_fp32_under_autocast():
+    # Under bf16 autocast each discriminator's body runs in bf16 but its last layer in fp32:
+    # the logits are that layer computed in float64 on the body's (bf16) features, to fp32
+    # rounding. A bf16 last layer rounds them to 8 bits (~4e-3 relative).
+    torch.manual_seed(0)
+    m = build_models(tiny(clip_frames=4))
+    clip = torch.randn(6, 4, 3, 32, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        feats_i = m.image_disc.main[:-1](clip[:, 0])
+        feats_v = m.video_disc.main(clip.transpose(1, 2)).flatten(1)
+        logits_i, logits_v = m.image_disc(clip[:, 0]), m.video_disc(clip)
+    assert feats_i.dtype == feats_v.dtype == torch.bfloat16
+    assert logits_i.dtype == logits_v.dtype == torch.float32
+    last, head = m.image_disc.main[-1], m.video_disc.head
+    want_i = F.conv2d(feats_i.double(), last.weight.double()).reshape(-1)
+    want_v = (feats_v.double() @ head.weight.double().T + head.bias.double()).reshape(-1)
+    torch.testing.assert_close(logits_i.double(), want_i, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits_v.double(), want_v, rtol=1e-5, atol=1e-6)
+
+
 def test_convolutions_start_from_dcgan_weights():
     # DCGAN's N(0, 0.02) convolution weights and N(1, 0.02) BatchNorm scales with zero shifts,
     # in G_I, D_I and D_V alike (PyTorch's defaults: uniform weights of std ~ 1/sqrt(3 fan_in),

@@ -3,9 +3,22 @@
 All discriminators return logits (no sigmoid): the losses use BCE-with-logits, which is
 safe under autocast where sigmoid + BCELoss is not.
 """
+from itertools import islice
+
+import torch
 from torch import nn
 
 from hgan.models.config import resolution_plan
+
+
+def fp32_logits(layer, h):
+    """A discriminator's last layer in fp32 under autocast (a [N, features] -> [N, 1]
+    product: no cost). Logits rounded to bf16's 8 bits make BCE's gradient, sigmoid(l) - y,
+    noisy where it nearly cancels over real and fake: D_V's head bias gradient came out up to
+    2x the distance between two batches' gradients, against 0.04x in fp32 (the other
+    parameters' under 0.2x either way; bench/bf16_gradients.py, docs/training.md)."""
+    with torch.autocast(h.device.type, enabled=False):
+        return layer(h.to(layer.weight.dtype))
 
 
 class ImageGenerator(nn.Module):
@@ -46,7 +59,9 @@ class ImageDiscriminator(nn.Module):
         self.main = nn.Sequential(*layers)
 
     def forward(self, x):
-        return self.main(x).reshape(-1)
+        for layer in islice(self.main, len(self.main) - 1):
+            x = layer(x)
+        return fp32_logits(self.main[-1], x).reshape(-1)
 
 
 def _temporal_step(t: int):
@@ -82,4 +97,4 @@ class VideoDiscriminator(nn.Module):
             raise ValueError(f"video discriminator expects [N, {self.frames}, C, H, W] clips, "
                              f"got {tuple(clip.shape)}")
         h = self.main(clip.transpose(1, 2))  # [N, C, T, H, W] for Conv3d
-        return self.head(h.flatten(1)).reshape(-1)
+        return fp32_logits(self.head, h.flatten(1)).reshape(-1)
