@@ -161,3 +161,31 @@ def test_a_hamiltonian_kind_with_a_map_and_no_cyclic_loss(monkeypatch, tiny_pend
     stats = tr.step(_real())
     assert float(stats["loss/L_cyc"]) == 0.0
     assert (f[0].weight - w).abs().max() > 0.99 * tr.cfg.lr
+
+
+def test_a_name_that_cannot_be_a_key_is_the_same_clear_error():
+    """An unhashable --model value (a list from a JSON config) is the ValueError naming the
+    valid kinds, written out, not a TypeError from the table's dict."""
+    msg = r"^unknown model \['hgan'\]; choose one of hgan, hnn_gan, mocogan$"
+    with pytest.raises(ValueError, match=msg):
+        model_kind(["hgan"])
+    with pytest.raises(ValueError, match=msg):
+        ModelConfig(model=["hgan"])
+
+
+def test_a_table_without_a_baseline_is_named(monkeypatch):
+    """compare.md needs exactly one baseline: none marked is an error that says "none"."""
+    monkeypatch.setitem(KINDS, "mocogan", ModelKind("mocogan", "GRU", KINDS["mocogan"].motion,
+                                                    hamiltonian=False))
+    with pytest.raises(ValueError, match=r"^hgan.model_kinds.KINDS must mark one baseline "
+                                         r"model, marks none$"):
+        model_kinds.baseline_model()
+
+
+def test_the_generator_tells_a_kinds_motion_module_its_device(drift):
+    """The motion contract (docs/training.md): forward(n, frames, *, dt, generator, device):
+    a module that draws its noise on `device` (drift does) draws it where the generator is
+    (the meta device here: no memory, any machine)."""
+    m = build_models(ModelConfig(model="drift", ngf=4, ndf=4, clip_frames=4), device="meta")
+    assert m.generator.motion(2, 3)["y"].device.type == "meta"
+    assert m.generator(2, 3)[0].shape == (2, 3, 3, 32, 32)

@@ -605,3 +605,103 @@ def test_mocogan_feedback_backpropagates_through_time():
         want.append((x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-5))
     for a, b in zip(got, torch.autograd.grad((torch.stack(want, 1) * r).sum(), params)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# --- added by a mutation audit of hgan/models and hgan/model_kinds.py ----------------------
+
+def test_defaults_are_the_documented_ones():
+    """ModelConfig() is the docs/training.md flags table (and the models table): oracle the
+    values written out here from those tables, not the dataclass read back."""
+    want = dict(model="hgan", resolution=32, channels=3, k=10, motion_dim=20, content_dim=50,
+                hidden=100, depth=2, hamiltonian="general", activation="softplus", dt=0.05,
+                ngf=32, ndf=32, clip_frames=16, rollout_frames=30, gru_input="feedback",
+                integrator="auto", scheme="order2", fused_precision="ieee", channels_last=False)
+    assert ModelConfig().to_dict() == want
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(activation="elu"), "unknown activation 'elu'; choose one of softplus, tanh, relu"),
+    (dict(integrator="rk4"),
+     "unknown integrator 'rk4'; choose one of auto, reference, analytic, fused"),
+    (dict(fused_precision="tf32x3", integrator="reference"),
+     "fused_precision 'tf32x3' sets the fused kernels' dot products; integrator 'reference' "
+     "computes in float32"),
+    (dict(fused_precision="bf16x3", integrator="analytic"),
+     "fused_precision 'bf16x3' sets the fused kernels' dot products; integrator 'analytic' "
+     "computes in float32"),
+    (dict(channels=0), "channels must be a positive integer, got 0"),
+    (dict(content_dim=0), "content_dim must be a positive integer, got 0"),
+    (dict(ngf=0), "ngf must be a positive integer, got 0"),
+    (dict(ndf=-2), "ndf must be a positive integer, got -2"),
+])
+def test_each_config_value_is_checked_with_its_own_message(kw, message):
+    """Every choice and size field is refused at ModelConfig (the documented one-line error,
+    written out), not later inside a network or the integrator."""
+    import re
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}$"):
+        ModelConfig(**kw)
+
+
+def test_from_dict_names_unknown_fields():
+    """A saved config with fields ModelConfig lacks is one ValueError naming them, sorted (not
+    the dataclass's TypeError about one unexpected keyword)."""
+    d = {**ModelConfig().to_dict(), "ngff": 8, "alpha": 1}
+    with pytest.raises(ValueError, match=r"^unknown ModelConfig fields: alpha, ngff$"):
+        ModelConfig.from_dict(d)
+
+
+def test_build_models_takes_a_saved_config_dict():
+    """build_models(dict) reads it as ModelConfig.from_dict: a dict saved before `scheme`
+    existed builds the official step (docs: configs without a field were trained without it)."""
+    d = {k: v for k, v in tiny("hgan", k=3, motion_dim=8).to_dict().items() if k != "scheme"}
+    m = build_models(d)
+    assert isinstance(m.config, ModelConfig) and m.config.scheme == "official"
+    assert m.generator.motion_module.scheme == "official" and m.config.k == 3
+    assert m.generator.sample(2, 3, generator=torch.Generator().manual_seed(0)).shape == \
+        (2, 3, 3, 32, 32)
+
+
+def test_build_models_puts_all_three_networks_on_the_device():
+    """Every parameter and buffer of G (motion module and G_I), D_I and D_V is on the device
+    build_models was given (the meta device: no memory, any machine)."""
+    m = build_models(tiny("mocogan"), device="meta")
+    for net in (m.generator, m.image_disc, m.video_disc):
+        tensors = list(net.parameters()) + list(net.buffers())
+        assert tensors and all(t.device.type == "meta" for t in tensors), type(net).__name__
+
+
+def test_video_disc_names_a_clip_without_its_batch_axis():
+    """A 4-D clip [T, C, H, W] is refused with the documented message (Conv3d would take it as
+    one unbatched clip, and the error would come from deep inside D_V)."""
+    d = build_models(tiny(clip_frames=4)).video_disc
+    with pytest.raises(ValueError, match=r"expects \[N, 4, C, H, W\] clips, got \(3, 4, 32, 32\)"):
+        d(torch.randn(3, 4, 32, 32))
+
+
+def test_sample_keeps_no_graph():
+    """sample() is documented "(no graph)": float32 videos that carry no autograd history,
+    also when called with gradients enabled in training mode."""
+    torch.manual_seed(0)
+    g = build_models(tiny("hgan")).generator
+    with torch.enable_grad():
+        v = g.sample(2, 3, generator=torch.Generator().manual_seed(0))
+    assert v.dtype == torch.float32 and not v.requires_grad and v.grad_fn is None
+
+
+@pytest.mark.parametrize("model,kw", [("hgan", {}), ("hnn_gan", {}), ("mocogan", {}),
+                                      ("mocogan", {"gru_input": "noise"})])
+def test_a_videos_content_does_not_depend_on_its_length(model, kw):
+    """With one seed, a 3-frame and a 7-frame sample give G_I the same z_c per video (a longer
+    sample of a seed shows the same scene), also when the motion noise grows with the length
+    (mocogan --gru-input noise draws [frames, n, D]). Oracle: the z_c columns of G_I's input,
+    which must be constant over a video's frames and equal across the two lengths."""
+    torch.manual_seed(0)
+    g = build_models(tiny(model, integrator="analytic", **kw)).generator.eval()
+    seen = []
+    g.image_generator.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    for frames in (3, 7):
+        g.sample(2, frames, generator=torch.Generator().manual_seed(4))
+    short, long = (w.reshape(2, -1, w.shape[1])[..., :50] for w in seen)
+    torch.testing.assert_close(short, short[:, :1].expand_as(short), rtol=0, atol=0)
+    torch.testing.assert_close(long[:, 0], short[:, 0], rtol=0, atol=0)
+    assert (short[0, 0] - short[1, 0]).abs().max() > 0.1    # two videos, two contents
