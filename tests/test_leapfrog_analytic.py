@@ -157,6 +157,44 @@ def test_act_d1_is_the_derivative_of_act_value(activation):
     torch.testing.assert_close(act_d1(a.detach(), activation), want, rtol=1e-12, atol=1e-12)
 
 
+def test_relu_at_its_kink_has_autograds_zero_derivative():
+    # relu'(0) is 0 in autograd (the reference backend's derivative), so act_d1 must say 0
+    # there too, or analytic integrates another H wherever a pre-activation is exactly 0. A
+    # state at the origin of a network without biases has every pre-activation 0: dH/dx = 0
+    # there, so the origin is a fixed point (q, p and dHdq all exactly zero) in both backends.
+    from hgan.kernels.leapfrog.common import act_d1
+    a = torch.zeros(4, dtype=D, requires_grad=True)
+    (want,) = torch.autograd.grad(torch.relu(a).sum(), a)
+    assert torch.equal(act_d1(a.detach(), "relu"), want) and not want.any()
+    w, b = random_mlp(2, (8, 8), dtype=D, generator=torch.Generator().manual_seed(4))
+    b = [torch.zeros_like(x) for x in b]
+    zero = torch.zeros(3, 2, dtype=D)
+    for backend in ("reference", "analytic"):
+        out = leapfrog(zero, zero, w, b, frames=3, activation="relu", backend=backend)
+        assert all(not x.any() for x in out), backend
+
+
+def test_the_float64_oracle_sees_a_wrong_trajectory(monkeypatch):
+    # compare_to_reference must compare each output with the float64 reference's (not with
+    # itself): a backend whose q is 1% off, gradients aside, shows rel_err(1.01 q, q) = 0.01
+    # in "q" and nothing in "p" and "dHdq".
+    from hgan.kernels.leapfrog import check
+    real = check.leapfrog
+
+    def leapfrog_with_a_scaled_q(*args, backend, **kw):
+        if backend != "scaled":
+            return real(*args, backend=backend, **kw)
+        q, p, d = real(*args, backend="analytic", **kw)
+        return 1.01 * q, p, d
+    monkeypatch.setattr(check, "leapfrog", leapfrog_with_a_scaled_q)
+    gen = torch.Generator().manual_seed(3)
+    w, b = random_mlp(2, (8, 8), generator=gen)
+    q0, p0 = torch.randn(5, 2, generator=gen), torch.randn(5, 2, generator=gen)
+    errs = compare_to_reference(q0, p0, w, b, 0.1, 4, "softplus", "scaled")
+    assert errs["q"] == pytest.approx(0.01, rel=1e-3), errs
+    assert max(errs["p"], errs["dHdq"]) <= 1e-5, errs
+
+
 def test_the_float64_oracle_sees_a_wrong_gradient(monkeypatch):
     # compare_to_reference is what every backend test asserts on, so it must be able to fail:
     # rel_err is ||x - ref|| / ||ref|| (absolute where ref is zero), and a backend right in

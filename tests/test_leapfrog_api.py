@@ -108,6 +108,20 @@ def test_clear_errors(mlp):
         (dict(weights=3), TypeError, r"^weights must be a list of tensors.*got int$"),
         (dict(dt=torch.tensor(0.05)), ValueError, "not a tensor"),
         (dict(dt=True), ValueError, "dt must be a finite real number"),
+        # the rest of the contract, each a torch error deep inside a backend (or a silent
+        # result) without its check: an infinite dt (a rollout of NaNs), a 3-d state, states
+        # of different batch sizes, a network without a hidden layer, a bias too many or too
+        # few, a bias of another dtype
+        (dict(dt=float("inf")), ValueError, "dt must be a finite real number"),
+        (dict(dt=-float("inf")), ValueError, "dt must be a finite real number"),
+        (dict(q0=q0[..., None], p0=q0[..., None]), ValueError, r"q0 must be \[B, k\]"),
+        (dict(p0=torch.randn(5, 3)), ValueError, "same shape"),
+        (dict(weights=[torch.randn(1, 6)], biases=[torch.randn(1)]), ValueError,
+         r"need >= 2 layers.*got 1 weights and 1 biases"),
+        (dict(biases=b[:2]), ValueError, "one bias per weight, got 3 weights and 2 biases"),
+        (dict(biases=[*b, b[2]]), ValueError, "one bias per weight, got 3 weights and 4 biases"),
+        (dict(biases=[b[0], b[1].double(), b[2]]), TypeError,
+         r"biases\[1\] has dtype torch.float64 but q0 has torch.float32"),
     ]
     for override, exc, msg in cases:
         kw = dict(q0=q0, p0=q0, weights=w, biases=b, frames=3)
@@ -264,6 +278,25 @@ def test_module_rejects_bad_config():
         HamiltonianMLP(3, hidden=7, separable=True)
     with pytest.raises(ValueError, match="hidden >= 1"):
         HamiltonianMLP(2, hidden=0)          # accepted before, failed later in the rollout
+    # the other two sizes of the same message (a network of no coordinates or no hidden layer)
+    with pytest.raises(ValueError, match=r"need k >= 1.*got k=0"):
+        HamiltonianMLP(0)
+    with pytest.raises(ValueError, match=r"depth >= 1.*depth=0"):
+        HamiltonianMLP(2, depth=0)
+
+
+def test_rollout_passes_its_precision_on():
+    # HamiltonianMLP.rollout takes the fused kernels' precision: asked of a backend that has
+    # none, it is refused with the documented error (integrator.md: "reference and analytic,
+    # asked by name, refuse any precision but ieee"), as leapfrog() refuses it, not dropped.
+    torch.manual_seed(0)
+    m = HamiltonianMLP(3, hidden=16)
+    q0 = torch.randn(2, 3)
+    for backend in ("reference", "analytic"):
+        with pytest.raises(ValueError, match=r"precision='tf32' is an option of the fused"):
+            m.rollout(q0, q0, 3, backend=backend, precision="tf32")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        m.rollout(q0, q0, 3, backend="analytic", precision="fp8")
 
 
 def test_cyclic_loss_matches_definition():
@@ -296,6 +329,32 @@ def test_fused_contract_ranges_are_inclusive():
     assert reason(32, (16, 128)) is None and reason(1, (128, 16)) is None
     assert "k <= 32" in reason(33, (16, 16))
     assert "widths" in reason(4, (15, 16)) and "widths" in reason(4, (16, 129))
+
+
+def test_fused_reason_names_a_missing_triton(monkeypatch):
+    # Without triton an in-contract configuration cannot run fused: the reason says so (and
+    # backend="fused" raises with it), wherever the tensors are and whatever TRITON_INTERPRET
+    # says; without the check it read "fused needs CUDA tensors" or nothing at all.
+    monkeypatch.setattr(dispatch, "_triton_importable", lambda: False)
+    w, b = random_mlp(3, (16, 16))
+    q0 = torch.randn(2, 3)
+    assert dispatch.fused_unsupported_reason(q0, w, "softplus") == "triton is not installed"
+    with pytest.raises(ValueError, match="backend='fused' cannot run: triton is not installed"):
+        leapfrog(q0, q0, w, b, frames=2, backend="fused")
+
+
+def test_fused_refuses_a_device_that_is_neither_cuda_nor_the_interpreters_cpu(monkeypatch):
+    # The Triton interpreter runs CPU tensors only: under TRITON_INTERPRET=1 a tensor on any
+    # other device (here meta; mps, xpu alike) is refused naming CUDA and the device, not
+    # handed to the kernels.
+    monkeypatch.setattr(dispatch, "_triton_importable", lambda: True)
+    monkeypatch.setattr(dispatch, "_interpreting", lambda: True)
+    monkeypatch.setattr(dispatch, "_interpret_mismatch", lambda: None)
+    w, _ = random_mlp(3, (16, 16))
+    assert dispatch.fused_unsupported_reason(torch.zeros(2, 3), w, "softplus") is None  # CPU runs
+    reason = dispatch.fused_unsupported_reason(torch.zeros(2, 3, device="meta"),
+                                               [x.to("meta") for x in w], "softplus")
+    assert reason is not None and "CUDA" in reason and "meta" in reason, reason
 
 
 def test_inference_mode_names_the_backend_that_cannot_run(mlp):
@@ -457,6 +516,31 @@ def test_a_rollout_inside_autocast_is_the_fp32_rollout(backend):
         leapfrog(torch.zeros(2, 3, dtype=torch.bfloat16, device=dev),
                  torch.zeros(2, 3, dtype=torch.bfloat16, device=dev), w, b, frames=2,
                  backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["reference", "analytic"])
+def test_autocast_casts_the_state_up_to_a_float64_network_in_its_scheme(backend):
+    # Under autocast the rollout runs in the weights' dtype, float64 included, and a state
+    # that a network made in bf16 or fp16 there is cast up to it (integrator.md, "Autocast"),
+    # which without the cast is a dtype error; and the scheme asked for is the one run.
+    # Oracle: the float64 reference on the same (rounded) state outside autocast, with an H
+    # strong enough that the two schemes land far apart.
+    gen = torch.Generator().manual_seed(12)
+    w, b = random_mlp(3, (16, 24), dtype=torch.float64, generator=gen, scale=3.0)
+    q0, p0 = torch.randn(4, 3, generator=gen), torch.randn(4, 3, generator=gen)
+    for low in (torch.bfloat16, torch.float16):
+        ql, pl = q0.to(low), p0.to(low)
+        want = {}
+        for scheme in ("official", "order2"):
+            want[scheme] = leapfrog(ql.double(), pl.double(), w, b, dt=0.1, frames=4,
+                                    backend="reference", scheme=scheme)
+            with torch.autocast("cpu", dtype=low):
+                got = leapfrog(ql, pl, w, b, dt=0.1, frames=4, backend=backend, scheme=scheme)
+            for x, y in zip(got, want[scheme]):
+                assert x.dtype == torch.float64, (low, scheme, x.dtype)
+                torch.testing.assert_close(x, y, rtol=1e-8, atol=1e-9)   # measured 2e-10
+        gap = (want["official"][0] - want["order2"][0]).abs().max()
+        assert gap > 1e-3, gap      # the other scheme could not pass the check above
 
 
 @pytest.mark.parametrize("backend,low", [(b, low) for b in _backends_here()
@@ -627,6 +711,37 @@ def test_torch_func_rollout_keeps_dhdq_the_first_half_step_gradient(mlp):
     (ref,) = torch.autograd.grad((leapfrog(x, p0, w, b, frames=4, backend="reference")[2]
                                   * r).sum(), x)
     torch.testing.assert_close(got, ref, rtol=1e-12, atol=1e-12)
+
+
+def test_torch_func_rollout_of_one_frame_has_an_empty_dhdq(mlp):
+    # frames = 1 is the initial state alone under a torch.func transform too: dHdq [B, 0, k]
+    # (integrator.md: dHdq [B, frames-1, k]), and the Jacobian of q with respect to q0 the
+    # identity.
+    w, b = [t.double() for t in mlp[0]], [t.double() for t in mlp[1]]
+    gen = torch.Generator().manual_seed(13)
+    q0 = torch.randn(3, 3, dtype=torch.float64, generator=gen)
+    p0 = torch.randn(3, 3, dtype=torch.float64, generator=gen)
+    q, p, d = torch.func.vmap(lambda q, p: tuple(x[0] for x in leapfrog(
+        q[None], p[None], w, b, frames=1, backend="reference")))(q0, p0)
+    assert d.shape == (3, 0, 3) and torch.equal(q[:, 0], q0) and torch.equal(p[:, 0], p0)
+    jac = torch.func.jacrev(lambda x: leapfrog(x, p0, w, b, frames=1, backend="reference")[0])(q0)
+    eye = torch.eye(3, dtype=torch.float64)
+    assert torch.equal(jac[:, 0], torch.einsum("ij,ac->iajc", eye, eye))   # [B, k, B, k]
+
+
+@pytest.mark.parametrize("backend", ["reference", "analytic"])
+def test_one_frame_dhdq_is_a_tensor_of_its_own(mlp, backend):
+    # A one-frame rollout's dHdq is empty, and an in-place op on it (a caller masking dHdq
+    # before L_cyc) must leave the backward of q and p alone: returning the empty tensor
+    # analytic also saves for its backward would make that backward refuse to run ("modified
+    # by an inplace operation"). Oracle: q = q0 and p = p0, so d(sum q + sum p)/dq0 is ones.
+    w, b = mlp
+    q0 = torch.randn(4, 3, requires_grad=True)
+    q, p, d = leapfrog(q0, torch.randn(4, 3), w, b, frames=1, backend=backend)
+    assert d.shape == (4, 0, 3)
+    d.mul_(0.5)
+    (g,) = torch.autograd.grad(q.sum() + p.sum(), q0)
+    assert torch.equal(g, torch.ones(4, 3))
 
 
 @pytest.mark.parametrize("backend", ["reference", "analytic"])
