@@ -520,8 +520,9 @@ def test_motion_takes_the_configured_hamiltonian_depth_activation_and_dt():
 
 @pytest.mark.parametrize("rollout,clip", [(6, 4), (0, 5)])
 def test_gru_keeps_running_statistics_for_every_frame_it_rolls_out(rollout, clip):
-    # A training video is rollout_frames long (or clip_frames when that is longer): each of
-    # its frames has its own running statistics, so the last frame's come from it alone.
+    # The model alone rolls out rollout_frames (or clip_frames when that is longer; the
+    # trainer reserves rows for a longer --frames): each of those frames has its own running
+    # statistics, so the last frame's come from it alone.
     torch.manual_seed(0)
     frames = max(rollout, clip)
     g = build_models(tiny("mocogan", rollout_frames=rollout, clip_frames=clip)).generator
@@ -532,6 +533,32 @@ def test_gru_keeps_running_statistics_for_every_frame_it_rolls_out(rollout, clip
     assert len(raw) == frames
     for t in range(frames):
         torch.testing.assert_close(mm.frame_mean[t], 0.1 * raw[t].mean(0))
+
+
+def test_gru_statistics_rows_follow_what_is_reserved_and_what_a_checkpoint_holds():
+    # The trainer reserves a row per frame it rolls out (--frames may exceed rollout_frames);
+    # a checkpoint keeps them, and a model built from the config alone (sampling, evaluation)
+    # takes the checkpoint's row count. New rows start as a fresh BatchNorm's (mean 0, var 1).
+    torch.manual_seed(0)
+    cfg = tiny("mocogan", rollout_frames=4, clip_frames=4)
+    mm = build_models(cfg).generator.motion_module
+    assert mm.frame_mean.shape[0] == 4
+    ref = mm.frame_mean        # a wrapper's reference (DDP) stays the module's buffer
+    d = mm.frame_mean.shape[1]
+    mm.frame_mean.add_(torch.arange(4.0)[:, None])
+    mm.reserve_frames(7)
+    assert mm.frame_mean is ref and mm.frame_mean.shape == mm.frame_var.shape == (7, d)
+    assert torch.equal(mm.frame_mean[:4], torch.arange(4.0)[:, None].expand(4, d))
+    assert torch.equal(mm.frame_mean[4:], torch.zeros(3, d))
+    assert torch.equal(mm.frame_var, torch.ones(7, d))
+    mm.reserve_frames(5)       # never fewer
+    assert mm.frame_mean.shape[0] == 7
+    fresh = build_models(cfg).generator.motion_module
+    fresh.load_state_dict(mm.state_dict())
+    assert torch.equal(fresh.frame_mean, mm.frame_mean)
+    noise = build_models(tiny("mocogan", gru_input="noise")).generator.motion_module
+    noise.reserve_frames(9)    # fresh noise each frame: no statistics to keep
+    assert not hasattr(noise, "frame_mean")
 
 
 def test_gru_running_statistics_stay_float32_under_bf16_autocast():

@@ -209,3 +209,17 @@ def test_videos_of_exactly_clip_frames_train_and_shorter_ones_are_named(tiny_pen
     with pytest.raises(ValueError, match=f"videos have {cf - 1} frames, fewer than "
                                          f"clip_frames={cf}"):
         tr.check_batch(torch.zeros(4, cf - 1, 3, 32, 32))
+
+
+def test_mocogan_keeps_statistics_for_every_frame_a_step_rolls_out(tiny_pendulum_h5, tmp_path):
+    # --frames 6 above --rollout-frames 4 and --clip-frames 4: a step rolls out 6 frames, and
+    # each gets its own running-statistics row, updated once from fresh by its own frame's
+    # batch (0.1 x the mean of the GRU outputs). With 4 rows frames 3-5 all updated row 3.
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, "mocogan", rollout_frames=4, frames=6))
+    mm = tr.G.motion_module
+    raw = []
+    mm.out.register_forward_hook(lambda m, i, o: raw.append(o.detach()))
+    tr.step(_real())
+    assert len(raw) == 6 and mm.frame_mean.shape[0] == 6
+    for t in range(6):
+        torch.testing.assert_close(mm.frame_mean[t], 0.1 * raw[t].mean(0))

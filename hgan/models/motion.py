@@ -94,11 +94,33 @@ class GRUMotion(nn.Module):
                 (nn.init.xavier_uniform_ if "weight" in name else nn.init.zeros_)(w)
             # Running statistics per frame index (the last row also serves every later frame),
             # so that sampling in eval mode is one video's own, whatever the batch: normalised
-            # with the batch's own statistics, two videos come out as mirror images.
+            # with the batch's own statistics, two videos come out as mirror images. A row per
+            # frame of the rollout; the trainer reserves more when --frames is longer.
             rows = max(cfg.rollout_frames, cfg.clip_frames, 1)
             self.register_buffer("frame_mean", torch.zeros(rows, cfg.motion_dim))
             self.register_buffer("frame_var", torch.ones(rows, cfg.motion_dim))
         self._compiled_unroll = None
+
+    def reserve_frames(self, frames):
+        """Running statistics for at least `frames` frames (the trainer rolls out
+        max(rollout_frames, --frames)); new rows start as a fresh BatchNorm's."""
+        if self.feedback and frames > self.frame_mean.shape[0]:
+            self._resize_rows(frames)
+
+    def _resize_rows(self, rows):
+        for buf, fresh in ((self.frame_mean, 0.0), (self.frame_var, 1.0)):
+            keep = buf[:rows].clone()
+            buf.resize_(rows, buf.shape[1])   # in place: a DDP wrapper keeps its reference
+            buf.fill_(fresh)[:len(keep)] = keep
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A checkpoint has a row per frame its run rolled out, which its config alone (what
+        # sampling and evaluation build from) may not say: take the checkpoint's count.
+        saved = state_dict.get(prefix + "frame_mean")
+        if self.feedback and saved is not None and saved.dim() == 2 \
+                and saved.shape[0] != self.frame_mean.shape[0]:
+            self._resize_rows(saved.shape[0])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @staticmethod
     def batch_refusal(cfg, videos):

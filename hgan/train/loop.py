@@ -255,6 +255,7 @@ class Trainer:
         np.random.seed(cfg.seed)
         self.models = build_models(cfg.model, self.device)
         self.G, self.D_I, self.D_V = self.models.generator, self.models.image_disc, self.models.video_disc
+        self._reserve_frames()
         self.amp_dtype, use_scaler = amp_policy(self.device, cfg.amp, cfg.amp_dtype,
                                                 say=self.info.is_main)
         if self.device.type == "cpu" and self.amp_dtype == torch.bfloat16:
@@ -544,8 +545,16 @@ class Trainer:
             return {}
         return {"rank_noise_rng": self._rank_noise[1]}
 
+    def _reserve_frames(self):
+        """Per-frame state for every frame a step rolls out (mocogan's GRU statistics; a
+        checkpoint of a run trained before this was reserved comes back with fewer rows)."""
+        reserve = getattr(self.G.motion_module, "reserve_frames", None)
+        if reserve is not None:
+            reserve(max(self.cfg.model.rollout_frames, self.cfg.frames))
+
     def load_state_dict(self, ckpt: dict):
         load_weights(self.G, ckpt["generator"], "generator")
+        self._reserve_frames()
         load_weights(self.D_I, ckpt["image_disc"], "image discriminator")
         load_weights(self.D_V, ckpt["video_disc"], "video discriminator")
         self.opt_g.load_state_dict(ckpt["opt_g"])
