@@ -634,8 +634,6 @@ def test_mocogan_feedback_backpropagates_through_time():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
-# --- added by a mutation audit of hgan/models and hgan/model_kinds.py ----------------------
-
 def test_defaults_are_the_documented_ones():
     """ModelConfig() is the docs/training.md flags table (and the models table): oracle the
     values written out here from those tables, not the dataclass read back."""
