@@ -141,3 +141,48 @@ def test_every_option_of_every_command_says_what_it_is_for():
                      if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction))
                      and not (a.help or "").strip()]
     assert bare == []
+
+
+# The least value of each count and cadence: a run of 0 iterations, a cadence of 0
+# iterations (a division by zero later), 0 videos per sample, no trajectories to train on.
+# --keep-every 0 and --gen-test 0 mean "never" and "no test split".
+@pytest.mark.parametrize("flag,least", [
+    ("--iters", 1), ("--log-every", 1), ("--sample-every", 1), ("--ckpt-every", 1),
+    ("--keep-every", 0), ("--n-samples", 1), ("--gen-train", 1), ("--gen-test", 0)])
+def test_each_count_has_its_least_value(capsys, flag, least):
+    cfg, _ = config_from_args([flag, str(least)])
+    assert getattr(cfg, flag[2:].replace("-", "_")) == least
+    with pytest.raises(SystemExit) as exc:
+        config_from_args([flag, str(least - 1)])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith(
+        f"error: {flag} must be >= {least}, got {least - 1}"), err
+
+
+@pytest.mark.parametrize("argv,line", [
+    (["--lr", "0"], "--lr must be > 0, got 0.0"),
+    (["--dt", "0"], "--dt must be a finite number > 0, got 0.0"),
+    (["--dt", "inf"], "--dt must be a finite number > 0, got inf"),
+])
+def test_a_step_size_must_be_positive_and_finite(capsys, argv, line):
+    with pytest.raises(SystemExit) as exc:
+        config_from_args(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("error: " + line), err
+
+
+def test_d_v_clips_are_capped_at_the_video_length():
+    # --clip-frames (16 by default) is capped at --frames (docs/training.md)
+    assert config_from_args(["--frames", "8"])[0].model.clip_frames == 8
+    assert config_from_args(["--frames", "8", "--clip-frames", "4"])[0].model.clip_frames == 4
+    assert config_from_args(["--frames", "20"])[0].model.clip_frames == 16
+
+
+def test_the_default_run_directory_names_system_model_and_second():
+    # runs/<system>-<model>-<time>, as runs/three_body-hgan-20261125-064754
+    import re
+    out = config_from_args(["--system", "three_body", "--model", "mocogan"])[0].out
+    assert re.fullmatch(re.escape(os.path.join("runs", "three_body-mocogan-")) + r"\d{8}-\d{6}",
+                        out), out

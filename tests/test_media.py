@@ -109,7 +109,27 @@ def test_save_samples_writes_the_stem_png_and_gif(tmp_path):
     png, gif = save_samples(videos(), stem)
     assert (png, gif) == (stem + ".png", stem + ".gif")
     assert np.array_equal(np.asarray(Image.open(png).convert("RGB")), strip(videos()))
-    assert gif_frames(gif)[0].shape[0] == T
+    frames, durations, _ = gif_frames(gif)
+    assert frames.shape[0] == T
+    assert durations == [50] * T     # real time: 20 frames/s (docs/training.md, samples/)
+
+
+def test_a_divisor_far_from_the_square_root_does_not_set_the_columns():
+    # 27 tiles: ceil(sqrt(27)) = 6 and 6, 7, 8 do not divide 27; 9 does, but 9 columns by 3
+    # rows is no near-square grid: 6 columns, 5 rows, 3 empty (white) tiles. 24 = 6 x 4 fills.
+    g = frame_grid(torch.zeros(27, 1, 3, H, W))
+    assert g.shape == (1, 5 * H, 6 * W, 3)
+    assert (g[0, 4 * H:, 3 * W:] == 255).all() and (g[0, 4 * H:, :3 * W] == 128).all()
+    assert frame_grid(torch.zeros(24, 1, 3, H, W)).shape == (1, 4 * H, 6 * W, 3)
+
+
+def test_frame_grid_takes_the_columns_it_is_given():
+    # 3 videos in one column: 3 rows, video i's tile in row i
+    g = frame_grid(videos(), cols=1)
+    assert g.shape == (T, 3 * H, W, 3)
+    for i in range(N):
+        assert g[2, i * H:(i + 1) * H].tolist() == [[pixel(i, 2, y, x) for x in range(W)]
+                                                    for y in range(H)]
 
 
 def test_every_gif_plays_in_real_time_by_default(tmp_path):

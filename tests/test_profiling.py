@@ -210,3 +210,82 @@ def test_an_op_starting_with_its_stage_counts_for_that_stage():
               evt("aten::mm", 10, 12, device_us=4.0), evt("aten::add", 0, 1, device_us=2.0)]
     shares = stage_shares_from_events(events)
     assert shares["stage_device_us"] == {"data": 2.0, "motion": 4.0}
+
+
+def test_a_negative_wait_or_warmup_is_named(tmp_path):
+    for schedule in ({"wait": -1}, {"warmup": -1}):
+        with pytest.raises(ValueError) as exc:
+            step_profiler(str(tmp_path), True, **schedule)
+        assert str(exc.value).startswith("profiler schedule needs wait, warmup >= 0 and "
+                                         "active >= 1, got wait="), schedule
+    assert not (tmp_path / "profile").exists()
+
+
+def test_a_run_of_one_step_says_one_step(tmp_path, capsys):
+    steps_with(tmp_path, 1)
+    assert capsys.readouterr().err == ("[hgan] --profile: the run made 1 step, a profile needs "
+                                       "6 (1 skipped + 2 warm-up + 3 recorded); nothing was "
+                                       "recorded\n")
+
+
+def test_a_second_profile_in_one_run_directory_relinks_trace_json(tmp_path, monkeypatch):
+    # A resumed run profiled again: trace.json is then the new trace's second name (a hard
+    # link, not a copy of tens of MB), and the first trace stays beside it.
+    from hgan.train import profiling
+    clock = iter([1000.0, 2000.0])
+    monkeypatch.setattr(profiling.time, "time", lambda: next(clock))
+    steps_with(tmp_path, 6)
+    steps_with(tmp_path, 6)
+    traces = sorted(glob.glob(str(tmp_path / "profile" / "*.pt.trace.json")))
+    assert [t.rsplit(".", 4)[-4] for t in traces] == ["1000000", "2000000"]
+    assert os.path.samefile(traces[1], tmp_path / "profile" / "trace.json")
+
+
+def test_an_op_starting_as_its_stage_ends_is_not_that_stages():
+    # Windows are half-open, [start, end): an op at a stage's end belongs to a stage that
+    # starts there (test above), and to none when none does.
+    from types import SimpleNamespace
+
+    from hgan.train.profiling import stage_shares_from_events
+    cpu = torch.autograd.DeviceType.CPU
+
+    def evt(name, start, end, device_us=0.0):
+        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end),
+                               device_type=cpu, self_device_time_total=device_us)
+
+    events = [evt("ProfilerStep#3", 0, 100), evt("data", 0, 10),
+              evt("aten::mm", 10, 12, device_us=4.0), evt("aten::add", 9, 10, device_us=2.0)]
+    assert stage_shares_from_events(events)["stage_device_us"] == {"data": 2.0}
+
+
+def test_device_time_goes_by_time_whatever_order_the_events_come_in():
+    from types import SimpleNamespace
+
+    from hgan.train.profiling import stage_shares_from_events
+    cpu = torch.autograd.DeviceType.CPU
+
+    def evt(name, start, end, device_us=0.0):
+        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end),
+                               device_type=cpu, self_device_time_total=device_us)
+
+    # the later stage listed first, as a profiler's events need not be in start order
+    events = [evt("ProfilerStep#3", 0, 100), evt("motion", 10, 30), evt("data", 0, 10),
+              evt("aten::add", 5, 6, device_us=2.0), evt("aten::mm", 20, 22, device_us=4.0)]
+    assert stage_shares_from_events(events)["stage_device_us"] == {"data": 2.0, "motion": 4.0}
+
+
+def test_a_run_that_fails_keeps_its_error_alone(tmp_path, capsys):
+    # A step that raises ends the run with its traceback: no "nothing was recorded" line
+    # about a schedule the error cut short.
+    with pytest.raises(RuntimeError, match="boom"):
+        with step_profiler(str(tmp_path), True) as prof:
+            prof.step()
+            raise RuntimeError("boom")
+    assert capsys.readouterr().err == ""
+
+
+def test_json_without_trace_events_is_named(tmp_path):
+    other = tmp_path / "stages.json"
+    other.write_text('{"steps": 3}')
+    with pytest.raises(ValueError, match=f"^{other} has no traceEvents; not a Chrome trace$"):
+        load_trace(str(other))

@@ -723,6 +723,11 @@ def test_a_rank_that_loses_its_peers_says_so_in_one_line(monkeypatch, tmp_path, 
     ("DistBackendError", "NCCL error in: ProcessGroupNCCL.cpp:1287, invalid usage, NCCL "
                          "version 2.17.1", False),
     ("RuntimeError", "shape mismatch in conv", False),
+    # a socket to a peer that died: reset, or written to after it closed
+    ("RuntimeError", "[../gloo/transport/tcp/pair.cc:589] Read error [127.0.0.1]:5271: "
+                     "Connection reset by peer", True),
+    ("RuntimeError", "[../gloo/transport/tcp/pair.cc:437] Write error [127.0.0.1]:5271: "
+                     "Broken pipe", True),
 ])
 def test_only_a_peer_that_is_gone_reads_as_lost_contact(kind, text, lost):
     import torch.distributed as dist
@@ -865,3 +870,98 @@ def test_a_seed_outside_numpys_range_is_refused_before_the_dataset_is_generated(
     assert_one_error_line(code, err, f"--seed must be an integer from 0 to 2**32 - 1, got {seed}")
     assert out == "" and not (data / "pendulum" / "train.h5").exists()
     assert not (tmp_path / "run").exists()
+
+
+def test_bad_input_spanning_lines_is_still_one_line(capsys):
+    from hgan.train.cli import bad_input
+    assert bad_input(ValueError("the dataset does not fit:\nits frames are 16 wide\n")) == 2
+    assert capsys.readouterr().err == ("train.py: error: the dataset does not fit: its frames "
+                                       "are 16 wide\n")
+
+
+def test_a_non_finite_loss_of_a_single_process_names_no_rank(monkeypatch, tmp_path, capsys):
+    import hgan.train.run as hrun
+    from hgan.train.loop import NonFiniteLoss
+    setup = SimpleNamespace(info=SimpleNamespace(enabled=False, rank=0),
+                            cfg=SimpleNamespace(out=str(tmp_path / "run")))
+    monkeypatch.setattr(hrun, "prepare", lambda *a, **k: setup)
+
+    def run(s):
+        raise NonFiniteLoss("non-finite G loss (nan) at iteration 1", reporter=True)
+    monkeypatch.setattr(hrun, "run", run)
+    code, _, err = call(TINY, capsys)
+    assert (code, err) == (1, "[hgan] error: non-finite G loss (nan) at iteration 1\n")
+
+
+def test_a_lost_peer_message_outside_torchrun_keeps_its_traceback(monkeypatch):
+    # One process has no peers: a "Connection closed by peer" in its setup is some other
+    # failure (a socket of its own), not a rank gone.
+    import hgan.train.run as hrun
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+    def prepare(*a, **k):
+        raise RuntimeError("Connection closed by peer [127.0.0.1]:20625")
+    monkeypatch.setattr(hrun, "prepare", prepare)
+    with pytest.raises(RuntimeError, match="Connection closed by peer"):
+        main(TINY)
+
+
+@pytest.mark.parametrize("local_rank, said", [("0", True), ("1", False)])
+def test_a_signal_during_the_setup_is_said_by_each_nodes_first_rank(monkeypatch, capsys,
+                                                                  local_rank, said):
+    import hgan.train.run as hrun
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+
+    def prepare(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(hrun, "prepare", prepare)
+    code, _, err = call(TINY, capsys)
+    assert code == 130
+    assert err == ("train.py: stopped by SIGINT before the first iteration; nothing of the run "
+                   "was written\n" if said else "")
+
+
+def test_sigterm_ends_the_setup_in_one_line_and_gets_its_default_back(monkeypatch, capsys):
+    # Until the loop's own handlers, SIGTERM raises as Ctrl-C does (so the setup ends in one
+    # line, not silently); afterwards the process's default is back.
+    import hgan.train.run as hrun
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    seen = []
+
+    def prepare(*a, **k):
+        handler = signal.getsignal(signal.SIGTERM)
+        seen.append(handler)
+        if callable(handler):
+            handler(signal.SIGTERM, None)   # what the signal would run
+        raise AssertionError("SIGTERM did not stop the setup")
+    monkeypatch.setattr(hrun, "prepare", prepare)
+    code, _, err = call(TINY, capsys)
+    assert code == 143 and callable(seen[0])
+    assert err == ("train.py: stopped by SIGTERM before the first iteration; nothing of the run "
+                   "was written\n")
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+
+
+def test_the_last_wait_gives_the_signal_handlers_back(monkeypatch, tmp_path):
+    # The closing barrier holds SIGINT and SIGTERM off; main then restores what was there.
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    assert _ends_in_the_last_barrier(monkeypatch, tmp_path, lambda: None) == 0
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_process_group_the_caller_set_up_stays_up(monkeypatch, tmp_path):
+    # main called inside a job that joined its group itself: that group is the caller's to
+    # leave (no closing barrier, no destroy).
+    import torch.distributed as dist
+
+    import hgan.train.run as hrun
+    setup = SimpleNamespace(info=SimpleNamespace(enabled=True, rank=0),
+                            cfg=SimpleNamespace(out=str(tmp_path / "run")))
+    calls = []
+    monkeypatch.setattr(hrun, "prepare", lambda *a, **k: setup)
+    monkeypatch.setattr(hrun, "run", lambda s: {})
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: calls.append("barrier"))
+    monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: calls.append("destroy"))
+    assert main(TINY) == 0
+    assert calls == []

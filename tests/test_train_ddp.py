@@ -355,3 +355,74 @@ def test_ranks_agree_on_the_first_non_finite_loss_and_stop_together(gloo_pair):
     assert got[0]["first"] == got[1]["first"] == [None, [5, 1], [4, 0], [9, 1]]
     assert got[0]["raised"] == ["non-finite loss on rank 1 at iteration 3", False]
     assert got[1]["raised"] == ["non-finite G loss (nan) at iteration 3", True]
+
+
+def test_a_torchrun_rank_joins_with_nccl_on_its_local_gpu_or_with_gloo(monkeypatch):
+    # Rank 3 of 4, the second process on its node: NCCL collectives run on the current
+    # device, which must be the node-local GPU 1 (not GPU 3, not GPU 0); a CPU run uses gloo.
+    import torch.distributed as dist
+
+    from hgan.train import dist as hdist
+    for name, value in (("WORLD_SIZE", "4"), ("RANK", "3"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(name, value)
+    devices, backends = [], []
+    monkeypatch.setattr(torch.cuda, "set_device", devices.append)
+    monkeypatch.setattr(dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(dist, "init_process_group", lambda backend, **kw: backends.append(backend))
+    assert hdist.init_distributed("cuda") == hdist.DistInfo(rank=3, world_size=4, local_rank=1)
+    assert (devices, backends) == ([1], ["nccl"])
+    assert hdist.init_distributed("cpu") == hdist.DistInfo(rank=3, world_size=4, local_rank=1)
+    assert (devices, backends) == ([1], ["nccl", "gloo"])
+
+
+def test_the_wait_for_rank_0s_dataset_has_a_24_hour_timeout_of_its_own(monkeypatch):
+    # docs/training.md: a gloo group with a 24-hour timeout (the default group's 30 minutes
+    # would end the wait for a paper-size set); the group is left after the barrier.
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from hgan.train import dist as hdist
+    made, calls = [], []
+    monkeypatch.setattr(dist, "new_group", lambda **kw: made.append(kw) or "group")
+    monkeypatch.setattr(dist, "barrier", lambda group=None: calls.append(("barrier", group)))
+    monkeypatch.setattr(dist, "destroy_process_group",
+                        lambda group=None: calls.append(("destroy", group)))
+    hdist.LongWait().wait()
+    assert made == [{"backend": "gloo", "timeout": timedelta(hours=24)}]
+    assert calls == [("barrier", "group"), ("destroy", "group")]
+
+
+def test_a_stop_flag_is_set_on_every_rank_only_when_some_rank_set_it(monkeypatch):
+    # The all-reduce sums the ranks' flags; here the other rank's is 0 (an identity
+    # all-reduce), so the result is this rank's own flag.
+    import torch.distributed as dist
+
+    from hgan.train import dist as hdist
+    monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: None)
+    info = hdist.DistInfo(rank=1, world_size=2, local_rank=1)
+    assert hdist.any_rank(False, info, "cpu") is False
+    assert hdist.any_rank(True, info, "cpu") is True
+
+
+def test_from_main_gives_every_rank_rank_0s_value(monkeypatch):
+    # A fake broadcast with each rank's value at hand: what it hands out is the source's.
+    import torch.distributed as dist
+
+    from hgan.train import dist as hdist
+    values = {0: "runs/a", 1: "runs/a-2"}
+
+    def broadcast(box, src):
+        box[0] = values[src]
+    monkeypatch.setattr(dist, "broadcast_object_list", broadcast)
+    assert hdist.from_main("runs/a-2", hdist.DistInfo(rank=1, world_size=2, local_rank=1)) == \
+        "runs/a"
+
+
+def test_only_global_rank_0_is_the_main_rank_on_every_node():
+    # docs/training.md: rank 0 writes the run directory; the first rank of the second node
+    # (local rank 0, global rank 8) does not.
+    from hgan.train.dist import DistInfo
+    assert DistInfo(rank=0, world_size=16, local_rank=0).is_main
+    assert not DistInfo(rank=8, world_size=16, local_rank=0).is_main
+    assert DistInfo(rank=8, world_size=16, local_rank=0).enabled and not DistInfo().enabled

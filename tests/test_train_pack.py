@@ -649,3 +649,82 @@ def test_a_second_ctrl_c_during_the_stop_checkpoint_leaves_no_temporary_file(dat
             proc.kill()
     assert proc.returncode == 128 + signal.SIGINT, err
     assert os.listdir(tmp_path / "checkpoints") == [], err
+
+
+def test_at_most_16_runs_per_process():
+    # docs/training.md: each run takes a CUDA stream from torch's pool of 32
+    assert len(pack.split_runs(["--", "a"] * 16)) == 16
+    with pytest.raises(ValueError) as exc:
+        pack.split_runs(["--", "a"] * 17)
+    assert str(exc.value) == ("17 runs given; at most 16 per process (each needs a CUDA stream "
+                              "of its own from torch's pool of 32)")
+
+
+def test_a_profiled_run_is_refused(data_root, tmp_path):
+    from hgan.train.config import parse_command_line
+    cfg = parse_command_line(flags(data_root, tmp_path / "p") + ["--profile"])[0]
+    with pytest.raises(ValueError, match=r"^--profile cannot run in a packed process \(one "
+                                         r"profiler per process\); train it alone$"):
+        pack.refuse(cfg)
+    pack.refuse(parse_command_line(flags(data_root, tmp_path / "p"))[0])   # the rest may
+
+
+def test_the_pack_refuses_torchrun(monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert pack.main(["--", "--system", "pendulum"]) == 2
+    assert capsys.readouterr().err == ("hgan.train.pack: error: not under torchrun (DDP runs "
+                                       "one run per process)\n")
+
+
+def test_tagged_is_the_packs_flag_only_before_the_first_run(capsys):
+    # After '--' it is a run's flag, which train.py does not know: that run fails alone,
+    # untagged (the pack itself was not asked to tag).
+    assert pack.main(["--", "--tagged"]) == 2
+    out = capsys.readouterr().out
+    assert "[0] exit code 2\n" in out and pack.TAG not in out, out
+
+
+def test_a_runs_own_help_is_its_exit_code_0(capsys):
+    # argparse's exit code, whatever it is: 0 for a run's --help (train.py's usage), not 2
+    assert pack.main(["--", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "[0] exit code 0\n" in out and "--batch-size" in out, out
+
+
+def test_a_resumed_run_whose_flags_would_not_give_its_data_back_generates_nothing(tmp_path,
+                                                                                  capsys):
+    # The run trained on a set made elsewhere (6 trajectories), with --gen-train 4 recorded:
+    # generating 4 would not give its data back, so the pack generates nothing and the run
+    # says why in one line (docs/training.md: "a missing one that --gen-* would not generate
+    # back" is an error).
+    from hgan.data import generate_dataset
+    root = tmp_path / "data"
+    generate_dataset("pendulum", root, train=6, test=0, frames=12, seed=0, resolution=32,
+                     progress=False)
+    run = tmp_path / "r"
+    gen = ["--gen-train", "4", "--gen-test", "0", "--gen-frames", "12"]
+    assert train_cli.main(flags(str(root), run, iters=1) + gen) == 0
+    (root / "pendulum" / "train.h5").unlink()
+    capsys.readouterr()
+    assert pack.main(["--", "--resume", str(run), "--iters", "2"]) == 2
+    out = capsys.readouterr().out
+    assert "not found: generating" not in out and not (root / "pendulum" / "train.h5").exists(), out
+    assert "[0] train.py: error:" in out and "generating it would not give" in out, out
+
+
+def test_an_unterminated_line_of_no_run_is_written_at_the_end():
+    out = io.StringIO()
+    r = pack._Router(out, tagged=True)
+    r.write("a warning without its newline")   # no run owns this thread: held back
+    assert out.getvalue() == ""
+    r.close_pending()
+    assert out.getvalue() == "a warning without its newline\n"
+    r.close_pending()
+    assert out.getvalue() == "a warning without its newline\n"
+
+
+def test_a_tagged_runs_exit_is_its_own_code(capsys):
+    # --frames 1 is bad input (train.py's exit code 2): the runner reads it from "x2"
+    assert pack.main(["--tagged", "--", "--frames", "1"]) == 2
+    out = capsys.readouterr().out
+    assert out.endswith(f"{pack.TAG}0x2\n"), out

@@ -1,5 +1,6 @@
 """hgan.train.rundir where the lock itself is missing: the run goes on unguarded."""
 import errno
+import os
 
 from hgan.train import rundir
 
@@ -82,3 +83,31 @@ def test_a_file_where_the_run_directory_should_be_is_one_error(tmp_path):
     with pytest.raises(ValueError, match=f"^--out {path} is not a directory$"):
         rundir.claim(str(path), numbered=False)
     assert path.read_text() == "x"
+
+
+def test_a_claim_dropped_without_release_frees_its_directory(tmp_path):
+    # A setup object lost to an exception (never released) must not hold its directory for
+    # the rest of the process: the lock ends with the claim.
+    import gc
+    out = str(tmp_path / "run")
+    lock = rundir.claim(out, numbered=False)
+    del lock
+    gc.collect()
+    again = rundir.claim(out, numbered=False)
+    assert again.path == out and not again.created
+    again.release()
+
+
+def test_releasing_a_claim_twice_leaves_a_later_claim_of_its_directory_alone(tmp_path):
+    # The first claim's second release (explicit, or its __del__) came after a new claim of
+    # the same directory in this process: it must not unlock or forget that new claim.
+    import pytest
+    out = str(tmp_path / "run")
+    first = rundir.claim(out, numbered=False)
+    first.release()
+    second = rundir.claim(out, numbered=False)
+    first.release(discard=True)
+    assert os.path.isdir(out)
+    with pytest.raises(ValueError, match="held by an earlier setup in this process"):
+        rundir.claim(out, numbered=False)
+    second.release()

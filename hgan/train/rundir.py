@@ -29,13 +29,18 @@ class RunDirLock:
     def __init__(self, path, fd, created):
         self.path, self._fd, self.created = path, fd, created
         self._key = os.path.realpath(path)
+        self._released = False
         _HELD.add(self._key)
 
     def release(self, discard=False):
         """Unlock; discard: remove the directory if this process made it and left it empty
         (a setup that failed after the claim)."""
-        if self._key not in _HELD:
+        # this claim's own state, not _HELD's: a later claim of the same directory (after
+        # this one's release) is not this one's to forget when this one is released again
+        # (its __del__)
+        if self._released:
             return
+        self._released = True
         _HELD.discard(self._key)
         if self._fd is not None:
             os.close(self._fd)
