@@ -290,6 +290,10 @@ def test_physics_metrics_with_fewer_than_two_held_out_videos_are_refused_before_
     ("eval_args", ("--out", "elsewhere"), "--out", "--out"),
     ("eval_args", ("--metrics", "cyclic"), "--metrics", "--eval-metrics"),
     ("eval_args", ("--checkpoint", "other.pt"), "--checkpoint", "--out"),
+    ("train_args", ("--frames", "8"), "--frames", "--frames"),
+    ("train_args", ("--iters", "3"), "--iters", "--iters"),
+    ("train_args", ("--data", "elsewhere"), "--data", "--out"),
+    ("eval_args", ("--data", "other.h5"), "--data", "--out"),
 ])
 def test_extra_flags_may_not_override_the_grids_own(tmp_path, what, extra, flag, option):
     # `--train-args '--out X --batch-size 4'` trained into X with batch 4 while compare.md
@@ -388,3 +392,96 @@ def test_compare_md_names_the_gpu_the_grid_ran_on(monkeypatch, device, index):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=None: f"GPU number {i}")
     assert cli._device_name(device).startswith(f"GPU number {index} (torch ")
+
+
+def test_the_runs_read_their_data_where_the_grid_writes_it(tmp_path):
+    # docs/experiments.md: the grid writes <out>/data/<system>/{train,test}.h5; train.py reads
+    # <--data>/<system>/train.h5
+    from hgan.train.config import parse_command_line
+    run, = _spec(tmp_path, systems=("mass_spring",)).runs()
+    cfg = parse_command_line(run.train_flags())[0]
+    assert cfg.data_path == os.path.join(str(tmp_path), "data", "mass_spring", "train.h5")
+
+
+def test_fvd_alone_is_refused_without_a_detector_and_accepted_with_one(tmp_path, monkeypatch):
+    # hgan.evaluate exits 2 on --metrics fvd with no detector: every evaluation would fail
+    monkeypatch.delenv("HGAN_I3D", raising=False)
+    with pytest.raises(GridError, match=r"^--eval-metrics fvd alone needs the I3D detector: "
+                                        r"pass --i3d PATH \(or set \$HGAN_I3D\)$"):
+        check_flags(_spec(tmp_path, eval_metrics="fvd"))
+    check_flags(_spec(tmp_path, eval_metrics="fvd", i3d=__file__, test_traj=2048))
+
+
+def test_evaluation_against_a_real_file_of_its_own_is_not_limited_by_the_grids_test_split(
+        tmp_path, monkeypatch):
+    # --eval-args '--real FILE': the held-out videos are FILE's, not the grid's test.h5, so
+    # neither --traj-frames nor --test-traj bounds the clips or the FVD videos
+    monkeypatch.delenv("HGAN_I3D", raising=False)
+    real = ("--real", str(tmp_path / "real.h5"))
+    check_flags(_spec(tmp_path, frames=16, traj_frames=16, eval_args=("--frames", "17") + real))
+    check_flags(_fvd_spec(tmp_path, test_traj=8, eval_args=real))
+    check_flags(_spec(tmp_path, test_traj=1, eval_args=real))
+
+
+def test_an_unknown_extra_flag_is_named_in_one_line(tmp_path):
+    # train.py's own one-line reason, without argparse's "usage: ... error:" prefix
+    with pytest.raises(GridError, match=r"^--train-args: unrecognized arguments: --ngff 8 \(see "
+                                        r"python train.py --help\)$"):
+        check_flags(_spec(tmp_path, train_args=("--ngff", "8")))
+    with pytest.raises(GridError, match=r"^--eval-args: unrecognized arguments: --probe-stepz 5 "
+                                        r"\(see python -m hgan.evaluate --help\)$"):
+        check_flags(_spec(tmp_path, eval_args=("--probe-stepz", "5")))
+
+
+def test_extra_flags_whose_quotes_do_not_close_are_named(tmp_path):
+    from hgan.experiments.grid import split_args
+    assert split_args("--lr 1e-3 --note 'a b'", "--train-args") == ("--lr", "1e-3", "--note", "a b")
+    with pytest.raises(GridError) as e:
+        split_args("'unclosed", "--train-args")
+    assert str(e.value) == "--train-args \"'unclosed\": no closing quotation"
+
+
+def test_a_grid_of_no_iterations_or_a_missing_detector_is_refused(tmp_path, capsys):
+    # docs/experiments.md: a missing --i3d file stops the command before any data
+    from hgan.experiments.runner import check_ready
+    with pytest.raises(GridError, match=r"^--iters must be >= 1, got 0$"):
+        check_ready(_spec(tmp_path, iters=0))
+    missing = tmp_path / "i3d_torchscript.pt"
+    out = tmp_path / "grid"
+    assert cli.main(["table1", "--out", str(out), "--systems", "pendulum", "--models", "hgan",
+                     "--device", "cpu", "--i3d", str(missing)]) == 2
+    assert capsys.readouterr().err == f"hgan.experiments: error: --i3d {missing} does not exist\n"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--parallel", "0"), "--parallel must be >= 1, got 0"),
+    (("--pack", "0"), "--pack must be >= 1, got 0"),
+    (("--data-only", "--report-only"), "--data-only and --report-only: choose one"),
+    (("--seeds", ","), "--systems, --models and --seeds need at least one entry each"),
+    # docs/experiments.md: --compile and --profile are refused with --pack > 1
+    (("--pack", "2", "--train-args=--profile"),
+     "--pack > 1 with --train-args --profile: packed runs cannot use them (hgan.train.pack); "
+     "use --pack 1"),
+])
+def test_table1_flags_that_cannot_work_together_are_refused(flags, message):
+    with pytest.raises(GridError, match=f"^{re.escape(message)}$"):
+        _parse(*flags)
+
+
+def test_report_only_with_paper_sizes_states_the_papers_data_sizes(tmp_path):
+    # `--report-only --paper-sizes`: the flag given beside it wins over grid.json's sizes
+    saved = {"spec": _spec(tmp_path, train_traj=6, test_traj=4, traj_frames=8).to_dict()}
+    argv = ["table1", "--out", str(tmp_path), "--report-only", "--paper-sizes"]
+    a = cli.build_parser().parse_args(argv)
+    spec = cli._report_spec(saved, cli.spec_from_args(a), cli._given(argv))
+    assert (spec.train_traj, spec.test_traj, spec.traj_frames) == (50_000, 2_048, 512)
+    assert (spec.systems, spec.iters) == (("pendulum",), 10)      # the rest: grid.json's
+
+
+def test_seeds_that_are_not_integers_are_one_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        _parse("--seeds", "0,a")
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("hgan.experiments: error: argument --seeds: expected "
+                                       "comma-separated integers, got '0,a'\n")

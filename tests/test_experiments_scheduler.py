@@ -932,3 +932,180 @@ def test_grid_json_holds_the_whole_grid_for_report_only(tmp_path):
     saved = json.load(open(tmp_path / "grid.json"))
     assert saved["command"] == "c" and saved["commit"] == "abc"
     assert GridSpec(**saved["spec"]) == spec
+
+
+def test_inline_evaluations_run_one_at_a_time_and_others_after_a_systems_first(tmp_path):
+    # --inline-eval: one evaluation at a time, whatever the system (threads of one process).
+    # In processes: once a system's first evaluation is done (its probe cached), the others of
+    # that system start side by side, with no probe file needed to say so.
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum", "mass_spring"),
+                    models=("hgan", "mocogan", "hnn_gan"), iters=2, eval_metrics="physics")
+    runs = spec.runs()
+    inline = runner.GridRunner(spec, parallel=4, progress=False, log=lambda m: None,
+                               inline_eval=True)
+    inline.jobs = [runner.Job("eval", r.system, r) for r in (runs[0], runs[3])]
+    inline.jobs[0].state = "running"                       # pendulum's
+    assert not inline._ready(inline.jobs[1])               # mass_spring's waits for it
+    inline.jobs[0].state = "done"
+    assert inline._ready(inline.jobs[1])
+    grid = runner.GridRunner(spec, parallel=4, progress=False, log=lambda m: None)
+    grid.jobs = [runner.Job("eval", "pendulum", r) for r in runs[:3]]
+    grid.jobs[0].state, grid.jobs[1].state = "done", "running"
+    assert not os.path.exists(spec.data_path("pendulum"))  # no data, no cached probe
+    assert grid._ready(grid.jobs[2])
+
+
+def test_a_runs_log_keeps_the_output_of_every_segment(tmp_path):
+    # a resumed run's train.log: the first segment's command is still there after the second
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan",), iters=2)
+    run, = spec.runs()
+    grid = runner.GridRunner(spec, progress=False, log=lambda m: None)
+    for cmd in (["train.py", "--system", "pendulum"], ["train.py", "--resume", run.dir]):
+        grid._begin(runner.Job("train", "pendulum", run), cmd)
+    assert open(run.path("train.log")).read() == (
+        f"\n$ train.py --system pendulum\n\n$ train.py --resume {run.dir}\n")
+
+
+def test_a_pack_process_gets_each_runs_train_py_flags_tagged(tmp_path):
+    # docs/experiments.md: `python -m hgan.train.pack -- <flags of run 1> -- <flags of run 2>`,
+    # with --tagged first so that the runner can split the output per run
+    from hgan.train.pack import split_runs
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan", "mocogan"),
+                    iters=2, device="cpu")
+    fresh, resumed = spec.runs()
+    os.makedirs(resumed.path("checkpoints"))
+    open(resumed.checkpoint, "wb").close()
+    cmd = runner.pack_command([fresh.train_command(), resumed.train_command()], python="py")
+    assert cmd[:4] == ["py", "-m", "hgan.train.pack", "--tagged"]
+    assert split_runs(cmd[4:]) == [fresh.train_flags(), ["--resume", resumed.dir, "--iters", "2",
+                                                         "--device", "cpu"]]
+
+
+def test_an_inline_evaluation_not_begun_before_a_stop_does_not_begin():
+    # and one that ends with SystemExit(0) (its --help, say) succeeded: no error
+    import threading
+    calls = []
+    halt = threading.Event()
+    assert runner._inline_evaluation(lambda argv: calls.append(argv), ["a"], halt) is None
+    halt.set()
+    assert isinstance(runner._inline_evaluation(lambda argv: calls.append(argv), ["b"], halt),
+                      KeyboardInterrupt)
+    assert calls == [["a"]]
+
+    def exits(code):
+        def evaluate(argv):
+            raise SystemExit(code)
+        return evaluate
+    go = threading.Event()
+    assert runner._inline_evaluation(exits(0), [], go) is None
+    assert runner._inline_evaluation(exits(None), [], go) is None
+    assert str(runner._inline_evaluation(exits(3), [], go)) == "exit code 3"
+
+
+def test_a_process_that_ignores_the_stop_is_killed_after_the_grace(tmp_path, monkeypatch):
+    # docs/experiments.md: after a stop a process gets STOP_GRACE_S (120 s), then is killed.
+    # A stand-in process that never ends on SIGTERM (it would end by itself after 5 s).
+    import time
+    from types import SimpleNamespace
+    monkeypatch.setattr(runner, "STOP_GRACE_S", 0.2)
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan",), iters=2)
+    run, = spec.runs()
+    give_up = time.time() + 5
+    signals = []
+
+    class Deaf:
+        returncode = None
+
+        def poll(self):
+            if self.returncode is None and time.time() > give_up:
+                self.returncode = 0
+            return self.returncode
+
+        def send_signal(self, sig):
+            signals.append(sig)
+
+        def kill(self):
+            signals.append("kill")
+            self.returncode = -9
+    grid = runner.GridRunner(spec, progress=False, log=lambda m: None)
+    job = runner.Job("train", "pendulum", run)
+    job.state, job.started, job.iter_before = "running", time.time(), 0
+    job.proc, job.thread = Deaf(), SimpleNamespace(join=lambda: None)
+    grid.jobs, grid.stopping = [job], True
+    grid._wait_all()
+    assert signals == ["kill"] and job.returncode == -9 and job.state == "stopped"
+    assert run.record()["segments"][-1]["returncode"] == -9
+
+
+def test_a_rerun_with_nothing_to_do_adds_its_time_to_every_earlier_invocations(tmp_path,
+                                                                              fake_jobs):
+    # grid.json: earlier invocations took 100 s in all, the last one 5 s. A rerun whose runs
+    # are all done and evaluated adds its own wall time to the 100 s, not to the 5 s.
+    out = tmp_path / "g"
+    spec = GridSpec(out=str(out), systems=("pendulum",), models=("hgan", "mocogan"), iters=3,
+                    device="cpu", eval_metrics="physics")
+    for run in spec.runs():
+        _trained(run, 3)
+        os.makedirs(run.path("eval"))
+        with open(run.path("eval", "results.json"), "w") as f:
+            json.dump({"iteration": 3, "metrics": ["physics"], "settings": settings(
+                build_parser().parse_args(run.eval_flags()), run.system)}, f)
+    with open(out / "grid.json", "w") as f:
+        json.dump({"spec": spec.to_dict(), "wall_s": 5.0, "wall_s_total": 100.0}, f)
+    assert _table1(out, "--iters", "3") == 0
+    meta = json.load(open(out / "grid.json"))
+    assert meta["wall_s_total"] == pytest.approx(100.0 + meta["wall_s"]) and meta["wall_s"] < 60
+
+
+def test_data_only_whose_generation_failed_exits_1_naming_the_system(tmp_path, monkeypatch,
+                                                                      capsys):
+    from hgan.experiments import cli
+
+    def broken(spec, system, splits, stop):
+        raise OSError("disk full")
+    monkeypatch.setattr(runner.datasets, "missing_splits", lambda spec, system: ["train"])
+    monkeypatch.setattr(runner.datasets, "generate", broken)
+    assert cli.main(["table1", "--out", str(tmp_path / "g"), "--data-only", "--systems",
+                     "pendulum", "--models", "hgan", "--device", "cpu", "--no-progress"]) == 1
+    assert "[grid] data not generated: pendulum" in capsys.readouterr().err
+
+
+def test_export_into_an_existing_empty_folder(tmp_path):
+    # docs/experiments.md: "into a new or empty folder"
+    from hgan.experiments import cli
+    grid, dest = tmp_path / "g", tmp_path / "empty"
+    grid.mkdir()
+    (grid / "compare.md").write_text("table")
+    dest.mkdir()
+    assert cli.main(["export", str(grid), "--to", str(dest)]) == 0
+    assert os.listdir(dest) == ["compare.md"]
+
+
+def test_export_of_a_folder_without_compare_md_is_one_error(tmp_path, capsys):
+    # a mistyped grid folder (or a grid never reported): nothing to export, nothing created
+    from hgan.experiments import cli
+    grid, dest = tmp_path / "g", tmp_path / "copy"
+    (grid / "runs" / "r").mkdir(parents=True)
+    (grid / "runs" / "r" / "summary.json").write_text("{}")
+    assert cli.main(["export", str(grid), "--to", str(dest)]) == 2
+    assert capsys.readouterr().err == (f"hgan.experiments: error: {grid} has no compare.md: run "
+                                       f"table1 first\n")
+    assert not dest.exists()
+
+
+def test_a_grid_that_dies_while_it_runs_leaves_its_grid_json(tmp_path, fake_jobs, monkeypatch):
+    # grid.json is written before the jobs start: an invocation killed on the way still
+    # leaves the settings --report-only reads, and the earlier invocations' wall time
+    out = tmp_path / "g"
+    out.mkdir()
+    with open(out / "grid.json", "w") as f:
+        json.dump({"spec": {}, "wall_s": 5.0, "wall_s_total": 100.0}, f)
+
+    def dies(self):
+        raise RuntimeError("the machine went away")
+    monkeypatch.setattr(runner.GridRunner, "execute", dies)
+    with pytest.raises(RuntimeError, match="went away"):
+        _table1(out, "--iters", "3", "--seeds", "4")
+    saved = json.load(open(out / "grid.json"))
+    assert (saved["spec"]["seeds"], saved["spec"]["iters"]) == ([4], 3)
+    assert saved["wall_s_total"] == 100.0

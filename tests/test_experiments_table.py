@@ -475,3 +475,74 @@ def test_a_chart_draws_no_bar_for_seeds_of_different_lengths(tmp_path, monkeypat
     assert report._bar_chart(spec, table.collect(spec), key, title, get, str(tmp_path / "e.png"))
     assert bars == {"mocogan": [pytest.approx(0.5)]}
     assert dots == [[pytest.approx(0.1), pytest.approx(1.1)]]
+
+
+def test_a_cells_training_time_is_the_mean_over_its_seeds(tmp_path):
+    # seeds trained for 10 s and 20 s: the cell says 15 s (their mean), not one seed's time
+    spec = _spec(tmp_path, models=("hgan",), seeds=(0, 1))
+    for run in spec.runs():
+        _write(run, _results(0.1), segments=[{"from": 0, "to": 100, "seconds": [10.0, 20.0][run.seed],
+                                              "returncode": 0}])
+    text = "\n".join(table.metric_sections(spec, table.collect(spec)))
+    assert "| hgan | 0.1 ± 0 (100 it, 15 s) |" in text, text
+
+
+def test_a_metric_table_stays_when_one_model_was_not_evaluated(tmp_path):
+    # mocogan not evaluated: its cell reads n/a, hgan's value is still shown
+    spec = _spec(tmp_path)
+    hgan, moco = spec.runs()
+    _write(hgan, _results(0.05))
+    _write(moco, None)
+    text = "\n".join(table.metric_sections(spec, table.collect(spec)))
+    assert "| hgan | 0.05 (100 it, 12 s) |" in text and "| mocogan | n/a |" in text, text
+
+
+def test_no_claim_is_drawn_without_the_baseline_in_the_grid(tmp_path):
+    # a grid of hgan and hnn_gan only: nothing to compare them with, so no "< mocogan" rows
+    spec = _spec(tmp_path, models=("hgan", "hnn_gan"))
+    for run in spec.runs():
+        _write(run, _results(0.05))
+    assert "< mocogan" not in _checks(spec)
+
+
+def test_each_hnn_run_has_one_active_momenta_row_under_its_own_system(tmp_path):
+    # two systems, one hgan run each: two rows, pendulum's with 1 dof, mass_spring's with 1
+    # (no run listed again under the other system)
+    spec = _spec(tmp_path, systems=("pendulum", "two_body"), models=("hgan",))
+    for run in spec.runs():
+        _write(run, _results(0.05, active={"pendulum": 1, "two_body": 3}[run.system]))
+    rows = [line for line in _checks(spec).splitlines()
+            if line.startswith(("| pendulum | hgan |", "| two_body | hgan |"))]
+    assert rows == ["| pendulum | hgan | 0 | 1 of 10 | 1 | 0.02 | holds | 100 it, 12 s |",
+                    "| two_body | hgan | 0 | 3 of 10 | 4 | 0.02 | n/a | 100 it, 12 s |"], rows
+
+
+def test_the_appearance_and_flagged_real_rows_are_real_datas_values(tmp_path):
+    # generated 0.01 / 0.5 flagged, real 0.003 / 0.125 flagged: the italic rows show real's
+    spec = _spec(tmp_path, models=("hgan",))
+    run, = spec.runs()
+    res = _results(0.05)
+    res["appearance"].update(generated_flagged=0.5, real_flagged=0.125)
+    _write(run, res)
+    text = "\n".join(table.metric_sections(spec, table.collect(spec)))
+    assert text.count("| *real held-out videos* | 0.003 |") == 1, text
+    assert "| *real held-out videos* | 0.125 |" in text, text
+
+
+def test_the_real_data_row_has_three_significant_digits_like_the_cells(tmp_path):
+    spec = _spec(tmp_path, models=("hgan",))
+    run, = spec.runs()
+    _write(run, _results(0.0456, real=0.0123, noise_floor=0.00789))
+    text = "\n".join(table.metric_sections(spec, table.collect(spec)))
+    assert "| hgan | 0.0456 (100 it, 12 s) |" in text
+    assert "| *real held-out videos (probe noise floor)* | 0.0123 (0.00789) |" in text, text
+
+
+def test_a_run_whose_evaluation_failed_reads_failed(tmp_path):
+    # trained to the end, its evaluation exited 1 with no results: the run failed (not "not
+    # evaluated", which reads as waiting for its turn)
+    spec = _spec(tmp_path, models=("hgan",), iters=10)
+    run, = spec.runs()
+    _write(run, None, iteration=10, ev={"seconds": 3.0, "returncode": 1, "iteration": 10})
+    assert "| pendulum | hgan | 0 | 10 / 10 | 12 | 8.5 | 3 | failed |" in \
+        "\n".join(table.runs_section(table.collect(spec)))

@@ -457,3 +457,48 @@ def test_results_of_a_run_whose_checkpoint_is_gone_are_not_its_evaluation(tmp_pa
     assert run.evaluated()
     os.remove(run.checkpoint)
     assert not run.evaluated()
+
+
+def test_results_of_a_later_iteration_than_the_run_are_not_its_evaluation(tmp_path):
+    # results.json at iteration 10, the run now at 4 (its checkpoints were deleted and it
+    # trained again, stopped by a deadline): those numbers are another run's
+    run = _spec(tmp_path).runs()[0]
+    _fake_run(run, 4, results_iter=10)
+    assert not run.evaluated()
+
+
+def test_a_physics_only_grid_evaluates_results_with_the_floored_drift_again(tmp_path):
+    # the older drift metric (no "relative_to") is evaluated again whenever physics is asked
+    # for, with or without the cyclic metric beside it
+    spec = _spec(tmp_path, systems=("two_body",), models=("hgan",), eval_metrics="physics")
+    run, = spec.runs()
+    _fake_run(run, 10, results_iter=10, metrics=("physics",))
+    path = run.path("eval", "results.json")
+    r = json.load(open(path))
+    r["system"], r["physics"] = "two_body", {"energy_drift": {"generated": {"median": 0.1}}}
+    json.dump(r, open(path, "w"))
+    assert not run.evaluated()
+    r["physics"]["energy_drift"]["relative_to"] = "|mean H|"
+    json.dump(r, open(path, "w"))
+    assert run.evaluated()
+
+
+def test_a_record_with_a_value_json_lacks_is_written_as_text(tmp_path):
+    # a numpy float in a record (a rate read from a summary) must not end a grid that has
+    # trained for hours: it is kept as its text
+    import numpy as np
+    run = _spec(tmp_path).runs()[0]
+    run.save_record({"segments": [], "eval": {"seconds": np.float32(1.5)}})
+    assert run.record() == {"segments": [], "eval": {"seconds": "1.5"}}
+
+
+def test_datasets_are_generated_with_the_grids_seed_and_resolution(tmp_path):
+    # --data-seed 1 --resolution 16: the files hold them, and the same grid then reuses them
+    from hgan.data import open_h5
+    spec = _spec(tmp_path, train_traj=3, test_traj=2, traj_frames=6, frames=4, data_seed=1,
+                 resolution=16)
+    datasets.generate(spec, "pendulum", ["train", "test"])
+    for split in ("train", "test"):
+        attrs = open_h5(spec.data_path("pendulum", split)).attrs
+        assert (int(attrs["seed"]), int(attrs["resolution"])) == (1, 16), split
+    assert datasets.missing_splits(spec, "pendulum") == []
