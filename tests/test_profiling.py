@@ -125,19 +125,20 @@ def test_train_profile_flag_writes_stage_traces(tiny_pendulum_h5, tmp_path):
     assert set(shares) == set(STAGES) and 0 < sum(shares.values()) <= 1.0
 
 
+def _evt(name, start, end, device_us=0.0, kind=torch.autograd.DeviceType.CPU, thread=1):
+    """A profiler event as stage_shares_from_events reads it (built by hand: no GPU here)."""
+    from types import SimpleNamespace
+    return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end),
+                           device_type=kind, self_device_time_total=device_us, thread=thread)
+
+
 def test_device_time_goes_to_the_stage_open_at_launch_whatever_the_thread():
     # What a CUDA profile looks like (no GPU here, so the events are built by hand): the
     # autograd engine launches the backward's kernels from its own thread, whose ops no range
     # of the training thread encloses; a stage's own gpu_user_annotation is a device event.
-    from types import SimpleNamespace
-
     from hgan.train.profiling import stage_shares_from_events
-    cpu_kind, cuda_kind = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
-
-    def evt(name, start, end, device_us=0.0, kind=cpu_kind, thread=1):
-        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end),
-                               device_type=kind, self_device_time_total=device_us,
-                               thread=thread)
+    cuda_kind = torch.autograd.DeviceType.CUDA
+    evt = _evt
 
     events = [
         evt("ProfilerStep#3", 0, 100),
@@ -197,14 +198,8 @@ def test_a_long_run_records_its_steps_once(tmp_path):
 
 def test_an_op_starting_with_its_stage_counts_for_that_stage():
     # Timestamps are whole microseconds: a stage's first op often starts at the stage's start.
-    from types import SimpleNamespace
-
     from hgan.train.profiling import stage_shares_from_events
-    cpu = torch.autograd.DeviceType.CPU
-
-    def evt(name, start, end, device_us=0.0):
-        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end),
-                               device_type=cpu, self_device_time_total=device_us)
+    evt = _evt
 
     events = [evt("ProfilerStep#3", 0, 100), evt("data", 0, 10), evt("motion", 10, 30),
               evt("aten::mm", 10, 12, device_us=4.0), evt("aten::add", 0, 1, device_us=2.0)]
@@ -244,14 +239,8 @@ def test_a_second_profile_in_one_run_directory_relinks_trace_json(tmp_path, monk
 def test_an_op_starting_as_its_stage_ends_is_not_that_stages():
     # Windows are half-open, [start, end): an op at a stage's end belongs to a stage that
     # starts there (test above), and to none when none does.
-    from types import SimpleNamespace
-
     from hgan.train.profiling import stage_shares_from_events
-    cpu = torch.autograd.DeviceType.CPU
-
-    def evt(name, start, end, device_us=0.0):
-        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end),
-                               device_type=cpu, self_device_time_total=device_us)
+    evt = _evt
 
     events = [evt("ProfilerStep#3", 0, 100), evt("data", 0, 10),
               evt("aten::mm", 10, 12, device_us=4.0), evt("aten::add", 9, 10, device_us=2.0)]
@@ -259,14 +248,8 @@ def test_an_op_starting_as_its_stage_ends_is_not_that_stages():
 
 
 def test_device_time_goes_by_time_whatever_order_the_events_come_in():
-    from types import SimpleNamespace
-
     from hgan.train.profiling import stage_shares_from_events
-    cpu = torch.autograd.DeviceType.CPU
-
-    def evt(name, start, end, device_us=0.0):
-        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end),
-                               device_type=cpu, self_device_time_total=device_us)
+    evt = _evt
 
     # the later stage listed first, as a profiler's events need not be in start order
     events = [evt("ProfilerStep#3", 0, 100), evt("motion", 10, 30), evt("data", 0, 10),
