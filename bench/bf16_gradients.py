@@ -18,6 +18,7 @@ kernels and `--amp` trains in fp32 anyway (docs/training.md#mixed-precision).
 """
 import argparse
 import copy
+from operator import attrgetter
 
 import torch
 
@@ -25,13 +26,6 @@ from hgan.models import ModelConfig, build_models
 from hgan.train.losses import d_loss, g_loss
 
 NETS = ("generator.image_generator", "image_disc", "video_disc")
-
-
-def _net(models, path):
-    obj = models
-    for part in path.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def gradients(models, source, seed, batch, frames, dtype, amp):
@@ -59,7 +53,7 @@ def gradients(models, source, seed, batch, frames, dtype, amp):
                   + d_loss(d_v(real[rows[:, None], clip_idx]), d_v(clip.detach())))
     out = {}
     for path, loss in ((NETS[0], loss_g), (NETS[1], loss_d), (NETS[2], loss_d)):
-        named = list(_net(models, path).named_parameters())
+        named = list(attrgetter(path)(models).named_parameters())
         grads = torch.autograd.grad(loss, [p for _, p in named], retain_graph=True)
         out.update({f"{path}.{k}": gr.double() for (k, _), gr in zip(named, grads)})
     return out
@@ -85,7 +79,7 @@ def main(argv=None):
                  "--batch >= 2 (BatchNorm)")
     wide = copy.deepcopy(models)
     for path in NETS:
-        _net(wide, path).double()
+        attrgetter(path)(wide).double()
     rel = lambda a, b: float((a - b).norm() / b.norm())  # noqa: E731
     ratios = {}   # parameter -> [bf16 error / other batch's distance, per seed]
     for seed in args.seeds:
@@ -109,6 +103,7 @@ def main(argv=None):
     for k, v in sorted(worst.items(), key=lambda kv: -kv[1]):
         if v >= 0.2:
             print(f"  {k}: up to {v:.2f}x")
+
 
 if __name__ == "__main__":
     main()

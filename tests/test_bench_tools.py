@@ -1087,6 +1087,7 @@ def test_bf16_gradients_measures_every_parameter_against_float64(capsys):
     D_V; its fp32 column is fp32 rounding against float64, its bf16 column bf16's (8-bit
     operands: above 1e-3, far below 1), and another batch's gradient is another gradient."""
     import copy
+    from operator import attrgetter
 
     import bf16_gradients
     from hgan.models import ModelConfig, build_models
@@ -1095,13 +1096,13 @@ def test_bf16_gradients_measures_every_parameter_against_float64(capsys):
                                       content_dim=4, hidden=8, integrator="analytic"))
     wide = copy.deepcopy(models)
     for path in bf16_gradients.NETS:
-        bf16_gradients._net(wide, path).double()
+        attrgetter(path)(wide).double()
 
     def run(m, seed, dtype, amp):
         return bf16_gradients.gradients(m, models, seed, 4, 4, dtype, amp)
     ref = run(wide, 1, torch.float64, False)
     want = {f"{path}.{k}" for path in bf16_gradients.NETS
-            for k, _ in bf16_gradients._net(models, path).named_parameters()}
+            for k, _ in attrgetter(path)(models).named_parameters()}
     assert set(ref) == want
     rel = {name: {k: float((g[k] - ref[k]).norm() / ref[k].norm()) for k in ref}
            for name, g in (("fp32", run(models, 1, torch.float32, False)),

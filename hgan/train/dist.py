@@ -99,8 +99,7 @@ def lost_peer(err: BaseException) -> bool:
     The rendezvous store's network and store errors always are (the store lives in rank 0);
     a backend error only when its text says so: an NCCL "unhandled cuda error" or "invalid
     usage" is this rank's own failure and keeps its traceback."""
-    if isinstance(err, tuple(getattr(dist, name) for name in ("DistNetworkError", "DistStoreError")
-                             if hasattr(dist, name))):
+    if isinstance(err, (dist.DistNetworkError, dist.DistStoreError)):
         return True
     return any(s in str(err) for s in _PEER_GONE)
 
