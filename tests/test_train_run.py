@@ -149,6 +149,29 @@ def test_the_convolution_check_finds_a_wrong_weight_gradient_and_leaves_the_nets
     assert torch.equal(torch.get_rng_state(), rng)
 
 
+def test_the_convolution_check_leaves_out_the_layer_autocast_keeps_in_fp32(tiny_pendulum_h5,
+                                                                         tmp_path, monkeypatch):
+    # D_I's logit layer (a conv to one channel) runs in fp32 under autocast (fp32_logits):
+    # a bf16 fault there cannot touch training, one in D_I's other layers can.
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path / "a"))
+    if cpu_bf16.check(tr.models, 4, 6, 4) is not None:
+        pytest.skip("this CPU's bf16 convolutions are wrong at these shapes")
+    conv2d = torch.nn.functional.conv2d
+
+    def faulty(which):
+        def conv(x, w, *a):
+            return conv2d(x, _WeightGradOff.apply(w) if which(w) else w, *a)
+        return conv
+    monkeypatch.setattr(torch.nn.functional, "conv2d", faulty(lambda w: w.shape[0] == 1))
+    assert cpu_bf16.check(tr.models, 4, 6, 4) is None
+    # the same fault in fp32 is found there: the layer is left out only where autocast runs
+    assert "(image discriminator main." in cpu_bf16.check(tr.models, 4, 6, 4, dtype=torch.float32)
+    monkeypatch.setattr(torch.nn.functional, "conv2d", faulty(lambda w: w.shape[0] > 1))
+    bad = cpu_bf16.check(tr.models, 4, 6, 4)
+    assert bad.startswith("this CPU's bf16 convolution is wrong at this run's shapes (image "
+                          "discriminator main.0, input 4x3x32x32: weight gradient off by 0.1"), bad
+
+
 def test_amp_policy(monkeypatch, capsys):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert amp_policy(cpu, False) == (None, False)

@@ -8,6 +8,8 @@ native bf16 the emulated kernels left the same gradients non-finite. The same la
 channel counts and batches were right. So before a CPU run trains under bf16 autocast, every
 convolution of its three networks is run once at its real input shape, memory format and
 thread count, in bf16 and in float64, and compared: output, input gradient, weight gradient.
+Layers a run keeps in fp32 under autocast (the discriminators' logit layers,
+hgan.models.networks.fp32_logits) are left out: their bf16 kernels never run.
 
 The tolerance: bf16 rounds each operand to 8 significant bits (relative 2^-9 = 2e-3; the
 healthy layers measured 2e-3..3e-3 of their largest value), so 3e-2 leaves a tenfold margin
@@ -68,9 +70,13 @@ def check(models, batch, frames, clip_frames, channels_last=False, dtype=torch.b
             "video discriminator": models.video_disc}
     nets = {k: copy.deepcopy(v).float().cpu() for k, v in nets.items()}
     seen = []
+    # The forward runs as training does, so a layer autocast leaves in fp32 shows as such.
+    amp = dtype in (torch.bfloat16, torch.float16)
 
     def record(name):
         def hook(m, inputs, output):
+            if amp and not torch.is_autocast_enabled("cpu"):
+                return
             seen.append((name, m, inputs[0].detach().float().clone(
                 memory_format=torch.preserve_format)))
         return hook
@@ -79,7 +85,7 @@ def check(models, batch, frames, clip_frames, channels_last=False, dtype=torch.b
             if isinstance(m, _CONVS):
                 m.register_forward_hook(record(f"{name} {sub}"))
     gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=dtype, enabled=amp):
         videos, _ = nets["generator"](batch, frames, generator=gen)
         img = videos[:, 0]
         if channels_last:
