@@ -2,6 +2,7 @@
 import os
 import pickle
 import random
+import re
 
 import numpy as np
 import pytest
@@ -174,7 +175,9 @@ def test_cuda_rng_states_of_more_gpus_than_this_machine_has_resume(monkeypatch):
 
 def test_a_truncated_legacy_format_checkpoint_is_named_so_at_any_length(tmp_path):
     # The legacy (non-zip) torch.save format is accepted by its magic byte, but a truncated
-    # one raised IndexError, struct.error or EOFError tracebacks instead of CheckpointError.
+    # one raised IndexError, struct.error or EOFError tracebacks instead of CheckpointError;
+    # one cut inside a GLOBAL opcode (`ctorch._utils\n_rebuild_te`) was refused as holding
+    # a class `torch._utils._rebuild_te`.
     import io
     buf = io.BytesIO()
     torch.save({"w": torch.arange(50), "iteration": 3, "config": {"lr": 0.5, "system": "x"}},
@@ -183,10 +186,25 @@ def test_a_truncated_legacy_format_checkpoint_is_named_so_at_any_length(tmp_path
     path = tmp_path / "old.pt"
     for n in range(1, len(data)):
         path.write_bytes(data[:n])
-        with pytest.raises(CheckpointError):
+        with pytest.raises(CheckpointError, match=f"^{re.escape(str(path))} is truncated or "
+                                                  "corrupt"):
             load_checkpoint(str(path))
     path.write_bytes(data)
     assert load_checkpoint(str(path))["iteration"] == 3
+
+
+class _Calls:
+    def __reduce__(self):
+        return print, ("opened",)
+
+
+def test_a_whole_legacy_format_checkpoint_that_refers_to_a_class_is_refused_as_such(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"iteration": 3, "x": _Calls()}, str(path), _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match=r"^refusing to load .*: it holds objects other "
+                                              r"than tensors and plain containers "
+                                              r"\((builtins\.)?print\)$"):
+        load_checkpoint(str(path))
 
 
 def test_the_resume_identity_check_compares_every_attribute_it_kept(tmp_path):

@@ -100,6 +100,9 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
+        if not head.startswith(b"PK") and _cut_inside_global(path, str(e)):
+            raise CheckpointError(f"{path} is truncated or corrupt (it ends inside the name of "
+                                  f"a class it refers to)") from None
         # torch's message advises weights_only=False, which is what lets such a file run code:
         # only its diagnosis is kept.
         raise CheckpointError(f"refusing to load {path}: {_refusal(str(e))}") from None
@@ -138,6 +141,23 @@ def _refusal(message: str) -> str:
     detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", message)
     return ("it is not a pickle of tensors and plain containers"
             + (f" ({detail.group(1).strip()})" if detail else ""))
+
+
+def _cut_inside_global(path, message) -> bool:
+    """Whether a legacy (pickle) file ends inside the GLOBAL opcode it was refused at. The
+    opcode is `c<module>\\n<name>\\n`; cut short, the unpickler reads the rest of the file as
+    the module or the name (less its last byte, taken for the newline), so a truncated
+    checkpoint would be refused as one that refers to a class (`torch._utils._re`)."""
+    found = re.search(r"GLOBAL ([\w.]*)", message)
+    if not found:
+        return False
+    name = found.group(1).rpartition(".")[2]
+    if not name:  # cut inside the module: the name was read as empty
+        return True
+    with open(path, "rb") as f:
+        f.seek(max(0, os.path.getsize(path) - len(name) - 2))
+        tail = f.read()
+    return tail[:-1].endswith(b"\n" + name.encode())
 
 
 def _first_sentence(message: str) -> str:
