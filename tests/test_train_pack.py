@@ -330,6 +330,25 @@ def test_a_run_kept_from_starting_by_another_runs_failed_capture_exits_75(data_r
     assert pack.process_code({0: 0}, 2) == 1   # a run that never reported: a crash
 
 
+def test_a_resumed_run_takes_its_stream_on_the_device_its_checkpoint_trains_on(
+        data_root, tmp_path, in_this_thread, monkeypatch):
+    # Resumed without --device, a run trains on its checkpoint's device (a run started with
+    # --device cuda:1 resumes there), so its stream must be made there, not on the device
+    # the command line's default names.
+    router, codes, stop = in_this_thread
+    monkeypatch.setattr(sys, "stdout", router)
+    pack._train_one(0, flags(data_root, tmp_path / "r", iters=2), stop, router, codes)
+    streams = []
+
+    def run_stream(cfg):
+        streams.append(cfg.device)
+        return pack.nullcontext()
+    monkeypatch.setattr(pack, "run_stream", run_stream)
+    pack._train_one(1, ["--resume", str(tmp_path / "r"), "--iters", "3"], stop, router, codes)
+    assert codes == {0: 0, 1: 0} and streams == ["cpu"]
+    assert load_checkpoint(str(tmp_path / "r"))["iteration"] == 3
+
+
 def test_command_line_errors():
     with pytest.raises(ValueError, match="expected '--' before"):
         pack.split_runs(["--system", "pendulum"])

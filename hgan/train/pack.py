@@ -56,7 +56,7 @@ import signal
 import sys
 import threading
 import warnings
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 
 import torch
 
@@ -242,7 +242,7 @@ def _train_one(i, argv, stop, router, codes):
     try:
         try:
             cfg, resume, given = parse_command_line(argv)
-            device = resolve_device(cfg.device, DistInfo())
+            resolve_device(cfg.device, DistInfo())  # a missing device, before waiting to start
         except SystemExit as e:  # argparse's one-line error, already printed
             code = e.code if isinstance(e.code, int) else 2
             return
@@ -255,7 +255,14 @@ def _train_one(i, argv, stop, router, codes):
             # "exists: ... not used"
             given = {k: v for k, v in given.items() if k not in ("gen_train", "gen_test",
                                                                   "gen_frames")}
-        with torch.cuda.stream(torch.cuda.Stream(device)) if device.type == "cuda" else nullcontext():
+        own_stream = ExitStack()
+
+        def check(cfg):
+            # `prepare` calls it with the config that trains (a resumed run's device is its
+            # checkpoint's), before any CUDA work
+            refuse(cfg)
+            own_stream.enter_context(run_stream(cfg))
+        with own_stream:
             with CAPTURE_LOCK:
                 if stop.signum is not None:  # stopped while waiting for its turn
                     if stop.peer_failed:
@@ -268,7 +275,7 @@ def _train_one(i, argv, stop, router, codes):
                         code = 128 + stop.signum
                     return
                 try:
-                    setup = prepare(cfg, resume=resume, given=given, check=refuse)
+                    setup = prepare(cfg, resume=resume, given=given, check=check)
                 except (ValueError, FileNotFoundError, CheckpointError) as e:
                     code = bad_input(e)
                     return
@@ -300,6 +307,14 @@ def _train_one(i, argv, stop, router, codes):
         finally:
             codes[i] = code
             router.finish(i, code)
+
+
+def run_stream(cfg):
+    """A run's own CUDA stream, on the device `cfg` trains on (a context; none on the CPU)."""
+    from hgan.train.dist import DistInfo
+    from hgan.train.loop import resolve_device
+    device = resolve_device(cfg.device, DistInfo())
+    return torch.cuda.stream(torch.cuda.Stream(device)) if device.type == "cuda" else nullcontext()
 
 
 def _parse_quietly(argv):
