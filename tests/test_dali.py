@@ -85,6 +85,39 @@ def test_available_reports_import():
     assert dali.available()
 
 
+def test_without_dali_the_dali_kind_says_how_to_install_it(frames_h5, monkeypatch):
+    monkeypatch.setattr(dali, "_IMPORT_ERROR", ImportError("No module named 'nvidia.dali'"))
+    assert not dali.available()
+    with pytest.raises(ValueError, match=re.escape("needs NVIDIA DALI, the dali extra: pip "
+                                                   "install -e '.[dali]' (No module named")):
+        build_loader(frames_h5, batch_size=BATCH, frames=FRAMES, kind="dali", num_workers=0)
+
+
+def test_dali_reads_with_as_many_worker_processes_as_asked(frames_h5, monkeypatch):
+    # num_workers reader processes, none of them this one: the parallel reads are the
+    # point of the DALI stream.
+    import os
+
+    import numpy as np
+
+    from hgan.data import stream as hstream
+
+    def pid_frames(self, sample):   # each sample says which process read it
+        pid = os.getpid()
+        return np.broadcast_to(np.array([pid & 255, pid >> 8 & 255, pid >> 16 & 255],
+                                        np.uint8), (FRAMES, 8, 8, 3)).copy()
+
+    monkeypatch.setattr(hstream.WindowReader, "__call__", pid_frames)
+    stream = build_loader(frames_h5, batch_size=BATCH, frames=FRAMES, kind="dali",
+                          num_workers=2)
+    pids = set()
+    for _, b in zip(range(8), stream):
+        px = torch.round(b[:, 0, :, 0, 0] * 127.5 + 127.5).long()     # [B, 3 channels]
+        pids.update((px[:, 0] + (px[:, 1] << 8) + (px[:, 2] << 16)).tolist())
+    stream.close()
+    assert len(pids) == 2 and os.getpid() not in pids
+
+
 def test_dali_corrupt_file_raises_the_open_h5_error(corrupt_h5):
     with pytest.raises(hdata.DataFormatError) as want:
         hdata.open_h5(corrupt_h5)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hgan.data import open_h5
+from hgan.data import generate_dataset, open_h5
 from hgan.data.cli import import_dm, main
 from hgan.data.tfrecord import (crc32c, encode_example, parse_example, read_records,
                                 write_records)
@@ -34,6 +34,7 @@ def _fails(argv, capsys, match):
     (["show", "missing.h5", "--out", "x.png"], "does not exist"),
     (["frobnicate"], "invalid choice"),
     (["generate"], "--system"),
+    (["show", "missing.h5", "--out", "x.png", "--n", "0"], "integer >= 1, got 0"),
 ])
 def test_invalid_values_one_line_exit_2(argv, match, capsys):
     _fails(argv, capsys, match)
@@ -69,6 +70,46 @@ def test_generate_and_show(tmp_path, capsys):
     main(again + ["--overwrite"])
     with open_h5(path) as f:
         assert f.frames.shape[0] == 2
+
+
+def _solid_colour_file(tmp_path, n=2, t=7, r=16):
+    """A valid file whose frame t of trajectory i is one colour, (40 i + 20, 30 t, 200)."""
+    path = generate_dataset("pendulum", tmp_path / "src", train=n, test=0, frames=t, seed=0,
+                            resolution=r, progress=False)["train"]
+    colours = np.zeros((n, t, 1, 1, 3), np.uint8)
+    colours[..., 0] = (40 * np.arange(n) + 20)[:, None, None, None]
+    colours[..., 1] = (30 * np.arange(t))[None, :, None, None]
+    colours[..., 2] = 200
+    with h5py.File(path, "a") as f:
+        f["frames"][...] = np.broadcast_to(colours, (n, t, r, r, 3))
+    return path, colours[:, :, 0, 0]
+
+
+def test_show_png_rows_are_trajectories_and_columns_evenly_spread_frames(tmp_path, capsys):
+    path, colour = _solid_colour_file(tmp_path)          # 2 trajectories of 7 frames, 16 px
+    main(["show", str(path), "--out", str(tmp_path / "s.png"), "--frames", "3", "--scale", "2"])
+    img = np.asarray(Image.open(tmp_path / "s.png"))
+    assert img.shape == (2 * 16 * 2, 3 * 16 * 2, 3)
+    for i in range(2):
+        for c, t in enumerate((0, 3, 6)):                 # first, middle and last frame
+            block = img[i * 32:(i + 1) * 32, c * 32:(c + 1) * 32]
+            assert (block == colour[i, t]).all(), (i, t)
+    capsys.readouterr()
+    main(["show", str(path), "--out", str(tmp_path / "s.png"), "--n", "3", "--frames", "2"])
+    assert capsys.readouterr().err.splitlines() == [  # one more than the file holds
+        f"hgan.data: {path} holds 2 trajectories: showing all of them"]
+
+
+def test_show_gif_plays_every_frame_with_trajectories_side_by_side(tmp_path):
+    path, colour = _solid_colour_file(tmp_path, t=3)
+    main(["show", str(path), "--out", str(tmp_path / "a.gif"), "--scale", "1"])
+    gif = Image.open(tmp_path / "a.gif")
+    assert gif.n_frames == 3
+    for t in range(3):
+        gif.seek(t)
+        frame = np.asarray(gif.convert("RGB"))
+        assert frame.shape == (16, 2 * 16, 3)
+        assert (frame[:, :16] == colour[0, t]).all() and (frame[:, 16:] == colour[1, t]).all()
 
 
 def test_module_entry_point(tmp_path):
@@ -226,6 +267,73 @@ def test_float_list_hand_encoded(float_list):
     data = b"\n\x13" + b"\n\x11" + entry
     got = parse_example(data)["f"]
     assert got.dtype == np.float32 and got.tolist() == [1.5, -2.0]
+
+
+def _ld(num, payload):
+    """A length-delimited protobuf field (wire type 2), payloads under 128 bytes."""
+    assert len(payload) < 128
+    return bytes([num << 3 | 2, len(payload)]) + payload
+
+
+def test_unknown_protobuf_fields_are_skipped_at_every_level():
+    # Protobuf readers skip fields they do not know: a fixed64 one (wire type 1, 8 bytes) and
+    # length-delimited ones numbered 2 where Example, Features and BytesList use only 1.
+    int64s = _ld(3, _ld(1, b"\x01\x02"))                  # int64_list{value: [1, 2]} packed
+    entry_a = _ld(1, b"a") + _ld(2, int64s)
+    entry_b = _ld(1, b"b") + _ld(2, _ld(1, _ld(1, b"xy") + _ld(2, b"junk")))
+    features = _ld(1, entry_a) + _ld(2, _ld(1, b"z") + _ld(2, int64s)) + _ld(1, entry_b)
+    example = (b"\x11" + bytes(4) + b"\x0b" * 4 + _ld(1, features)
+               + _ld(2, _ld(1, _ld(1, b"y") + _ld(2, int64s))))
+    got = parse_example(example)
+    assert sorted(got) == ["a", "b"]
+    assert got["a"].tolist() == [1, 2] and got["b"] == [b"xy"]
+
+
+def test_unpacked_int64_list_with_a_negative_value():
+    # int64_list{value: 1, value: -2}, one varint field each; -2 is 2**64 - 2 in ten bytes.
+    ints = b"\x08\x01" + b"\x08" + b"\xfe" + b"\xff" * 8 + b"\x01"
+    got = parse_example(_ld(1, _ld(1, _ld(1, b"i") + _ld(2, _ld(3, ints)))))["i"]
+    assert got.dtype == np.int64 and got.tolist() == [1, -2]
+
+
+def test_malformed_protobuf_is_a_tfrecord_error():
+    from hgan.data.tfrecord import TFRecordError
+    with pytest.raises(TFRecordError, match="truncated protobuf varint"):
+        parse_example(b"\n")          # field 1, length-delimited, and no length
+    with pytest.raises(TFRecordError, match="unsupported protobuf wire type 3"):
+        parse_example(b"\x0b")        # a group start: not in tf.Example
+
+
+def test_features_txt_skips_blank_lines_and_refuses_trailing_words(tmp_path):
+    from hgan.data.tfrecord import TFRecordError, read_features
+    path = tmp_path / "features.txt"
+    path.write_text("x, (2, 1), float64\n\n   \nimage, (64, 32, 3), uint8\n")
+    assert read_features(path) == {"x": ((2, 1), "float64"), "image": ((64, 32, 3), "uint8")}
+    path.write_text("x, (2, 1), float64 extra\n")
+    with pytest.raises(TFRecordError, match="cannot parse line 'x, \\(2, 1\\), float64 extra'"):
+        read_features(path)
+
+
+def test_decoding_a_record_against_features_txt():
+    from hgan.data.tfrecord import TFRecordError, decode_trajectory
+    f32 = np.array([1.5, -2.0], np.float32)        # a float_list the schema calls float64
+    got = decode_trajectory({"x": f32}, {"x": ((2, 1), "float64")})["x"]
+    assert got.dtype == np.float64 and got.tolist() == [[1.5], [-2.0]]
+    with pytest.raises(TFRecordError, match="feature 'x': unexpected bytes"):
+        decode_trajectory({"x": [b"ab"]}, {"x": ((1,), "float64")})
+
+
+def test_a_record_lacking_a_listed_feature_is_named_with_its_file_and_index(tmp_path):
+    from hgan.data.tfrecord import TFRecordError, iter_split
+    (tmp_path / "features.txt").write_text("x, (2,), float64\ny, (2,), float64\n")
+    xy = np.array([0.5, 2.0]).view(np.int64)
+    write_records(tmp_path / "train.tfrecord", [encode_example({"x": xy, "y": xy}),
+                                                encode_example({"x": xy})])
+    it = iter_split(tmp_path, "train")
+    assert next(it)["y"].tolist() == [0.5, 2.0]
+    with pytest.raises(TFRecordError, match=f"^{tmp_path / 'train.tfrecord'}: record 1: record "
+                                            "lacks feature 'y' listed in features.txt$"):
+        next(it)
 
 
 def test_import_dm_writes_test_first_and_refuses_existing_splits(tmp_path, capsys):
@@ -502,3 +610,126 @@ def test_import_dm_fills_a_left_out_per_body_constant_over_every_body(tmp_path):
         np.testing.assert_array_equal(f.params["g"], np.ones(2))
     with h5py.File(tmp_path / "out" / "two_body" / "train.h5", "r") as f:
         assert f["params/m"].shape == (2, 2)
+
+
+def _pendulum_dir(d, n_split=1, rng=None):
+    rng = rng or np.random.default_rng(11)
+    d.mkdir(parents=True)
+    _write_suite_dir(d, rng.integers(0, 256, (2, 3, 16, 16, 3), dtype=np.uint8),
+                     rng.standard_normal((2, 3, 2)), {}, n_split)
+    return d
+
+
+def test_import_dm_keeps_an_existing_split_it_has_no_records_for(tmp_path):
+    # Only test.tfrecord: an existing train.h5 is no reason to refuse, and stays as it was.
+    d = _pendulum_dir(tmp_path / "pendulum", n_split=0)
+    (d / "train.tfrecord").unlink()
+    (tmp_path / "out" / "pendulum").mkdir(parents=True)
+    (tmp_path / "out" / "pendulum" / "train.h5").write_bytes(b"kept")
+    assert main(["import-dm", str(d), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out" / "pendulum" / "train.h5").read_bytes() == b"kept"
+    with open_h5(tmp_path / "out" / "pendulum" / "test.h5") as f:
+        assert len(f) == 2
+
+
+def test_import_dm_folders_without_features_or_records_are_named(tmp_path):
+    d = tmp_path / "pendulum"
+    d.mkdir()
+    with pytest.raises(ValueError, match="features.txt missing"):
+        import_dm(d, tmp_path / "out", progress=False)
+    (d / "features.txt").write_text("x, (3, 2), float64\n")
+    with pytest.raises(ValueError, match="no train.tfrecord or test.tfrecord with records"):
+        import_dm(d, tmp_path / "out", progress=False)
+
+
+def test_import_dm_system_option_names_a_folder_of_another_name(tmp_path):
+    d = _pendulum_dir(tmp_path / "my_copy")
+    assert main(["import-dm", str(d), "--system", "pendulum", "--out", str(tmp_path / "o")]) == 0
+    with open_h5(tmp_path / "o" / "pendulum" / "train.h5") as f:
+        assert f.attrs["system"] == "pendulum" and len(f) == 1
+
+
+def test_import_dm_states_of_another_system_are_one_line(tmp_path, capsys):
+    rng = np.random.default_rng(12)
+    d = tmp_path / "pendulum"
+    d.mkdir()
+    _write_suite_dir(d, rng.integers(0, 256, (1, 3, 16, 16, 3), dtype=np.uint8),
+                     rng.standard_normal((1, 3, 4)), {}, 1)     # 4 columns: a 2-dof system's
+    _fails(["import-dm", str(d), "--out", str(tmp_path / "out")], capsys,
+           f"{d / 'train.tfrecord'}: x has 4 columns, pendulum needs 2")
+
+
+def test_a_stop_request_ends_an_import_between_records_without_a_file(tmp_path, monkeypatch):
+    import threading
+
+    from hgan.data import GenerationInterrupted, interrupt
+    stopped = threading.Event()
+    stopped.set()
+
+    class StopAtOnce(interrupt.StopSignals):
+        def __init__(self):
+            super().__init__(event=stopped)
+
+    monkeypatch.setattr(interrupt, "StopSignals", StopAtOnce)
+    d = _pendulum_dir(tmp_path / "pendulum")
+    with pytest.raises(GenerationInterrupted):
+        import_dm(d, tmp_path / "out", progress=False)
+    assert not list((tmp_path / "out").rglob("*.h5*"))
+
+
+def test_suite_dt_ignores_a_derivative_of_another_shape_and_steps_without_motion():
+    from hgan.data.cli import _suite_dt
+    x = np.cumsum(np.full((5, 2), 0.05), 0)
+    assert _suite_dt(dict(x=x, dx_dt=np.ones((5, 4)))) is None
+    # moving at unit speed for 4 steps of dt = 0.05, then nearly still (a derivative of 1e-10,
+    # steps of 1e-8): a step without motion says nothing about dt, however many there are
+    d = np.zeros((10, 2))
+    d[:4, 0], d[4:, 0] = 1.0, 1e-10
+    steps = np.array([0.05, 0.05, 0.05, 0.025] + [1e-8] * 5)
+    x = np.zeros((10, 2))
+    x[1:, 0] = np.cumsum(steps)
+    assert _suite_dt(dict(x=x, dx_dt=d)) == pytest.approx(0.05, rel=1e-9)
+
+
+def test_generate_with_a_split_of_0_keeps_that_existing_split(tmp_path):
+    # "--train 0 keeps it", as the refusal says
+    (tmp_path / "pendulum").mkdir()
+    (tmp_path / "pendulum" / "train.h5").write_bytes(b"kept")
+    assert main(["generate", "--system", "pendulum", "--train", "0", "--test", "1", "--frames",
+                 "2", "--resolution", "16", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "pendulum" / "train.h5").read_bytes() == b"kept"
+    assert (tmp_path / "pendulum" / "test.h5").exists()
+
+
+def test_an_interrupted_run_names_only_the_files_it_wrote_itself(tmp_path):
+    import os
+    import time
+    from types import SimpleNamespace
+
+    from hgan.data.cli import _kept
+    out = tmp_path / "out"
+    (out / "pendulum").mkdir(parents=True)
+    for split in ("train", "test"):
+        (out / "pendulum" / f"{split}.h5").write_bytes(b"")
+    started = time.time()
+    gen = SimpleNamespace(cmd="generate", system="pendulum", test=1, train=1, out=str(out))
+    test_h5, train_h5 = out / "pendulum" / "test.h5", out / "pendulum" / "train.h5"
+    assert _kept(gen, started) == f"; {test_h5}, {train_h5} written complete"  # test first
+    os.utime(train_h5, (started - 100, started - 100))   # a previous run's
+    assert _kept(gen, started) == f"; {test_h5} written complete, {train_h5} not written"
+    # import-dm --system: the files are the named system's, not the folder's
+    d = tmp_path / "my_copy"
+    d.mkdir()
+    (d / "test.tfrecord").write_bytes(b"")
+    imp = SimpleNamespace(cmd="import-dm", system="pendulum", dir=str(d), out=str(out))
+    assert _kept(imp, started) == f"; {test_h5} written complete"
+
+
+def test_an_error_of_several_lines_is_reported_on_one(tmp_path, capsys, monkeypatch):
+    import hgan.data.cli as cli
+
+    def fails(*a, **k):
+        raise ValueError("first line\nsecond line")
+
+    monkeypatch.setattr(cli, "show", fails)
+    _fails(["show", "x.h5", "--out", str(tmp_path / "s.png")], capsys, "first line second line")

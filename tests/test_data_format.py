@@ -86,6 +86,7 @@ def test_missing_file(tmp_path):
     ("no_complete", "incomplete file"),            # no 'complete' attribute is not complete
     ("system", "unknown system 'pendulum_x'"),
     ("attribute", "missing attribute 'frames'"),  # was: frames "expected (5, -1, 32, 32, 3)"
+    ("offset", r"dataset 'offset' has shape \(5, 3\), expected \(5, 2\)"),
 ])
 def test_bad_contents(made, tmp_path, case, match):
     path = _copy(made, tmp_path)
@@ -107,6 +108,9 @@ def test_bad_contents(made, tmp_path, case, match):
             f.attrs["complete"] = False
         elif case == "attribute":
             del f.attrs["frames"]
+        elif case == "offset":
+            del f["offset"]
+            f.create_dataset("offset", data=np.zeros((5, 3)))
         else:
             f.attrs["system"] = "pendulum_x"
     with pytest.raises(DataFormatError, match=match):
@@ -254,6 +258,8 @@ def test_corrupt_chunks_inside_a_valid_file_name_the_file_when_read(tmp_path, ca
             np.asarray(f.frames)
         with pytest.raises(DataFormatError, match="trajectory 2: "):
             f.frames[1:4, :2]
+        with pytest.raises(DataFormatError, match="trajectory 2: "):   # counted from the end
+            f.frames[-4:]
     with pytest.raises(SystemExit):
         main(["show", str(path), "--out", str(tmp_path / "s.png")])
     # the first trajectory's chunk: open_h5's own probe finds it, and says so once
@@ -434,6 +440,7 @@ def _replace(f, name, change):
     # colour index equal to num_colors (or below 0) is outside the palette, and n_bodies is
     # checked like dof
     (lambda f: f.attrs.__setitem__("dt", 0.0), "attribute dt is 0.0"),
+    (lambda f: f.attrs.__setitem__("dt", np.bytes_(b"0.05")), "attribute dt is '0.05', not a"),
     (lambda f: f.attrs.__setitem__("n_bodies", 2), "attribute n_bodies is 2, but pendulum has 1"),
     (lambda f: f["params/l"].__setitem__(0, 0.0), "parameter 'l' holds 0.0"),
     (lambda f: f["color_index"].__setitem__(0, 1), "color_index holds 1"),
@@ -460,3 +467,82 @@ def test_values_that_contradict_the_system_or_physics_are_refused(tmp_path, chan
     with pytest.raises(DataFormatError, match=f"^{path}: " + re.escape(words)):
         open_h5(path)
     open_h5(src).close()
+
+
+def test_a_flipped_bit_in_a_colour_index_is_an_error_not_another_colour(tmp_path):
+    # pendulum_colors has 6 colours: index 2 read as 3 is a plausible colour, so only the
+    # dataset's checksum can tell.
+    path = generate_dataset("pendulum_colors", tmp_path / "ok", train=3, test=0, frames=2,
+                            seed=0, progress=False)["train"]
+    with h5py.File(path, "r") as f:
+        ds = f["color_index"]
+        start = ds.id.get_offset() if ds.chunks is None else ds.id.get_chunk_info(0).byte_offset
+        assert ds.fletcher32
+    data = bytearray(open(path, "rb").read())
+    data[start] ^= 0x01   # the lowest bit of trajectory 0's little-endian int32 colour
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(DataFormatError, match=f"^{bad}: "):
+        open_h5(bad)
+
+
+def test_writer_stores_arrays_and_precompressed_chunks_where_asked(tmp_path):
+    # write() takes uint8 arrays of several trajectories or compress_frames' chunks, at any
+    # start; h5py reads back exactly what was handed over.
+    from hgan.data.h5io import H5Writer, compress_frames
+    system = get_system("pendulum")
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (3, 4, 16, 16, 3), dtype=np.uint8)
+    states = rng.standard_normal((3, 4, 2))
+    params = {k: np.full(3, system.param_ranges[k][0]) for k in system.param_names}
+    offset = rng.standard_normal((3, 2))
+    w = H5Writer(tmp_path / "p" / "train.h5", system, 3, 4, 16, dict(dt=0.05))
+    w.write(0, frames=frames[:2], states=states[:2], color_index=np.zeros((2, 1), np.int32),
+            offset=offset[:2], params={k: v[:2] for k, v in params.items()})
+    w.write(2, frames=compress_frames(frames[2:]), states=states[2:],
+            color_index=np.zeros((1, 1), np.int32), offset=offset[2:],
+            params={k: v[2:] for k, v in params.items()})
+    w.close()
+    assert not (tmp_path / "p" / "train.h5.partial").exists()
+    with h5py.File(tmp_path / "p" / "train.h5", "r") as f:
+        assert f.attrs["complete"] and f.attrs["n_trajectories"] == 3
+        np.testing.assert_array_equal(f["frames"][()], frames)
+        np.testing.assert_array_equal(f["states"][()], states.astype(np.float32))
+        np.testing.assert_array_equal(f["offset"][()], offset)
+    with open_h5(tmp_path / "p" / "train.h5") as f:
+        np.testing.assert_array_equal(f.frames[()], frames)
+
+
+def test_open_probes_the_last_frame_of_files_chunked_per_frame(made, tmp_path):
+    # Any chunking is readable; a file chunked frame by frame loses its last frame's chunk
+    # first when cut short, and open_h5 must refuse it then, not at a late epoch.
+    path = _copy(made, tmp_path)
+    with h5py.File(path, "a") as f:
+        frames = f["frames"][()]
+        del f["frames"]
+        f.create_dataset("frames", data=frames, chunks=(1, 1, 32, 32, 3), compression="gzip")
+    open_h5(path).close()
+    with h5py.File(path, "r") as f:
+        info = f["frames"].id.get_chunk_info_by_coord((4, 11, 0, 0, 0))
+    with open(path, "r+b") as f:
+        f.seek(info.byte_offset)
+        f.write(b"\xff" * info.size)
+    with pytest.raises(DataFormatError, match="truncated or corrupt data .*trajectory 4"):
+        open_h5(path)
+
+
+def test_a_directory_given_for_a_file_names_the_data_files_inside(tmp_path):
+    for d in ("a", "b"):
+        (tmp_path / d).mkdir()
+        for split in ("train", "test"):
+            (tmp_path / d / f"{split}.h5").write_bytes(b"")
+    (tmp_path / "x.h5").write_bytes(b"")
+    with pytest.raises(DataFormatError) as e:
+        open_h5(tmp_path)
+    assert str(e.value) == (f"{tmp_path}: is a directory, not an HDF5 file; did you mean "
+                            f"{tmp_path / 'a' / 'train.h5'} or {tmp_path / 'a' / 'test.h5'} or "
+                            f"{tmp_path / 'b' / 'train.h5'} (and 2 more)?")
+    shutil.rmtree(tmp_path / "a")
+    shutil.rmtree(tmp_path / "b")
+    with pytest.raises(DataFormatError, match=re.escape(f"did you mean {tmp_path / 'x.h5'}?")):
+        open_h5(tmp_path)

@@ -304,6 +304,21 @@ def test_reader_opens_version_1(tmp_path):
         np.testing.assert_allclose(energy, g.system.hamiltonian(g.states[()], g.params))
 
 
+def test_reader_repeats_a_version_1_mass_over_all_three_bodies(tmp_path):
+    # version 1 stored one mass per trajectory; three_body's is 1.0 for each of its 3 bodies
+    src = generate_dataset("three_body", tmp_path / "a", train=2, test=0, frames=2, seed=1,
+                           progress=False)["train"]
+    old = tmp_path / "v1.h5"
+    import shutil
+    shutil.copy(src, old)
+    with h5py.File(old, "a") as f:
+        del f["params/m"]
+        f["params"].create_dataset("m", data=np.array([1.0, 1.0]))
+        f.attrs["format_version"] = 1
+    with open_h5(old) as f:
+        np.testing.assert_array_equal(f.params["m"], np.ones((2, 3)))
+
+
 def test_version_2_needs_the_per_body_axis(dp_file, tmp_path):
     import shutil
     bad = tmp_path / "bad.h5"

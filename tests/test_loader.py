@@ -263,6 +263,22 @@ def test_bad_arguments_raise_one_clear_error(frames_h5, kw, match):
         build_loader(frames_h5[0], **kw)
 
 
+def test_an_interrupt_while_reading_stays_an_interrupt(frames_h5, monkeypatch):
+    # Only the file's own errors become DataFormatError: a Ctrl-C (or any other failure)
+    # during a read must reach the trainer as what it was.
+    from hgan.data import stream as hstream
+
+    def interrupted(self, sample):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(hstream.WindowReader, "__call__", interrupted)
+    stream = build_loader(frames_h5[0], batch_size=BATCH, frames=FRAMES, kind="torch",
+                          num_workers=0)
+    with pytest.raises(KeyboardInterrupt):
+        next(iter(stream))
+    stream.close()
+
+
 @pytest.mark.parametrize("kind", ["torch", "gpu-resident"])
 def test_corrupt_file_raises_the_open_h5_error(corrupt_h5, kind):
     """Every way open_h5 rejects a file fails build_loader with the very same error."""
