@@ -307,6 +307,15 @@ def test_fallback_rule_device_ddp_scaler_and_old_torch(graph_api, monkeypatch):
         "PYTORCH_CUDA_ALLOC_CONF backend:cudaMallocAsync")
 
 
+def test_an_allocator_query_that_raises_reads_as_the_native_allocator(graph_api, monkeypatch):
+    # torch.cuda.get_allocator_backend raises AttributeError on a CPU build and RuntimeError
+    # where CUDA cannot initialise: neither is cudaMallocAsync, and neither may escape.
+    def no_driver():
+        raise RuntimeError("Found no NVIDIA driver on your system")
+    monkeypatch.setattr(torch.cuda, "get_allocator_backend", no_driver)
+    assert hcapture.fallback_reason(small_cfg(), CUDA) is None
+
+
 def test_cpu_trainer_runs_eager_without_a_word_and_a_cuda_fallback_is_said_once(capsys,
                                                                                 monkeypatch):
     monkeypatch.setattr(hcapture, "_reported", threading.local())
@@ -465,6 +474,49 @@ def test_a_static_step_run_checks_at_the_next_boundary_and_keeps_the_good_checkp
     ck = load_checkpoint(str(tmp_path / "nan"))
     assert ck["iteration"] == 2
     assert all(torch.isfinite(v).all() for v in ck["generator"].values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize("change, poison_at, bad", [
+    (dict(cyc_lambda=float("inf")), None, 1),     # iteration 1's generator loss is inf
+    (dict(sample_every=3), 2, 3),
+])
+def test_a_static_step_run_checks_at_its_first_iteration_and_at_each_sample(
+        tiny_pendulum_h5, tmp_path, static_runs, change, poison_at, bad):
+    # No log or checkpoint boundary until the end: the first iteration and a sample are
+    # boundaries too, where the run stops, before the callback and before a picture of
+    # non-finite weights.
+    seen = []
+
+    def poison(trainer):
+        seen.append(trainer.iteration)
+        if trainer.iteration == poison_at:
+            with torch.no_grad():
+                next(trainer.G.image_generator.parameters()).fill_(float("nan"))
+
+    cfg = cuda_run_cfg(tiny_pendulum_h5, tmp_path / "nan", device="cpu", iters=6,
+                       log_every=1000, **change)
+    with pytest.raises(NonFiniteLoss, match=rf"at iteration {bad}; stopping \(no checkpoint"):
+        train(cfg, callback=poison)
+    assert seen == list(range(1, bad))
+
+
+def test_a_static_step_run_stopped_by_a_signal_checks_its_losses_first(tiny_pendulum_h5, tmp_path,
+                                                                      static_runs):
+    # Iteration 3 is bad and the signal comes after it, before any boundary: the stop names
+    # the loss, as any stop of the loop does, and saves nothing.
+    def poison_then_stop(trainer):
+        if trainer.iteration == 2:
+            with torch.no_grad():
+                next(trainer.G.image_generator.parameters()).fill_(float("nan"))
+        elif trainer.iteration == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = cuda_run_cfg(tiny_pendulum_h5, tmp_path / "sig", device="cpu", iters=8,
+                       log_every=1000)
+    with pytest.raises(NonFiniteLoss, match=r"at iteration 3; stopping \(no checkpoint was "
+                                            r"written yet\)$"):
+        train(cfg, callback=poison_then_stop)
+    assert not (tmp_path / "sig" / "checkpoints" / "last.pt").exists()
 
 
 @pytest.mark.cuda

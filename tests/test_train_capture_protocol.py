@@ -185,6 +185,32 @@ def test_a_packed_run_captures_on_its_own_stream(monkeypatch):
     assert [g.captured["stream"] for g in fake.graphs] == [own, own]
 
 
+def test_the_graphs_keep_what_they_read_and_hand_out_their_metrics_in_a_new_dict(monkeypatch):
+    # The G graph reads the D graph's outputs (the fakes) at every replay: they must outlive
+    # the capture. And a caller that changes the metrics it got must not change the graphs'
+    # static outputs, which the next replay hands out again.
+    import gc
+    import weakref
+    fake = _FakeCuda(monkeypatch)
+    t = _graph_trainer(fake, monkeypatch)
+    read, spy = [], t._g_update
+
+    def g_update(d, *a):
+        if len(fake.graphs) == 2:                 # the capture of the G update
+            read.append(weakref.ref(d["fake_img"]))
+        return spy(d, *a)
+    monkeypatch.setattr(t, "_g_update", g_update)
+    keys = None
+    for real in batches(hcapture.WARMUP_STEPS + 3):
+        out = t.step(real)
+        t.iteration += 1
+        keys = keys or sorted(out)
+        assert sorted(out) == keys
+        out.clear()
+    gc.collect()
+    assert len(read) == 1 and read[0]() is not None
+
+
 @pytest.mark.parametrize("which", [0, 1])
 def test_a_failed_capture_raises_capture_failed_and_stops_the_process(monkeypatch, which):
     fake = _FakeCuda(monkeypatch, fail_capture=which)

@@ -105,10 +105,12 @@ def test_resume_refuses_a_changed_setting(stopped_run, capsys, flags, needle):
 
 def test_resume_accepts_the_runs_own_values(stopped_run, capsys):
     out, _ = stopped_run
-    # --amp-dtype auto repeats a run without --amp's value (and the default): no refusal
-    code, _, err = call(TINY + ["--resume", str(out), "--out", str(out), "--iters", "2",
-                                "--amp-dtype", "auto"], capsys)
+    # --amp-dtype auto repeats a run without --amp's value (and the default): no refusal;
+    # nor is the run's own --gen-frames said to go unused, as a new run's would be
+    code, stdout, err = call(TINY + ["--resume", str(out), "--out", str(out), "--iters", "2",
+                                     "--amp-dtype", "auto", "--gen-frames", "64"], capsys)
     assert code == 0, err
+    assert "not used" not in stdout
     assert load_checkpoint(str(out))["iteration"] == 2
 
 
@@ -965,3 +967,50 @@ def test_a_process_group_the_caller_set_up_stays_up(monkeypatch, tmp_path):
     monkeypatch.setattr(dist, "destroy_process_group", lambda *a, **k: calls.append("destroy"))
     assert main(TINY) == 0
     assert calls == []
+
+
+def test_a_new_run_into_a_runs_directory_is_refused_before_its_data_is_generated(tmp_path,
+                                                                                capsys):
+    out = tmp_path / "run"
+    (out / "checkpoints").mkdir(parents=True)
+    (out / "checkpoints" / "last.pt").write_bytes(b"")
+    missing = tmp_path / "nodata"
+    code, _, err = call(TINY + ["--data", str(missing), "--out", str(out), "--gen-train", "8",
+                                "--gen-test", "2", "--gen-frames", "8"], capsys)
+    assert_one_error_line(code, err, f"--out {out} already holds a run")
+    assert not missing.exists()
+
+
+def test_a_run_finished_in_out_during_the_setup_is_not_overwritten(data_root, tmp_path,
+                                                                   monkeypatch):
+    # The early check passed; then another process's run wrote its checkpoint there while
+    # this one set up (generated its data): the check after the claim refuses it.
+    from hgan.train import run as hrun
+    out = tmp_path / "run"
+    ensure = hrun.ensure_dataset
+
+    def meanwhile(*a, **kw):
+        ensure(*a, **kw)
+        (out / "checkpoints").mkdir(parents=True)
+        (out / "checkpoints" / "last.pt").write_bytes(b"theirs")
+    monkeypatch.setattr(hrun, "ensure_dataset", meanwhile)
+    cfg, resume, given = parse_command_line(TINY + ["--data", data_root, "--out", str(out)])
+    with pytest.raises(ValueError, match=f"--out {out} already holds a run"):
+        prepare(cfg, resume=resume, given=given)
+    assert (out / "checkpoints" / "last.pt").read_bytes() == b"theirs"
+
+
+def test_a_resume_may_repeat_an_amp_dtype_its_run_kept_without_amp(stopped_run):
+    # A run set up from Python (RunConfig(amp_dtype="bf16"), amp off: no command line to
+    # refuse) keeps that --amp-dtype; repeating it on resume, as a non-resumable flag must
+    # be, is no request for autocast.
+    from hgan.train.checkpoint import save_checkpoint
+    out, _ = stopped_run
+    last = str(out / "checkpoints" / "last.pt")
+    ckpt = load_checkpoint(last)
+    ckpt["config"]["amp_dtype"] = "bf16"
+    save_checkpoint(ckpt, last)
+    setup = prepare(*parse_command_line(["--resume", str(out), "--amp-dtype", "bf16"]))
+    assert (setup.cfg.amp, setup.cfg.amp_dtype) == (False, "bf16")
+    setup.stream.close()
+    setup.lock.release()

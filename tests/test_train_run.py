@@ -693,3 +693,78 @@ def test_tensorboard_events_up_to_a_checkpoint_are_flushed_when_it_is_written(
         at_ckpt.setdefault(tag, []).append(step)
     assert {"loss/D_I", "loss/D_V", "loss/G", "loss/L_cyc"} <= set(at_ckpt)
     assert all(steps == [1, 2] for steps in at_ckpt.values()), at_ckpt
+
+
+def test_resume_takes_its_own_run_directory_however_out_spells_it(tmp_path, monkeypatch):
+    # --resume RUN --out RUN is no branch when --out names the run another way (relative,
+    # through a link, with a trailing slash): taken for a branch, it is refused as an --out
+    # that "already holds a run".
+    from hgan.train.run import resume_config
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    path = str(run / "checkpoints" / "last.pt")
+    torch.save({"iteration": 1}, path)
+    cfg = RunConfig(out=str(run))
+    os.symlink(run, tmp_path / "link")
+    monkeypatch.chdir(tmp_path)
+    for out in ("run", str(tmp_path / "link"), f"{run}/"):
+        got = resume_config(_fake_checkpoint(cfg), cfg, path, given={"out": out, "iters": 5})
+        assert (got.out, got.iters) == (str(run), 5), out
+
+
+def test_an_out_under_a_broken_link_is_named_so(tmp_path):
+    from hgan.train.run import _check_writable
+    os.symlink(tmp_path / "gone", tmp_path / "link")
+    with pytest.raises(ValueError, match=f"{tmp_path / 'link'} is a broken symbolic link, so "
+                                         "the run directory cannot be made"):
+        _check_writable(str(tmp_path / "link" / "run"))
+
+
+def test_a_checkpoints_folder_without_a_checkpoint_holds_no_run(tmp_path):
+    # A process killed while it wrote its first checkpoint leaves only the temporary file:
+    # nothing there resumes, so a new run may start in it; one .pt file is a run.
+    from hgan.train.run import _check_new_run_dir
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    (ckpts / "last.pt.tmp4242").write_bytes(b"torn")
+    _check_new_run_dir(str(tmp_path / "run"))
+    (ckpts / "iter_0000002.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match="already holds a run"):
+        _check_new_run_dir(str(tmp_path / "run"))
+
+
+def test_a_new_run_clears_only_the_files_a_stopped_attempt_wrote(tmp_path):
+    from hgan.train.run import _clear_stopped_attempt
+    out = tmp_path / "run"
+    written = ["tb/events.out.tfevents.1.host", "samples/iter_0000001.png",
+               "samples/iter_0000001.gif"]
+    others = ["samples/best.png", "samples/iter_notes.txt", "tb/notes.txt"]
+    for rel in written + others:
+        (out / rel).parent.mkdir(parents=True, exist_ok=True)
+        (out / rel).write_text("x")
+    _clear_stopped_attempt(str(out))
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == others
+
+
+def test_a_checkpoint_is_inside_a_run_directory_by_whole_names_and_through_links(tmp_path):
+    # A branch from run2 into run (a stopped attempt's directory) must clear run's leftovers:
+    # run2's checkpoint is not inside run, though its path starts with run's.
+    from hgan.train.run import _inside
+    for name in ("run", "run2"):
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+    os.symlink(tmp_path / "run", tmp_path / "link")
+    assert _inside(str(tmp_path / "run" / "checkpoints" / "last.pt"), str(tmp_path / "run"))
+    assert _inside(str(tmp_path / "link" / "checkpoints" / "last.pt"), str(tmp_path / "run"))
+    assert not _inside(str(tmp_path / "run2" / "checkpoints" / "last.pt"), str(tmp_path / "run"))
+
+
+def test_a_checkpoint_at_the_last_iteration_is_written_once(tiny_pendulum_h5, tmp_path,
+                                                            monkeypatch):
+    saves, save = [], Trainer.save
+
+    def counted(self, name="last.pt"):
+        saves.append((self.iteration, name))
+        return save(self, name)
+    monkeypatch.setattr(Trainer, "save", counted)
+    train(tiny_cfg(tiny_pendulum_h5, tmp_path / "r", iters=2, ckpt_every=2))
+    assert saves == [(2, "last.pt")]

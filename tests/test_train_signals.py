@@ -487,3 +487,24 @@ def test_a_signal_while_torch_is_imported_ends_in_one_line(data_root, tmp_path, 
     assert err.strip().splitlines() == [f"train.py: stopped by {sig.name} before the first "
                                         "iteration; nothing of the run was written"], err
     assert not (tmp_path / "run").exists()
+
+
+def test_the_stop_flag_gives_back_the_handlers_it_found():
+    # SIG_IGN for SIGINT under nohup, a caller's own handler for SIGTERM: a run in this
+    # process must not leave either at the default (which kills it).
+    from hgan.train.run import _StopFlag
+
+    def own(signum, frame):
+        pass
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, own)
+    try:
+        with _StopFlag() as flag:
+            assert signal.getsignal(signal.SIGTERM) == flag._handle
+        assert signal.getsignal(signal.SIGINT) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is own
+    finally:
+        for sig, old in before.items():
+            signal.signal(sig, signal.SIG_DFL if old is None else old)
