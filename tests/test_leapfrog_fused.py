@@ -14,6 +14,7 @@ a batch that is not a multiple of the row block all appear.
 """
 import contextlib
 import os
+import types
 import warnings
 
 import pytest
@@ -21,7 +22,8 @@ import torch
 
 from hgan.kernels import HamiltonianMLP, leapfrog
 from hgan.kernels.leapfrog import dispatch, fused
-from hgan.kernels.leapfrog.check import compare_to_reference, random_mlp, rollout_and_grads
+from hgan.kernels.leapfrog.check import (compare_to_reference, random_mlp, rel_err,
+                                         rollout_and_grads)
 
 pytestmark = [pytest.mark.skipif(
     not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
@@ -621,6 +623,11 @@ LAUNCH_CASES = [
      dict(KP=16, H1=128, H2=128, BLOCK_B=16, CH=32, num_warps=8, PREC="ieee"), (1,), (1,)),
     ("throughput", 200, 3, (64, 64), "bf16x3",
      dict(KP=16, H1=64, H2=64, num_warps=8), (3,), (3,)),
+    # bf16x3 at width 128 with k 17..32 (KP 32): past the throughput layout's shared memory,
+    # so the forward and the backward both run the streamed one (a direction that read the
+    # table without the padded k would launch throughput.py's 230 KB backward on a GPU)
+    ("tile", 3, 17, (128, 100), "bf16x3",
+     dict(KP=32, H1=128, H2=128, BLOCK_B=16, CH=32, num_warps=8), (1,), (1,)),
 ]
 
 
@@ -673,6 +680,14 @@ def test_dispatch_table_edges():
     # tile warps follow the wider layer (its backward spills with 4 at width 128)
     assert fused._num_warps(128, 16) == fused._num_warps(16, 128) == 8
     assert fused._num_warps(64, 64) == 4
+    # the cap's value, as docs/integrator.md states it (20 * B * (frames - 1) * 3 * width bytes
+    # past 1 GB; the code's 2^30): at B = 64 and width 128 a step takes 491520 bytes, so 2184
+    # steps (2185 frames) fit and one more does not
+    assert fused._layout(64, 2185, 128, 128) == "latency"
+    assert fused._layout(64, 2186, 128, 128) == fused._chunk(128, 128)
+    # the register-resident layout (chunk 0, tile.py) has no CH parameter to launch with
+    assert fused._launch_config(0, 19, 16, 16, torch.device("cpu"), "ieee") == (
+        2, dict(BLOCK_B=16, PREC="ieee", num_warps=4))
 
 
 def test_streamed_layout_with_a_narrow_first_layer_matches_float64_reference(tile):
@@ -835,3 +850,116 @@ def test_a_low_precision_network_keeps_its_fused_precision(monkeypatch):
     q.float().sum().backward()
     assert q.dtype == torch.bfloat16 and len(launched) == 2 and set(launched) == {"tf32x3"}, \
         launched
+
+
+def test_a_kernel_that_does_not_fit_names_its_layout_and_config():
+    # What FusedCannotLaunch says is what a user reports (and the dispatcher's one-time warning
+    # shows): the layout, from the kernel's module (a JITFunction carries its function's), and
+    # the launch's own block, padding, chunk, precision and warps, with Triton's error chained.
+    from triton.runtime.errors import OutOfResources
+    err = OutOfResources(300_000, 232_448, "shared memory")
+
+    class Kernel:
+        __module__ = "hgan.kernels.leapfrog.streamed"
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise err
+            return launch
+    with pytest.raises(fused.FusedCannotLaunch) as info:
+        fused._launch(Kernel(), (2,), torch.zeros(1), 7, BLOCK_B=16, KP=32, H1=64, H2=128,
+                      CH=32, PREC="ieee", num_warps=8, ACT=0, ORDER2=True)
+    assert str(info.value) == (
+        "the fused kernel does not fit this GPU (out of resource: shared memory, Required: "
+        "300000, Hardware limit: 232448. Reducing block sizes or `num_stages` may help.; config "
+        "{'BLOCK_B': 16, 'KP': 32, 'H1': 64, 'H2': 128, 'CH': 32, 'PREC': 'ieee', "
+        "'num_warps': 8, 'layout': 'streamed'})")
+    assert info.value.__cause__ is err
+
+
+def test_sm_count_is_read_once_per_device(monkeypatch):
+    # The grids of every launch read the SM count: from the device's properties once per
+    # device, not once per launch, and never one device's for another's.
+    calls = []
+    cuda0, cuda1 = torch.device("cuda", 0), torch.device("cuda", 1)
+
+    def properties(device):
+        calls.append(device)
+        return types.SimpleNamespace(multi_processor_count=132 if device == cuda0 else 66)
+    monkeypatch.setattr(torch.cuda, "get_device_properties", properties)
+    monkeypatch.setattr(fused, "_sm_counts", {})
+    assert [fused._sm_count(d) for d in (cuda0, cuda1, cuda0, cuda1)] == [132, 66, 132, 66]
+    assert calls == [cuda0, cuda1]
+    assert fused._latency_programs(1000, cuda1) == 66
+
+
+def test_the_official_scheme_keeps_no_order2_points(monkeypatch):
+    # Only "order2" moves its evaluation points (q_mid, p_pred: [B, frames - 1, k] each, saved
+    # for the backward); "official" allocates and saves none (leapfrog_fwd's docstring).
+    _launches(monkeypatch)                                 # the allocation alone
+    w, b = random_mlp(2, (16, 16), device=DEVICE)
+    q0 = torch.randn(3, 2, device=DEVICE)
+    for scheme, numel in (("official", 0), ("order2", 3 * 4 * 2)):
+        points = fused.leapfrog_fwd(q0, q0, w, b, 0.05, 5, "softplus", scheme)[4]
+        assert [t.numel() for t in points] == [numel, numel], scheme
+
+
+def test_fp32_matmul_turns_tf32_off_inside_and_restores_the_callers_setting():
+    # CPU products ignore the setting (so the results cannot show it): what the context sets
+    # inside, what it leaves after, and that it does not swallow an error raised inside.
+    m = torch.backends.cuda.matmul
+    if not hasattr(m, "fp32_precision"):
+        pytest.skip("torch without per-backend fp32_precision")
+    saved = m.fp32_precision
+    try:
+        m.fp32_precision = "tf32"
+        with fused._fp32_matmul():
+            assert m.fp32_precision == "ieee"
+        assert m.fp32_precision == "tf32"
+        m.fp32_precision = "ieee"
+        with fused._fp32_matmul("tf32"):
+            assert m.fp32_precision == "tf32"
+        assert m.fp32_precision == "ieee"
+        with pytest.raises(ZeroDivisionError):
+            with fused._fp32_matmul():
+                1 / 0
+    finally:
+        m.fp32_precision = saved
+
+
+def test_backward_fallback_keeps_the_rollouts_scheme_dt_and_activation(monkeypatch):
+    # A backward kernel that does not fit the GPU hands the gradients to the analytic backend:
+    # they must be those of the rollout that ran ("official", dt < 0, tanh), not of the
+    # defaults. H is strong enough here that the schemes' gradients differ by far more than
+    # the tolerance (as in test_fused_follows_its_scheme_where_the_schemes_differ).
+    _kernel_too_big_for_the_gpu(monkeypatch, "bwd")
+    monkeypatch.setitem(dispatch._auto_choice, torch.device(DEVICE).type, "fused")
+    monkeypatch.setattr(dispatch, "_warned", set())
+    gen = torch.Generator().manual_seed(11)
+    w, b = random_mlp(3, (16, 24), generator=gen, scale=3.0)
+    w, b = [x.to(DEVICE) for x in w], [x.to(DEVICE) for x in b]
+    q0, p0 = (torch.randn(3, 3, generator=gen).to(DEVICE) for _ in range(2))
+    cot = [torch.randn(s, generator=gen).to(DEVICE) for s in [(3, 4, 3), (3, 4, 3), (3, 3, 3)]]
+    with pytest.warns(UserWarning, match="does not fit this GPU"):
+        _, grads = rollout_and_grads(q0, p0, w, b, -0.1, 4, "tanh", "auto", cot,
+                                     scheme="official")
+    _, want = rollout_and_grads(q0, p0, w, b, -0.1, 4, "tanh", "analytic", cot,
+                                scheme="official")
+    _, other = rollout_and_grads(q0, p0, w, b, -0.1, 4, "tanh", "analytic", cot)
+    assert max(rel_err(x, y) for x, y in zip(other, want)) > 1e-2      # the schemes differ
+    for x, y in zip(grads, want):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_forward_and_backward_take_the_same_layout_at_the_scratch_cap(monkeypatch):
+    # The latency backward's scratch decides the layout of both directions, each from the
+    # rollout's frames: a rollout whose scratch is exactly the cap runs the latency layout
+    # forward and backward, one frame more the streamed layout in both (a direction that
+    # counted steps instead would pair a latency forward with a tile backward, which needs
+    # the padded weights only a tile forward makes). Cap here: B = 3 rows, widths 16, 4 steps
+    # of 3 evaluations, each 3 * 16 + 2 * 16 floats.
+    monkeypatch.setattr(fused, "LATENCY_SCRATCH_BYTES", 4 * 3 * 4 * 3 * 80)
+    seen = _launches(monkeypatch)                          # the configuration alone
+    _fwd_bwd(3, 2, (16, 16), frames=5)
+    _fwd_bwd(3, 2, (16, 16), frames=6)
+    assert [s[0] for s in seen] == ["latency"] * 2 + ["streamed"] * 2, seen
