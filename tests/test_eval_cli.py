@@ -722,3 +722,305 @@ def test_the_tsne_colour_bar_names_what_it_colours_by(tmp_path, monkeypatch):
         cli.main(["--checkpoint", ckpt, "--out", str(tmp_path / model), "--metrics", "tsne",
                   "--tsne-samples", "12", "--tsne-iters", "250", "--device", "cpu"])
     assert labels == ["|q|", "|y|"]
+
+
+def test_settings_keep_every_flag_that_changes_the_numbers():
+    # every value distinct: a flag left out, or stored under another's name, cannot pass
+    args = cli.build_parser().parse_args(
+        ["--checkpoint", "c.pt", "--out", "o", "--frames", "12", "--seeds", "4,5",
+         "--fvd-videos", "30", "--physics-videos", "31", "--probe-steps", "32",
+         "--probe-width", "33", "--tsne-samples", "34", "--tsne-iters", "350",
+         "--momenta-videos", "36", "--rollout-videos", "37", "--rollout-steps", "38"])
+    assert cli.settings(args, "pendulum") == {
+        "frames": 12, "seeds": [4, 5], "fvd_videos": 30, "physics_videos": 31,
+        "probe_steps": 32, "probe_width": 33, "tsne_samples": 34, "tsne_iters": 350,
+        "momenta_videos": 36, "rollout_videos": 37, "rollout_steps": 38}
+
+
+def test_portable_paths_rewrite_paths_given_relative_to_the_working_directory(tmp_path,
+                                                                               monkeypatch):
+    # --out, --real and the data named relative to the working directory (as typed): each
+    # known path field is rewritten relative to --out, and an absolute path in a list too
+    monkeypatch.chdir(tmp_path)
+    results = {"checkpoint": "runs/a/checkpoints/last.pt", "data": "data/train.h5",
+               "real_data": "data/test.h5", "figures": {"tsne": "runs/a/eval/tsne_hgan.png"},
+               "physics": {"probe_cache": "data/train.probe.pt"},
+               "config": {"files": ["/elsewhere/x.h5", "y.h5"]}}
+    got = cli.portable_paths(results, "runs/a/eval")
+    assert got["checkpoint"] == "../checkpoints/last.pt"
+    assert got["data"] == "../../../data/train.h5" and got["real_data"] == "../../../data/test.h5"
+    assert got["figures"] == {"tsne": "tsne_hgan.png"}
+    assert got["physics"] == {"probe_cache": "../../../data/train.probe.pt"}
+    absolute, relative = got["config"]["files"]
+    assert relative == "y.h5" and not os.path.isabs(absolute)
+    assert os.path.normpath(os.path.join(tmp_path, "runs/a/eval", absolute)) == "/elsewhere/x.h5"
+
+
+def _coded_clips(n, t):
+    """n trajectories of t blank frames whose state is 100 * trajectory + frame index."""
+    from types import SimpleNamespace
+    code = 100 * np.arange(n)[:, None] + np.arange(t)[None, :]
+    return SimpleNamespace(frames=np.zeros((n, t, 1, 1, 3), np.uint8),
+                           states=code[..., None].astype(np.float32), params={})
+
+
+def test_real_clips_as_long_as_the_trajectories_are_the_whole_trajectories():
+    ds = _coded_clips(3, 5)
+    _, states, _ = cli._real_videos(ds, np.array([2, 0]), 5, seed=0)
+    np.testing.assert_array_equal(states[..., 0], ds.states[[2, 0], :, 0])
+
+
+def test_real_clip_windows_follow_the_seed():
+    ds, idx = _coded_clips(6, 30), np.arange(6)
+    starts = {seed: tuple(cli._real_videos(ds, idx, 4, seed)[1][:, 0, 0] % 100)
+              for seed in (0, 1, 2)}
+    assert len(set(starts.values())) == 3
+    assert tuple(cli._real_videos(ds, idx, 4, 1)[1][:, 0, 0] % 100) == starts[1]
+
+
+def test_generated_videos_follow_the_seed(tmp_path):
+    _, g = _checkpoint(tmp_path, "hgan", tmp_path / "absent.h5", iteration=0)
+    a, b, c = (cli._generated_videos(g, 3, 4, seed) for seed in (5, 5, 6))
+    assert a.shape == (3, 4, 32, 32, 3)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_held_out_rows_index_the_file_by_the_held_out_trajectories():
+    ds = np.arange(10 * 4).reshape(10, 4)          # row r holds 4 r .. 4 r + 3
+    rows = cli._Rows(ds, [7, 3, 5])
+    assert rows.shape == (3, 4)
+    np.testing.assert_array_equal(rows[1], [12, 13, 14, 15])
+    np.testing.assert_array_equal(rows[2, 1:3], [21, 22])
+
+
+def test_physics_metrics_relate_the_probe_error_to_each_dimensions_spread(monkeypatch):
+    # Two state dimensions, the second 3x the first (a frame's code, 10 * trajectory +
+    # frame), read back by a stand-in probe with error 0.5 in both: relative RMSE 0.5 / std
+    # per dimension. 9 videos: halves of 4, the odd one left out of both.
+    from types import SimpleNamespace
+    from hgan.data import get_system
+    from hgan.evaluate import probe as hprobe
+    n, t, frames = 9, 10, 6
+    code = 10 * np.arange(n)[:, None] + np.arange(t)[None, :]
+    ds = SimpleNamespace(
+        frames=np.broadcast_to(code[:, :, None, None, None], (n, t, 2, 2, 3)).astype(np.uint8),
+        states=np.stack([code, 3 * code], -1).astype(np.float32),
+        params={"m": np.ones(n)}, color_index=np.zeros((n, 1), np.int32))
+
+    class CodeProbe:
+        angular = ()
+
+        def states(self, videos):
+            c = np.asarray(videos)[:, :-1, 0, 0, 0].astype(np.float64)
+            return np.stack([c, 3 * c], -1) + 0.5
+
+    drifts, fsds = [], []
+    monkeypatch.setattr(hprobe, "load_or_train_probe", lambda *a, **k: CodeProbe())
+    monkeypatch.setattr(cli, "_generated_videos", lambda *a, **k: 100 + ds.frames[:, :frames])
+    monkeypatch.setattr(hprobe, "energy_drift",
+                        lambda system, s, params: drifts.append(np.array(s)) or np.zeros(len(s)))
+    monkeypatch.setattr(hprobe, "noise_floor", lambda *a: np.zeros(n))
+    monkeypatch.setattr(hprobe, "frechet_state_distance",
+                        lambda a, b, angular=(): fsds.append((len(a), len(b))) or 0.0)
+    out = cli.physics_metrics(None, ds, get_system("pendulum"), "/nowhere/train.h5",
+                              (ds, np.arange(n)), n=n, frames=frames, seed=3, probe_steps=1,
+                              probe_width=8)
+    real_p, shuffled_p, _ = drifts
+    # each window's codes: the probed frames' (less 0.5) and the last frame's, one more
+    window = np.concatenate([real_p[:, :, 0] - 0.5, real_p[:, -1:, 0] + 0.5], axis=1)
+    assert np.all(np.diff(window, axis=1) == 1)
+    np.testing.assert_allclose(out["probe_rmse"], [0.5, 0.5])
+    np.testing.assert_allclose(out["probe_rel_rmse"],
+                               [0.5 / window.std(), 0.5 / (3 * window.std())], rtol=1e-6)
+    assert fsds == [(9, 9), (9, 9), (4, 4), (4, 4)]
+    assert out["frechet_state_distance"]["angles"] is None      # the probe reads no angle
+    assert out["energy_drift"]["relative_to"] == hprobe.drift_relative_to(get_system("pendulum"))
+    assert out["num_videos"] == 9 and out["frames"] == 6
+    # each video's frames in an order of its own: not one permutation (a reversal) for all
+    offsets = shuffled_p[:, :, 0] - real_p[:, :1, 0]
+    assert len({tuple(o) for o in offsets}) > 1
+
+
+def test_each_metric_gets_the_counts_seeds_and_lengths_its_flags_name(tmp_path, data_copy,
+                                                                     monkeypatch):
+    # Every flag distinct, so a call handed another flag's value (or a constant) cannot
+    # pass. The held-out clips are data_copy's last 20%: 5 trajectories.
+    from types import SimpleNamespace
+    from hgan.evaluate import appearance, figures
+    ckpt, _ = _checkpoint(tmp_path, "hgan", data_copy, iteration=1)
+    real_videos, generated_videos = cli._real_videos, cli._generated_videos
+    clips, physics, looks, grids, calls = [], {}, [], {}, {}
+
+    def real_spy(ds, idx, frames, seed):
+        out = real_videos(ds, idx, frames, seed)
+        clips.append(("real", len(idx), frames, seed, out[0]))
+        return out
+
+    def generated_spy(generator, n, frames, seed):
+        out = generated_videos(generator, n, frames, seed)
+        clips.append(("generated", n, frames, seed, out))
+        return out
+
+    def record(owner, name):
+        f = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, **k: calls.update({name: k}) or f(*a, **k))
+
+    monkeypatch.setattr(cli, "_real_videos", real_spy)
+    monkeypatch.setattr(cli, "_generated_videos", generated_spy)
+    monkeypatch.setattr(cli, "physics_metrics",
+                        lambda *a, **k: physics.update(k) or _physics(0.3, 0.1, 0.05))
+    consistency, save = appearance.appearance_consistency, figures.save_sample_grid
+    monkeypatch.setattr(appearance, "appearance_consistency",
+                        lambda real, gen, c: looks.append((real, gen)) or consistency(real, gen, c))
+    monkeypatch.setattr(figures, "save_sample_grid", lambda v, png, gif: grids.update(
+        {os.path.basename(png): v}) or save(v, png, gif))
+    for owner, name in ((structure, "motion_points"), (structure, "active_momenta"),
+                        (structure, "energy_rollouts"), (figures, "tsne_embedding"),
+                        (figures, "plot_tsne")):
+        record(owner, name)
+    monkeypatch.setattr(cli, "time", SimpleNamespace(time=iter([100.0, 112.34]).__next__))
+    res = cli.main(["--checkpoint", ckpt, "--out", str(tmp_path / "e"), "--metrics",
+                    "physics,appearance,samples,tsne,cyclic", "--frames", "6", "--seeds", "5,6",
+                    "--physics-videos", "3", "--probe-steps", "7", "--probe-width", "9",
+                    "--tsne-samples", "12", "--tsne-iters", "260", "--momenta-videos", "5",
+                    "--rollout-videos", "4", "--rollout-steps", "11", "--device", "cpu",
+                    "--no-progress"])
+    assert {k: physics[k] for k in ("n", "frames", "seed", "probe_steps", "probe_width")} == \
+        {"n": 3, "frames": 6, "seed": 5, "probe_steps": 7, "probe_width": 9}
+    # appearance: the physics metrics' clips (--seeds' first); the sample grids: 8 of each
+    # (the 5 held-out real ones), seed 0
+    assert [c[:4] for c in clips] == [("real", 3, 6, 5), ("generated", 3, 6, 5),
+                                      ("real", 5, 6, 0), ("generated", 8, 6, 0)]
+    [(real, gen)] = looks
+    assert real is clips[0][4] and gen is clips[1][4]
+    assert grids["samples_real.png"] is clips[2][4] and grids["samples_hgan.png"] is clips[3][4]
+    assert calls["motion_points"] == {"n": 12, "seed": 0}
+    assert calls["tsne_embedding"] == {"iterations": 260}
+    assert calls["plot_tsne"]["title"] == "hgan: motion t-SNE (12 samples)"
+    assert calls["active_momenta"] == {"n": 5, "frames": 6}
+    assert calls["energy_rollouts"] == {"n": 4, "steps": 11}
+    assert res["cyclic"]["energy_rollout"]["steps"] == 11 and res["real_trajectories"] == 5
+    assert res["seconds"] == 12.3
+
+
+def test_momenta_that_could_not_be_counted_get_no_momenta_figure(tmp_path, data_copy,
+                                                                monkeypatch):
+    # non-finite rates: no threshold to draw; the energy figure is still made
+    ckpt, _ = _checkpoint(tmp_path, "hgan", data_copy, iteration=1)
+    rates = [float("nan"), 0.3, 0.1]
+    monkeypatch.setattr(structure, "active_momenta", lambda g, n, frames: {
+        "mean_abs_dpdt": rates, "k": 3, **structure.count_active(rates, 1.0, 0.75)})
+    res = cli.main(["--checkpoint", ckpt, "--out", str(tmp_path / "e"), "--metrics", "cyclic",
+                    "--rollout-steps", "2", "--rollout-videos", "2", "--device", "cpu"])
+    assert set(res["figures"]) == {"energy_rollout"}
+    assert "**not counted (non-finite" in (tmp_path / "e" / "report.md").read_text()
+
+
+def test_the_probe_reads_angles_as_angles_on_angle_systems_only():
+    from hgan.data import get_system
+    got = cli.probe_settings(get_system("pendulum"), 7, 9)
+    assert (got["steps"], got["angular"], got["width"]) == (7, (0,), 9)   # q is an angle
+    assert cli.probe_settings(get_system("two_body"), 7, 9)["angular"] == ()
+
+
+def test_the_checkpoint_report_states_each_header_number_where_its_words_say():
+    r = _results_with_distinct_numbers()
+    r["physics"]["frechet_state_distance"]["real_half_vs_half"] = 1.2346   # 4 digits: 1.235
+    r["fvd"] = {"fvd_mean": 123.456, "fvd_std": 6.789, "seeds": [0, 1], "num_videos": 256,
+                "frames": 17, "canonical": True}
+    text = report.checkpoint_report(r)
+    assert "FVD = 123.46 ± 6.79 over seeds [0, 1], 256 videos x 17 frames." in text
+    assert "(q..., p...): 0.011, 0.022 (relative to the state std: 0.033, 0.044)." in text
+    assert "8 videos of 16 frames; energy drift" in text
+    assert "(55.5 pixels). A video is flagged above 0.123 (an object" in text
+    assert "Learned energy over 512 leapfrog steps (dt = +0.05), median over 64 rollouts" in text
+    assert "| real, held-out | 0.202 | 1.235 (half vs half) |" in text
+    assert "GAN saw them" not in text
+    seen = report.checkpoint_report({k: v for k, v in r.items() if k != "physics"}
+                                    | {"real_seen_in_training": True})
+    assert "- real clips: from the file the run trained on (the GAN saw them)" in seen
+
+
+def test_the_report_warns_of_a_poor_probe_above_the_limit_in_any_dimension():
+    def text(rel):
+        return report.checkpoint_report(_result("mass_spring", "hgan",
+                                                _physics(0.3, 0.1, 0.05, rel=rel)))
+    assert "reads the state poorly" not in text((0.2, 0.5))          # at it: not above
+    assert "(relative RMSE up to 0.60" in text((0.6, 0.2))            # the worst, not the last
+
+
+def test_a_half_vs_half_distance_of_zero_is_a_number():
+    ph = _physics(0.3, 0.1, 0.05)
+    ph["frechet_state_distance"]["real_half_vs_half"] = 0.0
+    assert "| real, held-out | 0.1 | 0 (half vs half) |" in \
+        report.checkpoint_report(_result("mass_spring", "hgan", ph))
+
+
+def test_compare_cells_against_the_noise_floor_and_without_angles():
+    # a noise floor above real's drift is the level; a system of no angles needs no
+    # (cos, sin) record; the cell's numbers to 3 digits
+    ph = _physics(0.15, 0.1, 0.2)
+    del ph["frechet_state_distance"]["angles"]
+    ph["frechet_state_distance"]["generated_half_vs_real_half"] = 3.4567
+    text = report.compare_table([_result("two_body", "hgan", ph)])
+    assert "| hgan | 0.15 (at or below the real level 0.2) (70 it) |" in text
+    assert "| hgan | 3.46 (2.5) (70 it) |" in text
+
+
+def test_compare_reads_a_runs_own_results_json_before_its_eval_one(tmp_path):
+    for where, model in ((tmp_path, "hgan"), (tmp_path / "eval", "mocogan")):
+        where.mkdir(exist_ok=True)
+        (where / "results.json").write_text(json.dumps(
+            {"model": model, "system": "pendulum", "iteration": 1}))
+    assert report.find_results(str(tmp_path))["model"] == "hgan"
+
+
+def test_compare_orders_rows_by_seed_and_columns_by_system():
+    def run(system, seed=None, **kw):
+        r = _result(system, "hgan", _physics(0.3, 0.1, 0.05))
+        r["config"] = {"seed": seed}
+        return r
+    text = report.compare_table([run("pendulum", 10), run("pendulum", 2), run("mass_spring", 0)])
+    drift = text.split("### ")[1]
+    assert "| model | mass_spring | pendulum |\n|---|---|---|" in drift
+    assert drift.index("| hgan seed 2 |") < drift.index("| hgan seed 10 |")
+    # a run of no recorded seed: the runs are told apart by their directories
+    text = report.compare_table([run("pendulum"), run("pendulum", 1)], names=["a", "b"])
+    assert "| hgan (a) |" in text and "| hgan (b) |" in text
+
+
+def test_compare_flags_each_setting_between_the_runs_whose_metrics_it_changes():
+    def run(model, metric, **settings):
+        r = {"model": model, "system": "pendulum", "iteration": 1, "figures": {},
+             "settings": settings}
+        if metric == "tsne":
+            r["figures"]["tsne"] = "tsne.png"
+        else:
+            r[metric] = {"generated": {"median": 0.1}, "generated_flagged": 0.0}
+        return r
+    def flagged(*runs):
+        return "settings that differ" in report.compare_table(list(runs))
+    # appearance's clips are the physics metrics' --physics-videos
+    assert flagged(run("a", "appearance", physics_videos=4), run("b", "appearance", physics_videos=8))
+    # a t-SNE figure is computed; its settings do not concern other metrics
+    assert flagged(run("a", "tsne", tsne_samples=4), run("b", "tsne", tsne_samples=8))
+    assert not flagged(run("a", "appearance", tsne_iters=250), run("b", "appearance", tsne_iters=300))
+    # --frames changes every metric
+    assert flagged(run("a", "appearance", frames=8), run("b", "appearance", frames=16))
+
+
+def test_compare_lists_real_data_for_the_runs_that_scored_against_it():
+    def run(model, metric, split="test", **identity):
+        r = {"model": model, "system": "pendulum", "iteration": 1, "figures": {},
+             "real_identity": {"split": split, "seed": 0, "trajectories": 13, "of": 64,
+                               "frames": 64, "resolution": 32, **identity}}
+        r[metric] = {"generated": {"median": 0.1}, "generated_flagged": 0.0}
+        return r
+    text = report.compare_table([run("a", "appearance"), run("b", "appearance", seed=3)])
+    assert "| a | pendulum | test split, seed 0: 13 of 64 trajectories x 64 frames, 32 px |" in text
+    text = report.compare_table([run("a", "appearance"), run("b", "appearance", split=None)])
+    assert "| b | pendulum | ? split, seed 0:" in text
+    # the learned structure alone reads no real clips
+    assert "Real data that differs" not in report.compare_table(
+        [run("a", "appearance"), run("b", "cyclic", seed=3)])

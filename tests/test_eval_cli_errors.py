@@ -76,6 +76,8 @@ BAD = {  # name: (flags, words the error line must contain)
                                       ["--fvd-videos 6", "5 trajectories"]),
     "too few t-SNE iterations": (lambda f: ["--tsne-iters", "100"], ["--tsne-iters", "250"]),
     "no rollout steps": (lambda f: ["--rollout-steps", "0"], ["--rollout-steps", ">= 1"]),
+    "one FVD video": (lambda f: ["--fvd-videos", "1"], ["--fvd-videos", ">= 2"]),
+    "two t-SNE samples": (lambda f: ["--tsne-samples", "2"], ["--tsne-samples", ">= 3"]),
     "unknown metric": (lambda f: ["--metrics", "physics,nope"], ["nope", "appearance"]),
     "bad seeds": (lambda f: ["--seeds", "0,x"], ["--seeds", "0,x"]),
     "a repeated seed": (lambda f: ["--seeds", "0,1,0"], ["--seeds", "repeated", "0,1,0"]),
@@ -528,7 +530,10 @@ def test_compare_names_a_results_json_it_cannot_read(tmp_path, capsys):
     good = _results(tmp_path, "good", "hgan", "pendulum", 0.01)
     for name, text, words in (("cut", '{"model": "hgan", ', ["not valid JSON"]),
                               ("list", "[]", ["not an evaluation's results"]),
-                              ("empty", "{}", ["not an evaluation's results", "model"])):
+                              ("empty", "{}", ["not an evaluation's results", "model"]),
+                              ("number", "5", ["not an evaluation's results"]),
+                              ("no iteration", '{"model": "hgan", "system": "pendulum"}',
+                               ["not an evaluation's results", "iteration"])):
         d = tmp_path / name
         d.mkdir()
         (d / "results.json").write_text(text)
@@ -575,3 +580,100 @@ def test_a_regenerated_training_set_is_noted_in_one_line(files, tmp_path, capsys
     assert len(err) == 1 and "(trajectories 24 -> 3, frames 40 -> 20)" in err[0], err
     cli.main(flags + ["--out", str(tmp_path / "c"), "--data", again])
     assert "not the set" not in capsys.readouterr().err    # chosen with --data: no line
+
+
+def test_the_defaults_are_the_ones_the_help_and_the_docs_state():
+    # docs/evaluation.md and the help text: a default changed in the parser alone (the
+    # help's seed list is written out, not %(default)s) would go unseen
+    args = cli.build_parser().parse_args(["--checkpoint", "c.pt", "--out", "o"])
+    assert tuple(args.metrics) == ("fvd", "physics", "tsne", "samples", "cyclic", "appearance")
+    assert list(args.seeds) == [0, 1, 2] and args.progress is True
+    assert {k: getattr(args, k) for k in ("fvd_videos", "frames", "physics_videos",
+                                          "probe_steps", "probe_width", "tsne_samples",
+                                          "tsne_iters", "momenta_videos", "rollout_videos",
+                                          "rollout_steps")} == {
+        "fvd_videos": 2048, "frames": 16, "physics_videos": 256, "probe_steps": 600,
+        "probe_width": 16, "tsne_samples": 1024, "tsne_iters": 1000, "momenta_videos": 256,
+        "rollout_videos": 64, "rollout_steps": 512}
+
+
+def test_sigterm_is_the_callers_again_after_an_evaluation_and_an_ignored_one_stays_ignored(
+        files, tmp_path, monkeypatch):
+    import signal
+
+    def terminated(args, run):
+        os.kill(os.getpid(), signal.SIGTERM)   # ignored by the caller: the evaluation goes on
+        return {"done": True}
+
+    argv = ["--checkpoint", files["ckpt"], "--out", str(tmp_path / "e"), *FAST,
+            "--metrics", "cyclic"]
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        monkeypatch.setattr(cli, "_evaluate", terminated)
+        assert cli.main(argv) == {"done": True}
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        monkeypatch.setattr(cli, "_evaluate", lambda args, run: {"done": True})
+        assert cli.main(argv) == {"done": True}
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+def test_an_interrupt_while_the_report_is_written_leaves_no_results_json(files, tmp_path,
+                                                                        capsys, monkeypatch):
+    # results.json is written last: what marks an evaluation done (the grid reads it)
+    replace = os.replace
+
+    def interrupted(src, dst):
+        if str(dst).endswith("report.md"):
+            raise KeyboardInterrupt
+        replace(src, dst)
+    monkeypatch.setattr(cli.os, "replace", interrupted)
+    out = tmp_path / "e"
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--checkpoint", files["ckpt"], "--out", str(out), *FAST, "--metrics", "cyclic"])
+    assert e.value.code == 130 and "no results.json was written" in capsys.readouterr().err
+    assert not (out / "results.json").exists()
+
+
+def test_an_earlier_results_json_that_is_no_object_is_replaced(files, tmp_path):
+    out = tmp_path / "e"
+    out.mkdir()
+    (out / "results.json").write_text("[1, 2]")
+    res = cli.main(["--checkpoint", files["ckpt"], "--out", str(out), *FAST, "--metrics",
+                    "samples"])
+    assert json.loads((out / "results.json").read_text())["figures"] == res["figures"]
+
+
+def test_re_evaluating_removes_only_the_earlier_figures_inside_out(files, tmp_path):
+    out = tmp_path / "runs" / "e"
+    out.mkdir(parents=True)
+    for name in ("old.png", "old.gif", "notes.txt", "mine.png"):
+        (out / name).write_text("x")
+    (tmp_path / "runs" / "outside.png").write_text("x")
+    (out / "results.json").write_text(json.dumps({"figures": {
+        "old": "old.png",                   # a sample grid's: its GIF goes with it
+        "notes": "notes.txt",               # not a figure
+        "mine": str(out / "mine.png"),      # absolute: no results.json of ours names one
+        "outside": "../outside.png",        # not in --out
+        "real": "./samples_real.png"}}))    # written again now, spelt another way
+    cli.main(["--checkpoint", files["ckpt"], "--out", str(out), *FAST, "--metrics", "samples"])
+    assert sorted(os.listdir(out)) == sorted([
+        "mine.png", "notes.txt", "report.md", "results.json", "samples_hgan.gif",
+        "samples_hgan.png", "samples_real.gif", "samples_real.png"])
+    assert (tmp_path / "runs" / "outside.png").exists()
+
+
+def test_compare_names_a_run_by_its_directory_however_it_is_spelt(tmp_path):
+    dirs = [_results(tmp_path, "r1", "hgan", "pendulum", 0.04, seed=0),
+            _results(tmp_path, "r2", "hgan", "pendulum", 0.05, seed=0)]
+    text = cli.main(["compare", dirs[0] + "/", dirs[1] + "/./"])
+    assert f"| hgan ({dirs[0]}) | 0.04 (100 it) |" in text
+    assert f"| hgan ({dirs[1]}) | 0.05 (100 it) |" in text
+
+
+def test_the_console_script_exits_0_after_an_evaluation(monkeypatch):
+    monkeypatch.setattr(cli, "main", lambda: {"model": "hgan"})
+    assert cli.entry() == 0

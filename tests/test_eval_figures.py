@@ -107,3 +107,74 @@ def test_png_is_the_grid_and_gif_frame_k_tiles_every_videos_frame_k_row_by_row(t
             r, c = divmod(i, 2)
             tile = img[r * (h + 1):r * (h + 1) + h, c * (w + 1):c * (w + 1) + w]
             assert (tile == (40 * i, 60 * k, 0)).all(), (k, i)
+
+
+def test_videos_of_another_shape_are_refused():
+    v = _videos()
+    for bad in (v[0], np.concatenate([v, v[..., :1]], -1)):   # one video; 4 channels
+        with pytest.raises(ValueError, match=r"uint8 \[N, T, H, W, 3\]"):
+            figures.grid_image(bad)
+
+
+def test_default_grids_are_twice_the_size_eight_videos_a_row_and_loop(tmp_path):
+    n, t, h, w = 9, 2, 4, 5
+    v = _videos(n, t, h, w)
+    figures.save_sample_grid(v, tmp_path / "s.png", tmp_path / "s.gif")
+    assert Image.open(tmp_path / "s.png").size == (2 * (t * (w + 1) - 1), 2 * (n * (h + 1) - 1))
+    gif = Image.open(tmp_path / "s.gif")
+    # 9 videos, 8 a row: 2 rows of tiles, at the PNG's scale; played over and over
+    assert gif.size == (2 * (8 * (w + 1) - 1), 2 * (2 * (h + 1) - 1))
+    assert gif.info["loop"] == 0
+
+
+def test_tsne_perplexity_method_and_seed_follow_the_sample_count(monkeypatch):
+    import sklearn.manifold
+    seen = []
+
+    class Recorder:
+        def __init__(self, n_components, perplexity, init, random_state, method, max_iter):
+            seen.append({"perplexity": perplexity, "method": method, "seed": random_state})
+
+        def fit_transform(self, x):
+            seen[-1]["dtype"] = x.dtype
+            return np.zeros((len(x), 2))
+    monkeypatch.setattr(sklearn.manifold, "TSNE", Recorder)
+    for n in (4, 10, 200, 201):
+        figures.tsne_embedding(np.zeros((n, 3), np.float32), seed=7, iterations=250)
+    # perplexity: under a third of the other points, at least 2, at most 30
+    assert [s["perplexity"] for s in seen] == [2.0, 3.0, 30.0, 30.0]
+    # exact gradients up to 200 points
+    assert [s["method"] for s in seen] == ["exact", "exact", "exact", "barnes_hut"]
+    assert all(s["seed"] == 7 and s["dtype"] == np.float64 for s in seen)
+
+
+def test_plots_draw_their_data_threshold_and_title(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.axes
+    import matplotlib.pyplot as plt
+    got = {}
+
+    def recorder(name):
+        original = getattr(matplotlib.axes.Axes, name)
+
+        def rec(self, *a, **k):
+            got.setdefault(name, []).append([np.asarray(x).tolist() if not isinstance(x, str)
+                                             else x for x in a])
+            return original(self, *a, **k)
+        monkeypatch.setattr(matplotlib.axes.Axes, name, rec)
+    for name in ("scatter", "set_title", "axhline", "fill_between", "plot"):
+        recorder(name)
+    before = plt.get_fignums()
+    emb = np.array([[0.0, 1.0], [2.0, 3.0], [4.0, 5.0]])
+    figures.plot_tsne(emb, tmp_path / "t.png", title="tsne title")
+    assert got["scatter"] == [[[0.0, 2.0, 4.0], [1.0, 3.0, 5.0]]]
+    figures.plot_active_momenta([0.3, 0.1], 0.15, tmp_path / "m.png", title="m")
+    assert got["axhline"] == [[0.15]]
+    # 11 rollouts whose change is 0, 1, ..., 10 at every step: 10-90% band 1..9, median 5
+    rel = np.repeat(np.arange(11.0)[:, None], 3, 1)
+    figures.plot_energy_rollout(np.arange(3), rel, -rel, tmp_path / "e.png", title="e")
+    assert got["fill_between"] == [[[0, 1, 2], [1.0] * 3, [9.0] * 3],
+                                   [[0, -1, -2], [-9.0] * 3, [-1.0] * 3]]
+    assert got["plot"] == [[[0, 1, 2], [5.0] * 3], [[0, -1, -2], [-5.0] * 3]]
+    assert got["set_title"] == [["tsne title"], ["m"], ["e"]]
+    assert plt.get_fignums() == before       # each figure closed once saved
