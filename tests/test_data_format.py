@@ -133,14 +133,19 @@ def test_constant_set_canvas_is_not_widened(tiny_pendulum_h5):
         np.testing.assert_allclose([f.attrs["canvas_min"], f.attrs["canvas_max"]], [-half, half])
 
 
-def test_open_probes_the_last_trajectory(made, tmp_path):
-    # A copy cut short loses its last chunks first: open_h5 must refuse it, not a late epoch.
-    path = _copy(made, tmp_path)
+def _spoil_frames_chunk(path, coord):
+    """Overwrite the stored bytes of the frames chunk holding `coord` with 0xff."""
     with h5py.File(path, "r") as f:
-        info = f["frames"].id.get_chunk_info_by_coord((4, 0, 0, 0, 0))  # the last of 5
+        info = f["frames"].id.get_chunk_info_by_coord(coord)
     with open(path, "r+b") as f:
         f.seek(info.byte_offset)
         f.write(b"\xff" * info.size)
+
+
+def test_open_probes_the_last_trajectory(made, tmp_path):
+    # A copy cut short loses its last chunks first: open_h5 must refuse it, not a late epoch.
+    path = _copy(made, tmp_path)
+    _spoil_frames_chunk(path, (4, 0, 0, 0, 0))  # the last of 5
     with pytest.raises(DataFormatError, match="truncated or corrupt data .*trajectory 4"):
         open_h5(path)
 
@@ -522,11 +527,7 @@ def test_open_probes_the_last_frame_of_files_chunked_per_frame(made, tmp_path):
         del f["frames"]
         f.create_dataset("frames", data=frames, chunks=(1, 1, 32, 32, 3), compression="gzip")
     open_h5(path).close()
-    with h5py.File(path, "r") as f:
-        info = f["frames"].id.get_chunk_info_by_coord((4, 11, 0, 0, 0))
-    with open(path, "r+b") as f:
-        f.seek(info.byte_offset)
-        f.write(b"\xff" * info.size)
+    _spoil_frames_chunk(path, (4, 11, 0, 0, 0))
     with pytest.raises(DataFormatError, match="truncated or corrupt data .*trajectory 4"):
         open_h5(path)
 
