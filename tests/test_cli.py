@@ -186,3 +186,43 @@ def test_the_default_run_directory_names_system_model_and_second():
     out = config_from_args(["--system", "three_body", "--model", "mocogan"])[0].out
     assert re.fullmatch(re.escape(os.path.join("runs", "three_body-mocogan-")) + r"\d{8}-\d{6}",
                         out), out
+
+
+# hgan.cli_args on its own: the console script's name, one-line errors, integer bounds.
+
+@pytest.mark.parametrize("argv0, want", [("/usr/local/bin/hgan-data", "hgan-data"),
+                                         ("hgan-data", "hgan-data"),
+                                         ("/usr/local/bin/hgan-data-x", "python -m hgan.data"),
+                                         ("", "python -m hgan.data")])
+def test_prog_is_the_console_script_only_when_run_as_it(monkeypatch, argv0, want):
+    from hgan.cli_args import prog
+    monkeypatch.setattr(sys, "argv", [argv0])
+    assert prog("hgan-data", "python -m hgan.data") == want
+
+
+def test_one_line_parser_errors_name_the_command_in_one_line_with_exit_2(capsys):
+    from hgan.cli_args import OneLineParser
+
+    class Named(OneLineParser):
+        error_name = "hgan-x"
+    for parser_class, name in ((OneLineParser, "tool sub"), (Named, "hgan-x")):
+        p = parser_class(prog="tool")
+        p.add_subparsers(parser_class=parser_class).add_parser("sub").add_argument("--n", type=int)
+        with pytest.raises(SystemExit) as e:
+            p.parse_args(["sub", "--n", "x"])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"{name}: error: ") and err.endswith("\n") and err.count("\n") == 1
+
+
+def test_int_at_least_takes_the_bound_and_refuses_below_it_naming_why():
+    from hgan.cli_args import int_at_least
+    parse = int_at_least(3, " (a reason)")
+    assert parse("3") == 3 and type(parse("3")) is int and parse("10") == 10
+    with pytest.raises(argparse.ArgumentTypeError) as e:
+        parse("2")
+    assert str(e.value) == "expected an integer >= 3 (a reason), got 2"
+    with pytest.raises(argparse.ArgumentTypeError) as e:
+        parse("2.5")
+    assert str(e.value) == "expected an integer, got '2.5'"
+    assert int_at_least(0)("0") == 0 and int_at_least(-1)("-1") == -1

@@ -185,3 +185,142 @@ def test_window_plan_error_is_singular_for_one_trajectory():
     from hgan.data import window_plan
     with pytest.raises(ValueError, match="1 trajectory cannot be shared by 2 ranks"):
         window_plan(1, 4, 2, seed=0, epoch=0, rank=0, world_size=2)
+
+
+# StopSignals in-process, each rule of its docstring on its own: which handlers it takes
+# over, what a signal does where, and what `check()` and `result()` raise.
+
+@pytest.fixture
+def saved_handlers():
+    old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    yield
+    for s, h in old.items():
+        signal.signal(s, h)
+
+
+def _frame_in(folder):
+    """A frame whose code reads as written in `folder`, as a handler would find it there."""
+    ns = {}
+    exec(compile("import sys\nframe = sys._getframe()", os.path.join(folder, "x.py"), "exec"),
+         ns)
+    return ns["frame"]
+
+
+def test_stop_signals_take_over_defaults_and_raise_interrupted_and_give_them_back(
+        saved_handlers):
+    from hgan.data.interrupt import StopSignals, raise_interrupted
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, raise_interrupted)
+    with StopSignals() as stop:
+        assert signal.getsignal(signal.SIGINT) == stop._handle
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGTERM) is raise_interrupted
+
+
+def test_stop_signals_leave_an_ignored_or_a_callers_handler_alone(saved_handlers):
+    from hgan.data.interrupt import StopSignals
+
+    def callers(signum, frame):
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # nohup
+    signal.signal(signal.SIGTERM, callers)         # a trainer's stop flag
+    with StopSignals():
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGTERM) is callers
+
+
+def test_a_signal_outside_the_package_is_recorded_and_the_first_one_wins():
+    from hgan.data.interrupt import GenerationInterrupted, StopSignals
+    stop = StopSignals()
+    stop._handle(signal.SIGTERM, None)             # no frame: nothing to raise in
+    stop._handle(signal.SIGINT, _frame_in(os.path.dirname(__file__)))  # not hgan/data: recorded
+    assert stop.signum == signal.SIGTERM           # the second changes nothing
+    with pytest.raises(GenerationInterrupted) as e:
+        stop.check()
+    assert e.value.signum == signal.SIGTERM
+
+
+def test_a_signal_inside_the_package_raises_at_once():
+    import hgan.data
+    from hgan.data.interrupt import GenerationInterrupted, StopSignals
+    here = os.path.dirname(os.path.abspath(hgan.data.__file__))
+    stop = StopSignals()
+    with pytest.raises(GenerationInterrupted) as e:
+        stop._handle(signal.SIGTERM, _frame_in(here))
+    assert e.value.signum == signal.SIGTERM and stop.signum == signal.SIGTERM
+    stop._handle(signal.SIGINT, _frame_in(here))   # later ones: no second exception
+    assert stop.signum == signal.SIGTERM
+
+
+def test_a_set_event_stops_as_a_sigint_unless_a_signal_came_first():
+    import threading
+
+    from hgan.data.interrupt import GenerationInterrupted, StopSignals
+    event = threading.Event()
+    stop = StopSignals(event)
+    stop.check()                                   # nothing asked yet
+    event.set()
+    with pytest.raises(GenerationInterrupted) as e:
+        stop.check()
+    assert e.value.signum == signal.SIGINT
+    stop = StopSignals(event)
+    stop._handle(signal.SIGTERM, None)
+    with pytest.raises(GenerationInterrupted) as e:
+        stop.check()
+    assert e.value.signum == signal.SIGTERM
+
+
+def test_waiting_for_a_result_checks_for_a_recorded_signal():
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    from hgan.data.interrupt import GenerationInterrupted, StopSignals
+
+    class LateFuture:  # times out once, then would answer
+        calls = 0
+
+        def result(self, timeout):
+            self.calls += 1
+            if self.calls == 1:
+                raise FutureTimeout()
+            return "late"
+    stop = StopSignals()
+    assert stop.result(LateFuture(), poll_s=0) == "late"   # no signal: waits on
+    stop._handle(signal.SIGINT, None)
+    with pytest.raises(GenerationInterrupted):
+        stop.result(LateFuture(), poll_s=0)
+
+
+def test_interrupted_and_generation_interrupted_carry_the_signal_as_ctrl_c_would():
+    from hgan.data.interrupt import GenerationInterrupted, Interrupted, raise_interrupted
+    with pytest.raises(Interrupted) as e:
+        raise_interrupted(signal.SIGTERM, None)
+    assert isinstance(e.value, KeyboardInterrupt) and e.value.signum == signal.SIGTERM
+    g = GenerationInterrupted(signal.SIGTERM)
+    assert isinstance(g, KeyboardInterrupt) and g.signum == signal.SIGTERM
+    assert str(g) == "generation interrupted"   # as `hgan.data: generation interrupted` says
+
+
+def test_discard_removes_the_partial_file_or_aborts_the_writer(tmp_path):
+    from hgan.data.interrupt import discard
+    path = str(tmp_path / "train.h5")
+    discard(None, path)                            # nothing written: nothing to do
+    with open(path + ".partial", "wb") as f:
+        f.write(b"half")
+    discard(None, path)                            # stopped inside H5Writer()
+    assert not os.path.exists(path + ".partial")
+
+    class Writer:
+        aborted = False
+
+        def abort(self):
+            self.aborted = True
+    w = Writer()
+    discard(w, path)
+    assert w.aborted
+
+
+def test_only_one_trajectory_is_singular():
+    from hgan.data.generate import _trajectories
+    assert [_trajectories(n) for n in (0, 1, 2)] == ["0 trajectories", "1 trajectory",
+                                                     "2 trajectories"]

@@ -284,6 +284,7 @@ def test_corrupt_chunks_inside_a_valid_file_name_the_file_when_read(tmp_path, ca
     (dict(frames=0), "frames must be an integer >= 1"),
     (dict(resolution=1), "resolution must be an integer >= 2"),
     (dict(seed=1.5), "seed must be an integer"),
+    (dict(test=True), "test must be an integer >= 0, got True"),  # a bool is no count
 ])
 def test_generate_rejects_bad_arguments(tmp_path, kw, match):
     with pytest.raises(ValueError, match=match):
@@ -547,3 +548,41 @@ def test_a_directory_given_for_a_file_names_the_data_files_inside(tmp_path):
     shutil.rmtree(tmp_path / "b")
     with pytest.raises(DataFormatError, match=re.escape(f"did you mean {tmp_path / 'x.h5'}?")):
         open_h5(tmp_path)
+
+
+def test_the_file_sums_the_re_draws_of_every_chunk(tmp_path, monkeypatch):
+    # Hand-set counts per chunk (1 rejected, 2 re-drawn for accuracy, in each of 3 chunks):
+    # the file and the return value hold their sums, each under its own name.
+    import hgan.data.generate as generate
+    real = generate.simulate_chunks
+
+    def counted(*a, **k):
+        for sim in real(*a, **k):
+            yield dict(sim, rejected=1, inaccurate=2)
+    monkeypatch.setattr(generate, "simulate_chunks", counted)
+    path = tmp_path / "train.h5"
+    stats = generate.generate_split("pendulum", path, "train", 3, frames=2, seed=0,
+                                    resolution=16, chunk=1, progress=False)
+    assert stats == {"rejected": 3, "inaccurate": 6}
+    with open_h5(path) as f:
+        assert (f.attrs["rejected"], f.attrs["inaccurate"]) == (3, 6)
+
+
+def test_render_blocks_of_one_trajectory_write_the_same_file(tmp_path, monkeypatch):
+    # A render block smaller than one trajectory's frames is still one trajectory, never 0;
+    # the file is the same whatever the blocks (the arrays are byte-identical by design).
+    import hgan.data.generate as generate
+    kw = dict(frames=2, seed=0, resolution=16, chunk=3, progress=False)
+    generate.generate_split("pendulum", tmp_path / "a.h5", "train", 3, **kw)
+    monkeypatch.setattr(generate, "RENDER_BYTES", 1)
+    generate.generate_split("pendulum", tmp_path / "b.h5", "train", 3, **kw)
+    with h5py.File(tmp_path / "a.h5", "r") as a, h5py.File(tmp_path / "b.h5", "r") as b:
+        assert np.array_equal(a["frames"][:], b["frames"][:])
+
+
+def test_generate_split_refuses_a_negative_seed_without_a_file(tmp_path):
+    from hgan.data.generate import generate_split
+    with pytest.raises(ValueError, match=r"seed must be an integer in \[0, 2\*\*64\), got -1"):
+        generate_split("pendulum", tmp_path / "t.h5", "train", 1, frames=2, seed=-1,
+                       progress=False)
+    assert not list(tmp_path.iterdir())

@@ -662,3 +662,44 @@ def test_compare_names_a_run_by_its_directory_however_it_is_spelt(tmp_path):
 def test_the_console_script_exits_0_after_an_evaluation(monkeypatch):
     monkeypatch.setattr(cli, "main", lambda: {"model": "hgan"})
     assert cli.entry() == 0
+
+
+def test_write_atomically_replaces_whole_or_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    from hgan.evaluate.atomic import write_atomically
+    path = tmp_path / "results.json"
+    write_atomically(path, lambda f: f.write("new text"), mode="w")
+    assert path.read_text() == "new text"
+    write_atomically(path, lambda f: f.write(b"\x00bytes"))          # default: binary
+    assert path.read_bytes() == b"\x00bytes"
+
+    def half_then_ctrl_c(f):
+        f.write(b"half")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically(path, half_then_ctrl_c)
+    assert path.read_bytes() == b"\x00bytes"                          # the old file, whole
+    assert os.listdir(tmp_path) == ["results.json"]                   # no temporary left
+
+
+def test_write_atomically_parallel_writers_of_one_path_do_not_share_a_temporary(tmp_path):
+    import threading
+
+    from hgan.evaluate.atomic import write_atomically
+    path, both_open, errors = tmp_path / "cache.npz", threading.Barrier(2, timeout=30), []
+
+    def writer(text):
+        def write(f):
+            both_open.wait()           # both temporaries are open before either is renamed
+            f.write(text)
+        try:
+            write_atomically(path, write, mode="w")
+        except Exception as e:         # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=writer, args=(t * 1000,)) for t in "ab"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert path.read_text() in ("a" * 1000, "b" * 1000)
+    assert os.listdir(tmp_path) == ["cache.npz"]
