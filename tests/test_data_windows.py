@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from hgan.data import window_plan
+from hgan.data.h5io import open_h5
 from hgan.data.loader import build_loader
 from hgan.data.stream import WindowReader, WindowSchedule
 
@@ -64,6 +65,22 @@ def test_window_reader_items_follow_the_plan(tiny_pendulum_h5):
     shard = WindowSchedule(tiny_pendulum_h5, batch_size=1, frames=16, seed=5, rank=1,
                            world_size=5)
     assert shard.batches_per_epoch == 4
+
+
+def test_a_reader_validates_one_handle_and_reads_every_window_through_it(tiny_pendulum_h5,
+                                                                         monkeypatch):
+    # one validated handle per process (open_h5 probes chunks: a one-off, not a cost per read)
+    import hgan.data.stream as stream
+    opened = []
+    monkeypatch.setattr(stream, "open_checked", lambda s: opened.append(s) or open_h5(s.path))
+    schedule = WindowSchedule(tiny_pendulum_h5, batch_size=6, frames=8, seed=2, rank=0,
+                              world_size=1)
+    reader = WindowReader(schedule)
+    with h5py.File(tiny_pendulum_h5, "r") as f:
+        for sample in range(5):
+            t, s = schedule.window(sample)
+            np.testing.assert_array_equal(reader(sample), f["frames"][t, s:s + 8])
+    assert opened == [schedule]
 
 
 def test_more_ranks_than_trajectories_is_said_in_the_users_terms(tiny_pendulum_h5):

@@ -235,6 +235,21 @@ def test_the_resume_identity_check_compares_every_attribute_it_kept(tmp_path):
                   {"seed": 4}, {"model": ModelConfig(resolution=64)}):
         with pytest.raises(ValueError, match="is missing and generating it would not give"):
             check_resumed_dataset(saved, replace(cfg, **flags), now=None)
+    # nor is an attribute not kept compared with what would be generated; or named
+    check_resumed_dataset({**saved, "seed": None}, replace(cfg, seed=4), now=None)
+    with pytest.raises(ValueError, match=r"but the run trained on /data/pendulum/train.h5 \(24 "
+                                         r"trajectories of 40 frames, system pendulum, "
+                                         r"resolution 32\); point --data"):
+        check_resumed_dataset({**saved, "seed": None}, cfg, now={**saved, "frames": 41})
+
+
+def test_the_dataset_identity_names_the_file_by_its_absolute_path(tiny_pendulum_h5, monkeypatch):
+    # a run started with a relative --data and resumed from elsewhere finds it again
+    from hgan.train.loop import dataset_identity
+    monkeypatch.chdir(os.path.dirname(tiny_pendulum_h5))
+    assert dataset_identity("train.h5") == {
+        "path": tiny_pendulum_h5, "trajectories": 24, "frames": 40, "system": "pendulum",
+        "resolution": 32, "seed": 0}
 
 
 def test_load_maps_the_tensors_where_asked(tmp_path):

@@ -421,7 +421,8 @@ def _bad_input(case, data_root, tiny_h5, tmp_path, monkeypatch):
         return ["--system", "mass_spring"], ["holds pendulum trajectories, not --system "
                                              "mass_spring"]
     if case == "batch_too_big":
-        return ["--batch-size", "400"], ["batch size 400 exceeds"]
+        return ["--batch-size", "400"], ["batch size 400 exceeds",
+                                         "(--gen-train sets how many a generated dataset has"]
     if case == "data_is_the_h5_file":
         return ["--data", h5], [f"--data is the dataset root (holding pendulum/train.h5), not a "
                                 f"file: got {h5}; use --data {data_root}"]
@@ -750,6 +751,17 @@ def test_a_non_finite_loss_under_torchrun_is_said_by_one_rank(monkeypatch, tmp_p
     assert code == 1
     assert err == ("[hgan] error (rank 2): non-finite G loss (nan) at iteration 1\n"
                    if reporter else "")
+
+
+def test_a_non_finite_loss_stops_a_single_process_run_in_one_line(data_root, tmp_path, capsys):
+    # --cyc-lambda inf: iteration 1's generator loss is inf; the run stops with exit 1 and
+    # says so in one line (no rank to name), before any checkpoint
+    out = tmp_path / "run"
+    code, _, err = call(TINY + ["--data", data_root, "--out", str(out), "--iters", "2",
+                                "--cyc-lambda", "inf"], capsys)
+    assert code == 1
+    assert err == ("[hgan] error: non-finite generator loss (inf) at iteration 1; stopping (no "
+                   "checkpoint was written yet)\n")
 
 
 def test_loader_dali_without_dali_is_one_line_naming_the_extra(data_root, tmp_path, capsys,

@@ -174,6 +174,69 @@ def test_g_looks_for_unused_parameters_exactly_when_it_has_some(kw):
                    for n in missing), missing
 
 
+def _trainer_under_stubbed_ddp(monkeypatch, made, rank=0, **model):
+    """A Trainer as rank `rank` of 2 builds it, DistributedDataParallel stubbed to record its
+    arguments into `made` (no process group here)."""
+    import hgan.train.loop as loop
+    from hgan.models import ModelConfig
+    from hgan.train import RunConfig
+    from hgan.train import dist as hdist
+    monkeypatch.setattr(loop, "DistributedDataParallel",
+                        lambda module, **kw: made.append((module, kw)) or module)
+    mcfg = ModelConfig(ngf=8, ndf=8, clip_frames=4, hidden=16, **model)
+    return loop.Trainer(RunConfig(batch_size=4, frames=4, device="cpu", model=mcfg),
+                        hdist.DistInfo(rank=rank, world_size=2))
+
+
+@pytest.mark.parametrize("integrator, searches", [("reference", True), ("analytic", False)])
+def test_the_ddp_wrappers_take_that_rule_and_no_forward_buffer_sync(monkeypatch, integrator,
+                                                                    searches):
+    # G's wrapper searches for unused parameters by ddp_finds_unused, and the
+    # discriminators' never broadcast buffers at a forward.
+    from hgan.train import dist as hdist
+    made = []
+    trainer = _trainer_under_stubbed_ddp(monkeypatch, made, integrator=integrator)
+    (g, g_kw), (di, di_kw), (dv, dv_kw) = made
+    assert g is trainer.G and di is trainer.D_I and dv is trainer.D_V
+    assert g_kw == {"device_ids": None, "find_unused_parameters": searches}
+    assert di_kw == dv_kw == {"device_ids": None, **hdist.NO_FORWARD_BUFFER_SYNC}
+
+
+def test_the_gathered_noise_states_go_into_the_checkpoint_of_their_iteration_only(monkeypatch):
+    # Rank 0 keeps every rank's noise state, in rank order, for the checkpoint of the
+    # iteration they were gathered at; a checkpoint of a later iteration (not gathered again)
+    # must not carry them, or a resume would replay stale noise.
+    trainer = _trainer_under_stubbed_ddp(monkeypatch, [])
+    own = trainer.noise.get_state()
+    other = torch.Generator().manual_seed(99).get_state()
+
+    def all_gather(parts, tensor):
+        assert torch.equal(tensor, own)
+        parts[0].copy_(tensor)
+        parts[1].copy_(other)
+    monkeypatch.setattr(torch.distributed, "all_gather", all_gather)
+    trainer.iteration = 3
+    trainer.gather_noise()
+    assert torch.equal(trainer.state_dict()["rank_noise_rng"], torch.stack([own, other]))
+    trainer.iteration = 4
+    assert "rank_noise_rng" not in trainer.state_dict()
+
+
+@pytest.mark.parametrize("saved", ["3 ranks", "CUDA generators"])
+def test_every_ranks_noise_states_that_do_not_fit_this_run_are_reseeded(monkeypatch, saved):
+    # Every rank's state, but from 3 ranks (resumed on 2) or from CUDA generators (5056-byte
+    # CPU states here): no rank can take its own, so each reseeds from (seed, rank,
+    # iteration), as from a checkpoint without them.
+    states = (torch.stack([torch.Generator().manual_seed(i).get_state() for i in range(3)])
+              if saved == "3 ranks" else torch.zeros(2, 16, dtype=torch.uint8))
+    trainer = _trainer_under_stubbed_ddp(monkeypatch, [], rank=1)
+    trainer.load_state_dict({**trainer.state_dict(), "iteration": 5,
+                             "world_size": len(states), "rank_noise_rng": states})
+    seed = trainer.cfg.seed
+    want = torch.Generator().manual_seed(seed * 1_000_003 + 1 + 7919 * 5).get_state()
+    assert torch.equal(trainer.noise.get_state(), want)
+
+
 LEAVER = textwrap.dedent("""
     import json, os, sys, time, warnings
     import torch

@@ -2,6 +2,7 @@
 import contextlib
 import json
 import os
+import re
 import signal
 import warnings
 from dataclasses import replace
@@ -116,6 +117,8 @@ def test_amp_on_cpu_falls_back_to_fp32_or_refuses_when_the_convolution_check_fai
         Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path / "b", amp=True, amp_dtype="bf16"))
     assert Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path / "c")).amp_dtype is None
     assert len(calls) == 2  # no check without --amp
+    Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path / "d", amp=True, channels_last=True))
+    assert calls[-1] == (4, 6, 4, True)  # and this run's memory layout
 
 
 class _WeightGradOff(torch.autograd.Function):
@@ -203,6 +206,34 @@ def test_amp_policy(monkeypatch, capsys):
         assert amp_policy(cuda, True, dtype) == (torch.bfloat16, False)
 
 
+def test_amp_policy_on_a_process_that_does_not_report(monkeypatch, capsys):
+    # say=False (torchrun's other ranks, the setup's early check): the same policy as the
+    # reporting process, in silence; an unknown dtype is refused even with autocast off.
+    cpu = torch.device("cpu")
+    monkeypatch.setattr("hgan.train.loop.cpu_has_fast_bf16", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert amp_policy(cpu, True, "auto", say=False) == (None, False)
+        assert amp_policy(cpu, True, "bf16", say=False) == (torch.bfloat16, False)
+    assert capsys.readouterr().err == ""
+    with pytest.raises(ValueError, match="unknown --amp-dtype 'fp8'"):
+        amp_policy(cpu, False, "fp8")
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, fast", [
+    (True, False, True), (False, True, True), (False, False, False), (None, True, True),
+    (None, None, False)])
+def test_native_bf16_is_either_probe_that_this_torch_has(monkeypatch, avx512_bf16, amx, fast):
+    # None: this torch has no such probe (an older one lacks the AMX probe)
+    for name, value in (("_is_avx512_bf16_supported", avx512_bf16),
+                        ("_is_amx_tile_supported", amx)):
+        if value is None:
+            monkeypatch.delattr(torch.cpu, name, raising=False)
+        else:
+            monkeypatch.setattr(torch.cpu, name, lambda v=value: v, raising=False)
+    assert cpu_has_fast_bf16() is fast
+
+
 def test_gan_objective_and_accuracy_closed_forms():
     # -log D(real) - log(1 - D(fake)), non-saturating -log D(fake), with D = sigmoid(logit):
     # written with softplus, -log sigmoid(x) = softplus(-x), -log(1 - sigmoid(x)) = softplus(x).
@@ -234,6 +265,90 @@ def test_the_dataset_check_takes_videos_as_long_as_the_trajectories(tiny_pendulu
     check_dataset(tiny_cfg(tiny_pendulum_h5, tmp_path, frames=40))
     with pytest.raises(ValueError, match="has trajectories of 40 frames, fewer than --frames 41"):
         check_dataset(tiny_cfg(tiny_pendulum_h5, tmp_path, frames=41, gen_frames=41))
+
+
+def test_a_missing_dataset_is_generated_from_the_gen_flags(tmp_path):
+    # --gen-frames equal to --frames is enough (each trajectory one whole video); train.h5
+    # and test.h5 get --gen-train and --gen-test trajectories, generated from --seed.
+    from hgan.data.h5io import open_h5
+    from hgan.train.dist import DistInfo
+    from hgan.train.loop import ensure_dataset
+    root = tmp_path / "data" / "pendulum"
+    cfg = tiny_cfg(str(root / "train.h5"), tmp_path / "run", frames=6, gen_frames=6,
+                   gen_train=3, gen_test=2, seed=5)
+    ensure_dataset(cfg, DistInfo())
+    for split, n in (("train", 3), ("test", 2)):
+        with open_h5(str(root / f"{split}.h5")) as f:
+            assert tuple(f.frames.shape[:2]) == (n, 6), split
+            assert int(f.attrs["seed"]) == 5 and f.attrs["system"] == "pendulum"
+
+
+def test_under_torchrun_rank_0_alone_generates_a_missing_dataset(tmp_path, monkeypatch):
+    # Rank 1 generates nothing: it waits out rank 0's generation (stood in for here by the
+    # wait), then checks the file rank 0 made.
+    import hgan.data
+    from hgan.train import dist as hdist
+    from hgan.train.loop import ensure_dataset
+    generate, calls = hgan.data.generate_dataset, []
+    monkeypatch.setattr(hgan.data, "generate_dataset", lambda *a, **k: calls.append("rank 1"))
+
+    class RankZeroGenerates:
+        def wait(self):
+            calls.append("waited")
+            generate("pendulum", tmp_path / "data", train=2, test=0, frames=8, seed=0,
+                     resolution=32, progress=False)
+    monkeypatch.setattr(hdist, "LongWait", RankZeroGenerates)
+    cfg = tiny_cfg(str(tmp_path / "data" / "pendulum" / "train.h5"), tmp_path / "run")
+    ensure_dataset(cfg, hdist.DistInfo(rank=1, world_size=2))
+    assert calls == ["waited"]
+
+
+@pytest.mark.parametrize("had_test", [False, True])
+def test_a_generation_stopped_by_a_signal_takes_the_test_split_it_made_along(
+        tmp_path, monkeypatch, had_test):
+    # The test split is written first: a stop in the train split removes the test.h5 that
+    # this generation made, and keeps one that was there before it.
+    import hgan.data
+    from hgan.data import GenerationInterrupted
+    from hgan.train.dist import DistInfo
+    from hgan.train.loop import ensure_dataset
+    test_h5 = tmp_path / "data" / "pendulum" / "test.h5"
+    cfg = tiny_cfg(str(test_h5.parent / "train.h5"), tmp_path / "run")
+    if had_test:
+        test_h5.parent.mkdir(parents=True)
+        test_h5.write_bytes(b"an earlier test split")
+
+    def stopped_in_train(system, root, **kw):
+        test_h5.parent.mkdir(parents=True, exist_ok=True)
+        test_h5.write_bytes(b"this generation's test split")
+        raise GenerationInterrupted(signal.SIGINT)
+    monkeypatch.setattr(hgan.data, "generate_dataset", stopped_in_train)
+    with pytest.raises(GenerationInterrupted):
+        ensure_dataset(cfg, DistInfo())
+    assert test_h5.exists() == had_test
+
+
+def test_data_naming_a_file_or_holding_train_h5_itself(tiny_pendulum_h5, tmp_path):
+    # --data is the root above <system>/train.h5: ensure_dataset (hgan.train.pack calls it
+    # alone) refuses a file, with the root to use when the file is a dataset; a root that
+    # holds a train.h5 of its own beside <system>/train.h5 is still a root.
+    from hgan.train.dist import DistInfo
+    from hgan.train.loop import check_data_root, ensure_dataset
+    notes = tmp_path / "notes.txt"
+    notes.write_text("x")
+    cfg = tiny_cfg(tiny_pendulum_h5, tmp_path / "run")
+    with pytest.raises(ValueError, match=r"^--data is the dataset root \(holding pendulum/train.h5"
+                                         rf"\), not a file: got {re.escape(str(notes))}$"):
+        ensure_dataset(replace(cfg, data=str(notes)), DistInfo())
+    root = os.path.dirname(os.path.dirname(tiny_pendulum_h5))
+    with pytest.raises(ValueError, match=f"not a file: got {re.escape(tiny_pendulum_h5)}; use "
+                                         f"--data {re.escape(root)}$"):
+        ensure_dataset(replace(cfg, data=tiny_pendulum_h5), DistInfo())
+    both = tmp_path / "both"
+    (both / "pendulum").mkdir(parents=True)
+    os.symlink(tiny_pendulum_h5, both / "pendulum" / "train.h5")
+    os.symlink(tiny_pendulum_h5, both / "train.h5")
+    check_data_root(replace(cfg, data=str(both)))
 
 def test_r1_penalty_closed_form_and_grad_scaler():
     # D(x) = w . x has grad_x D = w for every sample: R1 = gamma/2 * |w|^2 exactly.
@@ -536,6 +651,13 @@ def test_a_multi_rank_checkpoint_resumes_with_noise_of_its_iteration(tiny_pendul
     assert not torch.equal(states[2], states[4])
     assert not torch.equal(states[2], Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, seed=3)
                                               ).noise.get_state())
+    # a single process's checkpoint from another device type (a CUDA generator's state is
+    # 16 bytes) cannot restore this generator: reseeded so too
+    fresh = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, seed=3))
+    fresh.load_state_dict({**tr.state_dict(), "iteration": 2,
+                           "noise_rng": torch.zeros(16, dtype=torch.uint8)})
+    assert torch.equal(fresh.noise.get_state(), states[2])
+    assert "written by 1 rank(s), or on another device type" in capsys.readouterr().err
 
 
 def test_a_new_run_in_a_stopped_attempts_directory_starts_clean(tiny_pendulum_h5, tmp_path,

@@ -1,6 +1,8 @@
 """One training step against what it must do: every network takes an Adam step, R1 reaches
 the discriminators, L_cyc the generator after them, and the step's random choices (S_1's
 frame, S_T's clip, the rollout window) are uniform draws from the trainer's own generator."""
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -209,6 +211,10 @@ def test_videos_of_exactly_clip_frames_train_and_shorter_ones_are_named(tiny_pen
     with pytest.raises(ValueError, match=f"videos have {cf - 1} frames, fewer than "
                                          f"clip_frames={cf}"):
         tr.check_batch(torch.zeros(4, cf - 1, 3, 32, 32))
+    # and a step checks its batch so (not torch's error from an empty range of clip starts)
+    with pytest.raises(ValueError, match=f"videos have {cf - 1} frames, fewer than "
+                                         f"clip_frames={cf}"):
+        tr.step(torch.zeros(4, cf - 1, 3, 32, 32))
 
 
 def test_mocogan_keeps_statistics_for_every_frame_a_step_rolls_out(tiny_pendulum_h5, tmp_path):
@@ -223,3 +229,105 @@ def test_mocogan_keeps_statistics_for_every_frame_a_step_rolls_out(tiny_pendulum
     assert len(raw) == 6 and mm.frame_mean.shape[0] == 6
     for t in range(6):
         torch.testing.assert_close(mm.frame_mean[t], 0.1 * raw[t].mean(0))
+
+
+def test_a_checkpoint_with_fewer_statistics_rows_gets_rows_for_every_frame_again(
+        tiny_pendulum_h5, tmp_path):
+    # A mocogan checkpoint from before the trainer reserved a row per rolled-out frame has a
+    # row per rollout frame only (4 here, --frames 6): loaded, its rows come back as they were
+    # and frames 4 and 5 get fresh ones (mean 0, variance 1, a new BatchNorm's), not row 3.
+    cfg = tiny_cfg(tiny_pendulum_h5, tmp_path, "mocogan", rollout_frames=4, frames=6)
+    tr = Trainer(cfg)
+    tr.step(_real())
+    ckpt = tr.state_dict()
+    gen = dict(ckpt["generator"])
+    old = {k: gen[f"motion_module.{k}"][:4].clone() for k in ("frame_mean", "frame_var")}
+    gen.update({f"motion_module.{k}": v for k, v in old.items()})
+    fresh = Trainer(cfg)
+    fresh.load_state_dict({**ckpt, "generator": gen})
+    mm = fresh.G.motion_module
+    assert mm.frame_mean.shape[0] == mm.frame_var.shape[0] == 6
+    assert torch.equal(mm.frame_mean[:4], old["frame_mean"])
+    assert torch.equal(mm.frame_var[:4], old["frame_var"])
+    assert torch.equal(mm.frame_mean[4:], torch.zeros_like(mm.frame_mean[4:]))
+    assert torch.equal(mm.frame_var[4:], torch.ones_like(mm.frame_var[4:]))
+
+
+def test_the_generator_update_leaves_the_discriminators_out_of_its_backward(tiny_pendulum_h5,
+                                                                          tmp_path):
+    # D is frozen for the G update: each discriminator weight gets one gradient per step
+    # (the D update's; r1_gamma 0, so no double backward), and is trainable again after it.
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, r1_gamma=0.0))
+    grads = {}
+    for net in (tr.D_I, tr.D_V):
+        for name, p in net.named_parameters():
+            p.register_hook(lambda g, key=(id(net), name): grads.update(
+                {key: grads.get(key, 0) + 1}))
+    for step in range(2):
+        tr.step(_real(step))
+        n = sum(1 for net in (tr.D_I, tr.D_V) for _ in net.parameters())
+        assert len(grads) == n and set(grads.values()) == {step + 1}, grads
+        assert all(p.requires_grad for net in (tr.D_I, tr.D_V) for p in net.parameters())
+
+
+class _Recorder(torch.nn.Module):
+    """A discriminator stand-in that keeps its inputs (one logit per sample)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(()))
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x)
+        return x.float().flatten(1).mean(1) * self.w
+
+
+@pytest.mark.parametrize("fake_dtype", [torch.float32, torch.bfloat16])
+def test_without_r1_the_real_batch_reaches_d_in_the_fakes_dtype_and_layout(tiny_pendulum_h5,
+                                                                           tmp_path, fake_dtype):
+    # The reals come from the loader as a permuted view (B, T, H, W, C memory), the fakes
+    # contiguous (bf16 under autocast): without R1 the real batch is handed over as a copy
+    # in the fakes' dtype and strides (one compiled input signature, tests/test_compile.py),
+    # holding the same values; with R1 it goes in as it came, in fp32.
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, r1_gamma=0.0))
+    real = (torch.rand(4, 32, 32, 3) * 2 - 1).permute(0, 3, 1, 2)
+    fake = torch.rand(4, 3, 32, 32).to(fake_dtype)
+    disc = _Recorder()
+    *_, r1 = tr._disc_logits(disc, fake, real)
+    assert float(r1) == 0.0
+    got_fake, got_real = disc.seen
+    assert got_fake is fake
+    assert got_real.dtype == fake_dtype and got_real.stride() == fake.stride()
+    assert torch.equal(got_real, real.to(fake_dtype))
+    tr.cfg = replace(tr.cfg, r1_gamma=1.0)
+    disc.seen.clear()
+    tr._disc_logits(disc, fake, real)
+    assert disc.seen[1].dtype == torch.float32 and torch.equal(disc.seen[1], real)
+
+
+def test_with_channels_last_the_real_frames_reach_d_i_channels_last(tiny_pendulum_h5, tmp_path):
+    # --channels-last: D_I gets channels-last real frames (R1 takes them as they are) even
+    # from a contiguous batch, as the fakes are.
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, r1_gamma=1.0, channels_last=True))
+    di, seen = tr.DI_ddp, []
+    tr.DI_ddp = lambda x: (seen.append(x.detach()), di(x))[1]
+    tr.step(_real())
+    fake_img, real_img = seen
+    for x in (fake_img, real_img):
+        assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_a_flush_names_only_the_losses_since_the_previous_flush(tiny_pendulum_h5, tmp_path):
+    # With deferred checks (CUDA), losses wait for the next flush; one flush reads them and
+    # lets them go: a loss it reported is not reported again by the next one.
+    from hgan.train.loop import NonFiniteLoss
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path))
+    tr.defer_checks = True
+    tr._check("generator loss", torch.tensor(float("nan")))
+    tr._check("generator loss", torch.tensor(1.0))
+    with pytest.raises(NonFiniteLoss, match=r"^non-finite generator loss \(nan\) at iteration 1$"):
+        tr.flush_checks()
+    tr.iteration = 1
+    tr._check("discriminator loss", torch.tensor(2.0))
+    tr.flush_checks()
