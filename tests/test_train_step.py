@@ -1,6 +1,7 @@
 """One training step against what it must do: every network takes an Adam step, R1 reaches
 the discriminators, L_cyc the generator after them, and the step's random choices (S_1's
 frame, S_T's clip, the rollout window) are uniform draws from the trainer's own generator."""
+import contextlib
 from dataclasses import replace
 
 import pytest
@@ -331,3 +332,20 @@ def test_a_flush_names_only_the_losses_since_the_previous_flush(tiny_pendulum_h5
     tr.iteration = 1
     tr._check("discriminator loss", torch.tensor(2.0))
     tr.flush_checks()
+
+
+def test_an_uncompiled_trainer_leaves_dynamos_process_wide_stance_alone(tiny_pendulum_h5,
+                                                                        tmp_path, monkeypatch):
+    # R1 runs compiled nets under set_stance("force_eager"), whose save and restore are
+    # process-wide: two trainers stepping in threads (the DDP oracle test, hgan.train.pack)
+    # interleaved them and left the process in force_eager, so that every later
+    # torch.compile in it ran nothing compiled. A trainer that compiled nothing has nothing
+    # to run eagerly and must not touch the stance.
+    import torch.compiler
+    calls = []
+    monkeypatch.setattr(torch.compiler, "set_stance",
+                        lambda *a, **kw: calls.append(a) or contextlib.nullcontext())
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, r1_gamma=1.0))
+    metrics = tr.step(_real())
+    assert calls == []
+    assert float(metrics["loss/R1"]) > 0                     # the R1 path ran

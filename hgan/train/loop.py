@@ -8,6 +8,7 @@ the global RNGs and the loader position, so a resumed CPU run is bit-identical t
 On CUDA the step is replayed as two CUDA graphs where the configuration allows
 (hgan.train.capture); the eager step below is the reference it is tested against.
 """
+import contextlib
 import os
 import random
 import sys
@@ -329,10 +330,16 @@ class Trainer:
                               enabled=self.amp_dtype is not None,
                               cache_enabled=self.static_mode is None)
 
-    @staticmethod
-    def _eager():
+    def _eager(self):
         # R1 needs double backward, which compiled (aot_autograd) modules cannot do: run
-        # compiled nets eagerly for it (same weights, same DDP wrapper); a no-op otherwise.
+        # compiled nets eagerly for it (same weights, same DDP wrapper). Only a compiled
+        # discriminator touches the stance: it is process-wide, not per thread, so trainers
+        # stepping in threads (hgan.train.pack, which never compiles) would interleave their
+        # saves and restores and could leave the whole process in force_eager.
+        if not any(getattr(m, "_compiled_call_impl", None) is not None
+                   or isinstance(m, torch._dynamo.eval_frame.OptimizedModule)
+                   for net in (self.D_I, self.D_V) for m in net.modules()):
+            return contextlib.nullcontext()
         return torch.compiler.set_stance("force_eager")
 
     def _check(self, name, value):
