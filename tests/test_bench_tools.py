@@ -586,13 +586,15 @@ def test_leapfrog_table_matmul_peak_is_flops_per_second(monkeypatch):
 
 
 def _fake_table_main(table, monkeypatch, tmp_path, budget_s=1000.0, slow=(), ms=None,
-                     cost=lambda v, b: 0.0, error_cost=0.0, recorded=None):
+                     cost=lambda v, b: 0.0, error_cost=0.0, recorded=None, compared=None,
+                     check_fails=None):
     """table.main(["--smoke"]) with every measurement faked and a fake clock for the budget.
     Returns (the JSON written to $OUT, [(variant, batch, fwd, seconds left, rows already in
     the JSON) per timed call], [seconds left at each error check]). An exception in `ms` is
     raised by that row's timing. With a list as `recorded`, the run is a CUDA one (DEV
     "cuda", device "GPU-X") whose record() calls are appended to it; otherwise record() must
-    not be called: a CPU run writes no results file."""
+    not be called: a CPU run writes no results file. A list as `compared` gets each error
+    check's (args, kwargs); `check_fails` maps an error check's index to what it raises."""
     clock = [0.0]
     if recorded is not None:
         smoke = table.smoke
@@ -638,6 +640,10 @@ def _fake_table_main(table, monkeypatch, tmp_path, budget_s=1000.0, slow=(), ms=
     def compare(*args, **kwargs):
         checks.append(budget[0].left())
         clock[0] += error_cost
+        if compared is not None:
+            compared.append((args, kwargs))
+        if len(checks) - 1 in (check_fails or {}):
+            raise check_fails[len(checks) - 1]
         return {"q": 1e-6, "d_W0": 2e-6}
 
     monkeypatch.setattr(table, "median_ms", median_ms)
@@ -753,6 +759,147 @@ def test_leapfrog_table_main_on_cuda_records_every_row_and_returns_the_device_fi
     (tmp_path / "cpu").mkdir()
     _fake_table_main(table, monkeypatch, tmp_path / "cpu")
     assert os.listdir(tmp_path / "cpu") == ["leapfrog_table.json"]
+
+
+def test_leapfrog_table_warm_up_keeps_to_16_processes_and_what_the_budget_leaves(monkeypatch):
+    # Up to 16 compiles at a time (fewer on fewer cores), each in a session of its own (a kill
+    # at the limit takes its ptxas children too); the limit is what the budget leaves past the
+    # stages' 120 s (300 s of budget: 180 s); a long error keeps its tail, where the reason
+    # is; under --smoke one job, at the smoke shapes' training batch.
+    import types
+    table = _leapfrog_table()
+    warm_jobs = list(table.WARM_JOBS)
+    clock, running, peak, kwargs, cmds = [0.0], set(), [0], [], []
+
+    class Proc:
+        def __init__(self, cmd, stderr, **kw):
+            self.cmd, self.start, self.pid, self.returncode = cmd, clock[0], 1, None
+            cmds.append(cmd)
+            kwargs.append(kw)
+            running.add(self)
+            peak[0] = max(peak[0], len(running))
+            if cmd[-2] == "fused_tile":
+                stderr.write("x" * 500 + "\nOutOfResources: shared memory")
+
+        def poll(self):   # 10 s of compiling; fused_tile_tf32 never finishes
+            if self.cmd[-2] == "fused_tile_tf32" or clock[0] - self.start < 10:
+                return None
+            self.returncode = int(self.cmd[-2] == "fused_tile")
+            return self.returncode
+
+        def wait(self):
+            running.discard(self)
+
+    class Budget:
+        def __init__(self, left):
+            self.left = lambda: left
+
+    monkeypatch.setattr(table, "time", types.SimpleNamespace(
+        monotonic=lambda: clock[0], sleep=lambda s: clock.__setitem__(0, clock[0] + s)))
+    monkeypatch.setattr(table.subprocess, "Popen", Proc)
+    killed_at = []
+    monkeypatch.setattr(table.os, "killpg", lambda pid, sig: killed_at.append(clock[0]))
+    monkeypatch.setattr(table, "WARM_JOBS", [(v, b) for v in ("fused", "fused_latency_w4")
+                                             for b in range(1, 11)])
+    for cores, most in ((64, 16), (4, 4)):
+        monkeypatch.setattr(table.os, "cpu_count", lambda: cores)
+        clock[0], peak[0] = 0.0, 0
+        assert table.warm(Budget(1000.0), smoke_run=False) == (20, [], set())
+        assert peak[0] == most, (cores, peak[0])
+    assert kwargs and all(kw.get("start_new_session") for kw in kwargs)
+    monkeypatch.setattr(table, "WARM_JOBS", [("fused_tile_tf32", 64), ("fused_tile", 64)])
+    clock[0] = 0.0
+    n, failures, slow = table.warm(Budget(300.0), smoke_run=False)
+    assert slow == {"fused_tile_tf32"} and len(killed_at) == 1 and 180 <= killed_at[0] < 181
+    assert "fused_tile_tf32/B64: still compiling after 180 s" in failures, failures
+    tile = next(f for f in failures if f.startswith("fused_tile/B64: "))
+    assert tile.endswith("\nOutOfResources: shared memory") and len(tile) == len(
+        "fused_tile/B64: ") + 200
+    monkeypatch.setattr(table, "WARM_JOBS", warm_jobs)
+    table.smoke()
+    cmds.clear()
+    assert table.warm(Budget(1000.0), smoke_run=True)[0] == 1
+    assert len(cmds) == 1 and cmds[0][-4:] == ["--smoke", "--warm-one", warm_jobs[0][0],
+                                               str(table.STAGES["train"][0])], cmds
+
+
+def test_leapfrog_table_main_budget_defaults_to_its_usage_line_and_a_warm_up_job_runs_alone(
+        tmp_path, monkeypatch, capsys):
+    table = _leapfrog_table()
+    monkeypatch.setenv("OUT", str(tmp_path))
+    # --warm-one (a warm-up job): that variant's one step at that batch, and nothing else
+    ran, real_budget, budgets = [], table.Budget, []
+    monkeypatch.setattr(table, "step_fn", lambda v, b, forward_only=False:
+                        lambda: ran.append((v, b, forward_only)))
+    monkeypatch.setattr(table, "Budget", lambda s: pytest.fail("a warm-up job ran the table"))
+    table.main(["--smoke", "--warm-one", "fused_tile", "64"])
+    assert ran == [("fused_tile", 64, False)] and os.listdir(tmp_path) == []
+
+    # the table without --budget-s: the docstring's usage line (inside the runbook's < 6 min),
+    # and a tree without git is told to set HGAN_COMMIT
+    class Stop(Exception):
+        pass
+
+    def warm(budget, smoke_run):
+        raise Stop
+    monkeypatch.setattr(table, "Budget", lambda s: budgets.append(s) or real_budget(s))
+    monkeypatch.setattr(table, "warm", warm)
+    for commit, hint in (("unknown", True), ("abc1234", False)):
+        monkeypatch.setattr(table, "environment", lambda dev: {"device": "cpu", "commit": commit})
+        with pytest.raises(Stop):
+            table.main(["--smoke"])
+        first = capsys.readouterr().out.splitlines()[0]
+        assert first.endswith("(set HGAN_COMMIT: this tree has no git)") == hint, first
+    usage = float(re.search(r"--budget-s (\d+)", table.__doc__)[1])
+    assert budgets == [usage, usage] and usage < 360
+
+
+def test_leapfrog_table_main_runs_the_documented_stages_in_order(tmp_path, monkeypatch, capsys):
+    # The docstring's stages in order of value, each at its own batches (the smoke shapes':
+    # train 2 and here 3, big 5, mid 4, cross 6); every key of "dispatch table, as measured",
+    # the last line; the error check on the activation the timed rollouts use; a check that
+    # raises is that variant's result, and the stage goes on. A device without a results file
+    # yet (its first row is still to come) is no error.
+    import inspect
+    table = _leapfrog_table()
+    smoke = table.smoke
+
+    def two_training_batches():
+        smoke()
+        table.STAGES["train"] = (2, 3)
+    monkeypatch.setattr(table, "smoke", two_training_batches)
+    results = tmp_path / "results"
+    results.mkdir()
+    monkeypatch.setattr(table, "RESULTS_DIR", str(results))
+    compared = []
+    ms = {("fused_latency", b): 3.0 for b in (4, 5, 6)}   # the latency layout wins at 2, 3
+    out, _, _ = _fake_table_main(table, monkeypatch, tmp_path / "out", ms=ms, recorded=[],
+                                 compared=compared, check_fails={0: RuntimeError("ptxas")})
+    assert os.listdir(tmp_path / "out") == ["leapfrog_table.json"]
+    rows = [(r["variant"], r["batch"]) for r in out["rows"]]
+    train = {"reference", "analytic", "fused", "fused_latency", "fused_tile", "fused_latency_w4",
+             "fused_latency_w16", "fused (graph)", "fused (fwd)"}
+    stages = [(2, train), (3, train),
+              (5, {"reference", "fused_throughput", "fused", "fused_tile_tf32x3",
+                   "fused_tile_bf16x3", "fused_throughput_fwd16", "fused_tile_tf32",
+                   "fused_latency", "fused_throughput (fwd)", "fused (fwd)"}),
+              (4, {"reference", "analytic", "fused", "fused_latency", "fused_tile",
+                   "fused_throughput"}),
+              (6, {"fused_latency", "fused_throughput", "fused_tile", "fused_tile_tf32x3",
+                   "fused_tile_bf16x3"})]
+    assert [b for _, b in rows] == [b for b, vs in stages for _ in vs], rows
+    for b, vs in stages:
+        assert sorted(v for v, batch in rows if batch == b) == sorted(vs), b
+    assert set(out["recommend"]) == {"latency_max_rows", "latency_warps", "bf16x3_above_latency",
+                                     "split_above_latency", "throughput_fwd_block"}
+    last = capsys.readouterr().out.rstrip("\n").splitlines()[-1]
+    assert last.startswith("dispatch table, as measured: "), last
+    assert json.loads(last.split(": ", 1)[1]) == out["recommend"]
+    activation = inspect.signature(table.leapfrog).parameters["activation"].default
+    assert compared and all(args[6] == activation for args, _ in compared)
+    assert out["errors"]["fused/B3"] == "RuntimeError('ptxas')"
+    assert len(compared) == len(out["errors"]) == len(table.ERROR_VARIANTS) + len(
+        table.ERROR_VARIANTS_FIRST)
 
 
 def test_tuning_sweep_marks_errors_over_1e_4_and_nan_anywhere_wrong(monkeypatch):

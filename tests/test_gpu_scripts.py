@@ -8,8 +8,11 @@ arguments and writes a results file, so only the shell logic runs.
 """
 import glob
 import os
+import re
 import shutil
 import subprocess
+import sys
+import tarfile
 import textwrap
 
 import pytest
@@ -29,12 +32,15 @@ def _stub_bin(tmp_path, fail_on=None):
     """python3 and nvidia-smi stand-ins on a PATH of their own. The python3 stub appends its
     arguments to calls.txt and, for a trainstep_table stage, writes a results file the way the
     real one does (bench/results/<device>.json); `fail_on` makes the stage with that argument
-    exit 3 after writing."""
+    exit 3 after writing. env.txt gets a line per call: its PYTHONPATH and whether $OUT
+    already held the results file."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "python3").write_text(textwrap.dedent(f"""\
         #!/usr/bin/env bash
         echo "$*" >> "{tmp_path}/calls.txt"
+        in_out=$([ -f "$OUT/stub-device.json" ] && echo 1 || echo 0)
+        echo "PYTHONPATH=$PYTHONPATH results_in_out=$in_out" >> "{tmp_path}/env.txt"
         case "$*" in
           *--summary*) echo "| variant | videos/s |"; exit 0 ;;
           *trainstep_table.py*)
@@ -140,32 +146,71 @@ def test_cuda_tests_script_fails_when_a_test_run_fails(tmp_path):
     assert "== rc 1" in log and "== rc 0" in log
 
 
-def _table1_stub_bin(tmp_path, pack_check_passes=True, export_fails=False, grid_fails=False):
-    """python3 for table1.sh: logs each call and plays each step's part: the data step leaves
-    the pendulum files, the grid a run's checkpoint and compare.md, export its folder."""
+def _table1_stub_bin(tmp_path, pack_check_passes=True, export_fails=False, grid_fails=False,
+                     grid_writes_table=True, mps_client_ok=False, leftovers=False,
+                     fake_torch=None):
+    """python3 for table1.sh: logs each call (and in env.txt its PYTHONPATH, PYTHONUNBUFFERED
+    and MPS pipe) and plays each step's part: the data step leaves the pendulum files, the grid
+    a run's checkpoint and compare.md (not with `grid_writes_table` False: a grid cut off before
+    its table, which --report-only then writes), export its folder; the lone evaluation fails
+    (exit 7) without its --data file. `leftovers`: the grid leaves two jobs naming $GRID/ on
+    their command lines, one that stops on SIGTERM (saying so in <name>.stopped) and one that
+    ignores it, each with its pid in <name>.pid, and `sleep` takes 0.05 s. `fake_torch`: the
+    versions step runs the real interpreter on that folder's torch stand-in."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    versions = (f'PYTHONPATH="{fake_torch}:$PYTHONPATH" exec "{sys.executable}" -' if fake_torch
+                else 'cat > /dev/null; echo "torch stub"; echo "commit $HGAN_COMMIT"')
+    spawn = ""
+    if leftovers:
+        (bin_dir / "leftover.py").write_text(textwrap.dedent("""\
+            import os, signal, sys, time
+            path = sys.argv[1]
+            def stop(*_):
+                open(path + ".stopped", "w").close()
+                sys.exit(0)
+            signal.signal(signal.SIGTERM, stop if path.endswith("term") else signal.SIG_IGN)
+            open(path + ".pid", "w").write(str(os.getpid()))
+            time.sleep(60)
+            """))
+        (bin_dir / "sleep").write_text("#!/usr/bin/env bash\ncommand -p sleep 0.05\n")
+        spawn = textwrap.dedent(f"""\
+            for kind in term stubborn; do
+              "{sys.executable}" "{bin_dir}/leftover.py" "$g/leftover-$kind" > /dev/null 2>&1 &
+            done
+            for _ in $(seq 200); do
+              [ -f "$g/leftover-term.pid" ] && [ -f "$g/leftover-stubborn.pid" ] && break
+              command -p sleep 0.05
+            done""").replace("\n", "\n            ")
     (bin_dir / "python3").write_text(textwrap.dedent(f"""\
         #!/usr/bin/env bash
         echo "$*" >> "{tmp_path}/calls.txt"
+        echo "PYTHONPATH=$PYTHONPATH PYTHONUNBUFFERED=${{PYTHONUNBUFFERED:-}}" \\
+             "MPS_PIPE=${{CUDA_MPS_PIPE_DIRECTORY:-}} :: $*" >> "{tmp_path}/env.txt"
         args="$*"
         arg_after() {{ local want=$1; shift; while [ $# -gt 1 ]; do
             [ "$1" = "$want" ] && {{ echo "$2"; return; }}; shift; done; }}
         case "$args" in
-          -) cat > /dev/null; echo "torch stub"; echo "commit $HGAN_COMMIT" ;;
+          -) {versions} ;;
+          *torch.ones*) {'exit 0' if mps_client_ok else 'echo "CUDA error: stub"; exit 1'} ;;
           *"-m pytest"*) {'exit 0' if pack_check_passes else 'echo "1 failed"; exit 1'} ;;
           *"hgan.experiments export"*) {'echo "error: stub"; exit 2' if export_fails else
                                         'mkdir -p "$(arg_after --to "$@")"; touch "$(arg_after --to "$@")/compare.md"'} ;;
-          *"table1"*--data-only*)
+          *"-m hgan.evaluate"*)
+            d=$(arg_after --data "$@"); [ -f "$d" ] || {{ echo "no such file: $d"; exit 7; }} ;;
+          *"hgan.experiments table1"*--data-only*)
             g=$(arg_after --out "$@"); mkdir -p "$g/data/pendulum"
             touch "$g/data/pendulum/train.h5" "$g/data/pendulum/test.h5"; echo "data ready" ;;
-          *"table1"*--report-only*) ;;
-          *"table1"*)
+          *"hgan.experiments table1"*--report-only*)
+            echo "| from the runs on disk |" > "$(arg_after --out "$@")/compare.md" ;;
+          *"hgan.experiments table1"*)
             g=$(arg_after --out "$@")
             mkdir -p "$g/runs/pendulum-hgan-s0/checkpoints"
             touch "$g/runs/pendulum-hgan-s0/checkpoints/last.pt" "$g/grid.json" \\
                   "$g/runs/pendulum-hgan-s0/train.log"
-            echo "| table |" > "$g/compare.md"; echo "grid done"; {'exit 1' if grid_fails else ':'} ;;
+            {'echo "| table |" > "$g/compare.md"' if grid_writes_table else ':'}; echo "grid done"
+            {spawn}
+            {'exit 1' if grid_fails else ':'} ;;
           *) echo "stub $args" ;;
         esac
         """))
@@ -357,3 +402,449 @@ def test_run_script_names_a_missing_or_unknown_stage(tmp_path, args, msg):
                                                        PATH=f"{bin_dir}:{os.environ['PATH']}"))
     assert r.returncode == 2 and r.stderr.startswith(msg), r.stderr
     assert not (tmp_path / "calls.txt").exists()
+
+
+def _timeouts(path):
+    """What the _timeout_stub was asked: [(seconds, kill-after or None, the command)]."""
+    got = []
+    for line in path.read_text().splitlines():
+        args, kill = line.split(), None
+        while args[0].startswith("-"):
+            kill = int(args[1]) if args[0] == "-k" else kill
+            args = args[2:]
+        got.append((int(args[0]), kill, " ".join(args[1:])))
+    return got
+
+
+def _fake_torch(tmp_path):
+    """A torch stand-in for the real interpreter: FAKE_CUDA=1 a machine with a CUDA device, 0
+    one without, unset a machine without torch (ImportError, a traceback on stderr)."""
+    folder = tmp_path / "fake_torch"
+    folder.mkdir()
+    (folder / "torch.py").write_text(textwrap.dedent("""\
+        import os
+        if os.environ.get("FAKE_CUDA") not in ("0", "1"):
+            raise ImportError("No module named 'torch' (stand-in)")
+        __version__ = "0.0-stub"
+
+        class version:
+            cuda = "12.stub"
+
+        class cuda:
+            @staticmethod
+            def is_available():
+                return os.environ["FAKE_CUDA"] == "1"
+
+            @staticmethod
+            def get_device_name(i):
+                return "Stub H200"
+        """))
+    return folder
+
+
+@pytest.mark.parametrize("env, want", [
+    # the defaults (LIMIT_S 570, TRAIN_S 240): the data step until 300 s before the end, the
+    # kernel warm-up at most 150 s, the grid until 120 s before the end, training 240 s; no
+    # pack check without PACK
+    ({}, dict(pack=None, data=270, warm=150, grid=450, deadline=240, evaluates=True)),
+    # 250 s gone by bash's clock: the data step's 30 s floor, no room for the warm-up (20 s,
+    # under its 30), 200 s for the grid; TRAIN_S loses what the pack check, the data and the
+    # warm-up took, not what ran before them
+    ({"SECONDS": "250", "PACK": "15"},
+     dict(pack=150, data=30, warm=None, grid=200, deadline=240, evaluates=True)),
+    # 480 s gone: the grid's 30 s floor (timeout 0 is no limit), the deadline's 60 s floor, and
+    # with under 100 s left no lone evaluation
+    ({"SECONDS": "480", "TRAIN_S": "30"},
+     dict(pack=None, data=30, warm=None, grid=30, deadline=60, evaluates=False)),
+    # the runbook's four-minute check: LIMIT_S=240 TRAIN_S=90 skips the warm-up, still
+    # evaluates one run alone
+    ({"LIMIT_S": "240", "TRAIN_S": "90"},
+     dict(pack=None, data=30, warm=None, grid=120, deadline=90, evaluates=True)),
+], ids=["defaults", "250s-gone", "480s-gone", "runbook-4min"])
+def test_table1_script_budgets_each_step_from_what_is_left(tmp_path, env, want):
+    bin_dir = _table1_stub_bin(tmp_path)
+    _timeout_stub(bin_dir, tmp_path / "timeouts.txt")
+    repo = _copy_tree(tmp_path)
+    out, grid = tmp_path / "out", tmp_path / "grid"
+    r = _run("bench/gpu/table1.sh", repo, bin_dir, out, GRID_DIR=str(grid),
+             DEST=str(tmp_path / "dest"), **env)
+    assert r.returncode == 0, r.stderr + r.stdout
+    got = {}
+    for limit, kill, cmd in _timeouts(tmp_path / "timeouts.txt"):
+        step = ("pack" if "-m pytest" in cmd else "data" if "--data-only" in cmd else
+                "warm" if cmd.startswith("python3 train.py") else
+                "grid" if "--deadline" in cmd else "evaluates" if "hgan.evaluate" in cmd else cmd)
+        assert step not in got, step
+        got[step] = (limit, kill, cmd)
+    # computed from bash's SECONDS, which ticks on while the script runs: a few seconds less
+    for step in ("pack", "data", "warm", "grid"):
+        if want[step] is None:
+            assert step not in got, got
+        else:
+            assert want[step] - 5 <= got[step][0] <= want[step], (step, got[step])
+    deadline = int(re.search(r"--deadline (\d+)", got["grid"][2])[1])
+    assert want["deadline"] - 5 <= deadline <= want["deadline"]
+    assert (got.get("evaluates", (None,))[0] == 90) == want["evaluates"]
+    assert ("eval-one.log" in os.listdir(out)) == want["evaluates"]
+    log = (out / "grid.log").read_text()
+    limit = env.get("LIMIT_S", "570")
+    assert (f"kernel warm-up skipped: LIMIT_S {limit} leaves no room for it" in log) == (
+        want["warm"] is None)
+    # docs/experiments.md: 20,000 iterations each, 15 processes; PACK only when it was asked
+    for step in ("data", "grid"):
+        assert "--iters 20000" in got[step][2] and "--parallel 15" in got[step][2]
+    assert f"--pack {15 if want['pack'] else 1}" in got["grid"][2]
+    assert "MPS" not in (out / "versions.txt").read_text()      # MPS=1 only
+
+
+@pytest.mark.parametrize("grid_args", [
+    "--batch-size 16 --frames 12 --resolution 64 --train-traj 1000",
+    "--batch-size=16 --frames=12 --resolution=64 --train-traj=1000"], ids=["space", "equals"])
+def test_table1_script_hands_the_grid_settings_to_each_of_its_steps(tmp_path, grid_args):
+    bin_dir = _table1_stub_bin(tmp_path)
+    repo = _copy_tree(tmp_path)
+    out, grid = tmp_path / "out", tmp_path / "grid"
+    # an earlier call's warm-up run (finished) would be refused as the warm-up's --out
+    (tmp_path / "hgan-warm" / "run").mkdir(parents=True)
+    (tmp_path / "hgan-warm" / "run" / "summary.json").write_text("{}")
+    r = _run("bench/gpu/table1.sh", repo, bin_dir, out, GRID_DIR=str(grid),
+             DEST=str(tmp_path / "dest"), SYSTEMS="two_body,pendulum", GRID_ARGS=grid_args,
+             TRAIN_ARGS="--log-every 7", EVAL_ARGS="--probe-epochs 3", PYTHONUNBUFFERED="")
+    assert r.returncode == 0, r.stderr + r.stdout
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    flags = grid_args.split()
+    shape = " ".join(flags[:6] if flags[1] == "16" else flags[:3])   # batch, frames, resolution
+    frames = "--frames 12" if flags[1] == "16" else "--frames=12"
+    # the warm-up: 2 iterations of the first system at the grid's shapes, with its flags
+    warm = [c for c in calls if c.startswith("train.py")]
+    assert len(warm) == 1 and shape in warm[0] and "--train-traj" not in warm[0], warm
+    assert "--system two_body " in warm[0] and "--iters 2 " in warm[0]
+    assert "--log-every 7" in warm[0]
+    assert f"--out {tmp_path}/hgan-warm/run " in warm[0]
+    assert not (tmp_path / "hgan-warm").exists()       # the stub train.py leaves nothing
+    # the data step and the grid get every grid flag, the grid the runs' flags too
+    data = [c for c in calls if "--data-only" in c]
+    grid_run = [c for c in calls if "--deadline" in c]
+    assert len(data) == len(grid_run) == 1 and grid_args in data[0] and grid_args in grid_run[0]
+    assert "--train-args --log-every 7 --eval-args --probe-epochs 3" in grid_run[0]
+    # the lone evaluation: the grid's frames (not its training shapes), the runs' evaluation
+    # flags, and a fresh copy of the data (exit 0: its --data file was there)
+    evals = [c for c in calls if "-m hgan.evaluate" in c]
+    assert len(evals) == 1 and frames in evals[0] and evals[0].endswith("--probe-epochs 3")
+    assert "--resolution" not in evals[0] and "--batch-size" not in evals[0]
+    assert str(grid) not in evals[0].split("--data ")[1]
+    assert "exit 0," in (out / "eval-one.log").read_text().splitlines()[-1]
+    assert not [c for c in calls if "--report-only" in c]        # the grid wrote its table
+    # every step imports this tree, and prints its status lines as they come (tee'd)
+    env = (tmp_path / "env.txt").read_text().splitlines()
+    assert len(env) == len(calls)
+    assert all(line.startswith(f"PYTHONPATH={repo}:") or line.startswith(f"PYTHONPATH={repo} ")
+               for line in env), env[0]
+    assert all(" PYTHONUNBUFFERED=1 " in line for line in env)
+
+
+def test_table1_script_returns_its_eight_files_and_tarballs_that_unpack_where_documented(
+        tmp_path):
+    bin_dir = _table1_stub_bin(tmp_path, pack_check_passes=False)
+    repo = _copy_tree(tmp_path)
+    out, grid = tmp_path / "out", tmp_path / "grid"
+    r = _run("bench/gpu/table1.sh", repo, bin_dir, out, PACK="15", GRID_DIR=str(grid),
+             DEST=str(tmp_path / "dest"))
+    assert r.returncode == 0, r.stderr + r.stdout
+    # the script's header: at most 8 files, these
+    assert sorted(os.listdir(out)) == sorted([
+        "nvidia-smi.txt", "versions.txt", "pack-check.txt", "grid.log", "eval-one.log",
+        "compare.md", "table1.tar.gz", "logs.tar.gz"])
+    assert "Stub GPU" in (out / "nvidia-smi.txt").read_text()
+    # the pack check: the packed-capture tests alone; its failure's tail in versions.txt
+    checks = [c for c in (tmp_path / "calls.txt").read_text().splitlines() if "-m pytest" in c]
+    assert len(checks) == 1 and checks[0].endswith(
+        "-m cuda tests/test_train_capture.py -k packed"), checks
+    assert "1 failed" in (out / "pack-check.txt").read_text()
+    assert "1 failed" in (out / "versions.txt").read_text()
+    # `tar xzf table1.tar.gz -C docs/results` makes docs/results/table1, with the versions and
+    # the lone evaluation's line beside the table
+    with tarfile.open(out / "table1.tar.gz") as tar:
+        names = set(tar.getnames())
+        assert {"table1/compare.md", "table1/versions.txt", "table1/eval-one.txt"} <= names
+        assert all(n == "table1" or n.startswith("table1/") for n in names), names
+        one = tar.extractfile("table1/eval-one.txt").read().decode()
+    assert one == (out / "eval-one.log").read_text().splitlines()[-1] + "\n"
+    with tarfile.open(out / "logs.tar.gz") as tar:
+        assert {"grid.json", "runs/pendulum-hgan-s0/train.log"} <= set(tar.getnames())
+
+
+def test_table1_script_makes_the_table_of_a_grid_cut_short_from_its_runs(tmp_path):
+    # a grid killed (timeout's -k) before it wrote compare.md: the table is written from what
+    # is on disk, comes back, and the committed results stay
+    bin_dir = _table1_stub_bin(tmp_path, grid_fails=True, grid_writes_table=False)
+    repo = _copy_tree(tmp_path)
+    out, grid, dest = tmp_path / "out", tmp_path / "grid", tmp_path / "dest" / "table1"
+    dest.mkdir(parents=True)
+    (dest / "compare.md").write_text("committed table\n")
+    r = _run("bench/gpu/table1.sh", repo, bin_dir, out, GRID_DIR=str(grid), DEST=str(dest))
+    assert r.returncode == 1
+    reports = [c for c in (tmp_path / "calls.txt").read_text().splitlines()
+               if "--report-only" in c]
+    assert len(reports) == 1 and f"--out {grid} " in reports[0]
+    assert (out / "compare.md").read_text() == "| from the runs on disk |\n"
+    assert (dest / "compare.md").read_text() == "committed table\n"
+    assert (out / "table1.tar.gz").exists()
+
+
+def test_table1_script_stops_the_grid_jobs_left_behind_before_it_times_an_evaluation(tmp_path):
+    # A grid killed by timeout's -k leaves its jobs running: they are asked to stop (TERM: a
+    # run checkpoints), and killed if they do not, before the lone evaluation is timed.
+    bin_dir = _table1_stub_bin(tmp_path, leftovers=True)
+    repo = _copy_tree(tmp_path)
+    out, grid = tmp_path / "out", tmp_path / "grid"
+    try:
+        r = _run("bench/gpu/table1.sh", repo, bin_dir, out, GRID_DIR=str(grid),
+                 DEST=str(tmp_path / "dest"))
+        assert r.returncode == 0, r.stderr + r.stdout
+        assert "stopping the grid's leftover jobs" in (out / "grid.log").read_text()
+        assert (grid / "leftover-term.stopped").exists()          # asked, not killed
+        for _ in range(50):   # the KILL is sent; give the kernel a moment
+            left = subprocess.run(["pgrep", "-f", "--", f"{grid}/"], capture_output=True,
+                                  text=True).stdout.split()
+            if not left:
+                break
+            subprocess.run(["sleep", "0.1"])
+        assert not left, left
+    finally:
+        for name in ("leftover-term.pid", "leftover-stubborn.pid"):
+            try:
+                os.kill(int((grid / name).read_text()), 9)
+            except (OSError, ValueError):
+                pass
+
+
+@pytest.mark.parametrize("mps", ["absent", "client fails", "on"])
+def test_table1_script_runs_without_mps_when_it_cannot_start(tmp_path, mps):
+    if mps == "absent" and shutil.which("nvidia-cuda-mps-control"):
+        pytest.skip("this machine has an MPS control daemon")
+    bin_dir = _table1_stub_bin(tmp_path, mps_client_ok=mps == "on")
+    if mps != "absent":   # logs its arguments (-d) or what it reads (quit)
+        ctl = bin_dir / "nvidia-cuda-mps-control"
+        ctl.write_text(f'#!/usr/bin/env bash\nif [ $# -gt 0 ]; then echo "$*"; else cat; fi'
+                       f' >> "{tmp_path}/mps.txt"\n')
+        ctl.chmod(0o755)
+    repo = _copy_tree(tmp_path)
+    out = tmp_path / "out"
+    r = _run("bench/gpu/table1.sh", repo, bin_dir, out, MPS="1", GRID_DIR=str(tmp_path / "grid"),
+             DEST=str(tmp_path / "dest"))
+    assert r.returncode == 0, r.stderr + r.stdout
+    versions = (out / "versions.txt").read_text()
+    grid_env = [line for line in (tmp_path / "env.txt").read_text().splitlines()
+                if "--deadline" in line]
+    assert len(grid_env) == 1
+    if mps == "absent":
+        assert ("MPS: asked for, but nvidia-cuda-mps-control is not here; running without"
+                in versions)
+    else:
+        # the daemon is stopped either way: at once when a client failed under it, at exit
+        assert (tmp_path / "mps.txt").read_text().splitlines() == ["-d", "quit"]
+    if mps == "client fails":
+        assert "MPS: asked for, but a CUDA client failed under it; running without" in versions
+    if mps == "on":
+        assert "MPS: on" in versions and " MPS_PIPE=/tmp/hgan-mps/pipe " in grid_env[0]
+    else:   # the grid's processes are not pointed at a daemon that is not there
+        assert " MPS_PIPE= " in grid_env[0]
+
+
+def test_table1_script_names_the_commit_and_the_device(tmp_path):
+    # the versions step itself (the other tests' stub skips it), on a torch stand-in
+    if not shutil.which("git"):
+        pytest.skip("no git")
+    bin_dir = _table1_stub_bin(tmp_path, fake_torch=_fake_torch(tmp_path))
+    repo = _copy_tree(tmp_path)
+    for commit, want in (("abc1234", "commit abc1234"), ("", "commit unknown (no git here)")):
+        out = tmp_path / f"out{commit}"
+        r = _run("bench/gpu/table1.sh", repo, bin_dir, out, HGAN_COMMIT=commit, FAKE_CUDA="1",
+                 GIT_CEILING_DIRECTORIES=str(tmp_path), GRID_DIR=str(tmp_path / "grid"),
+                 DEST=str(tmp_path / "dest"))
+        assert r.returncode == 0, r.stderr + r.stdout
+        lines = (out / "versions.txt").read_text().splitlines()
+        assert lines[0] == "torch 0.0-stub cuda 12.stub device Stub H200", lines
+        assert want in lines, lines
+
+
+_TRAINSTEP_STAGES = [("prep", 120), ("capture-32", 100), ("eager-32", 50), ("capture-64", 60),
+                     ("eager-64", 40), ("pack-32", 90), ("compile-32", 90), ("compile-64", 90)]
+
+
+def _trainstep_stages(tmp_path, budget, **env):
+    """trainstep.sh with the stand-ins and the logging `timeout`: [(stage, its limit or None
+    where it was skipped, the seconds its log line says were left)] in the log's order, each
+    stage call's command line and environment line, and the limits `timeout` was given."""
+    bin_dir = _stub_bin(tmp_path)
+    _timeout_stub(bin_dir, tmp_path / "timeouts.txt")
+    repo = _copy_tree(tmp_path)
+    out = tmp_path / "out"
+    r = _run("bench/gpu/trainstep.sh", repo, bin_dir, out, **env)
+    assert r.returncode == 0, r.stderr
+    seen = []
+    for line in (out / "trainstep.txt").read_text().splitlines():
+        ran = re.fullmatch(r"== (\S+) \(limit (\d+)s, at (\d+)s\)", line)
+        skipped = re.fullmatch(r"== (\S+): skipped, (-?\d+)s left of (\d+)s", line)
+        if ran:
+            seen.append((ran[1], int(ran[2]), budget - int(ran[3])))
+        elif skipped:
+            assert int(skipped[3]) == budget, line
+            seen.append((skipped[1], None, int(skipped[2])))
+    calls = (tmp_path / "calls.txt").read_text().splitlines()
+    env_lines = (tmp_path / "env.txt").read_text().splitlines()
+    assert len(env_lines) == len(calls)
+    assert all(e.startswith(f"PYTHONPATH={repo}:") or e.startswith(f"PYTHONPATH={repo} ")
+               for e in env_lines), env_lines          # every call imports this tree
+    stages = [(c, e) for c, e in zip(calls, env_lines)
+              if "trainstep_table.py" in c and "--summary" not in c]
+    timeouts = tmp_path / "timeouts.txt"    # none where every stage was skipped
+    limits = [t[0] for t in _timeouts(timeouts)] if timeouts.exists() else []
+    return seen, stages, limits
+
+
+@pytest.mark.parametrize("env, budget", [({"TRAINSTEP_BUDGET_S": "1000"}, 1000),
+                                         ({"SECONDS": "250"}, 340)],
+                         ids=["budget-1000", "default-90s-left"])
+def test_trainstep_script_runs_its_stages_in_order_each_within_what_is_left(
+        tmp_path, env, budget):
+    # The runbook: a budget skips the last stages, torch.compile first, then the pack, then
+    # 64 px; the default budget is 340 s; a stage runs under its own limit or what is left,
+    # whichever is less. bash's SECONDS stands for the time gone.
+    data = tmp_path / "data"
+    seen, stages, limits = _trainstep_stages(tmp_path, budget, TRAINSTEP_DATA=str(data), **env)
+    assert [s[0] for s in seen] == [name for name, _ in _TRAINSTEP_STAGES]
+    for (name, limit, left), (_, own) in zip(seen, _TRAINSTEP_STAGES):
+        assert limit == min(own, left), (name, limit, left)
+    assert limits == [s[1] for s in seen] and len(stages) == 8
+    assert all(f" --data {data} " in c for c, _ in stages), stages
+    # each stage's results come back as soon as it ends (a call cut off keeps them)
+    assert [e.endswith("results_in_out=1") for _, e in stages] == [False] + [True] * 7
+    if budget == 1000:
+        # what each stage measures (docs/gpu-runbook.md): eager and captured, each of bf16,
+        # channels-last, torch.compile and fused Adam on the captured step, at 32 and 64 px,
+        # the device-busy share, then 4 and 15 captured runs in one process
+        args = dict(zip([n for n, _ in _TRAINSTEP_STAGES], [c for c, _ in stages]))
+        variants = {32: set(), 64: set()}
+        for c in args.values():
+            if "--variants" in c:
+                px = int(c.split("--resolution ")[1].split()[0])
+                variants[px] |= set(c.split("--variants ")[1].split("--")[0].split())
+        assert {"baseline", "fused", "capture", "capture_bf16", "capture_channels_last",
+                "capture_compile", "capture_fused_adam"} <= variants[32], variants
+        assert {"baseline", "fused", "capture", "capture_bf16", "capture_channels_last",
+                "capture_compile"} <= variants[64], variants
+        assert "--busy capture" in args["capture-32"] and "--busy fused" in args["eager-32"]
+        assert args["pack-32"].endswith("--pack 4 15")
+
+
+def test_trainstep_script_starts_a_stage_with_20_s_left(tmp_path):
+    # 20 s left is enough (under 20 is not). bash's SECONDS (320 of the default 340 s gone)
+    # may tick before the first stage: then no stage sees exactly 20 s, so try again.
+    for attempt in range(5):
+        (tmp_path / str(attempt)).mkdir()
+        seen, stages, limits = _trainstep_stages(tmp_path / str(attempt), 340, SECONDS="320")
+        assert [s[0] for s in seen] == [name for name, _ in _TRAINSTEP_STAGES]
+        for name, limit, left in seen:
+            assert (left < 20) if limit is None else (left >= 20 and limit == left), seen
+        assert limits == [s[1] for s in seen if s[1] is not None] and len(stages) == len(limits)
+        if any(left == 20 for _, _, left in seen):
+            return
+    pytest.skip("bash's clock ticked before the first stage in every attempt")
+
+
+def test_trainstep_script_fails_the_call_for_one_failed_stage(tmp_path):
+    bin_dir = _stub_bin(tmp_path, fail_on="--pack 4 15")
+    repo = _copy_tree(tmp_path)
+    out = tmp_path / "out"
+    r = _run("bench/gpu/trainstep.sh", repo, bin_dir, out)
+    assert r.returncode == 1 and "1 stage(s) failed" in r.stderr, r.stderr
+    assert "== pack-32: rc 3" in (out / "trainstep.txt").read_text()
+    assert "RuntimeError: stub" in r.stdout          # the failing stage's error on the console
+
+
+@pytest.mark.parametrize("script,args", [("trainstep.sh", []), ("cuda_tests.sh", []),
+                                         ("table1.sh", []), ("run.sh", ["check"])])
+def test_gpu_scripts_stop_when_need_cuda_sh_is_missing(tmp_path, script, args):
+    # without the check every stage would run unchecked (on a CPU: each fails in its log)
+    bin_dir = _stub_bin(tmp_path)
+    repo = _copy_tree(tmp_path)
+    (repo / "bench" / "gpu" / "need_cuda.sh").unlink()
+    r = subprocess.run(["bash", f"bench/gpu/{script}", *args], cwd=repo, capture_output=True,
+                       text=True, timeout=60, env=dict(os.environ, OUT=str(tmp_path / "out"),
+                                                       PATH=f"{bin_dir}:{os.environ['PATH']}"))
+    assert r.returncode == 2 and "need_cuda.sh" in r.stderr, r.stderr
+    assert not (tmp_path / "calls.txt").exists()
+
+
+@pytest.mark.parametrize("cuda", ["1", "0", "no torch"])
+def test_need_cuda_asks_torch_and_says_why_it_stops_in_one_line(tmp_path, cuda):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python3").write_text(f'#!/usr/bin/env bash\nexec "{sys.executable}" "$@"\n')
+    (bin_dir / "python3").chmod(0o755)
+    script = tmp_path / "measure.sh"
+    script.write_text(f'PY=python3\n. "{ROOT}/bench/gpu/need_cuda.sh"\nneed_cuda\necho measuring\n')
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}",
+               PYTHONPATH=str(_fake_torch(tmp_path)))
+    env.pop("FAKE_CUDA", None)
+    if cuda != "no torch":
+        env["FAKE_CUDA"] = cuda
+    r = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60, env=env)
+    if cuda == "1":
+        assert (r.returncode, r.stdout, r.stderr) == (0, "measuring\n", "")
+    else:   # no device, or no torch at all (its traceback is not the message)
+        assert r.returncode == 2 and r.stdout == ""
+        assert r.stderr == ("measure.sh: no CUDA device here (torch.cuda.is_available() is "
+                            "False): this script measures a GPU\n")
+
+
+def _cuda_tests_stub(tmp_path, other_rc=0):
+    """python3 for cuda_tests.sh: the capture run waits (up to 5 s) for the other run to have
+    started, failing if it never does (the two run side by side), and ends 0.3 s after it; the
+    other run exits `other_rc`."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    started = tmp_path / "other-started"
+    (bin_dir / "python3").write_text(textwrap.dedent(f"""\
+        #!/usr/bin/env bash
+        echo "$*" >> "{tmp_path}/calls.txt"
+        case "$*" in
+          *"-m cuda tests/test_train_capture.py")
+            for _ in $(seq 100); do [ -f "{started}" ] && break; command -p sleep 0.05; done
+            [ -f "{started}" ] || {{ echo "the other run never started beside this one"; exit 1; }}
+            command -p sleep 0.3; echo "capture tests passed" ;;
+          *"-m pytest"*) touch "{started}"; echo "other tests ran"; exit {other_rc} ;;
+          *) echo "stub $*" ;;
+        esac
+        """))
+    (bin_dir / "python3").chmod(0o755)
+    return bin_dir
+
+
+def test_cuda_tests_script_runs_both_files_side_by_side_within_its_limit(tmp_path):
+    bin_dir = _cuda_tests_stub(tmp_path)
+    _timeout_stub(bin_dir, tmp_path / "timeouts.txt")
+    repo = _copy_tree(tmp_path)
+    out = tmp_path / "out"
+    r = _run("bench/gpu/cuda_tests.sh", repo, bin_dir, out)
+    assert r.returncode == 0, r.stderr
+    log = (out / "cuda-tests.txt").read_text()
+    assert log.count("== rc 0") == 2 and "capture tests passed" in log   # waited for both
+    # "in at most ~135 s" (the header), within the runbook's < 2.5 min, each with its kill
+    limits = _timeouts(tmp_path / "timeouts.txt")
+    assert len(limits) == 2 and all(kill and lim + kill <= 135 for lim, kill, _ in limits), limits
+    # -v: a run cut off by its timeout still says which tests passed
+    assert all(" -v " in cmd for _, _, cmd in limits)
+
+
+@pytest.mark.parametrize("rc", [2, 124], ids=["interrupted", "cut-off"])
+def test_cuda_tests_script_fails_when_the_other_run_is_cut_off_or_interrupted(tmp_path, rc):
+    bin_dir = _cuda_tests_stub(tmp_path, other_rc=rc)
+    repo = _copy_tree(tmp_path)
+    out = tmp_path / "out"
+    r = _run("bench/gpu/cuda_tests.sh", repo, bin_dir, out)
+    assert r.returncode == 1, r.stderr
+    log = (out / "cuda-tests.txt").read_text()
+    assert f"== rc {rc}" in log and "== rc 0" in log
