@@ -203,6 +203,16 @@ def _leapfrog_table():
     return table
 
 
+def _smoke_with_stage(table, monkeypatch, stage, batches):
+    """--smoke's shapes, with one stage run at `batches` instead."""
+    smoke = table.smoke
+
+    def patched():
+        smoke()
+        table.STAGES[stage] = batches
+    monkeypatch.setattr(table, "smoke", patched)
+
+
 def test_leapfrog_table_forces_each_layout_and_restores_the_table():
     from hgan.kernels.leapfrog import fused
     table = _leapfrog_table()
@@ -712,12 +722,7 @@ def test_leapfrog_table_main_saves_a_failed_row_at_once_and_it_leaves_the_crosso
     # compiles at the first only are checked there only (at the second they would compile
     # inside the timed error stage).
     table = _leapfrog_table()
-    smoke = table.smoke
-
-    def two_error_batches():
-        smoke()
-        table.STAGES["errors"] = (3, 4)
-    monkeypatch.setattr(table, "smoke", two_error_batches)
+    _smoke_with_stage(table, monkeypatch, "errors", (3, 4))
     ms = {("fused_latency", 6): 1.0, ("fused_tile", 6): RuntimeError("OutOfResources")}
     out, timed, _ = _fake_table_main(table, monkeypatch, tmp_path, ms=ms)
     assert {"variant": "fused_tile", "batch": 6,
@@ -862,12 +867,7 @@ def test_leapfrog_table_main_runs_the_documented_stages_in_order(tmp_path, monke
     # yet (its first row is still to come) is no error.
     import inspect
     table = _leapfrog_table()
-    smoke = table.smoke
-
-    def two_training_batches():
-        smoke()
-        table.STAGES["train"] = (2, 3)
-    monkeypatch.setattr(table, "smoke", two_training_batches)
+    _smoke_with_stage(table, monkeypatch, "train", (2, 3))
     results = tmp_path / "results"
     results.mkdir()
     monkeypatch.setattr(table, "RESULTS_DIR", str(results))
@@ -1169,12 +1169,7 @@ def test_leapfrog_table_crossover_is_complete_only_when_every_batch_was_measured
     # the crossover at two batches: the budget runs out after the latency layout's row at the
     # second, so its tile row is missing and no switch point may be recommended from the first
     table = _leapfrog_table()
-    smoke = table.smoke
-
-    def two_crossover_batches():
-        smoke()
-        table.STAGES["cross"] = (6, 7)
-    monkeypatch.setattr(table, "smoke", two_crossover_batches)
+    _smoke_with_stage(table, monkeypatch, "cross", (6, 7))
     ms = {("reference", 2): 10.0, ("fused", 2): 2.0}
     out, timed, _ = _fake_table_main(table, monkeypatch, tmp_path, budget_s=100.0, ms=ms,
                                      cost=lambda v, b: 90.0 if (v, b) == ("fused_latency", 7)
