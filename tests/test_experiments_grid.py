@@ -1,8 +1,9 @@
 """`python -m hgan.experiments table1` end to end on CPU: a 2 x 2 grid of tiny runs (two per
 process), run again (nothing to do), then one run extended (resumed from its checkpoint,
-in a process of its own)."""
+in a process of its own) in a copy of the grid, so that the tests pass in any order."""
 import json
 import os
+import shutil
 
 import pytest
 
@@ -77,8 +78,10 @@ def test_finished_grid_has_nothing_to_do(grid, capsys):
 
 
 @pytest.mark.slow
-def test_longer_grid_resumes_from_checkpoints_and_reevaluates(grid):
-    out, _ = grid
+def test_longer_grid_resumes_from_checkpoints_and_reevaluates(grid, tmp_path):
+    # A copy: extending the shared grid would change what the other tests read.
+    out = str(tmp_path / "grid")
+    shutil.copytree(grid[0], out)
     before = json.load(open(os.path.join(out, "grid.json")))
     first = before.get("wall_s_total", before["wall_s"])
     # One run of the grid, one more iteration, evaluated in a subprocess this time.
