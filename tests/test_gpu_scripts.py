@@ -647,7 +647,10 @@ def test_table1_script_runs_without_mps_when_it_cannot_start(tmp_path, mps):
     if mps == "client fails":
         assert "MPS: asked for, but a CUDA client failed under it; running without" in versions
     if mps == "on":
-        assert "MPS: on" in versions and " MPS_PIPE=/tmp/hgan-mps/pipe " in grid_env[0]
+        # the daemon's pipe and log in the script's scratch folder ($TMPDIR), not a fixed path
+        pipe = tmp_path / "hgan-mps" / "pipe"
+        assert "MPS: on" in versions and f" MPS_PIPE={pipe} " in grid_env[0]
+        assert pipe.is_dir() and (tmp_path / "hgan-mps" / "log").is_dir()
     else:   # the grid's processes are not pointed at a daemon that is not there
         assert " MPS_PIPE= " in grid_env[0]
 

@@ -71,7 +71,7 @@ PYEOF
 # daemon does not start or a CUDA client cannot run under it, the grid runs without it.
 if [ "${MPS:-0}" = 1 ]; then
   if command -v nvidia-cuda-mps-control > /dev/null; then
-    export CUDA_MPS_PIPE_DIRECTORY=/tmp/hgan-mps/pipe CUDA_MPS_LOG_DIRECTORY=/tmp/hgan-mps/log
+    export CUDA_MPS_PIPE_DIRECTORY="$SCRATCH/hgan-mps/pipe" CUDA_MPS_LOG_DIRECTORY="$SCRATCH/hgan-mps/log"
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
     if nvidia-cuda-mps-control -d && timeout 60 $PY -c \
         "import torch; assert torch.ones(4, device='cuda').sum().item() == 4"; then
