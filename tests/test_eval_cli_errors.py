@@ -84,6 +84,10 @@ BAD = {  # name: (flags, words the error line must contain)
     "a missing --data": (lambda f: ["--data", "nowhere/train.h5"],
                          ["--data nowhere/train.h5: no such file"]),
     "a negative seed": (lambda f: ["--seeds=0,-1"], ["--seeds", ">= 0", "0,-1"]),
+    # a data root (train.py's --data) without the checkpoint's system: the files it does hold
+    "a data root without the system's data": (
+        lambda f: ["--data", str(f["root"] / "other")],
+        ["--data", "is a directory, not an HDF5 file", "three_body/train.h5"]),
     "--system other than the checkpoint's": (
         lambda f: ["--system", "three_body"],
         ["--system three_body, but the checkpoint was trained on pendulum"]),
@@ -161,6 +165,22 @@ def test_physics_on_clips_of_the_fewest_frames_it_measures_is_accepted(files, tm
          "physics", "--frames", "3"])
     run = inputs.check(args)
     assert len(run.held_out[1]) == 5 and not (tmp_path / "e").exists()
+
+def test_a_data_root_as_train_py_takes_it_reads_the_systems_files(files, tmp_path):
+    # `--data data` as train.py was given it: data/pendulum/train.h5, test.h5 beside it
+    from hgan.evaluate import inputs
+    system = tmp_path / "data" / "pendulum"
+    system.mkdir(parents=True)
+    os.symlink(files["data"], system / "train.h5")
+    os.symlink(files["pendulum_one"], system / "test.h5")
+    os.symlink(files["three_body"], tmp_path / "data" / "train.h5")  # not the system's
+    args = cli.build_parser().parse_args(
+        ["--checkpoint", files["ckpt"], "--out", str(tmp_path / "e"), *FAST, "--metrics",
+         "samples", "--frames", "4", "--data", str(tmp_path / "data")])
+    run = inputs.check(args)
+    assert run.data_path == str(system / "train.h5") and run.system == "pendulum"
+    assert run.real_path == str(system / "test.h5") and len(run.held_out[1]) == 1
+
 
 @pytest.mark.parametrize("flag", ["--data", "--real"])
 def test_every_corrupt_data_file_is_one_error_line(flag, corrupt_h5, files, tmp_path, capsys):

@@ -1,7 +1,7 @@
 """`python -m hgan.evaluate`: evaluate one checkpoint, or compare evaluated runs.
 
     python -m hgan.evaluate --checkpoint RUN/checkpoints/last.pt \\
-        [--metrics fvd,physics,tsne,samples,cyclic,appearance] [--data H5] [--i3d PATH] --out DIR
+        [--metrics fvd,physics,tsne,samples,cyclic,appearance] [--data H5|ROOT] [--i3d PATH] --out DIR
     python -m hgan.evaluate compare RUN_DIR... [--out table.md]
 
 --metrics defaults to all six. Bad input (a missing or corrupt file, a flag out of range,
@@ -397,7 +397,8 @@ def build_parser():
     p.add_argument("--metrics", type=inputs.metric_list, default=",".join(ALL_METRICS),
                    help=f"comma list of {','.join(ALL_METRICS)} (default: all {len(ALL_METRICS)})")
     p.add_argument("--out", required=True, help="output directory for results.json, report.md, figures")
-    p.add_argument("--data", help="Toy Physics HDF5 file (default: the one in the run's config)")
+    p.add_argument("--data", help="Toy Physics HDF5 file, or a data root as train.py's --data "
+                   "(its <system>/train.h5) (default: the one in the run's config)")
     p.add_argument("--i3d", help=f"path to {fvd.I3D_FILENAME} (default: ${fvd.I3D_ENV})")
     p.add_argument("--fvd-videos", type=int_at_least(2), default=fvd.PROTOCOL["num_videos"],
                    help="videos per side for FVD (default and protocol: %(default)s)")

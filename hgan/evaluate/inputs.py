@@ -274,6 +274,14 @@ def _note_regenerated(run):
               "another)", file=sys.stderr)
 
 
+def _data_file(path, system):
+    """--data as given: an HDF5 file, or the data root `train.py --data` takes, whose
+    <system>/train.h5 is the run's training set (a root without one stays a directory, and
+    its error lists the data files in it)."""
+    inside = os.path.join(path, system or "", "train.h5")
+    return inside if system and os.path.isdir(path) and os.path.isfile(inside) else path
+
+
 def check(args):
     """Everything the evaluation reads, opened and checked against the checkpoint and flags."""
     if os.path.exists(args.out) and not os.path.isdir(args.out):
@@ -284,15 +292,16 @@ def check(args):
     device = resolve_device(args.device)
     generator, config, iteration, trained_dataset = load_run(args.checkpoint, device)
     system = _run_system(args, config)
+    data = _data_file(args.data, system) if args.data else None
     run = SimpleNamespace(device=device, generator=generator, config=config, iteration=iteration,
                           trained_dataset=trained_dataset,
-                          system=system or "unknown", data_path=args.data or config.get("data_path"),
+                          system=system or "unknown", data_path=data or config.get("data_path"),
                           ds=None, held_out=None, real_path=None, detector=None, detector_path=None,
                           fvd_skipped=None)
     if not any(m in args.metrics for m in DATA_METRICS):
         return run
-    if args.data and not os.path.exists(args.data):
-        raise InputError(f"--data {args.data}: no such file")
+    if data and not os.path.exists(data):
+        raise InputError(f"--data {data}: no such file")
     if not run.data_path or not os.path.exists(run.data_path):
         raise InputError(f"the run's dataset was not found ({run.data_path!r}, from its "
                          f"checkpoint): pass --data PATH.h5")
