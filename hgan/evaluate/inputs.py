@@ -278,8 +278,11 @@ def _data_file(path, system):
     """--data as given: an HDF5 file, or the data root `train.py --data` takes, whose
     <system>/train.h5 is the run's training set (a root without one stays a directory, and
     its error lists the data files in it)."""
-    inside = os.path.join(path, system or "", "train.h5")
-    return inside if system and os.path.isdir(path) and os.path.isfile(inside) else path
+    if system and os.path.isdir(path):
+        inside = os.path.join(path, system, "train.h5")
+        if os.path.isfile(inside):
+            return inside
+    return path
 
 
 def check(args):
