@@ -166,6 +166,7 @@ def test_physics_on_clips_of_the_fewest_frames_it_measures_is_accepted(files, tm
     run = inputs.check(args)
     assert len(run.held_out[1]) == 5 and not (tmp_path / "e").exists()
 
+
 def test_a_data_root_as_train_py_takes_it_reads_the_systems_files(files, tmp_path):
     # `--data data` as train.py was given it: data/pendulum/train.h5, test.h5 beside it
     from hgan.evaluate import inputs
