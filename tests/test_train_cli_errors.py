@@ -1026,3 +1026,35 @@ def test_a_resume_may_repeat_an_amp_dtype_its_run_kept_without_amp(stopped_run):
     assert (setup.cfg.amp, setup.cfg.amp_dtype) == (False, "bf16")
     setup.stream.close()
     setup.lock.release()
+
+
+@pytest.mark.parametrize("checkpointed", [False, True])
+def test_a_failed_capture_is_one_line_saying_how_to_go_on(monkeypatch, tmp_path, capsys,
+                                                         checkpointed):
+    # On CUDA a configuration torch cannot capture fails at the first capture (after the
+    # warm-up steps), with no eager fallback in that process (hgan.train.capture._capture):
+    # one line, exit 1, and the command that goes on from what is on disk.
+    import hgan.train.run as hrun
+    from hgan.train.capture import CaptureFailed
+    out = tmp_path / "run"
+    if checkpointed:  # a resumed run: its checkpoint is where it goes on from
+        (out / "checkpoints").mkdir(parents=True)
+        (out / "checkpoints" / "last.pt").write_bytes(b"")
+    setup = SimpleNamespace(info=SimpleNamespace(enabled=False, rank=0),
+                            cfg=SimpleNamespace(out=str(out)))
+    monkeypatch.setattr(hrun, "prepare", lambda *a, **k: setup)
+
+    def run(s):
+        try:
+            raise RuntimeError("operation not permitted when stream is capturing\n"
+                               "CUDA kernel errors might be asynchronously reported")
+        except RuntimeError as err:
+            raise CaptureFailed("capturing the training step into CUDA graphs failed "
+                                f"({err}); train with --no-cuda-graph, in a new process") from err
+    monkeypatch.setattr(hrun, "run", run)
+    code, _, err = call(TINY, capsys)
+    again = (f"resume with --resume {out} --no-cuda-graph" if checkpointed else
+             f"no checkpoint was written: start again with --no-cuda-graph --out {out}")
+    assert (code, err) == (1, "train.py: error: capturing the training step into CUDA graphs "
+                              "failed (operation not permitted when stream is capturing CUDA "
+                              f"kernel errors might be asynchronously reported); {again}\n")

@@ -1,6 +1,7 @@
 """`train.py` / `hgan-train`: the command line of training (flags: hgan.train.config).
 
-Exit codes: 0 done (or stopped by a signal after saving a checkpoint); 1 a non-finite loss;
+Exit codes: 0 done (or stopped by a signal after saving a checkpoint); 1 a non-finite loss,
+or a failed CUDA-graph capture (one line: `train.py: error: capturing ...`);
 2 bad input, in one line `train.py: error: ...` (`hgan-train: error: ...` as hgan-train),
 also data found unreadable mid-run (after its checkpoint is saved);
 130 / 143 SIGINT / SIGTERM during the setup (while the dataset was generated: nothing of it
@@ -28,6 +29,7 @@ def main(argv=None) -> int:
         from hgan.data.h5io import DataFormatError, error_line
         from hgan.data.interrupt import raise_interrupted
         from hgan.train import dist as hdist
+        from hgan.train.capture import CaptureFailed
         from hgan.train.checkpoint import CheckpointError
         from hgan.train.loop import NonFiniteLoss
         from hgan.train.run import prepare, run
@@ -90,6 +92,18 @@ def main(argv=None) -> int:
             else:
                 print(f"{prog()}: error: {error_line(e)}", file=sys.stderr)
             return 2
+        except CaptureFailed as e:
+            # Not a bug of the run's: a configuration torch could not capture (its error is
+            # in the line). The process's CUDA state may be unusable, so no checkpoint is
+            # attempted; the steps before the capture were its warm-up, a few iterations.
+            out = setup.cfg.out
+            again = (f"resume with --resume {out} --no-cuda-graph"
+                     if os.path.isfile(os.path.join(out, "checkpoints", "last.pt")) else
+                     f"no checkpoint was written: start again with --no-cuda-graph --out {out}")
+            why = " ".join(str(e.__cause__ or e).split())
+            print(f"{prog()}: error: capturing the training step into CUDA graphs failed "
+                  f"({why}); {again}", file=sys.stderr)
+            return 1
         except RuntimeError as e:
             if not (setup.info.enabled and hdist.lost_peer(e)):
                 raise
