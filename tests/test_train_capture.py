@@ -161,9 +161,10 @@ def test_static_step_checks_the_clip_length_of_its_first_batch():
         t.step(torch.zeros(B, 3, 3, 32, 32))
 
 
-def test_static_step_keeps_generator_and_loader_state_in_checkpoints(tmp_path):
+def test_static_step_keeps_the_noise_generators_state_in_checkpoints(tmp_path):
     # The noise generator advances exactly as the eager step's does: the checkpointed state
-    # after N static steps is the eager one's, so either step resumes the other.
+    # after N static steps is the eager one's, so either step resumes the other. (The
+    # loader's position is the run's, not the step's: test_loader.py's start_batch tests.)
     cfg = small_cfg()
     data = batches(2)
     eager, static = Trainer(cfg, device="cpu"), static_trainer(cfg)
