@@ -32,9 +32,25 @@ def _d2(s, d1, ACT: tl.constexpr):
 
 @triton.jit
 def _bf16_split(x):
-    """x = hi + lo + O(2^-17 |x|) with hi, lo bf16 (8 mantissa bits each)."""
+    """x = hi + lo + O(2^-16 |x|) with hi, lo bf16 (8 significant bits each), each rounded to
+    nearest even on a GPU (cvt.rn.bf16.f32); the interpreter's cast truncates, so its
+    emulation splits with _bf16_split_f32 instead."""
     hi = x.to(tl.bfloat16)
     return hi, (x - hi.to(tl.float32)).to(tl.bfloat16)
+
+@triton.jit
+def _bf16_rne(x):
+    """bf16(x) rounded to nearest, ties to even, held in fp32: what the GPU's cast
+    (cvt.rn.bf16.f32) computes. The interpreter's x.to(tl.bfloat16) truncates instead."""
+    b = x.to(tl.uint32, bitcast=True)
+    b = (b + 0x7FFF + ((b >> 16) & 1)) & 0xFFFF0000
+    return b.to(tl.float32, bitcast=True)
+
+@triton.jit
+def _bf16_split_f32(x):
+    """_bf16_split's parts in fp32, rounded as on the GPU (the emulation's split)."""
+    hi = _bf16_rne(x)
+    return hi, _bf16_rne(x - hi)
 
 @triton.jit
 def _dot(a, b, PREC: tl.constexpr):
@@ -46,17 +62,16 @@ def _dot(a, b, PREC: tl.constexpr):
     copy serves both orientations of a weight, which 32-bit wgmma operands cannot);
     "bf16x3-emulated": the same split with its products in fp32 on the FMA units, for
     the Triton interpreter, whose bf16 dots are wrong (a bf16 x bf16 product is exact in
-    fp32, so this is the split's arithmetic, bar summation order). (The interpreter
+    fp32, and the parts are rounded as the GPU rounds them, so this is the split's
+    arithmetic, bar summation order). (The interpreter
     computes the tf32 precisions in fp32.)"""
     if PREC == "bf16x3":
         a_hi, a_lo = _bf16_split(a)
         b_hi, b_lo = _bf16_split(b)
         return (tl.dot(a_hi, b_lo) + tl.dot(a_lo, b_hi)) + tl.dot(a_hi, b_hi)
     elif PREC == "bf16x3-emulated":
-        a_hi, a_lo = _bf16_split(a)
-        b_hi, b_lo = _bf16_split(b)
-        a_hi, a_lo = a_hi.to(tl.float32), a_lo.to(tl.float32)
-        b_hi, b_lo = b_hi.to(tl.float32), b_lo.to(tl.float32)
+        a_hi, a_lo = _bf16_split_f32(a)
+        b_hi, b_lo = _bf16_split_f32(b)
         return ((tl.dot(a_hi, b_lo, input_precision="ieee")
                  + tl.dot(a_lo, b_hi, input_precision="ieee"))
                 + tl.dot(a_hi, b_hi, input_precision="ieee"))
@@ -75,10 +90,8 @@ def _dot_acc(a, b, acc, PREC: tl.constexpr):
         acc = tl.dot(a_lo, b_hi, acc)
         return tl.dot(a_hi, b_hi, acc)
     elif PREC == "bf16x3-emulated":
-        a_hi, a_lo = _bf16_split(a)
-        b_hi, b_lo = _bf16_split(b)
-        a_hi, a_lo = a_hi.to(tl.float32), a_lo.to(tl.float32)
-        b_hi, b_lo = b_hi.to(tl.float32), b_lo.to(tl.float32)
+        a_hi, a_lo = _bf16_split_f32(a)
+        b_hi, b_lo = _bf16_split_f32(b)
         acc = tl.dot(a_hi, b_lo, acc, input_precision="ieee")
         acc = tl.dot(a_lo, b_hi, acc, input_precision="ieee")
         return tl.dot(a_hi, b_hi, acc, input_precision="ieee")

@@ -54,19 +54,18 @@ the measured 787 TFLOP/s bf16 peak, ~7-9 ms at 40-50% of it. The transcendental 
 import triton
 import triton.language as tl
 
-from .ops import _act, _bf16_split, _d2, _dot_acc, _reverse_step, _saved_step
+from .ops import _act, _bf16_split, _bf16_split_f32, _d2, _dot_acc, _reverse_step, _saved_step
 
 
 @triton.jit
 def _split(W, PREC: tl.constexpr):
     """A weight as the (hi, lo) pair _w_dot takes, split once per program, before every loop:
     bf16 parts for "bf16x3", the same parts held in fp32 for "bf16x3-emulated"."""
-    hi, lo = _bf16_split(W)
     if PREC == "bf16x3":
-        return hi, lo
+        return _bf16_split(W)
     else:
         tl.static_assert(PREC == "bf16x3-emulated", "throughput layout: bf16x3 only")
-        return hi.to(tl.float32), lo.to(tl.float32)
+        return _bf16_split_f32(W)
 
 
 @triton.jit
@@ -81,11 +80,11 @@ def _w_dot(W, x, PREC: tl.constexpr):
     weight product, W_hi x_lo + W_lo x_hi + W_hi x_hi with fp32 accumulation (ops._dot's
     bf16x3 split). "bf16x3-emulated" (the interpreter, whose bf16 dots are wrong): the same
     parts in fp32, products on the FMA units, exact (see ops._dot)."""
-    x_hi, x_lo = _bf16_split(x)
     if PREC == "bf16x3":
+        x_hi, x_lo = _bf16_split(x)
         return (tl.dot(W[0], x_lo) + tl.dot(W[1], x_hi)) + tl.dot(W[0], x_hi)
     else:
-        x_hi, x_lo = x_hi.to(tl.float32), x_lo.to(tl.float32)
+        x_hi, x_lo = _bf16_split_f32(x)
         return ((tl.dot(W[0], x_lo, input_precision="ieee")
                  + tl.dot(W[1], x_hi, input_precision="ieee"))
                 + tl.dot(W[0], x_hi, input_precision="ieee"))
