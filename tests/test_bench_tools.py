@@ -291,14 +291,15 @@ def test_leapfrog_table_recommends_the_dispatch_table_from_its_rows():
               "fused_latency/B64": 1e-6, "fused_latency/B1031": 1e-6,
               "fused_latency_w4/B64": 1e-6, "fused_latency_w16/B64": 1e-6,
               "fused_throughput_fwd16/B64": 6e-5}
-    # bf16x3 faster everywhere above the crossover: said, but no default split (none of
-    # DEFAULT_SPLITS was timed)
+    # bf16x3 faster everywhere above the crossover and accurate: said, and the default split
+    # there (the only split timed)
     assert table.recommend(rows, errors) == {
         "latency_max_rows": 1024, "latency_warps": 16, "bf16x3_above_latency": True,
-        "throughput_fwd_block": 16}
+        "split_above_latency": "fused_throughput", "throughput_fwd_block": 16}
     # too coarse a split: the tensor-core path does not pay
     errors["fused_throughput/B1031"] = 2e-4
-    assert table.recommend(rows, errors)["bf16x3_above_latency"] is False
+    rec = table.recommend(rows, errors)
+    assert rec["bf16x3_above_latency"] is False and rec["split_above_latency"] is None
     # slower somewhere above the crossover: not a default either
     slow = rows + [{"variant": "fused_throughput", "batch": 8192, "ms": 9.0},
                    {"variant": "fused", "batch": 8192, "ms": 8.0}]
@@ -425,7 +426,7 @@ def test_leapfrog_table_recommends_nothing_that_missed_the_error_contract():
                  ("fused", 65536, 90.0))
     assert table.recommend(rows, _ALL_ACCURATE) == {
         "latency_max_rows": 64, "latency_warps": 4, "bf16x3_above_latency": True,
-        "throughput_fwd_block": 16}
+        "split_above_latency": "fused_throughput", "throughput_fwd_block": 16}
     for bad in (2e-4, float("nan"), "RuntimeError('...')", None):
         errors = dict(_ALL_ACCURATE, **{"fused_latency_w4/B64": bad,
                                         "fused_throughput_fwd16/B64": bad,
@@ -440,16 +441,16 @@ def test_leapfrog_table_recommends_nothing_that_missed_the_error_contract():
         assert rec["throughput_fwd_block"] == 64, (bad, rec)
     errors = dict(_ALL_ACCURATE, **{"fused_throughput/B1031": 5e-4})
     rec = table.recommend(rows, errors)
-    assert rec["bf16x3_above_latency"] is False and "split_above_latency" not in rec
+    assert rec["bf16x3_above_latency"] is False and rec["split_above_latency"] is None
 
 
-def test_leapfrog_table_recommends_only_the_fp32_faithful_split_as_a_default():
-    # 3xTF32 or 3xBF16, whichever is faster and meets 1e-4: bf16x3 meets it on the table's
-    # inputs but not on every input (tests/test_leapfrog_fused.py), so however fast, it is
-    # reported (bf16x3_above_latency) and never the default split; tf32x3 is, when it is
-    # accurate and beats the default at every batch above the latency regime.
+def test_leapfrog_table_recommends_the_fastest_accurate_split_as_a_default():
+    # 3xTF32 or 3xBF16, whichever is faster and meets 1e-4 (the issue): each of
+    # DEFAULT_SPLITS may become the default above the latency regime when it is within 1e-4
+    # of float64 at every batch stage 2 checks and beats the default dispatch at every batch
+    # there; the fastest at the largest batch wins, tf32x3 (more bits) on a tie.
     table = _leapfrog_table()
-    assert table.DEFAULT_SPLITS == ("fused_tile_tf32x3",)
+    assert table.DEFAULT_SPLITS == ("fused_tile_tf32x3", "fused_throughput", "fused_tile_bf16x3")
     cross = [("fused_latency", 1024, 1.0), ("fused_tile", 1024, 2.0),
              ("fused_latency", 2048, 3.0), ("fused_tile", 2048, 2.0)]
     errors = dict(_ALL_ACCURATE, **{f"{v}/B{b}": 5e-6 for v in ("fused_tile_tf32x3",
@@ -461,38 +462,47 @@ def test_leapfrog_table_recommends_only_the_fp32_faithful_split_as_a_default():
                  ("fused_tile_bf16x3", 65536, 9.0))
     rec = table.recommend(rows, errors)
     assert rec["latency_max_rows"] == 1024 and rec["bf16x3_above_latency"] is True
-    assert rec["split_above_latency"] == "fused_tile_tf32x3"   # 10 ms: not bf16x3's 8 or 9
-    # outside the contract (or unchecked): no default split, not a bf16x3 one
+    assert rec["split_above_latency"] == "fused_throughput"   # 8 ms: not tf32x3's 10
+    # the throughput layout's bf16x3 outside the contract at one batch (or unchecked): the
+    # next fastest accurate split at 65536, the largest batch the others share
     for bad in (2e-4, float("nan"), None):
-        errs = dict(errors, **{"fused_tile_tf32x3/B1031": bad})
+        errs = dict(errors, **{"fused_throughput/B1031": bad})
         if bad is None:
-            del errs["fused_tile_tf32x3/B1031"]
-        assert table.recommend(rows, errs)["split_above_latency"] is None
+            del errs["fused_throughput/B1031"]
+        rec = table.recommend(rows, errs)
+        assert rec["split_above_latency"] == "fused_tile_bf16x3", (bad, rec)   # 9 ms, not 10
+        assert rec["bf16x3_above_latency"] is False
+    # none accurate: no default split
+    errs = dict(errors, **{f"{v}/B1031": 2e-4 for v in table.DEFAULT_SPLITS})
+    assert table.recommend(rows, errs)["split_above_latency"] is None
+    # a tie at the largest shared batch keeps tf32x3, the split with more bits
+    tie = _rows(*cross, ("fused", 2048, 2.0), ("fused", 65536, 90.0),
+                ("fused_throughput", 2048, 1.5), ("fused_throughput", 65536, 10.0),
+                ("fused_tile_tf32x3", 2048, 1.8), ("fused_tile_tf32x3", 65536, 10.0))
+    assert table.recommend(tie, errors)["split_above_latency"] == "fused_tile_tf32x3"
     # slower than the default at one batch above the crossover: not a default
-    slower = rows + _rows(("fused_tile_tf32x3", 4096, 5.0), ("fused", 4096, 4.0))
+    slower = rows + _rows(("fused_tile_tf32x3", 4096, 5.0), ("fused_throughput", 4096, 4.5),
+                          ("fused_tile_bf16x3", 4096, 4.2), ("fused", 4096, 4.0))
     assert table.recommend(slower, errors)["split_above_latency"] is None
     # a tie with the default at one batch is no win (ties keep the table as it is): neither
-    # the split nor the bf16x3 opt-in is said to pay
+    # a split nor the bf16x3 opt-in is said to pay
     tied = rows + _rows(("fused_tile_tf32x3", 4096, 4.0), ("fused_throughput", 4096, 4.0),
-                        ("fused", 4096, 4.0))
+                        ("fused_tile_bf16x3", 4096, 4.0), ("fused", 4096, 4.0))
     rec = table.recommend(tied, errors)
     assert rec["split_above_latency"] is None and rec["bf16x3_above_latency"] is False
     # none beats the default: no split, said so
     none = _rows(*cross, ("fused", 65536, 9.0), ("fused_throughput", 65536, 12.0),
-                 ("fused_tile_tf32x3", 65536, 10.0))
+                 ("fused_tile_tf32x3", 65536, 10.0), ("fused_tile_bf16x3", 65536, 11.0))
     assert table.recommend(none, errors)["split_above_latency"] is None
-    # tf32x3 not measured above the latency regime: no key, whatever bf16x3 did
-    only_bf16 = _rows(*cross, ("fused", 65536, 90.0), ("fused_throughput", 65536, 8.0),
-                      ("fused_tile_bf16x3", 65536, 9.0))
-    rec = table.recommend(only_bf16, errors)
-    assert "split_above_latency" not in rec and rec["bf16x3_above_latency"] is True
+    # no split timed above the latency regime: no key
+    assert "split_above_latency" not in table.recommend(_rows(*cross), errors)
 
 
 def test_leapfrog_table_picks_among_several_default_splits_at_their_largest_shared_batch(
         monkeypatch):
-    # DEFAULT_SPLITS holds one split today; should a GPU make bf16x3 one again, the rule
-    # (the issue's "whichever measures faster") must pick by the largest batch both beat the
-    # default at, not by the smallest, and keep the first listed on a tie.
+    # The rule (the issue's "whichever measures faster") picks by the largest batch both beat
+    # the default at, not by the smallest, and keeps the first listed on a tie (here bf16x3,
+    # listed first for the test).
     table = _leapfrog_table()
     monkeypatch.setattr(table, "DEFAULT_SPLITS", ("fused_tile_bf16x3", "fused_tile_tf32x3"))
     errors = dict(_ALL_ACCURATE, **{f"{v}/B{b}": 5e-6 for v in table.DEFAULT_SPLITS
@@ -1153,8 +1163,8 @@ def test_leapfrog_table_recommend_takes_an_error_of_1e_4_and_the_largest_shared_
     assert table.recommend(rows, edge)["latency_max_rows"] == 64
     edge = dict(_ALL_ACCURATE, **{"fused_latency/B1031": 1.0001e-4})
     assert table.recommend(rows, edge)["latency_max_rows"] == 0
-    # the default split is accurate and faster than the default dispatch at 2048 and 65536;
-    # the bf16x3 opt-in, faster still at 2048, does not take its place
+    # tf32x3 is accurate and faster than the default dispatch at 2048 and 65536; bf16x3,
+    # faster still at 2048 but slower at 65536 (the largest batch both ran), does not win
     errors = dict(_ALL_ACCURATE, **{f"fused_tile_tf32x3/B{b}": 5e-6 for b in (64, 1031)})
     rows = _rows(("fused_latency", 1024, 1.0), ("fused_tile", 1024, 2.0),
                  ("fused_latency", 2048, 3.0), ("fused_tile", 2048, 2.0),
@@ -1257,3 +1267,22 @@ def test_bf16_gradients_measures_every_parameter_against_float64(capsys):
     assert "need --frames >= 16" in capsys.readouterr().err
     bf16_gradients.main(["--seeds", "1", "--batch", "2", "--model", "mocogan"])
     assert "parameters over seeds [1], at most " in capsys.readouterr().out
+
+
+def test_split_errors_measures_both_precisions_against_float64(monkeypatch, tmp_path, capsys):
+    """bench/split_errors.py, one case: a JSON line per case, and the split measured, not
+    fp32 again (its error is the 16-bit split's, well above ieee's, within the contract)."""
+    import split_errors
+    from hgan.kernels.leapfrog import fused
+    monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", fused.LATENCY_MAX_ROWS)  # restored after
+    out = tmp_path / "errors.jsonl"
+    device = "cuda" if torch.cuda.is_available() else "cpu"   # as the suite runs the kernels
+    worst = split_errors.main(["--max-cases", "1", "--out", str(out), "--device", device])
+    line, = out.read_text().splitlines()
+    case = json.loads(line)
+    assert capsys.readouterr().out.strip() == line
+    assert case["k"] <= 32 and all(16 <= w <= 128 for w in case["widths"])
+    assert case["layout"] == str(fused._layout(case["B"], case["frames"], *case["widths"],
+                                               "bf16x3"))
+    assert worst == {"ieee": case["ieee"], "bf16x3": case["bf16x3"]}
+    assert case["ieee"] < 1e-6 and 10 * case["ieee"] < case["bf16x3"] <= 1e-4, case
