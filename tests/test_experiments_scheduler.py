@@ -92,6 +92,40 @@ def test_deadline_stops_training_and_evaluates_where_runs_stopped(tmp_path, fake
         assert run.results()["iteration"] == it and run.evaluated()
 
 
+# A run the deadline's SIGTERM reaches before it has set up: hgan.train.pack's "SIGTERM
+# before this run was set up: not started" (exit 143), or a train.py still importing torch
+# (killed by the signal, -15). Nothing of it is written.
+NOT_STARTED = r"""
+import signal, sys, time
+if sys.argv[1] == "exit":
+    signal.signal(signal.SIGTERM, lambda *a: sys.exit(128 + signal.SIGTERM))
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "killed"])
+def test_a_run_the_deadline_stops_before_it_starts_is_stopped_not_failed(tmp_path, fake_jobs,
+                                                                         monkeypatch, how):
+    # With --pack, runs are set up one at a time; one still waiting at the deadline never
+    # trained. The deadline stopped it as it stopped the others: not a failure of the grid
+    # (which would exit 1 and, in bench/gpu/table1.sh, keep the committed results).
+    train = Run.train_command
+    monkeypatch.setattr(Run, "train_command", lambda self: (
+        [sys.executable, "-c", NOT_STARTED, how] if self.model == "mocogan" else train(self)))
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan", "mocogan"),
+                    iters=100_000, eval_metrics="physics")
+    grid = runner.GridRunner(spec, parallel=4, deadline_s=1.0, progress=False, log=lambda m: None)
+    jobs = {(j.kind, j.name): j for j in grid.plan()}
+    grid.execute()
+    assert jobs["train", "pendulum-mocogan-s0"].state == "stopped"
+    assert jobs["eval", "pendulum-mocogan-s0"].state == "skipped"   # nothing to evaluate
+    assert not any(j.state == "failed" for j in jobs.values())
+    seg = spec.runs()[1].record()["segments"][-1]
+    assert seg["interrupted"] and seg["to"] == 0
+    hgan = spec.runs()[0]    # the run the deadline stopped mid-training: evaluated there
+    assert 0 < hgan.iteration() < 100_000 and hgan.evaluated()
+
+
 def test_a_failing_run_skips_its_evaluation_only(tmp_path, fake_jobs):
     spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan", "mocogan"),
                     iters=10, eval_metrics="physics")

@@ -34,6 +34,8 @@ _PROGRESS = re.compile(rb"(\d+)/(\d+) \[[^,\]]*,\s*(?:([\d.]+)(it/s|s/it))?")
 # Exit codes of a process that a stop ended: 128 + SIGINT/SIGTERM, or killed by a signal.
 STOP_CODES = {128 + signal.SIGINT, 128 + signal.SIGTERM, -signal.SIGINT, -signal.SIGTERM,
               -signal.SIGKILL}
+# Exit codes of a training run that the deadline's SIGTERM ended before it saved anything.
+DEADLINE_CODES = {128 + signal.SIGTERM, -signal.SIGTERM}
 STOP_GRACE_S = 120  # a training run checkpoints within one iteration of SIGTERM
 # hgan.train.run._StopFlag's: a second SIGINT sooner than this after the first is the same
 # stop delivered twice (`timeout -s INT` signals its child, then the child's group); later,
@@ -337,11 +339,19 @@ class GridRunner:
     def _ended(self, job, state):
         """A job that ended as a stop ends it, during the grid's stop, was stopped, not
         failed (a training stopped before its first iteration exits 143, an evaluation 130
-        or 143, a killed one -9); another failure stays one. An evaluation whose results
-        are written is done, whatever came after them."""
+        or 143, a killed one -9); another failure stays one. So was a training run that the
+        deadline's SIGTERM ended before it could checkpoint (a packed run still waiting for
+        its turn to be set up exits 143, a process still starting is killed by it): the
+        deadline stopped it, as it stops the others, which are evaluated where they
+        stopped. An evaluation whose results are written is done, whatever came after them."""
         if job.kind == "eval" and job.run.evaluated():
             return "done"
-        if state != "failed" or not self.stopping:
+        if state != "failed":
+            return state
+        if (job.kind == "train" and self.deadline_hit and not self.stopping
+                and job.returncode in DEADLINE_CODES):
+            return "stopped"
+        if not self.stopping:
             return state
         if job.proc is None:
             return "stopped" if isinstance(job.error, KeyboardInterrupt) else state
