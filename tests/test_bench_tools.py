@@ -518,6 +518,39 @@ def test_leapfrog_table_picks_among_several_default_splits_at_their_largest_shar
     assert table.recommend(tie, errors)["split_above_latency"] == "fused_tile_bf16x3"
 
 
+def test_leapfrog_table_judges_splits_at_the_crossover_batches_it_times_them_at():
+    # Stage 6 times the splits beside the ieee tile layout ("fused_tile") at the crossover
+    # batches, and "fused" only at the training, 1024 and 65536 batches: a split slower than
+    # the tile layout (what the default dispatch runs above the latency regime) at crossover
+    # batches is no default there, however it does at 65536. Rows as the script makes them.
+    table = _leapfrog_table()
+    errors = dict(_ALL_ACCURATE, **{f"{v}/B{b}": 5e-6 for v in table.DEFAULT_SPLITS
+                                   for b in (64, 1031)})
+    rows = []
+    for b in table.STAGES["train"] + table.STAGES["mid"] + table.STAGES["big"]:
+        rows += _rows(("fused", b, b / 100))
+    for b in table.STAGES["train"] + table.STAGES["mid"] + table.STAGES["cross"]:
+        # the latency layout wins up to 1024 rows, the tile layout above
+        rows += _rows(("fused_latency", b, b / 100 if b <= 1024 else b / 10),
+                      ("fused_tile", b, b / 50 if b <= 1024 else b / 100))
+    assert "fused" not in {r["variant"] for r in rows if r["batch"] in table.STAGES["cross"]}
+    big = table.STAGES["big"][0]
+    for v in table.SPLITS:
+        # each split 20% faster than the default at 65536, 50% slower than the tile layout
+        # at every crossover batch above 1024
+        rows += _rows((v, big, big / 100 * 0.8))
+        rows += _rows(*[(v, b, b / 100 * 1.5) for b in table.STAGES["cross"] if b > 1024])
+    rec = table.recommend(rows, errors)
+    assert rec["latency_max_rows"] == 1024
+    assert rec["split_above_latency"] is None, rec
+    assert rec["bf16x3_above_latency"] is False, rec
+    # faster than the tile layout there too: the fastest at 65536 is the default
+    for r in rows:
+        if r["variant"] == "fused_tile_bf16x3" and r["batch"] != big:
+            r["ms"] = r["batch"] / 100 * 0.9
+    assert table.recommend(rows, errors)["split_above_latency"] == "fused_tile_bf16x3"
+
+
 def test_leapfrog_table_warm_up_compiles_in_parallel_and_gives_up_at_its_limit(monkeypatch):
     # The warm-up decides what the timed stages skip: a limit too short marks every variant
     # slow (nothing timed), one too long spends the call's budget on ptxas; a compile that

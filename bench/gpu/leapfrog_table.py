@@ -460,7 +460,9 @@ def recommend(rows, errors, cross_complete=True):
     "split_above_latency": which of the
     fp32-faithful splits (DEFAULT_SPLITS: tf32x3 in the tile layout, bf16x3 in the throughput
     and the tile layouts) beat the default dispatch at every batch above that and is fastest
-    at the largest batch they share, or None, "throughput_fwd_block": 64 or 16}.
+    at the largest batch they share, or None, "throughput_fwd_block": 64 or 16}. The default
+    dispatch at a batch is the "fused" row, or where none was timed (the crossover batches)
+    the ieee tile layout's, which is what it runs above the latency regime.
     Only a variant within 1e-4 of float64 at every batch stage 2 checks it at (`accurate`; a
     failed, missing or NaN check is not) is picked: latency_max_rows is 0 when the latency
     layout is not, a warp count, the 16-row forward or a split that is not is passed over,
@@ -487,12 +489,17 @@ def recommend(rows, errors, cross_complete=True):
              if accurate(v)}
     if train and min(warps.values(), default=float("inf")) < float("inf"):
         rec["latency_warps"] = min(warps, key=warps.get)   # the first of equals: 8 on a tie
+    # The default dispatch above the latency regime at batch b: "fused" where a stage timed
+    # it (3, 4, 5), else the ieee tile layout that it runs there, which stage 6 times as
+    # "fused_tile" ("fused" is not timed at the crossover batches, where the splits are).
+    default_ms = {b: ms.get(("fused", b), ms.get(("fused_tile", b)))
+                  for _, b in ms if ("fused", b) in ms or ("fused_tile", b) in ms}
     # Every split that is accurate and beats the default at each batch above the latency
     # regime where both ran; the fastest of them at the largest batch they all ran.
     over = {v: {b for w, b in ms if w == v and b > rec.get("latency_max_rows", 0)
-                and ("fused", b) in ms} for v in SPLITS}
+                and b in default_ms} for v in SPLITS}
     faster = {v: bs for v, bs in over.items()
-              if bs and accurate(v) and all(ms[v, b] < ms["fused", b] for b in bs)}
+              if bs and accurate(v) and all(ms[v, b] < default_ms[b] for b in bs)}
     if over["fused_throughput"]:
         rec["bf16x3_above_latency"] = "fused_throughput" in faster
     default = {v: bs for v, bs in faster.items() if v in DEFAULT_SPLITS}
