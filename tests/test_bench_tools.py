@@ -456,7 +456,7 @@ def test_leapfrog_table_recommends_the_fastest_accurate_split_as_a_default():
     errors = dict(_ALL_ACCURATE, **{f"{v}/B{b}": 5e-6 for v in ("fused_tile_tf32x3",
                                                                "fused_tile_bf16x3")
                                    for b in (64, 1031)})
-    rows = _rows(*cross, ("fused", 2048, 2.0), ("fused", 65536, 90.0),
+    rows = _rows(*cross, ("fused", 65536, 90.0),
                  ("fused_throughput", 2048, 1.5), ("fused_throughput", 65536, 8.0),
                  ("fused_tile_tf32x3", 2048, 1.8), ("fused_tile_tf32x3", 65536, 10.0),
                  ("fused_tile_bf16x3", 65536, 9.0))
@@ -476,18 +476,18 @@ def test_leapfrog_table_recommends_the_fastest_accurate_split_as_a_default():
     errs = dict(errors, **{f"{v}/B1031": 2e-4 for v in table.DEFAULT_SPLITS})
     assert table.recommend(rows, errs)["split_above_latency"] is None
     # a tie at the largest shared batch keeps tf32x3, the split with more bits
-    tie = _rows(*cross, ("fused", 2048, 2.0), ("fused", 65536, 90.0),
+    tie = _rows(*cross, ("fused", 65536, 90.0),
                 ("fused_throughput", 2048, 1.5), ("fused_throughput", 65536, 10.0),
                 ("fused_tile_tf32x3", 2048, 1.8), ("fused_tile_tf32x3", 65536, 10.0))
     assert table.recommend(tie, errors)["split_above_latency"] == "fused_tile_tf32x3"
     # slower than the default at one batch above the crossover: not a default
     slower = rows + _rows(("fused_tile_tf32x3", 4096, 5.0), ("fused_throughput", 4096, 4.5),
-                          ("fused_tile_bf16x3", 4096, 4.2), ("fused", 4096, 4.0))
+                          ("fused_tile_bf16x3", 4096, 4.2), ("fused_tile", 4096, 4.0))
     assert table.recommend(slower, errors)["split_above_latency"] is None
     # a tie with the default at one batch is no win (ties keep the table as it is): neither
     # a split nor the bf16x3 opt-in is said to pay
     tied = rows + _rows(("fused_tile_tf32x3", 4096, 4.0), ("fused_throughput", 4096, 4.0),
-                        ("fused_tile_bf16x3", 4096, 4.0), ("fused", 4096, 4.0))
+                        ("fused_tile_bf16x3", 4096, 4.0), ("fused_tile", 4096, 4.0))
     rec = table.recommend(tied, errors)
     assert rec["split_above_latency"] is None and rec["bf16x3_above_latency"] is False
     # none beats the default: no split, said so
@@ -508,13 +508,12 @@ def test_leapfrog_table_picks_among_several_default_splits_at_their_largest_shar
     errors = dict(_ALL_ACCURATE, **{f"{v}/B{b}": 5e-6 for v in table.DEFAULT_SPLITS
                                    for b in (64, 1031)})
     cross = [("fused_latency", 1024, 1.0), ("fused_tile", 1024, 2.0),
-             ("fused_latency", 2048, 3.0), ("fused_tile", 2048, 2.0),
-             ("fused", 2048, 4.0), ("fused", 65536, 90.0)]
+             ("fused_latency", 2048, 3.0), ("fused_tile", 2048, 2.0), ("fused", 65536, 90.0)]
     rows = _rows(*cross, ("fused_tile_tf32x3", 2048, 1.0), ("fused_tile_tf32x3", 65536, 20.0),
-                 ("fused_tile_bf16x3", 2048, 3.0), ("fused_tile_bf16x3", 65536, 10.0))
+                 ("fused_tile_bf16x3", 2048, 1.8), ("fused_tile_bf16x3", 65536, 10.0))
     assert table.recommend(rows, errors)["split_above_latency"] == "fused_tile_bf16x3"
     tie = _rows(*cross, ("fused_tile_tf32x3", 2048, 1.0), ("fused_tile_tf32x3", 65536, 10.0),
-                ("fused_tile_bf16x3", 2048, 3.0), ("fused_tile_bf16x3", 65536, 10.0))
+                ("fused_tile_bf16x3", 2048, 1.8), ("fused_tile_bf16x3", 65536, 10.0))
     assert table.recommend(tie, errors)["split_above_latency"] == "fused_tile_bf16x3"
 
 
@@ -783,9 +782,10 @@ def test_leapfrog_table_main_saves_a_failed_row_at_once_and_it_leaves_the_crosso
 
 def test_leapfrog_table_main_on_cuda_records_every_row_and_returns_the_device_file(
         tmp_path, monkeypatch):
-    # On a GPU each row goes to bench/results/<device>.json as it is measured, the captured
-    # step is timed too, and that file is copied beside $OUT's JSON (what the call brings
-    # back for `_results.py merge`); a CPU run (_fake_table_main's default) records nothing.
+    # On a GPU each row goes to bench/results/<device>.json as it is measured (and the
+    # peaks, errors and dispatch table with them), the captured step is timed too, and that
+    # file is copied beside $OUT's JSON (what the call brings back for `_results.py merge`);
+    # a CPU run (_fake_table_main's default) records nothing.
     table = _leapfrog_table()
     results = tmp_path / "results"
     results.mkdir()
@@ -797,8 +797,15 @@ def test_leapfrog_table_main_on_cuda_records_every_row_and_returns_the_device_fi
     measured = [r for r in out["rows"] if "ms" in r]
     assert {"variant": "fused (graph)", "batch": 2, "ms": 0.5, "reps": 7,
             "tflops": pytest.approx(156480 * 2 / 0.5e-3 / 1e12)} in measured
-    assert recorded == [("leapfrog_table", f"{r['variant']}/B{r['batch']}", r, "cuda")
-                        for r in measured]
+    assert [a for a in recorded if "batch" in a[2]] == [
+        ("leapfrog_table", f"{r['variant']}/B{r['batch']}", r, "cuda") for r in measured]
+    # beside the rows: the peaks, each error check and the dispatch table, as the JSON has them
+    rest = {a[1]: a[2] for a in recorded if "batch" not in a[2]}
+    assert all(a[0] == "leapfrog_table" and a[3] == "cuda" for a in recorded)
+    assert rest.pop("matmul_peaks") == {f"{k}_flops_per_s": v for k, v in out["peaks"].items()}
+    assert rest.pop("dispatch_table_as_measured") == out["recommend"]
+    assert rest == {f"error {k}": {"rel_err_vs_float64": e} for k, e in out["errors"].items()}
+    assert out["errors"] and out["peaks"]
     assert sorted(os.listdir(tmp_path / "out")) == ["GPU-X.json", "leapfrog_table.json"]
     # --smoke: its timings are the interpreter's, so even a device file there stays behind
     table = _leapfrog_table()

@@ -324,6 +324,11 @@ def main(argv=None):
             if DEV == "cuda" and os.path.exists(device_json):
                 shutil.copy(device_json, out_dir)
 
+    def keep(name, payload):
+        """An entry of the device's results file beside the rows (a GPU run only)."""
+        if DEV == "cuda":
+            record("leapfrog_table", name, payload, "cuda")
+
     def row(variant, batch, ms, reps, graph=False, forward_only=False):
         flops = leapfrog_flops(batch, FRAMES, K, WIDTHS, backward=not forward_only)
         tag = " (graph)" if graph else " (fwd)" if forward_only else ""
@@ -371,6 +376,7 @@ def main(argv=None):
                     "bf16": matmul_peak(False, torch.bfloat16)}
     print("  " + ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in out["peaks"].items()),
           flush=True)
+    keep("matmul_peaks", {f"{k}_flops_per_s": v for k, v in out["peaks"].items()})
     save()
 
     print("2. errors vs float64 (max over outputs and gradients)", flush=True)
@@ -392,6 +398,7 @@ def main(argv=None):
                 except Exception as err:  # noqa: BLE001
                     worst = repr(err)[:200]
             out["errors"][f"{variant}/B{batch}"] = worst
+            keep(f"error {variant}/B{batch}", {"rel_err_vs_float64": worst})
             print(f"  {variant:<20} B={batch:<5} {worst}", flush=True)
             save()
 
@@ -445,6 +452,7 @@ def main(argv=None):
               f"{r['tflops']:7.2f}")
     print("errors:", json.dumps(out["errors"]))
     out["recommend"] = recommend(out["rows"], out["errors"], out["cross_complete"])
+    keep("dispatch_table_as_measured", dict(out["recommend"]))
     print("dispatch table, as measured:" if DEV == "cuda" else
           "dispatch table (--smoke: interpreter timings, which say nothing of a GPU):",
           json.dumps(out["recommend"]))
@@ -461,8 +469,8 @@ def recommend(rows, errors, cross_complete=True):
     fp32-faithful splits (DEFAULT_SPLITS: tf32x3 in the tile layout, bf16x3 in the throughput
     and the tile layouts) beat the default dispatch at every batch above that and is fastest
     at the largest batch they share, or None, "throughput_fwd_block": 64 or 16}. The default
-    dispatch at a batch is the "fused" row, or where none was timed (the crossover batches)
-    the ieee tile layout's, which is what it runs above the latency regime.
+    dispatch at a batch above the latency regime is the ieee tile layout: its "fused_tile" row,
+    or where none was timed the "fused" row (at 65536, where "fused" runs that layout).
     Only a variant within 1e-4 of float64 at every batch stage 2 checks it at (`accurate`; a
     failed, missing or NaN check is not) is picked: latency_max_rows is 0 when the latency
     layout is not, a warp count, the 16-row forward or a split that is not is passed over,
@@ -489,10 +497,11 @@ def recommend(rows, errors, cross_complete=True):
              if accurate(v)}
     if train and min(warps.values(), default=float("inf")) < float("inf"):
         rec["latency_warps"] = min(warps, key=warps.get)   # the first of equals: 8 on a tie
-    # The default dispatch above the latency regime at batch b: "fused" where a stage timed
-    # it (3, 4, 5), else the ieee tile layout that it runs there, which stage 6 times as
-    # "fused_tile" ("fused" is not timed at the crossover batches, where the splits are).
-    default_ms = {b: ms.get(("fused", b), ms.get(("fused_tile", b)))
+    # The default dispatch above the latency regime at batch b, once this table is applied:
+    # the ieee tile layout, "fused_tile" where a stage timed it (5, 6: "fused" is not timed
+    # at the crossover batches, and at 1024 it is the latency layout of today's table), else
+    # "fused", which runs that layout at 65536 (stage 4).
+    default_ms = {b: ms.get(("fused_tile", b), ms.get(("fused", b)))
                   for _, b in ms if ("fused", b) in ms or ("fused_tile", b) in ms}
     # Every split that is accurate and beats the default at each batch above the latency
     # regime where both ran; the fastest of them at the largest batch they all ran.
