@@ -348,8 +348,8 @@ def test_verdicts_do_not_keep_a_change_that_measured_no_gain():
             "capture_fused_adam_64px": {"videos_per_s": 1100.0},
             "capture_compile_32px": {"videos_per_s": 4000.0}}
     lines = trainstep_table.verdicts(rows)
-    assert "| fused_adam | +0.0% | +10.0% | no |" in lines
-    assert "| compile | +0.0% |  | no |" in lines
+    assert "| fused_adam | +0.0% (noise ±2.0%) | +10.0% | no |" in lines
+    assert "| compile | +0.0% (noise ±2.0%) |  | no |" in lines
 
 
 def test_measure_refuses_a_diverged_warm_up_and_survives_a_failed_profiler(monkeypatch):
@@ -401,3 +401,22 @@ def test_summary_with_a_failed_baseline_leaves_the_ratio_blank(tmp_path):
     table = trainstep_table.summary(str(path)).splitlines()
     assert "| capture | 32 | 2500 | 6.40 |  | 1.0% |  |" in table
     assert "| baseline | 32 | failed: RuntimeError: out of memory | | | | |" in table
+
+
+def test_verdicts_keep_no_change_whose_gain_is_within_the_noise():
+    # A gain counts above the larger round spread of the two rows, and at least NOISE_FLOOR
+    # (three rounds understate the spread): within it a change stays off, and its cell says so.
+    floor = trainstep_table.NOISE_FLOOR
+    rows = {"capture_32px": {"videos_per_s": 4000.0, "round_spread": 0.01,
+                             "data_wait_share": 0.01},
+            "capture_64px": {"videos_per_s": 1000.0, "round_spread": 0.05},
+            "capture_bf16_32px": {"videos_per_s": 4000.0 * (1 + floor / 2)},   # under the floor
+            "capture_bf16_64px": {"videos_per_s": 1200.0},
+            "capture_channels_last_32px": {"videos_per_s": 4400.0},
+            "capture_channels_last_64px": {"videos_per_s": 1040.0},            # under 5%
+            "capture_fused_adam_32px": {"videos_per_s": 4400.0, "round_spread": 0.03},
+            "capture_fused_adam_64px": {"videos_per_s": 1060.0, "round_spread": 0.01}}
+    lines = trainstep_table.verdicts(rows)
+    assert f"| bf16 | +1.0% (noise ±{floor:.1%}) | +20.0% | no |" in lines
+    assert "| channels_last | +10.0% | +4.0% (noise ±5.0%) | no |" in lines
+    assert "| fused_adam | +10.0% | +6.0% | yes |" in lines
