@@ -1326,3 +1326,31 @@ def test_split_errors_measures_both_precisions_against_float64(monkeypatch, tmp_
                                                "bf16x3"))
     assert worst == {"ieee": case["ieee"], "bf16x3": case["bf16x3"]}
     assert case["ieee"] < 1e-6 and 10 * case["ieee"] < case["bf16x3"] <= 1e-4, case
+
+
+def test_leapfrog_table_recommend_reads_a_saved_run_cut_short_or_whole(tmp_path, monkeypatch,
+                                                                         capsys):
+    # A run killed before its last line leaves $OUT/leapfrog_table.json (saved after every
+    # row): --recommend prints the dispatch table those rows say, as the run would have; a
+    # crossover cut short sets no switch point. Not such a file: one line, exit 2.
+    table = _leapfrog_table()
+    out, _, _ = _fake_table_main(table, monkeypatch, tmp_path / "whole")
+    capsys.readouterr()
+    saved = tmp_path / "whole" / "leapfrog_table.json"
+    assert table.main(["--recommend", str(saved)]) == out["recommend"]
+    assert capsys.readouterr().out == ("dispatch table, as measured: "
+                                       + json.dumps(out["recommend"]) + "\n")
+    assert "latency_max_rows" in out["recommend"]
+    cut = dict(out, rows=[r for r in out["rows"] if r["batch"] != table.STAGES["cross"][-1]])
+    del cut["recommend"], cut["cross_complete"]
+    (tmp_path / "cut.json").write_text(json.dumps(cut))
+    rec = table.main(["--recommend", str(tmp_path / "cut.json")])
+    assert "latency_max_rows" not in rec and rec == table.recommend(cut["rows"], cut["errors"],
+                                                                     False)
+    (tmp_path / "bad.json").write_text('{"device": "GPU-X"}')
+    for bad in (tmp_path / "bad.json", tmp_path / "missing.json"):
+        with pytest.raises(SystemExit) as e:
+            table.main(["--recommend", str(bad)])
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and f"{bad}: not a leapfrog_table.json" in err

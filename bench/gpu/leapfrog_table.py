@@ -33,6 +33,7 @@ Before stage 1 every fused variant is compiled once in parallel processes (--war
 single-threaded ptxas, so compiled one after another inside the timed stages the variants
 would spend most of the budget. Times are CUDA-event medians after warm-up. Results go to $OUT/leapfrog_table.json (if OUT is
 set) and to bench/results/<device>.json, section "leapfrog_table"; the table is printed last.
+`--recommend $OUT/leapfrog_table.json` prints the dispatch table of a run cut short.
 
 `--smoke` runs the same stages on CPU through the Triton interpreter at tiny shapes (no
 timings worth reading, no results file): a test runs it, so the GPU call does not find the
@@ -282,6 +283,13 @@ def warm(budget, smoke_run):
     return len(todo), failures, slow
 
 
+def cross_complete(rows):
+    """Whether the crossover was measured at every one of its batches: only then does it set
+    LATENCY_MAX_ROWS."""
+    return all(any(r.get("variant") == v and r.get("batch") == b and "ms" in r for r in rows)
+               for b in STAGES["cross"] for v in ("fused_latency", "fused_tile"))
+
+
 def worst_error(errs):
     """The largest of compare_to_reference's errors; NaN if any is (max() would pass it over
     unless it came first)."""
@@ -297,7 +305,19 @@ def main(argv=None):
     ap.add_argument("--warm-one", nargs=2, metavar=("VARIANT", "BATCH"),
                     help="run one forward+backward of VARIANT at BATCH and exit (warm-up job)")
     ap.add_argument("--no-warm", action="store_true", help="skip the parallel compile warm-up")
+    ap.add_argument("--recommend", metavar="JSON",
+                    help="print the dispatch table that a run's leapfrog_table.json says, and "
+                         "exit (for a run cut short before its last line; no GPU needed)")
     a = ap.parse_args(argv)
+    if a.recommend:
+        try:
+            with open(a.recommend) as f:
+                saved = json.load(f)
+            rec = recommend(saved["rows"], saved["errors"], cross_complete(saved["rows"]))
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            ap.exit(2, f"{ap.prog}: error: {a.recommend}: not a leapfrog_table.json ({err!r})\n")
+        print("dispatch table, as measured:", json.dumps(rec))
+        return rec
     if a.smoke:
         smoke()
     elif not torch.cuda.is_available():
@@ -433,10 +453,7 @@ def main(argv=None):
                         "fused_tile_bf16x3"):
             timed(variant, batch)
 
-    # the crossover sets LATENCY_MAX_ROWS only when measured at every one of its batches
-    out["cross_complete"] = all(
-        any(r.get("variant") == v and r.get("batch") == b and "ms" in r for r in out["rows"])
-        for b in STAGES["cross"] for v in ("fused_latency", "fused_tile"))
+    out["cross_complete"] = cross_complete(out["rows"])
     print("\nvariant                   B        ms      x eager   TFLOP/s  (peaks: " + ", ".join(
         f"{k} {v / 1e12:.0f}" for k, v in out["peaks"].items()) + ")")
     eager = {r["batch"]: r["ms"] for r in out["rows"]
