@@ -497,7 +497,8 @@ def test_bf16x3_error_where_a_truncating_split_missed_the_contract(tile, widths,
             text = " ".join(f.read().split())
         for claim in ("it does not keep the 1e-4 contract", "does **not** keep the 1e-4"):
             assert claim not in text, (doc, claim)
-        assert "truncat" in text, doc             # why the earlier figures were wrong, said
+        if doc.startswith("docs/"):               # the design notes say why the earlier
+            assert "truncat" in text, doc         # figures were wrong (the README need not)
 
 
 @pytest.mark.parametrize("B,k,widths,frames,scheme,activation", [
