@@ -8,9 +8,10 @@ the fused contract, next to `ieee` on the same inputs.
 Each case draws k (1 weighted double: the hardest), the two hidden widths, activation, scheme,
 batch, frames and dt, a random MLP (check.random_mlp) and initial state, and prints the largest
 of compare_to_reference's relative errors (trajectory, dHdq, every gradient) for both
-precisions, one JSON line per case. Batches above 37 rows would go to the latency layout, which
-computes in fp32 whatever the precision: LATENCY_MAX_ROWS is set to 0 so that bf16x3 runs the
-throughput layout where it fits and the tile layouts elsewhere.
+precisions, one JSON line per case. Batches this small (3 to 37 rows, for the interpreter's
+sake) would go to the latency layout, which computes in fp32 whatever the precision:
+LATENCY_MAX_ROWS is set to 0 so that bf16x3 runs the throughput layout where it fits and the
+tile layouts elsewhere, as it would for large batches.
 
 On a CPU the kernels run through Triton's interpreter (set here), whose bf16 dots are wrong,
 so the split runs emulated: the bf16 parts rounded as the GPU rounds them (ops._bf16_rne) and
