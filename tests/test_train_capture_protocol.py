@@ -241,6 +241,14 @@ def test_a_configuration_that_captures_builds_capturable_adams_and_the_graph_ste
         assert opt.param_groups[0]["fused"] is (True if hcapture.ADAM_FUSED else None)
 
 
+def _record_read(reads, name):
+    """Append (name, where) to `reads` unless the read is torch.optim's eager Adam's."""
+    import traceback
+    stack = traceback.extract_stack()[:-2]
+    if not any("/torch/optim/" in f.filename for f in stack):
+        reads.append((name, [f"{f.filename}:{f.lineno}" for f in stack[-4:]]))
+
+
 class _NoHostReads(torch.overrides.TorchFunctionMode):
     """Records every read of a tensor's value on the host (a device sync on CUDA, which a
     capture cannot contain), except those of torch.optim's eager Adam: on CUDA the Adams are
@@ -257,11 +265,7 @@ class _NoHostReads(torch.overrides.TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in self.READS:
-            import traceback
-            stack = traceback.extract_stack()[:-1]
-            if not any("/torch/optim/" in f.filename for f in stack):
-                self.reads.append((func.__name__, [f"{f.filename}:{f.lineno}"
-                                                   for f in stack[-4:]]))
+            _record_read(self.reads, func.__name__)
         return func(*args, **(kwargs or {}))
 
 
@@ -272,6 +276,7 @@ class _NoHostReadsAten(torch.utils._python_dispatch.TorchDispatchMode):
 
     READS = {"_local_scalar_dense", "is_nonzero", "equal", "nonzero", "masked_select", "unique",
              "_unique", "_unique2", "unique_dim", "unique_consecutive", "repeat_interleave"}
+    INDEXES = {"index", "index_put", "index_put_", "_index_put_impl_"}   # (self, indices, ...)
 
     def __init__(self):
         super().__init__()
@@ -283,13 +288,10 @@ class _NoHostReadsAten(torch.utils._python_dispatch.TorchDispatchMode):
         # mask runs nonzero inside its kernel, below this recorder
         if (name in self.READS and not (name == "repeat_interleave" and
                                         (kwargs or {}).get("output_size") is not None)
-                or name.startswith(("index", "_index_put")) and len(args) > 1
+                or name in self.INDEXES and len(args) > 1
                 and any(isinstance(i, torch.Tensor) and i.dtype in (torch.bool, torch.uint8)
-                        for i in args[1] or ())):
-            import traceback
-            stack = traceback.extract_stack()[:-1]
-            if not any("/torch/optim/" in f.filename for f in stack):
-                self.reads.append((str(func), [f"{f.filename}:{f.lineno}" for f in stack[-4:]]))
+                        for i in args[1])):
+            _record_read(self.reads, str(func))
         return func(*args, **(kwargs or {}))
 
 
