@@ -415,6 +415,67 @@ def test_leapfrog_table_recommend_crossover_ties_and_gaps():
     assert table.recommend(failed, {}) == {}
 
 
+def _noisy(*quads):
+    return [{"variant": v, "batch": b, "ms": ms, "spread": sp} for v, b, ms, sp in quads]
+
+
+def test_leapfrog_table_recommend_changes_the_table_only_beyond_the_noise():
+    # METHOD.md: a difference between versions smaller than a version's spread between two
+    # timings is noise. Each change of the dispatch table must gain more than NOISE_FLOOR and
+    # more than either row's half_spread; within that, the table keeps what it has.
+    table = _leapfrog_table()
+    assert table.NOISE_FLOOR == 0.02 and table.fused.LATENCY_MAX_ROWS == 2048
+    assert table.half_spread([1.0]) == 0.0
+    assert table.half_spread([1.0, 1.0, 3.0, 3.0]) == pytest.approx(1.0)   # halves 1 and 3
+    errors = dict(_ALL_ACCURATE, **{f"{v}/B{b}": 5e-6 for v in ("fused_tile_tf32x3",
+                                                               "fused_tile_bf16x3")
+                                   for b in (64, 1031)})
+    cross = [("fused_latency", 1024, 1.0, 0.0), ("fused_tile", 1024, 2.0, 0.0)]
+
+    def rec(*quads):
+        return table.recommend(_noisy(*cross, *quads), errors)
+
+    # crossover: at or under today's 2048 the latency layout keeps a batch the tile layout
+    # does not beat beyond the noise (1% slower: kept; 3% slower: lost) ...
+    assert rec(("fused_latency", 2048, 2.02, 0.0), ("fused_tile", 2048, 2.0, 0.0))[
+        "latency_max_rows"] == 2048
+    assert rec(("fused_latency", 2048, 2.06, 0.0), ("fused_tile", 2048, 2.0, 0.0))[
+        "latency_max_rows"] == 1024
+    # ... or a row's own spread (3% slower, but its halves 5% apart: kept)
+    assert rec(("fused_latency", 2048, 2.06, 0.05), ("fused_tile", 2048, 2.0, 0.0))[
+        "latency_max_rows"] == 2048
+    # above 2048 the latency layout takes a batch only by beating the tile layout
+    up = [("fused_latency", 2048, 1.0, 0.0), ("fused_tile", 2048, 2.0, 0.0)]
+    assert rec(*up, ("fused_latency", 4096, 3.95, 0.0), ("fused_tile", 4096, 4.0, 0.0))[
+        "latency_max_rows"] == 2048
+    assert rec(*up, ("fused_latency", 4096, 3.8, 0.0), ("fused_tile", 4096, 4.0, 0.0))[
+        "latency_max_rows"] == 4096
+    # warps: 16 warps 1% faster over the training batches keeps 8; 10% faster takes 16,
+    # unless a spread of 12% says that too is noise
+    for w16_ms, w16_spread, want in ((0.99, 0.0, 8), (0.9, 0.0, 16), (0.9, 0.12, 8)):
+        warps = _noisy(("fused_latency", 16, 0.5, 0.0), ("fused_latency", 64, 0.5, 0.0),
+                       ("fused_latency_w16", 16, w16_ms / 2, w16_spread),
+                       ("fused_latency_w16", 64, w16_ms / 2, 0.0),
+                       ("fused_latency_w4", 16, 0.6, 0.0), ("fused_latency_w4", 64, 0.6, 0.0))
+        assert table.recommend(warps, errors)["latency_warps"] == want, (w16_ms, w16_spread)
+    # a split becomes the default (and the bf16x3 opt-in is said to pay) only beyond the noise
+    for split_ms, split_spread, pays in ((9.9, 0.0, False), (9.0, 0.0, True), (9.0, 0.15, False)):
+        r = rec(*up, ("fused", 65536, 10.0, 0.0),
+                ("fused_throughput", 65536, split_ms, split_spread))
+        assert r["bf16x3_above_latency"] is pays, (split_ms, split_spread, r)
+        assert r["split_above_latency"] == ("fused_throughput" if pays else None)
+    # among splits that pay, a later-listed one displaces tf32x3 only by beating it too
+    for bf16_ms, want in ((7.9, "fused_tile_tf32x3"), (7.0, "fused_throughput")):
+        r = rec(*up, ("fused", 65536, 10.0, 0.0), ("fused_tile_tf32x3", 65536, 8.0, 0.0),
+                ("fused_throughput", 65536, bf16_ms, 0.0))
+        assert r["split_above_latency"] == want, (bf16_ms, r)
+    # the 16-row forward: 1% faster keeps 64-row blocks, 10% faster takes 16
+    for fwd16_ms, want in ((7.92, 64), (7.2, 16)):
+        fwd = _noisy(("fused_throughput", 65536, 8.0, 0.0),
+                     ("fused_throughput_fwd16", 65536, fwd16_ms, 0.0))
+        assert table.recommend(fwd, errors)["throughput_fwd_block"] == want
+
+
 def test_leapfrog_table_recommends_nothing_that_missed_the_error_contract():
     # faster but outside 1e-4 of float64 (or unchecked): never the recommendation
     table = _leapfrog_table()
@@ -623,15 +684,18 @@ def test_leapfrog_table_median_ms_is_the_median_of_cuda_event_times(monkeypatch)
     monkeypatch.setattr(table.torch.cuda, "Event", Event)
     monkeypatch.setattr(table.torch.cuda, "synchronize", lambda: None)
     calls = []
-    # max_s 0: exactly min_reps timed calls after one untimed warm-up call
-    assert table.median_ms(lambda: calls.append(1), min_reps=5, max_s=0.0) == (3.0, 5)
+    # max_s 0: exactly min_reps timed calls after one untimed warm-up call; times
+    # [7, 1, 100, 2, 3], whose halves [7, 1] and [100, 2, 3] have medians 4 and 3
+    assert table.median_ms(lambda: calls.append(1), min_reps=5, max_s=0.0) == (
+        3.0, 5, pytest.approx(1 / 3))
     assert len(calls) == 6
 
 
 def test_leapfrog_table_matmul_peak_is_flops_per_second(monkeypatch):
     table = _leapfrog_table()
     monkeypatch.setattr(table, "DEV", "cpu")       # 256 x 256 operands
-    monkeypatch.setattr(table, "median_ms", lambda fn, min_reps=None, max_s=2.0: (2.0, 5))
+    monkeypatch.setattr(table, "median_ms",
+                        lambda fn, min_reps=None, max_s=2.0: (2.0, 5, 0.0))
     # 2 * 256^3 multiply-add FLOPs in 2 ms
     assert table.matmul_peak(False) == pytest.approx(2 * 16777216 / 2e-3)
     assert table.matmul_peak(True, torch.bfloat16) == pytest.approx(1.6777216e10)
@@ -658,7 +722,7 @@ def _fake_table_main(table, monkeypatch, tmp_path, budget_s=1000.0, slow=(), ms=
         monkeypatch.setattr(table, "environment", lambda dev: {
             "device": "GPU-X", "torch": "t", "triton": "tr", "commit": "c", "python": "3"})
         monkeypatch.setattr(table, "graph_ms",
-                            lambda v, b: ((ms or {}).get((v, b, "graph"), 1.0), 7))
+                            lambda v, b: ((ms or {}).get((v, b, "graph"), 1.0), 7, 0.0))
         monkeypatch.setattr(table, "record", lambda *a: recorded.append(a))
         monkeypatch.setattr(table, "inputs", lambda batch, seed=0: [None] * 8)   # no .to("cuda")
     else:
@@ -687,7 +751,7 @@ def _fake_table_main(table, monkeypatch, tmp_path, budget_s=1000.0, slow=(), ms=
         value = (ms or {}).get((v, b), 2.0)
         if isinstance(value, Exception):
             raise value
-        return value, 7
+        return value, 7, 0.0
 
     def compare(*args, **kwargs):
         checks.append(budget[0].left())
@@ -795,7 +859,7 @@ def test_leapfrog_table_main_on_cuda_records_every_row_and_returns_the_device_fi
     out, _, _ = _fake_table_main(table, monkeypatch, tmp_path / "out",
                                  ms={("fused", 2, "graph"): 0.5}, recorded=recorded)
     measured = [r for r in out["rows"] if "ms" in r]
-    assert {"variant": "fused (graph)", "batch": 2, "ms": 0.5, "reps": 7,
+    assert {"variant": "fused (graph)", "batch": 2, "ms": 0.5, "reps": 7, "spread": 0.0,
             "tflops": pytest.approx(156480 * 2 / 0.5e-3 / 1e12)} in measured
     assert [a for a in recorded if "batch" in a[2]] == [
         ("leapfrog_table", f"{r['variant']}/B{r['batch']}", r, "cuda") for r in measured]

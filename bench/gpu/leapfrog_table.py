@@ -31,7 +31,9 @@ the bf16 peak.
 Before stage 1 every fused variant is compiled once in parallel processes (--warm-one, up to
 16 at a time), filling Triton's on-disk cache: one width-128 backward is about a minute of
 single-threaded ptxas, so compiled one after another inside the timed stages the variants
-would spend most of the budget. Times are CUDA-event medians after warm-up. Results go to $OUT/leapfrog_table.json (if OUT is
+would spend most of the budget. Times are CUDA-event medians after warm-up, each with its
+spread (its two halves' medians apart: `half_spread`); `recommend` changes the dispatch table
+only for a gain beyond that and NOISE_FLOOR. Results go to $OUT/leapfrog_table.json (if OUT is
 set) and to bench/results/<device>.json, section "leapfrog_table"; the table is printed last.
 `--recommend $OUT/leapfrog_table.json` prints the dispatch table of a run cut short.
 
@@ -184,12 +186,24 @@ def step_fn(variant, batch, forward_only=False):
     return step
 
 
+def half_spread(times):
+    """How far apart the medians of the first and the second half of one row's repetitions
+    are, relative to the row's median: the same version timed twice, back to back (METHOD.md:
+    a difference between versions smaller than that spread is noise). 0 for one repetition."""
+    if len(times) < 2:
+        return 0.0
+    half = len(times) // 2
+    return abs(statistics.median(times[:half]) - statistics.median(times[half:])) \
+        / statistics.median(times)
+
+
 def median_ms(fn, min_reps=None, max_s=2.0):
+    """(median ms, repetitions, half_spread) of `fn` after one warm-up run."""
     min_reps = min_reps or MIN_REPS
     if DEV != "cuda":   # --smoke: one run on the host clock (it checks the script, not speed)
         t0 = time.perf_counter()
         fn()
-        return (time.perf_counter() - t0) * 1e3, 1
+        return (time.perf_counter() - t0) * 1e3, 1, 0.0
     fn()
     torch.cuda.synchronize()
     times, t_end = [], time.monotonic() + max_s
@@ -200,7 +214,7 @@ def median_ms(fn, min_reps=None, max_s=2.0):
         b.record()
         b.synchronize()
         times.append(a.elapsed_time(b))
-    return statistics.median(times), len(times)
+    return statistics.median(times), len(times), half_spread(times)
 
 
 def graph_ms(variant, batch):
@@ -225,7 +239,7 @@ def matmul_peak(tf32, dtype=torch.float32):
     with fused._fp32_matmul("tf32" if tf32 else "ieee"):
         n = 8192 if DEV == "cuda" else 256
         a, b = (torch.randn(n, n, device=DEV).to(dtype) for _ in range(2))
-        ms, _ = median_ms(lambda: a @ b, min_reps=5, max_s=1.0)
+        ms = median_ms(lambda: a @ b, min_reps=5, max_s=1.0)[0]
     return 2 * n ** 3 / (ms * 1e-3)
 
 
@@ -349,16 +363,16 @@ def main(argv=None):
         if DEV == "cuda":
             record("leapfrog_table", name, payload, "cuda")
 
-    def row(variant, batch, ms, reps, graph=False, forward_only=False):
+    def row(variant, batch, ms, reps, spread, graph=False, forward_only=False):
         flops = leapfrog_flops(batch, FRAMES, K, WIDTHS, backward=not forward_only)
         tag = " (graph)" if graph else " (fwd)" if forward_only else ""
-        r = {"variant": variant + tag, "batch": batch, "ms": ms,
-             "reps": reps, "tflops": flops / (ms * 1e-3) / 1e12}
+        r = {"variant": variant + tag, "batch": batch, "ms": ms, "reps": reps,
+             "spread": spread, "tflops": flops / (ms * 1e-3) / 1e12}
         out["rows"].append(r)
         if DEV == "cuda":
             record("leapfrog_table", f"{r['variant']}/B{batch}", r, "cuda")
-        print(f"  {r['variant']:<24} B={batch:<6} {ms:9.3f} ms  {r['tflops']:6.2f} TFLOP/s",
-              flush=True)
+        print(f"  {r['variant']:<24} B={batch:<6} {ms:9.3f} ms  {r['tflops']:6.2f} TFLOP/s  "
+              f"(halves {100 * spread:.1f}% apart)", flush=True)
         save()
 
     def timed(variant, batch, graph=False, forward_only=False):
@@ -374,9 +388,9 @@ def main(argv=None):
         if graph and DEV != "cuda":
             return
         try:
-            ms, reps = (graph_ms(variant, batch) if graph else
-                        median_ms(step_fn(variant, batch, forward_only)))
-            row(variant, batch, ms, reps, graph, forward_only)
+            ms, reps, spread = (graph_ms(variant, batch) if graph else
+                                median_ms(step_fn(variant, batch, forward_only)))
+            row(variant, batch, ms, reps, spread, graph, forward_only)
         except Exception as err:  # noqa: BLE001 - a failing variant is a result, not a stop
             out["rows"].append({"variant": variant, "batch": batch, "failed": repr(err)[:300]})
             print(f"  {variant} B={batch} failed: {err!r}"[:300], flush=True)
@@ -454,8 +468,8 @@ def main(argv=None):
             timed(variant, batch)
 
     out["cross_complete"] = cross_complete(out["rows"])
-    print("\nvariant                   B        ms      x eager   TFLOP/s  (peaks: " + ", ".join(
-        f"{k} {v / 1e12:.0f}" for k, v in out["peaks"].items()) + ")")
+    print("\nvariant                   B        ms      x eager   TFLOP/s  halves  (peaks: "
+          + ", ".join(f"{k} {v / 1e12:.0f}" for k, v in out["peaks"].items()) + ")")
     eager = {r["batch"]: r["ms"] for r in out["rows"]
              if r.get("variant") == "reference" and "ms" in r}
     for r in out["rows"]:
@@ -466,7 +480,7 @@ def main(argv=None):
         base = None if r["variant"].endswith("(fwd)") else eager.get(r["batch"])
         ratio = f"{base / r['ms']:8.1f}x" if base else f"{'-':>9}"   # eager not timed there
         print(f"{r['variant']:<24} {r['batch']:<7} {r['ms']:8.3f}  {ratio}  "
-              f"{r['tflops']:7.2f}")
+              f"{r['tflops']:7.2f}  {100 * r.get('spread', 0.0):5.1f}%")
     print("errors:", json.dumps(out["errors"]))
     out["recommend"] = recommend(out["rows"], out["errors"], out["cross_complete"])
     keep("dispatch_table_as_measured", dict(out["recommend"]))
@@ -476,69 +490,102 @@ def main(argv=None):
     save()
 
 
+# A change of the dispatch table counts only when its gain is larger than the larger
+# half_spread of the two rows compared and at least this (trainstep_table.py's floor: one
+# run's halves understate the run-to-run spread). Within it the table keeps what it has.
+NOISE_FLOOR = 0.02
+
+
 def recommend(rows, errors, cross_complete=True):
     """What the measured rows say the dispatch table (kernels/leapfrog/fused.py) should be:
-    {"latency_max_rows": the largest batch at which the latency layout beat the tile layout
-    (ieee, the default precision), "latency_warps": the fastest of 4, 8, 16 warps summed over
-    the training batches, "bf16x3_above_latency": whether the throughput layout (bf16x3)
-    beat the default dispatch at every batch above that (whether that opt-in pays),
-    "split_above_latency": which of the
-    fp32-faithful splits (DEFAULT_SPLITS: tf32x3 in the tile layout, bf16x3 in the throughput
-    and the tile layouts) beat the default dispatch at every batch above that and is fastest
-    at the largest batch they share, or None, "throughput_fwd_block": 64 or 16}. The default
-    dispatch at a batch above the latency regime is the ieee tile layout: its "fused_tile" row,
-    or where none was timed the "fused" row (at 65536, where "fused" runs that layout).
+    {"latency_max_rows": the largest batch up to which the latency layout kept its place
+    against the tile layout (ieee, the default precision), "latency_warps": 4, 8 or 16, by
+    their time summed over the training batches, "bf16x3_above_latency": whether the
+    throughput layout (bf16x3) beat the default dispatch at every batch above that (whether
+    that opt-in pays), "split_above_latency": which of the fp32-faithful splits
+    (DEFAULT_SPLITS: tf32x3 in the tile layout, bf16x3 in the throughput and the tile layouts)
+    beat the default dispatch at every batch above that and is fastest at the largest batch
+    they share, or None, "throughput_fwd_block": 64 or 16}. The default dispatch at a batch
+    above the latency regime is the ieee tile layout: its "fused_tile" row, or where none was
+    timed the "fused" row (at 65536, where "fused" runs that layout).
+
+    "Beat" means faster by more than the noise (`NOISE_FLOOR`, or the larger `half_spread`
+    of the two rows): within it the table keeps what it has now. So the latency layout keeps
+    a batch up to today's LATENCY_MAX_ROWS unless the tile layout beats it there, and takes
+    one above only by beating the tile layout; the first batch it does not keep ends its
+    regime. 8 warps, 64-row forward blocks, ieee above the latency regime (no split) and the
+    first listed of DEFAULT_SPLITS stay unless another beats them.
     Only a variant within 1e-4 of float64 at every batch stage 2 checks it at (`accurate`; a
     failed, missing or NaN check is not) is picked: latency_max_rows is 0 when the latency
     layout is not, a warp count, the 16-row forward or a split that is not is passed over,
-    and bf16x3_above_latency is False. Ties keep the table's current choice (the latency
-    layout, 8 warps, 64-row blocks). A key is absent when its rows are; "latency_max_rows" also when
-    the crossover stage was cut short (`cross_complete`)."""
+    and bf16x3_above_latency is False. A key is absent when its rows are;
+    "latency_max_rows" also when the crossover stage was cut short (`cross_complete`)."""
     ms = {(r["variant"], r["batch"]): r["ms"] for r in rows if "ms" in r}
+    spread = {(r["variant"], r["batch"]): r.get("spread", 0.0) for r in rows if "ms" in r}
 
     def accurate(variant):
         errs = [errors.get(f"{variant}/B{b}") for b in error_batches(variant)]
         return all(isinstance(e, float) and e <= 1e-4 for e in errs)   # NaN compares False
 
+    def beats(new_ms, old_ms, keys):
+        margin = max([NOISE_FLOOR] + [spread[k] for k in keys])
+        return new_ms < old_ms * (1 - margin)
+
+    def beats_row(new, old):
+        return beats(ms[new], ms[old], (new, old))
+
     rec = {}
     batches = sorted({b for v, b in ms if v == "fused_latency" and ("fused_tile", b) in ms})
-    wins = [b for b in batches if ms["fused_latency", b] <= ms["fused_tile", b]]
+    kept = [b for b in batches
+            if (not beats_row(("fused_tile", b), ("fused_latency", b))
+                if b <= fused.LATENCY_MAX_ROWS else
+                beats_row(("fused_latency", b), ("fused_tile", b)))]
     if batches and cross_complete:
-        # the first loss ends the latency regime: a later win is noise around the crossover
-        first_loss = min([b for b in batches if b not in wins], default=None)
-        rec["latency_max_rows"] = max([b for b in wins if first_loss is None or b < first_loss],
+        # the first batch lost ends the latency regime: a later win is noise around the
+        # crossover
+        first_loss = min([b for b in batches if b not in kept], default=None)
+        rec["latency_max_rows"] = max([b for b in kept if first_loss is None or b < first_loss],
                                       default=0) if accurate("fused_latency") else 0
     train = sorted({b for v, b in ms if v == "fused_latency"} & set(STAGES["train"]))
-    warps = {w: sum(ms.get((v, b), float("inf")) for b in train) for w, v in
-             ((8, "fused_latency"), (4, "fused_latency_w4"), (16, "fused_latency_w16"))
-             if accurate(v)}
-    if train and min(warps.values(), default=float("inf")) < float("inf"):
-        rec["latency_warps"] = min(warps, key=warps.get)   # the first of equals: 8 on a tie
+    by_warps = {8: "fused_latency", 4: "fused_latency_w4", 16: "fused_latency_w16"}
+    sums = {w: sum(ms.get((v, b), float("inf")) for b in train)
+            for w, v in by_warps.items() if accurate(v)}
+    sums = {w: t for w, t in sums.items() if t < float("inf")}
+    if train and sums:
+        # 8 (the table's) unless others beat it; then the fastest of those
+        now = 8 if 8 in sums else min(sums, key=sums.get)
+        beaters = [w for w in sums if w != now and beats(
+            sums[w], sums[now], [(by_warps[x], b) for x in (w, now) for b in train])]
+        rec["latency_warps"] = min(beaters, key=sums.get) if beaters else now
     # The default dispatch above the latency regime at batch b, once this table is applied:
     # the ieee tile layout, "fused_tile" where a stage timed it (5, 6: "fused" is not timed
     # at the crossover batches, and at 1024 it is the latency layout of today's table), else
     # "fused", which runs that layout at 65536 (stage 4).
-    default_ms = {b: ms.get(("fused_tile", b), ms.get(("fused", b)))
-                  for _, b in ms if ("fused", b) in ms or ("fused_tile", b) in ms}
+    default_row = {b: ("fused_tile", b) if ("fused_tile", b) in ms else ("fused", b)
+                   for _, b in ms if ("fused", b) in ms or ("fused_tile", b) in ms}
     # Every split that is accurate and beats the default at each batch above the latency
     # regime where both ran; the fastest of them at the largest batch they all ran.
     over = {v: {b for w, b in ms if w == v and b > rec.get("latency_max_rows", 0)
-                and b in default_ms} for v in SPLITS}
+                and b in default_row} for v in SPLITS}
     faster = {v: bs for v, bs in over.items()
-              if bs and accurate(v) and all(ms[v, b] < default_ms[b] for b in bs)}
+              if bs and accurate(v) and all(beats_row((v, b), default_row[b]) for b in bs)}
     if over["fused_throughput"]:
         rec["bf16x3_above_latency"] = "fused_throughput" in faster
-    default = {v: bs for v, bs in faster.items() if v in DEFAULT_SPLITS}
+    default = [v for v in DEFAULT_SPLITS if v in faster]
     if any(over[v] for v in DEFAULT_SPLITS):
-        shared = max(set.intersection(*default.values()), default=None) if default else None
-        rec["split_above_latency"] = (min(default, key=lambda v: (ms[v, shared],
-                                                                   DEFAULT_SPLITS.index(v)))
-                                      if shared is not None else None)
+        shared = max(set.intersection(*(faster[v] for v in default)), default=None) \
+            if default else None
+        best = None
+        if shared is not None:
+            # the first listed unless others beat it there; then the fastest of those
+            beaters = [v for v in default[1:] if beats_row((v, shared), (default[0], shared))]
+            best = min(beaters, key=lambda v: ms[v, shared]) if beaters else default[0]
+        rec["split_above_latency"] = best
     big = [b for v, b in ms if v == "fused_throughput_fwd16" and ("fused_throughput", b) in ms]
     if big:
         b = max(big)
-        rec["throughput_fwd_block"] = (16 if ms["fused_throughput_fwd16", b]
-                                       < ms["fused_throughput", b]
+        rec["throughput_fwd_block"] = (16 if beats_row(("fused_throughput_fwd16", b),
+                                                       ("fused_throughput", b))
                                        and accurate("fused_throughput_fwd16") else 64)
     return rec
 
