@@ -83,12 +83,91 @@ def _load_average():
         return None
 
 
+# NVML's clock-event reasons (nvml.h, nvmlClocksEventReason*): why the SM clock is under its
+# maximum when a figure is recorded.
+_CLOCK_REASONS = {0x1: "idle", 0x2: "applications_clocks_setting", 0x4: "sw_power_cap",
+                  0x8: "hw_slowdown", 0x10: "sync_boost", 0x20: "sw_thermal_slowdown",
+                  0x40: "hw_thermal_slowdown", 0x80: "hw_power_brake_slowdown",
+                  0x100: "display_clock_setting"}
+_NVML = {}   # "lib": the initialised pynvml module, or "error": why there is none
+
+
+def _nvml_handle(nvml):
+    """The NVML handle of torch's current CUDA device (by UUID: NVML numbers the devices
+    without regard to CUDA_VISIBLE_DEVICES); index 0 where NVML sees only one."""
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    uuid = str(getattr(props, "uuid", ""))
+    for name in (uuid, "GPU-" + uuid):
+        try:   # older nvidia-ml-py takes bytes only (a TypeError for a str)
+            return nvml.nvmlDeviceGetHandleByUUID(name.encode())
+        except (nvml.NVMLError, TypeError):
+            try:
+                return nvml.nvmlDeviceGetHandleByUUID(name)
+            except (nvml.NVMLError, TypeError):
+                continue
+    if nvml.nvmlDeviceGetCount() == 1:
+        return nvml.nvmlDeviceGetHandleByIndex(0)
+    raise RuntimeError(f"NVML finds no device with torch's UUID {uuid!r}")
+
+
+def gpu_state():
+    """The card's SM and memory clocks, power, temperature, performance state and the reasons
+    its clocks are held down, read through NVML (nvidia-ml-py; reads only: METHOD.md, measure
+    the card as you find it), so that a figure taken under a power cap or a thermal slowdown
+    says so. None without CUDA or NVML; {"error": ...} where NVML fails."""
+    if not torch.cuda.is_available():
+        return None
+    if not _NVML:
+        try:
+            import pynvml
+            pynvml.nvmlInit()
+            _NVML["lib"] = pynvml
+        except Exception as err:   # noqa: BLE001 - not installed, or no driver library
+            _NVML["error"] = f"{type(err).__name__}: {err}"
+    nvml = _NVML.get("lib")
+    if nvml is None:
+        return None if _NVML["error"].startswith(("ImportError", "ModuleNotFound")) \
+            else {"error": _NVML["error"]}
+    try:
+        h = _nvml_handle(nvml)
+        reasons = getattr(nvml, "nvmlDeviceGetCurrentClocksEventReasons", None) or \
+            nvml.nvmlDeviceGetCurrentClocksThrottleReasons
+        mask = reasons(h)
+        return {
+            "sm_clock_mhz": nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_SM),
+            "sm_clock_max_mhz": nvml.nvmlDeviceGetMaxClockInfo(h, nvml.NVML_CLOCK_SM),
+            "mem_clock_mhz": nvml.nvmlDeviceGetClockInfo(h, nvml.NVML_CLOCK_MEM),
+            "power_w": nvml.nvmlDeviceGetPowerUsage(h) / 1000,
+            "power_limit_w": nvml.nvmlDeviceGetEnforcedPowerLimit(h) / 1000,
+            "temperature_c": nvml.nvmlDeviceGetTemperature(h, nvml.NVML_TEMPERATURE_GPU),
+            "pstate": nvml.nvmlDeviceGetPerformanceState(h),
+            "clock_reasons": [n for bit, n in _CLOCK_REASONS.items() if mask & bit]
+            + ([f"other 0x{mask & ~sum(_CLOCK_REASONS):x}"] if mask & ~sum(_CLOCK_REASONS)
+               else []),
+        }
+    except Exception as err:   # noqa: BLE001 - a figure is still worth recording without it
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+def gpu_state_line(state):
+    """One line of gpu_state() for a script's log."""
+    if not state:
+        return "GPU state: not read (no NVML)"
+    if "error" in state:
+        return f"GPU state: not read ({state['error']})"
+    return (f"GPU state: SM {state['sm_clock_mhz']}/{state['sm_clock_max_mhz']} MHz, memory "
+            f"{state['mem_clock_mhz']} MHz, {state['power_w']:.0f}/{state['power_limit_w']:.0f}"
+            f" W, {state['temperature_c']} C, P{state['pstate']}, clocks held by: "
+            f"{', '.join(state['clock_reasons']) or 'nothing'}")
+
+
 def record(section: str, name: str, payload: dict, device: str = "cuda",
            partial: bool = False) -> str:
     """Merge ``payload`` under results[section][name] in bench/results/<device>.json.
 
     Each entry carries what it was measured with (commit, torch, triton, date, the machine's
-    1-minute load average): the file's top-level environment is only its last writer's.
+    1-minute load average, and on a GPU its clocks, power and temperature just after: see
+    gpu_state): the file's top-level environment is only its last writer's.
     partial=True is for entries that pair figures of one run (speed-ups): keys this run did
     not measure stay, each listed under "earlier" with the commit and date it came from,
     instead of vanishing when a run (-k) timed only some of the variants.
@@ -104,6 +183,10 @@ def record(section: str, name: str, payload: dict, device: str = "cuda",
     stamp = {"commit": env["commit"], "torch": env.get("torch"), "triton": env.get("triton"),
              "measured": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
              "load_average_1min": _load_average()}
+    if device.startswith("cuda"):
+        state = gpu_state()
+        if state is not None:
+            stamp["gpu_state"] = state
     entries = data.setdefault("results", {}).setdefault(section, {})
     old = entries.get(name, {})
     entry = {**payload, **stamp}

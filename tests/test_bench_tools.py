@@ -342,6 +342,88 @@ def test_leapfrog_table_without_cuda_refuses_in_one_line(monkeypatch, capsys):
                                             "CPU\n")
 
 
+class _FakeNVML:
+    """pynvml's calls that gpu_state makes, with the units NVML answers in (mW, MHz, C)."""
+    NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_TEMPERATURE_GPU = 1, 2, 0
+
+    class NVMLError(Exception):
+        pass
+
+    def __init__(self, reasons):
+        self.reasons, self.inits = reasons, 0
+
+    def nvmlInit(self):
+        self.inits += 1
+
+    def nvmlDeviceGetHandleByUUID(self, uuid):
+        if uuid != "GPU-1234":   # torch names the UUID without NVML's "GPU-" prefix
+            raise self.NVMLError("Not Found")
+        return "h"
+
+    def nvmlDeviceGetClockInfo(self, h, which):
+        return {1: 1755, 2: 3201}[which]
+
+    def nvmlDeviceGetMaxClockInfo(self, h, which):
+        return 1980
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        return 612345
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h):
+        return 700000
+
+    def nvmlDeviceGetTemperature(self, h, sensor):
+        return 71
+
+    def nvmlDeviceGetPerformanceState(self, h):
+        return 0
+
+    def nvmlDeviceGetCurrentClocksEventReasons(self, h):
+        return self.reasons
+
+
+def test_gpu_state_names_the_clocks_power_and_what_holds_the_clocks_down(monkeypatch, tmp_path):
+    # A GPU figure taken under a power cap or a thermal slowdown must say so: every results
+    # entry measured on CUDA carries the card's state, read (only read) through NVML.
+    monkeypatch.setattr(_results, "_NVML", {})
+    fake = _FakeNVML(reasons=0x4 | 0x40 | 0x1000)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(_results.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(_results.torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(_results.torch.cuda, "get_device_properties",
+                        lambda i: type("P", (), {"uuid": "1234"})())
+    state = _results.gpu_state()
+    assert state == {"sm_clock_mhz": 1755, "sm_clock_max_mhz": 1980, "mem_clock_mhz": 3201,
+                     "power_w": 612.345, "power_limit_w": 700.0, "temperature_c": 71,
+                     "pstate": 0, "clock_reasons": ["sw_power_cap", "hw_thermal_slowdown",
+                                                    "other 0x1000"]}
+    assert _results.gpu_state_line(state) == (
+        "GPU state: SM 1755/1980 MHz, memory 3201 MHz, 612/700 W, 71 C, P0, clocks held by: "
+        "sw_power_cap, hw_thermal_slowdown, other 0x1000")
+    _results.gpu_state()
+    assert fake.inits == 1   # NVML is initialised once per process
+    # each entry recorded on CUDA carries it; a CPU entry does not
+    monkeypatch.setattr(_results, "RESULTS_DIR", str(tmp_path))
+    monkeypatch.setattr(_results.torch.cuda, "get_device_name", lambda i: "GPU X")
+    path = _results.record("s", "row", {"ms": 1.0}, "cuda")
+    assert json.load(open(path))["results"]["s"]["row"]["gpu_state"] == state
+    monkeypatch.setattr(_results.torch.cuda, "is_available", lambda: False)
+    path = _results.record("s", "row", {"ms": 1.0}, "cpu")
+    assert "gpu_state" not in json.load(open(path))["results"]["s"]["row"]
+    # NVML failing is said, not raised: the figure is still recorded
+    monkeypatch.setattr(_results.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(fake, "nvmlDeviceGetPowerUsage",
+                        lambda h: (_ for _ in ()).throw(fake.NVMLError("Not Supported")))
+    assert _results.gpu_state() == {"error": "NVMLError: Not Supported"}
+    assert _results.gpu_state_line({"error": "NVMLError: Not Supported"}) == (
+        "GPU state: not read (NVMLError: Not Supported)")
+    # no nvidia-ml-py: nothing to say
+    monkeypatch.setattr(_results, "_NVML", {})
+    monkeypatch.setitem(sys.modules, "pynvml", None)   # import fails
+    assert _results.gpu_state() is None
+    assert _results.gpu_state_line(None) == "GPU state: not read (no NVML)"
+
+
 def test_results_files_are_named_after_the_gpu_and_state_the_versions(monkeypatch):
     # the name becomes a file name (bench/results/NVIDIA-H200.json, what the docs and the
     # merge step name); the versions are what the figures were measured with
@@ -871,6 +953,8 @@ def test_leapfrog_table_main_on_cuda_records_every_row_and_returns_the_device_fi
     assert rest == {f"error {k}": {"rel_err_vs_float64": e} for k, e in out["errors"].items()}
     assert out["errors"] and out["peaks"]
     assert sorted(os.listdir(tmp_path / "out")) == ["GPU-X.json", "leapfrog_table.json"]
+    # the card's state before the timed stages, after the heaviest and at the end
+    assert set(out["gpu_state"]) == {"start", "after B = 65536", "end"}
     # --smoke: its timings are the interpreter's, so even a device file there stays behind
     table = _leapfrog_table()
     monkeypatch.setattr(table, "RESULTS_DIR", str(results))

@@ -62,7 +62,8 @@ if "--smoke" in sys.argv and not torch.cuda.is_available():
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from _results import RESULTS_DIR, environment, record, write_json  # noqa: E402
+from _results import (RESULTS_DIR, environment, gpu_state, gpu_state_line,  # noqa: E402
+                      record, write_json)
 from hgan.kernels import leapfrog, leapfrog_flops  # noqa: E402
 from hgan.kernels.leapfrog import fused  # noqa: E402
 from hgan.kernels.leapfrog.check import compare_to_reference, random_mlp  # noqa: E402
@@ -405,6 +406,14 @@ def main(argv=None):
               f"{out['warm']['seconds']:.0f} s; failures: {failures or 'none'}", flush=True)
         save()
 
+    def card(when):
+        """The card's clocks, power and temperature (a GPU run only): before the timed
+        stages, after the heaviest (B = 65536) and at the end."""
+        if DEV == "cuda":
+            out.setdefault("gpu_state", {})[when] = state = gpu_state()
+            print(f"  {gpu_state_line(state)} ({when})", flush=True)
+
+    card("start")
     print("1. matmul peaks", flush=True)
     out["peaks"] = {"fp32": matmul_peak(False), "tf32": matmul_peak(True),
                     "bf16": matmul_peak(False, torch.bfloat16)}
@@ -456,6 +465,7 @@ def main(argv=None):
     for variant in ("fused_throughput", "fused"):
         for batch in STAGES["big"]:
             timed(variant, batch, forward_only=True)
+    card("after B = 65536")
     print("5. B = 1024", flush=True)
     for variant in ("reference", "analytic", "fused", "fused_latency", "fused_tile",
                     "fused_throughput"):
@@ -467,6 +477,7 @@ def main(argv=None):
                         "fused_tile_bf16x3"):
             timed(variant, batch)
 
+    card("end")
     out["cross_complete"] = cross_complete(out["rows"])
     print("\nvariant                   B        ms      x eager   TFLOP/s  halves  (peaks: "
           + ", ".join(f"{k} {v / 1e12:.0f}" for k, v in out["peaks"].items()) + ")")
