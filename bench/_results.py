@@ -98,13 +98,10 @@ def _nvml_handle(nvml):
     props = torch.cuda.get_device_properties(torch.cuda.current_device())
     uuid = str(getattr(props, "uuid", ""))
     for name in (uuid, "GPU-" + uuid):
-        try:   # older nvidia-ml-py takes bytes only (a TypeError for a str)
+        try:   # bytes: older nvidia-ml-py takes nothing else, newer ones take either
             return nvml.nvmlDeviceGetHandleByUUID(name.encode())
-        except (nvml.NVMLError, TypeError):
-            try:
-                return nvml.nvmlDeviceGetHandleByUUID(name)
-            except (nvml.NVMLError, TypeError):
-                continue
+        except nvml.NVMLError:
+            continue
     if nvml.nvmlDeviceGetCount() == 1:
         return nvml.nvmlDeviceGetHandleByIndex(0)
     raise RuntimeError(f"NVML finds no device with torch's UUID {uuid!r}")

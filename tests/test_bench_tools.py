@@ -356,7 +356,7 @@ class _FakeNVML:
         self.inits += 1
 
     def nvmlDeviceGetHandleByUUID(self, uuid):
-        if uuid != "GPU-1234":   # torch names the UUID without NVML's "GPU-" prefix
+        if uuid != b"GPU-1234":   # torch names the UUID without NVML's "GPU-" prefix
             raise self.NVMLError("Not Found")
         return "h"
 
