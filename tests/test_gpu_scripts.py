@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 
 import pytest
 
@@ -214,10 +215,34 @@ def _table1_stub_bin(tmp_path, pack_check_passes=True, export_fails=False, grid_
           *) echo "stub $args" ;;
         esac
         """))
-    (bin_dir / "nvidia-smi").write_text("#!/usr/bin/env bash\necho 'Stub GPU'\n")
+    # `nvidia-smi dmon` runs until it is killed: its pid and arguments in dmon.pid/dmon.args
+    (bin_dir / "nvidia-smi").write_text(textwrap.dedent(f"""\
+        #!/usr/bin/env bash
+        if [ "${{1:-}}" = dmon ]; then
+          echo "$*" > "{tmp_path}/dmon.args"; echo $$ > "{tmp_path}/dmon.pid"
+          echo "#Time gpu pwr gtemp"
+          while true; do echo "12:00:00 0 612 71"; command -p sleep 0.05; done
+        fi
+        echo 'Stub GPU'
+        """))
     for f in bin_dir.iterdir():
         f.chmod(0o755)
     return bin_dir
+
+
+def _ends(pid, within_s=10.0):
+    """Whether process `pid` is gone, or a zombie, within `within_s` (a killed orphan is
+    reaped by whoever adopts it, a moment later)."""
+    t_end = time.monotonic() + within_s
+    while time.monotonic() < t_end:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
 
 
 @pytest.mark.parametrize("pack_check_passes", [True, False])
@@ -571,7 +596,15 @@ def test_table1_script_returns_its_eight_files_and_tarballs_that_unpack_where_do
         one = tar.extractfile("table1/eval-one.txt").read().decode()
     assert one == (out / "eval-one.log").read_text().splitlines()[-1] + "\n"
     with tarfile.open(out / "logs.tar.gz") as tar:
-        assert {"grid.json", "runs/pendulum-hgan-s0/train.log"} <= set(tar.getnames())
+        assert {"grid.json", "runs/pendulum-hgan-s0/train.log", "dmon.txt"} <= set(
+            tar.getnames())
+        dmon = tar.extractfile("dmon.txt").read().decode().splitlines()
+    # the card's monitor: power, utilisation, clocks, violations every 10 s, with the time;
+    # it ran through the script and was stopped at its end
+    assert (tmp_path / "dmon.args").read_text().split() == [
+        "dmon", "-s", "pucv", "-d", "10", "-o", "T"]
+    assert dmon[0] == "#Time gpu pwr gtemp" and dmon[1] == "12:00:00 0 612 71"
+    assert _ends(int((tmp_path / "dmon.pid").read_text()))
 
 
 def test_table1_script_makes_the_table_of_a_grid_cut_short_from_its_runs(tmp_path):

@@ -20,7 +20,8 @@
 #   table1.tar.gz                 docs/results/table1/ (compare.md, figures, each run's config,
 #                                 summary, experiment.json and evaluation; no checkpoints):
 #                                 unpack here with `tar xzf table1.tar.gz -C docs/results`
-#   logs.tar.gz                   every run's train.log and eval.log
+#   logs.tar.gz                   every run's train.log and eval.log, and dmon.txt: the card's
+#                                 power, temperature, clocks and throttling every 10 s
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 OUT="${OUT:-$PWD/gpu-out}"
@@ -65,6 +66,24 @@ print("commit", os.environ.get("HGAN_COMMIT") or subprocess.run(
     or "unknown (no git here)")
 PYEOF
 
+# On the way out, whatever ends the script: stop the card's monitor and the MPS daemon.
+MPS_ON=0 DMON_PID=
+finish() {
+  [ -n "$DMON_PID" ] && kill "$DMON_PID" 2> /dev/null
+  [ "$MPS_ON" = 1 ] && echo quit | nvidia-cuda-mps-control
+}
+trap finish EXIT
+
+# The card's power, temperature, utilisation, clocks and power/thermal violations every 10 s
+# from here to the end (`nvidia-smi dmon`, which only reads), into logs.tar.gz: 15 runs at
+# once may hold the card at its power cap, and the iterations each run reached would then
+# say so only through this.
+DMON="$SCRATCH/table1-dmon.txt"
+if [ "$DEVICE" != cpu ] && command -v nvidia-smi > /dev/null; then
+  nvidia-smi dmon -s pucv -d 10 -o T > "$DMON" 2>&1 &
+  DMON_PID=$!
+fi
+
 # MPS=1: run the grid's processes under an MPS daemon, so that the kernels of different
 # runs share the SMs at once instead of taking turns (docs/experiments.md: without it 15
 # captured runs share one run's iterations/s). Opt-in and not yet tried on a GPU: if the
@@ -75,7 +94,7 @@ if [ "${MPS:-0}" = 1 ]; then
     mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
     if nvidia-cuda-mps-control -d && timeout 60 $PY -c \
         "import torch; assert torch.ones(4, device='cuda').sum().item() == 4"; then
-      trap 'echo quit | nvidia-cuda-mps-control' EXIT
+      MPS_ON=1   # quit by finish
       echo "MPS: on" | tee -a "$OUT/versions.txt"
     else
       echo quit | nvidia-cuda-mps-control 2> /dev/null
@@ -181,7 +200,7 @@ fi
 # grid itself ended well (a grid cut short still writes a compare.md, from --report-only, and
 # its tarball still comes back): a failed grid must not take the committed results with it.
 cp "$GRID/compare.md" "$OUT/compare.md" 2>/dev/null
-EXPORT=$(mktemp -d)   # (no trap: the MPS daemon's quit holds the EXIT trap)
+EXPORT=$(mktemp -d)
 if $PY -m hgan.experiments export "$GRID" --to "$EXPORT/table1"; then
   cp "$OUT/versions.txt" "$EXPORT/table1/versions.txt"
   [ -f "$OUT/eval-one.log" ] && tail -1 "$OUT/eval-one.log" > "$EXPORT/table1/eval-one.txt"
@@ -197,6 +216,11 @@ else
   [ "$status" -eq 0 ] && status=1
 fi
 rm -rf "$EXPORT"
-(cd "$GRID" && tar czf "$OUT/logs.tar.gz" grid.json runs/*/train.log runs/*/eval.log 2>/dev/null)
+if [ -n "$DMON_PID" ]; then
+  kill "$DMON_PID" 2> /dev/null; DMON_PID=
+  [ -d "$GRID" ] && cp "$DMON" "$GRID/dmon.txt"
+fi
+(cd "$GRID" && tar czf "$OUT/logs.tar.gz" grid.json runs/*/train.log runs/*/eval.log \
+    $([ -f dmon.txt ] && echo dmon.txt) 2>/dev/null)
 echo "done in $SECONDS s"
 exit "$status"
