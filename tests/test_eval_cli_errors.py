@@ -12,7 +12,7 @@ import torch
 from hgan.evaluate import cli
 from test_eval_cli import _checkpoint  # a tiny untrained pendulum checkpoint
 
-PROG = "python -m hgan.evaluate"
+PROG = "hgan.evaluate"   # the error lines' prefix
 FAST = ["--probe-steps", "5", "--physics-videos", "4", "--tsne-samples", "40", "--tsne-iters",
         "250", "--rollout-steps", "2", "--rollout-videos", "2", "--momenta-videos", "2",
         "--device", "cpu"]

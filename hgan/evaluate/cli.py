@@ -26,10 +26,14 @@ import numpy as np
 import torch
 
 from hgan.evaluate import appearance, figures, fvd, inputs, probe, report, structure
-from hgan.cli_args import OneLineParser as _Parser, int_at_least, prog
+from hgan.cli_args import OneLineParser, int_at_least, prog
 from hgan.data.interrupt import raise_interrupted
 from hgan.evaluate.inputs import ALL_METRICS, InputError
 from hgan.evaluate.atomic import write_atomically
+
+
+class _Parser(OneLineParser):
+    error_name = "hgan.evaluate"   # as hgan.data, hgan.sample and hgan.experiments say theirs
 
 __all__ = ["ALL_METRICS", "InputError", "build_parser", "compare", "evaluate", "main",
            "physics_metrics", "settings"]
@@ -358,6 +362,7 @@ def main(argv=None):
                     description="Table-1-style markdown table of evaluated runs: rows are models "
                                 "(one per seed where a model has several runs on a system), "
                                 "columns systems")
+        p.error_name = "hgan.evaluate compare"
         p.add_argument("run_dirs", nargs="+", help="directories holding results.json (or eval/results.json)")
         p.add_argument("--out", help="write the table to this markdown file as well")
         try:
@@ -380,7 +385,7 @@ def main(argv=None):
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
-        print(f"{p.prog}: interrupted{by}; no results.json was written to {args.out} (an "
+        print(f"{p.error_name}: interrupted{by}; no results.json was written to {args.out} (an "
               f"--out this run created and left empty is removed)", file=sys.stderr)
         raise SystemExit(128 + signum) from None
     finally:

@@ -2,7 +2,7 @@
 
 Each bad input (a missing or corrupt file, a flag out of range, data that does not belong to
 the checkpoint) becomes one `InputError` naming it, which the command line prints as
-`python -m hgan.evaluate: error: ...` with exit code 2. The one input found later is a damaged
+`hgan.evaluate: error: ...` with exit code 2. The one input found later is a damaged
 chunk inside an HDF5 file that opens: its frames and states raise the same InputError when
 the metrics read them. Other errors raised by the metrics are not caught: past these checks
 they are bugs, and keep their tracebacks.
