@@ -81,7 +81,7 @@ class HamiltonianMLP(nn.Module):
         return mlp_energy(torch.cat([q, p], 1), weights, biases, self.activation)
 
     def rollout(self, q0, p0, frames, dt=0.05, backend="auto", scheme="order2",
-                precision="ieee"):
+                precision="auto"):
         """Leapfrog rollout: q, p [B, frames, k] and dHdq [B, frames-1, k]."""
         self._check_state(("q0", "p0"), q0, p0)
         weights, biases = self.weights_and_biases()

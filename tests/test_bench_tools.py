@@ -558,6 +558,43 @@ def test_leapfrog_table_recommend_changes_the_table_only_beyond_the_noise():
         assert table.recommend(fwd, errors)["throughput_fwd_block"] == want
 
 
+@pytest.mark.parametrize("split, bf16x3_pays", [
+    (None, True), (None, False), ("fused_tile_tf32x3", True), ("fused_tile_tf32x3", False),
+    ("fused_throughput", True),   # a split that is the default beat the default: it pays
+    ("fused_tile_bf16x3", True), ("fused_tile_bf16x3", False)])
+def test_leapfrog_table_fused_py_makes_the_default_run_what_was_measured_fastest(
+        monkeypatch, split, bf16x3_pays):
+    # The "fused.py, as measured" line is what to set in kernels/leapfrog/fused.py: with it
+    # set, leapfrog's default (precision "auto") runs at the benchmark's shape exactly the
+    # variant the table measured as the one to pick (its precision and layout as the table's
+    # VARIANTS force them), and the latency layout up to the measured switch point.
+    table = _leapfrog_table()
+    fused = table.fused
+    rec = {"latency_max_rows": 1024, "latency_warps": 16, "split_above_latency": split,
+           "bf16x3_above_latency": bf16x3_pays, "throughput_fwd_block": 16}
+    settings = table.fused_py(rec)
+    warps = settings.pop("_latency_warps(width >= 64)")
+    assert warps == 16 and set(settings) == {"LATENCY_MAX_ROWS", "SPLIT_ABOVE_LATENCY",
+                                             "THROUGHPUT_PRECISIONS", "THROUGHPUT_BLOCK_B"}
+    for name, value in settings.items():
+        assert hasattr(fused, name), name        # names the table's own entries
+        monkeypatch.setattr(fused, name, value)
+    assert fused.THROUGHPUT_BLOCK_B == {"fwd": 16, "bwd": 16}
+    k, (n1, n2), T = table.K, table.WIDTHS, table.FRAMES
+    KP, H1, H2 = fused._pow2(k), fused._pow2(n1), fused._pow2(n2)
+
+    def runs(B):
+        precision = fused.resolve_precision("auto", B, T, k, n1, n2)
+        return precision, fused._layout(B, T, H1, H2, precision, KP)
+    assert runs(1024) == ("ieee", "latency") and runs(1025)[1] != "latency"
+    _, precision, layout = table.VARIANTS[split or "fused_tile"]
+    assert runs(65536) == (precision, "throughput" if layout == "throughput"
+                           else fused._chunk(H1, H2)), (split, bf16x3_pays, settings)
+    # the bf16x3 opt-in keeps the throughput layout only where it paid
+    asked = fused._layout(65536, T, H1, H2, "bf16x3", KP)
+    assert (asked == "throughput") == (bf16x3_pays and split != "fused_tile_bf16x3")
+
+
 def test_leapfrog_table_recommends_nothing_that_missed_the_error_contract():
     # faster but outside 1e-4 of float64 (or unchecked): never the recommendation
     table = _leapfrog_table()
@@ -950,6 +987,7 @@ def test_leapfrog_table_main_on_cuda_records_every_row_and_returns_the_device_fi
     assert all(a[0] == "leapfrog_table" and a[3] == "cuda" for a in recorded)
     assert rest.pop("matmul_peaks") == {f"{k}_flops_per_s": v for k, v in out["peaks"].items()}
     assert rest.pop("dispatch_table_as_measured") == out["recommend"]
+    assert json.loads(json.dumps(rest.pop("fused_py_as_measured"))) == out["fused_py"]
     assert rest == {f"error {k}": {"rel_err_vs_float64": e} for k, e in out["errors"].items()}
     assert out["errors"] and out["peaks"]
     assert sorted(os.listdir(tmp_path / "out")) == ["GPU-X.json", "leapfrog_table.json"]
@@ -1090,9 +1128,13 @@ def test_leapfrog_table_main_runs_the_documented_stages_in_order(tmp_path, monke
         assert sorted(v for v, batch in rows if batch == b) == sorted(vs), b
     assert set(out["recommend"]) == {"latency_max_rows", "latency_warps", "bf16x3_above_latency",
                                      "split_above_latency", "throughput_fwd_block"}
-    last = capsys.readouterr().out.rstrip("\n").splitlines()[-1]
-    assert last.startswith("dispatch table, as measured: "), last
-    assert json.loads(last.split(": ", 1)[1]) == out["recommend"]
+    table_line, last = capsys.readouterr().out.rstrip("\n").splitlines()[-2:]
+    assert table_line.startswith("dispatch table, as measured: "), table_line
+    assert json.loads(table_line.split(": ", 1)[1]) == out["recommend"]
+    # and last, what to set in fused.py to apply it
+    assert last.startswith("kernels/leapfrog/fused.py, as measured: "), last
+    assert json.loads(last.split(": ", 1)[1]) == json.loads(json.dumps(
+        table.fused_py(out["recommend"]))) == out["fused_py"]
     activation = inspect.signature(table.leapfrog).parameters["activation"].default
     assert compared and all(args[6] == activation for args, _ in compared)
     assert out["errors"]["fused/B3"] == "RuntimeError('ptxas')"
@@ -1486,8 +1528,10 @@ def test_leapfrog_table_recommend_reads_a_saved_run_cut_short_or_whole(tmp_path,
     capsys.readouterr()
     saved = tmp_path / "whole" / "leapfrog_table.json"
     assert table.main(["--recommend", str(saved)]) == out["recommend"]
-    assert capsys.readouterr().out == ("dispatch table, as measured: "
-                                       + json.dumps(out["recommend"]) + "\n")
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "dispatch table, as measured: " + json.dumps(out["recommend"])
+    assert lines[1].startswith("kernels/leapfrog/fused.py, as measured: ") and len(lines) == 2
+    assert json.loads(lines[1].split(": ", 1)[1]) == out["fused_py"]
     assert "latency_max_rows" in out["recommend"]
     cut = dict(out, rows=[r for r in out["rows"] if r["batch"] != table.STAGES["cross"][-1]])
     del cut["recommend"], cut["cross_complete"]

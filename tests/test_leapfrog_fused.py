@@ -963,6 +963,54 @@ def test_fused_takes_strided_inputs_and_cotangents(monkeypatch, layout):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("split", ["ieee", "tf32x3", "bf16x3"])
+def test_auto_precision_is_the_tables_by_regime(monkeypatch, split):
+    # precision "auto" (leapfrog's default) runs fp32 in the latency regime and
+    # SPLIT_ABOVE_LATENCY above it, in the layout that precision takes there (bf16x3: the
+    # throughput layout at widths 64-128): what each kernel launch is given shows it, forward
+    # and backward, and the result is that of asking for the precision by name.
+    assert fused.SPLIT_ABOVE_LATENCY == "ieee"   # until a GPU measures a split faster
+    monkeypatch.setattr(fused, "SPLIT_ABOVE_LATENCY", split)
+    monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 4)
+    launched, real_launch = [], fused._launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        launched.append((kernel.fn.__module__.rsplit(".", 1)[1], kwargs.get("PREC")))
+        return real_launch(kernel, grid, *args, **kwargs)
+    monkeypatch.setattr(fused, "_launch", spy)
+    w, b = random_mlp(2, (64, 64), generator=torch.Generator().manual_seed(5))
+    w, b = [t.to(DEVICE) for t in w], [t.to(DEVICE) for t in b]
+    cot = [torch.randn(5, 3, 2, device=DEVICE), torch.randn(5, 3, 2, device=DEVICE),
+           torch.randn(5, 2, 2, device=DEVICE)]
+    for B, want in ((4, ("latency", None)),
+                    (5, ("throughput" if split == "bf16x3" else "streamed", split))):
+        q0, p0 = torch.randn(B, 2, device=DEVICE), torch.randn(B, 2, device=DEVICE)
+        runs = {}
+        for precision in ("auto", want[1] or "ieee"):
+            launched.clear()
+            outs, grads = rollout_and_grads(q0, p0, w, b, 0.05, 3, "softplus", "fused",
+                                            [c[:B] for c in cot], precision=precision)
+            runs[precision] = torch.cat([t.flatten() for t in outs + grads])
+            if precision == "auto":
+                # the interpreter runs the bf16x3 split's products in fp32 (see common.py)
+                want_prec = "bf16x3-emulated" if want[1] == "bf16x3" and DEVICE == "cpu" \
+                    else want[1]
+                assert launched == [(want[0], want_prec)] * 2, (B, split, launched)
+        assert torch.equal(runs["auto"], runs[want[1] or "ieee"]), (B, split)
+    assert fused.resolve_precision("tf32", 4, 3, 2, 64, 64) == "tf32"   # asked: as asked
+    assert fused.resolve_precision("auto", 5, 3, 2, 64, 64) == split
+
+
+def test_auto_precision_is_ieee_for_the_other_backends():
+    # reference and analytic compute in float32: "auto" is "ieee" to them, and neither refuses
+    w, b = random_mlp(3, (16, 16), generator=torch.Generator().manual_seed(6))
+    q0 = torch.randn(4, 3)
+    for backend in ("reference", "analytic"):
+        auto = leapfrog(q0, q0, w, b, frames=4, backend=backend)
+        ieee = leapfrog(q0, q0, w, b, frames=4, backend=backend, precision="ieee")
+        assert all(torch.equal(x, y) for x, y in zip(auto, ieee)), backend
+
+
 def test_a_low_precision_network_keeps_its_fused_precision(monkeypatch):
     # A bf16 network re-enters the dispatcher in float32: the caller's precision must reach
     # every kernel it launches, forward and backward (the interpreter computes tf32x3 in fp32,

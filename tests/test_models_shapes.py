@@ -640,7 +640,7 @@ def test_defaults_are_the_documented_ones():
     want = dict(model="hgan", resolution=32, channels=3, k=10, motion_dim=20, content_dim=50,
                 hidden=100, depth=2, hamiltonian="general", activation="softplus", dt=0.05,
                 ngf=32, ndf=32, clip_frames=16, rollout_frames=30, gru_input="feedback",
-                integrator="auto", scheme="order2", fused_precision="ieee", channels_last=False)
+                integrator="auto", scheme="order2", fused_precision="auto", channels_last=False)
     assert ModelConfig().to_dict() == want
 
 

@@ -143,7 +143,7 @@ def test_train_cli_flags_reach_the_configs():
         64, "reference", "separable")
     assert cfg.model.clip_frames == 8  # the D_V clip is capped at the training length
     assert cfg.out.startswith(os.path.join("runs", "three_body-mocogan-")) and resume == "runs/x"
-    assert cfg.model.fused_precision == "ieee"
+    assert cfg.model.fused_precision == "auto"
     cfg, _ = config_from_args(["--fused-precision", "tf32x3", "--scheme", "official"])
     assert (cfg.model.fused_precision, cfg.model.scheme) == ("tf32x3", "official")
 

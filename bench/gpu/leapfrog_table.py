@@ -5,7 +5,8 @@
 Shape: frames 16, k 10, widths 100/100, order2, forward+backward of sum(q)+sum(p)+sum(dHdq)
 (the issue's and bench/test_bench_leapfrog.py's). In order of value, each stage skipped once
 the budget is spent, every row written as soon as it is measured (and last, what the rows
-say fused.py's dispatch table should be: `recommend`):
+say fused.py's dispatch table should be: `recommend`, and the entries to set there for it:
+`fused_py`):
 
   1. matmul peaks (fp32, tf32, bf16) of this card, the yardsticks for achieved FLOP/s;
   2. correctness: every fused kernel variant vs the float64 reference (max relative error
@@ -332,6 +333,7 @@ def main(argv=None):
         except (OSError, ValueError, KeyError, TypeError) as err:
             ap.exit(2, f"{ap.prog}: error: {a.recommend}: not a leapfrog_table.json ({err!r})\n")
         print("dispatch table, as measured:", json.dumps(rec))
+        print("kernels/leapfrog/fused.py, as measured:", json.dumps(fused_py(rec)))
         return rec
     if a.smoke:
         smoke()
@@ -494,10 +496,13 @@ def main(argv=None):
               f"{r['tflops']:7.2f}  {100 * r.get('spread', 0.0):5.1f}%")
     print("errors:", json.dumps(out["errors"]))
     out["recommend"] = recommend(out["rows"], out["errors"], out["cross_complete"])
+    out["fused_py"] = fused_py(out["recommend"])
     keep("dispatch_table_as_measured", dict(out["recommend"]))
+    keep("fused_py_as_measured", dict(out["fused_py"]))
     print("dispatch table, as measured:" if DEV == "cuda" else
           "dispatch table (--smoke: interpreter timings, which say nothing of a GPU):",
           json.dumps(out["recommend"]))
+    print("kernels/leapfrog/fused.py, as measured:", json.dumps(out["fused_py"]))
     save()
 
 
@@ -599,6 +604,36 @@ def recommend(rows, errors, cross_complete=True):
                                                        ("fused_throughput", b))
                                        and accurate("fused_throughput_fwd16") else 64)
     return rec
+
+
+# Each split `recommend` may name as the default above the latency regime, as fused.py runs
+# it by default: (SPLIT_ABOVE_LATENCY, whether bf16x3 keeps the throughput layout; None: as
+# bf16x3_above_latency says).
+SPLIT_SETTINGS = {None: ("ieee", None), "fused_tile_tf32x3": ("tf32x3", None),
+                  "fused_throughput": ("bf16x3", True), "fused_tile_bf16x3": ("bf16x3", False)}
+
+
+def fused_py(rec):
+    """The entries of kernels/leapfrog/fused.py's table that apply `recommend`'s answer, by
+    name ("_latency_warps(width >= 64)": what that function returns for the benchmark's
+    widths). An entry is absent when its measurement is."""
+    out = {}
+    if "latency_max_rows" in rec:
+        out["LATENCY_MAX_ROWS"] = rec["latency_max_rows"]
+    if "latency_warps" in rec:
+        out["_latency_warps(width >= 64)"] = rec["latency_warps"]
+    split = rec.get("split_above_latency")
+    if "split_above_latency" in rec:
+        out["SPLIT_ABOVE_LATENCY"] = SPLIT_SETTINGS[split][0]
+    keep = SPLIT_SETTINGS[split][1] if split in SPLIT_SETTINGS else None
+    if keep is None:
+        keep = rec.get("bf16x3_above_latency")
+    if keep is not None:   # a layout that loses goes (the issue): bf16x3 then runs tiles
+        out["THROUGHPUT_PRECISIONS"] = ("bf16x3",) if keep else ()
+    if "throughput_fwd_block" in rec:
+        out["THROUGHPUT_BLOCK_B"] = {"fwd": rec["throughput_fwd_block"],
+                                     "bwd": fused.THROUGHPUT_BLOCK_B["bwd"]}
+    return out
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Typed model configuration and the resolution plan shared by G_I, D_I and D_V."""
 from dataclasses import MISSING, asdict, dataclass, field, fields
 
-from hgan.kernels import PRECISIONS, SCHEMES   # see hgan.kernels.leapfrog.common
+from hgan.kernels import PRECISION_CHOICES, SCHEMES   # see hgan.kernels.leapfrog.common
 from hgan.model_kinds import KINDS, model_kind, model_names
 
 HAMILTONIANS = ("general", "separable")
@@ -61,10 +61,11 @@ class ModelConfig:
     scheme: str = option("order2", "leapfrog step: order2 (second order for any H) or official "
                                    "(the official HGAN code's step, first order unless "
                                    "--hamiltonian separable)", choices=SCHEMES)
-    fused_precision: str = option("ieee", "dot products inside the fused integrator kernels' "
-                                          "large-batch layouts: ieee (fp32 FMA), or tensor-core "
+    fused_precision: str = option("auto", "dot products inside the fused integrator kernels' "
+                                          "large-batch layouts: auto (the dispatch table's: "
+                                          "ieee today), ieee (fp32 FMA), or tensor-core "
                                           "tf32x3 / bf16x3 / tf32 (see docs/integrator.md)",
-                                  choices=PRECISIONS)
+                                  choices=PRECISION_CHOICES)
     channels_last: bool = option(False, "channels-last memory format for G_I, D_I and D_V")
 
     def __post_init__(self):
@@ -77,9 +78,10 @@ class ModelConfig:
         one_of("activation", self.activation, ACTIVATIONS)
         one_of("integrator", self.integrator, INTEGRATORS)
         one_of("scheme", self.scheme, SCHEMES)
-        one_of("fused_precision", self.fused_precision, PRECISIONS)
+        one_of("fused_precision", self.fused_precision, PRECISION_CHOICES)
         one_of("gru_input", self.gru_input, GRU_INPUTS)
-        if self.fused_precision != "ieee" and self.integrator in ("reference", "analytic"):
+        if self.fused_precision not in ("auto", "ieee") \
+                and self.integrator in ("reference", "analytic"):
             raise ValueError(f"fused_precision {self.fused_precision!r} sets the fused kernels' "
                              f"dot products; integrator {self.integrator!r} computes in float32")
         resolution_plan(self.resolution)

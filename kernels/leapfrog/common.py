@@ -39,6 +39,11 @@ SCHEMES = ("order2", "official")
 # batches) computes in fp32 whatever is asked. The other backends compute in float32 and
 # refuse any other value.
 PRECISIONS = ("ieee", "tf32x3", "tf32", "bf16x3")
+# What leapfrog(precision=) takes: one of PRECISIONS, or "auto" (the default), the fused
+# dispatch table's choice for the batch: "ieee" in the latency regime, fused.SPLIT_ABOVE_LATENCY
+# above it (an fp32-faithful split once a GPU has measured one faster within 1e-4). The other
+# backends take "auto" as "ieee".
+PRECISION_CHOICES = ("auto",) + PRECISIONS
 
 
 def act_d1(a, name):
@@ -125,15 +130,15 @@ def layer_list(ts, name):
 
 
 def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend, scheme="order2",
-                 precision="ieee"):
+                 precision="auto"):
     """Raise one clear error naming the first broken part of the contract."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if scheme not in SCHEMES:
         raise ValueError(f"scheme must be one of {SCHEMES}, got {scheme!r}")
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision != "ieee" and backend in ("reference", "analytic"):
+    if precision not in PRECISION_CHOICES:
+        raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {precision!r}")
+    if precision not in ("auto", "ieee") and backend in ("reference", "analytic"):
         raise ValueError(f"precision={precision!r} is an option of the fused kernels; "
                          f"backend={backend!r} computes in float32 (precision='ieee')")
     if activation not in ACTIVATIONS:

@@ -151,7 +151,7 @@ def _fall_back(reason, instead="analytic"):
 
 
 def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
-             backend="auto", scheme="order2", precision="ieee"):
+             backend="auto", scheme="order2", precision="auto"):
     """Leapfrog rollout of the MLP Hamiltonian H(q, p) = MLP([q; p]).
 
     q0, p0 [B, k]; weights / biases in nn.Linear layout (weights[0] is [n_1, 2k], the last is
@@ -162,10 +162,12 @@ def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
     Triton kernels support FUSED_CONTRACT (depth 2, widths 16..128, softplus/tanh, float32).
     scheme: "order2" (default; second order for every H) | "official" (the official HGAN
     code's step, first order unless H is separable); both are Stormer-Verlet for a separable
-    H. See SCHEMES in common.py. precision: the fused kernels' dot products, "ieee" (fp32,
-    default) | "tf32x3" | "bf16x3" | "tf32" (see PRECISIONS in common.py); a backend that runs
-    analytic (CPU, or outside the fused contract) ignores it. float32 and float64 compute in
-    their dtype; bf16 and fp16 inputs compute in float32 and come back in their dtype.
+    H. See SCHEMES in common.py. precision: the fused kernels' dot products, "auto" (default:
+    the dispatch table's, fp32 "ieee" in the latency regime and fused.SPLIT_ABOVE_LATENCY
+    above it) | "ieee" (fp32) | "tf32x3" | "bf16x3" | "tf32" (see PRECISIONS in common.py); a
+    backend that runs analytic (CPU, or outside the fused contract) ignores it. float32 and
+    float64 compute in their dtype; bf16 and fp16 inputs compute in float32 and come back in
+    their dtype.
     """
     if torch.compiler.is_compiling():
         # torch.compile never traces the rollout (why: docs/integrator.md, "torch.compile");

@@ -11,7 +11,8 @@ reverse from them, recomputes each evaluation's activations instead of saving th
 weight-gradient partials that the host reduces once (deterministic, no atomics).
 
 Four layouts of the same kernels, chosen by one table (LATENCY_MAX_ROWS,
-THROUGHPUT_PRECISIONS with _throughput_fits, _chunk):
+THROUGHPUT_PRECISIONS with _throughput_fits, _chunk; and for precision "auto",
+SPLIT_ABOVE_LATENCY):
   * latency.py: a program per batch row, matrix-vector products on the FMA units: the training
     regime (B up to about two thousand), where a row block of 16 would leave all but one or
     four SMs idle; its latency model is in its docstring;
@@ -126,6 +127,11 @@ LATENCY_SCRATCH_BYTES = 1 << 30
 THROUGHPUT_PRECISIONS = ("bf16x3",)
 THROUGHPUT_BLOCK_B = {"fwd": 64, "bwd": 16}
 THROUGHPUT_WARPS = 8
+# What precision "auto" (leapfrog's default) runs above the latency regime: "ieee" until a GPU
+# has measured an fp32-faithful split (tf32x3, or bf16x3 in the throughput or the tile layout)
+# faster there at every batch and within 1e-4 of float64 (bench/gpu/leapfrog_table.py,
+# "split_above_latency"; its "fused_py" line gives this and the entries above as measured).
+SPLIT_ABOVE_LATENCY = "ieee"
 
 
 def _throughput_fits(H1, H2, KP):
@@ -140,6 +146,16 @@ def _throughput_fits(H1, H2, KP):
 def _latency_scratch(B, T, H1, H2):
     """Elements of the latency backward's scratch (s2, s1, su of _latency_bwd)."""
     return B * max(T - 1, 0) * 3 * (3 * H2 + 2 * H1)
+
+
+def resolve_precision(precision, B, T, k, n1, n2):
+    """The precision the kernels run: as asked, or for "auto" the table's at this shape:
+    "ieee" in the latency regime (whose layout computes in fp32 whatever is asked),
+    SPLIT_ABOVE_LATENCY above it."""
+    if precision != "auto":
+        return precision
+    latency = _layout(B, T, _pow2(n1), _pow2(n2), "ieee", _pow2(k)) == "latency"
+    return "ieee" if latency else SPLIT_ABOVE_LATENCY
 
 
 def _layout(B, T, H1, H2, precision="ieee", KP=16):
@@ -408,8 +424,11 @@ def _analytic_grads(q0, p0, raw, cotangents, ctx):
 
 
 def leapfrog_fused(q0, p0, weights, biases, dt, frames, activation, scheme="order2",
-                   precision="ieee", on_fallback=None):
+                   precision="auto", on_fallback=None):
     """on_fallback(reason): called when a kernel does not fit this GPU and the analytic
-    backend stands in (the dispatcher's one-time warning); None: FusedCannotLaunch raises."""
+    backend stands in (the dispatcher's one-time warning); None: FusedCannotLaunch raises.
+    precision "auto": resolve_precision's."""
+    precision = resolve_precision(precision, q0.shape[0], frames, q0.shape[1],
+                                  weights[0].shape[0], weights[1].shape[0])
     return LeapfrogFunction.apply(q0, p0, float(dt), frames, activation, scheme, precision,
                                   on_fallback, *weights, *biases)
