@@ -501,7 +501,7 @@ def _noisy(*quads):
     return [{"variant": v, "batch": b, "ms": ms, "spread": sp} for v, b, ms, sp in quads]
 
 
-def test_leapfrog_table_recommend_changes_the_table_only_beyond_the_noise():
+def test_leapfrog_table_recommend_changes_the_table_only_beyond_the_noise(monkeypatch):
     # METHOD.md: a difference between versions smaller than a version's spread between two
     # timings is noise. Each change of the dispatch table must gain more than NOISE_FLOOR and
     # more than either row's half_spread; within that, the table keeps what it has.
@@ -556,6 +556,17 @@ def test_leapfrog_table_recommend_changes_the_table_only_beyond_the_noise():
         fwd = _noisy(("fused_throughput", 65536, 8.0, 0.0),
                      ("fused_throughput_fwd16", 65536, fwd16_ms, 0.0))
         assert table.recommend(fwd, errors)["throughput_fwd_block"] == want
+    # once a run's table is applied (16 warps, 16-row forward blocks), the next run's rows
+    # for it tie with their forced twins: the table keeps what it has, it does not fall back
+    monkeypatch.setattr(table.fused, "THROUGHPUT_BLOCK_B", {"fwd": 16, "bwd": 16})
+    monkeypatch.setattr(table.fused, "_latency_warps", lambda h1, h2: 16)
+    applied = _noisy(("fused_throughput", 65536, 7.2, 0.0),
+                     ("fused_throughput_fwd16", 65536, 7.2, 0.0),
+                     ("fused_latency", 16, 0.45, 0.0), ("fused_latency", 64, 0.45, 0.0),
+                     ("fused_latency_w16", 16, 0.45, 0.0), ("fused_latency_w16", 64, 0.45, 0.0),
+                     ("fused_latency_w4", 16, 0.6, 0.0), ("fused_latency_w4", 64, 0.6, 0.0))
+    r = table.recommend(applied, errors)
+    assert (r["throughput_fwd_block"], r["latency_warps"]) == (16, 16), r
 
 
 @pytest.mark.parametrize("split, bf16x3_pays", [

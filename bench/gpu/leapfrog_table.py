@@ -529,8 +529,9 @@ def recommend(rows, errors, cross_complete=True):
     of the two rows): within it the table keeps what it has now. So the latency layout keeps
     a batch up to today's LATENCY_MAX_ROWS unless the tile layout beats it there, and takes
     one above only by beating the tile layout; the first batch it does not keep ends its
-    regime. 8 warps, 64-row forward blocks, ieee above the latency regime (no split) and the
-    first listed of DEFAULT_SPLITS stay unless another beats them.
+    regime. The table's warps ("fused_latency" runs them) and forward row block, ieee above
+    the latency regime (no split) and the first listed of DEFAULT_SPLITS stay unless another
+    beats them.
     Only a variant within 1e-4 of float64 at every batch stage 2 checks it at (`accurate`; a
     failed, missing or NaN check is not) is picked: latency_max_rows is 0 when the latency
     layout is not, a warp count, the 16-row forward or a split that is not is passed over,
@@ -563,13 +564,15 @@ def recommend(rows, errors, cross_complete=True):
         rec["latency_max_rows"] = max([b for b in kept if first_loss is None or b < first_loss],
                                       default=0) if accurate("fused_latency") else 0
     train = sorted({b for v, b in ms if v == "fused_latency"} & set(STAGES["train"]))
-    by_warps = {8: "fused_latency", 4: "fused_latency_w4", 16: "fused_latency_w16"}
+    # "fused_latency" runs the table's warps at the benchmark's widths (8 today)
+    table_warps = fused._latency_warps(*(fused._pow2(w) for w in WIDTHS))
+    by_warps = {4: "fused_latency_w4", 16: "fused_latency_w16", table_warps: "fused_latency"}
     sums = {w: sum(ms.get((v, b), float("inf")) for b in train)
             for w, v in by_warps.items() if accurate(v)}
     sums = {w: t for w, t in sums.items() if t < float("inf")}
     if train and sums:
-        # 8 (the table's) unless others beat it; then the fastest of those
-        now = 8 if 8 in sums else min(sums, key=sums.get)
+        # the table's unless others beat it; then the fastest of those
+        now = table_warps if table_warps in sums else min(sums, key=sums.get)
         beaters = [w for w in sums if w != now and beats(
             sums[w], sums[now], [(by_warps[x], b) for x in (w, now) for b in train])]
         rec["latency_warps"] = min(beaters, key=sums.get) if beaters else now
@@ -600,9 +603,11 @@ def recommend(rows, errors, cross_complete=True):
     big = [b for v, b in ms if v == "fused_throughput_fwd16" and ("fused_throughput", b) in ms]
     if big:
         b = max(big)
+        # "fused_throughput" runs the table's forward block (64 today)
         rec["throughput_fwd_block"] = (16 if beats_row(("fused_throughput_fwd16", b),
                                                        ("fused_throughput", b))
-                                       and accurate("fused_throughput_fwd16") else 64)
+                                       and accurate("fused_throughput_fwd16")
+                                       else fused.THROUGHPUT_BLOCK_B["fwd"])
     return rec
 
 
