@@ -971,6 +971,7 @@ def test_auto_precision_is_the_tables_by_regime(monkeypatch, split):
     # and backward, and the result is that of asking for the precision by name.
     assert fused.SPLIT_ABOVE_LATENCY == "ieee"   # until a GPU measures a split faster
     monkeypatch.setattr(fused, "SPLIT_ABOVE_LATENCY", split)
+    monkeypatch.setattr(fused, "SPLIT_SHAPES", ((64, 64, 16),))   # this test's, padded
     monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 4)
     launched, real_launch = [], fused._launch
 
@@ -999,6 +1000,23 @@ def test_auto_precision_is_the_tables_by_regime(monkeypatch, split):
         assert torch.equal(runs["auto"], runs[want[1] or "ieee"]), (B, split)
     assert fused.resolve_precision("tf32", 4, 3, 2, 64, 64) == "tf32"   # asked: as asked
     assert fused.resolve_precision("auto", 5, 3, 2, 64, 64) == split
+
+
+@pytest.mark.parametrize("split", ["tf32x3", "bf16x3"])
+def test_auto_precision_runs_a_split_only_at_the_measured_shape(monkeypatch, split):
+    # A split measured faster at the leapfrog table's shape (widths 100/100, k 10: padded
+    # 128/128, KP 16) becomes "auto"'s choice above the latency regime at every network that
+    # compiles to that kernel, and at no other: the split layouts spill differently there.
+    monkeypatch.setattr(fused, "SPLIT_ABOVE_LATENCY", split)
+    assert fused.SPLIT_SHAPES == ((128, 128, 16),)
+    T, big = 16, fused.LATENCY_MAX_ROWS + 1
+    for n1, n2, k in ((100, 100, 10), (65, 128, 9), (128, 128, 16), (120, 70, 1)):
+        assert fused.resolve_precision("auto", big, T, k, n1, n2) == split, (n1, n2, k)
+        assert fused.resolve_precision("auto", 16, T, k, n1, n2) == "ieee"   # latency regime
+    for n1, n2, k in ((16, 128, 10), (128, 16, 10), (64, 64, 10), (100, 100, 17),
+                      (129, 100, 10), (32, 32, 2)):
+        assert fused.resolve_precision("auto", big, T, k, n1, n2) == "ieee", (n1, n2, k)
+        assert fused.resolve_precision(split, big, T, k, n1, n2) == split   # asked by name
 
 
 def test_auto_precision_is_ieee_for_the_other_backends():

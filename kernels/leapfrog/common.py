@@ -41,8 +41,9 @@ SCHEMES = ("order2", "official")
 PRECISIONS = ("ieee", "tf32x3", "tf32", "bf16x3")
 # What leapfrog(precision=) takes: one of PRECISIONS, or "auto" (the default), the fused
 # dispatch table's choice for the batch: "ieee" in the latency regime, fused.SPLIT_ABOVE_LATENCY
-# above it (an fp32-faithful split once a GPU has measured one faster within 1e-4). The other
-# backends take "auto" as "ieee".
+# above it at the compiled shapes a GPU measured (fused.SPLIT_SHAPES; an fp32-faithful split
+# once a GPU has measured one faster within 1e-4), "ieee" at the others. The other backends
+# take "auto" as "ieee".
 PRECISION_CHOICES = ("auto",) + PRECISIONS
 
 

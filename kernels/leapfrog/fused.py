@@ -12,7 +12,7 @@ weight-gradient partials that the host reduces once (deterministic, no atomics).
 
 Four layouts of the same kernels, chosen by one table (LATENCY_MAX_ROWS,
 THROUGHPUT_PRECISIONS with _throughput_fits, _chunk; and for precision "auto",
-SPLIT_ABOVE_LATENCY):
+SPLIT_ABOVE_LATENCY at SPLIT_SHAPES):
   * latency.py: a program per batch row, matrix-vector products on the FMA units: the training
     regime (B up to about two thousand), where a row block of 16 would leave all but one or
     four SMs idle; its latency model is in its docstring;
@@ -132,6 +132,13 @@ THROUGHPUT_WARPS = 8
 # faster there at every batch and within 1e-4 of float64 (bench/gpu/leapfrog_table.py,
 # "split_above_latency"; its "fused_py" line gives this and the entries above as measured).
 SPLIT_ABOVE_LATENCY = "ieee"
+# ... and only at the compiled shapes that run measured it: padded (H1, H2, KP). The leapfrog
+# table times widths 100/100 at k 10, and every width in 65..128 with k up to 16 compiles to
+# that same (128, 128, 16) kernel. Elsewhere "auto" stays "ieee": the split layouts' other
+# shapes were never timed and compile differently (sm_90 ptxas: the throughput backward at
+# widths 16/128 spills 0.56-1.6 KB per thread and runs part of its products on mma.sync; at
+# KP 32 it spills more), so a win at the table's shape says nothing about them.
+SPLIT_SHAPES = ((128, 128, 16),)
 
 
 def _throughput_fits(H1, H2, KP):
@@ -151,11 +158,12 @@ def _latency_scratch(B, T, H1, H2):
 def resolve_precision(precision, B, T, k, n1, n2):
     """The precision the kernels run: as asked, or for "auto" the table's at this shape:
     "ieee" in the latency regime (whose layout computes in fp32 whatever is asked),
-    SPLIT_ABOVE_LATENCY above it."""
+    SPLIT_ABOVE_LATENCY above it at the shapes in SPLIT_SHAPES, "ieee" at the others."""
     if precision != "auto":
         return precision
-    latency = _layout(B, T, _pow2(n1), _pow2(n2), "ieee", _pow2(k)) == "latency"
-    return "ieee" if latency else SPLIT_ABOVE_LATENCY
+    shape = (_pow2(n1), _pow2(n2), _pow2(k))
+    latency = _layout(B, T, *shape[:2], "ieee", shape[2]) == "latency"
+    return SPLIT_ABOVE_LATENCY if not latency and shape in SPLIT_SHAPES else "ieee"
 
 
 def _layout(B, T, H1, H2, precision="ieee", KP=16):
