@@ -9,7 +9,10 @@ import importlib.util as _ilu
 import os as _os
 import sys as _sys
 
+from hgan import _startup
+
 __version__ = "0.1.0"
+_startup.defer()   # before anything imports torch; only when an hgan command is starting
 
 
 def _map_kernels_from_source_tree():

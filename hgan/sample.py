@@ -14,6 +14,7 @@ import sys
 
 import torch
 
+from hgan import _startup
 from hgan.cli_args import OneLineParser, int_at_least, prog
 from hgan.data.simulate import REAL_TIME_FPS
 from hgan.device import check_device
@@ -148,6 +149,7 @@ def build_parser():
 
 
 def main(argv=None):
+    _startup.release("hgan.sample")
     p = build_parser()
     a = p.parse_args(argv)
     try:

@@ -13,6 +13,8 @@ import time
 
 import numpy as np
 
+from hgan import _startup
+
 from hgan.cli_args import OneLineParser, int_at_least, prog
 
 
@@ -348,6 +350,7 @@ def _kept(args, started):
 
 
 def main(argv=None):
+    _startup.release("hgan.data")
     from hgan.data.h5io import DataFormatError
     from hgan.data.tfrecord import TFRecordError
     parser = build_parser()

@@ -25,6 +25,7 @@ import time
 import numpy as np
 import torch
 
+from hgan import _startup
 from hgan.evaluate import appearance, figures, fvd, inputs, probe, report, structure
 from hgan.cli_args import OneLineParser, int_at_least, prog
 from hgan.data.interrupt import raise_interrupted
@@ -356,6 +357,7 @@ def compare(args):
 
 
 def main(argv=None):
+    _startup.release("hgan.evaluate")
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "compare":
         p = _Parser(prog=prog("hgan-evaluate", "python -m hgan.evaluate") + " compare",

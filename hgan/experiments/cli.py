@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+from hgan import _startup
 from hgan.cli_args import OneLineParser
 from hgan.experiments.grid import (MODELS, PAPER_SIZES, TABLE1_SYSTEMS, GridError, GridSpec,
                                    check_device, check_flags, metric_list, split_args)
@@ -331,6 +332,7 @@ def _attach_flag_strings(argv):
 
 
 def main(argv=None):
+    _startup.release("hgan.experiments")
     argv = list(sys.argv[1:] if argv is None else argv)
     a = build_parser().parse_args(_attach_flag_strings(argv))
     try:

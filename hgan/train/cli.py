@@ -12,6 +12,7 @@ import os
 import signal
 import sys
 
+from hgan import _startup
 from hgan.train.config import parse_command_line, prog, reports_bad_input
 
 
@@ -24,6 +25,7 @@ def bad_input(e: BaseException) -> int:
 
 
 def main(argv=None) -> int:
+    _startup.release(prog())
     try:
         from hgan.data import GenerationInterrupted
         from hgan.data.h5io import DataFormatError, error_line

@@ -60,6 +60,8 @@ from contextlib import ExitStack, nullcontext
 
 import torch
 
+from hgan import _startup
+
 TAG = "\x1e"
 # The exit code (EX_TEMPFAIL) and summary.json's "stopped" of a run that another run's failed
 # capture stopped: it saved a checkpoint but did not finish, and resumes like any other.
@@ -400,6 +402,7 @@ def _generate_missing(runs):
 
 
 def main(argv=None) -> int:
+    _startup.release("hgan.train.pack")
     from tqdm import tqdm
 
     from hgan.data import loader
