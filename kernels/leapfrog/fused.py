@@ -115,7 +115,8 @@ def _num_warps(h1, h2):
 # modelled in latency.py's docstring and still to be measured on a GPU (bench/gpu/leapfrog_table.py
 # sweeps it).
 LATENCY_MAX_ROWS = 2048
-# The latency backward writes 5 floats per hidden unit, row and evaluation (latency._vjp):
+# The latency backward writes, per row and evaluation, the weight gradients' factors
+# (latency._vjp): 3 floats per unit of layer 2, 4 per unit of layer 1 and 4 per coordinate;
 # past this many bytes (and int32 offsets) a long rollout goes to the tile layouts instead.
 LATENCY_SCRATCH_BYTES = 1 << 30
 # Above LATENCY_MAX_ROWS, these precisions run throughput.py's hidden-major tiles (wgmma at
@@ -150,9 +151,10 @@ def _throughput_fits(H1, H2, KP):
     return width >= 64 and width * KP <= 128 * 16
 
 
-def _latency_scratch(B, T, H1, H2):
-    """Elements of the latency backward's scratch (s2, s1, su of _latency_bwd)."""
-    return B * max(T - 1, 0) * 3 * (3 * H2 + 2 * H1)
+def _latency_scratch(B, T, H1, H2, KP=16):
+    """Elements of the latency backward's scratch (s2, s1, su, s0, xs of _latency_bwd), at
+    the padded sizes (a bound: the arrays take the unpadded ones)."""
+    return B * max(T - 1, 0) * 3 * (3 * H2 + 4 * H1 + 4 * KP)
 
 
 def resolve_precision(precision, B, T, k, n1, n2):
@@ -169,7 +171,7 @@ def resolve_precision(precision, B, T, k, n1, n2):
 def _layout(B, T, H1, H2, precision="ieee", KP=16):
     """"latency", "throughput", or the tile layout's chunk width (0: resident), clamped to
     the padded H1."""
-    if B <= LATENCY_MAX_ROWS and 4 * _latency_scratch(B, T, H1, H2) <= LATENCY_SCRATCH_BYTES:
+    if B <= LATENCY_MAX_ROWS and 4 * _latency_scratch(B, T, H1, H2, KP) <= LATENCY_SCRATCH_BYTES:
         return "latency"
     if precision in THROUGHPUT_PRECISIONS and _throughput_fits(H1, H2, KP):
         return "throughput"
@@ -238,10 +240,10 @@ def _launch_config(layout, B, H1, H2, device, precision, direction="fwd"):
 
 def _latency_warps(h1, h2):
     # W2 is an [H2, H1] register tensor: 8 warps put 64 floats of it in a thread at width
-    # 128. sm_90 (bench/ptxas_report.py --sass): the backward spills 140 B at 8 warps, 316 B
-    # at 4, and 448 B at 16 (registers capped at 128); 16 warps issue more instructions per
-    # step (23k against 18k forward) but hide more latency. bench/gpu/leapfrog_table.py times
-    # 4 and 16 beside 8.
+    # 128. sm_90 (bench/ptxas_report.py --sass, triton 3.6): the backward spills nothing at 8
+    # warps, 152 B at 4, and 308 B at 16 (registers capped at 128); 16 warps issue more
+    # instructions per step (23k against 18k forward) but hide more latency.
+    # bench/gpu/leapfrog_table.py times 4 and 16 beside 8.
     return 8 if max(h1, h2) >= 64 else 4
 
 
@@ -335,24 +337,25 @@ def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, raw, dt, activation, sche
 
 def _latency_bwd(q, p, ph, points, gq, gp, gd, raw, dq0, dp0, n_prog, dt, activation, scheme,
                  config):
-    """The latency layout's backward: the kernel writes dq0, dp0, layer 1's per-program
-    partials in w1's layout and, per row and evaluation, the factors of layer 2's weight
-    gradient; one matrix product and four sums reduce them (deterministic, no atomics).
-    Returns the weight and bias gradients in the caller's shapes."""
+    """The latency layout's backward: the kernel writes dq0, dp0 and, per row and evaluation,
+    the factors of every weight gradient; two matrix products and three sums reduce them
+    (deterministic, no atomics). Returns the weight and bias gradients in the caller's
+    shapes."""
     B, T, k = q.shape
     w1, w2, w3, b1, b2, _ = (t.detach().contiguous() for t in raw)
     n1, n2 = w1.shape[0], w2.shape[0]
     n = B * (T - 1) * 3                        # evaluations, each a scratch row
     s2, s1, su = q.new_empty(n, 2, n2), q.new_empty(n, 2, n1), q.new_empty(n, n2)
-    dw1, db1 = q.new_empty(n_prog, n1, 2 * k), q.new_empty(n_prog, n1)
+    s0, xs = q.new_empty(n, 2, n1), q.new_empty(n, 2, 2 * k)
     _launch(_kernels("latency")[1], (n_prog,), q, p, ph, *points, gq, gp, gd, w1, b1, w2, b2,
-            w3, dq0, dp0, dw1, db1, s2, s1, su, B, T, dt, K=k, N1=n1, N2=n2, KP=_pow2(k),
+            w3, dq0, dp0, s2, s1, su, s0, xs, B, T, dt, K=k, N1=n1, N2=n2, KP=_pow2(k),
             H1=_pow2(n1), H2=_pow2(n2), ACT=_ACT_CODE[activation],
             ORDER2=scheme == "order2", **config)
     with _fp32_matmul():
         dW2 = s2.view(2 * n, n2).t() @ s1.view(2 * n, n1)   # sum r2 h1^T + g2 u1^T
-    return ((dw1.sum(0), dW2, su.sum(0).unsqueeze(0)),
-            (db1.sum(0), s2[:, 0].sum(0), q.new_zeros(1)))
+        dW1 = s0.view(2 * n, n1).t() @ xs.view(2 * n, 2 * k)  # sum r1 x^T + g1 v^T
+    return ((dW1, dW2, su.sum(0).unsqueeze(0)),
+            (s0[:, 0].sum(0), s2[:, 0].sum(0), q.new_zeros(1)))
 
 
 class _fp32_matmul:

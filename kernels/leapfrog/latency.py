@@ -18,11 +18,11 @@ W1q, W1p [H1, KP] and W2 [H2, H1] are loaded once per program, straight from the
 nn.Linear tensors (masked loads do the zero-padding), and stay in registers for every row and
 step the program walks. Rows past the grid (B larger than the program count) are walked one
 after another by the same program (grid-stride), so the weights are read once per program.
-Weight gradients: layer 1's accumulate in registers, one partial per program; layer 2's
-(dW2 = sum over rows and evaluations of r2 h1^T + g2 u1^T, and its bias and output weights)
-would double the registers, so each evaluation writes its factors r2, g2, u2, h1, u1 to a
-scratch row and the host reduces them all in one fp32 matrix product. Both reductions are
-deterministic, with no atomics.
+Weight gradients are sums over rows and evaluations of outer products (dW2 = sum r2 h1^T +
+g2 u1^T, dW1 = sum r1 x^T + g1 v^T, with x = [q; p] and v its cotangent direction); held in
+registers they would crowd out the weights, so each evaluation writes its factors (r2, g2,
+u2, h1, u1; r1, g1; q, p, vq, vp) to a scratch row and the host reduces them all in two
+fp32 matrix products and three sums: deterministic, with no atomics.
 
 Latency model (designed against; the figures it predicts are to be checked on a GPU with
 bench/gpu/leapfrog_table.py). Width 128 (100 padded), KP 16, frames 16, order2:
@@ -30,10 +30,11 @@ bench/gpu/leapfrog_table.py). Width 128 (100 padded), KP 16, frames 16, order2:
     (128 x 128), e1 = W2^T g2 (128 x 128), F = W1^T g1 (128 x 2k), plus two register-layout
     conversions (a1's layout to W2's and back; each a shared-memory round trip and a barrier).
   * Its VJP (the backward) is also four reduction stages -- [a2, t2] = W2 [h1, u1] share one
-    pass over W2, as do [e1, W2^T r2] -- plus stores of dW2's factors, which nothing waits
-    for. The factors are 20 * width bytes per row and evaluation (236 MB written and read
-    back at B = 2048, frames 16, width 128: ~0.12 ms at ~4 TB/s), and their product is
-    B * 45 * 2 * width^2 multiply-adds (~4 us at B = 64, ~0.12 ms at B = 2048, fp32 units).
+    pass over W2, as do [e1, W2^T r2] -- plus stores of the weight gradients' factors, which
+    nothing waits for. The factors are 28 * width + 16 * k bytes per row and evaluation (345
+    MB written and read back at B = 2048, frames 16, width 128, k 10: ~0.17 ms at ~4 TB/s;
+    a few us at the training batch), and their products are B * 45 * 2 * width * (width +
+    2k) multiply-adds (~5 us at B = 64, ~0.14 ms at B = 2048, fp32 units).
   * A 128 x 128 stage over 8 warps is 64 FMAs per thread, a 5-level shuffle reduction and,
     for the cross-warp axis, a shared-memory exchange: ~150-300 cycles, ~0.1-0.15 us at 1.98 GHz.
   * Rollout: 15 steps x 3 evaluations x 4 stages = 180 stages forward, 180 backward (the VJPs)
@@ -47,9 +48,13 @@ bench/gpu/leapfrog_table.py). Width 128 (100 padded), KP 16, frames 16, order2:
 
 Registers (bench/ptxas_report.py, sm_90, triton 3.6): W2 is 64 registers per thread at 8 warps,
 and each H2-indexed vector 16 (W2's register layout gives a row to one warp, so a vector
-along H2 is spread over 8 warps only); with dW2 also in registers the width-128 backward
-spilled 1.9 KB per thread, with the factors written out 0.14 KB. The report decides the warps
-per width (fused._latency_warps).
+along H2 is spread over 8 warps only). The width-128 backward at 8 warps spilled 1.9 KB per
+thread with dW2 in registers; 140 B (15 local loads and 5 stores in every step) with layer
+2's factors written out and layer 1's gradients still accumulated in registers; nothing, and
+2.6% fewer instructions per step (4103 against 4214), with layer 1's factors written out too:
+at the training batch the extra 0.96 KB of stores per evaluation cost nothing measurable in
+the model above, at B = 2048 ~0.05 ms. The report decides the warps per width
+(fused._latency_warps).
 """
 import triton
 import triton.language as tl
@@ -140,17 +145,18 @@ def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
 
 
 @triton.jit
-def _vjp(q, p, vq, vp, W1q, W1p, b1, W2, b2_ptr, w3_ptr, dW1q, dW1p, db1, s2_ptr, s1_ptr,
-         su_ptr, e, N1: tl.constexpr, N2: tl.constexpr, H1: tl.constexpr, H2: tl.constexpr,
-         ACT: tl.constexpr):
-    """d<v, F(q, p)>/d(q, p) and layer 1's weight terms for one row (tile._vjp's math on
-    vectors). Layer 2's terms are not accumulated here: dW2 = sum r2 h1^T + g2 u1^T, db2 =
-    sum r2 and dw3 = sum u2 go as factors to scratch row e of s2 ([., 2, n2]: r2, g2), s1
-    ([., 2, n1]: h1, u1) and su ([., n2]: u2), which the host reduces in one matrix product
-    (dW2 = s2^T s1 over the stacked rows) and two sums. (An H2-indexed
-    vector costs 16 registers per thread at 8 warps; with dW2 and these accumulators held
-    here, ptxas spilled 1.9 KB per thread, see bench/results/ptxas-sm_90.json.) b2 and w3
-    are re-read (L1 hits) rather than held, for the same reason."""
+def _vjp(q, p, vq, vp, W1q, W1p, b1, W2, b2_ptr, w3_ptr, s2_ptr, s1_ptr, su_ptr, s0_ptr,
+         x_ptr, e, K: tl.constexpr, N1: tl.constexpr, N2: tl.constexpr, H1: tl.constexpr,
+         H2: tl.constexpr, KP: tl.constexpr, ACT: tl.constexpr):
+    """d<v, F(q, p)>/d(q, p) for one row (tile._vjp's math on vectors). The weight terms
+    are not accumulated here: dW2 = sum r2 h1^T + g2 u1^T, db2 = sum r2 and dw3 = sum u2 go
+    as factors to scratch row e of s2 ([., 2, n2]: r2, g2), s1 ([., 2, n1]: h1, u1) and su
+    ([., n2]: u2); dW1 = sum r1 [q, p]^T + g1 [vq, vp]^T and db1 = sum r1 to s0 ([., 2, n1]:
+    r1, g1) and x ([., 4, k]: q, p, vq, vp). The host reduces them in two matrix products
+    (dW2 = s2^T s1, dW1 = s0^T x over the stacked rows) and three sums. (An H2-indexed
+    vector costs 16 registers per thread at 8 warps; with accumulators held here the
+    width-128 backward spilled, see the module docstring.) b2 and w3 are re-read (L1 hits)
+    rather than held, for the same reason."""
     hh1 = tl.arange(0, H1)
     hh2 = tl.arange(0, H2)
     a1 = _a1(q, p, W1q, W1p, b1)
@@ -175,30 +181,33 @@ def _vjp(q, p, vq, vp, W1q, W1p, b1, W2, b2_ptr, w3_ptr, dW1q, dW1p, db1, s2_ptr
     row1 = s1_ptr + e * (2 * N1) + hh1
     tl.store(row1, h1, mask=m1)
     tl.store(row1 + N1, u1, mask=m1)
-    db1 += r1
-    dW1q += r1[:, None] * q[None, :] + g1[:, None] * vq[None, :]
-    dW1p += r1[:, None] * p[None, :] + g1[:, None] * vp[None, :]
+    row0 = s0_ptr + e * (2 * N1) + hh1
+    tl.store(row0, r1, mask=m1)
+    tl.store(row0 + N1, g1, mask=m1)
+    cols = tl.arange(0, KP)
+    cm = cols < K
+    rowx = x_ptr + e * (4 * K) + cols
+    tl.store(rowx, q, mask=cm)
+    tl.store(rowx + K, p, mask=cm)
+    tl.store(rowx + 2 * K, vq, mask=cm)
+    tl.store(rowx + 3 * K, vp, mask=cm)
     dxq = tl.sum(W1q * r1[:, None], axis=0)
     dxp = tl.sum(W1p * r1[:, None], axis=0)
-    return dxq, dxp, dW1q, dW1p, db1
+    return dxq, dxp
 
 
 @triton.jit
 def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, gd_ptr,
                          w1_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
-                         dq0_ptr, dp0_ptr, dw1_ptr, db1_ptr, s2_ptr, s1_ptr,
-                         su_ptr, B, T, dt, K: tl.constexpr, N1: tl.constexpr,
+                         dq0_ptr, dp0_ptr, s2_ptr, s1_ptr, su_ptr, s0_ptr, x_ptr,
+                         B, T, dt, K: tl.constexpr, N1: tl.constexpr,
                          N2: tl.constexpr,
                          KP: tl.constexpr, H1: tl.constexpr, H2: tl.constexpr,
                          ACT: tl.constexpr, ORDER2: tl.constexpr):
     pid = tl.program_id(0)
     W1q, W1p, b1, W2 = _load_weights(w1_ptr, b1_ptr, w2_ptr, K, N1, N2, KP, H1, H2)
     cols = tl.arange(0, KP)
-    hh1 = tl.arange(0, H1)
     cm = cols < K
-    dW1q = tl.zeros((H1, KP), dtype=tl.float32)
-    dW1p = tl.zeros((H1, KP), dtype=tl.float32)
-    db1 = tl.zeros((H1,), dtype=tl.float32)
     zero = tl.zeros((KP,), dtype=tl.float32)
     for row in range(pid, B, tl.num_programs(0)):
         traj = row * (T * K) + cols
@@ -212,15 +221,15 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
                                                   traj, half, t, K, cm, ORDER2)
             e = (row * (T - 1) + t) * 3     # this step's three scratch rows
             # c: p_t+1 = p_half - dt/2 F_q(q_t+1, p_pred)
-            dxq, dxp, dW1q, dW1p, db1 = _vjp(
+            dxq, dxp = _vjp(
                 q1, pc, -0.5 * dt * P, zero, W1q, W1p, b1, W2, b2_ptr, w3_ptr,
-                dW1q, dW1p, db1, s2_ptr, s1_ptr, su_ptr, e, N1, N2, H1, H2, ACT)
+                s2_ptr, s1_ptr, su_ptr, s0_ptr, x_ptr, e, K, N1, N2, H1, H2, KP, ACT)
             Q += dxq
             Pc = dxp
             # b: q_t+1 = q_t + dt F_p(q_mid, p_half)
-            dxq, dxp, dW1q, dW1p, db1 = _vjp(
+            dxq, dxp = _vjp(
                 qm, ph, zero, dt * Q, W1q, W1p, b1, W2, b2_ptr, w3_ptr,
-                dW1q, dW1p, db1, s2_ptr, s1_ptr, su_ptr, e + 1, N1, N2, H1, H2, ACT)
+                s2_ptr, s1_ptr, su_ptr, s0_ptr, x_ptr, e + 1, K, N1, N2, H1, H2, KP, ACT)
             Qm = dxq
             Ph = P + dxp
             # a: q_mid hangs off q_t and p_pred off p_t (analytic.py's derivation)
@@ -232,16 +241,10 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
             else:
                 vq = D - 0.5 * dt * Ph
                 vp = zero
-            dxq, dxp, dW1q, dW1p, db1 = _vjp(
+            dxq, dxp = _vjp(
                 q, p, vq, vp, W1q, W1p, b1, W2, b2_ptr, w3_ptr,
-                dW1q, dW1p, db1, s2_ptr, s1_ptr, su_ptr, e + 2, N1, N2, H1, H2, ACT)
+                s2_ptr, s1_ptr, su_ptr, s0_ptr, x_ptr, e + 2, K, N1, N2, H1, H2, KP, ACT)
             Q += dxq + tl.load(gq_ptr + traj + t * K, mask=cm, other=0.0)
             P = Ph + dxp + tl.load(gp_ptr + traj + t * K, mask=cm, other=0.0)
         tl.store(dq0_ptr + row * K + cols, Q, mask=cm)
         tl.store(dp0_ptr + row * K + cols, P, mask=cm)
-    # One partial per program, in w1's own layout [n1, 2k]; the host reduces them once.
-    m1 = (hh1[:, None] < N1) & cm[None, :]
-    dw1 = dw1_ptr + pid * N1 * 2 * K + hh1[:, None] * (2 * K) + cols[None, :]
-    tl.store(dw1, dW1q, mask=m1)
-    tl.store(dw1 + K, dW1p, mask=m1)
-    tl.store(db1_ptr + pid * N1 + hh1, db1, mask=hh1 < N1)
