@@ -123,7 +123,8 @@ def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=Tru
             compiled = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=constexprs,
                                                 attrs=_aligned(kern, sig)),
                                       target=GPUTarget("cuda", arch, 32),
-                                      options=dict({"num_warps": num_warps},
+                                      options=dict({"num_warps": num_warps,
+                                                    "enable_fp_fusion": True},   # as launched
                                                    **({"maxnreg": maxnreg} if maxnreg else {}),
                                                    **({"num_stages": STAGES} if STAGES else {})))
         seconds = time.perf_counter() - t0

@@ -831,10 +831,37 @@ def test_launch_runs_on_the_tensors_cuda_device(monkeypatch):
         device = torch.device("cuda", 1)
     x = OnCuda1()
     fused._launch(Kernel(), (2,), x, 3, BLOCK_B=16)
-    assert entered == [torch.device("cuda", 1)] and launched == [((2,), (x, 3), {"BLOCK_B": 16})]
+    assert entered == [torch.device("cuda", 1)] and launched == [
+        ((2,), (x, 3), {"BLOCK_B": 16, "enable_fp_fusion": True})]
     entered.clear()
     fused._launch(Kernel(), (1,), torch.zeros(1))          # CPU tensors: no CUDA context
     assert entered == []
+
+
+@pytest.mark.parametrize("B, widths, precision", [(3, (16, 16), "ieee"),     # latency
+                                                  (20, (16, 16), "ieee"),    # streamed
+                                                  (20, (64, 64), "bf16x3")])  # throughput
+def test_every_kernel_launch_asks_for_fused_multiply_adds(monkeypatch, B, widths, precision):
+    # The kernels were designed (instruction counts) and checked against float64 on a GPU
+    # with fused multiply-adds; Triton 3.9 warns that its default turns them off from 3.10, so
+    # each launch, forward and backward, asks for them by name.
+    monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 4)
+    asked, real = [], fused._kernels
+
+    class Spy:
+        def __init__(self, kernel):
+            self.kernel, self.fn = kernel, getattr(kernel, "fn", kernel)
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                asked.append((self.fn.__module__.rsplit(".", 1)[-1],
+                              kwargs.get("enable_fp_fusion")))
+                return self.kernel[grid](*args, **kwargs)
+            return launch
+    monkeypatch.setattr(fused, "_kernels", lambda layout: tuple(map(Spy, real(layout))))
+    _fwd_bwd(B, 2, widths, precision)
+    layout = "latency" if B <= 4 else "throughput" if precision == "bf16x3" else "streamed"
+    assert asked == [(layout, True)] * 2, asked
 
 
 @pytest.mark.parametrize("layout", ["tile", "latency"])

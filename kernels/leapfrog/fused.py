@@ -66,7 +66,10 @@ def _launch(kernel, grid, *args, **kwargs):
     dev = args[0].device
     try:
         with torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext():
-            kernel[grid](*args, **kwargs)
+            # Fused multiply-adds asked for by name: the kernels were designed (instruction
+            # counts, bench/ptxas_report.py) and checked against float64 on a GPU with them;
+            # Triton 3.9 warns that its default turns them off from 3.10 on.
+            kernel[grid](*args, enable_fp_fusion=True, **kwargs)
     except triton.runtime.errors.OutOfResources as err:
         cfg = {k: kwargs[k] for k in ("BLOCK_B", "KP", "H1", "H2", "CH", "PREC", "num_warps")
                if k in kwargs}
