@@ -56,7 +56,8 @@ def test_dali_without_workers_matches_too(frames_h5):
 
 def test_dali_channels_last_matches_torch(frames_h5):
     _, ref = take(frames_h5, 3, "torch", num_workers=0)
-    _, got = take(frames_h5, 3, "dali", num_workers=1, channels_last=True)
+    stream, got = take(frames_h5, 3, "dali", num_workers=1, channels_last=True)
+    assert len(got) == len(ref) == 3 and stream.position == 3   # an empty stream would pass zip
     for x, y in zip(ref, got):
         assert torch.equal(x, y)
         assert y.transpose(1, 2).is_contiguous(memory_format=torch.channels_last_3d)

@@ -47,6 +47,25 @@ def test_the_flag_threshold_rises_with_real_variation():
     assert res["generated_flagged"] == res["real_flagged"] == 0
 
 
+def test_the_flag_threshold_is_twice_the_real_videos_99th_percentile():
+    # The rule as documented: flagged above max(FLAG_FLOOR, 2 x the 99th percentile of the
+    # real videos' variation). Real discs fade to 50-65% (variation ~0.1-0.16, threshold
+    # ~0.33); a generated disc that blinks between 100% and 20% varies ~0.4: between twice
+    # the real p99 and three times the real maximum, so a looser rule would pass it.
+    disc = _disc_video(0.3, color=0, num_colors=1, frames=8)
+    real = np.concatenate([_fade(disc, np.linspace(1, a, 8)) for a in (0.5, 0.55, 0.6, 0.65)])
+    blink = _fade(disc, [1.0, 0.2] * 4)
+    real_m = appearance.color_mass(real, 1)
+    ref = appearance.object_mass(real_m)
+    real_v = appearance.variation(real_m, ref)
+    gen_v = appearance.variation(appearance.color_mass(blink, 1), ref)[0]
+    p99 = np.percentile(real_v, 99)
+    assert 2 * p99 > appearance.FLAG_FLOOR and 2 * p99 < gen_v < 3 * real_v.max()
+    res = appearance.appearance_consistency(real, np.concatenate([blink, real[:1]]), 1)
+    assert res["flag_threshold"] == pytest.approx(2 * p99, rel=1e-12)
+    assert res["generated_flagged"] == 0.5 and res["real_flagged"] == 0
+
+
 def test_background_has_no_mass():
     bg = np.broadcast_to((np.asarray(BACKGROUND) * 255).astype(np.uint8), (2, 4, 16, 16, 3))
     assert appearance.color_mass(np.ascontiguousarray(bg), 2).max() == 0

@@ -27,17 +27,25 @@ def test_states_do_not_depend_on_the_batch_split(tiny_pendulum_h5):
     np.testing.assert_allclose(one[0, 0], whole[1, 3], rtol=1e-5, atol=1e-6)
 
 
-def test_cached_probe_loads_onto_the_requested_device(tiny_pendulum_h5, tmp_path):
+def test_cached_probe_loads_onto_the_requested_device(tiny_pendulum_h5, tmp_path,
+                                                      monkeypatch):
     import shutil
     path = tmp_path / "train.h5"
     shutil.copy(tiny_pendulum_h5, path)
     ds = open_h5(path)
     kw = dict(angular=(0,), steps=5, width=4, batch_size=8, progress=False)
     first = probe.load_or_train_probe(str(path), ds.frames, ds.states, device="cpu", **kw)
-    again = probe.load_or_train_probe(str(path), ds.frames, ds.states, device="cpu", **kw)
     assert not list(tmp_path.glob("*.partial"))  # written atomically, no temporary left
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the cached probe was trained again")
+    monkeypatch.setattr(probe, "train_probe", no_training)
+    again = probe.load_or_train_probe(str(path), ds.frames, ds.states, device="cpu", **kw)
     for a, b in zip(first.state_dict().values(), again.state_dict().values()):
         assert torch.equal(a, b)
+    # a cache hit is moved to the device asked for ("meta" stands in for a GPU here)
+    moved = probe.load_or_train_probe(str(path), ds.frames, ds.states, device="meta", **kw)
+    assert {t.device.type for t in moved.state_dict().values()} == {"meta"}
 
 
 @pytest.mark.cuda

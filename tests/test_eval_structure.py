@@ -90,13 +90,14 @@ def _p_of_unit_spread(frames, k=2):
 
 
 def test_active_momenta_average_the_magnitude_of_dp_dt():
-    # dp_0/dt swings +-2 (mean |dp/dt| 2, mean dp/dt 0), dp_1/dt is 0.5 throughout. Four
-    # steps of 0.25 and momenta of spread 1: floor 0.01, threshold 10% of 2 = 0.2; both count.
-    dhdq = torch.tensor([[[2.0, -0.5], [-2.0, -0.5], [2.0, -0.5], [-2.0, -0.5]]])
+    # dp_0/dt swings in sign and size over the four steps (mean |dp/dt| 3, mean dp/dt 0: any
+    # step left out or counted twice changes the mean), dp_1/dt is 0.5 throughout. Momenta of
+    # spread 1: floor 0.01, threshold 10% of 3 = 0.3; both count.
+    dhdq = torch.tensor([[[1.0, -0.5], [-2.0, -0.5], [3.0, -0.5], [-6.0, -0.5]]])
     g = _GivenRollout({"dHdq": dhdq, "p": _p_of_unit_spread(5)})
     am = structure.active_momenta(g, n=1, frames=5)
-    np.testing.assert_allclose(am["mean_abs_dpdt"], [2.0, 0.5], rtol=1e-12)
-    assert am["floor"] == pytest.approx(0.01) and am["threshold"] == pytest.approx(0.2)
+    np.testing.assert_allclose(am["mean_abs_dpdt"], [3.0, 0.5], rtol=1e-12)
+    assert am["floor"] == pytest.approx(0.01) and am["threshold"] == pytest.approx(0.3)
     assert am["active_dims"] == 2 and am["k"] == 2
 
 

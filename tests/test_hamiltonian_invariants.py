@@ -153,11 +153,22 @@ def _fused_runnable():
 FUSED_DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
-@pytest.mark.parametrize("backend", ["analytic", "fused"])
-def test_batch_split_invariance(backend):
+@pytest.mark.parametrize("backend, layout", [("analytic", None), ("fused", "latency"),
+                                             ("fused", "streamed")])
+def test_batch_split_invariance(backend, layout, monkeypatch):
+    # A row's rollout does not depend on the rows beside it: in the latency layout a program
+    # walks several rows (4 programs here under the interpreter), in the tile layouts the
+    # 4/17 split crosses the 16-row blocks.
     if backend == "fused" and not _fused_runnable():
         pytest.skip("fused needs triton and CUDA or the Triton interpreter")
     dev = FUSED_DEVICE if backend == "fused" else "cpu"
+    ran = []
+    if backend == "fused":
+        from hgan.kernels.leapfrog import fused
+        if layout != "latency":
+            monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
+        real = fused._kernels
+        monkeypatch.setattr(fused, "_kernels", lambda lay: (ran.append(lay), real(lay))[1])
     m = _separable(3).to(dev)
     q0, p0 = torch.randn(21, 3, device=dev), torch.randn(21, 3, device=dev)
     with torch.no_grad():
@@ -166,6 +177,8 @@ def test_batch_split_invariance(backend):
                  for s in (slice(0, 4), slice(4, 21))]
     for i, x in enumerate(whole):
         torch.testing.assert_close(x, torch.cat([pt[i] for pt in parts]), rtol=1e-6, atol=1e-6)
+    if backend == "fused":
+        assert set(ran) == ({"latency"} if layout == "latency" else {16}), ran
 
 
 def _train_losses(backend, device="cpu", steps=3):
