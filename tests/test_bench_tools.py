@@ -78,7 +78,13 @@ def test_tuning_precompile_runs_every_config_in_spawned_workers(monkeypatch):
     # one resident and one streamed config, 32-row blocks (the sweep's other default): the
     # workers' 64 rows are 2 programs each, half the interpreted work of 16-row blocks
     cfgs = [(32, 4, 0, "ieee"), (32, 4, 32, "tf32")]
-    assert tune_fused.precompile(cfgs, jobs=2, device=device) == {cfg: None for cfg in cfgs}
+    # and one the fused host code refuses (a chunk of 24 hidden units): its error comes back,
+    # so the workers did run the fused rollout with each config (an idle worker returns None)
+    bad = (32, 4, 24, "ieee")
+    out = tune_fused.precompile(cfgs + [bad], jobs=2, device=device)
+    assert {cfg: out[cfg] for cfg in cfgs} == {cfg: None for cfg in cfgs}
+    assert out[bad].startswith("ValueError: fused streamed layout: chunk must be") and \
+        "got 24" in out[bad], out[bad]
 
 
 def test_tuning_gives_up_slow_compiles_and_the_sweep_skips_them(monkeypatch):

@@ -3,6 +3,7 @@ Markdown summary, on synthetic inputs."""
 import json
 import os
 import sys
+import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -97,11 +98,28 @@ def test_pack_measurement_runs_its_threads_in_step(tmp_path, monkeypatch):
     monkeypatch.setattr(_trainstep, "FRAMES", 4)
     monkeypatch.setattr(trainstep_table, "BATCH", 2)
     monkeypatch.setattr(trainstep_table, "PACK_STEPS", 2)
-    monkeypatch.setattr(trainstep_table, "ROUNDS", 1)
+    monkeypatch.setattr(trainstep_table, "ROUNDS", 2)
+    calls, real_run = {}, _trainstep.TrainStep.run
+
+    def run(self):                       # every step of every run, with when it ran
+        t0 = time.perf_counter()
+        real_run(self)
+        calls.setdefault(id(self), []).append((t0, time.perf_counter(), self.warmup_steps))
+    monkeypatch.setattr(_trainstep.TrainStep, "run", run)
     r = trainstep_table.measure_pack(str(tmp_path), 32, 2)
     assert r["runs_in_process"] == 2 and r["steps_per_run"] == 2 and not r["captured"]
     assert r["videos_per_s"] == 2 * 2 * 2 / r["median_round_s"]
     assert r["videos_per_s_per_run"] == r["videos_per_s"] / 2
+    # each run took its warm-up, then 2 rounds of 2 steps; no run began round 2 before every
+    # run had ended round 1 (the rounds' gates)
+    assert len(calls) == 2
+    rounds = []
+    for steps in calls.values():
+        warm = steps[0][2]
+        assert len(steps) == warm + 2 * 2, steps
+        rounds.append((steps[warm:warm + 2], steps[warm + 2:]))
+    assert max(s[1] for first, _ in rounds for s in first) < min(
+        s[0] for _, second in rounds for s in second)
 
 
 def test_a_busy_share_the_profiler_could_not_give_is_said_so(tmp_path):

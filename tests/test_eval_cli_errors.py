@@ -581,6 +581,7 @@ def test_device_auto_evaluates_where_it_resolves(files, tmp_path):
     assert cli.main(args) is not None
     results = json.load(open(out / "results.json"))
     assert "cyclic" in results["metrics"]
+    assert results["device"] == resolve_device("auto")   # what it ran on, not "auto"
 
 
 def test_a_regenerated_training_set_is_noted_in_one_line(files, tmp_path, capsys):

@@ -106,6 +106,7 @@ def _take(path, n, **kw):
     stream = build_loader(path, batch_size=3, frames=4, seed=5, **kw)
     out = [b.clone(memory_format=torch.preserve_format) for _, b in zip(range(n), stream)]
     stream.close()
+    assert len(out) == n, f"{kw.get('kind')} stream ended after {len(out)} of {n} batches"
     return stream, out
 
 
@@ -117,8 +118,14 @@ def test_dali_stream_with_spawned_workers_matches_torch(noisy_generated_h5, monk
     path = noisy_generated_h5(6, 20, 8)[0]
     _, ref = _take(path, 3, kind="torch", num_workers=0)
     monkeypatch.setattr(dali.torch.cuda, "is_initialized", lambda: True)
-    stream, got = _take(path, 3, kind="dali", num_workers=2)
-    assert stream.kind == "dali"
+    started, real = [], dali.pipeline_def
+
+    def pipeline_def(*args, **kwargs):
+        started.append(kwargs.get("py_start_method"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(dali, "pipeline_def", pipeline_def)
+    _, got = _take(path, 3, kind="dali", num_workers=2)    # 3 batches, or it fails
+    assert started and set(started) == {"spawn"}, started
     assert all(torch.equal(x, y) for x, y in zip(ref, got))
 
 

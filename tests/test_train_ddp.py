@@ -456,15 +456,16 @@ def test_the_wait_for_rank_0s_dataset_has_a_24_hour_timeout_of_its_own(monkeypat
     assert calls == [("barrier", "group"), ("destroy", "group")]
 
 
-def test_a_stop_flag_is_set_on_every_rank_only_when_some_rank_set_it(monkeypatch):
-    # The all-reduce sums the ranks' flags; here the other rank's is 0 (an identity
-    # all-reduce), so the result is this rank's own flag.
+@pytest.mark.parametrize("other", [False, True])
+def test_a_stop_flag_is_set_on_every_rank_only_when_some_rank_set_it(monkeypatch, other):
+    # A fake all-reduce (a sum, as the real one does) adds the other rank's flag: the
+    # result is set when either rank's flag is, on this rank too.
     import torch.distributed as dist
 
     from hgan.train import dist as hdist
-    monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: None)
+    monkeypatch.setattr(dist, "all_reduce", lambda t, *a, **k: t.add_(float(other)))
     info = hdist.DistInfo(rank=1, world_size=2, local_rank=1)
-    assert hdist.any_rank(False, info, "cpu") is False
+    assert hdist.any_rank(False, info, "cpu") is other
     assert hdist.any_rank(True, info, "cpu") is True
 
 
