@@ -43,8 +43,13 @@ def defer():
     """Note SIGINT and SIGTERM instead of acting on them, when one of ENTRY_POINTS or SCRIPTS
     is being started and the signal has its default handler (one a parent set to ignore
     stays so)."""
-    script = os.path.basename(sys.argv[0]) if sys.argv else ""
-    if _saved or (_module_run() not in ENTRY_POINTS and script not in SCRIPTS):
+    # A console script is the program this process was started with (sys.orig_argv), not
+    # only sys.argv's first word: a multiprocessing spawn child of one (DALI's workers) keeps
+    # the parent's sys.argv and re-runs the script as __mp_main__, but never its main(), so
+    # it would keep the signals noted for good and outlive terminate().
+    script = sys.argv[0] if sys.argv and sys.argv[0] in getattr(sys, "orig_argv", []) else ""
+    if _saved or (_module_run() not in ENTRY_POINTS
+                  and os.path.basename(script) not in SCRIPTS):
         return
     for s in (signal.SIGINT, signal.SIGTERM):
         if signal.getsignal(s) in (signal.default_int_handler, signal.SIG_DFL):

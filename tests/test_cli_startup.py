@@ -33,6 +33,7 @@ if kind == "module":
     runpy._run_module_as_main(target)
 else:                                        # a console script's wrapper, as pip writes it
     sys.argv = [os.path.join(os.path.dirname(sys.executable), kind), *args]
+    sys.orig_argv = [sys.executable, sys.argv[0], *args]
     module, func = target.split(":")
     sys.exit(getattr(__import__(module, fromlist=[func]), func)())
 """
@@ -69,6 +70,39 @@ def test_sigterm_while_a_console_script_imports_torch_is_one_line():
     res = _run("hgan-data", scripts["hgan-data"], signal.SIGTERM, "--help")
     assert (res.returncode, res.stderr, res.stdout) == (
         143, "hgan.data: stopped by SIGTERM while starting; nothing was written\n", "")
+
+
+_SPAWNING_SCRIPT = """
+import multiprocessing, signal, sys
+import hgan
+
+def child(q):
+    q.put((signal.getsignal(signal.SIGINT) is signal.default_int_handler,
+           signal.getsignal(signal.SIGTERM) == signal.SIG_DFL))
+
+if __name__ == "__main__":
+    from hgan import _startup
+    _startup.release("hgan-data")
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=child, args=(q,))
+    p.start()
+    print(q.get(timeout=60))
+    p.join()
+"""
+
+
+def test_a_spawned_child_of_a_command_keeps_its_default_signals(tmp_path):
+    # A spawn child (DALI's workers, on a GPU) re-runs the parent's script as __mp_main__ with
+    # the parent's sys.argv but never its main(): deferring there kept SIGTERM noted for good,
+    # and terminate() left the worker running.
+    script = tmp_path / "hgan-data"
+    script.write_text(_SPAWNING_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": ROOT, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=180)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "(True, True)", res.stdout
 
 
 def test_every_command_module_is_an_entry_point():

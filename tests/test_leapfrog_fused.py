@@ -798,16 +798,25 @@ def test_streamed_programs_keep_their_own_weight_gradient_slabs(tile, monkeypatc
 def test_latency_weight_gradient_product_is_asked_for_in_fp32(monkeypatch):
     # On a GPU a TF32 product would put the layer-2 weight gradient ~1e-3 off (the contract is
     # 1e-4); on CPU torch ignores the setting, so what the backward asks for is checked.
-    asked = []
+    asked, inside, products = [], [], []
 
     class Recording(fused._fp32_matmul):
         def __enter__(self):
             asked.append(self.precision)
+            inside.append(True)
             return super().__enter__()
+
+        def __exit__(self, *exc):
+            inside.pop()
+            return super().__exit__(*exc)
     monkeypatch.setattr(fused, "_fp32_matmul", Recording)
+    matmul = torch.Tensor.__matmul__
+    monkeypatch.setattr(torch.Tensor, "__matmul__",
+                        lambda a, b: products.append(bool(inside)) or matmul(a, b))
     _launches(monkeypatch)                                 # the configuration alone
     _fwd_bwd(3, 2, (16, 16))
     assert asked == ["ieee"], asked
+    assert products == [True, True], products             # dW2 and dW1, both inside
 
 
 def test_launch_runs_on_the_tensors_cuda_device(monkeypatch):

@@ -164,8 +164,8 @@ def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
     code's step, first order unless H is separable); both are Stormer-Verlet for a separable
     H. See SCHEMES in common.py. precision: the fused kernels' dot products, "auto" (default:
     the dispatch table's, fp32 "ieee" in the latency regime and fused.SPLIT_ABOVE_LATENCY
-    above it at the measured shapes, fused.SPLIT_SHAPES) | "ieee" (fp32) | "tf32x3" | "bf16x3" | "tf32" (see PRECISIONS in common.py); a
-    backend that runs analytic (CPU, or outside the fused contract) ignores it. float32 and
+    above it at the measured shapes, fused.SPLIT_SHAPES) | "ieee" (fp32) | "tf32x3" |
+    "bf16x3" | "tf32" (see PRECISIONS in common.py); a backend that runs analytic (CPU, or outside the fused contract) ignores it. float32 and
     float64 compute in their dtype; bf16 and fp16 inputs compute in float32 and come back in
     their dtype.
     """

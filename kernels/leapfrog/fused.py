@@ -310,7 +310,8 @@ def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2
 
 def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, raw, dt, activation, scheme,
                  precision="ieee"):
-    """Host side of the backward: launch, reduce the per-program partials once, unpad.
+    """Host side of the backward: launch, reduce the weight-gradient partials once (per
+    program; per evaluation in the latency layout), unpad.
     padded: the forward's padded weights (tile layouts); raw: (w1, w2, w3, b1, b2, b3)."""
     B, T, k = q.shape
     n1, n2 = raw[0].shape[0], raw[1].shape[0]
