@@ -136,8 +136,8 @@ THROUGHPUT_WARPS = 8
 # faster there at every batch and within 1e-4 of float64 (bench/gpu/leapfrog_table.py,
 # "split_above_latency"; its "fused_py" line gives this and the entries above as measured).
 SPLIT_ABOVE_LATENCY = "ieee"
-# ... and only at the compiled shapes that run measured it: padded (H1, H2, KP). The leapfrog
-# table times widths 100/100 at k 10, and every width in 65..128 with k up to 16 compiles to
+# ... and only at the compiled shapes the leapfrog table measured: padded (H1, H2, KP). It
+# times widths 100/100 at k 10, and every width in 65..128 with k up to 16 compiles to
 # that same (128, 128, 16) kernel. Elsewhere "auto" stays "ieee": the split layouts' other
 # shapes were never timed and compile differently (sm_90 ptxas: the throughput backward at
 # widths 16/128 spills 0.56-1.6 KB per thread and runs part of its products on mma.sync; at
