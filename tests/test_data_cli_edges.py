@@ -99,6 +99,8 @@ def test_a_set_stop_event_ends_generation_in_a_thread_without_a_partial_file(tmp
     while thread.is_alive() and not os.path.exists(f"{path}.partial") \
             and time.monotonic() < deadline:
         time.sleep(0.01)
+    # the stop comes while the partial file is there: its removal is what is checked below
+    assert os.path.exists(f"{path}.partial"), "generation ended or never wrote its partial file"
     stop.set()
     thread.join(60)
     assert not thread.is_alive() and len(raised) == 1
