@@ -99,7 +99,8 @@ def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=Tru
     if chunk == "latency":
         # its exact sizes are compile-time constants: the benchmark's k 10 and width 100
         # (or the padded width where that is under 100)
-        constexprs.update(K=10, N1=min(width, 100), N2=min(width, 100))
+        constexprs.update(K=10, N1=min(width, 100), N2=min(width, 100),
+                          SAVE=True)   # the forward as training runs it (for a backward)
     # the latency layout has no row block, chunk or dot precision: pass what the kernel takes
     constexprs = {k: v for k, v in constexprs.items()
                   if k in inspect.signature(kern.fn).parameters}

@@ -536,7 +536,7 @@ def test_dispatch_table_picks_the_kernel_by_regime():
     for precision in ("ieee", "tf32x3", "tf32"):
         assert fused._layout(65536, 16, 128, 128, precision) == fused._chunk(128, 128)
     # a rollout so long that the latency backward's scratch would pass its cap
-    long_t = fused.LATENCY_SCRATCH_BYTES // (4 * 3 * (7 * 128 + 4 * 16) * 64) + 2
+    long_t = fused.LATENCY_SCRATCH_BYTES // (4 * 3 * (10 * 128 + 4 * 16) * 64) + 2
     assert 4 * fused._latency_scratch(64, long_t, 128, 128) > fused.LATENCY_SCRATCH_BYTES
     assert fused._layout(64, long_t, 128, 128) == fused._chunk(128, 128)
     # under the interpreter 4 programs walk the rows, so the tests above cover grid-stride
@@ -713,29 +713,30 @@ def test_dispatch_table_edges():
     for h1, h2 in ((64, 128), (128, 64)):
         assert fused._layout(65536, 16, h1, h2, "bf16x3", KP=32) == 32, (h1, h2)
         assert fused._layout(65536, 16, h1, h2, "bf16x3", KP=16) == "throughput", (h1, h2)
-    # the latency backward's scratch: 3 evaluations per step (T - 1 steps), each 3 floats per
-    # unit of layer 2 (r2, g2, u2), 4 per unit of layer 1 (h1, u1, r1, g1) and 4 per padded
-    # coordinate (q, p, vq, vp); the longest rollout under the cap runs the latency layout,
-    # one frame more the tile layouts
+    # the latency layout's scratch: 3 evaluations per step (T - 1 steps), each the forward's
+    # a1, a2, e1 and the backward's factors: 4 floats per unit of layer 2 (a2; r2, g2, u2), 6
+    # per unit of layer 1 (a1, e1; h1, u1, r1, g1) and 4 per padded coordinate (q, p, vq,
+    # vp); the longest rollout under the cap runs the latency layout, one frame more the
+    # tile layouts
     for B, h1, h2, kp in ((64, 128, 128, 16), (48, 128, 16, 16), (48, 16, 128, 32)):
-        per_step = 4 * B * 3 * (3 * h2 + 4 * h1 + 4 * kp)
+        per_step = 4 * B * 3 * (4 * h2 + 6 * h1 + 4 * kp)
         steps = fused.LATENCY_SCRATCH_BYTES // per_step
         assert fused._layout(B, steps + 1, h1, h2, KP=kp) == "latency", (B, h1, h2)
         assert fused._layout(B, steps + 2, h1, h2, KP=kp) != "latency", (B, h1, h2)
     # the cap is inclusive: scratch of exactly LATENCY_SCRATCH_BYTES still fits (a cap that a
     # GPU measurement sets need not be a power of two, which no scratch size can equal)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(fused, "LATENCY_SCRATCH_BYTES", 4 * 64 * 9 * 3 * (7 * 128 + 4 * 16))
+        mp.setattr(fused, "LATENCY_SCRATCH_BYTES", 4 * 64 * 9 * 3 * (10 * 128 + 4 * 16))
         assert fused._layout(64, 10, 128, 128) == "latency"
         assert fused._layout(64, 11, 128, 128) != "latency"
     # tile warps follow the wider layer (its backward spills with 4 at width 128)
     assert fused._num_warps(128, 16) == fused._num_warps(16, 128) == 8
     assert fused._num_warps(64, 64) == 4
-    # the cap's value, as docs/integrator.md states it ((28 * width + 16 * padded k) * B *
+    # the cap's value, as docs/integrator.md states it ((40 * width + 16 * padded k) * B *
     # (frames - 1) * 3 bytes past 1 GB; the code's 2^30): at B = 64, width 128 and k <= 16 a
-    # step takes 737280 bytes, so 1456 steps (1457 frames) fit and one more does not
-    assert fused._layout(64, 1457, 128, 128) == "latency"
-    assert fused._layout(64, 1458, 128, 128) == fused._chunk(128, 128)
+    # step takes 1032192 bytes, so 1040 steps (1041 frames) fit and one more does not
+    assert fused._layout(64, 1041, 128, 128) == "latency"
+    assert fused._layout(64, 1042, 128, 128) == fused._chunk(128, 128)
     # the register-resident layout (chunk 0, tile.py) has no CH parameter to launch with
     assert fused._launch_config(0, 19, 16, 16, torch.device("cpu"), "ieee") == (
         2, dict(BLOCK_B=16, PREC="ieee", num_warps=4))
@@ -793,6 +794,24 @@ def test_streamed_programs_keep_their_own_weight_gradient_slabs(tile, monkeypatc
         errs = {n: rel_err(got[n], want[n]) for n in names}
         bad = {n: e for n, e in errs.items() if not e <= 1e-4}
         assert not bad, f"program {prog}'s slabs vs its rows' float64 gradient: {bad}"
+
+
+def test_latency_forward_saves_its_activations_only_for_a_backward(monkeypatch):
+    # The latency backward reads each evaluation's a1, a2, e1 from the forward. A rollout no
+    # gradient will flow through (sampling, evaluation) compiles the forward without those
+    # stores; its trajectory is the same to the bit.
+    seen = _launches(monkeypatch, run_kernels=True)
+    w, b = random_mlp(3, (16, 24), generator=torch.Generator().manual_seed(8))
+    w, b = [t.to(DEVICE) for t in w], [t.to(DEVICE) for t in b]
+    q0 = torch.randn(5, 3, generator=torch.Generator().manual_seed(9)).to(DEVICE)
+    plain = leapfrog(q0, q0, w, b, frames=4, backend="fused")
+    assert [(s[0], s[2]["SAVE"]) for s in seen] == [("latency", False)], seen
+    seen.clear()
+    leaves = [t.detach().requires_grad_(True) for t in w]
+    saved = leapfrog(q0, q0, leaves, b, frames=4, backend="fused")
+    assert [(s[0], s[2]["SAVE"]) for s in seen] == [("latency", True)], seen
+    for x, y in zip(plain, saved):
+        assert torch.equal(x, y.detach())
 
 
 def test_latency_weight_gradient_product_is_asked_for_in_fp32(monkeypatch):
@@ -1192,8 +1211,8 @@ def test_forward_and_backward_take_the_same_layout_at_the_scratch_cap(monkeypatc
     # forward and backward, one frame more the streamed layout in both (a direction that
     # counted steps instead would pair a latency forward with a tile backward, which needs
     # the padded weights only a tile forward makes). Cap here: B = 3 rows, widths 16, 4 steps
-    # of 3 evaluations, each 3 * 16 + 4 * 16 + 4 * 16 floats (k 2 pads to 16).
-    monkeypatch.setattr(fused, "LATENCY_SCRATCH_BYTES", 4 * 3 * 4 * 3 * 176)
+    # of 3 evaluations, each 4 * 16 + 6 * 16 + 4 * 16 floats (k 2 pads to 16).
+    monkeypatch.setattr(fused, "LATENCY_SCRATCH_BYTES", 4 * 3 * 4 * 3 * 224)
     seen = _launches(monkeypatch)                          # the configuration alone
     _fwd_bwd(3, 2, (16, 16), frames=5)
     _fwd_bwd(3, 2, (16, 16), frames=6)

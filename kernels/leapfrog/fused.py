@@ -7,8 +7,10 @@ W1q and W1p, so x = [q; p] is never materialised: a1 = q W1q^T + p W1p^T + b1.
 
 Every layout's forward kernel writes the trajectory, p_half and dHdq per step (for
 "order2" also the moved evaluation points q_mid and p_pred); its backward walks the steps in
-reverse from them, recomputes each evaluation's activations instead of saving them, and writes
-weight-gradient partials that the host reduces once (deterministic, no atomics).
+reverse from them and writes weight-gradient partials that the host reduces once
+(deterministic, no atomics). The tile layouts' backwards recompute each evaluation's
+activations (at their batch sizes saving them would take gigabytes); the latency layout's
+forward saves them (a1, a2, e1), which halves its backward's large products.
 
 Four layouts of the same kernels, chosen by one table (LATENCY_MAX_ROWS,
 THROUGHPUT_PRECISIONS with _throughput_fits, _chunk; and for precision "auto",
@@ -118,9 +120,10 @@ def _num_warps(h1, h2):
 # modelled in latency.py's docstring and still to be measured on a GPU (bench/gpu/leapfrog_table.py
 # sweeps it).
 LATENCY_MAX_ROWS = 2048
-# The latency backward writes, per row and evaluation, the weight gradients' factors
-# (latency._vjp): 3 floats per unit of layer 2, 4 per unit of layer 1 and 4 per coordinate;
-# past this many bytes (and int32 offsets) a long rollout goes to the tile layouts instead.
+# The latency layout keeps, per row and evaluation, the forward's activations (a1, a2, e1)
+# and the backward's weight-gradient factors (latency._vjp): 4 floats per unit of layer 2,
+# 6 per unit of layer 1 and 4 per coordinate; past this many bytes (and int32 offsets) a
+# long rollout goes to the tile layouts instead.
 LATENCY_SCRATCH_BYTES = 1 << 30
 # Above LATENCY_MAX_ROWS, these precisions run throughput.py's hidden-major tiles (wgmma at
 # any row block; 16-bit operands take either orientation). Row blocks per direction and
@@ -155,9 +158,10 @@ def _throughput_fits(H1, H2, KP):
 
 
 def _latency_scratch(B, T, H1, H2, KP=16):
-    """Elements of the latency backward's scratch (s2, s1, su, s0, xs of _latency_bwd), at
-    the padded sizes (a bound: the arrays take the unpadded ones)."""
-    return B * max(T - 1, 0) * 3 * (3 * H2 + 4 * H1 + 4 * KP)
+    """Elements the latency layout keeps per rollout beyond its outputs: the forward's saved
+    activations (a1, a2, e1) and the backward's factors (s2, s1, su, s0, xs of _latency_bwd),
+    at the padded sizes (a bound: the arrays take the unpadded ones)."""
+    return B * max(T - 1, 0) * 3 * ((2 * H1 + H2) + (3 * H2 + 4 * H1 + 4 * KP))
 
 
 def resolve_precision(precision, B, T, k, n1, n2):
@@ -264,10 +268,11 @@ def _pad_params(weights, biases, k):
 
 
 def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2",
-                 precision="ieee"):
+                 precision="ieee", save=True):
     """Host side of the forward: check, allocate, launch. Returns q, p, p_half, dHdq, the
-    order2 points (q_mid, p_pred; empty for "official") and the padded weights (the tile
-    layouts'; empty for the latency layout, which reads the caller's tensors)."""
+    order2 points (q_mid, p_pred; empty for "official") and what the backward needs besides:
+    the tile layouts' padded weights, or the latency layout's activations (a1, a2, e1 per
+    evaluation; empty when not `save`: no backward will run)."""
     B, k = q0.shape
     assert q0.dtype == torch.float32 and len(weights) == 3, "dispatcher checks the contract"
     if B * frames * k >= INT32_OFFSETS:
@@ -298,9 +303,11 @@ def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2
     points = (torch.empty_like(ph), torch.empty_like(ph)) if order2 else (ph.new_empty(0),) * 2
     n_prog, config = _launch_config(layout, B, H1, H2, q0.device, precision)
     if layout == "latency":   # sizes are compile-time constants there (see latency.py)
-        _launch(_kernels(layout)[0], (n_prog,), q0, p0, *params, q, p, ph, dq, *points, B,
-                frames, dt, K=k, N1=n1, N2=n2, KP=KP, H1=H1, H2=H2,
-                ACT=_ACT_CODE[activation], ORDER2=order2, **config)
+        n = B * (frames - 1) * 3 if save else 0
+        padded = (q0.new_empty(n, n1), q0.new_empty(n, n2), q0.new_empty(n, n1))
+        _launch(_kernels(layout)[0], (n_prog,), q0, p0, *params, q, p, ph, dq, *points,
+                *padded, B, frames, dt, K=k, N1=n1, N2=n2, KP=KP, H1=H1, H2=H2,
+                ACT=_ACT_CODE[activation], ORDER2=order2, SAVE=save, **config)
     else:
         _launch(_kernels(layout)[0], (n_prog,), q0, p0, *params, q, p, ph, dq, *points, B, k,
                 frames, dt, KP=KP, H1=H1, H2=H2, ACT=_ACT_CODE[activation], ORDER2=order2,
@@ -311,8 +318,8 @@ def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2
 def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, raw, dt, activation, scheme,
                  precision="ieee"):
     """Host side of the backward: launch, reduce the weight-gradient partials once (per
-    program; per evaluation in the latency layout), unpad.
-    padded: the forward's padded weights (tile layouts); raw: (w1, w2, w3, b1, b2, b3)."""
+    program; per evaluation in the latency layout), unpad. padded: the forward's padded
+    weights (tile layouts) or saved activations (latency); raw: (w1, w2, w3, b1, b2, b3)."""
     B, T, k = q.shape
     n1, n2 = raw[0].shape[0], raw[1].shape[0]
     KP, H1, H2 = _pow2(k), _pow2(n1), _pow2(n2)
@@ -321,8 +328,8 @@ def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, raw, dt, activation, sche
     gq, gp, gd = gq.contiguous(), gp.contiguous(), gd.contiguous()
     dq0, dp0 = q.new_empty(B, k), q.new_empty(B, k)
     if layout == "latency":
-        dws, dbs = _latency_bwd(q, p, ph, points, gq, gp, gd, raw, dq0, dp0, n_prog, dt,
-                                activation, scheme, config)
+        dws, dbs = _latency_bwd(q, p, ph, points, gq, gp, gd, padded, raw, dq0, dp0, n_prog,
+                                dt, activation, scheme, config)
         return dq0, dp0, dws, dbs
     # streamed.py adds into its slabs; the resident and throughput layouts write each
     # partial once
@@ -339,20 +346,20 @@ def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, raw, dt, activation, sche
             (db1[:n1], db2[:n2], q.new_zeros(1)))
 
 
-def _latency_bwd(q, p, ph, points, gq, gp, gd, raw, dq0, dp0, n_prog, dt, activation, scheme,
-                 config):
-    """The latency layout's backward: the kernel writes dq0, dp0 and, per row and evaluation,
-    the factors of every weight gradient; two matrix products and three sums reduce them
-    (deterministic, no atomics). Returns the weight and bias gradients in the caller's
-    shapes."""
+def _latency_bwd(q, p, ph, points, gq, gp, gd, acts, raw, dq0, dp0, n_prog, dt, activation,
+                 scheme, config):
+    """The latency layout's backward: from the forward's saved activations (acts) the kernel
+    writes dq0, dp0 and, per row and evaluation, the factors of every weight gradient; two
+    matrix products and three sums reduce them (deterministic, no atomics). Returns the
+    weight and bias gradients in the caller's shapes."""
     B, T, k = q.shape
-    w1, w2, w3, b1, b2, _ = (t.detach().contiguous() for t in raw)
+    w1, w2, w3, b1, _, _ = (t.detach().contiguous() for t in raw)
     n1, n2 = w1.shape[0], w2.shape[0]
     n = B * (T - 1) * 3                        # evaluations, each a scratch row
     s2, s1, su = q.new_empty(n, 2, n2), q.new_empty(n, 2, n1), q.new_empty(n, n2)
     s0, xs = q.new_empty(n, 2, n1), q.new_empty(n, 2, 2 * k)
-    _launch(_kernels("latency")[1], (n_prog,), q, p, ph, *points, gq, gp, gd, w1, b1, w2, b2,
-            w3, dq0, dp0, s2, s1, su, s0, xs, B, T, dt, K=k, N1=n1, N2=n2, KP=_pow2(k),
+    _launch(_kernels("latency")[1], (n_prog,), q, p, ph, *points, gq, gp, gd, w1, b1, w2, w3,
+            *acts, dq0, dp0, s2, s1, su, s0, xs, B, T, dt, K=k, N1=n1, N2=n2, KP=_pow2(k),
             H1=_pow2(n1), H2=_pow2(n2), ACT=_ACT_CODE[activation],
             ORDER2=scheme == "order2", **config)
     with _fp32_matmul():
@@ -398,8 +405,10 @@ class LeapfrogFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q0, p0, dt, frames, activation, scheme, precision, on_fallback, w1, w2,
                 w3, b1, b2, b3):
+        # the latency layout saves its activations only for a backward that will run
         q, p, ph, dq, points, padded = leapfrog_fwd(q0, p0, (w1, w2, w3), (b1, b2, b3), dt,
-                                                    frames, activation, scheme, precision)
+                                                    frames, activation, scheme, precision,
+                                                    save=any(ctx.needs_input_grad))
         # The raw weights too: if the backward kernel cannot launch, the analytic backend
         # recomputes the gradients from (q0, p0, weights) instead.
         ctx.save_for_backward(q, p, ph, *points, *padded, w1, w2, w3, b1, b2, b3)
