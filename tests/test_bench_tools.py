@@ -799,6 +799,27 @@ def test_leapfrog_table_warm_up_compiles_in_parallel_and_gives_up_at_its_limit(m
     assert "fused_tile_tf32/B64: still compiling after 30 s" in failures
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1",
+                    reason="needs CUDA or the Triton interpreter")
+def test_leapfrog_table_times_the_forward_as_training_runs_it(monkeypatch):
+    # The forward-only rows are the training step's motion share: inputs that need gradients,
+    # so the latency layout's forward saves its activations as it does in training (without
+    # them it compiles another forward, without those stores).
+    pytest.importorskip("triton")
+    table = _leapfrog_table()
+    table.smoke()
+    from hgan.kernels.leapfrog import fused
+    saves, real = [], fused._launch
+
+    def spy(kernel, grid, *args, **kwargs):
+        if "SAVE" in kwargs:
+            saves.append(kwargs["SAVE"])
+        return real(kernel, grid, *args, **kwargs)
+    monkeypatch.setattr(fused, "_launch", spy)
+    out = table.step_fn("fused_latency", 3, forward_only=True)()
+    assert saves == [True] and all(t.requires_grad for t in out)
+
+
 def test_leapfrog_table_median_ms_is_the_median_of_cuda_event_times(monkeypatch):
     table = _leapfrog_table()
     durations = iter([7.0, 1.0, 100.0, 2.0, 3.0, 50.0])

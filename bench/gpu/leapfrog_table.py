@@ -92,8 +92,10 @@ VARIANTS = {
     "analytic": ("analytic", "ieee", None),
     "fused": ("fused", "ieee", None),
     "fused_latency": ("fused", "ieee", "latency"),
-    # the latency layout at 4 and 16 warps (the table's 8: bench/ptxas_report.py --sass gives
-    # 8 warps the fewest instructions per step, 16 warps more of them to hide latency with)
+    # the latency layout at 4 and 16 warps beside the table's 8 (bench/ptxas_report.py --sass,
+    # width 128, per thread and step, forward + backward: 4 warps 2444 + 2805 instructions with
+    # 60 B of spills, 8 warps 2286 + 3006 with none, 16 warps 1576 + 2385 with 168 B; fewer
+    # warps issue less in all, more of them hide more latency: the GPU decides)
     "fused_latency_w4": ("fused", "ieee", "latency@4"),
     "fused_latency_w16": ("fused", "ieee", "latency@16"),
     "fused_tile": ("fused", "ieee", "tile"),
@@ -172,10 +174,11 @@ def inputs(batch, seed=0):
 
 
 def step_fn(variant, batch, forward_only=False):
-    """One forward + backward of the benchmark rollout (the forward alone if `forward_only`),
-    as a closure over fresh inputs."""
+    """One forward + backward of the benchmark rollout (the forward alone if `forward_only`,
+    as a training step runs it: on inputs that need gradients, so that the latency layout
+    saves its activations for the backward), as a closure over fresh inputs."""
     backend, precision, layout = VARIANTS[variant]
-    leaves = [t.requires_grad_(not forward_only) for t in inputs(batch)]
+    leaves = [t.requires_grad_(True) for t in inputs(batch)]
 
     def step():
         with forced(layout):

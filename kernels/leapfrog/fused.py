@@ -248,9 +248,9 @@ def _launch_config(layout, B, H1, H2, device, precision, direction="fwd"):
 def _latency_warps(h1, h2):
     # W2 is an [H2, H1] register tensor: 8 warps put 64 floats of it in a thread at width
     # 128. sm_90 (bench/ptxas_report.py --sass, triton 3.6): the backward spills nothing at 8
-    # warps, 152 B at 4, and 308 B at 16 (registers capped at 128); 16 warps issue more
-    # instructions per step (23k against 18k forward) but hide more latency.
-    # bench/gpu/leapfrog_table.py times 4 and 16 beside 8.
+    # warps, 60 B at 4, and 168 B at 16 (registers capped at 128). Per step the whole program
+    # issues 21k (4 warps), 42k (8) and 63k (16) instructions forward + backward: fewer warps
+    # issue less, more hide more latency. bench/gpu/leapfrog_table.py times 4 and 16 beside 8.
     return 8 if max(h1, h2) >= 64 else 4
 
 
