@@ -798,8 +798,9 @@ def test_streamed_programs_keep_their_own_weight_gradient_slabs(tile, monkeypatc
 
 def test_latency_forward_saves_its_activations_only_for_a_backward(monkeypatch):
     # The latency backward reads each evaluation's a1, a2, e1 from the forward. A rollout no
-    # gradient will flow through (sampling, evaluation) compiles the forward without those
-    # stores; its trajectory is the same to the bit.
+    # gradient will flow through (inputs that need none, or torch.no_grad as in sampling and
+    # evaluation) compiles the forward without those stores; its trajectory is the same to
+    # the bit.
     seen = _launches(monkeypatch, run_kernels=True)
     w, b = random_mlp(3, (16, 24), generator=torch.Generator().manual_seed(8))
     w, b = [t.to(DEVICE) for t in w], [t.to(DEVICE) for t in b]
@@ -808,10 +809,20 @@ def test_latency_forward_saves_its_activations_only_for_a_backward(monkeypatch):
     assert [(s[0], s[2]["SAVE"]) for s in seen] == [("latency", False)], seen
     seen.clear()
     leaves = [t.detach().requires_grad_(True) for t in w]
+    with torch.no_grad():                 # weights that need gradients, but none wanted here
+        leapfrog(q0, q0, leaves, b, frames=4, backend="fused")
+    assert [(s[0], s[2]["SAVE"]) for s in seen] == [("latency", False)], seen
+    seen.clear()
     saved = leapfrog(q0, q0, leaves, b, frames=4, backend="fused")
     assert [(s[0], s[2]["SAVE"]) for s in seen] == [("latency", True)], seen
     for x, y in zip(plain, saved):
         assert torch.equal(x, y.detach())
+    # a backward from a forward that saved nothing is refused, not read out of bounds
+    q, p, ph, dq, points, acts = fused.leapfrog_fwd(q0, q0, w, b, 0.05, 4, "softplus",
+                                                    save=False)
+    cot = torch.ones_like(q), torch.ones_like(p), torch.ones_like(dq)
+    with pytest.raises(RuntimeError, match="did not save its activations"):
+        fused.leapfrog_bwd(q, p, ph, points, *cot, acts, (*w, *b), 0.05, "softplus", "order2")
 
 
 def test_latency_weight_gradient_product_is_asked_for_in_fp32(monkeypatch):

@@ -458,7 +458,7 @@ def main(argv=None):
         timed("fused", batch, graph=True)
         timed("fused", batch, forward_only=True)     # the training step's "motion" share
     print("4. B = 65536", flush=True)
-    # fused_latency at 65536 lifts the latency backward's 1 GB scratch cap (12.3 GB here): the
+    # fused_latency at 65536 lifts the latency layout's 1 GB scratch cap (12.3 GB here): the
     # latency model says a row per SM at FMA rate may beat the tile layouts even there.
     for variant in ("reference", "fused_throughput", "fused", "fused_tile_tf32x3",
                     "fused_tile_bf16x3", "fused_throughput_fwd16", "fused_tile_tf32",

@@ -241,10 +241,11 @@ def leapfrog_flops(batch, frames, k, widths, backward=False):
     a_l, forms the tangents t_l, the adjoints r_l W_l and two weight-gradient products per
     layer: 5 * m_1 + 6 * sum(m_2..m_L) multiply-adds per row.
 
-    This is the fused kernels' work, and benchmarks use it for every backend so that FLOP/s
-    compare like for like. `analytic` below its SAVE_BYTES keeps the primal sweeps of the
-    forward instead of recomputing them (4 * sum(m) per evaluation in its backward): at k 10,
-    widths 100/100 it does 23% fewer multiply-adds in forward+backward than counted here.
+    This is the fused tile layouts' work, and benchmarks use it for every backend so that
+    FLOP/s compare like for like. `analytic` below its SAVE_BYTES, and the fused latency
+    layout (training batches), keep the primal sweeps of the forward instead of recomputing
+    them (4 * sum(m) per evaluation in the backward): at k 10, widths 100/100 they do 23% fewer
+    multiply-adds in forward+backward than counted here, so their FLOP/s read 23% high.
     """
     dims = [2 * k] + list(widths)
     m = [a * b for a, b in zip(dims[:-1], dims[1:])]

@@ -356,6 +356,9 @@ def _latency_bwd(q, p, ph, points, gq, gp, gd, acts, raw, dq0, dp0, n_prog, dt, 
     w1, w2, w3, b1, _, _ = (t.detach().contiguous() for t in raw)
     n1, n2 = w1.shape[0], w2.shape[0]
     n = B * (T - 1) * 3                        # evaluations, each a scratch row
+    if len(acts) != 3 or acts[0].shape[0] != n:  # the kernel would read past their ends
+        raise RuntimeError("fused latency backward: the forward did not save its activations "
+                           "(it ran where no gradient was wanted)")
     s2, s1, su = q.new_empty(n, 2, n2), q.new_empty(n, 2, n1), q.new_empty(n, n2)
     s0, xs = q.new_empty(n, 2, n1), q.new_empty(n, 2, 2 * k)
     _launch(_kernels("latency")[1], (n_prog,), q, p, ph, *points, gq, gp, gd, w1, b1, w2, w3,
@@ -403,12 +406,13 @@ class LeapfrogFunction(torch.autograd.Function):
     """Fused rollout: one forward launch, one backward launch; first-order gradients only."""
 
     @staticmethod
-    def forward(ctx, q0, p0, dt, frames, activation, scheme, precision, on_fallback, w1, w2,
-                w3, b1, b2, b3):
-        # the latency layout saves its activations only for a backward that will run
+    def forward(ctx, q0, p0, dt, frames, activation, scheme, precision, on_fallback, save, w1,
+                w2, w3, b1, b2, b3):
+        # save: whether a backward can follow (the caller's grad mode, which forward does not
+        # see); only then does the latency layout save its activations
         q, p, ph, dq, points, padded = leapfrog_fwd(q0, p0, (w1, w2, w3), (b1, b2, b3), dt,
                                                     frames, activation, scheme, precision,
-                                                    save=any(ctx.needs_input_grad))
+                                                    save=save)
         # The raw weights too: if the backward kernel cannot launch, the analytic backend
         # recomputes the gradients from (q0, p0, weights) instead.
         ctx.save_for_backward(q, p, ph, *points, *padded, w1, w2, w3, b1, b2, b3)
@@ -433,8 +437,8 @@ class LeapfrogFunction(torch.autograd.Function):
                 raise
             ctx.on_fallback(str(err))
             g = _analytic_grads(q[:, 0], p[:, 0], raw, (gq, gp, gd), ctx)
-            return (g[0], g[1], None, None, None, None, None, None, *g[2:])
-        return (dq0, dp0, None, None, None, None, None, None, *dws, *dbs)
+            return (g[0], g[1], None, None, None, None, None, None, None, *g[2:])
+        return (dq0, dp0, None, None, None, None, None, None, None, *dws, *dbs)
 
 
 def _analytic_grads(q0, p0, raw, cotangents, ctx):
@@ -454,5 +458,7 @@ def leapfrog_fused(q0, p0, weights, biases, dt, frames, activation, scheme="orde
     precision "auto": resolve_precision's."""
     precision = resolve_precision(precision, q0.shape[0], frames, q0.shape[1],
                                   weights[0].shape[0], weights[1].shape[0])
+    save = torch.is_grad_enabled() and any(
+        isinstance(t, torch.Tensor) and t.requires_grad for t in (q0, p0, *weights, *biases))
     return LeapfrogFunction.apply(q0, p0, float(dt), frames, activation, scheme, precision,
-                                  on_fallback, *weights, *biases)
+                                  on_fallback, save, *weights, *biases)

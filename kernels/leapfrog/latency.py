@@ -44,12 +44,13 @@ bench/gpu/leapfrog_table.py). Width 128 (100 padded), KP 16, frames 16, order2:
     for the cross-warp axis, a shared-memory exchange: ~150-300 cycles, ~0.1-0.15 us at 1.98 GHz.
   * Rollout: 15 steps x 3 evaluations x 4 stages = 180 stages forward, 180 backward (the
     VJPs; ~540 with the recomputed primal stages this layout had before it saved them):
-    ~40-55 us per row chain.
+    ~40-55 us per row chain by stage latency. The instructions the stages take set a higher
+    floor: 2286 + 3006 per thread and step (below), two warps per scheduler, ~80 us.
   * Every program walks its rows' chains concurrently with the others, so up to one row per SM
-    (132 on an H200) the time is one chain: ~0.07-0.1 ms forward+backward plus ~10 launches of
+    (132 on an H200) the time is one chain: ~0.08-0.1 ms forward+backward plus ~10 launches of
     host glue (~5 us each) -- against 3.6 ms measured for the tile layout at B = 16 and 64.
   * Above the SM count, rows queue: ceil(B / programs) chains each. At B = 1024, ~8 chains per
-    program: ~0.4-0.6 ms, still under the tile layout's measured 3.6 ms; by a few thousand rows
+    program: ~0.65-0.8 ms, still under the tile layout's measured 3.6 ms; by a few thousand rows
     the tile layout's tensor-core dots win, which is where dispatch.py's table switches.
 
 Registers and instructions (bench/ptxas_report.py --sass, sm_90, triton 3.6): W2 is 64
