@@ -14,17 +14,21 @@ shared memory than the device has (227 KB on an H100) fails at launch.
 Must run without TRITON_INTERPRET (the interpreter replaces the kernels' compiled form).
 """
 import argparse
+import atexit
 import contextlib
 import inspect
 import io
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
 
-# A cache hit would skip ptxas, and with it the log this report reads.
+# A cache hit would skip ptxas, and with it the log this report reads. The cache is this
+# run's alone: removed at exit, so repeated reports do not leave compiled kernels behind.
 os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="ptxas_report_")
+atexit.register(shutil.rmtree, os.environ["TRITON_CACHE_DIR"], ignore_errors=True)
 from hgan.kernels.leapfrog.dispatch import _interpreting  # noqa: E402  (as Triton reads it)
 
 if _interpreting():

@@ -99,7 +99,7 @@ def test_tuning_gives_up_slow_compiles_and_the_sweep_skips_them(monkeypatch):
                      "correct": False, "error": "compile did not finish within 0 s"}]
 
 
-def _ptxas_report(*args):
+def _ptxas_report(*args, tmpdir=None):
     """bench/ptxas_report.py's forward rows for these arguments, as {layout: {field: int}}."""
     triton = pytest.importorskip("triton")
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
@@ -109,6 +109,8 @@ def _ptxas_report(*args):
     # "off" is Triton's own word for compiled launches (hgan.kernels' reading of it too)
     env = {**os.environ, "TRITON_INTERPRET": "off"}
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    if tmpdir is not None:
+        env["TMPDIR"] = str(tmpdir)
     out = subprocess.run([sys.executable, "bench/ptxas_report.py", "--kernels", "fwd", *args],
                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -128,11 +130,13 @@ def _ptxas_report(*args):
     return rows
 
 
-def test_ptxas_report_builds_for_sm90_without_a_gpu():
+def test_ptxas_report_builds_for_sm90_without_a_gpu(tmp_path):
     # bench/ptxas_report.py compiles the real kernels for an H100 and reads ptxas's own -v
     # log. The streamed forward at width 16 fits its registers: a spill here is a regression.
-    rows = _ptxas_report("--widths", "16", "--chunks", "16", "--warps", "4")
+    rows = _ptxas_report("--widths", "16", "--chunks", "16", "--warps", "4", tmpdir=tmp_path)
     assert list(rows) == ["streamed/16"], rows
+    # its private Triton cache (a compiled kernel per row) goes with the run
+    assert list(tmp_path.iterdir()) == []
     r = rows["streamed/16"]
     assert 0 < r["regs"] <= 255 and r["stores"] == r["loads"] == 0, r
 
