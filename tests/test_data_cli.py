@@ -1,5 +1,6 @@
 """`python -m hgan.data`: generate, show, import-dm (a tfrecord the test writes itself)."""
 import io
+import os
 import subprocess
 import sys
 
@@ -98,6 +99,17 @@ def test_show_png_rows_are_trajectories_and_columns_evenly_spread_frames(tmp_pat
     main(["show", str(path), "--out", str(tmp_path / "s.png"), "--n", "3", "--frames", "2"])
     assert capsys.readouterr().err.splitlines() == [  # one more than the file holds
         f"hgan.data: {path} holds 2 trajectories: showing all of them"]
+
+
+def test_show_without_out_writes_a_png_strip_beside_the_file(tmp_path, capsys):
+    path, colour = _solid_colour_file(tmp_path)          # <tmp>/src/pendulum/train.h5
+    capsys.readouterr()
+    main(["show", str(path), "--n", "1", "--frames", "2", "--scale", "1"])
+    out = os.path.splitext(str(path))[0] + ".png"
+    assert capsys.readouterr().out.strip() == out         # the path it wrote, as with --out
+    img = np.asarray(Image.open(out))
+    assert img.shape == (16, 2 * 16, 3)
+    assert (img[:, :16] == colour[0, 0]).all() and (img[:, 16:] == colour[0, 6]).all()
 
 
 def test_show_gif_plays_every_frame_with_trajectories_side_by_side(tmp_path):

@@ -78,7 +78,9 @@ def build_parser():
                    help="replace splits that already exist (default: refuse)")
     s = sub.add_parser("show", help="write a PNG strip or an animated GIF of samples")
     s.add_argument("file", help="a generated <system>/<split>.h5")
-    s.add_argument("--out", required=True, help="strip.png or anim.gif")
+    s.add_argument("--out", default=None,
+                   help="strip.png or anim.gif (default: a PNG strip beside the file, "
+                        "<split>.png)")
     s.add_argument("--n", type=_positive, default=8,
                    help="number of trajectories (default: %(default)s)")
     s.add_argument("--frames", type=_positive, default=16,
@@ -100,11 +102,14 @@ def build_parser():
     return p
 
 
-def show(path, out, n=8, frames=16, scale=2):
-    """Rows = trajectories; PNG: `frames` evenly spaced frames per row, GIF: all frames."""
+def show(path, out=None, n=8, frames=16, scale=2):
+    """Rows = trajectories; PNG: `frames` evenly spaced frames per row, GIF: all frames.
+    out=None: <path without .h5>.png, beside the data it shows."""
     import imageio.v2 as imageio
     from hgan.data.h5io import open_h5
     from hgan.data.simulate import REAL_TIME_FPS
+    if out is None:
+        out = os.path.splitext(path)[0] + ".png"
     ext = os.path.splitext(out)[1].lower()
     if ext not in (".png", ".gif"):
         raise ValueError(f"--out must end in .png or .gif, got {out!r}")
