@@ -395,8 +395,11 @@ def test_the_data_cli_reports_a_generation_that_gives_up_as_one_line(monkeypatch
 
 _FLIP_SWEEP = r"""
 import sys
+import numpy as np
 from hgan.data.h5io import DataFormatError, open_h5
 path, bad = sys.argv[1], sys.argv[2]
+with open_h5(path) as f:
+    want = (dict(f.attrs), f.frames[:], f.states[:])
 data = open(path, "rb").read()
 offsets = set()
 for name in (b"system", b"split", b"recipe", b"generator_version"):
@@ -404,29 +407,39 @@ for name in (b"system", b"split", b"recipe", b"generator_version"):
     while at >= 0:
         offsets.update(range(at, min(at + 96, len(data))))
         at = data.find(name, at + 1)
+errors = 0
 for off in sorted(offsets):
     d = bytearray(data)
     d[off] ^= 0x04
     open(bad, "wb").write(bytes(d))
     try:
         with open_h5(bad) as f:
-            f.frames[:], f.states[:]
+            got = (dict(f.attrs), f.frames[:], f.states[:])
     except DataFormatError as e:
         assert str(e).startswith(bad + ": "), e
-print("swept", len(offsets))
+        errors += 1
+        continue
+    # read without an error: then read right (a flip in unused header space)
+    assert got[0] == want[0], (off, got[0])
+    assert np.array_equal(got[1], want[1]) and np.array_equal(got[2], want[2]), off
+print("swept", len(offsets), "errors", errors)
 """
 
 
 def test_a_flipped_bit_in_a_text_attribute_is_a_data_format_error_not_a_crash(tmp_path):
     # A variable-length string attribute points into a heap: one flipped bit of that pointer
     # crashed the HDF5 library (a segmentation fault) or looped it. Text is now stored inside
-    # the attribute; the sweep runs in a process of its own, which a crash would end.
+    # the attribute; the sweep runs in a process of its own, which a crash would end. A copy
+    # that opens must read as the original did, text and arrays alike.
     path = generate_dataset("pendulum", tmp_path / "ok", train=3, test=0, frames=8, seed=0,
                             progress=False)["train"]
     r = subprocess.run([sys.executable, "-c", _FLIP_SWEEP, path, str(tmp_path / "bad.h5")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.startswith("swept "), (r.returncode, r.stderr[-2000:])
-    assert int(r.stdout.split()[1]) > 300
+    swept, errors = int(r.stdout.split()[1]), int(r.stdout.split()[3])
+    assert swept > 300
+    # the header checksums catch a flip in the attributes' own bytes: most of the sweep
+    assert errors > swept // 2, (errors, swept)
     with h5py.File(path, "r") as f:
         assert f.attrs["system"] == b"pendulum"  # fixed-length bytes: read back as such
 
