@@ -101,6 +101,18 @@ def test_amp_bf16_on_cpu_trains_where_this_cpus_bf16_convolutions_are_right(tiny
             Trainer(cfg)
 
 
+def test_amp_bf16_trains_on_exact_bf16_convolutions(tiny_pendulum_h5, tmp_path, monkeypatch,
+                                                    exact_bf16_convolutions):
+    # The branch above that trains is the one this CPU (and CI's) never takes: on exact bf16
+    # convolution stand-ins it runs everywhere, R1's double backward under autocast included.
+    monkeypatch.setattr("hgan.train.loop.cpu_has_fast_bf16", lambda: True)
+    cfg = tiny_cfg(tiny_pendulum_h5, tmp_path / "amp", amp=True, amp_dtype="bf16", r1_gamma=10.0)
+    assert Trainer(cfg).amp_dtype == torch.bfloat16      # the check passed: bf16 is kept
+    res = train(cfg)
+    assert all(torch.isfinite(torch.tensor(v)) for v in res["stats"].values())
+    assert res["stats"]["loss/R1"] > 0
+
+
 def test_amp_on_cpu_falls_back_to_fp32_or_refuses_when_the_convolution_check_fails(
         tiny_pendulum_h5, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr("hgan.train.loop.cpu_has_fast_bf16", lambda: True)
@@ -152,27 +164,13 @@ def test_the_convolution_check_finds_a_wrong_weight_gradient_and_leaves_the_nets
     assert torch.equal(torch.get_rng_state(), rng)
 
 
-def _exact_bf16(conv):
-    """conv on bf16 tensors computed in fp32 and rounded to bf16 after (gradients too): a
-    bf16 convolution that is right on every CPU."""
-    def run(x, w, *args):
-        if torch.bfloat16 not in (x.dtype, w.dtype):
-            return conv(x, w, *args)
-        args = [a.float() if torch.is_tensor(a) else a for a in args]
-        return conv(x.float(), w.float(), *args).to(torch.bfloat16)
-    return run
-
-
-def test_the_convolution_check_leaves_out_the_layer_autocast_keeps_in_fp32(tiny_pendulum_h5,
-                                                                         tmp_path, monkeypatch):
+def test_the_convolution_check_leaves_out_the_layer_autocast_keeps_in_fp32(
+        tiny_pendulum_h5, tmp_path, monkeypatch, exact_bf16_convolutions):
     # D_I's logit layer (a conv to one channel) runs in fp32 under autocast (fp32_logits):
     # a bf16 fault there cannot touch training, one in D_I's other layers can. bf16
     # convolutions computed in fp32 (rounded to bf16 after) stand in for this CPU's own,
     # which are wrong at these shapes on some CPUs (the check then skipped this test there).
     tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path / "a"))
-    for name in ("conv2d", "conv3d"):
-        monkeypatch.setattr(torch.nn.functional, name,
-                            _exact_bf16(getattr(torch.nn.functional, name)))
     assert cpu_bf16.check(tr.models, 4, 6, 4) is None
     conv2d = torch.nn.functional.conv2d
 
