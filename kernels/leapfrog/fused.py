@@ -270,9 +270,9 @@ def _pad_params(weights, biases, k):
 def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2",
                  precision="ieee", save=True):
     """Host side of the forward: check, allocate, launch. Returns q, p, p_half, dHdq, the
-    order2 points (q_mid, p_pred; empty for "official") and what the backward needs besides:
-    the tile layouts' padded weights, or the latency layout's activations (a1, a2, e1 per
-    evaluation; empty when not `save`: no backward will run)."""
+    order2 points (q_mid, p_pred; empty for "official") and `saved`, what the backward needs
+    besides: the tile layouts' padded weights, or the latency layout's activations (a1, a2,
+    e1 per evaluation; empty when not `save`: no backward will run)."""
     B, k = q0.shape
     assert q0.dtype == torch.float32 and len(weights) == 3, "dispatcher checks the contract"
     if B * frames * k >= INT32_OFFSETS:
@@ -287,13 +287,13 @@ def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2
     layout = _layout(B, frames, H1, H2, precision, KP)
     if layout == "latency":
         # the latency kernels read the caller's tensors and pad by masked loads
-        padded = ()
+        saved = ()
         params = (weights[0].detach().contiguous(), biases[0].detach().contiguous(),
                   weights[1].detach().contiguous(), biases[1].detach().contiguous(),
                   weights[2].detach().contiguous())
     else:
         with torch.no_grad():
-            padded = params = _pad_params(weights, biases, k)[0]
+            saved = params = _pad_params(weights, biases, k)[0]
     q0, p0 = q0.detach().contiguous(), p0.detach().contiguous()
     q = q0.new_empty(B, frames, k)             # [B, T, k]
     p = torch.empty_like(q)
@@ -304,21 +304,21 @@ def leapfrog_fwd(q0, p0, weights, biases, dt, frames, activation, scheme="order2
     n_prog, config = _launch_config(layout, B, H1, H2, q0.device, precision)
     if layout == "latency":   # sizes are compile-time constants there (see latency.py)
         n = B * (frames - 1) * 3 if save else 0
-        padded = (q0.new_empty(n, n1), q0.new_empty(n, n2), q0.new_empty(n, n1))
+        saved = (q0.new_empty(n, n1), q0.new_empty(n, n2), q0.new_empty(n, n1))
         _launch(_kernels(layout)[0], (n_prog,), q0, p0, *params, q, p, ph, dq, *points,
-                *padded, B, frames, dt, K=k, N1=n1, N2=n2, KP=KP, H1=H1, H2=H2,
+                *saved, B, frames, dt, K=k, N1=n1, N2=n2, KP=KP, H1=H1, H2=H2,
                 ACT=_ACT_CODE[activation], ORDER2=order2, SAVE=save, **config)
     else:
         _launch(_kernels(layout)[0], (n_prog,), q0, p0, *params, q, p, ph, dq, *points, B, k,
                 frames, dt, KP=KP, H1=H1, H2=H2, ACT=_ACT_CODE[activation], ORDER2=order2,
                 **config)
-    return q, p, ph, dq, points, padded
+    return q, p, ph, dq, points, saved
 
 
-def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, raw, dt, activation, scheme,
+def leapfrog_bwd(q, p, ph, points, gq, gp, gd, saved, raw, dt, activation, scheme,
                  precision="ieee"):
     """Host side of the backward: launch, reduce the weight-gradient partials once (per
-    program; per evaluation in the latency layout), unpad. padded: the forward's padded
+    program; per evaluation in the latency layout), unpad. saved: the forward's padded
     weights (tile layouts) or saved activations (latency); raw: (w1, w2, w3, b1, b2, b3)."""
     B, T, k = q.shape
     n1, n2 = raw[0].shape[0], raw[1].shape[0]
@@ -328,7 +328,7 @@ def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, raw, dt, activation, sche
     gq, gp, gd = gq.contiguous(), gp.contiguous(), gd.contiguous()
     dq0, dp0 = q.new_empty(B, k), q.new_empty(B, k)
     if layout == "latency":
-        dws, dbs = _latency_bwd(q, p, ph, points, gq, gp, gd, padded, raw, dq0, dp0, n_prog,
+        dws, dbs = _latency_bwd(q, p, ph, points, gq, gp, gd, saved, raw, dq0, dp0, n_prog,
                                 dt, activation, scheme, config)
         return dq0, dp0, dws, dbs
     # streamed.py adds into its slabs; the resident and throughput layouts write each
@@ -337,7 +337,7 @@ def leapfrog_bwd(q, p, ph, points, gq, gp, gd, padded, raw, dt, activation, sche
     dW1q, dW1p, db1, dW2 = slab(n_prog, H1, KP), slab(n_prog, H1, KP), slab(n_prog, H1), \
         slab(n_prog, H2, H1)
     db2, dw3 = q.new_empty(n_prog, H2), q.new_empty(n_prog, H2)
-    _launch(_kernels(layout)[1], (n_prog,), q, p, ph, *points, gq, gp, gd, *padded, dq0, dp0,
+    _launch(_kernels(layout)[1], (n_prog,), q, p, ph, *points, gq, gp, gd, *saved, dq0, dp0,
             dW1q, dW1p, db1, dW2, db2, dw3, B, k, T, dt, KP=KP, H1=H1, H2=H2,
             ACT=_ACT_CODE[activation], ORDER2=scheme == "order2", **config)
     dW1q, dW1p, db1, dW2, db2, dw3 = (x.sum(0) for x in (dW1q, dW1p, db1, dW2, db2, dw3))
@@ -410,13 +410,13 @@ class LeapfrogFunction(torch.autograd.Function):
                 w2, w3, b1, b2, b3):
         # save: whether a backward can follow (the caller's grad mode, which forward does not
         # see); only then does the latency layout save its activations
-        q, p, ph, dq, points, padded = leapfrog_fwd(q0, p0, (w1, w2, w3), (b1, b2, b3), dt,
-                                                    frames, activation, scheme, precision,
-                                                    save=save)
+        q, p, ph, dq, points, saved = leapfrog_fwd(q0, p0, (w1, w2, w3), (b1, b2, b3), dt,
+                                                   frames, activation, scheme, precision,
+                                                   save=save)
         # The raw weights too: if the backward kernel cannot launch, the analytic backend
         # recomputes the gradients from (q0, p0, weights) instead.
-        ctx.save_for_backward(q, p, ph, *points, *padded, w1, w2, w3, b1, b2, b3)
-        ctx.dt, ctx.activation, ctx.n_padded = dt, activation, len(padded)
+        ctx.save_for_backward(q, p, ph, *points, *saved, w1, w2, w3, b1, b2, b3)
+        ctx.dt, ctx.activation, ctx.n_saved = dt, activation, len(saved)
         ctx.scheme, ctx.precision, ctx.on_fallback = scheme, precision, on_fallback
         ctx.frames = frames
         return q, p, dq
@@ -428,9 +428,9 @@ class LeapfrogFunction(torch.autograd.Function):
     @staticmethod
     def _backward(ctx, gq, gp, gd):
         q, p, ph, qm, pc, *rest = ctx.saved_tensors
-        padded, raw = rest[:ctx.n_padded], rest[ctx.n_padded:]
+        saved, raw = rest[:ctx.n_saved], rest[ctx.n_saved:]
         try:
-            dq0, dp0, dws, dbs = leapfrog_bwd(q, p, ph, (qm, pc), gq, gp, gd, padded, raw,
+            dq0, dp0, dws, dbs = leapfrog_bwd(q, p, ph, (qm, pc), gq, gp, gd, saved, raw,
                                               ctx.dt, ctx.activation, ctx.scheme, ctx.precision)
         except FusedCannotLaunch as err:
             if ctx.on_fallback is None:
