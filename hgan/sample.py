@@ -10,12 +10,15 @@ scale, and --frames may exceed the training length (hgan and hnn_gan only for --
 import argparse
 import math
 import os
+import signal
 import sys
+import threading
 
 import torch
 
 from hgan import _startup
 from hgan.cli_args import OneLineParser, int_at_least, prog
+from hgan.data.interrupt import raise_interrupted
 from hgan.data.simulate import REAL_TIME_FPS
 from hgan.device import check_device
 from hgan.models import ModelConfig, build_models
@@ -152,19 +155,49 @@ def main(argv=None):
     _startup.release("hgan.sample")
     p = build_parser()
     a = p.parse_args(argv)
+    # SIGTERM (`timeout`, a job scheduler) ends sampling as Ctrl-C does: one line, and no
+    # half-written GIF or PNG left behind. One the parent ignores stays ignored.
+    sigterm = signal.getsignal(signal.SIGTERM)
+    own = sigterm == signal.SIG_DFL and threading.current_thread() is threading.main_thread()
+    if own:
+        signal.signal(signal.SIGTERM, raise_interrupted)
+    written = []
+    try:
+        return _run(a, written)
+    except KeyboardInterrupt as e:
+        _remove(written)          # both or neither, and no truncated GIF
+        signum = getattr(e, "signum", signal.SIGINT)
+        by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
+        print(f"hgan.sample: interrupted{by}; nothing was written", file=sys.stderr)
+        return 128 + signum
+    finally:
+        if own:
+            signal.signal(signal.SIGTERM, sigterm)
+
+
+def _remove(paths):
+    for path in paths:
+        if os.path.isfile(path):     # not a folder that stood in the file's way
+            os.remove(path)
+
+
+def _run(a, written):
+    """Sample and write; every path is added to `written` before its file is opened."""
     try:
         videos, config = generate(a.checkpoint, a.n, a.frames, a.dt, a.seed, a.device)
     except (OSError, ValueError, RuntimeError) as e:
         print(f"{_ERROR} {e}".replace("\n", " "), file=sys.stderr)
         return 2
     stem, ext = os.path.splitext(a.out)
-    gif = None
+    gif = a.out if ext.lower() == ".gif" else stem + ".gif"
+    png = stem + ".png"
     try:
-        gif = save_gif(videos, a.out if ext.lower() == ".gif" else stem + ".gif", fps=a.fps)
-        png = save_png_strip(videos, stem + ".png")
+        written.append(gif)
+        save_gif(videos, gif, fps=a.fps)
+        written.append(png)
+        save_png_strip(videos, png)
     except OSError as e:
-        if gif is not None:  # both or neither: a lone GIF reads as a finished command's
-            os.remove(gif)
+        _remove(written)     # both or neither: a lone GIF reads as a finished command's
         why = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
         print(f"{_ERROR} --out {a.out}: cannot write it ({why})", file=sys.stderr)
         return 2

@@ -1,5 +1,7 @@
 """Sampling from checkpoints: load_generator, the CLI, time reversal and long horizons."""
 import os
+import signal
+import time
 import numpy as np
 import pytest
 import torch
@@ -120,6 +122,32 @@ def test_sample_cli_clear_errors(checkpoints, tmp_path, capsys):
                          "--out", str(tmp_path / "x.gif"))
     assert rc == 2 and "no checkpoint at" in err
     assert not (tmp_path / "m.gif").exists()
+
+
+@pytest.mark.parametrize("where", ["sampling", "writing the png"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stopped_sample_is_one_line_and_leaves_no_file(checkpoints, tmp_path, capsys,
+                                                          monkeypatch, where, signum):
+    # Ctrl-C printed a 50-line KeyboardInterrupt traceback, and SIGTERM ended the command
+    # silently; a stop between the GIF and the PNG left the GIF as if the command had finished.
+    import hgan.sample as sample
+
+    def stop(*args, **kwargs):
+        os.kill(os.getpid(), signum)     # the handler (SIGTERM) or Python (SIGINT) raises here
+        time.sleep(5)                     # not reached: a signal that was lost fails the test
+        raise AssertionError("the signal did not stop the command")
+    if where == "sampling":
+        monkeypatch.setattr(sample, "generate", stop)
+    else:
+        monkeypatch.setattr(sample, "save_png_strip", stop)
+    before = signal.getsignal(signal.SIGTERM)
+    rc, stdout, err = run_cli(capsys, "--checkpoint", checkpoints["hgan"], "--n", "1",
+                              "--frames", "2", "--out", str(tmp_path / "s.gif"))
+    by = "" if signum == signal.SIGINT else " by SIGTERM"
+    assert (rc, stdout, err) == (128 + signum, "",
+                                 f"hgan.sample: interrupted{by}; nothing was written\n")
+    assert os.listdir(tmp_path) == []
+    assert signal.getsignal(signal.SIGTERM) == before   # the command's handler is gone again
 
 
 def test_train_cli_rejects_unknown_system_in_one_line(capsys):
