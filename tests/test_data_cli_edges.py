@@ -54,6 +54,7 @@ def test_stop_during_a_split_never_leaves_train_without_test(tmp_path):
     assert rc == 128 + signal.SIGINT, err
     assert not os.path.exists(partial)
     assert not os.path.exists(os.path.join(tmp_path, "pendulum", "train.h5"))
+    assert os.listdir(tmp_path) == []   # nor the pendulum/ folder it made for them
 
 
 @pytest.mark.parametrize("sig, test", [(signal.SIGINT, 0), (signal.SIGTERM, 2)])
@@ -69,14 +70,18 @@ def test_cli_stop_signal_removes_partial_and_says_one_line(tmp_path, sig, test):
     assert err.rstrip().splitlines()[-1] == f"hgan.data: generation interrupted{kept}"
     assert not os.path.exists(partial)
     assert not os.path.exists(partial[:-len(".partial")])
+    # the folder it made goes too, unless it holds the split that was finished
+    assert os.listdir(tmp_path) == (["pendulum"] if test else [])
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_generation_function_cleans_up_and_raises_with_the_signal(tmp_path, sig):
+    out_dir = tmp_path / "new" / "data"      # two folders the writer makes
     rc, out, err, partial = _stop_once_partial_exists(
-        [sys.executable, "-c", _LIBRARY, str(tmp_path)], tmp_path, sig)
+        [sys.executable, "-c", _LIBRARY, str(out_dir)], out_dir, sig)
     assert (rc, out.strip()) == (3, f"interrupted {int(sig)}"), err
     assert not os.path.exists(partial)
+    assert os.listdir(tmp_path) == []        # and unmakes, as the message promises
 
 
 def test_a_set_stop_event_ends_generation_in_a_thread_without_a_partial_file(tmp_path):

@@ -339,6 +339,8 @@ def test_a_generation_stopped_by_a_signal_takes_the_test_split_it_made_along(
     with pytest.raises(GenerationInterrupted):
         ensure_dataset(cfg, DistInfo())
     assert test_h5.exists() == had_test
+    # and the data/pendulum/ folders it made for them: the directory as the run found it
+    assert (tmp_path / "data").exists() == had_test
 
 
 def test_data_naming_a_file_or_holding_train_h5_itself(tiny_pendulum_h5, tmp_path):

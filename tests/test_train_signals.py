@@ -165,7 +165,8 @@ def test_signal_during_dataset_generation_ends_cleanly(tmp_path, sig, code):
     assert stderr.strip().splitlines() == [
         f"train.py: generation of {data}/pendulum/train.h5 was interrupted ({sig.name}); "
         "no partial file or half-made dataset was kept"], stderr
-    assert os.listdir(data / "pendulum") == []  # neither a partial nor a half-made dataset
+    # neither a partial nor a half-made dataset, nor the data/pendulum/ folders made for them
+    assert not data.exists()
     assert not (tmp_path / "run").exists()
 
 

@@ -57,6 +57,7 @@ class H5Writer:
     def __init__(self, path, system, n, frames, resolution, attrs):
         self.path = os.fspath(path)
         self.tmp = self.path + ".partial"
+        self.made = missing_folders(self.path)  # data/<system>: an abort leaves none behind
         os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         self.f = h5py.File(self.tmp, "w", libver=LIBVER)
         f = self.f
@@ -103,6 +104,26 @@ class H5Writer:
         self.f.close()
         if os.path.exists(self.tmp):
             os.remove(self.tmp)
+        remove_empty(self.made)
+
+
+def missing_folders(path):
+    """The folders above `path` that do not exist yet, innermost first."""
+    made = []
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        made.append(folder)
+        folder = os.path.dirname(folder)
+    return made
+
+
+def remove_empty(folders):
+    """Remove `folders` (missing_folders' list, innermost first) while they are empty."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:      # holds something (or went already): it and those above stay
+            break
 
 
 def _set_attrs(f, attrs):

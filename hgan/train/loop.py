@@ -149,10 +149,12 @@ def _generate(cfg: RunConfig):
     hgan.data.GenerationInterrupted with no partial file left (hgan.data.interrupt): this runs
     before training installs its own stop handlers, so the data package's are in force."""
     from hgan.data import GenerationInterrupted, generate_dataset
+    from hgan.data.h5io import missing_folders, remove_empty
     print(f"[hgan] {cfg.data_path} not found: generating {cfg.gen_train} train / {cfg.gen_test} "
           f"test trajectories of {cfg.gen_frames} frames", flush=True)
     test_path = os.path.join(os.path.dirname(cfg.data_path), "test.h5")
     had_test = os.path.exists(test_path)
+    made = missing_folders(cfg.data_path)
     try:
         generate_dataset(cfg.system, cfg.data, train=cfg.gen_train, test=cfg.gen_test,
                          frames=cfg.gen_frames, seed=cfg.seed, resolution=cfg.model.resolution,
@@ -162,6 +164,7 @@ def _generate(cfg: RunConfig):
         # a stopped first run leaves the data directory as it found it.
         if not had_test and os.path.exists(test_path):
             os.remove(test_path)
+        remove_empty(made)
         raise
 
 
