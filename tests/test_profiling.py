@@ -35,7 +35,12 @@ def tiny_steps(run_dir, n_steps, enabled=True):
             prof.step()
 
 
-def test_traces_are_written_and_parse(tmp_path, capsys):
+@pytest.mark.parametrize("plugin", [False, True])
+def test_traces_are_written_and_parse(tmp_path, capsys, monkeypatch, plugin):
+    import importlib.util
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: (
+        (object() if plugin else None) if name == "torch_tb_profiler" else find_spec(name, *a)))
     with warnings.catch_warnings():
         # torch's deprecated event attributes (self_cuda_time_total) warn on every read
         warnings.simplefilter("error", FutureWarning)
@@ -45,9 +50,11 @@ def test_traces_are_written_and_parse(tmp_path, capsys):
     assert len(tb) == 1, "torch-tb-profiler globs <worker>.<ts>.pt.trace.json"
     # trace.json is the same file under a fixed name, not a second copy of tens of MB
     assert os.path.samefile(tb[0], prof_dir / "trace.json")
+    # without the plugin (not in .[dev]), TensorBoard shows no trace: the line says where it is
+    hint = "" if plugin else ' (with the profiler plugin: pip install -e ".[profile]")'
     assert capsys.readouterr().err == (f"[hgan] --profile: 2 steps recorded (after 1 skipped "
                                        f"and 1 warm-up) in {prof_dir}: tensorboard --logdir "
-                                       f"{prof_dir}, or trace.json in ui.perfetto.dev\n")
+                                       f"{prof_dir}{hint}, or trace.json in ui.perfetto.dev\n")
     for path in (tb[0], prof_dir / "trace.json"):
         trace = load_trace(str(path))
         names = {e.get("name") for e in trace["traceEvents"]}

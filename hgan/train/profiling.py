@@ -10,6 +10,7 @@ enabled)` records a few steps after a warm-up and writes, under <run_dir>/profil
   ui.perfetto.dev (the plugin is unmaintained since PyTorch 2.0, a trace viewer is not);
 - `stages.json`: each stage's share of the recorded steps (see `stage_shares`).
 """
+import importlib.util
 import json
 import os
 import shutil
@@ -151,9 +152,13 @@ class _StepProfiler:
         if self.steps >= self.needed:
             _write_profile(prof, self.trace_dir, self.device_timing)
             wait, warmup, active = self.schedule
+            # TensorBoard shows the trace only with its profiler plugin, an extra of its own
+            plugin = "" if importlib.util.find_spec("torch_tb_profiler") else \
+                " (with the profiler plugin: pip install -e \".[profile]\")"
             tqdm.write(f"[hgan] --profile: {active} steps recorded (after {wait} skipped and "
                        f"{warmup} warm-up) in {self.trace_dir}: tensorboard --logdir "
-                       f"{self.trace_dir}, or trace.json in ui.perfetto.dev", file=sys.stderr)
+                       f"{self.trace_dir}{plugin}, or trace.json in ui.perfetto.dev",
+                       file=sys.stderr)
 
     def __enter__(self):
         self._prof.__enter__()
