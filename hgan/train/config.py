@@ -69,7 +69,8 @@ class RunConfig:
     profile: bool = option(False, "trace a few steps into <out>/profile", resumable=True)
     loader: str = option("auto", "batch loader (auto on CUDA: gpu-resident when the frames fit "
                                  "a quarter of the GPU's memory, else DALI when installed, else "
-                                 "torch; torch on CPU)",
+                                 "torch; torch on CPU, where gpu-resident holds every frame in "
+                                 "host memory)",
                          choices=_loader_kinds, resumable=True)
     num_workers: int = option(2, "loader worker processes", resumable=True)
     progress: bool = option(True, "progress bars (--no-progress, for logs: a line of losses "
