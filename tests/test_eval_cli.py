@@ -1033,3 +1033,19 @@ def test_compare_lists_real_data_for_the_runs_that_scored_against_it():
     # the learned structure alone reads no real clips
     assert "Real data that differs" not in report.compare_table(
         [run("a", "appearance"), run("b", "cyclic", seed=3)])
+
+
+def test_a_run_directory_given_as_checkpoint_is_recorded_as_its_last_pt(tmp_path, data_copy):
+    # --checkpoint RUN evaluates RUN/checkpoints/last.pt; results.json and report.md recorded
+    # the directory, which for the usual --out RUN/eval read as `..`
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    ckpt, _ = _checkpoint(tmp_path, "hgan", data_copy, iteration=3)
+    os.replace(ckpt, run / "checkpoints" / "last.pt")
+    res = cli.main(["--checkpoint", str(run), "--out", str(run / "eval"), "--metrics", "cyclic",
+                    "--rollout-steps", "2", "--rollout-videos", "2", "--device", "cpu"])
+    assert res["checkpoint"] == "../checkpoints/last.pt"
+    assert json.loads((run / "eval" / "results.json").read_text())["checkpoint"] == \
+        "../checkpoints/last.pt"
+    assert "- checkpoint: `../checkpoints/last.pt` (iteration 3)" in \
+        (run / "eval" / "report.md").read_text()

@@ -31,6 +31,7 @@ from hgan.cli_args import OneLineParser, int_at_least, prog
 from hgan.data.interrupt import raise_interrupted
 from hgan.evaluate.inputs import ALL_METRICS, InputError
 from hgan.evaluate.atomic import write_atomically
+from hgan.train.checkpoint import checkpoint_file
 
 
 class _Parser(OneLineParser):
@@ -199,7 +200,7 @@ def _make_dirs(path):
 def _evaluate(args, run):
     metrics, device, generator = list(args.metrics), run.device, run.generator
     data_path, ds, held_out, model = run.data_path, run.ds, run.held_out, generator.config.model
-    results = {"checkpoint": os.path.abspath(args.checkpoint), "model": model,
+    results = {"checkpoint": os.path.abspath(checkpoint_file(args.checkpoint)), "model": model,
                "iteration": run.iteration, "data": data_path, "device": device, "metrics": metrics,
                "figures": {}, "config": run.config, "system": run.system,
                "settings": settings(args, run.system)}
@@ -400,7 +401,9 @@ def build_parser():
     positive = int_at_least(1)
     p = _Parser(prog=prog("hgan-evaluate", "python -m hgan.evaluate"), description=__doc__,
                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="a run's checkpoint (e.g. RUN/checkpoints/last.pt)")
+    p.add_argument("--checkpoint", required=True,
+                   help="a run's checkpoint (e.g. RUN/checkpoints/last.pt), or its run "
+                        "directory RUN (its last.pt)")
     p.add_argument("--metrics", type=inputs.metric_list, default=",".join(ALL_METRICS),
                    help=f"comma list of {','.join(ALL_METRICS)} (default: all {len(ALL_METRICS)})")
     p.add_argument("--out", required=True, help="output directory for results.json, report.md, figures")

@@ -86,9 +86,13 @@ class CheckpointError(RuntimeError):
 _TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
 
 
+def checkpoint_file(path: str) -> str:
+    """The file a --checkpoint names: itself, or a run directory's checkpoints/last.pt."""
+    return os.path.join(path, "checkpoints", "last.pt") if os.path.isdir(path) else path
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    if os.path.isdir(path):
-        path = os.path.join(path, "checkpoints", "last.pt")
+    path = checkpoint_file(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint at {path}")
     with open(path, "rb") as f:
