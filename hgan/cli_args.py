@@ -14,11 +14,18 @@ def prog(script, otherwise):
 
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line. `error_name` (a class attribute, so that
-    subparsers made with parser_class inherit it) names the command; default: its prog."""
+    subparsers made with parser_class inherit it) names the command; default: its prog.
+    `script`: the console script it is also installed as; run as that, errors are named
+    after it (`hgan-data: error: ...`, as its usage line is), else after error_name."""
     error_name = None
+    script = None
+
+    def name(self):
+        base = self.error_name or self.prog
+        return prog(self.script, base) if self.script else base
 
     def error(self, message):
-        self.exit(2, f"{self.error_name or self.prog}: error: {message}\n")
+        self.exit(2, f"{self.name()}: error: {message}\n")
 
 
 def int_at_least(low, why=""):

@@ -51,11 +51,13 @@ def generate(ckpt_path, n=16, frames=64, dt=None, seed=0, device="cpu"):
     return generator.sample(n, frames, dt=dt, generator=rng), config
 
 
-_ERROR = "hgan.sample: error:"  # argparse's errors and the run's alike: one line each
+def _name():
+    """`hgan-sample` when run as that console script, else `hgan.sample`."""
+    return prog("hgan-sample", "hgan.sample")
 
 
 class _Parser(OneLineParser):
-    error_name = "hgan.sample"
+    error_name, script = "hgan.sample", "hgan-sample"
 
 
 _positive = int_at_least(1)
@@ -152,7 +154,7 @@ def build_parser():
 
 
 def main(argv=None):
-    _startup.release("hgan.sample")
+    _startup.release(_name())
     p = build_parser()
     a = p.parse_args(argv)
     # SIGTERM (`timeout`, a job scheduler) ends sampling as Ctrl-C does: one line, and no
@@ -168,7 +170,7 @@ def main(argv=None):
         _remove(written)          # both or neither, and no truncated GIF
         signum = getattr(e, "signum", signal.SIGINT)
         by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
-        print(f"hgan.sample: interrupted{by}; nothing was written", file=sys.stderr)
+        print(f"{_name()}: interrupted{by}; nothing was written", file=sys.stderr)
         return 128 + signum
     finally:
         if own:
@@ -186,7 +188,7 @@ def _run(a, written):
     try:
         videos, config = generate(a.checkpoint, a.n, a.frames, a.dt, a.seed, a.device)
     except (OSError, ValueError, RuntimeError) as e:
-        print(f"{_ERROR} {e}".replace("\n", " "), file=sys.stderr)
+        print(f"{_name()}: error: {e}".replace("\n", " "), file=sys.stderr)
         return 2
     stem, ext = os.path.splitext(a.out)
     gif = a.out if ext.lower() == ".gif" else stem + ".gif"
@@ -199,7 +201,7 @@ def _run(a, written):
     except OSError as e:
         _remove(written)     # both or neither: a lone GIF reads as a finished command's
         why = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
-        print(f"{_ERROR} --out {a.out}: cannot write it ({why})", file=sys.stderr)
+        print(f"{_name()}: error: --out {a.out}: cannot write it ({why})", file=sys.stderr)
         return 2
     print(f"{config['model']['model']} on {config.get('system', '?')}: {a.n} "
           f"video{'' if a.n == 1 else 's'} x {a.frames} frame{'' if a.frames == 1 else 's'} "

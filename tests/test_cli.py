@@ -200,6 +200,28 @@ def test_prog_is_the_console_script_only_when_run_as_it(monkeypatch, argv0, want
     assert prog("hgan-data", "python -m hgan.data") == want
 
 
+@pytest.mark.parametrize("script, module, argv", [
+    ("hgan-data", "hgan.data", ["generate", "--system", "four_body"]),
+    ("hgan-sample", "hgan.sample", ["--checkpoint", "x.pt", "--n", "0"]),
+    ("hgan-sample", "hgan.sample", ["--checkpoint", "/missing/x.pt"]),       # the run's own
+    ("hgan-evaluate", "hgan.evaluate", ["--checkpoint", "x", "--out", "o", "--metrics", "x"]),
+])
+@pytest.mark.parametrize("as_script", [True, False])
+def test_errors_are_named_after_the_console_script_when_run_as_it(monkeypatch, capsys, script,
+                                                                  module, argv, as_script):
+    # `hgan-sample --n 0` said `hgan.sample: error: ...` (hgan-train said `hgan-train`)
+    import importlib
+    main = importlib.import_module(module if module == "hgan.sample" else module + ".cli").main
+    monkeypatch.setattr(sys, "argv", [f"/venv/bin/{script}" if as_script else "-m"])
+    try:
+        rc = main(argv)
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"{script if as_script else module}: error: "), err
+
+
 def test_one_line_parser_errors_name_the_command_in_one_line_with_exit_2(capsys):
     from hgan.cli_args import OneLineParser
 

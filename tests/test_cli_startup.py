@@ -62,14 +62,16 @@ def test_ctrl_c_while_a_command_imports_torch_is_one_line(module):
     assert res.stdout == ""
 
 
-def test_sigterm_while_a_console_script_imports_torch_is_one_line():
+@pytest.mark.parametrize("script", _startup.SCRIPTS)
+def test_sigterm_while_a_console_script_imports_torch_is_one_line(script):
     tomllib = pytest.importorskip("tomllib")   # Python >= 3.11
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         scripts = tomllib.load(f)["project"]["scripts"]
     assert set(scripts) == set(_startup.SCRIPTS)
-    res = _run("hgan-data", scripts["hgan-data"], signal.SIGTERM, "--help")
+    res = _run(script, scripts[script], signal.SIGTERM, "--help")
+    # named as the script the user typed, as its errors and usage line are
     assert (res.returncode, res.stderr, res.stdout) == (
-        143, "hgan.data: stopped by SIGTERM while starting; nothing was written\n", "")
+        143, f"{script}: stopped by SIGTERM while starting; nothing was written\n", "")
 
 
 _SPAWNING_SCRIPT = """

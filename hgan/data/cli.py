@@ -18,8 +18,13 @@ from hgan import _startup
 from hgan.cli_args import OneLineParser, int_at_least, prog
 
 
+def _name():
+    """`hgan-data` when run as that console script, else `hgan.data`."""
+    return prog("hgan-data", "hgan.data")
+
+
 class _Parser(OneLineParser):
-    error_name = "hgan.data"
+    error_name, script = "hgan.data", "hgan-data"
 
 
 _nonneg, _positive = int_at_least(0), int_at_least(1)
@@ -117,12 +122,12 @@ def show(path, out=None, n=8, frames=16, scale=2):
         held = len(f)
         clips = f.frames[:min(n, held)]  # [n, T, R, R, 3]; a corrupt file fails here first
     if n > held:
-        print(f"hgan.data: {path} holds {held} trajectories: showing all of them",
+        print(f"{_name()}: {path} holds {held} trajectories: showing all of them",
               file=sys.stderr)
     n = min(n, held)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # as hgan.sample does
     if ext == ".png" and frames > clips.shape[1]:
-        print(f"hgan.data: {path} has {clips.shape[1]} frames per trajectory: showing all of "
+        print(f"{_name()}: {path} has {clips.shape[1]} frames per trajectory: showing all of "
               f"them", file=sys.stderr)
     if ext == ".png":
         idx = np.linspace(0, clips.shape[1] - 1, min(frames, clips.shape[1])).astype(int)
@@ -355,7 +360,7 @@ def _kept(args, started):
 
 
 def main(argv=None):
-    _startup.release("hgan.data")
+    _startup.release(_name())
     from hgan.data.h5io import DataFormatError
     from hgan.data.tfrecord import TFRecordError
     parser = build_parser()
@@ -381,7 +386,7 @@ def main(argv=None):
         # GenerationInterrupted carries the signal; a bare KeyboardInterrupt is Ctrl-C.
         signum = getattr(e, "signum", signal.SIGINT)
         what = {"generate": "generation", "import-dm": "import"}.get(args.cmd, args.cmd)
-        print(f"hgan.data: {what} interrupted{_kept(args, started)}", file=sys.stderr,
+        print(f"{_name()}: {what} interrupted{_kept(args, started)}", file=sys.stderr,
               flush=True)
         return 128 + int(signum)
     return 0

@@ -35,7 +35,8 @@ from hgan.train.checkpoint import checkpoint_file
 
 
 class _Parser(OneLineParser):
-    error_name = "hgan.evaluate"   # as hgan.data, hgan.sample and hgan.experiments say theirs
+    # as hgan.data, hgan.sample and hgan.experiments say theirs
+    error_name, script = "hgan.evaluate", "hgan-evaluate"
 
 __all__ = ["ALL_METRICS", "InputError", "build_parser", "compare", "evaluate", "main",
            "physics_metrics", "settings"]
@@ -358,14 +359,14 @@ def compare(args):
 
 
 def main(argv=None):
-    _startup.release("hgan.evaluate")
+    _startup.release(prog("hgan-evaluate", "hgan.evaluate"))
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "compare":
         p = _Parser(prog=prog("hgan-evaluate", "python -m hgan.evaluate") + " compare",
                     description="Table-1-style markdown table of evaluated runs: rows are models "
                                 "(one per seed where a model has several runs on a system), "
                                 "columns systems")
-        p.error_name = "hgan.evaluate compare"
+        p.error_name, p.script = prog("hgan-evaluate", "hgan.evaluate") + " compare", None
         p.add_argument("run_dirs", nargs="+", help="directories holding results.json (or eval/results.json)")
         p.add_argument("--out", help="write the table to this markdown file as well")
         try:
@@ -388,7 +389,7 @@ def main(argv=None):
     except KeyboardInterrupt as e:
         signum = getattr(e, "signum", signal.SIGINT)
         by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
-        print(f"{p.error_name}: interrupted{by}; no results.json was written to {args.out} (an "
+        print(f"{p.name()}: interrupted{by}; no results.json was written to {args.out} (an "
               f"--out this run created and left empty is removed)", file=sys.stderr)
         raise SystemExit(128 + signum) from None
     finally:
