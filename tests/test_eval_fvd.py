@@ -88,7 +88,8 @@ def test_statistics_need_two_videos():
 
 @pytest.mark.parametrize("sigma", [np.diag([1.0, -1.0]),            # a negative variance
                                    np.array([[1.0, 2.0], [2.0, 1.0]]),   # eigenvalues 3, -1
-                                   np.diag([1.0, -0.05])])               # slightly negative
+                                   np.diag([1.0, -0.05]),                # slightly negative
+                                   np.diag([1.0, -1e-4])])   # sqrt's imaginary part 0.01
 def test_statistics_that_are_not_covariances_are_refused(sigma):
     # sqrtm(diag(1, -1)) = diag(1, i): keeping its real part would report a distance of
     # exactly 0 to the identity, a silently wrong score.
@@ -226,8 +227,9 @@ def test_pipeline_with_stand_in_detector(stand_in_i3d, tmp_path):
     np.testing.assert_allclose(mu_r, f.mean(0), rtol=1e-10)
     np.testing.assert_allclose(sigma_r, np.cov(f, rowvar=False, bias=True), rtol=1e-8, atol=1e-10)
     assert len(list((tmp_path / "cache").iterdir())) == 1
-    mu_c, _ = fvd.real_stats(None, det, **kw)  # served from the cache: no frames needed
+    mu_c, sigma_c = fvd.real_stats(None, det, **kw)  # served from the cache: no frames needed
     np.testing.assert_array_equal(mu_c, mu_r)
+    np.testing.assert_array_equal(sigma_c, sigma_r)
     # the same file's clips from other trajectories (its held-out rows, not all): computed anew
     mu_h, _ = fvd.real_stats(real_frames[16:], det, **{**kw, "num_videos": 48},
                              rows=np.arange(16, 64))
@@ -287,6 +289,23 @@ def test_fvd_over_seeds_is_the_mean_and_standard_deviation_of_the_seeds(monkeypa
     assert got["fvd_mean"] == pytest.approx(10 / 3)
     assert got["fvd_std"] == pytest.approx(np.sqrt(146) / 3)  # population std of 0, 1, 9
     assert got["seeds"] == [0, 1, 2] and not got["canonical"]
+    # canonical: StyleGAN-V's protocol in both counts, 2048 videos of 16 frames, not one
+    canonical = {(n, t): fvd.fvd_over_seeds(None, None, np.zeros(1), np.ones((1, 1)),
+                                            seeds=(0,), num_videos=n, frames=t,
+                                            progress=False)["canonical"]
+                 for n, t in ((2048, 16), (2048, 12), (2, 16))}
+    assert canonical == {(2048, 16): True, (2048, 12): False, (2, 16): False}
+
+
+def test_generated_features_are_the_same_videos_whatever_the_batch(stand_in_i3d):
+    # One random stream over the whole set: batches of 16 score the videos one batch of 64
+    # would (re-seeding per batch made 64 videos of 16 distinct ones)
+    det = fvd.load_detector(stand_in_i3d)
+    kw = dict(num_videos=64, frames=16, seed=5, progress=False)
+    by16 = fvd.generated_features(_FakeGenerator(0.0), det, batch_size=16, **kw)
+    by64 = fvd.generated_features(_FakeGenerator(0.0), det, batch_size=64, **kw)
+    np.testing.assert_allclose(by16, by64, rtol=1e-5, atol=1e-5)
+    assert len(np.unique(by16.round(4), axis=0)) == 64           # 64 distinct videos
 
 
 def test_a_damaged_or_interrupted_real_statistics_cache_is_computed_again(stand_in_i3d, tmp_path,
@@ -327,8 +346,9 @@ def test_a_damaged_or_interrupted_real_statistics_cache_is_computed_again(stand_
     mu, sigma = fvd.real_stats(real_frames, det, cache_dir=str(cache_dir), **kw)
     np.testing.assert_array_equal(mu, want_mu)
     np.testing.assert_array_equal(sigma, want_sigma)
-    mu_c, _ = fvd.real_stats(None, det, cache_dir=str(cache_dir), **kw)  # rewritten whole
+    mu_c, sigma_c = fvd.real_stats(None, det, cache_dir=str(cache_dir), **kw)  # rewritten whole
     np.testing.assert_array_equal(mu_c, want_mu)
+    np.testing.assert_array_equal(sigma_c, want_sigma)
 
 
 def test_a_directory_given_as_the_detector_is_named_as_one(monkeypatch, tmp_path):
