@@ -4,6 +4,7 @@ import json
 import os
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -264,7 +265,10 @@ def test_fvd_on_clips_the_gan_trained_on_is_not_canonical(tmp_path, data_copy, t
     ckpt, _ = _checkpoint(tmp_path, "hgan", data_copy, iteration=7)
     det = tmp_path / fvd.I3D_FILENAME
     torch.jit.script(_StandIn()).save(str(det))
-    canonical = {}
+    canonical, rows = {}, {}
+    real_stats = fvd.real_stats
+    monkeypatch.setattr(fvd, "real_stats", lambda frames_ds, det, **kw: rows.update(
+        {name: (list(kw["rows"]), frames_ds.shape[0])}) or real_stats(frames_ds, det, **kw))
     # no test.h5 beside the training file: its last 20%; then another file as --real
     for name, real in (("seen", []), ("held_out", ["--real", str(tiny_pendulum_h5)])):
         out = tmp_path / name
@@ -274,6 +278,12 @@ def test_fvd_on_clips_the_gan_trained_on_is_not_canonical(tmp_path, data_copy, t
         canonical[name] = (saved["real_seen_in_training"], saved["fvd"]["canonical"])
         assert ("NOT the canonical" in (out / "report.md").read_text()) == (name == "seen")
     assert canonical == {"seen": (True, False), "held_out": (False, True)}
+    # the rows the real statistics (and their cache key) are taken from: the training file's
+    # last 20% (rounded: 5 of 24), or every trajectory of --real
+    with h5py.File(data_copy) as f:
+        n = len(f["frames"])
+    held = round(n / 5)
+    assert rows == {"seen": (list(range(n - held, n)), held), "held_out": (list(range(n)), n)}
 
 
 def test_compare_and_report_mark_drift_against_the_energy_scale_as_older(tmp_path):
@@ -793,6 +803,10 @@ def test_generated_videos_follow_the_seed(tmp_path):
     assert a.shape == (3, 4, 32, 32, 3)
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
+    # one random stream over every batch: 130 videos are 130 different ones (re-seeded per
+    # batch of 64, the third batch repeated the first's first two)
+    many = cli._generated_videos(g, 130, 2, 0)
+    assert len(np.unique(many.reshape(130, -1), axis=0)) == 130
 
 
 def test_held_out_rows_index_the_file_by_the_held_out_trajectories():
@@ -881,7 +895,14 @@ def test_each_metric_gets_the_counts_seeds_and_lengths_its_flags_name(tmp_path, 
                         lambda *a, **k: physics.update(k) or _physics(0.3, 0.1, 0.05))
     consistency, save = appearance.appearance_consistency, figures.save_sample_grid
     monkeypatch.setattr(appearance, "appearance_consistency",
-                        lambda real, gen, c: looks.append((real, gen)) or consistency(real, gen, c))
+                        lambda real, gen, c: looks.append((real, gen, c)) or consistency(real, gen, c))
+    # the system's palette size reaches the appearance metric: a pendulum given 3 colours
+    # here, so that a constant 1 (pendulum's own) cannot pass
+    import dataclasses
+    import hgan.data
+    get_system = hgan.data.get_system
+    monkeypatch.setattr(hgan.data, "get_system",
+                        lambda name: dataclasses.replace(get_system(name), num_colors=3))
     monkeypatch.setattr(figures, "save_sample_grid", lambda v, png, gif: grids.update(
         {os.path.basename(png): v}) or save(v, png, gif))
     for owner, name in ((structure, "motion_points"), (structure, "active_momenta"),
@@ -901,8 +922,8 @@ def test_each_metric_gets_the_counts_seeds_and_lengths_its_flags_name(tmp_path, 
     # (the 5 held-out real ones), seed 0
     assert [c[:4] for c in clips] == [("real", 3, 6, 5), ("generated", 3, 6, 5),
                                       ("real", 5, 6, 0), ("generated", 8, 6, 0)]
-    [(real, gen)] = looks
-    assert real is clips[0][4] and gen is clips[1][4]
+    [(real, gen, colours)] = looks
+    assert real is clips[0][4] and gen is clips[1][4] and colours == 3
     assert grids["samples_real.png"] is clips[2][4] and grids["samples_hgan.png"] is clips[3][4]
     assert calls["motion_points"] == {"n": 12, "seed": 0}
     assert calls["tsne_embedding"] == {"iterations": 260}
