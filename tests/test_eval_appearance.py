@@ -156,7 +156,8 @@ def test_a_pixel_counts_at_most_one_pixel_of_mass():
     np.testing.assert_allclose(mass[0, 0], [0.0, 16.0, 0.0, 0.0], atol=1e-9)
 
 
-@pytest.mark.parametrize("contrast, foreground", [(0.2, True), (0.05, False)])
+@pytest.mark.parametrize("contrast, foreground", [(0.2, True), (0.11, True), (0.09, False),
+                                                  (0.05, False)])   # either side of 0.1
 def test_faint_pixels_count_above_the_minimum_contrast(contrast, foreground):
     # A pixel `contrast` away from the background (Euclidean, [0, 1] RGB) towards the one
     # palette colour c has weight contrast / |c - background| when it clears MIN_CONTRAST.
@@ -239,3 +240,57 @@ def test_a_generated_video_is_blank_by_its_mass_per_frame():
                           for share in (0.05, 0.05, 0.2, 0.2)])
     res = appearance.appearance_consistency(real, gen, 1)
     assert res["generated_blank"] == pytest.approx(0.5) and res["real_blank"] == 0
+
+
+def test_a_pixel_off_the_background_away_from_every_colour_weighs_nothing():
+    # Its projection on the colour's line is negative: weight 0, not a negative mass that
+    # would cancel a real object's (its offset lies on the line, so the residual test
+    # cannot catch it).
+    bg = np.asarray(BACKGROUND)
+    d = palette(1)[0] - bg
+    assert appearance.color_mass(_flat(bg - 0.3 * d / np.linalg.norm(d)), 1).max() == 0
+
+
+@pytest.mark.parametrize("degrees, owned", [(33.0, True), (37.5, False)])
+def test_a_pixel_is_a_colours_within_35_degrees_of_its_line(degrees, owned):
+    # MAX_RESIDUAL_SHARE = 1/3 of the squared offset: sin^2 of the angle to the colour's
+    # line, asin(sqrt(1/3)) = 35.3 degrees. A pixel 0.2 from the background at 33 degrees
+    # weighs 0.2 cos(33 deg) / |colour - background|; at 37.5 degrees nothing.
+    bg = np.asarray(BACKGROUND)
+    d = palette(1)[0] - bg
+    u = d / np.linalg.norm(d)
+    v = np.cross(u, [0.0, 0.0, 1.0])
+    v /= np.linalg.norm(v)
+    a = np.radians(degrees)
+    mass = appearance.color_mass(_flat(bg + 0.2 * (np.cos(a) * u + np.sin(a) * v)), 1)
+    want = 16 * 0.2 * np.cos(a) / np.linalg.norm(d) if owned else 0.0
+    assert mass[0, 0, 0] == pytest.approx(want, rel=0.03, abs=1e-9)
+
+
+def test_blank_is_under_a_tenth_of_an_object_per_frame_and_real_videos_count_too():
+    # Real discs of radius 0.6 (269 pixels), one of four real videos faded out entirely;
+    # generated specks of 8% and 12% of that area, either side of BLANK_SHARE = 10%.
+    disc = _disc_video(0.6, color=0, num_colors=1, frames=4)
+    real = np.concatenate([disc, disc, disc, _fade(disc, np.zeros(4))])
+    gen = np.concatenate([_disc_video(0.6 * np.sqrt(share), color=0, num_colors=1, frames=4)
+                          for share in (0.08, 0.12)])
+    res = appearance.appearance_consistency(real, gen, 1)
+    assert res["generated_blank"] == pytest.approx(0.5) and res["real_blank"] == 0.25
+
+
+@pytest.mark.parametrize("faded_to, flagged", [(0.8, False), (0.65, True)])
+def test_still_real_videos_flag_above_the_fixed_floor_only(faded_to, flagged):
+    # Real discs that never change: twice their 99th percentile is 0, so FLAG_FLOOR = 0.1
+    # alone decides. A disc fading linearly to 80% varies 0.065 of an object (not flagged),
+    # to 65% 0.115 (flagged).
+    disc = _disc_video(0.3, color=0, num_colors=1, frames=8)
+    res = appearance.appearance_consistency(np.concatenate([disc] * 4),
+                                            _fade(disc, np.linspace(1, faded_to, 8)), 1)
+    assert res["flag_threshold"] == appearance.FLAG_FLOOR
+    assert res["generated_flagged"] == float(flagged)
+
+
+def test_the_summaries_are_median_mean_and_90th_percentile():
+    # a skewed set, where the three differ: 0, 0, 0.9
+    got = appearance._summary(np.array([0.0, 0.0, 0.9]))
+    assert got == pytest.approx({"median": 0.0, "mean": 0.3, "p90": 0.72})
