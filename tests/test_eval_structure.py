@@ -130,6 +130,12 @@ def test_learned_energy_drift_is_relative_to_the_initial_energy():
     g = _GivenRollout({"q": q, "p": torch.zeros_like(q)}, h=lambda q, p: q.sum(-1))
     out = structure.energy_rollouts(g, n=1, steps=2, dt=0.1)
     np.testing.assert_allclose(out["forward"], [[0.0, 0.5, 1.5]], rtol=1e-12)
+    # and below 1 too: H = 0.2, 0.3, 0.1 changes by +-0.5 of H0 (a floor of 1 on |H0|, not
+    # the 1e-12 that only guards a zero, would read +-0.1)
+    q = torch.tensor([[[0.2], [0.3], [0.1]]], dtype=torch.float64)
+    g = _GivenRollout({"q": q, "p": torch.zeros_like(q)}, h=lambda q, p: q.sum(-1))
+    out = structure.energy_rollouts(g, n=1, steps=2, dt=0.1)
+    np.testing.assert_allclose(out["forward"], [[0.0, 0.5, -0.5]], rtol=1e-12)
 
 
 def test_forward_and_backward_rollouts_start_from_one_state(generator, monkeypatch):
