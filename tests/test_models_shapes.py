@@ -307,6 +307,11 @@ def test_cyclic_loss_hand_computed():
     dhdq = torch.tensor([[[1.0, -2.0], [3.0, 0.5]], [[-4.0, 0.0], [1.0, -1.0]]])
     assert cyclic_loss(dhdq, lam=0.01).item() == pytest.approx(0.01 * 12.5 / 2, rel=1e-6)
     assert cyclic_loss(dhdq, lam=0.1).item() == pytest.approx(0.1 * 12.5 / 2, rel=1e-6)
+    # B, T-1 and k all different (3, 2, 4), so that dividing by another of them shows:
+    # entries 0.1 * (1 .. 24) with alternating signs, |.| summed = 0.1 * 300 = 30, over B = 3
+    x = 0.1 * torch.arange(1, 25, dtype=torch.float64).view(3, 2, 4)
+    x[..., 1::2] *= -1
+    assert cyclic_loss(x, lam=0.01).item() == pytest.approx(0.01 * 30 / 3, rel=1e-12)
 
 
 def test_config_errors_name_the_problem():

@@ -132,6 +132,79 @@ def test_r1_is_the_input_gradient_penalty_of_the_steps_real_frame_and_clip(tiny_
     assert float(stats["loss/R1"]) == pytest.approx(want, rel=1e-4)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 10.0])
+def test_the_discriminators_gradients_are_bce_plus_r1_in_float64(tiny_pendulum_h5, tmp_path,
+                                                                  gamma):
+    # Oracle: on float64 copies of D_I and D_V from before the step, and on the inputs each
+    # met in the step (fake first, then real), the gradient of BCE(D(real), 1) + BCE(D(fake),
+    # 0) + gamma/2 mean ||grad_x D(real)||^2. Adam's first step is ~lr sign(g) whatever g's
+    # size, so only the gradients show a real term that does not reach D (its logits
+    # detached) or an R1 counted at another weight.
+    import copy
+    import torch.nn.functional as F
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, r1_gamma=gamma))
+    copies = {"D_I": copy.deepcopy(tr.D_I).double(), "D_V": copy.deepcopy(tr.D_V).double()}
+    seen = {"D_I": [], "D_V": []}
+    di, dv = tr.DI_ddp, tr.DV_ddp
+    tr.DI_ddp = lambda x: (seen["D_I"].append(x.detach().clone()), di(x))[1]
+    tr.DV_ddp = lambda x: (seen["D_V"].append(x.detach().clone()), dv(x))[1]
+    tr.step(_real())
+    for name, net in (("D_I", tr.D_I), ("D_V", tr.D_V)):
+        fake, real = (x.double() for x in seen[name])
+        disc = copies[name]
+        x = real.requires_grad_(True)
+        real_logits, fake_logits = disc(x), disc(fake)
+        loss = (F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+                + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits)))
+        if gamma:
+            (g,) = torch.autograd.grad(real_logits.sum(), x, create_graph=True)
+            loss = loss + 0.5 * gamma * g.pow(2).flatten(1).sum(1).mean()
+        want = torch.autograd.grad(loss, list(disc.parameters()))
+        for (k, p), w in zip(net.named_parameters(), want):
+            torch.testing.assert_close(p.grad.double(), w, rtol=1e-3, atol=1e-6 * float(
+                w.abs().max()), msg=lambda m: f"{name}.{k}: {m}")
+
+
+def _scaled(monkeypatch):
+    """Trainers built from here on run with a GradScaler (fp16 AMP's), on this CPU."""
+    import hgan.train.loop
+    monkeypatch.setattr(hgan.train.loop, "amp_policy", lambda *a, **k: (None, True))
+
+
+def test_gradient_norms_are_logged_unscaled_under_a_grad_scaler(tiny_pendulum_h5, tmp_path,
+                                                                 monkeypatch):
+    # The scaler multiplies every gradient by 2^16 before step() unscales it; the logged
+    # norms read 65536 times the plain run's. Scaled by a power of two and unscaled
+    # exactly, the step itself is the plain one to the bit.
+    plain = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path / "a"))
+    want = plain.step(_real(), want_stats=True)
+    _scaled(monkeypatch)
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path / "b"))
+    assert tr.scaler.is_enabled() and tr.scaler.get_scale() == 2.0 ** 16
+    got = tr.step(_real(), want_stats=True)
+    for k in ("grad_norm/D_I", "grad_norm/D_V", "grad_norm/G"):
+        assert float(got[k]) == pytest.approx(float(want[k]), rel=1e-6), k
+    after, plain_after = _params(tr), _params(plain)
+    assert all(torch.equal(after[k], plain_after[k]) for k in after)
+
+
+def test_a_step_with_inf_gradients_is_skipped_by_the_scaler_and_the_scale_backs_off(
+        tiny_pendulum_h5, tmp_path, monkeypatch):
+    # fp16's overflow: D_V's gradient not finite. The scaler skips D_V's optimiser step (its
+    # weights stay bit-equal, no NaN written), the others step, and the scale halves.
+    _scaled(monkeypatch)
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path))
+    weight = next(tr.D_V.parameters())
+    weight.register_hook(lambda g: torch.full_like(g, float("inf")))
+    before = _params(tr)
+    tr.step(_real())
+    after = _params(tr)
+    for net, stepped in (("D_V.", False), ("D_I.", True), ("G.", True)):
+        moved = [k for k in before if k.startswith(net) and not torch.equal(before[k], after[k])]
+        assert bool(moved) == stepped, (net, moved)
+    assert tr.scaler.get_scale() == 2.0 ** 15
+
+
 def test_loading_a_checkpoint_restores_the_global_rngs_where_it_was_taken(tiny_pendulum_h5,
                                                                            tmp_path):
     # Oracle: the draws the process would have made next when the state was taken. A fresh

@@ -489,6 +489,11 @@ class Trainer:
         with stage("optimizer"):
             stats = {}
             if want_stats:
+                # Under a GradScaler the gradients are still scaled here: unscaled first (the
+                # documented way to read them before step(), which then does not unscale
+                # again), or the norms would read the loss scale (65536) times too big.
+                self.scaler.unscale_(self.opt_di)
+                self.scaler.unscale_(self.opt_dv)
                 stats["grad_norm/D_I"] = self._grad_norm(self.D_I)
                 stats["grad_norm/D_V"] = self._grad_norm(self.D_V)
             self.scaler.step(self.opt_di)
@@ -519,6 +524,7 @@ class Trainer:
             self.scaler.scale(loss_g).backward()
         with stage("optimizer"):
             if want_stats:
+                self.scaler.unscale_(self.opt_g)         # as the discriminators' above
                 stats["grad_norm/G"] = self._grad_norm(self.G)
             self.scaler.step(self.opt_g)
             self.scaler.update()
