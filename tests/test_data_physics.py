@@ -102,15 +102,32 @@ def test_mass_spring_closed_form():
     np.testing.assert_allclose(exact, numeric, atol=1e-7)
 
 
-def test_pendulum_small_angle_period():
+@pytest.mark.parametrize("m, g, l", [(0.5, 3.0, 1.0), (0.7, 3.0, 0.6)])
+def test_pendulum_small_angle_period(m, g, l):
+    # 2 pi sqrt(l / g) in seconds, whatever m: l != 1 tells the kinetic term p^2 / (2 m l^2)
+    # from p^2 / (2 m l). Frames are the spec's 0.05 s apart, written out (not DT, which an
+    # oracle built on it would follow).
     system = get_system("pendulum")
-    pr = {"m": np.array([0.5]), "g": np.array([3.0]), "l": np.array([1.0])}
+    pr = {"m": np.array([m]), "g": np.array([g]), "l": np.array([l])}
     states, _, _ = integrate(system, np.array([[1e-3, 0.0]]), pr, 400)
     q = states[0, :, 0]
     i = np.flatnonzero((q[:-1] > 0) & (q[1:] <= 0))  # downward zero crossings
-    tc = (i + q[i] / (q[i] - q[i + 1])) * DT  # linear interpolation between frames
+    tc = (i + q[i] / (q[i] - q[i + 1])) * 0.05  # linear interpolation between frames
     period = np.diff(tc).mean()
-    assert abs(period / (2 * np.pi * np.sqrt(1.0 / 3.0)) - 1) < 5e-3
+    assert abs(period / (2 * np.pi * np.sqrt(l / g)) - 1) < 5e-3
+    assert DT == 0.05
+
+
+def test_the_double_pendulums_second_bob_hangs_from_the_first_at_its_own_angle():
+    # Both angles from the downward vertical (the spec's), bob 2 = bob 1 + l2 (sin q2,
+    # -cos q2): worked out for l1 = 0.8, l2 = 0.9.
+    system = get_system("double_pendulum")
+    pr = {"m": np.array([[1.0, 1.0]]), "g": np.array([3.0]), "l": np.array([[0.8, 0.9]])}
+    for q, bob1, bob2 in (((np.pi / 2, 0.0), (0.8, 0.0), (0.8, -0.9)),
+                          ((0.0, np.pi / 2), (0.0, -0.8), (0.9, -0.8)),
+                          ((0.0, np.pi), (0.0, -0.8), (0.0, 0.1))):
+        pos = system.positions(np.array([[q[0], q[1], 0.0, 0.0]]), pr)
+        np.testing.assert_allclose(pos[0], [bob1, bob2], atol=1e-12)
 
 
 def test_energy_scale_of_the_pendulums_is_m_g_l():

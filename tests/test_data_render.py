@@ -125,6 +125,22 @@ def test_frames_equal_a_float64_render_and_float32_does_not_always(name):
     assert np.abs(single.astype(int) - want).max() <= 1
 
 
+def test_each_trajectorys_frames_take_its_own_radius_and_colours():
+    # 3 trajectories x 5 frames, each with its own radii and colour indices: every frame is
+    # rendered with its trajectory's (one trajectory of many frames, or many of one frame,
+    # cannot tell a repeat of the per-trajectory rows from a tile of them).
+    rng = np.random.default_rng(2)
+    n, t, b = 3, 5, 2
+    pos = rng.uniform(-2, 2, (n, t, b, 2))
+    radius = np.array([[0.3, 0.5], [0.6, 0.35], [0.45, 0.7]])
+    ci = np.array([[0, 1], [2, 3], [4, 5]])
+    img = render(pos, radius, ci, 6, (-2.5, 2.5), 32)
+    for i in range(n):
+        want = _float64_frames(pos[i], np.repeat(radius[i:i + 1], t, 0),
+                               palette(6)[ci[[i] * t]], -2.5, 2.5, 32)
+        np.testing.assert_array_equal(img[i], want, err_msg=f"trajectory {i}")
+
+
 def test_values_float32_truncates_wrongly_are_refined_in_float64():
     # 2000 one-frame trajectories on the unit canvas: ~1.8e7 values, of which float32 alone
     # truncates about a hundred to the wrong level (5 in 10^6); the refined frames have none.
