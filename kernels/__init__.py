@@ -9,12 +9,27 @@ the rest of hgan. Public API:
     loss = cyclic_loss(dHdq, lam=0.01)
 
 Submodules: hgan.kernels.leapfrog.{reference, analytic, fused, dispatch, common}. The name
-``leapfrog`` on this package is the function; import the submodules with
-``from hgan.kernels.leapfrog import analytic`` (sys.modules resolves them).
+``leapfrog`` on this package is the function, which carries the submodules as attributes:
+``from hgan.kernels.leapfrog import analytic``, ``import hgan.kernels.leapfrog.analytic as
+A`` and ``hgan.kernels.leapfrog.analytic`` (once imported) all give the module.
 """
 from .leapfrog.common import PRECISION_CHOICES, PRECISIONS, SCHEMES, leapfrog_flops
 from .leapfrog.dispatch import DERIVATIVE_ORDERS, FUSED_CONTRACT, leapfrog
 from .hamiltonian import HamiltonianMLP, cyclic_loss
+
+
+def _bind_submodules():
+    # The function hides the subpackage of its name: the subpackage's modules loaded so far
+    # are bound on it too (later ones bind themselves, leapfrog/__init__.py), so that
+    # `import hgan.kernels.leapfrog.analytic as A` and `hgan.kernels.leapfrog.fused` work.
+    import sys
+    prefix = __name__ + ".leapfrog."
+    for name, module in list(sys.modules.items()):
+        if name.startswith(prefix) and "." not in name[len(prefix):]:
+            setattr(leapfrog, name[len(prefix):], module)
+
+
+_bind_submodules()
 
 __all__ = ["leapfrog", "HamiltonianMLP", "cyclic_loss", "FUSED_CONTRACT", "DERIVATIVE_ORDERS",
            "SCHEMES", "PRECISIONS", "PRECISION_CHOICES", "leapfrog_flops"]

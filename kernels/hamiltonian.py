@@ -73,6 +73,11 @@ class HamiltonianMLP(nn.Module):
         if q.shape[0] != p.shape[0]:
             raise ValueError(f"{names[0]} and {names[1]} must have the same batch size, got "
                              f"{q.shape[0]} and {p.shape[0]}")
+        dtype = next(self.parameters()).dtype
+        for name, t in zip(names, (q, p)):
+            if t.dtype != dtype:   # the matmul's "mat1 and mat2 must have the same dtype"
+                raise TypeError(f"{name} has dtype {t.dtype}, this Hamiltonian's weights "
+                                f"{dtype}: convert one to the other (.to(dtype))")
 
     def forward(self, q, p):
         """H at rows (q, p) [B, k] -> [B]."""

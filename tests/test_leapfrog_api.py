@@ -74,7 +74,8 @@ def test_clear_errors(mlp):
         (dict(scheme="yoshida"), ValueError, "scheme"),
         (dict(precision="fp8"), ValueError, "precision must be one of"),
         (dict(precision="tf32", backend="analytic"), ValueError, "option of the fused kernels"),
-        (dict(precision="tf32x3", backend="reference"), ValueError, "computes in float32"),
+        (dict(precision="tf32x3", backend="reference"), ValueError,
+         "has none: it computes in the inputs. dtype"),
         (dict(q0=q0.int(), p0=q0.int()), TypeError, "floating"),
         # a library user's inputs: layers without a bias, modules, arrays, transposed weights,
         # empty states and layers (each an AttributeError or a silent result before)
@@ -329,6 +330,8 @@ def test_fused_contract_ranges_are_inclusive():
     assert reason(32, (16, 128)) is None and reason(1, (128, 16)) is None
     assert "k <= 32" in reason(33, (16, 16))
     assert "widths" in reason(4, (15, 16)) and "widths" in reason(4, (16, 129))
+    assert reason(4, (16,)) == "fused supports depth 2, got 1 hidden layer"
+    assert reason(4, (16, 16, 16)) == "fused supports depth 2, got 3 hidden layers"
 
 
 def test_fused_reason_names_a_missing_triton(monkeypatch):
@@ -764,3 +767,44 @@ def test_a_bias_alone_requiring_grad_gets_its_gradient(mlp, backend):
         return p.square().sum() + d.sum()
     fd = (f(b[0] + e) - f(b[0] - e)) / (2 * eps)
     torch.testing.assert_close(g[2], fd, rtol=1e-6, atol=1e-9)
+
+
+def test_the_submodules_import_by_every_spelling_though_the_function_shares_their_name():
+    # `import hgan.kernels.leapfrog.analytic as A` resolves attribute by attribute, and
+    # hgan.kernels.leapfrog is the function: it failed with "cannot import name 'analytic'
+    # from 'leapfrog' (unknown location)". A fresh interpreter: in this one they are loaded.
+    code = """
+import sys
+import hgan.kernels.leapfrog.analytic as A
+import hgan.kernels as K
+from hgan.kernels.leapfrog import reference
+assert A is sys.modules["hgan.kernels.leapfrog.analytic"] is K.leapfrog.analytic
+assert reference is sys.modules["hgan.kernels.leapfrog.reference"] is K.leapfrog.reference
+import hgan.kernels.leapfrog.check as C          # one the package had not loaded before
+assert C is K.leapfrog.check
+assert callable(K.leapfrog) and K.leapfrog.__module__ == "hgan.kernels.leapfrog.dispatch"
+print("ok")
+"""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=root, env={**os.environ, "PYTHONPATH": root}, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_an_in_place_change_of_the_output_is_refused_where_the_backend_saved_it():
+    # As docs/integrator.md says: analytic (and fused) keep q, p, dHdq for the backward, so
+    # autograd refuses a backward through an output changed in place; reference does not
+    # save them and differentiates the changed value.
+    w, b = random_mlp(2, (16, 16))
+    for t in w + b:
+        t.requires_grad_(True)
+    q0 = torch.randn(3, 2)
+    for backend, refused in (("reference", False), ("analytic", True)):
+        q, p, d = leapfrog(q0, q0, w, b, frames=3, backend=backend)
+        q.mul_(2)
+        if refused:
+            with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+                q.sum().backward()
+        else:
+            q.sum().backward()
+            assert w[0].grad is not None and float(w[0].grad.abs().sum()) > 0

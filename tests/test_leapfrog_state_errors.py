@@ -30,6 +30,19 @@ def test_energy_with_wrong_k_names_q_or_p(h2):
     assert h2(torch.randn(8, 2), torch.randn(8, 2)).shape == (8,)
 
 
+@pytest.mark.parametrize("call", ["energy", "rollout"])
+def test_a_state_in_another_dtype_than_the_weights_is_named(h2, call):
+    # H(q, p) on a float32 network left a float64 state to the matmul ("mat1 and mat2 must
+    # have the same dtype"); the rollout blamed weights[0].
+    q = torch.randn(8, 2, dtype=torch.float64)
+    name = "q" if call == "energy" else "q0"
+    with pytest.raises(TypeError, match=rf"^{name} has dtype torch.float64, this Hamiltonian's "
+                                        r"weights torch.float32"):
+        h2(q, q) if call == "energy" else h2.rollout(q, q, 3, backend="reference")
+    h = h2.double()                                  # converted, it runs
+    assert (h(q, q) if call == "energy" else h.rollout(q, q, 3)[0]).dtype == torch.float64
+
+
 def test_leapfrog_function_names_the_state_when_only_k_differs(h2):
     w, b = h2.weights_and_biases()
     with pytest.raises(ValueError, match=r"q0 and p0 have k = 3.*expects k = 2") as e:

@@ -141,7 +141,8 @@ def check_inputs(q0, p0, weights, biases, dt, frames, activation, backend, schem
         raise ValueError(f"precision must be one of {PRECISION_CHOICES}, got {precision!r}")
     if precision not in ("auto", "ieee") and backend in ("reference", "analytic"):
         raise ValueError(f"precision={precision!r} is an option of the fused kernels; "
-                         f"backend={backend!r} computes in float32 (precision='ieee')")
+                         f"backend={backend!r} has none: it computes in the inputs' dtype "
+                         f"(float32 for bf16 and fp16 inputs), as precision='ieee' does")
     if activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if not isinstance(frames, int) or isinstance(frames, bool) or frames < 1:

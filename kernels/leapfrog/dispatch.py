@@ -85,7 +85,8 @@ def fused_unsupported_reason(q0, weights, activation):
     widths = [w.shape[0] for w in weights[:-1]]
     lo, hi = FUSED_CONTRACT["widths"]
     if len(widths) != FUSED_CONTRACT["depth"]:
-        return f"fused supports depth {FUSED_CONTRACT['depth']}, got {len(widths)} hidden layers"
+        return (f"fused supports depth {FUSED_CONTRACT['depth']}, got {len(widths)} hidden "
+                f"layer{'' if len(widths) == 1 else 's'}")
     if any(not lo <= n <= hi for n in widths):
         return f"fused supports hidden widths {lo}..{hi}, got {widths}"
     if activation not in FUSED_CONTRACT["activations"]:
@@ -165,9 +166,10 @@ def leapfrog(q0, p0, weights, biases, *, dt=0.05, frames, activation="softplus",
     H. See SCHEMES in common.py. precision: the fused kernels' dot products, "auto" (default:
     the dispatch table's, fp32 "ieee" in the latency regime and fused.SPLIT_ABOVE_LATENCY
     above it at the measured shapes, fused.SPLIT_SHAPES) | "ieee" (fp32) | "tf32x3" |
-    "bf16x3" | "tf32" (see PRECISIONS in common.py); a backend that runs analytic (CPU, or outside the fused contract) ignores it. float32 and
-    float64 compute in their dtype; bf16 and fp16 inputs compute in float32 and come back in
-    their dtype.
+    "bf16x3" | "tf32" (see PRECISIONS in common.py); "auto" ignores it where it runs analytic
+    (CPU, or outside the fused contract), an explicit reference or analytic refuses any but
+    "auto" and "ieee". float32 and float64 compute in their dtype; bf16 and fp16 inputs
+    compute in float32 and come back in their dtype.
     """
     if torch.compiler.is_compiling():
         # torch.compile never traces the rollout (why: docs/integrator.md, "torch.compile");
