@@ -249,6 +249,29 @@ def test_contract_tables():
     assert set(DERIVATIVE_ORDERS) == {"reference", "analytic", "fused"}
     assert DERIVATIVE_ORDERS["reference"]["double_backward"]
     assert not DERIVATIVE_ORDERS["analytic"]["double_backward"]
+    assert not DERIVATIVE_ORDERS["fused"]["double_backward"]
+
+
+@pytest.mark.parametrize("backend", ["reference", "analytic", "fused"])
+def test_the_derivative_table_says_what_each_backend_does(backend):
+    # DERIVATIVE_ORDERS is what a user reads before asking for a gradient penalty: a double
+    # backward runs exactly where the table says it does.
+    if backend == "fused" and not (dispatch._triton_importable()
+                                   and (torch.cuda.is_available() or dispatch._interpreting())):
+        pytest.skip("fused needs triton and CUDA or the Triton interpreter")
+    dev = "cuda" if backend == "fused" and torch.cuda.is_available() else "cpu"
+    w, b = random_mlp(2, (16, 16), device=dev)
+    w = [t.requires_grad_(True) for t in w]
+    q0 = torch.randn(3, 2, device=dev, requires_grad=True)
+    q, _, _ = leapfrog(q0, q0.detach(), w, b, frames=3, backend=backend)
+    try:
+        (g,) = torch.autograd.grad(q.square().sum(), q0, create_graph=True)
+        (gw,) = torch.autograd.grad(g.square().sum(), w[0])
+        ran = bool(gw.abs().sum() > 0)
+    except RuntimeError as e:
+        assert "first-order gradients only" in str(e)      # refused by name, not by torch
+        ran = False
+    assert ran == DERIVATIVE_ORDERS[backend]["double_backward"]
 
 
 def test_module_energy_and_separable_structure():
@@ -808,3 +831,77 @@ def test_an_in_place_change_of_the_output_is_refused_where_the_backend_saved_it(
         else:
             q.sum().backward()
             assert w[0].grad is not None and float(w[0].grad.abs().sum()) > 0
+
+
+def _strong_mlp(k=3, dtype=torch.float64):
+    """An H whose schemes and activations part visibly at dt = 0.1 (weights 3x fan-in)."""
+    return random_mlp(k, (16, 16), dtype=dtype, generator=torch.Generator().manual_seed(21),
+                      scale=3.0)
+
+
+def _energy_by_hand(x, weights, biases, activation):
+    act = {"softplus": torch.nn.functional.softplus, "tanh": torch.tanh}[activation]
+    h = act(x @ weights[0].T + biases[0])
+    h = act(h @ weights[1].T + biases[1])
+    return (h @ weights[2].T + biases[2])[:, 0]
+
+
+def _order2_by_hand(q, p, weights, biases, dt, steps, activation="softplus"):
+    """The spec's order2 step with autograd gradients of H written out above: the drift at
+    q + dt/2 H_p(q, p), the last kick at p - dt H_q(q, p)."""
+    def grad(q, p):
+        x = torch.cat([q, p], 1).detach().requires_grad_(True)
+        (g,) = torch.autograd.grad(_energy_by_hand(x, weights, biases, activation).sum(), x)
+        return g[:, :q.shape[1]], g[:, q.shape[1]:]
+    qs, ps = [q], [p]
+    for _ in range(steps):
+        hq, hp = grad(q, p)
+        p_half, q_mid, p_pred = p - dt / 2 * hq, q + dt / 2 * hp, p - dt * hq
+        q = q + dt * grad(q_mid, p_half)[1]
+        p = p_half - dt / 2 * grad(q, p_pred)[0]
+        qs.append(q)
+        ps.append(p)
+    return torch.stack(qs, 1), torch.stack(ps, 1)
+
+
+@pytest.mark.parametrize("backend", ["reference", "analytic"])
+def test_the_defaults_are_order2_at_the_datas_dt(backend):
+    # leapfrog(...) and H.rollout(...) without dt or scheme: the spec's order2 at 0.05 s
+    w, b = _strong_mlp()
+    gen = torch.Generator().manual_seed(22)
+    q0, p0 = (torch.randn(4, 3, dtype=torch.float64, generator=gen) for _ in range(2))
+    want = _order2_by_hand(q0, p0, w, b, 0.05, 3)
+    q, p, _ = leapfrog(q0, p0, w, b, frames=4, backend=backend)
+    torch.testing.assert_close((q, p), want, rtol=1e-10, atol=1e-10)
+    h = HamiltonianMLP(3, hidden=16).double()
+    with torch.no_grad():
+        for lin, wi, bi in zip(h.layers, w, b):
+            lin.weight.copy_(wi)
+            lin.bias.copy_(bi)
+    torch.testing.assert_close(h.rollout(q0, p0, 4, backend=backend)[:2], want, rtol=1e-10,
+                               atol=1e-10)
+    # and the other scheme or step would be told apart here
+    official = leapfrog(q0, p0, w, b, frames=4, backend=backend, scheme="official")[0]
+    assert float((official - want[0]).abs().max()) > 1e-4
+    assert float((_order2_by_hand(q0, p0, w, b, 0.1, 3)[0] - want[0]).abs().max()) > 1e-2
+
+
+@pytest.mark.parametrize("scheme", ["order2", "official"])
+@pytest.mark.parametrize("activation", ["softplus", "tanh"])
+def test_torch_func_rollout_is_the_plain_one_for_every_scheme_and_activation(scheme, activation):
+    # Under a torch.func transform the reference runs its explicit-graph rollout: that one
+    # must take the caller's scheme and activation too, not the defaults (the other tests
+    # here ran order2 with softplus only, where the two coincide).
+    w, b = _strong_mlp()
+    gen = torch.Generator().manual_seed(23)
+    q0, p0 = (torch.randn(3, 3, dtype=torch.float64, generator=gen) for _ in range(2))
+
+    def roll(q, p, **kw):
+        return leapfrog(q, p, w, b, frames=4, dt=0.1, backend="reference",
+                        **{"scheme": scheme, "activation": activation, **kw})
+    rows = torch.func.vmap(lambda q, p: tuple(x[0] for x in roll(q[None], p[None])))(q0, p0)
+    torch.testing.assert_close(rows, roll(q0, p0), rtol=1e-12, atol=1e-12)
+    other_scheme = roll(q0, p0, scheme={"order2": "official", "official": "order2"}[scheme])
+    other_act = roll(q0, p0, activation={"softplus": "tanh", "tanh": "softplus"}[activation])
+    for other in (other_scheme, other_act):
+        assert float((other[0] - rows[0]).abs().max()) > 1e-2

@@ -94,6 +94,32 @@ SCHEME_LAYOUTS = {"tile": ((16, 24), "ieee", 1e-4, 16),
                   "throughput": ((16, 64), "bf16x3", 1e-4, "throughput")}
 
 
+# sigmoid(-100) = 1 / (1 + exp(100)) = 1 / inf = 0, as on the GPU; numpy says it overflowed
+@pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
+@pytest.mark.parametrize("activation, shift", [("softplus", 100.0), ("tanh", 50.0)])
+@pytest.mark.parametrize("layout", list(SCHEME_LAYOUTS))
+def test_saturated_activations_stay_finite_and_exact(monkeypatch, layout, activation, shift):
+    # Layer-1 pre-activations of +-100 (softplus) or +-50 (tanh), half of the units each way:
+    # where a naive log(1 + exp(a)) or (e^2a - 1) / (e^2a + 1) overflows to inf and NaN in
+    # float32. The other cases' Hamiltonians keep |a| to a few units, where every form agrees.
+    widths, precision, tol, want = SCHEME_LAYOUTS[layout]
+    if layout != "latency":
+        monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
+    if layout == "resident":
+        monkeypatch.setattr(fused, "_chunk", lambda h1, h2: 0)
+    seen = _layouts_run(monkeypatch)
+    gen = torch.Generator().manual_seed(12)
+    w, b = random_mlp(3, widths, generator=gen)
+    b[0] = b[0] + shift * torch.where(torch.arange(widths[0]) % 2 == 0, 1.0, -1.0)
+    w, b = [x.to(DEVICE) for x in w], [x.to(DEVICE) for x in b]
+    q0, p0 = (torch.randn(3, 3, generator=gen).to(DEVICE) for _ in range(2))
+    errs = compare_to_reference(q0, p0, w, b, 0.05, 4, activation, "fused",
+                                precision=precision)
+    assert seen[0] == want
+    bad = {n: e for n, e in errs.items() if not e <= tol}      # NaN fails too
+    assert not bad, bad
+
+
 @pytest.mark.parametrize("layout", list(SCHEME_LAYOUTS))
 def test_fused_follows_its_scheme_where_the_schemes_differ(monkeypatch, layout):
     # The cases above use PyTorch-initialised Hamiltonians, under which a state moves little:
@@ -1192,12 +1218,14 @@ def test_fp32_matmul_turns_tf32_off_inside_and_restores_the_callers_setting():
         m.fp32_precision = saved
 
 
-def test_backward_fallback_keeps_the_rollouts_scheme_dt_and_activation(monkeypatch):
-    # A backward kernel that does not fit the GPU hands the gradients to the analytic backend:
-    # they must be those of the rollout that ran ("official", dt < 0, tanh), not of the
-    # defaults. H is strong enough here that the schemes' gradients differ by far more than
-    # the tolerance (as in test_fused_follows_its_scheme_where_the_schemes_differ).
-    _kernel_too_big_for_the_gpu(monkeypatch, "bwd")
+@pytest.mark.parametrize("which", ["fwd", "bwd"])
+def test_a_fallback_keeps_the_rollouts_scheme_dt_and_activation(monkeypatch, which):
+    # A kernel that does not fit the GPU hands the rollout (fwd) or its gradients (bwd) to
+    # the analytic backend: they must be those of the rollout asked for ("official", dt < 0,
+    # tanh), not of the defaults. H is strong enough here that the schemes' gradients differ
+    # by far more than the tolerance (as in test_fused_follows_its_scheme_where_the_schemes_
+    # differ).
+    _kernel_too_big_for_the_gpu(monkeypatch, which)
     monkeypatch.setitem(dispatch._auto_choice, torch.device(DEVICE).type, "fused")
     monkeypatch.setattr(dispatch, "_warned", set())
     gen = torch.Generator().manual_seed(11)
@@ -1206,13 +1234,13 @@ def test_backward_fallback_keeps_the_rollouts_scheme_dt_and_activation(monkeypat
     q0, p0 = (torch.randn(3, 3, generator=gen).to(DEVICE) for _ in range(2))
     cot = [torch.randn(s, generator=gen).to(DEVICE) for s in [(3, 4, 3), (3, 4, 3), (3, 3, 3)]]
     with pytest.warns(UserWarning, match="does not fit this GPU"):
-        _, grads = rollout_and_grads(q0, p0, w, b, -0.1, 4, "tanh", "auto", cot,
-                                     scheme="official")
-    _, want = rollout_and_grads(q0, p0, w, b, -0.1, 4, "tanh", "analytic", cot,
-                                scheme="official")
+        outs, grads = rollout_and_grads(q0, p0, w, b, -0.1, 4, "tanh", "auto", cot,
+                                        scheme="official")
+    want_outs, want = rollout_and_grads(q0, p0, w, b, -0.1, 4, "tanh", "analytic", cot,
+                                        scheme="official")
     _, other = rollout_and_grads(q0, p0, w, b, -0.1, 4, "tanh", "analytic", cot)
     assert max(rel_err(x, y) for x, y in zip(other, want)) > 1e-2      # the schemes differ
-    for x, y in zip(grads, want):
+    for x, y in zip(outs + grads, want_outs + want):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
 
 
