@@ -150,15 +150,18 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     np.random.seed(5)
     random.seed(5)
     np.random.standard_normal()  # leaves a cached gaussian in numpy's state
+    random.gauss(0, 1)           # and in Python's (gauss draws in pairs, keeping the second)
     state = capture_rng()
-    expected = (torch.rand(3), np.random.rand(3), random.random(), np.random.standard_normal())
+    expected = (torch.rand(3), np.random.rand(3), random.gauss(0, 1), random.random(),
+                np.random.standard_normal())
     path = save_checkpoint({"rng": state}, str(tmp_path / "rng.pt"))
-    torch.rand(10), np.random.rand(10), random.random()
+    torch.rand(10), np.random.rand(10), random.random(), random.gauss(0, 1)
     restore_rng(load_checkpoint(path)["rng"])
-    got = (torch.rand(3), np.random.rand(3), random.random(), np.random.standard_normal())
+    got = (torch.rand(3), np.random.rand(3), random.gauss(0, 1), random.random(),
+           np.random.standard_normal())
     assert torch.equal(got[0], expected[0])
     assert np.array_equal(got[1], expected[1])
-    assert got[2] == expected[2] and got[3] == expected[3]
+    assert got[2:] == expected[2:]
 
 
 def test_cuda_rng_states_of_more_gpus_than_this_machine_has_resume(monkeypatch):

@@ -791,6 +791,70 @@ def test_a_snapshot_at_its_runs_last_iteration_resumes_in_place(tmp_path):
         _check_not_behind(str(ckpts / "iter_0000002.pt"), 2, str(tmp_path / "run"))
 
 
+
+class _Planted:
+    """Runs code when unpickled without weights_only (what a planted checkpoint would do)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_the_newer_last_pt_check_reads_it_without_running_code(tmp_path):
+    # Resuming iter_N.pt looks at its run's last.pt first: that read, too, is weights_only.
+    from hgan.train.run import _check_not_behind
+    ckpts = tmp_path / "run" / "checkpoints"
+    ckpts.mkdir(parents=True)
+    marker = tmp_path / "ran"
+    torch.save({"iteration": 4, "x": _Planted(str(marker))}, ckpts / "last.pt")
+    torch.save({"iteration": 2}, ckpts / "iter_0000002.pt")
+    _check_not_behind(str(ckpts / "iter_0000002.pt"), 2, str(tmp_path / "run"))
+    assert not marker.exists()
+
+
+def test_a_checkpoint_torn_while_being_written_leaves_the_previous_one(tiny_pendulum_h5,
+                                                                       tmp_path, monkeypatch):
+    # The trainer's own checkpoints go through the atomic writer: a write that fails half-way
+    # (a full disk, a kill) leaves the last complete checkpoint, and no stray file.
+    real_save, calls = torch.save, []
+
+    def torn_second(obj, f, *a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            (f if hasattr(f, "write") else open(f, "wb")).write(b"PK\x03\x04torn")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *a, **kw)
+    monkeypatch.setattr(torch, "save", torn_second)
+    cfg = tiny_cfg(tiny_pendulum_h5, tmp_path / "run", iters=3, ckpt_every=1)
+    with pytest.raises(OSError, match="No space left"):
+        train(cfg)
+    assert load_checkpoint(str(tmp_path / "run"))["iteration"] == 1
+    assert os.listdir(tmp_path / "run" / "checkpoints") == ["last.pt"]
+
+
+def test_samples_are_written_at_their_iterations_by_the_eval_mode_generator_on_fixed_noise(
+        tiny_pendulum_h5, tmp_path):
+    # After iteration 1, every --sample-every and at the end; each is the generator of that
+    # iteration, in eval mode, on the run's fixed noise (seed + 12345): re-rendered from the
+    # final checkpoint, the last one is the same image to the byte.
+    from hgan.sample import load_generator
+    from hgan.train.media import save_png_strip
+    cfg = tiny_cfg(tiny_pendulum_h5, tmp_path / "run", iters=7, sample_every=3, seed=3)
+    train(cfg)
+    names = sorted(os.listdir(tmp_path / "run" / "samples"))
+    assert names == [f"iter_{i:07d}.{ext}" for i in (1, 3, 6, 7) for ext in ("gif", "png")]
+    g, _ = load_generator(str(tmp_path / "run"))
+    assert not g.training
+    with torch.no_grad():
+        videos = g.sample(cfg.n_samples, cfg.frames,
+                          generator=torch.Generator().manual_seed(cfg.seed + 12345))
+    save_png_strip(videos, str(tmp_path / "again.png"))
+    assert (tmp_path / "again.png").read_bytes() == \
+        (tmp_path / "run" / "samples" / "iter_0000007.png").read_bytes()
+
+
 def test_tensorboard_events_up_to_a_checkpoint_are_flushed_when_it_is_written(
         tiny_pendulum_h5, tmp_path, monkeypatch):
     # A process that dies after a checkpoint (killed, out of memory) is resumed from it, and
@@ -905,3 +969,12 @@ def test_a_checkpoint_at_the_last_iteration_is_written_once(tiny_pendulum_h5, tm
     monkeypatch.setattr(Trainer, "save", counted)
     train(tiny_cfg(tiny_pendulum_h5, tmp_path / "r", iters=2, ckpt_every=2))
     assert saves == [(2, "last.pt")]
+
+
+def test_keep_every_snapshots_its_iterations_the_last_one_included(tiny_pendulum_h5, tmp_path):
+    cfg = tiny_cfg(tiny_pendulum_h5, tmp_path / "run", iters=4, keep_every=2)
+    train(cfg)
+    ckpts = tmp_path / "run" / "checkpoints"
+    assert sorted(os.listdir(ckpts)) == ["iter_0000002.pt", "iter_0000004.pt", "last.pt"]
+    assert [load_checkpoint(str(ckpts / n))["iteration"] for n in
+            ("iter_0000002.pt", "iter_0000004.pt", "last.pt")] == [2, 4, 4]
