@@ -507,6 +507,103 @@ def test_leapfrog_table_recommend_crossover_ties_and_gaps():
     assert table.recommend(failed, {}) == {}
 
 
+def test_leapfrog_table_recommend_judges_a_split_against_the_tile_row_where_one_was_timed():
+    # Above the latency regime the default dispatch is the ieee tile layout: at 1024 its
+    # "fused_tile" row (2.0 ms), not "fused" (3.0, today's latency layout there). tf32x3 at
+    # 2.5 beats the second, not the first: no split, though it wins at 65536.
+    table = _leapfrog_table()
+    errors = dict(_ALL_ACCURATE, **{f"fused_tile_tf32x3/B{b}": 5e-6 for b in (64, 1031)})
+    rows = _rows(("fused_latency", 512, 1.0), ("fused_tile", 512, 2.0),
+                 ("fused_latency", 1024, 3.0), ("fused_tile", 1024, 2.0), ("fused", 1024, 3.0),
+                 ("fused_tile_tf32x3", 1024, 2.5),
+                 ("fused", 65536, 90.0), ("fused_tile_tf32x3", 65536, 50.0))
+    rec = table.recommend(rows, errors)
+    assert rec["latency_max_rows"] == 512 and rec["split_above_latency"] is None
+
+
+def test_leapfrog_table_fused_py_sets_the_forward_block_and_keeps_the_backwards():
+    # only the forward's block was timed: the backward's stays what fused.py has
+    table = _leapfrog_table()
+    assert table.fused.THROUGHPUT_BLOCK_B["bwd"] == 16
+    assert table.fused_py({"throughput_fwd_block": 64}) == {
+        "THROUGHPUT_BLOCK_B": {"fwd": 64, "bwd": 16}}
+
+
+def test_leapfrog_table_warps_need_to_beat_the_current_rows_spread_too():
+    # 16 warps 10% faster than the table's 8, but the 8-warp row's own halves are 12% apart:
+    # within its noise, the table keeps 8
+    table = _leapfrog_table()
+    rows = _noisy(("fused_latency", 16, 0.5, 0.12), ("fused_latency", 64, 0.5, 0.0),
+                  ("fused_latency_w16", 16, 0.45, 0.0), ("fused_latency_w16", 64, 0.45, 0.0))
+    assert table.recommend(rows, _ALL_ACCURATE)["latency_warps"] == 8
+    rows[0]["spread"] = 0.05                       # outside it: 16 takes over
+    assert table.recommend(rows, _ALL_ACCURATE)["latency_warps"] == 16
+
+
+def _dispatch_state(fused):
+    """What the fused dispatch table holds now, as a timed or checked call sees it."""
+    return {"max_rows": fused.LATENCY_MAX_ROWS, "precisions": fused.THROUGHPUT_PRECISIONS,
+            "blocks": dict(fused.THROUGHPUT_BLOCK_B), "warps": fused._latency_warps(128, 128)}
+
+
+def _forcing_expected(layout, default):
+    """The dispatch state `forced(layout)` must set (by hand, from forced's docstring)."""
+    want = dict(default)
+    if layout and layout.startswith("latency"):
+        want["max_rows"] = "huge"
+        if "@" in layout:
+            want["warps"] = int(layout.split("@")[1])
+    elif layout == "tile":
+        want.update(max_rows=0, precisions=())
+    elif layout in ("throughput", "throughput16"):
+        want["max_rows"] = 0
+        if layout == "throughput16":
+            want["blocks"] = {"fwd": 16, "bwd": 16}
+    return want
+
+
+def _seen(state):
+    return {**state, "max_rows": "huge" if state["max_rows"] >= 1 << 30 else state["max_rows"]}
+
+
+def test_leapfrog_table_times_each_variant_under_its_own_layout(monkeypatch):
+    # The timed call runs inside forced(layout): without it every fused_tile, fused_latency
+    # and warps row would time the default dispatch, and `recommend` would read noise.
+    table = _leapfrog_table()
+    monkeypatch.setattr(table, "DEV", "cpu")
+    default, seen = _dispatch_state(table.fused), []
+
+    def fake_leapfrog(q0, p0, w, b, **kw):
+        seen.append(_seen(_dispatch_state(table.fused)))
+        return q0 * 1.0, p0 * 1.0, q0 * 2.0
+    monkeypatch.setattr(table, "leapfrog", fake_leapfrog)
+    for variant, (_, _, layout) in table.VARIANTS.items():
+        for forward_only in (False, True):
+            seen.clear()
+            table.step_fn(variant, 3, forward_only=forward_only)()
+            assert seen == [_forcing_expected(layout, default)], (variant, seen)
+            assert _dispatch_state(table.fused) == default      # and put back after
+
+
+def test_leapfrog_table_checks_each_variants_error_under_its_own_layout(monkeypatch,
+                                                                         tmp_path):
+    # The 1e-4 gate must be measured on the kernel `recommend` may pick, not the default one.
+    table = _leapfrog_table()
+    default = _dispatch_state(table.fused)
+
+    class Compared(list):
+        def append(self, item):
+            super().append((item, _seen(_dispatch_state(table.fused))))
+    compared = Compared()
+    _fake_table_main(table, monkeypatch, tmp_path, compared=compared)
+    order = table.ERROR_VARIANTS + table.ERROR_VARIANTS_FIRST
+    assert len(compared) == len(order)
+    for variant, ((args, kwargs), state) in zip(order, compared):
+        backend, precision, layout = table.VARIANTS[variant]
+        assert (args[7], kwargs["precision"]) == (backend, precision), variant
+        assert state == _forcing_expected(layout, default), (variant, state)
+
+
 def _noisy(*quads):
     return [{"variant": v, "batch": b, "ms": ms, "spread": sp} for v, b, ms, sp in quads]
 

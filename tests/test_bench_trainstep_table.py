@@ -213,6 +213,7 @@ def test_measure_reports_the_median_run_and_its_own_data_wait(monkeypatch, step_
     assert r["median_step_s"] == pytest.approx(2.0 / steps)
     assert r["videos_per_s"] == pytest.approx(16 * steps / 2.0)
     assert r["data_wait_share"] == pytest.approx(0.05)          # the median run's own wait
+    assert r["round_spread"] == pytest.approx((3.0 - 1.0) / 2.0)  # walls' range / the median
     assert r["warmup_s"] == pytest.approx(2 * step_s) and r["losses_finite_after"]
     assert "device_busy" not in r
 
