@@ -92,6 +92,34 @@ def test_deadline_stops_training_and_evaluates_where_runs_stopped(tmp_path, fake
         assert run.results()["iteration"] == it and run.evaluated()
 
 
+def test_a_run_still_queued_at_the_deadline_is_skipped_not_waited_for(tmp_path, fake_jobs):
+    # One slot: mocogan waits behind hgan when the deadline comes. It must be skipped (never
+    # started, "not run"), and the grid end; a queued run that was neither skipped nor
+    # started kept the grid looping ("1/4 jobs done, 0 running") past the deadline for good.
+    import threading
+    spec = GridSpec(out=str(tmp_path), systems=("pendulum",), models=("hgan", "mocogan"),
+                    iters=100_000, eval_metrics="physics")
+    grid = runner.GridRunner(spec, parallel=1, deadline_s=1.0, progress=False, log=lambda m: None)
+    jobs = {(j.kind, j.name): j for j in grid.plan()}
+    hung = []
+
+    def watchdog():          # ends a hung grid, so that the test fails instead of hanging
+        hung.append(grid.status_line())
+        grid.stopping = True
+    timer = threading.Timer(60, watchdog)
+    timer.start()
+    try:
+        grid.execute()
+    finally:
+        timer.cancel()
+    assert not hung, hung
+    hgan, moco = spec.runs()
+    assert 0 < hgan.iteration() < 100_000 and hgan.evaluated()
+    assert jobs["train", "pendulum-mocogan-s0"].state == "skipped"
+    assert jobs["eval", "pendulum-mocogan-s0"].state == "skipped"
+    assert not os.path.exists(moco.dir)
+
+
 # A run the deadline's SIGTERM reaches before it has set up: hgan.train.pack's "SIGTERM
 # before this run was set up: not started" (exit 143), or a train.py still importing torch
 # (killed by the signal, -15). Nothing of it is written.

@@ -546,3 +546,47 @@ def test_a_run_whose_evaluation_failed_reads_failed(tmp_path):
     _write(run, None, iteration=10, ev={"seconds": 3.0, "returncode": 1, "iteration": 10})
     assert "| pendulum | hgan | 0 | 10 / 10 | 12 | 8.5 | 3 | failed |" in \
         "\n".join(table.runs_section(table.collect(spec)))
+
+
+def test_every_metric_table_puts_each_runs_own_value_in_its_own_cell(tmp_path):
+    # Two systems x two models, every number distinct: a cell from another system's column
+    # (systems reordered), another metric's key (the real value for the generated one) or
+    # another reference (the generated-vs-real distance for real half vs half) shows.
+    spec = _spec(tmp_path, systems=("pendulum", "mass_spring"))
+    values = {  # drift, appearance, flagged, mass ratio, state distance
+        ("pendulum", "hgan"): (0.05, 0.011, 0.25, 0.9, 1.5),
+        ("pendulum", "mocogan"): (0.2, 0.012, 0.5, 1.1, 2.5),
+        ("mass_spring", "hgan"): (0.3, 0.013, 0.75, 1.2, 3.5),
+        ("mass_spring", "mocogan"): (0.1, 0.014, 1.0, 1.3, 4.5)}
+    real_half = {"pendulum": 0.7, "mass_spring": 0.8}
+    for run in spec.runs():
+        drift, look, flagged, mass, fsd = values[run.system, run.model]
+        r = _results(drift, mass_ratio=mass)
+        r["system"] = run.system
+        r["appearance"].update(generated={"median": look}, generated_flagged=flagged)
+        r["physics"]["frechet_state_distance"] = {
+            "generated_half_vs_real_half": fsd, "real_half_vs_half": real_half[run.system],
+            "angles": "cos, sin"}
+        _write(run, r)
+    lines = "\n".join(table.metric_sections(spec, table.collect(spec))).splitlines()
+
+    def cells(model, i):
+        return (f"| {model} | {values['pendulum', model][i]:g} (100 it, 12 s) | "
+                f"{values['mass_spring', model][i]:g} (100 it, 12 s) |")
+    assert "| model | pendulum | mass_spring |" in lines
+    for i in range(5):
+        for model in ("hgan", "mocogan"):
+            assert cells(model, i) in lines, (i, model)
+    assert "| *real: half vs half* | 0.7 | 0.8 |" in lines
+
+
+def test_each_hamiltonian_model_is_checked_against_mocogan(tmp_path):
+    # docs/experiments.md: the checks compare every Hamiltonian model with MoCoGAN, hnn_gan too
+    spec = _spec(tmp_path, models=("hgan", "hnn_gan", "mocogan"))
+    drift = {"hgan": 0.05, "hnn_gan": 0.3, "mocogan": 0.2}
+    for run in spec.runs():
+        _write(run, _results(drift[run.model]))
+    text = _checks(spec)
+    assert _check_row(text) == ["holds", "0.05 (100 it, 12 s)", "0.2 (100 it, 12 s)"]
+    assert _check_row(text, model="hnn_gan") == ["does not hold", "0.3 (100 it, 12 s)",
+                                                 "0.2 (100 it, 12 s)"]
