@@ -359,9 +359,23 @@ def test_the_learned_hamiltonian_is_smooth_by_default():
 
 # --- the networks written out from the DCGAN / MoCoGAN recipes (docs/training.md, the models) --
 
-def _bn(x, m):
-    # training-mode BatchNorm: the batch's own statistics, the layer's affine
-    return F.batch_norm(x, None, None, m.weight, m.bias, training=True, eps=m.eps)
+def _bn(x, m, seen=None):
+    # training-mode BatchNorm: the batch's own statistics, the layer's affine, PyTorch's
+    # (and DCGAN's) eps written out; `seen` collects (layer, input) for _running_stats
+    if seen is not None:
+        seen.append((m, x))
+    return F.batch_norm(x, None, None, m.weight, m.bias, training=True, eps=1e-5)
+
+
+def _running_stats(seen):
+    """After one training-mode forward from fresh layers: running statistics moved 10% (the
+    default momentum) from mean 0 and variance 1 towards the batch's (unbiased variance):
+    what every eval-mode sample then normalises with."""
+    for m, x in seen:
+        dims = [0] + list(range(2, x.dim()))
+        torch.testing.assert_close(m.running_mean, 0.1 * x.mean(dims), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(m.running_var, 0.9 + 0.1 * x.var(dims, unbiased=True),
+                                   rtol=1e-10, atol=1e-12)
 
 
 def _of(net, kind):
@@ -380,9 +394,11 @@ def test_image_generator_is_dcgan_written_out(resolution, base, n):
     z = torch.randn(5, 70, dtype=torch.float64)
     x = F.conv_transpose2d(z[:, :, None, None], convs[0].weight)
     assert x.shape[-1] == base
+    seen = []
     for conv, bn in zip(convs[1:], bns):
-        x = F.conv_transpose2d(torch.relu(_bn(x, bn)), conv.weight, stride=2, padding=1)
+        x = F.conv_transpose2d(torch.relu(_bn(x, bn, seen)), conv.weight, stride=2, padding=1)
     torch.testing.assert_close(g(z), torch.tanh(x), rtol=1e-10, atol=1e-12)
+    _running_stats(seen)
 
 
 def test_image_discriminator_is_dcgan_written_out():
@@ -395,10 +411,12 @@ def test_image_discriminator_is_dcgan_written_out():
     assert all(c.bias is None for c in convs)
     x = torch.randn(5, 3, 32, 32, dtype=torch.float64)
     h = F.leaky_relu(F.conv2d(x, convs[0].weight, stride=2, padding=1), 0.2)
+    seen = []
     for conv, bn in zip(convs[1:-1], bns):
-        h = F.leaky_relu(_bn(F.conv2d(h, conv.weight, stride=2, padding=1), bn), 0.2)
+        h = F.leaky_relu(_bn(F.conv2d(h, conv.weight, stride=2, padding=1), bn, seen), 0.2)
     torch.testing.assert_close(d(x), F.conv2d(h, convs[-1].weight).reshape(-1),
                                rtol=1e-10, atol=1e-12)
+    _running_stats(seen)
 
 
 def test_video_discriminator_is_written_out():
@@ -411,15 +429,17 @@ def test_video_discriminator_is_written_out():
     assert all(c.bias is None for c in convs)
     clip = torch.randn(3, 8, 3, 32, 32, dtype=torch.float64)
     h, t = clip.permute(0, 2, 1, 3, 4), 8                 # frame j at [:, :, j]
+    seen = []
     for i, conv in enumerate(convs):
         kt, st = (4, 2) if t >= 4 else (3, 1)
         assert conv.kernel_size == (kt, 4, 4)
         h = F.conv3d(h, conv.weight, stride=(st, 2, 2), padding=1)
-        h = F.leaky_relu(_bn(h, bns[i - 1]) if i else h, 0.2)
+        h = F.leaky_relu(_bn(h, bns[i - 1], seen) if i else h, 0.2)
         t = h.shape[2]
     assert h.shape[2:] == (2, 4, 4)                        # 8 -> 4 -> 2 -> 2 frames
     want = h.flatten(1) @ d.head.weight.T + d.head.bias
     torch.testing.assert_close(d(clip), want.reshape(-1), rtol=1e-10, atol=1e-12)
+    _running_stats(seen)
 
 
 def test_discriminator_logits_are_fp32_under_autocast():
