@@ -1,5 +1,6 @@
 """The tools behind bench/: the results-file merge used after GPU calls, and the fused-kernel
 tuning sweep (its correctness gate, run through the Triton interpreter here)."""
+import contextlib
 import json
 import math
 import os
@@ -602,6 +603,44 @@ def test_leapfrog_table_checks_each_variants_error_under_its_own_layout(monkeypa
         backend, precision, layout = table.VARIANTS[variant]
         assert (args[7], kwargs["precision"]) == (backend, precision), variant
         assert state == _forcing_expected(layout, default), (variant, state)
+
+
+def test_leapfrog_table_graph_rows_time_the_replays_of_one_capture(monkeypatch):
+    # The "(graph)" rows: three warm-up runs on a side stream, one capture, then only the
+    # graph's replays timed (timing the body again would record eager times under that name).
+    from types import SimpleNamespace
+    table = _leapfrog_table()
+    calls = []
+
+    class Graph:
+        def replay(self):
+            calls.append("replay")
+
+    class Capture:
+        def __init__(self, g):
+            calls.append("capture")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    stream = SimpleNamespace(wait_stream=lambda other: None)
+    monkeypatch.setattr(table.torch, "cuda", SimpleNamespace(
+        Stream=lambda: stream, current_stream=lambda: stream,
+        stream=lambda s: contextlib.nullcontext(), CUDAGraph=Graph, graph=Capture))
+    monkeypatch.setattr(table, "step_fn", lambda v, b: lambda: calls.append(("body", v, b)))
+
+    def median_ms(fn, min_reps=None, max_s=2.0):
+        calls.append("timed")
+        fn()
+        fn()
+        return 1.5, 2, 0.0
+    monkeypatch.setattr(table, "median_ms", median_ms)
+    assert table.graph_ms("fused", 16) == (1.5, 2, 0.0)
+    body = ("body", "fused", 16)
+    assert calls == [body] * 3 + ["capture", body, "timed", "replay", "replay"]
 
 
 def _noisy(*quads):
