@@ -94,6 +94,15 @@ SCHEME_LAYOUTS = {"tile": ((16, 24), "ieee", 1e-4, 16),
                   "throughput": ((16, 64), "bf16x3", 1e-4, "throughput")}
 
 
+def _force_layout(monkeypatch, layout):
+    """Make the dispatch run SCHEME_LAYOUTS' `layout`; the layouts launched from here on."""
+    if layout != "latency":
+        monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
+    if layout == "resident":
+        monkeypatch.setattr(fused, "_chunk", lambda h1, h2: 0)
+    return _layouts_run(monkeypatch)
+
+
 # sigmoid(-100) = 1 / (1 + exp(100)) = 1 / inf = 0, as on the GPU; numpy says it overflowed
 @pytest.mark.filterwarnings("ignore:overflow encountered in exp:RuntimeWarning")
 @pytest.mark.parametrize("activation, shift", [("softplus", 100.0), ("tanh", 50.0)])
@@ -103,11 +112,7 @@ def test_saturated_activations_stay_finite_and_exact(monkeypatch, layout, activa
     # where a naive log(1 + exp(a)) or (e^2a - 1) / (e^2a + 1) overflows to inf and NaN in
     # float32. The other cases' Hamiltonians keep |a| to a few units, where every form agrees.
     widths, precision, tol, want = SCHEME_LAYOUTS[layout]
-    if layout != "latency":
-        monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
-    if layout == "resident":
-        monkeypatch.setattr(fused, "_chunk", lambda h1, h2: 0)
-    seen = _layouts_run(monkeypatch)
+    seen = _force_layout(monkeypatch, layout)
     gen = torch.Generator().manual_seed(12)
     w, b = random_mlp(3, widths, generator=gen)
     b[0] = b[0] + shift * torch.where(torch.arange(widths[0]) % 2 == 0, 1.0, -1.0)
@@ -130,11 +135,7 @@ def test_fused_follows_its_scheme_where_the_schemes_differ(monkeypatch, layout):
     # a step of theirs evaluated at a wrong point -- official's last kick at (q_t, p_t) instead
     # of (q_t+1, p_half), order2's drift at q_t instead of q_mid -- passed every test.)
     widths, precision, tol, want = SCHEME_LAYOUTS[layout]
-    if layout != "latency":
-        monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
-    if layout == "resident":
-        monkeypatch.setattr(fused, "_chunk", lambda h1, h2: 0)
-    seen = _layouts_run(monkeypatch)
+    seen = _force_layout(monkeypatch, layout)
     gen = torch.Generator().manual_seed(11)
     w64, b64 = random_mlp(3, widths, dtype=torch.float64, generator=gen, scale=3.0)
     q0, p0 = torch.randn(3, 3, generator=gen), torch.randn(3, 3, generator=gen)
