@@ -12,13 +12,12 @@ import math
 import os
 import signal
 import sys
-import threading
 
 import torch
 
 from hgan import _startup
 from hgan.cli_args import OneLineParser, int_at_least, prog
-from hgan.data.interrupt import raise_interrupted
+from hgan.data.interrupt import sigterm_interrupts
 from hgan.data.simulate import REAL_TIME_FPS
 from hgan.device import check_device
 from hgan.models import ModelConfig, build_models
@@ -157,24 +156,17 @@ def main(argv=None):
     _startup.release(_name())
     p = build_parser()
     a = p.parse_args(argv)
-    # SIGTERM (`timeout`, a job scheduler) ends sampling as Ctrl-C does: one line, and no
-    # half-written GIF or PNG left behind. One the parent ignores stays ignored.
-    sigterm = signal.getsignal(signal.SIGTERM)
-    own = sigterm == signal.SIG_DFL and threading.current_thread() is threading.main_thread()
-    if own:
-        signal.signal(signal.SIGTERM, raise_interrupted)
+    # SIGTERM ends sampling as Ctrl-C does: one line, and no half-written GIF or PNG left
     written = []
     try:
-        return _run(a, written)
+        with sigterm_interrupts():
+            return _run(a, written)
     except KeyboardInterrupt as e:
         _remove(written)          # both or neither, and no truncated GIF
         signum = getattr(e, "signum", signal.SIGINT)
         by = "" if signum == signal.SIGINT else f" by {signal.Signals(signum).name}"
         print(f"{_name()}: interrupted{by}; nothing was written", file=sys.stderr)
         return 128 + signum
-    finally:
-        if own:
-            signal.signal(signal.SIGTERM, sigterm)
 
 
 def _remove(paths):

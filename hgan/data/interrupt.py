@@ -27,6 +27,26 @@ def raise_interrupted(signum, frame):
     raise Interrupted(signum)
 
 
+class sigterm_interrupts:
+    """Context in which SIGTERM (`timeout`, a job scheduler) ends a command as Ctrl-C does,
+    with Interrupted instead of a silent exit; the previous handler comes back at exit. One
+    the parent ignores stays ignored, and off the main thread (hgan.experiments runs
+    evaluations in threads) nothing is installed."""
+
+    def __enter__(self):
+        self._old = signal.getsignal(signal.SIGTERM)
+        self._own = (self._old == signal.SIG_DFL
+                     and threading.current_thread() is threading.main_thread())
+        if self._own:
+            signal.signal(signal.SIGTERM, raise_interrupted)
+        return self
+
+    def __exit__(self, *exc):
+        if self._own:
+            signal.signal(signal.SIGTERM, self._old)
+        return False
+
+
 class GenerationInterrupted(Interrupted):
     """SIGINT or SIGTERM stopped generation; the split being written was discarded.
     A KeyboardInterrupt, so callers that already stop on Ctrl-C stop on it too."""

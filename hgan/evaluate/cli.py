@@ -19,7 +19,6 @@ import json
 import os
 import signal
 import sys
-import threading
 import time
 
 import numpy as np
@@ -28,7 +27,7 @@ import torch
 from hgan import _startup
 from hgan.evaluate import appearance, figures, fvd, inputs, probe, report, structure
 from hgan.cli_args import OneLineParser, int_at_least, prog
-from hgan.data.interrupt import raise_interrupted
+from hgan.data.interrupt import sigterm_interrupts
 from hgan.evaluate.inputs import ALL_METRICS, InputError
 from hgan.evaluate.atomic import write_atomically
 from hgan.train.checkpoint import checkpoint_file
@@ -375,15 +374,10 @@ def main(argv=None):
             p.error(str(e))
     p = build_parser()
     args = p.parse_args(argv)
-    # SIGTERM (`timeout`, a job scheduler) ends an evaluation as Ctrl-C does, not silently
-    # with an empty --out left behind; one the parent ignores stays ignored.
-    # (Only on the main thread: hgan.experiments runs evaluations in threads of its own.)
-    sigterm = signal.getsignal(signal.SIGTERM)
-    own = sigterm == signal.SIG_DFL and threading.current_thread() is threading.main_thread()
-    if own:
-        signal.signal(signal.SIGTERM, raise_interrupted)
+    # SIGTERM ends an evaluation as Ctrl-C does, not silently with an empty --out left behind
     try:
-        return evaluate(args)
+        with sigterm_interrupts():
+            return evaluate(args)
     except InputError as e:
         p.error(str(e))
     except KeyboardInterrupt as e:
@@ -392,9 +386,6 @@ def main(argv=None):
         print(f"{p.name()}: interrupted{by}; no results.json was written to {args.out} (an "
               f"--out this run created and left empty is removed)", file=sys.stderr)
         raise SystemExit(128 + signum) from None
-    finally:
-        if own:
-            signal.signal(signal.SIGTERM, sigterm)
 
 
 def build_parser():
