@@ -30,6 +30,24 @@ def test_shapes_every_model_and_resolution(model, resolution):
     assert m.video_disc(videos[:, :4]).shape == (2,)
 
 
+def test_channels_last_frames_are_channels_last_and_the_same_values():
+    # The layout comes from G_I's weights alone (build_models); the same weights in the default
+    # layout must give the same videos, so the format is a layout choice, never a numerics one.
+    torch.manual_seed(0)
+    plain = build_models(tiny())
+    last = build_models(tiny(channels_last=True))
+    last.generator.load_state_dict(plain.generator.state_dict())
+    z = torch.randn(2, plain.config.content_dim)
+    y = torch.randn(2, 3, plain.config.latent_dim - plain.config.content_dim)
+    with torch.no_grad():
+        a = plain.generator.eval().render(z, y)
+        b = last.generator.eval().render(z, y)
+    # [n, T, C, H, W] -> the [n*T, C, H, W] frames G_I wrote, as a view (no copy to hide a layout).
+    assert b.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    assert not a.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("resolution,expected", [(32, (4, 3)), (64, (4, 4)), (96, (6, 4)),
                                                  (16, (4, 2)), (48, (6, 3))])
 def test_resolution_plan(resolution, expected):

@@ -27,10 +27,9 @@ class VideoGenerator(nn.Module):
         """Frames for latents (z_c [n, Dc], y [n, T, D]) -> videos [n, T, C, H, W] in [-1, 1]."""
         n, t, _ = y.shape
         w = torch.cat([z_content[:, None, :].expand(n, t, z_content.shape[-1]), y.to(z_content.dtype)], -1)
-        w = w.reshape(n * t, -1)
-        if self.config.channels_last:
-            w = w.reshape(n * t, -1, 1, 1).contiguous(memory_format=torch.channels_last)
-        img = self.image_generator(w)
+        # No memory-format step here: a [N, C, 1, 1] latent has the same strides in both formats,
+        # and G_I's channels-last weights (models.build) make every frame channels-last.
+        img = self.image_generator(w.reshape(n * t, -1))
         return img.reshape(n, t, *img.shape[1:])
 
     def content(self, n, *, generator=None):
