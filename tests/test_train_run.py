@@ -446,6 +446,32 @@ def test_resume_is_bit_identical(tiny_pendulum_h5, tmp_path):
     assert any(not torch.equal(v, params(one)[k]) for k, v in pa.items())
 
 
+def test_a_resumed_runs_speed_counts_only_the_iterations_it_ran(tiny_pendulum_h5, tmp_path,
+                                                                 monkeypatch):
+    # it/s after a resume times the resumed iterations only, not the checkpoint's 6 before
+    # them. Every step sleeps 0.3 s, so the 2-iteration window lasts >= 0.6 s: the rate is
+    # at most 2 / 0.6 whatever the machine, and at least 2 / the whole resumed call.
+    import time
+
+    from hgan.train.loop import Trainer
+    train(tiny_cfg(tiny_pendulum_h5, tmp_path / "r", iters=6, log_every=2))
+    step = Trainer.step
+
+    def slow(self, *a, **kw):
+        out = step(self, *a, **kw)
+        time.sleep(0.3)
+        return out
+    monkeypatch.setattr(Trainer, "step", slow)
+    t0 = time.perf_counter()
+    res = train(tiny_cfg(tiny_pendulum_h5, tmp_path / "ignored", iters=8),
+                resume=str(tmp_path / "r" / "checkpoints" / "last.pt"), given={"iters": 8})
+    wall = time.perf_counter() - t0
+    assert res["iteration"] == 8
+    rate = res["stats"]["speed/it_per_s"]
+    assert 2 / wall <= rate <= 2 / 0.6, (rate, wall)
+    assert res["stats"]["speed/videos_per_s"] == pytest.approx(rate * 4)
+
+
 def test_runs_of_one_seed_store_the_same_python_and_numpy_rng_states(tiny_pendulum_h5, tmp_path):
     import random
 
