@@ -308,6 +308,31 @@ def test_fallback_rule_device_ddp_scaler_and_old_torch(graph_api, monkeypatch):
         "PYTORCH_CUDA_ALLOC_CONF backend:cudaMallocAsync")
 
 
+@pytest.mark.parametrize("kind, reason", [("ddp", "DDP"), ("fp16", "fp16 autocast")])
+def test_the_trainer_hands_the_rule_its_ranks_and_its_grad_scaler(graph_api, monkeypatch, kind,
+                                                                 reason):
+    # The rule judges the configuration as on CUDA (a CPU's own reason would come first): a
+    # trainer under torchrun, or with fp16's GradScaler, must stay eager and say why, not
+    # build capturable Adams for graphs that cannot hold DDP's all-reduce or the scaler's check.
+    from hgan.train import dist as hdist
+    from hgan.train import loop as hloop
+    rule = hcapture.fallback_reason
+    monkeypatch.setattr(hcapture, "fallback_reason",
+                        lambda cfg, device, **kw: rule(cfg, CUDA, **kw))
+    assert Trainer(small_cfg(), device="cpu").captured     # the same rule says yes alone
+    info = None
+    if kind == "ddp":                                      # rank 0 of 2, no process group
+        monkeypatch.setattr(hloop, "DistributedDataParallel", lambda module, **kw: module)
+        info = hdist.DistInfo(rank=0, world_size=2)
+    else:                                                  # fp16 autocast, as on an old GPU
+        monkeypatch.setattr(hloop, "amp_policy", lambda *a, **kw: (torch.float16, True))
+    t = Trainer(small_cfg(), info, device="cpu")
+    assert t.scaler.is_enabled() == (kind == "fp16")
+    assert not t.captured and t.static_mode is None, t.graph_fallback
+    assert t.graph_fallback.startswith(reason)
+    assert not any(g["capturable"] for o in (t.opt_g, t.opt_di, t.opt_dv) for g in o.param_groups)
+
+
 def test_an_allocator_query_that_raises_reads_as_the_native_allocator(graph_api, monkeypatch):
     # torch.cuda.get_allocator_backend raises AttributeError on a CPU build and RuntimeError
     # where CUDA cannot initialise: neither is cudaMallocAsync, and neither may escape.
