@@ -384,6 +384,27 @@ def test_resume_resets_the_optimisers_capturable_flag():
     run(u, batches(1))
 
 
+def test_a_captured_configuration_resumes_an_eager_checkpoint_with_capturable_adams(
+        monkeypatch):
+    # The other way: a checkpoint of an eager run (capturable=False) resumed where the step is
+    # captured. load_state_dict brings back the eager flags; unless they are set again, the
+    # graphs would record Adams that count their steps on the host (CPU stands in for a CUDA
+    # device whose configuration has no fallback reason).
+    eager = Trainer(small_cfg(), device="cpu")
+    run(eager, batches(1))
+    state = eager.state_dict()
+    assert not state["opt_g"]["param_groups"][0]["capturable"]
+    monkeypatch.setattr(hcapture, "fallback_reason", lambda *a, **kw: None)
+    t = Trainer(small_cfg(), device="cpu")
+    assert t.captured
+    t.load_state_dict(state)
+    fused = True if hcapture.ADAM_FUSED else None
+    for opt in (t.opt_g, t.opt_di, t.opt_dv):
+        assert all(g["capturable"] and g["fused"] is fused for g in opt.param_groups)
+        steps = [st["step"] for st in opt.state.values()]
+        assert steps and all(s.dtype == torch.float32 and float(s) == 1.0 for s in steps)
+
+
 def test_set_capturable_moves_adams_step_counters_to_the_parameters_device():
     # Capturable Adam keeps its step counters on the parameters' device (a replay cannot
     # increment a host number); eager Adam keeps them on the host. "meta" stands in for CUDA.
