@@ -316,6 +316,23 @@ def test_malformed_protobuf_is_a_tfrecord_error():
         parse_example(b"\x0b")        # a group start: not in tf.Example
 
 
+@pytest.mark.parametrize("cut", [4, 1])
+def test_a_protobuf_field_longer_than_its_message_is_a_tfrecord_error(cut):
+    # A record's data has no CRC check by default (docs/data.md): a length that runs past the
+    # end of its message is damage, and was parsed as the values that were there (the example
+    # below, cut by 4 bytes, read as f = [1.5] instead of refusing it).
+    from hgan.data.tfrecord import TFRecordError
+    floats = b"\n\x08\x00\x00\xc0\x3f\x00\x00\x00\xc0"   # float_list{value: [1.5, -2.0]}
+    entry = b"\n\x01f" + b"\x12\x0c" + b"\x12\x0a" + floats
+    data = b"\n\x13" + b"\n\x11" + entry
+    assert parse_example(data)["f"].tolist() == [1.5, -2.0]
+    with pytest.raises(TFRecordError, match="truncated protobuf field 1 "):
+        parse_example(data[:-cut])
+    for short in (b"\x11" + bytes(3), b"\x0d" + bytes(2)):   # fixed64, fixed32 cut short
+        with pytest.raises(TFRecordError, match="truncated protobuf field"):
+            parse_example(short)
+
+
 def test_features_txt_skips_blank_lines_and_refuses_trailing_words(tmp_path):
     from hgan.data.tfrecord import TFRecordError, read_features
     path = tmp_path / "features.txt"

@@ -100,6 +100,8 @@ def _fields(buf):
             val, i = buf[i:i + 8], i + 8
         else:
             raise TFRecordError(f"unsupported protobuf wire type {wt}")
+        if i > len(buf):  # a slice past the end is silently short: fewer values, no error
+            raise TFRecordError(f"truncated protobuf field {num} (wire type {wt})")
         yield num, wt, val
 
 
