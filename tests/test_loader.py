@@ -271,6 +271,20 @@ def test_bad_arguments_raise_one_clear_error(frames_h5, kw, match):
         build_loader(frames_h5[0], **kw)
 
 
+def test_windows_that_do_not_fit_name_the_file_and_the_numbers(frames_h5):
+    # The whole message, hand-written: which file, which sizes (a run given --data of several
+    # sets must say which one its --frames or --batch-size does not fit). 6 trajectories over
+    # 2 ranks: 3 windows per epoch on each.
+    path = frames_h5[0]
+    with pytest.raises(ValueError, match=f"^frames={TRAJ_LEN + 1} does not fit trajectories "
+                                         f"of {TRAJ_LEN} frames in {re.escape(path)}$"):
+        build_loader(path, batch_size=BATCH, frames=TRAJ_LEN + 1, kind="torch")
+    with pytest.raises(ValueError, match=f"^batch size 4 exceeds the 3 windows per epoch of "
+                                         f"{re.escape(path)} \\(rank 1 of 2\\); generate more "
+                                         "trajectories or lower it$"):
+        build_loader(path, batch_size=4, frames=FRAMES, rank=1, world_size=2, kind="torch")
+
+
 def test_an_interrupt_while_reading_stays_an_interrupt(frames_h5, monkeypatch):
     # Only the file's own errors become DataFormatError: a Ctrl-C (or any other failure)
     # during a read must reach the trainer as what it was.
@@ -379,11 +393,14 @@ def _damaged_copy(src, tmp_path):
 @pytest.mark.parametrize("kind, workers", [("torch", 0), ("torch", 1), ("gpu-resident", 0)])
 def test_damaged_chunk_past_the_probe_is_named(frames_h5, tmp_path, kind, workers):
     """open_h5 probes the first and last trajectory; a damaged chunk in between still gives
-    a DataFormatError naming the file when a stream reads it, in one line also from a
-    worker process (torch re-raised it with the worker's whole traceback in its message)."""
+    a DataFormatError naming the file and the trajectory (the third: _damaged_copy's) when a
+    stream reads it, in one line also from a worker process (torch re-raised it with the
+    worker's whole traceback in its message). gpu-resident reads every trajectory at once
+    (frames[...]): the error still names the one whose chunk failed."""
     path = _damaged_copy(frames_h5[0], tmp_path)
     hdata.open_h5(str(path)).close()  # passes validation
-    want = f"^{re.escape(str(path))}: truncated or corrupt data"
+    want = (f"^{re.escape(str(path))}: truncated or corrupt data "
+            r"\(dataset 'frames', trajectory 2: ")
     with pytest.raises(hdata.DataFormatError, match=want) as e:
         stream = build_loader(str(path), batch_size=1, frames=FRAMES, kind=kind,
                               num_workers=workers)
