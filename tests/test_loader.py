@@ -197,6 +197,22 @@ def test_matches_h5py_windows_on_generated_data(tiny_pendulum_h5):
         torch.testing.assert_close(batch.double(), ref, rtol=0, atol=2 ** -23)
 
 
+def test_every_uint8_value_converts_with_the_documented_float32_arithmetic():
+    # hgan.data.loader: (x - 127.5) * (1 / 127.5) in float32, an exact subtraction and one
+    # rounded multiply, which DALI's pipeline repeats so that the kinds agree bit for bit. The
+    # oracle is numpy's float32 arithmetic; the stream tests' float64 tolerance (2^-23) would
+    # pass another rounding, e.g. (x - 127.5) / 127.5 differs at 126 of the 256 values.
+    from hgan.data.loader import to_unit_range
+    v = np.arange(256, dtype=np.uint8)
+    want = (v.astype(np.float32) - np.float32(127.5)) * np.float32(1 / 127.5)
+    u8 = torch.from_numpy(np.broadcast_to(v.reshape(1, 1, 16, 16, 1), (1, 1, 16, 16, 3)).copy())
+    got = to_unit_range(u8)
+    assert got.dtype == torch.float32 and got.shape == (1, 1, 3, 16, 16)
+    for c in range(3):
+        np.testing.assert_array_equal(got[0, 0, c].numpy().ravel(), want)
+    assert want[0] == -1 and want[255] == 1
+
+
 @pytest.mark.parametrize("kind", ["torch", "gpu-resident"])
 def test_channels_last_stream_has_same_values_in_clip_friendly_memory(frames_h5, kind):
     path, _ = frames_h5
