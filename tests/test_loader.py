@@ -570,3 +570,26 @@ def test_loader_workers_leave_the_group_ignore_sigint_and_die_with_the_parent(fr
     assert pid != os.getpid() and pgid == pid != group
     assert sigint_ignored and sigterm_default and deathsig == signal.SIGKILL
     assert os.getpgid(0) == group and signal.getsignal(signal.SIGINT) is handler
+
+
+@pytest.mark.parametrize("parent_is_right", [True, False])
+def test_a_worker_whose_parent_is_not_its_maker_ends_at_once(parent_is_right):
+    # hgan.data.workers.init_worker: a worker whose maker died before PR_SET_PDEATHSIG was
+    # armed (it was re-parented, so getppid() is no longer the maker's pid) exits with status
+    # 0 rather than read batches for nobody. A forked child plays the worker; reaching the
+    # line after the setup exits with 3.
+    import sys
+
+    from hgan.data.workers import init_worker
+    if not sys.platform.startswith("linux"):
+        pytest.skip("process groups and PR_SET_PDEATHSIG as on Linux")
+
+    def worker(maker):
+        init_worker(0, parent=maker)
+        os._exit(3)
+
+    maker = os.getpid() if parent_is_right else -1   # -1: no process's pid
+    child = multiprocessing.get_context("fork").Process(target=worker, args=(maker,))
+    child.start()
+    child.join(30)
+    assert child.exitcode == (3 if parent_is_right else 0)
