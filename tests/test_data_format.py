@@ -546,6 +546,19 @@ def test_open_probes_the_last_frame_of_files_chunked_per_frame(made, tmp_path):
         open_h5(path)
 
 
+def test_open_probes_the_first_frame_of_files_chunked_per_frame(made, tmp_path):
+    # The other probe of open_h5 ("two probe chunks" per end trajectory): the first frame's
+    # chunk of the first trajectory, which no last-frame read reaches in this chunking.
+    path = _copy(made, tmp_path)
+    with h5py.File(path, "a") as f:
+        frames = f["frames"][()]
+        del f["frames"]
+        f.create_dataset("frames", data=frames, chunks=(1, 1, 32, 32, 3), compression="gzip")
+    _spoil_frames_chunk(path, (0, 0, 0, 0, 0))
+    with pytest.raises(DataFormatError, match="truncated or corrupt data .*trajectory 0"):
+        open_h5(path)
+
+
 def test_a_directory_given_for_a_file_names_the_data_files_inside(tmp_path):
     for d in ("a", "b"):
         (tmp_path / d).mkdir()
