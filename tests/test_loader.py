@@ -53,12 +53,12 @@ def take(path, n, **kw):
     return stream, out
 
 
-def oracle(data, g, bpe, *, seed=0, rank=0, world_size=1):
+def oracle(data, g, bpe, *, seed=0, rank=0, world_size=1, batch=BATCH):
     """float64 reference for global batch g, straight from window_plan."""
     epoch, b = divmod(g, bpe)
     plan = np.asarray(hdata.window_plan(N_TRAJ, TRAJ_LEN, FRAMES, seed=seed, epoch=epoch,
                                         rank=rank, world_size=world_size))
-    rows = plan[b * BATCH:(b + 1) * BATCH]
+    rows = plan[b * batch:(b + 1) * batch]
     win = np.stack([data[t, s:s + FRAMES] for t, s in rows]).astype(np.float64)
     return torch.from_numpy(win / 127.5 - 1.0).permute(0, 1, 4, 2, 3)
 
@@ -79,6 +79,24 @@ def test_torch_stream_follows_window_plan_across_epochs(frames_h5, rank):
         torch.testing.assert_close(batch.double(), ref, rtol=0, atol=2 ** -23)
         assert batch.min() >= -1 and batch.max() <= 1
     assert stream.position == 2 * bpe + 1
+
+
+@pytest.mark.parametrize("kind", ["torch", "gpu-resident"])
+@pytest.mark.parametrize("start_batch", [0, 3])
+def test_an_epochs_last_windows_short_of_a_batch_are_dropped_by_every_kind(frames_h5, kind,
+                                                                           start_batch):
+    # Batches of 4 from 6 windows an epoch: one batch per epoch (plan rows 0-3), rows 4 and 5
+    # dropped, each epoch its own plan. The other tests' batches divide their epochs, so a
+    # stream that ran on into the next epoch's plan instead (rows 4, 5 of epoch 0 then rows
+    # 0, 1 of epoch 1, or a short batch) matched them too.
+    path, data = frames_h5
+    stream, got = take(path, 3, kind=kind, num_workers=0, seed=8, batch_size=4,
+                       start_batch=start_batch)
+    assert stream.batches_per_epoch == 1 and len(got) == 3
+    for g, batch in enumerate(got, start_batch):
+        assert batch.shape == (4, FRAMES, 3, SIZE, SIZE)
+        torch.testing.assert_close(batch.double(), oracle(data, g, 1, seed=8, batch=4),
+                                   rtol=0, atol=2 ** -23)
 
 
 def test_epochs_reshuffle_and_shards_are_disjoint(frames_h5):
