@@ -277,3 +277,60 @@ def test_sample_cli_keeps_an_upper_case_gif_name(checkpoints, tmp_path, capsys):
     assert rc == 0, err
     assert sorted(os.listdir(tmp_path)) == ["CLIP.GIF", "CLIP.png"]
     assert stdout.strip().endswith(f"-> {tmp_path / 'CLIP.GIF'}, {tmp_path / 'CLIP.png'}")
+
+
+def _png(path):
+    return np.asarray(Image.open(path))
+
+
+def test_sample_cli_draws_the_seeded_videos_at_the_given_dt(checkpoints, tmp_path, capsys):
+    # The oracle: the checkpoint's generator sampled directly, seeded with --seed and run at
+    # --dt. --seed (or the sign of --dt) that never reached the sampler passed every test.
+    from hgan.train.media import save_png_strip
+    g, _ = load_generator(checkpoints["hgan"])
+
+    def strip(seed, dt, name):
+        with torch.no_grad():
+            v = g.sample(3, 4, dt=dt, generator=torch.Generator().manual_seed(seed))
+        return _png(save_png_strip(v, str(tmp_path / "want" / name)))
+    want = strip(5, -0.1, "want.png")
+    # what a lost flag would draw instead: each differs from the oracle, or the test is blind
+    for other in (strip(0, -0.1, "seed0.png"), strip(5, 0.1, "forward.png")):
+        assert other.shape == want.shape and not np.array_equal(other, want)
+    rc, stdout, err = run_cli(capsys, "--checkpoint", checkpoints["hgan"], "--n", "3",
+                              "--frames", "4", "--dt", "-0.1", "--seed", "5",
+                              "--out", str(tmp_path / "got.gif"))
+    assert rc == 0, err
+    assert np.array_equal(_png(tmp_path / "got.png"), want)
+
+
+@pytest.mark.parametrize("flags, want", [
+    # --help's defaults (tests/test_sample_grid_cli_errors.py): 16 videos of 64 frames at the
+    # training dt (None), seed 0, on the CPU; every other test gives --n and --frames
+    ([], (16, 64, None, 0, "cpu")),
+    (["--n", "2", "--frames", "3", "--dt", "-0.2", "--seed", "9", "--device", "cuda:1"],
+     (2, 3, -0.2, 9, "cuda:1")),
+    (["--device", "auto"], (16, 64, None, 0, "cuda")),
+], ids=["defaults", "every-flag", "auto"])
+def test_sample_cli_passes_every_flag_to_the_sampler(tmp_path, capsys, monkeypatch, flags,
+                                                     want):
+    # Each flag reaching generate(): the sampling tests run on a CPU, where a --device dropped
+    # on the way (sampling on the CPU) passed them all, as did a cap on --n above the 3
+    # videos they ask for.
+    import hgan.sample as sample
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    calls = []
+
+    def spy(*args):
+        calls.append(args)
+        return (torch.zeros(args[1], args[2], 3, 32, 32),
+                {"model": {"model": "hgan"}, "system": "pendulum"})
+    monkeypatch.setattr(sample, "generate", spy)
+    monkeypatch.setattr(sample, "save_gif", lambda *a, **k: None)
+    monkeypatch.setattr(sample, "save_png_strip", lambda *a, **k: None)
+    rc, stdout, err = run_cli(capsys, "--checkpoint", "run/x.pt", *flags,
+                              "--out", str(tmp_path / "s.gif"))
+    assert rc == 0, err
+    assert calls == [("run/x.pt", *want)]
+    assert f"{want[0]} videos x {want[1]} frames" in stdout
