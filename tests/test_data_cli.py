@@ -32,7 +32,8 @@ def _fails(argv, capsys, match):
     (["generate", "--system", "pendulum", "--train", "-3"], "integer >= 0"),
     (["generate", "--system", "pendulum", "--frames", "abc"], "expected an integer"),
     (["generate", "--system", "pendulum", "--resolution", "1"], "unsupported resolution 1"),
-    (["show", "missing.h5", "--out", "x.png"], "does not exist"),
+    # the file is named: "file does not exist" alone left the reader to guess which
+    (["show", "missing.h5", "--out", "x.png"], "error: missing.h5: file does not exist"),
     (["frobnicate"], "invalid choice"),
     (["generate"], "--system"),
     (["show", "missing.h5", "--out", "x.png", "--n", "0"], "integer >= 1, got 0"),
