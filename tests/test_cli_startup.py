@@ -176,3 +176,24 @@ def test_release_restores_what_it_found_and_exits_on_a_noted_stop(monkeypatch, h
                                        "nothing was written\n")
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+
+
+@pytest.mark.parametrize("local_rank, said", [(None, True), ("0", True), ("1", False)])
+def test_a_stop_while_starting_is_said_by_each_nodes_first_rank_only(monkeypatch, handlers,
+                                                                    capsys, local_rank, said):
+    # Under torchrun a Ctrl-C reaches every rank: one line per node, not one per rank, and
+    # every rank still exits 130 (a line from each rank passed every test before)
+    if local_rank is None:
+        monkeypatch.delenv("LOCAL_RANK", raising=False)
+    else:
+        monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr(sys, "argv", ["-m"])
+    monkeypatch.setattr(sys, "orig_argv", [sys.executable, "-m", "hgan.data"])
+    _startup.defer()
+    assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler  # noted, not raised
+    signal.raise_signal(signal.SIGINT)
+    with pytest.raises(SystemExit) as stop:
+        _startup.release("hgan.data")
+    assert stop.value.code == 130
+    assert capsys.readouterr().err == ("hgan.data: stopped by SIGINT while starting; nothing "
+                                       "was written\n" if said else "")
