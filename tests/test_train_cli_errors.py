@@ -93,6 +93,11 @@ def test_resume_without_flags_keeps_the_checkpoints_configuration(stopped_run, c
                                  "got three_body)"),
     (["--k", "3"], "--k cannot change on resume (the run has 2, got 3)"),
     (["--lr", "0.001"], "--lr cannot change on resume"),
+    # an on/off flag and a model choice are settings too: resumed without autocast, or as
+    # the hgan it is, while the command line said otherwise (a refusal that skipped booleans
+    # passed before)
+    (["--amp"], "--amp cannot change on resume (the run has False, got True)"),
+    (["--model", "mocogan"], "--model cannot change on resume (the run has hgan, got mocogan)"),
 ])
 def test_resume_refuses_a_changed_setting(stopped_run, capsys, flags, needle):
     out, _ = stopped_run
