@@ -334,3 +334,22 @@ def test_sample_cli_passes_every_flag_to_the_sampler(tmp_path, capsys, monkeypat
     assert rc == 0, err
     assert calls == [("run/x.pt", *want)]
     assert f"{want[0]} videos x {want[1]} frames" in stdout
+
+
+@pytest.mark.parametrize("name, files", [("clip", ["clip.gif", "clip.png"]),
+                                         ("clip.gif", ["clip.gif", "clip.png"]),
+                                         ("clip.png", ["clip.gif", "clip.png"])])
+def test_sample_cli_out_names_a_gif_and_the_png_beside_it(tmp_path, capsys, monkeypatch, name,
+                                                          files):
+    # --help: "GIF path ... the PNG strip goes beside it". A name without an extension is
+    # the stem of both (a GIF written to `clip` itself, with no extension, passed before).
+    import hgan.sample as sample
+    monkeypatch.setattr(sample, "generate", lambda *a: (
+        torch.zeros(1, 2, 3, 32, 32), {"model": {"model": "hgan"}, "system": "pendulum"}))
+    rc, stdout, err = run_cli(capsys, "--checkpoint", "x.pt", "--n", "1", "--frames", "2",
+                              "--out", str(tmp_path / name))
+    assert rc == 0, err
+    assert sorted(os.listdir(tmp_path)) == files
+    assert Image.open(tmp_path / "clip.gif").format == "GIF"
+    assert Image.open(tmp_path / "clip.png").format == "PNG"
+    assert stdout.strip().endswith(f"-> {tmp_path / 'clip.gif'}, {tmp_path / 'clip.png'}")
