@@ -76,3 +76,110 @@ def test_training_md_model_table_states_each_kinds_fields():
             assert (said == "yes") == getattr(kind, field), (kind.name, field, said)
         if kind.hamiltonian:
             assert rows["config_map"][i] == ("yes" if kind.config_map else "no"), kind.name
+
+
+def _parsed_defaults(parser, argv):
+    """{'--flag': default} of every option the parser's command line takes after argv."""
+    import argparse
+    ns = vars(parser.parse_args(argv))
+    out = {}
+    actions = parser._actions
+    sub = next((a for a in actions if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is not None:
+        actions = sub.choices[argv[0]]._actions
+    for a in actions:
+        for s in a.option_strings:
+            if s.startswith("--") and a.dest in ns:
+                out[s] = ns[a.dest]
+    return out
+
+
+def _same(said, default):
+    said = said.strip("`")
+    if isinstance(default, (list, tuple)):
+        default = ",".join(map(str, default))
+    if isinstance(default, (int, float)) and not isinstance(default, bool):
+        return float(said.replace(",", "")) == float(default)
+    return said == str(default)
+
+
+def test_flag_defaults_quoted_in_prose_are_the_parsers():
+    # "`--flag` (VALUE" and "`--flag` (default VALUE" in a doc name the default of that
+    # doc's command; a changed default would leave the prose stating the old one
+    from hgan.data.cli import build_parser as data_parser
+    from hgan.evaluate.cli import build_parser as eval_parser
+    from hgan.experiments.cli import build_parser as grid_parser
+    from hgan.train.config import build_parser as train_parser
+    said = re.compile(r"`(--[a-z0-9-]+)` \((?:default:? )?(`[^`]+`|\d[\d,.]*)(?=[);])")
+    for doc, parser, argv, least in (
+            ("data.md", data_parser(), ["generate", "--system", "pendulum"], 6),
+            ("evaluation.md", eval_parser(), ["--checkpoint", "c", "--out", "o"], 8),
+            ("experiments.md", grid_parser(), ["table1", "--out", "o"], 4),
+            ("training.md", train_parser(), [], 3)):
+        defaults = _parsed_defaults(parser, argv)
+        with open(os.path.join(DOCS, doc)) as f:
+            found = said.findall(" ".join(f.read().split()))
+        assert len(found) >= least, (doc, found)
+        for flag, value in found:
+            assert flag in defaults, (doc, flag)
+            assert _same(value, defaults[flag]), (doc, flag, value, defaults[flag])
+
+
+def test_training_md_flags_table_lists_every_flag_with_its_default():
+    from hgan.train.config import build_parser
+    defaults = _parsed_defaults(build_parser(), [])
+    with open(os.path.join(DOCS, "training.md")) as f:
+        rows = [ln for ln in f.read().split("## Flags")[1].split("\n## ")[0].splitlines()
+                if ln.startswith("| `--")]
+    listed = set()
+    for row in rows:
+        cells = [c.strip() for c in row.strip().strip("|").split("|")]
+        flags = re.findall(r"`(--[a-z0-9-]+)", cells[0])
+        if cells[0].startswith("`--data"):   # the --gen-* defaults sit in its meaning
+            gen = re.search(r"\((`--gen-[^:]+): ([^)]+)\)", cells[2])
+            flags += re.findall(r"`(--[a-z0-9-]+)`", gen.group(1))
+            values = [cells[1]] + gen.group(2).split(", ")
+        else:
+            values = re.split(r", | / ", re.sub(r" \([^)]*\)", "", cells[1]))
+        listed.update(flags)
+        for flag, value in zip(flags, values):
+            want = defaults[flag]
+            if flag == "--out":
+                assert value == "runs/<system>-<model>-<time>" and want == "", row
+            elif flag.startswith("--no-"):
+                assert defaults[flag] is True and value in ("on", "bars on"), row
+            elif isinstance(want, bool):
+                assert value == ("on" if want else "off"), (flag, row)
+            else:
+                assert _same(value, want), (flag, value, want)
+    paired = ({"--no-" + f[2:] for f in listed}
+              | {"--" + f[5:] for f in listed if f.startswith("--no-")})
+    assert set(defaults) - listed - paired - {"--help"} == set()
+
+
+def test_training_md_names_exactly_the_flags_a_resume_may_change():
+    from hgan.train.config import resumable_fields
+    with open(os.path.join(DOCS, "training.md")) as f:
+        text = " ".join(f.read().split())
+    said = text.split("only those marked resumable in `RunConfig` may:")[1].split(". ")[0]
+    said = {f[3:] if f.startswith("no-") else f for f in re.findall(r"`--([a-z0-9-]+)`", said)}
+    assert said == {f.replace("_", "-") for f in resumable_fields()}
+
+
+def test_readme_train_paragraph_states_train_pys_defaults():
+    from hgan.train.config import build_parser
+    d = _parsed_defaults(build_parser(), [])
+    with open(os.path.join(os.path.dirname(DOCS), "README.md")) as f:
+        text = " ".join(f.read().split())
+    r = d["--resolution"]
+    assert (f"at {r}x{r}, batch {d['--batch-size']}, for {d['--iters']:,} iterations"
+            in text)
+    assert (f"({d['--gen-train']} training and {d['--gen-test']} test trajectories of "
+            f"{d['--gen-frames']} frames" in text)
+    assert f"every `--log-every` iterations, {d['--log-every']} by default" in text
+    assert f"samples/iter_NNNNNNN.gif {d['--n-samples']} sample videos" in text
+    with open(os.path.join(DOCS, "training.md")) as f:
+        text = " ".join(f.read().split())
+    assert (f"`--gen-train {d['--gen-train']} --gen-test {d['--gen-test']} --gen-frames "
+            f"{d['--gen-frames']}` trajectories by default" in text)
+    assert f"`--iters` defaults to {d['--iters']:,}" in text
