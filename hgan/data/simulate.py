@@ -40,21 +40,19 @@ def trajectory_rng(seed, split, index):
     return np.random.default_rng([int(seed), SPLIT_IDS.get(split, 2), int(index)])
 
 
-def rk4(system, x0, pr, frames, substeps, check_canvas=True):
+def rk4(system, x0, pr, frames, substeps):
     """States [n, frames, 2*dof] from x0 [n, 2*dof] sampled every DT, and `inside` [n].
 
-    With check_canvas, a trajectory is dropped from the vectorised batch the first frame a
-    particle leaves the canvas (it will be rejected anyway; in three_body over half are),
-    and its remaining rows are left unfilled.
+    A trajectory is dropped from the vectorised batch the first frame a particle leaves the
+    canvas (it will be rejected anyway; in three_body over half are), and its remaining rows
+    are left unfilled.
     """
     h = DT / substeps
     n = x0.shape[0]
     out = np.empty((n, frames, x0.shape[1]))
     x = x0.astype(np.float64, copy=True)
     out[:, 0] = x
-    inside = np.ones(n, bool)
-    if check_canvas:
-        inside = _inside(system, x[:, None], pr)
+    inside = _inside(system, x[:, None], pr)
     live = np.flatnonzero(inside)
     x, p = x[live], {k: v[live] for k, v in pr.items()}
     f = system.vector_field
@@ -68,12 +66,11 @@ def rk4(system, x0, pr, frames, substeps, check_canvas=True):
             k4 = f(x + h * k3, p)
             x = x + (h / 6.0) * (k1 + 2.0 * (k2 + k3) + k4)
         out[live, t] = x
-        if check_canvas:
-            keep = _inside(system, x[:, None], p)
-            if not keep.all():
-                inside[live[~keep]] = False
-                live, x = live[keep], x[keep]
-                p = {k: v[keep] for k, v in p.items()}
+        keep = _inside(system, x[:, None], p)
+        if not keep.all():
+            inside[live[~keep]] = False
+            live, x = live[keep], x[keep]
+            p = {k: v[keep] for k, v in p.items()}
     return out, inside
 
 
@@ -200,9 +197,6 @@ def _inside(system, states, pr):
     """True where every particle centre stays inside the canvas bounds for all frames."""
     pos = system.positions(states, pr)
     return (np.abs(pos) <= system.canvas).all(axis=(1, 2, 3))
-
-
-in_canvas = _inside
 
 
 def _draw(system, rng):
