@@ -375,30 +375,21 @@ def _latency_bwd(q, p, ph, points, gq, gp, gd, acts, raw, dq0, dp0, n_prog, dt, 
 class _fp32_matmul:
     """Full fp32 for the weight-gradient product whatever the caller's TF32 setting (the
     contract is 1e-4 against float64; TF32 products are ~1e-3). Through torch's per-backend
-    fp32_precision where it has one (torch >= 2.9): the legacy allow_tf32 flag raises on
-    read once a caller has set TF32 with that API ("mix of the legacy and new APIs"), and
-    writing it would leave the caller's state mixed. `_fp32_matmul("tf32")` sets TF32
-    instead (bench/gpu/leapfrog_table.py's matmul peaks)."""
+    fp32_precision (torch >= 2.9; the package needs >= 2.11): the legacy allow_tf32 flag
+    raises on read once a caller has set TF32 with that API ("mix of the legacy and new
+    APIs"), and writing it would leave the caller's state mixed. `_fp32_matmul("tf32")` sets
+    TF32 instead (bench/gpu/leapfrog_table.py's matmul peaks)."""
 
     def __init__(self, precision="ieee"):
         self.precision = precision
 
     def __enter__(self):
         m = torch.backends.cuda.matmul
-        self.new_api = hasattr(m, "fp32_precision")
-        if self.new_api:
-            self.saved = m.fp32_precision
-            m.fp32_precision = self.precision
-        else:
-            self.saved = m.allow_tf32
-            m.allow_tf32 = self.precision == "tf32"
+        self.saved = m.fp32_precision
+        m.fp32_precision = self.precision
 
     def __exit__(self, *exc):
-        m = torch.backends.cuda.matmul
-        if self.new_api:
-            m.fp32_precision = self.saved
-        else:
-            m.allow_tf32 = self.saved
+        torch.backends.cuda.matmul.fp32_precision = self.saved
         return False
 
 
