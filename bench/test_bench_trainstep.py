@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from _results import record
-from _trainstep import BATCH, DEVICE, EAGER, FRAMES, TABLE, TrainStep, frames_file
+from _trainstep import BATCH, DEVICE, EAGER, FRAMES, TABLE, TrainStep, frames_file, sync
 from hgan.data import dali
 from hgan.data.loader import build_loader
 from hgan.train.loop import cpu_has_fast_bf16
@@ -47,15 +47,6 @@ ROUNDS = int(os.environ.get("HGAN_BENCH_ROUNDS", 5 if DEVICE == "cuda" else 2))
 _medians = {}  # (variant, resolution) -> median step seconds, this session's
 
 
-def _sync():
-    if DEVICE == "cuda":
-        torch.cuda.synchronize()
-
-
-def _frames_file(tmp_dir, resolution):
-    return frames_file(tmp_dir, resolution)
-
-
 def _profile(step, n=3):
     acts = [torch.profiler.ProfilerActivity.CPU]
     if DEVICE == "cuda":
@@ -75,7 +66,7 @@ def test_trainstep(benchmark, tmp_path, resolution, variant):
     opts = VARIANTS[variant]
     if opts["cuda_graph"] and DEVICE != "cuda":
         pytest.skip("CUDA graphs need CUDA")
-    step = TrainStep(_frames_file(tmp_path, resolution), resolution, opts)
+    step = TrainStep(frames_file(tmp_path, resolution), resolution, opts)
     try:
         # Compilation, allocator, autotuning and the capture happen in the warm-up steps.
         for _ in range(step.warmup_steps):
@@ -130,13 +121,13 @@ def test_loader_throughput(benchmark, tmp_path, resolution, kind):
     """Batches/s of each stream alone: the ceiling on how fast data can feed a step."""
     if kind == "dali" and not dali.available():
         pytest.skip("DALI not installed")
-    stream = build_loader(_frames_file(tmp_path, resolution), batch_size=BATCH, frames=FRAMES,
+    stream = build_loader(frames_file(tmp_path, resolution), batch_size=BATCH, frames=FRAMES,
                           device=DEVICE, kind=kind, num_workers=2)
     batches = iter(stream)
 
     def next_batch():
         x = next(batches)
-        _sync()
+        sync()
         return x
 
     try:
