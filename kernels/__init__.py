@@ -8,7 +8,8 @@ the rest of hgan. Public API:
     H = HamiltonianMLP(k)(q, p);  q, p, dHdq = HamiltonianMLP(k).rollout(q0, p0, T)
     loss = cyclic_loss(dHdq, lam=0.01)
 
-Submodules: hgan.kernels.leapfrog.{reference, analytic, fused, dispatch, common}. The name
+Submodules: hgan.kernels.leapfrog.{reference, analytic, fused, dispatch, common, check}, and
+the fused backend's Triton kernels {latency, throughput, streamed, tile, ops}. The name
 ``leapfrog`` on this package is the function, which carries the submodules as attributes:
 ``from hgan.kernels.leapfrog import analytic``, ``import hgan.kernels.leapfrog.analytic as
 A`` and ``hgan.kernels.leapfrog.analytic`` (once imported) all give the module.
