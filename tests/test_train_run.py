@@ -188,6 +188,41 @@ def test_the_convolution_check_leaves_out_the_layer_autocast_keeps_in_fp32(
                           "discriminator main.0, input 4x3x32x32: weight gradient off by 0.1"), bad
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_convolution_check_hands_each_layer_its_gradient_in_trainings_layout(
+        tiny_pendulum_h5, tmp_path, monkeypatch, channels_last):
+    # Training's layout of each convolution's output (so of the gradient that reaches it),
+    # recorded by hooks on a real forward, is the one the check's backward must use:
+    # channels-last for G_I and D_I, channels_last_3d for D_V's Conv3d under --channels-last
+    # (D_V's gradient stayed NCDHW before), contiguous without it.
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path / "a", channels_last=channels_last))
+    formats = (torch.channels_last, torch.channels_last_3d)
+
+    def layout(t):
+        return next((f for f in formats if t.dim() == (4 if f is torch.channels_last else 5)
+                     and not t.is_contiguous() and t.is_contiguous(memory_format=f)),
+                    torch.contiguous_format if t.is_contiguous() else None)
+    trained = []
+    hooks = [m.register_forward_hook(lambda m, i, o: trained.append(layout(o)))
+             for net in (tr.G, tr.D_I, tr.D_V) for m in net.modules()
+             if isinstance(m, cpu_bf16._CONVS)]   # as the check hooks them
+    with torch.no_grad():
+        videos, _ = tr.G(4, 6)
+        img = videos[:, 0]
+        tr.D_I(img.contiguous(memory_format=torch.channels_last) if channels_last else img)
+        tr.D_V(videos[:, :4])
+    for h in hooks:
+        h.remove()
+    handed = []
+    grads = cpu_bf16._grads
+    monkeypatch.setattr(cpu_bf16, "_grads",
+                        lambda m, x, w, g, dtype: handed.append(layout(g)) or grads(m, x, w, g, dtype))
+    assert cpu_bf16.check(tr.models, 4, 6, 4, channels_last=channels_last,
+                          dtype=torch.float32) is None
+    assert handed[::2] == trained                                 # [::2]: fp32 and float64
+    assert (torch.channels_last_3d in trained) == channels_last
+
+
 def test_amp_policy(monkeypatch, capsys):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert amp_policy(cpu, False) == (None, False)
