@@ -481,6 +481,87 @@ def test_resume_is_bit_identical(tiny_pendulum_h5, tmp_path):
     assert any(not torch.equal(v, params(one)[k]) for k, v in pa.items())
 
 
+def assert_same_state(a, b, where="checkpoint"):
+    """Every tensor equal to the bit and of the same dtype, every other value equal, the same
+    keys: weights and buffers, each optimiser's whole state (exp_avg_sq and the step
+    counters too) and param groups, the scaler, every RNG state, iteration and position."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape \
+            and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_same_state(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_state(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, (where, a, b)
+
+
+# (configuration, resumed from a --keep-every snapshot into a branch, resumable flags the
+# resume changes)
+RESUMED_CONFIGS = {
+    # analytic integrator: the Hamiltonian's output bias gets a zero gradient, so Adam keeps
+    # a state for a parameter that never moves (only its step counter tells a lost one);
+    # a GradScaler (on CPU in fp32, as in the scaler test above) and R1
+    "hgan-analytic-scaler": (dict(integrator="analytic", r1_gamma=1.0), False, {}),
+    # mocogan with --frames above --rollout-frames (statistics rows the trainer reserves),
+    # channels-last, resumed from a snapshot on the gpu-resident loader with every other
+    # cadence changed
+    "mocogan-snapshot-flags": (
+        dict(model="mocogan", rollout_frames=0, channels_last=True), True,
+        dict(loader="gpu-resident", log_every=3, sample_every=3, ckpt_every=3, keep_every=3,
+             n_samples=3, progress=True)),
+}
+
+
+@pytest.mark.parametrize("case", list(RESUMED_CONFIGS))
+def test_a_resumed_run_ends_in_the_straight_runs_whole_state(tiny_pendulum_h5, tmp_path,
+                                                               monkeypatch, case):
+    # Oracle: a run that never stopped. test_resume_is_bit_identical compares the weights and
+    # exp_avg of one configuration; this compares everything the final checkpoints hold, as
+    # `train.py --resume RUN --iters N` (given) resumes them, and the next draws.
+    from hgan.data.loader import build_loader
+    kw, snapshot, flags = RESUMED_CONFIGS[case]
+    kw = dict(kw)
+    if case.endswith("scaler"):
+        monkeypatch.setattr("hgan.train.loop.amp_policy", lambda *a, **k: (None, True))
+    integrator = kw.pop("integrator", None)
+
+    def cfg(out, **more):
+        c = tiny_cfg(tiny_pendulum_h5, tmp_path / out, **kw, **more)
+        return c if integrator is None else replace(
+            c, model=replace(c.model, integrator=integrator))
+
+    if snapshot:   # the straight run keeps iter_0000002.pt on its way
+        straight = train(cfg("a", iters=4, keep_every=2))
+        src, given = str(tmp_path / "a" / "checkpoints" / "iter_0000002.pt"), {
+            "iters": 4, "out": str(tmp_path / "branch"), **flags}
+    else:
+        straight = train(cfg("a", iters=4))
+        train(cfg("b", iters=2))
+        src, given = str(tmp_path / "b"), {"iters": 4, **flags}
+    resumed = train(cfg("ignored", iters=4), resume=src, given=given)
+    a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    assert a["iteration"] == b["iteration"] == 4
+    for ck in (a, b):
+        ck.pop("config"), ck.pop("dataset")   # the run directory and the data's path
+    assert_same_state(a, b)
+    # and what each would draw next: its noise and its next batch
+    draws = []
+    for ck in (a, b):
+        tr = Trainer(cfg("next"))
+        tr.load_state_dict(ck)
+        stream = build_loader(tr.cfg.data_path, batch_size=4, frames=6, seed=0,
+                              kind="torch", num_workers=0, start_batch=tr.loader_position)
+        draws.append((torch.randn(8, generator=tr.noise), next(iter(stream)), torch.rand(3)))
+        stream.close()
+    for x, y in zip(*draws):
+        assert torch.equal(x, y)
+
+
 def test_a_resumed_runs_speed_counts_only_the_iterations_it_ran(tiny_pendulum_h5, tmp_path,
                                                                  monkeypatch):
     # it/s after a resume times the resumed iterations only, not the checkpoint's 6 before
