@@ -1,7 +1,9 @@
 """The public contract of hgan.kernels: shapes, errors, dispatch, the module and L_cyc."""
 import os
+import re
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -383,6 +385,43 @@ def test_fused_refuses_a_device_that_is_neither_cuda_nor_the_interpreters_cpu(mo
     assert reason is not None and "CUDA" in reason and "meta" in reason, reason
 
 
+def test_each_fallback_reason_is_told_once_and_names_itself(monkeypatch):
+    # backend="auto" where it chose fused: every configuration outside the documented contract
+    # (depth 2, widths 16..128, k <= 32, softplus/tanh, float32) runs analytic with a warning
+    # that names *its* reason, once per reason: a second, different reason is told too, and
+    # neither is told again. All decided before any launch, so no kernel runs here.
+    monkeypatch.setitem(dispatch._auto_choice, "cpu", "fused")
+    monkeypatch.setattr(dispatch, "_warned", set())
+    gen = torch.Generator().manual_seed(4)
+
+    def config(k=3, widths=(16, 16), activation="softplus", dtype=torch.float32):
+        w, b = random_mlp(k, widths, dtype=dtype, generator=gen)
+        q0 = torch.randn(2, k, generator=gen, dtype=dtype)
+        return (q0, q0.flip(0), w, b), activation
+
+    cases = [(config(widths=(16, 16, 16)), r"depth 2, got 3 hidden layers"),
+             (config(widths=(15, 16)), r"hidden widths 16\.\.128, got \[15, 16\]"),
+             (config(widths=(16, 129)), r"hidden widths 16\.\.128, got \[16, 129\]"),
+             (config(k=33), r"k <= 32, got k = 33"),
+             (config(activation="relu"), r"activations .*got 'relu'"),
+             (config(dtype=torch.float64), r"float32 only, got torch.float64")]
+    for _ in range(2):                 # the second round: every reason already told
+        for (args, activation), reason in cases:
+            with warnings.catch_warnings(record=True) as rec:
+                warnings.simplefilter("always")
+                got = leapfrog(*args, frames=3, activation=activation)
+            told = [str(r.message) for r in rec if issubclass(r.category, UserWarning)]
+            if _ == 0:
+                assert len(told) == 1 and re.search(
+                    rf"backend='auto': fused supports {reason}; running the analytic backend",
+                    told[0]), (reason, told)
+            else:
+                assert told == [], (reason, told)
+            want = leapfrog(*args, frames=3, activation=activation, backend="analytic")
+            for x, y in zip(got, want):
+                assert torch.equal(x, y)
+
+
 def test_inference_mode_names_the_backend_that_cannot_run(mlp):
     w, b = mlp
     q0, p0 = torch.randn(2, 3), torch.randn(2, 3)
@@ -647,7 +686,6 @@ def test_torch_func_runs_reference_under_auto_and_refuses_the_others(mlp, monkey
 def test_torch_func_transforms_compose_with_the_reference_rollout(mlp):
     # reference took dH/dx with autograd.grad on a detached leaf, which vmap, jacfwd and grad
     # w.r.t. the weights refuse ("requires_grad_() inside a functorch transform").
-    import warnings
     w, b = [t.double() for t in mlp[0]], [t.double() for t in mlp[1]]
     gen = torch.Generator().manual_seed(6)
     q0 = torch.randn(3, 3, dtype=torch.float64, generator=gen)
