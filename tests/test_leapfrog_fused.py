@@ -164,6 +164,26 @@ def test_fused_follows_its_scheme_where_the_schemes_differ(monkeypatch, layout):
     assert set(seen) == {want}, seen
 
 
+@pytest.mark.parametrize("layout", list(SCHEME_LAYOUTS))
+def test_order2_steps_backwards_in_time_in_every_layout(monkeypatch, layout):
+    # dt < 0 in the order2 step, in each layout's own kernels: the cases above run a
+    # negative dt only with "official" outside the latency layout, where q_mid and p_pred
+    # (order2's points, dt/2 and dt away) do not exist, so a kernel taking |dt| for them
+    # passed. H strong enough that the midpoint's side matters; every output and gradient
+    # against the float64 reference.
+    widths, precision, tol, want = SCHEME_LAYOUTS[layout]
+    seen = _force_layout(monkeypatch, layout)
+    gen = torch.Generator().manual_seed(12)
+    w, b = random_mlp(3, widths, generator=gen, scale=3.0)
+    w, b = [x.to(DEVICE) for x in w], [x.to(DEVICE) for x in b]
+    q0, p0 = (torch.randn(3, 3, generator=gen).to(DEVICE) for _ in range(2))
+    errs = compare_to_reference(q0, p0, w, b, -0.1, 3, "softplus", "fused", scheme="order2",
+                                precision=precision)
+    bad = {n: e for n, e in errs.items() if not e <= tol}
+    assert not bad, (layout, bad)
+    assert set(seen) == {want}, seen
+
+
 @pytest.mark.parametrize("chunk,scheme,activation", [
     (0, "order2", "softplus"), (16, "official", "tanh"), (32, "order2", "tanh"),
     (16, "order2", "softplus")])
