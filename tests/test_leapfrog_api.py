@@ -204,6 +204,17 @@ def test_device_mismatch_is_reported(mlp):
     q0 = torch.randn(2, 3, device="meta")
     with pytest.raises(ValueError, match="device"):
         leapfrog(q0, q0, w, b, frames=2)
+    # whichever input is on another device than q0 is the one named (p0's check missing, a
+    # backend failed with torch's "Tensor on device meta is not on the expected device cpu!")
+    q0 = torch.randn(2, 3)
+    meta = [(dict(p0=q0.to("meta")), "p0"),
+            (dict(weights=[w[0], w[1].to("meta"), w[2]]), r"weights\[1\]"),
+            (dict(biases=[b[0], b[1], b[2].to("meta")]), r"biases\[2\]")]
+    for backend in ("reference", "analytic"):
+        for override, name in meta:
+            kw = {"p0": q0, "weights": w, "biases": b, **override}
+            with pytest.raises(ValueError, match=rf"^{name} is on meta but q0 is on cpu"):
+                leapfrog(q0, kw["p0"], kw["weights"], kw["biases"], frames=2, backend=backend)
 
 
 def test_auto_chooses_once_and_remembers(mlp, monkeypatch):
