@@ -429,6 +429,45 @@ def test_router_tags_pieces_per_thread_and_keeps_carriage_returns():
     assert plain.getvalue().endswith("exit code 1\nno run owns this thread now, so it waits for its newline\n")
 
 
+
+def test_runs_writing_halves_of_lines_in_turn_keep_each_its_own_line():
+    # print() writes its text and its newline separately, and tqdm a bar in pieces: another
+    # run's write between them must not take over (or end) the unterminated part, which is
+    # the run's own and goes out under its own tag, whichever run wrote last.
+    import queue
+    out = io.StringIO()
+    r = pack._Router(out, tagged=True)
+    inboxes = {i: queue.Queue() for i in (0, 1)}
+
+    def thread(i):  # a run's thread: registered once, then writes what it is handed
+        r.register(i)
+        while (job := inboxes[i].get()) is not None:
+            job()
+            inboxes[i].task_done()
+        inboxes[i].task_done()
+    threads = [threading.Thread(target=thread, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+
+    def on(i, job):
+        inboxes[i].put(job)
+        inboxes[i].join()
+    on(0, lambda: r.write("run 0 starts "))
+    on(1, lambda: r.write("run 1 starts "))
+    on(0, lambda: r.write("its line\n"))
+    on(1, lambda: r.write("its own\rrun 1 bar"))
+    on(1, lambda: r.finish(1, 2))   # run 0 writes on after run 1 has ended
+    on(0, lambda: r.write("run 0 tail"))
+    on(0, lambda: r.finish(0, 0))
+    for i in (0, 1):
+        inboxes[i].put(None)
+    for t in threads:
+        t.join()
+    assert out.getvalue().split("\n") == [
+        f"{pack.TAG}0nrun 0 starts its line", f"{pack.TAG}1rrun 1 starts its own",
+        f"{pack.TAG}1nrun 1 bar", f"{pack.TAG}1x2", f"{pack.TAG}0nrun 0 tail",
+        f"{pack.TAG}0x0", ""]
+
 @pytest.mark.slow
 def test_sigterm_stops_every_packed_run_with_a_checkpoint(data_root, tmp_path):
     argv = [sys.executable, "-m", "hgan.train.pack", "--tagged"]
