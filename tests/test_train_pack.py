@@ -63,6 +63,45 @@ def test_packed_runs_train_what_each_trains_alone(data_root, tmp_path, capsys):
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
+
+def test_packed_runs_of_one_seed_train_what_each_trains_alone(data_root, tmp_path, capsys,
+                                                            monkeypatch):
+    # The grid packs runs of one seed (pendulum-hgan-s0 beside pendulum-mocogan-s0): nothing
+    # seeded may be shared between them. The runs above are of distinct seeds and each
+    # trains within its first steps, one run at a time; here the run that gets past its
+    # first steps first (one iteration: no capture on the CPU) waits there for the other's
+    # first iteration, so that the other is set up and trains while it still has iterations
+    # to go.
+    from hgan.train import capture as hcapture
+    from hgan.train import run as hrun
+    real_run, done, cond = hrun.run, {}, threading.Condition()
+
+    def run(setup, stop=None, callback=None):
+        def cb(trainer):
+            with cond:
+                done[trainer.cfg.model.model] = trainer.iteration
+                cond.notify_all()
+                if not hcapture.CAPTURE_LOCK._is_owned():   # past its first steps
+                    assert cond.wait_for(lambda: len(done) == 2, timeout=60)
+        return real_run(setup, stop=stop, callback=cb)
+    monkeypatch.setattr(hrun, "run", run)
+    monkeypatch.setattr(hcapture, "WARMUP_STEPS", 0)
+    models = ("hgan", "mocogan")
+    argv = []
+    for model in models:
+        argv += ["--", *flags(data_root, tmp_path / f"pack-{model}", model, seed=0, iters=3)]
+    assert pack.main(argv) == 0, capsys.readouterr().out
+    assert done == {"hgan": 3, "mocogan": 3}
+    monkeypatch.setattr(hrun, "run", real_run)
+    for model in models:
+        assert train_cli.main(flags(data_root, tmp_path / f"alone-{model}", model, seed=0,
+                                    iters=3)) == 0
+        it_p, packed = weights(tmp_path / f"pack-{model}")
+        it_a, alone = weights(tmp_path / f"alone-{model}")
+        assert it_p == it_a == 3 and packed.keys() == alone.keys()
+        for k in alone:
+            assert torch.equal(packed[k], alone[k]), (model, k)
+
 @pytest.mark.parametrize("model, loader", [("hgan", "torch"), ("mocogan", "gpu-resident")])
 def test_training_never_draws_from_the_global_rng(data_root, tmp_path, model, loader):
     # Packed runs initialise their weights from the global RNG one at a time while the others
