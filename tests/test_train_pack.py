@@ -223,16 +223,47 @@ def test_a_failed_capture_in_one_packed_run_stops_the_others_with_75(data_root, 
         assert not r1.exists()
 
 
-def test_a_non_finite_packed_run_exits_1_and_the_others_finish(data_root, tmp_path, capsys):
-    # --cyc-lambda inf: iteration 1's generator loss is inf.
+def test_a_non_finite_packed_run_exits_1_and_the_others_finish(data_root, tmp_path, capsys,
+                                                              monkeypatch):
+    # --cyc-lambda inf: iteration 1's generator loss is inf. Run 2 meets a damaged chunk of
+    # its data at iteration 1 (a DataFormatError mid-run: train.py's bad input, exit 2). Each
+    # is reported under its own index and ends only itself: run 1, past its first step (no
+    # capture on the CPU), waits for both to have ended, then trains on to its end.
+    from hgan.data.h5io import DataFormatError
+    from hgan.train import capture as hcapture
+    from hgan.train import run as hrun
+    real_one, real_run, ended = pack._train_one, hrun.run, {0: threading.Event(),
+                                                            2: threading.Event()}
+
+    def train_one(i, argv, stop, router, codes):
+        try:
+            real_one(i, argv, stop, router, codes)
+        finally:
+            if i in ended:
+                ended[i].set()
+
+    def run(setup, stop=None, callback=None):
+        def cb(trainer):
+            if trainer.cfg.seed == 2:
+                raise DataFormatError("train.h5: truncated or corrupt data in chunk 0 (test)")
+            if trainer.cfg.seed == 1 and not hcapture.CAPTURE_LOCK._is_owned():
+                assert all(e.wait(60) for e in ended.values())
+        return real_run(setup, stop=stop, callback=cb)
+    monkeypatch.setattr(pack, "_train_one", train_one)
+    monkeypatch.setattr(hrun, "run", run)
+    monkeypatch.setattr(hcapture, "WARMUP_STEPS", 0)
     bad = flags(data_root, tmp_path / "bad", iters=2, extra=("--cyc-lambda", "inf"))
-    good = flags(data_root, tmp_path / "good", seed=1, iters=2)
-    assert pack.main(["--", *bad, "--", *good]) == 1
+    good = flags(data_root, tmp_path / "good", seed=1, iters=3)
+    damaged = flags(data_root, tmp_path / "damaged", seed=2, iters=3)
+    assert pack.main(["--", *bad, "--", *good, "--", *damaged]) == 1   # the first cause's
     out = capsys.readouterr().out
     assert ("[0] [hgan] error: non-finite generator loss (inf) at iteration 1; stopping (no "
             "checkpoint was written yet)") in out
+    assert "[2] train.py: error: train.h5: truncated or corrupt data in chunk 0 (test)\n" in out
     assert "[0] exit code 1\n" in out and "[1] exit code 0\n" in out
-    assert weights(tmp_path / "good")[0] == 2
+    assert "[2] exit code 2\n" in out
+    assert weights(tmp_path / "good")[0] == 3
+    assert json.loads((tmp_path / "good" / "summary.json").read_text())["stopped"] is None
 
 
 def test_the_process_exit_code_is_the_first_cause_and_a_signal_is_not_a_peer_failure():
