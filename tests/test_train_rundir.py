@@ -111,3 +111,21 @@ def test_releasing_a_claim_twice_leaves_a_later_claim_of_its_directory_alone(tmp
     with pytest.raises(ValueError, match="held by an earlier setup in this process"):
         rundir.claim(out, numbered=False)
     second.release()
+
+
+def test_a_run_that_has_ended_lets_its_directory_go(data_root, tmp_path):
+    # The Setup, and the claim it holds, may outlive its run (from Python: setup =
+    # prepare(cfg); run(setup); ...): once the run has ended, its directory is free again, for
+    # a resume in this process (or a run in another), not "held by an earlier setup".
+    from test_train_pack import flags
+
+    from hgan.train import load_checkpoint
+    from hgan.train.config import parse_command_line
+    from hgan.train.run import prepare, run
+    out = str(tmp_path / "run")
+    setup = prepare(parse_command_line(flags(data_root, out, iters=1))[0])
+    run(setup)
+    cfg, resume, given = parse_command_line(["--resume", out, "--iters", "2"])
+    run(prepare(cfg, resume, given))
+    assert load_checkpoint(out)["iteration"] == 2
+    assert setup.lock.path == out   # the first run's claim is still referenced
