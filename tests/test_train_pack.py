@@ -444,10 +444,12 @@ def test_two_runs_never_share_a_run_directory(data_root, tmp_path, capsys, monke
     from hgan.train import config
     monkeypatch.setattr(config.time, "strftime", lambda fmt: "20261130-120000")  # one second
     default = [f for f in flags(data_root, "unused") if f not in ("--out", "unused")]
-    runs = pack.distinct_run_dirs([default, default, flags(data_root, tmp_path / "own")])
-    outs = [r[r.index("--out") + 1] for r in runs[:2]]
+    # (docs/training.md: <out>-2, -3, ...; three seeds of one model, say)
+    runs = pack.distinct_run_dirs([default, default, flags(data_root, tmp_path / "own"), default])
+    outs = [r[r.index("--out") + 1] for r in runs[:2] + runs[3:]]
     assert outs == [os.path.join("runs", "pendulum-hgan-20261130-120000"),
-                    os.path.join("runs", "pendulum-hgan-20261130-120000-2")]
+                    os.path.join("runs", "pendulum-hgan-20261130-120000-2"),
+                    os.path.join("runs", "pendulum-hgan-20261130-120000-3")]
     assert runs[2] == flags(data_root, tmp_path / "own")
     assert runs[0].count("--out") == 1
 
