@@ -553,12 +553,18 @@ def test_sigterm_stops_every_packed_run_with_a_checkpoint(data_root, tmp_path):
     # Both runs are training: each has finished its first iteration (its first sample is
     # written then). A fixed sleep instead stopped them at iteration 0 on a loaded machine.
     firsts = [tmp_path / f"r{i}" / "samples" / "iter_0000001.png" for i in range(2)]
-    deadline = time.time() + 120
-    while not all(f.exists() for f in firsts) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, log.read_text()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=120)
+    try:
+        deadline = time.time() + 120
+        while not all(f.exists() for f in firsts) and proc.poll() is None \
+                and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+    finally:   # a run the signal did not stop would train on, 100,000 iterations, after the test
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     out = log.read_text()
     assert proc.returncode == 0, out
     for i in range(2):
