@@ -62,6 +62,10 @@ def test_parameter_ranges_and_independence(name):
             u = (c - lo) / (hi - lo)
             assert abs(u.mean() - 0.5) < 5 * np.sqrt(1 / 12 / n), k
             assert abs(u.var() - 1 / 12) < 0.01, k
+            # ... reaching both of the spec's endpoints: an end moved in by 1% of the range
+            # (l_max 1.0 -> 0.99) keeps mean and variance within those bounds. 3000 uniform
+            # draws all miss the outer 1% at one end with probability 0.99^3000 ~ 1e-13.
+            assert u.min() < 0.01 and u.max() > 0.99, k
             columns.append(c)
         if bodies:
             assert (v[:, 0] != v[:, 1]).all(), k
@@ -109,6 +113,11 @@ def test_start_radius_is_uniform_or_uniform_in_area_as_the_spec_says(name):
     want, other = (area, uniform) if "_colors" in name else (uniform, area)
     assert kstest(r, want).pvalue > 0.01
     assert kstest(r, other).pvalue < 1e-6  # 1500 draws tell the two laws apart
+    # The spec's endpoints are reached: the law's CDF of the radii covers [0, 1] to within 1%
+    # at both ends (missed with probability 0.99^1500 ~ 3e-7 each). KS alone lets an
+    # endpoint move by 1% of the range (pendulum r_max 2.3 -> 2.27: p = 0.1).
+    u = want(r)
+    assert u.min() < 0.01 and u.max() > 0.99
 
 
 def test_canvas_offset_moves_every_body_alike():
@@ -391,6 +400,8 @@ def test_two_body_start_position_is_uniform_on_the_radius_range(name):
     assert pos.min() >= 0.5 and pos.max() <= 1.5
     for c in pos.T:
         assert kstest(c - 0.5, "uniform").pvalue > 0.01
+        # Both ends of U(0.5, 1.5) are reached (KS passes a range starting at 0.52).
+        assert c.min() < 0.51 and c.max() > 1.49
 
 
 def test_three_body_start_is_a_perturbed_circular_orbit_on_an_equilateral_triangle():
