@@ -71,6 +71,16 @@ def _copy(made, tmp_path):
     return dst
 
 
+def test_train_and_test_share_no_trajectory():
+    # The spec: the test split is drawn independently of train, with no shared trajectory.
+    # The starts of the first 50 trajectories of both splits are 100 different states (a
+    # test split drawn from train's streams, even shifted by one index, shares 49).
+    system = get_system("pendulum_colors")
+    starts = [simulate_split(system, 0, split, np.arange(50), 1)["states"][:, 0]
+              for split in ("train", "test")]
+    assert len(np.unique(np.concatenate(starts), axis=0)) == 100
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(DataFormatError, match="does not exist"):
         open_h5(tmp_path / "nope.h5")
