@@ -542,30 +542,20 @@ def test_writer_stores_arrays_and_precompressed_chunks_where_asked(tmp_path):
         np.testing.assert_array_equal(f.frames[()], frames)
 
 
-def test_open_probes_the_last_frame_of_files_chunked_per_frame(made, tmp_path):
+@pytest.mark.parametrize("chunk, traj", [((4, 11, 0, 0, 0), 4), ((0, 0, 0, 0, 0), 0)])
+def test_open_probes_both_ends_of_files_chunked_per_frame(made, tmp_path, chunk, traj):
     # Any chunking is readable; a file chunked frame by frame loses its last frame's chunk
-    # first when cut short, and open_h5 must refuse it then, not at a late epoch.
+    # first when cut short, and open_h5 must refuse it then, not at a late epoch. The other
+    # probe ("two probe chunks" per end trajectory): the first frame's chunk of the first
+    # trajectory, which no last-frame read reaches in this chunking.
     path = _copy(made, tmp_path)
     with h5py.File(path, "a") as f:
         frames = f["frames"][()]
         del f["frames"]
         f.create_dataset("frames", data=frames, chunks=(1, 1, 32, 32, 3), compression="gzip")
     open_h5(path).close()
-    _spoil_frames_chunk(path, (4, 11, 0, 0, 0))
-    with pytest.raises(DataFormatError, match="truncated or corrupt data .*trajectory 4"):
-        open_h5(path)
-
-
-def test_open_probes_the_first_frame_of_files_chunked_per_frame(made, tmp_path):
-    # The other probe of open_h5 ("two probe chunks" per end trajectory): the first frame's
-    # chunk of the first trajectory, which no last-frame read reaches in this chunking.
-    path = _copy(made, tmp_path)
-    with h5py.File(path, "a") as f:
-        frames = f["frames"][()]
-        del f["frames"]
-        f.create_dataset("frames", data=frames, chunks=(1, 1, 32, 32, 3), compression="gzip")
-    _spoil_frames_chunk(path, (0, 0, 0, 0, 0))
-    with pytest.raises(DataFormatError, match="truncated or corrupt data .*trajectory 0"):
+    _spoil_frames_chunk(path, chunk)
+    with pytest.raises(DataFormatError, match=f"truncated or corrupt data .*trajectory {traj}"):
         open_h5(path)
 
 
