@@ -28,7 +28,7 @@ class VideoGenerator(nn.Module):
         n, t, _ = y.shape
         w = torch.cat([z_content[:, None, :].expand(n, t, z_content.shape[-1]), y.to(z_content.dtype)], -1)
         # No memory-format step here: a [N, C, 1, 1] latent has the same strides in both formats,
-        # and G_I's channels-last weights (models.build) make every frame channels-last.
+        # and G_I's channels-last weights (build_models) make every frame channels-last.
         img = self.image_generator(w.reshape(n * t, -1))
         return img.reshape(n, t, *img.shape[1:])
 
