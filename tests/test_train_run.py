@@ -569,7 +569,6 @@ def test_a_resumed_runs_speed_counts_only_the_iterations_it_ran(tiny_pendulum_h5
     # at most 2 / 0.6 whatever the machine, and at least 2 / the whole resumed call.
     import time
 
-    from hgan.train.loop import Trainer
     train(tiny_cfg(tiny_pendulum_h5, tmp_path / "r", iters=6, log_every=2))
     step = Trainer.step
 
