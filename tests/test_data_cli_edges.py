@@ -309,13 +309,16 @@ def test_interrupted_and_generation_interrupted_carry_the_signal_as_ctrl_c_would
 
 
 def test_discard_removes_the_partial_file_or_aborts_the_writer(tmp_path):
+    from hgan.data.h5io import missing_folders
     from hgan.data.interrupt import discard
-    path = str(tmp_path / "train.h5")
-    discard(None, path)                            # nothing written: nothing to do
+    path = str(tmp_path / "data" / "pendulum" / "train.h5")
+    made = missing_folders(path)
+    discard(None, path, made)                      # nothing written: nothing to do
+    os.makedirs(os.path.dirname(path))
     with open(path + ".partial", "wb") as f:
         f.write(b"half")
-    discard(None, path)                            # stopped inside H5Writer()
-    assert not os.path.exists(path + ".partial")
+    discard(None, path, made)                      # stopped inside H5Writer()
+    assert os.listdir(tmp_path) == []              # the folders it made went too
 
     class Writer:
         aborted = False
@@ -323,8 +326,26 @@ def test_discard_removes_the_partial_file_or_aborts_the_writer(tmp_path):
         def abort(self):
             self.aborted = True
     w = Writer()
-    discard(w, path)
+    discard(w, path, made)
     assert w.aborted
+
+
+@pytest.mark.parametrize("where", ["File", "_set_attrs"])
+def test_a_stop_inside_the_writers_setup_leaves_no_folder(tmp_path, monkeypatch, where):
+    # The stop lands while H5Writer() makes its folders and lays out the file (milliseconds;
+    # a signal test hit it once in a full run): there is no writer to abort yet, but neither
+    # the partial file nor the data/<system>/ folders it made may stay.
+    from hgan.data import h5io
+    from hgan.data.generate import generate_split
+    from hgan.data.interrupt import GenerationInterrupted
+
+    def stop(*a, **k):
+        raise GenerationInterrupted(signal.SIGINT)
+    monkeypatch.setattr(h5io.h5py if where == "File" else h5io, where, stop)
+    with pytest.raises(GenerationInterrupted):
+        generate_split("pendulum", tmp_path / "data" / "pendulum" / "test.h5", "test", 2,
+                       frames=4, seed=0, progress=False)
+    assert os.listdir(tmp_path) == []
 
 
 def test_only_one_trajectory_is_singular():

@@ -193,7 +193,7 @@ def _import_split(directory, split, path, sysobj, progress, stop):
     from tqdm import tqdm
 
     from hgan.data.interrupt import discard
-    from hgan.data.h5io import H5Writer
+    from hgan.data.h5io import H5Writer, missing_folders
     from hgan.data.simulate import DT
     from hgan.data.tfrecord import iter_split, read_records
     src = os.path.join(directory, split + ".tfrecord")
@@ -203,6 +203,7 @@ def _import_split(directory, split, path, sysobj, progress, stop):
     if n == 0:
         return False
     writer = first = None
+    made = missing_folders(path)
     try:
         for j, traj in enumerate(tqdm(iter_split(directory, split), total=n,
                                       disable=not progress, desc=f"import {split}")):
@@ -240,7 +241,7 @@ def _import_split(directory, split, path, sysobj, progress, stop):
                          offset=_suite_offset(traj, src, j)[None])
         writer.close(rejected=-1, inaccurate=-1)
     except BaseException:
-        discard(writer, path)
+        discard(writer, path, made)
         raise
     return True
 

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm import tqdm
 
-from hgan.data.h5io import H5Writer, compress_frames
+from hgan.data.h5io import H5Writer, compress_frames, missing_folders
 from hgan.data.interrupt import StopSignals, discard
 from hgan.data.render import render
 from hgan.data.simulate import DT, SUBSTEPS, simulate_chunks
@@ -69,6 +69,7 @@ def generate_split(system, path, split, n, *, frames, seed, resolution=32, chunk
         bar = tqdm(total=n * frames, unit="frame", unit_scale=True, disable=not progress,
                    desc=f"{system.name}/{split}")
         pool = ThreadPoolExecutor(THREADS)
+        made = missing_folders(path)
         try:
             writer = H5Writer(path, system, n, frames, resolution,
                               dict(split=split, seed=seed, dt=DT, substeps=SUBSTEPS))
@@ -91,7 +92,7 @@ def generate_split(system, path, split, n, *, frames, seed, resolution=32, chunk
                 stop.check()
             writer.close(rejected=rejected, inaccurate=inaccurate)
         except BaseException:
-            discard(writer, os.fspath(path))
+            discard(writer, os.fspath(path), made)
             raise
         finally:
             pool.shutdown(cancel_futures=True)

@@ -111,9 +111,15 @@ class StopSignals:
                 self.check()
 
 
-def discard(writer, path):
-    """Remove what an unfinished H5Writer for `path` wrote."""
+def discard(writer, path, made):
+    """Remove what an unfinished H5Writer for `path` wrote, and the folders it made: `made`,
+    h5io.missing_folders(path) taken before the writer was created, for a stop that lands
+    inside H5Writer() (laying out the file takes milliseconds), when there is no writer to
+    abort yet."""
+    from hgan.data.h5io import remove_empty
     if writer is not None:
         writer.abort()
-    elif os.path.exists(path + ".partial"):  # interrupted inside H5Writer()
+        return
+    if os.path.exists(path + ".partial"):
         os.remove(path + ".partial")
+    remove_empty(made)
