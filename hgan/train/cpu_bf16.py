@@ -46,14 +46,10 @@ def layer_error(m, x, dtype=torch.bfloat16, generator=None):
     """(worst relative error of output, input and weight gradient, which) of conv `m` on
     input `x` in `dtype` against float64, with a random output gradient."""
     with torch.no_grad():
-        y = _conv(m, x[:1].float(), m.weight.float())
-    g = torch.randn(x.shape[0], *y.shape[1:], generator=generator)
-    # The output gradient in the layout training hands this layer, its output's: channels-last
-    # (D_I, G_I) or channels_last_3d (D_V's Conv3d) under --channels-last, as oneDNN picks its
-    # kernels by layout.
-    for fmt, dim in ((torch.channels_last, 4), (torch.channels_last_3d, 5)):
-        if y.dim() == dim and not y.is_contiguous() and y.is_contiguous(memory_format=fmt):
-            g = g.contiguous(memory_format=fmt)
+        y = _conv(m, x.float(), m.weight.float())
+    # The output gradient in the layout training hands this layer, its output's (channels-last
+    # or channels_last_3d under --channels-last): oneDNN picks its kernels by layout.
+    g = torch.empty_like(y).copy_(torch.randn(y.shape, generator=generator))
     worst = (0.0, "output")
     for name, a, r in zip(("output", "input gradient", "weight gradient"),
                           _grads(m, x, m.weight, g, dtype), _grads(m, x, m.weight, g, torch.float64)):
