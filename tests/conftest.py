@@ -1,4 +1,5 @@
 import os
+import signal
 
 import pytest
 import torch
@@ -8,7 +9,15 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# README's test command runs the suite in pytest-xdist workers, about one per core: each takes
+# its share of the cores, so that the workers' intra-op threads do not oversubscribe them.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+torch.set_num_threads(max(1, min(2, (os.cpu_count() or 1) // _WORKERS)))
+
+if os.environ.get("PYTEST_XDIST_WORKER") and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    # xdist's workers start with SIGINT ignored, and an ignored signal is inherited by every
+    # process a test starts: the tests of Ctrl-C handling would see their children ignore it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _interpreter_patches_triton_language_once_per_launch():
