@@ -185,13 +185,19 @@ def test_each_frame_latent_is_content_then_motion():
     first = g.image_generator.main[0].weight       # ConvTranspose2d: [latent, width, base, base]
     with torch.no_grad():
         z, z2, y = g.content(2), g.content(2), g.motion(2, 3)["y"]
+        # Eval-mode frames are ~1e-4 and change by ~1e-6 per frame, under assert_close's
+        # default atol: the tolerance comes from that change, and every frame is checked (a
+        # z_c laid out over frames by repeat() instead of expand() matched in frames 0 and 2).
+        moving = g.render(z, y)
+        tol = 1e-3 * (moving[:, 1:] - moving[:, :-1]).abs().max().item()
+        assert tol > 0
         keep = first.clone()
         first[cfg.content_dim:] = 0
         v = g.render(z, y)
-        torch.testing.assert_close(v[:, 0], v[:, 2])
+        torch.testing.assert_close(v, v[:, :1].expand_as(v), rtol=0, atol=tol)
         first.copy_(keep)
         first[:cfg.content_dim] = 0
-        torch.testing.assert_close(g.render(z, y), g.render(z2, y))
+        torch.testing.assert_close(g.render(z, y), g.render(z2, y), rtol=0, atol=tol)
         assert not torch.allclose(g.render(z, y)[:, 0], g.render(z, y)[:, 2])
 
 
