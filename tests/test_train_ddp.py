@@ -305,6 +305,13 @@ DATA_WAITER = textwrap.dedent("""
 
     data, out = sys.argv[1], sys.argv[2]
     rank = int(os.environ["RANK"])
+    # Both ranks reach the group's start together: a peer later than 2 s fails its set-up,
+    # and the imports above take seconds per rank on a loaded machine.
+    open(os.path.join(out, f"ready{rank}"), "w").close()
+    deadline = time.monotonic() + 120
+    while not all(os.path.exists(os.path.join(out, f"ready{r}")) for r in (0, 1)):
+        assert time.monotonic() < deadline, "the other rank never started"
+        time.sleep(0.01)
     # the default group's timeout made short, so that the test outlasts it
     dist.init_process_group("gloo", timeout=timedelta(seconds=2))
     generate = loop._generate
