@@ -23,13 +23,12 @@ GRID = ["--systems", "pendulum,mass_spring", "--models", "hgan,mocogan"]
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("grid"))
-    os.environ["OMP_NUM_THREADS"] = "1"  # children: tiny shapes, two processes on two cores
-    try:
+    # restored afterwards, not deleted: a value the caller set holds for this worker's later tests
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")  # children: tiny shapes, two processes on two cores
         # Two training runs per process (hgan.train.pack), two processes at a time.
         code = cli.main(["table1", "--out", out, "--iters", "2", "--parallel", "2",
                          "--pack", "2", "--inline-eval"] + GRID + TINY)
-    finally:
-        del os.environ["OMP_NUM_THREADS"]
     return out, code
 
 
