@@ -104,6 +104,16 @@ def test_group_signal_checkpoints_then_resumes_exactly(data_root, tmp_path):
             assert torch.equal(got[k], ref[k]), (sig.name, k)
 
 
+def _catches(pid, sig):
+    """Whether process `pid` has a handler installed for `sig` (SigCgt in /proc)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith("SigCgt:"))
+    except (OSError, StopIteration):
+        return False
+    return bool(mask >> (sig - 1) & 1)
+
+
 def _zombie(pid):
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -481,7 +491,14 @@ def test_a_signal_while_torch_is_imported_ends_in_one_line(data_root, tmp_path, 
                              data_root, "--out", str(tmp_path / "run")], env=env, cwd=ROOT,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_default_sigint)
-    time.sleep(after_s)
+    # after_s into the start, but not before train.py's first lines have put its handlers in
+    # place (~50 ms in, unloaded): a signal before them would not land in torch's import
+    t_signal = time.monotonic() + after_s
+    deadline = t_signal + 120
+    while not _catches(proc.pid, signal.SIGTERM) and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.005)
+    time.sleep(max(0.0, t_signal - time.monotonic()))
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == code, err
