@@ -149,6 +149,22 @@ def test_layers_may_come_as_any_sequence(mlp):
         assert torch.equal(x, y)
 
 
+@pytest.mark.parametrize("backend", ["reference", "analytic", "fused"])
+def test_layers_may_come_as_parameter_lists(mlp, backend):
+    # A network that keeps its layers in nn.ParameterLists hands them over as they are: it
+    # was refused as a module ("pass each nn.Linear's .weight and .bias, as lists"), though it
+    # is exactly such a list. The gradients reach the Parameters in it.
+    ws = torch.nn.ParameterList(torch.nn.Parameter(t.clone()) for t in mlp[0])
+    bs = torch.nn.ParameterList(torch.nn.Parameter(t.clone()) for t in mlp[1])
+    q0 = torch.randn(2, 3)
+    want = leapfrog(q0, q0, list(mlp[0]), list(mlp[1]), frames=3, backend=backend)
+    got = leapfrog(q0, q0, ws, bs, frames=3, backend=backend)
+    for x, y in zip(got, want):
+        assert torch.equal(x, y)
+    (got[1].square().sum() + got[2].sum()).backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in [*ws, *bs][:-1])
+
+
 def test_dt_may_be_any_real_scalar(mlp):
     import numpy as np
     w, b = mlp

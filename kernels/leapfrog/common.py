@@ -119,6 +119,10 @@ def scheme_points(q, p, dq, dp, dt, scheme):
 def layer_list(ts, name):
     """`weights` or `biases` as a list, one tensor per layer; a TypeError naming the argument
     for anything that is not a sequence of layers (None, a lone tensor, a module)."""
+    if isinstance(ts, torch.nn.ParameterList):
+        # a module, but one that is the list of tensors asked for (a network keeping its
+        # layers' weights in one)
+        return list(ts)
     if isinstance(ts, (torch.Tensor, torch.nn.Module)) or ts is None \
             or not hasattr(ts, "__iter__"):
         hint = (" (a network without biases takes one torch.zeros(out) per layer)"
