@@ -743,6 +743,50 @@ def test_torch_func_transforms_compose_with_the_reference_rollout(mlp):
                                            vectorize=True)
 
 
+def test_forward_mode_ad_gets_the_reference_tangents_or_a_clear_refusal(mlp, monkeypatch):
+    # torch.autograd.forward_ad: reference dropped the tangents of inputs that needed no
+    # gradient (it differentiated H at a detached leaf and detached its results), so the
+    # rollout of a dual q0 came back with tangent None, no error; analytic and fused failed
+    # inside torch ("You must implement the jvp function"), naming neither the backend nor
+    # the way out. Oracle: torch.func.jvp, which runs reference's torch.func path.
+    import torch.autograd.forward_ad as fwAD
+    monkeypatch.setattr(dispatch, "_warned", set())
+    w, b = [t.double() for t in mlp[0]], [t.double() for t in mlp[1]]
+    gen = torch.Generator().manual_seed(21)
+    q0, p0, tq = (torch.randn(3, 3, dtype=torch.float64, generator=gen) for _ in range(3))
+    tw = torch.randn(w[1].shape, dtype=torch.float64, generator=gen)
+
+    def roll(q, w1, backend="reference"):
+        return leapfrog(q, p0, [w[0], w1, w[2]], b, frames=4, backend=backend)
+    _, want = torch.func.jvp(roll, (q0, w[1]), (tq, tw))
+    for backend in ("reference", "auto"):
+        with fwAD.dual_level(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            out = roll(fwAD.make_dual(q0, tq), fwAD.make_dual(w[1], tw), backend)
+            got = [fwAD.unpack_dual(x).tangent for x in out]
+        assert all(g is not None for g in got), backend
+        for g, r in zip(got, want):
+            torch.testing.assert_close(g, r, rtol=1e-12, atol=1e-12)
+        assert not any(x.requires_grad for x in out)
+        if backend == "auto":
+            assert [str(c.message) for c in caught] == [
+                "leapfrog backend='auto': forward-mode AD (torch.autograd.forward_ad) cannot "
+                "see through the analytic and fused backends' hand-written backwards; running "
+                "the reference backend"]
+    for backend in ("analytic", "fused"):
+        with fwAD.dual_level(), pytest.raises(
+                ValueError, match=rf"^backend='{backend}' cannot run here: forward-mode AD.*"
+                                  r"use backend='reference'"):
+            roll(q0, fwAD.make_dual(w[1], tw), backend)
+    # a dual input that also needs a gradient: the backward runs through the same rollout
+    x = q0.clone().requires_grad_(True)
+    with fwAD.dual_level():
+        q = roll(fwAD.make_dual(x, tq), w[1])[0]
+        (g,) = torch.autograd.grad(fwAD.unpack_dual(q).primal.square().sum(), x)
+    (want_g,) = torch.autograd.grad(roll(x, w[1])[0].square().sum(), x)
+    torch.testing.assert_close(g, want_g, rtol=1e-12, atol=1e-12)
+
+
 def test_triton_interpret_changed_after_import_is_named():
     # Triton reads TRITON_INTERPRET once, at import: setting it later made the fused kernels
     # fail inside Triton ("Cannot call @triton.jit'd outside of the scope of a kernel").

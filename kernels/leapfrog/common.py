@@ -11,6 +11,7 @@ import numbers
 
 import torch
 import torch.nn.functional as F
+from torch.autograd import forward_ad
 
 ACTIVATIONS = ("softplus", "tanh", "relu")
 BACKENDS = ("auto", "reference", "analytic", "fused")
@@ -73,6 +74,12 @@ def functorch_active():
     """Whether a torch.func transform (grad, vjp, jacrev, jacfwd, vmap) traces this call."""
     peek = getattr(getattr(torch._C, "_functorch", None), "peek_interpreter_stack", None)
     return peek is not None and peek() is not None
+
+
+def forward_ad_tangents(*ts):
+    """Whether any of ts carries a tangent of torch.autograd.forward_ad (a dual tensor)."""
+    return any(isinstance(t, torch.Tensor) and forward_ad.unpack_dual(t).tangent is not None
+               for t in ts)
 
 
 def hand_written_backward(backend, backward, ctx, *grads):

@@ -14,7 +14,8 @@ import warnings
 import torch
 
 from .analytic import leapfrog_analytic
-from .common import autocast_off, check_inputs, functorch_active, layer_list
+from .common import (autocast_off, check_inputs, forward_ad_tangents, functorch_active,
+                     layer_list)
 from .reference import leapfrog_reference
 
 log = logging.getLogger(__name__)
@@ -103,12 +104,16 @@ def fused_unsupported_reason(q0, weights, activation):
     return _interpret_mismatch()
 
 
-def _resolve(backend, q0, weights, activation):
-    if functorch_active() and backend != "reference":
+def _resolve(backend, q0, weights, activation, dual=False):
+    """dual: whether an input carries a torch.autograd.forward_ad tangent."""
+    if (functorch_active() or dual) and backend != "reference":
         # analytic and fused are autograd.Functions with hand-written backwards and no vmap
-        # rule: torch.func cannot transform them, while autograd through reference it can.
-        reason = ("torch.func transforms (grad, vjp, jacrev, vmap) cannot see through the "
-                  "analytic and fused backends' hand-written backwards")
+        # or jvp rule: torch.func and forward-mode AD cannot see through them, while they
+        # can through reference.
+        what = ("torch.func transforms (grad, vjp, jacrev, vmap)" if functorch_active() else
+                "forward-mode AD (torch.autograd.forward_ad)")
+        reason = (f"{what} cannot see through the analytic and fused backends' hand-written "
+                  f"backwards")
         if backend != "auto":
             raise ValueError(f"backend={backend!r} cannot run here: {reason}; use "
                              f"backend='reference' (or 'auto', which picks it)")
@@ -211,7 +216,8 @@ def _leapfrog(q0, p0, weights, biases, dt, frames, activation, backend, scheme, 
         out = _leapfrog(q0.float(), p0.float(), *up, dt, frames, activation, backend, scheme,
                         precision)
         return tuple(t.to(low) for t in out)
-    chosen = _resolve(backend, q0, weights, activation)
+    chosen = _resolve(backend, q0, weights, activation,
+                      forward_ad_tangents(q0, p0, *weights, *biases))
     dt = float(dt)
     if chosen == "reference":
         return leapfrog_reference(q0, p0, weights, biases, dt, frames, activation, scheme)

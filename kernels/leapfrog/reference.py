@@ -16,7 +16,7 @@ For a separable H = K(p) + V(q) both are Stormer-Verlet (dH/dp ignores q, dH/dq 
 """
 import torch
 
-from .common import act_value, functorch_active, scheme_points
+from .common import act_value, forward_ad_tangents, functorch_active, scheme_points
 
 
 def mlp_energy(x, weights, biases, activation):
@@ -41,9 +41,12 @@ def _grad_h(q, p, weights, biases, activation, create_graph):
 
 def leapfrog_reference(q0, p0, weights, biases, dt, frames, activation, scheme="order2"):
     """Autograd rollout: q, p [B, frames, k] and dHdq [B, frames-1, k]."""
-    if functorch_active():
+    if functorch_active() or forward_ad_tangents(q0, p0, *weights, *biases):
         # Under torch.func (grad, vjp, jacrev, jacfwd, vmap) autograd.grad on a detached
-        # leaf is refused; torch.func.grad of H composes with the caller's transforms.
+        # leaf is refused; torch.func.grad of H composes with the caller's transforms. Dual
+        # tensors of torch.autograd.forward_ad need it too: below, a state or weight that
+        # needs no gradient is differentiated at a detached leaf and the results are
+        # detached, which drops their tangents without an error.
         return _rollout_explicit(_func_grad_h, q0, p0, weights, biases, dt, frames,
                                  activation, scheme)
     if torch.is_inference_mode_enabled() and frames > 1:
