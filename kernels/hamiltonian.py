@@ -97,6 +97,10 @@ class HamiltonianMLP(nn.Module):
 
 def cyclic_loss(dHdq, lam=0.01):
     """L_cyc = lam / B * sum over frames t < T-1 and coordinates i of |dH/dq_i(q_t, p_t)|."""
+    if not isinstance(dHdq, torch.Tensor):
+        # the whole (q, p, dHdq) of a rollout is the likely slip
+        raise TypeError(f"dHdq must be a torch.Tensor [B, T-1, k] (the rollout's third result), "
+                        f"got {type(dHdq).__name__}")
     if dHdq.dim() != 3:
         raise ValueError(f"dHdq must be [B, T-1, k], got shape {tuple(dHdq.shape)}")
     if dHdq.shape[0] == 0:

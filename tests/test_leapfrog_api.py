@@ -369,6 +369,16 @@ def test_cyclic_loss_sums_frames_and_coordinates_and_averages_the_batch():
     assert cyclic_loss(d).item() == pytest.approx(want, rel=1e-12)
 
 
+def test_cyclic_loss_names_a_dhdq_that_is_not_a_tensor(mlp):
+    # The whole rollout passed for its third result, or an array: "'tuple' object has no
+    # attribute 'dim'" from inside cyclic_loss before.
+    out = leapfrog(torch.randn(2, 3), torch.randn(2, 3), *mlp, frames=3)
+    for bad, name in ((out, "tuple"), (out[2].numpy(), "ndarray"), ([out[2]], "list")):
+        with pytest.raises(TypeError, match=rf"^dHdq must be a torch.Tensor \[B, T-1, k\] "
+                                            rf"\(the rollout's third result\), got {name}$"):
+            cyclic_loss(bad)
+
+
 def test_fused_contract_ranges_are_inclusive():
     # k 1..32 and hidden widths 16..128 run fused, one past either end does not (refusing
     # k = 32 would silently cost the fused speed under auto, and raise under backend="fused").
