@@ -78,6 +78,12 @@ class HamiltonianMLP(nn.Module):
             if t.dtype != dtype:   # the matmul's "mat1 and mat2 must have the same dtype"
                 raise TypeError(f"{name} has dtype {t.dtype}, this Hamiltonian's weights "
                                 f"{dtype}: convert one to the other (.to(dtype))")
+        device = next(self.parameters()).device
+        for name, t in zip(names, (q, p)):
+            if t.device != device:   # the matmul's "Expected all tensors to be on the same
+                # device"; the rollout's check would blame weights[0], never passed here
+                raise ValueError(f"{name} is on {t.device}, this Hamiltonian's weights on "
+                                 f"{device}: move one to the other (.to(device))")
 
     def forward(self, q, p):
         """H at rows (q, p) [B, k] -> [B]."""

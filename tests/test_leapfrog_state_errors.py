@@ -52,3 +52,18 @@ def test_leapfrog_function_names_the_state_when_only_k_differs(h2):
     odd = [w[0][:, :3]] + list(w[1:])
     with pytest.raises(ValueError, match=r"weights\[0\] must be \[out, 4\]"):
         leapfrog(torch.randn(8, 2), torch.randn(8, 2), odd, b, frames=3, backend="reference")
+
+
+@pytest.mark.parametrize("call", ["energy", "rollout"])
+def test_a_state_on_another_device_than_the_weights_is_named(h2, call):
+    # H(q, p) left a state on another device to the matmul ("Tensor on device cpu is not on
+    # the expected device meta!"; on a GPU "Expected all tensors to be on the same device"),
+    # and the rollout blamed weights[0], which its caller never passed. The meta device
+    # stands in for a GPU: any device other than the weights' takes this path.
+    q = torch.randn(8, 2, device="meta")
+    name = "q" if call == "energy" else "q0"
+    with pytest.raises(ValueError, match=rf"^{name} is on meta, this Hamiltonian's weights on "
+                                         r"cpu: move one to the other \(.to\(device\)\)$"):
+        h2(q, q) if call == "energy" else h2.rollout(q, q, 3, backend="reference")
+    h = h2.to("meta")                                 # moved, it runs
+    assert (h(q, q) if call == "energy" else h.rollout(q, q, 3)[0]).device.type == "meta"
