@@ -171,3 +171,24 @@ def test_a_hamiltonian_of_the_wrong_shape_is_named(oscillator):
     with pytest.raises(ValueError, match=r"hamiltonian returned H of shape \(3, 5, 4\), "
                                          r"expected \(3, 5\)"):
         oscillator.hamiltonian(np.zeros((3, 5, 4)), {"k": np.ones(3), "m": np.ones(3)})
+
+
+@pytest.mark.parametrize("change, message", [
+    # numpy's own words were "high - low < 0", naming neither the system nor the range
+    (dict(ranges=dict(k=(2.5, 1.5), m=(0.5, 1.0))),
+     r"the range of 'k' is \(2.5, 1.5\); it needs 0 < lo <= hi"),
+    (dict(radius=(0.6, 0.3)), r"radius is \(0.6, 0.3\); it needs 0 <= lo <= hi"),
+    # generated and written, then refused by open_h5 as a stored parameter that is not positive
+    (dict(ranges=dict(k=(1.5, 2.5), m=(-0.5, 1.0))),
+     r"the range of 'm' is \(-0.5, 1.0\); it needs 0 < lo <= hi"),
+    (dict(ranges=dict(k=(1.5, 2.5), m=0.5)), r"the range of 'm' must be a \(lo, hi\) pair"),
+    (dict(radius=0.5), r"radius must be a \(lo, hi\) pair of numbers, got 0.5"),   # TypeError
+    (dict(ranges=dict(k=(1.5, float("nan")), m=(0.5, 1.0))), r"the range of 'k' must be finite"),
+    (dict(canvas=0.0), r"canvas \(the half-size no particle may leave\) must be a positive"),
+])
+def test_a_range_radius_or_canvas_that_cannot_be_drawn_is_named(change, message):
+    args = dict(ranges=dict(k=(1.5, 2.5), m=(0.5, 1.0)), radius=(0.3, 0.6), canvas=1.5)
+    args.update(change)
+    with pytest.raises(ValueError, match=r"^system 'osc': " + message):
+        systems.make_system("osc", "mass_spring", 1, 1, args["ranges"], args["radius"], 1,
+                            args["canvas"])

@@ -427,8 +427,37 @@ def make_system(name, base, dof, n_bodies, ranges, radius, colors, canvas, unifo
         raise ValueError(f"system {name!r}: no range for parameter(s) "
                          f"{', '.join(sorted(missing))}; every particle's radius is "
                          f"sqrt(m / pi), and per-body parameters need a range")
-    return System(name, base, dof, n_bodies, dict(ranges), tuple(radius), uniform, colors,
+    # numpy draws U(lo, hi) with lo > hi as "high - low < 0", naming neither system nor
+    # parameter, and a parameter <= 0 was generated and written, then refused by open_h5
+    # (every stored parameter must be positive): both are said here, at the definition.
+    for key, pair in ranges.items():
+        lo, hi = _pair(name, f"the range of {key!r}", pair)
+        if not 0 < lo <= hi:
+            raise ValueError(f"system {name!r}: the range of {key!r} is ({lo!r}, {hi!r}); it "
+                             f"needs 0 < lo <= hi (lo == hi: a constant; hgan.data.open_h5 "
+                             f"refuses a parameter that is not positive)")
+    lo, hi = radius = _pair(name, "radius", radius)
+    if not 0 <= lo <= hi:
+        raise ValueError(f"system {name!r}: radius is ({lo!r}, {hi!r}); it needs "
+                         f"0 <= lo <= hi")
+    if not (isinstance(canvas, (int, float, np.integer, np.floating)) and np.isfinite(canvas)
+            and canvas > 0):
+        raise ValueError(f"system {name!r}: canvas (the half-size no particle may leave) "
+                         f"must be a positive number, got {canvas!r}")
+    return System(name, base, dof, n_bodies, dict(ranges), radius, uniform, colors,
                   friction, offset, canvas, recipe)
+
+
+def _pair(name, what, value):
+    """(lo, hi) as two finite floats, or one error naming the system and `what`."""
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"system {name!r}: {what} must be a (lo, hi) pair of numbers, "
+                         f"got {value!r}") from None
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise ValueError(f"system {name!r}: {what} must be finite, got {value!r}")
+    return lo, hi
 
 
 def _build():
