@@ -192,3 +192,16 @@ def test_a_range_radius_or_canvas_that_cannot_be_drawn_is_named(change, message)
     with pytest.raises(ValueError, match=r"^system 'osc': " + message):
         systems.make_system("osc", "mass_spring", 1, 1, args["ranges"], args["radius"], 1,
                             args["canvas"])
+
+
+@pytest.mark.parametrize("colors", [2, 0, 2.0])
+def test_a_palette_too_small_for_the_bodies_is_named(colors):
+    # before: "could not broadcast input array from shape (2,) into shape (3,)" in
+    # simulate.py, once a chunk had been integrated
+    with pytest.raises(ValueError, match=rf"^system 'three': {colors!r} colours for 3 bodies; "
+                                         r"each body .* at least 3 \(or 1"):
+        systems.make_system("three", "three_body", 6, 3, dict(m=(1, 1), g=(1, 1)), (0.9, 1.2),
+                            colors, 3.0)
+    for fine in (1, 3, 6):
+        systems.make_system("three", "three_body", 6, 3, dict(m=(1, 1), g=(1, 1)), (0.9, 1.2),
+                            fine, 3.0)

@@ -444,6 +444,14 @@ def make_system(name, base, dof, n_bodies, ranges, radius, colors, canvas, unifo
             and canvas > 0):
         raise ValueError(f"system {name!r}: canvas (the half-size no particle may leave) "
                          f"must be a positive number, got {canvas!r}")
+    # Each trajectory's bodies take distinct colours, a permutation of the palette cut to
+    # n_bodies (simulate._Chunk.result): fewer colours than bodies was numpy's "could not
+    # broadcast input array from shape (2,) into shape (3,)" once the first chunk was done.
+    if not isinstance(colors, (int, np.integer)) or isinstance(colors, bool) or colors < 1 \
+            or 1 < colors < n_bodies:
+        raise ValueError(f"system {name!r}: {colors!r} colours for {n_bodies} bodies; each "
+                         f"body of a trajectory takes its own colour, so give at least "
+                         f"{n_bodies} (or 1: every body the same colour)")
     return System(name, base, dof, n_bodies, dict(ranges), radius, uniform, colors,
                   friction, offset, canvas, recipe)
 
