@@ -205,3 +205,17 @@ def test_a_palette_too_small_for_the_bodies_is_named(colors):
     for fine in (1, 3, 6):
         systems.make_system("three", "three_body", 6, 3, dict(m=(1, 1), g=(1, 1)), (0.9, 1.2),
                             fine, 3.0)
+
+
+def test_a_system_name_added_twice_is_named():
+    # _build's add(...) filled a dict: a second "pendulum" replaced the suite's one silently
+    registry = {}
+    systems._add(registry, "pendulum", "pendulum", 1, 1, dict(m=(0.5, 0.5), g=(3, 3), l=(1, 1)),
+                 (1.3, 2.3), 1, 1.5)
+    first = registry["pendulum"]
+    with pytest.raises(ValueError, match=r"^system 'pendulum' is added twice in "
+                                         r"hgan/data/systems.py _build \(as 'pendulum' first\)"):
+        systems._add(registry, "pendulum", "mass_spring", 1, 1, dict(k=(2, 2), m=(0.5, 0.5)),
+                     (0.1, 1.0), 1, 1.5)
+    assert registry == {"pendulum": first}
+    assert list(systems._build()) == list(systems.SYSTEMS)

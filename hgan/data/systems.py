@@ -468,12 +468,20 @@ def _pair(name, what, value):
     return lo, hi
 
 
+def _add(registry, name, *args, **kw):
+    """registry[name] = make_system(name, ...), refusing a name already there: a dict would
+    let a second add("pendulum", ...) (or a hand-made "<base>_colors" that the variant table
+    also makes) replace the first without a word, and every pendulum file with it."""
+    if name in registry:
+        raise ValueError(f"system {name!r} is added twice in hgan/data/systems.py _build "
+                         f"(as {registry[name].base!r} first); give the new one another name")
+    registry[name] = make_system(name, *args, **kw)
+
+
 def _build():
     c = lambda v: (v, v)  # noqa: E731 - a constant parameter
     out = {}
-
-    def add(name, *args, **kw):
-        out[name] = make_system(name, *args, **kw)
+    add = functools.partial(_add, out)
 
     # Canvas half-sizes: r_max + sqrt(m_max/pi) (mass_spring), l_max + sqrt(m_max/pi)
     # (pendulum), 2 l_max + sqrt(m_max/pi) (double_pendulum); fixed for n-body.
