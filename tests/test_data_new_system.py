@@ -219,3 +219,15 @@ def test_a_system_name_added_twice_is_named():
                      (0.1, 1.0), 1, 1.5)
     assert registry == {"pendulum": first}
     assert list(systems._build()) == list(systems.SYSTEMS)
+
+
+def test_a_hamiltonian_that_is_nan_fails_the_energy_check(oscillator, monkeypatch):
+    # H NaN at every state, its gradient finite: the drift was NaN, NaN > tol is False, and
+    # every trajectory was written as if its energy had been checked.
+    import hgan.data.simulate as simulate
+    monkeypatch.setattr(simulate, "MAX_ROUNDS", 8)
+    monkeypatch.setitem(systems.PHYSICS, "oscillator_2d", systems.Physics(
+        lambda x, pr: _h(x, pr) * np.nan, _g, _positions, _sample, OSC.energy_scale))
+    with pytest.raises(simulate.NoAcceptedDraw, match=r"\(0 left the canvas, 8 drifted in "
+                                                        r"energy\)"):
+        simulate.simulate_split(oscillator, 0, "train", np.arange(4), 10)

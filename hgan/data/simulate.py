@@ -171,7 +171,7 @@ def integrate(system, x0, pr, frames, substeps=SUBSTEPS):
     if system.friction:
         return states, inside, accurate
     todo = np.flatnonzero(inside)
-    todo = todo[energy_drift(system, states[todo], _take(pr, todo)) > DRIFT_TOL]
+    todo = todo[_drifts(energy_drift(system, states[todo], _take(pr, todo)))]
     for level in range(1, MAX_REFINE + 1):
         if todo.size == 0:
             break
@@ -183,10 +183,17 @@ def integrate(system, x0, pr, frames, substeps=SUBSTEPS):
         states[todo] = redo
         inside[todo] = ins
         bad = ins.copy()
-        bad[ins] = energy_drift(system, redo[ins], _take(sub, np.flatnonzero(ins))) > DRIFT_TOL
+        bad[ins] = _drifts(energy_drift(system, redo[ins], _take(sub, np.flatnonzero(ins))))
         todo = todo[bad]
     accurate[todo] = False
     return states, inside, accurate
+
+
+def _drifts(drift):
+    """Where a trajectory fails the energy check. A NaN drift fails it too: `drift > tol` let a
+    system whose H is NaN at its states (a log or sqrt of a negative, where its gradient is
+    finite) write every trajectory unchecked."""
+    return ~(drift <= DRIFT_TOL)
 
 
 def _take(pr, idx):
