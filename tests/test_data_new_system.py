@@ -231,3 +231,50 @@ def test_a_hamiltonian_that_is_nan_fails_the_energy_check(oscillator, monkeypatc
     with pytest.raises(simulate.NoAcceptedDraw, match=r"\(0 left the canvas, 8 drifted in "
                                                         r"energy\)"):
         simulate.simulate_split(oscillator, 0, "train", np.arange(4), 10)
+
+
+def _h_singular(x, pr):   # a 1/|q| well whose centre the drawn state starts on
+    q, p = x[..., :2], x[..., 2:]
+    return -pr["k"] / np.linalg.norm(q, axis=-1) + (p ** 2).sum(-1) / (2 * pr["m"])
+
+
+def _g_singular(x, pr):
+    q = x[..., :2]
+    r3 = np.linalg.norm(q, axis=-1, keepdims=True) ** 3
+    return pr["k"][..., None] * q / r3, x[..., 2:] / pr["m"][..., None]
+
+
+def test_dynamics_that_go_nan_are_named_not_only_counted_as_leaving(oscillator, monkeypatch):
+    # Every draw started at q = 0: its states went NaN at frame 1, failed |x| <= canvas and
+    # the error said only "8 left the canvas": the recipe or the canvas, not the physics.
+    import hgan.data.simulate as simulate
+    monkeypatch.setattr(simulate, "MAX_ROUNDS", 8)
+    monkeypatch.setitem(systems.PHYSICS, "oscillator_2d", systems.Physics(
+        _h_singular, _g_singular, _positions,
+        lambda system, rng, pr: np.concatenate([[0.0, 0.0], system._annulus(rng)]),
+        OSC.energy_scale))
+    with np.errstate(all="ignore"), pytest.raises(simulate.NoAcceptedDraw) as e:
+        simulate.simulate_split(oscillator, 0, "train", np.arange(4), 10)
+    msg = str(e.value)
+    assert "(8 left the canvas, 0 drifted in energy)" in msg, msg
+    assert "; 4 of the 4 that left the canvas in the last round became NaN or infinite " \
+           "instead (first at frame 1); H is not finite at 4 of the last 4 drawn initial " \
+           "states: PHYSICS['oscillator_2d'] reaches a singular point" in msg, msg
+    # and a canvas that is merely too small says nothing of the kind
+    import dataclasses
+    monkeypatch.setitem(systems.PHYSICS, "oscillator_2d", OSC)
+    with pytest.raises(simulate.NoAcceptedDraw) as e:
+        simulate.simulate_split(dataclasses.replace(oscillator, canvas=0.1), 0, "train",
+                                np.arange(4), 10)
+    assert "singular" not in str(e.value) and "NaN" not in str(e.value)
+
+
+def test_a_nan_hamiltonian_is_named_in_the_error(oscillator, monkeypatch):
+    import hgan.data.simulate as simulate
+    monkeypatch.setattr(simulate, "MAX_ROUNDS", 8)
+    monkeypatch.setitem(systems.PHYSICS, "oscillator_2d", systems.Physics(
+        lambda x, pr: _h(x, pr) * np.nan, _g, _positions, _sample, OSC.energy_scale))
+    with pytest.raises(simulate.NoAcceptedDraw, match=r"\(0 left the canvas, 8 drifted in "
+                                                        r"energy\).*; H is not finite at 4 of "
+                                                        r"the last 4 drawn initial states"):
+        simulate.simulate_split(oscillator, 0, "train", np.arange(4), 10)

@@ -296,6 +296,7 @@ def simulate_chunks(system, seed, split, index_chunks, frames):
                                      f"accepted ({left} left the canvas, {drifted} drifted in "
                                      f"energy): the system's recipe is broken, or the "
                                      f"trajectories are too long for its canvas"
+                                     + _nonfinite_check(system, traj, inside, x0, params)
                                      + _gradient_check(system, x0[:1], params))
             redo = []
             for m, (c, j) in enumerate(pending):
@@ -312,6 +313,36 @@ def simulate_chunks(system, seed, split, index_chunks, frames):
             pending = redo
         while open_chunks and open_chunks[0].remaining == 0:
             yield open_chunks.pop(0).result(system)
+
+
+def _nonfinite_check(system, states, inside, x0, params):
+    """'' unless a round's draws went NaN or infinite; else a sentence for the error above.
+    A state that is not finite fails `|position| <= canvas` and was counted, and reported,
+    only as leaving the canvas; an H that is not finite fails the energy check unexplained."""
+    notes = []
+    out = np.flatnonzero(~inside)
+    if out.size:
+        with np.errstate(all="ignore"):
+            pos = system.positions(states[out], _take(params, out))   # [n, T, B, 2]
+            ok = (np.abs(pos) <= system.canvas).all(axis=(2, 3))
+        # The integrators fill each trajectory up to and including the frame it left on, so
+        # the first frame outside is that frame; the rows after it were never written.
+        first = np.argmax(~ok, axis=1)
+        bad = ~np.isfinite(pos[np.arange(out.size), first]).all(axis=(1, 2))
+        if bad.any():
+            notes.append(f"{int(bad.sum())} of the {out.size} that left the canvas in the last "
+                         f"round became NaN or infinite instead (first at frame "
+                         f"{int(first[bad].min())})")
+    with np.errstate(all="ignore"):
+        h0 = system.hamiltonian(x0, params)
+    if not np.isfinite(h0).all():
+        notes.append(f"H is not finite at {int((~np.isfinite(h0)).sum())} of the last "
+                     f"{len(x0)} drawn initial states")
+    if not notes:
+        return ""
+    return (f"; {'; '.join(notes)}: PHYSICS[{system.base!r}] reaches a singular point (a "
+            f"division by zero, a log or square root of a negative number) at the states it "
+            f"draws or moves through")
 
 
 def _gradient_check(system, x, params, tol=1e-4):
