@@ -189,3 +189,40 @@ def test_the_generator_tells_a_kinds_motion_module_its_device(drift):
     m = build_models(ModelConfig(model="drift", ngf=4, ndf=4, clip_frames=4), device="meta")
     assert m.generator.motion(2, 3)["y"].device.type == "meta"
     assert m.generator(2, 3)[0].shape == (2, 3, 3, 32, 32)
+
+
+class _Broken(DriftMotion):
+    """DriftMotion's y, handed back in the way `how` names (a new kind's slips)."""
+
+    how = None
+
+    def forward(self, n, frames, *, dt=None, generator=None, device=None):
+        y = super().forward(n, frames, generator=generator, device=device)["y"]
+        return {"tensor": lambda: y, "key": lambda: {"z": y},
+                "wide": lambda: {"y": torch.cat([y, y[..., :1]], -1)},
+                "short": lambda: {"y": y[:, 1:]}, "time_first": lambda: {"y": y.transpose(0, 1)},
+                "no_dhdq": lambda: {"y": y, "q": y[..., :3], "p": y[..., 3:6]}}[self.how]()
+
+
+@pytest.mark.parametrize("how, hamiltonian, problem", [
+    # before: TypeError "new(): invalid data type 'str'", KeyError 'y', a reshape error in
+    # G_I, IndexErrors in the window slicing, KeyError 'dHdq' in the cyclic loss
+    ("tensor", False, r"returned a Tensor, not a dict"),
+    ("key", False, r"returned a dict without 'y' \(its keys: 'z'\)"),
+    ("wide", False, r"returned 'y' of shape \(2, 3, 8\), expected \(2, 3, 7\)"),
+    ("short", False, r"returned 'y' of shape \(2, 2, 7\), expected \(2, 3, 7\)"),
+    ("time_first", False, r"returned 'y' of shape \(3, 2, 7\), expected \(2, 3, 7\)"),
+    ("no_dhdq", True, r"returned a dict without 'dHdq' \(its keys: 'y', 'q', 'p'\)"),
+])
+def test_a_motion_module_that_breaks_the_contract_is_named(monkeypatch, how, hamiltonian,
+                                                           problem):
+    monkeypatch.setattr(_Broken, "how", how)
+    monkeypatch.setitem(KINDS, "broken", ModelKind("broken", "broken", f"{__name__}:_Broken",
+                                                   hamiltonian=hamiltonian))
+    # a Hamiltonian kind without a map takes 2k = 6 wide noise, which DriftMotion keeps as y
+    g = build_models(ModelConfig(model="broken", ngf=4, ndf=4, clip_frames=4, k=3,
+                                 motion_dim=6 if hamiltonian else 7)).generator
+    with pytest.raises(ValueError, match=r"^model 'broken': its motion module _Broken "
+                                         + problem + r" for n=2, frames=3; it must return a "
+                                         r"dict with 'y' \[2, 3, (7|6)\]"):
+        g(2, 3)    # the trainer's path, through VideoGenerator.motion

@@ -21,7 +21,43 @@ class VideoGenerator(nn.Module):
         """Per-frame motion latents: {"y": [n, T, D]} (+ "q", "p" [n, T, k], "dHdq" [n, T-1, k])."""
         if int(n) < 1 or int(frames) < 1:
             raise ValueError(f"need n >= 1 and frames >= 1, got n={n}, frames={frames}")
-        return self.motion_module(int(n), int(frames), dt=dt, generator=generator, device=self.device)
+        out = self.motion_module(int(n), int(frames), dt=dt, generator=generator, device=self.device)
+        self._check_motion(out, int(n), int(frames))
+        return out
+
+    def _check_motion(self, out, n, frames):
+        """One error naming the module and the contract when `out` breaks it: a new kind's
+        slip (a bare tensor, another key, [T, n, D], D + 1 wide, a frame short, no "dHdq")
+        otherwise surfaced as a TypeError, KeyError, IndexError or reshape error inside
+        G_I's input, the window slicing or the cyclic loss. Shapes only: no sync, no copy."""
+        cfg = self.config
+        kind = model_kind(cfg.model)
+        width = cfg.latent_dim - cfg.content_dim
+        want = {"y": (n, frames, width)}
+        if kind.hamiltonian:
+            want.update(q=(n, frames, cfg.k), p=(n, frames, cfg.k), dHdq=(n, frames - 1, cfg.k))
+        if not isinstance(out, dict):
+            problem = f"a {type(out).__name__}, not a dict"
+        else:
+            problem = None
+            for key, shape in want.items():
+                value = out.get(key)
+                if value is None:
+                    problem = f"a dict without {key!r} (its keys: {', '.join(map(repr, out))})"
+                elif not isinstance(value, torch.Tensor):
+                    problem = f"{key!r} as a {type(value).__name__}, not a tensor"
+                elif tuple(value.shape) != shape:
+                    problem = f"{key!r} of shape {tuple(value.shape)}, expected {shape}"
+                if problem:
+                    break
+        if problem:
+            spec = ", ".join(f"{k!r} {list(v)}" for k, v in want.items())
+            raise ValueError(
+                f"model {cfg.model!r}: its motion module {type(self.motion_module).__name__} "
+                f"returned {problem} for n={n}, frames={frames}; it must return a dict with "
+                f"{spec} (docs/training.md, 'Adding an option or a model': y is "
+                + ("2*k wide and a Hamiltonian kind adds q, p and dHdq)" if kind.hamiltonian
+                   else "--motion-dim wide)"))
 
     def render(self, z_content, y):
         """Frames for latents (z_c [n, Dc], y [n, T, D]) -> videos [n, T, C, H, W] in [-1, 1]."""
