@@ -28,9 +28,28 @@ class ModelKind:
     # What the experiment grid's compare.md measures the other models against (one kind).
     baseline: bool = False
 
+    def __post_init__(self):
+        # "hgan.models.motion.GRUMotion" (a dot for the colon) was found only when a generator
+        # was built, as "No module named 'hgan.models.motion.GRUMotion'; 'hgan.models.motion'
+        # is not a package", which names neither the kind nor the format.
+        module, sep, name = self.motion.partition(":") if isinstance(self.motion, str) else "  "
+        if not (sep and module and name.isidentifier()):
+            raise ValueError(f"model {self.name!r}: motion {self.motion!r} is not "
+                             f"'package.module:Class' (e.g. 'hgan.models.motion:GRUMotion')")
+
     def motion_class(self):
         module, _, name = self.motion.partition(":")
-        return getattr(importlib.import_module(module), name)
+        try:
+            found = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name is None or not (module == e.name or module.startswith(e.name + ".")):
+                raise    # an import inside the motion module failed: its own error says which
+            raise ValueError(f"model {self.name!r}: motion {self.motion!r}: there is no module "
+                             f"{module!r}") from None
+        if not hasattr(found, name):
+            raise ValueError(f"model {self.name!r}: motion {self.motion!r}: module {module!r} "
+                             f"has no {name!r}")
+        return getattr(found, name)
 
 
 KINDS = {kind.name: kind for kind in (

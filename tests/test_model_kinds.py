@@ -226,3 +226,19 @@ def test_a_motion_module_that_breaks_the_contract_is_named(monkeypatch, how, ham
                                          + problem + r" for n=2, frames=3; it must return a "
                                          r"dict with 'y' \[2, 3, (7|6)\]"):
         g(2, 3)    # the trainer's path, through VideoGenerator.motion
+
+
+def test_a_motion_path_that_names_no_class_is_named():
+    # "a.b.C" for "a.b:C" was found only when a generator was built, as ModuleNotFoundError
+    # "No module named 'hgan.models.motion.GRUMotion'; 'hgan.models.motion' is not a package"
+    with pytest.raises(ValueError, match=r"^model 'gru2': motion 'hgan.models.motion.GRUMotion' "
+                                         r"is not 'package.module:Class'"):
+        ModelKind("gru2", "GRU", "hgan.models.motion.GRUMotion", hamiltonian=False)
+    with pytest.raises(ValueError, match=r"^model 'gru2': motion 'hgan.models.motio:GRUMotion': "
+                                         r"there is no module 'hgan.models.motio'$"):
+        ModelKind("gru2", "GRU", "hgan.models.motio:GRUMotion", hamiltonian=False).motion_class()
+    with pytest.raises(ValueError, match=r"^model 'gru2': motion 'hgan.models.motion:GRU': "
+                                         r"module 'hgan.models.motion' has no 'GRU'$"):
+        ModelKind("gru2", "GRU", "hgan.models.motion:GRU", hamiltonian=False).motion_class()
+    assert ModelKind("gru2", "GRU", KINDS["mocogan"].motion,
+                     hamiltonian=False).motion_class() is KINDS["mocogan"].motion_class()
