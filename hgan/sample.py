@@ -20,6 +20,7 @@ from hgan.cli_args import OneLineParser, int_at_least, prog
 from hgan.data.interrupt import sigterm_interrupts
 from hgan.data.simulate import REAL_TIME_FPS
 from hgan.device import check_device
+from hgan.model_kinds import hamiltonian_models
 from hgan.models import ModelConfig, build_models
 from hgan.train.checkpoint import CheckpointError, load_checkpoint, load_weights
 from hgan.train.media import save_gif, save_png_strip
@@ -137,8 +138,8 @@ def build_parser():
     p.add_argument("--frames", type=_positive, default=64,
                    help="frames per video, may exceed the training length (default: %(default)s)")
     p.add_argument("--dt", type=_time_step, default=None,
-                   help="time step; negative runs backwards; hgan and hnn_gan only "
-                        "(default: the training dt)")
+                   help=f"time step; negative runs backwards; "
+                        f"{' and '.join(hamiltonian_models())} only (default: the training dt)")
     p.add_argument("--seed", type=_seed, default=0, help="sampling seed (default: %(default)s)")
     p.add_argument("--device", type=_device, default="cpu",
                    help="auto (cuda when available), cpu, cuda or cuda:N; cpu draws the same "

@@ -242,3 +242,21 @@ def test_a_motion_path_that_names_no_class_is_named():
         ModelKind("gru2", "GRU", "hgan.models.motion:GRU", hamiltonian=False).motion_class()
     assert ModelKind("gru2", "GRU", KINDS["mocogan"].motion,
                      hamiltonian=False).motion_class() is KINDS["mocogan"].motion_class()
+
+
+class _Steady(DriftMotion):
+    """A kind's module that takes dt and ignores it, as the contract's signature allows."""
+
+    def forward(self, n, frames, *, dt=None, generator=None, device=None):
+        return super().forward(n, frames, generator=generator, device=device)
+
+
+def test_a_time_step_for_a_kind_without_one_is_refused_by_the_table(monkeypatch):
+    # hgan.sample --dt -0.05 wrote this kind's forward-running videos as its "backwards" ones
+    monkeypatch.setitem(KINDS, "steady", ModelKind("steady", "drift, ignores dt",
+                                                   f"{__name__}:_Steady", hamiltonian=False))
+    g = build_models(ModelConfig(model="steady", ngf=4, ndf=4, clip_frames=4)).generator
+    with pytest.raises(ValueError, match=r"^model 'steady' has no time step \(its ModelKind is "
+                                         r"not hamiltonian\): dt applies to hgan, hnn_gan only$"):
+        g.sample(2, 3, dt=-0.05)
+    assert g.sample(2, 3).shape == (2, 3, 3, 32, 32)

@@ -2,7 +2,7 @@
 import torch
 from torch import nn
 
-from hgan.model_kinds import model_kind
+from hgan.model_kinds import hamiltonian_models, model_kind
 from hgan.models.networks import ImageGenerator
 
 
@@ -21,6 +21,13 @@ class VideoGenerator(nn.Module):
         """Per-frame motion latents: {"y": [n, T, D]} (+ "q", "p" [n, T, k], "dHdq" [n, T-1, k])."""
         if int(n) < 1 or int(frames) < 1:
             raise ValueError(f"need n >= 1 and frames >= 1, got n={n}, frames={frames}")
+        if dt is not None and not model_kind(self.config.model).hamiltonian:
+            # Said here from the table, not left to each module: a new kind's module that takes
+            # dt=None and ignores it made `hgan.sample --dt -0.05` write forward-running videos
+            # as if they ran backwards.
+            raise ValueError(f"model {self.config.model!r} has no time step (its ModelKind is "
+                             f"not hamiltonian): dt applies to "
+                             f"{', '.join(hamiltonian_models())} only")
         out = self.motion_module(int(n), int(frames), dt=dt, generator=generator, device=self.device)
         self._check_motion(out, int(n), int(frames))
         return out
