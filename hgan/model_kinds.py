@@ -32,7 +32,8 @@ class ModelKind:
         # "hgan.models.motion.GRUMotion" (a dot for the colon) was found only when a generator
         # was built, as "No module named 'hgan.models.motion.GRUMotion'; 'hgan.models.motion'
         # is not a package", which names neither the kind nor the format.
-        module, sep, name = self.motion.partition(":") if isinstance(self.motion, str) else "  "
+        module, sep, name = (self.motion.partition(":") if isinstance(self.motion, str)
+                             else ("", "", ""))
         if not (sep and module and name.isidentifier()):
             raise ValueError(f"model {self.name!r}: motion {self.motion!r} is not "
                              f"'package.module:Class' (e.g. 'hgan.models.motion:GRUMotion')")

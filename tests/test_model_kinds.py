@@ -234,6 +234,9 @@ def test_a_motion_path_that_names_no_class_is_named():
     with pytest.raises(ValueError, match=r"^model 'gru2': motion 'hgan.models.motion.GRUMotion' "
                                          r"is not 'package.module:Class'"):
         ModelKind("gru2", "GRU", "hgan.models.motion.GRUMotion", hamiltonian=False)
+    with pytest.raises(ValueError, match=r"^model 'gru2': motion <class .*GRUMotion'> is not "
+                                         r"'package.module:Class'"):
+        ModelKind("gru2", "GRU", KINDS["mocogan"].motion_class(), hamiltonian=False)
     with pytest.raises(ValueError, match=r"^model 'gru2': motion 'hgan.models.motio:GRUMotion': "
                                          r"there is no module 'hgan.models.motio'$"):
         ModelKind("gru2", "GRU", "hgan.models.motio:GRUMotion", hamiltonian=False).motion_class()
