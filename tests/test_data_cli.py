@@ -731,6 +731,27 @@ def test_generate_with_a_split_of_0_keeps_that_existing_split(tmp_path):
     assert (tmp_path / "pendulum" / "test.h5").exists()
 
 
+def test_generate_over_a_whole_dataset_names_both_splits(tmp_path, capsys):
+    # Both splits there (as train.py generates them): the refusal named train.h5 alone and
+    # advised "--train 0 keeps it", which was then refused for test.h5.
+    argv = ["generate", "--system", "pendulum", "--train", "1", "--test", "1", "--frames", "2",
+            "--resolution", "16", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    train, test = (tmp_path / "pendulum" / "train.h5"), (tmp_path / "pendulum" / "test.h5")
+    before = train.read_bytes(), test.read_bytes()
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"hgan.data: error: {train} and {test} exist; --overwrite replaces them, or choose "
+        "another --out")
+    assert (train.read_bytes(), test.read_bytes()) == before
+    # one split asked for: its own refusal, with the way to keep it
+    _fails(argv[:6] + ["0"] + argv[7:], capsys, f"{train} exists; --overwrite replaces it, "
+                                                "--train 0 keeps it")
+
+
 def test_an_interrupted_run_names_only_the_files_it_wrote_itself(tmp_path):
     import os
     import time

@@ -329,12 +329,21 @@ def _check_generate(args):
     the paper's sizes, hours of simulation)."""
     if args.train == 0 and args.test == 0:
         raise ValueError("--train 0 and --test 0: nothing to generate")
-    for split, n in (("train", args.train), ("test", args.test)):
-        path = os.path.join(args.out, args.system, split + ".h5")
-        if n and os.path.exists(path) and not args.overwrite:
-            raise ValueError(f"{path} exists; --overwrite replaces it, --{split} 0 keeps it "
-                             "(after a stopped run: the split it finished), or choose another "
-                             "--out")
+    if args.overwrite:
+        return
+    paths = {split: os.path.join(args.out, args.system, split + ".h5")
+             for split, n in (("train", args.train), ("test", args.test)) if n}
+    existing = [split for split, path in paths.items() if os.path.exists(path)]
+    if len(existing) == 2:
+        # Both asked for and both there (a dataset train.py generated): "--train 0 keeps it"
+        # would only be refused next for test.h5, and keeping both leaves nothing to generate.
+        raise ValueError(f"{paths['train']} and {paths['test']} exist; --overwrite replaces "
+                         "them, or choose another --out")
+    if existing:
+        split = existing[0]
+        raise ValueError(f"{paths[split]} exists; --overwrite replaces it, --{split} 0 keeps it "
+                         "(after a stopped run: the split it finished), or choose another "
+                         "--out")
 
 
 def _kept(args, started):
