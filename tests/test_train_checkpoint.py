@@ -145,6 +145,29 @@ def test_missing_checkpoint_is_one_clear_error(tmp_path):
         load_checkpoint(str(tmp_path / "nope.pt"))
 
 
+def test_a_runs_checkpoints_folder_given_as_the_run_is_named_in_the_error(tmp_path, capsys):
+    # `--resume RUN/checkpoints` (or --checkpoint) looked for RUN/checkpoints/checkpoints/last.pt
+    # and said only that it was missing
+    folder = tmp_path / "run" / "checkpoints"
+    folder.mkdir(parents=True)
+    save_checkpoint({"iteration": 1}, str(folder / "last.pt"))
+    hint = (f": {folder} holds last.pt itself; give the run directory {tmp_path / 'run'} or "
+            f"the file {folder / 'last.pt'}")
+    with pytest.raises(FileNotFoundError) as e:
+        load_checkpoint(str(folder))
+    assert str(e.value) == f"no checkpoint at {folder / 'checkpoints' / 'last.pt'}{hint}"
+    from hgan.sample import main
+    assert main(["--checkpoint", str(folder), "--out", str(tmp_path / "s.gif")]) == 2
+    assert capsys.readouterr().err.strip().endswith(hint)
+    # a folder without last.pt, and a missing file, keep the plain message
+    (tmp_path / "empty").mkdir()
+    for path, missing in ((tmp_path / "empty", tmp_path / "empty" / "checkpoints" / "last.pt"),
+                          (tmp_path / "nope.pt", tmp_path / "nope.pt")):
+        with pytest.raises(FileNotFoundError) as e:
+            load_checkpoint(str(path))
+        assert str(e.value) == f"no checkpoint at {missing}"
+
+
 def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     torch.manual_seed(5)
     np.random.seed(5)

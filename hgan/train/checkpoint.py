@@ -91,10 +91,22 @@ def checkpoint_file(path: str) -> str:
     return os.path.join(path, "checkpoints", "last.pt") if os.path.isdir(path) else path
 
 
+def _folder_hint(missing: str) -> str:
+    """For a missing DIR/checkpoints/last.pt where DIR holds last.pt itself: DIR is a run's
+    checkpoints folder, given where its run directory was expected (the path that failed,
+    ".../checkpoints/checkpoints/last.pt", left the reader to spot the doubled folder)."""
+    folder = os.path.dirname(os.path.dirname(missing))
+    if os.path.basename(os.path.dirname(missing)) != "checkpoints" or \
+            not os.path.isfile(os.path.join(folder, "last.pt")):
+        return ""
+    return (f": {folder} holds last.pt itself; give the run directory "
+            f"{os.path.dirname(folder) or '.'} or the file {os.path.join(folder, 'last.pt')}")
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     path = checkpoint_file(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no checkpoint at {path}")
+        raise FileNotFoundError(f"no checkpoint at {path}{_folder_hint(path)}")
     with open(path, "rb") as f:
         head = f.read(4)
     if not head.startswith(_TORCH_MAGIC):
