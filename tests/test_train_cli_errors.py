@@ -381,6 +381,19 @@ def test_gen_frames_limits_only_a_dataset_to_generate(data_root, tmp_path, capsy
                                 "--frames", "20", "--gen-frames", "8"], capsys)
     assert_one_error_line(code, err, "--gen-frames (8) must be >= --frames (20)")
     assert not missing.exists()
+    # nor --gen-train 3 a batch of 4: it was generated, then refused by the loader, and had
+    # to be deleted before another try
+    code, _, err = call(TINY + ["--data", str(missing), "--out", str(tmp_path / "b"),
+                                "--gen-train", "3", "--gen-test", "2", "--gen-frames", "8"],
+                        capsys)
+    assert_one_error_line(code, err, "--gen-train (3) must be >= --batch-size (4) to generate "
+                                     f"{missing / 'pendulum' / 'train.h5'}")
+    assert not missing.exists() and not (tmp_path / "b").exists()
+    # as many as the batch is enough
+    code, _, err = call(TINY + ["--data", str(missing), "--out", str(tmp_path / "b"), "--iters",
+                                "1", "--gen-train", "4", "--gen-test", "2", "--gen-frames", "8"],
+                        capsys)
+    assert code == 0, err
 
 
 def test_autocast_flags_this_device_refuses_generate_no_data(tmp_path, capsys):

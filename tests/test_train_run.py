@@ -323,7 +323,7 @@ def test_a_missing_dataset_is_generated_from_the_gen_flags(tmp_path):
     from hgan.train.loop import ensure_dataset
     root = tmp_path / "data" / "pendulum"
     cfg = tiny_cfg(str(root / "train.h5"), tmp_path / "run", frames=6, gen_frames=6,
-                   gen_train=3, gen_test=2, seed=5)
+                   gen_train=3, gen_test=2, seed=5, batch_size=2)
     ensure_dataset(cfg, DistInfo())
     for split, n in (("train", 3), ("test", 2)):
         with open_h5(str(root / f"{split}.h5")) as f:

@@ -124,6 +124,11 @@ def ensure_dataset(cfg: RunConfig, info: hdist.DistInfo):
         if cfg.gen_frames < cfg.frames:
             raise ValueError(f"--gen-frames ({cfg.gen_frames}) must be >= --frames ({cfg.frames}) "
                              f"to generate {cfg.data_path}")
+        # A batch takes one window of each of --batch-size trajectories (split over the ranks,
+        # which it divides): fewer would be generated, then refused by the loader.
+        if cfg.gen_train < cfg.batch_size:
+            raise ValueError(f"--gen-train ({cfg.gen_train}) must be >= --batch-size "
+                             f"({cfg.batch_size}) to generate {cfg.data_path}")
         if info.is_main:
             _generate(cfg)
     if done is not None:
