@@ -36,6 +36,8 @@ def _fails(argv, capsys, match):
     (["show", "missing.h5", "--out", "x.png"], "error: missing.h5: file does not exist"),
     (["frobnicate"], "invalid choice"),
     (["generate"], "--system"),
+    # named by its choices, not by argparse's dest ("required: cmd")
+    ([], "the following arguments are required: {generate,show,import-dm}"),
     (["show", "missing.h5", "--out", "x.png", "--n", "0"], "integer >= 1, got 0"),
 ])
 def test_invalid_values_one_line_exit_2(argv, match, capsys):

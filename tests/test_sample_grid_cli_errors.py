@@ -91,6 +91,16 @@ def test_sample_runtime_error_has_the_same_prefix(tmp_path, capsys):
     assert err.count("\n") == 1 and err.startswith("hgan.sample: error:"), err
 
 
+def test_a_missing_grid_command_is_named_by_its_choices(capsys):
+    # argparse named it by its dest: "the following arguments are required: cmd"
+    from hgan.experiments.cli import main
+    with pytest.raises(SystemExit) as e:
+        main([])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("hgan.experiments: error: the following arguments are "
+                                       "required: {table1,export}\n")
+
+
 @pytest.mark.parametrize("device,count,match", [
     ("cuda", 0, "CUDA is not available"),
     ("cuda:0", 0, "CUDA is not available"),

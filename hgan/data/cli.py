@@ -104,6 +104,8 @@ def build_parser():
     i.add_argument("--out", default="data", help="output directory (default: %(default)s)")
     i.add_argument("--overwrite", action="store_true",
                    help="replace splits that already exist (refused without it)")
+    # argparse names a missing command by its dest ("required: cmd"); the choices say more
+    sub.metavar = "{" + ",".join(sub.choices) + "}"
     return p
 
 

@@ -102,6 +102,8 @@ def build_parser(defaults=True):
     e.add_argument("--to", required=True, metavar="DIR",
                    help="a new (or empty) directory for compare.md, figures/ and each run's "
                         "configs, summaries and evaluation outputs (no checkpoints)")
+    # argparse names a missing command by its dest ("required: cmd"); the choices say more
+    sub.metavar = "{" + ",".join(sub.choices) + "}"
     return p
 
 
