@@ -157,6 +157,16 @@ def test_clips_as_long_as_the_trajectories_are_accepted(tmp_path):
         datasets.missing_splits(_spec(tmp_path, frames=16, traj_frames=15), "pendulum")
 
 
+def test_a_batch_takes_at_most_the_training_trajectories(tmp_path):
+    # --train-traj 2 --batch-size 4: the data was generated, then every run failed on it
+    # ("batch size 4 exceeds the 2 windows per epoch"); refused before any data now
+    check_flags(_spec(tmp_path, batch_size=4, train_traj=4))
+    with pytest.raises(GridError, match=re.escape("--train-traj 3 is fewer than a batch "
+                                                  "(--batch-size 4)")):
+        check_flags(_spec(tmp_path, batch_size=4, train_traj=3))
+    assert not os.path.exists(tmp_path / "data")
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(traj_frames=7), "has frames = 6, the grid asks for 7"),
     (dict(resolution=64), "has resolution = 32, the grid asks for 64"),

@@ -348,6 +348,11 @@ def check_flags(spec):
                         f"trajectories, and the grid makes --test-traj {spec.test_traj}: pass "
                         f"--test-traj {args.fvd_videos} (or --paper-sizes), or --eval-args "
                         f"'--fvd-videos {spec.test_traj}' (not the protocol's 2048)")
+    if spec.train_traj < spec.batch_size:
+        # each video of a batch is a window of a training trajectory of its own: every run's
+        # loader would refuse the data after it was generated
+        raise GridError(f"--train-traj {spec.train_traj} is fewer than a batch (--batch-size "
+                        f"{spec.batch_size})")
 
 
 # Flags the grid sets for every run: an extra flag would win (argparse keeps the last value)
