@@ -705,7 +705,7 @@ def test_report_only_rewrites_the_table_of_the_grid_that_trained(tmp_path, capsy
     json.dump({"iteration": 7}, open(run.path("summary.json"), "w"))
     assert cli.main(["table1", "--report-only", "--out", str(tmp_path)]) == 0
     text = open(tmp_path / "compare.md").read()
-    assert text.startswith("# Table 1 grid: 1 systems x 1 models x 1 seed(s)")
+    assert text.startswith("# Table 1 grid: 1 system x 1 model x 1 seed\n")
     assert "| pendulum | hgan | 0 | 7 / 7 |" in text
     assert "- command: `python -m hgan.experiments table1 -x (table rewritten with " \
            "--report-only)`" in text

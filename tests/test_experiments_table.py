@@ -215,6 +215,26 @@ def test_the_sample_montage_shows_real_data_first_then_the_models(tmp_path):
     assert [im.getpixel((0, y)) for y in (0, 10, 20)] == [colours[k] for k in labels]
 
 
+def test_a_rewritten_table_leaves_no_figure_it_no_longer_shows(tmp_path):
+    # `--report-only --systems pendulum` after a grid of two systems: mass_spring's montage
+    # stayed in figures/, unlinked (and exported); a file of the user's there stays
+    from PIL import Image
+    spec = _spec(tmp_path, systems=("pendulum", "mass_spring"), models=("hgan",))
+    for run in spec.runs():
+        res = _results(0.05)
+        res["figures"] = {"samples_hgan": "mine.png"}
+        _write(run, res)
+        Image.new("RGB", (8, 4)).save(run.path("eval", "mine.png"))
+    report.write_compare(spec, {})
+    assert os.path.exists(tmp_path / "figures" / "samples_mass_spring.png")
+    open(tmp_path / "figures" / "notes.png", "wb").close()
+    text = report.write_compare(_spec(tmp_path, systems=("pendulum",), models=("hgan",)), {})
+    assert text.splitlines()[0] == "# Table 1 grid: 1 system x 1 model x 1 seed"
+    left = sorted(os.listdir(tmp_path / "figures"))
+    assert "samples_pendulum.png" in left and "notes.png" in left
+    assert [n for n in left if n != "notes.png" and f"(figures/{n})" not in text] == []
+
+
 def test_the_bar_charts_real_dash_is_real_datas_value_not_the_noise_floor(tmp_path,
                                                                            monkeypatch):
     import matplotlib.axes
@@ -435,7 +455,7 @@ def test_the_header_counts_the_grid_and_states_its_evaluation_flags_and_note(tmp
             "note": "Stopped by its deadline."}
     text = report.write_compare(spec, meta)
     lines = text.splitlines()
-    assert lines[0] == "# Table 1 grid: 1 systems x 2 models x 3 seed(s)"
+    assert lines[0] == "# Table 1 grid: 1 system x 2 models x 3 seeds"
     assert "- evaluation: `physics,cyclic,appearance`, flags `--physics-videos 64`; no --i3d " \
            "detector given, so no FVD" in lines
     assert "Stopped by its deadline." in lines

@@ -86,8 +86,8 @@ def write_compare(spec, meta, path=None):
     os.makedirs(fig_dir, exist_ok=True)
     rows = table.collect(spec)
     rel = lambda p: os.path.relpath(p, os.path.dirname(os.path.abspath(path)))  # noqa: E731
-    lines = [f"# Table 1 grid: {len(spec.systems)} systems x {len(spec.models)} models x "
-             f"{len(spec.seeds)} seed(s)", "",
+    lines = [f"# Table 1 grid: {_count(spec.systems, 'system')} x "
+             f"{_count(spec.models, 'model')} x {_count(spec.seeds, 'seed')}", "",
              f"- command: `{meta.get('command', '')}`",
              f"- device: {meta.get('device', 'unknown')}; commit {meta.get('commit', 'unknown')}; "
              f"written {meta.get('date', '')}",
@@ -110,15 +110,17 @@ def write_compare(spec, meta, path=None):
               "Rows: models; columns: systems; each cell: value (iterations, training time).", ""]
     lines += table.metric_sections(spec, rows)
     lines += table.checks_section(spec, rows)
-    figs = []
+    figs, written = [], set()
     for key, title, get, _ in table.METRICS:
         p = _bar_chart(spec, rows, key, title, get, os.path.join(fig_dir, f"{key}.png"))
         if p:
             figs.append(f"![{key}]({rel(p)})")
+            written.add(p)
     samples = []
     for s in spec.systems:
         p, labels = _samples_montage(spec, rows, s, os.path.join(fig_dir, f"samples_{s}.png"))
         if p:
+            written.add(p)
             # (no count: a strip has as many videos as its evaluation had, up to 8)
             samples.append(f"**{s}**, one row of frames per video; blocks of videos, top to "
                            f"bottom: {', '.join(labels)}\n\n![{s}]({rel(p)})")
@@ -128,7 +130,26 @@ def write_compare(spec, meta, path=None):
                for r in rows if r["results"]]
     if per_run:
         lines += ["Each run's own report (t-SNE, momenta, energy figures): " + ", ".join(per_run), ""]
+    _remove_stale_figures(spec, fig_dir, written)
     text = "\n".join(lines)
     with open(path, "w") as f:
         f.write(text)
     return text
+
+
+def _count(items, word):
+    return f"{len(items)} {word}{'' if len(items) == 1 else 's'}"
+
+
+def _remove_stale_figures(spec, fig_dir, written):
+    """An earlier table's figure of a system or metric this one does not show (`--report-only
+    --systems` on a subset) would sit in figures/ unlinked, and go out with `export`. Only the
+    names this report writes are removed: anything else there is someone else's."""
+    from hgan.data import SYSTEMS
+    own = {f"{key}.png" for key, *_ in table.METRICS}
+    own |= {f"samples_{s}.png" for s in (*SYSTEMS, *spec.systems)}
+    for name in own - {os.path.basename(p) for p in written}:
+        try:
+            os.remove(os.path.join(fig_dir, name))
+        except FileNotFoundError:
+            pass
