@@ -138,6 +138,12 @@ def test_a_grid_that_cannot_be_packed_is_one_clear_error(tmp_path, capsys, flags
     (["--eval-args", "--frames 1"], "--eval-args: argument --frames: expected an integer >= 2"),
     (["--traj-frames", "8", "--frames", "4", "--eval-args", "--frames 9"],
      "evaluation with --frames 9 is longer than the held-out trajectories (--traj-frames 8)"),
+    # refused while the grid was planned, after --out was made: it was left behind, empty
+    (["--batch-size", "2", "--traj-frames", "8", "--frames", "12", "--eval-args", "--frames 8"],
+     "--traj-frames 8 is shorter than the training clips (--frames 12)"),
+    (["--batch-size", "2", "--traj-frames", "8", "--frames", "12", "--data-only",
+      "--eval-args", "--frames 8"],
+     "--traj-frames 8 is shorter than the training clips (--frames 12)"),
     (["--frames", "4", "--i3d", __file__],
      "evaluation with --frames 4: FVD's I3D (--i3d) needs at least 10"),
     (["--i3d", __file__], "FVD over --fvd-videos 2048 needs as many held-out trajectories, "

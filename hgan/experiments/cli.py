@@ -213,6 +213,7 @@ def table1(a, argv):
     if not a.report_only:
         check_device(spec.device)
         check_flags(spec)
+    made = _missing_dirs(spec.out)
     try:
         os.makedirs(spec.out, exist_ok=True)
     except OSError as e:
@@ -233,7 +234,15 @@ def table1(a, argv):
         grid = runner.GridRunner(spec, parallel=a.parallel, deadline_s=a.deadline,
                                  status_every_s=a.status_every, progress=not a.no_progress,
                                  inline_eval=a.inline_eval, pack=a.pack)
-        jobs = grid.plan(data_only=a.data_only)  # data alone: whatever the runs hold
+        try:
+            jobs = grid.plan(data_only=a.data_only)  # data alone: whatever the runs hold
+        except GridError:  # a refused command leaves no empty --out of its own behind
+            for d in made:
+                try:
+                    os.rmdir(d)
+                except OSError:
+                    break
+            raise
         if a.data_only:  # (with --report-only: refused in spec_from_args)
             print(f"[grid] {len(jobs)} datasets to generate in {spec.out}/data", file=sys.stderr,
                   flush=True)
@@ -267,6 +276,15 @@ def table1(a, argv):
     print(f"[grid] wrote {os.path.join(spec.out, 'compare.md')}"
           + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 130 if stopped else 1 if failed else 0
+
+
+def _missing_dirs(path):
+    """`path` and its ancestors that do not exist yet, innermost first."""
+    missing, path = [], os.path.abspath(path)
+    while not os.path.exists(path) and os.path.dirname(path) != path:
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
 
 
 def _save_grid(spec, meta):
