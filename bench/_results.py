@@ -16,9 +16,17 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # run of one case (-k) would otherwise leave the checkout modified
 RESULTS_DIR = os.environ.get("HGAN_BENCH_RESULTS") or os.path.join(REPO_ROOT, "bench", "results")
 WRITTEN = set()   # results files this process wrote (bench/conftest.py names them at the end)
-# the ratios (speed-ups, keys X_over_Y) this process recorded, by (section, entry, key):
+# the ratios (keys X_over_Y) this process recorded, by (section, entry, key):
 # bench/conftest.py prints them at the end, so that a run shows what it paired
 RATIOS = {}
+# How a ratio reads, from its key: X_over_Y is a speed-up, Y's time / X's (above 1: X is
+# faster), but X_over_Y_time is a time ratio, X's time / Y's (below 1: X is faster).
+RATIO_KINDS = {"speed-up": ("X_over_Y", "Y's time / X's, above 1 when X is faster"),
+               "time ratio": ("X_over_Y_time", "X's time / Y's, below 1 when X is faster")}
+
+
+def ratio_kind(key):
+    return "time ratio" if key.endswith("_time") else "speed-up"
 
 
 def device_name(device: str = "cuda") -> str:

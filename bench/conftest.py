@@ -21,7 +21,11 @@ def pytest_terminal_summary(terminalreporter):
     for path in sorted(_results.WRITTEN):
         terminalreporter.write_line(f"medians recorded in {os.path.relpath(path)} (each entry "
                                     f"with its commit, versions, date and load average)")
-    if _results.RATIOS:   # the speed-ups: the figures a run is for, not in the timing table
-        terminalreporter.write_line("ratios recorded by this run (X_over_Y, as in the file):")
+    if _results.RATIOS:   # the ratios: the figures a run is for, not in the timing table
+        # the two kinds read in opposite directions: each line says which one it is
+        kinds = "; ".join(f"{kind} {form} = {how}"
+                          for kind, (form, how) in _results.RATIO_KINDS.items())
+        terminalreporter.write_line(f"ratios recorded by this run, keys as in the file ({kinds}):")
         for (section, name, key), value in _results.RATIOS.items():
-            terminalreporter.write_line(f"  {section} {name}: {key} = {value:.3g}")
+            terminalreporter.write_line(f"  {section} {name}: {key} = {value:.3g} "
+                                        f"({_results.ratio_kind(key)})")

@@ -1623,6 +1623,9 @@ def test_a_bench_run_prints_the_ratios_it_recorded(tmp_path, monkeypatch):
               "analytic_over_reference_quartiles": [2, 2.3]}
     _results.record("leapfrog", "paired/B64/fwdbwd", paired, device="cpu")
     _results.record("leapfrog", "analytic/B64/fwd", {"median_s": 0.009}, device="cpu")
+    # a time ratio reads the other way: the line did not say which way each one read
+    _results.record("dv_layout", "channels_last_3d/32px/fp32",
+                    {"median_s": 0.011, "channels_last_3d_over_ncdhw_time": 1.1}, device="cpu")
     spec = importlib.util.spec_from_file_location(
         "bench_conftest", os.path.join(os.path.dirname(_results.__file__), "conftest.py"))
     conftest = importlib.util.module_from_spec(spec)
@@ -1638,8 +1641,12 @@ def test_a_bench_run_prints_the_ratios_it_recorded(tmp_path, monkeypatch):
     conftest.pytest_terminal_summary(reporter)
     assert reporter.lines[0].startswith("medians recorded in ")
     assert reporter.lines[1:] == [
-        "ratios recorded by this run (X_over_Y, as in the file):",
-        "  leapfrog paired/B64/fwdbwd: analytic_over_reference_median_paired = 2.16"]
+        "ratios recorded by this run, keys as in the file (speed-up X_over_Y = Y's time / X's, "
+        "above 1 when X is faster; time ratio X_over_Y_time = X's time / Y's, below 1 when X "
+        "is faster):",
+        "  leapfrog paired/B64/fwdbwd: analytic_over_reference_median_paired = 2.16 (speed-up)",
+        "  dv_layout channels_last_3d/32px/fp32: channels_last_3d_over_ncdhw_time = 1.1 "
+        "(time ratio)"]
 
 
 def test_bf16_gradients_measures_every_parameter_against_float64(capsys):
