@@ -183,3 +183,24 @@ def test_readme_train_paragraph_states_train_pys_defaults():
     assert (f"`--gen-train {d['--gen-train']} --gen-test {d['--gen-test']} --gen-frames "
             f"{d['--gen-frames']}` trajectories by default" in text)
     assert f"`--iters` defaults to {d['--iters']:,}" in text
+
+
+def test_readme_and_measurements_name_the_train_step_benchmarks_variants():
+    # README said the suite timed "each optimisation on its own": --amp and DALI never are
+    root = os.path.dirname(DOCS)
+    with open(os.path.join(root, "bench", "test_bench_trainstep.py")) as f:
+        src = f.read()
+    alone = set(re.findall(r'\("only_(\w+)", dict\(', src))
+    variants = set(re.findall(r'^    "(\w+)": ', src.split("VARIANTS = {")[1].split("}\n")[0],
+                              re.M)) | {f"only_{k}" for k in alone}
+    with open(os.path.join(DOCS, "measurements.md")) as f:
+        section = f.read().split("## Train-step benchmark")[1].split("Per variant")[0]
+    assert set(re.findall(r"\*\*(\w+)\*\*", section)) == variants
+    names = {"integrator": "the integrator", "channels_last": "channels-last",
+             "compile": "`torch.compile`"}   # a new only_ variant: name it here and in README
+    assert alone == set(names)
+    with open(os.path.join(root, "README.md")) as f:
+        readme = " ".join(f.read().split())
+    clause = re.search(r"time the training step \(([^)]*?) each on its own", readme)
+    assert clause, "README no longer says which optimisations the train-step suite times alone"
+    assert all(names[k] in clause.group(1) for k in alone) and "--amp" not in clause.group(1)
