@@ -130,6 +130,30 @@ def test_resume_past_iters_does_nothing(stopped_run, capsys):
     assert load_checkpoint(str(out))["iteration"] == 1
 
 
+def test_resume_of_a_run_killed_before_its_first_checkpoint_says_how_to_start_it_again(
+        data_root, tmp_path, capsys):
+    # kill -9 before the first checkpoint leaves config.json, tb/ and no checkpoint: --resume
+    # said only "no checkpoint at", though a new run may start in that --out
+    import shutil
+    out = tmp_path / "run"
+    flags = TINY + ["--data", data_root, "--out", str(out), "--iters", "1"]
+    assert call(flags, capsys)[0] == 0
+    shutil.rmtree(out / "checkpoints")
+    (out / "summary.json").rename(tmp_path / "summary.json")   # now as if killed
+    code, _, err = call(["--resume", str(out)], capsys)
+    assert_one_error_line(code, err, f"no checkpoint at {out / 'checkpoints' / 'last.pt'}: the "
+                          f"run in {out} stopped before it saved one; start it again with --out "
+                          f"{out} and its settings (in {out / 'config.json'})")
+    code, _, err = call(flags, capsys)                          # as the hint says
+    assert code == 0, err
+    assert load_checkpoint(str(out))["iteration"] == 1
+    # a finished run whose checkpoints are gone cannot start again there: no such hint
+    shutil.rmtree(out / "checkpoints")
+    code, _, err = call(["--resume", str(out)], capsys)
+    assert_one_error_line(code, err, f"no checkpoint at {out / 'checkpoints' / 'last.pt'}")
+    assert "start it again" not in err
+
+
 def test_new_run_never_overwrites_a_run(data_root, tmp_path, capsys):
     out = tmp_path / "run"
     code, _, err = call(TINY + ["--data", data_root, "--out", str(out), "--iters", "1"], capsys)

@@ -131,6 +131,22 @@ def _check_new_run_dir(out: str):
                          f"are gone: choose another --out, or delete {out}")
 
 
+def _check_saved_one(resume: str, path: str):
+    """--resume RUN of a run killed before its first checkpoint: nothing to resume, but a new
+    run may start in RUN (its leftovers cleared, _clear_stopped_attempt), which the plain "no
+    checkpoint at" left unsaid."""
+    if not os.path.isdir(resume) or os.path.exists(path) or \
+            not os.path.isfile(os.path.join(resume, "config.json")):
+        return
+    try:
+        _check_new_run_dir(resume)
+    except ValueError:  # a finished run's, or snapshots without last.pt: not a fresh start
+        return
+    raise FileNotFoundError(f"no checkpoint at {path}: the run in {resume} stopped before it "
+                            f"saved one; start it again with --out {resume} and its settings "
+                            f"(in {os.path.join(resume, 'config.json')})")
+
+
 def _clear_stopped_attempt(out: str):
     """A new run in a directory that an earlier attempt left without a checkpoint (allowed:
     nothing of it can be resumed; a finished run's directory is refused in the setup) starts
@@ -216,6 +232,7 @@ def prepare(cfg: RunConfig, resume: str = "", given: dict | None = None, check=N
     ckpt, path = None, ""
     if resume:
         path = os.path.join(resume, "checkpoints", "last.pt") if os.path.isdir(resume) else resume
+        _check_saved_one(resume, path)
         ckpt = load_checkpoint(path)
         cfg = resume_config(ckpt, cfg, path, given)
         if int(ckpt["iteration"]) >= cfg.iters:
