@@ -174,7 +174,7 @@ def test_data_only_generates_the_datasets_and_nothing_else(tmp_path, capsys):
     out = str(tmp_path / "g")
     tiny = [a for a in TINY if a != "--no-progress"]
     assert cli.main(["table1", "--out", out, "--data-only", "--systems", "pendulum"] + tiny) == 0
-    assert "1 datasets to generate" in capsys.readouterr().err
+    assert "[grid] 1 dataset to generate in" in capsys.readouterr().err
     assert sorted(os.listdir(os.path.join(out, "data", "pendulum"))) == ["test.h5", "train.h5"]
     assert not os.path.exists(os.path.join(out, "runs"))
     assert not os.path.exists(os.path.join(out, "compare.md"))

@@ -244,16 +244,17 @@ def table1(a, argv):
                     break
             raise
         if a.data_only:  # (with --report-only: refused in spec_from_args)
-            print(f"[grid] {len(jobs)} datasets to generate in {spec.out}/data", file=sys.stderr,
-                  flush=True)
+            print(f"[grid] {_n(len(jobs), 'dataset')} to generate in {spec.out}/data",
+                  file=sys.stderr, flush=True)
             grid.execute()
             failed = [j.name for j in jobs if j.state != "done"]
             if failed:
                 print(f"[grid] data not generated: {', '.join(failed)}", file=sys.stderr)
             return 130 if grid.stopping else 1 if failed else 0
         counts = {k: sum(j.kind == k for j in jobs) for k in ("data", "train", "eval")}
-        print(f"[grid] {len(spec.runs())} runs in {spec.out}: {counts['data']} datasets to generate, "
-              f"{counts['train']} runs to train, {counts['eval']} to evaluate; {a.parallel} at a time"
+        print(f"[grid] {_n(len(spec.runs()), 'run')} in {spec.out}: "
+              f"{_n(counts['data'], 'dataset')} to generate, {_n(counts['train'], 'run')} to "
+              f"train, {counts['eval']} to evaluate; {a.parallel} at a time"
               + (f", up to {a.pack} training runs per process" if a.pack > 1 else ""),
               file=sys.stderr, flush=True)
         meta["wall_s_total"] = before  # kept if this invocation dies before its end
@@ -276,6 +277,10 @@ def table1(a, argv):
     print(f"[grid] wrote {os.path.join(spec.out, 'compare.md')}"
           + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 130 if stopped else 1 if failed else 0
+
+
+def _n(count, word):
+    return f"{count} {word}{'' if count == 1 else 's'}"
 
 
 def _missing_dirs(path):
