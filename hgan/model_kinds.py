@@ -27,6 +27,9 @@ class ModelKind:
     cyclic_loss: bool = False
     # What the experiment grid's compare.md measures the other models against (one kind).
     baseline: bool = False
+    # ModelConfig fields that only this kind's motion module reads (mocogan's --gru-input): a
+    # flag of one is refused with any kind that does not list it (`unused_option`).
+    options: tuple = ()
 
     def __post_init__(self):
         # "hgan.models.motion.GRUMotion" (a dot for the colon) was found only when a generator
@@ -59,8 +62,13 @@ KINDS = {kind.name: kind for kind in (
     ModelKind("hnn_gan", "HNN, no map", "hgan.models.motion:HamiltonianMotion",
               hamiltonian=True),
     ModelKind("mocogan", "GRU", "hgan.models.motion:GRUMotion", hamiltonian=False,
-              baseline=True),
+              baseline=True, options=("gru_input",)),
 )}
+
+# The fields (train.py flags) of the learned Hamiltonian and its rollout: a kind that is not
+# `hamiltonian` builds neither, so none of them changes what it trains.
+HAMILTONIAN_OPTIONS = ("k", "depth", "hamiltonian", "activation", "dt", "integrator", "scheme",
+                       "fused_precision")
 
 MODELS = tuple(KINDS)   # the names as they stand at import; model_names() reads KINDS live
 
@@ -80,6 +88,24 @@ def model_kind(name) -> ModelKind:
 
 def hamiltonian_models() -> tuple:
     return tuple(k.name for k in KINDS.values() if k.hamiltonian)
+
+
+def unused_option(name, field) -> str | None:
+    """Why the config field `field` (a train.py flag) changes nothing for the kind `name`:
+    the end of a sentence "--FLAG does not apply to --model NAME: ..."; None where it applies.
+    A flag that does nothing would let a researcher believe a run differs from another."""
+    kind = model_kind(name)
+    if field in HAMILTONIAN_OPTIONS and not kind.hamiltonian:
+        return (f"{name} has no learned Hamiltonian (it is for "
+                f"{' and '.join(hamiltonian_models())})")
+    if field == "cyc_lambda" and not kind.cyclic_loss:
+        with_loss = [k.name for k in KINDS.values() if k.cyclic_loss]
+        return (f"{name} has no cyclic-coordinate loss to weigh"
+                + (f" (only {', '.join(with_loss)} has one)" if with_loss else ""))
+    readers = [k.name for k in KINDS.values() if field in k.options]
+    if readers and name not in readers:
+        return f"only {' and '.join(readers)} reads it"
+    return None
 
 
 def baseline_model() -> str:

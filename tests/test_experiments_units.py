@@ -502,3 +502,42 @@ def test_datasets_are_generated_with_the_grids_seed_and_resolution(tmp_path):
         attrs = open_h5(spec.data_path("pendulum", split)).attrs
         assert (int(attrs["seed"]), int(attrs["resolution"])) == (1, 16), split
     assert datasets.missing_splits(spec, "pendulum") == []
+
+
+def test_extra_train_flags_reach_only_the_models_they_apply_to(tmp_path, capsys):
+    # --train-args go to every run; train.py refuses a flag its model does not read, so each
+    # run gets those of its own model, and the grid says once which runs go without one.
+    from hgan.experiments.grid import check_flags
+    from hgan.train.config import parse_command_line
+    spec = _spec(tmp_path, models=("hgan", "hnn_gan", "mocogan"),
+                 train_args=("--gru=noise", "--dt", "0.1", "--cyc-lambda", "0.5", "--ngf", "8",
+                             "--no-cuda-graph"))
+    check_flags(spec)
+    err = capsys.readouterr().err
+    assert "[grid] --train-args --gru-input: not given to the hgan, hnn_gan runs (only mocogan " \
+           "reads it)" in err
+    assert "[grid] --train-args --dt: not given to the mocogan runs" in err
+    assert "[grid] --train-args --cyc-lambda: not given to the hnn_gan, mocogan runs" in err
+    cfg = {r.model: parse_command_line(r.train_flags())[0] for r in spec.runs()}
+    assert cfg["mocogan"].model.gru_input == "noise" and cfg["hgan"].model.gru_input == "feedback"
+    assert cfg["hgan"].model.dt == cfg["hnn_gan"].model.dt == 0.1
+    assert cfg["hgan"].cyc_lambda == 0.5
+    assert all(c.model.ngf == 8 and not c.cuda_graph for c in cfg.values())
+    # flags that apply pass as given
+    run, = _spec(tmp_path, models=("hgan",), train_args=("--dt=0.1", "--ngf", "8")).runs()
+    assert run.train_flags()[-3:] == ["--dt=0.1", "--ngf", "8"]
+    # one that applies to none of the grid's models: said too (the same --train-args serve a
+    # grid of any subset of the models)
+    check_flags(_spec(tmp_path, models=("hgan",), train_args=("--gru-input", "noise")))
+    assert "[grid] --train-args --gru-input: not given to the hgan runs" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "data")
+
+
+def test_a_setting_a_model_never_reads_is_no_difference_of_its_run(tmp_path):
+    # a mocogan run an older grid gave --train-args --k 3 trained what a fresh one trains
+    from hgan.train.config import parse_command_line
+    run, = _spec(tmp_path, models=("mocogan",), train_args=("--k", "3")).runs()
+    cfg = parse_command_line(run.train_flags())[0]
+    cfg.model.k = 3
+    _fake_run(run, 3, config=cfg.to_dict())
+    run.check_config()

@@ -25,6 +25,17 @@ TINY = ["--system", "pendulum", "--batch-size", "4", "--frames", "6", "--clip-fr
         "--no-progress"]
 
 
+
+def tiny(model):
+    """TINY for `model`, without the flags of a learned Hamiltonian where it has none
+    (train.py refuses a flag that does not apply to the model)."""
+    from hgan.model_kinds import HAMILTONIAN_OPTIONS, model_kind
+    if model_kind(model).hamiltonian:
+        return list(TINY)
+    drop = {"--" + f.replace("_", "-") for f in HAMILTONIAN_OPTIONS}
+    return [a for i, a in enumerate(TINY) if a not in drop and TINY[i - 1] not in drop]
+
+
 def call(argv, capsys):
     """(exit code, stdout, stderr) of train.py's main in this process."""
     try:
@@ -342,8 +353,8 @@ def test_a_run_shorter_than_log_every_logs_its_last_iteration(data_root, tmp_pat
 def test_baselines_log_no_cyclic_loss(model, data_root, tmp_path, capsys):
     # hgan alone has L_cyc; a baseline's log line showed "L_cyc 0.000", as if it were computed
     out = tmp_path / "run"
-    code, stdout, err = call(TINY + ["--model", model, "--data", data_root, "--out", str(out),
-                                     "--iters", "1"], capsys)
+    code, stdout, err = call(tiny(model) + ["--model", model, "--data", data_root,
+                                            "--out", str(out), "--iters", "1"], capsys)
     assert code == 0, err
     lines = [ln for ln in stdout.splitlines() if ln.startswith("[hgan] iteration ")]
     assert len(lines) == 1 and "L_cyc" not in lines[0], lines
@@ -606,7 +617,8 @@ def test_a_resumed_run_trains_on_the_data_it_started_with(data_root, tmp_path, c
 def test_a_mocogan_batch_without_batch_statistics_is_refused(data_root, tmp_path, capsys):
     from hgan.train.dist import DistInfo
     from hgan.train.loop import Trainer
-    args = TINY + ["--data", data_root, "--out", str(tmp_path / "run"), "--model", "mocogan"]
+    args = tiny("mocogan") + ["--data", data_root, "--out", str(tmp_path / "run"),
+                              "--model", "mocogan"]
     code, _, err = call(args + ["--batch-size", "1"], capsys)
     assert_one_error_line(code, err, "needs >= 2 videos per batch, got 1 (--batch-size 1)")
     assert not (tmp_path / "run").exists()
@@ -830,10 +842,10 @@ def test_a_batch_that_cannot_train_is_refused_before_the_dataset_is_generated(
     for name, value in (("WORLD_SIZE", world), ("RANK", "0"), ("LOCAL_RANK", "0")):
         monkeypatch.setenv(name, value)
     data = tmp_path / "data"
-    code, out, err = call(TINY + ["--data", str(data), "--out", str(tmp_path / "run"),
-                                  "--model", "mocogan", "--batch-size", batch,
-                                  "--gen-train", "4", "--gen-test", "0", "--gen-frames", "8"],
-                          capsys)
+    code, out, err = call(tiny("mocogan") + ["--data", str(data), "--out", str(tmp_path / "run"),
+                                             "--model", "mocogan", "--batch-size", batch,
+                                             "--gen-train", "4", "--gen-test", "0",
+                                             "--gen-frames", "8"], capsys)
     assert_one_error_line(code, err, needle)
     assert out == ""   # no "generating" line
     assert not (data / "pendulum" / "train.h5").exists()
@@ -1100,3 +1112,57 @@ def test_a_failed_capture_is_one_line_saying_how_to_go_on(monkeypatch, tmp_path,
     assert (code, err) == (1, "train.py: error: capturing the training step into CUDA graphs "
                               "failed (operation not permitted when stream is capturing CUDA "
                               f"kernel errors might be asynchronously reported); {again}\n")
+
+
+@pytest.mark.parametrize("model, flags, needle", [
+    # before: accepted, and the run trained exactly as without them
+    ("hgan", ["--gru-input", "noise"], "--gru-input does not apply to --model hgan: only "
+                                       "mocogan reads it"),
+    ("hnn_gan", ["--gru=feedback"], "--gru-input does not apply to --model hnn_gan"),
+    ("mocogan", ["--dt", "0.1"], "--dt does not apply to --model mocogan: mocogan has no "
+                                 "learned Hamiltonian (it is for hgan and hnn_gan)"),
+    ("mocogan", ["--k", "10"], "--k does not apply to --model mocogan"),
+    ("mocogan", ["--integrator", "reference"], "--integrator does not apply"),
+    ("mocogan", ["--scheme", "official"], "--scheme does not apply"),
+    ("mocogan", ["--hamiltonian", "separable"], "--hamiltonian does not apply"),
+    ("mocogan", ["--depth", "3"], "--depth does not apply"),
+    ("mocogan", ["--activation", "tanh"], "--activation does not apply"),
+    ("mocogan", ["--fused-precision", "ieee"], "--fused-precision does not apply"),
+    ("mocogan", ["--cyc-lambda", "0.1"], "--cyc-lambda does not apply to --model mocogan: "
+                                         "mocogan has no cyclic-coordinate loss to weigh "
+                                         "(only hgan has one)"),
+    ("hnn_gan", ["--cyc-lambda", "0"], "--cyc-lambda does not apply to --model hnn_gan"),
+])
+def test_a_flag_that_does_not_apply_to_the_model_is_refused(model, flags, needle, capsys):
+    # by the parser, before any data is generated or anything written (and under the grid's
+    # check_flags, which parses the same way)
+    with pytest.raises(SystemExit) as e:
+        parse_command_line(["--model", model] + flags)
+    assert_one_error_line(e.value.code, capsys.readouterr().err, needle)
+
+
+@pytest.mark.parametrize("model, flags", [
+    ("hgan", ["--dt", "0.1", "--k", "3", "--cyc-lambda", "0", "--scheme", "official"]),
+    ("hnn_gan", ["--dt", "0.1", "--k", "3", "--hamiltonian", "separable"]),
+    ("mocogan", ["--gru-input", "noise", "--hidden", "8", "--motion-dim", "5"]),
+])
+def test_the_flags_of_a_model_stay_its_own(model, flags):
+    cfg, _, _ = parse_command_line(["--model", model] + flags)
+    assert cfg.model.model == model
+
+
+def test_a_resume_refuses_a_flag_its_runs_model_does_not_read(stopped_run, capsys):
+    # the run is hgan's; on resume the model is the checkpoint's, whatever --model defaults to
+    from hgan.train.run import resume_config
+    out, _ = stopped_run
+    path = str(out / "checkpoints" / "last.pt")
+    ckpt = load_checkpoint(path)
+    cfg, _, given = parse_command_line(["--resume", str(out), "--gru-input", "feedback"])
+    with pytest.raises(ValueError, match="^--gru-input does not apply to --model hgan"):
+        resume_config(ckpt, cfg, path, given)
+    cfg, _, given = parse_command_line(["--resume", str(out), "--dt", "0.05"])
+    assert resume_config(ckpt, cfg, path, given).model.dt == 0.05    # hgan's own flag
+    moco = {**ckpt, "config": {**ckpt["config"],
+                               "model": {**ckpt["config"]["model"], "model": "mocogan"}}}
+    with pytest.raises(ValueError, match="--dt does not apply to --model mocogan"):
+        resume_config(moco, cfg, path, given)

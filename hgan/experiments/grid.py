@@ -25,7 +25,7 @@ import sys
 from dataclasses import asdict, dataclass, fields
 
 from hgan.evaluate.atomic import write_atomically
-from hgan.model_kinds import MODELS
+from hgan.model_kinds import MODELS, unused_option
 
 TABLE1_SYSTEMS = ("mass_spring", "pendulum", "double_pendulum", "two_body", "three_body")
 # The paper's data: 50,000 trajectories of 512 frames per system (the test split is ours).
@@ -166,10 +166,15 @@ class Run:
         fresh = parse_command_line(self.train_flags())[0]
         # generation sizes matter only where the grid's data is missing, and the grid makes it
         skip = set(resumable_fields()) | {"out", "model", "gen_train", "gen_test", "gen_frames"}
+        # nor the settings this model never reads: a mocogan run that an older grid gave
+        # --train-args --k 3 (model_args now leaves it out) trained what a fresh one trains
+        unused = {f for f in (*(f.name for f in fields(RunConfig)),
+                              *(f.name for f in fields(ModelConfig)))
+                  if unused_option(self.model, f)}
         pairs = [(f.name, getattr(saved, f.name), getattr(fresh, f.name))
-                 for f in fields(RunConfig) if f.name not in skip]
+                 for f in fields(RunConfig) if f.name not in skip | unused]
         pairs += [(f"model.{f.name}", getattr(saved.model, f.name), getattr(fresh.model, f.name))
-                  for f in fields(ModelConfig)]
+                  for f in fields(ModelConfig) if f.name not in unused]
         diffs = [f"{k} = {have!r}, the grid asks for {want!r}" for k, have, want in pairs
                  if have != want]
         if diffs:
@@ -193,7 +198,7 @@ class Run:
                 "--batch-size", str(spec.batch_size), "--frames", str(spec.frames),
                 "--resolution", str(spec.resolution), "--device", spec.device,
                 "--data", os.path.join(spec.out, "data"), "--out", self.dir] + \
-            (list(spec.train_args) if extra else [])
+            (model_args(self.model, spec.train_args) if extra else [])
 
     def eval_command(self, python=sys.executable):
         return [python, "-m", "hgan.evaluate"] + self.eval_flags()
@@ -218,6 +223,37 @@ def metric_list(spec):
     if spec.i3d and "fvd" not in metrics:
         metrics.insert(0, "fvd")
     return metrics
+
+
+def _given_train_args(args):
+    """{field: value} of the train.py flags in `args` as its parser reads them (abbreviations
+    and --flag=value included); None when it cannot read them (check_flags reports why)."""
+    from hgan.train.config import build_parser
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return vars(build_parser(defaults=False).parse_args(list(args)))
+    except SystemExit:
+        return None
+
+
+def model_args(model, args):
+    """The extra train.py flags (--train-args) for a run of `model`: without those that do not
+    apply to it (hgan.model_kinds.unused_option), which train.py refuses. The grid gives every
+    model the same extra flags, so that `--gru-input noise` is mocogan's and `--dt 0.1` the
+    Hamiltonian models'; check_flags says once which runs go without them."""
+    given = _given_train_args(args)
+    if given is None or not any(unused_option(model, name) for name in given):
+        return list(args)   # as given, the usual case
+    out = []
+    for name, value in given.items():
+        if name != "resume" and unused_option(model, name):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + flag[2:])
+        else:
+            out += [flag, str(value)]
+    return out
 
 
 def resumable_args(args):
@@ -299,6 +335,7 @@ def check_flags(spec):
                               command="python train.py")
     evaluate = functools.partial(_parse, eval_parser().parse_args, what="--eval-args",
                                  command="python -m hgan.evaluate")
+    _note_model_args(spec)
     # Every run, not one per system and model: an extra --seed equal to one run's seed
     # changes the others'.
     for run in spec.runs():
@@ -353,6 +390,20 @@ def check_flags(spec):
         # loader would refuse the data after it was generated
         raise GridError(f"--train-traj {spec.train_traj} is fewer than a batch (--batch-size "
                         f"{spec.batch_size})")
+
+
+def _note_model_args(spec):
+    """One line per --train-args flag that model_args leaves out of some models' runs, also
+    when that is every run: the same --train-args serve grids of any subset of the models
+    (bench/gpu/table1.sh's TRAIN_ARGS with MODELS=mocogan), as one train.py command could not."""
+    given = _given_train_args(spec.train_args) or {}
+    for name in given:
+        without = [m for m in spec.models if unused_option(m, name)]
+        if not without:
+            continue
+        flag = f"--{name.replace('_', '-')}"
+        print(f"[grid] --train-args {flag}: not given to the {', '.join(without)} runs "
+              f"({unused_option(without[0], name)})", file=sys.stderr, flush=True)
 
 
 # Flags the grid sets for every run: an extra flag would win (argparse keeps the last value)

@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict, dataclass, fields
 
 from hgan.cli_args import OneLineParser, prog as cli_prog
-from hgan.model_kinds import KINDS
+from hgan.model_kinds import KINDS, unused_option
 from hgan.models.config import ModelConfig, option
 
 
@@ -38,7 +38,8 @@ class RunConfig:
     lr: float = option(2e-4, "Adam learning rate of every network")
     beta1: float = option(0.5, "Adam beta1")
     beta2: float = option(0.999, "Adam beta2")
-    cyc_lambda: float = option(0.01, "weight lambda of the cyclic-coordinate loss (hgan)")
+    cyc_lambda: float = option(0.01, "weight lambda of the cyclic-coordinate loss (hgan; "
+                                       "refused with a model without one)")
     r1_gamma: float = option(0.0, "R1 penalty weight on the gradient of D's logit at real "
                                   "data (0: off; the official code's 10 acts on D's sigmoid "
                                   "output: docs/training.md)")
@@ -211,6 +212,12 @@ def parse_command_line(argv=None):
     if rk["frames"] >= 1:  # else RunConfig names --frames below, not clip_frames
         mk["clip_frames"] = min(mk["clip_frames"], rk["frames"])  # D_V clips fit in a video
     kind = KINDS.get(mk["model"])   # an unknown name: argparse's choices refused it already
+    # A resumed run's model is its checkpoint's, which hgan.train.run.resume_config checks.
+    if kind and not resume:
+        try:
+            check_flags_apply(mk["model"], given)
+        except ValueError as e:
+            parser.error(str(e))
     if kind and kind.hamiltonian and not kind.config_map and "motion_dim" not in given:
         mk["motion_dim"] = 2 * mk["k"]  # without a configuration map eps_m is (q0, p0)
     rk["out"] = rk["out"] or os.path.join(
@@ -220,6 +227,18 @@ def parse_command_line(argv=None):
     except ValueError as e:
         parser.error(_as_flag(str(e), model_names))
     return cfg, resume, given
+
+
+def check_flags_apply(model: str, given: dict):
+    """ValueError for the first flag of `given` ({field: value}, the flags on the command line)
+    that changes nothing for --model `model` (hgan.model_kinds.unused_option): accepted, it
+    would let a run pass for one that differs from another. Packed runs and the experiment
+    grid give each model its own flags (hgan.experiments.grid.model_args)."""
+    for name in given:
+        why = unused_option(model, name)
+        if why:
+            raise ValueError(f"--{name.replace('_', '-')} does not apply to --model {model}: "
+                             f"{why}")
 
 
 def _as_flag(message, names):

@@ -17,7 +17,7 @@ from hgan.train import capture as hcapture
 from hgan.train import dist as hdist
 from hgan.train import rundir
 from hgan.train.checkpoint import load_checkpoint
-from hgan.train.config import RunConfig, resumable_fields
+from hgan.train.config import RunConfig, check_flags_apply, resumable_fields
 from hgan.train.loop import (TRAINING_STATE, NonFiniteLoss, Trainer, amp_policy,
                              check_data_root, check_resumed_dataset, dataset_identity,
                              ensure_dataset, local_batch, resolve_device)
@@ -51,6 +51,8 @@ def resume_config(ckpt: dict, cli: RunConfig, ckpt_path: str,
         given = {name: getattr(cli, name) for name in RESUMABLE_OVERRIDES}
         if cli.data == RunConfig.data:  # the default, not a place given: the run's own data
             del given["data"]
+    # Before the comparison below: "cannot change" would suggest the flag could matter.
+    check_flags_apply(saved.model.model, given)
     changes = {}
     for name, value in given.items():
         if name in RESUMABLE_OVERRIDES:
