@@ -541,3 +541,13 @@ def test_a_setting_a_model_never_reads_is_no_difference_of_its_run(tmp_path):
     cfg.model.k = 3
     _fake_run(run, 3, config=cfg.to_dict())
     run.check_config()
+
+
+def test_extra_evaluation_flags_of_a_metric_the_grid_does_not_run_are_refused(tmp_path):
+    # every evaluation of the grid runs --eval-metrics: such a flag changes none of them
+    from hgan.experiments.grid import check_flags
+    with pytest.raises(GridError, match=r"^--eval-args: --probe-steps is for the physics metric, "
+                                        r"which --metrics tsne does not select"):
+        check_flags(_spec(tmp_path, eval_metrics="tsne", eval_args=("--probe-steps", "5")))
+    check_flags(_spec(tmp_path, eval_metrics="physics", eval_args=("--probe-steps", "5")))
+    assert not os.path.exists(tmp_path / "data")

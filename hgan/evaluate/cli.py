@@ -37,6 +37,37 @@ class _Parser(OneLineParser):
     # as hgan.data, hgan.sample and hgan.experiments say theirs
     error_name, script = "hgan.evaluate", "hgan-evaluate"
 
+
+# The flags (dests) that only some metrics read. Given while --metrics selects none of those,
+# one would change nothing, and results.json would still record it among the settings.
+# --frames and --data are left out: the experiment grid gives them to every evaluation,
+# whatever its --eval-metrics.
+METRIC_FLAGS = {"i3d": ("fvd",), "fvd_videos": ("fvd",),
+                "seeds": ("fvd", "physics", "appearance"),
+                "physics_videos": ("physics", "appearance"),
+                "probe_steps": ("physics",), "probe_width": ("physics",),
+                "tsne_samples": ("tsne",), "tsne_iters": ("tsne",),
+                "momenta_videos": ("cyclic",), "rollout_videos": ("cyclic",),
+                "rollout_steps": ("cyclic",), "real": inputs.DATA_METRICS}
+
+
+class _EvalParser(_Parser):
+    """One checkpoint's parser: a metric's flag given without that metric is refused."""
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        given = _given_parser().parse_args(args)
+        for dest, metrics in METRIC_FLAGS.items():
+            if dest in given and not set(metrics) & set(parsed.metrics):
+                chosen = f"--metrics {','.join(parsed.metrics)}"
+                which = (f"the {metrics[0]} metric, which {chosen} does not select"
+                         if len(metrics) == 1 else
+                         f"the {', '.join(metrics[:-1])} and {metrics[-1]} metrics, none of "
+                         f"which {chosen} selects")
+                self.error(f"--{dest.replace('_', '-')} is for {which}: it would change "
+                           f"nothing")
+        return parsed
+
 __all__ = ["ALL_METRICS", "InputError", "build_parser", "compare", "evaluate", "main",
            "physics_metrics", "settings"]
 
@@ -390,9 +421,21 @@ def main(argv=None):
 
 def build_parser():
     """The parser of one checkpoint's evaluation (not of `compare`)."""
+    return _add_options(_EvalParser(prog=prog("hgan-evaluate", "python -m hgan.evaluate"),
+                                    description=__doc__,
+                                    formatter_class=argparse.RawDescriptionHelpFormatter))
+
+
+def _given_parser():
+    """build_parser's options without defaults: a parse holds only the flags given."""
+    p = _add_options(_Parser(prog=prog("hgan-evaluate", "python -m hgan.evaluate")))
+    for action in p._actions:  # (not set_defaults: those reach the namespace anyway)
+        action.default = argparse.SUPPRESS
+    return p
+
+
+def _add_options(p):
     positive = int_at_least(1)
-    p = _Parser(prog=prog("hgan-evaluate", "python -m hgan.evaluate"), description=__doc__,
-                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True,
                    help="a run's checkpoint (e.g. RUN/checkpoints/last.pt), or its run "
                         "directory RUN (its last.pt)")
