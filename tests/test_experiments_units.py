@@ -551,3 +551,23 @@ def test_extra_evaluation_flags_of_a_metric_the_grid_does_not_run_are_refused(tm
         check_flags(_spec(tmp_path, eval_metrics="tsne", eval_args=("--probe-steps", "5")))
     check_flags(_spec(tmp_path, eval_metrics="physics", eval_args=("--probe-steps", "5")))
     assert not os.path.exists(tmp_path / "data")
+
+
+@pytest.mark.parametrize("flags", [("--parallel", "4"), ("--pack", "2"), ("--deadline", "60"),
+                                   ("--status-every", "5"), ("--inline-eval",),
+                                   ("--inline-eval", "--parallel=2")])
+def test_report_only_says_the_flags_of_how_jobs_run_change_nothing(tmp_path, capsys, flags):
+    # they were accepted without a word: --report-only runs no job (a note, not a refusal:
+    # bench/gpu/table1.sh's fallback report passes the grid's own flags along)
+    from hgan.experiments import cli
+    out = tmp_path / "grid"
+    assert cli.main(["table1", "--report-only", "--out", str(out), *flags]) == 2  # no grid.json
+    named = sorted({f.split("=")[0] for f in flags if f.startswith("--")},
+                   key=["--parallel", "--pack", "--deadline", "--status-every",
+                        "--inline-eval"].index)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == (f"[grid] --report-only runs no job: {', '.join(named)} "
+                      f"change{'s' if len(named) == 1 else ''} nothing")
+    assert err[1].startswith("hgan.experiments: error: --report-only: no grid at")
+    assert cli.main(["table1", "--report-only", "--out", str(out), "--systems", "pendulum"]) == 2
+    assert "[grid]" not in capsys.readouterr().err   # a selection flag is no such flag

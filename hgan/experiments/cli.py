@@ -192,9 +192,19 @@ def _report_spec(saved, spec, given):
     return GridSpec(**{**saved["spec"], **{f: getattr(spec, f) for f in chosen}, "out": spec.out})
 
 
+# How the jobs of a grid run: --report-only runs none, so given beside it they change nothing.
+# Said, not refused: bench/gpu/table1.sh's fallback report passes the grid's own flags along.
+REPORT_IDLE = ("parallel", "pack", "deadline", "status_every", "inline_eval")
+
+
 def table1(a, argv):
     from hgan.experiments import report, runner
     spec = spec_from_args(a)
+    idle = [d for d in REPORT_IDLE if d in _given(argv)] if a.report_only else []
+    if idle:
+        print(f"[grid] --report-only runs no job: "
+              f"{', '.join('--' + d.replace('_', '-') for d in idle)} change"
+              f"{'s' if len(idle) == 1 else ''} nothing", file=sys.stderr, flush=True)
     if os.path.exists(spec.out) and not os.path.isdir(spec.out):
         raise GridError(f"--out {spec.out} is a file, not a directory")
     saved = _saved_grid(spec.out) if a.report_only else None
