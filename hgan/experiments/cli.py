@@ -199,6 +199,7 @@ REPORT_IDLE = ("parallel", "pack", "deadline", "status_every", "inline_eval")
 
 def table1(a, argv):
     from hgan.experiments import report, runner
+    from hgan.experiments.report import count_of
     spec = spec_from_args(a)
     idle = [d for d in REPORT_IDLE if d in _given(argv)] if a.report_only else []
     if idle:
@@ -223,7 +224,8 @@ def table1(a, argv):
     if not a.report_only:
         check_device(spec.device)
         check_flags(spec)
-    made = _missing_dirs(spec.out)
+    from hgan.data.h5io import missing_folders, remove_empty
+    made = missing_folders(os.path.join(spec.out, "grid.json"))   # --out and those above it
     try:
         os.makedirs(spec.out, exist_ok=True)
     except OSError as e:
@@ -247,14 +249,10 @@ def table1(a, argv):
         try:
             jobs = grid.plan(data_only=a.data_only)  # data alone: whatever the runs hold
         except GridError:  # a refused command leaves no empty --out of its own behind
-            for d in made:
-                try:
-                    os.rmdir(d)
-                except OSError:
-                    break
+            remove_empty(made)
             raise
         if a.data_only:  # (with --report-only: refused in spec_from_args)
-            print(f"[grid] {_n(len(jobs), 'dataset')} to generate in {spec.out}/data",
+            print(f"[grid] {count_of(len(jobs), 'dataset')} to generate in {spec.out}/data",
                   file=sys.stderr, flush=True)
             grid.execute()
             failed = [j.name for j in jobs if j.state != "done"]
@@ -262,9 +260,10 @@ def table1(a, argv):
                 print(f"[grid] data not generated: {', '.join(failed)}", file=sys.stderr)
             return 130 if grid.stopping else 1 if failed else 0
         counts = {k: sum(j.kind == k for j in jobs) for k in ("data", "train", "eval")}
-        print(f"[grid] {_n(len(spec.runs()), 'run')} in {spec.out}: "
-              f"{_n(counts['data'], 'dataset')} to generate, {_n(counts['train'], 'run')} to "
-              f"train, {counts['eval']} to evaluate; {a.parallel} at a time"
+        print(f"[grid] {count_of(len(spec.runs()), 'run')} in {spec.out}: "
+              f"{count_of(counts['data'], 'dataset')} to generate, "
+              f"{count_of(counts['train'], 'run')} to train, {counts['eval']} to evaluate; "
+              f"{a.parallel} at a time"
               + (f", up to {a.pack} training runs per process" if a.pack > 1 else ""),
               file=sys.stderr, flush=True)
         meta["wall_s_total"] = before  # kept if this invocation dies before its end
@@ -287,19 +286,6 @@ def table1(a, argv):
     print(f"[grid] wrote {os.path.join(spec.out, 'compare.md')}"
           + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 130 if stopped else 1 if failed else 0
-
-
-def _n(count, word):
-    return f"{count} {word}{'' if count == 1 else 's'}"
-
-
-def _missing_dirs(path):
-    """`path` and its ancestors that do not exist yet, innermost first."""
-    missing, path = [], os.path.abspath(path)
-    while not os.path.exists(path) and os.path.dirname(path) != path:
-        missing.append(path)
-        path = os.path.dirname(path)
-    return missing
 
 
 def _save_grid(spec, meta):

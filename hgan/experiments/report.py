@@ -86,8 +86,8 @@ def write_compare(spec, meta, path=None):
     os.makedirs(fig_dir, exist_ok=True)
     rows = table.collect(spec)
     rel = lambda p: os.path.relpath(p, os.path.dirname(os.path.abspath(path)))  # noqa: E731
-    lines = [f"# Table 1 grid: {_count(spec.systems, 'system')} x "
-             f"{_count(spec.models, 'model')} x {_count(spec.seeds, 'seed')}", "",
+    lines = [f"# Table 1 grid: {count_of(len(spec.systems), 'system')} x "
+             f"{count_of(len(spec.models), 'model')} x {count_of(len(spec.seeds), 'seed')}", "",
              f"- command: `{meta.get('command', '')}`",
              f"- device: {meta.get('device', 'unknown')}; commit {meta.get('commit', 'unknown')}; "
              f"written {meta.get('date', '')}",
@@ -137,8 +137,9 @@ def write_compare(spec, meta, path=None):
     return text
 
 
-def _count(items, word):
-    return f"{len(items)} {word}{'' if len(items) == 1 else 's'}"
+def count_of(n, word):
+    """'1 system', '2 systems': the grid's counts, in compare.md and its status lines."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _remove_stale_figures(spec, fig_dir, written):
