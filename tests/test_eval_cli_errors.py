@@ -521,6 +521,7 @@ def test_the_default_device_is_cuda_where_there_is_one(monkeypatch):
     # only the cpu half of that
     from hgan.evaluate.inputs import resolve_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)   # a one-GPU machine
     assert resolve_device(None) == "cuda"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert resolve_device(None) == "cpu"

@@ -13,7 +13,6 @@ import sys
 from types import SimpleNamespace
 
 import numpy as np
-import torch
 
 from hgan.device import check_device
 from hgan.evaluate import fvd, probe
@@ -79,11 +78,9 @@ def seed_list(text):
 
 
 def resolve_device(name):
-    if name is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
+    """The device `name` (None: auto) resolves to, by the rule every --device follows."""
     try:
-        # the device `name` resolves to: torch.device("auto") is no device
-        return str(check_device(name))
+        return str(check_device("auto" if name is None else name))
     except ValueError as e:
         raise InputError(str(e)) from None
 
