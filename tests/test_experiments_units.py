@@ -533,6 +533,37 @@ def test_extra_train_flags_reach_only_the_models_they_apply_to(tmp_path, capsys)
     assert not os.path.exists(tmp_path / "data")
 
 
+def test_every_train_flag_survives_the_per_model_filter():
+    # where a --train-args flag does not apply to a run's model, the grid rebuilds the others
+    # from their parsed values; each train.py flag must come back as the value given (a flag
+    # whose name is not its dest, a list-valued one, or a value str() does not round-trip
+    # would be lost or changed without a word)
+    import argparse
+    from hgan.experiments.grid import model_args
+    from hgan.model_kinds import unused_option
+    from hgan.train.config import build_parser
+    parser = build_parser(defaults=False)
+    checked = 0
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction) or unused_option("hgan", action.dest):
+            continue
+        if isinstance(action, argparse.BooleanOptionalAction):
+            cases = [([action.option_strings[0]], True), ([action.option_strings[1]], False)]
+        elif action.choices:
+            value = list(action.choices)[-1]
+            cases = [([action.option_strings[0], value], value)]
+        else:
+            value = {int: 3, float: 0.1 + 0.2}.get(action.type, "some dir/x")
+            cases = [([action.option_strings[0], str(value)], value)]
+        for given, want in cases:
+            out = model_args("hgan", given + ["--gru-input", "noise"])
+            assert "--gru-input" not in out, out     # the filter ran: the flags were rebuilt
+            got = getattr(parser.parse_args(out), action.dest)
+            assert got == want and type(got) is type(want), (given, out)
+            checked += 1
+    assert checked > 40
+
+
 def test_a_setting_a_model_never_reads_is_no_difference_of_its_run(tmp_path):
     # a mocogan run an older grid gave --train-args --k 3 trained what a fresh one trains
     from hgan.train.config import parse_command_line
