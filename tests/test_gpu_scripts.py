@@ -149,7 +149,7 @@ def test_cuda_tests_script_fails_when_a_test_run_fails(tmp_path):
 
 def _table1_stub_bin(tmp_path, pack_check_passes=True, export_fails=False, grid_fails=False,
                      grid_writes_table=True, mps_client_ok=False, leftovers=False,
-                     fake_torch=None):
+                     fake_torch=None, real_filter=False):
     """python3 for table1.sh: logs each call (and in env.txt its PYTHONPATH, PYTHONUNBUFFERED
     and MPS pipe) and plays each step's part: the data step leaves the pendulum files, the grid
     a run's checkpoint and compare.md (not with `grid_writes_table` False: a grid cut off before
@@ -157,7 +157,9 @@ def _table1_stub_bin(tmp_path, pack_check_passes=True, export_fails=False, grid_
     (exit 7) without its --data file. `leftovers`: the grid leaves two jobs naming $GRID/ on
     their command lines, one that stops on SIGTERM (saying so in <name>.stopped) and one that
     ignores it, each with its pid in <name>.pid, and `sleep` takes 0.05 s. `fake_torch`: the
-    versions step runs the real interpreter on that folder's torch stand-in."""
+    versions step runs the real interpreter on that folder's torch stand-in. `real_filter`:
+    the warm-up's share of TRAIN_ARGS comes from the real grid.model_args (a torch import,
+    seconds under load), else it is TRAIN_ARGS as given."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     versions = (f'PYTHONPATH="{fake_torch}:$PYTHONPATH" exec "{sys.executable}" -' if fake_torch
@@ -194,6 +196,8 @@ def _table1_stub_bin(tmp_path, pack_check_passes=True, export_fails=False, grid_
         case "$args" in
           -) {versions} ;;
           *torch.ones*) {'exit 0' if mps_client_ok else 'echo "CUDA error: stub"; exit 1'} ;;
+          *"import model_args"*) {f'exec "{sys.executable}" "$@"' if real_filter else
+                                  'shift 2; echo "$*"'} ;;
           *"-m pytest"*) {'exit 0' if pack_check_passes else 'echo "1 failed"; exit 1'} ;;
           *"hgan.experiments export"*) {'echo "error: stub"; exit 2' if export_fails else
                                         'mkdir -p "$(arg_after --to "$@")"; touch "$(arg_after --to "$@")/compare.md"'} ;;
@@ -248,23 +252,25 @@ def _ends(pid, within_s=10.0):
 @pytest.mark.parametrize("pack_check_passes", [True, False])
 def test_table1_script_warms_the_grid_shapes_and_returns_at_most_eight_files(
         tmp_path, pack_check_passes):
-    bin_dir = _table1_stub_bin(tmp_path, pack_check_passes)
+    bin_dir = _table1_stub_bin(tmp_path, pack_check_passes, real_filter=True)
     repo = _copy_tree(tmp_path)
     out, grid, dest = tmp_path / "out", tmp_path / "grid", tmp_path / "dest" / "table1"
     r = _run("bench/gpu/table1.sh", repo, bin_dir, out, PACK="15", HGAN_COMMIT="abc1234",
              GRID_DIR=str(grid), DEST=str(dest),
              GRID_ARGS="--batch-size 16 --frames=16 --train-traj 1000",
-             TRAIN_ARGS="--loader gpu-resident --log-every 100")
+             TRAIN_ARGS="--loader gpu-resident --gru-input noise --log-every 100")
     assert r.returncode == 0, r.stderr + r.stdout
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     warm = [c for c in calls if c.startswith("train.py")]
     # the kernels are compiled at the grid's batch and frames, with its training flags, on
-    # a dataset of their own (never the grid's)
+    # a dataset of their own (never the grid's); the warm-up is an hgan run, which train.py
+    # would refuse mocogan's --gru-input
     assert len(warm) == 1 and "--batch-size 16" in warm[0] and "--frames=16" in warm[0]
     assert "--train-traj" not in warm[0] and "--loader gpu-resident" in warm[0]
+    assert "--log-every 100" in warm[0] and "--gru-input" not in warm[0]
     assert str(grid) not in warm[0]
     grid_runs = [c for c in calls if "table1" in c and "--deadline" in c]
-    assert len(grid_runs) == 1
+    assert len(grid_runs) == 1 and "--gru-input noise" in grid_runs[0]   # the grid's own filter
     assert f"--pack {15 if pack_check_passes else 1}" in grid_runs[0]
     evals = [c for c in calls if "-m hgan.evaluate" in c]
     assert len(evals) == 1 and "--frames=16" in evals[0]

@@ -152,9 +152,13 @@ if [ "$DEVICE" != cpu ] && [ "$warm" -lt 30 ]; then
   echo "kernel warm-up skipped: LIMIT_S $LIMIT leaves no room for it" | tee -a "$OUT/grid.log"
 elif [ "$DEVICE" != cpu ]; then
   rm -rf "$SCRATCH"/hgan-warm
+  # hgan's share of TRAIN_ARGS, as the grid gives it (train.py refuses another model's flag,
+  # such as mocogan's --gru-input, and the warm-up would then compile nothing)
+  filter='import sys; from hgan.experiments.grid import model_args as m; print(*m("hgan", sys.argv[1:]))'
+  warm_args=$($PY -c "$filter" $TRAIN_ARGS 2> "$SCRATCH"/hgan-warm.log) || warm_args=$TRAIN_ARGS
   timeout -k 5 "$warm" $PY train.py --system "${SYSTEMS%%,*}" --model hgan --iters 2 --device "$DEVICE" \
       --data "$SCRATCH"/hgan-warm/data --gen-train 32 --gen-test 8 --out "$SCRATCH"/hgan-warm/run \
-      --no-progress ${shape[@]+"${shape[@]}"} $TRAIN_ARGS > "$SCRATCH"/hgan-warm.log 2>&1
+      --no-progress ${shape[@]+"${shape[@]}"} $warm_args >> "$SCRATCH"/hgan-warm.log 2>&1
   echo "kernel warm-up (train.py, 2 iterations at the grid's shapes): exit $? at $SECONDS s" \
       | tee -a "$OUT/grid.log"
 fi
