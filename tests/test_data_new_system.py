@@ -228,9 +228,15 @@ def test_a_hamiltonian_that_is_nan_fails_the_energy_check(oscillator, monkeypatc
     monkeypatch.setattr(simulate, "MAX_ROUNDS", 8)
     monkeypatch.setitem(systems.PHYSICS, "oscillator_2d", systems.Physics(
         lambda x, pr: _h(x, pr) * np.nan, _g, _positions, _sample, OSC.energy_scale))
+    integrations = []
+    rk4 = simulate.rk4
+    monkeypatch.setattr(simulate, "rk4", lambda *a: integrations.append(a[-1]) or rk4(*a))
     with pytest.raises(simulate.NoAcceptedDraw, match=r"\(0 left the canvas, 8 drifted in "
                                                         r"energy\)"):
         simulate.simulate_split(oscillator, 0, "train", np.arange(4), 10)
+    # and is re-drawn without finer re-integrations, which cannot make H finite: two rounds
+    # of 4 draws at the usual substeps
+    assert integrations == [simulate.SUBSTEPS] * 2
 
 
 def _h_singular(x, pr):   # a 1/|q| well whose centre the drawn state starts on
