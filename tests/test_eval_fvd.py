@@ -362,3 +362,33 @@ def test_a_directory_given_as_the_detector_is_named_as_one(monkeypatch, tmp_path
     with pytest.raises(FileNotFoundError) as err:
         fvd.resolve_detector_path(str(tmp_path))
     assert f"did you mean {tmp_path / fvd.I3D_FILENAME}?" in str(err.value)
+
+
+def _frame_means(videos, rescale=False, resize=False, return_features=False):
+    """A detector called as StyleGAN-V's I3D is: each clip's mean level per frame, [N, T]."""
+    return videos.double().mean(dim=(1, 3, 4))
+
+
+def test_real_statistics_are_those_of_the_windows_their_seed_draws(tmp_path):
+    # Each pixel codes (trajectory, frame), so a clip's features name its window. The
+    # statistics for seed 1 are seed 1's windows (the cache key names the seed): a seed lost
+    # on the way to real_windows passed every other test, which all draw with seed 0.
+    n, t = 12, 20
+    code = (np.arange(n)[:, None] * 10 + np.arange(t)[None, :]).astype(np.uint8)   # < 256
+    frames_ds = np.broadcast_to(code[:, :, None, None, None], (n, t, 2, 2, 3)).copy()
+    data, det = tmp_path / "real.h5", tmp_path / "i3d.pt"
+    for f in (data, det):
+        f.write_bytes(b"x")
+    got = {}
+    for seed in (0, 1):
+        mu, sigma = fvd.real_stats(frames_ds, _frame_means, data_path=str(data),
+                                   detector_path=str(det), num_videos=6, frames=10, seed=seed,
+                                   progress=False)
+        clips = fvd.real_windows(frames_ds, num_videos=6, frames=10, seed=seed)
+        f = clips[:, 0, :, 0, 0].numpy().astype(np.float64)        # [6 clips, 10 frames]
+        np.testing.assert_allclose(mu, f.mean(0), rtol=1e-12)
+        np.testing.assert_allclose(sigma, np.cov(f, rowvar=False, bias=True), rtol=1e-12,
+                                   atol=1e-12)
+        got[seed] = mu
+    assert not np.allclose(got[0], got[1])        # the two seeds draw other windows
+
