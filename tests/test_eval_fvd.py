@@ -392,3 +392,12 @@ def test_real_statistics_are_those_of_the_windows_their_seed_draws(tmp_path):
         got[seed] = mu
     assert not np.allclose(got[0], got[1])        # the two seeds draw other windows
 
+
+def test_generated_features_score_a_last_batch_smaller_than_the_others():
+    # 10 videos in batches of 4 are scored as 4 + 4 + 2: the same 10 videos one batch draws
+    # (a last batch of full size made 12 and the evaluation stop).
+    kw = dict(num_videos=10, frames=10, seed=2, progress=False)
+    by4 = fvd.generated_features(_FakeGenerator(0.0), _frame_means, batch_size=4, **kw)
+    by10 = fvd.generated_features(_FakeGenerator(0.0), _frame_means, batch_size=10, **kw)
+    assert by4.shape == (10, 10)
+    np.testing.assert_allclose(by4, by10, rtol=0, atol=1e-9)
