@@ -419,6 +419,10 @@ def test_the_probe_learns_the_state_at_the_first_frame_of_each_pair(monkeypatch)
         np.testing.assert_array_equal(second, first + 1)                    # consecutive frames
         want = np.stack([first // 10, first % 10], -1)
         np.testing.assert_array_equal(targets.numpy(), want)               # the first one's state
+    # every pair of every clip is drawn, the last one (frames t-2, t-1) too
+    firsts = np.concatenate([pairs[:, 0, 0, 0, 0].long().numpy() for _, pairs, _ in seen])
+    assert set((firsts % 10).tolist()) == set(range(t - 1))
+    assert set((firsts // 10).tolist()) == set(range(n))
 
 
 def test_the_probe_reads_pairs_as_it_was_trained_on():
