@@ -438,3 +438,18 @@ def test_the_probe_reads_pairs_as_it_was_trained_on():
     assert not torch.equal(pr(pairs), pr(pairs.flip(1)))   # the frame order matters
     states = torch.tensor([[1.0, 3.0, -2.5], [-4.0, -1.0, 0.0]])
     torch.testing.assert_close(pr.decode(pr.encode(states)), states, rtol=0, atol=1e-6)
+
+
+def test_a_probe_trained_with_one_seed_is_the_same_whatever_ran_before():
+    # Its weights start from the seed, not from torch's global stream: a probe retrained (its
+    # cache removed, another machine) reads the states the cached one read.
+    rng = np.random.default_rng(4)
+    frames = rng.integers(0, 256, (3, 4, 8, 8, 3), np.uint8)
+    states = rng.standard_normal((3, 4, 2)).astype(np.float32)
+    kw = dict(steps=2, batch_size=4, width=4, progress=False)
+    a = probe.train_probe(frames, states, seed=7, **kw).state_dict()
+    torch.rand(100)                     # the global stream moves on (another model built)
+    b = probe.train_probe(frames, states, seed=7, **kw).state_dict()
+    c = probe.train_probe(frames, states, seed=8, **kw).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)

@@ -233,12 +233,12 @@ def train_probe(frames, states, *, angular=(), steps=600, batch_size=64, lr=2e-3
     frames = torch.from_numpy(np.asarray(frames[:n_use])).to(device)
     states = torch.from_numpy(np.asarray(states[:n_use], dtype=np.float32)).to(device)
     n, t, res = frames.shape[0], frames.shape[1], frames.shape[2]
+    torch.manual_seed(seed)  # before the probe is built: its initial weights come from `seed`
     probe = PhysicsProbe(states.shape[-1], resolution=res, width=width, angular=angular).to(device)
     flat = states.reshape(-1, states.shape[-1])
     probe.state_mean.copy_(flat.mean(0))
     probe.state_std.copy_(flat.std(0).clamp_min(1e-6))
     gen = torch.Generator(device=device).manual_seed(seed)
-    torch.manual_seed(seed)
     opt = torch.optim.Adam(probe.parameters(), lr=lr)
     sched = lr_schedule(opt, lr, steps)
     bar = tqdm(range(steps), desc="probe", disable=not progress, leave=False)
