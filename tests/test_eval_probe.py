@@ -453,3 +453,18 @@ def test_a_probe_trained_with_one_seed_is_the_same_whatever_ran_before():
     c = probe.train_probe(frames, states, seed=8, **kw).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_probe_rmse_is_the_root_of_the_mean_squared_error():
+    # Two videos of three pairs, no angles: errors 3, 0, -4 then 0, 0, 0 in the first
+    # coordinate, 1 or -1 in the second. RMSE sqrt(25 / 6) and 1; the mean |error| (7 / 6)
+    # would understate the probe's error, and every resolution bound drawn from it.
+    class _Reads:
+        angular = []
+
+        def states(self, frames):
+            return np.array([[[3.0, 1.0], [0.0, -1.0], [-4.0, 1.0]],
+                             [[0.0, -1.0], [0.0, 1.0], [0.0, 1.0]]])
+    states = np.zeros((2, 4, 2))
+    rmse = probe.probe_rmse(_Reads(), np.zeros((2, 4, 8, 8, 3), np.uint8), states)
+    np.testing.assert_allclose(rmse, [np.sqrt(25 / 6), 1.0], rtol=1e-12)
