@@ -468,3 +468,30 @@ def test_probe_rmse_is_the_root_of_the_mean_squared_error():
     states = np.zeros((2, 4, 2))
     rmse = probe.probe_rmse(_Reads(), np.zeros((2, 4, 8, 8, 3), np.uint8), states)
     np.testing.assert_allclose(rmse, [np.sqrt(25 / 6), 1.0], rtol=1e-12)
+
+
+def test_every_training_setting_is_part_of_the_probe_cache_key(tmp_path, monkeypatch):
+    # A probe cached under other settings is trained again, whichever setting differs;
+    # --progress alone changes nothing and loads the cache.
+    trained = []
+
+    def fake_training(frames, states, **kw):
+        trained.append(kw)
+        return probe.PhysicsProbe(2, resolution=8, width=4)
+
+    monkeypatch.setattr(probe, "train_probe", fake_training)
+    data = str(tmp_path / "train.h5")
+    with open(data, "wb") as f:
+        f.write(b"a" * 64)
+    frames, states = np.zeros((5, 3, 8, 8, 3), np.uint8), np.zeros((5, 3, 2), np.float32)
+    base = dict(angular=(), steps=7, batch_size=4, lr=2e-3, width=4, seed=0, max_frames=1000)
+    probe.load_or_train_probe(data, frames, states, progress=False, **base)
+    probe.load_or_train_probe(data, frames, states, progress=True, **base)
+    assert len(trained) == 1
+    for name, value in [("angular", (0,)), ("steps", 8), ("batch_size", 5), ("lr", 1e-3),
+                        ("width", 8), ("seed", 1), ("max_frames", 999)]:
+        probe.load_or_train_probe(data, frames, states, **base)      # base in the cache again
+        before = len(trained)
+        probe.load_or_train_probe(data, frames, states, **{**base, name: value})
+        assert len(trained) == before + 1, f"a probe trained with other {name} was reused"
+        assert trained[-1][name] == value
