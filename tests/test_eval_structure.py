@@ -163,3 +163,14 @@ def test_non_finite_rates_are_not_counted(rates):
     # NaN would compare as inactive and inf would set the threshold to inf: neither is a count.
     got = structure.count_active(rates, p_spread=1.0, duration=1.0)
     assert got["active_dims"] is None and "non-finite" in got["note"]
+
+
+def test_active_momenta_average_over_every_rollout():
+    # Two rollouts: dp_0/dt is 1 throughout the first and -3 throughout the second, so the
+    # mean |dp_0/dt| over rollouts and steps is 2 (the first rollout alone would read 1);
+    # dp_1/dt is 0.5 in both.
+    dhdq = torch.tensor([[[-1.0, 0.5]] * 4, [[3.0, 0.5]] * 4])
+    p = torch.cat([_p_of_unit_spread(5), -_p_of_unit_spread(5)])
+    am = structure.active_momenta(_GivenRollout({"dHdq": dhdq, "p": p}), n=2, frames=5)
+    np.testing.assert_allclose(am["mean_abs_dpdt"], [2.0, 0.5], rtol=1e-12)
+    assert am["active_dims"] == 2
