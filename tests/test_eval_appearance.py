@@ -294,3 +294,15 @@ def test_the_summaries_are_median_mean_and_90th_percentile():
     # a skewed set, where the three differ: 0, 0, 0.9
     got = appearance._summary(np.array([0.0, 0.0, 0.9]))
     assert got == pytest.approx({"median": 0.0, "mean": 0.3, "p90": 0.72})
+
+
+def test_a_disc_shown_in_one_frame_of_sixteen_is_blank_and_weighs_a_sixteenth():
+    # A generated video whose object flashes in one frame of 16: its mass per frame is 1/16 of
+    # a real object's, under BLANK_SHARE, and the mass ratio (medians of mass per frame) is
+    # 1/16; its frame of largest mass would call it a whole object, neither blank nor light.
+    disc = _disc_video(0.3, color=0, num_colors=1, frames=16)
+    flash = _fade(disc, np.eye(16)[0])
+    assert (flash[0, 1:] == flash[0, 1, 0, 0]).all()                  # 15 background frames
+    res = appearance.appearance_consistency(np.concatenate([disc] * 3), flash, 1)
+    assert res["generated_blank"] == 1.0 and res["real_blank"] == 0.0
+    assert res["mass_ratio"] == pytest.approx(1 / 16, rel=1e-6)
