@@ -263,3 +263,18 @@ def test_a_time_step_for_a_kind_without_one_is_refused_by_the_table(monkeypatch)
                                          r"not hamiltonian\): dt applies to hgan, hnn_gan only$"):
         g.sample(2, 3, dt=-0.05)
     assert g.sample(2, 3).shape == (2, 3, 3, 32, 32)
+
+
+@pytest.mark.parametrize("name, mapped", [("hgan", True), ("hnn_gan", False)])
+def test_hgan_maps_its_noise_to_the_initial_state_and_hnn_gan_does_not(name, mapped):
+    # docs/training.md: hgan draws eps_m ~ N(0, I_20) and maps it through the configuration
+    # map f to y0 = (q0, p0); hnn_gan is "HGAN without the configuration map": eps_m is
+    # (q0, p0) itself. The kinds' test above checks each module against the table, so a table
+    # that dropped hgan's map would build an hnn_gan with L_cyc under hgan's name unseen.
+    cfg = ModelConfig(model=name, ngf=4, ndf=4, clip_frames=4)    # k = 10, motion_dim = 20
+    torch.manual_seed(0)
+    mm = build_models(cfg).generator.motion_module
+    eps = torch.randn(3, 20, generator=torch.Generator().manual_seed(1))
+    q0, p0 = mm.initial_state(eps)
+    assert q0.shape == p0.shape == (3, 10)
+    assert torch.equal(torch.cat([q0, p0], -1), eps) != mapped
