@@ -401,3 +401,15 @@ def test_generated_features_score_a_last_batch_smaller_than_the_others():
     by10 = fvd.generated_features(_FakeGenerator(0.0), _frame_means, batch_size=10, **kw)
     assert by4.shape == (10, 10)
     np.testing.assert_allclose(by4, by10, rtol=0, atol=1e-9)
+
+
+def test_real_windows_draw_their_trajectories_at_random():
+    # 3 of 8 trajectories per seed: over ten seeds every trajectory is drawn, not the first 3.
+    n = 8
+    frames_ds = np.broadcast_to(np.arange(n, dtype=np.uint8)[:, None, None, None, None],
+                                (n, 4, 1, 1, 3)).copy()          # each pixel its trajectory
+    drawn = set()
+    for seed in range(10):
+        drawn.update(fvd.real_windows(frames_ds, num_videos=3, frames=2, seed=seed)[:, 0, 0, 0, 0]
+                     .tolist())
+    assert drawn == set(range(n))
