@@ -127,6 +127,23 @@ def test_show_gif_plays_every_frame_with_trajectories_side_by_side(tmp_path):
         assert (frame[:, :16] == colour[0, t]).all() and (frame[:, 16:] == colour[1, t]).all()
 
 
+def test_show_gif_frames_are_the_first_n_in_real_time(tmp_path, capsys):
+    # --frames 2 in a GIF: frames 0 and 1 (it was ignored: every frame played); more than the
+    # file holds: all of them, said
+    path, colour = _solid_colour_file(tmp_path, t=5)
+    main(["show", str(path), "--out", str(tmp_path / "a.gif"), "--scale", "1", "--frames", "2"])
+    gif = Image.open(tmp_path / "a.gif")
+    assert gif.n_frames == 2
+    for t in range(2):
+        gif.seek(t)
+        assert (np.asarray(gif.convert("RGB"))[:, :16] == colour[0, t]).all()
+        assert gif.info["duration"] == 50
+    capsys.readouterr()
+    main(["show", str(path), "--out", str(tmp_path / "b.gif"), "--frames", "9"])
+    assert Image.open(tmp_path / "b.gif").n_frames == 5
+    assert f"{path} has 5 frames per trajectory: showing all of them" in capsys.readouterr().err
+
+
 def test_module_entry_point(tmp_path):
     r = subprocess.run([sys.executable, "-m", "hgan.data", "generate", "--system", "x"],
                        capture_output=True, text=True)

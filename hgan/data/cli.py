@@ -88,9 +88,10 @@ def build_parser():
                         "<split>.png)")
     s.add_argument("--n", type=_positive, default=8,
                    help="number of trajectories (default: %(default)s)")
-    s.add_argument("--frames", type=_positive, default=16,
-                   help="frames in a PNG strip, spread evenly over the whole trajectory (a GIF "
-                        "plays every frame) (default: %(default)s)")
+    s.add_argument("--frames", type=_positive, default=None,
+                   help="frames shown: in a PNG strip, spread evenly over the whole trajectory "
+                        "(default: 16); in a GIF, the first N, played in real time (default: "
+                        "every frame)")
     s.add_argument("--scale", type=_positive, default=2,
                    help="pixel magnification (default: %(default)s)")
     i = sub.add_parser("import-dm", help="convert the suite's train/test.tfrecord to HDF5",
@@ -109,9 +110,9 @@ def build_parser():
     return p
 
 
-def show(path, out=None, n=8, frames=16, scale=2):
-    """Rows = trajectories; PNG: `frames` evenly spaced frames per row, GIF: all frames.
-    out=None: <path without .h5>.png, beside the data it shows."""
+def show(path, out=None, n=8, frames=None, scale=2):
+    """Rows = trajectories; PNG: `frames` (None: 16) evenly spaced frames per row, GIF: the
+    first `frames` (None: all). out=None: <path without .h5>.png, beside the data it shows."""
     import imageio.v2 as imageio
     from hgan.data.h5io import open_h5
     from hgan.data.simulate import REAL_TIME_FPS
@@ -128,7 +129,9 @@ def show(path, out=None, n=8, frames=16, scale=2):
               file=sys.stderr)
     n = min(n, held)
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)  # as hgan.sample does
-    if ext == ".png" and frames > clips.shape[1]:
+    if frames is None and ext == ".png":
+        frames = 16
+    if frames is not None and frames > clips.shape[1]:
         print(f"{_name()}: {path} has {clips.shape[1]} frames per trajectory: showing all of "
               f"them", file=sys.stderr)
     if ext == ".png":
@@ -138,7 +141,7 @@ def show(path, out=None, n=8, frames=16, scale=2):
         img = img.repeat(scale, 0).repeat(scale, 1)
         imageio.imwrite(out, img)
     else:
-        movie = clips.transpose(1, 0, 2, 3, 4)  # [T, n, R, R, 3] -> side by side
+        movie = clips[:, :frames].transpose(1, 0, 2, 3, 4)  # [T, n, R, R, 3] -> side by side
         movie = movie.transpose(0, 2, 1, 3, 4).reshape(movie.shape[0], movie.shape[2], -1, 3)
         movie = movie.repeat(scale, 1).repeat(scale, 2)
         imageio.mimsave(out, list(movie), duration=1000 / REAL_TIME_FPS, loop=0)  # real time
