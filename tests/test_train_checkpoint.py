@@ -168,6 +168,30 @@ def test_a_runs_checkpoints_folder_given_as_the_run_is_named_in_the_error(tmp_pa
         assert str(e.value) == f"no checkpoint at {missing}"
 
 
+def test_a_folder_of_runs_given_as_a_run_names_the_newest(tmp_path, capsys):
+    # `--checkpoint runs` (the folder train.py puts its runs in) said only that
+    # runs/checkpoints/last.pt was missing
+    for name, when in (("a-new", 2000), ("b-old", 1000)):
+        path = tmp_path / "runs" / name / "checkpoints" / "last.pt"
+        path.parent.mkdir(parents=True)
+        save_checkpoint({"iteration": 1}, str(path))
+        os.utime(path, (when, when))
+    (tmp_path / "runs" / "c-killed").mkdir()          # no checkpoint: not a run to give
+    runs = tmp_path / "runs"
+    hint = f": {runs} holds 2 run directories; give one of them, such as {runs / 'a-new'}"
+    with pytest.raises(FileNotFoundError) as e:
+        load_checkpoint(str(runs))
+    assert str(e.value) == f"no checkpoint at {runs / 'checkpoints' / 'last.pt'}{hint}"
+    from hgan.sample import main
+    assert main(["--checkpoint", str(runs), "--out", str(tmp_path / "s.gif")]) == 2
+    assert capsys.readouterr().err.strip().endswith(hint)
+    import shutil
+    shutil.rmtree(runs / "b-old")
+    with pytest.raises(FileNotFoundError, match=r"holds 1 run directory; give one of them, "
+                                                 r"such as .*a-new$"):
+        load_checkpoint(str(runs))
+
+
 def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     torch.manual_seed(5)
     np.random.seed(5)

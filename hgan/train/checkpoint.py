@@ -96,11 +96,22 @@ def _folder_hint(missing: str) -> str:
     checkpoints folder, given where its run directory was expected (the path that failed,
     ".../checkpoints/checkpoints/last.pt", left the reader to spot the doubled folder)."""
     folder = os.path.dirname(os.path.dirname(missing))
-    if os.path.basename(os.path.dirname(missing)) != "checkpoints" or \
-            not os.path.isfile(os.path.join(folder, "last.pt")):
+    if os.path.basename(os.path.dirname(missing)) != "checkpoints":
         return ""
-    return (f": {folder} holds last.pt itself; give the run directory "
-            f"{os.path.dirname(folder) or '.'} or the file {os.path.join(folder, 'last.pt')}")
+    if os.path.isfile(os.path.join(folder, "last.pt")):
+        return (f": {folder} holds last.pt itself; give the run directory "
+                f"{os.path.dirname(folder) or '.'} or the file {os.path.join(folder, 'last.pt')}")
+    # a folder of runs (`runs`, where train.py puts them): name the newest run, as an example
+    try:
+        runs = [e for e in os.scandir(folder) if e.is_dir()
+                and os.path.isfile(os.path.join(e.path, "checkpoints", "last.pt"))]
+    except OSError:
+        return ""
+    if not runs:
+        return ""
+    newest = max(runs, key=lambda e: os.path.getmtime(os.path.join(e.path, "checkpoints", "last.pt")))
+    return (f": {folder} holds {len(runs)} run director{'y' if len(runs) == 1 else 'ies'}; give "
+            f"one of them, such as {newest.path}")
 
 
 def load_checkpoint(path: str, map_location="cpu") -> dict:
