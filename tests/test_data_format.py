@@ -341,7 +341,8 @@ def test_the_file_records_its_rejected_and_redrawn_trajectories(tmp_path):
     assert sum(p["rejected"] > 0 for p in parts) > 1, "the case must span chunks"
     stats = generate_split(system, path, "train", 12, frames=256, seed=2, chunk=4,
                            progress=False)
-    assert stats == {"rejected": sim["rejected"], "inaccurate": sim["inaccurate"]}
+    assert stats == {"rejected": sim["rejected"], "inaccurate": sim["inaccurate"],
+                     "nonfinite": 0}        # three_body's draws leave; none goes NaN
     with open_h5(path) as f:
         assert (f.attrs["rejected"], f.attrs["inaccurate"]) == (sim["rejected"], sim["inaccurate"])
 
@@ -577,21 +578,22 @@ def test_a_directory_given_for_a_file_names_the_data_files_inside(tmp_path):
 
 
 def test_the_file_sums_the_re_draws_of_every_chunk(tmp_path, monkeypatch):
-    # Hand-set counts per chunk (1 rejected, 2 re-drawn for accuracy, in each of 3 chunks):
-    # the file and the return value hold their sums, each under its own name.
+    # Hand-set counts per chunk (2 rejected, one of them gone NaN, and 3 re-drawn for
+    # accuracy, in each of 3 chunks): the file and the return value hold their sums, each
+    # under its own name (the file's `rejected` counts the NaN ones too).
     import hgan.data.generate as generate
     real = generate.simulate_chunks
 
     def counted(*a, **k):
         for sim in real(*a, **k):
-            yield dict(sim, rejected=1, inaccurate=2)
+            yield dict(sim, rejected=2, nonfinite=1, inaccurate=3)
     monkeypatch.setattr(generate, "simulate_chunks", counted)
     path = tmp_path / "train.h5"
     stats = generate.generate_split("pendulum", path, "train", 3, frames=2, seed=0,
                                     resolution=16, chunk=1, progress=False)
-    assert stats == {"rejected": 3, "inaccurate": 6}
+    assert stats == {"rejected": 6, "nonfinite": 3, "inaccurate": 9}
     with open_h5(path) as f:
-        assert (f.attrs["rejected"], f.attrs["inaccurate"]) == (3, 6)
+        assert (f.attrs["rejected"], f.attrs["inaccurate"]) == (6, 9)
 
 
 def test_render_blocks_of_one_trajectory_write_the_same_file(tmp_path, monkeypatch):

@@ -60,6 +60,33 @@ def test_a_new_system_generates_its_closed_form_and_reads_back(oscillator, tmp_p
     assert (frames[:, 0] != frames[:, 20]).any()
 
 
+def test_draws_that_go_nan_are_said_apart_from_those_that_leave(oscillator, monkeypatch,
+                                                                tmp_path, capsys):
+    # dH/dq NaN wherever k > 2 (about half the draws): those draws become NaN at their first
+    # step and are re-drawn like those that leave the canvas, so the set silently held only
+    # k <= 2; the split's line now says how many went NaN, even without a progress bar.
+    def g(x, pr):
+        dq, dp = _g(x, pr)
+        return np.where((pr["k"] > 2.0)[..., None], np.nan, dq), dp
+    monkeypatch.setitem(systems.PHYSICS, "oscillator_2d", systems.Physics(
+        _h, g, _positions, _sample, OSC.energy_scale))
+    paths = generate_dataset("oscillator_2d", tmp_path, train=12, test=0, frames=6,
+                             resolution=16, progress=False)
+    with open_h5(paths["train"]) as f:
+        rejected, k = int(f.attrs["rejected"]), f.params["k"]
+    assert (k <= 2.0).all() and rejected > 0
+    err = capsys.readouterr().err
+    assert (f"{paths['train']}: 12 trajectories, {rejected} rejected (left the canvas; "
+            f"{rejected} of them became NaN or infinite instead: a singular point of the "
+            f"system's H, which the accepted trajectories avoid (docs/data.md)), 0 re-drawn for "
+            f"accuracy") in err
+    # a system whose draws only leave the canvas says nothing without a progress bar
+    monkeypatch.setitem(systems.PHYSICS, "oscillator_2d", OSC)
+    generate_dataset("oscillator_2d", tmp_path / "b", train=12, test=0, frames=6,
+                     resolution=16, progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_the_probe_reads_a_new_system_by_its_physics_flags(oscillator):
     assert probe.angular_dims(oscillator) == ()
     assert not probe.is_nbody("oscillator_2d") and not probe.is_angular("oscillator_2d")

@@ -5,6 +5,7 @@ Peak memory is bounded by the chunk (trajectories simulated together) and the re
 """
 import logging
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -56,7 +57,7 @@ def generate_split(system, path, split, n, *, frames, seed, resolution=32, chunk
     if not 0 <= seed < 2 ** 64:  # h5py has no attribute type for a larger one
         raise ValueError(f"seed must be an integer in [0, 2**64), got {seed}")
     block = max(1, min(chunk, RENDER_BYTES // (frames * resolution * resolution * 3)))
-    rejected = inaccurate = 0
+    rejected = inaccurate = nonfinite = 0
     writer = None
 
     def work(sim, sl):
@@ -79,6 +80,7 @@ def generate_split(system, path, split, n, *, frames, seed, resolution=32, chunk
                 idx = np.arange(start, min(n, start + chunk))
                 rejected += sim["rejected"]
                 inaccurate += sim["inaccurate"]
+                nonfinite += sim["nonfinite"]
                 stop.check()
                 slices = [slice(b, min(len(idx), b + block)) for b in range(0, len(idx), block)]
                 jobs = [pool.submit(work, sim, sl) for sl in slices]
@@ -97,9 +99,22 @@ def generate_split(system, path, split, n, *, frames, seed, resolution=32, chunk
         finally:
             pool.shutdown(cancel_futures=True)
             bar.close()
-    log.info("%s: %s, %d rejected (left the canvas), %d re-drawn for accuracy",
-             path, _trajectories(n), rejected, inaccurate)
-    return dict(rejected=rejected, inaccurate=inaccurate)
+    stats = dict(rejected=rejected, inaccurate=inaccurate, nonfinite=nonfinite)
+    log.info("%s", _summary(path, n, stats))
+    if progress or nonfinite:   # a singular point is said even without a progress bar
+        tqdm.write(_summary(path, n, stats), file=sys.stderr if nonfinite else None)
+    return stats
+
+
+def _summary(path, n, stats):
+    """The line a generated split ends with. Draws that went NaN or infinite are re-drawn like
+    those that leave the canvas (and counted with them in the file's `rejected`), but they
+    mean a singular point of the system's H that the data then avoids: said apart."""
+    singular = (f"; {stats['nonfinite']} of them became NaN or infinite instead: a singular "
+                f"point of the system's H, which the accepted trajectories avoid (docs/data.md)"
+                if stats["nonfinite"] else "")
+    return (f"{path}: {_trajectories(n)}, {stats['rejected']} rejected (left the canvas"
+            f"{singular}), {stats['inaccurate']} re-drawn for accuracy")
 
 
 def generate_dataset(system, out_dir, *, train=1000, test=200, frames=256, seed=0,
@@ -123,10 +138,7 @@ def generate_dataset(system, out_dir, *, train=1000, test=200, frames=256, seed=
         if n == 0:
             continue
         path = os.path.join(os.fspath(out_dir), sys_obj.name, split + ".h5")
-        stats = generate_split(sys_obj, path, split, n, frames=frames, seed=seed,
-                               resolution=resolution, chunk=chunk, progress=progress)
-        if progress:
-            tqdm.write(f"{path}: {_trajectories(n)}, {stats['rejected']} rejected (left the "
-                       f"canvas), {stats['inaccurate']} re-drawn for accuracy")
+        generate_split(sys_obj, path, split, n, frames=frames, seed=seed, resolution=resolution,
+                       chunk=chunk, progress=progress)
         out[split] = path
     return {split: out[split] for split in ("train", "test") if split in out}

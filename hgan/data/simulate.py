@@ -227,7 +227,7 @@ class _Chunk:
         self.states = np.empty((n, frames, 2 * system.dof))
         self.draws = np.zeros(n, np.int64)
         self.remaining = n
-        self.rejected = self.inaccurate = 0
+        self.rejected = self.inaccurate = self.nonfinite = 0
         for j in range(n):
             self.redraw(system, j)
 
@@ -261,7 +261,8 @@ class _Chunk:
             elif system.random_offset:
                 offset[j] = rng.uniform(-system.offset_range, system.offset_range, size=2)
         return dict(states=self.states, params=self.params, color_index=color_index,
-                    offset=offset, rejected=self.rejected, inaccurate=self.inaccurate)
+                    offset=offset, rejected=self.rejected, inaccurate=self.inaccurate,
+                    nonfinite=self.nonfinite)
 
 
 def simulate_chunks(system, seed, split, index_chunks, frames):
@@ -302,6 +303,7 @@ def simulate_chunks(system, seed, split, index_chunks, frames):
                                      f"trajectories are too long for its canvas"
                                      + _nonfinite_check(system, traj, inside, x0, params)
                                      + _gradient_check(system, x0[:1], params))
+            nonfinite = _went_nonfinite(system, traj, inside, params)[0]
             redo = []
             for m, (c, j) in enumerate(pending):
                 if inside[m] and accurate[m]:
@@ -312,6 +314,7 @@ def simulate_chunks(system, seed, split, index_chunks, frames):
                     c.inaccurate += 1
                 else:
                     c.rejected += 1
+                    c.nonfinite += int(nonfinite[m])
                 c.redraw(system, j)
                 redo.append((c, j))
             pending = redo
@@ -319,24 +322,33 @@ def simulate_chunks(system, seed, split, index_chunks, frames):
             yield open_chunks.pop(0).result(system)
 
 
-def _nonfinite_check(system, states, inside, x0, params):
-    """'' unless a round's draws went NaN or infinite; else a sentence for the error above.
-    A state that is not finite fails `|position| <= canvas` and was counted, and reported,
-    only as leaving the canvas; an H that is not finite fails the energy check unexplained."""
-    notes = []
+def _went_nonfinite(system, states, inside, params):
+    """(bool [n]: the draw left the canvas by becoming NaN or infinite, int [n]: the frame it
+    left on) for a round's draws. A state that is not finite fails `|position| <= canvas` like
+    one that left; the integrators fill each trajectory up to and including the frame it left
+    on, so that frame tells the two apart (the rows after it were never written)."""
+    bad = np.zeros(len(inside), bool)
+    first = np.zeros(len(inside), np.int64)
     out = np.flatnonzero(~inside)
     if out.size:
         with np.errstate(all="ignore"):
             pos = system.positions(states[out], _take(params, out))   # [n, T, B, 2]
             ok = (np.abs(pos) <= system.canvas).all(axis=(2, 3))
-        # The integrators fill each trajectory up to and including the frame it left on, so
-        # the first frame outside is that frame; the rows after it were never written.
-        first = np.argmax(~ok, axis=1)
-        bad = ~np.isfinite(pos[np.arange(out.size), first]).all(axis=(1, 2))
-        if bad.any():
-            notes.append(f"{int(bad.sum())} of the {out.size} that left the canvas in the last "
-                         f"round became NaN or infinite instead (first at frame "
-                         f"{int(first[bad].min())})")
+        first[out] = np.argmax(~ok, axis=1)
+        bad[out] = ~np.isfinite(pos[np.arange(out.size), first[out]]).all(axis=(1, 2))
+    return bad, first
+
+
+def _nonfinite_check(system, states, inside, x0, params):
+    """'' unless a round's draws went NaN or infinite; else a sentence for the error above.
+    A state that is not finite fails `|position| <= canvas` and was counted, and reported,
+    only as leaving the canvas; an H that is not finite fails the energy check unexplained."""
+    notes = []
+    bad, first = _went_nonfinite(system, states, inside, params)
+    if bad.any():
+        notes.append(f"{int(bad.sum())} of the {int((~inside).sum())} that left the canvas in "
+                     f"the last round became NaN or infinite instead (first at frame "
+                     f"{int(first[bad].min())})")
     with np.errstate(all="ignore"):
         h0 = system.hamiltonian(x0, params)
     if not np.isfinite(h0).all():
@@ -377,6 +389,7 @@ def simulate_split(system, seed, split, indices, frames):
     Returns dict: states float64 [n, frames, 2*dof], params name -> [n] or [n, n_bodies]
     (system.param_shape), color_index int32
     [n, n_bodies], offset float64 [n, 2] (world shift of every particle), rejected (count of
-    re-draws because a particle left the canvas), inaccurate (re-draws for energy drift).
+    re-draws because a particle left the canvas), nonfinite (how many of those became NaN or
+    infinite instead), inaccurate (re-draws for energy drift).
     """
     return next(simulate_chunks(system, seed, split, [indices], frames))
