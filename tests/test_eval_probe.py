@@ -216,7 +216,9 @@ def test_probe_rmse_compares_each_pair_with_the_state_at_its_first_frame():
     np.testing.assert_allclose(rmse, [0.3, 0.2], rtol=1e-9)
 
 
-def test_a_regenerated_data_file_of_the_same_size_retrains_the_probe(tmp_path, monkeypatch):
+def _count_trainings(monkeypatch):
+    """probe.train_probe replaced by a stand-in that records each call's settings (the list
+    returned) and gives a small untrained probe."""
     trained = []
 
     def fake_training(frames, states, **kw):
@@ -224,6 +226,11 @@ def test_a_regenerated_data_file_of_the_same_size_retrains_the_probe(tmp_path, m
         return probe.PhysicsProbe(2, resolution=8, width=4)
 
     monkeypatch.setattr(probe, "train_probe", fake_training)
+    return trained
+
+
+def test_a_regenerated_data_file_of_the_same_size_retrains_the_probe(tmp_path, monkeypatch):
+    trained = _count_trainings(monkeypatch)
     data = tmp_path / "train.h5"
     data.write_bytes(b"a" * 64)
     frames, states = np.zeros((5, 3, 8, 8, 3), np.uint8), np.zeros((5, 3, 2), np.float32)
@@ -473,13 +480,7 @@ def test_probe_rmse_is_the_root_of_the_mean_squared_error():
 def test_every_training_setting_is_part_of_the_probe_cache_key(tmp_path, monkeypatch):
     # A probe cached under other settings is trained again, whichever setting differs;
     # --progress alone changes nothing and loads the cache.
-    trained = []
-
-    def fake_training(frames, states, **kw):
-        trained.append(kw)
-        return probe.PhysicsProbe(2, resolution=8, width=4)
-
-    monkeypatch.setattr(probe, "train_probe", fake_training)
+    trained = _count_trainings(monkeypatch)
     data = str(tmp_path / "train.h5")
     with open(data, "wb") as f:
         f.write(b"a" * 64)
