@@ -80,7 +80,7 @@ def test_draws_that_go_nan_are_said_apart_from_those_that_leave(oscillator, monk
             f"{rejected} of them became NaN or infinite instead: a singular point of the "
             f"system's H, which the accepted trajectories avoid (docs/data.md)), 0 re-drawn for "
             f"accuracy") in err
-    # a system whose draws only leave the canvas says nothing without a progress bar
+    # a system whose draws stay finite says nothing without a progress bar
     monkeypatch.setitem(systems.PHYSICS, "oscillator_2d", OSC)
     generate_dataset("oscillator_2d", tmp_path / "b", train=12, test=0, frames=6,
                      resolution=16, progress=False)
