@@ -122,13 +122,10 @@ def _vjp_block(cache, t1, weights, wts):
     d1s = cache[1]
     n_hidden = len(d1s)
     ts, us = [], [None]
-    t = t1
     for l in range(n_hidden):
-        if l > 0:
-            t = u @ wts[l]
+        t = t1 if l == 0 else us[l] @ wts[l]
         ts.append(t)
-        u = t * d1s[l]
-        us.append(u)
+        us.append(t * d1s[l])
     rs = [None] * n_hidden
     r_next = None
     for l in reversed(range(n_hidden)):
@@ -139,7 +136,7 @@ def _vjp_block(cache, t1, weights, wts):
         elif r is None:
             r = torch.zeros_like(ts[l])
         rs[l] = r_next = r
-    return rs, us[:n_hidden], u
+    return rs, us[:n_hidden], us[n_hidden]
 
 
 def mlp_input_grad(x, weights, biases, activation):
