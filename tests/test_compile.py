@@ -183,7 +183,6 @@ def _inductor_cxx():
 
 
 @pytest.mark.slow
-@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 def test_inductor_compiles_a_tiny_image_generator():
     """The real default backend (inductor, C++ code generation) on the smallest G_I: ~11 s
     cold on a 2-core CPU, ~3 s with inductor's on-disk cache warm."""
