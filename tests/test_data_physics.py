@@ -378,6 +378,35 @@ def test_a_trajectory_that_starts_outside_the_canvas_is_flagged_though_it_comes_
     assert np.abs(pos[0, 1:]).max() < edge   # the inside one: within the canvas throughout
 
 
+@pytest.mark.parametrize("tol", [1e-9, 1e-11])
+def test_each_trajectory_of_an_adaptive_batch_moves_as_it_does_alone(tol):
+    # dopri5 lets every trajectory run ahead to later frames while another takes the small
+    # steps of a close encounter. Each one's states must be those it gets integrated alone
+    # (where there is nothing to run ahead of), to the bit: trajectories landing on frames at
+    # different passes, leaving the canvas mid-run (rows after that frame are never written)
+    # and rejecting steps, side by side: ten draws of three_body and, between them, the two
+    # escapes of the test above (speeds 6 and 3: they leave at different frames), 40 frames.
+    from hgan.data.simulate import _draw, dopri5
+    system = get_system("three_body")
+    draws = [_draw(system, np.random.default_rng([11, i])) for i in range(10)]
+    escapes = []
+    for speed in (6.0, 3.0):
+        escapes.append(np.zeros(12))
+        escapes[-1][:4], escapes[-1][6:10] = (1, 0, -1, 0), (speed, 0, -speed, 0)
+    x0 = np.stack([d[1] for d in draws[:3]] + escapes + [d[1] for d in draws[3:]])
+    pr = {k: np.array([d[0][k] for d in draws[:3]] + [np.ones_like(draws[0][0][k])] * 2
+                      + [d[0][k] for d in draws[3:]]) for k in system.param_names}
+    states, inside = dopri5(system, x0, pr, 40, tol)
+    assert not inside[3] and not inside[4] and inside.sum() >= 8
+    for i in range(len(x0)):
+        one = {k: v[i:i + 1] for k, v in pr.items()}
+        alone, ins = dopri5(system, x0[i:i + 1], one, 40, tol)
+        assert ins[0] == inside[i]
+        pos = system.positions(alone, one)[0]
+        last = 39 if ins[0] else int(np.argmax(~(np.abs(pos) <= system.canvas).all(axis=(1, 2))))
+        assert np.array_equal(states[i, :last + 1], alone[0, :last + 1]), i
+
+
 def test_a_per_body_parameter_without_its_body_axis_is_refused():
     # An [N] mass for the double pendulum (one value per arm expected, [N, 2]) would read
     # m[..., 0] as the first trajectory's mass: it is refused, naming the parameter.
