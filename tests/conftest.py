@@ -1,3 +1,4 @@
+import contextlib
 import os
 import signal
 
@@ -146,6 +147,24 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def no_hang():
+    """`with no_hang(): ...` fails the test after `seconds` instead of hanging the suite (a
+    loop that cannot end, such as an integrator retrying a NaN step forever)."""
+    @contextlib.contextmanager
+    def guard(seconds=60):
+        def stop(*_):
+            raise TimeoutError(f"still running after {seconds} s")
+        old = signal.signal(signal.SIGALRM, stop)
+        signal.alarm(seconds)
+        try:
+            yield
+        finally:
+            signal.alarm(0)
+            signal.signal(signal.SIGALRM, old)
+    return guard
 
 
 @pytest.fixture(scope="session")

@@ -407,6 +407,37 @@ def test_each_trajectory_of_an_adaptive_batch_moves_as_it_does_alone(tol):
         assert np.array_equal(states[i, :last + 1], alone[0, :last + 1]), i
 
 
+def test_the_adaptive_integrator_gives_up_on_a_singular_or_unfollowable_trajectory(
+        monkeypatch, no_hang):
+    # Two bodies of three_body on the same spot: the first slope is NaN, and dopri5 rejected
+    # that step, and every smaller one, forever. A slope that is finite but varies too fast
+    # for any step above MIN_STEP did the same. Each now stops as if it left the canvas,
+    # frame 1 written NaN (as rk4 leaves a state that went NaN), and the trajectory beside
+    # it is integrated as it is alone.
+    import dataclasses
+    from hgan.data.simulate import dopri5
+    system = get_system("three_body")
+    x0 = np.zeros((2, 12))
+    x0[0, :6] = (1.0, 0.0, 1.0, 0.0, -1.0, 0.5)   # bodies 0 and 1 coincide
+    x0[1, :6] = (1.0, 0.0, -1.0, 0.0, 0.0, 1.0)
+    pr = {"m": np.ones((2, 3)), "g": np.ones(2)}
+    with no_hang(), np.errstate(all="ignore"):
+        states, inside = dopri5(system, x0, pr, 10)
+    assert inside.tolist() == [False, True]
+    assert np.array_equal(states[0, 0], x0[0]) and np.isnan(states[0, 1]).all()
+    alone, _ = dopri5(system, x0[1:], {k: v[1:] for k, v in pr.items()}, 10)
+    assert np.array_equal(states[1], alone[0])
+
+    def wild(x, pr):   # |dH/dq| <= 1e150: finite, but no step above 1e-159 keeps its error
+        return 1e150 * np.sin(1e150 * x[..., :6]), x[..., 6:]
+    from hgan.data import systems
+    monkeypatch.setitem(systems.PHYSICS, "three_body",
+                        dataclasses.replace(system.physics, gradient=wild))
+    with no_hang():
+        states, inside = dopri5(system, x0[1:], {k: v[1:] for k, v in pr.items()}, 10)
+    assert inside.tolist() == [False] and np.isnan(states[0, 1]).all()
+
+
 def test_a_per_body_parameter_without_its_body_axis_is_refused():
     # An [N] mass for the double pendulum (one value per arm expected, [N, 2]) would read
     # m[..., 0] as the first trajectory's mass: it is refused, naming the parameter.
