@@ -139,13 +139,14 @@ def dopri5(system, x0, pr, frames, tol=ADAPTIVE_TOL):
         rem[acc] -= hh[ok]
         grow = np.clip(0.9 * np.maximum(err, 1e-10) ** -0.2, 0.2, 5.0)
         # A step cut short to land on the frame says nothing about the step size.
-        h[act] = np.where(ok & (hh < h[act]), h[act], hh * grow)
-        lost = act[~(h[act] >= MIN_STEP)]   # NaN too
-        if lost.size:
+        h_next = np.where(ok & (hh < h[act]), h[act], hh * grow)
+        h[act] = h_next
+        going = h_next >= MIN_STEP   # False for NaN too
+        if not going.all():
+            lost = act[~going]
             out[lost, frame[lost]] = np.nan
             inside[lost] = False
-            act = act[~np.isin(act, lost)]
-            acc = acc[~np.isin(acc, lost)]
+            acc, act = act[ok & going], act[going]
         # hh <= rem, and rem - hh == 0 only where hh == rem: exactly the steps that land
         landed = acc[rem[acc] == 0.0]
         if landed.size:
