@@ -385,7 +385,8 @@ def test_each_trajectory_of_an_adaptive_batch_moves_as_it_does_alone(tol):
     # (where there is nothing to run ahead of), to the bit: trajectories landing on frames at
     # different passes, leaving the canvas mid-run (rows after that frame are never written)
     # and rejecting steps, side by side: ten draws of three_body and, between them, the two
-    # escapes of the test above (speeds 6 and 3: they leave at different frames), 40 frames.
+    # escapes of test_bodies_leaving_the_canvas_at_different_frames_are_each_flagged (speeds 6
+    # and 3: they leave at different frames), 40 frames.
     from hgan.data.simulate import _draw, dopri5
     system = get_system("three_body")
     draws = [_draw(system, np.random.default_rng([11, i])) for i in range(10)]
