@@ -118,7 +118,8 @@ def dopri5(system, x0, pr, frames, tol=ADAPTIVE_TOL):
     while act.size:
         p = _take(pr, act)
         xa = x[act]
-        hh = np.minimum(h[act], rem[act])
+        h_act = h[act]
+        hh = np.minimum(h_act, rem[act])
         hc = hh[:, None]
         k = [f(xa, p) if fsal is None else fsal[act]]
         for a in _A[1:]:
@@ -139,7 +140,7 @@ def dopri5(system, x0, pr, frames, tol=ADAPTIVE_TOL):
         rem[acc] -= hh[ok]
         grow = np.clip(0.9 * np.maximum(err, 1e-10) ** -0.2, 0.2, 5.0)
         # A step cut short to land on the frame says nothing about the step size.
-        h_next = np.where(ok & (hh < h[act]), h[act], hh * grow)
+        h_next = np.where(ok & (hh < h_act), h_act, hh * grow)
         h[act] = h_next
         going = h_next >= MIN_STEP   # False for NaN too
         if not going.all():
