@@ -437,6 +437,14 @@ def test_the_adaptive_integrator_gives_up_on_a_singular_or_unfollowable_trajecto
     with no_hang():
         states, inside = dopri5(system, x0[1:], {k: v[1:] for k, v in pr.items()}, 10)
     assert inside.tolist() == [False] and np.isnan(states[0, 1]).all()
+    # Every state stayed finite, so the split's error names the stalled step, not only NaN.
+    import hgan.data.simulate as simulate
+    monkeypatch.setattr(simulate, "MAX_ROUNDS", 2)
+    with no_hang(), pytest.raises(simulate.NoAcceptedDraw) as e:
+        simulate.simulate_split(system, 0, "train", np.arange(3), 10)
+    assert ("of the 3 that left the canvas in the last round became NaN or infinite or "
+            "could take no step above 1e-12 of a frame interval instead (first at frame 1)"
+            in str(e.value)), str(e.value)
 
 
 def test_a_per_body_parameter_without_its_body_axis_is_refused():

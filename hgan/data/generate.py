@@ -14,7 +14,7 @@ from tqdm import tqdm
 from hgan.data.h5io import H5Writer, compress_frames, missing_folders
 from hgan.data.interrupt import StopSignals, discard
 from hgan.data.render import render
-from hgan.data.simulate import DT, SUBSTEPS, simulate_chunks
+from hgan.data.simulate import DT, SUBSTEPS, simulate_chunks, went_singular
 from hgan.data.systems import get_system
 
 log = logging.getLogger(__name__)
@@ -101,17 +101,17 @@ def generate_split(system, path, split, n, *, frames, seed, resolution=32, chunk
             pool.shutdown(cancel_futures=True)
             bar.close()
     stats = dict(rejected=rejected, inaccurate=inaccurate, nonfinite=nonfinite)
-    log.info("%s", _summary(path, n, stats))
+    log.info("%s", _summary(system, path, n, stats))
     if progress or nonfinite:   # a singular point is said even without a progress bar
-        tqdm.write(_summary(path, n, stats), file=sys.stderr if nonfinite else None)
+        tqdm.write(_summary(system, path, n, stats), file=sys.stderr if nonfinite else None)
     return stats
 
 
-def _summary(path, n, stats):
+def _summary(system, path, n, stats):
     """The line a generated split ends with. Draws that went NaN or infinite are re-drawn like
     those that leave the canvas (and counted with them in the file's `rejected`), but they
     mean a singular point of the system's H that the data then avoids: said apart."""
-    singular = (f"; {stats['nonfinite']} of them became NaN or infinite instead: a singular "
+    singular = (f"; {stats['nonfinite']} of them {went_singular(system)} instead: a singular "
                 f"point of the system's H, which the accepted trajectories avoid (docs/data.md)"
                 if stats["nonfinite"] else "")
     return (f"{path}: {_trajectories(n)}, {stats['rejected']} rejected (left the canvas"

@@ -366,6 +366,14 @@ def _went_nonfinite(system, states, inside, params):
     return bad, first
 
 
+def went_singular(system):
+    """How a draw that met a singular point is said: NaN or infinite, and for dopri5 also a
+    step that shrank below MIN_STEP (its frame is written NaN all the same)."""
+    return "became NaN or infinite" + (
+        f" or could take no step above {MIN_STEP / DT:.0e} of a frame interval"
+        if system.physics.adaptive else "")
+
+
 def _nonfinite_check(system, states, inside, x0, params):
     """'' unless a round's draws went NaN or infinite; else a sentence for the error above.
     A state that is not finite fails `|position| <= canvas` and was counted, and reported,
@@ -374,7 +382,7 @@ def _nonfinite_check(system, states, inside, x0, params):
     bad, first = _went_nonfinite(system, states, inside, params)
     if bad.any():
         notes.append(f"{int(bad.sum())} of the {int((~inside).sum())} that left the canvas in "
-                     f"the last round became NaN or infinite instead (first at frame "
+                     f"the last round {went_singular(system)} instead (first at frame "
                      f"{int(first[bad].min())})")
     with np.errstate(all="ignore"):
         h0 = system.hamiltonian(x0, params)
