@@ -234,18 +234,21 @@ def verdicts(rows):
     larger round spread of the two rows, at least NOISE_FLOOR), then the 32 px targets."""
     lines = ["| on top of the captured step | 32 px | 64 px | keep on |", "|---|---|---|---|"]
     for variant in OPTIONAL:
-        gains, noise = {}, {}
+        gains, noise, failed = {}, {}, set()
         for res in (32, 64):
             r, c = rows.get(f"{variant}_{res}px", {}), rows.get(f"capture_{res}px", {})
-            if "videos_per_s" in r and "videos_per_s" in c:
+            if "error" in r:
+                failed.add(res)      # a change that breaks the step at one size is not kept
+            elif "videos_per_s" in r and "videos_per_s" in c:
                 gains[res] = r["videos_per_s"] / c["videos_per_s"] - 1
                 noise[res] = max(NOISE_FLOOR, r.get("round_spread", 0), c.get("round_spread", 0))
-        if not gains:
+        if not gains and not failed:
             continue
-        cells = [(f"{gains[res]:+.1%}" + (f" (noise ±{noise[res]:.1%})"
+        cells = ["failed" if res in failed else
+                 (f"{gains[res]:+.1%}" + (f" (noise ±{noise[res]:.1%})"
                                           if abs(gains[res]) <= noise[res] else ""))
                  if res in gains else "" for res in (32, 64)]
-        keep = "yes" if all(g > noise[res] for res, g in gains.items()) else "no"
+        keep = "yes" if not failed and all(g > noise[res] for res, g in gains.items()) else "no"
         lines.append(f"| {variant[len('capture_'):]} | {cells[0]} | {cells[1]} | {keep} |")
     c = rows.get("capture_32px", {})
     if "videos_per_s" in c:

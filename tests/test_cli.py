@@ -162,6 +162,7 @@ def test_each_count_has_its_least_value(capsys, flag, least):
 
 @pytest.mark.parametrize("argv,line", [
     (["--lr", "0"], "--lr must be > 0, got 0.0"),
+    (["--adam-eps=-1e-8"], "--adam-eps must be > 0, got -1e-08"),
     (["--dt", "0"], "--dt must be a finite number > 0, got 0.0"),
     (["--dt", "inf"], "--dt must be a finite number > 0, got inf"),
 ])

@@ -185,10 +185,20 @@ def test_cuda_trainer_steps(amp, amp_dtype):
     assert trainer.device == torch.device("cuda", 0)
     assert trainer.scaler.is_enabled() == (amp_dtype == "fp16")
     gen = torch.Generator().manual_seed(0)
-    for i in range(2):
+    skipped = 0
+    for i in range(5):
         real = (torch.rand(4, 4, 3, 16, 16, generator=gen) * 2 - 1).cuda()
-        stats = trainer.step(real, want_stats=i == 1)
-        assert all(torch.isfinite(v).all() for v in stats.values()), stats
+        scale = trainer.scaler.get_scale() if trainer.scaler.is_enabled() else 1.0
+        stats = trainer.step(real, want_stats=True)
+        assert all(torch.isfinite(v).all() for k, v in stats.items() if k.startswith("loss/"))
+        if not all(torch.isfinite(v).all() for v in stats.values()):
+            # fp16: gradients that overflow at the GradScaler's first scales (an H200: 2^16 and
+            # 2^15 at this size) read as non-finite norms; the scaler skips those steps and
+            # halves its scale, and nothing else may be non-finite
+            assert amp_dtype == "fp16" and trainer.scaler.get_scale() == scale / 2, stats
+            skipped += 1
+    assert skipped <= 3
+    assert all(torch.isfinite(v).all() for v in stats.values()), stats
     assert stats["loss/R1"] > 0 and stats["loss/L_cyc"] >= 0
     mot = trainer.G.motion(3, 4)
     assert mot["dHdq"].is_cuda and mot["y"].dtype == torch.float32

@@ -33,6 +33,23 @@ tl = pytest.importorskip("triton.language")
 from hgan.kernels.leapfrog import ops, throughput  # noqa: E402  (import triton)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# The throughput layout's narrowest layers as shipped (what a GPU runs it from)
+SHIPPED_MIN_WIDTHS = (fused.THROUGHPUT_MIN_H1, fused.THROUGHPUT_MIN_H2)
+
+
+def _any_throughput_width(monkeypatch):
+    monkeypatch.setattr(fused, "THROUGHPUT_MIN_H1", 16)
+    monkeypatch.setattr(fused, "THROUGHPUT_MIN_H2", 16)
+
+
+@pytest.fixture(autouse=True)
+def _throughput_at_cheap_widths(monkeypatch):
+    # The interpreter computes the throughput layout exactly at any width, and walks a 64-wide
+    # one in a fraction of a 128-wide one's time: the tests below take it at any width there
+    # (64 on the wider layer). A GPU runs it from SHIPPED_MIN_WIDTHS (fused.THROUGHPUT_MIN_H1
+    # says why).
+    if DEVICE == "cpu":
+        _any_throughput_width(monkeypatch)
 
 
 # (B, k, width, activation, separable, frames, dt, scheme): 23 and 19 are not multiples of the
@@ -344,6 +361,8 @@ def test_fused_forward_backward_replays_from_a_cuda_graph(monkeypatch, regime):
     if regime != "latency":
         monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
     widths, precision, _ = FALLBACK_REGIMES[regime]
+    if regime == "throughput":
+        widths = (100, 64)          # padded 128/64: where a GPU runs it (SHIPPED_MIN_WIDTHS)
     seen = _layouts_run(monkeypatch)
     gen = torch.Generator().manual_seed(5)
     w, b = random_mlp(3, widths, generator=gen)
@@ -474,6 +493,22 @@ def test_fused_vmapped_backward_is_refused_by_name():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="real-CUDA check needs a GPU")
+@pytest.mark.parametrize("B,k,widths", [(37, 3, (128, 128)), (1031, 10, (100, 64))])
+def test_throughput_layout_matches_float64_on_cuda(monkeypatch, B, k, widths):
+    # what the interpreter cannot show: the compiled wgmma kernels at the widths a GPU runs
+    monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
+    seen = _layouts_run(monkeypatch)
+    gen = torch.Generator().manual_seed(B)
+    weights, biases = random_mlp(k, widths, generator=gen, device="cuda")
+    q0, p0 = (torch.randn(B, k, generator=gen).cuda() for _ in range(2))
+    errs = compare_to_reference(q0, p0, weights, biases, 0.05, 6, "softplus", "fused",
+                                precision="bf16x3")
+    assert seen == ["throughput", "throughput"]
+    assert all(e <= 1e-4 for e in errs.values()), errs
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="real-CUDA check needs a GPU")
 @pytest.mark.parametrize("B,scheme", [(64, "order2"), (1000, "order2"), (1000, "official")])
 def test_fused_matches_analytic_on_cuda(B, scheme):
     weights, biases = _model_params(10, 100, "softplus", False, seed=0)
@@ -566,7 +601,8 @@ def test_latency_layout_odd_shapes_match_float64_reference(B, k, widths, frames,
     assert not bad, f"fused latency layout vs float64 reference, rel err > 1e-4: {bad}"
 
 
-def test_dispatch_table_picks_the_kernel_by_regime():
+def test_dispatch_table_picks_the_kernel_by_regime(monkeypatch):
+    _any_throughput_width(monkeypatch)
     # training batches: a program per row; large batches: the tile layouts, by width
     assert fused._layout(16, 16, 128, 128) == "latency"
     assert fused._layout(16, 16, 128, 128, "bf16x3") == "latency"
@@ -750,7 +786,20 @@ def test_launch_configuration_by_regime(monkeypatch, regime, B, k, widths, preci
             assert kwargs["BLOCK_B"] == {"fwd": 64, "bwd": 16}[direction], direction
 
 
-def test_dispatch_table_edges():
+def test_the_throughput_layout_runs_only_at_widths_a_gpu_found_it_right(monkeypatch):
+    # An H200 found the throughput layout wrong at widths 64/64 (fused.THROUGHPUT_MIN_H1):
+    # with the shipped limits, those widths and the unchecked narrower first layers run the
+    # tile layouts; the checked ones (128/128, 128/64) the throughput layout
+    monkeypatch.setattr(fused, "THROUGHPUT_MIN_H1", SHIPPED_MIN_WIDTHS[0])
+    monkeypatch.setattr(fused, "THROUGHPUT_MIN_H2", SHIPPED_MIN_WIDTHS[1])
+    for h1, h2 in ((128, 128), (128, 64)):
+        assert fused._layout(65536, 16, h1, h2, "bf16x3", KP=16) == "throughput", (h1, h2)
+    for h1, h2 in ((64, 64), (64, 128), (128, 32), (16, 64)):
+        assert fused._layout(65536, 16, h1, h2, "bf16x3", KP=16) == min(fused._chunk(h1, h2), h1)
+
+
+def test_dispatch_table_edges(monkeypatch):
+    _any_throughput_width(monkeypatch)
     # the streamed chunk follows the wider layer and never exceeds the padded H1
     assert fused._layout(65536, 16, 32, 32) == 16
     assert fused._layout(65536, 16, 64, 16) == 32
@@ -1083,7 +1132,7 @@ def test_auto_precision_is_the_tables_by_regime(monkeypatch, split):
     # SPLIT_ABOVE_LATENCY above it, in the layout that precision takes there (bf16x3: the
     # throughput layout at widths 64-128): what each kernel launch is given shows it, forward
     # and backward, and the result is that of asking for the precision by name.
-    assert fused.SPLIT_ABOVE_LATENCY == "ieee"   # until a GPU measures a split faster
+    assert fused.SPLIT_ABOVE_LATENCY == "bf16x3"   # as an H200 measured (fused.py)
     monkeypatch.setattr(fused, "SPLIT_ABOVE_LATENCY", split)
     monkeypatch.setattr(fused, "SPLIT_SHAPES", ((64, 64, 16),))   # this test's, padded
     monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 4)

@@ -189,7 +189,7 @@ def reference_steps(trainer, data):
     cfg, mcfg = trainer.cfg, trainer.cfg.model
     G, DI, DV = (copy.deepcopy(m) for m in (trainer.G, trainer.D_I, trainer.D_V))
     gen = torch.Generator().set_state(trainer.noise.get_state())
-    adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps)
     opts = [torch.optim.Adam(m.parameters(), **adam) for m in (G, DI, DV)]
 
     def bce(logits, target):
@@ -442,6 +442,13 @@ def test_no_cuda_graph_flag():
 
 
 # ------------------------------------------------------------------------------ CUDA only
+# Two eager runs of one step on a GPU differ in the last bits (cuDNN's algorithms, atomics):
+# measured on an H200 (commit fcd82da), 1.6e-7 in BatchNorm statistics at lr 1e-12. Adam's
+# normalisation turns such differences in near-zero gradients into whole steps of +-lr:
+# eager against eager, 8.2e-4 apart after 7 steps at Adam's default eps, 36 of 60 tensors
+# off. With eps 1e-3 the update of a gradient that small stays proportional to it, so these
+# tests compare the step itself at fp32 tolerance, not the GPU's rounding noise.
+CUDA_EXACT = dict(adam_eps=1e-3)
 @pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("change, atol", [
@@ -455,10 +462,10 @@ def test_no_cuda_graph_flag():
 def test_captured_step_equals_eager_step(change, atol):
     if change.get("amp") and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
-    cfg = small_cfg(**change)
+    cfg = small_cfg(**change, **CUDA_EXACT)
     n = hcapture.WARMUP_STEPS + 4
     data = batches(n, device="cuda")
-    eager = Trainer(small_cfg(cuda_graph=False, **change), device="cuda")
+    eager = Trainer(small_cfg(cuda_graph=False, **change, **CUDA_EXACT), device="cuda")
     graph = Trainer(cfg, device="cuda")
     assert graph.static_mode == "graph" and graph.opt_g.param_groups[0]["capturable"]
     before = params(eager)
@@ -475,14 +482,14 @@ def test_captured_step_equals_eager_step(change, atol):
                for k, _ in net.named_parameters()}
     for name in ("G.", "D_I.", "D_V."):
         assert max(float((pe[k] - before[k]).abs().max()) for k in weights
-                   if k.startswith(name)) > 1e-3, name
+                   if k.startswith(name)) > 2 * cfg.lr, name
 
 
 def cuda_run_cfg(h5, out, **kw):
     data_root = os.path.dirname(os.path.dirname(h5))
     base = dict(system="pendulum", data=data_root, device="cuda", out=str(out), log_every=2,
                 sample_every=1000, ckpt_every=1000, n_samples=2, num_workers=0,
-                loader="torch", gen_frames=40)
+                loader="torch", gen_frames=40, **CUDA_EXACT)
     return small_cfg(**{**base, **kw})
 
 

@@ -42,10 +42,12 @@ def test_one_step_moves_every_trained_parameter_by_adams_first_step(tiny_pendulu
 
 
 def test_optimisers_take_the_configured_adam_settings(tiny_pendulum_h5, tmp_path):
-    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, lr=3e-4, beta1=0.3, beta2=0.95))
+    tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, lr=3e-4, beta1=0.3, beta2=0.95,
+                          adam_eps=1e-3))
     for opt, net in ((tr.opt_g, tr.G), (tr.opt_di, tr.D_I), (tr.opt_dv, tr.D_V)):
         group, = opt.param_groups
-        assert (group["lr"], group["betas"], group["weight_decay"]) == (3e-4, (0.3, 0.95), 0)
+        assert (group["lr"], group["betas"], group["eps"], group["weight_decay"]) == \
+            (3e-4, (0.3, 0.95), 1e-3, 0)
         assert {id(p) for p in group["params"]} == {id(p) for p in net.parameters()}
 
 

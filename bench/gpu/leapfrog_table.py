@@ -248,13 +248,15 @@ def matmul_peak(tf32, dtype=torch.float32):
     return 2 * n ** 3 / (ms * 1e-3)
 
 
-# What warm() compiles: "fused" runs the latency kernels at these batches (fused_latency's too:
-# one job serves both), fused_tile the streamed ieee ones ("fused"'s at B = 65536). 15 jobs:
-# one round of 16 processes.
+# What warm() compiles: "fused" runs the latency kernels at these batches up to LATENCY_MAX_ROWS
+# (fused_latency's too: one job serves both), fused_tile the streamed ieee ones. At most 16
+# jobs: one round of 16 processes.
 WARM_JOBS = [(v, b) for v in ("fused", "fused_tile", "fused_tile_tf32x3", "fused_tile_tf32",
                               "fused_tile_bf16x3", "fused_throughput") for b in WARM_BATCHES]
 WARM_JOBS.append(("fused_throughput_fwd16", WARM_BATCHES[0]))   # timed at B = 65536 only
 WARM_JOBS += [(v, WARM_BATCHES[0]) for v in ("fused_latency_w4", "fused_latency_w16")]  # B 16, 64
+# above LATENCY_MAX_ROWS "fused" runs other kernels: the latency ones there need their own job
+WARM_JOBS += [("fused_latency", b) for b in WARM_BATCHES if b > fused.LATENCY_MAX_ROWS]
 
 
 def warm(budget, smoke_run):

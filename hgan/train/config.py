@@ -38,6 +38,7 @@ class RunConfig:
     lr: float = option(2e-4, "Adam learning rate of every network")
     beta1: float = option(0.5, "Adam beta1")
     beta2: float = option(0.999, "Adam beta2")
+    adam_eps: float = option(1e-8, "Adam epsilon, the floor of its update's denominator")
     cyc_lambda: float = option(0.01, "weight lambda of the cyclic-coordinate loss (hgan; "
                                        "refused with a model without one)")
     r1_gamma: float = option(0.0, "R1 penalty weight on the gradient of D's logit at real "
@@ -94,6 +95,8 @@ class RunConfig:
                                  f"got {getattr(self, name)}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if not self.adam_eps > 0:
+            raise ValueError(f"--adam-eps must be > 0, got {self.adam_eps}")
         # numpy's seed range (the Trainer seeds numpy with it); beyond it numpy's own message,
         # naming no flag, came after a missing dataset had been generated
         if not 0 <= int(self.seed) < 2**32:

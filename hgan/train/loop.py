@@ -278,7 +278,8 @@ class Trainer:
         if not self.captured and cfg.cuda_graph and self.device.type == "cuda":
             hcapture.report_fallback(self.graph_fallback, self.info.is_main)
         self.adam_fused = self.captured and hcapture.ADAM_FUSED
-        adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), capturable=self.captured,
+        adam = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
+                    capturable=self.captured,
                     fused=self.adam_fused or None)
         self.opt_g = torch.optim.Adam(self.G.parameters(), **adam)
         self.opt_di = torch.optim.Adam(self.D_I.parameters(), **adam)

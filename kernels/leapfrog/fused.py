@@ -116,10 +116,13 @@ def _num_warps(h1, h2):
 # LATENCY_MAX_ROWS run the latency layout (latency.py: a program per row, matrix-vector
 # products on the FMA units), larger batches with precision "bf16x3" the throughput layout
 # (throughput.py) where it fits, and the rest the streamed tile layout (streamed.py, in
-# chunks of _chunk hidden units). The switch point is
-# modelled in latency.py's docstring and still to be measured on a GPU (bench/gpu/leapfrog_table.py
-# sweeps it).
-LATENCY_MAX_ROWS = 2048
+# chunks of _chunk hidden units). The switch point, as measured (an H200, commit fcd82da,
+# widths 100/100, k 10, 16 frames; bench/results/NVIDIA-H200.json): the latency layout beats
+# the ieee tile layout up to 512 rows (2.32 against 3.67 ms) and loses from 2048 (8.2 against
+# 3.6). At the split shape the throughput layout (bf16x3, what "auto" runs there) already
+# wins at 512 (1.64 ms) and loses narrowly at 256 (1.62 against 1.50), so batches of 257..512
+# there run ~40% slower than they could: a switch point per precision is still to do.
+LATENCY_MAX_ROWS = 512
 # The latency layout keeps, per row and evaluation, the forward's activations (a1, a2, e1)
 # and the backward's weight-gradient factors (latency._vjp): 4 floats per unit of layer 2,
 # 6 per unit of layer 1 and 4 per coordinate; past this many bytes (and int32 offsets) a
@@ -138,7 +141,10 @@ THROUGHPUT_WARPS = 8
 # has measured an fp32-faithful split (tf32x3, or bf16x3 in the throughput or the tile layout)
 # faster there at every batch and within 1e-4 of float64 (bench/gpu/leapfrog_table.py,
 # "split_above_latency"; its "fused_py" line gives this and the entries above as measured).
-SPLIT_ABOVE_LATENCY = "ieee"
+# Measured (an H200, commit fcd82da): bf16x3 in the throughput layout, 8.5e-6 from float64,
+# 1.6 ms at B = 1024 and 18.0 ms at 65536 against the ieee tile layout's 3.7 and 96.0 ms;
+# tf32x3 in the tile layout ran 324 ms at 65536, bf16x3 in it 107 ms.
+SPLIT_ABOVE_LATENCY = "bf16x3"
 # ... and only at the compiled shapes the leapfrog table measured: padded (H1, H2, KP). It
 # times widths 100/100 at k 10, and every width in 65..128 with k up to 16 compiles to
 # that same (128, 128, 16) kernel. Elsewhere "auto" stays "ieee": the split layouts' other
@@ -148,13 +154,25 @@ SPLIT_ABOVE_LATENCY = "ieee"
 SPLIT_SHAPES = ((128, 128, 16),)
 
 
+# The narrowest (padded) layers the throughput layout takes. An H200 (commit fcd82da, triton
+# 3.6) checked it against float64 at (H1, H2) = (128, 128) and (128, 64), within 1e-5, and
+# found it wrong at (64, 64): relative errors of 1e2, and an illegal memory access when a CUDA
+# graph replayed it. Its weight products there have M = 64 over 8 warps; not investigated
+# further, so other widths run the tile layouts. The interpreter (exact at any width) lets
+# tests lower both, to walk the kernel's math at cheap widths.
+THROUGHPUT_MIN_H1 = 128
+THROUGHPUT_MIN_H2 = 64
+
+
 def _throughput_fits(H1, H2, KP):
-    """Where the throughput layout applies (padded sizes). Width >= 64: wgmma needs M >= 64,
-    and narrower layers compile to mma.sync with more spills than the tile layouts (sm_90
-    report). At most 128 x 16 of (width x padded k): at width 128 and k 17..32 (KP 32) its
-    backward asks for 230 KB of shared memory, over the 227 KB a block may have."""
+    """Where the throughput layout applies (padded sizes). At least THROUGHPUT_MIN_H1 and
+    _H2 (above), and 64 on the wider layer: wgmma needs M >= 64, and narrower layers compile
+    to mma.sync with more spills than the tile layouts (sm_90 report). At most 128 x 16 of
+    (width x padded k): at width 128 and k 17..32 (KP 32) its backward asks for 230 KB of
+    shared memory, over the 227 KB a block may have."""
     width = max(H1, H2)
-    return width >= 64 and width * KP <= 128 * 16
+    return (H1 >= THROUGHPUT_MIN_H1 and H2 >= THROUGHPUT_MIN_H2 and width >= 64
+            and width * KP <= 128 * 16)
 
 
 def _latency_scratch(B, T, H1, H2, KP=16):
