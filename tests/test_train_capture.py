@@ -442,54 +442,149 @@ def test_no_cuda_graph_flag():
 
 
 # ------------------------------------------------------------------------------ CUDA only
-# Two eager runs of one step on a GPU differ in the last bits (cuDNN's algorithms, atomics):
-# measured on an H200 (commit fcd82da), 1.6e-7 in BatchNorm statistics at lr 1e-12. Adam's
-# normalisation turns such differences in near-zero gradients into whole steps of +-lr:
-# eager against eager, 8.2e-4 apart after 7 steps at Adam's default eps, 36 of 60 tensors
-# off. With eps 1e-3 the update of a gradient that small stays proportional to it, so these
-# tests compare the step itself at fp32 tolerance, not the GPU's rounding noise.
-CUDA_EXACT = dict(adam_eps=1e-3)
+# What a GPU allows (an H200, commit caa91ee, batch 4, the analytic integrator): two eager
+# runs of one step from the same state differ by 2-4e-4 (norm-wise) in G's gradients and ~1e-4
+# in D_V's (cuDNN's algorithms); with cudnn.deterministic they agree bit for bit, but the
+# static-buffer step, on its own CUDA stream, still differs from the eager one by up to 3e-3 in
+# G's gradients (not in the discriminators'). GAN training amplifies any such difference ~100x
+# in six steps (eager against eager: 13% apart in the gradients after seven, parameters up to
+# 9e-4 apart, at Adam eps 1e-8 or 1e-3 alike), so parameters after several steps cannot be
+# compared at fp32 tolerance on a GPU. These tests compare instead one step from one state
+# (losses, each network's gradient, the noise), the captured Adam step against Adam applied by
+# hand to the captured gradients (fp32-exact), and for whole runs what must be exact (noise
+# stream, iteration, Adam's step counts) and the weights against the distance they moved.
+GRAD_SPREAD = 5e-2        # norm-wise, one step from one state: 15x the largest measured
+RUN_SPREAD = 0.5          # whole runs: distance apart / distance moved since the common state
+
+
+@pytest.fixture
+def deterministic_cudnn(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+
+
+def _grads(trainer, net):
+    return torch.cat([p.grad.detach().flatten().double().cpu() for p in
+                      getattr(trainer, net).parameters() if p.grad is not None])
+
+
+def _rel(x, ref):
+    return float((x - ref).norm() / ref.norm())
+
+
+def adam_snapshot(trainer):
+    """(param, its group, value, exp_avg, exp_avg_sq, step) of every parameter Adam has
+    stepped, in float64 on the CPU: what assert_adam_step checks the next step against."""
+    snap = []
+    for opt in (trainer.opt_g, trainer.opt_di, trainer.opt_dv):
+        group, = opt.param_groups
+        assert not (group["amsgrad"] or group["maximize"] or group["weight_decay"])
+        for p in group["params"]:
+            st = opt.state.get(p, {})
+            if "exp_avg" in st:
+                snap.append((p, group, p.detach().double().cpu(), st["exp_avg"].double().cpu(),
+                             st["exp_avg_sq"].double().cpu(), float(st["step"])))
+    return snap
+
+
+def assert_adam_step(snap):
+    """Each parameter moved by Adam's update of the gradient it now holds, in float64."""
+    assert snap
+    for p, group, p0, m0, v0, t0 in snap:
+        g = p.grad.detach().double().cpu()
+        (b1, b2), lr, eps, t = group["betas"], group["lr"], group["eps"], t0 + 1
+        m, v = b1 * m0 + (1 - b1) * g, b2 * v0 + (1 - b2) * g * g
+        want = p0 - lr / (1 - b1 ** t) * m / (v.sqrt() / (1 - b2 ** t) ** 0.5 + eps)
+        torch.testing.assert_close(p.detach().double().cpu(), want, rtol=1e-6, atol=1e-7)
+
+
+def _flat(ckpt, net):
+    return torch.cat([v.double().flatten().cpu() for v in ckpt[net].values()
+                      if v.is_floating_point()])
+
+
+def _adam_steps(ckpt):
+    return [float(st["step"]) for opt in ("opt_g", "opt_di", "opt_dv")
+            for st in ckpt[opt]["state"].values()]
+
+
+def assert_runs_agree(ckpt, ref, start, msg=""):
+    """Two runs from one state (`start`: its weights) that must be the same run: the noise
+    stream, iteration and Adam's step counts exact, each network's weights nearer each other
+    than RUN_SPREAD of the way they moved (a GPU allows no more: see above)."""
+    assert ckpt["iteration"] == ref["iteration"], msg
+    assert torch.equal(ckpt["noise_rng"], ref["noise_rng"]), msg
+    assert _adam_steps(ckpt) == _adam_steps(ref), msg
+    for net in ("generator", "image_disc", "video_disc"):
+        moved = (_flat(ref, net) - start[net]).norm()
+        assert moved > 0 and (_flat(ckpt, net) - _flat(ref, net)).norm() <= RUN_SPREAD * moved, \
+            f"{msg} {net}"
+
+
+def test_the_adam_oracle_and_the_run_comparison_hold_on_the_cpu(tiny_pendulum_h5, tmp_path):
+    # the CUDA tests' yardsticks, checked where the step is bit-exact: the static step's Adam
+    # is Adam by hand, and a resumed run agrees with the straight one
+    trainer = static_trainer(small_cfg())
+    data = batches(3)
+    run(trainer, data[:2])
+    snap = adam_snapshot(trainer)
+    run(trainer, data[2:])
+    assert_adam_step(snap)
+    with torch.no_grad():                  # one parameter off by one Adam step: caught
+        snap[0][0].add_(snap[0][1]["lr"])
+    with pytest.raises(AssertionError):
+        assert_adam_step(snap)
+    n = 3
+    straight = train(cuda_run_cfg(tiny_pendulum_h5, tmp_path / "a", device="cpu", iters=2 * n))
+    train(cuda_run_cfg(tiny_pendulum_h5, tmp_path / "b", device="cpu", iters=n))
+    mid = load_checkpoint(str(tmp_path / "b"))       # before the resumed run writes there
+    resumed = train(cuda_run_cfg(tiny_pendulum_h5, tmp_path / "x", device="cpu", iters=2 * n),
+                    resume=str(tmp_path / "b"))
+    start = {net: _flat(mid, net) for net in ("generator", "image_disc", "video_disc")}
+    a, x = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    assert_runs_agree(x, a, start)
+    for net in ("generator", "image_disc", "video_disc"):   # a network left where it was: caught
+        with pytest.raises(AssertionError):
+            assert_runs_agree(dict(x, **{net: mid[net]}), a, start)
 @pytest.mark.cuda
 @needs_cuda
-@pytest.mark.parametrize("change, atol", [
-    (dict(integrator="fused"), 1e-5),
-    (dict(integrator="analytic"), 1e-5),
-    (dict(integrator="fused", model="mocogan"), 1e-5),
-    (dict(integrator="fused", channels_last=True), 1e-5),
-    # bf16: a rounding that lands the other way moves an Adam step by up to ~lr/10
-    (dict(integrator="fused", amp=True, amp_dtype="bf16"), 1e-4),
-])
-def test_captured_step_equals_eager_step(change, atol):
+@pytest.mark.parametrize("change", [
+    dict(integrator="fused"), dict(integrator="analytic"),
+    dict(integrator="fused", model="mocogan"), dict(integrator="fused", channels_last=True),
+    dict(integrator="fused", amp=True, amp_dtype="bf16")])
+def test_captured_step_equals_eager_step(change, deterministic_cudnn):
     if change.get("amp") and not torch.cuda.is_bf16_supported():
         pytest.skip("this GPU has no bf16")
-    cfg = small_cfg(**change, **CUDA_EXACT)
-    n = hcapture.WARMUP_STEPS + 4
-    data = batches(n, device="cuda")
-    eager = Trainer(small_cfg(cuda_graph=False, **change, **CUDA_EXACT), device="cuda")
-    graph = Trainer(cfg, device="cuda")
+    import copy
+    data = batches(hcapture.WARMUP_STEPS + 3, device="cuda")
+    graph = Trainer(small_cfg(**change), device="cuda")
     assert graph.static_mode == "graph" and graph.opt_g.param_groups[0]["capturable"]
-    before = params(eager)
-    loss_e, loss_g = run(eager, data), run(graph, data)
-    assert graph.static.graphs is not None             # the last steps were replays
-    pe, pg = params(eager), params(graph)
-    for k in pe:
-        torch.testing.assert_close(pg[k], pe[k], rtol=1e-4, atol=atol, msg=k)
-    assert loss_g == pytest.approx(loss_e, rel=1e-4, abs=10 * atol)
+    run(graph, data[:-1])                               # warm-up, capture, one replay
+    assert graph.static.graphs is not None
+    eager = Trainer(small_cfg(cuda_graph=False, **change), device="cuda")
+    eager.load_state_dict(copy.deepcopy(graph.state_dict()))  # the same state, its own tensors
+    assert eager.static_mode is None
+    before = {net: _grads(graph, net) for net in ("G", "D_I", "D_V")}
+    snap = adam_snapshot(graph)
+    loss_g, loss_e = run(graph, data[-1:]), run(eager, data[-1:])   # a replay; the eager step
+    assert_adam_step(snap)              # the captured Adam step is Adam's, to fp32 rounding
+    assert loss_g == pytest.approx(loss_e, rel=1e-3, abs=1e-4)
     assert torch.equal(graph.noise.get_state(), eager.noise.get_state())
-    # every network's weights moved (BatchNorm's running statistics alone would move too)
-    weights = {f"{name}.{k}" for name, net in (("G", graph.G), ("D_I", graph.D_I),
-                                                ("D_V", graph.D_V))
-               for k, _ in net.named_parameters()}
-    for name in ("G.", "D_I.", "D_V."):
-        assert max(float((pe[k] - before[k]).abs().max()) for k in weights
-                   if k.startswith(name)) > 2 * cfg.lr, name
+    # bf16: each product rounds to 8 bits, so two kernel choices differ more (bench/
+    # bf16_gradients.py: bf16 gradients are 0.1-0.2x a batch's distance from float64 ones)
+    spread = 4 * GRAD_SPREAD if change.get("amp") else GRAD_SPREAD
+    for net in ("G", "D_I", "D_V"):
+        g, e = _grads(graph, net), _grads(eager, net)
+        assert e.norm() > 0 and _rel(g, e) <= spread, (net, _rel(g, e))
+        # the replay computed this batch's gradient, not the last step's again
+        assert _rel(before[net], e) > 2 * _rel(g, e), (net, _rel(before[net], e), _rel(g, e))
 
 
 def cuda_run_cfg(h5, out, **kw):
     data_root = os.path.dirname(os.path.dirname(h5))
     base = dict(system="pendulum", data=data_root, device="cuda", out=str(out), log_every=2,
                 sample_every=1000, ckpt_every=1000, n_samples=2, num_workers=0,
-                loader="torch", gen_frames=40, **CUDA_EXACT)
+                loader="torch", gen_frames=40)
     return small_cfg(**{**base, **kw})
 
 
@@ -603,10 +698,11 @@ def test_packed_captured_runs_equal_lone_runs(data_root, tmp_path, capsys):
         p = load_checkpoint(str(tmp_path / f"p{seed}"))
         assert a["iteration"] == p["iteration"] == n
         assert p["opt_g"]["param_groups"][0]["capturable"], out  # the step was captured
-        assert torch.equal(a["noise_rng"], p["noise_rng"])
-        for net in ("generator", "image_disc", "video_disc"):
-            for k, v in a[net].items():
-                torch.testing.assert_close(p[net][k], v, msg=f"{model} s{seed} {net}.{k}")
+        init = Trainer(RunConfig.from_dict(a["config"]), device="cuda")   # the seed's weights
+        start = {"generator": init.G, "image_disc": init.D_I, "video_disc": init.D_V}
+        start = {net: torch.cat([v.double().flatten().cpu() for v in m.state_dict().values()
+                                 if v.is_floating_point()]) for net, m in start.items()}
+        assert_runs_agree(p, a, start, f"{model} s{seed}")
 
 
 @pytest.mark.cuda
@@ -616,13 +712,12 @@ def test_captured_run_resumes_exactly(tiny_pendulum_h5, tmp_path):
     straight = train(cuda_run_cfg(tiny_pendulum_h5, tmp_path / "a", iters=2 * n))
     assert straight["trainer"].static.graphs is not None
     train(cuda_run_cfg(tiny_pendulum_h5, tmp_path / "b", iters=n))
+    mid = load_checkpoint(str(tmp_path / "b"))       # before the resumed run writes there
     resumed = train(cuda_run_cfg(tiny_pendulum_h5, tmp_path / "x", iters=2 * n),
                     resume=str(tmp_path / "b"))
-    a, b = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed["checkpoint"])
-    assert torch.equal(a["noise_rng"], b["noise_rng"])
-    for net in ("generator", "image_disc", "video_disc"):
-        for k, v in a[net].items():
-            torch.testing.assert_close(b[net][k], v, msg=f"{net}.{k}")
+    start = {net: _flat(mid, net) for net in ("generator", "image_disc", "video_disc")}
+    a, x = load_checkpoint(straight["checkpoint"]), load_checkpoint(resumed["checkpoint"])
+    assert_runs_agree(x, a, start)
 
 
 @pytest.mark.cuda

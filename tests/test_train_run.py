@@ -1119,3 +1119,29 @@ def test_keep_every_snapshots_its_iterations_the_last_one_included(tiny_pendulum
     assert sorted(os.listdir(ckpts)) == ["iter_0000002.pt", "iter_0000004.pt", "last.pt"]
     assert [load_checkpoint(str(ckpts / n))["iteration"] for n in
             ("iter_0000002.pt", "iter_0000004.pt", "last.pt")] == [2, 4, 4]
+
+
+def test_a_resumed_runs_event_file_is_made_after_the_second_of_the_last_one(tmp_path):
+    # TensorBoard orders a run's event files by name, which starts with the second they were
+    # made in: a resumed run's file from that same second could sort first ("...10" before
+    # "...9"), and its purge of the redone steps then came before the events it removes (seen
+    # in the suite: steps [3, 4, 1, 2, 3] after a resume at 2). Its writer waits the second out.
+    from types import SimpleNamespace
+
+    from hgan.train.run import _wait_past_event_files
+    now = [1000.2]
+    clock = SimpleNamespace(time=lambda: now[0], sleep=lambda s: now.__setitem__(0, now[0] + s))
+    tb = tmp_path / "tb"
+    _wait_past_event_files(str(tb), clock)              # no folder yet: no wait
+    assert now[0] == 1000.2
+    tb.mkdir()
+    (tb / "events.out.tfevents.999.host.7.9").write_text("")
+    _wait_past_event_files(str(tb), clock)              # an earlier second: no wait
+    assert now[0] == 1000.2
+    (tb / "events.out.tfevents.1000.host.7.9").write_text("")
+    _wait_past_event_files(str(tb), clock)
+    assert 1001 <= now[0] < 1001.1                       # into the next second, no further
+    (tb / "events.out.tfevents.99999.host.7.9").write_text("")    # a clock far ahead: no wait
+    start = now[0]
+    _wait_past_event_files(str(tb), clock)
+    assert now[0] == start

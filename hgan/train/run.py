@@ -389,6 +389,25 @@ def _write_samples(trainer: Trainer, writer, tag: str):
     return stem
 
 
+
+def _wait_past_event_files(tb_dir, clock=time):
+    """Wait until the clock has passed the second of the newest event file in tb_dir.
+
+    TensorBoard reads a run's event files in name order, and a name starts with the second
+    it was made in, then the process and a per-process counter: a resumed run's file made in
+    the same second as the one before it can sort first (counter 10 before 9), and the purge
+    of its redone steps then comes before the events it should remove. At most about a
+    second, and only where a file of this very second exists (not for a clock far ahead)."""
+    latest = -1
+    for name in (os.listdir(tb_dir) if os.path.isdir(tb_dir) else ()):
+        parts = name.split(".")
+        if name.startswith("events.out.tfevents.") and len(parts) > 3 and parts[3].isdigit():
+            latest = max(latest, int(parts[3]))
+    if latest - int(clock.time()) > 1:
+        return
+    while int(clock.time()) <= latest:
+        clock.sleep(0.05)
+
 def train(cfg: RunConfig, resume: str = "", callback=None, given: dict | None = None) -> dict:
     """Train until cfg.iters (or a signal); returns the final metrics and paths.
 
@@ -443,6 +462,7 @@ def _run(setup: Setup, callback, stop) -> dict:
         from torch.utils.tensorboard import SummaryWriter
         # Events after the checkpoint's iteration belong to steps that will be redone; those
         # at it were logged by the state the checkpoint holds, and stay.
+        _wait_past_event_files(os.path.join(cfg.out, "tb"))
         writer = SummaryWriter(os.path.join(cfg.out, "tb"),
                                purge_step=trainer.iteration + 1 if trainer.iteration else None)
 
