@@ -52,6 +52,13 @@ bench/gpu/leapfrog_table.py). Width 128 (100 padded), KP 16, frames 16, order2:
   * Above the SM count, rows queue: ceil(B / programs) chains each. At B = 1024, ~8 chains per
     program: ~0.65-0.8 ms, still under the tile layout's measured 3.6 ms; by a few thousand rows
     the tile layout's tensor-core dots win, which is where dispatch.py's table switches.
+Measured against it (an H200, commit fcd82da, bench/gpu/leapfrog_table.py): 0.46 ms forward +
+backward at B = 16 and at B = 64 replayed from a CUDA graph, ~5x the modelled 0.08-0.1 ms
+(1.4-1.6 ms per eager call: the host's dispatch and autograd); B = 256 1.50 ms, 512 2.32 ms,
+1024 4.26 ms, 2048 8.2 ms: past one row per SM each further chain costs ~0.5 ms, not the
+modelled ~0.08, so the switch to the tile layouts came at 512 rows, not a few thousand.
+Where the time goes beyond the model (stage latency, the register-layout conversions, the
+factor stores) is for a profiler run to say.
 
 Registers and instructions (bench/ptxas_report.py --sass, sm_90, triton 3.6): W2 is 64
 registers per thread at 8 warps,
