@@ -389,7 +389,6 @@ def _write_samples(trainer: Trainer, writer, tag: str):
     return stem
 
 
-
 def _wait_past_event_files(tb_dir, clock=time):
     """Wait until the clock has passed the second of the newest event file in tb_dir.
 
@@ -407,6 +406,7 @@ def _wait_past_event_files(tb_dir, clock=time):
         return
     while int(clock.time()) <= latest:
         clock.sleep(0.05)
+
 
 def train(cfg: RunConfig, resume: str = "", callback=None, given: dict | None = None) -> dict:
     """Train until cfg.iters (or a signal); returns the final metrics and paths.

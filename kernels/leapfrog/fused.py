@@ -118,8 +118,8 @@ def _num_warps(h1, h2):
 # (throughput.py) where it fits, and the rest the streamed tile layout (streamed.py, in
 # chunks of _chunk hidden units). The switch point, as measured (an H200, commit fcd82da,
 # widths 100/100, k 10, 16 frames; bench/results/NVIDIA-H200.json): the latency layout beats
-# the ieee tile layout up to 512 rows (2.32 against 3.67 ms) and loses from 2048 (8.2 against
-# 3.6). At the split shape the throughput layout (bf16x3, what "auto" runs there) already
+# the ieee tile layout up to 512 rows (2.32 against 3.67 ms) and loses from 1024 (4.26 against
+# 3.67). At the split shape the throughput layout (bf16x3, what "auto" runs there) already
 # wins at 512 (1.64 ms) and loses narrowly at 256 (1.62 against 1.50), so batches of 257..512
 # there run ~40% slower than they could: a switch point per precision is still to do.
 LATENCY_MAX_ROWS = 512
