@@ -441,7 +441,7 @@ def test_no_cuda_graph_flag():
     assert not config_from_args(["--out", "x", "--no-cuda-graph"])[0].cuda_graph
 
 
-# ------------------------------------------------------------------------------ CUDA only
+# ------------------------------------------------------------- what a GPU allows to compare
 # What a GPU allows (an H200, commit caa91ee, batch 4, the analytic integrator): two eager
 # runs of one step from the same state differ by 2-4e-4 (norm-wise) in G's gradients and ~1e-4
 # in D_V's (cuDNN's algorithms); with cudnn.deterministic they agree bit for bit, but the
@@ -546,6 +546,9 @@ def test_the_adam_oracle_and_the_run_comparison_hold_on_the_cpu(tiny_pendulum_h5
     for net in ("generator", "image_disc", "video_disc"):   # a network left where it was: caught
         with pytest.raises(AssertionError):
             assert_runs_agree(dict(x, **{net: mid[net]}), a, start)
+
+
+# ------------------------------------------------------------------------------ CUDA only
 @pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("change", [
@@ -698,10 +701,8 @@ def test_packed_captured_runs_equal_lone_runs(data_root, tmp_path, capsys):
         p = load_checkpoint(str(tmp_path / f"p{seed}"))
         assert a["iteration"] == p["iteration"] == n
         assert p["opt_g"]["param_groups"][0]["capturable"], out  # the step was captured
-        init = Trainer(RunConfig.from_dict(a["config"]), device="cuda")   # the seed's weights
-        start = {"generator": init.G, "image_disc": init.D_I, "video_disc": init.D_V}
-        start = {net: torch.cat([v.double().flatten().cpu() for v in m.state_dict().values()
-                                 if v.is_floating_point()]) for net, m in start.items()}
+        init = Trainer(RunConfig.from_dict(a["config"]), device="cuda").state_dict()  # seed's
+        start = {net: _flat(init, net) for net in ("generator", "image_disc", "video_disc")}
         assert_runs_agree(p, a, start, f"{model} s{seed}")
 
 
