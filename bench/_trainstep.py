@@ -130,6 +130,25 @@ def run_of_steps(step, n):
     return time.perf_counter() - t0, sum(step.data_wait)
 
 
+def loader_cost(step, n):
+    """Median host seconds of one next() with CUDA's launch queue drained before it: the
+    loader's own cost per step. Time in next() over unsynchronised steps (run_of_steps)
+    overstates it once the device is the bottleneck: the host runs ahead until the launch
+    queue is full and then blocks in whichever launch comes next, often the loader's first
+    (bench/gpu/data_wait.py splits a step's host time this way). Each next() is followed by
+    a step, so the loader runs as it does in training."""
+    times = []
+    for _ in range(n):
+        sync()
+        t0 = time.perf_counter()
+        real = next(step.batches)
+        times.append(time.perf_counter() - t0)
+        step.stats = step.trainer.step(real)
+        step.trainer.iteration += 1
+    sync()
+    return float(np.median(times))
+
+
 def _union_us(intervals):
     total, end = 0.0, None
     for a, b in sorted(intervals):

@@ -207,12 +207,14 @@ def test_measure_reports_the_median_run_and_its_own_data_wait(monkeypatch, step_
     asked = []
     monkeypatch.setattr(trainstep_table, "run_of_steps",
                         lambda step, n: asked.append(n) or next(runs))
+    monkeypatch.setattr(trainstep_table, "loader_cost", lambda step, n: 0.01 * 2.0 / steps)
     assert trainstep_table.BATCH == 16 and trainstep_table.ROUNDS == 3
     r = trainstep_table.measure("data", 32, "capture", busy=False)
     assert asked == [steps] * 3 and r["steps_per_run"] == steps
     assert r["median_step_s"] == pytest.approx(2.0 / steps)
     assert r["videos_per_s"] == pytest.approx(16 * steps / 2.0)
     assert r["data_wait_share"] == pytest.approx(0.05)          # the median run's own wait
+    assert r["loader_share"] == pytest.approx(0.01)             # over the median step
     assert r["round_spread"] == pytest.approx((3.0 - 1.0) / 2.0)  # walls' range / the median
     assert r["warmup_s"] == pytest.approx(2 * step_s) and r["losses_finite_after"]
     assert "device_busy" not in r
@@ -231,6 +233,39 @@ def test_run_of_steps_times_n_steps_and_only_their_data_wait(monkeypatch):
     monkeypatch.setattr(_trainstep, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     wall, wait = _trainstep.run_of_steps(Step(), 4)
     assert wall == pytest.approx(2.0) and wait == pytest.approx(0.4)
+
+
+def test_loader_cost_times_next_alone_after_draining_the_queue(monkeypatch):
+    # A fake clock: next() takes 0.2 s, the step 3 s, the sync 1 s more. Only next() counts,
+    # and every next() comes after a sync (the queue drained), then its step.
+    clock, events = [0.0], []
+
+    def advance(dt, what):
+        def f(*a, **k):
+            clock[0] += dt
+            events.append(what)
+        return f
+
+    def batches():
+        while True:
+            advance(0.2, "next")()
+            yield "batch"
+    trainer = SimpleNamespace(iteration=0, step=lambda real: advance(3.0, "step")() or {})
+    step = SimpleNamespace(batches=batches(), trainer=trainer, stats=None)
+    monkeypatch.setattr(_trainstep, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(_trainstep, "sync", advance(1.0, "sync"))
+    assert _trainstep.loader_cost(step, 3) == pytest.approx(0.2)
+    assert events == ["sync", "next", "step"] * 3 + ["sync"] and trainer.iteration == 3
+
+
+def test_verdicts_judge_data_wait_by_the_loaders_own_cost_where_measured():
+    rows = {"capture_32px": {"videos_per_s": 4000.0, "data_wait_share": 0.079,
+                             "loader_share": 0.031}}
+    line = trainstep_table.verdicts(rows)[-1]
+    assert "data wait 3.1%, the loader's own cost (target < 5%): met" in line
+    assert "unsynchronised steps 7.9%" in line
+    rows["capture_32px"]["loader_share"] = 0.051
+    assert "cost (target < 5%): not met" in trainstep_table.verdicts(rows)[-1]
 
 
 def test_device_busy_share_is_the_union_of_device_activity_over_wall_time(monkeypatch):
@@ -354,6 +389,7 @@ def test_measure_reports_the_median_run_wherever_it_comes_in_the_rounds(monkeypa
     for order in ([(2.0, 0.1), (3.0, 0.3), (1.0, 0.0)], [(1.0, 0.0), (2.0, 0.1), (3.0, 0.3)]):
         runs = iter(order)
         monkeypatch.setattr(trainstep_table, "run_of_steps", lambda step, n: next(runs))
+        monkeypatch.setattr(trainstep_table, "loader_cost", lambda step, n: 0.0)
         r = trainstep_table.measure("data", 32, "capture", busy=False)
         assert r["median_step_s"] == pytest.approx(2.0 / 32), order
         assert r["data_wait_share"] == pytest.approx(0.05), order
@@ -392,6 +428,7 @@ def test_measure_refuses_a_diverged_warm_up_and_survives_a_failed_profiler(monke
     monkeypatch.setattr(trainstep_table, "frames_file", lambda data, res: "train.h5")
     monkeypatch.setattr(trainstep_table, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     monkeypatch.setattr(trainstep_table, "run_of_steps", lambda step, n: (1.0, 0.0))
+    monkeypatch.setattr(trainstep_table, "loader_cost", lambda step, n: 0.0)
 
     def no_profile(step, n):
         raise RuntimeError("CUPTI unavailable")

@@ -116,6 +116,38 @@ def test_epochs_reshuffle_and_shards_are_disjoint(frames_h5):
     assert not a & b
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_resident_batch_is_one_gather_and_one_conversion(frames_h5, channels_last):
+    # The captured step is device-bound at ~4 ms and pays the loader's launches on every
+    # iteration (bench/gpu/data_wait.py): within an epoch a batch is one index_select and a
+    # subtract-and-scale, no advanced indexing, no contiguous copy, no host transfer.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(func.overloadpacket.__name__)
+            return func(*args, **(kwargs or {}))
+
+    path, data = frames_h5
+    stream = build_loader(path, batch_size=1, frames=FRAMES, seed=4, kind="gpu-resident",
+                          channels_last=channels_last)
+    it = iter(stream)
+    next(it)                                    # the epoch's frame rows are made here
+    with Ops() as ops:
+        batch = next(it)
+    stream.close()
+    launching = [n for n in ops.names
+                 if n not in ("view", "slice", "permute", "empty_like", "alias", "detach")]
+    assert sorted(launching) == ["index_select", "mul_", "sub"], ops.names
+    assert batch.is_contiguous() != channels_last
+    torch.testing.assert_close(batch.double(), oracle(data, 1, stream.batches_per_epoch,
+                                                      seed=4, batch=1), rtol=0, atol=2 ** -23)
+
+
 @pytest.mark.parametrize("kind", ["torch", "gpu-resident"])
 def test_start_batch_resumes_exactly(frames_h5, kind):
     path, _ = frames_h5

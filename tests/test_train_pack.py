@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -132,6 +133,60 @@ def test_a_run_holds_the_capture_lock_through_its_first_iterations(data_root, tm
     n = hcapture.WARMUP_STEPS + 1
     assert held == [True] * n + [False] * (6 - n)
     assert not hcapture.CAPTURE_LOCK._is_owned()
+
+
+def _gated_runs(n, until, iters, monkeypatch, fail=None, stop=None, slow=0.0):
+    """n threads through the real _FirstSteps under one StartGate: [(run, iteration)] in the
+    order the iterations happened. Run `fail` raises at iteration 1 (its thread arrives on
+    its way out, as _train_one does); run 0 sleeps `slow` seconds per iteration."""
+    from hgan.train import capture as hcapture
+    from hgan.train.run import _FirstSteps
+    gate = pack.StartGate(n)
+    monkeypatch.setattr(hcapture, "START_GATE", gate)
+    log, lock = [], threading.Lock()
+
+    def one(i):
+        try:
+            with _FirstSteps(until, stop) as first:
+                for it in range(1, iters + 1):
+                    if i == fail:
+                        raise RuntimeError("setup failed")
+                    time.sleep(slow if i == 0 else 0.0)
+                    with lock:
+                        log.append((i, it))
+                    first.passed(it)
+        except RuntimeError:
+            pass
+        finally:
+            gate.arrive()
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    return log
+
+
+def test_packed_runs_train_on_only_once_every_run_has_passed_its_first_iterations(
+        monkeypatch):
+    # Run 0 is slow (its warm-up); the others must not go past iteration `until` before it
+    # has done its own first `until` iterations.
+    log = _gated_runs(3, until=2, iters=5, monkeypatch=monkeypatch, slow=0.05)
+    assert sorted(log) == [(i, it) for i in range(3) for it in range(1, 6)]
+    last_first = max(k for k, (i, it) in enumerate(log) if it <= 2)
+    first_after = min(k for k, (i, it) in enumerate(log) if it > 2)
+    assert last_first < first_after, log
+
+
+def test_a_run_that_ends_early_or_a_stop_never_leaves_the_others_waiting(monkeypatch):
+    log = _gated_runs(3, until=1, iters=3, monkeypatch=monkeypatch, fail=2)
+    assert sorted(log) == [(i, it) for i in range(2) for it in range(1, 4)]
+    # a stop signal ends the wait for runs that never come
+    from hgan.train import capture as hcapture
+    monkeypatch.setattr(hcapture, "START_GATE", pack.StartGate(5))
+    waited = hcapture.START_GATE.wait(SimpleNamespace(signum=signal.SIGTERM))
+    assert waited < 1
 
 
 def test_a_resumed_run_holds_the_capture_lock_through_its_own_first_iterations(data_root,

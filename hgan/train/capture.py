@@ -45,6 +45,10 @@ from hgan.train.profiling import stage
 # raises) and registers in, and a destroyed graph unregisters from, one shared set. Replays
 # need no lock.
 CAPTURE_LOCK = threading.RLock()  # also held around a run's first iterations (hgan.train.run)
+# Set by hgan.train.pack (a StartGate) while its runs train: a run that has passed its first
+# iterations waits there until every run of the pack has (or has ended), so that no run's
+# warm-up and capture compete with the others' replays for the GPU and the GIL.
+START_GATE = None
 # Uncaptured iterations before the capture (PyTorch's whole-network capture example uses 3).
 WARMUP_STEPS = 3
 # Adam's fused (single-kernel) implementation inside the captured step, as measured by

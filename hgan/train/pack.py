@@ -16,6 +16,9 @@ Each run computes what it would alone (tests/test_train_pack.py compares the wei
   weights are initialised from the global RNG; entering `torch.cuda.graph` synchronises the
   device and empties the allocator's cache; on torch 2.11 a capture puts the default CUDA
   generator in capture mode for the whole process. Replays need no lock;
+- a run past its first iterations waits (StartGate) until every run is, so that all train
+  together from then on: set up while others trained, runs started 20-40 s apart, and 7 of a
+  grid's 15 had started after 180 s (an H200, 2026-12-04);
 - nothing after setup draws from the global RNG (a test checks; the torch loader seeds its
   workers from a generator of its own), and the torch loader's workers are spawned, not
   forked from this multi-threaded process (hgan.data.loader.WORKER_START_METHOD);
@@ -55,6 +58,7 @@ import re
 import signal
 import sys
 import threading
+import time
 import warnings
 from contextlib import ExitStack, nullcontext
 
@@ -158,6 +162,32 @@ class _Router:
     @property
     def encoding(self):
         return getattr(self.out, "encoding", "utf-8")
+
+
+class StartGate:
+    """Where packed runs wait, past their first iterations, until all of them are (or have
+    ended): see hgan.train.run._FirstSteps. Each thread arrives once; a run that ends early
+    (a bad flag, a failed setup, a signal) arrives on its way out, so nobody waits for it."""
+
+    def __init__(self, n_runs):
+        self.n_runs = n_runs
+        self.arrived = set()
+        self.cond = threading.Condition()
+
+    def arrive(self):
+        with self.cond:
+            self.arrived.add(threading.get_ident())
+            self.cond.notify_all()
+
+    def wait(self, stop=None, poll_s=0.25):
+        """Block until every run has arrived or `stop` has a signal; the seconds waited."""
+        t0 = time.monotonic()
+        with self.cond:
+            while len(self.arrived) < self.n_runs:
+                if stop is not None and stop.signum is not None:
+                    break
+                self.cond.wait(poll_s)  # short: a signal sets the stop flag without notifying
+        return time.monotonic() - t0
 
 
 class SharedStop:
@@ -301,6 +331,9 @@ def _train_one(i, argv, stop, router, codes):
         traceback.print_exc()
         code = 1
     finally:
+        from hgan.train import capture as hcapture
+        if hcapture.START_GATE is not None:
+            hcapture.START_GATE.arrive()  # never waited for, whatever ended this run
         try:
             trainer = getattr(setup, "trainer", None)
             if trainer is not None and trainer.static is not None:
@@ -457,7 +490,9 @@ def main(argv=None) -> int:
     router = _Router(sys.stdout, tagged)
     sys.stdout = sys.stderr = router
     warnings.showwarning = _warning_printer(router)
+    from hgan.train import capture as hcapture
     codes, aborted = {}, False
+    hcapture.START_GATE = StartGate(len(runs))
     try:
         with _StopFlag() as flag:
             stop = SharedStop(flag)
@@ -473,6 +508,7 @@ def main(argv=None) -> int:
             except KeyboardInterrupt:  # a second Ctrl-C (hgan.train.run._StopFlag): abort now
                 aborted = True
     finally:
+        hcapture.START_GATE = None
         router.close_pending()
         (sys.stdout, sys.stderr, tqdm.monitor_interval, loader.WORKER_START_METHOD,
          warnings.showwarning, gpu_runs) = saved

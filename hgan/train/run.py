@@ -354,23 +354,36 @@ class _FirstSteps:
     """Holds hcapture.CAPTURE_LOCK through a run's first iterations: the warm-up and the
     capture, and everything else done there for the first time (kernels loaded or compiled,
     the first samples), so that none of it overlaps another run's capture when several runs
-    share a process (hgan.train.pack). Uncontended in a process of one run."""
+    share a process (hgan.train.pack). Uncontended in a process of one run.
 
-    def __init__(self, until):
-        self.until, self.held = until, False
+    In a pack (hcapture.START_GATE set) a run that has passed them then waits until every
+    run has: set up one at a time while the others already trained, the later runs' eager
+    warm-up fought the others' replays for the GPU and the GIL, and 15 runs took minutes to
+    start (an H200, 2026-12-04: 7 of 15 had started after 180 s). `stop` ends the wait."""
+
+    def __init__(self, until, stop=None):
+        self.until, self.held, self.stop = until, False, stop
+        self.gate = hcapture.START_GATE
 
     def __enter__(self):
         hcapture.CAPTURE_LOCK.acquire()
         self.held = True
         return self
 
-    def passed(self, iteration):
+    def passed(self, iteration, wait=True):
         if self.held and iteration >= self.until:
             hcapture.CAPTURE_LOCK.release()
             self.held = False
+            if self.gate is not None:
+                self.gate.arrive()
+                if wait:
+                    waited = self.gate.wait(self.stop)
+                    if waited >= 1:
+                        print(f"[hgan] waited {waited:.0f} s for the pack's other runs to "
+                              f"set up", flush=True)
 
     def __exit__(self, *exc):
-        self.passed(float("inf"))
+        self.passed(float("inf"), wait=False)
         return False
 
 
@@ -475,7 +488,7 @@ def _run(setup: Setup, callback, stop) -> dict:
     t_log, it_log = time.perf_counter(), trainer.iteration
     try:
         with step_profiler(cfg.out, cfg.profile and main) as prof, \
-                _FirstSteps(trainer.iteration + hcapture.WARMUP_STEPS + 1) as first:
+                _FirstSteps(trainer.iteration + hcapture.WARMUP_STEPS + 1, stop) as first:
             # Stopped while waiting for the lock (another packed run's failed capture, a
             # signal): no step, only the checkpoint below.
             if stop.signum is not None:
