@@ -754,6 +754,31 @@ def test_export_keeps_each_runs_summary_and_training_times_but_no_checkpoint(tmp
     assert (dest / "runs/r/experiment.json").read_text() == "runs/r/experiment.json"
 
 
+def test_export_makes_paths_into_the_grid_relative_to_it(tmp_path):
+    # A grid's configs, summaries and command line name its absolute folder; committed
+    # results must not (tests/test_eval_cli.py checks docs/results/).
+    from hgan.experiments import cli
+    grid, dest = tmp_path / "table1", tmp_path / "copy"
+    g = str(grid)
+    texts = {
+        "compare.md": f"- command: `table1 --out {g} --pack 15`\nsee {g}/runs/r\n",
+        "runs/r/config.json": json.dumps({"data": f"{g}/data/pendulum/train.h5",
+                                          "out": f"{g}/runs/r", "other": f"{g}-dmon.txt"}),
+    }
+    for f, text in texts.items():
+        os.makedirs(os.path.dirname(grid / f), exist_ok=True)
+        (grid / f).write_text(text)
+    (grid / "figures").mkdir()
+    png = bytes(range(256)) + g.encode()          # binary files are copied as they are
+    (grid / "figures" / "a.png").write_bytes(png)
+    cli.export(g, str(dest))
+    assert (dest / "compare.md").read_text() == ("- command: `table1 --out . --pack 15`\n"
+                                                 "see runs/r\n")
+    assert json.loads((dest / "runs/r/config.json").read_text()) == {
+        "data": "data/pendulum/train.h5", "out": "runs/r", "other": f"{g}-dmon.txt"}
+    assert (dest / "figures" / "a.png").read_bytes() == png
+
+
 def test_export_and_the_grid_refuse_an_output_that_is_a_file_or_an_export_into_a_full_folder(
         tmp_path, capsys):
     # Exporting a second grid into the first one's copy kept the first grid's runs beside the

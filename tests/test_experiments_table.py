@@ -123,6 +123,20 @@ def test_a_tie_does_not_hold(tmp_path):
     assert _check_row(_checks(spec))[0] == "does not hold"
 
 
+@pytest.mark.parametrize("hgan_it, moco_it, verdict", [
+    (20000, 7400, "n/a (trained 20000 vs 7400 iterations)"),    # a deadline's uneven grid
+    (7400, 20000, "n/a (trained 7400 vs 20000 iterations)"),
+    (1100, 1000, "holds"), (1000, 1100, "holds"),                 # 10% apart: comparable
+    (1000, 1101, "n/a (trained 1000 vs 1101 iterations)"),
+])
+def test_runs_of_very_different_lengths_get_no_verdict(tmp_path, hgan_it, moco_it, verdict):
+    spec = _spec(tmp_path)
+    for run in spec.runs():
+        it = hgan_it if run.model == "hgan" else moco_it
+        _write(run, _results(0.05 if run.model == "hgan" else 0.2, iteration=it), iteration=it)
+    assert _check_row(_checks(spec))[0] == verdict
+
+
 @pytest.mark.parametrize("mass, verdict", [
     (0.25, "holds"), (4.0, "holds"),                       # the bounds themselves: real-like
     (5.0, "n/a (foreground mass 5 x real's)"),             # fills the frame

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -301,9 +302,24 @@ EXPORT_RUN = ("config.json", "summary.json", "experiment.json")
 EXPORT_EVAL = (".json", ".md", ".png")
 
 
+EXPORT_TEXT = (".json", ".md", ".txt", ".log")
+
+
+def relative_to_grid(text, grid_dir):
+    """`text` with the grid directory's absolute path made relative to it: '<grid>/runs/x' ->
+    'runs/x', '<grid>' alone -> '.'. Results meant for a repository must not name the
+    machine's folders (the grid's configs, summaries and command line do)."""
+    for root in sorted({os.path.abspath(grid_dir), os.path.realpath(grid_dir)}, key=len,
+                       reverse=True):
+        text = text.replace(root + os.sep, "")
+        text = re.sub(re.escape(root) + r"(?![\w.-])", ".", text)
+    return text
+
+
 def export(grid_dir, dest):
     """Copy compare.md, figures/ and each run's configs, summaries and evaluation outputs,
-    keeping the layout so that compare.md's links still work."""
+    keeping the layout so that compare.md's links still work; paths into the grid directory
+    in the text files become relative to it (`relative_to_grid`)."""
     if not os.path.isfile(os.path.join(grid_dir, "compare.md")):
         raise GridError(f"{grid_dir} has no compare.md: run table1 first")
     if os.path.exists(dest) and not os.path.isdir(dest):
@@ -317,6 +333,12 @@ def export(grid_dir, dest):
     def cp(src, rel):
         os.makedirs(os.path.dirname(os.path.join(dest, rel)) or dest, exist_ok=True)
         shutil.copy2(src, os.path.join(dest, rel))
+        if rel.endswith(EXPORT_TEXT):
+            with open(src, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read()
+            with open(os.path.join(dest, rel), "w", encoding="utf-8",
+                      errors="surrogateescape") as f:
+                f.write(relative_to_grid(text, grid_dir))
         copied.append(rel)
 
     for name in EXPORT_TOP:

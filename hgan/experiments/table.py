@@ -211,11 +211,20 @@ def _real_floor(rows, key, system):
     return max(vals, key=lambda vw: vw[0]) if vals else None
 
 
+# Two runs compared in a check trained within this fraction of each other's iterations: a
+# grid cut by a deadline can stop runs at very different points (an H200 grid, 2026-12-04:
+# 20,000 against 7,400), and the longer run's lead then says nothing about the models.
+ITERATION_SPREAD = 0.10
+
+
 def _verdict(a, b, floor=None):
     if a is None or b is None:
         return "n/a"
     if a["per_seed"] or b["per_seed"]:
         return "n/a (seeds of different lengths)"
+    ia, ib = a["iters"][0], b["iters"][0]
+    if max(ia, ib) > (1 + ITERATION_SPREAD) * min(ia, ib):
+        return f"n/a (trained {ia} vs {ib} iterations)"
     why = _degenerate(a) or _degenerate(b)
     if why:
         return f"n/a ({why})"
@@ -239,7 +248,8 @@ def checks_section(spec, rows):
            f"{DEGENERATE_MASS[0]:g} or over {DEGENERATE_MASS[1]:g} times real's (when appearance "
            "was evaluated), or whose value is not finite, gets no verdict; neither does a pair "
            "both at or below what real held-out videos score (for the energy drift, the larger "
-           "of real's and the probe's noise floor): the measurement cannot order them. Read "
+           "of real's and the probe's noise floor): the measurement cannot order them; nor "
+           f"a pair whose iterations differ by more than {ITERATION_SPREAD:.0%}. Read "
            "the samples beside the rest.", ""]
     body = []
     baseline = baseline_model()   # the models are compared as hgan.model_kinds marks them
