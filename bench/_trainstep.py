@@ -92,6 +92,9 @@ class TrainStep:
         self.batches = iter(self.stream)
         self.data_wait = []
         self.stats = None
+        # Set: every step trains on this batch instead of the stream's next one (see
+        # data_cost), so that a run of steps pays nothing for its data.
+        self.fixed_batch = None
 
     @property
     def warmup_steps(self):
@@ -103,7 +106,7 @@ class TrainStep:
         """One step, not synchronised (the GPU may still be running it)."""
         t0 = time.perf_counter()
         with stage("data"):
-            real = next(self.batches)
+            real = next(self.batches) if self.fixed_batch is None else self.fixed_batch
         self.data_wait.append(time.perf_counter() - t0)
         self.stats = self.trainer.step(real)
         self.trainer.iteration += 1
@@ -147,6 +150,19 @@ def loader_cost(step, n):
         step.trainer.iteration += 1
     sync()
     return float(np.median(times))
+
+
+def data_cost(step, n, rounds):
+    """What the data costs a step, free of where the host happens to block: the median wall
+    time of `rounds` runs of n steps fed by the stream, against the same with one batch
+    reused (no loader at all). Returns (fed, fixed) median seconds per step."""
+    fed = sorted(run_of_steps(step, n)[0] for _ in range(rounds))[rounds // 2]
+    step.fixed_batch = next(step.batches).clone(memory_format=torch.preserve_format)
+    try:
+        fixed = sorted(run_of_steps(step, n)[0] for _ in range(rounds))[rounds // 2]
+    finally:
+        step.fixed_batch = None
+    return fed / n, fixed / n
 
 
 def _union_us(intervals):

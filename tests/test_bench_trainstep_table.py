@@ -32,12 +32,16 @@ def test_summary_table_reports_speedup_and_errors(tmp_path):
     rows = {"baseline_32px": {"videos_per_s": 100.0, "median_step_s": 0.16, "data_wait_share": 0.02},
             "capture_32px": {"videos_per_s": 2500.0, "median_step_s": 0.0064,
                              "data_wait_share": 0.01, "device_busy": {"share": 0.85}},
-            "capture_compile_32px": {"error": "RuntimeError: boom"}}
+            "capture_compile_32px": {"error": "RuntimeError: boom"},
+            "capture_bf16_32px": {"videos_per_s": 3000.0, "median_step_s": 0.005,
+                                  "data_wait_share": 0.07, "loader_share": 0.04,
+                                  "data_cost_share": 0.011}}
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"device": "GPU-X", "torch": "2.11", "commit": "c",
                                 "results": {"trainstep_table": rows}}))
     table = trainstep_table.summary(str(path)).splitlines()
     assert "| capture | 32 | 2500 | 6.40 | 25.0 | 1.0% | 85% |" in table
+    assert "| capture_bf16 | 32 | 3000 | 5.00 | 30.0 | 7.0% (loader 4.0%, cost 1.1%) |  |" in table
     assert "| baseline | 32 | 100 | 160.00 | 1.0 | 2.0% |  |" in table
     assert any(line.startswith("| capture_compile | 32 | failed: RuntimeError: boom") for line in table)
 
@@ -208,6 +212,7 @@ def test_measure_reports_the_median_run_and_its_own_data_wait(monkeypatch, step_
     monkeypatch.setattr(trainstep_table, "run_of_steps",
                         lambda step, n: asked.append(n) or next(runs))
     monkeypatch.setattr(trainstep_table, "loader_cost", lambda step, n: 0.01 * 2.0 / steps)
+    monkeypatch.setattr(trainstep_table, "data_cost", lambda step, n, rounds: (0.5, 0.48))
     assert trainstep_table.BATCH == 16 and trainstep_table.ROUNDS == 3
     r = trainstep_table.measure("data", 32, "capture", busy=False)
     assert asked == [steps] * 3 and r["steps_per_run"] == steps
@@ -215,6 +220,7 @@ def test_measure_reports_the_median_run_and_its_own_data_wait(monkeypatch, step_
     assert r["videos_per_s"] == pytest.approx(16 * steps / 2.0)
     assert r["data_wait_share"] == pytest.approx(0.05)          # the median run's own wait
     assert r["loader_share"] == pytest.approx(0.01)             # over the median step
+    assert r["data_cost_share"] == pytest.approx(0.04)          # 1 - 0.48 / 0.5
     assert r["round_spread"] == pytest.approx((3.0 - 1.0) / 2.0)  # walls' range / the median
     assert r["warmup_s"] == pytest.approx(2 * step_s) and r["losses_finite_after"]
     assert "device_busy" not in r
@@ -256,6 +262,34 @@ def test_loader_cost_times_next_alone_after_draining_the_queue(monkeypatch):
     monkeypatch.setattr(_trainstep, "sync", advance(1.0, "sync"))
     assert _trainstep.loader_cost(step, 3) == pytest.approx(0.2)
     assert events == ["sync", "next", "step"] * 3 + ["sync"] and trainer.iteration == 3
+
+
+def test_data_cost_times_the_fed_and_the_fixed_batch_steps_and_restores_the_stream(monkeypatch):
+    # Fed steps take 1.0 s of a round, fixed-batch ones 0.9 s (three rounds each, the
+    # median); the fixed batch is a copy of one real batch, and the stream feeds again after.
+    walls = iter([(3.0, 0), (1.0, 0), (2.0, 0), (0.9, 0), (0.8, 0), (9.0, 0)])
+    seen = []
+
+    def run_of_steps(step, n):
+        seen.append(step.fixed_batch)
+        return next(walls)
+    batch = torch.arange(6.0).view(2, 3)
+    step = SimpleNamespace(fixed_batch=None, batches=iter([batch]))
+    monkeypatch.setattr(_trainstep, "run_of_steps", run_of_steps)
+    fed, fixed = _trainstep.data_cost(step, 2, 3)
+    assert (fed, fixed) == (1.0, 0.45)                          # medians 2.0 and 0.9, per step
+    assert seen[:3] == [None] * 3 and all(torch.equal(b, batch) for b in seen[3:])
+    assert seen[3] is not batch and step.fixed_batch is None
+
+
+def test_verdicts_judge_data_wait_by_what_data_costs_a_step_where_measured():
+    rows = {"capture_32px": {"videos_per_s": 4000.0, "data_wait_share": 0.079,
+                             "loader_share": 0.053, "data_cost_share": 0.012}}
+    line = trainstep_table.verdicts(rows)[-1]
+    assert ("data wait 1.2%, the step fed by the loader against one batch reused (target "
+            "< 5%): met (the loader's own next() 5.3%") in line
+    rows["capture_32px"]["data_cost_share"] = 0.05
+    assert "reused (target < 5%): not met" in trainstep_table.verdicts(rows)[-1]
 
 
 def test_verdicts_judge_data_wait_by_the_loaders_own_cost_where_measured():
@@ -390,6 +424,7 @@ def test_measure_reports_the_median_run_wherever_it_comes_in_the_rounds(monkeypa
         runs = iter(order)
         monkeypatch.setattr(trainstep_table, "run_of_steps", lambda step, n: next(runs))
         monkeypatch.setattr(trainstep_table, "loader_cost", lambda step, n: 0.0)
+        monkeypatch.setattr(trainstep_table, "data_cost", lambda step, n, rounds: (1.0, 1.0))
         r = trainstep_table.measure("data", 32, "capture", busy=False)
         assert r["median_step_s"] == pytest.approx(2.0 / 32), order
         assert r["data_wait_share"] == pytest.approx(0.05), order
@@ -429,6 +464,7 @@ def test_measure_refuses_a_diverged_warm_up_and_survives_a_failed_profiler(monke
     monkeypatch.setattr(trainstep_table, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
     monkeypatch.setattr(trainstep_table, "run_of_steps", lambda step, n: (1.0, 0.0))
     monkeypatch.setattr(trainstep_table, "loader_cost", lambda step, n: 0.0)
+    monkeypatch.setattr(trainstep_table, "data_cost", lambda step, n, rounds: (1.0, 1.0))
 
     def no_profile(step, n):
         raise RuntimeError("CUPTI unavailable")

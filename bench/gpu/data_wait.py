@@ -12,7 +12,9 @@ step (batch 16, 16 frames, the trainer's defaults: fused Adam, the auto loader) 
 - drained: a synchronisation before each step, so that the queue is empty, then the host's
   time in next() (the loader's own launch cost), in the step's launches (two graph replays
   and bookkeeping), and the device's tail after them;
-- loader alone: next() then a synchronisation, no step (the loader's host and device time).
+- loader alone: next() then a synchronisation, no step (the loader's host and device time);
+- fed against fixed: runs of steps fed by the stream against runs that reuse one batch (no
+  loader at all): what the data costs a step, wherever the host blocks (_trainstep.data_cost).
 
 If the host's own time per step (next() + the step's launches, drained) is well under the
 run's step time, the run is device-bound and its time in next() is back-pressure; the
@@ -31,7 +33,8 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from _results import record  # noqa: E402
-from _trainstep import DEVICE, TABLE, TrainStep, frames_file, run_of_steps, sync  # noqa: E402
+from _trainstep import (DEVICE, TABLE, TrainStep, data_cost, frames_file,  # noqa: E402
+                        run_of_steps, sync)
 
 
 def _ms(values):
@@ -63,6 +66,7 @@ def measure(step, n):
         next(step.batches)
         sync()
         alone.append(time.perf_counter() - t0)
+    fed_s, fixed_s = data_cost(step, n, 3)
     run_step_ms = wall / n * 1e3
     host_ms = _ms(drained["next"]) + _ms(drained["launch"])
     out = {
@@ -78,6 +82,9 @@ def measure(step, n):
         "host_ms_per_step": host_ms,
         "host_share_of_run_step": host_ms / run_step_ms,
         "loader_share_of_run_step": _ms(drained["next"]) / run_step_ms,
+        "fed_step_ms": fed_s * 1e3,
+        "fixed_batch_step_ms": fixed_s * 1e3,
+        "data_cost_share": 1 - fixed_s / fed_s,
     }
     out["verdict"] = (
         "device-bound: the host needs {:.0%} of a step; time in next() is back-pressure, "
