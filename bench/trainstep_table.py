@@ -155,7 +155,8 @@ def measure_pack(data, resolution, n_runs):
             "captured": all(s.trainer.captured for s in steps), "steps_per_run": PACK_STEPS,
             "rounds": ROUNDS, "median_round_s": wall,
             "videos_per_s": n_runs * BATCH * PACK_STEPS / wall,
-            "videos_per_s_per_run": BATCH * PACK_STEPS / wall}
+            "videos_per_s_per_run": BATCH * PACK_STEPS / wall,
+            "cuda_device_max_connections": os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS")}
 
 
 def summary(path):
@@ -217,7 +218,8 @@ def pack_lines(rows):
     lines = []
     for res in (32, 64):
         one = rows.get(f"capture_{res}px", {}).get("videos_per_s")
-        packs = sorted((r["runs_in_process"], r) for name, r in rows.items()
+        packs = sorted(((r["runs_in_process"], r.get("cuda_device_max_connections") or ""), r)
+                       for name, r in rows.items()
                        if name.startswith("capture_pack") and name.endswith(f"_{res}px")
                        and "videos_per_s" in r)
         failed = sorted(name for name, r in rows.items() if name.startswith("capture_pack")
@@ -225,14 +227,16 @@ def pack_lines(rows):
         for name in failed:
             lines = lines or ["", "| runs in one process (hgan.train.pack) | px | videos/s, "
                                   "all runs | per run | x one run alone |", "|---|---|---|---|---|"]
-            n = name[len("capture_pack"):-len(f"_{res}px")]
+            n = name[len("capture_pack"):-len(f"_{res}px")].replace(
+                "_conn", ", CUDA_DEVICE_MAX_CONNECTIONS=")
             lines.append(f"| {n} | {res} | failed: {rows[name]['error'][:80]} | | |")
-        for n, r in packs:
+        for (n, conn), r in packs:
             if not lines:
                 lines = ["", "| runs in one process (hgan.train.pack) | px | videos/s, all runs "
                              "| per run | x one run alone |", "|---|---|---|---|---|"]
+            label = f"{n}, CUDA_DEVICE_MAX_CONNECTIONS={conn}" if conn else n
             lines.append("| {} | {} | {:.0f} | {:.0f} | {} |".format(
-                n, res, r["videos_per_s"], r["videos_per_s_per_run"],
+                label, res, r["videos_per_s"], r["videos_per_s_per_run"],
                 f"{r['videos_per_s'] / one:.2f}" if one else ""))
     return lines
 
@@ -297,6 +301,10 @@ def verdicts(rows):
     return lines
 
 
+def _conn_suffix(connections):
+    return "" if connections is None else f"_conn{connections}"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default="/tmp/hgan-trainstep-data", help="bench data folder")
@@ -308,6 +316,10 @@ def main(argv=None):
                                                          "is profiled")
     p.add_argument("--pack", nargs="*", type=int, default=[],
                    help="numbers of captured runs to measure together in one process")
+    p.add_argument("--connections", type=int, default=None, metavar="N",
+                   help="CUDA_DEVICE_MAX_CONNECTIONS for this process (set before CUDA starts; "
+                        "the driver's default is 8 hardware queues, which 15 runs' streams "
+                        "share): the pack rows are named ..._conn<N>")
     p.add_argument("--summary", nargs="?", const="", metavar="RESULTS_JSON",
                    help="print the table as Markdown, from this machine's results file or the "
                         "one named (e.g. bench/results/NVIDIA-H200.json, read on any machine)")
@@ -324,6 +336,11 @@ def main(argv=None):
         return 0
     if not (a.prep or a.variants or a.pack):
         p.error("nothing to do: give --prep, --variants, --pack or --summary")
+    if a.connections is not None:
+        if not 1 <= a.connections <= 32:
+            p.error(f"--connections {a.connections}: CUDA takes 1 to 32")
+        # read when the CUDA context is created, which nothing in this process has done yet
+        os.environ["CUDA_DEVICE_MAX_CONNECTIONS"] = str(a.connections)
     if DEVICE != "cuda" and not a.cpu:
         # A CPU step takes about a second: each variant's runs of steps would take minutes and
         # measure nothing this table is for.
@@ -342,7 +359,8 @@ def main(argv=None):
         return 0
     status = 0
     jobs = [(f"{v}_{a.resolution}px", v, None) for v in a.variants] + \
-           [(f"capture_pack{n}_{a.resolution}px", None, n) for n in a.pack]
+           [(f"capture_pack{n}{_conn_suffix(a.connections)}_{a.resolution}px", None, n)
+            for n in a.pack]
     spoiled = None   # the variant whose capture failed: on torch < 2.13 later captures fail too
     for name, variant, n_runs in jobs:
         t0 = time.perf_counter()

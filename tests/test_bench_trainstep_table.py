@@ -95,6 +95,38 @@ def test_pack_rows_compare_all_runs_with_one_run_alone():
     assert trainstep_table.pack_lines({"capture_32px": {"videos_per_s": 1.0}}) == []
 
 
+def test_pack_rows_with_more_hardware_queues_are_their_own_rows():
+    rows = {"capture_32px": {"videos_per_s": 3000.0},
+            "capture_pack15_32px": {"runs_in_process": 15, "videos_per_s": 12000.0,
+                                    "videos_per_s_per_run": 800.0},
+            "capture_pack15_conn32_32px": {"runs_in_process": 15, "videos_per_s": 15000.0,
+                                           "videos_per_s_per_run": 1000.0,
+                                           "cuda_device_max_connections": "32"},
+            "capture_pack15_conn32_64px": {"error": "RuntimeError: boom"}}
+    assert trainstep_table.pack_lines(rows)[3:] == [
+        "| 15 | 32 | 12000 | 800 | 4.00 |",
+        "| 15, CUDA_DEVICE_MAX_CONNECTIONS=32 | 32 | 15000 | 1000 | 5.00 |",
+        "| 15, CUDA_DEVICE_MAX_CONNECTIONS=32 | 64 | failed: RuntimeError: boom | | |"]
+
+
+def test_connections_set_the_environment_before_cuda_and_name_the_rows(monkeypatch):
+    recorded = {}
+    monkeypatch.setattr(trainstep_table, "record",
+                        lambda section, name, payload, device: recorded.__setitem__(name, payload))
+    monkeypatch.delenv("CUDA_DEVICE_MAX_CONNECTIONS", raising=False)
+    seen = []
+    monkeypatch.setattr(trainstep_table, "measure_pack", lambda data, res, n: seen.append(
+        os.environ.get("CUDA_DEVICE_MAX_CONNECTIONS")) or {"videos_per_s": 1.0})
+    try:
+        assert trainstep_table.main(["--cpu", "--pack", "15", "--connections", "32"]) == 0
+    finally:
+        os.environ.pop("CUDA_DEVICE_MAX_CONNECTIONS", None)
+    assert seen == ["32"] and "capture_pack15_conn32_32px" in recorded
+    with pytest.raises(SystemExit):
+        trainstep_table.main(["--cpu", "--pack", "15", "--connections", "33"])
+    assert "CUDA_DEVICE_MAX_CONNECTIONS" not in os.environ
+
+
 def test_pack_measurement_runs_its_threads_in_step(tmp_path, monkeypatch):
     # On CPU the steps are eager (no capture), but the threads, the per-round gates and the
     # arithmetic are the GPU's. Tiny shapes: batch 2, 4 frames.

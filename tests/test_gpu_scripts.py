@@ -85,7 +85,8 @@ def test_trainstep_script_returns_its_own_results_within_eight_files(tmp_path):
     calls = (tmp_path / "calls.txt").read_text().splitlines()
     stages = [c for c in calls if "trainstep_table.py" in c and "--summary" not in c]
     # every stage ran, in the script's order of importance, the prep first
-    assert len(stages) == 8 and "--prep" in stages[0] and "--busy capture" in stages[1]
+    assert len(stages) == len(_TRAINSTEP_STAGES) and "--prep" in stages[0] \
+        and "--busy capture" in stages[1]
     assert "capture_compile" in stages[-1]
     assert any("--summary" in c for c in calls)
     # only what this call wrote comes back (not other devices' committed results), and few
@@ -107,7 +108,7 @@ def test_trainstep_script_skips_stages_past_its_budget(tmp_path):
     r = _run("bench/gpu/trainstep.sh", repo, bin_dir, out, TRAINSTEP_BUDGET_S="10")
     assert r.returncode == 0, r.stderr
     log = (out / "trainstep.txt").read_text()
-    assert log.count("skipped, ") == 8, log          # under 20 s left: no stage starts
+    assert log.count("skipped, ") == len(_TRAINSTEP_STAGES), log  # under 20 s left: none starts
     calls = (tmp_path / "calls.txt").read_text()
     assert "--prep" not in calls and "--summary" in calls
 
@@ -305,7 +306,7 @@ def test_trainstep_script_caps_each_stage_at_what_is_left_of_its_budget(tmp_path
               (tmp_path / "timeouts.txt").read_text().splitlines()]
     # every stage runs (the stub takes no time), none with a limit past the 50 s budget; the
     # prep's own 120 s is cut to what is left
-    assert len(limits) == 8 and all(lim <= 50 for lim in limits), limits
+    assert len(limits) == len(_TRAINSTEP_STAGES) and all(lim <= 50 for lim in limits), limits
     assert limits[0] >= 40, limits
 
 
@@ -712,7 +713,8 @@ def test_table1_script_names_the_commit_and_the_device(tmp_path):
 
 
 _TRAINSTEP_STAGES = [("prep", 120), ("capture-32", 100), ("eager-32", 50), ("capture-64", 60),
-                     ("eager-64", 40), ("pack-32", 90), ("compile-32", 90), ("compile-64", 90)]
+                     ("eager-64", 40), ("pack-32", 90), ("pack-32-conn32", 60),
+                     ("compile-32", 90), ("compile-64", 90)]
 
 
 def _trainstep_stages(tmp_path, budget, **env):
@@ -759,10 +761,11 @@ def test_trainstep_script_runs_its_stages_in_order_each_within_what_is_left(
     assert [s[0] for s in seen] == [name for name, _ in _TRAINSTEP_STAGES]
     for (name, limit, left), (_, own) in zip(seen, _TRAINSTEP_STAGES):
         assert limit == min(own, left), (name, limit, left)
-    assert limits == [s[1] for s in seen] and len(stages) == 8
+    assert limits == [s[1] for s in seen] and len(stages) == len(_TRAINSTEP_STAGES)
     assert all(f" --data {data} " in c for c, _ in stages), stages
     # each stage's results come back as soon as it ends (a call cut off keeps them)
-    assert [e.endswith("results_in_out=1") for _, e in stages] == [False] + [True] * 7
+    assert [e.endswith("results_in_out=1") for _, e in stages] == \
+        [False] + [True] * (len(_TRAINSTEP_STAGES) - 1)
     if budget == 1000:
         # what each stage measures (docs/gpu-runbook.md): eager and captured, each of bf16,
         # channels-last, torch.compile and fused Adam on the captured step, at 32 and 64 px,
@@ -779,6 +782,7 @@ def test_trainstep_script_runs_its_stages_in_order_each_within_what_is_left(
                 "capture_compile"} <= variants[64], variants
         assert "--busy capture" in args["capture-32"] and "--busy fused" in args["eager-32"]
         assert args["pack-32"].endswith("--pack 4 15")
+        assert args["pack-32-conn32"].endswith("--pack 15 --connections 32")
 
 
 def test_trainstep_script_starts_a_stage_with_20_s_left(tmp_path):

@@ -63,6 +63,9 @@ stage eager-64 40 --resolution 64 --variants baseline fused
 # 4 and 15 captured runs in one process, each on its own stream (hgan.train.pack, the grid's
 # PACK=15): how far their kernels overlap.
 stage pack-32 90 --resolution 32 --pack 4 15
+# The same 15 with 32 hardware queues instead of the driver's 8: 15 streams on 8 queues can
+# serialise kernels that have no dependency (4 runs: 2.19x one run alone, 15: only 2.61x).
+stage pack-32-conn32 60 --resolution 32 --pack 15 --connections 32
 # torch.compile last: its compilation alone can take a minute per resolution.
 stage compile-32 90 --resolution 32 --variants capture_compile
 stage compile-64 90 --resolution 64 --variants capture_compile
