@@ -6,7 +6,7 @@ The train-step table counts as data wait the host's time inside `next()` over a 
 unsynchronised steps. When the device is the bottleneck the host runs ahead until CUDA's
 launch queue is full, and then blocks in whichever launch comes next, often the loader's
 first: that time is the GPU's work, not the data's. This script times the same captured
-step (batch 16, 16 frames, the trainer's defaults: fused Adam, the auto loader) three ways:
+step (batch 16, 16 frames, the trainer's defaults: fused Adam, the auto loader) four ways:
 
 - run: unsynchronised steps, as the table times them (step wall time, time in next());
 - drained: a synchronisation before each step, so that the queue is empty, then the host's
@@ -29,7 +29,6 @@ import tempfile
 import time
 
 import numpy as np
-import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from _results import record  # noqa: E402
