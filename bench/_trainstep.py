@@ -133,6 +133,27 @@ def run_of_steps(step, n):
     return time.perf_counter() - t0, sum(step.data_wait)
 
 
+def drained_steps(step, n):
+    """n steps, each after a synchronisation (CUDA's launch queue drained): per step the host
+    seconds in next() (the loader's own cost), in the step's launches, the device's tail
+    after them, and the whole step, as lists {"next", "launch", "tail", "serial"}."""
+    out = {"next": [], "launch": [], "tail": [], "serial": []}
+    sync()
+    for _ in range(n):   # each step's closing sync drains the queue for the next one
+        t0 = time.perf_counter()
+        real = next(step.batches)
+        t1 = time.perf_counter()
+        step.stats = step.trainer.step(real)
+        step.trainer.iteration += 1
+        t2 = time.perf_counter()
+        sync()
+        t3 = time.perf_counter()
+        for key, value in (("next", t1 - t0), ("launch", t2 - t1), ("tail", t3 - t2),
+                           ("serial", t3 - t0)):
+            out[key].append(value)
+    return out
+
+
 def loader_cost(step, n):
     """Median host seconds of one next() with CUDA's launch queue drained before it: the
     loader's own cost per step. Time in next() over unsynchronised steps (run_of_steps)
@@ -140,16 +161,7 @@ def loader_cost(step, n):
     queue is full and then blocks in whichever launch comes next, often the loader's first
     (bench/gpu/data_wait.py splits a step's host time this way). Each next() is followed by
     a step, so the loader runs as it does in training."""
-    times = []
-    for _ in range(n):
-        sync()
-        t0 = time.perf_counter()
-        real = next(step.batches)
-        times.append(time.perf_counter() - t0)
-        step.stats = step.trainer.step(real)
-        step.trainer.iteration += 1
-    sync()
-    return float(np.median(times))
+    return float(np.median(drained_steps(step, n)["next"]))
 
 
 def data_cost(step, n, rounds):

@@ -25,8 +25,9 @@ def _fake(monkeypatch, next_s, launch_s, device_s, run=(4.0, 0.5)):
         clock[0] += launch_s
         return {}
     trainer = SimpleNamespace(iteration=0, step=step)
-    monkeypatch.setattr(data_wait, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
-    monkeypatch.setattr(data_wait, "sync", lambda: clock.__setitem__(0, clock[0] + device_s))
+    for module in (data_wait, data_wait.sys.modules["_trainstep"]):   # drained_steps' too
+        monkeypatch.setattr(module, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+        monkeypatch.setattr(module, "sync", lambda: clock.__setitem__(0, clock[0] + device_s))
     monkeypatch.setattr(data_wait, "run_of_steps", lambda step, n: run)
     monkeypatch.setattr(data_wait, "data_cost", lambda step, n, rounds: (0.040, 0.039))
     return _Step(batches=batches(), trainer=trainer, warmup_steps=0, stats=None)

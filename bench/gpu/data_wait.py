@@ -32,8 +32,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 from _results import record  # noqa: E402
-from _trainstep import (DEVICE, TABLE, TrainStep, data_cost, frames_file,  # noqa: E402
-                        run_of_steps, sync)
+from _trainstep import (DEVICE, TABLE, TrainStep, data_cost, drained_steps,  # noqa: E402
+                        frames_file, run_of_steps, sync)
 
 
 def _ms(values):
@@ -45,20 +45,7 @@ def measure(step, n):
         step()
     rounds = [run_of_steps(step, n) for _ in range(3)]
     wall, wait = min(rounds)   # the fastest round: least disturbed by anything else
-    drained = {"next": [], "launch": [], "tail": [], "serial": []}
-    for _ in range(n):
-        sync()
-        t0 = time.perf_counter()
-        real = next(step.batches)
-        t1 = time.perf_counter()
-        step.stats = step.trainer.step(real)
-        step.trainer.iteration += 1
-        t2 = time.perf_counter()
-        sync()
-        t3 = time.perf_counter()
-        for key, value in (("next", t1 - t0), ("launch", t2 - t1), ("tail", t3 - t2),
-                           ("serial", t3 - t0)):
-            drained[key].append(value)
+    drained = drained_steps(step, n)
     alone = []
     for _ in range(n):
         t0 = time.perf_counter()
