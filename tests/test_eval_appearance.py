@@ -306,3 +306,33 @@ def test_a_disc_shown_in_one_frame_of_sixteen_is_blank_and_weighs_a_sixteenth():
     res = appearance.appearance_consistency(np.concatenate([disc] * 3), flash, 1)
     assert res["generated_blank"] == 1.0 and res["real_blank"] == 0.0
     assert res["mass_ratio"] == pytest.approx(1 / 16, rel=1e-6)
+
+
+def test_speed_is_the_centroid_displacement_in_pixels():
+    # A disc moving along the row axis by a known world step per frame: pixel centres are
+    # linspace over the canvas width 2, so a world step s is s / 2 * (R - 1) pixels.
+    frames, res, step = 6, 32, 0.08
+    pos = np.zeros((1, frames, 1, 2))
+    pos[0, :, 0, 0] = -0.2 + step * np.arange(frames)
+    video = render(pos, np.array([[0.2]]), np.array([[0]]), 1, (-1.0, 1.0), res)
+    mass, cen = appearance.color_moments(video, 1)
+    np.testing.assert_allclose(mass, appearance.color_mass(video, 1))
+    got = appearance.speed(mass, cen)
+    assert got.shape == (1,)
+    assert got[0] == pytest.approx(step / 2 * (res - 1), rel=0.05)
+    still = _disc_video(0.2, color=0, num_colors=1, frames=frames)
+    assert appearance.speed(*appearance.color_moments(still, 1))[0] == 0
+
+
+def test_a_frozen_generator_has_a_motion_ratio_near_zero(pendulum_clips):
+    real, other = pendulum_clips[:12], pendulum_clips[12:]
+    same = appearance.appearance_consistency(real, other, 1)
+    assert 0.5 < same["motion_ratio"] < 2 and same["motion"]["real"]["median"] > 0.2
+    # each generated video its own first frame, 16 times: no motion, yet a clean appearance
+    frozen = np.repeat(other[:, :1], other.shape[1], axis=1)
+    res = appearance.appearance_consistency(real, frozen, 1)
+    assert res["motion_ratio"] == 0 and res["generated"]["median"] == 0
+    assert res["mass_ratio"] == pytest.approx(1, abs=0.1)
+    # nothing drawn moves nothing either
+    blank = _fade(other, np.zeros(other.shape[1]))
+    assert appearance.appearance_consistency(real, blank, 1)["motion_ratio"] == 0

@@ -163,6 +163,12 @@ def test_the_pendulum_claim_holds_for_exactly_one_active_dimension(tmp_path, act
     _write(run, _results(0.05, active=active, mass_ratio=0.0))
     assert (f"| pendulum | hgan | 0 | {active} of 10 | 1 | 0.02 | n/a (foreground mass 0 x "
             f"real's) | 100 it, 12 s |") in _checks(spec)
+    # nor one that draws still videos (objects at a twentieth of real's speed)
+    res = _results(0.05, active=active, mass_ratio=1.0)
+    res["appearance"]["motion_ratio"] = 0.05
+    _write(run, res)
+    assert (f"| pendulum | hgan | 0 | {active} of 10 | 1 | 0.02 | n/a (still videos: object "
+            f"motion 0.05 x real's) | 100 it, 12 s |") in _checks(spec)
 
 
 def test_a_claim_with_one_side_not_evaluated_is_listed_as_n_a(tmp_path):
@@ -301,18 +307,20 @@ def test_the_bar_charts_title_fits_inside_the_figure(tmp_path, monkeypatch, syst
         assert 0 <= text.x0 and text.x1 <= fig.x1, (text, fig)
 
 
-def test_each_metric_title_says_lower_is_better_except_the_mass_ratio(tmp_path):
-    # the flagged fraction (more flagged videos: worse) reads "lower is better"; the mass ratio,
-    # best at 1 rather than low, must not
+def test_each_metric_title_says_lower_is_better_except_the_ratios_to_real(tmp_path):
+    # the flagged fraction (more flagged videos: worse) reads "lower is better"; the mass and
+    # motion ratios, best at 1 rather than low, must not
     spec = _spec(tmp_path)
     for run in spec.runs():
-        _write(run, _results(0.05, mass_ratio=1.0))
+        res = _results(0.05, mass_ratio=1.0)
+        res["appearance"]["motion_ratio"] = 0.9
+        _write(run, res)
     heads = [line for line in table.metric_sections(spec, table.collect(spec))
              if line.startswith("### ")]
     assert "### Fraction of generated videos flagged for appearance (lower is better)" in heads
-    mass, = [h for h in heads if h.startswith("### Foreground pixel mass")]
-    assert "lower is better" not in mass
-    assert all(h.endswith("(lower is better)") for h in heads if h != mass), heads
+    ratios = [h for h in heads if h.startswith(("### Foreground pixel mass", "### Object motion"))]
+    assert len(ratios) == 2 and not any("lower is better" in h for h in ratios)
+    assert all(h.endswith("(lower is better)") for h in heads if h not in ratios), heads
 
 
 def test_one_seed_against_several_gets_no_seed_spread_wording(tmp_path):

@@ -287,6 +287,9 @@ def test_checks_state_the_claims_from_the_numbers(tmp_path):
     (dict(mass_ratio=0.01), "n/a (foreground mass 0.01 x real's)"),   # draws no object
     (dict(drift=float("nan")), "n/a (non-finite value)"),
     (dict(mass_ratio=0.9), "holds"),
+    # one frozen frame per video: a drift of nearly 0 from no motion at all
+    (dict(mass_ratio=0.9, motion_ratio=0.02), "n/a (still videos: object motion 0.02 x real's)"),
+    (dict(mass_ratio=0.9, motion_ratio=0.3), "holds"),
 ])
 def test_a_degenerate_generator_gets_no_verdict(tmp_path, change, verdict):
     # A blank generator has near-zero energy drift: "hgan < mocogan" must not read "holds".
@@ -295,8 +298,9 @@ def test_a_degenerate_generator_gets_no_verdict(tmp_path, change, verdict):
     for run in spec.runs():
         _fake_run(run, 100, results_iter=100)
         res = _results(change.get("drift", 0.001) if run.model == "hgan" else 0.2, None)
-        if run.model == "hgan" and "mass_ratio" in change:
-            res["appearance"]["mass_ratio"] = change["mass_ratio"]
+        for key in ("mass_ratio", "motion_ratio"):
+            if run.model == "hgan" and key in change:
+                res["appearance"][key] = change[key]
         with open(run.path("eval", "results.json"), "w") as f:
             json.dump(res, f)
     text = "\n".join(table.checks_section(spec, table.collect(spec)))

@@ -15,6 +15,13 @@ It is reported for held-out real videos beside generated ones, with the fraction
 above ``flag_threshold`` (what a viewer would call "the ball faded out"), the fraction of
 blank videos (no object drawn: a variation of zero, which no flag catches), and the ratio of
 total foreground mass (generated / real; a blank or smeared generator shows here).
+
+Object motion: the same unmixing gives each colour's centroid per frame; a video's speed is
+the mean distance in pixels its colours' centroids move from one frame to the next. The
+ratio of the generated median to the real one (`motion_ratio`) shows a still generator,
+whose low energy drift and appearance variation would otherwise read as good physics (an
+H200 grid, 2026-12-04: HGAN's mass_spring, two_body and three_body drew one frozen frame
+per video after 5,000 iterations and "won" those checks).
 """
 import numpy as np
 
@@ -43,17 +50,21 @@ BLANK_SHARE = 0.1
 PRESENT_PIXELS = 1.0
 
 
-def color_mass(videos, num_colors, *, min_contrast=MIN_CONTRAST,
-               max_residual_share=MAX_RESIDUAL_SHARE, batch=64):
-    """Foreground pixel mass per palette colour: uint8 [N, T, H, W, 3] -> float64 [N, T, K]."""
+def color_moments(videos, num_colors, *, min_contrast=MIN_CONTRAST,
+                  max_residual_share=MAX_RESIDUAL_SHARE, batch=64):
+    """Foreground pixel mass and centroid per palette colour of uint8 [N, T, H, W, 3]:
+    mass float64 [N, T, K], centroid float64 [N, T, K, 2] in pixels (row, column; NaN where
+    the colour has no mass)."""
     videos = np.asarray(videos)
     if videos.dtype != np.uint8 or videos.ndim != 5 or videos.shape[-1] != 3:
         raise ValueError(f"videos must be uint8 [N, T, H, W, 3], got {videos.dtype} {videos.shape}")
     bg = np.asarray(BACKGROUND, np.float32)
     dirs = palette(num_colors).astype(np.float32) - bg  # [K, 3]
     norm2 = (dirs ** 2).sum(1)
-    n, t = videos.shape[:2]
+    n, t, h, w_ = videos.shape[:4]
+    rows, cols = np.arange(h, dtype=np.float64), np.arange(w_, dtype=np.float64)
     out = np.empty((n, t, num_colors), np.float64)
+    cen = np.full((n, t, num_colors, 2), np.nan)
     for i in range(0, n, batch):
         d = videos[i:i + batch].astype(np.float32) / 255.0 - bg  # [b, T, H, W, 3]
         proj = d @ dirs.T
@@ -64,11 +75,19 @@ def color_mass(videos, num_colors, *, min_contrast=MIN_CONTRAST,
         best = resid.argmin(-1)
         fg = (off2 > min_contrast ** 2) & (resid.min(-1) <= max_residual_share * off2)
         owned = np.take_along_axis(w, best[..., None], -1)[..., 0] * fg  # [b, T, H, W]
-        mass = np.zeros(best.shape[:2] + (num_colors,), np.float64)
         for k in range(num_colors):
-            mass[..., k] = np.where(best == k, owned, 0.0).sum(axis=(2, 3))
-        out[i:i + batch] = mass
-    return out
+            mk = np.where(best == k, owned, 0.0).astype(np.float64)  # [b, T, H, W]
+            total = mk.sum(axis=(2, 3))
+            out[i:i + batch, :, k] = total
+            with np.errstate(invalid="ignore", divide="ignore"):
+                cen[i:i + batch, :, k, 0] = (mk.sum(3) @ rows) / total
+                cen[i:i + batch, :, k, 1] = (mk.sum(2) @ cols) / total
+    return out, cen
+
+
+def color_mass(videos, num_colors, **kwargs):
+    """Foreground pixel mass per palette colour: uint8 [N, T, H, W, 3] -> float64 [N, T, K]."""
+    return color_moments(videos, num_colors, **kwargs)[0]
 
 
 def object_mass(real_mass):
@@ -85,10 +104,23 @@ def variation(mass, reference):
     return np.asarray(mass).std(axis=1).sum(-1) / reference
 
 
+def speed(mass, centroid):
+    """Per video: the mean distance (pixels) a colour's centroid moves between consecutive
+    frames, over the (frame pair, colour) pairs where the colour is present in both frames
+    (at least PRESENT_PIXELS of mass); 0 for a video with no such pair (nothing drawn, so
+    nothing moves). mass [N, T, K], centroid [N, T, K, 2] -> [N]."""
+    mass, centroid = np.asarray(mass), np.asarray(centroid)
+    present = (mass[:, 1:] >= PRESENT_PIXELS) & (mass[:, :-1] >= PRESENT_PIXELS)  # [N, T-1, K]
+    step = np.linalg.norm(np.nan_to_num(centroid[:, 1:] - centroid[:, :-1]), axis=-1)
+    count = present.sum(axis=(1, 2))
+    return np.where(present, step, 0.0).sum(axis=(1, 2)) / np.maximum(count, 1)
+
+
 def appearance_consistency(real_videos, gen_videos, num_colors):
     """Scores of held-out real and of generated uint8 videos [N, T, H, W, 3] (same system)."""
-    real_m = color_mass(real_videos, num_colors)
-    gen_m = color_mass(gen_videos, num_colors)
+    real_m, real_c = color_moments(real_videos, num_colors)
+    gen_m, gen_c = color_moments(gen_videos, num_colors)
+    real_s, gen_s = speed(real_m, real_c), speed(gen_m, gen_c)
     ref = object_mass(real_m)
     real_v, gen_v = variation(real_m, ref), variation(gen_m, ref)
     threshold = max(FLAG_FLOOR, FLAG_REAL_FACTOR * float(np.percentile(real_v, 99)))
@@ -104,6 +136,10 @@ def appearance_consistency(real_videos, gen_videos, num_colors):
         "real_blank": float((real_each < BLANK_SHARE * ref).mean()),
         "generated_blank": float((gen_each < BLANK_SHARE * ref).mean()),
         "mass_ratio": float(np.median(gen_each)) / max(real_total, 1e-9),
+        # object speed in pixels per frame; its ratio is 0 for a generator that draws one
+        # frozen frame per video (or nothing), 1 for real motion
+        "motion": {"real": _summary(real_s), "generated": _summary(gen_s)},
+        "motion_ratio": float(np.median(gen_s)) / max(float(np.median(real_s)), 1e-9),
         "num_real": int(len(real_v)), "num_generated": int(len(gen_v)),
     }
 

@@ -65,15 +65,18 @@ def checkpoint_report(results):
                   "foreground pixel mass, relative to one real object's mass "
                   f"({_fmt(ap['object_mass_pixels'], 3)} pixels). A video is flagged above "
                   f"{_fmt(ap['flag_threshold'], 3)} (an object fading, splitting or appearing); "
-                  "blank when its mean mass is under a tenth of one object's (nothing drawn).", "",
+                  "blank when its mean mass is under a tenth of one object's (nothing drawn). "
+                  "Speed: the median distance in pixels a colour's centroid moves per frame (near "
+                  "0 for a generator that draws still videos).", "",
                   "| videos | variation (median) | flagged (% of videos) | blank (% of videos) | "
-                  "foreground mass vs real |",
-                  "|---|---|---|---|---|",
+                  "foreground mass vs real | speed (px/frame) |",
+                  "|---|---|---|---|---|---|",
                   f"| {_real_label(r)} | {_fmt(ap['real']['median'], 3)} | "
-                  f"{_pct(ap['real_flagged'])} | {_pct(ap.get('real_blank'))} | 1 |",
+                  f"{_pct(ap['real_flagged'])} | {_pct(ap.get('real_blank'))} | 1 | "
+                  f"{_motion(ap, 'real')} |",
                   f"| generated | {_fmt(ap['generated']['median'], 3)} | "
                   f"{_pct(ap['generated_flagged'])} | {_pct(ap.get('generated_blank'))} | "
-                  f"{_fmt(ap['mass_ratio'], 3)} |", ""]
+                  f"{_fmt(ap['mass_ratio'], 3)} | {_motion(ap, 'generated')} |", ""]
     cyc = r.get("cyclic")
     if cyc:
         lines += ["## Learned structure", ""]
@@ -119,6 +122,16 @@ def _physics_caveats(ph):
                 "cannot tell their motion from real motion. A still or empty video can score "
                 "as low: read the samples and the appearance metric beside it.", ""]
     return out
+
+
+def _motion(ap, who):
+    """Median speed, and for generated videos its ratio to real's; n/a in results written
+    before the motion metric."""
+    m = ap.get("motion")
+    if not m:
+        return "n/a"
+    text = _fmt(m[who]["median"], 3)
+    return text + (f" ({_fmt(ap['motion_ratio'], 2)} x real)" if who == "generated" else "")
 
 
 def _real_label(r):
