@@ -139,8 +139,8 @@ def test_runs_of_very_different_lengths_get_no_verdict(tmp_path, hgan_it, moco_i
 
 @pytest.mark.parametrize("mass, verdict", [
     (0.25, "holds"), (4.0, "holds"),                       # the bounds themselves: real-like
-    (5.0, "n/a (foreground mass 5 x real's)"),             # fills the frame
-    (0.2, "n/a (foreground mass 0.2 x real's)"),           # draws (almost) nothing
+    (5.0, "n/a (hgan: foreground mass 5 x real's)"),             # fills the frame
+    (0.2, "n/a (hgan: foreground mass 0.2 x real's)"),           # draws (almost) nothing
 ])
 def test_a_foreground_mass_outside_a_quarter_to_four_times_reals_gets_no_verdict(tmp_path, mass,
                                                                                    verdict):
@@ -149,6 +149,16 @@ def test_a_foreground_mass_outside_a_quarter_to_four_times_reals_gets_no_verdict
         _write(run, _results(0.05 if run.model == "hgan" else 0.2,
                              mass_ratio=mass if run.model == "hgan" else 1.0))
     assert _check_row(_checks(spec))[0] == verdict
+
+
+def test_a_still_baseline_withholds_the_verdict_and_is_named(tmp_path):
+    # the refusal says whose videos are still: here the baseline's, not the HNN model's
+    spec = _spec(tmp_path)
+    for run in spec.runs():
+        res = _results(0.05 if run.model == "hgan" else 0.2, mass_ratio=1.0)
+        res["appearance"]["motion_ratio"] = 1.1 if run.model == "hgan" else 0.23
+        _write(run, res)
+    assert _check_row(_checks(spec))[0] == "n/a (mocogan: still videos: object motion 0.23 x real's)"
 
 
 @pytest.mark.parametrize("active, verdict", [(1, "holds"), (0, "does not hold"),
@@ -465,7 +475,7 @@ def test_a_degenerate_seed_other_than_the_first_withholds_the_verdict(tmp_path):
     for run in spec.runs():
         mass = 0.1 if (run.model, run.seed) == ("hgan", 1) else 1.0
         _write(run, _results(0.05 if run.model == "hgan" else 0.2, mass_ratio=mass))
-    assert _check_row(_checks(spec))[0] == "n/a (foreground mass 0.1 x real's)"
+    assert _check_row(_checks(spec))[0] == "n/a (hgan: foreground mass 0.1 x real's)"
 
 
 def test_the_header_counts_the_grid_and_states_its_evaluation_flags_and_note(tmp_path):

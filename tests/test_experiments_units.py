@@ -284,11 +284,11 @@ def test_checks_state_the_claims_from_the_numbers(tmp_path):
 
 
 @pytest.mark.parametrize("change, verdict", [
-    (dict(mass_ratio=0.01), "n/a (foreground mass 0.01 x real's)"),   # draws no object
-    (dict(drift=float("nan")), "n/a (non-finite value)"),
+    (dict(mass_ratio=0.01), "n/a (hgan: foreground mass 0.01 x real's)"),   # draws no object
+    (dict(drift=float("nan")), "n/a (hgan: non-finite value)"),
     (dict(mass_ratio=0.9), "holds"),
     # one frozen frame per video: a drift of nearly 0 from no motion at all
-    (dict(mass_ratio=0.9, motion_ratio=0.02), "n/a (still videos: object motion 0.02 x real's)"),
+    (dict(mass_ratio=0.9, motion_ratio=0.02), "n/a (hgan: still videos: object motion 0.02 x real's)"),
     (dict(mass_ratio=0.9, motion_ratio=0.3), "holds"),
 ])
 def test_a_degenerate_generator_gets_no_verdict(tmp_path, change, verdict):

@@ -239,7 +239,9 @@ def _real_floor(rows, key, system):
 ITERATION_SPREAD = 0.10
 
 
-def _verdict(a, b, floor=None):
+def _verdict(a, b, floor=None, names=None):
+    """holds / does not hold / n/a (why) for "a < b"; `names` (of a and b) say which run a
+    degenerate-run refusal is about."""
     if a is None or b is None:
         return "n/a"
     if a["per_seed"] or b["per_seed"]:
@@ -247,9 +249,10 @@ def _verdict(a, b, floor=None):
     ia, ib = a["iters"][0], b["iters"][0]
     if max(ia, ib) > (1 + ITERATION_SPREAD) * min(ia, ib):
         return f"n/a (trained {ia} vs {ib} iterations)"
-    why = _degenerate(a) or _degenerate(b)
-    if why:
-        return f"n/a ({why})"
+    for cell, name in zip((a, b), names or (None, None)):
+        why = _degenerate(cell)
+        if why:
+            return f"n/a ({name + ': ' if name else ''}{why})"
     if floor is not None and a["mean"] <= floor[0] and b["mean"] <= floor[0]:
         # real videos score no lower: the probe (or the metric) cannot order these two
         return f"n/a (both at or below {floor[1]} {floor[0]:.3g})"
@@ -288,7 +291,7 @@ def checks_section(spec, rows):
                 if mine is None and base is None:
                     continue
                 body.append([f"{m} < {baseline} on {key.replace('_', ' ')}", s,
-                             _verdict(mine, base, _real_floor(rows, key, s)),
+                             _verdict(mine, base, _real_floor(rows, key, s), (m, baseline)),
                              _cell_text(mine), _cell_text(base)])
     if body:
         out += _table(["claim", "system", "verdict", "HNN model", baseline], body) + [""]
