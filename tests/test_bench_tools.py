@@ -731,12 +731,14 @@ def test_leapfrog_table_fused_py_makes_the_default_run_what_was_measured_fastest
     # VARIANTS force them), and the latency layout up to the measured switch point.
     table = _leapfrog_table()
     fused = table.fused
-    rec = {"latency_max_rows": 1024, "latency_warps": 16, "split_above_latency": split,
-           "bf16x3_above_latency": bf16x3_pays, "throughput_fwd_block": 16}
+    rec = {"latency_max_rows": 1024, "split_latency_max_rows": 512, "latency_warps": 16,
+           "split_above_latency": split, "bf16x3_above_latency": bf16x3_pays,
+           "throughput_fwd_block": 16}
     settings = table.fused_py(rec)
     warps = settings.pop("_latency_warps(width >= 64)")
-    assert warps == 16 and set(settings) == {"LATENCY_MAX_ROWS", "SPLIT_ABOVE_LATENCY",
-                                             "THROUGHPUT_PRECISIONS", "THROUGHPUT_BLOCK_B"}
+    assert warps == 16 and set(settings) == {"LATENCY_MAX_ROWS", "SPLIT_LATENCY_MAX_ROWS",
+                                             "SPLIT_ABOVE_LATENCY", "THROUGHPUT_PRECISIONS",
+                                             "THROUGHPUT_BLOCK_B"}
     for name, value in settings.items():
         assert hasattr(fused, name), name        # names the table's own entries
         monkeypatch.setattr(fused, name, value)
@@ -747,13 +749,45 @@ def test_leapfrog_table_fused_py_makes_the_default_run_what_was_measured_fastest
     def runs(B):
         precision = fused.resolve_precision("auto", B, T, k, n1, n2)
         return precision, fused._layout(B, T, H1, H2, precision, KP)
-    assert runs(1024) == ("ieee", "latency") and runs(1025)[1] != "latency"
+    # where the default runs the throughput layout, the latency layout stops at the split's
+    # own switch point (512 rows), elsewhere at the latency regime's end (1024)
+    end = 512 if split == "fused_throughput" else 1024
+    assert runs(end) == ("ieee", "latency") and runs(end + 1)[1] != "latency"
+    assert runs(1025)[1] != "latency"
     _, precision, layout = table.VARIANTS[split or "fused_tile"]
     assert runs(65536) == (precision, "throughput" if layout == "throughput"
                            else fused._chunk(H1, H2)), (split, bf16x3_pays, settings)
     # the bf16x3 opt-in keeps the throughput layout only where it paid
     asked = fused._layout(65536, T, H1, H2, "bf16x3", KP)
     assert (asked == "throughput") == (bf16x3_pays and split != "fused_tile_bf16x3")
+
+
+def test_leapfrog_table_recommends_the_splits_own_switch_from_the_crossover(monkeypatch):
+    # The latency layout keeps a crossover batch against the throughput layout unless the
+    # latter beats it beyond the noise, inside the latency regime; the rows an H200 measured
+    # (commit fcd82da) give 256: 1.50 against 1.62 ms at 256 rows, 2.32 against 1.64 at 512.
+    table = _leapfrog_table()
+    monkeypatch.setattr(table.fused, "LATENCY_MAX_ROWS", 512)
+    cross = [("fused_latency", 256, 1.50, 0.0), ("fused_tile", 256, 3.62, 0.0),
+             ("fused_latency", 512, 2.32, 0.0), ("fused_tile", 512, 3.67, 0.0),
+             ("fused_latency", 2048, 8.21, 0.0), ("fused_tile", 2048, 3.64, 0.0),
+             ("fused_throughput", 2048, 1.59, 0.0)]
+
+    def rec(t256, t512, errors=_ALL_ACCURATE):
+        return table.recommend(_noisy(*cross, ("fused_throughput", 256, t256, 0.0),
+                                      ("fused_throughput", 512, t512, 0.0)), errors)
+    measured = rec(1.62, 1.64)
+    assert (measured["latency_max_rows"], measured["split_latency_max_rows"]) == (512, 256)
+    assert table.fused_py(measured)["SPLIT_LATENCY_MAX_ROWS"] == 256
+    # never beaten inside the regime: the regime's end; beaten by 1% only: noise, kept
+    assert rec(1.62, 2.30)["split_latency_max_rows"] == 512
+    # beaten at the smallest batch timed: the switch lies below the table's batches, so no
+    # figure, and fused.py's entry stays the regime's end
+    assert "split_latency_max_rows" not in rec(1.2, 1.64)
+    assert table.fused_py(rec(1.2, 1.64))["SPLIT_LATENCY_MAX_ROWS"] == 512
+    # a throughput layout outside 1e-4 of float64 moves nothing
+    bad = dict(_ALL_ACCURATE, **{f"fused_throughput/B{b}": 3e-4 for b in (64, 1031)})
+    assert "split_latency_max_rows" not in rec(1.62, 1.64, bad)
 
 
 def test_leapfrog_table_recommends_nothing_that_missed_the_error_contract():

@@ -56,6 +56,8 @@ def test_integrator_regime_table_states_the_dispatch_tables_switch_point_and_row
         text = " ".join(f.read().split())
     rows = fused.LATENCY_MAX_ROWS
     assert f"`LATENCY_MAX_ROWS` ({rows})" in text and f"| B <= {rows} (training batches) |" in text
+    split = fused.SPLIT_LATENCY_MAX_ROWS
+    assert f"`SPLIT_LATENCY_MAX_ROWS` ({split}:" in text and f"up to {split} rows only" in text
     block = fused.THROUGHPUT_BLOCK_B
     assert f"({block['fwd']} rows forward, {block['bwd']} backward)" in text
 

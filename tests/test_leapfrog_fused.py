@@ -1127,15 +1127,19 @@ def test_fused_takes_strided_inputs_and_cotangents(monkeypatch, layout):
 
 
 @pytest.mark.parametrize("split", ["ieee", "tf32x3", "bf16x3"])
-def test_auto_precision_is_the_tables_by_regime(monkeypatch, split):
+@pytest.mark.parametrize("split_rows", [None, 3])
+def test_auto_precision_is_the_tables_by_regime(monkeypatch, split, split_rows):
     # precision "auto" (leapfrog's default) runs fp32 in the latency regime and
     # SPLIT_ABOVE_LATENCY above it, in the layout that precision takes there (bf16x3: the
     # throughput layout at widths 64-128): what each kernel launch is given shows it, forward
-    # and backward, and the result is that of asking for the precision by name.
+    # and backward, and the result is that of asking for the precision by name. A split that
+    # runs the throughput layout ends the latency regime at SPLIT_LATENCY_MAX_ROWS (3 rows
+    # here); the others keep LATENCY_MAX_ROWS (4).
     assert fused.SPLIT_ABOVE_LATENCY == "bf16x3"   # as an H200 measured (fused.py)
     monkeypatch.setattr(fused, "SPLIT_ABOVE_LATENCY", split)
     monkeypatch.setattr(fused, "SPLIT_SHAPES", ((64, 64, 16),))   # this test's, padded
     monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 4)
+    monkeypatch.setattr(fused, "SPLIT_LATENCY_MAX_ROWS", split_rows or 4)
     launched, real_launch = [], fused._launch
 
     def spy(kernel, grid, *args, **kwargs):
@@ -1146,8 +1150,12 @@ def test_auto_precision_is_the_tables_by_regime(monkeypatch, split):
     w, b = [t.to(DEVICE) for t in w], [t.to(DEVICE) for t in b]
     cot = [torch.randn(5, 3, 2, device=DEVICE), torch.randn(5, 3, 2, device=DEVICE),
            torch.randn(5, 2, 2, device=DEVICE)]
-    for B, want in ((4, ("latency", None)),
-                    (5, ("throughput" if split == "bf16x3" else "streamed", split))):
+    cases = [(4, ("latency", None)),
+             (5, ("throughput" if split == "bf16x3" else "streamed", split))]
+    if split_rows:
+        cases[0] = (4, ("throughput", "bf16x3") if split == "bf16x3" else ("latency", None))
+        cases.insert(0, (3, ("latency", None)))
+    for B, want in cases:
         q0, p0 = torch.randn(B, 2, device=DEVICE), torch.randn(B, 2, device=DEVICE)
         runs = {}
         for precision in ("auto", want[1] or "ieee"):
@@ -1163,6 +1171,39 @@ def test_auto_precision_is_the_tables_by_regime(monkeypatch, split):
         assert torch.equal(runs["auto"], runs[want[1] or "ieee"]), (B, split)
     assert fused.resolve_precision("tf32", 4, 3, 2, 64, 64) == "tf32"   # asked: as asked
     assert fused.resolve_precision("auto", 5, 3, 2, 64, 64) == split
+
+
+def test_a_split_in_the_throughput_layout_ends_the_latency_regime_sooner(monkeypatch):
+    # As an H200 measured (fused.py): at the split shape the latency layout wins at 256 rows
+    # (1.50 against 1.62 ms) and the throughput layout at 512 (1.64 against 2.32), so "auto"
+    # runs bf16x3 in the throughput layout from 257 rows there, and only there.
+    assert (fused.SPLIT_LATENCY_MAX_ROWS, fused.LATENCY_MAX_ROWS) == (256, 512)
+    assert fused.SPLIT_ABOVE_LATENCY == "bf16x3" and fused.THROUGHPUT_PRECISIONS == ("bf16x3",)
+    T = 16
+
+    def runs(precision, B, n1, n2, k):
+        prec = fused.resolve_precision(precision, B, T, k, n1, n2)
+        return prec, fused._layout(B, T, fused._pow2(n1), fused._pow2(n2), prec, fused._pow2(k))
+    for B in (1, 16, 256):
+        assert runs("auto", B, 100, 100, 10) == ("ieee", "latency"), B
+    for B in (257, 300, 512, 513):
+        assert runs("auto", B, 100, 100, 10) == ("bf16x3", "throughput"), B
+        assert runs("bf16x3", B, 128, 128, 16) == ("bf16x3", "throughput"), B   # asked
+    # other precisions, and shapes the table never timed, keep the latency layout to 512
+    for B in (257, 512):
+        assert runs("tf32x3", B, 100, 100, 10) == ("tf32x3", "latency")
+        assert runs("ieee", B, 100, 100, 10) == ("ieee", "latency")
+        assert runs("auto", B, 128, 64, 10) == ("ieee", "latency")      # throughput fits there
+        assert runs("bf16x3", B, 128, 64, 10) == ("bf16x3", "latency")
+        assert runs("bf16x3", B, 128, 128, 17) == ("bf16x3", "latency")  # KP 32: no fit
+    # a tile split (bf16x3 out of THROUGHPUT_PRECISIONS) keeps the latency regime whole
+    monkeypatch.setattr(fused, "THROUGHPUT_PRECISIONS", ())
+    assert runs("auto", 300, 100, 100, 10) == ("ieee", "latency")
+    assert runs("auto", 513, 100, 100, 10)[0] == "bf16x3"
+    # and the split's switch never extends the latency regime
+    monkeypatch.setattr(fused, "THROUGHPUT_PRECISIONS", ("bf16x3",))
+    monkeypatch.setattr(fused, "SPLIT_LATENCY_MAX_ROWS", 4096)
+    assert runs("auto", 513, 100, 100, 10) == ("bf16x3", "throughput")
 
 
 @pytest.mark.parametrize("split", ["tf32x3", "bf16x3"])

@@ -146,9 +146,10 @@ def forced(layout):
         def __enter__(self):
             self.saved = (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES,
                           fused.THROUGHPUT_PRECISIONS, fused.THROUGHPUT_BLOCK_B,
-                          fused._latency_warps)
+                          fused._latency_warps, fused.SPLIT_LATENCY_MAX_ROWS)
             if layout and layout.startswith("latency"):
                 fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES = 1 << 30, 1 << 40
+                fused.SPLIT_LATENCY_MAX_ROWS = 1 << 30
                 if "@" in layout:
                     warps = int(layout.split("@")[1])
                     fused._latency_warps = lambda h1, h2: warps
@@ -161,7 +162,8 @@ def forced(layout):
 
         def __exit__(self, *exc):
             (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES, fused.THROUGHPUT_PRECISIONS,
-             fused.THROUGHPUT_BLOCK_B, fused._latency_warps) = self.saved
+             fused.THROUGHPUT_BLOCK_B, fused._latency_warps,
+             fused.SPLIT_LATENCY_MAX_ROWS) = self.saved
             return False
     return _Forced()
 
@@ -520,7 +522,9 @@ NOISE_FLOOR = 0.02
 def recommend(rows, errors, cross_complete=True):
     """What the measured rows say the dispatch table (kernels/leapfrog/fused.py) should be:
     {"latency_max_rows": the largest batch up to which the latency layout kept its place
-    against the tile layout (ieee, the default precision), "latency_warps": 4, 8 or 16, by
+    against the tile layout (ieee, the default precision), "split_latency_max_rows": the same
+    against the throughput layout (bf16x3), up to latency_max_rows (where a precision runs
+    the throughput layout, the latency layout stops there), "latency_warps": 4, 8 or 16, by
     their time summed over the training batches, "bf16x3_above_latency": whether the
     throughput layout (bf16x3) beat the default dispatch at every batch above that (whether
     that opt-in pays), "split_above_latency": which of the fp32-faithful splits
@@ -541,7 +545,10 @@ def recommend(rows, errors, cross_complete=True):
     failed, missing or NaN check is not) is picked: latency_max_rows is 0 when the latency
     layout is not, a warp count, the 16-row forward or a split that is not is passed over,
     and bf16x3_above_latency is False. A key is absent when its rows are;
-    "latency_max_rows" also when the crossover stage was cut short (`cross_complete`)."""
+    "latency_max_rows" also when the crossover stage was cut short (`cross_complete`), and
+    "split_latency_max_rows" with it, or when the throughput layout is not accurate or beat
+    the latency layout already at the smallest crossover batch (its switch point is then
+    below the batches timed: time smaller ones before moving it)."""
     ms = {(r["variant"], r["batch"]): r["ms"] for r in rows if "ms" in r}
     spread = {(r["variant"], r["batch"]): r.get("spread", 0.0) for r in rows if "ms" in r}
 
@@ -556,7 +563,7 @@ def recommend(rows, errors, cross_complete=True):
     def beats_row(new, old):
         return beats(ms[new], ms[old], (new, old))
 
-    rec = {}
+    rec, split_rows = {}, None
     batches = sorted({b for v, b in ms if v == "fused_latency" and ("fused_tile", b) in ms})
     kept = [b for b in batches
             if (not beats_row(("fused_tile", b), ("fused_latency", b))
@@ -568,6 +575,14 @@ def recommend(rows, errors, cross_complete=True):
         first_loss = min([b for b in batches if b not in kept], default=None)
         rec["latency_max_rows"] = max([b for b in kept if first_loss is None or b < first_loss],
                                       default=0) if accurate("fused_latency") else 0
+        # the same switch against the throughput layout, inside the latency regime: the
+        # latency layout keeps a batch unless the throughput layout beats it there
+        within = [b for b in batches if ("fused_throughput", b) in ms
+                  and b <= rec["latency_max_rows"]]
+        lost = [b for b in within if beats_row(("fused_throughput", b), ("fused_latency", b))]
+        if within and accurate("fused_throughput") and (not lost or min(lost) > min(within)):
+            split_rows = (rec["latency_max_rows"] if not lost else
+                          max(b for b in within if b < min(lost)))
     train = sorted({b for v, b in ms if v == "fused_latency"} & set(STAGES["train"]))
     # "fused_latency" runs the table's warps at the benchmark's widths (8 today)
     table_warps = fused._latency_warps(*(fused._pow2(w) for w in WIDTHS))
@@ -581,6 +596,8 @@ def recommend(rows, errors, cross_complete=True):
         beaters = [w for w in sums if w != now and beats(
             sums[w], sums[now], [(by_warps[x], b) for x in (w, now) for b in train])]
         rec["latency_warps"] = min(beaters, key=sums.get) if beaters else now
+    if split_rows is not None:   # (after the warps: the keys in the order results store them)
+        rec["split_latency_max_rows"] = split_rows
     # The default dispatch above the latency regime at batch b, once this table is applied:
     # the ieee tile layout, "fused_tile" where a stage timed it (5, 6: "fused" is not timed
     # at the crossover batches, and at 1024 it is the latency layout of today's table), else
@@ -630,6 +647,8 @@ def fused_py(rec):
     out = {}
     if "latency_max_rows" in rec:
         out["LATENCY_MAX_ROWS"] = rec["latency_max_rows"]
+        # without its own measurement the split's switch is the latency regime's end
+        out["SPLIT_LATENCY_MAX_ROWS"] = rec.get("split_latency_max_rows", rec["latency_max_rows"])
     if "latency_warps" in rec:
         out["_latency_warps(width >= 64)"] = rec["latency_warps"]
     split = rec.get("split_above_latency")

@@ -13,8 +13,8 @@ activations (at their batch sizes saving them would take gigabytes); the latency
 forward saves them (a1, a2, e1), which halves its backward's large products.
 
 Four layouts of the same kernels, chosen by one table (LATENCY_MAX_ROWS,
-THROUGHPUT_PRECISIONS with _throughput_fits, _chunk; and for precision "auto",
-SPLIT_ABOVE_LATENCY at SPLIT_SHAPES):
+SPLIT_LATENCY_MAX_ROWS, THROUGHPUT_PRECISIONS with _throughput_fits, _chunk; and for
+precision "auto", SPLIT_ABOVE_LATENCY at SPLIT_SHAPES):
   * latency.py: a program per batch row, matrix-vector products on the FMA units: the training
     regime (B up to about two thousand), where a row block of 16 would leave all but one or
     four SMs idle; its latency model is in its docstring;
@@ -120,9 +120,14 @@ def _num_warps(h1, h2):
 # widths 100/100, k 10, 16 frames; bench/results/NVIDIA-H200.json): the latency layout beats
 # the ieee tile layout up to 512 rows (2.32 against 3.67 ms) and loses from 1024 (4.26 against
 # 3.67). At the split shape the throughput layout (bf16x3, what "auto" runs there) already
-# wins at 512 (1.64 ms) and loses narrowly at 256 (1.62 against 1.50), so batches of 257..512
-# there run ~40% slower than they could: a switch point per precision is still to do.
+# wins at 512 (1.64 ms) and loses narrowly at 256 (1.62 against 1.50): where a precision runs
+# the throughput layout at a shape in SPLIT_SHAPES, the latency layout stops at
+# SPLIT_LATENCY_MAX_ROWS instead (the leapfrog table's "split_latency_max_rows": the last
+# crossover batch before the throughput layout beats it). Between the two measured batches
+# the crossover is ~290 rows if both times are linear there; above it 512 rows run 1.64
+# instead of 2.32 ms.
 LATENCY_MAX_ROWS = 512
+SPLIT_LATENCY_MAX_ROWS = 256
 # The latency layout keeps, per row and evaluation, the forward's activations (a1, a2, e1)
 # and the backward's weight-gradient factors (latency._vjp): 4 floats per unit of layer 2,
 # 6 per unit of layer 1 and 4 per coordinate; past this many bytes (and int32 offsets) a
@@ -189,16 +194,21 @@ def resolve_precision(precision, B, T, k, n1, n2):
     if precision != "auto":
         return precision
     shape = (_pow2(n1), _pow2(n2), _pow2(k))
-    latency = _layout(B, T, *shape[:2], "ieee", shape[2]) == "latency"
-    return SPLIT_ABOVE_LATENCY if not latency and shape in SPLIT_SHAPES else "ieee"
+    if shape not in SPLIT_SHAPES:
+        return "ieee"
+    latency = _layout(B, T, *shape[:2], SPLIT_ABOVE_LATENCY, shape[2]) == "latency"
+    return "ieee" if latency else SPLIT_ABOVE_LATENCY
 
 
 def _layout(B, T, H1, H2, precision="ieee", KP=16):
     """"latency", "throughput", or the tile layout's chunk width (0: resident), clamped to
     the padded H1."""
-    if B <= LATENCY_MAX_ROWS and 4 * _latency_scratch(B, T, H1, H2, KP) <= LATENCY_SCRATCH_BYTES:
+    throughput = precision in THROUGHPUT_PRECISIONS and _throughput_fits(H1, H2, KP)
+    rows = (min(LATENCY_MAX_ROWS, SPLIT_LATENCY_MAX_ROWS)
+            if throughput and (H1, H2, KP) in SPLIT_SHAPES else LATENCY_MAX_ROWS)
+    if B <= rows and 4 * _latency_scratch(B, T, H1, H2, KP) <= LATENCY_SCRATCH_BYTES:
         return "latency"
-    if precision in THROUGHPUT_PRECISIONS and _throughput_fits(H1, H2, KP):
+    if throughput:
         return "throughput"
     chunk = _chunk(H1, H2)
     if chunk and (chunk < 16 or chunk & (chunk - 1)):
