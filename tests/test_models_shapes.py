@@ -271,6 +271,40 @@ def test_mocogan_default_gru_feeds_back_one_noise_and_normalises_each_frame():
                 mm.frame_var[r] + 1e-5), rtol=1e-4, atol=1e-5)
 
 
+def test_mocogan_frame_normalisation_is_one_op_with_the_formulas_gradient():
+    # Each frame's normalisation runs once per frame of every rollout: in a captured CUDA step
+    # every ATen op is a kernel of a few microseconds, so it is torch's batch norm (one op
+    # forward, running statistics included), not its formula in a dozen elementwise ops. Its
+    # values and its gradient are the formula's, against float64.
+    from torch.utils._python_dispatch import TorchDispatchMode
+    mm = build_models(tiny("mocogan", rollout_frames=4)).generator.motion_module.train()
+    y = torch.randn(6, mm.noise_dim, generator=torch.Generator().manual_seed(2))
+    up = torch.randn(6, mm.noise_dim, generator=torch.Generator().manual_seed(3))
+
+    class Ops(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if not func._schema.name.endswith(("view", "select", "detach", "alias", "lift_fresh",
+                                               "_to_copy", "empty")):
+                self.ops.append(func._schema.name)
+            return func(*args, **(kwargs or {}))
+    leaf = y.clone().requires_grad_(True)
+    with Ops() as seen:
+        out = mm._normalise(leaf, 1)
+    assert len(seen.ops) == 1 and "batch_norm" in seen.ops[0], seen.ops
+    (grad,) = torch.autograd.grad((out * up).sum(), leaf)
+    y64 = y.double().requires_grad_(True)
+    want = (y64 - y64.mean(0)) / torch.sqrt(y64.var(0, unbiased=False) + 1e-5)
+    (grad64,) = torch.autograd.grad((want * up.double()).sum(), y64)
+    torch.testing.assert_close(out.double(), want.detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double(), grad64, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(mm.frame_var[1].double(), 0.9 + 0.1 * y64.var(0).detach(),
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_generator_renders_a_window_of_a_longer_rollout():
     torch.manual_seed(1)
     for model in ("hgan", "mocogan"):
