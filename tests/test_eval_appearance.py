@@ -336,3 +336,33 @@ def test_a_frozen_generator_has_a_motion_ratio_near_zero(pendulum_clips):
     # nothing drawn moves nothing either
     blank = _fade(other, np.zeros(other.shape[1]))
     assert appearance.appearance_consistency(real, blank, 1)["motion_ratio"] == 0
+
+
+def test_a_collapsed_generator_has_a_spread_ratio_near_zero(pendulum_clips):
+    real, other = pendulum_clips[:12], pendulum_clips[12:]
+    same = appearance.appearance_consistency(real, other, 1)
+    assert 0.5 < same["spread_ratio"] < 2 and same["spread"]["real"] > 2
+    # one moving video for every noise: it moves like real ones, but every pair is equal
+    one = np.repeat(other[:1], len(other), axis=0)
+    res = appearance.appearance_consistency(real, one, 1)
+    assert res["spread_ratio"] == 0 and res["motion_ratio"] > 0.25
+    # half the videos one, half another: pairs across the halves still differ
+    two = np.concatenate([np.repeat(other[:1], 6, axis=0), np.repeat(other[1:2], 6, axis=0)])
+    assert 0 < appearance.appearance_consistency(real, two, 1)["spread_ratio"] < 1
+
+
+def test_spread_is_the_median_pairwise_centroid_distance():
+    # three one-disc videos at fixed rows 0.0, 0.2 and 0.6 (world units): pair distances are
+    # 0.2, 0.6 and 0.4 world units, median 0.4 = 0.4 / 2 * 31 pixels
+    videos = []
+    for row in (0.0, 0.2, 0.6):
+        pos = np.zeros((1, 4, 1, 2))
+        pos[0, :, 0, 0] = row - 0.3
+        videos.append(render(pos, np.array([[0.2]]), np.array([[0]]), 1, (-1.0, 1.0), 32))
+    _, cen = appearance.color_moments(np.concatenate(videos), 1)
+    assert appearance.spread(cen) == pytest.approx(0.4 / 2 * 31, rel=0.03)
+    assert np.isnan(appearance.spread(cen[:1]))           # one video: no pair
+    blank = np.full_like(cen, np.nan)                     # nothing drawn: no distance
+    assert np.isnan(appearance.spread(blank))
+    res = appearance.appearance_consistency(np.concatenate(videos), np.concatenate(videos)[:1], 1)
+    assert res["spread_ratio"] is None and res["spread"]["generated"] is None

@@ -332,7 +332,8 @@ def _results_with_distinct_numbers():
                            "real_flagged": 0.0625, "generated_flagged": 0.875, "mass_ratio": 0.93,
                            "real_blank": 0.0, "generated_blank": 0.125,
                            "motion": {"real": {"median": 0.777}, "generated": {"median": 0.0388}},
-                           "motion_ratio": 0.0499},
+                           "motion_ratio": 0.0499,
+                           "spread": {"real": 9.87, "generated": 0.123}, "spread_ratio": 0.0125},
             "cyclic": {"active_momenta": {"active_dims": 1, "k": 3, "threshold": 0.0456,
                                           "floor": 0.0078},
                        "energy_rollout": {"steps": 512, "dt": 0.05, "n": 64,
@@ -346,13 +347,15 @@ def test_the_checkpoint_report_puts_each_number_in_its_row():
     assert "| real, held-out | 0.202 | 1.11 (half vs half) |" in text
     assert "| real, frames shuffled in time | 0.303 | 2.22 |" in text
     assert "| generated | 0.404 | 3.33; 4.44 (half vs half, to set beside real's) |" in text
-    assert "| real, held-out | 0.0061 | 6% | 0% | 1 | 0.777 |" in text
-    assert "| generated | 0.0072 | 88% | 12% | 0.93 | 0.0388 (0.05 x real) |" in text
+    assert "| real, held-out | 0.0061 | 6% | 0% | 1 | 0.777 | 9.87 |" in text
+    assert "| generated | 0.0072 | 88% | 12% | 0.93 | 0.0388 (0.05 x real) | 0.123 (0.013 x real) |" \
+        in text
     # results from before the blank count and the motion metric: n/a, not a crash
     old = _results_with_distinct_numbers()
-    for k in ("real_blank", "generated_blank", "motion", "motion_ratio"):
+    for k in ("real_blank", "generated_blank", "motion", "motion_ratio", "spread",
+              "spread_ratio"):
         del old["appearance"][k]
-    assert "| generated | 0.0072 | 88% | n/a | 0.93 | n/a |" in report.checkpoint_report(old)
+    assert "| generated | 0.0072 | 88% | n/a | 0.93 | n/a | n/a |" in report.checkpoint_report(old)
     assert "forward 0.0123, backward 0.456." in text and "**1 of 3**" in text
 
 

@@ -323,13 +323,14 @@ def test_each_metric_title_says_lower_is_better_except_the_ratios_to_real(tmp_pa
     spec = _spec(tmp_path)
     for run in spec.runs():
         res = _results(0.05, mass_ratio=1.0)
-        res["appearance"]["motion_ratio"] = 0.9
+        res["appearance"].update(motion_ratio=0.9, spread_ratio=1.1)
         _write(run, res)
     heads = [line for line in table.metric_sections(spec, table.collect(spec))
              if line.startswith("### ")]
     assert "### Fraction of generated videos flagged for appearance (lower is better)" in heads
-    ratios = [h for h in heads if h.startswith(("### Foreground pixel mass", "### Object motion"))]
-    assert len(ratios) == 2 and not any("lower is better" in h for h in ratios)
+    ratios = [h for h in heads if h.startswith(("### Foreground pixel mass", "### Object motion",
+                                                "### Spread of generated videos"))]
+    assert len(ratios) == 3 and not any("lower is better" in h for h in ratios)
     assert all(h.endswith("(lower is better)") for h in heads if h not in ratios), heads
 
 

@@ -290,6 +290,10 @@ def test_checks_state_the_claims_from_the_numbers(tmp_path):
     # one frozen frame per video: a drift of nearly 0 from no motion at all
     (dict(mass_ratio=0.9, motion_ratio=0.02), "n/a (hgan: still videos: object motion 0.02 x real's)"),
     (dict(mass_ratio=0.9, motion_ratio=0.3), "holds"),
+    # one video whatever the noise: its drift is one trajectory's, not the generator's
+    (dict(mass_ratio=0.9, motion_ratio=1.0, spread_ratio=0.03),
+     "n/a (hgan: collapsed: videos 0.03 x as far apart as real ones)"),
+    (dict(mass_ratio=0.9, motion_ratio=1.0, spread_ratio=0.3), "holds"),
 ])
 def test_a_degenerate_generator_gets_no_verdict(tmp_path, change, verdict):
     # A blank generator has near-zero energy drift: "hgan < mocogan" must not read "holds".
@@ -298,7 +302,7 @@ def test_a_degenerate_generator_gets_no_verdict(tmp_path, change, verdict):
     for run in spec.runs():
         _fake_run(run, 100, results_iter=100)
         res = _results(change.get("drift", 0.001) if run.model == "hgan" else 0.2, None)
-        for key in ("mass_ratio", "motion_ratio"):
+        for key in ("mass_ratio", "motion_ratio", "spread_ratio"):
             if run.model == "hgan" and key in change:
                 res["appearance"][key] = change[key]
         with open(run.path("eval", "results.json"), "w") as f:

@@ -23,6 +23,8 @@ whose low energy drift and appearance variation would otherwise read as good phy
 H200 grid, 2026-12-04: HGAN's mass_spring, two_body and three_body drew one frozen frame
 per video after 5,000 iterations and "won" those checks).
 """
+import warnings
+
 import numpy as np
 
 from hgan.data.render import BACKGROUND, palette
@@ -116,11 +118,30 @@ def speed(mass, centroid):
     return np.where(present, step, 0.0).sum(axis=(1, 2)) / np.maximum(count, 1)
 
 
+def spread(centroid, max_videos=256):
+    """How different the videos are: the median over pairs of videos of the mean distance
+    (pixels) between their colours' centroids, frame by frame, over the (frame, colour)
+    pairs present in both; NaN with fewer than two videos or no such pair. A generator that
+    draws one video whatever its noise (mode collapse) scores about 0. centroid
+    [N, T, K, 2] -> float."""
+    c = np.asarray(centroid)[:max_videos]
+    n = len(c)
+    if n < 2:
+        return float("nan")
+    i, j = np.triu_indices(n, 1)
+    d = np.linalg.norm(c[i] - c[j], axis=-1)            # [pairs, T, K], NaN where absent
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)   # pairs with nothing in common
+        per_pair = np.nanmean(d.reshape(len(d), -1), axis=1)
+    return float(np.nanmedian(per_pair)) if np.isfinite(per_pair).any() else float("nan")
+
+
 def appearance_consistency(real_videos, gen_videos, num_colors):
     """Scores of held-out real and of generated uint8 videos [N, T, H, W, 3] (same system)."""
     real_m, real_c = color_moments(real_videos, num_colors)
     gen_m, gen_c = color_moments(gen_videos, num_colors)
     real_s, gen_s = speed(real_m, real_c), speed(gen_m, gen_c)
+    real_spread, gen_spread = spread(real_c), spread(gen_c)
     ref = object_mass(real_m)
     real_v, gen_v = variation(real_m, ref), variation(gen_m, ref)
     threshold = max(FLAG_FLOOR, FLAG_REAL_FACTOR * float(np.percentile(real_v, 99)))
@@ -140,8 +161,21 @@ def appearance_consistency(real_videos, gen_videos, num_colors):
         # frozen frame per video (or nothing), 1 for real motion
         "motion": {"real": _summary(real_s), "generated": _summary(gen_s)},
         "motion_ratio": float(np.median(gen_s)) / max(float(np.median(real_s)), 1e-9),
+        # how different the videos are from each other (pixels); its ratio is about 0 for a
+        # generator that draws one video whatever its noise
+        "spread": {"real": _finite(real_spread), "generated": _finite(gen_spread)},
+        "spread_ratio": _finite(_ratio(gen_spread, real_spread)),
         "num_real": int(len(real_v)), "num_generated": int(len(gen_v)),
     }
+
+
+def _finite(x):
+    """x, or None where it is not a number (results.json is strict JSON)."""
+    return x if np.isfinite(x) else None
+
+
+def _ratio(a, b):
+    return a / b if np.isfinite(a) and np.isfinite(b) and b > 0 else float("nan")
 
 
 def _summary(v):

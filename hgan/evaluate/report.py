@@ -67,16 +67,19 @@ def checkpoint_report(results):
                   f"{_fmt(ap['flag_threshold'], 3)} (an object fading, splitting or appearing); "
                   "blank when its mean mass is under a tenth of one object's (nothing drawn). "
                   "Speed: the median distance in pixels a colour's centroid moves per frame (near "
-                  "0 for a generator that draws still videos).", "",
+                  "0 for a generator that draws still videos). Spread: the median distance in "
+                  "pixels between two videos' centroids, frame by frame (near 0 for a generator "
+                  "that draws one video whatever its noise).", "",
                   "| videos | variation (median) | flagged (% of videos) | blank (% of videos) | "
-                  "foreground mass vs real | speed (px/frame) |",
-                  "|---|---|---|---|---|---|",
+                  "foreground mass vs real | speed (px/frame) | spread (px) |",
+                  "|---|---|---|---|---|---|---|",
                   f"| {_real_label(r)} | {_fmt(ap['real']['median'], 3)} | "
                   f"{_pct(ap['real_flagged'])} | {_pct(ap.get('real_blank'))} | 1 | "
-                  f"{_motion(ap, 'real')} |",
+                  f"{_motion(ap, 'real')} | {_spread(ap, 'real')} |",
                   f"| generated | {_fmt(ap['generated']['median'], 3)} | "
                   f"{_pct(ap['generated_flagged'])} | {_pct(ap.get('generated_blank'))} | "
-                  f"{_fmt(ap['mass_ratio'], 3)} | {_motion(ap, 'generated')} |", ""]
+                  f"{_fmt(ap['mass_ratio'], 3)} | {_motion(ap, 'generated')} | "
+                  f"{_spread(ap, 'generated')} |", ""]
     cyc = r.get("cyclic")
     if cyc:
         lines += ["## Learned structure", ""]
@@ -132,6 +135,17 @@ def _motion(ap, who):
         return "n/a"
     text = _fmt(m[who]["median"], 3)
     return text + (f" ({_fmt(ap['motion_ratio'], 2)} x real)" if who == "generated" else "")
+
+
+def _spread(ap, who):
+    """The spread, and for generated videos its ratio to real's; n/a where results have
+    none (before the metric, or fewer than two videos)."""
+    m = (ap.get("spread") or {}).get(who)
+    if m is None:
+        return "n/a"
+    ratio = ap.get("spread_ratio")
+    return _fmt(m, 3) + (f" ({_fmt(ratio, 2)} x real)" if who == "generated" and ratio is not None
+                         else "")
 
 
 def _real_label(r):

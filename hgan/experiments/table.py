@@ -34,6 +34,9 @@ METRICS = [
     ("motion_ratio", "Object motion of generated videos relative to real (median centroid "
      "speed; 1 is real; near 0: still videos)", lambda r: _get(r, "appearance", "motion_ratio"),
      None),
+    ("spread_ratio", "Spread of generated videos relative to real (median distance between two "
+     "videos' object trajectories; 1 is real; near 0: one video whatever the noise)",
+     lambda r: _get(r, "appearance", "spread_ratio"), None),
 ]
 CHECKED = ("fvd", "energy_drift", "state_distance", "appearance")
 # What the same metric gives on held-out real data (one value per system; any run has it).
@@ -127,11 +130,14 @@ def _cell(rows, system, model, get):
               if m is not None]
     motions = [m for m in (_get(r["results"], "appearance", "motion_ratio") for _, r in vals)
                if m is not None]
+    spreads = [m for m in (_get(r["results"], "appearance", "spread_ratio") for _, r in vals)
+               if m is not None]
     # Seeds stopped at different iterations (a deadline): a mean would mix run lengths.
     mixed = [(float(x), r["iteration"], r["train_s"]) for x, r in vals] if len(its) > 1 else None
     return {"mean": None if mixed else float(v.mean()), "std": float(v.std()), "n": len(v),
             "iters": its, "train_s": float(np.mean(secs)) if secs else None,
-            "mass_ratios": masses, "motion_ratios": motions, "per_seed": mixed}
+            "mass_ratios": masses, "motion_ratios": motions, "spread_ratios": spreads,
+            "per_seed": mixed}
 
 
 def _cell_text(c):
@@ -193,16 +199,21 @@ DEGENERATE_MASS = (0.25, 4.0)
 # their energy drift and appearance variation are those of one frozen frame (an H200 grid,
 # 2026-12-04: HGAN at 5,000 iterations on three systems), not of good physics.
 STILL_MOTION = 0.25
+# ... and one whose videos differ from each other by under this share of what real videos
+# do draws one video whatever its noise (mode collapse): its drift is one trajectory's.
+COLLAPSED_SPREAD = 0.25
 
 
-def _degenerate_run(mass, motion):
-    """Why a run with this foreground-mass and motion ratio (None: not evaluated) cannot
-    enter a verdict, or None."""
+def _degenerate_run(mass, motion, spread=None):
+    """Why a run with these foreground-mass, motion and spread ratios (None: not evaluated)
+    cannot enter a verdict, or None."""
     lo, hi = DEGENERATE_MASS
     if mass is not None and not lo <= mass <= hi:
         return f"foreground mass {mass:.2g} x real's"
     if motion is not None and motion < STILL_MOTION:
         return f"still videos: object motion {motion:.2g} x real's"
+    if spread is not None and spread < COLLAPSED_SPREAD:
+        return f"collapsed: videos {spread:.2g} x as far apart as real ones"
     return None
 
 
@@ -216,6 +227,9 @@ def _degenerate(c):
     for motion in c.get("motion_ratios", ()):
         if _degenerate_run(None, motion):
             return _degenerate_run(None, motion)
+    for spread in c.get("spread_ratios", ()):
+        if _degenerate_run(None, None, spread):
+            return _degenerate_run(None, None, spread)
     return None
 
 
@@ -268,11 +282,13 @@ def checks_section(spec, rows):
     out = ["## Checks: the paper's claims", "",
            f"Each row compares means over seeds {list(spec.seeds)}; a single seed cannot separate "
            "a difference from run-to-run spread. Beside each value: iterations and training time. "
-           "A generator that draws no object, or a still one, has a low energy drift and "
-           "appearance variation: a run whose foreground mass is under "
-           f"{DEGENERATE_MASS[0]:g} or over {DEGENERATE_MASS[1]:g} times real's, or whose "
-           f"objects move at under {STILL_MOTION:g} times real's speed (when appearance "
-           "was evaluated), or whose value is not finite, gets no verdict; neither does a pair "
+           "A generator that draws no object, a still one, or one video whatever its noise "
+           "has a low energy drift and appearance variation: a run whose foreground mass is under "
+           f"{DEGENERATE_MASS[0]:g} or over {DEGENERATE_MASS[1]:g} times real's, whose "
+           f"objects move at under {STILL_MOTION:g} times real's speed, or whose videos lie "
+           f"under {COLLAPSED_SPREAD:g} times as far apart as real ones (one video whatever "
+           "the noise; when appearance was evaluated), or whose value is not finite, gets no "
+           "verdict; neither does a pair "
            "both at or below what real held-out videos score (for the energy drift, the larger "
            "of real's and the probe's noise floor): the measurement cannot order them; nor "
            f"a pair whose iterations differ by more than {ITERATION_SPREAD:.0%}. Read "
@@ -315,8 +331,8 @@ def checks_section(spec, rows):
                 claim = ACTIVE_CLAIM.get((s, m))
                 # a generator drawing (about) nothing, or still videos, learned no motion from
                 # the data: its latent's count says nothing of the claim, as in the checks above
-                why = _degenerate_run(_get(r["results"], "appearance", "mass_ratio"),
-                                      _get(r["results"], "appearance", "motion_ratio"))
+                why = _degenerate_run(*(_get(r["results"], "appearance", key) for key in
+                                        ("mass_ratio", "motion_ratio", "spread_ratio")))
                 verdict = ("n/a" if claim is None or am["active_dims"] is None else
                            f"n/a ({why})" if why else
                            "holds" if am["active_dims"] == claim else "does not hold")
