@@ -34,6 +34,9 @@ TABLE["capture_bf16"] = {**TABLE["capture"], "amp": True}
 TABLE["capture_channels_last"] = {**TABLE["capture"], "channels_last": True}
 TABLE["capture_compile"] = {**TABLE["capture"], "compile": True}
 TABLE["capture_fused_adam"] = {**TABLE["capture"], "fused_adam": True}
+# The grid's long pole: mocogan, captured as the trainer runs it (fused Adam). Not an option
+# of the captured step (no verdict): its row says what a mocogan step costs beside hgan's.
+TABLE["capture_mocogan"] = {**TABLE["capture_fused_adam"], "model": "mocogan"}
 
 
 def frames_file(root, resolution):
@@ -70,7 +73,8 @@ class TrainStep:
                         # The issues' workload: videos of FRAMES rolled out FRAMES frames.
                         # Training's default rolls out 30 and renders 16 (--rollout-frames):
                         # the same rendering, about twice the integrator's time.
-                        model=ModelConfig(resolution=resolution, clip_frames=FRAMES,
+                        model=ModelConfig(model=opts.get("model", "hgan"),
+                                          resolution=resolution, clip_frames=FRAMES,
                                           rollout_frames=FRAMES,
                                           integrator=opts["integrator"],
                                           channels_last=opts["channels_last"]))

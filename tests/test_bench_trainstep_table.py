@@ -207,10 +207,19 @@ def test_a_stage_measures_on_this_machine(tmp_path, monkeypatch):
     monkeypatch.setattr(trainstep_table, "ROUNDS", 1)
     monkeypatch.setattr(trainstep_table, "RUN_S", 0.01)
     assert trainstep_table.main(["--cpu", "--data", str(tmp_path), "--variants", "capture",
-                                 "--busy", "capture"]) == 0
+                                 "capture_mocogan", "--busy", "capture"]) == 0
     r = recorded["capture_32px"]
     assert r["batch"] == 2 and r["videos_per_s"] > 0 and 0 <= r["data_wait_share"] < 1
     assert r["losses_finite_after"] and r["captured"] is False and r["device_busy"] is None
+    # the mocogan row trains mocogan (the grid's slowest model), as the trainer runs it
+    m = recorded["capture_mocogan_32px"]
+    assert m["model"] == "mocogan" and m["videos_per_s"] > 0 and m["losses_finite_after"]
+    step = _trainstep.TrainStep(_trainstep.frames_file(str(tmp_path), 32), 32,
+                                _trainstep.TABLE["capture_mocogan"])
+    try:
+        assert step.trainer.cfg.model.model == "mocogan"
+    finally:
+        step.close()
 
 
 def _fake_step_class(clock, step_s):

@@ -66,6 +66,9 @@ stage pack-32 90 --resolution 32 --pack 4 15
 # The same 15 with 32 hardware queues instead of the driver's 8: 15 streams on 8 queues can
 # serialise kernels that have no dependency (4 runs: 2.19x one run alone, 15: only 2.61x).
 stage pack-32-conn32 60 --resolution 32 --pack 15 --connections 32
+# mocogan's captured step: the Table-1 grid's slowest runs (~22 it/s in the pack against ~44
+# for hgan's), its per-frame GRU unroll about three times hgan's op count.
+stage mocogan-32 60 --resolution 32 --variants capture_mocogan
 # torch.compile last: its compilation alone can take a minute per resolution.
 stage compile-32 90 --resolution 32 --variants capture_compile
 stage compile-64 90 --resolution 64 --variants capture_compile
