@@ -305,6 +305,42 @@ def test_mocogan_frame_normalisation_is_one_op_with_the_formulas_gradient():
                                rtol=1e-6, atol=1e-6)
 
 
+def test_mocogan_normalises_every_frame_in_one_op_as_frame_by_frame():
+    # Nothing normalised feeds back, so all frames go through one batch norm (a channel per
+    # frame and dimension) when the buffers have a row per frame: the same outputs, running
+    # statistics and gradient as frame by frame, in one op instead of one per frame.
+    import copy
+    from torch.utils._python_dispatch import TorchDispatchMode
+    mm = build_models(tiny("mocogan", rollout_frames=6)).generator.motion_module.train()
+    other = copy.deepcopy(mm)
+    y = torch.randn(5, 6, mm.noise_dim, generator=torch.Generator().manual_seed(4))
+    up = torch.randn(5, 6, mm.noise_dim, generator=torch.Generator().manual_seed(6))
+
+    class Norms(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.n += "batch_norm" in func._schema.name
+            return func(*args, **(kwargs or {}))
+    a, b = y.clone().requires_grad_(True), y.clone().requires_grad_(True)
+    with Norms() as norms:
+        got = mm._normalise_frames(a)
+    assert norms.n == 1
+    want = torch.stack([other._normalise(b[:, t], t) for t in range(6)], dim=1)
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(mm.frame_mean, other.frame_mean, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(mm.frame_var, other.frame_var, rtol=1e-6, atol=1e-7)
+    (ga,) = torch.autograd.grad((got * up).sum(), a)
+    (gb,) = torch.autograd.grad((want * up).sum(), b)
+    torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-6)
+    # eval mode: the running statistics, the same way
+    mm.eval(), other.eval()
+    torch.testing.assert_close(mm._normalise_frames(y), torch.stack(
+        [other._normalise(y[:, t], t) for t in range(6)], dim=1), rtol=1e-6, atol=1e-6)
+
+
 def test_generator_renders_a_window_of_a_longer_rollout():
     torch.manual_seed(1)
     for model in ("hgan", "mocogan"):

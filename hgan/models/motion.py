@@ -142,11 +142,11 @@ class GRUMotion(nn.Module):
         row = min(t, self.frame_mean.shape[0] - 1)
         # In fp32 whatever autocast made y, as autocast runs nn.BatchNorm (the buffers are
         # fp32: mocogan --amp failed at its first step on a bf16 mean). torch's batch norm,
-        # not its formula in elementwise ops: this runs once per frame of every rollout, and
-        # in a captured step each op is a kernel of a few microseconds. The formula took about
-        # ten ops forward (statistics, running updates, normalisation) where this takes one
-        # (tests/test_models_shapes.py counts it), and more in the backward: a mocogan
-        # training step went from 2,717 ATen ops to 2,027 (CPU, batch 16, 30 frames).
+        # not its formula in elementwise ops: in a captured step each op is a kernel of a few
+        # microseconds. The formula took about ten ops forward (statistics, running updates,
+        # normalisation) per frame; _normalise_frames does all frames in one
+        # (tests/test_models_shapes.py counts it): a mocogan training step went from 2,717
+        # ATen ops to 1,969 (CPU, batch 16, 30 frames).
         return F.batch_norm(y.float(), self.frame_mean[row], self.frame_var[row],
                             training=self.training, momentum=0.1, eps=1e-5)
 
@@ -159,10 +159,24 @@ class GRUMotion(nn.Module):
         for t in range(noise.shape[0]):
             h = self.cell(x if self.feedback else noise[t], h)
             y = self.out(h)
-            x = y
-            # each frame normalised on its own, as the reference code does
-            ys.append(self._normalise(y, t) if self.feedback else y)
-        return torch.stack(ys, dim=1)
+            x = y        # the raw output feeds back; only what leaves is normalised
+            ys.append(y)
+        y = torch.stack(ys, dim=1)
+        return self._normalise_frames(y) if self.feedback else y
+
+    def _normalise_frames(self, y):
+        """Each frame normalised on its own over the batch, as the reference code does: one
+        batch norm over [n, T * D] (a channel per frame and dimension, the running statistics
+        the buffers' first T rows) instead of one per frame, since nothing normalised feeds
+        back. Frames past the buffers' rows share the last row, updated frame after frame:
+        then frame by frame."""
+        n, frames, dim = y.shape
+        if frames > self.frame_mean.shape[0]:
+            return torch.stack([self._normalise(y[:, t], t) for t in range(frames)], dim=1)
+        flat = F.batch_norm(y.float().reshape(n, frames * dim),
+                            self.frame_mean[:frames].view(-1), self.frame_var[:frames].view(-1),
+                            training=self.training, momentum=0.1, eps=1e-5)
+        return flat.view(n, frames, dim)
 
     def forward(self, n, frames, *, dt=None, generator=None, device=None):
         if dt is not None:
