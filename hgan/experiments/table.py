@@ -221,16 +221,10 @@ def _degenerate(c):
     """Why cell `c` cannot enter a verdict, or None."""
     if not np.isfinite(c["mean"]):
         return "non-finite value"
-    for mass in c["mass_ratios"]:
-        if _degenerate_run(mass, None):
-            return _degenerate_run(mass, None)
-    for motion in c.get("motion_ratios", ()):
-        if _degenerate_run(None, motion):
-            return _degenerate_run(None, motion)
-    for spread in c.get("spread_ratios", ()):
-        if _degenerate_run(None, None, spread):
-            return _degenerate_run(None, None, spread)
-    return None
+    whys = ([_degenerate_run(m, None) for m in c["mass_ratios"]]
+            + [_degenerate_run(None, m) for m in c.get("motion_ratios", ())]
+            + [_degenerate_run(None, None, s) for s in c.get("spread_ratios", ())])
+    return next((why for why in whys if why), None)
 
 
 def _real_floor(rows, key, system):
