@@ -37,6 +37,9 @@ TABLE["capture_fused_adam"] = {**TABLE["capture"], "fused_adam": True}
 # The grid's long pole: mocogan, captured as the trainer runs it (fused Adam). Not an option
 # of the captured step (no verdict): its row says what a mocogan step costs beside hgan's.
 TABLE["capture_mocogan"] = {**TABLE["capture_fused_adam"], "model": "mocogan"}
+# ... with its GRU rolled out frame by frame through autograd instead of as one node with a
+# hand-written backward (hgan.models.gru_unroll): what that node gains a step.
+TABLE["capture_mocogan_autograd"] = {**TABLE["capture_mocogan"], "gru_unroll": "autograd"}
 
 
 def frames_file(root, resolution):
@@ -90,6 +93,8 @@ class TrainStep:
             self.trainer = Trainer(cfg, device=DEVICE)
         finally:
             hcapture.ADAM_FUSED = fused_adam
+        if opts.get("gru_unroll") == "autograd":
+            self.trainer.G.motion_module.fused_unroll = False
         self.stream = build_loader(path, batch_size=BATCH, frames=FRAMES, device=DEVICE,
                                    kind=opts["loader"], num_workers=2,
                                    channels_last=opts["channels_last"])

@@ -218,6 +218,14 @@ def test_a_stage_measures_on_this_machine(tmp_path, monkeypatch):
                                 _trainstep.TABLE["capture_mocogan"])
     try:
         assert step.trainer.cfg.model.model == "mocogan"
+        assert step.trainer.G.motion_module.fused_unroll
+    finally:
+        step.close()
+    # its twin row rolls the GRU out frame by frame through autograd
+    step = _trainstep.TrainStep(_trainstep.frames_file(str(tmp_path), 32), 32,
+                                _trainstep.TABLE["capture_mocogan_autograd"])
+    try:
+        assert not step.trainer.G.motion_module.fused_unroll
     finally:
         step.close()
 
@@ -566,3 +574,14 @@ def test_verdicts_keep_no_change_whose_gain_is_within_the_noise():
     assert f"| bf16 | +1.0% (noise ±{floor:.1%}) | +20.0% | no |" in lines
     assert "| channels_last | +10.0% | +4.0% (noise ±5.0%) | no |" in lines
     assert "| fused_adam | +10.0% | +6.0% | yes |" in lines
+
+
+def test_verdicts_say_what_the_gru_node_gains_mocogan():
+    rows = {"capture_mocogan_32px": {"videos_per_s": 1500.0, "round_spread": 0.01},
+            "capture_mocogan_autograd_32px": {"videos_per_s": 1000.0, "round_spread": 0.01}}
+    text = "\n".join(trainstep_table.verdicts(rows))
+    assert "mocogan, 32 px: its GRU rollout as one node" in text and "+50.0%" in text
+    rows["capture_mocogan_32px"]["videos_per_s"] = 1010.0
+    assert "(within the noise, ±2.0%)" in "\n".join(trainstep_table.verdicts(rows))
+    del rows["capture_mocogan_autograd_32px"]
+    assert "mocogan" not in "\n".join(trainstep_table.verdicts(rows))

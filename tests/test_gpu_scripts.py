@@ -894,3 +894,32 @@ def test_cuda_tests_script_fails_when_the_other_run_is_cut_off_or_interrupted(tm
     assert r.returncode == 1, r.stderr
     log = (out / "cuda-tests.txt").read_text()
     assert f"== rc {rc}" in log and "== rc 0" in log
+
+
+def test_table1_script_split_over_two_calls(tmp_path):
+    # PREP_ONLY=1: the data and the kernel warm-up, nothing else (no pack check, no grid, no
+    # export); the second call (PACK_CHECK=0 EVAL_ONE=0) spends its time on the grid: no pack
+    # check, no lone evaluation, 40 s kept after the grid instead of 120.
+    bin_dir = _table1_stub_bin(tmp_path)
+    _timeout_stub(bin_dir, tmp_path / "timeouts.txt")
+    repo = _copy_tree(tmp_path)
+    out, grid, dest = tmp_path / "out", tmp_path / "grid", tmp_path / "dest" / "table1"
+    r = _run("bench/gpu/table1.sh", repo, bin_dir, out, PACK="15", PREP_ONLY="1",
+             LIMIT_S="450", GRID_DIR=str(grid), DEST=str(dest))
+    assert r.returncode == 0, r.stderr + r.stdout
+    steps = [cmd for _, _, cmd in _timeouts(tmp_path / "timeouts.txt")]
+    assert len(steps) == 2 and "--data-only" in steps[0] and steps[1].startswith("python3 train.py")
+    assert "prep only (PREP_ONLY=1)" in (out / "grid.log").read_text()
+    assert not (out / "table1.tar.gz").exists() and not dest.exists()
+    (tmp_path / "timeouts.txt").unlink()
+    r = _run("bench/gpu/table1.sh", repo, bin_dir, out, PACK="15", PACK_CHECK="0", EVAL_ONE="0",
+             LIMIT_S="585", GRID_DIR=str(grid), DEST=str(dest))
+    assert r.returncode == 0, r.stderr + r.stdout
+    got = {("pack" if "-m pytest" in c else "data" if "--data-only" in c else
+            "warm" if c.startswith("python3 train.py") else "grid" if "--deadline" in c else
+            "evaluates" if "hgan.evaluate" in c else c): (limit, c)
+           for limit, _, c in _timeouts(tmp_path / "timeouts.txt")}
+    assert "pack" not in got and "evaluates" not in got and "eval-one.log" not in os.listdir(out)
+    assert 585 - 40 - 5 <= got["grid"][0] <= 585 - 40 and "--pack 15" in got["grid"][1]
+    assert "packed-capture test skipped: PACK_CHECK=0" in (out / "versions.txt").read_text()
+    assert (out / "table1.tar.gz").exists() and (dest / "compare.md").exists()

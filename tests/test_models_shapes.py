@@ -210,6 +210,19 @@ def _gru_step(cell, x, h):
     return (1 - z) * torch.tanh(i_n + r * hn) + z * h
 
 
+def _record_raw_frames(mm):
+    """Each frame's raw GRU outputs [n, D] (before normalisation), as the module rolls them
+    out: the rollout is one node (hgan.models.gru_unroll), so they are read where they are
+    normalised."""
+    raw, normalise = [], mm._normalise_frames
+
+    def record(y):
+        raw.extend(y.detach().unbind(1))
+        return normalise(y)
+    mm._normalise_frames = record
+    return raw
+
+
 def test_mocogan_motion_is_fresh_noise_gru_and_rejects_dt():
     torch.manual_seed(0)
     g = build_models(tiny("mocogan", gru_input="noise")).generator
@@ -654,8 +667,7 @@ def test_gru_keeps_running_statistics_for_every_frame_it_rolls_out(rollout, clip
     frames = max(rollout, clip)
     g = build_models(tiny("mocogan", rollout_frames=rollout, clip_frames=clip)).generator
     mm = g.motion_module
-    raw = []
-    mm.out.register_forward_hook(lambda m, i, o: raw.append(o.detach()))
+    raw = _record_raw_frames(mm)
     g.motion(4, frames, generator=torch.Generator().manual_seed(2))
     assert len(raw) == frames
     for t in range(frames):
@@ -689,17 +701,17 @@ def test_gru_statistics_rows_follow_what_is_reserved_and_what_a_checkpoint_holds
 
 
 def test_gru_running_statistics_stay_float32_under_bf16_autocast():
-    # --amp on a bf16 device: the GRU's output layer runs in bf16, its per-frame statistics
-    # are kept in fp32 (lerp_ into an fp32 buffer refused a bf16 mean: mocogan --amp failed
-    # at its first step).
+    # --amp on a bf16 device: the GRU's rollout runs in fp32 whatever autocast asks, and its
+    # per-frame statistics are kept in fp32 (lerp_ into an fp32 buffer refused a bf16 mean:
+    # mocogan --amp failed at its first step when the output layer ran in bf16).
     torch.manual_seed(0)
     g = build_models(tiny("mocogan", rollout_frames=3)).generator
     mm = g.motion_module
-    raw = []
-    mm.out.register_forward_hook(lambda m, i, o: raw.append(o.detach()))
+    raw = _record_raw_frames(mm)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         y = g.motion(4, 3, generator=torch.Generator().manual_seed(2))["y"]
-    assert raw[0].dtype == torch.bfloat16 and y.isfinite().all()
+    # the recurrence itself stays fp32 under autocast (hgan.models.gru_unroll)
+    assert raw[0].dtype == torch.float32 and y.isfinite().all()
     assert mm.frame_mean.dtype == mm.frame_var.dtype == torch.float32
     for t in range(3):
         torch.testing.assert_close(mm.frame_mean[t], 0.1 * raw[t].float().mean(0))

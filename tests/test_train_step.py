@@ -299,8 +299,8 @@ def test_mocogan_keeps_statistics_for_every_frame_a_step_rolls_out(tiny_pendulum
     # batch (0.1 x the mean of the GRU outputs). With 4 rows frames 3-5 all updated row 3.
     tr = Trainer(tiny_cfg(tiny_pendulum_h5, tmp_path, "mocogan", rollout_frames=4, frames=6))
     mm = tr.G.motion_module
-    raw = []
-    mm.out.register_forward_hook(lambda m, i, o: raw.append(o.detach()))
+    raw, normalise = [], mm._normalise_frames   # each frame's raw GRU outputs, as normalised
+    mm._normalise_frames = lambda y: (raw.extend(y.detach().unbind(1)), normalise(y))[1]
     tr.step(_real())
     assert len(raw) == 6 and mm.frame_mean.shape[0] == 6
     for t in range(6):

@@ -50,6 +50,12 @@ DEVICE="${DEVICE:-cuda}"
 GRID_ARGS="${GRID_ARGS:-}"       # e.g. data sizes: --train-traj 1000 --traj-frames 128
 EVAL_ARGS="${EVAL_ARGS:-}"       # extra hgan.evaluate flags for every run
 # MPS=1: the processes under an MPS daemon (below)
+# Split over two calls on one warm machine (the grid then gets a call of its own):
+# PREP_ONLY=1 generates the data and compiles the kernels, then stops; the next call finds
+# both (in $GRID and Triton's cache) and spends its seconds on the grid. PACK_CHECK=0 skips
+# the packed-capture test (where it has passed on this GPU before); EVAL_ONE=0 skips the
+# lone evaluation and keeps 40 s instead of 120 after the grid, for the packing.
+PREP_ONLY="${PREP_ONLY:-0}" PACK_CHECK="${PACK_CHECK:-1}" EVAL_ONE="${EVAL_ONE:-1}"
 
 # beside this script's own file, wherever it is called from (a symlink too)
 . "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/need_cuda.sh" || exit 2
@@ -107,7 +113,9 @@ if [ "${MPS:-0}" = 1 ]; then
 fi
 
 t_pre=$SECONDS  # what runs before the grid (pack check, data) comes out of TRAIN_S
-if [ "$PACK" -gt 1 ] && [ "$DEVICE" != cpu ]; then
+if [ "$PACK" -gt 1 ] && [ "$DEVICE" != cpu ] && [ "$PACK_CHECK" = 0 ]; then
+  echo "pack: $PACK training runs per process (packed-capture test skipped: PACK_CHECK=0)" | tee -a "$OUT/versions.txt"
+elif [ "$PACK" -gt 1 ] && [ "$DEVICE" != cpu ] && [ "$PREP_ONLY" != 1 ]; then
   # On a fresh machine most of this is Triton compiling the fused kernels at the test's
   # shapes (batch 4, 6 frames: other specialisations than the grid's).
   if timeout -k 5 150 $PY -m pytest -q -m cuda tests/test_train_capture.py -k packed \
@@ -162,11 +170,16 @@ elif [ "$DEVICE" != cpu ]; then
   echo "kernel warm-up (train.py, 2 iterations at the grid's shapes): exit $? at $SECONDS s" \
       | tee -a "$OUT/grid.log"
 fi
+if [ "$PREP_ONLY" = 1 ]; then
+  echo "prep only (PREP_ONLY=1): data and kernels ready after $SECONDS s" | tee -a "$OUT/grid.log"
+  exit "$data_status"
+fi
 TRAIN_S=$((TRAIN_S - (SECONDS - t_pre)))
 [ "$TRAIN_S" -lt 60 ] && TRAIN_S=60
 echo "data step exit status $data_status after $SECONDS s; training deadline $TRAIN_S s" | tee -a "$OUT/grid.log"
 
-left=$((LIMIT - SECONDS - 120))  # keep time for the lone evaluation and the packing
+reserve=120; [ "$EVAL_ONE" = 0 ] && reserve=40
+left=$((LIMIT - SECONDS - reserve))  # keep time for the lone evaluation and the packing
 [ "$left" -lt 30 ] && left=30    # (timeout 0 would mean no limit at all)
 timeout -s INT -k 45 "$left" $PY -m hgan.experiments table1 --out "$GRID" \
     --systems "$SYSTEMS" --models "$MODELS" --iters "$ITERS" --parallel "$PARALLEL" \
@@ -186,7 +199,7 @@ fi
 # One full evaluation alone, the physics probe trained from scratch (a fresh copy of the
 # data has no cached probe): the "under a minute on a GPU" target.
 one="$GRID/runs/pendulum-hgan-s0"
-if [ -f "$one/checkpoints/last.pt" ] && [ $((LIMIT - SECONDS)) -gt 100 ]; then
+if [ "$EVAL_ONE" != 0 ] && [ -f "$one/checkpoints/last.pt" ] && [ $((LIMIT - SECONDS)) -gt 100 ]; then
   rm -rf "$SCRATCH"/eval-one && mkdir -p "$SCRATCH"/eval-one/data && cp "$GRID"/data/pendulum/{train,test}.h5 "$SCRATCH"/eval-one/data/
   t0=$(date +%s%N)
   timeout 90 $PY -m hgan.evaluate --checkpoint "$one/checkpoints/last.pt" --out "$SCRATCH"/eval-one/out \

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hgan.kernels import HamiltonianMLP
+from hgan.models.gru_unroll import gru_unroll, reference_unroll
 from hgan.model_kinds import model_kind
 
 
@@ -101,6 +102,9 @@ class GRUMotion(nn.Module):
             self.register_buffer("frame_mean", torch.zeros(rows, cfg.motion_dim))
             self.register_buffer("frame_var", torch.ones(rows, cfg.motion_dim))
         self._compiled_unroll = None
+        # False: the frame-by-frame loop through the modules, autograd's backward (the twin the
+        # fused rollout is tested against; bench/_trainstep.py's capture_mocogan_autograd).
+        self.fused_unroll = True
 
     def reserve_frames(self, frames):
         """Running statistics for at least `frames` frames (the trainer rolls out
@@ -152,16 +156,13 @@ class GRUMotion(nn.Module):
 
     def unroll(self, noise):
         """Frame latents [n, T, D] from noise: [T, n, D] fed frame by frame (gru_input "noise"),
-        or [T, n, D] whose first frame is the one input (feedback; the rest only sets T)."""
-        h = noise.new_zeros(noise.shape[1], self.cell.hidden_size)
-        ys = []
-        x = noise[0]
-        for t in range(noise.shape[0]):
-            h = self.cell(x if self.feedback else noise[t], h)
-            y = self.out(h)
-            x = y        # the raw output feeds back; only what leaves is normalised
-            ys.append(y)
-        y = torch.stack(ys, dim=1)
+        or [T, n, D] whose first frame is the one input (feedback; the rest only sets T). The
+        raw outputs feed back; only what leaves is normalised. One autograd node for the whole
+        rollout (hgan.models.gru_unroll: a handful of kernels per frame instead of ~23)."""
+        frames = noise.shape[0]
+        unroll = gru_unroll if self.fused_unroll else reference_unroll
+        y = unroll(noise[0] if self.feedback else noise, self.cell, self.out, frames,
+                   self.feedback)
         return self._normalise_frames(y) if self.feedback else y
 
     def _normalise_frames(self, y):
