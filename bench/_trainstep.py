@@ -40,6 +40,8 @@ TABLE["capture_mocogan"] = {**TABLE["capture_fused_adam"], "model": "mocogan"}
 # ... with its GRU rolled out frame by frame through autograd instead of as one node with a
 # hand-written backward (hgan.models.gru_unroll): what that node gains a step.
 TABLE["capture_mocogan_autograd"] = {**TABLE["capture_mocogan"], "gru_unroll": "autograd"}
+# ... under bf16 autocast (train.py --amp; the GRU itself stays fp32): for the grid's --amp
+TABLE["capture_mocogan_bf16"] = {**TABLE["capture_mocogan"], "amp": True}
 
 
 def frames_file(root, resolution):
@@ -216,12 +218,30 @@ def device_busy_share(step, n):
     # Not the device copies of record_function ranges (gpu_user_annotation): they span
     # whole stages, idle time included.
     ranges = set(STAGES) | {"replay"}
-    spans = [(e.time_range.start, e.time_range.end) for e in prof.events()
-             if e.device_type != torch.autograd.DeviceType.CPU
-             and not getattr(e, "is_user_annotation", False)
-             and e.name not in ranges and not e.name.startswith("ProfilerStep")]
+    work = [e for e in prof.events()
+            if e.device_type != torch.autograd.DeviceType.CPU
+            and not getattr(e, "is_user_annotation", False)
+            and e.name not in ranges and not e.name.startswith("ProfilerStep")]
+    spans = [(e.time_range.start, e.time_range.end) for e in work]
     if not spans:  # e.g. a CUPTI that does not trace kernels launched by graph replays
         return {"share": None, "wall_us": wall_us, "steps": n,
                 "note": "the profiler reported no device activity"}
     return {"busy_us": _union_us(spans), "wall_us": wall_us, "steps": n,
-            "share": _union_us(spans) / wall_us}
+            "share": _union_us(spans) / wall_us, **kernel_table(work, n)}
+
+
+TOP_KERNELS = 15
+
+
+def kernel_table(work, steps):
+    """Per step: how many kernels and copies the device ran ("kernels_per_step") and the
+    TOP_KERNELS names with the most device time ("top_kernels": [name, us per step, launches
+    per step]), so that a step's cost can be read as many small kernels or a few long ones."""
+    total, count = {}, {}
+    for e in work:
+        total[e.name] = total.get(e.name, 0.0) + (e.time_range.end - e.time_range.start)
+        count[e.name] = count.get(e.name, 0) + 1
+    top = sorted(total, key=total.get, reverse=True)[:TOP_KERNELS]
+    return {"kernels_per_step": len(work) / steps,
+            "top_kernels": [[name[:120], total[name] / steps, count[name] / steps]
+                            for name in top]}

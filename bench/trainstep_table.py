@@ -193,7 +193,21 @@ def summary(path):
             lines.append("| {} | {} | {:.0f} | {:.2f} | {} | {} | {} |".format(
                 variant, res, r["videos_per_s"], 1e3 * r["median_step_s"],
                 _ratio_cell(r, base_row) if base else "", wait, busy))
-    return "\n".join(lines + [""] + verdicts(rows) + pack_lines(rows))
+    return "\n".join(lines + [""] + verdicts(rows) + pack_lines(rows) + kernel_lines(rows))
+
+
+def kernel_lines(rows):
+    """Markdown lines: for each profiled row, the kernels with the most device time per step."""
+    lines = []
+    for name, r in rows.items():
+        busy = r.get("device_busy") or {}
+        if not busy.get("top_kernels"):
+            continue
+        lines += ["", f"{name}: {busy['kernels_per_step']:.0f} kernels and copies per step; "
+                  "the most device time:", "", "| kernel | us per step | launches per step |",
+                  "|---|---|---|"]
+        lines += [f"| `{k}` | {us:.1f} | {per:.1f} |" for k, us, per in busy["top_kernels"]]
+    return lines
 
 
 def _ratio_cell(r, base_row):

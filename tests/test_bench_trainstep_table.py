@@ -387,6 +387,10 @@ def test_device_busy_share_is_the_union_of_device_activity_over_wall_time(monkey
     assert ran == [1, 1, 1]
     assert r["busy_us"] == 250 and r["steps"] == 3
     assert r["wall_us"] == pytest.approx(1000) and r["share"] == pytest.approx(0.25)
+    # what the device ran, per step: 3 launches over 3 steps, gemm's 200 us first
+    assert r["kernels_per_step"] == 1
+    assert r["top_kernels"] == [["gemm", pytest.approx(200 / 3), pytest.approx(2 / 3)],
+                                ["memcpy", pytest.approx(100 / 3), pytest.approx(1 / 3)]]
     events[:] = [ev("aten::mm", 0, 1000, dev=cpu)]
     clock = iter([5.0, 5.001])
     r = _trainstep.device_busy_share(SimpleNamespace(run=lambda: None), 3)
@@ -585,3 +589,14 @@ def test_verdicts_say_what_the_gru_node_gains_mocogan():
     assert "(within the noise, ±2.0%)" in "\n".join(trainstep_table.verdicts(rows))
     del rows["capture_mocogan_autograd_32px"]
     assert "mocogan" not in "\n".join(trainstep_table.verdicts(rows))
+
+
+def test_summary_lists_each_profiled_rows_costliest_kernels():
+    rows = {"capture_mocogan_32px": {"device_busy": {
+        "share": 0.9, "kernels_per_step": 612.4,
+        "top_kernels": [["gemm_a", 800.0, 12.0], ["gru_cell", 90.5, 16.0]]}},
+            "capture_32px": {"device_busy": {"share": 0.8}}}      # an older row: no table
+    lines = trainstep_table.kernel_lines(rows)
+    assert lines[1] == "capture_mocogan_32px: 612 kernels and copies per step; the most device time:"
+    assert lines[-2:] == ["| `gemm_a` | 800.0 | 12.0 |", "| `gru_cell` | 90.5 | 16.0 |"]
+    assert not any("capture_32px" in line for line in lines)

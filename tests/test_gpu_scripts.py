@@ -714,7 +714,7 @@ def test_table1_script_names_the_commit_and_the_device(tmp_path):
 
 _TRAINSTEP_STAGES = [("prep", 120), ("capture-32", 100), ("eager-32", 50), ("capture-64", 60),
                      ("eager-64", 40), ("pack-32", 90), ("pack-32-conn32", 60),
-                     ("mocogan-32", 60), ("compile-32", 90), ("compile-64", 90)]
+                     ("mocogan-32", 80), ("compile-32", 90), ("compile-64", 90)]
 
 
 def _trainstep_stages(tmp_path, budget, **env):
