@@ -37,8 +37,9 @@ TABLE["capture_fused_adam"] = {**TABLE["capture"], "fused_adam": True}
 # The grid's long pole: mocogan, captured as the trainer runs it (fused Adam). Not an option
 # of the captured step (no verdict): its row says what a mocogan step costs beside hgan's.
 TABLE["capture_mocogan"] = {**TABLE["capture_fused_adam"], "model": "mocogan"}
-# ... with its GRU rolled out frame by frame through autograd instead of as one node with a
-# hand-written backward (hgan.models.gru_unroll): what that node gains a step.
+# ... with its GRU rollout's loops frame by frame (hgan.models.gru_unroll's "cells") instead
+# of in two Triton kernels, and through autograd's GRUCell loop: what each step gains.
+TABLE["capture_mocogan_cells"] = {**TABLE["capture_mocogan"], "gru_unroll": "cells"}
 TABLE["capture_mocogan_autograd"] = {**TABLE["capture_mocogan"], "gru_unroll": "autograd"}
 # ... under bf16 autocast (train.py --amp; the GRU itself stays fp32): for the grid's --amp
 TABLE["capture_mocogan_bf16"] = {**TABLE["capture_mocogan"], "amp": True}
@@ -95,8 +96,8 @@ class TrainStep:
             self.trainer = Trainer(cfg, device=DEVICE)
         finally:
             hcapture.ADAM_FUSED = fused_adam
-        if opts.get("gru_unroll") == "autograd":
-            self.trainer.G.motion_module.fused_unroll = False
+        if opts.get("gru_unroll"):
+            self.trainer.G.motion_module.gru_backend = opts["gru_unroll"]
         self.stream = build_loader(path, batch_size=BATCH, frames=FRAMES, device=DEVICE,
                                    kind=opts["loader"], num_workers=2,
                                    channels_last=opts["channels_last"])

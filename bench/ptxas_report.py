@@ -149,6 +149,34 @@ def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=Tru
 KEY = ("kernel", "width", "block_b", "num_warps", "maxnreg", "chunk", "precision")
 
 
+def compile_gru(direction, hidden, num_warps, feedback, arch=90):
+    """hgan.kernels.gru's forward or backward kernel for sm_<arch>: registers, spills and
+    shared memory as ptxas reports them (the leapfrog kernels' row fields where they apply)."""
+    from hgan.kernels import gru as kgru
+    kern = getattr(kgru, f"_{direction}_kernel")
+    sig = {p: "*fp32" if p.endswith("_ptr") else "i32" if p in ("n", "frames") else "constexpr"
+           for p in inspect.signature(kern.fn).parameters}
+    hp = max(16, triton.next_power_of_2(hidden))
+    log = io.StringIO()
+    triton.knobs.nvidia.dump_ptxas_log = True
+    try:
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(
+                ASTSource(fn=kern, signature=sig, attrs=_aligned(kern, sig),
+                          constexprs={"H": hidden, "HP": hp, "FEEDBACK": feedback}),
+                target=GPUTarget("cuda", arch, 32),
+                options={"num_warps": num_warps, "enable_fp_fusion": True})
+        seconds = time.perf_counter() - t0
+    finally:
+        triton.knobs.nvidia.dump_ptxas_log = False
+    row = {"kernel": f"gru_{direction}", "width": hidden, "num_warps": num_warps,
+           "feedback": feedback, "shared": compiled.metadata.shared,
+           "compile_s": round(seconds, 1)}
+    row.update(parse_ptxas(log.getvalue()))
+    return row
+
+
 def merge_rows(path, rows):
     """The saved rows with this run's replacing those of the same config (KEY), so that
     several invocations build one report. Rows kept from an earlier run are only valid for
@@ -208,7 +236,8 @@ def main(argv=None):
     ap.add_argument("--widths", type=_width_arg, nargs="+", default=[32, 128],
                     help="hidden widths as compiled (powers of two >= 16)")
     ap.add_argument("--blocks", type=int, nargs="+", default=[16])
-    ap.add_argument("--warps", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--warps", type=int, nargs="+", default=None,
+                    help="warps per program (default 4 and 8; with --gru the kernels' own)")
     ap.add_argument("--chunks", type=_chunk_arg, nargs="+", default=["latency", 0, 16, 32],
                     help="latency = a program per row (latency.py); throughput = hidden-major "
                          "tiles (throughput.py); 0 = register-resident tile layout; >0 = "
@@ -224,14 +253,29 @@ def main(argv=None):
                          "and tensor-core instructions inside the step loop")
     ap.add_argument("--save", action="store_true",
                     help="record the rows in bench/results/ptxas-sm_<arch>.json")
+    ap.add_argument("--gru", action="store_true",
+                    help="instead: hgan.kernels.gru's kernels (mocogan's rollout) at hidden "
+                         "100, both modes, at the warps they launch with (or --warps)")
     a = ap.parse_args(argv)
     rows, failed = [], 0
+    if a.gru:
+        from hgan.kernels import gru as kgru
+        for direction in ("forward", "backward"):
+            chosen = kgru.FORWARD_WARPS if direction == "forward" else kgru.BACKWARD_WARPS
+            for feedback in (True, False):
+                for nw in (a.warps or [chosen]):
+                    r = compile_gru(direction, 100, nw, feedback, a.arch)
+                    print(f"{r['kernel']}  hidden=100  {'feedback' if feedback else 'noise':<8}  "
+                          f"warps={nw}  regs={r['registers']:>3}  spill st/ld="
+                          f"{r['spill_stores']}/{r['spill_loads']}  stack={r['stack']}  "
+                          f"smem={r['shared']}  {r['compile_s']:.1f} s", flush=True)
+        return 0
     for width in a.widths:
         for chunk in a.chunks:
             if isinstance(chunk, int) and chunk > width:
                 continue
             for bb in a.blocks:
-                for nw in a.warps:
+                for nw in (a.warps or [4, 8]):
                     for direction in a.kernels:
                         # the latency layout has no dot precision (fp32 FMAs whatever is
                         # asked: one compile, recorded as ieee); the throughput layout takes

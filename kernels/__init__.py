@@ -9,7 +9,9 @@ the rest of hgan. Public API:
     loss = cyclic_loss(dHdq, lam=0.01)
 
 Submodules: hgan.kernels.leapfrog.{reference, analytic, fused, dispatch, common, check}, and
-the fused backend's Triton kernels {latency, throughput, streamed, tile, ops}. The name
+the fused backend's Triton kernels {latency, throughput, streamed, tile, ops}. Beside them,
+hgan.kernels.gru: the MoCoGAN baseline's GRU rollout in two Triton kernels (used by
+hgan.models.gru_unroll; imported on its own, never by this package). The name
 ``leapfrog`` on this package is the function, which carries the submodules as attributes:
 ``from hgan.kernels.leapfrog import analytic``, ``import hgan.kernels.leapfrog.analytic as
 A`` and ``hgan.kernels.leapfrog.analytic`` (once imported) all give the module.

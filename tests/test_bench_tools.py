@@ -1769,3 +1769,24 @@ def test_leapfrog_table_recommend_reads_a_saved_run_cut_short_or_whole(tmp_path,
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and f"{bad}: not a leapfrog_table.json" in err
+
+
+def test_ptxas_report_compiles_the_gru_kernels_for_sm90_without_spills():
+    # hgan.kernels.gru at the warps it launches with (forward 4, backward 8), both modes: a
+    # spill or a register count over the limit here is a regression of the mocogan rollout
+    triton = pytest.importorskip("triton")
+    if not os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
+                                       "bin", "ptxas")):
+        pytest.skip("this triton wheel ships no ptxas")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "TRITON_INTERPRET": "off",
+           "PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "bench/ptxas_report.py", "--gru"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = re.findall(r"gru_(\w+)\s+hidden=100\s+(\w+)\s+warps=(\d)\s+regs=\s*(\d+)\s+"
+                      r"spill st/ld=(\d+)/(\d+)", out.stdout)
+    assert sorted((d, m, int(w)) for d, m, w, *_ in rows) == [
+        ("backward", "feedback", 8), ("backward", "noise", 8),
+        ("forward", "feedback", 4), ("forward", "noise", 4)], out.stdout
+    assert all(0 < int(r) <= 255 and s == l == "0" for *_, r, s, l in rows), out.stdout

@@ -218,16 +218,18 @@ def test_a_stage_measures_on_this_machine(tmp_path, monkeypatch):
                                 _trainstep.TABLE["capture_mocogan"])
     try:
         assert step.trainer.cfg.model.model == "mocogan"
-        assert step.trainer.G.motion_module.fused_unroll
+        assert step.trainer.G.motion_module.gru_backend == "auto"
     finally:
         step.close()
-    # its twin row rolls the GRU out frame by frame through autograd
-    step = _trainstep.TrainStep(_trainstep.frames_file(str(tmp_path), 32), 32,
-                                _trainstep.TABLE["capture_mocogan_autograd"])
-    try:
-        assert not step.trainer.G.motion_module.fused_unroll
-    finally:
-        step.close()
+    # its twin rows roll the GRU out frame by frame: the node's loops, autograd's
+    for variant, backend in (("capture_mocogan_cells", "cells"),
+                             ("capture_mocogan_autograd", "autograd")):
+        step = _trainstep.TrainStep(_trainstep.frames_file(str(tmp_path), 32), 32,
+                                    _trainstep.TABLE[variant])
+        try:
+            assert step.trainer.G.motion_module.gru_backend == backend
+        finally:
+            step.close()
 
 
 def _fake_step_class(clock, step_s):
@@ -584,7 +586,8 @@ def test_verdicts_say_what_the_gru_node_gains_mocogan():
     rows = {"capture_mocogan_32px": {"videos_per_s": 1500.0, "round_spread": 0.01},
             "capture_mocogan_autograd_32px": {"videos_per_s": 1000.0, "round_spread": 0.01}}
     text = "\n".join(trainstep_table.verdicts(rows))
-    assert "mocogan, 32 px: its GRU rollout as one node" in text and "+50.0%" in text
+    assert "mocogan, 32 px: its GRU as trained" in text and "+50.0%" in text
+    assert "over autograd's GRUCell loop" in text and "cells" not in text
     rows["capture_mocogan_32px"]["videos_per_s"] = 1010.0
     assert "(within the noise, ±2.0%)" in "\n".join(trainstep_table.verdicts(rows))
     del rows["capture_mocogan_autograd_32px"]

@@ -58,7 +58,7 @@ def test_gradients_pass_finite_differences(feedback):
     params = [p.detach().clone().requires_grad_(True)
               for p in (cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh,
                         out.weight, out.bias)]
-    fn = lambda x, *w: gu._GRUUnroll.apply(x, *w, 4, feedback)    # noqa: E731
+    fn = lambda x, *w: gu._GRUUnroll.apply(x, *w, 4, feedback, "cells")    # noqa: E731
     assert torch.autograd.gradcheck(fn, (inp, *params), eps=1e-6, atol=1e-7)
 
 
@@ -114,35 +114,45 @@ def test_kernels_per_frame():
                 mode.n += 1
         return wrapped
 
-    cell, out = _modules(20, 100, seed=0, dtype=torch.float32)
+    cell, out = _modules(20, 32, seed=0, dtype=torch.float32)
+    from hgan.kernels import gru as kgru
     counts = {}
-    for frames in (8, 16):
-        mode = Ops()
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(gu, "_cell", as_one(gu._cell, mode))
-            mp.setattr(gu, "_cell_backward", as_one(gu._cell_backward, mode))
-            x = _inputs(16, frames, 20, True, torch.float32)
-            params = list(cell.parameters()) + list(out.parameters())
-            with mode:
-                y = gu.gru_unroll(x, cell, out, frames, True)
-                torch.autograd.grad(y.sum(), params)
-        counts[frames] = mode.n
-    per_frame = (counts[16] - counts[8]) / 8
-    # forward: a product and the cell; backward: an add, the cell's backward, two products
-    assert per_frame == 6, counts
+    for backend in ("cells", "kernels"):
+        for frames in (8, 16):
+            mode = Ops()
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(gu, "_cell", as_one(gu._cell, mode))
+                mp.setattr(gu, "_cell_backward", as_one(gu._cell_backward, mode))
+                # each Triton kernel is one launch (the interpreter's own copies not counted)
+                mp.setattr(kgru, "forward", as_one(kgru.forward, mode))
+                mp.setattr(kgru, "backward", as_one(kgru.backward, mode))
+                x = _inputs(4, frames, 20, True, torch.float32)
+                params = list(cell.parameters()) + list(out.parameters())
+                with mode:
+                    y = gu.gru_unroll(x, cell, out, frames, True, backend=backend)
+                    torch.autograd.grad(y.sum(), params)
+            counts[backend, frames] = mode.n
+    # cells, per frame: forward a product and the cell; backward an add, the cell's backward,
+    # two products. The kernels: none per frame, about 25 ops in all.
+    assert (counts["cells", 16] - counts["cells", 8]) / 8 == 6, counts
+    assert counts["kernels", 16] == counts["kernels", 8] <= 30, counts
 
 
 @pytest.mark.cuda
 @needs_cuda
 @pytest.mark.parametrize("feedback", [True, False])
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cuda_fused_cell_matches_the_loop(feedback, dtype):
-    # ATen's fused GRU cell and its backward (workspace layout, gate order) against the
-    # frame-by-frame modules on the same device
+@pytest.mark.parametrize("dtype,backend", [(torch.float64, "auto"), (torch.float32, "cells"),
+                                           (torch.float32, "auto")])
+def test_cuda_rollout_matches_the_loop(feedback, dtype, backend):
+    # on CUDA: "cells" is ATen's fused GRU cell and its backward (workspace layout, gate
+    # order), as is "auto" in float64; "auto" in float32 is hgan.kernels.gru, compiled; all
+    # against the frame-by-frame modules in float64 on the same device
     cell, out = _modules(20, 100, seed=5, dtype=dtype, device="cuda")
     inp = _inputs(16, 30, 20, feedback, dtype, device="cuda")
     up = torch.randn(16, 30, 20, generator=torch.Generator().manual_seed(2), dtype=dtype).cuda()
-    y, got = _grads(gu.gru_unroll, inp, cell, out, 30, feedback, up)
+    run = lambda *a: gu.gru_unroll(*a, backend=backend)      # noqa: E731
+    y, got = _grads(run, inp, cell, out, 30, feedback, up)
+    assert not gu._fallback, gu._fallback
     cell64, out64 = _modules(20, 100, seed=5, device="cuda")
     y_ref, want = _grads(gu.reference_unroll, inp.double(), cell64, out64, 30, feedback,
                          up.double())
@@ -151,3 +161,75 @@ def test_cuda_fused_cell_matches_the_loop(feedback, dtype):
     for a, b in zip(got, want):
         torch.testing.assert_close(a.double(), b, rtol=tol["rtol"],
                                    atol=tol["atol"] * max(1.0, b.abs().max().item()))
+
+
+# hgan.kernels.gru: the loops forward and backward in Triton (on CPU under TRITON_INTERPRET=1,
+# which tests/conftest.py sets where there is no GPU)
+needs_triton = pytest.mark.skipif(
+    not torch.cuda.is_available() and __import__("os").environ.get("TRITON_INTERPRET") != "1",
+    reason="needs a CUDA GPU or the Triton interpreter")
+
+
+@needs_triton
+@pytest.mark.parametrize("feedback", [True, False])
+@pytest.mark.parametrize("n,frames,d_in,hidden", [(1, 1, 3, 5), (3, 2, 4, 4), (5, 7, 6, 9),
+                                                  (2, 30, 20, 16), (3, 4, 20, 100)])
+def test_kernels_match_float64_and_the_cells(feedback, n, frames, d_in, hidden):
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    cell64, out64 = _modules(d_in, hidden, seed=frames)
+    cell, out = _modules(d_in, hidden, seed=frames, dtype=torch.float32, device=dev)
+    inp = _inputs(n, frames, d_in, feedback, torch.float64, seed=n)
+    up = torch.randn(n, frames, d_in, generator=torch.Generator().manual_seed(9),
+                     dtype=torch.float64)
+    y64, want = _grads(gu.reference_unroll, inp, cell64, out64, frames, feedback, up)
+    k = lambda *a: gu.gru_unroll(*a, backend="kernels")      # noqa: E731
+    c = lambda *a: gu.gru_unroll(*a, backend="cells")        # noqa: E731
+    y, got = _grads(k, inp.float().to(dev), cell, out, frames, feedback, up.float().to(dev))
+    y_c, cells = _grads(c, inp.float().to(dev), cell, out, frames, feedback, up.float().to(dev))
+    torch.testing.assert_close(y.double().cpu(), y64, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(y, y_c, rtol=1e-5, atol=1e-6)
+    for a, b, cc in zip(got, want, cells):
+        scale = max(1.0, b.abs().max().item())
+        torch.testing.assert_close(a.double().cpu(), b, rtol=1e-4, atol=1e-5 * scale)
+        torch.testing.assert_close(a, cc, rtol=1e-5, atol=1e-6 * scale)
+
+
+def test_kernels_refuse_what_they_do_not_take():
+    cell, out = _modules(3, 4, seed=0)                        # float64
+    with pytest.raises(ValueError, match="the fused GRU kernels take float32, got torch.float64"):
+        gu.gru_unroll(_inputs(2, 3, 3, True, torch.float64), cell, out, 3, True,
+                      backend="kernels")
+    wide_cell, wide_out = _modules(3, 129, seed=0, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"hidden widths 1\.\.128, got 129"):
+        gu.gru_unroll(_inputs(2, 3, 3, True, torch.float32), wide_cell, wide_out, 3, True,
+                      backend="kernels")
+    with pytest.raises(ValueError, match="backend 'triton', expected one of"):
+        gu.gru_unroll(_inputs(2, 3, 3, True, torch.float32), wide_cell, wide_out, 3, True,
+                      backend="triton")
+
+
+def test_a_kernel_failure_falls_back_to_the_cells_once_with_a_warning(monkeypatch):
+    # "auto" on CUDA: a compile or launch failure costs the speed, never the run; asked for by
+    # name the failure raises
+    from hgan.kernels import gru as kgru
+    calls = []
+
+    def broken(*args):
+        calls.append(1)
+        raise RuntimeError("ptxas: out of resources (stand-in)")
+    monkeypatch.setattr(kgru, "forward", broken)
+    monkeypatch.setattr(gu, "_fallback", {})
+    monkeypatch.setattr(gu, "_use_kernels", lambda backend, inp, w: not gu._fallback)
+    cell, out = _modules(3, 4, seed=0, dtype=torch.float32)
+    inp = _inputs(2, 3, 3, True, torch.float32)
+    with pytest.warns(UserWarning, match=r"hgan.kernels.gru failed; .*frame by frame .*"
+                                         r"RuntimeError: ptxas: out of resources"):
+        y = gu.gru_unroll(inp, cell, out, 3, True)
+    torch.testing.assert_close(y, gu.gru_unroll(inp, cell, out, 3, True, backend="cells"))
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")          # remembered: no second try, no second warning
+        gu.gru_unroll(inp, cell, out, 3, True)
+    assert len(calls) == 1
+    with pytest.raises(RuntimeError, match="out of resources"):
+        gu._kernel_or_cells("kernels", broken)

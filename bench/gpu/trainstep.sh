@@ -68,8 +68,8 @@ stage pack-32 90 --resolution 32 --pack 4 15
 stage pack-32-conn32 60 --resolution 32 --pack 15 --connections 32
 # mocogan's captured step: the Table-1 grid's slowest runs (~22 it/s in the pack against ~44
 # for hgan's), its per-frame GRU unroll about three times hgan's op count.
-stage mocogan-32 80 --resolution 32 --variants capture_mocogan capture_mocogan_bf16 \
-    --busy capture_mocogan
+stage mocogan-32 80 --resolution 32 --variants capture_mocogan capture_mocogan_cells \
+    capture_mocogan_bf16 --busy capture_mocogan capture_mocogan_cells
 # torch.compile last: its compilation alone can take a minute per resolution.
 stage compile-32 90 --resolution 32 --variants capture_compile
 stage compile-64 90 --resolution 64 --variants capture_compile

@@ -25,12 +25,20 @@ backward, the feedback's add). Here:
 About 7 kernels a frame instead of ~23 (bench/gpu/trainstep.sh's capture_mocogan measures
 what the step gains).
 
-On CUDA the cell is ATen's fused GRU cell and its backward (the kernels nn.GRUCell runs);
-elsewhere the same formulas in elementwise ops with the same workspace layout
-[r, z, n, h_prev, hn] (hn: the hidden state's new-gate part with its bias).
+Where hgan.kernels.gru applies (CUDA, float32, hidden <= 128: backend "auto"), the
+per-frame loops forward and backward are one Triton kernel each, and a step's GRU is ~25
+kernels in all, whatever the frame count; a failure of those kernels falls back, once and
+with a warning, to the loops below ("cells"). There, on CUDA the cell is ATen's fused GRU
+cell and its backward (the kernels nn.GRUCell runs); elsewhere the same formulas in
+elementwise ops. All three share the workspace layout [r, z, n, h_prev, hn] (hn: the hidden
+state's new-gate part with its bias).
 """
+import warnings
+
 import torch
 from torch.autograd.function import once_differentiable
+
+BACKENDS = ("auto", "kernels", "cells")
 
 
 def _cell(gi, gh, hx):
@@ -55,9 +63,49 @@ def _cell_backward(dh, ws):
     return torch.cat([dr, dz, dn], 1), torch.cat([dr, dz, dn * r], 1), dh * z
 
 
+_fallback = {}      # why the kernels failed on this process's first call (then cells)
+
+
+def _use_kernels(backend, inp, w_hh):
+    """Whether this rollout runs hgan.kernels.gru: backend "kernels" always (CPU tests run
+    it under TRITON_INTERPRET=1), "auto" on CUDA where the contract holds, the kernels have
+    not failed before and torch.compile is not tracing, "cells" never."""
+    if backend == "cells" or (backend == "auto" and (
+            not inp.is_cuda or _fallback or torch.compiler.is_compiling())):
+        return False      # (under torch.compile the loops are Inductor's to fuse)
+    try:
+        from hgan.kernels import gru as kgru   # triton, imported on first use only
+    except ImportError:
+        if backend == "kernels":
+            raise
+        return False
+    why = kgru.supports(w_hh.shape[1], w_hh.dtype)
+    if backend == "kernels":
+        if why:
+            raise ValueError(f"gru_unroll(backend='kernels'): {why}")
+        return True
+    return why is None
+
+
+def _kernel_or_cells(backend, fn, *args):
+    """The kernels' call, or under "auto" None after a one-time warning (the cells' path then
+    runs): a compile or launch failure costs the speed, never the run. Asked for by name
+    ("kernels"), a failure raises."""
+    try:
+        return fn(*args)
+    except Exception as err:   # noqa: BLE001 - any failure of a Triton compile or launch
+        if backend == "kernels":
+            raise
+        if not _fallback:
+            _fallback["reason"] = f"{type(err).__name__}: {err}"[:300]
+            warnings.warn("hgan.kernels.gru failed; mocogan's GRU rollout runs frame by frame "
+                          f"from now on in this process ({_fallback['reason']})", stacklevel=3)
+        return None
+
+
 class _GRUUnroll(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, inp, w_ih, w_hh, b_ih, b_hh, w_out, b_out, frames, feedback):
+    def forward(ctx, inp, w_ih, w_hh, b_ih, b_hh, w_out, b_out, frames, feedback, backend):
         dtype = w_hh.dtype
         inp = inp.to(dtype)
         n, three_h = inp.shape[-2], w_hh.shape[0]
@@ -70,23 +118,33 @@ class _GRUUnroll(torch.autograd.Function):
             gi_all = torch.addmm(b_ih, inp.reshape(-1, inp.shape[-1]), w_ih.t()).view(
                 frames, n, three_h)
             gi = gi_all[0]
-        h = inp.new_zeros(n, w_hh.shape[1])
-        hs, wss = [], []
-        for t in range(frames):
-            if t == 0:
-                gh = b_hh.expand(n, three_h)               # h_{-1} = 0
-            elif feedback:
-                g = torch.addmm(b_cat, h, w_cat.t())
-                gi, gh = g[:, :three_h], g[:, three_h:]
-            else:
-                gi, gh = gi_all[t], torch.addmm(b_hh, h, w_hh.t())
-            h, ws = _cell(gi, gh, h)
-            hs.append(h)
-            wss.append(ws)
-        hs = torch.stack(hs)                               # [T, n, H]
+        done = None
+        if _use_kernels(backend, inp, w_hh):
+            from hgan.kernels import gru as kgru
+            done = _kernel_or_cells(backend, kgru.forward, gi if feedback else gi_all,
+                                    w_cat if feedback else w_hh, b_cat if feedback else b_hh,
+                                    b_hh, frames, feedback)
+        ctx.kernels, ctx.backend = done is not None, backend
+        if done is not None:
+            hs, wss = done
+        else:
+            h = inp.new_zeros(n, w_hh.shape[1])
+            hs, wss = [], []
+            for t in range(frames):
+                if t == 0:
+                    gh = b_hh.expand(n, three_h)           # h_{-1} = 0
+                elif feedback:
+                    g = torch.addmm(b_cat, h, w_cat.t())
+                    gi, gh = g[:, :three_h], g[:, three_h:]
+                else:
+                    gi, gh = gi_all[t], torch.addmm(b_hh, h, w_hh.t())
+                h, ws = _cell(gi, gh, h)
+                hs.append(h)
+                wss.append(ws)
+            hs, wss = torch.stack(hs), torch.stack(wss)    # [T, n, H], [T, n, 5H]
         y = torch.addmm(b_out, hs.view(frames * n, -1), w_out.t()).view(frames, n, -1)
         ctx.feedback = feedback
-        ctx.save_for_backward(inp, w_ih, w_hh, w_out, b_out, hs, torch.stack(wss))
+        ctx.save_for_backward(inp, w_ih, w_hh, w_out, b_out, hs, wss)
         return y.transpose(0, 1).contiguous()
 
     @staticmethod
@@ -100,17 +158,25 @@ class _GRUUnroll(torch.autograd.Function):
             dy = dy.to(hs.dtype).transpose(0, 1).reshape(frames * n, -1)   # frame-major rows
             dh_out = (dy @ w_out).view(frames, n, hid)
             a = w_ih @ w_out if feedback else None
-            dgis, dghs = [None] * frames, [None] * frames
-            carry = None
-            for t in reversed(range(frames)):
-                dh = dh_out[t] if carry is None else dh_out[t] + carry
-                dgi, dgh, dhx = _cell_backward(dh, wss[t])
-                dgis[t], dghs[t] = dgi, dgh
-                if t > 0:   # to h_{t-1}: directly, through its hidden gates and (feedback) its output
-                    carry = torch.addmm(dhx, dgh, w_hh)
-                    if feedback:
-                        carry = torch.addmm(carry, dgi, a)
-            dgi, dgh = torch.stack(dgis), torch.stack(dghs)            # [T, n, 3H]
+            done = None
+            if ctx.kernels:
+                from hgan.kernels import gru as kgru
+                done = _kernel_or_cells(ctx.backend, kgru.backward, dh_out, wss,
+                                        torch.cat([a, w_hh]) if feedback else w_hh, feedback)
+            if done is not None:
+                dgi, dgh = done
+            else:
+                dgis, dghs = [None] * frames, [None] * frames
+                carry = None
+                for t in reversed(range(frames)):
+                    dh = dh_out[t] if carry is None else dh_out[t] + carry
+                    dgi, dgh, dhx = _cell_backward(dh, wss[t])
+                    dgis[t], dghs[t] = dgi, dgh
+                    if t > 0:   # to h_{t-1}: directly, through its hidden gates, (feedback) its output
+                        carry = torch.addmm(dhx, dgh, w_hh)
+                        if feedback:
+                            carry = torch.addmm(carry, dgi, a)
+                dgi, dgh = torch.stack(dgis), torch.stack(dghs)        # [T, n, 3H]
             h_prev = hs[:-1].reshape(-1, hid)                           # h_{t-1}, t >= 1
             d_w_hh = dgh[1:].reshape(-1, three_h).t() @ h_prev
             d_b_hh = dgh.sum((0, 1))
@@ -128,14 +194,17 @@ class _GRUUnroll(torch.autograd.Function):
                 d_w_ih = dgi.reshape(-1, three_h).t() @ inp.reshape(-1, inp.shape[-1])
                 d_b_ih = dgi.sum((0, 1))
                 d_inp = (dgi @ w_ih) if ctx.needs_input_grad[0] else None
-        return d_inp, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_w_out, d_b_out, None, None
+        return d_inp, d_w_ih, d_w_hh, d_b_ih, d_b_hh, d_w_out, d_b_out, None, None, None
 
 
-def gru_unroll(inp, cell, out, frames: int, feedback: bool):
-    """y [n, T, D]: see the module docstring. `cell` an nn.GRUCell, `out` an nn.Linear."""
+def gru_unroll(inp, cell, out, frames: int, feedback: bool, backend: str = "auto"):
+    """y [n, T, D]: see the module docstring. `cell` an nn.GRUCell, `out` an nn.Linear;
+    backend "auto" (the kernels on CUDA where they apply), "kernels" or "cells"."""
+    if backend not in BACKENDS:
+        raise ValueError(f"gru_unroll: backend {backend!r}, expected one of {BACKENDS}")
     with torch.autocast(inp.device.type, enabled=False):
         return _GRUUnroll.apply(inp, cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh,
-                                out.weight, out.bias, int(frames), bool(feedback))
+                                out.weight, out.bias, int(frames), bool(feedback), backend)
 
 
 def reference_unroll(inp, cell, out, frames: int, feedback: bool):

@@ -102,9 +102,11 @@ class GRUMotion(nn.Module):
             self.register_buffer("frame_mean", torch.zeros(rows, cfg.motion_dim))
             self.register_buffer("frame_var", torch.ones(rows, cfg.motion_dim))
         self._compiled_unroll = None
-        # False: the frame-by-frame loop through the modules, autograd's backward (the twin the
-        # fused rollout is tested against; bench/_trainstep.py's capture_mocogan_autograd).
-        self.fused_unroll = True
+        # How the rollout runs: "auto" (hgan.models.gru_unroll: one node, its loops in Triton
+        # kernels on CUDA), "cells" (the node's frame-by-frame loops) or "autograd" (the
+        # modules frame by frame, the twin both are tested against); not saved with the model
+        # (bench/_trainstep.py's capture_mocogan_cells and capture_mocogan_autograd).
+        self.gru_backend = "auto"
 
     def reserve_frames(self, frames):
         """Running statistics for at least `frames` frames (the trainer rolls out
@@ -158,11 +160,13 @@ class GRUMotion(nn.Module):
         """Frame latents [n, T, D] from noise: [T, n, D] fed frame by frame (gru_input "noise"),
         or [T, n, D] whose first frame is the one input (feedback; the rest only sets T). The
         raw outputs feed back; only what leaves is normalised. One autograd node for the whole
-        rollout (hgan.models.gru_unroll: a handful of kernels per frame instead of ~23)."""
+        rollout (hgan.models.gru_unroll: on CUDA two Triton kernels for all its frames)."""
         frames = noise.shape[0]
-        unroll = gru_unroll if self.fused_unroll else reference_unroll
-        y = unroll(noise[0] if self.feedback else noise, self.cell, self.out, frames,
-                   self.feedback)
+        inp = noise[0] if self.feedback else noise
+        if self.gru_backend == "autograd":
+            y = reference_unroll(inp, self.cell, self.out, frames, self.feedback)
+        else:
+            y = gru_unroll(inp, self.cell, self.out, frames, self.feedback, self.gru_backend)
         return self._normalise_frames(y) if self.feedback else y
 
     def _normalise_frames(self, y):
