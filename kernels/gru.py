@@ -25,9 +25,11 @@ frame by L2 bandwidth per SM (modelled, ~120 GB/s): ~0.1 ms forward and as much 
 30 frames, on 16 SMs at the training batch. Owed: its time on a GPU (bench/gpu/trainstep.sh's
 mocogan stage: capture_mocogan against capture_mocogan_cells, and the grid's MoCoGAN rate).
 
-Compiled for sm_90 without a GPU (`python bench/ptxas_report.py --gru`, triton 3.6, H = 100
-padded to 128): forward 144 registers per thread at 4 warps, no spills (128 and 36 B of
-spills at 8); backward 154 at 8 warps, no spills (214 at 4); shared memory 0.5 / 4 KB.
+Compiled for sm_90 without a GPU (`python bench/ptxas_report.py --gru`; triton 3.9 on the
+development machine, the H200 runs 3.6; H = 100 padded to 128): forward 144 registers per
+thread at 4 warps, no spills (128 and 36 B of spills at 8); backward 154 at 8 warps, no
+spills (214 at 4); shared memory 0.5 / 4 KB. The grid-stride row loop and the constexpr
+branches are the leapfrog latency kernel's, which runs on the H200's triton 3.6.
 """
 import torch
 import triton
@@ -168,7 +170,7 @@ def _launch(n, hidden, device):
     return (max(programs, 1),), hp
 
 
-# Warps per direction at HP = 128, from ptxas for sm_90 (triton 3.6, H = 100; see the
+# Warps per direction at HP = 128, from ptxas for sm_90 (triton 3.9, H = 100; see the
 # docstring): the forward spills 36 B per thread at 8 warps and none at 4 (144 registers),
 # the backward takes 214 registers at 4 warps and 154 at 8, neither spilling.
 FORWARD_WARPS, BACKWARD_WARPS = 4, 8
