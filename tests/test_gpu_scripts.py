@@ -899,7 +899,7 @@ def test_cuda_tests_script_fails_when_the_other_run_is_cut_off_or_interrupted(tm
 def test_table1_script_split_over_two_calls(tmp_path):
     # PREP_ONLY=1: the data and the kernel warm-up, nothing else (no pack check, no grid, no
     # export); the second call (PACK_CHECK=0 EVAL_ONE=0) spends its time on the grid: no pack
-    # check, no lone evaluation, 40 s kept after the grid instead of 120.
+    # check, no lone evaluation, 30 s kept after the grid instead of 120.
     bin_dir = _table1_stub_bin(tmp_path)
     _timeout_stub(bin_dir, tmp_path / "timeouts.txt")
     repo = _copy_tree(tmp_path)
@@ -920,6 +920,6 @@ def test_table1_script_split_over_two_calls(tmp_path):
             "evaluates" if "hgan.evaluate" in c else c): (limit, c)
            for limit, _, c in _timeouts(tmp_path / "timeouts.txt")}
     assert "pack" not in got and "evaluates" not in got and "eval-one.log" not in os.listdir(out)
-    assert 585 - 40 - 5 <= got["grid"][0] <= 585 - 40 and "--pack 15" in got["grid"][1]
+    assert 585 - 30 - 5 <= got["grid"][0] <= 585 - 30 and "--pack 15" in got["grid"][1]
     assert "packed-capture test skipped: PACK_CHECK=0" in (out / "versions.txt").read_text()
     assert (out / "table1.tar.gz").exists() and (dest / "compare.md").exists()
