@@ -897,9 +897,9 @@ def test_cuda_tests_script_fails_when_the_other_run_is_cut_off_or_interrupted(tm
 
 
 def test_table1_script_split_over_two_calls(tmp_path):
-    # PREP_ONLY=1: the data and the kernel warm-up, nothing else (no pack check, no grid, no
-    # export); the second call (PACK_CHECK=0 EVAL_ONE=0) spends its time on the grid: no pack
-    # check, no lone evaluation, 30 s kept after the grid instead of 120.
+    # PREP_ONLY=1: the data and the kernel warm-ups, nothing else (no pack check, no grid, no
+    # export); the second call (PACK_CHECK=0 EVAL_ONE=0 WARM=0) spends its time on the grid:
+    # no pack check, no warm-up, no lone evaluation, 30 s kept after the grid instead of 120.
     bin_dir = _table1_stub_bin(tmp_path)
     _timeout_stub(bin_dir, tmp_path / "timeouts.txt")
     repo = _copy_tree(tmp_path)
@@ -908,18 +908,23 @@ def test_table1_script_split_over_two_calls(tmp_path):
              LIMIT_S="450", GRID_DIR=str(grid), DEST=str(dest))
     assert r.returncode == 0, r.stderr + r.stdout
     steps = [cmd for _, _, cmd in _timeouts(tmp_path / "timeouts.txt")]
-    assert len(steps) == 2 and "--data-only" in steps[0] and steps[1].startswith("python3 train.py")
+    # the data, then the kernels of hgan (the fused integrator) and of mocogan (its GRU)
+    assert len(steps) == 3 and "--data-only" in steps[0], steps
+    assert all(s.startswith("python3 train.py") for s in steps[1:])
+    assert "--model hgan " in steps[1] and "--model mocogan " in steps[2]
+    assert f"--out {tmp_path}/hgan-warm-mocogan/run" in steps[2]
     assert "prep only (PREP_ONLY=1)" in (out / "grid.log").read_text()
     assert not (out / "table1.tar.gz").exists() and not dest.exists()
     (tmp_path / "timeouts.txt").unlink()
     r = _run("bench/gpu/table1.sh", repo, bin_dir, out, PACK="15", PACK_CHECK="0", EVAL_ONE="0",
-             LIMIT_S="585", GRID_DIR=str(grid), DEST=str(dest))
+             WARM="0", LIMIT_S="585", GRID_DIR=str(grid), DEST=str(dest))
     assert r.returncode == 0, r.stderr + r.stdout
     got = {("pack" if "-m pytest" in c else "data" if "--data-only" in c else
             "warm" if c.startswith("python3 train.py") else "grid" if "--deadline" in c else
             "evaluates" if "hgan.evaluate" in c else c): (limit, c)
            for limit, _, c in _timeouts(tmp_path / "timeouts.txt")}
     assert "pack" not in got and "evaluates" not in got and "eval-one.log" not in os.listdir(out)
+    assert "warm" not in got and "kernel warm-up skipped: WARM=0" in (out / "grid.log").read_text()
     assert 585 - 30 - 5 <= got["grid"][0] <= 585 - 30 and "--pack 15" in got["grid"][1]
     assert "packed-capture test skipped: PACK_CHECK=0" in (out / "versions.txt").read_text()
     assert (out / "table1.tar.gz").exists() and (dest / "compare.md").exists()

@@ -51,8 +51,9 @@ GRID_ARGS="${GRID_ARGS:-}"       # e.g. data sizes: --train-traj 1000 --traj-fra
 EVAL_ARGS="${EVAL_ARGS:-}"       # extra hgan.evaluate flags for every run
 # MPS=1: the processes under an MPS daemon (below)
 # Split over two calls on one warm machine (the grid then gets a call of its own):
-# PREP_ONLY=1 generates the data and compiles the kernels, then stops; the next call finds
-# both (in $GRID and Triton's cache) and spends its seconds on the grid. PACK_CHECK=0 skips
+# PREP_ONLY=1 generates the data and compiles the kernels (hgan's and mocogan's), then
+# stops; the next call, with WARM=0, finds both (in $GRID and Triton's cache) and spends its
+# seconds on the grid. PACK_CHECK=0 skips
 # the packed-capture test (where it has passed on this GPU before); EVAL_ONE=0 skips the
 # lone evaluation and keeps 30 s instead of 120 after the grid, for the packing (6 s on
 # the H200 for the 20,000-iteration grid; 40 s cut that grid off as it wrote its table).
@@ -157,19 +158,33 @@ while [ $# -gt 0 ]; do
 done
 warm=$((LIMIT - SECONDS - 300))  # at most 150 s, and only where the budget leaves room
 [ "$warm" -gt 150 ] && warm=150
-if [ "$DEVICE" != cpu ] && [ "$warm" -lt 30 ]; then
+# Which models' kernels to compile: hgan's fused integrator (hnn_gan runs the same kernels);
+# with PREP_ONLY=1 also mocogan's GRU kernels (hgan.kernels.gru, a few seconds), where the
+# grid has mocogan. WARM=0: none (the grid call after a PREP_ONLY call, whose compiled
+# kernels are in Triton's cache already).
+warm_models=hgan
+[ "$PREP_ONLY" = 1 ] && case ",$MODELS," in *,mocogan,*) warm_models="hgan mocogan" ;; esac
+if [ "${WARM:-1}" = 0 ]; then
+  echo "kernel warm-up skipped: WARM=0" | tee -a "$OUT/grid.log"
+elif [ "$DEVICE" != cpu ] && [ "$warm" -lt 30 ]; then
   echo "kernel warm-up skipped: LIMIT_S $LIMIT leaves no room for it" | tee -a "$OUT/grid.log"
 elif [ "$DEVICE" != cpu ]; then
-  rm -rf "$SCRATCH"/hgan-warm
-  # hgan's share of TRAIN_ARGS, as the grid gives it (train.py refuses another model's flag,
-  # such as mocogan's --gru-input, and the warm-up would then compile nothing)
-  filter='import sys; from hgan.experiments.grid import model_args as m; print(*m("hgan", sys.argv[1:]))'
-  warm_args=$($PY -c "$filter" $TRAIN_ARGS 2> "$SCRATCH"/hgan-warm.log) || warm_args=$TRAIN_ARGS
-  timeout -k 5 "$warm" $PY train.py --system "${SYSTEMS%%,*}" --model hgan --iters 2 --device "$DEVICE" \
-      --data "$SCRATCH"/hgan-warm/data --gen-train 32 --gen-test 8 --out "$SCRATCH"/hgan-warm/run \
-      --no-progress ${shape[@]+"${shape[@]}"} $warm_args >> "$SCRATCH"/hgan-warm.log 2>&1
-  echo "kernel warm-up (train.py, 2 iterations at the grid's shapes): exit $? at $SECONDS s" \
-      | tee -a "$OUT/grid.log"
+  t_warm=$SECONDS     # the models' warm-ups share the one budget
+  for model in $warm_models; do
+    dir="$SCRATCH"/hgan-warm; [ "$model" = hgan ] || dir="$dir-$model"
+    rm -rf "$dir"
+    # the model's share of TRAIN_ARGS, as the grid gives it (train.py refuses another model's
+    # flag, such as mocogan's --gru-input, and the warm-up would then compile nothing)
+    filter="import sys; from hgan.experiments.grid import model_args as m; print(*m('$model', sys.argv[1:]))"
+    warm_args=$($PY -c "$filter" $TRAIN_ARGS 2>> "$dir.log") || warm_args=$TRAIN_ARGS
+    left_warm=$((warm - (SECONDS - t_warm)))
+    [ "$left_warm" -lt 10 ] && left_warm=10
+    timeout -k 5 "$left_warm" $PY train.py --system "${SYSTEMS%%,*}" --model "$model" --iters 2 \
+        --device "$DEVICE" --data "$dir"/data --gen-train 32 --gen-test 8 --out "$dir"/run \
+        --no-progress ${shape[@]+"${shape[@]}"} $warm_args >> "$dir.log" 2>&1
+    echo "kernel warm-up (train.py --model $model, 2 iterations at the grid's shapes): exit $? at $SECONDS s" \
+        | tee -a "$OUT/grid.log"
+  done
 fi
 if [ "$PREP_ONLY" = 1 ]; then
   echo "prep only (PREP_ONLY=1): data and kernels ready after $SECONDS s" | tee -a "$OUT/grid.log"
