@@ -468,6 +468,8 @@ def test_a_grid_of_no_iterations_or_a_missing_detector_is_refused(tmp_path, caps
     (("--parallel", "0"), "--parallel must be >= 1, got 0"),
     (("--pack", "0"), "--pack must be >= 1, got 0"),
     (("--data-only", "--report-only"), "--data-only and --report-only: choose one"),
+    (("--probes",), "--probes goes with --data-only (a grid's first evaluation of a system "
+                    "trains its probe anyway)"),
     (("--seeds", ","), "--systems, --models and --seeds need at least one entry each"),
     # docs/experiments.md: --compile and --profile are refused with --pack > 1
     (("--pack", "2", "--train-args=--profile"),

@@ -224,3 +224,33 @@ def test_a_grid_without_the_eval_extra_is_one_error_before_any_job(tmp_path, cap
     for w in words:
         assert w in lines[0], (w, lines[0])
     assert not out.exists()
+
+
+def test_data_only_with_probes_caches_each_systems_probe_as_an_evaluation_would(tmp_path,
+                                                                                 capsys):
+    # --probes trains every system's physics probe (in threads, at once) for the grid's own
+    # evaluation settings: its evaluations then load it instead of waiting for the first to
+    # train it. Oracle: the probe one system's data trains alone, weights equal.
+    from hgan.data import get_system
+    from hgan.evaluate.cli import probe_settings
+    from hgan.evaluate.probe import (load_or_train_probe, probe_cache_path, probe_is_cached,
+                                     ColourOrderedRows)
+    import torch
+    from hgan.data import open_h5
+    out = str(tmp_path / "g")
+    tiny = [a for a in TINY if a != "--no-progress"]
+    # TINY's --eval-args: --probe-steps 5 --probe-width 4
+    argv = ["table1", "--out", out, "--data-only", "--probes", "--systems", "pendulum,two_body"] + tiny
+    assert cli.main(argv) == 0
+    assert "[grid] physics probes cached for 2 of 2 systems in" in capsys.readouterr().err
+    for name in ("pendulum", "two_body"):
+        data = os.path.join(out, "data", name, "train.h5")
+        settings = probe_settings(get_system(name), 5, 4)
+        assert os.path.exists(probe_cache_path(data)) and probe_is_cached(data, **settings)
+        cached = torch.load(probe_cache_path(data), weights_only=True)["state_dict"]
+        ds = open_h5(data)
+        alone = load_or_train_probe(data, ds.frames, ColourOrderedRows(
+            get_system(name), ds.states, ds.color_index), cache=False, progress=False, **settings)
+        for k, v in alone.state_dict().items():
+            torch.testing.assert_close(cached[k], v.cpu(), rtol=0, atol=0, msg=k)
+    assert not os.path.exists(os.path.join(out, "runs"))

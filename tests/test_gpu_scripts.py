@@ -909,7 +909,7 @@ def test_table1_script_split_over_two_calls(tmp_path):
     assert r.returncode == 0, r.stderr + r.stdout
     steps = [cmd for _, _, cmd in _timeouts(tmp_path / "timeouts.txt")]
     # the data, then the kernels of hgan (the fused integrator) and of mocogan (its GRU)
-    assert len(steps) == 3 and "--data-only" in steps[0], steps
+    assert len(steps) == 3 and "--data-only --probes --eval-args" in steps[0], steps
     assert all(s.startswith("python3 train.py") for s in steps[1:])
     assert "--model hgan " in steps[1] and "--model mocogan " in steps[2]
     assert f"--out {tmp_path}/hgan-warm-mocogan/run" in steps[2]
@@ -925,6 +925,7 @@ def test_table1_script_split_over_two_calls(tmp_path):
            for limit, _, c in _timeouts(tmp_path / "timeouts.txt")}
     assert "pack" not in got and "evaluates" not in got and "eval-one.log" not in os.listdir(out)
     assert "warm" not in got and "kernel warm-up skipped: WARM=0" in (out / "grid.log").read_text()
+    assert "--probes" not in got["data"][1]
     assert 585 - 30 - 5 <= got["grid"][0] <= 585 - 30 and "--pack 15" in got["grid"][1]
     assert "packed-capture test skipped: PACK_CHECK=0" in (out / "versions.txt").read_text()
     assert (out / "table1.tar.gz").exists() and (dest / "compare.md").exists()

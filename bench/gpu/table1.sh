@@ -51,8 +51,8 @@ GRID_ARGS="${GRID_ARGS:-}"       # e.g. data sizes: --train-traj 1000 --traj-fra
 EVAL_ARGS="${EVAL_ARGS:-}"       # extra hgan.evaluate flags for every run
 # MPS=1: the processes under an MPS daemon (below)
 # Split over two calls on one warm machine (the grid then gets a call of its own):
-# PREP_ONLY=1 generates the data and compiles the kernels (hgan's and mocogan's), then
-# stops; the next call, with WARM=0, finds both (in $GRID and Triton's cache) and spends its
+# PREP_ONLY=1 generates the data, trains the physics probes and compiles the kernels
+# (hgan's and mocogan's), then stops; the next call, with WARM=0, finds both (in $GRID and Triton's cache) and spends its
 # seconds on the grid. PACK_CHECK=0 skips
 # the packed-capture test (where it has passed on this GPU before); EVAL_ONE=0 skips the
 # lone evaluation and keeps 30 s instead of 120 after the grid, for the packing (6 s on
@@ -131,12 +131,17 @@ elif [ "$PACK" -gt 1 ] && [ "$DEVICE" != cpu ] && [ "$PREP_ONLY" != 1 ]; then
 fi
 
 # The datasets first, so that the training deadline counts training (a pack under a deadline
-# starts with the runs whose data is ready); TRAIN_S is shortened by what they took.
+# starts with the runs whose data is ready); TRAIN_S is shortened by what they took. With
+# PREP_ONLY=1 each system's physics probe too, for the grid's evaluation settings (--probes):
+# the grid's evaluations then start together instead of each system's first training it.
+probes=()
+[ "$PREP_ONLY" = 1 ] && probes=(--probes --eval-args "$EVAL_ARGS")
 limit=$((LIMIT - SECONDS - 300))
 [ "$limit" -lt 30 ] && limit=30
 timeout -s INT -k 30 "$limit" $PY -m hgan.experiments table1 --out "$GRID" \
     --systems "$SYSTEMS" --models "$MODELS" --iters "$ITERS" --device "$DEVICE" --data-only \
-    --parallel "$PARALLEL" --no-progress $GRID_ARGS 2>&1 | tee "$OUT/grid.log"
+    ${probes[@]+"${probes[@]}"} --parallel "$PARALLEL" --no-progress $GRID_ARGS 2>&1 \
+    | tee "$OUT/grid.log"
 data_status=${PIPESTATUS[0]}
 
 # Two iterations of one HNN run at the grid's shapes, so that Triton compiles the fused

@@ -147,6 +147,21 @@ def probe_settings(system, probe_steps, probe_width) -> dict:
                 batch_size=64)
 
 
+def cache_probe(data_path, *, probe_steps, probe_width, device="cpu", progress=False):
+    """Train the physics probe of `data_path` (an HDF5 file) for these settings and cache it
+    beside the file, as an evaluation would on its first use; a cache already there is kept.
+    Returns the cache's path. (hgan.experiments' --probes: a grid's evaluations then start
+    together instead of waiting for each system's first.)"""
+    from hgan.data import get_system
+    ds = inputs._open(data_path, "--data")
+    system = get_system(ds.attrs["system"])
+    probe.load_or_train_probe(data_path, ds.frames,
+                              probe.ColourOrderedRows(system, ds.states, ds.color_index),
+                              device=device, progress=progress,
+                              **probe_settings(system, probe_steps, probe_width))
+    return probe.probe_cache_path(data_path)
+
+
 def physics_metrics(generator, ds, system, data_path, held_out, *, n, frames, seed, probe_steps,
                     probe_width, device="cpu", progress=True):
     """`ds` trains the probe (first 80%); `held_out` = (file, trajectory indices) it never saw."""

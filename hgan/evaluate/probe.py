@@ -17,6 +17,7 @@ to any video. Its metrics:
 import hashlib
 import json
 import os
+import threading
 
 import numpy as np
 import torch
@@ -217,6 +218,11 @@ def lr_schedule(opt, lr, steps):
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=pct_start)
 
 
+# torch.manual_seed and the initialisation it seeds are one step: a probe trained in a thread
+# beside others starts from the weights it would alone.
+_INIT_LOCK = threading.Lock()
+
+
 def train_probe(frames, states, *, angular=(), steps=600, batch_size=64, lr=2e-3, width=16, seed=0,
                 max_frames=100_000, progress=True, device="cpu", rows=None):
     """Fit a probe on uint8 frames [N, T, H, W, 3] and states [N, T, S] (the train split: the
@@ -233,8 +239,10 @@ def train_probe(frames, states, *, angular=(), steps=600, batch_size=64, lr=2e-3
     frames = torch.from_numpy(np.asarray(frames[:n_use])).to(device)
     states = torch.from_numpy(np.asarray(states[:n_use], dtype=np.float32)).to(device)
     n, t, res = frames.shape[0], frames.shape[1], frames.shape[2]
-    torch.manual_seed(seed)  # before the probe is built: its initial weights come from `seed`
-    probe = PhysicsProbe(states.shape[-1], resolution=res, width=width, angular=angular).to(device)
+    with _INIT_LOCK:  # several probes may train at once in threads (hgan.experiments --probes)
+        torch.manual_seed(seed)  # before the probe is built: its initial weights from `seed`
+        probe = PhysicsProbe(states.shape[-1], resolution=res, width=width, angular=angular)
+    probe = probe.to(device)
     flat = states.reshape(-1, states.shape[-1])
     probe.state_mean.copy_(flat.mean(0))
     probe.state_std.copy_(flat.std(0).clamp_min(1e-6))

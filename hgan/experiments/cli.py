@@ -93,6 +93,10 @@ def build_parser(defaults=True):
     t.add_argument("--data-only", action="store_true",
                    help="only generate the datasets the grid needs (e.g. before a --deadline "
                         "grid, whose clock would otherwise include them)")
+    t.add_argument("--probes", action="store_true",
+                   help="with --data-only: also train and cache each system's physics probe "
+                        "for the grid's evaluation settings, so that its evaluations later "
+                        "start together instead of waiting for the first")
     t.add_argument("--no-progress", action="store_true",
                    help="no progress bar (status lines stay)")
     if not defaults:
@@ -127,6 +131,9 @@ def spec_from_args(a):
         raise GridError("--systems, --models and --seeds need at least one entry each")
     if a.data_only and a.report_only:
         raise GridError("--data-only and --report-only: choose one")
+    if getattr(a, "probes", False) and not a.data_only:
+        raise GridError("--probes goes with --data-only (a grid's first evaluation of a system "
+                        "trains its probe anyway)")
     if a.pack > 1:
         from hgan.train.pack import MAX_RUNS
         if a.pack > MAX_RUNS:
@@ -259,6 +266,8 @@ def table1(a, argv):
             failed = [j.name for j in jobs if j.state != "done"]
             if failed:
                 print(f"[grid] data not generated: {', '.join(failed)}", file=sys.stderr)
+            if a.probes and not failed and not grid.stopping:
+                failed = runner.cache_probes(spec)
             return 130 if grid.stopping else 1 if failed else 0
         counts = {k: sum(j.kind == k for j in jobs) for k in ("data", "train", "eval")}
         print(f"[grid] {count_of(len(spec.runs()), 'run')} in {spec.out}: "

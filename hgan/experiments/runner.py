@@ -46,6 +46,40 @@ SECOND_AFTER_S = 1.0
 PEER_FAILED_CODE = 75
 
 
+def cache_probes(spec):
+    """Each system's physics probe for the grid's evaluation settings, trained at once in
+    threads of this process (a small network each: the GPU overlaps them) and cached beside
+    the data; returns the systems that failed. Nothing to do where the evaluations compute
+    no physics metric."""
+    from hgan.evaluate.cli import build_parser, cache_probe
+    from hgan.evaluate.inputs import resolve_device
+    jobs = {}
+    for system in spec.systems:
+        run = next(r for r in spec.runs() if r.system == system)
+        args = build_parser().parse_args(run.eval_flags())
+        if "physics" in args.metrics:
+            jobs[system] = args
+    failed, t0 = [], time.time()
+
+    def one(system, args):
+        try:
+            cache_probe(args.data, probe_steps=args.probe_steps, probe_width=args.probe_width,
+                        device=resolve_device(args.device))
+        except Exception as err:   # noqa: BLE001 - reported; the evaluation would retrain it
+            failed.append(system)
+            print(f"[grid] physics probe for {system} failed: {type(err).__name__}: {err}",
+                  file=sys.stderr, flush=True)
+    threads = [threading.Thread(target=one, args=item, daemon=True) for item in jobs.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if jobs:
+        print(f"[grid] physics probes cached for {len(jobs) - len(failed)} of {len(jobs)} "
+              f"systems in {time.time() - t0:.0f} s", file=sys.stderr, flush=True)
+    return failed
+
+
 class OutputPump:
     """A child's output, for its log: tqdm's carriage-return updates collapse to the last one
     of each line; the latest "it/total" and rate are kept for the status line."""
