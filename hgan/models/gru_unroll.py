@@ -145,25 +145,27 @@ class _GRUUnroll(torch.autograd.Function):
             hs, wss = torch.stack(hs), torch.stack(wss)    # [T, n, H], [T, n, 5H]
         y = torch.addmm(b_out, hs.view(frames * n, -1), w_out.t()).view(frames, n, -1)
         ctx.feedback = feedback
-        ctx.save_for_backward(inp, w_ih, w_hh, w_out, b_out, hs, wss)
+        # the recurrence's matrix, kept for the backward: [W_ih W_out; W_hh] or W_hh
+        w_rec = w_cat if feedback else w_hh
+        ctx.save_for_backward(inp, w_ih, w_hh, w_out, b_out, hs, wss, w_rec)
         return y.transpose(0, 1).contiguous()
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy):
-        inp, w_ih, w_hh, w_out, b_out, hs, wss = ctx.saved_tensors
+        inp, w_ih, w_hh, w_out, b_out, hs, wss, w_rec = ctx.saved_tensors
         feedback = ctx.feedback
         frames, n, hid = hs.shape
         three_h = w_hh.shape[0]
         with torch.autocast(dy.device.type, enabled=False):
             dy = dy.to(hs.dtype).transpose(0, 1).reshape(frames * n, -1)   # frame-major rows
             dh_out = (dy @ w_out).view(frames, n, hid)
-            a = w_ih @ w_out if feedback else None
+            a = w_rec[:three_h] if feedback else None    # W_ih W_out, from the forward
             done = None
             if ctx.kernels:
                 from hgan.kernels import gru as kgru
-                done = _kernel_or_cells(ctx.backend, kgru.backward, dh_out, wss,
-                                        torch.cat([a, w_hh]) if feedback else w_hh, feedback)
+                done = _kernel_or_cells(ctx.backend, kgru.backward, dh_out, wss, w_rec,
+                                        feedback)
             if done is not None:
                 dgi, dgh = done
             else:
