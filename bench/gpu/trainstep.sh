@@ -30,13 +30,14 @@ save() { find bench/results -maxdepth 1 -name '*.json' -newer "$STAMP" -exec cp 
 stage() {   # stage NAME LIMIT_S ARGS...: one process, at most LIMIT_S and what is left
   local name=$1 limit=$2
   shift 2
-  local left=$((BUDGET - SECONDS))
+  local now=$SECONDS   # read once: the log line states the time the limit was computed from
+  local left=$((BUDGET - now))
   if [ "$left" -lt 20 ]; then
     echo "== $name: skipped, ${left}s left of ${BUDGET}s" | tee -a "$LOG"
     return
   fi
   [ "$limit" -gt "$left" ] && limit=$left
-  echo "== $name (limit ${limit}s, at ${SECONDS}s)" | tee -a "$LOG"
+  echo "== $name (limit ${limit}s, at ${now}s)" | tee -a "$LOG"
   timeout -k 5 "$limit" $PY bench/trainstep_table.py --data "$DATA" "$@" > "$STAGE" 2>&1
   local rc=$?
   cat "$STAGE" >> "$LOG"
