@@ -83,6 +83,7 @@ class TrainStep:
                                           resolution=resolution, clip_frames=FRAMES,
                                           rollout_frames=FRAMES,
                                           integrator=opts["integrator"],
+                                          gru_backend=opts.get("gru_unroll", "auto"),
                                           channels_last=opts["channels_last"]))
         if opts["compile"]:
             # Compiled as in a training process of its own: Dynamo caches compiled code per
@@ -96,8 +97,6 @@ class TrainStep:
             self.trainer = Trainer(cfg, device=DEVICE)
         finally:
             hcapture.ADAM_FUSED = fused_adam
-        if opts.get("gru_unroll"):
-            self.trainer.G.motion_module.gru_backend = opts["gru_unroll"]
         self.stream = build_loader(path, batch_size=BATCH, frames=FRAMES, device=DEVICE,
                                    kind=opts["loader"], num_workers=2,
                                    channels_last=opts["channels_last"])

@@ -62,7 +62,7 @@ KINDS = {kind.name: kind for kind in (
     ModelKind("hnn_gan", "HNN, no map", "hgan.models.motion:HamiltonianMotion",
               hamiltonian=True),
     ModelKind("mocogan", "GRU", "hgan.models.motion:GRUMotion", hamiltonian=False,
-              baseline=True, options=("gru_input",)),
+              baseline=True, options=("gru_input", "gru_backend")),
 )}
 
 # The fields (train.py flags) of the learned Hamiltonian and its rollout: a kind that is not

@@ -518,7 +518,7 @@ def test_extra_train_flags_reach_only_the_models_they_apply_to(tmp_path, capsys)
     from hgan.experiments.grid import check_flags
     from hgan.train.config import parse_command_line
     spec = _spec(tmp_path, models=("hgan", "hnn_gan", "mocogan"),
-                 train_args=("--gru=noise", "--dt", "0.1", "--cyc-lambda", "0.5", "--ngf", "8",
+                 train_args=("--gru-in=noise", "--gru-backend", "cells", "--dt", "0.1", "--cyc-lambda", "0.5", "--ngf", "8",
                              "--no-cuda-graph"))
     check_flags(spec)
     err = capsys.readouterr().err
@@ -528,6 +528,8 @@ def test_extra_train_flags_reach_only_the_models_they_apply_to(tmp_path, capsys)
     assert "[grid] --train-args --cyc-lambda: not given to the hnn_gan, mocogan runs" in err
     cfg = {r.model: parse_command_line(r.train_flags())[0] for r in spec.runs()}
     assert cfg["mocogan"].model.gru_input == "noise" and cfg["hgan"].model.gru_input == "feedback"
+    assert cfg["mocogan"].model.gru_backend == "cells" and cfg["hgan"].model.gru_backend == "auto"
+    assert "[grid] --train-args --gru-backend: not given to the hgan, hnn_gan runs" in err
     assert cfg["hgan"].model.dt == cfg["hnn_gan"].model.dt == 0.1
     assert cfg["hgan"].cyc_lambda == 0.5
     assert all(c.model.ngf == 8 and not c.cuda_graph for c in cfg.values())

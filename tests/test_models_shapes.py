@@ -448,6 +448,9 @@ def test_config_errors_name_the_problem():
     assert [getattr(ModelConfig.from_dict(old), f) for f in new_fields] == ["official", 0, "noise"]
     with pytest.raises(ValueError, match="unknown gru_input 'lstm'"):
         ModelConfig(gru_input="lstm")
+    with pytest.raises(ValueError, match="unknown gru_backend 'cuda'; choose one of auto, "
+                                         "cells, autograd"):
+        ModelConfig(model="mocogan", gru_backend="cuda")
     with pytest.raises(ValueError, match="rollout_frames must be >= 0"):
         ModelConfig(rollout_frames=-1)
     with pytest.raises(ValueError, match="unknown fused_precision 'bf16'"):
@@ -779,6 +782,7 @@ def test_defaults_are_the_documented_ones():
     want = dict(model="hgan", resolution=32, channels=3, k=10, motion_dim=20, content_dim=50,
                 hidden=100, depth=2, hamiltonian="general", activation="softplus", dt=0.05,
                 ngf=32, ndf=32, clip_frames=16, rollout_frames=30, gru_input="feedback",
+                gru_backend="auto",
                 integrator="auto", scheme="order2", fused_precision="auto", channels_last=False)
     assert ModelConfig().to_dict() == want
 

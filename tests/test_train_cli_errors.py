@@ -1118,7 +1118,9 @@ def test_a_failed_capture_is_one_line_saying_how_to_go_on(monkeypatch, tmp_path,
     # before: accepted, and the run trained exactly as without them
     ("hgan", ["--gru-input", "noise"], "--gru-input does not apply to --model hgan: only "
                                        "mocogan reads it"),
-    ("hnn_gan", ["--gru=feedback"], "--gru-input does not apply to --model hnn_gan"),
+    ("hnn_gan", ["--gru-in=feedback"], "--gru-input does not apply to --model hnn_gan"),
+    ("hgan", ["--gru-backend", "cells"], "--gru-backend does not apply to --model hgan: only "
+                                         "mocogan reads it"),
     ("mocogan", ["--dt", "0.1"], "--dt does not apply to --model mocogan: mocogan has no "
                                  "learned Hamiltonian (it is for hgan and hnn_gan)"),
     ("mocogan", ["--k", "10"], "--k does not apply to --model mocogan"),
@@ -1145,6 +1147,7 @@ def test_a_flag_that_does_not_apply_to_the_model_is_refused(model, flags, needle
     ("hgan", ["--dt", "0.1", "--k", "3", "--cyc-lambda", "0", "--scheme", "official"]),
     ("hnn_gan", ["--dt", "0.1", "--k", "3", "--hamiltonian", "separable"]),
     ("mocogan", ["--gru-input", "noise", "--hidden", "8", "--motion-dim", "5"]),
+    ("mocogan", ["--gru-backend", "cells"]),
 ])
 def test_the_flags_of_a_model_stay_its_own(model, flags):
     cfg, _, _ = parse_command_line(["--model", model] + flags)

@@ -8,6 +8,7 @@ HAMILTONIANS = ("general", "separable")
 ACTIVATIONS = ("softplus", "tanh", "relu")
 INTEGRATORS = ("auto", "reference", "analytic", "fused")
 GRU_INPUTS = ("feedback", "noise")
+GRU_BACKENDS = ("auto", "cells", "autograd")
 
 
 def option(default=MISSING, help="", *, choices=None, resumable=False, cli=True,
@@ -56,6 +57,11 @@ class ModelConfig:
                                         "MoCoGAN code the paper used) or noise (fresh noise "
                                         "every frame, nearer the MoCoGAN paper's form)",
                             choices=GRU_INPUTS)
+    gru_backend: str = option("auto", "how mocogan's GRU rollout runs, the same values each "
+                                      "way: auto (hgan.kernels.gru's two Triton kernels on "
+                                      "CUDA in fp32, else the frame-by-frame loops), cells (the "
+                                      "loops) or autograd (GRUCell frame by frame)",
+                              choices=GRU_BACKENDS)
     integrator: str = option("auto", "leapfrog backend (auto: fused on CUDA, analytic on CPU)",
                              choices=INTEGRATORS)
     scheme: str = option("order2", "leapfrog step: order2 (second order for any H) or official "
@@ -80,6 +86,7 @@ class ModelConfig:
         one_of("scheme", self.scheme, SCHEMES)
         one_of("fused_precision", self.fused_precision, PRECISION_CHOICES)
         one_of("gru_input", self.gru_input, GRU_INPUTS)
+        one_of("gru_backend", self.gru_backend, GRU_BACKENDS)
         if self.fused_precision not in ("auto", "ieee") \
                 and self.integrator in ("reference", "analytic"):
             raise ValueError(f"fused_precision {self.fused_precision!r} sets the fused kernels' "

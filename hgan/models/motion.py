@@ -102,11 +102,11 @@ class GRUMotion(nn.Module):
             self.register_buffer("frame_mean", torch.zeros(rows, cfg.motion_dim))
             self.register_buffer("frame_var", torch.ones(rows, cfg.motion_dim))
         self._compiled_unroll = None
-        # How the rollout runs: "auto" (hgan.models.gru_unroll: one node, its loops in Triton
-        # kernels on CUDA), "cells" (the node's frame-by-frame loops) or "autograd" (the
-        # modules frame by frame, the twin both are tested against); not saved with the model
-        # (bench/_trainstep.py's capture_mocogan_cells and capture_mocogan_autograd).
-        self.gru_backend = "auto"
+        # How the rollout runs (--gru-backend): "auto" (hgan.models.gru_unroll: one node, its
+        # loops in Triton kernels on CUDA), "cells" (the node's frame-by-frame loops) or
+        # "autograd" (the modules frame by frame, the twin both are tested against). An
+        # attribute, not a buffer: the same weights train and sample either way.
+        self.gru_backend = cfg.gru_backend
 
     def reserve_frames(self, frames):
         """Running statistics for at least `frames` frames (the trainer rolls out
