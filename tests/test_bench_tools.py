@@ -240,9 +240,9 @@ def test_leapfrog_table_forces_each_layout_and_restores_the_table():
         assert fused._layout(16, 16, 128, 128, "bf16x3") == fused._chunk(128, 128)
     with table.forced("throughput"):
         assert fused._layout(16, 16, 128, 128, "bf16x3") == "throughput"
-    with table.forced("throughput16"):
+    with table.forced("throughput_bwd32"):
         assert fused._layout(16, 16, 128, 128, "bf16x3") == "throughput"
-        assert fused.THROUGHPUT_BLOCK_B == {"fwd": 16, "bwd": 16}
+        assert fused.THROUGHPUT_BLOCK_B == {"fwd": 64, "bwd": 32}
     with table.forced(None):
         assert fused._layout(16, 16, 128, 128) == "latency"
     # the parallel compile warm-up runs every fused variant in one round of 16 processes
@@ -299,17 +299,17 @@ def test_leapfrog_table_recommends_the_dispatch_table_from_its_rows():
         ("fused_latency", 4096, 3.0), ("fused_tile", 4096, 3.7),     # noise past it
         ("fused", 4096, 3.7), ("fused_throughput", 4096, 2.0),
         ("fused", 65536, 90.0), ("fused_throughput", 65536, 9.0),
-        ("fused_throughput_fwd16", 65536, 8.0)]]
+        ("fused_throughput_bwd32", 65536, 8.0)]]
     rows.append({"variant": "fused_tile", "batch": 8192, "failed": "OutOfResources"})
     errors = {"fused_throughput/B64": 6e-5, "fused_throughput/B1031": 7e-5,
               "fused_latency/B64": 1e-6, "fused_latency/B1031": 1e-6,
               "fused_latency_w4/B64": 1e-6, "fused_latency_w16/B64": 1e-6,
-              "fused_throughput_fwd16/B64": 6e-5}
+              "fused_throughput_bwd32/B64": 6e-5}
     # bf16x3 faster everywhere above the crossover and accurate: said, and the default split
     # there (the only split timed)
     assert table.recommend(rows, errors) == {
         "latency_max_rows": 1024, "latency_warps": 16, "bf16x3_above_latency": True,
-        "split_above_latency": "fused_throughput", "throughput_fwd_block": 16}
+        "split_above_latency": "fused_throughput", "throughput_bwd_block": 32}
     # too coarse a split: the tensor-core path does not pay
     errors["fused_throughput/B1031"] = 2e-4
     rec = table.recommend(rows, errors)
@@ -468,7 +468,7 @@ def _rows(*triples):
 _ALL_ACCURATE = {"fused_latency/B64": 1e-6, "fused_latency/B1031": 1e-6,
                  "fused_latency_w4/B64": 1e-6, "fused_latency_w16/B64": 1e-6,
                  "fused_throughput/B64": 6e-5, "fused_throughput/B1031": 6e-5,
-                 "fused_throughput_fwd16/B64": 6e-5}
+                 "fused_throughput_bwd32/B64": 6e-5}
 
 
 def test_leapfrog_table_recommend_crossover_ties_and_gaps():
@@ -492,12 +492,12 @@ def test_leapfrog_table_recommend_crossover_ties_and_gaps():
     gap = _rows(("fused_latency", 16, 1.0), ("fused_latency", 64, 2.0),
                 ("fused_latency_w4", 16, 0.5))
     assert table.recommend(gap, _ALL_ACCURATE)["latency_warps"] == 8
-    # the 16-row forward: a tie keeps 64; the largest batch measured decides
-    fwd = _rows(("fused_throughput", 65536, 8.0), ("fused_throughput_fwd16", 65536, 8.0))
-    assert table.recommend(fwd, _ALL_ACCURATE)["throughput_fwd_block"] == 64
-    fwd = _rows(("fused_throughput", 1024, 2.0), ("fused_throughput_fwd16", 1024, 1.0),
-                ("fused_throughput", 65536, 8.0), ("fused_throughput_fwd16", 65536, 9.0))
-    assert table.recommend(fwd, _ALL_ACCURATE)["throughput_fwd_block"] == 64
+    # the 32-row backward: a tie keeps 16; the largest batch measured decides
+    bwd = _rows(("fused_throughput", 65536, 8.0), ("fused_throughput_bwd32", 65536, 8.0))
+    assert table.recommend(bwd, _ALL_ACCURATE)["throughput_bwd_block"] == 16
+    bwd = _rows(("fused_throughput", 1024, 2.0), ("fused_throughput_bwd32", 1024, 1.0),
+                ("fused_throughput", 65536, 8.0), ("fused_throughput_bwd32", 65536, 9.0))
+    assert table.recommend(bwd, _ALL_ACCURATE)["throughput_bwd_block"] == 16
     # bf16x3 is judged above the latency regime only: slower at the switch point itself is
     # the latency layout's batch, not the throughput layout's
     above = _rows(("fused_latency", 1024, 1.0), ("fused_tile", 1024, 2.0),
@@ -525,12 +525,12 @@ def test_leapfrog_table_recommend_judges_a_split_against_the_tile_row_where_one_
     assert rec["latency_max_rows"] == 512 and rec["split_above_latency"] is None
 
 
-def test_leapfrog_table_fused_py_sets_the_forward_block_and_keeps_the_backwards():
-    # only the forward's block was timed: the backward's stays what fused.py has
+def test_leapfrog_table_fused_py_sets_the_backward_block_and_keeps_the_forwards():
+    # only the backward's block was timed: the forward's stays what fused.py has
     table = _leapfrog_table()
-    assert table.fused.THROUGHPUT_BLOCK_B["bwd"] == 16
-    assert table.fused_py({"throughput_fwd_block": 64}) == {
-        "THROUGHPUT_BLOCK_B": {"fwd": 64, "bwd": 16}}
+    assert table.fused.THROUGHPUT_BLOCK_B["fwd"] == 64
+    assert table.fused_py({"throughput_bwd_block": 32}) == {
+        "THROUGHPUT_BLOCK_B": {"fwd": 64, "bwd": 32}}
 
 
 def test_leapfrog_table_warps_need_to_beat_the_current_rows_spread_too():
@@ -559,10 +559,10 @@ def _forcing_expected(layout, default):
             want["warps"] = int(layout.split("@")[1])
     elif layout == "tile":
         want.update(max_rows=0, precisions=())
-    elif layout in ("throughput", "throughput16"):
+    elif layout in ("throughput", "throughput_bwd32"):
         want["max_rows"] = 0
-        if layout == "throughput16":
-            want["blocks"] = {"fwd": 16, "bwd": 16}
+        if layout == "throughput_bwd32":
+            want["blocks"] = {**default["blocks"], "bwd": 32}
     return want
 
 
@@ -701,22 +701,22 @@ def test_leapfrog_table_recommend_changes_the_table_only_beyond_the_noise(monkey
         r = rec(*up, ("fused", 65536, 10.0, 0.0), ("fused_tile_tf32x3", 65536, 8.0, 0.0),
                 ("fused_throughput", 65536, bf16_ms, 0.0))
         assert r["split_above_latency"] == want, (bf16_ms, r)
-    # the 16-row forward: 1% faster keeps 64-row blocks, 10% faster takes 16
-    for fwd16_ms, want in ((7.92, 64), (7.2, 16)):
-        fwd = _noisy(("fused_throughput", 65536, 8.0, 0.0),
-                     ("fused_throughput_fwd16", 65536, fwd16_ms, 0.0))
-        assert table.recommend(fwd, errors)["throughput_fwd_block"] == want
-    # once a run's table is applied (16 warps, 16-row forward blocks), the next run's rows
+    # the 32-row backward: 1% faster keeps 16-row blocks, 10% faster takes 32
+    for bwd32_ms, want in ((7.92, 16), (7.2, 32)):
+        bwd = _noisy(("fused_throughput", 65536, 8.0, 0.0),
+                     ("fused_throughput_bwd32", 65536, bwd32_ms, 0.0))
+        assert table.recommend(bwd, errors)["throughput_bwd_block"] == want
+    # once a run's table is applied (16 warps, 32-row backward blocks), the next run's rows
     # for it tie with their forced twins: the table keeps what it has, it does not fall back
-    monkeypatch.setattr(table.fused, "THROUGHPUT_BLOCK_B", {"fwd": 16, "bwd": 16})
+    monkeypatch.setattr(table.fused, "THROUGHPUT_BLOCK_B", {"fwd": 64, "bwd": 32})
     monkeypatch.setattr(table.fused, "_latency_warps", lambda h1, h2: 16)
     applied = _noisy(("fused_throughput", 65536, 7.2, 0.0),
-                     ("fused_throughput_fwd16", 65536, 7.2, 0.0),
+                     ("fused_throughput_bwd32", 65536, 7.2, 0.0),
                      ("fused_latency", 16, 0.45, 0.0), ("fused_latency", 64, 0.45, 0.0),
                      ("fused_latency_w16", 16, 0.45, 0.0), ("fused_latency_w16", 64, 0.45, 0.0),
                      ("fused_latency_w4", 16, 0.6, 0.0), ("fused_latency_w4", 64, 0.6, 0.0))
     r = table.recommend(applied, errors)
-    assert (r["throughput_fwd_block"], r["latency_warps"]) == (16, 16), r
+    assert (r["throughput_bwd_block"], r["latency_warps"]) == (32, 16), r
 
 
 @pytest.mark.parametrize("split, bf16x3_pays", [
@@ -733,7 +733,7 @@ def test_leapfrog_table_fused_py_makes_the_default_run_what_was_measured_fastest
     fused = table.fused
     rec = {"latency_max_rows": 1024, "split_latency_max_rows": 512, "latency_warps": 16,
            "split_above_latency": split, "bf16x3_above_latency": bf16x3_pays,
-           "throughput_fwd_block": 16}
+           "throughput_bwd_block": 32}
     settings = table.fused_py(rec)
     warps = settings.pop("_latency_warps(width >= 64)")
     assert warps == 16 and set(settings) == {"LATENCY_MAX_ROWS", "SPLIT_LATENCY_MAX_ROWS",
@@ -742,7 +742,7 @@ def test_leapfrog_table_fused_py_makes_the_default_run_what_was_measured_fastest
     for name, value in settings.items():
         assert hasattr(fused, name), name        # names the table's own entries
         monkeypatch.setattr(fused, name, value)
-    assert fused.THROUGHPUT_BLOCK_B == {"fwd": 16, "bwd": 16}
+    assert fused.THROUGHPUT_BLOCK_B == {"fwd": 64, "bwd": 32}
     k, (n1, n2), T = table.K, table.WIDTHS, table.FRAMES
     KP, H1, H2 = fused._pow2(k), fused._pow2(n1), fused._pow2(n2)
 
@@ -797,23 +797,23 @@ def test_leapfrog_table_recommends_nothing_that_missed_the_error_contract():
                  ("fused_latency", 64, 1.0), ("fused_tile", 64, 3.0),
                  ("fused_latency_w4", 16, 0.5), ("fused_latency_w4", 64, 0.5),
                  ("fused_latency_w16", 16, 0.7), ("fused_latency_w16", 64, 0.7),
-                 ("fused_throughput", 65536, 9.0), ("fused_throughput_fwd16", 65536, 8.0),
+                 ("fused_throughput", 65536, 9.0), ("fused_throughput_bwd32", 65536, 8.0),
                  ("fused", 65536, 90.0))
     assert table.recommend(rows, _ALL_ACCURATE) == {
         "latency_max_rows": 64, "latency_warps": 4, "bf16x3_above_latency": True,
-        "split_above_latency": "fused_throughput", "throughput_fwd_block": 16}
+        "split_above_latency": "fused_throughput", "throughput_bwd_block": 32}
     for bad in (2e-4, float("nan"), "RuntimeError('...')", None):
         errors = dict(_ALL_ACCURATE, **{"fused_latency_w4/B64": bad,
-                                        "fused_throughput_fwd16/B64": bad,
+                                        "fused_throughput_bwd32/B64": bad,
                                         "fused_latency/B1031": bad})
         if bad is None:
-            for key in ("fused_latency_w4/B64", "fused_throughput_fwd16/B64",
+            for key in ("fused_latency_w4/B64", "fused_throughput_bwd32/B64",
                         "fused_latency/B1031"):
                 del errors[key]
         rec = table.recommend(rows, errors)
         # the latency layout unchecked: no latency regime; its 4 warps unchecked: 16
         assert rec["latency_max_rows"] == 0 and rec["latency_warps"] == 16, (bad, rec)
-        assert rec["throughput_fwd_block"] == 64, (bad, rec)
+        assert rec["throughput_bwd_block"] == 16, (bad, rec)
     errors = dict(_ALL_ACCURATE, **{"fused_throughput/B1031": 5e-4})
     rec = table.recommend(rows, errors)
     assert rec["bf16x3_above_latency"] is False and rec["split_above_latency"] is None
@@ -1124,7 +1124,7 @@ def test_leapfrog_table_main_records_rows_as_it_goes(tmp_path, monkeypatch, caps
     assert out["errors"]["fused_tile_tf32x3/B3"] == "not compiled in the warm-up"
     assert len(checks) == len(out["errors"]) - 1
     assert {e for k, e in out["errors"].items() if k != "fused_tile_tf32x3/B3"} == {2e-6}
-    assert {"fused_latency_w4/B3", "fused_latency_w16/B3", "fused_throughput_fwd16/B3"} <= set(
+    assert {"fused_latency_w4/B3", "fused_latency_w16/B3", "fused_throughput_bwd32/B3"} <= set(
         out["errors"])
     skipped = [r for r in out["rows"] if "ms" not in r]
     assert skipped == [{"variant": "fused_tile_tf32x3", "batch": b,
@@ -1174,7 +1174,7 @@ def test_leapfrog_table_main_saves_a_failed_row_at_once_and_it_leaves_the_crosso
     assert not out["cross_complete"] and "latency_max_rows" not in out["recommend"]
     both = ("fused", "fused_latency", "fused_throughput", "fused_tile", "fused_tile_tf32x3",
             "fused_tile_bf16x3", "fused_tile_tf32")
-    first = ("fused_latency_w4", "fused_latency_w16", "fused_throughput_fwd16")
+    first = ("fused_latency_w4", "fused_latency_w16", "fused_throughput_bwd32")
     assert set(out["errors"]) == ({f"{v}/B{b}" for v in both for b in (3, 4)}
                                   | {f"{v}/B3" for v in first})
 
@@ -1333,7 +1333,7 @@ def test_leapfrog_table_main_runs_the_documented_stages_in_order(tmp_path, monke
              "fused_latency_w16", "fused (graph)", "fused (fwd)"}
     stages = [(2, train), (3, train),
               (5, {"reference", "fused_throughput", "fused", "fused_tile_tf32x3",
-                   "fused_tile_bf16x3", "fused_throughput_fwd16", "fused_tile_tf32",
+                   "fused_tile_bf16x3", "fused_throughput_bwd32", "fused_tile_tf32",
                    "fused_latency", "fused_throughput (fwd)", "fused (fwd)"}),
               (4, {"reference", "analytic", "fused", "fused_latency", "fused_tile",
                    "fused_throughput"}),
@@ -1343,7 +1343,7 @@ def test_leapfrog_table_main_runs_the_documented_stages_in_order(tmp_path, monke
     for b, vs in stages:
         assert sorted(v for v, batch in rows if batch == b) == sorted(vs), b
     assert set(out["recommend"]) == {"latency_max_rows", "latency_warps", "bf16x3_above_latency",
-                                     "split_above_latency", "throughput_fwd_block"}
+                                     "split_above_latency", "throughput_bwd_block"}
     table_line, last = capsys.readouterr().out.rstrip("\n").splitlines()[-2:]
     assert table_line.startswith("dispatch table, as measured: "), table_line
     assert json.loads(table_line.split(": ", 1)[1]) == out["recommend"]

@@ -679,6 +679,39 @@ def test_throughput_layout_matches_float64_reference(monkeypatch, B, k, widths, 
     assert not bad, f"fused throughput layout vs float64 reference, rel err > 1e-4: {bad}"
 
 
+@pytest.mark.parametrize("B,k,widths,frames,scheme", [
+    (70, 3, (64, 64), 3, "order2"),      # 3 backward blocks of 32 on 3 programs, the last short
+    (33, 10, (128, 64), 2, "official"),  # two blocks, one of them a single row
+    (1, 1, (64, 64), 2, "order2"),
+])
+def test_throughput_backward_at_32_rows_matches_float64(monkeypatch, B, k, widths, frames,
+                                                         scheme):
+    # The leapfrog table times the backward at 32-row blocks against its 16
+    # (fused_throughput_bwd32) and may move THROUGHPUT_BLOCK_B["bwd"] there: the kernel at
+    # that block, every output and gradient, within the contract before any GPU times it.
+    _any_throughput_width(monkeypatch)
+    monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
+    monkeypatch.setattr(fused, "THROUGHPUT_BLOCK_B", {"fwd": 64, "bwd": 32})
+    blocks = []
+    real = fused._launch_config
+
+    def spy(layout, *a, **kw):
+        grid, cfg = real(layout, *a, **kw)
+        blocks.append(cfg.get("BLOCK_B"))
+        return grid, cfg
+    monkeypatch.setattr(fused, "_launch_config", spy)
+    gen = torch.Generator().manual_seed(B * 7 + k)
+    weights, biases = random_mlp(k, widths, generator=gen)
+    weights, biases = [w.to(DEVICE) for w in weights], [b.to(DEVICE) for b in biases]
+    q0 = torch.randn(B, k, generator=gen).to(DEVICE)
+    p0 = torch.randn(B, k, generator=gen).to(DEVICE)
+    errs = compare_to_reference(q0, p0, weights, biases, 0.05, frames, "softplus", "fused",
+                                scheme=scheme, precision="bf16x3")
+    assert blocks == [64, 32], blocks                          # forward, backward
+    bad = {n: e for n, e in errs.items() if not e <= 1e-4}
+    assert not bad, f"throughput backward at 32 rows vs float64 reference, rel err > 1e-4: {bad}"
+
+
 def test_throughput_layout_is_persistent():
     # one program per SM on a GPU (its grid-stride loop walks the rest); under the
     # interpreter 3, and never more programs than row blocks

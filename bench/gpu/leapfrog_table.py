@@ -11,15 +11,15 @@ say fused.py's dispatch table should be: `recommend`, and the entries to set the
   1. matmul peaks (fp32, tf32, bf16) of this card, the yardsticks for achieved FLOP/s;
   2. correctness: every fused kernel variant vs the float64 reference (max relative error
      over trajectory, dHdq and every gradient) at B = 64 and B = 1031 (the latency layout at
-     4 and 16 warps and the 16-row throughput forward at B = 64 only); `recommend` picks no
+     4 and 16 warps and the 32-row throughput backward at B = 64 only); `recommend` picks no
      variant that missed 1e-4 here, and a variant the warm-up could not compile is skipped;
   3. B = 16, 64: eager reference, analytic, fused (the dispatch table's choice), and each
      layout forced, the latency layout also at 4 and 16 warps (the table's 8 against fewer
      instructions or more latency hiding); the same fused step replayed from a CUDA graph
      (launch cost removed);
   4. B = 65536: eager reference, the throughput layout (bf16x3, hidden-major tiles on wgmma),
-     fused tile layout in ieee, tf32x3, bf16x3 and tf32 (with errors), and the latency
-     layout forced; then the throughput and default layouts' forwards alone, so that the
+     and with its backward at 32-row blocks, fused tile layout in ieee, tf32x3, bf16x3 and
+     tf32 (with errors), and the latency layout forced; then the throughput and default layouts' forwards alone, so that the
      backward's share (and its spills' cost) can be read off;
   5. B = 1024;
   6. the latency/tile crossover: every layout at B = 256 .. 8192, which sets
@@ -103,11 +103,15 @@ VARIANTS = {
     "fused_tile_tf32": ("fused", "tf32", "tile"),
     "fused_tile_bf16x3": ("fused", "bf16x3", "tile"),
     "fused_throughput": ("fused", "bf16x3", "throughput"),
-    # the same with the forward at 16-row blocks too (the table's forward takes 64)
-    "fused_throughput_fwd16": ("fused", "bf16x3", "throughput16"),
+    # the same with the backward at 32-row blocks (the table's takes 16): half as many
+    # dependent products per row, each wgmma twice as wide, against 4x the spills (sm_90,
+    # bench/ptxas_report.py --sass: 959 against 168 local loads and stores per thread and
+    # step). Which costs more only a GPU says. (The 16-row forward it replaces lost: 21.1
+    # against 18.0 ms at B = 65536, an H200 at commit fcd82da; the forward keeps 64.)
+    "fused_throughput_bwd32": ("fused", "bf16x3", "throughput_bwd32"),
 }
 # Stage 2 checks these at every batch of STAGES["errors"], and the variants that `recommend`
-# may also pick (the latency layout's other warps, the 16-row throughput forward) at its first
+# may also pick (the latency layout's other warps, the 32-row throughput backward) at its first
 # only: the warm-up compiles them at that batch alone.
 ERROR_VARIANTS = ("fused", "fused_latency", "fused_throughput", "fused_tile",
                   "fused_tile_tf32x3", "fused_tile_bf16x3", "fused_tile_tf32")
@@ -121,7 +125,7 @@ SPLITS = ("fused_throughput", "fused_tile_tf32x3", "fused_tile_bf16x3")
 # interpreter's emulation of the split (ops._bf16_rne); what wgmma's accumulation adds is
 # stage 2's check on the GPU, which a split must pass at every batch to be picked.
 DEFAULT_SPLITS = ("fused_tile_tf32x3", "fused_throughput", "fused_tile_bf16x3")
-ERROR_VARIANTS_FIRST = ("fused_latency_w4", "fused_latency_w16", "fused_throughput_fwd16")
+ERROR_VARIANTS_FIRST = ("fused_latency_w4", "fused_latency_w16", "fused_throughput_bwd32")
 
 
 def error_batches(variant):
@@ -139,9 +143,9 @@ class Budget:
 
 def forced(layout):
     """Context: make the dispatch table pick `layout` ("latency" | "latency@W" | "tile" |
-    "throughput" | "throughput16") whatever B is ("latency@W": the latency layout at W warps;
-    "tile": the row-major tile layouts even for bf16x3; "throughput16": the throughput layout
-    with 16-row blocks in both directions)."""
+    "throughput" | "throughput_bwd32") whatever B is ("latency@W": the latency layout at W
+    warps; "tile": the row-major tile layouts even for bf16x3; "throughput_bwd32": the
+    throughput layout with its backward at 32-row blocks)."""
     class _Forced:
         def __enter__(self):
             self.saved = (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES,
@@ -155,10 +159,10 @@ def forced(layout):
                     fused._latency_warps = lambda h1, h2: warps
             elif layout == "tile":
                 fused.LATENCY_MAX_ROWS, fused.THROUGHPUT_PRECISIONS = 0, ()
-            elif layout in ("throughput", "throughput16"):
+            elif layout in ("throughput", "throughput_bwd32"):
                 fused.LATENCY_MAX_ROWS = 0
-                if layout == "throughput16":
-                    fused.THROUGHPUT_BLOCK_B = {"fwd": 16, "bwd": 16}
+                if layout == "throughput_bwd32":
+                    fused.THROUGHPUT_BLOCK_B = {**fused.THROUGHPUT_BLOCK_B, "bwd": 32}
 
         def __exit__(self, *exc):
             (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES, fused.THROUGHPUT_PRECISIONS,
@@ -255,7 +259,7 @@ def matmul_peak(tf32, dtype=torch.float32):
 # jobs: one round of 16 processes.
 WARM_JOBS = [(v, b) for v in ("fused", "fused_tile", "fused_tile_tf32x3", "fused_tile_tf32",
                               "fused_tile_bf16x3", "fused_throughput") for b in WARM_BATCHES]
-WARM_JOBS.append(("fused_throughput_fwd16", WARM_BATCHES[0]))   # timed at B = 65536 only
+WARM_JOBS.append(("fused_throughput_bwd32", WARM_BATCHES[0]))   # timed at B = 65536 only
 WARM_JOBS += [(v, WARM_BATCHES[0]) for v in ("fused_latency_w4", "fused_latency_w16")]  # B 16, 64
 # above LATENCY_MAX_ROWS "fused" runs other kernels: the latency ones there need their own job
 WARM_JOBS += [("fused_latency", b) for b in WARM_BATCHES if b > fused.LATENCY_MAX_ROWS]
@@ -465,7 +469,7 @@ def main(argv=None):
     # fused_latency at 65536 lifts the latency layout's 1 GB scratch cap (12.3 GB here): the
     # latency model says a row per SM at FMA rate may beat the tile layouts even there.
     for variant in ("reference", "fused_throughput", "fused", "fused_tile_tf32x3",
-                    "fused_tile_bf16x3", "fused_throughput_fwd16", "fused_tile_tf32",
+                    "fused_tile_bf16x3", "fused_throughput_bwd32", "fused_tile_tf32",
                     "fused_latency"):
         for batch in STAGES["big"]:
             timed(variant, batch)
@@ -530,7 +534,7 @@ def recommend(rows, errors, cross_complete=True):
     that opt-in pays), "split_above_latency": which of the fp32-faithful splits
     (DEFAULT_SPLITS: tf32x3 in the tile layout, bf16x3 in the throughput and the tile layouts)
     beat the default dispatch at every batch above that and is fastest at the largest batch
-    they share, or None, "throughput_fwd_block": 64 or 16}. The default dispatch at a batch
+    they share, or None, "throughput_bwd_block": 16 or 32}. The default dispatch at a batch
     above the latency regime is the ieee tile layout: its "fused_tile" row, or where none was
     timed the "fused" row (at 65536, where "fused" runs that layout).
 
@@ -538,12 +542,12 @@ def recommend(rows, errors, cross_complete=True):
     of the two rows): within it the table keeps what it has now. So the latency layout keeps
     a batch up to today's LATENCY_MAX_ROWS unless the tile layout beats it there, and takes
     one above only by beating the tile layout; the first batch it does not keep ends its
-    regime. The table's warps ("fused_latency" runs them) and forward row block, ieee above
+    regime. The table's warps ("fused_latency" runs them) and backward row block, ieee above
     the latency regime (no split) and the first listed of DEFAULT_SPLITS stay unless another
     beats them.
     Only a variant within 1e-4 of float64 at every batch stage 2 checks it at (`accurate`; a
     failed, missing or NaN check is not) is picked: latency_max_rows is 0 when the latency
-    layout is not, a warp count, the 16-row forward or a split that is not is passed over,
+    layout is not, a warp count, the 32-row backward or a split that is not is passed over,
     and bf16x3_above_latency is False. A key is absent when its rows are;
     "latency_max_rows" also when the crossover stage was cut short (`cross_complete`), and
     "split_latency_max_rows" with it, or when the throughput layout is not accurate or beat
@@ -622,14 +626,14 @@ def recommend(rows, errors, cross_complete=True):
             beaters = [v for v in default[1:] if beats_row((v, shared), (default[0], shared))]
             best = min(beaters, key=lambda v: ms[v, shared]) if beaters else default[0]
         rec["split_above_latency"] = best
-    big = [b for v, b in ms if v == "fused_throughput_fwd16" and ("fused_throughput", b) in ms]
+    big = [b for v, b in ms if v == "fused_throughput_bwd32" and ("fused_throughput", b) in ms]
     if big:
         b = max(big)
-        # "fused_throughput" runs the table's forward block (64 today)
-        rec["throughput_fwd_block"] = (16 if beats_row(("fused_throughput_fwd16", b),
+        # "fused_throughput" runs the table's backward block (16 today)
+        rec["throughput_bwd_block"] = (32 if beats_row(("fused_throughput_bwd32", b),
                                                        ("fused_throughput", b))
-                                       and accurate("fused_throughput_fwd16")
-                                       else fused.THROUGHPUT_BLOCK_B["fwd"])
+                                       and accurate("fused_throughput_bwd32")
+                                       else fused.THROUGHPUT_BLOCK_B["bwd"])
     return rec
 
 
@@ -659,9 +663,9 @@ def fused_py(rec):
         keep = rec.get("bf16x3_above_latency")
     if keep is not None:   # a layout that loses goes (the issue): bf16x3 then runs tiles
         out["THROUGHPUT_PRECISIONS"] = ("bf16x3",) if keep else ()
-    if "throughput_fwd_block" in rec:
-        out["THROUGHPUT_BLOCK_B"] = {"fwd": rec["throughput_fwd_block"],
-                                     "bwd": fused.THROUGHPUT_BLOCK_B["bwd"]}
+    if "throughput_bwd_block" in rec:
+        out["THROUGHPUT_BLOCK_B"] = {"fwd": fused.THROUGHPUT_BLOCK_B["fwd"],
+                                     "bwd": rec["throughput_bwd_block"]}
     return out
 
 

@@ -137,8 +137,11 @@ LATENCY_SCRATCH_BYTES = 1 << 30
 # any row block; 16-bit operands take either orientation). Row blocks per direction and
 # warps from bench/ptxas_report.py (sm_90, triton 3.6, width 128, 8 warps): the forward
 # compiles without spills at 16, 32 and 64 rows, and a wider block gives each wgmma more
-# columns (N) for the same chain of dependent products, so it takes 64; the backward spills
-# 0.52 KB at 16 rows and 2.3 KB at 32, so it takes 16. 4 warps spill 4.2 KB there.
+# columns (N) for the same chain of dependent products, so it takes 64 (an H200 at commit
+# fcd82da: 18.0 ms against 21.1 with 16 at B = 65536); the backward spills 0.52 KB at 16 rows
+# and 2.3 KB at 32, so it takes 16 until bench/gpu/leapfrog_table.py has timed 32
+# (fused_throughput_bwd32: the 16-row block, not the spills, is what the measured rows say
+# costs; throughput.py). 4 warps spill 4.2 KB there.
 THROUGHPUT_PRECISIONS = ("bf16x3",)
 THROUGHPUT_BLOCK_B = {"fwd": 64, "bwd": 16}
 THROUGHPUT_WARPS = 8

@@ -51,8 +51,14 @@ the measured 787 TFLOP/s bf16 peak, ~7-9 ms at 40-50% of it. The transcendental 
 (softplus / sigmoid, ~4 MUFU operations per hidden unit and activation) is ~1 ms spread over
 132 SMs, and the trajectory traffic (~0.3 GB) ~0.1 ms: the products set the time.
 Measured (an H200, commit fcd82da): 18.0 ms forward + backward (30.9 TFLOP/s fp32-equivalent),
-of which the forward alone 3.39 ms (41.7): the backward's ~14.6 ms is 4x what its products
-model, so its step-loop spills (above) are the first lead. 8.5e-6 from float64.
+of which the forward alone 3.39 ms (41.7); 8.5e-6 from float64. The backward's ~14.6 ms is 4x
+what its products model, but not for its spills: with 16-row blocks the forward took ~6.5 ms
+(21.1 ms in all), and the backward does ~2.9x that forward's products (18 of width x width x
+rows per step against 6) in 2.2x its time. The 16-row block is the cost (wgmma 16 columns
+wide along one dependent chain per SM), as it was the forward's (1.9x from 16 to 64 rows).
+At 32 rows the backward spills 2.3 KB per thread instead of 0.5; bench/gpu/leapfrog_table.py
+times it (fused_throughput_bwd32) and THROUGHPUT_BLOCK_B["bwd"] follows. Under 10 ms needs
+more than the row block (docs/integrator.md, "What 10 ms needs").
 """
 import triton
 import triton.language as tl
