@@ -349,6 +349,25 @@ def test_a_run_shorter_than_log_every_logs_its_last_iteration(data_root, tmp_pat
         pytest.approx(acc.Scalars("speed/it_per_s")[0].value, rel=1e-6)
 
 
+def test_a_fused_precision_that_a_cpu_run_cannot_use_is_said(data_root, tmp_path, capsys):
+    # --integrator auto on a CPU runs the analytic backend (fp32): the run goes on, as the
+    # same command does on a GPU, and says that its --fused-precision changes nothing
+    argv = [a if a != "analytic" else "auto" for a in TINY] + [
+        "--data", data_root, "--iters", "1", "--fused-precision", "tf32x3"]
+    code, stdout, err = call(argv + ["--out", str(tmp_path / "a")], capsys)
+    assert code == 0, err
+    said = [ln for ln in stdout.splitlines() if "--fused-precision" in ln]
+    assert said == ["[hgan] --fused-precision tf32x3 sets the fused kernels' dot products; on "
+                    "cpu --integrator auto runs the analytic backend in fp32, so it changes "
+                    "nothing in this run"], stdout
+    # not said where the flag is the default, or fp32 anyway
+    for flags in ([], ["--fused-precision", "ieee"]):
+        code, stdout, err = call([a if a != "analytic" else "auto" for a in TINY] + [
+            "--data", data_root, "--iters", "1", "--out", str(tmp_path / f"b{len(flags)}")]
+            + flags, capsys)
+        assert code == 0 and "--fused-precision" not in stdout, (flags, stdout, err)
+
+
 @pytest.mark.parametrize("model", ["hnn_gan", "mocogan"])
 def test_baselines_log_no_cyclic_loss(model, data_root, tmp_path, capsys):
     # hgan alone has L_cyc; a baseline's log line showed "L_cyc 0.000", as if it were computed

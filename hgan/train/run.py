@@ -167,6 +167,19 @@ def _clear_stopped_attempt(out: str):
               f"TensorBoard events and samples were removed", flush=True)
 
 
+def _unused_precision(m, device) -> str | None:
+    """Why --fused-precision changes nothing on this device, or None: --integrator auto runs
+    the analytic backend (fp32) off CUDA, so a run moved from a GPU to a CPU keeps its flags
+    and says so, instead of a setting silently ignored (the parser refuses the flag only with
+    an explicit analytic or reference integrator)."""
+    if (model_kind(m.model).hamiltonian and m.integrator == "auto"
+            and m.fused_precision not in ("auto", "ieee") and torch.device(device).type != "cuda"):
+        return (f"[hgan] --fused-precision {m.fused_precision} sets the fused kernels' dot "
+                f"products; on {torch.device(device).type} --integrator auto runs the analytic "
+                f"backend in fp32, so it changes nothing in this run")
+    return None
+
+
 def _inside(path: str, folder: str) -> bool:
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return os.path.commonpath([path, folder]) == folder
@@ -472,6 +485,9 @@ def _run(setup: Setup, callback, stop) -> dict:
               f"config.json)\n"
               f"[hgan] device {trainer.device}, world size {info.world_size}, autocast "
               f"{trainer.amp_dtype or 'off (fp32)'}", flush=True)
+        note = _unused_precision(m, trainer.device)
+        if note:
+            print(note, flush=True)
         from torch.utils.tensorboard import SummaryWriter
         # Events after the checkpoint's iteration belong to steps that will be redone; those
         # at it were logged by the state the checkpoint holds, and stay.
