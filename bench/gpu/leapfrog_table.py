@@ -19,8 +19,8 @@ say fused.py's dispatch table should be: `recommend`, and the entries to set the
      (launch cost removed);
   4. B = 65536: eager reference, the throughput layout (bf16x3, hidden-major tiles on wgmma),
      and with its backward at 32-row blocks, fused tile layout in ieee, tf32x3, bf16x3 and
-     tf32 (with errors), and the latency layout forced; then the throughput and default layouts' forwards alone, so that the
-     backward's share (and its spills' cost) can be read off;
+     tf32 (with errors), and the latency layout forced; then the throughput and default
+     layouts' forwards alone, so that the backward's share can be read off;
   5. B = 1024;
   6. the latency/tile crossover: every layout at B = 256 .. 8192, which sets
      fused.LATENCY_MAX_ROWS.
