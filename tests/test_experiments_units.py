@@ -518,8 +518,8 @@ def test_extra_train_flags_reach_only_the_models_they_apply_to(tmp_path, capsys)
     from hgan.experiments.grid import check_flags
     from hgan.train.config import parse_command_line
     spec = _spec(tmp_path, models=("hgan", "hnn_gan", "mocogan"),
-                 train_args=("--gru-in=noise", "--gru-backend", "cells", "--dt", "0.1", "--cyc-lambda", "0.5", "--ngf", "8",
-                             "--no-cuda-graph"))
+                 train_args=("--gru-in=noise", "--gru-backend", "cells", "--dt", "0.1",
+                             "--cyc-lambda", "0.5", "--ngf", "8", "--no-cuda-graph"))
     check_flags(spec)
     err = capsys.readouterr().err
     assert "[grid] --train-args --gru-input: not given to the hgan, hnn_gan runs (only mocogan " \
