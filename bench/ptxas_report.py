@@ -47,8 +47,8 @@ STAGES = int(os.environ.get("PTXAS_STAGES", "0"))
 
 
 def _kernel(direction, chunk):
-    mod = {"latency": latency, "throughput": throughput}.get(chunk) or (
-        streamed if chunk else tile)
+    mod = {"latency": latency, "throughput": throughput,
+           "throughput_merged": throughput}.get(chunk) or (streamed if chunk else tile)
     return getattr(mod, f"_leapfrog_{direction}_kernel")
 
 
@@ -65,9 +65,12 @@ def parse_ptxas(log: str) -> dict:
 
 def count_mma(ptx: str) -> dict:
     """Matrix instructions in the PTX: wgmma (Hopper's warpgroup tensor-core path, M >= 64
-    per warpgroup), mma.sync (the older per-warp path Triton falls back to for smaller
-    blocks) and fp32 FMAs (FMA-unit products and elementwise work)."""
+    per warpgroup), the waits that end each wgmma group (Triton waits for every tl.dot's
+    group before anything else runs: each is a dependent stage), mma.sync (the older per-warp
+    path Triton falls back to for smaller blocks) and fp32 FMAs (FMA-unit products and
+    elementwise work)."""
     return {"wgmma": len(re.findall(r"wgmma\.mma_async", ptx)),
+            "wgmma_waits": len(re.findall(r"wgmma\.wait_group", ptx)),
             "mma_sync": len(re.findall(r"mma\.sync", ptx)),
             "fma_f32": len(re.findall(r"fma\.rn\.f32", ptx))}
 
@@ -99,7 +102,8 @@ def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=Tru
     when `sass`)."""
     kern = _kernel(direction, chunk)
     constexprs = {"BLOCK_B": block_b, "KP": KP, "H1": width, "H2": width, "ACT": 0,
-                  "ORDER2": order2, "PREC": precision, "CH": chunk}
+                  "ORDER2": order2, "PREC": precision, "CH": chunk,
+                  "MERGE": chunk == "throughput_merged"}
     if chunk == "latency":
         # its exact sizes are compile-time constants: the benchmark's k 10 and width 100
         # (or the padded width where that is under 100)
@@ -192,12 +196,13 @@ def merge_rows(path, rows):
 
 
 def _fmt(r):
-    layout = (r["chunk"] if r["chunk"] in ("latency", "throughput") else
+    layout = (r["chunk"] if r["chunk"] in ("latency", "throughput", "throughput_merged") else
               f"streamed/{r['chunk']}" if r["chunk"] else "resident")
     return (f"{r['kernel']}  width={r['width']:>3}  BLOCK_B={r['block_b']:>3}  "
             f"warps={r['num_warps']}  {layout:<12}  {r['precision']:<6}  regs={r['registers']:>3}  "
             f"spill st/ld={r['spill_stores']:>6}/{r['spill_loads']:<6}  "
             f"stack={r['stack']:>6}  smem={r['shared']:>7}  wgmma={r['wgmma']:>4}  "
+            f"waits={r.get('wgmma_waits', 0):>4}  "
             f"mma.sync={r['mma_sync']:>4}  {r['compile_s']:>6.1f} s"
             + (f"  step loop: {r['sass_loop_instrs']} instrs, LDL/STL="
                f"{r['sass_loop_ldl']}/{r['sass_loop_stl']} over {r['sass_loop_local_bytes']} B, "
@@ -206,7 +211,7 @@ def _fmt(r):
 
 
 def _chunk_arg(text):
-    return text if text in ("latency", "throughput") else int(text)
+    return text if text in ("latency", "throughput", "throughput_merged") else int(text)
 
 
 def _width_arg(text):
@@ -240,8 +245,9 @@ def main(argv=None):
                     help="warps per program (default 4 and 8; with --gru the kernels' own)")
     ap.add_argument("--chunks", type=_chunk_arg, nargs="+", default=["latency", 0, 16, 32],
                     help="latency = a program per row (latency.py); throughput = hidden-major "
-                         "tiles (throughput.py); 0 = register-resident tile layout; >0 = "
-                         "streamed, hidden units per chunk")
+                         "tiles (throughput.py); throughput_merged = the same with the "
+                         "backward's products merged (MERGE); 0 = register-resident tile "
+                         "layout; >0 = streamed, hidden units per chunk")
     ap.add_argument("--kernels", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"])
     ap.add_argument("--precisions", nargs="+", default=["ieee"],
                     choices=["ieee", "tf32x3", "tf32", "bf16x3"],
@@ -280,8 +286,8 @@ def main(argv=None):
                         # the latency layout has no dot precision (fp32 FMAs whatever is
                         # asked: one compile, recorded as ieee); the throughput layout takes
                         # bf16x3 only, whatever is asked
-                        precs = {"latency": ["ieee"], "throughput": ["bf16x3"]}.get(
-                            chunk, a.precisions)
+                        precs = {"latency": ["ieee"], "throughput": ["bf16x3"],
+                                 "throughput_merged": ["bf16x3"]}.get(chunk, a.precisions)
                         for prec in precs:
                             try:
                                 row = compile_one(direction, width, bb, nw, chunk, a.arch,

@@ -100,8 +100,9 @@ def test_tuning_gives_up_slow_compiles_and_the_sweep_skips_them(monkeypatch):
                      "correct": False, "error": "compile did not finish within 0 s"}]
 
 
-def _ptxas_report(*args, tmpdir=None):
-    """bench/ptxas_report.py's forward rows for these arguments, as {layout: {field: int}}."""
+def _ptxas_report(*args, tmpdir=None, kernel="fwd"):
+    """bench/ptxas_report.py's rows of one kernel (the forward unless said) for these
+    arguments, as {layout: {field: int}}."""
     triton = pytest.importorskip("triton")
     ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     if not os.path.exists(ptxas):
@@ -112,12 +113,12 @@ def _ptxas_report(*args, tmpdir=None):
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     if tmpdir is not None:
         env["TMPDIR"] = str(tmpdir)
-    out = subprocess.run([sys.executable, "bench/ptxas_report.py", "--kernels", "fwd", *args],
+    out = subprocess.run([sys.executable, "bench/ptxas_report.py", "--kernels", kernel, *args],
                          cwd=root, env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = {}
     for line in out.stdout.splitlines():
-        if line.startswith("fwd"):
+        if line.startswith(kernel):
             fields = dict(re.findall(r"([a-z.]+)=\s*(\d+)", line))
             stores, loads = re.search(r"spill st/ld=\s*(\d+)/(\d+)", line).groups()
             fields.update(stores=stores, loads=loads)
@@ -166,6 +167,19 @@ def test_throughput_layout_reaches_wgmma_where_the_row_major_tiles_do_not():
     loop = rows["throughput"]
     assert loop["loop_hgmma"] > 0 and loop["loop_ldl"] == loop["loop_stl"] == 0, rows
     assert rows["streamed/16"]["loop_hgmma"] == 0, rows
+
+
+def test_merged_throughput_backward_has_fewer_dependent_tensor_core_stages():
+    # What the merged backward is for (throughput._vjp_merged): Triton waits for each tl.dot's
+    # wgmma group before the next, so the step's products are a chain of dependent stages;
+    # merged pairwise they are fewer (45 against 114 per step under bf16x3) and wider, and
+    # with it the step needs fewer barriers and no more shared memory than a block may have.
+    rows = _ptxas_report("--widths", "64", "--chunks", "throughput", "throughput_merged",
+                         "--warps", "8", "--blocks", "16", kernel="bwd")
+    plain, merged = rows["throughput"], rows["throughput_merged"]
+    assert 0 < merged["waits"] < plain["waits"] / 2, rows
+    assert merged["wgmma"] < plain["wgmma"] and merged["mma.sync"] < plain["mma.sync"], rows
+    assert merged["smem"] <= 227 * 1024, rows
 
 
 # Hand-written nvdisasm-style listing: an outer loop (.L_x_0 .. 0x0070) holding an inner one
@@ -468,7 +482,7 @@ def _rows(*triples):
 _ALL_ACCURATE = {"fused_latency/B64": 1e-6, "fused_latency/B1031": 1e-6,
                  "fused_latency_w4/B64": 1e-6, "fused_latency_w16/B64": 1e-6,
                  "fused_throughput/B64": 6e-5, "fused_throughput/B1031": 6e-5,
-                 "fused_throughput_bwd32/B64": 6e-5}
+                 "fused_throughput_bwd32/B64": 6e-5, "fused_throughput_merged/B64": 6e-5}
 
 
 def test_leapfrog_table_recommend_crossover_ties_and_gaps():
@@ -533,6 +547,42 @@ def test_leapfrog_table_fused_py_sets_the_backward_block_and_keeps_the_forwards(
         "THROUGHPUT_BLOCK_B": {"fwd": 64, "bwd": 32}}
 
 
+def test_leapfrog_table_recommends_the_merged_kernels_only_where_they_win_everywhere(
+        monkeypatch):
+    # The merged kernels (fused_throughput_merged) replace the table's only by beating them
+    # beyond the noise at every batch both ran (65536 and 1024) and within 1e-4; where the
+    # 32-row backward wins too, the faster of the two at the largest batch they share.
+    table = _leapfrog_table()
+    plain = (("fused_throughput", 65536, 18.0, 0.0), ("fused_throughput", 1024, 1.6, 0.0))
+
+    def rec(*rows, errors=_ALL_ACCURATE):
+        r = table.recommend(_noisy(*plain, *rows), errors)
+        return r.get("throughput_bwd_block"), r.get("throughput_merged")
+    both = (("fused_throughput_merged", 65536, 10.0, 0.0),
+            ("fused_throughput_merged", 1024, 1.2, 0.0))
+    assert rec(*both) == (16, True)
+    assert table.fused_py(table.recommend(_noisy(*plain, *both), _ALL_ACCURATE)) == {
+        "THROUGHPUT_BLOCK_B": {"fwd": 64, "bwd": 16}, "THROUGHPUT_MERGED": True}
+    # slower at 1024, or within the noise there, or off by more than 1e-4: the table keeps
+    for mid_ms in (1.7, 1.59):
+        assert rec(both[0], ("fused_throughput_merged", 1024, mid_ms, 0.0)) == (None, False)
+    assert rec(*both, errors=dict(_ALL_ACCURATE, **{"fused_throughput_merged/B64": 2e-4})) \
+        == (None, False)
+    assert rec(*both, errors={k: v for k, v in _ALL_ACCURATE.items()
+                              if "merged" not in k}) == (None, False)   # never checked
+    # the 32-row backward wins too: the faster at 65536 takes it
+    assert rec(*both, ("fused_throughput_bwd32", 65536, 12.0, 0.0)) == (16, True)
+    assert rec(*both, ("fused_throughput_bwd32", 65536, 9.0, 0.0)) == (32, False)
+    # once applied, the table's row is the merged backward: a tie keeps it, and the 32-row
+    # variant (forced unmerged) must beat it to take over
+    monkeypatch.setattr(table.fused, "THROUGHPUT_MERGED", True)
+    tie = (("fused_throughput_merged", 65536, 18.0, 0.0),
+           ("fused_throughput_merged", 1024, 1.6, 0.0))
+    assert rec(*tie) == (None, True)
+    assert rec(*tie, ("fused_throughput_bwd32", 65536, 18.0, 0.0)) == (16, True)
+    assert rec(*tie, ("fused_throughput_bwd32", 65536, 12.0, 0.0)) == (32, False)
+
+
 def test_leapfrog_table_warps_need_to_beat_the_current_rows_spread_too():
     # 16 warps 10% faster than the table's 8, but the 8-warp row's own halves are 12% apart:
     # within its noise, the table keeps 8
@@ -547,7 +597,8 @@ def test_leapfrog_table_warps_need_to_beat_the_current_rows_spread_too():
 def _dispatch_state(fused):
     """What the fused dispatch table holds now, as a timed or checked call sees it."""
     return {"max_rows": fused.LATENCY_MAX_ROWS, "precisions": fused.THROUGHPUT_PRECISIONS,
-            "blocks": dict(fused.THROUGHPUT_BLOCK_B), "warps": fused._latency_warps(128, 128)}
+            "blocks": dict(fused.THROUGHPUT_BLOCK_B), "warps": fused._latency_warps(128, 128),
+            "merged": fused.THROUGHPUT_MERGED}
 
 
 def _forcing_expected(layout, default):
@@ -559,10 +610,12 @@ def _forcing_expected(layout, default):
             want["warps"] = int(layout.split("@")[1])
     elif layout == "tile":
         want.update(max_rows=0, precisions=())
-    elif layout in ("throughput", "throughput_bwd32"):
+    elif layout in ("throughput", "throughput_bwd32", "throughput_merged"):
         want["max_rows"] = 0
         if layout == "throughput_bwd32":
-            want["blocks"] = {**default["blocks"], "bwd": 32}
+            want.update(blocks={**default["blocks"], "bwd": 32}, merged=False)
+        elif layout == "throughput_merged":
+            want.update(blocks={**default["blocks"], "bwd": 16}, merged=True)
     return want
 
 
@@ -731,18 +784,23 @@ def test_leapfrog_table_fused_py_makes_the_default_run_what_was_measured_fastest
     # VARIANTS force them), and the latency layout up to the measured switch point.
     table = _leapfrog_table()
     fused = table.fused
+    merged = bf16x3_pays     # either way, across the cases
     rec = {"latency_max_rows": 1024, "split_latency_max_rows": 512, "latency_warps": 16,
            "split_above_latency": split, "bf16x3_above_latency": bf16x3_pays,
-           "throughput_bwd_block": 32}
+           "throughput_bwd_block": 32, "throughput_merged": merged}
     settings = table.fused_py(rec)
     warps = settings.pop("_latency_warps(width >= 64)")
     assert warps == 16 and set(settings) == {"LATENCY_MAX_ROWS", "SPLIT_LATENCY_MAX_ROWS",
                                              "SPLIT_ABOVE_LATENCY", "THROUGHPUT_PRECISIONS",
-                                             "THROUGHPUT_BLOCK_B"}
+                                             "THROUGHPUT_BLOCK_B", "THROUGHPUT_MERGED"}
     for name, value in settings.items():
         assert hasattr(fused, name), name        # names the table's own entries
         monkeypatch.setattr(fused, name, value)
     assert fused.THROUGHPUT_BLOCK_B == {"fwd": 64, "bwd": 32}
+    for direction, block in (("fwd", 64), ("bwd", 32)):
+        cfg = fused._launch_config("throughput", 65536, 128, 128, torch.device("cpu"),
+                                   "bf16x3", direction)[1]
+        assert cfg.get("MERGE", False) is merged and cfg["BLOCK_B"] == block
     k, (n1, n2), T = table.K, table.WIDTHS, table.FRAMES
     KP, H1, H2 = fused._pow2(k), fused._pow2(n1), fused._pow2(n2)
 
@@ -966,7 +1024,6 @@ def test_leapfrog_table_warm_up_compiles_in_parallel_and_gives_up_at_its_limit(m
     # min(300 s, budget - 120 s): 300
     assert n == len(table.WARM_JOBS) <= 16 and slow == {"fused_tile_tf32"}   # one round
     assert sorted(failures) == ["fused_tile_bf16x3/B1031: Traceback ...\nOutOfResources",
-                                "fused_tile_tf32/B1031: still compiling after 300 s",
                                 "fused_tile_tf32/B64: still compiling after 300 s"]
     assert sorted(killed) == sorted(p.pid for p in procs if p.variant == "fused_tile_tf32")
     assert [s[2] for s in started] == list(range(n))    # all at once (up to 16)
@@ -1173,8 +1230,9 @@ def test_leapfrog_table_main_saves_a_failed_row_at_once_and_it_leaves_the_crosso
     assert [t[4] for t in timed] == list(range(len(timed)))
     assert not out["cross_complete"] and "latency_max_rows" not in out["recommend"]
     both = ("fused", "fused_latency", "fused_throughput", "fused_tile", "fused_tile_tf32x3",
-            "fused_tile_bf16x3", "fused_tile_tf32")
-    first = ("fused_latency_w4", "fused_latency_w16", "fused_throughput_bwd32")
+            "fused_tile_bf16x3")
+    first = ("fused_latency_w4", "fused_latency_w16", "fused_throughput_bwd32",
+             "fused_throughput_merged", "fused_tile_tf32")
     assert set(out["errors"]) == ({f"{v}/B{b}" for v in both for b in (3, 4)}
                                   | {f"{v}/B3" for v in first})
 
@@ -1332,18 +1390,20 @@ def test_leapfrog_table_main_runs_the_documented_stages_in_order(tmp_path, monke
     train = {"reference", "analytic", "fused", "fused_latency", "fused_tile", "fused_latency_w4",
              "fused_latency_w16", "fused (graph)", "fused (fwd)"}
     stages = [(2, train), (3, train),
-              (5, {"reference", "fused_throughput", "fused", "fused_tile_tf32x3",
-                   "fused_tile_bf16x3", "fused_throughput_bwd32", "fused_tile_tf32",
-                   "fused_latency", "fused_throughput (fwd)", "fused (fwd)"}),
+              (5, {"reference", "fused_throughput", "fused", "fused_throughput_merged",
+                   "fused_tile_tf32x3", "fused_tile_bf16x3", "fused_throughput_bwd32",
+                   "fused_tile_tf32", "fused_latency", "fused_throughput (fwd)",
+                   "fused_throughput_merged (fwd)", "fused (fwd)"}),
               (4, {"reference", "analytic", "fused", "fused_latency", "fused_tile",
-                   "fused_throughput"}),
+                   "fused_throughput", "fused_throughput_merged"}),
               (6, {"fused_latency", "fused_throughput", "fused_tile", "fused_tile_tf32x3",
                    "fused_tile_bf16x3"})]
     assert [b for _, b in rows] == [b for b, vs in stages for _ in vs], rows
     for b, vs in stages:
         assert sorted(v for v, batch in rows if batch == b) == sorted(vs), b
     assert set(out["recommend"]) == {"latency_max_rows", "latency_warps", "bf16x3_above_latency",
-                                     "split_above_latency", "throughput_bwd_block"}
+                                     "split_above_latency", "throughput_bwd_block",
+                                     "throughput_merged"}
     table_line, last = capsys.readouterr().out.rstrip("\n").splitlines()[-2:]
     assert table_line.startswith("dispatch table, as measured: "), table_line
     assert json.loads(table_line.split(": ", 1)[1]) == out["recommend"]

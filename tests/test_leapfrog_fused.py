@@ -493,10 +493,13 @@ def test_fused_vmapped_backward_is_refused_by_name():
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="real-CUDA check needs a GPU")
+@pytest.mark.parametrize("merged", [False, True])
 @pytest.mark.parametrize("B,k,widths", [(37, 3, (128, 128)), (1031, 10, (100, 64))])
-def test_throughput_layout_matches_float64_on_cuda(monkeypatch, B, k, widths):
-    # what the interpreter cannot show: the compiled wgmma kernels at the widths a GPU runs
+def test_throughput_layout_matches_float64_on_cuda(monkeypatch, B, k, widths, merged):
+    # what the interpreter cannot show: the compiled wgmma kernels at the widths a GPU runs,
+    # plain and merged (fused.THROUGHPUT_MERGED)
     monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
+    monkeypatch.setattr(fused, "THROUGHPUT_MERGED", merged)
     seen = _layouts_run(monkeypatch)
     gen = torch.Generator().manual_seed(B)
     weights, biases = random_mlp(k, widths, generator=gen, device="cuda")
@@ -679,6 +682,33 @@ def test_throughput_layout_matches_float64_reference(monkeypatch, B, k, widths, 
     assert not bad, f"fused throughput layout vs float64 reference, rel err > 1e-4: {bad}"
 
 
+def _throughput_configs(monkeypatch):
+    """The throughput layout at any width and batch, and the launch configs it is asked
+    for, in order (forward, backward)."""
+    _any_throughput_width(monkeypatch)
+    monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
+    configs = []
+    real = fused._launch_config
+
+    def spy(layout, *a, **kw):
+        grid, cfg = real(layout, *a, **kw)
+        configs.append(cfg)
+        return grid, cfg
+    monkeypatch.setattr(fused, "_launch_config", spy)
+    return configs
+
+
+def _throughput_errors(B, k, widths, frames, scheme, activation, dt, seed):
+    """compare_to_reference's errors of the fused bf16x3 rollout of a random network."""
+    gen = torch.Generator().manual_seed(seed)
+    weights, biases = random_mlp(k, widths, generator=gen)
+    weights, biases = [w.to(DEVICE) for w in weights], [b.to(DEVICE) for b in biases]
+    q0 = torch.randn(B, k, generator=gen).to(DEVICE)
+    p0 = torch.randn(B, k, generator=gen).to(DEVICE)
+    return compare_to_reference(q0, p0, weights, biases, dt, frames, activation, "fused",
+                                scheme=scheme, precision="bf16x3")
+
+
 @pytest.mark.parametrize("B,k,widths,frames,scheme", [
     (70, 3, (64, 64), 3, "order2"),      # 3 backward blocks of 32 on 3 programs, the last short
     (33, 10, (128, 64), 2, "official"),  # two blocks, one of them a single row
@@ -689,27 +719,33 @@ def test_throughput_backward_at_32_rows_matches_float64(monkeypatch, B, k, width
     # The leapfrog table times the backward at 32-row blocks against its 16
     # (fused_throughput_bwd32) and may move THROUGHPUT_BLOCK_B["bwd"] there: the kernel at
     # that block, every output and gradient, within the contract before any GPU times it.
-    _any_throughput_width(monkeypatch)
-    monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
     monkeypatch.setattr(fused, "THROUGHPUT_BLOCK_B", {"fwd": 64, "bwd": 32})
-    blocks = []
-    real = fused._launch_config
-
-    def spy(layout, *a, **kw):
-        grid, cfg = real(layout, *a, **kw)
-        blocks.append(cfg.get("BLOCK_B"))
-        return grid, cfg
-    monkeypatch.setattr(fused, "_launch_config", spy)
-    gen = torch.Generator().manual_seed(B * 7 + k)
-    weights, biases = random_mlp(k, widths, generator=gen)
-    weights, biases = [w.to(DEVICE) for w in weights], [b.to(DEVICE) for b in biases]
-    q0 = torch.randn(B, k, generator=gen).to(DEVICE)
-    p0 = torch.randn(B, k, generator=gen).to(DEVICE)
-    errs = compare_to_reference(q0, p0, weights, biases, 0.05, frames, "softplus", "fused",
-                                scheme=scheme, precision="bf16x3")
-    assert blocks == [64, 32], blocks                          # forward, backward
+    configs = _throughput_configs(monkeypatch)
+    errs = _throughput_errors(B, k, widths, frames, scheme, "softplus", 0.05, B * 7 + k)
+    assert [c["BLOCK_B"] for c in configs] == [64, 32], configs     # forward, backward
     bad = {n: e for n, e in errs.items() if not e <= 1e-4}
     assert not bad, f"throughput backward at 32 rows vs float64 reference, rel err > 1e-4: {bad}"
+
+
+@pytest.mark.parametrize("B,k,widths,frames,scheme,activation,dt", [
+    (50, 3, (40, 100), 4, "order2", "tanh", 0.05),        # 4 blocks on 3 programs, H1 != H2
+    (1, 1, (64, 64), 3, "official", "softplus", -0.05),    # one row, one coordinate
+    (37, 16, (100, 64), 3, "order2", "softplus", 0.1),     # k = its padding, B % 16 != 0
+    (19, 5, (64, 128), 2, "official", "tanh", 0.05),
+])
+def test_merged_throughput_kernels_match_float64(monkeypatch, B, k, widths, frames, scheme,
+                                                  activation, dt):
+    # The leapfrog table times the throughput kernels with their products merged pairwise
+    # (throughput._fwd_merged for order2, _vjp_merged; fused_throughput_merged) and may
+    # switch THROUGHPUT_MERGED on: interleaved operands and results (_cols2, _rows2, W1q /
+    # W1p columns, dW1's partials de-interleaved by the host) all within the contract before
+    # any GPU times them.
+    monkeypatch.setattr(fused, "THROUGHPUT_MERGED", True)
+    configs = _throughput_configs(monkeypatch)
+    errs = _throughput_errors(B, k, widths, frames, scheme, activation, dt, B * 5 + k)
+    assert [c.get("MERGE") for c in configs] == [True, True], configs   # forward, backward
+    bad = {n: e for n, e in errs.items() if not e <= 1e-4}
+    assert not bad, f"merged throughput kernels vs float64 reference, rel err > 1e-4: {bad}"
 
 
 def test_throughput_layout_is_persistent():

@@ -11,17 +11,19 @@ say fused.py's dispatch table should be: `recommend`, and the entries to set the
   1. matmul peaks (fp32, tf32, bf16) of this card, the yardsticks for achieved FLOP/s;
   2. correctness: every fused kernel variant vs the float64 reference (max relative error
      over trajectory, dHdq and every gradient) at B = 64 and B = 1031 (the latency layout at
-     4 and 16 warps and the 32-row throughput backward at B = 64 only); `recommend` picks no
-     variant that missed 1e-4 here, and a variant the warm-up could not compile is skipped;
+     4 and 16 warps, the 32-row throughput backward, the merged throughput kernels and
+     one-pass tf32 at B = 64 only); `recommend` picks no variant that missed 1e-4 here,
+     and a variant the warm-up could not compile is skipped;
   3. B = 16, 64: eager reference, analytic, fused (the dispatch table's choice), and each
      layout forced, the latency layout also at 4 and 16 warps (the table's 8 against fewer
      instructions or more latency hiding); the same fused step replayed from a CUDA graph
      (launch cost removed);
   4. B = 65536: eager reference, the throughput layout (bf16x3, hidden-major tiles on wgmma),
-     and with its backward at 32-row blocks, fused tile layout in ieee, tf32x3, bf16x3 and
-     tf32 (with errors), and the latency layout forced; then the throughput and default
-     layouts' forwards alone, so that the backward's share can be read off;
-  5. B = 1024;
+     with its backward at 32-row blocks, and merged (THROUGHPUT_MERGED), fused tile layout
+     in ieee, tf32x3, bf16x3 and tf32 (with errors), and the latency layout forced; then the
+     throughput (plain and merged) and default layouts' forwards alone, so that the
+     backward's share can be read off;
+  5. B = 1024 (the merged kernels again: they must win at both to be picked);
   6. the latency/tile crossover: every layout at B = 256 .. 8192, which sets
      fused.LATENCY_MAX_ROWS.
 
@@ -109,12 +111,19 @@ VARIANTS = {
     # step). Which costs more only a GPU says. (The 16-row forward it replaces lost: 21.1
     # against 18.0 ms at B = 65536, an H200 at commit fcd82da; the forward keeps 64.)
     "fused_throughput_bwd32": ("fused", "bf16x3", "throughput_bwd32"),
+    # the same kernels with their weight products merged pairwise (fused.THROUGHPUT_MERGED;
+    # the backward at 16-row blocks): per step 45 dependent wgmma groups instead of 114 in the
+    # backward, 27 instead of 36 in the forward (sm_90 PTX, triton 3.6 as on the H200:
+    # backward spills 368 against 516 B per thread, its step loop 3,965 instructions against
+    # 5,356; forward 16 B of spills). Modelled from the H200's rows: 11-14 ms against 18.0 at
+    # B = 65536 (throughput.py's docstring).
+    "fused_throughput_merged": ("fused", "bf16x3", "throughput_merged"),
 }
 # Stage 2 checks these at every batch of STAGES["errors"], and the variants that `recommend`
 # may also pick (the latency layout's other warps, the 32-row throughput backward) at its first
 # only: the warm-up compiles them at that batch alone.
 ERROR_VARIANTS = ("fused", "fused_latency", "fused_throughput", "fused_tile",
-                  "fused_tile_tf32x3", "fused_tile_bf16x3", "fused_tile_tf32")
+                  "fused_tile_tf32x3", "fused_tile_bf16x3")
 # The tensor-core splits timed above the latency regime (issue: 3xTF32 or 3xBF16, whichever
 # measures faster and meets 1e-4).
 SPLITS = ("fused_throughput", "fused_tile_tf32x3", "fused_tile_bf16x3")
@@ -125,7 +134,10 @@ SPLITS = ("fused_throughput", "fused_tile_tf32x3", "fused_tile_bf16x3")
 # interpreter's emulation of the split (ops._bf16_rne); what wgmma's accumulation adds is
 # stage 2's check on the GPU, which a split must pass at every batch to be picked.
 DEFAULT_SPLITS = ("fused_tile_tf32x3", "fused_throughput", "fused_tile_bf16x3")
-ERROR_VARIANTS_FIRST = ("fused_latency_w4", "fused_latency_w16", "fused_throughput_bwd32")
+# (one-pass tf32 too: an explicit opt-in that `recommend` never picks, ~2e-3 from float64 on
+# an H200; its one check keeps the warm-up within one round of 16 compiles)
+ERROR_VARIANTS_FIRST = ("fused_latency_w4", "fused_latency_w16", "fused_throughput_bwd32",
+                        "fused_throughput_merged", "fused_tile_tf32")
 
 
 def error_batches(variant):
@@ -143,14 +155,16 @@ class Budget:
 
 def forced(layout):
     """Context: make the dispatch table pick `layout` ("latency" | "latency@W" | "tile" |
-    "throughput" | "throughput_bwd32") whatever B is ("latency@W": the latency layout at W
-    warps; "tile": the row-major tile layouts even for bf16x3; "throughput_bwd32": the
-    throughput layout with its backward at 32-row blocks)."""
+    "throughput" | "throughput_bwd32" | "throughput_merged") whatever B is ("latency@W": the
+    latency layout at W warps; "tile": the row-major tile layouts even for bf16x3;
+    "throughput_bwd32": the throughput layout with its backward at 32-row blocks;
+    "throughput_merged": with its merged kernels, the backward at 16-row blocks)."""
     class _Forced:
         def __enter__(self):
             self.saved = (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES,
                           fused.THROUGHPUT_PRECISIONS, fused.THROUGHPUT_BLOCK_B,
-                          fused._latency_warps, fused.SPLIT_LATENCY_MAX_ROWS)
+                          fused._latency_warps, fused.SPLIT_LATENCY_MAX_ROWS,
+                          fused.THROUGHPUT_MERGED)
             if layout and layout.startswith("latency"):
                 fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES = 1 << 30, 1 << 40
                 fused.SPLIT_LATENCY_MAX_ROWS = 1 << 30
@@ -159,15 +173,19 @@ def forced(layout):
                     fused._latency_warps = lambda h1, h2: warps
             elif layout == "tile":
                 fused.LATENCY_MAX_ROWS, fused.THROUGHPUT_PRECISIONS = 0, ()
-            elif layout in ("throughput", "throughput_bwd32"):
+            elif layout in ("throughput", "throughput_bwd32", "throughput_merged"):
                 fused.LATENCY_MAX_ROWS = 0
                 if layout == "throughput_bwd32":
                     fused.THROUGHPUT_BLOCK_B = {**fused.THROUGHPUT_BLOCK_B, "bwd": 32}
+                    fused.THROUGHPUT_MERGED = False
+                elif layout == "throughput_merged":
+                    fused.THROUGHPUT_BLOCK_B = {**fused.THROUGHPUT_BLOCK_B, "bwd": 16}
+                    fused.THROUGHPUT_MERGED = True
 
         def __exit__(self, *exc):
             (fused.LATENCY_MAX_ROWS, fused.LATENCY_SCRATCH_BYTES, fused.THROUGHPUT_PRECISIONS,
-             fused.THROUGHPUT_BLOCK_B, fused._latency_warps,
-             fused.SPLIT_LATENCY_MAX_ROWS) = self.saved
+             fused.THROUGHPUT_BLOCK_B, fused._latency_warps, fused.SPLIT_LATENCY_MAX_ROWS,
+             fused.THROUGHPUT_MERGED) = self.saved
             return False
     return _Forced()
 
@@ -257,9 +275,11 @@ def matmul_peak(tf32, dtype=torch.float32):
 # What warm() compiles: "fused" runs the latency kernels at these batches up to LATENCY_MAX_ROWS
 # (fused_latency's too: one job serves both), fused_tile the streamed ieee ones. At most 16
 # jobs: one round of 16 processes.
-WARM_JOBS = [(v, b) for v in ("fused", "fused_tile", "fused_tile_tf32x3", "fused_tile_tf32",
+WARM_JOBS = [(v, b) for v in ("fused", "fused_tile", "fused_tile_tf32x3",
                               "fused_tile_bf16x3", "fused_throughput") for b in WARM_BATCHES]
-WARM_JOBS.append(("fused_throughput_bwd32", WARM_BATCHES[0]))   # timed at B = 65536 only
+# timed at B = 65536 (and 1024) only, checked at B = 64
+WARM_JOBS += [(v, WARM_BATCHES[0]) for v in ("fused_throughput_bwd32", "fused_throughput_merged",
+                                             "fused_tile_tf32")]
 WARM_JOBS += [(v, WARM_BATCHES[0]) for v in ("fused_latency_w4", "fused_latency_w16")]  # B 16, 64
 # above LATENCY_MAX_ROWS "fused" runs other kernels: the latency ones there need their own job
 WARM_JOBS += [("fused_latency", b) for b in WARM_BATCHES if b > fused.LATENCY_MAX_ROWS]
@@ -468,20 +488,20 @@ def main(argv=None):
     print("4. B = 65536", flush=True)
     # fused_latency at 65536 lifts the latency layout's 1 GB scratch cap (12.3 GB here): the
     # latency model says a row per SM at FMA rate may beat the tile layouts even there.
-    for variant in ("reference", "fused_throughput", "fused", "fused_tile_tf32x3",
-                    "fused_tile_bf16x3", "fused_throughput_bwd32", "fused_tile_tf32",
-                    "fused_latency"):
+    for variant in ("reference", "fused_throughput", "fused", "fused_throughput_merged",
+                    "fused_tile_tf32x3", "fused_tile_bf16x3", "fused_throughput_bwd32",
+                    "fused_tile_tf32", "fused_latency"):
         for batch in STAGES["big"]:
             timed(variant, batch)
     # the forward alone: the backward's share (total - forward) against its model, spills
     # and all (bench/ptxas_report.py --sass; docs/measurements.md)
-    for variant in ("fused_throughput", "fused"):
+    for variant in ("fused_throughput", "fused_throughput_merged", "fused"):
         for batch in STAGES["big"]:
             timed(variant, batch, forward_only=True)
     card("after B = 65536")
     print("5. B = 1024", flush=True)
     for variant in ("reference", "analytic", "fused", "fused_latency", "fused_tile",
-                    "fused_throughput"):
+                    "fused_throughput", "fused_throughput_merged"):
         for batch in STAGES["mid"]:
             timed(variant, batch)
     print("6. latency / tile crossover", flush=True)
@@ -534,7 +554,11 @@ def recommend(rows, errors, cross_complete=True):
     that opt-in pays), "split_above_latency": which of the fp32-faithful splits
     (DEFAULT_SPLITS: tf32x3 in the tile layout, bf16x3 in the throughput and the tile layouts)
     beat the default dispatch at every batch above that and is fastest at the largest batch
-    they share, or None, "throughput_bwd_block": 16 or 32}. The default dispatch at a batch
+    they share, or None, "throughput_bwd_block": 16 or 32, "throughput_merged": whether
+    the merged kernels run (their backward at 16 rows)}. The throughput layout runs as the
+    table has it (the "fused_throughput" row), with its backward at 32-row blocks, or merged,
+    whichever beats the others accurately: merged at every batch it and the table's share
+    (65536 and 1024), the 32-row backward at the largest. The default dispatch at a batch
     above the latency regime is the ieee tile layout: its "fused_tile" row, or where none was
     timed the "fused" row (at 65536, where "fused" runs that layout).
 
@@ -626,14 +650,28 @@ def recommend(rows, errors, cross_complete=True):
             beaters = [v for v in default[1:] if beats_row((v, shared), (default[0], shared))]
             best = min(beaters, key=lambda v: ms[v, shared]) if beaters else default[0]
         rec["split_above_latency"] = best
-    big = [b for v, b in ms if v == "fused_throughput_bwd32" and ("fused_throughput", b) in ms]
-    if big:
-        b = max(big)
-        # "fused_throughput" runs the table's backward block (16 today)
-        rec["throughput_bwd_block"] = (32 if beats_row(("fused_throughput_bwd32", b),
-                                                       ("fused_throughput", b))
-                                       and accurate("fused_throughput_bwd32")
+    # "fused_throughput" runs the table's throughput kernels (not merged, backward at 16
+    # rows, today)
+    shared = {v: sorted(b for w, b in ms if w == v and ("fused_throughput", b) in ms)
+              for v in ("fused_throughput_bwd32", "fused_throughput_merged")}
+    wins = {v: bool(bs) and accurate(v) and all(beats_row((v, b), ("fused_throughput", b))
+                                                for b in (bs[-1:] if v.endswith("32") else bs))
+            for v, bs in shared.items()}
+    if wins["fused_throughput_bwd32"] and wins["fused_throughput_merged"]:
+        # both beat the table's: the faster of the two at the largest batch they share
+        b = max(set(shared["fused_throughput_bwd32"]) & set(shared["fused_throughput_merged"]),
+                default=None)
+        loser = ("fused_throughput_bwd32" if b is None or ms["fused_throughput_merged", b]
+                 <= ms["fused_throughput_bwd32", b] else "fused_throughput_merged")
+        wins[loser] = False
+    if shared["fused_throughput_bwd32"] or wins["fused_throughput_merged"]:
+        rec["throughput_bwd_block"] = (32 if wins["fused_throughput_bwd32"] else
+                                       16 if wins["fused_throughput_merged"]
                                        else fused.THROUGHPUT_BLOCK_B["bwd"])
+    if shared["fused_throughput_merged"]:
+        rec["throughput_merged"] = (wins["fused_throughput_merged"]
+                                        or (fused.THROUGHPUT_MERGED
+                                            and not wins["fused_throughput_bwd32"]))
     return rec
 
 
@@ -666,6 +704,8 @@ def fused_py(rec):
     if "throughput_bwd_block" in rec:
         out["THROUGHPUT_BLOCK_B"] = {"fwd": fused.THROUGHPUT_BLOCK_B["fwd"],
                                      "bwd": rec["throughput_bwd_block"]}
+    if "throughput_merged" in rec:
+        out["THROUGHPUT_MERGED"] = rec["throughput_merged"]
     return out
 
 

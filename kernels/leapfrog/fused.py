@@ -145,6 +145,13 @@ LATENCY_SCRATCH_BYTES = 1 << 30
 THROUGHPUT_PRECISIONS = ("bf16x3",)
 THROUGHPUT_BLOCK_B = {"fwd": 64, "bwd": 16}
 THROUGHPUT_WARPS = 8
+# The throughput kernels with their weight products merged pairwise into wider ones
+# (throughput._vjp_merged, _fwd_merged): fewer dependent tensor-core stages per step
+# (backward 45 wgmma groups instead of 114, order2 forward 27 instead of 36; sm_90 PTX), the
+# row blocks as above. Off until bench/gpu/leapfrog_table.py has timed it
+# (fused_throughput_merged; its "fused_py" line says what to set): throughput.py's docstring
+# has the model.
+THROUGHPUT_MERGED = False
 # What precision "auto" (leapfrog's default) runs above the latency regime: "ieee" until a GPU
 # has measured an fp32-faithful split (tf32x3, or bf16x3 in the throughput or the tile layout)
 # faster there at every batch and within 1e-4 of float64 (bench/gpu/leapfrog_table.py,
@@ -268,8 +275,9 @@ def _launch_config(layout, B, H1, H2, device, precision, direction="fwd"):
         precision = "bf16x3-emulated"          # the interpreter's bf16 dots are wrong
     if layout == "throughput":
         block_b = THROUGHPUT_BLOCK_B[direction]
+        merge = {"MERGE": True} if THROUGHPUT_MERGED else {}
         return _throughput_programs(B, device, block_b), dict(
-            BLOCK_B=block_b, PREC=precision, num_warps=THROUGHPUT_WARPS)
+            BLOCK_B=block_b, PREC=precision, num_warps=THROUGHPUT_WARPS, **merge)
     BLOCK_B = _block_b(H1, H2)
     extra = {"CH": layout} if layout else {}
     return triton.cdiv(B, BLOCK_B), dict(BLOCK_B=BLOCK_B, PREC=precision,
@@ -365,12 +373,18 @@ def leapfrog_bwd(q, p, ph, points, gq, gp, gd, saved, raw, dt, activation, schem
     # streamed.py adds into its slabs; the resident and throughput layouts write each
     # partial once
     slab = q.new_zeros if layout and layout != "throughput" else q.new_empty
-    dW1q, dW1p, db1, dW2 = slab(n_prog, H1, KP), slab(n_prog, H1, KP), slab(n_prog, H1), \
-        slab(n_prog, H2, H1)
+    merge = layout == "throughput" and config.get("MERGE", False)
+    if merge:   # one [H1, 2 KP] partial per program, W1q's and W1p's columns interleaved
+        dW1q = dW1p = slab(n_prog, H1, KP, 2)
+    else:
+        dW1q, dW1p = slab(n_prog, H1, KP), slab(n_prog, H1, KP)
+    db1, dW2 = slab(n_prog, H1), slab(n_prog, H2, H1)
     db2, dw3 = q.new_empty(n_prog, H2), q.new_empty(n_prog, H2)
     _launch(_kernels(layout)[1], (n_prog,), q, p, ph, *points, gq, gp, gd, *saved, dq0, dp0,
             dW1q, dW1p, db1, dW2, db2, dw3, B, k, T, dt, KP=KP, H1=H1, H2=H2,
             ACT=_ACT_CODE[activation], ORDER2=scheme == "order2", **config)
+    if merge:
+        dW1q, dW1p = dW1q[..., 0], dW1q[..., 1]
     dW1q, dW1p, db1, dW2, db2, dw3 = (x.sum(0) for x in (dW1q, dW1p, db1, dW2, db2, dw3))
     dw1 = torch.cat([dW1q[:n1, :k], dW1p[:n1, :k]], 1)       # [n1, 2k]
     return (dq0, dp0, (dw1, dW2[:n2, :n1], dw3[:n2].unsqueeze(0)),

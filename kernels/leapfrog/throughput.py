@@ -57,8 +57,30 @@ what its products model, but not for its spills: with 16-row blocks the forward 
 rows per step against 6) in 2.2x its time. The 16-row block is the cost (wgmma 16 columns
 wide along one dependent chain per SM), as it was the forward's (1.9x from 16 to 64 rows).
 At 32 rows the backward spills 2.3 KB per thread instead of 0.5; bench/gpu/leapfrog_table.py
-times it (fused_throughput_bwd32) and THROUGHPUT_BLOCK_B["bwd"] follows. Under 10 ms needs
-more than the row block (docs/integrator.md, "What 10 ms needs").
+times it (fused_throughput_bwd32) and THROUGHPUT_BLOCK_B["bwd"] follows.
+
+Merged products (fused.THROUGHPUT_MERGED, off until a GPU has timed it). What the 16-row
+block costs is read off the PTX: Triton waits for every tl.dot's wgmma group before the next
+instruction that needs it (wgmma.wait_group 0 after each), so a step is a chain of dependent
+tensor-core stages, each paying the operand's trip through shared memory, the issue and the
+wait: 114 per backward step (3 VJPs x 12-14 products x the split's 3 dots) and 36 per
+forward step. Modelled from the H200's rows: a 16-row backward block-step took 30 us (14.6
+ms over 480 per program), of which its tensor work at the bf16 peak is 5.5 us: ~220 ns per
+stage besides the products. Merged, products that share a weight run as one of twice the
+columns (_cols2: [a2 | t2] = W2 [h1 | u1], [W2^T r2 | e1] = W2^T [r2 | g2], a1 and t1 from
+one product of W1 with q, p and their cotangents, _rows2), and the weight gradients as one
+product each (dW2 += [r2 | g2] [h1 | u1]^T, dW1 likewise): 45 stages per backward step; the
+order2 forward takes q and p as one operand of W1 (12 products instead of 15, 27 stages).
+sm_90 with triton 3.6 (the H200's; bench/ptxas_report.py --chunks throughput_merged
+--sass): backward 368 B of spills per thread against 516, step loop 3,965 instructions
+against 5,356 with 62 / 32 local loads / stores against 97 / 59, 206 KB of shared memory;
+forward 16 B of spills (2 local loads per step), 200 KB. (dW2's product comes right after
+[r2 | g2] is formed, before W2^T's: the other way round it spilled 736 B.) Model at
+B = 65536: if the stages set the time, the backward's 30 us per block-step becomes
+45 x 0.22 + 5.5 = 15.4 us, 7.4 ms; if issuing does, it falls with the instruction count, to
+10.8 ms; the forward saves up to 9 stages of ~0.57 us per block-step (its own rows: 3.39 ms
+over 120 block-steps of 36 stages and 7.5 us of tensor work), to ~2.8 ms. Forward +
+backward 10-14 ms against 18.0: the table (fused_throughput_merged) says which.
 """
 import triton
 import triton.language as tl
@@ -140,19 +162,31 @@ def _block(blk, B, K, T, BLOCK_B: tl.constexpr, KP: tl.constexpr):
 
 
 @triton.jit
+def _start(q0_ptr, p0_ptr, q_ptr, p_ptr, traj, flat, mask):
+    """A row block's initial state [KP, BB], written as frame 0."""
+    q = tl.load(q0_ptr + flat, mask=mask, other=0.0)
+    p = tl.load(p0_ptr + flat, mask=mask, other=0.0)
+    tl.store(q_ptr + traj, q, mask=mask)
+    tl.store(p_ptr + traj, p, mask=mask)
+    return q, p
+
+
+@triton.jit
 def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
                          q_ptr, p_ptr, ph_ptr, dq_ptr, qm_ptr, pc_ptr, B, K, T, dt,
                          BLOCK_B: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr,
                          H2: tl.constexpr, ACT: tl.constexpr, ORDER2: tl.constexpr,
-                         PREC: tl.constexpr):
+                         PREC: tl.constexpr, MERGE: tl.constexpr = False):
     W1q, W1p, b1, W2, b2, w3 = _weights(w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
                                         KP, H1, H2, PREC)
+    if MERGE and ORDER2:   # ("official" keeps the plain step below)
+        W1 = _w1_interleaved(w1q_ptr, w1p_ptr, KP, H1, PREC)
+        _fwd_merged(q0_ptr, p0_ptr, W1, W1q, W1p, b1, W2, b2, w3, q_ptr, p_ptr, ph_ptr, dq_ptr,
+                    qm_ptr, pc_ptr, B, K, T, dt, BLOCK_B, KP, ACT, PREC)
+        return
     for blk in range(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.num_programs(0)):
         traj, half, flat, mask = _block(blk, B, K, T, BLOCK_B, KP)
-        q = tl.load(q0_ptr + flat, mask=mask, other=0.0)              # [KP, BB]
-        p = tl.load(p0_ptr + flat, mask=mask, other=0.0)
-        tl.store(q_ptr + traj, q, mask=mask)
-        tl.store(p_ptr + traj, p, mask=mask)
+        q, p = _start(q0_ptr, p0_ptr, q_ptr, p_ptr, traj, flat, mask)
         aq = _w_dot(W1q, q, PREC)
         for t in range(T - 1):
             # tile._leapfrog_fwd_kernel's step, transposed (its comments apply)
@@ -178,6 +212,44 @@ def _leapfrog_fwd_kernel(q0_ptr, p0_ptr, w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_pt
                 q = q + dt * _grad_part(aq + ap, W1p, W2, b2, w3, ACT, PREC)
                 aq = _w_dot(W1q, q, PREC)
                 p = ph - 0.5 * dt * _grad_part(aq + ap, W1q, W2, b2, w3, ACT, PREC)
+            tl.store(q_ptr + traj + (t + 1) * K, q, mask=mask)
+            tl.store(p_ptr + traj + (t + 1) * K, p, mask=mask)
+            tl.store(ph_ptr + half + t * K, ph, mask=mask)
+            tl.store(dq_ptr + half + t * K, dq, mask=mask)
+
+
+@triton.jit
+def _w1_interleaved(w1q_ptr, w1p_ptr, KP: tl.constexpr, H1: tl.constexpr, PREC: tl.constexpr):
+    """[W1q W1p] as one _split pair [H1, 2 KP] with their columns interleaved (2i from W1q,
+    2i + 1 from W1p): the operand _rows2(q, p) pairs with."""
+    c2 = tl.arange(0, 2 * KP)
+    at = tl.arange(0, H1)[:, None] * KP + (c2 // 2)[None, :]
+    odd = (c2 % 2 == 1)[None, :]
+    return _split(tl.where(odd, tl.load(w1p_ptr + at), tl.load(w1q_ptr + at)), PREC)
+
+
+@triton.jit
+def _fwd_merged(q0_ptr, p0_ptr, W1, W1q, W1p, b1, W2, b2, w3, q_ptr, p_ptr, ph_ptr, dq_ptr,
+                qm_ptr, pc_ptr, B, K, T, dt, BLOCK_B: tl.constexpr, KP: tl.constexpr,
+                ACT: tl.constexpr, PREC: tl.constexpr):
+    """The order2 forward with W1's products merged (MERGE): q and p as one operand of the
+    interleaved W1 (_rows2, _w1_interleaved), W1q^T g1 and W1p^T g1 as one product; 12 weight
+    products per step instead of 15 (27 wgmma groups instead of 36, sm_90 PTX)."""
+    for blk in range(tl.program_id(0), tl.cdiv(B, BLOCK_B), tl.num_programs(0)):
+        traj, half, flat, mask = _block(blk, B, K, T, BLOCK_B, KP)
+        q, p = _start(q0_ptr, p0_ptr, q_ptr, p_ptr, traj, flat, mask)
+        for t in range(T - 1):
+            a1 = _w_dot(W1, _rows2(q, p), PREC) + b1[:, None]
+            dq, dqp = _unrows2(_w_dot(_t(W1), _g1(a1, W2, b2, w3, ACT, PREC), PREC))
+            qm = q + 0.5 * dt * dqp
+            ph = p - 0.5 * dt * dq
+            pc = p - dt * dq
+            amid = _w_dot(W1, _rows2(qm, ph), PREC) + b1[:, None]
+            q = q + dt * _grad_part(amid, W1p, W2, b2, w3, ACT, PREC)
+            ac = _w_dot(W1, _rows2(q, pc), PREC) + b1[:, None]
+            p = ph - 0.5 * dt * _grad_part(ac, W1q, W2, b2, w3, ACT, PREC)
+            tl.store(qm_ptr + half + t * K, qm, mask=mask)
+            tl.store(pc_ptr + half + t * K, pc, mask=mask)
             tl.store(q_ptr + traj + (t + 1) * K, q, mask=mask)
             tl.store(p_ptr + traj + (t + 1) * K, p, mask=mask)
             tl.store(ph_ptr + half + t * K, ph, mask=mask)
@@ -221,20 +293,97 @@ def _vjp(q, p, vq, vp, W1q, W1p, b1, W2, b2, w3, dW1q, dW1p, db1, dW2, db2, dw3,
 
 
 @triton.jit
+def _cols2(a, b):
+    """[M, N] and [M, N] -> [M, 2N], columns interleaved (a_0, b_0, a_1, b_1, ...): two
+    operands of one weight product side by side, so that it runs as one wider wgmma."""
+    return tl.reshape(tl.join(a, b), (a.shape[0], 2 * a.shape[1]))
+
+
+@triton.jit
+def _uncols2(x):
+    """_cols2's inverse: [M, 2N] -> ([M, N], [M, N])."""
+    return tl.split(tl.reshape(x, (x.shape[0], x.shape[1] // 2, 2)))
+
+
+@triton.jit
+def _rows2(a, b):
+    """[K, N] and [K, N] -> [2K, N], rows interleaved (a_0, b_0, a_1, ...)."""
+    return tl.reshape(tl.permute(tl.join(a, b), (0, 2, 1)), (2 * a.shape[0], a.shape[1]))
+
+
+@triton.jit
+def _unrows2(x):
+    """_rows2's inverse: [2K, N] -> ([K, N], [K, N])."""
+    return tl.split(tl.permute(tl.reshape(x, (x.shape[0] // 2, 2, x.shape[1])), (0, 2, 1)))
+
+
+@triton.jit
+def _vjp_merged(q, p, vq, vp, W1, W1_unused, b1, W2, b2, w3, dW1, dW1_unused, db1, dW2, db2,
+                dw3, ACT: tl.constexpr, HAS_VQ: tl.constexpr, HAS_VP: tl.constexpr,
+                PREC: tl.constexpr):
+    """_vjp with its products merged pairwise into wider ones: five weight products
+    (each three wgmma groups under bf16x3) instead of up to fourteen. W1 is [W1q W1p] with
+    their columns interleaved ([H1, 2 KP], column 2i from W1q, 2i + 1 from W1p), dW1 its
+    gradient in the same order; the *_unused slots keep _reverse_step's signature."""
+    zero = tl.zeros_like(q)
+    if HAS_VQ:
+        vq_ = vq
+    else:
+        vq_ = zero
+    if HAS_VP:
+        vp_ = vp
+    else:
+        vp_ = zero
+    # X [2 KP, 2 BB]: rows alternate q / p, columns the state and the cotangent v
+    X = _rows2(_cols2(q, vq_), _cols2(p, vp_))
+    a1, t1 = _uncols2(_w_dot(W1, X, PREC))               # W1 x and W1 v in one product
+    a1 += b1[:, None]
+    h1, d1_1, _ = _act(a1, ACT)
+    u1 = d1_1 * t1
+    HU = _cols2(h1, u1)
+    a2, t2 = _uncols2(_w_dot(W2, HU, PREC))              # W2 h1 and W2 u1
+    a2 += b2[:, None]
+    h2, d1_2, _ = _act(a2, ACT)
+    g2 = w3[:, None] * d1_2
+    r2 = w3[:, None] * _d2(h2, d1_2, ACT) * t2
+    RG = _cols2(r2, g2)
+    dW2 = _dot_acc(RG, tl.trans(HU), dW2, PREC)          # r2 h1^T + g2 u1^T
+    dw3 += tl.sum(d1_2 * t2, axis=1)                                 # u2
+    db2 += tl.sum(r2, axis=1)
+    f1, e1 = _uncols2(_w_dot(_t(W2), RG, PREC))          # W2^T r2 and W2^T g2
+    g1 = e1 * d1_1
+    r1 = e1 * _d2(h1, d1_1, ACT) * t1 + f1 * d1_1
+    db1 += tl.sum(r1, axis=1)
+    dW1 = _dot_acc(_cols2(r1, g1), tl.trans(X), dW1, PREC)   # r1 x^T + g1 v^T
+    dxq, dxp = _unrows2(_w_dot(_t(W1), r1, PREC))
+    return dxq, dxp, dW1, dW1_unused, db1, dW2, db2, dw3
+
+
+@triton.jit
 def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, gd_ptr,
                          w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
                          dq0_ptr, dp0_ptr, dw1q_ptr, dw1p_ptr, db1_ptr, dw2_ptr, db2_ptr,
                          dw3_ptr, B, K, T, dt,
                          BLOCK_B: tl.constexpr, KP: tl.constexpr, H1: tl.constexpr,
                          H2: tl.constexpr, ACT: tl.constexpr, ORDER2: tl.constexpr,
-                         PREC: tl.constexpr):
+                         PREC: tl.constexpr, MERGE: tl.constexpr = False):
     """tile._leapfrog_bwd_kernel's reverse walk, transposed, over this program's row blocks;
-    the weight gradients accumulate over all of them into one partial per program."""
+    the weight gradients accumulate over all of them into one partial per program. MERGE:
+    the step's VJPs are _vjp_merged's, W1 and its gradient held as one [H1, 2 KP] tile with
+    W1q's and W1p's columns interleaved (written so to dw1q_ptr; dw1p_ptr is not written)."""
     pid = tl.program_id(0)
     W1q, W1p, b1, W2, b2, w3 = _weights(w1q_ptr, w1p_ptr, b1_ptr, w2_ptr, b2_ptr, w3_ptr,
                                         KP, H1, H2, PREC)
-    dW1q = tl.zeros((H1, KP), dtype=tl.float32)
-    dW1p = tl.zeros((H1, KP), dtype=tl.float32)
+    if MERGE:
+        W1q = _w1_interleaved(w1q_ptr, w1p_ptr, KP, H1, PREC)
+        W1p = W1q
+        dW1q = tl.zeros((H1, 2 * KP), dtype=tl.float32)
+        dW1p = tl.zeros((16,), dtype=tl.float32)
+        VJP: tl.constexpr = _vjp_merged
+    else:
+        dW1q = tl.zeros((H1, KP), dtype=tl.float32)
+        dW1p = tl.zeros((H1, KP), dtype=tl.float32)
+        VJP: tl.constexpr = _vjp
     dW2 = tl.zeros((H2, H1), dtype=tl.float32)
     db1 = tl.zeros((H1,), dtype=tl.float32)
     db2 = tl.zeros((H2,), dtype=tl.float32)
@@ -248,7 +397,7 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
             q, p, q1, ph, D, qm, pc = _saved_step(q_ptr, p_ptr, ph_ptr, gd_ptr, qm_ptr,
                                                   pc_ptr, traj, half, t, K, mask, ORDER2)
             Q, P, dW1q, dW1p, db1, dW2, db2, dw3 = _reverse_step(
-                _vjp, q, p, q1, ph, D, qm, pc, Q, P, W1q, W1p, b1, W2, b2, w3,
+                VJP, q, p, q1, ph, D, qm, pc, Q, P, W1q, W1p, b1, W2, b2, w3,
                 dW1q, dW1p, db1, dW2, db2, dw3, dt, ACT, ORDER2, PREC)
             Q += tl.load(gq_ptr + traj + t * K, mask=mask, other=0.0)
             P += tl.load(gp_ptr + traj + t * K, mask=mask, other=0.0)
@@ -257,8 +406,12 @@ def _leapfrog_bwd_kernel(q_ptr, p_ptr, ph_ptr, qm_ptr, pc_ptr, gq_ptr, gp_ptr, g
     cols = tl.arange(0, KP)
     h1 = tl.arange(0, H1)
     h2 = tl.arange(0, H2)
-    tl.store(dw1q_ptr + pid * H1 * KP + h1[:, None] * KP + cols[None, :], dW1q)
-    tl.store(dw1p_ptr + pid * H1 * KP + h1[:, None] * KP + cols[None, :], dW1p)
+    if MERGE:
+        c2 = tl.arange(0, 2 * KP)
+        tl.store(dw1q_ptr + pid * H1 * 2 * KP + h1[:, None] * (2 * KP) + c2[None, :], dW1q)
+    else:
+        tl.store(dw1q_ptr + pid * H1 * KP + h1[:, None] * KP + cols[None, :], dW1q)
+        tl.store(dw1p_ptr + pid * H1 * KP + h1[:, None] * KP + cols[None, :], dW1p)
     tl.store(dw2_ptr + pid * H2 * H1 + h2[:, None] * H1 + h1[None, :], dW2)
     tl.store(db1_ptr + pid * H1 + h1, db1)
     tl.store(db2_ptr + pid * H2 + h2, db2)
