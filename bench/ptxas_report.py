@@ -96,6 +96,27 @@ def _aligned(kern, sig):
             if t.startswith("*")}
 
 
+def _compile(kern, sig, constexprs, arch, num_warps, **options):
+    """Compile `kern` for sm_<arch> as a launch would (16-byte aligned pointers, fused
+    multiply-adds); returns (the compiled kernel, its row fields: shared memory, compile
+    time and what ptxas -v reports)."""
+    log = io.StringIO()
+    triton.knobs.nvidia.dump_ptxas_log = True    # Triton prints its ptxas -v log
+    try:
+        t0 = time.perf_counter()
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(
+                ASTSource(fn=kern, signature=sig, constexprs=constexprs,
+                          attrs=_aligned(kern, sig)),
+                target=GPUTarget("cuda", arch, 32),
+                options={"num_warps": num_warps, "enable_fp_fusion": True, **options})
+        seconds = time.perf_counter() - t0
+    finally:
+        triton.knobs.nvidia.dump_ptxas_log = False
+    return compiled, {"shared": compiled.metadata.shared, "compile_s": round(seconds, 1),
+                      **parse_ptxas(log.getvalue())}
+
+
 def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=True,
                 precision="ieee", maxnreg=None, sass=False):
     """Compile one kernel for sm_<arch>; returns the report row (with sass_loops' fields
@@ -124,26 +145,11 @@ def compile_one(direction, width, block_b, num_warps, chunk, arch=90, order2=Tru
             if name not in constexprs:   # a kernel parameter this report does not know
                 raise KeyError(f"no value for the kernel's constexpr {name!r}")
             sig[name] = "constexpr"
-    log = io.StringIO()
-    triton.knobs.nvidia.dump_ptxas_log = True    # Triton prints its ptxas -v log
-    try:
-        t0 = time.perf_counter()
-        with contextlib.redirect_stdout(log):
-            compiled = triton.compile(ASTSource(fn=kern, signature=sig, constexprs=constexprs,
-                                                attrs=_aligned(kern, sig)),
-                                      target=GPUTarget("cuda", arch, 32),
-                                      options=dict({"num_warps": num_warps,
-                                                    "enable_fp_fusion": True},   # as launched
-                                                   **({"maxnreg": maxnreg} if maxnreg else {}),
-                                                   **({"num_stages": STAGES} if STAGES else {})))
-        seconds = time.perf_counter() - t0
-    finally:
-        triton.knobs.nvidia.dump_ptxas_log = False
+    compiled, ptxas_row = _compile(kern, sig, constexprs, arch, num_warps,
+                                   **({"maxnreg": maxnreg} if maxnreg else {}),
+                                   **({"num_stages": STAGES} if STAGES else {}))
     row = {"kernel": direction, "width": width, "block_b": block_b, "num_warps": num_warps,
-           "maxnreg": maxnreg,
-           "chunk": chunk, "precision": precision, "shared": compiled.metadata.shared,
-           "compile_s": round(seconds, 1)}
-    row.update(parse_ptxas(log.getvalue()))
+           "maxnreg": maxnreg, "chunk": chunk, "precision": precision, **ptxas_row}
     row.update(count_mma(compiled.asm["ptx"]))
     if sass:
         row.update(sass_loops(disassemble(compiled.asm["cubin"])))
@@ -161,24 +167,10 @@ def compile_gru(direction, hidden, num_warps, feedback, arch=90):
     sig = {p: "*fp32" if p.endswith("_ptr") else "i32" if p in ("n", "frames") else "constexpr"
            for p in inspect.signature(kern.fn).parameters}
     hp = max(16, triton.next_power_of_2(hidden))
-    log = io.StringIO()
-    triton.knobs.nvidia.dump_ptxas_log = True
-    try:
-        t0 = time.perf_counter()
-        with contextlib.redirect_stdout(log):
-            compiled = triton.compile(
-                ASTSource(fn=kern, signature=sig, attrs=_aligned(kern, sig),
-                          constexprs={"H": hidden, "HP": hp, "FEEDBACK": feedback}),
-                target=GPUTarget("cuda", arch, 32),
-                options={"num_warps": num_warps, "enable_fp_fusion": True})
-        seconds = time.perf_counter() - t0
-    finally:
-        triton.knobs.nvidia.dump_ptxas_log = False
-    row = {"kernel": f"gru_{direction}", "width": hidden, "num_warps": num_warps,
-           "feedback": feedback, "shared": compiled.metadata.shared,
-           "compile_s": round(seconds, 1)}
-    row.update(parse_ptxas(log.getvalue()))
-    return row
+    _, ptxas_row = _compile(kern, sig, {"H": hidden, "HP": hp, "FEEDBACK": feedback}, arch,
+                            num_warps)
+    return {"kernel": f"gru_{direction}", "width": hidden, "num_warps": num_warps,
+            "feedback": feedback, **ptxas_row}
 
 
 def merge_rows(path, rows):
@@ -245,8 +237,8 @@ def main(argv=None):
                     help="warps per program (default 4 and 8; with --gru the kernels' own)")
     ap.add_argument("--chunks", type=_chunk_arg, nargs="+", default=["latency", 0, 16, 32],
                     help="latency = a program per row (latency.py); throughput = hidden-major "
-                         "tiles (throughput.py); throughput_merged = the same with the "
-                         "backward's products merged (MERGE); 0 = register-resident tile "
+                         "tiles (throughput.py); throughput_merged = the same with their "
+                         "products merged (MERGE); 0 = register-resident tile "
                          "layout; >0 = streamed, hidden units per chunk")
     ap.add_argument("--kernels", nargs="+", default=["fwd", "bwd"], choices=["fwd", "bwd"])
     ap.add_argument("--precisions", nargs="+", default=["ieee"],

@@ -115,7 +115,7 @@ VARIANTS = {
     # the backward at 16-row blocks): per step 45 dependent wgmma groups instead of 114 in the
     # backward, 27 instead of 36 in the forward (sm_90 PTX, triton 3.6 as on the H200:
     # backward spills 368 against 516 B per thread, its step loop 3,965 instructions against
-    # 5,356; forward 16 B of spills). Modelled from the H200's rows: 11-14 ms against 18.0 at
+    # 5,356; forward 16 B of spills). Modelled from the H200's rows: 10-14 ms against 18.0 at
     # B = 65536 (throughput.py's docstring).
     "fused_throughput_merged": ("fused", "bf16x3", "throughput_merged"),
 }
@@ -669,9 +669,9 @@ def recommend(rows, errors, cross_complete=True):
                                        16 if wins["fused_throughput_merged"]
                                        else fused.THROUGHPUT_BLOCK_B["bwd"])
     if shared["fused_throughput_merged"]:
-        rec["throughput_merged"] = (wins["fused_throughput_merged"]
-                                        or (fused.THROUGHPUT_MERGED
-                                            and not wins["fused_throughput_bwd32"]))
+        # (once applied, the table's row is the merged one: kept unless the 32-row one wins)
+        rec["throughput_merged"] = (wins["fused_throughput_merged"] or (
+            fused.THROUGHPUT_MERGED and not wins["fused_throughput_bwd32"]))
     return rec
 
 

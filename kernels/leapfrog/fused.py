@@ -373,7 +373,7 @@ def leapfrog_bwd(q, p, ph, points, gq, gp, gd, saved, raw, dt, activation, schem
     # streamed.py adds into its slabs; the resident and throughput layouts write each
     # partial once
     slab = q.new_zeros if layout and layout != "throughput" else q.new_empty
-    merge = layout == "throughput" and config.get("MERGE", False)
+    merge = config.get("MERGE", False)      # throughput.py's merged kernels
     if merge:   # one [H1, 2 KP] partial per program, W1q's and W1p's columns interleaved
         dW1q = dW1p = slab(n_prog, H1, KP, 2)
     else:
