@@ -297,6 +297,13 @@ def test_leapfrog_table_smoke_runs_every_stage(tmp_path, monkeypatch):
     assert set(out["peaks"]) == {"fp32", "tf32", "bf16"}
     assert out["warm"]["kernels"] == 1 and out["warm"]["failures"] == []   # one warm-up job
     assert out["cross_complete"] and {"latency_max_rows", "latency_warps"} <= set(out["recommend"])
+    # stage 7: the eager call's host time, its ops, and a trace TensorBoard's plugin reads
+    host = out["host"]
+    assert host["batch"] == table.STAGES["train"][0] and host["device_us"] == 0.0   # no CUDA
+    assert 0 < host["host_fwd_us"] < host["host_us"] and host["top_host_ops"]
+    assert any(o["op"] == "LeapfrogFunctionBackward" for o in host["top_host_ops"])
+    trace = json.load(open(tmp_path / "host_profile" / host["trace"]))
+    assert host["trace"].endswith(".pt.trace.json") and trace["traceEvents"]
     assert {n: open(os.path.join(results, n), "rb").read()   # a smoke run records nothing
             for n in os.listdir(results)} == before
 

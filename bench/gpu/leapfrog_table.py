@@ -25,7 +25,9 @@ say fused.py's dispatch table should be: `recommend`, and the entries to set the
      backward's share can be read off;
   5. B = 1024 (the merged kernels again: they must win at both to be picked);
   6. the latency/tile crossover: every layout at B = 256 .. 8192, which sets
-     fused.LATENCY_MAX_ROWS.
+     fused.LATENCY_MAX_ROWS;
+  7. where an eager call's host time goes at B = 16 (host and device time per call,
+     launches, the host ops by self time; a TensorBoard trace in $OUT/host_profile).
 
 TFLOP/s are of the rollout's fp32 FLOPs (leapfrog_flops); a bf16x3 product runs three bf16
 tensor-core products per fp32 one, so its tensor-core rate is three times the figure, against
@@ -260,6 +262,69 @@ def graph_ms(variant, batch):
     with torch.cuda.graph(g):
         body()
     return median_ms(g.replay)
+
+
+def _sync():
+    if DEV == "cuda":
+        torch.cuda.synchronize()
+
+
+# What the CUDA runtime and driver name a kernel launch in the profiler's host events
+# (cuBLAS and torch's own kernels go through the runtime, Triton's launcher through the driver).
+LAUNCH_EVENTS = ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel", "cuLaunchKernelEx")
+
+
+def host_profile(variant, batch, trace_dir=None, calls=5, top=15):
+    """Where an eager call's host time goes (stage 7). An eager fused call at B = 16 took
+    1.52 ms on an H200 against 0.46 ms replayed from a CUDA graph (commit fcd82da): about 1 ms
+    of host work per call, of which a CPU profile with the launches stubbed accounts for half
+    (a 2-core CPU, B = 1: 0.19 ms forward, 0.46 ms backward, ~0.15 ms of it the weight-gradient
+    products computed there). Returns the host time per call, forward
+    and whole (each from an idle device, so the host's enqueue alone; medians, no profiler),
+    the device's kernel time per call, launches per call, and the host ops by self time
+    (under the profiler, which inflates each); writes a TensorBoard trace to trace_dir."""
+    step = step_fn(variant, batch)
+    fwd = step_fn(variant, batch, forward_only=True)
+    for _ in range(3):
+        step()
+        fwd()
+
+    def host_us(fn, n=30):
+        times = []
+        for _ in range(n):
+            _sync()
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e6)
+        _sync()
+        return statistics.median(times)
+
+    res = {"variant": variant, "batch": batch, "host_us": host_us(step),
+           "host_fwd_us": host_us(fwd)}
+    acts = [torch.profiler.ProfilerActivity.CPU]
+    if DEV == "cuda":
+        acts.append(torch.profiler.ProfilerActivity.CUDA)
+    _sync()
+    with torch.profiler.profile(activities=acts) as prof:
+        for _ in range(calls):
+            step()
+        _sync()
+    ops = prof.key_averages()
+    device = [e for e in ops if e.device_type == torch.autograd.DeviceType.CUDA]
+    res["device_us"] = sum(e.self_device_time_total for e in device) / calls
+    res["launches"] = sum(e.count for e in ops if e.key in LAUNCH_EVENTS) / calls
+    host = sorted((e for e in ops if e.device_type == torch.autograd.DeviceType.CPU
+                   and e.key not in ("cudaDeviceSynchronize",)),
+                  key=lambda e: e.self_cpu_time_total, reverse=True)
+    res["profiled_host_us"] = sum(e.self_cpu_time_total for e in host) / calls
+    res["top_host_ops"] = [{"op": e.key, "calls": e.count / calls,
+                            "self_us": e.self_cpu_time_total / calls} for e in host[:top]]
+    if trace_dir:
+        os.makedirs(trace_dir, exist_ok=True)
+        # the profiler plugin's naming (torch.profiler.tensorboard_trace_handler's)
+        res["trace"] = f"leapfrog_{variant}_B{batch}.pt.trace.json"
+        prof.export_chrome_trace(os.path.join(trace_dir, res["trace"]))
+    return res
 
 
 def matmul_peak(tf32, dtype=torch.float32):
@@ -509,6 +574,23 @@ def main(argv=None):
         for variant in ("fused_latency", "fused_throughput", "fused_tile", "fused_tile_tf32x3",
                         "fused_tile_bf16x3"):
             timed(variant, batch)
+    print("7. host cost of an eager call", flush=True)
+    if budget.left() >= 15:
+        try:
+            trace_dir = os.path.join(out_dir, "host_profile") if out_dir else None
+            out["host"] = h = host_profile("fused", STAGES["train"][0], trace_dir)
+            keep("host_profile", h)
+            print(f"  fused B={h['batch']}: host {h['host_us']:.0f} us per call (forward "
+                  f"{h['host_fwd_us']:.0f}), device {h['device_us']:.0f} us, "
+                  f"{h['launches']:.0f} launches; top host ops (profiled): "
+                  + ", ".join(f"{o['op']} {o['self_us']:.0f}" for o in h["top_host_ops"][:6]),
+                  flush=True)
+        except Exception as err:  # noqa: BLE001 - a diagnostic, not a stop
+            out["host"] = {"failed": repr(err)[:300]}
+            print(f"  host profile failed: {err!r}"[:300], flush=True)
+        save()
+    else:
+        print("  skipped: budget spent", flush=True)
 
     card("end")
     out["cross_complete"] = cross_complete(out["rows"])
