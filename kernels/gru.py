@@ -38,6 +38,10 @@ import torch
 import triton
 import triton.language as tl
 
+# the leapfrog kernels' launch (on the tensors' CUDA device, not the current one, with fused
+# multiply-adds asked for by name) and their SM count, read once per device
+from .leapfrog import fused
+
 MAX_HIDDEN = 128
 
 
@@ -163,13 +167,13 @@ def _backward_kernel(dh_ptr, ws_ptr, w_ptr, dgi_ptr, dgh_ptr, n, frames,
                        H, HP)
 
 
-def _launch(n, hidden, device):
+def _grid(n, hidden, device):
     """Grid and padded width: a program per row, up to a few per SM (rows past that are
     walked grid-stride by the same programs)."""
     hp = max(16, triton.next_power_of_2(hidden))
     programs = n
     if device.type == "cuda":
-        programs = min(n, 4 * torch.cuda.get_device_properties(device).multi_processor_count)
+        programs = min(n, 4 * fused._sm_count(device))
     return (max(programs, 1),), hp
 
 
@@ -192,9 +196,9 @@ def forward(gi, w, b, b_hh, frames, feedback):
     n, hidden = gi.shape[-2], w.shape[1]
     hs = torch.empty(frames, n, hidden, device=gi.device, dtype=gi.dtype)
     ws = torch.empty(frames, n, 5 * hidden, device=gi.device, dtype=gi.dtype)
-    grid, hp = _launch(n, hidden, gi.device)
-    _forward_kernel[grid](gi, w, b, b_hh, hs, ws, n, frames, H=hidden, HP=hp,
-                          FEEDBACK=bool(feedback), num_warps=FORWARD_WARPS)
+    grid, hp = _grid(n, hidden, gi.device)
+    fused._launch(_forward_kernel, grid, gi, w, b, b_hh, hs, ws, n, frames, H=hidden, HP=hp,
+                  FEEDBACK=bool(feedback), num_warps=FORWARD_WARPS)
     return hs, ws
 
 
@@ -202,7 +206,7 @@ def backward(dh, ws, w, feedback):
     frames, n, hidden = dh.shape
     dgi = torch.empty(frames, n, 3 * hidden, device=dh.device, dtype=dh.dtype)
     dgh = torch.empty_like(dgi)
-    grid, hp = _launch(n, hidden, dh.device)
-    _backward_kernel[grid](dh, ws, w, dgi, dgh, n, frames, H=hidden, HP=hp,
-                           FEEDBACK=bool(feedback), num_warps=BACKWARD_WARPS)
+    grid, hp = _grid(n, hidden, dh.device)
+    fused._launch(_backward_kernel, grid, dh, ws, w, dgi, dgh, n, frames, H=hidden, HP=hp,
+                  FEEDBACK=bool(feedback), num_warps=BACKWARD_WARPS)
     return dgi, dgh

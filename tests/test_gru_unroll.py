@@ -194,6 +194,26 @@ def test_kernels_match_float64_and_the_cells(feedback, n, frames, d_in, hidden):
         torch.testing.assert_close(a, cc, rtol=1e-5, atol=1e-6 * scale)
 
 
+@needs_triton
+def test_kernels_launch_through_the_leapfrog_kernels_device_guard(monkeypatch):
+    # Triton launches on the current CUDA device: a run on cuda:1 while cuda:0 is current
+    # would launch there with foreign pointers. The leapfrog kernels' launch enters the
+    # tensors' device (tested in test_leapfrog_fused.py); the GRU kernels go through it.
+    from hgan.kernels import gru as kgru
+    from hgan.kernels.leapfrog import fused
+    real, launched = fused._launch, []
+
+    def spy(kernel, grid, *args, **kwargs):
+        launched.append(kernel)
+        return real(kernel, grid, *args, **kwargs)
+    monkeypatch.setattr(fused, "_launch", spy)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    cell, out = _modules(3, 4, seed=0, dtype=torch.float32, device=dev)
+    x = _inputs(2, 3, 3, True, torch.float32, device=dev).requires_grad_(True)
+    gu.gru_unroll(x, cell, out, 3, True, backend="kernels").sum().backward()
+    assert launched == [kgru._forward_kernel, kgru._backward_kernel]
+
+
 def test_kernels_refuse_what_they_do_not_take():
     cell, out = _modules(3, 4, seed=0)                        # float64
     with pytest.raises(ValueError, match="the fused GRU kernels take float32, got torch.float64"):
