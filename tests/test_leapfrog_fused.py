@@ -699,34 +699,6 @@ def test_latency_backward_keeps_fp32_products_and_the_callers_tf32_setting(api):
         setattr(m, attr, saved)
 
 
-@pytest.mark.parametrize("B,k,widths,frames,scheme,activation,dt", [
-    (50, 3, (40, 100), 5, "order2", "tanh", 0.05),      # 4 backward blocks on 3 programs
-    (200, 2, (64, 64), 2, "order2", "softplus", 0.05),  # 4 forward blocks (64 rows) on 3
-    (1, 1, (100, 64), 3, "official", "softplus", -0.05),  # one row, one coordinate
-    (37, 16, (128, 128), 4, "official", "softplus", -0.1),  # k = its padding, B % 16 != 0
-    (33, 10, (64, 64), 16, "order2", "tanh", 0.05),     # width 64, the benchmark's 16 frames
-])
-def test_throughput_layout_matches_float64_reference(monkeypatch, B, k, widths, frames, scheme,
-                                                     activation, dt):
-    # Hidden-major tiles (throughput.py), what bf16x3 runs above LATENCY_MAX_ROWS. Under the
-    # interpreter its products run the bf16 split in fp32 (exact), so the split's own error
-    # is what is checked against the 1e-4 contract; 3 persistent programs walk the row
-    # blocks (64 rows forward, 16 backward), so a program accumulates weight gradients over
-    # several blocks.
-    monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
-    seen = _layouts_run(monkeypatch)
-    gen = torch.Generator().manual_seed(B + k)
-    weights, biases = random_mlp(k, widths, generator=gen)
-    weights, biases = [w.to(DEVICE) for w in weights], [b.to(DEVICE) for b in biases]
-    q0 = torch.randn(B, k, generator=gen).to(DEVICE)
-    p0 = torch.randn(B, k, generator=gen).to(DEVICE)
-    errs = compare_to_reference(q0, p0, weights, biases, dt, frames, activation, "fused",
-                                scheme=scheme, precision="bf16x3")
-    assert seen == ["throughput", "throughput"]                # forward, backward
-    bad = {n: e for n, e in errs.items() if not e <= 1e-4}
-    assert not bad, f"fused throughput layout vs float64 reference, rel err > 1e-4: {bad}"
-
-
 def _throughput_configs(monkeypatch):
     """The throughput layout at any width and batch, and the launch configs it is asked
     for, in order (forward, backward)."""
@@ -752,6 +724,28 @@ def _throughput_errors(B, k, widths, frames, scheme, activation, dt, seed):
     p0 = torch.randn(B, k, generator=gen).to(DEVICE)
     return compare_to_reference(q0, p0, weights, biases, dt, frames, activation, "fused",
                                 scheme=scheme, precision="bf16x3")
+
+
+@pytest.mark.parametrize("B,k,widths,frames,scheme,activation,dt", [
+    (50, 3, (40, 100), 5, "order2", "tanh", 0.05),      # 4 backward blocks on 3 programs
+    (200, 2, (64, 64), 2, "order2", "softplus", 0.05),  # 4 forward blocks (64 rows) on 3
+    (1, 1, (100, 64), 3, "official", "softplus", -0.05),  # one row, one coordinate
+    (37, 16, (128, 128), 4, "official", "softplus", -0.1),  # k = its padding, B % 16 != 0
+    (33, 10, (64, 64), 16, "order2", "tanh", 0.05),     # width 64, the benchmark's 16 frames
+])
+def test_throughput_layout_matches_float64_reference(monkeypatch, B, k, widths, frames, scheme,
+                                                     activation, dt):
+    # Hidden-major tiles (throughput.py), what bf16x3 runs above LATENCY_MAX_ROWS. Under the
+    # interpreter its products run the bf16 split in fp32 (exact), so the split's own error
+    # is what is checked against the 1e-4 contract; 3 persistent programs walk the row
+    # blocks (64 rows forward, 16 backward), so a program accumulates weight gradients over
+    # several blocks.
+    monkeypatch.setattr(fused, "LATENCY_MAX_ROWS", 0)
+    seen = _layouts_run(monkeypatch)
+    errs = _throughput_errors(B, k, widths, frames, scheme, activation, dt, B + k)
+    assert seen == ["throughput", "throughput"]                # forward, backward
+    bad = {n: e for n, e in errs.items() if not e <= 1e-4}
+    assert not bad, f"fused throughput layout vs float64 reference, rel err > 1e-4: {bad}"
 
 
 @pytest.mark.parametrize("B,k,widths,frames,scheme", [
