@@ -46,9 +46,13 @@ KP = 16   # k = 10, the benchmark's, pads to 16
 STAGES = int(os.environ.get("PTXAS_STAGES", "0"))
 
 
+# --chunks values that name a layout's module (the others are hidden units per streamed chunk,
+# 0 the register-resident tile layout); throughput_merged compiles throughput's with MERGE
+LAYOUT_CHUNKS = {"latency": latency, "throughput": throughput, "throughput_merged": throughput}
+
+
 def _kernel(direction, chunk):
-    mod = {"latency": latency, "throughput": throughput,
-           "throughput_merged": throughput}.get(chunk) or (streamed if chunk else tile)
+    mod = LAYOUT_CHUNKS.get(chunk) or (streamed if chunk else tile)
     return getattr(mod, f"_leapfrog_{direction}_kernel")
 
 
@@ -188,7 +192,7 @@ def merge_rows(path, rows):
 
 
 def _fmt(r):
-    layout = (r["chunk"] if r["chunk"] in ("latency", "throughput", "throughput_merged") else
+    layout = (r["chunk"] if r["chunk"] in LAYOUT_CHUNKS else
               f"streamed/{r['chunk']}" if r["chunk"] else "resident")
     return (f"{r['kernel']}  width={r['width']:>3}  BLOCK_B={r['block_b']:>3}  "
             f"warps={r['num_warps']}  {layout:<12}  {r['precision']:<6}  regs={r['registers']:>3}  "
@@ -203,7 +207,7 @@ def _fmt(r):
 
 
 def _chunk_arg(text):
-    return text if text in ("latency", "throughput", "throughput_merged") else int(text)
+    return text if text in LAYOUT_CHUNKS else int(text)
 
 
 def _width_arg(text):
