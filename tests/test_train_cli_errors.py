@@ -353,8 +353,9 @@ def test_a_fused_precision_that_a_cpu_run_cannot_use_is_said(data_root, tmp_path
     # --integrator auto on a CPU runs the analytic backend (fp32): the run goes on, as the
     # same command does on a GPU, and says that its --fused-precision changes nothing
     argv = [a if a != "analytic" else "auto" for a in TINY] + [
-        "--data", data_root, "--iters", "1", "--fused-precision", "tf32x3"]
-    code, stdout, err = call(argv + ["--out", str(tmp_path / "a")], capsys)
+        "--data", data_root, "--iters", "1"]
+    code, stdout, err = call(argv + ["--fused-precision", "tf32x3", "--out", str(tmp_path / "a")],
+                             capsys)
     assert code == 0, err
     said = [ln for ln in stdout.splitlines() if "--fused-precision" in ln]
     assert said == ["[hgan] --fused-precision tf32x3 sets the fused kernels' dot products; on "
@@ -362,9 +363,8 @@ def test_a_fused_precision_that_a_cpu_run_cannot_use_is_said(data_root, tmp_path
                     "nothing in this run"], stdout
     # not said where the flag is the default, or fp32 anyway
     for flags in ([], ["--fused-precision", "ieee"]):
-        code, stdout, err = call([a if a != "analytic" else "auto" for a in TINY] + [
-            "--data", data_root, "--iters", "1", "--out", str(tmp_path / f"b{len(flags)}")]
-            + flags, capsys)
+        code, stdout, err = call(argv + ["--out", str(tmp_path / f"b{len(flags)}")] + flags,
+                                 capsys)
         assert code == 0 and "--fused-precision" not in stdout, (flags, stdout, err)
 
 
