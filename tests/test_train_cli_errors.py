@@ -613,8 +613,8 @@ def test_a_resumed_run_trains_on_the_data_it_started_with(data_root, tmp_path, c
                      resolution=32, progress=False)
     code, _, err = call(["--resume", str(out), "--iters", "4", "--data", str(tmp_path / "other")],
                         capsys)
-    assert_one_error_line(code, err, "has 12 trajectories of 40 frames, system pendulum", "but the run "
-                          "trained on")
+    assert_one_error_line(code, err, "has 12 trajectories of 40 frames, system pendulum",
+                          "but the run trained on")
     # the same counts, drawn with another seed: not the run's data either
     generate_dataset("pendulum", tmp_path / "reseeded", train=24, test=0, frames=40, seed=1,
                      resolution=32, progress=False)
@@ -774,8 +774,8 @@ def test_a_rank_that_loses_its_peers_says_so_in_one_line(monkeypatch, tmp_path, 
     code, _, err = call(TINY, capsys)
     assert code == 1
     assert err == (f"train.py: error (rank 1): lost contact with another rank, which stopped "
-                   f"or failed (its message, if it left one, is above); the run keeps its last checkpoint, "
-                   f"{ckpt} (resume with --resume {tmp_path / 'run'})\n")
+                   f"or failed (its message, if it left one, is above); the run keeps its last "
+                   f"checkpoint, {ckpt} (resume with --resume {tmp_path / 'run'})\n")
     # any other RuntimeError in training is a bug: its traceback stays
     _under_torchrun(monkeypatch, tmp_path, RuntimeError("shape mismatch in conv"))
     with pytest.raises(RuntimeError, match="shape mismatch"):
@@ -905,8 +905,8 @@ def test_a_peer_lost_while_waiting_for_the_last_checkpoint_is_one_line(monkeypat
     assert code == 1
     assert capsys.readouterr().err == (
         f"train.py: error (rank 1): lost contact with another rank, which stopped or failed "
-        f"(its message, if it left one, is above); no checkpoint of the run is in {tmp_path / 'run'} on this "
-        f"machine (rank 0 writes them)\n")
+        f"(its message, if it left one, is above); no checkpoint of the run is in "
+        f"{tmp_path / 'run'} on this machine (rank 0 writes them)\n")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -935,7 +935,8 @@ def test_a_peer_lost_during_the_setup_is_one_line(monkeypatch, tmp_path, capsys)
     code, _, err = call(TINY, capsys)
     assert code == 1
     assert err == ("train.py: error (rank 1): lost contact with another rank during the setup, "
-                   "which stopped or failed (its message, if it left one, is above); training did not start\n")
+                   "which stopped or failed (its message, if it left one, is above); "
+                   "training did not start\n")
     # any other RuntimeError of the setup is a bug: its traceback stays
 
     def broken(*a, **k):
